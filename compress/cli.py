@@ -1,0 +1,81 @@
+"""Command line: `compress run|validate|bench|compare|edge`. Turns CompressError into one line and an exit code."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from compress.errors import CompressError
+
+
+class _Group(click.Group):
+    """Every subcommand's CompressError becomes `error: <one line>` and its exit code; -v shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CompressError as exc:
+            if ctx.meta.get("compress.verbose"):
+                import traceback
+
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="compress")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Teacher to a small, fast, measured ONNX model, driven by one TOML file."""
+    ctx.meta["compress.verbose"] = verbose
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Recompute every stage, ignoring the cache.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Distill on N processes (torch.distributed, gloo on CPU, nccl on CUDA).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(file: Path, force: bool, nproc: int, quiet: bool) -> None:
+    """Run the pipeline in FILE and print the summary table (exit 1 if a gate fails)."""
+    from compress.runner import run_pipeline
+
+    report = run_pipeline(file, force=force, nproc=nproc, progress=not quiet)
+    from compress.report import summary_table
+
+    click.echo(summary_table(report))
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def validate(file: Path) -> None:
+    """Check FILE (types, keys, files, importable models) without running anything."""
+    from compress.config import load_config
+
+    cfg = load_config(file, check_models=True)
+    stages = ", ".join(cfg.stage_names())
+    click.echo(f"{file}: ok ({stages})")
+
+
+def _register() -> None:
+    # Subcommands live in their own modules; each keeps heavy imports inside its function bodies.
+    for module, names in (("compress.cli_bench", ("bench", "compare")), ("compress.cli_edge", ("edge",))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ModuleNotFoundError as exc:  # pragma: no cover - only while a module is being written
+            if exc.name != module:
+                raise
+            continue
+        for name in names:
+            if hasattr(mod, name):
+                main.add_command(getattr(mod, name))
+
+
+_register()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
