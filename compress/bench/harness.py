@@ -1,0 +1,388 @@
+"""The one ONNX Runtime benchmark harness: the pipeline's benchmark stage and `compress bench` both use it.
+
+Method (why each piece is there, on noisy shared machines):
+- warm-up runs first (allocations, caches, lazy kernels are not model time);
+- then timed runs until both `min_runs` and `min_seconds` are met (short models get many samples, slow models
+  still get a minimum count), timed with perf_counter_ns and the garbage collector off;
+- `repetitions` independent repetitions, each on a fresh session; `bench_model` interleaves them across all
+  (provider, batch, threads) configurations, so a burst of background load hits all rows a little instead of
+  one row a lot;
+- raw samples are kept (evenly subsampled) so a later `compare` can run Mann-Whitney U on them.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.bench import stats
+from compress.bench.inputs import batch_of, check_inputs, make_inputs
+from compress.bench.providers import (
+    DEVICE_OF,
+    check_model_file,
+    open_session,
+    resolve_provider,
+    session_options_summary,
+)
+from compress.errors import CompressError
+
+
+class ProviderUnavailable(CompressError):
+    """The requested execution provider cannot run this model here (missing, or ORT dropped it)."""
+
+    def __init__(self, provider: str, reason: str) -> None:
+        super().__init__(f"provider {provider}: {reason}")
+        self.provider = provider
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How latency is measured. Defaults keep the p50 of a ~1 ms model within a few % run to run on 2 cores."""
+
+    warmup_runs: int = 20
+    """Untimed runs on each fresh session before timing starts."""
+    min_runs: int = 100
+    """Timed runs per repetition, at least."""
+    min_seconds: float = 0.6
+    """Timed seconds per repetition, at least (both minimums must be met)."""
+    max_seconds: float = 30.0
+    """Stop a repetition after this many seconds even if min_runs is not reached (slow models), once 5 ran."""
+    repetitions: int = 5
+    """Independent repetitions, each on a fresh session; samples from all are pooled."""
+    io_binding: bool | None = None
+    """Bind inputs/outputs on the device once so host copies are not timed; None = on for CUDA/TensorRT."""
+    provider_options: Mapping[str, Mapping[str, str]] | None = None
+    """Options per provider, keyed by short or ORT name: {'cuda': {'device_id': '0'}}."""
+    edge: bool = False
+    """Edge profile: no thread spinning (bench_model also forces batch 1 and 1 thread)."""
+    strict: bool = False
+    """An unavailable provider raises instead of being reported under 'unavailable'."""
+    max_samples_kept: int = 2000
+    """Raw samples kept in each row (evenly subsampled): enough for Mann-Whitney, small JSON."""
+    seed: int = 0
+    """Seed of generated inputs, so two runs feed the same data."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "warmup_runs": self.warmup_runs >= 0,
+            "min_runs": self.min_runs >= 1,
+            "min_seconds": self.min_seconds >= 0,
+            "max_seconds": self.max_seconds > 0,
+            "repetitions": self.repetitions >= 1,
+            "max_samples_kept": self.max_samples_kept >= 10,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise CompressError(f"bench settings: {name}: out of range, got {getattr(self, name)!r}")
+
+    def options_for(self, provider: str) -> dict[str, str]:
+        """Provider options for one ORT provider name, whichever way the key was spelled."""
+        for key, opts in (self.provider_options or {}).items():
+            if resolve_provider(key) == provider:
+                return {str(k): str(v) for k, v in opts.items()}
+        return {}
+
+
+@dataclass
+class _Job:
+    """One (provider, batch, threads) configuration being measured, one repetition at a time."""
+
+    model_path: Path
+    provider: str
+    batch: int
+    threads: int
+    feed: dict[str, np.ndarray]
+    settings: BenchSettings
+    session: Any = None  # the session opened to check the provider is reused as the first repetition
+    samples_ns: list[np.ndarray] = field(default_factory=list)
+
+    def repetition(self) -> None:
+        session = self.session
+        self.session = None
+        if session is None:
+            session, reason = open_session(
+                self.model_path, self.provider, self.threads,
+                provider_options=self.settings.options_for(self.provider), edge=self.settings.edge,
+            )
+            if session is None:  # worked a moment ago; report rather than time something else
+                raise ProviderUnavailable(self.provider, reason or "session could not be reopened")
+        run = self._runner(session)
+        for _ in range(self.settings.warmup_runs):
+            run()
+        self.samples_ns.append(_timed_loop(run, self.settings))
+        del run, session
+
+    def _runner(self, session: Any) -> Callable[[], Any]:
+        if not self.io_binding:
+            return functools.partial(session.run, None, self.feed)
+        import onnxruntime as ort
+
+        device = DEVICE_OF.get(self.provider, "cpu")
+        device_id = int(self.settings.options_for(self.provider).get("device_id", 0))
+        binding = session.io_binding()
+        for name, arr in self.feed.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, device, device_id))
+        for out in session.get_outputs():
+            binding.bind_output(out.name, device, device_id)
+        return functools.partial(session.run_with_iobinding, binding)
+
+    @property
+    def io_binding(self) -> bool:
+        if self.settings.io_binding is None:
+            return self.provider in DEVICE_OF
+        return self.settings.io_binding
+
+    def row(self) -> dict[str, Any]:
+        per_rep_ms = [s / 1e6 for s in self.samples_ns]
+        pooled = np.concatenate(per_rep_ms)
+        pct = stats.percentiles_ms(pooled)
+        lo, hi = stats.median_ci(pooled)
+        rep_p50 = [float(np.median(r)) for r in per_rep_ms]
+        mean_ms = float(pooled.mean())
+        return {
+            "provider": self.provider,
+            "batch": self.batch,
+            "threads": self.threads,
+            "runs": int(pooled.size),
+            "p50_ms": pct["p50_ms"],
+            "p90_ms": pct["p90_ms"],
+            "p99_ms": pct["p99_ms"],
+            "ci95_p50_ms": [lo, hi],
+            "throughput_per_s": self.batch * 1000.0 / mean_ms,
+            "mean_ms": mean_ms,
+            "cv": stats.cv(pooled),
+            "cv_p50_across_repetitions": stats.cv(rep_p50),
+            "p50_ms_repetitions": rep_p50,
+            "repetitions": len(per_rep_ms),
+            "warmup_runs": self.settings.warmup_runs,
+            "io_binding": self.io_binding,
+            "edge": self.settings.edge,
+            "provider_options": self.settings.options_for(self.provider),
+            "session_options": session_options_summary(self.threads, edge=self.settings.edge),
+            "samples_ms": [round(x, 5) for x in stats.subsample(pooled, self.settings.max_samples_kept)],
+        }
+
+
+def _timed_loop(run: Callable[[], Any], settings: BenchSettings) -> np.ndarray:
+    """Time `run` until min_runs and min_seconds are both met; nanoseconds per call."""
+    perf = time.perf_counter_ns
+    samples: list[int] = []
+    append = samples.append
+    start = perf()
+    deadline = start + int(settings.min_seconds * 1e9)
+    hard_stop = start + int(settings.max_seconds * 1e9)
+    min_runs = settings.min_runs
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed call is noise, not model time
+    try:
+        n = 0
+        while True:
+            t0 = perf()
+            run()
+            t1 = perf()
+            append(t1 - t0)
+            n += 1
+            if (n >= min_runs and t1 >= deadline) or (t1 >= hard_stop and n >= 5):
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return np.asarray(samples, dtype=np.float64)
+
+
+def _prepare(
+    model_path: str | Path,
+    provider: str,
+    batch: int,
+    threads: int,
+    inputs: dict[str, np.ndarray] | None,
+    dims: dict[str, int] | None,
+    settings: BenchSettings,
+) -> _Job:
+    """Check the model, open the first session (raising ProviderUnavailable), and build the inputs."""
+    path = check_model_file(model_path)
+    name = resolve_provider(provider)
+    if batch < 1:
+        raise CompressError(f"batch: expected an integer >= 1, got {batch}")
+    session, reason = open_session(
+        path, name, threads, provider_options=settings.options_for(name), edge=settings.edge, strict=settings.strict
+    )
+    if session is None:
+        raise ProviderUnavailable(name, reason or "unavailable")
+    if inputs is not None:
+        feed = check_inputs(inputs, session)
+        batch = batch_of(feed)
+    else:
+        feed = make_inputs(session, batch, dims, seed=settings.seed)
+    return _Job(path, name, batch, threads, feed, settings, session=session)
+
+
+def measure(
+    model_path: str | Path,
+    provider: str,
+    batch: int,
+    threads: int,
+    *,
+    inputs: dict[str, np.ndarray] | None = None,
+    dims: dict[str, int] | None = None,
+    settings: BenchSettings = BenchSettings(),
+) -> dict[str, Any]:
+    """Measure one (provider, batch, threads) configuration; return its latency row (DESIGN.md contract).
+
+    The row has provider, batch, threads, runs, p50_ms, p90_ms, p99_ms, ci95_p50_ms, throughput_per_s, plus
+    mean_ms, cv, cv_p50_across_repetitions, p50_ms_repetitions, io_binding, session_options and samples_ms.
+    With `inputs` the batch is the first axis of the given arrays. Raises ProviderUnavailable when the provider
+    is missing or ORT dropped it; nothing is ever timed on CPU under another provider's name.
+    """
+    job = _prepare(model_path, provider, batch, threads, inputs, dims, settings)
+    for _ in range(settings.repetitions):
+        job.repetition()
+    return job.row()
+
+
+def bench_model(
+    model_path: str | Path,
+    providers: list[str],
+    batch_sizes: list[int],
+    threads: list[int],
+    *,
+    settings: BenchSettings = BenchSettings(),
+    inputs_for_batch: Callable[[int], dict[str, np.ndarray]] | None = None,
+    dims: dict[str, int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure every (provider, batch, threads) combination; repetitions are interleaved across them.
+
+    Returns {"latency": [rows], "unavailable": [{"provider", "reason"}]}. With settings.edge, batch sizes and
+    threads are forced to [1]. With settings.strict an unavailable provider raises ProviderUnavailable.
+    """
+    if settings.edge:
+        batch_sizes, threads = [1], [1]
+    names = list(dict.fromkeys(resolve_provider(p) for p in providers))
+    jobs: list[_Job] = []
+    unavailable: list[dict[str, str]] = []
+    for name in names:
+        try:
+            for b in dict.fromkeys(batch_sizes):
+                for t in dict.fromkeys(threads):
+                    feed = inputs_for_batch(b) if inputs_for_batch is not None else None
+                    jobs.append(_prepare(model_path, name, b, t, feed, dims, settings))
+        except ProviderUnavailable as exc:
+            if settings.strict:
+                raise
+            jobs = [j for j in jobs if j.provider != name]
+            unavailable.append({"provider": name, "reason": exc.reason})
+    total = len(jobs) * settings.repetitions
+    bar = _progress(total, f"bench {Path(model_path).name}", enabled=progress and total > 0)
+    try:
+        for _ in range(settings.repetitions):
+            for job in jobs:
+                job.repetition()
+                bar.update(1)
+    finally:
+        bar.close()
+    return {"latency": [job.row() for job in jobs], "unavailable": unavailable}
+
+
+def accuracy(
+    model_path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    provider: str = "CPUExecutionProvider",
+    batch: int = 256,
+) -> float:
+    """Top-1 accuracy of a single-input classifier on (x, y), run through ONNX Runtime in batches.
+
+    The prediction is the argmax over the last axis of the first output. A model with a fixed batch dimension
+    is run at that batch size (the last batch is zero-padded and the padding dropped).
+    """
+    path = check_model_file(model_path)
+    session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise CompressError(f"{path}: accuracy needs a single-input model, got inputs {[i.name for i in inputs]}")
+    if len(x) != len(y) or len(x) == 0:
+        raise CompressError(f"{path}: accuracy needs as many labels as samples (>0), got {len(x)} and {len(y)}")
+    fixed = inputs[0].shape[0] if inputs[0].shape else None
+    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    name = inputs[0].name
+    from compress.bench.inputs import ORT_DTYPES
+
+    dtype = ORT_DTYPES.get(inputs[0].type, np.float32)
+    correct = 0
+    for start in range(0, len(x), step):
+        chunk = np.asarray(x[start:start + step], dtype=dtype)
+        n = len(chunk)
+        if n < step and step == fixed:
+            pad = np.zeros((step - n, *chunk.shape[1:]), dtype=dtype)
+            chunk = np.concatenate([chunk, pad])
+        logits = session.run(None, {name: chunk})[0][:n]
+        correct += int((logits.argmax(axis=-1) == np.asarray(y[start:start + n])).sum())
+    return correct / len(x)
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured: versions, CPU, cores, providers. Never fails on a missing package."""
+    import onnxruntime as ort
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "onnx": _version("onnx"),
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "providers_available": ort.get_available_providers(),
+    }
+    if hasattr(os, "getloadavg"):
+        env["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return env
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rep", leave=False)

@@ -1,0 +1,126 @@
+"""Benchmark inputs: generated from the model's input signature, or read from an .npz and checked against it."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import CompressError
+
+# ORT type strings -> numpy dtypes for the tensor types a benchmark can feed
+ORT_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def parse_dims(items: Iterable[str]) -> dict[str, int]:
+    """Parse ['seq=128', 'height=224'] into {'seq': 128, 'height': 224}; CompressError on a bad item."""
+    dims: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if not sep or not name or size < 1:
+            raise CompressError(f"--dim: expected NAME=POSITIVE_INT (e.g. seq=128), got {item!r}")
+        dims[name] = size
+    return dims
+
+
+def signature(session: Any) -> list[tuple[str, Any, list[int | str | None]]]:
+    """[(name, numpy dtype, shape)] of the session's inputs; shape entries are ints, dim names, or None."""
+    out = []
+    for arg in session.get_inputs():
+        if arg.type not in ORT_DTYPES:
+            raise CompressError(f"input {arg.name!r}: type {arg.type} cannot be generated; pass --inputs FILE.npz")
+        out.append((arg.name, ORT_DTYPES[arg.type], list(arg.shape)))
+    return out
+
+
+def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: dict[str, int]) -> tuple[int, ...]:
+    """Replace symbolic dims: a named dim from `dims`, else axis 0 becomes `batch`; anything else is an error."""
+    out = []
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, int) and dim > 0:
+            out.append(dim)
+        elif isinstance(dim, str) and dim in dims:
+            out.append(dims[dim])
+        elif axis == 0:
+            out.append(batch)
+        else:
+            label = dim if isinstance(dim, str) and dim else f"axis {axis}"
+            hint = f"--dim {dim}=N" if isinstance(dim, str) and dim else "--inputs FILE.npz"
+            raise CompressError(f"input {name!r}: dimension {label} is symbolic; pass {hint}")
+    return tuple(out)
+
+
+def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs that match the session's input signature (fixed seed, so runs are comparable).
+
+    Floats are standard normal; integers are in [0, 100) so they are valid token/class ids for most models.
+    """
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for name, dtype, shape in signature(session):
+        size = concrete_shape(name, shape, batch, dims or {})
+        if np.issubdtype(dtype, np.floating):
+            feed[name] = rng.standard_normal(size).astype(dtype)
+        elif dtype is np.bool_:
+            feed[name] = rng.integers(0, 2, size).astype(np.bool_)
+        else:
+            feed[name] = rng.integers(0, 100, size).astype(dtype)
+    return feed
+
+
+def load_npz(path: str | Path, session: Any) -> dict[str, np.ndarray]:
+    """Read inputs from an .npz (one array per input name) and check names, dtypes and fixed dims."""
+    p = Path(path)
+    if not p.is_file():
+        raise CompressError(f"{p}: no such file; --inputs expects an .npz with one array per model input")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # zipfile/pickle/format errors all mean "not a usable npz"
+        raise CompressError(f"{p}: not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
+    return check_inputs(arrays, session, source=str(p))
+
+
+def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "inputs") -> dict[str, np.ndarray]:
+    """Check user-given arrays against the session's input signature; CompressError naming the first mismatch."""
+    sig = signature(session)
+    names = [n for n, _, _ in sig]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise CompressError(f"{source}: missing input(s) {missing}; the model expects {names}, got {sorted(arrays)}")
+    feed = {}
+    for name, dtype, shape in sig:
+        arr = np.asarray(arrays[name])
+        if arr.dtype != np.dtype(dtype):
+            raise CompressError(f"{source}: input {name!r}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
+        if arr.ndim != len(shape) or any(
+            isinstance(d, int) and d > 0 and d != s for d, s in zip(shape, arr.shape)
+        ):
+            raise CompressError(f"{source}: input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+        feed[name] = np.ascontiguousarray(arr)
+    return feed
+
+
+def batch_of(feed: dict[str, np.ndarray]) -> int:
+    """Batch size of a feed: the first axis of its first input (1 for scalars)."""
+    first = next(iter(feed.values()))
+    return int(first.shape[0]) if first.ndim else 1

@@ -1,0 +1,141 @@
+"""Execution providers: short names, and sessions that either run on the provider asked for or say why not.
+
+ORT silently falls back to the CPU when a provider fails to initialise; a benchmark row under the wrong name is
+worse than no row, so `open_session` checks `session.get_providers()` and reports the drop as a reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+"""Short name -> ONNX Runtime provider name. Full ORT names are accepted wherever a short one is."""
+
+CPU = "CPUExecutionProvider"
+
+# Providers whose tensors live in device memory: IO binding keeps host<->device copies out of the timing.
+DEVICE_OF: dict[str, str] = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
+def resolve_provider(name: str) -> str:
+    """Return the ORT provider name for a short name ('cuda') or a full one ('CUDAExecutionProvider').
+
+    Raises CompressError for anything else, listing the allowed names.
+    """
+    key = name.strip()
+    if key.lower() in PROVIDERS:
+        return PROVIDERS[key.lower()]
+    by_full = {v.lower(): v for v in PROVIDERS.values()}
+    if key.lower() in by_full:
+        return by_full[key.lower()]
+    allowed = ", ".join(PROVIDERS)
+    raise CompressError(f"provider: expected one of {allowed} (or the full ORT name), got {name!r}")
+
+
+def check_model_file(model_path: str | Path) -> Path:
+    """Check that `model_path` is a readable, complete ONNX (or ORT-format) model; CompressError otherwise."""
+    path = Path(model_path)
+    if not path.exists():
+        raise CompressError(f"{path}: no such file; pass the path of an .onnx model")
+    if not path.is_file():
+        raise CompressError(f"{path}: expected an .onnx file, got a directory")
+    if path.suffix.lower() == ".ort":
+        return path  # ORT format is not protobuf; ORT itself checks it when the session opens
+    import onnx
+
+    try:
+        # load_external_data=False: only the graph is checked here, ORT reads the weights itself
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends, all meaning "not an ONNX file"
+        raise CompressError(
+            f"{path}: not a valid ONNX model (truncated or not protobuf: {_first_line(exc)}); re-export it"
+        ) from None
+    if len(model.graph.node) == 0 or len(model.graph.output) == 0:
+        raise CompressError(f"{path}: ONNX graph has no nodes or no outputs; re-export the model")
+    return path
+
+
+def session_options_summary(threads: int, *, edge: bool = False) -> dict[str, Any]:
+    """The session settings `open_session` applies, as recorded in benchmark rows and environment."""
+    return {
+        "intra_op_num_threads": threads,
+        "inter_op_num_threads": 1,
+        "execution_mode": "sequential",
+        "graph_optimization_level": "all",
+        "allow_spinning": not edge,
+    }
+
+
+def open_session(
+    model_path: str | Path,
+    provider: str,
+    threads: int,
+    *,
+    provider_options: dict[str, Any] | None = None,
+    edge: bool = False,
+    strict: bool = False,
+) -> tuple[Any, str | None]:
+    """Open an ORT session on exactly `provider`.
+
+    Returns (session, None) when the provider really runs the model, or (None, reason) when it is not built
+    into this onnxruntime or ORT dropped it while creating the session. With strict=True the reason is raised
+    as CompressError instead. A model that even the CPU provider cannot load is always a CompressError.
+    `edge` turns off thread spinning (what battery-powered boards run with).
+    """
+    import onnxruntime as ort
+
+    name = resolve_provider(provider)
+    if threads < 1:
+        raise CompressError(f"threads: expected an integer >= 1, got {threads}")
+
+    def unavailable(reason: str) -> tuple[None, str]:
+        if strict:
+            raise CompressError(f"provider {name}: {reason}; drop it or run where it is installed")
+        return None, reason
+
+    available = ort.get_available_providers()
+    if name not in available:
+        return unavailable(f"not available in onnxruntime {ort.__version__} (available: {', '.join(available)})")
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # fallback warnings are turned into `unavailable` below, not printed
+    if edge:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+    options = {str(k): str(v) for k, v in (provider_options or {}).items()}
+    providers: list[Any] = [(name, options)]
+    if name != CPU:
+        providers.append(CPU)  # nodes the provider cannot take run on CPU; that is normal ORT partitioning
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all user-facing here
+        if name == CPU:
+            raise CompressError(
+                f"{model_path}: onnxruntime could not load the model: {_first_line(exc)}; check the export"
+            ) from None
+        return unavailable(f"session creation failed: {_first_line(exc)}")
+    if session.get_providers()[0] != name:
+        return unavailable(f"onnxruntime dropped it while creating the session (fell back to {session.get_providers()})")
+    return session, None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,155 @@
+"""Latency statistics on raw samples: percentiles, a distribution-free CI of the median, CV, and the verdict.
+
+Pure numpy (scipy only for Mann-Whitney U). The verdict needs *both* statistical significance and a slowdown
+larger than the allowed budget: with thousands of samples any 1% shift is significant, and on a noisy machine a
+12% shift can be luck, so each condition alone misfires.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MAX_TEST_SAMPLES = 4000
+"""Mann-Whitney U runs on at most this many samples per side (evenly strided); plenty for power, fast."""
+
+
+def percentiles_ms(samples_ms: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
+    """{'p50_ms': .., 'p90_ms': .., ...} for the given percentiles (linear interpolation)."""
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("percentiles of an empty sample")
+    values = np.percentile(arr, list(qs))
+    return {f"p{q:g}_ms": float(v) for q, v in zip(qs, values)}
+
+
+def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics.
+
+    The number of samples below the true median is Binomial(n, 1/2); the interval [x_(j), x_(k)] uses the
+    normal approximation of that binomial (exact enough for n >= 10; below that it returns [min, max]).
+    """
+    arr = np.sort(np.asarray(samples, dtype=np.float64))
+    n = arr.size
+    if n == 0:
+        raise ValueError("confidence interval of an empty sample")
+    if n < 10:
+        return float(arr[0]), float(arr[-1])
+    z = _z(confidence)
+    half = z * math.sqrt(n) / 2.0
+    lo = max(0, int(math.floor(n / 2.0 - half)) - 1)  # 1-based rank -> 0-based index
+    hi = min(n - 1, int(math.ceil(n / 2.0 + half)))
+    return float(arr[lo]), float(arr[hi])
+
+
+def cv(samples: Sequence[float]) -> float:
+    """Coefficient of variation: sample standard deviation / mean (0.0 for fewer than two samples)."""
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.size < 2 or arr.mean() == 0:
+        return 0.0
+    return float(arr.std(ddof=1) / arr.mean())
+
+
+def subsample(samples: Sequence[float], max_count: int) -> list[float]:
+    """At most `max_count` samples, evenly strided so time order (and slow drifts) stay represented."""
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.size <= max_count:
+        return arr.tolist()
+    idx = np.linspace(0, arr.size - 1, max_count).round().astype(np.int64)
+    return arr[idx].tolist()
+
+
+def mann_whitney_slower(base: Sequence[float], new: Sequence[float]) -> float:
+    """One-sided Mann-Whitney U p-value for 'new is stochastically slower (larger) than base'."""
+    from scipy.stats import mannwhitneyu
+
+    a = np.asarray(subsample(base, MAX_TEST_SAMPLES))
+    b = np.asarray(subsample(new, MAX_TEST_SAMPLES))
+    if a.size == 0 or b.size == 0:
+        return 1.0
+    if np.all(a == a[0]) and np.all(b == a[0]):
+        return 1.0  # identical constant samples: no evidence of anything
+    return float(mannwhitneyu(b, a, alternative="greater").pvalue)
+
+
+def verdict(
+    base_samples: Sequence[float] | None,
+    new_samples: Sequence[float] | None,
+    max_regression: float,
+    *,
+    base_p50_ms: float | None = None,
+    new_p50_ms: float | None = None,
+    base_ci95: Sequence[float] | None = None,
+    new_ci95: Sequence[float] | None = None,
+    alpha: float = 0.01,
+) -> dict[str, Any]:
+    """Decide whether `new` is a latency regression against `base`.
+
+    ratio = new p50 / base p50 (the rows' p50 when given, else medians of the samples). Significant when the
+    one-sided Mann-Whitney U p-value < alpha on the raw samples, or the 95% CIs of p50 do not overlap (used
+    when no samples were kept). Regressed only when significant AND ratio > 1 + max_regression. Faster is the
+    mirror case. Returns {ratio, p_value, ci_disjoint, significant, regressed, verdict}.
+    """
+    if max_regression < 0:
+        raise ValueError(f"max_regression must be >= 0, got {max_regression}")
+    base_p50 = base_p50_ms if base_p50_ms is not None else _median(base_samples)
+    new_p50 = new_p50_ms if new_p50_ms is not None else _median(new_samples)
+    if base_p50 is None or new_p50 is None or base_p50 <= 0:
+        raise ValueError("verdict needs a p50 or samples on both sides")
+    ratio = new_p50 / base_p50
+
+    p_value: float | None = None
+    if base_samples is not None and new_samples is not None and len(base_samples) and len(new_samples):
+        p_value = mann_whitney_slower(base_samples, new_samples)
+        p_faster = mann_whitney_slower(new_samples, base_samples)
+    else:
+        p_faster = None
+    base_ci = _ci(base_ci95, base_samples)
+    new_ci = _ci(new_ci95, new_samples)
+    slower_disjoint = bool(base_ci and new_ci and new_ci[0] > base_ci[1])
+    faster_disjoint = bool(base_ci and new_ci and new_ci[1] < base_ci[0])
+
+    slower_sig = (p_value is not None and p_value < alpha) or slower_disjoint
+    faster_sig = (p_faster is not None and p_faster < alpha) or faster_disjoint
+    regressed = bool(slower_sig and ratio > 1.0 + max_regression)
+    faster = bool(faster_sig and ratio < 1.0 / (1.0 + max_regression))
+    label = "REGRESSED" if regressed else ("faster" if faster else "ok")
+    return {
+        "ratio": float(ratio),
+        "base_p50_ms": float(base_p50),
+        "new_p50_ms": float(new_p50),
+        "p_value": p_value,
+        "ci_disjoint": slower_disjoint,
+        "significant": bool(slower_sig),
+        "regressed": regressed,
+        "verdict": label,
+    }
+
+
+def _median(samples: Sequence[float] | None) -> float | None:
+    if samples is None or len(samples) == 0:
+        return None
+    return float(np.median(np.asarray(samples, dtype=np.float64)))
+
+
+def _ci(given: Sequence[float] | None, samples: Sequence[float] | None) -> tuple[float, float] | None:
+    if given is not None and len(given) == 2:
+        return float(given[0]), float(given[1])
+    if samples is not None and len(samples):
+        return median_ci(samples)
+    return None
+
+
+def _z(confidence: float) -> float:
+    """Two-sided normal quantile, without scipy: bisection on erf is exact enough here."""
+    target = confidence
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2.0
+        if math.erf(mid / math.sqrt(2.0)) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
