@@ -1,0 +1,180 @@
+"""Data sources: the built-in `digits`, `npz:PATH`, and `python:module:function`. Deterministic split from the seed.
+
+Everything is materialised as float32/int64 tensors: the pipelines this tool targets (edge classifiers) fit in memory,
+and one in-memory copy makes the teacher's logits cacheable and the split reproducible.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from compress.errors import CompressError
+from compress.section import Section
+
+
+class DataConfig(Section):
+    """[data]: where examples come from and how the validation split is made."""
+
+    source: str = Field("digits", description="'digits' (built-in, offline), 'npz:PATH' (arrays x, y and optional "
+                        "x_val, y_val) or 'python:module:function' returning (train, val) torch datasets or one dataset.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction held out for validation when the source has "
+                                "no validation split of its own (stratified, from the pipeline seed).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size for training and evaluation.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if v == "digits" or v.startswith(("npz:", "python:")):
+            return v
+        raise ValueError(f"expected 'digits', 'npz:PATH' or 'python:module:function', got {v!r}")
+
+
+@dataclass
+class DataBundle:
+    """Train and validation tensors plus what models need to know about them."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+    fingerprint: str
+
+    def example(self, batch: int = 1):
+        """A real validation batch (export and benchmarks use real inputs, not noise)."""
+        import torch
+
+        idx = torch.arange(batch) % len(self.x_val)
+        return self.x_val[idx]
+
+
+def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data.source") -> DataBundle:
+    """Load the configured source and split it. `base_dir` is the TOML's folder (relative paths resolve there)."""
+    import numpy as np
+
+    src = cfg.source
+    if src == "digits":
+        arrays = _read_npz(Path(__file__).parent / "data" / "digits.npz", origin)
+        arrays["x"] = arrays["x"].astype(np.float32)[:, None, :, :] / 16.0
+    elif src.startswith("npz:"):
+        path = Path(src[4:])
+        arrays = _read_npz(path if path.is_absolute() else base_dir / path, origin)
+    else:
+        arrays = _from_python(src[len("python:"):], base_dir, origin)
+    return _bundle(arrays, cfg.val_fraction, seed, origin)
+
+
+def _read_npz(path: Path, origin: str) -> dict:
+    import numpy as np
+
+    if not path.is_file():
+        raise CompressError(f"{origin}: file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile/ValueError variants: one line either way
+        raise CompressError(f"{origin}: {path} is not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise CompressError(f"{origin}: {path} has no array {key!r} (found {sorted(arrays)}); expected x and y, "
+                                "optionally x_val and y_val")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise CompressError(f"{origin}: {path} must have both x_val and y_val, or neither")
+    return arrays
+
+
+def _from_python(target: str, base_dir: Path, origin: str) -> dict:
+    import numpy as np
+
+    from compress.imports import import_object
+
+    fn = import_object(target, base_dir, origin)
+    try:
+        result = fn()
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"{origin}: {target}() raised {type(exc).__name__}: {exc}") from exc
+    parts = result if isinstance(result, (tuple, list)) else (result,)
+    if len(parts) not in (1, 2):
+        raise CompressError(f"{origin}: {target}() must return a dataset or (train, val), got {len(parts)} items")
+
+    def materialise(ds, name: str):
+        try:
+            xs, ys = zip(*(ds[i] for i in range(len(ds))))
+        except Exception as exc:
+            raise CompressError(f"{origin}: could not read the {name} dataset from {target}() as (x, y) pairs: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return np.stack([np.asarray(x, dtype=np.float32) for x in xs]), np.asarray([int(y) for y in ys])
+
+    arrays = {}
+    arrays["x"], arrays["y"] = materialise(parts[0], "train")
+    if len(parts) == 2:
+        arrays["x_val"], arrays["y_val"] = materialise(parts[1], "validation")
+    return arrays
+
+
+def _bundle(arrays: dict, val_fraction: float, seed: int, origin: str) -> DataBundle:
+    import numpy as np
+    import torch
+
+    x, y = np.asarray(arrays["x"]), np.asarray(arrays["y"])
+    _check_xy(x, y, origin, "x", "y")
+    if "x_val" in arrays:
+        xv, yv = np.asarray(arrays["x_val"]), np.asarray(arrays["y_val"])
+        _check_xy(xv, yv, origin, "x_val", "y_val")
+        if xv.shape[1:] != x.shape[1:]:
+            raise CompressError(f"{origin}: x_val examples have shape {xv.shape[1:]}, x has {x.shape[1:]}")
+        xt, yt = x, y
+    else:
+        # Stratified: every class keeps val_fraction of its examples in validation (at least one where it can).
+        rng = np.random.default_rng(seed)
+        val_idx = []
+        for c in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            n_val = int(round(len(idx) * val_fraction))
+            val_idx.extend(idx[: min(max(n_val, 1), len(idx) - 1)] if len(idx) > 1 else [])
+        mask = np.zeros(len(y), dtype=bool)
+        mask[val_idx] = True
+        xt, yt, xv, yv = x[~mask], y[~mask], x[mask], y[mask]
+        if len(xv) == 0:
+            raise CompressError(f"{origin}: too few examples ({len(y)}) to hold out a validation split")
+    classes = np.unique(np.concatenate([yt, yv]))
+    if len(classes) < 2:
+        raise CompressError(f"{origin}: the data has a single class ({classes.tolist()}); need at least two")
+    if yt.min() < 0:
+        raise CompressError(f"{origin}: labels must be integers 0..K-1, found {int(yt.min())}")
+    num_classes = int(max(yt.max(), yv.max())) + 1
+    h = hashlib.sha256()
+    for a in (xt, yt, xv, yv):
+        a = np.ascontiguousarray(a)
+        h.update(str(a.shape).encode() + str(a.dtype).encode())
+        h.update(a.tobytes())
+    return DataBundle(
+        x_train=torch.from_numpy(np.ascontiguousarray(xt, dtype=np.float32)),
+        y_train=torch.from_numpy(yt.astype(np.int64)),
+        x_val=torch.from_numpy(np.ascontiguousarray(xv, dtype=np.float32)),
+        y_val=torch.from_numpy(yv.astype(np.int64)),
+        num_classes=num_classes,
+        input_shape=tuple(int(s) for s in xt.shape[1:]),
+        fingerprint=h.hexdigest(),
+    )
+
+
+def _check_xy(x, y, origin: str, xname: str, yname: str) -> None:
+    import numpy as np
+
+    if x.ndim < 2 or len(x) == 0:
+        raise CompressError(f"{origin}: {xname} must be a non-empty array of examples (N, ...), got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise CompressError(f"{origin}: {yname} must be a 1-D label array as long as {xname} "
+                            f"({len(x)}), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise CompressError(f"{origin}: {yname} must hold integer class labels, got dtype {y.dtype}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise CompressError(f"{origin}: {xname} must be numeric, got dtype {x.dtype}")

@@ -1,0 +1,123 @@
+"""Training loops: plain supervised training and Hinton distillation, one readable loop for both.
+
+Distillation loss (Hinton et al. 2015): alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T),
+where _T is softmax at temperature T. The T^2 factor keeps the soft-target gradients on the same scale as the hard ones
+when T changes. Teacher logits are computed once (the teacher is the slow part) and reused every epoch: the
+training data carries no augmentation, so they never change.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field
+
+from compress.errors import CompressError
+from compress.section import Section
+
+
+class TrainConfig(Section):
+    """Optimiser and schedule for one training run (teacher training, distillation, control, fine-tuning)."""
+
+    epochs: int = Field(30, ge=1, le=100_000, description="Maximum number of passes over the training set.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate (cosine-decayed to ~0 over `epochs`).")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with Nesterov momentum 0.9.")
+    weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
+    warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs before the cosine decay.")
+    patience: int = Field(10, ge=1, description="Early stopping: stop after this many epochs without a better "
+                          "validation accuracy; the best epoch's weights are kept.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the hard-label loss.")
+
+
+def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float, label_smoothing: float = 0.0):
+    """alpha * CE(hard labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+    import torch.nn.functional as F
+
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    if teacher_logits is None or alpha >= 1.0:
+        return hard
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * hard + (1.0 - alpha) * soft
+
+
+def predict_logits(model, x, *, batch_size: int = 512):
+    """Eval-mode logits for all of x, in batches, without gradients."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def evaluate(model, x, y, *, batch_size: int = 512) -> float:
+    """Top-1 accuracy of model on (x, y)."""
+    logits = predict_logits(model, x, batch_size=batch_size)
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *, seed: int, batch_size: int = 64,
+        teacher_logits=None, temperature: float = 4.0, alpha: float = 1.0, desc: str = "train",
+        progress: bool = True) -> dict:
+    """Train `model` in place; keep the weights of the best validation epoch. Returns the history.
+
+    With `teacher_logits` (one row per training example) the loss is `kd_loss`; without, plain cross-entropy.
+    A non-finite loss stops with an error that names the epoch and batch.
+    """
+    import copy
+
+    import torch
+    from tqdm.auto import tqdm
+
+    x, y = train
+    xv, yv = val
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    best = {"accuracy": -1.0, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
+    history: list[dict] = []
+    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total_loss = 0.0
+        for b, start in enumerate(range(0, len(x), batch_size)):
+            idx = order[start:start + batch_size]
+            logits = model(x[idx])
+            tl = teacher_logits[idx] if teacher_logits is not None else None
+            loss = kd_loss(logits, tl, y[idx], temperature=temperature, alpha=alpha,
+                           label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise CompressError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
+                                    f"lower the learning rate (lr = {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(idx)
+        acc = evaluate(model, xv, yv)
+        history.append({"epoch": epoch + 1, "loss": total_loss / len(x), "val_accuracy": acc})
+        bar.set_postfix(loss=f"{total_loss / len(x):.4f}", val=f"{acc:.4f}")
+        if acc > best["accuracy"]:
+            best = {"accuracy": acc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+        elif epoch + 1 - best["epoch"] >= cfg.patience:
+            break
+    model.load_state_dict(best["state"])
+    model.eval()
+    return {"best_epoch": best["epoch"], "val_accuracy": best["accuracy"], "epochs_run": len(history),
+            "history": history}
