@@ -1,0 +1,134 @@
+"""On-device bench kit: a folder a user copies to a phone or board, runs with only onnxruntime + numpy there,
+and whose JSON `compress compare` reads next to numbers from this machine.
+
+`bench_kit.py` in this package is the script copied into every kit; it never imports compress.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SCRIPT = Path(__file__).with_name("bench_kit.py")
+
+_README = """\
+compress bench kit: {name}
+model: {model} ({bytes} bytes, sha256 {sha256})
+inputs: {inputs} (batch {batch}); expected outputs: {expected} (recorded with onnxruntime {ort} on CPU)
+
+On the device (Python >= 3.8):
+  python3 -m venv kit-venv
+  kit-venv/bin/pip install onnxruntime numpy        # Android/Termux or a board; any build with your provider
+  kit-venv/bin/python bench_kit.py --json device.json
+  kit-venv/bin/python bench_kit.py --provider xnnpack --provider cpu --threads 1 --threads 4 --json device.json
+  kit-venv/bin/python bench_kit.py --provider nnapi --provider-option nnapi:use_fp16=1 --strict --json device.json
+
+Providers default to {providers}. A provider this onnxruntime lacks is listed under "unavailable" (exit 1 only
+with --strict). Outputs are checked against {expected}; the max abs diff is in the JSON under "parity".
+
+Back on the workstation:
+  compress compare local.json device.json
+"""
+
+
+def make_kit(
+    model_path: Path,
+    out_dir: Path,
+    *,
+    batch: int = 1,
+    inputs: dict[str, "np.ndarray"] | None = None,
+    providers: list[str] | None = None,
+    provider_options: dict[str, dict[str, str]] | None = None,
+    threads: list[int] | None = None,
+    name: str | None = None,
+    atol: float = 1e-4,
+    warmup_runs: int = 20,
+    min_runs: int = 100,
+    min_seconds: float = 0.6,
+    max_seconds: float = 30.0,
+    repetitions: int = 5,
+) -> Path:
+    """Write a self-contained bench kit for `model_path` (.onnx or .ort) into `out_dir`; return `out_dir`.
+
+    The folder holds the model, `inputs.npz` (given `inputs`, else seeded random ones at `batch`),
+    `expected.npz` (this machine's CPU outputs, for an on-device parity check), `bench_kit.py`, `kit.json`
+    (defaults the script reads: providers, threads, timing settings) and `README.txt` with the exact commands.
+    Provider names are kept as given (short or ORT names, any hardware): the script reports the ones the
+    device lacks as unavailable. Timing defaults match `compress bench` (BenchSettings).
+    """
+    import numpy as np
+
+    from compress.bench.inputs import check_inputs, make_inputs
+    from compress.bench.providers import check_model_file, open_session
+    from compress.edge import provider_name
+
+    model_path = check_model_file(model_path)
+    if batch < 1:
+        raise CompressError(f"batch: expected an integer >= 1, got {batch}")
+    if any(t < 1 for t in threads or [1]):
+        raise CompressError(f"threads: expected integers >= 1, got {threads}")
+    session, _ = open_session(model_path, "cpu", threads=1, strict=True)
+    feed = check_inputs(inputs, session) if inputs is not None else make_inputs(session, batch)
+    outputs = session.run(None, feed)
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompressError(f"{out_dir}: expected a directory for the kit, got a file; pick another --kit path")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_name = "model.ort" if model_path.suffix.lower() == ".ort" else "model.onnx"
+    shutil.copyfile(model_path, out_dir / model_name)
+    data = model_path.with_name(model_path.name + ".data")
+    if data.exists():  # external weights keep the name the graph refers to
+        shutil.copyfile(data, out_dir / data.name)
+    np.savez(out_dir / "inputs.npz", **feed)
+    np.savez(out_dir / "expected.npz", **{f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)})
+    shutil.copyfile(SCRIPT, out_dir / "bench_kit.py")
+
+    import onnxruntime as ort
+
+    sha256 = hashlib.sha256((out_dir / model_name).read_bytes()).hexdigest()
+    kit: dict[str, Any] = {
+        "name": name or model_path.stem,
+        "model": model_name,
+        "model_sha256": sha256,
+        "params": _params(model_path),
+        "inputs": "inputs.npz",
+        "expected": "expected.npz",
+        "providers": [provider_name(p) for p in (providers or ["cpu"])],
+        "provider_options": {provider_name(k): {str(a): str(b) for a, b in v.items()}
+                             for k, v in (provider_options or {}).items()},
+        "threads": list(threads or [1]),
+        "atol": atol,
+        "warmup_runs": warmup_runs,
+        "min_runs": min_runs,
+        "min_seconds": min_seconds,
+        "max_seconds": max_seconds,
+        "repetitions": repetitions,
+        "made_with": {"onnxruntime": ort.__version__, "numpy": np.__version__},
+    }
+    (out_dir / "kit.json").write_text(json.dumps(kit, indent=1) + "\n")
+    first = next(iter(feed.values()))
+    (out_dir / "README.txt").write_text(_README.format(
+        name=kit["name"], model=model_name, bytes=(out_dir / model_name).stat().st_size, sha256=sha256[:16],
+        inputs="inputs.npz", batch=int(first.shape[0]) if first.ndim else 1, expected="expected.npz",
+        ort=ort.__version__, providers=", ".join(kit["providers"]),
+    ))
+    return out_dir
+
+
+def _params(model_path: Path) -> int | None:
+    """Number of weights in the ONNX initializers (None for ORT format, which onnx cannot read)."""
+    if model_path.suffix.lower() == ".ort":
+        return None
+    import onnx
+    import numpy as np
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return int(sum(np.prod(init.dims, dtype=np.int64) for init in model.graph.initializer))
