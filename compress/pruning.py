@@ -1,0 +1,334 @@
+"""Pruning algorithms behind the prune stage: Torch-Pruning for the dependency graph, our checks around it.
+
+`compress.stages.prune` owns the schedule (steps, targets, recovery); this module owns the mechanics:
+building a Torch-Pruning pruner from our options, checking a pruned model by a forward pass that names the
+failing layer, finding which layer cannot be pruned, unstructured magnitude masks, size counters, and
+rebuilding a pruned architecture from saved tensor shapes.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import zlib
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Layer kinds whose output channels / hidden units can be removed (the roots of Torch-Pruning's groups).
+_MAX_DIAGNOSED_GROUPS = 200
+
+
+# ---------------------------------------------------------------- sizes
+
+def count_params(model: "nn.Module") -> int:
+    """Number of parameters (tied parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def weight_bytes(model: "nn.Module") -> int:
+    """Bytes the parameters take in memory at their own dtype (fp32: 4 per parameter)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _effective_weights(model: "nn.Module") -> Iterable["torch.Tensor"]:
+    """Parameters as the forward pass sees them (masked weights while torch.nn.utils.prune is attached)."""
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            yield getattr(module, name[: -len("_orig")]) if name.endswith("_orig") else p
+
+
+def nonzero_params(model: "nn.Module") -> int:
+    """Parameters that are not exactly zero, as the forward pass sees them."""
+    return sum(int((t != 0).sum()) for t in _effective_weights(model))
+
+
+def zlib_bytes(model: "nn.Module") -> int:
+    """Size of all weights as fp32 after zlib compression: what unstructured zeros actually save."""
+    import torch
+
+    packer = zlib.compressobj(6)
+    total = 0
+    for t in _effective_weights(model):
+        total += len(packer.compress(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()))
+    return total + len(packer.flush())
+
+
+# ---------------------------------------------------------------- checked forward pass
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
+                    expected_shape: Sequence[int] | None = None, when: str = "after pruning") -> tuple[int, ...]:
+    """Run `model` on `example_input` in eval mode; raise CompressError naming the layer where it breaks.
+
+    Checks: the forward pass runs, the output is finite, and (if given) its shape equals `expected_shape`.
+    Returns the output shape. Hooks track which layer was running and which one last finished, so a
+    hard-coded channel count in some forward() is reported at the place it bites.
+    """
+    import torch
+
+    names = {m: n for n, m in model.named_modules()}
+    running: list[str] = []
+    state: dict[str, str | None] = {"finished": None, "nonfinite": None}
+
+    def enter(module, _inputs):
+        running.append(names[module])
+
+    def leave(module, _inputs, output):
+        running.pop()
+        state["finished"] = names[module]
+        if state["nonfinite"] is None and isinstance(output, torch.Tensor) and output.is_floating_point() \
+                and not bool(torch.isfinite(output).all()):
+            state["nonfinite"] = names[module] or type(model).__name__
+
+    handles = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example_input)
+    except Exception as exc:  # any failure inside user code is reported with its place
+        inner = next((n for n in reversed(running) if n), None)
+        place = f"layer '{inner}' ({type(model.get_submodule(inner)).__name__})" if inner \
+            else f"the forward() of {type(model).__name__} itself"
+        after = f", right after '{state['finished']}' ran" if state["finished"] else ""
+        raise CompressError(f"prune: the model {when} fails in {place}{after}: {_first_line(exc)}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out_t = out[0] if isinstance(out, (tuple, list)) else out
+    if not isinstance(out_t, torch.Tensor):
+        raise CompressError(f"prune: the model must return a tensor (or a tuple starting with one), "
+                            f"got {type(out_t).__name__}")
+    if state["nonfinite"] is not None or not bool(torch.isfinite(out_t).all()):
+        raise CompressError(f"prune: the model {when} gives non-finite values (first in layer "
+                            f"'{state['nonfinite'] or 'output'}'); prune less (lower prune.amount)")
+    shape = tuple(out_t.shape)
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise CompressError(f"prune: the model {when} outputs shape {list(shape)} instead of "
+                            f"{list(expected_shape)} (last layer run: '{state['finished']}'); a forward() "
+                            "probably hard-codes a channel count: add the layers feeding it to prune.ignore")
+    return shape
+
+
+# ---------------------------------------------------------------- which layers to prune
+
+def _root_types() -> tuple[type, ...]:
+    from torch import nn
+
+    return (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
+    """Name of the last Conv/Linear run in the forward pass: the classifier head, never pruned."""
+    import torch
+
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod]))
+               for m in names if isinstance(m, _root_types())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not order:
+        raise CompressError("prune: the model has no Conv or Linear layer to prune; remove the [prune] section")
+    return order[-1]
+
+
+def resolve_ignored(model: "nn.Module", names: Iterable[str]) -> list["nn.Module"]:
+    """Modules for the names in prune.ignore (plus the head); an unknown name is a CompressError."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        if name not in modules:
+            known = ", ".join(repr(n) for n in list(modules)[1:12])
+            raise CompressError(f"prune.ignore: no module named '{name}' in the model; "
+                                f"use names from model.named_modules(), e.g. {known}")
+        out.append(modules[name])
+    return out
+
+
+# ---------------------------------------------------------------- channel pruning (Torch-Pruning)
+
+def make_importance(kind: str) -> Any:
+    """Torch-Pruning importance for 'l1', 'l2' or 'taylor'."""
+    import torch_pruning as tp
+
+    if kind == "taylor":
+        return tp.importance.TaylorImportance()
+    return tp.importance.MagnitudeImportance(p=1 if kind == "l1" else 2)
+
+
+def make_pruner(model: "nn.Module", example_input: "torch.Tensor", *, amount: float, steps: int,
+                importance: str, ignored: Sequence[str], round_to: int | None) -> Any:
+    """A Torch-Pruning BasePruner that removes `amount` of each group's channels in `steps` equal steps.
+
+    Local ranking (each coupled group loses the same fraction), so channel counts depend only on `amount`,
+    which makes targets searchable on copies. Groups tied together by residual adds, BatchNorm and depthwise
+    convolutions are pruned as one by the dependency graph.
+    """
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()  # tracing runs a forward pass; in train mode it would move BatchNorm statistics
+    try:
+        return tp.pruner.BasePruner(
+            model, example_input, importance=make_importance(importance), pruning_ratio=amount,
+            iterative_steps=steps, ignored_layers=resolve_ignored(model, ignored), round_to=round_to,
+            global_pruning=False,
+        )
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"prune: Torch-Pruning cannot trace this model's dependency graph: "
+                            f"{_first_line(exc)}; use method = 'magnitude' or simplify the forward()") from exc
+    finally:
+        model.train(was_training)
+
+
+def taylor_gradients(model: "nn.Module", batches: Sequence[tuple["torch.Tensor", "torch.Tensor"]]) -> None:
+    """Accumulate cross-entropy gradients over `batches`, as the Taylor importance needs."""
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        out = model(x)
+        F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y).backward()
+    model.train(was_training)
+
+
+def prune_once(model: "nn.Module", example_input: "torch.Tensor", *, amount: float, ignored: Sequence[str],
+               round_to: int | None) -> "nn.Module":
+    """A pruned deep copy at `amount` in one step with L2 importance (channel counts equal any schedule's)."""
+    probe = copy.deepcopy(model)
+    make_pruner(probe, example_input, amount=amount, steps=1, importance="l2", ignored=ignored,
+                round_to=round_to).step()
+    return probe
+
+
+def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignored: Sequence[str],
+                    expected_shape: Sequence[int]) -> list[tuple[str, str]]:
+    """Prune each group alone (half its channels) on a copy; return (root layer, failure) for those that break.
+
+    Only run after a failure, to tell the user which layer to leave alone.
+    """
+    import torch_pruning as tp
+
+    probe = copy.deepcopy(model)
+    probe.eval()
+    graph = tp.DependencyGraph().build_dependency(probe, example_inputs=example_input)
+    names = {m: n for n, m in probe.named_modules()}
+    roots = [names[g[0].dep.target.module] for g in graph.get_all_groups(
+        ignored_layers=resolve_ignored(probe, ignored), root_module_types=_root_types())]
+    broken = []
+    for root in roots[:_MAX_DIAGNOSED_GROUPS]:
+        probe = copy.deepcopy(model)
+        probe.eval()
+        graph = tp.DependencyGraph().build_dependency(probe, example_inputs=example_input)
+        layer = probe.get_submodule(root)
+        pruner = graph.get_pruner_of_module(layer)
+        channels = pruner.get_out_channels(layer)
+        if not channels or channels < 2:
+            continue
+        try:
+            graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels // 2))).prune()
+            checked_forward(probe, example_input, expected_shape=expected_shape)
+        except Exception as exc:  # both Torch-Pruning failures and our checks count as "cannot prune"
+            broken.append((root, str(exc)))
+    return broken
+
+
+# ---------------------------------------------------------------- unstructured magnitude pruning
+
+def magnitude_targets(model: "nn.Module", ignored: Sequence[str]) -> list["nn.Module"]:
+    """Conv/Linear layers that magnitude pruning masks: all but the ignored ones (and their children)."""
+    skip = {id(m) for top in resolve_ignored(model, ignored) for m in top.modules()}
+    return [m for m in model.modules() if isinstance(m, _root_types()) and id(m) not in skip]
+
+
+def magnitude_step(layers: Sequence["nn.Module"], fraction_of_remaining: float) -> None:
+    """Mask the smallest-|w| `fraction_of_remaining` of each layer's still-unmasked weights (L1 unstructured)."""
+    from torch.nn.utils import prune as tprune
+
+    for layer in layers:
+        tprune.l1_unstructured(layer, "weight", amount=fraction_of_remaining)
+
+
+def magnitude_finalize(layers: Sequence["nn.Module"]) -> None:
+    """Make the masks permanent: plain `weight` parameters with zeros, no hooks left (exportable, savable)."""
+    from torch.nn.utils import prune as tprune
+
+    for layer in layers:
+        if tprune.is_pruned(layer):
+            tprune.remove(layer, "weight")
+
+
+# ---------------------------------------------------------------- rebuild a pruned architecture
+
+def shrink_to(model: "nn.Module", state: dict[str, "torch.Tensor"]) -> "nn.Module":
+    """Resize `model`'s tensors (and the layers' size attributes) in place to the shapes in `state`.
+
+    The inverse of channel pruning for loading: the unpruned architecture comes from the user's factory,
+    the shapes from the saved file. Knows Conv, Linear, BatchNorm, LayerNorm, GroupNorm, PReLU, Embedding;
+    other modules get their tensors resized and must read sizes from their tensors.
+    """
+    import torch
+    from torch import nn
+
+    for prefix, module in model.named_modules():
+        key = f"{prefix}." if prefix else ""
+        changed = False
+        for table in (module._parameters, module._buffers):
+            for name, tensor in list(table.items()):
+                saved = state.get(key + name)
+                if tensor is None or saved is None or saved.shape == tensor.shape:
+                    continue
+                empty = torch.empty(saved.shape, dtype=tensor.dtype)
+                table[name] = nn.Parameter(empty, requires_grad=tensor.requires_grad) \
+                    if isinstance(tensor, nn.Parameter) else empty
+                changed = True
+        if changed:
+            _fix_size_attributes(module)
+    return model
+
+
+def _fix_size_attributes(module: "nn.Module") -> None:
+    from torch import nn
+
+    if isinstance(module, nn.modules.conv._ConvNd):
+        w = module.weight
+        out = w.shape[1] * module.groups if module.transposed else w.shape[0]
+        if module.groups > 1 and module.groups == module.in_channels:  # depthwise: groups follow the channels
+            module.groups = out * module.groups // module.out_channels
+        module.in_channels = w.shape[0] if module.transposed else w.shape[1] * module.groups
+        module.out_channels = out
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        module.num_features = (module.weight if module.weight is not None else module.running_mean).shape[0]
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = module.weight.shape[0]
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = module.weight.shape[0]
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
