@@ -1,0 +1,198 @@
+"""Quantize stage: each mode on a tiny model, the accuracy gate and its remedies, the float-vs-quantized pick."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.errors import CompressError
+from compress.stages.quantize import QuantizeConfig, pick_final, quantize, rank_sensitive_nodes
+
+N_FEATURES, N_CLASSES = 16, 4
+def _fast() -> object:
+    """Quick latency settings so the tests stay in seconds."""
+    from compress.bench.harness import BenchSettings
+
+    return BenchSettings(warmup_runs=3, min_runs=20, min_seconds=0.02, repetitions=2)
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four well separated clusters in 16-d, centroids of norm 3; the last feature is noise the model ignores."""
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((N_CLASSES, N_FEATURES)).astype(np.float32)
+    centroids[:, -1] = 0.0
+    centroids *= 3.0 / np.linalg.norm(centroids, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, N_CLASSES, n)
+    x = centroids[y] + 0.3 * rng.standard_normal((n, N_FEATURES)).astype(np.float32)
+    return x.astype(np.float32), y, centroids
+
+
+def _mlp(path: Path, centroids: np.ndarray) -> Path:
+    """x @ [C, -C] -> relu -> @ [I; -I]: logits = x @ C.T, a nearest-centroid classifier as a MatMul MLP."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = np.concatenate([centroids, -centroids]).T.astype(np.float32)  # (16, 8)
+    w2 = np.concatenate([np.eye(N_CLASSES), -np.eye(N_CLASSES)]).astype(np.float32)  # (8, 4)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(4, np.float32), "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+             helper.make_node("Relu", ["a1"], ["h"], name="relu"),
+             helper.make_node("MatMul", ["h", "w2"], ["m2"], name="fc2"),
+             helper.make_node("Add", ["m2", "b2"], ["logits"], name="fc2_bias")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> dict:
+    train_x, _, centroids = _data(512, seed=1)
+    val_x, val_y, _ = _data(400, seed=2)
+    model = _mlp(tmp_path / "mlp.onnx", centroids)
+    return {"model": model, "out": tmp_path / "q", "calib_x": train_x, "val_x": val_x, "val_y": val_y}
+
+
+def _run(s: dict, cfg: QuantizeConfig, **kw) -> dict:
+    args = {"calib_x": s["calib_x"], "val_x": s["val_x"], "val_y": s["val_y"], "providers": ["cpu"],
+            "batch_sizes": [1, 32], "progress": False, "bench_settings": _fast()}
+    args.update(kw)
+    return quantize(s["model"], s["out"], cfg, **args)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "fp16"])
+def test_each_mode_quantizes_within_budget(setup: dict, mode: str) -> None:
+    # execute
+    result = _run(setup, QuantizeConfig(mode=mode, max_accuracy_drop=0.01))
+    # assert
+    assert result["float"]["accuracy"] > 0.95
+    first = result["attempts"][0]
+    assert first["accepted"], first["reason"]
+    assert abs(first["accuracy_drop"]) <= 0.01
+    assert Path(result["chosen"]).is_file()
+    assert result["final"] in ("float", "quantized")
+    assert {(r["provider"], r["batch"]) for r in first["latency"]["rows"]} == {
+        ("CPUExecutionProvider", 1), ("CPUExecutionProvider", 32)}
+    assert all(r["p50_ms"] > 0 for r in first["latency"]["rows"])
+    assert result["why"].startswith(result["final"] + ":")
+
+
+def test_static_model_really_is_int8(setup: dict) -> None:
+    import onnx
+
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.01))
+    graph = onnx.load(result["chosen"]).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert {i.name for i in int8} >= {"w1_quantized", "w2_quantized"}
+
+
+def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
+    # setup: one wild outlier in the ignored feature stretches the input's range, so every real feature rounds to
+    # the zero point; only keeping fc1 (the layer that reads the input) in float cures it
+    calib = setup["calib_x"].copy()
+    calib[0, -1] = 1e4
+    # execute
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib)
+    # assert
+    attempts = result["attempts"]
+    assert attempts[0]["settings"]["calibration_method"] == "minmax"
+    assert not attempts[0]["accepted"] and attempts[0]["accuracy_drop"] > 0.3
+    assert [a["why_tried"] for a in attempts[:3]] == [
+        "configured settings", "remedy: calibration method entropy", "remedy: calibration method percentile"]
+    assert attempts[3]["why_tried"] == "remedy: per-tensor weights"
+    assert all(not a["accepted"] for a in attempts[:-1])
+    last = attempts[-1]
+    assert last["accepted"] and last["accuracy_drop"] == 0.0
+    assert last["why_tried"] == "remedy: 1 most sensitive node kept in float"
+    assert last["settings"]["nodes_to_exclude"][0].startswith("fc1")
+    import onnx
+
+    inits = {i.name: i.data_type for i in onnx.load(last["path"]).graph.initializer}
+    assert inits["w2_quantized"] == onnx.TensorProto.INT8 and inits["w1"] == onnx.TensorProto.FLOAT
+    assert result["chosen"] is not None
+    assert all(a["latency"]["rows"] for a in attempts)
+
+
+def test_nothing_meets_budget_keeps_float_and_says_why(setup: dict) -> None:
+    calib = setup["calib_x"].copy()
+    calib[0, -1] = 1e4
+    result = _run(setup, QuantizeConfig(max_accuracy_drop=0.0, fallback=False), calib_x=calib)
+    assert len(result["attempts"]) == 1
+    assert result["chosen"] is None and result["final"] == "float"
+    assert result["why"].startswith("no quantized model met the accuracy budget of 0.00 points after 1 attempt")
+
+
+def test_sensitive_nodes_rank_the_outlier_damaged_layer_first(setup: dict) -> None:
+    from compress.stages.quantize import _preprocess, _quantize_once
+
+    calib = setup["calib_x"].copy()
+    calib[0, -1] = 1e4
+    setup["out"].mkdir()
+    base = setup["out"] / "pre.onnx"
+    _preprocess(setup["model"], base, "static")
+    quant = setup["out"] / "q.onnx"
+    settings = {"mode": "static", "per_channel": True, "weight_type": "int8", "reduce_range": False,
+                "nodes_to_exclude": [], "calibration_method": "minmax", "quant_format": "qdq",
+                "activation_type": "uint8"}
+    _quantize_once(base, quant, settings, calib, "x", 32)
+    ranked = rank_sensitive_nodes(base, quant, setup["val_x"][:64], "x", {"MatMul", "Add", "Gemm"})
+    assert ranked[0][0].startswith("fc1")  # its input x is quantized with the outlier's range: nearly all signal lost
+    assert ranked[0][1] > 20.0
+
+
+def test_pick_prefers_float_when_it_is_faster() -> None:
+    row = lambda b, ms: {"provider": "CPUExecutionProvider", "batch": b, "p50_ms": ms}  # noqa: E731
+    decision = pick_final([row(1, 0.019), row(32, 0.20)], [row(1, 0.030), row(32, 0.21)])
+    assert decision["final"] == "float"
+    assert decision["speedups"] == pytest.approx({"cpu/b1": 0.019 / 0.030, "cpu/b32": 0.20 / 0.21})
+    assert "not faster" in decision["why"]
+    faster = pick_final([row(1, 0.5), row(32, 9.0)], [row(1, 0.25), row(32, 3.0)])
+    assert faster["final"] == "quantized" and faster["speedup"] == pytest.approx((2.0 * 3.0) ** 0.5)
+    forced = pick_final([row(1, 0.019)], [row(1, 0.030)], prefer_quantized=True)
+    assert forced["final"] == "quantized"
+
+
+def test_tiny_model_float_wins_and_is_final(setup: dict) -> None:
+    # a 200-parameter MLP at batch 1: Q/DQ overhead dwarfs the arithmetic, int8 cannot win here
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.01), batch_sizes=[1])
+    assert result["chosen"] is not None
+    assert result["final"] == "float", result["why"]
+    assert result["pick"]["speedup"] < 1.0
+
+
+def test_static_without_calibration_data_is_a_clear_error(setup: dict) -> None:
+    with pytest.raises(CompressError) as err:
+        _run(setup, QuantizeConfig(mode="static"), calib_x=None)
+    assert str(err.value) == ("quantize.mode: 'static' needs calibration samples from the training data, got none; "
+                              "provide training data in [data] or use mode = 'dynamic'")
+
+
+def test_fp16_on_cpu_only_with_pick_quantized_is_refused(setup: dict) -> None:
+    with pytest.raises(CompressError, match=r"quantize.mode: 'fp16' with pick = 'quantized' needs a GPU provider"):
+        _run(setup, QuantizeConfig(mode="fp16", pick="quantized"))
+
+
+def test_calibration_shape_mismatch_names_both_shapes(setup: dict) -> None:
+    with pytest.raises(CompressError, match=r"calibration items must have shape \? to match|must have shape 16"):
+        _run(setup, QuantizeConfig(), calib_x=np.zeros((8, 10), np.float32))
+
+
+def test_config_rejects_unknown_keys_and_bad_ranges() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        QuantizeConfig(mode="int4")
+    with pytest.raises(ValidationError):
+        QuantizeConfig(max_accuracy_drop=1.5)
+    with pytest.raises(ValidationError):
+        QuantizeConfig(calibration="entropy")
+    assert QuantizeConfig().model_dump()["per_channel"] is True
