@@ -1,0 +1,227 @@
+"""compress.edge, compress.kit and `compress edge`: ORT format, parity, readiness, fixed batch, bench kit."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress import edge
+from compress.errors import CompressError
+
+CHECKED = ("NNAPI", "CoreML-MLProgram", "CoreML-NeuralNetwork")
+
+
+def _conv_model(path: Path, *, batch: int | str = "batch", cumsum: bool = False) -> Path:
+    """x[N,1,4,4] -> Conv -> Relu -> [CumSum] -> Relu -> y. CumSum is in none of ORT's NNAPI/CoreML rules."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(3, dtype=np.int64), "axis")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r1"], name="relu1")]
+    last = "r1"
+    if cumsum:
+        nodes.append(helper.make_node("CumSum", ["r1", "axis"], ["cs"], name="cumsum"))
+        last = "cs"
+    nodes.append(helper.make_node("Relu", [last], ["y"], name="relu2"))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 4, 4])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_to_ort_format_writes_model_and_operator_config_and_matches_onnx(tmp_path):
+    # setup
+    model = _conv_model(tmp_path / "tiny.onnx")
+    # execute
+    out = edge.to_ort_format(model, tmp_path / "out")
+    feed = {"x": np.random.default_rng(1).standard_normal((3, 1, 4, 4)).astype(np.float32)}
+    parity = edge.ort_parity(model, Path(out["ort_path"]), feed)
+    # assert
+    assert Path(out["ort_path"]).name == "tiny.basic.ort" and out["bytes"] == Path(out["ort_path"]).stat().st_size
+    config = Path(out["config_path"]).read_text().splitlines()
+    ops = {line for line in config if not line.startswith("#") and line}
+    assert ops == {"ai.onnx;11;Conv", "ai.onnx;14;Relu"}
+    assert parity["max_abs_diff"] <= 1e-5 and parity["top1_agreement"] == 1.0 and parity["outputs"] == 1
+    assert out["log"]  # the tool's own messages are kept, not printed
+
+
+def test_readiness_lists_every_node_and_the_unsupported_op(tmp_path):
+    # setup: fixed shapes, so only the operator decides
+    model = _conv_model(tmp_path / "cs.onnx", batch=1, cumsum=True)
+    # execute
+    section = edge.readiness(model)
+    # assert
+    assert section["dynamic_inputs"] == [] and section["fix"] is None
+    for key in CHECKED:
+        p = section["providers"][key]
+        assert p["available"] is True
+        assert [n["name"] for n in p["nodes"]] == ["conv", "relu1", "cumsum", "relu2"]
+        assert p["nodes_total"] == 4 and p["nodes_taken"] == 3 and p["partitions"] == 2
+        assert p["partition_sizes"] == [2, 1]
+        assert p["unsupported_ops"] == ["ai.onnx:CumSum"]
+        cumsum = p["nodes"][2]
+        assert cumsum["taken"] is False and cumsum["partition"] is None
+        assert cumsum["reason"] == f"operator ai.onnx:CumSum not in the {p['provider']} rules"
+        assert [n["partition"] for n in p["nodes"]] == [0, 0, None, 1]
+    for key in ("XNNPACK", "QNN"):
+        assert section["providers"][key]["available"] is False
+        assert "onnxruntime.tools ships no" in section["providers"][key]["reason"]
+    table = edge.readiness_table(section)
+    assert "NNAPI" in table and "3/4" in table and "CumSum" in table
+
+
+def test_dynamic_batch_is_reported_and_fix_batch_fixes_it(tmp_path):
+    # setup
+    model = _conv_model(tmp_path / "dyn.onnx")
+    # execute
+    before = edge.readiness(model)
+    fixed = edge.fix_batch(model, tmp_path / "fixed.onnx", batch=1)
+    after = edge.readiness(fixed)
+    # assert
+    assert before["dynamic_inputs"] == [{"name": "x", "shape": ["batch", 1, 4, 4]}]
+    assert "fixed_batch = 1" in before["fix"]
+    nnapi = before["providers"]["NNAPI"]
+    assert nnapi["nodes_taken"] == 0 and nnapi["fallback_due_to_dynamic_shape"] == 3
+    assert nnapi["nodes"][0]["reason"] == "an input has a dynamic shape"
+    assert all(n["taken_if_shapes_fixed"] for n in nnapi["nodes"])
+    assert nnapi["if_shapes_fixed"] == {"nodes_taken": 3, "partitions": 1, "suitability": "yes"}
+    assert after["dynamic_inputs"] == [] and after["providers"]["NNAPI"]["nodes_taken"] == 3
+    import onnx
+
+    y = onnx.load(str(fixed)).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in y] == [1, 2, 4, 4]
+
+
+def test_fix_batch_refuses_to_change_an_already_fixed_batch(tmp_path):
+    model = _conv_model(tmp_path / "b2.onnx", batch=2)
+    with pytest.raises(CompressError, match=r"already has a fixed batch of 2, not 1"):
+        edge.fix_batch(model, tmp_path / "out.onnx", batch=1)
+
+
+def test_truncated_or_missing_model_is_one_line_error(tmp_path):
+    model = _conv_model(tmp_path / "m.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(model.read_bytes()[:40])
+    with pytest.raises(CompressError) as err:
+        edge.to_ort_format(bad, tmp_path / "out")
+    assert str(err.value).startswith(f"{bad}: expected a valid ONNX model, got ")
+    assert "\n" not in str(err.value)
+    with pytest.raises(CompressError, match="expected an ONNX model file, got nothing there"):
+        edge.readiness(tmp_path / "missing.onnx")
+
+
+def test_cli_edge_writes_ort_config_and_readiness(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _conv_model(tmp_path / "m.onnx", cumsum=True)
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "e"), "--fixed-batch", "1"])
+    assert result.exit_code == 0, result.output
+    assert "parity vs ONNX: max abs diff" in result.output and "CumSum" in result.output
+    section = json.loads((tmp_path / "e" / "edge.json").read_text())
+    assert section["fixed_batch"] == 1 and section["parity_ok"] is True
+    assert Path(section["ort"]["ort_path"]).is_file() and Path(section["ort"]["config_path"]).is_file()
+    assert section["readiness"]["providers"]["NNAPI"]["nodes_taken"] == 3
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    result = CliRunner().invoke(main, ["edge", str(bad)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "expected a valid ONNX model" in result.output
+
+
+def test_import_compress_edge_stays_light():
+    code = "import sys, compress.edge, compress.kit, compress.cli_edge; " \
+           "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bench_kit_script_imports_only_stdlib_numpy_onnxruntime():
+    tree = ast.parse(edge.make_kit.__globals__["SCRIPT"].read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    third_party = names - set(sys.stdlib_module_names)
+    assert third_party == {"numpy", "onnxruntime"}
+
+
+def _run_kit(python: str, kit: Path, *args: str) -> subprocess.CompletedProcess:
+    # -I: isolated, so nothing from this checkout (compress) can sneak onto the path
+    return subprocess.run([python, "-I", "bench_kit.py", *args], cwd=kit, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_kit_runs_with_this_interpreter_and_reports_other_hardware_as_unavailable(tmp_path):
+    # setup
+    model = _conv_model(tmp_path / "m.onnx")
+    kit = edge.make_kit(model, tmp_path / "kit", batch=2, providers=["cpu", "xnnpack", "CUDAExecutionProvider"],
+                        provider_options={"xnnpack": {"intra_op_num_threads": 2}}, name="tiny",
+                        repetitions=2, min_runs=20, min_seconds=0.0, warmup_runs=2)
+    # execute
+    done = _run_kit(sys.executable, kit, "--json", "out.json")
+    strict = _run_kit(sys.executable, kit, "--provider", "cpu", "--provider", "nnapi", "--strict",
+                      "--repetitions", "1")
+    # assert
+    assert sorted(p.name for p in kit.iterdir()) == sorted(
+        ["README.txt", "bench_kit.py", "expected.npz", "inputs.npz", "kit.json", "model.onnx", "out.json"])
+    assert done.returncode == 0, done.stderr
+    report = json.loads((kit / "out.json").read_text())
+    assert report["schema"] == "compress.report/1" and report["final"] == "tiny"
+    (entry,) = report["models"]
+    (row,) = entry["latency"]
+    assert row["provider"] == "CPUExecutionProvider" and row["batch"] == 2 and row["threads"] == 1
+    assert row["runs"] == len(row["samples_ms"]) >= 40 and row["repetitions"] == 2
+    assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert row["ci95_p50_ms"][0] <= row["p50_ms"] <= row["ci95_p50_ms"][1] and row["throughput_per_s"] > 0
+    assert entry["parity"] == {"max_abs_diff": 0.0, "top1_agreement": 1.0}
+    assert [u["provider"] for u in entry["unavailable"]] == ["XnnpackExecutionProvider", "CUDAExecutionProvider"]
+    assert strict.returncode == 1 and "unavailable under --strict: NnapiExecutionProvider" in strict.stderr
+    assert "compress compare local.json device.json" in (kit / "README.txt").read_text()
+
+
+@pytest.mark.slow
+def test_kit_runs_in_a_fresh_venv_with_only_onnxruntime_and_numpy(tmp_path):
+    # setup: a clean venv from the base interpreter, not this project's
+    model = _conv_model(tmp_path / "m.onnx")
+    kit = edge.make_kit(model, tmp_path / "kit", providers=["cpu", "nnapi"], repetitions=2, min_runs=20,
+                        min_seconds=0.0)
+    venv = tmp_path / "venv"
+    start = time.perf_counter()
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(venv)], check=True,
+                   timeout=300)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True, timeout=600,
+                   env={**os.environ, "PIP_NO_INPUT": "1"})
+    # execute
+    done = _run_kit(python, kit, "--json", "device.json")
+    seconds = time.perf_counter() - start
+    # assert
+    assert done.returncode == 0, done.stderr
+    freeze = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    installed = {line.split("==")[0].lower() for line in freeze.splitlines() if line}
+    assert "compress" not in installed and "torch" not in installed and "onnx" not in installed
+    report = json.loads((kit / "device.json").read_text())
+    entry = report["models"][0]
+    assert entry["latency"][0]["provider"] == "CPUExecutionProvider" and entry["parity"]["max_abs_diff"] <= 1e-5
+    assert entry["unavailable"][0]["provider"] == "NnapiExecutionProvider"
+    env = report["environment"]
+    print(f"fresh-venv kit run: {seconds:.1f} s (venv + pip install + bench; onnxruntime {env['onnxruntime']}, "
+          f"numpy {env['numpy']}, python {env['python']})")
