@@ -252,7 +252,7 @@ def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignore
             graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels // 2))).prune()
             checked_forward(probe, example_input, expected_shape=expected_shape)
         except Exception as exc:  # both Torch-Pruning failures and our checks count as "cannot prune"
-            broken.append((root, str(exc)))
+            broken.append((root, str(exc).removeprefix("prune: ")))
     return broken
 
 

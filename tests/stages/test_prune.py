@@ -1,0 +1,259 @@
+"""Prune stage: channel pruning on each kind of model (conv+BN, depthwise residual, MLP), magnitude pruning,
+targets, the save/load round trip, and the clear error for a model that cannot be pruned safely."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from compress import zoo
+from compress.errors import CompressError
+from compress.pruning import count_params
+from compress.stages.prune import PruneConfig, load_pruned, prune, save_pruned
+
+
+def _x(kind: str, batch: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand((batch, 64) if kind == "mlp" else (batch, 1, 8, 8), generator=g)
+
+
+MODELS = {"cnn": zoo.cnn_small, "mobilenet": zoo.mobilenet, "mlp": zoo.mlp}
+
+
+def _prune(model, cfg, x, **kw):
+    calls: list[int] = []
+    pruned, history = prune(model, cfg, example_input=x, finetune=lambda m, epochs: calls.append(epochs),
+                            evaluate=lambda m: 0.5, progress=False, **kw)
+    return pruned, history, calls
+
+
+def _ort_logits(model: nn.Module, x: torch.Tensor, path: Path) -> np.ndarray:
+    import onnxruntime as ort
+
+    from compress.stages.export import export_onnx
+
+    export_onnx(model, x, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_needs_exactly_one_goal():
+    with pytest.raises(ValidationError, match="set exactly one of amount, target_params or target_latency_ms, "
+                                              "got none"):
+        PruneConfig()
+    with pytest.raises(ValidationError, match="got amount, target_params"):
+        PruneConfig(amount=0.5, target_params=1000)
+
+
+def test_config_rejects_targets_for_magnitude_and_bad_ranges():
+    with pytest.raises(ValidationError, match="method = 'magnitude' keeps every tensor's shape, so target_params"):
+        PruneConfig(method="magnitude", target_params=1000)
+    with pytest.raises(ValidationError, match="less than 1"):
+        PruneConfig(amount=1.0)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        PruneConfig(amount=0.5, ratio=0.5)
+
+
+# ---------------------------------------------------------------- channel pruning, each kind of model
+
+@pytest.mark.parametrize("kind", ["cnn", "mobilenet", "mlp"])
+def test_channel_pruning_shrinks_tensors_and_still_exports(kind, tmp_path):
+    # setup
+    torch.manual_seed(0)
+    model, x = MODELS[kind](), _x(kind)
+    before = {n: p.shape for n, p in model.state_dict().items()}
+    # execute
+    pruned, history, calls = _prune(model, PruneConfig(amount=0.5, steps=2, finetune_epochs=3), x)
+    # assert: the input model is untouched, tensors really shrank, the head kept its classes
+    assert {n: p.shape for n, p in model.state_dict().items()} == before
+    assert count_params(pruned) < 0.45 * count_params(model)
+    assert [h["step"] for h in history] == [0, 1, 2] and [h["amount"] for h in history] == [0.0, 0.25, 0.5]
+    assert history[0]["params"] == count_params(model) and history[-1]["params"] == count_params(pruned)
+    assert history[-1]["bytes"] == 4 * count_params(pruned)
+    assert calls == [3, 3]
+    out = pruned.eval()(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    ort_out = _ort_logits(pruned, x, tmp_path / "pruned.onnx")
+    np.testing.assert_allclose(ort_out, out.detach().numpy(), atol=1e-4)
+
+
+def test_conv_bn_channels_follow_the_pruned_conv():
+    pruned, _, _ = _prune(zoo.cnn_small(width=16), PruneConfig(amount=0.5, steps=1), _x("cnn"))
+    conv0, bn0, conv1, bn1 = pruned[0][0], pruned[0][1], pruned[2][0], pruned[2][1]
+    assert (conv0.out_channels, bn0.num_features, conv1.in_channels) == (8, 8, 8)
+    assert (conv1.out_channels, bn1.num_features) == (16, 16)
+    assert pruned[-1].in_features == 16 * 2 * 2 and pruned[-1].out_features == 10
+
+
+def test_depthwise_residual_blocks_stay_consistent():
+    pruned, _, _ = _prune(zoo.mobilenet(width=32), PruneConfig(amount=0.5, steps=1), _x("mobilenet"))
+    block = pruned[1]  # a residual block: stem, depthwise and pointwise all share the residual channels
+    dw, pw = block.depthwise[0], block.pointwise[0]
+    assert pruned[0][0].out_channels == dw.in_channels == dw.out_channels == dw.groups == pw.out_channels == 16
+    assert pruned[-1].out_features == 10
+
+
+def test_mlp_hidden_units_shrink():
+    pruned, _, _ = _prune(zoo.mlp(hidden=(64, 32)), PruneConfig(amount=0.5, steps=1), _x("mlp"))
+    assert [(m.in_features, m.out_features) for m in pruned if isinstance(m, nn.Linear)] == \
+        [(64, 32), (32, 16), (16, 10)]
+
+
+def test_ignore_keeps_a_layer_and_unknown_names_are_errors():
+    pruned, _, _ = _prune(zoo.mlp(hidden=(64, 32)), PruneConfig(amount=0.5, steps=1, ignore=("1",)), _x("mlp"))
+    assert pruned[1].out_features == 64 and pruned[4].out_features == 16
+    with pytest.raises(CompressError, match="prune.ignore: no module named 'fc9' in the model"):
+        _prune(zoo.mlp(), PruneConfig(amount=0.5, ignore=("fc9",)), _x("mlp"))
+
+
+def test_round_to_keeps_multiples():
+    pruned, _, _ = _prune(zoo.mlp(hidden=(60, 44)), PruneConfig(amount=0.3, steps=1, round_to=8), _x("mlp"))
+    assert [m.out_features for m in pruned if isinstance(m, nn.Linear)][:2] == [40, 24]
+
+
+def test_taylor_importance_uses_labelled_batches():
+    x, y = _x("cnn", 16), torch.arange(16) % 10
+    pruned, _, _ = _prune(zoo.cnn_small(), PruneConfig(amount=0.5, importance="taylor"), x[:4],
+                          taylor_batches=[(x, y)])
+    assert pruned[0][0].out_channels == 8
+    assert all(p.grad is None for p in pruned.parameters())
+    with pytest.raises(CompressError, match="prune.importance: 'taylor' needs labelled batches"):
+        _prune(zoo.cnn_small(), PruneConfig(amount=0.5, importance="taylor"), x[:4])
+
+
+# ---------------------------------------------------------------- targets
+
+def test_target_params_is_met_with_the_least_pruning():
+    model = zoo.mlp()
+    pruned, history, _ = _prune(model, PruneConfig(target_params=30_000, steps=2), _x("mlp"))
+    assert count_params(pruned) <= 30_000
+    # a little less pruning would have missed: the search found (nearly) the smallest amount
+    assert history[-1]["amount"] < 0.65 and count_params(pruned) > 25_000
+
+
+def test_target_latency_uses_the_measurement_callback():
+    # A deterministic cost model stands in for ORT timing here so the schedule logic is tested exactly;
+    # the real ORT measurement is exercised in benchmarks/bench_prune.py.
+    def cost_ms(m: nn.Module) -> float:
+        return count_params(m) / 10_000
+
+    pruned, history, _ = _prune(zoo.mlp(), PruneConfig(target_latency_ms=3.0, steps=1), _x("mlp"),
+                                latency_ms=cost_ms)
+    assert history[0]["latency_ms"] == pytest.approx(8.5002)
+    assert history[-1]["latency_ms"] <= 3.0 and cost_ms(pruned) <= 3.0
+
+
+def test_unreachable_target_is_a_clear_error():
+    with pytest.raises(CompressError, match=r"prune.target_params: 10 cannot be reached: removing max_amount = "
+                                            r"0.9 of the channels still gives"):
+        _prune(zoo.mlp(), PruneConfig(target_params=10), _x("mlp"))
+
+
+def test_target_latency_needs_a_measurement():
+    with pytest.raises(CompressError, match="prune.target_latency_ms: needs a latency measurement"):
+        _prune(zoo.mlp(), PruneConfig(target_latency_ms=1.0), _x("mlp"))
+
+
+# ---------------------------------------------------------------- models it cannot prune
+
+class HardCodedScale(nn.Module):
+    """Multiplies by a fixed 8-channel buffer: the channel count is baked into forward(), not into a layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 10)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1))
+
+    def forward(self, x):
+        y = self.features(x)
+        y = self.mix(y * self.scale)
+        return self.head(y.mean((2, 3)))
+
+
+def test_unprunable_layer_is_named_and_nothing_is_corrupted():
+    model, x = HardCodedScale(), _x("cnn")
+    reference = model.eval()(x).detach().clone()
+    with pytest.raises(CompressError) as err:
+        _prune(model, PruneConfig(amount=0.5), x)
+    msg = str(err.value)
+    assert msg.startswith("prune: cannot remove channels of layer 'features.0' safely")
+    assert "(the model after pruning fails in the forward() of HardCodedScale itself, right after 'features' " \
+        "ran: RuntimeError: The size of tensor a (4) must match the size of tensor b (8)" in msg
+    assert "add it to prune.ignore (ignore = ['features.0'])" in msg
+    torch.testing.assert_close(model(x), reference)  # the caller's model still works, unchanged
+
+
+def test_ignoring_the_named_layer_makes_it_prunable():
+    pruned, _, _ = _prune(HardCodedScale(), PruneConfig(amount=0.5, ignore=("features.0",)), _x("cnn"))
+    assert pruned.features[0].out_channels == 8 and pruned.mix.out_channels == 4
+
+
+# ---------------------------------------------------------------- magnitude
+
+def test_magnitude_zeroes_the_requested_fraction_without_shrinking():
+    torch.manual_seed(0)
+    model, x = zoo.mlp(hidden=(64, 32)), _x("mlp")
+    pruned, history, calls = _prune(model, PruneConfig(method="magnitude", amount=0.6, steps=3), x)
+    hidden = [pruned[1].weight, pruned[4].weight]
+    zero_fraction = sum(int((w == 0).sum()) for w in hidden) / sum(w.numel() for w in hidden)
+    assert zero_fraction == pytest.approx(0.6, abs=0.002)
+    assert int((pruned[7].weight == 0).sum()) == 0  # the head is left alone
+    assert history[-1]["params"] == count_params(model)  # same shapes, same count
+    assert history[-1]["nonzero_params"] < 0.45 * count_params(model)
+    assert history[-1]["zlib_bytes"] < history[0]["zlib_bytes"]
+    assert calls == [5, 5, 5]
+    assert not any(n.endswith(("_orig", "_mask")) for n in pruned.state_dict())  # masks made permanent
+
+
+# ---------------------------------------------------------------- save / load
+
+@pytest.mark.parametrize("kind", ["cnn", "mobilenet", "mlp"])
+def test_save_load_round_trip_is_exact(kind, tmp_path):
+    torch.manual_seed(0)
+    x = _x(kind)
+    pruned, _, _ = _prune(MODELS[kind](), PruneConfig(amount=0.4, steps=1), x)
+    save_pruned(pruned, tmp_path / "pruned.safetensors")
+    # execute: rebuild from the unpruned architecture
+    loaded = load_pruned(MODELS[kind](), tmp_path / "pruned.safetensors", example_input=x)
+    # assert
+    torch.testing.assert_close(loaded.eval()(x), pruned.eval()(x), rtol=0, atol=0)
+    assert count_params(loaded) == count_params(pruned)
+
+
+def test_load_rejects_a_non_safetensors_file(tmp_path):
+    bad = tmp_path / "pruned.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CompressError, match="expected a safetensors file written by save_pruned"):
+        load_pruned(zoo.mlp(), bad)
+
+
+# ---------------------------------------------------------------- real recovery
+
+def test_recovery_by_training_restores_accuracy():
+    from compress.training import TrainConfig, evaluate, fit
+
+    # setup: a linearly separable 4-class problem and a trained MLP
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 64, generator=g) * 2
+    y = torch.randint(0, 4, (600,), generator=g)
+    x = centers[y] + torch.randn(600, 64, generator=g)
+    train, val = (x[:480], y[:480]), (x[480:], y[480:])
+    model = zoo.mlp(num_classes=4, hidden=(64, 64))
+    fit(model, train, val, TrainConfig(epochs=5, lr=1e-2), seed=0, progress=False)
+    # execute
+    pruned, history = prune(model, PruneConfig(amount=0.75, steps=2, finetune_epochs=3), example_input=x[:8],
+                            finetune=lambda m, e: fit(m, train, val, TrainConfig(epochs=e, lr=3e-3), seed=1,
+                                                      progress=False),
+                            evaluate=lambda m: evaluate(m, *val), progress=False)
+    # assert
+    assert pruned[1].out_features == 16
+    assert history[-1]["accuracy"] >= history[0]["accuracy"] - 0.02
+    assert history[-1]["accuracy"] >= history[-1]["accuracy_before_finetune"]
