@@ -79,7 +79,7 @@ def session_options_summary(threads: int, *, edge: bool = False) -> dict[str, An
 
 
 def open_session(
-    model_path: str | Path,
+    model_path: str | Path | bytes,
     provider: str,
     threads: int,
     *,
@@ -124,7 +124,8 @@ def open_session(
     if name != CPU:
         providers.append(CPU)  # nodes the provider cannot take run on CPU; that is normal ORT partitioning
     try:
-        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        model = model_path if isinstance(model_path, bytes) else str(model_path)
+        session = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all user-facing here
         if name == CPU:
             raise CompressError(

@@ -83,6 +83,8 @@ def verdict(
     new_p50_ms: float | None = None,
     base_ci95: Sequence[float] | None = None,
     new_ci95: Sequence[float] | None = None,
+    base_reference_ms: float | None = None,
+    new_reference_ms: float | None = None,
     alpha: float = 0.01,
 ) -> dict[str, Any]:
     """Decide whether `new` is a latency regression against `base`.
@@ -90,7 +92,10 @@ def verdict(
     ratio = new p50 / base p50 (the rows' p50 when given, else medians of the samples). Significant when the
     one-sided Mann-Whitney U p-value < alpha on the raw samples, or the 95% CIs of p50 do not overlap (used
     when no samples were kept). Regressed only when significant AND ratio > 1 + max_regression. Faster is the
-    mirror case. Returns {ratio, p_value, ci_disjoint, significant, regressed, verdict}.
+    mirror case. With both reference p50s (the harness's interleaved reference workload), every latency is
+    first divided by its side's reference p50, so a machine that was slower as a whole does not count as the
+    model being slower; `raw_ratio` keeps the undivided ratio. Returns {ratio, raw_ratio, p_value,
+    ci_disjoint, significant, regressed, verdict, normalized}.
     """
     if max_regression < 0:
         raise ValueError(f"max_regression must be >= 0, got {max_regression}")
@@ -98,7 +103,17 @@ def verdict(
     new_p50 = new_p50_ms if new_p50_ms is not None else _median(new_samples)
     if base_p50 is None or new_p50 is None or base_p50 <= 0:
         raise ValueError("verdict needs a p50 or samples on both sides")
-    ratio = new_p50 / base_p50
+    raw_ratio = new_p50 / base_p50
+    normalized = bool(base_reference_ms and new_reference_ms)
+    if normalized:
+        bs, ns = float(base_reference_ms), float(new_reference_ms)
+        base_samples = None if base_samples is None else np.asarray(base_samples, dtype=np.float64) / bs
+        new_samples = None if new_samples is None else np.asarray(new_samples, dtype=np.float64) / ns
+        base_ci95 = None if base_ci95 is None else [float(c) / bs for c in base_ci95]
+        new_ci95 = None if new_ci95 is None else [float(c) / ns for c in new_ci95]
+        ratio = raw_ratio * bs / ns
+    else:
+        ratio = raw_ratio
 
     p_value: float | None = None
     if base_samples is not None and new_samples is not None and len(base_samples) and len(new_samples):
@@ -118,6 +133,8 @@ def verdict(
     label = "REGRESSED" if regressed else ("faster" if faster else "ok")
     return {
         "ratio": float(ratio),
+        "raw_ratio": float(raw_ratio),
+        "normalized": normalized,
         "base_p50_ms": float(base_p50),
         "new_p50_ms": float(new_p50),
         "p_value": p_value,

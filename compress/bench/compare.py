@@ -1,0 +1,146 @@
+"""Compare two saved latency results (bench JSON or pipeline report.json) row by row, with a verdict each.
+
+Rows are matched by (model, provider, batch, threads). A bench JSON has one unnamed model; a report.json
+names its models (teacher, student, ...), so report vs report matches model by model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compress.bench import stats
+from compress.errors import CompressError
+
+BENCH_SCHEMA = "compress.bench/1"
+REPORT_SCHEMA = "compress.report/1"
+
+Key = tuple[str, str, int, int]  # (model name or "", provider, batch, threads)
+
+
+def bench_document(model_path: str | Path, result: dict[str, Any], environment: dict[str, Any],
+                   settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON `compress bench --json` writes: latency rows as in report.json, plus where and how."""
+    return {
+        "schema": BENCH_SCHEMA,
+        "model": str(model_path),
+        "environment": environment,
+        "settings": settings,
+        "latency": result["latency"],
+        "unavailable": result["unavailable"],
+    }
+
+
+def load_rows(path: str | Path) -> dict[Key, dict[str, Any]]:
+    """Latency rows of a bench JSON or a pipeline report.json, keyed by (model, provider, batch, threads)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CompressError(f"{p}: no such file; expected a `compress bench --json` output or a report.json")
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CompressError(f"{p}: not valid JSON ({exc}); pass a bench --json output or a report.json") from None
+    if not isinstance(doc, dict):
+        raise CompressError(f"{p}: expected a JSON object with 'latency' or 'models', got {type(doc).__name__}")
+    if isinstance(doc.get("models"), list):
+        groups = [(str(m.get("name", "")), m.get("latency") or []) for m in doc["models"] if isinstance(m, dict)]
+    elif isinstance(doc.get("latency"), list):
+        groups = [("", doc["latency"])]
+    else:
+        raise CompressError(f"{p}: no 'latency' rows or 'models' list; expected a bench --json output or a report.json")
+    rows: dict[Key, dict[str, Any]] = {}
+    for model, latency in groups:
+        for i, row in enumerate(latency):
+            try:
+                key = (model, str(row["provider"]), int(row["batch"]), int(row["threads"]))
+                float(row["p50_ms"])
+            except (KeyError, TypeError, ValueError):
+                where = f"models[{model}].latency[{i}]" if model else f"latency[{i}]"
+                raise CompressError(f"{p}: {where}: expected provider, batch, threads and p50_ms") from None
+            rows[key] = row
+    if not rows:
+        raise CompressError(f"{p}: no latency rows to compare (was every provider unavailable?)")
+    return rows
+
+
+def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max_regression: float,
+            *, alpha: float = 0.01) -> list[dict[str, Any]]:
+    """One verdict row per matched key (stats.verdict), plus 'missing'/'added' rows for unmatched keys."""
+    if max_regression < 0:
+        raise CompressError(f"--max-regression: expected a fraction >= 0 (0.10 = 10% slower), got {max_regression}")
+    base, new = _align_models(base, new)
+    out: list[dict[str, Any]] = []
+    for key in sorted(set(base) | set(new)):
+        model, provider, batch, threads = key
+        head = {"model": model, "provider": provider, "batch": batch, "threads": threads}
+        if key not in new or key not in base:
+            side = base if key in base else new
+            p50 = float(side[key]["p50_ms"])
+            out.append({**head, "base_p50_ms": p50 if key in base else None, "new_p50_ms": p50 if key in new else None,
+                        "ratio": None, "p_value": None, "regressed": False,
+                        "verdict": "missing" if key in base else "added"})
+            continue
+        b, n = base[key], new[key]
+        v = stats.verdict(
+            b.get("samples_ms"), n.get("samples_ms"), max_regression,
+            base_p50_ms=float(b["p50_ms"]), new_p50_ms=float(n["p50_ms"]),
+            base_ci95=b.get("ci95_p50_ms"), new_ci95=n.get("ci95_p50_ms"), alpha=alpha,
+            **_references(b, n),
+        )
+        out.append({**head, **v})
+    return out
+
+
+def _references(b: dict[str, Any], n: dict[str, Any]) -> dict[str, float]:
+    """Reference p50s of both rows when they are comparable (same reference workload version), else none."""
+    # effective reference = p50 / score, so the verdict's ratio is exactly new score / base score
+    if b.get("p50_score") and n.get("p50_score") and b.get("reference_version") == n.get("reference_version"):
+        return {"base_reference_ms": float(b["p50_ms"]) / float(b["p50_score"]),
+                "new_reference_ms": float(n["p50_ms"]) / float(n["p50_score"])}
+    return {}
+
+
+def _align_models(base: dict[Key, Any], new: dict[Key, Any]) -> tuple[dict[Key, Any], dict[Key, Any]]:
+    """Bench JSON vs report.json: compare the bench rows with the report's model when it has exactly one."""
+    base_models = {k[0] for k in base}
+    new_models = {k[0] for k in new}
+    if (base_models == {""}) != (new_models == {""}):
+        named = new_models if base_models == {""} else base_models
+        if len(named) != 1:
+            raise CompressError(
+                f"compare: one file is a bench result, the other a report with models {sorted(named)}; "
+                "compare two reports, or bench the one model again"
+            )
+
+        def strip(rows: dict[Key, Any]) -> dict[Key, Any]:
+            return {("", *k[1:]): v for k, v in rows.items()}
+
+        return strip(base), strip(new)
+    return base, new
+
+
+def regressions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The verdict rows that regressed."""
+    return [r for r in rows if r.get("regressed")]
+
+
+def table(rows: list[dict[str, Any]], max_regression: float) -> str:
+    """Plain-text table: both p50s, the ratio (reference-normalized when possible), the raw ratio, p, verdict."""
+    head = f"{'model':<16} {'provider':<28} {'batch':>5} {'thr':>3} {'base p50':>10} {'new p50':>10} " \
+           f"{'ratio':>7} {'raw':>7} {'p':>8}  verdict (budget +{max_regression:.0%})"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['model'] or '-':<16} {r['provider']:<28} {r['batch']:>5} {r['threads']:>3} "
+            f"{_ms(r['base_p50_ms']):>10} {_ms(r['new_p50_ms']):>10} "
+            f"{_fmt(r['ratio'], '.3f'):>7} {_fmt(r.get('raw_ratio'), '.3f'):>7} {_fmt(r['p_value'], '.1e'):>8}  {r['verdict']}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}ms"

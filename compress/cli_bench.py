@@ -1,0 +1,177 @@
+"""`compress bench` and `compress compare`: the latency harness and its regression gate from the shell.
+
+Plain click commands; compress/cli.py adds them to the `main` group, which turns CompressError into one line
+and exit 2 (GateFailed: exit 1). Heavy imports stay inside the command bodies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compress.errors import CompressError, GateFailed
+
+
+def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """['cuda:device_id=0', 'cuda:arena_extend_strategy=kSameAsRequested'] -> {'CUDAExecutionProvider': {...}}."""
+    from compress.bench.providers import resolve_provider
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        provider, colon, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not colon or not eq or not key.strip() or not provider.strip():
+            raise CompressError(f"--provider-option: expected PROVIDER:KEY=VALUE (e.g. cuda:device_id=0), got {item!r}")
+        out.setdefault(resolve_provider(provider), {})[key.strip()] = value.strip()
+    return out
+
+
+def _latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]]) -> str:
+    head = f"{'provider':<28} {'batch':>5} {'thr':>3} {'runs':>7} {'p50 ms':>9} {'95% CI p50':>19} " \
+           f"{'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10} {'cv p50':>7} {'score':>7} {'cv scr':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ci = f"[{r['ci95_p50_ms'][0]:.4f}, {r['ci95_p50_ms'][1]:.4f}]"
+        lines.append(
+            f"{r['provider']:<28} {r['batch']:>5} {r['threads']:>3} {r['runs']:>7} {r['p50_ms']:>9.4f} {ci:>19} "
+            f"{r['p90_ms']:>9.4f} {r['p99_ms']:>9.4f} {r['mean_ms']:>9.4f} {r['throughput_per_s']:>10.1f} "
+            f"{r['cv_p50_across_repetitions']:>7.1%} {_num(r.get('p50_score'), '.3f'):>7} "
+            f"{_num(r.get('cv_score_across_repetitions'), '.1%'):>7}"
+        )
+    for u in unavailable:
+        lines.append(f"{u['provider']:<28} unavailable: {u['reason']}")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
+    from compress.bench.compare import regressions
+
+    bad = regressions(rows)
+    if bad:
+        worst = max(bad, key=lambda r: r["ratio"])
+        raise GateFailed(
+            f"{what}: {len(bad)} of {len(rows)} latency rows regressed beyond +{max_regression:.0%} "
+            f"(worst {worst['provider']} batch {worst['batch']} threads {worst['threads']}: x{worst['ratio']:.3f})"
+        )
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
+              help="Execution provider: cpu, cuda, tensorrt, openvino, xnnpack, nnapi, coreml, qnn, dml "
+                   "(or the full ORT name). Repeat for several.")
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=(1,), show_default=True,
+              help="Batch size for the symbolic first dimension. Repeat for several.")
+@click.option("--threads", "threads", multiple=True, type=click.IntRange(min=1), default=(1,), show_default=True,
+              help="Intra-op threads. Repeat for several.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE", help="Size of a named symbolic dimension.")
+@click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path),
+              help="Feed these arrays (.npz, one per input name) instead of generated ones.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write rows, samples and environment here.")
+@click.option("--baseline", type=click.Path(path_type=Path), help="Compare with this saved result; exit 1 on regression.")
+@click.option("--max-regression", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Allowed slowdown of p50 as a fraction (0.10 = 10%).")
+@click.option("--io-binding/--no-io-binding", default=None,
+              help="Bind inputs/outputs on the device so copies are not timed [default: on for CUDA/TensorRT].")
+@click.option("--provider-option", "provider_options", multiple=True, metavar="PROVIDER:KEY=VALUE",
+              help="Pass an option to a provider, e.g. cuda:device_id=0. Repeatable.")
+@click.option("--edge", is_flag=True, help="Edge profile: batch 1, 1 thread, no thread spinning.")
+@click.option("--strict", is_flag=True, help="An unavailable provider is an error (exit 2) instead of a report line.")
+@click.option("--warmup", "warmup_runs", type=click.IntRange(min=0), default=None, help="Warm-up runs per session.")
+@click.option("--min-runs", type=click.IntRange(min=1), default=None, help="Timed runs per repetition, at least.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=None, help="Timed seconds per repetition, at least.")
+@click.option("--repetitions", type=click.IntRange(min=1), default=None, help="Independent repetitions (fresh sessions).")
+@click.option("--kit", "kit_dir", type=click.Path(path_type=Path), help="Also write an on-device benchmark kit here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], threads: tuple[int, ...],
+          dims: tuple[str, ...], inputs_npz: Path | None, json_out: Path | None, baseline: Path | None,
+          max_regression: float, io_binding: bool | None, provider_options: tuple[str, ...], edge: bool,
+          strict: bool, warmup_runs: int | None, min_runs: int | None, min_seconds: float | None,
+          repetitions: int | None, kit_dir: Path | None, quiet: bool) -> None:
+    """Benchmark MODEL (.onnx) on ONNX Runtime: p50/p90/p99, 95% CI of p50, throughput, CV.
+
+    'score' is p50 divided by a fixed reference workload timed in between, so it does not move when the
+    whole machine slows down; gates compare scores (the 'raw' column is the plain p50 ratio).
+
+    With --baseline OLD.json, rows matched by (provider, batch, threads) are gated: a row regresses only when
+    it is significantly slower (Mann-Whitney U) AND its p50 grew by more than --max-regression. Exit 1 then.
+    """
+    from compress.bench.compare import bench_document, compare, load_rows, table
+    from compress.bench.harness import BenchSettings, bench_model, environment
+    from compress.bench.inputs import batch_of, load_npz, parse_dims
+    from compress.bench.providers import check_model_file, open_session, resolve_provider
+
+    # everything the user typed is checked before a single run is timed
+    names = [resolve_provider(p) for p in providers]
+    dim_sizes = parse_dims(dims)
+    options = parse_provider_options(provider_options)
+    base_rows = load_rows(baseline) if baseline is not None else None
+    check_model_file(model)
+    overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
+                                   "repetitions": repetitions}.items() if v is not None}
+    settings = BenchSettings(io_binding=io_binding, provider_options=options or None, edge=edge, strict=strict,
+                             **overrides)
+    batch_sizes = list(batches)
+    inputs_for_batch = None
+    if inputs_npz is not None:
+        session, _ = open_session(model, "cpu", 1, strict=True)
+        arrays = load_npz(inputs_npz, session)
+        batch_sizes = [batch_of(arrays)]
+        inputs_for_batch = lambda _batch: arrays  # noqa: E731 - the npz fixes the batch
+
+    result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
+                         inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet)
+    click.echo(_latency_table(result["latency"], result["unavailable"]))
+
+    if json_out is not None:
+        doc = bench_document(model, result, environment(), _settings_dict(settings))
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=1))
+        click.echo(f"wrote {json_out}")
+    if kit_dir is not None:
+        _make_kit(model, kit_dir, batch_sizes[0], inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None)
+    if base_rows is not None:
+        new_rows = {("", r["provider"], r["batch"], r["threads"]): r for r in result["latency"]}
+        if not new_rows:
+            raise CompressError(f"{model}: no provider could run, nothing to compare with {baseline}")
+        verdicts = compare(base_rows, new_rows, max_regression)
+        click.echo("")
+        click.echo(table(verdicts, max_regression))
+        _gate(verdicts, max_regression, f"{model} vs {baseline}")
+
+
+@click.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--max-regression", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Allowed slowdown of p50 as a fraction (0.10 = 10%).")
+def compare(base: Path, new: Path, max_regression: float) -> None:
+    """Compare two saved results (bench --json outputs or pipeline report.json files); exit 1 on a regression."""
+    from compress.bench import compare as cmp
+
+    verdicts = cmp.compare(cmp.load_rows(base), cmp.load_rows(new), max_regression)
+    click.echo(cmp.table(verdicts, max_regression))
+    _gate(verdicts, max_regression, f"{new} vs {base}")
+
+
+def _settings_dict(settings: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(settings)
+    out["provider_options"] = {k: dict(v) for k, v in (settings.provider_options or {}).items()}
+    return out
+
+
+def _make_kit(model: Path, out_dir: Path, batch: int, inputs: Any) -> None:
+    import compress.edge as edge
+
+    make_kit = getattr(edge, "make_kit", None)
+    if make_kit is None:
+        raise CompressError("--kit: compress.edge.make_kit is not available in this build; drop --kit")
+    path = make_kit(model, out_dir, batch=batch, inputs=inputs)
+    click.echo(f"wrote kit {path or out_dir}")
