@@ -1,0 +1,209 @@
+"""The harness on tiny ONNX graphs built inline: rows, providers, inputs, accuracy, end-to-end A/A and A/B."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.bench import compare as cmp
+from compress.bench.harness import BenchSettings, ProviderUnavailable, accuracy, bench_model, environment, measure
+from compress.bench.inputs import load_npz, make_inputs, parse_dims
+from compress.bench.providers import PROVIDERS, check_model_file, open_session, resolve_provider
+from compress.errors import CompressError
+
+FAST = BenchSettings(warmup_runs=2, min_runs=20, min_seconds=0.05, repetitions=2)
+
+
+def mlp(path: Path, layers: int, width: int = 64, dim_name: str = "batch") -> Path:
+    """MatMul+Relu chain with input [batch, width]; more layers = proportionally slower."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) * 0.1).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim_name, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim_name, width])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def two_inputs(path: Path) -> Path:
+    """Add(x[batch, seq], ids-cast) with a named symbolic 'seq' dim and an int64 input."""
+    nodes = [helper.make_node("Cast", ["ids"], ["idsf"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "idsf"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    return mlp(tmp_path / "small.onnx", layers=2)
+
+
+def test_measure_returns_a_contract_row(small: Path):
+    row = measure(small, "cpu", batch=4, threads=1, settings=FAST)
+    for key in ("provider", "batch", "threads", "runs", "p50_ms", "p90_ms", "p99_ms", "ci95_p50_ms", "throughput_per_s"):
+        assert key in row
+    assert (row["provider"], row["batch"], row["threads"]) == ("CPUExecutionProvider", 4, 1)
+    assert row["runs"] >= 2 * FAST.min_runs
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert row["ci95_p50_ms"][0] <= row["p50_ms"] <= row["ci95_p50_ms"][1]
+    assert row["throughput_per_s"] == pytest.approx(4 * 1000.0 / row["mean_ms"])
+    assert len(row["p50_ms_repetitions"]) == 2 and row["repetitions"] == 2
+    assert 0 < len(row["samples_ms"]) <= FAST.max_samples_kept
+    assert row["p50_score"] > 0 and row["reference_p50_ms"] > 0 and row["blocks"] >= 2
+    assert row["session_options"]["intra_op_num_threads"] == 1 and row["session_options"]["allow_spinning"]
+
+
+def test_measure_without_reference_has_no_score(small: Path):
+    row = measure(small, "cpu", 1, 1, settings=BenchSettings(warmup_runs=1, min_runs=10, min_seconds=0.01,
+                                                              repetitions=1, reference=False))
+    assert "p50_score" not in row and row["runs"] >= 10
+
+
+def test_unavailable_provider_is_never_measured(small: Path):
+    with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider: not available in onnxruntime"):
+        measure(small, "cuda", 1, 1, settings=FAST)
+    result = bench_model(small, ["cpu", "cuda"], [1, 2], [1], settings=FAST, progress=False)
+    assert [(r["provider"], r["batch"]) for r in result["latency"]] == [("CPUExecutionProvider", 1), ("CPUExecutionProvider", 2)]
+    assert result["unavailable"][0]["provider"] == "CUDAExecutionProvider"
+    assert "not available" in result["unavailable"][0]["reason"]
+
+
+def test_strict_makes_unavailable_an_error(small: Path):
+    strict = BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0, repetitions=1, strict=True)
+    with pytest.raises(CompressError, match="drop it or run where it is installed"):
+        bench_model(small, ["xnnpack"], [1], [1], settings=strict, progress=False)
+
+
+def test_edge_profile_forces_batch_1_thread_1_no_spinning(small: Path):
+    edge = BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0, repetitions=1, edge=True)
+    rows = bench_model(small, ["cpu"], [8, 16], [2], settings=edge, progress=False)["latency"]
+    assert [(r["batch"], r["threads"]) for r in rows] == [(1, 1)]
+    assert rows[0]["session_options"]["allow_spinning"] is False and rows[0]["edge"]
+
+
+def test_resolve_provider():
+    assert resolve_provider("cuda") == "CUDAExecutionProvider"
+    assert resolve_provider("XnnpackExecutionProvider") == "XnnpackExecutionProvider"
+    assert set(PROVIDERS) == {"cpu", "cuda", "tensorrt", "openvino", "xnnpack", "nnapi", "coreml", "qnn", "dml"}
+    with pytest.raises(CompressError, match=r"provider: expected one of cpu, cuda, .* got 'tpu'"):
+        resolve_provider("tpu")
+
+
+def test_bad_model_files(tmp_path: Path, small: Path):
+    with pytest.raises(CompressError, match="no such file"):
+        check_model_file(tmp_path / "missing.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(small.read_bytes()[:200])
+    with pytest.raises(CompressError, match="truncated.onnx: not a valid ONNX model"):
+        check_model_file(truncated)
+    text = tmp_path / "text.onnx"
+    text.write_text("hello")
+    with pytest.raises(CompressError, match="not a valid ONNX model|no nodes"):
+        check_model_file(text)
+
+
+def test_open_session_reports_ort_load_errors(tmp_path: Path):
+    # valid protobuf, but the op does not exist: onnx parses it, ORT refuses it
+    node = helper.make_node("NoSuchOp", ["x"], ["y"])
+    graph = helper.make_graph([node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "bad.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    with pytest.raises(CompressError, match="bad.onnx: onnxruntime could not load the model"):
+        open_session(path, "cpu", 1)
+
+
+def test_inputs_from_signature_with_named_dims(tmp_path: Path):
+    session, _ = open_session(two_inputs(tmp_path / "two.onnx"), "cpu", 1)
+    feed = make_inputs(session, 3, parse_dims(["seq=7"]))
+    assert feed["x"].shape == (3, 7) and feed["x"].dtype == np.float32
+    assert feed["ids"].shape == (3, 7) and feed["ids"].dtype == np.int64
+    with pytest.raises(CompressError, match="input 'x': dimension seq is symbolic; pass --dim seq=N"):
+        make_inputs(session, 3)
+
+
+@pytest.mark.parametrize("item", ["seq", "seq=", "=3", "seq=0", "seq=abc"])
+def test_bad_dims(item: str):
+    with pytest.raises(CompressError, match=f"--dim: expected NAME=POSITIVE_INT .*got '{item}'"):
+        parse_dims([item])
+
+
+def test_npz_inputs_are_checked(tmp_path: Path, small: Path):
+    session, _ = open_session(small, "cpu", 1)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((5, 64), np.float32))
+    assert load_npz(good, session)["x"].shape == (5, 64)
+    wrong_dtype = tmp_path / "dtype.npz"
+    np.savez(wrong_dtype, x=np.ones((5, 64), np.float64))
+    with pytest.raises(CompressError, match="input 'x': expected dtype float32, got float64"):
+        load_npz(wrong_dtype, session)
+    wrong_shape = tmp_path / "shape.npz"
+    np.savez(wrong_shape, x=np.ones((5, 63), np.float32))
+    with pytest.raises(CompressError, match=r"input 'x': expected shape \['batch', 64\], got \[5, 63\]"):
+        load_npz(wrong_shape, session)
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, z=np.ones((5, 64), np.float32))
+    with pytest.raises(CompressError, match=r"missing input\(s\) \['x'\]"):
+        load_npz(missing, session)
+
+
+def test_measure_with_given_inputs_uses_their_batch(small: Path):
+    row = measure(small, "cpu", 1, 1, inputs={"x": np.ones((6, 64), np.float32)}, settings=FAST)
+    assert row["batch"] == 6
+
+
+def test_accuracy_of_an_identity_classifier(tmp_path: Path):
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "id.onnx"
+    onnx.save(model, path)
+    y = np.arange(10) % 4
+    x = np.eye(4, dtype=np.float32)[y]
+    wrong = y.copy()
+    wrong[:3] = (wrong[:3] + 1) % 4
+    assert accuracy(path, x, y, batch=3) == 1.0
+    assert accuracy(path, x, wrong, batch=4) == pytest.approx(0.7)
+
+
+def test_environment_has_the_contract_keys():
+    env = environment()
+    for key in ("python", "torch", "onnx", "onnxruntime", "cpu", "providers_available", "cores"):
+        assert key in env
+    assert "CPUExecutionProvider" in env["providers_available"]
+
+
+def test_end_to_end_aa_and_ab(tmp_path: Path):
+    # A/A: the same model measured twice is not a regression; A/B: 4x the layers is
+    settings = BenchSettings(warmup_runs=5, min_runs=50, min_seconds=0.15, repetitions=3)
+    a = mlp(tmp_path / "a.onnx", layers=3, width=128)
+    b = mlp(tmp_path / "b.onnx", layers=12, width=128)
+    runs = {name: bench_model(path, ["cpu"], [8], [1], settings=settings, progress=False)
+            for name, path in (("a1", a), ("a2", a), ("b", b))}
+    rows = {k: {("", r["provider"], r["batch"], r["threads"]): r for r in v["latency"]} for k, v in runs.items()}
+    aa = cmp.compare(rows["a1"], rows["a2"], 0.10)
+    ab = cmp.compare(rows["a1"], rows["b"], 0.10)
+    assert [r["verdict"] for r in aa] in (["ok"], ["faster"])
+    assert [r["verdict"] for r in ab] == ["REGRESSED"] and ab[0]["ratio"] > 2.0
