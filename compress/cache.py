@@ -1,0 +1,105 @@
+"""Content-hashed stage cache, atomic writes and the run-directory lock.
+
+A stage's manifest is written last, after its artifacts, and lists each artifact's sha256. A later run trusts a stage
+only when the manifest's key matches and every artifact still hashes to what the manifest says, so a run killed at
+any moment never leaves something a later run will believe.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from compress.errors import CompressError
+
+MANIFEST = "manifest.json"
+
+
+def digest(obj: Any) -> str:
+    """Stable sha256 of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise CompressError(f"{path}: could not write ({exc.strerror or exc}); check free disk space and "
+                            "permissions") from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def load_manifest(stage_dir: Path, key: str, run_dir: Path) -> dict | None:
+    """The stage's manifest if its key matches and all its artifacts are intact; None otherwise."""
+    path = stage_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("key") != key:
+        return None
+    for rel, sha in manifest.get("artifacts", {}).items():
+        p = run_dir / rel
+        if not p.is_file() or file_sha256(p) != sha:
+            return None
+    return manifest
+
+
+def save_manifest(stage_dir: Path, key: str, run_dir: Path, artifacts: list[str], result: dict,
+                  seconds: float) -> None:
+    manifest = {"key": key, "artifacts": {rel: file_sha256(run_dir / rel) for rel in artifacts},
+                "result": result, "seconds": seconds}
+    write_json(stage_dir / MANIFEST, manifest)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory; a second run of the same pipeline is refused at once."""
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CompressError(f"{run_dir}: another compress run is using this run directory; wait for it to finish "
+                            "or use a different [pipeline] output_dir") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,208 @@
+"""The pipeline file: typed, validated sections, checked before any work starts.
+
+Errors read `pipelines/x.toml: quantize.mode: expected 'static', 'dynamic' or 'fp16', got 'int4'`; TOML syntax errors
+carry the line and column. Unknown keys are errors (with a did-you-mean), never silently ignored.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from compress.data import DataConfig
+from compress.errors import CompressError
+from compress.section import Section
+from compress.stages.benchmark import BenchmarkConfig
+from compress.stages.distill import DistillConfig
+from compress.stages.export import ExportConfig
+from compress.stages.prune import PruneConfig
+from compress.stages.quantize import QuantizeConfig
+from compress.training import TrainConfig
+
+MAX_CONFIG_BYTES = 1_000_000  # a pipeline file is a few hundred bytes; anything this large is a mistake
+
+
+class PipelineSection(Section):
+    """[pipeline]: the run's identity and where it writes."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$",
+                      description="Run name: letters, digits, '.', '_' or '-'; used in report.json and paths.")
+    output_dir: str | None = Field(None, description="Run directory, relative to this file; default runs/<name>.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for the split, initialisation and batch order.")
+    threads: int = Field(0, ge=0, le=1024, description="torch threads for training; 0 = torch's default.")
+
+
+class ModelSection(Section):
+    """A model: `builtin:NAME`, `package.module:factory` (the file's folder is searched first) or `hf:DIR`."""
+
+    model: str = Field(min_length=1, description="builtin:cnn-large|cnn-small|mobilenet|mlp, module:factory, hf:DIR.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory. "
+                                   "input_shape and num_classes are filled from the data when the factory takes them.")
+
+    @field_validator("model")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        from compress.models import check_spec
+
+        check_spec(v)
+        return v
+
+
+class TeacherSection(ModelSection):
+    """[teacher]: the trained model to compress, from a checkpoint, or trained here by [teacher.train]."""
+
+    checkpoint: str | None = Field(None, description="safetensors (preferred) or a torch file loadable with "
+                                   "weights_only=True, relative to this file. Without it, [teacher.train] trains one.")
+    train: TrainConfig | None = Field(None, description="Training settings used when there is no checkpoint.")
+
+
+class StudentSection(ModelSection):
+    """[student]: the small architecture to distil into."""
+
+
+class PipelineConfig(Section):
+    """The whole file. Optional sections ([prune], [quantize]) switch their stages on by being present."""
+
+    pipeline: PipelineSection
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherSection
+    student: StudentSection
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    prune: PruneConfig | None = None
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantize: QuantizeConfig | None = None
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+    # Set by load_config, not by the file.
+    source_path: Path | None = Field(None, exclude=True)
+    kind: Literal["pipeline"] = Field("pipeline", exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source_path.parent if self.source_path else Path.cwd()
+
+    @property
+    def run_dir(self) -> Path:
+        out = Path(self.pipeline.output_dir) if self.pipeline.output_dir else Path("runs") / self.pipeline.name
+        return out if out.is_absolute() else self.base_dir / out
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def stage_names(self) -> list[str]:
+        names = ["teacher", "distill"]
+        if self.prune is not None:
+            names.append("prune")
+        names.append("export")
+        if self.quantize is not None:
+            names.append("quantize")
+        names.append("benchmark")
+        return names
+
+
+def load_config(path: str | Path, *, check_models: bool = False) -> PipelineConfig:
+    """Read, parse and validate a pipeline file. Raises CompressError with one line on any problem.
+
+    check_models=True also builds the teacher and student on the data's shape (validate does this; run does it at the
+    start of the teacher stage anyway).
+    """
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CompressError(f"{path}: {size} bytes is too large for a pipeline file (limit {MAX_CONFIG_BYTES})")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CompressError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CompressError(f"{path}: TOML syntax error: {exc}") from exc
+    cfg = parse_config(raw, path)
+    _check_files(cfg)
+    if check_models:
+        from compress.models import check_models as _check
+
+        _check(cfg)
+    return cfg
+
+
+def parse_config(raw: dict, path: Path) -> PipelineConfig:
+    """Validate a parsed TOML dict; the first error becomes one line naming the dotted key."""
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise CompressError(f"{path}: {_describe(exc.errors()[0], raw)}") from None
+    return cfg.model_copy(update={"source_path": path})
+
+
+def _describe(err: dict, raw: dict) -> str:
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-after", "function-before"))]
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = _lookup(raw, loc[:-1])
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        tip = f"; did you mean {hint[0]!r}?" if hint else (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        del section
+        return f"{key}: unknown key{tip}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    got = err.get("input")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "literal_error":
+        expected = msg.replace("Input should be ", "")
+        return f"{key}: expected {expected}, got {got!r}"
+    if isinstance(got, dict):
+        return f"{key}: {msg}"
+    return f"{key}: {msg[0].lower() + msg[1:]}, got {got!r}"
+
+
+def _lookup(raw: dict, loc: list[str]) -> Any:
+    cur: Any = raw
+    for part in loc:
+        cur = cur.get(part, {}) if isinstance(cur, dict) else {}
+    return cur
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: Any = PipelineConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return [k for k, f in model.model_fields.items() if not f.exclude]
+
+
+def _section_type(annotation: Any) -> Any:
+    import typing
+
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
+
+
+def _check_files(cfg: PipelineConfig) -> None:
+    path = cfg.source_path
+    if cfg.teacher.checkpoint is not None:
+        ckpt = cfg.resolve(cfg.teacher.checkpoint)
+        if not ckpt.is_file():
+            raise CompressError(f"{path}: teacher.checkpoint: file not found: {ckpt}")
+    if cfg.data.source.startswith("npz:"):
+        npz = cfg.resolve(cfg.data.source[4:])
+        if not npz.is_file():
+            raise CompressError(f"{path}: data.source: file not found: {npz}")
+    if cfg.teacher.checkpoint is None and cfg.teacher.train is None:
+        raise CompressError(f"{path}: teacher: give a checkpoint, or a [teacher.train] section to train one here")

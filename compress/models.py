@@ -1,0 +1,167 @@
+"""Building models from specs and moving weights in and out, safely.
+
+Weights load from safetensors or `torch.load(weights_only=True)`: a checkpoint that needs code to unpickle is
+refused, never executed.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+MAX_CHECKPOINT_BYTES = 4 * 1024**3  # larger than any edge-bound teacher; refuse before reading
+
+
+def check_spec(spec: str) -> None:
+    """Reject a malformed model spec at config-load time (pydantic turns ValueError into a keyed message)."""
+    from compress.zoo import BUILTINS
+
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:"):]
+        if name not in BUILTINS:
+            raise ValueError(f"unknown built-in model {name!r}; choose one of {', '.join(sorted(BUILTINS))}")
+    elif spec.startswith("hf:"):
+        if not spec[3:]:
+            raise ValueError("expected 'hf:DIR' with a local directory")
+    elif ":" not in spec or spec.startswith(":") or spec.endswith(":"):
+        raise ValueError(f"expected 'builtin:NAME', 'module:factory' or 'hf:DIR', got {spec!r}")
+
+
+def build_model(spec: str, kwargs: dict[str, Any], *, input_shape: tuple[int, ...], num_classes: int,
+                base_dir: Path, origin: str):
+    """Instantiate a model and check it maps a batch of the data's shape to `num_classes` logits."""
+    import torch
+
+    from compress.imports import import_object
+    from compress.zoo import BUILTINS
+
+    if spec.startswith("builtin:"):
+        factory = BUILTINS[spec[len("builtin:"):]]
+    elif spec.startswith("hf:"):
+        return _build_hf(spec[3:], base_dir, origin, num_classes)
+    else:
+        factory = import_object(spec, base_dir, f"{origin}.model")
+    kw = dict(kwargs)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "input_shape" in params:
+        kw.setdefault("input_shape", input_shape)
+    if "num_classes" in params:
+        kw.setdefault("num_classes", num_classes)
+    try:
+        model = factory(**kw)
+    except TypeError as exc:
+        raise CompressError(f"{origin}.kwargs: {spec} does not accept these arguments: {exc}") from exc
+    except Exception as exc:
+        raise CompressError(f"{origin}.model: {spec} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise CompressError(f"{origin}.model: {spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros((2, *input_shape)))
+    except Exception as exc:
+        raise CompressError(f"{origin}.model: {spec} fails on a batch of shape (2, {', '.join(map(str, input_shape))})"
+                            f" from the data: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CompressError(f"{origin}.model: {spec} outputs {shape} for 2 examples; the data has {num_classes} "
+                            f"classes, so expected (2, {num_classes}) logits")
+    return model
+
+
+def _build_hf(directory: str, base_dir: Path, origin: str, num_classes: int):
+    path = Path(directory)
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_dir():
+        raise CompressError(f"{origin}.model: hf directory not found: {path}")
+    try:
+        from transformers import AutoModelForImageClassification  # type: ignore
+    except ImportError:
+        raise CompressError(f"{origin}.model: hf: models need the 'transformers' package (pip install transformers)")
+    try:
+        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    except Exception as exc:
+        raise CompressError(f"{origin}.model: cannot load {path} as a local Hugging Face model: {exc}") from exc
+
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(pixel_values=x).logits
+
+    return LogitsOnly(model)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_weights(model, path: Path, origin: str) -> None:
+    """Load a safetensors or weights-only torch checkpoint into `model` (strict). Never unpickles code."""
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise CompressError(f"{origin}: file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CompressError(f"{origin}: {path} is {size} bytes, over the {MAX_CHECKPOINT_BYTES}-byte limit")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise CompressError(f"{origin}: {path} is not a valid safetensors file: {exc}") from exc
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise CompressError(f"{origin}: refused {path}: it needs code to load (not a weights-only checkpoint: "
+                                f"{first[:160]}); save a state_dict, ideally as safetensors") from exc
+        except Exception as exc:
+            raise CompressError(f"{origin}: cannot read {path} as a torch checkpoint "
+                                f"({type(exc).__name__}: {str(exc)[:160]})") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CompressError(f"{origin}: {path} does not hold a state_dict (a mapping of names to tensors)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CompressError(f"{origin}: {path} does not match the model: {detail}") from exc
+
+
+def save_weights(model, path: Path) -> None:
+    """Write the state_dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from compress.cache import atomic_path
+
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def check_models(cfg) -> None:
+    """Build teacher and student on the data's shape (what `compress validate` does beyond the schema)."""
+    from compress.data import load_data
+
+    data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: data.source")
+    for name, section in (("teacher", cfg.teacher), ("student", cfg.student)):
+        model = build_model(section.model, section.kwargs, input_shape=data.input_shape,
+                            num_classes=data.num_classes, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: {name}")
+        if name == "teacher" and cfg.teacher.checkpoint:
+            load_weights(model, cfg.resolve(cfg.teacher.checkpoint), f"{cfg.source_path}: teacher.checkpoint")

@@ -1,0 +1,186 @@
+"""report.json (schema compress.report/1), report.md, the summary table and the accuracy/latency/size plot."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress.cache import write_json, write_text
+
+SCHEMA = "compress.report/1"
+ORDER = ["teacher", "control", "student", "student-pruned"]
+
+
+def build_report(cfg, models: dict[str, dict], state: dict, stages: list[dict], info: dict) -> dict:
+    """Assemble the report from the model records, stage statuses and stage details."""
+    from compress.bench.harness import environment
+
+    ordered = sorted(models.values(), key=lambda r: (ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER)))
+    entries = [_model_entry(r) for r in ordered if "onnx" in r or "torch" in r]
+    report = {
+        "schema": SCHEMA,
+        "pipeline": cfg.pipeline.name,
+        "final": state.get("final"),
+        "environment": environment(),
+        "stages": stages,
+        "models": entries,
+        "details": info,
+    }
+    if "final_reason" in state:
+        report["final_reason"] = state["final_reason"]
+    if "gate_failure" in state:
+        report["gate_failure"] = state["gate_failure"]
+    if "edge" in state:
+        report["edge"] = state["edge"]
+    return report
+
+
+def _model_entry(rec: dict) -> dict:
+    entry = {
+        "name": rec["name"],
+        "role": rec["role"],
+        "path": rec.get("onnx") or rec.get("torch"),
+        "format": "onnx" if rec.get("onnx") else "torch",
+        "params": rec.get("params"),
+        "bytes": rec.get("bytes"),
+        "accuracy": rec.get("accuracy"),
+        "accuracy_torch": rec.get("accuracy_torch"),
+        "parity": rec.get("parity"),
+        "latency": rec.get("latency", []),
+        "unavailable": rec.get("unavailable", []),
+    }
+    for extra in ("note", "quantization", "ort"):
+        if extra in rec:
+            entry[extra] = rec[extra]
+    return entry
+
+
+def write_report(run_dir: Path, report: dict) -> None:
+    """report.json, report.md and (when matplotlib is installed) report.png, each written atomically."""
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", markdown(report))
+    _plot(run_dir / "report.png", report)
+
+
+def _headline_row(model: dict) -> dict | None:
+    """The batch-1 row at the fewest threads on the first measured provider (the edge-like number)."""
+    rows = model.get("latency") or []
+    if not rows:
+        return None
+    ones = [r for r in rows if r["batch"] == 1] or rows
+    return min(ones, key=lambda r: (r["threads"], r["provider"] != "CPUExecutionProvider"))
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    teacher = next((m for m in report["models"] if m["role"] == "teacher"), None)
+    t_row = _headline_row(teacher) if teacher else None
+    rows = []
+    for m in report["models"]:
+        row = _headline_row(m)
+        speedup = (f"{t_row['p50_ms'] / row['p50_ms']:.1f}x" if row and t_row and row["p50_ms"] > 0 else "-")
+        rows.append([
+            m["name"] + (" *" if m["name"] == report.get("final") else ""),
+            f"{m['params']:,}" if m.get("params") is not None else "-",
+            f"{m['bytes'] / 1024:.1f} KB" if m.get("bytes") else "-",
+            f"{100 * m['accuracy']:.2f}%" if m.get("accuracy") is not None else "-",
+            f"{row['p50_ms']:.4f}" if row else "-",
+            speedup,
+        ])
+    return rows
+
+
+HEADERS = ["model", "params", "size", "accuracy (ORT)", "p50 ms (b1)", "vs teacher"]
+
+
+def summary_table(report: dict) -> str:
+    """The short table `compress run` prints: model, params, size, accuracy, p50 latency at batch 1."""
+    rows = [HEADERS] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    final = report.get("final")
+    lines.append(f"* final: {final}" + (f" ({report['final_reason']})" if report.get("final_reason") else ""))
+    if report.get("gate_failure"):
+        lines.append(f"GATE FAILED: {report['gate_failure']}")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    """A human-readable report: summary, every latency row, stage statuses, stage details."""
+    out = [f"# compress report: {report['pipeline']}", ""]
+    out += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    out += ["", f"Final model: **{report.get('final')}**" + (f": {report['final_reason']}"
+                                                            if report.get("final_reason") else "")]
+    if report.get("gate_failure"):
+        out += ["", f"**Gate failed:** {report['gate_failure']}"]
+    out += ["", "## Latency (ONNX Runtime)", "",
+            "| model | provider | batch | threads | runs | p50 ms | p90 ms | p99 ms | 95% CI of p50 | items/s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        for r in m.get("latency", []):
+            lo, hi = r["ci95_p50_ms"]
+            out.append(f"| {m['name']} | {r['provider']} | {r['batch']} | {r['threads']} | {r['runs']} | "
+                       f"{r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | {lo:.4f}-{hi:.4f} | "
+                       f"{r['throughput_per_s']:.0f} |")
+        for u in m.get("unavailable", []):
+            out.append(f"| {m['name']} | {u['provider']} | unavailable: {u['reason']} | | | | | | | |")
+    out += ["", "## Parity (torch vs ONNX Runtime, validation set)", ""]
+    for m in report["models"]:
+        if m.get("parity"):
+            p = m["parity"]
+            out.append(f"- {m['name']}: max abs diff {p['max_abs_diff']:.2e}, top-1 agreement "
+                       f"{100 * p['top1_agreement']:.2f}%")
+    distill = report.get("details", {}).get("distill", {})
+    if "control" in distill:
+        s, c = distill["student"]["val_accuracy"], distill["control"]["val_accuracy"]
+        verdict = "helped" if s > c else ("made no difference" if s == c else "did not help")
+        out += ["", "## Did the teacher help?", "",
+                f"Distilled student {100 * s:.2f}% vs control (labels only, same budget) {100 * c:.2f}%: "
+                f"the teacher {verdict} ({100 * (s - c):+.2f} points)."]
+    for stage, details in report.get("details", {}).items():
+        for line in details.get("markdown", []) if isinstance(details, dict) else []:
+            out.append(line)
+    out += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in report["stages"]]
+    env = report["environment"]
+    out += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(out) + "\n"
+
+
+def _plot(path: Path, report: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    points: list[tuple[str, float, float, float]] = []
+    for m in report["models"]:
+        row = _headline_row(m)
+        if row and m.get("accuracy") is not None:
+            points.append((m["name"], row["p50_ms"], 100 * m["accuracy"], m.get("bytes") or 1))
+    if not points:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    biggest = max(p[3] for p in points)
+    for name, ms, acc, size in points:
+        ax.scatter(ms, acc, s=40 + 600 * (size / biggest) ** 0.5, alpha=0.6)
+        ax.annotate(name, (ms, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
+    ax.set_ylabel("accuracy in ONNX Runtime (%)")
+    ax.set_title(f"{report['pipeline']}: accuracy vs latency (marker area ~ file size)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    from compress.cache import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,40 @@
+"""teacher: load the teacher from its checkpoint, or train it; cache its logits on the training set."""
+from __future__ import annotations
+
+from compress.context import StageContext, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Load or train the teacher, save its weights and its training-set logits (reused by distill and prune)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from compress.cache import atomic_path
+    from compress.models import build_model, count_params, load_weights, save_weights
+    from compress.training import evaluate, fit, predict_logits
+
+    cfg, data = ctx.cfg, ctx.data
+    section = cfg.teacher
+    torch.manual_seed(cfg.pipeline.seed)
+    model = build_model(section.model, section.kwargs, input_shape=data.input_shape, num_classes=data.num_classes,
+                        base_dir=cfg.base_dir, origin=ctx.origin("teacher"))
+    info: dict = {}
+    if section.checkpoint:
+        load_weights(model, cfg.resolve(section.checkpoint), ctx.origin("teacher.checkpoint"))
+        info["source"] = "checkpoint"
+    else:
+        history = fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), section.train,
+                      seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, desc="teacher", progress=ctx.progress)
+        info.update(source="trained", **{k: v for k, v in history.items()})
+    weights = ctx.stage_dir / "teacher.safetensors"
+    save_weights(model, weights)
+    logits_path = ctx.stage_dir / "logits.safetensors"
+    with atomic_path(logits_path) as tmp:
+        save_file({"logits": predict_logits(model, data.x_train).contiguous()}, str(tmp))
+    record = {
+        "name": "teacher", "role": "teacher", "torch": ctx.rel(weights), "origin": ctx.origin("teacher"),
+        "spec": {"model": section.model, "kwargs": section.kwargs},
+        "params": count_params(model), "accuracy_torch": evaluate(model, data.x_val, data.y_val),
+    }
+    return StageResult(artifacts=[ctx.rel(weights), ctx.rel(logits_path)], models={"teacher": record},
+                       state={"teacher_logits": ctx.rel(logits_path)}, info=info)
