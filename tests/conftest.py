@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny pipeline (seconds, not minutes) on a slice of the built-in digits data."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_ZOO = '''
+import torch.nn as nn
+
+
+def tiny_teacher(input_shape=(1, 8, 8), num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+
+def tiny_student(input_shape=(1, 8, 8), num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def not_a_module(input_shape=(1, 8, 8), num_classes=10):
+    return "oops"
+
+
+def wrong_classes(input_shape=(1, 8, 8), num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+'''
+
+TINY_TOML = '''
+[pipeline]
+name = "tiny"
+output_dir = "runs/tiny"
+seed = 0
+
+[data]
+source = "npz:tiny.npz"
+val_fraction = 0.25
+batch_size = 32
+
+[teacher]
+model = "zoo:tiny_teacher"
+
+[teacher.train]
+epochs = 3
+lr = 1e-2
+
+[student]
+model = "zoo:tiny_student"
+
+[distill]
+epochs = 3
+control = true
+
+[benchmark]
+providers = ["cpu", "cuda"]
+batch_sizes = [1, 8]
+threads = [1]
+warmup_runs = 2
+min_runs = 10
+min_seconds = 0.0
+repetitions = 1
+'''
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    """A folder with tiny.npz (400 digits), zoo.py (tiny models) and pipeline.toml; returns the folder."""
+    import numpy as np
+
+    src = Path(__file__).resolve().parents[1] / "compress" / "data" / "digits.npz"
+    with np.load(src) as z:
+        x = z["x"][:400].astype(np.float32)[:, None] / 16.0
+        y = z["y"][:400]
+    np.savez(tmp_path / "tiny.npz", x=x, y=y)
+    (tmp_path / "zoo.py").write_text(TINY_ZOO)
+    (tmp_path / "pipeline.toml").write_text(textwrap.dedent(TINY_TOML))
+    return tmp_path
+
+
+def write_toml(folder: Path, text: str, name: str = "pipeline.toml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
