@@ -370,6 +370,22 @@ def _provider_section(model: "onnx.ModelProto", provider: str, rules_file: str, 
     return section
 
 
+def _shape_inferred(onnx_path: Path, optimization: Optimization | None) -> "onnx.ModelProto":
+    """The model optimized by ONNX Runtime at `optimization` (None: as is), with ONNX shape inference run."""
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, get_optimization_level, optimize_model
+
+    with tempfile.TemporaryDirectory(prefix="compress-ready-") as tmp:
+        analysed = onnx_path
+        if optimization is not None:
+            analysed = Path(tmp) / onnx_path.name
+            optimize_model(onnx_path, analysed, level=get_optimization_level(optimization))
+        try:
+            return ModelProtoWithShapeInfo(analysed).model_with_shape_info
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CompressError(f"{onnx_path}: ONNX shape inference failed ({first}); re-export the model") from None
+
+
 def readiness(onnx_path: Path, *, optimization: Optimization | None = "basic") -> dict:
     """Edge readiness of a model: per provider, which nodes it takes, which fall back, and in how many partitions.
 
@@ -381,19 +397,20 @@ def readiness(onnx_path: Path, *, optimization: Optimization | None = "basic") -
     """
     import onnxruntime as ort
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
-    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, get_optimization_level, optimize_model
 
     load_model(onnx_path)
-    with tempfile.TemporaryDirectory(prefix="compress-ready-") as tmp:
-        analysed = Path(onnx_path)
-        if optimization is not None:
-            analysed = Path(tmp) / Path(onnx_path).name
-            optimize_model(Path(onnx_path), analysed, level=get_optimization_level(optimization))
-        try:
-            model = ModelProtoWithShapeInfo(analysed).model_with_shape_info
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CompressError(f"{onnx_path}: ONNX shape inference failed ({first}); re-export the model") from None
+    notes = []
+    analysed = f"{optimization}-optimized graph (as in the ORT-format file)" if optimization else "as exported"
+    model = _shape_inferred(Path(onnx_path), optimization)
+    contrib = sorted({f"{n.domain}:{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if optimization in ("extended", "all") and (contrib or (len(model.graph.node) > 1 and not model.graph.value_info)):
+        # ORT fused nodes into its own contrib ops, which ONNX shape inference cannot type and NNAPI/CoreML never
+        # take; the checker needs shapes, so analyse the basic graph and say why.
+        notes.append(f"the {optimization}-optimized graph holds ONNX Runtime contrib ops ({', '.join(contrib)}) "
+                     "that NNAPI/CoreML do not take; analysed the basic-optimized graph instead. For NNAPI/CoreML "
+                     "convert with optimization='basic' or the runtime optimization style")
+        analysed = f"basic-optimized graph (the {optimization} one holds contrib ops)"
+        model = _shape_inferred(Path(onnx_path), "basic")
     quiet = logging.getLogger("compress.edge.usability")
     quiet.setLevel(logging.ERROR)
     dynamic = dynamic_inputs(model)
@@ -408,7 +425,6 @@ def readiness(onnx_path: Path, *, optimization: Optimization | None = "basic") -
         providers[key] = _provider_section(model, provider, rules_file, has_dynamic=bool(dynamic))
     providers.update({key: dict(value) for key, value in _UNCHECKED_PROVIDERS.items()})
 
-    notes = []
     if not hasattr(uc, "check_model_can_use_ort_mobile_pkg"):
         notes.append(f"onnxruntime {ort.__version__} no longer ships check_model_can_use_ort_mobile_pkg (the "
                      "pre-built ORT Mobile package is retired): ship the full onnxruntime-android/-objc package, "
@@ -416,7 +432,7 @@ def readiness(onnx_path: Path, *, optimization: Optimization | None = "basic") -
     return {
         "model": str(onnx_path),
         "onnxruntime": ort.__version__,
-        "analysed": f"{optimization}-optimized graph (as in the ORT-format file)" if optimization else "as exported",
+        "analysed": analysed,
         "nodes": len(model.graph.node),
         "dynamic_inputs": dynamic,
         "dynamic_values": num_dynamic_values,
@@ -486,7 +502,8 @@ def prepare(
         "parity": parity,
         "parity_ok": parity["max_abs_diff"] <= max_abs_diff,
         "max_abs_diff_allowed": max_abs_diff,
-        "readiness": readiness(model, optimization=optimization),
+        # the runtime style stores the basic graph and replays the rest at load time
+        "readiness": readiness(model, optimization="basic" if style == "runtime" else optimization),
     }
     (out_dir / "edge.json").write_text(json.dumps(section, indent=1) + "\n")
     if not section["parity_ok"]:

@@ -225,3 +225,12 @@ def test_kit_runs_in_a_fresh_venv_with_only_onnxruntime_and_numpy(tmp_path):
     env = report["environment"]
     print(f"fresh-venv kit run: {seconds:.1f} s (venv + pip install + bench; onnxruntime {env['onnxruntime']}, "
           f"numpy {env['numpy']}, python {env['python']})")
+
+
+def test_readiness_of_an_extended_graph_falls_back_to_basic_and_says_why(tmp_path):
+    # Conv + Relu becomes com.microsoft:FusedConv at 'extended': no ONNX shapes, never taken by NNAPI/CoreML
+    model = _conv_model(tmp_path / "m.onnx", batch=1)
+    section = edge.readiness(model, optimization="extended")
+    assert section["analysed"] == "basic-optimized graph (the extended one holds contrib ops)"
+    assert "com.microsoft:FusedConv" in section["notes"][0]
+    assert section["providers"]["NNAPI"]["nodes_taken"] == 3
