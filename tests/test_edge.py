@@ -234,3 +234,25 @@ def test_readiness_of_an_extended_graph_falls_back_to_basic_and_says_why(tmp_pat
     assert section["analysed"] == "basic-optimized graph (the extended one holds contrib ops)"
     assert "com.microsoft:FusedConv" in section["notes"][0]
     assert section["providers"]["NNAPI"]["nodes_taken"] == 3
+
+
+def test_bench_kit_json_is_read_by_compare_next_to_a_local_bench(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    # setup: `compress bench --json --kit` on this machine
+    model = _conv_model(tmp_path / "m.onnx", batch=1)
+    quick = ["--min-runs", "20", "--min-seconds", "0", "--repetitions", "1", "--warmup", "2", "--quiet"]
+    local = CliRunner().invoke(main, ["bench", str(model), "--json", str(tmp_path / "local.json"),
+                                      "--kit", str(tmp_path / "kit"), *quick])
+    assert local.exit_code == 0, local.output
+    # execute: the kit "on the device", then compare
+    done = _run_kit(sys.executable, tmp_path / "kit", "--json", "device.json", "--repetitions", "1",
+                    "--min-seconds", "0", "--min-runs", "20")
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "local.json"), str(tmp_path / "kit" / "device.json")])
+    # assert: a verdict row for the CPU provider (exit 1 would only mean this noisy box timed it slower)
+    assert done.returncode == 0, done.stderr
+    assert result.exit_code in (0, 1), result.output
+    row = [line for line in result.output.splitlines() if "CPUExecutionProvider" in line]
+    assert len(row) == 1 and row[0].split()[-1] in ("ok", "faster", "REGRESSED")
