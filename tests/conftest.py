@@ -41,14 +41,15 @@ batch_size = 32
 model = "zoo:tiny_teacher"
 
 [teacher.train]
-epochs = 3
-lr = 1e-2
+epochs = 10
+lr = 2e-2
 
 [student]
 model = "zoo:tiny_student"
 
 [distill]
-epochs = 3
+epochs = 10
+lr = 2e-2
 control = true
 
 [benchmark]

@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -q -c constraints.txt
+
+.PHONY: demo test test-all install dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned first (constraints.txt): a bare `torch` requirement on a CPU machine pulls CUDA wheels.
+install: $(BIN)/python
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[plot]'
+
+dev: install
+	$(PIP) -e '.[dev]'
+
+demo: install
+	$(BIN)/compress run pipelines/digits.toml
+
+test: dev
+	$(BIN)/python -m pytest -q
+
+test-all: dev
+	$(BIN)/python -m pytest -q -m ''
+
+bench: dev
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,83 @@
+"""End to end on the tiny pipeline: stages, report contract, cache hits, invalidation, --force."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from compress.cli import main
+
+
+def _run(folder, *args):
+    return CliRunner().invoke(main, ["run", str(folder / "pipeline.toml"), "--quiet", *args])
+
+
+def test_tiny_pipeline_end_to_end_then_cached(tiny_dir):
+    # execute
+    first = _run(tiny_dir)
+    # assert
+    assert first.exit_code == 0, first.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    assert report["schema"] == "compress.report/1"
+    assert report["final"] == "student"
+    assert [s["name"] for s in report["stages"]] == ["teacher", "distill", "export", "benchmark"]
+    assert all(s["status"] == "done" for s in report["stages"])
+    models = {m["name"]: m for m in report["models"]}
+    assert set(models) == {"teacher", "student", "control"}
+    for m in models.values():
+        assert m["format"] == "onnx" and (tiny_dir / "runs/tiny" / m["path"]).is_file()
+        assert m["accuracy"] > 0.5  # ten classes: chance is 0.1
+        assert m["parity"]["max_abs_diff"] <= 1e-4 and m["parity"]["top1_agreement"] == 1.0
+        assert m["params"] > 0 and m["bytes"] > 0
+        row = next(r for r in m["latency"] if r["batch"] == 1)
+        assert row["provider"] == "CPUExecutionProvider" and row["p50_ms"] > 0
+        assert row["ci95_p50_ms"][0] <= row["p50_ms"] <= row["ci95_p50_ms"][1]
+        assert [u["provider"] for u in m["unavailable"]] == ["CUDAExecutionProvider"]
+        assert not any(r["provider"] == "CUDAExecutionProvider" for r in m["latency"])
+    assert models["teacher"]["params"] > models["student"]["params"]
+    assert "student" in first.output and "p50 ms" in first.output
+    for name in ("report.md", "report.png"):
+        assert (tiny_dir / "runs/tiny" / name).is_file()
+
+    second = _run(tiny_dir)
+    assert second.exit_code == 0, second.output
+    again = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    assert [s["status"] for s in again["stages"]] == ["cached"] * 4
+    assert {m["name"]: m["accuracy"] for m in again["models"]} == {m["name"]: m["accuracy"] for m in report["models"]}
+
+
+def test_changing_a_key_reruns_that_stage_and_later(tiny_dir):
+    assert _run(tiny_dir).exit_code == 0
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text().replace("[distill]\nepochs = 10", "[distill]\nepochs = 9"))
+    result = _run(tiny_dir)
+    assert result.exit_code == 0, result.output
+    statuses = {s["name"]: s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]}
+    assert statuses == {"teacher": "cached", "distill": "done", "export": "done", "benchmark": "done"}
+
+
+def test_force_recomputes_and_same_seed_gives_same_accuracy(tiny_dir):
+    assert _run(tiny_dir).exit_code == 0
+    before = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    assert _run(tiny_dir, "--force").exit_code == 0
+    after = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    assert all(s["status"] == "done" for s in after["stages"])
+    assert [m["accuracy"] for m in after["models"]] == [m["accuracy"] for m in before["models"]]
+
+
+def test_tampered_artifact_is_not_trusted(tiny_dir):
+    assert _run(tiny_dir).exit_code == 0
+    weights = tiny_dir / "runs/tiny/distill/student.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # truncated as if a write had been cut short
+    assert _run(tiny_dir).exit_code == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]}
+    assert statuses["teacher"] == "cached" and statuses["distill"] == "done"
+
+
+def test_python_api_mirrors_cli(tiny_dir):
+    import compress
+
+    report = compress.run(tiny_dir / "pipeline.toml", progress=False)
+    assert report["final"] == "student"
+    cfg = compress.validate(tiny_dir / "pipeline.toml")
+    assert cfg.stage_names() == ["teacher", "distill", "export", "benchmark"]
