@@ -1,0 +1,60 @@
+"""The KD loss and the training loop on tiny synthetic problems."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from compress.errors import CompressError
+from compress.training import TrainConfig, evaluate, fit, kd_loss
+
+
+def test_kd_loss_is_hard_loss_when_alpha_is_one():
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    assert torch.allclose(kd_loss(s, t, y, temperature=4.0, alpha=1.0), torch.nn.functional.cross_entropy(s, y))
+
+
+def test_kd_soft_term_is_zero_when_student_matches_teacher_and_scales_with_t_squared():
+    t, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    assert kd_loss(t.clone(), t, y, temperature=3.0, alpha=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(8, 5)
+    # For large T, KL(T) ~ ||z_s - z_t||^2 / (2 T^2 K) (centred), so T^2 * KL tends to a constant: the scale is kept.
+    a = kd_loss(s, t, y, temperature=50.0, alpha=0.0).item()
+    b = kd_loss(s, t, y, temperature=100.0, alpha=0.0).item()
+    assert a == pytest.approx(b, rel=0.05)
+
+
+def _blobs(n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) * 0.5 + torch.tensor([[0.0, 3.0], [3.0, 0.0], [-3.0, -3.0]])[y]
+    return x, y
+
+
+def test_fit_learns_and_keeps_best_epoch():
+    x, y = _blobs()
+    model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    history = fit(model, (x[:300], y[:300]), (x[300:], y[300:]), TrainConfig(epochs=5, lr=1e-2), seed=0,
+                  progress=False)
+    assert history["val_accuracy"] > 0.9
+    assert evaluate(model, x[300:], y[300:]) == pytest.approx(history["val_accuracy"])
+    assert history["val_accuracy"] == max(h["val_accuracy"] for h in history["history"])
+
+
+def test_distillation_with_teacher_logits_trains():
+    x, y = _blobs()
+    teacher_logits = torch.nn.functional.one_hot(y[:300], 3).float() * 5
+    model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    h = fit(model, (x[:300], y[:300]), (x[300:], y[300:]), TrainConfig(epochs=5, lr=1e-2), seed=0,
+            teacher_logits=teacher_logits, temperature=4.0, alpha=0.3, progress=False)
+    assert h["val_accuracy"] > 0.9
+
+
+def test_nan_loss_names_epoch_and_batch():
+    x, y = _blobs()
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    with torch.no_grad():
+        model[0].weight.fill_(math.inf)
+    with pytest.raises(CompressError, match=r"at epoch 1, batch 1; lower the learning rate"):
+        fit(model, (x, y), (x, y), TrainConfig(epochs=1), seed=0, progress=False, desc="distill")
