@@ -16,7 +16,12 @@ def run(ctx: StageContext) -> StageResult:
     final = ctx.state["final"]
     onnx_path = ctx.run_dir / ctx.models[final]["onnx"]
     batch = ctx.cfg.export.fixed_batch
-    inputs = {"input": ctx.data.example(batch or 1).numpy()}
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    name = next(i.name for i in graph.input if i.name not in initializers)
+    inputs = {name: ctx.data.example(batch or 1).numpy()}
     section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs)
 
     def rel(value):
