@@ -161,18 +161,14 @@ def quantize(
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
             record.update(accuracy=None, accuracy_drop=None, bytes=None, latency=None, accepted=False,
                           reason=f"failed: {_first_line(exc)}")
-            attempts.append(record)
-            return record
-        drop = float_acc - acc
-        if not _is_reduced(path, settings["mode"]):
-            record.update(accuracy=acc, accuracy_drop=drop, bytes=path.stat().st_size, latency=None,
-                          accepted=False, reason="nothing was left quantized (every candidate node kept in float)")
-            attempts.append(record)
-            return record
-        ok = drop <= cfg.max_accuracy_drop + 1e-9
-        record.update(accuracy=acc, accuracy_drop=drop, bytes=path.stat().st_size, latency=None, accepted=ok,
-                      reason=f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget "
-                      f"{cfg.max_accuracy_drop * 100:.2f}")
+        else:
+            drop, reduced = float_acc - acc, _is_reduced(path, settings["mode"])
+            ok = reduced and drop <= cfg.max_accuracy_drop + 1e-9
+            reason = (f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget "
+                      f"{cfg.max_accuracy_drop * 100:.2f}" if reduced
+                      else "nothing was left quantized (every candidate node kept in float)")
+            record.update(accuracy=acc, accuracy_drop=drop, bytes=path.stat().st_size, latency=None, accepted=ok,
+                          reason=reason)
         attempts.append(record)
         return record
 
@@ -235,8 +231,8 @@ def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]
                 "why": f"{final}: no provider measured both models, so speed could not decide"
                 + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
     gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
-    if prefer_quantized:
-        final, verdict = "quantized", "pick = 'quantized' keeps it regardless of speed"
+    if prefer_quantized and gmean <= 1.0:
+        final, verdict = "quantized", "it is not faster, but pick = 'quantized' keeps it (smaller file)"
     elif gmean > 1.0:
         final, verdict = "quantized", "it is faster"
     else:
@@ -437,7 +433,9 @@ def _latency(path: Path, providers: list[str], batch_sizes: list[int], threads: 
                 row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
                 rows.append(row)
         except ProviderUnavailable as exc:
-            unavailable.append({"provider": provider, "reason": _first_line(exc)})
+            unavailable.append({"provider": provider, "reason": exc.reason})
+        except Exception as exc:  # e.g. a provider without kernels for this model's types: say so, keep going
+            unavailable.append({"provider": provider, "reason": f"failed to run: {_first_line(exc)}"})
     return {"rows": rows, "unavailable": unavailable}
 
 

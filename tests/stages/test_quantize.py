@@ -82,6 +82,22 @@ def test_each_mode_quantizes_within_budget(setup: dict, mode: str) -> None:
         ("CPUExecutionProvider", 1), ("CPUExecutionProvider", 32)}
     assert all(r["p50_ms"] > 0 for r in first["latency"]["rows"])
     assert result["why"].startswith(result["final"] + ":")
+    import onnx
+
+    graph = onnx.load(result["chosen"]).graph
+    ops = {n.op_type for n in graph.node}
+    types = {i.data_type for i in graph.initializer}
+    expected_op = {"static": "DequantizeLinear", "dynamic": "DynamicQuantizeLinear", "fp16": "Cast"}[mode]
+    assert expected_op in ops
+    assert (onnx.TensorProto.FLOAT16 if mode == "fp16" else onnx.TensorProto.INT8) in types
+
+
+def test_unavailable_provider_is_recorded_not_swapped(setup: dict) -> None:
+    result = _run(setup, QuantizeConfig(mode="dynamic", max_accuracy_drop=0.01), providers=["cpu", "cuda"],
+                  batch_sizes=[1])
+    for latency in (result["float"]["latency"], result["attempts"][0]["latency"]):
+        assert [r["provider"] for r in latency["rows"]] == ["CPUExecutionProvider"]
+        assert [u["provider"] for u in latency["unavailable"]] == ["CUDAExecutionProvider"]
 
 
 def test_static_model_really_is_int8(setup: dict) -> None:
