@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from compress.errors import CompressError
 
 MANIFEST = "manifest.json"
+TMP_SUFFIX = ".tmp"  # atomic_path's temp names: .<name>.<random>.tmp beside the target
 
 
 def digest(obj: Any) -> str:
@@ -37,9 +38,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the same mode as any new file
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -52,6 +54,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete temp files that a killed run left in `run_dir`. Only safe while holding the run lock."""
+    stale = [p for p in run_dir.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -89,7 +105,10 @@ def save_manifest(stage_dir: Path, key: str, run_dir: Path, artifacts: list[str]
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run directory; a second run of the same pipeline is refused at once."""
+    """Hold an exclusive lock on the run directory; a second run of the same pipeline is refused at once.
+
+    The lock is an OS file lock, so a killed run releases it; the temp files such a run left are removed here.
+    """
     from filelock import FileLock, Timeout
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +119,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         raise CompressError(f"{run_dir}: another compress run is using this run directory; wait for it to finish "
                             "or use a different [pipeline] output_dir") from None
     try:
+        remove_stale_temps(run_dir)
         yield
     finally:
         lock.release()

@@ -10,18 +10,31 @@ from compress.errors import CompressError
 
 
 class _Group(click.Group):
-    """Every subcommand's CompressError becomes `error: <one line>` and its exit code; -v shows the traceback."""
+    """Every subcommand's CompressError becomes `error: <one line>` and its exit code; -v shows the traceback.
+
+    An OSError that escaped (disk full, permission denied, a path that vanished) is the user's machine talking, not a
+    bug: it is one line and exit 2 as well. Ctrl-C is one line and exit 130; the run resumes from its cache.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except CompressError as exc:
-            if ctx.meta.get("compress.verbose"):
-                import traceback
+            _fail(ctx, str(exc), exc.exit_code)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(ctx, f"{where}{exc.strerror or exc}; check the path, free disk space and permissions", 2)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted; run the same command again to resume from the stages that finished", 130)
 
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    if ctx.meta.get("compress.verbose"):
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message held
+    ctx.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

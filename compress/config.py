@@ -200,6 +200,12 @@ def _check_files(cfg: PipelineConfig) -> None:
         ckpt = cfg.resolve(cfg.teacher.checkpoint)
         if not ckpt.is_file():
             raise CompressError(f"{path}: teacher.checkpoint: file not found: {ckpt}")
+        from compress.models import MAX_CHECKPOINT_BYTES
+
+        size = ckpt.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CompressError(f"{path}: teacher.checkpoint: {ckpt} is {size} bytes, over the "
+                                f"{MAX_CHECKPOINT_BYTES}-byte limit; is it the right file?")
     if cfg.data.source.startswith("npz:"):
         npz = cfg.resolve(cfg.data.source[4:])
         if not npz.is_file():

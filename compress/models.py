@@ -108,6 +108,7 @@ def count_params(model) -> int:
 def load_weights(model, path: Path, origin: str) -> None:
     """Load a safetensors or weights-only torch checkpoint into `model` (strict). Never unpickles code."""
     import pickle
+    import warnings
 
     import torch
 
@@ -125,7 +126,9 @@ def load_weights(model, path: Path, origin: str) -> None:
             raise CompressError(f"{origin}: {path} is not a valid safetensors file: {exc}") from exc
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise CompressError(f"{origin}: refused {path}: it needs code to load (not a weights-only checkpoint: "
@@ -155,13 +158,19 @@ def save_weights(model, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def check_models(cfg) -> None:
-    """Build teacher and student on the data's shape (what `compress validate` does beyond the schema)."""
+def check_models(cfg, data=None, *, load_checkpoint: bool = True) -> None:
+    """Build teacher and student on the data's shape (what `compress validate` does beyond the schema).
+
+    The runner calls this before the first stage (with the data it loaded, checkpoint left to the teacher stage), so
+    a student that cannot be built is reported before the teacher trains, not after.
+    """
     from compress.data import load_data
 
-    data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: data.source")
+    if data is None:
+        data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
+                         origin=f"{cfg.source_path}: data.source")
     for name, section in (("teacher", cfg.teacher), ("student", cfg.student)):
         model = build_model(section.model, section.kwargs, input_shape=data.input_shape,
                             num_classes=data.num_classes, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: {name}")
-        if name == "teacher" and cfg.teacher.checkpoint:
+        if name == "teacher" and cfg.teacher.checkpoint and load_checkpoint:
             load_weights(model, cfg.resolve(cfg.teacher.checkpoint), f"{cfg.source_path}: teacher.checkpoint")

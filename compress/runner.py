@@ -71,6 +71,9 @@ def run_pipeline(path: str | Path, *, force: bool = False, progress: bool = True
         data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
                          origin=f"{cfg.source_path}: data.source")
         from compress import __version__
+        from compress.models import check_models
+
+        check_models(cfg, data, load_checkpoint=False)  # a broken student fails now, not after the teacher trains
 
         key = digest({"version": [__version__, CACHE_VERSION], "seed": cfg.pipeline.seed,
                       "data": [data.fingerprint, cfg.data.model_dump(mode="json")]})

@@ -59,11 +59,12 @@ def evaluate(model, x, y, *, batch_size: int = 512) -> float:
 
 def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *, seed: int, batch_size: int = 64,
         teacher_logits=None, temperature: float = 4.0, alpha: float = 1.0, desc: str = "train",
-        progress: bool = True) -> dict:
+        progress: bool = True, origin: str | None = None) -> dict:
     """Train `model` in place; keep the weights of the best validation epoch. Returns the history.
 
     With `teacher_logits` (one row per training example) the loss is `kd_loss`; without, plain cross-entropy.
-    A non-finite loss stops with an error that names the epoch and batch.
+    A non-finite loss stops with an error that names the epoch and batch, prefixed with `origin` (the config key
+    to change, e.g. 'pipeline.toml: distill.lr').
     """
     import copy
 
@@ -103,8 +104,8 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
             loss = kd_loss(logits, tl, y[idx], temperature=temperature, alpha=alpha,
                            label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise CompressError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
-                                    f"lower the learning rate (lr = {cfg.lr})")
+                raise CompressError(f"{origin or desc}: {desc} loss became {loss.item()} at epoch {epoch + 1}, "
+                                    f"batch {b + 1}; lower the learning rate (lr = {cfg.lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -36,7 +36,8 @@ def run(ctx: StageContext) -> StageResult:
                             num_classes=data.num_classes, base_dir=cfg.base_dir, origin=ctx.origin("student"))
         history = fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), dcfg, seed=cfg.pipeline.seed,
                       batch_size=cfg.data.batch_size, teacher_logits=logits, temperature=dcfg.temperature,
-                      alpha=dcfg.alpha if logits is not None else 1.0, desc=name, progress=ctx.progress)
+                      alpha=dcfg.alpha if logits is not None else 1.0, desc=name, progress=ctx.progress,
+                      origin=ctx.origin("distill.lr"))
         path = ctx.stage_dir / f"{name}.safetensors"
         save_weights(model, path)
         result.artifacts.append(ctx.rel(path))

@@ -24,7 +24,8 @@ def run(ctx: StageContext) -> StageResult:
         info["source"] = "checkpoint"
     else:
         history = fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), section.train,
-                      seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, desc="teacher", progress=ctx.progress)
+                      seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, desc="teacher", progress=ctx.progress,
+                      origin=ctx.origin("teacher.train.lr"))
         info.update(source="trained", **{k: v for k, v in history.items()})
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)
