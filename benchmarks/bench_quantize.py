@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the static settings grid on the digits teacher (why the defaults are what they are)")
     args = ap.parse_args()
 
     from compress.bench.harness import BenchSettings
@@ -117,10 +119,14 @@ def main() -> None:
                                   and acc["bytes"] <= 0.3 * res["float"]["bytes"]),
             "why": res["why"], "seconds": time.perf_counter() - t0,
         }
+    if args.sweep:
+        results["sweep"] = _sweep(args.out, args.epochs, args.threads, settings)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\n{'model':8} {'mode':8} {'params':>9} {'acc fp32':>8} {'drop pts':>8} {'size %':>7} "
           f"{'p50 fp32 ms (b1/bN)':>20} {'p50 int8 ms':>14} {'speedup':>14} target")
     for name, r in results.items():
+        if name == "sweep":
+            continue
         bs = sorted(r["fp32_p50_ms"])
         f = "/".join(f"{r['fp32_p50_ms'][b]:.3f}" for b in bs)
         q = "/".join(f"{r['int8_p50_ms'][b]:.3f}" for b in bs)
@@ -129,6 +135,33 @@ def main() -> None:
         print(f"{name:8} {r['mode']:8} {r['params']:>9} {r['fp32_accuracy']:>8.4f} {r['drop_points']:>8.2f} "
               f"{100 * r['size_ratio']:>6.1f}% {f:>20} {q:>14} {s:>14} {ok} (>= {r['target_speedup']}x at "
               f"b{r['target_batch']}, <= 0.5 pts, <= 30%)")
+
+    for row in results.get("sweep", []):
+        print("sweep", "  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def _sweep(out: Path, epochs: int, threads: int, settings: Any) -> list[dict[str, Any]]:
+    """Static int8 on the digits teacher at batch 32 under each activation/weight type, granularity and format."""
+    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.zoo import cnn_large
+
+    xtr, ytr, xva, yva = _digits(1)
+    fp32 = _export(_train(cnn_large((1, 8, 8), 10), xtr, ytr, epochs), xva, out / "sweep.onnx")
+    rows = []
+    for act, weight in (("uint8", "int8"), ("int8", "int8"), ("uint8", "uint8")):
+        for per_channel in (True, False):
+            for fmt in ("qdq", "qoperator"):
+                cfg = QuantizeConfig(activation_type=act, weight_type=weight, per_channel=per_channel,
+                                     quant_format=fmt, fallback=False, max_accuracy_drop=1.0, pick="quantized")
+                tag = f"{act[0]}{weight[0]}-{'pc' if per_channel else 'pt'}-{fmt}"
+                res = quantize(fp32, out / f"sweep-{tag}", cfg, calib_x=xtr, val_x=xva, val_y=yva,
+                               providers=["cpu"], batch_sizes=[32], threads=threads, bench_settings=settings,
+                               progress=False)
+                att = res["attempts"][0]
+                rows.append({"settings": tag, "drop_points": round(100 * (att["accuracy_drop"] or 0), 2),
+                             "speedup_b32": round(res["pick"]["speedup"], 2) if res["pick"] else None,
+                             "reason": att["reason"]})
+    return rows
 
 
 if __name__ == "__main__":
