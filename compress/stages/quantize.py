@@ -8,6 +8,8 @@ of every attempt through the project's harness -> `final` is the fastest model t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import shutil
 from pathlib import Path
@@ -352,7 +354,7 @@ def _quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.nd
                    batch: int) -> None:
     """One quantization of the pre-processed model with `settings`, written to `out`."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     mode, exclude = settings["mode"], list(settings["nodes_to_exclude"]) or None
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -366,6 +368,16 @@ def _quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.nd
         quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                          weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude)
         return
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
+        _static(base, out, settings, calib, input_name, batch)
+
+
+def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
+            batch: int) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    exclude = list(settings["nodes_to_exclude"]) or None
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     quantize_static(base, out, _reader(input_name, calib, batch),
