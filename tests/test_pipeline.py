@@ -81,3 +81,29 @@ def test_python_api_mirrors_cli(tiny_dir):
     assert report["final"] == "student"
     cfg = compress.validate(tiny_dir / "pipeline.toml")
     assert cfg.stage_names() == ["teacher", "distill", "export", "benchmark"]
+
+
+def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + '\n[quantize]\nmode = "dynamic"\nmax_accuracy_drop = 0.05\n')
+    result = _run(tiny_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    models = {m["name"]: m for m in report["models"]}
+    assert "student-int8" in models and models["student-int8"]["role"] == "quantized"
+    assert models["student-int8"]["bytes"] < models["student"]["bytes"]
+    assert report["final"] in ("student", "student-int8") and report["final_reason"]
+    assert report["details"]["quantize"]["attempts"][0]["accepted"] is True
+    assert "## Quantization attempts" in (tiny_dir / "runs/tiny/report.md").read_text()
+
+
+def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + '\n[quantize]\nmode = "fp16"\nmax_accuracy_drop = 0.0\nfallback = false\n'
+                    .replace('mode = "fp16"', 'mode = "static"\ncalibration_samples = 1'))
+    result = _run(tiny_dir)
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    assert result.exit_code == 1, result.output
+    assert "quantize.max_accuracy_drop: no quantized model met the accuracy budget" in result.output
+    assert report["gate_failure"] and report["final"] == "student"
+    assert [s["status"] for s in report["stages"]] == ["done"] * 5  # the benchmark still ran: the report is whole

@@ -538,3 +538,50 @@ def _short(provider: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pipeline stage
+
+
+def run(ctx: Any) -> Any:
+    """Quantize the current final model; `final` becomes the quantized one only if it meets the budget and is faster.
+
+    When nothing meets the budget the stage still succeeds (the report must be written); it sets `gate_failure`,
+    which the runner turns into exit code 1 after writing the report.
+    """
+    from compress.context import StageResult
+
+    cfg, data, qcfg = ctx.cfg, ctx.data, ctx.cfg.quantize
+    base_name = ctx.state.get("final", "student")
+    base = ctx.models[base_name]
+    result = quantize(ctx.run_dir / base["onnx"], ctx.stage_dir, qcfg, calib_x=data.x_train.numpy(),
+                      val_x=data.x_val.numpy(), val_y=data.y_val.numpy(), providers=cfg.benchmark.providers,
+                      batch_sizes=cfg.benchmark.batch_sizes, threads=cfg.benchmark.threads[0],
+                      progress=ctx.progress)
+    out = StageResult(state={"final_reason": result["why"]})
+    name = f"{base_name}-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"
+    if result["chosen"] is not None:
+        chosen = Path(result["chosen"])
+        out.artifacts.append(ctx.rel(chosen))
+        out.models[name] = {"name": name, "role": "quantized", "onnx": ctx.rel(chosen), "params": base.get("params"),
+                            "quantization": {"mode": qcfg.mode, "attempt": result.get("accepted_attempt"),
+                                             "from": base_name}}
+        out.state["final"] = name if result["final"] == "quantized" else base_name
+    else:
+        out.state["final"] = base_name
+        out.state["gate_failure"] = f"quantize.max_accuracy_drop: {result['why']}"
+    lines = ["", "## Quantization attempts", "",
+             "| attempt | why tried | accuracy | drop (points) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
+    for a in result["attempts"]:
+        acc = "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.2f}%"
+        drop = "-" if a.get("accuracy_drop") is None else f"{100 * a['accuracy_drop']:.2f}"
+        size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
+        lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | "
+                     f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")
+    lines += ["", f"Pick: {result['why']}"]
+    for a in result["attempts"]:
+        a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
+    out.info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"],
+                "float": {k: v for k, v in result["float"].items() if k != "path"}, "markdown": lines}
+    return out
