@@ -560,7 +560,7 @@ def run(ctx: Any) -> Any:
                       batch_sizes=cfg.benchmark.batch_sizes, threads=cfg.benchmark.threads[0],
                       progress=ctx.progress)
     out = StageResult(state={"final_reason": result["why"]})
-    name = f"{base_name}-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"
+    name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not
     if result["chosen"] is not None:
         chosen = Path(result["chosen"])
         out.artifacts.append(ctx.rel(chosen))
