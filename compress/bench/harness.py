@@ -32,6 +32,7 @@ from compress.bench.providers import (
     resolve_provider,
     session_options_summary,
 )
+from compress.bench.reference import REFERENCE_VERSION, reference_input, reference_model_bytes
 from compress.errors import CompressError
 
 
@@ -113,7 +114,7 @@ class _Job:
     session: Any = None  # the session opened to check the provider is reused as the first repetition
     samples_ns: list[np.ndarray] = field(default_factory=list)
     reference_ns: list[np.ndarray] = field(default_factory=list)
-    block_scores: list[np.ndarray] = field(default_factory=list)
+    block_ends: list[np.ndarray] = field(default_factory=list)  # per repetition: (model, reference) sample counts
 
     @property
     def uses_reference(self) -> bool:
@@ -136,11 +137,11 @@ class _Job:
             run()
             if ref_run is not None:
                 ref_run()
-        samples, ref_samples, scores = _timed_loop(run, self.settings, ref_run)
+        samples, ref_samples, ends = _timed_loop(run, self.settings, ref_run)
         self.samples_ns.append(samples)
         if ref_samples is not None:
             self.reference_ns.append(ref_samples)
-            self.block_scores.append(scores)
+            self.block_ends.append(ends)
         del run, ref_run, session
 
     def _reference_runner(self) -> Callable[[], Any]:
@@ -182,12 +183,12 @@ class _Job:
         if self.reference_ns:
             ref_ms = np.concatenate(self.reference_ns) / 1e6
             ref_p50 = float(np.median(ref_ms))
-            rep_scores = [float(np.median(b)) for b in self.block_scores]
+            per_rep = [stats.block_scores(m, r, e) for m, r, e in zip(self.samples_ns, self.reference_ns, self.block_ends)]
+            rep_scores = [float(np.median(b)) for b in per_rep]
             reference = {
                 "reference_p50_ms": ref_p50,
-                # median over all blocks of (model block median / adjacent reference block median)
-                "p50_score": float(np.median(np.concatenate(self.block_scores))),
-                "blocks": int(sum(b.size for b in self.block_scores)),
+                "p50_score": float(np.median(np.concatenate(per_rep))),
+                "blocks": int(sum(b.size for b in per_rep)),
                 "cv_score_across_repetitions": stats.cv(rep_scores),
                 "reference_version": REFERENCE_VERSION,
             }
@@ -222,8 +223,8 @@ def _timed_loop(
     """Time `run` until min_runs and min_seconds are both met; nanoseconds per call.
 
     With `ref_run`, model blocks of block_seconds alternate with reference blocks of reference_block_seconds,
-    so both see the same machine speed. Returns (model samples, reference samples, block scores) where a
-    block score is the model block's median over the following reference block's median (None, None without).
+    so both see the same machine speed. Returns (model samples, reference samples, block ends): block i holds
+    model samples [ends[i-1, 0], ends[i, 0]) and the reference samples timed right after it (None, None without).
     """
     perf = time.perf_counter_ns
     samples: list[int] = []
@@ -274,12 +275,7 @@ def _timed_loop(
     model = np.asarray(samples, dtype=np.float64)
     if ref_run is None:
         return model, None, None
-    ref = np.asarray(ref_samples, dtype=np.float64)
-    scores, m0, r0 = [], 0, 0
-    for m1, r1 in ends:
-        scores.append(np.median(model[m0:m1]) / np.median(ref[r0:r1]))
-        m0, r0 = m1, r1
-    return model, ref, np.asarray(scores)
+    return model, np.asarray(ref_samples, dtype=np.float64), np.asarray(ends, dtype=np.int64).reshape(-1, 2)
 
 
 def _prepare(
@@ -453,49 +449,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-REFERENCE_VERSION = 1
-"""Bump when the reference graph changes: scores are only comparable between equal versions."""
-
-
-@functools.lru_cache(maxsize=1)
-def reference_model_bytes() -> bytes:
-    """The reference workload: 3 conv3x3(16ch, 32x32) + ReLU, pool, gemm; ~0.16 ms at 1 thread here.
-
-    Why it exists: on shared machines CPU speed moves in phases of seconds (up to 1.5x on the 2-core dev VM)
-    as neighbours come and go, and every raw p50 inherits that. The model and a similar fixed workload slow
-    down together, so p50 / reference_p50 (`p50_score`) stays put; the gate compares scores when it can.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(1234)
-    channels, size = 16, 32
-    nodes, inits, prev = [], [], "x"
-    for i in range(3):
-        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.1).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
-        nodes.append(helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
-        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
-        prev = f"r{i}"
-    wf = (rng.standard_normal((channels, 10)) * 0.1).astype(np.float32)
-    inits.append(numpy_helper.from_array(wf, "wf"))
-    nodes += [helper.make_node("GlobalAveragePool", [prev], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-              helper.make_node("MatMul", ["f", "wf"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "compress_reference",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def reference_input() -> dict[str, np.ndarray]:
-    """The reference workload's fixed input."""
-    return {"x": np.random.default_rng(0).standard_normal((1, 16, 32, 32)).astype(np.float32)}
 
 
 class _NoBar:

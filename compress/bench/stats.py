@@ -61,6 +61,19 @@ def subsample(samples: Sequence[float], max_count: int) -> list[float]:
     return arr[idx].tolist()
 
 
+def block_scores(model: np.ndarray, reference: np.ndarray, ends: np.ndarray, q: float = 50.0) -> np.ndarray:
+    """Per block: q-th percentile of the model's samples / q-th percentile of the reference samples after them.
+
+    `ends[i]` = (model samples, reference samples) timed by the end of block i, as the harness records them.
+    """
+    out = np.empty(len(ends))
+    m0 = r0 = 0
+    for i, (m1, r1) in enumerate(ends):
+        out[i] = np.percentile(model[m0:m1], q) / np.percentile(reference[r0:r1], q)
+        m0, r0 = m1, r1
+    return out
+
+
 def mann_whitney_slower(base: Sequence[float], new: Sequence[float]) -> float:
     """One-sided Mann-Whitney U p-value for 'new is stochastically slower (larger) than base'."""
     from scipy.stats import mannwhitneyu
