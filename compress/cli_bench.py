@@ -136,7 +136,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         json_out.write_text(json.dumps(doc, indent=1))
         click.echo(f"wrote {json_out}")
     if kit_dir is not None:
-        _make_kit(model, kit_dir, batch_sizes[0], inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None)
+        kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None
+        _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads), settings)
     if base_rows is not None:
         new_rows = {("", r["provider"], r["batch"], r["threads"]): r for r in result["latency"]}
         if not new_rows:
@@ -167,11 +168,13 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
     return out
 
 
-def _make_kit(model: Path, out_dir: Path, batch: int, inputs: Any) -> None:
-    import compress.edge as edge
+def _make_kit(model: Path, out_dir: Path, batch: int, inputs: Any, providers: list[str],
+              provider_options: dict[str, dict[str, str]], threads: list[int], settings: Any) -> None:
+    """The on-device kit measures what this bench measured: same providers, options, threads and timing."""
+    from compress.kit import make_kit
 
-    make_kit = getattr(edge, "make_kit", None)
-    if make_kit is None:
-        raise CompressError("--kit: compress.edge.make_kit is not available in this build; drop --kit")
-    path = make_kit(model, out_dir, batch=batch, inputs=inputs)
+    path = make_kit(model, out_dir, batch=1 if settings.edge else batch, inputs=inputs, providers=providers,
+                    provider_options=provider_options, threads=threads, warmup_runs=settings.warmup_runs,
+                    min_runs=settings.min_runs, min_seconds=settings.min_seconds, max_seconds=settings.max_seconds,
+                    repetitions=settings.repetitions)
     click.echo(f"wrote kit {path or out_dir}")

@@ -143,3 +143,15 @@ def test_cli_module_import_stays_light():
     code = "import sys, compress.cli_bench; print(any(m in sys.modules for m in ('torch', 'onnx', 'onnxruntime', 'scipy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_kit_gets_the_bench_providers_options_threads_and_timing(small: Path, tmp_path: Path):
+    kit_dir = tmp_path / "kit"
+    result = invoke("bench", small, "--provider", "cpu", "--provider", "cuda", "--threads", "1", "--threads", "2",
+                    "--provider-option", "cuda:device_id=1", "--kit", kit_dir, *FAST)
+    assert result.exit_code == 0, result.output
+    kit = json.loads((kit_dir / "kit.json").read_text())
+    assert kit["providers"] == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+    assert kit["provider_options"] == {"CUDAExecutionProvider": {"device_id": "1"}}
+    assert kit["threads"] == [1, 2]
+    assert (kit["warmup_runs"], kit["min_runs"], kit["min_seconds"], kit["repetitions"]) == (2, 20, 0.05, 2)
