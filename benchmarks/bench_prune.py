@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--student", choices=sorted(STUDENTS), default="mobilenet")
     ap.add_argument("--amount", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--distill-epochs", type=int, default=40)
     ap.add_argument("--teacher-epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=128)

@@ -241,7 +241,7 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     if cfg.target_latency_ms is not None and history[-1]["latency_ms"] > cfg.target_latency_ms:
         log.warning("prune: target_latency_ms = %g not met at max_amount (measured %.3f ms)",
                     cfg.target_latency_ms, history[-1]["latency_ms"])
-    return model, history
+    return model.eval(), history
 
 
 def _channel_step(model, pruner, batches, example_input, expected) -> None:
@@ -266,7 +266,7 @@ def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, laten
         history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
                                 latency_ms=latency_ms))
     pruning.magnitude_finalize(layers)
-    return model, history
+    return model.eval(), history
 
 
 def save_pruned(model: "nn.Module", path: Path) -> None:
