@@ -58,7 +58,7 @@ class StageContext:
         if rec.get("pruned"):
             from compress.stages.prune import load_pruned
 
-            return load_pruned(model, path)
+            return load_pruned(model, path, example_input=self.data.example(2)).eval()
         load_weights(model, path, rec["origin"])
         model.eval()
         return model

@@ -107,3 +107,24 @@ def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
     assert "quantize.max_accuracy_drop: no quantized model met the accuracy budget" in result.output
     assert report["gate_failure"] and report["final"] == "student"
     assert [s["status"] for s in report["stages"]] == ["done"] * 5  # the benchmark still ran: the report is whole
+
+
+def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + '\n[prune]\namount = 0.5\nsteps = 2\nfinetune_epochs = 2\nlatency_batch = 8\n')
+    result = _run(tiny_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    models = {m["name"]: m for m in report["models"]}
+    assert report["final"] == "student-pruned" and models["student-pruned"]["role"] == "pruned"
+    assert models["student-pruned"]["params"] < 0.75 * models["student"]["params"]
+    assert models["student-pruned"]["parity"]["max_abs_diff"] <= 1e-4
+    assert models["student-pruned"]["accuracy"] > 0.3
+    steps = report["details"]["prune"]["steps"]
+    assert [s["step"] for s in steps] == [0, 1, 2] and all(s["latency_ms"] > 0 for s in steps)
+    assert "## Pruning (channel)" in (tiny_dir / "runs/tiny/report.md").read_text()
+    # cached rerun rebuilds the pruned model from its safetensors (shapes restored), without pruning again
+    again = _run(tiny_dir)
+    assert again.exit_code == 0, again.output
+    statuses = [s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]]
+    assert statuses == ["cached"] * 5

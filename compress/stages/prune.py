@@ -20,6 +20,7 @@ from compress.errors import CompressError
 from compress.section import Section
 
 if TYPE_CHECKING:
+    from compress.context import StageContext, StageResult
     import torch
     from torch import nn
 
@@ -302,3 +303,72 @@ def load_pruned(model: "nn.Module", path: Path, *, example_input: "torch.Tensor 
     if example_input is not None:
         pruning.checked_forward(model, example_input, when="after loading")
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pipeline stage
+
+
+def run(ctx: "StageContext") -> "StageResult":
+    """Prune the distilled student, recovering after each step by distillation from the teacher (the distill loss).
+
+    Latency per step is ONNX Runtime's (export to a scratch file, the project's harness, batch `latency_batch`,
+    1 thread), so the report's before/after numbers are the ones a deployment sees.
+    """
+    import tempfile
+
+    from compress.context import StageResult
+    from compress.models import count_params
+    from compress.stages.export import export_onnx
+    from compress.training import evaluate, fit
+
+    cfg, data, pcfg, dcfg = ctx.cfg, ctx.data, ctx.cfg.prune, ctx.cfg.distill
+    base_name = ctx.state.get("final", "student")
+    student = ctx.load_torch(base_name)
+    teacher_logits = ctx.teacher_logits()
+    train, val = (data.x_train, data.y_train), (data.x_val, data.y_val)
+
+    def finetune(model: "nn.Module", epochs: int) -> None:
+        if epochs < 1:
+            return
+        settings = dcfg.model_copy(update={"epochs": epochs, "patience": epochs, "warmup_epochs": 0})
+        fit(model, train, val, settings, seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size,
+            teacher_logits=teacher_logits, temperature=dcfg.temperature, alpha=dcfg.alpha, desc="prune: recover",
+            progress=ctx.progress)
+
+    def latency_ms(model: "nn.Module") -> float:
+        from compress.bench.harness import BenchSettings, measure
+
+        with tempfile.TemporaryDirectory(dir=ctx.stage_dir) as tmp:
+            path = export_onnx(model, data.example(2), Path(tmp) / "step.onnx", opset=cfg.export.opset)
+            row = measure(path, "cpu", pcfg.latency_batch, 1, inputs={"input": data.example(pcfg.latency_batch).numpy()},
+                          settings=BenchSettings(warmup_runs=10, min_runs=30, min_seconds=0.2, repetitions=3))
+        return row["p50_ms"]
+
+    batches = [(data.x_train[i:i + cfg.data.batch_size], data.y_train[i:i + cfg.data.batch_size])
+               for i in range(0, min(len(data.x_train), 8 * cfg.data.batch_size), cfg.data.batch_size)]
+    pruned, steps = prune(student, pcfg, example_input=data.example(8), finetune=finetune,
+                          evaluate=lambda m: evaluate(m, *val), latency_ms=latency_ms, taylor_batches=batches,
+                          progress=ctx.progress)
+    name = f"{base_name}-pruned"
+    path = ctx.stage_dir / f"{name}.safetensors"
+    from compress.cache import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_pruned(pruned, tmp)
+    base = ctx.models[base_name]
+    record = {"name": name, "role": "pruned", "torch": ctx.rel(path), "pruned": True, "origin": base["origin"],
+              "spec": base["spec"], "params": count_params(pruned), "accuracy_torch": evaluate(pruned, *val)}
+    if pcfg.method == "magnitude":
+        record["note"] = MAGNITUDE_NOTE
+    lines = ["", f"## Pruning ({pcfg.method})", "",
+             "| step | removed | params | weight bytes | accuracy before recovery | accuracy | ORT p50 ms (b"
+             f"{pcfg.latency_batch}) |", "|---|---|---|---|---|---|---|"]
+    for s in steps:
+        lat = f"{s['latency_ms']:.4f}" if s.get("latency_ms") is not None else "-"
+        lines.append(f"| {s['step']} | {100 * s.get('amount', 0):.0f}% | {s['params']:,} | {s['bytes']:,} | "
+                     f"{100 * s['accuracy_before_finetune']:.2f}% | {100 * s['accuracy']:.2f}% | {lat} |")
+    if "note" in record:
+        lines += ["", record["note"]]
+    return StageResult(artifacts=[ctx.rel(path)], models={name: record}, state={"final": name},
+                       info={"steps": steps, "markdown": lines})
