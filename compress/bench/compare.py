@@ -92,11 +92,18 @@ def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max
 
 
 def _references(b: dict[str, Any], n: dict[str, Any]) -> dict[str, float]:
-    """Reference p50s of both rows when they are comparable (same reference workload version), else none."""
-    # effective reference = p50 / score, so the verdict's ratio is exactly new score / base score
-    if b.get("p50_score") and n.get("p50_score") and b.get("reference_version") == n.get("reference_version"):
-        return {"base_reference_ms": float(b["p50_ms"]) / float(b["p50_score"]),
-                "new_reference_ms": float(n["p50_ms"]) / float(n["p50_score"])}
+    """Effective reference latencies of both rows when their scores are comparable, else none.
+
+    effective reference = p50 / score, so the verdict's ratio is exactly new score / base score. Both rows
+    must come from the same reference workload; 'score' (stats.quiet_score) is used when both have it, else
+    the older 'p50_score' (files written before it existed), never one of each.
+    """
+    if b.get("reference_version") != n.get("reference_version"):
+        return {}
+    for key in ("score", "p50_score"):
+        if b.get(key) and n.get(key):
+            return {"base_reference_ms": float(b["p50_ms"]) / float(b[key]),
+                    "new_reference_ms": float(n["p50_ms"]) / float(n[key])}
     return {}
 
 

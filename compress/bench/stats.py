@@ -61,17 +61,31 @@ def subsample(samples: Sequence[float], max_count: int) -> list[float]:
     return arr[idx].tolist()
 
 
-def block_scores(model: np.ndarray, reference: np.ndarray, ends: np.ndarray, q: float = 50.0) -> np.ndarray:
-    """Per block: q-th percentile of the model's samples / q-th percentile of the reference samples after them.
-
-    `ends[i]` = (model samples, reference samples) timed by the end of block i, as the harness records them.
-    """
+def block_medians(samples: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Median of each block of `samples`; block i is samples[ends[i-1]:ends[i]] (ends[-1] = len(samples))."""
     out = np.empty(len(ends))
-    m0 = r0 = 0
-    for i, (m1, r1) in enumerate(ends):
-        out[i] = np.percentile(model[m0:m1], q) / np.percentile(reference[r0:r1], q)
-        m0, r0 = m1, r1
+    start = 0
+    for i, end in enumerate(ends):
+        out[i] = np.median(samples[start:end])
+        start = end
     return out
+
+
+def quiet_score(model_block_p50: Sequence[float], reference_block_p50: Sequence[float]) -> float:
+    """Model speed in units of the reference: fastest model block median / fastest reference block median.
+
+    Why minima, not the median of per-block ratios: on an oversubscribed machine the model and the reference do
+    not slow down by the same factor (a 0.8 ms run is preempted 5x as often as a 0.16 ms one, and the reference
+    has a +12% mode of its own), so a per-block ratio drifts by +-10% with the load. A block cannot run faster
+    than the machine's quiet speed, so each side's fastest block estimates that quiet speed, and their ratio is
+    what stays put (benchmarks/bench_aa_ab.py; README). More blocks only make both minima more reliable, which
+    is why a re-measurement pools its blocks with the first one's.
+    """
+    m = np.asarray(model_block_p50, dtype=np.float64)
+    r = np.asarray(reference_block_p50, dtype=np.float64)
+    if m.size == 0 or r.size == 0 or r.min() <= 0:
+        raise ValueError("quiet_score needs model and reference block medians")
+    return float(m.min() / r.min())
 
 
 def mann_whitney_slower(base: Sequence[float], new: Sequence[float]) -> float:

@@ -109,6 +109,10 @@ def test_baseline_gate_aa_passes_ab_fails(tmp_path: Path):
     worse = invoke("bench", slow, "--baseline", base, "--json", tmp_path / "slow.json", *args)
     assert worse.exit_code == 1, worse.output
     assert "REGRESSED" in worse.output and "error: " in worse.output and "regressed beyond +10%" in worse.output
+    # a row that looks slower is measured again before it is judged, and the JSON says so
+    assert "re-measured 1 row(s) that looked more than 5% slower" in worse.output
+    row = json.loads((tmp_path / "slow.json").read_text())["latency"][0]
+    assert row["rechecked"] and row["repetitions"] == 6
     # compare on the saved files gives the same verdicts; the reverse direction is just faster
     assert invoke("compare", base, tmp_path / "slow.json").exit_code == 1
     back = invoke("compare", tmp_path / "slow.json", base)

@@ -207,3 +207,13 @@ def test_end_to_end_aa_and_ab(tmp_path: Path):
     ab = cmp.compare(rows["a1"], rows["b"], 0.10)
     assert [r["verdict"] for r in aa] in (["ok"], ["faster"])
     assert [r["verdict"] for r in ab] == ["REGRESSED"] and ab[0]["ratio"] > 2.0
+
+
+def test_recheck_measures_flagged_rows_again(small: Path):
+    rows = bench_model(small, ["cpu"], [1, 2], [1], settings=FAST, progress=False,
+                       recheck=lambda row: row["batch"] == 2)["latency"]
+    first, second = rows
+    assert first["repetitions"] == 2 and "rechecked" not in first
+    assert second["repetitions"] == 4 and second["rechecked"] and second["runs"] >= 4 * FAST.min_runs
+    assert len(second["block_p50_ms"]) == second["blocks"] == len(second["reference_block_p50_ms"])
+    assert second["score"] == pytest.approx(min(second["block_p50_ms"]) / min(second["reference_block_p50_ms"]), rel=1e-3)

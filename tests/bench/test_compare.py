@@ -1,0 +1,32 @@
+"""compare: which score a verdict uses when rows carry reference scores."""
+from __future__ import annotations
+
+import pytest
+
+from compress.bench import compare as cmp
+
+
+def _row(p50: float, **extra) -> dict:
+    return {"provider": "CPUExecutionProvider", "batch": 1, "threads": 1, "p50_ms": p50,
+            "ci95_p50_ms": [p50 * 0.99, p50 * 1.01], "reference_version": 1, **extra}
+
+
+def _verdict(base: dict, new: dict) -> dict:
+    key = ("", "CPUExecutionProvider", 1, 1)
+    return cmp.compare({key: base}, {key: new}, 0.10)[0]
+
+
+def test_quiet_score_decides_when_both_rows_have_it():
+    # raw p50 +30% and the old median-of-ratios score +15%, but the quiet score is unchanged: not a regression
+    v = _verdict(_row(1.0, score=5.0, p50_score=5.0), _row(1.3, score=5.0, p50_score=5.75))
+    assert v["raw_ratio"] == pytest.approx(1.3) and v["ratio"] == pytest.approx(1.0) and v["verdict"] == "ok"
+
+
+def test_old_files_fall_back_to_p50_score_never_a_mix():
+    v = _verdict(_row(1.0, p50_score=5.0), _row(1.3, score=5.0, p50_score=6.5))
+    assert v["ratio"] == pytest.approx(1.3) and v["verdict"] == "REGRESSED"
+
+
+def test_different_reference_versions_compare_raw():
+    v = _verdict(_row(1.0, score=5.0), _row(1.3, score=5.0, reference_version=2))
+    assert not v["normalized"] and v["ratio"] == pytest.approx(1.3)
