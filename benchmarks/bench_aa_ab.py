@@ -2,12 +2,17 @@
 
 A is a ~0.8 ms conv stack (5 layers); B has the same input and one more conv layer (about 25% slower; the measured
 ratio is printed). One baseline of A is saved, then A and B are benchmarked against it alternately, so both
-see the same machine. Run: python benchmarks/bench_aa_ab.py [--n 20]
+see the same machine. `--spin N --mem M` add N pure-CPU and M memory-streaming busy processes for the whole
+run (the 2-core machine oversubscribed on purpose); the load average is printed either way.
+Run: python benchmarks/bench_aa_ab.py [--n 20] [--spin 3 --mem 1]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,15 +44,31 @@ def conv_model(path: Path, layers: int, channels: int = 32, size: int = 32) -> P
 
 
 def main() -> None:
-    from click.testing import CliRunner
-
-    from compress.cli import main as cli
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--layers", type=int, default=5, help="layers of A; B has one more")
     parser.add_argument("--max-regression", type=float, default=0.10)
+    parser.add_argument("--spin", type=int, default=0, help="extra pure-CPU busy processes during the run")
+    parser.add_argument("--mem", type=int, default=0, help="extra memory-streaming busy processes during the run")
     args = parser.parse_args()
+    load = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(args.spin)]
+    load += [subprocess.Popen([sys.executable, "-c", MEM]) for _ in range(args.mem)]
+    try:
+        run(args)
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+
+
+SPIN = "while True: pass"
+MEM = "import numpy as np\na = np.ones(8_000_000)\nwhile True: a *= 1.0"
+
+
+def run(args: argparse.Namespace) -> None:
+    from click.testing import CliRunner
+
+    from compress.cli import main as cli
 
     work = Path(tempfile.mkdtemp(prefix="bench_aa_ab_"))
     a = conv_model(work / "a.onnx", args.layers)
@@ -57,7 +78,7 @@ def main() -> None:
     gate = ["--max-regression", str(args.max_regression), "--quiet"]
     res = runner.invoke(cli, ["bench", str(a), "--json", str(base), "--quiet"])
     assert res.exit_code == 0, res.output
-    false_regressions, detections = 0, 0
+    false_regressions, detections, rechecks_aa, rechecks_ab, loads = 0, 0, 0, 0, []
     aa_ratios, ab_ratios, aa_raw, ab_raw = [], [], [], []
     for i in range(args.n):
         for name, model, out in (("A", a, work / f"a{i}.json"), ("B", b, work / f"b{i}.json")):
@@ -66,22 +87,29 @@ def main() -> None:
                 raise SystemExit(res.output)
             new = json.loads(out.read_text())["latency"][0]
             old = json.loads(base.read_text())["latency"][0]
-            ratio = new["p50_score"] / old["p50_score"]
+            ratio = new["score"] / old["score"]
+            loads.append(os.getloadavg()[0])
             raw = new["p50_ms"] / old["p50_ms"]
             if name == "A":
                 false_regressions += res.exit_code == 1
+                rechecks_aa += bool(new.get("rechecked"))
                 aa_ratios.append(ratio)
                 aa_raw.append(raw)
             else:
                 detections += res.exit_code == 1
+                rechecks_ab += bool(new.get("rechecked"))
                 ab_ratios.append(ratio)
                 ab_raw.append(raw)
         print(f"run {i + 1:2d}: A/A ratio {aa_ratios[-1]:.3f} (raw {aa_raw[-1]:.3f})  "
-              f"A/B ratio {ab_ratios[-1]:.3f} (raw {ab_raw[-1]:.3f})", flush=True)
+              f"A/B ratio {ab_ratios[-1]:.3f} (raw {ab_raw[-1]:.3f})  load {loads[-1]:.1f}", flush=True)
     print(f"A/A false regressions: {false_regressions}/{args.n} at --max-regression {args.max_regression} "
-          f"(score ratio range {min(aa_ratios):.3f}..{max(aa_ratios):.3f}; raw p50 ratio {min(aa_raw):.3f}..{max(aa_raw):.3f})")
+          f"(score ratio range {min(aa_ratios):.3f}..{max(aa_ratios):.3f}; raw p50 ratio {min(aa_raw):.3f}..{max(aa_raw):.3f}; "
+          f"re-measured {rechecks_aa})")
     print(f"A/B detections: {detections}/{args.n} for B = A + 1 layer (score ratio median {np.median(ab_ratios):.3f}, "
-          f"range {min(ab_ratios):.3f}..{max(ab_ratios):.3f}; raw p50 ratio {min(ab_raw):.3f}..{max(ab_raw):.3f})")
+          f"range {min(ab_ratios):.3f}..{max(ab_ratios):.3f}; raw p50 ratio {min(ab_raw):.3f}..{max(ab_raw):.3f}; "
+          f"re-measured {rechecks_ab})")
+    print(f"1-min load average during the runs: {min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores "
+          f"(extra busy processes: {args.spin} spin, {args.mem} mem)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Run-to-run coefficient of variation of p50 for a ~1 ms model, with default BenchSettings.
 
 Each run is a full `measure` (fresh sessions, warm-up, 5 repetitions), as `compress bench` does it. Prints
-the CV of the raw p50 and of the reference-normalized score across runs.
+the CV of the raw p50 and of the reference-normalized score (stats.quiet_score, what the gate compares)
+across runs, and the load average.
 Run: python benchmarks/bench_cv.py [--runs 10]
 """
 from __future__ import annotations
@@ -26,10 +27,13 @@ def main() -> None:
     for i in range(args.runs):
         row = measure(model, "cpu", 1, 1)
         rows.append(row)
-        print(f"run {i + 1:2d}: p50 {row['p50_ms']:.4f} ms  score {row['p50_score']:.3f}  "
+        print(f"run {i + 1:2d}: p50 {row['p50_ms']:.4f} ms  score {row['score']:.3f}  "
               f"in-run cv of p50 across repetitions {row['cv_p50_across_repetitions']:.1%}", flush=True)
     p50 = np.array([r["p50_ms"] for r in rows])
-    score = np.array([r["p50_score"] for r in rows])
+    score = np.array([r["score"] for r in rows])
+    import os
+
+    print(f"1-min load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"model p50 median {np.median(p50):.3f} ms")
     print(f"run-to-run CV of p50: raw {p50.std(ddof=1) / p50.mean():.1%}, "
           f"reference-normalized score {score.std(ddof=1) / score.mean():.1%} over {args.runs} runs")
