@@ -49,14 +49,12 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Recompute every stage, ignoring the cache.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Distill on N processes (torch.distributed, gloo on CPU, nccl on CUDA).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(file: Path, force: bool, nproc: int, quiet: bool) -> None:
+def run(file: Path, force: bool, quiet: bool) -> None:
     """Run the pipeline in FILE and print the summary table (exit 1 if a gate fails)."""
     from compress.runner import run_pipeline
 
-    report = run_pipeline(file, force=force, nproc=nproc, progress=not quiet)
+    report = run_pipeline(file, force=force, progress=not quiet)
     from compress.report import summary_table
 
     click.echo(summary_table(report))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from compress.cache import digest, file_sha256, load_manifest, run_lock, save_manifest
 from compress.context import StageContext, StageResult
-from compress.errors import CompressError, GateFailed
+from compress.errors import GateFailed
 
 log = logging.getLogger("compress")
 
@@ -48,7 +48,7 @@ def _section_inputs(cfg, name: str) -> dict:
     return dump[name]()
 
 
-def run_pipeline(path: str | Path, *, force: bool = False, progress: bool = True, nproc: int = 1) -> dict:
+def run_pipeline(path: str | Path, *, force: bool = False, progress: bool = True) -> dict:
     """Run the pipeline file at `path`; return the report (also written to the run directory).
 
     Raises CompressError for bad input (exit 2) and GateFailed (exit 1) when a gate fails; the report is written
@@ -61,9 +61,6 @@ def run_pipeline(path: str | Path, *, force: bool = False, progress: bool = True
     from compress.report import build_report, write_report
 
     cfg = load_config(path)
-    if nproc != 1:
-        raise CompressError(f"{path}: --nproc {nproc}: multi-process distillation is not available in this version; "
-                            "run with --nproc 1")
     run_dir = cfg.run_dir
     with run_lock(run_dir):
         if cfg.pipeline.threads:
