@@ -35,6 +35,8 @@ _LATENCY_RETRY_AMOUNT = 0.05
 #: Bisection rounds for target_params / target_latency_ms (resolution max_amount / 2**rounds).
 _SEARCH_ROUNDS = 7
 _FORMAT = "compress.pruned/1"
+#: Model name of the same-size student trained from scratch (prune.control).
+CONTROL_NAME = "pruned-control"
 
 
 class PruneConfig(Section):
@@ -71,6 +73,10 @@ class PruneConfig(Section):
         "widths); None keeps exact counts.")
     max_amount: float = Field(
         0.9, gt=0, lt=1, description="The largest fraction of channels a target search may remove from a layer.")
+    control: bool = Field(
+        False, description="Also train the pruned architecture from scratch (re-initialised, distilled from the "
+        "teacher with the [distill] settings for the same total epochs and seed) as model 'pruned-control', "
+        "so the report shows whether pruning beat simply training a model of that size.")
 
     @model_validator(mode="after")
     def _one_goal(self) -> "PruneConfig":
@@ -270,6 +276,32 @@ def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, laten
     return model.eval(), history
 
 
+def train_control(pruned: "nn.Module", *, epochs: int, seed: int,
+                  train_fn: Callable[["nn.Module", int], object]) -> "nn.Module":
+    """The same-size control: a copy of the pruned architecture, re-initialised from `seed`, trained by
+    `train_fn(model, epochs)` (the caller's recipe, e.g. distillation from the teacher) from scratch.
+
+    Every module with a `reset_parameters()` (Conv, Linear, BatchNorm, LayerNorm, ...) gets its default
+    initialisation at the pruned sizes; BatchNorm statistics restart too. A module that owns parameters but
+    cannot reset them would keep pruned weights, so it is an error rather than a silently warm-started control.
+    """
+    import torch
+
+    model = copy.deepcopy(pruned)
+    torch.manual_seed(seed)
+    for name, module in model.named_modules():
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise CompressError(f"prune.control: module '{name}' ({type(module).__name__}) has parameters but no "
+                                "reset_parameters(), so it cannot be re-initialised for the from-scratch control; "
+                                "add reset_parameters() to it or set prune.control = false")
+    train_fn(model, epochs)
+    return model.eval()
+
+
 def save_pruned(model: "nn.Module", path: Path) -> None:
     """Write the pruned weights as safetensors (shapes included); never a pickled module."""
     from safetensors.torch import save_file
@@ -318,7 +350,6 @@ def run(ctx: "StageContext") -> "StageResult":
     import tempfile
 
     from compress.context import StageResult
-    from compress.models import count_params
     from compress.stages.export import export_onnx
     from compress.training import evaluate, fit
 
@@ -328,9 +359,12 @@ def run(ctx: "StageContext") -> "StageResult":
     teacher_logits = ctx.teacher_logits()
     train, val = (data.x_train, data.y_train), (data.x_val, data.y_val)
 
+    recovery_epochs: list[int] = []  # what the pruned model really got, so the control gets the same budget
+
     def finetune(model: "nn.Module", epochs: int) -> None:
         if epochs < 1:
             return
+        recovery_epochs.append(epochs)
         settings = dcfg.model_copy(update={"epochs": epochs, "patience": epochs, "warmup_epochs": 0})
         fit(model, train, val, settings, seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size,
             teacher_logits=teacher_logits, temperature=dcfg.temperature, alpha=dcfg.alpha, desc="prune: recover",
@@ -350,17 +384,12 @@ def run(ctx: "StageContext") -> "StageResult":
     pruned, steps = prune(student, pcfg, example_input=data.example(8), finetune=finetune,
                           evaluate=lambda m: evaluate(m, *val), latency_ms=latency_ms, taylor_batches=batches,
                           progress=ctx.progress)
-    name = f"{base_name}-pruned"
-    path = ctx.stage_dir / f"{name}.safetensors"
-    from compress.cache import atomic_path
-
-    with atomic_path(path) as tmp:
-        save_pruned(pruned, tmp)
     base = ctx.models[base_name]
-    record = {"name": name, "role": "pruned", "torch": ctx.rel(path), "pruned": True, "origin": base["origin"],
-              "spec": base["spec"], "params": count_params(pruned), "accuracy_torch": evaluate(pruned, *val)}
+    name = f"{base_name}-pruned"
+    record = _save_record(ctx, pruned, name, "pruned", base)
     if pcfg.method == "magnitude":
         record["note"] = MAGNITUDE_NOTE
+    models, info = {name: record}, {"steps": steps}
     lines = ["", f"## Pruning ({pcfg.method})", "",
              "| step | removed | params | weight bytes | accuracy before recovery | accuracy | ORT p50 ms (b"
              f"{pcfg.latency_batch}) |", "|---|---|---|---|---|---|---|"]
@@ -370,5 +399,35 @@ def run(ctx: "StageContext") -> "StageResult":
                      f"{100 * s['accuracy_before_finetune']:.2f}% | {100 * s['accuracy']:.2f}% | {lat} |")
     if "note" in record:
         lines += ["", record["note"]]
-    return StageResult(artifacts=[ctx.rel(path)], models={name: record}, state={"final": name},
-                       info={"steps": steps, "markdown": lines})
+    if pcfg.control:
+        epochs = dcfg.epochs + sum(recovery_epochs)
+        control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed, train_fn=lambda m, e: fit(
+            m, train, val, dcfg.model_copy(update={"epochs": e, "patience": max(dcfg.patience, e)}),
+            seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, teacher_logits=teacher_logits,
+            temperature=dcfg.temperature, alpha=dcfg.alpha, desc="prune: control", progress=ctx.progress,
+            origin=ctx.origin("distill.lr")))
+        models[CONTROL_NAME] = _save_record(ctx, control, CONTROL_NAME, "control", base)
+        p, c = record["accuracy_torch"], models[CONTROL_NAME]["accuracy_torch"]
+        info["control"] = {"epochs": epochs, "pruned_accuracy": p, "control_accuracy": c,
+                           "params": models[CONTROL_NAME]["params"]}
+        verdict = "beats" if p > c else ("matches" if p == c else "falls short of")
+        lines += ["", f"pruned+recovered {100 * p:.2f}% vs same-size from scratch {100 * c:.2f}% "
+                  f"({models[CONTROL_NAME]['params']:,} params, distilled for {epochs} epochs, same seed): "
+                  f"pruning {verdict} training that size from scratch ({100 * (p - c):+.2f} points)."]
+    info["markdown"] = lines
+    return StageResult(artifacts=[m["torch"] for m in models.values()], models=models, state={"final": name},
+                       info=info)
+
+
+def _save_record(ctx: "StageContext", model: "nn.Module", name: str, role: str, base: dict) -> dict:
+    """Save a pruned-architecture model as safetensors and describe it for the report (rebuilt by shape later)."""
+    from compress.cache import atomic_path
+    from compress.models import count_params
+    from compress.training import evaluate
+
+    path = ctx.stage_dir / f"{name}.safetensors"
+    with atomic_path(path) as tmp:
+        save_pruned(model, tmp)
+    return {"name": name, "role": role, "torch": ctx.rel(path), "pruned": True, "origin": base["origin"],
+            "spec": base["spec"], "params": count_params(model),
+            "accuracy_torch": evaluate(model, ctx.data.x_val, ctx.data.y_val)}

@@ -13,7 +13,7 @@ from torch import nn
 from compress import zoo
 from compress.errors import CompressError
 from compress.pruning import count_params
-from compress.stages.prune import PruneConfig, load_pruned, prune, save_pruned
+from compress.stages.prune import PruneConfig, load_pruned, prune, save_pruned, train_control
 
 
 def _x(kind: str, batch: int = 4) -> torch.Tensor:
@@ -257,3 +257,67 @@ def test_recovery_by_training_restores_accuracy():
     assert pruned[1].out_features == 16
     assert history[-1]["accuracy"] >= history[0]["accuracy"] - 0.02
     assert history[-1]["accuracy"] >= history[-1]["accuracy_before_finetune"]
+
+
+# ---------------------------------------------------------------- the same-size control
+
+def test_control_is_the_pruned_architecture_reinitialised_and_trained():
+    torch.manual_seed(0)
+    model, x = zoo.mobilenet(width=16), _x("mobilenet")
+    pruned, _, _ = _prune(model, PruneConfig(amount=0.5, steps=1), x)
+    budgets: list[int] = []
+    # execute
+    control = train_control(pruned, epochs=7, seed=3, train_fn=lambda m, e: budgets.append(e))
+    again = train_control(pruned, epochs=7, seed=3, train_fn=lambda m, e: None)
+    # assert: same shapes, fresh weights (not the pruned ones), fresh BatchNorm statistics, seeded
+    assert budgets == [7]
+    assert {n: t.shape for n, t in control.state_dict().items()} == \
+        {n: t.shape for n, t in pruned.state_dict().items()}
+    assert not torch.equal(control[0][0].weight, pruned[0][0].weight)
+    assert torch.equal(control[0][1].running_var, torch.ones(8)) and torch.equal(control[0][1].weight, torch.ones(8))
+    assert all(torch.equal(a, b) for a, b in zip(control.state_dict().values(), again.state_dict().values()))
+
+
+def test_control_refuses_a_module_it_cannot_reinitialise():
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(10))
+
+        def forward(self, x):
+            return x * self.gain
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Scale())
+    with pytest.raises(CompressError, match=r"prune.control: module '2' \(Scale\) has parameters but no "
+                                            r"reset_parameters\(\)"):
+        train_control(model, epochs=1, seed=0, train_fn=lambda m, e: None)
+
+
+def test_control_in_the_pipeline_is_exported_benchmarked_and_compared(tiny_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    # setup: the tiny pipeline (distill.epochs = 10) with pruning and the same-size control
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + "\n[prune]\namount = 0.5\nsteps = 2\nfinetune_epochs = 2\n"
+                    "latency_batch = 8\ncontrol = true\n")
+    # execute
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    # assert
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    models = {m["name"]: m for m in report["models"]}
+    control, pruned = models["pruned-control"], models["student-pruned"]
+    assert report["final"] == "student-pruned" and control["role"] == "control"
+    assert control["params"] == pruned["params"] < models["student"]["params"]
+    assert control["format"] == "onnx" and control["parity"]["max_abs_diff"] <= 1e-4
+    assert control["latency"] and control["accuracy"] > 0.3
+    info = report["details"]["prune"]["control"]
+    assert info["epochs"] == 10 + 2 * 2  # distill epochs + steps * finetune_epochs
+    assert info["pruned_accuracy"] == pruned["accuracy_torch"] and info["control_accuracy"] == control["accuracy_torch"]
+    md = (tiny_dir / "runs/tiny/report.md").read_text()
+    assert f"pruned+recovered {100 * pruned['accuracy_torch']:.2f}% vs same-size from scratch " \
+        f"{100 * control['accuracy_torch']:.2f}%" in md
