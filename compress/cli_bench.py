@@ -97,16 +97,16 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
           repetitions: int | None, kit_dir: Path | None, quiet: bool) -> None:
     """Benchmark MODEL (.onnx) on ONNX Runtime: p50/p90/p99, 95% CI of p50, throughput, CV.
 
-    'score' is the model's fastest block median over a fixed reference workload's fastest block median (the two
-    alternate in short blocks), so it does not move when the whole machine slows down; gates compare scores
-    (the 'raw' column is the plain p50 ratio).
+    'score' is the model's latency in units of a fixed reference workload timed in short blocks in between
+    (the geometric mean of fastest-block / fastest-block and the median of per-block ratios), so it does not
+    move when the whole machine slows down; gates compare scores (the 'raw' column is the plain p50 ratio).
 
     With --baseline OLD.json, rows matched by (provider, batch, threads) are gated: a row regresses only when
     it is significantly slower (Mann-Whitney U) AND its score grew by more than --max-regression. A row that
     looks slower than half that budget is measured again (fresh sessions, pooled with the first look) before
     it is judged. Exit 1 on a regression.
     """
-    from compress.bench.compare import bench_document, compare, load_rows, table
+    from compress.bench.compare import bench_document, compare, load_rows, machine_warnings, table
     from compress.bench.harness import BenchSettings, bench_model, environment
     from compress.bench.inputs import batch_of, load_npz, parse_dims
     from compress.bench.providers import check_model_file, open_session, resolve_provider
@@ -153,6 +153,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
                        "verdicts use both looks")
         click.echo("")
         click.echo(table(verdicts, max_regression))
+        for line in machine_warnings(verdicts):
+            click.echo(line, err=True)
         _gate(verdicts, max_regression, f"{model} vs {baseline}")
 
 
@@ -167,6 +169,8 @@ def compare(base: Path, new: Path, max_regression: float) -> None:
 
     verdicts = cmp.compare(cmp.load_rows(base), cmp.load_rows(new), max_regression)
     click.echo(cmp.table(verdicts, max_regression))
+    for line in cmp.machine_warnings(verdicts):
+        click.echo(line, err=True)
     _gate(verdicts, max_regression, f"{new} vs {base}")
 
 

@@ -77,7 +77,7 @@ def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max
             side = base if key in base else new
             p50 = float(side[key]["p50_ms"])
             out.append({**head, "base_p50_ms": p50 if key in base else None, "new_p50_ms": p50 if key in new else None,
-                        "ratio": None, "p_value": None, "regressed": False,
+                        "ratio": None, "p_value": None, "regressed": False, "machine_ratio": None,
                         "verdict": "missing" if key in base else "added"})
             continue
         b, n = base[key], new[key]
@@ -87,7 +87,35 @@ def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max
             base_ci95=b.get("ci95_p50_ms"), new_ci95=n.get("ci95_p50_ms"), alpha=alpha,
             **_references(b, n),
         )
-        out.append({**head, **v})
+        out.append({**head, **v, "machine_ratio": _machine_ratio(b, n)})
+    return out
+
+
+MACHINE_TOLERANCE = 0.15
+"""Reference workloads further apart than this (fastest blocks) mean the two runs saw differently loaded machines."""
+
+
+def _machine_ratio(b: dict[str, Any], n: dict[str, Any]) -> float | None:
+    """New / base fastest reference block: ~1.0 when both runs saw the machine at the same quiet speed."""
+    rb, rn = b.get("reference_block_p50_ms"), n.get("reference_block_p50_ms")
+    if not rb or not rn or b.get("reference_version") != n.get("reference_version"):
+        return None
+    return float(min(rn) / min(rb))
+
+
+def machine_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per row whose two runs saw differently loaded machines: its verdict deserves less trust.
+
+    Under sustained contention the model and the reference do not slow down by the same factor, so a
+    baseline recorded on a busy machine shifts every later score by up to ~15% (README, bench_aa_ab --spin).
+    """
+    out = []
+    for r in rows:
+        m = r.get("machine_ratio")
+        if m is not None and abs(m - 1.0) > MACHINE_TOLERANCE:
+            out.append(f"warning: {r['provider']} batch {r['batch']} threads {r['threads']}: the reference workload "
+                       f"ran x{m:.2f} as fast as in the baseline (machine loaded differently); re-record the "
+                       "baseline on a quiet machine if this verdict surprises you")
     return out
 
 
@@ -132,15 +160,17 @@ def regressions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]], max_regression: float) -> str:
-    """Plain-text table: both p50s, the ratio (reference-normalized when possible), the raw ratio, p, verdict."""
+    """Plain-text table: both p50s, the ratio (reference-normalized when possible), the raw ratio, p, the machine
+    ratio (new / base fastest reference block), verdict."""
     head = f"{'model':<16} {'provider':<28} {'batch':>5} {'thr':>3} {'base p50':>10} {'new p50':>10} " \
-           f"{'ratio':>7} {'raw':>7} {'p':>8}  verdict (budget +{max_regression:.0%})"
+           f"{'ratio':>7} {'raw':>7} {'p':>8} {'mach':>5}  verdict (budget +{max_regression:.0%})"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['model'] or '-':<16} {r['provider']:<28} {r['batch']:>5} {r['threads']:>3} "
             f"{_ms(r['base_p50_ms']):>10} {_ms(r['new_p50_ms']):>10} "
-            f"{_fmt(r['ratio'], '.3f'):>7} {_fmt(r.get('raw_ratio'), '.3f'):>7} {_fmt(r['p_value'], '.1e'):>8}  {r['verdict']}"
+            f"{_fmt(r['ratio'], '.3f'):>7} {_fmt(r.get('raw_ratio'), '.3f'):>7} {_fmt(r['p_value'], '.1e'):>8} "
+            f"{_fmt(r.get('machine_ratio'), '.2f'):>5}  {r['verdict']}"
         )
     return "\n".join(lines)
 

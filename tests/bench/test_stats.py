@@ -146,3 +146,13 @@ def test_quiet_score_follows_a_25_percent_slower_model():
 def test_quiet_score_needs_blocks():
     with pytest.raises(ValueError, match="needs model and reference block medians"):
         stats.quiet_score([], [0.1])
+
+
+def test_gate_score_identical_shifted_and_noisy():
+    model, ref = _phased_blocks(0.8, seed=3)
+    assert stats.gate_score(model, ref) == stats.gate_score(model.copy(), ref.copy())
+    # a 25% slower model on the same machine phases scores 25% higher
+    assert stats.gate_score(model * 1.25, ref) == pytest.approx(1.25 * stats.gate_score(model, ref))
+    # both halves are in it: geometric mean of the quiet score and the median block ratio
+    expected = np.sqrt(stats.quiet_score(model, ref) * np.median(model / ref))
+    assert stats.gate_score(model, ref) == pytest.approx(expected)
