@@ -123,7 +123,7 @@ def _references(b: dict[str, Any], n: dict[str, Any]) -> dict[str, float]:
     """Effective reference latencies of both rows when their scores are comparable, else none.
 
     effective reference = p50 / score, so the verdict's ratio is exactly new score / base score. Both rows
-    must come from the same reference workload; 'score' (stats.quiet_score) is used when both have it, else
+    must come from the same reference workload; 'score' (stats.gate_score) is used when both have it, else
     the older 'p50_score' (files written before it existed), never one of each.
     """
     if b.get("reference_version") != n.get("reference_version"):
