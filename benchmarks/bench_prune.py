@@ -2,6 +2,12 @@
 ONNX Runtime, does distillation recover the accuracy, and does it beat a same-size student trained from scratch?
 
     python benchmarks/bench_prune.py [--student mobilenet|cnn-small] [--amount 0.5] [--seed 0] [--out FILE.json]
+    python benchmarks/bench_prune.py --pipeline pipelines/digits-prune.toml [--seeds 0 1 2]
+
+The second form runs the real pipeline (`compress run`, prune.control = true) once per seed (a copy of the file
+with that seed and output_dir runs/<name>-seed<N>, so reruns hit the cache) and prints one table: seed, unpruned
+student, pruned+recovered and same-size-from-scratch accuracy (ONNX Runtime, validation set), params, ORT p50
+at batch 32; the issue's "at least as accurate as a same-size student from scratch" is checked per seed.
 
 Steps: train a cnn-large teacher; distil the student from it; prune `amount` of its channels in `steps`, each
 step followed by distillation; export unpruned and pruned students to ONNX and time both with the shared harness
@@ -35,8 +41,58 @@ def _latency_ms(model: torch.nn.Module, x32: torch.Tensor, workdir: Path, name: 
     return float(measure(path, "cpu", 32, 1, inputs={"input": x32.numpy()})["p50_ms"])
 
 
+def _p50_b32(model: dict) -> float:
+    rows = [r for r in model.get("latency", []) if r["batch"] == 32 and r["provider"] == "CPUExecutionProvider"]
+    return rows[0]["p50_ms"] if rows else float("nan")
+
+
+def pipeline_table(toml: Path, seeds: list[int], out: Path | None) -> None:
+    """Run `toml` once per seed through the real pipeline and print the pruning-vs-control table."""
+    import tomllib
+
+    import compress
+
+    text = toml.read_text()
+    name = tomllib.loads(text)["pipeline"]["name"]
+    rows = []
+    for seed in seeds:
+        run_dir = (Path("runs") / f"{name}-seed{seed}").resolve()
+        copy = text.replace("seed = ", f"seed = {seed}  # was: ", 1)
+        copy = "\n".join(f'output_dir = "{run_dir}"' if line.startswith("output_dir") else line
+                         for line in copy.splitlines())
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / toml.name
+            path.write_text(copy)
+            print(f"seed {seed}: compress run ({run_dir}) ...", flush=True)
+            report = compress.run(path, progress=False)
+        models = {m["name"]: m for m in report["models"]}
+        s, p, c = models["student"], models["student-pruned"], models["pruned-control"]
+        rows.append({"seed": seed, "student_accuracy": s["accuracy"], "pruned_accuracy": p["accuracy"],
+                     "control_accuracy": c["accuracy"], "student_params": s["params"], "pruned_params": p["params"],
+                     "control_params": c["params"], "student_p50_ms_b32": _p50_b32(s),
+                     "pruned_p50_ms_b32": _p50_b32(p), "control_p50_ms_b32": _p50_b32(c),
+                     "pruned_at_least_control": p["accuracy"] >= c["accuracy"]})
+    print(f"\n{toml} (accuracy: ONNX Runtime on the validation set; latency: CPU, 1 thread, batch 32)")
+    print("| seed | unpruned student | pruned+recovered | same-size from scratch | params (student / pruned) "
+          "| ORT p50 ms b32 (student / pruned / control) | pruned >= control |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seed']} | {100 * r['student_accuracy']:.2f}% | {100 * r['pruned_accuracy']:.2f}% | "
+              f"{100 * r['control_accuracy']:.2f}% | {r['student_params']:,} / {r['pruned_params']:,} | "
+              f"{r['student_p50_ms_b32']:.4f} / {r['pruned_p50_ms_b32']:.4f} / {r['control_p50_ms_b32']:.4f} | "
+              f"{'yes' if r['pruned_at_least_control'] else 'NO'} |")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("student_accuracy", "pruned_accuracy", "control_accuracy")}
+    print(f"| mean | {100 * mean['student_accuracy']:.2f}% | {100 * mean['pruned_accuracy']:.2f}% | "
+          f"{100 * mean['control_accuracy']:.2f}% | | | {'yes' if all(r['pruned_at_least_control'] for r in rows) else 'NO'} |")
+    if out:
+        out.write_text(json.dumps({"pipeline": str(toml), "rows": rows, "mean": mean}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pipeline", type=Path, help="run this pipeline file per seed and print the control table")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--importance", choices=["l1", "l2", "taylor"], default=PruneConfig.model_fields["importance"].default)
     ap.add_argument("--student", choices=sorted(STUDENTS), default="mobilenet")
     ap.add_argument("--amount", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=3)
@@ -48,6 +104,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.pipeline:
+        pipeline_table(args.pipeline, args.seeds, args.out)
+        return
     t0 = time.time()
     print("loading data, training the teacher ...", flush=True)
 
@@ -72,8 +131,11 @@ def main() -> None:
     distill(student, args.distill_epochs, args.seed)
     print(f"teacher and student ready ({time.time() - t0:.0f} s); pruning ...", flush=True)
 
-    cfg = PruneConfig(amount=args.amount, steps=args.steps, finetune_epochs=args.finetune_epochs)
-    pruned, history = prune(student, cfg, example_input=data.example(32),
+    cfg = PruneConfig(amount=args.amount, steps=args.steps, finetune_epochs=args.finetune_epochs,
+                      importance=args.importance)
+    batches = [(data.x_train[i:i + args.batch_size], data.y_train[i:i + args.batch_size])
+               for i in range(0, 4 * args.batch_size, args.batch_size)]
+    pruned, history = prune(student, cfg, example_input=data.example(32), taylor_batches=batches,
                             finetune=lambda m, e: distill(m, e, args.seed + 1),
                             evaluate=lambda m: evaluate(m, *val), progress=True)
 
@@ -98,10 +160,10 @@ def main() -> None:
     checks = {"params <= 0.60x": ratios["params"] <= 0.60, "latency <= 0.80x": ratios["latency_b32"] <= 0.80,
               "accuracy within 1.5 points": ratios["accuracy_drop_points"] <= 1.5,
               "pruned >= same-size control": rows["pruned"]["accuracy"] >= rows["control"]["accuracy"]}
-    result = {"student": args.student, "amount": args.amount, "seed": args.seed, "models": rows, "ratios": ratios,
+    result = {"student": args.student, "amount": args.amount, "importance": args.importance, "seed": args.seed, "models": rows, "ratios": ratios,
               "checks": checks, "steps": history, "seconds": round(time.time() - t0, 1)}
 
-    print(f"\n{args.student}, amount {args.amount}, {args.steps} steps x {args.finetune_epochs} epochs, "
+    print(f"\n{args.student}, amount {args.amount}, {args.importance}, {args.steps} steps x {args.finetune_epochs} epochs, "
           f"seed {args.seed}")
     print(f"{'model':8} {'params':>7} {'accuracy':>9} {'p50 ms b32':>11}")
     for name, r in rows.items():
