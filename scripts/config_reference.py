@@ -1,0 +1,60 @@
+"""Print the config reference (every section, key, type, default, meaning) as Markdown, from the config classes.
+
+README's "Config reference" is this script's output; tests/test_docs.py checks they agree.
+"""
+from __future__ import annotations
+
+import typing
+
+
+def _type_name(annotation) -> str:
+    text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
+    return (text.replace("typing.", "").replace("Literal", "one of ").replace("NoneType", "None")
+            .replace("compress.training.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or "))
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        return f"`{field.default_factory()!r}`"
+    return f"`{field.default!r}`"
+
+
+def reference() -> str:
+    from compress.config import PipelineConfig, _section_type
+
+    out = []
+    for name, field in PipelineConfig.model_fields.items():
+        if field.exclude:
+            continue
+        section = _section_type(field.annotation)
+        optional = "optional section: its stage runs only when present" if not field.is_required() and \
+            type(None) in typing.get_args(field.annotation) else ""
+        out.append(f"### [{name}]" + (f" ({optional})" if optional else ""))
+        out.append("")
+        out.append((section.__doc__ or "").strip().splitlines()[0])
+        out.append("")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        for key, f in section.model_fields.items():
+            if f.exclude:
+                continue
+            sub = _section_type(f.annotation)
+            kind = f"[{name}.{key}] table (keys as [teacher.train] / TrainConfig)" if sub else _type_name(f.annotation)
+            desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
+            out.append(f"| `{key}` | {kind} | {_default(f)} | {desc} |")
+        out.append("")
+    from compress.training import TrainConfig
+
+    out.append("### [teacher.train]")
+    out.append("")
+    out.append("| key | type | default | meaning |")
+    out.append("|---|---|---|---|")
+    for key, f in TrainConfig.model_fields.items():
+        out.append(f"| `{key}` | {_type_name(f.annotation)} | {_default(f)} | {(f.description or '')} |")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
