@@ -128,3 +128,22 @@ def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
     assert again.exit_code == 0, again.output
     statuses = [s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]]
     assert statuses == ["cached"] * 5
+
+
+def test_edge_stage_writes_ort_copy_and_readiness(tiny_dir):
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + '\n[export]\nort_format = true\nfixed_batch = 1\n')
+    result = _run(tiny_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    edge = report["edge"]
+    assert edge["model"] == report["final"] == "student"
+    run_dir = tiny_dir / "runs/tiny"
+    assert (run_dir / edge["ort"]["ort_path"]).is_file() and (run_dir / edge["ort"]["config_path"]).is_file()
+    assert edge["parity"]["max_abs_diff"] <= 1e-5 and edge["parity_ok"]
+    providers = edge["readiness"]["providers"]
+    nnapi = providers["NNAPI"]
+    assert nnapi["nodes_total"] == 4 and len(nnapi["nodes"]) == 4  # every node listed
+    assert nnapi["nodes_taken"] == 4 and nnapi["partitions"] == 1  # batch fixed to 1: NNAPI takes the whole MLP
+    assert providers["XNNPACK"]["available"] is False and providers["XNNPACK"]["reason"]
+    assert [s["name"] for s in report["stages"]][-1] == "edge"
