@@ -140,11 +140,31 @@ def markdown(report: dict) -> str:
     for stage, details in report.get("details", {}).items():
         for line in details.get("markdown", []) if isinstance(details, dict) else []:
             out.append(line)
+    out += _edge_markdown(report.get("edge"))
     out += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in report["stages"]]
     env = report["environment"]
     out += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
     return "\n".join(out) + "\n"
+
+
+def _edge_markdown(edge: dict | None) -> list[str]:
+    if not edge:
+        return []
+    p = edge["parity"]
+    out = ["", f"## Edge readiness: {edge['model']}", "",
+           f"ORT-format copy `{edge['ort']['ort_path']}`, operator config `{edge['ort']['config_path']}`; "
+           f"max abs diff vs ONNX {p['max_abs_diff']:.2e} ({'ok' if edge['parity_ok'] else 'MISMATCH'}).", "",
+           "| provider | nodes taken | partitions | unsupported ops | note |", "|---|---|---|---|---|"]
+    for name, sec in edge["readiness"].get("providers", {}).items():
+        if not sec.get("available", True) or "nodes_total" not in sec:
+            out.append(f"| {name} | - | - | - | {sec.get('reason', 'no rules')} |")
+            continue
+        out.append(f"| {name} | {sec['nodes_taken']}/{sec['nodes_total']} | {sec['partitions']} | "
+                   f"{', '.join(sec.get('unsupported_ops') or []) or '-'} | {sec.get('suitability', '')} |")
+    if edge["readiness"].get("fix"):
+        out += ["", f"Dynamic shapes: {edge['readiness']['fix']}"]
+    return out
 
 
 def _plot(path: Path, report: dict) -> None:
