@@ -26,27 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-# Short names users write -> ONNX Runtime provider names. Unknown names pass through unchanged, so a provider
-# this table has never heard of is still accepted and reported as unavailable rather than rejected.
-PROVIDER_ALIASES: dict[str, str] = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "nnapi": "NnapiExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "qnn": "QNNExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "dml": "DmlExecutionProvider",
-}
-
 Optimization = Literal["disable", "basic", "extended", "all"]
-
-
-def provider_name(name: str) -> str:
-    """'xnnpack' -> 'XnnpackExecutionProvider'; full ORT names and unknown names come back unchanged."""
-    return PROVIDER_ALIASES.get(name.lower(), name)
 
 
 def load_model(onnx_path: Path) -> "onnx.ModelProto":

@@ -67,7 +67,7 @@ def make_kit(
 
     from compress.bench.inputs import check_inputs, make_inputs
     from compress.bench.providers import check_model_file, open_session
-    from compress.edge import provider_name
+    from compress.bench.providers import resolve_provider
 
     model_path = check_model_file(model_path)
     if batch < 1:
@@ -101,8 +101,8 @@ def make_kit(
         "params": _params(model_path),
         "inputs": "inputs.npz",
         "expected": "expected.npz",
-        "providers": [provider_name(p) for p in (providers or ["cpu"])],
-        "provider_options": {provider_name(k): {str(a): str(b) for a, b in v.items()}
+        "providers": [resolve_provider(p) for p in (providers or ["cpu"])],
+        "provider_options": {resolve_provider(k): {str(a): str(b) for a, b in v.items()}
                              for k, v in (provider_options or {}).items()},
         "threads": list(threads or [1]),
         "atol": atol,
