@@ -146,11 +146,9 @@ def _describe(err: dict, raw: dict) -> str:
     key = ".".join(loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        section = _lookup(raw, loc[:-1])
         allowed = _allowed_keys(loc[:-1])
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
         tip = f"; did you mean {hint[0]!r}?" if hint else (f"; allowed: {', '.join(allowed)}" if allowed else "")
-        del section
         return f"{key}: unknown key{tip}"
     if kind == "missing":
         return f"{key}: required key is missing"
@@ -164,13 +162,6 @@ def _describe(err: dict, raw: dict) -> str:
     if isinstance(got, dict):
         return f"{key}: {msg}"
     return f"{key}: {msg[0].lower() + msg[1:]}, got {got!r}"
-
-
-def _lookup(raw: dict, loc: list[str]) -> Any:
-    cur: Any = raw
-    for part in loc:
-        cur = cur.get(part, {}) if isinstance(cur, dict) else {}
-    return cur
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:
