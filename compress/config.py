@@ -81,7 +81,8 @@ class PipelineConfig(Section):
 
     @property
     def base_dir(self) -> Path:
-        return self.source_path.parent if self.source_path else Path.cwd()
+        # Absolute, so artifact paths stay valid whatever the working directory of a later step is.
+        return (self.source_path.parent if self.source_path else Path.cwd()).resolve()
 
     @property
     def run_dir(self) -> Path:

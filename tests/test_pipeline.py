@@ -147,3 +147,21 @@ def test_edge_stage_writes_ort_copy_and_readiness(tiny_dir):
     assert nnapi["nodes_taken"] == 4 and nnapi["partitions"] == 1  # batch fixed to 1: NNAPI takes the whole MLP
     assert providers["XNNPACK"]["available"] is False and providers["XNNPACK"]["reason"]
     assert [s["name"] for s in report["stages"]][-1] == "edge"
+
+
+def test_relative_config_path_and_output_dir_with_dotdot(tiny_dir, monkeypatch):
+    # what `make demo` does: a relative path to the TOML and an output_dir that climbs out of its folder
+    sub = tiny_dir / "pipelines"
+    sub.mkdir()
+    toml = (tiny_dir / "pipeline.toml").read_text().replace('output_dir = "runs/tiny"', 'output_dir = "../runs/tiny"')
+    toml = toml.replace('"npz:tiny.npz"', '"npz:../tiny.npz"') + '\n[export]\nort_format = true\n'
+    (sub / "pipeline.toml").write_text(toml)
+    monkeypatch.chdir(tiny_dir)
+    monkeypatch.syspath_prepend(str(tiny_dir))
+    result = CliRunner().invoke(main, ["run", "pipelines/pipeline.toml", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    assert (tiny_dir / "runs/tiny" / report["edge"]["ort"]["ort_path"]).is_file()
+    again = CliRunner().invoke(main, ["run", "pipelines/pipeline.toml", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert all(s["status"] == "cached" for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"])
