@@ -6,7 +6,6 @@ and exit 2 (GateFailed: exit 1). Heavy imports stay inside the command bodies.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +135,9 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
 
     if json_out is not None:
         doc = bench_document(model, result, environment(), _settings_dict(settings))
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(doc, indent=1))
+        from compress.cache import write_json
+
+        write_json(json_out, doc)  # temp file + rename: a killed run never leaves half a JSON for a later gate
         click.echo(f"wrote {json_out}")
     if kit_dir is not None:
         kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None

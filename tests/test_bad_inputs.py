@@ -564,3 +564,14 @@ def test_compare_errors(tmp_path: Path, case: str):
     (tmp_path / "other.json").write_text("[]")
     result = invoke(tmp_path, "compare", "nope.json", "other.json")
     assert_one_line_error(result, tmp_path, *fragments)
+
+
+def test_bench_refuses_an_absurdly_large_model_before_reading_it(tmp_path):
+    huge = tmp_path / "huge.onnx"
+    with open(huge, "wb") as f:
+        f.truncate(3 * 1024**3)  # sparse: costs no disk, and must never be read into memory
+    result = CliRunner().invoke(main, ["bench", str(huge)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {huge}: {3 * 1024**3} bytes is over the {2 * 1024**3}-byte protobuf limit of a single ONNX file; "
+        "a model this large keeps its weights as external data beside it"]

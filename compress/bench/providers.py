@@ -44,6 +44,10 @@ def resolve_provider(name: str) -> str:
     raise CompressError(f"provider: expected one of {allowed} (or the full ORT name), got {name!r}")
 
 
+MAX_MODEL_BYTES = 2 * 1024**3
+"""protobuf cannot hold a single message over 2 GiB; refusing bigger files up front avoids reading them into memory."""
+
+
 def check_model_file(model_path: str | Path) -> Path:
     """Check that `model_path` is a readable, complete ONNX (or ORT-format) model; CompressError otherwise."""
     path = Path(model_path)
@@ -51,6 +55,10 @@ def check_model_file(model_path: str | Path) -> Path:
         raise CompressError(f"{path}: no such file; pass the path of an .onnx model")
     if not path.is_file():
         raise CompressError(f"{path}: expected an .onnx file, got a directory")
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise CompressError(f"{path}: {size} bytes is over the {MAX_MODEL_BYTES}-byte protobuf limit of a single "
+                            "ONNX file; a model this large keeps its weights as external data beside it")
     if path.suffix.lower() == ".ort":
         return path  # ORT format is not protobuf; ORT itself checks it when the session opens
     import onnx
