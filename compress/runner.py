@@ -34,18 +34,29 @@ CACHE_VERSION = 1  # bump when a stage's outputs change meaning, so old caches a
 def _section_inputs(cfg, name: str) -> dict:
     """What a stage's result depends on, besides earlier stages: its own section(s) and input files."""
     dump = {
-        "teacher": lambda: {"teacher": cfg.teacher.model_dump(mode="json"),
+        "teacher": lambda: {"teacher": cfg.teacher.model_dump(mode="json"), "code": _code_digest(cfg, cfg.teacher.model),
                             "checkpoint_sha256": file_sha256(cfg.resolve(cfg.teacher.checkpoint))
                             if cfg.teacher.checkpoint else None},
-        "distill": lambda: {"student": cfg.student.model_dump(mode="json"),
+        "distill": lambda: {"student": cfg.student.model_dump(mode="json"), "code": _code_digest(cfg, cfg.student.model),
                             "distill": cfg.distill.model_dump(mode="json")},
         "prune": lambda: cfg.prune.model_dump(mode="json"),
         "export": lambda: cfg.export.model_dump(mode="json", exclude={"ort_format", "fixed_batch"}),
-        "quantize": lambda: cfg.quantize.model_dump(mode="json"),
+        # the pick between float and quantized is timed on the benchmark's providers and batch sizes
+        "quantize": lambda: {"quantize": cfg.quantize.model_dump(mode="json"),
+                             "benchmark": cfg.benchmark.model_dump(mode="json", include={"providers", "batch_sizes",
+                                                                                          "threads"})},
         "benchmark": lambda: cfg.benchmark.model_dump(mode="json"),
         "edge": lambda: cfg.export.model_dump(mode="json"),
     }
     return dump[name]()
+
+
+def _code_digest(cfg, spec: str) -> str | None:
+    """sha256 of a user's `module:factory` file beside the TOML, so editing the model code re-runs its stage."""
+    if spec.startswith(("builtin:", "hf:")):
+        return None
+    path = cfg.base_dir / (spec.partition(":")[0].replace(".", "/") + ".py")
+    return file_sha256(path) if path.is_file() else None
 
 
 def run_pipeline(path: str | Path, *, force: bool = False, progress: bool = True) -> dict:

@@ -165,3 +165,12 @@ def test_relative_config_path_and_output_dir_with_dotdot(tiny_dir, monkeypatch):
     again = CliRunner().invoke(main, ["run", "pipelines/pipeline.toml", "--quiet"])
     assert again.exit_code == 0, again.output
     assert all(s["status"] == "cached" for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"])
+
+
+def test_editing_the_model_code_beside_the_toml_reruns_its_stage(tiny_dir):
+    assert _run(tiny_dir).exit_code == 0
+    zoo = tiny_dir / "zoo.py"
+    zoo.write_text(zoo.read_text() + "\n# a comment is enough: the file changed\n")
+    assert _run(tiny_dir).exit_code == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]}
+    assert statuses["teacher"] == "done" and statuses["benchmark"] == "done"
