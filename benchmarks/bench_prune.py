@@ -28,7 +28,7 @@ import torch
 from compress import zoo
 from compress.bench.harness import measure
 from compress.data import DataConfig, load_data
-from compress.pruning import count_params
+from compress.models import count_params
 from compress.stages.export import export_onnx
 from compress.stages.prune import PruneConfig, prune
 from compress.training import TrainConfig, evaluate, fit, predict_logits

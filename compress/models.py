@@ -102,6 +102,7 @@ def _build_hf(directory: str, base_dir: Path, origin: str, num_classes: int):
 
 
 def count_params(model) -> int:
+    """Number of parameters (tied parameters counted once: .parameters() deduplicates)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -26,11 +26,6 @@ _MAX_DIAGNOSED_GROUPS = 200
 
 # ---------------------------------------------------------------- sizes
 
-def count_params(model: "nn.Module") -> int:
-    """Number of parameters (tied parameters counted once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def weight_bytes(model: "nn.Module") -> int:
     """Bytes the parameters take in memory at their own dtype (fp32: 4 per parameter)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from compress import pruning
 from compress.errors import CompressError
+from compress.models import count_params
 from compress.section import Section
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class PruneConfig(Section):
 
 def _measure(model: "nn.Module", cfg: PruneConfig, *, step: int, amount: float, accuracy_before: float,
              accuracy: float, latency_ms: Callable[["nn.Module"], float] | None) -> dict:
-    row = {"step": step, "amount": round(amount, 6), "params": pruning.count_params(model),
+    row = {"step": step, "amount": round(amount, 6), "params": count_params(model),
            "bytes": pruning.weight_bytes(model), "accuracy_before_finetune": accuracy_before, "accuracy": accuracy}
     if cfg.method == "magnitude":
         row["nonzero_params"] = pruning.nonzero_params(model)
@@ -120,7 +121,7 @@ def _recover(model: "nn.Module", cfg: PruneConfig, finetune: Callable[["nn.Modul
 def _target(cfg: PruneConfig, model: "nn.Module", latency_ms) -> tuple[str, float, float] | None:
     """(config key, measured value, limit) for the configured target, or None when pruning by amount."""
     if cfg.target_params is not None:
-        return "target_params", float(pruning.count_params(model)), float(cfg.target_params)
+        return "target_params", float(count_params(model)), float(cfg.target_params)
     if cfg.target_latency_ms is not None:
         model.eval()
         return "target_latency_ms", float(latency_ms(model)), cfg.target_latency_ms
@@ -424,7 +425,6 @@ def run(ctx: "StageContext") -> "StageResult":
 def _save_record(ctx: "StageContext", model: "nn.Module", name: str, role: str, base: dict) -> dict:
     """Save a pruned-architecture model as safetensors and describe it for the report (rebuilt by shape later)."""
     from compress.cache import atomic_path
-    from compress.models import count_params
     from compress.training import evaluate
 
     path = ctx.stage_dir / f"{name}.safetensors"

@@ -12,7 +12,7 @@ from torch import nn
 
 from compress import zoo
 from compress.errors import CompressError
-from compress.pruning import count_params
+from compress.models import count_params
 from compress.stages.prune import PruneConfig, load_pruned, prune, save_pruned, train_control
 
 
