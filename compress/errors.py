@@ -20,3 +20,9 @@ class GateFailed(CompressError):
 def where(path: object, key: str | None = None) -> str:
     """Prefix for messages: 'pipelines/x.toml: quantize.mode'."""
     return f"{path}: {key}" if key else f"{path}"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when empty), cut to `limit` characters."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line as _first_line
 
 PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
@@ -143,8 +143,3 @@ def open_session(
     if session.get_providers()[0] != name:
         return unavailable(f"onnxruntime dropped it while creating the session (fell back to {session.get_providers()})")
     return session, None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line as _first_line
 from compress.quant_sensitivity import calibration_reader as _reader, rank_sensitive_nodes
 from compress.section import Section
 
@@ -463,11 +463,6 @@ def _best_drop(attempts: list[dict[str, Any]]) -> str:
 
 def _short(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider").lower()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
