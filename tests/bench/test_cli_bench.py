@@ -101,16 +101,19 @@ def test_baseline_gate_aa_passes_ab_fails(tmp_path: Path):
     fast = mlp(tmp_path / "fast.onnx", layers=3, width=128)
     slow = mlp(tmp_path / "slow.onnx", layers=12, width=128)
     base = tmp_path / "base.json"
-    args = ["--batch", "8", "--warmup", "5", "--min-runs", "50", "--min-seconds", "0.25", "--repetitions", "5", "--quiet"]
+    # a ~30 us model measured for ~1.5 s: two A/A looks differ by up to ~15% on this VM, so this test gates at 20%;
+    # the 10% gate is measured 20x by benchmarks/bench_aa_ab.py. The A/B model is ~4x slower either way.
+    args = ["--batch", "8", "--warmup", "5", "--min-runs", "50", "--min-seconds", "0.25", "--repetitions", "5", "--quiet",
+            "--max-regression", "0.20"]
     assert invoke("bench", fast, "--json", base, *args).exit_code == 0
     same = invoke("bench", fast, "--baseline", base, *args)
     assert same.exit_code == 0, same.output
     assert "ratio" in same.output
     worse = invoke("bench", slow, "--baseline", base, "--json", tmp_path / "slow.json", *args)
     assert worse.exit_code == 1, worse.output
-    assert "REGRESSED" in worse.output and "error: " in worse.output and "regressed beyond +10%" in worse.output
+    assert "REGRESSED" in worse.output and "error: " in worse.output and "regressed beyond +20%" in worse.output
     # a row that looks slower is measured again before it is judged, and the JSON says so
-    assert "re-measured 1 row(s) that looked more than 5% slower" in worse.output
+    assert "re-measured 1 row(s) that looked more than 10% slower" in worse.output
     row = json.loads((tmp_path / "slow.json").read_text())["latency"][0]
     assert row["rechecked"] and row["repetitions"] == 10
     # compare on the saved files gives the same verdicts; the reverse direction is just faster
