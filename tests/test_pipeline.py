@@ -12,6 +12,14 @@ def _run(folder, *args):
     return CliRunner().invoke(main, ["run", str(folder / "pipeline.toml"), "--quiet", *args])
 
 
+def _run_with(folder, section: str):
+    """Append a TOML section to the tiny pipeline, run it, and return (CLI result, report.json)."""
+    toml = folder / "pipeline.toml"
+    toml.write_text(toml.read_text() + section)
+    result = _run(folder)
+    return result, json.loads((folder / "runs/tiny/report.json").read_text())
+
+
 def test_tiny_pipeline_end_to_end_then_cached(tiny_dir):
     # execute
     first = _run(tiny_dir)
@@ -84,11 +92,8 @@ def test_python_api_mirrors_cli(tiny_dir):
 
 
 def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
-    toml = tiny_dir / "pipeline.toml"
-    toml.write_text(toml.read_text() + '\n[quantize]\nmode = "dynamic"\nmax_accuracy_drop = 0.05\n')
-    result = _run(tiny_dir)
+    result, report = _run_with(tiny_dir, '\n[quantize]\nmode = "dynamic"\nmax_accuracy_drop = 0.05\n')
     assert result.exit_code == 0, result.output
-    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
     models = {m["name"]: m for m in report["models"]}
     assert "student-int8" in models and models["student-int8"]["role"] == "quantized"
     assert models["student-int8"]["bytes"] < models["student"]["bytes"]
@@ -98,11 +103,8 @@ def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
 
 
 def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
-    toml = tiny_dir / "pipeline.toml"
-    toml.write_text(toml.read_text() + '\n[quantize]\nmode = "fp16"\nmax_accuracy_drop = 0.0\nfallback = false\n'
-                    .replace('mode = "fp16"', 'mode = "static"\ncalibration_samples = 1'))
-    result = _run(tiny_dir)
-    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    result, report = _run_with(tiny_dir, '\n[quantize]\nmode = "static"\ncalibration_samples = 1\n'
+                                         'max_accuracy_drop = 0.0\nfallback = false\n')
     assert result.exit_code == 1, result.output
     assert "quantize.max_accuracy_drop: no quantized model met the accuracy budget" in result.output
     assert report["gate_failure"] and report["final"] == "student"
@@ -110,11 +112,8 @@ def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
 
 
 def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
-    toml = tiny_dir / "pipeline.toml"
-    toml.write_text(toml.read_text() + '\n[prune]\namount = 0.5\nsteps = 2\nfinetune_epochs = 2\nlatency_batch = 8\n')
-    result = _run(tiny_dir)
+    result, report = _run_with(tiny_dir, '\n[prune]\namount = 0.5\nsteps = 2\nfinetune_epochs = 2\nlatency_batch = 8\n')
     assert result.exit_code == 0, result.output
-    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
     models = {m["name"]: m for m in report["models"]}
     assert report["final"] == "student-pruned" and models["student-pruned"]["role"] == "pruned"
     assert models["student-pruned"]["params"] < 0.75 * models["student"]["params"]
@@ -131,11 +130,8 @@ def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
 
 
 def test_edge_stage_writes_ort_copy_and_readiness(tiny_dir):
-    toml = tiny_dir / "pipeline.toml"
-    toml.write_text(toml.read_text() + '\n[export]\nort_format = true\nfixed_batch = 1\n')
-    result = _run(tiny_dir)
+    result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\n')
     assert result.exit_code == 0, result.output
-    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
     edge = report["edge"]
     assert edge["model"] == report["final"] == "student"
     run_dir = tiny_dir / "runs/tiny"
