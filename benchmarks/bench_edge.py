@@ -22,7 +22,7 @@ from pathlib import Path
 def _train_and_export(name: str, factory, data, epochs: int, out: Path) -> Path:
     import torch
 
-    from compress.training import TrainConfig, evaluate, fit
+    from compress.train import TrainConfig, evaluate, fit
 
     torch.manual_seed(0)
     model = factory(input_shape=data.input_shape, num_classes=data.num_classes)
@@ -39,9 +39,12 @@ def _train_and_export(name: str, factory, data, epochs: int, out: Path) -> Path:
 def _accuracy(path: Path, x, y, *, ort_format: bool) -> float:
     import numpy as np
 
-    from compress.edge import _session
+    import onnxruntime as ort
 
-    session = _session(path, ort_format=ort_format)
+    opts = ort.SessionOptions()
+    if ort_format:
+        opts.add_session_config_entry("session.load_model_format", "ORT")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     fixed = session.get_inputs()[0].shape[0]
     if isinstance(fixed, int):
         logits = np.concatenate([session.run(None, {"x": x[i:i + fixed]})[0] for i in range(0, len(x), fixed)])

@@ -29,9 +29,9 @@ from compress import zoo
 from compress.bench.harness import measure
 from compress.data import DataConfig, load_data
 from compress.models import count_params
-from compress.stages.export import export_onnx
-from compress.stages.prune import PruneConfig, prune
-from compress.training import TrainConfig, evaluate, fit, predict_logits
+from compress.onnx.export import export_onnx
+from compress.prune import PruneConfig, prune
+from compress.train import TrainConfig, evaluate, fit, predict_logits
 
 STUDENTS = {"mobilenet": (zoo.mobilenet, "width", 32), "cnn-small": (zoo.cnn_small, "width", 16)}
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quantize.py [--out runs/bench_quantize] [--epochs 15] [--threads 1]
 
-Trains on the built-in digits data (offline), exports to ONNX, runs `compress.stages.quantize.quantize` and
+Trains on the built-in digits data (offline), exports to ONNX, runs `compress.quantize.quantize` and
 prints one table. Targets: conv-heavy static int8 at batch 32 >= 1.8x faster than fp32 with <= 0.5 point drop;
 Linear-heavy dynamic int8 >= 1.5x faster at batch 1; int8 file <= 30% of fp32. Writes results.json to --out.
 """
@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from compress.bench.harness import BenchSettings
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.quantize import QuantizeConfig, quantize
 
     settings = BenchSettings(warmup_runs=20, min_runs=100, min_seconds=0.6, repetitions=5)  # the harness defaults
     args.out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def main() -> None:
 
 def _sweep(out: Path, epochs: int, threads: int, settings: Any) -> list[dict[str, Any]]:
     """Static int8 on the digits teacher at batch 32 under each activation/weight type, granularity and format."""
-    from compress.stages.quantize import QuantizeConfig, quantize
+    from compress.quantize import QuantizeConfig, quantize
     from compress.zoo import cnn_large
 
     xtr, ytr, xva, yva = _digits(1)

@@ -10,18 +10,23 @@ __version__ = "0.1.0"
 from compress.errors import CompressError, GateFailed
 
 
-def run(path, *, force: bool = False, progress: bool = True) -> dict:
-    """Run a pipeline file; return the report dict (also written as runs/<name>/report.json)."""
+def run(source, *, force: bool = False, progress: bool = True) -> dict:
+    """Run a pipeline: a TOML path, a dict shaped like the file, or a compress.config.PipelineConfig.
+
+    Returns the report dict (also written as runs/<name>/report.json).
+    """
     from compress.runner import run_pipeline
 
-    return run_pipeline(path, force=force, progress=progress)
+    return run_pipeline(source, force=force, progress=progress)
 
 
-def validate(path):
-    """Load and check a pipeline file (schema, files, importable models); return the typed config."""
-    from compress.config import load_config
+def validate(source):
+    """Check a pipeline (path, dict or config) as `compress validate` does, without training; return the config."""
+    from compress.config import as_config, check_before_training
 
-    return load_config(path, check_models=True)
+    cfg = as_config(source)
+    check_before_training(cfg)
+    return cfg
 
 
 __all__ = ["CompressError", "GateFailed", "run", "validate", "__version__"]

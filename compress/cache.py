@@ -33,6 +33,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def source_digest(base_dir: Path, spec: str) -> str | None:
+    """sha256 of a user's `module:factory` file beside the TOML, so editing the model code re-runs its stage."""
+    if spec.startswith(("builtin:", "hf:")):
+        return None
+    path = Path(base_dir) / (spec.partition(":")[0].replace(".", "/") + ".py")
+    return file_sha256(path) if path.is_file() else None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""

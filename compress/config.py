@@ -11,15 +11,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from compress.bench.config import BenchmarkConfig
 from compress.data import DataConfig
 from compress.errors import CompressError
+from compress.onnx.export import ExportConfig
+from compress.prune.schedule import PruneConfig
+from compress.quantize.config import QuantizeConfig
 from compress.section import Section
-from compress.stages.benchmark import BenchmarkConfig
-from compress.stages.distill import DistillConfig
-from compress.stages.export import ExportConfig
-from compress.stages.prune import PruneConfig
-from compress.stages.quantize import QuantizeConfig
-from compress.training import TrainConfig
+from compress.train.config import DistillConfig, TrainConfig
 
 MAX_CONFIG_BYTES = 1_000_000  # a pipeline file is a few hundred bytes; anything this large is a mistake
 
@@ -94,21 +93,46 @@ class PipelineConfig(Section):
         return p if p.is_absolute() else self.base_dir / p
 
     def stage_names(self) -> list[str]:
-        names = ["teacher", "distill"]
-        if self.prune is not None:
-            names.append("prune")
-        names.append("export")
-        if self.quantize is not None:
-            names.append("quantize")
-        names.append("benchmark")
-        return names
+        """The stages this pipeline runs, in order (from the registry, compress.stages.STAGES)."""
+        from compress.stages import stage_names
+
+        return stage_names(self)
 
 
-def load_config(path: str | Path, *, check_models: bool = False) -> PipelineConfig:
+def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
+    """A PipelineConfig from a TOML path, a dict shaped like the file (relative paths resolve against the working
+    directory), or a PipelineConfig as it is."""
+    if isinstance(source, PipelineConfig):
+        return source
+    if isinstance(source, dict):
+        cfg = parse_config(source, Path("<dict>"))
+        cfg = cfg.model_copy(update={"source_path": Path.cwd() / "<dict>"})
+        _check_files(cfg)
+        return cfg
+    return load_config(source)
+
+
+def check_before_training(cfg: PipelineConfig) -> Any:
+    """Every check that needs no training: the data loads, teacher and student build on its shape and map it to
+    its classes, the teacher's checkpoint loads, and under `[benchmark] strict` every provider is installed.
+    Returns the loaded data. `compress validate` runs exactly this; `compress run` runs it before the first stage.
+    """
+    from compress.bench.providers import check_available
+    from compress.data import load_data
+    from compress.models import check_models
+
+    check_available(cfg.benchmark.providers, strict=cfg.benchmark.strict,
+                    origin=f"{cfg.source_path}: benchmark.providers")
+    data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
+                     origin=f"{cfg.source_path}: data.source")
+    check_models(cfg, data)
+    return data
+
+
+def load_config(path: str | Path) -> PipelineConfig:
     """Read, parse and validate a pipeline file. Raises CompressError with one line on any problem.
 
-    check_models=True also builds the teacher and student on the data's shape (validate does this; run does it at the
-    start of the teacher stage anyway).
+    This checks the file alone; `check_before_training` adds what needs the data, the models and this machine.
     """
     import tomllib
 
@@ -126,10 +150,6 @@ def load_config(path: str | Path, *, check_models: bool = False) -> PipelineConf
         raise CompressError(f"{path}: TOML syntax error: {exc}") from exc
     cfg = parse_config(raw, path)
     _check_files(cfg)
-    if check_models:
-        from compress.models import check_models as _check
-
-        _check(cfg)
     return cfg
 
 
@@ -155,8 +175,8 @@ def _describe(err: dict, raw: dict) -> str:
         return f"{key}: required key is missing"
     got = err.get("input")
     msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    if kind == "value_error":  # our validators' messages name the value themselves
+        return f"{key}: {msg.removeprefix('Value error, ')}"
     if kind == "literal_error":
         expected = msg.replace("Input should be ", "")
         return f"{key}: expected {expected}, got {got!r}"

@@ -1,38 +1,27 @@
-"""What a stage sees (StageContext) and what it hands back (StageResult). The runner owns both."""
+"""What a stage sees: the config, the run directory, the data, and the typed records of earlier stages."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
+
+from compress.records import ModelRecord, RunState
+
+if TYPE_CHECKING:
+    from compress.config import PipelineConfig
+    from compress.data import DataBundle
 
 
-@dataclass
-class StageResult:
-    """A stage's output. `models` holds JSON-able records keyed by model name; they are merged into the run's."""
-
-    artifacts: list[str] = field(default_factory=list)  # paths relative to the run directory
-    models: dict[str, dict] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)  # e.g. "final", "gate_failure"
-    info: dict[str, Any] = field(default_factory=dict)  # stage details for the report (histories, attempts, steps)
-
-    def to_json(self) -> dict:
-        return {"artifacts": self.artifacts, "models": self.models, "state": self.state, "info": self.info}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "StageResult":
-        return cls(**{k: obj.get(k, v) for k, v in cls().to_json().items()})
-
-
-@dataclass
+@dataclass(frozen=True)
 class StageContext:
-    """Inputs of one stage: the config, the run directory, the data and the model records so far."""
+    """Inputs of one stage. Stages return a StageResult; they never change the context."""
 
-    cfg: Any  # PipelineConfig
+    cfg: "PipelineConfig"
     run_dir: Path
     stage: str
-    models: dict[str, dict]
-    state: dict[str, Any]
-    data: Any  # DataBundle
+    models: Mapping[str, ModelRecord]
+    state: RunState
+    data: "DataBundle"
     progress: bool = True
 
     @property
@@ -45,26 +34,31 @@ class StageContext:
         return str(Path(path).relative_to(self.run_dir))
 
     def origin(self, key: str) -> str:
+        """'pipelines/x.toml: distill': what errors name so the user knows which key to change."""
         return f"{self.cfg.source_path}: {key}"
 
-    def load_torch(self, name: str):
-        """Rebuild the named model from its record and load its weights."""
+    @property
+    def final(self) -> ModelRecord:
+        """The model earlier stages settled on (the distilled student until prune or quantize says otherwise)."""
+        return self.models[self.state.final or "student"]
+
+    def load_torch(self, name: str) -> Any:
+        """Rebuild the named model from its record and load its weights (pruned shapes included)."""
         from compress.models import build_model, load_weights
 
         rec = self.models[name]
-        model = build_model(rec["spec"]["model"], rec["spec"]["kwargs"], input_shape=self.data.input_shape,
-                            num_classes=self.data.num_classes, base_dir=self.cfg.base_dir, origin=rec["origin"])
-        path = self.run_dir / rec["torch"]
-        if rec.get("pruned"):
-            from compress.stages.prune import load_pruned
+        model = build_model(rec.spec.model, dict(rec.spec.kwargs), input_shape=self.data.input_shape,
+                            num_classes=self.data.num_classes, base_dir=self.cfg.base_dir, origin=rec.origin)
+        path = self.run_dir / rec.torch
+        if rec.pruned:
+            from compress.prune.weights import load_pruned
 
             return load_pruned(model, path, example_input=self.data.example(2)).eval()
-        load_weights(model, path, rec["origin"])
-        model.eval()
-        return model
+        load_weights(model, path, rec.origin)
+        return model.eval()
 
-    def teacher_logits(self):
+    def teacher_logits(self) -> Any:
         """The teacher's logits on the training set, computed once by the teacher stage."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.run_dir / self.state["teacher_logits"]))["logits"]
+        return load_file(str(self.run_dir / self.state.teacher_logits))["logits"]

@@ -1,5 +1,8 @@
-"""The one error type users see. The CLI turns it into one line and an exit code."""
+"""The one error type users see, and the helpers that keep its message one short line."""
 from __future__ import annotations
+
+MAX_MESSAGE_CHARS = 300
+"""Longest piece of someone else's message (an exception, a list of names) quoted inside one of ours."""
 
 
 class CompressError(Exception):
@@ -22,7 +25,15 @@ def where(path: object, key: str | None = None) -> str:
     return f"{path}: {key}" if key else f"{path}"
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (its type name when empty), cut to `limit` characters."""
-    text = str(exc).strip().splitlines()
-    return text[0][:limit] if text else type(exc).__name__
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` on one line (white space folded), cut to `limit` characters with a count of what was cut."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    return f"{flat[:limit].rstrip()}... ({len(flat) - limit} more characters)"
+
+
+def first_line(exc: BaseException, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """The first non-empty line of an exception's message (its type name when empty), shortened to `limit`."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return shorten(lines[0], limit) if lines else type(exc).__name__

@@ -159,19 +159,11 @@ def save_weights(model, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def check_models(cfg, data=None, *, load_checkpoint: bool = True) -> None:
-    """Build teacher and student on the data's shape (what `compress validate` does beyond the schema).
-
-    The runner calls this before the first stage (with the data it loaded, checkpoint left to the teacher stage), so
-    a student that cannot be built is reported before the teacher trains, not after.
-    """
-    from compress.data import load_data
-
-    if data is None:
-        data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
-                         origin=f"{cfg.source_path}: data.source")
+def check_models(cfg, data) -> None:
+    """Build teacher and student on the data's shape and load the teacher's checkpoint: what can go wrong with the
+    models, found before any training (`compress validate`, and `compress run` before its first stage)."""
     for name, section in (("teacher", cfg.teacher), ("student", cfg.student)):
         model = build_model(section.model, section.kwargs, input_shape=data.input_shape,
                             num_classes=data.num_classes, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: {name}")
-        if name == "teacher" and cfg.teacher.checkpoint and load_checkpoint:
+        if name == "teacher" and cfg.teacher.checkpoint:
             load_weights(model, cfg.resolve(cfg.teacher.checkpoint), f"{cfg.source_path}: teacher.checkpoint")

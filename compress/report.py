@@ -5,52 +5,50 @@ from pathlib import Path
 from typing import Any
 
 from compress.cache import write_json, write_text
+from compress.records import ModelRecord, RunState, plain
 
 SCHEMA = "compress.report/1"
 ORDER = ["teacher", "control", "student", "student-pruned"]
 
 
-def build_report(cfg, models: dict[str, dict], state: dict, stages: list[dict], info: dict) -> dict:
+def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stages: list[dict],
+                 info: dict) -> dict:
     """Assemble the report from the model records, stage statuses and stage details."""
-    from compress.bench.harness import environment
+    from compress.bench.environment import environment
 
-    ordered = sorted(models.values(), key=lambda r: (ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER)))
-    entries = [_model_entry(r) for r in ordered if "onnx" in r or "torch" in r]
+    ordered = sorted(models.values(), key=lambda r: ORDER.index(r.name) if r.name in ORDER else len(ORDER))
     report = {
         "schema": SCHEMA,
         "pipeline": cfg.pipeline.name,
-        "final": state.get("final"),
+        "final": state.final,
         "environment": environment(),
         "stages": stages,
-        "models": entries,
+        "models": [_model_entry(r) for r in ordered if r.onnx or r.torch],
         "details": info,
     }
-    if "final_reason" in state:
-        report["final_reason"] = state["final_reason"]
-    if "gate_failure" in state:
-        report["gate_failure"] = state["gate_failure"]
-    if "edge" in state:
-        report["edge"] = state["edge"]
+    for key in ("final_reason", "gate_failure", "edge"):
+        if getattr(state, key) is not None:
+            report[key] = plain(getattr(state, key))
     return report
 
 
-def _model_entry(rec: dict) -> dict:
+def _model_entry(rec: ModelRecord) -> dict:
     entry = {
-        "name": rec["name"],
-        "role": rec["role"],
-        "path": rec.get("onnx") or rec.get("torch"),
-        "format": "onnx" if rec.get("onnx") else "torch",
-        "params": rec.get("params"),
-        "bytes": rec.get("bytes"),
-        "accuracy": rec.get("accuracy"),
-        "accuracy_torch": rec.get("accuracy_torch"),
-        "parity": rec.get("parity"),
-        "latency": rec.get("latency", []),
-        "unavailable": rec.get("unavailable", []),
+        "name": rec.name,
+        "role": rec.role,
+        "path": rec.onnx or rec.torch,
+        "format": "onnx" if rec.onnx else "torch",
+        "params": rec.params,
+        "bytes": rec.bytes,
+        "accuracy": rec.accuracy,
+        "accuracy_torch": rec.accuracy_torch,
+        "parity": plain(rec.parity),
+        "latency": plain(rec.latency),
+        "unavailable": plain(rec.unavailable),
     }
-    for extra in ("note", "quantization", "ort"):
-        if extra in rec:
-            entry[extra] = rec[extra]
+    for extra in ("note", "quantization"):
+        if getattr(rec, extra) is not None:
+            entry[extra] = plain(getattr(rec, extra))
     return entry
 
 

@@ -1,6 +1,6 @@
 """Print the config reference (every section, key, type, default, meaning) as Markdown, from the config classes.
 
-README's "Config reference" is this script's output; tests/test_docs.py checks they agree.
+docs/config.md is this script's output; tests/test_docs.py checks they agree.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typing
 def _type_name(annotation) -> str:
     text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
     return (text.replace("typing.", "").replace("Literal", "one of ").replace("NoneType", "None")
-            .replace("compress.training.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or "))
+            .replace("compress.train.config.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or "))
 
 
 def _default(field) -> str:
@@ -45,7 +45,7 @@ def reference() -> str:
             desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
             out.append(f"| `{key}` | {kind} | {_default(f)} | {desc} |")
         out.append("")
-    from compress.training import TrainConfig
+    from compress.train import TrainConfig
 
     out.append("### [teacher.train]")
     out.append("")

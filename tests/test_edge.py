@@ -149,7 +149,7 @@ def test_cli_edge_writes_ort_config_and_readiness(tmp_path):
 
 
 def test_import_compress_edge_stays_light():
-    code = "import sys, compress.edge, compress.kit, compress.cli_edge; " \
+    code = "import sys, compress.edge, compress.kit, compress.cli.edge; " \
            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

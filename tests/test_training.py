@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compress.errors import CompressError
-from compress.training import TrainConfig, evaluate, fit, kd_loss
+from compress.train import TrainConfig, evaluate, fit, kd_loss
 
 
 def test_kd_loss_is_hard_loss_when_alpha_is_one():

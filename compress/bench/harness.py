@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
-import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from compress.bench.providers import (
 )
 from compress.bench.reference import REFERENCE_VERSION, reference_input, reference_model_bytes
 from compress.errors import CompressError
+from compress.progress import progress as progress_bar
 
 
 class ProviderUnavailable(CompressError):
@@ -387,7 +386,7 @@ def bench_model(
 
 def _interleave(jobs: list[_Job], repetitions: int, desc: str, progress: bool) -> None:
     total = len(jobs) * repetitions
-    bar = _progress(total, desc, enabled=progress and total > 0)
+    bar = progress_bar(total=total, desc=desc, unit="rep", enabled=progress and total > 0)
     try:
         for _ in range(repetitions):
             for job in jobs:
@@ -395,98 +394,3 @@ def _interleave(jobs: list[_Job], repetitions: int, desc: str, progress: bool) -
                 bar.update(1)
     finally:
         bar.close()
-
-
-def accuracy(
-    model_path: str | Path,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    provider: str = "CPUExecutionProvider",
-    batch: int = 256,
-) -> float:
-    """Top-1 accuracy of a single-input classifier on (x, y), run through ONNX Runtime in batches.
-
-    The prediction is the argmax over the last axis of the first output. A model with a fixed batch dimension
-    is run at that batch size (the last batch is zero-padded and the padding dropped).
-    """
-    path = check_model_file(model_path)
-    session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise CompressError(f"{path}: accuracy needs a single-input model, got inputs {[i.name for i in inputs]}")
-    if len(x) != len(y) or len(x) == 0:
-        raise CompressError(f"{path}: accuracy needs as many labels as samples (>0), got {len(x)} and {len(y)}")
-    fixed = inputs[0].shape[0] if inputs[0].shape else None
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
-    name = inputs[0].name
-    from compress.bench.inputs import ORT_DTYPES
-
-    dtype = ORT_DTYPES.get(inputs[0].type, np.float32)
-    correct = 0
-    for start in range(0, len(x), step):
-        chunk = np.asarray(x[start:start + step], dtype=dtype)
-        n = len(chunk)
-        if n < step and step == fixed:
-            pad = np.zeros((step - n, *chunk.shape[1:]), dtype=dtype)
-            chunk = np.concatenate([chunk, pad])
-        logits = session.run(None, {name: chunk})[0][:n]
-        correct += int((logits.argmax(axis=-1) == np.asarray(y[start:start + n])).sum())
-    return correct / len(x)
-
-
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured: versions, CPU, cores, providers. Never fails on a missing package."""
-    import onnxruntime as ort
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "onnx": _version("onnx"),
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "providers_available": ort.get_available_providers(),
-    }
-    if hasattr(os, "getloadavg"):
-        env["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    return env
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, *, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="rep", leave=False)

@@ -6,9 +6,9 @@ worse than no row, so `open_session` checks `session.get_providers()` and report
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from compress.errors import CompressError, first_line as _first_line
+from compress.errors import CompressError, first_line
 
 PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
@@ -40,8 +40,25 @@ def resolve_provider(name: str) -> str:
     by_full = {v.lower(): v for v in PROVIDERS.values()}
     if key.lower() in by_full:
         return by_full[key.lower()]
-    allowed = ", ".join(PROVIDERS)
-    raise CompressError(f"provider: expected one of {allowed} (or the full ORT name), got {name!r}")
+    import difflib
+
+    hint = difflib.get_close_matches(key.lower(), list(PROVIDERS), n=1)
+    tip = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(PROVIDERS)} (or the full ORT name)"
+    raise CompressError(f"provider: unknown provider {name!r}{tip}")
+
+
+def check_available(providers: Sequence[str], *, strict: bool, origin: str) -> list[str]:
+    """The requested providers that this onnxruntime lacks; under `strict` the first one is an error naming
+    `origin` (the config key) and the installed ones."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [p for p in providers if resolve_provider(p) not in available]
+    if strict and missing:
+        raise CompressError(f"{origin}: {missing[0]!r} ({resolve_provider(missing[0])}) is not available in "
+                            f"onnxruntime {ort.__version__} here (available: {', '.join(available)}); install the "
+                            "onnxruntime build that has it, drop it from providers, or set strict = false")
+    return missing
 
 
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -68,7 +85,7 @@ def check_model_file(model_path: str | Path) -> Path:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends, all meaning "not an ONNX file"
         raise CompressError(
-            f"{path}: not a valid ONNX model (truncated or not protobuf: {_first_line(exc)}); re-export it"
+            f"{path}: not a valid ONNX model (truncated or not protobuf: {first_line(exc)}); re-export it"
         ) from None
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise CompressError(f"{path}: ONNX graph has no nodes or no outputs; re-export the model")
@@ -137,9 +154,9 @@ def open_session(
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all user-facing here
         if name == CPU:
             raise CompressError(
-                f"{model_path}: onnxruntime could not load the model: {_first_line(exc)}; check the export"
+                f"{model_path}: onnxruntime could not load the model: {first_line(exc)}; check the export"
             ) from None
-        return unavailable(f"session creation failed: {_first_line(exc)}")
+        return unavailable(f"session creation failed: {first_line(exc)}")
     if session.get_providers()[0] != name:
         return unavailable(f"onnxruntime dropped it while creating the session (fell back to {session.get_providers()})")
     return session, None

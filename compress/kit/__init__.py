@@ -6,11 +6,11 @@ and whose JSON `compress compare` reads next to numbers from this machine.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compress.cache import write_json
 from compress.errors import CompressError
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def make_kit(
         "repetitions": repetitions,
         "made_with": {"onnxruntime": ort.__version__, "numpy": np.__version__},
     }
-    (out_dir / "kit.json").write_text(json.dumps(kit, indent=1) + "\n")
+    write_json(out_dir / "kit.json", kit)
     first = next(iter(feed.values()))
     (out_dir / "README.txt").write_text(_README.format(
         name=kit["name"], model=model_name, bytes=(out_dir / model_name).stat().st_size, sha256=sha256[:16],

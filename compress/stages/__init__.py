@@ -1,0 +1,88 @@
+"""The stage registry: every stage, in pipeline order, with the config it reads and when it runs.
+
+This is the one place the list of stages is written. The runner takes the order from it, the cache key of each stage
+from `reads` (plus the key of the stage before, so a change re-runs that stage and everything after it), and the
+config's `stage_names()` from `enabled`. A stage module holds `run(ctx) -> StageResult` and nothing else: its
+algorithm lives in a package named by concern (compress.train, compress.prune, compress.onnx, ...), and its config
+section's class lives beside that algorithm, so the CLI can call the same function without the pipeline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from compress.config import PipelineConfig
+
+
+def _always(cfg: "PipelineConfig") -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage."""
+
+    module: str
+    """Module that holds `run(ctx)`."""
+    reads: tuple[str, ...]
+    """Config sections ('prune') or single keys ('export.opset') whose values decide the stage's output."""
+    enabled: Callable[["PipelineConfig"], bool] = _always
+    """Whether this pipeline runs the stage (optional sections switch theirs on by being present)."""
+    files: Callable[["PipelineConfig"], dict[str, Any]] | None = None
+    """Input files beyond the config (a checkpoint, the user's model code), as digests for the cache key."""
+
+    def run(self, ctx: Any) -> Any:
+        import importlib
+
+        return importlib.import_module(self.module).run(ctx)
+
+
+def _teacher_files(cfg: "PipelineConfig") -> dict[str, Any]:
+    from compress.cache import file_sha256, source_digest
+
+    return {"checkpoint": file_sha256(cfg.resolve(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None,
+            "code": source_digest(cfg.base_dir, cfg.teacher.model)}
+
+
+def _student_files(cfg: "PipelineConfig") -> dict[str, Any]:
+    from compress.cache import source_digest
+
+    return {"code": source_digest(cfg.base_dir, cfg.student.model)}
+
+
+STAGES: dict[str, Stage] = {
+    "teacher": Stage("compress.stages.teacher", reads=("teacher",), files=_teacher_files),
+    "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files),
+    # prune exports each step to time it in ONNX Runtime, at the export settings
+    "prune": Stage("compress.stages.prune", reads=("prune", "distill", "export.opset", "export.exporter"),
+                   enabled=lambda cfg: cfg.prune is not None),
+    "export": Stage("compress.stages.export", reads=("export.opset", "export.exporter", "export.parity_atol",
+                                                      "export.parity_rtol")),
+    # the pick between float and quantized is timed on the benchmark's providers, batch sizes and threads
+    "quantize": Stage("compress.stages.quantize", reads=("quantize", "benchmark.providers",
+                                                          "benchmark.batch_sizes", "benchmark.threads",
+                                                          "benchmark.provider_options"),
+                      enabled=lambda cfg: cfg.quantize is not None),
+    "benchmark": Stage("compress.stages.benchmark", reads=("benchmark",)),
+    "edge": Stage("compress.stages.edge", reads=("export",), enabled=lambda cfg: cfg.export.ort_format),
+}
+
+
+def stage_names(cfg: "PipelineConfig") -> list[str]:
+    """The stages this pipeline runs, in order."""
+    return [name for name, stage in STAGES.items() if stage.enabled(cfg)]
+
+
+def section_inputs(cfg: "PipelineConfig", name: str) -> dict[str, Any]:
+    """What stage `name`'s output depends on besides earlier stages: the config it reads and its input files."""
+    stage = STAGES[name]
+    values: dict[str, Any] = {}
+    for path in stage.reads:
+        section, _, key = path.partition(".")
+        obj = getattr(cfg, section)
+        dumped = obj.model_dump(mode="json") if obj is not None else None
+        values[path] = dumped[key] if key and dumped is not None else dumped
+    if stage.files is not None:
+        values["files"] = stage.files(cfg)
+    return values

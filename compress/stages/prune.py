@@ -1,398 +1,92 @@
-"""The prune stage: remove channels for real (smaller tensors, faster on ONNX Runtime), then recover by
-distillation from the teacher; or, for size under compression only, zero weights by magnitude.
-
-`prune(model, cfg, ...)` is the plain function; the runner supplies the recovery (`finetune`, distillation with
-the distill stage's loss), the metric (`evaluate`) and, for latency targets, the ORT measurement (`latency_ms`).
-Torch-Pruning builds the dependency graph (BatchNorm, depthwise groups, residual adds, the next layer's inputs);
-this module owns the schedule, the targets, the verification and the measurements.
-"""
+"""prune: remove channels of the student for real (compress.prune), recovering by distillation after each step;
+optionally a same-size control trained from scratch."""
 from __future__ import annotations
 
-import copy
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
-from compress import pruning
-from compress.errors import CompressError
-from compress.models import count_params
-from compress.section import Section
-
-if TYPE_CHECKING:
-    from compress.context import StageContext, StageResult
-    import torch
-    from torch import nn
-
-log = logging.getLogger(__name__)
-
-#: What the report says about method = "magnitude"; the runner puts it next to the pruned model.
-MAGNITUDE_NOTE = ("magnitude pruning only zeroes weights: the tensors keep their shapes, so ONNX Runtime runs "
-                  "no faster and the .onnx file is no smaller; it is smaller only when compressed (zlib_bytes)")
-
-#: How much further a latency target pushes `amount` when the measured model still misses it.
-_LATENCY_RETRY_AMOUNT = 0.05
-#: Bisection rounds for target_params / target_latency_ms (resolution max_amount / 2**rounds).
-_SEARCH_ROUNDS = 7
-_FORMAT = "compress.pruned/1"
-#: Model name of the same-size student trained from scratch (prune.control).
-CONTROL_NAME = "pruned-control"
+from compress.context import StageContext
+from compress.records import ModelRecord, RunState, StageResult
 
 
-class PruneConfig(Section):
-    """The `[prune]` section: how much to remove, how gradually, and how to rank what goes.
-
-    Set exactly one of `amount`, `target_params` or `target_latency_ms`.
-    """
-
-    method: Literal["channel", "magnitude"] = Field(
-        "channel", description="'channel' removes output channels / hidden units and everything that depends on "
-        "them (smaller tensors, real speed-up); 'magnitude' zeroes the smallest weights (no speed-up on ORT, "
-        "smaller only when compressed).")
-    amount: float | None = Field(
-        None, gt=0, lt=1, description="Fraction of each layer's channels to remove (magnitude: of its weights).")
-    target_params: int | None = Field(
-        None, gt=0, description="Prune until the model has at most this many parameters (channel only).")
-    target_latency_ms: float | None = Field(
-        None, gt=0, description="Prune until ORT p50 latency at batch `latency_batch`, 1 thread, is at most "
-        "this (channel only).")
-    latency_batch: int = Field(32, gt=0, description="Batch size at which latency is measured for the report "
-                               "and for `target_latency_ms`.")
-    steps: int = Field(3, ge=1, description="Gradual pruning: the amount is reached in this many equal steps, "
-                       "each followed by `finetune_epochs` of distillation.")
-    finetune_epochs: int = Field(10, ge=0, description="Epochs of distillation from the teacher after each step "
-                                 "(the distill loss); 0 skips recovery. 10 x 3 steps let the pruned digits student "
-                                 "match or beat a same-size student distilled from scratch for as many epochs.")
-    ignore: tuple[str, ...] = Field(
-        (), description="Module names (as in model.named_modules()) to leave unpruned; the classifier head "
-        "is always left alone.")
-    importance: Literal["l1", "l2", "taylor"] = Field(
-        "taylor", description="How channels are ranked: the first-order Taylor estimate of the loss change "
-        "(|weight x gradient| on labelled training batches; the default: it keeps the channels the loss needs, "
-        "where the norm keeps the large ones), or the L1 / L2 norm of their weights (no data needed).")
-    round_to: int | None = Field(
-        None, gt=0, description="Keep channel counts multiples of this (e.g. 8 or 16 for SIMD-friendly "
-        "widths); None keeps exact counts.")
-    max_amount: float = Field(
-        0.9, gt=0, lt=1, description="The largest fraction of channels a target search may remove from a layer.")
-    control: bool = Field(
-        False, description="Also train the pruned architecture from scratch (re-initialised, distilled from the "
-        "teacher with the [distill] settings for the same total epochs and seed) as model 'pruned-control', "
-        "so the report shows whether pruning beat simply training a model of that size.")
-
-    @model_validator(mode="after")
-    def _one_goal(self) -> "PruneConfig":
-        goals = [k for k in ("amount", "target_params", "target_latency_ms") if getattr(self, k) is not None]
-        if len(goals) != 1:
-            raise ValueError(f"set exactly one of amount, target_params or target_latency_ms, got "
-                             f"{', '.join(goals) if goals else 'none'}; e.g. amount = 0.5")
-        if self.method == "magnitude" and goals[0] != "amount":
-            raise ValueError(f"method = 'magnitude' keeps every tensor's shape, so {goals[0]} cannot be met; "
-                             "use amount, or method = 'channel'")
-        return self
-
-
-def _measure(model: "nn.Module", cfg: PruneConfig, *, step: int, amount: float, accuracy_before: float,
-             accuracy: float, latency_ms: Callable[["nn.Module"], float] | None) -> dict:
-    row = {"step": step, "amount": round(amount, 6), "params": count_params(model),
-           "bytes": pruning.weight_bytes(model), "accuracy_before_finetune": accuracy_before, "accuracy": accuracy}
-    if cfg.method == "magnitude":
-        row["nonzero_params"] = pruning.nonzero_params(model)
-        row["zlib_bytes"] = pruning.zlib_bytes(model)
-    if latency_ms is not None:
-        model.eval()
-        row["latency_ms"] = float(latency_ms(model))
-    return row
-
-
-def _recover(model: "nn.Module", cfg: PruneConfig, finetune: Callable[["nn.Module", int], None],
-             evaluate: Callable[["nn.Module"], float]) -> tuple[float, float]:
-    """Accuracy right after pruning, then after `finetune_epochs` of distillation."""
-    model.eval()
-    before = float(evaluate(model))
-    if cfg.finetune_epochs == 0:
-        return before, before
-    finetune(model, cfg.finetune_epochs)
-    model.eval()
-    return before, float(evaluate(model))
-
-
-def _target(cfg: PruneConfig, model: "nn.Module", latency_ms) -> tuple[str, float, float] | None:
-    """(config key, measured value, limit) for the configured target, or None when pruning by amount."""
-    if cfg.target_params is not None:
-        return "target_params", float(count_params(model)), float(cfg.target_params)
-    if cfg.target_latency_ms is not None:
-        model.eval()
-        return "target_latency_ms", float(latency_ms(model)), cfg.target_latency_ms
-    return None
-
-
-def _search_amount(model: "nn.Module", cfg: PruneConfig, example_input, ignored: tuple[str, ...],
-                   latency_ms) -> float:
-    """Smallest amount whose pruned copy meets the target (bisection; channel counts are monotone in it)."""
-    key, value, limit = _target(cfg, model, latency_ms)
-    if value <= limit:
-        log.info("prune: the unpruned model already meets %s (%g <= %g)", key, value, limit)
-        return 0.0
-
-    def meets(amount: float) -> tuple[bool, float]:
-        _, got, _ = _target(cfg, pruning.prune_once(model, example_input, amount=amount, ignored=ignored,
-                                                    round_to=cfg.round_to), latency_ms)
-        return got <= limit, got
-
-    ok, got = meets(cfg.max_amount)
-    if not ok:
-        raise CompressError(f"prune.{key}: {limit:g} cannot be reached: removing max_amount = {cfg.max_amount} "
-                            f"of the channels still gives {got:g} (unpruned: {value:g}); lower the target, raise "
-                            "prune.max_amount, or start from a smaller student")
-    lo, hi = 0.0, cfg.max_amount
-    for _ in range(_SEARCH_ROUNDS):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if meets(mid)[0] else (mid, hi)
-    log.info("prune: %s = %g needs amount = %.3f", key, limit, hi)
-    return hi
-
-
-def _dry_run(model: "nn.Module", example_input, *, amount: float, ignored: tuple[str, ...],
-             round_to: int | None, expected_shape: tuple[int, ...]) -> None:
-    """Prune a copy at the full amount and check it, so an unprunable model fails before any training."""
-    try:
-        probe = pruning.prune_once(model, example_input, amount=amount, ignored=ignored, round_to=round_to)
-        pruning.checked_forward(probe, example_input, expected_shape=expected_shape)
-    except CompressError as exc:
-        broken = pruning.find_unprunable(model, example_input, ignored=ignored, expected_shape=expected_shape)
-        if not broken:
-            raise
-        layers = ", ".join(f"'{name}'" for name, _ in broken)
-        raise CompressError(f"prune: cannot remove channels of layer {layers} safely ({broken[0][1]}); "
-                            f"add it to prune.ignore (ignore = [{layers}]) or use method = 'magnitude'") from exc
-
-
-def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor",
-          finetune: Callable[["nn.Module", int], None], evaluate: Callable[["nn.Module"], float],
-          latency_ms: Callable[["nn.Module"], float] | None = None,
-          taylor_batches: Iterable[tuple["torch.Tensor", "torch.Tensor"]] | None = None,
-          progress: bool = True) -> tuple["nn.Module", list[dict]]:
-    """Prune a copy of `model` as `cfg` says, recovering after each step; the input model is never changed.
-
-    Args:
-        model: the trained student (any nn.Module: CNNs, BatchNorm, depthwise residual blocks, MLPs).
-        cfg: the `[prune]` section.
-        example_input: a real input batch (batch >= 2 is best), for graph tracing and the forward checks.
-        finetune: `finetune(model, epochs)` trains in place: distillation from the teacher, the distill loss.
-        evaluate: `evaluate(model) -> accuracy` on validation data.
-        latency_ms: `latency_ms(model) -> ORT p50 in ms` at batch `cfg.latency_batch`, 1 thread; needed for
-            `target_latency_ms`, and recorded per step whenever given.
-        taylor_batches: labelled batches for `importance = "taylor"` (gradients are taken before each step).
-        progress: show a progress bar over the steps.
-
-    Returns:
-        The pruned model (smaller tensors for 'channel'; zeros for 'magnitude', masks made permanent) and one
-        dict per step, step 0 being the unpruned model: step, amount (cumulative fraction removed), params,
-        bytes (weight bytes at fp32), accuracy_before_finetune, accuracy, latency_ms (when `latency_ms` is
-        given), and for 'magnitude' nonzero_params and zlib_bytes.
-
-    Raises:
-        CompressError: a layer cannot be pruned safely (the message names it), an unknown name in `ignore`,
-            an unreachable target, or a missing callback the configuration needs.
-    """
-    from tqdm.auto import tqdm
-
-    if cfg.importance == "taylor" and cfg.method == "channel":
-        batches = list(taylor_batches or [])
-        if not batches:
-            raise CompressError("prune.importance: 'taylor' needs labelled batches (taylor_batches); "
-                                "use 'l2' or pass the training data")
-    else:
-        batches = []
-    if cfg.target_latency_ms is not None and latency_ms is None:
-        raise CompressError("prune.target_latency_ms: needs a latency measurement (latency_ms callback)")
-
-    model = copy.deepcopy(model)
-    expected = pruning.checked_forward(model, example_input, when="before pruning")
-    ignored = (*cfg.ignore, pruning.find_head(model, example_input))
-    pruning.resolve_ignored(model, ignored)  # unknown names fail now, before any work
-    model.eval()
-    accuracy = float(evaluate(model))
-    history = [_measure(model, cfg, step=0, amount=0.0, accuracy_before=accuracy, accuracy=accuracy,
-                        latency_ms=latency_ms)]
-
-    if cfg.method == "magnitude":
-        return _prune_magnitude(model, cfg, ignored, finetune, evaluate, latency_ms, history, progress)
-
-    amount = cfg.amount if cfg.amount is not None else _search_amount(model, cfg, example_input, ignored,
-                                                                      latency_ms)
-    if amount == 0.0:
-        return model, history
-    _dry_run(model, example_input, amount=amount, ignored=ignored, round_to=cfg.round_to, expected_shape=expected)
-
-    pruner = pruning.make_pruner(model, example_input, amount=amount, steps=cfg.steps, importance=cfg.importance,
-                                 ignored=ignored, round_to=cfg.round_to)
-    for step in tqdm(range(1, cfg.steps + 1), desc="prune", unit="step", disable=not progress):
-        done = amount * step / cfg.steps
-        _channel_step(model, pruner, batches, example_input, expected)
-        before, after = _recover(model, cfg, finetune, evaluate)
-        history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
-                                latency_ms=latency_ms))
-
-    # A latency target was searched on copies; if noise leaves the real model short, push a little further.
-    while cfg.target_latency_ms is not None and history[-1]["latency_ms"] > cfg.target_latency_ms \
-            and amount < cfg.max_amount:
-        more = min(cfg.max_amount, amount + _LATENCY_RETRY_AMOUNT)
-        relative = 1 - (1 - more) / (1 - amount)
-        extra = pruning.make_pruner(model, example_input, amount=relative, steps=1, importance=cfg.importance,
-                                    ignored=ignored, round_to=cfg.round_to)
-        _channel_step(model, extra, batches, example_input, expected)
-        amount = more
-        before, after = _recover(model, cfg, finetune, evaluate)
-        history.append(_measure(model, cfg, step=len(history), amount=amount, accuracy_before=before,
-                                accuracy=after, latency_ms=latency_ms))
-    if cfg.target_latency_ms is not None and history[-1]["latency_ms"] > cfg.target_latency_ms:
-        log.warning("prune: target_latency_ms = %g not met at max_amount (measured %.3f ms)",
-                    cfg.target_latency_ms, history[-1]["latency_ms"])
-    return model.eval(), history
-
-
-def _channel_step(model, pruner, batches, example_input, expected) -> None:
-    if batches:
-        pruning.taylor_gradients(model, batches)
-    pruner.step()
-    model.zero_grad(set_to_none=True)
-    pruning.checked_forward(model, example_input, expected_shape=expected)
-
-
-def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, latency_ms, history, progress):
-    from tqdm.auto import tqdm
-
-    layers = pruning.magnitude_targets(model, ignored)
-    done = 0.0
-    for step in tqdm(range(1, cfg.steps + 1), desc="prune", unit="step", disable=not progress):
-        goal = cfg.amount * step / cfg.steps
-        # torch.nn.utils.prune stacks masks: each new amount is a fraction of the weights still unmasked.
-        pruning.magnitude_step(layers, 1 - (1 - goal) / (1 - done))
-        done = goal
-        before, after = _recover(model, cfg, finetune, evaluate)
-        history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
-                                latency_ms=latency_ms))
-    pruning.magnitude_finalize(layers)
-    return model.eval(), history
-
-
-def train_control(pruned: "nn.Module", *, epochs: int, seed: int,
-                  train_fn: Callable[["nn.Module", int], object]) -> "nn.Module":
-    """The same-size control: a copy of the pruned architecture, re-initialised from `seed`, trained by
-    `train_fn(model, epochs)` (the caller's recipe, e.g. distillation from the teacher) from scratch.
-
-    Every module with a `reset_parameters()` (Conv, Linear, BatchNorm, LayerNorm, ...) gets its default
-    initialisation at the pruned sizes; BatchNorm statistics restart too. A module that owns parameters but
-    cannot reset them would keep pruned weights, so it is an error rather than a silently warm-started control.
-    """
-    import torch
-
-    model = copy.deepcopy(pruned)
-    torch.manual_seed(seed)
-    for name, module in model.named_modules():
-        if hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        elif any(True for _ in module.parameters(recurse=False)):
-            raise CompressError(f"prune.control: module '{name}' ({type(module).__name__}) has parameters but no "
-                                "reset_parameters(), so it cannot be re-initialised for the from-scratch control; "
-                                "add reset_parameters() to it or set prune.control = false")
-    train_fn(model, epochs)
-    return model.eval()
-
-
-def save_pruned(model: "nn.Module", path: Path) -> None:
-    """Write the pruned weights as safetensors (shapes included); never a pickled module."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    if any(k.endswith(("_orig", "_mask")) for k in state):
-        raise CompressError("prune: the model still carries pruning masks; finish with prune() before saving")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"format": _FORMAT})
-
-
-def load_pruned(model: "nn.Module", path: Path, *, example_input: "torch.Tensor | None" = None) -> "nn.Module":
-    """Rebuild a pruned model: take the unpruned architecture `model`, shrink it to the saved shapes, load.
-
-    `model` is changed in place and returned. With `example_input`, the result is checked by a forward pass.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CompressError(f"{path}: expected a safetensors file written by save_pruned, got an unreadable "
-                            f"file ({exc}); delete it so the prune stage runs again") from exc
-    pruning.shrink_to(model, state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CompressError(f"{path}: these weights do not fit the configured student architecture "
-                            f"({str(exc).splitlines()[0]}); check [student].model or delete the file") from exc
-    if example_input is not None:
-        pruning.checked_forward(model, example_input, when="after loading")
-    return model
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# pipeline stage
-
-
-def run(ctx: "StageContext") -> "StageResult":
-    """Prune the distilled student, recovering after each step by distillation from the teacher (the distill loss).
-
-    Latency per step is ONNX Runtime's (export to a scratch file, the project's harness, batch `latency_batch`,
-    1 thread), so the report's before/after numbers are the ones a deployment sees.
-    """
-    import tempfile
-
-    from compress.context import StageResult
-    from compress.stages.export import export_onnx
-    from compress.training import evaluate, fit
+def run(ctx: StageContext) -> StageResult:
+    """Prune the current final model; latency per step is ONNX Runtime's at batch `latency_batch`, 1 thread."""
+    from compress.prune import CONTROL_NAME, MAGNITUDE_NOTE, prune, train_control
+    from compress.train import evaluate, train_student
 
     cfg, data, pcfg, dcfg = ctx.cfg, ctx.data, ctx.cfg.prune, ctx.cfg.distill
-    base_name = ctx.state.get("final", "student")
-    student = ctx.load_torch(base_name)
+    base = ctx.final
     teacher_logits = ctx.teacher_logits()
-    train, val = (data.x_train, data.y_train), (data.x_val, data.y_val)
-
     recovery_epochs: list[int] = []  # what the pruned model really got, so the control gets the same budget
 
-    def finetune(model: "nn.Module", epochs: int) -> None:
+    def train(model: Any, epochs: int, *, desc: str, logits: Any = teacher_logits, recovery: bool = True) -> None:
         if epochs < 1:
             return
-        recovery_epochs.append(epochs)
-        settings = dcfg.model_copy(update={"epochs": epochs, "patience": epochs, "warmup_epochs": 0})
-        fit(model, train, val, settings, seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size,
-            teacher_logits=teacher_logits, temperature=dcfg.temperature, alpha=dcfg.alpha, desc="prune: recover",
-            progress=ctx.progress)
-
-    def latency_ms(model: "nn.Module") -> float:
-        from compress.bench.harness import BenchSettings, measure
-
-        with tempfile.TemporaryDirectory(dir=ctx.stage_dir) as tmp:
-            path = export_onnx(model, data.example(2), Path(tmp) / "step.onnx", opset=cfg.export.opset)
-            row = measure(path, "cpu", pcfg.latency_batch, 1, inputs={"input": data.example(pcfg.latency_batch).numpy()},
-                          settings=BenchSettings(warmup_runs=10, min_runs=30, min_seconds=0.2, repetitions=3))
-        return row["p50_ms"]
+        if recovery:
+            recovery_epochs.append(epochs)
+        train_student(model, data, dcfg, teacher_logits=logits, seed=cfg.pipeline.seed,
+                      batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=desc,
+                      progress=ctx.progress, epochs=epochs, patience=epochs if recovery else max(dcfg.patience, epochs),
+                      warmup_epochs=0 if recovery else None)
 
     batches = [(data.x_train[i:i + cfg.data.batch_size], data.y_train[i:i + cfg.data.batch_size])
                for i in range(0, min(len(data.x_train), 8 * cfg.data.batch_size), cfg.data.batch_size)]
-    pruned, steps = prune(student, pcfg, example_input=data.example(8), finetune=finetune,
-                          evaluate=lambda m: evaluate(m, *val), latency_ms=latency_ms, taylor_batches=batches,
-                          progress=ctx.progress)
-    base = ctx.models[base_name]
-    name = f"{base_name}-pruned"
-    record = _save_record(ctx, pruned, name, "pruned", base)
+    pruned, steps = prune(ctx.load_torch(base.name), pcfg, example_input=data.example(8),
+                          finetune=lambda m, e: train(m, e, desc="prune: recover"),
+                          evaluate=lambda m: evaluate(m, data.x_val, data.y_val), latency_ms=_latency_fn(ctx),
+                          taylor_batches=batches, progress=ctx.progress)
+    name = f"{base.name}-pruned"
+    record = _save(ctx, pruned, name, "pruned", base)
     if pcfg.method == "magnitude":
-        record["note"] = MAGNITUDE_NOTE
-    models, info = {name: record}, {"steps": steps}
+        record = record.but(note=MAGNITUDE_NOTE)
+    records, info = [record], {"steps": steps}
+    if pcfg.control:
+        epochs = dcfg.epochs + sum(recovery_epochs)
+        control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed,
+                                train_fn=lambda m, e: train(m, e, desc="prune: control", recovery=False))
+        records.append(_save(ctx, control, CONTROL_NAME, "control", base))
+        info["control"] = {"epochs": epochs, "pruned_accuracy": record.accuracy_torch,
+                           "control_accuracy": records[-1].accuracy_torch, "params": records[-1].params}
+    info["markdown"] = _markdown(pcfg, steps, record, info.get("control"))
+    return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name),
+                       info=info)
+
+
+def _latency_fn(ctx: StageContext) -> Any:
+    """ORT p50 of a model at batch `latency_batch`, 1 thread: export to a scratch file, time it."""
+    import tempfile
+
+    from compress.bench.config import STEP_PROFILE
+    from compress.bench.harness import measure
+    from compress.onnx.export import export_onnx
+
+    cfg, data = ctx.cfg, ctx.data
+    batch = cfg.prune.latency_batch
+
+    def latency_ms(model: Any) -> float:
+        with tempfile.TemporaryDirectory(dir=ctx.stage_dir) as tmp:
+            path = export_onnx(model, data.example(2), Path(tmp) / "step.onnx", opset=cfg.export.opset,
+                               exporter=cfg.export.exporter)
+            row = measure(path, "cpu", batch, 1, inputs={"input": data.example(batch).numpy()},
+                          settings=STEP_PROFILE.settings())
+        return row["p50_ms"]
+
+    return latency_ms
+
+
+def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord) -> ModelRecord:
+    """Save a pruned-architecture model (rebuilt by shape later) and describe it."""
+    from compress.models import count_params
+    from compress.prune import save_pruned
+    from compress.train import evaluate
+
+    path = ctx.stage_dir / f"{name}.safetensors"
+    save_pruned(model, path)
+    return ModelRecord(name=name, role=role, spec=base.spec, origin=base.origin, torch=ctx.rel(path), pruned=True,
+                       params=count_params(model), accuracy_torch=evaluate(model, ctx.data.x_val, ctx.data.y_val))
+
+
+def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None) -> list[str]:
     lines = ["", f"## Pruning ({pcfg.method})", "",
              "| step | removed | params | weight bytes | accuracy before recovery | accuracy | ORT p50 ms (b"
              f"{pcfg.latency_batch}) |", "|---|---|---|---|---|---|---|"]
@@ -400,36 +94,12 @@ def run(ctx: "StageContext") -> "StageResult":
         lat = f"{s['latency_ms']:.4f}" if s.get("latency_ms") is not None else "-"
         lines.append(f"| {s['step']} | {100 * s.get('amount', 0):.0f}% | {s['params']:,} | {s['bytes']:,} | "
                      f"{100 * s['accuracy_before_finetune']:.2f}% | {100 * s['accuracy']:.2f}% | {lat} |")
-    if "note" in record:
-        lines += ["", record["note"]]
-    if pcfg.control:
-        epochs = dcfg.epochs + sum(recovery_epochs)
-        control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed, train_fn=lambda m, e: fit(
-            m, train, val, dcfg.model_copy(update={"epochs": e, "patience": max(dcfg.patience, e)}),
-            seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, teacher_logits=teacher_logits,
-            temperature=dcfg.temperature, alpha=dcfg.alpha, desc="prune: control", progress=ctx.progress,
-            origin=ctx.origin("distill.lr")))
-        models[CONTROL_NAME] = _save_record(ctx, control, CONTROL_NAME, "control", base)
-        p, c = record["accuracy_torch"], models[CONTROL_NAME]["accuracy_torch"]
-        info["control"] = {"epochs": epochs, "pruned_accuracy": p, "control_accuracy": c,
-                           "params": models[CONTROL_NAME]["params"]}
+    if record.note:
+        lines += ["", record.note]
+    if control:
+        p, c = control["pruned_accuracy"], control["control_accuracy"]
         verdict = "beats" if p > c else ("matches" if p == c else "falls short of")
         lines += ["", f"pruned+recovered {100 * p:.2f}% vs same-size from scratch {100 * c:.2f}% "
-                  f"({models[CONTROL_NAME]['params']:,} params, distilled for {epochs} epochs, same seed): "
+                  f"({control['params']:,} params, distilled for {control['epochs']} epochs, same seed): "
                   f"pruning {verdict} training that size from scratch ({100 * (p - c):+.2f} points)."]
-    info["markdown"] = lines
-    return StageResult(artifacts=[m["torch"] for m in models.values()], models=models, state={"final": name},
-                       info=info)
-
-
-def _save_record(ctx: "StageContext", model: "nn.Module", name: str, role: str, base: dict) -> dict:
-    """Save a pruned-architecture model as safetensors and describe it for the report (rebuilt by shape later)."""
-    from compress.cache import atomic_path
-    from compress.training import evaluate
-
-    path = ctx.stage_dir / f"{name}.safetensors"
-    with atomic_path(path) as tmp:
-        save_pruned(model, tmp)
-    return {"name": name, "role": role, "torch": ctx.rel(path), "pruned": True, "origin": base["origin"],
-            "spec": base["spec"], "params": count_params(model),
-            "accuracy_torch": evaluate(model, ctx.data.x_val, ctx.data.y_val)}
+    return lines

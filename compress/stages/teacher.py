@@ -1,7 +1,8 @@
 """teacher: load the teacher from its checkpoint, or train it; cache its logits on the training set."""
 from __future__ import annotations
 
-from compress.context import StageContext, StageResult
+from compress.context import StageContext
+from compress.records import ModelRecord, ModelSpec, RunState, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -11,10 +12,9 @@ def run(ctx: StageContext) -> StageResult:
 
     from compress.cache import atomic_path
     from compress.models import build_model, count_params, load_weights, save_weights
-    from compress.training import evaluate, fit, predict_logits
+    from compress.train import evaluate, fit, predict_logits
 
-    cfg, data = ctx.cfg, ctx.data
-    section = cfg.teacher
+    cfg, data, section = ctx.cfg, ctx.data, ctx.cfg.teacher
     torch.manual_seed(cfg.pipeline.seed)
     model = build_model(section.model, section.kwargs, input_shape=data.input_shape, num_classes=data.num_classes,
                         base_dir=cfg.base_dir, origin=ctx.origin("teacher"))
@@ -26,16 +26,14 @@ def run(ctx: StageContext) -> StageResult:
         history = fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), section.train,
                       seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, desc="teacher", progress=ctx.progress,
                       origin=ctx.origin("teacher.train.lr"))
-        info.update(source="trained", **{k: v for k, v in history.items()})
+        info.update(source="trained", **history)
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)
     logits_path = ctx.stage_dir / "logits.safetensors"
     with atomic_path(logits_path) as tmp:
         save_file({"logits": predict_logits(model, data.x_train).contiguous()}, str(tmp))
-    record = {
-        "name": "teacher", "role": "teacher", "torch": ctx.rel(weights), "origin": ctx.origin("teacher"),
-        "spec": {"model": section.model, "kwargs": section.kwargs},
-        "params": count_params(model), "accuracy_torch": evaluate(model, data.x_val, data.y_val),
-    }
-    return StageResult(artifacts=[ctx.rel(weights), ctx.rel(logits_path)], models={"teacher": record},
-                       state={"teacher_logits": ctx.rel(logits_path)}, info=info)
+    record = ModelRecord(name="teacher", role="teacher", spec=ModelSpec(section.model, section.kwargs),
+                         origin=ctx.origin("teacher"), torch=ctx.rel(weights), params=count_params(model),
+                         accuracy_torch=evaluate(model, data.x_val, data.y_val))
+    return StageResult(artifacts=(ctx.rel(weights), ctx.rel(logits_path)), models=(record,),
+                       state=RunState(teacher_logits=ctx.rel(logits_path)), info=info)

@@ -49,7 +49,7 @@ def test_bench_prints_table_and_writes_contract_json(small: Path, tmp_path: Path
     "args, message",
     [
         (["bench", "missing.onnx"], "missing.onnx: no such file"),
-        (["bench", "{small}", "--provider", "tpu"], "provider: expected one of cpu, cuda"),
+        (["bench", "{small}", "--provider", "tpu"], "provider: unknown provider 'tpu'"),
         (["bench", "{small}", "--dim", "seq"], "--dim: expected NAME=POSITIVE_INT"),
         (["bench", "{small}", "--provider-option", "cuda-device_id"], "--provider-option: expected PROVIDER:KEY=VALUE"),
         (["bench", "{small}", "--provider", "cuda", "--strict"], "provider CUDAExecutionProvider: not available"),
@@ -147,7 +147,7 @@ def test_compare_rejects_non_results(tmp_path: Path):
 
 
 def test_cli_module_import_stays_light():
-    code = "import sys, compress.cli_bench; print(any(m in sys.modules for m in ('torch', 'onnx', 'onnxruntime', 'scipy')))"
+    code = "import sys, compress.cli.bench; print(any(m in sys.modules for m in ('torch', 'onnx', 'onnxruntime', 'scipy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -9,7 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.bench import compare as cmp
-from compress.bench.harness import BenchSettings, ProviderUnavailable, accuracy, bench_model, environment, measure
+from compress.bench.environment import environment
+from compress.bench.evaluate import accuracy
+from compress.bench.harness import BenchSettings, ProviderUnavailable, bench_model, measure
 from compress.bench.inputs import load_npz, make_inputs, parse_dims
 from compress.bench.providers import PROVIDERS, check_model_file, open_session, resolve_provider
 from compress.errors import CompressError
@@ -103,8 +105,10 @@ def test_resolve_provider():
     assert resolve_provider("cuda") == "CUDAExecutionProvider"
     assert resolve_provider("XnnpackExecutionProvider") == "XnnpackExecutionProvider"
     assert set(PROVIDERS) == {"cpu", "cuda", "tensorrt", "openvino", "xnnpack", "nnapi", "coreml", "qnn", "dml"}
-    with pytest.raises(CompressError, match=r"provider: expected one of cpu, cuda, .* got 'tpu'"):
+    with pytest.raises(CompressError, match=r"^provider: unknown provider 'tpu'; did you mean 'cpu'\?$"):
         resolve_provider("tpu")
+    with pytest.raises(CompressError, match=r"^provider: unknown provider 'npu9000'; expected one of cpu, cuda, "):
+        resolve_provider("npu9000")
 
 
 def test_bad_model_files(tmp_path: Path, small: Path):

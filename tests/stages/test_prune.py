@@ -13,7 +13,7 @@ from torch import nn
 from compress import zoo
 from compress.errors import CompressError
 from compress.models import count_params
-from compress.stages.prune import PruneConfig, load_pruned, prune, save_pruned, train_control
+from compress.prune import PruneConfig, load_pruned, prune, save_pruned, train_control
 
 
 def _x(kind: str, batch: int = 4) -> torch.Tensor:
@@ -35,7 +35,7 @@ def _prune(model, cfg, x, **kw):
 def _ort_logits(model: nn.Module, x: torch.Tensor, path: Path) -> np.ndarray:
     import onnxruntime as ort
 
-    from compress.stages.export import export_onnx
+    from compress.onnx.export import export_onnx
 
     export_onnx(model, x, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -240,7 +240,7 @@ def test_load_rejects_a_non_safetensors_file(tmp_path):
 # ---------------------------------------------------------------- real recovery
 
 def test_recovery_by_training_restores_accuracy():
-    from compress.training import TrainConfig, evaluate, fit
+    from compress.train import TrainConfig, evaluate, fit
 
     # setup: a linearly separable 4-class problem and a trained MLP
     g = torch.Generator().manual_seed(0)

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from compress.errors import CompressError
-from compress.stages.quantize import QuantizeConfig, pick_final, quantize, rank_sensitive_nodes
+from compress.quantize import QuantizeConfig, pick_final, quantize
+from compress.quantize.sensitivity import rank_sensitive_nodes
 
 N_FEATURES, N_CLASSES = 16, 4
 def _fast() -> object:
     """Quick latency settings so the tests stay in seconds."""
-    from compress.bench.harness import BenchSettings
+    from compress.bench.config import TimingProfile
 
-    return BenchSettings(warmup_runs=3, min_runs=20, min_seconds=0.02, repetitions=2)
+    return TimingProfile(warmup_runs=3, min_runs=20, min_seconds=0.02, repetitions=2)
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +63,7 @@ def setup(tmp_path: Path) -> dict:
 
 def _run(s: dict, cfg: QuantizeConfig, **kw) -> dict:
     args = {"calib_x": s["calib_x"], "val_x": s["val_x"], "val_y": s["val_y"], "providers": ["cpu"],
-            "batch_sizes": [1, 32], "progress": False, "bench_settings": _fast()}
+            "batch_sizes": [1, 32], "progress": False, "profile": _fast()}
     args.update(kw)
     return quantize(s["model"], s["out"], cfg, **args)
 
@@ -148,7 +149,7 @@ def test_nothing_meets_budget_keeps_float_and_says_why(setup: dict) -> None:
 
 
 def test_sensitive_nodes_rank_the_outlier_damaged_layer_first(setup: dict) -> None:
-    from compress.stages.quantize import _preprocess, _quantize_once
+    from compress.quantize.attempts import preprocess as _preprocess, quantize_once as _quantize_once
 
     calib = setup["calib_x"].copy()
     calib[0, -1] = 1e4
@@ -182,7 +183,7 @@ def test_float_wins_the_pick_and_is_final(tmp_path: Path) -> None:
     # small conv net at batch 1, far outside timing noise. It meets the budget, so only speed can make float final.
     import torch
 
-    from compress.stages.export import export_onnx
+    from compress.onnx.export import export_onnx
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
@@ -194,7 +195,7 @@ def test_float_wins_the_pick_and_is_final(tmp_path: Path) -> None:
     cfg = QuantizeConfig(mode="static", quant_format="qoperator", activation_type="int8", max_accuracy_drop=0.5,
                          fallback=False)
     result = quantize(path, tmp_path / "q", cfg, calib_x=x, val_x=x, val_y=y, providers=["cpu"], batch_sizes=[1],
-                      progress=False, bench_settings=_fast())
+                      progress=False, profile=_fast())
     assert result["attempts"][0]["accepted"] and result["chosen"] is not None
     assert result["final"] == "float", result["why"]
     assert result["pick"]["speedup"] < 0.8

@@ -12,7 +12,7 @@ import logging
 import zlib
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -56,11 +56,6 @@ def zlib_bytes(model: "nn.Module") -> int:
 
 # ---------------------------------------------------------------- checked forward pass
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
                     expected_shape: Sequence[int] | None = None, when: str = "after pruning") -> tuple[int, ...]:
     """Run `model` on `example_input` in eval mode; raise CompressError naming the layer where it breaks.
@@ -96,7 +91,7 @@ def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
         place = f"layer '{inner}' ({type(model.get_submodule(inner)).__name__})" if inner \
             else f"the forward() of {type(model).__name__} itself"
         after = f", right after '{state['finished']}' ran" if state["finished"] else ""
-        raise CompressError(f"prune: the model {when} fails in {place}{after}: {_first_line(exc)}") from exc
+        raise CompressError(f"prune: the model {when} fails in {place}{after}: {type(exc).__name__}: {first_line(exc)}") from exc
     finally:
         for h in handles:
             h.remove()
@@ -192,7 +187,7 @@ def make_pruner(model: "nn.Module", example_input: "torch.Tensor", *, amount: fl
         raise
     except Exception as exc:
         raise CompressError(f"prune: Torch-Pruning cannot trace this model's dependency graph: "
-                            f"{_first_line(exc)}; use method = 'magnitude' or simplify the forward()") from exc
+                            f"{type(exc).__name__}: {first_line(exc)}; use method = 'magnitude' or simplify the forward()") from exc
     finally:
         model.train(was_training)
 

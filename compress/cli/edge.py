@@ -1,7 +1,6 @@
 """`compress edge MODEL.onnx`: ORT-format copy, reduced-operator config, parity check, edge readiness table."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -26,8 +25,9 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     """Prepare MODEL for phones and boards: ORT format, operator config, parity, per-provider readiness.
 
     Writes <out>/<stem>.<level>.ort, the required_operators config for a minimal ORT build, and edge.json.
-    Exit 1 when the ORT-format outputs differ from the ONNX ones by more than 1e-5.
+    Exit 1 when the ORT-format outputs differ from the ONNX ones by more than 1e-5 + 1e-5 x |output|.
     """
+    from compress.cache import write_json
     from compress.edge import prepare, readiness_table
 
     inputs = None
@@ -51,4 +51,4 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         click.echo(f"note: {note}")
     click.echo(f"wrote {Path(out) / 'edge.json'}")
     if json_path is not None:
-        json_path.write_text(json.dumps(section, indent=1) + "\n")
+        write_json(json_path, section)

@@ -106,7 +106,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     it is judged. Exit 1 on a regression.
     """
     from compress.bench.compare import bench_document, compare, load_rows, machine_warnings, table
-    from compress.bench.harness import BenchSettings, bench_model, environment
+    from compress.bench.environment import environment
+    from compress.bench.harness import BenchSettings, bench_model
     from compress.bench.inputs import batch_of, load_npz, parse_dims
     from compress.bench.providers import check_model_file, open_session, resolve_provider
 

@@ -8,25 +8,10 @@ training data carries no augmentation, so they never change.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
-
-from pydantic import Field
+from typing import Any
 
 from compress.errors import CompressError
-from compress.section import Section
-
-
-class TrainConfig(Section):
-    """Optimiser and schedule for one training run (teacher training, distillation, control, fine-tuning)."""
-
-    epochs: int = Field(30, ge=1, le=100_000, description="Maximum number of passes over the training set.")
-    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate (cosine-decayed to ~0 over `epochs`).")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with Nesterov momentum 0.9.")
-    weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
-    warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs before the cosine decay.")
-    patience: int = Field(10, ge=1, description="Early stopping: stop after this many epochs without a better "
-                          "validation accuracy; the best epoch's weights are kept.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the hard-label loss.")
+from compress.train.config import TrainConfig
 
 
 def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float, label_smoothing: float = 0.0):
@@ -69,7 +54,7 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
     import copy
 
     import torch
-    from tqdm.auto import tqdm
+    from compress.progress import progress as progress_bar
 
     x, y = train
     xv, yv = val
@@ -92,7 +77,7 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     best = {"accuracy": -1.0, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
     history: list[dict] = []
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
+    bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch", enabled=progress)
     for epoch in bar:
         model.train()
         order = torch.randperm(len(x), generator=gen)

@@ -1,0 +1,115 @@
+"""ORT format: the converted model and reduced-operator config a minimal/mobile ONNX Runtime build loads, and
+its parity with the ONNX model it came from."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from compress.errors import CompressError, first_line
+from compress.onnx.graph import load_model
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Optimization = Literal["disable", "basic", "extended", "all"]
+
+
+def to_ort_format(
+    onnx_path: Path,
+    out_dir: Path,
+    *,
+    optimization: Optimization = "basic",
+    style: Literal["fixed", "runtime"] = "fixed",
+    target_platform: Literal["arm", "amd64"] | None = "arm",
+    enable_type_reduction: bool = False,
+) -> dict:
+    """Convert `onnx_path` to ORT format with `onnxruntime.tools.convert_onnx_models_to_ort`.
+
+    Returns {"ort_path", "config_path", "optimization", "style", "bytes", "log"}. `config_path` is the
+    reduced-operator configuration to pass to a minimal ORT build (`build.sh --minimal_build
+    --include_ops_by_config <config_path>`). `optimization` is the graph level baked into the file ("basic" keeps
+    the graph portable across CPUs; "all" may bake in x86-only layouts). `style="runtime"` saves optimizations
+    to be replayed at load time, which ORT recommends when NNAPI or CoreML will take part of the graph.
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    load_model(onnx_path)  # one clear error for bad input before the converter's own
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The converter works on a directory or a single .onnx file; give it a private copy so a sibling
+    # `*.optimized.onnx` or other models next to the user's file never get converted too.
+    with tempfile.TemporaryDirectory(prefix="compress-ort-") as tmp:
+        src = Path(tmp) / (Path(onnx_path).stem + ".onnx")
+        shutil.copyfile(onnx_path, src)
+        data = Path(onnx_path).with_suffix(".onnx.data")
+        if data.exists():  # external weights travel with the model
+            shutil.copyfile(data, Path(tmp) / data.name)
+        log = io.StringIO()
+        tool_log = logging.getLogger("ort_format_model.utils")  # INFO lines on stderr otherwise
+        tool_level = tool_log.level
+        tool_log.setLevel(logging.WARNING)
+        # The tool reads the level from this environment variable only; set it for this call and put it back.
+        key = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
+        previous = os.environ.get(key)
+        os.environ[key] = optimization
+        try:
+            with contextlib.redirect_stdout(log):
+                convert_onnx_models_to_ort(
+                    src,
+                    output_dir=out_dir,
+                    optimization_styles=[OptimizationStyle.Fixed if style == "fixed" else OptimizationStyle.Runtime],
+                    target_platform=target_platform,
+                    enable_type_reduction=enable_type_reduction,
+                )
+        except Exception as exc:
+            raise CompressError(
+                f"{onnx_path}: ONNX Runtime could not convert the model to ORT format ({first_line(exc)}); "
+                "check that it loads with onnxruntime"
+            ) from None
+        finally:
+            tool_log.setLevel(tool_level)
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous
+    suffix = (f".{optimization}" if optimization != "all" else "") + (".with_runtime_opt" if style == "runtime" else "")
+    ort_path = out_dir / f"{src.stem}{suffix}.ort"
+    config_name = "required_operators_and_types" if enable_type_reduction else "required_operators"
+    config_path = out_dir / f"{src.stem}.{config_name}{suffix}.config"
+    if not ort_path.is_file() or not config_path.is_file():
+        raise CompressError(f"{onnx_path}: ORT conversion wrote no {ort_path.name} or {config_path.name}; see log")
+    return {
+        "ort_path": str(ort_path),
+        "config_path": str(config_path),
+        "optimization": optimization,
+        "style": style,
+        "target_platform": target_platform,
+        "bytes": ort_path.stat().st_size,
+        "log": log.getvalue(),
+    }
+
+
+def sample_inputs(model_path: Path, *, batch: int = 1, seed: int = 0) -> dict[str, "np.ndarray"]:
+    """Seeded random inputs that fit the model's inputs (symbolic dim 0 -> `batch`), as `compress bench` makes them."""
+    from compress.bench.inputs import make_inputs
+    from compress.bench.providers import open_session
+
+    session, _ = open_session(model_path, "cpu", threads=1, strict=True)
+    return make_inputs(session, batch, seed=seed)
+
+
+def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"], *, atol: float = 1e-5,
+               rtol: float | None = None) -> dict:
+    """Run the ONNX and the ORT-format model on the same inputs (CPU EP); compare every output by the one parity
+    rule (compress.onnx.parity.compare)."""
+    from compress.onnx.parity import RTOL, compare, run_cpu
+
+    reference = run_cpu(Path(onnx_path), inputs)
+    candidate = run_cpu(Path(ort_path), inputs, ort_format=True)
+    return compare(reference, candidate, atol=atol, rtol=RTOL if rtol is None else rtol)

@@ -1,0 +1,113 @@
+"""Edge and mobile prep, in order: fixed batch, ORT-format copy, parity with the ONNX model, readiness.
+
+Everything here leans on ONNX Runtime's own tooling (`onnxruntime.tools`): the ORT-format converter writes the
+model and the reduced-operator config a minimal build needs; the mobile usability checker decides which nodes
+NNAPI and CoreML would take. Where ONNX Runtime ships no rules for a provider (XNNPACK, QNN) we say so instead of
+guessing with a hand-written operator list.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from compress.cache import write_json
+from compress.edge.ort_format import Optimization, ort_parity, sample_inputs, to_ort_format
+from compress.edge.readiness import readiness
+from compress.errors import CompressError, GateFailed
+from compress.onnx.graph import load_model
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1) -> Path:
+    """Write a copy of the model with the first (batch) dimension of every input fixed to `batch`.
+
+    Uses `onnxruntime.tools.onnx_model_utils` (the helpers behind `make_dynamic_shape_fixed`): a symbolic batch
+    dim is replaced throughout the graph, an unnamed one on the input; output shapes are re-inferred. Other
+    dynamic dimensions are left alone (readiness still reports them).
+    """
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed, make_input_shape_fixed
+
+    if batch < 1:
+        raise CompressError(f"fixed_batch: expected an integer >= 1, got {batch}; use 1 for on-device inference")
+    model = load_model(onnx_path)
+    initializers = {init.name for init in model.graph.initializer}
+    for value in list(model.graph.input):
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            continue
+        first = dims[0]
+        if first.HasField("dim_value") and first.dim_value > 0:
+            if first.dim_value != batch:
+                raise CompressError(
+                    f"{onnx_path}: input '{value.name}' already has a fixed batch of {first.dim_value}, "
+                    f"not {batch}; re-export with a dynamic batch or use fixed_batch = {first.dim_value}"
+                )
+            continue
+        if first.HasField("dim_param") and first.dim_param:
+            make_dim_param_fixed(model.graph, first.dim_param, batch)
+        else:
+            shape = [batch] + [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims[1:]]
+            if any(d < 1 for d in shape):  # other unnamed dims: only the batch dim can be set on the input
+                first.Clear()
+                first.dim_value = batch
+            else:
+                make_input_shape_fixed(model.graph, value.name, shape)
+    fix_output_shapes(model)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def prepare(
+    onnx_path: Path,
+    out_dir: Path,
+    *,
+    fixed_batch: int | None = None,
+    inputs: dict[str, "np.ndarray"] | None = None,
+    optimization: Optimization = "basic",
+    style: Literal["fixed", "runtime"] = "fixed",
+    atol: float = 1e-5,
+    rtol: float | None = None,
+) -> dict:
+    """Everything `compress edge` and `[export] ort_format = true` do, in order; returns the report section.
+
+    1. optionally fix the batch dimension (`fixed_batch`), writing `<stem>.batch<N>.onnx` in `out_dir`;
+    2. convert to ORT format and write the reduced-operator config (`to_ort_format`);
+    3. check the ORT-format model against the ONNX one on `inputs` (seeded random ones at the model's batch
+       when None) by the one parity rule, |ort - onnx| <= atol + rtol * |onnx| (compress.onnx.parity); a
+       mismatch raises GateFailed after `edge.json` is written;
+    4. edge readiness per provider (`readiness`), on the graph the ORT file holds.
+    The section is also written to `out_dir/edge.json`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = Path(onnx_path)
+    if fixed_batch is not None:
+        model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch)
+    converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
+    feed = inputs if inputs is not None else sample_inputs(model, batch=fixed_batch or 1)
+    parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol)
+    section = {
+        "onnx_path": str(model),
+        "fixed_batch": fixed_batch,
+        "ort": {k: v for k, v in converted.items() if k != "log"},
+        "parity": parity,
+        "parity_ok": parity["ok"],
+        "max_abs_diff_allowed": atol,
+        # the runtime style stores the basic graph and replays the rest at load time
+        "readiness": readiness(model, optimization="basic" if style == "runtime" else optimization),
+    }
+    write_json(out_dir / "edge.json", section)
+    if not section["parity_ok"]:
+        raise GateFailed(
+            f"{converted['ort_path']}: ORT-format outputs differ from the ONNX model by {parity['max_abs_diff']:.3g} "
+            f"(relative {parity['max_rel_diff']:.3g}; allowed {atol:g} + {parity['rtol']:g} x |output|); try "
+            "optimization='disable' or report the model to onnxruntime"
+        )
+    return section

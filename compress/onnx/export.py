@@ -1,0 +1,71 @@
+"""torch -> ONNX: a deep copy of the model exported with a dynamic batch axis, atomically, checked by onnx."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from compress.errors import CompressError, first_line
+from compress.section import Section
+
+
+class ExportConfig(Section):
+    """[export]: how models become ONNX, and how closely ONNX Runtime must agree with torch."""
+
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
+    exporter: Literal["torchscript", "dynamo"] = Field("torchscript", description="torch.onnx.export path: the "
+                                                       "TorchScript exporter (fast, mature) or the dynamo exporter.")
+    parity_atol: float = Field(1e-4, gt=0, description="Absolute tolerance of torch vs ORT over the validation "
+                               "set: |ort - torch| <= parity_atol + parity_rtol * |torch| everywhere, or the "
+                               "stage fails.")
+    parity_rtol: float = Field(1e-5, ge=0, description="Relative tolerance of the same check (fp32 rounding grows "
+                               "with the outputs' magnitude).")
+    ort_format: bool = Field(False, description="Also write an ORT-format copy of the final model with its "
+                             "reduced-operator config, and an edge-readiness section in the report.")
+    fixed_batch: int | None = Field(None, ge=1, description="Fix the batch dimension of the edge copy (mobile "
+                                    "providers such as NNAPI and CoreML want static shapes).")
+
+
+def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: str = "torchscript") -> Path:
+    """Export a deep copy of `model` (export may mutate a live module) to `path`, atomically, batch axis dynamic."""
+    import copy
+    import io
+    import warnings
+
+    import torch
+
+    from compress.cache import atomic_path
+
+    model = copy.deepcopy(model).eval()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if exporter == "dynamo":
+                import inspect
+
+                arg = next(iter(inspect.signature(model.forward).parameters))
+                batch = torch.export.Dim("batch", min=1, max=1 << 16)
+                program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=opset,
+                                            input_names=["input"], output_names=["logits"],
+                                            dynamic_shapes={arg: {0: batch}}, verbose=False)
+                program.save(str(tmp))
+            else:
+                buf = io.BytesIO()
+                torch.onnx.export(model, (example_input,), buf, dynamo=False, opset_version=opset,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                tmp.write_bytes(buf.getvalue())
+        except CompressError:
+            raise
+        except Exception as exc:
+            raise CompressError(f"{path.name}: torch.onnx.export ({exporter}) failed: {type(exc).__name__}: "
+                                f"{first_line(exc)}; "
+                                "try [export] exporter = 'dynamo' or another opset") from exc
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise CompressError(f"{path}: exported model fails the ONNX checker: {first_line(exc)}") from exc
+    return path

@@ -1,0 +1,49 @@
+"""Graph helpers shared by export, quantize and edge: load a model checked, find its real inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compress.errors import CompressError, first_line
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def load_model(onnx_path: Path, *, weights: bool = True) -> "onnx.ModelProto":
+    """Load and check an ONNX file; a missing, truncated or invalid file is a one-line CompressError."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise CompressError(f"{onnx_path}: expected an ONNX model file, got nothing there; check the path")
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=weights)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a usable model"
+        raise CompressError(f"{onnx_path}: expected a valid ONNX model, got {type(exc).__name__}: "
+                            f"{first_line(exc)}; re-export the model") from None
+    return model
+
+
+def graph_inputs(graph: "onnx.GraphProto") -> list["onnx.ValueInfoProto"]:
+    """The inputs a caller feeds: graph inputs that are not initializers (old IR versions list weights as inputs)."""
+    initializers = {init.name for init in graph.initializer}
+    return [value for value in graph.input if value.name not in initializers]
+
+
+def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | None, ...]]:
+    """(name, element type, per-item shape with None for symbolic dims) of a model's one input.
+
+    `what` names the caller for the error ('quantize'), which says what it needs when the model has several inputs.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inputs = graph_inputs(graph)
+    if len(inputs) != 1:
+        raise CompressError(f"{onnx_path}: {what} expects one input (batch first), got {len(inputs)}: "
+                            f"{', '.join(i.name for i in inputs)[:200]}")
+    tensor = inputs[0].type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim[1:])
+    return inputs[0].name, tensor.elem_type, dims

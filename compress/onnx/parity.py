@@ -1,0 +1,73 @@
+"""The one parity rule: every comparison of two models' outputs (export vs torch, ORT format vs ONNX, fixed batch
+vs dynamic, quantized vs float agreement) goes through `compare`.
+
+A pair of values agrees when |got - expected| <= atol + rtol * |expected|, as numpy.allclose has it. The relative
+term is what keeps a good model from failing on rounding: fp32 carries about 7 significant digits, and a graph
+optimiser that reorders a sum changes the last one or two, so logits of magnitude 30 differ by ~1e-5 between two
+correct runtimes (seen on the digits student's ORT-format copy: 1.34e-5, a relative error of 4e-7).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from compress.errors import CompressError, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
+
+RTOL = 1e-5
+"""Default relative tolerance: ~100 fp32 ulps, room for reordered sums and fused kernels."""
+
+
+def compare(expected: Sequence["np.ndarray"], got: Sequence["np.ndarray"], *, atol: float,
+            rtol: float = RTOL) -> dict[str, Any]:
+    """Compare output lists elementwise; the first output's argmax over its last axis gives top-1 agreement.
+
+    Returns {"ok", "max_abs_diff", "max_rel_diff", "top1_agreement", "samples", "outputs", "atol", "rtol"};
+    max_rel_diff is |got - expected| / max(|expected|, atol), so values near zero do not blow it up.
+    """
+    import numpy as np
+
+    if len(expected) != len(got):
+        raise CompressError(f"parity: the models have {len(expected)} and {len(got)} outputs")
+    ok, max_abs, max_rel = True, 0.0, 0.0
+    for ref, out in zip(expected, got):
+        ref, out = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
+        if ref.shape != out.shape:
+            raise CompressError(f"parity: output shape {out.shape} differs from the reference's {ref.shape}")
+        if not ref.size:
+            continue
+        diff = np.abs(out - ref)
+        ok = ok and bool(np.all(diff <= atol + rtol * np.abs(ref)))
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / np.maximum(np.abs(ref), atol)).max()))
+    first_ref, first_out = np.asarray(expected[0]), np.asarray(got[0])
+    if first_ref.ndim >= 2 and first_ref.size:
+        top1 = float(np.mean(first_ref.argmax(-1) == first_out.argmax(-1)))
+    else:
+        top1 = 1.0 if np.array_equal(first_ref, first_out) else 0.0
+    return {"ok": ok, "max_abs_diff": max_abs, "max_rel_diff": max_rel, "top1_agreement": top1,
+            "samples": int(first_ref.shape[0]) if first_ref.ndim else 1, "outputs": len(expected),
+            "atol": atol, "rtol": rtol}
+
+
+def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = False,
+            batch_size: int | None = None) -> list["np.ndarray"]:
+    """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along axis 0."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if ort_format:
+        opts.add_session_config_entry("session.load_model_format", "ORT")
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        if batch_size is None:
+            return sess.run(None, feed)
+        n = len(next(iter(feed.values())))
+        chunks = [sess.run(None, {k: v[i:i + batch_size] for k, v in feed.items()}) for i in range(0, n, batch_size)]
+    except Exception as exc:
+        raise CompressError(f"{path}: did not run on the sample inputs in ONNX Runtime ({first_line(exc)})") from None
+    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]

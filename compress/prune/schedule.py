@@ -1,0 +1,303 @@
+"""Pruning's schedule: remove channels for real (smaller tensors, faster on ONNX Runtime) in steps, recovering
+after each by the caller's training; or, for size under compression only, zero weights by magnitude.
+
+`prune(model, cfg, ...)` is the plain function; the prune stage supplies the recovery (`finetune`, distillation with
+the distill stage's loss), the metric (`evaluate`) and, for latency targets, the ORT measurement (`latency_ms`).
+Torch-Pruning builds the dependency graph (BatchNorm, depthwise groups, residual adds, the next layer's inputs);
+this module owns the schedule, the targets, the verification and the measurements; `mechanics`
+owns the Torch-Pruning calls.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
+
+from pydantic import Field, model_validator
+
+from compress.prune import mechanics as pruning
+from compress.errors import CompressError
+from compress.models import count_params
+from compress.section import Section
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: What the report says about method = "magnitude"; the runner puts it next to the pruned model.
+MAGNITUDE_NOTE = ("magnitude pruning only zeroes weights: the tensors keep their shapes, so ONNX Runtime runs "
+                  "no faster and the .onnx file is no smaller; it is smaller only when compressed (zlib_bytes)")
+
+#: How much further a latency target pushes `amount` when the measured model still misses it.
+_LATENCY_RETRY_AMOUNT = 0.05
+#: Bisection rounds for target_params / target_latency_ms (resolution max_amount / 2**rounds).
+_SEARCH_ROUNDS = 7
+#: Model name of the same-size student trained from scratch (prune.control).
+CONTROL_NAME = "pruned-control"
+
+
+class PruneConfig(Section):
+    """The `[prune]` section: how much to remove, how gradually, and how to rank what goes.
+
+    Set exactly one of `amount`, `target_params` or `target_latency_ms`.
+    """
+
+    method: Literal["channel", "magnitude"] = Field(
+        "channel", description="'channel' removes output channels / hidden units and everything that depends on "
+        "them (smaller tensors, real speed-up); 'magnitude' zeroes the smallest weights (no speed-up on ORT, "
+        "smaller only when compressed).")
+    amount: float | None = Field(
+        None, gt=0, lt=1, description="Fraction of each layer's channels to remove (magnitude: of its weights).")
+    target_params: int | None = Field(
+        None, gt=0, description="Prune until the model has at most this many parameters (channel only).")
+    target_latency_ms: float | None = Field(
+        None, gt=0, description="Prune until ORT p50 latency at batch `latency_batch`, 1 thread, is at most "
+        "this (channel only).")
+    latency_batch: int = Field(32, gt=0, description="Batch size at which latency is measured for the report "
+                               "and for `target_latency_ms`.")
+    steps: int = Field(3, ge=1, description="Gradual pruning: the amount is reached in this many equal steps, "
+                       "each followed by `finetune_epochs` of distillation.")
+    finetune_epochs: int = Field(10, ge=0, description="Epochs of distillation from the teacher after each step "
+                                 "(the distill loss); 0 skips recovery. 10 x 3 steps let the pruned digits student "
+                                 "match or beat a same-size student distilled from scratch for as many epochs.")
+    ignore: tuple[str, ...] = Field(
+        (), description="Module names (as in model.named_modules()) to leave unpruned; the classifier head "
+        "is always left alone.")
+    importance: Literal["l1", "l2", "taylor"] = Field(
+        "taylor", description="How channels are ranked: the first-order Taylor estimate of the loss change "
+        "(|weight x gradient| on labelled training batches; the default: it keeps the channels the loss needs, "
+        "where the norm keeps the large ones), or the L1 / L2 norm of their weights (no data needed).")
+    round_to: int | None = Field(
+        None, gt=0, description="Keep channel counts multiples of this (e.g. 8 or 16 for SIMD-friendly "
+        "widths); None keeps exact counts.")
+    max_amount: float = Field(
+        0.9, gt=0, lt=1, description="The largest fraction of channels a target search may remove from a layer.")
+    control: bool = Field(
+        False, description="Also train the pruned architecture from scratch (re-initialised, distilled from the "
+        "teacher with the [distill] settings for the same total epochs and seed) as model 'pruned-control', "
+        "so the report shows whether pruning beat simply training a model of that size.")
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> "PruneConfig":
+        goals = [k for k in ("amount", "target_params", "target_latency_ms") if getattr(self, k) is not None]
+        if len(goals) != 1:
+            raise ValueError(f"set exactly one of amount, target_params or target_latency_ms, got "
+                             f"{', '.join(goals) if goals else 'none'}; e.g. amount = 0.5")
+        if self.method == "magnitude" and goals[0] != "amount":
+            raise ValueError(f"method = 'magnitude' keeps every tensor's shape, so {goals[0]} cannot be met; "
+                             "use amount, or method = 'channel'")
+        return self
+
+
+def _measure(model: "nn.Module", cfg: PruneConfig, *, step: int, amount: float, accuracy_before: float,
+             accuracy: float, latency_ms: Callable[["nn.Module"], float] | None) -> dict:
+    row = {"step": step, "amount": round(amount, 6), "params": count_params(model),
+           "bytes": pruning.weight_bytes(model), "accuracy_before_finetune": accuracy_before, "accuracy": accuracy}
+    if cfg.method == "magnitude":
+        row["nonzero_params"] = pruning.nonzero_params(model)
+        row["zlib_bytes"] = pruning.zlib_bytes(model)
+    if latency_ms is not None:
+        model.eval()
+        row["latency_ms"] = float(latency_ms(model))
+    return row
+
+
+def _recover(model: "nn.Module", cfg: PruneConfig, finetune: Callable[["nn.Module", int], None],
+             evaluate: Callable[["nn.Module"], float]) -> tuple[float, float]:
+    """Accuracy right after pruning, then after `finetune_epochs` of distillation."""
+    model.eval()
+    before = float(evaluate(model))
+    if cfg.finetune_epochs == 0:
+        return before, before
+    finetune(model, cfg.finetune_epochs)
+    model.eval()
+    return before, float(evaluate(model))
+
+
+def _target(cfg: PruneConfig, model: "nn.Module", latency_ms) -> tuple[str, float, float] | None:
+    """(config key, measured value, limit) for the configured target, or None when pruning by amount."""
+    if cfg.target_params is not None:
+        return "target_params", float(count_params(model)), float(cfg.target_params)
+    if cfg.target_latency_ms is not None:
+        model.eval()
+        return "target_latency_ms", float(latency_ms(model)), cfg.target_latency_ms
+    return None
+
+
+def _search_amount(model: "nn.Module", cfg: PruneConfig, example_input, ignored: tuple[str, ...],
+                   latency_ms) -> float:
+    """Smallest amount whose pruned copy meets the target (bisection; channel counts are monotone in it)."""
+    key, value, limit = _target(cfg, model, latency_ms)
+    if value <= limit:
+        log.info("prune: the unpruned model already meets %s (%g <= %g)", key, value, limit)
+        return 0.0
+
+    def meets(amount: float) -> tuple[bool, float]:
+        _, got, _ = _target(cfg, pruning.prune_once(model, example_input, amount=amount, ignored=ignored,
+                                                    round_to=cfg.round_to), latency_ms)
+        return got <= limit, got
+
+    ok, got = meets(cfg.max_amount)
+    if not ok:
+        raise CompressError(f"prune.{key}: {limit:g} cannot be reached: removing max_amount = {cfg.max_amount} "
+                            f"of the channels still gives {got:g} (unpruned: {value:g}); lower the target, raise "
+                            "prune.max_amount, or start from a smaller student")
+    lo, hi = 0.0, cfg.max_amount
+    for _ in range(_SEARCH_ROUNDS):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if meets(mid)[0] else (mid, hi)
+    log.info("prune: %s = %g needs amount = %.3f", key, limit, hi)
+    return hi
+
+
+def _dry_run(model: "nn.Module", example_input, *, amount: float, ignored: tuple[str, ...],
+             round_to: int | None, expected_shape: tuple[int, ...]) -> None:
+    """Prune a copy at the full amount and check it, so an unprunable model fails before any training."""
+    try:
+        probe = pruning.prune_once(model, example_input, amount=amount, ignored=ignored, round_to=round_to)
+        pruning.checked_forward(probe, example_input, expected_shape=expected_shape)
+    except CompressError as exc:
+        broken = pruning.find_unprunable(model, example_input, ignored=ignored, expected_shape=expected_shape)
+        if not broken:
+            raise
+        layers = ", ".join(f"'{name}'" for name, _ in broken)
+        raise CompressError(f"prune: cannot remove channels of layer {layers} safely ({broken[0][1]}); "
+                            f"add it to prune.ignore (ignore = [{layers}]) or use method = 'magnitude'") from exc
+
+
+def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor",
+          finetune: Callable[["nn.Module", int], None], evaluate: Callable[["nn.Module"], float],
+          latency_ms: Callable[["nn.Module"], float] | None = None,
+          taylor_batches: Iterable[tuple["torch.Tensor", "torch.Tensor"]] | None = None,
+          progress: bool = True) -> tuple["nn.Module", list[dict]]:
+    """Prune a copy of `model` as `cfg` says, recovering after each step; the input model is never changed.
+
+    Args:
+        model: the trained student (any nn.Module: CNNs, BatchNorm, depthwise residual blocks, MLPs).
+        cfg: the `[prune]` section.
+        example_input: a real input batch (batch >= 2 is best), for graph tracing and the forward checks.
+        finetune: `finetune(model, epochs)` trains in place: distillation from the teacher, the distill loss.
+        evaluate: `evaluate(model) -> accuracy` on validation data.
+        latency_ms: `latency_ms(model) -> ORT p50 in ms` at batch `cfg.latency_batch`, 1 thread; needed for
+            `target_latency_ms`, and recorded per step whenever given.
+        taylor_batches: labelled batches for `importance = "taylor"` (gradients are taken before each step).
+        progress: show a progress bar over the steps.
+
+    Returns:
+        The pruned model (smaller tensors for 'channel'; zeros for 'magnitude', masks made permanent) and one
+        dict per step, step 0 being the unpruned model: step, amount (cumulative fraction removed), params,
+        bytes (weight bytes at fp32), accuracy_before_finetune, accuracy, latency_ms (when `latency_ms` is
+        given), and for 'magnitude' nonzero_params and zlib_bytes.
+
+    Raises:
+        CompressError: a layer cannot be pruned safely (the message names it), an unknown name in `ignore`,
+            an unreachable target, or a missing callback the configuration needs.
+    """
+    from compress.progress import progress as progress_bar
+
+    if cfg.importance == "taylor" and cfg.method == "channel":
+        batches = list(taylor_batches or [])
+        if not batches:
+            raise CompressError("prune.importance: 'taylor' needs labelled batches (taylor_batches); "
+                                "use 'l2' or pass the training data")
+    else:
+        batches = []
+    if cfg.target_latency_ms is not None and latency_ms is None:
+        raise CompressError("prune.target_latency_ms: needs a latency measurement (latency_ms callback)")
+
+    model = copy.deepcopy(model)
+    expected = pruning.checked_forward(model, example_input, when="before pruning")
+    ignored = (*cfg.ignore, pruning.find_head(model, example_input))
+    pruning.resolve_ignored(model, ignored)  # unknown names fail now, before any work
+    model.eval()
+    accuracy = float(evaluate(model))
+    history = [_measure(model, cfg, step=0, amount=0.0, accuracy_before=accuracy, accuracy=accuracy,
+                        latency_ms=latency_ms)]
+
+    if cfg.method == "magnitude":
+        return _prune_magnitude(model, cfg, ignored, finetune, evaluate, latency_ms, history, progress)
+
+    amount = cfg.amount if cfg.amount is not None else _search_amount(model, cfg, example_input, ignored,
+                                                                      latency_ms)
+    if amount == 0.0:
+        return model, history
+    _dry_run(model, example_input, amount=amount, ignored=ignored, round_to=cfg.round_to, expected_shape=expected)
+
+    pruner = pruning.make_pruner(model, example_input, amount=amount, steps=cfg.steps, importance=cfg.importance,
+                                 ignored=ignored, round_to=cfg.round_to)
+    for step in progress_bar(range(1, cfg.steps + 1), desc="prune", unit="step", enabled=progress):
+        done = amount * step / cfg.steps
+        _channel_step(model, pruner, batches, example_input, expected)
+        before, after = _recover(model, cfg, finetune, evaluate)
+        history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
+                                latency_ms=latency_ms))
+
+    # A latency target was searched on copies; if noise leaves the real model short, push a little further.
+    while cfg.target_latency_ms is not None and history[-1]["latency_ms"] > cfg.target_latency_ms \
+            and amount < cfg.max_amount:
+        more = min(cfg.max_amount, amount + _LATENCY_RETRY_AMOUNT)
+        relative = 1 - (1 - more) / (1 - amount)
+        extra = pruning.make_pruner(model, example_input, amount=relative, steps=1, importance=cfg.importance,
+                                    ignored=ignored, round_to=cfg.round_to)
+        _channel_step(model, extra, batches, example_input, expected)
+        amount = more
+        before, after = _recover(model, cfg, finetune, evaluate)
+        history.append(_measure(model, cfg, step=len(history), amount=amount, accuracy_before=before,
+                                accuracy=after, latency_ms=latency_ms))
+    if cfg.target_latency_ms is not None and history[-1]["latency_ms"] > cfg.target_latency_ms:
+        log.warning("prune: target_latency_ms = %g not met at max_amount (measured %.3f ms)",
+                    cfg.target_latency_ms, history[-1]["latency_ms"])
+    return model.eval(), history
+
+
+def _channel_step(model, pruner, batches, example_input, expected) -> None:
+    if batches:
+        pruning.taylor_gradients(model, batches)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    pruning.checked_forward(model, example_input, expected_shape=expected)
+
+
+def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, latency_ms, history, progress):
+    from compress.progress import progress as progress_bar
+
+    layers = pruning.magnitude_targets(model, ignored)
+    done = 0.0
+    for step in progress_bar(range(1, cfg.steps + 1), desc="prune", unit="step", enabled=progress):
+        goal = cfg.amount * step / cfg.steps
+        # torch.nn.utils.prune stacks masks: each new amount is a fraction of the weights still unmasked.
+        pruning.magnitude_step(layers, 1 - (1 - goal) / (1 - done))
+        done = goal
+        before, after = _recover(model, cfg, finetune, evaluate)
+        history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
+                                latency_ms=latency_ms))
+    pruning.magnitude_finalize(layers)
+    return model.eval(), history
+
+
+def train_control(pruned: "nn.Module", *, epochs: int, seed: int,
+                  train_fn: Callable[["nn.Module", int], object]) -> "nn.Module":
+    """The same-size control: a copy of the pruned architecture, re-initialised from `seed`, trained by
+    `train_fn(model, epochs)` (the caller's recipe, e.g. distillation from the teacher) from scratch.
+
+    Every module with a `reset_parameters()` (Conv, Linear, BatchNorm, LayerNorm, ...) gets its default
+    initialisation at the pruned sizes; BatchNorm statistics restart too. A module that owns parameters but
+    cannot reset them would keep pruned weights, so it is an error rather than a silently warm-started control.
+    """
+    import torch
+
+    model = copy.deepcopy(pruned)
+    torch.manual_seed(seed)
+    for name, module in model.named_modules():
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise CompressError(f"prune.control: module '{name}' ({type(module).__name__}) has parameters but no "
+                                "reset_parameters(), so it cannot be re-initialised for the from-scratch control; "
+                                "add reset_parameters() to it or set prune.control = false")
+    train_fn(model, epochs)
+    return model.eval()

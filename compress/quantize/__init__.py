@@ -1,0 +1,11 @@
+"""Quantization on ONNX Runtime: int8 static/dynamic or fp16, accuracy-gated, picked by measured latency.
+
+`quantize` (api) is what both the pipeline's quantize stage and `compress quantize` call; `attempts` holds one
+attempt's pieces; `sensitivity` ranks nodes for the keep-in-float remedy.
+"""
+from __future__ import annotations
+
+from compress.quantize.api import pick_final, quantize
+from compress.quantize.config import QuantizeConfig
+
+__all__ = ["QuantizeConfig", "pick_final", "quantize"]

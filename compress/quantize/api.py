@@ -1,0 +1,200 @@
+"""Quantize stage: ONNX Runtime int8 (static QDQ with calibration, or dynamic) or fp16, gated on accuracy,
+and a final pick by measured latency, so that a slower int8 model is never shipped just because it is int8.
+
+Flow: pre-process (shape inference + ORT optimisation) -> first attempt with the configured settings ->
+if the accuracy drop exceeds the budget, cheaper remedies in order (other calibration methods, per-channel
+flipped, then the most sensitive nodes kept in float, 1, 2, 4, ... of them) -> latency of the float model and
+of every attempt through the project's harness -> `final` is the fastest model that meets the budget.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from compress.bench.config import PICK_PROFILE, TimingProfile
+from compress.errors import CompressError, first_line
+from compress.quantize import attempts as qa
+from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
+
+
+def quantize(
+    onnx_path: Path,
+    out_dir: Path,
+    cfg: QuantizeConfig,
+    *,
+    calib_x: np.ndarray | None,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    providers: Sequence[str],
+    batch_sizes: Sequence[int],
+    threads: int = 1,
+    progress: bool = True,
+    profile: TimingProfile = PICK_PROFILE,
+    provider_options: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Quantize `onnx_path` into `out_dir`, gate every attempt on accuracy, and pick float or quantized by latency.
+
+    Returns {"attempts": [{"name", "settings", "path", "accuracy", "accuracy_drop", "bytes", "latency",
+    "accepted", "reason"}], "float": {"path", "accuracy", "bytes", "latency"}, "chosen": path of the quantized
+    model that met the budget or None, "final": "float" | "quantized", "why": one sentence, "pick": details}.
+    `latency` is {"rows": harness rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the budget,
+    chosen is None and final is "float"; the caller decides whether that fails the run. Every attempt is timed,
+    so `profile` defaults to a lighter one than a benchmark row's.
+    """
+    from compress.progress import progress as progress_bar
+
+    search = _Search.start(Path(onnx_path), Path(out_dir), cfg, calib_x, val_x, val_y, providers, batch_sizes)
+    plan = qa.remedy_plan(cfg)
+    bar = progress_bar(total=len(plan) + 1, desc=f"quantize ({cfg.mode})", unit="attempt", enabled=progress)
+    accepted = search.run(plan, bar)
+    bar.update(1)
+    bar.close()
+
+    settings = profile.settings(provider_options=provider_options)
+
+    def measure(path: Path) -> dict[str, Any]:
+        return qa.latency(path, search.providers, batch_sizes, threads, search.input_name, search.val_x, settings)
+
+    float_latency = measure(search.onnx_path)
+    for rec in search.attempts:
+        if rec["accuracy"] is not None:
+            rec["latency"] = measure(Path(rec["path"]))
+    result: dict[str, Any] = {
+        "mode": cfg.mode, "accuracy_provider": search.eval_provider, "preprocess": search.preprocess_note,
+        "attempts": search.attempts, "float": {"path": str(search.onnx_path), "accuracy": search.float_accuracy,
+                                               "bytes": search.onnx_path.stat().st_size, "latency": float_latency}}
+    if accepted is None:
+        tried = len(search.attempts)
+        result.update(chosen=None, final="float", pick=None,
+                      why=f"no quantized model met the accuracy budget of {cfg.max_accuracy_drop * 100:.2f} points "
+                      f"after {tried} attempt{'s' if tried != 1 else ''} (best drop "
+                      f"{qa.best_drop(search.attempts)}); keeping the float model")
+        return result
+    chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
+    shutil.copyfile(accepted["path"], chosen)
+    decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized")
+    result.update(chosen=str(chosen), final=decision["final"], why=decision["why"], pick=decision,
+                  accepted_attempt=accepted["name"])
+    return result
+
+
+@dataclass
+class _Search:
+    """The float model's figures and the attempts so far; `run` tries the plan, then the keep-in-float remedy."""
+
+    onnx_path: Path
+    out_dir: Path
+    cfg: QuantizeConfig
+    providers: list[str]
+    eval_provider: str
+    input_name: str
+    val_x: np.ndarray
+    val_y: np.ndarray
+    calib: np.ndarray | None
+    base: Path
+    preprocess_note: str
+    float_accuracy: float
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, calib_x: np.ndarray | None,
+              val_x: np.ndarray, val_y: np.ndarray, providers: Sequence[str], batch_sizes: Sequence[int]) -> "_Search":
+        """Check the inputs, measure the float model's accuracy, pre-process it."""
+        from compress.bench.evaluate import accuracy
+        from compress.bench.providers import resolve_provider
+
+        if not onnx_path.is_file():
+            raise CompressError(f"{onnx_path}: no such model; run the export stage first")
+        if not batch_sizes or any(b < 1 for b in batch_sizes):
+            raise CompressError(f"benchmark.batch_sizes: expected positive integers, got {list(batch_sizes)!r}")
+        ort_providers = [resolve_provider(p) for p in providers] or ["CPUExecutionProvider"]
+        if cfg.mode == "fp16" and cfg.pick == "quantized" and not FP16_PROVIDERS.intersection(ort_providers):
+            raise CompressError(
+                f"quantize.mode: 'fp16' with pick = 'quantized' needs a GPU provider (cuda, tensorrt, dml, coreml), "
+                f"got {list(providers)!r}; add one to benchmark.providers or use mode = 'static' or 'dynamic'")
+        input_name, item_shape = qa.model_input(onnx_path)
+        val_x, val_y = qa.check_val(val_x, val_y, item_shape)
+        needs_calib = cfg.mode == "static" or (calib_x is not None and len(calib_x))
+        calib = qa.check_calib(calib_x, item_shape, cfg) if needs_calib else None
+        eval_provider = qa.eval_provider(ort_providers)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        float_accuracy = accuracy(onnx_path, val_x, val_y, provider=eval_provider)
+        base = out_dir / "preprocessed.onnx"
+        note = qa.preprocess(onnx_path, base, cfg.mode)
+        return cls(onnx_path, out_dir, cfg, ort_providers, eval_provider, input_name, val_x, val_y, calib, base,
+                   note, float_accuracy)
+
+    def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
+        """Quantize once with `settings`; measure accuracy and judge it against the budget."""
+        from compress.bench.evaluate import accuracy
+
+        name = qa.attempt_name(len(self.attempts) + 1, settings)
+        path = self.out_dir / f"{name}.onnx"
+        record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
+        try:
+            qa.quantize_once(self.base, path, settings, self.calib, self.input_name, self.cfg.calibration_batch)
+            acc = accuracy(path, self.val_x, self.val_y, provider=self.eval_provider)
+        except CompressError:
+            raise
+        except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
+            record.update(accuracy=None, accuracy_drop=None, bytes=None, latency=None, accepted=False,
+                          reason=f"failed: {first_line(exc)}")
+        else:
+            budget = self.cfg.max_accuracy_drop
+            drop, reduced = self.float_accuracy - acc, qa.is_reduced(path, settings["mode"])
+            ok = reduced and drop <= budget + 1e-9
+            reason = (f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget {budget * 100:.2f}"
+                      if reduced else "nothing was left quantized (every candidate node kept in float)")
+            record.update(accuracy=acc, accuracy_drop=drop, bytes=path.stat().st_size, latency=None, accepted=ok,
+                          reason=reason)
+        self.attempts.append(record)
+        return record
+
+    def run(self, plan: list[tuple[dict[str, Any], str]], bar: Any) -> dict[str, Any] | None:
+        """The first attempt that meets the budget, trying remedies in order when `fallback` is on."""
+        cfg = self.cfg
+        for settings, why in plan:
+            if settings.get("calibration_method", "") is None:  # the flip reuses the most accurate method so far
+                settings = {**settings, "calibration_method": qa.best_method(self.attempts, cfg.calibration_method)}
+            rec = self.attempt(settings, why)
+            bar.update(1)
+            if rec["accepted"] or not cfg.fallback:
+                return rec if rec["accepted"] else None
+        if cfg.fallback and cfg.max_float_nodes > 0:
+            x = self.calib if self.calib is not None else self.val_x
+            return qa.exclusion_remedy(self.attempts, self.attempt, self.base, x, self.input_name, cfg, bar)
+        return None
+
+
+def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,
+               prefer_quantized: bool = False) -> dict[str, Any]:
+    """Choose between the float model and an accepted quantized one from harness rows (provider, batch, p50_ms).
+
+    The decider is the geometric mean of the per-(provider, batch) speedups float_p50 / quant_p50, so every
+    batch size the pipeline asked for counts equally. Ties go to the float model (same speed, no accuracy risk).
+    Returns {"final", "why", "speedup", "speedups": {"provider/bBATCH": speedup}}.
+    """
+    f = {(r["provider"], r["batch"]): r["p50_ms"] for r in float_rows if r.get("p50_ms")}
+    q = {(r["provider"], r["batch"]): r["p50_ms"] for r in quant_rows if r.get("p50_ms")}
+    common = sorted(set(f) & set(q))
+    speedups = {f"{qa.short(p)}/b{b}": f[(p, b)] / q[(p, b)] for p, b in common}
+    detail = ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
+    if not common:
+        final = "quantized" if prefer_quantized else "float"
+        return {"final": final, "speedup": None, "speedups": {},
+                "why": f"{final}: no provider measured both models, so speed could not decide"
+                + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
+    gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
+    if prefer_quantized and gmean <= 1.0:
+        final, verdict = "quantized", "it is not faster, but pick = 'quantized' keeps it (smaller file)"
+    elif gmean > 1.0:
+        final, verdict = "quantized", "it is faster"
+    else:
+        final, verdict = "float", "int8/fp16 is not faster here, so the float model ships"
+    return {"final": final, "speedup": gmean, "speedups": speedups,
+            "why": f"{final}: quantized vs float speedup {gmean:.2f}x (geometric mean of {detail}); {verdict}"}

@@ -1,0 +1,238 @@
+"""One quantization attempt and the pieces around it: the remedy plan, pre-processing, checks of the data,
+latency of an attempt on every provider. `compress.quantize.api.quantize` strings them together."""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import CompressError, first_line
+from compress.quantize.config import METHODS, QuantizeConfig
+from compress.quantize.sensitivity import calibration_reader as _reader, rank_sensitive_nodes
+
+# Ops that only move or select values: keeping one in float removes no rounding of its own.
+_DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
+    {"Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Pad", "Gather",
+     "GatherElements", "MaxPool", "Resize", "TopK", "Where", "ArgMax"}
+)
+
+
+def remedy_plan(cfg: QuantizeConfig) -> list[tuple[dict[str, Any], str]]:
+    """Attempts before node exclusion, in order: configured, other calibration methods, per-channel flipped."""
+    first = {"mode": cfg.mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
+             "reduce_range": cfg.reduce_range, "nodes_to_exclude": []}
+    if cfg.mode == "static":
+        first.update(calibration_method=cfg.calibration_method, quant_format=cfg.quant_format,
+                     activation_type=cfg.activation_type)
+    if cfg.mode == "fp16":
+        first = {"mode": "fp16", "nodes_to_exclude": []}
+    plan = [(first, "configured settings")]
+    if not cfg.fallback or cfg.mode == "fp16":
+        return plan
+    if cfg.mode == "static":
+        for method in METHODS:
+            if method != cfg.calibration_method:
+                plan.append(({**first, "calibration_method": method}, f"remedy: calibration method {method}"))
+    flip = "per-tensor" if cfg.per_channel else "per-channel"
+    flipped = {**first, "per_channel": not cfg.per_channel}
+    if cfg.mode == "static":
+        flipped["calibration_method"] = None  # filled in with the most accurate method once those have run
+    plan.append((flipped, f"remedy: {flip} weights"))
+    return plan
+
+
+def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x: np.ndarray, input_name: str,
+                      cfg: QuantizeConfig, bar: Any) -> dict[str, Any] | None:
+    """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far."""
+    tried = [a for a in attempts if a["accuracy"] is not None]
+    if not tried:
+        return None
+    best = max(tried, key=lambda a: a["accuracy"])
+    settings = dict(best["settings"])
+    ranked = rank_sensitive_nodes(base, Path(best["path"]), x[: cfg.calibration_samples], input_name,
+                                  _quantizable_ops(settings), batch=cfg.calibration_batch)
+    names = [n for n, _ in ranked]
+    counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
+    bar.total += len(counts)
+    for count in counts:
+        if count == 0:
+            continue
+        rec = attempt({**settings, "nodes_to_exclude": names[:count]},
+                      f"remedy: {count} most sensitive node{'s' if count > 1 else ''} kept in float")
+        bar.update(1)
+        if rec["accepted"]:
+            return rec
+    return None
+
+
+def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
+                   batch: int) -> None:
+    """One quantization of the pre-processed model with `settings`, written to `out`."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    mode, exclude = settings["mode"], list(settings["nodes_to_exclude"]) or None
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(base)), keep_io_types=True, node_block_list=exclude)
+        onnx.save(model, str(out))
+        return
+    if mode == "dynamic":
+        quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                         weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude)
+        return
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
+        _static(base, out, settings, calib, input_name, batch)
+
+
+def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
+            batch: int) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    exclude = list(settings["nodes_to_exclude"]) or None
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    quantize_static(base, out, _reader(input_name, calib, batch),
+                    quant_format=QuantFormat.QDQ if settings["quant_format"] == "qdq" else QuantFormat.QOperator,
+                    per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                    activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
+                    nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"])
+
+
+def preprocess(src: Path, dst: Path, mode: str) -> str:
+    """quant_pre_process (shape inference + ORT optimisation); fp16 only needs a plain copy."""
+    if mode == "fp16":
+        shutil.copyfile(src, dst)
+        return "copied (fp16 needs no pre-processing)"
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+        return "quant_pre_process: shape inference + optimisation"
+    except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
+        shutil.copyfile(src, dst)
+        return f"quant_pre_process failed ({first_line(exc)}); quantized the exported model as is"
+
+
+def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
+    """Op types worth keeping in float: those the quantizer touches, less pure data movement (no arithmetic)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    if settings["mode"] == "dynamic":
+        ops = set(IntegerOpsRegistry)
+    elif settings["mode"] == "static":  # quantize_static's default op list is the union of both registries
+        ops = set(QDQRegistry) | set(QLinearOpsRegistry)
+    else:
+        return None
+    return ops - _DATA_MOVEMENT_OPS
+
+
+def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: int, input_name: str,
+             sample: np.ndarray, settings: Any) -> dict[str, Any]:
+    """p50 and friends on every provider and batch size via the project's harness; unavailable providers noted."""
+    from compress.bench.harness import ProviderUnavailable, measure
+
+    rows: list[dict[str, Any]] = []
+    unavailable: list[dict[str, str]] = []
+    for provider in providers:
+        try:
+            for b in batch_sizes:
+                reps = -(-b // len(sample))
+                inputs = {input_name: np.concatenate([sample] * reps)[:b]}
+                row = measure(path, provider, b, threads, inputs=inputs, settings=settings)
+                row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
+                rows.append(row)
+        except ProviderUnavailable as exc:
+            unavailable.append({"provider": provider, "reason": exc.reason})
+        except Exception as exc:  # e.g. a provider without kernels for this model's types: say so, keep going
+            unavailable.append({"provider": provider, "reason": f"failed to run: {first_line(exc)}"})
+    return {"rows": rows, "unavailable": unavailable}
+
+
+def is_reduced(path: Path, mode: str) -> bool:
+    """Whether the model still holds any int8/uint8 (or fp16) weights, i.e. quantization did something."""
+    import onnx
+
+    want = {onnx.TensorProto.FLOAT16} if mode == "fp16" else {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(init.data_type in want for init in graph.initializer)
+
+
+def model_input(path: Path) -> tuple[str, tuple[int | None, ...]]:
+    """The single float input's name and its per-item shape (None for symbolic dims)."""
+    import onnx
+
+    from compress.onnx.graph import single_input
+
+    name, elem_type, dims = single_input(path, what="quantize")
+    if elem_type != onnx.TensorProto.FLOAT:
+        raise CompressError(f"{path}: quantize expects a float32 input, got {name!r} of type "
+                            f"{onnx.TensorProto.DataType.Name(elem_type)}; export the model with a float input")
+    return name, dims
+
+
+def _check_items(x: np.ndarray, item_shape: tuple[int | None, ...], what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    shape = x.shape[1:]
+    if len(shape) != len(item_shape) or any(e is not None and e != g for e, g in zip(item_shape, shape)):
+        want = "x".join("?" if d is None else str(d) for d in item_shape)
+        raise CompressError(f"quantize: {what} items must have shape {want} to match the model input, got "
+                            f"{'x'.join(map(str, shape))}; check [data] against the exported model")
+    return x
+
+
+def check_val(val_x: np.ndarray, val_y: np.ndarray, item_shape: tuple[int | None, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if val_x is None or len(val_x) == 0 or val_y is None or len(val_y) != len(val_x):
+        raise CompressError("quantize: the accuracy gate needs validation samples with one label each, got "
+                            f"{0 if val_x is None else len(val_x)} samples and "
+                            f"{0 if val_y is None else len(val_y)} labels; set data.val_fraction > 0")
+    return _check_items(val_x, item_shape, "validation"), np.asarray(val_y).astype(np.int64).reshape(-1)
+
+
+def check_calib(calib_x: np.ndarray | None, item_shape: tuple[int | None, ...], cfg: QuantizeConfig) -> np.ndarray:
+    if calib_x is None or len(calib_x) == 0:
+        raise CompressError("quantize.mode: 'static' needs calibration samples from the training data, got none; "
+                            "provide training data in [data] or use mode = 'dynamic'")
+    x = _check_items(calib_x, item_shape, "calibration")
+    n = min(cfg.calibration_samples, len(x))
+    idx = np.sort(np.random.default_rng(0).permutation(len(x))[:n])
+    return x[idx]
+
+
+def eval_provider(providers: list[str]) -> str:
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    return next((p for p in providers if p in available), "CPUExecutionProvider")
+
+
+def attempt_name(index: int, s: dict[str, Any]) -> str:
+    parts = [f"attempt-{index:02d}", s["mode"]]
+    if s.get("calibration_method"):
+        parts.append(s["calibration_method"])
+    if "per_channel" in s:
+        parts.append("pc" if s["per_channel"] else "pt")
+    if s["nodes_to_exclude"]:
+        parts.append(f"float{len(s['nodes_to_exclude'])}")
+    return "-".join(parts)
+
+
+def best_method(attempts: list[dict[str, Any]], default: str) -> str:
+    tried = [a for a in attempts if a["accuracy"] is not None and a["settings"].get("calibration_method")]
+    return max(tried, key=lambda a: a["accuracy"])["settings"]["calibration_method"] if tried else default
+
+
+def best_drop(attempts: list[dict[str, Any]]) -> str:
+    drops = [a["accuracy_drop"] for a in attempts if a["accuracy_drop"] is not None]
+    return f"{min(drops) * 100:.2f} points" if drops else "none, every attempt failed to build"
+
+
+def short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider").lower()

@@ -1,0 +1,67 @@
+"""The [quantize] section: what to try first, the accuracy budget, and how the final model is picked."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from compress.section import Section
+
+Method = Literal["minmax", "entropy", "percentile"]
+METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+
+# Providers that run fp16 kernels natively; on the others an fp16 model mostly pays for casts.
+FP16_PROVIDERS: frozenset[str] = frozenset(
+    {"CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider"}
+)
+
+
+class QuantizeConfig(Section):
+    """The [quantize] section. Defaults are what measured best on an x86 CPU with AVX-512 VNNI / AMX:
+    static QDQ, uint8 activations with int8 weights, per-channel weights, no range reduction."""
+
+    mode: Literal["static", "dynamic", "fp16"] = Field(
+        "static",
+        description="'static': int8 with calibrated activation ranges (QDQ), best for conv nets; 'dynamic': "
+        "int8 weights, activation ranges computed at run time, for Linear/MatMul-heavy models; 'fp16': half "
+        "precision, for GPU providers.",
+    )
+    max_accuracy_drop: float = Field(
+        0.005,
+        ge=0.0,
+        le=1.0,
+        description="Largest allowed drop in validation accuracy, absolute fraction (0.005 = 0.5 points), "
+        "measured in ONNX Runtime against the float model.",
+    )
+    calibration_method: Method = Field(
+        "minmax", description="How static quantization turns calibration activations into ranges; tried first."
+    )
+    calibration_samples: int = Field(
+        256, gt=0, description="Training samples used for calibration (a fixed random subset, seed 0)."
+    )
+    calibration_batch: int = Field(32, gt=0, description="Batch size for calibration and sensitivity runs.")
+    per_channel: bool = Field(
+        True, description="One weight scale per output channel (more accurate; about 2% slower than per-tensor)."
+    )
+    quant_format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="'qdq' (QuantizeLinear/DequantizeLinear pairs, what ORT's CPU kernels are tuned for) "
+        "or 'qoperator' (QLinearConv and friends)."
+    )
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="Activation integer type for static mode; uint8 is the fast path on x86 (u8s8)."
+    )
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight integer type.")
+    reduce_range: bool = Field(
+        False, description="7-bit weights; only helps on x86 CPUs without VNNI, which saturate 8-bit products."
+    )
+    fallback: bool = Field(
+        True, description="When the first attempt misses the budget, try the remedies in order automatically."
+    )
+    max_float_nodes: int = Field(
+        8, ge=0, description="Most nodes the last remedy may leave in float (tried as 1, 2, 4, ... up to this)."
+    )
+    pick: Literal["fastest", "quantized"] = Field(
+        "fastest",
+        description="'fastest': final is the fastest model within budget, the float one included; "
+        "'quantized': final is the quantized model whenever it meets the budget, even if slower (for size).",
+    )

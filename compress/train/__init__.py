@@ -1,0 +1,35 @@
+"""Training: one readable loop (`fit`) and one entry for every student run (`train_student`).
+
+Distillation, prune recovery and every control go through `train_student`, so they all pass the same arguments
+and a non-finite loss always names the config key to change.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from compress.train.config import DistillConfig, TrainConfig
+from compress.train.loop import evaluate, fit, kd_loss, predict_logits
+
+if TYPE_CHECKING:
+    from compress.data import DataBundle
+
+__all__ = ["DistillConfig", "TrainConfig", "evaluate", "fit", "kd_loss", "predict_logits", "train_student"]
+
+
+def train_student(model: Any, data: "DataBundle", cfg: DistillConfig, *, teacher_logits: Any, seed: int,
+                  batch_size: int, origin: str, desc: str, progress: bool = True, epochs: int | None = None,
+                  patience: int | None = None, warmup_epochs: int | None = None) -> dict:
+    """Train `model` in place with the [distill] recipe; return fit's history.
+
+    With `teacher_logits` (one row per training example) the loss is distillation (T, alpha); with None it is the
+    labels-only control (alpha = 1). `epochs`, `patience` and `warmup_epochs` override the section's for short
+    runs such as prune recovery. `origin` is the file and section ('pipelines/x.toml: distill'); a non-finite
+    loss names its `lr` key.
+    """
+    overrides = {k: v for k, v in {"epochs": epochs, "patience": patience, "warmup_epochs": warmup_epochs}.items()
+                 if v is not None}
+    settings = cfg.model_copy(update=overrides) if overrides else cfg
+    return fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), settings, seed=seed,
+               batch_size=batch_size, teacher_logits=teacher_logits, temperature=cfg.temperature,
+               alpha=cfg.alpha if teacher_logits is not None else 1.0, desc=desc, progress=progress,
+               origin=f"{origin}.lr")

@@ -1,0 +1,31 @@
+"""Training settings: the optimiser and schedule of any run, and distillation's loss on top of it."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from compress.section import Section
+
+
+class TrainConfig(Section):
+    """Optimiser and schedule for one training run (teacher training, distillation, control, fine-tuning)."""
+
+    epochs: int = Field(30, ge=1, le=100_000, description="Maximum number of passes over the training set.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate (cosine-decayed to ~0 over `epochs`).")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with Nesterov momentum 0.9.")
+    weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
+    warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs before the cosine decay.")
+    patience: int = Field(10, ge=1, description="Early stopping: stop after this many epochs without a better "
+                          "validation accuracy; the best epoch's weights are kept.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the hard-label loss.")
+class DistillConfig(TrainConfig):
+    """[distill]: the student's training. Optimiser/schedule keys are those of [teacher.train]."""
+
+    epochs: int = Field(30, ge=1, le=100_000, description="Maximum epochs (early stopping on validation accuracy).")
+    lr: float = Field(1e-2, gt=0, le=10, description="Peak learning rate; small students like a higher one.")
+    patience: int = Field(30, ge=1, description="Epochs without a better validation accuracy before stopping.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T of the soft targets (KL * T^2).")
+    alpha: float = Field(0.3, ge=0, le=1, description="Weight of the hard-label loss; 1 - alpha weighs the teacher.")
+    control: bool = Field(False, description="Also train the same student on labels only, with the same budget and "
+                          "seed, so the report shows whether the teacher helped.")
