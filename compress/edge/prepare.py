@@ -14,7 +14,7 @@ from compress.cache import write_json
 from compress.edge.ort_format import Optimization, ort_parity, sample_inputs, to_ort_format
 from compress.edge.readiness import readiness
 from compress.errors import CompressError, GateFailed
-from compress.onnx.graph import load_model
+from compress.onnx.graph import graph_inputs, load_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,9 +33,8 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1) -> Path:
     if batch < 1:
         raise CompressError(f"fixed_batch: expected an integer >= 1, got {batch}; use 1 for on-device inference")
     model = load_model(onnx_path)
-    initializers = {init.name for init in model.graph.initializer}
-    for value in list(model.graph.input):
-        if value.name in initializers or not value.type.HasField("tensor_type"):
+    for value in graph_inputs(model.graph):
+        if not value.type.HasField("tensor_type"):
             continue
         dims = value.type.tensor_type.shape.dim
         if not dims:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.edge.ort_format import Optimization
 from compress.errors import CompressError, first_line
-from compress.onnx.graph import load_model
+from compress.onnx.graph import graph_inputs, load_model
 
 if TYPE_CHECKING:
     import onnx
@@ -22,10 +22,9 @@ def dynamic_inputs(model: "onnx.ModelProto") -> list[dict]:
     """Graph inputs whose shape is not fully fixed: [{"name", "shape"}] with symbolic dims as strings."""
     from onnxruntime.tools.onnx_model_utils import is_fixed_size_tensor
 
-    initializers = {init.name for init in model.graph.initializer}
     found = []
-    for value in model.graph.input:
-        if value.name in initializers or is_fixed_size_tensor(value):
+    for value in graph_inputs(model.graph):
+        if is_fixed_size_tensor(value):
             continue
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
                 for d in value.type.tensor_type.shape.dim]

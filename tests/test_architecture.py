@@ -1,0 +1,101 @@
+"""The shape of the code: stage modules are glue that never import each other, and no module imports itself back
+through others (no import circles), counting imports inside functions too."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "compress"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(path: Path) -> set[str]:
+    """compress modules that `path` imports anywhere (functions included), except under `if TYPE_CHECKING:`."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _type_checking_block(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "compress")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "compress":
+            for alias in node.names:  # `from compress.prune import mechanics` imports the submodule
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in MODULES else node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in MODULES}
+
+
+GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
+
+
+def test_a_stage_never_imports_another_stage():
+    stages = {name for name in MODULES if name.startswith("compress.stages.")}
+    offenders = {name: sorted(GRAPH[name] & stages) for name in stages if GRAPH[name] & stages}
+    assert offenders == {}, f"move the shared code into the package it belongs to: {offenders}"
+
+
+def test_stage_modules_hold_run_and_nothing_public_besides():
+    for name in (n for n in MODULES if n.startswith("compress.stages.")):
+        tree = ast.parse(MODULES[name].read_text())
+        public = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                  and not n.name.startswith("_")]
+        assert public == ["run"], f"{name}: a stage module holds run(ctx) only, got {public}"
+
+
+def test_no_import_circles():
+    # A package's own __init__ re-exporting its submodules is how Python packages work; only count edges out of
+    # a package's __init__ to modules outside that package.
+    def edges(name: str) -> set[str]:
+        out = GRAPH[name]
+        if MODULES[name].name == "__init__.py":
+            out = {m for m in out if not m.startswith(name + ".")}
+        return out
+
+    cycles = []
+    state: dict[str, int] = {}
+
+    def walk(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges(node)):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in sorted(MODULES):
+        if name not in state:
+            walk(name, [name])
+    assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_registry_lists_every_stage_module_and_reads_real_keys():
+    from compress.config import PipelineConfig
+    from compress.stages import STAGES
+
+    modules = {n for n in MODULES if n.startswith("compress.stages.")}
+    assert {s.module for s in STAGES.values()} == modules
+    for name, stage in STAGES.items():
+        for path in stage.reads:
+            section, _, key = path.partition(".")
+            assert section in PipelineConfig.model_fields, f"{name} reads unknown section {section!r}"
+            if key:
+                annotation = PipelineConfig.model_fields[section].annotation
+                fields = next(a for a in (annotation, *getattr(annotation, "__args__", ())) if hasattr(a, "model_fields"))
+                assert key in fields.model_fields, f"{name} reads unknown key {path!r}"
