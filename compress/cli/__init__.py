@@ -1,4 +1,4 @@
-"""Command line: `compress run|validate|bench|compare|edge`. Turns CompressError into one line and an exit code."""
+"""Command line: `compress run|validate|bench|compare|edge|quantize`. Turns CompressError into one line and an exit code."""
 from __future__ import annotations
 
 import sys
@@ -75,11 +75,12 @@ def validate(file: Path) -> None:
 
 def _register() -> None:
     # Subcommands live in their own modules; each keeps heavy imports inside its function bodies.
-    from compress.cli import bench, edge
+    from compress.cli import bench, edge, quantize
 
     main.add_command(bench.bench)
     main.add_command(bench.compare)
     main.add_command(edge.edge)
+    main.add_command(quantize.quantize)
 
 
 _register()

@@ -1,0 +1,84 @@
+"""`compress quantize MODEL.onnx --out OUT.onnx`: the quantize stage's function on any ONNX file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from compress.cli import main
+
+from .stages.test_quantize import _data, _mlp
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict:
+    train_x, _, centroids = _data(256, seed=1)
+    val_x, val_y, _ = _data(200, seed=2)
+    np.savez(tmp_path / "calib.npz", x=train_x)
+    np.savez(tmp_path / "val.npz", x=val_x, y=val_y)
+    return {"model": _mlp(tmp_path / "mlp.onnx", centroids), "calib": tmp_path / "calib.npz",
+            "val": tmp_path / "val.npz", "dir": tmp_path}
+
+
+def _invoke(*args: object):
+    return CliRunner().invoke(main, ["quantize", *map(str, args), "--quiet"])
+
+
+def test_static_with_labelled_data_writes_int8_model_and_summary(files: dict):
+    out = files["dir"] / "q" / "mlp-int8.onnx"
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate"] == "accuracy on 200 labelled samples from val.npz"
+    assert summary["attempts"][0]["accepted"] and summary["out"] == str(out)
+    weights = [i for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights, "the written model holds no int8 weights"
+    assert out.with_suffix(".md").read_text().startswith("# compress quantize: mlp.onnx (static)")
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "scratch attempts left behind"
+
+
+def test_without_labels_gates_on_agreement_with_fp32(files: dict):
+    out = files["dir"] / "mlp-dyn.onnx"
+    result = _invoke(files["model"], "--out", out, "--mode", "dynamic", "--calibration", files["calib"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate"] == "top-1 agreement with the fp32 model on 256 calibration inputs"
+    assert summary["float"]["accuracy"] == 1.0  # fp32 agrees with itself: the labels are its own top-1
+
+
+def test_without_any_data_says_the_gate_used_random_inputs(files: dict):
+    out = files["dir"] / "mlp-rand.onnx"
+    result = _invoke(files["model"], "--out", out, "--mode", "dynamic", "--max-accuracy-drop", "1")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate"] == "top-1 agreement with the fp32 model on 64 seeded random inputs (pass --data for a " \
+                              "real gate)"
+
+
+def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
+    calib = np.load(files["calib"])["x"].copy()
+    calib[0, -1] = 1e4  # one outlier stretches the min-max range: int8 then loses accuracy for sure
+    np.savez(files["dir"] / "outlier.npz", x=calib)
+    out = files["dir"] / "strict.onnx"
+    result = _invoke(files["model"], "--out", out, "--calibration", files["dir"] / "outlier.npz", "--data",
+                     files["val"], "--max-accuracy-drop", "0", "--no-fallback")
+    assert result.exit_code == 1, result.output
+    assert not out.exists() and json.loads(out.with_suffix(".json").read_text())["out"] is None
+    assert "no quantized model met the accuracy budget of 0.00 points after 1 attempt" in result.output
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--out", "x.onnx"], "error: --calibration: static quantization needs calibration inputs (.npz with an array "
+                          "'x' of real model inputs); pass one or use --mode dynamic"),
+    (["--out", "x.txt", "--mode", "dynamic"], "error: --out: expected a path ending in .onnx, got 'x.txt'"),
+    (["--out", "x.onnx", "--mode", "dynamic", "--data", "missing.npz"],
+     "error: missing.npz: no such file; --data expects an .npz"),
+])
+def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.MonkeyPatch, extra: list, line: str):
+    monkeypatch.chdir(files["dir"])
+    result = _invoke("mlp.onnx", *extra)
+    assert result.exit_code == 2 and result.output.strip() == line
