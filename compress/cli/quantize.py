@@ -122,14 +122,15 @@ def _gate_data(model: Path, data_npz: Path | None, calib: Any) -> tuple[Any, Any
 def _summary(model: Path, out: Path, gate: str, result: dict[str, Any]) -> dict[str, Any]:
     attempts = [{k: v for k, v in a.items() if k != "path"} for a in result["attempts"]]
     return {"schema": "compress.quantize/1", "model": str(model), "out": str(out) if result["chosen"] else None,
-            "mode": result["mode"], "gate": gate, "preprocess": result["preprocess"], "final": result["final"],
+            "mode": result["mode"], "gate": gate, "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"],
+            "final": result["final"],
             "why": result["why"], "float": {k: v for k, v in result["float"].items() if k != "path"},
             "attempts": attempts, "pick": result.get("pick")}
 
 
 def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
-             f"Gate: {summary['gate']}.", "",
+             f"Gate: {summary['gate']}.", "", f"CPU: {summary['cpu_int8']}.", "",
              "| attempt | why tried | score | drop (points) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
     for a in summary["attempts"]:
         score = "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.2f}%"

@@ -48,8 +48,11 @@ def quantize(
     """
     from compress.progress import progress as progress_bar
 
+    from compress.bench.environment import int8_isa, u8s8_saturates
+
     search = _Search.start(Path(onnx_path), Path(out_dir), cfg, calib_x, val_x, val_y, providers, batch_sizes)
-    plan = qa.remedy_plan(cfg)
+    isa = int8_isa()
+    plan = qa.remedy_plan(cfg, saturates=u8s8_saturates(isa))
     bar = progress_bar(total=len(plan) + 1, desc=f"quantize ({cfg.mode})", unit="attempt", enabled=progress)
     accepted = search.run(plan, bar)
     bar.update(1)
@@ -66,6 +69,7 @@ def quantize(
             rec["latency"] = measure(Path(rec["path"]))
     result: dict[str, Any] = {
         "mode": cfg.mode, "accuracy_provider": search.eval_provider, "preprocess": search.preprocess_note,
+        "cpu_int8": _cpu_note(isa),
         "attempts": search.attempts, "float": {"path": str(search.onnx_path), "accuracy": search.float_accuracy,
                                                "bytes": search.onnx_path.stat().st_size, "latency": float_latency}}
     if accepted is None:
@@ -169,6 +173,17 @@ class _Search:
             x = self.calib if self.calib is not None else self.val_x
             return qa.exclusion_remedy(self.attempts, self.attempt, self.base, x, self.input_name, cfg, bar)
         return None
+
+
+def _cpu_note(isa: list[str]) -> str:
+    """What this CPU means for int8, as ONNX Runtime's quantization docs put it."""
+    from compress.bench.environment import u8s8_saturates
+
+    shown = ", ".join(isa) or "none found"
+    if u8s8_saturates(isa):
+        return (f"int8 instruction sets: {shown}; no VNNI, so u8s8 products can saturate: reduce_range is among "
+                "the remedies")
+    return f"int8 instruction sets: {shown}; u8s8 without saturation, so full 8-bit weights (reduce_range off)"
 
 
 def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,

@@ -21,8 +21,9 @@ _DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
 )
 
 
-def remedy_plan(cfg: QuantizeConfig) -> list[tuple[dict[str, Any], str]]:
-    """Attempts before node exclusion, in order: configured, other calibration methods, per-channel flipped."""
+def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[dict[str, Any], str]]:
+    """Attempts before node exclusion, in order: configured, other calibration methods, per-channel flipped, and
+    on a CPU whose u8s8 kernels saturate (x86 without VNNI, `saturates`) 7-bit weights (reduce_range)."""
     first = {"mode": cfg.mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
              "reduce_range": cfg.reduce_range, "nodes_to_exclude": []}
     if cfg.mode == "static":
@@ -42,6 +43,9 @@ def remedy_plan(cfg: QuantizeConfig) -> list[tuple[dict[str, Any], str]]:
     if cfg.mode == "static":
         flipped["calibration_method"] = None  # filled in with the most accurate method once those have run
     plan.append((flipped, f"remedy: {flip} weights"))
+    if saturates and not cfg.reduce_range:
+        plan.append(({**first, "reduce_range": True}, "remedy: 7-bit weights (reduce_range): this CPU has no VNNI, "
+                     "so u8s8 products can saturate"))
     return plan
 
 

@@ -51,4 +51,4 @@ def _markdown(result: dict[str, Any]) -> list[str]:
         size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
         lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | "
                      f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")
-    return lines + ["", f"Pick: {result['why']}"]
+    return lines + ["", f"CPU: {result['cpu_int8']}.", "", f"Pick: {result['why']}"]

@@ -229,3 +229,18 @@ def test_config_rejects_unknown_keys_and_bad_ranges() -> None:
     with pytest.raises(ValidationError):
         QuantizeConfig(calibration="entropy")
     assert QuantizeConfig().model_dump()["per_channel"] is True
+
+
+def test_cpu_int8_isa_decides_the_reduce_range_remedy() -> None:
+    from compress.bench.environment import int8_isa, u8s8_saturates
+    from compress.quantize.attempts import remedy_plan
+
+    assert int8_isa({"fpu", "avx2", "avx512f", "avx512_vnni", "sse4_2"}) == ["avx2", "avx512f", "avx512_vnni"]
+    assert u8s8_saturates(["avx2", "avx512f"], "x86_64")  # AVX-512 without VNNI: VPMADDUBSW saturates
+    assert not u8s8_saturates(["avx2", "avx512f", "avx512_vnni"], "x86_64")
+    assert not u8s8_saturates(["asimddp"], "aarch64")
+    plain = [why for _, why in remedy_plan(QuantizeConfig())]
+    old_cpu = remedy_plan(QuantizeConfig(), saturates=True)
+    assert [why for _, why in old_cpu][:-1] == plain
+    settings, why = old_cpu[-1]
+    assert settings["reduce_range"] is True and why.startswith("remedy: 7-bit weights (reduce_range)")
