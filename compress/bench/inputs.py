@@ -53,9 +53,16 @@ def signature(session: Any) -> list[tuple[str, Any, list[int | str | None]]]:
 
 
 def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: dict[str, int]) -> tuple[int, ...]:
-    """Replace symbolic dims: a named dim from `dims`, else axis 0 becomes `batch`; anything else is an error."""
+    """Replace symbolic dims: a named dim from `dims`, else axis 0 becomes `batch`; anything else is an error.
+
+    A fixed first dimension that is not `batch` is an error too: timing batch 1 and calling it batch 64 would
+    report a throughput 64 times too high.
+    """
     out = []
     for axis, dim in enumerate(shape):
+        if axis == 0 and isinstance(dim, int) and dim > 0 and dim != batch:
+            raise CompressError(f"input {name!r}: the model's batch dimension is fixed to {dim}, so batch {batch} "
+                                f"cannot run; use --batch {dim}, or re-export the model with a dynamic batch axis")
         if isinstance(dim, int) and dim > 0:
             out.append(dim)
         elif isinstance(dim, str) and dim in dims:

@@ -225,3 +225,17 @@ def test_recheck_measures_flagged_rows_again(small: Path):
     m, r = np.array(second["block_p50_ms"]), np.array(second["reference_block_p50_ms"])
     assert second["quiet_score"] == pytest.approx(m.min() / r.min(), rel=1e-3)
     assert second["score"] == pytest.approx(np.sqrt(m.min() / r.min() * np.median(m / r)), rel=1e-3)
+
+
+def test_a_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = mlp(tmp_path / "fixed.onnx", 1, dim_name=1)
+    result = CliRunner().invoke(main, ["bench", str(model), "--batch", "1", "--batch", "64", "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: input 'x': the model's batch dimension is fixed to 1, so batch 64 "
+                                     "cannot run; use --batch 1, or re-export the model with a dynamic batch axis")
+    row = measure(model, "cpu", 1, 1, settings=BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0, repetitions=1))
+    assert row["batch"] == 1
