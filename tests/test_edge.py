@@ -256,3 +256,29 @@ def test_bench_kit_json_is_read_by_compare_next_to_a_local_bench(tmp_path):
     assert result.exit_code in (0, 1), result.output
     row = [line for line in result.output.splitlines() if "CPUExecutionProvider" in line]
     assert len(row) == 1 and row[0].split()[-1] in ("ok", "faster", "unsure", "REGRESSED")
+
+
+def test_an_ir3_graph_with_weights_listed_as_inputs_gets_an_ort_copy_without_them(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.cli import main
+
+    # setup: old model-zoo style (IR 3, opset 9): every initializer is also a graph input
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), dtype=np.float32), "w")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 1, 3, 3])]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "old", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    path = tmp_path / "old.onnx"
+    onnx.save(model, str(path))
+    # execute
+    result = CliRunner().invoke(main, ["edge", str(path), "--out", str(tmp_path / "e")])
+    # assert: converted, parity on the one real input, and the ORT copy asks only for x
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "e" / "edge.json").read_text())
+    assert section["parity_ok"] and section["onnx_path"].endswith("old.inputs.onnx")
+    assert [i.name for i in onnx.load(section["onnx_path"]).graph.input] == ["x"]

@@ -63,6 +63,21 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1) -> Path:
     return out_path
 
 
+def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
+    """The model itself, or a copy in `out_dir` whose initializers are no longer listed as inputs (old IR 3
+    model-zoo graphs: otherwise the ORT-format copy asks for every weight as an input)."""
+    import onnx
+
+    from compress.onnx.graph import without_initializer_inputs
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not without_initializer_inputs(model):
+        return onnx_path
+    copy = out_dir / f"{onnx_path.stem}.inputs.onnx"
+    onnx.save(model, str(copy))
+    return copy
+
+
 def prepare(
     onnx_path: Path,
     out_dir: Path,
@@ -86,7 +101,7 @@ def prepare(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = Path(onnx_path)
+    model = _modern_inputs(Path(onnx_path), out_dir)
     if fixed_batch is not None:
         model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch)
     converted = to_ort_format(model, out_dir, optimization=optimization, style=style)

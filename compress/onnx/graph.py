@@ -47,3 +47,21 @@ def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | N
     tensor = inputs[0].type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim[1:])
     return inputs[0].name, tensor.elem_type, dims
+
+
+def without_initializer_inputs(model: "onnx.ModelProto") -> bool:
+    """Drop graph inputs that are initializers (how IR version 3 graphs list their weights), in place, and raise
+    the IR version to 4 so the initializers stay constants; True when something changed.
+
+    ONNX Runtime treats an initializer that is also a graph input as overridable, so it cannot fold it, and its
+    ORT-format converter then asks for it as a required input. Its own tools (remove_initializer_from_input.py)
+    advise this same step.
+    """
+    initializers = {init.name for init in model.graph.initializer}
+    keep = [value for value in model.graph.input if value.name not in initializers]
+    if len(keep) == len(model.graph.input):
+        return False
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 4)
+    return True
