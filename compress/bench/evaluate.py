@@ -8,6 +8,7 @@ import numpy as np
 
 from compress.bench.providers import check_model_file, open_session
 from compress.errors import CompressError
+from compress.onnx.parity import top1_of
 
 
 def accuracy(
@@ -20,7 +21,7 @@ def accuracy(
 ) -> float:
     """Top-1 accuracy of a single-input classifier on (x, y), run through ONNX Runtime in batches.
 
-    The prediction is the argmax over the last axis of the first output. A model with a fixed batch dimension
+    The prediction is the argmax of each row of the first output (compress.onnx.parity.top1_of). A model with a fixed batch dimension
     is run at that batch size (the last batch is zero-padded and the padding dropped).
     """
     path = check_model_file(model_path)
@@ -44,5 +45,5 @@ def accuracy(
             pad = np.zeros((step - n, *chunk.shape[1:]), dtype=dtype)
             chunk = np.concatenate([chunk, pad])
         logits = session.run(None, {name: chunk})[0][:n]
-        correct += int((logits.argmax(axis=-1) == np.asarray(y[start:start + n])).sum())
+        correct += int((top1_of(logits) == np.asarray(y[start:start + n])).sum())
     return correct / len(x)

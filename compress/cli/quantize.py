@@ -102,20 +102,19 @@ def _gate_data(model: Path, data_npz: Path | None, calib: Any) -> tuple[Any, Any
             raise CompressError(f"{data_npz}: --data expects arrays 'x' and 'y', got {sorted(arrays)}")
         return np.asarray(arrays["x"], dtype=np.float32), np.asarray(arrays["y"]), \
             f"accuracy on {len(arrays['y'])} labelled samples from {data_npz.name}"
+    from compress.onnx.graph import fixed_batch, single_input
+    from compress.onnx.parity import run_cpu, top1_of
+
+    name, _, _ = single_input(model, what="quantize")
+    step = fixed_batch(model)
     if calib is None:
         from compress.edge import sample_inputs
 
-        feed = sample_inputs(model, batch=64)
-        if len(feed) != 1:
-            raise CompressError(f"{model}: quantize needs one input; this model has {len(feed)}")
-        calib_x, source = next(iter(feed.values())), "64 seeded random inputs (pass --data for a real gate)"
+        chunks = [sample_inputs(model, batch=step or 64, seed=seed)[name] for seed in range(64 // (step or 64))]
+        calib_x, source = np.concatenate(chunks), "64 seeded random inputs (pass --data for a real gate)"
     else:
         calib_x, source = calib, f"{len(calib)} calibration inputs"
-    from compress.onnx.graph import single_input
-    from compress.onnx.parity import run_cpu
-
-    name, _, _ = single_input(model, what="quantize")
-    labels = run_cpu(model, {name: calib_x}, batch_size=256)[0].argmax(-1)
+    labels = top1_of(run_cpu(model, {name: calib_x}, batch_size=step or 256)[0])
     return calib_x, labels, f"top-1 agreement with the fp32 model on {source}"
 
 

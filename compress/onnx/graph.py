@@ -49,6 +49,15 @@ def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | N
     return inputs[0].name, tensor.elem_type, dims
 
 
+def fixed_batch(onnx_path: Path) -> int | None:
+    """The first input's batch dimension when the graph fixes it (model-zoo and edge copies), else None."""
+    import onnx
+
+    inputs = graph_inputs(onnx.load(str(onnx_path), load_external_data=False).graph)
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
 def without_initializer_inputs(model: "onnx.ModelProto") -> bool:
     """Drop graph inputs that are initializers (how IR version 3 graphs list their weights), in place, and raise
     the IR version to 4 so the initializers stay constants; True when something changed.

@@ -22,7 +22,8 @@ RTOL = 1e-5
 
 def compare(expected: Sequence["np.ndarray"], got: Sequence["np.ndarray"], *, atol: float,
             rtol: float = RTOL) -> dict[str, Any]:
-    """Compare output lists elementwise; the first output's argmax over its last axis gives top-1 agreement.
+    """Compare output lists elementwise; top-1 agreement compares the argmax of each row of the first output
+    (its trailing axes flattened, so a [N, 1000, 1, 1] classifier head counts like [N, 1000]).
 
     Returns {"ok", "max_abs_diff", "max_rel_diff", "top1_agreement", "samples", "outputs", "atol", "rtol"};
     max_rel_diff is |got - expected| / max(|expected|, atol), so values near zero do not blow it up.
@@ -44,12 +45,20 @@ def compare(expected: Sequence["np.ndarray"], got: Sequence["np.ndarray"], *, at
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(ref), atol)).max()))
     first_ref, first_out = np.asarray(expected[0]), np.asarray(got[0])
     if first_ref.ndim >= 2 and first_ref.size:
-        top1 = float(np.mean(first_ref.argmax(-1) == first_out.argmax(-1)))
+        top1 = float(np.mean(top1_of(first_ref) == top1_of(first_out)))
     else:
         top1 = 1.0 if np.array_equal(first_ref, first_out) else 0.0
     return {"ok": ok, "max_abs_diff": max_abs, "max_rel_diff": max_rel, "top1_agreement": top1,
             "samples": int(first_ref.shape[0]) if first_ref.ndim else 1, "outputs": len(expected),
             "atol": atol, "rtol": rtol}
+
+
+def top1_of(logits: "np.ndarray") -> "np.ndarray":
+    """The predicted class of each row: argmax over everything after the batch axis."""
+    import numpy as np
+
+    logits = np.asarray(logits)
+    return logits.reshape(len(logits), -1).argmax(1)
 
 
 def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = False,

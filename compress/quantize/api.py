@@ -103,6 +103,8 @@ class _Search:
     base: Path
     preprocess_note: str
     float_accuracy: float
+    calibration_batch: int
+    """calibration_batch, or the model's fixed batch dimension when it has one."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -130,8 +132,10 @@ class _Search:
         float_accuracy = accuracy(onnx_path, val_x, val_y, provider=eval_provider)
         base = out_dir / "preprocessed.onnx"
         note = qa.preprocess(onnx_path, base, cfg.mode)
+        from compress.onnx.graph import fixed_batch
+
         return cls(onnx_path, out_dir, cfg, ort_providers, eval_provider, input_name, val_x, val_y, calib, base,
-                   note, float_accuracy)
+                   note, float_accuracy, fixed_batch(onnx_path) or cfg.calibration_batch)
 
     def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
         """Quantize once with `settings`; measure accuracy and judge it against the budget."""
@@ -141,7 +145,7 @@ class _Search:
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
         try:
-            qa.quantize_once(self.base, path, settings, self.calib, self.input_name, self.cfg.calibration_batch)
+            qa.quantize_once(self.base, path, settings, self.calib, self.input_name, self.calibration_batch)
             acc = accuracy(path, self.val_x, self.val_y, provider=self.eval_provider)
         except CompressError:
             raise
@@ -171,7 +175,8 @@ class _Search:
                 return rec if rec["accepted"] else None
         if cfg.fallback and cfg.max_float_nodes > 0:
             x = self.calib if self.calib is not None else self.val_x
-            return qa.exclusion_remedy(self.attempts, self.attempt, self.base, x, self.input_name, cfg, bar)
+            return qa.exclusion_remedy(self.attempts, self.attempt, self.base, x, self.input_name, cfg, bar,
+                                       batch=self.calibration_batch)
         return None
 
 

@@ -50,7 +50,7 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
 
 
 def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x: np.ndarray, input_name: str,
-                      cfg: QuantizeConfig, bar: Any) -> dict[str, Any] | None:
+                      cfg: QuantizeConfig, bar: Any, *, batch: int) -> dict[str, Any] | None:
     """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far."""
     tried = [a for a in attempts if a["accuracy"] is not None]
     if not tried:
@@ -58,7 +58,7 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x
     best = max(tried, key=lambda a: a["accuracy"])
     settings = dict(best["settings"])
     ranked = rank_sensitive_nodes(base, Path(best["path"]), x[: cfg.calibration_samples], input_name,
-                                  _quantizable_ops(settings), batch=cfg.calibration_batch)
+                                  _quantizable_ops(settings), batch=batch)
     names = [n for n, _ in ranked]
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
     bar.total += len(counts)
@@ -111,7 +111,16 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray |
 
 
 def preprocess(src: Path, dst: Path, mode: str) -> str:
-    """quant_pre_process (shape inference + ORT optimisation); fp16 only needs a plain copy."""
+    """quant_pre_process (shape inference + ORT optimisation); fp16 only needs a plain copy. An old IR 3 graph
+    first loses the inputs that are really its weights (or every attempt would ask for them as inputs)."""
+    import onnx
+
+    from compress.onnx.graph import without_initializer_inputs
+
+    model = onnx.load(str(src))
+    if without_initializer_inputs(model):
+        src = dst.with_name(f"{dst.stem}.inputs.onnx")
+        onnx.save(model, str(src))
     if mode == "fp16":
         shutil.copyfile(src, dst)
         return "copied (fp16 needs no pre-processing)"
