@@ -70,7 +70,7 @@ def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
 
     from compress.onnx.graph import without_initializer_inputs
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = load_model(onnx_path)  # a missing or corrupt file is one line here
     if not without_initializer_inputs(model):
         return onnx_path
     copy = out_dir / f"{onnx_path.stem}.inputs.onnx"
