@@ -148,6 +148,11 @@ def load_weights(model, path: Path, origin: str) -> None:
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            with open(path, "rb") as f:
+                magic = f.read(2)
+            if magic != b"PK" and magic[:1] != b"\x80":  # neither torch's zip nor a pickle: not a checkpoint
+                raise CompressError(f"{origin}: cannot read {path} as a torch checkpoint (it is neither a torch.save "
+                                    "zip nor a pickle); is it the right file?") from exc
             raise CompressError(f"{origin}: refused {path}: it needs code to load (a pickled object, e.g. a whole "
                                 "model saved with torch.save(model)), and loading it would run that code; convert "
                                 "it once where it was made: from safetensors.torch import save_file; "
