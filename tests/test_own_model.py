@@ -211,3 +211,15 @@ def test_validate_rejects_what_run_rejects_with_the_same_line(user_dir: Path, br
     assert error_line(user_dir, "validate") == expected
     assert error_line(user_dir, "run") == expected
     assert not (user_dir / "runs").exists() or not any((user_dir / "runs").rglob("*.safetensors"))
+
+
+def test_labels_with_gaps_are_accepted_with_a_warning(user_dir: Path, caplog: pytest.LogCaptureFixture):
+    with np.load(user_dir / "table.npz") as z:
+        x, y = z["x"], z["y"]
+    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
+    replace(user_dir, 'checkpoint = "teacher.pt"', '[teacher.train]\nepochs = 1')
+    result = invoke(user_dir, "validate", "pipeline.toml")
+    assert result.exit_code == 0, result.output
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "warning: pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, "
+        "one per label value; renumber the labels 0..1 if the gaps are not meant"]
