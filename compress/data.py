@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 from compress.section import Section
 
 
@@ -30,7 +30,25 @@ class DataConfig(Section):
     def _known_scheme(cls, v: str) -> str:
         if v == "digits" or v.startswith(("npz:", "python:")):
             return v
-        raise ValueError(f"expected 'digits', 'npz:PATH' or 'python:module:function', got {v!r}")
+        raise ValueError(f"expected 'digits', 'npz:PATH' or 'python:module:function', got {v!r}{_source_hint(v)}")
+
+
+def _source_hint(v: str) -> str:
+    """'; did you mean 'npz:cancer.npz'?' for the usual slips: a bare file, a missing or misspelt prefix."""
+    import difflib
+
+    scheme, colon, rest = v.partition(":")
+    if colon and rest:
+        fixed = difflib.get_close_matches(scheme, ["npz", "python"], n=1, cutoff=0.5)
+        if fixed:
+            return f"; did you mean {fixed[0] + ':' + rest!r}?"
+        if ":" not in rest:  # module:function without its prefix
+            return f"; did you mean {'python:' + v!r}?"
+    elif v.lower().endswith(".npz"):
+        return f"; did you mean {'npz:' + v!r}?"
+    elif difflib.get_close_matches(v, ["digits"], n=1, cutoff=0.6):
+        return "; did you mean 'digits'?"
+    return ""
 
 
 @dataclass
@@ -66,7 +84,24 @@ def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data
         arrays = _read_npz(path if path.is_absolute() else base_dir / path, origin)
     else:
         arrays = _from_python(src[len("python:"):], base_dir, origin)
-    return _bundle(arrays, cfg.val_fraction, seed, origin)
+    bundle = _bundle(arrays, cfg.val_fraction, seed, origin)
+    _warn_label_gaps(bundle, origin)
+    return bundle
+
+
+def _warn_label_gaps(bundle: DataBundle, origin: str) -> None:
+    """Labels 0, 2, 4 make a 5-output model with two classes never seen: legal, but rarely meant; say so once."""
+    import logging
+
+    import torch
+
+    seen = torch.unique(torch.cat([bundle.y_train, bundle.y_val])).tolist()
+    missing = sorted(set(range(bundle.num_classes)) - set(seen))
+    if missing:
+        logging.getLogger("compress").warning(
+            "warning: %s: labels run 0..%d but these values never occur: %s; models get %d outputs, one per "
+            "label value; renumber the labels 0..%d if the gaps are not meant", origin, bundle.num_classes - 1,
+            shorten(", ".join(map(str, missing)), 60), bundle.num_classes, len(seen) - 1)
 
 
 def _read_npz(path: Path, origin: str) -> dict:

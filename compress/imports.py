@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 
 
 def import_object(target: str, base_dir: Path, origin: str) -> Any:
@@ -29,8 +29,22 @@ def import_object(target: str, base_dir: Path, origin: str) -> Any:
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise CompressError(f"{origin}: module {module_name!r} has no attribute {attr!r}")
+            raise CompressError(f"{origin}: module {module_name!r} has no attribute {attr!r}"
+                                f"{_suggest(module_name, obj, part)}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise CompressError(f"{origin}: {target} is not callable")
     return obj
+
+
+def _suggest(module_name: str, obj: Any, missing: str) -> str:
+    """'; did you mean 'mymodels:big_mlp'?' from the public callables of `obj`, else the list of them."""
+    import difflib
+
+    names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+    hint = difflib.get_close_matches(missing, names, n=1, cutoff=0.6)
+    if hint:
+        return f"; did you mean {module_name + ':' + hint[0]!r}?"
+    if names:
+        return f"; its public callables are: {shorten(', '.join(names), 200)}"
+    return "; it defines no public callables"

@@ -9,7 +9,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 
 MAX_CHECKPOINT_BYTES = 4 * 1024**3  # larger than any edge-bound teacher; refuse before reading
 
@@ -39,6 +39,7 @@ def build_model(spec: str, kwargs: dict[str, Any], *, input_shape: tuple[int, ..
 
     if spec.startswith("builtin:"):
         factory = BUILTINS[spec[len("builtin:"):]]
+        _check_builtin_shape(spec, input_shape, origin)
     elif spec.startswith("hf:"):
         return _build_hf(spec[3:], base_dir, origin, num_classes)
     else:
@@ -56,6 +57,10 @@ def build_model(spec: str, kwargs: dict[str, Any], *, input_shape: tuple[int, ..
         model = factory(**kw)
     except TypeError as exc:
         raise CompressError(f"{origin}.kwargs: {spec} does not accept these arguments: {exc}") from exc
+    except ValueError as exc:
+        if spec.startswith("builtin:"):  # the built-ins raise ValueError only for a bad keyword value
+            raise CompressError(f"{origin}.kwargs: {spec}: {exc}") from exc
+        raise CompressError(f"{origin}.model: {spec} raised {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise CompressError(f"{origin}.model: {spec} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
@@ -72,6 +77,18 @@ def build_model(spec: str, kwargs: dict[str, Any], *, input_shape: tuple[int, ..
         raise CompressError(f"{origin}.model: {spec} outputs {shape} for 2 examples; the data has {num_classes} "
                             f"classes, so expected (2, {num_classes}) logits")
     return model
+
+
+def _check_builtin_shape(spec: str, input_shape: tuple[int, ...], origin: str) -> None:
+    from compress.zoo import IMAGE_MODELS
+
+    if spec[len("builtin:"):] in IMAGE_MODELS and len(input_shape) != 3:
+        raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
+                            f"{_shape(input_shape)}; use builtin:mlp for flat features, or your own module:factory")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(map(str, shape))})"
 
 
 def _build_hf(directory: str, base_dir: Path, origin: str, num_classes: int):
@@ -131,21 +148,64 @@ def load_weights(model, path: Path, origin: str) -> None:
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise CompressError(f"{origin}: refused {path}: it needs code to load (not a weights-only checkpoint: "
-                                f"{first[:160]}); save a state_dict, ideally as safetensors") from exc
+            with open(path, "rb") as f:
+                magic = f.read(2)
+            if magic != b"PK" and magic[:1] != b"\x80":  # neither torch's zip nor a pickle: not a checkpoint
+                raise CompressError(f"{origin}: cannot read {path} as a torch checkpoint (it is neither a torch.save "
+                                    "zip nor a pickle); is it the right file?") from exc
+            raise CompressError(f"{origin}: refused {path}: it needs code to load (a pickled object, e.g. a whole "
+                                "model saved with torch.save(model)), and loading it would run that code; convert "
+                                "it once where it was made: from safetensors.torch import save_file; "
+                                "save_file(model.state_dict(), 'teacher.safetensors')") from exc
         except Exception as exc:
             raise CompressError(f"{origin}: cannot read {path} as a torch checkpoint "
                                 f"({type(exc).__name__}: {str(exc)[:160]})") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CompressError(f"{origin}: {path} does not hold a state_dict (a mapping of names to tensors)")
+        state = _find_state_dict(state, path, origin)
+    state = _strip_prefix(state, set(model.state_dict()))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise CompressError(f"{origin}: {path} does not match the model: {detail}") from exc
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+"""Where common training scripts put the weights inside a checkpoint dict (Lightning, the PyTorch tutorials, ...)."""
+
+
+def _find_state_dict(state: Any, path: Path, origin: str) -> dict:
+    """The name -> tensor mapping: the checkpoint itself, or the first of STATE_DICT_KEYS that holds one."""
+    import torch
+
+    def is_state(obj: Any) -> bool:
+        return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+    if is_state(state):
+        return state
+    if isinstance(state, dict):
+        for key in STATE_DICT_KEYS:
+            if is_state(state.get(key)):
+                return state[key]
+        keys = shorten(", ".join(repr(str(k)) for k in state), 120)
+        raise CompressError(f"{origin}: {path} holds a dict with keys {keys} but no state_dict under "
+                            f"{', '.join(map(repr, STATE_DICT_KEYS))}; save model.state_dict() alone, e.g. "
+                            "save_file(model.state_dict(), 'teacher.safetensors')")
+    raise CompressError(f"{origin}: {path} holds a {type(state).__name__}, not a state_dict (a mapping of names to "
+                        "tensors); save model.state_dict(), e.g. save_file(model.state_dict(), 'teacher.safetensors')")
+
+
+def _strip_prefix(state: dict, wanted: set[str]) -> dict:
+    """Drop a prefix every key carries ('model.' from Lightning, 'module.' from DDP) when that makes the names
+    match the model's; otherwise return `state` as it is (load_state_dict then names the mismatch)."""
+    if set(state) == wanted or not state:
+        return state
+    first = next(iter(state))
+    parts = first.split(".")
+    for n in range(1, len(parts)):
+        prefix = ".".join(parts[:n]) + "."
+        if all(k.startswith(prefix) for k in state) and {k[len(prefix):] for k in state} == wanted:
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def save_weights(model, path: Path) -> None:

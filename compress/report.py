@@ -166,6 +166,8 @@ def _edge_markdown(edge: dict | None) -> list[str]:
 
 
 def _plot(path: Path, report: dict) -> None:
+    """Accuracy vs batch-1 latency, marker area ~ file size. Models are numbered on the plot and named in a side
+    table, so ten models with near-equal figures stay readable; the accuracy axis never runs past 100%."""
     try:
         import matplotlib
 
@@ -180,26 +182,71 @@ def _plot(path: Path, report: dict) -> None:
             points.append((m["name"], row["p50_ms"], 100 * m["accuracy"], m.get("bytes") or 1))
     if not points:
         return
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     biggest = max(p[3] for p in points)
-    for name, ms, acc, size in points:
-        ax.scatter(ms, acc, s=40 + 600 * (size / biggest) ** 0.5, alpha=0.6)
-        ax.annotate(name, (ms, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    colors = plt.get_cmap("tab10").colors
+    offsets = _label_offsets(points)
+    for i, (name, ms, acc, size) in enumerate(points):
+        color = colors[i % len(colors)]
+        ax.scatter(ms, acc, s=40 + 600 * (size / biggest) ** 0.5, alpha=0.55, color=color, clip_on=False,
+                   label=f"{i + 1}  {name}: {acc:.2f}%, {ms:.4f} ms, {size / 1024:.1f} KB")
+        ax.annotate(str(i + 1), (ms, acc), textcoords="offset points", xytext=offsets[i], fontsize=8,
+                    ha="center", va="center", fontweight="bold",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"} if offsets[i] != (0, 0) else None)
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a short log axis overlap
-    ax.margins(x=0.25, y=0.15)
+    ax.margins(x=0.25)
+    ax.set_ylim(*_accuracy_limits([p[2] for p in points]))
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("accuracy in ONNX Runtime (%)")
-    ax.set_title(f"{report['pipeline']}: accuracy vs latency (marker area ~ file size)")
+    ax.set_title(f"{report['pipeline']}: accuracy vs latency (marker area ~ file size)", fontsize=10)
     ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, markerscale=0.4,
+              handletextpad=0.3, borderaxespad=0.0)
     fig.tight_layout()
     from compress.cache import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
+    """The data's range plus a little room, inside [0, 100]."""
+    lo, hi = min(accuracies), max(accuracies)
+    pad = max(0.15 * (hi - lo), 0.5)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
+def _label_offsets(points: list[tuple[str, float, float, float]]) -> list[tuple[float, float]]:
+    """Offsets (points) for the number labels: alone at a marker's centre; a cluster of near-equal models (within
+    ~3% of the plot in both axes) fans its numbers out on a circle, so none covers another."""
+    import math
+
+    xs = [math.log10(max(p[1], 1e-9)) for p in points]
+    ys = [p[2] for p in points]
+    x_span = (max(xs) - min(xs)) or 1.0
+    y_span = (max(ys) - min(ys)) or 1.0
+    clusters: list[list[int]] = []
+    for i in range(len(points)):
+        for cluster in clusters:
+            j = cluster[0]
+            if abs(xs[i] - xs[j]) < 0.03 * x_span and abs(ys[i] - ys[j]) < 0.03 * y_span:
+                cluster.append(i)
+                break
+        else:
+            clusters.append([i])
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
+    for cluster in clusters:
+        if len(cluster) == 1:
+            continue
+        radius = 14 + 2 * len(cluster)
+        for k, i in enumerate(cluster):
+            angle = math.pi / 2 + 2 * math.pi * k / len(cluster)
+            out[i] = (radius * math.cos(angle), radius * math.sin(angle))
+    return out
 
 
 def load_report(path: Path) -> dict[str, Any]:

@@ -324,7 +324,7 @@ FILE_CASES = {
     "checkpoint-wrong-shapes": (_ckpt_wrong_shapes, ["pipeline.toml: teacher.checkpoint", "does not match the model",
                                                      "size mismatch"]),
     "checkpoint-truncated-safetensors": (_ckpt_truncated, ["teacher.checkpoint", "not a valid safetensors file"]),
-    "checkpoint-not-a-state-dict": (_ckpt_not_state_dict, ["teacher.checkpoint", "does not hold a state_dict"]),
+    "checkpoint-not-a-state-dict": (_ckpt_not_state_dict, ["teacher.checkpoint", "holds a list, not a state_dict"]),
     "checkpoint-absurd-size": (_ckpt_huge, ["teacher.checkpoint", "over the", "byte limit"]),
     "npz-missing": (lambda d: (d / "tiny.npz").unlink(), ["pipeline.toml", "data.source", "file not found"]),
     "npz-not-a-zip": (_npz_not_zip, ["data.source", "not a readable .npz"]),

@@ -28,3 +28,36 @@ def test_shipped_pipelines_validate():
 
     for toml in sorted((ROOT / "pipelines").glob("*.toml")):
         assert load_config(toml).pipeline.name
+
+
+def readme_examples() -> dict[str, str]:
+    """The fenced blocks of README.md marked `<!-- example: NAME -->`, by NAME."""
+    text = (ROOT / "README.md").read_text()
+    return dict(re.findall(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
+
+
+def test_readme_your_own_model_example_runs_as_written(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    # setup: the README's files, verbatim, in an empty folder; its commands, in order
+    examples = readme_examples()
+    assert sorted(examples) == ["commands", "make_data.py", "mymodels.py", "pipeline.toml"]
+    for name in ("mymodels.py", "make_data.py", "pipeline.toml"):
+        (tmp_path / name).write_text(examples[name])
+    commands = [c.split("#")[0].split() for c in examples["commands"].strip().splitlines()]
+    assert commands == [["python", "make_data.py"], ["compress", "validate", "pipeline.toml"],
+                        ["compress", "run", "pipeline.toml"]]
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([sys.executable, "make_data.py"], check=True, cwd=tmp_path, timeout=120)
+    # execute
+    for command in commands[1:]:
+        result = CliRunner().invoke(main, [*command[1:], *(["--quiet"] if command[1] == "run" else [])])
+        assert result.exit_code == 0, result.output
+    # assert
+    report = json.loads((tmp_path / "runs" / "table" / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "control", "student"]
+    assert report["models"][0]["accuracy"] >= 0.9

@@ -19,11 +19,15 @@ Key = tuple[str, str, int, int]  # (model name or "", provider, batch, threads)
 
 
 def bench_document(model_path: str | Path, result: dict[str, Any], environment: dict[str, Any],
-                   settings: dict[str, Any]) -> dict[str, Any]:
-    """The JSON `compress bench --json` writes: latency rows as in report.json, plus where and how."""
+                   settings: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON `compress bench --json` writes: latency rows as in report.json, plus where and how.
+
+    `inputs` ({name: {"shape": [...], "type": "..."}}, symbolic dims as names) lets `compare` tell a new version of
+    the same model from a different model."""
     return {
         "schema": BENCH_SCHEMA,
         "model": str(model_path),
+        "inputs": inputs,
         "environment": environment,
         "settings": settings,
         "latency": result["latency"],
@@ -33,6 +37,11 @@ def bench_document(model_path: str | Path, result: dict[str, Any], environment: 
 
 def load_rows(path: str | Path) -> dict[Key, dict[str, Any]]:
     """Latency rows of a bench JSON or a pipeline report.json, keyed by (model, provider, batch, threads)."""
+    return rows_of(load_document(path), path)
+
+
+def load_document(path: str | Path) -> dict[str, Any]:
+    """The parsed JSON of a bench --json output or a report.json; CompressError when it is neither."""
     p = Path(path)
     if not p.is_file():
         raise CompressError(f"{p}: no such file; expected a `compress bench --json` output or a report.json")
@@ -42,12 +51,18 @@ def load_rows(path: str | Path) -> dict[Key, dict[str, Any]]:
         raise CompressError(f"{p}: not valid JSON ({exc}); pass a bench --json output or a report.json") from None
     if not isinstance(doc, dict):
         raise CompressError(f"{p}: expected a JSON object with 'latency' or 'models', got {type(doc).__name__}")
+    if not isinstance(doc.get("models"), list) and not isinstance(doc.get("latency"), list):
+        raise CompressError(f"{p}: no 'latency' rows or 'models' list; expected a bench --json output or a report.json")
+    return doc
+
+
+def rows_of(doc: dict[str, Any], path: str | Path) -> dict[Key, dict[str, Any]]:
+    """The latency rows of a document from load_document, keyed by (model, provider, batch, threads)."""
+    p = Path(path)
     if isinstance(doc.get("models"), list):
         groups = [(str(m.get("name", "")), m.get("latency") or []) for m in doc["models"] if isinstance(m, dict)]
-    elif isinstance(doc.get("latency"), list):
-        groups = [("", doc["latency"])]
     else:
-        raise CompressError(f"{p}: no 'latency' rows or 'models' list; expected a bench --json output or a report.json")
+        groups = [("", doc["latency"])]
     rows: dict[Key, dict[str, Any]] = {}
     for model, latency in groups:
         for i, row in enumerate(latency):

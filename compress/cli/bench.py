@@ -100,10 +100,15 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     (the geometric mean of fastest-block / fastest-block and the median of per-block ratios), so it does not
     move when the whole machine slows down; gates compare scores (the 'raw' column is the plain p50 ratio).
 
-    With --baseline OLD.json, rows matched by (provider, batch, threads) are gated: a row regresses only when
-    it is significantly slower (Mann-Whitney U) AND its score grew by more than --max-regression. A row that
-    looks slower than half that budget is measured again (fresh sessions, pooled with the first look) before
-    it is judged. Exit 1 on a regression.
+    With --baseline OLD.json, rows matched by (provider, batch, threads) are gated. A row is REGRESSED only
+    when all three hold: it is significantly slower (one-sided Mann-Whitney U on the raw samples, p < 0.01
+    after dividing each side by its reference; disjoint 95% CIs of p50 when no samples were kept), its score
+    ratio (new / base) exceeds 1 + --max-regression, and its raw p50 ratio exceeds it too. When the score
+    says slower but the raw p50 did not move past the budget, the row is 'unsure' and does not fail the
+    build (with a warning when the reference ran more than 15% faster or slower than in the baseline).
+    Rows without reference data are judged on the raw p50 alone. A row that looks slower than half the
+    budget is measured again (fresh sessions, pooled with the first look) before it is judged. Exit 1 on a
+    regression.
     """
     from compress.bench.compare import bench_document, compare, load_rows, machine_warnings, table
     from compress.bench.environment import environment
@@ -135,7 +140,9 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     click.echo(_latency_table(result["latency"], result["unavailable"]))
 
     if json_out is not None:
-        doc = bench_document(model, result, environment(), _settings_dict(settings))
+        from compress.bench.identity import model_inputs
+
+        doc = bench_document(model, result, environment(), _settings_dict(settings), model_inputs(model))
         from compress.cache import write_json
 
         write_json(json_out, doc)  # temp file + rename: a killed run never leaves half a JSON for a later gate
@@ -164,11 +171,26 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--max-regression", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Allowed slowdown of p50 as a fraction (0.10 = 10%).")
-def compare(base: Path, new: Path, max_regression: float) -> None:
-    """Compare two saved results (bench --json outputs or pipeline report.json files); exit 1 on a regression."""
-    from compress.bench import compare as cmp
+@click.option("--strict", is_flag=True, help="Results of different pipelines, models, inputs or providers are an "
+              "error (exit 2) instead of a warning. Use it in CI.")
+def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
+    """Compare two saved results (bench --json outputs or pipeline report.json files); exit 1 on a regression.
 
-    verdicts = cmp.compare(cmp.load_rows(base), cmp.load_rows(new), max_regression)
+    The two must describe the same thing: the same pipeline, models of the same size, the same model inputs and
+    the same providers. Otherwise a 'warning:' line says what differs (with --strict: exit 2) before the table.
+    The gate is the one `compress bench --baseline` uses (see `compress bench --help`).
+    """
+    from compress.bench import compare as cmp
+    from compress.bench.identity import mismatches
+
+    base_doc, new_doc = cmp.load_document(base), cmp.load_document(new)
+    differ = mismatches(base_doc, new_doc)
+    if differ and strict:
+        raise CompressError(f"compare: {base} and {new} are not comparable: {differ[0]}; compare two results of the "
+                            "same pipeline and model, or drop --strict to see the rows anyway")
+    for what in differ:
+        click.echo(f"warning: compare: {base} and {new}: {what}; their rows may compare unrelated models", err=True)
+    verdicts = cmp.compare(cmp.rows_of(base_doc, base), cmp.rows_of(new_doc, new), max_regression)
     click.echo(cmp.table(verdicts, max_regression))
     for line in cmp.machine_warnings(verdicts):
         click.echo(line, err=True)

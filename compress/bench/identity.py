@@ -1,0 +1,58 @@
+"""Are two saved results about the same thing? `compress compare` warns (or, with --strict, fails) when not.
+
+A report.json names its pipeline and each model with its parameter count; a bench JSON names the model's inputs
+(name, shape, type). Matching rows of two unrelated pipelines by model name ("teacher" vs "teacher") gives a
+confident ratio that means nothing; these checks say so before the table does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def model_inputs(model_path: str | Path) -> dict[str, dict[str, Any]] | None:
+    """{input name: {"shape": [...], "type": "tensor(float)"}} of an ONNX or ORT-format model; None if unreadable."""
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception:  # the bench itself reports an unreadable model; this is only extra information
+        return None
+    return {i.name: {"shape": [d if isinstance(d, (int, str)) else None for d in i.shape], "type": i.type}
+            for i in session.get_inputs()}
+
+
+def mismatches(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two documents (load_document) in ways that make their rows incomparable."""
+    out = []
+    base_pipe, new_pipe = base.get("pipeline"), new.get("pipeline")
+    if base_pipe and new_pipe and base_pipe != new_pipe:
+        out.append(f"different pipelines ({base_pipe!r} vs {new_pipe!r})")
+    base_models, new_models = _params(base), _params(new)
+    for name in sorted(set(base_models) & set(new_models)):
+        b, n = base_models[name], new_models[name]
+        if b is not None and n is not None and b != n:
+            out.append(f"model {name!r} has {b:,} params in one and {n:,} in the other")
+    if base.get("inputs") and new.get("inputs") and base["inputs"] != new["inputs"]:
+        out.append(f"different model inputs ({_inputs(base['inputs'])} vs {_inputs(new['inputs'])})")
+    base_prov, new_prov = _providers(base), _providers(new)
+    if base_prov and new_prov and base_prov != new_prov:
+        out.append(f"different providers measured ({', '.join(sorted(base_prov))} vs {', '.join(sorted(new_prov))})")
+    return out
+
+
+def _params(doc: dict[str, Any]) -> dict[str, int | None]:
+    models = doc.get("models") if isinstance(doc.get("models"), list) else []
+    return {str(m.get("name")): m.get("params") for m in models if isinstance(m, dict) and m.get("name")}
+
+
+def _providers(doc: dict[str, Any]) -> set[str]:
+    if isinstance(doc.get("models"), list):
+        rows = [r for m in doc["models"] if isinstance(m, dict) for r in (m.get("latency") or [])]
+    else:
+        rows = doc.get("latency") or []
+    return {str(r.get("provider")) for r in rows if isinstance(r, dict)}
+
+
+def _inputs(inputs: dict[str, Any]) -> str:
+    return "; ".join(f"{name} {spec.get('shape')} {spec.get('type', '')}".strip() for name, spec in inputs.items())

@@ -1,0 +1,225 @@
+"""Bring your own model and data (issue 14): each message a newcomer met is one exact line that says what to do.
+
+The setup is a user's folder: `mymodels.py` with two MLP factories, `table.npz` (30 features, 2 classes) and a
+pipeline.toml that loads the teacher from a checkpoint. Each case breaks one thing and asserts the whole line.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_bad_inputs import invoke
+
+MYMODELS = '''
+import torch.nn as nn
+
+
+def big_mlp(input_shape, num_classes, hidden=32):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def small_mlp(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 8), nn.ReLU(), nn.Linear(8, num_classes))
+
+
+def broken(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(7, num_classes))
+'''
+
+PIPELINE = '''
+[pipeline]
+name = "table"
+
+[data]
+source = "npz:table.npz"
+
+[teacher]
+model = "mymodels:big_mlp"
+checkpoint = "teacher.pt"
+
+[student]
+model = "mymodels:small_mlp"
+
+[benchmark]
+providers = ["cpu"]
+'''
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path) -> Path:
+    import sys
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 30)).astype(np.float32)
+    np.savez(tmp_path / "table.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    (tmp_path / "mymodels.py").write_text(MYMODELS)
+    (tmp_path / "pipeline.toml").write_text(textwrap.dedent(PIPELINE))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        import mymodels
+        importlib.reload(mymodels)
+        teacher = mymodels.big_mlp((30,), 2)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mymodels", None)
+    torch.save({"model": teacher.state_dict(), "epoch": 3}, tmp_path / "teacher.pt")
+    return tmp_path
+
+
+def replace(folder: Path, old: str, new: str) -> None:
+    path = folder / "pipeline.toml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def error_line(folder: Path, command: str = "validate") -> str:
+    """The one stderr line of `compress COMMAND pipeline.toml`, which must exit 2."""
+    args = ["run", "pipeline.toml", "--quiet"] if command == "run" else ["validate", "pipeline.toml"]
+    result = invoke(folder, *args)
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_the_user_folder_validates(user_dir: Path):
+    result = invoke(user_dir, "validate", "pipeline.toml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "pipeline.toml: ok (teacher, distill, export, benchmark)\n"
+
+
+def test_builtin_cnn_on_tabular_data_names_the_shape_and_suggests_mlp(user_dir: Path):
+    replace(user_dir, '"mymodels:small_mlp"', '"builtin:cnn-small"')
+    assert error_line(user_dir) == (
+        "error: pipeline.toml: student.model: builtin:cnn-small needs image examples shaped (C, H, W); the data's "
+        "examples are (30,); use builtin:mlp for flat features, or your own module:factory")
+
+
+def test_builtin_mlp_takes_an_int_hidden(user_dir: Path):
+    replace(user_dir, 'model = "mymodels:small_mlp"', 'model = "builtin:mlp"\nkwargs = { hidden = 16 }')
+    assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
+
+
+def test_builtin_mlp_bad_hidden_says_it_wants_a_list(user_dir: Path):
+    replace(user_dir, 'model = "mymodels:small_mlp"', 'model = "builtin:mlp"\nkwargs = { hidden = "wide" }')
+    assert error_line(user_dir) == ("error: pipeline.toml: student.kwargs: builtin:mlp: hidden: expected a layer width "
+                                    "or a list of widths like [64, 64], got 'wide'")
+
+
+@pytest.mark.parametrize("source, hint", [("cancer.npz", "npz:cancer.npz"), ("npx:table.npz", "npz:table.npz"),
+                                          ("mymodels:data", "python:mymodels:data"), ("digit", "digits")])
+def test_data_source_without_its_prefix_suggests_one(user_dir: Path, source: str, hint: str):
+    replace(user_dir, '"npz:table.npz"', f'"{source}"')
+    assert error_line(user_dir) == ("error: pipeline.toml: data.source: expected 'digits', 'npz:PATH' or "
+                                    f"'python:module:function', got '{source}'; did you mean '{hint}'?")
+
+
+def test_factory_typo_suggests_the_close_name(user_dir: Path):
+    replace(user_dir, "mymodels:big_mlp", "mymodels:bigmlp")
+    assert error_line(user_dir) == ("error: pipeline.toml: teacher.model: module 'mymodels' has no attribute "
+                                    "'bigmlp'; did you mean 'mymodels:big_mlp'?")
+
+
+def test_factory_far_from_any_name_lists_the_callables(user_dir: Path):
+    replace(user_dir, "mymodels:big_mlp", "mymodels:resnet")
+    assert error_line(user_dir) == ("error: pipeline.toml: teacher.model: module 'mymodels' has no attribute "
+                                    "'resnet'; its public callables are: big_mlp, broken, small_mlp")
+
+
+@pytest.mark.parametrize("layout", ["state_dict", "model_state_dict", "model", "lightning", "module-prefix"])
+def test_common_checkpoint_layouts_load(user_dir: Path, layout: str):
+    import torch
+
+    state = torch.load(user_dir / "teacher.pt", weights_only=True)["model"]
+    if layout == "lightning":
+        ckpt = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 30}
+    elif layout == "module-prefix":
+        ckpt = {f"module.{k}": v for k, v in state.items()}
+    else:
+        ckpt = {layout: state, "epoch": 3}
+    torch.save(ckpt, user_dir / "teacher.pt")
+    result = invoke(user_dir, "validate", "pipeline.toml")
+    assert result.exit_code == 0, result.output
+
+
+def test_checkpoint_dict_without_weights_names_its_keys(user_dir: Path):
+    import torch
+
+    state = torch.load(user_dir / "teacher.pt", weights_only=True)["model"]
+    torch.save({"weights_v2": state, "epoch": 3}, user_dir / "teacher.pt")
+    assert error_line(user_dir) == (
+        f"error: pipeline.toml: teacher.checkpoint: {user_dir / 'teacher.pt'} holds a dict with keys 'weights_v2', "
+        "'epoch' but no state_dict under 'state_dict', 'model_state_dict', 'model'; save model.state_dict() alone, "
+        "e.g. save_file(model.state_dict(), 'teacher.safetensors')")
+
+
+def test_whole_model_checkpoint_is_refused_with_the_conversion(user_dir: Path):
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(user_dir))
+    try:
+        import mymodels
+        torch.save(mymodels.big_mlp((30,), 2), user_dir / "teacher.pt")
+    finally:
+        sys.path.remove(str(user_dir))
+        sys.modules.pop("mymodels", None)
+    assert error_line(user_dir) == (
+        f"error: pipeline.toml: teacher.checkpoint: refused {user_dir / 'teacher.pt'}: it needs code to load (a "
+        "pickled object, e.g. a whole model saved with torch.save(model)), and loading it would run that code; "
+        "convert it once where it was made: from safetensors.torch import save_file; "
+        "save_file(model.state_dict(), 'teacher.safetensors')")
+
+
+def _strict_cuda(d: Path) -> str:
+    import onnxruntime as ort
+
+    replace(d, 'providers = ["cpu"]', 'providers = ["cpu", "cuda"]\nstrict = true')
+    return (f"error: pipeline.toml: benchmark.providers: 'cuda' (CUDAExecutionProvider) is not available in "
+            f"onnxruntime {ort.__version__} here (available: {', '.join(ort.get_available_providers())}); install the "
+            "onnxruntime build that has it, drop it from providers, or set strict = false")
+
+
+def _broken_student(d: Path) -> str:
+    replace(d, "mymodels:small_mlp", "mymodels:broken")
+    return ("error: pipeline.toml: student.model: mymodels:broken fails on a batch of shape (2, 30) from the data: "
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x30 and 7x2)")
+
+
+def _bad_checkpoint(d: Path) -> str:
+    (d / "teacher.pt").write_bytes(b"not a checkpoint")
+    return (f"error: pipeline.toml: teacher.checkpoint: cannot read {d / 'teacher.pt'} as a torch checkpoint "
+            "(it is neither a torch.save zip nor a pickle); is it the right file?")
+
+
+@pytest.mark.parametrize("breakage", [_strict_cuda, _broken_student, _bad_checkpoint])
+def test_validate_rejects_what_run_rejects_with_the_same_line(user_dir: Path, breakage):
+    import onnxruntime as ort
+
+    if breakage is _strict_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is installed here")
+    expected = breakage(user_dir)
+    assert error_line(user_dir, "validate") == expected
+    assert error_line(user_dir, "run") == expected
+    assert not (user_dir / "runs").exists() or not any((user_dir / "runs").rglob("*.safetensors"))
+
+
+def test_labels_with_gaps_are_accepted_with_a_warning(user_dir: Path, caplog: pytest.LogCaptureFixture):
+    with np.load(user_dir / "table.npz") as z:
+        x, y = z["x"], z["y"]
+    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
+    replace(user_dir, 'checkpoint = "teacher.pt"', '[teacher.train]\nepochs = 1')
+    result = invoke(user_dir, "validate", "pipeline.toml")
+    assert result.exit_code == 0, result.output
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "warning: pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, "
+        "one per label value; renumber the labels 0..1 if the gaps are not meant"]
