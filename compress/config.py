@@ -54,6 +54,9 @@ class TeacherSection(ModelSection):
 
     checkpoint: str | None = Field(None, description="safetensors (preferred) or a torch file loadable with "
                                    "weights_only=True, relative to this file. Without it, [teacher.train] trains one.")
+    checkpoint_key: str | None = Field(None, description="Entry of a checkpoint dict that holds the state_dict "
+                                       "(e.g. 'ema_state'); by default 'state_dict', 'model_state_dict' and 'model' "
+                                       "are tried, and a plain state_dict is taken as it is.")
     train: TrainConfig | None = Field(None, description="Training settings used when there is no checkpoint.")
 
 

@@ -123,8 +123,12 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_weights(model, path: Path, origin: str) -> None:
-    """Load a safetensors or weights-only torch checkpoint into `model` (strict). Never unpickles code."""
+def load_weights(model, path: Path, origin: str, *, key: str | None = None) -> None:
+    """Load a safetensors or weights-only torch checkpoint into `model` (strict). Never unpickles code.
+
+    `key` names the entry of a checkpoint dict that holds the state_dict (`[teacher] checkpoint_key`); without
+    it the common layouts are found (STATE_DICT_KEYS).
+    """
     import pickle
     import warnings
 
@@ -160,7 +164,7 @@ def load_weights(model, path: Path, origin: str) -> None:
         except Exception as exc:
             raise CompressError(f"{origin}: cannot read {path} as a torch checkpoint "
                                 f"({type(exc).__name__}: {str(exc)[:160]})") from exc
-        state = _find_state_dict(state, path, origin)
+        state = _find_state_dict(state, path, origin, key)
     state = _strip_prefix(state, set(model.state_dict()))
     try:
         model.load_state_dict(state, strict=True)
@@ -173,12 +177,21 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 """Where common training scripts put the weights inside a checkpoint dict (Lightning, the PyTorch tutorials, ...)."""
 
 
-def _find_state_dict(state: Any, path: Path, origin: str) -> dict:
-    """The name -> tensor mapping: the checkpoint itself, or the first of STATE_DICT_KEYS that holds one."""
+def _find_state_dict(state: Any, path: Path, origin: str, key: str | None = None) -> dict:
+    """The name -> tensor mapping: `key`'s entry when given, else the checkpoint itself or the first of
+    STATE_DICT_KEYS that holds one."""
     import torch
 
     def is_state(obj: Any) -> bool:
         return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+    if key is not None:
+        found = state.get(key) if isinstance(state, dict) else None
+        if is_state(found):
+            return found
+        keys = shorten(", ".join(repr(str(k)) for k in state), 120) if isinstance(state, dict) else "none"
+        raise CompressError(f"{origin.removesuffix('.checkpoint')}.checkpoint_key: {path} has no state_dict under "
+                            f"{key!r} (its keys: {keys}); set checkpoint_key to the entry that holds the weights")
 
     if is_state(state):
         return state
@@ -188,8 +201,9 @@ def _find_state_dict(state: Any, path: Path, origin: str) -> dict:
                 return state[key]
         keys = shorten(", ".join(repr(str(k)) for k in state), 120)
         raise CompressError(f"{origin}: {path} holds a dict with keys {keys} but no state_dict under "
-                            f"{', '.join(map(repr, STATE_DICT_KEYS))}; save model.state_dict() alone, e.g. "
-                            "save_file(model.state_dict(), 'teacher.safetensors')")
+                            f"{', '.join(map(repr, STATE_DICT_KEYS))}; name the entry with [teacher] checkpoint_key, "
+                            "or save model.state_dict() alone, e.g. save_file(model.state_dict(), "
+                            "'teacher.safetensors')")
     raise CompressError(f"{origin}: {path} holds a {type(state).__name__}, not a state_dict (a mapping of names to "
                         "tensors); save model.state_dict(), e.g. save_file(model.state_dict(), 'teacher.safetensors')")
 
@@ -226,4 +240,5 @@ def check_models(cfg, data) -> None:
         model = build_model(section.model, section.kwargs, input_shape=data.input_shape,
                             num_classes=data.num_classes, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: {name}")
         if name == "teacher" and cfg.teacher.checkpoint:
-            load_weights(model, cfg.resolve(cfg.teacher.checkpoint), f"{cfg.source_path}: teacher.checkpoint")
+            load_weights(model, cfg.resolve(cfg.teacher.checkpoint), f"{cfg.source_path}: teacher.checkpoint",
+                         key=cfg.teacher.checkpoint_key)

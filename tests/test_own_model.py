@@ -157,8 +157,22 @@ def test_checkpoint_dict_without_weights_names_its_keys(user_dir: Path):
     torch.save({"weights_v2": state, "epoch": 3}, user_dir / "teacher.pt")
     assert error_line(user_dir) == (
         f"error: pipeline.toml: teacher.checkpoint: {user_dir / 'teacher.pt'} holds a dict with keys 'weights_v2', "
-        "'epoch' but no state_dict under 'state_dict', 'model_state_dict', 'model'; save model.state_dict() alone, "
-        "e.g. save_file(model.state_dict(), 'teacher.safetensors')")
+        "'epoch' but no state_dict under 'state_dict', 'model_state_dict', 'model'; name the entry with [teacher] "
+        "checkpoint_key, or save model.state_dict() alone, e.g. save_file(model.state_dict(), 'teacher.safetensors')")
+
+
+def test_checkpoint_key_names_the_entry_and_a_wrong_one_lists_the_keys(user_dir: Path):
+    import torch
+
+    state = torch.load(user_dir / "teacher.pt", weights_only=True)["model"]
+    torch.save({"weights_v2": state, "epoch": 3}, user_dir / "teacher.pt")
+    toml = (user_dir / "pipeline.toml").read_text()
+    (user_dir / "pipeline.toml").write_text(toml.replace("[teacher]\n", "[teacher]\ncheckpoint_key = 'weights_v2'\n"))
+    assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
+    (user_dir / "pipeline.toml").write_text(toml.replace("[teacher]\n", "[teacher]\ncheckpoint_key = 'ema'\n"))
+    assert error_line(user_dir) == (
+        f"error: pipeline.toml: teacher.checkpoint_key: {user_dir / 'teacher.pt'} has no state_dict under 'ema' "
+        "(its keys: 'weights_v2', 'epoch'); set checkpoint_key to the entry that holds the weights")
 
 
 def test_whole_model_checkpoint_is_refused_with_the_conversion(user_dir: Path):

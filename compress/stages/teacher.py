@@ -20,7 +20,8 @@ def run(ctx: StageContext) -> StageResult:
                         base_dir=cfg.base_dir, origin=ctx.origin("teacher"))
     info: dict = {}
     if section.checkpoint:
-        load_weights(model, cfg.resolve(section.checkpoint), ctx.origin("teacher.checkpoint"))
+        load_weights(model, cfg.resolve(section.checkpoint), ctx.origin("teacher.checkpoint"),
+                     key=section.checkpoint_key)
         info["source"] = "checkpoint"
     else:
         history = fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), section.train,
