@@ -1,0 +1,123 @@
+"""QNN target: placement measured on the HTP simulator, accuracy beside ORT CPU, EPContext, not-installed path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.edge import qnn
+from compress.edge.qnn_flow import _DEFAULT_FIX, blockers, prepare_qnn, readiness_entry
+
+DIGITS = Path(__file__).resolve().parents[1] / "compress" / "data" / "digits.npz"
+
+
+def _digits(n: int) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(DIGITS) as z:
+        return z["x"][:n].astype(np.float32)[:, None] / 16.0, z["y"][:n]
+
+
+def _tiny_cnn(path: Path) -> Path:
+    import torch
+    import torch.nn as nn
+
+    from compress.onnx.export import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    return export_onnx(model, torch.zeros(1, 1, 8, 8), path)
+
+
+def _graph_with(op: str, path: Path) -> Path:
+    """Relu -> `op` -> Relu on a fixed [1, 4, 4] float input, node names relu_in, odd, relu_out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu_in"), helper.make_node(op, ["a"], ["b"], name="odd"),
+             helper.make_node("Relu", ["b"], ["y"], name="relu_out")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+LOG = """\
+2026-11-23 [V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation FAILED for 1 nodes in OrtNodeUnit (Det) :
+\tOperator type: Det Node name: odd Node index: 1
+\tREASON : Operators of type `Det` are not supported by QNN EP.
+
+2026-11-23 [V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation PASSED for 2 nodes in OrtNodeUnit (Relu) :
+\tOperator type: Relu Node name: relu_in Node index: 0
+\tOperator type: Relu Node name: relu_out Node index: 2
+"""
+
+
+def test_parse_validation_log_reads_each_node_with_its_reason():
+    assert qnn.parse_validation_log(LOG) == {
+        "odd": {"op_type": "Det", "passed": False, "reason": "Operators of type `Det` are not supported by QNN EP."},
+        "relu_in": {"op_type": "Relu", "passed": True, "reason": None},
+        "relu_out": {"op_type": "Relu", "passed": True, "reason": None},
+    }
+
+
+def test_blockers_group_by_op_and_name_the_usual_fix():
+    refused = [{"name": "a", "op_type": "Conv", "reason": "Cannot get shape"},
+               {"name": "b", "op_type": "Conv", "reason": "Cannot get shape"},
+               {"name": "c", "op_type": "Det", "reason": "Operators of type `Det` are not supported by QNN EP."}]
+    got = blockers(refused)
+    assert [(b["op_type"], b["nodes"]) for b in got] == [("Conv", 2), ("Det", 1)]
+    assert got[0]["fix"].startswith("fix the shapes: [export] fixed_batch = 1")
+    assert got[1]["fix"] == _DEFAULT_FIX
+
+
+def test_not_installed_is_reported_with_the_install_line(monkeypatch, tmp_path):
+    # setup: onnxruntime_qnn not importable, nothing registered yet
+    monkeypatch.setitem(qnn._registered, "status", None)
+    monkeypatch.delitem(qnn._registered, "status")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime_qnn", None)
+    # execute
+    section = prepare_qnn(tmp_path / "never-read.onnx", tmp_path, calibration=np.zeros((1, 1, 8, 8), np.float32))
+    # assert
+    assert section == {"provider": "QNNExecutionProvider", "installed": False,
+                       "reason": f"not installed; {qnn.INSTALL}", "install": qnn.INSTALL}
+    assert readiness_entry(section)["available"] is False
+    assert not (tmp_path / "qnn.json").exists()
+
+
+@pytest.mark.qnn
+def test_tiny_cnn_runs_entirely_on_htp_with_a_matching_context_model(tmp_path):
+    x, y = _digits(24)
+    section = prepare_qnn(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "edge", calibration=x[:8], val_x=x,
+                          val_y=y, latency_runs=3)
+    placed = section["placement"]
+    assert (placed["nodes_on_htp"], placed["share_on_htp"], placed["partitions"]) == (placed["nodes_total"], 1.0, 1)
+    assert placed["refused"] == [] and section["blockers"] == []
+    assert section["runs_without_fallback"] is True
+    assert section["accuracy"]["samples"] == 24
+    # an untrained model's logits are near ties, so uint8 rounding flips a few; trained ones: docs/qnn.md
+    assert section["accuracy"]["top1_agreement_htp_vs_int8_cpu"] >= 0.9
+    assert section["context"]["loads"] is True and section["context"]["parity"]["ok"] is True
+    assert section["latency"]["simulated"] is True
+    assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [
+        "cnn.batch1.onnx", "cnn.qnn.qdq.onnx", "cnn.qnn_ctx.onnx", "qnn.json"]
+    assert readiness_entry(section)["suitability"] == "good"
+
+
+@pytest.mark.qnn
+def test_placement_names_the_node_htp_refused_and_why(tmp_path):
+    model = _graph_with("Det", tmp_path / "det.onnx")
+    placed = qnn.placement(model, tmp_path / "det_ctx.onnx")
+    assert (placed["nodes_total"], placed["nodes_on_htp"], placed["partitions"]) == (3, 2, 2)
+    assert [(n["name"], n["op_type"]) for n in placed["refused"]] == [("odd", "Det")]
+    assert "`Det` are not supported by QNN EP" in placed["refused"][0]["reason"]
+    assert qnn.runs_without_fallback(model)["ok"] is False
+
+
+@pytest.mark.qnn
+def test_dynamic_batch_is_refused_with_the_fixed_shape_fix(tmp_path):
+    placed = qnn.placement(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "ctx.onnx")
+    assert (placed["nodes_on_htp"], placed["context_path"]) == (0, None)
+    assert {n["reason"] for n in placed["refused"]} == {"Cannot get shape"}
+    assert blockers(placed["refused"])[0]["fix"].startswith("fix the shapes")
