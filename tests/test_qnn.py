@@ -102,7 +102,7 @@ def test_tiny_cnn_runs_entirely_on_htp_with_a_matching_context_model(tmp_path):
     assert section["latency"]["simulated"] is True
     assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [
         "cnn.batch1.onnx", "cnn.qnn.qdq.onnx", "cnn.qnn_ctx.onnx", "qnn.json"]
-    assert readiness_entry(section)["suitability"] == "good"
+    assert readiness_entry(section)["suitability"] == "yes"
 
 
 @pytest.mark.qnn
@@ -121,3 +121,29 @@ def test_dynamic_batch_is_refused_with_the_fixed_shape_fix(tmp_path):
     assert (placed["nodes_on_htp"], placed["context_path"]) == (0, None)
     assert {n["reason"] for n in placed["refused"]} == {"Cannot get shape"}
     assert blockers(placed["refused"])[0]["fix"].startswith("fix the shapes")
+
+
+@pytest.mark.qnn
+def test_cli_edge_provider_qnn_measures_and_writes_the_context_model(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    x, y = _digits(16)
+    np.savez(tmp_path / "calib.npz", input=x, y=y)
+    model = _tiny_cnn(tmp_path / "cnn.onnx")
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "edge"), "--fixed-batch", "1",
+                                       "--provider", "qnn", "--calibration", str(tmp_path / "calib.npz")])
+    assert result.exit_code == 0, result.output
+    assert "runs with CPU fallback disabled: yes" in result.output
+    assert (tmp_path / "edge" / "cnn.qnn_ctx.onnx").is_file() and (tmp_path / "edge" / "cnn.batch1.basic.ort").is_file()
+
+
+def test_cli_edge_provider_qnn_without_calibration_is_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    result = CliRunner().invoke(main, ["edge", str(_tiny_cnn(tmp_path / "cnn.onnx")), "--provider", "qnn"])
+    assert result.exit_code == 2
+    assert "--provider qnn: needs --calibration DATA.npz" in result.output

@@ -165,7 +165,7 @@ def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
         "provider": "QNNExecutionProvider", "available": True, "measured": True,
         "rules": "measured: QNN EP HTP backend (x86_64 simulator)", "nodes_total": total, "nodes_taken": taken,
         "nodes_fallback": total - taken, "partitions": placed["partitions"],
-        "suitability": "good" if section["runs_without_fallback"] else ("partial" if taken else "poor"),
+        "suitability": "yes" if section["runs_without_fallback"] else ("maybe" if taken else "no"),
         "unsupported_ops": sorted({b["op_type"] for b in section["blockers"]}),
         "fallback_due_to_dynamic_shape": 0, "runs_without_fallback": section["runs_without_fallback"],
         "blockers": section["blockers"], "wants_fixed_shapes": True,
