@@ -147,3 +147,32 @@ def test_cli_edge_provider_qnn_without_calibration_is_exit_2(tmp_path):
     result = CliRunner().invoke(main, ["edge", str(_tiny_cnn(tmp_path / "cnn.onnx")), "--provider", "qnn"])
     assert result.exit_code == 2
     assert "--provider qnn: needs --calibration DATA.npz" in result.output
+
+
+@pytest.mark.qnn
+def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
+    from tests.test_pipeline import _run_with
+
+    result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\nedge_targets = ["qnn"]\n')
+    assert result.exit_code == 0, result.output
+    edge = report["edge"]
+    assert edge["readiness"]["providers"]["QNN"]["measured"] is True
+    assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True
+    assert edge["qnn"]["accuracy"]["samples"] == 100  # the validation split of the 400 tiny digits
+    assert (tiny_dir / "runs/tiny" / edge["qnn"]["placement"]["context_path"]).is_file()
+
+
+@pytest.mark.parametrize("section, message", [
+    ('edge_targets = ["qnn"]', "pipeline.toml: export: edge_targets run in the edge stage: set ort_format = true as well"),
+    ('ort_format = true\nedge_targets = ["npu"]', "pipeline.toml: export.edge_targets.0: expected 'qnn', got 'npu'"),
+])
+def test_edge_targets_are_checked_when_the_file_loads(tiny_dir, section, message):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + f"\n[export]\n{section}\n")
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2
+    assert message in result.output
