@@ -176,3 +176,34 @@ def test_edge_targets_are_checked_when_the_file_loads(tiny_dir, section, message
     result = CliRunner().invoke(main, ["validate", str(toml)])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.qnn
+def test_bench_kit_runs_the_model_on_qnn_htp_and_compare_reads_it(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+    from compress.kit import make_kit
+
+    # setup: the QNN QDQ model in a kit (expected outputs from ORT CPU on this machine)
+    x, y = _digits(8)
+    section = prepare_qnn(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "edge", calibration=x, latency_runs=2)
+    kit = make_kit(Path(section["qdq_path"]), tmp_path / "kit", inputs={"input": x[:1]}, providers=["qnn"],
+                   min_runs=5, min_seconds=0.0, repetitions=1, warmup_runs=1)
+    # execute: the kit's own script, the whole graph required on the NPU
+    done = subprocess.run([sys.executable, str(kit / "bench_kit.py"), "--json", "device.json", "--atol", "1",
+                           "--provider-option", "qnn:session.disable_cpu_ep_fallback=1", "--strict"],
+                          cwd=kit, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    # assert
+    assert done.returncode == 0, done.stderr
+    report = json.loads((kit / "device.json").read_text())
+    rows = report["models"][0]["latency"]
+    assert [r["provider"] for r in rows] == ["QNNExecutionProvider"]
+    result = CliRunner().invoke(main, ["compare", str(kit / "device.json"), str(kit / "device.json")])
+    assert result.exit_code == 0, result.output
+    assert "QNNExecutionProvider" in result.output
