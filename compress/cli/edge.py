@@ -18,14 +18,26 @@ import click
               help="Save runtime optimizations in the ORT file (ORT's advice when NNAPI/CoreML take part).")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path), default=None,
               help=".npz with one array per model input for the parity check (default: seeded random).")
+@click.option("--provider", "targets", type=click.Choice(["qnn"]), multiple=True,
+              help="Also measure this target on its own backend: qnn = QNN EP, HTP (Snapdragon NPU) backend, "
+                   "simulated here (needs onnxruntime-qnn: pip install 'compress[qnn]').")
+@click.option("--calibration", "calibration_npz", type=click.Path(path_type=Path), default=None,
+              help="qnn: .npz with the input array (named as the model input, or the only array) for calibration "
+                   "and accuracy; labels under 'y' add accuracy rows.")
+@click.option("--activation-type", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
+              help="qnn: activation type of the QDQ model (uint16: more accurate, slower on the NPU).")
+@click.option("--qnn-option", "qnn_options", multiple=True, metavar="KEY=VALUE",
+              help="qnn: QNN EP provider option, e.g. htp_arch=73 or soc_model=57 for the phone's chip.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the whole section (every node, every provider) here.")
 def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimization: str, runtime_opt: bool,
-         inputs_npz: Path | None, json_path: Path | None) -> None:
+         inputs_npz: Path | None, targets: tuple[str, ...], calibration_npz: Path | None, activation_type: str,
+         qnn_options: tuple[str, ...], json_path: Path | None) -> None:
     """Prepare MODEL for phones and boards: ORT format, operator config, parity, per-provider readiness.
 
     Writes <out>/<stem>.<level>.ort, the required_operators config for a minimal ORT build, and edge.json.
     Exit 1 when the ORT-format outputs differ from the ONNX ones by more than 1e-5 + 1e-5 x |output|.
+    With --provider qnn: the QNN QDQ model, the EPContext model (<stem>.qnn_ctx.onnx) and qnn.json too.
     """
     from compress.cache import write_json
     from compress.edge import prepare, readiness_table
@@ -38,8 +50,9 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         session, _ = open_session(model, "cpu", threads=1, strict=True)
         inputs = load_npz(inputs_npz, session)
     out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
+    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options) if "qnn" in targets else None
     section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
-                      style="runtime" if runtime_opt else "fixed")
+                      style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
     ort = section["ort"]
     parity = section["parity"]
     click.echo(f"ORT format: {ort['ort_path']} ({ort['bytes']} bytes, optimization {ort['optimization']})")
@@ -49,6 +62,44 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     click.echo(readiness_table(section["readiness"]))
     for note in section["readiness"]["notes"]:
         click.echo(f"note: {note}")
+    if "qnn" in section:
+        from compress.edge.qnn_flow import qnn_table
+
+        click.echo(qnn_table(section["qnn"]))
     click.echo(f"wrote {Path(out) / 'edge.json'}")
     if json_path is not None:
         write_json(json_path, section)
+
+
+def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
+                qnn_options: tuple[str, ...]) -> dict:
+    """prepare_qnn's data and options from the command line; CompressError (exit 2) for bad ones."""
+    import numpy as np
+
+    from compress.errors import CompressError
+    from compress.onnx.graph import single_input
+
+    if calibration_npz is None:
+        raise CompressError("--provider qnn: needs --calibration DATA.npz (a few hundred real inputs, first axis "
+                            "the sample) to quantize the model for the NPU")
+    options = {}
+    for item in qnn_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompressError(f"--qnn-option {item!r}: expected KEY=VALUE, e.g. htp_arch=73")
+        options[key.strip()] = value.strip()
+    name, _, _ = single_input(model, what="--provider qnn")
+    try:
+        with np.load(calibration_npz, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # missing file, zip or format errors: all mean "not a usable npz"
+        raise CompressError(f"{calibration_npz}: not a readable .npz ({type(exc).__name__}); save the inputs "
+                            f"with numpy.savez(path, {name}=x, y=labels)") from None
+    inputs = {k: v for k, v in arrays.items() if k not in ("y", "labels")}
+    x = inputs.get(name, next(iter(inputs.values())) if len(inputs) == 1 else None)
+    if x is None:
+        raise CompressError(f"{calibration_npz}: expected an array named {name!r} (the model input), got "
+                            f"{sorted(arrays)}")
+    y = arrays.get("y", arrays.get("labels"))
+    return {"calibration": x.astype(np.float32), "val_x": x.astype(np.float32), "val_y": y,
+            "activation_type": activation_type, "provider_options": options or None}

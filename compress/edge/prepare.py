@@ -88,6 +88,8 @@ def prepare(
     style: Literal["fixed", "runtime"] = "fixed",
     atol: float = 1e-5,
     rtol: float | None = None,
+    targets: tuple[str, ...] = (),
+    qnn: dict | None = None,
 ) -> dict:
     """Everything `compress edge` and `[export] ort_format = true` do, in order; returns the report section.
 
@@ -97,6 +99,9 @@ def prepare(
        when None) by the one parity rule, |ort - onnx| <= atol + rtol * |onnx| (compress.onnx.parity); a
        mismatch raises GateFailed after `edge.json` is written;
     4. edge readiness per provider (`readiness`), on the graph the ORT file holds.
+    5. for each of `targets` ("qnn"), the target measured on its backend: `qnn` holds the keyword arguments
+       of compress.edge.qnn_flow.prepare_qnn (calibration, val_x, val_y, activation_type, ...); the result
+       goes under "qnn" and replaces the provider's readiness row with the measured one.
     The section is also written to `out_dir/edge.json`.
     """
     out_dir = Path(out_dir)
@@ -117,6 +122,14 @@ def prepare(
         # the runtime style stores the basic graph and replays the rest at load time
         "readiness": readiness(model, optimization="basic" if style == "runtime" else optimization),
     }
+    if "qnn" in targets:
+        from compress.edge.qnn_flow import prepare_qnn, readiness_entry
+
+        if not qnn or qnn.get("calibration") is None:
+            raise CompressError("edge target qnn: no calibration data; pass --calibration DATA.npz "
+                                "(the pipeline passes its training data)")
+        section["qnn"] = prepare_qnn(Path(onnx_path), out_dir, fixed_batch=fixed_batch or 1, **qnn)
+        section["readiness"]["providers"]["QNN"] = readiness_entry(section["qnn"])
     write_json(out_dir / "edge.json", section)
     if not section["parity_ok"]:
         raise GateFailed(

@@ -52,9 +52,9 @@ _UNCHECKED_PROVIDERS = {
     "QNN": {
         "provider": "QNNExecutionProvider",
         "available": False,
-        "reason": "onnxruntime.tools ships no QNN operator rules (onnxruntime.tools.qnn only preprocesses models). "
-                  "The QNN EP needs fixed input shapes, and its HTP (NPU) backend a quantized QDQ model. "
-                  "Check on the device with onnxruntime-qnn: bench kit with --provider qnn --strict.",
+        "reason": "onnxruntime.tools ships no QNN operator rules; measure it instead: `compress edge MODEL "
+                  "--provider qnn --calibration DATA.npz` or [export] edge_targets = [\"qnn\"] runs the model on "
+                  "the QNN EP's HTP backend (needs onnxruntime-qnn: pip install 'compress[qnn]').",
         "wants_fixed_shapes": True,
     },
 }
@@ -220,7 +220,8 @@ def readiness_table(section: dict) -> str:
     lines = [f"{'provider':<22}{'taken':>9}{'partitions':>12}  {'suits':<6} falls back"]
     for key, p in section["providers"].items():
         if not p["available"]:
-            lines.append(f"{key:<22}{'-':>9}{'-':>12}  {'?':<6} no rules in onnxruntime.tools (see reason)")
+            why = p["reason"] if "measured" in p else "no rules in onnxruntime.tools (see reason)"
+            lines.append(f"{key:<22}{'-':>9}{'-':>12}  {'?':<6} {why}")
             continue
         fallback = ", ".join(op.split(":")[-1] for op in p["unsupported_ops"]) or "-"
         if p["fallback_due_to_dynamic_shape"]:

@@ -81,8 +81,30 @@ def subsample(samples, max_count):
     return arr[idx].tolist()
 
 
+def qnn_plugin_devices():
+    """The QNN EP's devices when the onnxruntime-qnn plugin wheel is installed (registered on first call), else
+    None: an onnxruntime build with QNN built in (onnxruntime-android-qnn) takes the plain providers list."""
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        return None
+    try:
+        ort.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
+    except Exception as exc:  # already registered in this process
+        if "already registered" not in str(exc):
+            return None
+    return [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"] or None
+
+
 def open_session(model, provider, threads, options, no_spin):
-    """(session, None) when `provider` really runs the model, else (None, reason). Never silently CPU."""
+    """(session, None) when `provider` really runs the model, else (None, reason). Never silently CPU.
+
+    Options whose key starts with "session." are session config entries (e.g. qnn:session.disable_cpu_ep_fallback=1
+    to require the whole graph on the NPU); the rest go to the provider (qnn: backend_type, backend_path, ...).
+    """
+    options = dict(options)
+    config = dict((k, options.pop(k)) for k in list(options) if k.startswith("session."))
+    devices = qnn_plugin_devices() if provider == "QNNExecutionProvider" else None
     available = ort.get_available_providers()
     if provider not in available:
         return None, "not available in onnxruntime %s (available: %s)" % (ort.__version__, ", ".join(available))
@@ -95,11 +117,17 @@ def open_session(model, provider, threads, options, no_spin):
     if no_spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    for key, value in config.items():
+        so.add_session_config_entry(key, str(value))
     providers = [(provider, {str(k): str(v) for k, v in options.items()})]
     if provider != CPU:
         providers.append(CPU)  # nodes the provider cannot take run on the CPU: normal ORT partitioning
     try:
-        session = ort.InferenceSession(model, sess_options=so, providers=providers)
+        if devices:  # plugin EP: chosen by device, CPU stays the fallback unless disabled above
+            so.add_provider_for_devices(devices, dict({"backend_type": "htp"}, **providers[0][1]))
+            session = ort.InferenceSession(model, sess_options=so)
+        else:
+            session = ort.InferenceSession(model, sess_options=so, providers=providers)
     except Exception as exc:  # ORT raises its own exception types
         if provider == CPU:
             raise

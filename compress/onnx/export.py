@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.errors import CompressError, first_line
 from compress.section import Section
@@ -25,6 +25,19 @@ class ExportConfig(Section):
                              "reduced-operator config, and an edge-readiness section in the report.")
     fixed_batch: int | None = Field(None, ge=1, description="Fix the batch dimension of the edge copy (mobile "
                                     "providers such as NNAPI and CoreML want static shapes).")
+    edge_targets: tuple[Literal["qnn"], ...] = Field((), description="Edge targets measured on their own backend "
+                                                     "in the edge stage: 'qnn' = QNN EP, HTP (Snapdragon NPU) "
+                                                     "backend, simulated by onnxruntime-qnn (pip install "
+                                                     "'compress[qnn]'): placement, accuracy, EPContext model. "
+                                                     "Needs ort_format = true.")
+    qnn_activation_type: Literal["uint8", "uint16"] = Field("uint8", description="Activation type of the QNN QDQ "
+                                                            "model (uint16: more accurate, slower on the NPU).")
+
+    @model_validator(mode="after")
+    def _targets_need_edge_stage(self) -> "ExportConfig":
+        if self.edge_targets and not self.ort_format:
+            raise ValueError("edge_targets run in the edge stage: set ort_format = true as well")
+        return self
 
 
 def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: str = "torchscript") -> Path:

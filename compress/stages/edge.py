@@ -18,12 +18,22 @@ def run(ctx: StageContext) -> StageResult:
     onnx_path = ctx.run_dir / final.onnx
     batch = ctx.cfg.export.fixed_batch
     name, _, _ = single_input(onnx_path, what="the edge stage")
-    section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs={name: ctx.data.example(batch or 1).numpy()})
+    targets = ctx.cfg.export.edge_targets
+    qnn = None
+    if "qnn" in targets:  # calibration: training data; accuracy: the validation split
+        qnn = {"calibration": ctx.data.x_train[:256].numpy(), "val_x": ctx.data.x_val.numpy(),
+               "val_y": ctx.data.y_val.numpy(), "activation_type": ctx.cfg.export.qnn_activation_type}
+    section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs={name: ctx.data.example(batch or 1).numpy()},
+                      targets=targets, qnn=qnn)
     section = _relative(ctx, {"model": final.name, **section})
     artifacts = [p for p in (section["ort"].get("ort_path"), section["ort"].get("config_path")) if isinstance(p, str)]
     artifacts.append(ctx.rel(ctx.stage_dir / "edge.json"))
     if batch is not None:
         artifacts.append(section["onnx_path"])
+    qnn_done = section.get("qnn") or {}
+    artifacts += [qnn_done[k] for k in ("qdq_path",) if qnn_done.get(k)]
+    if (qnn_done.get("placement") or {}).get("context_path"):
+        artifacts.append(qnn_done["placement"]["context_path"])
     return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section))
 
 

@@ -1,0 +1,80 @@
+"""QNN HTP (Snapdragon NPU, simulated by onnxruntime-qnn on x86_64) on the two reference students.
+
+For the digits CNN (`builtin:cnn-small`) and the MobileNet-style net (`builtin:mobilenet`: depthwise, BN,
+residual): train briefly on the built-in digits, export (dynamic batch), then compress.edge.qnn_flow.prepare_qnn
+(batch fixed to 1, QNN QDQ quantization calibrated on training images, placement measured on HTP, accuracy on
+the whole validation split on HTP beside fp32 and int8 on ORT CPU, EPContext model load + parity). Prints one
+line per model and writes the sections to <out>/bench_qnn.json. Targets: 100% of nodes on HTP, top-1 agreement
+HTP vs ORT CPU int8 >= 99%, accuracy drop HTP vs fp32 <= 1 point, EPContext outputs == QDQ outputs on HTP.
+
+    PYTHONPATH=.:/path/to/site-with-onnxruntime_qnn python benchmarks/bench_qnn.py [--out runs/bench_qnn]
+        [--epochs 8] [--calibration 256] [--activation-type uint8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train_and_export(name: str, factory, data, epochs: int, out: Path) -> tuple[Path, float]:
+    import torch
+
+    from compress.onnx.export import export_onnx
+    from compress.train import TrainConfig, evaluate, fit
+
+    torch.manual_seed(0)
+    model = factory(input_shape=data.input_shape, num_classes=data.num_classes)
+    fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), TrainConfig(epochs=epochs), seed=0,
+        progress=False)
+    model.eval()
+    acc = evaluate(model, data.x_val, data.y_val)
+    return export_onnx(model, data.example(1), out / f"{name}.onnx"), acc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_qnn"))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--calibration", type=int, default=256, help="training images used to calibrate")
+    parser.add_argument("--activation-type", choices=["uint8", "uint16"], default="uint8")
+    args = parser.parse_args()
+
+    from compress.data import DataConfig, load_data
+    from compress.edge.qnn import qnn_status
+    from compress.edge.qnn_flow import prepare_qnn, qnn_table
+    from compress.zoo import cnn_small, mobilenet
+
+    status = qnn_status()
+    if not status["installed"]:
+        print(f"QNN: {status['reason']}")
+        return 2
+    print(f"onnxruntime-qnn {status['version']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = load_data(DataConfig(), seed=0, base_dir=Path("."))
+    calib = data.x_train[: args.calibration].numpy()
+    results = {}
+    for name, factory in (("cnn-small", cnn_small), ("mobilenet", mobilenet)):
+        path, torch_acc = _train_and_export(name, factory, data, args.epochs, args.out)
+        section = prepare_qnn(path, args.out / name, calibration=calib, val_x=data.x_val.numpy(),
+                              val_y=data.y_val.numpy(), activation_type=args.activation_type, latency_runs=100)
+        section["torch_val_accuracy"] = torch_acc
+        results[name] = section
+        print(f"== {name} (torch val accuracy {torch_acc:.4f})")
+        print(qnn_table(section))
+        a, p, c = section["accuracy"], section["placement"], section["context"]
+        print(f"SUMMARY {name}: on_htp={p['share_on_htp']:.3f} ({p['nodes_on_htp']}/{p['nodes_total']}) "
+              f"no_fallback={section['runs_without_fallback']} "
+              f"agree_htp_int8cpu={a['top1_agreement_htp_vs_int8_cpu']:.4f} "
+              f"maxabs_htp_int8cpu={a['max_abs_diff_htp_vs_int8_cpu']:.3g} "
+              f"acc fp32={a['accuracy_fp32_cpu']:.4f} int8cpu={a['accuracy_int8_cpu']:.4f} htp={a['accuracy_htp']:.4f} "
+              f"drop={100 * a['accuracy_drop_htp_vs_fp32']:.2f}pt "
+              f"ctx_loads={c and c['loads']} ctx_maxabs={c and c['parity']['max_abs_diff']:.3g} "
+              f"sim_p50_ms={section['latency']['p50_ms']:.2f} samples={a['samples']}")
+    (args.out / "bench_qnn.json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

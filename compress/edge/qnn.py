@@ -1,0 +1,241 @@
+"""Qualcomm NPU (QNN execution provider, HTP backend), measured rather than guessed.
+
+`onnxruntime-qnn` is a plugin execution provider for the onnxruntime we already use; its x86_64 Linux wheel ships
+the HTP backend library, which simulates the Snapdragon NPU. Here: register the plugin, quantize with ONNX
+Runtime's QNN settings (`get_qnn_qdq_config`), open sessions on HTP with or without CPU fallback, and read which
+nodes HTP took from the provider itself: the EPContext model it writes keeps every node it refused as an ordinary
+ONNX node, and its own validation log (ORT verbose level) says why each was refused.
+The flow that strings these together is compress.edge.qnn_flow.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+from compress.errors import CompressError, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
+
+EP = "QNNExecutionProvider"
+INSTALL = "pip install 'compress[qnn]' (brings onnxruntime-qnn, the QNN plugin for onnxruntime >= 1.24.2)"
+"""The install line shown wherever QNN is not installed."""
+
+ActivationType = Literal["uint8", "uint16"]
+
+_registered: dict[str, Any] = {}
+
+
+def qnn_status() -> dict[str, Any]:
+    """{"installed", "version", "library", "reason"}; registers the plugin with onnxruntime on first success.
+
+    A missing `onnxruntime_qnn` is a fact about this machine, not a failure of the model: callers report it
+    with the install line instead of raising.
+    """
+    if "status" in _registered:
+        return dict(_registered["status"])
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        return {"installed": False, "version": None, "library": None, "reason": f"not installed; {INSTALL}"}
+    import onnxruntime as ort
+
+    library = onnxruntime_qnn.get_library_path()
+    try:
+        ort.register_execution_provider_library(EP, library)
+    except Exception as exc:  # registered earlier in this process by someone else: fine
+        if "already registered" not in str(exc):
+            return {"installed": False, "version": onnxruntime_qnn.__version__, "library": library,
+                    "reason": f"onnxruntime {ort.__version__} could not load the QNN plugin: {first_line(exc)}"}
+    status = {"installed": True, "version": onnxruntime_qnn.__version__, "library": library, "reason": None}
+    _registered["status"] = status
+    return dict(status)
+
+
+def require_qnn() -> dict[str, Any]:
+    """qnn_status(), or CompressError with the install line when QNN cannot be used here."""
+    status = qnn_status()
+    if not status["installed"]:
+        raise CompressError(f"provider qnn: onnxruntime-qnn is {status['reason']}")
+    return status
+
+
+def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str, str] | None = None,
+                config: dict[str, str] | None = None, optimized: bool = True, log_level: int = 4) -> Any:
+    """A session on QNN's HTP backend. Without `fallback`, creation fails unless HTP takes every node.
+
+    `provider_options` go to the QNN EP (backend_type defaults to "htp"; e.g. htp_arch, soc_model for a phone's
+    chip), `config` to the session config entries (ep.context_* ...). ORT exceptions propagate to the caller,
+    who knows whether a refusal is a finding or an error.
+    """
+    import onnxruntime as ort
+
+    require_qnn()
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == EP]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = log_level  # 4: refusals are findings here, the caller reports them
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not fallback:
+        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
+    options = {"backend_type": "htp", **{str(k): str(v) for k, v in (provider_options or {}).items()}}
+    opts.add_provider_for_devices(devices, options)
+    with _quiet_fd(1):  # the HTP library prints a banner on stdout when it loads
+        return ort.InferenceSession(str(model_path), opts)
+
+
+def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray", input_name: str, *,
+                     activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
+                     batch: int = 1) -> Path:
+    """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
+    `calibration` (batches of `batch`: a fixed-shape model takes exactly its batch)."""
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    from compress.quantize.sensitivity import calibration_reader
+
+    types = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8}
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="compress-qnn-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        src = pre if qnn_preprocess_model(str(onnx_path), str(pre)) else Path(onnx_path)
+        try:
+            cfg = get_qnn_qdq_config(str(src), calibration_reader(input_name, calibration, batch),
+                                     activation_type=types[activation_type], weight_type=types[weight_type])
+            with _quiet_fd(2):
+                quantize(str(src), str(Path(tmp) / "qdq.onnx"), cfg)
+        except CompressError:
+            raise
+        except Exception as exc:
+            raise CompressError(f"{onnx_path}: QNN QDQ quantization failed ({first_line(exc)}); check that the "
+                                "model runs on ORT CPU with the calibration data") from None
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(tmp) / "qdq.onnx"), out_path)
+    return out_path
+
+
+@contextlib.contextmanager
+def _quiet_fd(fd: int, into: Path | None = None) -> Iterator[None]:
+    """Send what native code writes to file descriptor `fd` into `into` (or nowhere) for the duration."""
+    import sys
+
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    target = os.open(str(into) if into else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    saved = os.dup(fd)
+    try:
+        os.dup2(target, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(target)
+
+
+_SOURCE = ("EPContext model written by the QNN EP (refused nodes stay plain ONNX nodes) and the EP's verbose "
+           "validation log (reasons)")
+_NODE_LINE = re.compile(r"^\s*Operator type: (\S+) Node name: (.*) Node index: \d+\s*$")
+_UNIT_LINE = re.compile(r"Validation (PASSED|FAILED) for \d+ nodes in OrtNodeUnit")
+
+
+def parse_validation_log(text: str) -> dict[str, dict[str, Any]]:
+    """{node name: {"op_type", "passed", "reason"}} from the QNN EP's verbose LogNodeSupport lines; a later
+    capability pass (after the layout transform) overrides an earlier one."""
+    found: dict[str, dict[str, Any]] = {}
+    unit: list[str] = []
+    passed = False
+    for line in text.splitlines():
+        head = _UNIT_LINE.search(line)
+        if head:
+            unit, passed = [], head.group(1) == "PASSED"
+            continue
+        node = _NODE_LINE.match(line)
+        if node:
+            found[node.group(2)] = {"op_type": node.group(1), "passed": passed, "reason": None}
+            unit.append(node.group(2))
+        elif line.strip().startswith("REASON :"):
+            for name in unit:
+                found[name]["reason"] = line.split("REASON :", 1)[1].strip()
+    return found
+
+
+def placement(model_path: Path, context_path: Path, *, provider_options: dict[str, str] | None = None) -> dict:
+    """Which nodes of `model_path` the HTP backend takes, measured by the provider; also writes the EPContext
+    model (the precompiled QNN context binary, embedded) to `context_path`.
+
+    One session with CPU fallback allowed and graph optimizations off, so node names stay those of the file:
+    every node left as a plain node in the EPContext model is one HTP refused (none written: it took nothing);
+    the QNN EP's verbose validation log gives the reason per refused node. Graph I/O (de)quantization stays on
+    HTP (offload_graph_io_quantization = 0), as it must when the phone app disables CPU fallback.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    nodes = {n.name or f"#{i}": n.op_type for i, n in enumerate(model.graph.node)}
+    context_path = Path(context_path)
+    context_path.unlink(missing_ok=True)
+    config = {"ep.context_enable": "1", "ep.context_file_path": str(context_path), "ep.context_embed_mode": "1"}
+    options = {"offload_graph_io_quantization": "0", **(provider_options or {})}
+    with tempfile.TemporaryDirectory(prefix="compress-qnn-log-") as tmp:
+        log_path = Path(tmp) / "ort.log"
+        error = None
+        try:
+            with _quiet_fd(2, into=log_path):
+                htp_session(model_path, fallback=True, provider_options=options, config=config, optimized=False,
+                            log_level=0)
+        except Exception as exc:  # HTP validated nodes it then failed to compile: a finding about the model
+            error = first_line(exc)
+        validation = parse_validation_log(log_path.read_text(errors="replace"))
+    if error is not None:
+        context_path.unlink(missing_ok=True)
+        claimed = [name for name, v in validation.items() if v["passed"] and name in nodes]
+        return {"nodes_total": len(nodes), "nodes_on_htp": 0, "share_on_htp": 0.0, "partitions": 0, "taken": [],
+                "refused": [{"name": n, "op_type": op, "reason": f"accepted, then the graph failed to compile: {error}"}
+                            for n, op in nodes.items() if n in claimed]
+                + [{"name": n, "op_type": op, "reason": (validation.get(n) or {}).get("reason")}
+                   for n, op in nodes.items() if n not in claimed],
+                "context_path": None, "compile_error": error, "source": _SOURCE}
+    written = context_path.is_file()
+    left = ({n.name for n in onnx.load(str(context_path), load_external_data=False).graph.node
+             if n.op_type != "EPContext"} if written else set(nodes))
+    partitions = (sum(n.op_type == "EPContext" for n in onnx.load(str(context_path),
+                                                                  load_external_data=False).graph.node)
+                  if written else 0)
+    refused = [{"name": name, "op_type": op, "reason": (validation.get(name) or {}).get("reason")}
+               for name, op in nodes.items() if name in left]
+    return {
+        "nodes_total": len(nodes),
+        "nodes_on_htp": len(nodes) - len(refused),
+        "share_on_htp": (len(nodes) - len(refused)) / len(nodes) if nodes else 0.0,
+        "partitions": partitions,
+        "taken": [{"name": name, "op_type": op} for name, op in nodes.items() if name not in left],
+        "refused": refused,
+        "context_path": str(context_path) if written else None,
+        "compile_error": None,
+        "source": _SOURCE,
+    }
+
+
+def runs_without_fallback(model_path: Path, *, provider_options: dict[str, str] | None = None) -> dict:
+    """{"ok", "error"}: whether a session on HTP opens with CPU fallback disabled (what a phone app that wants
+    the whole model on the NPU sets)."""
+    try:
+        htp_session(model_path, fallback=False, provider_options=provider_options)
+    except Exception as exc:
+        return {"ok": False, "error": first_line(exc)}
+    return {"ok": True, "error": None}
+
+
+def run_batches(session: Any, x: "np.ndarray", input_name: str, batch: int = 1) -> "np.ndarray":
+    """First output of `session` over `x`, `batch` rows at a time (a fixed-shape model takes exactly its batch)."""
+    import numpy as np
+
+    outs = [session.run(None, {input_name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs)

@@ -1,0 +1,199 @@
+"""The QNN edge target, in order: fixed shapes, QNN QDQ quantization, placement on HTP (measured), the EPContext
+model and its parity, accuracy on the simulated NPU beside fp32 and int8 on ORT CPU, simulated latency.
+
+Used by `compress edge MODEL --provider qnn` and by the pipeline's edge stage (`[export] edge_targets = ["qnn"]`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.cache import write_json
+from compress.edge.qnn import (INSTALL, ActivationType, htp_session, placement, qnn_status, quantize_for_qnn,
+                               run_batches, runs_without_fallback)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SIMULATED = ("HTP simulator on this x86_64 machine (onnxruntime-qnn's libQnnHtp.so): not the phone's speed; "
+             "never used to pick the final model")
+
+# Usual fixes by what blocked a node: the QNN EP's reason text, then the op type.
+_FIX_BY_REASON = (
+    ("shape", "fix the shapes: [export] fixed_batch = 1 (or --fixed-batch 1); QNN compiles static graphs only"),
+    ("failed to compile", "HTP accepted the nodes but could not compile the graph: try activation_type = 'uint16', "
+                          "another opset, or keep the op on CPU (fallback enabled)"),
+    ("fmod", "export the op differently (e.g. x - y * floor(x / y) instead of torch.fmod)"),
+)
+_FIX_BY_OP = {
+    "Erf": "exact GELU exports Erf: use the tanh approximation (nn.GELU(approximate='tanh'))",
+    "Einsum": "rewrite the einsum as MatMul/Transpose in the model, or export with exporter = 'dynamo'",
+    "NonZero": "data-dependent output shape: no NPU runs it; move it out of the model",
+    "Loop": "control flow: unroll it in the model or move it out",
+    "If": "control flow: move the branch out of the model",
+}
+_DEFAULT_FIX = ("not supported by the QNN EP: export the op differently (another opset, exporter = 'dynamo'), "
+                "replace it in the model, or let it run on CPU with fallback enabled")
+
+
+def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Refused nodes grouped by op type: [{"op_type", "nodes", "reason", "fix"}], most nodes first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for node in refused:
+        g = groups.setdefault(node["op_type"], {"op_type": node["op_type"], "nodes": 0, "reason": node["reason"]})
+        g["nodes"] += 1
+    for g in groups.values():
+        reason = (g["reason"] or "").lower()
+        g["fix"] = next((fix for key, fix in _FIX_BY_REASON if key in reason),
+                        _FIX_BY_OP.get(g["op_type"], _DEFAULT_FIX))
+    return sorted(groups.values(), key=lambda g: -g["nodes"])
+
+
+def _accuracy(fixed: Path, qdq: Path, session: Any, name: str, x: "np.ndarray", y: "np.ndarray | None",
+              batch: int) -> dict[str, Any]:
+    """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples."""
+    import numpy as np
+
+    from compress.onnx.parity import compare, run_cpu
+
+    fp32 = run_cpu(fixed, {name: x}, batch_size=batch)[0]
+    int8 = run_cpu(qdq, {name: x}, batch_size=batch)[0]
+    htp = run_batches(session, x, name, batch)
+    vs_int8 = compare([int8], [htp], atol=1e-3)
+    vs_fp32 = compare([fp32], [htp], atol=1e-3)
+    out: dict[str, Any] = {
+        "samples": int(len(x)),
+        "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],
+        "max_abs_diff_htp_vs_int8_cpu": vs_int8["max_abs_diff"],
+        "top1_agreement_htp_vs_fp32_cpu": vs_fp32["top1_agreement"],
+        "max_abs_diff_htp_vs_fp32_cpu": vs_fp32["max_abs_diff"],
+    }
+    if y is not None:
+        acc = {k: float(np.mean(v.argmax(-1) == y)) for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8),
+                                                                  ("htp", htp))}
+        out.update({f"accuracy_{k}": v for k, v in acc.items()})
+        out["accuracy_drop_htp_vs_fp32"] = acc["fp32_cpu"] - acc["htp"]
+    return out
+
+
+def _context_check(context: Path, session: Any, name: str, x: "np.ndarray", batch: int, strict: bool,
+                   provider_options: dict[str, str] | None) -> dict[str, Any]:
+    """Load the EPContext model on HTP and compare its outputs with the QDQ model's on HTP."""
+    from compress.errors import first_line
+    from compress.onnx.parity import compare
+
+    try:
+        ctx = htp_session(context, fallback=not strict, provider_options=provider_options)
+    except Exception as exc:
+        return {"path": str(context), "bytes": context.stat().st_size, "loads": False, "error": first_line(exc)}
+    parity = compare([run_batches(session, x, name, batch)], [run_batches(ctx, x, name, batch)], atol=1e-6, rtol=0)
+    return {"path": str(context), "bytes": context.stat().st_size, "loads": True, "error": None, "parity": parity}
+
+
+def _latency(session: Any, name: str, sample: "np.ndarray", runs: int) -> dict[str, Any]:
+    import numpy as np
+
+    for _ in range(3):
+        session.run(None, {name: sample})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {name: sample})
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"simulated": True, "p50_ms": float(np.median(times)), "runs": runs, "batch": int(len(sample)),
+            "note": SIMULATED}
+
+
+def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", val_x: "np.ndarray | None" = None,
+                val_y: "np.ndarray | None" = None, fixed_batch: int = 1, activation_type: ActivationType = "uint8",
+                provider_options: dict[str, str] | None = None, latency_runs: int = 20) -> dict[str, Any]:
+    """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
+
+    QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
+    Writes `<stem>.batch<N>.onnx`, `<stem>.qnn.qdq.onnx` (the QDQ model) and `<stem>.qnn_ctx.onnx` (the EPContext
+    model with the embedded context binary a phone app loads) into `out_dir`. `val_x` (and labels `val_y`) give
+    the accuracy rows; without them the calibration data is used for agreement only.
+    """
+    from compress.edge.prepare import fix_batch
+    from compress.onnx.graph import single_input
+
+    status = qnn_status()
+    if not status["installed"]:
+        return {"provider": "QNNExecutionProvider", "installed": False, "reason": status["reason"],
+                "install": INSTALL}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(onnx_path).stem
+    fixed = fix_batch(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch)
+    name, _, _ = single_input(fixed, what="the QNN target")
+    usable = len(calibration) - len(calibration) % fixed_batch
+    calib = calibration[:usable]
+    qdq = quantize_for_qnn(fixed, out_dir / f"{stem}.qnn.qdq.onnx", calib, name, activation_type=activation_type,
+                           batch=fixed_batch)
+    placed = placement(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options=provider_options)
+    strict = runs_without_fallback(qdq, provider_options=provider_options)
+    section: dict[str, Any] = {
+        "provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
+        "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
+        "activation_type": activation_type, "calibration_samples": int(len(calib)), "placement": placed,
+        "runs_without_fallback": strict["ok"], "fallback_error": strict["error"],
+        "blockers": blockers(placed["refused"]), "accuracy": None, "context": None, "latency": None,
+    }
+    if placed["compile_error"] is None:
+        session = htp_session(qdq, fallback=not strict["ok"], provider_options=provider_options)
+        x, y = (val_x, val_y) if val_x is not None else (calib, None)
+        x = x[: len(x) - len(x) % fixed_batch]
+        y = y[: len(x)] if y is not None else None
+        section["accuracy"] = _accuracy(fixed, qdq, session, name, x, y, fixed_batch)
+        if placed["context_path"]:
+            section["context"] = _context_check(Path(placed["context_path"]), session, name, x[: 8 * fixed_batch],
+                                                fixed_batch, strict["ok"], provider_options)
+        section["latency"] = _latency(session, name, x[:fixed_batch], latency_runs)
+    write_json(out_dir / "qnn.json", section)
+    return section
+
+
+def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
+    """The QNN row of a readiness section (compress.edge.readiness), from a measured prepare_qnn section."""
+    if not section["installed"]:
+        return {"provider": "QNNExecutionProvider", "available": False, "measured": False,
+                "reason": f"onnxruntime-qnn {section['reason']}"}
+    placed = section["placement"]
+    total, taken = placed["nodes_total"], placed["nodes_on_htp"]
+    return {
+        "provider": "QNNExecutionProvider", "available": True, "measured": True,
+        "rules": "measured: QNN EP HTP backend (x86_64 simulator)", "nodes_total": total, "nodes_taken": taken,
+        "nodes_fallback": total - taken, "partitions": placed["partitions"],
+        "suitability": "yes" if section["runs_without_fallback"] else ("maybe" if taken else "no"),
+        "unsupported_ops": sorted({b["op_type"] for b in section["blockers"]}),
+        "fallback_due_to_dynamic_shape": 0, "runs_without_fallback": section["runs_without_fallback"],
+        "blockers": section["blockers"], "wants_fixed_shapes": True,
+    }
+
+
+def qnn_table(section: dict[str, Any]) -> str:
+    """A few lines for the terminal: placement, blockers, accuracy, EPContext, simulated latency."""
+    if not section["installed"]:
+        return f"QNN (HTP): onnxruntime-qnn {section['reason']}"
+    p = section["placement"]
+    lines = [f"QNN HTP: {p['nodes_on_htp']}/{p['nodes_total']} nodes on HTP in {p['partitions']} partition(s); "
+             f"runs with CPU fallback disabled: {'yes' if section['runs_without_fallback'] else 'no'}"]
+    for b in section["blockers"]:
+        lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
+    a = section["accuracy"]
+    if a:
+        line = (f"  on {a['samples']} samples: top-1 agreement HTP vs ORT CPU int8 "
+                f"{a['top1_agreement_htp_vs_int8_cpu']:.3f}, vs fp32 {a['top1_agreement_htp_vs_fp32_cpu']:.3f}")
+        if "accuracy_htp" in a:
+            line += (f"; accuracy fp32 CPU {a['accuracy_fp32_cpu']:.4f}, int8 CPU {a['accuracy_int8_cpu']:.4f}, "
+                     f"HTP {a['accuracy_htp']:.4f}")
+        lines.append(line)
+    c = section["context"]
+    if c:
+        same = c["loads"] and c["parity"]["ok"]
+        lines.append(f"  EPContext model: {c['path']} ({c['bytes']} bytes); loads on HTP and matches the QDQ model: "
+                     f"{'yes' if same else 'no'}")
+    if section["latency"]:
+        lines.append(f"  latency p50 {section['latency']['p50_ms']:.2f} ms (simulated: not the phone's speed)")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""QNN target: placement measured on the HTP simulator, accuracy beside ORT CPU, EPContext, not-installed path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.edge import qnn
+from compress.edge.qnn_flow import _DEFAULT_FIX, blockers, prepare_qnn, readiness_entry
+
+DIGITS = Path(__file__).resolve().parents[1] / "compress" / "data" / "digits.npz"
+
+
+def _digits(n: int) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(DIGITS) as z:
+        return z["x"][:n].astype(np.float32)[:, None] / 16.0, z["y"][:n]
+
+
+def _tiny_cnn(path: Path) -> Path:
+    import torch
+    import torch.nn as nn
+
+    from compress.onnx.export import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    return export_onnx(model, torch.zeros(1, 1, 8, 8), path)
+
+
+def _graph_with(op: str, path: Path) -> Path:
+    """Relu -> `op` -> Relu on a fixed [1, 4, 4] float input, node names relu_in, odd, relu_out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu_in"), helper.make_node(op, ["a"], ["b"], name="odd"),
+             helper.make_node("Relu", ["b"], ["y"], name="relu_out")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+LOG = """\
+2026-11-23 [V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation FAILED for 1 nodes in OrtNodeUnit (Det) :
+\tOperator type: Det Node name: odd Node index: 1
+\tREASON : Operators of type `Det` are not supported by QNN EP.
+
+2026-11-23 [V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation PASSED for 2 nodes in OrtNodeUnit (Relu) :
+\tOperator type: Relu Node name: relu_in Node index: 0
+\tOperator type: Relu Node name: relu_out Node index: 2
+"""
+
+
+def test_parse_validation_log_reads_each_node_with_its_reason():
+    assert qnn.parse_validation_log(LOG) == {
+        "odd": {"op_type": "Det", "passed": False, "reason": "Operators of type `Det` are not supported by QNN EP."},
+        "relu_in": {"op_type": "Relu", "passed": True, "reason": None},
+        "relu_out": {"op_type": "Relu", "passed": True, "reason": None},
+    }
+
+
+def test_blockers_group_by_op_and_name_the_usual_fix():
+    refused = [{"name": "a", "op_type": "Conv", "reason": "Cannot get shape"},
+               {"name": "b", "op_type": "Conv", "reason": "Cannot get shape"},
+               {"name": "c", "op_type": "Det", "reason": "Operators of type `Det` are not supported by QNN EP."}]
+    got = blockers(refused)
+    assert [(b["op_type"], b["nodes"]) for b in got] == [("Conv", 2), ("Det", 1)]
+    assert got[0]["fix"].startswith("fix the shapes: [export] fixed_batch = 1")
+    assert got[1]["fix"] == _DEFAULT_FIX
+
+
+def test_not_installed_is_reported_with_the_install_line(monkeypatch, tmp_path):
+    # setup: onnxruntime_qnn not importable, nothing registered yet
+    monkeypatch.setitem(qnn._registered, "status", None)
+    monkeypatch.delitem(qnn._registered, "status")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime_qnn", None)
+    # execute
+    section = prepare_qnn(tmp_path / "never-read.onnx", tmp_path, calibration=np.zeros((1, 1, 8, 8), np.float32))
+    # assert
+    assert section == {"provider": "QNNExecutionProvider", "installed": False,
+                       "reason": f"not installed; {qnn.INSTALL}", "install": qnn.INSTALL}
+    assert readiness_entry(section)["available"] is False
+    assert not (tmp_path / "qnn.json").exists()
+
+
+@pytest.mark.qnn
+def test_tiny_cnn_runs_entirely_on_htp_with_a_matching_context_model(tmp_path):
+    x, y = _digits(24)
+    section = prepare_qnn(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "edge", calibration=x[:8], val_x=x,
+                          val_y=y, latency_runs=3)
+    placed = section["placement"]
+    assert (placed["nodes_on_htp"], placed["share_on_htp"], placed["partitions"]) == (placed["nodes_total"], 1.0, 1)
+    assert placed["refused"] == [] and section["blockers"] == []
+    assert section["runs_without_fallback"] is True
+    assert section["accuracy"]["samples"] == 24
+    # an untrained model's logits are near ties, so uint8 rounding flips a few; trained ones: docs/qnn.md
+    assert section["accuracy"]["top1_agreement_htp_vs_int8_cpu"] >= 0.9
+    assert section["context"]["loads"] is True and section["context"]["parity"]["ok"] is True
+    assert section["latency"]["simulated"] is True
+    assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [
+        "cnn.batch1.onnx", "cnn.qnn.qdq.onnx", "cnn.qnn_ctx.onnx", "qnn.json"]
+    assert readiness_entry(section)["suitability"] == "yes"
+
+
+@pytest.mark.qnn
+def test_placement_names_the_node_htp_refused_and_why(tmp_path):
+    model = _graph_with("Det", tmp_path / "det.onnx")
+    placed = qnn.placement(model, tmp_path / "det_ctx.onnx")
+    assert (placed["nodes_total"], placed["nodes_on_htp"], placed["partitions"]) == (3, 2, 2)
+    assert [(n["name"], n["op_type"]) for n in placed["refused"]] == [("odd", "Det")]
+    assert "`Det` are not supported by QNN EP" in placed["refused"][0]["reason"]
+    assert qnn.runs_without_fallback(model)["ok"] is False
+
+
+@pytest.mark.qnn
+def test_dynamic_batch_is_refused_with_the_fixed_shape_fix(tmp_path):
+    placed = qnn.placement(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "ctx.onnx")
+    assert (placed["nodes_on_htp"], placed["context_path"]) == (0, None)
+    assert {n["reason"] for n in placed["refused"]} == {"Cannot get shape"}
+    assert blockers(placed["refused"])[0]["fix"].startswith("fix the shapes")
+
+
+@pytest.mark.qnn
+def test_cli_edge_provider_qnn_measures_and_writes_the_context_model(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    x, y = _digits(16)
+    np.savez(tmp_path / "calib.npz", input=x, y=y)
+    model = _tiny_cnn(tmp_path / "cnn.onnx")
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "edge"), "--fixed-batch", "1",
+                                       "--provider", "qnn", "--calibration", str(tmp_path / "calib.npz")])
+    assert result.exit_code == 0, result.output
+    assert "runs with CPU fallback disabled: yes" in result.output
+    assert (tmp_path / "edge" / "cnn.qnn_ctx.onnx").is_file() and (tmp_path / "edge" / "cnn.batch1.basic.ort").is_file()
+
+
+def test_cli_edge_provider_qnn_without_calibration_is_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    result = CliRunner().invoke(main, ["edge", str(_tiny_cnn(tmp_path / "cnn.onnx")), "--provider", "qnn"])
+    assert result.exit_code == 2
+    assert "--provider qnn: needs --calibration DATA.npz" in result.output
+
+
+@pytest.mark.qnn
+def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
+    from tests.test_pipeline import _run_with
+
+    result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\nedge_targets = ["qnn"]\n')
+    assert result.exit_code == 0, result.output
+    edge = report["edge"]
+    assert edge["readiness"]["providers"]["QNN"]["measured"] is True
+    assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True
+    assert edge["qnn"]["accuracy"]["samples"] == 100  # the validation split of the 400 tiny digits
+    assert (tiny_dir / "runs/tiny" / edge["qnn"]["placement"]["context_path"]).is_file()
+
+
+@pytest.mark.parametrize("section, message", [
+    ('edge_targets = ["qnn"]', "pipeline.toml: export: edge_targets run in the edge stage: set ort_format = true as well"),
+    ('ort_format = true\nedge_targets = ["npu"]', "pipeline.toml: export.edge_targets.0: expected 'qnn', got 'npu'"),
+])
+def test_edge_targets_are_checked_when_the_file_loads(tiny_dir, section, message):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + f"\n[export]\n{section}\n")
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.qnn
+def test_bench_kit_runs_the_model_on_qnn_htp_and_compare_reads_it(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+    from compress.kit import make_kit
+
+    # setup: the QNN QDQ model in a kit (expected outputs from ORT CPU on this machine)
+    x, y = _digits(8)
+    section = prepare_qnn(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "edge", calibration=x, latency_runs=2)
+    kit = make_kit(Path(section["qdq_path"]), tmp_path / "kit", inputs={"input": x[:1]}, providers=["qnn"],
+                   min_runs=5, min_seconds=0.0, repetitions=1, warmup_runs=1)
+    # execute: the kit's own script, the whole graph required on the NPU
+    done = subprocess.run([sys.executable, str(kit / "bench_kit.py"), "--json", "device.json", "--atol", "1",
+                           "--provider-option", "qnn:session.disable_cpu_ep_fallback=1", "--strict"],
+                          cwd=kit, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    # assert
+    assert done.returncode == 0, done.stderr
+    report = json.loads((kit / "device.json").read_text())
+    rows = report["models"][0]["latency"]
+    assert [r["provider"] for r in rows] == ["QNNExecutionProvider"]
+    result = CliRunner().invoke(main, ["compare", str(kit / "device.json"), str(kit / "device.json")])
+    assert result.exit_code == 0, result.output
+    assert "QNNExecutionProvider" in result.output
