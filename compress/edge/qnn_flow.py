@@ -115,7 +115,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", va
     model with the embedded context binary a phone app loads) into `out_dir`. `val_x` (and labels `val_y`) give
     the accuracy rows; without them the calibration data is used for agreement only.
     """
-    from compress.edge.prepare import fix_batch
+    from compress.edge.shapes import fix_batch
     from compress.onnx.graph import single_input
 
     status = qnn_status()
