@@ -67,7 +67,6 @@ def make_kit(
 
     from compress.bench.inputs import check_inputs, make_inputs
     from compress.bench.providers import check_model_file, open_session
-    from compress.bench.providers import resolve_provider
 
     model_path = check_model_file(model_path)
     if batch < 1:
@@ -94,25 +93,10 @@ def make_kit(
     import onnxruntime as ort
 
     sha256 = hashlib.sha256((out_dir / model_name).read_bytes()).hexdigest()
-    kit: dict[str, Any] = {
-        "name": name or model_path.stem,
-        "model": model_name,
-        "model_sha256": sha256,
-        "params": _params(model_path),
-        "inputs": "inputs.npz",
-        "expected": "expected.npz",
-        "providers": [resolve_provider(p) for p in (providers or ["cpu"])],
-        "provider_options": {resolve_provider(k): {str(a): str(b) for a, b in v.items()}
-                             for k, v in (provider_options or {}).items()},
-        "threads": list(threads or [1]),
-        "atol": atol,
-        "warmup_runs": warmup_runs,
-        "min_runs": min_runs,
-        "min_seconds": min_seconds,
-        "max_seconds": max_seconds,
-        "repetitions": repetitions,
-        "made_with": {"onnxruntime": ort.__version__, "numpy": np.__version__},
-    }
+    kit = _kit_json(name or model_path.stem, model_name, sha256, _params(model_path), providers, provider_options,
+                    threads, atol, timing={"warmup_runs": warmup_runs, "min_runs": min_runs,
+                                           "min_seconds": min_seconds, "max_seconds": max_seconds,
+                                           "repetitions": repetitions})
     write_json(out_dir / "kit.json", kit)
     first = next(iter(feed.values()))
     (out_dir / "README.txt").write_text(_README.format(
@@ -121,6 +105,26 @@ def make_kit(
         ort=ort.__version__, providers=", ".join(kit["providers"]),
     ))
     return out_dir
+
+
+def _kit_json(name: str, model_name: str, sha256: str, params: int | None, providers: list[str] | None,
+              provider_options: dict[str, dict[str, str]] | None, threads: list[int] | None, atol: float,
+              timing: dict[str, Any]) -> dict[str, Any]:
+    """kit.json: the defaults bench_kit.py reads (providers, threads, timing) and what the kit was made with."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from compress.bench.providers import resolve_provider
+
+    return {
+        "name": name, "model": model_name, "model_sha256": sha256, "params": params,
+        "inputs": "inputs.npz", "expected": "expected.npz",
+        "providers": [resolve_provider(p) for p in (providers or ["cpu"])],
+        "provider_options": {resolve_provider(k): {str(a): str(b) for a, b in v.items()}
+                             for k, v in (provider_options or {}).items()},
+        "threads": list(threads or [1]), "atol": atol, **timing,
+        "made_with": {"onnxruntime": ort.__version__, "numpy": np.__version__},
+    }
 
 
 def _params(model_path: Path) -> int | None:
