@@ -162,6 +162,11 @@ def _edge_markdown(edge: dict | None) -> list[str]:
                    f"{', '.join(sec.get('unsupported_ops') or []) or '-'} | {sec.get('suitability', '')} |")
     if edge["readiness"].get("fix"):
         out += ["", f"Dynamic shapes: {edge['readiness']['fix']}"]
+    if edge.get("qnn"):
+        from compress.edge.qnn_flow import qnn_table
+
+        out += ["", "### Qualcomm NPU (QNN HTP backend, simulated here; latency not used for the pick)", "", "```",
+                qnn_table(edge["qnn"]), "```"]
     return out
 
 

@@ -160,6 +160,9 @@ def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
     assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True
     assert edge["qnn"]["accuracy"]["samples"] == 100  # the validation split of the 400 tiny digits
     assert (tiny_dir / "runs/tiny" / edge["qnn"]["placement"]["context_path"]).is_file()
+    md = (tiny_dir / "runs/tiny/report.md").read_text()
+    assert "### Qualcomm NPU (QNN HTP backend, simulated here; latency not used for the pick)" in md
+    assert "runs with CPU fallback disabled: yes" in md and "top-1 agreement HTP vs ORT CPU int8" in md
 
 
 @pytest.mark.parametrize("section, message", [
