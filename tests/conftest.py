@@ -1,10 +1,44 @@
-"""Shared fixtures: a tiny pipeline (seconds, not minutes) on a slice of the built-in digits data."""
+"""Shared fixtures: a tiny pipeline (seconds, not minutes) on a slice of the built-in digits data; which execution
+providers this machine has, so provider tests expect what onnxruntime here can do (CPU-only or with CUDA)."""
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 
 import pytest
+
+
+def available_providers() -> list[str]:
+    """onnxruntime.get_available_providers() of this machine's onnxruntime build."""
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def has_cuda() -> bool:
+    return "CUDAExecutionProvider" in available_providers()
+
+
+def absent_provider() -> tuple[str, str]:
+    """(short name, ORT name) of a provider onnxruntime here lacks: what 'unavailable' tests ask for.
+
+    CUDA where it is absent (the usual CI box); else a mobile provider no desktop/server build ships.
+    """
+    from compress.bench.providers import PROVIDERS
+
+    available = available_providers()
+    short = next(s for s in ("cuda", "nnapi", "coreml", "qnn") if PROVIDERS[s] not in available)
+    return short, PROVIDERS[short]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` need the CUDA execution provider: skipped (with the reason) where onnxruntime lacks it."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items or has_cuda():
+        return
+    skip = pytest.mark.skip(reason=f"CUDAExecutionProvider not available here ({', '.join(available_providers())})")
+    for item in cuda_items:
+        item.add_marker(skip)
 
 TINY_ZOO = '''
 import torch.nn as nn

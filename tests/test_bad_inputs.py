@@ -17,6 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from compress.cli import main
+from tests.conftest import absent_provider
+
+ABSENT, ABSENT_NAME = absent_provider()  # a provider this machine's onnxruntime lacks (CUDA on a CPU box)
 
 # Extra factories next to the fixture's zoo.py: a forward that goes NaN, one that is slow (for the lock test).
 EXTRA_ZOO = '''
@@ -509,8 +512,8 @@ BENCH_CASES = {
     "bad-dim": (lambda d: small_onnx(d / "m.onnx").name, ["--dim", "batch=0"], ["--dim: expected NAME=POSITIVE_INT"]),
     "bad-provider-option": (lambda d: small_onnx(d / "m.onnx").name, ["--provider-option", "cuda"],
                             ["--provider-option: expected PROVIDER:KEY=VALUE"]),
-    "strict-unavailable": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", "cuda", "--strict"],
-                           ["provider CUDAExecutionProvider: not available"]),
+    "strict-unavailable": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", ABSENT, "--strict"],
+                           [f"provider {ABSENT_NAME}: not available"]),
     "baseline-garbage": (lambda d: (d / "b.json").write_text("{not json") and small_onnx(d / "m.onnx").name,
                          ["--baseline", "b.json"], ["b.json"]),
 }
