@@ -99,7 +99,9 @@ def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
     models = {m["name"]: m for m in report["models"]}
     assert "student-int8" in models and models["student-int8"]["role"] == "quantized"
     assert models["student-int8"]["bytes"] < models["student"]["bytes"]
-    assert report["final"] in ("student", "student-int8") and report["final_reason"]
+    pick = report["details"]["quantize"]
+    assert report["final"] == {"quantized": "student-int8", "float": "student"}[pick["final"]]
+    assert report["final_reason"] == pick["why"] and pick["why"].startswith(f"{pick['final']}: quantized vs float")
     assert report["details"]["quantize"]["attempts"][0]["accepted"] is True
     assert "## Quantization attempts" in (tiny_dir / "runs/tiny/report.md").read_text()
 

@@ -129,7 +129,7 @@ def test_bad_model_files(tmp_path: Path, small: Path):
         check_model_file(truncated)
     text = tmp_path / "text.onnx"
     text.write_text("hello")
-    with pytest.raises(CompressError, match="not a valid ONNX model|no nodes"):
+    with pytest.raises(CompressError, match=r"text.onnx: not a valid ONNX model \(truncated or not protobuf: "):
         check_model_file(text)
 
 
@@ -220,7 +220,7 @@ def test_end_to_end_aa_and_ab(tmp_path: Path):
     rows = {k: {("", r["provider"], r["batch"], r["threads"]): r for r in v["latency"]} for k, v in runs.items()}
     aa = cmp.compare(rows["a1"], rows["a2"], 0.25)
     ab = cmp.compare(rows["a1"], rows["b"], 0.25)
-    assert [r["verdict"] for r in aa] in (["ok"], ["faster"])
+    assert [r["regressed"] for r in aa] == [False], aa  # ok, faster or unsure: whichever, the gate lets it pass
     assert [r["verdict"] for r in ab] == ["REGRESSED"] and ab[0]["ratio"] > 2.0
 
 
