@@ -391,6 +391,7 @@ def test_pickle_checkpoint_that_runs_code_is_refused_not_executed(tiny_dir: Path
 
 # --- faults while running ----------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_nan_loss_names_epoch_and_batch_and_suggests_lower_lr(tiny_dir: Path):
     _model("student", "extra:nan_student")(tiny_dir)
     result = invoke(tiny_dir, "run", "pipeline.toml", "--quiet")
@@ -401,6 +402,7 @@ def test_nan_loss_names_epoch_and_batch_and_suggests_lower_lr(tiny_dir: Path):
     assert not (tiny_dir / "runs/tiny/distill/manifest.json").exists()
 
 
+@pytest.mark.e2e
 def test_out_of_disk_while_writing_an_artifact(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
     # setup: the safetensors writer gets half way, then the disk is full
     import safetensors.torch

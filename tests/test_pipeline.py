@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from compress.cli import main
 from tests.conftest import has_cuda
+
+pytestmark = pytest.mark.e2e
 
 
 def _run(folder, *args):
