@@ -79,17 +79,7 @@ def make_kit(
     outputs = session.run(None, feed)
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CompressError(f"{out_dir}: expected a directory for the kit, got a file; pick another --kit path")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_name = "model.ort" if model_path.suffix.lower() == ".ort" else "model.onnx"
-    shutil.copyfile(model_path, out_dir / model_name)
-    data = model_path.with_name(model_path.name + ".data")
-    if data.exists():  # external weights keep the name the graph refers to
-        shutil.copyfile(data, out_dir / data.name)
-    np.savez(out_dir / "inputs.npz", **feed)
-    np.savez(out_dir / "expected.npz", **{f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)})
-    shutil.copyfile(SCRIPT, out_dir / "bench_kit.py")
+    model_name = _write_files(model_path, out_dir, feed, outputs)
 
     import onnxruntime as ort
 
@@ -121,6 +111,24 @@ def make_kit(
         ort=ort.__version__, providers=", ".join(kit["providers"]),
     ))
     return out_dir
+
+
+def _write_files(model_path: Path, out_dir: Path, feed: dict, outputs: list) -> str:
+    """Model (and its external data), inputs.npz, expected.npz and the script into `out_dir`; the model's name there."""
+    import numpy as np
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompressError(f"{out_dir}: expected a directory for the kit, got a file; pick another --kit path")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_name = "model.ort" if model_path.suffix.lower() == ".ort" else "model.onnx"
+    shutil.copyfile(model_path, out_dir / model_name)
+    data = model_path.with_name(model_path.name + ".data")
+    if data.exists():  # external weights keep the name the graph refers to
+        shutil.copyfile(data, out_dir / data.name)
+    np.savez(out_dir / "inputs.npz", **feed)
+    np.savez(out_dir / "expected.npz", **{f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)})
+    shutil.copyfile(SCRIPT, out_dir / "bench_kit.py")
+    return model_name
 
 
 def _params(model_path: Path) -> int | None:

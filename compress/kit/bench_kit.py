@@ -179,9 +179,7 @@ def environment():
     }
 
 
-def main(argv=None):
-    with open(os.path.join(HERE, "kit.json")) as f:
-        kit = json.load(f)
+def parse_args(kit, argv):
     p = argparse.ArgumentParser(description="Benchmark the model in this kit with ONNX Runtime on this device.")
     p.add_argument("--json", help="write the results here (compress.report/1; `compress compare` reads it)")
     p.add_argument("--provider", action="append", help="short or ORT name, repeatable (default: kit.json)")
@@ -199,19 +197,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.min_runs < 1 or args.repetitions < 1 or args.warmup_runs < 0 or any(t < 1 for t in args.threads or []):
         p.error("--min-runs, --repetitions and --threads must be >= 1, --warmup-runs >= 0")
+    return args
 
-    model = os.path.join(HERE, kit["model"])
-    with np.load(os.path.join(HERE, kit["inputs"]), allow_pickle=False) as data:
-        feed = {k: data[k] for k in data.files}
-    with np.load(os.path.join(HERE, kit["expected"]), allow_pickle=False) as data:
-        expected = [data["output_%d" % i] for i in range(len(data.files))]
-    providers = list(dict.fromkeys(provider_name(x) for x in (args.provider or kit["providers"])))
-    threads = list(dict.fromkeys(args.threads or kit["threads"]))
-    options = dict((provider_name(k), v) for k, v in kit.get("provider_options", {}).items())
-    for prov, opts in parse_options(args.provider_option).items():
-        options.setdefault(prov, {}).update(opts)
-    batch = int(next(iter(feed.values())).shape[0]) if feed else 1
 
+def open_jobs(model, feed, expected, providers, threads, options, args):
+    """One job per available (provider, threads), its first session open; parity per provider; unavailable rows."""
     jobs, unavailable, parity = [], [], {}
     for prov in providers:
         for t in threads:
@@ -226,7 +216,10 @@ def main(argv=None):
                 top1 = float(np.mean(np.argmax(expected[0], -1) == np.argmax(got[0], -1))) if expected[0].ndim else 1.0
                 parity[prov] = {"max_abs_diff": diff, "top1_agreement": top1, "ok": diff <= args.atol}
             jobs.append({"provider": prov, "threads": t, "session": session, "reps": []})
+    return jobs, unavailable, parity
 
+
+def time_jobs(jobs, model, feed, options, args):
     for _ in range(args.repetitions):  # interleaved: background load hits every row a little
         for job in jobs:
             session = job.pop("session", None)
@@ -241,27 +234,29 @@ def main(argv=None):
             job["reps"].append(timed_loop(run, args.min_runs, args.min_seconds, args.max_seconds))
             del run, session
 
-    rows = []
-    for job in jobs:
-        pooled = np.concatenate(job["reps"])
-        p50, p90, p99 = percentile_row(pooled)
-        lo, hi = median_ci(pooled)
-        rep_p50 = [float(np.median(r)) for r in job["reps"]]
-        mean_ms = float(pooled.mean())
-        rows.append({
-            "provider": job["provider"], "batch": batch, "threads": job["threads"], "runs": int(pooled.size),
-            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "ci95_p50_ms": [lo, hi],
-            "throughput_per_s": batch * 1000.0 / mean_ms, "mean_ms": mean_ms, "cv": cv(pooled),
-            "cv_p50_across_repetitions": cv(rep_p50), "p50_ms_repetitions": rep_p50,
-            "repetitions": len(job["reps"]), "warmup_runs": args.warmup_runs, "io_binding": False,
-            "edge": bool(args.no_spin), "provider_options": options.get(job["provider"], {}),
-            "samples_ms": [round(x, 5) for x in subsample(pooled, 2000)],
-        })
-        print("%-28s batch %-3d threads %-2d p50 %9.4f ms  p90 %9.4f ms  p99 %9.4f ms  %d runs"
-              % (job["provider"], batch, job["threads"], p50, p90, p99, pooled.size))
 
+def latency_row(job, batch, options, args):
+    pooled = np.concatenate(job["reps"])
+    p50, p90, p99 = percentile_row(pooled)
+    lo, hi = median_ci(pooled)
+    rep_p50 = [float(np.median(r)) for r in job["reps"]]
+    mean_ms = float(pooled.mean())
+    print("%-28s batch %-3d threads %-2d p50 %9.4f ms  p90 %9.4f ms  p99 %9.4f ms  %d runs"
+          % (job["provider"], batch, job["threads"], p50, p90, p99, pooled.size))
+    return {
+        "provider": job["provider"], "batch": batch, "threads": job["threads"], "runs": int(pooled.size),
+        "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "ci95_p50_ms": [lo, hi],
+        "throughput_per_s": batch * 1000.0 / mean_ms, "mean_ms": mean_ms, "cv": cv(pooled),
+        "cv_p50_across_repetitions": cv(rep_p50), "p50_ms_repetitions": rep_p50,
+        "repetitions": len(job["reps"]), "warmup_runs": args.warmup_runs, "io_binding": False,
+        "edge": bool(args.no_spin), "provider_options": options.get(job["provider"], {}),
+        "samples_ms": [round(x, 5) for x in subsample(pooled, 2000)],
+    }
+
+
+def report_doc(kit, model, rows, unavailable, parity):
     first_parity = next(iter(parity.values()), None)
-    report = {
+    return {
         "schema": "compress.report/1",
         "pipeline": "bench-kit:%s" % kit["name"],
         "final": kit["name"],
@@ -276,6 +271,28 @@ def main(argv=None):
         }],
         "kit": {"made_with": kit.get("made_with"), "model_sha256": kit.get("model_sha256")},
     }
+
+
+def main(argv=None):
+    with open(os.path.join(HERE, "kit.json")) as f:
+        kit = json.load(f)
+    args = parse_args(kit, argv)
+    model = os.path.join(HERE, kit["model"])
+    with np.load(os.path.join(HERE, kit["inputs"]), allow_pickle=False) as data:
+        feed = {k: data[k] for k in data.files}
+    with np.load(os.path.join(HERE, kit["expected"]), allow_pickle=False) as data:
+        expected = [data["output_%d" % i] for i in range(len(data.files))]
+    providers = list(dict.fromkeys(provider_name(x) for x in (args.provider or kit["providers"])))
+    threads = list(dict.fromkeys(args.threads or kit["threads"]))
+    options = dict((provider_name(k), v) for k, v in kit.get("provider_options", {}).items())
+    for prov, opts in parse_options(args.provider_option).items():
+        options.setdefault(prov, {}).update(opts)
+    batch = int(next(iter(feed.values())).shape[0]) if feed else 1
+
+    jobs, unavailable, parity = open_jobs(model, feed, expected, providers, threads, options, args)
+    time_jobs(jobs, model, feed, options, args)
+    rows = [latency_row(job, batch, options, args) for job in jobs]
+    report = report_doc(kit, model, rows, unavailable, parity)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
