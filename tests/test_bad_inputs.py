@@ -517,7 +517,7 @@ BENCH_CASES = {
     "strict-unavailable": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", ABSENT, "--strict"],
                            [f"provider {ABSENT_NAME}: not available"]),
     "baseline-garbage": (lambda d: (d / "b.json").write_text("{not json") and small_onnx(d / "m.onnx").name,
-                         ["--baseline", "b.json"], ["b.json"]),
+                         ["--baseline", "b.json"], ["b.json: not valid JSON", "pass a bench --json output or a report.json"]),
 }
 
 
@@ -557,8 +557,9 @@ def test_provider_failing_at_session_creation_is_reported_and_the_run_goes_on(tm
 
 COMPARE_CASES = {
     "missing": (lambda d: None, ["nope.json: no such file"]),
-    "garbage": (lambda d: (d / "nope.json").write_text("{definitely not json"), ["nope.json"]),
-    "wrong-shape": (lambda d: (d / "nope.json").write_text('{"schema": "something/else"}'), ["nope.json"]),
+    "garbage": (lambda d: (d / "nope.json").write_text("{definitely not json"), ["nope.json: not valid JSON"]),
+    "wrong-shape": (lambda d: (d / "nope.json").write_text('{"schema": "something/else"}'),
+                    ["nope.json: no 'latency' rows or 'models' list"]),
 }
 
 
