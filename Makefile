@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: demo test test-all install dev bench clean
+.PHONY: demo test test-fast test-all install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: dev
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: no end-to-end pipeline runs (marker e2e), under 2 minutes on the 2-core CI box
+test-fast: dev
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 test-all: dev
 	$(BIN)/python -m pytest -q -m ''

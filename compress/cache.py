@@ -49,9 +49,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the same mode as any new file
     try:
         yield tmp_path
+        # mkstemp makes 0600; artifacts get the mode any new file gets. After the block, not before: some writers
+        # (safetensors' save_file) replace the file at the temp path with one of their own, again 0600.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -76,15 +76,19 @@ def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data
     import numpy as np
 
     src = cfg.source
+    where = origin  # what a bad-value message names: the key, and the file or function the arrays came from
     if src == "digits":
         arrays = _read_npz(Path(__file__).parent / "data" / "digits.npz", origin)
         arrays["x"] = arrays["x"].astype(np.float32)[:, None, :, :] / 16.0
     elif src.startswith("npz:"):
         path = Path(src[4:])
-        arrays = _read_npz(path if path.is_absolute() else base_dir / path, origin)
+        path = path if path.is_absolute() else base_dir / path
+        arrays = _read_npz(path, origin)
+        where = f"{origin}: {path}"
     else:
         arrays = _from_python(src[len("python:"):], base_dir, origin)
-    bundle = _bundle(arrays, cfg.val_fraction, seed, origin)
+        where = f"{origin}: {src[len('python:'):]}()"
+    bundle = _bundle(arrays, cfg.val_fraction, seed, origin, where=where)
     _warn_label_gaps(bundle, origin)
     return bundle
 
@@ -154,15 +158,17 @@ def _from_python(target: str, base_dir: Path, origin: str) -> dict:
     return arrays
 
 
-def _bundle(arrays: dict, val_fraction: float, seed: int, origin: str) -> DataBundle:
+def _bundle(arrays: dict, val_fraction: float, seed: int, origin: str, *, where: str | None = None) -> DataBundle:
+    """Check and split the arrays; `where` (origin plus the file or function) is what bad-value messages name."""
     import numpy as np
     import torch
 
+    where = where or origin
     x, y = np.asarray(arrays["x"]), np.asarray(arrays["y"])
-    _check_xy(x, y, origin, "x", "y")
+    _check_xy(x, y, where, "x", "y")
     if "x_val" in arrays:
         xv, yv = np.asarray(arrays["x_val"]), np.asarray(arrays["y_val"])
-        _check_xy(xv, yv, origin, "x_val", "y_val")
+        _check_xy(xv, yv, where, "x_val", "y_val")
         if xv.shape[1:] != x.shape[1:]:
             raise CompressError(f"{origin}: x_val examples have shape {xv.shape[1:]}, x has {x.shape[1:]}")
         xt, yt = x, y
@@ -182,8 +188,6 @@ def _bundle(arrays: dict, val_fraction: float, seed: int, origin: str) -> DataBu
     classes = np.unique(np.concatenate([yt, yv]))
     if len(classes) < 2:
         raise CompressError(f"{origin}: the data has a single class ({classes.tolist()}); need at least two")
-    if yt.min() < 0:
-        raise CompressError(f"{origin}: labels must be integers 0..K-1, found {int(yt.min())}")
     num_classes = int(max(yt.max(), yv.max())) + 1
     h = hashlib.sha256()
     for a in (xt, yt, xv, yv):
@@ -209,7 +213,34 @@ def _check_xy(x, y, origin: str, xname: str, yname: str) -> None:
     if y.ndim != 1 or len(y) != len(x):
         raise CompressError(f"{origin}: {yname} must be a 1-D label array as long as {xname} "
                             f"({len(x)}), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise CompressError(f"{origin}: {yname} must hold integer class labels, got dtype {y.dtype}")
     if not np.issubdtype(x.dtype, np.number):
         raise CompressError(f"{origin}: {xname} must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        _check_bad(y, ~np.isfinite(y) | (y != np.round(y)), origin, yname, "non-integer label", "labels",
+                   "store class labels as integers 0..K-1")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise CompressError(f"{origin}: {yname} must hold integer class labels, got dtype {y.dtype}; "
+                            "store class labels as integers 0..K-1")
+    _check_bad(y, y < 0, origin, yname, "negative label", "labels", "labels must be integers 0..K-1")
+    if np.issubdtype(x.dtype, np.floating):
+        _check_bad(x, ~np.isfinite(x), origin, xname, None, "values", "clean the data or drop those rows")
+
+
+def _check_bad(a, bad, origin: str, name: str, what: str | None, unit: str, fix: str) -> None:
+    """Raise naming the first bad entry of `a` (by example index along axis 0) and how many there are.
+
+    `what` None: name the value itself (NaN, inf or -inf), as for inputs; else e.g. "negative label -3".
+    """
+    import numpy as np
+
+    if not bad.any():
+        return
+    rows = bad.reshape(len(a), -1)
+    first = int(np.flatnonzero(rows.any(axis=1))[0])
+    value = a.reshape(len(a), -1)[first][rows[first]][0]
+    if what is None:
+        shown = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    else:
+        shown = f"{what} {value.item()!r}"
+    raise CompressError(f"{origin}: {name} holds {shown} at index {first} (first of {int(bad.sum())} bad {unit}); "
+                        f"{fix}")

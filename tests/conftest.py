@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny pipeline (seconds, not minutes) on a slice of the built-in digits data."""
+"""Shared fixtures: a tiny pipeline (seconds, not minutes) on a slice of the built-in digits data; which execution
+providers this machine has, so provider tests expect what onnxruntime here can do (CPU-only or with CUDA)."""
 from __future__ import annotations
 
 import textwrap
@@ -7,16 +8,43 @@ from pathlib import Path
 import pytest
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `qnn` need onnxruntime-qnn (the QNN EP plugin with its HTP simulator); skip them without it."""
+def available_providers() -> list[str]:
+    """onnxruntime.get_available_providers() of this machine's onnxruntime build."""
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def has_cuda() -> bool:
+    return "CUDAExecutionProvider" in available_providers()
+
+
+def absent_provider() -> tuple[str, str]:
+    """(short name, ORT name) of a provider onnxruntime here lacks: what 'unavailable' tests ask for.
+
+    CUDA where it is absent (the usual CI box); else a mobile provider no desktop/server build ships.
+    """
+    from compress.bench.providers import PROVIDERS
+
+    available = available_providers()
+    short = next(s for s in ("cuda", "nnapi", "coreml", "qnn") if PROVIDERS[s] not in available)
+    return short, PROVIDERS[short]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` need the CUDA execution provider, tests marked `qnn` onnxruntime-qnn (the QNN EP plugin
+    with its HTP simulator): each is skipped, with the reason, where this machine lacks it."""
     import importlib.util
 
-    if importlib.util.find_spec("onnxruntime_qnn") is not None:
-        return
-    skip = pytest.mark.skip(reason="onnxruntime-qnn is not installed (pip install 'compress[qnn]')")
+    missing = {}
+    if not has_cuda():
+        missing["cuda"] = f"CUDAExecutionProvider not available here ({', '.join(available_providers())})"
+    if importlib.util.find_spec("onnxruntime_qnn") is None:
+        missing["qnn"] = "onnxruntime-qnn is not installed (pip install 'compress[qnn]')"
     for item in items:
-        if "qnn" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in missing.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 TINY_ZOO = '''
 import torch.nn as nn

@@ -17,6 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from compress.cli import main
+from tests.conftest import absent_provider
+
+ABSENT, ABSENT_NAME = absent_provider()  # a provider this machine's onnxruntime lacks (CUDA on a CPU box)
 
 # Extra factories next to the fixture's zoo.py: a forward that goes NaN, one that is slow (for the lock test).
 EXTRA_ZOO = '''
@@ -388,6 +391,7 @@ def test_pickle_checkpoint_that_runs_code_is_refused_not_executed(tiny_dir: Path
 
 # --- faults while running ----------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_nan_loss_names_epoch_and_batch_and_suggests_lower_lr(tiny_dir: Path):
     _model("student", "extra:nan_student")(tiny_dir)
     result = invoke(tiny_dir, "run", "pipeline.toml", "--quiet")
@@ -398,6 +402,7 @@ def test_nan_loss_names_epoch_and_batch_and_suggests_lower_lr(tiny_dir: Path):
     assert not (tiny_dir / "runs/tiny/distill/manifest.json").exists()
 
 
+@pytest.mark.e2e
 def test_out_of_disk_while_writing_an_artifact(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
     # setup: the safetensors writer gets half way, then the disk is full
     import safetensors.torch
@@ -509,10 +514,10 @@ BENCH_CASES = {
     "bad-dim": (lambda d: small_onnx(d / "m.onnx").name, ["--dim", "batch=0"], ["--dim: expected NAME=POSITIVE_INT"]),
     "bad-provider-option": (lambda d: small_onnx(d / "m.onnx").name, ["--provider-option", "cuda"],
                             ["--provider-option: expected PROVIDER:KEY=VALUE"]),
-    "strict-unavailable": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", "cuda", "--strict"],
-                           ["provider CUDAExecutionProvider: not available"]),
+    "strict-unavailable": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", ABSENT, "--strict"],
+                           [f"provider {ABSENT_NAME}: not available"]),
     "baseline-garbage": (lambda d: (d / "b.json").write_text("{not json") and small_onnx(d / "m.onnx").name,
-                         ["--baseline", "b.json"], ["b.json"]),
+                         ["--baseline", "b.json"], ["b.json: not valid JSON", "pass a bench --json output or a report.json"]),
 }
 
 
@@ -552,8 +557,9 @@ def test_provider_failing_at_session_creation_is_reported_and_the_run_goes_on(tm
 
 COMPARE_CASES = {
     "missing": (lambda d: None, ["nope.json: no such file"]),
-    "garbage": (lambda d: (d / "nope.json").write_text("{definitely not json"), ["nope.json"]),
-    "wrong-shape": (lambda d: (d / "nope.json").write_text('{"schema": "something/else"}'), ["nope.json"]),
+    "garbage": (lambda d: (d / "nope.json").write_text("{definitely not json"), ["nope.json: not valid JSON"]),
+    "wrong-shape": (lambda d: (d / "nope.json").write_text('{"schema": "something/else"}'),
+                    ["nope.json: no 'latency' rows or 'models' list"]),
 }
 
 

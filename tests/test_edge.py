@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,20 +181,25 @@ def test_kit_runs_with_this_interpreter_and_reports_other_hardware_as_unavailabl
     done = _run_kit(sys.executable, kit, "--json", "out.json")
     strict = _run_kit(sys.executable, kit, "--provider", "cpu", "--provider", "nnapi", "--strict",
                       "--repetitions", "1")
-    # assert
+    # assert: what onnxruntime here lacks is reported unavailable, the rest measured (CPU only on the usual box)
+    from tests.conftest import available_providers
+
+    asked = ["CPUExecutionProvider", "XnnpackExecutionProvider", "CUDAExecutionProvider"]
+    measured = [p for p in asked if p in available_providers()]
     assert sorted(p.name for p in kit.iterdir()) == sorted(
         ["README.txt", "bench_kit.py", "expected.npz", "inputs.npz", "kit.json", "model.onnx", "out.json"])
     assert done.returncode == 0, done.stderr
     report = json.loads((kit / "out.json").read_text())
     assert report["schema"] == "compress.report/1" and report["final"] == "tiny"
     (entry,) = report["models"]
-    (row,) = entry["latency"]
+    assert [r["provider"] for r in entry["latency"]] == measured
+    row = entry["latency"][0]
     assert row["provider"] == "CPUExecutionProvider" and row["batch"] == 2 and row["threads"] == 1
     assert row["runs"] == len(row["samples_ms"]) >= 40 and row["repetitions"] == 2
     assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert row["ci95_p50_ms"][0] <= row["p50_ms"] <= row["ci95_p50_ms"][1] and row["throughput_per_s"] > 0
     assert entry["parity"] == {"max_abs_diff": 0.0, "top1_agreement": 1.0}
-    assert [u["provider"] for u in entry["unavailable"]] == ["XnnpackExecutionProvider", "CUDAExecutionProvider"]
+    assert [u["provider"] for u in entry["unavailable"]] == [p for p in asked if p not in measured]
     assert strict.returncode == 1 and "unavailable under --strict: NnapiExecutionProvider" in strict.stderr
     assert "compress compare local.json device.json" in (kit / "README.txt").read_text()
 
@@ -251,12 +257,19 @@ def test_bench_kit_json_is_read_by_compare_next_to_a_local_bench(tmp_path):
     # execute: the kit "on the device", then compare
     done = _run_kit(sys.executable, tmp_path / "kit", "--json", "device.json", "--repetitions", "1",
                     "--min-seconds", "0", "--min-runs", "20")
-    result = CliRunner().invoke(main, ["compare", str(tmp_path / "local.json"), str(tmp_path / "kit" / "device.json")])
-    # assert: a verdict row for the CPU provider (exit 1 would only mean this noisy box timed it slower)
+    # A budget of x1001 no timing on this box reaches either way: the verdict is "ok" whatever the load, so the test
+    # is about the kit's JSON being read and matched, not about this machine's timing noise.
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "local.json"), str(tmp_path / "kit" / "device.json"),
+                                       "--max-regression", "1000"])
+    # assert: exactly one verdict row, the local bench's (provider, batch, threads) matched to the kit's (a key the
+    # two files did not share would give a 'missing' and an 'added' row instead), verdict in the last column
     assert done.returncode == 0, done.stderr
-    assert result.exit_code in (0, 1), result.output
-    row = [line for line in result.output.splitlines() if "CPUExecutionProvider" in line]
-    assert len(row) == 1 and row[0].split()[-1] in ("ok", "faster", "unsure", "REGRESSED")
+    assert result.exit_code == 0, result.output
+    head, rule, *rows = result.stdout.splitlines()
+    assert head.split()[:2] == ["model", "provider"] and set(rule) == {"-"}
+    assert len(rows) == 1, result.stdout
+    assert re.fullmatch(r"-\s+CPUExecutionProvider\s+1\s+1\s+\d+\.\d{4}ms\s+\d+\.\d{4}ms\s+\d+\.\d{3}\s+\d+\.\d{3}"
+                        r"\s+\S+(\s+\d+\.\d{2})?\s+ok", rows[0]), rows[0]
 
 
 def test_an_ir3_graph_with_weights_listed_as_inputs_gets_an_ort_copy_without_them(tmp_path):

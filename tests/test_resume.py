@@ -20,6 +20,8 @@ import pytest
 
 from .test_bad_inputs import EXTRA_ZOO, assert_one_line_error, invoke, leftovers, set_key
 
+pytestmark = pytest.mark.e2e  # every case runs the tiny pipeline in subprocesses
+
 KILLER = r'''
 import os, signal, sys
 

@@ -197,16 +197,7 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     """
     from compress.progress import progress as progress_bar
 
-    if cfg.importance == "taylor" and cfg.method == "channel":
-        batches = list(taylor_batches or [])
-        if not batches:
-            raise CompressError("prune.importance: 'taylor' needs labelled batches (taylor_batches); "
-                                "use 'l2' or pass the training data")
-    else:
-        batches = []
-    if cfg.target_latency_ms is not None and latency_ms is None:
-        raise CompressError("prune.target_latency_ms: needs a latency measurement (latency_ms callback)")
-
+    batches = _callbacks_needed(cfg, taylor_batches, latency_ms)
     model = copy.deepcopy(model)
     expected = pruning.checked_forward(model, example_input, when="before pruning")
     ignored = (*cfg.ignore, pruning.find_head(model, example_input))
@@ -256,6 +247,17 @@ def _meet_latency(model, cfg: PruneConfig, amount: float, history: list[dict], *
     if history[-1]["latency_ms"] > cfg.target_latency_ms:
         log.warning("prune: target_latency_ms = %g not met at max_amount (measured %.3f ms)",
                     cfg.target_latency_ms, history[-1]["latency_ms"])
+
+
+def _callbacks_needed(cfg: PruneConfig, taylor_batches, latency_ms) -> list:
+    """Fail before any work when the configuration needs a callback that was not given; the Taylor batches."""
+    batches = list(taylor_batches or []) if cfg.importance == "taylor" and cfg.method == "channel" else []
+    if cfg.importance == "taylor" and cfg.method == "channel" and not batches:
+        raise CompressError("prune.importance: 'taylor' needs labelled batches (taylor_batches); "
+                            "use 'l2' or pass the training data")
+    if cfg.target_latency_ms is not None and latency_ms is None:
+        raise CompressError("prune.target_latency_ms: needs a latency measurement (latency_ms callback)")
+    return batches
 
 
 def _channel_step(model, pruner, batches, example_input, expected) -> None:

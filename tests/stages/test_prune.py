@@ -296,6 +296,7 @@ def test_control_refuses_a_module_it_cannot_reinitialise():
         train_control(model, epochs=1, seed=0, train_fn=lambda m, e: None)
 
 
+@pytest.mark.e2e
 def test_control_in_the_pipeline_is_exported_benchmarked_and_compared(tiny_dir):
     import json
 

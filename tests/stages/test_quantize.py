@@ -78,7 +78,8 @@ def test_each_mode_quantizes_within_budget(setup: dict, mode: str) -> None:
     assert first["accepted"], first["reason"]
     assert abs(first["accuracy_drop"]) <= 0.01
     assert Path(result["chosen"]).is_file()
-    assert result["final"] in ("float", "quantized")
+    # the pick follows the measured speedup (geometric mean over batches; ties keep float)
+    assert result["final"] == ("quantized" if result["pick"]["speedup"] > 1.0 else "float"), result["why"]
     assert {(r["provider"], r["batch"]) for r in first["latency"]["rows"]} == {
         ("CPUExecutionProvider", 1), ("CPUExecutionProvider", 32)}
     assert all(r["p50_ms"] > 0 for r in first["latency"]["rows"])
@@ -94,11 +95,14 @@ def test_each_mode_quantizes_within_budget(setup: dict, mode: str) -> None:
 
 
 def test_unavailable_provider_is_recorded_not_swapped(setup: dict) -> None:
-    result = _run(setup, QuantizeConfig(mode="dynamic", max_accuracy_drop=0.01), providers=["cpu", "cuda"],
+    from tests.conftest import absent_provider
+
+    short, name = absent_provider()
+    result = _run(setup, QuantizeConfig(mode="dynamic", max_accuracy_drop=0.01), providers=["cpu", short],
                   batch_sizes=[1])
     for latency in (result["float"]["latency"], result["attempts"][0]["latency"]):
         assert [r["provider"] for r in latency["rows"]] == ["CPUExecutionProvider"]
-        assert [u["provider"] for u in latency["unavailable"]] == ["CUDAExecutionProvider"]
+        assert [u["provider"] for u in latency["unavailable"]] == [name]
 
 
 def test_static_model_really_is_int8(setup: dict) -> None:
@@ -215,8 +219,10 @@ def test_fp16_on_cpu_only_with_pick_quantized_is_refused(setup: dict) -> None:
 
 
 def test_calibration_shape_mismatch_names_both_shapes(setup: dict) -> None:
-    with pytest.raises(CompressError, match=r"calibration items must have shape \? to match|must have shape 16"):
+    with pytest.raises(CompressError) as err:
         _run(setup, QuantizeConfig(), calib_x=np.zeros((8, 10), np.float32))
+    assert str(err.value) == ("quantize: calibration items must have shape 16 to match the model input, got 10; "
+                              "check [data] against the exported model")
 
 
 def test_config_rejects_unknown_keys_and_bad_ranges() -> None:
