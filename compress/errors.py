@@ -33,6 +33,14 @@ def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{flat[:limit].rstrip()}... ({len(flat) - limit} more characters)"
 
 
+def shorten_list(items: "list[str] | tuple[str, ...]", what: str, shown: int = 5) -> str:
+    """'a, b, c, d, e and 412 more inputs': the first `shown` items of a long list and a count of the rest."""
+    items = [str(i) for i in items]
+    if len(items) <= shown:
+        return ", ".join(items)
+    return f"{', '.join(items[:shown])} and {len(items) - shown} more {what}"
+
+
 def first_line(exc: BaseException, limit: int = MAX_MESSAGE_CHARS) -> str:
     """The first non-empty line of an exception's message (its type name when empty), shortened to `limit`."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]

@@ -507,7 +507,7 @@ BENCH_CASES = {
     "inputs-wrong-dtype": (_inputs(x=np.zeros((2, 4), np.float64)), ["--inputs", "in.npz"],
                            ["in.npz: input 'x': expected dtype float32, got float64"]),
     "inputs-wrong-name": (_inputs(pixels=np.zeros((2, 4), np.float32)), ["--inputs", "in.npz"],
-                          ["in.npz: missing input(s) ['x']"]),
+                          ["in.npz: missing input(s) x; the model expects x, got pixels"]),
     "inputs-missing": (lambda d: small_onnx(d / "m.onnx").name, ["--inputs", "nope.npz"], ["nope.npz: no such file"]),
     "unknown-provider": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", "tpu"],
                          ["provider: unknown provider 'tpu'; did you mean 'cpu'?"]),

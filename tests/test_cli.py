@@ -33,3 +33,25 @@ def test_validate_ok_names_the_stages(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{path}: ok (teacher, distill, export, quantize, benchmark)"
     assert not (tmp_path / "runs").exists()  # validate runs nothing
+
+
+def test_a_very_long_error_is_cut_to_one_readable_line_and_logged_whole(monkeypatch, caplog):
+    import logging
+
+    import compress.cli as cli
+    from compress.errors import CompressError, shorten_list
+
+    names = [f"gpu_0/res{i}_branch2a_w_0__SHAPE" for i in range(412)]
+    assert shorten_list(names[:3], "inputs") == ", ".join(names[:3])
+    assert shorten_list(names, "inputs").endswith("gpu_0/res4_branch2a_w_0__SHAPE and 407 more inputs")
+
+    def fails(*args, **kwargs):
+        raise CompressError("m.onnx: did not run (Required inputs (" + repr(names) + ") are missing)")
+
+    monkeypatch.setattr("compress.runner.run_pipeline", fails)
+    with caplog.at_level(logging.DEBUG, logger="compress"):
+        result = CliRunner().invoke(cli.main, ["run", "x.toml"])
+    line = result.output.strip()
+    assert result.exit_code == 2 and "\n" not in line
+    assert len(line) <= len("error: ") + cli.MAX_LINE_CHARS + 40 and line.endswith(" more characters)")
+    assert any(names[-1] in r.getMessage() for r in caplog.records), "the whole message goes to the debug log"

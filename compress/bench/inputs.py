@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten_list
 
 # ORT type strings -> numpy dtypes for the tensor types a benchmark can feed
 ORT_DTYPES: dict[str, Any] = {
@@ -113,7 +113,8 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
     names = [n for n, _, _ in sig]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise CompressError(f"{source}: missing input(s) {missing}; the model expects {names}, got {sorted(arrays)}")
+        raise CompressError(f"{source}: missing input(s) {shorten_list(missing, 'inputs')}; the model expects "
+                            f"{shorten_list(names, 'inputs')}, got {shorten_list(sorted(arrays), 'arrays')}")
     feed = {}
     for name, dtype, shape in sig:
         arr = np.asarray(arrays[name])

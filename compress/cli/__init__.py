@@ -28,12 +28,21 @@ class _Group(click.Group):
             _fail(ctx, "interrupted; run the same command again to resume from the stages that finished", 130)
 
 
+MAX_LINE_CHARS = 500
+"""An error line past this is cut (with a count of what was cut); the whole text goes to the debug log (-v)."""
+
+
 def _fail(ctx: click.Context, message: str, code: int) -> None:
+    import logging
+
+    from compress.errors import shorten
+
     if ctx.meta.get("compress.verbose"):
         import traceback
 
         traceback.print_exc()
-    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message held
+    logging.getLogger("compress").debug("error (full text): %s", message)
+    click.echo(f"error: {shorten(message, MAX_LINE_CHARS)}", err=True)  # one line, whatever the message held
     ctx.exit(code)
 
 
@@ -44,6 +53,10 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 def main(ctx: click.Context, verbose: bool) -> None:
     """Teacher to a small, fast, measured ONNX model, driven by one TOML file."""
     ctx.meta["compress.verbose"] = verbose
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
 
 
 @main.command()

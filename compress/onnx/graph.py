@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.errors import CompressError, first_line
+from compress.errors import CompressError, first_line, shorten_list
 
 if TYPE_CHECKING:
     import onnx
@@ -43,7 +43,7 @@ def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | N
     inputs = graph_inputs(graph)
     if len(inputs) != 1:
         raise CompressError(f"{onnx_path}: {what} expects one input (batch first), got {len(inputs)}: "
-                            f"{', '.join(i.name for i in inputs)[:200]}")
+                            f"{shorten_list([i.name for i in inputs], 'inputs')}")
     tensor = inputs[0].type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim[1:])
     return inputs[0].name, tensor.elem_type, dims
