@@ -40,6 +40,11 @@ def test_optional_sections_switch_stages_on(tmp_path):
     ('[benchmark]\nproviders = ["gpu"]\n', "benchmark.providers: unknown provider 'gpu'; did you mean 'cpu'?"),
     ('[data]\nsource = "csv:x.csv"\n', "data.source: expected 'digits', 'npz:PATH' or 'python:module:function'"),
     ('[student2]\nmodel = "x"\n', "student2: unknown key; did you mean 'student'?"),
+    ('[benchmark]\nproviders = ["cpu", "cuda"]\nprovider_options = { cdua = { device_id = 0 } }\n',
+     "benchmark.provider_options: unknown provider 'cdua'; did you mean 'cuda'?"),
+    ('[benchmark]\nprovider_options = { cuda = { device_id = 0 } }\n',
+     "benchmark.provider_options: options for 'cuda', which is not in providers ['cpu']; add it there or remove "
+     "its options"),
 ])
 def test_bad_values_are_one_keyed_line(tmp_path, extra, message):
     path = write_toml(tmp_path, BASE + extra)
@@ -47,6 +52,13 @@ def test_bad_values_are_one_keyed_line(tmp_path, extra, message):
         load_config(path)
     text = str(err.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_config_lists_cannot_be_changed_in_place(tmp_path):
+    cfg = load_config(write_toml(tmp_path, BASE))
+    with pytest.raises(AttributeError):
+        cfg.benchmark.providers.append("cuda")  # a tuple: the frozen config stays what the file said
+    assert cfg.benchmark.providers == ("cpu",)
 
 
 def test_toml_syntax_error_has_line(tmp_path):
