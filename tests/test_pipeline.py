@@ -134,6 +134,14 @@ def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
     assert again.exit_code == 0, again.output
     statuses = [s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]]
     assert statuses == ["cached"] * 5
+    # prune exports every step at [export] opset to time it: changing the opset re-runs prune (and what follows)
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + "\n[export]\nopset = 17\n")
+    third = _run(tiny_dir)
+    assert third.exit_code == 0, third.output
+    statuses = {s["name"]: s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]}
+    assert statuses == {"teacher": "cached", "distill": "cached", "prune": "done", "export": "done",
+                        "benchmark": "done"}
 
 
 def test_edge_stage_writes_ort_copy_and_readiness(tiny_dir):
