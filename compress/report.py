@@ -12,8 +12,9 @@ ORDER = ["teacher", "control", "student", "student-pruned"]
 
 
 def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stages: list[dict],
-                 info: dict) -> dict:
-    """Assemble the report from the model records, stage statuses and stage details."""
+                 info: dict, data_shape: tuple[int, ...] | None = None) -> dict:
+    """Assemble the report from the model records, stage statuses and stage details; `data_shape` is one
+    example's shape (the models' input without the batch axis)."""
     from compress.bench.environment import environment
 
     ordered = sorted(models.values(), key=lambda r: ORDER.index(r.name) if r.name in ORDER else len(ORDER))
@@ -23,6 +24,8 @@ def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stag
         "final": state.final,
         "environment": environment(),
         "stages": stages,
+        # the same shape `compress bench --json` records, so `compress compare` can tell two inputs apart
+        "inputs": {"input": {"shape": ["batch", *data_shape], "type": "tensor(float)"}} if data_shape else None,
         "models": [_model_entry(r) for r in ordered if r.onnx or r.torch],
         "details": info,
     }

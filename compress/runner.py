@@ -67,7 +67,7 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True) -> 
                            "artifacts": list(result.artifacts)})
             log.info("%s: %s", name, status)
         stages += [{"name": n, "status": "skipped", "seconds": 0.0, "artifacts": []} for n in names[len(stages):]]
-        report = build_report(cfg, models, state, stages, info)
+        report = build_report(cfg, models, state, stages, info, data_shape=data.input_shape)
         write_report(run_dir, report)
     if failure is not None:
         raise failure

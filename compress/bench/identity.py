@@ -41,6 +41,16 @@ def mismatches(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def cpu_notes(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Differences in the machines that change int8 speed (not a reason to refuse: a reason to read with care)."""
+    b = (base.get("environment") or {}).get("int8_isa")
+    n = (new.get("environment") or {}).get("int8_isa")
+    if b is None or n is None or sorted(b) == sorted(n):
+        return []
+    return [f"the two CPUs have different int8 instruction sets ({', '.join(b) or 'none'} vs {', '.join(n) or 'none'});"
+            " int8 models' latency and even accuracy (u8s8 saturation without VNNI) can differ for that alone"]
+
+
 def _params(doc: dict[str, Any]) -> dict[str, int | None]:
     models = doc.get("models") if isinstance(doc.get("models"), list) else []
     return {str(m.get("name")): m.get("params") for m in models if isinstance(m, dict) and m.get("name")}

@@ -181,7 +181,7 @@ def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
     The gate is the one `compress bench --baseline` uses (see `compress bench --help`).
     """
     from compress.bench import compare as cmp
-    from compress.bench.identity import mismatches
+    from compress.bench.identity import cpu_notes, mismatches
 
     base_doc, new_doc = cmp.load_document(base), cmp.load_document(new)
     differ = mismatches(base_doc, new_doc)
@@ -190,6 +190,8 @@ def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
                             "same pipeline and model, or drop --strict to see the rows anyway")
     for what in differ:
         click.echo(f"warning: compare: {base} and {new}: {what}; their rows may compare unrelated models", err=True)
+    for what in cpu_notes(base_doc, new_doc):
+        click.echo(f"warning: compare: {base} and {new}: {what}", err=True)
     verdicts = cmp.compare(cmp.rows_of(base_doc, base), cmp.rows_of(new_doc, new), max_regression)
     click.echo(cmp.table(verdicts, max_regression))
     for line in cmp.machine_warnings(verdicts):

@@ -88,3 +88,28 @@ def test_bench_json_records_the_model_inputs(tmp_path: Path):
     from compress.bench.identity import model_inputs
 
     assert model_inputs(path) == {"x": {"shape": ["batch", 4], "type": "tensor(float)"}}
+
+
+def test_reports_of_models_with_different_input_shapes_fail_under_strict(tmp_path: Path):
+    a, b = report(tmp_path / "a.json", "digits", 581050), report(tmp_path / "b.json", "digits", 581050)
+    for path, shape in ((a, [1, 8, 8]), (b, [1, 16, 16])):
+        doc = json.loads(Path(path).read_text())
+        doc["inputs"] = {"input": {"shape": ["batch", *shape], "type": "tensor(float)"}}
+        Path(path).write_text(json.dumps(doc))
+    result = compare(a, b, "--strict")
+    assert result.exit_code == 2
+    assert "are not comparable: different model inputs (input ['batch', 1, 8, 8] tensor(float) vs input " \
+           "['batch', 1, 16, 16] tensor(float))" in result.stderr
+
+
+def test_cpus_with_different_int8_instruction_sets_warn(tmp_path: Path):
+    a, b = report(tmp_path / "a.json", "digits", 581050), report(tmp_path / "b.json", "digits", 581050)
+    for path, isa in ((a, ["avx2", "avx512f", "avx512_vnni"]), (b, ["avx2", "avx512f"])):
+        doc = json.loads(Path(path).read_text())
+        doc["environment"] = {"int8_isa": isa}
+        Path(path).write_text(json.dumps(doc))
+    result = compare(a, b, "--strict")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"warning: compare: {a} and {b}: the two CPUs have different int8 instruction sets "
+                             "(avx2, avx512f, avx512_vnni vs avx2, avx512f); int8 models' latency and even accuracy "
+                             "(u8s8 saturation without VNNI) can differ for that alone\n")
