@@ -1,6 +1,7 @@
 """The OpenVINO EP for real (marker `openvino`: a venv with onnxruntime-openvino in place of onnxruntime)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -74,3 +75,19 @@ def test_without_strict_the_fallback_is_measured_and_shown(tmp_path: Path):
     model = graph(tmp_path / "m.onnx", ["Relu", "Det", "Sigmoid"])
     result = CliRunner().invoke(main, ["bench", str(model), "--provider", "openvino", *FAST])
     assert result.exit_code == 0 and result.output.splitlines()[2].rstrip().endswith(" 1/3")
+
+
+@pytest.mark.e2e
+def test_pipeline_measures_openvino_and_reports_its_placement(tiny_dir: Path):
+    # setup: the tiny pipeline asks for cpu and openvino, strict (no node may fall back to CPU)
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text().replace('providers = ["cpu", "cuda"]', 'providers = ["cpu", "openvino"]\n'
+                                             'strict = true\nprovider_options = {openvino = {num_of_threads = 1}}'))
+    # execute
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    # assert: every model has an OpenVINO row per batch, with all its nodes on OpenVINO
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    placed = {(m["name"], r["batch"]): (r["placement"]["nodes_on_provider"] == r["placement"]["nodes_total"] > 0)
+              for m in report["models"] for r in m["latency"] if r["provider"] == OV}
+    assert placed == {(m, b): True for m in ("teacher", "student", "control") for b in (1, 8)}
