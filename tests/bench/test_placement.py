@@ -66,6 +66,16 @@ TENSORRT_LOG = """\
 [V:onnxruntime:, session_state.cc:1353 VerifyEachNodeIsAssignedToAnEp]   ScatterND (/ScatterND_2)
 """  # noqa: E501
 
+# CoreML (macOS/iOS only): compiling, one kernel per CoreML partition, same session_state.cc format; NonZero (a
+# data-dependent output shape, which the CoreML EP does not take) left to the CPU provider.
+COREML_LOG = """\
+[V:onnxruntime:, session_state.cc:1345 VerifyEachNodeIsAssignedToAnEp] Node placements
+[V:onnxruntime:, session_state.cc:1351 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CoreMLExecutionProvider]. Number of nodes: 1
+[V:onnxruntime:, session_state.cc:1353 VerifyEachNodeIsAssignedToAnEp]   CoreMLExecutionProvider_CoreML_1234_0_0 (CoreMLExecutionProvider_CoreML_1234_0_0_0)
+[V:onnxruntime:, session_state.cc:1351 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 1
+[V:onnxruntime:, session_state.cc:1353 VerifyEachNodeIsAssignedToAnEp]   NonZero (/NonZero)
+"""  # noqa: E501
+
 # NNAPI (Android only): the provider took nothing, so ORT prints the "All nodes" line for the CPU provider.
 NNAPI_NOTHING_LOG = CPU_ONLY_LOG_6  # the same lines a CPU-only session prints
 
@@ -94,6 +104,11 @@ def test_cuda_record_leaves_out_copy_nodes():
 def test_tensorrt_record():
     record = placement_from_logs("TensorrtExecutionProvider", CPU_ONLY_LOG_6, TENSORRT_LOG)
     assert (record["nodes_on_provider"], record["nodes_on_cpu"], record["provider_kernels"]) == (3, 3, 2)
+
+
+def test_coreml_record():
+    record = placement_from_logs("CoreMLExecutionProvider", CPU_ONLY_LOG_6, COREML_LOG)
+    assert (record["nodes_on_provider"], record["nodes_on_cpu"], record["cpu_nodes"]) == (5, 1, ["NonZero"])
 
 
 def test_a_provider_that_took_nothing_has_every_node_on_cpu():
