@@ -3,6 +3,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
+# The ONNX Runtime build: ORT=onnxruntime-openvino==1.24.1 (docs/openvino.md) or another that ships the
+# `onnxruntime` module. It replaces the default one after the project's requirements are in; onnxruntime-qnn
+# (dev extra) needs the default build itself, so it goes too. --force-reinstall: uninstalling onnxruntime removes
+# the module files both wheels share.
+ORT    ?= onnxruntime
+define use_ort
+	$(if $(filter-out onnxruntime,$(ORT)),$(BIN)/pip uninstall -q -y onnxruntime onnxruntime-qnn && \
+	$(PIP) --force-reinstall --no-deps $(ORT) && \
+	$(BIN)/python -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())")
+endef
 
 .PHONY: demo test test-fast test-all install dev bench clean
 
@@ -14,9 +24,11 @@ install: $(BIN)/python
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[plot]'
+	$(use_ort)
 
 dev: install
 	$(PIP) -e '.[dev]'
+	$(use_ort)
 
 demo: install
 	$(BIN)/compress run pipelines/digits.toml

@@ -105,6 +105,14 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _placed(record: dict | None) -> str:
+    """'12/14 (CPU: Det, Sigmoid)' for a non-CPU provider's placement; '-' for the CPU provider."""
+    from compress.bench.placement import nodes_on_provider
+
+    text = nodes_on_provider(record)
+    return f"{text} (CPU: {', '.join(sorted(set(record['cpu_nodes'])))})" if record and record["cpu_nodes"] else text
+
+
 def markdown(report: dict) -> str:
     """A human-readable report: summary, every latency row, stage statuses, stage details."""
     out = [f"# compress report: {report['pipeline']}", ""]
@@ -115,16 +123,16 @@ def markdown(report: dict) -> str:
     if report.get("gate_failure"):
         out += ["", f"**Gate failed:** {report['gate_failure']}"]
     out += ["", "## Latency (ONNX Runtime)", "",
-            "| model | provider | batch | threads | runs | p50 ms | p90 ms | p99 ms | 95% CI of p50 | items/s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| model | provider | batch | threads | runs | p50 ms | p90 ms | p99 ms | 95% CI of p50 | items/s "
+            "| nodes on provider |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         for r in m.get("latency", []):
             lo, hi = r["ci95_p50_ms"]
             out.append(f"| {m['name']} | {r['provider']} | {r['batch']} | {r['threads']} | {r['runs']} | "
                        f"{r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | {lo:.4f}-{hi:.4f} | "
-                       f"{r['throughput_per_s']:.0f} |")
+                       f"{r['throughput_per_s']:.0f} | {_placed(r.get('placement'))} |")
         for u in m.get("unavailable", []):
-            out.append(f"| {m['name']} | {u['provider']} | unavailable: {u['reason']} | | | | | | | |")
+            out.append(f"| {m['name']} | {u['provider']} | unavailable: {u['reason']} | | | | | | | | |")
     out += ["", "## Parity (torch vs ONNX Runtime, validation set)", ""]
     for m in report["models"]:
         if m.get("parity"):

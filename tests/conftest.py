@@ -33,7 +33,8 @@ def absent_provider() -> tuple[str, str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `cuda` need the CUDA execution provider, tests marked `qnn` onnxruntime-qnn (the QNN EP plugin
-    with its HTP simulator): each is skipped, with the reason, where this machine lacks it."""
+    with its HTP simulator), tests marked `openvino` the OpenVINO EP (onnxruntime-openvino): each is skipped, with
+    the reason, where this machine lacks it."""
     import importlib.util
 
     missing = {}
@@ -41,6 +42,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         missing["cuda"] = f"CUDAExecutionProvider not available here ({', '.join(available_providers())})"
     if importlib.util.find_spec("onnxruntime_qnn") is None:
         missing["qnn"] = "onnxruntime-qnn is not installed (pip install 'compress[qnn]')"
+    if "OpenVINOExecutionProvider" not in available_providers():
+        missing["openvino"] = ("OpenVINOExecutionProvider not available here (a venv with onnxruntime-openvino in "
+                               "place of onnxruntime: make install ORT=onnxruntime-openvino)")
     for item in items:
         for marker, reason in missing.items():
             if item.get_closest_marker(marker):

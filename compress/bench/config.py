@@ -45,7 +45,8 @@ class BenchmarkConfig(TimingProfile):
     provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
         default_factory=dict, description="Options per provider in `providers`, e.g. {cuda = {device_id = 0}}.")
     strict: bool = Field(False, description="Fail when a requested provider is unavailable here (checked by "
-                         "`compress validate` and before any training).")
+                         "`compress validate` and before any training), or when it leaves any node to the CPU "
+                         "provider (checked before a model is timed).")
 
     @field_validator("providers")
     @classmethod

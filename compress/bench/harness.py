@@ -27,6 +27,7 @@ import numpy as np
 
 from compress.bench import stats
 from compress.bench.inputs import batch_of, check_inputs, make_inputs
+from compress.bench.placement import audit
 from compress.bench.providers import (
     DEVICE_OF,
     check_model_file,
@@ -353,8 +354,9 @@ def bench_model(
 ) -> dict[str, Any]:
     """Measure every (provider, batch, threads) combination; repetitions are interleaved across them.
 
-    Returns {"latency": [rows], "unavailable": [{"provider", "reason"}]}. With settings.edge, batch sizes and
-    threads are forced to [1]. With settings.strict an unavailable provider raises ProviderUnavailable.
+    Returns {"latency": [rows], "unavailable": [{"provider", "reason"}]}; rows carry `placement` (bench.placement).
+    With settings.edge, batch sizes and threads are forced to [1]. With settings.strict an unavailable provider
+    raises ProviderUnavailable, and nodes falling back to the CPU provider raise CompressError before timing.
     `recheck(row) -> bool` (the regression gate's "looks slower"): each row it flags is measured again with
     as many fresh repetitions and reported from all of them (`rechecked: true`), so a row is judged on a
     second, later look at the machine rather than on one unlucky stretch.
@@ -375,13 +377,14 @@ def bench_model(
                 raise
             jobs = [j for j in jobs if j.provider != name]
             unavailable.append({"provider": name, "reason": exc.reason})
+    placements = audit(model_path, {job.provider: job.threads for job in jobs}, settings)  # strict: before timing
     _interleave(jobs, settings.repetitions, f"bench {Path(model_path).name}", progress)
     rows = [job.row() for job in jobs]
     again = [i for i, row in enumerate(rows) if recheck is not None and recheck(row)]
     _interleave([jobs[i] for i in again], settings.repetitions, f"re-measure {Path(model_path).name}", progress)
     for i in again:
         rows[i] = {**jobs[i].row(), "rechecked": True}
-    return {"latency": rows, "unavailable": unavailable}
+    return {"latency": [{**r, "placement": placements[r["provider"]]} for r in rows], "unavailable": unavailable}
 
 
 def _interleave(jobs: list[_Job], repetitions: int, desc: str, progress: bool) -> None:

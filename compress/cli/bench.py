@@ -29,8 +29,11 @@ def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 
 
 def _latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]]) -> str:
+    from compress.bench.placement import nodes_on_provider
+
     head = f"{'provider':<28} {'batch':>5} {'thr':>3} {'runs':>7} {'p50 ms':>9} {'95% CI p50':>19} " \
-           f"{'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10} {'cv p50':>7} {'score':>7} {'cv scr':>7}"
+           f"{'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10} {'cv p50':>7} {'score':>7} {'cv scr':>7} " \
+           f"{'on provider':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci95_p50_ms'][0]:.4f}, {r['ci95_p50_ms'][1]:.4f}]"
@@ -38,7 +41,7 @@ def _latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]]
             f"{r['provider']:<28} {r['batch']:>5} {r['threads']:>3} {r['runs']:>7} {r['p50_ms']:>9.4f} {ci:>19} "
             f"{r['p90_ms']:>9.4f} {r['p99_ms']:>9.4f} {r['mean_ms']:>9.4f} {r['throughput_per_s']:>10.1f} "
             f"{r['cv_p50_across_repetitions']:>7.1%} {_num(r.get('score'), '.3f'):>7} "
-            f"{_num(r.get('cv_score_across_repetitions'), '.1%'):>7}"
+            f"{_num(r.get('cv_score_across_repetitions'), '.1%'):>7} {nodes_on_provider(r.get('placement')):>11}"
         )
     for u in unavailable:
         lines.append(f"{u['provider']:<28} unavailable: {u['reason']}")
@@ -82,7 +85,8 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
 @click.option("--provider-option", "provider_options", multiple=True, metavar="PROVIDER:KEY=VALUE",
               help="Pass an option to a provider, e.g. cuda:device_id=0. Repeatable.")
 @click.option("--edge", is_flag=True, help="Edge profile: batch 1, 1 thread, no thread spinning.")
-@click.option("--strict", is_flag=True, help="An unavailable provider is an error (exit 2) instead of a report line.")
+@click.option("--strict", is_flag=True, help="An unavailable provider, or any node a non-CPU provider leaves to the "
+              "CPU provider, is an error (exit 2) instead of a report line.")
 @click.option("--warmup", "warmup_runs", type=click.IntRange(min=0), default=None, help="Warm-up runs per session.")
 @click.option("--min-runs", type=click.IntRange(min=1), default=None, help="Timed runs per repetition, at least.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=None, help="Timed seconds per repetition, at least.")
