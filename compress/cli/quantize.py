@@ -128,14 +128,10 @@ def _summary(model: Path, out: Path, gate: str, result: dict[str, Any]) -> dict[
 
 
 def _markdown(summary: dict[str, Any]) -> str:
+    from compress.quantize import attempts_table
+
     lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
              f"Gate: {summary['gate']}.", "", f"CPU: {summary['cpu_int8']}.", "",
-             "| attempt | why tried | score | drop (points) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
-    for a in summary["attempts"]:
-        score = "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.2f}%"
-        drop = "-" if a.get("accuracy_drop") is None else f"{100 * a['accuracy_drop']:.2f}"
-        size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
-        lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {score} | {drop} | {size} | "
-                     f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")
-    lines += ["", f"Pick: {summary['why']}", "", f"Wrote: {summary['out'] or 'nothing (no attempt met the budget)'}"]
+             *attempts_table(summary["attempts"], score="score"),
+             "", f"Pick: {summary['why']}", "", f"Wrote: {summary['out'] or 'nothing (no attempt met the budget)'}"]
     return "\n".join(lines) + "\n"

@@ -180,6 +180,18 @@ class _Search:
         return None
 
 
+def attempts_table(attempts: list[dict[str, Any]], score: str = "accuracy") -> list[str]:
+    """The attempts as a markdown table (report.md's quantize section, `compress quantize`'s summary)."""
+    lines = [f"| attempt | why tried | {score} | drop (points) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
+    for a in attempts:
+        acc = "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.2f}%"
+        drop = "-" if a.get("accuracy_drop") is None else f"{100 * a['accuracy_drop']:.2f}"
+        size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
+        lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | "
+                     f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")
+    return lines
+
+
 def _cpu_note(isa: list[str]) -> str:
     """What this CPU means for int8, as ONNX Runtime's quantization docs put it."""
     from compress.bench.environment import u8s8_saturates

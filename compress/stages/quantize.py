@@ -43,12 +43,7 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _markdown(result: dict[str, Any]) -> list[str]:
-    lines = ["", "## Quantization attempts", "",
-             "| attempt | why tried | accuracy | drop (points) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
-    for a in result["attempts"]:
-        acc = "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.2f}%"
-        drop = "-" if a.get("accuracy_drop") is None else f"{100 * a['accuracy_drop']:.2f}"
-        size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
-        lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | "
-                     f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")
-    return lines + ["", f"CPU: {result['cpu_int8']}.", "", f"Pick: {result['why']}"]
+    from compress.quantize import attempts_table
+
+    return ["", "## Quantization attempts", "", *attempts_table(result["attempts"]), "",
+            f"CPU: {result['cpu_int8']}.", "", f"Pick: {result['why']}"]
