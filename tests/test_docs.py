@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +40,7 @@ def readme_examples() -> dict[str, str]:
     return dict(re.findall(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
 
 
+@pytest.mark.e2e
 def test_readme_your_own_model_example_runs_as_written(tmp_path, monkeypatch):
     import json
 

@@ -150,6 +150,7 @@ def test_cli_edge_provider_qnn_without_calibration_is_exit_2(tmp_path):
 
 
 @pytest.mark.qnn
+@pytest.mark.e2e
 def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
     from tests.test_pipeline import _run_with
 
