@@ -1,13 +1,13 @@
-"""QNN HTP (Snapdragon NPU, simulated by onnxruntime-qnn on x86_64) on the two reference students.
+"""QNN HTP (Snapdragon NPU, simulated by onnxruntime-qnn on x86_64) on the reference students.
 
-For the digits CNN (`builtin:cnn-small`) and the MobileNet-style net (`builtin:mobilenet`: depthwise, BN,
-residual): train briefly on the built-in digits, export (dynamic batch), then compress.edge.qnn_flow.prepare_qnn
+For the digits CNN (`builtin:cnn-small`), the MobileNet-style net (`builtin:mobilenet`: depthwise, BN,
+residual) and a 2-layer transformer encoder over the image rows (`tiny_transformer`): train briefly on the built-in digits, export (dynamic batch), then compress.edge.qnn_flow.prepare_qnn
 (batch fixed to 1, QNN QDQ quantization calibrated on training images, placement measured on HTP, accuracy on
 the whole validation split on HTP beside fp32 and int8 on ORT CPU, EPContext model load + parity). Prints one
 line per model and writes the sections to <out>/bench_qnn.json. Targets: 100% of nodes on HTP, top-1 agreement
 HTP vs ORT CPU int8 >= 99%, accuracy drop HTP vs fp32 <= 1 point, EPContext outputs == QDQ outputs on HTP.
 
-    PYTHONPATH=.:/path/to/site-with-onnxruntime_qnn python benchmarks/bench_qnn.py [--out runs/bench_qnn]
+    .venv/bin/python benchmarks/bench_qnn.py [--out runs/bench_qnn]
         [--epochs 8] [--calibration 256] [--activation-type uint8]
 """
 from __future__ import annotations
@@ -33,6 +33,33 @@ def _train_and_export(name: str, factory, data, epochs: int, out: Path) -> tuple
     return export_onnx(model, data.example(1), out / f"{name}.onnx"), acc
 
 
+def tiny_transformer(input_shape, num_classes, d: int = 32, heads: int = 4, layers: int = 2):
+    """A transformer student on the digits: each image row is a token (8 tokens of 8 features), projected to d,
+    plus a learned position embedding, `layers` encoder layers (GELU, LayerNorm, softmax attention), mean pool.
+
+    Float input, so it goes through the same one-float-input QNN flow; a token-id input (Gather on an embedding
+    table) waits for the transformers issue's students."""
+    import torch
+
+    rows, cols = input_shape[-2], input_shape[-1]
+
+    class RowTransformer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Linear(cols, d)
+            self.position = torch.nn.Parameter(torch.zeros(1, rows, d))
+            layer = torch.nn.TransformerEncoderLayer(d, heads, dim_feedforward=2 * d, dropout=0.0, activation="gelu",
+                                                     batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(d, num_classes)
+
+        def forward(self, x):
+            tokens = self.embed(x.reshape(x.shape[0], rows, cols)) + self.position
+            return self.head(self.encoder(tokens).mean(1))
+
+    return RowTransformer()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_qnn"))
@@ -55,7 +82,7 @@ def main() -> int:
     data = load_data(DataConfig(), seed=0, base_dir=Path("."))
     calib = data.x_train[: args.calibration].numpy()
     results = {}
-    for name, factory in (("cnn-small", cnn_small), ("mobilenet", mobilenet)):
+    for name, factory in (("cnn-small", cnn_small), ("mobilenet", mobilenet), ("transformer", tiny_transformer)):
         path, torch_acc = _train_and_export(name, factory, data, args.epochs, args.out)
         section = prepare_qnn(path, args.out / name, calibration=calib, val_x=data.x_val.numpy(),
                               val_y=data.y_val.numpy(), activation_type=args.activation_type, latency_runs=100)
