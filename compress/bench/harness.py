@@ -16,8 +16,6 @@ Method (why each piece is there, on noisy shared machines):
 from __future__ import annotations
 
 import functools
-import gc
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from compress.bench import stats
+from compress.bench.budget import fit as fit_budget
 from compress.bench.inputs import batch_of, check_inputs, make_inputs
 from compress.bench.providers import (
     DEVICE_OF,
@@ -35,6 +34,7 @@ from compress.bench.providers import (
     session_options_summary,
 )
 from compress.bench.reference import REFERENCE_VERSION, reference_input, reference_model_bytes
+from compress.bench.timing import timed_loop as _timed_loop
 from compress.errors import CompressError
 from compress.progress import progress as progress_bar
 
@@ -80,6 +80,8 @@ class BenchSettings:
     """Model time per block between reference blocks; short enough to follow the machine's speed phases."""
     reference_block_seconds: float = 0.02
     """Reference time per block."""
+    max_seconds_per_row: float | None = 12.0
+    """Time budget of one row: a slow model's runs and repetitions are cut to fit (budget.py); None = no cut."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -91,6 +93,7 @@ class BenchSettings:
             "max_samples_kept": self.max_samples_kept >= 10,
             "block_seconds": self.block_seconds > 0,
             "reference_block_seconds": self.reference_block_seconds > 0,
+            "max_seconds_per_row": self.max_seconds_per_row is None or self.max_seconds_per_row > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -118,6 +121,7 @@ class _Job:
     samples_ns: list[np.ndarray] = field(default_factory=list)
     reference_ns: list[np.ndarray] = field(default_factory=list)
     block_ends: list[np.ndarray] = field(default_factory=list)  # per repetition: (model, reference) sample counts
+    budget: dict[str, Any] | None = None  # budget.plan's record once budget.fit probed the model
 
     @property
     def uses_reference(self) -> bool:
@@ -217,6 +221,7 @@ class _Job:
             "p50_ms_repetitions": rep_p50,
             **reference,
             "repetitions": len(per_rep_ms),
+            "budget": self.budget,
             "warmup_runs": self.settings.warmup_runs,
             "io_binding": self.io_binding,
             "edge": self.settings.edge,
@@ -224,67 +229,6 @@ class _Job:
             "session_options": session_options_summary(self.threads, edge=self.settings.edge),
             "samples_ms": [round(x, 5) for x in stats.subsample(pooled, self.settings.max_samples_kept)],
         }
-
-
-def _timed_loop(
-    run: Callable[[], Any], settings: BenchSettings, ref_run: Callable[[], Any] | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Time `run` until min_runs and min_seconds are both met; nanoseconds per call.
-
-    With `ref_run`, model blocks of block_seconds alternate with reference blocks of reference_block_seconds,
-    so both see the same machine speed. Returns (model samples, reference samples, block ends): block i holds
-    model samples [ends[i-1, 0], ends[i, 0]) and the reference samples timed right after it (None, None without).
-    """
-    perf = time.perf_counter_ns
-    samples: list[int] = []
-    ref_samples: list[int] = []
-    append = samples.append
-    ref_append = ref_samples.append
-    ends: list[tuple[int, int]] = []  # (model samples so far, reference samples so far) at each block's end
-    block_ns = int(settings.block_seconds * 1e9) if ref_run is not None else 1 << 62
-    ref_block_ns = int(settings.reference_block_seconds * 1e9)
-    start = perf()
-    model_ns = 0  # model time only: min_seconds counts the model, not the reference
-    min_ns = int(settings.min_seconds * 1e9)
-    hard_stop = start + int(settings.max_seconds * 1e9)
-    min_runs = settings.min_runs
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a timed call is noise, not model time
-    try:
-        n = 0
-        done = False
-        while not done:
-            block_start = perf()
-            block_end = block_start + block_ns
-            while True:
-                t0 = perf()
-                run()
-                t1 = perf()
-                append(t1 - t0)
-                n += 1
-                if (n >= min_runs and model_ns + (t1 - block_start) >= min_ns) or (t1 >= hard_stop and n >= 5):
-                    done = True
-                    break
-                if t1 >= block_end:
-                    break
-            model_ns += perf() - block_start
-            if ref_run is not None:
-                ref_end = perf() + ref_block_ns
-                while True:
-                    t0 = perf()
-                    ref_run()
-                    t1 = perf()
-                    ref_append(t1 - t0)
-                    if t1 >= ref_end:
-                        break
-                ends.append((len(samples), len(ref_samples)))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    model = np.asarray(samples, dtype=np.float64)
-    if ref_run is None:
-        return model, None, None
-    return model, np.asarray(ref_samples, dtype=np.float64), np.asarray(ends, dtype=np.int64).reshape(-1, 2)
 
 
 def _prepare(
@@ -334,7 +278,8 @@ def measure(
     is missing or ORT dropped it; nothing is ever timed on CPU under another provider's name.
     """
     job = _prepare(model_path, provider, batch, threads, inputs, dims, settings)
-    for _ in range(settings.repetitions):
+    fit_budget(job)
+    for _ in range(job.settings.repetitions):
         job.repetition()
     return job.row()
 
@@ -375,21 +320,23 @@ def bench_model(
                 raise
             jobs = [j for j in jobs if j.provider != name]
             unavailable.append({"provider": name, "reason": exc.reason})
-    _interleave(jobs, settings.repetitions, f"bench {Path(model_path).name}", progress)
+    for job in jobs:
+        fit_budget(job)
+    _interleave(jobs, f"bench {Path(model_path).name}", progress)
     rows = [job.row() for job in jobs]
     again = [i for i, row in enumerate(rows) if recheck is not None and recheck(row)]
-    _interleave([jobs[i] for i in again], settings.repetitions, f"re-measure {Path(model_path).name}", progress)
+    _interleave([jobs[i] for i in again], f"re-measure {Path(model_path).name}", progress)
     for i in again:
         rows[i] = {**jobs[i].row(), "rechecked": True}
     return {"latency": rows, "unavailable": unavailable}
 
 
-def _interleave(jobs: list[_Job], repetitions: int, desc: str, progress: bool) -> None:
-    total = len(jobs) * repetitions
-    bar = progress_bar(total=total, desc=desc, unit="rep", enabled=progress and total > 0)
+def _interleave(jobs: list[_Job], desc: str, progress: bool) -> None:
+    reps = [job.settings.repetitions for job in jobs]  # a row cut to its time budget has fewer
+    bar = progress_bar(total=sum(reps), desc=desc, unit="rep", enabled=progress and sum(reps) > 0)
     try:
-        for _ in range(repetitions):
-            for job in jobs:
+        for r in range(max(reps, default=0)):
+            for job in (j for j, n in zip(jobs, reps) if r < n):
                 job.repetition()
                 bar.update(1)
     finally:
