@@ -176,7 +176,7 @@ def test_npz_inputs_are_checked(tmp_path: Path, small: Path):
         load_npz(wrong_shape, session)
     missing = tmp_path / "missing.npz"
     np.savez(missing, z=np.ones((5, 64), np.float32))
-    with pytest.raises(CompressError, match=r"missing input\(s\) \['x'\]"):
+    with pytest.raises(CompressError, match=r"missing input\(s\) x; the model expects x"):
         load_npz(missing, session)
 
 
