@@ -304,12 +304,47 @@ def bench_model(
     as many fresh repetitions and reported from all of them (`rechecked: true`), so a row is judged on a
     second, later look at the machine rather than on one unlucky stretch.
     """
+    jobs, unavailable = _jobs_for(model_path, providers, batch_sizes, threads, settings, inputs_for_batch, dims)
+    _interleave(jobs, f"bench {Path(model_path).name}", progress)
+    rows = [job.row() for job in jobs]
+    again = [i for i, row in enumerate(rows) if recheck is not None and recheck(row)]
+    _interleave([jobs[i] for i in again], f"re-measure {Path(model_path).name}", progress)
+    for i in again:
+        rows[i] = {**jobs[i].row(), "rechecked": True}
+    return {"latency": rows, "unavailable": unavailable}
+
+
+def bench_models(
+    model_paths: Mapping[str, str | Path],
+    providers: list[str],
+    batch_sizes: list[int],
+    threads: list[int],
+    *,
+    settings: BenchSettings = BenchSettings(),
+    inputs_for_batch: Callable[[int], dict[str, np.ndarray]] | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """bench_model for several models at once: repetitions interleaved across every row of every model, so
+    models of the same architecture see the same machine and do not "differ" by a slow phase.
+
+    Returns {name: {"latency": [rows], "unavailable": [...]}} in the order of `model_paths`.
+    """
+    built = {name: _jobs_for(path, providers, batch_sizes, threads, settings, inputs_for_batch, None)
+             for name, path in model_paths.items()}
+    _interleave([job for jobs, _ in built.values() for job in jobs], f"bench {len(built)} models", progress)
+    return {name: {"latency": [job.row() for job in jobs], "unavailable": unavailable}
+            for name, (jobs, unavailable) in built.items()}
+
+
+def _jobs_for(model_path: str | Path, providers: list[str], batch_sizes: list[int], threads: list[int],
+              settings: BenchSettings, inputs_for_batch: Callable[[int], dict[str, np.ndarray]] | None,
+              dims: dict[str, int] | None) -> tuple[list[_Job], list[dict[str, str]]]:
+    """One probed, budget-fitted job per available (provider, batch, threads); unavailable providers listed."""
     if settings.edge:
         batch_sizes, threads = [1], [1]
-    names = list(dict.fromkeys(resolve_provider(p) for p in providers))
     jobs: list[_Job] = []
     unavailable: list[dict[str, str]] = []
-    for name in names:
+    for name in dict.fromkeys(resolve_provider(p) for p in providers):
         try:
             for b in dict.fromkeys(batch_sizes):
                 for t in dict.fromkeys(threads):
@@ -322,13 +357,7 @@ def bench_model(
             unavailable.append({"provider": name, "reason": exc.reason})
     for job in jobs:
         fit_budget(job)
-    _interleave(jobs, f"bench {Path(model_path).name}", progress)
-    rows = [job.row() for job in jobs]
-    again = [i for i, row in enumerate(rows) if recheck is not None and recheck(row)]
-    _interleave([jobs[i] for i in again], f"re-measure {Path(model_path).name}", progress)
-    for i in again:
-        rows[i] = {**jobs[i].row(), "rechecked": True}
-    return {"latency": rows, "unavailable": unavailable}
+    return jobs, unavailable
 
 
 def _interleave(jobs: list[_Job], desc: str, progress: bool) -> None:
