@@ -4,8 +4,9 @@ Why: the run counts that give a 1 ms model a tight p50 (20 warm-up + at least 10
 76 ms model about a minute per row. A slow model needs far fewer runs for the same CI of p50, because its
 per-run spread is small next to its p50 (a preemption costs the same milliseconds whatever the model's length).
 So, when the default plan would overrun `BenchSettings.max_seconds_per_row`, the row gets 3 repetitions (still
-interleaved with the other rows), a short warm-up (~0.2 s of runs, at least 2) and as many timed runs as fit;
-a wall-clock stop per repetition keeps a machine that slows down mid-run inside the budget too.
+interleaved with the other rows), a short warm-up (~0.2 s of runs, at most a fifth of a repetition, at least 2)
+and as many timed runs as fit; a wall-clock stop per repetition keeps a machine that slows down mid-run inside
+the budget too. Measured: a 79 ms conv stack, 67 s with the full settings, 11 s cut (docs/results-bench.md).
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ def plan(settings: BenchSettings, seconds_per_run: float, reference: bool,
         return settings, info
     usable = max(budget * USABLE_FRACTION - spent_seconds, 0.0)
     per_run = seconds_per_run * _overhead(settings, seconds_per_run, reference)
-    warmup = min(settings.warmup_runs, max(2, math.ceil(0.2 / seconds_per_run)))
     reps = min(settings.repetitions, CUT_REPETITIONS)
+    # ~0.2 s of warm-up settles a slow model's allocations; never more than a fifth of a repetition's share
+    warmup = min(settings.warmup_runs, max(2, math.ceil(min(0.2, usable / reps / 5) / seconds_per_run)))
     while reps > 1 and reps * (warmup * seconds_per_run + MIN_RUNS_PER_REPETITION * per_run) > usable:
         reps -= 1
     runs = int((usable / reps - warmup * seconds_per_run) / per_run)

@@ -136,14 +136,14 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     from compress.bench.providers import check_model_file, open_session, resolve_provider
 
     # everything the user typed is checked before a single run is timed
+    if against is not None and baseline is not None:
+        raise CompressError("--against and --baseline: use one; --against OLD.onnx measures both models now, "
+                            "--baseline OLD.json compares with a saved result")
     names = [resolve_provider(p) for p in providers]
     dim_sizes = parse_dims(dims)
     options = parse_provider_options(provider_options)
     base_rows = load_rows(baseline) if baseline is not None else None
     check_model_file(model)
-    if against is not None and baseline is not None:
-        raise CompressError("--against and --baseline: use one; --against OLD.onnx measures both models now, "
-                            "--baseline OLD.json compares with a saved result")
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
                                    "repetitions": repetitions, "max_seconds_per_row": time_budget}.items()
                  if v is not None}
