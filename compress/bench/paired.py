@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from compress.bench import stats
+from compress.errors import CompressError
 
 CONFIDENCE = 0.99
 """Two-sided confidence of the CI of the median pair ratio (one-sided error 0.5%, like verdict's alpha 0.01)."""
@@ -63,15 +64,23 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
                  dims: dict[str, int] | None = None) -> dict[str, Any]:
     """Time OLD and NEW in alternating blocks on fresh session pairs (settings.repetitions); one verdict row.
 
-    Both models get the same generated inputs (same seed and shapes) or the given `inputs`. The row's time
+    Both models get the same arrays: the given `inputs`, or those generated for OLD. The row's time
     budget (settings.max_seconds_per_row) covers both models: the probe adds their run times.
     Row: provider, batch, threads, old_p50_ms, new_p50_ms, raw_ratio (of the pooled p50s), ratio, ci_ratio,
     pairs, verdict, regressed, runs_old, runs_new, budget, old/new_block_p50_ms.
     """
     from compress.bench import budget
-    from compress.bench.harness import _prepare
+    from compress.bench.harness import ProviderUnavailable, _prepare
 
-    jobs = [_prepare(path, provider, batch, threads, inputs, dims, settings) for path in (old, new)]
+    first = _prepare(old, provider, batch, threads, inputs, dims, settings)
+    # NEW gets OLD's very arrays: a model with other inputs is refused by name, never timed on other data
+    try:
+        jobs = [first, _prepare(new, provider, batch, threads, first.feed, dims, settings)]
+    except ProviderUnavailable:
+        raise
+    except CompressError as exc:
+        raise CompressError(f"{new}: does not take the inputs of {old} ({exc}); paired mode compares two versions of "
+                            "one model, with the same inputs") from None
     start = time.perf_counter()
     per_run = sum(budget.probe_seconds(job._runner(job.session)) for job in jobs)
     settings, budget_info = budget.plan(settings, per_run, False, spent_seconds=time.perf_counter() - start)

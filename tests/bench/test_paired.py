@@ -88,3 +88,10 @@ def test_against_and_baseline_together_is_exit_2(tmp_path: Path):
     a = mlp(tmp_path / "a.onnx", layers=2)
     result = invoke("bench", a, "--against", a, "--baseline", tmp_path / "base.json", *FAST)
     assert result.exit_code == 2 and "--against and --baseline: use one" in result.output
+
+
+def test_against_a_model_with_other_inputs_is_exit_2(tmp_path: Path):
+    old = mlp(tmp_path / "old.onnx", layers=2, width=64)
+    new = mlp(tmp_path / "new.onnx", layers=2, width=32)
+    result = invoke("bench", new, "--against", old, *FAST)
+    assert result.exit_code == 2 and "new.onnx: does not take the inputs of" in result.output
