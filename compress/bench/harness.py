@@ -10,6 +10,7 @@ Method (why each piece is there, on noisy shared machines):
 - on CPU-side providers, model blocks alternate with blocks of a fixed reference workload (reference.py) and
   the row's `score` (stats.gate_score: fastest model block over fastest reference block, combined with the
   median of per-block ratios) is what the gate compares instead of raw p50s;
+- a time budget per row (budget.py): a probe of the model's speed cuts a slow model's runs and repetitions;
 - raw samples are kept (evenly subsampled) so a later `compare` can run Mann-Whitney U on them, and so are
   the block medians.
 """
