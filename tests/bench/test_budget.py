@@ -35,7 +35,7 @@ def test_budget_must_be_positive():
 
 
 def test_a_row_is_cut_to_a_small_budget(tmp_path: Path):
-    # setup: ~10 ms per run at batch 64 on 2 cores; the defaults would take several seconds
+    # setup: a few ms per run at batch 64 (faster on AVX-512 machines); the defaults take over 3 s for any model
     model = mlp(tmp_path / "m.onnx", layers=10, width=512)
     # execute
     row = measure(model, "cpu", 64, 1, settings=BenchSettings(max_seconds_per_row=1.0))
@@ -43,7 +43,7 @@ def test_a_row_is_cut_to_a_small_budget(tmp_path: Path):
     b = row["budget"]
     assert b["cut"] and b["seconds"] == 1.0 and row["repetitions"] == b["repetitions"] <= 3
     assert row["runs"] <= b["repetitions"] * b["runs_per_repetition"] < 5 * 100
-    assert row["warmup_runs"] == b["warmup_runs"] < 20
+    assert row["warmup_runs"] == b["warmup_runs"] <= 20
 
 
 def test_bench_prints_the_budget_and_can_turn_it_off(tmp_path: Path):
