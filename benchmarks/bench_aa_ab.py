@@ -4,7 +4,9 @@ A is a ~0.8 ms conv stack (5 layers); B has the same input and one more conv lay
 ratio is printed). One baseline of A is saved, then A and B are benchmarked against it alternately, so both
 see the same machine. `--spin N --mem M` add N pure-CPU and M memory-streaming busy processes for the whole
 run (the 2-core machine oversubscribed on purpose); the load average is printed either way.
-Run: python benchmarks/bench_aa_ab.py [--n 20] [--spin 3 --mem 1]
+With --mode paired (or both), each run also times `compress bench A --against A` and `bench B --against A`
+(paired mode: both models in one process, alternating blocks), so the two gates see the same minutes.
+Run: python benchmarks/bench_aa_ab.py [--n 20] [--spin 3 --mem 1] [--mode baseline|paired|both]
 """
 from __future__ import annotations
 
@@ -50,11 +52,16 @@ def main() -> None:
     parser.add_argument("--max-regression", type=float, default=0.10)
     parser.add_argument("--spin", type=int, default=0, help="extra pure-CPU busy processes during the run")
     parser.add_argument("--mem", type=int, default=0, help="extra memory-streaming busy processes during the run")
+    parser.add_argument("--mode", choices=("baseline", "paired", "both"), default="baseline",
+                        help="saved-baseline gate (--baseline), paired gate (--against), or both in turn")
     args = parser.parse_args()
     load = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(args.spin)]
     load += [subprocess.Popen([sys.executable, "-c", MEM]) for _ in range(args.mem)]
     try:
-        run(args)
+        if args.mode in ("baseline", "both"):
+            run(args)
+        if args.mode in ("paired", "both"):
+            run_paired(args)
     finally:
         for proc in load:
             proc.kill()
@@ -109,6 +116,40 @@ def run(args: argparse.Namespace) -> None:
           f"range {min(ab_ratios):.3f}..{max(ab_ratios):.3f}; raw p50 ratio {min(ab_raw):.3f}..{max(ab_raw):.3f}; "
           f"re-measured {rechecks_ab})")
     print(f"1-min load average during the runs: {min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores "
+          f"(extra busy processes: {args.spin} spin, {args.mem} mem)")
+
+
+def run_paired(args: argparse.Namespace) -> None:
+    """A/A and A/B through `compress bench NEW --against OLD`: false regressions and detections out of N."""
+    from click.testing import CliRunner
+
+    from compress.cli import main as cli
+
+    work = Path(tempfile.mkdtemp(prefix="bench_paired_"))
+    a = conv_model(work / "a.onnx", args.layers)
+    b = conv_model(work / "b.onnx", args.layers + 1)
+    runner = CliRunner()
+    gate = ["--max-regression", str(args.max_regression), "--quiet"]
+    found = {"A": [], "B": []}
+    loads = []
+    for i in range(args.n):
+        for name, model in (("A", a), ("B", b)):
+            out = work / f"{name}{i}.json"
+            res = runner.invoke(cli, ["bench", str(model), "--against", str(a), "--json", str(out), *gate])
+            if res.exit_code not in (0, 1):
+                raise SystemExit(res.output)
+            row = json.loads(out.read_text())["paired"][0]
+            found[name].append((res.exit_code == 1, row["ratio"], row["raw_ratio"], row["verdict"]))
+            loads.append(os.getloadavg()[0])
+        (_, ra, _, va), (_, rb, _, vb) = found["A"][-1], found["B"][-1]
+        print(f"paired run {i + 1:2d}: A/A ratio {ra:.3f} ({va})  A/B ratio {rb:.3f} ({vb})  load {loads[-1]:.1f}",
+              flush=True)
+    for name, what in (("A", "A/A false regressions"), ("B", "A/B detections")):
+        ratios = [r for _, r, _, _ in found[name]]
+        print(f"paired {what}: {sum(f for f, *_ in found[name])}/{args.n} at --max-regression {args.max_regression} "
+              f"(paired ratio median {np.median(ratios):.3f}, range {min(ratios):.3f}..{max(ratios):.3f}; "
+              f"unsure {sum(v == 'unsure' for *_, v in found[name])})")
+    print(f"1-min load average during the paired runs: {min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores "
           f"(extra busy processes: {args.spin} spin, {args.mem} mem)")
 
 

@@ -19,13 +19,15 @@ class TimingProfile(Section):
     min_runs: int = Field(100, ge=1, description="Timed runs per repetition, at least.")
     min_seconds: float = Field(0.4, ge=0, description="Timed seconds per repetition, at least.")
     repetitions: int = Field(3, ge=1, description="Fresh-session repetitions per row, interleaved across rows.")
+    time_budget_seconds: float = Field(12.0, ge=0, description="Seconds per row: a slow model's runs and "
+                                       "repetitions are cut to fit (compress/bench/budget.py); 0 = no budget.")
 
     def settings(self, **extra: Any) -> Any:
         """The harness's BenchSettings for this profile; `extra` sets its other fields (strict, provider_options)."""
         from compress.bench.harness import BenchSettings
 
         return BenchSettings(warmup_runs=self.warmup_runs, min_runs=self.min_runs, min_seconds=self.min_seconds,
-                             repetitions=self.repetitions, **extra)
+                             repetitions=self.repetitions, max_seconds_per_row=self.time_budget_seconds or None, **extra)
 
 
 PICK_PROFILE = TimingProfile(warmup_runs=10, min_runs=50, min_seconds=0.3, repetitions=3)

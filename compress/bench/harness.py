@@ -10,14 +10,13 @@ Method (why each piece is there, on noisy shared machines):
 - on CPU-side providers, model blocks alternate with blocks of a fixed reference workload (reference.py) and
   the row's `score` (stats.gate_score: fastest model block over fastest reference block, combined with the
   median of per-block ratios) is what the gate compares instead of raw p50s;
+- a time budget per row (budget.py): a probe of the model's speed cuts a slow model's runs and repetitions;
 - raw samples are kept (evenly subsampled) so a later `compare` can run Mann-Whitney U on them, and so are
   the block medians.
 """
 from __future__ import annotations
 
 import functools
-import gc
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from compress.bench import stats
+from compress.bench.budget import fit as fit_budget
 from compress.bench.inputs import batch_of, check_inputs, make_inputs
 from compress.bench.placement import audit
 from compress.bench.providers import (
@@ -36,6 +36,7 @@ from compress.bench.providers import (
     session_options_summary,
 )
 from compress.bench.reference import REFERENCE_VERSION, reference_input, reference_model_bytes
+from compress.bench.timing import timed_loop as _timed_loop
 from compress.errors import CompressError
 from compress.progress import progress as progress_bar
 
@@ -81,6 +82,8 @@ class BenchSettings:
     """Model time per block between reference blocks; short enough to follow the machine's speed phases."""
     reference_block_seconds: float = 0.02
     """Reference time per block."""
+    max_seconds_per_row: float | None = 12.0
+    """Time budget of one row: a slow model's runs and repetitions are cut to fit (budget.py); None = no cut."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -92,6 +95,7 @@ class BenchSettings:
             "max_samples_kept": self.max_samples_kept >= 10,
             "block_seconds": self.block_seconds > 0,
             "reference_block_seconds": self.reference_block_seconds > 0,
+            "max_seconds_per_row": self.max_seconds_per_row is None or self.max_seconds_per_row > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -119,6 +123,7 @@ class _Job:
     samples_ns: list[np.ndarray] = field(default_factory=list)
     reference_ns: list[np.ndarray] = field(default_factory=list)
     block_ends: list[np.ndarray] = field(default_factory=list)  # per repetition: (model, reference) sample counts
+    budget: dict[str, Any] | None = None  # budget.plan's record once budget.fit probed the model
 
     @property
     def uses_reference(self) -> bool:
@@ -218,6 +223,7 @@ class _Job:
             "p50_ms_repetitions": rep_p50,
             **reference,
             "repetitions": len(per_rep_ms),
+            "budget": self.budget,
             "warmup_runs": self.settings.warmup_runs,
             "io_binding": self.io_binding,
             "edge": self.settings.edge,
@@ -225,67 +231,6 @@ class _Job:
             "session_options": session_options_summary(self.threads, edge=self.settings.edge),
             "samples_ms": [round(x, 5) for x in stats.subsample(pooled, self.settings.max_samples_kept)],
         }
-
-
-def _timed_loop(
-    run: Callable[[], Any], settings: BenchSettings, ref_run: Callable[[], Any] | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Time `run` until min_runs and min_seconds are both met; nanoseconds per call.
-
-    With `ref_run`, model blocks of block_seconds alternate with reference blocks of reference_block_seconds,
-    so both see the same machine speed. Returns (model samples, reference samples, block ends): block i holds
-    model samples [ends[i-1, 0], ends[i, 0]) and the reference samples timed right after it (None, None without).
-    """
-    perf = time.perf_counter_ns
-    samples: list[int] = []
-    ref_samples: list[int] = []
-    append = samples.append
-    ref_append = ref_samples.append
-    ends: list[tuple[int, int]] = []  # (model samples so far, reference samples so far) at each block's end
-    block_ns = int(settings.block_seconds * 1e9) if ref_run is not None else 1 << 62
-    ref_block_ns = int(settings.reference_block_seconds * 1e9)
-    start = perf()
-    model_ns = 0  # model time only: min_seconds counts the model, not the reference
-    min_ns = int(settings.min_seconds * 1e9)
-    hard_stop = start + int(settings.max_seconds * 1e9)
-    min_runs = settings.min_runs
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a timed call is noise, not model time
-    try:
-        n = 0
-        done = False
-        while not done:
-            block_start = perf()
-            block_end = block_start + block_ns
-            while True:
-                t0 = perf()
-                run()
-                t1 = perf()
-                append(t1 - t0)
-                n += 1
-                if (n >= min_runs and model_ns + (t1 - block_start) >= min_ns) or (t1 >= hard_stop and n >= 5):
-                    done = True
-                    break
-                if t1 >= block_end:
-                    break
-            model_ns += perf() - block_start
-            if ref_run is not None:
-                ref_end = perf() + ref_block_ns
-                while True:
-                    t0 = perf()
-                    ref_run()
-                    t1 = perf()
-                    ref_append(t1 - t0)
-                    if t1 >= ref_end:
-                        break
-                ends.append((len(samples), len(ref_samples)))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    model = np.asarray(samples, dtype=np.float64)
-    if ref_run is None:
-        return model, None, None
-    return model, np.asarray(ref_samples, dtype=np.float64), np.asarray(ends, dtype=np.int64).reshape(-1, 2)
 
 
 def _prepare(
@@ -335,7 +280,8 @@ def measure(
     is missing or ORT dropped it; nothing is ever timed on CPU under another provider's name.
     """
     job = _prepare(model_path, provider, batch, threads, inputs, dims, settings)
-    for _ in range(settings.repetitions):
+    fit_budget(job)
+    for _ in range(job.settings.repetitions):
         job.repetition()
     return job.row()
 
@@ -361,12 +307,50 @@ def bench_model(
     as many fresh repetitions and reported from all of them (`rechecked: true`), so a row is judged on a
     second, later look at the machine rather than on one unlucky stretch.
     """
+    jobs, unavailable, placements = _jobs_for(model_path, providers, batch_sizes, threads, settings,
+                                              inputs_for_batch, dims)
+    _interleave(jobs, f"bench {Path(model_path).name}", progress)
+    rows = [job.row() for job in jobs]
+    again = [i for i, row in enumerate(rows) if recheck is not None and recheck(row)]
+    _interleave([jobs[i] for i in again], f"re-measure {Path(model_path).name}", progress)
+    for i in again:
+        rows[i] = {**jobs[i].row(), "rechecked": True}
+    return {"latency": [{**r, "placement": placements[r["provider"]]} for r in rows], "unavailable": unavailable}
+
+
+def bench_models(
+    model_paths: Mapping[str, str | Path],
+    providers: list[str],
+    batch_sizes: list[int],
+    threads: list[int],
+    *,
+    settings: BenchSettings = BenchSettings(),
+    inputs_for_batch: Callable[[int], dict[str, np.ndarray]] | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """bench_model for several models at once: repetitions interleaved across every row of every model, so
+    models of the same architecture see the same machine and do not "differ" by a slow phase.
+
+    Returns {name: {"latency": [rows], "unavailable": [...]}} in the order of `model_paths`.
+    """
+    built = {name: _jobs_for(path, providers, batch_sizes, threads, settings, inputs_for_batch, None)
+             for name, path in model_paths.items()}
+    _interleave([job for jobs, _, _ in built.values() for job in jobs], f"bench {len(built)} models", progress)
+    return {name: {"latency": [{**job.row(), "placement": placements[job.provider]} for job in jobs],
+                   "unavailable": unavailable}
+            for name, (jobs, unavailable, placements) in built.items()}
+
+
+def _jobs_for(model_path: str | Path, providers: list[str], batch_sizes: list[int], threads: list[int],
+              settings: BenchSettings, inputs_for_batch: Callable[[int], dict[str, np.ndarray]] | None,
+              dims: dict[str, int] | None) -> tuple[list[_Job], list[dict[str, str]], dict[str, Any]]:
+    """One probed, budget-fitted job per available (provider, batch, threads); unavailable providers listed; where
+    each provider's nodes run (compress.bench.placement.audit: under strict, a fallback fails before timing)."""
     if settings.edge:
         batch_sizes, threads = [1], [1]
-    names = list(dict.fromkeys(resolve_provider(p) for p in providers))
     jobs: list[_Job] = []
     unavailable: list[dict[str, str]] = []
-    for name in names:
+    for name in dict.fromkeys(resolve_provider(p) for p in providers):
         try:
             for b in dict.fromkeys(batch_sizes):
                 for t in dict.fromkeys(threads):
@@ -377,22 +361,18 @@ def bench_model(
                 raise
             jobs = [j for j in jobs if j.provider != name]
             unavailable.append({"provider": name, "reason": exc.reason})
+    for job in jobs:
+        fit_budget(job)
     placements = audit(model_path, {job.provider: job.threads for job in jobs}, settings)  # strict: before timing
-    _interleave(jobs, settings.repetitions, f"bench {Path(model_path).name}", progress)
-    rows = [job.row() for job in jobs]
-    again = [i for i, row in enumerate(rows) if recheck is not None and recheck(row)]
-    _interleave([jobs[i] for i in again], settings.repetitions, f"re-measure {Path(model_path).name}", progress)
-    for i in again:
-        rows[i] = {**jobs[i].row(), "rechecked": True}
-    return {"latency": [{**r, "placement": placements[r["provider"]]} for r in rows], "unavailable": unavailable}
+    return jobs, unavailable, placements
 
 
-def _interleave(jobs: list[_Job], repetitions: int, desc: str, progress: bool) -> None:
-    total = len(jobs) * repetitions
-    bar = progress_bar(total=total, desc=desc, unit="rep", enabled=progress and total > 0)
+def _interleave(jobs: list[_Job], desc: str, progress: bool) -> None:
+    reps = [job.settings.repetitions for job in jobs]  # a row cut to its time budget has fewer
+    bar = progress_bar(total=sum(reps), desc=desc, unit="rep", enabled=progress and sum(reps) > 0)
     try:
-        for _ in range(repetitions):
-            for job in jobs:
+        for r in range(max(reps, default=0)):
+            for job in (j for j, n in zip(jobs, reps) if r < n):
                 job.repetition()
                 bar.update(1)
     finally:

@@ -34,7 +34,7 @@ def _latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]]
     head = f"{'provider':<28} {'batch':>5} {'thr':>3} {'runs':>7} {'p50 ms':>9} {'95% CI p50':>19} " \
            f"{'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10} {'cv p50':>7} {'score':>7} {'cv scr':>7} " \
            f"{'on provider':>11}"
-    lines = [head, "-" * len(head)]
+    lines = [*_budget_lines(rows), head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci95_p50_ms'][0]:.4f}, {r['ci95_p50_ms'][1]:.4f}]"
         lines.append(
@@ -46,6 +46,20 @@ def _latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]]
     for u in unavailable:
         lines.append(f"{u['provider']:<28} unavailable: {u['reason']}")
     return "\n".join(lines)
+
+
+def _budget_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The time budget above the table, and which rows it cut (to how many runs)."""
+    budgets = [(r, r["budget"]) for r in rows if r.get("budget")]
+    if not budgets:
+        return ["time budget: none (--time-budget 0); every row ran the full settings"]
+    lines = [f"time budget: {budgets[0][1]['seconds']:g} s per row (--time-budget SECONDS)"]
+    for r, b in budgets:
+        if b["cut"]:
+            lines.append(f"  {r['provider']} batch {r['batch']} threads {r['threads']}: {b['probe_ms']:.1f} ms per run, "
+                         f"cut to {b['repetitions']} x {b['runs_per_repetition']} runs ({b['warmup_runs']} warm-up), "
+                         f"planned {b['planned_seconds']:.1f} s")
+    return lines
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -78,6 +92,9 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
               help="Feed these arrays (.npz, one per input name) instead of generated ones.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write rows, samples and environment here.")
 @click.option("--baseline", type=click.Path(path_type=Path), help="Compare with this saved result; exit 1 on regression.")
+@click.option("--against", type=click.Path(path_type=Path),
+              help="Time OLD.onnx and MODEL interleaved in this process and judge the paired ratios; exit 1 on "
+                   "regression.")
 @click.option("--max-regression", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Allowed slowdown of p50 as a fraction (0.10 = 10%).")
 @click.option("--io-binding/--no-io-binding", default=None,
@@ -91,13 +108,15 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
 @click.option("--min-runs", type=click.IntRange(min=1), default=None, help="Timed runs per repetition, at least.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=None, help="Timed seconds per repetition, at least.")
 @click.option("--repetitions", type=click.IntRange(min=1), default=None, help="Independent repetitions (fresh sessions).")
+@click.option("--time-budget", "time_budget", type=click.FloatRange(min=0), default=None,
+              help="Seconds per row: slower models get fewer runs and repetitions to fit [default: 12; 0 = none].")
 @click.option("--kit", "kit_dir", type=click.Path(path_type=Path), help="Also write an on-device benchmark kit here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], threads: tuple[int, ...],
           dims: tuple[str, ...], inputs_npz: Path | None, json_out: Path | None, baseline: Path | None,
-          max_regression: float, io_binding: bool | None, provider_options: tuple[str, ...], edge: bool,
+          against: Path | None, max_regression: float, io_binding: bool | None, provider_options: tuple[str, ...], edge: bool,
           strict: bool, warmup_runs: int | None, min_runs: int | None, min_seconds: float | None,
-          repetitions: int | None, kit_dir: Path | None, quiet: bool) -> None:
+          repetitions: int | None, time_budget: float | None, kit_dir: Path | None, quiet: bool) -> None:
     """Benchmark MODEL (.onnx) on ONNX Runtime: p50/p90/p99, 95% CI of p50, throughput, CV.
 
     'score' is the model's latency in units of a fixed reference workload timed in short blocks in between
@@ -114,22 +133,26 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     budget is measured again (fresh sessions, pooled with the first look) before it is judged. Exit 1 on a
     regression.
     """
-    from compress.bench.compare import bench_document, compare, load_rows, machine_warnings, table
+    from compress.bench.compare import bench_document, load_rows
     from compress.bench.environment import environment
     from compress.bench.harness import BenchSettings, bench_model
     from compress.bench.inputs import batch_of, load_npz, parse_dims
     from compress.bench.providers import check_model_file, open_session, resolve_provider
 
     # everything the user typed is checked before a single run is timed
+    if against is not None and baseline is not None:
+        raise CompressError("--against and --baseline: use one; --against OLD.onnx measures both models now, "
+                            "--baseline OLD.json compares with a saved result")
     names = [resolve_provider(p) for p in providers]
     dim_sizes = parse_dims(dims)
     options = parse_provider_options(provider_options)
     base_rows = load_rows(baseline) if baseline is not None else None
     check_model_file(model)
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
-                                   "repetitions": repetitions}.items() if v is not None}
+                                   "repetitions": repetitions, "max_seconds_per_row": time_budget}.items()
+                 if v is not None}
     settings = BenchSettings(io_binding=io_binding, provider_options=options or None, edge=edge, strict=strict,
-                             **overrides)
+                             **{**overrides, **({"max_seconds_per_row": None} if time_budget == 0 else {})})
     batch_sizes = list(batches)
     inputs_for_batch = None
     if inputs_npz is not None:
@@ -138,6 +161,11 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         batch_sizes = [batch_of(arrays)]
         inputs_for_batch = lambda _batch: arrays  # noqa: E731 - the npz fixes the batch
 
+    if against is not None:
+        check_model_file(against)
+        _against(model, against, names, batch_sizes, list(threads), settings, max_regression,
+                 inputs_for_batch, dim_sizes, json_out)
+        return
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
                          inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet, recheck=recheck)
@@ -155,19 +183,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None
         _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads), settings)
     if base_rows is not None:
-        new_rows = {("", r["provider"], r["batch"], r["threads"]): r for r in result["latency"]}
-        if not new_rows:
-            raise CompressError(f"{model}: no provider could run, nothing to compare with {baseline}")
-        verdicts = compare(base_rows, new_rows, max_regression)
-        rechecked = [r for r in result["latency"] if r.get("rechecked")]
-        if rechecked:
-            click.echo(f"re-measured {len(rechecked)} row(s) that looked more than {max_regression / 2:.0%} slower; "
-                       "verdicts use both looks")
-        click.echo("")
-        click.echo(table(verdicts, max_regression))
-        for line in machine_warnings(verdicts):
-            click.echo(line, err=True)
-        _gate(verdicts, max_regression, f"{model} vs {baseline}")
+        _baseline_gate(model, baseline, base_rows, result, max_regression)
 
 
 @click.command()
@@ -201,6 +217,66 @@ def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
     for line in cmp.machine_warnings(verdicts):
         click.echo(line, err=True)
     _gate(verdicts, max_regression, f"{new} vs {base}")
+
+
+def _baseline_gate(model: Path, baseline: Any, base_rows: dict[Any, dict[str, Any]], result: dict[str, Any],
+                   max_regression: float) -> None:
+    """`bench MODEL --baseline OLD.json`: the verdict table and the gate (exit 1 on a regression)."""
+    from compress.bench.compare import compare, machine_warnings, table
+
+    new_rows = {("", r["provider"], r["batch"], r["threads"]): r for r in result["latency"]}
+    if not new_rows:
+        raise CompressError(f"{model}: no provider could run, nothing to compare with {baseline}")
+    verdicts = compare(base_rows, new_rows, max_regression)
+    rechecked = [r for r in result["latency"] if r.get("rechecked")]
+    if rechecked:
+        click.echo(f"re-measured {len(rechecked)} row(s) that looked more than {max_regression / 2:.0%} slower; "
+                   "verdicts use both looks")
+    click.echo("")
+    click.echo(table(verdicts, max_regression))
+    for line in machine_warnings(verdicts):
+        click.echo(line, err=True)
+    _gate(verdicts, max_regression, f"{model} vs {baseline}")
+
+
+def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int], threads: list[int],
+             settings: Any, max_regression: float, inputs_for_batch: Any, dims: dict[str, int],
+             json_out: Path | None) -> None:
+    """`bench MODEL --against OLD`: one paired row per (provider, batch, threads); exit 1 on a regression."""
+    from compress.bench.harness import ProviderUnavailable
+    from compress.bench.paired import paired_bench, paired_table
+
+    rows, unavailable = [], []
+    for provider in providers:
+        for b in dict.fromkeys(batch_sizes):
+            for t in dict.fromkeys([1] if settings.edge else threads):
+                feed = inputs_for_batch(b) if inputs_for_batch is not None else None
+                try:
+                    rows.append(paired_bench(old, model, provider, 1 if settings.edge else b, t, settings,
+                                             max_regression=max_regression, inputs=feed, dims=dims))
+                except ProviderUnavailable as exc:
+                    if settings.strict:
+                        raise
+                    unavailable.append({"provider": exc.provider, "reason": exc.reason})
+    click.echo(paired_table(rows, max_regression, str(old), str(model)))
+    for u in unavailable:
+        click.echo(f"{u['provider']:<28} unavailable: {u['reason']}")
+    if json_out is not None:
+        from compress.bench.environment import environment
+        from compress.cache import write_json
+
+        write_json(json_out, {"schema": "compress.paired/1", "old": str(old), "new": str(model),
+                              "max_regression": max_regression, "environment": environment(),
+                              "settings": _settings_dict(settings), "paired": rows, "unavailable": unavailable})
+        click.echo(f"wrote {json_out}")
+    if not rows:
+        raise CompressError(f"{model}: no provider could run, nothing to compare with {old}")
+    bad = [r for r in rows if r["regressed"]]
+    if bad:
+        worst = max(bad, key=lambda r: r["ratio"])
+        raise GateFailed(f"{model} vs {old}: {len(bad)} of {len(rows)} paired rows regressed beyond "
+                         f"+{max_regression:.0%} (worst {worst['provider']} batch {worst['batch']} threads "
+                         f"{worst['threads']}: x{worst['ratio']:.3f})")
 
 
 def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -> Any:

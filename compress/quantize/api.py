@@ -81,7 +81,10 @@ def quantize(
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
-    decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized")
+    paired = qa.paired_latency(search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads,
+                               search.input_name, search.val_x, settings)
+    decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
+                          paired=paired)
     result.update(chosen=str(chosen), final=decision["final"], why=decision["why"], pick=decision,
                   accepted_attempt=accepted["name"])
     return result
@@ -204,29 +207,54 @@ def _cpu_note(isa: list[str]) -> str:
 
 
 def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,
-               prefer_quantized: bool = False) -> dict[str, Any]:
-    """Choose between the float model and an accepted quantized one from harness rows (provider, batch, p50_ms).
+               prefer_quantized: bool = False, paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Choose between the float model and an accepted quantized one; the float model unless int8/fp16 is
+    significantly faster.
 
-    The decider is the geometric mean of the per-(provider, batch) speedups float_p50 / quant_p50, so every
-    batch size the pipeline asked for counts equally. Ties go to the float model (same speed, no accuracy risk).
-    Returns {"final", "why", "speedup", "speedups": {"provider/bBATCH": speedup}}.
+    With `paired` rows (compress.bench.paired: both models timed in alternating blocks, `ratio` = quantized /
+    float with its 99% CI `ci_ratio`), the speedup per (provider, batch) is 1 / ratio and the decider is their
+    geometric mean; it counts as significant when the geometric mean of the per-row CI upper bounds of the
+    ratio is below 1 (every row's evidence pooled, conservatively: a bound of a mean is tighter than the mean
+    of bounds). Without paired rows, the harness rows' p50s give the speedups and a row is significant when
+    its 95% CIs of p50 are disjoint (rows without CIs count as significant, as before).
+    Ties and insignificant speedups go to the float model: it is the simpler one (the graph as exported, no
+    accuracy drop), and a noisy 1.4x on two equal models must not decide; int8 is smaller in bytes, and
+    pick = 'quantized' is how a user says size matters more. Returns {"final", "why", "speedup", "speedups":
+    {"provider/bBATCH": speedup}, "significant", "paired"}.
     """
-    f = {(r["provider"], r["batch"]): r["p50_ms"] for r in float_rows if r.get("p50_ms")}
-    q = {(r["provider"], r["batch"]): r["p50_ms"] for r in quant_rows if r.get("p50_ms")}
-    common = sorted(set(f) & set(q))
-    speedups = {f"{qa.short(p)}/b{b}": f[(p, b)] / q[(p, b)] for p, b in common}
+    speedups, significant = _speedups(float_rows, quant_rows, paired)
     detail = ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
-    if not common:
+    if not speedups:
         final = "quantized" if prefer_quantized else "float"
-        return {"final": final, "speedup": None, "speedups": {},
+        return {"final": final, "speedup": None, "speedups": {}, "significant": False, "paired": bool(paired),
                 "why": f"{final}: no provider measured both models, so speed could not decide"
                 + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
     gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
-    if prefer_quantized and gmean <= 1.0:
-        final, verdict = "quantized", "it is not faster, but pick = 'quantized' keeps it (smaller file)"
+    if gmean > 1.0 and significant:
+        final, verdict = "quantized", "it is significantly faster"
+    elif prefer_quantized:
+        final, verdict = "quantized", "it is not significantly faster, but pick = 'quantized' keeps it (smaller file)"
     elif gmean > 1.0:
-        final, verdict = "quantized", "it is faster"
+        final, verdict = "float", "the speedup is within the measurement's noise, so the simpler float model ships"
     else:
         final, verdict = "float", "int8/fp16 is not faster here, so the float model ships"
-    return {"final": final, "speedup": gmean, "speedups": speedups,
-            "why": f"{final}: quantized vs float speedup {gmean:.2f}x (geometric mean of {detail}); {verdict}"}
+    how = "paired, alternating blocks" if paired else "separate measurements"
+    return {"final": final, "speedup": gmean, "speedups": speedups, "significant": significant,
+            "paired": bool(paired),
+            "why": f"{final}: quantized vs float speedup {gmean:.2f}x (geometric mean of {detail}; {how}); {verdict}"}
+
+
+def _speedups(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]],
+              paired: list[dict[str, Any]] | None) -> tuple[dict[str, float], bool]:
+    """{"provider/bBATCH": float / quantized} and whether the speedup is significant (see pick_final)."""
+    if paired:
+        speedups = {f"{qa.short(r['provider'])}/b{r['batch']}": 1.0 / r["ratio"] for r in paired}
+        upper = math.exp(sum(math.log(r["ci_ratio"][1]) for r in paired) / len(paired))
+        return speedups, upper < 1.0
+    f = {(r["provider"], r["batch"]): r for r in float_rows if r.get("p50_ms")}
+    q = {(r["provider"], r["batch"]): r for r in quant_rows if r.get("p50_ms")}
+    common = sorted(set(f) & set(q))
+    speedups = {f"{qa.short(p)}/b{b}": f[(p, b)]["p50_ms"] / q[(p, b)]["p50_ms"] for p, b in common}
+    disjoint = [q[k]["ci95_p50_ms"][1] < f[k]["ci95_p50_ms"][0] for k in common
+                if f[k].get("ci95_p50_ms") and q[k].get("ci95_p50_ms")]
+    return speedups, all(disjoint)

@@ -169,6 +169,26 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
     return {"rows": rows, "unavailable": unavailable}
 
 
+def paired_latency(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
+                   input_name: str, sample: np.ndarray, settings: Any) -> list[dict[str, Any]]:
+    """Float and quantized timed in alternating blocks (compress.bench.paired), one row per provider and batch:
+    `ratio` is quantized / float with its CI. Providers that cannot run both are left out (latency() notes why)."""
+    from compress.bench.paired import paired_bench
+
+    rows: list[dict[str, Any]] = []
+    for provider in providers:
+        for b in batch_sizes:
+            inputs = {input_name: np.concatenate([sample] * -(-b // len(sample)))[:b]}
+            try:
+                row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=inputs)
+            except Exception:  # noqa: BLE001 - unavailable or failing providers are already reported by latency()
+                break
+            for key in ("old_block_p50_ms", "new_block_p50_ms"):
+                row.pop(key)  # block lists of every pick would swamp report.json
+            rows.append(row)
+    return rows
+
+
 def is_reduced(path: Path, mode: str) -> bool:
     """Whether the model still holds any int8/uint8 (or fp16) weights, i.e. quantization did something."""
     import onnx

@@ -78,8 +78,10 @@ def test_each_mode_quantizes_within_budget(setup: dict, mode: str) -> None:
     assert first["accepted"], first["reason"]
     assert abs(first["accuracy_drop"]) <= 0.01
     assert Path(result["chosen"]).is_file()
-    # the pick follows the measured speedup (geometric mean over batches; ties keep float)
-    assert result["final"] == ("quantized" if result["pick"]["speedup"] > 1.0 else "float"), result["why"]
+    # the pick follows the paired speedup (geometric mean over batches): quantized only when significantly faster
+    pick = result["pick"]
+    assert pick["paired"] and result["final"] == ("quantized" if pick["speedup"] > 1.0 and pick["significant"]
+                                                  else "float"), result["why"]
     assert {(r["provider"], r["batch"]) for r in first["latency"]["rows"]} == {
         ("CPUExecutionProvider", 1), ("CPUExecutionProvider", 32)}
     assert all(r["p50_ms"] > 0 for r in first["latency"]["rows"])
@@ -250,3 +252,17 @@ def test_cpu_int8_isa_decides_the_reduce_range_remedy() -> None:
     assert [why for _, why in old_cpu][:-1] == plain
     settings, why = old_cpu[-1]
     assert settings["reduce_range"] is True and why.startswith("remedy: 7-bit weights (reduce_range)")
+
+
+def test_pick_never_decides_by_noise() -> None:
+    # the same architecture measured twice once read 0.0087 vs 0.0061 ms: a 1.4x "speedup" that is noise
+    row = lambda ms, lo, hi: {"provider": "CPUExecutionProvider", "batch": 1, "p50_ms": ms,  # noqa: E731
+                              "ci95_p50_ms": [lo, hi]}
+    separate = pick_final([row(0.0087, 0.0058, 0.0095)], [row(0.0061, 0.0059, 0.0090)])
+    assert separate["final"] == "float" and not separate["significant"] and "noise" in separate["why"]
+    pair = lambda ratio, lo, hi: [{"provider": "CPUExecutionProvider", "batch": 1, "ratio": ratio,  # noqa: E731
+                                   "ci_ratio": [lo, hi]}]
+    noisy = pick_final([], [], paired=pair(0.71, 0.5, 1.3))
+    assert noisy["final"] == "float" and noisy["paired"]
+    real = pick_final([], [], paired=pair(0.5, 0.45, 0.55))
+    assert real["final"] == "quantized" and real["speedup"] == pytest.approx(2.0)

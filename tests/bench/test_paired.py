@@ -1,0 +1,97 @@
+"""Paired mode: the verdict on synthetic block medians (deterministic), and `bench NEW --against OLD` end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.bench.harness import BenchSettings
+from compress.bench.paired import paired_bench, paired_verdict
+from .test_cli_bench import FAST, invoke
+from .test_harness import mlp
+
+
+def _blocks(n: int, ratio: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n pairs of block medians around 1 ms whose machine speed wanders by +-30% (both sides of a pair alike),
+    with 3% independent noise per block, and new = ratio x old."""
+    rng = np.random.default_rng(seed)
+    machine = 1.0 + 0.3 * np.abs(np.sin(np.arange(n) / 3.0))
+    old = machine * (1 + 0.03 * rng.standard_normal(n))
+    new = ratio * machine * (1 + 0.03 * rng.standard_normal(n))
+    return old, new
+
+
+def test_equal_models_on_a_wandering_machine_are_ok():
+    old, new = _blocks(40, 1.0)
+    v = paired_verdict(old, new, 0.10)
+    assert v["verdict"] == "ok" and v["ci_ratio"][0] < 1.0 < v["ci_ratio"][1]
+
+
+def test_a_25_percent_slowdown_is_regressed():
+    v = paired_verdict(*_blocks(40, 1.25), 0.10)
+    assert v["verdict"] == "REGRESSED" and v["ratio"] == pytest.approx(1.25, rel=0.03)
+
+
+def test_load_bursts_in_a_minority_of_new_blocks_do_not_regress():
+    old, new = _blocks(40, 1.0)
+    new[::3] *= 2.0  # a third of the pairs hit by a burst on the new side only
+    assert paired_verdict(old, new, 0.10)["verdict"] == "ok"
+
+
+def test_past_the_budget_without_significance_is_unsure():
+    v = paired_verdict([1.0, 1.0, 1.0], [1.3, 1.25, 0.9], 0.10)  # 3 pairs: the CI is [min, max]
+    assert v["verdict"] == "unsure" and not v["regressed"]
+
+
+def test_a_much_faster_new_model_is_faster():
+    assert paired_verdict(*_blocks(40, 0.5), 0.10)["verdict"] == "faster"
+
+
+def test_a_significant_slowdown_within_budget_is_ok():
+    v = paired_verdict(*_blocks(40, 1.05), 0.10)
+    assert v["verdict"] == "ok" and v["significant"]
+
+
+def test_paired_verdict_rejects_unequal_blocks():
+    with pytest.raises(ValueError, match="as many positive old and new block medians"):
+        paired_verdict([1.0, 1.0], [1.0], 0.10)
+
+
+def test_paired_bench_returns_one_row_per_configuration(tmp_path: Path):
+    a = mlp(tmp_path / "a.onnx", layers=2)
+    settings = BenchSettings(warmup_runs=2, min_runs=20, min_seconds=0.05, repetitions=2)
+    row = paired_bench(a, a, "cpu", 1, 1, settings)
+    assert row["pairs"] == len(row["old_block_p50_ms"]) == len(row["new_block_p50_ms"]) >= 2
+    assert row["repetitions"] == 2 and row["runs_old"] >= 40 and row["runs_new"] >= 40
+
+
+def test_against_itself_with_a_huge_budget_is_ok(tmp_path: Path):
+    a = mlp(tmp_path / "a.onnx", layers=2)
+    out = tmp_path / "p.json"
+    result = invoke("bench", a, "--against", a, "--max-regression", "100", "--json", out, *FAST)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "compress.paired/1" and doc["paired"][0]["verdict"] in ("ok", "faster")
+
+
+def test_against_a_much_faster_old_model_is_regressed_exit_1(tmp_path: Path):
+    old = mlp(tmp_path / "old.onnx", layers=2, width=256)
+    new = mlp(tmp_path / "new.onnx", layers=12, width=256)  # ~6x the work; measured well over 3x slower
+    result = invoke("bench", new, "--against", old, "--batch", "16", "--max-regression", "0.10", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "REGRESSED" in result.output and "paired rows regressed beyond +10%" in result.output
+
+
+def test_against_and_baseline_together_is_exit_2(tmp_path: Path):
+    a = mlp(tmp_path / "a.onnx", layers=2)
+    result = invoke("bench", a, "--against", a, "--baseline", tmp_path / "base.json", *FAST)
+    assert result.exit_code == 2 and "--against and --baseline: use one" in result.output
+
+
+def test_against_a_model_with_other_inputs_is_exit_2(tmp_path: Path):
+    old = mlp(tmp_path / "old.onnx", layers=2, width=64)
+    new = mlp(tmp_path / "new.onnx", layers=2, width=32)
+    result = invoke("bench", new, "--against", old, *FAST)
+    assert result.exit_code == 2 and "new.onnx: does not take the inputs of" in result.output
