@@ -96,15 +96,20 @@ def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *,
 
 def load_npz(path: str | Path, session: Any) -> dict[str, np.ndarray]:
     """Read inputs from an .npz (one array per input name) and check names, dtypes and fixed dims."""
+    arrays = read_npz(path, expects="--inputs expects an .npz with one array per model input")
+    return check_inputs(arrays, session, source=str(Path(path)))
+
+
+def read_npz(path: str | Path, *, expects: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (never unpickled); a missing file says `expects`, an unreadable one how to save it."""
     p = Path(path)
     if not p.is_file():
-        raise CompressError(f"{p}: no such file; --inputs expects an .npz with one array per model input")
+        raise CompressError(f"{p}: no such file; {expects}")
     try:
         with np.load(p, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except Exception as exc:  # zipfile/pickle/format errors all mean "not a usable npz"
         raise CompressError(f"{p}: not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
-    return check_inputs(arrays, session, source=str(p))
 
 
 def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "inputs") -> dict[str, np.ndarray]:

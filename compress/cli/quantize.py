@@ -81,16 +81,9 @@ def _read_x(path: Path, option: str) -> Any:
 
 
 def _read_npz(path: Path, option: str) -> dict[str, Any]:
-    import numpy as np
+    from compress.bench.inputs import read_npz
 
-    if not path.is_file():
-        raise CompressError(f"{path}: no such file; {option} expects an .npz")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise CompressError(f"{path}: not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
-
+    return read_npz(path, expects=f"{option} expects an .npz")
 
 def _gate_data(model: Path, data_npz: Path | None, calib: Any) -> tuple[Any, Any, str]:
     """(x, y, what the gate measures): labelled data when given, else the fp32 model's own top-1 as labels."""
