@@ -99,10 +99,11 @@ def placement_from_logs(provider: str, cpu_log: str, provider_log: str, *, origi
 
 
 def placement(model_path: str | Path, provider: str, *, provider_options: dict[str, str] | None = None,
-              threads: int = 1) -> dict[str, Any]:
+              threads: int = 1, cpu_log: str | None = None) -> dict[str, Any]:
     """Where the nodes of `model_path` run on `provider` (with CPU fallback, as the harness opens it); see
-    `placement_from_logs` for the keys. Two extra sessions, no runs."""
-    cpu_log = _session_log(model_path, CPU, {}, threads)
+    `placement_from_logs` for the keys. Two extra sessions, no runs; one when the CPU-only session's log
+    (`cpu_log`, which only counts the model's nodes) is given."""
+    cpu_log = cpu_log if cpu_log is not None else _session_log(model_path, CPU, {}, threads)
     provider_log = cpu_log if provider == CPU else _session_log(model_path, provider, provider_options or {}, threads)
     return placement_from_logs(provider, cpu_log, provider_log, origin=str(model_path))
 
@@ -170,8 +171,10 @@ def audit(model_path: str | Path, threads_of: dict[str, int], settings: Any) -> 
     provider options of `settings` (harness.BenchSettings). Under settings.strict the first provider that left
     nodes to the CPU provider raises (`fallback_error`); bench_model calls this before timing, so it stops at once."""
     out: dict[str, dict[str, Any]] = {}
+    cpu_log = _session_log(model_path, CPU, {}, 1) if threads_of else None  # the node count: once per model
     for name, threads in threads_of.items():
-        record = placement(model_path, name, provider_options=settings.options_for(name), threads=threads)
+        record = placement(model_path, name, provider_options=settings.options_for(name), threads=threads,
+                           cpu_log=cpu_log)
         error = fallback_error(model_path, record) if settings.strict else None
         if error is not None:
             raise error
