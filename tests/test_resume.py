@@ -4,7 +4,13 @@ Each kill happens in a real subprocess (`python -c KILLER point n`) that wraps o
 the process kills itself with SIGKILL at a deterministic moment: mid teacher training, after distill's artifacts are
 written but before its manifest, mid-write of an ONNX file, mid benchmark, mid-write of report.json. Nothing in the
 package knows about these hooks. The second run must exit 0, reuse the stages that completed, leave no temp file, and
-report the same accuracies, sizes and parities, with byte-identical artifacts, as a run that was never interrupted.
+report the same accuracies, sizes and parities as a run that was never interrupted, with the artifacts of the stages
+that finished before the kill byte-identical to what the killed process wrote.
+
+Every run here, the uninterrupted one included, starts through the same `python -c KILLER` ("none" kills nothing),
+so all of them import the same modules in the same order. Bit-identical weights from two separate trainings are not
+something this test can ask of PyTorch: on one CI machine a teacher trained under `python -m compress` and one
+trained under `python -c` differed in their last bits (same accuracy, same sizes), though not on this one.
 """
 from __future__ import annotations
 
@@ -79,7 +85,7 @@ elif point == "benchmark":  # the count-th timed repetition of the benchmark sta
         return real_repetition(self, *args, **kwargs)
 
     compress.bench.harness._Job.repetition = repetition
-else:
+elif point != "none":
     raise SystemExit(f"unknown kill point {point}")
 
 from compress.cli import main
@@ -96,7 +102,7 @@ KILL_POINTS = {
     "report-write": (1, ["teacher", "distill", "export", "benchmark"]),
 }
 
-CACHED_STAGES = ("teacher", "distill", "export")  # their artifacts must be byte-identical after a resume
+CACHED_STAGES = ("teacher", "distill", "export")  # stages with artifacts; each case names those it must reuse
 
 
 def run_cli(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -106,15 +112,23 @@ def run_cli(folder: Path, *args: str, timeout: float = 300) -> subprocess.Comple
 
 
 def figures(run_dir: Path) -> dict:
-    """What must not change when a run is resumed: per-model accuracy, size, parity; the final pick; artifacts."""
+    """What must not change when a run is resumed: per-model accuracy, size, parity; the final pick."""
     report = json.loads((run_dir / "report.json").read_text())
     models = {m["name"]: {k: m[k] for k in ("params", "bytes", "accuracy", "accuracy_torch", "parity", "path")}
               for m in report["models"]}
+    return {"final": report["final"], "models": models}
+
+
+def artifact_hashes(run_dir: Path, stages) -> dict[str, str]:
+    """{artifact: sha256} from the manifests of `stages`, recomputed from the files themselves."""
+    import hashlib
+
     hashes = {}
-    for stage in CACHED_STAGES:
+    for stage in stages:
         manifest = json.loads((run_dir / stage / "manifest.json").read_text())
-        hashes.update(manifest["artifacts"])
-    return {"final": report["final"], "models": models, "artifacts": hashes}
+        for rel in manifest["artifacts"]:
+            hashes[rel] = hashlib.sha256((run_dir / rel).read_bytes()).hexdigest()
+    return hashes
 
 
 def statuses(run_dir: Path) -> dict[str, str]:
@@ -147,7 +161,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = make_tiny(tmp_path_factory.mktemp("baseline"))
     pristine = tmp_path_factory.mktemp("pristine")
     shutil.copytree(folder, pristine, dirs_exist_ok=True)
-    done = run_cli(folder, "-m", "compress", "run", "pipeline.toml", "--quiet")
+    done = run_cli(folder, "-c", KILLER, "none", "0")
     assert done.returncode == 0, done.stderr
     return pristine, figures(folder / "runs" / "tiny")
 
@@ -166,11 +180,13 @@ def test_killed_run_resumes_to_identical_figures(baseline: tuple[Path, dict], tm
         if written.exists():
             json.loads(written.read_text())  # whatever the kill left under a real name is whole
     assert not (point == "report-write" and (run_dir / "report.json").exists())
-    resumed = run_cli(tmp_path, "-m", "compress", "run", "pipeline.toml", "--quiet")
+    finished = artifact_hashes(run_dir, cached)  # what the stages that finished before the kill wrote
+    resumed = run_cli(tmp_path, "-c", KILLER, "none", "0")
     # assert
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.strip() == ""
     assert figures(run_dir) == expected
+    assert artifact_hashes(run_dir, cached) == finished  # reused as they were, not written again
     got = statuses(run_dir)
     assert [s for s in CACHED_STAGES + ("benchmark",) if got[s] == "cached"] == cached, got
     assert leftovers(tmp_path) == []
