@@ -9,7 +9,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from compress.bench.config import BenchmarkConfig
 from compress.data import DataConfig
@@ -38,14 +38,20 @@ class ModelSection(Section):
 
     model: str = Field(min_length=1, description="builtin:cnn-large|cnn-small|mobilenet|mlp, module:factory, hf:DIR.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory. "
-                                   "input_shape and num_classes are filled from the data when the factory takes them.")
+                                   "input_shape and num_classes are filled from the data when the factory takes them. "
+                                   "For hf: models, settings of the folder's config.json to override (e.g. "
+                                   "num_hidden_layers = 2, hidden_size = 256); the weights then start from scratch.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="hf: models, embedding task: the sentence embedding "
+                                            "is the mean of the token states over the attention mask "
+                                            "(sentence-transformers' default) or the [CLS] token's state.")
 
     @field_validator("model")
     @classmethod
-    def _spec(cls, v: str) -> str:
+    def _spec(cls, v: str | None) -> str | None:
         from compress.models import check_spec
 
-        check_spec(v)
+        if v is not None:
+            check_spec(v)
         return v
 
 
@@ -60,8 +66,35 @@ class TeacherSection(ModelSection):
     train: TrainConfig | None = Field(None, description="Training settings used when there is no checkpoint.")
 
 
+class FromTeacher(Section):
+    """[student] from_teacher: a transformer student copied from its hf: teacher, keeping some encoder layers."""
+
+    layers: tuple[int, ...] | None = Field(None, min_length=1, description="The teacher's encoder layers to keep, "
+                                           "0-based, e.g. [0, 2, 5] (DistilBERT-style initialisation).")
+    num_layers: int | None = Field(None, ge=1, description="Keep this many layers, chosen by compress: the first, the "
+                                   "last and the rest evenly spaced between (measured better than every other "
+                                   "layer on MiniLM).")
+
+    @model_validator(mode="after")
+    def _one(self) -> "FromTeacher":
+        if (self.layers is None) == (self.num_layers is None):
+            raise ValueError("give exactly one of layers = [...] or num_layers = N")
+        return self
+
+
 class StudentSection(ModelSection):
     """[student]: the small architecture to distil into."""
+
+    model: str | None = Field(None, description="builtin:cnn-large|cnn-small|mobilenet|mlp, module:factory, "
+                              "hf:DIR; omit it with from_teacher.")
+    from_teacher: FromTeacher | None = Field(None, description="Cut the student from an hf: teacher: "
+                                             "{ layers = [0, 2, 5] } or { num_layers = 3 }.")
+
+    @model_validator(mode="after")
+    def _model_or_cut(self) -> "StudentSection":
+        if (self.model is None) == (self.from_teacher is None):
+            raise ValueError("give either model = '...' or from_teacher = { ... }")
+        return self
 
 
 class PipelineConfig(Section):
@@ -126,6 +159,16 @@ def check_before_training(cfg: PipelineConfig) -> Any:
 
     check_available(cfg.benchmark.providers, strict=cfg.benchmark.strict,
                     origin=f"{cfg.source_path}: benchmark.providers")
+    if cfg.data.source.startswith("text:"):
+        from compress.hf.data import load_text
+
+        data = load_text(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
+                         origin=f"{cfg.source_path}: data.source", tokenizer_spec=cfg.teacher.model,
+                         cache_dir=cfg.run_dir / "tokens")
+        from compress.hf.pipeline import check_text_models
+
+        check_text_models(cfg, data)
+        return data
     data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
                      origin=f"{cfg.source_path}: data.source")
     check_models(cfg, data)
@@ -225,5 +268,6 @@ def _check_files(cfg: PipelineConfig) -> None:
         npz = cfg.resolve(cfg.data.source[4:])
         if not npz.is_file():
             raise CompressError(f"{path}: data.source: file not found: {npz}")
-    if cfg.teacher.checkpoint is None and cfg.teacher.train is None:
+    if cfg.teacher.checkpoint is None and cfg.teacher.train is None and not cfg.teacher.model.startswith("hf:"):
+        # an hf: folder holds its weights; a text classification head is checked with the data
         raise CompressError(f"{path}: teacher: give a checkpoint, or a [teacher.train] section to train one here")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -20,17 +20,34 @@ class DataConfig(Section):
     """[data]: where examples come from and how the validation split is made."""
 
     source: str = Field("digits", description="'digits' (built-in, offline), 'npz:PATH' (arrays x, y and optional "
-                        "x_val, y_val) or 'python:module:function' returning (train, val) torch datasets or one dataset.")
+                        "x_val, y_val), 'text:PATH' (.txt one text a line, or .csv/.tsv/.jsonl with text_column and "
+                        "label_column; tokenized with the teacher's hf: tokenizer) or 'python:module:function' "
+                        "returning (train, val) torch datasets or one dataset.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction held out for validation when the source has "
                                 "no validation split of its own (stratified, from the pipeline seed).")
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size for training and evaluation.")
+    task: Literal["classification", "embedding"] = Field("classification", description="text: sources only: "
+                                                         "'classification' (labels, KD on logits) or 'embedding' "
+                                                         "(no labels; the student learns the teacher's pooled "
+                                                         "sentence embeddings, scored by cosine and "
+                                                         "neighbour_overlap@10).")
+    text_column: str = Field("text", min_length=1, description="text: .csv/.tsv/.jsonl: the column holding the text.")
+    label_column: str | None = Field(None, description="text: .csv/.tsv/.jsonl: the column holding the label "
+                                     "(any strings; numbered in sorted order). Required for classification.")
+    pair_column: str | None = Field(None, description="text: .csv/.tsv/.jsonl: a second text column for sentence-pair "
+                                    "tasks (tokenized as a pair with the first).")
+    labels: tuple[str, ...] | None = Field(None, description="text: the allowed label values; rows with any other "
+                                           "label are counted as bad. Default: every label that occurs.")
+    max_length: int = Field(128, ge=8, le=4096, description="text: tokens per example after truncation (and the "
+                            "padded length of the cached token ids).")
 
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if v == "digits" or v.startswith(("npz:", "python:")):
+        if v == "digits" or v.startswith(("npz:", "python:", "text:")):
             return v
-        raise ValueError(f"expected 'digits', 'npz:PATH' or 'python:module:function', got {v!r}{_source_hint(v)}")
+        raise ValueError(f"expected 'digits', 'npz:PATH', 'text:PATH' or 'python:module:function', got "
+                         f"{v!r}{_source_hint(v)}")
 
 
 def _source_hint(v: str) -> str:
@@ -39,7 +56,7 @@ def _source_hint(v: str) -> str:
 
     scheme, colon, rest = v.partition(":")
     if colon and rest:
-        fixed = difflib.get_close_matches(scheme, ["npz", "python"], n=1, cutoff=0.5)
+        fixed = difflib.get_close_matches(scheme, ["npz", "python", "text"], n=1, cutoff=0.5)
         if fixed:
             return f"; did you mean {fixed[0] + ':' + rest!r}?"
         if ":" not in rest:  # module:function without its prefix

@@ -49,6 +49,9 @@ class ModelRecord:
     """Providers asked for that could not run here: {"provider", "reason"}."""
     quantization: Mapping[str, Any] | None = None
     note: str | None = None
+    scores: Mapping[str, float] | None = None
+    """Task figures beyond accuracy: the embedding task's `cosine` and `neighbour_overlap@10` (to the teacher, on
+    the validation texts); report.json puts each at the top level of the model's entry."""
 
     def but(self, **changes: Any) -> "ModelRecord":
         """A copy with `changes` applied (the record is frozen)."""

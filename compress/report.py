@@ -52,6 +52,9 @@ def _model_entry(rec: ModelRecord) -> dict:
     for extra in ("note", "quantization"):
         if getattr(rec, extra) is not None:
             entry[extra] = plain(getattr(rec, extra))
+    for key, value in (rec.scores or {}).items():
+        if key != "accuracy":  # accuracy has its own fields
+            entry[key] = value
     return entry
 
 
@@ -82,7 +85,8 @@ def table_rows(report: dict) -> list[list[str]]:
             m["name"] + (" *" if m["name"] == report.get("final") else ""),
             f"{m['params']:,}" if m.get("params") is not None else "-",
             f"{m['bytes'] / 1024:.1f} KB" if m.get("bytes") else "-",
-            f"{100 * m['accuracy']:.2f}%" if m.get("accuracy") is not None else "-",
+            f"{100 * m['accuracy']:.2f}%" if m.get("accuracy") is not None else
+            (f"cos {m['cosine']:.4f}" if m.get("cosine") is not None else "-"),
             f"{row['p50_ms']:.4f}" if row else "-",
             speedup,
         ])

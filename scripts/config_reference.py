@@ -41,7 +41,10 @@ def reference() -> str:
             if f.exclude:
                 continue
             sub = _section_type(f.annotation)
-            kind = f"[{name}.{key}] table (keys as [teacher.train] / TrainConfig)" if sub else _type_name(f.annotation)
+            if sub is not None and sub.__name__ != "TrainConfig":
+                kind = f"table {{ {', '.join(sub.model_fields)} }} ({sub.__doc__.strip().splitlines()[0]})"
+            else:
+                kind = f"[{name}.{key}] table (keys as [teacher.train] / TrainConfig)" if sub else _type_name(f.annotation)
             desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
             out.append(f"| `{key}` | {kind} | {_default(f)} | {desc} |")
         out.append("")

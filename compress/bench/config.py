@@ -44,6 +44,9 @@ class BenchmarkConfig(TimingProfile):
                                        "xnnpack, nnapi, coreml, qnn, dml (or full ORT names).")
     batch_sizes: tuple[int, ...] = Field((1, 32), min_length=1, description="Batch sizes timed.")
     threads: tuple[int, ...] = Field((1,), min_length=1, description="intra-op thread counts timed.")
+    seq_lengths: tuple[int, ...] = Field((128,), min_length=1, description="Text models: sequence lengths timed "
+                                         "(real validation text run together to fill each; rows carry "
+                                         "seq_length).")
     provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
         default_factory=dict, description="Options per provider in `providers`, e.g. {cuda = {device_id = 0}}.")
     strict: bool = Field(False, description="Fail when a requested provider is unavailable here (checked by "
@@ -57,7 +60,7 @@ class BenchmarkConfig(TimingProfile):
             _resolve(name)
         return v
 
-    @field_validator("batch_sizes", "threads")
+    @field_validator("batch_sizes", "threads", "seq_lengths")
     @classmethod
     def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if any(n < 1 for n in v):

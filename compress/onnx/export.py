@@ -30,6 +30,10 @@ class ExportConfig(Section):
                                                      "backend, simulated by onnxruntime-qnn (pip install "
                                                      "'compress[qnn]'): placement, accuracy, EPContext model. "
                                                      "Needs ort_format = true.")
+    optimize: Literal["none", "transformer"] = Field("none", description="Text models: 'transformer' runs ONNX "
+                                                     "Runtime's transformer optimizer (fused attention, LayerNorm, "
+                                                     "GELU) on each export and keeps the result only where it "
+                                                     "measures faster than the plain graph (with a parity check).")
     qnn_activation_type: Literal["uint8", "uint16"] = Field("uint8", description="Activation type of the QNN QDQ "
                                                             "model (uint16: more accurate, slower on the NPU).")
 

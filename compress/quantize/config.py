@@ -33,6 +33,13 @@ class QuantizeConfig(Section):
         description="Largest allowed drop in validation accuracy, absolute fraction (0.005 = 0.5 points), "
         "measured in ONNX Runtime against the float model.",
     )
+    max_cosine_drop: float = Field(
+        0.02,
+        ge=0.0,
+        le=2.0,
+        description="Embedding task (text: data): largest allowed drop of the mean cosine similarity to the "
+        "teacher's embeddings on the validation texts, quantized vs float (0.02: a 0.95 student must stay >= 0.93).",
+    )
     calibration_method: Method = Field(
         "minmax", description="How static quantization turns calibration activations into ranges; tried first."
     )

@@ -41,28 +41,35 @@ class Stage:
 def _teacher_files(cfg: "PipelineConfig") -> dict[str, Any]:
     from compress.cache import file_sha256, source_digest
 
-    return {"checkpoint": file_sha256(cfg.resolve(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None,
-            "code": source_digest(cfg.base_dir, cfg.teacher.model)}
+    files = {"checkpoint": file_sha256(cfg.resolve(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None,
+             "code": source_digest(cfg.base_dir, cfg.teacher.model)}
+    if cfg.teacher.model.startswith("hf:"):
+        from compress.hf.model import folder_digest
+
+        files["hf"] = folder_digest(cfg.teacher.model, cfg.base_dir)
+    return files
 
 
 def _student_files(cfg: "PipelineConfig") -> dict[str, Any]:
     from compress.cache import source_digest
 
-    return {"code": source_digest(cfg.base_dir, cfg.student.model)}
+    return {"code": source_digest(cfg.base_dir, cfg.student.model or "hf:")}
 
 
 STAGES: dict[str, Stage] = {
-    "teacher": Stage("compress.stages.teacher", reads=("teacher",), files=_teacher_files),
+    # distill.attention_weight: attention KD makes the hf: teacher use eager attention (outputs differ in last bits)
+    "teacher": Stage("compress.stages.teacher", reads=("teacher", "distill.attention_weight"), files=_teacher_files),
     "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files),
     # prune exports each step to time it in ONNX Runtime, at the export settings
     "prune": Stage("compress.stages.prune", reads=("prune", "distill", "export.opset", "export.exporter"),
                    enabled=lambda cfg: cfg.prune is not None),
     "export": Stage("compress.stages.export", reads=("export.opset", "export.exporter", "export.parity_atol",
-                                                      "export.parity_rtol")),
+                                                      "export.parity_rtol", "export.optimize",
+                                                      "benchmark.seq_lengths")),
     # the pick between float and quantized is timed on the benchmark's providers, batch sizes and threads
     "quantize": Stage("compress.stages.quantize", reads=("quantize", "benchmark.providers",
                                                           "benchmark.batch_sizes", "benchmark.threads",
-                                                          "benchmark.provider_options"),
+                                                          "benchmark.provider_options", "benchmark.seq_lengths"),
                       enabled=lambda cfg: cfg.quantize is not None),
     "benchmark": Stage("compress.stages.benchmark", reads=("benchmark",)),
     "edge": Stage("compress.stages.edge", reads=("export",), enabled=lambda cfg: cfg.export.ort_format),

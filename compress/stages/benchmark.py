@@ -7,6 +7,12 @@ from compress.records import StageResult
 
 def run(ctx: StageContext) -> StageResult:
     """Accuracy in ORT, file size and latency rows for every model that has an ONNX file."""
+    from compress.hf.pipeline import is_text
+
+    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
+        from compress.hf.deploy import benchmark_stage
+
+        return benchmark_stage(ctx)
     from compress.bench.evaluate import accuracy
     from compress.bench.harness import bench_models
 

@@ -7,6 +7,12 @@ from compress.records import ModelRecord, ModelSpec, RunState, StageResult
 
 def run(ctx: StageContext) -> StageResult:
     """Distil `student` (and train `control` when asked) and save their weights."""
+    from compress.hf.pipeline import is_text
+
+    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
+        from compress.hf.pipeline import distill_stage
+
+        return distill_stage(ctx)
     import torch
 
     from compress.models import build_model, count_params, save_weights

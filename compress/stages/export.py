@@ -8,6 +8,12 @@ from compress.records import StageResult
 
 def run(ctx: StageContext) -> StageResult:
     """Export every torch model (teacher, student, control, pruned) and check each against torch in ORT."""
+    from compress.hf.pipeline import is_text
+
+    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
+        from compress.hf.deploy import export_stage
+
+        return export_stage(ctx)
     from compress.onnx.export import export_onnx
     from compress.onnx.parity import compare, run_cpu
     from compress.train import predict_logits

@@ -13,8 +13,13 @@ def run(ctx: StageContext) -> StageResult:
     When nothing meets the budget the stage still succeeds (the report must be written); it sets `gate_failure`,
     which the runner turns into exit code 1 after writing the report.
     """
+    from compress.hf.pipeline import is_text
     from compress.quantize import quantize
 
+    if is_text(ctx.data):  # hf: models on text: gated on cosine (embedding) or accuracy
+        from compress.hf.deploy import quantize_stage
+
+        return quantize_stage(ctx)
     data, qcfg, bcfg = ctx.data, ctx.cfg.quantize, ctx.cfg.benchmark
     base = ctx.final
     result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, calib_x=data.x_train.numpy(),

@@ -7,6 +7,12 @@ from compress.records import ModelRecord, ModelSpec, RunState, StageResult
 
 def run(ctx: StageContext) -> StageResult:
     """Load or train the teacher, save its weights and its training-set logits (reused by distill and prune)."""
+    from compress.hf.pipeline import is_text
+
+    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
+        from compress.hf.pipeline import teacher_stage
+
+        return teacher_stage(ctx)
     import torch
     from safetensors.torch import save_file
 

@@ -27,5 +27,19 @@ class DistillConfig(TrainConfig):
     patience: int = Field(30, ge=1, description="Epochs without a better validation accuracy before stopping.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T of the soft targets (KL * T^2).")
     alpha: float = Field(0.3, ge=0, le=1, description="Weight of the hard-label loss; 1 - alpha weighs the teacher.")
+    loss: Literal["mse", "cosine"] = Field("cosine", description="Embedding task: the loss between student and "
+                                           "teacher pooled embeddings (cosine = mean of 1 - cos; mse scaled by the "
+                                           "teacher's mean square).")
+    hidden_weight: float = Field(0.0, ge=0, description="hf: models: weight of intermediate-layer KD on hidden "
+                                 "states (student layer i learns teacher layer layer_map[i]; MSE on real tokens).")
+    attention_weight: float = Field(0.0, ge=0, description="hf: models: weight of KD on attention distributions "
+                                    "(KL per query token, MiniLM/TinyBERT style) through the same layer map; needs "
+                                    "the slower eager attention.")
+    layer_map: tuple[int, ...] | None = Field(None, description="Teacher layer (0-based) each student layer "
+                                              "learns from; default: the layers a from_teacher student kept, else "
+                                              "evenly spaced ending at the teacher's last.")
+    max_minutes: float | None = Field(None, gt=0, description="hf: models: stop training after this many minutes "
+                                      "of wall clock (the learning-rate schedule then decays over that time); the "
+                                      "best validation epoch is kept.")
     control: bool = Field(False, description="Also train the same student on labels only, with the same budget and "
                           "seed, so the report shows whether the teacher helped.")

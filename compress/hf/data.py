@@ -1,0 +1,163 @@
+"""`text:PATH` as the pipeline's data: read, check, split (seeded), tokenize once with the teacher's tokenizer,
+cache the token ids, and serve the data contract's Datasets (items `(index, inputs, target)`, inputs a dict of
+the tokenizer's keyword tensors, target the int64 label or -1 for the embedding task)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+log = logging.getLogger("compress")
+
+
+@dataclass
+class TextBundle:
+    """Tokenized train / validation splits of a text: source, plus what the models and the report need."""
+
+    task: str
+    encoded: dict[str, dict[str, Any]]
+    """split -> {input_ids, attention_mask[, token_type_ids]} int32 tensors (N, max_length)."""
+    targets: dict[str, Any]
+    """split -> int64 labels (-1 everywhere for the embedding task)."""
+    texts: dict[str, list[str]]
+    label_names: tuple[str, ...]
+    fingerprint: str
+    tokenizer_dir: str
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    kind: str = "text"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self.encoded["train"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (int(self.encoded["train"]["input_ids"].shape[1]),)
+
+    @property
+    def train(self):
+        from compress.hf.text import text_dataset
+
+        return text_dataset(self.encoded["train"], self.targets["train"])
+
+    @property
+    def val(self):
+        from compress.hf.text import text_dataset
+
+        return text_dataset(self.encoded["val"], self.targets["val"])
+
+    def example(self, batch: int = 1) -> dict[str, Any]:
+        """Real validation inputs (int64, padded to max_length) for export and checks."""
+        import torch
+
+        idx = torch.arange(batch) % len(self.targets["val"])
+        return {k: v[idx].long() for k, v in self.encoded["val"].items()}
+
+
+def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spec: str | None,
+              cache_dir: Path | None = None) -> TextBundle:
+    """Read cfg.source ('text:PATH'), tokenize with the hf: folder `tokenizer_spec` (the teacher's)."""
+    import numpy as np
+    import torch
+
+    from compress.hf.model import load_tokenizer, resolve_dir
+    from compress.hf.text import read_text_file, tokenize
+
+    path = Path(cfg.source[len("text:"):])
+    path = path if path.is_absolute() else Path(base_dir) / path
+    if tokenizer_spec is None or not tokenizer_spec.startswith("hf:"):
+        raise CompressError(f"{origin}: text: data is tokenized with the teacher's tokenizer; set [teacher] model = "
+                            f"'hf:DIR', got {tokenizer_spec!r}")
+    if cfg.task == "classification" and not cfg.label_column:
+        raise CompressError(f"{origin}: data.task = 'classification' needs labels: set data.label_column (a .csv, "
+                            ".tsv or .jsonl column), or data.task = 'embedding' for unlabelled text")
+    rows = read_text_file(path, origin, text_column=cfg.text_column, label_column=cfg.label_column,
+                          pair_column=cfg.pair_column, labels=cfg.labels)
+    if rows.bad_rows:
+        log.warning("warning: %s: %s: skipped %d bad rows (%s)", origin, path, rows.bad_rows,
+                    ", ".join(f"{n} {r}, first at line {rows.first_bad[r]}" for r, n in rows.bad.items()))
+    folder = resolve_dir(tokenizer_spec, base_dir, origin.replace("data.source", "teacher.model"))
+    names = tuple(sorted(set(rows.labels))) if rows.labels is not None else ("embedding",)
+    if cfg.task == "classification" and len(names) < 2:
+        raise CompressError(f"{origin}: {path}: a single label value {list(names)} in column {cfg.label_column!r}; "
+                            "classification needs at least two")
+    labels = (np.asarray([names.index(v) for v in rows.labels], dtype=np.int64) if cfg.task == "classification"
+              else np.full(len(rows.texts), -1, dtype=np.int64))
+    val_idx, train_idx = _split(labels, cfg.val_fraction, seed, origin)
+    key = _key(path, folder, cfg, seed)
+    cached = _read_cache(cache_dir, key)
+    if cached is None:
+        tok = load_tokenizer(folder, origin.replace("data.source", "teacher.model"))
+        encoded = tokenize(tok, rows.texts, max_length=cfg.max_length, pairs=rows.pairs)
+        _write_cache(cache_dir, key, encoded)
+    else:
+        encoded = cached
+    split = {"train": train_idx, "val": val_idx}
+    return TextBundle(
+        task=cfg.task,
+        encoded={s: {k: v[torch.from_numpy(i)] for k, v in encoded.items()} for s, i in split.items()},
+        targets={s: torch.from_numpy(labels[i]) for s, i in split.items()},
+        texts={s: [rows.texts[j] for j in i] for s, i in split.items()},
+        label_names=names if cfg.task == "classification" else (), fingerprint=key, tokenizer_dir=str(folder),
+        bad_rows=dict(rows.bad))
+
+
+def _split(labels, val_fraction: float, seed: int, origin: str):
+    """Seeded split, stratified by label for classification (every class keeps val_fraction in validation)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(max(int(round(len(idx) * val_fraction)), 1), len(idx) - 1)
+        val.extend(idx[:n_val].tolist())
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[val] = True
+    if not mask.any() or mask.all():
+        raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out a validation split")
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
+
+
+def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:
+    h = hashlib.sha256(path.read_bytes())
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        f = folder / name
+        if f.is_file():
+            h.update(name.encode() + f.read_bytes())
+    h.update(json.dumps([cfg.model_dump(mode="json"), seed], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _read_cache(cache_dir: Path | None, key: str):
+    if cache_dir is None:
+        return None
+    f = Path(cache_dir) / f"tokens-{key[:16]}.safetensors"
+    if not f.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(f))
+    except Exception:  # a damaged cache is re-made, never trusted
+        return None
+
+
+def _write_cache(cache_dir: Path | None, key: str, encoded: dict) -> None:
+    if cache_dir is None:
+        return
+    from safetensors.torch import save_file
+
+    from compress.cache import atomic_path
+
+    with atomic_path(Path(cache_dir) / f"tokens-{key[:16]}.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in encoded.items()}, str(tmp))

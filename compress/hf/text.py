@@ -1,0 +1,159 @@
+"""`text:PATH` data: read texts (and labels) from .txt / .csv / .tsv / .jsonl, tokenize once, serve dict inputs.
+
+- .txt: one example a line, no labels (the embedding task). Blank lines are bad rows.
+- .csv / .tsv (header row) and .jsonl (one object a line): `text_column`, optional `label_column` and
+  `pair_column` (the second text of a sentence-pair task).
+Bad rows (empty text, a missing column, a label outside the known set, an unparsable line) are counted and
+reported; a file where most rows are bad is an error, since it is almost certainly the wrong file or column.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from compress.errors import CompressError
+
+SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
+MAX_BAD_FRACTION = 0.5
+
+
+@dataclass
+class TextRows:
+    """What a text file held: texts, optional pair texts and string labels, and the bad rows it skipped."""
+
+    texts: list[str]
+    pairs: list[str] | None = None
+    labels: list[str] | None = None
+    bad: dict[str, int] = field(default_factory=dict)
+    """Reason -> count of skipped rows."""
+    first_bad: dict[str, int] = field(default_factory=dict)
+    """Reason -> 1-based line of the first row skipped for it."""
+
+    @property
+    def bad_rows(self) -> int:
+        return sum(self.bad.values())
+
+
+def read_text_file(path: Path, origin: str, *, text_column: str = "text", label_column: str | None = None,
+                   pair_column: str | None = None, labels: Sequence[str] | None = None) -> TextRows:
+    """Read `path`; `labels` (when given) is the closed set of allowed label strings, others are bad rows."""
+    if not path.is_file():
+        raise CompressError(f"{origin}: file not found: {path}")
+    if path.suffix not in SUFFIXES:
+        raise CompressError(f"{origin}: {path}: expected a {', '.join(SUFFIXES)} file, got {path.suffix or 'none'}")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CompressError(f"{origin}: {path} is not UTF-8 text (byte {exc.start})") from exc
+    rows = TextRows(texts=[], pairs=[] if pair_column else None, labels=[] if label_column else None)
+    if path.suffix == ".txt":
+        if label_column or pair_column:
+            raise CompressError(f"{origin}: {path}: a .txt file holds one text a line and no columns; use .csv, "
+                                ".tsv or .jsonl for labels or sentence pairs")
+        records = ((n, {"text": line}) for n, line in enumerate(raw.splitlines(), 1))
+        text_column = "text"
+    elif path.suffix == ".jsonl":
+        records = _jsonl(raw)
+    else:
+        records = _table(raw, "\t" if path.suffix == ".tsv" else ",", path, origin,
+                         [c for c in (text_column, label_column, pair_column) if c])
+    allowed = set(labels) if labels is not None else None
+    total = 0
+    for line, rec in records:
+        total += 1
+        reason = _take(rec, rows, text_column, label_column, pair_column, allowed)
+        if reason:
+            rows.bad[reason] = rows.bad.get(reason, 0) + 1
+            rows.first_bad.setdefault(reason, line)
+    if total == 0 or rows.bad_rows > MAX_BAD_FRACTION * total:
+        detail = "; ".join(f"{n} {r} (first at line {rows.first_bad[r]})" for r, n in rows.bad.items())
+        raise CompressError(f"{origin}: {path}: {rows.bad_rows} of {total} rows are bad ({detail or 'no rows'}); "
+                            f"check the file and data.text_column / data.label_column")
+    return rows
+
+
+def _take(rec: Any, rows: TextRows, text_column: str, label_column: str | None, pair_column: str | None,
+          allowed: set[str] | None) -> str | None:
+    """Append the record to `rows`, or return why it is bad."""
+    if not isinstance(rec, dict):
+        return "unparsable rows"
+    text = rec.get(text_column)
+    if not isinstance(text, str) or not text.strip():
+        return "empty texts"
+    pair = rec.get(pair_column) if pair_column else None
+    if pair_column and (not isinstance(pair, str) or not pair.strip()):
+        return "empty pair texts"
+    label = None
+    if label_column:
+        label = rec.get(label_column)
+        if label is None or str(label).strip() == "":
+            return "missing labels"
+        label = str(label).strip()
+        if allowed is not None and label not in allowed:
+            return "unknown labels"
+    rows.texts.append(text.strip())
+    if rows.pairs is not None:
+        rows.pairs.append(pair.strip())
+    if rows.labels is not None:
+        rows.labels.append(label)
+    return None
+
+
+def _jsonl(raw: str):
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError:
+            yield n, None
+
+
+def _table(raw: str, delimiter: str, path: Path, origin: str, needed: list[str]):
+    reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
+    header = reader.fieldnames or []
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise CompressError(f"{origin}: {path}: no column {missing[0]!r} in the header (columns: "
+                            f"{', '.join(header) or 'none'}); set data.text_column / data.label_column")
+    for n, rec in enumerate(reader, 2):
+        yield n, rec
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], *, max_length: int, pairs: Sequence[str] | None = None,
+             batch: int = 2048) -> dict[str, Any]:
+    """Token ids, attention mask (and token type ids when the tokenizer makes them), padded to `max_length`,
+    as int32 tensors (half the memory of int64; widened per item)."""
+    import torch
+
+    parts: dict[str, list] = {}
+    for i in range(0, len(texts), batch):
+        second = list(pairs[i:i + batch]) if pairs is not None else None
+        enc = tokenizer(list(texts[i:i + batch]), second, padding="max_length", truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key in enc:
+                parts.setdefault(key, []).append(enc[key].to(torch.int32))
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def text_dataset(encoded: dict[str, Any], targets: Any, indices: Any = None):
+    """A torch Dataset over `encoded` rows (optionally a subset `indices`): items are (index, inputs, target) with
+    inputs a dict of int64 tensors (the data contract's keyword inputs) and target an int64 (-1 without labels)."""
+    import torch
+
+    class TextDataset(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.rows = torch.arange(len(targets)) if indices is None else torch.as_tensor(indices)
+
+        def __len__(self) -> int:
+            return len(self.rows)
+
+        def __getitem__(self, i: int):
+            r = int(self.rows[i])
+            return i, {k: v[r].long() for k, v in encoded.items()}, targets[r]
+
+    return TextDataset()

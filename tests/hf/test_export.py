@@ -1,0 +1,64 @@
+"""Transformer export: tokenizer-named inputs, dynamic batch and sequence axes, parity on real tokens in eval mode,
+benchmark feeds inside the vocabulary, dynamic int8 per-channel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from compress.hf.export import bench_feed, export_text_model, run_ort
+from compress.hf.model import build_text_model
+from compress.hf.text import tokenize
+from compress.hf.train import predict
+
+TEXTS = ["the cat runs near the river .", "a bus .", "the old red truck stops again and again with a dog ."]
+
+
+def test_export_names_inputs_like_the_tokenizer_and_keeps_both_axes_dynamic(tmp_path, bert_dir, tokenizer):
+    # setup: a model left in train mode (dropout on) must still export and compare in eval mode
+    model = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t").train()
+    enc = tokenize(tokenizer, TEXTS, max_length=20)
+    example = {k: v[:2].long() for k, v in enc.items()}
+    # execute
+    path = export_text_model(model, example, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # assert: names and symbolic axes
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert inputs["input_ids"] == ["batch", "sequence"]
+    assert sess.get_outputs()[0].name == "embedding"
+    # parity on real tokens, through a batch size and lengths other than the example's
+    got = run_ort(path, enc, batch_size=3)
+    expected = predict(model, enc).numpy()
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_classifier_exports_logits_and_benchmark_feed_is_real_text(tmp_path, bert_dir, tokenizer):
+    model = build_text_model(f"hf:{bert_dir}", task="classification", num_classes=2, base_dir=Path("."),
+                             origin="t")
+    enc = tokenize(tokenizer, TEXTS, max_length=16)
+    path = export_text_model(model, {k: v[:2].long() for k, v in enc.items()}, tmp_path / "c.onnx")
+    assert np.abs(run_ort(path, enc) - predict(model, enc).numpy()).max() <= 1e-4
+    feed = bench_feed(tokenizer, TEXTS, ["input_ids", "attention_mask", "token_type_ids"], batch=2, seq_length=24)
+    assert feed["input_ids"].shape == (2, 24) and feed["input_ids"].dtype == np.int64
+    assert feed["attention_mask"].all()  # filled with real text, no padding
+    assert feed["input_ids"].max() < tokenizer.vocab_size and (feed["input_ids"] != tokenizer.unk_token_id).all()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.run(None, feed)[0].shape == (2, 2)
+
+
+def test_dynamic_int8_per_channel_keeps_the_embedding(tmp_path, bert_dir, tokenizer):
+    from compress.hf.quantize import _quantize_once
+    from compress.hf.metrics import cosine
+    from compress.quantize.config import QuantizeConfig
+
+    model = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t")
+    enc = tokenize(tokenizer, TEXTS * 4, max_length=20)
+    path = export_text_model(model, {k: v[:2].long() for k, v in enc.items()}, tmp_path / "m.onnx")
+    for mode in ("dynamic", "static"):
+        q = tmp_path / f"{mode}.onnx"
+        _quantize_once(path, q, QuantizeConfig(mode=mode, calibration_samples=8, calibration_batch=4),
+                       {"per_channel": True, "reduce_range": False}, enc)
+        assert cosine(run_ort(q, enc), run_ort(path, enc)) > 0.99, mode
