@@ -1,0 +1,116 @@
+"""Whole pipelines on a tiny random BERT: text: data, hf: teacher, students cut from it, both tasks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from compress.cli import main
+from tests.hf.conftest import make_bert, write_labelled, write_texts
+
+pytestmark = pytest.mark.e2e
+
+BENCH = """
+[benchmark]
+batch_sizes = [1]
+seq_lengths = [8, 16]
+min_runs = 10
+min_seconds = 0.05
+repetitions = 1
+warmup_runs = 2
+"""
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    make_bert(tmp_path / "bert")
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "t"\nthreads = 1\n' + body + BENCH)
+    return toml
+
+
+def test_embedding_pipeline_reports_cosine_and_overlap_per_model_and_reruns_from_cache(tmp_path):
+    # setup
+    write_texts(tmp_path / "corpus.txt", 160)
+    toml = _write(tmp_path, """
+[data]
+source = "text:corpus.txt"
+task = "embedding"
+max_length = 16
+batch_size = 16
+[teacher]
+model = "hf:bert"
+[student]
+from_teacher = { num_layers = 2 }
+[distill]
+epochs = 2
+lr = 1e-3
+hidden_weight = 1.0
+[export]
+ort_format = true
+[quantize]
+mode = "dynamic"
+max_cosine_drop = 0.05
+""")
+    # execute
+    first = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
+    again = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    # assert
+    assert first.exit_code == 0, first.output
+    models = {m["name"]: m for m in report["models"]}
+    assert set(models) == {"teacher", "student", "student-int8"}
+    for m in models.values():
+        assert 0.5 < m["cosine"] <= 1.0 + 1e-6 and 0 <= m["neighbour_overlap@10"] <= 1
+        assert m["accuracy"] is None
+        assert sorted(r["seq_length"] for r in m["latency"]) == [8, 16]
+    assert models["teacher"]["cosine"] == pytest.approx(1.0)
+    assert models["student"]["parity"]["max_abs_diff"] <= 1e-4
+    distill = report["details"]["distill"]["student"]
+    assert distill["kept_layers"] == [0, 3] and distill["layer_map"] == [0, 3]
+    assert report["edge"]["ort"]["bytes"] > 0
+    assert again.exit_code == 0 and all(s["status"] == "cached" for s in
+                                        json.loads((tmp_path / "runs" / "t" / "report.json").read_text())["stages"])
+
+
+def test_classification_student_beats_chance_and_has_a_control(tmp_path):
+    write_labelled(tmp_path / "topics.tsv", 200)
+    toml = _write(tmp_path, """
+[data]
+source = "text:topics.tsv"
+label_column = "label"
+max_length = 16
+batch_size = 8
+[teacher]
+model = "hf:bert"
+[teacher.train]
+epochs = 8
+lr = 1e-3
+[student]
+from_teacher = { layers = [0, 3] }
+[distill]
+epochs = 4
+lr = 1e-3
+control = true
+""")
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    assert result.exit_code == 0, result.output
+    models = {m["name"]: m for m in json.loads((tmp_path / "runs" / "t" / "report.json").read_text())["models"]}
+    assert set(models) == {"teacher", "student", "control"}
+    assert models["teacher"]["accuracy"] > 0.8 and models["student"]["accuracy"] > 0.8  # chance: 0.5
+    assert "cosine" not in models["student"]
+
+
+def test_bad_hf_configs_are_exit_2_naming_the_key(tmp_path):
+    write_texts(tmp_path / "corpus.txt", 40)
+    toml = _write(tmp_path, '[data]\nsource = "text:corpus.txt"\ntask = "embedding"\n[teacher]\nmodel = "hf:nope"\n'
+                            '[student]\nfrom_teacher = { num_layers = 2 }\n')
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2 and "hf directory not found" in result.output and "nope" in result.output
+    toml.write_text(toml.read_text().replace("hf:nope", "hf:bert").replace("num_layers = 2", "num_layers = 9"))
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2 and "student.from_teacher: num_layers must be 1..4, got 9" in result.output
+    toml.write_text(toml.read_text().replace('task = "embedding"\n', ""))
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2 and "needs labels: set data.label_column" in result.output
