@@ -15,56 +15,40 @@ from compress.errors import CompressError
 log = logging.getLogger("compress")
 
 
-@dataclass
-class TextBundle:
-    """Tokenized train / validation splits of a text: source, plus what the models and the report need."""
+def _bundle_class():
+    from compress.data import DataBundle
 
-    task: str
-    encoded: dict[str, dict[str, Any]]
-    """split -> {input_ids, attention_mask[, token_type_ids]} int32 tensors (N, max_length)."""
-    targets: dict[str, Any]
-    """split -> int64 labels (-1 everywhere for the embedding task)."""
-    texts: dict[str, list[str]]
-    label_names: tuple[str, ...]
-    fingerprint: str
-    tokenizer_dir: str
-    bad_rows: dict[str, int] = field(default_factory=dict)
-    kind: str = "text"
+    @dataclass
+    class TextBundle(DataBundle):
+        """A DataBundle (train / val / test Datasets of `(index, inputs, target)`) that also keeps the token
+        tensors, the texts and the labels per split: text stages batch by length and the benchmark fills
+        sequences with real text."""
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
+        task: str = "classification"
+        encoded: dict[str, dict[str, Any]] = field(default_factory=dict)
+        """split -> {input_ids, attention_mask[, token_type_ids]} int32 tensors (N, max_length)."""
+        targets: dict[str, Any] = field(default_factory=dict)
+        """split -> int64 labels (-1 everywhere for the embedding task)."""
+        texts: dict[str, list[str]] = field(default_factory=dict)
+        tokenizer_dir: str = ""
+        kind: str = "text"
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(self.encoded["train"])
+        @property
+        def input_names(self) -> tuple[str, ...]:
+            return tuple(self.encoded["train"])
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (int(self.encoded["train"]["input_ids"].shape[1]),)
+        def example(self, batch: int = 1) -> dict[str, Any]:
+            """Real validation inputs (int64, padded to max_length) for export and checks."""
+            import torch
 
-    @property
-    def train(self):
-        from compress.hf.text import text_dataset
+            idx = torch.arange(batch) % len(self.targets["val"])
+            return {k: v[idx].long() for k, v in self.encoded["val"].items()}
 
-        return text_dataset(self.encoded["train"], self.targets["train"])
-
-    @property
-    def val(self):
-        from compress.hf.text import text_dataset
-
-        return text_dataset(self.encoded["val"], self.targets["val"])
-
-    def example(self, batch: int = 1) -> dict[str, Any]:
-        """Real validation inputs (int64, padded to max_length) for export and checks."""
-        import torch
-
-        idx = torch.arange(batch) % len(self.targets["val"])
-        return {k: v[idx].long() for k, v in self.encoded["val"].items()}
+    return TextBundle
 
 
 def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spec: str | None,
-              cache_dir: Path | None = None) -> TextBundle:
+              cache_dir: Path | None = None) -> Any:
     """Read cfg.source ('text:PATH'), tokenize with the hf: folder `tokenizer_spec` (the teacher's)."""
     import numpy as np
     import torch
@@ -92,7 +76,7 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
                             "classification needs at least two")
     labels = (np.asarray([names.index(v) for v in rows.labels], dtype=np.int64) if cfg.task == "classification"
               else np.full(len(rows.texts), -1, dtype=np.int64))
-    val_idx, train_idx = _split(labels, cfg.val_fraction, seed, origin)
+    parts = _split(labels, cfg.val_fraction, cfg.test_fraction, seed, origin)
     key = _key(path, folder, cfg, seed)
     cached = _read_cache(cache_dir, key)
     if cached is None:
@@ -101,31 +85,46 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
         _write_cache(cache_dir, key, encoded)
     else:
         encoded = cached
-    split = {"train": train_idx, "val": val_idx}
-    return TextBundle(
-        task=cfg.task,
-        encoded={s: {k: v[torch.from_numpy(i)] for k, v in encoded.items()} for s, i in split.items()},
-        targets={s: torch.from_numpy(labels[i]) for s, i in split.items()},
-        texts={s: [rows.texts[j] for j in i] for s, i in split.items()},
-        label_names=names if cfg.task == "classification" else (), fingerprint=key, tokenizer_dir=str(folder),
-        bad_rows=dict(rows.bad))
+    from compress.hf.text import text_dataset
+
+    encoded_by = {s: {k: v[torch.from_numpy(i)] for k, v in encoded.items()} for s, i in parts.items()}
+    targets = {s: torch.from_numpy(labels[i]) for s, i in parts.items()}
+    datasets = {s: text_dataset(encoded_by[s], targets[s]) for s in parts}
+    pct = {"val": cfg.val_fraction, "test": cfg.test_fraction}
+    how = {s: f"{'stratified ' if cfg.task == 'classification' else ''}{pct[s]:.0%} of {path.name} (seed {seed})"
+           for s in parts if s != "train"}
+    details = {"text": {"file": str(path), "rows": len(rows.texts), "bad_rows": dict(rows.bad),
+                        "max_length": cfg.max_length, "tokenizer": str(folder), "task": cfg.task}}
+    return _bundle_class()(
+        train=datasets["train"], val=datasets["val"], test=datasets.get("test"),
+        num_classes=len(names) if cfg.task == "classification" else 0, input_shape=(cfg.max_length,),
+        fingerprint=key, how=how, class_names=list(names) if cfg.task == "classification" else None,
+        details=details, task=cfg.task, encoded=encoded_by, targets=targets,
+        texts={s: [rows.texts[j] for j in i] for s, i in parts.items()}, tokenizer_dir=str(folder))
 
 
-def _split(labels, val_fraction: float, seed: int, origin: str):
-    """Seeded split, stratified by label for classification (every class keeps val_fraction in validation)."""
+def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin: str) -> dict[str, Any]:
+    """Seeded train / val / test row indices, stratified by label for classification (every class keeps its
+    fractions; the embedding task's labels are all -1, so it is one random split)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    val = []
+    val, test = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_val = min(max(int(round(len(idx) * val_fraction)), 1), len(idx) - 1)
+        n_test = min(int(round(len(idx) * test_fraction)), len(idx) - 1 - n_val) if test_fraction else 0
         val.extend(idx[:n_val].tolist())
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[val] = True
-    if not mask.any() or mask.all():
-        raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out a validation split")
-    return np.flatnonzero(mask), np.flatnonzero(~mask)
+        test.extend(idx[n_val:n_val + max(n_test, 0)].tolist())
+    split = np.zeros(len(labels), dtype=np.int8)
+    split[val] = 1
+    split[test] = 2
+    parts = {"train": np.flatnonzero(split == 0), "val": np.flatnonzero(split == 1)}
+    if test_fraction:
+        parts["test"] = np.flatnonzero(split == 2)
+    if not all(len(v) for v in parts.values()):
+        raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out validation and test splits")
+    return parts
 
 
 def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:

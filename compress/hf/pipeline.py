@@ -113,15 +113,16 @@ def scorer(data: Any, teacher_val: Any):
     return evaluate
 
 
-def scores_of(data: Any, outputs: Any, teacher_val: Any) -> dict[str, float]:
-    """The figures a record carries: cosine and neighbour_overlap@10, or accuracy."""
+def scores_of(data: Any, outputs: Any, teacher_ref: Any, split: str = "val") -> dict[str, float]:
+    """The figures a record carries on `split`: cosine and neighbour_overlap@10 to the teacher's outputs
+    `teacher_ref` on the same texts, or accuracy."""
     import numpy as np
 
     from compress.hf.metrics import embedding_metrics
 
     if data.task == "embedding":
-        return embedding_metrics(outputs, teacher_val)
-    return {"accuracy": float(np.mean(np.asarray(outputs).argmax(1) == data.targets["val"].numpy()))}
+        return embedding_metrics(outputs, teacher_ref)
+    return {"accuracy": float(np.mean(np.asarray(outputs).argmax(1) == data.targets[split].numpy()))}
 
 
 def teacher_stage(ctx: Any) -> StageResult:
@@ -151,8 +152,10 @@ def teacher_stage(ctx: Any) -> StageResult:
         info.update(source="trained", **history)
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)
-    outputs = {"logits": predict(model, data.encoded["train"]).contiguous(),
-               "val": predict(model, data.encoded["val"]).contiguous()}
+    outputs = {"logits": predict(model, data.encoded["train"]).contiguous()}
+    for split in data.encoded:  # val (selection, gates) and test (the report's figures)
+        if split != "train":
+            outputs[split] = predict(model, data.encoded[split]).contiguous()
     out_path = ctx.stage_dir / "logits.safetensors"
     with atomic_path(out_path) as tmp:
         save_file(outputs, str(tmp))
@@ -164,12 +167,12 @@ def teacher_stage(ctx: Any) -> StageResult:
                        state=RunState(teacher_logits=ctx.rel(out_path)), info=info)
 
 
-def teacher_outputs(ctx: Any) -> tuple[Any, Any]:
-    """The teacher's outputs on (train, validation), saved by the teacher stage."""
+def teacher_outputs(ctx: Any, split: str = "val") -> tuple[Any, Any]:
+    """The teacher's outputs on (train, `split`), saved by the teacher stage."""
     from safetensors.torch import load_file
 
     saved = load_file(str(ctx.run_dir / ctx.state.teacher_logits))
-    return saved["logits"], saved["val"]
+    return saved["logits"], saved[split]
 
 
 def distill_stage(ctx: Any) -> StageResult:

@@ -17,16 +17,17 @@ def run(ctx: StageContext) -> StageResult:
     final = ctx.final
     onnx_path = ctx.run_dir / final.onnx
     batch = ctx.cfg.export.fixed_batch
+    example = ctx.data.example(batch or 1)
+    if isinstance(example, dict):  # keyword token inputs (hf: text models): real validation tokens
+        inputs = {k: v.numpy() for k, v in example.items()}
+    else:
+        inputs = {single_input(onnx_path, what="the edge stage")[0]: example.numpy()}
     targets = ctx.cfg.export.edge_targets
     qnn = None
-    if getattr(ctx.data, "kind", None) == "text":  # keyword token inputs: real validation tokens
-        inputs = {k: v.numpy() for k, v in ctx.data.example(batch or 1).items()}
-    else:
-        name, _, _ = single_input(onnx_path, what="the edge stage")
-        inputs = {name: ctx.data.example(batch or 1).numpy()}
-    if "qnn" in targets:  # calibration: training data; accuracy: the validation split
-        qnn = {"calibration": ctx.data.x_train[:256].numpy(), "val_x": ctx.data.x_val.numpy(),
-               "val_y": ctx.data.y_val.numpy(), "activation_type": ctx.cfg.export.qnn_activation_type}
+    if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
+        val_x, val_y = ctx.data.arrays(ctx.data.eval_split)
+        qnn = {"calibration": ctx.data.arrays("train", limit=256)[0], "val_x": val_x, "val_y": val_y,
+               "activation_type": ctx.cfg.export.qnn_activation_type}
     section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
     section = _relative(ctx, {"model": final.name, **section})
     artifacts = [p for p in (section["ort"].get("ort_path"), section["ort"].get("config_path")) if isinstance(p, str)]

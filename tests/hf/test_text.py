@@ -64,12 +64,13 @@ def test_load_text_splits_tokenizes_once_and_caches(tmp_path, bert_dir):
     from tests.hf.conftest import write_labelled
 
     write_labelled(tmp_path / "t.tsv", 100)
-    cfg = DataConfig(source="text:t.tsv", label_column="label", max_length=16, val_fraction=0.2)
+    cfg = DataConfig(source="text:t.tsv", label_column="label", max_length=16, val_fraction=0.2, test_fraction=0.1)
     kw = dict(seed=0, base_dir=tmp_path, origin="p.toml: data.source", tokenizer_spec=f"hf:{bert_dir}",
               cache_dir=tmp_path / "tokens")
     first = load_text(cfg, **kw)
-    assert first.num_classes == 2 and first.label_names == ("animal", "vehicle")
-    assert len(first.targets["val"]) == 20 and len(first.targets["train"]) == 80
+    assert first.num_classes == 2 and first.class_names == ["animal", "vehicle"]
+    assert (len(first.val), len(first.test), len(first.train)) == (20, 10, 70)
+    assert first.eval_split == "test" and first.describe()["splits"]["test"]["size"] == 10
     assert len(list((tmp_path / "tokens").glob("tokens-*.safetensors"))) == 1
     again = load_text(cfg, **kw)
     assert again.fingerprint == first.fingerprint
