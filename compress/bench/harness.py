@@ -256,7 +256,9 @@ def _prepare(
         feed = check_inputs(inputs, session)
         batch = batch_of(feed)
     else:
-        feed = make_inputs(session, batch, dims, seed=settings.seed)
+        from compress.bench.inputs import index_bounds
+
+        feed = make_inputs(session, batch, dims, seed=settings.seed, bounds=index_bounds(path))
     return _Job(path, name, batch, threads, feed, settings, session=session)
 
 

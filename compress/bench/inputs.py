@@ -76,10 +76,13 @@ def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: d
     return tuple(out)
 
 
-def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *, seed: int = 0,
+                bounds: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs that match the session's input signature (fixed seed, so runs are comparable).
 
-    Floats are standard normal; integers are in [0, 100) so they are valid token/class ids for most models.
+    Floats are standard normal. Integer inputs that index a table (`bounds`, from `index_bounds`: token ids into
+    the word embeddings, token types into theirs) are drawn inside it; an integer input named like an attention
+    mask is all ones (every position a real token); other integers are in [0, 100).
     """
     rng = np.random.default_rng(seed)
     feed: dict[str, np.ndarray] = {}
@@ -87,11 +90,47 @@ def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *,
         size = concrete_shape(name, shape, batch, dims or {})
         if np.issubdtype(dtype, np.floating):
             feed[name] = rng.standard_normal(size).astype(dtype)
+        elif "mask" in name.lower():
+            feed[name] = np.ones(size, dtype=dtype)
         elif dtype is np.bool_:
             feed[name] = rng.integers(0, 2, size).astype(np.bool_)
         else:
-            feed[name] = rng.integers(0, 100, size).astype(dtype)
+            feed[name] = rng.integers(0, (bounds or {}).get(name, 100), size).astype(dtype)
     return feed
+
+
+def index_bounds(model_path: str | Path) -> dict[str, int]:
+    """{input name: rows of the table it indexes} for graph inputs that feed a Gather on a constant table (token
+    ids -> word embeddings: the vocabulary size), also through a Cast or a DequantizeLinear of the table. {} when
+    the file cannot be read as ONNX (the session that follows says why)."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - only a hint for generated inputs
+        return {}
+    tables = {t.name: int(t.dims[0]) for t in graph.initializer if t.dims}
+    produced = {out: node for node in graph.node for out in node.output}
+    inputs = {i.name for i in graph.input} - set(tables)
+
+    def rows_of(name: str) -> int | None:
+        if name in tables:
+            return tables[name]
+        node = produced.get(name)
+        return rows_of(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def source(name: str) -> str | None:
+        node = produced.get(name)
+        return name if name in inputs else (source(node.input[0]) if node is not None and node.op_type == "Cast"
+                                            else None)
+
+    bounds: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2:
+            src, rows = source(node.input[1]), rows_of(node.input[0])
+            if src is not None and rows:
+                bounds[src] = min(rows, bounds.get(src, rows))
+    return bounds
 
 
 def load_npz(path: str | Path, session: Any) -> dict[str, np.ndarray]:

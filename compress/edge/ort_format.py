@@ -101,7 +101,9 @@ def sample_inputs(model_path: Path, *, batch: int = 1, seed: int = 0) -> dict[st
     from compress.bench.providers import open_session
 
     session, _ = open_session(model_path, "cpu", threads=1, strict=True)
-    return make_inputs(session, batch, seed=seed)
+    from compress.bench.inputs import index_bounds
+
+    return make_inputs(session, batch, seed=seed, bounds=index_bounds(model_path))
 
 
 def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"], *, atol: float = 1e-5,

@@ -16,7 +16,7 @@ from compress.errors import CompressError, first_line
 
 def export_text_model(model, example: dict, path: Path, *, opset: int = 18) -> Path:
     """Export a TextModel (deep copy, eval mode) with inputs `model.input_names` and output 'embedding' or
-    'logits', batch and sequence axes symbolic ('batch', 'sequence'). Atomic; checked by onnx.checker."""
+    'logits', batch and sequence axes symbolic ('batch', 'seq'). Atomic; checked by onnx.checker."""
     import copy
     import io
     import warnings
@@ -29,7 +29,7 @@ def export_text_model(model, example: dict, path: Path, *, opset: int = 18) -> P
     names = list(model.input_names)
     args = tuple(example[n] for n in names)
     output = "logits" if model.task == "classification" else "embedding"
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes = {n: {0: "batch", 1: "seq"} for n in names}  # `compress bench --dim seq=128`
     axes[output] = {0: "batch"}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

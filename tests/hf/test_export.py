@@ -27,7 +27,7 @@ def test_export_names_inputs_like_the_tokenizer_and_keeps_both_axes_dynamic(tmp_
     # assert: names and symbolic axes
     inputs = {i.name: i.shape for i in sess.get_inputs()}
     assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]
-    assert inputs["input_ids"] == ["batch", "sequence"]
+    assert inputs["input_ids"] == ["batch", "seq"]
     assert sess.get_outputs()[0].name == "embedding"
     # parity on real tokens, through a batch size and lengths other than the example's
     got = run_ort(path, enc, batch_size=3)
@@ -62,3 +62,24 @@ def test_dynamic_int8_per_channel_keeps_the_embedding(tmp_path, bert_dir, tokeni
         _quantize_once(path, q, QuantizeConfig(mode=mode, calibration_samples=8, calibration_batch=4),
                        {"per_channel": True, "reduce_range": False}, enc)
         assert cosine(run_ort(q, enc), run_ort(path, enc)) > 0.99, mode
+
+
+def test_compress_bench_feeds_ids_inside_a_tiny_vocabulary(tmp_path, bert_dir, tokenizer):
+    # setup: a 42-token vocabulary, so the old [0, 100) ids would index past the embedding table
+    from click.testing import CliRunner
+
+    from compress.bench.inputs import index_bounds, make_inputs
+    from compress.cli import main
+
+    model = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t")
+    enc = tokenize(tokenizer, TEXTS, max_length=12)
+    path = export_text_model(model, {k: v[:2].long() for k, v in enc.items()}, tmp_path / "m.onnx")
+    # execute
+    bounds = index_bounds(path)
+    feed = make_inputs(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), 2, {"seq": 32},
+                       bounds=bounds)
+    result = CliRunner().invoke(main, ["bench", str(path), "--dim", "seq=32", "--batch", "1", "--time-budget", "1"])
+    # assert
+    assert bounds == {"input_ids": tokenizer.vocab_size, "token_type_ids": 2}
+    assert feed["input_ids"].max() < tokenizer.vocab_size and feed["attention_mask"].all()
+    assert result.exit_code == 0, result.output
