@@ -74,16 +74,18 @@ def main() -> None:
         f"{float(enc['train']['attention_mask'].sum(1).float().mean()):.1f}")
     t0 = time.perf_counter()
     cache = Path(f"/tmp/minilm-teacher-{args.max_length}.pt")  # the teacher's outputs do not depend on the recipe
-    if cache.is_file():
-        t_train, t_val = torch.load(cache)
-    else:
-        t_val = predict(teacher, enc["val"]).numpy()
-        t_train = predict(teacher, enc["train"])
-        torch.save((t_train, t_val), cache)
-    say(f"teacher embeddings of train+val: {time.perf_counter() - t0:.0f} s")
+    recipe = RECIPES[args.recipe]
+    t_val = predict(teacher, enc["val"]).numpy()
+    t_train = None  # hidden-state KD runs the teacher on every batch, so its cached embeddings are not needed
+    if not recipe.get("hidden_weight") and not recipe.get("attention_weight"):
+        if cache.is_file():
+            t_train = torch.load(cache)
+        else:
+            t_train = predict(teacher, enc["train"])
+            torch.save(t_train, cache)
+    say(f"teacher embeddings: {time.perf_counter() - t0:.0f} s")
     layers = [int(i) for i in args.layers.split(",")]
     student = cut_layers(teacher, layers, "bench")
-    recipe = RECIPES[args.recipe]
     settings = TextDistillSettings(epochs=100, batch_size=32, max_seconds=args.minutes * 60, layer_map=tuple(layers),
                                    **recipe)
     start_cos = embedding_metrics(predict(student, enc["val"]).numpy(), t_val)

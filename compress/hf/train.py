@@ -94,7 +94,7 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
     steps_per_epoch = math.ceil(len(lengths) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
     warm = max(1, int(settings.warmup_fraction * total))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
 
     def lr_at(step: int) -> float:
         # with a time budget the cosine follows whichever is further along, steps or seconds, so the rate has
@@ -129,8 +129,9 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
                 stopped = True
                 break
         score = float(evaluate(student))
-        history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "score": score,
-                        "seconds": round(time.perf_counter() - start, 1)})
+        history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "score": score, "examples": seen,
+                        "seconds": round(time.perf_counter() - start, 1),
+                        "cpu_seconds": round(time.process_time() - cpu_start, 1)})
         if progress:
             progress(f"epoch {epoch + 1}: loss {total_loss / max(seen, 1):.4f}, score {score:.4f}, "
                      f"{time.perf_counter() - start:.0f} s")
