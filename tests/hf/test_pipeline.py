@@ -49,6 +49,7 @@ lr = 1e-3
 hidden_weight = 1.0
 [export]
 ort_format = true
+optimize = "transformer"
 [quantize]
 mode = "dynamic"
 max_cosine_drop = 0.05
@@ -70,6 +71,8 @@ max_cosine_drop = 0.05
     distill = report["details"]["distill"]["student"]
     assert distill["kept_layers"] == [0, 3] and distill["layer_map"] == [0, 3]
     assert report["edge"]["ort"]["bytes"] > 0
+    optimized = report["details"]["export"]
+    assert set(optimized) == {"teacher", "student"} and all("kept" in o and "why" in o for o in optimized.values())
     assert again.exit_code == 0 and all(s["status"] == "cached" for s in
                                         json.loads((tmp_path / "runs" / "t" / "report.json").read_text())["stages"])
 
