@@ -70,22 +70,46 @@ def load_text_model(ctx: Any, name: str):
 
 
 def check_text_models(cfg: Any, data: Any) -> None:
-    """What `compress validate` checks for text pipelines: both models build, the teacher's checkpoint loads."""
-    from compress.models import load_weights
+    """What `compress validate` (and every run, cached or not) checks for text pipelines without importing the
+    model code (transformers' modeling modules take seconds to import): the extra is installed, the folders and
+    their config.json and weights exist, a layer cut fits the teacher, a classification head will be trained."""
+    import importlib.util
+    import json
+
+    from compress.hf.model import choose_layers, resolve_dir
 
     origin = f"{cfg.source_path}: teacher"
     if cfg.prune is not None:
         raise CompressError(f"{cfg.source_path}: prune: channel pruning is not built for hf: text models; remove "
                             "[prune] (cut layers with [student] from_teacher instead)")
+    if importlib.util.find_spec("transformers") is None:
+        raise CompressError(f"{origin}.model: hf: models need the 'transformers' package: pip install 'compress[hf]'")
     if not cfg.teacher.model.startswith("hf:"):
         raise CompressError(f"{origin}.model: text data needs an hf: teacher, got {cfg.teacher.model!r}")
-    teacher = build_teacher(cfg, data, origin)
-    if cfg.teacher.checkpoint:
-        load_weights(teacher, cfg.resolve(cfg.teacher.checkpoint), f"{origin}.checkpoint", key=cfg.teacher.checkpoint_key)
-    elif data.task == "classification" and cfg.teacher.train is None:
+    folder = resolve_dir(cfg.teacher.model, cfg.base_dir, f"{origin}.model")
+    if not cfg.teacher.kwargs and not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin",
+                                                                           "model.safetensors.index.json")):
+        raise CompressError(f"{origin}: {folder}/model.safetensors not found (no weights in the hf folder)")
+    if not cfg.teacher.checkpoint and data.task == "classification" and cfg.teacher.train is None:
         raise CompressError(f"{origin}: a classification teacher needs its head trained: add [teacher.train] "
                             "(or a checkpoint of the whole wrapped model)")
-    build_student(cfg, data, teacher, f"{cfg.source_path}: student")
+    cut = cfg.student.from_teacher
+    if cut is not None:
+        total = int(cfg.teacher.kwargs.get("num_hidden_layers")
+                    or json.loads((folder / "config.json").read_text()).get("num_hidden_layers", 0))
+        try:
+            layers = list(cut.layers) if cut.layers is not None else choose_layers(total, cut.num_layers)
+        except ValueError as exc:
+            raise CompressError(f"{cfg.source_path}: student.from_teacher: {exc} (the teacher has {total} "
+                                "layers)") from None
+        if any(not 0 <= i < total for i in layers) or len(set(layers)) != len(layers):
+            raise CompressError(f"{cfg.source_path}: student.from_teacher.layers must be distinct indices "
+                                f"0..{total - 1}, got {layers}")
+    elif not (cfg.student.model or "").startswith("hf:"):
+        raise CompressError(f"{cfg.source_path}: student.model: text data needs an hf: student (or from_teacher), "
+                            f"got {cfg.student.model!r}")
+    else:
+        resolve_dir(cfg.student.model, cfg.base_dir, f"{cfg.source_path}: student.model")
 
 
 def settings_from(dcfg: Any, batch_size: int, layer_map: Any, *, seconds: float | None = None) -> Any:
