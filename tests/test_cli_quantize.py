@@ -82,3 +82,51 @@ def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.Monke
     monkeypatch.chdir(files["dir"])
     result = _invoke("mlp.onnx", *extra)
     assert result.exit_code == 2 and result.output.strip() == line
+
+
+def _old_conv(path: Path, *, batch: int | str = "N") -> Path:
+    """An IR 3, opset 9 Conv net like the model-zoo graphs: weights also listed as graph inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="pool"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"], name="head")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 6, 6])]
+    inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    graph = helper.make_graph(nodes, "old", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                                   [batch, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_upgrades_an_opset_9_graph_for_per_channel_qdq(tmp_path: Path):
+    # setup: ORT writes per-channel DequantizeLinear nodes with `axis`, which opset 9 lacks: an invalid model
+    model = _old_conv(tmp_path / "old.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 2, 6, 6)).astype(np.float32))
+    out = tmp_path / "old-int8.onnx"
+    # execute
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--max-accuracy-drop", "1")
+    # assert
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["preprocess"].startswith("weights dropped from the graph inputs (IR 3); opset 9 upgraded to 13")
+    written = onnx.load(str(out))
+    assert max(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert any(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+               for n in written.graph.node), "no per-channel DequantizeLinear: the upgrade did not reach QDQ"
+
+
+def test_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path: Path):
+    model = _old_conv(tmp_path / "fixed.onnx", batch=1)
+    result = _invoke(model, "--out", tmp_path / "q.onnx", "--mode", "dynamic", "--batch", "8")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --batch: {model} fixes its batch dimension to 1, so batch 8 cannot be "
+                                     "timed; use --batch 1, or re-export with a dynamic batch axis")

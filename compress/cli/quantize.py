@@ -49,6 +49,7 @@ def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, d
     check_model_file(model)
     for p in providers:
         resolve_provider(p)
+    _check_batches(model, batches)
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
     calib = _read_x(calibration, "--calibration") if calibration is not None else None
@@ -128,3 +129,14 @@ def _markdown(summary: dict[str, Any]) -> str:
              *attempts_table(summary["attempts"], score="score"),
              "", f"Pick: {summary['why']}", "", f"Wrote: {summary['out'] or 'nothing (no attempt met the budget)'}"]
     return "\n".join(lines) + "\n"
+
+
+def _check_batches(model: Path, batches: tuple[int, ...]) -> None:
+    """A --batch the model's fixed batch dimension cannot take is refused now, not timed as 'unavailable' later."""
+    from compress.onnx.graph import fixed_batch
+
+    fixed = fixed_batch(model)
+    wrong = [b for b in batches if fixed is not None and b != fixed]
+    if wrong:
+        raise CompressError(f"--batch: {model} fixes its batch dimension to {fixed}, so batch {wrong[0]} cannot be "
+                            f"timed; use --batch {fixed}, or re-export with a dynamic batch axis")

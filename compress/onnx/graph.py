@@ -74,3 +74,26 @@ def without_initializer_inputs(model: "onnx.ModelProto") -> bool:
     model.graph.input.extend(keep)
     model.ir_version = max(model.ir_version, 4)
     return True
+
+
+def default_opset(model: "onnx.ModelProto") -> int:
+    """The model's opset of the default ONNX domain ('' or 'ai.onnx'); 1 when it names none (very old graphs)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+
+
+def upgraded(model: "onnx.ModelProto", minimum: int, *, origin: str, why: str) -> "onnx.ModelProto | None":
+    """`model` converted to opset `minimum` (onnx.version_converter) when its default-domain opset is older, else
+    None. `why` says which tool needs it; a graph the converter cannot take is a one-line CompressError."""
+    from onnx import version_converter
+
+    have = default_opset(model)
+    if have >= minimum:
+        return None
+    try:
+        converted = version_converter.convert_version(model, minimum)
+    except Exception as exc:  # the converter has no adapter for some op/version pairs
+        raise CompressError(f"{origin}: opset {have} is too old for {why} (needs >= {minimum}) and onnx's "
+                            f"version converter could not upgrade it: {first_line(exc)}; re-export the model at "
+                            f"opset {minimum} or later") from None
+    converted.ir_version = max(converted.ir_version, model.ir_version)
+    return converted

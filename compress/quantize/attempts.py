@@ -110,28 +110,41 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray |
                     nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"])
 
 
+QDQ_OPSET = 13
+"""Static QDQ needs this opset: per-channel QuantizeLinear/DequantizeLinear (their `axis`) arrived in opset 13."""
+
+
 def preprocess(src: Path, dst: Path, mode: str) -> str:
     """quant_pre_process (shape inference + ORT optimisation); fp16 only needs a plain copy. An old IR 3 graph
-    first loses the inputs that are really its weights (or every attempt would ask for them as inputs)."""
+    first loses the inputs that are really its weights (or every attempt would ask for them as inputs), and a
+    graph older than opset 13 is upgraded for static QDQ (per-channel scales need it; ORT writes an invalid model
+    otherwise). Returns what was done, for the summary."""
     import onnx
 
-    from compress.onnx.graph import without_initializer_inputs
+    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
 
     model = onnx.load(str(src))
-    if without_initializer_inputs(model):
+    changed, notes = without_initializer_inputs(model), []
+    if changed:
+        notes.append("weights dropped from the graph inputs (IR 3)")
+    newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
+    if newer is not None:
+        notes.append(f"opset {default_opset(model)} upgraded to {QDQ_OPSET} (onnx version converter)")
+        model, changed = newer, True
+    if changed:
         src = dst.with_name(f"{dst.stem}.inputs.onnx")
         onnx.save(model, str(src))
     if mode == "fp16":
         shutil.copyfile(src, dst)
-        return "copied (fp16 needs no pre-processing)"
+        return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
         quant_pre_process(str(src), str(dst))
-        return "quant_pre_process: shape inference + optimisation"
+        return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"])
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
         shutil.copyfile(src, dst)
-        return f"quant_pre_process failed ({first_line(exc)}); quantized the exported model as is"
+        return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
 
 
 def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
