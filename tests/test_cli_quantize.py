@@ -130,3 +130,39 @@ def test_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path: Path):
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: --batch: {model} fixes its batch dimension to 1, so batch 8 cannot be "
                                      "timed; use --batch 1, or re-export with a dynamic batch axis")
+
+
+def external_mlp(path: Path) -> Path:
+    """A 64 -> 256 -> 10 MatMul net whose weights live in `<name>.data` beside it (ONNX external data)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 256)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((256, 10)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data", size_threshold=0)
+    return path
+
+
+def test_a_model_too_big_for_one_protobuf_is_quantized_with_external_data(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    # setup: the 2 GB limit scaled down to this 75 KB model, so every write takes the large-model path
+    import onnxruntime as ort
+
+    import compress.onnx.graph
+
+    monkeypatch.setattr(compress.onnx.graph, "PROTOBUF_LIMIT", 10_000)
+    model = external_mlp(tmp_path / "big.onnx")
+    out = tmp_path / "q" / "big-int8.onnx"
+    # execute
+    result = _invoke(model, "--out", out, "--mode", "dynamic", "--max-accuracy-drop", "1", "--no-fallback")
+    # assert: the weights went to big-int8.onnx.data, and the pair loads and runs
+    assert result.exit_code == 0, result.output
+    assert (out.parent / "big-int8.onnx.data").stat().st_size > 10_000 > out.stat().st_size
+    assert "weights kept as external data" in json.loads(out.with_suffix(".json").read_text())["preprocess"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)

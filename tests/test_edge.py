@@ -296,3 +296,34 @@ def test_an_ir3_graph_with_weights_listed_as_inputs_gets_an_ort_copy_without_the
     section = json.loads((tmp_path / "e" / "edge.json").read_text())
     assert section["parity_ok"] and section["onnx_path"].endswith("old.inputs.onnx")
     assert [i.name for i in onnx.load(section["onnx_path"]).graph.input] == ["x"]
+
+
+def test_edge_takes_a_model_with_external_data(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    from .test_cli_quantize import external_mlp
+
+    model = external_mlp(tmp_path / "ext.onnx")
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "e" / "edge.json").read_text())
+    assert section["parity"]["ok"] and section["ort"]["bytes"] > 64 * 256 * 4  # the weights are inside the .ort
+
+
+def test_edge_refuses_a_model_over_2_gb_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    import compress.onnx.graph
+    from compress.cli import main
+
+    from .test_cli_quantize import external_mlp
+
+    monkeypatch.setattr(compress.onnx.graph, "PROTOBUF_LIMIT", 10_000)  # the 2 GB limit, scaled to this model
+    model = external_mlp(tmp_path / "ext.onnx")
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {model}: 0.00 GB with its external data; an ORT-format model is one flatbuffer of at most 2 GB, so "
+        "it cannot be made for this model: quantize it first (`compress quantize`, int8 weights are 4x smaller)")

@@ -39,11 +39,11 @@ def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, d
     Writes OUT, and OUT's name with .json and .md: every attempt (settings, accuracy, drop, size, latency), the
     gate, and the pick. Exit 1 when no attempt meets the budget (the summary is still written).
     """
-    import shutil
     import tempfile
 
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.cache import write_json, write_text
+    from compress.onnx.graph import copy_model
     from compress.quantize import QuantizeConfig, quantize as run_quantize
 
     check_model_file(model)
@@ -63,7 +63,7 @@ def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, d
         result = run_quantize(model, Path(work), cfg, calib_x=calib, val_x=val_x, val_y=val_y, providers=providers,
                               batch_sizes=batches, progress=not quiet)
         if result["chosen"] is not None:
-            shutil.copyfile(result["chosen"], out_path)
+            copy_model(Path(result["chosen"]), out_path)
     summary = _summary(model, out_path, gate, result)
     write_json(out_path.with_suffix(".json"), summary)
     write_text(out_path.with_suffix(".md"), _markdown(summary))

@@ -19,6 +19,7 @@ import numpy as np
 from compress.bench.config import PICK_PROFILE, TimingProfile
 from compress.errors import CompressError, first_line
 from compress.quantize import attempts as qa
+from compress.onnx.graph import model_bytes
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 
 
@@ -71,7 +72,7 @@ def quantize(
         "mode": cfg.mode, "accuracy_provider": search.eval_provider, "preprocess": search.preprocess_note,
         "cpu_int8": _cpu_note(isa),
         "attempts": search.attempts, "float": {"path": str(search.onnx_path), "accuracy": search.float_accuracy,
-                                               "bytes": search.onnx_path.stat().st_size, "latency": float_latency}}
+                                               "bytes": model_bytes(search.onnx_path), "latency": float_latency}}
     if accepted is None:
         tried = len(search.attempts)
         result.update(chosen=None, final="float", pick=None,
@@ -161,7 +162,7 @@ class _Search:
             ok = reduced and drop <= budget + 1e-9
             reason = (f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget {budget * 100:.2f}"
                       if reduced else "nothing was left quantized (every candidate node kept in float)")
-            record.update(accuracy=acc, accuracy_drop=drop, bytes=path.stat().st_size, latency=None, accepted=ok,
+            record.update(accuracy=acc, accuracy_drop=drop, bytes=model_bytes(path), latency=None, accepted=ok,
                           reason=reason)
         self.attempts.append(record)
         return record

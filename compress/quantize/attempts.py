@@ -81,22 +81,24 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.nda
 
     mode, exclude = settings["mode"], list(settings["nodes_to_exclude"]) or None
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    large = is_large(base)
     if mode == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(str(base)), keep_io_types=True, node_block_list=exclude)
-        onnx.save(model, str(out))
+        save(model, out, large=large)
         return
     if mode == "dynamic":
         quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
-                         weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude)
+                         weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude,
+                         use_external_data_format=large)
         return
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
-        _static(base, out, settings, calib, input_name, batch)
+        _static(base, out, settings, calib, input_name, batch, large=large)
 
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
-            batch: int) -> None:
+            batch: int, *, large: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     exclude = list(settings["nodes_to_exclude"]) or None
@@ -107,7 +109,27 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray |
                     quant_format=QuantFormat.QDQ if settings["quant_format"] == "qdq" else QuantFormat.QOperator,
                     per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
-                    nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"])
+                    nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
+                    use_external_data_format=large)
+
+
+def is_large(path: Path) -> bool:
+    """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
+    ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
+    from compress.onnx.graph import PROTOBUF_LIMIT, model_bytes
+
+    return model_bytes(path) > PROTOBUF_LIMIT // 2
+
+
+def save(model: Any, path: Path, *, large: bool) -> None:
+    """onnx.save, with the weights in `<name>.data` beside the model when it is large."""
+    import onnx
+
+    if large:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data")
+    else:
+        onnx.save(model, str(path))
 
 
 QDQ_OPSET = 13
@@ -123,6 +145,7 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
 
     from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
 
+    large = is_large(src)
     model = onnx.load(str(src))
     changed, notes = without_initializer_inputs(model), []
     if changed:
@@ -131,19 +154,22 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
     if newer is not None:
         notes.append(f"opset {default_opset(model)} upgraded to {QDQ_OPSET} (onnx version converter)")
         model, changed = newer, True
-    if changed:
+    if large:
+        notes.append("over 1 GB: weights kept as external data")
+    if changed or (large and mode == "fp16"):
         src = dst.with_name(f"{dst.stem}.inputs.onnx")
-        onnx.save(model, str(src))
+        save(model, src, large=large)
     if mode == "fp16":
-        shutil.copyfile(src, dst)
+        save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst))
+        quant_pre_process(str(src), str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
+                          external_data_location=f"{dst.name}.data")
         return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"])
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
-        shutil.copyfile(src, dst)
+        save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
 
 
