@@ -156,13 +156,16 @@ def test_import_compress_edge_stays_light():
     assert out.strip() == "[]"
 
 
-def test_bench_kit_script_imports_only_stdlib_numpy_onnxruntime():
-    tree = ast.parse(edge.make_kit.__globals__["SCRIPT"].read_text())
+@pytest.mark.parametrize("script", ["bench_kit.py", "paired_kit.py"])
+def test_bench_kit_scripts_import_only_stdlib_numpy_onnxruntime(script: str):
+    tree = ast.parse(edge.make_kit.__globals__["SCRIPT"].with_name(script).read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     third_party = names - set(sys.stdlib_module_names)
-    # onnxruntime_qnn: optional plugin, imported under try/except ImportError only when --provider qnn asks for it
-    assert third_party - {"onnxruntime_qnn"} == {"numpy", "onnxruntime"}
+    # onnxruntime_qnn: optional plugin, imported under try/except ImportError only when --provider qnn asks for it;
+    # paired_kit: the kit's own second script, beside bench_kit.py in every kit made with --against
+    assert third_party - {"onnxruntime_qnn", "paired_kit"} <= {"numpy", "onnxruntime"}
+    assert "numpy" in third_party
 
 
 def _run_kit(python: str, kit: Path, *args: str) -> subprocess.CompletedProcess:

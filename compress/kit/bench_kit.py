@@ -10,7 +10,10 @@ Writes a compress.report/1 document (one model, its latency rows and unavailable
 warm-up runs, then timed runs until both a minimum count and a minimum time are met, in repetitions on fresh
 sessions interleaved across configurations; p50/p90/p99, a distribution-free 95% CI of the median, raw samples.
 It also checks that outputs on this device match the ones recorded when the kit was made.
-Exit codes: 0 done; 1 under --strict, a provider was unavailable or outputs differ past --atol; 2 bad usage.
+A kit made with `compress bench NEW --against OLD --kit DIR` also times NEW against OLD (against.onnx) in
+alternating blocks on this device and judges the paired ratio (paired_kit.py); --no-against skips it.
+Exit codes: 0 done; 1 a paired regression, or under --strict a provider was unavailable or outputs differ past
+--atol; 2 bad usage.
 """
 from __future__ import annotations
 
@@ -222,6 +225,7 @@ def parse_args(argv, kit):
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a requested provider is unavailable or outputs differ past --atol")
     p.add_argument("--atol", type=float, default=kit["atol"], help="allowed max abs diff vs recorded outputs")
+    p.add_argument("--no-against", action="store_true", help="skip the paired comparison with the kit's old model")
     args = p.parse_args(argv)
     if args.min_runs < 1 or args.repetitions < 1 or args.warmup_runs < 0 or any(t < 1 for t in args.threads or []):
         p.error("--min-runs, --repetitions and --threads must be >= 1, --warmup-runs >= 0")
@@ -321,6 +325,14 @@ def main(argv=None):
     time_jobs(jobs, model, feed, options, args)
     rows = [latency_row(job, batch, options, args) for job in jobs]
     report = report_of(kit, model, rows, unavailable, parity)
+    if kit.get("against") and not args.no_against:  # made with --against: NEW vs OLD, paired, on this device
+        sys.path.insert(0, HERE)
+        import paired_kit
+
+        paired, missing = paired_kit.paired_rows(kit, HERE, feed, providers, threads, options, args, open_session,
+                                                 batch)
+        report["paired"] = {"old": kit["against"], "new": kit["model"], "max_regression": kit["max_regression"],
+                            "rows": paired, "unavailable": missing}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -332,6 +344,11 @@ def main(argv=None):
                  [parity[k]["max_abs_diff"] for k in bad], args.atol), file=sys.stderr)
         if args.strict:
             return 1
+    regressed = [r for r in report.get("paired", {}).get("rows", []) if r["regressed"]]
+    if regressed:
+        print("error: slower than %s beyond +%d%% on %s" % (kit["against"], round(100 * kit["max_regression"]),
+              ", ".join("%s x%.3f" % (r["provider"], r["ratio"]) for r in regressed)), file=sys.stderr)
+        return 1
     if args.strict and unavailable:
         print("error: unavailable under --strict: %s" % ", ".join(u["provider"] for u in unavailable),
               file=sys.stderr)
