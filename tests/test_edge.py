@@ -163,8 +163,8 @@ def test_bench_kit_scripts_import_only_stdlib_numpy_onnxruntime(script: str):
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     third_party = names - set(sys.stdlib_module_names)
     # onnxruntime_qnn: optional plugin, imported under try/except ImportError only when --provider qnn asks for it;
-    # paired_kit: the kit's own second script, beside bench_kit.py in every kit made with --against
-    assert third_party - {"onnxruntime_qnn", "paired_kit"} <= {"numpy", "onnxruntime"}
+    # paired_kit, placement_kit: the kit's own scripts beside bench_kit.py
+    assert third_party - {"onnxruntime_qnn", "paired_kit", "placement_kit"} <= {"numpy", "onnxruntime"}
     assert "numpy" in third_party
 
 
@@ -190,7 +190,8 @@ def test_kit_runs_with_this_interpreter_and_reports_other_hardware_as_unavailabl
     asked = ["CPUExecutionProvider", "XnnpackExecutionProvider", "CUDAExecutionProvider"]
     measured = [p for p in asked if p in available_providers()]
     assert sorted(p.name for p in kit.iterdir()) == sorted(
-        ["README.txt", "bench_kit.py", "expected.npz", "inputs.npz", "kit.json", "model.onnx", "out.json"])
+        ["README.txt", "bench_kit.py", "expected.npz", "inputs.npz", "kit.json", "model.onnx", "out.json",
+         "placement_kit.py"])
     assert done.returncode == 0, done.stderr
     report = json.loads((kit / "out.json").read_text())
     assert report["schema"] == "compress.report/1" and report["final"] == "tiny"
@@ -330,3 +331,23 @@ def test_edge_refuses_a_model_over_2_gb_in_one_line(tmp_path: Path, monkeypatch:
     assert result.output.strip() == (
         f"error: {model}: 0.00 GB with its external data; an ORT-format model is one flatbuffer of at most 2 GB, so "
         "it cannot be made for this model: quantize it first (`compress quantize`, int8 weights are 4x smaller)")
+
+
+def test_the_kit_records_where_the_nodes_ran_on_the_device(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _conv_model(tmp_path / "m.onnx", batch=1)
+    made = CliRunner().invoke(main, ["bench", str(model), "--kit", str(tmp_path / "kit"), "--min-runs", "5",
+                                     "--min-seconds", "0", "--repetitions", "1", "--warmup", "1", "--quiet"])
+    assert made.exit_code == 0, made.output
+    done = _run_kit(sys.executable, tmp_path / "kit", "--json", "device.json", "--repetitions", "1",
+                    "--min-seconds", "0", "--min-runs", "5", "--strict")
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "kit" / "device.json").read_text())["models"][0]["latency"][0]
+    from compress.bench.placement import placement
+
+    expected = placement(model, "CPUExecutionProvider")  # compress's own audit of the same model
+    assert {k: row["placement"][k] for k in ("nodes_total", "nodes_on_cpu")} == \
+        {k: expected[k] for k in ("nodes_total", "nodes_on_cpu")} and expected["nodes_total"] > 0

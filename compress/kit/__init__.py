@@ -95,6 +95,7 @@ def make_kit(
     np.savez(out_dir / "inputs.npz", **feed)
     np.savez(out_dir / "expected.npz", **{f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)})
     shutil.copyfile(SCRIPT, out_dir / "bench_kit.py")
+    shutil.copyfile(SCRIPT.with_name("placement_kit.py"), out_dir / "placement_kit.py")
     paired = _add_against(against, feed, out_dir, max_regression, block_seconds) if against is not None else {}
 
     import onnxruntime as ort
