@@ -348,7 +348,7 @@ def main(argv=None):
         import paired_kit
 
         paired, missing = paired_kit.paired_rows(kit, HERE, feed, providers, threads, options, args, open_session,
-                                                 batch)
+                                                 median_ci, batch)
         report["paired"] = {"old": kit["against"], "new": kit["model"], "max_regression": kit["max_regression"],
                             "rows": paired, "unavailable": missing}
     if args.json:

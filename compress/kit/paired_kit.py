@@ -19,23 +19,12 @@ Z_99 = 2.5758293035489004
 """Two-sided 99% normal quantile: compress.bench.paired.CONFIDENCE."""
 
 
-def median_ci(values, z=Z_99):
-    """CI of the median from order statistics (normal approximation of Binomial(n, 1/2)); [min, max] below 10."""
-    arr = np.sort(np.asarray(values, dtype=np.float64))
-    n = arr.size
-    if n < 10:
-        return float(arr[0]), float(arr[-1])
-    half = z * math.sqrt(n) / 2.0
-    lo = max(0, int(math.floor(n / 2.0 - half)) - 1)
-    hi = min(n - 1, int(math.ceil(n / 2.0 + half)))
-    return float(arr[lo]), float(arr[hi])
-
-
-def verdict(old_blocks, new_blocks, max_regression):
-    """ratio, ci_ratio, pairs, significant, regressed, verdict: compress.bench.paired.paired_verdict's rule."""
+def verdict(old_blocks, new_blocks, max_regression, median_ci):
+    """ratio, ci_ratio, pairs, significant, regressed, verdict: compress.bench.paired.paired_verdict's rule.
+    `median_ci(values, z)` is bench_kit.py's (the order-statistics CI of the median)."""
     log_ratio = np.log(np.asarray(new_blocks, dtype=np.float64) / np.asarray(old_blocks, dtype=np.float64))
     ratio = math.exp(float(np.median(log_ratio)))
-    lo, hi = (math.exp(x) for x in median_ci(log_ratio))
+    lo, hi = (math.exp(x) for x in median_ci(log_ratio, z=Z_99))
     slower, faster = lo > 1.0, hi < 1.0
     if slower and ratio > 1.0 + max_regression:
         label = "REGRESSED"
@@ -81,7 +70,7 @@ def alternate(runs, warmup_runs, block_seconds, min_runs, min_seconds, max_secon
     return samples, blocks
 
 
-def paired_rows(kit, here, feed, providers, threads, options, args, open_session, batch):
+def paired_rows(kit, here, feed, providers, threads, options, args, open_session, median_ci, batch):
     """One verdict row per (provider, threads) that opens for both models; the unavailable ones listed."""
     import os
 
@@ -109,7 +98,7 @@ def paired_rows(kit, here, feed, providers, threads, options, args, open_session
             rows.append(dict({"provider": prov, "batch": batch, "threads": t, "old_p50_ms": old_p50,
                               "new_p50_ms": new_p50, "raw_ratio": new_p50 / old_p50, "runs_old": len(samples[0]),
                               "runs_new": len(samples[1]), "repetitions": args.repetitions},
-                             **verdict(blocks[0], blocks[1], kit["max_regression"])))
+                             **verdict(blocks[0], blocks[1], kit["max_regression"], median_ci)))
             r = rows[-1]
             print("paired %-21s batch %-3d threads %-2d old %9.4f ms  new %9.4f ms  x%.3f [%.3f, %.3f]  %s"
                   % (prov, batch, t, old_p50, new_p50, r["ratio"], r["ci_ratio"][0], r["ci_ratio"][1], r["verdict"]))

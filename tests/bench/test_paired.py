@@ -103,13 +103,15 @@ def test_the_kit_judges_pairs_as_compress_bench_does():
 
     from compress.kit import SCRIPT
 
-    spec = importlib.util.spec_from_file_location("paired_kit_under_test", SCRIPT.with_name("paired_kit.py"))
-    kit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kit)
+    kit, script = (importlib.util.module_from_spec(spec) for spec in (
+        importlib.util.spec_from_file_location("paired_kit_under_test", SCRIPT.with_name("paired_kit.py")),
+        importlib.util.spec_from_file_location("bench_kit_under_test", SCRIPT)))
+    kit.__spec__.loader.exec_module(kit)
+    script.__spec__.loader.exec_module(script)
     cases = [_blocks(40, 1.0), _blocks(40, 1.25), _blocks(40, 0.5), _blocks(40, 1.05), _blocks(12, 1.12, seed=3),
              ([1.0, 1.0, 1.0], [1.3, 1.25, 0.9])]
     for old, new in cases:
-        ours, theirs = paired_verdict(old, new, 0.10), kit.verdict(old, new, 0.10)
+        ours, theirs = paired_verdict(old, new, 0.10), kit.verdict(old, new, 0.10, script.median_ci)
         assert theirs.pop("ci_ratio") == pytest.approx(ours.pop("ci_ratio"))
         assert theirs == pytest.approx(ours)
 
