@@ -108,11 +108,16 @@ def outputs(path: Path, x: np.ndarray) -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_resnet_int8"))
+    parser.add_argument("--reuse", action="store_true", help="keep the model and data a previous run built")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    built = build(args.out)
+    if args.reuse and (args.out / "built.json").exists():
+        built = json.loads((args.out / "built.json").read_text())
+    else:
+        built = build(args.out)
+        (args.out / "built.json").write_text(json.dumps(built))
     print(f"built ResNet-50 ({built['params'] / 1e6:.1f}M params) in {time.perf_counter() - started:.0f} s")
     int8 = args.out / "resnet50-int8.onnx"
     started = time.perf_counter()
@@ -121,6 +126,7 @@ def main() -> int:
            "--max-accuracy-drop", "0.01", "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    print(f"compress quantize exit {done.returncode} in {seconds:.0f} s")
     print(done.stdout[-3000:], done.stderr[-2000:])
     summary = json.loads(int8.with_suffix(".json").read_text())
     test = np.load(args.out / "test.npz")

@@ -149,8 +149,11 @@ class _Search:
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
         try:
-            qa.quantize_once(self.base, path, settings, self.calib, self.input_name, self.calibration_batch)
+            calibrated = qa.quantize_once(self.base, path, settings, self.calib, self.input_name,
+                                          self.calibration_batch)
             acc = accuracy(path, self.val_x, self.val_y, provider=self.eval_provider)
+            if calibrated:
+                record["calibration"] = f"calibrated on {calibrated}"
         except CompressError:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
@@ -162,6 +165,8 @@ class _Search:
             ok = reduced and drop <= budget + 1e-9
             reason = (f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget {budget * 100:.2f}"
                       if reduced else "nothing was left quantized (every candidate node kept in float)")
+            if record.get("calibration"):
+                reason += f"; {record['calibration']}"
             record.update(accuracy=acc, accuracy_drop=drop, bytes=model_bytes(path), latency=None, accepted=ok,
                           reason=reason)
         self.attempts.append(record)
