@@ -23,22 +23,31 @@ import numpy as np
 
 
 def write_model(path: Path, hidden: int) -> int:
+    """The weights are written straight to `<name>.data` and referenced from the graph: a tensor over 2 GB cannot
+    pass through a protobuf message even for a moment (onnx.helper would serialize it)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    w1 = (rng.standard_normal((1024, hidden), dtype=np.float32) / 32.0)
-    w2 = (rng.standard_normal((hidden, 10), dtype=np.float32) / np.sqrt(hidden)).astype(np.float32)
+    data = path.parent / f"{path.name}.data"
+    tensors = []
+    with open(data, "wb") as f:
+        for name, shape, scale in (("w1", (1024, hidden), 1 / 32.0), ("w2", (hidden, 10), 1 / np.sqrt(hidden))):
+            offset = f.tell()
+            for rows in np.array_split(np.arange(shape[0]), max(1, shape[0] // 64)):  # in slices: bounded memory
+                f.write((rng.standard_normal((len(rows), shape[1]), dtype=np.float32) * scale).astype(np.float32)
+                        .tobytes())
+            tensor = TensorProto(name=name, dims=shape, data_type=TensorProto.FLOAT,
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(f.tell() - offset))):
+                tensor.external_data.add(key=key, value=value)
+            tensors.append(tensor)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
     graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    del w1, w2
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=f"{path.name}.data")
-    return path.stat().st_size + (path.parent / f"{path.name}.data").stat().st_size
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], tensors)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path.stat().st_size + data.stat().st_size
 
 
 def run(args: list[str]) -> dict:

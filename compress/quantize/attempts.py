@@ -152,22 +152,10 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
     otherwise). Returns what was done, for the summary."""
     import onnx
 
-    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
-
     large = is_large(src)
-    model = onnx.load(str(src))
-    changed, notes = without_initializer_inputs(model), []
-    if changed:
-        notes.append("weights dropped from the graph inputs (IR 3)")
-    newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
-    if newer is not None:
-        notes.append(f"opset {default_opset(model)} upgraded to {QDQ_OPSET} (onnx version converter)")
-        model, changed = newer, True
+    src, notes = _brought_up_to_date(src, dst.with_name(f"{dst.stem}.inputs.onnx"), mode, large)
     if large:
         notes.append("over 1 GB: weights kept as external data")
-    if changed or (large and mode == "fp16"):
-        src = dst.with_name(f"{dst.stem}.inputs.onnx")
-        save(model, src, large=large)
     if mode == "fp16":
         save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
@@ -180,6 +168,30 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
         save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
+
+
+def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[Path, list[str]]:
+    """`src`, or `copy` written with the IR 3 weight inputs dropped and, for static QDQ, the opset raised to 13.
+    The graph is inspected without its weights; they are loaded only when a copy must be written (a 2 GB model
+    held in memory here would sit beside every later step)."""
+    import onnx
+
+    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
+
+    notes: list[str] = []
+    for weights in (False, True):
+        model = onnx.load(str(src), load_external_data=weights)
+        changed = without_initializer_inputs(model)
+        if changed and not weights:
+            notes.append("weights dropped from the graph inputs (IR 3)")
+        newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
+        if newer is not None and not weights:
+            notes.append(f"opset {default_opset(model)} upgraded to {QDQ_OPSET} (onnx version converter)")
+        if not (changed or newer is not None):
+            return src, notes
+        if weights:
+            save(newer if newer is not None else model, copy, large=large)
+    return copy, notes
 
 
 def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
