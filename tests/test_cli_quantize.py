@@ -132,6 +132,14 @@ def test_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path: Path):
                                      "timed; use --batch 1, or re-export with a dynamic batch axis")
 
 
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def external_mlp(path: Path) -> Path:
     """A 64 -> 256 -> 10 MatMul net whose weights live in `<name>.data` beside it (ONNX external data)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -162,7 +170,9 @@ def test_a_model_too_big_for_one_protobuf_is_quantized_with_external_data(tmp_pa
     result = _invoke(model, "--out", out, "--mode", "dynamic", "--max-accuracy-drop", "1", "--no-fallback")
     # assert: the weights went to big-int8.onnx.data, and the pair loads and runs
     assert result.exit_code == 0, result.output
-    assert (out.parent / "big-int8.onnx.data").stat().st_size > 10_000 > out.stat().st_size
+    data = out.parent / "big-int8.onnx.data"
+    assert data.stat().st_size > 10_000 > out.stat().st_size
+    assert data.stat().st_mode & 0o777 == 0o666 & ~_umask()  # onnx writes it 0600; an artifact is readable
     assert "weights kept as external data" in json.loads(out.with_suffix(".json").read_text())["preprocess"]
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)

@@ -141,6 +141,9 @@ def copy_model(src: Path, dst: Path) -> Path:
     if not external_bytes(src):
         shutil.copyfile(src, dst)
         return dst
+    from compress.cache import usual_mode
+
     model = onnx.load(str(src))
     onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+    usual_mode(dst.with_name(f"{dst.name}.data"))
     return dst

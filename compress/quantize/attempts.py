@@ -135,8 +135,11 @@ def save(model: Any, path: Path, *, large: bool) -> None:
     import onnx
 
     if large:
+        from compress.cache import usual_mode
+
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=f"{path.name}.data")
+        usual_mode(path.with_name(f"{path.name}.data"))
     else:
         onnx.save(model, str(path))
 
