@@ -58,7 +58,15 @@ class StageContext:
         return model.eval()
 
     def teacher_logits(self) -> Any:
-        """The teacher's logits on the training set, computed once by the teacher stage."""
-        from safetensors.torch import load_file
+        """The teacher's logits on the training split (one row per example, by index), memory-mapped from the file
+        the teacher stage wrote."""
+        import numpy as np
 
-        return load_file(str(self.run_dir / self.state.teacher_logits))["logits"]
+        return np.load(self.run_dir / self.state.teacher_logits, mmap_mode="r")
+
+    def teacher(self) -> Any:
+        """The teacher's outputs for distillation: the cached logits, or (with augmentation) the teacher model run on
+        each augmented batch (compress.train.teacher_outputs)."""
+        from compress.train import teacher_outputs
+
+        return teacher_outputs(self.data, logits=self.teacher_logits(), load_model=lambda: self.load_torch("teacher"))
