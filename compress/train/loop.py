@@ -37,9 +37,18 @@ def predict_logits(model, x, *, batch_size: int = 512):
 
 
 def evaluate(model, x, y, *, batch_size: int = 512) -> float:
-    """Top-1 accuracy of model on (x, y)."""
-    logits = predict_logits(model, x, batch_size=batch_size)
-    return float((logits.argmax(1) == y).float().mean())
+    """Top-1 accuracy of model on (x, y). In a process group each process scores its share and the counts are
+    summed, so every process gets the same figure as one process would."""
+    from compress.dist.group import current
+
+    world = current()
+    if not world.distributed:
+        logits = predict_logits(model, x, batch_size=batch_size)
+        return float((logits.argmax(1) == y).float().mean())
+    part = world.shard(len(x))
+    logits = predict_logits(model, x[part].to(world.device), batch_size=batch_size)
+    correct, total = world.sum([float((logits.argmax(1).cpu() == y[part]).sum()), float(len(y[part]))])
+    return correct / total
 
 
 def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *, seed: int, batch_size: int = 64,
@@ -54,18 +63,23 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
     import copy
 
     import torch
+    from compress.dist.group import current
     from compress.progress import progress as progress_bar
 
     x, y = train
     xv, yv = val
+    world = current()  # in a process group: DDP, this rank's share of each batch (README "Several processes")
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + world.rank)  # dropout differs across ranks, as their examples do
+    model.to(world.device)
+    net = world.wrap(model)
+    batch_size //= world.size
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(x) / world.size) / batch_size)
     total = cfg.epochs * steps_per_epoch
     warm = cfg.warmup_epochs * steps_per_epoch
 
@@ -80,13 +94,13 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch", enabled=progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(x), generator=gen)
+        order = world.order(len(x), seed=seed, epoch=epoch, generator=gen)
         total_loss = 0.0
-        for b, start in enumerate(range(0, len(x), batch_size)):
+        for b, start in enumerate(range(0, len(order), batch_size)):
             idx = order[start:start + batch_size]
-            logits = model(x[idx])
-            tl = teacher_logits[idx] if teacher_logits is not None else None
-            loss = kd_loss(logits, tl, y[idx], temperature=temperature, alpha=alpha,
+            logits = net(x[idx].to(world.device))
+            tl = teacher_logits[idx].to(world.device) if teacher_logits is not None else None
+            loss = kd_loss(logits, tl, y[idx].to(world.device), temperature=temperature, alpha=alpha,
                            label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise CompressError(f"{origin or desc}: {desc} loss became {loss.item()} at epoch {epoch + 1}, "
@@ -96,14 +110,16 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
             opt.step()
             sched.step()
             total_loss += loss.item() * len(idx)
-        acc = evaluate(model, xv, yv)
-        history.append({"epoch": epoch + 1, "loss": total_loss / len(x), "val_accuracy": acc})
-        bar.set_postfix(loss=f"{total_loss / len(x):.4f}", val=f"{acc:.4f}")
+        acc = evaluate(model, xv, yv)  # the same figure on every rank, so every rank stops at the same epoch
+        total_loss, seen = world.sum([total_loss, float(len(order))])
+        history.append({"epoch": epoch + 1, "loss": total_loss / seen, "val_accuracy": acc})
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", val=f"{acc:.4f}")
         if acc > best["accuracy"]:
             best = {"accuracy": acc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
     model.load_state_dict(best["state"])
-    model.eval()
+    world.broadcast_weights(model)
+    model.cpu().eval()
     return {"best_epoch": best["epoch"], "val_accuracy": best["accuracy"], "epochs_run": len(history),
             "history": history}
