@@ -69,7 +69,6 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
     x, y = train
     xv, yv = val
     world = current()  # in a process group: DDP, this rank's share of each batch (README "Several processes")
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed + world.rank)  # dropout differs across ranks, as their examples do
     model.to(world.device)
     net = world.wrap(model)
@@ -94,7 +93,7 @@ def fit(model, train: tuple[Any, Any], val: tuple[Any, Any], cfg: TrainConfig, *
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch", enabled=progress)
     for epoch in bar:
         model.train()
-        order = world.order(len(x), seed=seed, epoch=epoch, generator=gen)
+        order = world.order(len(x), seed=seed, epoch=epoch)
         total_loss = 0.0
         for b, start in enumerate(range(0, len(order), batch_size)):
             idx = order[start:start + batch_size]
