@@ -39,10 +39,12 @@ def load() -> str:
 
 
 def scratch(pipeline: Path, where: Path) -> Path:
-    """A copy of the pipeline file whose output_dir is inside `where` (relative paths kept working)."""
+    """A copy of the pipeline file in `where`, with output_dir inside it (for pipelines that name no other file,
+    such as pipelines/digits.toml: relative paths to data or model code would not follow the copy)."""
     text = pipeline.read_text()
     text = re.sub(r'(?m)^output_dir\s*=.*$', f'output_dir = "{where / "run"}"', text)
-    path = pipeline.parent / f".bench-ddp-{where.name}.toml"
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / pipeline.name
     path.write_text(text)
     return path
 
@@ -77,11 +79,7 @@ def compare(pipeline: Path, nproc: int) -> dict:
     out = {}
     for n in (1, nproc):
         with tempfile.TemporaryDirectory() as tmp:
-            toml = scratch(pipeline, Path(tmp))
-            try:
-                r = run(toml, "--nproc", str(n))
-            finally:
-                toml.unlink()
+            r = run(scratch(pipeline, Path(tmp)), "--nproc", str(n))
             assert r["code"] == 0, r["stderr"]
             acc = {k: v["accuracy"] for k, v in figures(r["run_dir"])["models"].items()}
             out[f"nproc{n}"] = {"seconds": r["seconds"], "load": [r["load_before"], r["load_after"]],
@@ -97,22 +95,15 @@ def compare(pipeline: Path, nproc: int) -> dict:
 def kill_loop(pipeline: Path, trials: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        toml = scratch(pipeline, base / "baseline")
-        try:
-            clean = run(toml, "--nproc", "2")
-        finally:
-            toml.unlink()
+        clean = run(scratch(pipeline, base / "baseline"), "--nproc", "2")
         assert clean["code"] == 0, clean["stderr"]
         expected = figures(clean["run_dir"])
         print(f"uninterrupted --nproc 2: {clean['seconds']} s (load {clean['load_after']})", flush=True)
         results = []
         for i, kill in enumerate((KILLS * trials)[:trials]):
             toml = scratch(pipeline, base / f"trial{i}")
-            try:
-                killed = run(toml, "--nproc", "2", kill=kill)
-                resumed = run(toml, "--nproc", "2")
-            finally:
-                toml.unlink()
+            killed = run(toml, "--nproc", "2", kill=kill)
+            resumed = run(toml, "--nproc", "2")
             stage, desc, epoch, rank = kill
             line_ok = (killed["code"] == 1 and len(killed["stderr"].splitlines()) == 1
                        and f"rank {rank} of 2" in killed["stderr"] and "SIGKILL" in killed["stderr"])
