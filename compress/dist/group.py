@@ -1,0 +1,81 @@
+"""World: this process's place in the torch.distributed process group, and the few collective steps fit needs.
+
+Outside a process group (one process, the default) every helper is the identity, so `fit` has one code path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class World:
+    """Rank and size of the process group (0 and 1 without one) and the device this process trains on."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def wrap(self, model: Any) -> Any:
+        """DistributedDataParallel around `model` (it broadcasts rank 0's weights now, averages gradients later)."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.local_rank] if self.device.startswith("cuda") else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def order(self, n: int, *, seed: int, epoch: int) -> Any:
+        """This process's example indices for one epoch: DistributedSampler with the run's seed, in one process too.
+
+        Rank r takes every N-th index of one permutation shared by all ranks (seeded by seed + epoch), so step k of
+        the N ranks together covers exactly the batch_size examples that step k of one process covers; with DDP's
+        gradient averaging, N processes train the same steps as one (up to float summation order and dropout).
+        """
+        import torch
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(n), num_replicas=self.size, rank=self.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.long)
+
+    def shard(self, n: int) -> slice:
+        """This process's share of n evaluation examples (every size-th, no padding, so counts add up exactly)."""
+        return slice(self.rank, n, self.size)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (float64, so counts stay exact)."""
+        if not self.distributed:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def broadcast_weights(self, model: Any) -> None:
+        """Every process takes rank 0's parameters and buffers bit for bit (what rank 0 writes is what all hold)."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def current() -> World:
+    """The World of this process: from the initialised process group, else a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{local}" if dist.get_backend() == "nccl" else "cpu"
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local, device=device)
