@@ -66,11 +66,23 @@ class StageContext:
             return None
         from compress.dist.launch import Launch
 
+        rec = self.models.get("teacher")
+        teacher = None if rec is None or rec.torch is None else {
+            "model": rec.spec.model, "kwargs": dict(rec.spec.kwargs), "origin": rec.origin,
+            "weights": str(self.run_dir / rec.torch)}
         return Launch(settings=self.dist, cfg=self.cfg, fingerprint=self.data.fingerprint, workdir=self.stage_dir,
-                      model=model, kwargs=dict(kwargs), origin=self.origin(key), pruned=pruned)
+                      model=model, kwargs=dict(kwargs), origin=self.origin(key), pruned=pruned, teacher=teacher)
 
     def teacher_logits(self) -> Any:
-        """The teacher's logits on the training set, computed once by the teacher stage."""
-        from safetensors.torch import load_file
+        """The teacher's logits on the training split (one row per example, by index), memory-mapped from the file
+        the teacher stage wrote."""
+        import numpy as np
 
-        return load_file(str(self.run_dir / self.state.teacher_logits))["logits"]
+        return np.load(self.run_dir / self.state.teacher_logits, mmap_mode="r")
+
+    def teacher(self) -> Any:
+        """The teacher's outputs for distillation: the cached logits, or (with augmentation) the teacher model run on
+        each augmented batch (compress.train.teacher_outputs)."""
+        from compress.train import teacher_outputs
+
+        return teacher_outputs(self.data, logits=self.teacher_logits(), load_model=lambda: self.load_torch("teacher"))

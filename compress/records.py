@@ -39,7 +39,9 @@ class ModelRecord:
     bytes: int | None = None
     """Size of the ONNX file."""
     accuracy: float | None = None
-    """Validation accuracy in ONNX Runtime (the report's figure)."""
+    """Accuracy in ONNX Runtime on the test split (the validation split when there is none): the report's figure."""
+    accuracy_val: float | None = None
+    """Accuracy in ONNX Runtime on the validation split (what selection and the gates saw)."""
     accuracy_torch: float | None = None
     parity: Mapping[str, Any] | None = None
     """torch vs ONNX Runtime: compress.onnx.parity.compare's result."""

@@ -12,9 +12,10 @@ ORDER = ["teacher", "control", "student", "student-pruned"]
 
 
 def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stages: list[dict],
-                 info: dict, data_shape: tuple[int, ...] | None = None) -> dict:
+                 info: dict, data_shape: tuple[int, ...] | None = None, data: Any = None) -> dict:
     """Assemble the report from the model records, stage statuses and stage details; `data_shape` is one
-    example's shape (the models' input without the batch axis)."""
+    example's shape (the models' input without the batch axis); `data` (a DataBundle) adds the `data` section:
+    the splits, which one the figures come from, class names, and a warning when the test split is too small."""
     from compress.bench.environment import environment
 
     ordered = sorted(models.values(), key=lambda r: ORDER.index(r.name) if r.name in ORDER else len(ORDER))
@@ -29,6 +30,8 @@ def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stag
         "models": [_model_entry(r) for r in ordered if r.onnx or r.torch],
         "details": info,
     }
+    if data is not None:
+        report["data"] = data_section(data, report["models"], info)
     for key in ("final_reason", "gate_failure", "edge"):
         if getattr(state, key) is not None:
             report[key] = plain(getattr(state, key))
@@ -44,6 +47,7 @@ def _model_entry(rec: ModelRecord) -> dict:
         "params": rec.params,
         "bytes": rec.bytes,
         "accuracy": rec.accuracy,
+        "accuracy_val": rec.accuracy_val,
         "accuracy_torch": rec.accuracy_torch,
         "parity": plain(rec.parity),
         "latency": plain(rec.latency),
@@ -53,6 +57,33 @@ def _model_entry(rec: ModelRecord) -> dict:
         if getattr(rec, extra) is not None:
             entry[extra] = plain(getattr(rec, extra))
     return entry
+
+
+MIN_ERRORS_APART = 10  # two models closer than this many examples on the test split are within its noise
+
+
+def data_section(data: Any, models: list[dict], info: dict) -> dict:
+    """The splits and where the figures come from; a warning for every compared pair of models whose test
+    figures differ by fewer than MIN_ERRORS_APART examples (the split is too small to tell them apart)."""
+    section = data.describe()
+    if (info.get("distill") or {}).get("teacher_outputs"):
+        section["teacher_outputs"] = info["distill"]["teacher_outputs"]
+    n = section["splits"][section["evaluated_on"]]["size"]
+    by_name = {m["name"]: m for m in models if m.get("accuracy") is not None}
+    pairs = [("student", "control"), ("student", "teacher"), ("student-pruned", "pruned-control"),
+             ("student-pruned", "student")]
+    final = next((m for m in models if m["name"] != "student" and m["role"] == "quantized"), None)
+    if final is not None:
+        pairs.append((final["name"], final.get("quantization", {}).get("from") or "student"))
+    warnings = []
+    for a, b in pairs:
+        if a in by_name and b in by_name:
+            apart = round(abs(by_name[a]["accuracy"] - by_name[b]["accuracy"]) * n)
+            if apart < MIN_ERRORS_APART:
+                warnings.append(f"{a} and {b} differ by {apart} of {n} {section['evaluated_on']} examples "
+                                f"(fewer than {MIN_ERRORS_APART}): the split is too small to tell them apart")
+    section["warnings"] = warnings
+    return section
 
 
 def write_report(run_dir: Path, report: dict) -> None:
@@ -89,13 +120,16 @@ def table_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["model", "params", "size", "accuracy (ORT)", "p50 ms (b1)", "vs teacher"]
+def headers(report: dict) -> list[str]:
+    """The table's columns; the accuracy column names the split it was measured on."""
+    split = (report.get("data") or {}).get("evaluated_on", "val")
+    return ["model", "params", "size", f"accuracy (ORT, {split})", "p50 ms (b1)", "vs teacher"]
 
 
 def summary_table(report: dict) -> str:
     """The short table `compress run` prints: model, params, size, accuracy, p50 latency at batch 1."""
-    rows = [HEADERS] + table_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    rows = [headers(report)] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     final = report.get("final")
@@ -116,12 +150,13 @@ def _placed(record: dict | None) -> str:
 def markdown(report: dict) -> str:
     """A human-readable report: summary, every latency row, stage statuses, stage details."""
     out = [f"# compress report: {report['pipeline']}", ""]
-    out += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    out += ["| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
     out += ["", f"Final model: **{report.get('final')}**" + (f": {report['final_reason']}"
                                                             if report.get("final_reason") else "")]
     if report.get("gate_failure"):
         out += ["", f"**Gate failed:** {report['gate_failure']}"]
+    out += _data_markdown(report)
     out += ["", "## Latency (ONNX Runtime)", "",
             "| model | provider | batch | threads | runs | p50 ms | p90 ms | p99 ms | 95% CI of p50 | items/s "
             "| nodes on provider |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -140,8 +175,11 @@ def markdown(report: dict) -> str:
             out.append(f"- {m['name']}: max abs diff {p['max_abs_diff']:.2e}, top-1 agreement "
                        f"{100 * p['top1_agreement']:.2f}%")
     distill = report.get("details", {}).get("distill", {})
+    measured = {m["name"]: m.get("accuracy") for m in report["models"]}
     if "control" in distill:
         s, c = distill["student"]["val_accuracy"], distill["control"]["val_accuracy"]
+        if measured.get("student") is not None and measured.get("control") is not None:
+            s, c = measured["student"], measured["control"]  # the report's split (test), not the one that chose
         verdict = "helped" if s > c else ("made no difference" if s == c else "did not help")
         out += ["", "## Did the teacher help?", "",
                 f"Distilled student {100 * s:.2f}% vs control (labels only, same budget) {100 * c:.2f}%: "
@@ -155,6 +193,28 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     out += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
     return "\n".join(out) + "\n"
+
+
+def _data_markdown(report: dict) -> list[str]:
+    """Which split the accuracy column is measured on, its size, validation's figures beside it, and warnings."""
+    data = report.get("data")
+    if not data:
+        return []
+    splits, on = data["splits"], data["evaluated_on"]
+    sizes = ", ".join(f"{name} {v['size']:,}" + (f" ({v['how']})" if v.get("how") else "") for name, v in splits.items())
+    out = ["", "## Data", "", f"Splits: {sizes}. Accuracy is measured on **{on}** ({splits[on]['size']:,} examples)"
+           + ("; validation picked the epochs, gates and the final model." if on == "test" else
+              "; there is no test split, so these are the figures selection saw (optimistic).")]
+    if data.get("teacher_outputs"):
+        out.append(f"Teacher outputs during distillation: {data['teacher_outputs']}.")
+    if data.get("class_names"):
+        out.append(f"Classes: {', '.join(map(str, data['class_names']))}.")
+    rows = [m for m in report["models"] if m.get("accuracy") is not None and m.get("accuracy_val") is not None]
+    if rows and on == "test":
+        out += ["", "| model | test | validation |", "|---|---|---|"]
+        out += [f"| {m['name']} | {100 * m['accuracy']:.2f}% | {100 * m['accuracy_val']:.2f}% |" for m in rows]
+    out += [f"", *[f"**Warning:** {w}." for w in data.get("warnings", [])]] if data.get("warnings") else []
+    return out
 
 
 def _edge_markdown(edge: dict | None) -> list[str]:

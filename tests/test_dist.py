@@ -16,7 +16,7 @@ import pytest
 from .dist_kill import kill_rank_after
 from .test_bad_inputs import assert_one_line_error, invoke, leftovers, set_key
 
-TOLERANCE = 0.02  # 2 of the tiny pipeline's 100 validation examples: two recipes that are equal up to batch order
+TOLERANCE = 0.03  # 2 of the tiny pipeline's 80 test examples: N processes train the same steps as one, up to float sums
 
 
 def _accuracies(run_dir: Path) -> dict[str, float]:

@@ -159,7 +159,7 @@ def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
     edge = report["edge"]
     assert edge["readiness"]["providers"]["QNN"]["measured"] is True
     assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True
-    assert edge["qnn"]["accuracy"]["samples"] == 100  # the validation split of the 400 tiny digits
+    assert edge["qnn"]["accuracy"]["samples"] == 80  # the test split of the 400 tiny digits
     assert (tiny_dir / "runs/tiny" / edge["qnn"]["placement"]["context_path"]).is_file()
     md = (tiny_dir / "runs/tiny/report.md").read_text()
     assert "### Qualcomm NPU (QNN HTP backend, simulated here; latency not used for the pick)" in md

@@ -31,23 +31,20 @@ class World:
         ids = [self.local_rank] if self.device.startswith("cuda") else None
         return DistributedDataParallel(model, device_ids=ids)
 
-    def order(self, n: int, *, seed: int, epoch: int) -> Any:
-        """This process's example indices for one epoch: DistributedSampler with the run's seed, in one process too.
+    def share(self, data: Any) -> Any:
+        """This process's share of an evaluation set (every size-th example, no padding, so counts add up exactly):
+        a Dataset or (x, y) tensors; a DataLoader (or anything else) whole."""
+        if not self.distributed:
+            return data
+        if isinstance(data, (tuple, list)):
+            from compress.data.datasets import TensorPairs
 
-        Rank r takes every N-th index of one permutation shared by all ranks (seeded by seed + epoch), so step k of
-        the N ranks together covers exactly the batch_size examples that step k of one process covers; with DDP's
-        gradient averaging, N processes train the same steps as one (up to float summation order and dropout).
-        """
-        import torch
-        from torch.utils.data import DistributedSampler
+            data = TensorPairs(*data)
+        from torch.utils.data import DataLoader, Dataset, Subset
 
-        sampler = DistributedSampler(range(n), num_replicas=self.size, rank=self.rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
-        return torch.tensor(list(sampler), dtype=torch.long)
-
-    def shard(self, n: int) -> slice:
-        """This process's share of n evaluation examples (every size-th, no padding, so counts add up exactly)."""
-        return slice(self.rank, n, self.size)
+        if isinstance(data, DataLoader) or not isinstance(data, Dataset):
+            return data
+        return Subset(data, range(self.rank, len(data), self.size))
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over all processes (float64, so counts stay exact)."""
@@ -79,3 +76,12 @@ def current() -> World:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = f"cuda:{local}" if dist.get_backend() == "nccl" else "cpu"
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local, device=device)
+
+
+def to_device(value: Any, device: str) -> Any:
+    """A tensor, or a dict of them (keyword inputs), on `device`; unchanged on the CPU."""
+    if device == "cpu" or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: v.to(device) for k, v in value.items()}
+    return value.to(device)

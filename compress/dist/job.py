@@ -24,9 +24,12 @@ ERROR_PREFIX = "error-rank"
 
 
 def encode(value: Any, name: str, tensors: dict[str, Any]) -> Any:
-    """JSON for one argument: tensors by name (stored in tensors.safetensors), config sections with their class."""
+    """JSON for one argument: tensors by name (stored in tensors.safetensors), config sections with their class, a
+    distillation Teacher as its memory-mapped logits file, its logits, or 'the run's teacher model'."""
     import torch
     from pydantic import BaseModel
+
+    from compress.train.loop import Teacher
 
     if isinstance(value, torch.Tensor):
         tensors[name] = value.detach().cpu().contiguous()
@@ -34,12 +37,18 @@ def encode(value: Any, name: str, tensors: dict[str, Any]) -> Any:
     if isinstance(value, BaseModel):
         cls = type(value)
         return {"$section": f"{cls.__module__}:{cls.__qualname__}", "value": value.model_dump(mode="json")}
+    if isinstance(value, Teacher):
+        if value.model is not None:
+            return {"$teacher": "model"}  # rebuilt in the worker from the run's teacher record
+        if getattr(value.logits, "filename", None):  # np.memmap: every worker maps the same file
+            return {"$teacher": "logits_file", "path": str(value.logits.filename)}
+        return {"$teacher": "logits", "tensor": encode(torch.as_tensor(value.logits), name, tensors)}
     json.dumps(value)  # anything else must be plain JSON: a TypeError here is a bug in the caller, not user input
     return value
 
 
-def decode(value: Any, tensors: dict[str, Any]) -> Any:
-    """The inverse of `encode` (in the worker)."""
+def decode(value: Any, tensors: dict[str, Any], teacher_model: Any = None) -> Any:
+    """The inverse of `encode` (in the worker); `teacher_model()` rebuilds the run's teacher when asked for."""
     import importlib
 
     if isinstance(value, dict) and "$tensor" in value:
@@ -47,6 +56,16 @@ def decode(value: Any, tensors: dict[str, Any]) -> Any:
     if isinstance(value, dict) and "$section" in value:
         module, _, name = value["$section"].partition(":")
         return getattr(importlib.import_module(module), name).model_validate(value["value"])
+    if isinstance(value, dict) and "$teacher" in value:
+        from compress.train.loop import Teacher
+
+        if value["$teacher"] == "model":
+            return Teacher(model=teacher_model())
+        if value["$teacher"] == "logits_file":
+            import numpy as np
+
+            return Teacher(logits=np.load(value["path"], mmap_mode="r"))
+        return Teacher(logits=decode(value["tensor"], tensors))
     return value
 
 

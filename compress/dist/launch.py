@@ -42,6 +42,8 @@ class Launch:
     origin: str
     pruned: bool = False
     """The weights have pruned shapes: rebuild by shrinking the spec's architecture to them."""
+    teacher: Any = None
+    """{"model", "kwargs", "origin", "weights"} of the run's teacher, for a distillation that runs it on each batch."""
 
     def call(self, function: str, model: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
         """Run `function(model, data, *args, **kwargs)` in torchrun workers; `model` ends with rank 0's weights."""
@@ -55,6 +57,7 @@ class Launch:
                "source_path": str(self.cfg.source_path), "fingerprint": self.fingerprint,
                "model": {"model": self.model, "kwargs": dict(self.kwargs), "origin": self.origin,
                          "pruned": self.pruned},
+               "teacher": self.teacher,
                "args": [encode(a, f"arg{i}", tensors) for i, a in enumerate(args)],
                "kwargs": {k: encode(v, k, tensors) for k, v in kwargs.items()}}
         save_tensors(job_dir / "init.safetensors", {k: v.detach().cpu().contiguous().clone()

@@ -52,7 +52,9 @@ def _run(job_dir: Path, local_rank: int) -> None:
     from compress.cache import write_json
     from compress.config import parse_config
     from compress.data import load_data
+    from compress.dist.group import current
     from compress.dist.job import JOB, RESULT_JSON, RESULT_WEIGHTS, decode, save_tensors
+    from compress.models import build_model
 
     job = json.loads((job_dir / JOB).read_text())
     cfg = parse_config(job["config"], Path(job["source_path"]))
@@ -66,8 +68,17 @@ def _run(job_dir: Path, local_rank: int) -> None:
                             "same data")
     model = _rebuild(job["model"], job_dir / "init.safetensors", cfg, data)
     tensors = load_file(str(job_dir / "tensors.safetensors")) if (job_dir / "tensors.safetensors").is_file() else {}
-    args = [decode(a, tensors) for a in job["args"]]
-    kwargs = {k: decode(v, tensors) for k, v in job["kwargs"].items()}
+    def teacher_model() -> Any:
+        from compress.models import load_weights
+
+        spec = job["teacher"]
+        teacher = build_model(spec["model"], spec["kwargs"], input_shape=data.input_shape,
+                              num_classes=data.num_classes, base_dir=cfg.base_dir, origin=spec["origin"])
+        load_weights(teacher, Path(spec["weights"]), spec["origin"])
+        return teacher.to(current().device).eval()
+
+    args = [decode(a, tensors, teacher_model) for a in job["args"]]
+    kwargs = {k: decode(v, tensors, teacher_model) for k, v in job["kwargs"].items()}
     if "progress" in kwargs:  # one line per epoch from local rank 0 into the job's log: how far it got
         kwargs["progress"] = local_rank == 0
     module, _, name = job["function"].partition(":")

@@ -13,14 +13,14 @@ def run(ctx: StageContext) -> StageResult:
     from compress.train import evaluate, train_student
 
     cfg, data, dcfg = ctx.cfg, ctx.data, ctx.cfg.distill
-    teacher_logits = ctx.teacher_logits()
-    records, artifacts, info = [], [], {}
-    runs = [("student", teacher_logits)] + ([("control", None)] if dcfg.control else [])
-    for name, logits in runs:
+    teacher = ctx.teacher()
+    records, artifacts, info = [], [], {"teacher_outputs": teacher.mode}
+    runs = [("student", teacher)] + ([("control", None)] if dcfg.control else [])
+    for name, source in runs:
         torch.manual_seed(cfg.pipeline.seed)  # same initialisation for student and control
         model = build_model(cfg.student.model, cfg.student.kwargs, input_shape=data.input_shape,
                             num_classes=data.num_classes, base_dir=cfg.base_dir, origin=ctx.origin("student"))
-        info[name] = train_student(model, data, dcfg, teacher_logits=logits, seed=cfg.pipeline.seed,
+        info[name] = train_student(model, data, dcfg, teacher=source, seed=cfg.pipeline.seed,
                                    batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=name,
                                    progress=ctx.progress, launch=ctx.launch(cfg.student.model, cfg.student.kwargs,
                                                                             "student"))
@@ -29,5 +29,5 @@ def run(ctx: StageContext) -> StageResult:
         artifacts.append(ctx.rel(path))
         records.append(ModelRecord(name=name, role=name, spec=ModelSpec(cfg.student.model, cfg.student.kwargs),
                                    origin=ctx.origin("student"), torch=ctx.rel(path), params=count_params(model),
-                                   accuracy_torch=evaluate(model, data.x_val, data.y_val)))
+                                   accuracy_torch=evaluate(model, data.val)))
     return StageResult(artifacts=tuple(artifacts), models=tuple(records), state=RunState(final="student"), info=info)

@@ -20,9 +20,10 @@ def run(ctx: StageContext) -> StageResult:
     name, _, _ = single_input(onnx_path, what="the edge stage")
     targets = ctx.cfg.export.edge_targets
     qnn = None
-    if "qnn" in targets:  # calibration: training data; accuracy: the validation split
-        qnn = {"calibration": ctx.data.x_train[:256].numpy(), "val_x": ctx.data.x_val.numpy(),
-               "val_y": ctx.data.y_val.numpy(), "activation_type": ctx.cfg.export.qnn_activation_type}
+    if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
+        val_x, val_y = ctx.data.arrays(ctx.data.eval_split)
+        qnn = {"calibration": ctx.data.arrays("train", limit=256)[0], "val_x": val_x, "val_y": val_y,
+               "activation_type": ctx.cfg.export.qnn_activation_type}
     section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs={name: ctx.data.example(batch or 1).numpy()},
                       targets=targets, qnn=qnn)
     section = _relative(ctx, {"model": final.name, **section})

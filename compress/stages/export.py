@@ -6,23 +6,28 @@ from compress.errors import CompressError
 from compress.records import StageResult
 
 
+_PARITY_EXAMPLES = 2048  # the first validation examples parity runs on (all of a small set); bounds memory
+
+
 def run(ctx: StageContext) -> StageResult:
     """Export every torch model (teacher, student, control, pruned) and check each against torch in ORT."""
     from compress.onnx.export import export_onnx
     from compress.onnx.parity import compare, run_cpu
+    import torch
+
     from compress.train import predict_logits
 
     ecfg = ctx.cfg.export
-    x_val = ctx.data.x_val
+    x_val, _ = ctx.data.arrays("val", limit=_PARITY_EXAMPLES)
     records, artifacts = [], []
     for name, rec in ctx.models.items():
         if rec.torch is None:
             continue
         model = ctx.load_torch(name)
-        reference = predict_logits(model, x_val)  # before export: export can mutate a live model
+        reference = predict_logits(model, torch.from_numpy(x_val))  # before export: export can mutate a live model
         path = export_onnx(model, ctx.data.example(2), ctx.stage_dir / f"{name}.onnx", opset=ecfg.opset,
                            exporter=ecfg.exporter)
-        got = run_cpu(path, {"input": x_val.numpy()}, batch_size=256)
+        got = run_cpu(path, {"input": x_val}, batch_size=256)
         check = compare([reference.numpy()], got, atol=ecfg.parity_atol, rtol=ecfg.parity_rtol)
         if not check["ok"]:
             raise CompressError(f"{ctx.origin('export.parity_atol')}: {name}.onnx differs from torch by "

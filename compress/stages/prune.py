@@ -16,25 +16,25 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg, data, pcfg, dcfg = ctx.cfg, ctx.data, ctx.cfg.prune, ctx.cfg.distill
     base = ctx.final
-    teacher_logits = ctx.teacher_logits()
+    teacher = ctx.teacher()
     recovery_epochs: list[int] = []  # what the pruned model really got, so the control gets the same budget
 
-    def train(model: Any, epochs: int, *, desc: str, logits: Any = teacher_logits, recovery: bool = True) -> None:
+    def train(model: Any, epochs: int, *, desc: str, source: Any = teacher, recovery: bool = True) -> None:
         if epochs < 1:
             return
         if recovery:
             recovery_epochs.append(epochs)
-        train_student(model, data, dcfg, teacher_logits=logits, seed=cfg.pipeline.seed,
+        train_student(model, data, dcfg, teacher=source, seed=cfg.pipeline.seed,
                       batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=desc,
                       progress=ctx.progress, epochs=epochs, patience=epochs if recovery else max(dcfg.patience, epochs),
                       warmup_epochs=0 if recovery else None,
                       launch=ctx.launch(base.spec.model, base.spec.kwargs, "student", pruned=True))
 
-    batches = [(data.x_train[i:i + cfg.data.batch_size], data.y_train[i:i + cfg.data.batch_size])
-               for i in range(0, min(len(data.x_train), 8 * cfg.data.batch_size), cfg.data.batch_size)]
+    batches = [(inputs, target) for _, (_, inputs, target) in
+               zip(range(8), data.batches("train", cfg.data.batch_size))]
     pruned, steps = prune(ctx.load_torch(base.name), pcfg, example_input=data.example(8),
                           finetune=lambda m, e: train(m, e, desc="prune: recover"),
-                          evaluate=lambda m: evaluate(m, data.x_val, data.y_val), latency_ms=_latency_fn(ctx),
+                          evaluate=lambda m: evaluate(m, data.val), latency_ms=_latency_fn(ctx),
                           taylor_batches=batches, progress=ctx.progress)
     name = f"{base.name}-pruned"
     record = _save(ctx, pruned, name, "pruned", base)
@@ -84,7 +84,7 @@ def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord
     path = ctx.stage_dir / f"{name}.safetensors"
     save_pruned(model, path)
     return ModelRecord(name=name, role=role, spec=base.spec, origin=base.origin, torch=ctx.rel(path), pruned=True,
-                       params=count_params(model), accuracy_torch=evaluate(model, ctx.data.x_val, ctx.data.y_val))
+                       params=count_params(model), accuracy_torch=evaluate(model, ctx.data.val))
 
 
 def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None) -> list[str]:

@@ -17,8 +17,10 @@ def run(ctx: StageContext) -> StageResult:
 
     data, qcfg, bcfg = ctx.data, ctx.cfg.quantize, ctx.cfg.benchmark
     base = ctx.final
-    result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, calib_x=data.x_train.numpy(),
-                      val_x=data.x_val.numpy(), val_y=data.y_val.numpy(), providers=bcfg.providers,
+    calib_x, _ = data.arrays("train", rows=data.calibration_rows(qcfg.calibration_samples))
+    val_x, val_y = data.arrays("val")  # the gate: validation, never the test split
+    result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, calib_x=calib_x,
+                      val_x=val_x, val_y=val_y, providers=bcfg.providers,
                       batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
                       provider_options=bcfg.settings().provider_options)
     name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not

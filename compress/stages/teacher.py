@@ -7,8 +7,8 @@ from compress.records import ModelRecord, ModelSpec, RunState, StageResult
 
 def run(ctx: StageContext) -> StageResult:
     """Load or train the teacher, save its weights and its training-set logits (reused by distill and prune)."""
+    import numpy as np
     import torch
-    from safetensors.torch import save_file
 
     from compress.cache import atomic_path
     from compress.models import build_model, count_params, load_weights, save_weights
@@ -30,11 +30,13 @@ def run(ctx: StageContext) -> StageResult:
         info.update(source="trained", **history)
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)
-    logits_path = ctx.stage_dir / "logits.safetensors"
-    with atomic_path(logits_path) as tmp:
-        save_file({"logits": predict_logits(model, data.x_train).contiguous()}, str(tmp))
+    # one row per training example (no augmentation), memory-mapped by distill and prune; with augmentation the
+    # teacher runs on each batch instead, but the file stays for a later run without it
+    logits_path = ctx.stage_dir / "logits.npy"
+    with atomic_path(logits_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, predict_logits(model, data.train_plain).numpy().astype(np.float32))
     record = ModelRecord(name="teacher", role="teacher", spec=ModelSpec(section.model, section.kwargs),
                          origin=ctx.origin("teacher"), torch=ctx.rel(weights), params=count_params(model),
-                         accuracy_torch=evaluate(model, data.x_val, data.y_val))
+                         accuracy_torch=evaluate(model, data.val))
     return StageResult(artifacts=(ctx.rel(weights), ctx.rel(logits_path)), models=(record,),
                        state=RunState(teacher_logits=ctx.rel(logits_path)), info=info)

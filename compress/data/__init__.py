@@ -1,0 +1,188 @@
+"""Data: the [data] section, the sources (built-in `digits`, `npz:PATH`, `python:module:function`), the seeded
+stratified train/val/test split, and the one DataLoader every training and evaluation path uses.
+
+Every source yields `(index, inputs, target)` items (compress.data.datasets) read one at a time: .npz arrays are
+memory-mapped, a `python:` dataset is indexed as it is. Nothing here holds the whole training set in memory.
+Validation chooses (best epoch, early stop, gates, the final pick); the test split, which no choice sees, is where
+the report's figures come from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import Field, field_validator, model_validator
+
+from compress.section import Section
+
+
+class DataConfig(Section):
+    """[data]: where examples come from, how the validation and test splits are made, and how batches are read."""
+
+    source: str = Field("digits", description="'digits' (built-in, offline), 'npz:PATH' (arrays x, y and optional "
+                        "x_val, y_val, x_test, y_test; memory-mapped) or 'python:module:function' returning a "
+                        "torch dataset of (x, y) pairs, or (train, val) or (train, val, test).")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction held out for validation when the source has "
+                                "no validation split of its own (stratified, from the pipeline seed). Validation "
+                                "picks the best epoch, stops training early, gates quantization and picks the "
+                                "final model.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction held out as the test split when the source "
+                                 "has none of its own (stratified, from the pipeline seed); no choice sees it, and "
+                                 "every figure in the report is measured on it. 0: no test split (the report then "
+                                 "shows validation figures and says so).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size for training and evaluation.")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that read (and decode, augment) "
+                         "examples beside training; 0 reads them in the training process.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if v == "digits" or v.startswith(("npz:", "python:")):
+            return v
+        raise ValueError(f"expected 'digits', 'npz:PATH' or 'python:module:function', got {v!r}{_source_hint(v)}")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"val_fraction + test_fraction must leave at least 10% for training, got "
+                             f"{self.val_fraction:g} + {self.test_fraction:g}")
+        return self
+
+
+def _source_hint(v: str) -> str:
+    """'; did you mean 'npz:cancer.npz'?' for the usual slips: a bare file, a missing or misspelt prefix."""
+    import difflib
+
+    scheme, colon, rest = v.partition(":")
+    if colon and rest:
+        fixed = difflib.get_close_matches(scheme, ["npz", "python"], n=1, cutoff=0.5)
+        if fixed:
+            return f"; did you mean {fixed[0] + ':' + rest!r}?"
+        if ":" not in rest:  # module:function without its prefix
+            return f"; did you mean {'python:' + v!r}?"
+    elif v.lower().endswith(".npz"):
+        return f"; did you mean {'npz:' + v!r}?"
+    elif difflib.get_close_matches(v, ["digits"], n=1, cutoff=0.6):
+        return "; did you mean 'digits'?"
+    return ""
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataBundle:
+    """The train, validation and (optional) test datasets, plus what models and the report need to know."""
+
+    train: Any
+    val: Any
+    test: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+    fingerprint: str
+    how: dict[str, str] = field(default_factory=dict)
+    """How each split was made: 'x_val/y_val', 'stratified 20% of x (seed 0)', 'folder val/'."""
+    class_names: list[str] | None = None
+    train_plain: Any = None
+    """The training split without augmentation (what the teacher's cached outputs and calibration read)."""
+    augment: tuple[str, ...] = ()
+    workers: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    """Source-specific facts for the report (image size, mean/std and where they came from, skipped files)."""
+
+    def __post_init__(self) -> None:
+        if self.train_plain is None:
+            self.train_plain = self.train
+
+    def split(self, name: str) -> Any:
+        return {"train": self.train_plain, "val": self.val, "test": self.test}[name]
+
+    @property
+    def eval_split(self) -> str:
+        """Where report figures come from: 'test' when there is one, else 'val'."""
+        return "test" if self.test is not None and len(self.test) else "val"
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(self.split(name)) if self.split(name) is not None else 0 for name in SPLITS}
+
+    def describe(self) -> dict[str, Any]:
+        """The report's `data` section."""
+        return {"splits": {name: {"size": size, "how": self.how.get(name, "")} for name, size in self.sizes().items()},
+                "evaluated_on": self.eval_split, "selection_on": "val", "class_names": self.class_names,
+                "augment": list(self.augment), **self.details}
+
+    def batches(self, split: str, batch_size: int = 256) -> Iterator[tuple[Any, Any, Any]]:
+        """`(index, inputs, target)` batches of a split, in order, without augmentation."""
+        yield from loader(self.split(split), batch_size=batch_size, shuffle=False, seed=0, workers=self.workers)
+
+    def arrays(self, split: str, limit: int | None = None, rows: Any = None) -> tuple[Any, Any]:
+        """Examples `rows` of a split (else the first `limit`, else all) as numpy (inputs, labels); inputs a dict of
+        arrays for keyword-input models. For the ONNX side (parity, calibration, the quantization gate)."""
+        import numpy as np
+        import torch
+
+        ds = self.split(split)
+        if rows is None:
+            rows = range(len(ds) if limit is None else min(limit, len(ds)))
+        xs, ys = [], []
+        for _, x, y in loader(torch.utils.data.Subset(ds, list(rows)), batch_size=256, shuffle=False, seed=0,
+                              workers=self.workers):
+            xs.append(x)
+            ys.append(y)
+        if isinstance(xs[0], dict):
+            return {k: torch.cat([x[k] for x in xs]).numpy() for k in xs[0]}, torch.cat(ys).numpy()
+        return torch.cat(xs).numpy(), np.asarray(torch.cat(ys).numpy())
+
+    def calibration_rows(self, samples: int) -> Any:
+        """The training rows quantization calibrates on: a fixed random subset (seed 0) of `samples` examples."""
+        import numpy as np
+
+        n = len(self.train_plain)
+        return np.sort(np.random.default_rng(0).permutation(n)[:min(samples, n)])
+
+    def example(self, batch: int = 1) -> Any:
+        """A real validation batch (export and benchmarks use real inputs, not noise): a Tensor or a dict."""
+        import torch
+
+        items = [self.val[i % len(self.val)][1] for i in range(batch)]
+        if isinstance(items[0], dict):
+            return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        return torch.stack(items)
+
+
+def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data.source") -> DataBundle:
+    """Open the configured source and split it. `base_dir` is the TOML's folder (relative paths resolve there)."""
+    from compress.data.sources import open_source
+
+    return open_source(cfg, seed=seed, base_dir=base_dir, origin=origin)
+
+
+def loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, workers: int = 0, sampler: Any = None,
+           drop_last: bool = False) -> Any:
+    """The one DataLoader: a seeded order (the same batches every run with the same seed), seeded workers, and a
+    `sampler` (e.g. DistributedSampler) in place of the shuffle when given."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+                      generator=generator, num_workers=workers, worker_init_fn=_seed_worker if workers else None,
+                      persistent_workers=workers > 0, drop_last=drop_last)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """numpy and random in a worker follow torch's per-worker seed (itself from the loader's seeded generator)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def forward(model: Any, inputs: Any) -> Any:
+    """`model(**inputs)` for keyword inputs (a dict), `model(inputs)` for a Tensor."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)

@@ -1,0 +1,173 @@
+"""Arrays on disk: .npz members memory-mapped (a stored member in place, a compressed one decompressed once into an
+unlinked temporary file), the value checks, and the seeded stratified split.
+
+Nothing here reads a whole array into memory: checks walk it in chunks, and the split only needs the labels.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+CHUNK_ROWS = 4096  # rows per chunk when a check or the fingerprint walks an array
+
+
+def open_npz(path: Path, origin: str) -> dict[str, Any]:
+    """Every array of an .npz, memory-mapped; labels and small arrays cost nothing until read."""
+    import zipfile
+
+    if not path.is_file():
+        raise CompressError(f"{origin}: file not found: {path}")
+    try:
+        arrays = {}
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[:-4]
+                if info.compress_type == zipfile.ZIP_STORED:
+                    arrays[name] = _map_stored(path, zf, info)
+                else:
+                    arrays[name] = _map_compressed(zf, info)
+    except CompressError:
+        raise
+    except Exception as exc:  # zipfile/ValueError variants: one line either way
+        raise CompressError(f"{origin}: {path} is not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    return arrays
+
+
+def _map_stored(path: Path, zf: Any, info: Any) -> Any:
+    import struct
+
+    import numpy as np
+    from numpy.lib import format as npf
+
+    with zf.open(info) as f:
+        version = npf.read_magic(f)
+        shape, fortran, dtype = (npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0)(f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{info.filename} holds Python objects, which would need pickle; store plain numbers")
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+    offset = info.header_offset + 30 + name_len + extra_len + header
+    if 0 in shape:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
+
+
+def _map_compressed(zf: Any, info: Any) -> Any:
+    """Decompress in a stream to a temporary file and map that (the file is unlinked; the mapping keeps it)."""
+    import os
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as out, zf.open(info) as member:
+            shutil.copyfileobj(member, out, 1 << 20)
+        return np.load(tmp, mmap_mode="r", allow_pickle=False)
+    finally:
+        os.unlink(tmp)
+
+
+def check_xy(x: Any, y: Any, origin: str, xname: str, yname: str) -> None:
+    """Shapes, dtypes, labels (integers >= 0) and finite inputs; x is walked in chunks."""
+    import numpy as np
+
+    if x.ndim < 2 or len(x) == 0:
+        raise CompressError(f"{origin}: {xname} must be a non-empty array of examples (N, ...), got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise CompressError(f"{origin}: {yname} must be a 1-D label array as long as {xname} "
+                            f"({len(x)}), got shape {y.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise CompressError(f"{origin}: {xname} must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        check_bad(y, ~np.isfinite(y) | (y != np.round(y)), origin, yname, "non-integer label", "labels",
+                  "store class labels as integers 0..K-1")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise CompressError(f"{origin}: {yname} must hold integer class labels, got dtype {y.dtype}; "
+                            "store class labels as integers 0..K-1")
+    check_bad(y, y < 0, origin, yname, "negative label", "labels", "labels must be integers 0..K-1")
+    if np.issubdtype(x.dtype, np.floating):
+        first, count = None, 0
+        for start in range(0, len(x), CHUNK_ROWS):
+            bad = ~np.isfinite(x[start:start + CHUNK_ROWS])
+            n = int(bad.sum())
+            if n and first is None:
+                first = start
+            count += n
+        if count:
+            chunk = np.asarray(x[first:first + CHUNK_ROWS])
+            check_bad(chunk, ~np.isfinite(chunk), origin, xname, None, "values", "clean the data or drop those rows",
+                      offset=first, total=count)
+
+
+def check_bad(a: Any, bad: Any, origin: str, name: str, what: str | None, unit: str, fix: str, *,
+              offset: int = 0, total: int | None = None) -> None:
+    """Raise naming the first bad entry of `a` (by example index along axis 0, plus `offset`) and how many there are.
+
+    `what` None: name the value itself (NaN, inf or -inf), as for inputs; else e.g. "negative label -3".
+    """
+    import numpy as np
+
+    if not bad.any():
+        return
+    rows = bad.reshape(len(a), -1)
+    first = int(np.flatnonzero(rows.any(axis=1))[0])
+    value = np.asarray(a).reshape(len(a), -1)[first][rows[first]][0]
+    if what is None:
+        shown = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    else:
+        shown = f"{what} {value.item()!r}"
+    count = int(bad.sum()) if total is None else total
+    raise CompressError(f"{origin}: {name} holds {shown} at index {first + offset} (first of {count} bad {unit}); "
+                        f"{fix}")
+
+
+def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: int) -> tuple[Any, Any, Any]:
+    """Row indices (train, val, test), each sorted: every class keeps `val_fraction` of its examples in validation
+    and `test_fraction` in test (at least one each where the class can spare it, and at least one for training)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    val_idx: list[int] = []
+    test_idx: list[int] = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = _take(len(idx), val_fraction, len(idx) - 1)
+        n_test = _take(len(idx), test_fraction, len(idx) - 1 - n_val)
+        val_idx.extend(idx[:n_val])
+        test_idx.extend(idx[n_val:n_val + n_test])
+    mask = np.zeros(len(y), dtype=np.int8)
+    mask[val_idx] = 1
+    mask[test_idx] = 2
+    return np.flatnonzero(mask == 0), np.flatnonzero(mask == 1), np.flatnonzero(mask == 2)
+
+
+def _take(n: int, fraction: float, most: int) -> int:
+    """round(n * fraction), at least one when the fraction is set, never more than `most` (>= 0)."""
+    if fraction <= 0 or most <= 0:
+        return 0
+    return min(max(int(round(n * fraction)), 1), most)
+
+
+def fingerprint(parts: list[Any]) -> str:
+    """sha256 over arrays (walked in chunks, with shape and dtype) and plain values, in order."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in parts:
+        if isinstance(a, np.ndarray):
+            h.update(str(a.shape).encode() + str(a.dtype).encode())
+            for start in range(0, max(len(a), 1), CHUNK_ROWS):
+                h.update(np.ascontiguousarray(a[start:start + CHUNK_ROWS]).tobytes())
+        else:
+            h.update(repr(a).encode())
+    return h.hexdigest()

@@ -1,0 +1,83 @@
+"""The one item shape every source produces: `(index, inputs, target)`.
+
+`index` is the example's position in its split (the key into cached teacher outputs), `inputs` a float Tensor or a
+dict of Tensors (keyword inputs such as input_ids/attention_mask), `target` an int class label (-1: no label).
+Items are read one at a time, so a memory-mapped array or a folder of files is never loaded whole.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.utils.data as tud
+
+
+class ArrayDataset(tud.Dataset):
+    """Rows `rows` (all when None) of arrays `x`, `y` that may be memory-mapped; `scale` multiplies inputs."""
+
+    def __init__(self, x: Any, y: Any, rows: Any = None, *, scale: float = 1.0,
+                 transform: Callable[[Any], Any] | None = None):
+        self.x, self.y, self.rows, self.scale, self.transform = x, y, rows, scale, transform
+
+    def __len__(self) -> int:
+        return len(self.x) if self.rows is None else len(self.rows)
+
+    def row(self, i: int) -> int:
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        return i if self.rows is None else int(self.rows[i])
+
+    def __getitem__(self, i: int) -> tuple[int, Any, int]:
+        import numpy as np
+        import torch
+
+        r = self.row(i)
+        x = np.array(self.x[r], dtype=np.float32)  # a copy: never a view into the mapped file
+        if self.scale != 1.0:
+            x *= self.scale
+        t = torch.from_numpy(x)
+        if self.transform is not None:
+            t = self.transform(t)
+        return i, t, int(self.y[r])
+
+    def with_transform(self, transform: Callable[[Any], Any] | None) -> "ArrayDataset":
+        return ArrayDataset(self.x, self.y, self.rows, scale=self.scale, transform=transform)
+
+
+class PythonDataset(tud.Dataset):
+    """A user's dataset of `(x, y)` pairs (x array-like or a dict of them), seen through `rows`."""
+
+    def __init__(self, ds: Any, rows: Any = None, labels: Any = None):
+        self.ds, self.rows, self.labels = ds, rows, labels
+
+    def __len__(self) -> int:
+        return len(self.ds) if self.rows is None else len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, int]:
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        r = i if self.rows is None else int(self.rows[i])
+        x, y = self.ds[r]
+        return i, as_inputs(x), int(y)
+
+
+def as_inputs(x: Any) -> Any:
+    """A float32 Tensor, or a dict of Tensors (integer ids stay integers)."""
+    import numpy as np
+    import torch
+
+    if isinstance(x, dict):
+        return {k: torch.as_tensor(np.asarray(v)) for k, v in x.items()}
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+class TensorPairs(tud.Dataset):
+    """In-memory (x, y) tensors as `(index, inputs, target)` items: for tests and scripts that hold tensors."""
+
+    def __init__(self, x: Any, y: Any):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, int]:
+        return i, self.x[i], int(self.y[i])
