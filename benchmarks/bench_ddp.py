@@ -3,7 +3,7 @@
     python benchmarks/bench_ddp.py compare [--pipeline pipelines/digits.toml] [--nproc 2]
         the pipeline run from scratch with --nproc 1 and with --nproc N (same seed, same epochs): every model's
         accuracy (ONNX Runtime) and the wall clock of each `compress run`, with the load average around each
-    python benchmarks/bench_ddp.py kill [--pipeline pipelines/digits.toml] [--trials 5]
+    python benchmarks/bench_ddp.py kill [--pipeline pipelines/digits.toml | tiny] [--trials 5] [--short]
         one uninterrupted --nproc 2 run; then per trial a fresh run where one rank is SIGKILLed mid-epoch (a
         different stage, job, epoch and rank each time), which must exit 1 with one line naming the rank; a rerun
         must exit 0 and report figures (accuracy, params, bytes, parity, final pick) equal to the uninterrupted run's
@@ -30,19 +30,44 @@ sys.path.insert(0, str(ROOT))
 from tests.dist_kill import kill_rank_after  # noqa: E402
 
 # (stage, job, epochs finished before the kill, rank): five different moments of a --nproc 2 run
-KILLS = [("teacher", "teacher", 2, 1), ("distill", "student", 1, 1), ("distill", "control", 5, 0),
-         ("distill", "student", 20, 0), ("teacher", "teacher", 7, 1)]
+KILLS = [("teacher", "teacher", 1, 1), ("distill", "student", 1, 1), ("distill", "control", 3, 0),
+         ("distill", "student", 4, 0), ("teacher", "teacher", 2, 0)]
+SHORT = {"teacher.train": 3, "distill": 6}  # --short: epochs per section, so the kill loop's 11 runs take minutes
 
 
 def load() -> str:
-    return " ".join(os.getloadavg().__repr__().strip("()").split(", ")[:3])
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def scratch(pipeline: Path, where: Path) -> Path:
+def tiny(where: Path) -> Path:
+    """The tests' tiny pipeline (tests/conftest.py: 400 digits, two small MLPs) in `where`: --pipeline tiny."""
+    import textwrap
+
+    import numpy as np
+
+    from tests.conftest import TINY_TOML, TINY_ZOO
+
+    where.mkdir(parents=True, exist_ok=True)
+    with np.load(ROOT / "compress" / "data" / "digits.npz") as z:
+        np.savez(where / "tiny.npz", x=z["x"][:400].astype(np.float32)[:, None] / 16.0, y=z["y"][:400])
+    (where / "zoo.py").write_text(TINY_ZOO)
+    path = where / "tiny.toml"
+    path.write_text(textwrap.dedent(TINY_TOML).replace('output_dir = "runs/tiny"', f'output_dir = "{where / "run"}"'))
+    return path
+
+
+def scratch(pipeline: Path, where: Path, short: bool = False) -> Path:
     """A copy of the pipeline file in `where`, with output_dir inside it (for pipelines that name no other file,
-    such as pipelines/digits.toml: relative paths to data or model code would not follow the copy)."""
+    such as pipelines/digits.toml: relative paths to data or model code would not follow the copy); `short` sets
+    the epochs of SHORT."""
+    if pipeline.name == "tiny":
+        return tiny(where)
     text = pipeline.read_text()
     text = re.sub(r'(?m)^output_dir\s*=.*$', f'output_dir = "{where / "run"}"', text)
+    if short:
+        for section, epochs in SHORT.items():
+            text = re.sub(rf'(?ms)(^\[{re.escape(section)}\]\n(?:(?!\[).*\n)*?)epochs = \d+', rf'\g<1>epochs = {epochs}',
+                          text)
     where.mkdir(parents=True, exist_ok=True)
     path = where / pipeline.name
     path.write_text(text)
@@ -92,16 +117,16 @@ def compare(pipeline: Path, nproc: int) -> dict:
     return out
 
 
-def kill_loop(pipeline: Path, trials: int) -> dict:
+def kill_loop(pipeline: Path, trials: int, short: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        clean = run(scratch(pipeline, base / "baseline"), "--nproc", "2")
+        clean = run(scratch(pipeline, base / "baseline", short), "--nproc", "2")
         assert clean["code"] == 0, clean["stderr"]
         expected = figures(clean["run_dir"])
         print(f"uninterrupted --nproc 2: {clean['seconds']} s (load {clean['load_after']})", flush=True)
         results = []
         for i, kill in enumerate((KILLS * trials)[:trials]):
-            toml = scratch(pipeline, base / f"trial{i}")
+            toml = scratch(pipeline, base / f"trial{i}", short)
             killed = run(toml, "--nproc", "2", kill=kill)
             resumed = run(toml, "--nproc", "2")
             stage, desc, epoch, rank = kill
@@ -126,11 +151,12 @@ def main() -> int:
     parser.add_argument("--pipeline", type=Path, default=ROOT / "pipelines" / "digits.toml")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--short", action="store_true", help=f"kill: epochs {SHORT} (digits: minutes, not an hour)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(f"load before: {load()}", flush=True)
-    result = compare(args.pipeline.resolve(), args.nproc) if args.what == "compare" else \
-        kill_loop(args.pipeline.resolve(), args.trials)
+    pipeline = args.pipeline if str(args.pipeline) == "tiny" else args.pipeline.resolve()
+    result = compare(pipeline, args.nproc) if args.what == "compare" else kill_loop(pipeline, args.trials, args.short)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0

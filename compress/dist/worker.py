@@ -40,7 +40,14 @@ def main(argv: list[str] | None = None) -> None:
         write_json(job_dir / f"{ERROR_PREFIX}{dist.get_rank()}.json",
                    {"message": str(exc), "exit_code": exc.exit_code})
         sys.exit(3)
+    # Every rank waits until rank 0 has written, then the group is torn down together. The process then ends at once:
+    # under load, gloo's threads could abort ("terminate called without an active exception") in the interpreter's
+    # own teardown after the work was done and written, which torchrun would report as a failed rank.
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(job_dir: Path, local_rank: int) -> None:
