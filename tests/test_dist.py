@@ -112,3 +112,32 @@ def test_a_workers_own_error_reads_as_in_one_process(tmp_path: Path):
                                                            "exit_code": 2}))
     err = failure_error(tmp_path, 1, desc="p.toml: distill (student)", world_size=2)
     assert (str(err), err.exit_code) == ("p.toml: distill.lr: loss became nan", 2)
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_train_together_and_node_0_reports(tiny_dir: Path, tmp_path_factory):
+    # setup: two folders stand for two machines (each its own run directory), node 0's endpoint on a free port
+    import socket
+    import subprocess
+    import sys
+
+    set_key(tiny_dir, "distill", "control", "false")
+    other = tmp_path_factory.mktemp("node1")
+    for name in ("tiny.npz", "zoo.py", "pipeline.toml"):
+        (other / name).write_bytes((tiny_dir / name).read_bytes())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # execute: the same command on both, with its --node-rank
+    procs = [subprocess.Popen([sys.executable, "-m", "compress", "run", "pipeline.toml", "--quiet", "--nnodes", "2",
+                               "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}"], cwd=folder,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank, folder in enumerate((tiny_dir, other))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    # assert: both exit 0; node 0 reports, node 1 trained the training stages and wrote no report
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "node 1 of 2: training stages done; node 0 writes the report" in outs[1][0]
+    assert _statuses(tiny_dir / "runs" / "tiny")["distill"] == "done"
+    assert not (other / "runs" / "tiny" / "report.json").exists()
+    assert (other / "runs" / "tiny" / "distill" / "manifest.json").exists()
+    assert min(_accuracies(tiny_dir / "runs" / "tiny").values()) > 0.5
