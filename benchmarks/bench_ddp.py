@@ -57,13 +57,17 @@ def tiny(where: Path) -> Path:
 
 
 def scratch(pipeline: Path, where: Path, short: bool = False) -> Path:
-    """A copy of the pipeline file in `where`, with output_dir inside it (for pipelines that name no other file,
-    such as pipelines/digits.toml: relative paths to data or model code would not follow the copy); `short` sets
-    the epochs of SHORT."""
+    """A copy of the pipeline file in `where`, with output_dir inside it and a relative npz:/images: source made
+    absolute (model code beside the pipeline file would not follow the copy); `short` sets the epochs of SHORT.
+    For the image-folder comparison: `compare --pipeline FOLDER/pipeline.toml` on a pipeline whose source is
+    `images:DIR` (benchmarks/bench_data.py writes such folders)."""
     if pipeline.name == "tiny":
         return tiny(where)
     text = pipeline.read_text()
-    text = re.sub(r'(?m)^output_dir\s*=.*$', f'output_dir = "{where / "run"}"', text)
+    # a data source relative to the pipeline's folder (npz:, images:) is made absolute so the copy still finds it
+    text = re.sub(r'(?m)^source = "(npz|images):(?!/)([^"]*)"',
+                  lambda m: f'source = "{m.group(1)}:{(pipeline.parent / m.group(2)).resolve()}"', text)
+    text = re.sub(r'(?m)^output_dir\s*=.*\n', "", text).replace("[pipeline]\n", f'[pipeline]\noutput_dir = "{where / "run"}"\n', 1)
     if short:
         for section, epochs in SHORT.items():
             text = re.sub(rf'(?ms)(^\[{re.escape(section)}\]\n(?:(?!\[).*\n)*?)epochs = \d+', rf'\g<1>epochs = {epochs}',
