@@ -109,7 +109,7 @@ def _wait(proc: subprocess.Popen, log_path: Path, desc: str, world_size: int, pr
                 found = pattern.findall(log_path.read_text(errors="replace"))
             except OSError:
                 found = []
-            if found:
+            if found and int(found[-1][0]) > done:
                 bar = bar or progress_bar(total=int(found[-1][1]), desc=f"{desc} ({world_size} processes)",
                                           unit="epoch")
                 bar.update(int(found[-1][0]) - done)
