@@ -31,6 +31,8 @@ class Stage:
     """Whether this pipeline runs the stage (optional sections switch theirs on by being present)."""
     files: Callable[["PipelineConfig"], dict[str, Any]] | None = None
     """Input files beyond the config (a checkpoint, the user's model code), as digests for the cache key."""
+    trains: bool = False
+    """It trains models (in torchrun workers under --nproc/--nnodes); machines other than node 0 run only these."""
 
     def run(self, ctx: Any) -> Any:
         import importlib
@@ -52,11 +54,11 @@ def _student_files(cfg: "PipelineConfig") -> dict[str, Any]:
 
 
 STAGES: dict[str, Stage] = {
-    "teacher": Stage("compress.stages.teacher", reads=("teacher",), files=_teacher_files),
-    "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files),
+    "teacher": Stage("compress.stages.teacher", reads=("teacher",), files=_teacher_files, trains=True),
+    "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files, trains=True),
     # prune exports each step to time it in ONNX Runtime, at the export settings
     "prune": Stage("compress.stages.prune", reads=("prune", "distill", "export.opset", "export.exporter"),
-                   enabled=lambda cfg: cfg.prune is not None),
+                   enabled=lambda cfg: cfg.prune is not None, trains=True),
     "export": Stage("compress.stages.export", reads=("export.opset", "export.exporter", "export.parity_atol",
                                                       "export.parity_rtol")),
     # the pick between float and quantized is timed on the benchmark's providers, batch sizes and threads
