@@ -10,14 +10,18 @@ __version__ = "0.1.0"
 from compress.errors import CompressError, GateFailed
 
 
-def run(source, *, force: bool = False, progress: bool = True) -> dict:
+def run(source, *, force: bool = False, progress: bool = True, nproc: int = 1, nnodes: int = 1, node_rank: int = 0,
+        rdzv_endpoint: str | None = None) -> dict:
     """Run a pipeline: a TOML path, a dict shaped like the file, or a compress.config.PipelineConfig.
 
-    Returns the report dict (also written as runs/<name>/report.json).
+    Returns the report dict (also written as runs/<name>/report.json). `nproc` > 1 (or `nnodes` > 1) trains in
+    torchrun workers with DDP, as `compress run --nproc` does.
     """
+    from compress.dist.settings import DistSettings
     from compress.runner import run_pipeline
 
-    return run_pipeline(source, force=force, progress=progress)
+    dist = DistSettings(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    return run_pipeline(source, force=force, progress=progress, dist=dist)
 
 
 def validate(source):

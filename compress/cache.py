@@ -66,6 +66,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def usual_mode(path: Path) -> None:
+    """Give `path` the mode any new file gets under the umask (writers such as onnx's external-data saver make
+    0600 files that nobody else can read)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

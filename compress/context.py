@@ -23,6 +23,8 @@ class StageContext:
     state: RunState
     data: "DataBundle"
     progress: bool = True
+    dist: Any = None
+    """compress.dist.settings.DistSettings when training goes to torchrun workers (--nproc/--nnodes), else None."""
 
     @property
     def stage_dir(self) -> Path:
@@ -56,6 +58,20 @@ class StageContext:
             return load_pruned(model, path, example_input=self.data.example(2)).eval()
         load_weights(model, path, rec.origin)
         return model.eval()
+
+    def launch(self, model: str, kwargs: Mapping[str, Any], key: str, *, pruned: bool = False) -> Any:
+        """Where a training run of this stage goes: a compress.dist.launch.Launch (torchrun workers rebuild the
+        model from `model`/`kwargs`, errors name config key `key`), or None to train in this process."""
+        if self.dist is None or not self.dist.distributed:
+            return None
+        from compress.dist.launch import Launch
+
+        rec = self.models.get("teacher")
+        teacher = None if rec is None or rec.torch is None else {
+            "model": rec.spec.model, "kwargs": dict(rec.spec.kwargs), "origin": rec.origin,
+            "weights": str(self.run_dir / rec.torch)}
+        return Launch(settings=self.dist, cfg=self.cfg, fingerprint=self.data.fingerprint, workdir=self.stage_dir,
+                      model=model, kwargs=dict(kwargs), origin=self.origin(key), pruned=pruned, teacher=teacher)
 
     def teacher_logits(self) -> Any:
         """The teacher's logits on the training split (one row per example, by index), memory-mapped from the file

@@ -20,6 +20,12 @@ class GateFailed(CompressError):
     exit_code = 1
 
 
+class WorkerFailed(CompressError):
+    """A training worker process died (killed, crashed, lost its peers): exit code 1; rerunning resumes."""
+
+    exit_code = 1
+
+
 def where(path: object, key: str | None = None) -> str:
     """Prefix for messages: 'pipelines/x.toml: quantize.mode'."""
     return f"{path}: {key}" if key else f"{path}"

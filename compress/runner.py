@@ -23,11 +23,13 @@ log = logging.getLogger("compress")
 CACHE_VERSION = 3  # bump when a stage's outputs change meaning, so old caches are not trusted (3: test split)
 
 
-def run_pipeline(source: Any, *, force: bool = False, progress: bool = True) -> dict:
+def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None) -> dict:
     """Run a pipeline (a TOML path, a dict shaped like the file, or a PipelineConfig); return the report.
 
     The report is also written to the run directory. Raises CompressError for bad input (exit 2) and GateFailed
     (exit 1) when a gate fails; the report is written in both cases once the stages that could run have run.
+    `dist` (compress.dist.settings.DistSettings) sends training to torchrun workers; on a machine other than node 0
+    only the training stages run (with the other machines) and the result is {} (node 0 writes the report).
     """
     import torch
 
@@ -36,6 +38,8 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True) -> 
     from compress.report import build_report, write_report
 
     cfg = as_config(source)
+    if dist is not None:
+        dist.check(cfg)
     run_dir = cfg.run_dir
     with run_lock(run_dir):
         if cfg.pipeline.threads:
@@ -49,11 +53,13 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True) -> 
         info: dict = {}
         failure: BaseException | None = None
         names = stage_names(cfg)
+        if dist is not None and dist.follower:
+            names = names[: max((i + 1 for i, n in enumerate(names) if STAGES[n].trains), default=0)]
         for name in names:
             key = digest([key, name, section_inputs(cfg, name)])
             started = time.perf_counter()
             try:
-                result, status = _run_stage(name, key, cfg, run_dir, models, state, data, force, progress)
+                result, status = _run_stage(name, key, cfg, run_dir, models, state, data, force, progress, dist)
             except BaseException as exc:
                 stages.append({"name": name, "status": "failed", "seconds": round(time.perf_counter() - started, 3),
                                "artifacts": [], "error": str(exc)})
@@ -66,6 +72,10 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True) -> 
             stages.append({"name": name, "status": status, "seconds": round(time.perf_counter() - started, 3),
                            "artifacts": list(result.artifacts)})
             log.info("%s: %s", name, status)
+        if dist is not None and dist.follower:
+            if failure is not None:
+                raise failure
+            return {}
         stages += [{"name": n, "status": "skipped", "seconds": 0.0, "artifacts": []} for n in names[len(stages):]]
         report = build_report(cfg, models, state, stages, info, data_shape=data.input_shape, data=data)
         write_report(run_dir, report)
@@ -77,7 +87,7 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True) -> 
 
 
 def _run_stage(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, ModelRecord], state: RunState,
-               data: Any, force: bool, progress: bool) -> tuple[StageResult, str]:
+               data: Any, force: bool, progress: bool, dist: Any = None) -> tuple[StageResult, str]:
     """The stage's result from its cache when the key and every artifact match, else from running it."""
     stage_dir = run_dir / name
     manifest = None if force else load_manifest(stage_dir, key, run_dir)
@@ -87,7 +97,7 @@ def _run_stage(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, M
         shutil.rmtree(stage_dir)  # stale or partial: never mixed with new artifacts
     started = time.perf_counter()
     ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=name, models=dict(models), state=state, data=data,
-                       progress=progress)
+                       progress=progress, dist=dist)
     result = STAGES[name].run(ctx)
     save_manifest(stage_dir, key, run_dir, list(result.artifacts), result.to_json(), time.perf_counter() - started)
     return result, "done"

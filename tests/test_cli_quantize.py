@@ -82,3 +82,97 @@ def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.Monke
     monkeypatch.chdir(files["dir"])
     result = _invoke("mlp.onnx", *extra)
     assert result.exit_code == 2 and result.output.strip() == line
+
+
+def _old_conv(path: Path, *, batch: int | str = "N") -> Path:
+    """An IR 3, opset 9 Conv net like the model-zoo graphs: weights also listed as graph inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="pool"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"], name="head")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 6, 6])]
+    inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    graph = helper.make_graph(nodes, "old", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                                   [batch, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_upgrades_an_opset_9_graph_for_per_channel_qdq(tmp_path: Path):
+    # setup: ORT writes per-channel DequantizeLinear nodes with `axis`, which opset 9 lacks: an invalid model
+    model = _old_conv(tmp_path / "old.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 2, 6, 6)).astype(np.float32))
+    out = tmp_path / "old-int8.onnx"
+    # execute
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--max-accuracy-drop", "1")
+    # assert
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["preprocess"].startswith("weights dropped from the graph inputs (IR 3); opset 9 upgraded to 13")
+    written = onnx.load(str(out))
+    assert max(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert any(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+               for n in written.graph.node), "no per-channel DequantizeLinear: the upgrade did not reach QDQ"
+
+
+def test_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path: Path):
+    model = _old_conv(tmp_path / "fixed.onnx", batch=1)
+    result = _invoke(model, "--out", tmp_path / "q.onnx", "--mode", "dynamic", "--batch", "8")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --batch: {model} fixes its batch dimension to 1, so batch 8 cannot be "
+                                     "timed; use --batch 1, or re-export with a dynamic batch axis")
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def external_mlp(path: Path) -> Path:
+    """A 64 -> 256 -> 10 MatMul net whose weights live in `<name>.data` beside it (ONNX external data)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 256)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((256, 10)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data", size_threshold=0)
+    return path
+
+
+def test_a_model_too_big_for_one_protobuf_is_quantized_with_external_data(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    # setup: the 2 GB limit scaled down to this 75 KB model, so every write takes the large-model path
+    import onnxruntime as ort
+
+    import compress.onnx.graph
+
+    monkeypatch.setattr(compress.onnx.graph, "PROTOBUF_LIMIT", 10_000)
+    model = external_mlp(tmp_path / "big.onnx")
+    out = tmp_path / "q" / "big-int8.onnx"
+    # execute
+    result = _invoke(model, "--out", out, "--mode", "dynamic", "--max-accuracy-drop", "1", "--no-fallback")
+    # assert: the weights went to big-int8.onnx.data, and the pair loads and runs
+    assert result.exit_code == 0, result.output
+    data = out.parent / "big-int8.onnx.data"
+    assert data.stat().st_size > 10_000 > out.stat().st_size
+    assert data.stat().st_mode & 0o777 == 0o666 & ~_umask()  # onnx writes it 0600; an artifact is readable
+    assert "weights kept as external data" in json.loads(out.with_suffix(".json").read_text())["preprocess"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)

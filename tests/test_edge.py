@@ -156,13 +156,16 @@ def test_import_compress_edge_stays_light():
     assert out.strip() == "[]"
 
 
-def test_bench_kit_script_imports_only_stdlib_numpy_onnxruntime():
-    tree = ast.parse(edge.make_kit.__globals__["SCRIPT"].read_text())
+@pytest.mark.parametrize("script", ["bench_kit.py", "paired_kit.py"])
+def test_bench_kit_scripts_import_only_stdlib_numpy_onnxruntime(script: str):
+    tree = ast.parse(edge.make_kit.__globals__["SCRIPT"].with_name(script).read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     third_party = names - set(sys.stdlib_module_names)
-    # onnxruntime_qnn: optional plugin, imported under try/except ImportError only when --provider qnn asks for it
-    assert third_party - {"onnxruntime_qnn"} == {"numpy", "onnxruntime"}
+    # onnxruntime_qnn: optional plugin, imported under try/except ImportError only when --provider qnn asks for it;
+    # paired_kit, placement_kit: the kit's own scripts beside bench_kit.py
+    assert third_party - {"onnxruntime_qnn", "paired_kit", "placement_kit"} <= {"numpy", "onnxruntime"}
+    assert "numpy" in third_party
 
 
 def _run_kit(python: str, kit: Path, *args: str) -> subprocess.CompletedProcess:
@@ -187,7 +190,8 @@ def test_kit_runs_with_this_interpreter_and_reports_other_hardware_as_unavailabl
     asked = ["CPUExecutionProvider", "XnnpackExecutionProvider", "CUDAExecutionProvider"]
     measured = [p for p in asked if p in available_providers()]
     assert sorted(p.name for p in kit.iterdir()) == sorted(
-        ["README.txt", "bench_kit.py", "expected.npz", "inputs.npz", "kit.json", "model.onnx", "out.json"])
+        ["README.txt", "bench_kit.py", "expected.npz", "inputs.npz", "kit.json", "model.onnx", "out.json",
+         "placement_kit.py"])
     assert done.returncode == 0, done.stderr
     report = json.loads((kit / "out.json").read_text())
     assert report["schema"] == "compress.report/1" and report["final"] == "tiny"
@@ -296,3 +300,54 @@ def test_an_ir3_graph_with_weights_listed_as_inputs_gets_an_ort_copy_without_the
     section = json.loads((tmp_path / "e" / "edge.json").read_text())
     assert section["parity_ok"] and section["onnx_path"].endswith("old.inputs.onnx")
     assert [i.name for i in onnx.load(section["onnx_path"]).graph.input] == ["x"]
+
+
+def test_edge_takes_a_model_with_external_data(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    from .test_cli_quantize import external_mlp
+
+    model = external_mlp(tmp_path / "ext.onnx")
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "e" / "edge.json").read_text())
+    assert section["parity"]["ok"] and section["ort"]["bytes"] > 64 * 256 * 4  # the weights are inside the .ort
+
+
+def test_edge_refuses_a_model_over_2_gb_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    import compress.onnx.graph
+    from compress.cli import main
+
+    from .test_cli_quantize import external_mlp
+
+    monkeypatch.setattr(compress.onnx.graph, "PROTOBUF_LIMIT", 10_000)  # the 2 GB limit, scaled to this model
+    model = external_mlp(tmp_path / "ext.onnx")
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {model}: 0.00 GB with its external data; an ORT-format model is one flatbuffer of at most 2 GB, so "
+        "it cannot be made for this model: quantize it first (`compress quantize`, int8 weights are 4x smaller)")
+
+
+def test_the_kit_records_where_the_nodes_ran_on_the_device(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _conv_model(tmp_path / "m.onnx", batch=1)
+    made = CliRunner().invoke(main, ["bench", str(model), "--kit", str(tmp_path / "kit"), "--min-runs", "5",
+                                     "--min-seconds", "0", "--repetitions", "1", "--warmup", "1", "--quiet"])
+    assert made.exit_code == 0, made.output
+    done = _run_kit(sys.executable, tmp_path / "kit", "--json", "device.json", "--repetitions", "1",
+                    "--min-seconds", "0", "--min-runs", "5", "--strict")
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "kit" / "device.json").read_text())["models"][0]["latency"][0]
+    from compress.bench.placement import placement
+
+    expected = placement(model, "CPUExecutionProvider")  # compress's own audit of the same model
+    assert {k: row["placement"][k] for k in ("nodes_total", "nodes_on_cpu")} == \
+        {k: expected[k] for k in ("nodes_total", "nodes_on_cpu")} and expected["nodes_total"] > 0

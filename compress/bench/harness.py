@@ -279,13 +279,15 @@ def measure(
     with the reference workload also score, quiet_score, p50_score, reference_p50_ms, block_p50_ms and
     reference_block_p50_ms.
     With `inputs` the batch is the first axis of the given arrays. Raises ProviderUnavailable when the provider
-    is missing or ORT dropped it; nothing is ever timed on CPU under another provider's name.
+    is missing or ORT dropped it; nothing is ever timed on CPU under another provider's name. The row carries
+    `placement` (bench.placement.audit, before timing: under strict a fallback raises at once).
     """
     job = _prepare(model_path, provider, batch, threads, inputs, dims, settings)
+    placed = audit(job.model_path, {job.provider: job.threads}, job.settings)[job.provider]
     fit_budget(job)
     for _ in range(job.settings.repetitions):
         job.repetition()
-    return job.row()
+    return {**job.row(), "placement": placed}
 
 
 def bench_model(

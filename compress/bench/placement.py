@@ -23,47 +23,17 @@ providers were offered; the timed sessions' level 2/3 fusions only rewrite nodes
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError, first_line
+from compress.kit.placement_kit import CPU, parse_placements, record_from_logs, session_log
 
-CPU = "CPUExecutionProvider"
+__all__ = ["CPU", "SOURCE", "audit", "fallback_error", "nodes_on_provider", "parse_placements", "placement",
+           "placement_from_logs"]
+
 SOURCE = "onnxruntime verbose log: Node placements (session_state.cc VerifyEachNodeIsAssignedToAnEp), graph " \
          "optimizations basic; nodes_total from a CPU-only session of the same model"
-
-_HEADER = re.compile(r"(?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)")
-_NODE = re.compile(r"VerifyEachNodeIsAssignedToAnEp\]\s{3}(\S+) \((.*)\)\s*$")
-# ORT adds copy nodes on the device provider's side of a boundary; they are not the model's nodes
-_COPIES = frozenset({"MemcpyToHost", "MemcpyFromHost"})
-
-
-def parse_placements(log_text: str) -> dict[str, dict[str, Any]]:
-    """{provider: {"count": kernels ORT placed there, "nodes": [(op_type, node name), ...]}} from a verbose log.
-
-    "All nodes placed on" lists no nodes (ORT prints only the count). The last "Node placements" block wins,
-    so a log that holds several sessions reports the last one. Empty when the log holds no placement report.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    current: dict[str, Any] | None = None
-    for line in log_text.splitlines():
-        if "Node placements" in line:
-            out, current = {}, None
-            continue
-        header = _HEADER.search(line)
-        if header:
-            current = out.setdefault(header.group(1), {"count": 0, "nodes": []})
-            current["count"] += int(header.group(2))
-            continue
-        node = _NODE.search(line)
-        if node and current is not None:
-            current["nodes"].append((node.group(1), node.group(2)))
-    return out
 
 
 def placement_from_logs(provider: str, cpu_log: str, provider_log: str, *, origin: str = "model") -> dict[str, Any]:
@@ -73,29 +43,13 @@ def placement_from_logs(provider: str, cpu_log: str, provider_log: str, *, origi
     that fell back to the CPU provider; 0 for the CPU provider itself), cpu_nodes (their op types, in log order),
     provider_kernels (what ORT placed on the provider: one per compiled subgraph for OpenVINO/TensorRT/QNN),
     source. CompressError when a log has no placement report (ORT changed its log, or logging was off).
+    The parsing is compress.kit.placement_kit's, which bench kits run on the device.
     """
-    cpu_only = parse_placements(cpu_log)
-    placed = parse_placements(provider_log) if provider != CPU else cpu_only
-    if CPU not in cpu_only or not placed:
+    record = record_from_logs(provider, cpu_log, provider_log)
+    if record is None:
         raise CompressError(f"{origin}: onnxruntime's verbose log has no 'Node placements' report for {provider}; "
                             "the placement audit needs ORT's session_state log lines (ORT >= 1.14)")
-    total = cpu_only[CPU]["count"]
-    fell_back = [op for op, _ in placed.get(CPU, {}).get("nodes", []) if op not in _COPIES] if provider != CPU else []
-    if provider == CPU:
-        on_cpu = 0
-    elif provider not in placed:  # "All nodes placed on [CPU...]": the provider took nothing, ORT lists no nodes
-        on_cpu = total
-    else:
-        on_cpu = len(fell_back)
-    return {
-        "provider": provider,
-        "nodes_total": total,
-        "nodes_on_provider": max(total - on_cpu, 0),
-        "nodes_on_cpu": on_cpu,
-        "cpu_nodes": fell_back,
-        "provider_kernels": placed.get(provider, {}).get("count", 0),
-        "source": SOURCE,
-    }
+    return {**record, "source": SOURCE}
 
 
 def placement(model_path: str | Path, provider: str, *, provider_options: dict[str, str] | None = None,
@@ -130,40 +84,22 @@ def _session_log(model_path: str | Path, provider: str, options: dict[str, str],
     """ORT's verbose log while opening one session on `provider` (+ CPU fallback), basic optimizations."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 0  # VERBOSE: the only level that prints the placement report
     providers: list[Any] = [(provider, {str(k): str(v) for k, v in options.items()})]
     if provider != CPU:
         providers.append(CPU)
-    with tempfile.TemporaryDirectory(prefix="compress-placement-") as tmp:
-        log_path = Path(tmp) / "ort.log"
-        try:
-            with _stderr_into(log_path):
-                ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
-        except Exception as exc:  # the timed session opened a moment ago; say which audit session failed
-            raise CompressError(f"{model_path}: placement audit on {provider}: onnxruntime could not open the "
-                                f"session: {first_line(exc)}; rerun, or report it with the model") from None
-        return log_path.read_text(errors="replace")
 
+    def open_session(level: int) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.log_severity_level = level
+        ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
 
-@contextlib.contextmanager
-def _stderr_into(path: Path) -> Iterator[None]:
-    """ORT's logger writes to file descriptor 2 from native code: redirect the descriptor, not sys.stderr."""
-    import sys
-
-    sys.stderr.flush()
-    target = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    saved = os.dup(2)
     try:
-        os.dup2(target, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(target)
-
+        return session_log(open_session)
+    except Exception as exc:  # the timed session opened a moment ago; say which audit session failed
+        raise CompressError(f"{model_path}: placement audit on {provider}: onnxruntime could not open the "
+                            f"session: {first_line(exc)}; rerun, or report it with the model") from None
 
 
 def audit(model_path: str | Path, threads_of: dict[str, int], settings: Any) -> dict[str, dict[str, Any]]:

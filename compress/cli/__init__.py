@@ -63,11 +63,25 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Recompute every stage, ignoring the cache.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(file: Path, force: bool, quiet: bool) -> None:
-    """Run the pipeline in FILE and print the summary table (exit 1 if a gate fails)."""
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Training processes on this machine (torchrun + DDP; gloo on CPU, nccl on CUDA).")
+@click.option("--nnodes", type=int, default=1, show_default=True,
+              help="Machines training together; run the same command on each with its --node-rank.")
+@click.option("--node-rank", type=int, default=0, show_default=True,
+              help="This machine's rank; node 0 writes the report, the others only train.")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="Node 0's address, reachable by every "
+              "machine (with --nnodes > 1).")
+def run(file: Path, force: bool, quiet: bool, nproc: int, nnodes: int, node_rank: int,
+        rdzv_endpoint: str | None) -> None:
+    """Run the pipeline in FILE and print the summary table (exit 1 if a gate fails or a training worker dies)."""
+    from compress.dist.settings import DistSettings
     from compress.runner import run_pipeline
 
-    report = run_pipeline(file, force=force, progress=not quiet)
+    dist = DistSettings(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    report = run_pipeline(file, force=force, progress=not quiet, dist=dist)
+    if dist.follower:
+        click.echo(f"node {node_rank} of {nnodes}: training stages done; node 0 writes the report")
+        return
     from compress.report import summary_table
 
     click.echo(summary_table(report))

@@ -163,6 +163,10 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
 
     if against is not None:
         check_model_file(against)
+        if kit_dir is not None:  # before the gate, which may exit 1: the kit is what checks it on the device
+            kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None
+            _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads),
+                      settings, against=against, max_regression=max_regression)
         _against(model, against, names, batch_sizes, list(threads), settings, max_regression,
                  inputs_for_batch, dim_sizes, json_out)
         return
@@ -302,12 +306,15 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
 
 
 def _make_kit(model: Path, out_dir: Path, batch: int, inputs: Any, providers: list[str],
-              provider_options: dict[str, dict[str, str]], threads: list[int], settings: Any) -> None:
-    """The on-device kit measures what this bench measured: same providers, options, threads and timing."""
+              provider_options: dict[str, dict[str, str]], threads: list[int], settings: Any, *,
+              against: Path | None = None, max_regression: float = 0.10) -> None:
+    """The on-device kit measures what this bench measured: same providers, options, threads and timing, and
+    with --against the same paired comparison."""
     from compress.kit import make_kit
 
     path = make_kit(model, out_dir, batch=1 if settings.edge else batch, inputs=inputs, providers=providers,
                     provider_options=provider_options, threads=threads, warmup_runs=settings.warmup_runs,
                     min_runs=settings.min_runs, min_seconds=settings.min_seconds, max_seconds=settings.max_seconds,
-                    repetitions=settings.repetitions)
+                    repetitions=settings.repetitions, against=against, max_regression=max_regression,
+                    block_seconds=settings.block_seconds)
     click.echo(f"wrote kit {path or out_dir}")

@@ -39,16 +39,17 @@ def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, d
     Writes OUT, and OUT's name with .json and .md: every attempt (settings, accuracy, drop, size, latency), the
     gate, and the pick. Exit 1 when no attempt meets the budget (the summary is still written).
     """
-    import shutil
     import tempfile
 
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.cache import write_json, write_text
+    from compress.onnx.graph import copy_model
     from compress.quantize import QuantizeConfig, quantize as run_quantize
 
     check_model_file(model)
     for p in providers:
         resolve_provider(p)
+    _check_batches(model, batches)
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
     calib = _read_x(calibration, "--calibration") if calibration is not None else None
@@ -62,7 +63,7 @@ def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, d
         result = run_quantize(model, Path(work), cfg, calib_x=calib, val_x=val_x, val_y=val_y, providers=providers,
                               batch_sizes=batches, progress=not quiet)
         if result["chosen"] is not None:
-            shutil.copyfile(result["chosen"], out_path)
+            copy_model(Path(result["chosen"]), out_path)
     summary = _summary(model, out_path, gate, result)
     write_json(out_path.with_suffix(".json"), summary)
     write_text(out_path.with_suffix(".md"), _markdown(summary))
@@ -128,3 +129,14 @@ def _markdown(summary: dict[str, Any]) -> str:
              *attempts_table(summary["attempts"], score="score"),
              "", f"Pick: {summary['why']}", "", f"Wrote: {summary['out'] or 'nothing (no attempt met the budget)'}"]
     return "\n".join(lines) + "\n"
+
+
+def _check_batches(model: Path, batches: tuple[int, ...]) -> None:
+    """A --batch the model's fixed batch dimension cannot take is refused now, not timed as 'unavailable' later."""
+    from compress.onnx.graph import fixed_batch
+
+    fixed = fixed_batch(model)
+    wrong = [b for b in batches if fixed is not None and b != fixed]
+    if wrong:
+        raise CompressError(f"--batch: {model} fixes its batch dimension to {fixed}, so batch {wrong[0]} cannot be "
+                            f"timed; use --batch {fixed}, or re-export with a dynamic batch axis")

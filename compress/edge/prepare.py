@@ -22,17 +22,25 @@ if TYPE_CHECKING:
 
 
 def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
-    """The model itself, or a copy in `out_dir` whose initializers are no longer listed as inputs (old IR 3
-    model-zoo graphs: otherwise the ORT-format copy asks for every weight as an input)."""
+    """The model itself, or a copy in `out_dir` that an ORT-format file can be made from: initializers no longer
+    listed as inputs (old IR 3 model-zoo graphs: otherwise the ORT-format copy asks for every weight as an input)
+    and external data taken inside (the converter and its shape inference look for the data beside the copy they
+    make). A model over 2 GB cannot be one ORT-format file (a flatbuffer) at all: refused in one line."""
     import onnx
 
-    from compress.onnx.graph import without_initializer_inputs
+    from compress.onnx.graph import PROTOBUF_LIMIT, external_bytes, without_initializer_inputs
 
-    model = load_model(onnx_path)  # a missing or corrupt file is one line here
-    if not without_initializer_inputs(model):
+    load_model(onnx_path, weights=False)  # a missing or corrupt file is one line here
+    outside = external_bytes(onnx_path)
+    if outside and onnx_path.stat().st_size + outside >= PROTOBUF_LIMIT:
+        raise CompressError(f"{onnx_path}: {(onnx_path.stat().st_size + outside) / 2**30:.2f} GB with its external "
+                            "data; an ORT-format model is one flatbuffer of at most 2 GB, so it cannot be made for "
+                            "this model: quantize it first (`compress quantize`, int8 weights are 4x smaller)")
+    model = load_model(onnx_path)
+    if not without_initializer_inputs(model) and not outside:
         return onnx_path
     copy = out_dir / f"{onnx_path.stem}.inputs.onnx"
-    onnx.save(model, str(copy))
+    onnx.save(model, str(copy))  # load_model read the external data in: the copy holds every weight itself
     return copy
 
 

@@ -54,6 +54,9 @@ def make_kit(
     min_seconds: float = 0.6,
     max_seconds: float = 30.0,
     repetitions: int = 5,
+    against: Path | None = None,
+    max_regression: float = 0.10,
+    block_seconds: float = 0.05,
 ) -> Path:
     """Write a self-contained bench kit for `model_path` (.onnx or .ort) into `out_dir`; return `out_dir`.
 
@@ -62,6 +65,9 @@ def make_kit(
     (defaults the script reads: providers, threads, timing settings) and `README.txt` with the exact commands.
     Provider names are kept as given (short or ORT names, any hardware): the script reports the ones the
     device lacks as unavailable. Timing defaults match `compress bench` (BenchSettings).
+    With `against` (an older version of the model, taking the same inputs) the kit also holds it as
+    `against.onnx` and `paired_kit.py`, and on the device times the two in alternating blocks and judges the
+    paired ratio against `max_regression`, as `compress bench NEW --against OLD` does here.
     """
     import numpy as np
 
@@ -89,6 +95,8 @@ def make_kit(
     np.savez(out_dir / "inputs.npz", **feed)
     np.savez(out_dir / "expected.npz", **{f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)})
     shutil.copyfile(SCRIPT, out_dir / "bench_kit.py")
+    shutil.copyfile(SCRIPT.with_name("placement_kit.py"), out_dir / "placement_kit.py")
+    paired = _add_against(against, feed, out_dir, max_regression, block_seconds) if against is not None else {}
 
     import onnxruntime as ort
 
@@ -97,7 +105,7 @@ def make_kit(
                     threads, atol, timing={"warmup_runs": warmup_runs, "min_runs": min_runs,
                                            "min_seconds": min_seconds, "max_seconds": max_seconds,
                                            "repetitions": repetitions})
-    write_json(out_dir / "kit.json", kit)
+    write_json(out_dir / "kit.json", {**kit, **paired})
     first = next(iter(feed.values()))
     (out_dir / "README.txt").write_text(_README.format(
         name=kit["name"], model=model_name, bytes=(out_dir / model_name).stat().st_size, sha256=sha256[:16],
@@ -136,3 +144,23 @@ def _params(model_path: Path) -> int | None:
 
     model = onnx.load(str(model_path), load_external_data=False)
     return int(sum(np.prod(init.dims, dtype=np.int64) for init in model.graph.initializer))
+
+
+def _add_against(against: Path, feed: dict[str, "np.ndarray"], out_dir: Path, max_regression: float,
+                 block_seconds: float) -> dict[str, Any]:
+    """Put the old model (and the paired script) in the kit; its kit.json keys. It must take the kit's inputs."""
+    from compress.bench.providers import check_model_file, open_session
+
+    against = check_model_file(against)
+    session, _ = open_session(against, "cpu", threads=1, strict=True)
+    try:
+        session.run(None, feed)
+    except Exception as exc:  # ORT's own error types: wrong input names, shapes or types
+        raise CompressError(f"{against}: does not take the kit's inputs ({str(exc).splitlines()[0][:200]}); "
+                            "--against compares two versions of one model, with the same inputs") from None
+    name = "against.ort" if against.suffix.lower() == ".ort" else "against.onnx"
+    shutil.copyfile(against, out_dir / name)
+    shutil.copyfile(SCRIPT.with_name("paired_kit.py"), out_dir / "paired_kit.py")
+    sha256 = hashlib.sha256((out_dir / name).read_bytes()).hexdigest()
+    return {"against": name, "against_sha256": sha256, "max_regression": max_regression,
+            "block_seconds": block_seconds}

@@ -10,7 +10,11 @@ Writes a compress.report/1 document (one model, its latency rows and unavailable
 warm-up runs, then timed runs until both a minimum count and a minimum time are met, in repetitions on fresh
 sessions interleaved across configurations; p50/p90/p99, a distribution-free 95% CI of the median, raw samples.
 It also checks that outputs on this device match the ones recorded when the kit was made.
-Exit codes: 0 done; 1 under --strict, a provider was unavailable or outputs differ past --atol; 2 bad usage.
+A kit made with `compress bench NEW --against OLD --kit DIR` also times NEW against OLD (against.onnx) in
+alternating blocks on this device and judges the paired ratio (paired_kit.py); --no-against skips it.
+Each row carries where the nodes ran on this device (placement_kit.py: ORT's verbose placement log).
+Exit codes: 0 done; 1 a paired regression, or under --strict a provider was unavailable, left nodes to the CPU
+provider, or outputs differ past --atol; 2 bad usage.
 """
 from __future__ import annotations
 
@@ -96,7 +100,7 @@ def qnn_plugin_devices():
     return [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"] or None
 
 
-def open_session(model, provider, threads, options, no_spin):
+def open_session(model, provider, threads, options, no_spin, audit_level=None):
     """(session, None) when `provider` really runs the model, else (None, reason). Never silently CPU.
 
     Options whose key starts with "session." are session config entries (e.g. qnn:session.disable_cpu_ep_fallback=1
@@ -114,6 +118,9 @@ def open_session(model, provider, threads, options, no_spin):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if audit_level is not None:  # placement audit: the graph every provider is offered, ORT's log at that level
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.log_severity_level = audit_level
     if no_spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -220,8 +227,10 @@ def parse_args(argv, kit):
     p.add_argument("--repetitions", type=int, default=kit["repetitions"])
     p.add_argument("--no-spin", action="store_true", help="no thread spinning (battery-powered boards)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 when a requested provider is unavailable or outputs differ past --atol")
+                   help="exit 1 when a requested provider is unavailable, leaves nodes to the CPU provider, or "
+                        "outputs differ past --atol")
     p.add_argument("--atol", type=float, default=kit["atol"], help="allowed max abs diff vs recorded outputs")
+    p.add_argument("--no-against", action="store_true", help="skip the paired comparison with the kit's old model")
     args = p.parse_args(argv)
     if args.min_runs < 1 or args.repetitions < 1 or args.warmup_runs < 0 or any(t < 1 for t in args.threads or []):
         p.error("--min-runs, --repetitions and --threads must be >= 1, --warmup-runs >= 0")
@@ -243,8 +252,20 @@ def open_jobs(model, feed, expected, providers, threads, options, args):
                 diff = max_abs_diff(expected, got)
                 top1 = float(np.mean(np.argmax(expected[0], -1) == np.argmax(got[0], -1))) if expected[0].ndim else 1.0
                 parity[prov] = {"max_abs_diff": diff, "top1_agreement": top1, "ok": diff <= args.atol}
-            jobs.append({"provider": prov, "threads": t, "session": session, "reps": []})
+            jobs.append({"provider": prov, "threads": t, "session": session, "reps": [],
+                         "placement": audit(model, prov, t, options.get(prov, {}), args)})
     return jobs, unavailable, parity
+
+
+def audit(model, prov, threads, options, args):
+    """Where the nodes ran on this device (placement_kit.py, from ORT's verbose log); None without the script."""
+    try:
+        import placement_kit
+    except ImportError:
+        return None
+    logs = [placement_kit.session_log(lambda level, p=p, t=t, o=o: open_session(model, p, t, o, args.no_spin, level))
+            for p, t, o in ([(CPU, 1, {})] + ([(prov, threads, options)] if prov != CPU else []))]
+    return placement_kit.record_from_logs(prov, logs[0], logs[-1])
 
 
 def time_jobs(jobs, model, feed, options, args):
@@ -278,7 +299,7 @@ def latency_row(job, batch, options, args):
         "cv_p50_across_repetitions": cv(rep_p50), "p50_ms_repetitions": rep_p50,
         "repetitions": len(job["reps"]), "warmup_runs": args.warmup_runs, "io_binding": False,
         "edge": bool(args.no_spin), "provider_options": options.get(job["provider"], {}),
-        "samples_ms": [round(x, 5) for x in subsample(pooled, 2000)],
+        "samples_ms": [round(x, 5) for x in subsample(pooled, 2000)], "placement": job.get("placement"),
     }
 
 
@@ -317,10 +338,19 @@ def main(argv=None):
         options.setdefault(prov, {}).update(opts)
     batch = int(next(iter(feed.values())).shape[0]) if feed else 1
 
+    sys.dont_write_bytecode = True  # the kit folder stays as it was copied
+    sys.path.insert(0, HERE)  # the kit's other scripts: placement_kit.py, paired_kit.py
     jobs, unavailable, parity = open_jobs(model, feed, expected, providers, threads, options, args)
     time_jobs(jobs, model, feed, options, args)
     rows = [latency_row(job, batch, options, args) for job in jobs]
     report = report_of(kit, model, rows, unavailable, parity)
+    if kit.get("against") and not args.no_against:  # made with --against: NEW vs OLD, paired, on this device
+        import paired_kit
+
+        paired, missing = paired_kit.paired_rows(kit, HERE, feed, providers, threads, options, args, open_session,
+                                                 median_ci, batch)
+        report["paired"] = {"old": kit["against"], "new": kit["model"], "max_regression": kit["max_regression"],
+                            "rows": paired, "unavailable": missing}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -332,6 +362,17 @@ def main(argv=None):
                  [parity[k]["max_abs_diff"] for k in bad], args.atol), file=sys.stderr)
         if args.strict:
             return 1
+    fell_back = [r["placement"] for r in rows if (r.get("placement") or {}).get("nodes_on_cpu")]
+    if args.strict and fell_back:
+        print("error: %s" % "; ".join("%s: %d of %d nodes fell back to %s (%s)" % (
+            f["provider"], f["nodes_on_cpu"], f["nodes_total"], CPU, ", ".join(sorted(set(f["cpu_nodes"]))))
+            for f in fell_back), file=sys.stderr)
+        return 1
+    regressed = [r for r in report.get("paired", {}).get("rows", []) if r["regressed"]]
+    if regressed:
+        print("error: slower than %s beyond +%d%% on %s" % (kit["against"], round(100 * kit["max_regression"]),
+              ", ".join("%s x%.3f" % (r["provider"], r["ratio"]) for r in regressed)), file=sys.stderr)
+        return 1
     if args.strict and unavailable:
         print("error: unavailable under --strict: %s" % ", ".join(u["provider"] for u in unavailable),
               file=sys.stderr)

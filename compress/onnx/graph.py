@@ -19,7 +19,8 @@ def load_model(onnx_path: Path, *, weights: bool = True) -> "onnx.ModelProto":
         raise CompressError(f"{onnx_path}: expected an ONNX model file, got nothing there; check the path")
     try:
         model = onnx.load(str(onnx_path), load_external_data=weights)
-        onnx.checker.check_model(model)
+        # the checker takes a path for external data: an in-memory model over 2 GB cannot be serialized to check
+        onnx.checker.check_model(str(onnx_path) if external_bytes(onnx_path) else model)
     except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a usable model"
         raise CompressError(f"{onnx_path}: expected a valid ONNX model, got {type(exc).__name__}: "
                             f"{first_line(exc)}; re-export the model") from None
@@ -74,3 +75,75 @@ def without_initializer_inputs(model: "onnx.ModelProto") -> bool:
     model.graph.input.extend(keep)
     model.ir_version = max(model.ir_version, 4)
     return True
+
+
+def default_opset(model: "onnx.ModelProto") -> int:
+    """The model's opset of the default ONNX domain ('' or 'ai.onnx'); 1 when it names none (very old graphs)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+
+
+def upgraded(model: "onnx.ModelProto", minimum: int, *, origin: str, why: str) -> "onnx.ModelProto | None":
+    """`model` converted to opset `minimum` (onnx.version_converter) when its default-domain opset is older, else
+    None. `why` says which tool needs it; a graph the converter cannot take is a one-line CompressError."""
+    from onnx import version_converter
+
+    have = default_opset(model)
+    if have >= minimum:
+        return None
+    try:
+        converted = version_converter.convert_version(model, minimum)
+    except Exception as exc:  # the converter has no adapter for some op/version pairs
+        raise CompressError(f"{origin}: opset {have} is too old for {why} (needs >= {minimum}) and onnx's "
+                            f"version converter could not upgrade it: {first_line(exc)}; re-export the model at "
+                            f"opset {minimum} or later") from None
+    converted.ir_version = max(converted.ir_version, model.ir_version)
+    return converted
+
+
+PROTOBUF_LIMIT = 2**31 - 1
+"""One serialized ONNX protobuf (and one ORT-format flatbuffer) holds at most this many bytes."""
+
+
+def external_bytes(onnx_path: Path) -> int:
+    """Bytes of weights the model keeps outside its .onnx file (ONNX external data), 0 when it keeps none.
+
+    Read from the tensors' `length` entries, or the referenced file's size where a tensor gives none; the
+    weights themselves are not loaded."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    total, whole_files = 0, set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entry = {e.key: e.value for e in tensor.external_data}
+        if "length" in entry:
+            total += int(entry["length"])
+        else:
+            whole_files.add(entry.get("location", ""))
+    for location in whole_files:
+        data = Path(onnx_path).parent / location
+        total += data.stat().st_size if data.is_file() else 0
+    return total
+
+
+def model_bytes(onnx_path: Path) -> int:
+    """The model's whole size on disk: the .onnx file plus its external data."""
+    return Path(onnx_path).stat().st_size + external_bytes(onnx_path)
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    """Copy an ONNX model; one with external data gets its weights in `<dst name>.data` beside `dst`."""
+    import shutil
+
+    import onnx
+
+    if not external_bytes(src):
+        shutil.copyfile(src, dst)
+        return dst
+    from compress.cache import usual_mode
+
+    model = onnx.load(str(src))
+    onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+    usual_mode(dst.with_name(f"{dst.name}.data"))
+    return dst

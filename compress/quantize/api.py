@@ -19,6 +19,7 @@ import numpy as np
 from compress.bench.config import PICK_PROFILE, TimingProfile
 from compress.errors import CompressError, first_line
 from compress.quantize import attempts as qa
+from compress.onnx.graph import model_bytes
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 
 
@@ -71,7 +72,7 @@ def quantize(
         "mode": cfg.mode, "accuracy_provider": search.eval_provider, "preprocess": search.preprocess_note,
         "cpu_int8": _cpu_note(isa),
         "attempts": search.attempts, "float": {"path": str(search.onnx_path), "accuracy": search.float_accuracy,
-                                               "bytes": search.onnx_path.stat().st_size, "latency": float_latency}}
+                                               "bytes": model_bytes(search.onnx_path), "latency": float_latency}}
     if accepted is None:
         tried = len(search.attempts)
         result.update(chosen=None, final="float", pick=None,
@@ -148,8 +149,11 @@ class _Search:
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
         try:
-            qa.quantize_once(self.base, path, settings, self.calib, self.input_name, self.calibration_batch)
+            calibrated = qa.quantize_once(self.base, path, settings, self.calib, self.input_name,
+                                          self.calibration_batch)
             acc = accuracy(path, self.val_x, self.val_y, provider=self.eval_provider)
+            if calibrated:
+                record["calibration"] = f"calibrated on {calibrated}"
         except CompressError:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
@@ -161,7 +165,9 @@ class _Search:
             ok = reduced and drop <= budget + 1e-9
             reason = (f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget {budget * 100:.2f}"
                       if reduced else "nothing was left quantized (every candidate node kept in float)")
-            record.update(accuracy=acc, accuracy_drop=drop, bytes=path.stat().st_size, latency=None, accepted=ok,
+            if record.get("calibration"):
+                reason += f"; {record['calibration']}"
+            record.update(accuracy=acc, accuracy_drop=drop, bytes=model_bytes(path), latency=None, accepted=ok,
                           reason=reason)
         self.attempts.append(record)
         return record

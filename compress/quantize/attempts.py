@@ -12,7 +12,7 @@ import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
-from compress.quantize.sensitivity import calibration_reader as _reader, rank_sensitive_nodes
+from compress.quantize.sensitivity import calibration_reader as _reader, rank_sensitive_nodes, samples_that_fit
 
 # Ops that only move or select values: keeping one in float removes no rounding of its own.
 _DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
@@ -57,8 +57,9 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x
         return None
     best = max(tried, key=lambda a: a["accuracy"])
     settings = dict(best["settings"])
-    ranked = rank_sensitive_nodes(base, Path(best["path"]), x[: cfg.calibration_samples], input_name,
-                                  _quantizable_ops(settings), batch=batch)
+    keep, _ = samples_that_fit(base, min(cfg.calibration_samples, len(x)), copies=3)  # both models' activations
+    ranked = rank_sensitive_nodes(base, Path(best["path"]), x[:keep], input_name, _quantizable_ops(settings),
+                                  batch=batch)
     names = [n for n, _ in ranked]
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
     bar.total += len(counts)
@@ -74,29 +75,39 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x
 
 
 def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
-                   batch: int) -> None:
-    """One quantization of the pre-processed model with `settings`, written to `out`."""
+                   batch: int) -> str:
+    """One quantization of the pre-processed model with `settings`, written to `out`. Returns a note for the
+    summary when the calibration used fewer samples than given (memory), else ''."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     mode, exclude = settings["mode"], list(settings["nodes_to_exclude"]) or None
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    large = is_large(base)
     if mode == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(str(base)), keep_io_types=True, node_block_list=exclude)
-        onnx.save(model, str(out))
-        return
+        save(model, out, large=large)
+        return ""
     if mode == "dynamic":
         quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
-                         weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude)
-        return
+                         weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude,
+                         use_external_data_format=large)
+        return ""
+    note = ""
+    if calib is not None and settings["calibration_method"] in ("entropy", "percentile"):
+        # ORT's histogram calibrators keep every activation of every calibration batch before they summarise
+        # (a ResNet-50 at 224 px: ~100 MB a sample; 64 samples went past 21 GB): take what fits
+        keep, note = samples_that_fit(base, len(calib), copies=4)
+        calib = calib[:keep]
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
-        _static(base, out, settings, calib, input_name, batch)
+        _static(base, out, settings, calib, input_name, batch, large=large)
+    return note
 
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
-            batch: int) -> None:
+            batch: int, *, large: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     exclude = list(settings["nodes_to_exclude"]) or None
@@ -107,31 +118,83 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray |
                     quant_format=QuantFormat.QDQ if settings["quant_format"] == "qdq" else QuantFormat.QOperator,
                     per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
-                    nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"])
+                    nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
+                    use_external_data_format=large)
+
+
+def is_large(path: Path) -> bool:
+    """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
+    ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
+    from compress.onnx.graph import PROTOBUF_LIMIT, model_bytes
+
+    return model_bytes(path) > PROTOBUF_LIMIT // 2
+
+
+def save(model: Any, path: Path, *, large: bool) -> None:
+    """onnx.save, with the weights in `<name>.data` beside the model when it is large."""
+    import onnx
+
+    if large:
+        from compress.cache import usual_mode
+
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data")
+        usual_mode(path.with_name(f"{path.name}.data"))
+    else:
+        onnx.save(model, str(path))
+
+
+QDQ_OPSET = 13
+"""Static QDQ needs this opset: per-channel QuantizeLinear/DequantizeLinear (their `axis`) arrived in opset 13."""
 
 
 def preprocess(src: Path, dst: Path, mode: str) -> str:
     """quant_pre_process (shape inference + ORT optimisation); fp16 only needs a plain copy. An old IR 3 graph
-    first loses the inputs that are really its weights (or every attempt would ask for them as inputs)."""
+    first loses the inputs that are really its weights (or every attempt would ask for them as inputs), and a
+    graph older than opset 13 is upgraded for static QDQ (per-channel scales need it; ORT writes an invalid model
+    otherwise). Returns what was done, for the summary."""
     import onnx
 
-    from compress.onnx.graph import without_initializer_inputs
-
-    model = onnx.load(str(src))
-    if without_initializer_inputs(model):
-        src = dst.with_name(f"{dst.stem}.inputs.onnx")
-        onnx.save(model, str(src))
+    large = is_large(src)
+    src, notes = _brought_up_to_date(src, dst.with_name(f"{dst.stem}.inputs.onnx"), mode, large)
+    if large:
+        notes.append("over 1 GB: weights kept as external data")
     if mode == "fp16":
-        shutil.copyfile(src, dst)
-        return "copied (fp16 needs no pre-processing)"
+        save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
+        return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst))
-        return "quant_pre_process: shape inference + optimisation"
+        quant_pre_process(str(src), str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
+                          external_data_location=f"{dst.name}.data")
+        return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"])
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
-        shutil.copyfile(src, dst)
-        return f"quant_pre_process failed ({first_line(exc)}); quantized the exported model as is"
+        save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
+        return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
+
+
+def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[Path, list[str]]:
+    """`src`, or `copy` written with the IR 3 weight inputs dropped and, for static QDQ, the opset raised to 13.
+    The graph is inspected without its weights; they are loaded only when a copy must be written (a 2 GB model
+    held in memory here would sit beside every later step)."""
+    import onnx
+
+    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
+
+    notes: list[str] = []
+    for weights in (False, True):
+        model = onnx.load(str(src), load_external_data=weights)
+        changed = without_initializer_inputs(model)
+        if changed and not weights:
+            notes.append("weights dropped from the graph inputs (IR 3)")
+        newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
+        if newer is not None and not weights:
+            notes.append(f"opset {default_opset(model)} upgraded to {QDQ_OPSET} (onnx version converter)")
+        if not (changed or newer is not None):
+            return src, notes
+        if weights:
+            save(newer if newer is not None else model, copy, large=large)
+    return copy, notes
 
 
 def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:

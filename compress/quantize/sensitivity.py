@@ -5,6 +5,7 @@ Used by the quantize stage's last remedy (keep the most sensitive nodes in float
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,37 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, x: np.ndarray, inpu
     scores = [(n.name, score[n.name]) for n in graph.node
               if n.name in score and (op_types is None or n.op_type in op_types)]
     return sorted(scores, key=lambda s: s[1], reverse=True)
+
+
+def activation_bytes(model_path: Path) -> int:
+    """Bytes of every float tensor the model computes for one sample (shape-inferred graph; a symbolic dimension
+    counts as 1). What ORT's histogram calibrators and the sensitivity ranking hold per sample: they keep every
+    intermediate tensor of every calibration batch in memory before they summarise. 0 when shapes are unknown."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    total = 0
+    for value in [*graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
+        total += int(np.prod(dims, dtype=np.int64)) * (4 if tensor.elem_type == onnx.TensorProto.FLOAT else 2)
+    return total
+
+
+def samples_that_fit(model_path: Path, wanted: int, *, copies: int = 2, share: float = 0.25) -> tuple[int, str]:
+    """How many of `wanted` samples a tool that keeps all activations (`copies` models' worth) can take in `share`
+    of the memory available now, at least 8; and a note for the summary when that is fewer than wanted."""
+    per_sample = activation_bytes(model_path) * copies
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every platform reports it: no cap
+        return wanted, ""
+    if per_sample <= 0 or per_sample * wanted <= share * available:
+        return wanted, ""
+    fit = max(8, int(share * available // per_sample))
+    if fit >= wanted:
+        return wanted, ""
+    return fit, (f"{fit} of {wanted} samples (every activation is kept: {per_sample / 2**20:.0f} MB a sample, "
+                 f"{available / 2**30:.1f} GB free)")

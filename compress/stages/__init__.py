@@ -31,6 +31,8 @@ class Stage:
     """Whether this pipeline runs the stage (optional sections switch theirs on by being present)."""
     files: Callable[["PipelineConfig"], dict[str, Any]] | None = None
     """Input files beyond the config (a checkpoint, the user's model code), as digests for the cache key."""
+    trains: bool = False
+    """It trains models (in torchrun workers under --nproc/--nnodes); machines other than node 0 run only these."""
 
     def run(self, ctx: Any) -> Any:
         import importlib
@@ -58,11 +60,12 @@ def _student_files(cfg: "PipelineConfig") -> dict[str, Any]:
 
 STAGES: dict[str, Stage] = {
     # distill.attention_weight: attention KD makes the hf: teacher use eager attention (outputs differ in last bits)
-    "teacher": Stage("compress.stages.teacher", reads=("teacher", "distill.attention_weight"), files=_teacher_files),
-    "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files),
+    "teacher": Stage("compress.stages.teacher", reads=("teacher", "distill.attention_weight"), files=_teacher_files,
+                     trains=True),
+    "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files, trains=True),
     # prune exports each step to time it in ONNX Runtime, at the export settings
     "prune": Stage("compress.stages.prune", reads=("prune", "distill", "export.opset", "export.exporter"),
-                   enabled=lambda cfg: cfg.prune is not None),
+                   enabled=lambda cfg: cfg.prune is not None, trains=True),
     "export": Stage("compress.stages.export", reads=("export.opset", "export.exporter", "export.parity_atol",
                                                       "export.parity_rtol", "export.optimize",
                                                       "benchmark.seq_lengths")),

@@ -28,7 +28,8 @@ def run(ctx: StageContext) -> StageResult:
                             num_classes=data.num_classes, base_dir=cfg.base_dir, origin=ctx.origin("student"))
         info[name] = train_student(model, data, dcfg, teacher=source, seed=cfg.pipeline.seed,
                                    batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=name,
-                                   progress=ctx.progress)
+                                   progress=ctx.progress, launch=ctx.launch(cfg.student.model, cfg.student.kwargs,
+                                                                            "student"))
         path = ctx.stage_dir / f"{name}.safetensors"
         save_weights(model, path)
         artifacts.append(ctx.rel(path))

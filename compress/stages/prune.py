@@ -27,7 +27,8 @@ def run(ctx: StageContext) -> StageResult:
         train_student(model, data, dcfg, teacher=source, seed=cfg.pipeline.seed,
                       batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=desc,
                       progress=ctx.progress, epochs=epochs, patience=epochs if recovery else max(dcfg.patience, epochs),
-                      warmup_epochs=0 if recovery else None)
+                      warmup_epochs=0 if recovery else None,
+                      launch=ctx.launch(base.spec.model, base.spec.kwargs, "student", pruned=True))
 
     batches = [(inputs, target) for _, (_, inputs, target) in
                zip(range(8), data.batches("train", cfg.data.batch_size))]

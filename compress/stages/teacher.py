@@ -18,7 +18,7 @@ def run(ctx: StageContext) -> StageResult:
 
     from compress.cache import atomic_path
     from compress.models import build_model, count_params, load_weights, save_weights
-    from compress.train import evaluate, fit, predict_logits
+    from compress.train import evaluate, predict_logits, train_teacher
 
     cfg, data, section = ctx.cfg, ctx.data, ctx.cfg.teacher
     torch.manual_seed(cfg.pipeline.seed)
@@ -30,9 +30,9 @@ def run(ctx: StageContext) -> StageResult:
                      key=section.checkpoint_key)
         info["source"] = "checkpoint"
     else:
-        history = fit(model, data.train, data.val, section.train, seed=cfg.pipeline.seed,
-                      batch_size=cfg.data.batch_size, desc="teacher", progress=ctx.progress,
-                      origin=ctx.origin("teacher.train.lr"), workers=data.workers)
+        history = train_teacher(model, data, section.train, seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size,
+                                progress=ctx.progress, origin=ctx.origin("teacher.train.lr"),
+                                launch=ctx.launch(section.model, section.kwargs, "teacher"))
         info.update(source="trained", **history)
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)

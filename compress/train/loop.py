@@ -66,13 +66,24 @@ def evaluate(model, x, y=None, *, batch_size: int = 512) -> float:
     if y is not None:
         logits = predict_logits(model, x, batch_size=batch_size)
         return float((logits.argmax(1) == y).float().mean())
+    correct, total = count_correct(model, as_loader(x, batch_size=batch_size))
+    return correct / max(total, 1)
+
+
+def count_correct(model, batches, *, device: str = "cpu") -> tuple[int, int]:
+    """(top-1 hits, examples) of model over `(index, inputs, target)` batches."""
+    import torch
+
+    from compress.data import forward
+    from compress.dist.group import to_device
+
     model.eval()
     correct = total = 0
     with torch.inference_mode():
-        for _, inputs, target in as_loader(x, batch_size=batch_size):
-            correct += int((forward(model, inputs).argmax(1) == target).sum())
+        for _, inputs, target in batches:
+            correct += int((forward(model, to_device(inputs, device)).argmax(1).cpu() == target).sum())
             total += len(target)
-    return correct / max(total, 1)
+    return correct, total
 
 
 class Teacher:
@@ -114,13 +125,17 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
 
     import torch
     from compress.data import forward
+    from compress.dist.group import current, to_device
     from compress.progress import progress as progress_bar
 
     if teacher is None and teacher_logits is not None:
         teacher = Teacher(logits=teacher_logits)
-    torch.manual_seed(seed)
-    train_loader = as_loader(train, batch_size=batch_size, shuffle=True, seed=seed, workers=workers)
-    val_loader = as_loader(val, batch_size=512, workers=workers)
+    world = current()  # in a process group: DDP and this rank's share of every batch (README "Several processes")
+    torch.manual_seed(seed + world.rank)  # dropout differs across ranks, as their examples do
+    model.to(world.device)
+    net = world.wrap(model)
+    train_loader = _train_loader(train, batch_size=batch_size, seed=seed, workers=workers, world=world)
+    val_loader = as_loader(world.share(val), batch_size=512, workers=workers)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -145,8 +160,9 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
         model.train()
         total_loss, seen = 0.0, 0
         for b, (index, inputs, target) in enumerate(train_loader):
-            tl = teacher(index, inputs) if teacher is not None else None
-            logits = forward(model, inputs)
+            inputs, target = to_device(inputs, world.device), target.to(world.device)
+            tl = to_device(teacher(index, inputs), world.device) if teacher is not None else None
+            logits = forward(net, inputs)
             loss = kd_loss(logits, tl, target, temperature=temperature, alpha=alpha,
                            label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
@@ -158,7 +174,10 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
             sched.step()
             total_loss += loss.item() * len(target)
             seen += len(target)
-        acc = evaluate(model, val_loader)
+        # every rank scores its share and the counts are summed: one figure, so every rank picks the same epoch
+        correct, counted, total_loss, seen = world.sum([*count_correct(model, val_loader, device=world.device),
+                                                        total_loss, seen])
+        acc = correct / max(counted, 1)
         history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "val_accuracy": acc})
         bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", val=f"{acc:.4f}")
         if acc > best["accuracy"]:
@@ -166,6 +185,26 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
     model.load_state_dict(best["state"])
-    model.eval()
+    world.broadcast_weights(model)  # every rank holds rank 0's bits: what rank 0 writes is what all trained
+    model.cpu().eval()
     return {"best_epoch": best["epoch"], "val_accuracy": best["accuracy"], "epochs_run": len(history),
             "history": history}
+
+
+def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world: Any) -> Any:
+    """The training batches of this process: DistributedSampler with the run's seed (one process too), and
+    batch_size / world size examples per step, so step k of N processes covers the examples of step k of one.
+    A DataLoader passed in is used as it is."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from compress.data import loader
+
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)):
+        from compress.data.datasets import TensorPairs
+
+        data = TensorPairs(*data)
+    sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
+    return loader(data, batch_size=batch_size // world.size, shuffle=False, seed=seed, workers=workers,
+                  sampler=sampler)

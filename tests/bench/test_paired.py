@@ -95,3 +95,42 @@ def test_against_a_model_with_other_inputs_is_exit_2(tmp_path: Path):
     new = mlp(tmp_path / "new.onnx", layers=2, width=32)
     result = invoke("bench", new, "--against", old, *FAST)
     assert result.exit_code == 2 and "new.onnx: does not take the inputs of" in result.output
+
+
+def test_the_kit_judges_pairs_as_compress_bench_does():
+    # the kit restates paired_verdict (it may import only numpy and onnxruntime): same blocks, same verdict
+    import importlib.util
+
+    from compress.kit import SCRIPT
+
+    kit, script = (importlib.util.module_from_spec(spec) for spec in (
+        importlib.util.spec_from_file_location("paired_kit_under_test", SCRIPT.with_name("paired_kit.py")),
+        importlib.util.spec_from_file_location("bench_kit_under_test", SCRIPT)))
+    kit.__spec__.loader.exec_module(kit)
+    script.__spec__.loader.exec_module(script)
+    cases = [_blocks(40, 1.0), _blocks(40, 1.25), _blocks(40, 0.5), _blocks(40, 1.05), _blocks(12, 1.12, seed=3),
+             ([1.0, 1.0, 1.0], [1.3, 1.25, 0.9])]
+    for old, new in cases:
+        ours, theirs = paired_verdict(old, new, 0.10), kit.verdict(old, new, 0.10, script.median_ci)
+        assert theirs.pop("ci_ratio") == pytest.approx(ours.pop("ci_ratio"))
+        assert theirs == pytest.approx(ours)
+
+
+def test_a_kit_made_against_an_old_model_catches_the_slowdown_on_the_device(tmp_path: Path):
+    # setup: NEW does ~6x OLD's work; the kit made here carries both
+    import subprocess
+    import sys
+
+    old = mlp(tmp_path / "old.onnx", layers=2, width=256)
+    new = mlp(tmp_path / "new.onnx", layers=12, width=256)
+    made = invoke("bench", new, "--against", old, "--batch", "16", "--kit", tmp_path / "kit", *FAST)
+    assert made.exit_code == 1 and (tmp_path / "kit" / "against.onnx").is_file(), made.output
+    # execute: the kit "on the device"
+    done = subprocess.run([sys.executable, "bench_kit.py", "--json", "device.json", "--repetitions", "2",
+                           "--min-runs", "20", "--min-seconds", "0.05"], cwd=tmp_path / "kit", capture_output=True,
+                          text=True, timeout=120)
+    # assert: exit 1, one line naming the old model, and the paired row in the device's JSON
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().startswith("error: slower than against.onnx beyond +10% on CPUExecutionProvider x")
+    paired = json.loads((tmp_path / "kit" / "device.json").read_text())["paired"]
+    assert paired["rows"][0]["verdict"] == "REGRESSED" and paired["rows"][0]["batch"] == 16

@@ -163,3 +163,13 @@ def test_bench_model_rows_carry_placement(tmp_path: Path):
     settings = BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0, repetitions=1, strict=True)
     result = bench_model(relu_chain(tmp_path / "m.onnx"), ["cpu"], [1, 2], [1], settings=settings, progress=False)
     assert [r["placement"]["nodes_on_provider"] for r in result["latency"]] == [4, 4]
+
+
+def test_a_single_measure_row_carries_placement_too(tmp_path: Path):
+    # the quantize pick and the prune steps time their models through measure(), one row at a time
+    from compress.bench.harness import measure
+
+    settings = BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0, repetitions=1)
+    row = measure(relu_chain(tmp_path / "m.onnx"), "cpu", 1, 1, settings=settings)
+    assert (row["placement"]["provider"], row["placement"]["nodes_total"], row["placement"]["nodes_on_cpu"]) == \
+        ("CPUExecutionProvider", 4, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from compress.errors import CompressError
@@ -266,3 +267,23 @@ def test_pick_never_decides_by_noise() -> None:
     assert noisy["final"] == "float" and noisy["paired"]
     real = pick_final([], [], paired=pair(0.5, 0.45, 0.55))
     assert real["final"] == "quantized" and real["speedup"] == pytest.approx(2.0)
+
+
+def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_path: Path, monkeypatch):
+    # setup: a machine with little free memory (as a ResNet-50's 100 MB of activations a sample makes any machine)
+    import os as os_module
+
+    from compress.quantize import sensitivity
+
+    model = _mlp(tmp_path / "mlp.onnx", _data(8, seed=0)[2])
+    onnx_model = onnx.shape_inference.infer_shapes(onnx.load(str(model)))
+    onnx.save(onnx_model, str(model))
+    per_sample = sensitivity.activation_bytes(model)
+    pages = {"SC_PAGE_SIZE": 1, "SC_AVPHYS_PAGES": per_sample * 4 * 20 * 4}  # room for 20 samples at copies=4
+    monkeypatch.setattr(os_module, "sysconf", lambda name: pages[name])
+    # execute
+    keep, note = sensitivity.samples_that_fit(model, 256, copies=4)
+    # assert
+    assert per_sample == 4 * (8 + 8 + 8 + 4 + 4)  # m1, a1, h (8 floats), m2, logits (4 floats) for one sample
+    assert keep == 20 and note.startswith("20 of 256 samples (every activation is kept:")
+    assert sensitivity.samples_that_fit(model, 16, copies=4) == (16, "")

@@ -1,0 +1,125 @@
+"""`python -m compress.dist.worker JOB_DIR`, started by torchrun: one DDP worker of one training job.
+
+It joins the process group (nccl when every local rank has a GPU, gloo on CPU), rebuilds the data from the
+pipeline file and the model from its spec and the parent's weights, and calls the same training function the
+parent would have called; fit sees the process group and trains with DDP. Local rank 0 of each machine writes the
+trained weights (identical on every rank: fit broadcasts rank 0's) and the function's result into the job folder,
+atomically; on node 0 that is global rank 0, the only writer into the run directory that reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from compress.errors import CompressError
+
+
+@record
+def main(argv: list[str] | None = None) -> None:
+    import torch
+    import torch.distributed as dist
+
+    job_dir = Path((sys.argv[1:] if argv is None else argv)[0])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_size
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        _run(job_dir, local_rank)
+    except CompressError as exc:  # bad input found in a worker: the parent shows it as it would in one process
+        from compress.cache import write_json
+        from compress.dist.job import ERROR_PREFIX
+
+        write_json(job_dir / f"{ERROR_PREFIX}{dist.get_rank()}.json",
+                   {"message": str(exc), "exit_code": exc.exit_code})
+        sys.exit(3)
+    # Every rank waits until rank 0 has written, then the group is torn down together. The process then ends at once:
+    # under load, gloo's threads could abort ("terminate called without an active exception") in the interpreter's
+    # own teardown after the work was done and written, which torchrun would report as a failed rank.
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _run(job_dir: Path, local_rank: int) -> None:
+    import importlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    from compress.cache import write_json
+    from compress.config import parse_config
+    from compress.data import load_data
+    from compress.dist.group import current
+    from compress.dist.job import JOB, RESULT_JSON, RESULT_WEIGHTS, decode, save_tensors
+    from compress.models import build_model
+
+    job = json.loads((job_dir / JOB).read_text())
+    cfg = parse_config(job["config"], Path(job["source_path"]))
+    if cfg.pipeline.threads:
+        torch.set_num_threads(cfg.pipeline.threads)
+    data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
+                     origin=f"{cfg.source_path}: data.source")
+    if data.fingerprint != job["fingerprint"]:
+        raise CompressError(f"{cfg.source_path}: data.source: a worker loaded different data than the run (data "
+                            "changed during the run, or another machine has other files); every machine needs the "
+                            "same data")
+    model = _rebuild(job["model"], job_dir / "init.safetensors", cfg, data)
+    tensors = load_file(str(job_dir / "tensors.safetensors")) if (job_dir / "tensors.safetensors").is_file() else {}
+    def teacher_model() -> Any:
+        from compress.models import load_weights
+
+        spec = job["teacher"]
+        teacher = build_model(spec["model"], spec["kwargs"], input_shape=data.input_shape,
+                              num_classes=data.num_classes, base_dir=cfg.base_dir, origin=spec["origin"])
+        load_weights(teacher, Path(spec["weights"]), spec["origin"])
+        return teacher.to(current().device).eval()
+
+    args = [decode(a, tensors, teacher_model) for a in job["args"]]
+    kwargs = {k: decode(v, tensors, teacher_model) for k, v in job["kwargs"].items()}
+    if "progress" in kwargs:  # one line per epoch from local rank 0 into the job's log: how far it got
+        kwargs["progress"] = local_rank == 0
+    module, _, name = job["function"].partition(":")
+    result = getattr(importlib.import_module(module), name)(model, data, *args, **kwargs)
+    if local_rank == 0:
+        save_tensors(job_dir / RESULT_WEIGHTS, {k: v.detach().cpu().contiguous().clone()
+                                                 for k, v in model.state_dict().items()})
+        write_json(job_dir / RESULT_JSON, {"result": result})
+
+
+def _rebuild(spec: dict[str, Any], weights: Path, cfg: Any, data: Any) -> Any:
+    """The model the parent passed: its architecture from the spec, shrunk to pruned shapes, magnitude-pruning
+    masks re-attached (a model mid-way through magnitude pruning trains with them), then the parent's weights."""
+    from safetensors.torch import load_file
+
+    from compress.models import build_model
+
+    model = build_model(spec["model"], spec["kwargs"], input_shape=data.input_shape, num_classes=data.num_classes,
+                        base_dir=cfg.base_dir, origin=spec["origin"])
+    state = load_file(str(weights))
+    masks = {k: v for k, v in state.items() if k.endswith("_mask")}
+    if masks:
+        from torch.nn.utils import prune as tprune
+
+        for key, mask in masks.items():
+            path, _, name = key.rpartition(".")
+            tprune.custom_from_mask(model.get_submodule(path), name[: -len("_mask")], mask)
+    elif spec["pruned"]:
+        from compress.prune.mechanics import shrink_to
+
+        shrink_to(model, state)
+    model.load_state_dict(state)
+    return model
+
+
+if __name__ == "__main__":
+    main()
