@@ -17,8 +17,9 @@ from compress.errors import CompressError, GateFailed
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Where the quantized model goes.")
-@click.option("--mode", type=click.Choice(["static", "dynamic", "fp16"]), default="static", show_default=True,
-              help="static: int8 with calibrated ranges (QDQ); dynamic: int8 weights; fp16: half precision.")
+@click.option("--mode", type=click.Choice(["static", "dynamic", "fp16"]), default=None,
+              help="static: int8 with calibrated ranges (QDQ); dynamic: int8 weights; fp16: half precision. "
+                   "Default: static for a one-input model, dynamic for several inputs (a transformer).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help=".npz of model inputs for calibration (array 'x', or the only array); static mode needs it.")
 @click.option("--data", "data_npz", type=click.Path(path_type=Path), default=None,
@@ -29,11 +30,16 @@ from compress.errors import CompressError, GateFailed
               help="Providers the float-vs-quantized pick is timed on (repeatable).")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
               help="Batch sizes the pick is timed at (repeatable).")
+@click.option("--max-cosine-drop", type=click.FloatRange(0, 2), default=0.01, show_default=True,
+              help="Budget for a model with several inputs: largest drop of the outputs' mean cosine similarity to "
+                   "the fp32 model's.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="Size of a named symbolic dimension (a transformer's seq=128), for the gate and the timing.")
 @click.option("--no-fallback", is_flag=True, help="Try the given settings only, no remedies.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, data_npz: Path | None,
-             max_accuracy_drop: float, providers: tuple[str, ...], batches: tuple[int, ...], no_fallback: bool,
-             quiet: bool) -> None:
+def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
+             max_accuracy_drop: float, providers: tuple[str, ...], batches: tuple[int, ...], max_cosine_drop: float,
+             dims: tuple[str, ...], no_fallback: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy or agreement, picked by measured latency.
 
     Writes OUT, and OUT's name with .json and .md: every attempt (settings, accuracy, drop, size, latency), the
@@ -52,6 +58,17 @@ def quantize(model: Path, out_path: Path, mode: str, calibration: Path | None, d
     _check_batches(model, batches)
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
+    if _input_count(model) > 1:  # a transformer: token ids, mask, token types
+        from compress.bench.inputs import parse_dims
+        from compress.cli.quantize_several import quantize_several
+
+        summary = quantize_several(model, out_path, mode=mode or "dynamic", max_cosine_drop=max_cosine_drop,
+                                   providers=providers, batches=batches, dims=parse_dims(dims),
+                                   no_fallback=no_fallback)
+        if summary["out"] is None:
+            raise GateFailed(f"{model}: {summary['why']} (summary: {out_path.with_suffix('.json')})")
+        return
+    mode = mode or "static"
     calib = _read_x(calibration, "--calibration") if calibration is not None else None
     if mode == "static" and calib is None:
         raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array 'x' "
@@ -129,6 +146,14 @@ def _markdown(summary: dict[str, Any]) -> str:
              *attempts_table(summary["attempts"], score="score"),
              "", f"Pick: {summary['why']}", "", f"Wrote: {summary['out'] or 'nothing (no attempt met the budget)'}"]
     return "\n".join(lines) + "\n"
+
+
+def _input_count(model: Path) -> int:
+    import onnx
+
+    from compress.onnx.graph import graph_inputs
+
+    return len(graph_inputs(onnx.load(str(model), load_external_data=False).graph))
 
 
 def _check_batches(model: Path, batches: tuple[int, ...]) -> None:

@@ -83,3 +83,49 @@ def test_compress_bench_feeds_ids_inside_a_tiny_vocabulary(tmp_path, bert_dir, t
     assert bounds == {"input_ids": tokenizer.vocab_size, "token_type_ids": 2}
     assert feed["input_ids"].max() < tokenizer.vocab_size and feed["attention_mask"].all()
     assert result.exit_code == 0, result.output
+
+
+def test_compress_quantize_takes_a_transformer_with_three_inputs(tmp_path, bert_dir, tokenizer):
+    # setup: an exported BERT (input_ids, attention_mask, token_type_ids): no labels, int64 inputs, a seq axis
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t")
+    enc = tokenize(tokenizer, TEXTS, max_length=12)
+    path = export_text_model(model, {k: v[:2].long() for k, v in enc.items()}, tmp_path / "m.onnx")
+    out = tmp_path / "q" / "m-int8.onnx"
+    # execute
+    result = CliRunner().invoke(main, ["quantize", str(path), "--out", str(out), "--dim", "seq=16", "--batch", "1",
+                                       "--max-cosine-drop", "0.05", "--provider", "cpu"])
+    # assert: dynamic by default, gated on cosine to fp32, and the summary says so
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["mode"] == "dynamic" and summary["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert summary["gate"].startswith("mean cosine similarity of the outputs to the fp32 model's on 64 seeded")
+    accepted = [a for a in summary["attempts"] if a["accepted"]]
+    assert accepted and accepted[0]["score"] > 0.95
+    assert summary["out"] == str(out) and onnx_has_int8(out)
+
+
+def onnx_has_int8(path: Path) -> bool:
+    import onnx
+
+    return any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
+
+
+def test_compress_quantize_refuses_static_on_a_model_with_several_inputs(tmp_path, bert_dir, tokenizer):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t")
+    enc = tokenize(tokenizer, TEXTS, max_length=12)
+    path = export_text_model(model, {k: v[:2].long() for k, v in enc.items()}, tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, ["quantize", str(path), "--out", str(tmp_path / "q.onnx"), "--mode", "static"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: --mode: {path} has several inputs (a transformer?); compress quantize takes it with --mode dynamic "
+        "(int8 weights, the usual choice for transformers on CPU), got 'static'")
