@@ -18,6 +18,8 @@ import click
               help="Save runtime optimizations in the ORT file (ORT's advice when NNAPI/CoreML take part).")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path), default=None,
               help=".npz with one array per model input for the parity check (default: seeded random).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="Size of a named symbolic dimension (a transformer's seq=128) for the parity inputs.")
 @click.option("--provider", "targets", type=click.Choice(["qnn"]), multiple=True,
               help="Also measure this target on its own backend: qnn = QNN EP, HTP (Snapdragon NPU) backend, "
                    "simulated here (needs onnxruntime-qnn: pip install 'compress[qnn]').")
@@ -31,8 +33,8 @@ import click
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the whole section (every node, every provider) here.")
 def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimization: str, runtime_opt: bool,
-         inputs_npz: Path | None, targets: tuple[str, ...], calibration_npz: Path | None, activation_type: str,
-         qnn_options: tuple[str, ...], json_path: Path | None) -> None:
+         inputs_npz: Path | None, dims: tuple[str, ...], targets: tuple[str, ...], calibration_npz: Path | None,
+         activation_type: str, qnn_options: tuple[str, ...], json_path: Path | None) -> None:
     """Prepare MODEL for phones and boards: ORT format, operator config, parity, per-provider readiness.
 
     Writes <out>/<stem>.<level>.ort, the required_operators config for a minimal ORT build, and edge.json.
@@ -43,6 +45,11 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     from compress.edge import prepare, readiness_table
 
     inputs = None
+    if dims and inputs_npz is None:
+        from compress.bench.inputs import parse_dims
+        from compress.edge.ort_format import sample_inputs
+
+        inputs = sample_inputs(model, batch=fixed_batch or 1, dims=parse_dims(dims))
     if inputs_npz is not None:
         from compress.bench.inputs import load_npz
         from compress.bench.providers import open_session

@@ -95,15 +95,17 @@ def to_ort_format(
     }
 
 
-def sample_inputs(model_path: Path, *, batch: int = 1, seed: int = 0) -> dict[str, "np.ndarray"]:
-    """Seeded random inputs that fit the model's inputs (symbolic dim 0 -> `batch`), as `compress bench` makes them."""
+def sample_inputs(model_path: Path, *, batch: int = 1, seed: int = 0,
+                  dims: dict[str, int] | None = None) -> dict[str, "np.ndarray"]:
+    """Seeded random inputs that fit the model's inputs (symbolic dim 0 -> `batch`, other symbolic dims from `dims`),
+    as `compress bench` makes them."""
     from compress.bench.inputs import make_inputs
     from compress.bench.providers import open_session
 
     session, _ = open_session(model_path, "cpu", threads=1, strict=True)
     from compress.bench.inputs import index_bounds
 
-    return make_inputs(session, batch, seed=seed, bounds=index_bounds(model_path))
+    return make_inputs(session, batch, dims, seed=seed, bounds=index_bounds(model_path))
 
 
 def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"], *, atol: float = 1e-5,

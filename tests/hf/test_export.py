@@ -129,3 +129,18 @@ def test_compress_quantize_refuses_static_on_a_model_with_several_inputs(tmp_pat
     assert result.output.strip() == (
         f"error: --mode: {path} has several inputs (a transformer?); compress quantize takes it with --mode dynamic "
         "(int8 weights, the usual choice for transformers on CPU), got 'static'")
+
+
+def test_compress_edge_takes_a_transformer_with_a_symbolic_sequence_axis(tmp_path, bert_dir, tokenizer):
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t")
+    enc = tokenize(tokenizer, TEXTS, max_length=12)
+    path = export_text_model(model, {k: v[:2].long() for k, v in enc.items()}, tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, ["edge", str(path), "--out", str(tmp_path / "e"), "--dim", "seq=16"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e" / "edge.json").read_text())["parity"]["ok"]
