@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,8 +21,10 @@ class DataConfig(Section):
     """[data]: where examples come from, how the validation and test splits are made, and how batches are read."""
 
     source: str = Field("digits", description="'digits' (built-in, offline), 'npz:PATH' (arrays x, y and optional "
-                        "x_val, y_val, x_test, y_test; memory-mapped) or 'python:module:function' returning a "
-                        "torch dataset of (x, y) pairs, or (train, val) or (train, val, test).")
+                        "x_val, y_val, x_test, y_test; memory-mapped), 'images:DIR' (one sub-folder per class, or "
+                        "DIR/train/<class>/ with optional DIR/val/ and DIR/test/; png, jpg, jpeg, bmp, webp) or "
+                        "'python:module:function' returning a torch dataset of (x, y) pairs, or (train, val) or "
+                        "(train, val, test).")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction held out for validation when the source has "
                                 "no validation split of its own (stratified, from the pipeline seed). Validation "
                                 "picks the best epoch, stops training early, gates quantization and picks the "
@@ -35,15 +37,36 @@ class DataConfig(Section):
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that read (and decode, augment) "
                          "examples beside training; 0 reads them in the training process.")
 
+    image_size: int | tuple[int, int] | None = Field(None, description="images: side (or [height, width]) every "
+                                                     "image is resized to; default the first image's size.")
+    mean: tuple[float, float, float] | None = Field(None, description="images: per-channel (RGB) mean subtracted "
+                                                    "after scaling to [0, 1]; with std. Default: computed from 512 "
+                                                    "training images and recorded in the report.")
+    std: tuple[float, float, float] | None = Field(None, description="images: per-channel (RGB) standard deviation "
+                                                   "divided by; with mean.")
+    augment: tuple[Literal["flip", "crop", "jitter"], ...] = Field((), description="images: training augmentations "
+                                                                   "('flip' horizontal, 'crop' pad 1/8 and crop back, "
+                                                                   "'jitter' brightness/contrast +-20%). With any, "
+                                                                   "the teacher runs on each augmented batch.")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="images: unreadable files are reported and "
+                                    "skipped up to this fraction of all files; past it the run stops (exit 2).")
+
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if v == "digits" or v.startswith(("npz:", "python:")):
+        if v == "digits" or v.startswith(("npz:", "python:", "images:")):
             return v
-        raise ValueError(f"expected 'digits', 'npz:PATH' or 'python:module:function', got {v!r}{_source_hint(v)}")
+        raise ValueError(f"expected 'digits', 'npz:PATH', 'images:DIR' or 'python:module:function', got "
+                         f"{v!r}{_source_hint(v)}")
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then both are computed from the training images)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {list(self.std)}")
+        if not self.source.startswith("images:") and (self.augment or self.image_size or self.mean):
+            raise ValueError("image_size, mean, std and augment apply to source = 'images:DIR' only")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(f"val_fraction + test_fraction must leave at least 10% for training, got "
                              f"{self.val_fraction:g} + {self.test_fraction:g}")
@@ -56,7 +79,7 @@ def _source_hint(v: str) -> str:
 
     scheme, colon, rest = v.partition(":")
     if colon and rest:
-        fixed = difflib.get_close_matches(scheme, ["npz", "python"], n=1, cutoff=0.5)
+        fixed = difflib.get_close_matches(scheme, ["npz", "python", "images"], n=1, cutoff=0.5)
         if fixed:
             return f"; did you mean {fixed[0] + ':' + rest!r}?"
         if ":" not in rest:  # module:function without its prefix

@@ -74,3 +74,19 @@ def without_initializer_inputs(model: "onnx.ModelProto") -> bool:
     model.graph.input.extend(keep)
     model.ir_version = max(model.ir_version, 4)
     return True
+
+
+def set_metadata(onnx_path: Path, props: dict[str, str]) -> None:
+    """Add (or replace) `metadata_props` entries of an ONNX file, atomically (e.g. class_names for an app)."""
+    import onnx
+
+    from compress.cache import atomic_path
+
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(Path(onnx_path)) as tmp:
+        onnx.save(model, str(tmp))
