@@ -109,14 +109,14 @@ workers = 2
 augment = ["flip"]
 
 [teacher]
-model = "zoo:teacher"
+model = "imgzoo:teacher"
 
 [teacher.train]
 epochs = 8
 lr = 1e-2
 
 [student]
-model = "zoo:student"
+model = "imgzoo:student"
 
 [distill]
 epochs = 8
@@ -142,7 +142,7 @@ def test_image_pipeline_runs_teacher_on_the_fly_and_ships_class_names(tmp_path: 
     import compress
 
     make_images(tmp_path / "imgs", per_class=16)
-    (tmp_path / "zoo.py").write_text(ZOO)
+    (tmp_path / "imgzoo.py").write_text(ZOO)  # not zoo.py: other tests import their own zoo in-process
     (tmp_path / "pipeline.toml").write_text(textwrap.dedent(TOML))
     # execute
     report = compress.run(tmp_path / "pipeline.toml", progress=False)
