@@ -85,4 +85,4 @@ class StageContext:
         each augmented batch (compress.train.teacher_outputs)."""
         from compress.train import teacher_outputs
 
-        return teacher_outputs(self.data, logits=self.teacher_logits(), load_model=lambda: self.load_torch("teacher"))
+        return teacher_outputs(self.data, load_logits=self.teacher_logits, load_model=lambda: self.load_torch("teacher"))

@@ -217,7 +217,7 @@ def _data_markdown(report: dict) -> list[str]:
     if rows and on == "test":
         out += ["", "| model | test | validation |", "|---|---|---|"]
         out += [f"| {m['name']} | {100 * m['accuracy']:.2f}% | {100 * m['accuracy_val']:.2f}% |" for m in rows]
-    out += [f"", *[f"**Warning:** {w}." for w in data.get("warnings", [])]] if data.get("warnings") else []
+    out += ["", *[f"- **Warning:** {w}." for w in data["warnings"]]] if data.get("warnings") else []
     return out
 
 

@@ -38,7 +38,8 @@ def test_optional_sections_switch_stages_on(tmp_path):
     ('[distill]\nepochs = "ten"\n', "distill.epochs: input should be a valid integer"),
     ('[quantize]\nmode = "int4"\n', "quantize.mode: expected 'static', 'dynamic' or 'fp16', got 'int4'"),
     ('[benchmark]\nproviders = ["gpu"]\n', "benchmark.providers: unknown provider 'gpu'; did you mean 'cpu'?"),
-    ('[data]\nsource = "csv:x.csv"\n', "data.source: expected 'digits', 'npz:PATH', 'text:PATH' or 'python:module:function'"),
+    ('[data]\nsource = "csv:x.csv"\n', "data.source: expected 'digits', 'npz:PATH', 'images:DIR', 'text:PATH' or "
+                                       "'python:module:function'"),
     ('[student2]\nmodel = "x"\n', "student2: unknown key; did you mean 'student'?"),
     ('[benchmark]\nproviders = ["cpu", "cuda"]\nprovider_options = { cdua = { device_id = 0 } }\n',
      "benchmark.provider_options: unknown provider 'cdua'; did you mean 'cuda'?"),

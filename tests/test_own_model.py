@@ -118,8 +118,8 @@ def test_builtin_mlp_bad_hidden_says_it_wants_a_list(user_dir: Path):
                                           ("mymodels:data", "python:mymodels:data"), ("digit", "digits")])
 def test_data_source_without_its_prefix_suggests_one(user_dir: Path, source: str, hint: str):
     replace(user_dir, '"npz:table.npz"', f'"{source}"')
-    assert error_line(user_dir) == ("error: pipeline.toml: data.source: expected 'digits', 'npz:PATH', 'text:PATH' or "
-                                    f"'python:module:function', got '{source}'; did you mean '{hint}'?")
+    assert error_line(user_dir) == ("error: pipeline.toml: data.source: expected 'digits', 'npz:PATH', 'images:DIR', "
+                                    f"'text:PATH' or 'python:module:function', got '{source}'; did you mean '{hint}'?")
 
 
 def test_factory_typo_suggests_the_close_name(user_dir: Path):

@@ -21,10 +21,11 @@ class DataConfig(Section):
     """[data]: where examples come from, how the validation and test splits are made, and how batches are read."""
 
     source: str = Field("digits", description="'digits' (built-in, offline), 'npz:PATH' (arrays x, y and optional "
-                        "x_val, y_val, x_test, y_test; memory-mapped), 'text:PATH' (.txt one text a line, or "
-                        ".csv/.tsv/.jsonl with text_column and label_column; tokenized with the teacher's hf: "
-                        "tokenizer) or 'python:module:function' returning a "
-                        "torch dataset of (x, y) pairs, or (train, val) or (train, val, test).")
+                        "x_val, y_val, x_test, y_test; memory-mapped), 'images:DIR' (one sub-folder per class, or "
+                        "DIR/train/<class>/ with optional DIR/val/ and DIR/test/; png, jpg, jpeg, bmp, webp), "
+                        "'text:PATH' (.txt one text a line, or .csv/.tsv/.jsonl with text_column and label_column; "
+                        "tokenized with the teacher's hf: tokenizer) or 'python:module:function' returning a torch "
+                        "dataset of (x, y) pairs, or (train, val) or (train, val, test).")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction held out for validation when the source has "
                                 "no validation split of its own (stratified, from the pipeline seed). Validation "
                                 "picks the best epoch, stops training early, gates quantization and picks the "
@@ -51,16 +52,36 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=8, le=4096, description="text: tokens per example after truncation (and the "
                             "padded length of the cached token ids).")
 
+    image_size: int | tuple[int, int] | None = Field(None, description="images: side (or [height, width]) every "
+                                                     "image is resized to; default the first image's size.")
+    mean: tuple[float, float, float] | None = Field(None, description="images: per-channel (RGB) mean subtracted "
+                                                    "after scaling to [0, 1]; with std. Default: computed from 512 "
+                                                    "training images and recorded in the report.")
+    std: tuple[float, float, float] | None = Field(None, description="images: per-channel (RGB) standard deviation "
+                                                   "divided by; with mean.")
+    augment: tuple[Literal["flip", "crop", "jitter"], ...] = Field((), description="images: training augmentations "
+                                                                   "('flip' horizontal, 'crop' pad 1/8 and crop back, "
+                                                                   "'jitter' brightness/contrast +-20%). With any, "
+                                                                   "the teacher runs on each augmented batch.")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="images: unreadable files are reported and "
+                                    "skipped up to this fraction of all files; past it the run stops (exit 2).")
+
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if v == "digits" or v.startswith(("npz:", "python:", "text:")):
+        if v == "digits" or v.startswith(("npz:", "python:", "images:", "text:")):
             return v
-        raise ValueError(f"expected 'digits', 'npz:PATH', 'text:PATH' or 'python:module:function', got "
+        raise ValueError("expected 'digits', 'npz:PATH', 'images:DIR', 'text:PATH' or 'python:module:function', got "
                          f"{v!r}{_source_hint(v)}")
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then both are computed from the training images)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {list(self.std)}")
+        if not self.source.startswith("images:") and (self.augment or self.image_size or self.mean):
+            raise ValueError("image_size, mean, std and augment apply to source = 'images:DIR' only")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(f"val_fraction + test_fraction must leave at least 10% for training, got "
                              f"{self.val_fraction:g} + {self.test_fraction:g}")
@@ -73,7 +94,7 @@ def _source_hint(v: str) -> str:
 
     scheme, colon, rest = v.partition(":")
     if colon and rest:
-        fixed = difflib.get_close_matches(scheme, ["npz", "python", "text"], n=1, cutoff=0.5)
+        fixed = difflib.get_close_matches(scheme, ["npz", "python", "images", "text"], n=1, cutoff=0.5)
         if fixed:
             return f"; did you mean {fixed[0] + ':' + rest!r}?"
         if ":" not in rest:  # module:function without its prefix

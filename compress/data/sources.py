@@ -23,6 +23,10 @@ def open_source(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
         arrays = open_npz(Path(__file__).parent / "digits.npz", origin)
         arrays["x"] = np.asarray(arrays["x"]).astype(np.float32)[:, None, :, :] / 16.0  # 1,797 images: in memory
         bundle = _from_arrays(arrays, cfg, seed, origin, where=origin)
+    elif src.startswith("images:"):
+        from compress.data.images import open_images
+
+        bundle = open_images(cfg, seed=seed, base_dir=base_dir, origin=origin)
     elif src.startswith("npz:"):
         path = Path(src[4:])
         path = path if path.is_absolute() else base_dir / path

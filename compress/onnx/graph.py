@@ -147,3 +147,18 @@ def copy_model(src: Path, dst: Path) -> Path:
     onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
     usual_mode(dst.with_name(f"{dst.name}.data"))
     return dst
+
+def set_metadata(onnx_path: Path, props: dict[str, str]) -> None:
+    """Add (or replace) `metadata_props` entries of an ONNX file, atomically (e.g. class_names for an app)."""
+    import onnx
+
+    from compress.cache import atomic_path
+
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(Path(onnx_path)) as tmp:
+        onnx.save(model, str(tmp))

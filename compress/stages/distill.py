@@ -35,5 +35,5 @@ def run(ctx: StageContext) -> StageResult:
         artifacts.append(ctx.rel(path))
         records.append(ModelRecord(name=name, role=name, spec=ModelSpec(cfg.student.model, cfg.student.kwargs),
                                    origin=ctx.origin("student"), torch=ctx.rel(path), params=count_params(model),
-                                   accuracy_torch=evaluate(model, data.val)))
+                                   accuracy_torch=evaluate(model, data.val, workers=data.workers)))
     return StageResult(artifacts=tuple(artifacts), models=tuple(records), state=RunState(final="student"), info=info)

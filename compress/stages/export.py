@@ -19,8 +19,11 @@ def run(ctx: StageContext) -> StageResult:
         return export_stage(ctx)
     from compress.onnx.export import export_onnx
     from compress.onnx.parity import compare, run_cpu
+    import json
+
     import torch
 
+    from compress.onnx.graph import set_metadata
     from compress.train import predict_logits
 
     ecfg = ctx.cfg.export
@@ -33,6 +36,8 @@ def run(ctx: StageContext) -> StageResult:
         reference = predict_logits(model, torch.from_numpy(x_val))  # before export: export can mutate a live model
         path = export_onnx(model, ctx.data.example(2), ctx.stage_dir / f"{name}.onnx", opset=ecfg.opset,
                            exporter=ecfg.exporter)
+        if ctx.data.class_names:  # an app reads the labels from the model itself
+            set_metadata(path, {"class_names": json.dumps(ctx.data.class_names)})
         got = run_cpu(path, {"input": x_val}, batch_size=256)
         check = compare([reference.numpy()], got, atol=ecfg.parity_atol, rtol=ecfg.parity_rtol)
         if not check["ok"]:

@@ -34,7 +34,8 @@ def run(ctx: StageContext) -> StageResult:
                zip(range(8), data.batches("train", cfg.data.batch_size))]
     pruned, steps = prune(ctx.load_torch(base.name), pcfg, example_input=data.example(8),
                           finetune=lambda m, e: train(m, e, desc="prune: recover"),
-                          evaluate=lambda m: evaluate(m, data.val), latency_ms=_latency_fn(ctx),
+                          evaluate=lambda m: evaluate(m, data.val, workers=data.workers),
+                          latency_ms=_latency_fn(ctx),
                           taylor_batches=batches, progress=ctx.progress)
     name = f"{base.name}-pruned"
     record = _save(ctx, pruned, name, "pruned", base)
@@ -84,7 +85,8 @@ def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord
     path = ctx.stage_dir / f"{name}.safetensors"
     save_pruned(model, path)
     return ModelRecord(name=name, role=role, spec=base.spec, origin=base.origin, torch=ctx.rel(path), pruned=True,
-                       params=count_params(model), accuracy_torch=evaluate(model, ctx.data.val))
+                       params=count_params(model),
+                       accuracy_torch=evaluate(model, ctx.data.val, workers=ctx.data.workers))
 
 
 def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""teacher: load the teacher from its checkpoint, or train it; cache its logits on the training set."""
+"""teacher: load the teacher from its checkpoint, or train it; cache its logits on the training set (when the
+training data has no augmentation)."""
 from __future__ import annotations
 
 from compress.context import StageContext
@@ -36,13 +37,15 @@ def run(ctx: StageContext) -> StageResult:
         info.update(source="trained", **history)
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)
-    # one row per training example (no augmentation), memory-mapped by distill and prune; with augmentation the
-    # teacher runs on each batch instead, but the file stays for a later run without it
-    logits_path = ctx.stage_dir / "logits.npy"
-    with atomic_path(logits_path) as tmp, open(tmp, "wb") as f:
-        np.save(f, predict_logits(model, data.train_plain).numpy().astype(np.float32))
+    artifacts, state = [ctx.rel(weights)], RunState()
+    if not data.augment:  # with augmentation distill runs the teacher on each batch: no cache to write
+        # one row per training example, memory-mapped by distill and prune and looked up by index
+        logits_path = ctx.stage_dir / "logits.npy"
+        with atomic_path(logits_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, predict_logits(model, data.train_plain, workers=data.workers).numpy().astype(np.float32))
+        artifacts.append(ctx.rel(logits_path))
+        state = RunState(teacher_logits=ctx.rel(logits_path))
     record = ModelRecord(name="teacher", role="teacher", spec=ModelSpec(section.model, section.kwargs),
                          origin=ctx.origin("teacher"), torch=ctx.rel(weights), params=count_params(model),
-                         accuracy_torch=evaluate(model, data.val))
-    return StageResult(artifacts=(ctx.rel(weights), ctx.rel(logits_path)), models=(record,),
-                       state=RunState(teacher_logits=ctx.rel(logits_path)), info=info)
+                         accuracy_torch=evaluate(model, data.val, workers=data.workers))
+    return StageResult(artifacts=tuple(artifacts), models=(record,), state=state, info=info)

@@ -51,9 +51,10 @@ def train_teacher(model: Any, data: "DataBundle", cfg: TrainConfig, *, seed: int
                origin=origin, workers=data.workers)
 
 
-def teacher_outputs(data: "DataBundle", *, logits: Any, load_model: Any) -> Teacher:
+def teacher_outputs(data: "DataBundle", *, load_logits: Any, load_model: Any) -> Teacher:
     """How distillation gets the teacher's outputs: with augmentation, the teacher model (`load_model()`) runs on
-    the same augmented batch as the student; without, its cached per-example logits are looked up by index."""
+    the same augmented batch as the student (cached outputs would belong to other pixels); without, its cached
+    per-example logits (`load_logits()`) are looked up by index."""
     if data.augment:
         return Teacher(model=load_model())
-    return Teacher(logits=logits)
+    return Teacher(logits=load_logits())

@@ -44,7 +44,7 @@ def as_loader(data: Any, *, batch_size: int, shuffle: bool = False, seed: int = 
     return loader(data, batch_size=batch_size, shuffle=shuffle, seed=seed, workers=workers)
 
 
-def predict_logits(model, x, *, batch_size: int = 512):
+def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):
     """Eval-mode logits for every example of x (a Tensor, a Dataset or a DataLoader), in order, without gradients."""
     import torch
 
@@ -54,19 +54,16 @@ def predict_logits(model, x, *, batch_size: int = 512):
     with torch.inference_mode():
         if isinstance(x, torch.Tensor):
             return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        return torch.cat([forward(model, inputs) for _, inputs, _ in as_loader(x, batch_size=batch_size)])
+        return torch.cat([forward(model, inputs) for _, inputs, _ in as_loader(x, batch_size=batch_size,
+                                                                               workers=workers)])
 
 
-def evaluate(model, x, y=None, *, batch_size: int = 512) -> float:
+def evaluate(model, x, y=None, *, batch_size: int = 512, workers: int = 0) -> float:
     """Top-1 accuracy of model on (x, y) tensors, or on a Dataset/DataLoader of `(index, inputs, target)` items."""
-    import torch
-
-    from compress.data import forward
-
     if y is not None:
         logits = predict_logits(model, x, batch_size=batch_size)
         return float((logits.argmax(1) == y).float().mean())
-    correct, total = count_correct(model, as_loader(x, batch_size=batch_size))
+    correct, total = count_correct(model, as_loader(x, batch_size=batch_size, workers=workers))
     return correct / max(total, 1)
 
 

@@ -1,0 +1,286 @@
+"""Issue 12's data numbers: image folders streamed from disk.
+
+    python benchmarks/bench_data.py make        [--root /tmp/compress-images]   # the 5k and 50k folders (+ npz)
+    python benchmarks/bench_data.py memory      # peak RSS (process tree) of `compress run`, 50k vs 5k images
+    python benchmarks/bench_data.py throughput  # images/s in distill: 2 decoding workers vs the npz path
+    python benchmarks/bench_data.py augment     # distilled student, crop+jitter & teacher on the fly vs none, 3 seeds
+    python benchmarks/bench_data.py             # all of the above, in that order
+
+The folders are the UCI digits (1,797 8x8 images) upsampled to 32x32 (bilinear), shifted by up to 2 pixels and
+given Gaussian noise (sigma 24 of 255), written as grayscale PNG (read as RGB), one sub-folder per digit, under
+--root (never in the repo). `img5000.npz` holds the same 5,000 images decoded and normalised as the image source
+does it (float32, 3x32x32), for the in-memory comparison. Results go to --out (JSON) and stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def make(root: Path, sizes: list[int]) -> None:
+    """Write root/img<N>/<digit>/<i>.png for each N (skipped when the folder is complete), and img5000.npz."""
+    import numpy as np
+    from PIL import Image
+
+    with np.load(ROOT / "compress" / "data" / "digits.npz") as z:
+        x8, y8 = z["x"], z["y"]
+    for n in sizes:
+        folder = root / f"img{n}"
+        if folder.is_dir() and sum(1 for _ in folder.rglob("*.png")) == n:
+            continue
+        rng = np.random.default_rng(n)
+        started = time.perf_counter()
+        for d in range(10):
+            (folder / str(d)).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            k = i % len(x8)
+            big = Image.fromarray((x8[k] * 15).astype(np.uint8)).resize((36, 36), Image.BILINEAR)
+            dy, dx = rng.integers(0, 5, 2)
+            a = np.asarray(big, dtype=np.float32)[dy:dy + 32, dx:dx + 32] + rng.normal(0, 24, (32, 32))
+            Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(folder / str(y8[k]) / f"{i:06d}.png")
+        print(f"{folder}: {n} PNGs in {time.perf_counter() - started:.1f} s")
+    npz = root / "img5000.npz"
+    if not npz.exists():
+        from compress.data import DataConfig, load_data
+
+        data = load_data(DataConfig(source=f"images:{root / 'img5000'}", test_fraction=0.0, val_fraction=0.01),
+                         seed=0, base_dir=root)
+        xs, ys = [], []
+        for part in (data.train_plain, data.val):
+            for i in range(len(part)):
+                _, x, y = part[i]
+                xs.append(x.numpy())
+                ys.append(y)
+        np.savez(npz, x=np.stack(xs), y=np.asarray(ys))
+        print(f"{npz}: {len(xs)} images, mean/std {data.details['mean']} / {data.details['std']}")
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0:3].__repr__()
+
+
+PIPELINE = '''
+[pipeline]
+name = "{name}"
+output_dir = "{out}"
+seed = {seed}
+
+[data]
+source = "{source}"
+val_fraction = {val}
+test_fraction = {test}
+batch_size = 64
+workers = {workers}
+{extra}
+
+[teacher]
+model = "builtin:cnn-large"
+kwargs = {{ width = 16 }}
+{teacher}
+
+[student]
+model = "builtin:cnn-small"
+kwargs = {{ width = 8 }}
+
+[distill]
+epochs = {epochs}
+lr = 3e-3
+control = false
+
+[benchmark]
+providers = ["cpu"]
+batch_sizes = [1]
+threads = [1]
+warmup_runs = 5
+min_runs = 20
+min_seconds = 0.0
+repetitions = 1
+'''
+
+
+def write_pipeline(path: Path, **kw) -> Path:
+    defaults = {"seed": 0, "val": 0.1, "test": 0.1, "workers": 2, "extra": "", "epochs": 1,
+                "teacher": "[teacher.train]\nepochs = 1\nlr = 3e-3"}
+    path.write_text(textwrap.dedent(PIPELINE.format(**{**defaults, **kw})))
+    return path
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and every descendant (from /proc/*/stat parent links)."""
+    parents: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def _kb(pid: int, path: str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_measured(args: list[str]) -> dict:
+    """Run a command; poll its process tree every 0.2 s: peak summed RSS and PSS (shared pages split), in MB."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = {"rss": 0, "pss": 0, "main_rss": 0, "procs": 0}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            pids = _tree(proc.pid)
+            rss = sum(_kb(p, "status", "VmRSS:") for p in pids)
+            pss = sum(_kb(p, "smaps_rollup", "Pss:") for p in pids)
+            peak.update(rss=max(peak["rss"], rss), pss=max(peak["pss"], pss), procs=max(peak["procs"], len(pids)),
+                        main_rss=max(peak["main_rss"], _kb(proc.pid, "status", "VmRSS:")))
+            done.wait(0.2)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    output = proc.communicate()[0]
+    done.set()
+    t.join()
+    if proc.returncode != 0:
+        print(output[-3000:])
+        raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}")
+    return {"peak_tree_rss_mb": round(peak["rss"] / 1024, 1), "peak_tree_pss_mb": round(peak["pss"] / 1024, 1),
+            "peak_main_rss_mb": round(peak["main_rss"] / 1024, 1), "max_processes": peak["procs"],
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+MEMORY_TEACHER = '[teacher.train]\nepochs = 1\nlr = 3e-3'
+
+
+def memory(root: Path, work: Path) -> dict:
+    """`compress run` (teacher cnn-small trained 1 epoch, distill 1 epoch, export, benchmark; 2 workers) on the 5k
+    and the 50k folder. One epoch each and a small teacher: the machine is shared, and memory does not depend on
+    the number of epochs."""
+    out = {}
+    for n in (5000, 50000):
+        toml = write_pipeline(work / f"mem{n}.toml", name=f"mem{n}", out=str(work / f"mem{n}"),
+                              source=f"images:{root / f'img{n}'}", teacher=MEMORY_TEACHER)
+        text = toml.read_text().replace('model = "builtin:cnn-large"\nkwargs = { width = 16 }',
+                                        'model = "builtin:cnn-small"\nkwargs = { width = 16 }')
+        toml.write_text(text)
+        before = load()
+        out[n] = {**run_measured([PY, "-m", "compress", "run", str(toml), "--quiet", "--force"]),
+                  "load_before": before, "load_after": load()}
+        print(f"memory {n}: {out[n]}")
+    out["ratio_pss_50k_vs_5k"] = round(out[50000]["peak_tree_pss_mb"] / out[5000]["peak_tree_pss_mb"], 3)
+    out["ratio_rss_50k_vs_5k"] = round(out[50000]["peak_tree_rss_mb"] / out[5000]["peak_tree_rss_mb"], 3)
+    return out
+
+
+def throughput(root: Path, rounds: int = 3, epochs: int = 2) -> dict:
+    """Images/s of the distill loop (student cnn-small, cached teacher logits) on the 5,000 images: the folder
+    with 2 decoding workers vs img5000.npz (the same images, decoded once; memory-mapped, page-cached), alternated."""
+    import numpy as np
+    import torch
+
+    from compress import zoo
+    from compress.data import DataConfig, load_data
+    from compress.train import DistillConfig, Teacher, train_student
+
+    torch.set_num_threads(1)  # the workers get the other core; both paths train with the same one thread
+    cfgs = {"images_2_workers": DataConfig(source=f"images:{root / 'img5000'}", workers=2, test_fraction=0.0,
+                                           val_fraction=0.01),
+            "npz_in_process": DataConfig(source=f"npz:{root / 'img5000.npz'}", workers=0, test_fraction=0.0,
+                                         val_fraction=0.01)}
+    bundles = {k: load_data(c, seed=0, base_dir=root) for k, c in cfgs.items()}
+    rates: dict[str, list[float]] = {k: [] for k in cfgs}
+    for r in range(rounds):
+        for name, data in (bundles.items() if r % 2 == 0 else reversed(bundles.items())):
+            logits = np.zeros((len(data.train), 10), dtype=np.float32)
+            torch.manual_seed(0)
+            model = zoo.cnn_small(input_shape=data.input_shape, num_classes=10, width=8)
+            cfg = DistillConfig(epochs=epochs, patience=epochs, lr=3e-3)
+            started = time.perf_counter()
+            train_student(model, data, cfg, teacher=Teacher(logits=logits), seed=0, batch_size=64,
+                          origin="bench", desc=name, progress=False)
+            rates[name].append(epochs * len(data.train) / (time.perf_counter() - started))
+            print(f"throughput {name} round {r}: {rates[name][-1]:.0f} images/s (load {load()})")
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    return {"images_per_s": rates, "median": med, "ratio": round(med["images_2_workers"] / med["npz_in_process"], 3),
+            "train_images": len(bundles["npz_in_process"].train), "epochs_per_measure": epochs}
+
+
+def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 10, n: int = 1500) -> dict:
+    """On the 1,500-image folder (900 train / 300 val / 300 test): one teacher (cnn-large width 16, trained here
+    without augmentation, saved), then per seed a student distilled with augment = ["crop", "jitter"] (the teacher
+    runs on each batch) and one without (cached logits); test accuracy of each. Shortened for a shared 2-core
+    machine: 1,500 images, 10 distill epochs."""
+    make(root, [n])
+    source = f"images:{root / f'img{n}'}"
+    teacher_toml = write_pipeline(work / "aug-teacher.toml", name="aug-teacher", out=str(work / "aug-teacher"),
+                                  source=source, teacher="[teacher.train]\nepochs = 10\nlr = 3e-3", epochs=1,
+                                  val=0.2, test=0.2, workers=0)
+    run_measured([PY, "-m", "compress", "run", str(teacher_toml), "--quiet"])
+    ckpt = work / "aug-teacher" / "teacher" / "teacher.safetensors"
+    rows = []
+    for seed in seeds:
+        row = {"seed": seed}
+        for name, extra in (("none", ""), ("crop+jitter", 'augment = ["crop", "jitter"]')):
+            out = work / f"aug-{name.replace('+', '-')}-{seed}"
+            toml = write_pipeline(work / f"aug-{name}-{seed}.toml", name=f"aug{seed}", seed=seed, val=0.2, test=0.2,
+                                  out=str(out), epochs=epochs, source=source, extra=extra, workers=0,
+                                  teacher=f'checkpoint = "{ckpt}"')
+            stats = run_measured([PY, "-m", "compress", "run", str(toml), "--quiet"])
+            report = json.loads((out / "report.json").read_text())
+            models = {m["name"]: m for m in report["models"]}
+            row[name] = {"student_test": models["student"]["accuracy"], "student_val": models["student"]["accuracy_val"],
+                         "teacher_test": models["teacher"]["accuracy"], "teacher_outputs":
+                         report["data"].get("teacher_outputs"), "seconds": stats["seconds"], "load": load()}
+        print(f"augment seed {seed}: {row}")
+        rows.append(row)
+    return {"rows": rows, "epochs": epochs, "images": n, "test_size": report["data"]["splits"]["test"]["size"],
+            "augment_ge_none": all(r["crop+jitter"]["student_test"] >= r["none"]["student_test"] for r in rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="*", default=["make", "memory", "throughput", "augment"])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/compress-images"))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/compress-images/bench_data.json"))
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+    work = args.root / "work"
+    work.mkdir(exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results["cpu_count"] = os.cpu_count()
+    for what in args.what:
+        if what == "make":
+            make(args.root, [5000, 50000])
+            continue
+        results[what] = {"memory": lambda: memory(args.root, work), "throughput": lambda: throughput(args.root),
+                         "augment": lambda: augment(args.root, work)}[what]()
+        args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps({k: v for k, v in results.items()}, indent=1)[:4000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""`images:DIR`: an ImageFolder-style tree read with Pillow, one file per item, decoded in DataLoader workers.
+
+DIR/<class>/*.png (split train/val/test by the seed), or DIR/train/<class>/..., with optional DIR/val/ and DIR/test/
+folders of the same classes. Scanning opens each file's header only (Pillow's verify: the file is read, no pixels
+are kept); a file that fails is reported (file, reason) and skipped, up to `[data] max_bad_fraction`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch.utils.data as tud
+
+from compress.errors import CompressError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+STATS_SAMPLES = 512  # training images mean/std are computed from, when [data] does not give them
+log = logging.getLogger("compress")
+
+
+class ImageDataset(tud.Dataset):
+    """Files `paths` with labels; decoded, resized, scaled to [0, 1], normalised, and (training) augmented."""
+
+    def __init__(self, paths: Sequence[str], labels: Any, *, size: tuple[int, int], mean: Sequence[float],
+                 std: Sequence[float], augment: Sequence[str] = ()):
+        self.paths, self.labels, self.size = list(paths), labels, size
+        self.mean, self.std, self.augment = list(mean), list(std), tuple(augment)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def with_augment(self, augment: Sequence[str]) -> "ImageDataset":
+        return ImageDataset(self.paths, self.labels, size=self.size, mean=self.mean, std=self.std, augment=augment)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, int]:
+        import torch
+
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        x = decode(self.paths[i], self.size)
+        if "jitter" in self.augment:  # brightness and contrast, +-20%
+            b, c = 1 + 0.4 * (torch.rand(2) - 0.5)
+            x = ((x - x.mean()) * c + x.mean() * b).clamp(0, 1)
+        x = (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+        if "flip" in self.augment and torch.rand(()) < 0.5:
+            x = x.flip(2)
+        if "crop" in self.augment:  # pad by 1/8 of the side (reflect), crop back at a random offset
+            h, w = self.size
+            p = max(1, min(h, w) // 8)
+            padded = torch.nn.functional.pad(x[None], (p, p, p, p), mode="reflect")[0]
+            dy, dx = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
+            x = padded[:, dy:dy + h, dx:dx + w]
+        return i, x.contiguous(), int(self.labels[i])
+
+
+def decode(path: str, size: tuple[int, int]) -> Any:
+    """RGB float tensor (3, H, W) in [0, 1], resized (bilinear) to `size`; a file Pillow cannot decode is one line."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except Exception as exc:
+        raise CompressError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+
+def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
+    """Scan the tree, check every file's header, split, and compute (or take) mean/std."""
+    import numpy as np
+
+    from compress.data import DataBundle
+    from compress.data.arrays import fingerprint, stratified_split
+
+    root = Path(cfg.source[len("images:"):])
+    root = root if root.is_absolute() else base_dir / root
+    if not root.is_dir():
+        raise CompressError(f"{origin}: folder not found: {root}")
+    # train/ (with optional val/ and test/) holds the class folders; without train/, the root holds them
+    folders = {part: root / part for part in ("train", "val", "test") if (root / part).is_dir()}
+    folders = folders if "train" in folders else {}
+    top = folders.get("train", root)
+    classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise CompressError(f"{origin}: {top} needs one sub-folder per class (at least two), found "
+                            f"{classes or 'none'}")
+    found = {part: _scan(folders.get(part, top) if part == "train" else folders[part], classes, origin)
+             for part in ("train", "val", "test") if part == "train" or part in folders}
+    _check_bad_files(found, cfg.max_bad_fraction, origin)
+    paths, labels = found["train"]["paths"], np.asarray(found["train"]["labels"], dtype=np.int64)
+    val_f = 0.0 if "val" in found else cfg.val_fraction
+    test_f = 0.0 if "test" in found else cfg.test_fraction
+    train_rows, val_rows, test_rows = stratified_split(labels, val_f, test_f, seed)
+    rows = {"train": train_rows, "val": val_rows, "test": test_rows}
+    size = _image_size(cfg, paths[0], origin)
+    mean, std, how_stats = _stats(cfg, [paths[r] for r in train_rows], size, origin)
+    splits, how = {}, {}
+    for part, frac in (("train", 1.0), ("val", val_f), ("test", test_f)):
+        if part in found and part != "train":
+            p, y = found[part]["paths"], np.asarray(found[part]["labels"], dtype=np.int64)
+            how[part] = f"folder {part}/"
+        elif frac:
+            p, y = [paths[r] for r in rows[part]], labels[rows[part]]
+            how[part] = (f"stratified {100 * frac:g}% (seed {seed})" if part != "train" else
+                         ("the rest of " if (val_f or test_f) else "") + ("folder train/" if "train" in folders
+                                                                            else "the class folders"))
+        else:
+            splits[part] = None
+            continue
+        splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std)
+    if splits["val"] is None or len(splits["val"]) == 0:
+        raise CompressError(f"{origin}: too few images ({len(paths)}) to hold out a validation split")
+    augment = tuple(cfg.augment)
+    skipped = [b for part in found.values() for b in part["bad"]]
+    details = {"image_size": list(size), "mean": mean, "std": std, "mean_std": how_stats,
+               "skipped_files": [{"file": f, "reason": r} for f, r in skipped[:50]], "skipped_count": len(skipped)}
+    train = splits["train"].with_augment(augment) if augment else splits["train"]
+    return DataBundle(train=train, val=splits["val"], test=splits["test"],
+                      num_classes=len(classes), input_shape=(3, *size), class_names=classes, how=how,
+                      train_plain=splits["train"], augment=augment, details=details,
+                      fingerprint=fingerprint([str(root), classes, *[found[k]["stamp"] for k in sorted(found)],
+                                               train_rows, val_rows, test_rows, mean, std, list(size)]))
+
+
+def _scan(folder: Path, classes: list[str], origin: str) -> dict:
+    """Every image file under folder/<class>/ (sorted), its label, and the files whose header does not read."""
+    from PIL import Image
+
+    paths: list[str] = []
+    labels: list[int] = []
+    bad: list[tuple[str, str]] = []
+    stamp = []
+    total = 0
+    for label, name in enumerate(classes):
+        d = folder / name
+        if not d.is_dir():
+            continue
+        for f in sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()):
+            total += 1
+            st = f.stat()
+            stamp.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
+            try:
+                with Image.open(f) as im:
+                    im.verify()  # reads the file and checks it (PNG: every chunk's CRC); keeps no pixels
+            except Exception as exc:
+                bad.append((str(f), f"{type(exc).__name__}: {exc}".strip()))
+                continue
+            paths.append(str(f))
+            labels.append(label)
+    if not paths:
+        raise CompressError(f"{origin}: no readable images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
+    return {"paths": paths, "labels": labels, "bad": bad, "total": total, "stamp": stamp}
+
+
+def _check_bad_files(found: dict, max_fraction: float, origin: str) -> None:
+    bad = [b for part in found.values() for b in part["bad"]]
+    total = sum(part["total"] for part in found.values())
+    for path, reason in bad[:20]:
+        log.warning("warning: %s: skipped %s: %s", origin, path, reason)
+    if len(bad) > 20:
+        log.warning("warning: %s: skipped %d more unreadable files", origin, len(bad) - 20)
+    if bad and len(bad) > max_fraction * total:
+        path, reason = bad[0]
+        raise CompressError(f"{origin}: {len(bad)} of {total} image files are unreadable (over data.max_bad_fraction "
+                            f"= {max_fraction:g}); first: {path}: {reason}")
+
+
+def _image_size(cfg: Any, first: str, origin: str) -> tuple[int, int]:
+    if cfg.image_size is not None:
+        return (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+    from PIL import Image
+
+    with Image.open(first) as im:
+        return (im.size[1], im.size[0])
+
+
+def _stats(cfg: Any, train_paths: list[str], size: tuple[int, int], origin: str) -> tuple[list, list, str]:
+    """[data] mean/std when given; else per-channel mean/std of a seeded sample of training images."""
+    import numpy as np
+    import torch
+
+    if cfg.mean is not None and cfg.std is not None:
+        return list(cfg.mean), list(cfg.std), "[data] mean/std"
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.permutation(len(train_paths))[:STATS_SAMPLES].tolist())
+    total = torch.zeros(3, dtype=torch.float64)
+    square = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for i in pick:
+        x = decode(train_paths[i], size).double()
+        total += x.sum((1, 2))
+        square += (x * x).sum((1, 2))
+        count += x.shape[1] * x.shape[2]
+    mean = total / count
+    std = (square / count - mean * mean).clamp_min(1e-12).sqrt().clamp_min(1e-3)
+    return ([round(float(v), 6) for v in mean], [round(float(v), 6) for v in std],
+            f"computed from {len(pick)} training images (seed 0)")

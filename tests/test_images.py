@@ -1,0 +1,159 @@
+"""`images:DIR`: a folder of PNGs per class, decoded in workers, split, normalised, augmented; bad files skipped."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.data import DataConfig, load_data
+from compress.errors import CompressError
+
+CLASSES = ("cat", "dog", "eel")
+
+
+def make_images(root: Path, per_class: int = 12, size: int = 8, seed: int = 0) -> Path:
+    """per_class RGB PNGs per class: the class is the dominant colour channel, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 90, (size, size, 3))
+            a[..., label] += 150
+            Image.fromarray(a.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_image_folder_splits_normalises_and_records_class_names(tmp_path: Path):
+    # setup
+    make_images(tmp_path / "imgs")
+    # execute
+    data = load_data(DataConfig(source="images:imgs", val_fraction=0.25, test_fraction=0.25), seed=0,
+                     base_dir=tmp_path)
+    # assert
+    assert data.class_names == list(CLASSES) and data.num_classes == 3 and data.input_shape == (3, 8, 8)
+    assert data.sizes() == {"train": 18, "val": 9, "test": 9}
+    index, x, y = data.test[2]
+    assert index == 2 and x.shape == (3, 8, 8) and x.dtype == torch.float32 and 0 <= y < 3
+    assert x[y].mean() > x[(y + 1) % 3].mean()  # the class's channel is still the bright one
+    stacked = torch.stack([data.train[i][1] for i in range(len(data.train))])
+    assert abs(float(stacked.mean())) < 0.2  # normalised by the mean/std it computed from the training images
+    desc = data.describe()
+    assert desc["mean_std"].startswith("computed from 18 training images") and len(desc["mean"]) == 3
+    assert data.train_plain is data.train  # no augmentation: one dataset
+
+
+def test_folder_splits_are_used_and_augmentation_applies_to_training_only(tmp_path: Path):
+    make_images(tmp_path / "d" / "train")
+    make_images(tmp_path / "d" / "val", per_class=3, seed=1)
+    make_images(tmp_path / "d" / "test", per_class=2, seed=2)
+    cfg = DataConfig(source="images:d", augment=("flip", "crop", "jitter"), image_size=6, mean=(0.5, 0.5, 0.5),
+                     std=(0.25, 0.25, 0.25))
+    data = load_data(cfg, seed=0, base_dir=tmp_path)
+    assert data.sizes() == {"train": 36, "val": 9, "test": 6}
+    assert data.describe()["splits"]["val"]["how"] == "folder val/" and data.describe()["mean_std"] == "[data] mean/std"
+    assert data.input_shape == (3, 6, 6)
+    torch.manual_seed(0)
+    augmented = torch.stack([data.train[i][1] for i in range(len(data.train))])
+    plain = torch.stack([data.train_plain[i][1] for i in range(len(data.train))])
+    assert augmented.shape == plain.shape and not torch.equal(augmented, plain)
+    assert torch.equal(data.val[0][1], data.val[0][1])  # validation is never augmented
+
+
+def test_unreadable_files_are_skipped_up_to_the_fraction_then_exit_2(tmp_path: Path, caplog):
+    make_images(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    data = load_data(DataConfig(source="images:imgs", max_bad_fraction=0.05), seed=0, base_dir=tmp_path)
+    assert data.describe()["skipped_count"] == 1 and data.describe()["skipped_files"][0]["file"] == str(bad)
+    assert sum(data.sizes().values()) == 36
+    assert f"skipped {bad}" in caplog.text
+    with pytest.raises(CompressError, match=r"1 of 37 image files are unreadable \(over data.max_bad_fraction = 0\); "
+                                            rf"first: {bad}"):
+        load_data(DataConfig(source="images:imgs", max_bad_fraction=0.0), seed=0, base_dir=tmp_path)
+
+
+def test_image_keys_need_an_image_source():
+    with pytest.raises(ValueError, match="apply to source = 'images:DIR' only"):
+        DataConfig(source="digits", augment=("flip",))
+
+
+ZOO = '''
+import torch.nn as nn
+
+
+def teacher(input_shape=(3, 8, 8), num_classes=3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+
+def student(input_shape=(3, 8, 8), num_classes=3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(192, 8), nn.ReLU(), nn.Linear(8, num_classes))
+'''
+
+TOML = '''
+[pipeline]
+name = "imgs"
+seed = 0
+
+[data]
+source = "images:imgs"
+val_fraction = 0.25
+test_fraction = 0.25
+batch_size = 16
+workers = 2
+augment = ["flip"]
+
+[teacher]
+model = "imgzoo:teacher"
+
+[teacher.train]
+epochs = 8
+lr = 1e-2
+
+[student]
+model = "imgzoo:student"
+
+[distill]
+epochs = 8
+lr = 1e-2
+control = true
+
+[benchmark]
+providers = ["cpu"]
+batch_sizes = [1]
+threads = [1]
+warmup_runs = 2
+min_runs = 10
+min_seconds = 0.0
+repetitions = 1
+'''
+
+
+@pytest.mark.e2e
+def test_image_pipeline_runs_teacher_on_the_fly_and_ships_class_names(tmp_path: Path):
+    # setup
+    import onnx
+
+    import compress
+
+    make_images(tmp_path / "imgs", per_class=16)
+    (tmp_path / "imgzoo.py").write_text(ZOO)  # not zoo.py: other tests import their own zoo in-process
+    (tmp_path / "pipeline.toml").write_text(textwrap.dedent(TOML))
+    # execute
+    report = compress.run(tmp_path / "pipeline.toml", progress=False)
+    # assert: figures on the 12-image test split, named; augmentation made distill run the teacher per batch
+    data = report["data"]
+    assert data["evaluated_on"] == "test" and data["splits"]["test"]["size"] == 12
+    assert data["class_names"] == list(CLASSES) and data["teacher_outputs"] == "on-the-fly"
+    assert any("too small to tell them apart" in w for w in data["warnings"])
+    models = {m["name"]: m for m in report["models"]}
+    assert models["teacher"]["accuracy"] > 0.6 and models["student"]["accuracy_val"] is not None
+    assert not (tmp_path / "runs/imgs/teacher/logits.npy").exists()
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "runs/imgs" / models["student"]["path"])).metadata_props}
+    assert json.loads(meta["class_names"]) == list(CLASSES)
+    assert "Accuracy is measured on **test** (12 examples)" in (tmp_path / "runs/imgs/report.md").read_text()
