@@ -42,7 +42,6 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from compress.hf.export import bench_feed, export_text_model, run_ort
     from compress.hf.metrics import embedding_metrics
     from compress.hf.model import build_text_model, cut_layers, load_tokenizer, resolve_dir
     from compress.hf.text import read_text_file, tokenize
@@ -111,7 +110,6 @@ def main() -> None:
 
 def measure(result, teacher, student, tok, texts, test_i, enc, args, say) -> None:
     import numpy as np
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from compress.hf.export import bench_feed, export_text_model, run_ort

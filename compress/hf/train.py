@@ -12,7 +12,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from compress.errors import CompressError
 from compress.hf.losses import attention_loss, embedding_loss, hidden_loss

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from compress.hf.export import bench_feed, export_text_model, run_ort
 from compress.hf.model import build_text_model
