@@ -21,6 +21,7 @@ def quantize_text(onnx_path: Path, out_dir: Path, cfg: Any, *, task: str, score:
     """Quantize `onnx_path` in `out_dir`; `score(path)` gives the task's figures (cosine or accuracy)."""
     from compress.bench.config import PICK_PROFILE
     from compress.quantize.api import pick_final
+    from compress.quantize.attempts import paired_latency
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metric = "cosine" if task == "embedding" else "accuracy"
@@ -59,7 +60,7 @@ def quantize_text(onnx_path: Path, out_dir: Path, cfg: Any, *, task: str, score:
     chosen = out_dir / "model-int8.onnx"
     shutil.copyfile(accepted["path"], chosen)
     settings = PICK_PROFILE.settings(provider_options=provider_options)
-    paired = _paired(onnx_path, chosen, providers, batch_sizes, threads, feed, settings)
+    paired = paired_latency(onnx_path, chosen, providers, batch_sizes, threads, feed, settings)
     decision = pick_final([], [], prefer_quantized=cfg.pick == "quantized", paired=paired)
     for a in attempts:
         a.pop("path", None)
@@ -105,23 +106,6 @@ class _Reader:
 
     def rewind(self) -> None:
         self.it = iter(self.batches)
-
-
-def _paired(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
-            feed: Callable[[int], dict], settings: Any) -> list[dict]:
-    from compress.bench.paired import paired_bench
-
-    rows = []
-    for provider in providers:
-        for b in batch_sizes:
-            try:
-                row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=feed(b))
-            except Exception:  # noqa: BLE001 - an unavailable provider is reported by the benchmark stage
-                break
-            for key in ("old_block_p50_ms", "new_block_p50_ms"):
-                row.pop(key, None)
-            rows.append(row)
-    return rows
 
 
 def _table(attempts: list[dict], metric: str) -> list[str]:

@@ -82,8 +82,10 @@ def quantize(
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
+    sample = search.val_x
     paired = qa.paired_latency(search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads,
-                               search.input_name, search.val_x, settings)
+                               lambda b: {search.input_name: np.concatenate([sample] * -(-b // len(sample)))[:b]},
+                               settings)
     decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
                           paired=paired)
     result.update(chosen=str(chosen), final=decision["final"], why=decision["why"], pick=decision,

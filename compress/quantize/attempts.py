@@ -6,7 +6,7 @@ import contextlib
 import io
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -233,17 +233,17 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
 
 
 def paired_latency(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
-                   input_name: str, sample: np.ndarray, settings: Any) -> list[dict[str, Any]]:
-    """Float and quantized timed in alternating blocks (compress.bench.paired), one row per provider and batch:
-    `ratio` is quantized / float with its CI. Providers that cannot run both are left out (latency() notes why)."""
+                   feed: Callable[[int], dict[str, np.ndarray]], settings: Any) -> list[dict[str, Any]]:
+    """Float and quantized timed in alternating blocks (compress.bench.paired), one row per provider and batch on
+    `feed(batch)`: `ratio` is quantized / float with its CI. Providers that cannot run both are left out (latency()
+    notes why, or the benchmark stage reports them)."""
     from compress.bench.paired import paired_bench
 
     rows: list[dict[str, Any]] = []
     for provider in providers:
         for b in batch_sizes:
-            inputs = {input_name: np.concatenate([sample] * -(-b // len(sample)))[:b]}
             try:
-                row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=inputs)
+                row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=feed(b))
             except Exception:  # noqa: BLE001 - unavailable or failing providers are already reported by latency()
                 break
             for key in ("old_block_p50_ms", "new_block_p50_ms"):
