@@ -73,10 +73,12 @@ def _cosine(reference: list, got: list) -> float:
     """Mean over samples of the cosine between each sample's outputs (all outputs, flattened) and the reference's."""
     import numpy as np
 
-    a = np.concatenate([np.asarray(o, dtype=np.float64).reshape(len(o), -1) for o in reference], axis=1)
-    b = np.concatenate([np.asarray(o, dtype=np.float64).reshape(len(o), -1) for o in got], axis=1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
+    from compress.hf.metrics import cosine
+
+    def rows(outputs: list) -> "np.ndarray":
+        return np.concatenate([np.asarray(o, dtype=np.float64).reshape(len(o), -1) for o in outputs], axis=1)
+
+    return cosine(rows(got), rows(reference))
 
 
 def _markdown(summary: dict[str, Any], table: list[str]) -> str:
