@@ -20,7 +20,6 @@ The verdict (paired_verdict) needs significance AND effect size, as stats.verdic
 from __future__ import annotations
 
 import gc
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from compress.bench import stats
+from compress.kit.paired_kit import verdict
 from compress.errors import CompressError
 
 CONFIDENCE = 0.99
@@ -43,20 +43,9 @@ def paired_verdict(old_block_p50: Sequence[float], new_block_p50: Sequence[float
         raise ValueError("paired_verdict needs as many positive old and new block medians, at least one each")
     if max_regression < 0:
         raise ValueError(f"max_regression must be >= 0, got {max_regression}")
-    log_ratio = np.log(new / old)
-    ratio = math.exp(float(np.median(log_ratio)))
-    lo, hi = (math.exp(x) for x in stats.median_ci(log_ratio, CONFIDENCE))
-    slower, faster = lo > 1.0, hi < 1.0
-    if slower and ratio > 1.0 + max_regression:
-        label = "REGRESSED"
-    elif faster and ratio < 1.0 / (1.0 + max_regression):
-        label = "faster"
-    elif ratio > 1.0 + max_regression:
-        label = "unsure"
-    else:
-        label = "ok"
-    return {"ratio": ratio, "ci_ratio": [lo, hi], "pairs": int(old.size), "significant": bool(slower or faster),
-            "regressed": label == "REGRESSED", "verdict": label}
+    # the rule itself lives in the standalone kit script (the device judges its pairs the same way), as placement's
+    # parser does; its CI is this module's order-statistics CI at CONFIDENCE (the kit's Z_99)
+    return verdict(old, new, max_regression, lambda values, z: stats.median_ci(values, CONFIDENCE))
 
 
 def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, threads: int, settings: Any, *,

@@ -1,11 +1,10 @@
 """Paired mode of the bench kit: the kit's model (NEW) against `against.onnx` (OLD), on the device, one process.
 
 Copied into a kit made with `compress bench NEW --against OLD --kit DIR`; bench_kit.py imports it from the kit
-folder. Like bench_kit.py it needs only numpy (and the sessions bench_kit opens). The method and the verdict are
-compress.bench.paired's, restated here because a kit may not import compress (tests/test_kit_stats.py checks the two
-give the same verdicts): OLD and NEW timed in alternating ABBA blocks, the ratio is the median over pairs of
-new_block_p50 / old_block_p50, its 99% CI is the distribution-free CI of that median, and REGRESSED needs both the
-CI above 1 and the ratio past 1 + budget.
+folder. Like bench_kit.py it needs only numpy (and the sessions bench_kit opens). `verdict` is the one paired rule:
+compress.bench.paired.paired_verdict calls it too, since a kit may not import compress. OLD and NEW timed in
+alternating ABBA blocks, the ratio is the median over pairs of new_block_p50 / old_block_p50, its 99% CI is the
+distribution-free CI of that median, and REGRESSED needs both the CI above 1 and the ratio past 1 + budget.
 """
 from __future__ import annotations
 
