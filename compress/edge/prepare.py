@@ -28,19 +28,22 @@ def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
     make). A model over 2 GB cannot be one ORT-format file (a flatbuffer) at all: refused in one line."""
     import onnx
 
-    from compress.onnx.graph import PROTOBUF_LIMIT, external_bytes, without_initializer_inputs
+    from compress.onnx.graph import PROTOBUF_LIMIT, external_bytes_of, without_initializer_inputs
 
-    load_model(onnx_path, weights=False)  # a missing or corrupt file is one line here
-    outside = external_bytes(onnx_path)
+    model = load_model(onnx_path, weights=False)  # a missing or corrupt file is one line here
+    outside = external_bytes_of(model, onnx_path.parent)
     if outside and onnx_path.stat().st_size + outside >= PROTOBUF_LIMIT:
         raise CompressError(f"{onnx_path}: {(onnx_path.stat().st_size + outside) / 2**30:.2f} GB with its external "
                             "data; an ORT-format model is one flatbuffer of at most 2 GB, so it cannot be made for "
                             "this model: quantize it first (`compress quantize`, int8 weights are 4x smaller)")
-    model = load_model(onnx_path)
     if not without_initializer_inputs(model) and not outside:
         return onnx_path
+    if outside:  # the copy holds every weight itself
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(onnx_path.parent))
     copy = out_dir / f"{onnx_path.stem}.inputs.onnx"
-    onnx.save(model, str(copy))  # load_model read the external data in: the copy holds every weight itself
+    onnx.save(model, str(copy))
     return copy
 
 

@@ -18,9 +18,14 @@ def load_model(onnx_path: Path, *, weights: bool = True) -> "onnx.ModelProto":
     if not onnx_path.is_file():
         raise CompressError(f"{onnx_path}: expected an ONNX model file, got nothing there; check the path")
     try:
-        model = onnx.load(str(onnx_path), load_external_data=weights)
+        model = onnx.load(str(onnx_path), load_external_data=False)  # parsed once; external weights read below
+        outside = external_bytes_of(model, onnx_path.parent)
+        if weights and outside:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(onnx_path.parent))
         # the checker takes a path for external data: an in-memory model over 2 GB cannot be serialized to check
-        onnx.checker.check_model(str(onnx_path) if external_bytes(onnx_path) else model)
+        onnx.checker.check_model(str(onnx_path) if outside else model)
     except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a usable model"
         raise CompressError(f"{onnx_path}: expected a valid ONNX model, got {type(exc).__name__}: "
                             f"{first_line(exc)}; re-export the model") from None
@@ -111,7 +116,13 @@ def external_bytes(onnx_path: Path) -> int:
     weights themselves are not loaded."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    return external_bytes_of(onnx.load(str(onnx_path), load_external_data=False), Path(onnx_path).parent)
+
+
+def external_bytes_of(model: "onnx.ModelProto", folder: Path) -> int:
+    """external_bytes of a model already loaded (without its external data) from a file in `folder`."""
+    import onnx
+
     total, whole_files = 0, set()
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -122,7 +133,7 @@ def external_bytes(onnx_path: Path) -> int:
         else:
             whole_files.add(entry.get("location", ""))
     for location in whole_files:
-        data = Path(onnx_path).parent / location
+        data = Path(folder) / location
         total += data.stat().st_size if data.is_file() else 0
     return total
 
