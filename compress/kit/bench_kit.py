@@ -239,7 +239,7 @@ def parse_args(argv, kit):
 
 def open_jobs(model, feed, expected, providers, threads, options, args):
     """One job per (provider, threads) that opens here, the unavailable ones, and parity per provider."""
-    jobs, unavailable, parity = [], [], {}
+    jobs, unavailable, parity, placed, logs = [], [], {}, {}, {}
     for prov in providers:
         for t in threads:
             session, reason = open_session(model, prov, t, options.get(prov, {}), args.no_spin)
@@ -252,20 +252,26 @@ def open_jobs(model, feed, expected, providers, threads, options, args):
                 diff = max_abs_diff(expected, got)
                 top1 = float(np.mean(np.argmax(expected[0], -1) == np.argmax(got[0], -1))) if expected[0].ndim else 1.0
                 parity[prov] = {"max_abs_diff": diff, "top1_agreement": top1, "ok": diff <= args.atol}
-            jobs.append({"provider": prov, "threads": t, "session": session, "reps": [],
-                         "placement": audit(model, prov, t, options.get(prov, {}), args)})
+                placed[prov] = audit(model, prov, t, options.get(prov, {}), args, logs)
+            jobs.append({"provider": prov, "threads": t, "session": session, "reps": [], "placement": placed[prov]})
     return jobs, unavailable, parity
 
 
-def audit(model, prov, threads, options, args):
-    """Where the nodes ran on this device (placement_kit.py, from ORT's verbose log); None without the script."""
+def audit(model, prov, threads, options, args, logs):
+    """Where the nodes ran on this device (placement_kit.py, from ORT's verbose log); None without the script.
+    Once per provider, as parity; `logs` keeps the CPU-only session's log (the node count) for the next one."""
     try:
         import placement_kit
     except ImportError:
         return None
-    logs = [placement_kit.session_log(lambda level, p=p, t=t, o=o: open_session(model, p, t, o, args.no_spin, level))
-            for p, t, o in ([(CPU, 1, {})] + ([(prov, threads, options)] if prov != CPU else []))]
-    return placement_kit.record_from_logs(prov, logs[0], logs[-1])
+
+    def log_of(p, t, o):
+        return placement_kit.session_log(lambda level: open_session(model, p, t, o, args.no_spin, level))
+
+    if CPU not in logs:
+        logs[CPU] = log_of(CPU, 1, {})
+    log = logs[CPU] if prov == CPU else log_of(prov, threads, options)
+    return placement_kit.record_from_logs(prov, logs[CPU], log)
 
 
 def time_jobs(jobs, model, feed, options, args):
