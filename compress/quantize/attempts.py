@@ -175,25 +175,26 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
 
 def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[Path, list[str]]:
     """`src`, or `copy` written with the IR 3 weight inputs dropped and, for static QDQ, the opset raised to 13.
-    The graph is inspected without its weights; they are loaded only when a copy must be written (a 2 GB model
-    held in memory here would sit beside every later step)."""
+    The graph is parsed once, without its external weights; they are read only when a copy must be written (a 2 GB
+    model held in memory here would sit beside every later step)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
 
+    model = onnx.load(str(src), load_external_data=False)
     notes: list[str] = []
-    for weights in (False, True):
-        model = onnx.load(str(src), load_external_data=weights)
-        changed = without_initializer_inputs(model)
-        if changed and not weights:
-            notes.append("weights dropped from the graph inputs (IR 3)")
-        newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
-        if newer is not None and not weights:
-            notes.append(f"opset {default_opset(model)} upgraded to {QDQ_OPSET} (onnx version converter)")
-        if not (changed or newer is not None):
-            return src, notes
-        if weights:
-            save(newer if newer is not None else model, copy, large=large)
+    changed = without_initializer_inputs(model)
+    if changed:
+        notes.append("weights dropped from the graph inputs (IR 3)")
+    old_opset = default_opset(model)
+    if not changed and not (mode == "static" and old_opset < QDQ_OPSET):
+        return src, notes
+    load_external_data_for_model(model, str(src.parent))  # the converter and the copy need every weight
+    newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
+    if newer is not None:
+        notes.append(f"opset {old_opset} upgraded to {QDQ_OPSET} (onnx version converter)")
+    save(newer if newer is not None else model, copy, large=large)
     return copy, notes
 
 
