@@ -22,9 +22,8 @@ def quantize_several(model: Path, out_path: Path, *, mode: str, max_cosine_drop:
     """Quantize `model` to `out_path`; returns the summary (also written beside `out_path` as .json and .md)."""
     import tempfile
 
-    from compress.bench.inputs import index_bounds, make_inputs
-    from compress.bench.providers import open_session
     from compress.cache import write_json, write_text
+    from compress.edge.ort_format import sample_inputs
     from compress.hf.quantize import quantize_text
     from compress.onnx.graph import copy_model
     from compress.quantize import QuantizeConfig
@@ -32,11 +31,8 @@ def quantize_several(model: Path, out_path: Path, *, mode: str, max_cosine_drop:
     if mode != "dynamic":
         raise CompressError(f"--mode: {model} has several inputs (a transformer?); compress quantize takes it with "
                             f"--mode dynamic (int8 weights, the usual choice for transformers on CPU), got {mode!r}")
-    session, _ = open_session(model, "cpu", threads=1, strict=True)
-    bounds = index_bounds(model)
-
-    def feed(batch: int, seed: int = 0) -> dict:
-        return make_inputs(session, batch, dims, seed=seed, bounds=bounds)
+    def feed(batch: int) -> dict:
+        return sample_inputs(model, batch=batch, dims=dims)  # ids inside the vocabulary, masks of ones
 
     gate_inputs = feed(SAMPLES)
     reference = _outputs(model, gate_inputs)
@@ -55,7 +51,7 @@ def quantize_several(model: Path, out_path: Path, *, mode: str, max_cosine_drop:
             f"(token ids inside the vocabulary, masks of ones); budget: a drop of at most {max_cosine_drop:g}")
     summary = {"schema": "compress.quantize/1", "model": str(model),
                "out": str(out_path) if out_path.exists() else None, "mode": mode, "gate": gate,
-               "inputs": [i.name for i in session.get_inputs()], "final": result["final"], "why": result["why"],
+               "inputs": list(gate_inputs), "final": result["final"], "why": result["why"],
                "float": {"cosine": result["float_score"]}, "attempts": result["attempts"], "pick": result.get("pick")}
     write_json(out_path.with_suffix(".json"), summary)
     write_text(out_path.with_suffix(".md"), _markdown(summary, result["table"]))
