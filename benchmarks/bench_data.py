@@ -144,11 +144,13 @@ def _kb(pid: int, path: str, key: str) -> int:
 
 
 def run_measured(args: list[str]) -> dict:
-    """Run a command; poll its process tree every 0.2 s: peak summed RSS and PSS (shared pages split), in MB."""
+    """Run a command; poll its process tree every 0.2 s: peak summed RSS and PSS (shared pages split), in MB, over
+    the whole run and per stage (a stage's samples are those before the line that reports it finished)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"rss": 0, "pss": 0, "main_rss": 0, "procs": 0}
+    samples: list[tuple[float, int, int]] = []  # (seconds, main RSS kB, tree PSS kB)
     done = threading.Event()
 
     def poll() -> None:
@@ -156,21 +158,44 @@ def run_measured(args: list[str]) -> dict:
             pids = _tree(proc.pid)
             rss = sum(_kb(p, "status", "VmRSS:") for p in pids)
             pss = sum(_kb(p, "smaps_rollup", "Pss:") for p in pids)
+            main = _kb(proc.pid, "status", "VmRSS:")
+            samples.append((time.perf_counter() - started, main, pss))
             peak.update(rss=max(peak["rss"], rss), pss=max(peak["pss"], pss), procs=max(peak["procs"], len(pids)),
-                        main_rss=max(peak["main_rss"], _kb(proc.pid, "status", "VmRSS:")))
+                        main_rss=max(peak["main_rss"], main))
             done.wait(0.2)
 
     t = threading.Thread(target=poll, daemon=True)
     t.start()
-    output = proc.communicate()[0]
+    lines: list[tuple[float, str]] = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - started, line.rstrip()))
+    proc.wait()
     done.set()
     t.join()
     if proc.returncode != 0:
-        print(output[-3000:])
+        print("\n".join(text for _, text in lines[-40:]))
         raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}")
     return {"peak_tree_rss_mb": round(peak["rss"] / 1024, 1), "peak_tree_pss_mb": round(peak["pss"] / 1024, 1),
             "peak_main_rss_mb": round(peak["main_rss"] / 1024, 1), "max_processes": peak["procs"],
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "per_stage": _per_stage(samples, lines)}
+
+
+def _per_stage(samples: list[tuple[float, int, int]], lines: list[tuple[float, str]]) -> dict:
+    """Peak main RSS and tree PSS (MB) between consecutive 'compress: <stage>: <status>' log lines."""
+    import re
+
+    from compress.stages import STAGES
+
+    found = [(t, re.match(r"compress: (\w+): (ran|cached)", text)) for t, text in lines]
+    ends = [(t, m.group(1)) for t, m in found if m and m.group(1) in STAGES]
+    out, begin = {}, 0.0
+    for end, stage in ends + [(float("inf"), "after")]:
+        inside = [s for s in samples if begin <= s[0] < end]
+        if inside:
+            out[stage] = {"main_rss_mb": round(max(s[1] for s in inside) / 1024, 1),
+                          "tree_pss_mb": round(max(s[2] for s in inside) / 1024, 1)}
+        begin = end
+    return out
 
 
 MEMORY_TEACHER = '[teacher.train]\nepochs = 1\nlr = 3e-3'
@@ -188,7 +213,7 @@ def memory(root: Path, work: Path) -> dict:
                                         'model = "builtin:cnn-small"\nkwargs = { width = 16 }')
         toml.write_text(text)
         before = load()
-        out[n] = {**run_measured([PY, "-m", "compress", "run", str(toml), "--quiet", "--force"]),
+        out[n] = {**run_measured([PY, "-m", "compress", "-v", "run", str(toml), "--quiet", "--force"]),
                   "load_before": before, "load_after": load()}
         print(f"memory {n}: {out[n]}")
     out["ratio_pss_50k_vs_5k"] = round(out[50000]["peak_tree_pss_mb"] / out[5000]["peak_tree_pss_mb"], 3)
@@ -229,16 +254,20 @@ def throughput(root: Path, rounds: int = 3, epochs: int = 2) -> dict:
             "train_images": len(bundles["npz_in_process"].train), "epochs_per_measure": epochs}
 
 
-def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 10, n: int = 1500) -> dict:
-    """On the 1,500-image folder (900 train / 300 val / 300 test): one teacher (cnn-large width 16, trained here
-    without augmentation, saved), then per seed a student distilled with augment = ["crop", "jitter"] (the teacher
-    runs on each batch) and one without (cached logits); test accuracy of each. Shortened for a shared 2-core
-    machine: 1,500 images, 10 distill epochs."""
+def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 10, n: int = 1500,
+            teacher_epochs: int = 10, teacher_augment: str = "") -> dict:
+    """On an n-image folder (60% train / 20% val / 20% test): one teacher (cnn-large width 16, trained here for
+    `teacher_epochs`, with `teacher_augment` when given, saved), then per seed a student distilled `epochs` epochs with
+    augment = ["crop", "jitter"] (the teacher runs on each batch) and one without (cached logits); test accuracy of
+    each."""
     make(root, [n])
     source = f"images:{root / f'img{n}'}"
+    work = work / f"aug{n}-t{teacher_epochs}{teacher_augment.replace(',', '-')}-s{epochs}"
+    work.mkdir(parents=True, exist_ok=True)
     teacher_toml = write_pipeline(work / "aug-teacher.toml", name="aug-teacher", out=str(work / "aug-teacher"),
-                                  source=source, teacher="[teacher.train]\nepochs = 10\nlr = 3e-3", epochs=1,
-                                  val=0.2, test=0.2, workers=0)
+                                  source=source, teacher=f"[teacher.train]\nepochs = {teacher_epochs}\nlr = 3e-3",
+                                  epochs=1, val=0.2, test=0.2, workers=0,
+                                  extra=f"augment = {json.dumps(teacher_augment.split(','))}" if teacher_augment else "")
     run_measured([PY, "-m", "compress", "run", str(teacher_toml), "--quiet"])
     ckpt = work / "aug-teacher" / "teacher" / "teacher.safetensors"
     rows = []
@@ -257,7 +286,8 @@ def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: 
                          report["data"].get("teacher_outputs"), "seconds": stats["seconds"], "load": load()}
         print(f"augment seed {seed}: {row}")
         rows.append(row)
-    return {"rows": rows, "epochs": epochs, "images": n, "test_size": report["data"]["splits"]["test"]["size"],
+    return {"rows": rows, "epochs": epochs, "images": n, "teacher_epochs": teacher_epochs,
+            "teacher_augment": teacher_augment, "test_size": report["data"]["splits"]["test"]["size"],
             "augment_ge_none": all(r["crop+jitter"]["student_test"] >= r["none"]["student_test"] for r in rows)}
 
 
@@ -266,6 +296,10 @@ def main() -> None:
     parser.add_argument("what", nargs="*", default=["make", "memory", "throughput", "augment"])
     parser.add_argument("--root", type=Path, default=Path("/tmp/compress-images"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/compress-images/bench_data.json"))
+    parser.add_argument("--aug-images", type=int, default=1500, help="augment: images in the folder")
+    parser.add_argument("--aug-epochs", type=int, default=10, help="augment: student distill epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=10, help="augment: teacher training epochs")
+    parser.add_argument("--teacher-augment", default="", help="augment: the teacher's own augmentations, e.g. crop")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     work = args.root / "work"
@@ -277,7 +311,9 @@ def main() -> None:
             make(args.root, [5000, 50000])
             continue
         results[what] = {"memory": lambda: memory(args.root, work), "throughput": lambda: throughput(args.root),
-                         "augment": lambda: augment(args.root, work)}[what]()
+                         "augment": lambda: augment(args.root, work, epochs=args.aug_epochs, n=args.aug_images,
+                                                   teacher_epochs=args.teacher_epochs,
+                                                   teacher_augment=args.teacher_augment)}[what]()
         args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items()}, indent=1)[:4000])
 

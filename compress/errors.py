@@ -51,3 +51,13 @@ def first_line(exc: BaseException, limit: int = MAX_MESSAGE_CHARS) -> str:
     """The first non-empty line of an exception's message (its type name when empty), shortened to `limit`."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return shorten(lines[0], limit) if lines else type(exc).__name__
+
+
+def unwrap_worker(text: str) -> str:
+    """The user's line inside a DataLoader worker's re-raised error ("Caught CompressError in DataLoader worker
+    process 0. Original Traceback ... compress.errors.CompressError: <line>"): that last line; else `text`."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    head, sep, tail = last.partition("Error: ")
+    return tail if sep and " " not in head else last

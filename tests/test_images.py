@@ -78,6 +78,31 @@ def test_unreadable_files_are_skipped_up_to_the_fraction_then_exit_2(tmp_path: P
         load_data(DataConfig(source="images:imgs", max_bad_fraction=0.0), seed=0, base_dir=tmp_path)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_that_stops_decoding_after_the_scan_is_skipped_then_past_the_fraction_exit_2(tmp_path: Path, caplog,
+                                                                                             workers: int):
+    from compress.data import loader
+    from compress.errors import unwrap_worker
+
+    make_images(tmp_path / "imgs")
+    data = load_data(DataConfig(source="images:imgs", val_fraction=0.2, test_fraction=0.0, max_bad_fraction=0.05,
+                                workers=workers), seed=0, base_dir=tmp_path)
+    strict = load_data(DataConfig(source="images:imgs", val_fraction=0.2, test_fraction=0.0, max_bad_fraction=0.0,
+                                  workers=workers), seed=0, base_dir=tmp_path)
+    gone = data.train.paths[3]
+    Path(gone).write_bytes(b"\x89PNG\r\n\x1a\ntruncated after the scan")  # e.g. a copy still being written
+    seen = [int(i) for index, x, y in loader(data.train, batch_size=8, shuffle=False, seed=0, workers=workers)
+            for i in index]
+    assert seen == [i for i in range(len(data.train)) if i != 3]
+    if workers == 0:  # (a worker's warning goes to its own stderr, which caplog does not see)
+        assert f"warning: data.source: skipped {gone}: cannot decode image" in caplog.text
+    with pytest.raises(CompressError) as err:
+        list(loader(strict.train, batch_size=8, shuffle=False, seed=0, workers=workers))
+    line = unwrap_worker(str(err.value))
+    assert line.startswith(f"data.source: 1 of {len(strict.train)} images of a split failed to decode during the run "
+                           f"(over data.max_bad_fraction = 0); last: {gone}: cannot decode image") and "\n" not in line
+
+
 def test_image_keys_need_an_image_source():
     with pytest.raises(ValueError, match="apply to source = 'images:DIR' only"):
         DataConfig(source="digits", augment=("flip",))

@@ -35,8 +35,9 @@ MAX_LINE_CHARS = 500
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     import logging
 
-    from compress.errors import shorten
+    from compress.errors import shorten, unwrap_worker
 
+    message = unwrap_worker(message)
     if ctx.meta.get("compress.verbose"):
         import traceback
 

@@ -64,7 +64,9 @@ class DataConfig(Section):
                                                                    "'jitter' brightness/contrast +-20%). With any, "
                                                                    "the teacher runs on each augmented batch.")
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="images: unreadable files are reported and "
-                                    "skipped up to this fraction of all files; past it the run stops (exit 2).")
+                                    "skipped up to this fraction of all files; past it the run stops (exit 2). The "
+                                    "same holds for a file that passed the scan but fails to decode during the run "
+                                    "(fraction of its split).")
 
     @field_validator("source")
     @classmethod
@@ -154,23 +156,37 @@ class DataBundle:
         """`(index, inputs, target)` batches of a split, in order, without augmentation."""
         yield from loader(self.split(split), batch_size=batch_size, shuffle=False, seed=0, workers=self.workers)
 
-    def arrays(self, split: str, limit: int | None = None, rows: Any = None) -> tuple[Any, Any]:
+    def arrays(self, split: str, limit: int | None = None, rows: Any = None, spill: Any = None) -> tuple[Any, Any]:
         """Examples `rows` of a split (else the first `limit`, else all) as numpy (inputs, labels); inputs a dict of
-        arrays for keyword-input models. For the ONNX side (parity, calibration, the quantization gate)."""
+        arrays for keyword-input models. For the ONNX side (parity, calibration, the quantization gate). With
+        `spill` (a folder), tensor inputs are written there batch by batch and come back memory-mapped, so a split
+        of any size is read without holding it in memory."""
         import numpy as np
         import torch
 
         ds = self.split(split)
         if rows is None:
             rows = range(len(ds) if limit is None else min(limit, len(ds)))
-        xs, ys = [], []
+        xs, ys, mapped, filled = [], [], None, 0
         for _, x, y in loader(torch.utils.data.Subset(ds, list(rows)), batch_size=256, shuffle=False, seed=0,
                               workers=self.workers):
-            xs.append(x)
             ys.append(y)
+            if spill is None or isinstance(x, dict):
+                xs.append(x)
+                continue
+            if mapped is None:
+                mapped = np.lib.format.open_memmap(Path(spill) / f"{split}-inputs.npy", mode="w+", dtype=np.float32,
+                                                   shape=(len(rows), *x.shape[1:]))
+            mapped[filled:filled + len(x)] = x.numpy()
+            filled += len(x)
+        labels = np.asarray(torch.cat(ys).numpy())
+        if mapped is not None:
+            mapped.flush()
+            del mapped  # read back read-only, cut to what was read (items that no longer decode are dropped)
+            return np.load(Path(spill) / f"{split}-inputs.npy", mmap_mode="r")[:filled], labels
         if isinstance(xs[0], dict):
-            return {k: torch.cat([x[k] for x in xs]).numpy() for k in xs[0]}, torch.cat(ys).numpy()
-        return torch.cat(xs).numpy(), np.asarray(torch.cat(ys).numpy())
+            return {k: torch.cat([x[k] for x in xs]).numpy() for k in xs[0]}, labels
+        return torch.cat(xs).numpy(), labels
 
     def calibration_rows(self, samples: int) -> Any:
         """The training rows quantization calibrates on: a fixed random subset (seed 0) of `samples` examples."""
@@ -203,9 +219,11 @@ def loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, workers: 
     import torch
     from torch.utils.data import DataLoader
 
+    from compress.data.datasets import collate
+
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                      generator=generator, num_workers=workers, worker_init_fn=_seed_worker if workers else None,
+                      generator=generator, num_workers=workers, collate_fn=collate, worker_init_fn=_seed_worker if workers else None,
                       persistent_workers=workers > 0, drop_last=drop_last)
 
 

@@ -10,6 +10,22 @@ from typing import Any, Callable
 
 import torch.utils.data as tud
 
+SKIPPED = -2
+"""The target of an item whose source could not be read at run time (an image that no longer decodes): `collate`
+drops it from its batch."""
+
+
+def collate(items: list) -> Any:
+    """torch's default collation, without the items marked SKIPPED (all of them kept if all are, sliced to none)."""
+    from torch.utils.data import default_collate
+
+    index, inputs, target = default_collate(items)
+    keep = target != SKIPPED
+    if bool(keep.all()):
+        return index, inputs, target
+    inputs = {k: v[keep] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[keep]
+    return index[keep], inputs, target[keep]
+
 
 class ArrayDataset(tud.Dataset):
     """Rows `rows` (all when None) of arrays `x`, `y` that may be memory-mapped; `scale` multiplies inputs."""

@@ -23,22 +23,28 @@ class ImageDataset(tud.Dataset):
     """Files `paths` with labels; decoded, resized, scaled to [0, 1], normalised, and (training) augmented."""
 
     def __init__(self, paths: Sequence[str], labels: Any, *, size: tuple[int, int], mean: Sequence[float],
-                 std: Sequence[float], augment: Sequence[str] = ()):
+                 std: Sequence[float], augment: Sequence[str] = (), max_bad_fraction: float = 0.0):
         self.paths, self.labels, self.size = list(paths), labels, size
         self.mean, self.std, self.augment = list(mean), list(std), tuple(augment)
+        self.max_bad_fraction = max_bad_fraction
+        self.failed: set[int] = set()  # this process's files that passed the scan but did not decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def with_augment(self, augment: Sequence[str]) -> "ImageDataset":
-        return ImageDataset(self.paths, self.labels, size=self.size, mean=self.mean, std=self.std, augment=augment)
+        return ImageDataset(self.paths, self.labels, size=self.size, mean=self.mean, std=self.std, augment=augment,
+                            max_bad_fraction=self.max_bad_fraction)
 
     def __getitem__(self, i: int) -> tuple[int, Any, int]:
         import torch
 
         if i < 0 or i >= len(self):
             raise IndexError(i)
-        x = decode(self.paths[i], self.size)
+        try:
+            x = decode(self.paths[i], self.size)
+        except CompressError as exc:
+            return self._skip(i, exc)
         if "jitter" in self.augment:  # brightness and contrast, +-20%
             b, c = 1 + 0.4 * (torch.rand(2) - 0.5)
             x = ((x - x.mean()) * c + x.mean() * b).clamp(0, 1)
@@ -52,6 +58,23 @@ class ImageDataset(tud.Dataset):
             dy, dx = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
             x = padded[:, dy:dy + h, dx:dx + w]
         return i, x.contiguous(), int(self.labels[i])
+
+    def _skip(self, i: int, exc: CompressError) -> tuple[int, Any, int]:
+        """A file that passed the scan but does not decode now (changed on disk, or damage the header check cannot
+        see): one warning line the first time, and an item the loader drops (target SKIPPED); past
+        max_bad_fraction of the split in this process, the run stops with exit 2."""
+        import torch
+
+        from compress.data.datasets import SKIPPED
+
+        if i not in self.failed:
+            self.failed.add(i)
+            log.warning("warning: data.source: skipped %s", exc)
+            if len(self.failed) > self.max_bad_fraction * len(self):
+                raise CompressError(f"data.source: {len(self.failed)} of {len(self)} images of a split failed to "
+                                    f"decode during the run (over data.max_bad_fraction = {self.max_bad_fraction:g}); "
+                                    f"last: {exc}")
+        return i, torch.zeros(3, *self.size), SKIPPED
 
 
 def decode(path: str, size: tuple[int, int]) -> Any:
@@ -113,7 +136,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
         else:
             splits[part] = None
             continue
-        splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std)
+        splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std, max_bad_fraction=cfg.max_bad_fraction)
     if splits["val"] is None or len(splits["val"]) == 0:
         raise CompressError(f"{origin}: too few images ({len(paths)}) to hold out a validation split")
     augment = tuple(cfg.augment)

@@ -222,7 +222,7 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
         try:
             for b in batch_sizes:
                 reps = -(-b // len(sample))
-                inputs = {input_name: np.concatenate([sample] * reps)[:b]}
+                inputs = {input_name: np.concatenate([sample[:b]] * reps)[:b]}  # b rows, never the whole sample
                 row = measure(path, provider, b, threads, inputs=inputs, settings=settings)
                 row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
                 rows.append(row)

@@ -2,6 +2,7 @@
 (compress.edge.prepare). Runs when `[export] ort_format = true`, after the benchmark stage settled the final model."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ def run(ctx: StageContext) -> StageResult:
     else:
         inputs = {single_input(onnx_path, what="the edge stage")[0]: example.numpy()}
     targets = ctx.cfg.export.edge_targets
-    qnn = None
-    if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
-        val_x, val_y = ctx.data.arrays(ctx.data.eval_split)
-        qnn = {"calibration": ctx.data.arrays("train", limit=256)[0], "val_x": val_x, "val_y": val_y,
-               "activation_type": ctx.cfg.export.qnn_activation_type}
-    section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
+    with tempfile.TemporaryDirectory(dir=ctx.stage_dir, prefix=".scratch-") as scratch:
+        qnn = None
+        if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
+            val_x, val_y = ctx.data.arrays(ctx.data.eval_split, spill=scratch)  # memory-mapped: any size fits
+            qnn = {"calibration": ctx.data.arrays("train", limit=256)[0], "val_x": val_x, "val_y": val_y,
+                   "activation_type": ctx.cfg.export.qnn_activation_type}
+        section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
+        qnn = val_x = None
     section = _relative(ctx, {"model": final.name, **section})
     artifacts = [p for p in (section["ort"].get("ort_path"), section["ort"].get("config_path")) if isinstance(p, str)]
     artifacts.append(ctx.rel(ctx.stage_dir / "edge.json"))

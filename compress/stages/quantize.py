@@ -1,6 +1,7 @@
 """quantize: the current final model through compress.quantize (the same function as `compress quantize`)."""
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from compress.context import StageContext
@@ -23,11 +24,14 @@ def run(ctx: StageContext) -> StageResult:
     data, qcfg, bcfg = ctx.data, ctx.cfg.quantize, ctx.cfg.benchmark
     base = ctx.final
     calib_x, _ = data.arrays("train", rows=data.calibration_rows(qcfg.calibration_samples))
-    val_x, val_y = data.arrays("val")  # the gate: validation, never the test split
-    result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, calib_x=calib_x,
-                      val_x=val_x, val_y=val_y, providers=bcfg.providers,
-                      batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
-                      provider_options=bcfg.settings().provider_options)
+    with tempfile.TemporaryDirectory(dir=ctx.stage_dir, prefix=".scratch-") as scratch:
+        # the gate: validation, never the test split; memory-mapped from scratch, so any size of split fits
+        val_x, val_y = data.arrays("val", spill=scratch)
+        result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, calib_x=calib_x,
+                          val_x=val_x, val_y=val_y, providers=bcfg.providers,
+                          batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
+                          provider_options=bcfg.settings().provider_options)
+        del val_x
     name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not
     models: tuple[ModelRecord, ...] = ()
     artifacts: tuple[str, ...] = ()
