@@ -55,16 +55,22 @@ class DistSettings:
         if self.nnodes > 1 and not (self.rdzv_endpoint and re.fullmatch(r"[^\s:]+:\d{1,5}", self.rdzv_endpoint)):
             raise CompressError(f"--rdzv-endpoint: expected HOST:PORT of node 0 when --nnodes is {self.nnodes}, "
                                 f"got {self.rdzv_endpoint!r}")
+        cores = os.cpu_count() or 1
+        if self.nproc > cores:
+            log.warning("warning: --nproc %d is more than the %d CPU cores of this machine; the processes share "
+                        "them (slower, same recipe)", self.nproc, cores)
+        if self.distributed and str(cfg.data.source).startswith("text:"):
+            if self.nnodes > 1:  # hf: text training has no DDP path: the other machines would only repeat it
+                raise CompressError(f"{cfg.source_path}: data.source: text pipelines train in one process, so "
+                                    f"--nnodes {self.nnodes} cannot share the work; run on one machine")
+            log.warning("warning: text pipelines train in one process; --nproc %d is not used", self.nproc)
+            return
         batch = cfg.data.batch_size
         if self.distributed and batch % self.world_size:
             raise CompressError(f"{cfg.source_path}: data.batch_size: {batch} is not a multiple of the "
                                 f"{self.world_size} processes (--nproc {self.nproc} x --nnodes {self.nnodes}); the "
                                 "global batch is split evenly across processes, so use a multiple such as "
                                 f"{max(self.world_size, batch - batch % self.world_size)}")
-        cores = os.cpu_count() or 1
-        if self.nproc > cores:
-            log.warning("warning: --nproc %d is more than the %d CPU cores of this machine; the processes share "
-                        "them (slower, same recipe)", self.nproc, cores)
 
     def torchrun_args(self, rdzv_id: str) -> list[str]:
         """torchrun's options for one training job; a failed worker fails the job (no restarts)."""
