@@ -25,6 +25,8 @@ RECIPES = {
     "baseline": dict(loss="mse", lr=1e-4),
     "cosine": dict(loss="cosine", lr=3e-4),
     "kd": dict(loss="cosine", lr=3e-4, hidden_weight=1.0),
+    "kd-rel": dict(loss="cosine", lr=3e-4, hidden_weight=1.0, relation_weight=1.0),
+    "rel": dict(loss="cosine", lr=3e-4, relation_weight=1.0),
     "kd-att": dict(loss="cosine", lr=3e-4, hidden_weight=1.0, attention_weight=1.0),
 }
 

@@ -21,6 +21,21 @@ def embedding_loss(student, teacher, kind: EmbeddingLoss = "cosine"):
     return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp(min=1e-12)
 
 
+def relation_loss(student, teacher, bank, temperature: float = 0.05, exclude=None):
+    """KL(teacher || student) of each text's similarity distribution over a fixed bank of teacher embeddings
+    (CompRess-style relational KD): softmax over cosine similarities to the bank at `temperature`. It teaches which
+    texts are near each other, which `neighbour_overlap@k` asks and a per-text cosine loss does not. `exclude`
+    (batch, bank) bool marks bank rows that are the text itself."""
+    import torch.nn.functional as F
+
+    bank = F.normalize(bank, dim=-1)
+    s = F.normalize(student, dim=-1) @ bank.T / temperature
+    t = F.normalize(teacher, dim=-1) @ bank.T / temperature
+    if exclude is not None:
+        s, t = s.masked_fill(exclude, -1e4), t.masked_fill(exclude, -1e4)
+    return F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
+
+
 def hidden_loss(student_hidden: Sequence, teacher_hidden: Sequence, layer_map: Sequence[int], attention_mask,
                 projection=None):
     """Mean over mapped layers of the MSE between student and teacher token states, on unmasked tokens only,

@@ -81,12 +81,20 @@ def _text_model_class():
         hidden states (and attention maps when asked) for intermediate-layer distillation.
         """
 
-        def __init__(self, encoder, *, task: Task, pooling: Pooling = "mean", head=None) -> None:
+        def __init__(self, encoder, *, task: Task, pooling: Pooling = "mean", head=None,
+                     label_order: Sequence[int] | None = None) -> None:
             super().__init__()
-            self.encoder = encoder
+            self.encoder = encoder  # the folder's ...ForSequenceClassification model when its head is used
             self.head = head
             self.task = task
             self.pooling = pooling
+            self.label_order = None if label_order is None or list(label_order) == list(range(len(label_order))) \
+                else list(label_order)
+
+        @property
+        def folder_head(self) -> bool:
+            """Classification through the folder's own head (nothing to train before distilling)."""
+            return self.task == "classification" and self.head is None
 
         @property
         def input_names(self) -> tuple[str, ...]:
@@ -104,11 +112,12 @@ def _text_model_class():
             if token_type_ids is not None and "token_type_ids" in self.input_names:
                 kw["token_type_ids"] = token_type_ids
             out = self.encoder(**kw, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
-            last = out.last_hidden_state
-            if self.task == "classification":
-                result = self.head(last[:, 0])
+            if self.folder_head:
+                result = out.logits if self.label_order is None else out.logits[:, self.label_order]
+            elif self.task == "classification":
+                result = self.head(out.last_hidden_state[:, 0])
             else:
-                result = pool(last, attention_mask, self.pooling)
+                result = pool(out.last_hidden_state, attention_mask, self.pooling)
             return result, (out.hidden_states if hidden else None), (out.attentions if attentions else None)
 
     return _TextModel
@@ -138,13 +147,30 @@ def pool(last_hidden, attention_mask, pooling: Pooling = "mean"):
     return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+def folder_head_order(config: dict, class_names: Sequence[str] | None) -> list[int] | None:
+    """For a folder whose config.json describes a sequence-classification model: the folder's label index of each
+    of the data's classes (in the data's order), when its labels are the data's (by name, or LABEL_i for classes
+    named 0..n-1); None when the folder has no head or its labels differ (a new head is trained then)."""
+    if not class_names or not any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures")
+                                  or ()):
+        return None
+    id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    names = [id2label.get(i, f"LABEL_{i}") for i in range(len(id2label) or int(config.get("num_labels", 2)))]
+    ours = [str(c) for c in class_names]
+    if sorted(names) == sorted(ours):
+        return [names.index(c) for c in ours]
+    if names == [f"LABEL_{i}" for i in range(len(names))] and sorted(ours) == sorted(map(str, range(len(names)))):
+        return [int(c) for c in ours]
+    return None
+
+
 def build_text_model(spec: str, *, task: Task, num_classes: int = 0, pooling: Pooling = "mean",
                      kwargs: dict | None = None, base_dir: Path, origin: str, from_scratch: bool = False,
-                     attention: str | None = None):
+                     attention: str | None = None, class_names: Sequence[str] | None = None):
     """A TextModel from `hf:DIR`. With `kwargs` (config overrides such as num_hidden_layers) or `from_scratch`,
     the folder's config is changed and the weights are freshly initialised; otherwise they load from the folder.
-    Classification adds a linear head on [CLS] with `num_classes` outputs (the folder's own head is used when it
-    has one of that size)."""
+    Classification uses the folder's own head when it has one for the data's labels (`class_names`; outputs put in
+    the data's label order), else adds a linear head on [CLS] with `num_classes` outputs, to be trained."""
     import torch
 
     transformers = require_transformers(origin)
@@ -159,24 +185,25 @@ def build_text_model(spec: str, *, task: Task, num_classes: int = 0, pooling: Po
             setattr(config, key, value)
         if attention:
             config._attn_implementation = attention
-        if kwargs or from_scratch:
-            encoder = _no_pooler(lambda **kw: transformers.AutoModel.from_config(config, **kw))
-        else:
+        order = folder_head_order(config.to_dict(), class_names) if task == "classification" else None
+        auto = transformers.AutoModelForSequenceClassification if order is not None else transformers.AutoModel
+        build = (lambda **kw: auto.from_config(config, **kw)) if kwargs or from_scratch else (
+            lambda **kw: auto.from_pretrained(str(path), config=config, local_files_only=True, **kw))
+        if not (kwargs or from_scratch):
             _check_weights(path, origin)
-            encoder = _no_pooler(lambda **kw: transformers.AutoModel.from_pretrained(
-                str(path), config=config, local_files_only=True, **kw))
+        encoder = build() if order is not None else _no_pooler(build)  # a folder's head may need BERT's pooler
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"{origin}.model: cannot load {path} as a local Hugging Face model: "
                             f"{first_line(exc, 200)}") from exc
     head = None
-    if task == "classification":
+    if task == "classification" and order is None:
         if num_classes < 2:
             raise CompressError(f"{origin}: classification needs labels with at least 2 classes")
         head = torch.nn.Sequential(torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1)),
                                    torch.nn.Linear(config.hidden_size, num_classes))
-    return _text_model_class()(encoder, task=task, pooling=pooling, head=head).eval()
+    return _text_model_class()(encoder, task=task, pooling=pooling, head=head, label_order=order).eval()
 
 
 def _no_pooler(make):
@@ -232,8 +259,9 @@ def _layer_list(encoder, origin: str):
     """The ModuleList of transformer blocks (BERT's encoder.layer, DistilBERT's transformer.layer, ...)."""
     import torch
 
+    encoder = getattr(encoder, "base_model", encoder)  # BertForSequenceClassification's blocks are in .bert
     for parent_name in ("encoder", "transformer", ""):
-        parent = encoder.get_submodule(parent_name) if parent_name else encoder
+        parent = getattr(encoder, parent_name, None) if parent_name else encoder
         for name in ("layer", "layers"):
             stack = getattr(parent, name, None)
             if isinstance(stack, torch.nn.ModuleList):

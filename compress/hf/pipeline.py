@@ -22,7 +22,7 @@ def build_teacher(cfg: Any, data: Any, origin: str, *, fresh: bool = False):
 
     return build_text_model(cfg.teacher.model, task=data.task, num_classes=data.num_classes,
                             pooling=cfg.teacher.pooling, kwargs=cfg.teacher.kwargs, base_dir=cfg.base_dir,
-                            origin=origin, from_scratch=fresh, attention=_attention(cfg))
+                            origin=origin, from_scratch=fresh, attention=_attention(cfg), class_names=data.class_names)
 
 
 def _attention(cfg: Any) -> str | None:
@@ -51,7 +51,8 @@ def build_student(cfg: Any, data: Any, teacher: Any, origin: str) -> tuple[Any, 
     if not (section.model or "").startswith("hf:"):
         raise CompressError(f"{origin}.model: text data needs an hf: student (or from_teacher), got {section.model!r}")
     student = build_text_model(section.model, task=data.task, num_classes=data.num_classes, pooling=section.pooling,
-                               kwargs=section.kwargs, base_dir=cfg.base_dir, origin=origin, attention=_attention(cfg))
+                               kwargs=section.kwargs, base_dir=cfg.base_dir, origin=origin, attention=_attention(cfg),
+                               class_names=data.class_names)
     return student, ModelSpec(section.model, dict(section.kwargs)), None
 
 
@@ -64,7 +65,7 @@ def load_text_model(ctx: Any, name: str):
     pooling = ctx.cfg.teacher.pooling if rec.role == "teacher" else ctx.cfg.student.pooling
     model = build_text_model(rec.spec.model, task=ctx.data.task, num_classes=ctx.data.num_classes, pooling=pooling,
                              kwargs=dict(rec.spec.kwargs), base_dir=ctx.cfg.base_dir, origin=rec.origin,
-                             from_scratch=True)
+                             from_scratch=True, class_names=ctx.data.class_names)
     load_weights(model, ctx.run_dir / rec.torch, rec.origin)
     return model.eval()
 
@@ -76,7 +77,7 @@ def check_text_models(cfg: Any, data: Any) -> None:
     import importlib.util
     import json
 
-    from compress.hf.model import choose_layers, resolve_dir
+    from compress.hf.model import choose_layers, folder_head_order, resolve_dir
 
     origin = f"{cfg.source_path}: teacher"
     if cfg.prune is not None:
@@ -90,9 +91,10 @@ def check_text_models(cfg: Any, data: Any) -> None:
     if not cfg.teacher.kwargs and not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin",
                                                                            "model.safetensors.index.json")):
         raise CompressError(f"{origin}: {folder}/model.safetensors not found (no weights in the hf folder)")
-    if not cfg.teacher.checkpoint and data.task == "classification" and cfg.teacher.train is None:
-        raise CompressError(f"{origin}: a classification teacher needs its head trained: add [teacher.train] "
-                            "(or a checkpoint of the whole wrapped model)")
+    if not cfg.teacher.checkpoint and data.task == "classification" and cfg.teacher.train is None and \
+            folder_head_order(json.loads((folder / "config.json").read_text()), data.class_names) is None:
+        raise CompressError(f"{origin}: {folder} has no classification head for the labels {data.class_names}, so "
+                            "one must be trained: add [teacher.train] (or a checkpoint of the whole wrapped model)")
     cut = cfg.student.from_teacher
     if cut is not None:
         total = int(cfg.teacher.kwargs.get("num_hidden_layers")
@@ -119,7 +121,9 @@ def settings_from(dcfg: Any, batch_size: int, layer_map: Any, *, seconds: float 
         epochs=dcfg.epochs, lr=dcfg.lr, batch_size=batch_size, weight_decay=dcfg.weight_decay,
         warmup_fraction=min(0.5, dcfg.warmup_epochs / max(dcfg.epochs, 1)), loss=dcfg.loss,
         hidden_weight=dcfg.hidden_weight, attention_weight=dcfg.attention_weight,
-        layer_map=tuple(layer_map) if layer_map is not None else None, temperature=dcfg.temperature,
+        relation_weight=dcfg.relation_weight, relation_temperature=dcfg.relation_temperature,
+        relation_bank=dcfg.relation_bank, layer_map=tuple(layer_map) if layer_map is not None else None,
+        temperature=dcfg.temperature,
         alpha=dcfg.alpha, max_seconds=seconds if seconds is not None else (dcfg.max_minutes or 0) * 60 or None)
 
 
@@ -165,6 +169,8 @@ def teacher_stage(ctx: Any) -> StageResult:
     if section.checkpoint:
         load_weights(model, cfg.resolve(section.checkpoint), ctx.origin("teacher.checkpoint"), key=section.checkpoint_key)
         info["source"] = "checkpoint"
+    elif data.task == "classification" and model.folder_head and section.train is None:
+        info["source"] = "hf folder, with its own classification head"
     elif data.task == "classification":
         tcfg = section.train
         settings = settings_from(ctx.cfg.distill.model_copy(update={**tcfg.model_dump(), "hidden_weight": 0.0,

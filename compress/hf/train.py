@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from compress.errors import CompressError
-from compress.hf.losses import attention_loss, embedding_loss, hidden_loss
+from compress.hf.losses import attention_loss, embedding_loss, hidden_loss, relation_loss
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class TextDistillSettings:
     layer_map: tuple[int, ...] | None = None
     temperature: float = 4.0
     alpha: float = 0.3
+    relation_weight: float = 0.0
+    """Embedding task: weight of the relational loss over a bank of teacher embeddings (losses.relation_loss)."""
+    relation_temperature: float = 0.05
+    relation_bank: int = 4096
+    """Training texts in that bank (chosen with the seed; their teacher embeddings are computed once)."""
     max_seconds: float | None = None
     """Stop training after this many seconds (checked between batches; the last epoch is then evaluated)."""
     extra: dict = field(default_factory=dict)
@@ -52,6 +57,18 @@ def length_batches(lengths, batch_size: int, generator) -> list:
         batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
     perm = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in perm]
+
+
+def lr_factor(step: int, total_steps: int, elapsed: float, max_seconds: float | None, warmup_fraction: float) -> float:
+    """The learning rate's multiplier: linear warm-up over the first `warmup_fraction` of training, then a cosine to
+    zero. Progress is steps over all epochs or, with a time budget, whichever is further along, steps or seconds,
+    so the rate has decayed when the budget ends instead of being cut off at its peak (or still warming up)."""
+    done = step / max(1, total_steps)
+    if max_seconds:
+        done = max(done, elapsed / max_seconds)
+    if done < warmup_fraction:
+        return max(done / warmup_fraction, 1 / max(1, total_steps))
+    return 0.5 * (1 + math.cos(math.pi * min((done - warmup_fraction) / max(1e-9, 1 - warmup_fraction), 1.0)))
 
 
 def predict(model, encoded: dict, *, batch_size: int = 128):
@@ -88,21 +105,16 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
         teacher_outputs = predict(teacher, train)
     if teacher is not None:
         teacher.eval()
+    bank = _relation_bank(teacher, train, settings, seed) if task == "embedding" else None
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     lengths = train["attention_mask"].sum(1)
     steps_per_epoch = math.ceil(len(lengths) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
-    warm = max(1, int(settings.warmup_fraction * total))
     start, cpu_start = time.perf_counter(), time.process_time()
 
     def lr_at(step: int) -> float:
-        # with a time budget the cosine follows whichever is further along, steps or seconds, so the rate has
-        # decayed when the budget ends instead of being cut off at its peak
-        done = (step - warm) / max(1, total - warm)
-        if settings.max_seconds:
-            done = max(done, (time.perf_counter() - start) / settings.max_seconds)
-        return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        return lr_factor(step, total, time.perf_counter() - start, settings.max_seconds, settings.warmup_fraction)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     best = {"score": -math.inf, "epoch": 0, "state": copy.deepcopy(student.state_dict())}
@@ -114,7 +126,7 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
         for b, idx in enumerate(length_batches(lengths, settings.batch_size, gen)):
             batch = {k: v[idx].long() for k, v in train.items()}
             loss = _batch_loss(student, teacher, batch, idx, settings, task=task, teacher_outputs=teacher_outputs,
-                               labels=labels, need_states=need_states)
+                               labels=labels, need_states=need_states, bank=bank)
             if not torch.isfinite(loss):
                 raise CompressError(f"{origin}.lr: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
                                     f"lower the learning rate (lr = {settings.lr:g})")
@@ -145,8 +157,19 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
             "stopped_by_time": stopped, "train_seconds": round(time.perf_counter() - start, 1), "history": history}
 
 
+def _relation_bank(teacher, train: dict, settings: TextDistillSettings, seed: int):
+    """(bank row indices, their teacher embeddings) for the relational loss, or None when it is off."""
+    import torch
+
+    if teacher is None or settings.relation_weight <= 0:
+        return None
+    n = len(train["attention_mask"])
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[: min(settings.relation_bank, n)]
+    return rows, predict(teacher, {k: v[rows] for k, v in train.items()})
+
+
 def _batch_loss(student, teacher, batch: dict, idx, settings: TextDistillSettings, *, task: str, teacher_outputs,
-                labels, need_states: bool):
+                labels, need_states: bool, bank=None):
     import torch
     import torch.nn.functional as F
 
@@ -166,6 +189,11 @@ def _batch_loss(student, teacher, batch: dict, idx, settings: TextDistillSetting
         t_out = teacher_outputs[idx]
     if task == "embedding":
         loss = embedding_loss(out, t_out, settings.loss)
+        if bank is not None:
+            rows, embeddings = bank
+            exclude = idx.unsqueeze(1) == rows.unsqueeze(0)
+            loss = loss + settings.relation_weight * relation_loss(out, t_out, embeddings,
+                                                                   settings.relation_temperature, exclude)
     else:
         y = labels[idx]
         loss = kd_loss(out, t_out, y, temperature=settings.temperature, alpha=settings.alpha if t_out is not None

@@ -35,6 +35,14 @@ class DistillConfig(TrainConfig):
     attention_weight: float = Field(0.0, ge=0, description="hf: models: weight of KD on attention distributions "
                                     "(KL per query token, MiniLM/TinyBERT style) through the same layer map; needs "
                                     "the slower eager attention.")
+    relation_weight: float = Field(0.0, ge=0, description="hf: models, embedding task: weight of relational KD: "
+                                   "each text's similarity distribution over a bank of teacher embeddings of "
+                                   "training texts (KL at relation_temperature), which teaches the teacher's "
+                                   "neighbours (neighbour_overlap@10).")
+    relation_temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature of relational KD over "
+                                        "cosine similarities (lower: only the nearest texts count).")
+    relation_bank: int = Field(4096, ge=16, le=1_000_000, description="Training texts whose teacher embeddings form "
+                               "relational KD's bank (chosen with the seed, computed once).")
     layer_map: tuple[int, ...] | None = Field(None, description="Teacher layer (0-based) each student layer "
                                               "learns from; default: the layers a from_teacher student kept, else "
                                               "evenly spaced ending at the teacher's last.")

@@ -30,6 +30,35 @@ def make_bert(folder: Path, *, layers: int = 4, hidden: int = 32, seed: int = 0)
     return folder
 
 
+def make_bert_classifier(folder: Path, *, id2label: dict[int, str], train_on: Path | None = None,
+                         layers: int = 4, hidden: int = 32) -> Path:
+    """A BertForSequenceClassification folder (labels `id2label`), trained a few epochs on a labelled .tsv written
+    by write_labelled when `train_on` is given, so its own head is a real classifier."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    make_bert(folder, layers=layers, hidden=hidden)
+    tok = BertTokenizerFast.from_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(str(folder), num_labels=len(id2label), id2label=id2label,
+                                        label2id={v: k for k, v in id2label.items()})
+    model = BertForSequenceClassification(config)
+    if train_on is not None:
+        rows = [line.split("\t") for line in train_on.read_text().splitlines()[1:]]
+        enc = tok([r[0] for r in rows], padding=True, return_tensors="pt")
+        y = torch.tensor([config.label2id[r[1]] for r in rows])
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model.train()
+        for _ in range(6):
+            for i in range(0, len(y), 16):
+                loss = model(**{k: v[i:i + 16] for k, v in enc.items()}, labels=y[i:i + 16]).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    model.eval().save_pretrained(str(folder))
+    return folder
+
+
 def sentence(rng: random.Random, topic: list[str]) -> str:
     words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
     for _ in range(rng.randint(1, 2)):

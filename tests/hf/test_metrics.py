@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from compress.hf.losses import attention_loss, default_layer_map, embedding_loss, hidden_loss
+from compress.hf.losses import attention_loss, default_layer_map, embedding_loss, hidden_loss, relation_loss
 from compress.hf.metrics import cosine, neighbour_overlap
 
 
@@ -31,3 +31,29 @@ def test_losses_are_zero_for_a_perfect_student_and_positive_otherwise():
     assert attention_loss(att[:2], att, [0, 1], mask).abs() < 1e-6
     assert attention_loss(att[:2], att, [2, 3], mask) > 0
     assert default_layer_map(3, 6, [0, 2, 5]) == [0, 2, 5] and default_layer_map(3, 6) == [1, 3, 5]
+
+
+def test_relation_loss_asks_for_the_teachers_neighbours_not_its_scale():
+    torch.manual_seed(0)
+    bank, t = torch.randn(64, 8), torch.randn(4, 8)
+    assert relation_loss(t, t, bank).abs() < 1e-6
+    assert relation_loss(5 * t, t, bank).abs() < 1e-5  # cosine similarities: scale does not matter
+    assert relation_loss(torch.randn(4, 8), t, bank) > 1.0
+    near = t + 0.05 * torch.randn(4, 8)
+    assert relation_loss(near, t, bank) < relation_loss(t + 0.5 * torch.randn(4, 8), t, bank)
+    # a text that is itself in the bank: masked out, so its perfect self-match neither helps nor hurts
+    with_self = torch.cat([t, bank])
+    exclude = torch.zeros(4, len(with_self), dtype=torch.bool)
+    exclude[torch.arange(4), torch.arange(4)] = True
+    assert torch.allclose(relation_loss(near, t, with_self, exclude=exclude), relation_loss(near, t, bank), atol=1e-5)
+
+
+def test_the_learning_rate_follows_the_time_budget_when_it_ends_before_the_epochs():
+    from compress.hf.train import lr_factor
+
+    steps = 100 * 834  # 100 epochs allowed, a 20-minute budget that ends after about 5
+    assert lr_factor(0, steps, 0.0, 1200, 0.06) < 1e-3  # warming up
+    assert lr_factor(300, steps, 72.0, 1200, 0.06) == 1.0  # warm-up is 6% of the budget, not of 100 epochs
+    assert 0.45 < lr_factor(2000, steps, 636.0, 1200, 0.06) < 0.55  # half-way through the budget
+    assert lr_factor(4170, steps, 1200.0, 1200, 0.06) < 1e-6  # decayed when the budget ends
+    assert lr_factor(0, 1000, 0.0, None, 0.0) == 1.0 and lr_factor(1000, 1000, 5.0, None, 0.0) < 1e-9  # no budget

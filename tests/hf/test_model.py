@@ -39,6 +39,28 @@ def test_cls_pooling_and_classification_head(bert_dir, tokenizer):
         assert clf(**enc).shape == (2, 3)
 
 
+def test_a_folders_own_classification_head_is_used_in_the_datas_label_order(tmp_path, tokenizer):
+    from transformers import BertForSequenceClassification
+
+    from tests.hf.conftest import make_bert_classifier
+
+    # setup: the folder's labels are in the opposite order to the data's (sorted) class names
+    folder = make_bert_classifier(tmp_path / "clf", id2label={0: "vehicle", 1: "animal"})
+    enc = _enc(tokenizer, ["the dog .", "a red bus stops .", "the old cow near the river ."])
+    # execute
+    model = build_text_model(f"hf:{folder}", task="classification", num_classes=2, class_names=["animal", "vehicle"],
+                             base_dir=Path("."), origin="t")
+    other = build_text_model(f"hf:{folder}", task="classification", num_classes=3, class_names=["a", "b", "c"],
+                             base_dir=Path("."), origin="t")
+    student = cut_layers(model, [0, 3], "t")
+    # assert: the folder's logits, columns in the data's order; other labels get a new head; cutting still works
+    hf = BertForSequenceClassification.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        assert model.folder_head and torch.allclose(model(**enc), hf(**enc).logits[:, [1, 0]], atol=1e-5)
+        assert not other.folder_head and other(**enc).shape == (3, 3)
+        assert num_layers(student) == 2 and student(**enc).shape == (3, 2)
+
+
 def test_cut_keeps_the_named_layers_and_choose_keeps_first_and_last(bert_dir, tokenizer):
     # setup
     teacher = build_text_model(f"hf:{bert_dir}", task="embedding", base_dir=Path("."), origin="t")

@@ -47,6 +47,8 @@ from_teacher = { num_layers = 2 }
 epochs = 2
 lr = 1e-3
 hidden_weight = 1.0
+relation_weight = 0.5
+relation_bank = 64
 [export]
 ort_format = true
 optimize = "transformer"
@@ -103,6 +105,38 @@ control = true
     assert set(models) == {"teacher", "student", "control"}
     assert models["teacher"]["accuracy"] > 0.8 and models["student"]["accuracy"] > 0.8  # chance: 0.5
     assert "cosine" not in models["student"]
+
+
+def test_a_teacher_folder_with_its_own_head_is_used_without_training(tmp_path):
+    from tests.hf.conftest import make_bert_classifier
+
+    # setup: a folder fine-tuned elsewhere (labels in the opposite order to the data's), no [teacher.train]
+    write_labelled(tmp_path / "topics.tsv", 200)
+    make_bert_classifier(tmp_path / "clf", id2label={0: "vehicle", 1: "animal"},
+                         train_on=write_labelled(tmp_path / "other.tsv", 200, seed=1))
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "t"\nthreads = 1\n' + """
+[data]
+source = "text:topics.tsv"
+label_column = "label"
+max_length = 16
+batch_size = 8
+[teacher]
+model = "hf:clf"
+[student]
+from_teacher = { layers = [0, 3] }
+[distill]
+epochs = 2
+lr = 1e-3
+""" + BENCH)
+    # execute
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    # assert: the folder's head read in the right order (reversed, it would score below chance)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
+    models = {m["name"]: m for m in report["models"]}
+    assert models["teacher"]["accuracy"] > 0.8 and models["student"]["accuracy"] > 0.8
+    assert "hf folder, with its own classification head" in json.dumps(report)
 
 
 def test_bad_hf_configs_are_exit_2_naming_the_key(tmp_path):
