@@ -186,7 +186,7 @@ def _per_stage(samples: list[tuple[float, int, int]], lines: list[tuple[float, s
 
     from compress.stages import STAGES
 
-    found = [(t, re.match(r"compress: (\w+): (ran|cached)", text)) for t, text in lines]
+    found = [(t, re.match(r"compress: (\w+): (done|cached)", text)) for t, text in lines]
     ends = [(t, m.group(1)) for t, m in found if m and m.group(1) in STAGES]
     out, begin = {}, 0.0
     for end, stage in ends + [(float("inf"), "after")]:

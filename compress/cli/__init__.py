@@ -53,6 +53,9 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Teacher to a small, fast, measured ONNX model, driven by one TOML file."""
+    from compress.heap import limit_heap_growth
+
+    limit_heap_growth()  # freed tensor memory goes back to the system (compress/heap.py)
     ctx.meta["compress.verbose"] = verbose
     if verbose:
         import logging
