@@ -31,3 +31,12 @@ def test_freed_buffers_are_given_back_with_the_threshold_fixed():
                                      check=True).stdout) for how in ("default", "fixed")}
     assert grown["fixed"] < 30  # only the one 8 MB buffer still held
     assert grown["default"] > 100  # glibc's own behaviour, which compress.heap exists for
+
+
+def test_it_is_opt_in_because_it_slows_training(monkeypatch):
+    from compress.heap import limit_heap_growth_if_asked
+
+    monkeypatch.delenv("COMPRESS_LOW_MEMORY", raising=False)
+    assert limit_heap_growth_if_asked() is False
+    monkeypatch.setenv("COMPRESS_LOW_MEMORY", "1")
+    assert limit_heap_growth_if_asked() is (sys.platform.startswith("linux") and limit_heap_growth())

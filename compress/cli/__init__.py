@@ -53,9 +53,9 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Teacher to a small, fast, measured ONNX model, driven by one TOML file."""
-    from compress.heap import limit_heap_growth
+    from compress.heap import limit_heap_growth_if_asked
 
-    limit_heap_growth()  # freed tensor memory goes back to the system (compress/heap.py)
+    limit_heap_growth_if_asked()  # COMPRESS_LOW_MEMORY=1: memory flat in the data, training slower (compress/heap.py)
     ctx.meta["compress.verbose"] = verbose
     if verbose:
         import logging
