@@ -267,7 +267,8 @@ def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: 
     teacher_toml = write_pipeline(work / "aug-teacher.toml", name="aug-teacher", out=str(work / "aug-teacher"),
                                   source=source, teacher=f"[teacher.train]\nepochs = {teacher_epochs}\nlr = 3e-3",
                                   epochs=1, val=0.2, test=0.2, workers=0,
-                                  extra=f"augment = {json.dumps(teacher_augment.split(','))}" if teacher_augment else "")
+                                  extra=(f"augment = {json.dumps(teacher_augment.split(','))}" if teacher_augment
+                                         else ""))
     run_measured([PY, "-m", "compress", "run", str(teacher_toml), "--quiet"])
     ckpt = work / "aug-teacher" / "teacher" / "teacher.safetensors"
     rows = []

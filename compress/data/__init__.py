@@ -223,8 +223,9 @@ def loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, workers: 
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                      generator=generator, num_workers=workers, collate_fn=collate, worker_init_fn=_seed_worker if workers else None,
-                      persistent_workers=workers > 0, drop_last=drop_last)
+                      generator=generator, num_workers=workers, collate_fn=collate,
+                      worker_init_fn=_seed_worker if workers else None, persistent_workers=workers > 0,
+                      drop_last=drop_last)
 
 
 def _seed_worker(worker_id: int) -> None:

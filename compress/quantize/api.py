@@ -84,7 +84,7 @@ def quantize(
     shutil.copyfile(accepted["path"], chosen)
     sample = search.val_x
     paired = qa.paired_latency(search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads,
-                               lambda b: {search.input_name: np.concatenate([sample[:b]] * -(-b // len(sample)))[:b]},
+                               lambda b: {search.input_name: qa.batch_of(sample, b)},
                                settings)
     decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
                           paired=paired)

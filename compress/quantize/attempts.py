@@ -211,6 +211,11 @@ def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
     return ops - _DATA_MOVEMENT_OPS
 
 
+def batch_of(sample: np.ndarray, b: int) -> np.ndarray:
+    """`b` rows of `sample` (repeated when it has fewer), never a copy of the whole sample (it may be memory-mapped)."""
+    return np.concatenate([sample[:b]] * -(-b // len(sample)))[:b]
+
+
 def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: int, input_name: str,
              sample: np.ndarray, settings: Any) -> dict[str, Any]:
     """p50 and friends on every provider and batch size via the project's harness; unavailable providers noted."""
@@ -221,8 +226,7 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
     for provider in providers:
         try:
             for b in batch_sizes:
-                reps = -(-b // len(sample))
-                inputs = {input_name: np.concatenate([sample[:b]] * reps)[:b]}  # b rows, never the whole sample
+                inputs = {input_name: batch_of(sample, b)}
                 row = measure(path, provider, b, threads, inputs=inputs, settings=settings)
                 row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
                 rows.append(row)
