@@ -11,7 +11,9 @@ fp32 teacher on the test texts, and latency at batch 1, seq 128, 1 thread, all m
     PYTHONPATH=$PWD python benchmarks/bench_minilm.py --out /tmp/minilm-base --recipe baseline --minutes 20
 
 Recipes: `baseline` = the issue's hand recipe (MSE on pooled embeddings, lr 1e-4); `cosine` = cosine loss,
-lr 3e-4; `kd` = cosine + hidden states of the kept layers (layer map [0, 2, 5]), lr 3e-4. Writes results.json.
+lr 3e-4; `cosine-frozen` = that with the token embeddings frozen; `cosine-frozen-bf16` = that under bfloat16 autocast
+(the recipe of pipelines/minilm.toml); `kd` = cosine + hidden states of the kept layers (layer map [0, 2, 5]),
+lr 3e-4; `kd-rel`, `rel`, `kd-att` add relational or attention KD. Writes results.json.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 RECIPES = {
     "baseline": dict(loss="mse", lr=1e-4),
     "cosine": dict(loss="cosine", lr=3e-4),
+    "cosine-frozen": dict(loss="cosine", lr=3e-4, freeze_embeddings=True),
+    "cosine-frozen-bf16": dict(loss="cosine", lr=3e-4, freeze_embeddings=True, precision="bf16"),
     "kd": dict(loss="cosine", lr=3e-4, hidden_weight=1.0),
     "kd-rel": dict(loss="cosine", lr=3e-4, hidden_weight=1.0, relation_weight=1.0),
     "rel": dict(loss="cosine", lr=3e-4, relation_weight=1.0),

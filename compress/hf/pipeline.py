@@ -123,7 +123,8 @@ def settings_from(dcfg: Any, batch_size: int, layer_map: Any, *, seconds: float 
         hidden_weight=dcfg.hidden_weight, attention_weight=dcfg.attention_weight,
         relation_weight=dcfg.relation_weight, relation_temperature=dcfg.relation_temperature,
         relation_bank=dcfg.relation_bank, layer_map=tuple(layer_map) if layer_map is not None else None,
-        temperature=dcfg.temperature,
+        temperature=dcfg.temperature, freeze_embeddings=dcfg.freeze_embeddings,
+        precision=dcfg.precision,
         alpha=dcfg.alpha, max_seconds=seconds if seconds is not None else (dcfg.max_minutes or 0) * 60 or None)
 
 
@@ -215,6 +216,12 @@ def distill_stage(ctx: Any) -> StageResult:
     from compress.models import count_params, save_weights
 
     cfg, data, dcfg = ctx.cfg, ctx.data, ctx.cfg.distill
+    if dcfg.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        import logging
+
+        logging.getLogger("compress").warning(
+            "warning: %s: precision = \"bf16\": this CPU has no bfloat16 instructions (AMX, AVX-512 BF16), so "
+            "training will be slower than in fp32", ctx.origin("distill.precision"))
     t_train, t_val = teacher_outputs(ctx)
     teacher = load_text_model(ctx, "teacher")
     runs = [("student", teacher)] + ([("control", None)] if dcfg.control and data.task == "classification" else [])

@@ -39,6 +39,10 @@ class TextDistillSettings:
     relation_temperature: float = 0.05
     relation_bank: int = 4096
     """Training texts in that bank (chosen with the seed; their teacher embeddings are computed once)."""
+    precision: str = "fp32"
+    """'bf16': forward passes under torch.autocast (bfloat16 matmuls; weights, optimiser and losses stay fp32)."""
+    freeze_embeddings: bool = False
+    """Keep the student's token embeddings as they are (no gradient, no optimiser state)."""
     max_seconds: float | None = None
     """Stop training after this many seconds (checked between batches; the last epoch is then evaluated)."""
     extra: dict = field(default_factory=dict)
@@ -106,6 +110,8 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
     if teacher is not None:
         teacher.eval()
     bank = _relation_bank(teacher, train, settings, seed) if task == "embedding" else None
+    if settings.freeze_embeddings:
+        student.encoder.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     lengths = train["attention_mask"].sum(1)
@@ -153,6 +159,8 @@ def distill_text(student, teacher, train: dict, settings: TextDistillSettings, *
             break
     student.load_state_dict(best["state"])
     student.eval()
+    if settings.freeze_embeddings:
+        student.encoder.get_input_embeddings().weight.requires_grad_(True)
     return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(history),
             "stopped_by_time": stopped, "train_seconds": round(time.perf_counter() - start, 1), "history": history}
 
@@ -180,12 +188,13 @@ def _batch_loss(student, teacher, batch: dict, idx, settings: TextDistillSetting
     ids, mask, types = trim_padding(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     batch = {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
     want_att = settings.attention_weight > 0
-    out, s_hidden, s_att = student.features(**batch, hidden=need_states, attentions=want_att)
-    t_out = t_hidden = t_att = None
-    if need_states:
-        with torch.no_grad():
-            t_out, t_hidden, t_att = teacher.features(**batch, hidden=True, attentions=want_att)
-    elif teacher_outputs is not None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+        out, s_hidden, s_att = _fp32(student.features(**batch, hidden=need_states, attentions=want_att))
+        t_out = t_hidden = t_att = None
+        if need_states:
+            with torch.no_grad():
+                t_out, t_hidden, t_att = _fp32(teacher.features(**batch, hidden=True, attentions=want_att))
+    if not need_states and teacher_outputs is not None:
         t_out = teacher_outputs[idx]
     if task == "embedding":
         loss = embedding_loss(out, t_out, settings.loss)
@@ -205,6 +214,12 @@ def _batch_loss(student, teacher, batch: dict, idx, settings: TextDistillSetting
         if want_att:
             loss = loss + settings.attention_weight * attention_loss(s_att, t_att, layer_map, mask)
     return loss
+
+
+def _fp32(features: tuple) -> tuple:
+    """(output, hidden states, attentions) in float32, for losses computed outside autocast's bfloat16."""
+    out, hidden, att = features
+    return (out.float(), hidden and tuple(h.float() for h in hidden), att and tuple(a.float() for a in att))
 
 
 def layer_map_for(kept: Sequence[int] | None, student_layers: int, teacher_layers: int) -> tuple[int, ...]:
