@@ -53,9 +53,9 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Teacher to a small, fast, measured ONNX model, driven by one TOML file."""
-    from compress.heap import limit_heap_growth_if_asked
+    from compress.heap import limit_heap_growth_for_run
 
-    limit_heap_growth_if_asked()  # COMPRESS_LOW_MEMORY=1: memory flat in the data, training slower (compress/heap.py)
+    limit_heap_growth_for_run()  # a fixed mmap threshold: memory flat in the data (compress/heap.py)
     ctx.meta["compress.verbose"] = verbose
     if verbose:
         import logging

@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import torch.distributed as dist
 
-    from compress.heap import limit_heap_growth_if_asked
+    from compress.heap import limit_heap_growth_for_run
 
-    limit_heap_growth_if_asked()  # as the parent does (compress/heap.py)
+    limit_heap_growth_for_run()  # as the parent does (compress/heap.py)
     job_dir = Path((sys.argv[1:] if argv is None else argv)[0])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
