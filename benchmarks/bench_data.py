@@ -84,13 +84,13 @@ workers = {workers}
 {extra}
 
 [teacher]
-model = "builtin:cnn-large"
-kwargs = {{ width = 16 }}
+model = "{teacher_model}"
+kwargs = {teacher_kwargs}
 {teacher}
 
 [student]
-model = "builtin:cnn-small"
-kwargs = {{ width = 8 }}
+model = "{student}"
+kwargs = {student_kwargs}
 
 [distill]
 epochs = {epochs}
@@ -110,6 +110,8 @@ repetitions = 1
 
 def write_pipeline(path: Path, **kw) -> Path:
     defaults = {"seed": 0, "val": 0.1, "test": 0.1, "workers": 2, "extra": "", "epochs": 1,
+                "student": "builtin:cnn-small", "student_kwargs": "{ width = 8 }",
+                "teacher_model": "builtin:cnn-large", "teacher_kwargs": "{ width = 16 }",
                 "teacher": "[teacher.train]\nepochs = 1\nlr = 3e-3"}
     path.write_text(textwrap.dedent(PIPELINE.format(**{**defaults, **kw})))
     return path
@@ -255,20 +257,26 @@ def throughput(root: Path, rounds: int = 3, epochs: int = 2) -> dict:
 
 
 def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 10, n: int = 1500,
-            teacher_epochs: int = 10, teacher_augment: str = "") -> dict:
-    """On an n-image folder (60% train / 20% val / 20% test): one teacher (cnn-large width 16, trained here for
-    `teacher_epochs`, with `teacher_augment` when given, saved), then per seed a student distilled `epochs` epochs with
-    augment = ["crop", "jitter"] (the teacher runs on each batch) and one without (cached logits); test accuracy of
-    each."""
+            teacher_epochs: int = 10, teacher_augment: str = "", student: str = "builtin:cnn-small",
+            student_kwargs: str = "{ width = 8 }", teacher_model: str = "builtin:cnn-large",
+            teacher_kwargs: str = "{ width = 16 }") -> dict:
+    """On an n-image folder (60% train / 20% val / 20% test): one teacher (`teacher_model` with `teacher_kwargs`,
+    default cnn-large width 16, trained here for `teacher_epochs`, with `teacher_augment` when given, saved), then per
+    seed a student (`student`, TOML inline table `student_kwargs`) distilled `epochs` epochs with augment = ["crop",
+    "jitter"] (the teacher runs on each batch) and one without (cached logits); test accuracy of each."""
     make(root, [n])
     source = f"images:{root / f'img{n}'}"
-    work = work / f"aug{n}-t{teacher_epochs}{teacher_augment.replace(',', '-')}-s{epochs}"
+    tag = "".join(f"-{model.split(':')[-1]}{''.join(c for c in kw if c.isalnum() or c == '-')}"
+                  for model, kw, default in ((teacher_model, teacher_kwargs, ("builtin:cnn-large", "{ width = 16 }")),
+                                             (student, student_kwargs, ("builtin:cnn-small", "{ width = 8 }")))
+                  if (model, kw) != default)
+    work = work / f"aug{n}-t{teacher_epochs}{teacher_augment.replace(',', '-')}-s{epochs}{tag}"
     work.mkdir(parents=True, exist_ok=True)
     teacher_toml = write_pipeline(work / "aug-teacher.toml", name="aug-teacher", out=str(work / "aug-teacher"),
                                   source=source, teacher=f"[teacher.train]\nepochs = {teacher_epochs}\nlr = 3e-3",
                                   epochs=1, val=0.2, test=0.2, workers=0,
                                   extra=(f"augment = {json.dumps(teacher_augment.split(','))}" if teacher_augment
-                                         else ""))
+                                         else ""), teacher_model=teacher_model, teacher_kwargs=teacher_kwargs)
     run_measured([PY, "-m", "compress", "run", str(teacher_toml), "--quiet"])
     ckpt = work / "aug-teacher" / "teacher" / "teacher.safetensors"
     rows = []
@@ -278,7 +286,8 @@ def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: 
             out = work / f"aug-{name.replace('+', '-')}-{seed}"
             toml = write_pipeline(work / f"aug-{name}-{seed}.toml", name=f"aug{seed}", seed=seed, val=0.2, test=0.2,
                                   out=str(out), epochs=epochs, source=source, extra=extra, workers=0,
-                                  teacher=f'checkpoint = "{ckpt}"')
+                                  teacher=f'checkpoint = "{ckpt}"', student=student, student_kwargs=student_kwargs,
+                                  teacher_model=teacher_model, teacher_kwargs=teacher_kwargs)
             stats = run_measured([PY, "-m", "compress", "run", str(toml), "--quiet"])
             report = json.loads((out / "report.json").read_text())
             models = {m["name"]: m for m in report["models"]}
@@ -288,7 +297,9 @@ def augment(root: Path, work: Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: 
         print(f"augment seed {seed}: {row}")
         rows.append(row)
     return {"rows": rows, "epochs": epochs, "images": n, "teacher_epochs": teacher_epochs,
-            "teacher_augment": teacher_augment, "test_size": report["data"]["splits"]["test"]["size"],
+            "teacher_augment": teacher_augment, "teacher_model": teacher_model, "teacher_kwargs": teacher_kwargs,
+            "student": student, "student_kwargs": student_kwargs,
+            "test_size": report["data"]["splits"]["test"]["size"],
             "augment_ge_none": all(r["crop+jitter"]["student_test"] >= r["none"]["student_test"] for r in rows)}
 
 
@@ -301,6 +312,10 @@ def main() -> None:
     parser.add_argument("--aug-epochs", type=int, default=10, help="augment: student distill epochs")
     parser.add_argument("--teacher-epochs", type=int, default=10, help="augment: teacher training epochs")
     parser.add_argument("--teacher-augment", default="", help="augment: the teacher's own augmentations, e.g. crop")
+    parser.add_argument("--teacher", default="builtin:cnn-large", help="augment: the teacher model")
+    parser.add_argument("--teacher-kwargs", default="{ width = 16 }", help="augment: its kwargs (TOML inline table)")
+    parser.add_argument("--student", default="builtin:cnn-small", help="augment: the student model")
+    parser.add_argument("--student-kwargs", default="{ width = 8 }", help="augment: its kwargs (TOML inline table)")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     work = args.root / "work"
@@ -314,7 +329,9 @@ def main() -> None:
         results[what] = {"memory": lambda: memory(args.root, work), "throughput": lambda: throughput(args.root),
                          "augment": lambda: augment(args.root, work, epochs=args.aug_epochs, n=args.aug_images,
                                                    teacher_epochs=args.teacher_epochs,
-                                                   teacher_augment=args.teacher_augment)}[what]()
+                                                   teacher_augment=args.teacher_augment, student=args.student,
+                                                   student_kwargs=args.student_kwargs, teacher_model=args.teacher,
+                                                   teacher_kwargs=args.teacher_kwargs)}[what]()
         args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items()}, indent=1)[:4000])
 
