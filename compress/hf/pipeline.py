@@ -206,6 +206,20 @@ def teacher_outputs(ctx: Any, split: str = "val") -> tuple[Any, Any]:
     return saved["logits"], saved[split]
 
 
+def warn_if_bf16_is_slow(precision: str, origin: str) -> bool:
+    """Warn (and say so) when bf16 autocast was asked for on a CPU without bfloat16 instructions."""
+    import torch
+
+    if precision != "bf16" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    import logging
+
+    logging.getLogger("compress").warning(
+        "warning: %s: precision = \"bf16\": this CPU has no bfloat16 instructions (AMX, AVX-512 BF16), so training "
+        "will be slower than in fp32", origin)
+    return True
+
+
 def distill_stage(ctx: Any) -> StageResult:
     """Distil the student (and, for classification, a labels-only control with the same budget and seed)."""
     import torch
@@ -216,12 +230,7 @@ def distill_stage(ctx: Any) -> StageResult:
     from compress.models import count_params, save_weights
 
     cfg, data, dcfg = ctx.cfg, ctx.data, ctx.cfg.distill
-    if dcfg.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        import logging
-
-        logging.getLogger("compress").warning(
-            "warning: %s: precision = \"bf16\": this CPU has no bfloat16 instructions (AMX, AVX-512 BF16), so "
-            "training will be slower than in fp32", ctx.origin("distill.precision"))
+    warn_if_bf16_is_slow(dcfg.precision, ctx.origin("distill.precision"))
     t_train, t_val = teacher_outputs(ctx)
     teacher = load_text_model(ctx, "teacher")
     runs = [("student", teacher)] + ([("control", None)] if dcfg.control and data.task == "classification" else [])

@@ -58,3 +58,19 @@ def test_bf16_autocast_trains_the_student_towards_the_teacher(bert_dir, texts, h
     assert all(p.dtype == torch.float32 for p in student.parameters())
     assert all(h["loss"] == h["loss"] for h in history["history"])  # finite, not NaN
     assert history["best_score"] > start + 0.01
+
+
+def test_bf16_on_a_cpu_without_bfloat16_instructions_is_a_warning(monkeypatch, caplog):
+    from compress.hf.pipeline import warn_if_bf16_is_slow
+
+    # setup: a CPU that lacks AMX / AVX-512 BF16
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    # execute
+    with caplog.at_level("WARNING", logger="compress"):
+        warned = warn_if_bf16_is_slow("bf16", "p.toml: distill.precision")
+        quiet = warn_if_bf16_is_slow("fp32", "p.toml: distill.precision")
+    # assert: one line naming the key; fp32 says nothing
+    assert warned and not quiet
+    assert [r.getMessage() for r in caplog.records] == [
+        'warning: p.toml: distill.precision: precision = "bf16": this CPU has no bfloat16 instructions (AMX, '
+        'AVX-512 BF16), so training will be slower than in fp32']
