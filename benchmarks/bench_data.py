@@ -210,10 +210,8 @@ def memory(root: Path, work: Path) -> dict:
     out = {}
     for n in (5000, 50000):
         toml = write_pipeline(work / f"mem{n}.toml", name=f"mem{n}", out=str(work / f"mem{n}"),
-                              source=f"images:{root / f'img{n}'}", teacher=MEMORY_TEACHER)
-        text = toml.read_text().replace('model = "builtin:cnn-large"\nkwargs = { width = 16 }',
-                                        'model = "builtin:cnn-small"\nkwargs = { width = 16 }')
-        toml.write_text(text)
+                              source=f"images:{root / f'img{n}'}", teacher=MEMORY_TEACHER,
+                              teacher_model="builtin:cnn-small")
         before = load()
         out[n] = {**run_measured([PY, "-m", "compress", "-v", "run", str(toml), "--quiet", "--force"]),
                   "load_before": before, "load_after": load()}

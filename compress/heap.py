@@ -9,8 +9,9 @@ larger in a pipeline, and 340 MB larger with a bare cnn-small loop (docs/results
 Fixing the threshold stops glibc from moving it. Its value is a trade, and fragmentation makes it a noisy one:
 - 8 MB, the default. Most training buffers stay on the heap and are reused, while prediction batches get their own
   mappings. `compress run` on 50,000 images peaked at 1.05-1.07x the main RSS of a 5,000-image run, in two runs.
-  glibc's default gave 2.66x under load, but stayed flat in an idle run: its growth is intermittent. Speed in bare training loops, against glibc's default: cnn-small width 8 and a MiniLM student (bf16) ran
-  at the same speed. cnn-large width 16 ran 25-30% slower, because its 8 MB training buffers are now mapped.
+  glibc's default gave 2.66x under load, but stayed flat in an idle run: its growth is intermittent. In bare
+  training loops, against glibc's default, cnn-small width 8 and a MiniLM student (bf16) ran at the same speed;
+  cnn-large width 16 ran 25-30% slower, because its 8 MB training buffers are now mapped.
 - 128 KB (`COMPRESS_LOW_MEMORY=1`, the strictest). Nearly every activation then costs an mmap and fresh zeroed
   pages: training on the image CNNs is 2.0-2.3x slower.
 - glibc's own behaviour (`COMPRESS_LOW_MEMORY=0`): the fastest training, and memory that grows with the data.
