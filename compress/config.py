@@ -18,6 +18,7 @@ from compress.onnx.export import ExportConfig
 from compress.prune.schedule import PruneConfig
 from compress.quantize.config import QuantizeConfig
 from compress.section import Section
+from compress.tasks.metric import EvaluateConfig
 from compress.train.config import DistillConfig, TrainConfig
 
 MAX_CONFIG_BYTES = 1_000_000  # a pipeline file is a few hundred bytes; anything this large is a mistake
@@ -108,6 +109,7 @@ class PipelineConfig(Section):
     prune: PruneConfig | None = None
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig | None = None
+    evaluate: EvaluateConfig | None = None
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
     # Set by load_config, not by the file.
@@ -128,12 +130,6 @@ class PipelineConfig(Section):
         p = Path(relative)
         return p if p.is_absolute() else self.base_dir / p
 
-    def stage_names(self) -> list[str]:
-        """The stages this pipeline runs, in order (from the registry, compress.stages.STAGES)."""
-        from compress.stages import stage_names
-
-        return stage_names(self)
-
 
 def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     """A PipelineConfig from a TOML path, a dict shaped like the file (relative paths resolve against the working
@@ -149,28 +145,20 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
 
 
 def check_before_training(cfg: PipelineConfig) -> Any:
-    """Every check that needs no training: the data loads, teacher and student build on its shape and map it to
-    its classes, the teacher's checkpoint loads, and under `[benchmark] strict` every provider is installed.
-    Returns the loaded data. `compress validate` runs exactly this; `compress run` runs it before the first stage.
+    """Every check that needs no training: the data loads, teacher and student build on it and their outputs fit
+    the task, the teacher's checkpoint loads, the user's metric imports, and under `[benchmark] strict` every
+    provider is installed. Returns the loaded data. `compress validate` runs exactly this; `compress run` runs it
+    before the first stage.
     """
     from compress.bench.providers import check_available
     from compress.data import load_data
-    from compress.models import check_models
+    from compress.families.checks import check_models
 
     check_available(cfg.benchmark.providers, strict=cfg.benchmark.strict,
                     origin=f"{cfg.source_path}: benchmark.providers")
-    if cfg.data.source.startswith("text:"):
-        from compress.hf.data import load_text
-
-        data = load_text(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
-                         origin=f"{cfg.source_path}: data.source", tokenizer_spec=cfg.teacher.model,
-                         cache_dir=cfg.run_dir / "tokens")
-        from compress.hf.pipeline import check_text_models
-
-        check_text_models(cfg, data)
-        return data
     data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
-                     origin=f"{cfg.source_path}: data.source")
+                     origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
+                     cache_dir=cfg.run_dir / "tokens")
     check_models(cfg, data)
     return data
 
@@ -201,10 +189,13 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 def parse_config(raw: dict, path: Path) -> PipelineConfig:
     """Validate a parsed TOML dict; the first error becomes one line naming the dotted key."""
+    from compress.fits import check_fits
+
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise CompressError(f"{path}: {_describe(exc.errors()[0], raw)}") from None
+    check_fits(cfg, path)
     return cfg.model_copy(update={"source_path": path})
 
 
@@ -222,7 +213,11 @@ def _describe(err: dict, raw: dict) -> str:
     got = err.get("input")
     msg = err["msg"]
     if kind == "value_error":  # our validators' messages name the value themselves
-        return f"{key}: {msg.removeprefix('Value error, ')}"
+        text = msg.removeprefix("Value error, ")
+        field, sep, rest = text.partition(": ")
+        if sep and field in _allowed_keys(loc):  # a section-level check that names its key: put it in the path
+            return f"{'.'.join([*loc, field])}: {rest}"
+        return f"{key}: {text}"
     if kind == "literal_error":
         expected = msg.replace("Input should be ", "")
         return f"{key}: expected {expected}, got {got!r}"
@@ -268,6 +263,8 @@ def _check_files(cfg: PipelineConfig) -> None:
         npz = cfg.resolve(cfg.data.source[4:])
         if not npz.is_file():
             raise CompressError(f"{path}: data.source: file not found: {npz}")
-    if cfg.teacher.checkpoint is None and cfg.teacher.train is None and not cfg.teacher.model.startswith("hf:"):
+    from compress.families import family_of
+
+    if cfg.teacher.checkpoint is None and cfg.teacher.train is None and not family_of(cfg.teacher.model).weights_in_spec:
         # an hf: folder holds its weights; a text classification head is checked with the data
         raise CompressError(f"{path}: teacher: give a checkpoint, or a [teacher.train] section to train one here")

@@ -1,6 +1,9 @@
-"""What a stage sees: the config, the run directory, the data, and the typed records of earlier stages."""
+"""What a stage sees: the config, the run directory, the data, the typed records of earlier stages, and the few
+questions every stage asks of them (rebuild a model, the teacher's outputs, a model's figures), answered the same way
+for every task, input kind and model family."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -10,6 +13,7 @@ from compress.records import ModelRecord, RunState
 if TYPE_CHECKING:
     from compress.config import PipelineConfig
     from compress.data import DataBundle
+    from compress.tasks import Evaluation
 
 
 @dataclass(frozen=True)
@@ -45,44 +49,75 @@ class StageContext:
         return self.models[self.state.final or "student"]
 
     def load_torch(self, name: str) -> Any:
-        """Rebuild the named model from its record and load its weights (pruned shapes included)."""
-        from compress.models import build_model, load_weights
+        """Rebuild the named model from its record (compress.families.rebuild) with the run's weights."""
+        from compress.families import rebuild
 
-        rec = self.models[name]
-        model = build_model(rec.spec.model, dict(rec.spec.kwargs), input_shape=self.data.input_shape,
-                            num_classes=self.data.num_classes, base_dir=self.cfg.base_dir, origin=rec.origin)
-        path = self.run_dir / rec.torch
-        if rec.pruned:
-            from compress.prune.weights import load_pruned
+        return rebuild(self.models[name], data=self.data, base_dir=self.cfg.base_dir, run_dir=self.run_dir)
 
-            return load_pruned(model, path, example_input=self.data.example(2)).eval()
-        load_weights(model, path, rec.origin)
-        return model.eval()
+    @functools.cached_property
+    def evaluation(self) -> "Evaluation":
+        """How every model of this run is judged: the task's figures and the user's metric."""
+        from compress.tasks import evaluation_for
 
-    def launch(self, model: str, kwargs: Mapping[str, Any], key: str, *, pruned: bool = False) -> Any:
+        return evaluation_for(self.cfg.data.task, self.cfg.evaluate, base_dir=self.cfg.base_dir,
+                              origin=self.origin("evaluate"))
+
+    @functools.cached_property
+    def teacher_outputs(self) -> dict[str, dict[str, Any]]:
+        """{split: {output name: memory-mapped rows}} from the file the teacher stage wrote."""
+        from compress.train.outputs import open_outputs
+
+        return open_outputs(self.run_dir / self.state.teacher_outputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The run's output names (the teacher's): ONNX output names, keys of every outputs mapping."""
+        return tuple(self.teacher_outputs["val"])
+
+    def targets(self, split: str) -> Any:
+        return _targets(self.data, split)
+
+    def figures_torch(self, model: Any, split: str = "val") -> dict[str, float]:
+        """The model's figures in torch on `split` (the teacher's outputs on it as the reference)."""
+        from compress.train import predict
+
+        got = predict(model, self.data.split(split), inputs=self.data.inputs, names=self.output_names,
+                      workers=self.data.workers)
+        return self.evaluation(got, self.targets(split), self.teacher_outputs[split])
+
+    def figures_onnx(self, path: Path, split: str = "val") -> dict[str, float]:
+        """The ONNX model's figures in ONNX Runtime on `split`."""
+        from compress.onnx.run import outputs_on
+
+        got = outputs_on(path, self.data, split, names=self.output_names)
+        return self.evaluation(got, self.targets(split), self.teacher_outputs[split])
+
+    def launch(self, record: ModelRecord, key: str) -> Any:
         """Where a training run of this stage goes: a compress.dist.launch.Launch (torchrun workers rebuild the
-        model from `model`/`kwargs`, errors name config key `key`), or None to train in this process."""
+        model from `record` and the weights it has when the call is made; errors name config key `key`), or None
+        to train in this process."""
         if self.dist is None or not self.dist.distributed:
             return None
         from compress.dist.launch import Launch
 
-        rec = self.models.get("teacher")
-        teacher = None if rec is None or rec.torch is None else {
-            "model": rec.spec.model, "kwargs": dict(rec.spec.kwargs), "origin": rec.origin,
-            "weights": str(self.run_dir / rec.torch)}
+        teacher = self.models.get("teacher")
         return Launch(settings=self.dist, cfg=self.cfg, fingerprint=self.data.fingerprint, workdir=self.stage_dir,
-                      model=model, kwargs=dict(kwargs), origin=self.origin(key), pruned=pruned, teacher=teacher)
+                      record=record.to_json(), origin=self.origin(key),
+                      teacher=None if teacher is None else {**teacher.to_json(),
+                                                            "weights": str(self.run_dir / teacher.torch)})
 
-    def teacher_logits(self) -> Any:
-        """The teacher's logits on the training split (one row per example, by index), memory-mapped from the file
-        the teacher stage wrote."""
-        import numpy as np
+    def teacher(self, *, model: bool = False) -> Any:
+        """The teacher's outputs for distillation: its cached training rows, or (with augmentation, or `model`: the
+        family's intermediate-layer KD needs its hidden states) the teacher model run on each batch."""
+        from compress.train import Teacher
 
-        return np.load(self.run_dir / self.state.teacher_logits, mmap_mode="r")
+        if self.data.augment or model or "train" not in self.teacher_outputs:
+            return Teacher(model=self.load_torch("teacher"))
+        return Teacher(outputs=self.teacher_outputs["train"], source=str(self.run_dir / self.state.teacher_outputs))
 
-    def teacher(self) -> Any:
-        """The teacher's outputs for distillation: the cached logits, or (with augmentation) the teacher model run on
-        each augmented batch (compress.train.teacher_outputs)."""
-        from compress.train import teacher_outputs
 
-        return teacher_outputs(self.data, load_logits=self.teacher_logits, load_model=lambda: self.load_torch("teacher"))
+def _targets(data: Any, split: str) -> Any:
+    cache = data.__dict__.setdefault("_targets_cache", {})
+    if split not in cache:
+        cache[split] = data.targets(split)
+    return cache[split]

@@ -5,7 +5,6 @@ refused, never executed.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -27,95 +26,6 @@ def check_spec(spec: str) -> None:
             raise ValueError("expected 'hf:DIR' with a local directory")
     elif ":" not in spec or spec.startswith(":") or spec.endswith(":"):
         raise ValueError(f"expected 'builtin:NAME', 'module:factory' or 'hf:DIR', got {spec!r}")
-
-
-def build_model(spec: str, kwargs: dict[str, Any], *, input_shape: tuple[int, ...], num_classes: int,
-                base_dir: Path, origin: str):
-    """Instantiate a model and check it maps a batch of the data's shape to `num_classes` logits."""
-    import torch
-
-    from compress.imports import import_object
-    from compress.zoo import BUILTINS
-
-    if spec.startswith("builtin:"):
-        factory = BUILTINS[spec[len("builtin:"):]]
-        _check_builtin_shape(spec, input_shape, origin)
-    elif spec.startswith("hf:"):
-        return _build_hf(spec[3:], base_dir, origin, num_classes)
-    else:
-        factory = import_object(spec, base_dir, f"{origin}.model")
-    kw = dict(kwargs)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "input_shape" in params:
-        kw.setdefault("input_shape", input_shape)
-    if "num_classes" in params:
-        kw.setdefault("num_classes", num_classes)
-    try:
-        model = factory(**kw)
-    except TypeError as exc:
-        raise CompressError(f"{origin}.kwargs: {spec} does not accept these arguments: {exc}") from exc
-    except ValueError as exc:
-        if spec.startswith("builtin:"):  # the built-ins raise ValueError only for a bad keyword value
-            raise CompressError(f"{origin}.kwargs: {spec}: {exc}") from exc
-        raise CompressError(f"{origin}.model: {spec} raised {type(exc).__name__}: {exc}") from exc
-    except Exception as exc:
-        raise CompressError(f"{origin}.model: {spec} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise CompressError(f"{origin}.model: {spec} returned {type(model).__name__}, expected a torch.nn.Module")
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = model(torch.zeros((2, *input_shape)))
-    except Exception as exc:
-        raise CompressError(f"{origin}.model: {spec} fails on a batch of shape (2, {', '.join(map(str, input_shape))})"
-                            f" from the data: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CompressError(f"{origin}.model: {spec} outputs {shape} for 2 examples; the data has {num_classes} "
-                            f"classes, so expected (2, {num_classes}) logits")
-    return model
-
-
-def _check_builtin_shape(spec: str, input_shape: tuple[int, ...], origin: str) -> None:
-    from compress.zoo import IMAGE_MODELS
-
-    if spec[len("builtin:"):] in IMAGE_MODELS and len(input_shape) != 3:
-        raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
-                            f"{_shape(input_shape)}; use builtin:mlp for flat features, or your own module:factory")
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(map(str, shape))})"
-
-
-def _build_hf(directory: str, base_dir: Path, origin: str, num_classes: int):
-    path = Path(directory)
-    path = path if path.is_absolute() else base_dir / path
-    if not path.is_dir():
-        raise CompressError(f"{origin}.model: hf directory not found: {path}")
-    try:
-        from transformers import AutoModelForImageClassification  # type: ignore
-    except ImportError:
-        raise CompressError(f"{origin}.model: hf: models need the 'transformers' package (pip install transformers)")
-    try:
-        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True, use_safetensors=True)
-    except Exception as exc:
-        raise CompressError(f"{origin}.model: cannot load {path} as a local Hugging Face model: {exc}") from exc
-
-    import torch
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, inner) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(pixel_values=x).logits
-
-    return LogitsOnly(model)
 
 
 def count_params(model) -> int:
@@ -231,14 +141,3 @@ def save_weights(model, path: Path) -> None:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
-
-
-def check_models(cfg, data) -> None:
-    """Build teacher and student on the data's shape and load the teacher's checkpoint: what can go wrong with the
-    models, found before any training (`compress validate`, and `compress run` before its first stage)."""
-    for name, section in (("teacher", cfg.teacher), ("student", cfg.student)):
-        model = build_model(section.model, section.kwargs, input_shape=data.input_shape,
-                            num_classes=data.num_classes, base_dir=cfg.base_dir, origin=f"{cfg.source_path}: {name}")
-        if name == "teacher" and cfg.teacher.checkpoint:
-            load_weights(model, cfg.resolve(cfg.teacher.checkpoint), f"{cfg.source_path}: teacher.checkpoint",
-                         key=cfg.teacher.checkpoint_key)

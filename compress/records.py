@@ -19,6 +19,8 @@ class ModelSpec:
 
     model: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Settings the family reads beside the factory's kwargs (hf: pooling, the attention implementation)."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,17 @@ class ModelRecord:
     bytes: int | None = None
     """Size of the ONNX file."""
     accuracy: float | None = None
-    """Accuracy in ONNX Runtime on the test split (the validation split when there is none): the report's figure."""
+    """Accuracy in ONNX Runtime on the test split (the validation split when there is none): the report's figure
+    (classification; the same as metrics["accuracy"])."""
     accuracy_val: float | None = None
     """Accuracy in ONNX Runtime on the validation split (what selection and the gates saw)."""
     accuracy_torch: float | None = None
+    metrics: Mapping[str, float] | None = None
+    """Every figure of the task (and the user's metric) in ONNX Runtime on the test split (else validation)."""
+    metrics_val: Mapping[str, float] | None = None
+    """The same on the validation split."""
+    metrics_torch: Mapping[str, float] | None = None
+    """The same in torch on the validation split, when the model was trained or loaded (what selection saw)."""
     parity: Mapping[str, Any] | None = None
     """torch vs ONNX Runtime: compress.onnx.parity.compare's result."""
     latency: tuple[Mapping[str, Any], ...] = ()
@@ -51,9 +60,6 @@ class ModelRecord:
     """Providers asked for that could not run here: {"provider", "reason"}."""
     quantization: Mapping[str, Any] | None = None
     note: str | None = None
-    scores: Mapping[str, float] | None = None
-    """Task figures beyond accuracy: the embedding task's `cosine` and `neighbour_overlap@10` (to the teacher, on
-    the validation texts); report.json puts each at the top level of the model's entry."""
 
     def but(self, **changes: Any) -> "ModelRecord":
         """A copy with `changes` applied (the record is frozen)."""
@@ -80,8 +86,9 @@ class RunState:
     final_reason: str | None = None
     gate_failure: str | None = None
     """Set when a gate failed (exit 1 after the report is written): 'quantize.max_accuracy_drop: ...'."""
-    teacher_logits: str | None = None
-    """safetensors file of the teacher's logits on the training set."""
+    teacher_outputs: str | None = None
+    """safetensors file of the teacher's outputs, every output on every split it was run on (compress.train.outputs;
+    no training split when augmentation makes the teacher run on each batch)."""
     edge: Mapping[str, Any] | None = None
     """The edge stage's section of the report."""
 

@@ -1,4 +1,9 @@
-"""report.json (schema compress.report/1), report.md, the summary table and the accuracy/latency/size plot."""
+"""report.json (schema compress.report/1), report.md, the summary table and the figure/latency/size plot.
+
+Every model carries `metrics` (its figures on the test split), `metrics_val` and `metrics_torch`; the report's
+`primary_metric` names the figure that picked and gated, which the table and plot show. `accuracy` (classification)
+and `cosine` / `neighbour_overlap@10` (embedding) stay where report/1 had them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +17,10 @@ ORDER = ["teacher", "control", "student", "student-pruned"]
 
 
 def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stages: list[dict],
-                 info: dict, data_shape: tuple[int, ...] | None = None, data: Any = None) -> dict:
-    """Assemble the report from the model records, stage statuses and stage details; `data_shape` is one
-    example's shape (the models' input without the batch axis); `data` (a DataBundle) adds the `data` section:
-    the splits, which one the figures come from, class names, and a warning when the test split is too small."""
+                 info: dict, data: Any = None) -> dict:
+    """Assemble the report from the model records, stage statuses and stage details; `data` (a DataBundle) adds
+    the models' inputs and the `data` section: the splits, which one the figures come from, class names, and a
+    warning when the test split is too small."""
     from compress.bench.environment import environment
 
     ordered = sorted(models.values(), key=lambda r: ORDER.index(r.name) if r.name in ORDER else len(ORDER))
@@ -26,7 +31,9 @@ def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stag
         "environment": environment(),
         "stages": stages,
         # the same shape `compress bench --json` records, so `compress compare` can tell two inputs apart
-        "inputs": {"input": {"shape": ["batch", *data_shape], "type": "tensor(float)"}} if data_shape else None,
+        "inputs": data.describe_inputs() if data is not None else None,
+        "task": cfg.data.task,
+        "primary_metric": _primary(cfg, info),
         "models": [_model_entry(r) for r in ordered if r.onnx or r.torch],
         "details": info,
     }
@@ -36,6 +43,30 @@ def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stag
         if getattr(state, key) is not None:
             report[key] = plain(getattr(state, key))
     return report
+
+
+def _primary(cfg: Any, info: dict) -> dict:
+    """{"name", "higher_is_better"} of the figure that picked and gated: what training recorded, else the task's."""
+    from compress.tasks import evaluation_for
+
+    trained = ((info.get("distill") or {}).get("student") or {}).get("primary")
+    if trained:
+        return dict(trained)
+    return evaluation_for(cfg.data.task, None).primary.to_json() if cfg.evaluate is None else \
+        {"name": cfg.evaluate.primary, "higher_is_better": cfg.evaluate.higher_is_better}
+
+
+def figure(model: dict, report: dict, split: str = "") -> float | None:
+    """The model's primary figure (test split; `split` = '_val' for validation's)."""
+    name = (report.get("primary_metric") or {}).get("name", "accuracy")
+    return (model.get(f"metrics{split}") or {}).get(name, model.get(f"accuracy{split}") if name == "accuracy" else None)
+
+
+def shown(value: float | None, name: str) -> str:
+    """A figure as the tables show it: accuracy in percent, anything else to 4 decimals."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if name in ("accuracy", "top1_agreement") else f"{value:.4f}"
 
 
 def _model_entry(rec: ModelRecord) -> dict:
@@ -56,9 +87,13 @@ def _model_entry(rec: ModelRecord) -> dict:
     for extra in ("note", "quantization"):
         if getattr(rec, extra) is not None:
             entry[extra] = plain(getattr(rec, extra))
-    for key, value in (rec.scores or {}).items():
-        if key != "accuracy":  # accuracy has its own fields
-            entry[key] = value
+    entry["metrics"] = plain(rec.metrics or {})
+    entry["metrics_val"] = plain(rec.metrics_val or {})
+    entry["metrics_torch"] = plain(rec.metrics_torch or {})
+    for key in ("cosine", "neighbour_overlap@10"):  # the embedding task's figures, where report/1 had them
+        if key in (rec.metrics or {}) and "/" not in key:
+            entry[key] = rec.metrics[key]
+            entry[f"{key}_val"] = (rec.metrics_val or {}).get(key)
     return entry
 
 
@@ -116,8 +151,7 @@ def table_rows(report: dict) -> list[list[str]]:
             m["name"] + (" *" if m["name"] == report.get("final") else ""),
             f"{m['params']:,}" if m.get("params") is not None else "-",
             f"{m['bytes'] / 1024:.1f} KB" if m.get("bytes") else "-",
-            f"{100 * m['accuracy']:.2f}%" if m.get("accuracy") is not None else
-            (f"cos {m['cosine']:.4f}" if m.get("cosine") is not None else "-"),
+            shown(figure(m, report), report["primary_metric"]["name"]),
             f"{row['p50_ms']:.4f}" if row else "-",
             speedup,
         ])
@@ -127,7 +161,8 @@ def table_rows(report: dict) -> list[list[str]]:
 def headers(report: dict) -> list[str]:
     """The table's columns; the accuracy column names the split it was measured on."""
     split = (report.get("data") or {}).get("evaluated_on", "val")
-    return ["model", "params", "size", f"accuracy (ORT, {split})", "p50 ms (b1)", "vs teacher"]
+    name = (report.get("primary_metric") or {}).get("name", "accuracy")
+    return ["model", "params", "size", f"{name} (ORT, {split})", "p50 ms (b1)", "vs teacher"]
 
 
 def summary_table(report: dict) -> str:
@@ -179,15 +214,19 @@ def markdown(report: dict) -> str:
             out.append(f"- {m['name']}: max abs diff {p['max_abs_diff']:.2e}, top-1 agreement "
                        f"{100 * p['top1_agreement']:.2f}%")
     distill = report.get("details", {}).get("distill", {})
-    measured = {m["name"]: m.get("accuracy") for m in report["models"]}
+    primary = report.get("primary_metric") or {"name": "accuracy", "higher_is_better": True}
+    measured = {m["name"]: figure(m, report) for m in report["models"]}
     if "control" in distill:
-        s, c = distill["student"]["val_accuracy"], distill["control"]["val_accuracy"]
+        name = primary["name"]
+        s, c = distill["student"][f"val_{name}"], distill["control"][f"val_{name}"]
         if measured.get("student") is not None and measured.get("control") is not None:
             s, c = measured["student"], measured["control"]  # the report's split (test), not the one that chose
-        verdict = "helped" if s > c else ("made no difference" if s == c else "did not help")
+        better = (s > c) if primary["higher_is_better"] else (s < c)
+        verdict = "helped" if better else ("made no difference" if s == c else "did not help")
+        gap = f"{100 * (s - c):+.2f} points" if name == "accuracy" else f"{s - c:+.4f}"
         out += ["", "## Did the teacher help?", "",
-                f"Distilled student {100 * s:.2f}% vs control (labels only, same budget) {100 * c:.2f}%: "
-                f"the teacher {verdict} ({100 * (s - c):+.2f} points)."]
+                f"Distilled student {shown(s, name)} vs control (labels only, same budget) {shown(c, name)} "
+                f"({name}): the teacher {verdict} ({gap})."]
     for stage, details in report.get("details", {}).items():
         for line in details.get("markdown", []) if isinstance(details, dict) else []:
             out.append(line)
@@ -206,17 +245,19 @@ def _data_markdown(report: dict) -> list[str]:
         return []
     splits, on = data["splits"], data["evaluated_on"]
     sizes = ", ".join(f"{name} {v['size']:,}" + (f" ({v['how']})" if v.get("how") else "") for name, v in splits.items())
-    out = ["", "## Data", "", f"Splits: {sizes}. Accuracy is measured on **{on}** ({splits[on]['size']:,} examples)"
+    name = (report.get("primary_metric") or {}).get("name", "accuracy")
+    out = ["", "## Data", "", f"Splits: {sizes}. Figures are measured on **{on}** ({splits[on]['size']:,} examples)"
            + ("; validation picked the epochs, gates and the final model." if on == "test" else
               "; there is no test split, so these are the figures selection saw (optimistic).")]
     if data.get("teacher_outputs"):
         out.append(f"Teacher outputs during distillation: {data['teacher_outputs']}.")
     if data.get("class_names"):
         out.append(f"Classes: {', '.join(map(str, data['class_names']))}.")
-    rows = [m for m in report["models"] if m.get("accuracy") is not None and m.get("accuracy_val") is not None]
+    rows = [m for m in report["models"] if figure(m, report) is not None and figure(m, report, "_val") is not None]
     if rows and on == "test":
-        out += ["", "| model | test | validation |", "|---|---|---|"]
-        out += [f"| {m['name']} | {100 * m['accuracy']:.2f}% | {100 * m['accuracy_val']:.2f}% |" for m in rows]
+        out += ["", f"| model | {name}, test | {name}, validation |", "|---|---|---|"]
+        out += [f"| {m['name']} | {shown(figure(m, report), name)} | {shown(figure(m, report, '_val'), name)} |"
+                for m in rows]
     out += ["", *[f"- **Warning:** {w}." for w in data["warnings"]]] if data.get("warnings") else []
     return out
 
@@ -255,21 +296,23 @@ def _plot(path: Path, report: dict) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    name = (report.get("primary_metric") or {}).get("name", "accuracy")
+    scale = 100 if name == "accuracy" else 1
     points: list[tuple[str, float, float, float]] = []
     for m in report["models"]:
-        row = _headline_row(m)
-        if row and m.get("accuracy") is not None:
-            points.append((m["name"], row["p50_ms"], 100 * m["accuracy"], m.get("bytes") or 1))
+        row, value = _headline_row(m), figure(m, report)
+        if row and value is not None:
+            points.append((m["name"], row["p50_ms"], scale * value, m.get("bytes") or 1))
     if not points:
         return
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     biggest = max(p[3] for p in points)
     colors = plt.get_cmap("tab10").colors
     offsets = _label_offsets(points)
-    for i, (name, ms, acc, size) in enumerate(points):
+    for i, (label, ms, acc, size) in enumerate(points):
         color = colors[i % len(colors)]
         ax.scatter(ms, acc, s=40 + 600 * (size / biggest) ** 0.5, alpha=0.55, color=color, clip_on=False,
-                   label=f"{i + 1}  {name}: {acc:.2f}%, {ms:.4f} ms, {size / 1024:.1f} KB")
+                   label=f"{i + 1}  {label}: {shown(acc / scale, name)}, {ms:.4f} ms, {size / 1024:.1f} KB")
         ax.annotate(str(i + 1), (ms, acc), textcoords="offset points", xytext=offsets[i], fontsize=8,
                     ha="center", va="center", fontweight="bold",
                     arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"} if offsets[i] != (0, 0) else None)
@@ -278,10 +321,11 @@ def _plot(path: Path, report: dict) -> None:
 
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a short log axis overlap
     ax.margins(x=0.25)
-    ax.set_ylim(*_accuracy_limits([p[2] for p in points]))
+    if scale == 100:
+        ax.set_ylim(*_accuracy_limits([p[2] for p in points]))
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
-    ax.set_ylabel("accuracy in ONNX Runtime (%)")
-    ax.set_title(f"{report['pipeline']}: accuracy vs latency (marker area ~ file size)", fontsize=10)
+    ax.set_ylabel(f"{name} in ONNX Runtime{' (%)' if scale == 100 else ''}")
+    ax.set_title(f"{report['pipeline']}: {name} vs latency (marker area ~ file size)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, markerscale=0.4,
               handletextpad=0.3, borderaxespad=0.0)

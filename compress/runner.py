@@ -20,7 +20,8 @@ from compress.stages import STAGES, section_inputs, stage_names
 
 log = logging.getLogger("compress")
 
-CACHE_VERSION = 3  # bump when a stage's outputs change meaning, so old caches are not trusted (3: test split)
+CACHE_VERSION = 4  # bump when a stage's outputs change meaning, so old caches are not trusted (4: one path for
+# every task: teacher outputs in safetensors, metrics per model)
 
 
 def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None) -> dict:
@@ -77,7 +78,7 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
                 raise failure
             return {}
         stages += [{"name": n, "status": "skipped", "seconds": 0.0, "artifacts": []} for n in names[len(stages):]]
-        report = build_report(cfg, models, state, stages, info, data_shape=data.input_shape, data=data)
+        report = build_report(cfg, models, state, stages, info, data=data)
         write_report(run_dir, report)
     if failure is not None:
         raise failure

@@ -30,11 +30,12 @@ def _invoke(*args: object):
 
 def test_static_with_labelled_data_writes_int8_model_and_summary(files: dict):
     out = files["dir"] / "q" / "mlp-int8.onnx"
-    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"])
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"],
+                     "--pick", "quantized")
     assert result.exit_code == 0, result.output
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["gate"] == "accuracy on 200 labelled samples from val.npz"
-    assert summary["attempts"][0]["accepted"] and summary["out"] == str(out)
+    assert summary["attempts"][0]["accepted"] and summary["out"] == str(out) and summary["ships"] == "quantized"
     weights = [i for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights, "the written model holds no int8 weights"
     assert out.with_suffix(".md").read_text().startswith("# compress quantize: mlp.onnx (static)")
@@ -47,7 +48,12 @@ def test_without_labels_gates_on_agreement_with_fp32(files: dict):
     assert result.exit_code == 0, result.output
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["gate"] == "top-1 agreement with the fp32 model on 256 calibration inputs"
-    assert summary["float"]["accuracy"] == 1.0  # fp32 agrees with itself: the labels are its own top-1
+    assert summary["float"]["score"] == 1.0  # fp32 agrees with itself
+    assert summary["gate_metric"]["metric"]["name"] == "top1_agreement" and not summary["warnings"]
+    # OUT is the model to ship: the int8 one when picked, else the float model, as the summary says
+    shipped = onnx.load(str(out))
+    has_int8 = any(i.data_type == onnx.TensorProto.INT8 for i in shipped.graph.initializer)
+    assert has_int8 == (summary["ships"] == "quantized") and summary["final"] == summary["ships"]
 
 
 def test_without_any_data_says_the_gate_used_random_inputs(files: dict):
@@ -67,13 +73,19 @@ def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
     result = _invoke(files["model"], "--out", out, "--calibration", files["dir"] / "outlier.npz", "--data",
                      files["val"], "--max-accuracy-drop", "0", "--no-fallback")
     assert result.exit_code == 1, result.output
-    assert not out.exists() and json.loads(out.with_suffix(".json").read_text())["out"] is None
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert not out.exists() and summary["out"] is None
     assert "no quantized model met the accuracy budget of 0.00 points after 1 attempt" in result.output
+    effort = files["dir"] / "strict.best-effort.onnx"  # the best attempt, beside OUT and named as such
+    assert effort.is_file() and summary["best_effort"] == str(effort)
 
 
 @pytest.mark.parametrize("extra, line", [
-    (["--out", "x.onnx"], "error: --calibration: static quantization needs calibration inputs (.npz with an array "
-                          "'x' of real model inputs); pass one or use --mode dynamic"),
+    (["--out", "x.onnx", "--mode", "static"], "error: --calibration: static quantization needs calibration inputs "
+                                              "(.npz with an array per model input, or 'x' for one input); pass one "
+                                              "or use --mode dynamic"),
+    (["--out", "x.onnx", "--metric", "m:f"], "error: --metric: your metric compares outputs with targets: pass "
+                                             "--data with the inputs and their targets ('y' or 'y_NAME')"),
     (["--out", "x.txt", "--mode", "dynamic"], "error: --out: expected a path ending in .onnx, got 'x.txt'"),
     (["--out", "x.onnx", "--mode", "dynamic", "--data", "missing.npz"],
      "error: missing.npz: no such file; --data expects an .npz"),
@@ -113,7 +125,8 @@ def test_static_upgrades_an_opset_9_graph_for_per_channel_qdq(tmp_path: Path):
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 2, 6, 6)).astype(np.float32))
     out = tmp_path / "old-int8.onnx"
     # execute
-    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--max-accuracy-drop", "1")
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--max-accuracy-drop", "1",
+                     "--pick", "quantized")
     # assert
     assert result.exit_code == 0, result.output
     summary = json.loads(out.with_suffix(".json").read_text())

@@ -91,6 +91,6 @@ def test_teacher_runs_on_the_batch_or_is_looked_up_by_index():
     model = torch.nn.Linear(3, 2)
     inputs, index = torch.randn(4, 3), torch.tensor([2, 0])
     cache = np.arange(10, dtype=np.float32).reshape(5, 2)
-    assert Teacher(logits=cache)(index, inputs).tolist() == [[4.0, 5.0], [0.0, 1.0]]
+    assert Teacher(outputs={"logits": cache})(index, inputs)["logits"].tolist() == [[4.0, 5.0], [0.0, 1.0]]
     online = Teacher(model=model)
     assert online.mode == "on-the-fly" and torch.equal(online(index, inputs), model(inputs).detach())

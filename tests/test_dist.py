@@ -86,21 +86,6 @@ def test_more_processes_than_cores_is_a_warning(tiny_dir: Path, monkeypatch, cap
         "same recipe)"]
 
 
-def test_text_pipelines_train_in_one_process_and_say_so(tiny_dir: Path, caplog):
-    from types import SimpleNamespace
-
-    from compress.dist.settings import DistSettings
-    from compress.errors import CompressError
-
-    cfg = SimpleNamespace(source_path="p.toml", data=SimpleNamespace(source="text:corpus.txt", batch_size=30))
-    with caplog.at_level(logging.WARNING, logger="compress"):
-        DistSettings(nproc=2).check(cfg)  # (30 is no multiple of 4: not checked, nothing is split)
-    assert caplog.records[-1].getMessage() == "warning: text pipelines train in one process; --nproc 2 is not used"
-    with pytest.raises(CompressError, match=r"^p.toml: data.source: text pipelines train in one process, so "
-                                            r"--nnodes 2 cannot share the work; run on one machine$"):
-        DistSettings(nproc=1, nnodes=2, rdzv_endpoint="h:1").check(cfg)
-
-
 def test_the_killed_rank_is_the_root_cause_not_the_rank_that_lost_its_peer(tmp_path: Path):
     # setup: what torchrun recorded when rank 1 was SIGKILLed: rank 0 raised (peer gone) and was then SIGTERMed,
     # with an earlier timestamp than the kill's detection

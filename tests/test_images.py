@@ -181,4 +181,4 @@ def test_image_pipeline_runs_teacher_on_the_fly_and_ships_class_names(tmp_path: 
     assert not (tmp_path / "runs/imgs/teacher/logits.npy").exists()
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "runs/imgs" / models["student"]["path"])).metadata_props}
     assert json.loads(meta["class_names"]) == list(CLASSES)
-    assert "Accuracy is measured on **test** (12 examples)" in (tmp_path / "runs/imgs/report.md").read_text()
+    assert "Figures are measured on **test** (12 examples)" in (tmp_path / "runs/imgs/report.md").read_text()

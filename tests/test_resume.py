@@ -46,17 +46,17 @@ def die() -> None:
 
 import compress.bench.harness
 import compress.runner
-import compress.train.loop
+import compress.tasks.classification
 
 if point == "teacher-training":  # the count-th training batch (fit calls kd_loss once per batch)
-    real_loss = compress.train.loop.kd_loss
+    real_loss = compress.tasks.classification.kd_loss
 
     def kd_loss(*args, **kwargs):
         if due():
             die()
         return real_loss(*args, **kwargs)
 
-    compress.train.loop.kd_loss = kd_loss
+    compress.tasks.classification.kd_loss = kd_loss
 elif point == "distill-before-manifest":  # student.safetensors and control.safetensors written, manifest not
     real_save = compress.runner.save_manifest
 

@@ -3,21 +3,21 @@
 Why: the run counts that give a 1 ms model a tight p50 (20 warm-up + at least 100 runs, 5 repetitions) cost a
 76 ms model about a minute per row. A slow model needs far fewer runs for the same CI of p50, because its
 per-run spread is small next to its p50 (a preemption costs the same milliseconds whatever the model's length).
-So, when the default plan would overrun `BenchSettings.max_seconds_per_row`, the row gets 3 repetitions (still
+So, when the default plan would overrun `BenchSettings.time_budget_seconds`, the row gets 3 repetitions (still
 interleaved with the other rows), a short warm-up (~0.2 s of runs, at most a fifth of a repetition, at least 2)
 and as many timed runs as fit; a wall-clock stop per repetition keeps a machine that slows down mid-run inside
 the budget too. Measured: a 79 ms conv stack, 67 s with the full settings, 11 s cut (docs/results-bench.md).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from compress.bench.harness import BenchSettings, _Job
+    from compress.bench.config import BenchSettings
+    from compress.bench.harness import _Job
 
 USABLE_FRACTION = 0.85
 """Share of the budget planned for timed and warm-up runs: session opening and the probe take the rest."""
@@ -36,17 +36,17 @@ def estimate_seconds(settings: BenchSettings, seconds_per_run: float, reference:
 
 def plan(settings: BenchSettings, seconds_per_run: float, reference: bool,
          spent_seconds: float = 0.0) -> tuple[BenchSettings, dict[str, Any]]:
-    """Settings that fit the row into settings.max_seconds_per_row, and the row's `budget` record.
+    """Settings that fit the row into settings.time_budget_seconds, and the row's `budget` record.
 
     Unchanged settings when the plan already fits (or there is no budget); otherwise fewer repetitions, a short
     warm-up and as many runs as fit, with min_seconds 0 so the run count decides and a per-repetition wall-clock
     stop (max_seconds). `spent_seconds` (the probe) is taken off the budget.
     """
-    budget = settings.max_seconds_per_row
+    budget = settings.time_budget_seconds
     full = estimate_seconds(settings, seconds_per_run, reference)
     info: dict[str, Any] = {"seconds": budget, "probe_ms": round(seconds_per_run * 1e3, 4), "cut": False,
                             "planned_seconds": round(full, 2)}
-    if budget is None or full <= budget * USABLE_FRACTION - spent_seconds:
+    if not budget or full <= budget * USABLE_FRACTION - spent_seconds:
         return settings, info
     usable = max(budget * USABLE_FRACTION - spent_seconds, 0.0)
     per_run = seconds_per_run * _overhead(settings, seconds_per_run, reference)
@@ -57,8 +57,9 @@ def plan(settings: BenchSettings, seconds_per_run: float, reference: bool,
         reps -= 1
     runs = int((usable / reps - warmup * seconds_per_run) / per_run)
     runs = max(MIN_RUNS_PER_REPETITION, min(runs, settings.min_runs))
-    cut = dataclasses.replace(settings, warmup_runs=warmup, min_runs=runs, min_seconds=0.0, repetitions=reps,
-                              max_seconds=min(settings.max_seconds, max(usable / reps, 1e-3)))
+    cut = settings.model_copy(update={"warmup_runs": warmup, "min_runs": runs, "min_seconds": 0.0,
+                                      "repetitions": reps,
+                                      "max_seconds": min(settings.max_seconds, max(usable / reps, 1e-3))})
     info.update(cut=True, planned_seconds=round(estimate_seconds(cut, seconds_per_run, reference), 2),
                 repetitions=reps, runs_per_repetition=runs, warmup_runs=warmup)
     return cut, info
@@ -66,7 +67,7 @@ def plan(settings: BenchSettings, seconds_per_run: float, reference: bool,
 
 def fit(job: _Job) -> None:
     """Probe the job's first session (a few untimed-for-the-row runs) and apply `plan` to the job's settings."""
-    if job.settings.max_seconds_per_row is None or job.session is None:
+    if not job.settings.time_budget_seconds or job.session is None:
         return
     start = time.perf_counter()
     seconds_per_run = probe_seconds(job._runner(job.session))

@@ -1,57 +1,102 @@
-"""How hard to measure (`TimingProfile`), and the pipeline's [benchmark] section built on it.
+"""How hard to measure: `BenchSettings`, the one settings type of the harness, and the pipeline's [benchmark]
+section built on it.
 
-One profile type serves the benchmark stage, quantize's float-vs-int8 pick and prune's per-step latency; only the
-numbers differ, and those are named here so each caller's choice is visible in one place.
+Every caller uses this type; only the numbers differ, and the named profiles below put each caller's choice in one
+place: `compress bench` (the defaults), the pipeline's benchmark stage ([benchmark], lighter), quantize's
+float-vs-int8 pick and prune's per-step latency (lighter still).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from compress.section import Section
 
 
-class TimingProfile(Section):
-    """Warm-up, run counts and repetitions of one latency measurement (see compress.bench.harness)."""
+class BenchSettings(Section):
+    """How latency is measured (compress.bench.harness). The defaults are `compress bench`'s: they keep the p50 of
+    a ~1 ms model within a few % run to run on 2 cores."""
 
-    warmup_runs: int = Field(20, ge=0, description="Untimed runs on each fresh session.")
+    warmup_runs: int = Field(20, ge=0, description="Untimed runs on each fresh session before timing starts.")
     min_runs: int = Field(100, ge=1, description="Timed runs per repetition, at least.")
-    min_seconds: float = Field(0.4, ge=0, description="Timed seconds per repetition, at least.")
-    repetitions: int = Field(3, ge=1, description="Fresh-session repetitions per row, interleaved across rows.")
+    min_seconds: float = Field(0.6, ge=0, description="Timed seconds per repetition, at least (both minimums "
+                               "must be met).")
+    max_seconds: float = Field(30.0, gt=0, description="Stop a repetition after this many seconds even if "
+                               "min_runs is not reached (slow models), once 5 ran.")
+    repetitions: int = Field(5, ge=1, description="Independent repetitions, each on a fresh session, interleaved "
+                             "across rows; samples from all are pooled.")
     time_budget_seconds: float = Field(12.0, ge=0, description="Seconds per row: a slow model's runs and "
                                        "repetitions are cut to fit (compress/bench/budget.py); 0 = no budget.")
+    io_binding: bool | None = Field(None, description="Bind inputs/outputs on the device once so host copies are "
+                                    "not timed; None = on for CUDA/TensorRT.")
+    provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict, description="Options per provider, e.g. {cuda = {device_id = 0}}.")
+    edge: bool = Field(False, description="Edge profile: no thread spinning (bench_model also forces batch 1 and "
+                       "1 thread).")
+    strict: bool = Field(False, description="Fail when a requested provider is unavailable here, or when it leaves "
+                         "any node to the CPU provider (checked before a model is timed).")
+    max_samples_kept: int = Field(2000, ge=10, description="Raw samples kept per row (evenly subsampled): enough "
+                                  "for Mann-Whitney, small JSON.")
+    seed: int = Field(0, ge=0, description="Seed of generated inputs, so two runs feed the same data.")
+    reference: bool = Field(True, description="Interleave a fixed reference workload (CPU-side providers) and "
+                            "report `score` (compress.bench.stats.gate_score).")
+    block_seconds: float = Field(0.05, gt=0, description="Model time per block between reference blocks.")
+    reference_block_seconds: float = Field(0.02, gt=0, description="Reference time per block.")
 
-    def settings(self, **extra: Any) -> Any:
-        """The harness's BenchSettings for this profile; `extra` sets its other fields (strict, provider_options)."""
-        from compress.bench.harness import BenchSettings
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # settings made in code: one line naming the field, as for a config key
+            from compress.errors import CompressError
 
-        return BenchSettings(warmup_runs=self.warmup_runs, min_runs=self.min_runs, min_seconds=self.min_seconds,
-                             repetitions=self.repetitions, max_seconds_per_row=self.time_budget_seconds or None, **extra)
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise CompressError(f"bench settings: {key}: out of range, got {err.get('input')!r} "
+                                f"({err['msg']})") from None
+
+    def options_for(self, provider: str) -> dict[str, str]:
+        """Provider options for one ORT provider name, whichever way the key was spelled; booleans as ORT wants
+        them ('true' / 'false')."""
+        from compress.bench.providers import resolve_provider
+
+        for key, opts in (self.provider_options or {}).items():
+            if resolve_provider(key) == provider:
+                return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in opts.items()}
+        return {}
+
+    def with_options(self, provider_options: Mapping[str, Mapping[str, Any]] | None) -> "BenchSettings":
+        """These settings with `provider_options` (a [benchmark] section's) when given."""
+        return self.model_copy(update={"provider_options": dict(provider_options)}) if provider_options else self
+
+    def timing(self) -> "BenchSettings":
+        """The timing part alone, as the harness's own BenchSettings (a [benchmark] section drops its extra keys)."""
+        return BenchSettings(**{k: getattr(self, k) for k in BenchSettings.model_fields})
 
 
-PICK_PROFILE = TimingProfile(warmup_runs=10, min_runs=50, min_seconds=0.3, repetitions=3)
+PICK_PROFILE = BenchSettings(warmup_runs=10, min_runs=50, min_seconds=0.3, repetitions=3)
 """quantize's pick times the float model and every accepted attempt: lighter than a benchmark row."""
 
-STEP_PROFILE = TimingProfile(warmup_runs=10, min_runs=30, min_seconds=0.2, repetitions=3)
+STEP_PROFILE = BenchSettings(warmup_runs=10, min_runs=30, min_seconds=0.2, repetitions=3)
 """prune times every step and every bisection probe of a latency target: lighter still."""
 
 
-class BenchmarkConfig(TimingProfile):
-    """[benchmark]: providers, shapes and how hard to measure. Unavailable providers are reported, never swapped."""
+class BenchmarkConfig(BenchSettings):
+    """[benchmark]: providers, shapes and how hard to measure (BenchSettings' keys, lighter defaults than `compress
+    bench`: every model of a run is timed). Unavailable providers are reported, never swapped."""
 
+    min_seconds: float = Field(0.4, ge=0, description="Timed seconds per repetition, at least.")
+    repetitions: int = Field(3, ge=1, description="Fresh-session repetitions per row, interleaved across rows.")
     providers: tuple[str, ...] = Field(("cpu",), min_length=1, description="cpu, cuda, tensorrt, openvino, "
                                        "xnnpack, nnapi, coreml, qnn, dml (or full ORT names).")
     batch_sizes: tuple[int, ...] = Field((1, 32), min_length=1, description="Batch sizes timed.")
     threads: tuple[int, ...] = Field((1,), min_length=1, description="intra-op thread counts timed.")
-    seq_lengths: tuple[int, ...] = Field((128,), min_length=1, description="Text models: sequence lengths timed "
-                                         "(real validation text run together to fill each; rows carry "
+    seq_lengths: tuple[int, ...] = Field((128,), min_length=1, description="Token inputs (text: data): sequence "
+                                         "lengths timed (real validation text run together to fill each; rows carry "
                                          "seq_length).")
-    provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
-        default_factory=dict, description="Options per provider in `providers`, e.g. {cuda = {device_id = 0}}.")
-    strict: bool = Field(False, description="Fail when a requested provider is unavailable here (checked by "
-                         "`compress validate` and before any training), or when it leaves any node to the CPU "
-                         "provider (checked before a model is timed).")
+
+    def __init__(self, **values: Any) -> None:
+        Section.__init__(self, **values)  # a config section: pydantic's keyed errors (config.py words them)
 
     @field_validator("providers")
     @classmethod
@@ -67,20 +112,22 @@ class BenchmarkConfig(TimingProfile):
             raise ValueError(f"every value must be >= 1, got {list(v)}")
         return v
 
-    @field_validator("provider_options")
-    @classmethod
-    def _options_for_requested(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
-        requested = {_resolve(p) for p in info.data.get("providers", ())}
-        for key in v:
-            if _resolve(key) not in requested:
-                raise ValueError(f"options for {key!r}, which is not in providers "
-                                 f"{list(info.data.get('providers', ()))}; add it there or remove its options")
-        return v
+    @model_validator(mode="after")
+    def _options_for_requested(self) -> "BenchmarkConfig":
+        requested = {_resolve(p) for p in self.providers}
+        for key in self.provider_options:
+            try:
+                name = _resolve(key)
+            except ValueError as exc:
+                raise ValueError(f"provider_options: {exc}") from None
+            if name not in requested:
+                raise ValueError(f"provider_options: options for {key!r}, which is not in providers "
+                                 f"{list(self.providers)}; add it there or remove its options")
+        return self
 
-    def settings(self, **extra: Any) -> Any:
-        options = {k: {kk: str(vv).lower() if isinstance(vv, bool) else str(vv) for kk, vv in o.items()}
-                   for k, o in self.provider_options.items()}
-        return super().settings(strict=self.strict, provider_options=options, **extra)
+    def settings(self) -> BenchSettings:
+        """The harness settings this section asks for."""
+        return self.timing()
 
 
 def _resolve(name: str) -> str:

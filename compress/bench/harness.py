@@ -26,6 +26,7 @@ import numpy as np
 
 from compress.bench import stats
 from compress.bench.budget import fit as fit_budget
+from compress.bench.config import BenchSettings
 from compress.bench.inputs import batch_of, check_inputs, make_inputs
 from compress.bench.placement import audit
 from compress.bench.providers import (
@@ -48,65 +49,6 @@ class ProviderUnavailable(CompressError):
         super().__init__(f"provider {provider}: {reason}")
         self.provider = provider
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """How latency is measured. Defaults keep the p50 of a ~1 ms model within a few % run to run on 2 cores."""
-
-    warmup_runs: int = 20
-    """Untimed runs on each fresh session before timing starts."""
-    min_runs: int = 100
-    """Timed runs per repetition, at least."""
-    min_seconds: float = 0.6
-    """Timed seconds per repetition, at least (both minimums must be met)."""
-    max_seconds: float = 30.0
-    """Stop a repetition after this many seconds even if min_runs is not reached (slow models), once 5 ran."""
-    repetitions: int = 5
-    """Independent repetitions, each on a fresh session; samples from all are pooled."""
-    io_binding: bool | None = None
-    """Bind inputs/outputs on the device once so host copies are not timed; None = on for CUDA/TensorRT."""
-    provider_options: Mapping[str, Mapping[str, str]] | None = None
-    """Options per provider, keyed by short or ORT name: {'cuda': {'device_id': '0'}}."""
-    edge: bool = False
-    """Edge profile: no thread spinning (bench_model also forces batch 1 and 1 thread)."""
-    strict: bool = False
-    """An unavailable provider raises instead of being reported under 'unavailable'."""
-    max_samples_kept: int = 2000
-    """Raw samples kept in each row (evenly subsampled): enough for Mann-Whitney, small JSON."""
-    seed: int = 0
-    """Seed of generated inputs, so two runs feed the same data."""
-    reference: bool = True
-    """Interleave a fixed reference workload (CPU-side providers) and report `score` (stats.gate_score)."""
-    block_seconds: float = 0.05
-    """Model time per block between reference blocks; short enough to follow the machine's speed phases."""
-    reference_block_seconds: float = 0.02
-    """Reference time per block."""
-    max_seconds_per_row: float | None = 12.0
-    """Time budget of one row: a slow model's runs and repetitions are cut to fit (budget.py); None = no cut."""
-
-    def __post_init__(self) -> None:
-        checks = {
-            "warmup_runs": self.warmup_runs >= 0,
-            "min_runs": self.min_runs >= 1,
-            "min_seconds": self.min_seconds >= 0,
-            "max_seconds": self.max_seconds > 0,
-            "repetitions": self.repetitions >= 1,
-            "max_samples_kept": self.max_samples_kept >= 10,
-            "block_seconds": self.block_seconds > 0,
-            "reference_block_seconds": self.reference_block_seconds > 0,
-            "max_seconds_per_row": self.max_seconds_per_row is None or self.max_seconds_per_row > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise CompressError(f"bench settings: {name}: out of range, got {getattr(self, name)!r}")
-
-    def options_for(self, provider: str) -> dict[str, str]:
-        """Provider options for one ORT provider name, whichever way the key was spelled."""
-        for key, opts in (self.provider_options or {}).items():
-            if resolve_provider(key) == provider:
-                return {str(k): str(v) for k, v in opts.items()}
-        return {}
 
 
 @dataclass

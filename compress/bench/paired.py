@@ -54,7 +54,7 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
     """Time OLD and NEW in alternating blocks on fresh session pairs (settings.repetitions); one verdict row.
 
     Both models get the same arrays: the given `inputs`, or those generated for OLD. The row's time
-    budget (settings.max_seconds_per_row) covers both models: the probe adds their run times.
+    budget (settings.time_budget_seconds) covers both models: the probe adds their run times.
     Row: provider, batch, threads, old_p50_ms, new_p50_ms, raw_ratio (of the pooled p50s), ratio, ci_ratio,
     pairs, verdict, regressed, runs_old, runs_new, budget, old/new_block_p50_ms.
     """

@@ -97,10 +97,11 @@ def validate(file: Path) -> None:
     """Check FILE without training: keys and types, files, data, both models on the data's shape, the
     checkpoint, and (under [benchmark] strict) that every provider is installed."""
     from compress.config import check_before_training, load_config
+    from compress.stages import stage_names
 
     cfg = load_config(file)
     check_before_training(cfg)
-    stages = ", ".join(cfg.stage_names())
+    stages = ", ".join(stage_names(cfg))
     click.echo(f"{file}: ok ({stages})")
 
 

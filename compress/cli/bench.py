@@ -5,7 +5,6 @@ and exit 2 (GateFailed: exit 1). Heavy imports stay inside the command bodies.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     """
     from compress.bench.compare import bench_document, load_rows
     from compress.bench.environment import environment
-    from compress.bench.harness import BenchSettings, bench_model
+    from compress.bench.config import BenchSettings
+    from compress.bench.harness import bench_model
     from compress.bench.inputs import batch_of, load_npz, parse_dims
     from compress.bench.providers import check_model_file, open_session, resolve_provider
 
@@ -149,10 +149,10 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     base_rows = load_rows(baseline) if baseline is not None else None
     check_model_file(model)
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
-                                   "repetitions": repetitions, "max_seconds_per_row": time_budget}.items()
+                                   "repetitions": repetitions, "time_budget_seconds": time_budget}.items()
                  if v is not None}
-    settings = BenchSettings(io_binding=io_binding, provider_options=options or None, edge=edge, strict=strict,
-                             **{**overrides, **({"max_seconds_per_row": None} if time_budget == 0 else {})})
+    settings = BenchSettings(io_binding=io_binding, provider_options=options or {}, edge=edge, strict=strict,
+                             **overrides)
     batch_sizes = list(batches)
     inputs_for_batch = None
     if inputs_npz is not None:
@@ -300,7 +300,7 @@ def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -
 
 
 def _settings_dict(settings: Any) -> dict[str, Any]:
-    out = dataclasses.asdict(settings)
+    out = settings.model_dump(mode="json")
     out["provider_options"] = {k: dict(v) for k, v in (settings.provider_options or {}).items()}
     return out
 

@@ -1,11 +1,16 @@
 """`compress quantize MODEL.onnx --out OUT.onnx`: the pipeline's quantize stage on any ONNX file.
 
-It calls the same function as the stage (compress.quantize.quantize): the same modes, remedies, accuracy gate and
-measured pick. With labelled data (`--data`) the gate is on accuracy; without, on top-1 agreement with the fp32
-model, which the summary says.
+It calls the same function as the stage (compress.quantize.quantize) for every model, whatever its inputs: the same
+modes, remedies and measured pick. The gate comes from what it is given, and the summary states which one it used:
+accuracy with labelled `--data` (class-logits outputs); the user's `--metric module:function` with `--data` of any
+targets; otherwise agreement with the fp32 model suited to the outputs (top-1 for class logits, per-output cosine
+and SQNR for anything else, with a one-line warning). OUT holds the model to ship: the quantized one when it met the
+budget and was picked, else the float one; nothing is written there when no attempt met the budget (the best effort
+goes beside it, named as such, exit 1).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,43 +18,63 @@ import click
 
 from compress.errors import CompressError, GateFailed
 
+log = logging.getLogger("compress")
+SAMPLES = 64
+"""Seeded random inputs the agreement gate runs on when no data is given."""
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Where the quantized model goes.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Where the model to ship goes (quantized, or float when int8 is not faster).")
 @click.option("--mode", type=click.Choice(["static", "dynamic", "fp16"]), default=None,
               help="static: int8 with calibrated ranges (QDQ); dynamic: int8 weights; fp16: half precision. "
-                   "Default: static for a one-input model, dynamic for several inputs (a transformer).")
+                   "Default: static with --calibration, dynamic without.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help=".npz of model inputs for calibration (array 'x', or the only array); static mode needs it.")
+              help=".npz of real model inputs: one array per input name (or 'x' / the only array for one input).")
 @click.option("--data", "data_npz", type=click.Path(path_type=Path), default=None,
-              help=".npz with labelled validation data ('x', 'y'): gate on accuracy instead of agreement.")
+              help=".npz of gate inputs (as --calibration) and targets ('y', or 'y_NAME' for several): accuracy "
+                   "for class logits, or your --metric.")
+@click.option("--metric", default=None, metavar="MODULE:FUNCTION",
+              help="Your metric (def f(outputs: dict[str, ndarray], targets) -> dict[str, float]), found beside "
+                   "the current folder; needs --data.")
+@click.option("--primary", default=None, help="Which figure of --metric decides (default: the first returned).")
+@click.option("--lower-is-better", is_flag=True, help="The --metric figure is better when lower (a loss, an error).")
+@click.option("--output", "outputs", multiple=True, metavar="NAME",
+              help="Judge only this output in the agreement gate (repeatable; default: every output).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.005, show_default=True,
-              help="Budget: largest drop of accuracy (or of top-1 agreement with fp32), as a fraction.")
+              help="Budget of the accuracy or top-1 agreement gate, as a fraction.")
+@click.option("--max-cosine-drop", type=click.FloatRange(0, 2), default=0.01, show_default=True,
+              help="Budget of the per-output cosine gate: largest drop of the mean cosine to fp32.")
+@click.option("--max-metric-drop", type=click.FloatRange(0), default=0.01, show_default=True,
+              help="Budget of --metric, in the metric's own units.")
+@click.option("--pick", type=click.Choice(["fastest", "quantized"]), default="fastest", show_default=True,
+              help="fastest: ship int8 only when it is significantly faster; quantized: whenever it meets the budget.")
+@click.option("--keep-attempts", "keep_dir", type=click.Path(path_type=Path), default=None,
+              help="Keep every attempt's model in this folder, for your own evaluation.")
 @click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
               help="Providers the float-vs-quantized pick is timed on (repeatable).")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
               help="Batch sizes the pick is timed at (repeatable).")
-@click.option("--max-cosine-drop", type=click.FloatRange(0, 2), default=0.01, show_default=True,
-              help="Budget for a model with several inputs: largest drop of the outputs' mean cosine similarity to "
-                   "the fp32 model's.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
-              help="Size of a named symbolic dimension (a transformer's seq=128), for the gate and the timing.")
+              help="Size of a named symbolic dimension (a transformer's seq=128), for generated inputs and timing.")
 @click.option("--no-fallback", is_flag=True, help="Try the given settings only, no remedies.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
-             max_accuracy_drop: float, providers: tuple[str, ...], batches: tuple[int, ...], max_cosine_drop: float,
-             dims: tuple[str, ...], no_fallback: bool, quiet: bool) -> None:
-    """Quantize MODEL (.onnx) to OUT, gated on accuracy or agreement, picked by measured latency.
+             metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
+             max_accuracy_drop: float, max_cosine_drop: float, max_metric_drop: float, pick: str,
+             keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...], dims: tuple[str, ...],
+             no_fallback: bool, quiet: bool) -> None:
+    """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
 
-    Writes OUT, and OUT's name with .json and .md: every attempt (settings, accuracy, drop, size, latency), the
-    gate, and the pick. Exit 1 when no attempt meets the budget (the summary is still written).
+    Writes OUT (the model to ship), and OUT's name with .json and .md: the gate, every attempt (settings, figures,
+    drop, size, latency) and the pick. Exit 1 when no attempt meets the budget (the summary is still written, the
+    best effort beside OUT as OUT.best-effort.onnx).
     """
     import tempfile
 
+    from compress.bench.inputs import parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
-    from compress.cache import write_json, write_text
-    from compress.onnx.graph import copy_model
     from compress.quantize import QuantizeConfig, quantize as run_quantize
 
     check_model_file(model)
@@ -58,30 +83,30 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     _check_batches(model, batches)
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
-    if _input_count(model) > 1:  # a transformer: token ids, mask, token types
-        from compress.bench.inputs import parse_dims
-        from compress.cli.quantize_several import quantize_several
-
-        summary = quantize_several(model, out_path, mode=mode or "dynamic", max_cosine_drop=max_cosine_drop,
-                                   providers=providers, batches=batches, dims=parse_dims(dims),
-                                   no_fallback=no_fallback)
-        if summary["out"] is None:
-            raise GateFailed(f"{model}: {summary['why']} (summary: {out_path.with_suffix('.json')})")
-        return
-    mode = mode or "static"
-    calib = _read_x(calibration, "--calibration") if calibration is not None else None
+    if metric is not None and data_npz is None:
+        raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
+                            "their targets ('y' or 'y_NAME')")
+    dim_sizes = parse_dims(dims)
+    calib = _inputs(model, calibration, "--calibration") if calibration is not None else None
+    mode = mode or ("static" if calib is not None else "dynamic")
     if mode == "static" and calib is None:
-        raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array 'x' "
-                            "of real model inputs); pass one or use --mode dynamic")
-    val_x, val_y, gate = _gate_data(model, data_npz, calib)
-    cfg = QuantizeConfig(mode=mode, max_accuracy_drop=max_accuracy_drop, fallback=not no_fallback)
+        raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array per "
+                            "model input, or 'x' for one input); pass one or use --mode dynamic")
+    gate, warning = _gate(model, calib, data_npz, metric, primary, not lower_is_better, outputs, dim_sizes,
+                          budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop))
+    if warning:
+        log.warning("%s", warning)
+        click.echo(warning, err=True)
+    cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
-        result = run_quantize(model, Path(work), cfg, calib_x=calib, val_x=val_x, val_y=val_y, providers=providers,
-                              batch_sizes=batches, progress=not quiet)
-        if result["chosen"] is not None:
-            copy_model(Path(result["chosen"]), out_path)
-    summary = _summary(model, out_path, gate, result)
+        result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib),
+                              feed=_feed(model, calib, dim_sizes), providers=providers, batch_sizes=batches,
+                              progress=not quiet)
+        written = _write(model, out_path, result, keep_dir)
+    summary = _summary(model, written, gate, result, mode, warning)
+    from compress.cache import write_json, write_text
+
     write_json(out_path.with_suffix(".json"), summary)
     write_text(out_path.with_suffix(".md"), _markdown(summary))
     click.echo(_markdown(summary))
@@ -89,51 +114,139 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         raise GateFailed(f"{model}: {result['why']} (summary: {out_path.with_suffix('.json')})")
 
 
-def _read_x(path: Path, option: str) -> Any:
-    import numpy as np
-
-    arrays = _read_npz(path, option)
-    if "x" not in arrays and len(arrays) != 1:
-        raise CompressError(f"{path}: {option} expects an array 'x' (or a single array), got {sorted(arrays)}")
-    return np.asarray(arrays.get("x", next(iter(arrays.values()))), dtype=np.float32)
-
-
-def _read_npz(path: Path, option: str) -> dict[str, Any]:
+def _inputs(model: Path, path: Path, option: str) -> dict[str, Any]:
+    """{input name: array} from an .npz: arrays named like the model's inputs, or 'x' (or the only array) for a
+    one-input model."""
     from compress.bench.inputs import read_npz
 
-    return read_npz(path, expects=f"{option} expects an .npz")
+    arrays = read_npz(path, expects=f"{option} expects an .npz")
+    names = _input_names(model)
+    if all(n in arrays for n in names):
+        return {n: arrays[n] for n in names}
+    if len(names) == 1:
+        inputs = {k: v for k, v in arrays.items() if not k.startswith("y")}
+        if "x" in inputs or len(inputs) == 1:
+            return {names[0]: inputs.get("x", next(iter(inputs.values())) if inputs else None)}
+    raise CompressError(f"{path}: {option} expects one array per model input ({', '.join(names)}), or 'x' for a "
+                        f"model with one input; got {', '.join(sorted(arrays))}")
 
-def _gate_data(model: Path, data_npz: Path | None, calib: Any) -> tuple[Any, Any, str]:
-    """(x, y, what the gate measures): labelled data when given, else the fp32 model's own top-1 as labels."""
+
+def _targets(path: Path) -> Any:
+    """The targets of a --data file: 'y', or {NAME: array} for 'y_NAME' arrays; None when there are none."""
+    from compress.bench.inputs import read_npz
+
+    arrays = read_npz(path, expects="--data expects an .npz")
+    if "y" in arrays:
+        return arrays["y"]
+    several = {k[2:]: v for k, v in arrays.items() if k.startswith("y_")}
+    return several or None
+
+
+def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
+          higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float]):
+    """(the Gate, a warning line or None) from what the command was given."""
+    from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
+
+    accuracy_budget, cosine_budget, metric_budget = budgets
+    if data_npz is not None:
+        feeds, targets = _inputs(model, data_npz, "--data"), _targets(data_npz)
+        n = len(next(iter(feeds.values())))
+        if metric is not None:
+            from compress.tasks.metric import UserMetric
+
+            user = UserMetric(metric, base_dir=Path.cwd(), origin="--metric", primary=primary,
+                              higher_is_better=higher)
+            return metric_gate(user, model, feeds, targets, metric_budget, source=f"{n} samples from "
+                               f"{data_npz.name}"), None
+        if targets is not None and not isinstance(targets, dict) and looks_like_logits(outputs_of(model, {
+                k: v[:2] for k, v in feeds.items()})):
+            return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop",
+                                 source=data_npz.name), None
+        source = f"{n} samples from {data_npz.name}"
+    elif calib is not None:
+        feeds, source = calib, f"{len(next(iter(calib.values())))} calibration inputs"
+    else:
+        feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
+    gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
+                          source=source)
+    warning = None
+    if gate.metric.name == "cosine":
+        shapes = {k: tuple(v.shape) for k, v in outputs_of(model, {k: v[:1] for k, v in feeds.items()}).items()}
+        shown = ", ".join(f"{k} {s}" for k, s in shapes.items())
+        warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "
+                   "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
+                   "gate on your own figure")
+    return gate, warning
+
+
+def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
+    """SAMPLES seeded random inputs that fit the model (token ids inside the vocabulary, masks of ones)."""
     import numpy as np
 
-    if data_npz is not None:
-        arrays = _read_npz(data_npz, "--data")
-        if "x" not in arrays or "y" not in arrays:
-            raise CompressError(f"{data_npz}: --data expects arrays 'x' and 'y', got {sorted(arrays)}")
-        return np.asarray(arrays["x"], dtype=np.float32), np.asarray(arrays["y"]), \
-            f"accuracy on {len(arrays['y'])} labelled samples from {data_npz.name}"
-    from compress.onnx.graph import fixed_batch, single_input
-    from compress.onnx.parity import run_cpu, top1_of
+    from compress.edge import sample_inputs
+    from compress.onnx.graph import fixed_batch
 
-    name, _, _ = single_input(model, what="quantize")
-    step = fixed_batch(model)
+    step = fixed_batch(model) or SAMPLES
+    chunks = [sample_inputs(model, batch=step, seed=seed, dims=dims) for seed in range(max(1, SAMPLES // step))]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def _batches(model: Path, calib: Any) -> Any:
+    """Calibration inputs as feed batches: the model's fixed batch, else 32 rows."""
     if calib is None:
-        from compress.edge import sample_inputs
+        return None
+    from compress.onnx.graph import fixed_batch
+    from compress.quantize.attempts import batched
 
-        chunks = [sample_inputs(model, batch=step or 64, seed=seed)[name] for seed in range(64 // (step or 64))]
-        calib_x, source = np.concatenate(chunks), "64 seeded random inputs (pass --data for a real gate)"
-    else:
-        calib_x, source = calib, f"{len(calib)} calibration inputs"
-    labels = top1_of(run_cpu(model, {name: calib_x}, batch_size=step or 256)[0])
-    return calib_x, labels, f"top-1 agreement with the fp32 model on {source}"
+    return batched(calib, fixed_batch(model) or 32)
 
 
-def _summary(model: Path, out: Path, gate: str, result: dict[str, Any]) -> dict[str, Any]:
+def _feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
+    """The inputs latency is timed on at a batch size: rows of the calibration inputs, else generated ones."""
+    import numpy as np
+
+    from compress.edge import sample_inputs
+
+    def feed(batch: int) -> dict[str, Any]:
+        if calib is not None:
+            return {k: np.concatenate([v[:batch]] * -(-batch // len(v)))[:batch] for k, v in calib.items()}
+        return sample_inputs(model, batch=batch, dims=dims)
+
+    return feed
+
+
+def _write(model: Path, out: Path, result: dict[str, Any], keep_dir: Path | None) -> dict[str, Any]:
+    """OUT := the model to ship (quantized when picked, else the float model); nothing there when no attempt met
+    the budget, whose best effort goes to OUT.best-effort.onnx. Returns what went where."""
+    import shutil
+
+    from compress.onnx.graph import copy_model
+
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        for a in result["attempts"]:
+            if a.get("path") and Path(a["path"]).is_file():
+                shutil.copyfile(a["path"], keep_dir / Path(a["path"]).name)
+    if result["chosen"] is None:
+        out.unlink(missing_ok=True)
+        tried = [a for a in result["attempts"] if a.get("drop") is not None]
+        if not tried:
+            return {"out": None, "ships": None, "best_effort": None}
+        best = min(tried, key=lambda a: a["drop"])
+        effort = out.with_name(f"{out.stem}.best-effort.onnx")
+        copy_model(Path(best["path"]), effort)
+        return {"out": None, "ships": None, "best_effort": str(effort), "best_effort_attempt": best["name"]}
+    ships = "quantized" if result["final"] == "quantized" else "float"
+    copy_model(Path(result["chosen"]) if ships == "quantized" else model, out)
+    return {"out": str(out), "ships": ships, "best_effort": None}
+
+
+def _summary(model: Path, written: dict[str, Any], gate: Any, result: dict[str, Any], mode: str,
+             warning: str | None) -> dict[str, Any]:
     attempts = [{k: v for k, v in a.items() if k != "path"} for a in result["attempts"]]
-    return {"schema": "compress.quantize/1", "model": str(model), "out": str(out) if result["chosen"] else None,
-            "mode": result["mode"], "gate": gate, "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"],
-            "final": result["final"],
+    return {"schema": "compress.quantize/1", "model": str(model), **written, "mode": mode, "gate": gate.what,
+            "gate_metric": gate.to_json(), "warnings": [warning] if warning else [], "inputs": _input_names(model),
+            "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"], "final": result["final"],
             "why": result["why"], "float": {k: v for k, v in result["float"].items() if k != "path"},
             "attempts": attempts, "pick": result.get("pick")}
 
@@ -141,19 +254,27 @@ def _summary(model: Path, out: Path, gate: str, result: dict[str, Any]) -> dict[
 def _markdown(summary: dict[str, Any]) -> str:
     from compress.quantize import attempts_table
 
+    if summary["out"]:
+        wrote = (f"{summary['out']} (the {summary['ships']} model" +
+                 (": int8/fp16 met the budget but is not faster here)" if summary["ships"] == "float" else ")"))
+    elif summary.get("best_effort"):
+        wrote = (f"nothing at --out (no attempt met the budget); the best effort, {summary['best_effort_attempt']}, "
+                 f"is {summary['best_effort']}")
+    else:
+        wrote = "nothing (no attempt met the budget)"
     lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
-             f"Gate: {summary['gate']}.", "", f"CPU: {summary['cpu_int8']}.", "",
-             *attempts_table(summary["attempts"], score="score"),
-             "", f"Pick: {summary['why']}", "", f"Wrote: {summary['out'] or 'nothing (no attempt met the budget)'}"]
+             f"Gate: {summary['gate']}.", *[f"\n{w}" for w in summary["warnings"]], "",
+             f"CPU: {summary['cpu_int8']}.", "", *attempts_table(summary["attempts"], summary["gate_metric"]),
+             "", f"Pick: {summary['why']}", "", f"Wrote: {wrote}"]
     return "\n".join(lines) + "\n"
 
 
-def _input_count(model: Path) -> int:
+def _input_names(model: Path) -> list[str]:
     import onnx
 
     from compress.onnx.graph import graph_inputs
 
-    return len(graph_inputs(onnx.load(str(model), load_external_data=False).graph))
+    return [i.name for i in graph_inputs(onnx.load(str(model), load_external_data=False).graph)]
 
 
 def _check_batches(model: Path, batches: tuple[int, ...]) -> None:

@@ -37,11 +37,12 @@ class DataConfig(Section):
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size for training and evaluation.")
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that read (and decode, augment) "
                          "examples beside training; 0 reads them in the training process.")
-    task: Literal["classification", "embedding"] = Field("classification", description="text: sources only: "
-                                                         "'classification' (labels, KD on logits) or 'embedding' "
-                                                         "(no labels; the student learns the teacher's pooled "
-                                                         "sentence embeddings, scored by cosine and "
-                                                         "neighbour_overlap@10).")
+    task: Literal["classification", "embedding", "tensors"] = Field(
+        "classification", description="What the outputs mean: 'classification' (one (N, K) logits output, integer "
+        "labels, KD on logits, accuracy), 'embedding' (one (N, D) embedding, no labels; the student learns the "
+        "teacher's, scored by cosine and neighbour_overlap@10) or 'tensors' (any outputs of any shape, a tuple or "
+        "dict from forward; labels optional and of any shape: npz y, or y_NAME per target; per-output MSE to the "
+        "teacher, scored by cosine and SQNR per output, or by your [evaluate] metric).")
     text_column: str = Field("text", min_length=1, description="text: .csv/.tsv/.jsonl: the column holding the text.")
     label_column: str | None = Field(None, description="text: .csv/.tsv/.jsonl: the column holding the label "
                                      "(any strings; numbered in sorted order). Required for classification.")
@@ -130,10 +131,19 @@ class DataBundle:
     workers: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     """Source-specific facts for the report (image size, mean/std and where they came from, skipped files)."""
+    task: str = "classification"
+    inputs: Any = None
+    """compress.data.inputs: what the models eat (one tensor, named tensors, token ids): export names, feeds."""
+    has_targets: bool = True
+    """Whether items carry targets (labels, or arrays for the tensors task); without, targets are -1."""
 
     def __post_init__(self) -> None:
         if self.train_plain is None:
             self.train_plain = self.train
+        if self.inputs is None:
+            from compress.data.inputs import TensorInputs
+
+            self.inputs = TensorInputs()
 
     def split(self, name: str) -> Any:
         return {"train": self.train_plain, "val": self.val, "test": self.test}[name]
@@ -156,37 +166,67 @@ class DataBundle:
         """`(index, inputs, target)` batches of a split, in order, without augmentation."""
         yield from loader(self.split(split), batch_size=batch_size, shuffle=False, seed=0, workers=self.workers)
 
+    def feeds(self, split: str, *, rows: Any = None, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+        """ONNX Runtime feeds (numpy, by input name) of a split's rows `rows` (all when None), in order."""
+        import torch
+
+        ds = self.split(split)
+        if rows is not None:
+            ds = torch.utils.data.Subset(ds, list(rows))
+        for _, x, _ in loader(ds, batch_size=batch_size, shuffle=False, seed=0, workers=self.workers):
+            yield self.inputs.as_feed(x)
+
+    def targets(self, split: str) -> Any:
+        """A split's targets in data order, as the source gave them: an int label array, an array of any shape, a
+        dict of arrays (several targets), or None when the data has none."""
+        if not self.has_targets:
+            return None
+        ds = self.split(split)
+        if hasattr(ds, "targets"):
+            return ds.targets()
+        from compress.data.datasets import stack_targets
+
+        return stack_targets([t for _, _, t in loader(ds, batch_size=256, shuffle=False, seed=0,
+                                                       workers=self.workers)])
+
     def arrays(self, split: str, limit: int | None = None, rows: Any = None, spill: Any = None) -> tuple[Any, Any]:
-        """Examples `rows` of a split (else the first `limit`, else all) as numpy (inputs, labels); inputs a dict of
-        arrays for keyword-input models. For the ONNX side (parity, calibration, the quantization gate). With
-        `spill` (a folder), tensor inputs are written there batch by batch and come back memory-mapped, so a split
-        of any size is read without holding it in memory."""
+        """Examples `rows` of a split (else the first `limit`, else all) as whole numpy arrays: ({input name:
+        array}, targets). For ONNX Runtime runs that want one array per input (the QNN target). With `spill` (a
+        folder), float inputs are written there batch by batch and come back memory-mapped, so a split of any size
+        is read without holding it in memory."""
         import numpy as np
         import torch
+
+        from compress.data.datasets import stack_targets
 
         ds = self.split(split)
         if rows is None:
             rows = range(len(ds) if limit is None else min(limit, len(ds)))
-        xs, ys, mapped, filled = [], [], None, 0
+        parts: dict[str, list] = {}
+        mapped: dict[str, Any] = {}
+        filled, ys = 0, []
         for _, x, y in loader(torch.utils.data.Subset(ds, list(rows)), batch_size=256, shuffle=False, seed=0,
                               workers=self.workers):
             ys.append(y)
-            if spill is None or isinstance(x, dict):
-                xs.append(x)
-                continue
-            if mapped is None:
-                mapped = np.lib.format.open_memmap(Path(spill) / f"{split}-inputs.npy", mode="w+", dtype=np.float32,
-                                                   shape=(len(rows), *x.shape[1:]))
-            mapped[filled:filled + len(x)] = x.numpy()
-            filled += len(x)
-        labels = np.asarray(torch.cat(ys).numpy())
-        if mapped is not None:
-            mapped.flush()
-            del mapped  # read back read-only, cut to what was read (items that no longer decode are dropped)
-            return np.load(Path(spill) / f"{split}-inputs.npy", mmap_mode="r")[:filled], labels
-        if isinstance(xs[0], dict):
-            return {k: torch.cat([x[k] for x in xs]).numpy() for k in xs[0]}, labels
-        return torch.cat(xs).numpy(), labels
+            feed = self.inputs.as_feed(x) if self.inputs.kind != "tokens" else {
+                n: x[n].numpy().astype(np.int64) for n in self.inputs.names}
+            for name, value in feed.items():
+                if spill is None or not np.issubdtype(value.dtype, np.floating):
+                    parts.setdefault(name, []).append(value)
+                    continue
+                if name not in mapped:
+                    mapped[name] = np.lib.format.open_memmap(Path(spill) / f"{split}-{name}.npy", mode="w+",
+                                                             dtype=value.dtype, shape=(len(rows), *value.shape[1:]))
+                mapped[name][filled:filled + len(value)] = value
+            filled += len(next(iter(feed.values())))
+        out = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        for name, array in mapped.items():
+            array.flush()
+            del array  # read back read-only, cut to what was read (items that no longer decode are dropped)
+            out[name] = np.load(Path(spill) / f"{split}-{name}.npy", mmap_mode="r")[:filled]
+        mapped.clear()
+        targets = stack_targets(ys) if self.has_targets else None
+        return {n: out[n] for n in self.inputs.names if n in out}, targets
 
     def calibration_rows(self, samples: int) -> Any:
         """The training rows quantization calibrates on: a fixed random subset (seed 0) of `samples` examples."""
@@ -204,28 +244,38 @@ class DataBundle:
             return {k: torch.stack([it[k] for it in items]) for k in items[0]}
         return torch.stack(items)
 
+    def describe_inputs(self) -> dict[str, Any]:
+        """The report's `inputs` section."""
+        return self.inputs.describe(self.input_shape)
 
-def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data.source") -> DataBundle:
-    """Open the configured source and split it. `base_dir` is the TOML's folder (relative paths resolve there)."""
+
+def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data.source",
+              tokenizer: str | None = None, cache_dir: Path | None = None) -> DataBundle:
+    """Open the configured source and split it. `base_dir` is the TOML's folder (relative paths resolve there);
+    `tokenizer` the hf: spec whose tokenizer reads `text:` data (the teacher's), `cache_dir` where its token ids
+    are cached."""
     from compress.data.sources import open_source
 
-    return open_source(cfg, seed=seed, base_dir=base_dir, origin=origin)
+    return open_source(cfg, seed=seed, base_dir=base_dir, origin=origin, tokenizer=tokenizer, cache_dir=cache_dir)
 
 
 def loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, workers: int = 0, sampler: Any = None,
-           drop_last: bool = False) -> Any:
+           drop_last: bool = False, batch_sampler: Any = None) -> Any:
     """The one DataLoader: a seeded order (the same batches every run with the same seed), seeded workers, and a
-    `sampler` (e.g. DistributedSampler) in place of the shuffle when given."""
+    `sampler` (e.g. DistributedSampler) in place of the shuffle when given, or a `batch_sampler` that yields whole
+    batches of indices (length-grouped token batches)."""
     import torch
     from torch.utils.data import DataLoader
 
     from compress.data.datasets import collate
 
     generator = torch.Generator().manual_seed(seed)
+    common = {"generator": generator, "num_workers": workers, "collate_fn": collate,
+              "worker_init_fn": _seed_worker if workers else None, "persistent_workers": workers > 0}
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                      generator=generator, num_workers=workers, collate_fn=collate,
-                      worker_init_fn=_seed_worker if workers else None, persistent_workers=workers > 0,
-                      drop_last=drop_last)
+                      drop_last=drop_last, **common)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -81,13 +81,10 @@ def check_xy(x: Any, y: Any, origin: str, xname: str, yname: str) -> None:
     """Shapes, dtypes, labels (integers >= 0) and finite inputs; x is walked in chunks."""
     import numpy as np
 
-    if x.ndim < 2 or len(x) == 0:
-        raise CompressError(f"{origin}: {xname} must be a non-empty array of examples (N, ...), got shape {x.shape}")
+    check_x(x, origin, xname)
     if y.ndim != 1 or len(y) != len(x):
         raise CompressError(f"{origin}: {yname} must be a 1-D label array as long as {xname} "
                             f"({len(x)}), got shape {y.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise CompressError(f"{origin}: {xname} must be numeric, got dtype {x.dtype}")
     if np.issubdtype(y.dtype, np.floating):
         check_bad(y, ~np.isfinite(y) | (y != np.round(y)), origin, yname, "non-integer label", "labels",
                   "store class labels as integers 0..K-1")
@@ -95,6 +92,16 @@ def check_xy(x: Any, y: Any, origin: str, xname: str, yname: str) -> None:
         raise CompressError(f"{origin}: {yname} must hold integer class labels, got dtype {y.dtype}; "
                             "store class labels as integers 0..K-1")
     check_bad(y, y < 0, origin, yname, "negative label", "labels", "labels must be integers 0..K-1")
+
+
+def check_x(x: Any, origin: str, xname: str) -> None:
+    """A non-empty numeric array of examples with finite values (walked in chunks)."""
+    import numpy as np
+
+    if x.ndim < 2 or len(x) == 0:
+        raise CompressError(f"{origin}: {xname} must be a non-empty array of examples (N, ...), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise CompressError(f"{origin}: {xname} must be numeric, got dtype {x.dtype}")
     if np.issubdtype(x.dtype, np.floating):
         first, count = None, 0
         for start in range(0, len(x), CHUNK_ROWS):

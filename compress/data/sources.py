@@ -13,7 +13,8 @@ from compress.errors import CompressError, shorten
 log = logging.getLogger("compress")
 
 
-def open_source(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
+def open_source(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer: str | None = None,
+                cache_dir: Path | None = None) -> Any:
     import numpy as np
 
     from compress.data.arrays import open_npz
@@ -27,6 +28,11 @@ def open_source(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
         from compress.data.images import open_images
 
         bundle = open_images(cfg, seed=seed, base_dir=base_dir, origin=origin)
+    elif src.startswith("text:"):
+        from compress.hf.data import load_text
+
+        bundle = load_text(cfg, seed=seed, base_dir=base_dir, origin=origin, tokenizer_spec=tokenizer,
+                           cache_dir=cache_dir)
     elif src.startswith("npz:"):
         path = Path(src[4:])
         path = path if path.is_absolute() else base_dir / path
@@ -42,53 +48,104 @@ def _from_arrays(arrays: dict, cfg: Any, seed: int, origin: str, *, where: str) 
     import numpy as np
 
     from compress.data import DataBundle
-    from compress.data.arrays import check_xy, fingerprint, stratified_split
+    from compress.data.arrays import check_xy, check_x, fingerprint, stratified_split
     from compress.data.datasets import ArrayDataset
 
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise CompressError(f"{where} has no array {key!r} (found {sorted(arrays)}); expected x and y, "
-                                "optionally x_val and y_val, x_test and y_test")
-    for part in ("val", "test"):
-        if (f"x_{part}" in arrays) != (f"y_{part}" in arrays):
-            raise CompressError(f"{where} must have both x_{part} and y_{part}, or neither")
+    labels_task = cfg.task == "classification"
+    names = _target_names(arrays, cfg.task, where)
+    if "x" not in arrays or (labels_task and "y" not in arrays):
+        raise CompressError(f"{where} has no array {'x' if 'x' not in arrays else 'y'!r} (found {sorted(arrays)}); "
+                            "expected x and y, optionally x_val and y_val, x_test and y_test")
     x = arrays["x"]
-    labels = {"": np.asarray(arrays["y"])}
-    check_xy(x, labels[""], where, "x", "y")
+    targets = {"": _targets_of(arrays, names, "", x, cfg.task, where)}
     for part in ("val", "test"):
-        if f"x_{part}" in arrays:
-            xp, yp = arrays[f"x_{part}"], np.asarray(arrays[f"y_{part}"])
-            check_xy(xp, yp, where, f"x_{part}", f"y_{part}")
-            if xp.shape[1:] != x.shape[1:]:
-                raise CompressError(f"{origin}: x_{part} examples have shape {xp.shape[1:]}, x has {x.shape[1:]}")
-            labels[part] = yp
-    y = labels[""]
-    val_f = 0.0 if "val" in labels else cfg.val_fraction
-    test_f = 0.0 if "test" in labels else cfg.test_fraction
+        if f"x_{part}" not in arrays:
+            if any(f"{n}_{part}" in arrays for n in names):
+                raise CompressError(f"{where} must have both x_{part} and y_{part}, or neither")
+            continue
+        xp = arrays[f"x_{part}"]
+        if xp.shape[1:] != x.shape[1:]:
+            raise CompressError(f"{origin}: x_{part} examples have shape {xp.shape[1:]}, x has {x.shape[1:]}")
+        targets[part] = _targets_of(arrays, [f"{n}_{part}" for n in names], f"_{part}", xp, cfg.task, where)
+    if labels_task:
+        for part, y in targets.items():
+            check_xy(arrays[f"x{part and '_' + part}"], y, where, f"x{part and '_' + part}", f"y{part and '_' + part}")
+    else:
+        for part in targets:
+            check_x(arrays[f"x{part and '_' + part}"], where, f"x{part and '_' + part}")
+    y = targets[""] if labels_task else np.zeros(len(x), dtype=np.int64)  # one random split without labels
+    val_f = 0.0 if "val" in targets else cfg.val_fraction
+    test_f = 0.0 if "test" in targets else cfg.test_fraction
     train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed)
     how = {"train": "x/y" if not (val_f or test_f) else "the rest of x/y"}
-    splits = {"train": ArrayDataset(x, y, train_rows)}
+    kind = "stratified " if labels_task else ""
+
+    def dataset(xa: Any, ya: Any, rows: Any = None) -> Any:
+        return ArrayDataset(xa, ya, rows, labels=labels_task)
+
+    splits = {"train": dataset(x, targets[""], train_rows)}
     for part, frac, rows in (("val", val_f, val_rows), ("test", test_f, test_rows)):
-        if part in labels:
-            splits[part], how[part] = ArrayDataset(arrays[f"x_{part}"], labels[part]), f"x_{part}/y_{part}"
+        if part in targets:
+            splits[part], how[part] = dataset(arrays[f"x_{part}"], targets[part]), f"x_{part}/y_{part}"
         elif frac:
-            splits[part] = ArrayDataset(x, y, rows)
-            how[part] = f"stratified {100 * frac:g}% of x/y (seed {seed})"
+            splits[part] = dataset(x, targets[""], rows)
+            how[part] = f"{kind}{100 * frac:g}% of x/y (seed {seed})"
         else:
             splits[part] = None
     if splits["val"] is None or len(splits["val"]) == 0:
-        raise CompressError(f"{origin}: too few examples ({len(y)}) to hold out a validation split")
-    used = [y[train_rows], y[val_rows] if "val" not in labels else labels["val"]]
-    all_labels = np.concatenate(used + ([labels["test"]] if "test" in labels else [y[test_rows]]))
+        raise CompressError(f"{origin}: too few examples ({len(x)}) to hold out a validation split")
+    num_classes = _classes(targets, train_rows, val_rows, test_rows, origin) if labels_task else 0
+    parts = [np.asarray(arrays[k]) if k.startswith("y") else arrays[k] for k in sorted(arrays)]
+    return DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
+                      input_shape=tuple(int(s) for s in x.shape[1:]), how=how, task=cfg.task,
+                      has_targets=targets[""] is not None,
+                      fingerprint=fingerprint([*parts, train_rows, val_rows, test_rows]))
+
+
+def _target_names(arrays: dict, task: str, where: str) -> list[str]:
+    """The target arrays of the training split: ['y'] for labels, or 'y' / every 'y_NAME' for the tensors task."""
+    if task == "classification":
+        return ["y"]
+    if task == "embedding":
+        return []
+    names = [k for k in sorted(arrays) if (k == "y" or k.startswith("y_")) and not k.endswith(("_val", "_test"))]
+    if "y" in names and len(names) > 1:
+        raise CompressError(f"{where}: give one target 'y' or several 'y_NAME', not both (found {names})")
+    return names
+
+
+def _targets_of(arrays: dict, names: list[str], suffix: str, x: Any, task: str, where: str) -> Any:
+    """The targets of one split: labels (classification), an array or a dict of arrays (tensors), or None."""
+    import numpy as np
+
+    if not names:
+        return None
+    for n in names:
+        if n not in arrays:
+            raise CompressError(f"{where} must have both x{suffix} and {n}, or neither")
+        if task != "classification" and len(arrays[n]) != len(x):  # labels: check_xy says it for classification
+            raise CompressError(f"{where}: {n} has {len(arrays[n])} rows, x{suffix} {len(x)}; one target row per "
+                                "example")
+    if task == "classification":
+        return np.asarray(arrays[names[0]])
+    if names == [f"y{suffix}"]:
+        return arrays[names[0]]
+    return {n[2:len(n) - len(suffix)]: arrays[n] for n in names}
+
+
+def _classes(targets: dict, train_rows: Any, val_rows: Any, test_rows: Any, origin: str) -> int:
+    """The number of classes (largest label + 1), after checking two of them are used."""
+    import numpy as np
+
+    y = targets[""]
+    used = [y[train_rows], y[val_rows] if "val" not in targets else targets["val"]]
+    all_labels = np.concatenate(used + ([targets["test"]] if "test" in targets else [y[test_rows]]))
     classes = np.unique(np.concatenate(used))
     if len(classes) < 2:
         raise CompressError(f"{origin}: the data has a single class ({classes.tolist()}); need at least two")
     num_classes = int(all_labels.max()) + 1
     _warn_label_gaps(all_labels, num_classes, origin)
-    parts = [np.asarray(arrays[k]) if k.startswith("y") else arrays[k] for k in sorted(arrays)]
-    return DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
-                      input_shape=tuple(int(s) for s in x.shape[1:]), how=how,
-                      fingerprint=fingerprint([*parts, train_rows, val_rows, test_rows]))
+    return num_classes
 
 
 def _warn_label_gaps(labels: Any, num_classes: int, origin: str) -> None:
@@ -124,45 +181,59 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
         raise CompressError(f"{origin}: {target}() must return a dataset, (train, val) or (train, val, test), "
                             f"got {len(parts)} items")
     where = f"{origin}: {target}()"
-    scans = [_scan(ds, name, where) for ds, name in zip(parts, ("train", "validation", "test"))]
+    labels_task = cfg.task == "classification"
+    scans = [_scan(ds, name, where, labels=labels_task) for ds, name in zip(parts, ("train", "validation", "test"))]
     shape = scans[0][1]
-    for (labels, s), name in zip(scans[1:], ("validation", "test")):
+    for (_, s), name in zip(scans[1:], ("validation", "test")):
         if s != shape:
             raise CompressError(f"{where}: {name} examples have shape {s}, train has {shape}")
-    y = scans[0][0]
+    y = scans[0][0] if labels_task else np.zeros(len(parts[0]), dtype=np.int64)
     val_f = 0.0 if len(parts) > 1 else cfg.val_fraction
     test_f = 0.0 if len(parts) > 2 else cfg.test_fraction
     train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed)
+    kind = {"classification": "labels", "tensors": "arrays"}.get(cfg.task, "none")
     how = {"train": "train dataset"}
-    splits = {"train": PythonDataset(parts[0], train_rows)}
+    splits = {"train": PythonDataset(parts[0], train_rows, kind)}
     for k, (part, frac, rows) in enumerate((("val", val_f, val_rows), ("test", test_f, test_rows)), start=1):
         if len(parts) > k:
-            splits[part], how[part] = PythonDataset(parts[k]), f"{part} dataset"
+            splits[part], how[part] = PythonDataset(parts[k], targets=kind), f"{part} dataset"
         elif frac:
-            splits[part], how[part] = PythonDataset(parts[0], rows), f"stratified {100 * frac:g}% of train (seed {seed})"
+            splits[part] = PythonDataset(parts[0], rows, kind)
+            how[part] = f"{'stratified ' if labels_task else ''}{100 * frac:g}% of train (seed {seed})"
         else:
             splits[part] = None
     if len(splits["val"]) == 0:
         raise CompressError(f"{origin}: too few examples ({len(y)}) to hold out a validation split")
-    all_labels = np.concatenate([s[0] for s in scans])
-    labelled = all_labels[all_labels >= 0]
-    if len(np.unique(labelled)) < 2:
-        raise CompressError(f"{origin}: the data has a single class ({np.unique(labelled).tolist()}); need at least two")
-    num_classes = int(labelled.max()) + 1
-    _warn_label_gaps(labelled, num_classes, origin)
+    num_classes = 0
+    if labels_task:
+        all_labels = np.concatenate([s[0] for s in scans])
+        labelled = all_labels[all_labels >= 0]
+        if len(np.unique(labelled)) < 2:
+            raise CompressError(f"{origin}: the data has a single class ({np.unique(labelled).tolist()}); need at "
+                                "least two")
+        num_classes = int(labelled.max()) + 1
+        _warn_label_gaps(labelled, num_classes, origin)
     input_shape = tuple(next(iter(shape.values()))[1:]) if isinstance(shape, dict) else shape
-    return DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
-                      input_shape=input_shape, how=how,
-                      fingerprint=fingerprint([target, *[s[0] for s in scans], train_rows, val_rows, test_rows]))
+    bundle = DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
+                        input_shape=input_shape, how=how, task=cfg.task, has_targets=kind != "none",
+                        fingerprint=fingerprint([target, *[s[0] for s in scans], train_rows, val_rows, test_rows]))
+    if isinstance(shape, dict):
+        from compress.data.inputs import NamedInputs
+
+        bundle.inputs = NamedInputs(list(shape), shapes={k: tuple(v) for k, v in shape.items()})
+    return bundle
 
 
-def _scan(ds: Any, name: str, where: str) -> tuple[Any, Any]:
-    """Labels of every item, and the (common) shape of its inputs; checks values item by item."""
+def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, Any]:
+    """Labels of every item (a digest of the targets when they are not labels), and the (common) shape of its
+    inputs; checks values item by item."""
+    import hashlib
+
     import numpy as np
 
     from compress.data.arrays import check_bad
 
-    labels, shape = [], None
+    found, shape, digest = [], None, hashlib.sha256()
     try:
         n = len(ds)
         for i in range(n):
@@ -179,12 +250,16 @@ def _scan(ds: Any, name: str, where: str) -> tuple[Any, Any]:
                 shape = s
             elif s != shape and not isinstance(s, dict):
                 raise CompressError(f"{where}: {name} example {i} has shape {s}, the first had {shape}")
-            labels.append(int(y))
+            if labels:
+                found.append(int(y))
+            else:
+                for v in (y.values() if isinstance(y, dict) else [y]):
+                    digest.update(np.ascontiguousarray(np.asarray(v)).tobytes())
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"{where.rsplit(': ', 1)[0]}: could not read the {name} dataset from "
                             f"{where.rsplit(': ', 1)[-1]} as (x, y) pairs: {type(exc).__name__}: {exc}") from exc
-    if not labels:
+    if shape is None:
         raise CompressError(f"{where}: the {name} dataset is empty")
-    return np.asarray(labels, dtype=np.int64), shape
+    return (np.asarray(found, dtype=np.int64) if labels else digest.hexdigest()), shape

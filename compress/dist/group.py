@@ -57,6 +57,17 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
+    def broadcast_value(self, value: float) -> float:
+        """Rank 0's `value` on every process (a clock reading, a validation figure), so all decide alike."""
+        if not self.distributed:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
     def broadcast_weights(self, model: Any) -> None:
         """Every process takes rank 0's parameters and buffers bit for bit (what rank 0 writes is what all hold)."""
         if not self.distributed:

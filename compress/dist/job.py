@@ -25,7 +25,7 @@ ERROR_PREFIX = "error-rank"
 
 def encode(value: Any, name: str, tensors: dict[str, Any]) -> Any:
     """JSON for one argument: tensors by name (stored in tensors.safetensors), config sections with their class, a
-    distillation Teacher as its memory-mapped logits file, its logits, or 'the run's teacher model'."""
+    distillation Teacher as its outputs file, its outputs, or 'the run's teacher model'."""
     import torch
     from pydantic import BaseModel
 
@@ -40,9 +40,10 @@ def encode(value: Any, name: str, tensors: dict[str, Any]) -> Any:
     if isinstance(value, Teacher):
         if value.model is not None:
             return {"$teacher": "model"}  # rebuilt in the worker from the run's teacher record
-        if getattr(value.logits, "filename", None):  # np.memmap: every worker maps the same file
-            return {"$teacher": "logits_file", "path": str(value.logits.filename)}
-        return {"$teacher": "logits", "tensor": encode(torch.as_tensor(value.logits), name, tensors)}
+        if value.source:  # every worker maps the same outputs file
+            return {"$teacher": "outputs_file", "path": value.source}
+        return {"$teacher": "outputs", "tensors": {k: encode(torch.as_tensor(v), f"{name}.{k}", tensors)
+                                                   for k, v in value.outputs.items()}}
     json.dumps(value)  # anything else must be plain JSON: a TypeError here is a bug in the caller, not user input
     return value
 
@@ -61,11 +62,11 @@ def decode(value: Any, tensors: dict[str, Any], teacher_model: Any = None) -> An
 
         if value["$teacher"] == "model":
             return Teacher(model=teacher_model())
-        if value["$teacher"] == "logits_file":
-            import numpy as np
+        if value["$teacher"] == "outputs_file":
+            from compress.train.outputs import open_outputs
 
-            return Teacher(logits=np.load(value["path"], mmap_mode="r"))
-        return Teacher(logits=decode(value["tensor"], tensors))
+            return Teacher(outputs=open_outputs(value["path"])["train"], source=value["path"])
+        return Teacher(outputs={k: decode(v, tensors).numpy() for k, v in value["tensors"].items()})
     return value
 
 

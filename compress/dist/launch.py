@@ -37,13 +37,12 @@ class Launch:
     """The data's fingerprint here; a worker that loads different data stops instead of training on it."""
     workdir: Path
     """The stage's folder; each call gets a numbered job folder under workdir/dist/."""
-    model: str
-    kwargs: Any
+    record: Any
+    """The model's record (ModelRecord.to_json()): workers rebuild it with compress.families.rebuild, then load the
+    weights it has when the call is made (pruned shapes and pruning masks included)."""
     origin: str
-    pruned: bool = False
-    """The weights have pruned shapes: rebuild by shrinking the spec's architecture to them."""
     teacher: Any = None
-    """{"model", "kwargs", "origin", "weights"} of the run's teacher, for a distillation that runs it on each batch."""
+    """The run's teacher record plus "weights" (its file), for a distillation that runs it on each batch."""
 
     def call(self, function: str, model: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
         """Run `function(model, data, *args, **kwargs)` in torchrun workers; `model` ends with rank 0's weights."""
@@ -53,11 +52,9 @@ class Launch:
 
         job_dir = _new_job_dir(self.workdir / "dist", kwargs.get("desc") or function)
         tensors: dict[str, Any] = {}
-        job = {"function": function, "config": self.cfg.model_dump(mode="json"),
+        job = {"function": function, "config": self.cfg.model_dump(mode="json", exclude_unset=True),
                "source_path": str(self.cfg.source_path), "fingerprint": self.fingerprint,
-               "model": {"model": self.model, "kwargs": dict(self.kwargs), "origin": self.origin,
-                         "pruned": self.pruned},
-               "teacher": self.teacher,
+               "record": self.record, "origin": self.origin, "teacher": self.teacher,
                "args": [encode(a, f"arg{i}", tensors) for i, a in enumerate(args)],
                "kwargs": {k: encode(v, k, tensors) for k, v in kwargs.items()}}
         save_tensors(job_dir / "init.safetensors", {k: v.detach().cpu().contiguous().clone()

@@ -59,12 +59,6 @@ class DistSettings:
         if self.nproc > cores:
             log.warning("warning: --nproc %d is more than the %d CPU cores of this machine; the processes share "
                         "them (slower, same recipe)", self.nproc, cores)
-        if self.distributed and str(cfg.data.source).startswith("text:"):
-            if self.nnodes > 1:  # hf: text training has no DDP path: the other machines would only repeat it
-                raise CompressError(f"{cfg.source_path}: data.source: text pipelines train in one process, so "
-                                    f"--nnodes {self.nnodes} cannot share the work; run on one machine")
-            log.warning("warning: text pipelines train in one process; --nproc %d is not used", self.nproc)
-            return
         batch = cfg.data.batch_size
         if self.distributed and batch % self.world_size:
             raise CompressError(f"{cfg.source_path}: data.batch_size: {batch} is not a multiple of the "

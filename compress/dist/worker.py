@@ -1,8 +1,8 @@
 """`python -m compress.dist.worker JOB_DIR`, started by torchrun: one DDP worker of one training job.
 
 It joins the process group (nccl when every local rank has a GPU, gloo on CPU), rebuilds the data from the
-pipeline file and the model from its spec and the parent's weights, and calls the same training function the
-parent would have called; fit sees the process group and trains with DDP. Local rank 0 of each machine writes the
+pipeline file and the model from its record (compress.families.rebuild) with the parent's weights, and calls the
+same training function the parent would have called; fit sees the process group and trains with DDP. Local rank 0 of each machine writes the
 trained weights (identical on every rank: fit broadcasts rank 0's) and the function's result into the job folder,
 atomically; on node 0 that is global rank 0, the only writer into the run directory that reports.
 """
@@ -64,27 +64,28 @@ def _run(job_dir: Path, local_rank: int) -> None:
     from compress.data import load_data
     from compress.dist.group import current
     from compress.dist.job import JOB, RESULT_JSON, RESULT_WEIGHTS, decode, save_tensors
-    from compress.models import build_model
+    from compress.families import rebuild
+    from compress.records import ModelRecord
 
     job = json.loads((job_dir / JOB).read_text())
     cfg = parse_config(job["config"], Path(job["source_path"]))
     if cfg.pipeline.threads:
         torch.set_num_threads(cfg.pipeline.threads)
     data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
-                     origin=f"{cfg.source_path}: data.source")
+                     origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
+                     cache_dir=cfg.run_dir / "tokens")
     if data.fingerprint != job["fingerprint"]:
         raise CompressError(f"{cfg.source_path}: data.source: a worker loaded different data than the run (data "
                             "changed during the run, or another machine has other files); every machine needs the "
                             "same data")
-    model = _rebuild(job["model"], job_dir / "init.safetensors", cfg, data)
+    model = rebuild(ModelRecord.from_json(job["record"]), data=data, base_dir=cfg.base_dir,
+                    weights=job_dir / "init.safetensors")
     tensors = load_file(str(job_dir / "tensors.safetensors")) if (job_dir / "tensors.safetensors").is_file() else {}
-    def teacher_model() -> Any:
-        from compress.models import load_weights
 
-        spec = job["teacher"]
-        teacher = build_model(spec["model"], spec["kwargs"], input_shape=data.input_shape,
-                              num_classes=data.num_classes, base_dir=cfg.base_dir, origin=spec["origin"])
-        load_weights(teacher, Path(spec["weights"]), spec["origin"])
+    def teacher_model() -> Any:
+        spec = dict(job["teacher"])
+        weights = spec.pop("weights")
+        teacher = rebuild(ModelRecord.from_json(spec), data=data, base_dir=cfg.base_dir, weights=Path(weights))
         return teacher.to(current().device).eval()
 
     args = [decode(a, tensors, teacher_model) for a in job["args"]]
@@ -97,31 +98,6 @@ def _run(job_dir: Path, local_rank: int) -> None:
         save_tensors(job_dir / RESULT_WEIGHTS, {k: v.detach().cpu().contiguous().clone()
                                                  for k, v in model.state_dict().items()})
         write_json(job_dir / RESULT_JSON, {"result": result})
-
-
-def _rebuild(spec: dict[str, Any], weights: Path, cfg: Any, data: Any) -> Any:
-    """The model the parent passed: its architecture from the spec, shrunk to pruned shapes, magnitude-pruning
-    masks re-attached (a model mid-way through magnitude pruning trains with them), then the parent's weights."""
-    from safetensors.torch import load_file
-
-    from compress.models import build_model
-
-    model = build_model(spec["model"], spec["kwargs"], input_shape=data.input_shape, num_classes=data.num_classes,
-                        base_dir=cfg.base_dir, origin=spec["origin"])
-    state = load_file(str(weights))
-    masks = {k: v for k, v in state.items() if k.endswith("_mask")}
-    if masks:
-        from torch.nn.utils import prune as tprune
-
-        for key, mask in masks.items():
-            path, _, name = key.rpartition(".")
-            tprune.custom_from_mask(model.get_submodule(path), name[: -len("_mask")], mask)
-    elif spec["pruned"]:
-        from compress.prune.mechanics import shrink_to
-
-        shrink_to(model, state)
-    model.load_state_dict(state)
-    return model
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray",
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
-    from compress.quantize.sensitivity import calibration_reader
+    from compress.quantize.attempts import batched
+    from compress.quantize.sensitivity import feeds_reader
 
     types = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8}
     out_path = Path(out_path)
@@ -108,7 +109,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray",
         pre = Path(tmp) / "pre.onnx"
         src = pre if qnn_preprocess_model(str(onnx_path), str(pre)) else Path(onnx_path)
         try:
-            cfg = get_qnn_qdq_config(str(src), calibration_reader(input_name, calibration, batch),
+            cfg = get_qnn_qdq_config(str(src), feeds_reader(batched({input_name: calibration}, batch)),
                                      activation_type=types[activation_type], weight_type=types[weight_type])
             with _quiet_fd(2):
                 quantize(str(src), str(Path(tmp) / "qdq.onnx"), cfg)

@@ -1,11 +1,11 @@
-"""Hugging Face transformers as teachers and students: local folders only, never a hub.
+"""What is specific to Hugging Face transformers (the hf: model family lives in compress.families.hf):
 
-- `model`: `hf:DIR` (or `hf:package:PKG/SUB`, a folder inside an installed Python package) to a TextModel, an
-  nn.Module whose forward takes the tokenizer's keyword inputs and returns logits or a pooled sentence embedding;
-  students cut from a teacher (`from_teacher`), or from a config with overrides.
-- `text`: `text:PATH` data (.txt / .csv / .tsv / .jsonl), tokenized once, as Datasets of dict inputs.
-- `losses`, `metrics`: the embedding task (MSE / cosine on pooled embeddings, hidden-state and attention KD;
-  `cosine` and `neighbour_overlap@10`).
+- `model`: local folders (`hf:DIR`, or `hf:package:PKG/SUB`, a folder inside an installed Python package) and
+  their tokenizer; TextModel, an nn.Module whose forward takes the tokenizer's keyword inputs and returns logits or
+  a pooled sentence embedding; the layer cut (`from_teacher`).
+- `text`, `data`: `text:PATH` data (.txt / .csv / .tsv / .jsonl), tokenized once, as Datasets of token inputs.
+- `losses`: hidden-state and attention KD through a layer map.
+- `optimize`: ONNX Runtime's transformer optimizer, kept only where it measures faster.
 
-`transformers` is the optional extra `compress[hf]`; everything here imports it inside functions.
+`transformers` is the optional extra `compress[hf]`; everything here imports it inside functions. Never a hub.
 """

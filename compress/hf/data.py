@@ -1,50 +1,18 @@
 """`text:PATH` as the pipeline's data: read, check, split (seeded), tokenize once with the teacher's tokenizer,
 cache the token ids, and serve the data contract's Datasets (items `(index, inputs, target)`, inputs a dict of
-the tokenizer's keyword tensors, target the int64 label or -1 for the embedding task)."""
+the tokenizer's keyword tensors, target the int64 label or -1 for the embedding task) in a DataBundle whose
+inputs are compress.data.inputs.TokenInputs."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError
 
 log = logging.getLogger("compress")
-
-
-def _bundle_class():
-    from compress.data import DataBundle
-
-    @dataclass
-    class TextBundle(DataBundle):
-        """A DataBundle (train / val / test Datasets of `(index, inputs, target)`) that also keeps the token
-        tensors, the texts and the labels per split: text stages batch by length and the benchmark fills
-        sequences with real text."""
-
-        task: str = "classification"
-        encoded: dict[str, dict[str, Any]] = field(default_factory=dict)
-        """split -> {input_ids, attention_mask[, token_type_ids]} int32 tensors (N, max_length)."""
-        targets: dict[str, Any] = field(default_factory=dict)
-        """split -> int64 labels (-1 everywhere for the embedding task)."""
-        texts: dict[str, list[str]] = field(default_factory=dict)
-        tokenizer_dir: str = ""
-        kind: str = "text"
-
-        @property
-        def input_names(self) -> tuple[str, ...]:
-            return tuple(self.encoded["train"])
-
-        def example(self, batch: int = 1) -> dict[str, Any]:
-            """Real validation inputs (int64, padded to max_length) for export and checks."""
-            import torch
-
-            idx = torch.arange(batch) % len(self.targets["val"])
-            return {k: v[idx].long() for k, v in self.encoded["val"].items()}
-
-    return TextBundle
 
 
 def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spec: str | None,
@@ -85,22 +53,22 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
         _write_cache(cache_dir, key, encoded)
     else:
         encoded = cached
+    from compress.data import DataBundle
+    from compress.data.inputs import TokenInputs
     from compress.hf.text import text_dataset
 
-    encoded_by = {s: {k: v[torch.from_numpy(i)] for k, v in encoded.items()} for s, i in parts.items()}
-    targets = {s: torch.from_numpy(labels[i]) for s, i in parts.items()}
-    datasets = {s: text_dataset(encoded_by[s], targets[s]) for s in parts}
+    datasets = {s: text_dataset(encoded, torch.from_numpy(labels), torch.from_numpy(i)) for s, i in parts.items()}
     pct = {"val": cfg.val_fraction, "test": cfg.test_fraction}
     how = {s: f"{'stratified ' if cfg.task == 'classification' else ''}{pct[s]:.0%} of {path.name} (seed {seed})"
            for s in parts if s != "train"}
     details = {"text": {"file": str(path), "rows": len(rows.texts), "bad_rows": dict(rows.bad),
                         "max_length": cfg.max_length, "tokenizer": str(folder), "task": cfg.task}}
-    return _bundle_class()(
-        train=datasets["train"], val=datasets["val"], test=datasets.get("test"),
-        num_classes=len(names) if cfg.task == "classification" else 0, input_shape=(cfg.max_length,),
-        fingerprint=key, how=how, class_names=list(names) if cfg.task == "classification" else None,
-        details=details, task=cfg.task, encoded=encoded_by, targets=targets,
-        texts={s: [rows.texts[j] for j in i] for s, i in parts.items()}, tokenizer_dir=str(folder))
+    inputs = TokenInputs(tuple(encoded), texts=[rows.texts[j] for j in parts["val"]], tokenizer_dir=str(folder),
+                         max_length=cfg.max_length)
+    return DataBundle(train=datasets["train"], val=datasets["val"], test=datasets.get("test"),
+                      num_classes=len(names) if cfg.task == "classification" else 0, input_shape=(cfg.max_length,),
+                      fingerprint=key, how=how, class_names=list(names) if cfg.task == "classification" else None,
+                      details=details, task=cfg.task, inputs=inputs, has_targets=cfg.task == "classification")
 
 
 def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin: str) -> dict[str, Any]:

@@ -1,39 +1,13 @@
-"""Distillation losses for transformers: pooled embeddings (MSE or cosine), hidden states through a layer map,
-attention distributions (MiniLM / TinyBERT style).
+"""Intermediate-layer distillation for transformers: hidden states through a layer map, attention distributions
+(MiniLM / TinyBERT style). The task's own loss (logits, embeddings) comes from compress.tasks; these terms add to it.
 
 A layer map pairs student layer i with teacher layer m[i] (0-based transformer blocks). For a student cut from its
 teacher with `layers = [0, 2, 5]` the natural map is that list: each kept block learns to stay what it was.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
-
-EmbeddingLoss = Literal["mse", "cosine"]
-
-
-def embedding_loss(student, teacher, kind: EmbeddingLoss = "cosine"):
-    """Loss between pooled sentence embeddings: `cosine` = mean(1 - cos), `mse` = mean squared error scaled by the
-    teacher's mean square (so it reads the same whatever the embeddings' scale)."""
-    import torch.nn.functional as F
-
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-    return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp(min=1e-12)
-
-
-def relation_loss(student, teacher, bank, temperature: float = 0.05, exclude=None):
-    """KL(teacher || student) of each text's similarity distribution over a fixed bank of teacher embeddings
-    (CompRess-style relational KD): softmax over cosine similarities to the bank at `temperature`. It teaches which
-    texts are near each other, which `neighbour_overlap@k` asks and a per-text cosine loss does not. `exclude`
-    (batch, bank) bool marks bank rows that are the text itself."""
-    import torch.nn.functional as F
-
-    bank = F.normalize(bank, dim=-1)
-    s = F.normalize(student, dim=-1) @ bank.T / temperature
-    t = F.normalize(teacher, dim=-1) @ bank.T / temperature
-    if exclude is not None:
-        s, t = s.masked_fill(exclude, -1e4), t.masked_fill(exclude, -1e4)
-    return F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 
 def hidden_loss(student_hidden: Sequence, teacher_hidden: Sequence, layer_map: Sequence[int], attention_mask,
@@ -77,3 +51,38 @@ def default_layer_map(student_layers: int, teacher_layers: int, kept: Sequence[i
     if kept is not None and len(kept) == student_layers:
         return list(kept)
     return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+@dataclass(frozen=True)
+class TransformerKD:
+    """Hidden-state and attention KD between a TextModel student and teacher, through `layer_map`: run both on the
+    same batch (the student through `net`, which may be DDP-wrapped, so gradients are averaged), return their
+    outputs and the weighted intermediate losses."""
+
+    layer_map: tuple[int, ...]
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+
+    needs_teacher_model = True
+
+    def __call__(self, net: Any, teacher: Any, inputs: dict) -> tuple[Any, Any, Any]:
+        import torch
+
+        from compress.hf.model import trim_padding
+
+        ids, mask, types = trim_padding(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
+        batch = {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
+        want_att = self.attention_weight > 0
+        out, s_hidden, s_att = net(**batch, hidden=True, attentions=want_att)
+        with torch.no_grad():
+            t_out, t_hidden, t_att = teacher(**batch, hidden=True, attentions=want_att)
+        extra = out.new_zeros(())
+        if self.hidden_weight > 0:
+            extra = extra + self.hidden_weight * hidden_loss(_float(s_hidden), _float(t_hidden), self.layer_map, mask)
+        if want_att:
+            extra = extra + self.attention_weight * attention_loss(_float(s_att), _float(t_att), self.layer_map, mask)
+        return out, t_out, extra
+
+
+def _float(states: Any) -> Any:
+    return tuple(s.float() for s in states) if states else states

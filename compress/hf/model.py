@@ -101,8 +101,13 @@ def _text_model_class():
             types = getattr(self.encoder.config, "type_vocab_size", 0) or 0
             return INPUT_NAMES if types > 0 else INPUT_NAMES[:2]
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            return self.features(input_ids, attention_mask, token_type_ids)[0]
+        def forward(self, input_ids, attention_mask, token_type_ids=None, **kd):
+            """The output; with kd = {hidden: True} or {attentions: True}, (output, hidden states, attention maps)
+            for intermediate-layer KD (called through DDP, so its gradients are averaged like the output's). Keyword
+            only, so an export's arguments stay the three token tensors."""
+            found = self.features(input_ids, attention_mask, token_type_ids, hidden=bool(kd.get("hidden")),
+                                  attentions=bool(kd.get("attentions")))
+            return found if kd.get("hidden") or kd.get("attentions") else found[0]
 
         def features(self, input_ids, attention_mask, token_type_ids=None, *, hidden: bool = False,
                      attentions: bool = False):

@@ -14,13 +14,13 @@ from compress.errors import first_line
 
 
 def optimize_if_faster(path: Path, model: Any, data: Any, reference: Any, ecfg: Any, *, seq_length: int) -> dict:
-    """Optimise `path` into a sibling file; if parity holds and paired timing says it is significantly faster at
-    batch 1 and `seq_length`, move it over `path`. Returns what was measured and decided."""
+    """Optimise `path` into a sibling file; if parity holds (against `reference`, torch's outputs by name on the
+    first validation rows) and paired timing says it is significantly faster at batch 1 and `seq_length`, move it
+    over `path`. Returns what was measured and decided."""
     from compress.bench.config import PICK_PROFILE
     from compress.bench.paired import paired_bench
-    from compress.hf.export import bench_feed, run_ort
-    from compress.hf.model import load_tokenizer
     from compress.onnx.parity import compare
+    from compress.onnx.run import outputs_on
 
     cfg = model.encoder.config
     candidate = path.with_suffix(".optimized.onnx")
@@ -33,13 +33,14 @@ def optimize_if_faster(path: Path, model: Any, data: Any, reference: Any, ecfg: 
     except Exception as exc:  # the optimizer does not know every architecture
         return {"kept": False, "why": f"optimizer failed: {first_line(exc)}"}
     try:
-        check = compare([reference], [run_ort(candidate, data.encoded["val"])], atol=ecfg.parity_atol,
+        names = list(reference)
+        got = outputs_on(candidate, data, "val", names=names, rows=range(len(next(iter(reference.values())))))
+        check = compare([reference[n] for n in names], [got[n] for n in names], atol=ecfg.parity_atol,
                         rtol=ecfg.parity_rtol)
         if not check["ok"]:
             return {"kept": False, "why": f"parity failed after optimisation ({check['max_abs_diff']:.3g})"}
-        tok = load_tokenizer(Path(data.tokenizer_dir), "export.optimize")
-        feed = bench_feed(tok, data.texts["val"], data.input_names, batch=1, seq_length=seq_length)
-        row = paired_bench(path, candidate, "cpu", 1, 1, PICK_PROFILE.settings(), inputs=feed)
+        feed = data.inputs.bench_feed(data, 1, seq_length)
+        row = paired_bench(path, candidate, "cpu", 1, 1, PICK_PROFILE, inputs=feed)
         faster = row["ci_ratio"][1] < 1.0
         result = {"kept": faster, "ratio": row["ratio"], "ci_ratio": row["ci_ratio"], "seq_length": seq_length,
                   "why": f"optimized / plain time {row['ratio']:.3f} (99% CI {row['ci_ratio'][0]:.3f}.."

@@ -156,4 +156,27 @@ def text_dataset(encoded: dict[str, Any], targets: Any, indices: Any = None):
             r = int(self.rows[i])
             return i, {k: v[r].long() for k, v in encoded.items()}, targets[r]
 
+        def lengths(self):
+            """Real tokens of each row (its attention mask's sum): what length-grouped batches sort by."""
+            return encoded["attention_mask"][self.rows].sum(1)
+
+        def targets(self):
+            return targets[self.rows].numpy()
+
     return TextDataset()
+
+
+def bench_feed(tokenizer: Any, texts: Sequence[str], names: Sequence[str], *, batch: int, seq_length: int):
+    """Benchmark inputs of shape (batch, seq_length): real text (validation sentences run together until
+    seq_length tokens are filled, so every id is inside the vocabulary and the mask is all real tokens)."""
+    import numpy as np
+
+    rows, k = [], 0
+    for _ in range(batch):
+        words: list[str] = []
+        while len(tokenizer(" ".join(words))["input_ids"]) < seq_length and k < 10 * len(texts) + 100:
+            words.append(texts[k % len(texts)])
+            k += 1
+        rows.append(" ".join(words))
+    enc = tokenizer(rows, padding="max_length", truncation=True, max_length=seq_length, return_tensors="np")
+    return {n: np.ascontiguousarray(enc[n].astype(np.int64)) for n in names}

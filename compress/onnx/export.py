@@ -1,8 +1,9 @@
-"""torch -> ONNX: a deep copy of the model exported with a dynamic batch axis, atomically, checked by onnx."""
+"""torch -> ONNX: a deep copy of the model exported with its inputs' names and dynamic axes and the task's output
+names, atomically, checked by onnx."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field, model_validator
 
@@ -44,8 +45,13 @@ class ExportConfig(Section):
         return self
 
 
-def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: str = "torchscript") -> Path:
-    """Export a deep copy of `model` (export may mutate a live module) to `path`, atomically, batch axis dynamic."""
+def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: str = "torchscript", inputs=None,
+                output_names: Sequence[str] = ("logits",)) -> Path:
+    """Export a deep copy of `model` (export may mutate a live module) to `path`, atomically, in eval mode.
+
+    `inputs` (compress.data.inputs; one tensor named 'input' by default) gives the input names, the export's
+    arguments and the dynamic axes (batch; and sequence for token ids); `output_names` names the outputs in the
+    order forward returns them (a dict's keys, a tuple's items), each with a dynamic batch axis."""
     import copy
     import io
     import warnings
@@ -53,8 +59,15 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
     import torch
 
     from compress.cache import atomic_path
+    from compress.data.inputs import TensorInputs
 
+    inputs = inputs or TensorInputs()
+    names = list(output_names)
     model = copy.deepcopy(model).eval()
+    axes = {**inputs.dynamic_axes(), **{n: {0: "batch"} for n in names}}
+    if exporter == "dynamo" and inputs.kind != "tensor":
+        raise CompressError(f"{path.name}: export.exporter: 'dynamo' is used here for models with one tensor input; "
+                            "keyword inputs (token ids, named tensors) export with 'torchscript'")
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -64,14 +77,13 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
                 arg = next(iter(inspect.signature(model.forward).parameters))
                 batch = torch.export.Dim("batch", min=1, max=1 << 16)
                 program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=opset,
-                                            input_names=["input"], output_names=["logits"],
+                                            input_names=list(inputs.names), output_names=names,
                                             dynamic_shapes={arg: {0: batch}}, verbose=False)
                 program.save(str(tmp))
             else:
                 buf = io.BytesIO()
-                torch.onnx.export(model, (example_input,), buf, dynamo=False, opset_version=opset,
-                                  input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                torch.onnx.export(model, inputs.export_args(example_input), buf, dynamo=False, opset_version=opset,
+                                  input_names=list(inputs.names), output_names=names, dynamic_axes=axes)
                 tmp.write_bytes(buf.getvalue())
         except CompressError:
             raise

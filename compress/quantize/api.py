@@ -1,10 +1,12 @@
-"""Quantize stage: ONNX Runtime int8 (static QDQ with calibration, or dynamic) or fp16, gated on accuracy,
-and a final pick by measured latency, so that a slower int8 model is never shipped just because it is int8.
+"""The one quantize function: ONNX Runtime int8 (static QDQ with calibration, or dynamic) or fp16 for any model
+ORT can quantize that way, with any inputs (feeds by name), gated on whatever the caller's Gate measures (the task's
+figure, the user's metric, agreement with fp32), and a final pick by measured latency, so that a slower int8 model
+is never shipped just because it is int8. The pipeline's quantize stage and `compress quantize` both call it.
 
 Flow: pre-process (shape inference + ORT optimisation) -> first attempt with the configured settings ->
-if the accuracy drop exceeds the budget, cheaper remedies in order (other calibration methods, per-channel
-flipped, then the most sensitive nodes kept in float, 1, 2, 4, ... of them) -> latency of the float model and
-of every attempt through the project's harness -> `final` is the fastest model that meets the budget.
+if the drop exceeds the budget, cheaper remedies in order (other calibration methods, per-channel flipped, then the
+most sensitive nodes kept in float, 1, 2, 4, ... of them) -> latency of the float model and of every attempt
+through the project's harness -> `final` is the fastest model that meets the budget.
 """
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from compress.bench.config import PICK_PROFILE, TimingProfile
+from compress.bench.config import PICK_PROFILE, BenchSettings
 from compress.errors import CompressError, first_line
-from compress.quantize import attempts as qa
 from compress.onnx.graph import model_bytes
+from compress.quantize import attempts as qa
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
+from compress.quantize.gate import Gate
 
 
 def quantize(
@@ -28,30 +31,33 @@ def quantize(
     out_dir: Path,
     cfg: QuantizeConfig,
     *,
-    calib_x: np.ndarray | None,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
+    gate: Gate,
+    calibration: Sequence[dict[str, np.ndarray]] | None,
+    feed: Callable[[int], dict[str, np.ndarray]],
     providers: Sequence[str],
     batch_sizes: Sequence[int],
     threads: int = 1,
     progress: bool = True,
-    profile: TimingProfile = PICK_PROFILE,
+    profile: BenchSettings = PICK_PROFILE,
     provider_options: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Quantize `onnx_path` into `out_dir`, gate every attempt on accuracy, and pick float or quantized by latency.
+    """Quantize `onnx_path` into `out_dir`, gate every attempt, and pick float or quantized by latency.
 
-    Returns {"attempts": [{"name", "settings", "path", "accuracy", "accuracy_drop", "bytes", "latency",
-    "accepted", "reason"}], "float": {"path", "accuracy", "bytes", "latency"}, "chosen": path of the quantized
-    model that met the budget or None, "final": "float" | "quantized", "why": one sentence, "pick": details}.
-    `latency` is {"rows": harness rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the budget,
-    chosen is None and final is "float"; the caller decides whether that fails the run. Every attempt is timed,
-    so `profile` defaults to a lighter one than a benchmark row's.
+    `gate` scores a model (compress.quantize.gate); `calibration` is a list of input feeds (batches, by input name)
+    for static mode and the sensitivity ranking; `feed(batch)` gives the inputs latency is timed on.
+    Returns {"attempts": [{"name", "settings", "path", "figures", "score", "drop", "bytes", "latency", "accepted",
+    "reason"} (with "accuracy" and "accuracy_drop" when the gate is on accuracy)], "float": {"path", "figures",
+    "score", "bytes", "latency"}, "gate": what it measured, "chosen": path of the quantized model that met the budget
+    or None, "final": "float" | "quantized", "why": one sentence, "pick": details}. `latency` is {"rows": harness
+    rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the budget, chosen is None and final is
+    "float"; the caller decides whether that fails the run. Every attempt is timed, so `profile` defaults to a
+    lighter one than a benchmark row's.
     """
     from compress.progress import progress as progress_bar
 
     from compress.bench.environment import int8_isa, u8s8_saturates
 
-    search = _Search.start(Path(onnx_path), Path(out_dir), cfg, calib_x, val_x, val_y, providers, batch_sizes)
+    search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
     isa = int8_isa()
     plan = qa.remedy_plan(cfg, saturates=u8s8_saturates(isa))
     bar = progress_bar(total=len(plan) + 1, desc=f"quantize ({cfg.mode})", unit="attempt", enabled=progress)
@@ -59,38 +65,45 @@ def quantize(
     bar.update(1)
     bar.close()
 
-    settings = profile.settings(provider_options=provider_options)
+    settings = profile.with_options(provider_options)
 
     def measure(path: Path) -> dict[str, Any]:
-        return qa.latency(path, search.providers, batch_sizes, threads, search.input_name, search.val_x, settings)
+        return qa.latency(path, search.providers, batch_sizes, threads, feed, settings)
 
     float_latency = measure(search.onnx_path)
     for rec in search.attempts:
-        if rec["accuracy"] is not None:
+        if rec["score"] is not None:
             rec["latency"] = measure(Path(rec["path"]))
     result: dict[str, Any] = {
-        "mode": cfg.mode, "accuracy_provider": search.eval_provider, "preprocess": search.preprocess_note,
-        "cpu_int8": _cpu_note(isa),
-        "attempts": search.attempts, "float": {"path": str(search.onnx_path), "accuracy": search.float_accuracy,
-                                               "bytes": model_bytes(search.onnx_path), "latency": float_latency}}
+        "mode": cfg.mode, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa), "gate": gate.to_json(),
+        "attempts": search.attempts,
+        "float": _named({"path": str(search.onnx_path), "figures": search.float_figures, "score": search.float_score,
+                         "bytes": model_bytes(search.onnx_path), "latency": float_latency}, gate)}
     if accepted is None:
         tried = len(search.attempts)
         result.update(chosen=None, final="float", pick=None,
-                      why=f"no quantized model met the accuracy budget of {cfg.max_accuracy_drop * 100:.2f} points "
+                      why=f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} "
                       f"after {tried} attempt{'s' if tried != 1 else ''} (best drop "
-                      f"{qa.best_drop(search.attempts)}); keeping the float model")
+                      f"{qa.best_drop(search.attempts, gate)}); keeping the float model")
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
-    sample = search.val_x
     paired = qa.paired_latency(search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads,
-                               lambda b: {search.input_name: qa.batch_of(sample, b)},
-                               settings)
+                               feed, settings)
     decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
                           paired=paired)
     result.update(chosen=str(chosen), final=decision["final"], why=decision["why"], pick=decision,
                   accepted_attempt=accepted["name"])
     return result
+
+
+def _named(record: dict[str, Any], gate: Gate) -> dict[str, Any]:
+    """`accuracy` / `accuracy_drop` beside `score` / `drop` when the gate is on accuracy (the report's names)."""
+    if gate.metric.name == "accuracy":
+        record["accuracy"] = record.get("score")
+        if "drop" in record:
+            record["accuracy_drop"] = record["drop"]
+    return record
 
 
 @dataclass
@@ -100,24 +113,20 @@ class _Search:
     onnx_path: Path
     out_dir: Path
     cfg: QuantizeConfig
+    gate: Gate
     providers: list[str]
-    eval_provider: str
-    input_name: str
-    val_x: np.ndarray
-    val_y: np.ndarray
-    calib: np.ndarray | None
+    calib: list[dict[str, np.ndarray]] | None
     base: Path
     preprocess_note: str
-    float_accuracy: float
-    calibration_batch: int
-    """calibration_batch, or the model's fixed batch dimension when it has one."""
+    float_figures: dict[str, float]
+    float_score: float
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, calib_x: np.ndarray | None,
-              val_x: np.ndarray, val_y: np.ndarray, providers: Sequence[str], batch_sizes: Sequence[int]) -> "_Search":
-        """Check the inputs, measure the float model's accuracy, pre-process it."""
-        from compress.bench.evaluate import accuracy
+    def start(cls, onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, gate: Gate,
+              calibration: Sequence[dict[str, np.ndarray]] | None, providers: Sequence[str],
+              batch_sizes: Sequence[int]) -> "_Search":
+        """Check the inputs, score the float model, pre-process it."""
         from compress.bench.providers import resolve_provider
 
         if not onnx_path.is_file():
@@ -129,49 +138,46 @@ class _Search:
             raise CompressError(
                 f"quantize.mode: 'fp16' with pick = 'quantized' needs a GPU provider (cuda, tensorrt, dml, coreml), "
                 f"got {list(providers)!r}; add one to benchmark.providers or use mode = 'static' or 'dynamic'")
-        input_name, item_shape = qa.model_input(onnx_path)
-        val_x, val_y = qa.check_val(val_x, val_y, item_shape)
-        needs_calib = cfg.mode == "static" or (calib_x is not None and len(calib_x))
-        calib = qa.check_calib(calib_x, item_shape, cfg) if needs_calib else None
-        eval_provider = qa.eval_provider(ort_providers)
+        calib = list(calibration) if calibration else None
+        if cfg.mode == "static" and not calib:
+            raise CompressError("quantize.mode: 'static' needs calibration samples from the training data, got none; "
+                                "provide training data in [data] or use mode = 'dynamic'")
+        if calib:
+            qa.check_feeds(onnx_path, calib[0], "calibration")
         out_dir.mkdir(parents=True, exist_ok=True)
-        float_accuracy = accuracy(onnx_path, val_x, val_y, provider=eval_provider)
+        figures = gate.score(onnx_path)
         base = out_dir / "preprocessed.onnx"
         note = qa.preprocess(onnx_path, base, cfg.mode)
-        from compress.onnx.graph import fixed_batch
-
-        return cls(onnx_path, out_dir, cfg, ort_providers, eval_provider, input_name, val_x, val_y, calib, base,
-                   note, float_accuracy, fixed_batch(onnx_path) or cfg.calibration_batch)
+        return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note, figures,
+                   figures[gate.metric.name])
 
     def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
-        """Quantize once with `settings`; measure accuracy and judge it against the budget."""
-        from compress.bench.evaluate import accuracy
-
+        """Quantize once with `settings`; score it and judge it against the budget."""
         name = qa.attempt_name(len(self.attempts) + 1, settings)
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
         try:
-            calibrated = qa.quantize_once(self.base, path, settings, self.calib, self.input_name,
-                                          self.calibration_batch)
-            acc = accuracy(path, self.val_x, self.val_y, provider=self.eval_provider)
+            calibrated = qa.quantize_once(self.base, path, settings, self.calib)
+            figures = self.gate.score(path)
             if calibrated:
                 record["calibration"] = f"calibrated on {calibrated}"
         except CompressError:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
-            record.update(accuracy=None, accuracy_drop=None, bytes=None, latency=None, accepted=False,
+            record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
                           reason=f"failed: {first_line(exc)}")
         else:
-            budget = self.cfg.max_accuracy_drop
-            drop, reduced = self.float_accuracy - acc, qa.is_reduced(path, settings["mode"])
+            budget, score = self.gate.budget, figures[self.gate.metric.name]
+            drop, reduced = self.gate.drop(self.float_score, score), qa.is_reduced(path, settings["mode"])
             ok = reduced and drop <= budget + 1e-9
-            reason = (f"accuracy drop {drop * 100:.2f} points {'<=' if ok else '>'} budget {budget * 100:.2f}"
-                      if reduced else "nothing was left quantized (every candidate node kept in float)")
+            reason = (f"{self.gate.metric.name} drop {qa.shown_drop(self.gate, drop)} {'<=' if ok else '>'} budget "
+                      f"{qa.shown_drop(self.gate, budget)}" if reduced else
+                      "nothing was left quantized (every candidate node kept in float)")
             if record.get("calibration"):
                 reason += f"; {record['calibration']}"
-            record.update(accuracy=acc, accuracy_drop=drop, bytes=model_bytes(path), latency=None, accepted=ok,
-                          reason=reason)
-        self.attempts.append(record)
+            record.update(figures=figures, score=score, drop=drop, bytes=model_bytes(path), latency=None,
+                          accepted=ok, reason=reason)
+        self.attempts.append(_named(record, self.gate))
         return record
 
     def run(self, plan: list[tuple[dict[str, Any], str]], bar: Any) -> dict[str, Any] | None:
@@ -179,24 +185,26 @@ class _Search:
         cfg = self.cfg
         for settings, why in plan:
             if settings.get("calibration_method", "") is None:  # the flip reuses the most accurate method so far
-                settings = {**settings, "calibration_method": qa.best_method(self.attempts, cfg.calibration_method)}
+                settings = {**settings, "calibration_method": qa.best_method(self.attempts, cfg.calibration_method,
+                                                                             self.gate)}
             rec = self.attempt(settings, why)
             bar.update(1)
             if rec["accepted"] or not cfg.fallback:
                 return rec if rec["accepted"] else None
-        if cfg.fallback and cfg.max_float_nodes > 0:
-            x = self.calib if self.calib is not None else self.val_x
-            return qa.exclusion_remedy(self.attempts, self.attempt, self.base, x, self.input_name, cfg, bar,
-                                       batch=self.calibration_batch)
+        if cfg.fallback and cfg.max_float_nodes > 0 and self.calib:
+            return qa.exclusion_remedy(self.attempts, self.attempt, self.base, self.calib, cfg, bar, self.gate)
         return None
 
 
-def attempts_table(attempts: list[dict[str, Any]], score: str = "accuracy") -> list[str]:
+def attempts_table(attempts: list[dict[str, Any]], gate: dict[str, Any] | None = None) -> list[str]:
     """The attempts as a markdown table (report.md's quantize section, `compress quantize`'s summary)."""
-    lines = [f"| attempt | why tried | {score} | drop (points) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
+    name = ((gate or {}).get("metric") or {}).get("name", "accuracy")
+    share = name in qa.FRACTIONS
+    unit = "points" if share else "absolute"
+    lines = [f"| attempt | why tried | {name} | drop ({unit}) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
     for a in attempts:
-        acc = "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.2f}%"
-        drop = "-" if a.get("accuracy_drop") is None else f"{100 * a['accuracy_drop']:.2f}"
+        acc = "-" if a["score"] is None else (f"{100 * a['score']:.2f}%" if share else f"{a['score']:.4f}")
+        drop = "-" if a.get("drop") is None else (f"{100 * a['drop']:.2f}" if share else f"{a['drop']:.4f}")
         size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
         lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | "
                      f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")

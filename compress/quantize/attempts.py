@@ -12,7 +12,7 @@ import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
-from compress.quantize.sensitivity import calibration_reader as _reader, rank_sensitive_nodes, samples_that_fit
+from compress.quantize.sensitivity import feeds_reader as _reader, rank_sensitive_nodes, samples_that_fit
 
 # Ops that only move or select values: keeping one in float removes no rounding of its own.
 _DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
@@ -49,17 +49,17 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
     return plan
 
 
-def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x: np.ndarray, input_name: str,
-                      cfg: QuantizeConfig, bar: Any, *, batch: int) -> dict[str, Any] | None:
+def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, calib: list[dict[str, np.ndarray]],
+                     cfg: QuantizeConfig, bar: Any, gate: Any) -> dict[str, Any] | None:
     """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far."""
-    tried = [a for a in attempts if a["accuracy"] is not None]
+    tried = [a for a in attempts if a["score"] is not None]
     if not tried:
         return None
-    best = max(tried, key=lambda a: a["accuracy"])
+    best = max(tried, key=lambda a: -gate.drop(0.0, a["score"]))
     settings = dict(best["settings"])
-    keep, _ = samples_that_fit(base, min(cfg.calibration_samples, len(x)), copies=3)  # both models' activations
-    ranked = rank_sensitive_nodes(base, Path(best["path"]), x[:keep], input_name, _quantizable_ops(settings),
-                                  batch=batch)
+    wanted = min(cfg.calibration_samples, sum(_rows(f) for f in calib))
+    keep, _ = samples_that_fit(base, wanted, copies=3)  # both models' activations
+    ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), _quantizable_ops(settings))
     names = [n for n, _ in ranked]
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
     bar.total += len(counts)
@@ -74,8 +74,51 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, x
     return None
 
 
-def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
-                   batch: int) -> str:
+def _rows(feed: dict[str, np.ndarray]) -> int:
+    first = next(iter(feed.values()))
+    return int(first.shape[0]) if np.ndim(first) else 1
+
+
+def take_samples(batches: list[dict[str, np.ndarray]], samples: int) -> list[dict[str, np.ndarray]]:
+    """The first `samples` rows of a list of feed batches (the last batch cut)."""
+    out, left = [], samples
+    for feed in batches:
+        if left <= 0:
+            break
+        n = _rows(feed)
+        out.append(feed if n <= left else {k: v[:left] if np.ndim(v) else v for k, v in feed.items()})
+        left -= n
+    return out
+
+
+def batched(arrays: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+    """Whole input arrays (N rows each) as a list of feed batches of `batch` rows (scalar inputs go in every one)."""
+    n = _rows(arrays)
+    return [{k: v[i:i + batch] if np.ndim(v) else v for k, v in arrays.items()} for i in range(0, n, batch)]
+
+
+def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
+    """The feed's names are the model's inputs and their per-sample shapes fit its fixed dimensions (one line
+    naming the difference otherwise)."""
+    import onnx
+
+    from compress.onnx.graph import graph_inputs
+
+    inputs = graph_inputs(onnx.load(str(model), load_external_data=False).graph)
+    names = [i.name for i in inputs]
+    if sorted(names) != sorted(feed):
+        raise CompressError(f"quantize: {what} inputs are named {', '.join(sorted(feed))}, the model's "
+                            f"{', '.join(names)}; give one array per model input")
+    for value in inputs:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim][1:]
+        got = np.shape(feed[value.name])[1:]
+        if len(got) != len(dims) or any(d and d != g for d, g in zip(dims, got)):
+            want = "x".join("?" if not d else str(d) for d in dims)
+            raise CompressError(f"quantize: {what} input {value.name!r} has shape {'x'.join(map(str, got))} per "
+                                f"sample, the model takes {want}; check [data] against the exported model")
+
+
+def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None) -> str:
     """One quantization of the pre-processed model with `settings`, written to `out`. Returns a note for the
     summary when the calibration used fewer samples than given (memory), else ''."""
     import onnx
@@ -91,35 +134,37 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: np.nda
         save(model, out, large=large)
         return ""
     if mode == "dynamic":
+        # DefaultTensorType: a tensor whose type shape inference cannot tell (seen on transformer graphs) is float
         quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                          weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude,
-                         use_external_data_format=large)
+                         use_external_data_format=large, extra_options={"DefaultTensorType": 1})
         return ""
     note = ""
-    if calib is not None and settings["calibration_method"] in ("entropy", "percentile"):
+    if calib and settings["calibration_method"] in ("entropy", "percentile"):
         # ORT's histogram calibrators keep every activation of every calibration batch before they summarise
         # (a ResNet-50 at 224 px: ~100 MB a sample; 64 samples went past 21 GB): take what fits
-        keep, note = samples_that_fit(base, len(calib), copies=4)
-        calib = calib[:keep]
+        total = sum(_rows(f) for f in calib)
+        keep, note = samples_that_fit(base, total, copies=4)
+        calib = take_samples(calib, keep)
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
-        _static(base, out, settings, calib, input_name, batch, large=large)
+        _static(base, out, settings, calib, large=large)
     return note
 
 
-def _static(base: Path, out: Path, settings: dict[str, Any], calib: np.ndarray | None, input_name: str,
-            batch: int, *, large: bool = False) -> None:
+def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
+            large: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     exclude = list(settings["nodes_to_exclude"]) or None
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    quantize_static(base, out, _reader(input_name, calib, batch),
+    quantize_static(base, out, _reader(calib or []),
                     quant_format=QuantFormat.QDQ if settings["quant_format"] == "qdq" else QuantFormat.QOperator,
                     per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
                     nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
-                    use_external_data_format=large)
+                    use_external_data_format=large, extra_options={"DefaultTensorType": 1})
 
 
 def is_large(path: Path) -> bool:
@@ -165,12 +210,29 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
-                          external_data_location=f"{dst.name}.data")
+        import tempfile
+
+        # an incomplete symbolic shape inference saves a debugging copy into the working folder: keep it out
+        with tempfile.TemporaryDirectory(prefix="compress-prep-") as tmp, _working_folder(tmp):
+            quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), save_as_external_data=large,
+                              all_tensors_to_one_file=True, external_data_location=f"{dst.name}.data")
         return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"])
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
         save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
+
+
+@contextlib.contextmanager
+def _working_folder(path: str) -> Any:
+    """Run the block with `path` as the working folder (contextlib.chdir, on Python 3.10 too)."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[Path, list[str]]:
@@ -211,14 +273,10 @@ def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
     return ops - _DATA_MOVEMENT_OPS
 
 
-def batch_of(sample: np.ndarray, b: int) -> np.ndarray:
-    """`b` rows of `sample` (repeated when it has fewer), never a copy of the whole sample (it may be memory-mapped)."""
-    return np.concatenate([sample[:b]] * -(-b // len(sample)))[:b]
-
-
-def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: int, input_name: str,
-             sample: np.ndarray, settings: Any) -> dict[str, Any]:
-    """p50 and friends on every provider and batch size via the project's harness; unavailable providers noted."""
+def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: int,
+            feed: Callable[[int], dict[str, np.ndarray]], settings: Any) -> dict[str, Any]:
+    """p50 and friends on every provider and batch size via the project's harness (inputs `feed(batch)`);
+    unavailable providers noted."""
     from compress.bench.harness import ProviderUnavailable, measure
 
     rows: list[dict[str, Any]] = []
@@ -226,8 +284,7 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
     for provider in providers:
         try:
             for b in batch_sizes:
-                inputs = {input_name: batch_of(sample, b)}
-                row = measure(path, provider, b, threads, inputs=inputs, settings=settings)
+                row = measure(path, provider, b, threads, inputs=feed(b), settings=settings)
                 row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
                 rows.append(row)
         except ProviderUnavailable as exc:
@@ -266,54 +323,6 @@ def is_reduced(path: Path, mode: str) -> bool:
     return any(init.data_type in want for init in graph.initializer)
 
 
-def model_input(path: Path) -> tuple[str, tuple[int | None, ...]]:
-    """The single float input's name and its per-item shape (None for symbolic dims)."""
-    import onnx
-
-    from compress.onnx.graph import single_input
-
-    name, elem_type, dims = single_input(path, what="quantize")
-    if elem_type != onnx.TensorProto.FLOAT:
-        raise CompressError(f"{path}: quantize expects a float32 input, got {name!r} of type "
-                            f"{onnx.TensorProto.DataType.Name(elem_type)}; export the model with a float input")
-    return name, dims
-
-
-def _check_items(x: np.ndarray, item_shape: tuple[int | None, ...], what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    shape = x.shape[1:]
-    if len(shape) != len(item_shape) or any(e is not None and e != g for e, g in zip(item_shape, shape)):
-        want = "x".join("?" if d is None else str(d) for d in item_shape)
-        raise CompressError(f"quantize: {what} items must have shape {want} to match the model input, got "
-                            f"{'x'.join(map(str, shape))}; check [data] against the exported model")
-    return x
-
-
-def check_val(val_x: np.ndarray, val_y: np.ndarray, item_shape: tuple[int | None, ...]) -> tuple[np.ndarray, np.ndarray]:
-    if val_x is None or len(val_x) == 0 or val_y is None or len(val_y) != len(val_x):
-        raise CompressError("quantize: the accuracy gate needs validation samples with one label each, got "
-                            f"{0 if val_x is None else len(val_x)} samples and "
-                            f"{0 if val_y is None else len(val_y)} labels; set data.val_fraction > 0")
-    return _check_items(val_x, item_shape, "validation"), np.asarray(val_y).astype(np.int64).reshape(-1)
-
-
-def check_calib(calib_x: np.ndarray | None, item_shape: tuple[int | None, ...], cfg: QuantizeConfig) -> np.ndarray:
-    if calib_x is None or len(calib_x) == 0:
-        raise CompressError("quantize.mode: 'static' needs calibration samples from the training data, got none; "
-                            "provide training data in [data] or use mode = 'dynamic'")
-    x = _check_items(calib_x, item_shape, "calibration")
-    n = min(cfg.calibration_samples, len(x))
-    idx = np.sort(np.random.default_rng(0).permutation(len(x))[:n])
-    return x[idx]
-
-
-def eval_provider(providers: list[str]) -> str:
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    return next((p for p in providers if p in available), "CPUExecutionProvider")
-
-
 def attempt_name(index: int, s: dict[str, Any]) -> str:
     parts = [f"attempt-{index:02d}", s["mode"]]
     if s.get("calibration_method"):
@@ -325,14 +334,23 @@ def attempt_name(index: int, s: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
-def best_method(attempts: list[dict[str, Any]], default: str) -> str:
-    tried = [a for a in attempts if a["accuracy"] is not None and a["settings"].get("calibration_method")]
-    return max(tried, key=lambda a: a["accuracy"])["settings"]["calibration_method"] if tried else default
+def best_method(attempts: list[dict[str, Any]], default: str, gate: Any) -> str:
+    tried = [a for a in attempts if a["score"] is not None and a["settings"].get("calibration_method")]
+    return max(tried, key=lambda a: -gate.drop(0.0, a["score"]))["settings"]["calibration_method"] if tried else default
 
 
-def best_drop(attempts: list[dict[str, Any]]) -> str:
-    drops = [a["accuracy_drop"] for a in attempts if a["accuracy_drop"] is not None]
-    return f"{min(drops) * 100:.2f} points" if drops else "none, every attempt failed to build"
+FRACTIONS = frozenset({"accuracy", "top1_agreement"})
+"""Figures that are shares, shown as percent and their drops in points."""
+
+
+def shown_drop(gate: Any, value: float) -> str:
+    """A drop (or budget) as the summary shows it: points for shares, the figure's own units otherwise."""
+    return f"{value * 100:.2f} points" if gate.metric.name in FRACTIONS else f"{value:.4g}"
+
+
+def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
+    drops = [a["drop"] for a in attempts if a.get("drop") is not None]
+    return shown_drop(gate, min(drops)) if drops else "none, every attempt failed to build"
 
 
 def short(provider: str) -> str:

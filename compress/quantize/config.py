@@ -40,6 +40,12 @@ class QuantizeConfig(Section):
         description="Embedding task (text: data): largest allowed drop of the mean cosine similarity to the "
         "teacher's embeddings on the validation texts, quantized vs float (0.02: a 0.95 student must stay >= 0.93).",
     )
+    max_metric_drop: float = Field(
+        0.01,
+        ge=0.0,
+        description="Tensors task, or your own [evaluate] metric: largest allowed drop of the primary figure, in its "
+        "own units (the direction comes from the metric), quantized vs float on the validation split.",
+    )
     calibration_method: Method = Field(
         "minmax", description="How static quantization turns calibration activations into ranges; tried first."
     )

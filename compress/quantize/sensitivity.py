@@ -15,25 +15,28 @@ import numpy as np
 _SQNR_CAP_DB = 80.0
 
 
-def calibration_reader(input_name: str, x: np.ndarray, batch: int) -> Any:
-    """A CalibrationDataReader over `x` in batches (also what qdq_loss_debug iterates)."""
+def feeds_reader(batches: list[dict[str, np.ndarray]]) -> Any:
+    """A CalibrationDataReader over feed batches (also what qdq_loss_debug iterates)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
+            self._it = iter(list(batches))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
+        def rewind(self) -> None:
+            self._it = iter(list(batches))
+
     return _Batches()
 
 
-def rank_sensitive_nodes(float_path: Path, quant_path: Path, x: np.ndarray, input_name: str,
-                         op_types: set[str] | None, *, batch: int = 32) -> list[tuple[str, float]]:
+def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[str, np.ndarray]],
+                         op_types: set[str] | None) -> list[tuple[str, float]]:
     """Nodes of `float_path`, worst first, by how much quantization noise each adds (dB of SQNR lost).
 
-    Every float tensor of both models is recorded on `x` (qdq_loss_debug), each quantized tensor is compared with
+    Every float tensor of both models is recorded on `batches` (qdq_loss_debug), each quantized tensor is compared with
     its float twin (SQNR), and a node's score is the SQNR of its inputs minus the SQNR of its output: the noise
     it adds itself rather than the noise it inherits. Tensors missing from the quantized model (fused away)
     inherit the SQNR of their producer's inputs. Only nodes with op types in `op_types` (all when None) rank.
@@ -52,7 +55,7 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, x: np.ndarray, inpu
         for tag, path in (("float", float_path), ("quant", quant_path)):
             aug = Path(tmp) / f"{tag}.onnx"
             modify_model_output_intermediate_tensors(str(path), str(aug))
-            acts.append(collect_activations(str(aug), calibration_reader(input_name, x, batch)))
+            acts.append(collect_activations(str(aug), feeds_reader(batches)))
     float_acts, quant_acts = acts
     graph = onnx.load(str(float_path), load_external_data=False).graph
     sqnr: dict[str, float] = {}

@@ -40,41 +40,52 @@ class Stage:
         return importlib.import_module(self.module).run(ctx)
 
 
+def _user_code(cfg: "PipelineConfig") -> dict[str, Any]:
+    """Digests of the user's own metric and loss modules beside the TOML (editing them re-runs what used them)."""
+    from compress.cache import source_digest
+
+    code = {}
+    if cfg.evaluate is not None:
+        code["metric"] = source_digest(cfg.base_dir, cfg.evaluate.metric)
+    if cfg.distill.loss and ":" in cfg.distill.loss:
+        code["loss"] = source_digest(cfg.base_dir, cfg.distill.loss)
+    return code
+
+
 def _teacher_files(cfg: "PipelineConfig") -> dict[str, Any]:
-    from compress.cache import file_sha256, source_digest
+    from compress.cache import file_sha256
+    from compress.families import family_of
 
-    files = {"checkpoint": file_sha256(cfg.resolve(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None,
-             "code": source_digest(cfg.base_dir, cfg.teacher.model)}
-    if cfg.teacher.model.startswith("hf:"):
-        from compress.hf.model import folder_digest
-
-        files["hf"] = folder_digest(cfg.teacher.model, cfg.base_dir)
-    return files
+    return {"checkpoint": file_sha256(cfg.resolve(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None,
+            "code": family_of(cfg.teacher.model).digest(cfg.teacher.model, cfg.base_dir), **_user_code(cfg)}
 
 
 def _student_files(cfg: "PipelineConfig") -> dict[str, Any]:
-    from compress.cache import source_digest
+    from compress.families import family_of
 
-    return {"code": source_digest(cfg.base_dir, cfg.student.model or "hf:")}
+    spec = cfg.student.model or cfg.teacher.model
+    return {"code": family_of(spec).digest(spec, cfg.base_dir), **_user_code(cfg)}
 
 
 STAGES: dict[str, Stage] = {
-    # distill.attention_weight: attention KD makes the hf: teacher use eager attention (outputs differ in last bits)
-    "teacher": Stage("compress.stages.teacher", reads=("teacher", "distill.attention_weight"), files=_teacher_files,
+    # distill.attention_weight: attention KD makes the hf: teacher use eager attention (outputs differ in last bits);
+    # distill.loss is the tensors task's hard loss, which [teacher.train] trains with too
+    "teacher": Stage("compress.stages.teacher", reads=("teacher", "distill.attention_weight", "distill.loss",
+                                                       "evaluate"), files=_teacher_files, trains=True),
+    "distill": Stage("compress.stages.distill", reads=("student", "distill", "evaluate"), files=_student_files,
                      trains=True),
-    "distill": Stage("compress.stages.distill", reads=("student", "distill"), files=_student_files, trains=True),
     # prune exports each step to time it in ONNX Runtime, at the export settings
-    "prune": Stage("compress.stages.prune", reads=("prune", "distill", "export.opset", "export.exporter"),
-                   enabled=lambda cfg: cfg.prune is not None, trains=True),
+    "prune": Stage("compress.stages.prune", reads=("prune", "distill", "evaluate", "export.opset", "export.exporter"),
+                   enabled=lambda cfg: cfg.prune is not None, files=_user_code, trains=True),
     "export": Stage("compress.stages.export", reads=("export.opset", "export.exporter", "export.parity_atol",
                                                       "export.parity_rtol", "export.optimize",
                                                       "benchmark.seq_lengths")),
     # the pick between float and quantized is timed on the benchmark's providers, batch sizes and threads
-    "quantize": Stage("compress.stages.quantize", reads=("quantize", "benchmark.providers",
+    "quantize": Stage("compress.stages.quantize", reads=("quantize", "evaluate", "benchmark.providers",
                                                           "benchmark.batch_sizes", "benchmark.threads",
                                                           "benchmark.provider_options", "benchmark.seq_lengths"),
-                      enabled=lambda cfg: cfg.quantize is not None),
-    "benchmark": Stage("compress.stages.benchmark", reads=("benchmark",)),
+                      enabled=lambda cfg: cfg.quantize is not None, files=_user_code),
+    "benchmark": Stage("compress.stages.benchmark", reads=("benchmark", "evaluate"), files=_user_code),
     "edge": Stage("compress.stages.edge", reads=("export",), enabled=lambda cfg: cfg.export.ort_format),
 }
 

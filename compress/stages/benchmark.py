@@ -1,4 +1,5 @@
-"""benchmark: every ONNX model on every requested provider, through the one harness (compress.bench)."""
+"""benchmark: every ONNX model on every requested provider, through the one harness (compress.bench), and every
+model's figures in ONNX Runtime on the test split (validation's beside them)."""
 from __future__ import annotations
 
 from compress.context import StageContext
@@ -6,27 +7,27 @@ from compress.records import StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
-    """Accuracy in ORT, file size and latency rows for every model that has an ONNX file."""
-    from compress.hf.pipeline import is_text
-
-    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
-        from compress.hf.deploy import benchmark_stage
-
-        return benchmark_stage(ctx)
-    from compress.bench.evaluate import accuracy_on
+    """Figures in ORT, file size and latency rows for every model that has an ONNX file."""
     from compress.bench.harness import bench_models
 
     bcfg, data = ctx.cfg.benchmark, ctx.data
     paths = {name: ctx.run_dir / rec.onnx for name, rec in ctx.models.items() if rec.onnx is not None}
-    # all models' repetitions interleaved: student and control of one architecture see the same machine
-    measured = bench_models(paths, list(bcfg.providers), list(bcfg.batch_sizes), list(bcfg.threads),
-                            settings=bcfg.settings(), inputs_for_batch=lambda b: {"input": data.example(b).numpy()},
-                            progress=ctx.progress)
+    rows: dict[str, dict[str, list]] = {name: {"latency": [], "unavailable": []} for name in paths}
+    for seq in data.inputs.seq_lengths(bcfg.seq_lengths):  # one pass, or one per sequence length (token ids)
+        feeds = {b: data.inputs.bench_feed(data, b, seq) for b in bcfg.batch_sizes}
+        # all models' repetitions interleaved: student and control of one architecture see the same machine
+        measured = bench_models(paths, list(bcfg.providers), list(bcfg.batch_sizes), list(bcfg.threads),
+                                settings=bcfg.settings(), inputs_for_batch=lambda b: feeds[b], progress=ctx.progress)
+        for name, got in measured.items():
+            rows[name]["latency"] += [{**r, "seq_length": seq} if seq else r for r in got["latency"]]
+            rows[name]["unavailable"] = got["unavailable"]
     records = []
     for name, path in paths.items():
-        rec, rows = ctx.models[name], measured[name]
-        # the figure is measured on the test split (no choice saw it); validation's beside it, for comparison
-        on = {split: accuracy_on(path, ((x, y) for _, x, y in data.batches(split))) for split in {"val", data.eval_split}}
-        records.append(rec.but(bytes=path.stat().st_size, accuracy=on[data.eval_split], accuracy_val=on["val"],
-                               latency=tuple(rows["latency"]), unavailable=tuple(rows["unavailable"])))
+        # the figures are measured on the test split (no choice saw it); validation's beside them, for comparison
+        on = {split: ctx.figures_onnx(path, split) for split in {"val", data.eval_split}}
+        test, val = on[data.eval_split], on["val"]
+        records.append(ctx.models[name].but(bytes=path.stat().st_size, metrics=test, metrics_val=val,
+                                            accuracy=test.get("accuracy"), accuracy_val=val.get("accuracy"),
+                                            latency=tuple(rows[name]["latency"]),
+                                            unavailable=tuple(rows[name]["unavailable"])))
     return StageResult(models=tuple(records))

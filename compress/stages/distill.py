@@ -1,39 +1,76 @@
-"""distill: train the student against the teacher (compress.train); optionally a labels-only control."""
+"""distill: train the student against the teacher (compress.train); optionally a labels-only control. When the
+control beats the student on validation, the control ships (same architecture, same cost) and the report says why."""
 from __future__ import annotations
+
+from typing import Any
 
 from compress.context import StageContext
 from compress.records import ModelRecord, ModelSpec, RunState, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
-    """Distil `student` (and train `control` when asked) and save their weights."""
-    from compress.hf.pipeline import is_text
-
-    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
-        from compress.hf.pipeline import distill_stage
-
-        return distill_stage(ctx)
+    """Distil `student` (and train `control` when asked), save their weights, settle the final model."""
     import torch
 
-    from compress.models import build_model, count_params, save_weights
-    from compress.train import evaluate, train_student
+    from compress.families import family_of, spec_options
+    from compress.models import count_params, save_weights
+    from compress.train import Teacher, train_student
+    from compress.train.config import recipe, resolved
 
     cfg, data, dcfg = ctx.cfg, ctx.data, ctx.cfg.distill
-    teacher = ctx.teacher()
-    records, artifacts, info = [], [], {"teacher_outputs": teacher.mode}
-    runs = [("student", teacher)] + ([("control", None)] if dcfg.control else [])
-    for name, source in runs:
+    cut = cfg.student.from_teacher is not None
+    family = family_of(cfg.teacher.model if cut else cfg.student.model)
+    settings = resolved(dcfg, family, "student")
+    kd = any(getattr(dcfg, k) for k in family.kd_keys if k.endswith("_weight"))  # the teacher's hidden states
+    teacher_model = ctx.load_torch("teacher") if (cut or kd) else None
+    source = Teacher(model=teacher_model) if kd else ctx.teacher()
+    reference = str(ctx.run_dir / ctx.state.teacher_outputs)
+    records, artifacts = [], []
+    info: dict[str, Any] = {"teacher_outputs": source.mode, "settings": recipe(settings)}
+    for name, teacher in [("student", source)] + ([("control", None)] if dcfg.control else []):
         torch.manual_seed(cfg.pipeline.seed)  # same initialisation for student and control
-        model = build_model(cfg.student.model, cfg.student.kwargs, input_shape=data.input_shape,
-                            num_classes=data.num_classes, base_dir=cfg.base_dir, origin=ctx.origin("student"))
-        info[name] = train_student(model, data, dcfg, teacher=source, seed=cfg.pipeline.seed,
-                                   batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=name,
-                                   progress=ctx.progress, launch=ctx.launch(cfg.student.model, cfg.student.kwargs,
-                                                                            "student"))
+        if cut:
+            model, spec, kept = family.cut(teacher_model, ctx.models["teacher"].spec, cfg.student,
+                                           ctx.origin("student"))
+        else:
+            spec, kept = ModelSpec(cfg.student.model, dict(cfg.student.kwargs), spec_options(cfg, cfg.student)), None
+            model = family.build(spec, data=data, base_dir=cfg.base_dir, origin=ctx.origin("student"))
+        record = ModelRecord(name=name, role=name, spec=spec, origin=ctx.origin("student"))
+        info[name] = train_student(model, data, settings, task=cfg.data.task, spec=spec.model, reference=reference,
+                                   teacher=teacher, seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size,
+                                   origin=ctx.origin("distill"), desc=name, base_dir=str(cfg.base_dir),
+                                   evaluate=cfg.evaluate, kept=kept, progress=ctx.progress,
+                                   launch=ctx.launch(record, "student"))
+        if kept is not None:
+            info[name]["kept_layers"] = kept
         path = ctx.stage_dir / f"{name}.safetensors"
         save_weights(model, path)
         artifacts.append(ctx.rel(path))
-        records.append(ModelRecord(name=name, role=name, spec=ModelSpec(cfg.student.model, cfg.student.kwargs),
-                                   origin=ctx.origin("student"), torch=ctx.rel(path), params=count_params(model),
-                                   accuracy_torch=evaluate(model, data.val, workers=data.workers)))
-    return StageResult(artifacts=tuple(artifacts), models=tuple(records), state=RunState(final="student"), info=info)
+        figures = info[name]["val"]
+        records.append(record.but(torch=ctx.rel(path), params=count_params(model),
+                                  accuracy_torch=figures.get("accuracy"), metrics_torch=figures))
+    final, why = _pick(ctx, records)
+    return StageResult(artifacts=tuple(artifacts), models=tuple(records), state=RunState(final=final,
+                                                                                         final_reason=why), info=info)
+
+
+def _pick(ctx: StageContext, records: list[ModelRecord]) -> tuple[str, str | None]:
+    """The student, unless the labels-only control beat it on validation: then the control (same architecture and
+    cost), with one line naming the teacher's own figure against the control's."""
+    by_name = {r.name: r for r in records}
+    if "control" not in by_name:
+        return "student", None
+    metric = ctx.evaluation.primary
+    s, c = (by_name[n].metrics_torch[metric.name] for n in ("student", "control"))
+    if not metric.better(c, s):
+        return "student", None
+    t = (ctx.models["teacher"].metrics_torch or {}).get(metric.name)
+    shown = (lambda v: f"{100 * v:.2f}%") if metric.name == "accuracy" else (lambda v: f"{v:.4f}")
+    why = (f"control: the labels-only control beat the distilled student on validation {metric.name} "
+           f"({shown(c)} vs {shown(s)}), so it ships (same architecture, same cost)")
+    if t is not None and not metric.better(t, c):
+        why += (f"; the teacher's own {metric.name} is {shown(t)}, no better than the control's: a teacher no better "
+                "than the control has nothing to teach: train it longer or bigger")
+    elif t is not None:
+        why += f"; the teacher ({shown(t)}) is better than both: try another temperature, alpha or more epochs"
+    return "control", why

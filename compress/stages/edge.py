@@ -13,22 +13,18 @@ from compress.records import RunState, StageResult
 def run(ctx: StageContext) -> StageResult:
     """Prepare the final model for a mobile/minimal ONNX Runtime build."""
     from compress.edge import prepare
-    from compress.onnx.graph import single_input
 
     final = ctx.final
     onnx_path = ctx.run_dir / final.onnx
     batch = ctx.cfg.export.fixed_batch
-    example = ctx.data.example(batch or 1)
-    if isinstance(example, dict):  # keyword token inputs (hf: text models): real validation tokens
-        inputs = {k: v.numpy() for k, v in example.items()}
-    else:
-        inputs = {single_input(onnx_path, what="the edge stage")[0]: example.numpy()}
+    inputs = ctx.data.inputs.as_feed(ctx.data.example(batch or 1))  # real validation inputs
     targets = ctx.cfg.export.edge_targets
     with tempfile.TemporaryDirectory(dir=ctx.stage_dir, prefix=".scratch-") as scratch:
         qnn = None
         if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
             val_x, val_y = ctx.data.arrays(ctx.data.eval_split, spill=scratch)  # memory-mapped: any size fits
-            qnn = {"calibration": ctx.data.arrays("train", limit=256)[0], "val_x": val_x, "val_y": val_y,
+            qnn = {"calibration": _one(ctx.data.arrays("train", limit=256)[0]), "val_x": _one(val_x),
+                   "val_y": val_y if ctx.evaluation.task.name == "classification" else None,
                    "activation_type": ctx.cfg.export.qnn_activation_type}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
         qnn = val_x = None
@@ -42,6 +38,16 @@ def run(ctx: StageContext) -> StageResult:
     if (qnn_done.get("placement") or {}).get("context_path"):
         artifacts.append(qnn_done["placement"]["context_path"])
     return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section))
+
+
+def _one(arrays: dict) -> Any:
+    """The QNN target takes one input: its array."""
+    from compress.errors import CompressError
+
+    if len(arrays) != 1:
+        raise CompressError(f"export.edge_targets: the QNN target takes models with one input, this one has "
+                            f"{', '.join(arrays)}")
+    return next(iter(arrays.values()))
 
 
 def _relative(ctx: StageContext, value: Any) -> Any:

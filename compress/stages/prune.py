@@ -11,44 +11,50 @@ from compress.records import ModelRecord, RunState, StageResult
 
 def run(ctx: StageContext) -> StageResult:
     """Prune the current final model; latency per step is ONNX Runtime's at batch `latency_batch`, 1 thread."""
+    from compress.families import family_of
     from compress.prune import CONTROL_NAME, MAGNITUDE_NOTE, prune, train_control
-    from compress.train import evaluate, train_student
+    from compress.train import train_student
+    from compress.train.config import resolved
 
-    cfg, data, pcfg, dcfg = ctx.cfg, ctx.data, ctx.cfg.prune, ctx.cfg.distill
+    cfg, data, pcfg = ctx.cfg, ctx.data, ctx.cfg.prune
     base = ctx.final
+    settings = resolved(cfg.distill, family_of(base.spec.model), "student")
     teacher = ctx.teacher()
+    metric = ctx.evaluation.primary
     recovery_epochs: list[int] = []  # what the pruned model really got, so the control gets the same budget
+    name = "student-pruned"  # DESIGN.md's fixed name, whichever model it came from (the control may have won)
+    moving = base.but(name=name, pruned=True, torch=None)
 
     def train(model: Any, epochs: int, *, desc: str, source: Any = teacher, recovery: bool = True) -> None:
         if epochs < 1:
             return
         if recovery:
             recovery_epochs.append(epochs)
-        train_student(model, data, dcfg, teacher=source, seed=cfg.pipeline.seed,
+        train_student(model, data, settings, task=cfg.data.task, spec=base.spec.model,
+                      reference=str(ctx.run_dir / ctx.state.teacher_outputs), teacher=source, seed=cfg.pipeline.seed,
                       batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=desc,
-                      progress=ctx.progress, epochs=epochs, patience=epochs if recovery else max(dcfg.patience, epochs),
-                      warmup_epochs=0 if recovery else None,
-                      launch=ctx.launch(base.spec.model, base.spec.kwargs, "student", pruned=True))
+                      base_dir=str(cfg.base_dir), evaluate=cfg.evaluate, progress=ctx.progress, epochs=epochs,
+                      patience=epochs if recovery else max(cfg.distill.patience, epochs),
+                      warmup_epochs=0 if recovery else None, launch=ctx.launch(moving, "student"))
 
     batches = [(inputs, target) for _, (_, inputs, target) in
                zip(range(8), data.batches("train", cfg.data.batch_size))]
     pruned, steps = prune(ctx.load_torch(base.name), pcfg, example_input=data.example(8),
                           finetune=lambda m, e: train(m, e, desc="prune: recover"),
-                          evaluate=lambda m: evaluate(m, data.val, workers=data.workers),
+                          evaluate=lambda m: ctx.figures_torch(m)[metric.name],
                           latency_ms=_latency_fn(ctx),
                           taylor_batches=batches, progress=ctx.progress)
-    name = f"{base.name}-pruned"
     record = _save(ctx, pruned, name, "pruned", base)
     if pcfg.method == "magnitude":
         record = record.but(note=MAGNITUDE_NOTE)
-    records, info = [record], {"steps": steps}
+    records, info = [record], {"steps": steps, "from": base.name}
     if pcfg.control:
-        epochs = dcfg.epochs + sum(recovery_epochs)
+        epochs = cfg.distill.epochs + sum(recovery_epochs)
         control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed,
                                 train_fn=lambda m, e: train(m, e, desc="prune: control", recovery=False))
         records.append(_save(ctx, control, CONTROL_NAME, "control", base))
-        info["control"] = {"epochs": epochs, "pruned_accuracy": record.accuracy_torch,
-                           "control_accuracy": records[-1].accuracy_torch, "params": records[-1].params}
+        info["control"] = {"epochs": epochs, "pruned_accuracy": record.metrics_torch[metric.name],
+                           "control_accuracy": records[-1].metrics_torch[metric.name], "params": records[-1].params}
     info["markdown"] = _markdown(pcfg, steps, record, info.get("control"))
     return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name),
                        info=info)
@@ -68,9 +74,9 @@ def _latency_fn(ctx: StageContext) -> Any:
     def latency_ms(model: Any) -> float:
         with tempfile.TemporaryDirectory(dir=ctx.stage_dir) as tmp:
             path = export_onnx(model, data.example(2), Path(tmp) / "step.onnx", opset=cfg.export.opset,
-                               exporter=cfg.export.exporter)
-            row = measure(path, "cpu", batch, 1, inputs={"input": data.example(batch).numpy()},
-                          settings=STEP_PROFILE.settings())
+                               exporter=cfg.export.exporter, inputs=data.inputs, output_names=ctx.output_names)
+            row = measure(path, "cpu", batch, 1, inputs=data.inputs.bench_feed(data, batch),
+                          settings=STEP_PROFILE)
         return row["p50_ms"]
 
     return latency_ms
@@ -80,13 +86,12 @@ def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord
     """Save a pruned-architecture model (rebuilt by shape later) and describe it."""
     from compress.models import count_params
     from compress.prune import save_pruned
-    from compress.train import evaluate
 
     path = ctx.stage_dir / f"{name}.safetensors"
     save_pruned(model, path)
+    figures = ctx.figures_torch(model)
     return ModelRecord(name=name, role=role, spec=base.spec, origin=base.origin, torch=ctx.rel(path), pruned=True,
-                       params=count_params(model),
-                       accuracy_torch=evaluate(model, ctx.data.val, workers=ctx.data.workers))
+                       params=count_params(model), accuracy_torch=figures.get("accuracy"), metrics_torch=figures)
 
 
 def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None) -> list[str]:

@@ -1,7 +1,7 @@
-"""quantize: the current final model through compress.quantize (the same function as `compress quantize`)."""
+"""quantize: the current final model through compress.quantize (the same function as `compress quantize`), gated on
+the task's (or the user's) primary figure on the validation split."""
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from compress.context import StageContext
@@ -14,24 +14,24 @@ def run(ctx: StageContext) -> StageResult:
     When nothing meets the budget the stage still succeeds (the report must be written); it sets `gate_failure`,
     which the runner turns into exit code 1 after writing the report.
     """
-    from compress.hf.pipeline import is_text
     from compress.quantize import quantize
+    from compress.quantize.gate import Gate
 
-    if is_text(ctx.data):  # hf: models on text: gated on cosine (embedding) or accuracy
-        from compress.hf.deploy import quantize_stage
-
-        return quantize_stage(ctx)
     data, qcfg, bcfg = ctx.data, ctx.cfg.quantize, ctx.cfg.benchmark
     base = ctx.final
-    calib_x, _ = data.arrays("train", rows=data.calibration_rows(qcfg.calibration_samples))
-    with tempfile.TemporaryDirectory(dir=ctx.stage_dir, prefix=".scratch-") as scratch:
-        # the gate: validation, never the test split; memory-mapped from scratch, so any size of split fits
-        val_x, val_y = data.arrays("val", spill=scratch)
-        result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, calib_x=calib_x,
-                          val_x=val_x, val_y=val_y, providers=bcfg.providers,
-                          batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
-                          provider_options=bcfg.settings().provider_options)
-        del val_x
+    evaluation = ctx.evaluation
+    key = evaluation.budget_key
+    # the gate: validation, never the test split, streamed through ONNX Runtime (any size of split)
+    gate = Gate(score=lambda path: ctx.figures_onnx(path, "val"), metric=evaluation.primary,
+                budget=getattr(qcfg, key), key=f"quantize.{key}",
+                what=f"{evaluation.primary.name} on the {len(data.val):,} validation examples")
+    calibration = list(data.feeds("train", rows=data.calibration_rows(qcfg.calibration_samples),
+                                  batch_size=qcfg.calibration_batch))
+    seq = data.inputs.seq_lengths(bcfg.seq_lengths)[0]
+    result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, gate=gate, calibration=calibration,
+                      feed=lambda b: data.inputs.bench_feed(data, b, seq), providers=bcfg.providers,
+                      batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
+                      provider_options=bcfg.provider_options)
     name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not
     models: tuple[ModelRecord, ...] = ()
     artifacts: tuple[str, ...] = ()
@@ -44,11 +44,10 @@ def run(ctx: StageContext) -> StageResult:
                                             "from": base.name}),)
         state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=result["why"])
     else:
-        state = RunState(final=base.name, final_reason=result["why"],
-                         gate_failure=f"quantize.max_accuracy_drop: {result['why']}")
+        state = RunState(final=base.name, final_reason=result["why"], gate_failure=f"quantize.{key}: {result['why']}")
     for a in result["attempts"]:
         a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
-    info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"],
+    info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"], "gate": result["gate"],
             "float": {k: v for k, v in result["float"].items() if k != "path"}, "markdown": _markdown(result)}
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
 
@@ -56,5 +55,6 @@ def run(ctx: StageContext) -> StageResult:
 def _markdown(result: dict[str, Any]) -> list[str]:
     from compress.quantize import attempts_table
 
-    return ["", "## Quantization attempts", "", *attempts_table(result["attempts"]), "",
-            f"CPU: {result['cpu_int8']}.", "", f"Pick: {result['why']}"]
+    return ["", "## Quantization attempts", "", f"Gate: {result['gate']['what']}.", "",
+            *attempts_table(result["attempts"], result["gate"]), "", f"CPU: {result['cpu_int8']}.", "",
+            f"Pick: {result['why']}"]

@@ -1,5 +1,5 @@
-"""teacher: load the teacher from its checkpoint, or train it; cache its logits on the training set (when the
-training data has no augmentation)."""
+"""teacher: load the teacher (a checkpoint, or an hf: folder's own weights) or train it; cache its outputs on every
+split (compress.train.outputs; without augmentation, the training split too) for distill, prune and every figure."""
 from __future__ import annotations
 
 from compress.context import StageContext
@@ -7,45 +7,51 @@ from compress.records import ModelRecord, ModelSpec, RunState, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
-    """Load or train the teacher, save its weights and its training-set logits (reused by distill and prune)."""
-    from compress.hf.pipeline import is_text
-
-    if is_text(ctx.data):  # hf: models on text: keyword token inputs, task-aware figures
-        from compress.hf.pipeline import teacher_stage
-
-        return teacher_stage(ctx)
-    import numpy as np
+    """Load or train the teacher, save its weights and its outputs, and its figures on validation."""
     import torch
 
-    from compress.cache import atomic_path
-    from compress.models import build_model, count_params, load_weights, save_weights
-    from compress.train import evaluate, predict_logits, train_teacher
+    from compress.families import family_of, spec_options
+    from compress.models import count_params, save_weights
+    from compress.tasks.base import output_names_of
+    from compress.train import predict, train_teacher
+    from compress.train.config import recipe, resolved
+    from compress.train.outputs import save_outputs
 
     cfg, data, section = ctx.cfg, ctx.data, ctx.cfg.teacher
+    family = family_of(section.model)
+    spec = ModelSpec(section.model, dict(section.kwargs), spec_options(cfg, section))
+    record = ModelRecord(name="teacher", role="teacher", spec=spec, origin=ctx.origin("teacher"))
     torch.manual_seed(cfg.pipeline.seed)
-    model = build_model(section.model, section.kwargs, input_shape=data.input_shape, num_classes=data.num_classes,
-                        base_dir=cfg.base_dir, origin=ctx.origin("teacher"))
-    info: dict = {}
+    model = family.build(spec, data=data, base_dir=cfg.base_dir, origin=ctx.origin("teacher"))
+    info: dict = {"source": f"{family.name} folder"}
+    if family.weights_in_spec and data.task == "classification":
+        info["source"] += ", with its own classification head"
     if section.checkpoint:
-        load_weights(model, cfg.resolve(section.checkpoint), ctx.origin("teacher.checkpoint"),
-                     key=section.checkpoint_key)
+        family.load_checkpoint(model, cfg.resolve(section.checkpoint), ctx.origin("teacher.checkpoint"),
+                               key=section.checkpoint_key)
         info["source"] = "checkpoint"
-    else:
-        history = train_teacher(model, data, section.train, seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size,
-                                progress=ctx.progress, origin=ctx.origin("teacher.train.lr"),
-                                launch=ctx.launch(section.model, section.kwargs, "teacher"))
-        info.update(source="trained", **history)
+    elif section.train is not None:
+        settings = resolved(section.train, family, "teacher")
+        history = train_teacher(model, data, settings, task=cfg.data.task, spec=section.model, seed=cfg.pipeline.seed,
+                                batch_size=cfg.data.batch_size, origin=ctx.origin("teacher.train"),
+                                base_dir=str(cfg.base_dir), evaluate=cfg.evaluate, hard_loss=cfg.distill.loss,
+                                progress=ctx.progress, launch=ctx.launch(record, "teacher"))
+        info.update(source="trained", settings=recipe(settings), **history)
     weights = ctx.stage_dir / "teacher.safetensors"
     save_weights(model, weights)
-    artifacts, state = [ctx.rel(weights)], RunState()
-    if not data.augment:  # with augmentation distill runs the teacher on each batch: no cache to write
-        # one row per training example, memory-mapped by distill and prune and looked up by index
-        logits_path = ctx.stage_dir / "logits.npy"
-        with atomic_path(logits_path) as tmp, open(tmp, "wb") as f:
-            np.save(f, predict_logits(model, data.train_plain, workers=data.workers).numpy().astype(np.float32))
-        artifacts.append(ctx.rel(logits_path))
-        state = RunState(teacher_logits=ctx.rel(logits_path))
-    record = ModelRecord(name="teacher", role="teacher", spec=ModelSpec(section.model, section.kwargs),
-                         origin=ctx.origin("teacher"), torch=ctx.rel(weights), params=count_params(model),
-                         accuracy_torch=evaluate(model, data.val, workers=data.workers))
-    return StageResult(artifacts=tuple(artifacts), models=(record,), state=state, info=info)
+    with torch.inference_mode():
+        from compress.data import forward
+
+        names = output_names_of(forward(model.eval(), data.example(2)), ctx.evaluation.task.default_output)
+    splits = [s for s in ("train", "val", "test") if data.split(s) is not None and len(data.split(s))]
+    if data.augment:  # distill runs the teacher on each augmented batch: no training rows to cache
+        splits.remove("train")
+    outputs = {s: predict(model, data.split(s), inputs=data.inputs, names=names, workers=data.workers) for s in splits}
+    path = ctx.stage_dir / "outputs.safetensors"
+    save_outputs(path, outputs)
+    figures = ctx.evaluation(outputs["val"], ctx.targets("val"), outputs["val"])
+    record = record.but(torch=ctx.rel(weights), params=count_params(model), accuracy_torch=figures.get("accuracy"),
+                        metrics_torch=figures)
+    return StageResult(artifacts=(ctx.rel(weights), ctx.rel(path)), models=(record,),
+                       state=RunState(teacher_outputs=ctx.rel(path)), info=info)
+

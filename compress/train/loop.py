@@ -1,31 +1,148 @@
-"""Training loops: plain supervised training and Hinton distillation, one readable loop for both.
+"""The one training loop, for every model family and task: `fit`.
 
-Distillation loss (Hinton et al. 2015): alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T),
-where _T is softmax at temperature T. The T^2 factor keeps the soft-target gradients on the same scale as the hard ones
-when T changes. Without augmentation the teacher's logits are computed once per training example (the teacher is
-the slow part) and looked up by index every epoch; with augmentation each batch is new, so the teacher runs on the
-same augmented batch as the student (`Teacher`).
+Each step: the student's outputs, the teacher's (cached rows looked up by index, or the teacher run on the same
+batch when the data is augmented or intermediate-layer KD needs its hidden states), the task's loss (plus the
+family's KD terms), then AdamW or SGD with a linear warm-up and a cosine decay that follows the epochs or, with
+`max_minutes`, the wall clock. Optional: bf16 autocast, gradient clipping, frozen parameters. After every epoch
+the validation figures (the task's, plus the user's metric) pick the best epoch and stop early; one line per
+epoch goes to a log (a bar in a terminal). Under torchrun every process runs this same loop with DDP.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any
+import time
+from typing import Any, Callable, Mapping
 
 from compress.errors import CompressError
+from compress.tasks import Metric
+from compress.tasks.base import as_outputs, output_names_of
+from compress.tasks.classification import kd_loss
 from compress.train.config import TrainConfig
 
 
-def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float, label_smoothing: float = 0.0):
-    """alpha * CE(hard labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
-    import torch.nn.functional as F
+class Teacher:
+    """Where distillation's teacher outputs come from: a per-index cache (`outputs`: {name: rows of the training
+    split}, possibly memory-mapped) or a model run on the same (augmented) batch as the student (`model`)."""
 
-    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
-    if teacher_logits is None or alpha >= 1.0:
-        return hard
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
-    return alpha * hard + (1.0 - alpha) * soft
+    def __init__(self, *, outputs: Mapping[str, Any] | None = None, model: Any = None, logits: Any = None,
+                 source: str | None = None):
+        self.outputs = dict(outputs) if outputs is not None else ({"logits": logits} if logits is not None else None)
+        self.model = model
+        self.source = source
+        """The outputs file the rows come from (compress.train.outputs), so torchrun workers map the same file."""
+
+    @property
+    def mode(self) -> str:
+        return "cached" if self.model is None else "on-the-fly"
+
+    def __call__(self, index: Any, inputs: Any) -> Any:
+        """The teacher's raw outputs for a batch: a dict of cached rows, or whatever its forward returns."""
+        import numpy as np
+        import torch
+
+        from compress.data import forward
+
+        if self.model is not None:
+            with torch.inference_mode():
+                out = forward(self.model.eval(), inputs)
+            return {k: v.clone() for k, v in out.items()} if isinstance(out, Mapping) else (
+                tuple(v.clone() for v in out) if isinstance(out, (tuple, list)) else out.clone())
+        rows = index.numpy()
+        return {name: torch.from_numpy(np.asarray(table[rows], dtype=np.float32)) for name, table in
+                self.outputs.items()}
+
+
+class Objective:
+    """What a training step minimises: `loss_fn(student outputs, teacher outputs or None, targets, index)` over the
+    outputs named `names`, plus the family's intermediate-layer terms (`kd_terms`) when given."""
+
+    def __init__(self, loss_fn: Callable, names: tuple[str, ...], *, teacher: Teacher | None = None,
+                 kd_terms: Any = None, targets: bool = True) -> None:
+        self.loss_fn, self.names, self.teacher, self.kd_terms, self.targets = loss_fn, names, teacher, kd_terms, targets
+
+    def __call__(self, net: Any, index: Any, inputs: Any, target: Any, device: str) -> Any:
+        from compress.data import forward
+        from compress.dist.group import to_device
+
+        extra = None
+        if self.kd_terms is not None and self.teacher is not None:
+            raw, t_raw, extra = self.kd_terms(net, self.teacher.model, inputs)
+        else:
+            raw = forward(net, inputs)
+            t_raw = self.teacher(index, inputs) if self.teacher is not None else None
+        student = {k: v.float() for k, v in as_outputs(raw, self.names).items()}
+        teacher = None if t_raw is None else {k: to_device(v, device).float()
+                                              for k, v in as_outputs(t_raw, self.names).items()}
+        loss = self.loss_fn(student, teacher, target if self.targets else None, index)
+        return loss + extra if extra is not None else loss
+
+
+def classification_objective(teacher: Teacher | None, *, temperature: float = 4.0, alpha: float = 1.0,
+                             label_smoothing: float = 0.0) -> Objective:
+    """Hinton KD (or cross-entropy alone without a teacher) on a single logits output."""
+    a = alpha if teacher is not None else 1.0
+
+    def loss(student, teacher_out, target, index):
+        soft = next(iter(teacher_out.values())) if teacher_out is not None else None
+        return kd_loss(student["logits"], soft, target, temperature=temperature, alpha=a,
+                       label_smoothing=label_smoothing)
+
+    return Objective(loss, ("logits",), teacher=teacher)
+
+
+def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...] | None = None,
+            batch_size: int = 256, workers: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Eval-mode outputs of `model` on every example of `data` (a Dataset of `(index, inputs, target)` items, a
+    DataLoader, or a Tensor), in order, as {output name: numpy array}. Token rows are read sorted by length (a batch
+    costs its longest row) and put back in order."""
+    import numpy as np
+    import torch
+
+    from compress.data import forward
+    from compress.dist.group import to_device
+
+    model.eval()
+    order = inputs.order(data) if inputs is not None and hasattr(data, "lengths") else None
+    if isinstance(data, torch.Tensor):
+        batches: Any = ((None, data[i:i + batch_size], None) for i in range(0, len(data), batch_size))
+    else:
+        source = torch.utils.data.Subset(data, order) if order is not None else data
+        batches = as_loader(source, batch_size=batch_size, workers=workers)
+    parts: dict[str, list] = {}
+    with torch.inference_mode():
+        for _, x, _ in batches:
+            out = forward(model, to_device(x, device))
+            names = names or output_names_of(out, "logits")
+            for name, value in as_outputs(out, names).items():
+                parts.setdefault(name, []).append(value.float().cpu().numpy())
+    result = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    if order is not None:
+        back = np.empty(len(order), dtype=np.int64)
+        back[np.asarray(order)] = np.arange(len(order))
+        result = {name: value[back] for name, value in result.items()}
+    return result
+
+
+def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):
+    """Eval-mode logits (a Tensor) of a single-output model on every example of `x`, in order."""
+    import torch
+
+    return torch.from_numpy(next(iter(predict(model, x, batch_size=batch_size, workers=workers).values())))
+
+
+def evaluate(model, x, y=None, *, batch_size: int = 512, workers: int = 0) -> float:
+    """Top-1 accuracy of a classifier on (x, y) tensors, or on a Dataset/DataLoader of `(index, inputs, target)`."""
+    import numpy as np
+
+    if y is None:
+        from compress.data.datasets import stack_targets
+
+        loader = as_loader(x, batch_size=batch_size, workers=workers)
+        y = stack_targets([t for _, _, t in loader])
+        x = loader.dataset
+    logits = next(iter(predict(model, x, batch_size=batch_size, workers=workers).values()))
+    return float(np.mean(logits.argmax(1) == np.asarray(y)))
 
 
 def as_loader(data: Any, *, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0) -> Any:
@@ -44,154 +161,202 @@ def as_loader(data: Any, *, batch_size: int, shuffle: bool = False, seed: int = 
     return loader(data, batch_size=batch_size, shuffle=shuffle, seed=seed, workers=workers)
 
 
-def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):
-    """Eval-mode logits for every example of x (a Tensor, a Dataset or a DataLoader), in order, without gradients."""
+def lr_factor(step: int, total_steps: int, warmup_steps: float, elapsed: float = 0.0,
+              max_seconds: float | None = None) -> float:
+    """The learning rate's multiplier: linear warm-up over `warmup_steps`, then a cosine to zero. Progress is steps
+    over all epochs or, with a time budget, whichever is further along, steps or seconds, so the rate has decayed
+    when the budget ends instead of being cut off at its peak (or still warming up)."""
+    total = max(1, total_steps)
+    warm = min(warmup_steps, total) / total
+    done = step / total
+    if max_seconds:
+        done = max(done, elapsed / max_seconds)
+    if done < warm:
+        return (step + 1) / warmup_steps if not max_seconds else max(done / warm, 1 / total)
+    return 0.5 * (1 + math.cos(math.pi * min((done - warm) / max(1e-9, 1 - warm), 1.0)))
+
+
+def bf16_supported(device: str = "cpu") -> bool:
+    """Whether this CPU (AMX or AVX-512 BF16) or GPU has bfloat16 instructions."""
     import torch
 
-    from compress.data import forward
-
-    model.eval()
-    with torch.inference_mode():
-        if isinstance(x, torch.Tensor):
-            return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        return torch.cat([forward(model, inputs) for _, inputs, _ in as_loader(x, batch_size=batch_size,
-                                                                               workers=workers)])
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def evaluate(model, x, y=None, *, batch_size: int = 512, workers: int = 0) -> float:
-    """Top-1 accuracy of model on (x, y) tensors, or on a Dataset/DataLoader of `(index, inputs, target)` items."""
-    if y is not None:
-        logits = predict_logits(model, x, batch_size=batch_size)
-        return float((logits.argmax(1) == y).float().mean())
-    correct, total = count_correct(model, as_loader(x, batch_size=batch_size, workers=workers))
-    return correct / max(total, 1)
+def warn_if_bf16_is_slow(precision: str, origin: str) -> bool:
+    """Warn (and say so) when bf16 autocast was asked for on a CPU without bfloat16 instructions."""
+    if precision != "bf16" or bf16_supported():
+        return False
+    import logging
 
-
-def count_correct(model, batches, *, device: str = "cpu") -> tuple[int, int]:
-    """(top-1 hits, examples) of model over `(index, inputs, target)` batches."""
-    import torch
-
-    from compress.data import forward
-    from compress.dist.group import to_device
-
-    model.eval()
-    correct = total = 0
-    with torch.inference_mode():
-        for _, inputs, target in batches:
-            correct += int((forward(model, to_device(inputs, device)).argmax(1).cpu() == target).sum())
-            total += len(target)
-    return correct, total
-
-
-class Teacher:
-    """Where distillation's teacher outputs come from: a per-index cache (`logits`, rows of the training split,
-    possibly memory-mapped) or a model run on the same (augmented) batch as the student (`model`)."""
-
-    def __init__(self, *, logits: Any = None, model: Any = None):
-        self.logits, self.model = logits, model
-
-    @property
-    def mode(self) -> str:
-        return "cached" if self.model is None else "on-the-fly"
-
-    def __call__(self, index: Any, inputs: Any) -> Any:
-        import numpy as np
-        import torch
-
-        from compress.data import forward
-
-        if self.model is not None:
-            with torch.inference_mode():
-                return forward(self.model.eval(), inputs).clone()
-        if isinstance(self.logits, torch.Tensor):
-            return self.logits[index]
-        return torch.from_numpy(np.asarray(self.logits[index.numpy()], dtype=np.float32))
+    logging.getLogger("compress").warning(
+        "warning: %s: precision = \"bf16\": this CPU has no bfloat16 instructions (AMX, AVX-512 BF16), so training "
+        "will be slower than in fp32", origin)
+    return True
 
 
 def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size: int = 64,
-        teacher_logits=None, teacher: "Teacher | None" = None, temperature: float = 4.0, alpha: float = 1.0,
-        desc: str = "train", progress: bool = True, origin: str | None = None, workers: int = 0) -> dict:
+        objective: Objective | None = None, evaluate: Callable[[Any], dict] | None = None,
+        primary: "Metric | Callable[[], Metric] | None" = None, teacher_logits: Any = None, teacher: Teacher | None = None,
+        temperature: float = 4.0, alpha: float = 1.0, desc: str = "train", progress: bool = True,
+        origin: str | None = None, workers: int = 0, inputs: Any = None, frozen: list | None = None) -> dict:
     """Train `model` in place; keep the weights of the best validation epoch. Returns the history.
 
-    `train` and `val` are DataLoaders, Datasets of `(index, inputs, target)` items, or (x, y) tensor pairs. With a
-    `teacher` (or `teacher_logits`: one row per training example) the loss is `kd_loss`; without, cross-entropy.
-    A non-finite loss stops with an error that names the epoch and batch, prefixed with `origin` (the config key
-    to change, e.g. 'pipeline.toml: distill.lr').
+    `train` is a Dataset of `(index, inputs, target)` items (or an (x, y) tensor pair); `objective` what a step
+    minimises (default: classification KD with `teacher` / `teacher_logits`, or cross-entropy). `evaluate(model)`
+    gives the validation figures and `primary` the one that picks the best epoch (default: accuracy on `val`; a
+    callable when its name is known only once figures exist, as for a user's metric's first figure).
+    `cfg` must hold every setting (compress.train.config.resolved fills the family's defaults). `frozen` lists
+    parameters to keep fixed besides cfg.freeze. A non-finite loss stops with an error naming the epoch and batch,
+    prefixed with `origin` (the config key to change, e.g. 'pipeline.toml: distill.lr').
     """
-    import copy
-
     import torch
-    from compress.data import forward
+
     from compress.dist.group import current, to_device
     from compress.progress import progress as progress_bar
 
-    if teacher is None and teacher_logits is not None:
-        teacher = Teacher(logits=teacher_logits)
+    cfg = _with_defaults(cfg)
+    if objective is None:
+        if teacher is None and teacher_logits is not None:
+            teacher = Teacher(logits=teacher_logits)
+        objective = classification_objective(teacher, temperature=temperature, alpha=alpha,
+                                             label_smoothing=cfg.label_smoothing)
+    if evaluate is None:
+        evaluate, primary = _accuracy_on(val, workers), Metric("accuracy", True)
+    fixed_metric = primary or Metric("accuracy", True)
+    metric_of = primary if callable(primary) else (lambda: fixed_metric)
     world = current()  # in a process group: DDP and this rank's share of every batch (README "Several processes")
     torch.manual_seed(seed + world.rank)  # dropout differs across ranks, as their examples do
+    fixed = _freeze(model, cfg, frozen or [])
     model.to(world.device)
     net = world.wrap(model)
-    train_loader = _train_loader(train, batch_size=batch_size, seed=seed, workers=workers, world=world)
-    val_loader = as_loader(world.share(val), batch_size=512, workers=workers)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(train_loader)
-    total = cfg.epochs * steps_per_epoch
-    warm = cfg.warmup_epochs * steps_per_epoch
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    best = {"accuracy": -1.0, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
+    loader = _train_loader(train, batch_size=batch_size, seed=seed, workers=workers, world=world, inputs=inputs)
+    stepper = _Stepper(cfg, [p for p in model.parameters() if p.requires_grad], len(loader), world)
+    precision = _precision(cfg.precision, world.device)
+    best = {"score": metric_of().worst(), "epoch": -1, "figures": {}, "state": copy.deepcopy(model.state_dict())}
     history: list[dict] = []
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch", enabled=progress)
     for epoch in bar:
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)  # a DistributedSampler or length-grouped batches reshuffle per epoch
         model.train()
         total_loss, seen = 0.0, 0
-        for b, (index, inputs, target) in enumerate(train_loader):
-            inputs, target = to_device(inputs, world.device), target.to(world.device)
-            tl = to_device(teacher(index, inputs), world.device) if teacher is not None else None
-            logits = forward(net, inputs)
-            loss = kd_loss(logits, tl, target, temperature=temperature, alpha=alpha,
-                           label_smoothing=cfg.label_smoothing)
+        for b, (index, x, target) in enumerate(loader):
+            x, target = to_device(x, world.device), to_device(target, world.device)
+            with torch.autocast("cuda" if world.device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
+                loss = objective(net, index, x, target, world.device)
             if not torch.isfinite(loss):
                 raise CompressError(f"{origin or desc}: {desc} loss became {loss.item()} at epoch {epoch + 1}, "
                                     f"batch {b + 1}; lower the learning rate (lr = {cfg.lr:g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item() * len(target)
-            seen += len(target)
-        # every rank scores its share and the counts are summed: one figure, so every rank picks the same epoch
-        correct, counted, total_loss, seen = world.sum([*count_correct(model, val_loader, device=world.device),
-                                                        total_loss, seen])
-        acc = correct / max(counted, 1)
-        history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "val_accuracy": acc})
-        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", val=f"{acc:.4f}")
-        if acc > best["accuracy"]:
-            best = {"accuracy": acc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            total_loss, seen = total_loss + loss.item() * len(index), seen + len(index)
+            if stepper.step(loss):
+                break
+        total_loss, seen = world.sum([total_loss, seen])
+        figures, primary = evaluate(model), metric_of()
+        score = world.broadcast_value(float(figures[primary.name]))  # one figure: every rank picks the same epoch
+        history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), f"val_{primary.name}": score,
+                        "val": figures, "examples": int(seen), **stepper.clocks()})
+        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", **{primary.name: f"{score:.4f}"})
+        if primary.better(score, best["score"]) or best["epoch"] < 0:
+            best = {"score": score, "epoch": epoch + 1, "figures": figures, "state": copy.deepcopy(model.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
+            break
+        if stepper.stopped:
             break
     model.load_state_dict(best["state"])
     world.broadcast_weights(model)  # every rank holds rank 0's bits: what rank 0 writes is what all trained
+    for p in fixed:
+        p.requires_grad_(True)
     model.cpu().eval()
-    return {"best_epoch": best["epoch"], "val_accuracy": best["accuracy"], "epochs_run": len(history),
-            "history": history}
+    primary = metric_of()
+    return {"best_epoch": best["epoch"], f"val_{primary.name}": best["score"], "primary": primary.to_json(),
+            "val": best["figures"], "epochs_run": len(history), "stopped_by_time": stepper.stopped,
+            "precision": precision, "train_seconds": stepper.clocks()["seconds"], "history": history}
 
 
-def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world: Any) -> Any:
-    """The training batches of this process: DistributedSampler with the run's seed (one process too), and
-    batch_size / world size examples per step, so step k of N processes covers the examples of step k of one.
-    A DataLoader passed in is used as it is."""
+class _Stepper:
+    """The optimiser (AdamW or SGD with Nesterov momentum), gradient clipping, and the learning-rate schedule of one
+    fit, which follows the steps or, with max_minutes, rank 0's clock (every process decays alike and stops at the
+    same step)."""
+
+    def __init__(self, cfg: TrainConfig, params: list, steps_per_epoch: int, world: Any) -> None:
+        import torch
+
+        self.cfg, self.params, self.world = cfg, params, world
+        if cfg.optimizer == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+        self.max_seconds = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.elapsed, self.stopped = 0.0, False
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda step: lr_factor(step, total, warm, self.elapsed, self.max_seconds))
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def step(self, loss: Any) -> bool:
+        """Backward, clip, step, schedule; True when the time budget is spent."""
+        import torch
+
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        if self.max_seconds is not None:
+            self.elapsed = self.world.broadcast_value(time.perf_counter() - self.start)
+            self.stopped = self.elapsed > self.max_seconds
+        self.sched.step()
+        return self.stopped
+
+    def clocks(self) -> dict[str, float]:
+        return {"seconds": round(time.perf_counter() - self.start, 1),
+                "cpu_seconds": round(time.process_time() - self.cpu_start, 1)}
+
+
+def _with_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Settings a caller left unresolved (fit used on its own) take the plain torch recipe: the defaults of
+    compress.families for a teacher run (TrainConfig) or a student run (DistillConfig)."""
+    from compress.families import Family
+    from compress.train.config import DistillConfig, resolved
+
+    return resolved(cfg, Family(), "student" if isinstance(cfg, DistillConfig) else "teacher")
+
+
+def _precision(asked: str, device: str) -> str:
+    """'auto' -> bf16 where the hardware has it, else fp32."""
+    if asked == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return asked
+
+
+def _freeze(model: Any, cfg: TrainConfig, extra: list) -> list:
+    """Turn off gradients for cfg.freeze's name patterns and `extra` parameters; returns what was frozen."""
+    import fnmatch
+
+    fixed = [p for name, p in model.named_parameters() if any(fnmatch.fnmatch(name, pat) for pat in cfg.freeze)]
+    fixed += [p for p in extra if all(p is not q for q in fixed)]
+    for p in fixed:
+        p.requires_grad_(False)
+    return fixed
+
+
+def _accuracy_on(val: Any, workers: int) -> Callable[[Any], dict]:
+    def figures(model: Any) -> dict:
+        x, y = val if isinstance(val, (tuple, list)) else (val, None)
+        return {"accuracy": evaluate(model, x, y, workers=workers)}
+
+    return figures
+
+
+def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world: Any, inputs: Any = None) -> Any:
+    """The training batches of this process: length-grouped batches for token inputs, else DistributedSampler with
+    the run's seed (one process too) and batch_size / world size examples per step, so step k of N processes covers
+    the examples of step k of one. A DataLoader passed in is used as it is."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from compress.data import loader
@@ -202,6 +367,9 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
         from compress.data.datasets import TensorPairs
 
         data = TensorPairs(*data)
+    batches = inputs.batch_sampler(data, batch_size=batch_size, seed=seed, world=world) if inputs is not None else None
+    if batches is not None:
+        return loader(data, batch_size=1, shuffle=False, seed=seed, workers=workers, batch_sampler=batches)
     sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
     return loader(data, batch_size=batch_size // world.size, shuffle=False, seed=seed, workers=workers,
                   sampler=sampler)

@@ -92,3 +92,52 @@ def tokenizer(bert_dir):
     from compress.hf.model import load_tokenizer
 
     return load_tokenizer(bert_dir, "test")
+
+
+def token_dataset(encoded, labels=None):
+    """A Dataset of (index, token inputs, target) over tokenized rows (targets -1 without labels)."""
+    import torch
+
+    from compress.hf.text import text_dataset
+
+    n = len(encoded["input_ids"])
+    return text_dataset(encoded, torch.as_tensor(labels) if labels is not None else torch.full((n,), -1))
+
+
+def token_inputs(encoded, folder, max_length: int = 16):
+    """compress.data.inputs.TokenInputs for tokenized rows (the tokenizer in `folder`)."""
+    from compress.data.inputs import TokenInputs
+
+    return TokenInputs(tuple(encoded), texts=["the cat runs ."], tokenizer_dir=str(folder), max_length=max_length)
+
+
+def torch_outputs(model, encoded, folder):
+    """The model's single output on every row, in order (numpy), as the pipeline predicts it."""
+    from compress.train import predict
+
+    return next(iter(predict(model, token_dataset(encoded), inputs=token_inputs(encoded, folder)).values()))
+
+
+def export_text(model, encoded, path, folder):
+    """Export a TextModel as the export stage does: token inputs, 'embedding' or 'logits' as the output."""
+    from compress.onnx.export import export_onnx
+
+    example = {k: v[:2].long() for k, v in encoded.items()}
+    output = "logits" if model.task == "classification" else "embedding"
+    return export_onnx(model, example, path, inputs=token_inputs(encoded, folder), output_names=(output,))
+
+
+def ort_outputs(path, encoded, *, batch_size: int = 64):
+    """The ONNX model's first output on every row, fed in batches trimmed of shared padding."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    out = []
+    for i in range(0, len(encoded["input_ids"]), batch_size):
+        mask = encoded["attention_mask"][i:i + batch_size]
+        width = max(int(mask.sum(1).max()), 1)
+        out.append(sess.run(None, {n: encoded[n][i:i + batch_size, :width].numpy().astype(np.int64)
+                                   for n in names})[0])
+    return np.concatenate(out)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from compress.hf.losses import attention_loss, default_layer_map, embedding_loss, hidden_loss, relation_loss
-from compress.hf.metrics import cosine, neighbour_overlap
+from compress.hf.losses import attention_loss, default_layer_map, hidden_loss
+from compress.tasks.embedding import cosine, embedding_loss, neighbour_overlap, relation_loss
 
 
 def test_cosine_and_neighbour_overlap_on_known_embeddings():
@@ -49,11 +49,13 @@ def test_relation_loss_asks_for_the_teachers_neighbours_not_its_scale():
 
 
 def test_the_learning_rate_follows_the_time_budget_when_it_ends_before_the_epochs():
-    from compress.hf.train import lr_factor
+    from compress.train.loop import lr_factor
 
     steps = 100 * 834  # 100 epochs allowed, a 20-minute budget that ends after about 5
-    assert lr_factor(0, steps, 0.0, 1200, 0.06) < 1e-3  # warming up
-    assert lr_factor(300, steps, 72.0, 1200, 0.06) == 1.0  # warm-up is 6% of the budget, not of 100 epochs
-    assert 0.45 < lr_factor(2000, steps, 636.0, 1200, 0.06) < 0.55  # half-way through the budget
-    assert lr_factor(4170, steps, 1200.0, 1200, 0.06) < 1e-6  # decayed when the budget ends
-    assert lr_factor(0, 1000, 0.0, None, 0.0) == 1.0 and lr_factor(1000, 1000, 5.0, None, 0.0) < 1e-9  # no budget
+    warm = 0.06 * steps
+    assert lr_factor(0, steps, warm, 0.0, 1200) < 1e-3  # warming up
+    assert lr_factor(300, steps, warm, 72.0, 1200) == 1.0  # warm-up is 6% of the budget, not of 100 epochs
+    assert 0.45 < lr_factor(2000, steps, warm, 636.0, 1200) < 0.55  # half-way through the budget
+    assert lr_factor(4170, steps, warm, 1200.0, 1200) < 1e-6  # decayed when the budget ends
+    assert lr_factor(0, 1000, 0, 0.0, None) == 1.0 and lr_factor(1000, 1000, 0, 5.0, None) < 1e-9  # no budget
+    assert lr_factor(0, 1000, 10) == 0.1 and lr_factor(9, 1000, 10) == 1.0  # steps: (step + 1) / warm-up steps

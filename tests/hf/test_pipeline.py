@@ -151,3 +151,41 @@ def test_bad_hf_configs_are_exit_2_naming_the_key(tmp_path):
     toml.write_text(toml.read_text().replace('task = "embedding"\n', ""))
     result = CliRunner().invoke(main, ["validate", str(toml)])
     assert result.exit_code == 2 and "needs labels: set data.label_column" in result.output
+
+
+def test_a_text_pipeline_trains_on_two_processes_as_on_one(tmp_path):
+    # setup: the same transformer classification pipeline, in one process and on two (torchrun + DDP, gloo)
+    write_labelled(tmp_path / "topics.tsv", 160)
+    body = """
+[data]
+source = "text:topics.tsv"
+label_column = "label"
+max_length = 16
+batch_size = 8
+[teacher]
+model = "hf:bert"
+[teacher.train]
+epochs = 4
+lr = 1e-3
+[student]
+from_teacher = { layers = [0, 3] }
+[distill]
+epochs = 3
+lr = 1e-3
+hidden_weight = 1.0
+"""
+    toml = _write(tmp_path, body)
+    two = tmp_path / "two.toml"
+    two.write_text(toml.read_text().replace('name = "t"', 'name = "t2"'))
+    # execute
+    one = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    many = CliRunner().invoke(main, ["run", str(two), "--quiet", "--nproc", "2"])
+    # assert: both ran; the two-process run trained in workers (its job logs are there) to the same figures
+    assert one.exit_code == 0, one.output
+    assert many.exit_code == 0, many.output
+    assert list((tmp_path / "runs" / "t2" / "distill" / "dist").glob("*/torchrun.log"))
+    figures = [{m["name"]: m["accuracy"] for m in json.loads((tmp_path / "runs" / name / "report.json").read_text())
+                ["models"]} for name in ("t", "t2")]
+    assert figures[0].keys() == figures[1].keys() == {"teacher", "student"}
+    for name in figures[0]:
+        assert figures[1][name] > 0.7 and abs(figures[0][name] - figures[1][name]) <= 0.1, figures

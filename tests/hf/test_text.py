@@ -73,6 +73,9 @@ def test_load_text_splits_tokenizes_once_and_caches(tmp_path, bert_dir):
     assert len(list((tmp_path / "tokens").glob("tokens-*.safetensors"))) == 1
     again = load_text(cfg, **kw)
     assert again.fingerprint == first.fingerprint
-    assert (again.encoded["val"]["input_ids"] == first.encoded["val"]["input_ids"]).all()
+    first_val, again_val = first.arrays("val")[0], again.arrays("val")[0]
+    assert (again_val["input_ids"] == first_val["input_ids"]).all() and first.inputs.kind == "tokens"
+    assert list(first_val) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert first.inputs.texts and first.targets("val").tolist() == again.targets("val").tolist()
     with pytest.raises(CompressError, match="needs labels: set data.label_column"):
         load_text(DataConfig(source="text:t.tsv"), **kw)

@@ -14,9 +14,9 @@ from compress.quantize.sensitivity import rank_sensitive_nodes
 N_FEATURES, N_CLASSES = 16, 4
 def _fast() -> object:
     """Quick latency settings so the tests stay in seconds."""
-    from compress.bench.config import TimingProfile
+    from compress.bench.config import BenchSettings
 
-    return TimingProfile(warmup_runs=3, min_runs=20, min_seconds=0.02, repetitions=2)
+    return BenchSettings(warmup_runs=3, min_runs=20, min_seconds=0.02, repetitions=2)
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,8 +62,22 @@ def setup(tmp_path: Path) -> dict:
     return {"model": model, "out": tmp_path / "q", "calib_x": train_x, "val_x": val_x, "val_y": val_y}
 
 
+def _arrays(calib_x, val_x, val_y, budget: float) -> dict:
+    """quantize()'s data arguments from arrays: the accuracy gate, calibration batches, timing feeds."""
+    from compress.quantize.attempts import batched
+    from compress.quantize.gate import accuracy_gate
+
+    def feed(b: int) -> dict:
+        return {"x": np.concatenate([val_x[:b]] * -(-b // len(val_x)))[:b]}
+
+    return {"gate": accuracy_gate({"x": val_x}, val_y, budget, key="quantize.max_accuracy_drop", source="val.npz"),
+            "calibration": batched({"x": calib_x}, 32) if calib_x is not None else None, "feed": feed}
+
+
 def _run(s: dict, cfg: QuantizeConfig, **kw) -> dict:
-    args = {"calib_x": s["calib_x"], "val_x": s["val_x"], "val_y": s["val_y"], "providers": ["cpu"],
+    data = {"calib_x": s["calib_x"], "val_x": s["val_x"], "val_y": s["val_y"]}
+    data.update({k: kw.pop(k) for k in list(kw) if k in data})
+    args = {**_arrays(data["calib_x"], data["val_x"], data["val_y"], cfg.max_accuracy_drop), "providers": ["cpu"],
             "batch_sizes": [1, 32], "progress": False, "profile": _fast()}
     args.update(kw)
     return quantize(s["model"], s["out"], cfg, **args)
@@ -167,8 +181,8 @@ def test_sensitive_nodes_rank_the_outlier_damaged_layer_first(setup: dict) -> No
     settings = {"mode": "static", "per_channel": True, "weight_type": "int8", "reduce_range": False,
                 "nodes_to_exclude": [], "calibration_method": "minmax", "quant_format": "qdq",
                 "activation_type": "uint8"}
-    _quantize_once(base, quant, settings, calib, "x", 32)
-    ranked = rank_sensitive_nodes(base, quant, setup["val_x"][:64], "x", {"MatMul", "Add", "Gemm"})
+    _quantize_once(base, quant, settings, [{"x": calib[i:i + 32]} for i in range(0, len(calib), 32)])
+    ranked = rank_sensitive_nodes(base, quant, [{"x": setup["val_x"][:64]}], {"MatMul", "Add", "Gemm"})
     assert ranked[0][0].startswith("fc1")  # its input x is quantized with the outlier's range: nearly all signal lost
     assert ranked[0][1] > 20.0
 
@@ -191,6 +205,7 @@ def test_float_wins_the_pick_and_is_final(tmp_path: Path) -> None:
     import torch
 
     from compress.onnx.export import export_onnx
+    from compress.quantize.gate import accuracy_gate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
@@ -201,8 +216,12 @@ def test_float_wins_the_pick_and_is_final(tmp_path: Path) -> None:
     path = export_onnx(model, torch.from_numpy(x[:2]), tmp_path / "conv.onnx")
     cfg = QuantizeConfig(mode="static", quant_format="qoperator", activation_type="int8", max_accuracy_drop=0.5,
                          fallback=False)
-    result = quantize(path, tmp_path / "q", cfg, calib_x=x, val_x=x, val_y=y, providers=["cpu"], batch_sizes=[1],
-                      progress=False, profile=_fast())
+    data = _arrays(x, x, y, 0.5)
+    renamed = {"gate": accuracy_gate({"input": x}, y, 0.5, key="quantize.max_accuracy_drop", source="x"),
+               "calibration": [{"input": f["x"]} for f in data["calibration"]],
+               "feed": lambda b: {"input": data["feed"](b)["x"]}}  # export_onnx names the input 'input'
+    result = quantize(path, tmp_path / "q", cfg, **renamed, providers=["cpu"], batch_sizes=[1], progress=False,
+                      profile=_fast())
     assert result["attempts"][0]["accepted"] and result["chosen"] is not None
     assert result["final"] == "float", result["why"]
     assert result["pick"]["speedup"] < 0.8
@@ -224,8 +243,8 @@ def test_fp16_on_cpu_only_with_pick_quantized_is_refused(setup: dict) -> None:
 def test_calibration_shape_mismatch_names_both_shapes(setup: dict) -> None:
     with pytest.raises(CompressError) as err:
         _run(setup, QuantizeConfig(), calib_x=np.zeros((8, 10), np.float32))
-    assert str(err.value) == ("quantize: calibration items must have shape 16 to match the model input, got 10; "
-                              "check [data] against the exported model")
+    assert str(err.value) == ("quantize: calibration input 'x' has shape 10 per sample, the model takes 16; check "
+                              "[data] against the exported model")
 
 
 def test_config_rejects_unknown_keys_and_bad_ranges() -> None:

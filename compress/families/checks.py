@@ -1,0 +1,89 @@
+"""What can go wrong with a pipeline's models, found before any training: `compress validate`, and `compress run`
+before its first stage."""
+from __future__ import annotations
+
+from compress.errors import CompressError
+
+
+def check_models(cfg, data) -> None:
+    """What can go wrong with the models, found before any training (`compress validate`, and `compress run` before
+    its first stage): each family's own checks; plain torch models are built on a real batch of the data and their
+    outputs checked against the task (the student's against the teacher's); the teacher's checkpoint loads; labels
+    fit the loss; the user's metric imports. hf: folders are checked without importing transformers' model code
+    (seconds), which the teacher stage does anyway."""
+    import torch
+
+    from compress.data import forward
+    from compress.families import family_of
+    from compress.records import ModelSpec
+    from compress.tasks import evaluation_for
+    from compress.tasks.base import as_outputs, output_names_of
+
+    where = str(cfg.source_path)
+    evaluation = evaluation_for(cfg.data.task, cfg.evaluate, base_dir=cfg.base_dir, origin=f"{where}: evaluate")
+    task = evaluation.task
+    outputs = {}
+    for role, section in (("teacher", cfg.teacher), ("student", cfg.student)):
+        spec = section.model or cfg.teacher.model
+        family = family_of(spec)
+        origin = f"{where}: {role}"
+        family.check(spec, kwargs=section.kwargs, base_dir=cfg.base_dir, origin=origin, data=data)
+        if role == "student" and cfg.student.from_teacher is not None:
+            family.check_cut(spec, cfg.teacher.kwargs, cfg.student.from_teacher, cfg.base_dir, origin)
+        if family.weights_in_spec:
+            continue
+        model = family.build(ModelSpec(spec, dict(section.kwargs)), data=data, base_dir=cfg.base_dir, origin=origin)
+        if role == "teacher" and cfg.teacher.checkpoint:
+            family.load_checkpoint(model, cfg.resolve(cfg.teacher.checkpoint), f"{where}: teacher.checkpoint",
+                                   key=cfg.teacher.checkpoint_key)
+        example = data.example(2)
+        try:
+            with torch.inference_mode():
+                raw = forward(model.eval(), example)
+        except Exception as exc:
+            shape = ", ".join(map(str, data.input_shape))
+            raise CompressError(f"{origin}.model: {spec} fails on a batch of shape (2, {shape}) from the data: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        names = output_names_of(raw, task.default_output)
+        outputs[role] = as_outputs(raw, names)
+        task.check_outputs(outputs[role], num_classes=data.num_classes, teacher=outputs.get("teacher"),
+                           origin=origin, spec=spec)
+    _check_head(cfg, data, task)
+    _check_labels(cfg, data, task, outputs.get("student"))
+
+
+def _check_head(cfg, data, task) -> None:
+    """An hf: classification teacher without a checkpoint or [teacher.train] must bring a head for the labels."""
+    from compress.families import family_of
+
+    family = family_of(cfg.teacher.model)
+    if (task.name == "classification" and family.weights_in_spec and not cfg.teacher.checkpoint
+            and cfg.teacher.train is None and getattr(data.inputs, "kind", "") == "tokens"
+            and not family.has_head(cfg.teacher.model, cfg.teacher.kwargs, cfg.base_dir, data.class_names)):
+        raise CompressError(f"{cfg.source_path}: teacher: {cfg.teacher.model} has no classification head for the "
+                            f"labels {data.class_names}, so one must be trained: add [teacher.train] (or a "
+                            "checkpoint of the whole wrapped model)")
+
+
+def _check_labels(cfg, data, task, student) -> None:
+    """Tensors task: a labels-only control needs labels, and the default hard loss needs a label that matches an
+    output's shape."""
+    if task.name != "tensors":
+        return
+    if cfg.distill.control and not data.has_targets:
+        raise CompressError(f"{cfg.source_path}: distill.control: the data has no targets (npz y or y_NAME) to train "
+                            "a labels-only control on")
+    if student is None or not data.has_targets or (cfg.distill.loss or "mse") != "mse":
+        return
+    from compress.tasks.tensors import matched_labels
+
+    import numpy as np
+
+    batch = data.targets("val")
+    batch = {k: np.asarray(v)[:2] for k, v in batch.items()} if isinstance(batch, dict) else np.asarray(batch)[:2]
+    if not matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch):
+        shapes = ({k: tuple(v.shape[1:]) for k, v in batch.items()} if isinstance(batch, dict)
+                  else tuple(batch.shape[1:]))
+        raise CompressError(f"{cfg.source_path}: distill.loss: no target (per example {shapes}) has the shape of an "
+                            f"output ({', '.join(f'{n} {tuple(v.shape[1:])}' for n, v in student.items())}); give "
+                            "[distill] loss = 'module:function' to compare your outputs with your targets")

@@ -1,0 +1,58 @@
+"""An ONNX model's outputs on a whole split in ONNX Runtime: what every figure after export is computed from.
+
+The split is read in batches through its Inputs (token rows sorted by length and trimmed of shared padding, then
+put back in order), so the arrays match, row for row, what torch gave during training.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from compress.errors import CompressError, first_line
+
+
+def session(path: Path, *, threads: int | None = None) -> Any:
+    """A CPU session on `path` (all cores unless `threads`), or one line saying why ONNX Runtime cannot load it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CompressError(f"{path}: cannot be loaded by ONNX Runtime ({first_line(exc)})") from None
+
+
+def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None = None, rows: Any = None,
+               batch_size: int = 256) -> dict[str, Any]:
+    """{output name: array} of the model at `path` on `split` (or its rows `rows`), in data order. `names` renames
+    the session's outputs (the run's names; they are the same unless a tool renamed them)."""
+    import numpy as np
+    import torch
+
+    from compress.data import loader
+
+    sess = session(path)
+    wanted = [o.name for o in sess.get_outputs()]
+    ds = data.split(split)
+    if rows is not None:
+        ds = torch.utils.data.Subset(ds, list(rows))
+    order = data.inputs.order(ds) if hasattr(ds, "lengths") else None
+    source = torch.utils.data.Subset(ds, order) if order is not None else ds
+    parts: list[list] = [[] for _ in wanted]
+    try:
+        for _, x, _ in loader(source, batch_size=batch_size, shuffle=False, seed=0, workers=data.workers):
+            for i, value in enumerate(sess.run(None, data.inputs.as_feed(x))):
+                parts[i].append(value)
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"{path}: did not run on the {split} split in ONNX Runtime ({first_line(exc)})") from None
+    result = {name: np.concatenate(chunks) for name, chunks in zip(names or wanted, parts)}
+    if order is not None:
+        back = np.empty(len(order), dtype=np.int64)
+        back[np.asarray(order)] = np.arange(len(order))
+        result = {name: value[back] for name, value in result.items()}
+    return result

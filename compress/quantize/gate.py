@@ -1,0 +1,141 @@
+"""What a quantized model is judged by: a `Gate` holds the scoring function, the figure that decides, its budget and
+one sentence saying what it measures, which every summary prints.
+
+The pipeline's gate is its task's (or the user's) primary figure on the validation split. `compress quantize` picks
+its gate from what it is given: accuracy with labelled `--data`; the user's `--metric` with `--data` of any
+targets; otherwise agreement with the fp32 model suited to the outputs: top-1 agreement for one (N, K) class-logits
+output, per-output cosine and SQNR for anything else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from compress.errors import CompressError, first_line
+from compress.tasks import Metric
+
+
+@dataclass(frozen=True)
+class Gate:
+    """`score(path) -> figures` of a model; `metric` decides, within `budget` (key: the option or config key that
+    sets it, for messages); `what` describes it in one sentence."""
+
+    score: Callable[[Path], dict[str, float]]
+    metric: Metric
+    budget: float
+    key: str
+    what: str
+
+    def drop(self, reference: float, got: float) -> float:
+        return self.metric.drop(reference, got)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric.to_json(), "budget": self.budget, "key": self.key, "what": self.what}
+
+
+def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256, provider: str = "cpu") -> dict:
+    """{output name: array} of the model at `path` over whole input arrays, `batch` rows at a time (a model whose
+    batch dimension is fixed runs at that size, the last chunk zero-padded and cut)."""
+    import os
+
+    from compress.bench.providers import open_session
+
+    session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
+    fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    names = [o.name for o in session.get_outputs()]
+    n = len(next(iter(feeds.values()))) if feeds and np.ndim(next(iter(feeds.values()))) else 1
+    parts: list[list] = [[] for _ in names]
+    try:
+        for start in range(0, n, step):
+            chunk = {k: np.asarray(v[start:start + step]) if np.ndim(v) else np.asarray(v) for k, v in feeds.items()}
+            got = len(next(iter(chunk.values()))) if np.ndim(next(iter(chunk.values()))) else 1
+            if fixed and got < step:
+                chunk = {k: np.concatenate([v, np.zeros((step - got, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+            for i, value in enumerate(session.run(None, chunk)):
+                parts[i].append(value[:got] if np.ndim(value) else value)
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"{path}: did not run on the gate's inputs in ONNX Runtime ({first_line(exc)})") from None
+    return {name: np.concatenate(p) if np.ndim(p[0]) else p[0] for name, p in zip(names, parts)}
+
+
+FEATURE_WORDS = ("embed", "feature", "hidden", "pool", "vector", "encod", "latent")
+"""An (N, D) output named with one of these is an embedding, whose argmax means nothing, not class logits."""
+
+
+def looks_like_logits(outputs: Mapping[str, np.ndarray]) -> bool:
+    """One output of shape (N, K) (trailing 1s allowed, as in [N, 1000, 1, 1]) with K >= 2, not named like an
+    embedding (FEATURE_WORDS): class logits."""
+    if len(outputs) != 1:
+        return False
+    name, value = next(iter(outputs.items()))
+    shape = np.shape(value)
+    rest = [d for d in shape[1:] if d != 1]
+    named_feature = any(w in name.lower() for w in FEATURE_WORDS)
+    return len(shape) >= 2 and len(rest) == 1 and rest[0] >= 2 and not named_feature
+
+
+def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: float, *, key: str,
+                  source: str) -> Gate:
+    """Top-1 accuracy of the (one) output's argmax on labelled inputs."""
+    from compress.onnx.parity import top1_of
+
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+
+    def score(path: Path) -> dict[str, float]:
+        out = next(iter(outputs_of(path, feeds).values()))
+        return {"accuracy": float(np.mean(top1_of(out) == labels))}
+
+    return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}")
+
+
+def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_top1: float, budget_cosine: float,
+                   outputs: Sequence[str] = (), source: str) -> Gate:
+    """Agreement with the fp32 model at `reference` on `feeds`: top-1 agreement when the judged outputs are class
+    logits, else per-output cosine and SQNR (the mean cosine decides). `outputs` chooses which are judged (all)."""
+    from compress.tasks.tensors import Tensors
+
+    expected = outputs_of(reference, feeds)
+    chosen = list(outputs) or list(expected)
+    missing = [o for o in chosen if o not in expected]
+    if missing:
+        raise CompressError(f"--output: {reference} has no output {missing[0]!r}; its outputs are "
+                            f"{', '.join(expected)}")
+    expected = {k: expected[k] for k in chosen}
+    if looks_like_logits(expected):
+        from compress.onnx.parity import top1_of
+
+        labels = top1_of(next(iter(expected.values())))
+
+        def top1(path: Path) -> dict[str, float]:
+            got = outputs_of(path, feeds)[chosen[0]]
+            return {"top1_agreement": float(np.mean(top1_of(got) == labels))}
+
+        return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
+                    f"top-1 agreement with the fp32 model on {source}")
+    task = Tensors()
+
+    def figures(path: Path) -> dict[str, float]:
+        got = outputs_of(path, feeds)
+        return task.metrics({k: got[k] for k in chosen}, None, expected)
+
+    return Gate(figures, Metric("cosine"), budget_cosine, "--max-cosine-drop",
+                f"mean cosine to the fp32 model's outputs ({', '.join(chosen)}; SQNR per output beside it) on "
+                f"{source}")
+
+
+def metric_gate(metric: Any, reference: Path, feeds: Mapping[str, np.ndarray], targets: Any, budget: float, *,
+                source: str) -> Gate:
+    """The user's `module:function` metric (compress.tasks.metric.UserMetric) on the model's outputs over `feeds`
+    and their `targets`. It runs once on the fp32 `reference` here, so a broken metric fails before any work and
+    its primary figure (the first it returns, unless named) is known."""
+    def score(path: Path) -> dict[str, float]:
+        return metric(outputs_of(path, feeds), targets)
+
+    score(reference)
+    return Gate(score, metric.primary, budget, "--max-metric-drop", f"{metric.target} on {source}")

@@ -1,0 +1,83 @@
+"""The Task interface, and the one way outputs are named: every model's outputs become a mapping from output name
+(the ONNX output names) to a batch-first tensor or array, whatever `forward` returned (a tensor, a tuple, a dict)."""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from compress.errors import CompressError
+from compress.tasks import Metric
+
+LossFn = Callable[[Mapping[str, Any], "Mapping[str, Any] | None", Any, Any], Any]
+"""loss(student outputs, teacher outputs or None, targets or None, batch indices) -> scalar tensor."""
+
+
+class Task:
+    """What the outputs mean. Subclasses set the class attributes and implement `make_loss` and `metrics`."""
+
+    name: ClassVar[str]
+    primary: ClassVar[Metric]
+    budget_key: ClassVar[str]
+    """The [quantize] key holding the allowed drop of the primary metric."""
+    labels: ClassVar[str]
+    """'required', 'optional' or 'none': whether the data must, may or cannot carry targets."""
+    default_output: ClassVar[str] = "output"
+    """The name of a single tensor output."""
+    reads: ClassVar[frozenset[str]] = frozenset()
+    """[distill] keys only this task's loss reads; set in a file for another task, they are refused at load."""
+    losses: ClassVar[tuple[str, ...]] = ()
+    """Values `[distill] loss` takes for this task (empty: the key does not apply)."""
+    user_loss: ClassVar[bool] = False
+    """Whether `[distill] loss = "module:function"` (the hard loss against labels) applies."""
+
+    def output_names(self, out: Any) -> tuple[str, ...]:
+        """Names of a model's outputs from what its forward returned (the teacher's decide for a run)."""
+        return output_names_of(out, self.default_output)
+
+    def check_outputs(self, outputs: Mapping[str, Any], *, num_classes: int, teacher: Mapping[str, Any] | None,
+                      origin: str, spec: str) -> None:
+        """Raise CompressError (naming `origin`) when a model's outputs on a batch of 2 cannot serve this task."""
+
+    def make_loss(self, settings: Any, *, teacher: bool, labels: bool, train_reference: Any = None,
+                  base_dir: Any = None, seed: int = 0) -> LossFn:
+        raise NotImplementedError
+
+    def metrics(self, outputs: Mapping[str, Any], targets: Any, reference: Mapping[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def why_not(self, key: str) -> str:
+        """Why a [distill] key that another task reads does not apply here (for the load-time error)."""
+        return f"the {self.name} task does not use it"
+
+
+def output_names_of(out: Any, default: str) -> tuple[str, ...]:
+    """('logits',) for a tensor, the keys of a dict, ('output0', 'output1', ...) for a tuple."""
+    if isinstance(out, Mapping):
+        return tuple(str(k) for k in out)
+    if isinstance(out, (tuple, list)):
+        return tuple(f"output{i}" for i in range(len(out)))
+    return (default,)
+
+
+def as_outputs(out: Any, names: Sequence[str]) -> dict[str, Any]:
+    """A model's raw outputs as {name: tensor}, in the order of `names`."""
+    if isinstance(out, Mapping):
+        return {n: out[n] for n in names}
+    if isinstance(out, (tuple, list)):
+        return dict(zip(names, out))
+    return {names[0]: out}
+
+
+def rows(a: Any) -> Any:
+    """(N, -1) float64 view of a batch-first array."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+
+
+def single(outputs: Mapping[str, Any], task: str, origin: str, spec: str) -> Any:
+    """The one output of a single-output task, or one line naming what the model returned instead."""
+    if len(outputs) != 1:
+        raise CompressError(f"{origin}.model: {spec} returns {len(outputs)} outputs ({', '.join(outputs)}); the "
+                            f"{task} task takes one; use [data] task = 'tensors' for several outputs")
+    return next(iter(outputs.values()))

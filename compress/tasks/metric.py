@@ -1,0 +1,76 @@
+"""The user's own metric: `[evaluate] metric = "module:function"` (or `compress quantize --metric`).
+
+    def map50(outputs: dict[str, numpy.ndarray], targets) -> dict[str, float]
+
+`outputs` holds a whole split's outputs by ONNX output name, in data order, as concatenated arrays (the same arrays
+whether they came from torch during training or from ONNX Runtime after export); `targets` holds the split's
+targets as the data source gave them (an array of any shape, or a dict of arrays; None without labels). The
+`primary` figure (default: the first one returned) selects the best epoch, gates quantization, picks the final
+model and heads the report.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import Field
+
+from compress.errors import CompressError, shorten
+from compress.section import Section
+from compress.tasks import Metric
+
+
+class UserMetric:
+    """A loaded `module:function` metric with its primary figure and direction."""
+
+    def __init__(self, target: str, *, base_dir: Any, origin: str, primary: str | None = None,
+                 higher_is_better: bool = True) -> None:
+        from compress.imports import import_object
+
+        self.target, self.origin = target, origin
+        self.fn = import_object(target, Path(base_dir or "."), origin)
+        self.primary_name, self.higher_is_better = primary, higher_is_better
+
+    @property
+    def primary(self) -> Metric:
+        return Metric(self.primary_name or "(first figure of " + self.target + ")", self.higher_is_better)
+
+    def __call__(self, outputs: Mapping[str, Any], targets: Any) -> dict[str, float]:
+        try:
+            got = self.fn(dict(outputs), targets)
+        except CompressError:
+            raise
+        except Exception as exc:
+            raise CompressError(f"{self.origin}: {self.target} raised {type(exc).__name__}: {shorten(str(exc), 200)}"
+                                ) from exc
+        if not isinstance(got, Mapping) or not got:
+            raise CompressError(f"{self.origin}: {self.target} returned {type(got).__name__}; expected a dict of "
+                                "figures, e.g. {'map50': 0.71}")
+        figures: dict[str, float] = {}
+        for key, value in got.items():
+            try:
+                figures[str(key)] = float(value)
+            except (TypeError, ValueError):
+                raise CompressError(f"{self.origin}: {self.target} returned {key!r} = {shorten(repr(value), 60)}; "
+                                    "every figure must be a number") from None
+        if self.primary_name is None:
+            self.primary_name = next(iter(figures))
+        elif self.primary_name not in figures:
+            raise CompressError(f"{self.origin.rsplit('.', 1)[0]}.primary: {self.primary_name!r} is not among the "
+                                f"figures {self.target} returned ({', '.join(figures)})")
+        if math.isnan(figures[self.primary_name]):
+            raise CompressError(f"{self.origin}: {self.target} returned NaN for {self.primary_name!r}")
+        return figures
+
+
+class EvaluateConfig(Section):
+    """[evaluate]: your own metric, used everywhere the task's primary figure would be (best epoch, gates, the final
+    pick, the report's headline)."""
+
+    metric: str = Field(min_length=3, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                        description="'module:function' beside the TOML (found like model factories): "
+                        "def f(outputs: dict[str, ndarray], targets) -> dict[str, float], on a whole split.")
+    primary: str | None = Field(None, min_length=1, description="Which returned figure selects, gates and picks "
+                                "(default: the first one returned).")
+    higher_is_better: bool = Field(True, description="The primary figure's direction.")
