@@ -59,8 +59,12 @@ class StageContext:
         """How every model of this run is judged: the task's figures and the user's metric."""
         from compress.tasks import evaluation_for
 
-        return evaluation_for(self.cfg.data.task, self.cfg.evaluate, base_dir=self.cfg.base_dir,
-                              origin=self.origin("evaluate"))
+        evaluation = evaluation_for(self.cfg.data.task, self.cfg.evaluate, base_dir=self.cfg.base_dir,
+                                    origin=self.origin("evaluate"))
+        if evaluation.user is not None and evaluation.user.primary_name is None and self.state.teacher_outputs:
+            reference = self.teacher_outputs["val"]  # the user's first figure is primary: learn its name once
+            evaluation(reference, self.targets("val"), reference)
+        return evaluation
 
     @functools.cached_property
     def teacher_outputs(self) -> dict[str, dict[str, Any]]:

@@ -75,3 +75,55 @@ def test_paths_resolve_relative_to_the_file(tmp_path):
     path = write_toml(sub, BASE.replace('[teacher]\n', '[teacher]\ncheckpoint = "t.safetensors"\n'))
     with pytest.raises(CompressError, match=r"teacher.checkpoint: file not found: .*sub/t.safetensors"):
         load_config(path)
+
+
+TEXT = """
+[pipeline]
+name = "x"
+[data]
+source = "text:t.txt"
+task = "embedding"
+[teacher]
+model = "hf:bert"
+[student]
+from_teacher = { num_layers = 2 }
+"""
+
+
+@pytest.mark.parametrize("base, extra, message", [
+    (TEXT, "[distill]\ntemperature = 2.0\n",
+     "distill.temperature: the embedding task has no labels or class probabilities (the student learns the "
+     "teacher's embeddings); remove it (data.task = 'embedding')"),
+    (TEXT, "[distill]\ncontrol = true\n", "distill.control: the embedding task has no labels to train a "
+                                          "labels-only control on"),
+    (TEXT, "[prune]\namount = 0.5\n", "prune: channel pruning is not built for hf: (transformer) models"),
+    (TEXT, "[quantize]\nmax_accuracy_drop = 0.01\n",
+     "quantize.max_accuracy_drop: this pipeline's gate is on cosine (the embedding task); set "
+     "quantize.max_cosine_drop instead"),
+    (TEXT.replace('task = "embedding"', 'task = "tensors"'), "", "data.task: text models (hf: TextModel) give "
+                                                                 "logits or a pooled embedding"),
+    (BASE, "[distill]\nhidden_weight = 1.0\n", "distill.hidden_weight: intermediate-layer KD needs an hf: "
+                                               "(transformer) teacher and student"),
+    (BASE, "[distill]\nloss = \"cosine\"\n", "distill.loss: the classification task has its own loss; remove "
+                                             "the key"),
+    (BASE, "[distill]\noutput_weights = { boxes = 2.0 }\n", "distill.output_weights: classification has no such "
+                                                            "setting; remove it (data.task = 'classification')"),
+    (BASE, "[data]\nlabel_column = \"y\"\n", "data.label_column: applies to text: sources only"),
+    (BASE.replace('"builtin:cnn-small"', '"builtin:cnn-small"\npooling = "cls"'), "",
+     "student.pooling: pooling applies to hf: text models"),
+    (BASE.replace("[student]", "[student]\nfrom_teacher = { num_layers = 2 }"), "",
+     "student: give either model = '...' or from_teacher = { ... }"),
+    (BASE, "[export]\noptimize = \"transformer\"\n", "export.optimize: ONNX Runtime's transformer optimizer is "
+                                                    "for hf: (transformer) models"),
+    (BASE, "[data]\ntask = \"tensors\"\n", "data.task: digits data carries class labels: use 'classification'"),
+    (BASE, "[evaluate]\nmetric = \"m:f\"\n[quantize]\nmax_accuracy_drop = 0.01\n",
+     "quantize.max_accuracy_drop: this pipeline's gate is on your metric m:f; set quantize.max_metric_drop "
+     "instead"),
+])
+def test_a_key_the_task_or_family_cannot_use_is_refused_at_load(tmp_path, base, extra, message):
+    # the file alone decides: nothing is trained, no data or model is read
+    path = write_toml(tmp_path, base + extra)
+    with pytest.raises(CompressError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text

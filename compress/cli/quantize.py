@@ -229,7 +229,7 @@ def _write(model: Path, out: Path, result: dict[str, Any], keep_dir: Path | None
                 shutil.copyfile(a["path"], keep_dir / Path(a["path"]).name)
     if result["chosen"] is None:
         out.unlink(missing_ok=True)
-        tried = [a for a in result["attempts"] if a.get("drop") is not None]
+        tried = [a for a in result["attempts"] if a.get("drop") is not None and a.get("quantized")]
         if not tried:
             return {"out": None, "ships": None, "best_effort": None}
         best = min(tried, key=lambda a: a["drop"])

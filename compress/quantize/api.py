@@ -165,7 +165,7 @@ class _Search:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
             record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
-                          reason=f"failed: {first_line(exc)}")
+                          reason=f"failed: {first_line(exc)}", quantized=False)
         else:
             budget, score = self.gate.budget, figures[self.gate.metric.name]
             drop, reduced = self.gate.drop(self.float_score, score), qa.is_reduced(path, settings["mode"])
@@ -176,7 +176,7 @@ class _Search:
             if record.get("calibration"):
                 reason += f"; {record['calibration']}"
             record.update(figures=figures, score=score, drop=drop, bytes=model_bytes(path), latency=None,
-                          accepted=ok, reason=reason)
+                          accepted=ok, reason=reason, quantized=reduced)
         self.attempts.append(_named(record, self.gate))
         return record
 

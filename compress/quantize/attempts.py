@@ -52,7 +52,7 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
 def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, calib: list[dict[str, np.ndarray]],
                      cfg: QuantizeConfig, bar: Any, gate: Any) -> dict[str, Any] | None:
     """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far."""
-    tried = [a for a in attempts if a["score"] is not None]
+    tried = [a for a in attempts if a["score"] is not None and a.get("quantized")]
     if not tried:
         return None
     best = max(tried, key=lambda a: -gate.drop(0.0, a["score"]))
@@ -349,7 +349,7 @@ def shown_drop(gate: Any, value: float) -> str:
 
 
 def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
-    drops = [a["drop"] for a in attempts if a.get("drop") is not None]
+    drops = [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized")]
     return shown_drop(gate, min(drops)) if drops else "none, every attempt failed to build"
 
 

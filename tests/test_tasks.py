@@ -1,0 +1,229 @@
+"""Tasks beyond class logits: a regression model and a two-output model with the user's own metric, through
+`compress run` and `compress quantize --metric`; the tensors task's figures; the user metric's contract."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from compress.cli import main
+from compress.errors import CompressError
+
+MODELS = '''
+import torch
+import torch.nn as nn
+
+
+class Regressor(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TwoHeads(nn.Module):
+    """A value and a sign: two outputs, returned as a dict (named in the export)."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, hidden), nn.ReLU())
+        self.value = nn.Linear(hidden, 1)
+        self.sign = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        h = self.body(x)
+        return {"value": self.value(h), "sign": self.sign(h)}
+
+
+def regressor(hidden=32):
+    return Regressor(hidden)
+
+
+def two_heads(hidden=32):
+    return TwoHeads(hidden)
+'''
+
+METRICS = '''
+import numpy as np
+import torch
+
+
+def r2(outputs, targets):
+    pred = outputs["output"].reshape(-1)
+    y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    return {"r2": float(1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2)),
+            "mae": float(np.mean(np.abs(pred - y)))}
+
+
+def both(outputs, targets):
+    value = outputs["value"].reshape(-1)
+    sign_ok = outputs["sign"].argmax(1) == targets["sign"].reshape(-1)
+    return {"error": float(np.mean(np.abs(value - targets["value"].reshape(-1)))),
+            "sign_accuracy": float(np.mean(sign_ok))}
+
+
+def loss(outputs, targets):
+    value = torch.nn.functional.mse_loss(outputs["value"], targets["value"].float())
+    return value + torch.nn.functional.cross_entropy(outputs["sign"], targets["sign"].long().reshape(-1))
+'''
+
+BENCH = """
+[benchmark]
+providers = ["cpu"]
+batch_sizes = [1]
+warmup_runs = 2
+min_runs = 10
+min_seconds = 0.0
+repetitions = 1
+"""
+
+
+def _folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    value = (x @ rng.normal(size=8) + 0.5 * np.sin(3 * x[:, 0])).astype(np.float32)[:, None]
+    np.savez(tmp_path / "reg.npz", x=x, y=value)
+    np.savez(tmp_path / "two.npz", x=x, y_value=value, y_sign=(value[:, 0] > 0).astype(np.int64)[:, None])
+    (tmp_path / "models.py").write_text(MODELS)
+    (tmp_path / "metrics.py").write_text(METRICS)
+    return tmp_path
+
+
+def _run(folder: Path, body: str, *args: str):
+    toml = folder / "p.toml"
+    toml.write_text(textwrap.dedent(body) + BENCH)
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet", *args])
+    report_path = folder / "runs" / "t" / "report.json"
+    return result, (json.loads(report_path.read_text()) if report_path.is_file() else None)
+
+
+@pytest.mark.e2e
+def test_a_regression_model_is_distilled_gated_and_reported_on_the_users_metric(tmp_path: Path):
+    # setup: one float output per row, labels of that shape, R^2 as the metric
+    folder = _folder(tmp_path)
+    result, report = _run(folder, """
+        [pipeline]
+        name = "t"
+        [data]
+        source = "npz:reg.npz"
+        task = "tensors"
+        [teacher]
+        model = "models:regressor"
+        kwargs = { hidden = 64 }
+        [teacher.train]
+        epochs = 30
+        [student]
+        model = "models:regressor"
+        kwargs = { hidden = 16 }
+        [distill]
+        epochs = 30
+        control = true
+        [quantize]
+        mode = "dynamic"
+        max_metric_drop = 0.05
+        [evaluate]
+        metric = "metrics:r2"
+        """)
+    # assert: the user's first figure is primary everywhere, every model has the task's figures beside it
+    assert result.exit_code == 0, result.output
+    assert report["primary_metric"] == {"name": "r2", "higher_is_better": True} and report["task"] == "tensors"
+    models = {m["name"]: m for m in report["models"]}
+    for name in ("teacher", "student", "control"):
+        assert models[name]["metrics"]["r2"] > 0.8, (name, models[name]["metrics"])
+        assert {"mae", "cosine", "cosine/output", "sqnr_db/output", "mse/output"} <= set(models[name]["metrics"])
+    assert models["teacher"]["metrics"]["sqnr_db/output"] == 80.0  # itself: the cap
+    assert report["details"]["teacher"]["history"][0]["val"]["r2"] is not None  # the teacher was picked by r2
+    gate = report["details"]["quantize"]["gate"]
+    assert gate["metric"]["name"] == "r2" and gate["key"] == "quantize.max_metric_drop"
+    md = (folder / "runs" / "t" / "report.md").read_text()
+    assert "r2 (ORT, test)" in md and "Did the teacher help?" in md
+
+
+@pytest.mark.e2e
+def test_a_two_output_model_trains_with_the_users_loss_and_quantizes_on_the_users_metric(tmp_path: Path):
+    # setup: a dict of two outputs (value, sign logits), two targets (y_value, y_sign), the user's loss and metric
+    folder = _folder(tmp_path)
+    result, report = _run(folder, """
+        [pipeline]
+        name = "t"
+        [data]
+        source = "npz:two.npz"
+        task = "tensors"
+        [teacher]
+        model = "models:two_heads"
+        kwargs = { hidden = 64 }
+        [teacher.train]
+        epochs = 25
+        [student]
+        model = "models:two_heads"
+        kwargs = { hidden = 16 }
+        [distill]
+        epochs = 25
+        loss = "metrics:loss"
+        output_weights = { value = 2.0 }
+        [evaluate]
+        metric = "metrics:both"
+        primary = "error"
+        higher_is_better = false
+        """)
+    assert result.exit_code == 0, result.output
+    assert report["primary_metric"] == {"name": "error", "higher_is_better": False}
+    models = {m["name"]: m for m in report["models"]}
+    assert models["student"]["metrics"]["sign_accuracy"] > 0.8 and models["student"]["metrics"]["error"] < 0.6
+    assert {"cosine/value", "cosine/sign", "sqnr_db/value"} <= set(models["student"]["metrics"])
+    import onnxruntime as ort
+
+    student = folder / "runs" / "t" / models["student"]["path"]
+    assert [o.name for o in ort.InferenceSession(str(student)).get_outputs()] == ["value", "sign"]
+    # execute: compress quantize on the exported student, gated on the same metric
+    data = np.load(folder / "two.npz")
+    np.savez(folder / "gate.npz", x=data["x"][:200], y_value=data["y_value"][:200], y_sign=data["y_sign"][:200])
+    np.savez(folder / "calib.npz", x=data["x"][200:328])
+    out = folder / "q" / "student-int8.onnx"
+    q = CliRunner().invoke(main, ["quantize", str(student), "--out", str(out), "--calibration",
+                                  str(folder / "calib.npz"), "--data", str(folder / "gate.npz"), "--metric",
+                                  "metrics:both", "--primary", "error", "--lower-is-better", "--max-metric-drop",
+                                  "0.2", "--quiet"], catch_exceptions=False)
+    # assert: the summary names the gate, every attempt carries the metric's figures
+    assert q.exit_code == 0, q.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate"] == "metrics:both on 200 samples from gate.npz"
+    assert summary["gate_metric"]["metric"] == {"name": "error", "higher_is_better": False}
+    accepted = [a for a in summary["attempts"] if a["accepted"]]
+    assert accepted and "sign_accuracy" in accepted[0]["figures"] and out.is_file()
+
+
+def test_tensors_figures_are_per_output_cosine_and_sqnr():
+    from compress.tasks.tensors import Tensors
+
+    ref = {"a": np.ones((4, 3)), "b": np.arange(8.0).reshape(4, 2)}
+    noisy = {"a": ref["a"] + 0.01, "b": -ref["b"]}
+    figures = Tensors().metrics(noisy, None, ref)
+    assert figures["cosine/a"] == pytest.approx(1.0) and figures["cosine/b"] == pytest.approx(-1.0, abs=1e-9)
+    assert 35 < figures["sqnr_db/a"] < 45 and figures["sqnr_db"] == figures["sqnr_db/b"] < 0
+    assert figures["cosine"] == pytest.approx(0.0, abs=1e-6)
+    assert Tensors().metrics(ref, None, ref)["sqnr_db"] == 80.0  # identical: the cap, not infinity
+    labelled = Tensors().metrics(ref, {"b": np.zeros((4, 2))}, ref)
+    assert labelled["mse/b"] == pytest.approx(np.mean(np.arange(8.0) ** 2)) and "mse/a" not in labelled
+
+
+def test_the_users_metric_must_return_numbers_and_its_primary(tmp_path: Path):
+    from compress.tasks.metric import UserMetric
+
+    (tmp_path / "m.py").write_text("def bad(o, t):\n    return 3\n\ndef ok(o, t):\n    return {'f1': 0.5, 'p': 1}\n"
+                                   "\ndef boom(o, t):\n    raise KeyError('boxes')\n")
+    with pytest.raises(CompressError, match=r"^evaluate.metric: m:bad returned int; expected a dict of figures"):
+        UserMetric("m:bad", base_dir=tmp_path, origin="evaluate.metric")({}, None)
+    with pytest.raises(CompressError, match=r"^evaluate.primary: 'map' is not among the figures m:ok returned "
+                                            r"\(f1, p\)$"):
+        UserMetric("m:ok", base_dir=tmp_path, origin="evaluate.metric", primary="map")({}, None)
+    with pytest.raises(CompressError, match=r"^evaluate.metric: m:boom raised KeyError: 'boxes'$"):
+        UserMetric("m:boom", base_dir=tmp_path, origin="evaluate.metric")({}, None)
+    first = UserMetric("m:ok", base_dir=tmp_path, origin="evaluate.metric")
+    assert first({}, None) == {"f1": 0.5, "p": 1.0} and first.primary.name == "f1"
