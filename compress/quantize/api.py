@@ -97,6 +97,24 @@ def quantize(
     return result
 
 
+def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, calib_x: np.ndarray | None,
+                    val_x: np.ndarray, val_y: np.ndarray, **kwargs: Any) -> dict[str, Any]:
+    """`quantize` for a one-input classifier on arrays (scripts, benchmarks): the accuracy gate on (val_x, val_y),
+    calibration batches of `calib_x`, latency on rows of val_x."""
+    from compress.onnx.graph import single_input
+    from compress.quantize.gate import accuracy_gate
+
+    name = single_input(Path(onnx_path), what="quantize")[0]
+
+    def feed(batch: int) -> dict[str, np.ndarray]:
+        return {name: np.concatenate([val_x[:batch]] * -(-batch // len(val_x)))[:batch]}
+
+    gate = accuracy_gate({name: val_x}, val_y, cfg.max_accuracy_drop, key="quantize.max_accuracy_drop",
+                         source=f"{len(val_y)} validation samples")
+    calibration = qa.batched({name: calib_x}, cfg.calibration_batch) if calib_x is not None else None
+    return quantize(onnx_path, out_dir, cfg, gate=gate, calibration=calibration, feed=feed, **kwargs)
+
+
 def _named(record: dict[str, Any], gate: Gate) -> dict[str, Any]:
     """`accuracy` / `accuracy_drop` beside `score` / `drop` when the gate is on accuracy (the report's names)."""
     if gate.metric.name == "accuracy":

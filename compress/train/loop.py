@@ -237,8 +237,8 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
     precision = _precision(cfg.precision, world.device)
     best = {"score": metric_of().worst(), "epoch": -1, "figures": {}, "state": copy.deepcopy(model.state_dict())}
     history: list[dict] = []
-    bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch", enabled=progress)
-    for epoch in bar:
+    bar = progress_bar(total=cfg.epochs, desc=desc, unit="epoch", enabled=progress)
+    for epoch in range(cfg.epochs):
         for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)  # a DistributedSampler or length-grouped batches reshuffle per epoch
@@ -261,12 +261,14 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
         history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), f"val_{primary.name}": score,
                         "val": figures, "examples": int(seen), **stepper.clocks()})
         bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", **{primary.name: f"{score:.4f}"})
+        bar.update(1)  # one line per epoch in a log, the last one too (a time budget ends the loop early)
         if primary.better(score, best["score"]) or best["epoch"] < 0:
             best = {"score": score, "epoch": epoch + 1, "figures": figures, "state": copy.deepcopy(model.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
         if stepper.stopped:
             break
+    bar.close()
     model.load_state_dict(best["state"])
     world.broadcast_weights(model)  # every rank holds rank 0's bits: what rank 0 writes is what all trained
     for p in fixed:
