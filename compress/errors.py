@@ -61,3 +61,32 @@ def unwrap_worker(text: str) -> str:
     last = text.rstrip().splitlines()[-1]
     head, sep, tail = last.partition("Error: ")
     return tail if sep and " " not in head else last
+
+
+class Stopped(BaseException):
+    """The process was asked to stop (SIGTERM, SIGHUP): raised where it was, so every `with` block (scratch folders,
+    the run lock, torchrun children) unwinds as for Ctrl-C. Exit code 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (what CI cancellations and `kill` send) and SIGHUP (a closed terminal) raise Stopped in the main
+    thread, so they clean up as Ctrl-C does instead of ending the process where it stands."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, stop)

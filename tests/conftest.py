@@ -31,6 +31,27 @@ def absent_provider() -> tuple[str, str]:
     return short, PROVIDERS[short]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest run gets a base temp folder of its own (unless --basetemp names one): two runs at once never
+    share, or clean up, each other's folders. It is removed when the run passes and kept when it fails."""
+    import tempfile
+
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="compress-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `cuda` need the CUDA execution provider, tests marked `qnn` onnxruntime-qnn (the QNN EP plugin
     with its HTP simulator), tests marked `openvino` the OpenVINO EP (onnxruntime-openvino): each is skipped, with

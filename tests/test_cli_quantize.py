@@ -189,3 +189,51 @@ def test_a_model_too_big_for_one_protobuf_is_quantized_with_external_data(tmp_pa
     assert "weights kept as external data" in json.loads(out.with_suffix(".json").read_text())["preprocess"]
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)
+
+
+def _constant_weights(path: Path) -> Path:
+    """A 16 -> 32 -> 4 MatMul net whose weights are Constant nodes (as Paddle exports write them)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = [helper.make_node("Constant", [], [f"w{i}"], name=f"const{i}",
+                               value=numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32)))
+              for i, shape in enumerate([(16, 32), (32, 4)])]
+    nodes = consts + [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc1"),
+                      helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                      helper.make_node("MatMul", ["r", "w1"], ["logits"], name="fc2")]
+    graph = helper.make_graph(nodes, "const", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_weights_in_constant_nodes_are_quantized_and_the_summary_says_so(tmp_path: Path):
+    # setup
+    model = _constant_weights(tmp_path / "const.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / "const-int8.onnx"
+    # execute
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--max-accuracy-drop", "1",
+                     "--pick", "quantized", "--no-fallback")
+    # assert: both weights became int8 initializers, and the summary names the move
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert "2 Constant nodes holding weights moved to initializers" in summary["preprocess"]
+    int8 = [i.name for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8
+            and i.name.endswith("_quantized")]
+    assert sorted(int8) == ["w0_quantized", "w1_quantized"], int8
+
+
+def test_exclude_keeps_an_op_type_in_float_and_an_unknown_one_is_named(tmp_path: Path, files: dict):
+    out = tmp_path / "ex.onnx"
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"],
+                     "--exclude", "fc2", "--pick", "quantized", "--no-fallback")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["attempts"][0]["settings"]["nodes_to_exclude"] == ["fc2/MatMulAddFusion"]
+    inits = {i.name: i.data_type for i in onnx.load(str(out)).graph.initializer}
+    assert inits["w2"] == onnx.TensorProto.FLOAT and inits["w1_quantized"] == onnx.TensorProto.INT8
+    bad = _invoke(files["model"], "--out", tmp_path / "bad.onnx", "--mode", "dynamic", "--exclude", "Conv")
+    assert bad.exit_code == 2 and bad.output.strip().startswith(
+        "error: quantize.exclude: 'Conv' is neither a node name nor an op type of preprocessed.onnx")

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from compress.errors import CompressError
+from compress.errors import CompressError, Stopped
 
 
 class _Group(click.Group):
     """Every subcommand's CompressError becomes `error: <one line>` and its exit code; -v shows the traceback.
 
     An OSError that escaped (disk full, permission denied, a path that vanished) is the user's machine talking, not a
-    bug: it is one line and exit 2 as well. Ctrl-C is one line and exit 130; the run resumes from its cache.
+    bug: it is one line and exit 2 as well. Ctrl-C is one line and exit 130, SIGTERM and SIGHUP one line and
+    128 + the signal (143, 129), after the same clean-up; the run resumes from its cache.
     """
 
     def invoke(self, ctx: click.Context):
@@ -26,6 +27,9 @@ class _Group(click.Group):
             _fail(ctx, f"{where}{exc.strerror or exc}; check the path, free disk space and permissions", 2)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted; run the same command again to resume from the stages that finished", 130)
+        except Stopped as exc:
+            _fail(ctx, f"stopped by {exc.name}; scratch files were removed and the run directory released; run the "
+                  "same command again to resume from the stages that finished", 128 + exc.signum)
 
 
 MAX_LINE_CHARS = 500
@@ -53,9 +57,11 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Teacher to a small, fast, measured ONNX model, driven by one TOML file."""
+    from compress.errors import stop_on_signals
     from compress.heap import limit_heap_growth_for_run
 
     limit_heap_growth_for_run()  # a fixed mmap threshold: memory flat in the data (compress/heap.py)
+    stop_on_signals()  # SIGTERM / SIGHUP unwind like Ctrl-C: scratch folders removed, the run lock released
     ctx.meta["compress.verbose"] = verbose
     if verbose:
         import logging

@@ -50,6 +50,8 @@ SAMPLES = 64
               help="Budget of --metric, in the metric's own units.")
 @click.option("--pick", type=click.Choice(["fastest", "quantized"]), default="fastest", show_default=True,
               help="fastest: ship int8 only when it is significantly faster; quantized: whenever it meets the budget.")
+@click.option("--exclude", "exclude", multiple=True, metavar="NODE_OR_OP",
+              help="Keep this node (by name) or every node of this op type in float (repeatable).")
 @click.option("--keep-attempts", "keep_dir", type=click.Path(path_type=Path), default=None,
               help="Keep every attempt's model in this folder, for your own evaluation.")
 @click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
@@ -63,7 +65,7 @@ SAMPLES = 64
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
              metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
              max_accuracy_drop: float, max_cosine_drop: float, max_metric_drop: float, pick: str,
-             keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...], dims: tuple[str, ...],
+             exclude: tuple[str, ...], keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...], dims: tuple[str, ...],
              no_fallback: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
 
@@ -97,7 +99,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     if warning:
         log.warning("%s", warning)
         click.echo(warning, err=True)
-    cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick)
+    cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
         result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib),

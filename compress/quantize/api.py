@@ -138,6 +138,8 @@ class _Search:
     preprocess_note: str
     float_figures: dict[str, float]
     float_score: float
+    excluded: list[str] = field(default_factory=list)
+    """Nodes the user keeps in float in every attempt ([quantize] exclude, --exclude)."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -166,11 +168,16 @@ class _Search:
         figures = gate.score(onnx_path)
         base = out_dir / "preprocessed.onnx"
         note = qa.preprocess(onnx_path, base, cfg.mode)
+        excluded = qa.excluded_nodes(base, cfg.exclude)
+        if excluded:
+            note += f"; kept in float as asked: {', '.join(excluded)}"
         return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note, figures,
-                   figures[gate.metric.name])
+                   figures[gate.metric.name], excluded)
 
     def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
         """Quantize once with `settings`; score it and judge it against the budget."""
+        settings = {**settings, "nodes_to_exclude": list(dict.fromkeys([*self.excluded,
+                                                                        *settings["nodes_to_exclude"]]))}
         name = qa.attempt_name(len(self.attempts) + 1, settings)
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}

@@ -6,7 +6,7 @@ import contextlib
 import io
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -249,6 +249,11 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
     changed = without_initializer_inputs(model)
     if changed:
         notes.append("weights dropped from the graph inputs (IR 3)")
+    moved = constants_to_initializers(model)
+    if moved:
+        changed = True
+        notes.append(f"{moved} Constant node{'s' if moved != 1 else ''} holding weights moved to initializers (the "
+                     "quantizer reads weights from initializers only; left as nodes they stay float)")
     old_opset = default_opset(model)
     if not changed and not (mode == "static" and old_opset < QDQ_OPSET):
         return src, notes
@@ -258,6 +263,57 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
         notes.append(f"opset {old_opset} upgraded to {QDQ_OPSET} (onnx version converter)")
     save(newer if newer is not None else model, copy, large=large)
     return copy, notes
+
+
+CONSTANT_WEIGHT_ELEMENTS = 16
+"""A float Constant node with at least this many elements is a weight (Paddle exports store them so); smaller ones
+(shapes, scalars, epsilons) stay nodes."""
+
+
+def constants_to_initializers(model: Any) -> int:
+    """Turn float Constant nodes of the main graph that hold weight-sized tensors into initializers, in place;
+    return how many. Exporters such as Paddle's write weights as Constant nodes, which ORT's quantizer never reads:
+    the "int8" model then keeps them in float, larger and slower than the fp32 one."""
+    import onnx
+
+    graph = model.graph
+    keep, moved = [], 0
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR),
+                     None) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        size = int(np.prod(value.dims)) if value is not None and len(value.dims) else 0
+        if value is None or value.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or \
+                size < CONSTANT_WEIGHT_ELEMENTS:
+            keep.append(node)
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
+    """Node names for `--exclude` / [quantize] exclude: each entry a node name (also after the pre-processing fused
+    it with its neighbours) or an op type (every node of it); an entry that matches nothing is one line naming it."""
+    import onnx
+
+    if not wanted:
+        return []
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    names: list[str] = []
+    for entry in wanted:  # ORT's pre-processing names a fused node after its first: 'fc2/MatMulAddFusion'
+        found = [n.name for n in nodes if entry in (n.name, n.op_type) or n.name.startswith(f"{entry}/")]
+        if not found:
+            ops = sorted({n.op_type for n in nodes})
+            raise CompressError(f"quantize.exclude: {entry!r} is neither a node name nor an op type of "
+                                f"{Path(model_path).name} (its op types: {', '.join(ops)})")
+        names += [n for n in found if n not in names]
+    return names
 
 
 def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:

@@ -70,6 +70,10 @@ class QuantizeConfig(Section):
     fallback: bool = Field(
         True, description="When the first attempt misses the budget, try the remedies in order automatically."
     )
+    exclude: tuple[str, ...] = Field(
+        (), description="Nodes to keep in float in every attempt, by node name or op type (e.g. a detector's head "
+        "Concat); the remedies may keep more."
+    )
     max_float_nodes: int = Field(
         8, ge=0, description="Most nodes the last remedy may leave in float (tried as 1, 2, 4, ... up to this)."
     )
