@@ -259,10 +259,7 @@ def _check_files(cfg: PipelineConfig) -> None:
         if size > MAX_CHECKPOINT_BYTES:
             raise CompressError(f"{path}: teacher.checkpoint: {ckpt} is {size} bytes, over the "
                                 f"{MAX_CHECKPOINT_BYTES}-byte limit; is it the right file?")
-    if cfg.data.source.startswith("npz:"):
-        npz = cfg.resolve(cfg.data.source[4:])
-        if not npz.is_file():
-            raise CompressError(f"{path}: data.source: file not found: {npz}")
+    cfg.data.check_files(cfg.base_dir, f"{path}: data.source")
     from compress.families import family_of
 
     if cfg.teacher.checkpoint is None and cfg.teacher.train is None and not family_of(cfg.teacher.model).weights_in_spec:

@@ -211,3 +211,51 @@ def test_bench_kit_runs_the_model_on_qnn_htp_and_compare_reads_it(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(kit / "device.json"), str(kit / "device.json")])
     assert result.exit_code == 0, result.output
     assert "QNNExecutionProvider" in result.output
+
+
+def abort_after_marking() -> None:
+    """What a native abort inside a provider looks like to the process: SIGABRT, after a stage was reached."""
+    import os
+
+    from compress.edge.isolated import mark
+
+    mark("placement on HTP")
+    os.abort()
+
+
+def test_a_native_abort_in_the_provider_is_one_line_naming_signal_and_stage(tmp_path):
+    from compress.edge.isolated import ProviderCrashed, run_isolated
+
+    with pytest.raises(ProviderCrashed) as err:
+        run_isolated("tests.test_qnn:abort_after_marking", {}, out_dir=tmp_path, name="qnn",
+                     provider="QNNExecutionProvider")
+    assert err.value.exit_code == 1
+    assert str(err.value).startswith("provider QNNExecutionProvider: the provider's native code ended the process with "
+                                     "signal 6 (SIGABRT) during 'placement on HTP'")
+
+
+def test_the_npu_budget_judges_the_figure_the_outputs_allow():
+    from compress.edge.qnn_flow import judge
+
+    labelled = {"accuracy_drop_htp_vs_fp32": 0.311, "outputs_look_like_logits": True}
+    assert judge(labelled, 0.01) == {"metric": "accuracy", "drop": 0.311, "budget": 0.01, "ok": False}
+    logits = {"outputs_look_like_logits": True, "top1_agreement_htp_vs_fp32_cpu": 0.995}
+    assert judge(logits, 0.01)["ok"] and judge(logits, 0.01)["metric"] == "top-1 agreement with fp32"
+    boxes = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.97, "top1_agreement_htp_vs_fp32_cpu": 0}
+    assert judge(boxes, 0.01)["metric"] == "cosine to fp32" and not judge(boxes, 0.01)["ok"]
+
+
+@pytest.mark.qnn
+def test_a_model_with_metadata_props_goes_to_htp_and_keeps_them(tmp_path):
+    # ORT's qnn_preprocess_model raised TypeError on models that carry metadata_props (YOLO, PP-OCR)
+    import onnx
+
+    from compress.onnx.graph import set_metadata
+
+    x, y = _digits(16)
+    model = _tiny_cnn(tmp_path / "cnn.onnx")
+    set_metadata(model, {"names": "{0: 'digit'}", "stride": "8"})
+    section = prepare_qnn(model, tmp_path / "edge", calibration=x[:8], val_x=x, val_y=y, latency_runs=2)
+    assert section["placement"]["nodes_on_htp"] == section["placement"]["nodes_total"]
+    props = {p.key: p.value for p in onnx.load(section["qdq_path"]).metadata_props}
+    assert {k: props[k] for k in ("names", "stride")} == {"names": "{0: 'digit'}", "stride": "8"}

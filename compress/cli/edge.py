@@ -30,16 +30,21 @@ import click
               help="qnn: activation type of the QDQ model (uint16: more accurate, slower on the NPU).")
 @click.option("--qnn-option", "qnn_options", multiple=True, metavar="KEY=VALUE",
               help="qnn: QNN EP provider option, e.g. htp_arch=73 or soc_model=57 for the phone's chip.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="qnn: the NPU's budget: largest drop vs fp32 on the CPU of accuracy (with labels 'y'), else of "
+                   "top-1 agreement (class logits) or cosine (other outputs); exit 1 past it.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the whole section (every node, every provider) here.")
 def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimization: str, runtime_opt: bool,
          inputs_npz: Path | None, dims: tuple[str, ...], targets: tuple[str, ...], calibration_npz: Path | None,
-         activation_type: str, qnn_options: tuple[str, ...], json_path: Path | None) -> None:
+         activation_type: str, qnn_options: tuple[str, ...], max_accuracy_drop: float, json_path: Path | None) -> None:
     """Prepare MODEL for phones and boards: ORT format, operator config, parity, per-provider readiness.
 
     Writes <out>/<stem>.<level>.ort, the required_operators config for a minimal ORT build, and edge.json.
     Exit 1 when the ORT-format outputs differ from the ONNX ones by more than 1e-5 + 1e-5 x |output|.
-    With --provider qnn: the QNN QDQ model, the EPContext model (<stem>.qnn_ctx.onnx) and qnn.json too.
+    With --provider qnn: the QNN QDQ model, the EPContext model (<stem>.qnn_ctx.onnx) and qnn.json too, measured
+    in a child process (a native abort there is exit 1 with one line, edge.json kept); exit 1 when the NPU misses
+    --max-accuracy-drop.
     """
     from compress.cache import write_json
     from compress.edge import prepare, readiness_table
@@ -58,6 +63,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         inputs = load_npz(inputs_npz, session)
     out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
     qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options) if "qnn" in targets else None
+    if qnn is not None:
+        qnn["max_accuracy_drop"] = max_accuracy_drop
     section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
                       style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
     ort = section["ort"]
@@ -76,6 +83,12 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     click.echo(f"wrote {Path(out) / 'edge.json'}")
     if json_path is not None:
         write_json(json_path, section)
+    budget = (section.get("qnn") or {}).get("budget")
+    if budget and not budget["ok"]:
+        from compress.errors import GateFailed
+
+        raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
+                         f"on the CPU, over --max-accuracy-drop {budget['budget']:g} (edge.json has every figure)")
 
 
 def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,

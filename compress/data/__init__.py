@@ -69,6 +69,16 @@ class DataConfig(Section):
                                     "same holds for a file that passed the scan but fails to decode during the run "
                                     "(fraction of its split).")
 
+    def check_files(self, base_dir: Path, origin: str) -> None:
+        """A source that names one file (npz:) must find it, relative to the TOML's folder (`base_dir`)."""
+        from compress.errors import CompressError
+
+        scheme, _, rest = self.source.partition(":")
+        if scheme == "npz":
+            path = Path(rest) if Path(rest).is_absolute() else Path(base_dir) / rest
+            if not path.is_file():
+                raise CompressError(f"{origin}: file not found: {path}")
+
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, v: str) -> str:

@@ -71,7 +71,8 @@ def prepare(
     5. for each of `targets` ("qnn"), the target measured on its backend: `qnn` holds the keyword arguments
        of compress.edge.qnn_flow.prepare_qnn (calibration, val_x, val_y, activation_type, ...); the result
        goes under "qnn" and replaces the provider's readiness row with the measured one.
-    The section is also written to `out_dir/edge.json`.
+    The section is also written to `out_dir/edge.json`, also when the QNN target's native code ends its child
+    process (ProviderCrashed, exit 1, after edge.json holds what was measured before).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,12 +93,22 @@ def prepare(
         "readiness": readiness(model, optimization="basic" if style == "runtime" else optimization),
     }
     if "qnn" in targets:
-        from compress.edge.qnn_flow import prepare_qnn, readiness_entry
+        from compress.edge.qnn_flow import readiness_entry
 
         if not qnn or qnn.get("calibration") is None:
             raise CompressError("edge target qnn: no calibration data; pass --calibration DATA.npz "
                                 "(the pipeline passes its training data)")
-        section["qnn"] = prepare_qnn(Path(onnx_path), out_dir, fixed_batch=fixed_batch or 1, **qnn)
+        from compress.edge.isolated import ProviderCrashed, run_isolated
+
+        try:  # in a child process: a native abort inside the QNN plugin must not take compress with it
+            section["qnn"] = run_isolated("compress.edge.qnn_flow:prepare_qnn",
+                                          {"onnx_path": Path(onnx_path), "out_dir": out_dir,
+                                           "fixed_batch": fixed_batch or 1, **qnn},
+                                          out_dir=out_dir, name="qnn", provider="QNNExecutionProvider")
+        except ProviderCrashed as exc:
+            section["qnn"] = {"provider": "QNNExecutionProvider", "installed": True, "crashed": str(exc)}
+            write_json(out_dir / "edge.json", section)
+            raise
         section["readiness"]["providers"]["QNN"] = readiness_entry(section["qnn"])
     write_json(out_dir / "edge.json", section)
     if not section["parity_ok"]:

@@ -106,8 +106,11 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray",
     types = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8}
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="compress-qnn-") as tmp:
+        # ORT's QNN helpers trip on metadata_props (a TypeError inside qnn_preprocess_model): set them aside on a
+        # copy and put them back on the QDQ model
+        bare, props = _without_metadata(Path(onnx_path), Path(tmp) / "bare.onnx")
         pre = Path(tmp) / "pre.onnx"
-        src = pre if qnn_preprocess_model(str(onnx_path), str(pre)) else Path(onnx_path)
+        src = pre if qnn_preprocess_model(str(bare), str(pre)) else bare
         try:
             cfg = get_qnn_qdq_config(str(src), feeds_reader(batched({input_name: calibration}, batch)),
                                      activation_type=types[activation_type], weight_type=types[weight_type])
@@ -120,7 +123,25 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray",
                                 "model runs on ORT CPU with the calibration data") from None
         out_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(Path(tmp) / "qdq.onnx"), out_path)
+    if props:
+        from compress.onnx.graph import set_metadata
+
+        set_metadata(out_path, props)
     return out_path
+
+
+def _without_metadata(path: Path, copy: Path) -> tuple[Path, dict[str, str]]:
+    """`path` itself when it has no metadata_props, else a copy without them, and the props that were set aside."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not model.metadata_props:
+        return path, {}
+    props = {p.key: p.value for p in model.metadata_props}
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.save(model, str(copy))
+    return copy, props
 
 
 @contextlib.contextmanager

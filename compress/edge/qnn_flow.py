@@ -52,29 +52,49 @@ def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _accuracy(fixed: Path, qdq: Path, session: Any, name: str, x: "np.ndarray", y: "np.ndarray | None",
               batch: int) -> dict[str, Any]:
-    """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples."""
+    """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples: top-1 agreement
+    and accuracy (with labels) for class logits; cosine and SQNR to fp32 for any other output."""
     import numpy as np
 
     from compress.onnx.parity import compare, run_cpu
+    from compress.quantize.gate import looks_like_logits
+    from compress.tasks.tensors import Tensors
 
     fp32 = run_cpu(fixed, {name: x}, batch_size=batch)[0]
     int8 = run_cpu(qdq, {name: x}, batch_size=batch)[0]
     htp = run_batches(session, x, name, batch)
     vs_int8 = compare([int8], [htp], atol=1e-3)
     vs_fp32 = compare([fp32], [htp], atol=1e-3)
+    logits = looks_like_logits({"output": fp32})
     out: dict[str, Any] = {
-        "samples": int(len(x)),
+        "samples": int(len(x)), "outputs_look_like_logits": logits,
         "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],
         "max_abs_diff_htp_vs_int8_cpu": vs_int8["max_abs_diff"],
         "top1_agreement_htp_vs_fp32_cpu": vs_fp32["top1_agreement"],
         "max_abs_diff_htp_vs_fp32_cpu": vs_fp32["max_abs_diff"],
     }
-    if y is not None:
-        acc = {k: float(np.mean(v.argmax(-1) == y)) for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8),
-                                                                  ("htp", htp))}
+    figures = Tensors().metrics({"output": htp}, None, {"output": fp32})
+    out["cosine_htp_vs_fp32_cpu"], out["sqnr_db_htp_vs_fp32_cpu"] = figures["cosine"], figures["sqnr_db"]
+    if y is not None and logits:
+        acc = {k: float(np.mean(v.reshape(len(v), -1).argmax(-1) == np.asarray(y).reshape(-1)))
+               for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8), ("htp", htp))}
         out.update({f"accuracy_{k}": v for k, v in acc.items()})
         out["accuracy_drop_htp_vs_fp32"] = acc["fp32_cpu"] - acc["htp"]
     return out
+
+
+def judge(accuracy: dict[str, Any] | None, budget: float) -> dict[str, Any] | None:
+    """The NPU's budget: accuracy drop vs fp32 with labels; else the drop of top-1 agreement (class logits) or of
+    cosine (anything else) from fp32's perfect 1."""
+    if not accuracy:
+        return None
+    if "accuracy_drop_htp_vs_fp32" in accuracy:
+        metric, drop = "accuracy", accuracy["accuracy_drop_htp_vs_fp32"]
+    elif accuracy.get("outputs_look_like_logits"):
+        metric, drop = "top-1 agreement with fp32", 1.0 - accuracy["top1_agreement_htp_vs_fp32_cpu"]
+    else:
+        metric, drop = "cosine to fp32", 1.0 - accuracy["cosine_htp_vs_fp32_cpu"]
+    return {"metric": metric, "drop": drop, "budget": budget, "ok": drop <= budget + 1e-9}
 
 
 def _context_check(context: Path, session: Any, name: str, x: "np.ndarray", batch: int, strict: bool,
@@ -107,7 +127,8 @@ def _latency(session: Any, name: str, sample: "np.ndarray", runs: int) -> dict[s
 
 def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", val_x: "np.ndarray | None" = None,
                 val_y: "np.ndarray | None" = None, fixed_batch: int = 1, activation_type: ActivationType = "uint8",
-                provider_options: dict[str, str] | None = None, latency_runs: int = 20) -> dict[str, Any]:
+                provider_options: dict[str, str] | None = None, latency_runs: int = 20,
+                max_accuracy_drop: float = 0.01) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -115,9 +136,11 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", va
     model with the embedded context binary a phone app loads) into `out_dir`. `val_x` (and labels `val_y`) give
     the accuracy rows; without them the calibration data is used for agreement only.
     """
+    from compress.edge.isolated import mark
     from compress.edge.shapes import fix_batch
     from compress.onnx.graph import single_input
 
+    mark("register the QNN plugin")
     status = qnn_status()
     if not status["installed"]:
         return {"provider": "QNNExecutionProvider", "installed": False, "reason": status["reason"],
@@ -129,26 +152,33 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", va
     name, _, _ = single_input(fixed, what="the QNN target")
     usable = len(calibration) - len(calibration) % fixed_batch
     calib = calibration[:usable]
+    mark("QNN QDQ quantization")
     qdq = quantize_for_qnn(fixed, out_dir / f"{stem}.qnn.qdq.onnx", calib, name, activation_type=activation_type,
                            batch=fixed_batch)
+    mark("placement on HTP")
     placed = placement(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options=provider_options)
+    mark("a session without CPU fallback")
     strict = runs_without_fallback(qdq, provider_options=provider_options)
     section: dict[str, Any] = {
         "provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
         "activation_type": activation_type, "calibration_samples": int(len(calib)), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"],
-        "blockers": blockers(placed["refused"]), "accuracy": None, "context": None, "latency": None,
+        "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
+        mark("accuracy on HTP")
         session = htp_session(qdq, fallback=not strict["ok"], provider_options=provider_options)
         x, y = (val_x, val_y) if val_x is not None else (calib, None)
         x = x[: len(x) - len(x) % fixed_batch]
         y = y[: len(x)] if y is not None else None
         section["accuracy"] = _accuracy(fixed, qdq, session, name, x, y, fixed_batch)
+        section["budget"] = judge(section["accuracy"], max_accuracy_drop)
         if placed["context_path"]:
+            mark("the EPContext model")
             section["context"] = _context_check(Path(placed["context_path"]), session, name, x[: 8 * fixed_batch],
                                                 fixed_batch, strict["ok"], provider_options)
+        mark("latency on HTP")
         section["latency"] = _latency(session, name, x[:fixed_batch], latency_runs)
     write_json(out_dir / "qnn.json", section)
     return section
@@ -182,13 +212,20 @@ def qnn_table(section: dict[str, Any]) -> str:
     for b in section["blockers"]:
         lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
     a = section["accuracy"]
-    if a:
+    if a and not a.get("outputs_look_like_logits", True):
+        lines.append(f"  on {a['samples']} samples: cosine HTP vs fp32 CPU {a['cosine_htp_vs_fp32_cpu']:.4f}, "
+                     f"SQNR {a['sqnr_db_htp_vs_fp32_cpu']:.1f} dB (the outputs are not class logits)")
+    elif a:
         line = (f"  on {a['samples']} samples: top-1 agreement HTP vs ORT CPU int8 "
                 f"{a['top1_agreement_htp_vs_int8_cpu']:.3f}, vs fp32 {a['top1_agreement_htp_vs_fp32_cpu']:.3f}")
         if "accuracy_htp" in a:
             line += (f"; accuracy fp32 CPU {a['accuracy_fp32_cpu']:.4f}, int8 CPU {a['accuracy_int8_cpu']:.4f}, "
                      f"HTP {a['accuracy_htp']:.4f}")
         lines.append(line)
+    b = section.get("budget")
+    if b:
+        lines.append(f"  budget: {b['metric']} drop {b['drop']:.4f} {'<=' if b['ok'] else '>'} {b['budget']:g}"
+                     + ("" if b["ok"] else " (MISSED)"))
     c = section["context"]
     if c:
         same = c["loads"] and c["parity"]["ok"]
