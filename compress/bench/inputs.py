@@ -26,9 +26,19 @@ ORT_DTYPES: dict[str, Any] = {
 }
 
 
-def parse_dims(items: Iterable[str]) -> dict[str, int]:
-    """Parse ['seq=128', 'height=224'] into {'seq': 128, 'height': 224}; CompressError on a bad item."""
-    dims: dict[str, int] = {}
+class Dims(dict):
+    """{dim name: size} for symbolic dimensions, plus `batch_axes` ({input: axis or None}, from --batch-axis): what
+    every command that makes inputs is told about the model's shapes, passed along as one value."""
+
+    def __init__(self, *args: Any, batch_axes: dict[str, int | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_axes = dict(batch_axes or {})
+
+
+def parse_dims(items: Iterable[str], batch_axes: Iterable[str] = ()) -> Dims:
+    """Parse ['seq=128', 'height=224'] into {'seq': 128, 'height': 224} (and --batch-axis items); CompressError on a
+    bad item."""
+    dims = Dims(batch_axes=parse_batch_axes(batch_axes))
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
@@ -36,6 +46,9 @@ def parse_dims(items: Iterable[str]) -> dict[str, int]:
             size = int(value)
         except ValueError:
             size = 0
+        if name in ("?", "*"):
+            raise CompressError(f"--dim {item}: unnamed dimensions are not set all at once; fix one axis of one "
+                                "input with --fix-dim INPUT:AXIS=VALUE")
         if not sep or not name or size < 1:
             raise CompressError(f"--dim: expected NAME=POSITIVE_INT (e.g. seq=128), got {item!r}")
         dims[name] = size
@@ -52,32 +65,49 @@ def signature(session: Any) -> list[tuple[str, Any, list[int | str | None]]]:
     return out
 
 
-def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: dict[str, int]) -> tuple[int, ...]:
-    """Replace symbolic dims: a named dim from `dims`, else axis 0 becomes `batch`; anything else is an error.
+def parse_batch_axes(items: Iterable[str]) -> dict[str, int | None]:
+    """`--batch-axis NAME:AXIS` (or NAME:none): which axis of an input is the batch; default axis 0."""
+    axes: dict[str, int | None] = {}
+    for item in items:
+        name, sep, axis = item.rpartition(":")
+        if not sep or not name or not (axis.isdigit() or axis == "none"):
+            raise CompressError(f"--batch-axis: expected INPUT:AXIS or INPUT:none (e.g. state:1), got {item!r}")
+        axes[name] = None if axis == "none" else int(axis)
+    return axes
 
-    A fixed first dimension that is not `batch` is an error too: timing batch 1 and calling it batch 64 would
-    report a throughput 64 times too high.
+
+def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: dict[str, int],
+                   batch_axis: int | None = 0) -> tuple[int, ...]:
+    """Replace symbolic dims: a named dim from `dims`, else the batch axis (`batch_axis`, axis 0 unless said
+    otherwise; None: the input has none) becomes `batch`; anything else is an error. A scalar input stays a scalar.
+
+    A fixed batch axis that is not `batch` is an error too: timing batch 1 and calling it batch 64 would report a
+    throughput 64 times too high. The message names --batch-axis for inputs whose first axis is not a batch (an RNN
+    state [2, batch, 128]).
     """
     out = []
     for axis, dim in enumerate(shape):
-        if axis == 0 and isinstance(dim, int) and dim > 0 and dim != batch:
-            raise CompressError(f"input {name!r}: the model's batch dimension is fixed to {dim}, so batch {batch} "
-                                f"cannot run; use --batch {dim}, or re-export the model with a dynamic batch axis")
+        if axis == batch_axis and isinstance(dim, int) and dim > 0 and dim != batch:
+            raise CompressError(f"input {name!r}: its axis {axis} is fixed to {dim}, so batch {batch} cannot run; use "
+                                f"--batch {dim}, or --batch-axis {name}:N (or {name}:none) when that axis is not the "
+                                "batch")
         if isinstance(dim, int) and dim > 0:
             out.append(dim)
         elif isinstance(dim, str) and dim in dims:
             out.append(dims[dim])
-        elif axis == 0:
+        elif axis == batch_axis:
             out.append(batch)
         else:
             label = dim if isinstance(dim, str) and dim else f"axis {axis}"
-            hint = f"--dim {dim}=N" if isinstance(dim, str) and dim else "--inputs FILE.npz"
+            hint = (f"--dim {dim}=N" if isinstance(dim, str) and dim else f"--fix-dim {name}:{axis}=N") + \
+                " or --inputs FILE.npz"
             raise CompressError(f"input {name!r}: dimension {label} is symbolic; pass {hint}")
     return tuple(out)
 
 
 def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *, seed: int = 0,
-                bounds: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+                bounds: dict[str, int] | None = None, batch_axes: dict[str, int | None] | None = None
+                ) -> dict[str, np.ndarray]:
     """Random inputs that match the session's input signature (fixed seed, so runs are comparable).
 
     Floats are standard normal. Integer inputs that index a table (`bounds`, from `index_bounds`: token ids into
@@ -87,15 +117,16 @@ def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *,
     rng = np.random.default_rng(seed)
     feed: dict[str, np.ndarray] = {}
     for name, dtype, shape in signature(session):
-        size = concrete_shape(name, shape, batch, dims or {})
+        axes = batch_axes if batch_axes is not None else getattr(dims, "batch_axes", {})
+        size = concrete_shape(name, shape, batch, dims or {}, axes.get(name, 0))
         if np.issubdtype(dtype, np.floating):
-            feed[name] = rng.standard_normal(size).astype(dtype)
+            feed[name] = np.asarray(rng.standard_normal(size), dtype=dtype)
         elif "mask" in name.lower():
             feed[name] = np.ones(size, dtype=dtype)
         elif dtype is np.bool_:
-            feed[name] = rng.integers(0, 2, size).astype(np.bool_)
+            feed[name] = np.asarray(rng.integers(0, 2, size), dtype=np.bool_)
         else:
-            feed[name] = rng.integers(0, (bounds or {}).get(name, 100), size).astype(dtype)
+            feed[name] = np.asarray(rng.integers(0, (bounds or {}).get(name, 100), size), dtype=dtype)
     return feed
 
 

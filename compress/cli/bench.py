@@ -87,6 +87,10 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
 @click.option("--threads", "threads", multiple=True, type=click.IntRange(min=1), default=(1,), show_default=True,
               help="Intra-op threads. Repeat for several.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE", help="Size of a named symbolic dimension.")
+@click.option("--fix-dim", "fix", multiple=True, metavar="NAME=VALUE|INPUT:AXIS=VALUE",
+              help="Fix a dimension in the model itself (a timed copy), by name or by input and axis.")
+@click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
+              help="The axis of an input that --batch sets (default 0; none: the input has no batch axis).")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path),
               help="Feed these arrays (.npz, one per input name) instead of generated ones.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write rows, samples and environment here.")
@@ -112,7 +116,7 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
 @click.option("--kit", "kit_dir", type=click.Path(path_type=Path), help="Also write an on-device benchmark kit here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], threads: tuple[int, ...],
-          dims: tuple[str, ...], inputs_npz: Path | None, json_out: Path | None, baseline: Path | None,
+          dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], inputs_npz: Path | None, json_out: Path | None, baseline: Path | None,
           against: Path | None, max_regression: float, io_binding: bool | None, provider_options: tuple[str, ...], edge: bool,
           strict: bool, warmup_runs: int | None, min_runs: int | None, min_seconds: float | None,
           repetitions: int | None, time_budget: float | None, kit_dir: Path | None, quiet: bool) -> None:
@@ -144,10 +148,15 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         raise CompressError("--against and --baseline: use one; --against OLD.onnx measures both models now, "
                             "--baseline OLD.json compares with a saved result")
     names = [resolve_provider(p) for p in providers]
-    dim_sizes = parse_dims(dims)
+    dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
     base_rows = load_rows(baseline) if baseline is not None else None
     check_model_file(model)
+    if fix:
+        from compress.edge.shapes import fix_dims, parse_fix_dims
+
+        model = fix_dims(model, model.with_name(f"{model.stem}.fixed.onnx"), parse_fix_dims(fix))
+        click.echo(f"timing {model} (dimensions fixed: {', '.join(fix)})")
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
                                    "repetitions": repetitions, "time_budget_seconds": time_budget}.items()
                  if v is not None}
@@ -164,7 +173,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     if against is not None:
         check_model_file(against)
         if kit_dir is not None:  # before the gate, which may exit 1: the kit is what checks it on the device
-            kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None
+            kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else _generated(model, batch_sizes[0],
+                                                                                               dim_sizes)
             _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads),
                       settings, against=against, max_regression=max_regression)
         _against(model, against, names, batch_sizes, list(threads), settings, max_regression,
@@ -184,7 +194,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         write_json(json_out, doc)  # temp file + rename: a killed run never leaves half a JSON for a later gate
         click.echo(f"wrote {json_out}")
     if kit_dir is not None:
-        kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else None
+        kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else _generated(model, batch_sizes[0],
+                                                                                           dim_sizes)
         _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads), settings)
     if base_rows is not None:
         _baseline_gate(model, baseline, base_rows, result, max_regression)
@@ -297,6 +308,13 @@ def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -
         return any(v["ratio"] is not None and v["ratio"] > 1.0 + max_regression / 2 for v in verdict)
 
     return recheck
+
+
+def _generated(model: Path, batch: int, dims: Any) -> Any:
+    """The inputs the kit carries when none were given: generated here as the timing's are (--dim, --batch-axis)."""
+    from compress.edge.ort_format import sample_inputs
+
+    return sample_inputs(model, batch=1 if batch < 1 else batch, dims=dims)
 
 
 def _settings_dict(settings: Any) -> dict[str, Any]:

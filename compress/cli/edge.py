@@ -20,6 +20,11 @@ import click
               help=".npz with one array per model input for the parity check (default: seeded random).")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
               help="Size of a named symbolic dimension (a transformer's seq=128) for the parity inputs.")
+@click.option("--fix-dim", "fix", multiple=True, metavar="NAME=VALUE|INPUT:AXIS=VALUE",
+              help="Fix a dimension in the model first, by name or by input and axis (mobile providers and QNN "
+                   "want static shapes: height and width too, not only the batch).")
+@click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
+              help="The axis of an input that is its batch (default 0; none: no batch axis).")
 @click.option("--provider", "targets", type=click.Choice(["qnn"]), multiple=True,
               help="Also measure this target on its own backend: qnn = QNN EP, HTP (Snapdragon NPU) backend, "
                    "simulated here (needs onnxruntime-qnn: pip install 'compress[qnn]').")
@@ -36,7 +41,7 @@ import click
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the whole section (every node, every provider) here.")
 def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimization: str, runtime_opt: bool,
-         inputs_npz: Path | None, dims: tuple[str, ...], targets: tuple[str, ...], calibration_npz: Path | None,
+         inputs_npz: Path | None, dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], targets: tuple[str, ...], calibration_npz: Path | None,
          activation_type: str, qnn_options: tuple[str, ...], max_accuracy_drop: float, json_path: Path | None) -> None:
     """Prepare MODEL for phones and boards: ORT format, operator config, parity, per-provider readiness.
 
@@ -50,18 +55,22 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     from compress.edge import prepare, readiness_table
 
     inputs = None
-    if dims and inputs_npz is None:
+    out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
+    if fix:
+        from compress.edge.shapes import fix_dims, parse_fix_dims
+
+        model = fix_dims(model, Path(out) / f"{model.stem}.fixed.onnx", parse_fix_dims(fix))
+    if (dims or batch_axes) and inputs_npz is None:
         from compress.bench.inputs import parse_dims
         from compress.edge.ort_format import sample_inputs
 
-        inputs = sample_inputs(model, batch=fixed_batch or 1, dims=parse_dims(dims))
+        inputs = sample_inputs(model, batch=fixed_batch or 1, dims=parse_dims(dims, batch_axes))
     if inputs_npz is not None:
         from compress.bench.inputs import load_npz
         from compress.bench.providers import open_session
 
         session, _ = open_session(model, "cpu", threads=1, strict=True)
         inputs = load_npz(inputs_npz, session)
-    out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
     qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options) if "qnn" in targets else None
     if qnn is not None:
         qnn["max_accuracy_drop"] = max_accuracy_drop

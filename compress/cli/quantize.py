@@ -60,12 +60,20 @@ SAMPLES = 64
               help="Batch sizes the pick is timed at (repeatable).")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
               help="Size of a named symbolic dimension (a transformer's seq=128), for generated inputs and timing.")
+@click.option("--fix-dim", "fix", multiple=True, metavar="NAME=VALUE|INPUT:AXIS=VALUE",
+              help="Fix a dimension in the model (by name, or by input and axis) before quantizing it.")
+@click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
+              help="The axis of an input that --batch sets (default 0; none: the input has no batch axis).")
+@click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path), default=None,
+              help=".npz of model inputs (one array per input name) for the gate and the timing, when there is "
+                   "no --data or --calibration.")
 @click.option("--no-fallback", is_flag=True, help="Try the given settings only, no remedies.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
              metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
              max_accuracy_drop: float, max_cosine_drop: float, max_metric_drop: float, pick: str,
-             exclude: tuple[str, ...], keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...], dims: tuple[str, ...],
+             exclude: tuple[str, ...], keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...],
+             dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], inputs_npz: Path | None,
              no_fallback: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
 
@@ -82,31 +90,39 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     check_model_file(model)
     for p in providers:
         resolve_provider(p)
-    _check_batches(model, batches)
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
     if metric is not None and data_npz is None:
         raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
                             "their targets ('y' or 'y_NAME')")
-    dim_sizes = parse_dims(dims)
-    calib = _inputs(model, calibration, "--calibration") if calibration is not None else None
-    mode = mode or ("static" if calib is not None else "dynamic")
-    if mode == "static" and calib is None:
-        raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array per "
-                            "model input, or 'x' for one input); pass one or use --mode dynamic")
-    gate, warning = _gate(model, calib, data_npz, metric, primary, not lower_is_better, outputs, dim_sizes,
-                          budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop))
-    if warning:
-        log.warning("%s", warning)
-        click.echo(warning, err=True)
-    cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude)
+    dim_sizes = parse_dims(dims, batch_axes)
+    source = model
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
+        if fix:
+            from compress.edge.shapes import fix_dims, parse_fix_dims
+
+            model = fix_dims(model, Path(work) / f"{model.stem}.onnx", parse_fix_dims(fix))
+        _check_batches(model, batches)
+        calib = _inputs(model, calibration, "--calibration") if calibration is not None else None
+        given = _inputs(model, inputs_npz, "--inputs") if inputs_npz is not None else None
+        mode = mode or ("static" if calib is not None else "dynamic")
+        if mode == "static" and calib is None:
+            raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array "
+                                "per model input, or 'x' for one input); pass one or use --mode dynamic")
+        gate, warning = _gate(model, calib if calib is not None else given, data_npz, metric, primary,
+                              not lower_is_better, outputs, dim_sizes,
+                              budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
+                              given="--inputs" if calib is None and given is not None else None)
+        if warning:
+            log.warning("%s", warning)
+            click.echo(warning, err=True)
+        cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude)
         result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib),
-                              feed=_feed(model, calib, dim_sizes), providers=providers, batch_sizes=batches,
-                              progress=not quiet)
+                              feed=_feed(model, calib if calib is not None else given, dim_sizes),
+                              providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
-    summary = _summary(model, written, gate, result, mode, warning)
+        summary = _summary(source, written, gate, result, mode, warning, inputs=_input_names(model), fixed=fix)
     from compress.cache import write_json, write_text
 
     write_json(out_path.with_suffix(".json"), summary)
@@ -145,40 +161,51 @@ def _targets(path: Path) -> Any:
 
 
 def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
-          higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float]):
+          higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
+          given: str | None = None):
     """(the Gate, a warning line or None) from what the command was given."""
+    import numpy as np
+
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets
     if data_npz is not None:
         feeds, targets = _inputs(model, data_npz, "--data"), _targets(data_npz)
-        n = len(next(iter(feeds.values())))
+        n = _rows(feeds)
         if metric is not None:
             from compress.tasks.metric import UserMetric
 
             user = UserMetric(metric, base_dir=Path.cwd(), origin="--metric", primary=primary,
                               higher_is_better=higher)
             return metric_gate(user, model, feeds, targets, metric_budget, source=f"{n} samples from "
-                               f"{data_npz.name}"), None
-        if targets is not None and not isinstance(targets, dict) and looks_like_logits(outputs_of(model, {
-                k: v[:2] for k, v in feeds.items()})):
-            return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop",
-                                 source=data_npz.name), None
+                               f"{data_npz.name}", axes=dims.batch_axes), None
+        if targets is not None and not isinstance(targets, dict) and looks_like_logits(outputs_of(
+                model, feeds, axes=dims.batch_axes)):
+            return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
+                                 axes=dims.batch_axes), None
         source = f"{n} samples from {data_npz.name}"
     elif calib is not None:
-        feeds, source = calib, f"{len(next(iter(calib.values())))} calibration inputs"
+        rows = _rows(calib)
+        feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
     else:
         feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
-                          source=source)
+                          source=source, axes=dims.batch_axes)
     warning = None
     if gate.metric.name == "cosine":
-        shapes = {k: tuple(v.shape) for k, v in outputs_of(model, {k: v[:1] for k, v in feeds.items()}).items()}
+        shapes = {k: tuple(np.shape(v)) for k, v in outputs_of(model, feeds, axes=dims.batch_axes).items()}
         shown = ", ".join(f"{k} {s}" for k, s in shapes.items())
         warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "
                    "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
                    "gate on your own figure")
     return gate, warning
+
+
+def _rows(arrays: dict[str, Any]) -> int:
+    """Samples in input arrays: the first axis of the first input that has one (scalars have none)."""
+    import numpy as np
+
+    return next((int(np.shape(v)[0]) for v in arrays.values() if np.ndim(v)), 1)
 
 
 def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
@@ -190,7 +217,11 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
 
     step = fixed_batch(model) or SAMPLES
     chunks = [sample_inputs(model, batch=step, seed=seed, dims=dims) for seed in range(max(1, SAMPLES // step))]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    if len(chunks) == 1:
+        return chunks[0]
+    axes = getattr(dims, "batch_axes", {})
+    return {k: np.concatenate([c[k] for c in chunks], axis=axes.get(k, 0)) if np.ndim(v) else v
+            for k, v in chunks[0].items()}
 
 
 def _batches(model: Path, calib: Any) -> Any:
@@ -211,7 +242,17 @@ def _feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
 
     def feed(batch: int) -> dict[str, Any]:
         if calib is not None:
-            return {k: np.concatenate([v[:batch]] * -(-batch // len(v)))[:batch] for k, v in calib.items()}
+            axes = getattr(dims, "batch_axes", {})
+            out = {}
+            for k, v in calib.items():
+                axis = axes.get(k, 0)
+                if not np.ndim(v) or axis is None:
+                    out[k] = v
+                    continue
+                rows = np.take(v, range(min(batch, v.shape[axis])), axis=axis)
+                out[k] = np.take(np.concatenate([rows] * -(-batch // rows.shape[axis]), axis=axis), range(batch),
+                                 axis=axis)
+            return out
         return sample_inputs(model, batch=batch, dims=dims)
 
     return feed
@@ -244,10 +285,11 @@ def _write(model: Path, out: Path, result: dict[str, Any], keep_dir: Path | None
 
 
 def _summary(model: Path, written: dict[str, Any], gate: Any, result: dict[str, Any], mode: str,
-             warning: str | None) -> dict[str, Any]:
+             warning: str | None, *, inputs: list[str], fixed: tuple[str, ...] = ()) -> dict[str, Any]:
     attempts = [{k: v for k, v in a.items() if k != "path"} for a in result["attempts"]]
     return {"schema": "compress.quantize/1", "model": str(model), **written, "mode": mode, "gate": gate.what,
-            "gate_metric": gate.to_json(), "warnings": [warning] if warning else [], "inputs": _input_names(model),
+            "gate_metric": gate.to_json(), "warnings": [warning] if warning else [], "inputs": inputs,
+            "fixed_dims": list(fixed),
             "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"], "final": result["final"],
             "why": result["why"], "float": {k: v for k, v in result["float"].items() if k != "path"},
             "attempts": attempts, "pick": result.get("pick")}

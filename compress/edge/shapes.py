@@ -1,4 +1,5 @@
-"""Fixed shapes for edge providers (NNAPI, CoreML and QNN want them): the batch dimension set to a number."""
+"""Fixed shapes for edge providers (NNAPI, CoreML and QNN want them): the batch dimension set to a number, or any
+dimension by name or by input and axis (`--fix-dim`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,6 +44,55 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1) -> Path:
                 first.dim_value = batch
             else:
                 make_input_shape_fixed(model.graph, value.name, shape)
+    fix_output_shapes(model)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def parse_fix_dims(items: "tuple[str, ...] | list[str]") -> list[tuple[str, int | None, int]]:
+    """`--fix-dim` values: NAME=VALUE (a named symbolic dimension, everywhere it occurs) or INPUT:AXIS=VALUE (one
+    axis of one input, for unnamed dimensions). Returns [(name or input, axis or None, value)]."""
+    fixes = []
+    for item in items:
+        target, sep, value = item.rpartition("=")
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        name, colon, axis = target.rpartition(":") if ":" in target else (target, "", "")
+        if not sep or not (name or target) or size < 1 or (colon and not axis.isdigit()) or target in ("?", "*"):
+            raise CompressError(f"--fix-dim: expected NAME=VALUE (a named dimension, e.g. height=640) or "
+                                f"INPUT:AXIS=VALUE (one axis of one input, e.g. images:2=640), got {item!r}")
+        fixes.append((name, int(axis), size) if colon else (target, None, size))
+    return fixes
+
+
+def fix_dims(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | None, int]]) -> Path:
+    """A copy of the model with dimensions fixed (ORT's `make_dim_param_fixed` for a named one, the input's shape
+    for an axis of one input), output shapes re-inferred. A name or axis the model does not have is one line."""
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    model = load_model(onnx_path)
+    inputs = {v.name: v for v in graph_inputs(model.graph)}
+    params = {d.dim_param for v in inputs.values() for d in v.type.tensor_type.shape.dim if d.dim_param}
+    for name, axis, size in fixes:
+        if axis is None:
+            if name not in params:
+                raise CompressError(f"--fix-dim {name}={size}: {Path(onnx_path).name} has no dimension named "
+                                    f"{name!r} (named: {', '.join(sorted(params)) or 'none'}; unnamed ones: "
+                                    "INPUT:AXIS=VALUE)")
+            make_dim_param_fixed(model.graph, name, size)
+            continue
+        value = inputs.get(name)
+        dims = value.type.tensor_type.shape.dim if value is not None else []
+        if value is None or axis >= len(dims):
+            raise CompressError(f"--fix-dim {name}:{axis}={size}: {Path(onnx_path).name} has no input {name!r} with "
+                                f"an axis {axis} (inputs: {', '.join(inputs)})")
+        dims[axis].Clear()
+        dims[axis].dim_value = size
     fix_output_shapes(model)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,32 +36,49 @@ class Gate:
         return {"metric": self.metric.to_json(), "budget": self.budget, "key": self.key, "what": self.what}
 
 
-def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256, provider: str = "cpu") -> dict:
-    """{output name: array} of the model at `path` over whole input arrays, `batch` rows at a time (a model whose
-    batch dimension is fixed runs at that size, the last chunk zero-padded and cut)."""
+def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256, provider: str = "cpu",
+               axes: Mapping[str, int | None] | None = None) -> dict:
+    """{output name: array} of the model at `path` over whole input arrays, `batch` samples at a time along each
+    input's batch axis (`axes`: axis 0 by default, None for an input without one, a scalar never has one). A model
+    whose batch dimension is fixed runs at that size, the last chunk zero-padded and cut."""
     import os
 
     from compress.bench.providers import open_session
 
     session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
+    axis = {k: (None if not np.ndim(v) else (axes or {}).get(k, 0)) for k, v in feeds.items()}
+    first = next(((k, a) for k, a in axis.items() if a is not None), None)
+    n = np.shape(feeds[first[0]])[first[1]] if first else 1
     fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    step = fixed if isinstance(fixed, int) and fixed > 0 and first else batch
     names = [o.name for o in session.get_outputs()]
-    n = len(next(iter(feeds.values()))) if feeds and np.ndim(next(iter(feeds.values()))) else 1
     parts: list[list] = [[] for _ in names]
     try:
         for start in range(0, n, step):
-            chunk = {k: np.asarray(v[start:start + step]) if np.ndim(v) else np.asarray(v) for k, v in feeds.items()}
-            got = len(next(iter(chunk.values()))) if np.ndim(next(iter(chunk.values()))) else 1
-            if fixed and got < step:
-                chunk = {k: np.concatenate([v, np.zeros((step - got, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+            chunk = {k: np.asarray(v) if axis[k] is None else
+                     np.take(v, range(start, min(start + step, n)), axis=axis[k]) for k, v in feeds.items()}
+            got = min(step, n - start)
+            if first and fixed and got < step:
+                chunk = {k: v if axis[k] is None else _pad(v, step, axis[k]) for k, v in chunk.items()}
             for i, value in enumerate(session.run(None, chunk)):
-                parts[i].append(value[:got] if np.ndim(value) else value)
+                parts[i].append(value)
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the gate's inputs in ONNX Runtime ({first_line(exc)})") from None
-    return {name: np.concatenate(p) if np.ndim(p[0]) else p[0] for name, p in zip(names, parts)}
+    out = {}
+    for name, p in zip(names, parts):
+        if len(p) == 1:
+            out[name] = p[0] if not (first and fixed) else p[0][: n]
+        else:  # outputs are batch-first unless they mirror an input's other batch axis: join on their first axis
+            out[name] = np.concatenate([q[:step] for q in p])[:n] if np.ndim(p[0]) else p[0]
+    return out
+
+
+def _pad(v: np.ndarray, size: int, axis: int) -> np.ndarray:
+    pad = [(0, 0)] * v.ndim
+    pad[axis] = (0, size - v.shape[axis])
+    return np.pad(v, pad)
 
 
 FEATURE_WORDS = ("embed", "feature", "hidden", "pool", "vector", "encod", "latent")
@@ -81,26 +98,26 @@ def looks_like_logits(outputs: Mapping[str, np.ndarray]) -> bool:
 
 
 def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: float, *, key: str,
-                  source: str) -> Gate:
+                  source: str, axes: Mapping[str, int | None] | None = None) -> Gate:
     """Top-1 accuracy of the (one) output's argmax on labelled inputs."""
     from compress.onnx.parity import top1_of
 
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
 
     def score(path: Path) -> dict[str, float]:
-        out = next(iter(outputs_of(path, feeds).values()))
+        out = next(iter(outputs_of(path, feeds, axes=axes).values()))
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
     return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}")
 
 
 def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_top1: float, budget_cosine: float,
-                   outputs: Sequence[str] = (), source: str) -> Gate:
+                   outputs: Sequence[str] = (), source: str, axes: Mapping[str, int | None] | None = None) -> Gate:
     """Agreement with the fp32 model at `reference` on `feeds`: top-1 agreement when the judged outputs are class
     logits, else per-output cosine and SQNR (the mean cosine decides). `outputs` chooses which are judged (all)."""
     from compress.tasks.tensors import Tensors
 
-    expected = outputs_of(reference, feeds)
+    expected = outputs_of(reference, feeds, axes=axes)
     chosen = list(outputs) or list(expected)
     missing = [o for o in chosen if o not in expected]
     if missing:
@@ -113,7 +130,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
         labels = top1_of(next(iter(expected.values())))
 
         def top1(path: Path) -> dict[str, float]:
-            got = outputs_of(path, feeds)[chosen[0]]
+            got = outputs_of(path, feeds, axes=axes)[chosen[0]]
             return {"top1_agreement": float(np.mean(top1_of(got) == labels))}
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
@@ -121,7 +138,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
     task = Tensors()
 
     def figures(path: Path) -> dict[str, float]:
-        got = outputs_of(path, feeds)
+        got = outputs_of(path, feeds, axes=axes)
         return task.metrics({k: got[k] for k in chosen}, None, expected)
 
     return Gate(figures, Metric("cosine"), budget_cosine, "--max-cosine-drop",
@@ -130,12 +147,12 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
 
 
 def metric_gate(metric: Any, reference: Path, feeds: Mapping[str, np.ndarray], targets: Any, budget: float, *,
-                source: str) -> Gate:
+                source: str, axes: Mapping[str, int | None] | None = None) -> Gate:
     """The user's `module:function` metric (compress.tasks.metric.UserMetric) on the model's outputs over `feeds`
     and their `targets`. It runs once on the fp32 `reference` here, so a broken metric fails before any work and
     its primary figure (the first it returns, unless named) is known."""
     def score(path: Path) -> dict[str, float]:
-        return metric(outputs_of(path, feeds), targets)
+        return metric(outputs_of(path, feeds, axes=axes), targets)
 
     score(reference)
     return Gate(score, metric.primary, budget, "--max-metric-drop", f"{metric.target} on {source}")

@@ -1,0 +1,99 @@
+"""Inputs the tools must express as they are: a scalar input, a state input whose batch is on axis 1, dimensions
+fixed by name or by input and axis, unnamed dimensions never set all at once. Tiny graphs with those features."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.cli import main
+
+
+def recurrent(path: Path) -> Path:
+    """A voice-activity-like graph: x [batch, 16], state [2, batch, 8], a scalar sample rate sr (int64);
+    outputs prob [batch, 1] and the new state [2, batch, 8]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((8, 1)).astype(np.float32), "v")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("Add", ["state", "h"], ["s"], name="mix"),
+             helper.make_node("Tanh", ["s"], ["new_state"], name="cell"),
+             helper.make_node("ReduceMean", ["new_state"], ["m"], name="pool", keepdims=0, axes=[0]),
+             helper.make_node("MatMul", ["m", "v"], ["logit"], name="head"),
+             helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Mul", ["logit", "srf"], ["scaled"], name="scale"),
+             helper.make_node("Sigmoid", ["scaled"], ["prob"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "vad", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, "batch", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def image(path: Path) -> Path:
+    """A detector-like input [batch, 3, height, width] with unnamed height and width (dims with no name)."""
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, None, None])
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["y"], name="relu")], "img", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _invoke(*args: object):
+    return CliRunner().invoke(main, [*map(str, args)])
+
+
+def test_a_scalar_input_stays_scalar_and_a_state_batch_on_axis_1_is_said_once(tmp_path: Path):
+    from compress.bench.inputs import make_inputs, parse_dims
+    from compress.bench.providers import open_session
+
+    model = recurrent(tmp_path / "vad.onnx")
+    session, _ = open_session(model, "cpu", 1, strict=True)
+    feed = make_inputs(session, 4, parse_dims([], ["state:1"]))
+    assert feed["sr"].shape == () and feed["x"].shape == (4, 16) and feed["state"].shape == (2, 4, 8)
+    assert session.run(None, feed)[0].shape == (4, 1)
+    # without --batch-axis, axis 0 of state (2) is taken for the batch: one line naming the option that exists
+    result = _invoke("bench", model, "--batch", "4", "--time-budget", "1")
+    assert result.exit_code == 2
+    assert "input 'state': its axis 0 is fixed to 2, so batch 4 cannot run" in result.output
+    assert "--batch-axis state:N (or state:none)" in result.output
+    timed = _invoke("bench", model, "--batch", "4", "--batch-axis", "state:1", "--time-budget", "1")
+    assert timed.exit_code == 0, timed.output
+
+
+def test_compress_quantize_takes_scalar_and_state_inputs(tmp_path: Path):
+    model = recurrent(tmp_path / "vad.onnx")
+    out = tmp_path / "vad-int8.onnx"
+    result = _invoke("quantize", model, "--out", out, "--mode", "dynamic", "--batch-axis", "state:1",
+                     "--max-cosine-drop", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["inputs"] == ["x", "state", "sr"] and summary["gate_metric"]["metric"]["name"] == "cosine"
+    assert {"cosine/prob", "cosine/new_state"} <= set(summary["attempts"][0]["figures"])
+
+
+def test_fix_dim_by_input_and_axis_and_never_all_unnamed_at_once(tmp_path: Path):
+    from compress.edge.shapes import fix_dims, parse_fix_dims
+
+    model = image(tmp_path / "img.onnx")
+    fixed = fix_dims(model, tmp_path / "fixed.onnx", parse_fix_dims(["images:2=48", "images:3=192", "batch=1"]))
+    dims = [d.dim_value for d in onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 48, 192]
+    result = _invoke("bench", model, "--dim", "?=48")
+    assert result.exit_code == 2 and "unnamed dimensions are not set all at once" in result.output
+    result = _invoke("bench", model, "--time-budget", "1")
+    assert result.exit_code == 2 and "pass --fix-dim images:2=N or --inputs FILE.npz" in result.output
+    timed = _invoke("bench", model, "--fix-dim", "images:2=48", "--fix-dim", "images:3=192", "--time-budget", "1")
+    assert timed.exit_code == 0, timed.output
+    bad = _invoke("bench", model, "--fix-dim", "height=48")
+    assert bad.exit_code == 2 and "has no dimension named 'height'" in bad.output
