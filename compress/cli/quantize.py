@@ -52,6 +52,8 @@ SAMPLES = 64
               help="fastest: ship int8 only when it is significantly faster; quantized: whenever it meets the budget.")
 @click.option("--exclude", "exclude", multiple=True, metavar="NODE_OR_OP",
               help="Keep this node (by name) or every node of this op type in float (repeatable).")
+@click.option("--max-memory", "max_memory_mb", type=click.FloatRange(min=1), default=None, metavar="MB",
+              help="Memory cap of calibration and the sensitivity ranking [default: half of the memory available].")
 @click.option("--keep-attempts", "keep_dir", type=click.Path(path_type=Path), default=None,
               help="Keep every attempt's model in this folder, for your own evaluation.")
 @click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
@@ -72,7 +74,7 @@ SAMPLES = 64
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
              metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
              max_accuracy_drop: float, max_cosine_drop: float, max_metric_drop: float, pick: str,
-             exclude: tuple[str, ...], keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...],
+             exclude: tuple[str, ...], max_memory_mb: float | None, keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...],
              dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], inputs_npz: Path | None,
              no_fallback: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
@@ -117,7 +119,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         if warning:
             log.warning("%s", warning)
             click.echo(warning, err=True)
-        cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude)
+        cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
+                             max_memory_mb=max_memory_mb)
         result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib),
                               feed=_feed(model, calib if calib is not None else given, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)

@@ -140,6 +140,8 @@ class _Search:
     float_score: float
     excluded: list[str] = field(default_factory=list)
     """Nodes the user keeps in float in every attempt ([quantize] exclude, --exclude)."""
+    cap: int | None = None
+    """Bytes calibration may hold (compress.quantize.sensitivity.memory_cap)."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -171,8 +173,10 @@ class _Search:
         excluded = qa.excluded_nodes(base, cfg.exclude)
         if excluded:
             note += f"; kept in float as asked: {', '.join(excluded)}"
+        from compress.quantize.sensitivity import memory_cap
+
         return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note, figures,
-                   figures[gate.metric.name], excluded)
+                   figures[gate.metric.name], excluded, memory_cap(cfg.max_memory_mb))
 
     def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
         """Quantize once with `settings`; score it and judge it against the budget."""
@@ -182,7 +186,7 @@ class _Search:
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
         try:
-            calibrated = qa.quantize_once(self.base, path, settings, self.calib)
+            calibrated = qa.quantize_once(self.base, path, settings, self.calib, cap=self.cap)
             figures = self.gate.score(path)
             if calibrated:
                 record["calibration"] = f"calibrated on {calibrated}"

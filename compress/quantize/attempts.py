@@ -12,7 +12,8 @@ import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
-from compress.quantize.sensitivity import feeds_reader as _reader, rank_sensitive_nodes, samples_that_fit
+from compress.quantize.sensitivity import (batches_that_fit, feeds_reader as _reader, memory_cap,
+                                          rank_sensitive_nodes, samples_that_fit)
 
 # Ops that only move or select values: keeping one in float removes no rounding of its own.
 _DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
@@ -58,8 +59,9 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     best = max(tried, key=lambda a: -gate.drop(0.0, a["score"]))
     settings = dict(best["settings"])
     wanted = min(cfg.calibration_samples, sum(_rows(f) for f in calib))
-    keep, _ = samples_that_fit(base, wanted, copies=3)  # both models' activations
+    keep, note = samples_that_fit(base, wanted, copies=3, cap=memory_cap(cfg.max_memory_mb))  # both models' tensors
     ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), _quantizable_ops(settings))
+    why = f" (ranked on {note})" if note else ""
     names = [n for n, _ in ranked]
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
     bar.total += len(counts)
@@ -67,7 +69,7 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
         if count == 0:
             continue
         rec = attempt({**settings, "nodes_to_exclude": names[:count]},
-                      f"remedy: {count} most sensitive node{'s' if count > 1 else ''} kept in float")
+                      f"remedy: {count} most sensitive node{'s' if count > 1 else ''} kept in float{why}")
         bar.update(1)
         if rec["accepted"]:
             return rec
@@ -118,7 +120,8 @@ def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
                                 f"sample, the model takes {want}; check [data] against the exported model")
 
 
-def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None) -> str:
+def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None,
+                  cap: int | None = None) -> str:
     """One quantization of the pre-processed model with `settings`, written to `out`. Returns a note for the
     summary when the calibration used fewer samples than given (memory), else ''."""
     import onnx
@@ -144,15 +147,22 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         # ORT's histogram calibrators keep every activation of every calibration batch before they summarise
         # (a ResNet-50 at 224 px: ~100 MB a sample; 64 samples went past 21 GB): take what fits
         total = sum(_rows(f) for f in calib)
-        keep, note = samples_that_fit(base, total, copies=4)
+        keep, note = samples_that_fit(base, total, copies=4, cap=cap)
         calib = take_samples(calib, keep)
+    folds = None
+    if calib and settings["calibration_method"] == "minmax":  # MinMax folds batches into ranges as it goes
+        folds = batches_that_fit(base, _rows(calib[0]), cap=cap)
+        if folds is not None and folds < len(calib):
+            note = f"all {sum(_rows(f) for f in calib)} samples, {folds} batch(es) held at a time (memory cap)"
+        else:
+            folds = None
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
-        _static(base, out, settings, calib, large=large)
+        _static(base, out, settings, calib, large=large, folds=folds)
     return note
 
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
-            large: bool = False) -> None:
+            large: bool = False, folds: int | None = None) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     exclude = list(settings["nodes_to_exclude"]) or None
@@ -164,7 +174,8 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[st
                     per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
                     nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
-                    use_external_data_format=large, extra_options={"DefaultTensorType": 1})
+                    use_external_data_format=large,
+                    extra_options={"DefaultTensorType": 1, **({"CalibMaxIntermediateOutputs": folds} if folds else {})})
 
 
 def is_large(path: Path) -> bool:

@@ -70,6 +70,11 @@ class QuantizeConfig(Section):
     fallback: bool = Field(
         True, description="When the first attempt misses the budget, try the remedies in order automatically."
     )
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="Memory cap of calibration and the sensitivity ranking, which keep activations: "
+        "the histogram calibrators and the ranking take the samples that fit, MinMax folds batches into ranges "
+        "as it goes; each says what it took. Default: half of the memory available when quantization starts."
+    )
     exclude: tuple[str, ...] = Field(
         (), description="Nodes to keep in float in every attempt, by node name or op type (e.g. a detector's head "
         "Concat); the remedies may keep more."

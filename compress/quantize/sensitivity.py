@@ -104,18 +104,44 @@ def activation_bytes(model_path: Path) -> int:
     return total
 
 
-def samples_that_fit(model_path: Path, wanted: int, *, copies: int = 2, share: float = 0.25) -> tuple[int, str]:
-    """How many of `wanted` samples a tool that keeps all activations (`copies` models' worth) can take in `share`
-    of the memory available now, at least 8; and a note for the summary when that is fewer than wanted."""
-    per_sample = activation_bytes(model_path) * copies
+def memory_cap(max_memory_mb: float | None = None) -> int | None:
+    """The bytes calibration and the sensitivity ranking may hold: `max_memory_mb` when given, else half of the
+    memory available now (None where the platform does not say)."""
+    if max_memory_mb:
+        return int(max_memory_mb * 2**20)
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not every platform reports it: no cap
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def samples_that_fit(model_path: Path, wanted: int, *, copies: int = 2, cap: int | None = None,
+                     share: float | None = None) -> tuple[int, str]:
+    """How many of `wanted` samples a tool that keeps all activations (`copies` models' worth) can take within
+    `cap` bytes (default: memory_cap()), at least 8; and a note for the summary when that is fewer than wanted.
+    `share` (of the memory available now) is the older way to say the cap."""
+    per_sample = activation_bytes(model_path) * copies
+    if share is not None:
+        try:
+            cap = int(share * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            cap = None
+    elif cap is None:
+        cap = memory_cap()
+    if cap is None or per_sample <= 0 or per_sample * wanted <= cap:
         return wanted, ""
-    if per_sample <= 0 or per_sample * wanted <= share * available:
-        return wanted, ""
-    fit = max(8, int(share * available // per_sample))
+    fit = max(8, int(cap // per_sample))
     if fit >= wanted:
         return wanted, ""
     return fit, (f"{fit} of {wanted} samples (every activation is kept: {per_sample / 2**20:.0f} MB a sample, "
-                 f"{available / 2**30:.1f} GB free)")
+                 f"cap {cap / 2**30:.1f} GB)")
+
+
+def batches_that_fit(model_path: Path, batch: int, *, cap: int | None = None) -> int | None:
+    """How many calibration batches of `batch` samples ORT's MinMax calibrator may hold before it folds them into
+    ranges (CalibMaxIntermediateOutputs), within `cap` bytes; None when every batch fits or nothing is known."""
+    per_batch = activation_bytes(model_path) * max(batch, 1)
+    cap = memory_cap() if cap is None else cap
+    if cap is None or per_batch <= 0:
+        return None
+    return max(1, int(cap // per_batch))

@@ -298,7 +298,7 @@ def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_pat
     onnx_model = onnx.shape_inference.infer_shapes(onnx.load(str(model)))
     onnx.save(onnx_model, str(model))
     per_sample = sensitivity.activation_bytes(model)
-    pages = {"SC_PAGE_SIZE": 1, "SC_AVPHYS_PAGES": per_sample * 4 * 20 * 4}  # room for 20 samples at copies=4
+    pages = {"SC_PAGE_SIZE": 1, "SC_AVPHYS_PAGES": per_sample * 4 * 20 * 2}  # half of it: 20 samples at copies=4
     monkeypatch.setattr(os_module, "sysconf", lambda name: pages[name])
     # execute
     keep, note = sensitivity.samples_that_fit(model, 256, copies=4)
@@ -306,3 +306,7 @@ def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_pat
     assert per_sample == 4 * (8 + 8 + 8 + 4 + 4)  # m1, a1, h (8 floats), m2, logits (4 floats) for one sample
     assert keep == 20 and note.startswith("20 of 256 samples (every activation is kept:")
     assert sensitivity.samples_that_fit(model, 16, copies=4) == (16, "")
+    # an explicit cap (--max-memory, [quantize] max_memory_mb) wins; MinMax holds only the batches that fit
+    assert sensitivity.samples_that_fit(model, 256, copies=4, cap=per_sample * 4 * 10)[0] == 10
+    assert sensitivity.batches_that_fit(model, 32, cap=per_sample * 32 * 3) == 3
+    assert sensitivity.memory_cap(100) == 100 * 2**20
