@@ -127,3 +127,13 @@ def test_a_key_the_task_or_family_cannot_use_is_refused_at_load(tmp_path, base, 
         load_config(path)
     text = str(err.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_freeze_embeddings_on_a_model_without_embeddings_is_refused_before_training(tmp_path):
+    from compress.config import check_before_training
+
+    path = write_toml(tmp_path, BASE + "[distill]\nfreeze_embeddings = true\n")
+    with pytest.raises(CompressError) as err:
+        check_before_training(load_config(path))
+    assert str(err.value) == (f"{path}: distill.freeze_embeddings: builtin:cnn-small has no nn.Embedding layers to "
+                              "freeze; remove the key, or name parameters in freeze = [...]")

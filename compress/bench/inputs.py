@@ -89,8 +89,8 @@ def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: d
     for axis, dim in enumerate(shape):
         if axis == batch_axis and isinstance(dim, int) and dim > 0 and dim != batch:
             raise CompressError(f"input {name!r}: its axis {axis} is fixed to {dim}, so batch {batch} cannot run; use "
-                                f"--batch {dim}, or --batch-axis {name}:N (or {name}:none) when that axis is not the "
-                                "batch")
+                                f"--batch {dim}, --batch-axis {name}:N (or {name}:none) when that axis is not the "
+                                "batch, or re-export the model with a dynamic batch axis")
         if isinstance(dim, int) and dim > 0:
             out.append(dim)
         elif isinstance(dim, str) and dim in dims:

@@ -151,12 +151,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
     base_rows = load_rows(baseline) if baseline is not None else None
-    check_model_file(model)
-    if fix:
-        from compress.edge.shapes import fix_dims, parse_fix_dims
-
-        model = fix_dims(model, model.with_name(f"{model.stem}.fixed.onnx"), parse_fix_dims(fix))
-        click.echo(f"timing {model} (dimensions fixed: {', '.join(fix)})")
+    model = _fixed(check_model_file(model), fix)
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
                                    "repetitions": repetitions, "time_budget_seconds": time_budget}.items()
                  if v is not None}
@@ -308,6 +303,17 @@ def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -
         return any(v["ratio"] is not None and v["ratio"] > 1.0 + max_regression / 2 for v in verdict)
 
     return recheck
+
+
+def _fixed(model: Path, fix: tuple[str, ...]) -> Path:
+    """MODEL, or a copy beside it with the --fix-dim dimensions fixed (what is then timed, said on the terminal)."""
+    if not fix:
+        return model
+    from compress.edge.shapes import fix_dims, parse_fix_dims
+
+    fixed = fix_dims(model, model.with_name(f"{model.stem}.fixed.onnx"), parse_fix_dims(fix))
+    click.echo(f"timing {fixed} (dimensions fixed: {', '.join(fix)})")
+    return fixed
 
 
 def _generated(model: Path, batch: int, dims: Any) -> Any:

@@ -46,6 +46,11 @@ def check_models(cfg, data) -> None:
                                 f"{type(exc).__name__}: {exc}") from exc
         names = output_names_of(raw, task.default_output)
         outputs[role] = as_outputs(raw, names)
+        train = cfg.distill if role == "student" else cfg.teacher.train
+        if train is not None and train.freeze_embeddings and not family.embedding_parameters(model):
+            key = "distill" if role == "student" else "teacher.train"
+            raise CompressError(f"{where}: {key}.freeze_embeddings: {spec} has no nn.Embedding layers to freeze; "
+                                "remove the key, or name parameters in freeze = [...]")
         task.check_outputs(outputs[role], num_classes=data.num_classes, teacher=outputs.get("teacher"),
                            origin=origin, spec=spec)
     _check_head(cfg, data, task)

@@ -22,6 +22,7 @@ from compress.bench.config import PICK_PROFILE, BenchSettings
 from compress.errors import CompressError, first_line
 from compress.onnx.graph import model_bytes
 from compress.quantize import attempts as qa
+from compress.quantize import prepare as prep
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
 
@@ -169,8 +170,8 @@ class _Search:
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = gate.score(onnx_path)
         base = out_dir / "preprocessed.onnx"
-        note = qa.preprocess(onnx_path, base, cfg.mode)
-        excluded = qa.excluded_nodes(base, cfg.exclude)
+        note = prep.preprocess(onnx_path, base, cfg.mode)
+        excluded = prep.excluded_nodes(base, cfg.exclude)
         if excluded:
             note += f"; kept in float as asked: {', '.join(excluded)}"
         from compress.quantize.sensitivity import memory_cap

@@ -230,8 +230,7 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
     world = current()  # in a process group: DDP and this rank's share of every batch (README "Several processes")
     torch.manual_seed(seed + world.rank)  # dropout differs across ranks, as their examples do
     fixed = _freeze(model, cfg, frozen or [])
-    model.to(world.device)
-    net = world.wrap(model)
+    net = world.wrap(model.to(world.device))
     loader = _train_loader(train, batch_size=batch_size, seed=seed, workers=workers, world=world, inputs=inputs)
     stepper = _Stepper(cfg, [p for p in model.parameters() if p.requires_grad], len(loader), world)
     precision = _precision(cfg.precision, world.device)
@@ -269,8 +268,8 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
         if stepper.stopped:
             break
     bar.close()
-    model.load_state_dict(best["state"])
-    world.broadcast_weights(model)  # every rank holds rank 0's bits: what rank 0 writes is what all trained
+    model.load_state_dict(best["state"])  # then every rank holds rank 0's bits: what rank 0 writes is what all trained
+    world.broadcast_weights(model)
     for p in fixed:
         p.requires_grad_(True)
     model.cpu().eval()

@@ -244,7 +244,8 @@ def test_a_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path):
     model = mlp(tmp_path / "fixed.onnx", 1, dim_name=1)
     result = CliRunner().invoke(main, ["bench", str(model), "--batch", "1", "--batch", "64", "--quiet"])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: input 'x': the model's batch dimension is fixed to 1, so batch 64 "
-                                     "cannot run; use --batch 1, or re-export the model with a dynamic batch axis")
+    assert result.output.strip() == ("error: input 'x': its axis 0 is fixed to 1, so batch 64 cannot run; use --batch "
+                                     "1, --batch-axis x:N (or x:none) when that axis is not the batch, or re-export "
+                                     "the model with a dynamic batch axis")
     row = measure(model, "cpu", 1, 1, settings=BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0, repetitions=1))
     assert row["batch"] == 1

@@ -170,7 +170,8 @@ def test_nothing_meets_budget_keeps_float_and_says_why(setup: dict) -> None:
 
 
 def test_sensitive_nodes_rank_the_outlier_damaged_layer_first(setup: dict) -> None:
-    from compress.quantize.attempts import preprocess as _preprocess, quantize_once as _quantize_once
+    from compress.quantize.attempts import quantize_once as _quantize_once
+    from compress.quantize.prepare import preprocess as _preprocess
 
     calib = setup["calib_x"].copy()
     calib[0, -1] = 1e4

@@ -1,0 +1,143 @@
+"""Bringing a model up to date before quantization: old IR 3 weight inputs dropped, weights stored as Constant nodes
+moved to initializers, the opset raised for static QDQ, ORT's pre-processing (shape inference and optimisation) run
+where it cannot litter the working folder; and the nodes a user keeps in float."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from compress.errors import CompressError, first_line
+from compress.quantize.attempts import is_large, save
+
+
+QDQ_OPSET = 13
+"""Static QDQ needs this opset: per-channel QuantizeLinear/DequantizeLinear (their `axis`) arrived in opset 13."""
+
+
+def preprocess(src: Path, dst: Path, mode: str) -> str:
+    """quant_pre_process (shape inference + ORT optimisation); fp16 only needs a plain copy. An old IR 3 graph
+    first loses the inputs that are really its weights (or every attempt would ask for them as inputs), and a
+    graph older than opset 13 is upgraded for static QDQ (per-channel scales need it; ORT writes an invalid model
+    otherwise). Returns what was done, for the summary."""
+    import onnx
+
+    large = is_large(src)
+    src, notes = _brought_up_to_date(src, dst.with_name(f"{dst.stem}.inputs.onnx"), mode, large)
+    if large:
+        notes.append("over 1 GB: weights kept as external data")
+    if mode == "fp16":
+        save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
+        return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        import tempfile
+
+        # an incomplete symbolic shape inference saves a debugging copy into the working folder: keep it out
+        with tempfile.TemporaryDirectory(prefix="compress-prep-") as tmp, _working_folder(tmp):
+            quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), save_as_external_data=large,
+                              all_tensors_to_one_file=True, external_data_location=f"{dst.name}.data")
+        return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"])
+    except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
+        save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
+        return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
+
+
+@contextlib.contextmanager
+def _working_folder(path: str) -> Any:
+    """Run the block with `path` as the working folder (contextlib.chdir, on Python 3.10 too)."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[Path, list[str]]:
+    """`src`, or `copy` written with the IR 3 weight inputs dropped and, for static QDQ, the opset raised to 13.
+    The graph is parsed once, without its external weights; they are read only when a copy must be written (a 2 GB
+    model held in memory here would sit beside every later step)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
+
+    model = onnx.load(str(src), load_external_data=False)
+    notes: list[str] = []
+    changed = without_initializer_inputs(model)
+    if changed:
+        notes.append("weights dropped from the graph inputs (IR 3)")
+    moved = constants_to_initializers(model)
+    if moved:
+        changed = True
+        notes.append(f"{moved} Constant node{'s' if moved != 1 else ''} holding weights moved to initializers (the "
+                     "quantizer reads weights from initializers only; left as nodes they stay float)")
+    old_opset = default_opset(model)
+    if not changed and not (mode == "static" and old_opset < QDQ_OPSET):
+        return src, notes
+    load_external_data_for_model(model, str(src.parent))  # the converter and the copy need every weight
+    newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
+    if newer is not None:
+        notes.append(f"opset {old_opset} upgraded to {QDQ_OPSET} (onnx version converter)")
+    save(newer if newer is not None else model, copy, large=large)
+    return copy, notes
+
+
+CONSTANT_WEIGHT_ELEMENTS = 16
+"""A float Constant node with at least this many elements is a weight (Paddle exports store them so); smaller ones
+(shapes, scalars, epsilons) stay nodes."""
+
+
+def constants_to_initializers(model: Any) -> int:
+    """Turn float Constant nodes of the main graph that hold weight-sized tensors into initializers, in place;
+    return how many. Exporters such as Paddle's write weights as Constant nodes, which ORT's quantizer never reads:
+    the "int8" model then keeps them in float, larger and slower than the fp32 one."""
+    import onnx
+
+    graph = model.graph
+    keep, moved = [], 0
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR),
+                     None) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        size = int(np.prod(value.dims)) if value is not None and len(value.dims) else 0
+        if value is None or value.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or \
+                size < CONSTANT_WEIGHT_ELEMENTS:
+            keep.append(node)
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
+    """Node names for `--exclude` / [quantize] exclude: each entry a node name (also after the pre-processing fused
+    it with its neighbours) or an op type (every node of it); an entry that matches nothing is one line naming it."""
+    import onnx
+
+    if not wanted:
+        return []
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    names: list[str] = []
+    for entry in wanted:  # ORT's pre-processing names a fused node after its first: 'fc2/MatMulAddFusion'
+        found = [n.name for n in nodes if entry in (n.name, n.op_type) or n.name.startswith(f"{entry}/")]
+        if not found:
+            ops = sorted({n.op_type for n in nodes})
+            raise CompressError(f"quantize.exclude: {entry!r} is neither a node name nor an op type of "
+                                f"{Path(model_path).name} (its op types: {', '.join(ops)})")
+        names += [n for n in found if n not in names]
+    return names
+
+
