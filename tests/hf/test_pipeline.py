@@ -189,3 +189,33 @@ hidden_weight = 1.0
     assert figures[0].keys() == figures[1].keys() == {"teacher", "student"}
     for name in figures[0]:
         assert figures[1][name] > 0.7 and abs(figures[0][name] - figures[1][name]) <= 0.1, figures
+
+
+def test_fp16_and_static_int8_quantize_a_text_student_through_the_one_quantize_function(tmp_path):
+    # the text path used to fail on mode = "fp16" after distillation had run (it had its own quantizer)
+    write_texts(tmp_path / "corpus.txt", 120)
+    for mode in ("fp16", "static"):
+        toml = _write(tmp_path, f"""
+[data]
+source = "text:corpus.txt"
+task = "embedding"
+max_length = 16
+batch_size = 16
+[teacher]
+model = "hf:bert"
+[student]
+from_teacher = {{ num_layers = 2 }}
+[distill]
+epochs = 1
+[quantize]
+mode = "{mode}"
+max_cosine_drop = 0.5
+calibration_samples = 16
+""")
+        result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+        assert result.exit_code == 0, (mode, result.output)
+        report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
+        name = "student-fp16" if mode == "fp16" else "student-int8"
+        models = {m["name"]: m for m in report["models"]}
+        assert models[name]["quantization"]["mode"] == mode and models[name]["metrics"]["cosine"] > 0.5
+        assert report["details"]["quantize"]["gate"]["metric"]["name"] == "cosine"
