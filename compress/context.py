@@ -110,12 +110,12 @@ class StageContext:
                       teacher=None if teacher is None else {**teacher.to_json(),
                                                             "weights": str(self.run_dir / teacher.torch)})
 
-    def teacher(self, *, model: bool = False) -> Any:
-        """The teacher's outputs for distillation: its cached training rows, or (with augmentation, or `model`: the
-        family's intermediate-layer KD needs its hidden states) the teacher model run on each batch."""
+    def teacher(self) -> Any:
+        """The teacher's outputs for distillation: its cached training rows, or (with augmentation) the teacher model
+        run on each batch."""
         from compress.train import Teacher
 
-        if self.data.augment or model or "train" not in self.teacher_outputs:
+        if self.data.augment or "train" not in self.teacher_outputs:
             return Teacher(model=self.load_torch("teacher"))
         return Teacher(outputs=self.teacher_outputs["train"], source=str(self.run_dir / self.state.teacher_outputs))
 

@@ -203,6 +203,13 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
     return feed
 
 
+def rows_of(array: np.ndarray, batch: int, axis: int = 0) -> np.ndarray:
+    """`batch` samples of `array` along `axis` (repeated when it has fewer), never a copy of the whole array (it may
+    be memory-mapped)."""
+    head = np.take(array, range(min(batch, array.shape[axis])), axis=axis)
+    return np.take(np.concatenate([head] * -(-batch // head.shape[axis]), axis=axis), range(batch), axis=axis)
+
+
 def batch_of(feed: dict[str, np.ndarray]) -> int:
     """Batch size of a feed: the first axis of its first input (1 for scalars)."""
     first = next(iter(feed.values()))

@@ -241,21 +241,14 @@ def _feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
     """The inputs latency is timed on at a batch size: rows of the calibration inputs, else generated ones."""
     import numpy as np
 
+    from compress.bench.inputs import rows_of
     from compress.edge import sample_inputs
 
     def feed(batch: int) -> dict[str, Any]:
         if calib is not None:
             axes = getattr(dims, "batch_axes", {})
-            out = {}
-            for k, v in calib.items():
-                axis = axes.get(k, 0)
-                if not np.ndim(v) or axis is None:
-                    out[k] = v
-                    continue
-                rows = np.take(v, range(min(batch, v.shape[axis])), axis=axis)
-                out[k] = np.take(np.concatenate([rows] * -(-batch // rows.shape[axis]), axis=axis), range(batch),
-                                 axis=axis)
-            return out
+            return {k: v if not np.ndim(v) or axes.get(k, 0) is None else rows_of(v, batch, axes.get(k, 0))
+                    for k, v in calib.items()}
         return sample_inputs(model, batch=batch, dims=dims)
 
     return feed

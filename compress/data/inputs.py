@@ -111,12 +111,24 @@ class TokenInputs(NamedInputs):
         return bench_feed(tok, self.texts, self.names, batch=batch, seq_length=seq or self.max_length)
 
     def order(self, dataset: Any) -> Any:
+        """Rows by length when the dataset knows them (a subset of rows is read as it is)."""
         import torch
 
+        if not hasattr(dataset, "lengths"):
+            return None
         return torch.argsort(dataset.lengths(), stable=True).tolist()
 
     def batch_sampler(self, dataset: Any, *, batch_size: int, seed: int, world: Any) -> Any:
         return LengthGroupedBatches(dataset.lengths(), batch_size, seed=seed, rank=world.rank, size=world.size)
+
+
+def in_order(result: dict[str, Any], order: Any) -> dict[str, Any]:
+    """Arrays computed on rows read in `order` (Inputs.order; None: as they are) put back in data order."""
+    if order is None:
+        return result
+    back = np.empty(len(order), dtype=np.int64)
+    back[np.asarray(order)] = np.arange(len(order))
+    return {name: value[back] for name, value in result.items()}
 
 
 class LengthGroupedBatches:

@@ -12,19 +12,6 @@ from typing import Any, Sequence
 from compress.errors import CompressError, first_line
 
 
-def session(path: Path, *, threads: int | None = None) -> Any:
-    """A CPU session on `path` (all cores unless `threads`), or one line saying why ONNX Runtime cannot load it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise CompressError(f"{path}: cannot be loaded by ONNX Runtime ({first_line(exc)})") from None
-
-
 def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None = None, rows: Any = None,
                batch_size: int = 256) -> dict[str, Any]:
     """{output name: array} of the model at `path` on `split` (or its rows `rows`), in data order. `names` renames
@@ -32,14 +19,16 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
     import numpy as np
     import torch
 
+    from compress.bench.providers import open_session
     from compress.data import loader
+    from compress.data.inputs import in_order
 
-    sess = session(path)
+    sess, _ = open_session(path, "cpu", threads=os.cpu_count() or 1, strict=True)
     wanted = [o.name for o in sess.get_outputs()]
     ds = data.split(split)
     if rows is not None:
         ds = torch.utils.data.Subset(ds, list(rows))
-    order = data.inputs.order(ds) if hasattr(ds, "lengths") else None
+    order = data.inputs.order(ds)
     source = torch.utils.data.Subset(ds, order) if order is not None else ds
     parts: list[list] = [[] for _ in wanted]
     try:
@@ -50,9 +39,4 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
         raise
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the {split} split in ONNX Runtime ({first_line(exc)})") from None
-    result = {name: np.concatenate(chunks) for name, chunks in zip(names or wanted, parts)}
-    if order is not None:
-        back = np.empty(len(order), dtype=np.int64)
-        back[np.asarray(order)] = np.arange(len(order))
-        result = {name: value[back] for name, value in result.items()}
-    return result
+    return in_order({name: np.concatenate(chunks) for name, chunks in zip(names or wanted, parts)}, order)

@@ -102,13 +102,14 @@ def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, cali
                     val_x: np.ndarray, val_y: np.ndarray, **kwargs: Any) -> dict[str, Any]:
     """`quantize` for a one-input classifier on arrays (scripts, benchmarks): the accuracy gate on (val_x, val_y),
     calibration batches of `calib_x`, latency on rows of val_x."""
+    from compress.bench.inputs import rows_of
     from compress.onnx.graph import single_input
     from compress.quantize.gate import accuracy_gate
 
     name = single_input(Path(onnx_path), what="quantize")[0]
 
     def feed(batch: int) -> dict[str, np.ndarray]:
-        return {name: np.concatenate([val_x[:batch]] * -(-batch // len(val_x)))[:batch]}
+        return {name: rows_of(val_x, batch)}
 
     gate = accuracy_gate({name: val_x}, val_y, cfg.max_accuracy_drop, key="quantize.max_accuracy_drop",
                          source=f"{len(val_y)} validation samples")

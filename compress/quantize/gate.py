@@ -49,16 +49,16 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     axis = {k: (None if not np.ndim(v) else (axes or {}).get(k, 0)) for k, v in feeds.items()}
     first = next(((k, a) for k, a in axis.items() if a is not None), None)
     n = np.shape(feeds[first[0]])[first[1]] if first else 1
-    fixed = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    step = fixed if isinstance(fixed, int) and fixed > 0 and first else batch
+    shape0 = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    fixed = shape0 if isinstance(shape0, int) and shape0 > 0 and first else None
+    step = fixed or batch
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
     try:
         for start in range(0, n, step):
             chunk = {k: np.asarray(v) if axis[k] is None else
                      np.take(v, range(start, min(start + step, n)), axis=axis[k]) for k, v in feeds.items()}
-            got = min(step, n - start)
-            if first and fixed and got < step:
+            if fixed and n - start < step:
                 chunk = {k: v if axis[k] is None else _pad(v, step, axis[k]) for k, v in chunk.items()}
             for i, value in enumerate(session.run(None, chunk)):
                 parts[i].append(value)
@@ -66,13 +66,10 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
         raise
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the gate's inputs in ONNX Runtime ({first_line(exc)})") from None
-    out = {}
-    for name, p in zip(names, parts):
-        if len(p) == 1:
-            out[name] = p[0] if not (first and fixed) else p[0][: n]
-        else:  # outputs are batch-first unless they mirror an input's other batch axis: join on their first axis
-            out[name] = np.concatenate([q[:step] for q in p])[:n] if np.ndim(p[0]) else p[0]
-    return out
+    # several chunks (or a padded one) join on the first axis and are cut to the samples; one chunk stays as it is,
+    # so an output whose batch is on another axis (a recurrent state) keeps its shape
+    return {name: np.concatenate(p)[:n] if np.ndim(p[0]) and (len(p) > 1 or fixed) else p[0]
+            for name, p in zip(names, parts)}
 
 
 def _pad(v: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -98,14 +95,14 @@ def looks_like_logits(outputs: Mapping[str, np.ndarray]) -> bool:
 
 
 def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: float, *, key: str,
-                  source: str, axes: Mapping[str, int | None] | None = None) -> Gate:
-    """Top-1 accuracy of the (one) output's argmax on labelled inputs."""
+                  source: str, axes: Mapping[str, int | None] | None = None, batch: int = 256) -> Gate:
+    """Top-1 accuracy of the (one) output's argmax on labelled inputs, run `batch` samples at a time."""
     from compress.onnx.parity import top1_of
 
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
 
     def score(path: Path) -> dict[str, float]:
-        out = next(iter(outputs_of(path, feeds, axes=axes).values()))
+        out = next(iter(outputs_of(path, feeds, axes=axes, batch=batch).values()))
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
     return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}")

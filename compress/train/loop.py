@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping
 from compress.errors import CompressError
 from compress.tasks import Metric
 from compress.tasks.base import as_outputs, output_names_of
-from compress.tasks.classification import kd_loss
 from compress.train.config import TrainConfig
 
 
@@ -80,15 +79,14 @@ class Objective:
 
 def classification_objective(teacher: Teacher | None, *, temperature: float = 4.0, alpha: float = 1.0,
                              label_smoothing: float = 0.0) -> Objective:
-    """Hinton KD (or cross-entropy alone without a teacher) on a single logits output."""
-    a = alpha if teacher is not None else 1.0
+    """The classification task's loss (Hinton KD, or cross-entropy alone without a teacher) on one logits output."""
+    from types import SimpleNamespace
 
-    def loss(student, teacher_out, target, index):
-        soft = next(iter(teacher_out.values())) if teacher_out is not None else None
-        return kd_loss(student["logits"], soft, target, temperature=temperature, alpha=a,
-                       label_smoothing=label_smoothing)
+    from compress.tasks.classification import Classification
 
-    return Objective(loss, ("logits",), teacher=teacher)
+    keys = SimpleNamespace(temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
+    return Objective(Classification().make_loss(keys, teacher=teacher is not None, labels=True), ("logits",),
+                     teacher=teacher)
 
 
 def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...] | None = None,
@@ -100,10 +98,11 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
     import torch
 
     from compress.data import forward
+    from compress.data.inputs import in_order
     from compress.dist.group import to_device
 
     model.eval()
-    order = inputs.order(data) if inputs is not None and hasattr(data, "lengths") else None
+    order = inputs.order(data) if inputs is not None and not isinstance(data, torch.Tensor) else None
     if isinstance(data, torch.Tensor):
         batches: Any = ((None, data[i:i + batch_size], None) for i in range(0, len(data), batch_size))
     else:
@@ -116,12 +115,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
             names = names or output_names_of(out, "logits")
             for name, value in as_outputs(out, names).items():
                 parts.setdefault(name, []).append(value.float().cpu().numpy())
-    result = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    if order is not None:
-        back = np.empty(len(order), dtype=np.int64)
-        back[np.asarray(order)] = np.arange(len(order))
-        result = {name: value[back] for name, value in result.items()}
-    return result
+    return in_order({name: np.concatenate(chunks) for name, chunks in parts.items()}, order)
 
 
 def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):

@@ -10,11 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.bench import compare as cmp
 from compress.bench.environment import environment
-from compress.bench.evaluate import accuracy
 from compress.bench.harness import BenchSettings, ProviderUnavailable, bench_model, measure
 from compress.bench.inputs import load_npz, make_inputs, parse_dims
 from compress.bench.providers import PROVIDERS, check_model_file, open_session, resolve_provider
 from compress.errors import CompressError
+from compress.quantize.gate import accuracy_gate
 from tests.conftest import absent_provider
 
 FAST = BenchSettings(warmup_runs=2, min_runs=20, min_seconds=0.05, repetitions=2)
@@ -197,6 +197,10 @@ def test_accuracy_of_an_identity_classifier(tmp_path: Path):
     x = np.eye(4, dtype=np.float32)[y]
     wrong = y.copy()
     wrong[:3] = (wrong[:3] + 1) % 4
+
+    def accuracy(path, x, labels, batch):
+        return accuracy_gate({"x": x}, labels, 0.0, key="k", source="s", batch=batch).score(path)["accuracy"]
+
     assert accuracy(path, x, y, batch=3) == 1.0
     assert accuracy(path, x, wrong, batch=4) == pytest.approx(0.7)
 
