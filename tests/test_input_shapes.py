@@ -97,3 +97,70 @@ def test_fix_dim_by_input_and_axis_and_never_all_unnamed_at_once(tmp_path: Path)
     assert timed.exit_code == 0, timed.output
     bad = _invoke("bench", model, "--fix-dim", "height=48")
     assert bad.exit_code == 2 and "has no dimension named 'height'" in bad.output
+
+
+def test_bench_inputs_npz_keeps_a_scalar_input_scalar(tmp_path: Path):
+    # np.ascontiguousarray turns a 0-d array into shape [1]: the check passed, then the timing session refused it
+    model = recurrent(tmp_path / "vad.onnx")
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, x=np.ones((4, 16), np.float32), state=np.zeros((2, 4, 8), np.float32), sr=np.array(16000))
+    result = _invoke("bench", model, "--inputs", feeds, "--batch-axis", "state:1", "--batch-axis", "sr:none",
+                     "--quiet", "--min-runs", "3", "--repetitions", "1", "--warmup", "1", "--min-seconds", "0")
+    assert result.exit_code == 0, result.output
+    assert "CPUExecutionProvider" in result.output
+
+
+def squeezer(path: Path) -> Path:
+    """x [batch, d] -> Squeeze(axis 1): loads while d is free, and ONNX Runtime refuses it once d is fixed to 2
+    (Silero VAD's unused 8 kHz branch does the same when its chunk length is fixed)."""
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph([helper.make_node("Squeeze", ["x", "axes"], ["y"], name="squeeze")], "sq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "d"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])], [axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_fixed_dimension_the_graph_cannot_take_is_one_line_naming_the_flag(tmp_path: Path):
+    model = squeezer(tmp_path / "sq.onnx")
+    for command in (["bench", model, "--quiet"], ["edge", model, "--out", tmp_path / "edge"],
+                    ["quantize", model, "--out", tmp_path / "q.onnx", "--mode", "dynamic"]):
+        result = _invoke(*command, "--fix-dim", "d=2")
+        assert result.exit_code == 2, result.output
+        line = [ln for ln in result.output.splitlines() if ln.startswith("error:")][0]
+        assert line.startswith("error: --fix-dim d=2: onnxruntime cannot load sq.onnx with these sizes"), line
+        assert "Traceback" not in result.output
+
+
+def control_flow(path: Path) -> Path:
+    """Every MatMul inside the two branches of an If (as Silero VAD's work sits in two Ifs): the quantizer, which
+    works on the main graph, finds nothing to take."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, scale: float):
+        w = numpy_helper.from_array((rng.standard_normal((16, 16)) * scale).astype(np.float32), f"{name}_w")
+        nodes = [helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_h"], name=f"{name}_mm"),
+                 helper.make_node("Relu", [f"{name}_h"], [f"{name}_y"], name=f"{name}_relu")]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                                                ["batch", 16])], [w])
+
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["flag"], name="positive"),
+             helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", 1.0),
+                              else_branch=branch("else", 0.5), name="if")]
+    graph = helper.make_graph(nodes, "flow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], [zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_model_whose_work_sits_in_an_if_says_nothing_could_be_quantized(tmp_path: Path):
+    model = control_flow(tmp_path / "flow.onnx")
+    out = tmp_path / "q" / "flow-int8.onnx"
+    result = _invoke("quantize", model, "--out", out, "--mode", "dynamic", "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "nothing could be quantized: 4 of the model's 7 nodes sit inside If subgraphs" in result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert len(summary["attempts"]) == 1  # remedies cannot change what the quantizer reaches
+    assert not out.exists()

@@ -199,7 +199,7 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
             isinstance(d, int) and d > 0 and d != s for d, s in zip(shape, arr.shape)
         ):
             raise CompressError(f"{source}: input {name!r}: expected shape {shape}, got {list(arr.shape)}")
-        feed[name] = np.ascontiguousarray(arr)
+        feed[name] = np.require(arr, requirements="C")  # ascontiguousarray makes a scalar 1-d
     return feed
 
 

@@ -97,4 +97,24 @@ def fix_dims(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | None,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
+    _check_loads(out_path, fixes, Path(onnx_path).name)
     return out_path
+
+
+def _check_loads(path: Path, fixes: list[tuple[str, int | None, int]], name: str) -> None:
+    """ONNX Runtime infers every branch of an If with the fixed sizes; a branch the model never takes at that size
+    may then fail (Silero VAD's 8 kHz path squeezes an axis of 2 once the chunk is 512). Say which flag did it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # constant folding infers it
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        from compress.errors import first_line
+
+        flags = " ".join(f"--fix-dim {n}:{a}={v}" if a is not None else f"--fix-dim {n}={v}" for n, a, v in fixes)
+        raise CompressError(f"{flags}: onnxruntime cannot load {name} with these sizes, so the graph needs one of "
+                            "them free (fix fewer dimensions: the batch alone is often enough): "
+                            f"{first_line(exc)}") from None
