@@ -67,8 +67,8 @@ SAMPLES = 64
 @click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
               help="The axis of an input that --batch sets (default 0; none: the input has no batch axis).")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path), default=None,
-              help=".npz of model inputs (one array per input name) for the gate and the timing, when there is "
-                   "no --data or --calibration.")
+              help=".npz of model inputs (one array per input name) for the agreement gate and the timing "
+                   "(default: the --calibration inputs; --data takes over the gate).")
 @click.option("--no-fallback", is_flag=True, help="Try the given settings only, no remedies.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
@@ -112,17 +112,17 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         if mode == "static" and calib is None:
             raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array "
                                 "per model input, or 'x' for one input); pass one or use --mode dynamic")
-        gate, warning = _gate(model, calib if calib is not None else given, data_npz, metric, primary,
+        # --inputs, when given, are judged (inputs calibration never saw) and timed; else the calibration inputs
+        gate, warning = _gate(model, given if given is not None else calib, data_npz, metric, primary,
                               not lower_is_better, outputs, dim_sizes,
                               budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
-                              given="--inputs" if calib is None and given is not None else None)
+                              given="--inputs" if given is not None else None)
         if warning:
-            log.warning("%s", warning)
-            click.echo(warning, err=True)
+            log.warning("%s", warning)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
                              max_memory_mb=max_memory_mb)
         result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib),
-                              feed=_feed(model, calib if calib is not None else given, dim_sizes),
+                              feed=_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
         summary = _summary(source, written, gate, result, mode, warning, inputs=_input_names(model), fixed=fix)

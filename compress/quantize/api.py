@@ -82,10 +82,12 @@ def quantize(
                          "bytes": model_bytes(search.onnx_path), "latency": float_latency}, gate)}
     if accepted is None:
         tried = len(search.attempts)
-        result.update(chosen=None, final="float", pick=None,
-                      why=f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} "
-                      f"after {tried} attempt{'s' if tried != 1 else ''} (best drop "
-                      f"{qa.best_drop(search.attempts, gate)}); keeping the float model")
+        nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path)
+        why = (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
+               f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
+               f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
+               "keeping the float model")
+        result.update(chosen=None, final="float", pick=None, why=why)
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
@@ -203,7 +205,7 @@ class _Search:
             ok = reduced and drop <= budget + 1e-9
             reason = (f"{self.gate.metric.name} drop {qa.shown_drop(self.gate, drop)} {'<=' if ok else '>'} budget "
                       f"{qa.shown_drop(self.gate, budget)}" if reduced else
-                      "nothing was left quantized (every candidate node kept in float)")
+                      "no node was quantized")
             if record.get("calibration"):
                 reason += f"; {record['calibration']}"
             record.update(figures=figures, score=score, drop=drop, bytes=model_bytes(path), latency=None,
@@ -222,6 +224,8 @@ class _Search:
             bar.update(1)
             if rec["accepted"] or not cfg.fallback:
                 return rec if rec["accepted"] else None
+            if rec["score"] is not None and not rec["quantized"] and not settings["nodes_to_exclude"]:
+                return None  # the quantizer found nothing it could take: other ranges or weights change nothing
         if cfg.fallback and cfg.max_float_nodes > 0 and self.calib:
             return qa.exclusion_remedy(self.attempts, self.attempt, self.base, self.calib, cfg, bar, self.gate)
         return None

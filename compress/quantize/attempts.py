@@ -12,8 +12,8 @@ import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
-from compress.quantize.sensitivity import (batches_that_fit, feeds_reader as _reader, memory_cap,
-                                          rank_sensitive_nodes, samples_that_fit)
+from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeds_reader as _reader,
+                                          memory_cap, rank_sensitive_nodes, samples_that_fit)
 
 # Ops that only move or select values: keeping one in float removes no rounding of its own.
 _DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
@@ -59,7 +59,8 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     best = max(tried, key=lambda a: -gate.drop(0.0, a["score"]))
     settings = dict(best["settings"])
     wanted = min(cfg.calibration_samples, sum(_rows(f) for f in calib))
-    keep, note = samples_that_fit(base, wanted, copies=3, cap=memory_cap(cfg.max_memory_mb))  # both models' tensors
+    cap = min(memory_cap(cfg.max_memory_mb) or RANK_BYTES, RANK_BYTES)
+    keep, note = samples_that_fit(base, wanted, copies=3, cap=cap, feed=calib[0])  # both models' tensors
     ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), _quantizable_ops(settings))
     why = f" (ranked on {note})" if note else ""
     names = [n for n, _ in ranked]
@@ -97,6 +98,23 @@ def batched(arrays: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndar
     """Whole input arrays (N rows each) as a list of feed batches of `batch` rows (scalar inputs go in every one)."""
     n = _rows(arrays)
     return [{k: v[i:i + batch] if np.ndim(v) else v for k, v in arrays.items()} for i in range(0, n, batch)]
+
+
+def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | None) -> list[dict[str, np.ndarray]]:
+    """Calibration batches small enough that one holds at most FOLD_BYTES of activations (or the cap), when the
+    model's batch is free and every input has it on axis 0: MinMax folds between batches, never inside one."""
+    from compress.onnx.graph import fixed_batch
+
+    rows = _rows(calib[0])
+    arrays = [v for v in calib[0].values() if np.ndim(v)]
+    if fixed_batch(model) or any(np.shape(v)[0] != rows for v in arrays):
+        return calib
+    per_sample = activation_bytes(model, calib[0])
+    fit = max(1, int(min(cap or FOLD_BYTES, FOLD_BYTES) // per_sample)) if per_sample else rows
+    if fit >= rows:
+        return calib
+    whole = {k: np.concatenate([f[k] for f in calib]) if np.ndim(v) else v for k, v in calib[0].items()}
+    return batched(whole, fit)
 
 
 def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
@@ -142,40 +160,43 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
                          weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude,
                          use_external_data_format=large, extra_options={"DefaultTensorType": 1})
         return ""
-    note = ""
-    if calib and settings["calibration_method"] in ("entropy", "percentile"):
-        # ORT's histogram calibrators keep every activation of every calibration batch before they summarise
-        # (a ResNet-50 at 224 px: ~100 MB a sample; 64 samples went past 21 GB): take what fits
-        total = sum(_rows(f) for f in calib)
-        keep, note = samples_that_fit(base, total, copies=4, cap=cap)
-        calib = take_samples(calib, keep)
-    folds = None
-    if calib and settings["calibration_method"] == "minmax":  # MinMax folds batches into ranges as it goes
-        folds = batches_that_fit(base, _rows(calib[0]), cap=cap)
-        if folds is not None and folds < len(calib):
-            note = f"all {sum(_rows(f) for f in calib)} samples, {folds} batch(es) held at a time (memory cap)"
-        else:
-            folds = None
+    note, stride = "", None
+    if calib:
+        given = _rows(calib[0])
+        calib = smaller_batches(base, calib, cap)  # ORT's arena holds one batch's activations while it runs
+        per_sample, rows = activation_bytes(base, calib[0]), _rows(calib[0])
+        if settings["calibration_method"] in ("entropy", "percentile") and per_sample:
+            # ORT's histogram calibrators keep every activation of what one collect_data call reads before they
+            # fold it into histograms (a ResNet-50 at 224 px: ~100 MB a sample; 64 samples went past 21 GB):
+            # ORT's CalibStridedMinMax reads the batches a stride at a time, and histograms merge across strides
+            fit = max(1, int(min(cap or FOLD_BYTES, FOLD_BYTES) // (per_sample * 4 * rows)))
+            stride = max(d for d in range(1, min(fit, len(calib)) + 1) if len(calib) % d == 0)
+            stride = None if stride >= len(calib) else stride
+        if rows < given or stride:
+            note = (f"all {sum(_rows(f) for f in calib)} samples, {(stride or 1) * rows} at a time "
+                    "(to bound memory)")
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
-        _static(base, out, settings, calib, large=large, folds=folds)
+        _static(base, out, settings, calib, large=large, stride=stride)
     return note
 
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
-            large: bool = False, folds: int | None = None) -> None:
+            large: bool = False, stride: int | None = None) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     exclude = list(settings["nodes_to_exclude"]) or None
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    # MinMax's augmented model outputs only each tensor's min and max, so it holds little; no
+    # CalibMaxIntermediateOutputs: in ORT 1.32 it drops the batches it clears instead of folding them into ranges
     quantize_static(base, out, _reader(calib or []),
                     quant_format=QuantFormat.QDQ if settings["quant_format"] == "qdq" else QuantFormat.QOperator,
                     per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
                     nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
                     use_external_data_format=large,
-                    extra_options={"DefaultTensorType": 1, **({"CalibMaxIntermediateOutputs": folds} if folds else {})})
+                    extra_options={"DefaultTensorType": 1, **({"CalibStridedMinMax": stride} if stride else {})})
 
 
 def is_large(path: Path) -> bool:
@@ -290,7 +311,37 @@ def shown_drop(gate: Any, value: float) -> str:
 
 def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
     drops = [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized")]
-    return shown_drop(gate, min(drops)) if drops else "none, every attempt failed to build"
+    if drops:
+        return shown_drop(gate, min(drops))
+    built = any(a.get("score") is not None for a in attempts)
+    return "none: no attempt quantized a node" if built else "none, every attempt failed to build"
+
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | None:
+    """Why no attempt quantized anything, when that is the case: the model's work sits inside control-flow subgraphs
+    (ONNX Runtime's quantizers work on the main graph; Silero VAD is 5 nodes around two Ifs), or else every node
+    the quantizer could take was one it keeps in float. None when some attempt quantized, or none was built."""
+    if any(a.get("quantized") for a in attempts) or not any(a.get("score") is not None for a in attempts):
+        return None
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+
+    def count(g: Any) -> int:
+        return sum(1 + sum(count(a.g) if a.HasField("g") else 0 for a in n.attribute)
+                   + sum(count(x) for a in n.attribute for x in a.graphs) for n in g.node)
+
+    total, top = count(graph), len(graph.node)
+    flow = sorted({n.op_type for n in graph.node if n.op_type in CONTROL_FLOW})
+    if flow and total > 2 * top:
+        return (f"{total - top} of the model's {total} nodes sit inside {'/'.join(flow)} subgraphs, which ONNX "
+                "Runtime's quantizer does not enter (export the model without control flow: a fixed-size path, "
+                "or the If resolved for your input)")
+    return ("the quantizer found no node it quantizes (MatMul, Conv, Gemm and the like with constant weights) in "
+            f"the main graph's {top} nodes")
 
 
 def short(provider: str) -> str:

@@ -51,7 +51,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     n = np.shape(feeds[first[0]])[first[1]] if first else 1
     shape0 = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
     fixed = shape0 if isinstance(shape0, int) and shape0 > 0 and first else None
-    step = fixed or batch
+    step = fixed or _rows_that_fit(path, feeds, axis, batch)
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
     try:
@@ -66,10 +66,31 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
         raise
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the gate's inputs in ONNX Runtime ({first_line(exc)})") from None
-    # several chunks (or a padded one) join on the first axis and are cut to the samples; one chunk stays as it is,
-    # so an output whose batch is on another axis (a recurrent state) keeps its shape
-    return {name: np.concatenate(p)[:n] if np.ndim(p[0]) and (len(p) > 1 or fixed) else p[0]
+    # several chunks (or a padded one) join on each output's own batch axis (a recurrent state has it on axis 1, a
+    # detector's variable count of boxes on none) and are cut to the samples; one chunk stays as it is
+    rows = [min(step, n - start) if not fixed else step for start in range(0, n, step)]
+    return {name: _joined(p, rows, n) if np.ndim(p[0]) and (len(p) > 1 or fixed) else p[0]
             for name, p in zip(names, parts)}
+
+
+def _joined(parts: list[np.ndarray], rows: list[int], n: int) -> np.ndarray:
+    """Chunks of one output joined on the first axis whose size is each chunk's row count, cut to `n` samples;
+    an output with no such axis (its size is not per sample) is the first chunk's."""
+    axis = next((a for a in range(np.ndim(parts[0]))
+                 if all(np.ndim(p) > a and np.shape(p)[a] == r for p, r in zip(parts, rows))), None)
+    if axis is None:
+        return parts[0]
+    return np.take(np.concatenate(parts, axis=axis), range(n), axis=axis)
+
+
+def _rows_that_fit(path: Path, feeds: Mapping[str, np.ndarray], axis: Mapping[str, int | None], batch: int) -> int:
+    """At most `batch` samples a run, fewer when one sample's activations are large: ORT's arena holds the whole
+    run's (32 detector images at 320 px held 1.6 GB)."""
+    from compress.quantize.sensitivity import FOLD_BYTES, activation_bytes
+
+    one = {k: v if axis[k] is None else np.take(v, [0], axis=axis[k]) for k, v in feeds.items()}
+    per_sample = activation_bytes(path, one)
+    return max(1, min(batch, FOLD_BYTES // per_sample)) if per_sample else batch
 
 
 def _pad(v: np.ndarray, size: int, axis: int) -> np.ndarray:

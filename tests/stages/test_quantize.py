@@ -309,5 +309,10 @@ def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_pat
     assert sensitivity.samples_that_fit(model, 16, copies=4) == (16, "")
     # an explicit cap (--max-memory, [quantize] max_memory_mb) wins; MinMax holds only the batches that fit
     assert sensitivity.samples_that_fit(model, 256, copies=4, cap=per_sample * 4 * 10)[0] == 10
-    assert sensitivity.batches_that_fit(model, 32, cap=per_sample * 32 * 3) == 3
+    # calibration batches shrink to what the cap (or FOLD_BYTES) holds, every sample kept
+    from compress.quantize.attempts import smaller_batches
+    feed = {"x": np.zeros((64, N_FEATURES), np.float32)}
+    batches = smaller_batches(model, [feed], cap=per_sample * 16)
+    assert [len(b["x"]) for b in batches] == [16] * 4
+    assert smaller_batches(model, [feed], cap=2**40) == [feed]
     assert sensitivity.memory_cap(100) == 100 * 2**20
