@@ -132,7 +132,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     write_text(out_path.with_suffix(".md"), _markdown(summary))
     click.echo(_markdown(summary))
     if result["chosen"] is None:
-        raise GateFailed(f"{model}: {result['why']} (summary: {out_path.with_suffix('.json')})")
+        raise GateFailed(f"{source}: {result['why']} (summary: {out_path.with_suffix('.json')})")
 
 
 def _inputs(model: Path, path: Path, option: str) -> dict[str, Any]:

@@ -88,9 +88,27 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[
             continue
         for name in group:
             score[name] = max(score.get(name, -math.inf), in_db - min(matched))
+    for name, db in mixed_ranges(graph, float_acts).items():
+        score[name] = max(score.get(name, -math.inf), db)
     scores = [(n.name, score[n.name]) for n in graph.node
               if n.name in score and (op_types is None or n.op_type in op_types)]
     return sorted(scores, key=lambda s: s[1], reverse=True)
+
+
+def mixed_ranges(graph: Any, acts: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """Concat nodes that join inputs of very different ranges, with the dB the smallest one loses when they share
+    the output's one scale (20 log10 of the range ratio). A YOLOv8 head joins boxes in pixels (0-320) and class
+    scores (0-1): quantized together, every score became 0 or 1.27, and detections vanished, while the output's
+    SQNR, dominated by the boxes, looked fine. Ratios under 4 (12 dB) are left to the SQNR ranking."""
+    out: dict[str, float] = {}
+    for node in graph.node:
+        if node.op_type != "Concat":
+            continue
+        ranges = [max(float(np.max(np.abs(a))) for a in acts[t]) for t in node.input if t in acts]
+        ranges = [r for r in ranges if r > 0]
+        if len(ranges) >= 2 and max(ranges) / min(ranges) >= 4:
+            out[node.name] = 20 * math.log10(max(ranges) / min(ranges))
+    return out
 
 
 def activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:

@@ -316,3 +316,26 @@ def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_pat
     assert [len(b["x"]) for b in batches] == [16] * 4
     assert smaller_batches(model, [feed], cap=2**40) == [feed]
     assert sensitivity.memory_cap(100) == 100 * 2**20
+
+
+def test_a_concat_of_mixed_ranges_ranks_first(tmp_path: Path):
+    # a YOLOv8 head joins boxes in pixels and class scores in 0-1; one shared scale turns every score into 0 or 1.27,
+    # while the output's SQNR, dominated by the boxes, looks fine
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize.sensitivity import mixed_ranges
+
+    nodes = [helper.make_node("Mul", ["x", "k"], ["boxes"], name="scale"),
+             helper.make_node("Sigmoid", ["x"], ["scores"], name="sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head", axis=1),
+             helper.make_node("Concat", ["scores", "scores"], ["z"], name="same", axis=1)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+                              [numpy_helper.from_array(np.array(320.0, np.float32), "k")])
+    x = np.random.default_rng(0).uniform(0, 1, (16, 4)).astype(np.float32)
+    acts = {"boxes": [x * 320], "scores": [1 / (1 + np.exp(-x))], "x": [x]}
+    found = mixed_ranges(onnx.helper.make_model(graph).graph, acts)
+    assert list(found) == ["head"]  # "same" joins equal ranges
+    assert 40 < found["head"] < 55  # 20 log10(320 / ~0.73) dB
