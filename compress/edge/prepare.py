@@ -81,7 +81,7 @@ def prepare(
         model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch)
     converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
     feed = inputs if inputs is not None else sample_inputs(model, batch=fixed_batch or 1)
-    parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol)
+    parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol, optimization=optimization)
     section = {
         "onnx_path": str(model),
         "fixed_batch": fixed_batch,

@@ -61,14 +61,21 @@ def top1_of(logits: "np.ndarray") -> "np.ndarray":
     return logits.reshape(len(logits), -1).argmax(1)
 
 
+LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+          "all": "ORT_ENABLE_ALL"}
+
+
 def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = False,
-            batch_size: int | None = None) -> list["np.ndarray"]:
-    """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along axis 0."""
+            batch_size: int | None = None, optimization: str | None = None) -> list["np.ndarray"]:
+    """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along axis 0; with
+    `optimization` (disable, basic, extended, all), at that graph optimization level (default: all)."""
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if optimization is not None:
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization])
     if ort_format:
         opts.add_session_config_entry("session.load_model_format", "ORT")
     try:

@@ -3,6 +3,7 @@ latency of an attempt on every provider. `compress.quantize.api.quantize` string
 from __future__ import annotations
 
 import contextlib
+import logging
 import io
 import shutil
 from pathlib import Path
@@ -14,6 +15,8 @@ from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeds_reader as _reader,
                                           memory_cap, rank_sensitive_nodes, samples_that_fit)
+
+log = logging.getLogger(__name__)
 
 # Ops that only move or select values: keeping one in float removes no rounding of its own.
 _DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
@@ -59,8 +62,13 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     best = max(tried, key=lambda a: -gate.drop(0.0, a["score"]))
     settings = dict(best["settings"])
     wanted = min(cfg.calibration_samples, sum(_rows(f) for f in calib))
-    cap = min(memory_cap(cfg.max_memory_mb) or RANK_BYTES, RANK_BYTES)
-    keep, note = samples_that_fit(base, wanted, copies=3, cap=cap, feed=calib[0])  # both models' tensors
+    hard = memory_cap(cfg.max_memory_mb)
+    keep, note = samples_that_fit(base, wanted, copies=3, cap=min(hard or RANK_BYTES, RANK_BYTES), hard=hard,
+                                  feed=calib[0])  # both models' tensors
+    if keep < 1:
+        log.warning("quantize: sensitivity ranking skipped: %s", note)
+        attempts[-1]["reason"] = f"{attempts[-1].get('reason') or ''}; sensitivity ranking skipped: {note}"
+        return None
     ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), _quantizable_ops(settings))
     why = f" (ranked on {note})" if note else ""
     names = [n for n, _ in ranked]

@@ -339,3 +339,16 @@ def test_a_concat_of_mixed_ranges_ranks_first(tmp_path: Path):
     found = mixed_ranges(onnx.helper.make_model(graph).graph, acts)
     assert list(found) == ["head"]  # "same" joins equal ranges
     assert 40 < found["head"] < 55  # 20 log10(320 / ~0.73) dB
+
+
+def test_the_sensitivity_ranking_never_passes_the_hard_cap(tmp_path: Path):
+    from compress.quantize import sensitivity
+
+    model = _mlp(tmp_path / "mlp.onnx", _data(8, seed=0)[2])
+    onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(model))), str(model))
+    per = sensitivity.activation_bytes(model) * 3
+    # the soft cap gives way up to 8 samples when the hard cap holds them; never past the hard cap
+    assert sensitivity.samples_that_fit(model, 64, copies=3, cap=per * 2, hard=per * 100)[0] == 8
+    assert sensitivity.samples_that_fit(model, 64, copies=3, cap=per * 2, hard=per * 5)[0] == 5
+    keep, note = sensitivity.samples_that_fit(model, 64, copies=3, cap=per // 2, hard=per // 2)
+    assert keep == 0 and note.startswith("one sample's activations")
