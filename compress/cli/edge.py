@@ -60,6 +60,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         from compress.edge.shapes import fix_dims, parse_fix_dims
 
         model = fix_dims(model, Path(out) / f"{model.stem}.fixed.onnx", parse_fix_dims(fix))
+    # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
+    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options) if "qnn" in targets else None
     if (dims or batch_axes) and inputs_npz is None:
         from compress.bench.inputs import parse_dims
         from compress.edge.ort_format import sample_inputs
@@ -71,7 +73,6 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
         session, _ = open_session(model, "cpu", threads=1, strict=True)
         inputs = load_npz(inputs_npz, session)
-    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options) if "qnn" in targets else None
     if qnn is not None:
         qnn["max_accuracy_drop"] = max_accuracy_drop
     section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
