@@ -164,3 +164,22 @@ def test_a_model_whose_work_sits_in_an_if_says_nothing_could_be_quantized(tmp_pa
     summary = json.loads(out.with_suffix(".json").read_text())
     assert len(summary["attempts"]) == 1  # remedies cannot change what the quantizer reaches
     assert not out.exists()
+
+
+def test_static_calibration_cuts_a_state_input_on_its_own_batch_axis(tmp_path: Path):
+    # 40 rows make two calibration batches (32 + 8): the state [2, N, 8] is cut on axis 1, the scalar goes whole
+    model = recurrent(tmp_path / "vad.onnx")
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.standard_normal((40, 16)).astype(np.float32),
+             state=rng.standard_normal((2, 40, 8)).astype(np.float32), sr=np.array(1, np.int64))
+    out = tmp_path / "vad-int8.onnx"
+    result = _invoke("quantize", model, "--out", out, "--calibration", calib, "--batch-axis", "state:1",
+                     "--batch-axis", "sr:none", "--max-cosine-drop", "1", "--no-fallback", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["attempts"][0]["quantized"] and summary["attempts"][0]["figures"]["cosine/new_state"] > 0.9
+
+    from compress.quantize.attempts import batched
+    parts = batched(dict(np.load(calib)), 32, {"state": 1, "sr": None})
+    assert [p["state"].shape for p in parts] == [(2, 32, 8), (2, 8, 8)] and parts[1]["sr"].shape == ()

@@ -121,7 +121,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
             log.warning("%s", warning)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
                              max_memory_mb=max_memory_mb)
-        result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib),
+        result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib, dim_sizes),
                               feed=_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
@@ -227,14 +227,14 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
             for k, v in chunks[0].items()}
 
 
-def _batches(model: Path, calib: Any) -> Any:
-    """Calibration inputs as feed batches: the model's fixed batch, else 32 rows."""
+def _batches(model: Path, calib: Any, dims: Any) -> Any:
+    """Calibration inputs as feed batches along each input's batch axis: the model's fixed batch, else 32 rows."""
     if calib is None:
         return None
     from compress.onnx.graph import fixed_batch
     from compress.quantize.attempts import batched
 
-    return batched(calib, fixed_batch(model) or 32)
+    return batched(calib, fixed_batch(model) or 32, dims.batch_axes)
 
 
 def _feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:

@@ -102,10 +102,15 @@ def take_samples(batches: list[dict[str, np.ndarray]], samples: int) -> list[dic
     return out
 
 
-def batched(arrays: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
-    """Whole input arrays (N rows each) as a list of feed batches of `batch` rows (scalar inputs go in every one)."""
-    n = _rows(arrays)
-    return [{k: v[i:i + batch] if np.ndim(v) else v for k, v in arrays.items()} for i in range(0, n, batch)]
+def batched(arrays: dict[str, np.ndarray], batch: int,
+            axes: dict[str, int | None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Whole input arrays (N rows each) as a list of feed batches of `batch` rows, cut along each input's batch axis
+    (`axes`: 0 by default; None, and scalars, go whole in every batch: a recurrent state [2, N, 128] is cut on 1)."""
+    axis = {k: None if not np.ndim(v) else (axes or {}).get(k, 0) for k, v in arrays.items()}
+    first = next(((k, a) for k, a in axis.items() if a is not None), None)
+    n = np.shape(arrays[first[0]])[first[1]] if first else 1
+    return [{k: v if axis[k] is None else np.take(v, range(i, min(i + batch, n)), axis=axis[k])
+             for k, v in arrays.items()} for i in range(0, n, batch)]
 
 
 def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | None) -> list[dict[str, np.ndarray]]:
