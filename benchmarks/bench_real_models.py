@@ -51,7 +51,7 @@ MODELS = {
 # The flags a user needs for each model: its free dimensions fixed (mobile providers and QNN want static shapes),
 # the batch axis of a state input. Nothing here is a special case inside compress.
 FLAGS = {
-    "yolo": ["--fix-dim", "images:2=320", "--fix-dim", "images:3=320"],
+    "yolo": ["--fix-dim", "images:0=1", "--fix-dim", "images:2=320", "--fix-dim", "images:3=320"],
     "ocr-det": ["--fix-dim", "x:2=640", "--fix-dim", "x:3=640"],
     "ocr-rec": ["--fix-dim", "x:2=48", "--fix-dim", "x:3=320"],
     "ocr-cls": ["--fix-dim", "x:2=48", "--fix-dim", "x:3=192"],
