@@ -3,8 +3,8 @@ latency of an attempt on every provider. `compress.quantize.api.quantize` string
 from __future__ import annotations
 
 import contextlib
-import logging
 import io
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -154,7 +154,7 @@ def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
 def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None,
                   cap: int | None = None) -> str:
     """One quantization of the pre-processed model with `settings`, written to `out`. Returns a note for the
-    summary when the calibration used fewer samples than given (memory), else ''."""
+    summary when calibration took its samples in smaller pieces than given, to bound memory, else ''."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
