@@ -259,3 +259,20 @@ def test_a_model_with_metadata_props_goes_to_htp_and_keeps_them(tmp_path):
     assert section["placement"]["nodes_on_htp"] == section["placement"]["nodes_total"]
     props = {p.key: p.value for p in onnx.load(section["qdq_path"]).metadata_props}
     assert {k: props[k] for k in ("names", "stride")} == {"names": "{0: 'digit'}", "stride": "8"}
+
+
+@pytest.mark.qnn
+def test_cli_edge_provider_qnn_is_exit_1_when_htp_cannot_run_the_whole_model(tmp_path):
+    # a node HTP refuses (Det): the rest may run there with CPU fallback, but the NPU target is the whole model
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _graph_with("Det", tmp_path / "det.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 4, 4)).astype(np.float32))
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "edge"), "--provider", "qnn",
+                                       "--calibration", str(tmp_path / "calib.npz")])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "provider qnn: the HTP backend cannot run the whole model with CPU fallback disabled" in line, line
+    assert (tmp_path / "edge" / "edge.json").is_file()

@@ -93,9 +93,16 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     click.echo(f"wrote {Path(out) / 'edge.json'}")
     if json_path is not None:
         write_json(json_path, section)
-    budget = (section.get("qnn") or {}).get("budget")
+    from compress.errors import GateFailed
+
+    qnn_section = section.get("qnn") or {}
+    if qnn_section and not qnn_section.get("runs_without_fallback", True):
+        # HTP took some nodes or none, and could not run the graph whole: nothing measured on the NPU, not a pass
+        raise GateFailed(f"{model}: provider qnn: the HTP backend cannot run the whole model with CPU fallback "
+                         f"disabled ({qnn_section.get('fallback_error') or 'no reason given'}); edge.json lists the "
+                         "nodes it refused and why")
+    budget = qnn_section.get("budget")
     if budget and not budget["ok"]:
-        from compress.errors import GateFailed
 
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
                          f"on the CPU, over --max-accuracy-drop {budget['budget']:g} (edge.json has every figure)")
