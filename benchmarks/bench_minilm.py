@@ -3,7 +3,7 @@ package) as teacher, a 3-layer student cut from it, embedding task, on compress/
 (docstrings of Python's standard library, numpy and scipy: see compress/data/TEXT_SOURCES.md).
 
 Recipes (each a pipeline file written into --out and run with `compress.run`):
-  minilm    pipelines/minilm.toml as shipped (20-minute budget, frozen embeddings, bf16, dynamic int8)
+  minilm    pipelines/minilm.toml as shipped (16 epochs, frozen embeddings, bf16, dynamic int8)
   shortest  the shortest valid file: teacher, from_teacher = { num_layers = 3 }, text: data, task = "embedding",
             [distill] epochs = 12 and nothing else: the family's defaults decide the recipe
 Then the fp32 teacher is quantized (dynamic int8, per-channel) by the same quantize function, gated on cosine to

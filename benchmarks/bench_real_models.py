@@ -9,19 +9,21 @@ here in the benchmark, never at run time of compress:
   ocr-cls   PP-OCR text direction classification (rapidocr-onnxruntime; two classes)
   vad       Silero VAD (silero-vad; recurrent state with the batch on axis 1, a scalar sample-rate input)
 
-Inputs are real where the machine has them: photos for the detector (matplotlib's portrait of Grace Hopper, whose face
-it finds, and scikit-learn's two sample photos, where it finds nothing; random crops and mirrors of each); text lines drawn with Pillow from compress/data/english_sentences.txt for the OCR models; a synthetic
+Inputs are real where the machine has them: photos for the detector (matplotlib's portrait of Grace Hopper, whose
+face it finds, and scikit-learn's two sample photos, where it finds nothing; random crops and mirrors of each);
+text lines drawn with Pillow from compress/data/english_sentences.txt for the OCR models; a synthetic
 voiced/unvoiced signal for the VAD (no speech ships with any installed package).
 
 For each model it runs, as a user would, `compress bench`, `compress edge`, `compress edge --provider qnn` and
 `compress quantize` (static, with the model's calibration inputs; the gate is chosen by compress from what it is
 given), and records per command: exit code, wall time, the child's peak RSS, the last line printed, whether a
 traceback or a native abort reached the shell, and, for quantize, whether the file at --out agrees with the summary
-(QuantizeLinear nodes in it exactly when the summary says int8 ships). For the detector it also runs quantize with
-a box-matching `--metric` written here: recall at IoU 0.5 of the fp32 model's own detections (class and box), on
-photos the calibration never saw; the target is >= 90% for the accepted model.
+(QuantizeLinear nodes in it exactly when the summary says int8 ships). For the detector it also runs quantize with a
+box-matching `--metric` written here: recall at IoU 0.5 of the fp32 model's own detections (class and box), on photos
+the calibration never saw; the target is >= 90% for the accepted model.
 
     .venv/bin/python benchmarks/bench_real_models.py [--out /tmp/bench_real] [--only yolo,ocr-rec]
+        [--commands edge-qnn]   # rerun only these commands; the other rows stay from <out>/results.json
 
 Writes <out>/results.json and prints one line per command.
 """
@@ -310,11 +312,21 @@ def quantize_agrees(row: dict, out: Path) -> None:
     row["agrees"] = agrees
 
 
+def quantize(name: str, model: Path, flags: list[str], folder: Path, sub: str, extra: list[str]) -> dict:
+    out = folder / sub / f"{name}-int8.onnx"
+    row = compress(["quantize", str(model), "--out", str(out), *flags, *extra, "--quiet"],
+                   folder / f"quantize{'' if sub == 'q' else '-metric'}.log")
+    quantize_agrees(row, out)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_real"))
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "compress-bench" / "wheels")
     parser.add_argument("--only", default="", help="comma-separated model names")
+    parser.add_argument("--commands", default="", help="comma-separated: bench, edge, edge-qnn, quantize, "
+                        "quantize-metric (default: all; the others keep their rows from results.json)")
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--gate", type=int, default=64)
     args = parser.parse_args()
@@ -337,29 +349,31 @@ def main() -> int:
         one = folder / "one.npz"  # bench times what a device runs: one sample
         np.savez(one, **inputs_for(name, 1, seed=3))
         flags = FLAGS[name]
-        rows = {
-            "bench": compress(["bench", str(model), *flags, "--inputs", str(one), "--quiet", "--time-budget", "5",
-                               "--json", str(folder / "bench.json")], folder / "bench.log"),
-            "edge": compress(["edge", str(model), *flags, "--inputs", str(gate), "--out", str(folder / "edge")],
-                             folder / "edge.log"),
-            "edge-qnn": compress(["edge", str(model), *flags, "--provider", "qnn", "--calibration", str(calibration),
-                                  "--out", str(folder / "edge-qnn")], folder / "edge-qnn.log"),
+        wanted = set(args.commands.split(",")) if args.commands else None
+        runs = {
+            "bench": lambda: compress(["bench", str(model), *flags, "--inputs", str(one), "--quiet", "--time-budget",
+                                       "5", "--json", str(folder / "bench.json")], folder / "bench.log"),
+            "edge": lambda: compress(["edge", str(model), *flags, "--inputs", str(one), "--out", str(folder / "edge")],
+                                     folder / "edge.log"),
+            "edge-qnn": lambda: compress(["edge", str(model), *flags, "--provider", "qnn", "--calibration",
+                                          str(calibration), "--out", str(folder / "edge-qnn")],
+                                         folder / "edge-qnn.log"),
+            "quantize": lambda: quantize(name, model, flags, folder, "q", ["--calibration", str(calibration),
+                                                                           "--inputs", str(gate)]),
         }
-        q = folder / "q" / f"{name}-int8.onnx"
-        rows["quantize"] = compress(["quantize", str(model), "--out", str(q), *flags, "--calibration",
-                                     str(calibration), "--inputs", str(gate), "--quiet"], folder / "quantize.log")
-        quantize_agrees(rows["quantize"], q)
         if name == "yolo":
-            images = photo_views(args.gate, seed=2)
-            np.savez(folder / "gate-metric.npz", **{YOLO_INPUT: images},
-                     y=fp32_detections(model, images, out))
-            qm = folder / "qm" / f"{name}-int8.onnx"
-            rows["quantize-metric"] = compress(
-                ["quantize", str(model), "--out", str(qm), *flags, "--calibration", str(calibration), "--data",
-                 str(folder / "gate-metric.npz"), "--metric", "yolo_metric:recall50", "--max-metric-drop", "0.10",
-                 "--pick", "quantized", "--keep-attempts", str(folder / "attempts"), "--quiet"],
-                folder / "quantize-metric.log")
-            quantize_agrees(rows["quantize-metric"], qm)
+            def with_metric() -> dict:
+                images = photo_views(args.gate, seed=2)
+                np.savez(folder / "gate-metric.npz", **{YOLO_INPUT: images}, y=fp32_detections(model, images, out))
+                return quantize(name, model, flags, folder, "qm", [
+                    "--calibration", str(calibration), "--data", str(folder / "gate-metric.npz"), "--metric",
+                    "yolo_metric:recall50", "--max-metric-drop", "0.10", "--pick", "quantized", "--keep-attempts",
+                    str(folder / "attempts")])
+            runs["quantize-metric"] = with_metric
+        previous = results["models"].get(name, {}).get("commands", {})
+        rows = {command: run() if wanted is None or command in wanted else previous.get(command)
+                for command, run in runs.items()}
+        rows = {command: row for command, row in rows.items() if row is not None}
         for command, row in rows.items():
             print(f"{name:8s} {command:16s} exit {row['exit']:3d} {row['seconds']:7.1f} s {row['peak_rss_mb']:6d} MB"
                   f"{'  TRACEBACK' if row['traceback'] else ''}{'  ABORT' if row['native_abort'] else ''}"
