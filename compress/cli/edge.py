@@ -103,7 +103,6 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
                          "nodes it refused and why")
     budget = qnn_section.get("budget")
     if budget and not budget["ok"]:
-
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
                          f"on the CPU, over --max-accuracy-drop {budget['budget']:g} (edge.json has every figure)")
 

@@ -114,22 +114,15 @@ def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"],
     rule (compress.onnx.parity.compare). The ONNX model runs at the level the ORT file was made with: at another
     level ORT picks other kernels (NCHWc convolutions at `all` on AVX-512), and a 640x640 text detector's outputs
     then differed by 5e-4 although the conversion changed nothing. Batches that fit FOLD_BYTES of activations."""
-    from compress.onnx.parity import RTOL, compare, run_cpu
+    import numpy as np
 
-    chunk = _rows_that_fit(Path(onnx_path), inputs)
+    from compress.onnx.parity import RTOL, compare, run_cpu
+    from compress.quantize.sensitivity import rows_that_fit
+
+    rows = {np.shape(v)[0] if np.ndim(v) else None for v in inputs.values()}  # run_cpu cuts axis 0 of every input
+    chunk = (rows_that_fit(Path(onnx_path), {k: v[:1] for k, v in inputs.items()}, rows.pop())
+             if len(rows) == 1 and None not in rows else None)
     reference = run_cpu(Path(onnx_path), inputs, optimization=optimization, batch_size=chunk)
     candidate = run_cpu(Path(ort_path), inputs, ort_format=True, batch_size=chunk)
     return compare(reference, candidate, atol=atol, rtol=RTOL if rtol is None else rtol)
 
-
-def _rows_that_fit(model: Path, inputs: dict[str, "np.ndarray"]) -> int | None:
-    """Rows a parity run may take at once (None: all), when every input has its batch on axis 0."""
-    import numpy as np
-
-    from compress.quantize.sensitivity import FOLD_BYTES, activation_bytes
-
-    sizes = {np.shape(v)[0] if np.ndim(v) else None for v in inputs.values()}
-    if len(sizes) != 1 or None in sizes:
-        return None
-    per_sample = activation_bytes(model, {k: v[:1] for k, v in inputs.items()})
-    return max(1, FOLD_BYTES // per_sample) if per_sample else None

@@ -61,10 +61,6 @@ def top1_of(logits: "np.ndarray") -> "np.ndarray":
     return logits.reshape(len(logits), -1).argmax(1)
 
 
-LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-          "all": "ORT_ENABLE_ALL"}
-
-
 def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = False,
             batch_size: int | None = None, optimization: str | None = None) -> list["np.ndarray"]:
     """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along axis 0; with
@@ -74,8 +70,10 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if optimization is not None:
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization])
+    if optimization is not None:  # the mapping ORT's own ORT-format converter uses
+        from onnxruntime.tools.onnx_model_utils import get_optimization_level
+
+        opts.graph_optimization_level = get_optimization_level(optimization)
     if ort_format:
         opts.add_session_config_entry("session.load_model_format", "ORT")
     try:

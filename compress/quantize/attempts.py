@@ -14,7 +14,7 @@ import numpy as np
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeds_reader as _reader,
-                                          memory_cap, rank_sensitive_nodes, samples_that_fit)
+                                          memory_cap, rank_sensitive_nodes, rows_that_fit, samples_that_fit)
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | 
     arrays = [v for v in calib[0].values() if np.ndim(v)]
     if fixed_batch(model) or any(np.shape(v)[0] != rows for v in arrays):
         return calib
-    per_sample = activation_bytes(model, calib[0])
-    fit = max(1, int(min(cap or FOLD_BYTES, FOLD_BYTES) // per_sample)) if per_sample else rows
+    fit = rows_that_fit(model, {k: v[:1] if np.ndim(v) else v for k, v in calib[0].items()}, rows, cap)
     if fit >= rows:
         return calib
     whole = {k: np.concatenate([f[k] for f in calib]) if np.ndim(v) else v for k, v in calib[0].items()}

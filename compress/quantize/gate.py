@@ -51,7 +51,10 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     n = np.shape(feeds[first[0]])[first[1]] if first else 1
     shape0 = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
     fixed = shape0 if isinstance(shape0, int) and shape0 > 0 and first else None
-    step = fixed or _rows_that_fit(path, feeds, axis, batch)
+    from compress.quantize.sensitivity import rows_that_fit  # ORT's arena keeps a whole run's activations
+
+    step = fixed or rows_that_fit(path, {k: v if axis[k] is None else np.take(v, [0], axis=axis[k])
+                                         for k, v in feeds.items()}, batch)
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
     try:
@@ -81,16 +84,6 @@ def _joined(parts: list[np.ndarray], rows: list[int], n: int) -> np.ndarray:
     if axis is None:
         return parts[0]
     return np.take(np.concatenate(parts, axis=axis), range(n), axis=axis)
-
-
-def _rows_that_fit(path: Path, feeds: Mapping[str, np.ndarray], axis: Mapping[str, int | None], batch: int) -> int:
-    """At most `batch` samples a run, fewer when one sample's activations are large: ORT's arena holds the whole
-    run's (32 detector images at 320 px held 1.6 GB)."""
-    from compress.quantize.sensitivity import FOLD_BYTES, activation_bytes
-
-    one = {k: v if axis[k] is None else np.take(v, [0], axis=axis[k]) for k, v in feeds.items()}
-    per_sample = activation_bytes(path, one)
-    return max(1, min(batch, FOLD_BYTES // per_sample)) if per_sample else batch
 
 
 def _pad(v: np.ndarray, size: int, axis: int) -> np.ndarray:

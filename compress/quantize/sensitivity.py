@@ -157,6 +157,14 @@ def _at_shapes(model: Any, shapes: dict[str, tuple[int, ...]]) -> Any | None:
         return None
 
 
+def rows_that_fit(model_path: Path, one: dict[str, np.ndarray], most: int, cap: int | None = None) -> int:
+    """Samples a run may take at once, at most `most`: fewer when one sample's activations (`one`: a one-sample
+    feed, counted at its real shapes) are large, so a run holds at most FOLD_BYTES (or `cap`, when lower). ORT's
+    arena keeps the whole run's activations: 32 detector images at 320 px held 1.6 GB."""
+    per_sample = activation_bytes(model_path, one)
+    return max(1, min(most, int(min(cap or FOLD_BYTES, FOLD_BYTES) // per_sample))) if per_sample else most
+
+
 def memory_cap(max_memory_mb: float | None = None) -> int | None:
     """The bytes calibration and the sensitivity ranking may hold: `max_memory_mb` when given, else half of the
     memory available now (None where the platform does not say)."""
