@@ -2,6 +2,7 @@
 
     python benchmarks/bench_data.py make        [--root /tmp/compress-images]   # the 5k and 50k folders (+ npz)
     python benchmarks/bench_data.py memory      # peak RSS (process tree) of `compress run`, 50k vs 5k images
+    python benchmarks/bench_data.py memory --heap trim,fixed-8mb,glibc --rounds 3   # heap settings, alternated
     python benchmarks/bench_data.py throughput  # images/s in distill: 2 decoding workers vs the npz path
     python benchmarks/bench_data.py augment     # distilled student, crop+jitter & teacher on the fly vs none, 3 seeds
     python benchmarks/bench_data.py             # all of the above, in that order
@@ -145,10 +146,10 @@ def _kb(pid: int, path: str, key: str) -> int:
     return 0
 
 
-def run_measured(args: list[str]) -> dict:
+def run_measured(args: list[str], env: dict | None = None) -> dict:
     """Run a command; poll its process tree every 0.2 s: peak summed RSS and PSS (shared pages split), in MB, over
     the whole run and per stage (a stage's samples are those before the line that reports it finished)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"rss": 0, "pss": 0, "main_rss": 0, "procs": 0}
@@ -203,22 +204,37 @@ def _per_stage(samples: list[tuple[float, int, int]], lines: list[tuple[float, s
 MEMORY_TEACHER = '[teacher.train]\nepochs = 1\nlr = 3e-3'
 
 
-def memory(root: Path, work: Path) -> dict:
+HEAP_MODES = {"trim": {}, "fixed-8mb": {"COMPRESS_MMAP_THRESHOLD": "8388608"}, "glibc": {"COMPRESS_LOW_MEMORY": "0"}}
+"""compress/heap.py's settings: the default (trim at boundaries), the former 8 MB fixed threshold, glibc left alone."""
+
+
+def memory(root: Path, work: Path, modes: list[str] = ("trim",), rounds: int = 1) -> dict:
     """`compress run` (teacher cnn-small trained 1 epoch, distill 1 epoch, export, benchmark; 2 workers) on the 5k
-    and the 50k folder. One epoch each and a small teacher: the machine is shared, and memory does not depend on
-    the number of epochs."""
-    out = {}
-    for n in (5000, 50000):
-        toml = write_pipeline(work / f"mem{n}.toml", name=f"mem{n}", out=str(work / f"mem{n}"),
-                              source=f"images:{root / f'img{n}'}", teacher=MEMORY_TEACHER,
-                              teacher_model="builtin:cnn-small")
-        before = load()
-        out[n] = {**run_measured([PY, "-m", "compress", "-v", "run", str(toml), "--quiet", "--force"]),
-                  "load_before": before, "load_after": load()}
-        print(f"memory {n}: {out[n]}")
-    out["ratio_pss_50k_vs_5k"] = round(out[50000]["peak_tree_pss_mb"] / out[5000]["peak_tree_pss_mb"], 3)
-    out["ratio_rss_50k_vs_5k"] = round(out[50000]["peak_tree_rss_mb"] / out[5000]["peak_tree_rss_mb"], 3)
-    return out
+    and the 50k folder, for each heap setting of `modes`, `rounds` times, settings alternated (order reversed every
+    other round). One epoch each and a small teacher: the machine is shared, and memory does not depend on the
+    number of epochs."""
+    runs: dict[str, list] = {m: [] for m in modes}
+    for r in range(rounds):
+        for mode in (modes if r % 2 == 0 else list(reversed(modes))):
+            row = {}
+            for n in (5000, 50000):
+                toml = write_pipeline(work / f"mem{n}.toml", name=f"mem{n}", out=str(work / f"mem{n}"),
+                                      source=f"images:{root / f'img{n}'}", teacher=MEMORY_TEACHER,
+                                      teacher_model="builtin:cnn-small")
+                before = load()
+                row[n] = {**run_measured([PY, "-m", "compress", "-v", "run", str(toml), "--quiet", "--force"],
+                                         env={"COMPRESS_LOW_MEMORY": "", "COMPRESS_MMAP_THRESHOLD": "",
+                                              **HEAP_MODES[mode]}),
+                          "load_before": before, "load_after": load()}
+            for key in ("main_rss", "tree_rss", "tree_pss"):
+                row[f"ratio_{key}"] = round(row[50000][f"peak_{key}_mb"] / row[5000][f"peak_{key}_mb"], 3)
+            print(f"memory {mode} round {r}: main RSS {row[5000]['peak_main_rss_mb']} -> "
+                  f"{row[50000]['peak_main_rss_mb']} MB ({row['ratio_main_rss']}x), tree RSS {row['ratio_tree_rss']}x, "
+                  f"tree PSS {row['ratio_tree_pss']}x, {row[5000]['seconds']} / {row[50000]['seconds']} s, "
+                  f"load {row[50000]['load_after']}", flush=True)
+            runs[mode].append(row)
+    return {"runs": runs, "worst_ratio_main_rss": {m: max(r["ratio_main_rss"] for r in v) for m, v in runs.items()},
+            "worst_ratio_tree_rss": {m: max(r["ratio_tree_rss"] for r in v) for m, v in runs.items()}}
 
 
 def throughput(root: Path, rounds: int = 3, epochs: int = 2) -> dict:
@@ -314,6 +330,9 @@ def main() -> None:
     parser.add_argument("--teacher-kwargs", default="{ width = 16 }", help="augment: its kwargs (TOML inline table)")
     parser.add_argument("--student", default="builtin:cnn-small", help="augment: the student model")
     parser.add_argument("--student-kwargs", default="{ width = 8 }", help="augment: its kwargs (TOML inline table)")
+    parser.add_argument("--heap", default="trim", help=f"memory: heap settings to compare, comma-separated, of "
+                        f"{', '.join(HEAP_MODES)} (compress/heap.py)")
+    parser.add_argument("--rounds", type=int, default=1, help="memory: rounds, settings alternated")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     work = args.root / "work"
@@ -324,7 +343,7 @@ def main() -> None:
         if what == "make":
             make(args.root, [5000, 50000])
             continue
-        results[what] = {"memory": lambda: memory(args.root, work), "throughput": lambda: throughput(args.root),
+        results[what] = {"memory": lambda: memory(args.root, work, args.heap.split(","), args.rounds), "throughput": lambda: throughput(args.root),
                          "augment": lambda: augment(args.root, work, epochs=args.aug_epochs, n=args.aug_images,
                                                    teacher_epochs=args.teacher_epochs,
                                                    teacher_augment=args.teacher_augment, student=args.student,

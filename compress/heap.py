@@ -1,4 +1,4 @@
-"""Keep the C heap from growing with the data.
+"""Keep the C heap from growing with the data, without slowing training down.
 
 glibc serves blocks above its mmap threshold with mmap and gives them back on free. But each time such a block is
 freed, glibc raises the threshold to that block's size, up to 32 MB. After one large prediction batch, every buffer
@@ -6,17 +6,21 @@ below 32 MB comes from the heap. The heap then fragments around the small output
 stays with the process. Measured: a prediction pass over 40,000 32x32 images at batch 512 left the process 650 MB
 larger in a pipeline, and 340 MB larger with a bare cnn-small loop (docs/results.md).
 
-Fixing the threshold stops glibc from moving it. Its value is a trade, and fragmentation makes it a noisy one:
-- 8 MB, the default. Most training buffers stay on the heap and are reused, while prediction batches get their own
-  mappings. `compress run` on 50,000 images peaked at 1.05-1.07x the main RSS of a 5,000-image run, in two runs.
-  glibc's default gave 2.66x under load, but stayed flat in an idle run: its growth is intermittent. In bare
-  training loops, against glibc's default, cnn-small width 8 and a MiniLM student (bf16) ran at the same speed;
-  cnn-large width 16 ran 25-30% slower, because its 8 MB training buffers are now mapped.
-- 128 KB (`COMPRESS_LOW_MEMORY=1`, the strictest). Nearly every activation then costs an mmap and fresh zeroed
-  pages: training on the image CNNs is 2.0-2.3x slower.
-- glibc's own behaviour (`COMPRESS_LOW_MEMORY=0`): the fastest training, and memory that grows with the data.
-Other values were worse. With 12 MB the 50k run peaked at 2.24x, and with 16 MB at 1.31x. The same loop can also
-grow by 0 MB in one process and by 377 MB in the next (docs/results.md).
+What compress does by default: it leaves glibc's threshold alone (training buffers stay on the heap and are reused,
+the fastest) and gives the free pages back with `malloc_trim(0)` where memory is let go of: after each batch of a
+prediction pass (`predict`, which the teacher's output cache, validation and the gates use) and at the end of each
+training epoch. `malloc_trim` also returns free pages in the middle of the heap (madvise), so fragmentation no
+longer holds memory. Training steps pay nothing; a prediction batch re-faults the pages it frees.
+
+The alternatives, measured (docs/results.md, `benchmarks/bench_train.py heap` and `bench_data.py memory`):
+- a fixed 8 MB threshold (the default until 2026-12-05, `COMPRESS_MMAP_THRESHOLD=8388608`): flat memory, but every
+  activation above 8 MB is mapped and zeroed afresh each step: a MobileNet-style student trained 1.75x slower per
+  step, cnn-large width 16 25-30% slower;
+- 128 KB (`COMPRESS_LOW_MEMORY=1`, the strictest): 2.0-2.3x slower training on the image CNNs;
+- glibc's own behaviour (`COMPRESS_LOW_MEMORY=0`: nothing set, nothing trimmed): the same speed as the default,
+  memory that grows with the data (2.66x at 50k images in one loaded run);
+- jemalloc or tcmalloc: not installed on the machine this was measured on (ldconfig lists neither); preloading one
+  (LD_PRELOAD) turns `release()` into a no-op, since `malloc_trim` is then not glibc's.
 
 The CLI and each torchrun worker call `limit_heap_growth_for_run()`; DataLoader workers are forked and inherit it.
 """
@@ -24,32 +28,69 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 MMAP_THRESHOLD = 8 * 1024 * 1024
-"""The default fixed threshold: ordinary training buffers stay on the heap, large prediction batches are mapped."""
+"""The fixed threshold that was the default before trimming (kept for comparison: COMPRESS_MMAP_THRESHOLD)."""
 LOW_MEMORY_THRESHOLD = 128 * 1024
 """glibc's initial threshold, fixed (COMPRESS_LOW_MEMORY=1)."""
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+_state: dict[str, Any] = {"trim": None}  # the bound malloc_trim while trimming is on
+
+
+def _libc() -> Any:
+    """This process's C library where it is glibc on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist in glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def limit_heap_growth(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold for this process; False where there is no glibc `mallopt` (macOS, musl, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return False
     import ctypes
 
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1
 
 
-def limit_heap_growth_for_run() -> bool:
-    """The threshold the environment asks for: COMPRESS_LOW_MEMORY=1 the strictest (128 KB), =0 glibc's own dynamic
-    one (nothing is set), unset the default (8 MB)."""
-    asked = os.environ.get("COMPRESS_LOW_MEMORY", "")
+def trim_at_boundaries(on: bool = True) -> bool:
+    """Turn `release()` on (glibc's `malloc_trim(0)`) or off; False where there is no glibc."""
+    import ctypes
+
+    libc = _libc() if on else None
+    if libc is not None:
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    _state["trim"] = libc.malloc_trim if libc is not None else None
+    return libc is not None
+
+
+def release() -> None:
+    """Give the heap's free pages back to the system, where trimming is on (a prediction batch, an epoch's end)."""
+    trim = _state["trim"]
+    if trim is not None:
+        trim(0)
+
+
+def limit_heap_growth_for_run() -> str:
+    """Apply what the environment asks for and say what it was: COMPRESS_LOW_MEMORY=1 the strictest fixed threshold
+    (128 KB), =0 glibc's own behaviour (nothing set, nothing trimmed), COMPRESS_MMAP_THRESHOLD=<bytes> a fixed
+    threshold, unset the default (glibc's threshold, free pages given back at boundaries)."""
+    asked, fixed = os.environ.get("COMPRESS_LOW_MEMORY", ""), os.environ.get("COMPRESS_MMAP_THRESHOLD", "")
     if asked == "0":
-        return False
-    return limit_heap_growth(LOW_MEMORY_THRESHOLD if asked == "1" else MMAP_THRESHOLD)
+        trim_at_boundaries(False)
+        return "glibc"
+    if asked == "1" or fixed:
+        threshold = LOW_MEMORY_THRESHOLD if asked == "1" else int(fixed)
+        trim_at_boundaries(False)
+        return f"threshold {threshold}" if limit_heap_growth(threshold) else "glibc"
+    return "trim" if trim_at_boundaries(True) else "none"

@@ -1,4 +1,5 @@
-"""compress.heap: with the mmap threshold fixed, freed large buffers go back to the system (glibc only)."""
+"""compress.heap: freed large buffers go back to the system, by trimming at boundaries or with a fixed mmap threshold
+(glibc only)."""
 from __future__ import annotations
 
 import subprocess
@@ -12,38 +13,55 @@ import compress.heap as heap
 SCRIPT = """
 import sys
 import numpy as np
+import compress.heap as heap
 if sys.argv[1] == "fixed":
-    from compress.heap import limit_heap_growth
-    assert limit_heap_growth()
+    assert heap.limit_heap_growth()
+if sys.argv[1] == "trim":
+    assert heap.trim_at_boundaries()
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
 big = np.ones(30 << 20, dtype=np.uint8); del big
 before = rss()
 blocks = [np.ones(20 << 20, dtype=np.uint8) for _ in range(20)]
 keep = blocks[-1]; del blocks
+heap.release()  # a boundary: a no-op unless trimming is on
 print(rss() - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs glibc")
-def test_freed_buffers_are_given_back_with_the_default_threshold():
+def test_freed_buffers_are_given_back_by_trimming_or_a_fixed_threshold():
     grown = {how: int(subprocess.run([sys.executable, "-c", SCRIPT, how], capture_output=True, text=True,
-                                     check=True).stdout) for how in ("default", "fixed")}
-    assert grown["fixed"] < 50  # only the one 20 MB buffer still held
-    assert grown["default"] > 200  # glibc's own behaviour, which compress.heap exists for
+                                     check=True).stdout) for how in ("glibc", "fixed", "trim")}
+    assert grown["trim"] < 50  # only the one 20 MB buffer still held
+    assert grown["fixed"] < 50
+    assert grown["glibc"] > 200  # glibc's own behaviour, which compress.heap exists for
 
 
-@pytest.mark.parametrize("env, threshold", [(None, heap.MMAP_THRESHOLD), ("1", heap.LOW_MEMORY_THRESHOLD), ("0", None)])
-def test_the_environment_picks_the_threshold(monkeypatch, env, threshold):
-    # setup: record the call instead of changing this process's allocator
+@pytest.mark.parametrize("low, fixed, want", [(None, None, "trim"), ("1", None, heap.LOW_MEMORY_THRESHOLD),
+                                              ("0", None, "glibc"), (None, "8388608", heap.MMAP_THRESHOLD)])
+def test_the_environment_picks_how_the_heap_is_kept(monkeypatch, low, fixed, want):
+    # setup: record the calls instead of changing this process's allocator
     calls = []
     monkeypatch.setattr(heap, "limit_heap_growth", lambda value: calls.append(value) or True)
-    if env is None:
-        monkeypatch.delenv("COMPRESS_LOW_MEMORY", raising=False)
-    else:
-        monkeypatch.setenv("COMPRESS_LOW_MEMORY", env)
+    monkeypatch.setattr(heap, "trim_at_boundaries", lambda on=True: calls.append(f"trim {on}") or on)
+    for key, value in (("COMPRESS_LOW_MEMORY", low), ("COMPRESS_MMAP_THRESHOLD", fixed)):
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
     # execute
     applied = heap.limit_heap_growth_for_run()
-    # assert: unset is the 8 MB default, 1 the strictest, 0 leaves glibc alone
-    assert calls == ([] if threshold is None else [threshold])
-    assert applied is (threshold is not None)
+    # assert: unset trims at boundaries (no threshold), 1 the strictest threshold, 0 leaves glibc alone
+    if want == "trim":
+        assert (calls, applied) == (["trim True"], "trim")
+    elif want == "glibc":
+        assert (calls, applied) == (["trim False"], "glibc")
+    else:
+        assert (calls, applied) == (["trim False", want], f"threshold {want}")
+
+
+def test_release_is_a_no_op_when_trimming_is_off():
+    heap.trim_at_boundaries(False)
+    heap.release()
+    assert heap._state["trim"] is None
