@@ -16,11 +16,16 @@ SKIPPED = -2
 drops it from its batch."""
 
 
-def collate(items: list) -> Any:
+class Batch(tuple):
+    """An `(index, inputs, target)` batch read whole by a dataset's `__getitems__` (rows taken at once from arrays in
+    memory): `collate` passes it on as it is, instead of stacking one item at a time."""
+
+
+def collate(items: Any) -> Any:
     """torch's default collation, without the items marked SKIPPED (all of them kept if all are, sliced to none)."""
     from torch.utils.data import default_collate
 
-    index, inputs, target = default_collate(items)
+    index, inputs, target = items if isinstance(items, Batch) else default_collate(items)
     if not hasattr(target, "dim") or target.dim() != 1 or target.dtype.is_floating_point:
         return index, inputs, target  # array targets: SKIPPED marks only class labels
     keep = target != SKIPPED
@@ -61,6 +66,22 @@ class ArrayDataset(tud.Dataset):
         if self.transform is not None:
             t = self.transform(t)
         return i, t, self._target(r)
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        """A whole batch at once (DataLoader's batched fetch): the rows taken from the arrays in one indexing, the
+        per-item path's dtypes. Items one by one where a transform or array targets need it."""
+        import numpy as np
+        import torch
+
+        if self.transform is not None or (self.y is not None and not self.labels) or not indices:
+            return [self[i] for i in indices]
+        rows = np.asarray([self.row(i) for i in indices])
+        x = np.array(self.x[rows], dtype=np.float32)  # fancy indexing copies, out of a mapped file too
+        if self.scale != 1.0:
+            x *= self.scale
+        target = (torch.full((len(rows),), -1, dtype=torch.int64) if self.y is None else
+                  torch.from_numpy(np.asarray(self.y[rows]).astype(np.int64)))
+        return Batch((torch.as_tensor(indices, dtype=torch.int64), torch.from_numpy(x), target))
 
     def _target(self, r: int) -> Any:
         import numpy as np
@@ -133,6 +154,13 @@ class TensorPairs(tud.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, Any, int]:
         return i, self.x[i], int(self.y[i])
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        """A whole batch in one indexing of the tensors (DataLoader's batched fetch)."""
+        import torch
+
+        rows = torch.as_tensor(indices, dtype=torch.int64)
+        return Batch((rows, self.x[rows], torch.as_tensor(self.y)[rows].long()))
 
 
 def stack_targets(batches: list) -> Any:
