@@ -193,7 +193,7 @@ class _Search:
             calibrated = qa.quantize_once(self.base, path, settings, self.calib, cap=self.cap)
             figures = self.gate.score(path)
             if calibrated:
-                record["calibration"] = f"calibrated on {calibrated}"
+                record["calibration"] = calibrated
         except CompressError:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
@@ -257,6 +257,10 @@ def _cpu_note(isa: list[str]) -> str:
     return f"int8 instruction sets: {shown}; u8s8 without saturation, so full 8-bit weights (reduce_range off)"
 
 
+MIN_SPEEDUP = 1.03
+"""The smallest speedup that ships int8 over float: a paired 1.00-1.01x once read as "significantly faster"."""
+
+
 def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,
                prefer_quantized: bool = False, paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Choose between the float model and an accepted quantized one; the float model unless int8/fp16 is
@@ -265,9 +269,10 @@ def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]
     With `paired` rows (compress.bench.paired: both models timed in alternating blocks, `ratio` = quantized /
     float with its 99% CI `ci_ratio`), the speedup per (provider, batch) is 1 / ratio and the decider is their
     geometric mean; it counts as significant when the geometric mean of the per-row CI upper bounds of the
-    ratio is below 1 (every row's evidence pooled, conservatively: a bound of a mean is tighter than the mean
-    of bounds). Without paired rows, the harness rows' p50s give the speedups and a row is significant when
-    its 95% CIs of p50 are disjoint (rows without CIs count as significant, as before).
+    ratio is below 1 / MIN_SPEEDUP (every row's evidence pooled, conservatively: a bound of a mean is tighter than
+    the mean of bounds): at least MIN_SPEEDUP faster at 99% confidence, not merely faster. Without paired rows,
+    the harness rows' p50s give the speedups and they are significant when every row's 95% CIs of p50 are
+    disjoint and the geometric mean reaches MIN_SPEEDUP (rows without CIs count as disjoint, as before).
     Ties and insignificant speedups go to the float model: it is the simpler one (the graph as exported, no
     accuracy drop), and a noisy 1.4x on two equal models must not decide; int8 is smaller in bytes, and
     pick = 'quantized' is how a user says size matters more. Returns {"final", "why", "speedup", "speedups":
@@ -281,12 +286,16 @@ def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]
                 "why": f"{final}: no provider measured both models, so speed could not decide"
                 + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
     gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
+    significant = significant and gmean >= MIN_SPEEDUP
+    rule = (f"significant means at least {MIN_SPEEDUP:.2f}x at 99% confidence" if paired else
+            f"significant means disjoint 95% intervals and at least {MIN_SPEEDUP:.2f}x")
     if gmean > 1.0 and significant:
-        final, verdict = "quantized", "it is significantly faster"
+        final, verdict = "quantized", f"it is significantly faster ({rule})"
     elif prefer_quantized:
         final, verdict = "quantized", "it is not significantly faster, but pick = 'quantized' keeps it (smaller file)"
     elif gmean > 1.0:
-        final, verdict = "float", "the speedup is within the measurement's noise, so the simpler float model ships"
+        final, verdict = "float", (f"the speedup is within the measurement's noise ({rule}), so the simpler float "
+                                   "model ships")
     else:
         final, verdict = "float", "int8/fp16 is not faster here, so the float model ships"
     how = "paired, alternating blocks" if paired else "separate measurements"
@@ -301,7 +310,7 @@ def _speedups(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]]
     if paired:
         speedups = {f"{qa.short(r['provider'])}/b{r['batch']}": 1.0 / r["ratio"] for r in paired}
         upper = math.exp(sum(math.log(r["ci_ratio"][1]) for r in paired) / len(paired))
-        return speedups, upper < 1.0
+        return speedups, upper < 1.0 / MIN_SPEEDUP
     f = {(r["provider"], r["batch"]): r for r in float_rows if r.get("p50_ms")}
     q = {(r["provider"], r["batch"]): r for r in quant_rows if r.get("p50_ms")}
     common = sorted(set(f) & set(q))

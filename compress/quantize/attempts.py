@@ -32,7 +32,7 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
              "reduce_range": cfg.reduce_range, "nodes_to_exclude": []}
     if cfg.mode == "static":
         first.update(calibration_method=cfg.calibration_method, quant_format=cfg.quant_format,
-                     activation_type=cfg.activation_type)
+                     activation_type=cfg.activation_type, bias_correction=cfg.bias_correction)
     if cfg.mode == "fp16":
         first = {"mode": "fp16", "nodes_to_exclude": []}
     plan = [(first, "configured settings")]
@@ -113,9 +113,11 @@ def batched(arrays: dict[str, np.ndarray], batch: int,
              for k, v in arrays.items()} for i in range(0, n, batch)]
 
 
-def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | None) -> list[dict[str, np.ndarray]]:
-    """Calibration batches small enough that one holds at most FOLD_BYTES of activations (or the cap), when the
-    model's batch is free and every input has it on axis 0: MinMax folds between batches, never inside one."""
+def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | None,
+                    most: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Calibration batches small enough that one holds at most FOLD_BYTES of activations (or the cap), and at most
+    `most` rows, when the model's batch is free and every input has it on axis 0: MinMax folds between batches, never
+    inside one."""
     from compress.onnx.graph import fixed_batch
 
     rows = _rows(calib[0])
@@ -123,7 +125,8 @@ def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | 
     if fixed_batch(model) or any(np.shape(v)[0] != rows for v in arrays):
         return calib
     fit = rows_that_fit(model, {k: v[:1] if np.ndim(v) else v for k, v in calib[0].items()}, rows, cap)
-    if fit >= rows:
+    fit = min(fit, most or fit)
+    if fit >= rows and all(_rows(f) <= fit for f in calib):
         return calib
     whole = {k: np.concatenate([f[k] for f in calib]) if np.ndim(v) else v for k, v in calib[0].items()}
     return batched(whole, fit)
@@ -152,8 +155,10 @@ def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
 
 def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None,
                   cap: int | None = None) -> str:
-    """One quantization of the pre-processed model with `settings`, written to `out`. Returns a note for the
-    summary when calibration took its samples in smaller pieces than given, to bound memory, else ''."""
+    """One quantization of the pre-processed model with `settings`, written to `out`; static with
+    `settings["bias_correction"]` then has its biases corrected (compress.quantize.bias). Returns a note for the
+    summary: how calibration took its samples when in smaller pieces than given (to bound memory), and how many
+    biases were corrected; '' when neither."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -175,7 +180,9 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
     note, stride = "", None
     if calib:
         given = _rows(calib[0])
-        calib = smaller_batches(base, calib, cap)  # ORT's arena holds one batch's activations while it runs
+        per_sample_ranges = settings["calibration_method"] == "mean_minmax"  # one sample a batch: its own range
+        # ORT's arena holds one batch's activations while it runs
+        calib = smaller_batches(base, calib, cap, most=1 if per_sample_ranges else None)
         per_sample, rows = activation_bytes(base, calib[0]), _rows(calib[0])
         if settings["calibration_method"] in ("entropy", "percentile") and per_sample:
             # ORT's histogram calibrators keep every activation of what one collect_data call reads before they
@@ -184,12 +191,62 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
             fit = max(1, int(min(cap or FOLD_BYTES, FOLD_BYTES) // (per_sample * 4 * rows)))
             stride = max(d for d in range(1, min(fit, len(calib)) + 1) if len(calib) % d == 0)
             stride = None if stride >= len(calib) else stride
-        if rows < given or stride:
-            note = (f"all {sum(_rows(f) for f in calib)} samples, {(stride or 1) * rows} at a time "
+        if (rows < given or stride) and not per_sample_ranges:
+            note = (f"calibrated on all {sum(_rows(f) for f in calib)} samples, {(stride or 1) * rows} at a time "
                     "(to bound memory)")
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
         _static(base, out, settings, calib, large=large, stride=stride)
+    if not large:
+        float_outputs(out)
+    if settings.get("bias_correction") and calib and not large:
+        from compress.quantize.bias import correct_biases
+
+        done = correct_biases(base, out, calib)
+        if done["layers"]:
+            corrected = f"biases of {done['layers']} layers corrected on {done['samples']} samples"
+            note = f"{note}; {corrected}" if note else corrected
     return note
+
+
+def float_outputs(path: Path) -> int:
+    """Take the QuantizeLinear -> DequantizeLinear pair off every graph output of a QDQ model (rewritten in place):
+    the last layer then hands its float result to the caller instead of one rounded to 8 bits (a classifier's logits
+    rounded to 1/255 of their range flip close calls), as NNCF places its quantizers. ORT runs that layer on its
+    dequantized int8 weights. Returns how many outputs were freed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    freed, drop = 0, []
+    for name in outputs:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
+            continue
+        source = q.input[0]
+        maker = producer.get(source)
+        if maker is None or source in outputs:
+            continue
+        for n in graph.node:  # the float tensor takes the output's name, for its other readers too
+            for k, i in enumerate(n.input):
+                if i == source:
+                    n.input[k] = name
+        maker.output[list(maker.output).index(source)] = name
+        for v in [v for v in graph.value_info if v.name == source]:
+            graph.value_info.remove(v)  # the graph output declares it now
+        drop += [q, dq]
+        freed += 1
+    if freed:
+        for n in drop:
+            graph.node.remove(n)
+        onnx.save(model, str(path))
+    return freed
 
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
@@ -198,8 +255,11 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[st
 
     exclude = list(settings["nodes_to_exclude"]) or None
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {"minmax": CalibrationMethod.MinMax, "mean_minmax": CalibrationMethod.MinMax,
+               "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    # mean_minmax: each tensor's range is the mean of its per-batch minima and maxima, one sample a batch (NNCF's
+    # default for activations): an outlier sample widens it by 1/N of its excess, not all of it
+    mean = {"CalibMovingAverage": True} if settings["calibration_method"] == "mean_minmax" else {}
     # MinMax's augmented model outputs only each tensor's min and max, so it holds little; no
     # CalibMaxIntermediateOutputs: in ORT 1.32 it drops the batches it clears instead of folding them into ranges
     quantize_static(base, out, _reader(calib or []),
@@ -208,7 +268,8 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[st
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
                     nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
                     use_external_data_format=large,
-                    extra_options={"DefaultTensorType": 1, **({"CalibStridedMinMax": stride} if stride else {})})
+                    extra_options={"DefaultTensorType": 1, **mean,
+                                   **({"CalibStridedMinMax": stride} if stride else {})})
 
 
 def is_large(path: Path) -> bool:

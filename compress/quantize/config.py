@@ -7,8 +7,8 @@ from pydantic import Field
 
 from compress.section import Section
 
-Method = Literal["minmax", "entropy", "percentile"]
-METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+Method = Literal["mean_minmax", "minmax", "entropy", "percentile"]
+METHODS: tuple[str, ...] = ("mean_minmax", "minmax", "entropy", "percentile")
 
 # Providers that run fp16 kernels natively; on the others an fp16 model mostly pays for casts.
 FP16_PROVIDERS: frozenset[str] = frozenset(
@@ -47,7 +47,14 @@ class QuantizeConfig(Section):
         "own units (the direction comes from the metric), quantized vs float on the validation split.",
     )
     calibration_method: Method = Field(
-        "minmax", description="How static quantization turns calibration activations into ranges; tried first."
+        "mean_minmax", description="How static quantization turns calibration activations into ranges; tried "
+        "first. 'mean_minmax': the mean of each sample's minimum and maximum (NNCF's default for activations: one "
+        "outlier sample cannot stretch a range); 'minmax': the extremes over all samples; 'entropy', 'percentile': "
+        "histograms (slower)."
+    )
+    bias_correction: bool = Field(
+        True, description="Static: after quantizing, take each Conv and Gemm layer's mean output shift (measured on "
+        "the calibration samples, the layer fed float inputs) out of its bias, as NNCF's fast bias correction does."
     )
     calibration_samples: int = Field(
         256, gt=0, description="Training samples used for calibration (a fixed random subset, seed 0)."

@@ -134,19 +134,21 @@ def test_static_model_really_is_int8(setup: dict) -> None:
 
 
 def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
-    # setup: one wild outlier in the ignored feature stretches the input's range, so every real feature rounds to
-    # the zero point; only keeping fc1 (the layer that reads the input) in float cures it
+    # setup: a wild value in the ignored feature of every calibration sample stretches the input's range, so every
+    # real feature rounds to the zero point; no range estimate can tell it from data, only keeping fc1 (the layer that
+    # reads the input) in float cures it
     calib = setup["calib_x"].copy()
-    calib[0, -1] = 1e4
+    calib[:, -1] = 1e4
     # execute
     result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib)
     # assert
     attempts = result["attempts"]
-    assert attempts[0]["settings"]["calibration_method"] == "minmax"
+    assert attempts[0]["settings"]["calibration_method"] == "mean_minmax"
     assert not attempts[0]["accepted"] and attempts[0]["accuracy_drop"] > 0.3
-    assert [a["why_tried"] for a in attempts[:3]] == [
-        "configured settings", "remedy: calibration method entropy", "remedy: calibration method percentile"]
-    assert attempts[3]["why_tried"] == "remedy: per-tensor weights"
+    assert [a["why_tried"] for a in attempts[:4]] == [
+        "configured settings", "remedy: calibration method minmax", "remedy: calibration method entropy",
+        "remedy: calibration method percentile"]
+    assert attempts[4]["why_tried"] == "remedy: per-tensor weights"
     assert all(not a["accepted"] for a in attempts[:-1])
     last = attempts[-1]
     assert last["accepted"] and last["accuracy_drop"] == 0.0
@@ -160,9 +162,25 @@ def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
     assert all(a["latency"]["rows"] for a in attempts)
 
 
-def test_nothing_meets_budget_keeps_float_and_says_why(setup: dict) -> None:
+def test_one_outlier_sample_stretches_minmax_not_the_default_mean_of_sample_ranges(setup: dict) -> None:
+    # setup: one calibration sample with a wild value in the ignored feature (minmax takes it as the range's end;
+    # the mean of per-sample ranges takes 1/N of it)
     calib = setup["calib_x"].copy()
     calib[0, -1] = 1e4
+    # execute
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0, calibration_method="minmax"),
+                  calib_x=calib)
+    # assert: minmax collapses, the next remedy (the default estimate) meets a zero budget with nothing in float
+    first, second = result["attempts"][:2]
+    assert not first["accepted"] and first["accuracy_drop"] > 0.3
+    assert second["why_tried"] == "remedy: calibration method mean_minmax"
+    assert second["accepted"] and second["settings"]["nodes_to_exclude"] == []
+    assert len(result["attempts"]) == 2
+
+
+def test_nothing_meets_budget_keeps_float_and_says_why(setup: dict) -> None:
+    calib = setup["calib_x"].copy()
+    calib[:, -1] = 1e4
     result = _run(setup, QuantizeConfig(max_accuracy_drop=0.0, fallback=False), calib_x=calib)
     assert len(result["attempts"]) == 1
     assert result["chosen"] is None and result["final"] == "float"
@@ -287,6 +305,9 @@ def test_pick_never_decides_by_noise() -> None:
     assert noisy["final"] == "float" and noisy["paired"]
     real = pick_final([], [], paired=pair(0.5, 0.45, 0.55))
     assert real["final"] == "quantized" and real["speedup"] == pytest.approx(2.0)
+    # a paired 1.01x with a tight interval is real but too small to ship int8 for; the summary states the threshold
+    tiny = pick_final([], [], paired=pair(0.99, 0.985, 0.995))
+    assert tiny["final"] == "float" and not tiny["significant"] and "at least 1.03x at 99% confidence" in tiny["why"]
 
 
 def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_path: Path, monkeypatch):

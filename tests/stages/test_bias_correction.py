@@ -1,0 +1,84 @@
+"""compress.quantize.bias: each quantized layer's mean output shift, measured with float inputs, taken out of its bias."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SETTINGS = {"mode": "static", "per_channel": True, "weight_type": "int8", "reduce_range": False,
+            "nodes_to_exclude": [], "calibration_method": "minmax", "quant_format": "qdq", "activation_type": "uint8"}
+
+
+def _model(tmp_path: Path) -> Path:
+    """A conv net (plain, strided depthwise, pointwise; batch norm; a Linear head), weights nudged off their init."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 32, 3, 2, 1, groups=16), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    for p in net.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, torch.randn(1, 3, 16, 16), path, input_names=["x"], dynamic_axes={"x": {0: "n"}},
+                      dynamo=False)
+    return path
+
+
+def _outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_bias_correction_takes_out_the_mean_shift_of_every_layer(tmp_path: Path):
+    # setup: a static QDQ model of a small conv net, calibrated on 128 samples
+    import onnx
+
+    from compress.quantize import attempts as qa
+    from compress.quantize import prepare as prep
+    from compress.quantize.bias import correct_biases
+
+    base = tmp_path / "base.onnx"
+    prep.preprocess(_model(tmp_path), base, "static")
+    x = np.random.default_rng(0).standard_normal((384, 3, 16, 16)).astype(np.float32)
+    calib = qa.batched({"x": x[:128]}, 32)
+    quant, fixed = tmp_path / "q.onnx", tmp_path / "qbc.onnx"
+    qa.quantize_once(base, quant, SETTINGS, calib)
+    shutil.copyfile(quant, fixed)
+    # execute
+    done = correct_biases(base, fixed, calib)
+    # assert: the four layers (3 Conv, 1 Gemm) corrected; on held-out inputs the mean shift of the outputs is
+    # several times smaller, and their error smaller too; only biases changed
+    assert done == {"layers": 4, "skipped": 0, "samples": 128}
+    f, q, qb = (_outputs(p, x[128:]) for p in (base, quant, fixed))
+    shift, corrected = np.abs((q - f).mean(0)).mean(), np.abs((qb - f).mean(0)).mean()
+    assert corrected < shift / 2
+    assert ((qb - f) ** 2).mean() < ((q - f) ** 2).mean()
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(quant)).graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(fixed)).graph.initializer}
+    changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+    assert changed and all(k.endswith("_quantized") and ("bias" in k or "Conv_" in k) for k in changed)
+    assert all(after[k].dtype == np.int32 for k in changed)
+
+
+def test_the_first_static_attempt_corrects_biases_and_says_so(tmp_path: Path):
+    # setup / execute: quantize_once with the default settings of [quantize] (bias_correction on)
+    from compress.quantize import attempts as qa
+    from compress.quantize import prepare as prep
+    from compress.quantize.config import QuantizeConfig
+
+    base = tmp_path / "base.onnx"
+    prep.preprocess(_model(tmp_path), base, "static")
+    first = qa.remedy_plan(QuantizeConfig())[0][0]
+    x = np.random.default_rng(1).standard_normal((64, 3, 16, 16)).astype(np.float32)
+    note = qa.quantize_once(base, tmp_path / "q.onnx", first, qa.batched({"x": x}, 32))
+    off = qa.quantize_once(base, tmp_path / "q2.onnx", {**first, "bias_correction": False}, qa.batched({"x": x}, 32))
+    # assert
+    assert first["bias_correction"] is True
+    assert note == "biases of 4 layers corrected on 64 samples"
+    assert off == ""
