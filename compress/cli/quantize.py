@@ -182,10 +182,11 @@ def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, pr
                               higher_is_better=higher)
             return metric_gate(user, model, feeds, targets, metric_budget, source=f"{n} samples from "
                                f"{data_npz.name}", axes=dims.batch_axes), None
-        if targets is not None and not isinstance(targets, dict) and looks_like_logits(outputs_of(
-                model, feeds, axes=dims.batch_axes)):
+        fp32 = outputs_of(model, feeds, axes=dims.batch_axes) if targets is not None and \
+            not isinstance(targets, dict) else None
+        if fp32 is not None and looks_like_logits(fp32):  # the fp32 outputs are the gate's first score too
             return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
-                                 axes=dims.batch_axes), None
+                                 axes=dims.batch_axes, known=(model, fp32)), None
         source = f"{n} samples from {data_npz.name}"
     elif calib is not None:
         rows = _rows(calib)

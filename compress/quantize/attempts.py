@@ -13,8 +13,9 @@ import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
-from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeds_reader as _reader,
-                                          memory_cap, rank_sensitive_nodes, rows_that_fit, samples_that_fit)
+from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
+                                          _reader, gate_checked, memory_cap, rank_sensitive_nodes, rows_that_fit,
+                                          samples_that_fit)
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,16 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
     return plan
 
 
+GATE_CHECKED = 4
+"""How many of the SQNR ranking's worst nodes the gate itself scores (each alone in float) before the remedy keeps
+nodes in float, with the layers that feed the outputs."""
+
+
 def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, calib: list[dict[str, np.ndarray]],
                      cfg: QuantizeConfig, bar: Any, gate: Any) -> dict[str, Any] | None:
-    """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far."""
+    """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far. The
+    order: the gate's own figure with each of a few candidates alone in float (the GATE_CHECKED worst by SQNR and
+    the layers feeding the outputs), then the rest of the SQNR ranking."""
     tried = [a for a in attempts if a["score"] is not None and a.get("quantized")]
     if not tried:
         return None
@@ -69,9 +77,19 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
         log.warning("quantize: sensitivity ranking skipped: %s", note)
         attempts[-1]["reason"] = f"{attempts[-1].get('reason') or ''}; sensitivity ranking skipped: {note}"
         return None
-    ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), _quantizable_ops(settings))
-    why = f" (ranked on {note})" if note else ""
+    ops = _quantizable_ops(settings)
+    ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), ops)
     names = [n for n, _ in ranked]
+    # the gate orders the likeliest few: SQNR's worst and the layers whose rounding reaches the outputs, each alone
+    # in float in the best attempt (no recalibration); SQNR ranked a ResNet's fragile head fourth
+    import onnx
+
+    feeders = feeding_outputs(onnx.load(str(base), load_external_data=False).graph, ops)
+    pool = list(dict.fromkeys([*names[:GATE_CHECKED], *[n for n in feeders if n in names]]))
+    checked = gate_checked(base, Path(best["path"]), pool, lambda p: -gate.drop(0.0, gate.score(p)[gate.metric.name]),
+                           Path(best["path"]).parent)
+    names = [n for n, _ in checked] + [n for n in names if n not in {c for c, _ in checked}]
+    why = f" (ranked by the gate on {len(checked)} candidates" + (f"; SQNR on {note})" if note else ")")
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
     bar.total += len(counts)
     for count in counts:

@@ -44,6 +44,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     import os
 
     from compress.bench.providers import open_session
+    from compress.heap import release
 
     session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
     axis = {k: (None if not np.ndim(v) else (axes or {}).get(k, 0)) for k, v in feeds.items()}
@@ -65,6 +66,8 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
                 chunk = {k: v if axis[k] is None else _pad(v, step, axis[k]) for k, v in chunk.items()}
             for i, value in enumerate(session.run(None, chunk)):
                 parts[i].append(value)
+            del chunk
+            release()  # the chunk's freed buffers go back to the system (compress/heap.py)
     except CompressError:
         raise
     except Exception as exc:
@@ -108,15 +111,24 @@ def looks_like_logits(outputs: Mapping[str, np.ndarray]) -> bool:
     return len(shape) >= 2 and len(rest) == 1 and rest[0] >= 2 and not named_feature
 
 
+def _same(a: Path, b: Path | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
+
+
 def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: float, *, key: str,
-                  source: str, axes: Mapping[str, int | None] | None = None, batch: int = 256) -> Gate:
-    """Top-1 accuracy of the (one) output's argmax on labelled inputs, run `batch` samples at a time."""
+                  source: str, axes: Mapping[str, int | None] | None = None, batch: int = 256,
+                  known: tuple[Path, Mapping[str, np.ndarray]] | None = None) -> Gate:
+    """Top-1 accuracy of the (one) output's argmax on labelled inputs, run `batch` samples at a time. `known`: a
+    model's outputs on these feeds, already computed (the fp32 model's, when the caller looked at them): not run
+    again."""
     from compress.onnx.parity import top1_of
 
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
 
     def score(path: Path) -> dict[str, float]:
-        out = next(iter(outputs_of(path, feeds, axes=axes, batch=batch).values()))
+        got = known[1] if known is not None and _same(path, known[0]) else outputs_of(path, feeds, axes=axes,
+                                                                                        batch=batch)
+        out = next(iter(got.values()))
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
     return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}")
@@ -141,7 +153,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
         labels = top1_of(next(iter(expected.values())))
 
         def top1(path: Path) -> dict[str, float]:
-            got = outputs_of(path, feeds, axes=axes)[chosen[0]]
+            got = expected[chosen[0]] if _same(path, reference) else outputs_of(path, feeds, axes=axes)[chosen[0]]
             return {"top1_agreement": float(np.mean(top1_of(got) == labels))}
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
@@ -149,7 +161,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
     task = Tensors()
 
     def figures(path: Path) -> dict[str, float]:
-        got = outputs_of(path, feeds, axes=axes)
+        got = expected if _same(path, reference) else outputs_of(path, feeds, axes=axes)
         return task.metrics({k: got[k] for k in chosen}, None, expected)
 
     return Gate(figures, Metric("cosine"), budget_cosine, "--max-cosine-drop",
@@ -162,8 +174,9 @@ def metric_gate(metric: Any, reference: Path, feeds: Mapping[str, np.ndarray], t
     """The user's `module:function` metric (compress.tasks.metric.UserMetric) on the model's outputs over `feeds`
     and their `targets`. It runs once on the fp32 `reference` here, so a broken metric fails before any work and
     its primary figure (the first it returns, unless named) is known."""
-    def score(path: Path) -> dict[str, float]:
-        return metric(outputs_of(path, feeds, axes=axes), targets)
+    first = metric(outputs_of(reference, feeds, axes=axes), targets)
 
-    score(reference)
+    def score(path: Path) -> dict[str, float]:
+        return dict(first) if _same(path, reference) else metric(outputs_of(path, feeds, axes=axes), targets)
+
     return Gate(score, metric.primary, budget, "--max-metric-drop", f"{metric.target} on {source}")

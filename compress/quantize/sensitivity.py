@@ -4,6 +4,7 @@ Used by the quantize stage's last remedy (keep the most sensitive nodes in float
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -112,6 +113,20 @@ def mixed_ranges(graph: Any, acts: dict[str, list[np.ndarray]]) -> dict[str, flo
 
 
 def activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:
+    """(See _activation_bytes.) Remembered per model file and feed shapes: shape inference of a ResNet-50 takes a
+    second, and one quantization asks several times."""
+    stat = Path(model_path).stat()
+    shapes = tuple((k, tuple(np.shape(v))) for k, v in (feed or {}).items())
+    return _activation_bytes_cached(str(Path(model_path).resolve()), stat.st_mtime_ns, stat.st_size, shapes)
+
+
+@functools.lru_cache(maxsize=64)
+def _activation_bytes_cached(path: str, mtime: int, size: int, shapes: tuple) -> int:
+    shaped = {k: np.broadcast_to(np.float32(0), shape) for k, shape in shapes}  # shapes only, no memory
+    return _activation_bytes(Path(path), shaped or None)
+
+
+def _activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:
     """Bytes of every float tensor the model computes for one sample (shape-inferred graph; a symbolic dimension
     counts as 1). What ORT's histogram calibrators and the sensitivity ranking hold per sample: they keep every
     intermediate tensor of every calibration batch in memory before they summarise. 0 when shapes are unknown.
@@ -215,3 +230,71 @@ RANK_BYTES = 1024 * 2**20
 """The sensitivity ranking keeps every activation of both models for its samples: at most this much, or one sample
 when that fits under the memory cap (none: the ranking is skipped, and says so). The old floor of 8 samples took a
 4.7 MB text detector at 640x640 (2 GB a sample) to 18 GB, and the 10.8 MB PP-OCRv4 recogniser to 5.4 GB."""
+
+
+def with_node_in_float(base: Path, quant: Path, node_name: str, out: Path) -> bool:
+    """A copy of the QDQ model `quant` at `out` with one node computing in float: each of its inputs read from
+    before its QuantizeLinear -> DequantizeLinear pair (activations) or from `base`'s float initializer (weights, bias:
+    a corrected bias goes back to its float value too). Nothing is recalibrated, so ranking a candidate costs one
+    gate run, not one quantization. False when the node is not in both models."""
+    import onnx
+
+    qmodel, fmodel = onnx.load(str(quant)), onnx.load(str(base))
+    fnode = next((n for n in fmodel.graph.node if n.name == node_name), None)
+    node = next((n for n in qmodel.graph.node if n.name == node_name), None)
+    if node is None or fnode is None or len(fnode.input) != len(node.input):
+        return False
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    have = {i.name for i in qmodel.graph.initializer}
+    finits = {i.name: i for i in fmodel.graph.initializer}
+    for k, name in enumerate(node.input):
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[k] = q.input[0]
+        elif fnode.input[k] in finits:  # under a name of its own: the quantized model names its DQ output so
+            copy = onnx.TensorProto()
+            copy.CopyFrom(finits[fnode.input[k]])
+            copy.name = f"{fnode.input[k]}_float"
+            if copy.name not in have:
+                qmodel.graph.initializer.append(copy)
+                have.add(copy.name)
+            node.input[k] = copy.name
+    onnx.save(qmodel, str(out))
+    return True
+
+
+def gate_checked(base: Path, quant: Path, candidates: list[str], score: Any, work: Path) -> list[tuple[str, float]]:
+    """`candidates` ordered by the gate's own figure with each one alone in float (`score(path)` -> the figure, higher
+    is better), best first: what the model needs, measured, where SQNR only says where noise is largest."""
+    out: list[tuple[str, float]] = []
+    for i, name in enumerate(candidates):
+        path = work / f"candidate-{i:02d}.onnx"
+        if with_node_in_float(base, quant, name, path):
+            out.append((name, float(score(path))))
+            path.unlink()
+    return sorted(out, key=lambda s: -s[1])
+
+
+def feeding_outputs(graph: Any, op_types: set[str] | None) -> list[str]:
+    """Nodes with weights (of `op_types`) whose result reaches a graph output through data movement only (a
+    classifier's head, a detector's last convolutions): their rounding lands on the figures the gate reads."""
+    movement = {"Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Softmax",
+                "Sigmoid", "Concat", "Split", "Slice", "Cast"}
+    producer = {o: n for n in graph.node for o in n.output}
+    found: list[str] = []
+    todo = [o.name for o in graph.output]
+    seen: set[str] = set()
+    while todo:
+        tensor = todo.pop()
+        node = producer.get(tensor)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in movement:
+            todo += list(node.input)
+        elif op_types is None or node.op_type in op_types:
+            found.append(node.name)
+    return found

@@ -82,3 +82,36 @@ def test_the_first_static_attempt_corrects_biases_and_says_so(tmp_path: Path):
     assert first["bias_correction"] is True
     assert note == "biases of 4 layers corrected on 64 samples"
     assert off == ""
+
+
+def test_a_candidate_alone_in_float_is_scored_without_requantizing(tmp_path: Path):
+    # setup: the static QDQ model (biases corrected) and its float twin
+    import onnx
+
+    from compress.quantize import attempts as qa
+    from compress.quantize import prepare as prep
+    from compress.quantize.sensitivity import feeding_outputs, gate_checked, with_node_in_float
+
+    base, quant = tmp_path / "base.onnx", tmp_path / "q.onnx"
+    prep.preprocess(_model(tmp_path), base, "static")
+    x = np.random.default_rng(2).standard_normal((256, 3, 16, 16)).astype(np.float32)
+    qa.quantize_once(base, quant, {**SETTINGS, "bias_correction": True}, qa.batched({"x": x[:128]}, 32))
+    f = _outputs(base, x[128:])
+
+    def score(path: Path) -> float:
+        return -float(((_outputs(path, x[128:]) - f) ** 2).mean())
+
+    # execute
+    head = feeding_outputs(onnx.load(str(base)).graph, {"Conv", "Gemm"})
+    ok = with_node_in_float(base, quant, "/9/Gemm", tmp_path / "gemm.onnx")
+    ranked = gate_checked(base, quant, ["/0/Conv", "/9/Gemm", "/nope"], score, tmp_path)
+    # assert: the head is the layer feeding the output; in float it reads the float weights and bias and the tensor
+    # before its input's quantizer, and the model is closer to float than the fully quantized one
+    assert head == ["/9/Gemm"] and ok
+    graph = onnx.load(str(tmp_path / "gemm.onnx")).graph
+    gemm = next(n for n in graph.node if n.name == "/9/Gemm")
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for i in gemm.input)
+    assert score(tmp_path / "gemm.onnx") > score(quant)
+    assert dict(ranked)["/9/Gemm"] == pytest.approx(score(tmp_path / "gemm.onnx"))  # a node not in the model: left out
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1] and not list(tmp_path.glob("candidate-*.onnx"))

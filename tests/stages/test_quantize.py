@@ -152,7 +152,7 @@ def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
     assert all(not a["accepted"] for a in attempts[:-1])
     last = attempts[-1]
     assert last["accepted"] and last["accuracy_drop"] == 0.0
-    assert last["why_tried"] == "remedy: 1 most sensitive node kept in float"
+    assert last["why_tried"] == "remedy: 1 most sensitive node kept in float (ranked by the gate on 2 candidates)"
     assert last["settings"]["nodes_to_exclude"][0].startswith("fc1")
     import onnx
 
