@@ -7,10 +7,12 @@ stays with the process. Measured: a prediction pass over 40,000 32x32 images at 
 larger in a pipeline, and 340 MB larger with a bare cnn-small loop (docs/results.md).
 
 What compress does by default: it leaves glibc's threshold alone (training buffers stay on the heap and are reused,
-the fastest) and gives the free pages back with `malloc_trim(0)` where memory is let go of: after each batch of a
-prediction pass (`predict`, which the teacher's output cache, validation and the gates use) and at the end of each
-training epoch. `malloc_trim` also returns free pages in the middle of the heap (madvise), so fragmentation no
-longer holds memory. Training steps pay nothing; a prediction batch re-faults the pages it frees.
+the fastest) and watches the passes that grow: a prediction pass (`predict`: the teacher's output cache, validation)
+or an ONNX Runtime pass over a split (export parity, the gates, the benchmark's figures) checks the process's RSS
+after each batch, and once it has grown by GROWTH_BYTES since the pass began, gives the heap's free pages back with
+`malloc_trim(0)`, which also returns free pages in the middle of the heap (madvise): fragmentation no longer holds
+memory. A pass that does not grow trims nothing, so the training buffers it finds free stay mapped for the next epoch
+(trimming them at every epoch's end made a MobileNet-style student's 20-step epochs 4-10% slower, re-faulting them).
 
 The alternatives, measured (docs/results.md, `benchmarks/bench_train.py heap` and `bench_data.py memory`):
 - a fixed 8 MB threshold (the default until 2026-12-05, `COMPRESS_MMAP_THRESHOLD=8388608`): flat memory, but every
@@ -74,11 +76,45 @@ def trim_at_boundaries(on: bool = True) -> bool:
     return libc is not None
 
 
+GROWTH_BYTES = 32 * 2**20
+"""How much a pass may grow the process before its free heap pages are given back."""
+
+
 def release() -> None:
-    """Give the heap's free pages back to the system, where trimming is on (a prediction batch, an epoch's end)."""
+    """Give the heap's free pages back to the system now, where trimming is on."""
     trim = _state["trim"]
     if trim is not None:
         trim(0)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Watch:
+    """A pass's growth: `check()` after each batch gives the free heap pages back once the process has grown by
+    GROWTH_BYTES since the watch began (a no-op where trimming is off)."""
+
+    def __init__(self) -> None:
+        self.start = _rss() if _state["trim"] is not None else 0
+
+    def check(self) -> bool:
+        """True when it trimmed. What a trim cannot give back (the pass's own outputs) becomes the new start, so a
+        pass that keeps what it computes does not trim after every batch."""
+        if _state["trim"] is None or _rss() <= self.start + GROWTH_BYTES:
+            return False
+        release()
+        self.start = max(self.start, _rss())
+        return True
+
+
+def watch() -> Watch:
+    """Start watching a pass (compress.train.predict, compress.onnx.run.outputs_on, the quantize gate)."""
+    return Watch()
 
 
 def limit_heap_growth_for_run() -> str:

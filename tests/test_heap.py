@@ -65,3 +65,34 @@ def test_release_is_a_no_op_when_trimming_is_off():
     heap.trim_at_boundaries(False)
     heap.release()
     assert heap._state["trim"] is None
+
+
+WATCHED = """
+import numpy as np
+import compress.heap as heap
+assert heap.trim_at_boundaries()
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+big = np.ones(31 << 20, dtype=np.uint8); del big  # glibc raises its threshold: smaller blocks now come from the heap
+growth = heap.watch()
+trims, kept = 0, []
+for i in range(12):  # a pass: batches of growing buffers, all freed, and after each a small output kept
+    blocks = [np.ones((8 + 2 * i) << 20, dtype=np.uint8) for _ in range(3)]
+    del blocks
+    kept.append(np.ones(64 << 10, dtype=np.uint8))
+    trims += growth.check()
+quiet = heap.watch()
+before = rss()
+small = [np.ones(1 << 20, dtype=np.uint8) for _ in range(4)]; del small
+print(trims, rss() - before, quiet.check())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs glibc")
+def test_a_pass_that_grows_is_trimmed_and_a_quiet_one_is_left_alone():
+    # execute: a pass whose freed buffers pile up, then a pass that stays within its allowance
+    trims, grown, quiet = subprocess.run([sys.executable, "-c", WATCHED], capture_output=True, text=True,
+                                         check=True).stdout.split()
+    # assert: the growing pass was trimmed (not after every batch), the quiet one not at all
+    assert 1 <= int(trims) < 12
+    assert int(grown) < 32 and quiet == "False"

@@ -3,10 +3,12 @@ ORT can quantize that way, with any inputs (feeds by name), gated on whatever th
 figure, the user's metric, agreement with fp32), and a final pick by measured latency, so that a slower int8 model
 is never shipped just because it is int8. The pipeline's quantize stage and `compress quantize` both call it.
 
-Flow: pre-process (shape inference + ORT optimisation) -> first attempt with the configured settings ->
-if the drop exceeds the budget, cheaper remedies in order (other calibration methods, per-channel flipped, then the
-most sensitive nodes kept in float, 1, 2, 4, ... of them) -> latency of the float model and of every attempt
-through the project's harness -> `final` is the fastest model that meets the budget.
+Flow: pre-process (shape inference + ORT optimisation) -> first attempt with the configured settings (static: the
+mean of per-sample ranges, biases corrected for each layer's mean shift, graph outputs left in float: what NNCF does
+by default) -> if the drop exceeds the budget, cheaper remedies in order (other calibration methods, per-channel
+flipped, then the most sensitive nodes kept in float, 1, 2, 4, ... of them, the first few ordered by the gate itself)
+-> latency of the float model and of every attempt through the project's harness -> `final` is the fastest model
+that meets the budget, int8 only when it is at least MIN_SPEEDUP faster at 99% confidence (paired).
 """
 from __future__ import annotations
 
@@ -46,8 +48,8 @@ def quantize(
 
     `gate` scores a model (compress.quantize.gate); `calibration` is a list of input feeds (batches, by input name)
     for static mode and the sensitivity ranking; `feed(batch)` gives the inputs latency is timed on.
-    Returns {"attempts": [{"name", "settings", "path", "figures", "score", "drop", "bytes", "latency", "accepted",
-    "reason"} (with "accuracy" and "accuracy_drop" when the gate is on accuracy)], "float": {"path", "figures",
+    Returns {"attempts": [{"name", "settings", "path", "figures", "score", "drop", "bytes", "latency" (None but for
+    the accepted attempt), "accepted", "reason"} (with "accuracy" and "accuracy_drop" when the gate is on accuracy)], "float": {"path", "figures",
     "score", "bytes", "latency"}, "gate": what it measured, "chosen": path of the quantized model that met the budget
     or None, "final": "float" | "quantized", "why": one sentence, "pick": details}. `latency` is {"rows": harness
     rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the budget, chosen is None and final is
@@ -72,8 +74,8 @@ def quantize(
         return qa.latency(path, search.providers, batch_sizes, threads, feed, settings)
 
     float_latency = measure(search.onnx_path)
-    for rec in search.attempts:
-        if rec["score"] is not None:
+    for rec in search.attempts:  # only a model that met the budget can ship: timing the others is wasted time
+        if rec["accepted"]:
             rec["latency"] = measure(Path(rec["path"]))
     result: dict[str, Any] = {
         "mode": cfg.mode, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa), "gate": gate.to_json(),

@@ -92,7 +92,7 @@ def correct_biases(base: Path, quant: Path, calib: list[dict[str, np.ndarray]]) 
     fmodel.graph.initializer.extend(added_inits)
     del fmodel.graph.output[:]
     fmodel.graph.output.extend([helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs])
-    _at_least_opset(fmodel, 18)  # ReduceMean takes its axes as an input from opset 18
+    _axes_as_the_opset_takes_them(fmodel, 18)
     shifts, samples = _mean_shifts(fmodel, calib, outputs)
     for (_, bias), shift in zip(targets, shifts):
         _subtract(bias, shift, inits)
@@ -174,9 +174,9 @@ def _rank(model: Any, tensor: str) -> int | None:
     return None
 
 
-def _at_least_opset(model: Any, version: int) -> None:
-    """ReduceMean with axes as an input needs opset 18: raise the default domain's import (the augmented model is
-    only run here, never saved), or use the attribute form below it."""
+def _axes_as_the_opset_takes_them(model: Any, version: int) -> None:
+    """ReduceMean takes its axes as an input from opset 18 on: below that, the added ReduceMean nodes take the
+    attribute form instead (their axes initializers are then left unused)."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and imp.version < version:
             for node in model.graph.node:

@@ -44,7 +44,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     import os
 
     from compress.bench.providers import open_session
-    from compress.heap import release
+    from compress.heap import watch
 
     session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
     axis = {k: (None if not np.ndim(v) else (axes or {}).get(k, 0)) for k, v in feeds.items()}
@@ -58,6 +58,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
                                          for k, v in feeds.items()}, batch)
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
+    growth = watch()
     try:
         for start in range(0, n, step):
             chunk = {k: np.asarray(v) if axis[k] is None else
@@ -67,7 +68,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
             for i, value in enumerate(session.run(None, chunk)):
                 parts[i].append(value)
             del chunk
-            release()  # the chunk's freed buffers go back to the system (compress/heap.py)
+            growth.check()  # freed buffers go back to the system once the pass grows (compress/heap.py)
     except CompressError:
         raise
     except Exception as exc:

@@ -100,7 +100,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
     from compress.data import forward
     from compress.data.inputs import in_order
     from compress.dist.group import to_device
-    from compress.heap import release
+    from compress.heap import watch
 
     model.eval()
     order = inputs.order(data) if inputs is not None and not isinstance(data, torch.Tensor) else None
@@ -110,6 +110,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
         source = torch.utils.data.Subset(data, order) if order is not None else data
         batches = as_loader(source, batch_size=batch_size, workers=workers)
     parts: dict[str, list] = {}
+    growth = watch()
     with torch.inference_mode():
         for _, x, _ in batches:
             out = forward(model, to_device(x, device))
@@ -117,7 +118,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
             for name, value in as_outputs(out, names).items():
                 parts.setdefault(name, []).append(value.float().cpu().numpy())
             del out
-            release()  # the batch's freed activations go back to the system (compress/heap.py)
+            growth.check()  # freed activations go back to the system once the pass grows (compress/heap.py)
     return in_order({name: np.concatenate(chunks) for name, chunks in parts.items()}, order)
 
 
@@ -212,7 +213,6 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
     import torch
 
     from compress.dist.group import current, to_device
-    from compress.heap import release
     from compress.progress import progress as progress_bar
 
     cfg = _with_defaults(cfg)
@@ -253,7 +253,6 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
             if stepper.step(loss):
                 break
         total_loss, seen = world.sum([total_loss, seen])
-        release()  # free heap pages back to the system between epochs (compress/heap.py)
         figures, primary = evaluate(model), metric_of()
         score = world.broadcast_value(float(figures[primary.name]))  # one figure: every rank picks the same epoch
         history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), f"val_{primary.name}": score,
