@@ -37,7 +37,7 @@ MMAP_THRESHOLD = 8 * 1024 * 1024
 LOW_MEMORY_THRESHOLD = 128 * 1024
 """glibc's initial threshold, fixed (COMPRESS_LOW_MEMORY=1)."""
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
-_state: dict[str, Any] = {"trim": None}  # the bound malloc_trim while trimming is on
+_state: dict[str, Any] = {"trim": None, "trims": 0}  # the bound malloc_trim while trimming is on; trims so far
 
 
 def _libc() -> Any:
@@ -85,6 +85,7 @@ def release() -> None:
     trim = _state["trim"]
     if trim is not None:
         trim(0)
+        _state["trims"] += 1
 
 
 def _rss() -> int:
