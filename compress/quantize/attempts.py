@@ -5,26 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.quantize.config import METHODS, QuantizeConfig
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
-                                          _reader, gate_checked, memory_cap, rank_sensitive_nodes, rows_that_fit,
-                                          samples_that_fit)
+                                          _reader, gate_checked, memory_cap, quantizable_ops, rank_sensitive_nodes,
+                                          rows_that_fit, samples_that_fit)
 
 log = logging.getLogger(__name__)
-
-# Ops that only move or select values: keeping one in float removes no rounding of its own.
-_DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
-    {"Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Pad", "Gather",
-     "GatherElements", "MaxPool", "Resize", "TopK", "Where", "ArgMax"}
-)
-
 
 def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[dict[str, Any], str]]:
     """Attempts before node exclusion, in order: configured, other calibration methods, per-channel flipped, and
@@ -77,7 +69,7 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
         log.warning("quantize: sensitivity ranking skipped: %s", note)
         attempts[-1]["reason"] = f"{attempts[-1].get('reason') or ''}; sensitivity ranking skipped: {note}"
         return None
-    ops = _quantizable_ops(settings)
+    ops = quantizable_ops(settings)
     ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), ops)
     names = [n for n, _ in ranked]
     # the gate orders the likeliest few: SQNR's worst and the layers whose rounding reaches the outputs, each alone
@@ -215,6 +207,8 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
         _static(base, out, settings, calib, large=large, stride=stride)
     if not large:
+        from compress.quantize.qdq import float_outputs
+
         float_outputs(out)
     if settings.get("bias_correction") and calib and not large:
         from compress.quantize.bias import correct_biases
@@ -224,47 +218,6 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
             corrected = f"biases of {done['layers']} layers corrected on {done['samples']} samples"
             note = f"{note}; {corrected}" if note else corrected
     return note
-
-
-def float_outputs(path: Path) -> int:
-    """Take the QuantizeLinear -> DequantizeLinear pair off every graph output of a QDQ model (rewritten in place):
-    the last layer then hands its float result to the caller instead of one rounded to 8 bits (a classifier's logits
-    rounded to 1/255 of their range flip close calls), as NNCF places its quantizers. ORT runs that layer on its
-    dequantized int8 weights. Returns how many outputs were freed."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
-    outputs = {o.name for o in graph.output}
-    freed, drop = 0, []
-    for name in outputs:
-        dq = producer.get(name)
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
-            continue
-        source = q.input[0]
-        maker = producer.get(source)
-        if maker is None or source in outputs:
-            continue
-        for n in graph.node:  # the float tensor takes the output's name, for its other readers too
-            for k, i in enumerate(n.input):
-                if i == source:
-                    n.input[k] = name
-        maker.output[list(maker.output).index(source)] = name
-        for v in [v for v in graph.value_info if v.name == source]:
-            graph.value_info.remove(v)  # the graph output declares it now
-        drop += [q, dq]
-        freed += 1
-    if freed:
-        for n in drop:
-            graph.node.remove(n)
-        onnx.save(model, str(path))
-    return freed
 
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
@@ -310,19 +263,6 @@ def save(model: Any, path: Path, *, large: bool) -> None:
         usual_mode(path.with_name(f"{path.name}.data"))
     else:
         onnx.save(model, str(path))
-
-
-def _quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
-    """Op types worth keeping in float: those the quantizer touches, less pure data movement (no arithmetic)."""
-    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
-
-    if settings["mode"] == "dynamic":
-        ops = set(IntegerOpsRegistry)
-    elif settings["mode"] == "static":  # quantize_static's default op list is the union of both registries
-        ops = set(QDQRegistry) | set(QLinearOpsRegistry)
-    else:
-        return None
-    return ops - _DATA_MOVEMENT_OPS
 
 
 def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: int,

@@ -232,46 +232,14 @@ when that fits under the memory cap (none: the ranking is skipped, and says so).
 4.7 MB text detector at 640x640 (2 GB a sample) to 18 GB, and the 10.8 MB PP-OCRv4 recogniser to 5.4 GB."""
 
 
-def with_node_in_float(base: Path, quant: Path, node_name: str, out: Path) -> bool:
-    """A copy of the QDQ model `quant` at `out` with one node computing in float: each of its inputs read from
-    before its QuantizeLinear -> DequantizeLinear pair (activations) or from `base`'s float initializer (weights, bias:
-    a corrected bias goes back to its float value too). Nothing is recalibrated, so ranking a candidate costs one
-    gate run, not one quantization. False when the node is not in both models."""
-    import onnx
-
-    qmodel, fmodel = onnx.load(str(quant)), onnx.load(str(base))
-    fnode = next((n for n in fmodel.graph.node if n.name == node_name), None)
-    node = next((n for n in qmodel.graph.node if n.name == node_name), None)
-    if node is None or fnode is None or len(fnode.input) != len(node.input):
-        return False
-    producer = {o: n for n in qmodel.graph.node for o in n.output}
-    have = {i.name for i in qmodel.graph.initializer}
-    finits = {i.name: i for i in fmodel.graph.initializer}
-    for k, name in enumerate(node.input):
-        dq = producer.get(name)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue
-        q = producer.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[k] = q.input[0]
-        elif fnode.input[k] in finits:  # under a name of its own: the quantized model names its DQ output so
-            copy = onnx.TensorProto()
-            copy.CopyFrom(finits[fnode.input[k]])
-            copy.name = f"{fnode.input[k]}_float"
-            if copy.name not in have:
-                qmodel.graph.initializer.append(copy)
-                have.add(copy.name)
-            node.input[k] = copy.name
-    onnx.save(qmodel, str(out))
-    return True
-
-
 def gate_checked(base: Path, quant: Path, candidates: list[str], score: Any, work: Path) -> list[tuple[str, float]]:
     """`candidates` ordered by the gate's own figure with each one alone in float (`score(path)` -> the figure, higher
     is better), best first: what the model needs, measured, where SQNR only says where noise is largest."""
     out: list[tuple[str, float]] = []
     for i, name in enumerate(candidates):
         path = work / f"candidate-{i:02d}.onnx"
+        from compress.quantize.qdq import with_node_in_float
+
         if with_node_in_float(base, quant, name, path):
             out.append((name, float(score(path))))
             path.unlink()
@@ -298,3 +266,23 @@ def feeding_outputs(graph: Any, op_types: set[str] | None) -> list[str]:
         elif op_types is None or node.op_type in op_types:
             found.append(node.name)
     return found
+
+
+# Ops that only move or select values: keeping one in float removes no rounding of its own.
+_DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
+    {"Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Pad", "Gather",
+     "GatherElements", "MaxPool", "Resize", "TopK", "Where", "ArgMax"}
+)
+
+
+def quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
+    """Op types worth keeping in float: those the quantizer touches, less pure data movement (no arithmetic)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    if settings["mode"] == "dynamic":
+        ops = set(IntegerOpsRegistry)
+    elif settings["mode"] == "static":  # quantize_static's default op list is the union of both registries
+        ops = set(QDQRegistry) | set(QLinearOpsRegistry)
+    else:
+        return None
+    return ops - _DATA_MOVEMENT_OPS

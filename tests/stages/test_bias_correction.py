@@ -90,7 +90,8 @@ def test_a_candidate_alone_in_float_is_scored_without_requantizing(tmp_path: Pat
 
     from compress.quantize import attempts as qa
     from compress.quantize import prepare as prep
-    from compress.quantize.sensitivity import feeding_outputs, gate_checked, with_node_in_float
+    from compress.quantize.qdq import with_node_in_float
+    from compress.quantize.sensitivity import feeding_outputs, gate_checked
 
     base, quant = tmp_path / "base.onnx", tmp_path / "q.onnx"
     prep.preprocess(_model(tmp_path), base, "static")

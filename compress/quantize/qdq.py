@@ -1,0 +1,80 @@
+"""Edits of a QDQ model after ONNX Runtime's quantizer wrote it: graph outputs handed over in float, one node put
+back in float (to score it as a candidate without requantizing)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def float_outputs(path: Path) -> int:
+    """Take the QuantizeLinear -> DequantizeLinear pair off every graph output of a QDQ model (rewritten in place):
+    the last layer then hands its float result to the caller instead of one rounded to 8 bits (a classifier's logits
+    rounded to 1/255 of their range flip close calls), as NNCF places its quantizers. ORT runs that layer on its
+    dequantized int8 weights. Returns how many outputs were freed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    freed, drop = 0, []
+    for name in outputs:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
+            continue
+        source = q.input[0]
+        maker = producer.get(source)
+        if maker is None or source in outputs:
+            continue
+        for n in graph.node:  # the float tensor takes the output's name, for its other readers too
+            for k, i in enumerate(n.input):
+                if i == source:
+                    n.input[k] = name
+        maker.output[list(maker.output).index(source)] = name
+        for v in [v for v in graph.value_info if v.name == source]:
+            graph.value_info.remove(v)  # the graph output declares it now
+        drop += [q, dq]
+        freed += 1
+    if freed:
+        for n in drop:
+            graph.node.remove(n)
+        onnx.save(model, str(path))
+    return freed
+
+
+def with_node_in_float(base: Path, quant: Path, node_name: str, out: Path) -> bool:
+    """A copy of the QDQ model `quant` at `out` with one node computing in float: each of its inputs read from
+    before its QuantizeLinear -> DequantizeLinear pair (activations) or from `base`'s float initializer (weights, bias:
+    a corrected bias goes back to its float value too). Nothing is recalibrated, so ranking a candidate costs one
+    gate run, not one quantization. False when the node is not in both models."""
+    import onnx
+
+    qmodel, fmodel = onnx.load(str(quant)), onnx.load(str(base))
+    fnode = next((n for n in fmodel.graph.node if n.name == node_name), None)
+    node = next((n for n in qmodel.graph.node if n.name == node_name), None)
+    if node is None or fnode is None or len(fnode.input) != len(node.input):
+        return False
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    have = {i.name for i in qmodel.graph.initializer}
+    finits = {i.name: i for i in fmodel.graph.initializer}
+    for k, name in enumerate(node.input):
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[k] = q.input[0]
+        elif fnode.input[k] in finits:  # under a name of its own: the quantized model names its DQ output so
+            copy = onnx.TensorProto()
+            copy.CopyFrom(finits[fnode.input[k]])
+            copy.name = f"{fnode.input[k]}_float"
+            if copy.name not in have:
+                qmodel.graph.initializer.append(copy)
+                have.add(copy.name)
+            node.input[k] = copy.name
+    onnx.save(qmodel, str(out))
+    return True
