@@ -204,8 +204,11 @@ def _per_stage(samples: list[tuple[float, int, int]], lines: list[tuple[float, s
 MEMORY_TEACHER = '[teacher.train]\nepochs = 1\nlr = 3e-3'
 
 
-HEAP_MODES = {"trim": {}, "fixed-8mb": {"COMPRESS_MMAP_THRESHOLD": "8388608"}, "glibc": {"COMPRESS_LOW_MEMORY": "0"}}
-"""compress/heap.py's settings: the default (trim at boundaries), the former 8 MB fixed threshold, glibc left alone."""
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+HEAP_MODES = {"trim": {}, "fixed-8mb": {"COMPRESS_MMAP_THRESHOLD": "8388608"}, "glibc": {"COMPRESS_LOW_MEMORY": "0"},
+              "jemalloc": {"COMPRESS_LOW_MEMORY": "0", "LD_PRELOAD": JEMALLOC}}
+"""compress/heap.py's settings: the default (trim when a pass grows), the former 8 MB fixed threshold, glibc left
+alone, and jemalloc preloaded where installed (Debian: libjemalloc2)."""
 
 
 def memory(root: Path, work: Path, modes: list[str] = ("trim",), rounds: int = 1) -> dict:

