@@ -13,6 +13,9 @@ after each batch, and once it has grown by GROWTH_BYTES since the pass began, gi
 `malloc_trim(0)`, which also returns free pages in the middle of the heap (madvise): fragmentation no longer holds
 memory. A pass that does not grow trims nothing, so the training buffers it finds free stay mapped for the next epoch
 (trimming them at every epoch's end made a MobileNet-style student's 20-step epochs 4-10% slower, re-faulting them).
+Training steps are watched the same way from their second step on (`StepWatch`, once the working set is allocated):
+steps reuse their buffers, so only a heap that fragments past the working set is trimmed (one 50k-image run grew
+90 MB in its distill epoch without it).
 
 The alternatives, measured (docs/results.md, `benchmarks/bench_train.py heap` and `bench_data.py memory`):
 - a fixed 8 MB threshold (the default until 2026-12-05, `COMPRESS_MMAP_THRESHOLD=8388608`): flat memory, but every
@@ -131,3 +134,18 @@ def limit_heap_growth_for_run() -> str:
         trim_at_boundaries(False)
         return f"threshold {threshold}" if limit_heap_growth(threshold) else "glibc"
     return "trim" if trim_at_boundaries(True) else "none"
+
+
+class StepWatch:
+    """The training loop's watch: steps reuse their buffers, so it starts once the working set is allocated (after
+    `warm` steps) and trims only a heap that grows past it (fragmentation), never the buffers the next step needs."""
+
+    def __init__(self, warm: int = 2) -> None:
+        self.warm, self.steps, self.growth = warm, 0, None
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.growth is None and self.steps >= self.warm:
+            self.growth = Watch()
+        elif self.growth is not None:
+            self.growth.check()

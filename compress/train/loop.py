@@ -206,9 +206,8 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
     minimises (default: classification KD with `teacher` / `teacher_logits`, or cross-entropy). `evaluate(model)`
     gives the validation figures and `primary` the one that picks the best epoch (default: accuracy on `val`; a
     callable when its name is known only once figures exist, as for a user's metric's first figure).
-    `cfg` must hold every setting (compress.train.config.resolved fills the family's defaults). `frozen` lists
-    parameters to keep fixed besides cfg.freeze. A non-finite loss stops with an error naming the epoch and batch,
-    prefixed with `origin` (the config key to change, e.g. 'pipeline.toml: distill.lr').
+    `cfg` holds every setting (compress.train.config.resolved fills the family's defaults); `frozen`: parameters kept
+    fixed besides cfg.freeze. A non-finite loss stops with an error naming the epoch, batch and `origin` (the key).
     """
     import torch
 
@@ -296,6 +295,9 @@ class _Stepper:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: lr_factor(step, total, warm, self.elapsed, self.max_seconds))
         self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        from compress.heap import StepWatch
+
+        self.heap = StepWatch()  # a heap that fragments past the working set is trimmed (compress/heap.py)
 
     def step(self, loss: Any) -> bool:
         """Backward, clip, step, schedule; True when the time budget is spent."""
@@ -310,6 +312,7 @@ class _Stepper:
             self.elapsed = self.world.broadcast_value(time.perf_counter() - self.start)
             self.stopped = self.elapsed > self.max_seconds
         self.sched.step()
+        self.heap.step()
         return self.stopped
 
     def clocks(self) -> dict[str, float]:
