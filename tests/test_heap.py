@@ -96,3 +96,22 @@ def test_a_pass_that_grows_is_trimmed_and_a_quiet_one_is_left_alone():
     # assert: the growing pass was trimmed (not after every batch), the quiet one not at all
     assert 1 <= int(trims) < 12
     assert int(grown) < 32 and quiet == "False"
+
+
+def test_training_steps_are_watched_from_their_working_set_on(monkeypatch):
+    # setup: a fake RSS and a counting trim, so the rule is checked without touching this process's allocator
+    rss = {"now": 100 << 20}
+    trims = []
+    monkeypatch.setattr(heap, "_rss", lambda: rss["now"])
+    monkeypatch.setitem(heap._state, "trim", lambda pad: trims.append(pad) or 1)
+    steps = heap.StepWatch(warm=2)
+    # execute / assert: the first step allocates the working set (no watch yet); steps that stay within it never trim
+    rss["now"] += 400 << 20
+    steps.step()
+    steps.step()  # the watch starts here, at the working set
+    for _ in range(5):
+        steps.step()
+    assert trims == []
+    rss["now"] += 40 << 20  # the heap fragments past the working set by more than GROWTH_BYTES
+    steps.step()
+    assert trims == [0]
