@@ -56,6 +56,19 @@ def test_without_labels_gates_on_agreement_with_fp32(files: dict):
     assert has_int8 == (summary["ships"] == "quantized") and summary["final"] == summary["ships"]
 
 
+def test_paths_relative_to_the_current_folder_are_pre_processed_and_corrected(files: dict, monkeypatch):
+    # setup: a user in the model's folder passing bare file names (pre-processing once resolved them elsewhere)
+    monkeypatch.chdir(files["dir"])
+    # execute
+    result = _invoke("mlp.onnx", "--out", "rel-int8.onnx", "--calibration", "calib.npz", "--data", "val.npz",
+                     "--pick", "quantized")
+    # assert: ORT's pre-processing ran, and the first attempt corrected the biases of both layers
+    assert result.exit_code == 0, result.output
+    summary = json.loads((files["dir"] / "rel-int8.json").read_text())
+    assert summary["preprocess"].endswith("quant_pre_process: shape inference + optimisation")
+    assert "biases of 2 layers corrected" in summary["attempts"][0]["reason"]
+
+
 def test_without_any_data_says_the_gate_used_random_inputs(files: dict):
     out = files["dir"] / "mlp-rand.onnx"
     result = _invoke(files["model"], "--out", out, "--mode", "dynamic", "--max-accuracy-drop", "1")

@@ -51,7 +51,7 @@ def correct_biases(base: Path, quant: Path, calib: list[dict[str, np.ndarray]]) 
         if bias is None:
             skipped += 1
             continue
-        rank = 2 if fnode.op_type == "Gemm" else _rank(fmodel, fnode.input[0])
+        rank = 2 if fnode.op_type == "Gemm" else _rank(fmodel, fnode)
         if rank is None:
             skipped += 1
             continue
@@ -165,10 +165,14 @@ def _mean_shifts(model: Any, calib: list[dict[str, np.ndarray]], outputs: list[s
     return [t / max(seen, 1) for t in (totals or [])], seen
 
 
-def _rank(model: Any, tensor: str) -> int | None:
-    """The rank of `tensor` in the float model, from its inferred shapes or the graph inputs."""
+def _rank(model: Any, node: Any) -> int | None:
+    """The rank of a Conv's input: its weight's (N, C, spatial... as the weight is M, C/group, kernel...), from the
+    float model's initializer, else from the inferred shapes (a graph ORT's pre-processing did not annotate)."""
+    for init in model.graph.initializer:
+        if init.name == node.input[1]:
+            return len(init.dims)
     for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
-        if value.name == tensor and value.type.tensor_type.HasField("shape"):
+        if value.name == node.input[0] and value.type.tensor_type.HasField("shape"):
             return len(value.type.tensor_type.shape.dim)
     return None
 

@@ -38,9 +38,10 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
         import tempfile
 
         # an incomplete symbolic shape inference saves a debugging copy into the working folder: keep it out
+        source, target = str(Path(src).resolve()), str(Path(dst).resolve())  # before the working folder changes
         with tempfile.TemporaryDirectory(prefix="compress-prep-") as tmp, _working_folder(tmp):
-            quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), save_as_external_data=large,
-                              all_tensors_to_one_file=True, external_data_location=f"{dst.name}.data")
+            quant_pre_process(source, target, save_as_external_data=large, all_tensors_to_one_file=True,
+                              external_data_location=f"{dst.name}.data")
         return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"])
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
         save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
