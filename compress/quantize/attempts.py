@@ -206,17 +206,18 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
                     "(to bound memory)")
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
         _static(base, out, settings, calib, large=large, stride=stride)
-    if not large:
+    if not large:  # the quantized model read once, edited in memory, written once
+        from compress.quantize.bias import correct_biases
         from compress.quantize.qdq import float_outputs
 
-        float_outputs(out)
-    if settings.get("bias_correction") and calib and not large:
-        from compress.quantize.bias import correct_biases
-
-        done = correct_biases(base, out, calib)
+        model = onnx.load(str(out))
+        changed = float_outputs(model) > 0
+        done = correct_biases(base, model, calib) if settings.get("bias_correction") and calib else {"layers": 0}
         if done["layers"]:
             corrected = f"biases of {done['layers']} layers corrected on {done['samples']} samples"
             note = f"{note}; {corrected}" if note else corrected
+        if changed or done["layers"]:
+            onnx.save(model, str(out))
     return note
 
 

@@ -25,13 +25,13 @@ MAX_SAMPLES = 128
 """Calibration samples the shifts are averaged over, at most: a mean per channel settles within a few dozen."""
 
 
-def correct_biases(base: Path, quant: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Correct the biases of `quant` (a static QDQ model of `base`, rewritten in place) on calibration batches.
-    Returns {"layers": corrected, "skipped": quantized layers without a bias (or a known rank), "samples": used}."""
+def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Correct the biases of `qmodel` (a static QDQ model of `base`, a ModelProto edited in place) on calibration
+    batches. Returns {"layers": corrected, "skipped": quantized layers without a bias (or a known rank), "samples":
+    used}."""
     import onnx
     from onnx import helper, numpy_helper
 
-    qmodel = onnx.load(str(quant))
     fmodel = onnx.load(str(base))
     producer = {o: n for n in qmodel.graph.node for o in n.output}
     inits = {i.name: i for i in qmodel.graph.initializer}
@@ -55,17 +55,16 @@ def correct_biases(base: Path, quant: Path, calib: list[dict[str, np.ndarray]]) 
         if rank is None:
             skipped += 1
             continue
-        i = len(targets)
-        tag = f"compress_bc{i}"
+        tag = f"compress_bc{len(targets)}"
+        qdq = _activation_qdq(node, producer)
         copied = {}
-        for name in [*w_dq.input, *_activation_qdq(node, producer)[1:]]:
+        for name in [*w_dq.input, *qdq[1:]]:
             if name and name in inits and name not in copied:
                 t = onnx.TensorProto()
                 t.CopyFrom(inits[name])
                 t.name = copied[name] = f"{tag}_{name}"
                 added_inits.append(t)
         x = fnode.input[0]
-        qdq = _activation_qdq(node, producer)
         if qdq:
             _, scale, zp = qdq
             args = [copied[scale]] + ([copied[zp]] if zp else [])
@@ -95,7 +94,6 @@ def correct_biases(base: Path, quant: Path, calib: list[dict[str, np.ndarray]]) 
     shifts, samples = _mean_shifts(fmodel, calib, outputs)
     for (_, bias), shift in zip(targets, shifts):
         _subtract(bias, shift, inits)
-    onnx.save(qmodel, str(quant))
     return {"layers": len(targets), "skipped": skipped, "samples": samples}
 
 

@@ -3,16 +3,14 @@ back in float (to score it as a candidate without requantizing)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def float_outputs(path: Path) -> int:
-    """Take the QuantizeLinear -> DequantizeLinear pair off every graph output of a QDQ model (rewritten in place):
-    the last layer then hands its float result to the caller instead of one rounded to 8 bits (a classifier's logits
-    rounded to 1/255 of their range flip close calls), as NNCF places its quantizers. ORT runs that layer on its
-    dequantized int8 weights. Returns how many outputs were freed."""
-    import onnx
-
-    model = onnx.load(str(path))
+def float_outputs(model: Any) -> int:
+    """Take the QuantizeLinear -> DequantizeLinear pair off every graph output of a QDQ model (a ModelProto, edited
+    in place): the last layer then hands its float result to the caller instead of one rounded to 8 bits (a
+    classifier's logits rounded to 1/255 of their range flip close calls), as NNCF places its quantizers. ORT runs
+    that layer on its dequantized int8 weights. Returns how many outputs were freed."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, int] = {}
@@ -39,10 +37,8 @@ def float_outputs(path: Path) -> int:
             graph.value_info.remove(v)  # the graph output declares it now
         drop += [q, dq]
         freed += 1
-    if freed:
-        for n in drop:
-            graph.node.remove(n)
-        onnx.save(model, str(path))
+    for n in drop:
+        graph.node.remove(n)
     return freed
 
 

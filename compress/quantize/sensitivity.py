@@ -235,11 +235,11 @@ when that fits under the memory cap (none: the ranking is skipped, and says so).
 def gate_checked(base: Path, quant: Path, candidates: list[str], score: Any, work: Path) -> list[tuple[str, float]]:
     """`candidates` ordered by the gate's own figure with each one alone in float (`score(path)` -> the figure, higher
     is better), best first: what the model needs, measured, where SQNR only says where noise is largest."""
+    from compress.quantize.qdq import with_node_in_float
+
     out: list[tuple[str, float]] = []
     for i, name in enumerate(candidates):
         path = work / f"candidate-{i:02d}.onnx"
-        from compress.quantize.qdq import with_node_in_float
-
         if with_node_in_float(base, quant, name, path):
             out.append((name, float(score(path))))
             path.unlink()
