@@ -24,8 +24,9 @@ The alternatives, measured (docs/results.md, `benchmarks/bench_train.py heap` an
 - 128 KB (`COMPRESS_LOW_MEMORY=1`, the strictest): 2.0-2.3x slower training on the image CNNs;
 - glibc's own behaviour (`COMPRESS_LOW_MEMORY=0`: nothing set, nothing trimmed): the same speed as the default,
   memory that grows with the data (2.66x at 50k images in one loaded run);
-- jemalloc or tcmalloc: not installed on the machine this was measured on (ldconfig lists neither); preloading one
-  (LD_PRELOAD) turns `release()` into a no-op, since `malloc_trim` is then not glibc's.
+- jemalloc preloaded (LD_PRELOAD; Debian's libjemalloc2): flat memory, but cnn-large trained 1.3-1.6x slower.
+  tcmalloc could not be installed where this was measured. With either preloaded, `malloc_trim` is not the
+  allocator's and `release()` does nothing.
 
 The CLI and each torchrun worker call `limit_heap_growth_for_run()`; DataLoader workers are forked and inherit it.
 """
@@ -68,8 +69,8 @@ def limit_heap_growth(threshold: int = MMAP_THRESHOLD) -> bool:
     return libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1
 
 
-def trim_at_boundaries(on: bool = True) -> bool:
-    """Turn `release()` on (glibc's `malloc_trim(0)`) or off; False where there is no glibc."""
+def enable_trimming(on: bool = True) -> bool:
+    """Turn trimming on (`release()` then calls glibc's `malloc_trim(0)`) or off; False where there is no glibc."""
     import ctypes
 
     libc = _libc() if on else None
@@ -100,8 +101,9 @@ def _rss() -> int:
 
 
 class Watch:
-    """A pass's growth: `check()` after each batch gives the free heap pages back once the process has grown by
-    GROWTH_BYTES since the watch began (a no-op where trimming is off)."""
+    """A pass's growth (compress.train.predict, compress.onnx.run.outputs_on, the quantize gate): `check()` after
+    each batch gives the free heap pages back once the process has grown by GROWTH_BYTES since the watch began (a
+    no-op where trimming is off)."""
 
     def __init__(self) -> None:
         self.start = _rss() if _state["trim"] is not None else 0
@@ -116,24 +118,19 @@ class Watch:
         return True
 
 
-def watch() -> Watch:
-    """Start watching a pass (compress.train.predict, compress.onnx.run.outputs_on, the quantize gate)."""
-    return Watch()
-
-
 def limit_heap_growth_for_run() -> str:
     """Apply what the environment asks for and say what it was: COMPRESS_LOW_MEMORY=1 the strictest fixed threshold
     (128 KB), =0 glibc's own behaviour (nothing set, nothing trimmed), COMPRESS_MMAP_THRESHOLD=<bytes> a fixed
-    threshold, unset the default (glibc's threshold, free pages given back at boundaries)."""
+    threshold, unset the default (glibc's threshold, free pages given back when a pass grows)."""
     asked, fixed = os.environ.get("COMPRESS_LOW_MEMORY", ""), os.environ.get("COMPRESS_MMAP_THRESHOLD", "")
     if asked == "0":
-        trim_at_boundaries(False)
+        enable_trimming(False)
         return "glibc"
     if asked == "1" or fixed:
         threshold = LOW_MEMORY_THRESHOLD if asked == "1" else int(fixed)
-        trim_at_boundaries(False)
+        enable_trimming(False)
         return f"threshold {threshold}" if limit_heap_growth(threshold) else "glibc"
-    return "trim" if trim_at_boundaries(True) else "none"
+    return "trim" if enable_trimming(True) else "none"
 
 
 class StepWatch:

@@ -1,4 +1,4 @@
-"""compress.heap: freed large buffers go back to the system, by trimming at boundaries or with a fixed mmap threshold
+"""compress.heap: freed large buffers go back to the system, by trimming when a pass grows or with a fixed mmap threshold
 (glibc only)."""
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import compress.heap as heap
 if sys.argv[1] == "fixed":
     assert heap.limit_heap_growth()
 if sys.argv[1] == "trim":
-    assert heap.trim_at_boundaries()
+    assert heap.enable_trimming()
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
 big = np.ones(30 << 20, dtype=np.uint8); del big
 before = rss()
 blocks = [np.ones(20 << 20, dtype=np.uint8) for _ in range(20)]
 keep = blocks[-1]; del blocks
-heap.release()  # a boundary: a no-op unless trimming is on
+heap.release()  # a no-op unless trimming is on
 print(rss() - before)
 """
 
@@ -44,7 +44,7 @@ def test_the_environment_picks_how_the_heap_is_kept(monkeypatch, low, fixed, wan
     # setup: record the calls instead of changing this process's allocator
     calls = []
     monkeypatch.setattr(heap, "limit_heap_growth", lambda value: calls.append(value) or True)
-    monkeypatch.setattr(heap, "trim_at_boundaries", lambda on=True: calls.append(f"trim {on}") or on)
+    monkeypatch.setattr(heap, "enable_trimming", lambda on=True: calls.append(f"trim {on}") or on)
     for key, value in (("COMPRESS_LOW_MEMORY", low), ("COMPRESS_MMAP_THRESHOLD", fixed)):
         if value is None:
             monkeypatch.delenv(key, raising=False)
@@ -52,7 +52,7 @@ def test_the_environment_picks_how_the_heap_is_kept(monkeypatch, low, fixed, wan
             monkeypatch.setenv(key, value)
     # execute
     applied = heap.limit_heap_growth_for_run()
-    # assert: unset trims at boundaries (no threshold), 1 the strictest threshold, 0 leaves glibc alone
+    # assert: unset trims when a pass grows (no threshold), 1 the strictest threshold, 0 leaves glibc alone
     if want == "trim":
         assert (calls, applied) == (["trim True"], "trim")
     elif want == "glibc":
@@ -62,7 +62,7 @@ def test_the_environment_picks_how_the_heap_is_kept(monkeypatch, low, fixed, wan
 
 
 def test_release_is_a_no_op_when_trimming_is_off():
-    heap.trim_at_boundaries(False)
+    heap.enable_trimming(False)
     heap.release()
     assert heap._state["trim"] is None
 
@@ -70,18 +70,18 @@ def test_release_is_a_no_op_when_trimming_is_off():
 WATCHED = """
 import numpy as np
 import compress.heap as heap
-assert heap.trim_at_boundaries()
+assert heap.enable_trimming()
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
 big = np.ones(31 << 20, dtype=np.uint8); del big  # glibc raises its threshold: smaller blocks now come from the heap
-growth = heap.watch()
+growth = heap.Watch()
 trims, kept = 0, []
 for i in range(12):  # a pass: batches of growing buffers, all freed, and after each a small output kept
     blocks = [np.ones((8 + 2 * i) << 20, dtype=np.uint8) for _ in range(3)]
     del blocks
     kept.append(np.ones(64 << 10, dtype=np.uint8))
     trims += growth.check()
-quiet = heap.watch()
+quiet = heap.Watch()
 before = rss()
 small = [np.ones(1 << 20, dtype=np.uint8) for _ in range(4)]; del small
 print(trims, rss() - before, quiet.check())

@@ -60,7 +60,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     from compress.errors import stop_on_signals
     from compress.heap import limit_heap_growth_for_run
 
-    limit_heap_growth_for_run()  # free heap pages given back at boundaries: memory flat in the data (compress/heap.py)
+    limit_heap_growth_for_run()  # free heap pages given back when a pass grows: memory flat in the data (heap.py)
     stop_on_signals()  # SIGTERM / SIGHUP unwind like Ctrl-C: scratch folders removed, the run lock released
     ctx.meta["compress.verbose"] = verbose
     if verbose:

@@ -22,7 +22,7 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
     from compress.bench.providers import open_session
     from compress.data import loader
     from compress.data.inputs import in_order
-    from compress.heap import watch
+    from compress.heap import Watch
 
     sess, _ = open_session(path, "cpu", threads=os.cpu_count() or 1, strict=True)
     wanted = [o.name for o in sess.get_outputs()]
@@ -32,7 +32,7 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
     order = data.inputs.order(ds)
     source = torch.utils.data.Subset(ds, order) if order is not None else ds
     parts: list[list] = [[] for _ in wanted]
-    growth = watch()
+    growth = Watch()
     try:
         for _, x, _ in loader(source, batch_size=batch_size, shuffle=False, seed=0, workers=data.workers):
             for i, value in enumerate(sess.run(None, data.inputs.as_feed(x))):

@@ -44,7 +44,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     import os
 
     from compress.bench.providers import open_session
-    from compress.heap import watch
+    from compress.heap import Watch
 
     session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
     axis = {k: (None if not np.ndim(v) else (axes or {}).get(k, 0)) for k, v in feeds.items()}
@@ -58,7 +58,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
                                          for k, v in feeds.items()}, batch)
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
-    growth = watch()
+    growth = Watch()
     try:
         for start in range(0, n, step):
             chunk = {k: np.asarray(v) if axis[k] is None else

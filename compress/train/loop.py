@@ -100,7 +100,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
     from compress.data import forward
     from compress.data.inputs import in_order
     from compress.dist.group import to_device
-    from compress.heap import watch
+    from compress.heap import Watch
 
     model.eval()
     order = inputs.order(data) if inputs is not None and not isinstance(data, torch.Tensor) else None
@@ -110,7 +110,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
         source = torch.utils.data.Subset(data, order) if order is not None else data
         batches = as_loader(source, batch_size=batch_size, workers=workers)
     parts: dict[str, list] = {}
-    growth = watch()
+    growth = Watch()
     with torch.inference_mode():
         for _, x, _ in batches:
             out = forward(model, to_device(x, device))
