@@ -1,5 +1,5 @@
-"""compress.heap: freed large buffers go back to the system, by trimming when a pass grows or with a fixed mmap threshold
-(glibc only)."""
+"""compress.heap: freed large buffers go back to the system, by trimming when a pass grows or with a fixed mmap
+threshold (glibc only)."""
 from __future__ import annotations
 
 import subprocess

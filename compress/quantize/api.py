@@ -49,12 +49,13 @@ def quantize(
     `gate` scores a model (compress.quantize.gate); `calibration` is a list of input feeds (batches, by input name)
     for static mode and the sensitivity ranking; `feed(batch)` gives the inputs latency is timed on.
     Returns {"attempts": [{"name", "settings", "path", "figures", "score", "drop", "bytes", "latency" (None but for
-    the accepted attempt), "accepted", "reason"} (with "accuracy" and "accuracy_drop" when the gate is on accuracy)], "float": {"path", "figures",
-    "score", "bytes", "latency"}, "gate": what it measured, "chosen": path of the quantized model that met the budget
-    or None, "final": "float" | "quantized", "why": one sentence, "pick": details}. `latency` is {"rows": harness
-    rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the budget, chosen is None and final is
-    "float"; the caller decides whether that fails the run. Every attempt is timed, so `profile` defaults to a
-    lighter one than a benchmark row's.
+    the accepted attempt), "accepted", "reason"} (with "accuracy" and "accuracy_drop" when the gate is on
+    accuracy)], "float": {"path", "figures", "score", "bytes", "latency"}, "gate": what it measured, "chosen": path
+    of the quantized model that met the budget or None, "final": "float" | "quantized", "why": one sentence, "pick":
+    details}. `latency` is {"rows": harness rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the
+    budget, chosen is None and final is "float"; the caller decides whether that fails the run. The float model and
+    the accepted attempt are timed, and then timed paired, so `profile` defaults to a lighter one than a benchmark
+    row's.
     """
     from compress.progress import progress as progress_bar
 

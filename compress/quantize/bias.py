@@ -2,9 +2,10 @@
 calibration data and taken out of its bias (NNCF's fast bias correction is the reference).
 
 Rounding weights to int8 and inputs to uint8 moves each output channel's mean a little: sum_k (Wq xq - W x). Those
-shifts add up along the network. On benchmarks/bench_ptq_peers.py's ResNet-50 static int8 without correction lost
-33 points of test accuracy, 1.2 with it (NNCF, which corrects biases the same way, 0.8). The correction is per layer and isolated: each layer is fed the float model's own input, so what one layer
-corrects is its own error, not what it inherits (correcting inherited error too would count it twice).
+shifts add up along the network. On benchmarks/bench_ptq_peers.py's ResNet-50 static int8 without correction lost 33
+points of test accuracy, 1.2 with it (NNCF, which corrects biases the same way, 0.8). The correction is per layer
+and isolated: each layer is fed the float model's own input, so what one layer corrects is its own error, not what
+it inherits (correcting inherited error too would count it twice).
 
 How: one run of the float model over the calibration batches, augmented with, for every Conv and Gemm whose weight
 is quantized and which has a bias, a twin of the layer on the quantized model's weight and input quantization

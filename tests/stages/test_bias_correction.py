@@ -1,4 +1,5 @@
-"""compress.quantize.bias: each quantized layer's mean output shift, measured with float inputs, taken out of its bias."""
+"""compress.quantize.bias: each quantized layer's mean output shift, measured with float inputs, taken out of its
+bias."""
 from __future__ import annotations
 
 import shutil
