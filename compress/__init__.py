@@ -1,6 +1,7 @@
 """compress: a trained PyTorch teacher to a small, fast, measured ONNX model, from one TOML file.
 
-The Python API mirrors the CLI: `compress.run("pipeline.toml")`, `compress.validate("pipeline.toml")`.
+The Python API mirrors the CLI: `compress.run("pipeline.toml")`, `compress.validate("pipeline.toml")`,
+`compress.search("pipeline.toml")`.
 Heavy libraries (torch, onnx, onnxruntime) are imported only when work starts.
 """
 from __future__ import annotations
@@ -33,4 +34,16 @@ def validate(source):
     return cfg
 
 
-__all__ = ["CompressError", "GateFailed", "run", "validate", "__version__"]
+def search(source, *, storage: str | None = None, trials: int | None = None, max_minutes: float | None = None,
+           progress: bool = True) -> dict:
+    """Run, resume or join the study of a pipeline file's [search] section, as `compress search` does.
+
+    Returns the search report (also runs/<name>/search/report.json); raises GateFailed when nothing met the
+    constraints (the closest model is written as best-effort.toml).
+    """
+    from compress.study import search as run_search
+
+    return run_search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress)
+
+
+__all__ = ["CompressError", "GateFailed", "run", "search", "validate", "__version__"]

@@ -139,3 +139,67 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def shared_entry(store: Path, stage: str, key: str) -> Iterator[Path]:
+    """Hold the lock of one stage result in a store shared by several run directories (a search's trials); yield
+    its folder. A second process asking for the same result waits here, then finds it published: computed once."""
+    from filelock import FileLock
+
+    entry = Path(store) / f"{stage}-{key[:24]}"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        yield entry
+
+
+def fetch_shared(entry: Path, stage: str, key: str, run_dir: Path) -> dict | None:
+    """Copy a published stage result into `run_dir` (hard links where the file system allows); its manifest if the
+    key matches and every artifact is intact there, else None."""
+    import shutil
+
+    if load_manifest(entry, key, _run_of(entry, stage)) is None:
+        return None
+    stage_dir = run_dir / stage
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    shutil.copytree(entry, stage_dir, copy_function=_link_or_copy)
+    return load_manifest(stage_dir, key, run_dir)
+
+
+def publish_shared(entry: Path, stage: str, run_dir: Path) -> None:
+    """Put a finished stage's folder (manifest last) into the store, if every artifact lies inside that folder."""
+    import shutil
+
+    stage_dir = run_dir / stage
+    manifest = json.loads((stage_dir / MANIFEST).read_text())
+    if not all(rel.startswith(f"{stage}/") for rel in manifest.get("artifacts", {})):
+        return
+    tmp = entry.with_name(entry.name + TMP_SUFFIX)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(stage_dir, tmp, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(MANIFEST))
+    shutil.copy2(stage_dir / MANIFEST, tmp / MANIFEST)
+    if entry.exists():
+        shutil.rmtree(entry)
+    os.replace(tmp, entry)
+
+
+def _run_of(entry: Path, stage: str) -> Path:
+    """The run directory an entry's manifest paths are relative to: a view in which `<stage>/` is the entry."""
+    view = entry.parent / (entry.name + ".view")
+    view.mkdir(exist_ok=True)
+    link = view / stage
+    if not link.is_symlink():
+        link.symlink_to(entry.resolve(), target_is_directory=True)
+    return view
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst

@@ -17,6 +17,7 @@ from compress.errors import CompressError
 from compress.onnx.export import ExportConfig
 from compress.prune.schedule import PruneConfig
 from compress.quantize.config import QuantizeConfig
+from compress.study.config import SearchConfig
 from compress.section import Section
 from compress.tasks.metric import EvaluateConfig
 from compress.train.config import DistillConfig, TrainConfig
@@ -29,7 +30,10 @@ class PipelineSection(Section):
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$",
                       description="Run name: letters, digits, '.', '_' or '-'; used in report.json and paths.")
-    output_dir: str | None = Field(None, description="Run directory, relative to this file; default runs/<name>.")
+    output_dir: str | None = Field(None, description="Run directory, relative to base_dir; default runs/<name>.")
+    base_dir: str | None = Field(None, description="Folder that relative paths (data, checkpoint, output_dir) and "
+                                 "module:factory code resolve against, relative to this file; default: this file's "
+                                 "folder (a search's best.toml points back to the original file's).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for the split, initialisation and batch order.")
     threads: int = Field(0, ge=0, le=1024, description="torch threads for training; 0 = torch's default.")
 
@@ -111,6 +115,8 @@ class PipelineConfig(Section):
     quantize: QuantizeConfig | None = None
     evaluate: EvaluateConfig | None = None
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    search: SearchConfig | None = Field(None, description="`compress search FILE` only: the study that starts "
+                                        "from this pipeline (`compress run` ignores it).")
 
     # Set by load_config, not by the file.
     source_path: Path | None = Field(None, exclude=True)
@@ -119,7 +125,8 @@ class PipelineConfig(Section):
     @property
     def base_dir(self) -> Path:
         # Absolute, so artifact paths stay valid whatever the working directory of a later step is.
-        return (self.source_path.parent if self.source_path else Path.cwd()).resolve()
+        here = (self.source_path.parent if self.source_path else Path.cwd()).resolve()
+        return (here / self.pipeline.base_dir).resolve() if self.pipeline.base_dir else here
 
     @property
     def run_dir(self) -> Path:

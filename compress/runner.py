@@ -24,13 +24,17 @@ CACHE_VERSION = 4  # bump when a stage's outputs change meaning, so old caches a
 # every task: teacher outputs in safetensors, metrics per model)
 
 
-def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None) -> dict:
+def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None,
+                 store: Path | None = None) -> dict:
     """Run a pipeline (a TOML path, a dict shaped like the file, or a PipelineConfig); return the report.
 
     The report is also written to the run directory. Raises CompressError for bad input (exit 2) and GateFailed
     (exit 1) when a gate fails; the report is written in both cases once the stages that could run have run.
     `dist` (compress.dist.settings.DistSettings) sends training to torchrun workers; on a machine other than node 0
     only the training stages run (with the other machines) and the result is {} (node 0 writes the report).
+    `store`: a folder of stage results shared by several run directories (a search's trials): a stage whose key is
+    there is copied in (status "shared"), and one computed here is published there, under a lock, so two runs
+    that need the same teacher train it once.
     """
     import torch
 
@@ -60,7 +64,8 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
             key = digest([key, name, section_inputs(cfg, name)])
             started = time.perf_counter()
             try:
-                result, status = _run_stage(name, key, cfg, run_dir, models, state, data, force, progress, dist)
+                result, status = _run_shared(name, key, cfg, run_dir, models, state, data, force, progress, dist,
+                                             store)
             except BaseException as exc:
                 stages.append({"name": name, "status": "failed", "seconds": round(time.perf_counter() - started, 3),
                                "artifacts": [], "error": str(exc)})
@@ -85,6 +90,24 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
     if state.gate_failure:
         raise GateFailed(f"{cfg.source_path}: {state.gate_failure} (report: {run_dir / 'report.json'})")
     return report
+
+
+def _run_shared(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, ModelRecord], state: RunState,
+                data: Any, force: bool, progress: bool, dist: Any, store: Path | None) -> tuple[StageResult, str]:
+    """_run_stage, through the shared store when there is one."""
+    if store is None or force:
+        return _run_stage(name, key, cfg, run_dir, models, state, data, force, progress, dist)
+    from compress.cache import fetch_shared, publish_shared, shared_entry
+
+    with shared_entry(store, name, key) as entry:
+        if load_manifest(run_dir / name, key, run_dir) is None:
+            manifest = fetch_shared(entry, name, key, run_dir)
+            if manifest is not None:
+                return StageResult.from_json(manifest["result"]), "shared"
+        result, status = _run_stage(name, key, cfg, run_dir, models, state, data, force, progress, dist)
+        if status == "done":
+            publish_shared(entry, name, run_dir)
+        return result, status
 
 
 def _run_stage(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, ModelRecord], state: RunState,

@@ -109,6 +109,39 @@ def detector(width: int = 32):
     return Detector()
 
 
+def mobile_detector(width: int = 16, expand: int = 2):
+    """The same grid detector from MobileNet-V2-style blocks (1x1 expand, 3x3 depthwise, 1x1 project; residual when
+    the shape allows): fewer multiply-adds per channel, so a wider one can be as fast."""
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            mid = cin * expand
+            self.residual = stride == 1 and cin == cout
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(inplace=True),
+                nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                nn.ReLU6(inplace=True), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    class MobileDetector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = width
+            self.body = nn.Sequential(_conv(nn, 1, w), Block(w, 2 * w, 2), Block(2 * w, 2 * w, 1),
+                                      Block(2 * w, 4 * w, 2), Block(4 * w, 4 * w, 1))
+            self.head = nn.Conv2d(4 * w, 4 + 1 + CLASSES, 1)
+
+        def forward(self, x):
+            out = self.head(self.body(x))
+            return {"boxes": out[:, :4], "scores": out[:, 4:]}
+
+    return MobileDetector()
+
+
 # ---------------------------------------------------------------------------------------------------- loss
 
 def _targets(boxes, classes):

@@ -31,6 +31,8 @@ def reference() -> str:
         section = _section_type(field.annotation)
         optional = "optional section: its stage runs only when present" if not field.is_required() and \
             type(None) in typing.get_args(field.annotation) else ""
+        if name == "search":
+            optional = "optional section: read by `compress search` only; `compress run` ignores it"
         out.append(f"### [{name}]" + (f" ({optional})" if optional else ""))
         out.append("")
         out.append((section.__doc__ or "").strip().splitlines()[0])

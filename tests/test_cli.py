@@ -18,7 +18,7 @@ def test_import_and_help_pull_in_no_heavy_module():
 
 def test_every_command_has_help():
     runner = CliRunner()
-    assert set(main.commands) == {"run", "validate", "bench", "compare", "edge", "quantize"}
+    assert set(main.commands) == {"run", "validate", "search", "bench", "compare", "edge", "quantize"}
     for name in main.commands:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output

@@ -7,7 +7,7 @@ float-vs-int8 pick and prune's per-step latency (lighter still).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -94,6 +94,8 @@ class BenchmarkConfig(BenchSettings):
     seq_lengths: tuple[int, ...] = Field((128,), min_length=1, description="Token inputs (text: data): sequence "
                                          "lengths timed (real validation text run together to fill each; rows carry "
                                          "seq_length).")
+    models: Literal["all", "final"] = Field("all", description="Models timed: all of the run's, or the final one "
+                                            "alone (a search's trials; a CI job that watches one model).")
 
     def __init__(self, **values: Any) -> None:
         Section.__init__(self, **values)  # a config section: pydantic's keyed errors (config.py words them)

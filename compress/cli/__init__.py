@@ -1,4 +1,5 @@
-"""Command line: `compress run|validate|bench|compare|edge|quantize`. Turns CompressError into one line and an exit code."""
+"""Command line: `compress run|validate|search|bench|compare|edge|quantize`. Turns CompressError into one line
+and an exit code."""
 from __future__ import annotations
 
 import sys
@@ -108,17 +109,25 @@ def validate(file: Path) -> None:
     cfg = load_config(file)
     check_before_training(cfg)
     stages = ", ".join(stage_names(cfg))
+    if cfg.search is not None:  # the space too: each choice (each end of a range) makes a valid file
+        import tomllib
+
+        from compress.study.space import check_space, params_of
+
+        check_space(tomllib.loads(file.read_text(encoding="utf-8")), params_of(cfg.search.space), file)
+        stages += f"; search: {len(cfg.search.space)} keys, {cfg.search.trials} trials"
     click.echo(f"{file}: ok ({stages})")
 
 
 def _register() -> None:
     # Subcommands live in their own modules; each keeps heavy imports inside its function bodies.
-    from compress.cli import bench, edge, quantize
+    from compress.cli import bench, edge, quantize, search
 
     main.add_command(bench.bench)
     main.add_command(bench.compare)
     main.add_command(edge.edge)
     main.add_command(quantize.quantize)
+    main.add_command(search.search)
 
 
 _register()

@@ -11,7 +11,8 @@ def run(ctx: StageContext) -> StageResult:
     from compress.bench.harness import bench_models
 
     bcfg, data = ctx.cfg.benchmark, ctx.data
-    paths = {name: ctx.run_dir / rec.onnx for name, rec in ctx.models.items() if rec.onnx is not None}
+    paths = {name: ctx.run_dir / rec.onnx for name, rec in ctx.models.items() if rec.onnx is not None
+             and (bcfg.models == "all" or name == ctx.final.name)}
     rows: dict[str, dict[str, list]] = {name: {"latency": [], "unavailable": []} for name in paths}
     for seq in data.inputs.seq_lengths(bcfg.seq_lengths):  # one pass, or one per sequence length (token ids)
         feeds = {b: data.inputs.bench_feed(data, b, seq) for b in bcfg.batch_sizes}

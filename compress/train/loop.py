@@ -9,6 +9,7 @@ epoch goes to a log (a bar in a terminal). Under torchrun every process runs thi
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
 import time
@@ -18,6 +19,12 @@ from compress.errors import CompressError
 from compress.tasks import Metric
 from compress.tasks.base import as_outputs, output_names_of
 from compress.train.config import TrainConfig
+
+
+EPOCH_HOOK: contextvars.ContextVar[Callable[[str, int, float], None] | None] = contextvars.ContextVar(
+    "compress_epoch_hook", default=None)
+"""Called after every epoch with (desc, epoch, the primary validation figure): a search reports it to its pruner,
+which may stop the run by raising (compress.study). None outside a search."""
 
 
 class Teacher:
@@ -258,6 +265,7 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
                         "val": figures, "examples": int(seen), **stepper.clocks()})
         bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", **{primary.name: f"{score:.4f}"})
         bar.update(1)  # one line per epoch in a log, the last one too (a time budget ends the loop early)
+        (EPOCH_HOOK.get() or (lambda *_: None))(desc, epoch + 1, score)
         if primary.better(score, best["score"]) or best["epoch"] < 0:
             best = {"score": score, "epoch": epoch + 1, "figures": figures, "state": copy.deepcopy(model.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:

@@ -1,0 +1,178 @@
+"""`compress search FILE`: the most accurate model under a latency budget (or the fastest over a metric floor, or
+the front of both), measured on the target.
+
+The file is an ordinary pipeline plus a [search] section. The hand-written pipeline runs first (its teacher is
+published to the study's stage store, so no trial trains one; its own point goes on the plot). Then an Optuna
+study draws trials: the file with the space's values, on a short budget, pruned epoch by epoch, each final model
+exported and timed on the target. The best feasible trials are trained with the file's own budget and timed again
+together; the winner's complete pipeline file is written as best.toml. Everything lives in runs/<name>/search/.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from compress.errors import CompressError, GateFailed
+
+SCHEMA = "compress.search/1"
+
+
+def search(source: str | Path, *, storage: str | None = None, trials: int | None = None,
+           max_minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume, or join with `storage`) the study of a pipeline file with a [search] section.
+
+    Returns the search report (also runs/<name>/search/report.json). Raises CompressError for bad input (exit 2) and
+    GateFailed (exit 1) when no model met the constraints, after writing the best-effort model's best-effort.toml.
+    """
+    import optuna
+
+    from compress.cache import digest
+    from compress.study.config import SearchConfig
+    from compress.study.space import check_space, params_of
+    from compress.study.loop import Loop, directions, fail_interrupted, storage_for
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (search.log)
+    path, raw, base_cfg = _load(source)
+    scfg: SearchConfig = base_cfg.search
+    scfg = scfg.model_copy(update={k: v for k, v in {"trials": trials, "max_minutes": max_minutes}.items()
+                                   if v is not None})
+    params = params_of(scfg.space)
+    check_space(raw, params, path)
+    base = {k: v for k, v in raw.items() if k != "search"}
+    root = base_cfg.run_dir / "search"
+    # the stage store beside every run folder: keys are content hashes, so any study (or two) may share it
+    store, started = base_cfg.run_dir.parent / ".stages", time.time()
+    say = _sayer(root / "search.log", progress)
+    with _search_lock(root, own=storage is None):
+        baseline = _baseline(base, path, scfg, store, root, say, progress)
+        higher = baseline["higher_is_better"]
+        kept = scfg.model_dump(mode="json", exclude={"trials", "max_minutes"})  # a rerun with more trials: same study
+        study_name = f"{base_cfg.pipeline.name}-{digest([base, kept])[:10]}"
+        rdb = storage_for(storage, root / "study.db")
+        study = optuna.create_study(study_name=study_name, storage=rdb, directions=directions(scfg, higher),
+                                    load_if_exists=True)
+        if storage is None and (left := fail_interrupted(study)):
+            say(f"{left} trial(s) left running by a stopped search: queued again with their values")
+        deadline = started + 60 * scfg.max_minutes if scfg.max_minutes else None
+        full = (base.get("distill") or {}).get("epochs") or 30
+        loop = Loop(study_name=study_name, storage=rdb, scfg=scfg, params=params, base=base, source=path,
+                    root=root, store=store, higher_is_better=higher, say=say, deadline=deadline,
+                    finalist_factor=scfg.finalists * full / scfg.short_epochs)
+        say(f"study {study_name} in {storage or rdb.url}: {scfg.objective}, {scfg.trials} trials, "
+            f"sampler {scfg.sampler_name}, seed {scfg.seed}")
+        loop.run()
+        _wait_for_others(study_name, rdb, say)
+        from compress.study.report import finish
+
+        section = finish(study=optuna.load_study(study_name=study_name, storage=rdb), scfg=scfg, base=base,
+                         base_cfg=base_cfg, source=path, root=root, store=store, baseline=baseline, say=say,
+                         progress=progress, extra={"study": study_name, "storage": _redacted(storage or rdb.url),
+                                                   "elapsed_s": round(time.time() - started, 1),
+                                                   "stopped_by_clock": loop.stopped_by_clock})
+    if section["best_effort"]:
+        raise GateFailed(f"{path}: search: no model met the constraints in {section['counts']['measured']} measured "
+                         f"trials; the closest is written as {section['winner']['toml']} (best effort)")
+    return {"schema": SCHEMA, "search": section}
+
+
+def _load(source: str | Path) -> tuple[Path, dict[str, Any], Any]:
+    import tomllib
+
+    from compress.config import load_config
+
+    path = Path(source)
+    cfg = load_config(path)
+    if cfg.search is None:
+        raise CompressError(f"{path}: search: no [search] section; add one (objective, latency_budget_ms, "
+                            "[search.space]) or run the file with `compress run`")
+    return path, tomllib.loads(path.read_text(encoding="utf-8")), cfg
+
+
+def _baseline(base: dict, path: Path, scfg: Any, store: Path, root: Path, say: Callable[[str], None],
+              progress: bool) -> dict[str, Any]:
+    """The hand-written pipeline, run (or read from its cache) in its own run directory with the stage store: its
+    teacher is the one every trial shares. Its figures, as a trial's."""
+    from filelock import FileLock
+
+    from compress.config import _check_files, parse_config
+    from compress.report import load_report
+    from compress.runner import run_pipeline
+    from compress.study.trial import outcome_of
+
+    cfg = parse_config(base, path)
+    _check_files(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    say(f"hand-written pipeline: {cfg.run_dir}")
+    with FileLock(str(root / "baseline.lock")):  # a second worker waits, then reads the cache
+        try:
+            report = run_pipeline(cfg, progress=progress, store=store)
+        except GateFailed:
+            report = load_report(cfg.run_dir / "report.json")
+    outcome = outcome_of(report, cfg.run_dir, scfg)
+    final = next(m for m in report["models"] if m["name"] == report["final"])
+    return {**outcome.to_json(), "onnx": str(cfg.run_dir / final["path"]) if final.get("path") else None,
+            "higher_is_better": report["primary_metric"]["higher_is_better"],
+            "metric_name": report["primary_metric"]["name"]}
+
+
+def _wait_for_others(study_name: str, rdb: Any, say: Callable[[str], None], poll: float = 5.0) -> None:
+    """Other workers' running trials finish (or go stale) before the finalists are chosen."""
+    import optuna
+
+    from compress.study.loop import fail_stale
+
+    said = False
+    while True:
+        study = optuna.load_study(study_name=study_name, storage=rdb)
+        fail_stale(study)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        if not running:
+            return
+        if not said:
+            say(f"waiting for trial(s) {running} of other workers")
+            said = True
+        time.sleep(poll)
+
+
+@contextlib.contextmanager
+def _search_lock(root: Path, *, own: bool) -> Iterator[None]:
+    """With the default storage one worker owns the study (a second is told to use --storage)."""
+    from filelock import FileLock, Timeout
+
+    root.mkdir(parents=True, exist_ok=True)
+    if not own:
+        yield
+        return
+    lock = FileLock(str(root / ".search.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CompressError(f"{root}: another compress search is using this study; to run several workers on one "
+                            "study, start each with the same --storage URL (e.g. sqlite:///study.db)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _sayer(log_path: Path, progress: bool) -> Callable[[str], None]:
+    import sys
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        if progress:
+            print(f"search: {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _redacted(url: str) -> str:
+    """A storage URL without its password."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(url))

@@ -1,0 +1,117 @@
+"""[search]: what `compress search FILE` looks for, under which constraints, in which space, with what budget.
+
+The rest of the file is the hand-written pipeline: `compress run FILE` runs it as it is (and ignores [search]); the
+search starts from it, changes the keys of [search.space] per trial, and puts its own point on the Pareto plot.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from compress.section import Section
+
+OBJECTIVES = ("max-metric", "min-latency", "pareto")
+
+
+class Target(Section):
+    """Where latency is measured: one provider, batch and thread count (and a sequence length for text)."""
+
+    provider: str = Field("cpu", description="cpu, openvino, qnn, ... (as in [benchmark] providers).")
+    batch: int = Field(1, ge=1, description="Batch size timed.")
+    threads: int = Field(1, ge=1, description="intra-op threads.")
+    seq: int | None = Field(None, ge=1, description="Token inputs: the sequence length timed.")
+
+    @field_validator("provider")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from compress.bench.config import _resolve
+
+        _resolve(v)
+        return v
+
+
+class Range(Section):
+    """A numeric range: { low = 0.0, high = 0.6 }, optionally log-scaled or stepped; integers when both ends are."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high:g}) is below low ({self.low:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log = true needs low > 0, got {self.low:g}")
+        return self
+
+
+class SearchConfig(Section):
+    """[search]: the study. The space is any config key path with a list of choices or a { low, high } range."""
+
+    objective: Literal["max-metric", "min-latency", "pareto"] = Field(
+        "max-metric", description="max-metric: the task's primary metric, maximised (minimised when lower is "
+        "better), with p50 <= latency_budget_ms; min-latency: p50 minimised with the metric at metric_floor or "
+        "better; pareto: the front of both.")
+    latency_budget_ms: float | None = Field(None, gt=0, description="max-metric: the p50 every feasible model "
+                                            "meets on the target (and optional for pareto).")
+    metric_floor: float | None = Field(None, description="min-latency: the primary metric every feasible model "
+                                       "reaches on validation (optional for the others).")
+    target: Target = Field(default_factory=Target, description="{ provider, batch, threads, seq }: where p50 "
+                           "is measured (the harness's pick profile, placement audited).")
+    max_bytes: int | None = Field(None, ge=1, description="Optional: the ONNX file's size limit.")
+    all_nodes_on: str | None = Field(None, description="Optional: infeasible unless this provider takes every "
+                                     "node (measured by the provider itself, as `compress edge` does).")
+    trials: int = Field(40, ge=1, le=10_000, description="Short-budget trials in the study (every worker together).")
+    max_minutes: float | None = Field(None, gt=0, description="Wall clock of one `compress search` worker; no "
+                                      "trial starts once the finalists' estimated time would not fit.")
+    short_epochs: int = Field(5, ge=1, description="[distill] epochs of a trial; finalists train with the "
+                              "file's own epochs.")
+    finalists: int = Field(3, ge=1, le=20, description="Best feasible trials (or the front's, at most this many) "
+                           "trained with the full budget and timed together, interleaved.")
+    sampler: Literal["tpe", "nsga2", "random"] | None = Field(
+        None, description="Optuna sampler: tpe (default; constrained), nsga2 (default for pareto), random (the "
+        "baseline to beat).")
+    pruner: Literal["hyperband", "halving", "none"] = Field(
+        "hyperband", description="Stops hopeless trials from their epoch-by-epoch validation metric (max-metric; "
+        "the other objectives do not prune).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="The study's seed: the same file and seed give the same "
+                      "study.")
+    space: dict[str, list[Any] | Range] = Field(description="Config key path -> [choices] or { low, high, log, "
+                                                "step }, e.g. \"student.kwargs.width\" = [8, 16, 32].")
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("give at least one key path to search")
+        for path, choices in v.items():
+            if isinstance(choices, list) and not choices:
+                raise ValueError(f"{path}: an empty list of choices")
+            if path.split(".")[0] in ("pipeline", "search", "data", "teacher"):
+                raise ValueError(f"{path}: [{path.split('.')[0]}] is the study's, not a trial's: search the "
+                                 "student, distill, prune, quantize or export settings")
+        return v
+
+    @field_validator("all_nodes_on")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        if v is not None:
+            from compress.bench.config import _resolve
+
+            _resolve(v)
+        return v
+
+    @model_validator(mode="after")
+    def _objective_needs(self) -> "SearchConfig":
+        if self.objective == "max-metric" and self.latency_budget_ms is None:
+            raise ValueError("latency_budget_ms: objective 'max-metric' needs a budget (ms)")
+        if self.objective == "min-latency" and self.metric_floor is None:
+            raise ValueError("metric_floor: objective 'min-latency' needs a floor for the primary metric")
+        return self
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler or ("nsga2" if self.objective == "pareto" else "tpe")

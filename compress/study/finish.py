@@ -1,0 +1,128 @@
+"""After the trials: the finalists trained with the file's own budget, timed again together on the target
+(interleaved in one process), the winner picked, and the margins measured paired."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from compress.cache import digest
+from compress.errors import GateFailed
+from compress.study.config import SearchConfig
+from compress.study.loop import constraints, constraints_of, state_of
+from compress.study.trial import Outcome, outcome_of, run_trial, trial_raw
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """Every trial that counts (and the ones a killed worker left, as 'interrupted'), in number order."""
+    import optuna
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if a.get("over_budget"):
+            continue
+        state = state_of(t)
+        if state == "failed" and "reason" not in a and t.state == optuna.trial.TrialState.FAIL:
+            state = "interrupted"
+        rows.append({"number": t.number, "state": state, "params": dict(t.params),
+                     "metric": a.get("metric"), "metric_test": a.get("metric_test"), "p50_ms": a.get("p50_ms"),
+                     "bytes": a.get("bytes"), "refused": a.get("refused") or [], "reason": a.get("reason"),
+                     "seconds": a.get("seconds"), "run_dir": a.get("run_dir"), "teacher": a.get("teacher"),
+                     "retry_of": a.get("retry_of"), "constraints": constraints_of(t) if a.get("constraints") else None,
+                     "pruned_at_epoch": (max(t.intermediate_values) if t.intermediate_values else None)
+                     if state == "pruned" else None})
+    return rows
+
+
+def better(a: float, b: float, higher: bool) -> bool:
+    return a > b if higher else a < b
+
+
+def front(rows: list[dict[str, Any]], higher: bool) -> list[dict[str, Any]]:
+    """The rows no other row beats on both metric and p50, by p50."""
+    def dominated(r: dict) -> bool:
+        return any((not better(r["metric"], o["metric"], higher)) and o["p50_ms"] <= r["p50_ms"]
+                   and (better(o["metric"], r["metric"], higher) or o["p50_ms"] < r["p50_ms"]) for o in rows)
+
+    return sorted((r for r in rows if not dominated(r)), key=lambda r: r["p50_ms"])
+
+
+def pick_finalists(rows: list[dict[str, Any]], scfg: SearchConfig, higher: bool) -> tuple[list[dict], bool]:
+    """The finalists (best feasible first), and whether they are only a best effort (nothing feasible)."""
+    done = [r for r in rows if r["state"] in ("complete", "infeasible") and r["metric"] is not None
+            and r["p50_ms"] is not None]
+    feasible = [r for r in done if r["state"] == "complete"]
+    k = scfg.finalists
+    if feasible:
+        if scfg.objective == "pareto":
+            on_front = front(feasible, higher)
+            step = max(1, len(on_front) / k)
+            return [on_front[int(i * step)] for i in range(min(k, len(on_front)))], False
+        key = (lambda r: (-r["metric"] if higher else r["metric"], r["p50_ms"])) if scfg.objective == "max-metric" \
+            else (lambda r: (r["p50_ms"], -r["metric"] if higher else r["metric"]))
+        return _unique(sorted(feasible, key=key))[:k], False
+    if not done:
+        return [], True
+    # nothing met the constraints: the one closest to them (least scaled violation) is the best effort
+    return [min(done, key=lambda r: sum(max(c, 0.0) for c in r["constraints"] or [1.0]))], True
+
+
+def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for r in rows:
+        key = digest(r["params"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def run_finalists(finalists: list[dict[str, Any]], *, base: dict, scfg: SearchConfig, source: Path, root: Path,
+                  store: Path, say: Callable[[str], None], progress: bool) -> list[dict[str, Any]]:
+    """Each finalist's file, with the file's own budget, run to its end; its outcome and run directory."""
+    out = []
+    for i, row in enumerate(finalists, 1):
+        run_dir = root / "finalists" / digest(row["params"])[:12]
+        raw = trial_raw(base, row["params"], scfg, run_dir, short=False)
+        say(f"finalist {i}/{len(finalists)} (trial {row['number']}): full budget ({raw.get('distill', {}).get('epochs', 'default')} "
+            f"distill epochs) in {run_dir}")
+        try:
+            outcome, _ = run_trial(raw, source, scfg, store, progress=progress)
+        except GateFailed:
+            from compress.report import load_report
+
+            outcome = outcome_of(load_report(run_dir / "report.json"), run_dir, scfg)
+        out.append({"trial": row["number"], "params": row["params"], "raw": raw, "outcome": outcome,
+                    "short": {"metric": row["metric"], "p50_ms": row["p50_ms"]}})
+    return out
+
+
+def time_together(paths: dict[str, Path], scfg: SearchConfig, feed: Callable[[int], Any] | None,
+                  settings: Any, progress: bool) -> dict[str, float]:
+    """p50 (ms) of each model on the target, their repetitions interleaved in one process."""
+    from compress.bench.harness import bench_models
+
+    t = scfg.target
+    got = bench_models({k: str(v) for k, v in paths.items()}, [t.provider], [t.batch], [t.threads],
+                       settings=settings, inputs_for_batch=feed, progress=progress)
+    return {name: g["latency"][0]["p50_ms"] for name, g in got.items() if g["latency"]}
+
+
+def choose(finals: list[dict[str, Any]], p50: dict[str, float], scfg: SearchConfig, higher: bool) -> tuple[dict, bool]:
+    """The winner among the finalists with their full-budget metric and interleaved p50; best effort if none is
+    feasible any more."""
+    for f in finals:
+        o: Outcome = f["outcome"]
+        o.p50_ms = p50.get(f"trial-{f['trial']}", o.p50_ms)
+        f["constraints"] = constraints(o, scfg, higher)
+        f["feasible"] = all(c <= 0 for c in f["constraints"])
+    feasible = [f for f in finals if f["feasible"] and f["outcome"].metric is not None]
+    pool = feasible or finals
+    if scfg.objective == "min-latency":
+        winner = min(pool, key=lambda f: f["outcome"].p50_ms)
+    else:
+        winner = max(pool, key=lambda f: (f["outcome"].metric if higher else -f["outcome"].metric,
+                                          -f["outcome"].p50_ms))
+    if not feasible:
+        winner = min(finals, key=lambda f: sum(max(c, 0.0) for c in f["constraints"]))
+    return winner, not feasible

@@ -1,0 +1,278 @@
+"""The Optuna study: storage, sampler, pruner, constraints, and the trial loop every worker runs.
+
+Determinism: each trial's sampler is seeded from the study's seed and the number of trials that count before it, so
+a study killed and resumed samples what an uninterrupted one would have (the killed trial is run again with its
+values). Several workers on one storage share the budget: a trial whose number lies past it stops at once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from compress.errors import CompressError, GateFailed
+from compress.study.config import SearchConfig
+from compress.study.space import Param
+from compress.study.trial import Outcome, run_dir_for, run_trial, trial_raw
+
+log = logging.getLogger("compress.search")
+
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+"""A trial whose worker sent no heartbeat for this long is failed and run again (Optuna's RetryFailedTrialCallback)."""
+CONSTRAINT_NAMES = ("latency", "bytes", "placement", "metric_floor")
+N_CONSTRAINTS = len(CONSTRAINT_NAMES)  # p50 over budget, bytes over max_bytes, operators refused, metric short
+
+
+class OverBudget(Exception):
+    """A trial numbered past the study's budget (another worker took the last one): stop without running it."""
+
+
+def storage_for(url: str | None, default: Path) -> Any:
+    """Optuna's RDB storage at `url`, or a SQLite file at `default`; heartbeats so a dead worker's trial is retried."""
+    import warnings
+
+    import optuna
+    from optuna import storages
+
+    default.parent.mkdir(parents=True, exist_ok=True)
+    url = url or f"sqlite:///{default.resolve()}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+        else:
+            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
+        try:
+            return storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                                       else None, **retry)
+        except (optuna.exceptions.StorageInternalError, ValueError, ImportError) as exc:
+            raise CompressError(f"--storage {url}: Optuna could not open it ({str(exc).splitlines()[0]})") from None
+
+
+def sampler_for(scfg: SearchConfig, settled: int) -> Any:
+    """The study's sampler for the next trial, seeded by the study's seed and the trials that count before it."""
+    import optuna
+
+    seed = (scfg.seed * 1_000_003 + settled) % (2**31 - 1)
+    legacy = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": constraints_of}
+    if scfg.sampler_name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if scfg.sampler_name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, scfg.trials // 4)), **legacy)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, scfg.trials // 4)), **legacy)
+
+
+def pruner_for(scfg: SearchConfig) -> Any:
+    import optuna
+
+    if scfg.pruner == "none" or scfg.objective != "max-metric":
+        return optuna.pruners.NopPruner()
+    if scfg.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=scfg.short_epochs)
+
+
+def constraints_of(trial: Any) -> list[float]:
+    """Optuna's constraints: <= 0 is feasible. A pruned or failed trial has none measured: zeros."""
+    return list(trial.user_attrs.get("constraints") or [0.0] * N_CONSTRAINTS)
+
+
+def constraints(outcome: Outcome, scfg: SearchConfig, higher_is_better: bool) -> list[float]:
+    """Each constraint's violation, scaled (<= 0: met)."""
+    p50 = outcome.p50_ms
+    budget = scfg.latency_budget_ms
+    over = -1.0 if budget is None else (1.0 if p50 is None else (p50 - budget) / budget)
+    size = -1.0 if scfg.max_bytes is None else ((outcome.bytes or 0) - scfg.max_bytes) / scfg.max_bytes
+    placed = -1.0 if scfg.all_nodes_on is None else (float(len(outcome.refused)) if outcome.refused else -1.0)
+    floor, metric = scfg.metric_floor, outcome.metric
+    if floor is None:
+        short = -1.0
+    elif metric is None:
+        short = 1.0
+    else:
+        short = (floor - metric if higher_is_better else metric - floor) / max(abs(floor), 1e-9)
+    return [over, size, placed, short]
+
+
+def objective_values(outcome: Outcome, scfg: SearchConfig) -> float | tuple[float, float]:
+    if outcome.metric is None or outcome.p50_ms is None:
+        raise CompressError(f"{outcome.run_dir}: the final model has no validation metric or no p50 on the target")
+    if scfg.objective == "max-metric":
+        return outcome.metric
+    if scfg.objective == "min-latency":
+        return outcome.p50_ms
+    return outcome.metric, outcome.p50_ms
+
+
+def directions(scfg: SearchConfig, higher_is_better: bool) -> list[str]:
+    metric = "maximize" if higher_is_better else "minimize"
+    return {"max-metric": [metric], "min-latency": ["minimize"], "pareto": [metric, "minimize"]}[scfg.objective]
+
+
+def counts(trial: Any) -> bool:
+    """Whether a trial counts toward the budget: run, running or waiting; not one a dead worker left (it is run
+    again) and not one started past the budget."""
+    import optuna
+
+    state, attrs = trial.state, trial.user_attrs
+    if attrs.get("over_budget"):
+        return False
+    if state == optuna.trial.TrialState.FAIL:
+        return "reason" in attrs  # failed by its own error; a killed worker's trial has no reason and is retried
+    return True
+
+
+def fail_stale(study: Any) -> None:
+    """Optuna's heartbeat check: a trial whose worker stopped beating is failed (and retried by the callback)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def fail_interrupted(study: Any) -> int:
+    """With the study's default storage (one worker, under the search lock), a RUNNING trial was left by a killed
+    search: fail it and queue its values again. Returns how many."""
+    import optuna
+
+    left = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in left:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return len(left)
+
+
+class Loop:
+    """One worker's trials: draw, run, record, until the budget, the clock or a stop."""
+
+    def __init__(self, *, study_name: str, storage: Any, scfg: SearchConfig, params: list[Param], base: dict,
+                 source: Path, root: Path, store: Path, higher_is_better: bool, say: Callable[[str], None],
+                 deadline: float | None, finalist_factor: float) -> None:
+        self.study_name, self.storage, self.scfg, self.params = study_name, storage, scfg, params
+        self.base, self.source, self.root, self.store = base, source, root, store
+        self.higher, self.say, self.deadline, self.finalist_factor = higher_is_better, say, deadline, finalist_factor
+        self.seconds: list[float] = []
+        self.last: int | None = None
+        self.stopped_by_clock = False
+
+    def study(self, settled: int) -> Any:
+        import optuna
+
+        return optuna.load_study(study_name=self.study_name, storage=self.storage,
+                                 sampler=sampler_for(self.scfg, settled), pruner=pruner_for(self.scfg))
+
+    def run(self) -> None:
+        import optuna
+
+        while True:
+            study = self.study(0)
+            fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            # a waiting trial (queued again after a killed worker) is run by the next optimize call, not skipped
+            settled = sum(counts(t) for t in trials if t.state != optuna.trial.TrialState.WAITING)
+            if settled >= self.scfg.trials:
+                return
+            if self._out_of_time():
+                self.stopped_by_clock = True
+                return
+            study = self.study(settled)
+            study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            mine = next((t for t in study.get_trials(deepcopy=False) if t.number == self.last), None)
+            if mine is None or mine.user_attrs.get("over_budget"):
+                return
+            self.say(line(mine, self.scfg, settled + 1))
+
+    def _out_of_time(self) -> bool:
+        if self.deadline is None:
+            return False
+        mean = sum(self.seconds) / len(self.seconds) if self.seconds else 0.0
+        return time.time() + mean * (1 + self.finalist_factor) > self.deadline
+
+    def objective(self, trial: Any) -> Any:
+        import optuna
+
+        self.last = trial.number
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+        if sum(counts(t) for t in earlier) >= self.scfg.trials:
+            trial.set_user_attr("over_budget", True)
+            raise OverBudget(f"trial {trial.number} is past the budget of {self.scfg.trials}")
+        values = {p.path: p.suggest(trial) for p in self.params}
+        run_dir = run_dir_for(self.root / "trials", values)
+        trial.set_user_attr("run_dir", str(run_dir))
+        raw = trial_raw(self.base, values, self.scfg, run_dir, short=True)
+        report = None
+        if self.scfg.objective == "max-metric" and self.scfg.pruner != "none":
+            def report(epoch: int, score: float) -> None:
+                trial.report(score, step=epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {epoch}: validation {score:.4f} is among the worst at this "
+                                             "budget")
+        started = time.perf_counter()
+        try:
+            outcome, _ = run_trial(raw, self.source, self.scfg, self.store, report=report)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            for name in CONSTRAINT_NAMES if hasattr(trial, "set_constraint") else ():
+                trial.set_constraint(name, 0.0)  # nothing measured: the sampler learns from its metric alone
+            raise
+        except GateFailed as exc:  # the report is written; the final model is what it says (float when int8 missed)
+            outcome = self._after_gate(run_dir, exc)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "Stopped":
+                raise
+            from compress.errors import first_line
+
+            trial.set_user_attr("reason", first_line(exc) or type(exc).__name__)
+            raise
+        self.seconds.append(time.perf_counter() - started)
+        outcome.seconds = round(time.perf_counter() - started, 2)
+        cons = constraints(outcome, self.scfg, self.higher)
+        for key, value in {**outcome.to_json(), "constraints": cons}.items():
+            trial.set_user_attr(key, value)
+        if hasattr(trial, "set_constraint"):  # Optuna 5; 4 reads constraints_func
+            for name, value in zip(CONSTRAINT_NAMES, cons):
+                trial.set_constraint(name, value)
+        return objective_values(outcome, self.scfg)
+
+    def _after_gate(self, run_dir: Path, exc: GateFailed) -> Outcome:
+        from compress.report import load_report
+        from compress.study.trial import outcome_of
+
+        report = load_report(run_dir / "report.json")
+        return outcome_of(report, run_dir, self.scfg)
+
+
+def state_of(trial: Any) -> str:
+    """complete, infeasible, pruned, failed, running or waiting."""
+    import optuna
+
+    s = trial.state
+    if s == optuna.trial.TrialState.COMPLETE:
+        return "complete" if all(c <= 0 for c in constraints_of(trial)) else "infeasible"
+    return {optuna.trial.TrialState.PRUNED: "pruned", optuna.trial.TrialState.FAIL: "failed",
+            optuna.trial.TrialState.RUNNING: "running", optuna.trial.TrialState.WAITING: "waiting"}[s]
+
+
+def line(trial: Any, scfg: SearchConfig, index: int) -> str:
+    """One log line per trial."""
+    a = trial.user_attrs
+    state = state_of(trial)
+    values = "  ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    figures = ""
+    if a.get("metric") is not None:
+        figures = f"  metric {a['metric']:.4f}  p50 {a.get('p50_ms') or float('nan'):.3f} ms  {a.get('bytes') or 0:,} B"
+    if state == "infeasible" and a.get("refused"):
+        figures += f"  refused by {scfg.all_nodes_on}: {', '.join(a['refused'])}"
+    if state == "failed":
+        figures += f"  ({a.get('reason', 'interrupted')})"
+    return f"trial {trial.number} ({index}/{scfg.trials}): {state}{figures}  [{values}]"
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,143 @@
+"""The end of a search: finalists, winner, and what is written (report.json's `search` section, trials.jsonl,
+report.md, pareto.png, best.toml or best-effort.toml, winner.onnx)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from compress.cache import write_json, write_text
+from compress.study.finish import choose, front, pick_finalists, run_finalists, time_together, trial_rows
+from compress.study.outputs import plot, relative_output, toml_text, write_markdown
+
+
+def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, root: Path, store: Path,
+           baseline: dict[str, Any], say: Callable[[str], None], progress: bool, extra: dict[str, Any]) -> dict:
+    """Finalists trained with the full budget, timed together with the hand-written model, the winner picked and
+    written; the report's `search` section."""
+    from filelock import FileLock
+
+    higher = baseline["higher_is_better"]
+    with FileLock(str(root / "finish.lock")):  # one worker at a time; the second finds the finalists cached
+        rows = trial_rows(study)
+        finalists, best_effort = pick_finalists(rows, scfg, higher)
+        section = _section(scfg, rows, baseline, extra)
+        if not finalists:
+            section.update(best_effort=True, winner=None, finalists=[])
+            _write(root, section, rows, baseline, [], scfg)
+            from compress.errors import GateFailed
+
+            raise GateFailed(f"{source}: search: no trial was measured ({section['counts']}); see "
+                             f"{root / 'search.log'}")
+        finals = run_finalists(finalists, base=base, scfg=scfg, source=source, root=root, store=store, say=say,
+                               progress=progress)
+        p50 = _timed(finals, baseline, scfg, base_cfg, progress)
+        winner, effort = choose(finals, p50, scfg, higher)
+        best_effort = best_effort or effort
+        baseline["p50_ms"] = p50.get("hand-written", baseline.get("p50_ms"))
+        section["baseline"] = _public(baseline)
+        section["finalists"] = [_finalist(f) for f in finals]
+        section["paired_vs_hand_written"] = _paired(baseline, winner, scfg, base_cfg)
+        section["best_effort"] = best_effort
+        section["winner"] = _write_winner(root, winner, best_effort, base_cfg.base_dir)
+        section["teacher_trained"] = _teacher_runs(rows, finals, baseline)
+        _write(root, section, rows, baseline, finals, scfg)
+    w = section["winner"]
+    say(f"{'best effort' if best_effort else 'winner'}: trial {w['trial']}: {section['metric']} {w['metric']:.4f} "
+        f"(validation), p50 {w['p50_ms']:.4f} ms, {w['bytes']:,} bytes -> {w['toml']}")
+    return section
+
+
+def _section(scfg: Any, rows: list[dict], baseline: dict, extra: dict) -> dict[str, Any]:
+    states = ("complete", "infeasible", "pruned", "failed", "interrupted")
+    counts = {s: sum(r["state"] == s for r in rows) for s in states}
+    counts["measured"] = counts["complete"] + counts["infeasible"]
+    counts["trials"] = sum(r["state"] != "interrupted" for r in rows)
+    return {**extra, "objective": scfg.objective, "metric": baseline["metric_name"],
+            "higher_is_better": baseline["higher_is_better"], "latency_budget_ms": scfg.latency_budget_ms,
+            "metric_floor": scfg.metric_floor, "max_bytes": scfg.max_bytes, "all_nodes_on": scfg.all_nodes_on,
+            "target": scfg.target.model_dump(mode="json"), "space": scfg.model_dump(mode="json")["space"],
+            "sampler": scfg.sampler_name, "pruner": scfg.pruner, "seed": scfg.seed, "budget_trials": scfg.trials,
+            "short_epochs": scfg.short_epochs, "counts": counts, "trials": rows}
+
+
+def _timed(finals: list[dict], baseline: dict, scfg: Any, base_cfg: Any, progress: bool) -> dict[str, float]:
+    """Every finalist's final model and the hand-written one, timed on the target, interleaved."""
+    from compress.config import check_before_training
+
+    paths = {f"trial-{f['trial']}": Path(f["outcome"].run_dir) / _final_path(f["outcome"]) for f in finals}
+    if baseline.get("onnx"):
+        paths["hand-written"] = Path(baseline["onnx"])
+    data = check_before_training(base_cfg)
+    seq = data.inputs.seq_lengths((scfg.target.seq or 128,))[0]
+    return time_together(paths, scfg, lambda b: data.inputs.bench_feed(data, b, seq),
+                         base_cfg.benchmark.settings(), progress)
+
+
+def _final_path(outcome: Any) -> str:
+    from compress.report import load_report
+
+    report = load_report(Path(outcome.run_dir) / "report.json")
+    return next(m["path"] for m in report["models"] if m["name"] == report["final"])
+
+
+def _paired(baseline: dict, winner: dict, scfg: Any, base_cfg: Any) -> dict[str, Any] | None:
+    """The winner against the hand-written model, paired (alternating blocks, one process): ratio and its CI."""
+    if not baseline.get("onnx"):
+        return None
+    from compress.bench.paired import paired_bench
+    from compress.errors import CompressError
+
+    t = scfg.target
+    new = Path(winner["outcome"].run_dir) / _final_path(winner["outcome"])
+    try:
+        row = paired_bench(baseline["onnx"], new, t.provider, t.batch, t.threads, base_cfg.benchmark.settings())
+    except CompressError as exc:  # e.g. other inputs (a fixed batch): said, not fatal
+        return {"error": str(exc)}
+    return {k: row[k] for k in ("old_p50_ms", "new_p50_ms", "ratio", "ci_ratio", "pairs", "verdict")}
+
+
+def _public(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {k: outcome.get(k) for k in ("run_dir", "final", "metric", "metric_test", "p50_ms", "bytes", "refused",
+                                        "teacher", "onnx")}
+
+
+def _finalist(f: dict[str, Any]) -> dict[str, Any]:
+    return {"trial": f["trial"], "params": f["params"], "short_budget": f["short"], "feasible": f["feasible"],
+            "constraints": f["constraints"], **_public(f["outcome"].to_json())}
+
+
+def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_dir: Path) -> dict[str, Any]:
+    """best.toml (best-effort.toml when nothing was feasible) and winner.onnx beside it."""
+    name = "best-effort.toml" if best_effort else "best.toml"
+    toml_path = root / name
+    for stale in ("best.toml", "best-effort.toml"):
+        (root / stale).unlink(missing_ok=True)
+    o = winner["outcome"]
+    header = (f"compress search: the {'best effort (nothing met the constraints)' if best_effort else 'winner'}, "
+              f"trial {winner['trial']}: {winner['params']}\n`compress run {name}` reproduces it (cached in its "
+              "output_dir; --force trains it again)")
+    write_text(toml_path, toml_text(relative_output(winner["raw"], toml_path, base_dir), header))
+    onnx = Path(o.run_dir) / _final_path(o)
+    shutil.copyfile(onnx, root / "winner.onnx")
+    return {"trial": winner["trial"], "params": winner["params"], "toml": str(toml_path),
+            "onnx": str(root / "winner.onnx"), **_public(o.to_json())}
+
+
+def _teacher_runs(rows: list[dict], finals: list[dict], baseline: dict) -> int:
+    """How many runs of the study trained (or loaded) the teacher themselves: 1 when the store worked."""
+    statuses = [r.get("teacher") for r in rows] + [f["outcome"].teacher for f in finals] + [baseline.get("teacher")]
+    return sum(s == "done" for s in statuses)
+
+
+def _write(root: Path, section: dict, rows: list[dict], baseline: dict, finals: list[dict], scfg: Any) -> None:
+    import json
+
+    write_text(root / "trials.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    measured = [r for r in rows if r["state"] == "complete" and r["metric"] is not None]
+    section["front"] = [r["number"] for r in front(measured, section["higher_is_better"])] if measured else []
+    if plot(root / "pareto.png", rows, metric=section["metric"], baseline=baseline, finals=finals,
+            budget=scfg.latency_budget_ms, floor=scfg.metric_floor):
+        section["plot"] = str(root / "pareto.png")
+    write_json(root / "report.json", {"schema": "compress.search/1", "search": section})
+    write_markdown(root / "report.md", section)

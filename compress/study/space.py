@@ -1,0 +1,120 @@
+"""The search space: config key paths, each with choices or a range; checked at load, sampled by Optuna, applied to
+the pipeline file's dict.
+
+Two values switch an optional stage off: `quantize.mode = "none"` drops [quantize], and `prune.amount = 0` drops
+[prune]. A path into a section the file does not have creates it with its defaults.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+OFF = {("quantize", "mode"): "none", ("prune", "amount"): 0}
+"""(section, key) -> the value that means "no such stage" in a trial."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of the space."""
+
+    path: str
+    choices: tuple[Any, ...] | None = None
+    low: int | float = 0
+    high: int | float = 0
+    log: bool = False
+    step: int | float | None = None
+
+    @property
+    def integer(self) -> bool:
+        return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high)) and (
+            self.step is None or isinstance(self.step, int))
+
+    def suggest(self, trial: Any) -> Any:
+        """This dimension's value for an Optuna trial."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.path, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
+
+    def extremes(self) -> list[Any]:
+        """The values a load-time check tries: every choice, or both ends of the range."""
+        if self.choices is not None:
+            return list(self.choices)
+        return [self.low, self.high]
+
+
+def params_of(space: dict[str, Any]) -> list[Param]:
+    out = []
+    for path, spec in space.items():
+        if isinstance(spec, list):
+            out.append(Param(path, choices=tuple(spec)))
+        else:
+            out.append(Param(path, low=spec.low, high=spec.high, log=spec.log, step=spec.step))
+    return out
+
+
+def apply(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the pipeline dict with each key path set to its value (and optional stages switched off)."""
+    out = copy.deepcopy(raw)
+    off: set[str] = set()
+    for path, value in values.items():
+        parts = path.split(".")
+        if OFF.get((parts[0], parts[-1]), object()) == value and len(parts) == 2:
+            off.add(parts[0])
+            continue
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    for section in off:
+        out.pop(section, None)
+    return out
+
+
+def check_space(raw: dict[str, Any], params: list[Param], path: Path) -> None:
+    """Every key path names a config key, and every choice (or both ends of a range) makes a valid pipeline file;
+    else CompressError naming the search key (exit 2)."""
+    from compress.config import PipelineConfig, parse_config
+
+    base = {k: v for k, v in raw.items() if k != "search"}
+    for param in params:
+        where = f"{path}: search.space.{param.path}"
+        _check_path(PipelineConfig, param.path.split("."), where)
+        for value in param.extremes():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CompressError(f"{where}: {value!r} is not a finite number")
+            try:
+                parse_config(apply(base, {param.path: value}), path)
+            except CompressError as exc:
+                detail = str(exc).removeprefix(f"{path}: ")
+                raise CompressError(f"{where}: the value {value!r} makes an invalid pipeline ({detail})") from None
+
+
+def _check_path(model: Any, parts: list[str], where: str) -> None:
+    from compress.config import _section_type
+
+    for i, part in enumerate(parts):
+        fields = {k: f for k, f in getattr(model, "model_fields", {}).items() if not f.exclude}
+        if part not in fields:
+            import difflib
+
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            tip = f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {', '.join(fields)}"
+            raise CompressError(f"{where}: {'.'.join(parts[: i + 1])} is not a key of the pipeline file{tip}")
+        annotation = fields[part].annotation
+        section = _section_type(annotation)
+        if section is None:
+            if "dict" in str(annotation).lower() or "mapping" in str(annotation).lower():
+                return  # kwargs and provider options: any key the factory takes (checked when a trial builds it)
+            if i != len(parts) - 1:
+                raise CompressError(f"{where}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            return
+        model = section
+    raise CompressError(f"{where}: {'.'.join(parts)} is a section; name one of its keys")

@@ -1,0 +1,145 @@
+"""One trial: the pipeline file with the trial's values, on a short budget, run through the ordinary runner (the
+teacher comes from the study's shared stage store), then read back as the figures the study needs.
+
+A trial's file differs from the user's in what makes it cheap and measured where the objective says: [distill]
+epochs = short_epochs, no labels-only control, the final model alone benchmarked on the target with the harness's
+pick profile, and the edge stage only when placement on QNN is a constraint (the QNN flow itself measures it).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from compress.cache import digest
+from compress.study.config import SearchConfig
+from compress.study.space import apply
+
+
+@dataclass
+class Outcome:
+    """What a trial measured: the final model's validation metric, p50 on the target, bytes, and placement."""
+
+    run_dir: str
+    final: str | None = None
+    metric: float | None = None
+    metric_test: float | None = None
+    p50_ms: float | None = None
+    bytes: int | None = None
+    refused: list[str] = field(default_factory=list)
+    """Operators the all_nodes_on provider refused (empty when it took every node, or no such constraint)."""
+    placement_checked: bool = False
+    teacher: str | None = None
+    """The teacher stage's status in this run: done (trained or loaded here), shared, cached."""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def trial_raw(base: dict[str, Any], values: dict[str, Any], scfg: SearchConfig, out_dir: Path, *,
+              short: bool) -> dict[str, Any]:
+    """The pipeline dict of one trial (short) or one finalist (the file's own budget and benchmark)."""
+    raw = apply(base, values)
+    raw["pipeline"] = {**raw["pipeline"], "output_dir": str(out_dir)}
+    if not short:
+        return raw
+    raw["distill"] = {**raw.get("distill", {}), "epochs": scfg.short_epochs, "control": False}
+    export = {**raw.get("export", {}), "ort_format": False, "edge_targets": []}
+    if scfg.all_nodes_on == "qnn":  # the QNN flow measures placement on HTP itself, in the edge stage
+        export.update(ort_format=True, edge_targets=["qnn"], fixed_batch=export.get("fixed_batch") or 1)
+    raw["export"] = export
+    target = scfg.target
+    bench = dict(raw.get("benchmark", {}))
+    options = {k: v for k, v in (bench.get("provider_options") or {}).items() if k == target.provider}
+    from compress.bench.config import PICK_PROFILE
+
+    bench.update(providers=[target.provider], batch_sizes=[target.batch], threads=[target.threads], models="final",
+                 provider_options=options, warmup_runs=PICK_PROFILE.warmup_runs, min_runs=PICK_PROFILE.min_runs,
+                 min_seconds=PICK_PROFILE.min_seconds, repetitions=PICK_PROFILE.repetitions)
+    if target.seq is not None:
+        bench["seq_lengths"] = [target.seq]
+    raw["benchmark"] = bench
+    return raw
+
+
+def run_dir_for(root: Path, values: dict[str, Any]) -> Path:
+    """A trial's run directory, named by its values: a retried trial resumes from the stages it finished."""
+    return root / digest(values)[:12]
+
+
+@contextlib.contextmanager
+def epoch_reports(report: Callable[[int, float], None] | None) -> Iterator[None]:
+    """While running, hand the distilled student's epoch-by-epoch validation metric to `report` (the pruner)."""
+    from compress.train.loop import EPOCH_HOOK
+
+    hook = None if report is None else (lambda desc, epoch, score: report(epoch, score) if desc == "student" else None)
+    token = EPOCH_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        EPOCH_HOOK.reset(token)
+
+
+def run_trial(raw: dict[str, Any], source: Path, scfg: SearchConfig, store: Path, *,
+              report: Callable[[int, float], None] | None = None, progress: bool = False) -> tuple[Outcome, dict]:
+    """Run one pipeline dict; its outcome and report. Errors (CompressError, a gate failing, a pruner's stop)
+    propagate: the study records them."""
+    from compress.config import _check_files, parse_config
+    from compress.runner import run_pipeline
+
+    cfg = parse_config(raw, source)
+    _check_files(cfg)
+    started = time.perf_counter()
+    with epoch_reports(report):
+        result = run_pipeline(cfg, progress=progress, store=store)
+    outcome = outcome_of(result, cfg.run_dir, scfg)
+    outcome.seconds = round(time.perf_counter() - started, 2)
+    return outcome, result
+
+
+def outcome_of(report: dict[str, Any], run_dir: Path, scfg: SearchConfig) -> Outcome:
+    """The figures of a run's final model: validation metric (what a choice may see), p50 on the target, bytes."""
+    from compress.bench.providers import resolve_provider
+    from compress.report import figure
+
+    final = next(m for m in report["models"] if m["name"] == report["final"])
+    target = scfg.target
+    provider = resolve_provider(target.provider)
+    rows = [r for r in final.get("latency") or [] if r["provider"] == provider and r["batch"] == target.batch
+            and r["threads"] == target.threads and (target.seq is None or r.get("seq_length") == target.seq)]
+    teacher = next((s["status"] for s in report["stages"] if s["name"] == "teacher"), None)
+    out = Outcome(run_dir=str(run_dir), final=final["name"], metric=figure(final, report, "_val"),
+                  metric_test=figure(final, report), p50_ms=rows[0]["p50_ms"] if rows else None,
+                  bytes=final.get("bytes"), teacher=teacher)
+    if scfg.all_nodes_on is not None:
+        out.refused, out.placement_checked = refused_on(scfg.all_nodes_on, report, run_dir, final, rows), True
+    return out
+
+
+def refused_on(provider: str, report: dict[str, Any], run_dir: Path, final: dict[str, Any],
+               rows: list[dict[str, Any]]) -> list[str]:
+    """The operators `provider` did not take, as the provider itself reported them: QNN's edge flow (its refusals,
+    or the compile error), else ORT's node placement log (the benchmark row's, or a fresh audit)."""
+    from compress.bench.providers import resolve_provider
+
+    if provider == "qnn" or resolve_provider(provider) == "QNNExecutionProvider":
+        qnn = (report.get("edge") or {}).get("qnn") or {}
+        if not qnn.get("installed", False):
+            return [f"(QNN not installed: {qnn.get('reason', 'no edge section')})"]
+        placed = qnn.get("placement") or {}
+        refused = sorted({r.get("op_type", "?") for r in placed.get("refused") or []})
+        if placed.get("compile_error"):
+            refused.append(f"(compile error: {placed['compile_error']})")
+        if not refused and not qnn.get("runs_without_fallback", True):
+            refused.append(f"(no session without CPU fallback: {qnn.get('fallback_error')})")
+        return refused
+    placed = next((r["placement"] for r in rows if r.get("placement", {}).get("provider") ==
+                   resolve_provider(provider)), None)
+    if placed is None:
+        from compress.bench.placement import placement
+
+        placed = placement(Path(run_dir) / final["path"], resolve_provider(provider))
+    return sorted(set(placed.get("cpu_nodes") or [])) if placed.get("nodes_on_cpu") else []

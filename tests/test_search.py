@@ -1,0 +1,220 @@
+"""`compress search`: the space checked at load, a study that runs, resumes and shares one teacher, a best.toml that
+reproduces its figures, a budget nothing meets (exit 1, best effort), and two workers on one storage."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_inputs import assert_one_line_error, invoke
+
+STUDY = '''
+[pipeline]
+name = "tiny"
+seed = 0
+
+[data]
+source = "npz:tiny.npz"
+val_fraction = 0.25
+batch_size = 32
+
+[teacher]
+model = "builtin:cnn-small"
+kwargs = { width = 16 }
+
+[teacher.train]
+epochs = 3
+lr = 2e-2
+
+[student]
+model = "builtin:cnn-small"
+kwargs = { width = 8 }
+
+[distill]
+epochs = 3
+lr = 2e-2
+
+[benchmark]
+providers = ["cpu"]
+batch_sizes = [1]
+threads = [1]
+min_seconds = 0.1
+repetitions = 1
+
+[search]
+latency_budget_ms = 1000.0
+trials = 4
+short_epochs = 2
+finalists = 2
+pruner = "none"
+
+[search.space]
+"student.kwargs.width" = [4, 8, 16]
+"distill.temperature" = { low = 1.0, high = 8.0, log = true }
+"quantize.mode" = ["none", "static"]
+'''
+
+
+def _folder(tmp_path: Path, text: str = STUDY, **replace: str) -> Path:
+    import numpy as np
+
+    src = Path(__file__).resolve().parents[1] / "compress" / "data" / "digits.npz"
+    with np.load(src) as z:
+        np.savez(tmp_path / "tiny.npz", x=z["x"][:400].astype(np.float32)[:, None] / 16.0, y=z["y"][:400])
+    text = textwrap.dedent(text)
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "s.toml").write_text(text)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, dict]:
+    """One finished 4-trial study (shared by the tests that only read it)."""
+    import compress
+
+    folder = _folder(tmp_path_factory.mktemp("search"))
+    return folder, compress.search(folder / "s.toml", progress=False)
+
+
+@pytest.mark.parametrize("space, fragments", [
+    ('"student.kwargs.widht" = [4]', None),  # kwargs: any key (the factory checks it when a trial builds)
+    ('"distill.temprature" = [1.0, 2.0]', ["search.space.distill.temprature", "did you mean 'temperature'"]),
+    ('"quantize.mode" = ["int4"]', ["search.space.quantize.mode", "'int4'", "invalid pipeline"]),
+    ('"distill.alpha" = { low = 0.5, high = 2.0 }', ["search.space.distill.alpha", "2.0"]),
+    ('"distill" = [1]', ["search.space.distill", "is a section"]),
+    ('"pipeline.seed" = [1, 2]', ["search.space", "pipeline.seed", "the study's"]),
+])
+def test_space_is_checked_at_load(tmp_path, space, fragments):
+    folder = _folder(tmp_path)
+    text = (folder / "s.toml").read_text()
+    start = text.index("[search.space]")
+    (folder / "s.toml").write_text(text[:start] + "[search.space]\n" + space + "\n")
+    if fragments is None:
+        from compress.config import load_config
+        from compress.study.space import check_space, params_of
+        import tomllib
+
+        cfg = load_config(folder / "s.toml")
+        check_space(tomllib.loads((folder / "s.toml").read_text()), params_of(cfg.search.space), folder / "s.toml")
+        return
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    assert_one_line_error(result, folder, "s.toml", *fragments)
+    assert not (folder / "runs").exists()  # nothing trained before the check
+
+
+def test_objective_needs_its_budget(tmp_path):
+    folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": ""})
+    result = invoke(folder, "search", "s.toml")
+    assert_one_line_error(result, folder, "search.latency_budget_ms", "max-metric")
+
+
+def test_search_needs_its_section_and_validate_takes_it(tmp_path):
+    folder = _folder(tmp_path)
+    assert invoke(folder, "validate", "s.toml").exit_code == 0  # `compress run` reads the file, [search] and all
+    text = (folder / "s.toml").read_text()
+    (folder / "s.toml").write_text(text[: text.index("[search]")])
+    result = invoke(folder, "search", "s.toml")
+    assert_one_line_error(result, folder, "s.toml: search: no [search] section", "compress run")
+
+
+def test_study_runs_every_trial_once_with_one_teacher(study):
+    folder, report = study
+    s = report["search"]
+    rows = [json.loads(line) for line in (folder / "runs/tiny/search/trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and [r["number"] for r in rows] == [0, 1, 2, 3]
+    assert {r["state"] for r in rows} <= {"complete", "infeasible", "pruned", "failed"}
+    assert len({json.dumps(r["params"], sort_keys=True) for r in rows}) >= 3  # the sampler explored
+    measured = [r for r in rows if r["state"] == "complete"]
+    assert measured and all(r["p50_ms"] > 0 and r["bytes"] > 0 and 0.1 < r["metric"] <= 1 for r in measured)
+    assert s["teacher_trained"] == 1  # the hand-written run trained it; every trial and finalist shared it
+    assert all(r["teacher"] == "shared" for r in rows if r["state"] == "complete")
+    assert s["counts"]["trials"] == 4 and not s["best_effort"]
+    w = s["winner"]
+    best = max(f["metric"] for f in s["finalists"])
+    assert w["metric"] == best  # max-metric: the most accurate feasible finalist
+    assert (folder / "runs/tiny/search/pareto.png").stat().st_size > 10_000
+    assert (folder / "runs/tiny/search/winner.onnx").is_file()
+    assert s["paired_vs_hand_written"]["pairs"] >= 1
+
+
+def test_best_toml_reproduces_the_winner(study):
+    import compress
+    from compress.report import figure
+
+    folder, report = study
+    w = report["search"]["winner"]
+    again = compress.run(w["toml"], force=True, progress=False)  # trained again from scratch, same seed
+    final = next(m for m in again["models"] if m["name"] == again["final"])
+    assert figure(final, again, "_val") == pytest.approx(w["metric"], abs=1e-9)
+    assert final["bytes"] == w["bytes"]
+
+
+def test_rerun_resumes_without_new_trials(study):
+    import compress
+
+    folder, report = study
+    again = compress.search(folder / "s.toml", progress=False)
+    assert again["search"]["counts"] == report["search"]["counts"]
+    assert again["search"]["winner"]["params"] == report["search"]["winner"]["params"]
+
+
+def test_a_killed_trial_runs_again_with_its_values(tmp_path):
+    """A trial left RUNNING by a killed search is failed and queued again; nothing finished is repeated."""
+    import optuna
+
+    import compress
+
+    folder = _folder(tmp_path, **{"trials = 4": "trials = 2", "finalists = 2": "finalists = 1"})
+    first = compress.search(folder / "s.toml", progress=False)
+    study_name, url = first["search"]["study"], first["search"]["storage"]
+    study = optuna.load_study(study_name=study_name, storage=url)
+    left = study.ask()  # what a search killed mid-trial leaves: a RUNNING trial with its values drawn
+    values = {"student.kwargs.width": left.suggest_categorical("student.kwargs.width", [4, 8, 16]),
+              "distill.temperature": left.suggest_float("distill.temperature", 1.0, 8.0, log=True),
+              "quantize.mode": left.suggest_categorical("quantize.mode", ["none", "static"])}
+    again = compress.search(folder / "s.toml", trials=3, progress=False)
+    rows = again["search"]["trials"]
+    assert [r["state"] for r in rows if r["number"] == left.number] == ["interrupted"]
+    retry = [r for r in rows if r["retry_of"] == left.number]
+    assert len(retry) == 1 and retry[0]["params"] == values and retry[0]["state"] != "failed"
+    assert again["search"]["counts"]["trials"] == 3  # 2 finished before, the interrupted one once more
+    assert [r["params"] for r in rows[:2]] == [r["params"] for r in first["search"]["trials"]]
+
+
+def test_nothing_meets_the_budget_exit_1_best_effort(tmp_path):
+    folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget_ms = 0.000001",
+                                  "trials = 4": "trials = 3", '[4, 8, 16]': '[0, 4, 8]', "finalists = 2":
+                                  "finalists = 1"})
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    assert_one_line_error(result, folder, "no model met the constraints", "best-effort.toml", code=1)
+    root = folder / "runs/tiny/search"
+    assert (root / "best-effort.toml").is_file() and not (root / "best.toml").exists()
+    report = json.loads((root / "report.json").read_text())["search"]
+    assert report["best_effort"] and report["winner"]["trial"] is not None
+    failed = [r for r in report["trials"] if r["params"]["student.kwargs.width"] == 0]
+    assert all(r["state"] == "failed" and r["reason"] for r in failed)  # a crash is that trial's, the study goes on
+
+
+@pytest.mark.e2e
+def test_two_workers_share_one_study(tmp_path):
+    folder = _folder(tmp_path, **{"trials = 4": "trials = 5", "finalists = 2": "finalists = 1"})
+    url = f"sqlite:///{folder / 'shared.db'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "compress", "search", "s.toml", "--storage", url, "--quiet"]
+    procs = [subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    report = json.loads((folder / "runs/tiny/search/report.json").read_text())["search"]
+    rows = report["trials"]
+    assert len(rows) == 5 and sorted(r["number"] for r in rows) == list(range(5))
+    assert report["teacher_trained"] == 1
+    log = (folder / "runs/tiny/search/search.log").read_text()
+    assert log.count(": complete") + log.count(": pruned") + log.count(": infeasible") + log.count(": failed") == 5
