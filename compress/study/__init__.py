@@ -62,7 +62,13 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
                     finalist_factor=scfg.finalists * full / scfg.short_epochs)
         say(f"study {study_name} in {storage or rdb.url}: {scfg.objective}, {scfg.trials} trials, "
             f"sampler {scfg.sampler_name}, seed {scfg.seed}")
-        loop.run()
+        from compress.progress import progress as progress_bar
+
+        bar = progress_bar(total=scfg.trials, desc="search", unit="trial", enabled=progress and _tty())
+        try:
+            loop.run(bar)
+        finally:
+            bar.close()
         _wait_for_others(study_name, rdb, say)
         from compress.study.report import finish
 
@@ -165,10 +171,20 @@ def _sayer(log_path: Path, progress: bool) -> Callable[[str], None]:
     def say(text: str) -> None:
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        if progress:
+        if progress and _tty():
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"search: {text}", file=sys.stderr)  # above the bar
+        elif progress:
             print(f"search: {text}", file=sys.stderr, flush=True)
 
     return say
+
+
+def _tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
 
 
 def _redacted(url: str) -> str:

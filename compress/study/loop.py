@@ -167,7 +167,8 @@ class Loop:
         return optuna.load_study(study_name=self.study_name, storage=self.storage,
                                  sampler=sampler_for(self.scfg, settled), pruner=pruner_for(self.scfg))
 
-    def run(self) -> None:
+    def run(self, bar: Any = None) -> None:
+        """Trials until the budget, the clock or a stop; `bar` (a progress bar over the budget) moves per trial."""
         import optuna
 
         while True:
@@ -187,6 +188,8 @@ class Loop:
             if mine is None or mine.user_attrs.get("over_budget"):
                 return
             self.say(line(mine, self.scfg, settled + 1))
+            if bar is not None:
+                bar.update(1)
 
     def _out_of_time(self) -> bool:
         if self.deadline is None:
