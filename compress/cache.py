@@ -148,8 +148,8 @@ def shared_entry(store: Path, stage: str, key: str) -> Iterator[Path]:
     from filelock import FileLock
 
     entry = Path(store) / f"{stage}-{key[:24]}"
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock"):
+    (entry.parent / ".locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry.parent / ".locks" / f"{entry.name}.lock")):
         yield entry
 
 
@@ -187,8 +187,8 @@ def publish_shared(entry: Path, stage: str, run_dir: Path) -> None:
 
 def _run_of(entry: Path, stage: str) -> Path:
     """The run directory an entry's manifest paths are relative to: a view in which `<stage>/` is the entry."""
-    view = entry.parent / (entry.name + ".view")
-    view.mkdir(exist_ok=True)
+    view = entry.parent / ".views" / entry.name
+    view.mkdir(parents=True, exist_ok=True)
     link = view / stage
     if not link.is_symlink():
         link.symlink_to(entry.resolve(), target_is_directory=True)

@@ -65,8 +65,10 @@ class SearchConfig(Section):
     all_nodes_on: str | None = Field(None, description="Optional: infeasible unless this provider takes every "
                                      "node (measured by the provider itself, as `compress edge` does).")
     trials: int = Field(40, ge=1, le=10_000, description="Short-budget trials in the study (every worker together).")
-    max_minutes: float | None = Field(None, gt=0, description="Wall clock of one `compress search` worker; no "
-                                      "trial starts once the finalists' estimated time would not fit.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall clock of one `compress search` worker's "
+                                      "trials and finalists (the hand-written pipeline before them is not counted); "
+                                      "no trial starts once it and the finalists (estimated from the hand-written "
+                                      "pipeline's own time) would not fit.")
     short_epochs: int = Field(5, ge=1, description="[distill] epochs of a trial; finalists train with the "
                               "file's own epochs.")
     finalists: int = Field(3, ge=1, le=20, description="Best feasible trials (or the front's, at most this many) "

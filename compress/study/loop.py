@@ -153,10 +153,11 @@ class Loop:
 
     def __init__(self, *, study_name: str, storage: Any, scfg: SearchConfig, params: list[Param], base: dict,
                  source: Path, root: Path, store: Path, higher_is_better: bool, say: Callable[[str], None],
-                 deadline: float | None, finalist_factor: float) -> None:
+                 deadline: float | None, finalist_seconds: float) -> None:
         self.study_name, self.storage, self.scfg, self.params = study_name, storage, scfg, params
         self.base, self.source, self.root, self.store = base, source, root, store
-        self.higher, self.say, self.deadline, self.finalist_factor = higher_is_better, say, deadline, finalist_factor
+        self.higher, self.say, self.deadline = higher_is_better, say, deadline
+        self.finalist_seconds = finalist_seconds
         self.seconds: list[float] = []
         self.last: int | None = None
         self.stopped_by_clock = False
@@ -195,7 +196,7 @@ class Loop:
         if self.deadline is None:
             return False
         mean = sum(self.seconds) / len(self.seconds) if self.seconds else 0.0
-        return time.time() + mean * (1 + self.finalist_factor) > self.deadline
+        return time.time() + mean + self.finalist_seconds > self.deadline  # one more trial, then the finalists
 
     def objective(self, trial: Any) -> Any:
         import optuna
