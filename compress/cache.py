@@ -80,10 +80,20 @@ def _umask() -> int:
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Delete temp files that a killed run left in `run_dir`. Only safe while holding the run lock."""
-    stale = [p for p in run_dir.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    stale = []
+    for folder, dirs, files in os.walk(run_dir):
+        # another run's folder (a search's trials and finalists live inside this run folder): not ours to clean
+        dirs[:] = [d for d in dirs if not _foreign(Path(folder, d), run_dir)]
+        stale += [Path(folder, f) for f in files if f.startswith(".") and f.endswith(TMP_SUFFIX)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def _foreign(folder: Path, run_dir: Path) -> bool:
+    """A folder inside a run folder that another process may be writing: a run folder of its own (it has a lock) or
+    the search's folder."""
+    return (folder / ".lock").exists() or (folder.parent == run_dir and folder.name == "search")
 
 
 def write_json(path: Path, obj: Any) -> None:

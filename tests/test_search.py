@@ -190,7 +190,7 @@ def test_a_killed_trial_runs_again_with_its_values(tmp_path):
 
 def test_nothing_meets_the_budget_exit_1_best_effort(tmp_path):
     folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget_ms = 0.000001",
-                                  "trials = 4": "trials = 3", '[4, 8, 16]': '[0, 4, 8]', "finalists = 2":
+                                  "trials = 4": "trials = 3", '[4, 8, 16]': '[-1, 4]', "finalists = 2":
                                   "finalists = 1"})
     result = invoke(folder, "search", "s.toml", "--quiet")
     assert_one_line_error(result, folder, "no model met the constraints", "best-effort.toml", code=1)
@@ -198,8 +198,9 @@ def test_nothing_meets_the_budget_exit_1_best_effort(tmp_path):
     assert (root / "best-effort.toml").is_file() and not (root / "best.toml").exists()
     report = json.loads((root / "report.json").read_text())["search"]
     assert report["best_effort"] and report["winner"]["trial"] is not None
-    failed = [r for r in report["trials"] if r["params"]["student.kwargs.width"] == 0]
-    assert all(r["state"] == "failed" and r["reason"] for r in failed)  # a crash is that trial's, the study goes on
+    failed = [r for r in report["trials"] if r["params"]["student.kwargs.width"] == -1]
+    assert failed and all(r["state"] == "failed" and r["reason"] for r in failed)  # that trial's; the study goes on
+    assert len(report["trials"]) == 3
 
 
 @pytest.mark.e2e

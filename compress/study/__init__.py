@@ -10,6 +10,7 @@ together; the winner's complete pipeline file is written as best.toml. Everythin
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -53,6 +54,8 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
         rdb = storage_for(storage, root / "study.db")
         study = optuna.create_study(study_name=study_name, storage=rdb, directions=directions(scfg, higher),
                                     load_if_exists=True)
+        # the teacher stage's status in this worker's hand-written run: summed over workers in the report
+        study.set_user_attr(f"hand-written teacher, worker {os.getpid()} at {time.time():.3f}", baseline["teacher"])
         if storage is None and (left := fail_interrupted(study)):
             say(f"{left} trial(s) left running by a stopped search: queued again with their values")
         # the clock starts with the trials: the hand-written pipeline (and the teacher it may train) is not the search's
@@ -66,10 +69,13 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
 
         bar = progress_bar(total=scfg.trials, desc="search", unit="trial", enabled=progress and _tty())
         try:
-            loop.run(bar)
+            while True:  # a trial of a dead worker, queued again while this one waited, is run here
+                loop.run(bar)
+                _wait_for_others(study_name, rdb, say)
+                if loop.stopped_by_clock or not _waiting(study_name, rdb):
+                    break
         finally:
             bar.close()
-        _wait_for_others(study_name, rdb, say)
         from compress.study.report import finish
 
         section = finish(study=optuna.load_study(study_name=study_name, storage=rdb), scfg=scfg, base=base,
@@ -137,6 +143,13 @@ def _seconds_after_teacher(run_dir: Path, report: dict[str, Any]) -> float:
         except (OSError, ValueError, KeyError):
             total += float(stage.get("seconds") or 0.0)
     return total
+
+
+def _waiting(study_name: str, rdb: Any) -> bool:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=rdb)
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
 def _wait_for_others(study_name: str, rdb: Any, say: Callable[[str], None], poll: float = 5.0) -> None:

@@ -45,6 +45,8 @@ class Range(Section):
             raise ValueError(f"high ({self.high:g}) is below low ({self.low:g})")
         if self.log and self.low <= 0:
             raise ValueError(f"log = true needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("give log = true or a step, not both (Optuna samples one or the other)")
         return self
 
 
@@ -76,9 +78,10 @@ class SearchConfig(Section):
     sampler: Literal["tpe", "nsga2", "random"] | None = Field(
         None, description="Optuna sampler: tpe (default; constrained), nsga2 (default for pareto), random (the "
         "baseline to beat).")
-    pruner: Literal["hyperband", "halving", "none"] = Field(
-        "hyperband", description="Stops hopeless trials from their epoch-by-epoch validation metric (max-metric; "
-        "the other objectives do not prune).")
+    pruner: Literal["halving", "hyperband", "none"] = Field(
+        "halving", description="Stops hopeless trials from their epoch-by-epoch validation metric (max-metric; "
+        "the other objectives do not prune): successive halving against the feasible trials only (default), or "
+        "Optuna's Hyperband, which compares with every trial, so models too slow to ship can stop fast ones.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="The study's seed: the same file and seed give the same "
                       "study.")
     space: dict[str, list[Any] | Range] = Field(description="Config key path -> [choices] or { low, high, log, "

@@ -55,16 +55,18 @@ def pick_finalists(rows: list[dict[str, Any]], scfg: SearchConfig, higher: bool)
     k = scfg.finalists
     if feasible:
         if scfg.objective == "pareto":
-            on_front = front(feasible, higher)
+            on_front = _unique(front(feasible, higher))
             step = max(1, len(on_front) / k)
             return [on_front[int(i * step)] for i in range(min(k, len(on_front)))], False
         key = (lambda r: (-r["metric"] if higher else r["metric"], r["p50_ms"])) if scfg.objective == "max-metric" \
             else (lambda r: (r["p50_ms"], -r["metric"] if higher else r["metric"]))
         return _unique(sorted(feasible, key=key))[:k], False
-    if not done:
+    timed = [r for r in rows if r["state"] in ("complete", "infeasible") and r["p50_ms"] is not None]
+    if not timed:
         return [], True
-    # nothing met the constraints: the one closest to them (least scaled violation) is the best effort
-    return [min(done, key=lambda r: sum(max(c, 0.0) for c in r["constraints"] or [1.0]))], True
+    # nothing met the constraints: the one closest to them (least scaled violation; also among architectures too
+    # slow untrained, which were never trained) is the best effort, trained in full as the one finalist
+    return [min(timed, key=lambda r: sum(max(c, 0.0) for c in r["constraints"] or [1.0]))], True
 
 
 def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,13 +118,14 @@ def choose(finals: list[dict[str, Any]], p50: dict[str, float], scfg: SearchConf
         o.p50_ms = p50.get(f"trial-{f['trial']}", o.p50_ms)
         f["constraints"] = constraints(o, scfg, higher)
         f["feasible"] = all(c <= 0 for c in f["constraints"])
-    feasible = [f for f in finals if f["feasible"] and f["outcome"].metric is not None]
-    pool = feasible or finals
+    timed = [f for f in finals if f["outcome"].metric is not None and f["outcome"].p50_ms is not None]
+    feasible = [f for f in timed if f["feasible"]]
+    pool = feasible or timed or finals[:1]
     if scfg.objective == "min-latency":
         winner = min(pool, key=lambda f: f["outcome"].p50_ms)
     else:
         winner = max(pool, key=lambda f: (f["outcome"].metric if higher else -f["outcome"].metric,
                                           -f["outcome"].p50_ms))
     if not feasible:
-        winner = min(finals, key=lambda f: sum(max(c, 0.0) for c in f["constraints"]))
+        winner = min(pool, key=lambda f: sum(max(c, 0.0) for c in f["constraints"]))
     return winner, not feasible

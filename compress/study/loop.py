@@ -14,7 +14,7 @@ from typing import Any, Callable
 from compress.errors import CompressError, GateFailed
 from compress.study.config import SearchConfig
 from compress.study.space import Param
-from compress.study.trial import Outcome, run_dir_for, run_trial, trial_raw
+from compress.study.trial import Outcome, latency_first, run_dir_for, run_trial, trial_raw
 
 log = logging.getLogger("compress.search")
 
@@ -22,6 +22,13 @@ HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
 """A trial whose worker sent no heartbeat for this long is failed and run again (Optuna's RetryFailedTrialCallback)."""
 CONSTRAINT_NAMES = ("latency", "bytes", "placement", "metric_floor")
+MAX_TRIES = 3
+"""A trial whose process was killed this many times is failed, not queued again."""
+EARLY_MARGIN = 1.1
+"""An untrained architecture whose p50 exceeds the budget by this factor is infeasible without training (the
+measurement's noise is a few percent)..."""
+INT8_HEADROOM = 3.0
+"""...or by this factor when the trial quantizes (int8 was at most 2.98x faster than fp32 here: ResNet-50)."""
 N_CONSTRAINTS = len(CONSTRAINT_NAMES)  # p50 over budget, bytes over max_bytes, operators refused, metric short
 
 
@@ -66,13 +73,48 @@ def sampler_for(scfg: SearchConfig, settled: int) -> Any:
 
 
 def pruner_for(scfg: SearchConfig) -> Any:
+    """Successive halving that judges a trial against the feasible ones only (default), Optuna's Hyperband (which
+    sees every trial), or none. Only max-metric prunes: the other objectives are not the metric alone."""
     import optuna
 
     if scfg.pruner == "none" or scfg.objective != "max-metric":
         return optuna.pruners.NopPruner()
     if scfg.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+        # bootstrap: three trials reach an epoch before any is stopped there
+        return FeasibleOnly(optuna.pruners.SuccessiveHalvingPruner(min_resource=1, bootstrap_count=3))
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=scfg.short_epochs)
+
+
+class _FeasibleView:
+    """A study as a pruner should see it: finished trials that missed a constraint left out, so a fast model is
+    never stopped for being less accurate, early on, than models too slow to ship."""
+
+    def __init__(self, study: Any) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        import optuna
+
+        done = optuna.trial.TrialState.COMPLETE
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if not (t.state == done and any(c > 0 for c in constraints_of(t)))]
+
+    @property
+    def trials(self) -> list:
+        return self.get_trials()
+
+
+class FeasibleOnly:
+    """Wraps an Optuna pruner so that it compares a trial with the feasible trials only (see _FeasibleView)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        return self.inner.prune(_FeasibleView(study), trial)
 
 
 def constraints_of(trial: Any) -> list[float]:
@@ -97,8 +139,11 @@ def constraints(outcome: Outcome, scfg: SearchConfig, higher_is_better: bool) ->
     return [over, size, placed, short]
 
 
-def objective_values(outcome: Outcome, scfg: SearchConfig) -> float | tuple[float, float]:
-    if outcome.metric is None or outcome.p50_ms is None:
+def objective_values(outcome: Outcome, scfg: SearchConfig, higher: bool = True) -> float | tuple[float, float]:
+    if outcome.early:  # not trained: infeasible by its p50; its metric the worst (constrained samplers rank by that)
+        worst = 0.0 if higher else 1e9
+        return {"max-metric": worst, "min-latency": outcome.p50_ms, "pareto": (worst, outcome.p50_ms)}[scfg.objective]
+    if outcome.metric is None or outcome.p50_ms is None or outcome.metric != outcome.metric:
         raise CompressError(f"{outcome.run_dir}: the final model has no validation metric or no p50 on the target")
     if scfg.objective == "max-metric":
         return outcome.metric
@@ -141,10 +186,19 @@ def fail_interrupted(study: Any) -> int:
     search: fail it and queue its values again. Returns how many."""
     import optuna
 
-    left = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    left = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     for t in left:
+        tries, n = 1, t.number
+        while by_number[n].user_attrs.get("retry_of") is not None:
+            tries, n = tries + 1, by_number[n].user_attrs["retry_of"]
+        if tries >= MAX_TRIES:  # its values may be what kills the process (memory): counted as failed, not retried
+            study._storage.set_trial_user_attr(t._trial_id, "reason", f"the process running it was killed "
+                                               f"{tries} times (out of memory?)")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        if tries < MAX_TRIES:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.user_attrs.get("retry_of", t.number)})
     return len(left)
 
 
@@ -206,34 +260,33 @@ class Loop:
         if sum(counts(t) for t in earlier) >= self.scfg.trials:
             trial.set_user_attr("over_budget", True)
             raise OverBudget(f"trial {trial.number} is past the budget of {self.scfg.trials}")
-        values = {p.path: p.suggest(trial) for p in self.params}
-        run_dir = run_dir_for(self.root / "trials", values)
-        trial.set_user_attr("run_dir", str(run_dir))
-        raw = trial_raw(self.base, values, self.scfg, run_dir, short=True)
-        report = None
-        if self.scfg.objective == "max-metric" and self.scfg.pruner != "none":
-            def report(epoch: int, score: float) -> None:
-                trial.report(score, step=epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch}: validation {score:.4f} is among the worst at this "
-                                             "budget")
         started = time.perf_counter()
         try:
-            outcome, _ = run_trial(raw, self.source, self.scfg, self.store, report=report)
+            return self._trial(trial, started)
         except optuna.TrialPruned:
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
             for name in CONSTRAINT_NAMES if hasattr(trial, "set_constraint") else ():
                 trial.set_constraint(name, 0.0)  # nothing measured: the sampler learns from its metric alone
             raise
-        except GateFailed as exc:  # the report is written; the final model is what it says (float when int8 missed)
-            outcome = self._after_gate(run_dir, exc)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "Stopped":
                 raise
             from compress.errors import first_line
 
-            trial.set_user_attr("reason", first_line(exc) or type(exc).__name__)
+            trial.set_user_attr("reason", first_line(exc) or type(exc).__name__)  # counted: the study goes on
             raise
+
+    def _trial(self, trial: Any, started: float) -> Any:
+        values = {p.path: p.suggest(trial) for p in self.params}
+        run_dir = run_dir_for(self.root / "trials", trial.user_attrs.get("retry_of", trial.number))
+        trial.set_user_attr("run_dir", str(run_dir))
+        raw = trial_raw(self.base, values, self.scfg, run_dir, short=True)
+        outcome = self._too_slow(raw, run_dir)
+        if outcome is None:
+            try:
+                outcome, _ = run_trial(raw, self.source, self.scfg, self.store, report=self._reporter(trial))
+            except GateFailed:  # the report is written; the final model is what it says (float when int8 missed)
+                outcome = self._after_gate(run_dir)
         self.seconds.append(time.perf_counter() - started)
         outcome.seconds = round(time.perf_counter() - started, 2)
         cons = constraints(outcome, self.scfg, self.higher)
@@ -242,9 +295,33 @@ class Loop:
         if hasattr(trial, "set_constraint"):  # Optuna 5; 4 reads constraints_func
             for name, value in zip(CONSTRAINT_NAMES, cons):
                 trial.set_constraint(name, value)
-        return objective_values(outcome, self.scfg)
+        return objective_values(outcome, self.scfg, self.higher)
 
-    def _after_gate(self, run_dir: Path, exc: GateFailed) -> Outcome:
+    def _reporter(self, trial: Any) -> Callable[[int, float], None] | None:
+        """What the training loop calls after each epoch: the metric to the pruner, which may stop the trial."""
+        if self.scfg.objective != "max-metric" or self.scfg.pruner == "none":
+            return None
+        import optuna
+
+        def report(epoch: int, score: float) -> None:
+            trial.report(score, step=epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: validation {score:.4f} is among the worst at this budget")
+
+        return report
+
+    def _too_slow(self, raw: dict, run_dir: Path) -> Outcome | None:
+        """An Outcome without a metric when the untrained architecture is already far over the latency budget."""
+        budget = self.scfg.latency_budget_ms
+        if budget is None or self.scfg.objective == "min-latency":
+            return None
+        p50 = latency_first(raw, self.source, self.scfg)
+        quantizes = (raw.get("quantize") or {}).get("mode") in ("static", "dynamic")
+        if p50 is None or p50 <= budget * (INT8_HEADROOM if quantizes else EARLY_MARGIN):
+            return None
+        return Outcome(run_dir=str(run_dir), p50_ms=p50, early=True)
+
+    def _after_gate(self, run_dir: Path) -> Outcome:
         from compress.report import load_report
         from compress.study.trial import outcome_of
 
@@ -273,6 +350,8 @@ def line(trial: Any, scfg: SearchConfig, index: int) -> str:
         figures = f"  metric {a['metric']:.4f}  p50 {a.get('p50_ms') or float('nan'):.3f} ms  {a.get('bytes') or 0:,} B"
     if state == "infeasible" and a.get("refused"):
         figures += f"  refused by {scfg.all_nodes_on}: {', '.join(a['refused'])}"
+    if a.get("early"):
+        figures = f"  p50 {a.get('p50_ms'):.3f} ms untrained: over the budget, not trained"
     if state == "failed":
         figures += f"  ({a.get('reason', 'interrupted')})"
     return f"trial {trial.number} ({index}/{scfg.trials}): {state}{figures}  [{values}]"

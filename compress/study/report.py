@@ -37,10 +37,10 @@ def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, ro
         baseline["p50_ms"] = p50.get("hand-written", baseline.get("p50_ms"))
         section["baseline"] = _public(baseline)
         section["finalists"] = [_finalist(f) for f in finals]
-        section["paired_vs_hand_written"] = _paired(baseline, winner, scfg, base_cfg)
         section["best_effort"] = best_effort
-        section["winner"] = _write_winner(root, winner, best_effort, base_cfg.base_dir)
-        section["teacher_trained"] = _teacher_runs(rows, finals, baseline)
+        section["winner"] = _write_winner(root, winner, best_effort, base_cfg.base_dir)  # before anything can fail
+        section["paired_vs_hand_written"] = _paired(baseline, winner, scfg, base_cfg)
+        section["teacher_trained"] = _teacher_runs(rows, finals, study)
         _write(root, section, rows, baseline, finals, scfg)
     w = section["winner"]
     say(f"{'best effort' if best_effort else 'winner'}: trial {w['trial']}: {section['metric']} {w['metric']:.4f} "
@@ -92,8 +92,10 @@ def _paired(baseline: dict, winner: dict, scfg: Any, base_cfg: Any) -> dict[str,
     new = Path(winner["outcome"].run_dir) / _final_path(winner["outcome"])
     try:
         row = paired_bench(baseline["onnx"], new, t.provider, t.batch, t.threads, base_cfg.benchmark.settings())
-    except CompressError as exc:  # e.g. other inputs (a fixed batch): said, not fatal
-        return {"error": str(exc)}
+    except Exception as exc:  # e.g. other inputs (a fixed batch): said, not fatal (best.toml is written)
+        from compress.errors import first_line
+
+        return {"error": first_line(exc) if not isinstance(exc, CompressError) else str(exc)}
     return {k: row[k] for k in ("old_p50_ms", "new_p50_ms", "ratio", "ci_ratio", "pairs", "verdict")}
 
 
@@ -124,9 +126,11 @@ def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_di
             "onnx": str(root / "winner.onnx"), **_public(o.to_json())}
 
 
-def _teacher_runs(rows: list[dict], finals: list[dict], baseline: dict) -> int:
-    """How many runs of the study trained (or loaded) the teacher themselves: 1 when the store worked."""
-    statuses = [r.get("teacher") for r in rows] + [f["outcome"].teacher for f in finals] + [baseline.get("teacher")]
+def _teacher_runs(rows: list[dict], finals: list[dict], study: Any) -> int:
+    """How many runs of the study trained (or loaded) the teacher themselves: 1 when the store worked (0 when an
+    earlier study or `compress run` had already put it in the store)."""
+    hand = [v for k, v in study.user_attrs.items() if k.startswith("hand-written teacher")]
+    statuses = [r.get("teacher") for r in rows] + [f["outcome"].teacher for f in finals] + hand
     return sum(s == "done" for s in statuses)
 
 

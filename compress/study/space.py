@@ -47,7 +47,8 @@ class Param:
         """The values a load-time check tries: every choice, or both ends of the range."""
         if self.choices is not None:
             return list(self.choices)
-        return [self.low, self.high]
+        middle = (self.low + self.high) / 2 if not self.log else (self.low * self.high) ** 0.5
+        return [self.low, self.high, middle if not self.integer else int(middle)]
 
 
 def params_of(space: dict[str, Any]) -> list[Param]:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from compress.cache import digest
 from compress.study.config import SearchConfig
 from compress.study.space import apply
 
@@ -33,6 +32,8 @@ class Outcome:
     placement_checked: bool = False
     teacher: str | None = None
     """The teacher stage's status in this run: done (trained or loaded here), shared, cached."""
+    early: bool = False
+    """Not trained: the untrained architecture was already over the latency budget (p50_ms is its)."""
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -44,13 +45,15 @@ def trial_raw(base: dict[str, Any], values: dict[str, Any], scfg: SearchConfig, 
     """The pipeline dict of one trial (short) or one finalist (the file's own budget and benchmark)."""
     raw = apply(base, values)
     raw["pipeline"] = {**raw["pipeline"], "output_dir": str(out_dir)}
+    export = dict(raw.get("export", {}))
+    if scfg.all_nodes_on == "qnn":  # the QNN flow measures placement on HTP itself, in the edge stage
+        export.update(ort_format=True, edge_targets=["qnn"], fixed_batch=export.get("fixed_batch") or 1)
+    elif short:
+        export.update(ort_format=False, edge_targets=[])
+    raw["export"] = export
     if not short:
         return raw
     raw["distill"] = {**raw.get("distill", {}), "epochs": scfg.short_epochs, "control": False}
-    export = {**raw.get("export", {}), "ort_format": False, "edge_targets": []}
-    if scfg.all_nodes_on == "qnn":  # the QNN flow measures placement on HTP itself, in the edge stage
-        export.update(ort_format=True, edge_targets=["qnn"], fixed_batch=export.get("fixed_batch") or 1)
-    raw["export"] = export
     target = scfg.target
     bench = dict(raw.get("benchmark", {}))
     options = {k: v for k, v in (bench.get("provider_options") or {}).items() if k == target.provider}
@@ -65,9 +68,49 @@ def trial_raw(base: dict[str, Any], values: dict[str, Any], scfg: SearchConfig, 
     return raw
 
 
-def run_dir_for(root: Path, values: dict[str, Any]) -> Path:
-    """A trial's run directory, named by its values: a retried trial resumes from the stages it finished."""
-    return root / digest(values)[:12]
+def run_dir_for(root: Path, number: int) -> Path:
+    """A trial's run directory, named by its number (a retried trial passes the number of the one it repeats, and
+    resumes from the stages that one finished); two workers never share one."""
+    return root / f"{number:04d}"
+
+
+def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig) -> float | None:
+    """p50 on the target of the trial's student before any training: latency does not depend on the weights, so an
+    architecture far over the budget need not be trained to be known infeasible. None where the architecture is
+    settled by training (a [prune] step, a layer cut)."""
+    import tempfile
+
+    import torch
+
+    from compress.bench.config import PICK_PROFILE
+    from compress.bench.harness import measure
+    from compress.config import _check_files, check_before_training, parse_config
+    from compress.families import family_of, spec_options
+    from compress.onnx.export import export_onnx
+    from compress.records import ModelSpec
+    from compress.tasks.base import output_names_of
+
+    cfg = parse_config(raw, source)
+    _check_files(cfg)
+    if cfg.prune is not None or cfg.student.from_teacher is not None:
+        return None
+    data = check_before_training(cfg)
+    spec = ModelSpec(cfg.student.model, dict(cfg.student.kwargs), spec_options(cfg, cfg.student))
+    torch.manual_seed(cfg.pipeline.seed)
+    model = family_of(spec.model).build(spec, data=data, base_dir=cfg.base_dir, origin=f"{source}: student").eval()
+    example = data.example(2)
+    args = data.inputs.export_args(example)
+    with torch.no_grad():
+        out = model(*args[:-1], **args[-1]) if args and isinstance(args[-1], dict) else model(*args)
+    t = scfg.target
+    seq = data.inputs.seq_lengths((t.seq or cfg.benchmark.seq_lengths[0],))[0]
+    with tempfile.TemporaryDirectory(prefix="compress-latency-") as tmp:
+        path = export_onnx(model, example, Path(tmp) / "student.onnx", opset=cfg.export.opset,
+                           exporter=cfg.export.exporter, inputs=data.inputs,
+                           output_names=output_names_of(out, "logits"))
+        row = measure(path, t.provider, t.batch, t.threads, inputs=data.inputs.bench_feed(data, t.batch, seq),
+                      settings=PICK_PROFILE)
+    return float(row["p50_ms"])
 
 
 @contextlib.contextmanager
