@@ -49,7 +49,8 @@ def _search(path: Path, *args: str, check: bool = True) -> dict:
     if check and done.returncode not in (0, 1):
         raise SystemExit(f"{path}: exit {done.returncode}: {done.stderr.strip()[-1500:]}")
     raw = tomllib.loads(path.read_text())
-    run_dir = (path.parent / raw["pipeline"]["base_dir"] / raw["pipeline"]["output_dir"]).resolve()
+    out = raw["pipeline"].get("output_dir") or f"runs/{raw['pipeline']['name']}"
+    run_dir = (path.parent / raw["pipeline"].get("base_dir", ".") / out).resolve()
     report = json.loads((run_dir / "search" / "report.json").read_text())["search"]
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["exit"] = done.returncode
@@ -207,19 +208,30 @@ def workers(args: argparse.Namespace) -> dict:
     params = [json.dumps(r["params"], sort_keys=True) for r in two["trials"]]
     return {"exit": codes, "wall_s_two": round(time.perf_counter() - started, 1), "wall_s_one": one["wall_s"],
             "trials": len(two["trials"]), "budget": two["budget_trials"], "duplicates": len(params) - len(set(params)),
-            "teacher_trained": two["teacher_trained"], "same_winner": two["winner"]["params"] == one["winner"]["params"],
+            "teacher_trained": two["teacher_trained"],
+            "same_winner": two["winner"]["params"] == one["winner"]["params"],
             "winner_two": two["winner"]["params"], "winner_one": one["winner"]["params"]}
 
 
 QNN_ZOO = '''
+import torch
 import torch.nn as nn
 
 
-def net(input_shape=(1, 8, 8), num_classes=10, width=8, act="relu"):
-    """A small CNN whose activation is a choice: exact GELU exports Erf, which the QNN HTP backend refuses."""
-    a = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}[act]
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), a(), nn.Conv2d(width, 2 * width, 3, padding=1), a(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+class DetTerm(nn.Module):
+    """Adds the determinant of a 2x2 summary of the features (ONNX Det, which the QNN HTP backend refuses)."""
+
+    def forward(self, x):
+        m = x.mean(dim=(2, 3))[:, :4].reshape(-1, 2, 2)
+        return x + 1e-3 * torch.det(m)[:, None, None, None]
+
+
+def net(input_shape=(1, 8, 8), num_classes=10, width=8, det=False):
+    """A small CNN; with det = true one layer the HTP backend cannot run."""
+    layers = [nn.Conv2d(1, width, 3, padding=1), nn.ReLU()] + ([DetTerm()] if det else [])
+    layers += [nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(2 * width, num_classes)]
+    return nn.Sequential(*layers)
 '''
 
 
@@ -230,7 +242,7 @@ def qnn(args: argparse.Namespace) -> dict:
     (folder / "zoo.py").write_text(QNN_ZOO)
     raw = tomllib.loads(path.read_text())
     raw["student"] = {"model": "zoo:net", "kwargs": {"width": 8}}
-    raw["search"]["space"] = {"student.kwargs.act": ["relu", "gelu", "gelu_tanh"], "student.kwargs.width": [4, 8, 16]}
+    raw["search"]["space"] = {"student.kwargs.det": [False, True], "student.kwargs.width": [4, 8, 16]}
     path.write_text(toml_text(raw))
     s = _search(path)
     return {"counts": s["counts"], "exit": s["exit"],

@@ -219,3 +219,32 @@ def test_two_workers_share_one_study(tmp_path):
     assert report["teacher_trained"] == 1
     log = (folder / "runs/tiny/search/search.log").read_text()
     assert log.count(": complete") + log.count(": pruned") + log.count(": infeasible") + log.count(": failed") == 5
+
+
+def test_pruner_judges_a_trial_against_feasible_trials_only():
+    """A model that fits the budget is not stopped for being less accurate after one epoch than models too slow to
+    ship; Optuna's own successive halving, which sees every trial, stops it."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from compress.study.loop import FeasibleOnly
+
+    def study_with_slow_accurate_trials():
+        study = optuna.create_study(direction="maximize")
+        for value in (0.95, 0.96, 0.97):  # wide models: accurate, over the budget
+            study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"x": value},
+                                         distributions={"x": FloatDistribution(0, 1)},
+                                         intermediate_values={1: value}, system_attrs={"completed_rung_0": value},
+                                         user_attrs={"constraints": [0.5, -1, -1, -1]}))
+        trial = study.ask({"x": FloatDistribution(0, 1)})
+        trial.report(0.80, step=1)  # a small model after one epoch
+        return study, trial
+
+    def halving():
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+
+    study, trial = study_with_slow_accurate_trials()
+    assert halving().prune(study, study._storage.get_trial(trial._trial_id))
+    study, trial = study_with_slow_accurate_trials()
+    assert not FeasibleOnly(halving()).prune(study, study._storage.get_trial(trial._trial_id))

@@ -124,7 +124,8 @@ def _baseline(base: dict, path: Path, scfg: Any, store: Path, root: Path, say: C
             report = load_report(cfg.run_dir / "report.json")
     outcome = outcome_of(report, cfg.run_dir, scfg)
     final = next(m for m in report["models"] if m["name"] == report["final"])
-    return {**outcome.to_json(), "full_seconds": _seconds_after_teacher(cfg.run_dir, report), "onnx": str(cfg.run_dir / final["path"]) if final.get("path") else None,
+    return {**outcome.to_json(), "full_seconds": _seconds_after_teacher(cfg.run_dir, report),
+            "onnx": str(cfg.run_dir / final["path"]) if final.get("path") else None,
             "higher_is_better": report["primary_metric"]["higher_is_better"],
             "metric_name": report["primary_metric"]["name"]}
 

@@ -86,8 +86,9 @@ def run_finalists(finalists: list[dict[str, Any]], *, base: dict, scfg: SearchCo
     for i, row in enumerate(finalists, 1):
         run_dir = root / "finalists" / digest(row["params"])[:12]
         raw = trial_raw(base, row["params"], scfg, run_dir, short=False)
-        say(f"finalist {i}/{len(finalists)} (trial {row['number']}): full budget ({raw.get('distill', {}).get('epochs', 'default')} "
-            f"distill epochs) in {run_dir}")
+        epochs = raw.get("distill", {}).get("epochs", "default")
+        say(f"finalist {i}/{len(finalists)} (trial {row['number']}): full budget ({epochs} distill epochs) in "
+            f"{run_dir}")
         try:
             outcome, _ = run_trial(raw, source, scfg, store, progress=progress)
         except GateFailed:

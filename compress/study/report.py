@@ -2,7 +2,6 @@
 report.md, pareto.png, best.toml or best-effort.toml, winner.onnx)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,8 +119,9 @@ def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_di
               f"trial {winner['trial']}: {winner['params']}\n`compress run {name}` reproduces it (cached in its "
               "output_dir; --force trains it again)")
     write_text(toml_path, toml_text(relative_output(winner["raw"], toml_path, base_dir), header))
-    onnx = Path(o.run_dir) / _final_path(o)
-    shutil.copyfile(onnx, root / "winner.onnx")
+    from compress.onnx.graph import copy_model
+
+    copy_model(Path(o.run_dir) / _final_path(o), root / "winner.onnx")  # with its external data, if it has any
     return {"trial": winner["trial"], "params": winner["params"], "toml": str(toml_path),
             "onnx": str(root / "winner.onnx"), **_public(o.to_json())}
 
