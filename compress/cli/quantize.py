@@ -167,8 +167,6 @@ def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, pr
           higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
           given: str | None = None):
     """(the Gate, a warning line or None) from what the command was given."""
-    import numpy as np
-
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets
@@ -197,8 +195,7 @@ def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, pr
                           source=source, axes=dims.batch_axes)
     warning = None
     if gate.metric.name == "cosine":
-        shapes = {k: tuple(np.shape(v)) for k, v in outputs_of(model, feeds, axes=dims.batch_axes).items()}
-        shown = ", ".join(f"{k} {s}" for k, s in shapes.items())
+        shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
         warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "
                    "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
                    "gate on your own figure")

@@ -28,6 +28,8 @@ class Gate:
     budget: float
     key: str
     what: str
+    shapes: Mapping[str, tuple[int, ...]] | None = None
+    """The fp32 model's judged outputs' shapes, when the gate ran it (what a warning about them shows)."""
 
     def drop(self, reference: float, got: float) -> float:
         return self.metric.drop(reference, got)
@@ -167,7 +169,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
 
     return Gate(figures, Metric("cosine"), budget_cosine, "--max-cosine-drop",
                 f"mean cosine to the fp32 model's outputs ({', '.join(chosen)}; SQNR per output beside it) on "
-                f"{source}")
+                f"{source}", shapes={k: tuple(np.shape(v)) for k, v in expected.items()})
 
 
 def metric_gate(metric: Any, reference: Path, feeds: Mapping[str, np.ndarray], targets: Any, budget: float, *,

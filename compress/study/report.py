@@ -68,7 +68,7 @@ def _timed(finals: list[dict], baseline: dict, scfg: Any, base_cfg: Any, progres
     if baseline.get("onnx"):
         paths["hand-written"] = Path(baseline["onnx"])
     data = check_before_training(base_cfg)
-    seq = data.inputs.seq_lengths((scfg.target.seq or 128,))[0]
+    seq = data.inputs.seq_lengths((scfg.target.seq or base_cfg.benchmark.seq_lengths[0],))[0]  # as the trials
     return time_together(paths, scfg, lambda b: data.inputs.bench_feed(data, b, seq),
                          base_cfg.benchmark.settings(), progress)
 
