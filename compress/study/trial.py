@@ -62,8 +62,9 @@ def trial_raw(base: dict[str, Any], values: dict[str, Any], scfg: SearchConfig, 
     bench.update(providers=[target.provider], batch_sizes=[target.batch], threads=[target.threads], models="final",
                  provider_options=options, warmup_runs=PICK_PROFILE.warmup_runs, min_runs=PICK_PROFILE.min_runs,
                  min_seconds=PICK_PROFILE.min_seconds, repetitions=PICK_PROFILE.repetitions)
-    # token inputs: one sequence length, the one the finalists' round and the latency-first check time too
-    bench["seq_lengths"] = [target.seq or (bench.get("seq_lengths") or [128])[0]]
+    if target.seq is not None or bench.get("seq_lengths"):  # token inputs: one sequence length, the one the
+        # finalists' round and the latency-first check time too (a key other inputs refuse: set only when given)
+        bench["seq_lengths"] = [target.seq or bench["seq_lengths"][0]]
     raw["benchmark"] = bench
     return raw
 
