@@ -135,17 +135,24 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
     The lock is an OS file lock, so a killed run releases it; the temp files such a run left are removed here.
     """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_dir / ".lock", f"{run_dir}: another compress run is using this run directory; wait for it "
+                   "to finish or use a different [pipeline] output_dir"):
+        remove_stale_temps(run_dir)
+        yield
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, busy: str) -> Iterator[None]:
+    """Hold an OS file lock (a killed holder releases it); CompressError(`busy`) at once when another holds it."""
     from filelock import FileLock, Timeout
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(run_dir / ".lock"))
+    lock = FileLock(str(lock_path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise CompressError(f"{run_dir}: another compress run is using this run directory; wait for it to finish "
-                            "or use a different [pipeline] output_dir") from None
+        raise CompressError(busy) from None
     try:
-        remove_stale_temps(run_dir)
         yield
     finally:
         lock.release()

@@ -123,9 +123,7 @@ def _baseline(base: dict, path: Path, scfg: Any, store: Path, root: Path, say: C
         except GateFailed:
             report = load_report(cfg.run_dir / "report.json")
     outcome = outcome_of(report, cfg.run_dir, scfg)
-    final = next(m for m in report["models"] if m["name"] == report["final"])
     return {**outcome.to_json(), "full_seconds": _seconds_after_teacher(cfg.run_dir, report),
-            "onnx": str(cfg.run_dir / final["path"]) if final.get("path") else None,
             "higher_is_better": report["primary_metric"]["higher_is_better"],
             "metric_name": report["primary_metric"]["name"]}
 
@@ -175,22 +173,15 @@ def _wait_for_others(study_name: str, rdb: Any, say: Callable[[str], None], poll
 @contextlib.contextmanager
 def _search_lock(root: Path, *, own: bool) -> Iterator[None]:
     """With the default storage one worker owns the study (a second is told to use --storage)."""
-    from filelock import FileLock, Timeout
+    from compress.cache import exclusive
 
     root.mkdir(parents=True, exist_ok=True)
     if not own:
         yield
         return
-    lock = FileLock(str(root / ".search.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise CompressError(f"{root}: another compress search is using this study; to run several workers on one "
-                            "study, start each with the same --storage URL (e.g. sqlite:///study.db)") from None
-    try:
+    with exclusive(root / ".search.lock", f"{root}: another compress search is using this study; to run several "
+                   "workers on one study, start each with the same --storage URL (e.g. sqlite:///study.db)"):
         yield
-    finally:
-        lock.release()
 
 
 def _sayer(log_path: Path, progress: bool) -> Callable[[str], None]:

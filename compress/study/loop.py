@@ -186,18 +186,16 @@ def fail_interrupted(study: Any) -> int:
     import optuna
 
     trials = study.get_trials(deepcopy=False)
-    by_number = {t.number: t for t in trials}
     left = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     for t in left:
-        tries, n = 1, t.number
-        while by_number[n].user_attrs.get("retry_of") is not None:
-            tries, n = tries + 1, by_number[n].user_attrs["retry_of"]
+        original = t.user_attrs.get("retry_of", t.number)  # every retry names the first attempt
+        tries = sum(x.number == original or x.user_attrs.get("retry_of") == original for x in trials)
         if tries >= MAX_TRIES:  # its values may be what kills the process (memory): counted as failed, not retried
             study._storage.set_trial_user_attr(t._trial_id, "reason", f"the process running it was killed "
                                                f"{tries} times (out of memory?)")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if tries < MAX_TRIES:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.user_attrs.get("retry_of", t.number)})
+            study.enqueue_trial(t.params, user_attrs={"retry_of": original})
     return len(left)
 
 

@@ -64,20 +64,13 @@ def _timed(finals: list[dict], baseline: dict, scfg: Any, base_cfg: Any, progres
     """Every finalist's final model and the hand-written one, timed on the target, interleaved."""
     from compress.config import check_before_training
 
-    paths = {f"trial-{f['trial']}": Path(f["outcome"].run_dir) / _final_path(f["outcome"]) for f in finals}
+    paths = {f"trial-{f['trial']}": Path(f["outcome"].onnx) for f in finals if f["outcome"].onnx}
     if baseline.get("onnx"):
         paths["hand-written"] = Path(baseline["onnx"])
     data = check_before_training(base_cfg)
     seq = data.inputs.seq_lengths((scfg.target.seq or base_cfg.benchmark.seq_lengths[0],))[0]  # as the trials
     return time_together(paths, scfg, lambda b: data.inputs.bench_feed(data, b, seq),
                          base_cfg.benchmark.settings(), progress)
-
-
-def _final_path(outcome: Any) -> str:
-    from compress.report import load_report
-
-    report = load_report(Path(outcome.run_dir) / "report.json")
-    return next(m["path"] for m in report["models"] if m["name"] == report["final"])
 
 
 def _paired(baseline: dict, winner: dict, scfg: Any, base_cfg: Any) -> dict[str, Any] | None:
@@ -88,7 +81,7 @@ def _paired(baseline: dict, winner: dict, scfg: Any, base_cfg: Any) -> dict[str,
     from compress.errors import CompressError
 
     t = scfg.target
-    new = Path(winner["outcome"].run_dir) / _final_path(winner["outcome"])
+    new = winner["outcome"].onnx
     try:
         row = paired_bench(baseline["onnx"], new, t.provider, t.batch, t.threads, base_cfg.benchmark.settings())
     except Exception as exc:  # e.g. other inputs (a fixed batch): said, not fatal (best.toml is written)
@@ -121,9 +114,9 @@ def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_di
     write_text(toml_path, toml_text(relative_output(winner["raw"], toml_path, base_dir), header))
     from compress.onnx.graph import copy_model
 
-    copy_model(Path(o.run_dir) / _final_path(o), root / "winner.onnx")  # with its external data, if it has any
+    copy_model(Path(o.onnx), root / "winner.onnx")  # with its external data, if it has any
     return {"trial": winner["trial"], "params": winner["params"], "toml": str(toml_path),
-            "onnx": str(root / "winner.onnx"), **_public(o.to_json())}
+            **_public(o.to_json()), "onnx": str(root / "winner.onnx")}  # the copy, not the finalist's file
 
 
 def _teacher_runs(rows: list[dict], finals: list[dict], study: Any) -> int:

@@ -23,6 +23,8 @@ class Outcome:
 
     run_dir: str
     final: str | None = None
+    onnx: str | None = None
+    """The final model's ONNX file (absolute)."""
     metric: float | None = None
     metric_test: float | None = None
     p50_ms: float | None = None
@@ -166,7 +168,9 @@ def outcome_of(report: dict[str, Any], run_dir: Path, scfg: SearchConfig) -> Out
     rows = [r for r in final.get("latency") or [] if r["provider"] == provider and r["batch"] == target.batch
             and r["threads"] == target.threads and (target.seq is None or r.get("seq_length") == target.seq)]
     teacher = next((s["status"] for s in report["stages"] if s["name"] == "teacher"), None)
-    out = Outcome(run_dir=str(run_dir), final=final["name"], metric=figure(final, report, "_val"),
+    out = Outcome(run_dir=str(run_dir), final=final["name"],
+                  onnx=str(Path(run_dir) / final["path"]) if final.get("path") else None,
+                  metric=figure(final, report, "_val"),
                   metric_test=figure(final, report), p50_ms=rows[0]["p50_ms"] if rows else None,
                   bytes=final.get("bytes"), teacher=teacher)
     if scfg.all_nodes_on is not None:
