@@ -37,7 +37,7 @@ def test_optional_sections_switch_stages_on(tmp_path):
     ('[distill]\ntemprature = 2.0\n', "distill.temprature: unknown key; did you mean 'temperature'?"),
     ('[distill]\ntemperature = 0\n', "distill.temperature: input should be greater than 0, got 0"),
     ('[distill]\nepochs = "ten"\n', "distill.epochs: input should be a valid integer"),
-    ('[quantize]\nmode = "int4"\n', "quantize.mode: expected 'static', 'dynamic' or 'fp16', got 'int4'"),
+    ('[quantize]\nmode = "int4"\n', "quantize.mode: expected 'static', 'dynamic', 'fp16' or 'qat', got 'int4'"),
     ('[benchmark]\nproviders = ["gpu"]\n', "benchmark.providers: unknown provider 'gpu'; did you mean 'cpu'?"),
     ('[data]\nsource = "csv:x.csv"\n', "data.source: expected 'digits', 'npz:PATH', 'images:DIR', 'text:PATH' or "
                                        "'python:module:function'"),

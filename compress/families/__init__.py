@@ -114,11 +114,19 @@ def family_of(spec: str) -> Family:
 def rebuild(record: "ModelRecord", *, data: Any, base_dir: Path, run_dir: Path | None = None,
             weights: Path | None = None) -> Any:
     """The model a stage wrote, restored from its record: the family's architecture, the record's transforms
-    (pruned shapes; magnitude-pruning masks when the weights carry them), then the weights (`weights`, else the
-    record's file in `run_dir`). Eval mode."""
+    (pruned shapes; magnitude-pruning masks when the weights carry them; a QAT record's QDQ graph, run in torch),
+    then the weights (`weights`, else the record's file in `run_dir`). Eval mode."""
     from safetensors.torch import load_file
 
     path = Path(weights) if weights is not None else Path(run_dir) / record.torch
+    qat = (record.quantization or {}).get("qat_graph")
+    if qat is not None:  # quantization-aware training: the QDQ graph itself, run in torch (compress.qat)
+        from compress.qat.graph import load
+
+        model = load(Path(qat), record.origin)
+        model.freeze_at = record.quantization.get("freeze_at")
+        model.load_state_dict(load_file(str(path)), strict=True)
+        return model.eval()
     model = family_of(record.spec.model).build(record.spec, data=data, base_dir=base_dir, origin=record.origin,
                                                fresh=True)
     try:

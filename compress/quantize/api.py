@@ -43,6 +43,7 @@ def quantize(
     progress: bool = True,
     profile: BenchSettings = PICK_PROFILE,
     provider_options: dict[str, dict[str, str]] | None = None,
+    qat: Callable[[Path, Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Quantize `onnx_path` into `out_dir`, gate every attempt, and pick float or quantized by latency.
 
@@ -56,18 +57,23 @@ def quantize(
     budget, chosen is None and final is "float"; the caller decides whether that fails the run. The float model and
     the accepted attempt are timed, and then timed paired, so `profile` defaults to a lighter one than a benchmark
     row's.
+
+    mode = 'qat': the static attempts, then `qat(ptq_path, out_path)` (compress.qat.train_qat), gated as attempt
+    "qat"; compress.qat.pick.pick_quantized decides which of the two is the quantized candidate.
     """
     from compress.progress import progress as progress_bar
 
     from compress.bench.environment import int8_isa, u8s8_saturates
 
+    mode, cfg = cfg.mode, _post_training(cfg, qat)
     search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
     isa = int8_isa()
     plan = qa.remedy_plan(cfg, saturates=u8s8_saturates(isa))
-    bar = progress_bar(total=len(plan) + 1, desc=f"quantize ({cfg.mode})", unit="attempt", enabled=progress)
+    bar = progress_bar(total=len(plan) + 1, desc=f"quantize ({mode})", unit="attempt", enabled=progress)
     accepted = search.run(plan, bar)
     bar.update(1)
     bar.close()
+    accepted, qat_note = search.trained(accepted, qat) if mode == "qat" else (accepted, None)
 
     settings = profile.with_options(provider_options)
 
@@ -76,21 +82,17 @@ def quantize(
 
     float_latency = measure(search.onnx_path)
     for rec in search.attempts:  # only a model that met the budget can ship: timing the others is wasted time
-        if rec["accepted"]:
+        if rec["accepted"] or rec.get("side_by_side"):  # (QAT and the PTQ it started from are shown side by side)
             rec["latency"] = measure(Path(rec["path"]))
+    if qat_note is not None:
+        _time_qat(search.attempts, qat_note, search.providers, batch_sizes, threads, feed, settings)
     result: dict[str, Any] = {
-        "mode": cfg.mode, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa), "gate": gate.to_json(),
-        "attempts": search.attempts,
+        "mode": mode, "qat": qat_note, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa),
+        "gate": gate.to_json(), "attempts": search.attempts,
         "float": _named({"path": str(search.onnx_path), "figures": search.float_figures, "score": search.float_score,
                          "bytes": model_bytes(search.onnx_path), "latency": float_latency}, gate)}
     if accepted is None:
-        tried = len(search.attempts)
-        nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path)
-        why = (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
-               f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
-               f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
-               "keeping the float model")
-        result.update(chosen=None, final="float", pick=None, why=why)
+        result.update(chosen=None, final="float", pick=None, why=_none_met(search, mode))
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
@@ -98,7 +100,8 @@ def quantize(
                                feed, settings)
     decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
                           paired=paired)
-    result.update(chosen=str(chosen), final=decision["final"], why=decision["why"], pick=decision,
+    why = decision["why"] if qat_note is None else f"{qat_note['why']}; {decision['why']}"
+    result.update(chosen=str(chosen), final=decision["final"], why=why, pick=decision,
                   accepted_attempt=accepted["name"])
     return result
 
@@ -120,6 +123,39 @@ def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, cali
                          source=f"{len(val_y)} validation samples")
     calibration = qa.batched({name: calib_x}, cfg.calibration_batch) if calib_x is not None else None
     return quantize(onnx_path, out_dir, cfg, gate=gate, calibration=calibration, feed=feed, **kwargs)
+
+
+def _none_met(search: "_Search", mode: str) -> str:
+    """Why the float model stays when no quantized model met the budget (static mode names mode = 'qat')."""
+    gate, tried = search.gate, len(search.attempts)
+    nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path)
+    why = (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
+           f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
+           f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
+           "keeping the float model")
+    if mode == "static" and not nothing:
+        why += "; mode = 'qat' fine-tunes the quantized model against the teacher (quantization-aware training)"
+    return why
+
+
+def _post_training(cfg: QuantizeConfig, qat: Any) -> QuantizeConfig:
+    """The settings post-training quantization runs with: mode = 'qat' runs 'static' first (its graph is where QAT
+    starts), and needs the pipeline's trainer."""
+    if cfg.mode != "qat":
+        return cfg
+    if qat is None:
+        raise CompressError("quantize.mode: 'qat' trains against the teacher, which only a pipeline has; use "
+                            "'static' here, or mode = 'qat' in a pipeline's [quantize]")
+    return cfg.model_copy(update={"mode": "static"})
+
+
+def _time_qat(attempts: list[dict[str, Any]], note: dict[str, Any], providers: list[str], batch_sizes: Sequence[int],
+              threads: int, feed: Callable[[int], dict[str, np.ndarray]], settings: Any) -> None:
+    """QAT against the PTQ graph it started from, timed paired into note["paired"]: the same graph with other
+    values runs the same kernels, so the same speed (within noise)."""
+    pair = [Path(a["path"]) for a in attempts if a.get("side_by_side")]
+    if len(pair) == 2:
+        note["paired"] = qa.paired_latency(pair[0], pair[1], providers, list(batch_sizes), threads, feed, settings)
 
 
 def _named(record: dict[str, Any], gate: Gate) -> dict[str, Any]:
@@ -194,12 +230,25 @@ class _Search:
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
         try:
             calibrated = qa.quantize_once(self.base, path, settings, self.calib, cap=self.cap)
-            figures = self.gate.score(path)
             if calibrated:
                 record["calibration"] = calibrated
         except CompressError:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
+            record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
+                          reason=f"failed: {first_line(exc)}", quantized=False)
+            self.attempts.append(_named(record, self.gate))
+            return record
+        return self.judged(record, path)
+
+    def judged(self, record: dict[str, Any], path: Path) -> dict[str, Any]:
+        """`record` with the gate's figures of the model at `path` and its verdict; appended to the attempts."""
+        settings = record["settings"]
+        try:
+            figures = self.gate.score(path)
+        except CompressError:
+            raise
+        except Exception as exc:
             record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
                           reason=f"failed: {first_line(exc)}", quantized=False)
         else:
@@ -215,6 +264,26 @@ class _Search:
                           accepted=ok, reason=reason, quantized=reduced)
         self.attempts.append(_named(record, self.gate))
         return record
+
+    def trained(self, accepted: dict[str, Any] | None, qat: Callable[[Path, Path], dict[str, Any]]) \
+            -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Quantization-aware training from the accepted attempt (else the one with the smallest drop), gated as
+        attempt "qat"; returns the quantized candidate (compress.qat.pick) and what QAT did."""
+        from compress.qat.pick import pick_quantized
+
+        done = [a for a in self.attempts if a.get("quantized") and a["score"] is not None]
+        source = accepted or min(done, key=lambda a: a["drop"], default=None)
+        if source is None:
+            return None, {"why": "QAT skipped: post-training quantization wrote no quantized model to start from"}
+        info = qat(Path(source["path"]), self.out_dir / "qat.onnx")
+        record = {"name": "qat", "settings": {**source["settings"], "mode": "qat", "from": source["name"]},
+                  "path": info["path"], "qat": {k: v for k, v in info.items() if k != "path"},
+                  "why_tried": f"quantization-aware distillation from {source['name']}"}
+        record = self.judged(record, Path(info["path"]))
+        source["side_by_side"] = record["side_by_side"] = True
+        if not info["parity"]["ok"]:
+            record["reason"] += f"; parity: {info['parity']['what']}"
+        return pick_quantized(accepted, record, self.gate)
 
     def run(self, plan: list[tuple[dict[str, Any], str]], bar: Any) -> dict[str, Any] | None:
         """The first attempt that meets the budget, trying remedies in order when `fallback` is on."""

@@ -208,10 +208,14 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         _static(base, out, settings, calib, large=large, stride=stride)
     if not large:  # the quantized model read once, edited in memory, written once
         from compress.quantize.bias import correct_biases
-        from compress.quantize.qdq import float_outputs
+        from compress.quantize.qdq import float_outputs, infinite_ranges_in_float
 
         model = onnx.load(str(out))
-        changed = float_outputs(model) > 0
+        infinite = infinite_ranges_in_float(model)
+        changed = float_outputs(model) > 0 or bool(infinite)
+        if infinite:
+            kept = f"{len(infinite)} tensors with an infinite calibrated range (an attention mask) kept in float"
+            note = f"{note}; {kept}" if note else kept
         done = correct_biases(base, model, calib) if settings.get("bias_correction") and calib else {"layers": 0}
         if done["layers"]:
             corrected = f"biases of {done['layers']} layers corrected on {done['samples']} samples"

@@ -20,11 +20,25 @@ class QuantizeConfig(Section):
     """The [quantize] section. Defaults are what measured best on an x86 CPU with AVX-512 VNNI / AMX:
     static QDQ, uint8 activations with int8 weights, per-channel weights, no range reduction."""
 
-    mode: Literal["static", "dynamic", "fp16"] = Field(
+    mode: Literal["static", "dynamic", "fp16", "qat"] = Field(
         "static",
         description="'static': int8 with calibrated activation ranges (QDQ), best for conv nets; 'dynamic': "
         "int8 weights, activation ranges computed at run time, for Linear/MatMul-heavy models; 'fp16': half "
-        "precision, for GPU providers.",
+        "precision, for GPU providers; 'qat' (pipelines only): 'static', then the same QDQ graph fine-tuned against "
+        "the teacher with fake quantization that matches ONNX Runtime's (quantization-aware distillation), both "
+        "gated and shown side by side.",
+    )
+    qat_epochs: int = Field(
+        3, ge=1, description="mode = 'qat': epochs of quantization-aware distillation (the task's loss against the "
+        "teacher), the best validation epoch kept."
+    )
+    qat_lr: float | None = Field(
+        None, gt=0, description="mode = 'qat': learning rate of the fine-tuning (cosine decay, no warm-up); default: "
+        "a tenth of the student's distillation rate."
+    )
+    qat_freeze_epochs: int = Field(
+        1, ge=0, description="mode = 'qat': the last epochs train with the activation ranges frozen (the learned "
+        "scales stop moving; batch norm is already folded into the graph's convolutions)."
     )
     max_accuracy_drop: float = Field(
         0.005,

@@ -1,5 +1,5 @@
-"""Edits of a QDQ model after ONNX Runtime's quantizer wrote it: graph outputs handed over in float, one node put
-back in float (to score it as a candidate without requantizing)."""
+"""Edits of a QDQ model after ONNX Runtime's quantizer wrote it: graph outputs handed over in float, tensors with an
+infinite range kept in float, one node put back in float (to score it as a candidate without requantizing)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,3 +74,40 @@ def with_node_in_float(base: Path, quant: Path, node_name: str, out: Path) -> bo
             node.input[k] = copy.name
     onnx.save(qmodel, str(out))
     return True
+
+
+def infinite_ranges_in_float(model: Any) -> list[str]:
+    """Take off every QuantizeLinear -> DequantizeLinear pair whose scale is not finite (a ModelProto, edited in
+    place): calibration saw -inf or inf there, as on a transformer's attention mask filled with -inf. ORT then
+    divides by an infinite scale and dequantizes 0 x inf = NaN, which a masked softmax's NaN guard turns into zero
+    attention everywhere. Those tensors stay float; returns their names."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    scales = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    freed, drop = [], []
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        scale = scales.get(q.input[1])
+        if scale is None or np.isfinite(scale).all():
+            continue
+        dqs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]
+        if len(dqs) != sum(q.output[0] in n.input for n in graph.node):
+            continue  # something else reads the integers: leave it
+        for dq in dqs:
+            for n in graph.node:
+                for k, i in enumerate(n.input):
+                    if i == dq.output[0]:
+                        n.input[k] = q.input[0]
+            for o in graph.output:
+                if o.name == dq.output[0]:
+                    o.name = q.input[0]
+        drop += [q, *dqs]
+        freed.append(q.input[0])
+    for n in drop:
+        graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    for init in [i for n in drop for i in n.input[1:] if i not in read]:
+        for proto in [t for t in graph.initializer if t.name == init]:
+            graph.initializer.remove(proto)
+    return freed

@@ -28,10 +28,16 @@ def run(ctx: StageContext) -> StageResult:
     calibration = list(data.feeds("train", rows=data.calibration_rows(qcfg.calibration_samples),
                                   batch_size=qcfg.calibration_batch))
     seq = data.inputs.seq_lengths(bcfg.seq_lengths)[0]
+    qat = None
+    if qcfg.mode == "qat":
+        from compress.qat import train_qat
+
+        def qat(src: Any, dst: Any) -> dict[str, Any]:
+            return train_qat(src, dst, ctx, ctx.origin("quantize"))
     result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, gate=gate, calibration=calibration,
                       feed=lambda b: data.inputs.bench_feed(data, b, seq), providers=bcfg.providers,
                       batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
-                      provider_options=bcfg.provider_options)
+                      provider_options=bcfg.provider_options, qat=qat)
     name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not
     models: tuple[ModelRecord, ...] = ()
     artifacts: tuple[str, ...] = ()
@@ -45,16 +51,25 @@ def run(ctx: StageContext) -> StageResult:
         state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=result["why"])
     else:
         state = RunState(final=base.name, final_reason=result["why"], gate_failure=f"quantize.{key}: {result['why']}")
+    from compress.qat.pick import side_by_side
+
+    table = side_by_side(result)
     for a in result["attempts"]:
         a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
     info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"], "gate": result["gate"],
-            "float": {k: v for k, v in result["float"].items() if k != "path"}, "markdown": _markdown(result)}
+            "float": {k: v for k, v in result["float"].items() if k != "path"},
+            "markdown": _markdown(result, table)}
+    if result.get("qat") is not None:
+        info["qat"] = {**result["qat"], "side_by_side": table}
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
 
 
-def _markdown(result: dict[str, Any]) -> list[str]:
+def _markdown(result: dict[str, Any], table: dict[str, Any] | None) -> list[str]:
+    from compress.qat.pick import side_by_side_table
     from compress.quantize import attempts_table
 
+    qat = ["", "### Post-training vs quantization-aware", "",
+           *side_by_side_table(table, result["gate"]["metric"]["name"])] if table else []
     return ["", "## Quantization attempts", "", f"Gate: {result['gate']['what']}.", "",
-            *attempts_table(result["attempts"], result["gate"]), "", f"CPU: {result['cpu_int8']}.", "",
+            *attempts_table(result["attempts"], result["gate"]), *qat, "", f"CPU: {result['cpu_int8']}.", "",
             f"Pick: {result['why']}"]

@@ -265,7 +265,7 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
                         "val": figures, "examples": int(seen), **stepper.clocks()})
         bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", **{primary.name: f"{score:.4f}"})
         bar.update(1)  # one line per epoch in a log, the last one too (a time budget ends the loop early)
-        (EPOCH_HOOK.get() or (lambda *_: None))(desc, epoch + 1, score)
+        _epoch_end(model, desc, epoch + 1, score)
         if primary.better(score, best["score"]) or best["epoch"] < 0:
             best = {"score": score, "epoch": epoch + 1, "figures": figures, "state": copy.deepcopy(model.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
@@ -282,6 +282,13 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
     return {"best_epoch": best["epoch"], f"val_{primary.name}": best["score"], "primary": primary.to_json(),
             "val": best["figures"], "epochs_run": len(history), "stopped_by_time": stepper.stopped,
             "precision": precision, "train_seconds": stepper.clocks()["seconds"], "history": history}
+
+
+def _epoch_end(model: Any, desc: str, epoch: int, score: float) -> None:
+    """After each epoch: the search's hook (EPOCH_HOOK) hears the figure, and a model with `epoch_end` (the QAT
+    graph, compress.qat, which freezes its ranges for the last epochs) hears the epoch."""
+    (EPOCH_HOOK.get() or (lambda *_: None))(desc, epoch, score)
+    getattr(model, "epoch_end", lambda _: None)(epoch)
 
 
 class _Stepper:

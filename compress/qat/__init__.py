@@ -1,0 +1,122 @@
+"""Quantization-aware distillation (`[quantize] mode = "qat"`): the post-training QDQ model fine-tuned against the
+teacher, with the fake quantization ONNX Runtime will run.
+
+The quantize stage runs post-training quantization first (static QDQ with its remedies, compress.quantize); the
+best QDQ graph it wrote is the start. `train_qat` runs that graph in torch (compress.qat.graph.QDQModule: weights
+and biases fake-quantized by ORT's own rules, activation scales learned from their calibrated values), trains it with
+the task's distillation loss against the teacher through the one training loop (torchrun workers too: the module is
+restored from its record by compress.families.rebuild), freezes the activation ranges for the last epochs (batch
+norm is already folded into the convolutions of the graph, so its statistics cannot drift), and writes the same
+graph with the trained values. `parity` then says how closely ORT's int8 kernels follow the torch model.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PARITY = {"classification": ("top1_agreement", 0.995), "embedding": ("cosine", 0.999)}
+"""Per task: what the torch fake-quant model and the exported QDQ model must agree on, and how closely; any other
+task (and a user metric) compares the primary figure, within METRIC_PARITY."""
+METRIC_PARITY = 0.001
+"""The primary figure within 0.1 points (an absolute 0.001 of a fraction) between torch and ONNX Runtime."""
+
+
+def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
+    """Fine-tune the QDQ graph at `src` against the teacher for `[quantize] qat_epochs`; write it to `dst`.
+    Returns {"path", "parity", "seconds", "epochs", "best_epoch", "lr", "freeze_after"}."""
+    import onnx
+
+    from compress.families import family_of
+    from compress.qat.graph import QDQModule
+    from compress.records import ModelRecord
+    from compress.train import train_student
+    from compress.train.config import resolved
+
+    cfg, data, qcfg = ctx.cfg, ctx.data, ctx.cfg.quantize
+    base = ctx.final
+    family = family_of(base.spec.model)
+    settings = resolved(cfg.distill, family, "student")
+    epochs = qcfg.qat_epochs
+    freeze_after = max(epochs - qcfg.qat_freeze_epochs, 0)
+    update = {"epochs": epochs, "lr": qcfg.qat_lr if qcfg.qat_lr is not None else settings.lr / 10,
+              "warmup_epochs": 0.0, "patience": epochs, "freeze_embeddings": False, "max_minutes": None,
+              **{k: 0.0 for k in family.kd_keys if k.endswith("_weight")}}  # the graph has no hidden states to match
+    settings = settings.model_copy(update=update)
+    module = QDQModule(onnx.load(str(src)), origin)
+    module.freeze_at = freeze_after
+    module.epoch_end(0)  # qat_freeze_epochs = qat_epochs: the calibrated ranges, never learned
+    record = ModelRecord(name="student-qat", role="student", spec=base.spec, origin=origin,
+                         quantization={"qat_graph": str(Path(src).resolve()), "freeze_at": freeze_after})
+    started = time.perf_counter()
+    history = train_student(module, data, settings, task=cfg.data.task, spec=base.spec.model,
+                            reference=str(ctx.run_dir / ctx.state.teacher_outputs), teacher=ctx.teacher(),
+                            seed=cfg.pipeline.seed, batch_size=cfg.data.batch_size, origin=origin, desc="qat",
+                            base_dir=str(cfg.base_dir), evaluate=cfg.evaluate, progress=ctx.progress,
+                            launch=ctx.launch(record, "quantize"))
+    seconds = time.perf_counter() - started
+    module.export(Path(dst))
+    before, after = kernels(Path(src)), kernels(Path(dst))
+    return {"path": str(dst), "seconds": round(seconds, 1), "epochs": history.get("epochs_run"),
+            "best_epoch": history.get("best_epoch"), "lr": settings.lr, "freeze_after": freeze_after,
+            "parity": parity(module, Path(dst), ctx), "same_kernels": before == after,
+            "kernels": {k: [before.get(k, 0), after.get(k, 0)] for k in sorted(set(before) | set(after))
+                        if before.get(k, 0) != after.get(k, 0)}}
+
+
+def kernels(path: Path) -> dict[str, int]:
+    """How many nodes of each type ONNX Runtime's CPU session runs after its graph optimisations (QDQ groups fused
+    into QLinearConv, QLinearMatMul, ...): equal counts for the PTQ and the QAT graph mean the same int8 kernels
+    (a bias scale that is not input scale x weight scale, for one, leaves a Conv in float)."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="compress-qat-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return dict(collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node))
+
+
+def parity(module: Any, path: Path, ctx: Any) -> dict[str, Any]:
+    """The torch fake-quant model against the exported QDQ model in ONNX Runtime on the validation split: top-1
+    agreement (classification), mean cosine (embeddings), else the primary figure's difference."""
+    from compress.onnx.run import outputs_on
+    from compress.train import predict
+
+    data, evaluation = ctx.data, ctx.evaluation
+    names = tuple(ctx.output_names)
+    torch_out = predict(module, data.val, inputs=data.inputs, names=names, workers=data.workers)
+    ort_out = outputs_on(path, data, "val", names=names)
+    task = evaluation.task.name
+    kind, threshold = PARITY.get(task, ("metric", METRIC_PARITY))
+    if evaluation.user is not None:
+        kind, threshold = "metric", METRIC_PARITY
+    a, b = (np.asarray(next(iter(o.values()))) for o in (torch_out, ort_out))
+    if kind == "top1_agreement":
+        value = float(np.mean(a.argmax(-1) == b.argmax(-1)))
+        ok = value >= threshold
+    elif kind == "cosine":
+        a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        value = float(cos.mean())
+        ok = value >= threshold
+    else:
+        targets, reference = ctx.targets("val"), ctx.teacher_outputs["val"]
+        name = evaluation.primary.name
+        t, o = evaluation(torch_out, targets, reference)[name], evaluation(ort_out, targets, reference)[name]
+        value = abs(float(t) - float(o))
+        ok = value <= threshold
+    what = {"top1_agreement": "top-1 agreement", "cosine": "mean cosine",
+            "metric": f"|{evaluation.primary.name} torch - ORT|"}[kind]
+    return {"kind": kind, "value": value, "threshold": threshold, "ok": bool(ok),
+            "what": f"{what} of the torch fake-quant model and the QDQ model in ONNX Runtime on the "
+                    f"{len(data.val):,} validation examples: {value:.4f} ({'meets' if ok else 'misses'} "
+                    f"{'<=' if kind == 'metric' else '>='} {threshold})"}

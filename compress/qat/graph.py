@@ -1,0 +1,376 @@
+"""The QDQ graph ONNX Runtime runs, run in torch with fake quantization: the fake-quant model of quantization-aware
+training, for every family and task, because it is the quantized graph itself, not a second description of it.
+
+`QDQModule(model)` gives each node of a QDQ ONNX graph its torch op (compress.qat.ops), and:
+- a weight's DequantizeLinear (an 8- or 16-bit integer initializer) becomes a float Parameter, fake-quantized on every
+  forward with the rule ONNX Runtime quantized it by (per channel along the node's axis or per tensor; symmetric when
+  its zero point is the middle of the type's range, ORT's compute_scale_zp), so the trained weights quantize to
+  exactly what the forward saw;
+- a bias's DequantizeLinear (int32) a float Parameter, fake-quantized at input scale x weight scale, as ORT does;
+- an activation's QuantizeLinear a fake quantizer whose scale is learned (LSQ: the gradient of round(x/s) - x/s), as a
+  log factor on the calibrated scale; its zero point stays the calibrated one;
+- every other float initializer (LayerNorm's gamma, a constant operand) a Parameter; integer ones are buffers.
+Rounding is torch.round (half to even, as QuantizeLinear); gradients pass straight through it.
+
+`export(path)` writes the trained values back into a copy of the same graph (integer weights and their scales,
+int32 biases, learned activation scales, float parameters): the exported model is the graph the module ran.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.errors import CompressError
+from compress.qat.ops import OPS, split
+
+_MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
+
+
+@dataclass(frozen=True)
+class Weight:
+    """An integer weight initializer behind a DequantizeLinear: its Parameter, how ORT derives its scale."""
+
+    param: str
+    q: str
+    scale: str
+    zero: str | None
+    axis: int | None
+    dtype: Any
+    qmin: int
+    qmax: int
+    symmetric: bool
+
+
+@dataclass(frozen=True)
+class Bias:
+    """An int32 bias initializer: quantized at scale = the consumer's input scale x its weight scale."""
+
+    param: str
+    q: str
+    scale: str
+    act: str | None
+    """The activation quantizer (its QuantizeLinear scale initializer) of the consumer's input."""
+    weight: str | None
+    """The consumer's weight initializer (its Weight's q)."""
+
+
+@dataclass(frozen=True)
+class Act:
+    """An activation quantizer: one learned log-scale per QuantizeLinear scale initializer."""
+
+    param: str
+    zero: str
+    qmin: int
+    qmax: int
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Dequantize(Quantize(x)): saturate(round(x / scale) + zero), back to float; the gradient passes through the
+    rounding (to x inside the range, to scale as LSQ's round(x/s) - x/s)."""
+    v = torch.clamp(x / scale, -2.0 ** 30, 2.0 ** 30)  # -inf (an attention mask's fill) saturates as in ORT
+    v = v + (torch.round(v) - v).detach()
+    return (torch.clamp(v + zero, qmin, qmax) - zero) * scale
+
+
+def weight_qparams(w: torch.Tensor, spec: Weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORT's compute_scale_zp for a weight (per channel along spec.axis, else per tensor), as broadcastable
+    (scale, zero point) float tensors; no gradient."""
+    with torch.no_grad():
+        w = w.detach().double()
+        if spec.axis is None:
+            lo, hi = w.min(), w.max()
+        else:
+            dims = [d for d in range(w.dim()) if d != spec.axis]
+            lo, hi = w.amin(dim=dims), w.amax(dim=dims)
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        if spec.symmetric:
+            m = torch.maximum(-lo, hi)
+            lo, hi = -m, m
+        scale = (hi - lo) / (spec.qmax - spec.qmin)
+        tiny = scale.float() < np.finfo(np.float32).tiny
+        if spec.symmetric:
+            zero = torch.full_like(scale, float(round((spec.qmin + spec.qmax) / 2)))
+        else:
+            zero = torch.round(spec.qmin - lo / torch.where(tiny, torch.ones_like(scale), scale))
+        scale = torch.where(tiny, torch.ones_like(scale), scale).float()
+        zero = torch.where(tiny, torch.zeros_like(zero), zero).float()
+        if spec.axis is not None:
+            shape = [1] * w.dim()
+            shape[spec.axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return scale, zero
+
+
+def _range(dtype: Any, symmetric: bool) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    if symmetric and info.min < 0:
+        return int(-info.max), int(info.max)
+    return int(info.min), int(info.max)
+
+
+class QDQModule(torch.nn.Module):
+    """A QDQ ONNX graph as a trainable torch module with fake quantization (see the module docstring)."""
+
+    def __init__(self, model: Any, origin: str = "quantize") -> None:
+        from onnx import numpy_helper
+
+        super().__init__()
+        self.proto = model
+        graph = model.graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.inputs = [i.name for i in graph.input if i.name not in inits]
+        self.outputs = [o.name for o in graph.output]
+        producer = {o: n for n in graph.node for o in n.output}
+        consumers: dict[str, list[Any]] = {}
+        for n in graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        unknown = sorted({n.op_type for n in graph.node} - set(OPS) -
+                         {"QuantizeLinear", "DequantizeLinear", "Constant", "Split"})
+        if unknown:
+            raise CompressError(f"{origin}: quantization-aware training runs the QDQ graph in torch, which has no "
+                                f"counterpart for {', '.join(unknown)} (nodes "
+                                f"{', '.join(n.name for n in graph.node if n.op_type in unknown)[:200]}); use "
+                                "mode = 'static' for this model")
+        self.weights: dict[str, Weight] = {}
+        self.biases: dict[str, Bias] = {}
+        self.acts: dict[str, Act] = {}
+        self.dq_act: dict[str, str] = {}  # DequantizeLinear output -> its QuantizeLinear's scale initializer
+        self.dq_scales: dict[str, list[str]] = {}  # activation scale initializer -> DQ scale initializers to write
+        self.params = torch.nn.ParameterDict()
+        self.freeze_at: int | None = None
+        """After this many epochs the activation ranges stop learning (`epoch_end`); None: never."""
+        self.register_buffer("frozen", torch.tensor(0))
+        self._tensors: dict[str, str] = {}  # initializer or Constant output -> parameter or buffer name
+        self._taken: set[str] = set()  # initializers that a quantizer, weight or bias owns
+        self._inits = inits
+        self._quantizers(graph)
+        self._dequantizers(graph, producer, consumers)
+        self._constants(graph)
+        self._steps = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name)
+                       for n in graph.node if n.op_type != "Constant"]
+
+    def _param(self, name: str, value: np.ndarray) -> str:
+        key = f"p{len(self.params)}"
+        self.params[key] = torch.nn.Parameter(torch.from_numpy(np.array(value, dtype=np.float32)))
+        self._taken.add(name)
+        return key
+
+    def _quantizers(self, graph: Any) -> None:
+        """One learned scale (a log factor on the calibrated one) per QuantizeLinear scale initializer."""
+        inits = self._inits
+        for n in graph.node:
+            if n.op_type == "QuantizeLinear" and n.input[1] not in self.acts:
+                zero = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else np.array(0, np.uint8)
+                lo, hi = _range(zero.dtype, False)
+                key = self._param(n.input[1], np.zeros_like(inits[n.input[1]]))
+                calibrated = torch.from_numpy(np.array(inits[n.input[1]], np.float32))
+                self.register_buffer(f"s{key}", calibrated, persistent=False)
+                self.register_buffer(f"f{key}", calibrated.clone())  # the range once frozen
+                self.acts[n.input[1]] = Act(key, n.input[2] if len(n.input) > 2 else "", lo, hi)
+
+    def _dequantizers(self, graph: Any, producer: dict[str, Any], consumers: dict[str, list[Any]]) -> None:
+        """Each DequantizeLinear: of an activation (its QuantizeLinear's scale), of a weight or of a bias."""
+        inits = self._inits
+        dqs = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+        for n in dqs:  # activations first: a bias's scale follows its layer's input scale
+            q_node = producer.get(n.input[0])
+            if q_node is not None and q_node.op_type == "QuantizeLinear":
+                self.dq_act[n.output[0]] = q_node.input[1]
+                self.dq_scales.setdefault(q_node.input[1], []).append(n.input[1])
+                self._taken.update(n.input[1:3])
+        for n in sorted(dqs, key=lambda n: n.input[0] in inits and inits[n.input[0]].dtype == np.int32):
+            src, scale = n.input[0], n.input[1]  # weights before biases, whose scale follows the weight's
+            zero = n.input[2] if len(n.input) > 2 and n.input[2] else None
+            if n.output[0] in self.dq_act or src not in inits:
+                continue
+            if inits[src].dtype == np.int32:
+                consumer = next((c for c in consumers.get(n.output[0], []) if c.op_type in ("Conv", "Gemm") and
+                                 len(c.input) > 2 and c.input[2] == n.output[0]), None)
+                act = weight = None
+                if consumer is not None:
+                    a, w = producer.get(consumer.input[0]), producer.get(consumer.input[1])
+                    act = self.dq_act.get(a.output[0]) if a is not None else None
+                    weight = w.input[0] if w is not None and w.op_type == "DequantizeLinear" else None
+                value = inits[src].astype(np.float64) * inits[scale].astype(np.float64)
+                self.biases[n.output[0]] = Bias(self._param(src, value), src, scale, act, weight)
+            elif inits[src].dtype in _MIDDLE:
+                z = inits[zero] if zero else np.zeros((), inits[src].dtype)
+                symmetric = bool(np.all(z.astype(np.int64) == _MIDDLE[z.dtype]))
+                lo, hi = _range(z.dtype, symmetric)
+                s, rank = inits[scale], inits[src].ndim
+                axis = _attrs(n).get("axis", 1) % rank if s.size > 1 else None
+                value = (inits[src].astype(np.float64) - _broadcast(z, axis, rank)) * _broadcast(s, axis, rank)
+                self.weights[n.output[0]] = Weight(self._param(src, value), src, scale, zero, axis, z.dtype, lo, hi,
+                                                   symmetric)
+            else:
+                continue
+            self._taken.update({scale} | ({zero} if zero else set()))
+
+    def _constants(self, graph: Any) -> None:
+        """Every other float initializer a Parameter; integer ones and Constant nodes buffers."""
+        zeros = {a.zero for a in self.acts.values()}
+        for name, value in self._inits.items():
+            if name in self._taken or name in self.acts:
+                continue
+            if value.dtype == np.float32 and name not in zeros:
+                self._tensors[name] = self._param(name, value)
+            else:
+                key = f"b{len(self._tensors)}"
+                self.register_buffer(key, torch.from_numpy(np.array(value)), persistent=False)
+                self._tensors[name] = key
+        for n in graph.node:
+            if n.op_type == "Constant":
+                key = f"b{len(self._tensors)}"
+                self.register_buffer(key, torch.from_numpy(np.array(_constant(n))), persistent=False)
+                self._tensors[n.output[0]] = key
+
+    def tensor(self, name: str) -> torch.Tensor:
+        key = self._tensors[name]
+        return self.params[key] if key.startswith("p") else getattr(self, key)
+
+    def act_scale(self, name: str) -> torch.Tensor:
+        key = self.acts[name].param
+        if self.frozen:  # the parameter stays in the graph (with no gradient), as DDP wants every one used
+            return getattr(self, f"f{key}") + 0.0 * self.params[key]
+        return getattr(self, f"s{key}") * torch.exp(self.params[key])
+
+    def epoch_end(self, epoch: int) -> None:
+        """Called by the training loop after each epoch (and with 0 before the first): from `freeze_at` on, the
+        activation ranges are the ones learned so far (freezing the observers, as QAT recipes do for the last
+        epochs). The state dict holds them, so the best epoch's weights come back with their own ranges."""
+        if self.freeze_at is None or epoch < self.freeze_at or self.frozen:
+            return
+        with torch.no_grad():
+            for act in self.acts.values():
+                getattr(self, f"f{act.param}").copy_(getattr(self, f"s{act.param}") * torch.exp(self.params[act.param]))
+            self.frozen.fill_(1)
+
+    def zero(self, act: Act) -> torch.Tensor:
+        z = self._inits.get(act.zero)
+        return torch.tensor(0.0 if z is None else float(z))
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        env: dict[str, Any] = dict(zip(self.inputs, args))
+        env.update({k: v for k, v in kwargs.items() if k in self.inputs})
+        missing = [n for n in self.inputs if n not in env]
+        if missing:
+            raise CompressError(f"the quantized graph needs inputs {', '.join(missing)}; it was given "
+                                f"{', '.join(kwargs) or f'{len(args)} positional'}")
+        for op, ins, outs, attrs, _ in self._steps:
+            if op == "QuantizeLinear":
+                act = self.acts[ins[1]]
+                x = env[ins[0]] if ins[0] in env else self.tensor(ins[0])
+                env[outs[0]] = fake_quant(x.float(), self.act_scale(ins[1]), self.zero(act), act.qmin, act.qmax)
+            elif op == "DequantizeLinear":
+                env[outs[0]] = self._dequantize(outs[0], ins, env)
+            else:
+                values = [None if not i else env[i] if i in env else self.tensor(i) for i in ins]
+                out = split(values, attrs, len(outs)) if op == "Split" else OPS[op](values, attrs)
+                for name, value in zip(outs, out if isinstance(out, tuple) else (out,)):
+                    env[name] = value
+        return {name: env[name] for name in self.outputs}
+
+    def _dequantize(self, out: str, ins: list[str], env: dict[str, Any]) -> torch.Tensor:
+        if out in self.dq_act:  # the QuantizeLinear already gave the fake-quantized value
+            return env[ins[0]]
+        if out in self.weights:
+            spec = self.weights[out]
+            w = self.params[spec.param]
+            scale, zero = weight_qparams(w, spec)
+            return fake_quant(w, scale, zero, spec.qmin, spec.qmax)
+        if out in self.biases:
+            b = self.params[self.biases[out].param]
+            scale = self._bias_scale(self.biases[out])
+            return fake_quant(b, scale, torch.zeros(()), -2 ** 31, 2 ** 31 - 1)
+        x = env[ins[0]] if ins[0] in env else self.tensor(ins[0])  # a DequantizeLinear of anything else: as is
+        scale = self.tensor(ins[1])
+        zero = self.tensor(ins[2]) if len(ins) > 2 and ins[2] else torch.zeros(())
+        return (x.float() - zero.float()) * scale
+
+    def _bias_scale(self, bias: Bias) -> torch.Tensor:
+        if bias.act is None or bias.weight is None:
+            return torch.from_numpy(np.array(self._inits[bias.scale], dtype=np.float32))
+        spec = next(w for w in self.weights.values() if w.q == bias.weight)
+        w_scale, _ = weight_qparams(self.params[spec.param], spec)
+        return (self.act_scale(bias.act).detach() * w_scale.reshape(-1)).detach()
+
+    def export(self, path: Path) -> Path:
+        """The trained values written into a copy of the graph, saved at `path`."""
+        import onnx
+        from onnx import numpy_helper
+
+        model = copy.deepcopy(self.proto)
+        by_name = {i.name: i for i in model.graph.initializer}
+
+        def put(name: str, value: np.ndarray, like: str | None = None) -> None:
+            dtype = self._inits[like or name].dtype
+            shape = self._inits[like or name].shape
+            by_name[name].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype).reshape(shape), name))
+
+        with torch.no_grad():
+            for spec in self.weights.values():
+                w = self.params[spec.param].detach()
+                scale, zero = weight_qparams(w, spec)
+                q = torch.clamp(torch.round(w / scale) + zero, spec.qmin, spec.qmax)
+                put(spec.q, q.numpy())
+                put(spec.scale, scale.numpy())
+                if spec.zero:
+                    put(spec.zero, zero.numpy())
+            for name, act in self.acts.items():
+                s = self.act_scale(name).detach().numpy()
+                for target in {name, *self.dq_scales.get(name, [])}:
+                    put(target, s)
+            for bias in self.biases.values():
+                scale = self._bias_scale(bias).numpy().astype(np.float32)
+                b = self.params[bias.param].detach().double().numpy()
+                put(bias.q, np.round(b / scale.astype(np.float64)).astype(np.int64))
+                put(bias.scale, scale)
+            for name, key in self._tensors.items():
+                if key.startswith("p"):
+                    put(name, self.params[key].detach().numpy())
+        path = Path(path)
+        onnx.save(model, str(path))
+        return path
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    """The node's attributes; tensors as numpy arrays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for k, v in values.items()}
+
+
+def _broadcast(a: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
+    a = a.astype(np.float64)
+    if axis is None or a.size == 1:
+        return a.reshape(())
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return a.reshape(shape)
+
+
+def _constant(node: Any) -> Any:
+    from onnx import helper, numpy_helper
+
+    attr = node.attribute[0]
+    value = helper.get_attribute_value(attr)
+    if attr.name == "value":
+        return numpy_helper.to_array(value)
+    return np.array(value, dtype=np.float32 if attr.name.startswith("value_float") else
+                    np.int64 if attr.name.startswith("value_int") else None)
+
+
+def load(path: Path, origin: str = "quantize") -> QDQModule:
+    import onnx
+
+    return QDQModule(onnx.load(str(path)), origin)
+
+
+__all__ = ["QDQModule", "fake_quant", "load", "weight_qparams"]

@@ -1,0 +1,82 @@
+"""Post-training or quantization-aware: which quantized model is the candidate that the latency pick weighs
+against the float model (compress.quantize.api)."""
+from __future__ import annotations
+
+from typing import Any
+
+NOT_NEEDED = 0.001
+"""A post-training model that loses less than this (0.1 points of a fraction such as accuracy or mAP; 0.001 of a
+cosine) needs no quantization-aware training: it stays the candidate whatever QAT reaches."""
+
+
+def pick_quantized(ptq: dict[str, Any] | None, qat: dict[str, Any], gate: Any) -> tuple[dict[str, Any] | None,
+                                                                                           dict[str, Any]]:
+    """(the candidate attempt or None, {"used": "ptq" | "qat" | None, "why", "ptq_drop", "qat_drop"}).
+
+    `ptq` is the accepted post-training attempt (None when none met the budget), `qat` the gated QAT attempt. The
+    PTQ model is kept when it loses under NOT_NEEDED; else QAT when it meets the budget and loses less than PTQ."""
+    from compress.quantize.attempts import shown_drop
+
+    def shown(a: dict[str, Any] | None) -> str:
+        return "-" if a is None or a.get("drop") is None else shown_drop(gate, a["drop"])
+
+    note = {"ptq_drop": None if ptq is None else ptq["drop"], "qat_drop": qat.get("drop"),
+            "qat_seconds": qat.get("qat", {}).get("seconds"), "parity": qat.get("qat", {}).get("parity")}
+    if ptq is not None and ptq["drop"] < NOT_NEEDED:
+        return ptq, {**note, "used": "ptq", "why": "post-training quantization loses under "
+                     f"{shown_drop(gate, NOT_NEEDED)} ({shown(ptq)}), so QAT is not needed and {ptq['name']} stays "
+                     f"(QAT: {shown(qat)})"}
+    if qat["accepted"] and (ptq is None or qat["drop"] < ptq["drop"]):
+        versus = f"post-training {shown(ptq)}" if ptq is not None else "no post-training attempt met the budget"
+        return qat, {**note, "used": "qat", "why": f"QAT loses {shown(qat)} ({versus}), so the QAT model is the "
+                     "quantized candidate"}
+    if ptq is not None:
+        return ptq, {**note, "used": "ptq", "why": f"QAT ({shown(qat)}) is no better than post-training "
+                     f"{ptq['name']} ({shown(ptq)}), which stays"}
+    return None, {**note, "used": None, "why": f"neither post-training quantization nor QAT ({shown(qat)}) met the "
+                  "budget"}
+
+
+def side_by_side(result: dict[str, Any]) -> dict[str, Any] | None:
+    """PTQ and QAT beside each other (report.json's quantize.qat.side_by_side): for each, the metric, its drop
+    against float, p50 per provider and batch, bytes; with QAT's training time and parity. None without QAT."""
+    rows = [a for a in result["attempts"] if a.get("side_by_side")]
+    if not rows:
+        return None
+
+    def entry(a: dict[str, Any]) -> dict[str, Any]:
+        latency = {f"{r['provider']}/b{r['batch']}": r.get("p50_ms") for r in (a.get("latency") or {}).get("rows", [])}
+        return {"attempt": a["name"], "score": a.get("score"), "drop": a.get("drop"), "bytes": a.get("bytes"),
+                "p50_ms": latency, "accepted": a["accepted"]}
+
+    ptq, qat = (entry(a) for a in rows) if len(rows) == 2 else (None, entry(rows[-1]))
+    info, note = rows[-1].get("qat", {}), result.get("qat") or {}
+    paired = [{"provider": r["provider"], "batch": r["batch"], "ratio": r["ratio"], "ci_ratio": r.get("ci_ratio")}
+              for r in note.get("paired") or []]
+    return {"ptq": ptq, "qat": qat, "train_seconds": info.get("seconds"), "parity": info.get("parity"),
+            "epochs": info.get("epochs"), "used": note.get("used"), "same_kernels": info.get("same_kernels"),
+            "paired_qat_over_ptq": paired}
+
+
+def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
+    """The markdown of side_by_side: one row each for PTQ and QAT."""
+    share = metric in ("accuracy", "top1_agreement", "mAP", "map")
+    lines = [f"| model | {metric} | drop vs float | p50 | size | accepted |", "|---|---|---|---|---|---|"]
+    for label, e in (("PTQ", table["ptq"]), ("QAT", table["qat"])):
+        if e is None:
+            continue
+        score = "-" if e["score"] is None else (f"{100 * e['score']:.2f}%" if share else f"{e['score']:.4f}")
+        drop = "-" if e["drop"] is None else (f"{100 * e['drop']:.2f} pts" if share else f"{e['drop']:.4f}")
+        p50 = ", ".join(f"{k} {v:.3f} ms" for k, v in e["p50_ms"].items() if v is not None) or "-"
+        size = "-" if not e["bytes"] else f"{e['bytes'] / 1024:.1f} KB"
+        lines.append(f"| {label} ({e['attempt']}) | {score} | {drop} | {p50} | {size} | "
+                     f"{'yes' if e['accepted'] else 'no'} |")
+    parity = table.get("parity") or {}
+    paired = ", ".join(f"{r['provider']}/b{r['batch']} {r['ratio']:.3f}x" + (
+        f" [{r['ci_ratio'][0]:.3f}, {r['ci_ratio'][1]:.3f}]" if r.get("ci_ratio") else "")
+        for r in table.get("paired_qat_over_ptq") or [])
+    lines += ["", f"QAT trained {table.get('epochs')} epochs in {table.get('train_seconds')} s; parity: "
+              f"{parity.get('what', '-')}; ONNX Runtime runs "
+              f"{'the same' if table.get('same_kernels') else 'different'} kernels for both"
+              + (f"; QAT / PTQ p50, paired: {paired}" if paired else "") + "."]
+    return lines

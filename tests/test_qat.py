@@ -1,0 +1,228 @@
+"""Quantization-aware distillation: the QDQ graph run in torch (compress.qat.graph) against ONNX Runtime, its export,
+the kernels ORT fuses, rebuild from a record, and `[quantize] mode = "qat"` in a pipeline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+STATIC = {"mode": "static", "nodes_to_exclude": (), "per_channel": True, "reduce_range": False,
+          "activation_type": "uint8", "weight_type": "int8", "calibration_method": "mean_minmax", "quant_format": "qdq",
+          "bias_correction": True}
+
+
+class Attention(torch.nn.Module):
+    """One self-attention block with a -inf attention mask, LayerNorm and GELU: what a transformer student's graph
+    holds, at toy size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(8, 24), torch.nn.Linear(8, 8)
+        self.norm, self.head = torch.nn.LayerNorm(8), torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = (q @ k.transpose(1, 2)) / 8 ** 0.5
+        scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))
+        h = self.norm(x + self.out(torch.softmax(scores, dim=-1) @ v))
+        return self.head(torch.nn.functional.gelu(h).mean(dim=1))
+
+
+def _cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+
+
+def _quantized(tmp_path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarray]) -> tuple[Path, str]:
+    """Export `model` (inputs named as `feeds`), pre-process and statically quantize it as the quantize stage does."""
+    from compress.quantize import prepare as prep
+    from compress.quantize.attempts import quantize_once
+
+    names = list(feeds)
+    args = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
+    torch.onnx.export(model, args, tmp_path / "f.onnx", input_names=names, output_names=["logits"],
+                      dynamic_axes={n: {0: "b"} for n in names}, dynamo=False, opset_version=17)
+    prep.preprocess(tmp_path / "f.onnx", tmp_path / "p.onnx", "static")
+    rows = len(feeds[names[0]])
+    calib = [{n: feeds[n][i:i + 8] for n in names} for i in range(0, rows, 8)]
+    note = quantize_once(tmp_path / "p.onnx", tmp_path / "q.onnx", dict(STATIC), calib)
+    return tmp_path / "q.onnx", note
+
+
+def _ort(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _attention_feeds(rows: int = 32) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    mask = np.ones((rows, 6), np.int64)
+    mask[::2, 4:] = 0
+    return {"x": rng.normal(size=(rows, 6, 8)).astype(np.float32), "mask": mask}
+
+
+def test_the_qdq_graph_in_torch_computes_what_onnx_runtime_computes_and_exports_unchanged(tmp_path):
+    from compress.qat.graph import QDQModule
+
+    x = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
+    path, _ = _quantized(tmp_path, _cnn(), {"input": x})
+    module = QDQModule(onnx.load(str(path)))
+    with torch.no_grad():
+        got = module(torch.from_numpy(x))["logits"].numpy()
+    want = _ort(path, {"input": x})
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    module.export(tmp_path / "again.onnx")
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "again.onnx")).graph.initializer}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_an_attention_block_with_a_minus_inf_mask_keeps_the_mask_in_float_and_matches_in_torch(tmp_path):
+    from compress.qat.graph import QDQModule
+
+    torch.manual_seed(0)
+    feeds, model = _attention_feeds(), Attention().eval()
+    path, note = _quantized(tmp_path, model, feeds)
+    assert "infinite calibrated range" in note  # else ORT dequantizes 0 x inf = NaN on every masked score
+    want = _ort(path, feeds)
+    assert np.isfinite(want).all()
+    with torch.no_grad():
+        float_out = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    assert np.corrcoef(want.ravel(), float_out.ravel())[0, 1] > 0.9  # the int8 model still computes the block
+    with torch.no_grad():
+        got = QDQModule(onnx.load(str(path)))(**{k: torch.from_numpy(v) for k, v in feeds.items()})["logits"]
+    assert np.abs(got.numpy() - want).max() <= 1e-4 * max(np.abs(want).max(), 1.0)
+
+
+def test_training_changes_the_int8_values_and_the_export_runs_the_same_kernels_with_the_same_outputs(tmp_path):
+    from safetensors.torch import save_file
+
+    from compress.families import rebuild
+    from compress.qat import kernels
+    from compress.qat.graph import QDQModule
+    from compress.records import ModelRecord, ModelSpec
+
+    x = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
+    path, _ = _quantized(tmp_path, _cnn(), {"input": x})
+    module = QDQModule(onnx.load(str(path)))
+    target = torch.randn(64, 10)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = torch.nn.functional.mse_loss(module(torch.from_numpy(x))["logits"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.params.values() if p.dim() == 0)
+    module.eval()
+    out = module.export(tmp_path / "qat.onnx")
+    with torch.no_grad():
+        got = module(torch.from_numpy(x))["logits"].numpy()
+    want = _ort(out, {"input": x})
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert not np.allclose(want, _ort(path, {"input": x}))  # training moved the int8 model
+    assert kernels(out) == kernels(path) and kernels(out).get("QLinearConv") == 2  # both convolutions in int8
+    # a torchrun worker restores the same module from its record
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    record = ModelRecord(name="student-qat", role="student", spec=ModelSpec("builtin:cnn-small", {}, {}),
+                         origin="t", quantization={"qat_graph": str(path), "freeze_at": 1})
+    again = rebuild(record, data=None, base_dir=tmp_path, weights=tmp_path / "w.safetensors")
+    with torch.no_grad():
+        assert torch.equal(again(torch.from_numpy(x))["logits"], torch.from_numpy(got))
+
+
+def test_frozen_ranges_stop_learning_and_come_back_with_the_weights(tmp_path):
+    from compress.qat.graph import QDQModule
+
+    x = np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    path, _ = _quantized(tmp_path, _cnn(), {"input": x})
+    module = QDQModule(onnx.load(str(path)))
+    module.freeze_at = 1
+    name = next(iter(module.acts))
+    with torch.no_grad():
+        module.params[module.acts[name].param].fill_(0.1)
+    module.epoch_end(1)
+    frozen = module.act_scale(name).detach().clone()
+    with torch.no_grad():
+        module.params[module.acts[name].param].fill_(0.5)  # the optimiser may still move it: nothing changes
+    assert torch.equal(module.act_scale(name).detach(), frozen)
+    fresh = QDQModule(onnx.load(str(path)))
+    fresh.load_state_dict(module.state_dict())
+    assert bool(fresh.frozen) and torch.equal(fresh.act_scale(name).detach(), frozen)
+
+
+def test_an_operator_without_a_torch_counterpart_is_named_before_training(tmp_path):
+    from onnx import TensorProto, helper
+
+    from compress.errors import CompressError
+    from compress.qat.graph import QDQModule
+
+    graph = helper.make_graph([helper.make_node("NonZero", ["x"], ["y"], name="where_nonzero")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [1, None])])
+    with pytest.raises(CompressError, match="NonZero.*where_nonzero.*mode = 'static'"):
+        QDQModule(helper.make_model(graph))
+
+
+def test_qat_outside_a_pipeline_is_one_clear_error(tmp_path):
+    from compress.errors import CompressError
+    from compress.quantize import quantize
+    from compress.quantize.config import QuantizeConfig
+
+    with pytest.raises(CompressError, match="'qat' trains against the teacher, which only a pipeline has"):
+        quantize(tmp_path / "m.onnx", tmp_path, QuantizeConfig(mode="qat"), gate=None, calibration=None,
+                 feed=lambda b: {}, providers=["cpu"], batch_sizes=[1])
+
+
+@pytest.mark.e2e
+def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_kernels(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    toml = tmp_path / "p.toml"
+    toml.write_text("""
+[pipeline]
+name = "q"
+[data]
+source = "digits"
+[teacher]
+model = "builtin:cnn-large"
+kwargs = { width = 16 }
+[teacher.train]
+epochs = 3
+[student]
+model = "builtin:cnn-small"
+[distill]
+epochs = 3
+[quantize]
+mode = "qat"
+qat_epochs = 2
+[benchmark]
+providers = ["cpu"]
+batch_sizes = [1]
+min_runs = 10
+min_seconds = 0.05
+repetitions = 1
+""")
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "q" / "report.json").read_text())
+    details = report["details"]["quantize"]
+    table = details["qat"]["side_by_side"]
+    assert table["ptq"]["score"] > 0.5 and table["qat"]["score"] > 0.5  # chance: 0.1
+    assert table["parity"]["kind"] == "top1_agreement" and table["parity"]["ok"]
+    assert table["same_kernels"] is True and table["train_seconds"] > 0
+    assert [r["batch"] for r in table["paired_qat_over_ptq"]] == [1]
+    assert details["qat"]["used"] in ("ptq", "qat") and details["qat"]["why"] in report["final_reason"]
+    assert [a["name"] for a in details["attempts"]][-1] == "qat"
+    markdown = (tmp_path / "runs" / "q" / "report.md").read_text()
+    assert "Post-training vs quantization-aware" in markdown and "| QAT (qat) |" in markdown
