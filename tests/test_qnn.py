@@ -276,3 +276,72 @@ def test_cli_edge_provider_qnn_is_exit_1_when_htp_cannot_run_the_whole_model(tmp
     line = result.output.strip().splitlines()[-1]
     assert "provider qnn: the HTP backend cannot run the whole model with CPU fallback disabled" in line, line
     assert (tmp_path / "edge" / "edge.json").is_file()
+
+
+class _MaskedAttention:
+    """A self-attention block with the padding mask as a Hugging Face export builds it: Where(mask, 0, -inf) added
+    to the scores, then Softmax: the graph HTP could not finalize before compress.edge.mask."""
+
+    @staticmethod
+    def export(path: Path) -> Path:
+        import torch
+
+        class Block(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.emb, self.qkv = torch.nn.Embedding(32, 8), torch.nn.Linear(8, 24)
+                self.norm, self.head = torch.nn.LayerNorm(8), torch.nn.Linear(8, 4)
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                x = self.emb(input_ids)
+                q, k, v = self.qkv(x).chunk(3, dim=-1)
+                bias = torch.where(attention_mask[:, None, :] > 0, 0.0, float("-inf"))
+                probs = torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5 + bias, dim=-1)
+                probs = torch.where(torch.isnan(probs), 0.0, probs)  # the exporters' guard for fully masked rows
+                return self.head(self.norm(x + probs @ v).mean(dim=1))
+
+        torch.manual_seed(0)
+        ids, mask = torch.randint(0, 32, (2, 6)), torch.ones(2, 6, dtype=torch.int64)
+        torch.onnx.export(Block().eval(), (ids, mask), path, input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
+                                                                 "attention_mask": {0: "batch", 1: "seq"}},
+                          dynamo=False, opset_version=17)
+        return path
+
+
+def _token_feeds(rows: int = 16, seq: int = 6) -> dict:
+    rng = np.random.default_rng(0)
+    mask = np.ones((rows, seq), np.int64)
+    mask[::2, 4:] = 0
+    return {"input_ids": rng.integers(0, 32, (rows, seq)).astype(np.int64), "attention_mask": mask}
+
+
+def test_the_mask_rewrite_keeps_the_outputs_and_leaves_no_infinite_or_boolean_mask(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from compress.edge.mask import MARGIN, finite_attention_mask
+
+    src = _MaskedAttention.export(tmp_path / "block.onnx")
+    feeds = _token_feeds()
+    done = finite_attention_mask(src, tmp_path / "masked.onnx", feeds)
+    assert len(done) == 1 and done[0]["fill"] <= -MARGIN
+    model = onnx.load(str(tmp_path / "masked.onnx"))
+    assert not {"IsNaN", "And", "Not"} & {n.op_type for n in model.graph.node}
+    run = (lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0])
+    assert np.abs(run(tmp_path / "masked.onnx") - run(src)).max() < 1e-4  # masked weights < e^-12
+    assert finite_attention_mask(_tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "none.onnx", {}) == []
+
+
+@pytest.mark.qnn
+def test_a_two_input_attention_model_runs_entirely_on_htp_at_a_fixed_sequence_length(tmp_path):
+    src = _MaskedAttention.export(tmp_path / "block.onnx")
+    feeds = _token_feeds()
+    section = prepare_qnn(src, tmp_path / "edge", calibration=feeds, val_x=feeds, seq=6, latency_runs=3,
+                          logits=False)
+    placed = section["placement"]
+    assert placed["nodes_on_htp"] == placed["nodes_total"] and placed["partitions"] == 1
+    assert section["runs_without_fallback"] is True and section["seq"] == 6
+    assert section["finite_mask"] and section["accuracy"]["cosine_htp_vs_fp32_cpu"] > 0.99
+    assert section["budget"]["metric"] == "cosine to fp32"
+    assert section["context"]["loads"] is True and section["context"]["parity"]["ok"] is True

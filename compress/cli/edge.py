@@ -113,7 +113,7 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
     import numpy as np
 
     from compress.errors import CompressError
-    from compress.onnx.graph import single_input
+    from compress.onnx.graph import graph_inputs, load_model
 
     if calibration_npz is None:
         raise CompressError("--provider qnn: needs --calibration DATA.npz (a few hundred real inputs, first axis "
@@ -124,7 +124,8 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
         if not sep or not key:
             raise CompressError(f"--qnn-option {item!r}: expected KEY=VALUE, e.g. htp_arch=73")
         options[key.strip()] = value.strip()
-    name, _, _ = single_input(model, what="--provider qnn")
+    names = [i.name for i in graph_inputs(load_model(model).graph)]
+    name = names[0]
     try:
         with np.load(calibration_npz, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -132,10 +133,15 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
         raise CompressError(f"{calibration_npz}: not a readable .npz ({type(exc).__name__}); save the inputs "
                             f"with numpy.savez(path, {name}=x, y=labels)") from None
     inputs = {k: v for k, v in arrays.items() if k not in ("y", "labels")}
-    x = inputs.get(name, next(iter(inputs.values())) if len(inputs) == 1 else None)
-    if x is None:
-        raise CompressError(f"{calibration_npz}: expected an array named {name!r} (the model input), got "
-                            f"{sorted(arrays)}")
+    if len(names) == 1:
+        x = inputs.get(name, next(iter(inputs.values())) if len(inputs) == 1 else None)
+        feeds = None if x is None else {name: x}
+    else:  # token ids and a mask: one array per input, each with its fixed length
+        feeds = {n: inputs[n] for n in names} if all(n in inputs for n in names) else None
+    if feeds is None:
+        raise CompressError(f"{calibration_npz}: expected an array named after each model input "
+                            f"({', '.join(names)}), got {sorted(arrays)}")
+    feeds = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
     y = arrays.get("y", arrays.get("labels"))
-    return {"calibration": x.astype(np.float32), "val_x": x.astype(np.float32), "val_y": y,
+    return {"calibration": feeds, "val_x": feeds, "val_y": y,
             "activation_type": activation_type, "provider_options": options or None}

@@ -90,11 +90,13 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
         return ort.InferenceSession(str(model_path), opts)
 
 
-def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray", input_name: str, *,
+def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np.ndarray] | list[dict]", *,
                      activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
                      batch: int = 1) -> Path:
     """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
-    `calibration` (batches of `batch`: a fixed-shape model takes exactly its batch)."""
+    `calibration` ({input name: rows}, in batches of `batch`: a fixed-shape model takes exactly its batch; or a list
+    of such feeds, one batch each, for a model with dynamic shapes). Tensors
+    whose calibrated range is infinite (a -inf attention mask) stay float (compress.quantize.qdq)."""
     import shutil
 
     from onnxruntime.quantization import QuantType, quantize
@@ -112,7 +114,8 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray",
         pre = Path(tmp) / "pre.onnx"
         src = pre if qnn_preprocess_model(str(bare), str(pre)) else bare
         try:
-            cfg = get_qnn_qdq_config(str(src), feeds_reader(batched({input_name: calibration}, batch)),
+            feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch)
+            cfg = get_qnn_qdq_config(str(src), feeds_reader(feeds),
                                      activation_type=types[activation_type], weight_type=types[weight_type])
             with _quiet_fd(2):
                 quantize(str(src), str(Path(tmp) / "qdq.onnx"), cfg)
@@ -122,12 +125,23 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "np.ndarray",
             raise CompressError(f"{onnx_path}: QNN QDQ quantization failed ({first_line(exc)}); check that the "
                                 "model runs on ORT CPU with the calibration data") from None
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        _finite_ranges(Path(tmp) / "qdq.onnx")
         shutil.move(str(Path(tmp) / "qdq.onnx"), out_path)
     if props:
         from compress.onnx.graph import set_metadata
 
         set_metadata(out_path, props)
     return out_path
+
+
+def _finite_ranges(path: Path) -> None:
+    import onnx
+
+    from compress.quantize.qdq import infinite_ranges_in_float
+
+    model = onnx.load(str(path))
+    if infinite_ranges_in_float(model):
+        onnx.save(model, str(path))
 
 
 def _without_metadata(path: Path, copy: Path) -> tuple[Path, dict[str, str]]:
@@ -255,9 +269,11 @@ def runs_without_fallback(model_path: Path, *, provider_options: dict[str, str] 
     return {"ok": True, "error": None}
 
 
-def run_batches(session: Any, x: "np.ndarray", input_name: str, batch: int = 1) -> "np.ndarray":
-    """First output of `session` over `x`, `batch` rows at a time (a fixed-shape model takes exactly its batch)."""
+def run_batches(session: Any, feeds: "dict[str, np.ndarray]", batch: int = 1) -> "np.ndarray":
+    """First output of `session` over `feeds` ({input name: rows}), `batch` rows at a time (a fixed-shape model
+    takes exactly its batch)."""
     import numpy as np
 
-    outs = [session.run(None, {input_name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    rows = len(next(iter(feeds.values())))
+    outs = [session.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, rows, batch)]
     return np.concatenate(outs)

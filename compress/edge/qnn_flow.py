@@ -50,8 +50,8 @@ def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(groups.values(), key=lambda g: -g["nodes"])
 
 
-def _accuracy(fixed: Path, qdq: Path, session: Any, name: str, x: "np.ndarray", y: "np.ndarray | None",
-              batch: int) -> dict[str, Any]:
+def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", y: "np.ndarray | None",
+              batch: int, logits: bool | None = None) -> dict[str, Any]:
     """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples: top-1 agreement
     and accuracy (with labels) for class logits; cosine and SQNR to fp32 for any other output."""
     import numpy as np
@@ -60,14 +60,14 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, name: str, x: "np.ndarray", 
     from compress.quantize.gate import looks_like_logits
     from compress.tasks.tensors import Tensors
 
-    fp32 = run_cpu(fixed, {name: x}, batch_size=batch)[0]
-    int8 = run_cpu(qdq, {name: x}, batch_size=batch)[0]
-    htp = run_batches(session, x, name, batch)
+    fp32 = run_cpu(fixed, x, batch_size=batch)[0]
+    int8 = run_cpu(qdq, x, batch_size=batch)[0]
+    htp = run_batches(session, x, batch)
     vs_int8 = compare([int8], [htp], atol=1e-3)
     vs_fp32 = compare([fp32], [htp], atol=1e-3)
-    logits = looks_like_logits({"output": fp32})
+    logits = looks_like_logits({"output": fp32}) if logits is None else logits
     out: dict[str, Any] = {
-        "samples": int(len(x)), "outputs_look_like_logits": logits,
+        "samples": _rows(x), "outputs_look_like_logits": logits,
         "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],
         "max_abs_diff_htp_vs_int8_cpu": vs_int8["max_abs_diff"],
         "top1_agreement_htp_vs_fp32_cpu": vs_fp32["top1_agreement"],
@@ -97,7 +97,7 @@ def judge(accuracy: dict[str, Any] | None, budget: float) -> dict[str, Any] | No
     return {"metric": metric, "drop": drop, "budget": budget, "ok": drop <= budget + 1e-9}
 
 
-def _context_check(context: Path, session: Any, name: str, x: "np.ndarray", batch: int, strict: bool,
+def _context_check(context: Path, session: Any, x: "dict[str, np.ndarray]", batch: int, strict: bool,
                    provider_options: dict[str, str] | None) -> dict[str, Any]:
     """Load the EPContext model on HTP and compare its outputs with the QDQ model's on HTP."""
     from compress.errors import first_line
@@ -107,38 +107,68 @@ def _context_check(context: Path, session: Any, name: str, x: "np.ndarray", batc
         ctx = htp_session(context, fallback=not strict, provider_options=provider_options)
     except Exception as exc:
         return {"path": str(context), "bytes": context.stat().st_size, "loads": False, "error": first_line(exc)}
-    parity = compare([run_batches(session, x, name, batch)], [run_batches(ctx, x, name, batch)], atol=1e-6, rtol=0)
+    parity = compare([run_batches(session, x, batch)], [run_batches(ctx, x, batch)], atol=1e-6, rtol=0)
     return {"path": str(context), "bytes": context.stat().st_size, "loads": True, "error": None, "parity": parity}
 
 
-def _latency(session: Any, name: str, sample: "np.ndarray", runs: int) -> dict[str, Any]:
+def _latency(session: Any, sample: "dict[str, np.ndarray]", runs: int) -> dict[str, Any]:
     import numpy as np
 
     for _ in range(3):
-        session.run(None, {name: sample})
+        session.run(None, sample)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, {name: sample})
+        session.run(None, sample)
         times.append((time.perf_counter() - start) * 1e3)
-    return {"simulated": True, "p50_ms": float(np.median(times)), "runs": runs, "batch": int(len(sample)),
+    return {"simulated": True, "p50_ms": float(np.median(times)), "runs": runs, "batch": _rows(sample),
             "note": SIMULATED}
 
 
-def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", val_x: "np.ndarray | None" = None,
-                val_y: "np.ndarray | None" = None, fixed_batch: int = 1, activation_type: ActivationType = "uint8",
+def _rows(feeds: "dict[str, np.ndarray]") -> int:
+    return int(len(next(iter(feeds.values()))))
+
+
+def _head(feeds: "dict[str, np.ndarray]", rows: int) -> "dict[str, np.ndarray]":
+    return {k: v[:rows] for k, v in feeds.items()}
+
+
+def _feeds(model: Path, given: "np.ndarray | dict[str, np.ndarray]", what: str) -> "dict[str, np.ndarray]":
+    """{input name: rows} for the model's inputs: an array is the one input's; a dict must name each input."""
+    from compress.errors import CompressError
+    from compress.onnx.graph import graph_inputs, load_model
+
+    names = [i.name for i in graph_inputs(load_model(model).graph)]
+    if not isinstance(given, dict):
+        if len(names) != 1:
+            raise CompressError(f"{model}: the QNN target got one {what} array for a model with inputs "
+                                f"{', '.join(names)}; give one array per input")
+        return {names[0]: given}
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise CompressError(f"{model}: the {what} data has no rows for input(s) {', '.join(missing)}")
+    return {n: given[n] for n in names}
+
+
+def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | dict[str, np.ndarray]",
+                val_x: "np.ndarray | dict[str, np.ndarray] | None" = None, val_y: "np.ndarray | None" = None,
+                fixed_batch: int = 1, seq: int | None = None, activation_type: ActivationType = "uint8",
                 provider_options: dict[str, str] | None = None, latency_runs: int = 20,
-                max_accuracy_drop: float = 0.01) -> dict[str, Any]:
+                max_accuracy_drop: float = 0.01, qdq: Path | None = None,
+                logits: bool | None = None) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
     Writes `<stem>.batch<N>.onnx`, `<stem>.qnn.qdq.onnx` (the QDQ model) and `<stem>.qnn_ctx.onnx` (the EPContext
-    model with the embedded context binary a phone app loads) into `out_dir`. `val_x` (and labels `val_y`) give
-    the accuracy rows; without them the calibration data is used for agreement only.
+    model with the embedded context binary a phone app loads) into `out_dir`. `calibration` and `val_x` are one
+    array (a one-input model) or {input name: rows} (token ids and a mask: every dimension named 'seq' is fixed to
+    `seq`, as HTP compiles static shapes only); `val_y` labels give the accuracy rows, else the calibration data is
+    used for agreement only. `qdq`: a QDQ model made for QNN already (quantization-aware training's), used instead
+    of quantizing here. `logits`: whether the output is class logits (top-1 figures) or not (cosine); None: guessed
+    from the outputs.
     """
     from compress.edge.isolated import mark
-    from compress.edge.shapes import fix_batch
-    from compress.onnx.graph import single_input
+    from compress.edge.shapes import fix_batch, fix_dims, folded
 
     mark("register the QNN plugin")
     status = qnn_status()
@@ -149,12 +179,24 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", va
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(onnx_path).stem
     fixed = fix_batch(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch)
-    name, _, _ = single_input(fixed, what="the QNN target")
-    usable = len(calibration) - len(calibration) % fixed_batch
-    calib = calibration[:usable]
+    if seq is not None:
+        fixed = fix_dims(fixed, fixed, [("seq", None, seq)])
+        fixed = folded(fixed, fixed)  # shape arithmetic on the now fixed sequence folds to constants
+    calib = _feeds(fixed, calibration, "calibration")
+    calib = _head(calib, _rows(calib) - _rows(calib) % fixed_batch)
     mark("QNN QDQ quantization")
-    qdq = quantize_for_qnn(fixed, out_dir / f"{stem}.qnn.qdq.onnx", calib, name, activation_type=activation_type,
-                           batch=fixed_batch)
+    masked: list = []
+    if qdq is None:
+        from compress.edge.mask import finite_attention_mask
+
+        masked = finite_attention_mask(fixed, out_dir / f"{stem}.mask.onnx", calib)
+        source = out_dir / f"{stem}.mask.onnx" if masked else fixed
+        qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
+                               batch=fixed_batch)
+    else:
+        qdq = fix_batch(Path(qdq), out_dir / f"{stem}.qnn.qdq.onnx", fixed_batch)
+        if seq is not None:
+            qdq = folded(fix_dims(qdq, qdq, [("seq", None, seq)]), qdq)
     mark("placement on HTP")
     placed = placement(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options=provider_options)
     mark("a session without CPU fallback")
@@ -162,24 +204,24 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray", va
     section: dict[str, Any] = {
         "provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
-        "activation_type": activation_type, "calibration_samples": int(len(calib)), "placement": placed,
-        "runs_without_fallback": strict["ok"], "fallback_error": strict["error"],
+        "activation_type": activation_type, "calibration_samples": _rows(calib), "placement": placed,
+        "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq, "finite_mask": masked,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
         mark("accuracy on HTP")
         session = htp_session(qdq, fallback=not strict["ok"], provider_options=provider_options)
-        x, y = (val_x, val_y) if val_x is not None else (calib, None)
-        x = x[: len(x) - len(x) % fixed_batch]
-        y = y[: len(x)] if y is not None else None
-        section["accuracy"] = _accuracy(fixed, qdq, session, name, x, y, fixed_batch)
+        x, y = (_feeds(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
+        x = _head(x, _rows(x) - _rows(x) % fixed_batch)
+        y = y[: _rows(x)] if y is not None else None
+        section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits)
         section["budget"] = judge(section["accuracy"], max_accuracy_drop)
         if placed["context_path"]:
             mark("the EPContext model")
-            section["context"] = _context_check(Path(placed["context_path"]), session, name, x[: 8 * fixed_batch],
+            section["context"] = _context_check(Path(placed["context_path"]), session, _head(x, 8 * fixed_batch),
                                                 fixed_batch, strict["ok"], provider_options)
         mark("latency on HTP")
-        section["latency"] = _latency(session, name, x[:fixed_batch], latency_runs)
+        section["latency"] = _latency(session, _head(x, fixed_batch), latency_runs)
     write_json(out_dir / "qnn.json", section)
     return section
 

@@ -118,3 +118,20 @@ def _check_loads(path: Path, fixes: list[tuple[str, int | None, int]], name: str
         raise CompressError(f"{flags}: onnxruntime cannot load {name} with these sizes, so the graph needs one of "
                             "them free (fix fewer dimensions: the batch alone is often enough): "
                             f"{first_line(exc)}") from None
+
+
+def folded(onnx_path: Path, out_path: Path) -> Path:
+    """A copy of a fixed-shape model with ONNX Runtime's basic optimisations applied (constant folding: the
+    Shape -> Gather -> Slice chains of an exported attention become constants once every dimension is fixed) and
+    every intermediate shape inferred into value_info: QNN refuses a node whose shapes it cannot get."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out_path)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out_path)), data_prop=True)
+    onnx.save(model, str(out_path))
+    return Path(out_path)

@@ -111,12 +111,19 @@ def _read_cache(cache_dir: Path | None, key: str):
     f = Path(cache_dir) / f"tokens-{key[:16]}.safetensors"
     if not f.is_file():
         return None
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(f))
+        tensors = load_file(str(f))
+        with safe_open(str(f), framework="pt") as handle:
+            order = ((handle.metadata() or {}).get("order") or "").split(",")
     except Exception:  # a damaged cache is re-made, never trusted
         return None
+    if sorted(order) != sorted(tensors):
+        return None  # written before the order was kept: re-made
+    # the tokenizer's order: the inputs are named, exported and fed positionally in it (safetensors sorts keys)
+    return {k: tensors[k] for k in order}
 
 
 def _write_cache(cache_dir: Path | None, key: str, encoded: dict) -> None:
@@ -127,4 +134,4 @@ def _write_cache(cache_dir: Path | None, key: str, encoded: dict) -> None:
     from compress.cache import atomic_path
 
     with atomic_path(Path(cache_dir) / f"tokens-{key[:16]}.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in encoded.items()}, str(tmp))
+        save_file({k: v.contiguous() for k, v in encoded.items()}, str(tmp), metadata={"order": ",".join(encoded)})

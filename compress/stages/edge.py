@@ -23,9 +23,12 @@ def run(ctx: StageContext) -> StageResult:
         qnn = None
         if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
             val_x, val_y = ctx.data.arrays(ctx.data.eval_split, spill=scratch)  # memory-mapped: any size fits
-            qnn = {"calibration": _one(ctx.data.arrays("train", limit=256)[0]), "val_x": _one(val_x),
-                   "val_y": val_y if ctx.evaluation.task.name == "classification" else None,
-                   "activation_type": ctx.cfg.export.qnn_activation_type}
+            seq = ctx.data.inputs.seq_lengths(ctx.cfg.benchmark.seq_lengths or (ctx.cfg.data.max_length,))[0]
+            qnn = {"calibration": _at(ctx.data.arrays("train", limit=256)[0], seq), "val_x": _at(val_x, seq),
+                   "val_y": val_y if ctx.evaluation.task.name == "classification" else None, "seq": seq,
+                   "logits": ctx.evaluation.task.name == "classification" if ctx.evaluation.user is None else None,
+                   "activation_type": ctx.cfg.export.qnn_activation_type,
+                   "qdq": ctx.run_dir / ctx.state.qnn_qdq if ctx.state.qnn_qdq else None}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
         qnn = val_x = None
     section = _relative(ctx, {"model": final.name, **section})
@@ -40,14 +43,18 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section))
 
 
-def _one(arrays: dict) -> Any:
-    """The QNN target takes one input: its array."""
-    from compress.errors import CompressError
+def _at(arrays: dict, seq: int | None) -> dict:
+    """{input name: rows} for the QNN target; token inputs padded (zeros: the pad id, a masked position) or cut to
+    the fixed sequence length `seq` HTP compiles for."""
+    import numpy as np
 
-    if len(arrays) != 1:
-        raise CompressError(f"export.edge_targets: the QNN target takes models with one input, this one has "
-                            f"{', '.join(arrays)}")
-    return next(iter(arrays.values()))
+    if seq is None:
+        return arrays
+    out = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)[:, :seq]
+        out[name] = np.pad(a, [(0, 0), (0, seq - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) if a.shape[1] < seq else a
+    return out
 
 
 def _relative(ctx: StageContext, value: Any) -> Any:
