@@ -102,6 +102,8 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
+    import numpy as np
+
     from compress.quantize.attempts import batched
     from compress.quantize.sensitivity import feeds_reader
 
@@ -117,7 +119,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
             feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch)
             cfg = get_qnn_qdq_config(str(src), feeds_reader(feeds),
                                      activation_type=types[activation_type], weight_type=types[weight_type])
-            with _quiet_fd(2):
+            with _quiet_fd(2), np.errstate(divide="ignore", invalid="ignore"):  # an infinite range: kept float
                 quantize(str(src), str(Path(tmp) / "qdq.onnx"), cfg)
         except CompressError:
             raise

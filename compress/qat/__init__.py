@@ -43,6 +43,7 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     freeze_after = max(epochs - qcfg.qat_freeze_epochs, 0)
     update = {"epochs": epochs, "lr": qcfg.qat_lr if qcfg.qat_lr is not None else settings.lr / 10,
               "warmup_epochs": 0.0, "patience": epochs, "freeze_embeddings": False, "max_minutes": None,
+              "precision": "fp32",  # bf16 matmuls would train a model ORT's int8 kernels do not compute
               **{k: 0.0 for k in family.kd_keys if k.endswith("_weight")}}  # the graph has no hidden states to match
     settings = settings.model_copy(update=update)
     module = QDQModule(onnx.load(str(src)), origin)

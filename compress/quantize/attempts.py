@@ -204,7 +204,8 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         if (rows < given or stride) and not per_sample_ranges:
             note = (f"calibrated on all {sum(_rows(f) for f in calib)} samples, {(stride or 1) * rows} at a time "
                     "(to bound memory)")
-    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress over our tqdm bar
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
+        # histogram calibrators print progress over our tqdm bar; an infinite range (kept in float below) warns
         _static(base, out, settings, calib, large=large, stride=stride)
     if not large:  # the quantized model read once, edited in memory, written once
         from compress.quantize.bias import correct_biases

@@ -2,6 +2,7 @@
 the task's (or the user's) primary figure on the validation split."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from compress.context import StageContext
@@ -53,6 +54,13 @@ def run(ctx: StageContext) -> StageResult:
         state = RunState(final=base.name, final_reason=result["why"], gate_failure=f"quantize.{key}: {result['why']}")
     from compress.qat.pick import side_by_side
 
+    if qcfg.mode == "qat" and "qnn" in ctx.cfg.export.edge_targets:  # the NPU's own QDQ graph, trained too
+        from compress.qat.qnn import qnn_qat
+
+        qnn = qnn_qat(ctx, calibration, gate, ctx.origin("quantize"))
+        artifacts += (ctx.rel(Path(qnn["path"])),)
+        state = state.merged(RunState(qnn_qdq=ctx.rel(Path(qnn["path"]))))
+        result.setdefault("qat", {})["qnn"] = {**qnn, "path": ctx.rel(Path(qnn["path"]))}
     table = side_by_side(result)
     for a in result["attempts"]:
         a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
@@ -70,6 +78,12 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None) -> list[str]
 
     qat = ["", "### Post-training vs quantization-aware", "",
            *side_by_side_table(table, result["gate"]["metric"]["name"])] if table else []
+    qnn = (result.get("qat") or {}).get("qnn")
+    if qnn:
+        qat += ["", f"QNN graph ({qnn['activation_type']} activations, for the edge stage): post-training "
+                f"{qnn['ptq']['reason']}; QAT {qnn['qat']['reason']}; {qnn['why']}; the edge stage places "
+                f"{qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float" if qnn["float_nodes"]
+                                    else "") + "."]
     return ["", "## Quantization attempts", "", f"Gate: {result['gate']['what']}.", "",
             *attempts_table(result["attempts"], result["gate"]), *qat, "", f"CPU: {result['cpu_int8']}.", "",
             f"Pick: {result['why']}"]

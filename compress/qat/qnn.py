@@ -1,0 +1,93 @@
+"""Quantization-aware distillation for the QNN target: the QDQ graph with ONNX Runtime's QNN settings (uint8 or
+uint16 activations, symmetric weights, the whole graph quantized), post-training and then trained against the
+teacher, both gated on the validation split; the better one is what the edge stage places on HTP.
+
+Before training, the nodes the QNN QDQ graph leaves in float are named in one line: on HTP they would fail to
+compile or fall back to the CPU, and no training changes that.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger("compress")
+
+SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "Constant",
+                       "ConstantOfShape", "Range", "Equal", "Where", "Expand", "Slice", "Flatten", "Transpose",
+                       "QuantizeLinear", "DequantizeLinear", "Identity"})
+"""Ops that move or index values without arithmetic (or do shape arithmetic on integers): in float they cost HTP
+nothing worth naming."""
+
+
+def float_nodes(path: Path) -> list[tuple[str, str]]:
+    """(name, op type) of each arithmetic node of a QDQ graph that reads a float activation not produced by a
+    DequantizeLinear, or whose float output goes on without a QuantizeLinear: what stays in float on an NPU."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    found = []
+    for n in graph.node:
+        if n.op_type in SHAPE_OPS:
+            continue
+        reads = [i for i in n.input if i and i not in inits and producer.get(i) is not None]
+        unquantized_in = any(producer[i].op_type not in ("DequantizeLinear", *SHAPE_OPS) for i in reads)
+        unquantized_out = any(o not in outputs and not any(c.op_type == "QuantizeLinear" for c in consumers.get(o, []))
+                              and consumers.get(o) for o in n.output)
+        if unquantized_in or unquantized_out:
+            found.append((n.name, n.op_type))
+    return found
+
+
+def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, origin: str) -> dict[str, Any]:
+    """PTQ and QAT of the final model with QNN's settings into the stage folder; returns {"path" (the one the edge
+    stage takes), "used", "why", "ptq", "qat", "float_nodes", "finite_mask"}."""
+    from compress.edge.mask import finite_attention_mask
+    from compress.edge.qnn import quantize_for_qnn
+    from compress.qat import train_qat
+    from compress.qat.pick import pick_quantized
+    from compress.quantize.attempts import shown_drop
+
+    source = ctx.run_dir / ctx.final.onnx
+    out = ctx.stage_dir / "qnn"
+    out.mkdir(parents=True, exist_ok=True)
+    masked = finite_attention_mask(source, out / "float.mask.onnx", dict(calibration[0]))
+    base = out / "float.mask.onnx" if masked else source
+    activation = ctx.cfg.export.qnn_activation_type
+    ptq_path = quantize_for_qnn(base, out / "ptq.qdq.onnx", list(calibration), activation_type=activation)
+    left = float_nodes(ptq_path)
+    if left:
+        log.warning("warning: %s: the QNN QDQ graph leaves %d node(s) in float, which HTP cannot run as int8: %s",
+                    origin, len(left), ", ".join(f"{name} ({op})" for name, op in left[:8]) +
+                    (", ..." if len(left) > 8 else ""))
+    float_score = gate.score(source)[gate.metric.name]
+
+    def judged(name: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
+        score = gate.score(path)[gate.metric.name]
+        drop = gate.drop(float_score, score)
+        ok = drop <= gate.budget + 1e-9
+        return {"name": name, "path": str(path), "score": score, "drop": drop, "accepted": ok,
+                "reason": f"{gate.metric.name} drop {shown_drop(gate, drop)} {'<=' if ok else '>'} budget "
+                          f"{shown_drop(gate, gate.budget)}", **extra}
+
+    ptq = judged("qnn-ptq", ptq_path, {})
+    info = train_qat(ptq_path, out / "qat.qdq.onnx", ctx, origin)
+    qat = judged("qnn-qat", out / "qat.qdq.onnx", {"qat": {k: v for k, v in info.items() if k != "path"}})
+    chosen, note = pick_quantized(ptq if ptq["accepted"] else None, qat, gate)
+    chosen = chosen or min((ptq, qat), key=lambda a: a["drop"])  # the NPU needs one: the smaller drop
+    return {"path": chosen["path"], "used": chosen["name"], "why": note["why"], "activation_type": activation,
+            "float_score": float_score, "ptq": _entry(ptq), "qat": _entry(qat), "float_nodes": left,
+            "finite_mask": masked, "parity": info["parity"], "train_seconds": info["seconds"]}
+
+
+def _entry(a: dict[str, Any]) -> dict[str, Any]:
+    return {k: a[k] for k in ("name", "score", "drop", "accepted", "reason")}
