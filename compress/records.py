@@ -91,9 +91,9 @@ class RunState:
     no training split when augmentation makes the teacher run on each batch)."""
     edge: Mapping[str, Any] | None = None
     """The edge stage's section of the report."""
-    qnn_qdq: str | None = None
-    """A QDQ model made for the QNN target by the quantize stage (mode = 'qat': post-training or quantization-aware,
-    whichever the gate preferred), which the edge stage places on HTP instead of quantizing the final model."""
+    qnn_qdq: Mapping[str, str] | None = None
+    """QDQ models made for the QNN target by the quantize stage (mode = 'qat'): {"ptq": path, "qat": path, "used":
+    the one the gate preferred}, which the edge stage places on HTP instead of quantizing the final model."""
 
     def merged(self, update: "RunState") -> "RunState":
         """This state with every field that `update` sets."""

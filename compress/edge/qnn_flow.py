@@ -51,7 +51,7 @@ def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", y: "np.ndarray | None",
-              batch: int, logits: bool | None = None) -> dict[str, Any]:
+              batch: int, logits: bool | None = None, reference: "np.ndarray | None" = None) -> dict[str, Any]:
     """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples: top-1 agreement
     and accuracy (with labels) for class logits; cosine and SQNR to fp32 for any other output."""
     import numpy as np
@@ -75,6 +75,12 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", 
     }
     figures = Tensors().metrics({"output": htp}, None, {"output": fp32})
     out["cosine_htp_vs_fp32_cpu"], out["sqnr_db_htp_vs_fp32_cpu"] = figures["cosine"], figures["sqnr_db"]
+    if reference is not None:  # the task's own figure: mean cosine to the reference rows
+        r = np.asarray(reference, np.float64).reshape(len(reference), -1)
+        for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8), ("htp", htp)):
+            v = np.asarray(v, np.float64).reshape(len(v), -1)
+            cos = (v * r).sum(1) / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
+            out[f"cosine_to_reference_{k}"] = float(cos.mean())
     if y is not None and logits:
         acc = {k: float(np.mean(v.reshape(len(v), -1).argmax(-1) == np.asarray(y).reshape(-1)))
                for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8), ("htp", htp))}
@@ -155,7 +161,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 fixed_batch: int = 1, seq: int | None = None, activation_type: ActivationType = "uint8",
                 provider_options: dict[str, str] | None = None, latency_runs: int = 20,
                 max_accuracy_drop: float = 0.01, qdq: Path | None = None,
-                logits: bool | None = None) -> dict[str, Any]:
+                logits: bool | None = None, reference: "np.ndarray | None" = None) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -165,7 +171,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     `seq`, as HTP compiles static shapes only); `val_y` labels give the accuracy rows, else the calibration data is
     used for agreement only. `qdq`: a QDQ model made for QNN already (quantization-aware training's), used instead
     of quantizing here. `logits`: whether the output is class logits (top-1 figures) or not (cosine); None: guessed
-    from the outputs.
+    from the outputs. `reference`: rows the outputs should match (a teacher's embeddings for `val_x`): each model's
+    mean cosine to them is reported too (the embedding task's own figure).
     """
     from compress.edge.isolated import mark
     from compress.edge.shapes import fix_batch, fix_dims, folded
@@ -214,7 +221,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         x, y = (_feeds(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
         x = _head(x, _rows(x) - _rows(x) % fixed_batch)
         y = y[: _rows(x)] if y is not None else None
-        section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits)
+        section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits,
+                                        None if reference is None else reference[: _rows(x)])
         section["budget"] = judge(section["accuracy"], max_accuracy_drop)
         if placed["context_path"]:
             mark("the EPContext model")

@@ -37,6 +37,9 @@ class ExportConfig(Section):
                                                      "measures faster than the plain graph (with a parity check).")
     qnn_activation_type: Literal["uint8", "uint16"] = Field("uint8", description="Activation type of the QNN QDQ "
                                                             "model (uint16: more accurate, slower on the NPU).")
+    qnn_samples: int = Field(1000, ge=1, description="Examples of the evaluation split the QNN target's accuracy "
+                             "rows run on (the HTP backend is simulated on x86 here, one example at a time, and "
+                             "slow: a 3-layer MiniLM at 128 tokens takes a sizeable fraction of a second each).")
 
     @model_validator(mode="after")
     def _targets_need_edge_stage(self) -> "ExportConfig":

@@ -37,9 +37,10 @@ def pick_quantized(ptq: dict[str, Any] | None, qat: dict[str, Any], gate: Any) -
                   "budget"}
 
 
-def side_by_side(result: dict[str, Any]) -> dict[str, Any] | None:
-    """PTQ and QAT beside each other (report.json's quantize.qat.side_by_side): for each, the metric, its drop
-    against float, p50 per provider and batch, bytes; with QAT's training time and parity. None without QAT."""
+def side_by_side(result: dict[str, Any], split: str = "test", metric: str = "accuracy") -> dict[str, Any] | None:
+    """PTQ and QAT beside each other (report.json's quantize.qat.side_by_side): for each, the metric and its drop
+    against float on validation (what the gate saw) and on `split` (the report's figures), p50 per provider and
+    batch, bytes; with QAT's training time and parity. None without QAT."""
     rows = [a for a in result["attempts"] if a.get("side_by_side")]
     if not rows:
         return None
@@ -47,7 +48,8 @@ def side_by_side(result: dict[str, Any]) -> dict[str, Any] | None:
     def entry(a: dict[str, Any]) -> dict[str, Any]:
         latency = {f"{r['provider']}/b{r['batch']}": r.get("p50_ms") for r in (a.get("latency") or {}).get("rows", [])}
         return {"attempt": a["name"], "score": a.get("score"), "drop": a.get("drop"), "bytes": a.get("bytes"),
-                "p50_ms": latency, "accepted": a["accepted"]}
+                "split": split, f"score_{split}": (a.get(split) or {}).get(metric), f"drop_{split}":
+                a.get(f"drop_{split}"), "p50_ms": latency, "accepted": a["accepted"]}
 
     ptq, qat = (entry(a) for a in rows) if len(rows) == 2 else (None, entry(rows[-1]))
     info, note = rows[-1].get("qat", {}), result.get("qat") or {}
@@ -60,16 +62,23 @@ def side_by_side(result: dict[str, Any]) -> dict[str, Any] | None:
 
 def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
     """The markdown of side_by_side: one row each for PTQ and QAT."""
-    share = metric in ("accuracy", "top1_agreement", "mAP", "map")
-    lines = [f"| model | {metric} | drop vs float | p50 | size | accepted |", "|---|---|---|---|---|---|"]
+    share = metric in ("accuracy", "top1_agreement", "mAP", "map", "map50")
+
+    def shown(v: float | None, points: bool = False) -> str:
+        if v is None:
+            return "-"
+        return (f"{100 * v:.2f}" + (" pts" if points else "%")) if share else f"{v:.4f}"
+
+    split = (table["qat"] or {}).get("split", "test")
+    lines = [f"| model | {metric} (val) | drop (val) | {metric} ({split}) | drop ({split}) | p50 | size | accepted |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, e in (("PTQ", table["ptq"]), ("QAT", table["qat"])):
         if e is None:
             continue
-        score = "-" if e["score"] is None else (f"{100 * e['score']:.2f}%" if share else f"{e['score']:.4f}")
-        drop = "-" if e["drop"] is None else (f"{100 * e['drop']:.2f} pts" if share else f"{e['drop']:.4f}")
         p50 = ", ".join(f"{k} {v:.3f} ms" for k, v in e["p50_ms"].items() if v is not None) or "-"
         size = "-" if not e["bytes"] else f"{e['bytes'] / 1024:.1f} KB"
-        lines.append(f"| {label} ({e['attempt']}) | {score} | {drop} | {p50} | {size} | "
+        lines.append(f"| {label} ({e['attempt']}) | {shown(e['score'])} | {shown(e['drop'], True)} | "
+                     f"{shown(e.get(f'score_{split}'))} | {shown(e.get(f'drop_{split}'), True)} | {p50} | {size} | "
                      f"{'yes' if e['accepted'] else 'no'} |")
     parity = table.get("parity") or {}
     paired = ", ".join(f"{r['provider']}/b{r['batch']} {r['ratio']:.3f}x" + (

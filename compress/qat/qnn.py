@@ -49,8 +49,8 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
 
 
 def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, origin: str) -> dict[str, Any]:
-    """PTQ and QAT of the final model with QNN's settings into the stage folder; returns {"path" (the one the edge
-    stage takes), "used", "why", "ptq", "qat", "float_nodes", "finite_mask"}."""
+    """PTQ and QAT of the final model with QNN's settings into the stage folder; returns {"used": "ptq" | "qat"
+    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
     from compress.edge.mask import finite_attention_mask
     from compress.edge.qnn import quantize_for_qnn
     from compress.qat import train_qat
@@ -84,10 +84,10 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, o
     qat = judged("qnn-qat", out / "qat.qdq.onnx", {"qat": {k: v for k, v in info.items() if k != "path"}})
     chosen, note = pick_quantized(ptq if ptq["accepted"] else None, qat, gate)
     chosen = chosen or min((ptq, qat), key=lambda a: a["drop"])  # the NPU needs one: the smaller drop
-    return {"path": chosen["path"], "used": chosen["name"], "why": note["why"], "activation_type": activation,
+    return {"used": chosen["name"].removeprefix("qnn-"), "why": note["why"], "activation_type": activation,
             "float_score": float_score, "ptq": _entry(ptq), "qat": _entry(qat), "float_nodes": left,
             "finite_mask": masked, "parity": info["parity"], "train_seconds": info["seconds"]}
 
 
 def _entry(a: dict[str, Any]) -> dict[str, Any]:
-    return {k: a[k] for k in ("name", "score", "drop", "accepted", "reason")}
+    return {k: a[k] for k in ("name", "path", "score", "drop", "accepted", "reason")}

@@ -21,15 +21,18 @@ def run(ctx: StageContext) -> StageResult:
     targets = ctx.cfg.export.edge_targets
     with tempfile.TemporaryDirectory(dir=ctx.stage_dir, prefix=".scratch-") as scratch:
         qnn = None
+        graphs = dict(ctx.state.qnn_qdq or {})
         if "qnn" in targets:  # calibration: training data; accuracy: the split the report's figures come from
-            val_x, val_y = ctx.data.arrays(ctx.data.eval_split, spill=scratch)  # memory-mapped: any size fits
+            val_x, val_y = ctx.data.arrays(ctx.data.eval_split, limit=ctx.cfg.export.qnn_samples, spill=scratch)
             seq = ctx.data.inputs.seq_lengths(ctx.cfg.benchmark.seq_lengths or (ctx.cfg.data.max_length,))[0]
             qnn = {"calibration": _at(ctx.data.arrays("train", limit=256)[0], seq), "val_x": _at(val_x, seq),
                    "val_y": val_y if ctx.evaluation.task.name == "classification" else None, "seq": seq,
                    "logits": ctx.evaluation.task.name == "classification" if ctx.evaluation.user is None else None,
-                   "activation_type": ctx.cfg.export.qnn_activation_type,
-                   "qdq": ctx.run_dir / ctx.state.qnn_qdq if ctx.state.qnn_qdq else None}
+                   "activation_type": ctx.cfg.export.qnn_activation_type, "reference": _reference(ctx),
+                   "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
+        if qnn is not None and graphs:  # the other of the quantize stage's two QNN graphs, for the comparison
+            section["qnn_graphs"] = _both(ctx, onnx_path, batch, qnn, graphs, section.get("qnn") or {})
         qnn = val_x = None
     section = _relative(ctx, {"model": final.name, **section})
     artifacts = [p for p in (section["ort"].get("ort_path"), section["ort"].get("config_path")) if isinstance(p, str)]
@@ -41,6 +44,41 @@ def run(ctx: StageContext) -> StageResult:
     if (qnn_done.get("placement") or {}).get("context_path"):
         artifacts.append(qnn_done["placement"]["context_path"])
     return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section))
+
+
+def _both(ctx: StageContext, onnx_path: Path, batch: int | None, qnn: dict, graphs: dict, used: dict) -> dict:
+    """Post-training and quantization-aware QNN graphs on HTP, side by side: the one placed above, and the other
+    placed and measured the same way in a folder of its own."""
+    from compress.edge.isolated import run_isolated
+
+    out: dict[str, Any] = {"used": graphs["used"]}
+    for name in ("ptq", "qat"):
+        if name not in graphs:
+            continue
+        section = used if name == graphs["used"] else run_isolated(
+            "compress.edge.qnn_flow:prepare_qnn", {"onnx_path": onnx_path, "out_dir": ctx.stage_dir / f"qnn-{name}",
+                                                   "fixed_batch": batch or 1, **{**qnn, "qdq": ctx.run_dir /
+                                                                                 graphs[name]}},
+            out_dir=ctx.stage_dir / f"qnn-{name}", name="qnn", provider="QNNExecutionProvider")
+        placed = section.get("placement") or {}
+        out[name] = {"graph": graphs[name], "nodes_on_htp": placed.get("nodes_on_htp"),
+                     "nodes_total": placed.get("nodes_total"),
+                     "runs_without_fallback": section.get("runs_without_fallback"),
+                     "accuracy": section.get("accuracy"), "budget": section.get("budget")}
+    return out
+
+
+def _reference(ctx: StageContext) -> Any:
+    """The embedding task's reference rows for the QNN accuracy: the teacher's embeddings of the evaluation split
+    (the first qnn_samples); None for other tasks."""
+    import numpy as np
+
+    if ctx.evaluation.task.name != "embedding" or ctx.evaluation.user is not None:
+        return None
+    outputs = ctx.teacher_outputs.get(ctx.data.eval_split) or {}
+    if len(outputs) != 1:
+        return None
+    return np.asarray(next(iter(outputs.values()))[: ctx.cfg.export.qnn_samples], dtype=np.float32)
 
 
 def _at(arrays: dict, seq: int | None) -> dict:

@@ -58,10 +58,15 @@ def run(ctx: StageContext) -> StageResult:
         from compress.qat.qnn import qnn_qat
 
         qnn = qnn_qat(ctx, calibration, gate, ctx.origin("quantize"))
-        artifacts += (ctx.rel(Path(qnn["path"])),)
-        state = state.merged(RunState(qnn_qdq=ctx.rel(Path(qnn["path"]))))
-        result.setdefault("qat", {})["qnn"] = {**qnn, "path": ctx.rel(Path(qnn["path"]))}
-    table = side_by_side(result)
+        graphs = {k: ctx.rel(Path(qnn[k]["path"])) for k in ("ptq", "qat")}
+        artifacts += tuple(graphs.values())
+        state = state.merged(RunState(qnn_qdq={**graphs, "used": qnn["used"]}))
+        result["qat"]["qnn"] = qnn
+    _test_figures(ctx, result)
+    table = side_by_side(result, ctx.data.eval_split, ctx.evaluation.primary.name)
+    for entry in ((result.get("qat") or {}).get("qnn") or {}).values():
+        if isinstance(entry, dict) and "path" in entry:
+            entry["path"] = ctx.rel(Path(entry["path"]))
     for a in result["attempts"]:
         a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
     info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"], "gate": result["gate"],
@@ -72,6 +77,23 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
 
 
+def _test_figures(ctx: StageContext, result: dict[str, Any]) -> None:
+    """mode = 'qat': the float model, the PTQ and QAT graphs (and the QNN ones) on the split the report's figures
+    come from, so the side-by-side reads like every other figure of the report."""
+    if result.get("qat") is None:
+        return
+    split = ctx.data.eval_split
+    name = ctx.evaluation.primary.name
+    graphs = [a for a in result["attempts"] if a.get("side_by_side")]
+    qnn = result["qat"].get("qnn") or {}
+    graphs += [qnn[k] for k in ("ptq", "qat") if k in qnn]
+    reference = ctx.figures_onnx(ctx.run_dir / ctx.final.onnx, split)[name]
+    result["qat"]["float_" + split] = reference
+    for a in graphs:
+        a[split] = figures = ctx.figures_onnx(Path(a["path"]), split)
+        a[f"drop_{split}"] = ctx.evaluation.primary.drop(reference, figures[name])
+
+
 def _markdown(result: dict[str, Any], table: dict[str, Any] | None) -> list[str]:
     from compress.qat.pick import side_by_side_table
     from compress.quantize import attempts_table
@@ -80,10 +102,13 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None) -> list[str]
            *side_by_side_table(table, result["gate"]["metric"]["name"])] if table else []
     qnn = (result.get("qat") or {}).get("qnn")
     if qnn:
+        split = next((k[len("drop_"):] for k in qnn["qat"] if k.startswith("drop_")), None)
+        on_split = (f" ({split}: post-training drop {qnn['ptq'][f'drop_{split}']:.4g}, QAT "
+                    f"{qnn['qat'][f'drop_{split}']:.4g})") if split else ""
         qat += ["", f"QNN graph ({qnn['activation_type']} activations, for the edge stage): post-training "
-                f"{qnn['ptq']['reason']}; QAT {qnn['qat']['reason']}; {qnn['why']}; the edge stage places "
-                f"{qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float" if qnn["float_nodes"]
-                                    else "") + "."]
+                f"{qnn['ptq']['reason']}; QAT {qnn['qat']['reason']}{on_split}; {qnn['why']}; the edge stage "
+                f"places {qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float"
+                                           if qnn["float_nodes"] else "") + "."]
     return ["", "## Quantization attempts", "", f"Gate: {result['gate']['what']}.", "",
             *attempts_table(result["attempts"], result["gate"]), *qat, "", f"CPU: {result['cpu_int8']}.", "",
             f"Pick: {result['why']}"]
