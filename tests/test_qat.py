@@ -226,3 +226,43 @@ repetitions = 1
     assert [a["name"] for a in details["attempts"]][-1] == "qat"
     markdown = (tmp_path / "runs" / "q" / "report.md").read_text()
     assert "Post-training vs quantization-aware" in markdown and "| QAT (qat) |" in markdown
+
+
+def _attempt(name: str, drop: float | None, accepted: bool) -> dict:
+    return {"name": name, "drop": drop, "accepted": accepted, "qat": {"seconds": 1.0, "parity": {"ok": True}}}
+
+
+def test_the_pick_keeps_a_post_training_model_that_loses_under_a_tenth_of_a_point_and_else_the_smaller_drop():
+    from compress.qat.pick import pick_quantized
+    from compress.quantize.gate import Gate
+    from compress.tasks import Metric
+
+    gate = Gate(score=lambda p: {}, metric=Metric("accuracy", True), budget=0.005, key="k", what="w")
+    ptq, qat = _attempt("attempt-01", 0.0008, True), _attempt("qat", -0.01, True)
+    chosen, note = pick_quantized(ptq, qat, gate)
+    assert chosen is ptq and note["used"] == "ptq" and "QAT is not needed" in note["why"]
+    chosen, note = pick_quantized(_attempt("attempt-01", 0.004, True), qat, gate)
+    assert chosen is qat and note["used"] == "qat"
+    chosen, note = pick_quantized(None, qat, gate)
+    assert chosen is qat and "no post-training attempt met the budget" in note["why"]
+    chosen, note = pick_quantized(_attempt("attempt-01", 0.004, True), _attempt("qat", 0.0045, True), gate)
+    assert chosen["name"] == "attempt-01" and "no better" in note["why"]
+    chosen, note = pick_quantized(None, _attempt("qat", 0.02, False), gate)
+    assert chosen is None and note["used"] is None
+
+
+def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path):
+    from onnx import TensorProto, helper
+
+    from compress.qat.qnn import float_nodes
+
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    z = helper.make_tensor("z", TensorProto.UINT8, [], [0])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("Relu", ["xd"], ["r"], name="quantized_in_float_out"),
+             helper.make_node("Sigmoid", ["r"], ["y"], name="float_in")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[s, z])
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    assert float_nodes(tmp_path / "g.onnx") == [("quantized_in_float_out", "Relu"), ("float_in", "Sigmoid")]

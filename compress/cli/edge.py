@@ -30,7 +30,8 @@ import click
                    "simulated here (needs onnxruntime-qnn: pip install 'compress[qnn]').")
 @click.option("--calibration", "calibration_npz", type=click.Path(path_type=Path), default=None,
               help="qnn: .npz with the input array (named as the model input, or the only array) for calibration "
-                   "and accuracy; labels under 'y' add accuracy rows.")
+                   "and accuracy, or one array per input for a model with several (token ids and a mask, at the "
+                   "length the model is fixed to); labels under 'y' add accuracy rows.")
 @click.option("--activation-type", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
               help="qnn: activation type of the QDQ model (uint16: more accurate, slower on the NPU).")
 @click.option("--qnn-option", "qnn_options", multiple=True, metavar="KEY=VALUE",

@@ -26,7 +26,9 @@ METRIC_PARITY = 0.001
 
 def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     """Fine-tune the QDQ graph at `src` against the teacher for `[quantize] qat_epochs`; write it to `dst`.
-    Returns {"path", "parity", "seconds", "epochs", "best_epoch", "lr", "freeze_after"}."""
+    The post-training values count as epoch 0: when no epoch beats them on validation they are what is written
+    (best_epoch 0). Returns {"path", "parity", "seconds", "epochs", "best_epoch", "val_before", "val_best_epoch",
+    "lr", "freeze_after", "same_kernels", "kernels"}."""
     import onnx
 
     from compress.families import family_of
@@ -51,6 +53,7 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     module.epoch_end(0)  # qat_freeze_epochs = qat_epochs: the calibrated ranges, never learned
     record = ModelRecord(name="student-qat", role="student", spec=base.spec, origin=origin,
                          quantization={"qat_graph": str(Path(src).resolve()), "freeze_at": freeze_after})
+    start, before = {k: v.clone() for k, v in module.state_dict().items()}, _val_figure(module, ctx)
     started = time.perf_counter()
     history = train_student(module, data, settings, task=cfg.data.task, spec=base.spec.model,
                             reference=str(ctx.run_dir / ctx.state.teacher_outputs), teacher=ctx.teacher(),
@@ -58,13 +61,28 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
                             base_dir=str(cfg.base_dir), evaluate=cfg.evaluate, progress=ctx.progress,
                             launch=ctx.launch(record, "quantize"))
     seconds = time.perf_counter() - started
+    primary = ctx.evaluation.primary
+    after = history.get(f"val_{primary.name}")
+    kept = after is None or not primary.better(after, before)
+    if kept:  # the post-training values are epoch 0 of the selection: no epoch beat them, so they stay
+        module.load_state_dict(start)
     module.export(Path(dst))
     before, after = kernels(Path(src)), kernels(Path(dst))
     return {"path": str(dst), "seconds": round(seconds, 1), "epochs": history.get("epochs_run"),
-            "best_epoch": history.get("best_epoch"), "lr": settings.lr, "freeze_after": freeze_after,
+            "best_epoch": 0 if kept else history.get("best_epoch"), "val_before": before, "val_best_epoch": after,
+            "lr": settings.lr, "freeze_after": freeze_after,
             "parity": parity(module, Path(dst), ctx), "same_kernels": before == after,
             "kernels": {k: [before.get(k, 0), after.get(k, 0)] for k in sorted(set(before) | set(after))
                         if before.get(k, 0) != after.get(k, 0)}}
+
+
+def _val_figure(module: Any, ctx: Any) -> float:
+    """The primary figure of the torch fake-quant model on the validation split, before training (epoch 0)."""
+    from compress.train import predict
+
+    data = ctx.data
+    got = predict(module, data.val, inputs=data.inputs, names=tuple(ctx.output_names), workers=data.workers)
+    return float(ctx.evaluation(got, ctx.targets("val"), ctx.teacher_outputs["val"])[ctx.evaluation.primary.name])
 
 
 def kernels(path: Path) -> dict[str, int]:

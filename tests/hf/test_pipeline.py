@@ -219,3 +219,46 @@ calibration_samples = 16
         models = {m["name"]: m for m in report["models"]}
         assert models[name]["quantization"]["mode"] == mode and models[name]["metrics"]["cosine"] > 0.5
         assert report["details"]["quantize"]["gate"]["metric"]["name"] == "cosine"
+
+
+@pytest.mark.qnn
+def test_qat_trains_the_cpu_and_the_qnn_graph_of_a_text_student_and_htp_runs_both_whole(tmp_path):
+    # three inputs (token ids, mask, token types) at a fixed length on HTP, the -inf mask made finite; PTQ and QAT
+    # side by side on CPU and on the NPU, with the embedding task's own figure (cosine to the teacher) on HTP
+    pytest.importorskip("onnxruntime_qnn")
+    write_texts(tmp_path / "corpus.txt", 120)
+    toml = _write(tmp_path, """
+[data]
+source = "text:corpus.txt"
+task = "embedding"
+max_length = 16
+batch_size = 16
+[teacher]
+model = "hf:bert"
+[student]
+from_teacher = { num_layers = 2 }
+[distill]
+epochs = 1
+[quantize]
+mode = "qat"
+qat_epochs = 1
+max_cosine_drop = 0.5
+calibration_samples = 16
+[export]
+ort_format = true
+fixed_batch = 1
+edge_targets = ["qnn"]
+qnn_samples = 8
+""")
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
+    qat = report["details"]["quantize"]["qat"]
+    assert qat["side_by_side"]["parity"]["kind"] == "cosine" and qat["side_by_side"]["parity"]["ok"]
+    assert {"drop_test", "test"} <= set(qat["qnn"]["qat"]) and qat["qnn"]["used"] in ("ptq", "qat")
+    graphs = report["edge"]["qnn_graphs"]
+    for name in ("ptq", "qat"):
+        assert graphs[name]["nodes_on_htp"] == graphs[name]["nodes_total"] > 100
+        assert graphs[name]["runs_without_fallback"] is True and graphs[name]["accuracy"]["samples"] == 8
+        assert graphs[name]["accuracy"]["cosine_to_reference_htp"] > 0.5
+    assert report["edge"]["qnn"]["seq"] == 8  # the benchmark's first sequence length
