@@ -182,14 +182,7 @@ def test_qat_outside_a_pipeline_is_one_clear_error(tmp_path):
                  feed=lambda b: {}, providers=["cpu"], batch_sizes=[1])
 
 
-@pytest.mark.e2e
-def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_kernels(tmp_path):
-    from click.testing import CliRunner
-
-    from compress.cli import main
-
-    toml = tmp_path / "p.toml"
-    toml.write_text("""
+DIGITS_QAT = """
 [pipeline]
 name = "q"
 [data]
@@ -212,7 +205,17 @@ batch_sizes = [1]
 min_runs = 10
 min_seconds = 0.05
 repetitions = 1
-""")
+"""
+
+
+@pytest.mark.e2e
+def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_kernels(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(DIGITS_QAT)
     result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "runs" / "q" / "report.json").read_text())
@@ -266,3 +269,21 @@ def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[s, z])
     onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
     assert float_nodes(tmp_path / "g.onnx") == [("quantized_in_float_out", "Relu"), ("float_in", "Sigmoid")]
+
+
+@pytest.mark.e2e
+def test_qat_trains_in_torchrun_workers_restored_from_the_record(tmp_path):
+    # the workers rebuild the QDQ graph from the record (compress.families.rebuild); DDP is told that some of its
+    # constants get no gradient
+    import subprocess
+    import sys
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(DIGITS_QAT)
+    proc = subprocess.run([sys.executable, "-m", "compress", "run", str(toml), "--nproc", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "runs" / "q" / "report.json").read_text())
+    table = report["details"]["quantize"]["qat"]["side_by_side"]
+    assert table["epochs"] == 2 and table["parity"]["ok"] and table["qat"]["score"] > 0.5
+    assert list((tmp_path / "runs" / "q" / "quantize" / "dist").glob("*qat*"))

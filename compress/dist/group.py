@@ -29,7 +29,10 @@ class World:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if self.device.startswith("cuda") else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # a model whose parameters may get no gradient in a step (the QAT graph's constants feeding shape
+        # arithmetic, compress.qat) says so, and DDP then looks for them each step
+        unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
     def share(self, data: Any) -> Any:
         """This process's share of an evaluation set (every size-th example, no padding, so counts add up exactly):

@@ -116,6 +116,9 @@ def _range(dtype: Any, symmetric: bool) -> tuple[int, int]:
 class QDQModule(torch.nn.Module):
     """A QDQ ONNX graph as a trainable torch module with fake quantization (see the module docstring)."""
 
+    ddp_find_unused_parameters = True
+    """A float constant may feed only shape arithmetic (no gradient): DDP must not wait for it."""
+
     def __init__(self, model: Any, origin: str = "quantize") -> None:
         from onnx import numpy_helper
 
@@ -215,9 +218,10 @@ class QDQModule(torch.nn.Module):
     def _constants(self, graph: Any) -> None:
         """Every other float initializer a Parameter; integer ones and Constant nodes buffers."""
         zeros = {a.zero for a in self.acts.values()}
+        read = {i for n in graph.node for i in n.input}
         for name, value in self._inits.items():
-            if name in self._taken or name in self.acts:
-                continue
+            if name in self._taken or name in self.acts or name not in read:
+                continue  # (an initializer no node reads: ORT leaves the freed output's scale behind)
             if value.dtype == np.float32 and name not in zeros:
                 self._tensors[name] = self._param(name, value)
             else:
