@@ -125,6 +125,7 @@ def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
                                          'max_accuracy_drop = 0.0\nfallback = false\n')
     assert result.exit_code == 1, result.output
     assert "quantize.max_accuracy_drop: no quantized model met the accuracy budget" in result.output
+    assert "[quantize] mode = 'qat' fine-tunes the int8 model against the teacher" in result.output
     assert report["gate_failure"] and report["final"] == "student"  # without a test split, the student wins
     assert [s["status"] for s in report["stages"]] == ["done"] * 5  # the benchmark still ran: the report is whole
 

@@ -126,15 +126,13 @@ def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, cali
 
 
 def _none_met(search: "_Search", mode: str) -> str:
-    """Why the float model stays when no quantized model met the budget (static mode names mode = 'qat')."""
+    """Why the float model stays when no quantized model met the budget."""
     gate, tried = search.gate, len(search.attempts)
     nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path)
     why = (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
            f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
            f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
            "keeping the float model")
-    if mode == "static" and not nothing:
-        why += "; mode = 'qat' fine-tunes the quantized model against the teacher (quantization-aware training)"
     return why
 
 

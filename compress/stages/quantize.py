@@ -51,6 +51,9 @@ def run(ctx: StageContext) -> StageResult:
                                             "from": base.name}),)
         state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=result["why"])
     else:
+        if qcfg.mode == "static" and "nothing could be quantized" not in result["why"]:
+            result["why"] += ("; [quantize] mode = 'qat' fine-tunes the int8 model against the teacher "
+                              "(quantization-aware distillation, docs/qat.md)")
         state = RunState(final=base.name, final_reason=result["why"], gate_failure=f"quantize.{key}: {result['why']}")
     from compress.qat.pick import side_by_side
 
