@@ -271,6 +271,7 @@ def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path):
     assert float_nodes(tmp_path / "g.onnx") == [("quantized_in_float_out", "Relu"), ("float_in", "Sigmoid")]
 
 
+@pytest.mark.slow  # two torchrun workers: about a minute on 2 cores; `make test-all` runs it
 @pytest.mark.e2e
 def test_qat_trains_in_torchrun_workers_restored_from_the_record(tmp_path):
     # the workers rebuild the QDQ graph from the record (compress.families.rebuild); DDP is told that some of its
