@@ -288,3 +288,20 @@ def test_qat_trains_in_torchrun_workers_restored_from_the_record(tmp_path):
     table = report["details"]["quantize"]["qat"]["side_by_side"]
     assert table["epochs"] == 2 and table["parity"]["ok"] and table["qat"]["score"] > 0.5
     assert list((tmp_path / "runs" / "q" / "quantize" / "dist").glob("*qat*"))
+
+
+def test_static_calibration_takes_token_batches_of_different_lengths(tmp_path):
+    # a text batch is as long as its longest row: mean_minmax's one-row batches were cut from one concatenated
+    # array, which failed on the second batch's width, and every static attempt on real text failed
+    from compress.quantize import prepare as prep
+    from compress.quantize.attempts import quantize_once
+
+    torch.manual_seed(0)
+    model, feeds = Attention().eval(), _attention_feeds(8)
+    torch.onnx.export(model, (torch.from_numpy(feeds["x"][:2]), torch.from_numpy(feeds["mask"][:2])),
+                      tmp_path / "f.onnx", input_names=["x", "mask"], output_names=["logits"], dynamo=False,
+                      opset_version=17, dynamic_axes={n: {0: "b", 1: "seq"} for n in ("x", "mask")})
+    prep.preprocess(tmp_path / "f.onnx", tmp_path / "p.onnx", "static")
+    calib = [{"x": feeds["x"][:4], "mask": feeds["mask"][:4]}, {"x": feeds["x"][4:, :4], "mask": feeds["mask"][4:, :4]}]
+    quantize_once(tmp_path / "p.onnx", tmp_path / "q.onnx", dict(STATIC), calib)
+    assert _ort(tmp_path / "q.onnx", {"x": feeds["x"][:2], "mask": feeds["mask"][:2]}).shape == (2, 3)

@@ -138,8 +138,8 @@ def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | 
     fit = min(fit, most or fit)
     if fit >= rows and all(_rows(f) <= fit for f in calib):
         return calib
-    whole = {k: np.concatenate([f[k] for f in calib]) if np.ndim(v) else v for k, v in calib[0].items()}
-    return batched(whole, fit)
+    # each batch cut on its own: token batches have widths of their own (a batch is as long as its longest row)
+    return [piece for f in calib for piece in batched(f, fit)]
 
 
 def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
