@@ -12,7 +12,7 @@ For each: the fp32 student's figure; PTQ's and QAT's figure and drop; recovery =
 training time; QAT / PTQ p50 at batch 1 on ORT CPU, paired; parity of the torch fake-quant model with the QDQ model.
 
     PYTHONPATH=$PWD python benchmarks/bench_qat.py --out /tmp/bench-qat --cases detect topics minilm \\
-        [--distill-epochs N] [--qat-epochs N] [--qnn-samples N]
+        [--distill-epochs N] [--qat-epochs N] [--qnn-samples N] [--keep]
 
 --distill-epochs shortens distillation (the shipped epochs otherwise); every change to a file is listed in
 results.json. Writes results.json and results.md in --out.
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--distill-epochs", type=int, default=None)
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--qnn-samples", type=int, default=500)
+    parser.add_argument("--keep", action="store_true", help="reuse the run folder's cached stages (no --force)")
     args = parser.parse_args()
     results = {}
     for case in args.cases:
@@ -122,8 +123,8 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         path, changes = pipeline(case, out, args)
         started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "compress", "run", str(path), "--force"], cwd=ROOT,
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "compress", "run", str(path), *([] if args.keep else ["--force"])],
+                              cwd=ROOT, capture_output=True, text=True)
         (out / "log.txt").write_text(proc.stdout + proc.stderr)
         entry = {"file": CASES[case], "changes": changes, "exit_code": proc.returncode,
                  "wall_seconds": round(time.time() - started, 1)}
