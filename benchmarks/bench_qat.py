@@ -60,7 +60,8 @@ def figures(report: dict) -> dict:
     q = report["details"]["quantize"]
     qat = q["qat"]
     split = report["data"].get("evaluated_on", "test")
-    table = qat["side_by_side"]
+    table = qat.get("side_by_side") or {"ptq": None, "qat": None, "paired_qat_over_ptq": [], "same_kernels": None,
+                                        "parity": None, "train_seconds": None}
     fp32 = qat.get(f"float_{split}")
 
     def row(entry: dict | None) -> dict | None:
