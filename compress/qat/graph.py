@@ -10,7 +10,8 @@ training, for every family and task, because it is the quantized graph itself, n
 - an activation's QuantizeLinear a fake quantizer whose scale is learned (LSQ: the gradient of round(x/s) - x/s), as a
   log factor on the calibrated scale; its zero point stays the calibrated one;
 - every other float initializer (LayerNorm's gamma, a constant operand) a Parameter; integer ones are buffers.
-Rounding is torch.round (half to even, as QuantizeLinear); gradients pass straight through it.
+Rounding is half to even, as QuantizeLinear (torch's fused fake-quant kernels for weights and activations,
+torch.round for biases); gradients pass straight through it.
 
 `export(path)` writes the trained values back into a copy of the same graph (integer weights and their scales,
 int32 biases, learned activation scales, float parameters): the exported model is the graph the module ran.
@@ -270,7 +271,10 @@ class QDQModule(torch.nn.Module):
             if op == "QuantizeLinear":
                 act = self.acts[ins[1]]
                 x = env[ins[0]] if ins[0] in env else self.tensor(ins[0])
-                env[outs[0]] = fake_quant(x.float(), self.act_scale(ins[1]), self.zero(act), act.qmin, act.qmax)
+                # torch's fused kernel: round half to even of x / scale, saturate, dequantize; LSQ's gradient to
+                # the scale, none to the zero point (it does not require one)
+                env[outs[0]] = torch._fake_quantize_learnable_per_tensor_affine(
+                    x.float(), self.act_scale(ins[1]).reshape(1), self.zero(act).reshape(1), act.qmin, act.qmax, 1.0)
             elif op == "DequantizeLinear":
                 env[outs[0]] = self._dequantize(outs[0], ins, env)
             else:
@@ -287,7 +291,11 @@ class QDQModule(torch.nn.Module):
             spec = self.weights[out]
             w = self.params[spec.param]
             scale, zero = weight_qparams(w, spec)
-            return fake_quant(w, scale, zero, spec.qmin, spec.qmax)
+            if spec.axis is None:
+                return torch.fake_quantize_per_tensor_affine(w, scale.reshape(()), zero.reshape(()).int(), spec.qmin,
+                                                             spec.qmax)
+            return torch.fake_quantize_per_channel_affine(w, scale.reshape(-1), zero.reshape(-1).int(), spec.axis,
+                                                          spec.qmin, spec.qmax)
         if out in self.biases:
             b = self.params[self.biases[out].param]
             scale = self._bias_scale(self.biases[out])
