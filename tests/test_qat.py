@@ -227,6 +227,8 @@ def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_
     assert [r["batch"] for r in table["paired_qat_over_ptq"]] == [1]
     assert details["qat"]["used"] in ("ptq", "qat") and details["qat"]["why"] in report["final_reason"]
     assert [a["name"] for a in details["attempts"]][-1] == "qat"
+    trained = details["attempts"][-1]["qat"]  # the validation figure before training and at the best epoch
+    assert 0.5 < trained["val_before"] <= 1.0 and 0.5 < trained["val_best_epoch"] <= 1.0
     markdown = (tmp_path / "runs" / "q" / "report.md").read_text()
     assert "Post-training vs quantization-aware" in markdown and "| QAT (qat) |" in markdown
 

@@ -67,13 +67,13 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     if kept:  # the post-training values are epoch 0 of the selection: no epoch beat them, so they stay
         module.load_state_dict(start)
     module.export(Path(dst))
-    before, after = kernels(Path(src)), kernels(Path(dst))
+    ptq_ops, qat_ops = kernels(Path(src)), kernels(Path(dst))
     return {"path": str(dst), "seconds": round(seconds, 1), "epochs": history.get("epochs_run"),
             "best_epoch": 0 if kept else history.get("best_epoch"), "val_before": before, "val_best_epoch": after,
             "lr": settings.lr, "freeze_after": freeze_after,
-            "parity": parity(module, Path(dst), ctx), "same_kernels": before == after,
-            "kernels": {k: [before.get(k, 0), after.get(k, 0)] for k in sorted(set(before) | set(after))
-                        if before.get(k, 0) != after.get(k, 0)}}
+            "parity": parity(module, Path(dst), ctx), "same_kernels": ptq_ops == qat_ops,
+            "kernels": {k: [ptq_ops.get(k, 0), qat_ops.get(k, 0)] for k in sorted(set(ptq_ops) | set(qat_ops))
+                        if ptq_ops.get(k, 0) != qat_ops.get(k, 0)}}
 
 
 def _val_figure(module: Any, ctx: Any) -> float:
