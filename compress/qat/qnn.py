@@ -48,14 +48,16 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, origin: str) -> dict[str, Any]:
-    """PTQ and QAT of the final model with QNN's settings into the stage folder; returns {"used": "ptq" | "qat"
-    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
+def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, float_score: float,
+            origin: str) -> dict[str, Any]:
+    """PTQ and QAT of the final model with QNN's settings into the stage folder, each gated against `float_score`
+    (the float model's figure, which quantize() measured); returns {"used": "ptq" | "qat" (the one the edge stage
+    places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
     from compress.edge.mask import finite_attention_mask
     from compress.edge.qnn import quantize_for_qnn
     from compress.qat import train_qat
     from compress.qat.pick import pick_quantized
-    from compress.quantize.attempts import shown_drop
+    from compress.quantize.attempts import verdict
 
     source = ctx.run_dir / ctx.final.onnx
     out = ctx.stage_dir / "qnn"
@@ -69,15 +71,13 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, o
         log.warning("warning: %s: the QNN QDQ graph leaves %d node(s) in float, which HTP cannot run as int8: %s",
                     origin, len(left), ", ".join(f"{name} ({op})" for name, op in left[:8]) +
                     (", ..." if len(left) > 8 else ""))
-    float_score = gate.score(source)[gate.metric.name]
 
     def judged(name: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
         score = gate.score(path)[gate.metric.name]
         drop = gate.drop(float_score, score)
-        ok = drop <= gate.budget + 1e-9
-        return {"name": name, "path": str(path), "score": score, "drop": drop, "accepted": ok,
-                "reason": f"{gate.metric.name} drop {shown_drop(gate, drop)} {'<=' if ok else '>'} budget "
-                          f"{shown_drop(gate, gate.budget)}", **extra}
+        ok, reason = verdict(gate, drop)
+        return {"name": name, "path": str(path), "score": score, "drop": drop, "accepted": ok, "reason": reason,
+                **extra}
 
     ptq = judged("qnn-ptq", ptq_path, {})
     info = train_qat(ptq_path, out / "qat.qdq.onnx", ctx, origin)

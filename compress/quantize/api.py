@@ -92,7 +92,7 @@ def quantize(
         "float": _named({"path": str(search.onnx_path), "figures": search.float_figures, "score": search.float_score,
                          "bytes": model_bytes(search.onnx_path), "latency": float_latency}, gate)}
     if accepted is None:
-        result.update(chosen=None, final="float", pick=None, why=_none_met(search, mode))
+        result.update(chosen=None, final="float", pick=None, why=_none_met(search))
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
@@ -125,15 +125,14 @@ def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, cali
     return quantize(onnx_path, out_dir, cfg, gate=gate, calibration=calibration, feed=feed, **kwargs)
 
 
-def _none_met(search: "_Search", mode: str) -> str:
+def _none_met(search: "_Search") -> str:
     """Why the float model stays when no quantized model met the budget."""
     gate, tried = search.gate, len(search.attempts)
     nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path)
-    why = (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
-           f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
-           f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
-           "keeping the float model")
-    return why
+    return (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
+            f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
+            f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
+            "keeping the float model")
 
 
 def _post_training(cfg: QuantizeConfig, qat: Any) -> QuantizeConfig:
@@ -250,12 +249,9 @@ class _Search:
             record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
                           reason=f"failed: {first_line(exc)}", quantized=False)
         else:
-            budget, score = self.gate.budget, figures[self.gate.metric.name]
+            score = figures[self.gate.metric.name]
             drop, reduced = self.gate.drop(self.float_score, score), qa.is_reduced(path, settings["mode"])
-            ok = reduced and drop <= budget + 1e-9
-            reason = (f"{self.gate.metric.name} drop {qa.shown_drop(self.gate, drop)} {'<=' if ok else '>'} budget "
-                      f"{qa.shown_drop(self.gate, budget)}" if reduced else
-                      "no node was quantized")
+            ok, reason = qa.verdict(self.gate, drop) if reduced else (False, "no node was quantized")
             if record.get("calibration"):
                 reason += f"; {record['calibration']}"
             record.update(figures=figures, score=score, drop=drop, bytes=model_bytes(path), latency=None,

@@ -346,6 +346,13 @@ def shown_drop(gate: Any, value: float) -> str:
     return f"{value * 100:.2f} points" if gate.metric.name in FRACTIONS else f"{value:.4g}"
 
 
+def verdict(gate: Any, drop: float) -> tuple[bool, str]:
+    """Whether a drop meets the gate's budget, and the line that says so."""
+    ok = drop <= gate.budget + 1e-9
+    return ok, (f"{gate.metric.name} drop {shown_drop(gate, drop)} {'<=' if ok else '>'} budget "
+                f"{shown_drop(gate, gate.budget)}")
+
+
 def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
     drops = [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized")]
     if drops:

@@ -60,7 +60,7 @@ def run(ctx: StageContext) -> StageResult:
     if qcfg.mode == "qat" and "qnn" in ctx.cfg.export.edge_targets:  # the NPU's own QDQ graph, trained too
         from compress.qat.qnn import qnn_qat
 
-        qnn = qnn_qat(ctx, calibration, gate, ctx.origin("quantize"))
+        qnn = qnn_qat(ctx, calibration, gate, result["float"]["score"], ctx.origin("quantize"))
         graphs = {k: ctx.rel(Path(qnn[k]["path"])) for k in ("ptq", "qat")}
         artifacts += tuple(graphs.values())
         state = state.merged(RunState(qnn_qdq={**graphs, "used": qnn["used"]}))
