@@ -307,3 +307,25 @@ def test_static_calibration_takes_token_batches_of_different_lengths(tmp_path):
     calib = [{"x": feeds["x"][:4], "mask": feeds["mask"][:4]}, {"x": feeds["x"][4:, :4], "mask": feeds["mask"][4:, :4]}]
     quantize_once(tmp_path / "p.onnx", tmp_path / "q.onnx", dict(STATIC), calib)
     assert _ort(tmp_path / "q.onnx", {"x": feeds["x"][:2], "mask": feeds["mask"][:2]}).shape == (2, 3)
+
+
+def test_an_infinite_range_on_a_graph_output_is_taken_off_and_the_output_keeps_its_name():
+    from onnx import TensorProto, helper
+
+    from compress.quantize.qdq import infinite_ranges_in_float
+
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [float("inf")])
+    z = helper.make_tensor("z", TensorProto.UINT8, [], [0])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="q"),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"], name="dq"),
+             helper.make_node("Neg", ["y"], ["w"], name="reader")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 4])], initializer=[s, z])
+    model = helper.make_model(graph)
+    assert infinite_ranges_in_float(model) == ["y"]
+    assert [o.name for o in model.graph.output] == ["y", "w"]  # the contract's names
+    assert [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node] == [
+        ("Relu", ["x"], ["y"]), ("Neg", ["y"], ["w"])]
+    assert not model.graph.initializer  # the pair's scale and zero point went with it

@@ -345,3 +345,23 @@ def test_a_two_input_attention_model_runs_entirely_on_htp_at_a_fixed_sequence_le
     assert section["finite_mask"] and section["accuracy"]["cosine_htp_vs_fp32_cpu"] > 0.99
     assert section["budget"]["metric"] == "cosine to fp32"
     assert section["context"]["loads"] is True and section["context"]["parity"]["ok"] is True
+
+
+def test_a_nan_guard_on_a_graph_output_stays_and_the_others_go():
+    from onnx import TensorProto, helper
+
+    from compress.edge.mask import _no_nan_guards
+
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = []
+    for name in ("inner", "outer"):
+        nodes += [helper.make_node("Softmax", ["x" if name == "inner" else "inner_out"], [f"{name}_p"]),
+                  helper.make_node("IsNaN", [f"{name}_p"], [f"{name}_nan"]),
+                  helper.make_node("Where", [f"{name}_nan", "zero", f"{name}_p"], [f"{name}_out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("outer_out", TensorProto.FLOAT, [1, 4])],
+                              initializer=[zero])
+    _no_nan_guards(graph)
+    assert [(n.op_type, list(n.input)) for n in graph.node] == [
+        ("Softmax", ["x"]), ("Softmax", ["inner_p"]), ("IsNaN", ["outer_p"]),
+        ("Where", ["outer_nan", "zero", "outer_p"])]

@@ -72,18 +72,16 @@ def finite_attention_mask(src: Path, dst: Path, feeds: dict[str, np.ndarray]) ->
 def _no_nan_guards(graph: Any) -> None:
     """Where(IsNaN(x), c, x) -> x: the guard against a fully masked row's NaN softmax, an identity once every mask
     fill is finite (HTP has no IsNaN)."""
+    from compress.onnx.graph import reroute
+
     producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
     for where in [n for n in graph.node if n.op_type == "Where"]:
         test = producer.get(where.input[0])
         if test is None or test.op_type != "IsNaN" or test.input[0] != where.input[2]:
             continue
-        for n in graph.node:
-            for k, i in enumerate(n.input):
-                if i == where.output[0]:
-                    n.input[k] = where.input[2]
-        for o in graph.output:
-            if o.name == where.output[0]:
-                return  # a graph output keeps its name: leave the guard
+        if where.output[0] not in outputs:  # a graph output keeps its name: that guard stays
+            reroute(graph, where.output[0], where.input[2])
     _drop_unused(graph)
 
 

@@ -173,3 +173,11 @@ def set_metadata(onnx_path: Path, props: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
     with atomic_path(Path(onnx_path)) as tmp:
         onnx.save(model, str(tmp))
+
+
+def reroute(graph: "onnx.GraphProto", old: str, new: str) -> None:
+    """Every node that reads tensor `old` reads `new` instead (a graph output named `old` is left alone)."""
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new

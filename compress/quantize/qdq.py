@@ -24,22 +24,33 @@ def float_outputs(model: Any) -> int:
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
             continue
-        source = q.input[0]
-        maker = producer.get(source)
-        if maker is None or source in outputs:
+        if not _bypass(graph, name, q.input[0], producer, outputs):
             continue
-        for n in graph.node:  # the float tensor takes the output's name, for its other readers too
-            for k, i in enumerate(n.input):
-                if i == source:
-                    n.input[k] = name
-        maker.output[list(maker.output).index(source)] = name
-        for v in [v for v in graph.value_info if v.name == source]:
-            graph.value_info.remove(v)  # the graph output declares it now
         drop += [q, dq]
         freed += 1
     for n in drop:
         graph.node.remove(n)
     return freed
+
+
+def _bypass(graph: Any, dq_out: str, source: str, producer: dict[str, Any], outputs: set[str]) -> bool:
+    """Readers of a DequantizeLinear's output `dq_out` read the float tensor `source` (what its QuantizeLinear read)
+    instead. A graph output keeps its name: the float tensor takes it, for its other readers too. False, and nothing
+    changed, when that cannot be done (the source is a graph input, an initializer or an output itself)."""
+    from compress.onnx.graph import reroute
+
+    if dq_out not in outputs:
+        reroute(graph, dq_out, source)
+        return True
+    maker = producer.get(source)
+    if maker is None or source in outputs:
+        return False
+    reroute(graph, source, dq_out)
+    maker.output[list(maker.output).index(source)] = dq_out
+    producer[dq_out] = maker
+    for v in [v for v in graph.value_info if v.name == source]:
+        graph.value_info.remove(v)  # the graph output declares it now
+    return True
 
 
 def with_node_in_float(base: Path, quant: Path, node_name: str, out: Path) -> bool:
@@ -86,6 +97,8 @@ def infinite_ranges_in_float(model: Any) -> list[str]:
 
     graph = model.graph
     scales = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
     freed, drop = [], []
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         scale = scales.get(q.input[1])
@@ -94,16 +107,17 @@ def infinite_ranges_in_float(model: Any) -> list[str]:
         dqs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]
         if len(dqs) != sum(q.output[0] in n.input for n in graph.node):
             continue  # something else reads the integers: leave it
+        source = q.input[0]
+        named = [dq for dq in dqs if dq.output[0] in outputs]  # a graph output: the float tensor takes its name
+        if len(named) > 1 or (named and (producer.get(source) is None or source in outputs)):
+            continue
         for dq in dqs:
-            for n in graph.node:
-                for k, i in enumerate(n.input):
-                    if i == dq.output[0]:
-                        n.input[k] = q.input[0]
-            for o in graph.output:
-                if o.name == dq.output[0]:
-                    o.name = q.input[0]
+            if dq not in named:
+                _bypass(graph, dq.output[0], source, producer, outputs)
+        for dq in named:  # last: the other readers already read the source, and follow it to its new name
+            _bypass(graph, dq.output[0], source, producer, outputs)
         drop += [q, *dqs]
-        freed.append(q.input[0])
+        freed.append(named[0].output[0] if named else source)
     for n in drop:
         graph.node.remove(n)
     read = {i for n in graph.node for i in n.input}
