@@ -56,8 +56,8 @@ class Bias:
     scale: str
     act: str | None
     """The activation quantizer (its QuantizeLinear scale initializer) of the consumer's input."""
-    weight: str | None
-    """The consumer's weight initializer (its Weight's q)."""
+    weight: Weight | None
+    """The consumer's weight."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,7 @@ class QDQModule(torch.nn.Module):
                 key = self._param(n.input[1], np.zeros_like(inits[n.input[1]]))
                 calibrated = torch.from_numpy(np.array(inits[n.input[1]], np.float32))
                 self.register_buffer(f"s{key}", calibrated, persistent=False)
+                self.register_buffer(f"z{key}", torch.tensor([float(zero)]), persistent=False)  # fixed
                 self.register_buffer(f"f{key}", calibrated.clone())  # the range once frozen
                 self.acts[n.input[1]] = Act(key, n.input[2] if len(n.input) > 2 else "", lo, hi)
 
@@ -200,7 +201,7 @@ class QDQModule(torch.nn.Module):
                 if consumer is not None:
                     a, w = producer.get(consumer.input[0]), producer.get(consumer.input[1])
                     act = self.dq_act.get(a.output[0]) if a is not None else None
-                    weight = w.input[0] if w is not None and w.op_type == "DequantizeLinear" else None
+                    weight = self.weights.get(w.output[0]) if w is not None else None
                 value = inits[src].astype(np.float64) * inits[scale].astype(np.float64)
                 self.biases[n.output[0]] = Bias(self._param(src, value), src, scale, act, weight)
             elif inits[src].dtype in _MIDDLE:
@@ -256,10 +257,6 @@ class QDQModule(torch.nn.Module):
                 getattr(self, f"f{act.param}").copy_(getattr(self, f"s{act.param}") * torch.exp(self.params[act.param]))
             self.frozen.fill_(1)
 
-    def zero(self, act: Act) -> torch.Tensor:
-        z = self._inits.get(act.zero)
-        return torch.tensor(0.0 if z is None else float(z))
-
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         env: dict[str, Any] = dict(zip(self.inputs, args))
         env.update({k: v for k, v in kwargs.items() if k in self.inputs})
@@ -274,7 +271,8 @@ class QDQModule(torch.nn.Module):
                 # torch's fused kernel: round half to even of x / scale, saturate, dequantize; LSQ's gradient to
                 # the scale, none to the zero point (it does not require one)
                 env[outs[0]] = torch._fake_quantize_learnable_per_tensor_affine(
-                    x.float(), self.act_scale(ins[1]).reshape(1), self.zero(act).reshape(1), act.qmin, act.qmax, 1.0)
+                    x.float(), self.act_scale(ins[1]).reshape(1), getattr(self, f"z{act.param}"), act.qmin, act.qmax,
+                    1.0)
             elif op == "DequantizeLinear":
                 env[outs[0]] = self._dequantize(outs[0], ins, env)
             else:
@@ -308,8 +306,7 @@ class QDQModule(torch.nn.Module):
     def _bias_scale(self, bias: Bias) -> torch.Tensor:
         if bias.act is None or bias.weight is None:
             return torch.from_numpy(np.array(self._inits[bias.scale], dtype=np.float32))
-        spec = next(w for w in self.weights.values() if w.q == bias.weight)
-        w_scale, _ = weight_qparams(self.params[spec.param], spec)
+        w_scale, _ = weight_qparams(self.params[bias.weight.param], bias.weight)
         return (self.act_scale(bias.act).detach() * w_scale.reshape(-1)).detach()
 
     def export(self, path: Path) -> Path:
@@ -320,10 +317,10 @@ class QDQModule(torch.nn.Module):
         model = copy.deepcopy(self.proto)
         by_name = {i.name: i for i in model.graph.initializer}
 
-        def put(name: str, value: np.ndarray, like: str | None = None) -> None:
-            dtype = self._inits[like or name].dtype
-            shape = self._inits[like or name].shape
-            by_name[name].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype).reshape(shape), name))
+        def put(name: str, value: np.ndarray) -> None:  # in the initializer's own type and shape
+            like = self._inits[name]
+            by_name[name].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(like.dtype).reshape(like.shape),
+                                                           name))
 
         with torch.no_grad():
             for spec in self.weights.values():
