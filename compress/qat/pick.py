@@ -61,8 +61,10 @@ def side_by_side(result: dict[str, Any], split: str = "test", metric: str = "acc
 
 
 def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
-    """The markdown of side_by_side: one row each for PTQ and QAT."""
-    share = metric in ("accuracy", "top1_agreement", "mAP", "map", "map50")
+    """The markdown of side_by_side: one row each for PTQ and QAT, figures shown as the attempts table shows them."""
+    from compress.quantize.attempts import FRACTIONS
+
+    share = metric in FRACTIONS
 
     def shown(v: float | None, points: bool = False) -> str:
         if v is None:

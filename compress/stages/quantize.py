@@ -74,7 +74,7 @@ def run(ctx: StageContext) -> StageResult:
         a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
     info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"], "gate": result["gate"],
             "float": {k: v for k, v in result["float"].items() if k != "path"},
-            "markdown": _markdown(result, table)}
+            "markdown": _markdown(result, table, ctx.data.eval_split)}
     if result.get("qat") is not None:
         info["qat"] = {**result["qat"], "side_by_side": table}
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
@@ -97,7 +97,7 @@ def _test_figures(ctx: StageContext, result: dict[str, Any]) -> None:
         a[f"drop_{split}"] = ctx.evaluation.primary.drop(reference, figures[name])
 
 
-def _markdown(result: dict[str, Any], table: dict[str, Any] | None) -> list[str]:
+def _markdown(result: dict[str, Any], table: dict[str, Any] | None, split: str) -> list[str]:
     from compress.qat.pick import side_by_side_table
     from compress.quantize import attempts_table
 
@@ -105,9 +105,8 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None) -> list[str]
            *side_by_side_table(table, result["gate"]["metric"]["name"])] if table else []
     qnn = (result.get("qat") or {}).get("qnn")
     if qnn:
-        split = next((k[len("drop_"):] for k in qnn["qat"] if k.startswith("drop_")), None)
         on_split = (f" ({split}: post-training drop {qnn['ptq'][f'drop_{split}']:.4g}, QAT "
-                    f"{qnn['qat'][f'drop_{split}']:.4g})") if split else ""
+                    f"{qnn['qat'][f'drop_{split}']:.4g})")
         qat += ["", f"QNN graph ({qnn['activation_type']} activations, for the edge stage): post-training "
                 f"{qnn['ptq']['reason']}; QAT {qnn['qat']['reason']}{on_split}; {qnn['why']}; the edge stage "
                 f"places {qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float"
