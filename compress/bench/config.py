@@ -74,8 +74,9 @@ class BenchSettings(Section):
         return BenchSettings(**{k: getattr(self, k) for k in BenchSettings.model_fields})
 
 
-PICK_PROFILE = BenchSettings(warmup_runs=10, min_runs=50, min_seconds=0.3, repetitions=3)
-"""quantize's pick times the float model and every accepted attempt: lighter than a benchmark row."""
+PICK_PROFILE = BenchSettings(warmup_runs=10, min_runs=50, min_seconds=0.3, repetitions=3, time_budget_seconds=6.0)
+"""quantize's pick times the float model and the accepted attempt together (paired): lighter than a benchmark row,
+and half its time budget, since a pick needs a ratio past a threshold, not a p50 to a few %."""
 
 STEP_PROFILE = BenchSettings(warmup_runs=10, min_runs=30, min_seconds=0.2, repetitions=3)
 """prune times every step and every bisection probe of a latency target: lighter still."""

@@ -50,13 +50,15 @@ def paired_verdict(old_block_p50: Sequence[float], new_block_p50: Sequence[float
 
 def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, threads: int, settings: Any, *,
                  max_regression: float = 0.10, inputs: dict[str, np.ndarray] | None = None,
-                 dims: dict[str, int] | None = None) -> dict[str, Any]:
+                 dims: dict[str, int] | None = None, sides: bool = False) -> dict[str, Any]:
     """Time OLD and NEW in alternating blocks on fresh session pairs (settings.repetitions); one verdict row.
 
     Both models get the same arrays: the given `inputs`, or those generated for OLD. The row's time
     budget (settings.time_budget_seconds) covers both models: the probe adds their run times.
     Row: provider, batch, threads, old_p50_ms, new_p50_ms, raw_ratio (of the pooled p50s), ratio, ci_ratio,
-    pairs, verdict, regressed, runs_old, runs_new, budget, old/new_block_p50_ms.
+    pairs, verdict, regressed, runs_old, runs_new, budget, old/new_block_p50_ms. With `sides`, also `old_row` and
+    `new_row`: each model's own latency row (harness.measure's fields, without the reference workload's and the raw
+    samples) from the same timed runs, so a caller that needs both p50s and the ratio times each model once.
     """
     from compress.bench import budget
     from compress.bench.harness import ProviderUnavailable, _prepare
@@ -88,6 +90,10 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
            "runs_new": int(pooled[1].size), "repetitions": settings.repetitions, "budget": budget_info,
            "old_block_p50_ms": [round(x / 1e6, 5) for x in blocks[0]],
            "new_block_p50_ms": [round(x / 1e6, 5) for x in blocks[1]]}
+    if sides:
+        for job, key, side in zip(jobs, ("old_row", "new_row"), samples):
+            job.samples_ns, job.budget, job.settings = side, budget_info, settings
+            row[key] = {k: v for k, v in job.row().items() if k != "samples_ms"}
     return row
 
 

@@ -25,6 +25,7 @@ from compress.errors import CompressError, first_line
 from compress.onnx.graph import model_bytes
 from compress.quantize import attempts as qa
 from compress.quantize import prepare as prep
+from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
 
@@ -78,11 +79,16 @@ def quantize(
     settings = profile.with_options(provider_options)
 
     def measure(path: Path) -> dict[str, Any]:
-        return qa.latency(path, search.providers, batch_sizes, threads, feed, settings)
+        return timing.latency(path, search.providers, batch_sizes, threads, feed, settings)
 
-    float_latency = measure(search.onnx_path)
+    paired: list[dict[str, Any]] = []
+    if accepted is None:
+        float_latency = measure(search.onnx_path)
+    else:  # the float model and the candidate timed once, together: the pick's ratio and both p50s
+        paired, float_latency, accepted["latency"] = timing.timed_together(
+            search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads, feed, settings)
     for rec in search.attempts:  # only a model that met the budget can ship: timing the others is wasted time
-        if rec["accepted"] or rec.get("side_by_side"):  # (QAT and the PTQ it started from are shown side by side)
+        if rec is not accepted and rec.get("side_by_side"):  # (QAT and the PTQ it came from are shown side by side)
             rec["latency"] = measure(Path(rec["path"]))
     if qat_note is not None:
         _time_qat(search.attempts, qat_note, search.providers, batch_sizes, threads, feed, settings)
@@ -96,8 +102,6 @@ def quantize(
         return result
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
-    paired = qa.paired_latency(search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads,
-                               feed, settings)
     decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
                           paired=paired)
     why = decision["why"] if qat_note is None else f"{qat_note['why']}; {decision['why']}"
@@ -152,7 +156,7 @@ def _time_qat(attempts: list[dict[str, Any]], note: dict[str, Any], providers: l
     values runs the same kernels, so the same speed (within noise)."""
     pair = [Path(a["path"]) for a in attempts if a.get("side_by_side")]
     if len(pair) == 2:
-        note["paired"] = qa.paired_latency(pair[0], pair[1], providers, list(batch_sizes), threads, feed, settings)
+        note["paired"] = timing.paired_latency(pair[0], pair[1], providers, list(batch_sizes), threads, feed, settings)
 
 
 def _named(record: dict[str, Any], gate: Gate) -> dict[str, Any]:

@@ -6,11 +6,11 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError, first_line
+from compress.errors import CompressError
 from compress.quantize.config import METHODS, QuantizeConfig
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
                                           _reader, gate_checked, memory_cap, quantizable_ops, rank_sensitive_nodes,
@@ -269,47 +269,6 @@ def save(model: Any, path: Path, *, large: bool) -> None:
         usual_mode(path.with_name(f"{path.name}.data"))
     else:
         onnx.save(model, str(path))
-
-
-def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: int,
-            feed: Callable[[int], dict[str, np.ndarray]], settings: Any) -> dict[str, Any]:
-    """p50 and friends on every provider and batch size via the project's harness (inputs `feed(batch)`);
-    unavailable providers noted."""
-    from compress.bench.harness import ProviderUnavailable, measure
-
-    rows: list[dict[str, Any]] = []
-    unavailable: list[dict[str, str]] = []
-    for provider in providers:
-        try:
-            for b in batch_sizes:
-                row = measure(path, provider, b, threads, inputs=feed(b), settings=settings)
-                row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
-                rows.append(row)
-        except ProviderUnavailable as exc:
-            unavailable.append({"provider": provider, "reason": exc.reason})
-        except Exception as exc:  # e.g. a provider without kernels for this model's types: say so, keep going
-            unavailable.append({"provider": provider, "reason": f"failed to run: {first_line(exc)}"})
-    return {"rows": rows, "unavailable": unavailable}
-
-
-def paired_latency(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
-                   feed: Callable[[int], dict[str, np.ndarray]], settings: Any) -> list[dict[str, Any]]:
-    """Float and quantized timed in alternating blocks (compress.bench.paired), one row per provider and batch on
-    `feed(batch)`: `ratio` is quantized / float with its CI. Providers that cannot run both are left out (latency()
-    notes why, or the benchmark stage reports them)."""
-    from compress.bench.paired import paired_bench
-
-    rows: list[dict[str, Any]] = []
-    for provider in providers:
-        for b in batch_sizes:
-            try:
-                row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=feed(b))
-            except Exception:  # noqa: BLE001 - unavailable or failing providers are already reported by latency()
-                break
-            for key in ("old_block_p50_ms", "new_block_p50_ms"):
-                row.pop(key)  # block lists of every pick would swamp report.json
-            rows.append(row)
-    return rows
 
 
 def is_reduced(path: Path, mode: str) -> bool:

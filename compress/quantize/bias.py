@@ -9,10 +9,11 @@ it inherits (correcting inherited error too would count it twice).
 
 How: one run of the float model over the calibration batches, augmented with, for every Conv and Gemm whose weight
 is quantized and which has a bias, a twin of the layer on the quantized model's weight and input quantization
-(QuantizeLinear/DequantizeLinear with the quantized model's own scales) and the per-channel mean of the two outputs'
-difference (ReduceMean, so the run keeps a vector per layer, never an activation). Padding, strides and groups are the
-layer's own, since the twin is the same op with the same attributes. Each shift is then subtracted from the layer's
-int32 (or float) bias in the quantized model. MatMul without a bias input is left alone.
+(QuantizeLinear/DequantizeLinear with the quantized model's own scales) and the per-channel mean of the difference
+between the twin's output and the float layer's (ReduceMean, so the run keeps a vector per layer, never an
+activation). Padding, strides, groups and bias are the layer's own, since the twin is the same op with the same
+attributes and bias. Each shift is then subtracted from the layer's int32 (or float) bias in the quantized model.
+MatMul without a bias input is left alone.
 """
 from __future__ import annotations
 
@@ -28,19 +29,19 @@ MAX_SAMPLES = 128
 
 def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Correct the biases of `qmodel` (a static QDQ model of `base`, a ModelProto edited in place) on calibration
-    batches. Returns {"layers": corrected, "skipped": quantized layers without a bias (or a known rank), "samples":
-    used}."""
+    batches. Returns {"layers": corrected, "skipped": quantized layers without a bias (or a float weight, or
+    implicit padding), "samples": used}."""
     import onnx
     from onnx import helper, numpy_helper
 
     fmodel = onnx.load(str(base))
     producer = {o: n for n in qmodel.graph.node for o in n.output}
     inits = {i.name: i for i in qmodel.graph.initializer}
+    float_inits = {i.name: i for i in fmodel.graph.initializer}
     # by name: ORT's quantizer keeps the layer's name, but folds a following Relu into the output's range, so the
     # layer's output tensor is then the Relu's
     float_nodes = {n.name: n for n in fmodel.graph.node if n.name and n.op_type in TARGET_OPS}
-    targets, skipped = [], 0
-    added_nodes, added_inits, outputs = [], [], []
+    layers, skipped, added_nodes, added_inits, outputs = [], 0, [], [], []
     for node in qmodel.graph.node:
         fnode = float_nodes.get(node.name)
         if node.op_type not in TARGET_OPS or fnode is None or fnode.op_type != node.op_type:
@@ -49,53 +50,141 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) 
         if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits:
             continue  # weights kept in float: nothing rounded
         bias = _bias_of(node, producer, inits)
-        if bias is None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in fnode.attribute}
+        if bias is None or fnode.input[1] not in float_inits or attrs.get("auto_pad", b"NOTSET") not in (
+                b"NOTSET", "NOTSET"):
             skipped += 1
             continue
-        rank = 2 if fnode.op_type == "Gemm" else _rank(fmodel, fnode)
-        if rank is None:
-            skipped += 1
-            continue
-        tag = f"compress_bc{len(targets)}"
-        qdq = _activation_qdq(node, producer)
-        copied = {}
-        for name in [*w_dq.input, *qdq[1:]]:
-            if name and name in inits and name not in copied:
+        tag = f"compress_bc{len(layers)}"
+        x, qdq = fnode.input[0], _activation_qdq(node, producer)
+        inputs = [x]
+        if qdq:  # the input as the quantized layer reads it: through the quantized model's own Q/DQ
+            _, scale, zp = qdq
+            args = []
+            for name in [scale, zp][:2 if zp else 1]:
                 t = onnx.TensorProto()
                 t.CopyFrom(inits[name])
-                t.name = copied[name] = f"{tag}_{name}"
+                t.name = f"{tag}_{name}"
                 added_inits.append(t)
-        x = fnode.input[0]
-        if qdq:
-            _, scale, zp = qdq
-            args = [copied[scale]] + ([copied[zp]] if zp else [])
+                args.append(t.name)
             added_nodes += [helper.make_node("QuantizeLinear", [x, *args], [f"{tag}_xq"]),
                             helper.make_node("DequantizeLinear", [f"{tag}_xq", *args], [f"{tag}_x"])]
-            x = f"{tag}_x"
-        added_nodes.append(helper.make_node("DequantizeLinear", [copied.get(n, n) for n in w_dq.input], [f"{tag}_w"],
-                                            **{a.name: helper.get_attribute_value(a) for a in w_dq.attribute}))
-        attrs = {a.name: helper.get_attribute_value(a) for a in fnode.attribute if a.name != "beta"}
-        added_nodes += [
-            helper.make_node(fnode.op_type, [x, f"{tag}_w"], [f"{tag}_yq"], **attrs),
-            helper.make_node(fnode.op_type, [fnode.input[0], fnode.input[1]], [f"{tag}_yf"], **attrs),
-            helper.make_node("Sub", [f"{tag}_yq", f"{tag}_yf"], [f"{tag}_d"]),
-            helper.make_node("ReduceMean", [f"{tag}_d", f"{tag}_axes"], [f"{tag}_shift"], keepdims=0)]
-        keep = 1  # the channel axis of Conv's NCHW and Gemm's (N, M) output
-        axes = [a for a in range(rank) if a != keep]
-        added_inits.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), f"{tag}_axes"))
-        outputs.append(f"{tag}_shift")
-        targets.append((node, bias))
-    if not targets:
+            inputs.append(f"{tag}_x")
+        weight = numpy_helper.to_array(float_inits[fnode.input[1]]).astype(np.float64)
+        nodes, inits_, means = _window_means(tag, fnode, attrs, weight, inputs)
+        added_nodes += nodes
+        added_inits += inits_
+        outputs += means
+        layers.append((node, bias, attrs, weight, _dequantized(w_dq, inits), len(means)))
+    if not layers:
         return {"layers": 0, "skipped": skipped, "samples": 0}
     fmodel.graph.node.extend(added_nodes)
     fmodel.graph.initializer.extend(added_inits)
     del fmodel.graph.output[:]
     fmodel.graph.output.extend([helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs])
     _axes_as_the_opset_takes_them(fmodel, 18)
-    shifts, samples = _mean_shifts(fmodel, calib, outputs)
-    for (_, bias), shift in zip(targets, shifts):
+    means, samples = _mean_shifts(fmodel, calib, outputs)
+    at = 0
+    for node, bias, attrs, weight, wq, count in layers:
+        seen = means[at:at + count]
+        at += count
+        shift = _shift(node.op_type, attrs, weight, wq, seen[0], seen[-1])
         _subtract(bias, shift, inits)
-    return {"layers": len(targets), "skipped": skipped, "samples": samples}
+    return {"layers": len(layers), "skipped": skipped, "samples": samples}
+
+
+def _window_means(tag: str, fnode: Any, attrs: dict[str, Any], weight: np.ndarray,
+                  inputs: list[str]) -> tuple[list[Any], list[Any], list[str]]:
+    """Nodes (and their initializers) that output, for each of `inputs` (the float input, then the quantized one),
+    the mean of what each weight tap of the layer reads: a layer is linear, so its mean output is its weights
+    applied to these means, and the shift needs no second copy of the layer.
+
+    Gemm: the mean input row. Conv: for each input channel and kernel tap, the mean over samples and output
+    positions of the (zero-padded) input that tap reads. Per spatial axis, which input positions a tap reads is a 0/1
+    matrix (input position x tap: position + pad - tap x dilation is a multiple of the stride below output size x
+    stride), built at run time from the input's and output's shapes (dynamic sizes work); the input times these
+    matrices, one axis after another, then its batch mean, gives (channels, taps of the last axis, ..., of the
+    first): one pass over the activation, never a copy per tap."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, values: Any, dtype: Any = np.int64) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), f"{tag}_{name}"))
+        return f"{tag}_{name}"
+
+    def node(op: str, ins: list[str], out: str, **kw: Any) -> str:
+        nodes.append(helper.make_node(op, ins, [f"{tag}_{out}"], **kw))
+        return f"{tag}_{out}"
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    if fnode.op_type == "Gemm":
+        axes = const("axes", [1 if attrs.get("transA", 0) else 0])
+        return nodes, inits, [node("ReduceMean", [x, axes], f"m{i}", keepdims=0) for i, x in enumerate(inputs)]
+    kernel = weight.shape[2:]
+    spatial = len(kernel)
+    strides = list(attrs.get("strides", [1] * spatial))
+    dilations = list(attrs.get("dilations", [1] * spatial))
+    pads = list(attrs.get("pads", [0] * 2 * spatial))
+    x_shape, y_shape = node("Shape", [inputs[0]], "xs"), node("Shape", [fnode.output[0]], "ys")
+    zero, one = const("zero", 0), const("one", 1)
+    picks = []  # per spatial axis, last first: (input positions, taps) / output positions
+    for a in reversed(range(spatial)):
+        at, after = const(f"at{a}", [2 + a]), const(f"after{a}", [3 + a])
+        size_in = node("Squeeze", [node("Slice", [x_shape, at, after], f"in{a}")], f"ins{a}")
+        size_out = node("Slice", [y_shape, at, after], f"out{a}")
+        where = node("Unsqueeze", [node("Range", [zero, size_in, one], f"range{a}"), const(f"ax{a}", [1])],
+                     f"pos{a}")
+        t = node("Sub", [node("Add", [where, const(f"pad{a}", pads[a])], f"padded{a}"),
+                         const(f"taps{a}", [[k * dilations[a] for k in range(kernel[a])]])], f"t{a}")
+        stride = const(f"stride{a}", strides[a])
+        ok = node("And", [node("Equal", [node("Mod", [t, stride], f"mod{a}"), zero], f"on{a}"),
+                          node("And", [node("GreaterOrEqual", [t, zero], f"ge{a}"),
+                                       node("Less", [t, node("Mul", [size_out, stride], f"span{a}")], f"lt{a}")],
+                               f"in_range{a}")], f"ok{a}")
+        picks.append(node("Div", [node("Cast", [ok], f"okf{a}", to=TensorProto.FLOAT),
+                                  node("Cast", [size_out], f"outf{a}", to=TensorProto.FLOAT)], f"pick{a}"))
+    outs = []
+    for i, x in enumerate(inputs):
+        m, rank = x, 2 + spatial
+        for n, pick in enumerate(picks):  # contract the last spatial axis left, then move the next one last
+            m = node("MatMul", [m, pick], f"mm{i}_{n}")
+            if n + 1 < spatial:
+                axis = spatial - n  # the next spatial axis, now just before the tap axes collected so far
+                m = node("Transpose", [m], f"tr{i}_{n}", perm=[d for d in range(rank) if d != axis] + [axis])
+        outs.append(node("ReduceMean", [m, const(f"batch{i}_axes", [0])], f"m{i}", keepdims=0))  # (C, taps...)
+    return nodes, inits, outs
+
+
+def _shift(op: str, attrs: dict[str, Any], weight: np.ndarray, wq: np.ndarray, mean_float: np.ndarray,
+           mean_quant: np.ndarray) -> np.ndarray:
+    """Per output channel: the quantized layer's mean output minus the float layer's, from the window means."""
+    if op == "Gemm":
+        def out(w: np.ndarray, m: np.ndarray) -> np.ndarray:
+            return float(attrs.get("alpha", 1.0)) * (m @ (w.T if attrs.get("transB", 0) else w))
+        return out(wq, mean_quant) - out(weight, mean_float)
+    groups = int(attrs.get("group", 1))
+    m, cg = weight.shape[0], weight.shape[1]
+
+    def out(w: np.ndarray, taps: np.ndarray) -> np.ndarray:  # taps: (input channels, last axis' taps, ..., first's)
+        taps = taps.transpose(0, *range(taps.ndim - 1, 0, -1)).reshape(groups, cg, -1)
+        return np.einsum("gmck,gck->gm", w.reshape(groups, m // groups, cg, -1), taps).reshape(m)
+    return out(wq, mean_quant) - out(weight, mean_float)
+
+
+def _dequantized(w_dq: Any, inits: dict[str, Any]) -> np.ndarray:
+    """The weight the quantized layer computes with: (q - zero point) x scale, per channel along the DQ's axis."""
+    from onnx import helper, numpy_helper
+
+    q = numpy_helper.to_array(inits[w_dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
+    zp = (numpy_helper.to_array(inits[w_dq.input[2]]).astype(np.float64)
+          if len(w_dq.input) > 2 and w_dq.input[2] in inits else np.zeros_like(scale))
+    if scale.size > 1:
+        axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        shape[axis] = scale.size
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q - zp) * scale
 
 
 def _activation_qdq(node: Any, producer: dict[str, Any]) -> tuple[str, str, str] | tuple:
@@ -144,7 +233,7 @@ def _subtract(bias: tuple[str, str | None], shift: np.ndarray, inits: dict[str, 
 
 
 def _mean_shifts(model: Any, calib: list[dict[str, np.ndarray]], outputs: list[str]) -> tuple[list[np.ndarray], int]:
-    """The augmented model's per-channel shifts, averaged over the calibration rows (up to MAX_SAMPLES)."""
+    """The augmented model's outputs (per-layer means), averaged over the calibration rows (up to MAX_SAMPLES)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()  # every optimisation: ORT runs each quantized twin as the int8 kernel it ships as
@@ -162,18 +251,6 @@ def _mean_shifts(model: Any, calib: list[dict[str, np.ndarray]], outputs: list[s
         if seen >= MAX_SAMPLES:
             break
     return [t / max(seen, 1) for t in (totals or [])], seen
-
-
-def _rank(model: Any, node: Any) -> int | None:
-    """The rank of a Conv's input: its weight's (N, C, spatial... as the weight is M, C/group, kernel...), from the
-    float model's initializer, else from the inferred shapes (a graph ORT's pre-processing did not annotate)."""
-    for init in model.graph.initializer:
-        if init.name == node.input[1]:
-            return len(init.dims)
-    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
-        if value.name == node.input[0] and value.type.tensor_type.HasField("shape"):
-            return len(value.type.tensor_type.shape.dim)
-    return None
 
 
 def _axes_as_the_opset_takes_them(model: Any, version: int) -> None:

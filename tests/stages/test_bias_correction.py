@@ -119,3 +119,54 @@ def test_a_candidate_alone_in_float_is_scored_without_requantizing(tmp_path: Pat
     assert score(tmp_path / "gemm.onnx") > score(quant)
     assert dict(ranked)["/9/Gemm"] == pytest.approx(score(tmp_path / "gemm.onnx"))  # a node not in the model: left out
     assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1] and not list(tmp_path.glob("candidate-*.onnx"))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_each_shift_is_the_quantized_layers_mean_output_minus_the_float_layers(tmp_path: Path):
+    # setup: a grouped, strided Conv whose stride does not fit its padded input evenly (a tap row past the kernel's
+    # end), a dilated Conv, then a Gemm; quantized statically, biases as ORT wrote them
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from torch import nn
+    from torch.nn import functional as F
+
+    from compress.quantize import attempts as qa
+    from compress.quantize import prepare as prep
+    from compress.quantize.bias import correct_biases
+
+    torch.manual_seed(0)
+    kws = [{"stride": 2, "padding": 1, "groups": 2}, {"padding": 2, "dilation": 2}]
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, **kws[0]), nn.Conv2d(8, 8, 3, **kws[1]), nn.Flatten(),
+                        nn.Linear(8 * 5 * 5, 5)).eval()
+    src, base, quant = tmp_path / "m.onnx", tmp_path / "base.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(net, torch.randn(1, 4, 10, 10), src, input_names=["x"], dynamic_axes={"x": {0: "n"}},
+                      dynamo=False)
+    prep.preprocess(src, base, "static")
+    x = np.random.default_rng(3).standard_normal((64, 4, 10, 10)).astype(np.float32) + 0.5
+    calib = qa.batched({"x": x}, 16)
+    qa.quantize_once(base, quant, SETTINGS, calib)
+    model = onnx.load(str(quant))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    # execute
+    done = correct_biases(base, model, calib)
+    # assert: what was taken out of each int32 bias is, to its rounding step, the mean over samples and positions of
+    # the quantized layer's output minus the float layer's, both fed the float model's input to the layer
+    assert done["layers"] == 3
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    t = torch.from_numpy(x.astype(np.float64))
+    for conv, layer, kw in zip(convs, net, kws):
+        q_in = producer[producer[conv.input[0]].input[0]]
+        s, z = float(inits[q_in.input[1]]), float(inits[q_in.input[2]])
+        w_dq, b_dq = producer[conv.input[1]], producer[conv.input[2]]
+        wq = torch.from_numpy(inits[w_dq.input[0]].astype(np.float64) * inits[w_dq.input[1]].reshape(-1, 1, 1, 1))
+        scale = inits[b_dq.input[1]].astype(np.float64)
+        taken = (inits[b_dq.input[0]] - after[b_dq.input[0]]).astype(np.float64) * scale
+        w, b = (torch.from_numpy(p.detach().numpy().astype(np.float64)) for p in (layer.weight, layer.bias))
+        xq = (torch.clamp(torch.round(t / s) + z, 0, 255) - z) * s
+        want = (F.conv2d(xq, wq, **kw) - F.conv2d(t, w, **kw)).mean((0, 2, 3)).numpy()
+        assert np.abs(want).max() > 2 * scale.max()  # a shift worth correcting
+        assert np.all(np.abs(taken - want) <= 0.5 * scale + 1e-6)
+        t = F.conv2d(t, w, b, **kw)
