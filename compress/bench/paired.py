@@ -50,7 +50,8 @@ def paired_verdict(old_block_p50: Sequence[float], new_block_p50: Sequence[float
 
 def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, threads: int, settings: Any, *,
                  max_regression: float = 0.10, inputs: dict[str, np.ndarray] | None = None,
-                 dims: dict[str, int] | None = None, sides: bool = False) -> dict[str, Any]:
+                 dims: dict[str, int] | None = None, sides: bool = False,
+                 settled: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """Time OLD and NEW in alternating blocks on fresh session pairs (settings.repetitions); one verdict row.
 
     Both models get the same arrays: the given `inputs`, or those generated for OLD. The row's time
@@ -59,6 +60,8 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
     pairs, verdict, regressed, runs_old, runs_new, budget, old/new_block_p50_ms. With `sides`, also `old_row` and
     `new_row`: each model's own latency row (harness.measure's fields, without the reference workload's and the raw
     samples) from the same timed runs, so a caller that needs both p50s and the ratio times each model once.
+    `settled(verdict so far)`: checked after each repetition but the last; True stops there (a decision that only
+    needs the ratio on one side of a threshold, as quantize's pick, needs fewer pairs the farther it lies).
     """
     from compress.bench import budget
     from compress.bench.harness import ProviderUnavailable, _prepare
@@ -82,12 +85,15 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
         for side, (s, b) in enumerate(zip(*_alternate(runs, settings))):
             samples[side].append(s)
             blocks[side] += b
+        if settled is not None and rep + 1 < settings.repetitions and settled(
+                paired_verdict(blocks[0], blocks[1], max_regression)):
+            break
     pooled = [np.concatenate(s) / 1e6 for s in samples]
     old_p50, new_p50 = (float(np.median(p)) for p in pooled)
     row = {"provider": jobs[0].provider, "batch": jobs[0].batch, "threads": threads, "old_p50_ms": old_p50,
            "new_p50_ms": new_p50, "raw_ratio": new_p50 / old_p50,
            **paired_verdict(blocks[0], blocks[1], max_regression), "runs_old": int(pooled[0].size),
-           "runs_new": int(pooled[1].size), "repetitions": settings.repetitions, "budget": budget_info,
+           "runs_new": int(pooled[1].size), "repetitions": len(samples[0]), "budget": budget_info,
            "old_block_p50_ms": [round(x / 1e6, 5) for x in blocks[0]],
            "new_block_p50_ms": [round(x / 1e6, 5) for x in blocks[1]]}
     if sides:

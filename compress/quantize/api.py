@@ -86,7 +86,8 @@ def quantize(
         float_latency = measure(search.onnx_path)
     else:  # the float model and the candidate timed once, together: the pick's ratio and both p50s
         paired, float_latency, accepted["latency"] = timing.timed_together(
-            search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads, feed, settings)
+            search.onnx_path, Path(accepted["path"]), search.providers, list(batch_sizes), threads, feed, settings,
+            threshold=1.0 / MIN_SPEEDUP)
     for rec in search.attempts:  # only a model that met the budget can ship: timing the others is wasted time
         if rec is not accepted and rec.get("side_by_side"):  # (QAT and the PTQ it came from are shown side by side)
             rec["latency"] = measure(Path(rec["path"]))

@@ -33,11 +33,12 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
 
 
 def paired_latency(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
-                   feed: Callable[[int], dict[str, np.ndarray]], settings: Any, *,
-                   sides: bool = False) -> list[dict[str, Any]]:
+                   feed: Callable[[int], dict[str, np.ndarray]], settings: Any, *, sides: bool = False,
+                   settled: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
     """Float and quantized timed in alternating blocks (compress.bench.paired), one row per provider and batch on
-    `feed(batch)`: `ratio` is quantized / float with its CI (with `sides`, each model's own row too). Providers
-    that cannot run both are left out (latency() notes why, or the benchmark stage reports them)."""
+    `feed(batch)`: `ratio` is quantized / float with its CI (with `sides`, each model's own row too; `settled`
+    may stop a row after a repetition). Providers that cannot run both are left out (latency() notes why, or the
+    benchmark stage reports them)."""
     from compress.bench.paired import paired_bench
 
     rows: list[dict[str, Any]] = []
@@ -45,7 +46,7 @@ def paired_latency(float_path: Path, quant_path: Path, providers: list[str], bat
         for b in batch_sizes:
             try:
                 row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=feed(b),
-                                   sides=sides)
+                                   sides=sides, settled=settled)
             except Exception:  # noqa: BLE001 - unavailable or failing providers are already reported by latency()
                 break
             for key in ("old_block_p50_ms", "new_block_p50_ms"):
@@ -55,12 +56,19 @@ def paired_latency(float_path: Path, quant_path: Path, providers: list[str], bat
 
 
 def timed_together(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
-                   feed: Callable[[int], dict[str, np.ndarray]], settings: Any) \
+                   feed: Callable[[int], dict[str, np.ndarray]], settings: Any, threshold: float) \
         -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """(paired rows, the float model's latency, the quantized model's) from one paired measurement: each model is
-    timed once, and its p50 is the one its ratio comes from. A (provider, batch) the pair could not run is
-    measured alone, so latency() says why (an unavailable provider, a missing kernel)."""
-    paired = paired_latency(float_path, quant_path, providers, batch_sizes, threads, feed, settings, sides=True)
+    timed once, and its p50 is the one its ratio comes from. A row stops after a repetition once its ratio's CI
+    lies wholly on one side of `threshold` (quantized / float: the pick's "significantly faster" ratio), since
+    more pairs would not change the pick. A (provider, batch) the pair could not run is measured alone, so
+    latency() says why (an unavailable provider, a missing kernel)."""
+    def settled(verdict: dict[str, Any]) -> bool:
+        low, high = verdict["ci_ratio"]
+        return high < threshold or low > threshold
+
+    paired = paired_latency(float_path, quant_path, providers, batch_sizes, threads, feed, settings, sides=True,
+                            settled=settled)
     done = {(r["provider"], r["batch"]) for r in paired}
     timed = [{"rows": [r.pop(key) for r in paired], "unavailable": []} for key in ("old_row", "new_row")]
     for provider in providers:

@@ -67,6 +67,22 @@ def test_paired_bench_returns_one_row_per_configuration(tmp_path: Path):
     assert row["repetitions"] == 2 and row["runs_old"] >= 40 and row["runs_new"] >= 40
 
 
+def test_a_settled_row_stops_after_a_repetition_and_carries_each_models_own_row(tmp_path: Path):
+    # setup: a deep and a shallow MLP; three repetitions planned
+    old, new = mlp(tmp_path / "old.onnx", layers=12), mlp(tmp_path / "new.onnx", layers=1)
+    settings = BenchSettings(warmup_runs=2, min_runs=20, min_seconds=0.05, repetitions=3)
+    seen: list[dict] = []
+    # execute: one row stopped as soon as asked, one never asked to stop
+    stopped = paired_bench(old, new, "cpu", 1, 1, settings, sides=True, settled=lambda v: seen.append(v) or True)
+    full = paired_bench(old, new, "cpu", 1, 1, settings, settled=lambda v: False)
+    # assert: the check ran once, on the first repetition's pairs, and the row is that repetition's; each side's row
+    # has the p50 its ratio came from
+    assert len(seen) == 1 and seen[0]["pairs"] == stopped["pairs"]
+    assert stopped["repetitions"] == 1 and full["repetitions"] == 3
+    assert stopped["old_row"]["p50_ms"] == stopped["old_p50_ms"] and stopped["new_row"]["runs"] == stopped["runs_new"]
+    assert stopped["new_row"]["p50_ms"] < stopped["old_row"]["p50_ms"] and "old_row" not in full
+
+
 def test_against_itself_with_a_huge_budget_is_ok(tmp_path: Path):
     a = mlp(tmp_path / "a.onnx", layers=2)
     out = tmp_path / "p.json"
