@@ -308,7 +308,8 @@ def shown_drop(gate: Any, value: float) -> str:
 def verdict(gate: Any, drop: float) -> tuple[bool, str]:
     """Whether a drop meets the gate's budget, and the line that says so."""
     ok = drop <= gate.budget + 1e-9
-    return ok, (f"{gate.metric.name} drop {shown_drop(gate, drop)} {'<=' if ok else '>'} budget "
+    counted = gate.in_samples(drop)
+    return ok, (f"{gate.metric.name} drop {shown_drop(gate, drop)}{counted} {'<=' if ok else '>'} budget "
                 f"{shown_drop(gate, gate.budget)}")
 
 

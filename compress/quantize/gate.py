@@ -30,6 +30,13 @@ class Gate:
     what: str
     shapes: Mapping[str, tuple[int, ...]] | None = None
     """The fp32 model's judged outputs' shapes, when the gate ran it (what a warning about them shows)."""
+    samples: int | None = None
+    """How many samples a fraction figure (accuracy, top-1 agreement) counts: its drop is then also said in samples,
+    since one sample of 300 is 0.33 points and a budget under two samples' worth cannot tell attempts apart."""
+
+    def in_samples(self, drop: float) -> str:
+        """' (4 of 300 samples)' for a fraction figure's drop, else ''."""
+        return f" ({round(drop * self.samples)} of {self.samples} samples)" if self.samples else ""
 
     def drop(self, reference: float, got: float) -> float:
         return self.metric.drop(reference, got)
@@ -134,7 +141,18 @@ def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: f
         out = next(iter(got.values()))
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
-    return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}")
+    return Gate(score, Metric("accuracy"), budget, key,
+                f"accuracy on {len(labels)} labelled samples from {source}{_resolution(budget, len(labels))}",
+                samples=len(labels))
+
+
+def _resolution(budget: float, samples: int) -> str:
+    """A clause for a gate whose budget is under two samples' worth: one sample more or less then decides."""
+    if not samples or budget * samples >= 2:
+        return ""
+    return (f"; one sample is {100 / samples:.2f} points, so the budget of {100 * budget:.2f} points is "
+            f"{budget * samples:.1f} samples: attempts within a sample or two of each other are not told apart "
+            "(more samples resolve it)")
 
 
 def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_top1: float, budget_cosine: float,
@@ -160,7 +178,8 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
             return {"top1_agreement": float(np.mean(top1_of(got) == labels))}
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
-                    f"top-1 agreement with the fp32 model on {source}")
+                    f"top-1 agreement with the fp32 model on {source}{_resolution(budget_top1, len(labels))}",
+                    samples=len(labels))
     task = Tensors()
 
     def figures(path: Path) -> dict[str, float]:
