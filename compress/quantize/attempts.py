@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import CompressError
+from compress.quantize import calibrate
 from compress.quantize.config import METHODS, QuantizeConfig
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
                                           _reader, gate_checked, memory_cap, quantizable_ops, rank_sensitive_nodes,
@@ -228,6 +229,19 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
             large: bool = False, stride: int | None = None) -> None:
+    cache = None
+    if calib and not large and settings["calibration_method"] in calibrate.METHODS and calibrate.supported():
+        # the min-max family's ranges from one optimised pass, shared by the attempts (compress.quantize.calibrate)
+        cache = calibrate.write_cache(base, calib, settings["calibration_method"], out.with_name(f".{out.name}.calib"))
+    try:
+        _quantize_static(base, out, settings, calib, large=large, stride=stride, cache=cache)
+    finally:
+        if cache is not None:
+            cache.unlink(missing_ok=True)
+
+
+def _quantize_static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
+                     large: bool, stride: int | None, cache: Path | None) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     exclude = list(settings["nodes_to_exclude"]) or None
@@ -246,7 +260,8 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[st
                     nodes_to_exclude=exclude, calibrate_method=methods[settings["calibration_method"] or "minmax"],
                     use_external_data_format=large,
                     extra_options={"DefaultTensorType": 1, **mean,
-                                   **({"CalibStridedMinMax": stride} if stride else {})})
+                                   **({"CalibStridedMinMax": stride} if stride else {})},
+                    **({"calibration_cache_path": cache} if cache is not None else {}))
 
 
 def is_large(path: Path) -> bool:
