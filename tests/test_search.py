@@ -115,6 +115,32 @@ def test_objective_needs_its_budget(tmp_path):
     assert_one_line_error(result, folder, "search.latency_budget_ms", "max-metric")
 
 
+def test_budget_in_ms_or_relative_not_both(tmp_path):
+    folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget_ms = 1.0\nlatency_budget = 0.5"})
+    result = invoke(folder, "search", "s.toml")
+    assert_one_line_error(result, folder, "search.latency_budget", "not both")
+
+
+def test_a_relative_budget_follows_the_hand_written_models_p50(tmp_path):
+    # setup: a budget of 1000 x the hand-written model's p50 (every trial feasible), 2 trials, 1 finalist
+    import compress
+
+    folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget = 1000.0", "trials = 4": "trials = 2",
+                                  "finalists = 2": "finalists = 1"})
+    # execute
+    section = compress.search(folder / "s.toml", progress=False)["search"]
+    # assert: the trials' budget is 1000 x the hand-written run's own p50, the finalists' 1000 x the hand-written
+    # model's p50 in their round (the one the report gives); both said in report.md
+    own = json.loads((folder / "runs/tiny/report.json").read_text())
+    p50 = next(m for m in own["models"] if m["name"] == own["final"])["latency"][0]["p50_ms"]
+    assert section["latency_budget"] == 1000.0
+    assert section["latency_budget_ms"] == pytest.approx(1000.0 * p50, rel=1e-9)
+    assert section["final_budget_ms"] == pytest.approx(1000.0 * section["baseline"]["p50_ms"], rel=1e-9)
+    assert section["final_budget_ms"] != section["latency_budget_ms"]  # timed again, in the finalists' round
+    md = (folder / "runs/tiny/search/report.md").read_text()
+    assert "budget: 1000 x the hand-written model's p50" in md and section["winner"]["trial"] is not None
+
+
 def test_search_needs_its_section_and_validate_takes_it(tmp_path):
     folder = _folder(tmp_path)
     assert invoke(folder, "validate", "s.toml").exit_code == 0  # `compress run` reads the file, [search] and all

@@ -30,7 +30,7 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
     import optuna
 
     from compress.cache import digest
-    from compress.study.config import SearchConfig
+    from compress.study.config import SearchConfig, budget_from
     from compress.study.space import check_space, params_of
     from compress.study.loop import Loop, directions, fail_interrupted, storage_for
 
@@ -50,6 +50,11 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
         baseline = _baseline(base, path, scfg, store, root, say, progress)
         higher = baseline["higher_is_better"]
         kept = scfg.model_dump(mode="json", exclude={"trials", "max_minutes"})  # a rerun with more trials: same study
+        scfg = budget_from(scfg, baseline.get("p50_ms"))  # a relative budget: the hand-written model's p50 times it
+        if scfg.latency_budget is not None:
+            say(f"latency budget: {scfg.latency_budget:g} x the hand-written model's p50 "
+                f"{baseline.get('p50_ms') or float('nan'):.4f} ms = {scfg.latency_budget_ms or float('nan'):.4f} ms "
+                "(the finalists are judged against it timed in their own round)")
         study_name = f"{base_cfg.pipeline.name}-{digest([base, kept])[:10]}"
         rdb = storage_for(storage, root / "study.db")
         study = optuna.create_study(study_name=study_name, storage=rdb, directions=directions(scfg, higher),

@@ -59,6 +59,11 @@ class SearchConfig(Section):
         "better; pareto: the front of both.")
     latency_budget_ms: float | None = Field(None, gt=0, description="max-metric: the p50 every feasible model "
                                             "meets on the target (and optional for pareto).")
+    latency_budget: float | None = Field(
+        None, gt=0, description="Instead of latency_budget_ms: the budget as a fraction of the hand-written model's "
+        "p50 on the target (0.5 = twice as fast). It moves with the machine: trials are judged against the "
+        "hand-written model's p50 from its own run, the finalists against the hand-written model timed in the same "
+        "interleaved round.")
     metric_floor: float | None = Field(None, description="min-latency: the primary metric every feasible model "
                                        "reaches on validation (optional for the others).")
     target: Target = Field(default_factory=Target, description="{ provider, batch, threads, seq }: where p50 "
@@ -111,8 +116,12 @@ class SearchConfig(Section):
 
     @model_validator(mode="after")
     def _objective_needs(self) -> "SearchConfig":
-        if self.objective == "max-metric" and self.latency_budget_ms is None:
-            raise ValueError("latency_budget_ms: objective 'max-metric' needs a budget (ms)")
+        if self.latency_budget_ms is not None and self.latency_budget is not None:
+            raise ValueError("latency_budget: give latency_budget_ms (milliseconds) or latency_budget (a fraction of "
+                             "the hand-written model's p50), not both")
+        if self.objective == "max-metric" and self.latency_budget_ms is None and self.latency_budget is None:
+            raise ValueError("latency_budget_ms: objective 'max-metric' needs a budget (ms, or latency_budget: a "
+                             "fraction of the hand-written model's p50)")
         if self.objective == "min-latency" and self.metric_floor is None:
             raise ValueError("metric_floor: objective 'min-latency' needs a floor for the primary metric")
         return self
@@ -120,3 +129,11 @@ class SearchConfig(Section):
     @property
     def sampler_name(self) -> str:
         return self.sampler or ("nsga2" if self.objective == "pareto" else "tpe")
+
+
+def budget_from(scfg: SearchConfig, hand_written_p50: float | None) -> SearchConfig:
+    """`scfg` with latency_budget_ms worked out from a relative latency_budget and the hand-written model's p50 (as
+    measured now); unchanged when the budget is absolute or the hand-written model has no p50."""
+    if scfg.latency_budget is None or hand_written_p50 is None:
+        return scfg
+    return scfg.model_copy(update={"latency_budget_ms": scfg.latency_budget * hand_written_p50})

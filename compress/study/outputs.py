@@ -112,6 +112,11 @@ def markdown(section: dict[str, Any]) -> str:
     out = [f"# search: {s['study']}", "",
            f"objective {s['objective']} on {s['target']['provider']} batch {s['target']['batch']} threads "
            f"{s['target']['threads']}; {s['counts']}", ""]
+    if s.get("latency_budget") is not None:
+        final = s.get("final_budget_ms")
+        out += [f"budget: {s['latency_budget']:g} x the hand-written model's p50: {s['latency_budget_ms']:.4f} ms "
+                "for the trials (its p50 in its own run)" + ("" if final is None else
+                                                             f", {final:.4f} ms for the finalists (their round)"), ""]
     if w:
         tag = " (best effort: nothing met the constraints)" if s.get("best_effort") else ""
         out += [f"**winner**{tag}: trial {w['trial']}, {s['metric']} {w['metric']:.4f} (validation), "
