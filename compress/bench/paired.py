@@ -58,8 +58,8 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
     budget (settings.time_budget_seconds) covers both models: the probe adds their run times.
     Row: provider, batch, threads, old_p50_ms, new_p50_ms, raw_ratio (of the pooled p50s), ratio, ci_ratio,
     pairs, verdict, regressed, runs_old, runs_new, budget, old/new_block_p50_ms. With `sides`, also `old_row` and
-    `new_row`: each model's own latency row (harness.measure's fields, without the reference workload's and the raw
-    samples) from the same timed runs, so a caller that needs both p50s and the ratio times each model once.
+    `new_row`: each model's own latency row (harness.measure's timing fields; no placement, reference workload or
+    raw samples) from the same timed runs, so a caller that needs both p50s and the ratio times each model once.
     `settled(verdict so far)`: checked after each repetition but the last; True stops there (a decision that only
     needs the ratio on one side of a threshold, as quantize's pick, needs fewer pairs the farther it lies).
     """

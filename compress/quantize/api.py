@@ -56,8 +56,9 @@ def quantize(
     of the quantized model that met the budget or None, "final": "float" | "quantized", "why": one sentence, "pick":
     details}. `latency` is {"rows": harness rows, "unavailable": [{"provider", "reason"}]}. When nothing meets the
     budget, chosen is None and final is "float"; the caller decides whether that fails the run. The float model and
-    the accepted attempt are timed, and then timed paired, so `profile` defaults to a lighter one than a benchmark
-    row's.
+    the accepted attempt are timed once, together (paired: each model's row comes from the same alternating
+    blocks, without the reference workload's fields), so `profile` defaults to a lighter one than a benchmark row's;
+    with no accepted attempt the float model is timed alone.
 
     mode = 'qat': the static attempts, then `qat(ptq_path, out_path)` (compress.qat.train_qat), gated as attempt
     "qat"; compress.qat.pick.pick_quantized decides which of the two is the quantized candidate.

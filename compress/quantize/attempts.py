@@ -1,5 +1,5 @@
-"""One quantization attempt and the pieces around it: the remedy plan, pre-processing, checks of the data,
-latency of an attempt on every provider. `compress.quantize.api.quantize` strings them together."""
+"""One quantization attempt and the pieces around it: the remedy plan, pre-processing, checks of the data, the
+verdict on a drop. `compress.quantize.api.quantize` strings them together (timing: compress.quantize.timing)."""
 from __future__ import annotations
 
 import contextlib

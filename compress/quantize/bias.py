@@ -7,13 +7,14 @@ points of test accuracy, 1.2 with it (NNCF, which corrects biases the same way, 
 and isolated: each layer is fed the float model's own input, so what one layer corrects is its own error, not what
 it inherits (correcting inherited error too would count it twice).
 
-How: one run of the float model over the calibration batches, augmented with, for every Conv and Gemm whose weight
-is quantized and which has a bias, a twin of the layer on the quantized model's weight and input quantization
-(QuantizeLinear/DequantizeLinear with the quantized model's own scales) and the per-channel mean of the difference
-between the twin's output and the float layer's (ReduceMean, so the run keeps a vector per layer, never an
-activation). Padding, strides, groups and bias are the layer's own, since the twin is the same op with the same
-attributes and bias. Each shift is then subtracted from the layer's int32 (or float) bias in the quantized model.
-MatMul without a bias input is left alone.
+How: a layer is linear, so the mean of its output over samples and positions is its weights applied to the mean of
+what each kernel tap reads (plus its bias). One run of the float model over the calibration batches, augmented, for
+every Conv and Gemm whose weight is quantized and which has a bias, with those tap means of the layer's float input
+and of that input through the quantized model's own QuantizeLinear/DequantizeLinear (bias.py's _window_means: one
+MatMul per spatial axis, never a copy of the layer or an activation kept). Then, in float64, the quantized layer's
+mean output (dequantized int8 weights on the quantized tap means) minus the float layer's (float weights on the float
+tap means) is each channel's shift, exact to the bias's rounding step, and is subtracted from the layer's int32 (or
+float) bias in the quantized model. MatMul without a bias input is left alone.
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) 
             continue  # weights kept in float: nothing rounded
         bias = _bias_of(node, producer, inits)
         attrs = {a.name: helper.get_attribute_value(a) for a in fnode.attribute}
+        if attrs.get("auto_pad") in (b"VALID", "VALID"):  # no padding: the explicit form of the same thing
+            attrs.pop("auto_pad")
         if bias is None or fnode.input[1] not in float_inits or attrs.get("auto_pad", b"NOTSET") not in (
                 b"NOTSET", "NOTSET"):
             skipped += 1
@@ -236,7 +239,7 @@ def _mean_shifts(model: Any, calib: list[dict[str, np.ndarray]], outputs: list[s
     """The augmented model's outputs (per-layer means), averaged over the calibration rows (up to MAX_SAMPLES)."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()  # every optimisation: ORT runs each quantized twin as the int8 kernel it ships as
+    opts = ort.SessionOptions()  # every optimisation: only means leave the run, so rounding is the float model's
     opts.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}

@@ -11,9 +11,9 @@ calibration cache, ORT calibrates as before.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -32,60 +32,79 @@ def supported() -> bool:
 
 def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, path: Path) -> Path | None:
     """The ranges of `method` over `calib` for the model at `base`, written where quantize_static's
-    calibration_cache_path reads them; returns `path`, or None when a tensor to calibrate is not float32 (ORT
-    calibrates those itself)."""
+    calibration_cache_path reads them; returns `path`, or None when there is nothing to calibrate or a tensor to
+    calibrate is not float32 (ORT then calibrates as it would)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
-    stat = base.stat()
-    if _batch_ranges_names(str(base), stat.st_mtime_ns, stat.st_size) is None:
+    names, lows, highs = _sample_ranges(base, calib)
+    if not names:
         return None
-    lows, highs = _batch_ranges(str(base), stat.st_mtime_ns, stat.st_size, _fingerprint(calib), _Feeds(calib))
+    # per calibration batch, as ORT's calibrator sees them: a batch's minimum is its samples' smallest, exactly
+    units = [len(_units(feed)) for feed in calib]
+    starts = np.cumsum([0, *units[:-1]])
+    lows, highs = np.minimum.reduceat(lows, starts, axis=0), np.maximum.reduceat(highs, starts, axis=0)
     # ORT's own arithmetic (MinMaxCalibrater.compute_data), tensor by tensor on (batches, 1) float32 arrays: a range
     # one float32 step off moves a scale by one step, and that alone flipped 2 of a ResNet-50's 300 gate images
     lo, hi = (np.nanmean, np.nanmean) if method == "mean_minmax" else (np.nanmin, np.nanmax)
-    names = _batch_ranges_names(str(base), stat.st_mtime_ns, stat.st_size)
     data = {n: (lo(lows[:, i:i + 1].copy(), axis=0), hi(highs[:, i:i + 1].copy(), axis=0)) for i, n in enumerate(names)}
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
     return path
 
 
-class _Feeds:
-    """The calibration batches, carried past lru_cache's key (the fingerprint stands for them there)."""
+KEPT = 2
+"""Models (and calibration sets) whose sample ranges stay remembered: the attempts of one quantize run share one."""
+_remembered: OrderedDict[tuple, tuple[list[str] | None, np.ndarray, np.ndarray]] = OrderedDict()
 
-    def __init__(self, calib: list[dict[str, np.ndarray]]) -> None:
-        self.calib = calib
 
-    def __hash__(self) -> int:
-        return 0
+def _sample_ranges(base: Path, calib: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """(tensors, minima, maxima): each calibrated tensor's range in each calibration sample (samples x tensors,
+    float32), remembered per model file and calibration content, so the same samples in other batches hit."""
+    stat = base.stat()  # the file's identity too: a model rewritten in place with the same size and time misses
+    key = (str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns, _fingerprint(calib))
+    if key in _remembered:
+        _remembered.move_to_end(key)
+        return _remembered[key]
+    got = _measure(base, [unit for feed in calib for unit in _units(feed)])
+    _remembered[key] = got
+    while len(_remembered) > KEPT:
+        _remembered.popitem(last=False)
+    return got
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Feeds)
+
+def _units(feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """A batch as single samples when every input shares its first axis; else the batch as one unit."""
+    sizes = {np.shape(v)[0] if np.ndim(v) else None for v in feed.values()}
+    if len(sizes) != 1 or None in sizes or next(iter(sizes)) < 2:
+        return [feed]
+    return [{k: v[i:i + 1] for k, v in feed.items()} for i in range(next(iter(sizes)))]
 
 
 def _fingerprint(calib: list[dict[str, np.ndarray]]) -> tuple:
-    """Shapes of every batch and a checksum of its bytes: the same calibration set gives the same key."""
-    return tuple((k, np.shape(v), zlib.adler32(np.ascontiguousarray(v).view(np.uint8).reshape(-1)))
-                 for feed in calib for k, v in sorted(feed.items()))
+    """Per input: dtype, a sample's shape, the number of samples and a running checksum of their bytes in order:
+    the same samples give the same key however they are batched."""
+    out = []
+    for name in sorted(calib[0]) if calib else []:
+        check, rows, shape, dtype = 1, 0, None, None
+        for feed in calib:
+            for unit in _units(feed):
+                value = np.ascontiguousarray(unit[name])
+                shape, dtype, rows = value.shape, str(value.dtype), rows + 1
+                check = zlib.adler32(value.tobytes(), check)
+        out.append((name, dtype, shape, rows, check))
+    return tuple(out)
 
 
-@functools.lru_cache(maxsize=2)
-def _batch_ranges_names(path: str, mtime: int, size: int) -> list[str] | None:
-    """The tensors ORT's calibrator would calibrate, in a fixed order (see _selected); None when one is float16."""
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
-
-    return _selected(load_model_with_shape_infer(Path(path)))
-
-
-@functools.lru_cache(maxsize=2)
-def _batch_ranges(path: str, mtime: int, size: int, fingerprint: tuple, feeds: _Feeds) -> tuple[np.ndarray, ...]:
-    """(minima, maxima), each (batches, tensors) float32: every calibrated tensor's range in each calibration batch,
-    from one optimised ORT pass of the model with a ReduceMin and a ReduceMax on each."""
+def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """One ORT pass of the model with a ReduceMin and a ReduceMax on each tensor ORT would calibrate."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    model = onnx.load(path)
-    names = _batch_ranges_names(path, mtime, size) or []
+    names = _selected(load_model_with_shape_infer(base))
+    if not names:
+        return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    model = onnx.load(str(base))
     flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "compress_calib_flat")
     model.graph.initializer.append(flat)
     outputs = []
@@ -102,15 +121,16 @@ def _batch_ranges(path: str, mtime: int, size: int, fingerprint: tuple, feeds: _
     opts.log_severity_level = 3
     # every optimisation but the layout ones: the NCHWc kernels round differently (a ResNet-50's ranges moved in
     # their last float32 bits, which flipped 2 of its 300 gate images); up to here the values are the unoptimised
-    # model's, bit for bit, at the optimised model's speed (ResNet-50: ~90 ms a sample against ~190 unoptimised)
+    # model's, bit for bit
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     del model
     inputs = {i.name for i in session.get_inputs()}
-    got = [session.run(outputs, {k: v for k, v in feed.items() if k in inputs}) for feed in feeds.calib]
-    lows = np.asarray([[r[2 * i][0] for i in range(len(names))] for r in got], dtype=np.float32)
-    highs = np.asarray([[r[2 * i + 1][0] for i in range(len(names))] for r in got], dtype=np.float32)
-    return lows, highs
+    got = [session.run(outputs, {k: v for k, v in unit.items() if k in inputs}) for unit in units]
+    # a zero-size tensor reduces to nothing: NaN, which ORT's nan-aware arithmetic skips as it would
+    first = [[r[j][0] if np.size(r[j]) else np.nan for j in range(len(outputs))] for r in got]
+    values = np.asarray(first, dtype=np.float32)
+    return names, values[:, 0::2].copy(), values[:, 1::2].copy()
 
 
 def _selected(model: Any) -> list[str] | None:

@@ -142,13 +142,13 @@ def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: f
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
     return Gate(score, Metric("accuracy"), budget, key,
-                f"accuracy on {len(labels)} labelled samples from {source}{_resolution(budget, len(labels))}",
+                f"accuracy on {len(labels)} labelled samples from {source}{resolution(budget, len(labels))}",
                 samples=len(labels))
 
 
-def _resolution(budget: float, samples: int) -> str:
+def resolution(budget: float, samples: int) -> str:
     """A clause for a gate whose budget is under two samples' worth: one sample more or less then decides."""
-    if not samples or budget * samples >= 2:
+    if not samples or not 0 < budget * samples < 2:
         return ""
     return (f"; one sample is {100 / samples:.2f} points, so the budget of {100 * budget:.2f} points is "
             f"{budget * samples:.1f} samples: attempts within a sample or two of each other are not told apart "
@@ -178,7 +178,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
             return {"top1_agreement": float(np.mean(top1_of(got) == labels))}
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
-                    f"top-1 agreement with the fp32 model on {source}{_resolution(budget_top1, len(labels))}",
+                    f"top-1 agreement with the fp32 model on {source}{resolution(budget_top1, len(labels))}",
                     samples=len(labels))
     task = Tensors()
 

@@ -39,9 +39,18 @@ def paired_latency(float_path: Path, quant_path: Path, providers: list[str], bat
     `feed(batch)`: `ratio` is quantized / float with its CI (with `sides`, each model's own row too; `settled`
     may stop a row after a repetition). Providers that cannot run both are left out (latency() notes why, or the
     benchmark stage reports them)."""
+    return [row for _, row in _paired_rows(float_path, quant_path, providers, batch_sizes, threads, feed, settings,
+                                           sides=sides, settled=settled)]
+
+
+def _paired_rows(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
+                 feed: Callable[[int], dict[str, np.ndarray]], settings: Any, *, sides: bool,
+                 settled: Callable[[dict[str, Any]], bool] | None) -> list[tuple[tuple[str, int], dict[str, Any]]]:
+    """paired_latency's rows, each with the (provider, batch) asked for (a row's own batch is its feed's first
+    axis, which an input batched on another axis does not give)."""
     from compress.bench.paired import paired_bench
 
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[tuple[str, int], dict[str, Any]]] = []
     for provider in providers:
         for b in batch_sizes:
             try:
@@ -51,7 +60,7 @@ def paired_latency(float_path: Path, quant_path: Path, providers: list[str], bat
                 break
             for key in ("old_block_p50_ms", "new_block_p50_ms"):
                 row.pop(key)  # block lists of every pick would swamp report.json
-            rows.append(row)
+            rows.append(((provider, b), row))
     return rows
 
 
@@ -67,9 +76,9 @@ def timed_together(float_path: Path, quant_path: Path, providers: list[str], bat
         low, high = verdict["ci_ratio"]
         return high < threshold or low > threshold
 
-    paired = paired_latency(float_path, quant_path, providers, batch_sizes, threads, feed, settings, sides=True,
-                            settled=settled)
-    done = {(r["provider"], r["batch"]) for r in paired}
+    asked = _paired_rows(float_path, quant_path, providers, batch_sizes, threads, feed, settings, sides=True,
+                         settled=settled)
+    paired, done = [row for _, row in asked], {key for key, _ in asked}
     timed = [{"rows": [r.pop(key) for r in paired], "unavailable": []} for key in ("old_row", "new_row")]
     for provider in providers:
         for b in batch_sizes:

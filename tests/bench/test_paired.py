@@ -83,6 +83,20 @@ def test_a_settled_row_stops_after_a_repetition_and_carries_each_models_own_row(
     assert stopped["new_row"]["p50_ms"] < stopped["old_row"]["p50_ms"] and "old_row" not in full
 
 
+def test_quantize_times_each_pair_once_whatever_its_feeds_first_axis(tmp_path: Path):
+    # setup: a feed whose first axis is not the batch asked for (an input batched on another axis looks like this)
+    from compress.quantize.timing import timed_together
+
+    old, new = mlp(tmp_path / "old.onnx", layers=4), mlp(tmp_path / "new.onnx", layers=1)
+    settings = BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.01, repetitions=1)
+    # execute
+    paired, float_rows, quant_rows = timed_together(old, new, ["CPUExecutionProvider"], [1], 1,
+                                                    lambda b: {"x": np.ones((b + 3, 64), np.float32)}, settings, 0.97)
+    # assert: one paired row, and each model's one row from it (not timed a second time alone)
+    assert len(paired) == 1 and len(float_rows["rows"]) == 1 and len(quant_rows["rows"]) == 1
+    assert float_rows["rows"][0]["p50_ms"] == paired[0]["old_p50_ms"]
+
+
 def test_against_itself_with_a_huge_budget_is_ok(tmp_path: Path):
     a = mlp(tmp_path / "a.onnx", layers=2)
     out = tmp_path / "p.json"

@@ -18,9 +18,10 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("method", ["mean_minmax", "minmax"])
-def test_one_pass_gives_the_model_orts_calibrator_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str):
-    # setup: the conv net, pre-processed; 48 calibration samples, one a batch (as mean_minmax takes them)
+@pytest.mark.parametrize("method, batch", [("mean_minmax", 1), ("minmax", 1), ("minmax", 8)])
+def test_one_pass_gives_the_model_orts_calibrator_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+                                                        batch: int):
+    # setup: the conv net, pre-processed; 48 calibration samples, `batch` a batch (mean_minmax takes them one by one)
     from compress.quantize import attempts as qa
     from compress.quantize import calibrate
     from compress.quantize import prepare as prep
@@ -28,7 +29,7 @@ def test_one_pass_gives_the_model_orts_calibrator_gives(tmp_path: Path, monkeypa
     base = tmp_path / "base.onnx"
     prep.preprocess(_model(tmp_path), base, "static")
     x = np.random.default_rng(4).standard_normal((48, 3, 16, 16)).astype(np.float32) * 2 + 0.3
-    calib = qa.batched({"x": x}, 1)
+    calib = qa.batched({"x": x}, batch)
     settings = {**SETTINGS, "calibration_method": method}
     assert calibrate.supported()
     # execute: ORT's own calibrator, then this pass
@@ -47,22 +48,70 @@ def test_one_pass_gives_the_model_orts_calibrator_gives(tmp_path: Path, monkeypa
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_both_methods_share_one_pass(tmp_path: Path):
-    # setup
+def test_both_methods_share_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # setup: mean_minmax's samples one a batch, minmax's eight a batch (as quantize_once cuts them), counted passes
     from compress.quantize import attempts as qa
     from compress.quantize import calibrate
     from compress.quantize import prepare as prep
 
     base = tmp_path / "base.onnx"
     prep.preprocess(_model(tmp_path), base, "static")
-    calib = qa.batched({"x": np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32)}, 1)
-    calibrate._batch_ranges.cache_clear()
-    # execute: an attempt of each method on the same calibration set (a copy of it, as each attempt makes)
-    qa.quantize_once(base, tmp_path / "a.onnx", {**SETTINGS, "calibration_method": "mean_minmax"}, calib)
-    qa.quantize_once(base, tmp_path / "b.onnx", {**SETTINGS, "calibration_method": "minmax"},
-                     [{k: v.copy() for k, v in f.items()} for f in calib])
+    x = np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    passes = []
+    measure = calibrate._measure
+    monkeypatch.setattr(calibrate, "_measure", lambda *a: passes.append(1) or measure(*a))
+    # execute: an attempt of each method on the same samples
+    qa.quantize_once(base, tmp_path / "a.onnx", {**SETTINGS, "calibration_method": "mean_minmax"},
+                     qa.batched({"x": x}, 1))
+    qa.quantize_once(base, tmp_path / "b.onnx", {**SETTINGS, "calibration_method": "minmax"}, qa.batched({"x": x}, 8))
     # assert: one pass, reused; the two models differ in their activation ranges
-    info = calibrate._batch_ranges.cache_info()
-    assert (info.misses, info.hits) == (1, 1)
+    assert len(passes) == 1
     a, b = _initializers(tmp_path / "a.onnx"), _initializers(tmp_path / "b.onnx")
     assert any(not np.array_equal(a[k], b[k]) for k in a if k.endswith("_scale"))
+
+
+def test_a_model_with_nothing_to_calibrate_is_left_to_ort(tmp_path: Path):
+    # setup: x -> Exp -> y, an op ORT does not quantize
+    import onnx
+    from onnx import TensorProto, helper
+
+    from compress.quantize import calibrate
+
+    graph = helper.make_graph([helper.make_node("Exp", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "exp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    # execute / assert: no cache written; ORT's own calibrator then finds nothing to quantize
+    assert calibrate.write_cache(path, [{"x": np.ones((1, 4), np.float32)}], "minmax", tmp_path / "c") is None
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_model_rewritten_in_place_is_measured_again(tmp_path: Path):
+    # setup: a Relu model, its ranges remembered; then the same file name, size and time with other weights
+    import os
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize import calibrate
+
+    def save(scale: float) -> None:
+        w = numpy_helper.from_array(np.full((4, 4), scale, np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+    path = tmp_path / "m.onnx"
+    feed = [{"x": np.ones((1, 4), np.float32)}]
+    save(1.0)
+    stat = path.stat()
+    first = calibrate._sample_ranges(path, feed)[2].copy()
+    save(3.0)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # execute
+    second = calibrate._sample_ranges(path, feed)[2]
+    # assert: the new weights' range (12 = 4 x 3), not the remembered one (4)
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert first.max() == 4.0 and second.max() == 12.0
