@@ -139,6 +139,10 @@ def test_a_relative_budget_follows_the_hand_written_models_p50(tmp_path):
     assert section["final_budget_ms"] != section["latency_budget_ms"]  # timed again, in the finalists' round
     md = (folder / "runs/tiny/search/report.md").read_text()
     assert "budget: 1000 x the hand-written model's p50" in md and section["winner"]["trial"] is not None
+    # each trial timed paired with the hand-written model: its p50 is that ratio times the hand-written run's p50
+    timed = [r for r in section["trials"] if r["state"] == "complete"]
+    assert timed and all(r["ratio"] > 0 and r["alone_p50_ms"] > 0 for r in timed)
+    assert all(r["p50_ms"] == pytest.approx(r["ratio"] * p50, rel=1e-9) for r in timed)
 
 
 def test_search_needs_its_section_and_validate_takes_it(tmp_path):

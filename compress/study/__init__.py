@@ -67,7 +67,9 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
         deadline = time.time() + 60 * scfg.max_minutes if scfg.max_minutes else None
         loop = Loop(study_name=study_name, storage=rdb, scfg=scfg, params=params, base=base, source=path,
                     root=root, store=store, higher_is_better=higher, say=say, deadline=deadline,
-                    finalist_seconds=scfg.finalists * baseline["full_seconds"])
+                    finalist_seconds=scfg.finalists * baseline["full_seconds"],
+                    reference={"onnx": baseline["onnx"], "p50_ms": baseline["p50_ms"]}
+                    if scfg.latency_budget is not None and baseline.get("onnx") and baseline.get("p50_ms") else None)
         say(f"study {study_name} in {storage or rdb.url}: {scfg.objective}, {scfg.trials} trials, "
             f"sampler {scfg.sampler_name}, seed {scfg.seed}")
         from compress.progress import progress as progress_bar

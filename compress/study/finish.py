@@ -26,6 +26,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             state = "interrupted"
         rows.append({"number": t.number, "state": state, "params": dict(t.params),
                      "metric": a.get("metric"), "metric_test": a.get("metric_test"), "p50_ms": a.get("p50_ms"),
+                     "ratio": a.get("ratio"), "alone_p50_ms": a.get("alone_p50_ms"),
                      "bytes": a.get("bytes"), "refused": a.get("refused") or [], "reason": a.get("reason"),
                      "seconds": a.get("seconds"), "run_dir": a.get("run_dir"), "teacher": a.get("teacher"),
                      "retry_of": a.get("retry_of"), "constraints": constraints_of(t) if a.get("constraints") else None,

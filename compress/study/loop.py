@@ -204,8 +204,10 @@ class Loop:
 
     def __init__(self, *, study_name: str, storage: Any, scfg: SearchConfig, params: list[Param], base: dict,
                  source: Path, root: Path, store: Path, higher_is_better: bool, say: Callable[[str], None],
-                 deadline: float | None, finalist_seconds: float) -> None:
+                 deadline: float | None, finalist_seconds: float, reference: dict[str, Any] | None = None) -> None:
         self.study_name, self.storage, self.scfg, self.params = study_name, storage, scfg, params
+        # a relative budget: each trial's model is timed paired with the hand-written one ({"onnx", "p50_ms"})
+        self.reference, self.feeds = reference, {}
         self.base, self.source, self.root, self.store = base, source, root, store
         self.higher, self.say, self.deadline = higher_is_better, say, deadline
         self.finalist_seconds = finalist_seconds
@@ -284,6 +286,7 @@ class Loop:
                 outcome, _ = run_trial(raw, self.source, self.scfg, self.store, report=self._reporter(trial))
             except GateFailed:  # the report is written; the final model is what it says (float when int8 missed)
                 outcome = self._after_gate(run_dir)
+        self._paired(outcome, raw)
         self.seconds.append(time.perf_counter() - started)
         outcome.seconds = round(time.perf_counter() - started, 2)
         cons = constraints(outcome, self.scfg, self.higher)
@@ -293,6 +296,20 @@ class Loop:
             for name, value in zip(CONSTRAINT_NAMES, cons):
                 trial.set_constraint(name, value)
         return objective_values(outcome, self.scfg, self.higher)
+
+    def _paired(self, outcome: Outcome, raw: dict) -> None:
+        """With a relative budget, the trial's p50 as its paired ratio to the hand-written model times that model's
+        p50 the budget came from: a machine that is slower during this trial slows both alike (alone, one
+        architecture's trials measured 0.051 and 0.075 ms minutes apart)."""
+        if self.reference is None or outcome.early or not outcome.onnx or outcome.p50_ms is None:
+            return
+        from compress.study.trial import paired_ratio
+
+        ratio = paired_ratio(Path(self.reference["onnx"]), Path(outcome.onnx), raw, self.source, self.scfg,
+                             self.feeds)
+        if ratio is not None:
+            outcome.ratio, outcome.alone_p50_ms = ratio, outcome.p50_ms
+            outcome.p50_ms = ratio * self.reference["p50_ms"]
 
     def _reporter(self, trial: Any) -> Callable[[int, float], None] | None:
         """What the training loop calls after each epoch: the metric to the pruner, which may stop the trial."""

@@ -37,6 +37,10 @@ class Outcome:
     early: bool = False
     """Not trained: the untrained architecture was already over the latency budget (p50_ms is its)."""
     seconds: float = 0.0
+    ratio: float | None = None
+    """With a relative budget: p50 over the hand-written model's, timed paired (p50_ms is then this ratio times the
+    hand-written model's p50 the budget came from); alone_p50_ms is what the trial's own benchmark measured."""
+    alone_p50_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -202,3 +206,26 @@ def refused_on(provider: str, report: dict[str, Any], run_dir: Path, final: dict
 
         placed = placement(Path(run_dir) / final["path"], resolve_provider(provider))
     return sorted(set(placed.get("cpu_nodes") or [])) if placed.get("nodes_on_cpu") else []
+
+
+def paired_ratio(reference: Path, candidate: Path, raw: dict[str, Any], source: Path, scfg: SearchConfig,
+                 feeds: dict[str, Any]) -> float | None:
+    """The candidate's p50 over the reference model's on the target, timed paired (alternating blocks in one
+    process, compress.bench.paired), on the inputs the trials are timed on (`feeds` remembers them per study);
+    None when the pair cannot be timed (the reason is the trial's own benchmark's to report)."""
+    from compress.bench.config import PICK_PROFILE
+    from compress.bench.paired import paired_bench
+
+    t = scfg.target
+    if "feed" not in feeds:
+        from compress.config import check_before_training, parse_config
+
+        cfg = parse_config(raw, source)
+        data = check_before_training(cfg)
+        seq = data.inputs.seq_lengths((t.seq or cfg.benchmark.seq_lengths[0],))[0]
+        feeds["feed"] = data.inputs.bench_feed(data, t.batch, seq)
+    try:
+        return float(paired_bench(reference, candidate, t.provider, t.batch, t.threads, PICK_PROFILE,
+                                  inputs=feeds["feed"])["ratio"])
+    except Exception:  # noqa: BLE001 - e.g. a provider that cannot run one of them: the trial keeps its own p50
+        return None
