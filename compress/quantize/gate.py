@@ -32,7 +32,12 @@ class Gate:
     """The fp32 model's judged outputs' shapes, when the gate ran it (what a warning about them shows)."""
     samples: int | None = None
     """How many samples a fraction figure (accuracy, top-1 agreement) counts: its drop is then also said in samples,
-    since one sample of 300 is 0.33 points and a budget under two samples' worth cannot tell attempts apart."""
+    and `what` says when the budget is under two samples' worth (one sample of 300 is 0.33 points: such a budget
+    cannot tell attempts apart)."""
+
+    def __post_init__(self) -> None:
+        if self.samples:
+            object.__setattr__(self, "what", self.what + resolution(self.budget, self.samples))
 
     def in_samples(self, drop: float) -> str:
         """' (4 of 300 samples)' for a fraction figure's drop, else ''."""
@@ -141,8 +146,7 @@ def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: f
         out = next(iter(got.values()))
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
-    return Gate(score, Metric("accuracy"), budget, key,
-                f"accuracy on {len(labels)} labelled samples from {source}{resolution(budget, len(labels))}",
+    return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}",
                 samples=len(labels))
 
 
@@ -178,8 +182,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
             return {"top1_agreement": float(np.mean(top1_of(got) == labels))}
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
-                    f"top-1 agreement with the fp32 model on {source}{resolution(budget_top1, len(labels))}",
-                    samples=len(labels))
+                    f"top-1 agreement with the fp32 model on {source}", samples=len(labels))
     task = Tensors()
 
     def figures(path: Path) -> dict[str, float]:

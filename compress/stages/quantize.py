@@ -16,18 +16,17 @@ def run(ctx: StageContext) -> StageResult:
     which the runner turns into exit code 1 after writing the report.
     """
     from compress.quantize import quantize
-    from compress.quantize.gate import Gate, resolution
+    from compress.quantize.gate import Gate
 
     data, qcfg, bcfg = ctx.data, ctx.cfg.quantize, ctx.cfg.benchmark
     base = ctx.final
     evaluation = ctx.evaluation
     key = evaluation.budget_key
     # the gate: validation, never the test split, streamed through ONNX Runtime (any size of split)
-    counted = len(data.val) if evaluation.primary.name == "accuracy" else None  # a fraction: drops in samples too
     gate = Gate(score=lambda path: ctx.figures_onnx(path, "val"), metric=evaluation.primary,
                 budget=getattr(qcfg, key), key=f"quantize.{key}",
-                what=f"{evaluation.primary.name} on the {len(data.val):,} validation examples"
-                     f"{resolution(getattr(qcfg, key), counted) if counted else ''}", samples=counted)
+                what=f"{evaluation.primary.name} on the {len(data.val):,} validation examples",
+                samples=len(data.val) if evaluation.primary.name == "accuracy" else None)  # a fraction: in samples
     calibration = list(data.feeds("train", rows=data.calibration_rows(qcfg.calibration_samples),
                                   batch_size=qcfg.calibration_batch))
     seq = data.inputs.seq_lengths(bcfg.seq_lengths)[0]
