@@ -2,7 +2,7 @@
 
 Each static attempt used to run ONNX Runtime's calibrator again. The min-max family needs only each tensor's minimum
 and maximum per calibration batch: this module collects those once per model and calibration set, for the tensors
-ORT would calibrate (its own selection rule, on its own shape-inferred model) with ORT's own ReduceMin/ReduceMax, and
+ORT would calibrate (its own selection, on its own shape-inferred model) with ORT's own ReduceMin/ReduceMax, and
 hands ORT the ranges through quantize_static's calibration cache (ORT >= 1.32). So 'mean_minmax' (the mean of the
 batches' minima and maxima, as ORT's moving average over one pass) and 'minmax' (the extremes) both come from one
 pass, and the quantized model is bit for bit the one ORT's calibrator gives (tested). A pass costs what ORT's does
@@ -36,12 +36,12 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
     calibrate is not float32 (ORT then calibrates as it would)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
-    names, lows, highs = _sample_ranges(base, calib)
+    batches = [_units(feed) for feed in calib]
+    names, lows, highs = _sample_ranges(base, [unit for units in batches for unit in units])
     if not names:
         return None
     # per calibration batch, as ORT's calibrator sees them: a batch's minimum is its samples' smallest, exactly
-    units = [len(_units(feed)) for feed in calib]
-    starts = np.cumsum([0, *units[:-1]])
+    starts = np.cumsum([0, *(len(units) for units in batches[:-1])])
     lows, highs = np.minimum.reduceat(lows, starts, axis=0), np.maximum.reduceat(highs, starts, axis=0)
     # ORT's own arithmetic (MinMaxCalibrater.compute_data), tensor by tensor on (batches, 1) float32 arrays: a range
     # one float32 step off moves a scale by one step, and that alone flipped 2 of a ResNet-50's 300 gate images
@@ -56,15 +56,15 @@ KEPT = 2
 _remembered: OrderedDict[tuple, tuple[list[str] | None, np.ndarray, np.ndarray]] = OrderedDict()
 
 
-def _sample_ranges(base: Path, calib: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
-    """(tensors, minima, maxima): each calibrated tensor's range in each calibration sample (samples x tensors,
-    float32), remembered per model file and calibration content, so the same samples in other batches hit."""
+def _sample_ranges(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """(tensors, minima, maxima): each calibrated tensor's range in each sample of `units` (samples x tensors,
+    float32), remembered per model file and sample content, so the same samples in other batches hit."""
     stat = base.stat()  # the file's identity too: a model rewritten in place with the same size and time misses
-    key = (str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns, _fingerprint(calib))
+    key = (str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns, _fingerprint(units))
     if key in _remembered:
         _remembered.move_to_end(key)
         return _remembered[key]
-    got = _measure(base, [unit for feed in calib for unit in _units(feed)])
+    got = _measure(base, units)
     _remembered[key] = got
     while len(_remembered) > KEPT:
         _remembered.popitem(last=False)
@@ -79,18 +79,16 @@ def _units(feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{k: v[i:i + 1] for k, v in feed.items()} for i in range(next(iter(sizes)))]
 
 
-def _fingerprint(calib: list[dict[str, np.ndarray]]) -> tuple:
+def _fingerprint(units: list[dict[str, np.ndarray]]) -> tuple:
     """Per input: dtype, a sample's shape, the number of samples and a running checksum of their bytes in order:
-    the same samples give the same key however they are batched."""
+    the same samples give the same key however they were batched."""
     out = []
-    for name in sorted(calib[0]) if calib else []:
-        check, rows, shape, dtype = 1, 0, None, None
-        for feed in calib:
-            for unit in _units(feed):
-                value = np.ascontiguousarray(unit[name])
-                shape, dtype, rows = value.shape, str(value.dtype), rows + 1
-                check = zlib.adler32(value.tobytes(), check)
-        out.append((name, dtype, shape, rows, check))
+    for name in sorted(units[0]) if units else []:
+        check = 1
+        for unit in units:
+            check = zlib.adler32(np.ascontiguousarray(unit[name]).tobytes(), check)
+        last = np.asarray(units[-1][name])
+        out.append((name, str(last.dtype), last.shape, len(units), check))
     return tuple(out)
 
 
@@ -101,10 +99,10 @@ def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] 
     from onnx import helper, numpy_helper
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    names = _selected(load_model_with_shape_infer(base))
+    model = load_model_with_shape_infer(base)  # what ORT's calibrator selects from (the shapes give the types)
+    names = _selected(model)
     if not names:
         return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    model = onnx.load(str(base))
     flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "compress_calib_flat")
     model.graph.initializer.append(flat)
     outputs = []
@@ -134,23 +132,16 @@ def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] 
 
 
 def _selected(model: Any) -> list[str] | None:
-    """ORT's CalibraterBase.select_tensors_to_calibrate with quantize_static's default op types: every float
-    input and output, not an initializer, of a node ORT can quantize. None when one of them is float16."""
+    """The tensors ORT's calibrator calibrates with quantize_static's default op types (its own
+    select_tensors_to_calibrate), in a fixed order; None when one of them is float16."""
+    from types import SimpleNamespace
+
     import onnx
+    from onnxruntime.quantization.calibrate import CalibraterBase
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    ops = set(QLinearOpsRegistry) | set(QDQRegistry)
-    infos = {vi.name: vi for vi in model.graph.value_info}
-    infos.update({o.name: o for o in model.graph.output})
-    infos.update({i.name: i for i in model.graph.input})
-    weights = {i.name for i in model.graph.initializer}
-    chosen: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type not in ops:
-            continue
-        for name in [*node.input, *node.output]:
-            vi = infos.get(name)
-            if vi is not None and vi.type.HasField("tensor_type") and name not in weights and \
-                    vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-                chosen[name] = vi.type.tensor_type.elem_type
-    return None if onnx.TensorProto.FLOAT16 in chosen.values() else list(chosen)
+    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static hands its calibrator
+    tensors, infos = CalibraterBase.select_tensors_to_calibrate(SimpleNamespace(op_types_to_calibrate=ops), model)
+    if any(infos[t].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for t in tensors):
+        return None
+    return sorted(tensors)
