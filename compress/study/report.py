@@ -69,12 +69,13 @@ def _section(scfg: Any, rows: list[dict], baseline: dict, extra: dict) -> dict[s
 def _timed(finals: list[dict], baseline: dict, scfg: Any, base_cfg: Any, progress: bool) -> dict[str, float]:
     """Every finalist's final model and the hand-written one, timed on the target, interleaved."""
     from compress.config import check_before_training
+    from compress.study.trial import target_seq
 
     paths = {f"trial-{f['trial']}": Path(f["outcome"].onnx) for f in finals if f["outcome"].onnx}
     if baseline.get("onnx"):
         paths["hand-written"] = Path(baseline["onnx"])
     data = check_before_training(base_cfg)
-    seq = data.inputs.seq_lengths((scfg.target.seq or base_cfg.benchmark.seq_lengths[0],))[0]  # as the trials
+    seq = target_seq(data, base_cfg, scfg)  # as the trials
     return time_together(paths, scfg, lambda b: data.inputs.bench_feed(data, b, seq),
                          base_cfg.benchmark.settings(), progress)
 

@@ -110,7 +110,7 @@ def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig) -> floa
     with torch.no_grad():
         out = model(*args[:-1], **args[-1]) if args and isinstance(args[-1], dict) else model(*args)
     t = scfg.target
-    seq = data.inputs.seq_lengths((t.seq or cfg.benchmark.seq_lengths[0],))[0]
+    seq = target_seq(data, cfg, scfg)
     with tempfile.TemporaryDirectory(prefix="compress-latency-") as tmp:
         path = export_onnx(model, example, Path(tmp) / "student.onnx", opset=cfg.export.opset,
                            exporter=cfg.export.exporter, inputs=data.inputs,
@@ -222,10 +222,15 @@ def paired_ratio(reference: Path, candidate: Path, raw: dict[str, Any], source: 
 
         cfg = parse_config(raw, source)
         data = check_before_training(cfg)
-        seq = data.inputs.seq_lengths((t.seq or cfg.benchmark.seq_lengths[0],))[0]
-        feeds["feed"] = data.inputs.bench_feed(data, t.batch, seq)
+        feeds["feed"] = data.inputs.bench_feed(data, t.batch, target_seq(data, cfg, scfg))
     try:
         return float(paired_bench(reference, candidate, t.provider, t.batch, t.threads, PICK_PROFILE,
                                   inputs=feeds["feed"])["ratio"])
     except Exception:  # noqa: BLE001 - e.g. a provider that cannot run one of them: the trial keeps its own p50
         return None
+
+
+def target_seq(data: Any, cfg: Any, scfg: SearchConfig) -> int:
+    """The one sequence length token inputs are timed at in a study (the latency-first check, the trials' pairing,
+    the finalists' round): the target's, else the file's first [benchmark] seq_lengths."""
+    return data.inputs.seq_lengths((scfg.target.seq or cfg.benchmark.seq_lengths[0],))[0]
