@@ -64,7 +64,7 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) 
         if qdq:  # the input as the quantized layer reads it: through the quantized model's own Q/DQ
             _, scale, zp = qdq
             args = []
-            for name in [scale, zp][:2 if zp else 1]:
+            for name in (n for n in (scale, zp) if n):
                 t = onnx.TensorProto()
                 t.CopyFrom(inits[name])
                 t.name = f"{tag}_{name}"
