@@ -16,7 +16,9 @@ compress: `compress quantize MODEL --calibration calib.npz --data gate.npz --kee
 (the accepted attempt is the int8 model compared, even where the pick ships the float one). NNCF: in its own venv
 (`--nncf-venv`; made with `pip install nncf onnxruntime onnx` when missing), `nncf.quantize(model,
 nncf.Dataset(calibration))` with every default, one calibration image per item. Tool time is each command's wall
-clock as a process. Then, in this process: test accuracy of fp32 and both int8 models (ONNX Runtime CPU), and
+clock as a process. Then, in this process: test accuracy of fp32 and both int8 models (ONNX Runtime CPU), how far
+the test set can tell the two int8 models apart (each one's agreement with fp32; the difference of their drops with
+its paired 95% interval and McNemar's p on the images one gets right and the other wrong), and
 paired latency of compress's int8 against NNCF's (compress.bench.paired: blocks interleaved, order reversed every
 other round, 1 thread) at batch 1 and 8. Writes OUT/results.json and prints one row per case.
 """
@@ -150,12 +152,33 @@ def run_nncf(built: dict, folder: Path, venv: Path) -> dict:
             "version": info["nncf"], "path": str(out)}
 
 
-def accuracy(path: str, x: np.ndarray, y: np.ndarray) -> float:
+def predictions(path: str, x: np.ndarray) -> np.ndarray:
     from compress.onnx.parity import run_cpu
     from compress.onnx.graph import single_input
 
     name = single_input(Path(path), what="bench")[0]
-    return float((run_cpu(Path(path), {name: x}, batch_size=50)[0].argmax(1) == y).mean())
+    return run_cpu(Path(path), {name: x}, batch_size=50)[0].argmax(1)
+
+
+def side_by_side(fp32: np.ndarray, ours: np.ndarray, theirs: np.ndarray, y: np.ndarray) -> dict:
+    """How far the test set can tell the two int8 models apart. Each tool's top-1 agreement with fp32 (how
+    faithful it is); the images one gets right and the other wrong (`compress_only`, `nncf_only`); the difference
+    of test drops, compress's minus NNCF's, in points, with its 95% interval (paired, normal approximation) and the
+    exact two-sided McNemar p-value on those discordant images. An interval across 0 means the test set cannot
+    rank them."""
+    from math import comb, sqrt
+
+    n = len(y)
+    a = int(((theirs == y) & (ours != y)).sum())  # NNCF right, compress wrong: compress's drop is larger
+    b = int(((ours == y) & (theirs != y)).sum())
+    diff = (a - b) / n
+    half = 1.96 * sqrt(max(a + b - (a - b) ** 2 / n, 0.0)) / n
+    tail = sum(comb(a + b, k) for k in range(min(a, b) + 1)) / 2 ** (a + b) if a + b else 1.0
+    return {"agreement_fp32": {"compress": round(float((ours == fp32).mean()), 4),
+                               "nncf": round(float((theirs == fp32).mean()), 4)},
+            "compress_only": b, "nncf_only": a, "drop_difference_points": round(100 * diff, 2),
+            "ci95_points": [round(100 * (diff - half), 2), round(100 * (diff + half), 2)],
+            "mcnemar_p": round(min(1.0, 2 * tail), 3)}
 
 
 def paired(nncf_path: str, ours: str, x: np.ndarray, batches: list[int]) -> list[dict]:
@@ -191,10 +214,15 @@ def main() -> int:
         load = os.getloadavg()
         ours, theirs = run_compress(built, folder), run_nncf(built, folder, args.nncf_venv)
         test = np.load(built["test"])
+        x, y = test["x"], test["y"]
+        fp32, nncf = predictions(built["onnx"], x), predictions(theirs["path"], x)
         row = {"load_before": [round(v, 2) for v in load], "compress": ours, "nncf": theirs,
-               "test_images": int(len(test["y"])), "fp32_test": accuracy(built["onnx"], test["x"], test["y"]),
-               "nncf_test": accuracy(theirs["path"], test["x"], test["y"])}
-        row["compress_test"] = accuracy(ours["path"], test["x"], test["y"]) if ours["path"] else None
+               "test_images": int(len(y)), "fp32_test": float((fp32 == y).mean()), "nncf_test": float((nncf == y).mean())}
+        row["compress_test"] = None
+        if ours["path"]:
+            mine = predictions(ours["path"], x)
+            row["compress_test"] = float((mine == y).mean())
+            row["side_by_side"] = side_by_side(fp32, mine, nncf, y)
         for tool in ("compress", "nncf"):
             if row[f"{tool}_test"] is not None:
                 row[f"{tool}_drop_points"] = round(100 * (row["fp32_test"] - row[f"{tool}_test"]), 2)
@@ -206,7 +234,9 @@ def main() -> int:
         print(f"{case}: fp32 {row['fp32_test']:.4f}; compress drop {row.get('compress_drop_points')} points in "
               f"{ours['seconds']} s ({ours['attempts']} attempts, {ours['accepted']}); NNCF {theirs['version']} drop "
               f"{row['nncf_drop_points']} points in {theirs['seconds']} s; p50 compress/NNCF "
-              f"{[r['compress_over_nncf'] for r in row.get('latency', [])]}", flush=True)
+              f"{[r['compress_over_nncf'] for r in row.get('latency', [])]}; test drop difference "
+              f"{(row.get('side_by_side') or {}).get('drop_difference_points')} points, 95% interval "
+              f"{(row.get('side_by_side') or {}).get('ci95_points')}", flush=True)
     return 0
 
 

@@ -373,3 +373,24 @@ def test_the_sensitivity_ranking_never_passes_the_hard_cap(tmp_path: Path):
     assert sensitivity.samples_that_fit(model, 64, copies=3, cap=per // 2, hard=per * 5)[0] == 1
     keep, note = sensitivity.samples_that_fit(model, 64, copies=3, cap=per // 2, hard=per // 2)
     assert keep == 0 and note.startswith("one sample's activations")
+
+
+def test_symbolic_shape_inference_only_where_onnx_leaves_a_shape_unknown():
+    # setup: a conv graph whose every tensor onnx infers (batch named), and a Reshape to a shape computed at run time
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize.prepare import _shapes_known
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])
+    relu = helper.make_node("Relu", ["c"], ["y"])
+    plain = helper.make_model(helper.make_graph([conv, relu], "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    computed = helper.make_model(helper.make_graph(
+        [conv, helper.make_node("Shape", ["c"], ["s"]), helper.make_node("Reshape", ["c", "s"], ["y"])],
+        "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 13)])
+    # execute / assert: onnx's inference is enough for the first; the second needs ORT's symbolic inference
+    assert _shapes_known(plain)
+    assert not _shapes_known(computed)
