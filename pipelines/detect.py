@@ -1,8 +1,8 @@
 """The detection demo's own code, found beside detect.toml the way a user's is: data, models, loss and metric.
 
 Data: the shipped UCI digits (8x8) placed at random positions and scales (8 to 14 pixels) on a 32x32 canvas, one to
-three per image, with their boxes and classes. Digits from disjoint parts of the set go to train, validation and
-test, so no test digit was ever seen in training.
+three per image, with their boxes and classes. Digits from disjoint parts of the set (after a seeded shuffle: the set
+is stored writer by writer) go to train, validation and test, so no test digit was ever seen in training.
 
 Models: a single-shot grid detector (YOLO-style, one prediction per 4x4-pixel cell of an 8x8 grid). It returns two
 outputs, named in the export:
@@ -77,8 +77,14 @@ class Canvases:
 
 
 def make_datasets(train: int = 6000, val: int = 1000, test: int = 1000):
-    """(train, val, test) canvases from disjoint thirds... of the digits: 1,200 / 300 / 297 source images."""
+    """(train, val, test) canvases from disjoint parts of the digits, 1,200 / 300 / 297 source images, taken from a
+    seeded permutation. The set is stored writer by writer, so slices of it in order gave validation and test
+    different writers: a 1-nearest-neighbour classifier on the first 1,200 digits read 99.3% of the next 300 and
+    93.6% of the last 297 (98.7-99.0% and 98.3-99.0% over three permutations), and a model picked on validation was
+    not the better one on test."""
     images, labels = _digits()
+    order = np.random.default_rng(0).permutation(len(images))
+    images, labels = images[order], labels[order]
     parts = [(slice(0, 1200), train, 1), (slice(1200, 1500), val, 2), (slice(1500, None), test, 3)]
     return tuple(Canvases(*_canvases(images[s], labels[s], n, seed)) for s, n, seed in parts)
 
