@@ -329,3 +329,65 @@ def test_an_infinite_range_on_a_graph_output_is_taken_off_and_the_output_keeps_i
     assert [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node] == [
         ("Relu", ["x"], ["y"]), ("Neg", ["y"], ["w"])]
     assert not model.graph.initializer  # the pair's scale and zero point went with it
+
+
+class SoftAttention(torch.nn.Module):
+    """Self-attention without a mask: its Softmax output is quantized, and ORT CPU fuses it into QLinearSoftmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.head = torch.nn.Linear(8, 24), torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head((torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v).mean(dim=1))
+
+
+def test_a_quantized_softmax_computes_in_onnx_runtime_what_the_qdq_graph_and_torch_say(tmp_path):
+    # setup: ORT's QLinearSoftmax requantizes with floor(1 / scale): at ORT's own 1/255 that is 254, one step low
+    from compress.qat.graph import QDQModule
+
+    torch.manual_seed(0)
+    feeds = {"x": np.random.default_rng(0).normal(size=(64, 12, 8)).astype(np.float32) * 2}
+    # execute
+    path, _ = _quantized(tmp_path, SoftAttention().eval(), feeds)
+    # assert: the Softmax output's scale is one whose reciprocal floors to 255, and torch's fake quantization of the
+    # graph gives what ORT CPU computes (before the scale was pinned, 1/255 in the graph was 1/254 in ORT's kernel)
+    model = onnx.load(str(path))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    scales = [inits[n.input[1]] for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) == "Softmax"]
+    assert len(scales) == 1 and np.floor(np.float32(1) / scales[0]) == 255
+    module = QDQModule(model)
+    assert [a.fixed for a in module.acts.values()].count(True) == 1  # QAT does not move it
+    with torch.no_grad():
+        got = module(torch.from_numpy(feeds["x"]))["logits"].numpy()
+    want = _ort(path, feeds)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_only_softmax_scales_ort_would_misread_are_pinned():
+    # setup: a Softmax -> QuantizeLinear at 1/255 (misread) and one at 1/100 (read as written)
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize.qdq import pinned_softmax_scales
+
+    def graph(scale: float):
+        nodes = [helper.make_node("Softmax", ["x"], ["p"]), helper.make_node("QuantizeLinear", ["p", "s", "z"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s2", "z"], ["y"])]
+        inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+                 numpy_helper.from_array(np.array(scale, np.float32), "s2"),
+                 numpy_helper.from_array(np.array(0, np.uint8), "z")]
+        return helper.make_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits))
+
+    misread, fine = graph(1 / 255), graph(1 / 100)
+    # execute / assert: the pair reads a scale of its own (ORT's quantizer shares equal scales between tensors)
+    assert pinned_softmax_scales(misread) == 1 and pinned_softmax_scales(fine) == 0
+    values = {i.name: float(numpy_helper.to_array(i)) for i in misread.graph.initializer}
+    q, dq = misread.graph.node[1:]
+    assert q.input[1] == dq.input[1] == "q_softmax_scale" and values["s"] == float(np.float32(1 / 255))
+    assert values["q_softmax_scale"] == float(np.float32(0.00392156839))
+    assert np.floor(np.float32(1) / np.float32(values["q_softmax_scale"])) == 255

@@ -68,6 +68,9 @@ class Act:
     zero: str
     qmin: int
     qmax: int
+    fixed: bool = False
+    """A Softmax output's: its range is [0, 1] by construction, and its scale is one ORT CPU's fused kernel reads as
+    written (compress.quantize.qdq.pinned_softmax_scales); a learned one drifted to where it reads 1/254."""
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -153,7 +156,7 @@ class QDQModule(torch.nn.Module):
         self._tensors: dict[str, str] = {}  # initializer or Constant output -> parameter or buffer name
         self._taken: set[str] = set()  # initializers that a quantizer, weight or bias owns
         self._inits = inits
-        self._quantizers(graph)
+        self._quantizers(graph, producer)
         self._dequantizers(graph, producer, consumers)
         self._constants(graph)
         self._steps = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name)
@@ -165,11 +168,13 @@ class QDQModule(torch.nn.Module):
         self._taken.add(name)
         return key
 
-    def _quantizers(self, graph: Any) -> None:
-        """One learned scale (a log factor on the calibrated one) per QuantizeLinear scale initializer."""
+    def _quantizers(self, graph: Any, producer: dict[str, Any]) -> None:
+        """One learned scale (a log factor on the calibrated one) per QuantizeLinear scale initializer; a Softmax
+        output's stays as calibrated (Act.fixed)."""
         inits = self._inits
         for n in graph.node:
             if n.op_type == "QuantizeLinear" and n.input[1] not in self.acts:
+                fixed = getattr(producer.get(n.input[0]), "op_type", None) == "Softmax"
                 zero = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else np.array(0, np.uint8)
                 lo, hi = _range(zero.dtype, False)
                 key = self._param(n.input[1], np.zeros_like(inits[n.input[1]]))
@@ -177,7 +182,7 @@ class QDQModule(torch.nn.Module):
                 self.register_buffer(f"s{key}", calibrated, persistent=False)
                 self.register_buffer(f"z{key}", torch.tensor([float(zero)]), persistent=False)  # fixed
                 self.register_buffer(f"f{key}", calibrated.clone())  # the range once frozen
-                self.acts[n.input[1]] = Act(key, n.input[2] if len(n.input) > 2 else "", lo, hi)
+                self.acts[n.input[1]] = Act(key, n.input[2] if len(n.input) > 2 else "", lo, hi, fixed)
 
     def _dequantizers(self, graph: Any, producer: dict[str, Any], consumers: dict[str, list[Any]]) -> None:
         """Each DequantizeLinear: of an activation (its QuantizeLinear's scale), of a weight or of a bias."""
@@ -242,6 +247,8 @@ class QDQModule(torch.nn.Module):
 
     def act_scale(self, name: str) -> torch.Tensor:
         key = self.acts[name].param
+        if self.acts[name].fixed:
+            return getattr(self, f"s{key}") + 0.0 * self.params[key]
         if self.frozen:  # the parameter stays in the graph (with no gradient), as DDP wants every one used
             return getattr(self, f"f{key}") + 0.0 * self.params[key]
         return getattr(self, f"s{key}") * torch.exp(self.params[key])
