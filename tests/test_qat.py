@@ -391,3 +391,42 @@ def test_only_softmax_scales_ort_would_misread_are_pinned():
     assert q.input[1] == dq.input[1] == "q_softmax_scale" and values["s"] == float(np.float32(1 / 255))
     assert values["q_softmax_scale"] == float(np.float32(0.00392156839))
     assert np.floor(np.float32(1) / np.float32(values["q_softmax_scale"])) == 255
+
+
+def test_a_sum_on_exact_rounding_ties_is_moved_off_them_so_torch_and_onnx_runtime_agree():
+    # setup: GELU's 1 + erf: erf at scale 2/255 plus the constant 1 at 1/255 into a sum at 2/255 puts every sum
+    # exactly half-way between two codes; ORT's fused QLinearAdd and torch then round by their own float error
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.qat.graph import QDQModule
+    from compress.quantize.qdq import untied_add_scales
+
+    two = np.array(2 / 255, np.float32)
+    inits = [numpy_helper.from_array(two, "s2"), numpy_helper.from_array(np.array(128, np.uint8), "z128"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s1"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z0"), numpy_helper.from_array(np.array(255, np.uint8), "one"),
+             numpy_helper.from_array(two.copy(), "s_sum")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s2", "z128"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s2", "z128"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["one", "s1", "z0"], ["c"]),
+             helper.make_node("Add", ["xd", "c"], ["sum"]),
+             helper.make_node("QuantizeLinear", ["sum", "s_sum", "z0"], ["sq"]),
+             helper.make_node("DequantizeLinear", ["sq", "s_sum", "z0"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])], inits),
+        opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(0).uniform(-1, 1, (256, 64)).astype(np.float32)
+
+    def disagreeing(m) -> int:
+        want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        with torch.no_grad():
+            got = QDQModule(m)(torch.from_numpy(x))["y"].numpy()
+        return int((np.abs(got - want) > 1e-4).sum())
+
+    # execute
+    assert untied_add_scales(model) == 1
+    # assert: the sum reads a scale of its own, 1 part in 65,536 larger, and torch and ORT give the same codes
+    scale = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}[model.graph.node[4].input[1]]
+    assert float(scale) == float(np.float32(float(two) * (1 + 2 ** -16)))
+    assert disagreeing(model) == 0

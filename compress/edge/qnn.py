@@ -137,15 +137,15 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
 
 
 def _finite_ranges(path: Path) -> None:
-    """The QDQ model at `path` with tensors of infinite range kept in float and Softmax output scales that ORT CPU's
-    fused kernel reads as written (compress.quantize.qdq), saved back when either changed it."""
+    """The QDQ model at `path` with tensors of infinite range kept in float and scales every implementation reads
+    alike (compress.quantize.qdq.readable_scales), saved back when either changed it."""
     import onnx
 
-    from compress.quantize.qdq import infinite_ranges_in_float, pinned_softmax_scales
+    from compress.quantize.qdq import infinite_ranges_in_float, readable_scales
 
     model = onnx.load(str(path))
     infinite = infinite_ranges_in_float(model)
-    if pinned_softmax_scales(model) or infinite:
+    if readable_scales(model) or infinite:
         onnx.save(model, str(path))
 
 

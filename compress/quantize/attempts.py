@@ -210,12 +210,12 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         _static(base, out, settings, calib, large=large, stride=stride)
     if not large:  # the quantized model read once, edited in memory, written once
         from compress.quantize.bias import correct_biases
-        from compress.quantize.qdq import float_outputs, infinite_ranges_in_float, pinned_softmax_scales
+        from compress.quantize.qdq import float_outputs, infinite_ranges_in_float, readable_scales
 
         model = onnx.load(str(out))
         infinite = infinite_ranges_in_float(model)
         changed = float_outputs(model) > 0 or bool(infinite)
-        changed = pinned_softmax_scales(model) > 0 or changed
+        changed = readable_scales(model) > 0 or changed
         if infinite:
             kept = f"{len(infinite)} tensors with an infinite calibrated range (an attention mask) kept in float"
             note = f"{note}; {kept}" if note else kept
