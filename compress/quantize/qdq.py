@@ -57,10 +57,6 @@ def pinned_softmax_scales(model: Any) -> int:
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
     changed = 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         maker = producer.get(q.input[0])
@@ -78,11 +74,7 @@ def pinned_softmax_scales(model: Any) -> int:
             pinned = np.nextafter(pinned, np.float32(0))
         if pinned == np.float32(scale.reshape(()).item()):
             continue
-        # its own initializer: ORT's quantizer shares one between equal scales (a mask constant's 1/255 too)
-        name = f"{q.output[0]}_softmax_scale"
-        graph.initializer.append(numpy_helper.from_array(np.full(scale.shape, pinned, np.float32), name))
-        for node in [q, *(d for d in readers.get(q.output[0], []) if d.op_type == "DequantizeLinear")]:
-            node.input[1] = name
+        _own_scale(graph, q, np.full(scale.shape, pinned, np.float32), "softmax_scale")
         changed += 1
     return changed
 
@@ -103,10 +95,6 @@ def untied_add_scales(model: Any) -> int:
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
 
     def scalar(name: str) -> float | None:
         value = numpy_helper.to_array(inits[name]) if name in inits else None
@@ -124,12 +112,20 @@ def untied_add_scales(model: Any) -> int:
         halves = [2 * s / out for s in ins]
         if not all(abs(h - round(h)) < 1e-4 for h in halves) or not any(round(h) % 2 for h in halves):
             continue
-        name = f"{q.output[0]}_untied_scale"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(out * (1 + 2.0 ** -16), np.float32), name))
-        for node in [q, *(d for d in readers.get(q.output[0], []) if d.op_type == "DequantizeLinear")]:
-            node.input[1] = name
+        _own_scale(graph, q, np.asarray(out * (1 + 2.0 ** -16), np.float32), "untied_scale")
         changed += 1
     return changed
+
+
+def _own_scale(graph: Any, q: Any, value: Any, suffix: str) -> None:
+    """Give QuantizeLinear `q` and the DequantizeLinear nodes reading its output the scale `value`, in an
+    initializer of their own (ORT's quantizer shares one between equal scales: a mask constant's 1/255 too)."""
+    from onnx import numpy_helper
+
+    name = f"{q.output[0]}_{suffix}"
+    graph.initializer.append(numpy_helper.from_array(value, name))
+    for node in [q, *(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])]:
+        node.input[1] = name
 
 
 def _bypass(graph: Any, dq_out: str, source: str, producer: dict[str, Any], outputs: set[str]) -> bool:
