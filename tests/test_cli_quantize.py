@@ -257,3 +257,26 @@ def test_exclude_keeps_an_op_type_in_float_and_an_unknown_one_is_named(tmp_path:
     bad = _invoke(files["model"], "--out", tmp_path / "bad.onnx", "--mode", "dynamic", "--exclude", "Conv")
     assert bad.exit_code == 2 and bad.output.strip().startswith(
         "error: quantize.exclude: 'Conv' is neither a node name nor an op type of preprocessed.onnx")
+
+
+def test_a_non_logits_model_with_labelled_data_runs_fp32_once(files: dict, monkeypatch: pytest.MonkeyPatch):
+    """Outputs named as an embedding: the gate is cosine to fp32, and the fp32 pass the CLI looked at is the one it
+    compares with (it ran twice before)."""
+    import compress.quantize.gate as gate
+
+    model = onnx.load(str(files["model"]))
+    old = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["embedding" if o == old else o for o in node.output]
+    model.graph.output[0].name = "embedding"
+    path = files["dir"] / "embed.onnx"
+    onnx.save(model, str(path))
+    runs: list[str] = []
+    real = gate.outputs_of
+    monkeypatch.setattr(gate, "outputs_of", lambda p, *a, **k: runs.append(Path(p).name) or real(p, *a, **k))
+    out = files["dir"] / "embed-int8.onnx"
+    result = _invoke(path, "--out", out, "--calibration", files["calib"], "--data", files["val"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate_metric"]["metric"]["name"] == "cosine" and summary["float"]["score"] == pytest.approx(1.0)
+    assert runs.count("embed.onnx") == 1, runs

@@ -170,6 +170,7 @@ def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, pr
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets
+    fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
     if data_npz is not None:
         feeds, targets = _inputs(model, data_npz, "--data"), _targets(data_npz)
         n = _rows(feeds)
@@ -192,7 +193,7 @@ def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, pr
     else:
         feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
-                          source=source, axes=dims.batch_axes)
+                          source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
     warning = None
     if gate.metric.name == "cosine":
         shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already

@@ -160,12 +160,14 @@ def resolution(budget: float, samples: int) -> str:
 
 
 def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_top1: float, budget_cosine: float,
-                   outputs: Sequence[str] = (), source: str, axes: Mapping[str, int | None] | None = None) -> Gate:
+                   outputs: Sequence[str] = (), source: str, axes: Mapping[str, int | None] | None = None,
+                   expected: Mapping[str, np.ndarray] | None = None) -> Gate:
     """Agreement with the fp32 model at `reference` on `feeds`: top-1 agreement when the judged outputs are class
-    logits, else per-output cosine and SQNR (the mean cosine decides). `outputs` chooses which are judged (all)."""
+    logits, else per-output cosine and SQNR (the mean cosine decides). `outputs` chooses which are judged (all).
+    `expected`: the reference's outputs on `feeds` when the caller has them (not run again)."""
     from compress.tasks.tensors import Tensors
 
-    expected = outputs_of(reference, feeds, axes=axes)
+    expected = dict(expected) if expected is not None else outputs_of(reference, feeds, axes=axes)
     chosen = list(outputs) or list(expected)
     missing = [o for o in chosen if o not in expected]
     if missing:
