@@ -184,7 +184,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     labels_task = cfg.task == "classification"
     scans = [_scan(ds, name, where, labels=labels_task) for ds, name in zip(parts, ("train", "validation", "test"))]
     shape = scans[0][1]
-    for (_, s), name in zip(scans[1:], ("validation", "test")):
+    for (_, s, _), name in zip(scans[1:], ("validation", "test")):
         if s != shape:
             raise CompressError(f"{where}: {name} examples have shape {s}, train has {shape}")
     y = scans[0][0] if labels_task else np.zeros(len(parts[0]), dtype=np.int64)
@@ -216,7 +216,8 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     input_shape = tuple(next(iter(shape.values()))[1:]) if isinstance(shape, dict) else shape
     bundle = DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
                         input_shape=input_shape, how=how, task=cfg.task, has_targets=kind != "none",
-                        fingerprint=fingerprint([target, *[s[0] for s in scans], train_rows, val_rows, test_rows]))
+                        fingerprint=fingerprint([target, *[v for s in scans for v in (s[0], s[2])], train_rows,
+                                                 val_rows, test_rows]))
     if isinstance(shape, dict):
         from compress.data.inputs import NamedInputs
 
@@ -224,24 +225,29 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     return bundle
 
 
-def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, Any]:
-    """Labels of every item (a digest of the targets when they are not labels), and the (common) shape of its
-    inputs; checks values item by item."""
+def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, Any, str]:
+    """Labels of every item (a digest of the targets when they are not labels), the (common) shape of its inputs,
+    and a digest of the inputs (the stage cache's key: an input changed under the same labels is other data);
+    checks values item by item."""
     import hashlib
 
     import numpy as np
 
     from compress.data.arrays import check_bad
 
-    found, shape, digest = [], None, hashlib.sha256()
+    found, shape, digest, inputs = [], None, hashlib.sha256(), hashlib.sha256()
     try:
         n = len(ds)
         for i in range(n):
             x, y = ds[i]
             if isinstance(x, dict):
                 s: Any = {k: tuple(np.shape(v)) for k, v in x.items()}
+                for k in sorted(x):
+                    inputs.update(k.encode())
+                    inputs.update(np.ascontiguousarray(np.asarray(x[k])).tobytes())
             else:
                 a = np.asarray(x, dtype=np.float32)
+                inputs.update(np.ascontiguousarray(a).tobytes())
                 s = tuple(a.shape)
                 if not np.isfinite(a).all():
                     check_bad(a[None], ~np.isfinite(a[None]), where, f"the {name} dataset's x", None, "values",
@@ -262,4 +268,4 @@ def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, 
                             f"{where.rsplit(': ', 1)[-1]} as (x, y) pairs: {type(exc).__name__}: {exc}") from exc
     if shape is None:
         raise CompressError(f"{where}: the {name} dataset is empty")
-    return (np.asarray(found, dtype=np.int64) if labels else digest.hexdigest()), shape
+    return (np.asarray(found, dtype=np.int64) if labels else digest.hexdigest()), shape, inputs.hexdigest()
