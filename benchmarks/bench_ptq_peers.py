@@ -16,8 +16,9 @@ compress: `compress quantize MODEL --calibration calib.npz --data gate.npz --kee
 (the accepted attempt is the int8 model compared, even where the pick ships the float one). NNCF: in its own venv
 (`--nncf-venv`; made with `pip install nncf onnxruntime onnx` when missing), `nncf.quantize(model,
 nncf.Dataset(calibration))` with every default, one calibration image per item. Tool time is each command's wall
-clock as a process. Then, in this process: test accuracy of fp32 and both int8 models (ONNX Runtime CPU), how far
-the test set can tell the two int8 models apart (each one's agreement with fp32; the difference of their drops with
+clock as a process. Then, in this process: test accuracy of fp32 and both int8 models (ONNX Runtime CPU), of every
+attempt compress wrote (accuracy, agreement with fp32, images lost and gained: what the gate's choice was worth),
+how far the test set can tell the two int8 models apart (each one's agreement with fp32; the difference of their drops with
 its paired 95% interval and McNemar's p on the images one gets right and the other wrong), and
 paired latency of compress's int8 against NNCF's (compress.bench.paired: blocks interleaved, order reversed every
 other round, 1 thread) at batch 1 and 8. Writes OUT/results.json and prints one row per case.
@@ -181,6 +182,18 @@ def side_by_side(fp32: np.ndarray, ours: np.ndarray, theirs: np.ndarray, y: np.n
             "mcnemar_p": round(min(1.0, 2 * tail), 3)}
 
 
+def on_test(attempts: Path, x: np.ndarray, fp32: np.ndarray, y: np.ndarray) -> list[dict]:
+    """Every attempt compress wrote (accepted or not) on the test images: accuracy, top-1 agreement with fp32, and
+    the images it loses and gains against fp32: what the gate's choice among them was worth on other images."""
+    rows = []
+    for path in sorted(attempts.glob("attempt-*.onnx")):
+        got = predictions(str(path), x)
+        rows.append({"attempt": path.stem, "test": round(float((got == y).mean()), 4),
+                     "agreement_fp32": round(float((got == fp32).mean()), 4),
+                     "lost": int(((fp32 == y) & (got != y)).sum()), "gained": int(((fp32 != y) & (got == y)).sum())})
+    return rows
+
+
 def paired(nncf_path: str, ours: str, x: np.ndarray, batches: list[int]) -> list[dict]:
     """compress's int8 (new) against NNCF's (old): ratio < 1 means compress's is faster."""
     from compress.bench.config import BenchSettings
@@ -226,6 +239,7 @@ def main() -> int:
         for tool in ("compress", "nncf"):
             if row[f"{tool}_test"] is not None:
                 row[f"{tool}_drop_points"] = round(100 * (row["fp32_test"] - row[f"{tool}_test"]), 2)
+        row["attempts_on_test"] = on_test(folder / "compress-attempts", x, fp32, y)
         row["tool_time_ratio"] = round(ours["seconds"] / theirs["seconds"], 2)
         if ours["path"]:
             row["latency"] = paired(theirs["path"], ours["path"], test["x"], [int(b) for b in args.batches.split(",")])
