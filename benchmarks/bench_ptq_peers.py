@@ -18,8 +18,8 @@ compress: `compress quantize MODEL --calibration calib.npz --data gate.npz --kee
 nncf.Dataset(calibration))` with every default, one calibration image per item. Tool time is each command's wall
 clock as a process. Then, in this process: test accuracy of fp32 and both int8 models (ONNX Runtime CPU), of every
 attempt compress wrote (accuracy, agreement with fp32, images lost and gained: what the gate's choice was worth),
-how far the test set can tell the two int8 models apart (each one's agreement with fp32; the difference of their drops with
-its paired 95% interval and McNemar's p on the images one gets right and the other wrong), and
+how far the test set can tell the two int8 models apart (each one's agreement with fp32; the difference of their
+drops with its paired 95% interval and McNemar's p on the images one gets right and the other wrong), and
 paired latency of compress's int8 against NNCF's (compress.bench.paired: blocks interleaved, order reversed every
 other round, 1 thread) at batch 1 and 8. Writes OUT/results.json and prints one row per case.
 """
