@@ -3,6 +3,7 @@ the kernels ORT fuses, rebuild from a record, and `[quantize] mode = "qat"` in a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -227,10 +228,37 @@ def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_
     assert [r["batch"] for r in table["paired_qat_over_ptq"]] == [1]
     assert details["qat"]["used"] in ("ptq", "qat") and details["qat"]["why"] in report["final_reason"]
     assert [a["name"] for a in details["attempts"]][-1] == "qat"
+    source = table["distilled_from"]  # 'auto': the student only where it reads better than its teacher
+    student, teacher = (float(v) for v in re.findall(r"(?:student|teacher) (\d\.\d+)", source["why"]))
+    assert source["model"] == ("student" if student > teacher else "teacher"), source
     trained = details["attempts"][-1]["qat"]  # the validation figure before training and at the best epoch
     assert 0.5 < trained["val_before"] <= 1.0 and 0.5 < trained["val_best_epoch"] <= 1.0
     markdown = (tmp_path / "runs" / "q" / "report.md").read_text()
     assert "Post-training vs quantization-aware" in markdown and "| QAT (qat) |" in markdown
+
+
+@pytest.mark.e2e
+def test_qat_distils_from_the_fp32_student_when_asked_and_keeps_the_teachers_validation_rows(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+    from compress.train.outputs import open_outputs
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(DIGITS_QAT.replace('mode = "qat"', 'mode = "qat"\nqat_teacher = "student"'))
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "q"
+    report = json.loads((run / "report.json").read_text())
+    source = report["details"]["quantize"]["qat"]["side_by_side"]["distilled_from"]
+    assert source["model"] == "student" and source["why"].startswith("as configured (accuracy on validation: student")
+    own, teacher = open_outputs(run / "quantize" / "qat-reference.safetensors"), open_outputs(
+        run / "teacher" / "outputs.safetensors")
+    name = next(iter(teacher["val"]))
+    assert np.array_equal(own["val"][name], teacher["val"][name])  # figures still compare with the teacher's
+    assert own["train"][name].shape == teacher["train"][name].shape
+    assert not np.allclose(own["train"][name], teacher["train"][name])  # the student's own rows
+    assert "QAT trained 2 epochs against the student (as configured" in (run / "report.md").read_text()
 
 
 def _attempt(name: str, drop: float | None, accepted: bool) -> dict:

@@ -57,7 +57,7 @@ def side_by_side(result: dict[str, Any], split: str = "test", metric: str = "acc
               for r in note.get("paired") or []]
     return {"ptq": ptq, "qat": qat, "train_seconds": info.get("seconds"), "parity": info.get("parity"),
             "epochs": info.get("epochs"), "used": note.get("used"), "same_kernels": info.get("same_kernels"),
-            "paired_qat_over_ptq": paired}
+            "distilled_from": info.get("distilled_from"), "paired_qat_over_ptq": paired}
 
 
 def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
@@ -86,7 +86,9 @@ def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
     paired = ", ".join(f"{r['provider']}/b{r['batch']} {r['ratio']:.3f}x" + (
         f" [{r['ci_ratio'][0]:.3f}, {r['ci_ratio'][1]:.3f}]" if r.get("ci_ratio") else "")
         for r in table.get("paired_qat_over_ptq") or [])
-    lines += ["", f"QAT trained {table.get('epochs')} epochs in {table.get('train_seconds')} s; parity: "
+    source = table.get("distilled_from") or {}
+    against = f" against the {source['model']} ({source['why']})" if source else ""
+    lines += ["", f"QAT trained {table.get('epochs')} epochs{against} in {table.get('train_seconds')} s; parity: "
               f"{parity.get('what', '-')}; ONNX Runtime runs "
               f"{'the same' if table.get('same_kernels') else 'different'} kernels for both"
               + (f"; QAT / PTQ p50, paired: {paired}" if paired else "") + "."]

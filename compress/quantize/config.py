@@ -36,6 +36,12 @@ class QuantizeConfig(Section):
         None, gt=0, description="mode = 'qat': learning rate of the fine-tuning (cosine decay, no warm-up); default: "
         "a tenth of the student's distillation rate."
     )
+    qat_teacher: Literal["auto", "teacher", "student"] = Field(
+        "auto", description="mode = 'qat': what QAT distils from: 'teacher' (the pipeline's), 'student' (the fp32 "
+        "student's own outputs on the training rows: QAT then wins back what int8 cost the student) or 'auto': the "
+        "student where it reads better than its teacher on validation (a weaker teacher pulls QAT below the "
+        "post-training model), else the teacher."
+    )
     qat_freeze_epochs: int = Field(
         1, ge=0, description="mode = 'qat': the last epochs train with the activation ranges frozen (the learned "
         "scales stop moving; batch norm is already folded into the graph's convolutions)."
