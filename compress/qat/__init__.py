@@ -80,10 +80,10 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
 def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
     """(outputs file, compress.train.Teacher, what was chosen and why) for QAT: the teacher's cached outputs, or the
     fp32 student's own on the training rows (the file keeps the teacher's validation and test rows, which figures
-    compare with). 'auto' takes the student where its validation figure beats its teacher's: QAT against a weaker
-    teacher pulls the int8 model toward that teacher (seen on the topics classifier: the student read 83.3% on
-    validation, its teacher 80.9%, and every QAT epoch lost to the post-training model). A run that augments its
-    data, or keeps no training rows, distils from the teacher."""
+    compare with). 'auto' takes the student where its validation figure beats its teacher's: QAT is there to win
+    back what int8 cost the student, and a weaker teacher's outputs aim below the student's own figure (the QAD
+    recipe distils from the unquantized model). A run that augments its data, or keeps no training rows, distils
+    from the teacher."""
     from compress.train import Teacher, predict
     from compress.train.outputs import save_outputs
 
