@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,6 +123,7 @@ def build(case: str, out: Path) -> dict:
 
 def run_compress(built: dict, folder: Path) -> dict:
     attempts = folder / "compress-attempts"
+    shutil.rmtree(attempts, ignore_errors=True)  # (on_test reads every attempt here: this run's only)
     cmd = [sys.executable, "-m", "compress", "quantize", built["onnx"], "--out", str(folder / "compress-out.onnx"),
            "--calibration", built["calib"], "--data", built["gate"], "--keep-attempts", str(attempts), "--quiet"]
     started = time.perf_counter()

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StageContext:
-    """Inputs of one stage. Stages return a StageResult; they never change the context."""
+    """Inputs of one stage. Stages return a StageResult; they never change the context (what it caches aside: its
+    cached properties, and compress.qat's QAT reference, derived from what it holds)."""
 
     cfg: "PipelineConfig"
     run_dir: Path

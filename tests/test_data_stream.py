@@ -89,20 +89,23 @@ def test_python_source_streams_items_and_splits_by_labels(tmp_path: Path):
 def test_python_source_fingerprint_changes_with_the_inputs_under_the_same_labels(tmp_path: Path):
     """The fingerprint keys every stage's cache: inputs scaled differently under the same labels are other data (it
     digested only the labels before, so a changed pre-processing reused the stale teacher)."""
-    def fingerprint(scale: float, folder: str) -> str:
+    def fingerprint(scale: float | str, folder: str) -> str:
         (tmp_path / folder).mkdir()
         sys.modules.pop("fpdata", None)  # (one process: the module is imported afresh from its folder)
         (tmp_path / folder / "fpdata.py").write_text(
             "import numpy as np\n"
             "class DS:\n"
             "    def __len__(self): return 40\n"
-            f"    def __getitem__(self, i): return np.full((2,), (i % 2) * {scale}, np.float32), i % 2\n"
+            f"    def __getitem__(self, i): return np.full((2,), (i % 2 + 1) * {scale}, np.float32), i % 2\n"
             "def make(): return DS()\n")
         return load_data(DataConfig(source="python:fpdata:make"), seed=0, base_dir=tmp_path / folder).fingerprint
 
     first = fingerprint(1.0, "a")
     assert fingerprint(2.0, "b") != first
     assert fingerprint(1.0, "c") == first  # (the same data, the same key)
+    # inputs that differ on every read (random augmentation in __getitem__): keyed on the labels alone, so two loads
+    # (two runs, or torchrun workers comparing what they loaded) still agree
+    assert fingerprint("(1 + np.random.rand())", "d") == fingerprint("(1 + np.random.rand())", "e")
 
 
 def test_teacher_runs_on_the_batch_or_is_looked_up_by_index():

@@ -227,27 +227,31 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
 
 def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, Any, str]:
     """Labels of every item (a digest of the targets when they are not labels), the (common) shape of its inputs,
-    and a digest of the inputs (the stage cache's key: an input changed under the same labels is other data);
-    checks values item by item."""
+    and a digest of the inputs (the stage cache's key: an input changed under the same labels is other data; '' for
+    a dataset whose item 0 reads differently twice, e.g. random augmentation in __getitem__, which has no fixed
+    inputs to key on, so its labels alone key it as before); checks values item by item."""
     import hashlib
 
     import numpy as np
 
     from compress.data.arrays import check_bad
 
-    found, shape, digest, inputs = [], None, hashlib.sha256(), hashlib.sha256()
+    found, shape, digest, inputs, steady = [], None, hashlib.sha256(), hashlib.sha256(), True
     try:
         n = len(ds)
         for i in range(n):
             x, y = ds[i]
+            if i == 0:
+                steady = _same_inputs(x, ds[0][0])
+            if steady:
+                for k, v in (sorted(x.items()) if isinstance(x, dict) else [("", x)]):
+                    v = np.ascontiguousarray(np.asarray(v))
+                    inputs.update(f"{k}|{v.dtype}|{v.shape}|".encode())
+                    inputs.update(v.tobytes())
             if isinstance(x, dict):
                 s: Any = {k: tuple(np.shape(v)) for k, v in x.items()}
-                for k in sorted(x):
-                    inputs.update(k.encode())
-                    inputs.update(np.ascontiguousarray(np.asarray(x[k])).tobytes())
             else:
                 a = np.asarray(x, dtype=np.float32)
-                inputs.update(np.ascontiguousarray(a).tobytes())
                 s = tuple(a.shape)
                 if not np.isfinite(a).all():
                     check_bad(a[None], ~np.isfinite(a[None]), where, f"the {name} dataset's x", None, "values",
@@ -268,4 +272,15 @@ def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, 
                             f"{where.rsplit(': ', 1)[-1]} as (x, y) pairs: {type(exc).__name__}: {exc}") from exc
     if shape is None:
         raise CompressError(f"{where}: the {name} dataset is empty")
-    return (np.asarray(found, dtype=np.int64) if labels else digest.hexdigest()), shape, inputs.hexdigest()
+    return (np.asarray(found, dtype=np.int64) if labels else digest.hexdigest()), shape, \
+        inputs.hexdigest() if steady else ""
+
+
+def _same_inputs(a: Any, b: Any) -> bool:
+    """Whether two reads of one item gave the same inputs (array or {name: array})."""
+    import numpy as np
+
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+    return np.array_equal(np.asarray(a), np.asarray(b))

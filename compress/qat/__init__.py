@@ -4,10 +4,11 @@ teacher, with the fake quantization ONNX Runtime will run.
 The quantize stage runs post-training quantization first (static QDQ with its remedies, compress.quantize); the
 best QDQ graph it wrote is the start. `train_qat` runs that graph in torch (compress.qat.graph.QDQModule: weights
 and biases fake-quantized by ORT's own rules, activation scales learned from their calibrated values), trains it with
-the task's distillation loss against the teacher through the one training loop (torchrun workers too: the module is
-restored from its record by compress.families.rebuild), freezes the activation ranges for the last epochs (batch
-norm is already folded into the convolutions of the graph, so its statistics cannot drift), and writes the same
-graph with the trained values. `parity` then says how closely ORT's int8 kernels follow the torch model.
+the task's distillation loss against the teacher (or the fp32 student's own outputs: `qat_teacher`) through the
+one training loop (torchrun workers too: the module is restored from its record by compress.families.rebuild),
+freezes the activation ranges for the last epochs (batch norm is already folded into the convolutions of the graph,
+so its statistics cannot drift), and writes the same graph with the trained values. `parity` then says how
+closely ORT's int8 kernels follow the torch model.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     """Fine-tune the QDQ graph at `src` against the teacher for `[quantize] qat_epochs`; write it to `dst`.
     The post-training values count as epoch 0: when no epoch beats them on validation they are what is written
     (best_epoch 0). Returns {"path", "parity", "seconds", "epochs", "best_epoch", "val_before", "val_best_epoch",
-    "lr", "freeze_after", "same_kernels", "kernels"}."""
+    "lr", "freeze_after", "distilled_from" (compress.qat.distilled_from), "same_kernels", "kernels"}."""
     import onnx
 
     from compress.families import family_of
@@ -89,7 +90,8 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
 
     teacher_file = str(ctx.run_dir / ctx.state.teacher_outputs)
     if choice == "teacher" or ctx.data.augment or "train" not in ctx.teacher_outputs:
-        why = "as configured" if choice == "teacher" else "the run keeps no training rows of the teacher's"
+        why = "as configured" if choice == "teacher" else \
+            "the run augments its data, so the teacher runs on each batch and no training rows are kept"
         return teacher_file, ctx.teacher(), {"model": "teacher", "why": why}
     cached = ctx.__dict__.get("_qat_reference")
     if cached is None:
@@ -109,7 +111,8 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
     figures = (f"{ctx.evaluation.primary.name} on validation: student {cached['student_val']:.4f}, teacher "
                f"{cached['teacher_val']:.4f}")
     if cached["path"] is None:
-        return teacher_file, ctx.teacher(), {"model": "teacher", "why": f"the teacher reads better ({figures})"}
+        return teacher_file, ctx.teacher(), {"model": "teacher",
+                                             "why": f"the teacher reads at least as well ({figures})"}
     from compress.train.outputs import open_outputs
 
     why = "as configured" if choice == "student" else "the student reads better than its teacher"
