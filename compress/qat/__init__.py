@@ -86,7 +86,7 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
     recipe distils from the unquantized model). A run that augments its data, or keeps no training rows, distils
     from the teacher."""
     from compress.train import Teacher, predict
-    from compress.train.outputs import save_outputs
+    from compress.train.outputs import open_outputs, save_outputs
 
     teacher_file = str(ctx.run_dir / ctx.state.teacher_outputs)
     if choice == "teacher" or ctx.data.augment or "train" not in ctx.teacher_outputs:
@@ -99,9 +99,8 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
         teacher_val = ctx.evaluation(split, ctx.targets("val"), split)[primary.name]
         student = ctx.load_torch(ctx.final.name)
         student_val = ctx.figures_torch(student, "val")[primary.name]
-        better = primary.better(student_val, teacher_val)
-        cached = {"student_val": student_val, "teacher_val": teacher_val, "better": better, "path": None}
-        if choice == "student" or better:
+        cached = {"student_val": student_val, "teacher_val": teacher_val, "path": None}
+        if choice == "student" or primary.better(student_val, teacher_val):
             names, data = ctx.output_names, ctx.data
             train = predict(student, data.train, inputs=data.inputs, names=names, workers=data.workers)
             path = ctx.stage_dir / "qat-reference.safetensors"
@@ -113,8 +112,6 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
     if cached["path"] is None:
         return teacher_file, ctx.teacher(), {"model": "teacher",
                                              "why": f"the teacher reads at least as well ({figures})"}
-    from compress.train.outputs import open_outputs
-
     why = "as configured" if choice == "student" else "the student reads better than its teacher"
     return cached["path"], Teacher(outputs=open_outputs(Path(cached["path"]))["train"], source=cached["path"]), \
         {"model": "student", "why": f"{why} ({figures})"}
