@@ -12,7 +12,7 @@ For each: the fp32 student's figure; PTQ's and QAT's figure and drop; recovery =
 training time; QAT / PTQ p50 at batch 1 on ORT CPU, paired; parity of the torch fake-quant model with the QDQ model.
 
     PYTHONPATH=$PWD python benchmarks/bench_qat.py --out /tmp/bench-qat --cases detect topics minilm \\
-        [--distill-epochs N] [--qat-epochs N] [--qnn-samples N] [--keep]
+        [--distill-epochs N] [--qat-epochs N] [--qat-steps N] [--qnn-samples N] [--keep]
 
 --distill-epochs shortens distillation (the shipped epochs otherwise); every change to a file is listed in
 results.json. Writes results.json and results.md in --out.
@@ -41,6 +41,8 @@ def pipeline(case: str, out: Path, args: argparse.Namespace) -> tuple[Path, dict
     changes: dict = {"quantize.mode": "qat", "quantize.qat_epochs": args.qat_epochs}
     raw["pipeline"].update(output_dir=str(out / "run"), base_dir=str(source.parent))
     raw.setdefault("quantize", {}).update(mode="qat", qat_epochs=args.qat_epochs)
+    if args.qat_steps:
+        raw["quantize"]["qat_steps"] = changes["quantize.qat_steps"] = args.qat_steps
     if case == "detect":
         raw["distill"]["control"] = False  # the control is the distillation issue's figure, not this one's
         changes["distill.control"] = False
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--distill-epochs", type=int, default=None)
     parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--qat-steps", type=int, default=None, help="[quantize] qat_steps: steps per QAT epoch")
     parser.add_argument("--qnn-samples", type=int, default=500)
     parser.add_argument("--keep", action="store_true", help="reuse the run folder's cached stages (no --force)")
     args = parser.parse_args()
@@ -124,16 +127,16 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         path, changes = pipeline(case, out, args)
         started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "compress", "run", str(path), *([] if args.keep else ["--force"])],
-                              cwd=ROOT, capture_output=True, text=True)
-        (out / "log.txt").write_text(proc.stdout + proc.stderr)
+        with open(out / "log.txt", "w") as log:  # written as the run goes: its progress can be followed
+            proc = subprocess.run([sys.executable, "-m", "compress", "run", str(path),
+                                   *([] if args.keep else ["--force"])], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         entry = {"file": CASES[case], "changes": changes, "exit_code": proc.returncode,
                  "wall_seconds": round(time.time() - started, 1)}
         report = out / "run" / "report.json"
         if report.is_file():
             entry.update(figures(json.loads(report.read_text())))
         else:
-            entry["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            entry["error"] = (out / "log.txt").read_text().strip().splitlines()[-1:]
         results[case] = entry
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
         print(json.dumps({case: entry}, indent=2), flush=True)

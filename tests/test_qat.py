@@ -245,7 +245,7 @@ def test_qat_distils_from_the_fp32_student_when_asked_and_keeps_the_teachers_val
     from compress.train.outputs import open_outputs
 
     toml = tmp_path / "p.toml"
-    toml.write_text(DIGITS_QAT.replace('mode = "qat"', 'mode = "qat"\nqat_teacher = "student"'))
+    toml.write_text(DIGITS_QAT.replace('mode = "qat"', 'mode = "qat"\nqat_teacher = "student"\nqat_steps = 3'))
     result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "q"
@@ -258,6 +258,8 @@ def test_qat_distils_from_the_fp32_student_when_asked_and_keeps_the_teachers_val
     assert np.array_equal(own["val"][name], teacher["val"][name])  # figures still compare with the teacher's
     assert own["train"][name].shape == teacher["train"][name].shape
     assert not np.allclose(own["train"][name], teacher["train"][name])  # the student's own rows
+    trained = report["details"]["quantize"]["attempts"][-1]["qat"]  # qat_steps: 3 batches an epoch, not a pass
+    assert trained["examples_per_epoch"] == [3 * 64] * 2, trained["examples_per_epoch"]
     assert "QAT trained 2 epochs against the student (as configured" in (run / "report.md").read_text()
 
 

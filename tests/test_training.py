@@ -60,3 +60,15 @@ def test_nan_loss_names_epoch_and_batch():
         model[0].weight.fill_(math.inf)
     with pytest.raises(CompressError, match=r"at epoch 1, batch 1; lower the learning rate"):
         fit(model, (x, y), (x, y), TrainConfig(epochs=1), seed=0, progress=False, desc="distill")
+
+
+def test_steps_per_epoch_caps_each_epoch_to_a_subset_of_the_rows():
+    x, y = _blobs()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    capped = fit(model, (x[:300], y[:300]), (x[300:], y[300:]), TrainConfig(epochs=3, lr=1e-2, steps_per_epoch=2),
+                 seed=0, batch_size=32, progress=False)
+    assert [h["examples"] for h in capped["history"]] == [64, 64, 64]
+    whole = fit(model, (x[:300], y[:300]), (x[300:], y[300:]), TrainConfig(epochs=1, lr=1e-2, steps_per_epoch=50),
+                seed=0, batch_size=32, progress=False)
+    assert [h["examples"] for h in whole["history"]] == [300]  # a cap above the pass changes nothing

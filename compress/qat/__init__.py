@@ -29,7 +29,7 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     """Fine-tune the QDQ graph at `src` against the teacher for `[quantize] qat_epochs`; write it to `dst`.
     The post-training values count as epoch 0: when no epoch beats them on validation they are what is written
     (best_epoch 0). Returns {"path", "parity", "seconds", "epochs", "best_epoch", "val_before", "val_best_epoch",
-    "lr", "freeze_after", "distilled_from" (compress.qat.distilled_from), "same_kernels", "kernels"}."""
+    "lr", "freeze_after", "examples_per_epoch", "distilled_from" (compress.qat.distilled_from), "same_kernels", "kernels"}."""
     import onnx
 
     from compress.families import family_of
@@ -46,6 +46,7 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     freeze_after = max(epochs - qcfg.qat_freeze_epochs, 0)
     update = {"epochs": epochs, "lr": qcfg.qat_lr if qcfg.qat_lr is not None else settings.lr / 10,
               "warmup_epochs": 0.0, "patience": epochs, "freeze_embeddings": False, "max_minutes": None,
+              "steps_per_epoch": qcfg.qat_steps,
               "precision": "fp32",  # bf16 matmuls would train a model ORT's int8 kernels do not compute
               **{k: 0.0 for k in family.kd_keys if k.endswith("_weight")}}  # the graph has no hidden states to match
     settings = settings.model_copy(update=update)
@@ -72,7 +73,8 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     ptq_ops, qat_ops = kernels(Path(src)), kernels(Path(dst))
     return {"path": str(dst), "seconds": round(seconds, 1), "epochs": history.get("epochs_run"),
             "best_epoch": 0 if kept else history.get("best_epoch"), "val_before": before, "val_best_epoch": after,
-            "lr": settings.lr, "freeze_after": freeze_after, "distilled_from": source,
+            "lr": settings.lr, "freeze_after": freeze_after,
+            "examples_per_epoch": [h["examples"] for h in history.get("history", [])], "distilled_from": source,
             "parity": parity(module, Path(dst), ctx), "same_kernels": ptq_ops == qat_ops,
             "kernels": {k: [ptq_ops.get(k, 0), qat_ops.get(k, 0)] for k in sorted(set(ptq_ops) | set(qat_ops))
                         if ptq_ops.get(k, 0) != qat_ops.get(k, 0)}}

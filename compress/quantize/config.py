@@ -32,6 +32,11 @@ class QuantizeConfig(Section):
         3, ge=1, description="mode = 'qat': epochs of quantization-aware distillation (the task's loss against the "
         "teacher), the best validation epoch kept."
     )
+    qat_steps: int | None = Field(
+        None, ge=1, description="mode = 'qat': optimiser steps per QAT epoch, at most (each epoch a new shuffled "
+        "subset of the training rows, validated after it); default: a whole pass. Fine-tuning from the post-training "
+        "values needs a fraction of distillation's steps, and a QAT step costs several float ones."
+    )
     qat_lr: float | None = Field(
         None, gt=0, description="mode = 'qat': learning rate of the fine-tuning (cosine decay, no warm-up); default: "
         "a tenth of the student's distillation rate."

@@ -40,6 +40,9 @@ class TrainConfig(Section):
                                         "where the CPU (AMX, AVX-512 BF16) or GPU has bfloat16 instructions, else "
                                         "fp32. Default by family: fp32 (CNN), auto (transformer). bf16 on a CPU "
                                         "without those instructions is slower: a one-line warning says so.")
+    steps_per_epoch: int | None = Field(None, ge=1, description="Optimiser steps per epoch, at most: each epoch "
+                                        "then trains on a new shuffled subset of the training rows (validation "
+                                        "after each). Default: a whole pass over them.")
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this many minutes of wall clock "
                                       "(the learning-rate schedule then follows the clock); the best validation "
                                       "epoch is kept.")

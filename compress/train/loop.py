@@ -256,7 +256,7 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
                 raise CompressError(f"{origin or desc}: {desc} loss became {loss.item()} at epoch {epoch + 1}, "
                                     f"batch {b + 1}; lower the learning rate (lr = {cfg.lr:g})")
             total_loss, seen = total_loss + loss.item() * len(index), seen + len(index)
-            if stepper.step(loss):
+            if stepper.step(loss) or b + 1 >= stepper.steps_per_epoch:
                 break
         total_loss, seen = world.sum([total_loss, seen])
         figures, primary = evaluate(model), metric_of()
@@ -300,6 +300,8 @@ class _Stepper:
         import torch
 
         self.cfg, self.params, self.world = cfg, params, world
+        # steps_per_epoch caps an epoch; equal shards, so every rank stops at the same step
+        steps_per_epoch = self.steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch or steps_per_epoch)
         if cfg.optimizer == "adamw":
             self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
