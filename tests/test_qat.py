@@ -140,6 +140,43 @@ def test_training_changes_the_int8_values_and_the_export_runs_the_same_kernels_w
         assert torch.equal(again(torch.from_numpy(x))["logits"], torch.from_numpy(got))
 
 
+class Bag(torch.nn.Module):
+    """Token ids through an embedding table, averaged, then a head: ORT quantizes the table as the Gather's
+    activation (one scale and zero point for the table's DequantizeLinear and the Gather's QuantizeLinear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(ids).mean(dim=1))
+
+
+def test_an_embedding_table_sharing_its_gathers_scale_trains_and_exports_what_onnx_runtime_then_computes(tmp_path):
+    from compress.qat.graph import QDQModule
+
+    torch.manual_seed(0)
+    ids = np.random.default_rng(0).integers(0, 50, size=(64, 5)).astype(np.int64)
+    path, _ = _quantized(tmp_path, Bag().eval(), {"ids": ids})
+    module = QDQModule(onnx.load(str(path)))
+    assert [w.tied for w in module.weights.values() if w.tied] == ["emb.weight_scale"]  # the graph has the tie
+    target = torch.randn(64, 3)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(20):  # the table and the shared scale both move
+        loss = torch.nn.functional.mse_loss(module(torch.from_numpy(ids))["logits"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    out = module.export(tmp_path / "qat.onnx")
+    with torch.no_grad():
+        got = module(torch.from_numpy(ids))["logits"].numpy()
+    want = _ort(out, {"ids": ids})
+    # before the tie the table was written with its own min-max scale and ORT read it with the Gather's: 2% off
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert not np.allclose(want, _ort(path, {"ids": ids}))
+
+
 def test_frozen_ranges_stop_learning_and_come_back_with_the_weights(tmp_path):
     from compress.qat.graph import QDQModule
 

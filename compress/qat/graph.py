@@ -45,6 +45,10 @@ class Weight:
     qmin: int
     qmax: int
     symmetric: bool
+    tied: str | None = None
+    """The activation quantizer (its scale initializer) whose scale and zero point the weight's DequantizeLinear
+    reads too: an embedding table that ORT quantizes as the Gather's activation (DQ -> Gather -> Q with one scale, so
+    ORT gathers the uint8 rows as they are). Its range is then the activation's, learned, never its own min-max."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +220,9 @@ class QDQModule(torch.nn.Module):
                 s, rank = inits[scale], inits[src].ndim
                 axis = _attrs(n).get("axis", 1) % rank if s.size > 1 else None
                 value = (inits[src].astype(np.float64) - _broadcast(z, axis, rank)) * _broadcast(s, axis, rank)
+                tied = scale if scale in self.acts and axis is None else None
                 self.weights[n.output[0]] = Weight(self._param(src, value), src, scale, zero, axis, z.dtype, lo, hi,
-                                                   symmetric)
+                                                   symmetric, tied)
             else:
                 continue
             self._taken.update({scale} | ({zero} if zero else set()))
@@ -295,6 +300,10 @@ class QDQModule(torch.nn.Module):
         if out in self.weights:
             spec = self.weights[out]
             w = self.params[spec.param]
+            if spec.tied:  # the activation's own quantizer, learned scale and all
+                act = self.acts[spec.tied]
+                return torch._fake_quantize_learnable_per_tensor_affine(
+                    w, self.act_scale(spec.tied).reshape(1), getattr(self, f"z{act.param}"), act.qmin, act.qmax, 1.0)
             scale, zero = weight_qparams(w, spec)
             if spec.axis is None:
                 return torch.fake_quantize_per_tensor_affine(w, scale.reshape(()), zero.reshape(()).int(), spec.qmin,
@@ -332,6 +341,11 @@ class QDQModule(torch.nn.Module):
         with torch.no_grad():
             for spec in self.weights.values():
                 w = self.params[spec.param].detach()
+                if spec.tied:  # the scale and zero point are the activation's, written with it below
+                    act = self.acts[spec.tied]
+                    scale, zero = self.act_scale(spec.tied).detach(), getattr(self, f"z{act.param}")
+                    put(spec.q, torch.clamp(torch.round(w / scale) + zero, act.qmin, act.qmax).numpy())
+                    continue
                 scale, zero = weight_qparams(w, spec)
                 q = torch.clamp(torch.round(w / scale) + zero, spec.qmin, spec.qmax)
                 put(spec.q, q.numpy())
