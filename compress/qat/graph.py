@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from compress.errors import CompressError
-from compress.qat.ops import OPS, split
+from compress.qat.ops import OPS, attrs_of, constant_value, split
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
 
@@ -163,7 +163,7 @@ class QDQModule(torch.nn.Module):
         self._quantizers(graph, producer)
         self._dequantizers(graph, producer, consumers)
         self._constants(graph)
-        self._steps = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name)
+        self._steps = [(n.op_type, list(n.input), list(n.output), attrs_of(n), n.name)
                        for n in graph.node if n.op_type != "Constant"]
 
     def _param(self, name: str, value: np.ndarray) -> str:
@@ -218,7 +218,7 @@ class QDQModule(torch.nn.Module):
                 symmetric = bool(np.all(z.astype(np.int64) == _MIDDLE[z.dtype]))
                 lo, hi = _range(z.dtype, symmetric)
                 s, rank = inits[scale], inits[src].ndim
-                axis = _attrs(n).get("axis", 1) % rank if s.size > 1 else None
+                axis = attrs_of(n).get("axis", 1) % rank if s.size > 1 else None
                 value = (inits[src].astype(np.float64) - _broadcast(z, axis, rank)) * _broadcast(s, axis, rank)
                 tied = scale if scale in self.acts and axis is None else None
                 self.weights[n.output[0]] = Weight(self._param(src, value), src, scale, zero, axis, z.dtype, lo, hi,
@@ -243,7 +243,7 @@ class QDQModule(torch.nn.Module):
         for n in graph.node:
             if n.op_type == "Constant":
                 key = f"b{len(self._tensors)}"
-                self.register_buffer(key, torch.from_numpy(np.array(_constant(n))), persistent=False)
+                self.register_buffer(key, torch.from_numpy(np.array(constant_value(n))), persistent=False)
                 self._tensors[n.output[0]] = key
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -369,14 +369,6 @@ class QDQModule(torch.nn.Module):
         return path
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    """The node's attributes; tensors as numpy arrays."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for k, v in values.items()}
-
-
 def _broadcast(a: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
     a = a.astype(np.float64)
     if axis is None or a.size == 1:
@@ -384,17 +376,6 @@ def _broadcast(a: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
     shape = [1] * rank
     shape[axis % rank] = -1
     return a.reshape(shape)
-
-
-def _constant(node: Any) -> Any:
-    from onnx import helper, numpy_helper
-
-    attr = node.attribute[0]
-    value = helper.get_attribute_value(attr)
-    if attr.name == "value":
-        return numpy_helper.to_array(value)
-    return np.array(value, dtype=np.float32 if attr.name.startswith("value_float") else
-                    np.int64 if attr.name.startswith("value_int") else None)
 
 
 def load(path: Path, origin: str = "quantize") -> QDQModule:

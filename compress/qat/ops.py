@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +19,26 @@ Op = Callable[[list[Any], dict[str, Any]], Any]
 ONNX_DTYPES: dict[int, torch.dtype] = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16,
                                        6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16,
                                        11: torch.float64, 16: torch.bfloat16}
+
+
+def attrs_of(node: Any) -> dict[str, Any]:
+    """The node's attributes; tensors as numpy arrays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for k, v in values.items()}
+
+
+def constant_value(node: Any) -> Any:
+    """A Constant node's value as a numpy array."""
+    from onnx import helper, numpy_helper
+
+    attr = node.attribute[0]
+    value = helper.get_attribute_value(attr)
+    if attr.name == "value":
+        return numpy_helper.to_array(value)
+    return np.array(value, dtype=np.float32 if attr.name.startswith("value_float") else
+                    np.int64 if attr.name.startswith("value_int") else None)
 
 
 def _ints(t: Any) -> list[int]:
