@@ -460,13 +460,10 @@ def test_only_softmax_scales_ort_would_misread_are_pinned():
     assert np.floor(np.float32(1) / np.float32(values["q_softmax_scale"])) == 255
 
 
-def test_a_sum_on_exact_rounding_ties_is_moved_off_them_so_torch_and_onnx_runtime_agree():
-    # setup: GELU's 1 + erf: erf at scale 2/255 plus the constant 1 at 1/255 into a sum at 2/255 puts every sum
-    # exactly half-way between two codes; ORT's fused QLinearAdd and torch then round by their own float error
+def _tied_sum() -> tuple[object, np.ndarray]:
+    """GELU's 1 + erf: erf at scale 2/255 plus the constant 1 at 1/255 into a sum at 2/255 puts every sum exactly
+    half-way between two codes; ORT's fused QLinearAdd and the QDQ arithmetic then round by their own float error."""
     from onnx import TensorProto, helper, numpy_helper
-
-    from compress.qat.graph import QDQModule
-    from compress.quantize.qdq import untied_add_scales
 
     two = np.array(2 / 255, np.float32)
     inits = [numpy_helper.from_array(two, "s2"), numpy_helper.from_array(np.array(128, np.uint8), "z128"),
@@ -483,17 +480,38 @@ def test_a_sum_on_exact_rounding_ties_is_moved_off_them_so_torch_and_onnx_runtim
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])], inits),
         opset_imports=[helper.make_opsetid("", 13)])
-    x = np.random.default_rng(0).uniform(-1, 1, (256, 64)).astype(np.float32)
+    return model, np.random.default_rng(0).uniform(-1, 1, (256, 64)).astype(np.float32)
 
-    def disagreeing(m) -> int:
-        want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        with torch.no_grad():
-            got = QDQModule(m)(torch.from_numpy(x))["y"].numpy()
-        return int((np.abs(got - want) > 1e-4).sum())
 
+def _disagreeing(model, x: np.ndarray, emulate: bool = True) -> int:
+    """Outputs where the QDQ graph in torch and ORT's int8 model differ (emulate=False: the plain QDQ sum)."""
+    from compress.qat.graph import QDQModule
+
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    module = QDQModule(model)
+    if not emulate:
+        module._adds = {}
+    with torch.no_grad():
+        got = module(torch.from_numpy(x))["y"].numpy()
+    return int((np.abs(got - want) > 1e-4).sum())
+
+
+def test_a_fused_add_computes_in_torch_what_onnx_runtimes_qlinearadd_computes_even_on_rounding_ties():
+    model, x = _tied_sum()
+    assert _disagreeing(model, x, emulate=False) > 1000  # the QDQ sum rounds its ties the other way
+    assert _disagreeing(model, x) == 0
+
+
+def test_a_sum_on_exact_rounding_ties_is_moved_off_them_so_torch_and_onnx_runtime_agree():
+    from onnx import numpy_helper
+
+    from compress.quantize.qdq import untied_add_scales
+
+    model, x = _tied_sum()
+    two = np.array(2 / 255, np.float32)
     # execute
     assert untied_add_scales(model) == 1
     # assert: the sum reads a scale of its own, 1 part in 65,536 larger, and torch and ORT give the same codes
     scale = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}[model.graph.node[4].input[1]]
     assert float(scale) == float(np.float32(float(two) * (1 + 2 ** -16)))
-    assert disagreeing(model) == 0
+    assert _disagreeing(model, x, emulate=False) == 0 and _disagreeing(model, x) == 0
