@@ -28,7 +28,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.qat.ops import OPS, attrs_of, constant_value, split
-from compress.qat.ort_add import fused_adds, qlinear_add, qparams
+from compress.qat.ort_add import fused_adds, qlinear_add, qlinear_matmul, qparams
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
 
@@ -166,7 +166,7 @@ class QDQModule(torch.nn.Module):
         self._constants(graph)
         self._steps = [(n.op_type, list(n.input), list(n.output), attrs_of(n), n.name)
                        for n in graph.node if n.op_type != "Constant"]
-        self._adds = fused_adds(graph, producer, consumers)  # computed as ORT's QLinearAdd does (ort_add.py)
+        self._adds = fused_adds(graph, producer, consumers)  # computed as ORT's fused kernels do (ort_add.py)
 
     def _param(self, name: str, value: np.ndarray) -> str:
         key = f"p{len(self.params)}"
@@ -287,11 +287,12 @@ class QDQModule(torch.nn.Module):
                 env[outs[0]] = torch._fake_quantize_learnable_per_tensor_affine(
                     x.float(), self.act_scale(ins[1]).reshape(1), getattr(self, f"z{act.param}"), act.qmin, act.qmax,
                     1.0)
-                sides = self._adds.get(ins[0], ())
+                kind, *sides = self._adds.get(ins[0], (None,))
                 given = [qparams(self, side) for side in sides]
-                if sides and all(given):
-                    env[outs[0]] = qlinear_add(env[sides[0][0]], given[0], env[sides[1][0]], given[1], (
-                        self.act_scale(ins[1]), getattr(self, f"z{act.param}")), act.qmin, act.qmax, env[outs[0]])
+                if kind and all(given):
+                    env[outs[0]] = (qlinear_add if kind == "Add" else qlinear_matmul)(
+                        env[sides[0][0]], given[0], env[sides[1][0]], given[1],
+                        (self.act_scale(ins[1]), getattr(self, f"z{act.param}")), act.qmin, act.qmax, env[outs[0]])
             elif op == "DequantizeLinear":
                 env[outs[0]] = self._dequantize(outs[0], ins, env)
             else:
