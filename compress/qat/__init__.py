@@ -29,7 +29,8 @@ def train_qat(src: Path, dst: Path, ctx: Any, origin: str) -> dict[str, Any]:
     """Fine-tune the QDQ graph at `src` against the teacher for `[quantize] qat_epochs`; write it to `dst`.
     The post-training values count as epoch 0: when no epoch beats them on validation they are what is written
     (best_epoch 0). Returns {"path", "parity", "seconds", "epochs", "best_epoch", "val_before", "val_best_epoch",
-    "lr", "freeze_after", "examples_per_epoch", "distilled_from" (compress.qat.distilled_from), "same_kernels", "kernels"}."""
+    "lr", "freeze_after", "examples_per_epoch", "distilled_from" (compress.qat.distilled_from), "same_kernels",
+    "kernels"}."""
     import onnx
 
     from compress.families import family_of

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from compress.errors import CompressError
-from compress.qat.ops import OPS, attrs_of, constant_value, split
+from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
 from compress.qat.ort_add import fused_adds, qlinear_add, qlinear_matmul, qparams
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
@@ -167,6 +167,12 @@ class QDQModule(torch.nn.Module):
         self._steps = [(n.op_type, list(n.input), list(n.output), attrs_of(n), n.name)
                        for n in graph.node if n.op_type != "Constant"]
         self._adds = fused_adds(graph, producer, consumers)  # computed as ORT's fused kernels do (ort_add.py)
+        last = {}  # each value is dropped after its last reader: a MiniLM graph's values at once took 19 GB
+        for i, (op, ins, outs, _, _) in enumerate(self._steps):
+            extra = [side[0] for side in self._adds.get(ins[0], ())[1:]] if op == "QuantizeLinear" else []
+            last.update({name: i for name in [*ins, *extra] if name})
+        self._free = [[n for n, at in last.items() if at == i and n not in self.outputs]
+                      for i in range(len(self._steps))]
 
     def _param(self, name: str, value: np.ndarray) -> str:
         key = f"p{len(self.params)}"
@@ -221,7 +227,8 @@ class QDQModule(torch.nn.Module):
                 lo, hi = _range(z.dtype, symmetric)
                 s, rank = inits[scale], inits[src].ndim
                 axis = attrs_of(n).get("axis", 1) % rank if s.size > 1 else None
-                value = (inits[src].astype(np.float64) - _broadcast(z, axis, rank)) * _broadcast(s, axis, rank)
+                zb, sb = (broadcast_to_axis(v, axis, rank) for v in (z, s))
+                value = (inits[src].astype(np.float64) - zb) * sb
                 tied = scale if scale in self.acts and axis is None else None
                 self.weights[n.output[0]] = Weight(self._param(src, value), src, scale, zero, axis, z.dtype, lo, hi,
                                                    symmetric, tied)
@@ -278,7 +285,7 @@ class QDQModule(torch.nn.Module):
         if missing:
             raise CompressError(f"the quantized graph needs inputs {', '.join(missing)}; it was given "
                                 f"{', '.join(kwargs) or f'{len(args)} positional'}")
-        for op, ins, outs, attrs, _ in self._steps:
+        for (op, ins, outs, attrs, _), free in zip(self._steps, self._free):
             if op == "QuantizeLinear":
                 act = self.acts[ins[1]]
                 x = env[ins[0]] if ins[0] in env else self.tensor(ins[0])
@@ -300,6 +307,8 @@ class QDQModule(torch.nn.Module):
                 out = split(values, attrs, len(outs)) if op == "Split" else OPS[op](values, attrs)
                 for name, value in zip(outs, out if isinstance(out, tuple) else (out,)):
                     env[name] = value
+            for name in free:
+                env.pop(name, None)
         return {name: env[name] for name in self.outputs}
 
     def _dequantize(self, out: str, ins: list[str], env: dict[str, Any]) -> torch.Tensor:
@@ -375,15 +384,6 @@ class QDQModule(torch.nn.Module):
         path = Path(path)
         onnx.save(model, str(path))
         return path
-
-
-def _broadcast(a: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
-    a = a.astype(np.float64)
-    if axis is None or a.size == 1:
-        return a.reshape(())
-    shape = [1] * rank
-    shape[axis % rank] = -1
-    return a.reshape(shape)
 
 
 def load(path: Path, origin: str = "quantize") -> QDQModule:

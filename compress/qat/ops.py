@@ -41,6 +41,16 @@ def constant_value(node: Any) -> Any:
                     np.int64 if attr.name.startswith("value_int") else None)
 
 
+def broadcast_to_axis(a: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
+    """A per-channel array shaped to broadcast along `axis` of a rank-`rank` tensor (a scalar when per tensor)."""
+    a = a.astype(np.float64)
+    if axis is None or a.size == 1:
+        return a.reshape(())
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return a.reshape(shape)
+
+
 def _ints(t: Any) -> list[int]:
     return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
 
