@@ -28,7 +28,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
-from compress.qat.ort_add import fused_adds, qlinear_add, qlinear_matmul, qparams
+from compress.qat.ort_add import fused_adds, qlinear_add, qlinear_matmul, qparams, weight_qparams
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
 
@@ -84,35 +84,6 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: i
     v = torch.clamp(x / scale, -2.0 ** 30, 2.0 ** 30)  # -inf (an attention mask's fill) saturates as in ORT
     v = v + (torch.round(v) - v).detach()
     return (torch.clamp(v + zero, qmin, qmax) - zero) * scale
-
-
-def weight_qparams(w: torch.Tensor, spec: Weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """ORT's compute_scale_zp for a weight (per channel along spec.axis, else per tensor), as broadcastable
-    (scale, zero point) float tensors; no gradient."""
-    with torch.no_grad():
-        w = w.detach().double()
-        if spec.axis is None:
-            lo, hi = w.min(), w.max()
-        else:
-            dims = [d for d in range(w.dim()) if d != spec.axis]
-            lo, hi = w.amin(dim=dims), w.amax(dim=dims)
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-        if spec.symmetric:
-            m = torch.maximum(-lo, hi)
-            lo, hi = -m, m
-        scale = (hi - lo) / (spec.qmax - spec.qmin)
-        tiny = scale.float() < np.finfo(np.float32).tiny
-        if spec.symmetric:
-            zero = torch.full_like(scale, float(round((spec.qmin + spec.qmax) / 2)))
-        else:
-            zero = torch.round(spec.qmin - lo / torch.where(tiny, torch.ones_like(scale), scale))
-        scale = torch.where(tiny, torch.ones_like(scale), scale).float()
-        zero = torch.where(tiny, torch.zeros_like(zero), zero).float()
-        if spec.axis is not None:
-            shape = [1] * w.dim()
-            shape[spec.axis] = -1
-            scale, zero = scale.reshape(shape), zero.reshape(shape)
-        return scale, zero
 
 
 def _range(dtype: Any, symmetric: bool) -> tuple[int, int]:

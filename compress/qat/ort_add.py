@@ -1,4 +1,5 @@
-"""ONNX Runtime's QLinearAdd arithmetic, for the QDQ graph run in torch (compress.qat.graph).
+"""ONNX Runtime's arithmetic for the QDQ graph run in torch (compress.qat.graph): how it derives a weight's scale
+(weight_qparams), and what its fused QLinearAdd and QLinearMatMul kernels compute.
 
 ORT's CPU provider fuses DequantizeLinear(a) + DequantizeLinear(b) -> QuantizeLinear into one QLinearAdd. On x86
 its kernel (MLAS, SSE2/AVX2) does not dequantize: it rounds (fixed + qa * (sa / sc)) + qb * (sb / sc) in float32,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -37,11 +39,38 @@ def fused_adds(graph: Any, producer: dict[str, Any], consumers: dict[str, list[A
     return found
 
 
+def weight_qparams(w: torch.Tensor, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORT's compute_scale_zp for a weight (per channel along spec.axis, else per tensor), as broadcastable
+    (scale, zero point) float tensors; no gradient."""
+    with torch.no_grad():
+        w = w.detach().double()
+        if spec.axis is None:
+            lo, hi = w.min(), w.max()
+        else:
+            dims = [d for d in range(w.dim()) if d != spec.axis]
+            lo, hi = w.amin(dim=dims), w.amax(dim=dims)
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        if spec.symmetric:
+            m = torch.maximum(-lo, hi)
+            lo, hi = -m, m
+        scale = (hi - lo) / (spec.qmax - spec.qmin)
+        tiny = scale.float() < np.finfo(np.float32).tiny
+        if spec.symmetric:
+            zero = torch.full_like(scale, float(round((spec.qmin + spec.qmax) / 2)))
+        else:
+            zero = torch.round(spec.qmin - lo / torch.where(tiny, torch.ones_like(scale), scale))
+        scale = torch.where(tiny, torch.ones_like(scale), scale).float()
+        zero = torch.where(tiny, torch.zeros_like(zero), zero).float()
+        if spec.axis is not None:
+            shape = [1] * w.dim()
+            shape[spec.axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return scale, zero
+
+
 def qparams(module: Any, side: Side) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, zero point) the forward pass dequantized `side` with: an activation's learned quantizer, a weight's
     own rule (or the activation it is tied to), or the graph's constants; None when per channel."""
-    from compress.qat.graph import weight_qparams
-
     out, scale, zero = side
     if out in module.dq_act:
         name = module.dq_act[out]
@@ -93,4 +122,4 @@ def qlinear_add(a: torch.Tensor, qa: tuple[torch.Tensor, torch.Tensor], b: torch
     return standard + (ort - standard).detach()
 
 
-__all__ = ["fused_adds", "qlinear_add", "qlinear_matmul", "qparams"]
+__all__ = ["fused_adds", "qlinear_add", "qlinear_matmul", "qparams", "weight_qparams"]
