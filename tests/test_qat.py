@@ -62,6 +62,17 @@ def _ort(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
+def _fit(module: torch.nn.Module, feeds: dict[str, np.ndarray], target: torch.Tensor, steps: int = 20) -> None:
+    """Train `module`'s logits toward `target` (mean squared error, Adam at 1e-2)."""
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(module(**{k: torch.from_numpy(v) for k, v in feeds.items()})["logits"],
+                                            target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def _attention_feeds(rows: int = 32) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     mask = np.ones((rows, 6), np.int64)
@@ -114,13 +125,7 @@ def test_training_changes_the_int8_values_and_the_export_runs_the_same_kernels_w
     x = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
     path, _ = _quantized(tmp_path, _cnn(), {"input": x})
     module = QDQModule(onnx.load(str(path)))
-    target = torch.randn(64, 10)
-    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
-    for _ in range(20):
-        loss = torch.nn.functional.mse_loss(module(torch.from_numpy(x))["logits"], target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(module, {"input": x}, torch.randn(64, 10))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.params.values() if p.dim() == 0)
     module.eval()
     out = module.export(tmp_path / "qat.onnx")
@@ -160,13 +165,7 @@ def test_an_embedding_table_sharing_its_gathers_scale_trains_and_exports_what_on
     path, _ = _quantized(tmp_path, Bag().eval(), {"ids": ids})
     module = QDQModule(onnx.load(str(path)))
     assert [w.tied for w in module.weights.values() if w.tied] == ["emb.weight_scale"]  # the graph has the tie
-    target = torch.randn(64, 3)
-    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
-    for _ in range(20):  # the table and the shared scale both move
-        loss = torch.nn.functional.mse_loss(module(torch.from_numpy(ids))["logits"], target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(module, {"ids": ids}, torch.randn(64, 3))  # the table and the shared scale both move
     module.eval()
     out = module.export(tmp_path / "qat.onnx")
     with torch.no_grad():
@@ -490,7 +489,7 @@ def _disagreeing(model, x: np.ndarray, emulate: bool = True) -> int:
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     module = QDQModule(model)
     if not emulate:
-        module._adds = {}
+        module._fused = {}
     with torch.no_grad():
         got = module(torch.from_numpy(x))["y"].numpy()
     return int((np.abs(got - want) > 1e-4).sum())

@@ -28,7 +28,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
-from compress.qat.ort_add import fused_adds, qlinear_add, qlinear_matmul, qparams, weight_qparams
+from compress.qat.ort_kernels import fused_ops, qlinear_add, qlinear_matmul, qparams, weight_qparams
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
 
@@ -137,10 +137,10 @@ class QDQModule(torch.nn.Module):
         self._constants(graph)
         self._steps = [(n.op_type, list(n.input), list(n.output), attrs_of(n), n.name)
                        for n in graph.node if n.op_type != "Constant"]
-        self._adds = fused_adds(graph, producer, consumers)  # computed as ORT's fused kernels do (ort_add.py)
+        self._fused = fused_ops(graph, producer, consumers)  # computed as ORT's kernels do (ort_kernels.py)
         last = {}  # each value is dropped after its last reader: a MiniLM graph's values at once took 19 GB
         for i, (op, ins, outs, _, _) in enumerate(self._steps):
-            extra = [side[0] for side in self._adds.get(ins[0], ())[1:]] if op == "QuantizeLinear" else []
+            extra = [side[0] for side in self._fused.get(ins[0], ())[1:]] if op == "QuantizeLinear" else []
             last.update({name: i for name in [*ins, *extra] if name})
         self._free = [[n for n, at in last.items() if at == i and n not in self.outputs]
                       for i in range(len(self._steps))]
@@ -238,6 +238,10 @@ class QDQModule(torch.nn.Module):
             return getattr(self, f"f{key}") + 0.0 * self.params[key]
         return getattr(self, f"s{key}") * torch.exp(self.params[key])
 
+    def act_qparams(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero point) of the activation quantizer whose scale initializer is `name`."""
+        return self.act_scale(name), getattr(self, f"z{self.acts[name].param}")
+
     def epoch_end(self, epoch: int) -> None:
         """Called by the training loop after each epoch (and with 0 before the first): from `freeze_at` on, the
         activation ranges are the ones learned so far (freezing the observers, as QAT recipes do for the last
@@ -258,19 +262,18 @@ class QDQModule(torch.nn.Module):
                                 f"{', '.join(kwargs) or f'{len(args)} positional'}")
         for (op, ins, outs, attrs, _), free in zip(self._steps, self._free):
             if op == "QuantizeLinear":
-                act = self.acts[ins[1]]
+                act, (scale, zero) = self.acts[ins[1]], self.act_qparams(ins[1])
                 x = env[ins[0]] if ins[0] in env else self.tensor(ins[0])
                 # torch's fused kernel: round half to even of x / scale, saturate, dequantize; LSQ's gradient to
                 # the scale, none to the zero point (it does not require one)
                 env[outs[0]] = torch._fake_quantize_learnable_per_tensor_affine(
-                    x.float(), self.act_scale(ins[1]).reshape(1), getattr(self, f"z{act.param}"), act.qmin, act.qmax,
-                    1.0)
-                kind, *sides = self._adds.get(ins[0], (None,))
+                    x.float(), scale.reshape(1), zero, act.qmin, act.qmax, 1.0)
+                kind, *sides = self._fused.get(ins[0], (None,))
                 given = [qparams(self, side) for side in sides]
                 if kind and all(given):
                     env[outs[0]] = (qlinear_add if kind == "Add" else qlinear_matmul)(
-                        env[sides[0][0]], given[0], env[sides[1][0]], given[1],
-                        (self.act_scale(ins[1]), getattr(self, f"z{act.param}")), act.qmin, act.qmax, env[outs[0]])
+                        env[sides[0][0]], given[0], env[sides[1][0]], given[1], (scale, zero), act.qmin, act.qmax,
+                        env[outs[0]])
             elif op == "DequantizeLinear":
                 env[outs[0]] = self._dequantize(outs[0], ins, env)
             else:
@@ -289,9 +292,9 @@ class QDQModule(torch.nn.Module):
             spec = self.weights[out]
             w = self.params[spec.param]
             if spec.tied:  # the activation's own quantizer, learned scale and all
-                act = self.acts[spec.tied]
-                return torch._fake_quantize_learnable_per_tensor_affine(
-                    w, self.act_scale(spec.tied).reshape(1), getattr(self, f"z{act.param}"), act.qmin, act.qmax, 1.0)
+                act, (scale, zero) = self.acts[spec.tied], self.act_qparams(spec.tied)
+                return torch._fake_quantize_learnable_per_tensor_affine(w, scale.reshape(1), zero, act.qmin, act.qmax,
+                                                                        1.0)
             scale, zero = weight_qparams(w, spec)
             if spec.axis is None:
                 return torch.fake_quantize_per_tensor_affine(w, scale.reshape(()), zero.reshape(()).int(), spec.qmin,
@@ -330,8 +333,7 @@ class QDQModule(torch.nn.Module):
             for spec in self.weights.values():
                 w = self.params[spec.param].detach()
                 if spec.tied:  # the scale and zero point are the activation's, written with it below
-                    act = self.acts[spec.tied]
-                    scale, zero = self.act_scale(spec.tied).detach(), getattr(self, f"z{act.param}")
+                    act, (scale, zero) = self.acts[spec.tied], self.act_qparams(spec.tied)
                     put(spec.q, torch.clamp(torch.round(w / scale) + zero, act.qmin, act.qmax).numpy())
                     continue
                 scale, zero = weight_qparams(w, spec)

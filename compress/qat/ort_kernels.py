@@ -1,14 +1,15 @@
 """ONNX Runtime's arithmetic for the QDQ graph run in torch (compress.qat.graph): how it derives a weight's scale
 (weight_qparams), and what its fused QLinearAdd and QLinearMatMul kernels compute.
 
-ORT's CPU provider fuses DequantizeLinear(a) + DequantizeLinear(b) -> QuantizeLinear into one QLinearAdd. On x86
-its kernel (MLAS, SSE2/AVX2) does not dequantize: it rounds (fixed + qa * (sa / sc)) + qb * (sb / sc) in float32,
-with fixed = zc - (sa / sc * za + sb / sc * zb). That is the QDQ sum to within float rounding, but where the sum
-sits on a rounding tie the two land one step apart. On a 3-layer MiniLM student 6 of 451,200 sums did, and GELU and
-LayerNorm grew those steps until the torch graph and ORT's int8 model agreed at a mean cosine of 0.995. Every other
-fused kernel there (QLinearMatMul, QLinearMul) matched the QDQ arithmetic element for element.
+ORT's CPU provider fuses DequantizeLinear(a) + DequantizeLinear(b) -> QuantizeLinear into one QLinearAdd, and the
+same around a MatMul into QLinearMatMul. On x86, QLinearAdd (MLAS, SSE2/AVX2) does not dequantize: it rounds
+(fixed + qa * (sa / sc)) + qb * (sb / sc) in float32, with fixed = zc - (sa / sc * za + sb / sc * zb); QLinearMatMul
+sums the integer products exactly and scales them by float32(sa * sb / sc). That is the QDQ arithmetic to within
+float rounding, but where a value sits on a rounding tie the two land one step apart: on a 3-layer MiniLM student
+6 of 451,200 sums and 1-2 of 300,000 products did, and GELU and LayerNorm grew those steps until the torch graph and
+ORT's int8 model agreed at a mean cosine of 0.995 on a sentence. QLinearMul matched the QDQ arithmetic exactly.
 
-The forward value is ORT's; the gradient is the QDQ sum's (straight through, LSQ to the output scale), as before.
+The forward value is ORT's; the gradient is the QDQ arithmetic's (straight through, LSQ to the output scale).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ Side = tuple[str, str, str]
 """A DequantizeLinear: its output, scale and zero point (initializer names; '' for none)."""
 
 
-def fused_adds(graph: Any, producer: dict[str, Any], consumers: dict[str, list[Any]]
+def fused_ops(graph: Any, producer: dict[str, Any], consumers: dict[str, list[Any]]
                ) -> dict[str, tuple[str, Side, Side]]:
     """{Add or MatMul output: (op, its two DequantizeLinear (Side))} for each Add and MatMul that ORT fuses into
     QLinearAdd / QLinearMatMul: both inputs dequantized, the result read only by one QuantizeLinear."""
@@ -70,16 +71,14 @@ def weight_qparams(w: torch.Tensor, spec: Any) -> tuple[torch.Tensor, torch.Tens
 
 def qparams(module: Any, side: Side) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, zero point) the forward pass dequantized `side` with: an activation's learned quantizer, a weight's
-    own rule (or the activation it is tied to), or the graph's constants; None when per channel."""
+    own rule (per channel or not; or the activation it is tied to), or the graph's constants; None for a constant's
+    per-channel scale."""
     out, scale, zero = side
     if out in module.dq_act:
-        name = module.dq_act[out]
-        return module.act_scale(name), getattr(module, f"z{module.acts[name].param}")
+        return module.act_qparams(module.dq_act[out])
     spec = module.weights.get(out)
-    if spec is not None and spec.tied:
-        return module.act_scale(spec.tied), getattr(module, f"z{module.acts[spec.tied].param}")
     if spec is not None:
-        return weight_qparams(module.params[spec.param], spec)
+        return module.act_qparams(spec.tied) if spec.tied else weight_qparams(module.params[spec.param], spec)
     s = module.tensor(scale)
     return (s, module.tensor(zero) if zero else torch.zeros(())) if s.numel() == 1 else None
 
@@ -93,12 +92,13 @@ def qlinear_matmul(a: torch.Tensor, qa: tuple[torch.Tensor, torch.Tensor], b: to
     with torch.no_grad():
         f32 = torch.float32
         (sa, _), (sb, _), (sc, zc) = ((s.detach().to(f32), z.detach().to(f32)) for s, z in (qa, qb, qc))
-        ia = torch.round(a.detach().float() / sa.reshape(-1)[0] if sa.numel() == 1 else a.detach().float() / sa)
-        ib = torch.round(b.detach().float() / (sb.reshape(-1) if sb.numel() > 1 else sb.reshape(())))
+        # the integers minus their zero points; a per-channel weight's scales run along its last axis (columns)
+        sa, sb = (s.reshape(-1) if s.numel() > 1 else s.reshape(()) for s in (sa, sb))
+        ia, ib = torch.round(a.detach().float() / sa), torch.round(b.detach().float() / sb)
         # float32 sums integers exactly below 2**24; beyond that, float64
         big = ia.abs().amax() * ib.abs().amax() * ia.shape[-1] >= 2 ** 24
         acc = (ia.double() @ ib.double()).float() if big else ia @ ib
-        scale = (sa.reshape(()) * (sb.reshape(-1) if sb.numel() > 1 else sb.reshape(()))) / sc.reshape(())
+        scale = sa * sb / sc.reshape(())
         q = torch.clamp(torch.round(acc * scale) + zc.reshape(()), qmin, qmax)
         ort = (q - zc.reshape(())) * sc.reshape(())
     return standard + (ort - standard).detach()
@@ -122,4 +122,4 @@ def qlinear_add(a: torch.Tensor, qa: tuple[torch.Tensor, torch.Tensor], b: torch
     return standard + (ort - standard).detach()
 
 
-__all__ = ["fused_adds", "qlinear_add", "qlinear_matmul", "qparams", "weight_qparams"]
+__all__ = ["fused_ops", "qlinear_add", "qlinear_matmul", "qparams", "weight_qparams"]
