@@ -106,14 +106,19 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def load_manifest(stage_dir: Path, key: str, run_dir: Path) -> dict | None:
-    """The stage's manifest if its key matches and all its artifacts are intact; None otherwise."""
-    path = stage_dir / MANIFEST
+def load_manifest_file(stage_dir: Path) -> dict | None:
+    """The stage folder's manifest as written, unchecked; None when it is missing or unreadable."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads((stage_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(manifest, dict) or manifest.get("key") != key:
+    return manifest if isinstance(manifest, dict) else None
+
+
+def load_manifest(stage_dir: Path, key: str, run_dir: Path) -> dict | None:
+    """The stage's manifest if its key matches and all its artifacts are intact; None otherwise."""
+    manifest = load_manifest_file(stage_dir)
+    if manifest is None or manifest.get("key") != key:
         return None
     for rel, sha in manifest.get("artifacts", {}).items():
         p = run_dir / rel

@@ -3,6 +3,10 @@
 Stages are functions of (their config section, what earlier stages produced). The order, the sections each stage
 reads and whether it runs all come from the registry (compress.stages.STAGES). A stage's cache key chains the key
 of the stage before it, so changing one section re-runs that stage and every stage after it, and nothing before.
+The chain also takes in the digests of every earlier stage's artifacts: a stage run again with the same config (its
+folder deleted, a file damaged) re-runs every later stage too, so none reports on models that are no longer there.
+Machines training together (nnodes > 1) chain the configs only: each holds its own run folder, and the nodes must
+agree on every key.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress.cache import digest, load_manifest, run_lock, save_manifest
+from compress.cache import digest, load_manifest, load_manifest_file, run_lock, save_manifest
 from compress.context import StageContext
 from compress.errors import GateFailed
 from compress.records import ModelRecord, RunState, StageResult
@@ -20,8 +24,8 @@ from compress.stages import STAGES, section_inputs, stage_names
 
 log = logging.getLogger("compress")
 
-CACHE_VERSION = 4  # bump when a stage's outputs change meaning, so old caches are not trusted (4: one path for
-# every task: teacher outputs in safetensors, metrics per model)
+CACHE_VERSION = 5  # bump when a stage's outputs change meaning, so old caches are not trusted (4: one path for
+# every task: teacher outputs in safetensors, metrics per model; 5: keys chain earlier stages' artifact digests)
 
 
 def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None,
@@ -71,6 +75,8 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
                                "artifacts": [], "error": str(exc)})
                 failure = exc
                 break
+            if dist is None or dist.nnodes == 1:
+                key = digest([key, stage_artifacts(run_dir / name)])
             models.update({m.name: m for m in result.models})
             state = state.merged(result.state)
             if result.info:
@@ -90,6 +96,12 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
     if state.gate_failure:
         raise GateFailed(f"{cfg.source_path}: {state.gate_failure} (report: {run_dir / 'report.json'})")
     return report
+
+
+def stage_artifacts(stage_dir: Path) -> dict[str, str]:
+    """{artifact path: sha256} from the manifest of a stage that just finished (cached, shared or run)."""
+    manifest = load_manifest_file(stage_dir)
+    return dict(manifest.get("artifacts", {})) if manifest else {}
 
 
 def _run_shared(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, ModelRecord], state: RunState,

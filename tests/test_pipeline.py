@@ -74,6 +74,34 @@ def test_changing_a_key_reruns_that_stage_and_later(tiny_dir):
     assert statuses == {"teacher": "cached", "distill": "done", "export": "done", "benchmark": "done"}
 
 
+def test_a_stage_whose_artifacts_changed_under_the_same_key_reruns_every_later_stage(tiny_dir):
+    """The export stage's student.onnx replaced by different bytes under the same key, as a stage run again after a
+    code change leaves it: the benchmark must time the new model, not stay cached on the old one (the keys chain
+    the earlier stages' artifact digests, not only their configs). Rebuilt bytes that are identical keep it."""
+    import shutil
+
+    import onnx
+
+    from compress.cache import file_sha256
+
+    assert _run(tiny_dir).exit_code == 0
+    run_dir = tiny_dir / "runs/tiny"
+    shutil.rmtree(run_dir / "export")  # rebuilt from the same student: the same bytes, so the benchmark stays cached
+    assert _run(tiny_dir).exit_code == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((run_dir / "report.json").read_text())["stages"]}
+    assert statuses == {"teacher": "cached", "distill": "cached", "export": "done", "benchmark": "cached"}
+    model = onnx.load(str(run_dir / "export/student.onnx"))
+    model.doc_string = "rebuilt by other code"
+    onnx.save(model, str(run_dir / "export/student.onnx"))
+    manifest_path = run_dir / "export/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["artifacts"] = {rel: file_sha256(run_dir / rel) for rel in manifest["artifacts"]}
+    manifest_path.write_text(json.dumps(manifest))
+    assert _run(tiny_dir).exit_code == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((run_dir / "report.json").read_text())["stages"]}
+    assert statuses == {"teacher": "cached", "distill": "cached", "export": "cached", "benchmark": "done"}
+
+
 def test_force_recomputes_and_same_seed_gives_same_accuracy(tiny_dir):
     assert _run(tiny_dir).exit_code == 0
     before = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
