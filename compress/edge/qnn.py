@@ -10,6 +10,7 @@ The flow that strings these together is compress.edge.qnn_flow.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from compress.errors import CompressError, first_line
+
+log = logging.getLogger("compress")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,7 +95,7 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
 
 def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np.ndarray] | list[dict]", *,
                      activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
-                     batch: int = 1) -> Path:
+                     batch: int = 1, outlier_ratio: float | None = 64.0) -> Path:
     """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
     `calibration` ({input name: rows}, in batches of `batch`: a fixed-shape model takes exactly its batch; or a list
     of such feeds, one batch each, for a model with dynamic shapes). Tensors
@@ -105,6 +108,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
     import numpy as np
 
     from compress.quantize.attempts import batched
+    from compress.quantize.outliers import describe, outlier_activations
     from compress.quantize.sensitivity import feeds_reader
 
     types = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8}
@@ -117,8 +121,14 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
         src = pre if qnn_preprocess_model(str(bare), str(pre)) else bare
         try:
             feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch)
+            wide = outlier_activations(src, feeds, outlier_ratio) if outlier_ratio and activation_type != "uint16" \
+                else []
             cfg = get_qnn_qdq_config(str(src), feeds_reader(feeds),
-                                     activation_type=types[activation_type], weight_type=types[weight_type])
+                                     activation_type=types[activation_type], weight_type=types[weight_type],
+                                     init_overrides={name: [{"quant_type": QuantType.QUInt16}] for name, _ in wide}
+                                     or None)
+            if wide:
+                log.info("quantize for QNN: 16-bit codes for %s", describe(wide))
             with _quiet_fd(2), np.errstate(divide="ignore", invalid="ignore"):  # an infinite range: kept float
                 quantize(str(src), str(Path(tmp) / "qdq.onnx"), cfg)
         except CompressError:

@@ -161,7 +161,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 fixed_batch: int = 1, seq: int | None = None, activation_type: ActivationType = "uint8",
                 provider_options: dict[str, str] | None = None, latency_runs: int = 20,
                 max_accuracy_drop: float = 0.01, qdq: Path | None = None,
-                logits: bool | None = None, reference: "np.ndarray | None" = None) -> dict[str, Any]:
+                logits: bool | None = None, reference: "np.ndarray | None" = None,
+                outlier_ratio: float | None = 64.0) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -199,7 +200,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         masked = finite_attention_mask(fixed, out_dir / f"{stem}.mask.onnx", calib)
         source = out_dir / f"{stem}.mask.onnx" if masked else fixed
         qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
-                               batch=fixed_batch)
+                               batch=fixed_batch, outlier_ratio=outlier_ratio)
     else:
         qdq = fix_batch(Path(qdq), out_dir / f"{stem}.qnn.qdq.onnx", fixed_batch)
         if seq is not None:

@@ -26,7 +26,9 @@ Side = tuple[str, str, str]
 def fused_ops(graph: Any, producer: dict[str, Any], consumers: dict[str, list[Any]]
                ) -> dict[str, tuple[str, Side, Side]]:
     """{Add or MatMul output: (op, its two DequantizeLinear (Side))} for each Add and MatMul that ORT fuses into
-    QLinearAdd / QLinearMatMul: both inputs dequantized, the result read only by one QuantizeLinear."""
+    QLinearAdd / QLinearMatMul: both inputs dequantized, the result read only by one QuantizeLinear, all three
+    8-bit (16-bit codes stay DequantizeLinear -> float op -> QuantizeLinear in ORT)."""
+    eight = {i.name for i in graph.initializer if i.data_type in (2, 3)}  # uint8, int8 zero points (none: uint8)
     found = {}
     for n in graph.node:
         if n.op_type not in ("Add", "MatMul") or len(n.input) != 2:
@@ -34,7 +36,8 @@ def fused_ops(graph: Any, producer: dict[str, Any], consumers: dict[str, list[An
         dqs = [producer.get(i) for i in n.input]
         readers = consumers.get(n.output[0], [])
         if all(d is not None and d.op_type == "DequantizeLinear" for d in dqs) and len(readers) == 1 and \
-                readers[0].op_type == "QuantizeLinear":
+                readers[0].op_type == "QuantizeLinear" and \
+                all(len(q.input) < 3 or not q.input[2] or q.input[2] in eight for q in (*dqs, readers[0])):
             a, b = ((d.output[0], d.input[1], d.input[2] if len(d.input) > 2 else "") for d in dqs)
             found[n.output[0]] = (n.op_type, a, b)
     return found

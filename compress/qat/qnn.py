@@ -65,7 +65,8 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     masked = finite_attention_mask(source, out / "float.mask.onnx", dict(calibration[0]))
     base = out / "float.mask.onnx" if masked else source
     activation = ctx.cfg.export.qnn_activation_type
-    ptq_path = quantize_for_qnn(base, out / "ptq.qdq.onnx", list(calibration), activation_type=activation)
+    ptq_path = quantize_for_qnn(base, out / "ptq.qdq.onnx", list(calibration), activation_type=activation,
+                                outlier_ratio=ctx.cfg.quantize.outlier_ratio)
     left = float_nodes(ptq_path)
     if left:
         log.warning("warning: %s: the QNN QDQ graph leaves %d node(s) in float, which HTP cannot run as int8: %s",

@@ -63,9 +63,8 @@ def quantize(
     mode = 'qat': the static attempts, then `qat(ptq_path, out_path)` (compress.qat.train_qat), gated as attempt
     "qat"; compress.qat.pick.pick_quantized decides which of the two is the quantized candidate.
     """
-    from compress.progress import progress as progress_bar
-
     from compress.bench.environment import int8_isa, u8s8_saturates
+    from compress.progress import progress as progress_bar
 
     mode, cfg = cfg.mode, _post_training(cfg, qat)
     search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
@@ -95,7 +94,8 @@ def quantize(
     if qat_note is not None:
         _time_qat(search.attempts, qat_note, search.providers, batch_sizes, threads, feed, settings)
     result: dict[str, Any] = {
-        "mode": mode, "qat": qat_note, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa),
+        "mode": mode, "qat": qat_note, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa), "outliers":
+        [{"tensor": name, "ratio": ratio} for name, ratio in search.outliers],
         "gate": gate.to_json(), "attempts": search.attempts,
         "float": _named({"path": str(search.onnx_path), "figures": search.float_figures, "score": search.float_score,
                          "bytes": model_bytes(search.onnx_path), "latency": float_latency}, gate)}
@@ -188,6 +188,9 @@ class _Search:
     """Nodes the user keeps in float in every attempt ([quantize] exclude, --exclude)."""
     cap: int | None = None
     """Bytes calibration may hold (compress.quantize.sensitivity.memory_cap)."""
+    outliers: list[tuple[str, float]] = field(default_factory=list)
+    """(tensor, ratio): activations a few channels' range would crush at 8 bits, float in every static attempt
+    (compress.quantize.outliers)."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -219,15 +222,19 @@ class _Search:
         excluded = prep.excluded_nodes(base, cfg.exclude)
         if excluded:
             note += f"; kept in float as asked: {', '.join(excluded)}"
+        from compress.quantize.outliers import for_static
         from compress.quantize.sensitivity import memory_cap
 
-        return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note, figures,
-                   figures[gate.metric.name], excluded, memory_cap(cfg.max_memory_mb))
+        found, said = for_static(base, calib, cfg)
+        return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note + said, figures,
+                   figures[gate.metric.name], excluded, memory_cap(cfg.max_memory_mb), found)
 
     def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
         """Quantize once with `settings`; score it and judge it against the budget."""
         settings = {**settings, "nodes_to_exclude": list(dict.fromkeys([*self.excluded,
                                                                         *settings["nodes_to_exclude"]]))}
+        if settings["mode"] == "static" and self.outliers:
+            settings["float_activations"] = [name for name, _ in self.outliers]
         name = qa.attempt_name(len(self.attempts) + 1, settings)
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}

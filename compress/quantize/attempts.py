@@ -210,11 +210,12 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         _static(base, out, settings, calib, large=large, stride=stride)
     if not large:  # the quantized model read once, edited in memory, written once
         from compress.quantize.bias import correct_biases
-        from compress.quantize.qdq import float_outputs, infinite_ranges_in_float, readable_scales
+        from compress.quantize.qdq import float_outputs, infinite_ranges_in_float, readable_scales, tensors_in_float
 
         model = onnx.load(str(out))
         infinite = infinite_ranges_in_float(model)
         changed = float_outputs(model) > 0 or bool(infinite)
+        changed = bool(tensors_in_float(model, settings.get("float_activations") or ())) or changed
         changed = readable_scales(model) > 0 or changed
         if infinite:
             kept = f"{len(infinite)} tensors with an infinite calibrated range (an attention mask) kept in float"

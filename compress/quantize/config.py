@@ -51,6 +51,13 @@ class QuantizeConfig(Section):
         1, ge=0, description="mode = 'qat': the last epochs train with the activation ranges frozen (the learned "
         "scales stop moving; batch norm is already folded into the graph's convolutions)."
     )
+    outlier_ratio: float | None = Field(
+        64.0, gt=1, description="Static int8: an activation whose largest |x| is at least this many times its median "
+        "channel's (a transformer's residual stream, where a few hidden channels reach 100+) stays float on ORT CPU "
+        "(its MatMul then runs as int8 products with a float result) and takes 16-bit codes on the QNN target; one "
+        "8-bit scale would leave the other channels a few codes (64: under 4 of 255). Measured on calibration rows "
+        "before quantizing; rank-3 activations only. None: never."
+    )
     max_accuracy_drop: float = Field(
         0.005,
         ge=0.0,

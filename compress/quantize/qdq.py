@@ -190,14 +190,26 @@ def infinite_ranges_in_float(model: Any) -> list[str]:
     import numpy as np
     from onnx import numpy_helper
 
+    scales = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return _unquantize(model, lambda q: q.input[1] in scales and not np.isfinite(scales[q.input[1]]).all())
+
+
+def tensors_in_float(model: Any, names: Any) -> list[str]:
+    """Take off the QuantizeLinear -> DequantizeLinear pair of each tensor in `names` (a ModelProto, edited in place):
+    those tensors stay float (compress.quantize.outliers); returns the names freed."""
+    wanted = set(names)
+    return _unquantize(model, lambda q: q.input[0] in wanted)
+
+
+def _unquantize(model: Any, pick: Any) -> list[str]:
+    """Take off each QuantizeLinear that `pick(node)` selects, with the DequantizeLinear nodes reading it, when
+    nothing else reads its integers; their readers read the float tensor. Returns the float tensors' names."""
     graph = model.graph
-    scales = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
     freed, drop = [], []
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
-        scale = scales.get(q.input[1])
-        if scale is None or np.isfinite(scale).all():
+        if not pick(q):
             continue
         dqs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]
         if len(dqs) != sum(q.output[0] in n.input for n in graph.node):

@@ -86,7 +86,8 @@ STAGES: dict[str, Stage] = {
                                                           "benchmark.provider_options", "benchmark.seq_lengths"),
                       enabled=lambda cfg: cfg.quantize is not None, files=_user_code),
     "benchmark": Stage("compress.stages.benchmark", reads=("benchmark", "evaluate"), files=_user_code),
-    "edge": Stage("compress.stages.edge", reads=("export",), enabled=lambda cfg: cfg.export.ort_format),
+    "edge": Stage("compress.stages.edge", reads=("export", "quantize.outlier_ratio"),
+                  enabled=lambda cfg: cfg.export.ort_format),
 }
 
 

@@ -29,7 +29,8 @@ def run(ctx: StageContext) -> StageResult:
                    "val_y": val_y if ctx.evaluation.task.name == "classification" else None, "seq": seq,
                    "logits": ctx.evaluation.task.name == "classification" if ctx.evaluation.user is None else None,
                    "activation_type": ctx.cfg.export.qnn_activation_type, "reference": _reference(ctx),
-                   "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None}
+                   "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None,
+                   "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else 64.0}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
         if qnn is not None and graphs:  # the other of the quantize stage's two QNN graphs, for the comparison
             section["qnn_graphs"] = _both(ctx, onnx_path, batch, qnn, graphs, section.get("qnn") or {})

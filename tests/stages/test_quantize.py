@@ -45,9 +45,16 @@ def _mlp(path: Path, centroids: np.ndarray) -> Path:
              helper.make_node("Relu", ["a1"], ["h"], name="relu"),
              helper.make_node("MatMul", ["h", "w2"], ["m2"], name="fc2"),
              helper.make_node("Add", ["m2", "b2"], ["logits"], name="fc2_bias")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _saved(helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                                    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits),
+                  path, opset=17)
+
+
+def _saved(graph: object, path: Path, opset: int) -> Path:
+    """The graph as a checked model file at `path`."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -394,3 +401,88 @@ def test_symbolic_shape_inference_only_where_onnx_leaves_a_shape_unknown():
     # execute / assert: onnx's inference is enough for the first; the second needs ORT's symbolic inference
     assert _shapes_known(plain)
     assert not _shapes_known(computed)
+
+
+def _outlier_model(path: Path, centroids: np.ndarray, outlier: float = 1000.0) -> Path:
+    """(N, 4 positions, 16) -> MatMul (identity) -> Add a bias that puts channel 15 at `outlier` -> Sub it again ->
+    MatMul (centroids on channels 0-14) -> mean over the positions: a nearest-centroid classifier whose hidden
+    tensor's range one channel sets, as a transformer's residual stream has a few huge channels (read, as there, by
+    arithmetic that is not a MatMul: a MatMul reading a float or 16-bit tensor becomes ORT's MatMulNBits, which
+    quantizes it to 8 bits again at its default accuracy level)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = np.zeros(N_FEATURES, np.float32)
+    bias[-1] = outlier
+    head = centroids.T.astype(np.float32).copy()
+    head[-1] = 0.0
+    inits = [numpy_helper.from_array(np.eye(N_FEATURES, dtype=np.float32), "w1"), numpy_helper.from_array(bias, "b1"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(head, "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+             helper.make_node("Sub", ["a1", "b1"], ["h"], name="unbias"),
+             helper.make_node("MatMul", ["h", "w2"], ["scores"], name="head"),
+             helper.make_node("ReduceMean", ["scores", "axes"], ["logits"], name="pool", keepdims=0)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])
+    return _saved(helper.make_graph(nodes, "outlier", [x], [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                                          ["N", 4])], inits),
+                  path, opset=18)
+
+
+def test_an_activation_whose_range_one_channel_sets_stays_float(tmp_path: Path) -> None:
+    # setup: four positions a row, each the row's point plus noise; channel 15 of the hidden tensor sits at 1000
+    from compress.quantize.outliers import outlier_activations
+
+    rng = np.random.default_rng(3)
+    train_x, _, centroids = _data(256, seed=1)
+    val_x, val_y, _ = _data(400, seed=2)
+
+    def positions(x: np.ndarray) -> np.ndarray:
+        return (x[:, None, :] + 0.3 * rng.standard_normal((len(x), 4, N_FEATURES))).astype(np.float32)
+
+    model = _outlier_model(tmp_path / "outlier.onnx", centroids)
+    calib = [{"x": positions(train_x[i:i + 32])} for i in range(0, 256, 32)]
+    found = outlier_activations(model, calib)
+    assert [name for name, _ in found] == ["a1"] and found[0][1] > 64  # m1 and the rest: ordinary ranges
+    assert outlier_activations(model, calib, ratio=found[0][1] + 1) == []
+    s = {"model": model, "calib_x": positions(train_x), "val_x": positions(val_x), "val_y": val_y}
+    # execute: one attempt each, the default against outlier_ratio = None
+    runs = {}
+    for ratio in (64.0, None):
+        s["out"] = tmp_path / f"q-{ratio}"
+        runs[ratio] = _run(s, QuantizeConfig(mode="static", max_accuracy_drop=0.01, fallback=False,
+                                             outlier_ratio=ratio))
+    # assert: with one 8-bit scale over [-4, 1000], channels 0-14 fall on three codes and accuracy goes; float a1
+    # keeps it, and the quantized graph really reads a1 unquantized
+    kept, crushed = runs[64.0]["attempts"][0], runs[None]["attempts"][0]
+    assert [o["tensor"] for o in runs[64.0]["outliers"]] == ["a1"] and runs[None]["outliers"] == []
+    assert kept["settings"]["float_activations"] == ["a1"] and "float_activations" not in crushed["settings"]
+    assert crushed["drop"] > 0.05, crushed
+    assert kept["drop"] <= 0.01 and kept["accepted"], kept
+    graph = onnx.load(kept["path"]).graph
+    assert not [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "a1"]
+    assert [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]  # the rest is int8
+
+
+def test_the_qnn_graph_gives_such_an_activation_16_bit_codes(tmp_path: Path) -> None:
+    # setup: the same classifier; the QNN graph must quantize everything, so the outlier tensor takes uint16 codes
+    from compress.edge.qnn import quantize_for_qnn
+    from compress.onnx.parity import run_cpu
+
+    train_x, _, centroids = _data(64, seed=1)
+    val_x, val_y, _ = _data(200, seed=2)
+    rng = np.random.default_rng(4)
+    x = (train_x[:, None, :] + 0.3 * rng.standard_normal((64, 4, N_FEATURES))).astype(np.float32)
+    v = (val_x[:, None, :] + 0.3 * rng.standard_normal((200, 4, N_FEATURES))).astype(np.float32)
+    model = _outlier_model(tmp_path / "outlier.onnx", centroids)
+    # execute
+    paths = {ratio: quantize_for_qnn(model, tmp_path / f"qnn-{ratio}.onnx", {"x": x}, batch=8, outlier_ratio=ratio)
+             for ratio in (64.0, None)}
+    # assert
+    for ratio, path in paths.items():
+        graph = onnx.load(str(path)).graph
+        types = {i.name: i.data_type for i in graph.initializer}
+        q = {n.input[0]: types.get(n.input[2]) for n in graph.node if n.op_type == "QuantizeLinear"}
+        assert q["a1"] == (onnx.TensorProto.UINT16 if ratio else onnx.TensorProto.UINT8)
+        assert q["x"] == onnx.TensorProto.UINT8
+    accuracy = {ratio: float((run_cpu(path, {"x": v})[0].argmax(1) == val_y).mean()) for ratio, path in paths.items()}
+    assert accuracy[64.0] >= 0.95 > accuracy[None] + 0.2, accuracy
