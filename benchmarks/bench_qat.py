@@ -12,7 +12,8 @@ For each: the fp32 student's figure; PTQ's and QAT's figure and drop; recovery =
 training time; QAT / PTQ p50 at batch 1 on ORT CPU, paired; parity of the torch fake-quant model with the QDQ model.
 
     PYTHONPATH=$PWD python benchmarks/bench_qat.py --out /tmp/bench-qat --cases detect topics minilm \\
-        [--distill-epochs N] [--qat-epochs N] [--qat-steps N] [--qnn-samples N] [--keep]
+        [--distill-epochs N] [--qat-epochs N] [--qat-steps N] [--qat-lr LR] [--qat-teacher auto|teacher|student]
+        [--qnn-samples N] [--keep]
 
 --distill-epochs shortens distillation (the shipped epochs otherwise); every change to a file is listed in
 results.json. Writes results.json and results.md in --out.
@@ -41,8 +42,9 @@ def pipeline(case: str, out: Path, args: argparse.Namespace) -> tuple[Path, dict
     changes: dict = {"quantize.mode": "qat", "quantize.qat_epochs": args.qat_epochs}
     raw["pipeline"].update(output_dir=str(out / "run"), base_dir=str(source.parent))
     raw.setdefault("quantize", {}).update(mode="qat", qat_epochs=args.qat_epochs)
-    if args.qat_steps:
-        raw["quantize"]["qat_steps"] = changes["quantize.qat_steps"] = args.qat_steps
+    for key in ("qat_steps", "qat_lr", "qat_teacher"):
+        if getattr(args, key) is not None:
+            raw["quantize"][key] = changes[f"quantize.{key}"] = getattr(args, key)
     if case == "detect":
         raw["distill"]["control"] = False  # the control is the distillation issue's figure, not this one's
         changes["distill.control"] = False
@@ -118,6 +120,9 @@ def main() -> None:
     parser.add_argument("--distill-epochs", type=int, default=None)
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--qat-steps", type=int, default=None, help="[quantize] qat_steps: steps per QAT epoch")
+    parser.add_argument("--qat-lr", type=float, default=None, help="[quantize] qat_lr")
+    parser.add_argument("--qat-teacher", choices=["auto", "teacher", "student"], default=None,
+                        help="[quantize] qat_teacher")
     parser.add_argument("--qnn-samples", type=int, default=500)
     parser.add_argument("--keep", action="store_true", help="reuse the run folder's cached stages (no --force)")
     args = parser.parse_args()

@@ -45,7 +45,8 @@ class QuantizeConfig(Section):
         "auto", description="mode = 'qat': what QAT distils from: 'teacher' (the pipeline's), 'student' (the fp32 "
         "student's own outputs on the training rows: QAT then wins back what int8 cost the student) or 'auto': the "
         "student where it reads better than its teacher on validation (a weaker teacher's outputs aim below the "
-        "student's own figure), else the teacher. A run that augments its data distils from the teacher."
+        "student's own figure), else the teacher; for embeddings (a cosine to the teacher's outputs) the student. A "
+        "run that augments its data distils from the teacher."
     )
     qat_freeze_epochs: int = Field(
         1, ge=0, description="mode = 'qat': the last epochs train with the activation ranges frozen (the learned "
