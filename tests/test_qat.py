@@ -514,3 +514,43 @@ def test_a_sum_on_exact_rounding_ties_is_moved_off_them_so_torch_and_onnx_runtim
     scale = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}[model.graph.node[4].input[1]]
     assert float(scale) == float(np.float32(float(two) * (1 + 2 ** -16)))
     assert _disagreeing(model, x, emulate=False) == 0 and _disagreeing(model, x) == 0
+
+
+@pytest.mark.parametrize("task,student_val,expected", [("embedding", 0.94, "student"),
+                                                       ("classification", 0.80, "teacher"),
+                                                       ("classification", 0.95, "student")])
+def test_auto_picks_what_qat_distils_from(tmp_path, monkeypatch, task, student_val, expected):
+    """qat_teacher = 'auto': the fp32 student where it reads better than the teacher; for embeddings, whose figure is
+    the cosine to the teacher's own outputs (1.0 for the teacher by construction), always the student."""
+    from types import SimpleNamespace
+
+    import compress.train as train
+    from compress.qat import distilled_from
+
+    rows = {"out": np.ones((3, 4), np.float32)}
+    monkeypatch.setattr(train, "predict", lambda model, data, **kw: {"out": np.full((3, 4), 2.0, np.float32)})
+
+    kind = task
+
+    class Evaluation:
+        primary = SimpleNamespace(name="score", better=lambda a, b: a > b)
+        task = SimpleNamespace(name=kind)
+
+        def __call__(self, got, targets, reference):
+            return {"score": 1.0 if kind == "embedding" else 0.90}  # the teacher's own figure
+
+    ctx = SimpleNamespace(run_dir=tmp_path, stage_dir=tmp_path, state=SimpleNamespace(teacher_outputs="t.safetensors"),
+                          data=SimpleNamespace(augment=None, train=None, inputs=None, workers=0),
+                          teacher_outputs={"train": rows, "val": rows}, evaluation=Evaluation(), targets=lambda s: None,
+                          load_torch=lambda name: None, final=SimpleNamespace(name="student"),
+                          figures_torch=lambda model, split: {"score": student_val}, output_names=("out",),
+                          teacher=lambda: "the teacher")
+    path, reference, source = distilled_from(ctx, "auto")
+    assert source["model"] == expected, source
+    if expected == "student":
+        assert path == str(tmp_path / "qat-reference.safetensors")
+        assert float(np.asarray(reference.outputs["out"]).mean()) == 2.0  # the student's own outputs
+    else:
+        assert reference == "the teacher" and path == str(tmp_path / "t.safetensors")
+    if task == "embedding":
+        assert "cosine to the teacher's own embeddings" in source["why"]
