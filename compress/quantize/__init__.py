@@ -1,7 +1,8 @@
 """Quantization on ONNX Runtime: int8 static/dynamic or fp16, accuracy-gated, picked by measured latency.
 
 `quantize` (api) is what both the pipeline's quantize stage and `compress quantize` call; `attempts` holds one
-attempt's pieces; `sensitivity` ranks nodes for the keep-in-float remedy.
+attempt's pieces; `outliers` finds the activations a few channels dominate, kept float in every static attempt;
+`sensitivity` ranks nodes for the keep-in-float remedy.
 """
 from __future__ import annotations
 
