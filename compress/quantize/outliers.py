@@ -34,7 +34,7 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
     import onnx
     import onnxruntime as ort
 
-    from compress.quantize.attempts import is_large, take_samples
+    from compress.quantize.attempts import is_large
 
     model_path = Path(model_path)
     if not calibration or is_large(model_path):
@@ -56,7 +56,7 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         wanted = [n for n in names if n in candidates]
-        for feed in take_samples(list(calibration), rows):
+        for feed in _first_rows(calibration, rows):
             got = dict(zip(names, session.run(None, feed)))
             for name in wanted:
                 value = got[name]
@@ -80,6 +80,15 @@ def for_static(base: Path, calibration: Sequence[dict[str, np.ndarray]] | None, 
         return [], ""
     found = outlier_activations(base, calibration, cfg.outlier_ratio)
     return found, f"; kept in float: {describe(found)}" if found else ""
+
+
+def _first_rows(calibration: Sequence[dict[str, np.ndarray]], rows: int) -> list[dict[str, np.ndarray]]:
+    """The first `rows` calibration rows when every input has its rows on axis 0 (the same leading size); else the
+    first batch whole (a recurrent state [2, N, 8] is cut on its own axis, which a cut on axis 0 would break)."""
+    from compress.quantize.attempts import take_samples
+
+    leading = {np.shape(v)[0] for v in calibration[0].values() if np.ndim(v)}
+    return take_samples(list(calibration), rows) if len(leading) == 1 else [calibration[0]]
 
 
 def _rank3_activations(model: Any) -> list[str]:
