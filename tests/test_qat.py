@@ -554,3 +554,33 @@ def test_auto_picks_what_qat_distils_from(tmp_path, monkeypatch, task, student_v
         assert reference == "the teacher" and path == str(tmp_path / "t.safetensors")
     if task == "embedding":
         assert "cosine to the teacher's own embeddings" in source["why"]
+
+
+def test_parity_reads_dequantized_weight_matmuls_exactly(tmp_path):
+    """A DequantizeLinear(uint8 weight) -> MatMul with a float activation (a QNN graph's W8A16 MatMul, as ORT CPU sees
+    it) becomes ORT's MatMulNBits, which quantizes the activation to 8 bits at its default accuracy level; parity
+    (compress.qat.parity) opens its session with EXACT_MATMULS, which computes it in float."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.bench.providers import EXACT_MATMULS, open_session
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 256, (16, 4)).astype(np.uint8)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]),
+             helper.make_node("MatMul", ["a", "wf"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.01, np.float32), "s"),
+             numpy_helper.from_array(np.array(144, np.uint8), "z")]
+    graph = helper.make_graph(nodes, "w8", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.save(model, str(tmp_path / "w8.onnx"))
+    a = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    exact = a @ ((w.astype(np.float32) - 144) * 0.01)
+    errors = {}
+    for label, config in (("default", None), ("exact", EXACT_MATMULS)):
+        session, _ = open_session(tmp_path / "w8.onnx", "cpu", 1, strict=True, config=config)
+        errors[label] = float(np.abs(session.run(None, {"a": a})[0] - exact).max())
+    # ORT 1.32 fuses it (default error 0.04 here); with the entry it is exact whatever the version fuses
+    assert errors["exact"] < 1e-5, errors

@@ -103,6 +103,13 @@ def session_options_summary(threads: int, *, edge: bool = False) -> dict[str, An
     }
 
 
+EXACT_MATMULS = {"session.qdq_matmulnbits_accuracy_level": "0"}
+"""ORT CPU fuses DequantizeLinear(weight) -> MatMul whose activation is float (or dequantized from 16 bits) into
+MatMulNBits, which at its default accuracy level (4) quantizes that activation to 8 bits per block: a QNN graph's
+W8A16 MatMuls then read lower on the CPU than HTP computes them (torch vs ORT cosine 0.9945 on the MiniLM student's
+QNN graph; 0.99998 at level 0). Level 0 computes them in float."""
+
+
 def open_session(
     model_path: str | Path | bytes,
     provider: str,
@@ -111,8 +118,9 @@ def open_session(
     provider_options: dict[str, Any] | None = None,
     edge: bool = False,
     strict: bool = False,
+    config: dict[str, str] | None = None,
 ) -> tuple[Any, str | None]:
-    """Open an ORT session on exactly `provider`.
+    """Open an ORT session on exactly `provider` (`config`: session config entries, e.g. EXACT_MATMULS).
 
     Returns (session, None) when the provider really runs the model, or (None, reason) when it is not built
     into this onnxruntime or ORT dropped it while creating the session. With strict=True the reason is raised
@@ -143,6 +151,8 @@ def open_session(
     if edge:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
 
     options = {str(k): str(v) for k, v in (provider_options or {}).items()}
     providers: list[Any] = [(name, options)]

@@ -13,9 +13,10 @@ from compress.errors import CompressError, first_line
 
 
 def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None = None, rows: Any = None,
-               batch_size: int = 256) -> dict[str, Any]:
+               batch_size: int = 256, config: dict[str, str] | None = None) -> dict[str, Any]:
     """{output name: array} of the model at `path` on `split` (or its rows `rows`), in data order. `names` renames
-    the session's outputs (the run's names; they are the same unless a tool renamed them)."""
+    the session's outputs (the run's names; they are the same unless a tool renamed them); `config`: session config
+    entries (compress.bench.providers.EXACT_MATMULS)."""
     import numpy as np
     import torch
 
@@ -24,7 +25,7 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
     from compress.data.inputs import in_order
     from compress.heap import Watch
 
-    sess, _ = open_session(path, "cpu", threads=os.cpu_count() or 1, strict=True)
+    sess, _ = open_session(path, "cpu", threads=os.cpu_count() or 1, strict=True, config=config)
     wanted = [o.name for o in sess.get_outputs()]
     ds = data.split(split)
     if rows is not None:

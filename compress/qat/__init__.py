@@ -157,13 +157,14 @@ def kernels(path: Path) -> dict[str, int]:
 def parity(module: Any, path: Path, ctx: Any) -> dict[str, Any]:
     """The torch fake-quant model against the exported QDQ model in ONNX Runtime on the validation split: top-1
     agreement (classification), mean cosine (embeddings), else the primary figure's difference."""
+    from compress.bench.providers import EXACT_MATMULS
     from compress.onnx.run import outputs_on
     from compress.train import predict
 
     data, evaluation = ctx.data, ctx.evaluation
     names = tuple(ctx.output_names)
     torch_out = predict(module, data.val, inputs=data.inputs, names=names, workers=data.workers)
-    ort_out = outputs_on(path, data, "val", names=names)
+    ort_out = outputs_on(path, data, "val", names=names, config=EXACT_MATMULS)  # W8A16 MatMuls as HTP runs them
     task = evaluation.task.name
     kind, threshold = PARITY.get(task, ("metric", METRIC_PARITY))
     if evaluation.user is not None:
