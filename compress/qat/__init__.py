@@ -98,6 +98,7 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
         why = "as configured" if choice == "teacher" else \
             "the run augments its data, so the teacher runs on each batch and no training rows are kept"
         return teacher_file, ctx.teacher(), {"model": "teacher", "why": why}
+    relative = ctx.evaluation.task.name == "embedding"  # the figure is the cosine to the teacher's own outputs
     cached = ctx.__dict__.get("_qat_reference")
     if cached is None:
         primary, split = ctx.evaluation.primary, ctx.teacher_outputs["val"]
@@ -105,8 +106,6 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
         student = ctx.load_torch(ctx.final.name)
         student_val = ctx.figures_torch(student, "val")[primary.name]
         cached = {"student_val": student_val, "teacher_val": teacher_val, "path": None}
-        relative = ctx.evaluation.task.name == "embedding"  # the figure is the cosine to the teacher's own outputs
-        cached["relative"] = relative
         if choice == "student" or relative or primary.better(student_val, teacher_val):
             names, data = ctx.output_names, ctx.data
             train = predict(student, data.train, inputs=data.inputs, names=names, workers=data.workers)
@@ -119,9 +118,12 @@ def distilled_from(ctx: Any, choice: str) -> tuple[str, Any, dict[str, Any]]:
     if cached["path"] is None:
         return teacher_file, ctx.teacher(), {"model": "teacher",
                                              "why": f"the teacher reads at least as well ({figures})"}
-    why = "as configured" if choice == "student" else \
-        "the task's figure is the cosine to the teacher's own embeddings, which the teacher meets by construction" \
-        if cached.get("relative") else "the student reads better than its teacher"
+    if choice == "student":
+        why = "as configured"
+    elif relative:
+        why = "the task's figure is the cosine to the teacher's own embeddings, which the teacher meets by construction"
+    else:
+        why = "the student reads better than its teacher"
     return cached["path"], Teacher(outputs=open_outputs(Path(cached["path"]))["train"], source=cached["path"]), \
         {"model": "student", "why": f"{why} ({figures})"}
 
