@@ -95,7 +95,7 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
 
 def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np.ndarray] | list[dict]", *,
                      activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
-                     batch: int = 1, outlier_ratio: float | None = 64.0) -> Path:
+                     batch: int = 1, outlier_ratio: float | None = 64.0) -> Path:  # quantize's OUTLIER_RATIO
     """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
     `calibration` ({input name: rows}, in batches of `batch`: a fixed-shape model takes exactly its batch; or a list
     of such feeds, one batch each, for a model with dynamic shapes). Tensors

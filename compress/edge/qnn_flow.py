@@ -162,7 +162,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 provider_options: dict[str, str] | None = None, latency_runs: int = 20,
                 max_accuracy_drop: float = 0.01, qdq: Path | None = None,
                 logits: bool | None = None, reference: "np.ndarray | None" = None,
-                outlier_ratio: float | None = 64.0) -> dict[str, Any]:
+                outlier_ratio: float | None = 64.0) -> dict[str, Any]:  # quantize's OUTLIER_RATIO
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).

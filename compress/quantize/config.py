@@ -10,6 +10,10 @@ from compress.section import Section
 Method = Literal["mean_minmax", "minmax", "entropy", "percentile"]
 METHODS: tuple[str, ...] = ("mean_minmax", "minmax", "entropy", "percentile")
 
+OUTLIER_RATIO = 64.0
+"""[quantize] outlier_ratio's default (compress.quantize.outliers): at 64x the median channel spans under 4 of 255
+codes. compress.edge.qnn and compress.edge.qnn_flow repeat it as their own default, to stay light to import."""
+
 # Providers that run fp16 kernels natively; on the others an fp16 model mostly pays for casts.
 FP16_PROVIDERS: frozenset[str] = frozenset(
     {"CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider"}
@@ -53,11 +57,11 @@ class QuantizeConfig(Section):
         "scales stop moving; batch norm is already folded into the graph's convolutions)."
     )
     outlier_ratio: float | None = Field(
-        64.0, gt=1, description="Static int8: an activation whose largest |x| is at least this many times its median "
-        "channel's (a transformer's residual stream, where a few hidden channels reach 100+) stays float on ORT CPU "
-        "(its MatMul then runs as int8 products with a float result) and takes 16-bit codes on the QNN target; one "
-        "8-bit scale would leave the other channels a few codes (64: under 4 of 255). Measured on calibration rows "
-        "before quantizing; rank-3 activations only. None: never."
+        OUTLIER_RATIO, gt=1, description="Static int8: an activation whose largest |x| is at least this many times "
+        "its median channel's (a transformer's residual stream, where a few hidden channels reach 100+) stays float "
+        "on ORT CPU (its MatMul then runs as int8 products with a float result) and takes 16-bit codes on the QNN "
+        "target; one 8-bit scale would leave the other channels a few codes (64: under 4 of 255). Measured on "
+        "calibration rows before quantizing; rank-3 activations only. None: never."
     )
     max_accuracy_drop: float = Field(
         0.005,

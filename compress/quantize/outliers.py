@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from compress.quantize.config import OUTLIER_RATIO
+
 log = logging.getLogger(__name__)
 
-OUTLIER_RATIO = 64.0
 ROWS = 8
 """Calibration rows measured: the outlier channels are the same ones in every row."""
 

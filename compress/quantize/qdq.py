@@ -1,6 +1,6 @@
 """Edits of a QDQ model after ONNX Runtime's quantizer wrote it: graph outputs handed over in float, tensors with an
-infinite range kept in float, Softmax output scales that ORT CPU's fused kernel reads as written, one node put back in
-float (to score it as a candidate without requantizing)."""
+infinite range or named ones (compress.quantize.outliers) kept in float, Softmax output scales that ORT CPU's fused
+kernel reads as written, one node put back in float (to score it as a candidate without requantizing)."""
 from __future__ import annotations
 
 from pathlib import Path

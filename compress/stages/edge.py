@@ -13,6 +13,7 @@ from compress.records import RunState, StageResult
 def run(ctx: StageContext) -> StageResult:
     """Prepare the final model for a mobile/minimal ONNX Runtime build."""
     from compress.edge import prepare
+    from compress.quantize.config import OUTLIER_RATIO
 
     final = ctx.final
     onnx_path = ctx.run_dir / final.onnx
@@ -30,7 +31,7 @@ def run(ctx: StageContext) -> StageResult:
                    "logits": ctx.evaluation.task.name == "classification" if ctx.evaluation.user is None else None,
                    "activation_type": ctx.cfg.export.qnn_activation_type, "reference": _reference(ctx),
                    "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None,
-                   "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else 64.0}
+                   "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else OUTLIER_RATIO}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
         if qnn is not None and graphs:  # the other of the quantize stage's two QNN graphs, for the comparison
             section["qnn_graphs"] = _both(ctx, onnx_path, batch, qnn, graphs, section.get("qnn") or {})

@@ -486,3 +486,16 @@ def test_the_qnn_graph_gives_such_an_activation_16_bit_codes(tmp_path: Path) -> 
         assert q["x"] == onnx.TensorProto.UINT8
     accuracy = {ratio: float((run_cpu(path, {"x": v})[0].argmax(1) == val_y).mean()) for ratio, path in paths.items()}
     assert accuracy[64.0] >= 0.95 > accuracy[None] + 0.2, accuracy
+
+
+def test_the_qnn_functions_default_to_the_quantize_sections_outlier_ratio() -> None:
+    # compress.edge keeps its own literal (it does not import compress.quantize at load): the two must not drift
+    import inspect
+
+    from compress.edge.qnn import quantize_for_qnn
+    from compress.edge.qnn_flow import prepare_qnn
+    from compress.quantize.config import OUTLIER_RATIO
+
+    for fn in (quantize_for_qnn, prepare_qnn):
+        assert inspect.signature(fn).parameters["outlier_ratio"].default == OUTLIER_RATIO
+    assert QuantizeConfig().outlier_ratio == OUTLIER_RATIO
