@@ -428,6 +428,11 @@ def _outlier_model(path: Path, centroids: np.ndarray, outlier: float = 1000.0) -
                   path, opset=18)
 
 
+def _positions(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Four positions a row for _outlier_model: the row's point plus noise at each."""
+    return (x[:, None, :] + 0.3 * rng.standard_normal((len(x), 4, N_FEATURES))).astype(np.float32)
+
+
 def test_an_activation_whose_range_one_channel_sets_stays_float(tmp_path: Path) -> None:
     # setup: four positions a row, each the row's point plus noise; channel 15 of the hidden tensor sits at 1000
     from compress.quantize.outliers import outlier_activations
@@ -435,16 +440,12 @@ def test_an_activation_whose_range_one_channel_sets_stays_float(tmp_path: Path) 
     rng = np.random.default_rng(3)
     train_x, _, centroids = _data(256, seed=1)
     val_x, val_y, _ = _data(400, seed=2)
-
-    def positions(x: np.ndarray) -> np.ndarray:
-        return (x[:, None, :] + 0.3 * rng.standard_normal((len(x), 4, N_FEATURES))).astype(np.float32)
-
     model = _outlier_model(tmp_path / "outlier.onnx", centroids)
-    calib = [{"x": positions(train_x[i:i + 32])} for i in range(0, 256, 32)]
+    calib = [{"x": _positions(train_x[i:i + 32], rng)} for i in range(0, 256, 32)]
     found = outlier_activations(model, calib)
     assert [name for name, _ in found] == ["a1"] and found[0][1] > 64  # m1 and the rest: ordinary ranges
     assert outlier_activations(model, calib, ratio=found[0][1] + 1) == []
-    s = {"model": model, "calib_x": positions(train_x), "val_x": positions(val_x), "val_y": val_y}
+    s = {"model": model, "calib_x": _positions(train_x, rng), "val_x": _positions(val_x, rng), "val_y": val_y}
     # execute: one attempt each, the default against outlier_ratio = None
     runs = {}
     for ratio in (64.0, None):
@@ -471,8 +472,7 @@ def test_the_qnn_graph_gives_such_an_activation_16_bit_codes(tmp_path: Path) -> 
     train_x, _, centroids = _data(64, seed=1)
     val_x, val_y, _ = _data(200, seed=2)
     rng = np.random.default_rng(4)
-    x = (train_x[:, None, :] + 0.3 * rng.standard_normal((64, 4, N_FEATURES))).astype(np.float32)
-    v = (val_x[:, None, :] + 0.3 * rng.standard_normal((200, 4, N_FEATURES))).astype(np.float32)
+    x, v = _positions(train_x, rng), _positions(val_x, rng)
     model = _outlier_model(tmp_path / "outlier.onnx", centroids)
     # execute
     paths = {ratio: quantize_for_qnn(model, tmp_path / f"qnn-{ratio}.onnx", {"x": x}, batch=8, outlier_ratio=ratio)
