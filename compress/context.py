@@ -90,11 +90,11 @@ class StageContext:
                       workers=self.data.workers)
         return self.evaluation(got, self.targets(split), self.teacher_outputs[split])
 
-    def figures_onnx(self, path: Path, split: str = "val") -> dict[str, float]:
-        """The ONNX model's figures in ONNX Runtime on `split`."""
+    def figures_onnx(self, path: Path, split: str = "val", config: dict[str, str] | None = None) -> dict[str, float]:
+        """The ONNX model's figures in ONNX Runtime on `split` (`config`: session config entries)."""
         from compress.onnx.run import outputs_on
 
-        got = outputs_on(path, self.data, split, names=self.output_names)
+        got = outputs_on(path, self.data, split, names=self.output_names, config=config)
         return self.evaluation(got, self.targets(split), self.teacher_outputs[split])
 
     def launch(self, record: ModelRecord, key: str) -> Any:

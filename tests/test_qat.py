@@ -559,11 +559,13 @@ def test_auto_picks_what_qat_distils_from(tmp_path, monkeypatch, task, student_v
 def test_parity_reads_dequantized_weight_matmuls_exactly(tmp_path):
     """A DequantizeLinear(uint8 weight) -> MatMul with a float activation (a QNN graph's W8A16 MatMul, as ORT CPU sees
     it) becomes ORT's MatMulNBits, which quantizes the activation to 8 bits at its default accuracy level; parity
-    (compress.qat.parity) opens its session with EXACT_MATMULS, which computes it in float."""
+    (compress.qat.parity) opens its session with EXACT_MATMULS, which computes it in float, and so do the QNN
+    graph's CPU figures (compress.qat.qnn, compress.edge.qnn_flow)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from compress.bench.providers import EXACT_MATMULS, open_session
+    from compress.onnx.parity import run_cpu
 
     rng = np.random.default_rng(0)
     w = rng.integers(0, 256, (16, 4)).astype(np.uint8)
@@ -582,5 +584,7 @@ def test_parity_reads_dequantized_weight_matmuls_exactly(tmp_path):
     for label, config in (("default", None), ("exact", EXACT_MATMULS)):
         session, _ = open_session(tmp_path / "w8.onnx", "cpu", 1, strict=True, config=config)
         errors[label] = float(np.abs(session.run(None, {"a": a})[0] - exact).max())
+    # the QNN graph's CPU figures (the gate's score, int8_cpu beside HTP) run through run_cpu and outputs_on
+    errors["run_cpu"] = float(np.abs(run_cpu(tmp_path / "w8.onnx", {"a": a}, config=EXACT_MATMULS)[0] - exact).max())
     # ORT 1.32 fuses it (default error 0.04 here); with the entry it is exact whatever the version fuses
-    assert errors["exact"] < 1e-5, errors
+    assert errors["exact"] < 1e-5 and errors["run_cpu"] < 1e-5, errors

@@ -62,9 +62,11 @@ def top1_of(logits: "np.ndarray") -> "np.ndarray":
 
 
 def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = False,
-            batch_size: int | None = None, optimization: str | None = None) -> list["np.ndarray"]:
+            batch_size: int | None = None, optimization: str | None = None,
+            config: dict[str, str] | None = None) -> list["np.ndarray"]:
     """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along axis 0; with
-    `optimization` (disable, basic, extended, all), at that graph optimization level (default: all)."""
+    `optimization` (disable, basic, extended, all), at that graph optimization level (default: all); `config`:
+    session config entries (compress.bench.providers.EXACT_MATMULS)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -76,6 +78,8 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
         opts.graph_optimization_level = get_optimization_level(optimization)
     if ort_format:
         opts.add_session_config_entry("session.load_model_format", "ORT")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     try:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         if batch_size is None:

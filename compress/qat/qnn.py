@@ -51,8 +51,10 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
 def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, float_score: float,
             origin: str) -> dict[str, Any]:
     """PTQ and QAT of the final model with QNN's settings into the stage folder, each gated against `float_score`
-    (the float model's figure, which quantize() measured); returns {"used": "ptq" | "qat" (the one the edge stage
+    (the float model's figure, which quantize() measured), read on ORT CPU with its W8A16 MatMuls computed as HTP
+    does (EXACT_MATMULS; ORT's default re-quantizes their 16-bit inputs to 8 bits); returns {"used": "ptq" | "qat" (the one the edge stage
     places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
+    from compress.bench.providers import EXACT_MATMULS as HTP_ON_CPU  # W8A16 MatMuls computed as HTP does
     from compress.edge.mask import finite_attention_mask
     from compress.edge.qnn import quantize_for_qnn
     from compress.qat import train_qat
@@ -74,7 +76,7 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
                     (", ..." if len(left) > 8 else ""))
 
     def judged(name: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
-        score = gate.score(path)[gate.metric.name]
+        score = ctx.figures_onnx(path, "val", config=HTP_ON_CPU)[gate.metric.name]
         drop = gate.drop(float_score, score)
         ok, reason = verdict(gate, drop)
         return {"name": name, "path": str(path), "score": score, "drop": drop, "accepted": ok, "reason": reason,

@@ -88,13 +88,15 @@ def _test_figures(ctx: StageContext, result: dict[str, Any]) -> None:
         return
     split = ctx.data.eval_split
     name = ctx.evaluation.primary.name
-    graphs = [a for a in result["attempts"] if a.get("side_by_side")]
+    from compress.bench.providers import EXACT_MATMULS
+
+    graphs = [(a, None) for a in result["attempts"] if a.get("side_by_side")]
     qnn = result["qat"].get("qnn") or {}
-    graphs += [qnn[k] for k in ("ptq", "qat") if k in qnn]
+    graphs += [(qnn[k], EXACT_MATMULS) for k in ("ptq", "qat") if k in qnn]  # read as HTP computes them
     reference = ctx.figures_onnx(ctx.run_dir / ctx.final.onnx, split)[name]
     result["qat"]["float_" + split] = reference
-    for a in graphs:
-        a[split] = figures = ctx.figures_onnx(Path(a["path"]), split)
+    for a, config in graphs:
+        a[split] = figures = ctx.figures_onnx(Path(a["path"]), split, config=config)
         a[f"drop_{split}"] = ctx.evaluation.primary.drop(reference, figures[name])
 
 
