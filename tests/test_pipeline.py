@@ -141,7 +141,10 @@ def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
     assert report["final"] == {"quantized": "student-int8", "float": base}[pick["final"]]
     assert report["final_reason"] == pick["why"] and pick["why"].startswith(f"{pick['final']}: quantized vs float")
     assert report["details"]["quantize"]["attempts"][0]["accepted"] is True
-    assert "## Quantization attempts" in (tiny_dir / "runs/tiny/report.md").read_text()
+    # what was done before the attempts, and the activations kept in float for their outlier channels (none here)
+    assert "quant_pre_process" in pick["preprocess"] and pick["outliers"] == []
+    markdown = (tiny_dir / "runs/tiny/report.md").read_text()
+    assert "## Quantization attempts" in markdown and f"Before the attempts: {pick['preprocess']}." in markdown
 
 
 def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):

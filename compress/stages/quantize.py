@@ -74,6 +74,7 @@ def run(ctx: StageContext) -> StageResult:
     for a in result["attempts"]:
         a.pop("path", None)  # attempt files are scratch; only the chosen model is an artifact
     info = {"why": result["why"], "final": result["final"], "attempts": result["attempts"], "gate": result["gate"],
+            "preprocess": result["preprocess"], "outliers": result["outliers"],
             "float": {k: v for k, v in result["float"].items() if k != "path"},
             "markdown": _markdown(result, table, ctx.data.eval_split)}
     if result.get("qat") is not None:
@@ -115,5 +116,6 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None, split: str) 
                 f"places {qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float"
                                            if qnn["float_nodes"] else "") + "."]
     return ["", "## Quantization attempts", "", f"Gate: {result['gate']['what']}.", "",
+            f"Before the attempts: {result['preprocess']}.", "",
             *attempts_table(result["attempts"], result["gate"]), *qat, "", f"CPU: {result['cpu_int8']}.", "",
             f"Pick: {result['why']}"]
