@@ -56,11 +56,10 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", 
     and accuracy (with labels) for class logits; cosine and SQNR to fp32 for any other output."""
     import numpy as np
 
+    from compress.bench.providers import EXACT_MATMULS
     from compress.onnx.parity import compare, run_cpu
     from compress.quantize.gate import looks_like_logits
     from compress.tasks.tensors import Tensors
-
-    from compress.bench.providers import EXACT_MATMULS
 
     fp32 = run_cpu(fixed, x, batch_size=batch)[0]
     int8 = run_cpu(qdq, x, batch_size=batch, config=EXACT_MATMULS)[0]  # W8A16 MatMuls computed as HTP does

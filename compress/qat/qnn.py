@@ -52,8 +52,8 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
             origin: str) -> dict[str, Any]:
     """PTQ and QAT of the final model with QNN's settings into the stage folder, each gated against `float_score`
     (the float model's figure, which quantize() measured), read on ORT CPU with its W8A16 MatMuls computed as HTP
-    does (EXACT_MATMULS; ORT's default re-quantizes their 16-bit inputs to 8 bits); returns {"used": "ptq" | "qat" (the one the edge stage
-    places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
+    does (EXACT_MATMULS; ORT's default re-quantizes their 16-bit inputs to 8 bits); returns {"used": "ptq" | "qat"
+    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
     from compress.bench.providers import EXACT_MATMULS as HTP_ON_CPU  # W8A16 MatMuls computed as HTP does
     from compress.edge.mask import finite_attention_mask
     from compress.edge.qnn import quantize_for_qnn

@@ -103,7 +103,8 @@ def _rank3_activations(model: Any) -> list[str]:
     outputs = [o for n in model.graph.node if n.op_type not in _DATA_MOVEMENT_OPS and n.op_type not in
                ("QuantizeLinear", "DequantizeLinear") for o in n.output if o]
     graph = model.graph
-    if not all(o in {v.name for v in (*graph.value_info, *graph.output)} for o in outputs):
+    typed = {v.name for v in (*graph.value_info, *graph.output)}
+    if not all(o in typed for o in outputs):
         try:
             graph = onnx.shape_inference.infer_shapes(model).graph
         except Exception as exc:  # a graph shape inference cannot read: nothing to check, say why

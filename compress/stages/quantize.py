@@ -85,12 +85,12 @@ def run(ctx: StageContext) -> StageResult:
 def _test_figures(ctx: StageContext, result: dict[str, Any]) -> None:
     """mode = 'qat': the float model, the PTQ and QAT graphs (and the QNN ones) on the split the report's figures
     come from, so the side-by-side reads like every other figure of the report."""
+    from compress.bench.providers import EXACT_MATMULS
+
     if result.get("qat") is None:
         return
     split = ctx.data.eval_split
     name = ctx.evaluation.primary.name
-    from compress.bench.providers import EXACT_MATMULS
-
     graphs = [(a, None) for a in result["attempts"] if a.get("side_by_side")]
     qnn = result["qat"].get("qnn") or {}
     graphs += [(qnn[k], EXACT_MATMULS) for k in ("ptq", "qat") if k in qnn]  # read as HTP computes them
