@@ -48,12 +48,26 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+def sixteen_bit(path: Path) -> list[str]:
+    """Tensors the QDQ graph at `path` quantizes to 16 bits (a QuantizeLinear with a uint16 or int16 zero point): in
+    a uint8 QNN graph, the activations whose outlier channels took wider codes (compress.quantize.outliers), with the
+    conversions and the outputs of the ops QNN's rules widen beside them."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    types = {i.name: i.data_type for i in graph.initializer}
+    wide = (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
+    return list(dict.fromkeys(n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+                              and types.get(n.input[2]) in wide))
+
+
 def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, float_score: float,
             origin: str) -> dict[str, Any]:
     """PTQ and QAT of the final model with QNN's settings into the stage folder, each gated against `float_score`
     (the float model's figure, which quantize() measured), read on ORT CPU with its W8A16 MatMuls computed as HTP
     does (EXACT_MATMULS; ORT's default re-quantizes their 16-bit inputs to 8 bits); returns {"used": "ptq" | "qat"
-    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask"}."""
+    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask",
+    "sixteen_bit" (the tensors a uint8 graph quantizes to 16 bits: outlier channels and what QNN widens with them)}."""
     from compress.bench.providers import EXACT_MATMULS as HTP_ON_CPU  # W8A16 MatMuls computed as HTP does
     from compress.edge.mask import finite_attention_mask
     from compress.edge.qnn import quantize_for_qnn
@@ -89,7 +103,8 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     chosen = chosen or min((ptq, qat), key=lambda a: a["drop"])  # the NPU needs one: the smaller drop
     return {"used": chosen["name"].removeprefix("qnn-"), "why": note["why"], "activation_type": activation,
             "float_score": float_score, "ptq": _entry(ptq), "qat": _entry(qat), "float_nodes": left,
-            "finite_mask": masked, "parity": info["parity"], "train_seconds": info["seconds"]}
+            "finite_mask": masked, "parity": info["parity"], "train_seconds": info["seconds"],
+            "sixteen_bit": sixteen_bit(ptq_path) if activation != "uint16" else []}
 
 
 def _entry(a: dict[str, Any]) -> dict[str, Any]:

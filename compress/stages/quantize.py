@@ -114,7 +114,9 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None, split: str) 
         qat += ["", f"QNN graph ({qnn['activation_type']} activations, for the edge stage): post-training "
                 f"{qnn['ptq']['reason']}; QAT {qnn['qat']['reason']}{on_split}; {qnn['why']}; the edge stage "
                 f"places {qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float"
-                                           if qnn["float_nodes"] else "") + "."]
+                                           if qnn["float_nodes"] else "")
+                + (f"; {len(qnn['sixteen_bit'])} tensor(s) at 16 bits, for activations whose outlier channels set "
+                   "their range" if qnn.get("sixteen_bit") else "") + "."]
     return ["", "## Quantization attempts", "", f"Gate: {result['gate']['what']}.", "",
             f"Before the attempts: {result['preprocess']}.", "",
             *attempts_table(result["attempts"], result["gate"]), *qat, "", f"CPU: {result['cpu_int8']}.", "",

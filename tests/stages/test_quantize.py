@@ -474,10 +474,14 @@ def test_the_qnn_graph_gives_such_an_activation_16_bit_codes(tmp_path: Path) -> 
     rng = np.random.default_rng(4)
     x, v = _positions(train_x, rng), _positions(val_x, rng)
     model = _outlier_model(tmp_path / "outlier.onnx", centroids)
+    from compress.qat.qnn import sixteen_bit
+
     # execute
     paths = {ratio: quantize_for_qnn(model, tmp_path / f"qnn-{ratio}.onnx", {"x": x}, batch=8, outlier_ratio=ratio)
              for ratio in (64.0, None)}
     # assert
+    # what the report names: the outlier tensor, with the conversions and outputs QNN's rules widen beside it
+    assert "a1" in sixteen_bit(paths[64.0]) and "x" not in sixteen_bit(paths[64.0]) and sixteen_bit(paths[None]) == []
     for ratio, path in paths.items():
         graph = onnx.load(str(path)).graph
         types = {i.name: i.data_type for i in graph.initializer}
