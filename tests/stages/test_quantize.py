@@ -468,20 +468,20 @@ def test_the_qnn_graph_gives_such_an_activation_16_bit_codes(tmp_path: Path) -> 
     # setup: the same classifier; the QNN graph must quantize everything, so the outlier tensor takes uint16 codes
     from compress.edge.qnn import quantize_for_qnn
     from compress.onnx.parity import run_cpu
+    from compress.qat.qnn import sixteen_bit
 
     train_x, _, centroids = _data(64, seed=1)
     val_x, val_y, _ = _data(200, seed=2)
     rng = np.random.default_rng(4)
     x, v = _positions(train_x, rng), _positions(val_x, rng)
     model = _outlier_model(tmp_path / "outlier.onnx", centroids)
-    from compress.qat.qnn import sixteen_bit
-
     # execute
     paths = {ratio: quantize_for_qnn(model, tmp_path / f"qnn-{ratio}.onnx", {"x": x}, batch=8, outlier_ratio=ratio)
              for ratio in (64.0, None)}
     # assert
     # what the report names: the outlier tensor, with the conversions and outputs QNN's rules widen beside it
-    assert "a1" in sixteen_bit(paths[64.0]) and "x" not in sixteen_bit(paths[64.0]) and sixteen_bit(paths[None]) == []
+    wide = sixteen_bit(paths[64.0])
+    assert "a1" in wide and "x" not in wide and sixteen_bit(paths[None]) == []
     for ratio, path in paths.items():
         graph = onnx.load(str(path)).graph
         types = {i.name: i.data_type for i in graph.initializer}
