@@ -280,3 +280,16 @@ def test_a_non_logits_model_with_labelled_data_runs_fp32_once(files: dict, monke
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["gate_metric"]["metric"]["name"] == "cosine" and summary["float"]["score"] == pytest.approx(1.0)
     assert runs.count("embed.onnx") == 1, runs
+
+
+def test_gate_resolution_clause_is_said_once_when_the_gate_is_derived():
+    from dataclasses import replace
+
+    from compress.quantize.gate import Gate
+    from compress.tasks import Metric
+
+    gate = Gate(lambda path: {}, Metric("accuracy"), 0.005, "--max-accuracy-drop", "accuracy on 300 samples",
+                samples=300)
+    derived = replace(gate, score=lambda path: {"accuracy": 1.0})
+    assert gate.what.count("one sample is 0.33 points") == 1
+    assert derived.what == gate.what and derived.score("x") == {"accuracy": 1.0}

@@ -36,8 +36,9 @@ class Gate:
     cannot tell attempts apart)."""
 
     def __post_init__(self) -> None:
-        if self.samples:
-            object.__setattr__(self, "what", self.what + resolution(self.budget, self.samples))
+        clause = resolution(self.budget, self.samples or 0)
+        if clause and not self.what.endswith(clause):  # idempotent: dataclasses.replace runs this again
+            object.__setattr__(self, "what", self.what + clause)
 
     def in_samples(self, drop: float) -> str:
         """' (4 of 300 samples)' for a fraction figure's drop, else ''."""
