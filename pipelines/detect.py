@@ -96,8 +96,10 @@ def _conv(nn, cin: int, cout: int, stride: int = 1):
                          nn.ReLU(inplace=True))
 
 
-def detector(width: int = 32):
-    """A grid detector: three stride-2 stages to the 8x8 grid, then a 1x1 head for boxes and scores."""
+def detector(width: int = 32, depth: int = 1):
+    """A grid detector: a full-resolution conv, two stride-2 stages to the 8x8 grid, then a 1x1 head for boxes and
+    scores. `depth`: 3x3 convs at the 8x8 grid after the last stride; each adds a 4*width-channel conv on 64 cells,
+    capacity that costs little time next to the full-resolution layers."""
     import torch.nn as nn
 
     class Detector(nn.Module):
@@ -105,7 +107,7 @@ def detector(width: int = 32):
             super().__init__()
             w = width
             self.body = nn.Sequential(_conv(nn, 1, w), _conv(nn, w, 2 * w, 2), _conv(nn, 2 * w, 2 * w),
-                                      _conv(nn, 2 * w, 4 * w, 2), _conv(nn, 4 * w, 4 * w))
+                                      _conv(nn, 2 * w, 4 * w, 2), *(_conv(nn, 4 * w, 4 * w) for _ in range(depth)))
             self.head = nn.Conv2d(4 * w, 4 + 1 + CLASSES, 1)
 
         def forward(self, x):
@@ -115,9 +117,9 @@ def detector(width: int = 32):
     return Detector()
 
 
-def mobile_detector(width: int = 16, expand: int = 2):
+def mobile_detector(width: int = 16, expand: int = 2, depth: int = 1):
     """The same grid detector from MobileNet-V2-style blocks (1x1 expand, 3x3 depthwise, 1x1 project; residual when
-    the shape allows): fewer multiply-adds per channel, so a wider one can be as fast."""
+    the shape allows): fewer multiply-adds per channel, so a wider one can be as fast. `depth` as in `detector`."""
     import torch.nn as nn
 
     class Block(nn.Module):
@@ -138,7 +140,7 @@ def mobile_detector(width: int = 16, expand: int = 2):
             super().__init__()
             w = width
             self.body = nn.Sequential(_conv(nn, 1, w), Block(w, 2 * w, 2), Block(2 * w, 2 * w, 1),
-                                      Block(2 * w, 4 * w, 2), Block(4 * w, 4 * w, 1))
+                                      Block(2 * w, 4 * w, 2), *(Block(4 * w, 4 * w, 1) for _ in range(depth)))
             self.head = nn.Conv2d(4 * w, 4 + 1 + CLASSES, 1)
 
         def forward(self, x):
