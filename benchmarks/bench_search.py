@@ -2,6 +2,7 @@
 workers on one study, and a study constrained to run whole on the QNN HTP simulator.
 
     PYTHONPATH=$PWD python benchmarks/bench_search.py demo --minutes 30 --out /tmp/bench-search
+    PYTHONPATH=$PWD python benchmarks/bench_search.py resolution --out /tmp/bench-search
     PYTHONPATH=$PWD python benchmarks/bench_search.py samplers --trials 12 --seeds 0 1 2 --out /tmp/bench-search
     PYTHONPATH=$PWD python benchmarks/bench_search.py kill --out /tmp/bench-search
     PYTHONPATH=$PWD python benchmarks/bench_search.py workers --out /tmp/bench-search
@@ -9,9 +10,11 @@ workers on one study, and a study constrained to run whole on the QNN HTP simula
 
 demo: runs the hand-written pipeline of pipelines/search.toml, reads its student's p50 (CPU, batch 1, 1 thread), then
 one study under half the hand-written model's p50 and one under that p50 (`latency_budget = 0.5` and `1.0`: relative
-budgets, judged in the final round against the hand-written model timed beside the finalists), each for --minutes; prints the winner's test mAP against the
-hand-written student's and whether the front dominates the hand-written point. The others use a small digits study
-(fast trials) where the claim is about the study's mechanics, not the model. Each writes <out>/<mode>.json.
+budgets, judged in the final round against the hand-written model timed beside the finalists), each for --minutes;
+prints the winner's test mAP against the hand-written student's and whether the front dominates the hand-written
+point. resolution: after demo, with the same --out, each winner's test mAP minus the hand-written student's with a
+paired bootstrap interval over the test images (what the test split can tell apart). The others use a small digits
+study (fast trials) where the claim is about the study's mechanics, not the model. Each writes <out>/<mode>.json.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -147,8 +152,6 @@ finalists = 1
 
 
 def _small(folder: Path, **search) -> Path:
-    import numpy as np
-
     folder.mkdir(parents=True, exist_ok=True)
     with np.load(ROOT / "compress" / "data" / "digits.npz") as z:
         np.savez(folder / "small.npz", x=z["x"][:800].astype(np.float32)[:, None] / 16.0, y=z["y"][:800])
@@ -257,9 +260,96 @@ def qnn(args: argparse.Namespace) -> dict:
             "winner": (s.get("winner") or {}).get("params")}
 
 
+def _scored(path: Path, data) -> tuple[list, np.ndarray]:
+    """Per class: (confidence, true positive, image) of the model's detections on `data` (detect.map50's own matching,
+    image by image), and each image's ground-truth count per class: what a bootstrap over images re-weights."""
+    import onnxruntime as ort
+
+    from detect import CLASSES, _decode, _iou
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    out = dict(zip(names, session.run(None, {session.get_inputs()[0].name: data.x})))
+    found = _decode(out["boxes"], out["scores"])
+    rows: list[list] = [[] for _ in range(CLASSES)]
+    counts = np.stack([(data.classes == c).sum(1) for c in range(CLASSES)])  # (classes, images)
+    for i, (boxes, labels, conf) in enumerate(found):
+        for c in range(CLASSES):
+            truth, mine = data.boxes[i][data.classes[i] == c], labels == c
+            used = np.zeros(len(truth), bool)
+            for j in np.argsort(-conf[mine]):
+                ok = False
+                if len(truth):
+                    overlaps = _iou(boxes[mine][j][None], truth)[0]
+                    best = int(np.argmax(np.where(used, -1, overlaps)))
+                    ok = bool(overlaps[best] >= 0.5 and not used[best])
+                    used[best] |= ok
+                rows[c].append((conf[mine][j], ok, i))
+    return [np.array(r, dtype=float).reshape(-1, 3) for r in rows], counts
+
+
+def _weighted_map(scored: list, counts: np.ndarray, weight: np.ndarray) -> float:
+    """mAP@0.5 with each image counted `weight` times (detect.map50 when every weight is 1)."""
+    aps = []
+    for c, rows in enumerate(scored):
+        total = float(counts[c] @ weight)
+        if total == 0:
+            continue
+        rows = rows[np.argsort(-rows[:, 0], kind="stable")]
+        w = weight[rows[:, 2].astype(int)]
+        tp, seen = np.cumsum(w * rows[:, 1]), np.cumsum(w)
+        keep = w > 0
+        recall, precision = (tp / total)[keep], (tp / np.maximum(seen, 1e-12))[keep]
+        r = np.concatenate([[0.0], recall, [1.0]])
+        p = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
+        steps = np.flatnonzero(r[1:] != r[:-1])
+        aps.append(float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1])))
+    return float(np.mean(aps))
+
+
+def resolution(args: argparse.Namespace) -> dict:
+    """How far apart two models' test mAP must be for the demo's test split to tell them apart: the paired bootstrap
+    over test images (2,000 resamples) of each study's winner minus the hand-written student, from a finished
+    `demo` run in --out. Images share source digits (297 digits in 1,000 canvases), so the interval is, if anything,
+    too narrow."""
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    from detect import make_datasets, map50
+
+    test = make_datasets()[2]
+    runs = args.out / "demo" / "runs"
+    hand = _scored(runs / "search-hand" / "export" / "student.onnx", test)
+    rng = np.random.default_rng(0)
+    weights = np.stack([np.bincount(rng.integers(0, len(test), len(test)), minlength=len(test))
+                        for _ in range(2000)]).astype(float)
+    result = {"hand_written": _weighted_map(*hand, np.ones(len(test))), "studies": {}}
+    for label in ("half", "same"):
+        winner = runs / f"search-{label}" / "search" / "winner.onnx"
+        if not winner.exists():
+            continue
+        mine = _scored(winner, test)
+        full = _weighted_map(*mine, np.ones(len(test)))
+        session_check = map50(*_outputs(winner, test))["map50"]  # the demo's own metric agrees with the re-weighting
+        diffs = np.array([_weighted_map(*mine, w) - _weighted_map(*hand, w) for w in weights])
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        result["studies"][label] = {"winner": full, "check_map50": session_check,
+                                    "minus_hand_points": round(100 * (full - result["hand_written"]), 2),
+                                    "interval_points": [round(100 * lo, 2), round(100 * hi, 2)],
+                                    "share_above_minus_half_point": float(np.mean(diffs >= -0.005))}
+        print(json.dumps({label: result["studies"][label]}), flush=True)
+    return result
+
+
+def _outputs(path: Path, data) -> tuple[dict, dict]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: data.x})))
+    return out, {"boxes": data.boxes, "classes": data.classes}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["demo", "samplers", "kill", "workers", "qnn"])
+    parser.add_argument("mode", choices=["demo", "resolution", "samplers", "kill", "workers", "qnn"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-search"))
     parser.add_argument("--minutes", type=float, default=30.0, help="demo: max_minutes of each study")
     parser.add_argument("--trials", type=int, default=None, help="trial budget (demo: 30, samplers: 12, qnn: 6)")
@@ -270,7 +360,8 @@ def main() -> None:
     args.out = args.out.resolve()
     args.trials = args.trials or {"demo": 30, "samplers": 12, "qnn": 6}.get(args.mode, 12)
     started = time.perf_counter()
-    result = {"demo": demo, "samplers": samplers, "kill": kill, "workers": workers, "qnn": qnn}[args.mode](args)
+    result = {"demo": demo, "resolution": resolution, "samplers": samplers, "kill": kill, "workers": workers,
+              "qnn": qnn}[args.mode](args)
     result.update(mode=args.mode, seconds=round(time.perf_counter() - started, 1),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load=os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
