@@ -278,3 +278,30 @@ def test_pruner_judges_a_trial_against_feasible_trials_only():
     assert halving().prune(study, study._storage.get_trial(trial._trial_id))
     study, trial = study_with_slow_accurate_trials()
     assert not FeasibleOnly(halving()).prune(study, study._storage.get_trial(trial._trial_id))
+
+
+def test_the_untrained_check_is_timed_paired_with_a_relative_budgets_reference(tmp_path):
+    # setup: the study's file, an untrained trial's pipeline, and a stand-in hand-written model said to run at
+    # 1000 ms (its real p50 is far under 1 ms): only a paired timing scales the candidate by it
+    import tomllib
+
+    import torch
+
+    from compress.config import load_config
+    from compress.study.trial import latency_first, trial_raw
+
+    folder = _folder(tmp_path)
+    path = folder / "s.toml"
+    scfg = load_config(path).search
+    base = {k: v for k, v in tomllib.loads(path.read_text()).items() if k != "search"}
+    raw = trial_raw(base, {"student.kwargs.width": 8}, scfg, folder / "trial", short=True)
+    reference = folder / "reference.onnx"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(reference), input_names=["input"], dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}})
+    # execute
+    alone = latency_first(raw, path, scfg)
+    paired = latency_first(raw, path, scfg, {"onnx": str(reference), "p50_ms": 1000.0}, {})
+    # assert: alone, a real sub-millisecond p50; paired, the ratio to the reference times its 1000 ms
+    assert 0 < alone < 10.0
+    assert paired > 100.0

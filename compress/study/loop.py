@@ -329,7 +329,7 @@ class Loop:
         budget = self.scfg.latency_budget_ms
         if budget is None or self.scfg.objective == "min-latency":
             return None
-        p50 = latency_first(raw, self.source, self.scfg)
+        p50 = latency_first(raw, self.source, self.scfg, self.reference, self.feeds)
         if p50 is None or p50 <= budget * EARLY_MARGIN:
             return None
         return Outcome(run_dir=str(run_dir), p50_ms=p50, early=True)
