@@ -305,3 +305,23 @@ def test_the_untrained_check_is_timed_paired_with_a_relative_budgets_reference(t
     # assert: alone, a real sub-millisecond p50; paired, the ratio to the reference times its 1000 ms
     assert 0 < alone < 10.0
     assert paired > 100.0
+
+
+def test_the_report_says_when_the_hand_written_pipeline_is_ahead_of_the_winner(tmp_path):
+    from compress.config import load_config
+    from compress.study.outputs import markdown
+    from compress.study.report import hand_written_ahead
+
+    scfg = load_config(_folder(tmp_path) / "s.toml").search  # max-metric, latency_budget_ms = 1000
+    hand = {"metric": 0.95, "p50_ms": 2.0, "bytes": 1000}
+    winner = {"trial": 3, "metric": 0.94, "p50_ms": 1.0, "bytes": 500, "toml": "best.toml"}
+    assert hand_written_ahead(hand, winner, scfg, True, False)
+    assert not hand_written_ahead(hand, {**winner, "metric": 0.96}, scfg, True, False)  # the winner is better
+    assert not hand_written_ahead({**hand, "p50_ms": 2000.0}, winner, scfg, True, False)  # over the budget
+    assert not hand_written_ahead(hand, winner, scfg, True, True)  # a best effort met nothing: nothing to compare
+    assert not hand_written_ahead(hand, winner, scfg.model_copy(update={"max_bytes": 800}), True, False)
+    assert hand_written_ahead({**hand, "metric": 0.93}, winner, scfg, False, False)  # lower is better
+    section = {"study": "s", "objective": "max-metric", "target": {"provider": "cpu", "batch": 1, "threads": 1},
+               "counts": {}, "metric": "accuracy", "winner": winner, "trials": [], "hand_written_ahead": True}
+    assert "the search found nothing better than the file as written" in markdown(section)
+    assert "nothing better" not in markdown({**section, "hand_written_ahead": False})

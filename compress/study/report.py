@@ -44,12 +44,38 @@ def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, ro
         section["best_effort"] = best_effort
         section["winner"] = _write_winner(root, winner, best_effort, base_cfg.base_dir)  # before anything can fail
         section["paired_vs_hand_written"] = _paired(baseline, winner, scfg, base_cfg)
+        section["hand_written_ahead"] = hand_written_ahead(baseline, section["winner"], final, higher, best_effort)
         section["teacher_trained"] = _teacher_runs(rows, finals, study)
         _write(root, section, rows, baseline, finals, scfg)
     w = section["winner"]
     say(f"{'best effort' if best_effort else 'winner'}: trial {w['trial']}: {section['metric']} {w['metric']:.4f} "
         f"(validation), p50 {w['p50_ms']:.4f} ms, {w['bytes']:,} bytes -> {w['toml']}")
+    if section["hand_written_ahead"]:
+        say(AHEAD.format(metric=section["metric"], hand=baseline["metric"], winner=w["metric"]))
     return section
+
+
+AHEAD = ("the hand-written pipeline meets the same constraints and is at least as good on validation ({metric} "
+         "{hand:.4f} against the winner's {winner:.4f}): the search found nothing better than the file as written")
+
+
+def hand_written_ahead(baseline: dict[str, Any], winner: dict[str, Any] | None, scfg: Any, higher: bool,
+                       best_effort: bool) -> bool:
+    """Whether the hand-written model, judged as the winner was (the final round's budget, max_bytes; placement is
+    not measured for it), is feasible and at least as good on the objective: max-metric by its validation metric,
+    min-latency by its p50. Never for a Pareto front or a best effort."""
+    from compress.study.loop import constraints
+    from compress.study.trial import Outcome
+
+    if not winner or best_effort or scfg.objective == "pareto" or scfg.all_nodes_on is not None:
+        return False
+    hand = Outcome(run_dir="", metric=baseline.get("metric"), p50_ms=baseline.get("p50_ms"),
+                   bytes=baseline.get("bytes"))
+    if hand.metric is None or hand.p50_ms is None or any(c > 0 for c in constraints(hand, scfg, higher)):
+        return False
+    if scfg.objective == "min-latency":
+        return hand.p50_ms <= winner["p50_ms"]
+    return hand.metric >= winner["metric"] if higher else hand.metric <= winner["metric"]
 
 
 def _section(scfg: Any, rows: list[dict], baseline: dict, extra: dict) -> dict[str, Any]:
