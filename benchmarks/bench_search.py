@@ -260,16 +260,12 @@ def qnn(args: argparse.Namespace) -> dict:
             "winner": (s.get("winner") or {}).get("params")}
 
 
-def _scored(path: Path, data) -> tuple[list, np.ndarray]:
-    """Per class: (confidence, true positive, image) of the model's detections on `data` (detect.map50's own matching,
-    image by image), and each image's ground-truth count per class: what a bootstrap over images re-weights."""
-    import onnxruntime as ort
-
+def _scored(out: dict, data) -> tuple[list, np.ndarray]:
+    """Per class: (confidence, true positive, image) of a model's detections `out` on `data` (detect.map50's own
+    matching, image by image), and each image's ground-truth count per class: what a bootstrap over images
+    re-weights."""
     from detect import CLASSES, _decode, _iou
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    out = dict(zip(names, session.run(None, {session.get_inputs()[0].name: data.x})))
     found = _decode(out["boxes"], out["scores"])
     rows: list[list] = [[] for _ in range(CLASSES)]
     counts = np.stack([(data.classes == c).sum(1) for c in range(CLASSES)])  # (classes, images)
@@ -290,6 +286,8 @@ def _scored(path: Path, data) -> tuple[list, np.ndarray]:
 
 def _weighted_map(scored: list, counts: np.ndarray, weight: np.ndarray) -> float:
     """mAP@0.5 with each image counted `weight` times (detect.map50 when every weight is 1)."""
+    from detect import _average_precision
+
     aps = []
     for c, rows in enumerate(scored):
         total = float(counts[c] @ weight)
@@ -299,11 +297,7 @@ def _weighted_map(scored: list, counts: np.ndarray, weight: np.ndarray) -> float
         w = weight[rows[:, 2].astype(int)]
         tp, seen = np.cumsum(w * rows[:, 1]), np.cumsum(w)
         keep = w > 0
-        recall, precision = (tp / total)[keep], (tp / np.maximum(seen, 1e-12))[keep]
-        r = np.concatenate([[0.0], recall, [1.0]])
-        p = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
-        steps = np.flatnonzero(r[1:] != r[:-1])
-        aps.append(float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1])))
+        aps.append(_average_precision((tp / total)[keep], (tp / np.maximum(seen, 1e-12))[keep]))
     return float(np.mean(aps))
 
 
@@ -317,19 +311,22 @@ def resolution(args: argparse.Namespace) -> dict:
 
     test = make_datasets()[2]
     runs = args.out / "demo" / "runs"
-    hand = _scored(runs / "search-hand" / "export" / "student.onnx", test)
+    truth = {"boxes": test.boxes, "classes": test.classes}
+    hand = _scored(_outputs(runs / "search-hand" / "export" / "student.onnx", test), test)
     rng = np.random.default_rng(0)
     weights = np.stack([np.bincount(rng.integers(0, len(test), len(test)), minlength=len(test))
                         for _ in range(2000)]).astype(float)
     result = {"hand_written": _weighted_map(*hand, np.ones(len(test))), "studies": {}}
+    hand_resampled = np.array([_weighted_map(*hand, w) for w in weights])  # the same for every study
     for label in ("half", "same"):
         winner = runs / f"search-{label}" / "search" / "winner.onnx"
         if not winner.exists():
             continue
-        mine = _scored(winner, test)
+        out = _outputs(winner, test)
+        mine = _scored(out, test)
         full = _weighted_map(*mine, np.ones(len(test)))
-        session_check = map50(*_outputs(winner, test))["map50"]  # the demo's own metric agrees with the re-weighting
-        diffs = np.array([_weighted_map(*mine, w) - _weighted_map(*hand, w) for w in weights])
+        session_check = map50(out, truth)["map50"]  # the demo's own metric agrees with the re-weighting
+        diffs = np.array([_weighted_map(*mine, w) for w in weights]) - hand_resampled
         lo, hi = np.percentile(diffs, [2.5, 97.5])
         result["studies"][label] = {"winner": full, "check_map50": session_check,
                                     "minus_hand_points": round(100 * (full - result["hand_written"]), 2),
@@ -339,12 +336,12 @@ def resolution(args: argparse.Namespace) -> dict:
     return result
 
 
-def _outputs(path: Path, data) -> tuple[dict, dict]:
+def _outputs(path: Path, data) -> dict:
+    """{output name: array} of the ONNX model at `path` on the canvases of `data`, on ORT's CPU provider."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: data.x})))
-    return out, {"boxes": data.boxes, "classes": data.classes}
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: data.x})))
 
 
 def main() -> None:
