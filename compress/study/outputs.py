@@ -123,8 +123,8 @@ def markdown(section: dict[str, Any]) -> str:
                 f"{w.get('metric_test') if w.get('metric_test') is None else round(w['metric_test'], 4)} (test), "
                 f"p50 {w['p50_ms']:.4f} ms, {w['bytes']:,} bytes; `{w['toml']}`", ""]
     if s.get("hand_written_ahead"):
-        out += ["The hand-written pipeline meets the same constraints and is at least as good on validation: the search "
-                "found nothing better than the file as written.", ""]
+        out += ["The hand-written pipeline meets the same constraints and is at least as good on the objective: the "
+                "search found nothing better than the file as written.", ""]
     out += ["| trial | state | metric | p50 ms | bytes | params |", "|---|---|---|---|---|---|"]
     for r in s["trials"]:
         metric = "-" if r["metric"] is None else f"{r['metric']:.4f}"

@@ -119,10 +119,12 @@ def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig, referen
                            exporter=cfg.export.exporter, inputs=data.inputs,
                            output_names=output_names_of(out, "logits"))
         feed = data.inputs.bench_feed(data, t.batch, seq)
+        feeds = {} if feeds is None else feeds
+        feeds.setdefault("feed", feed)  # the study's timing inputs: paired_ratio need not build them again
 
         def timed(model: Path) -> float:
             ratio = None if reference is None else paired_ratio(Path(reference["onnx"]), model, raw, source, scfg,
-                                                                feeds if feeds is not None else {})
+                                                                feeds)
             if ratio is not None:
                 return ratio * reference["p50_ms"]
             return measure(model, t.provider, t.batch, t.threads, inputs=feed, settings=PICK_PROFILE)["p50_ms"]
