@@ -44,12 +44,27 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
     if saturates and not cfg.reduce_range:
         plan.append(({**first, "reduce_range": True}, "remedy: 7-bit weights (reduce_range): this CPU has no VNNI, "
                      "so u8s8 products can saturate"))
+    if cfg.mode == "static":
+        plan.append(({**first, "calibration_method": None, "op_types": list(WEIGHTED)},
+                     "remedy: only the ops with weights quantized (Conv, ConvTranspose, MatMul, Gemm), the ops between "
+                     "them left float, so their roundings do not add up"))
     return plan
+
+
+WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+"""The weighted-ops remedy's op types: what NNCF quantizes on a CPU, less its element-wise ops. A PP-OCR detector
+quantizes 292 tensors, most of them inside HardSwish chains and Adds; this remedy leaves ~125 and halves the drop
+(`op_types_to_quantize`; on ORT CPU those chains run in float anyway)."""
 
 
 GATE_CHECKED = 4
 """How many of the SQNR ranking's worst nodes the gate itself scores (each alone in float) before the remedy keeps
 nodes in float, with the layers that feed the outputs."""
+
+
+STALLED = 0.1
+"""The exclusion remedy stops doubling the nodes it keeps in float once a step wins back less than this share of
+the best drop's excess over the budget (a PP-OCR detector: 1, 2, 4 and 8 nodes all left it where it was)."""
 
 
 def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, calib: list[dict[str, np.ndarray]],
@@ -85,6 +100,7 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     why = f" (ranked by the gate on {len(checked)} candidates" + (f"; SQNR on {note})" if note else ")")
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
     bar.total += len(counts)
+    lowest = best["drop"]
     for count in counts:
         if count == 0:
             continue
@@ -93,6 +109,12 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
         bar.update(1)
         if rec["accepted"]:
             return rec
+        if rec["drop"] is not None and lowest - rec["drop"] < STALLED * (lowest - gate.budget) and count < counts[-1]:
+            # the drop is not in a few nodes: doubling them again would cost attempts and win as little
+            rec["reason"] += (f"; {count} node{'s' if count > 1 else ''} in float won back under "
+                              f"{STALLED:.0%} of the excess over the budget, so no more nodes were tried")
+            return None
+        lowest = min(lowest, rec["drop"] if rec["drop"] is not None else lowest)
     return None
 
 
@@ -231,10 +253,16 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
 
 def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None, *,
             large: bool = False, stride: int | None = None) -> None:
-    cache = None
-    if calib and not large and settings["calibration_method"] in calibrate.METHODS and calibrate.supported():
+    cache, method = None, settings["calibration_method"]
+    if calib and not large and method in calibrate.HISTOGRAMS and calibrate.supported():
+        # ORT's histogram ranges, computed once per method and read back by the attempts after the first
+        with calibrate.remembered_histograms(base, calib, method, stride, out.with_name(f".{out.name}.calib"),
+                                             settings.get("op_types")) as path:
+            _quantize_static(base, out, settings, calib, large=large, stride=stride, cache=path)
+        return
+    if calib and not large and method in calibrate.METHODS and calibrate.supported():
         # the min-max family's ranges from one optimised pass, shared by the attempts (compress.quantize.calibrate)
-        cache = calibrate.write_cache(base, calib, settings["calibration_method"], out.with_name(f".{out.name}.calib"))
+        cache = calibrate.write_cache(base, calib, method, out.with_name(f".{out.name}.calib"))
     try:
         _quantize_static(base, out, settings, calib, large=large, stride=stride, cache=cache)
     finally:
@@ -255,7 +283,7 @@ def _quantize_static(base: Path, out: Path, settings: dict[str, Any], calib: lis
     mean = {"CalibMovingAverage": True} if settings["calibration_method"] == "mean_minmax" else {}
     # MinMax's augmented model outputs only each tensor's min and max, so it holds little; no
     # CalibMaxIntermediateOutputs: in ORT 1.32 it drops the batches it clears instead of folding them into ranges
-    quantize_static(base, out, _reader(calib or []),
+    quantize_static(base, out, _reader(calib or []), op_types_to_quantize=settings.get("op_types"),
                     quant_format=QuantFormat.QDQ if settings["quant_format"] == "qdq" else QuantFormat.QOperator,
                     per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                     activation_type=types[settings["activation_type"]], weight_type=types[settings["weight_type"]],
@@ -303,6 +331,8 @@ def attempt_name(index: int, s: dict[str, Any]) -> str:
         parts.append(s["calibration_method"])
     if "per_channel" in s:
         parts.append("pc" if s["per_channel"] else "pt")
+    if s.get("op_types"):
+        parts.append("weighted")
     if s["nodes_to_exclude"]:
         parts.append(f"float{len(s['nodes_to_exclude'])}")
     return "-".join(parts)

@@ -279,7 +279,9 @@ def quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
     """Op types worth keeping in float: those the quantizer touches, less pure data movement (no arithmetic)."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 
-    if settings["mode"] == "dynamic":
+    if settings.get("op_types"):
+        ops = set(settings["op_types"])
+    elif settings["mode"] == "dynamic":
         ops = set(IntegerOpsRegistry)
     elif settings["mode"] == "static":  # quantize_static's default op list is the union of both registries
         ops = set(QDQRegistry) | set(QLinearOpsRegistry)

@@ -115,3 +115,44 @@ def test_a_model_rewritten_in_place_is_measured_again(tmp_path: Path):
     # assert: the new weights' range (12 = 4 x 3), not the remembered one (4)
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
     assert first.max() == 4.0 and second.max() == 12.0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_a_histogram_method_calibrates_once_and_later_attempts_read_its_ranges(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch,
+                                                                              method: str):
+    # setup: the conv net, pre-processed; ORT's calibrators counted; the first conv's name (kept in float later)
+    import importlib
+
+    import onnx
+    from onnxruntime.quantization import calibrate as ort_calibrate
+
+    from compress.quantize import attempts as qa
+    from compress.quantize import prepare as prep
+
+    base = tmp_path / "base.onnx"
+    prep.preprocess(_model(tmp_path), base, "static")
+    x = np.random.default_rng(6).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    calib = qa.batched({"x": x}, 4)
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
+    made = []
+    create = ort_calibrate.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: made.append(1) or create(*a, **k))
+    settings = {**SETTINGS, "calibration_method": method}
+    conv = next(n.name for n in onnx.load(str(base)).graph.node if n.op_type == "Conv")
+    # execute: the method's attempt twice, then with a node kept in float, then on other samples
+    qa.quantize_once(base, tmp_path / "a.onnx", settings, calib)
+    qa.quantize_once(base, tmp_path / "b.onnx", settings, calib)
+    qa.quantize_once(base, tmp_path / "c.onnx", {**settings, "nodes_to_exclude": [conv]}, calib)
+    qa.quantize_once(base, tmp_path / "d.onnx", settings, qa.batched({"x": x[:8] * 3}, 4))
+    # assert: ORT calibrated for the first and for the other samples only; the remembered ranges give the model
+    # ORT's calibrator gave, bit for bit; no cache file left behind
+    assert len(made) == 2
+    a, b = _initializers(tmp_path / "a.onnx"), _initializers(tmp_path / "b.onnx")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    d = _initializers(tmp_path / "d.onnx")
+    assert any(not np.array_equal(a[k], d[k]) for k in a if k.endswith("_scale") and k in d)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -118,6 +118,64 @@ def test_each_mode_quantizes_within_budget(setup: dict, mode: str) -> None:
     assert (onnx.TensorProto.FLOAT16 if mode == "fp16" else onnx.TensorProto.INT8) in types
 
 
+@pytest.mark.parametrize("stalled", [0.1, 0.0])
+def test_the_exclusion_remedy_stops_when_a_node_in_float_wins_nothing_back(setup: dict, monkeypatch, stalled):
+    # setup: the budget-zero case below (only fc1 in float cures it), with the gate's check of the candidates handed
+    # back in the wrong order, so the first node kept in float is one that does not matter
+    from compress.quantize import attempts as qa
+
+    calib = setup["calib_x"].copy()
+    calib[:, -1] = 1e4
+    checked = qa.gate_checked
+    monkeypatch.setattr(qa, "gate_checked", lambda *a: list(reversed(checked(*a))))
+    monkeypatch.setattr(qa, "STALLED", stalled)
+    # execute
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib)
+    # assert: with the rule, the remedy stops after the one node that won nothing back and says why; without it, it
+    # goes on to two nodes (fc1 among them: the drop is gone, with nothing left quantized in this two-layer model)
+    last = result["attempts"][-1]
+    assert last["why_tried"].startswith("remedy: 1 most sensitive node kept in float" if stalled else
+                                        "remedy: 2 most sensitive nodes kept in float")
+    if stalled:
+        assert not last["accepted"] and result["chosen"] is None
+        assert "1 node in float won back under 10% of the excess over the budget, so no more nodes were tried" in \
+            last["reason"]
+    else:
+        assert last["accuracy_drop"] == 0.0 and any(n.startswith("fc1") for n in last["settings"]["nodes_to_exclude"])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_weighted_ops_remedy_leaves_the_ops_between_them_float(tmp_path: Path) -> None:
+    # setup: a conv net (convs, ReLUs, a global average pool, a Linear head), pre-processed
+    import onnx
+
+    from compress.quantize import attempts as qa
+    from compress.quantize import prepare as prep
+
+    from .test_bias_correction import SETTINGS, _model
+
+    base = tmp_path / "base.onnx"
+    prep.preprocess(_model(tmp_path), base, "static")
+    calib = qa.batched({"x": np.random.default_rng(7).standard_normal((16, 3, 16, 16)).astype(np.float32)}, 4)
+
+    def readers(path: Path) -> set[str]:  # the op types that read a dequantized tensor
+        graph = onnx.load(str(path)).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return {n.op_type for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                and dequantized & set(n.input)}
+
+    # execute: every op type ORT quantizes, then the remedy's settings
+    for method in ("minmax", "percentile"):
+        qa.quantize_once(base, tmp_path / f"all-{method}.onnx", {**SETTINGS, "calibration_method": method}, calib)
+        qa.quantize_once(base, tmp_path / f"weighted-{method}.onnx",
+                         {**SETTINGS, "calibration_method": method, "op_types": list(qa.WEIGHTED)}, calib)
+        # assert: the pool reads int8 codes by default; with the remedy only the convs, the head and what reads a
+        # conv's own output (ORT quantizes a Conv's output too) do
+        assert "GlobalAveragePool" in readers(tmp_path / f"all-{method}.onnx")
+        assert readers(tmp_path / f"weighted-{method}.onnx") == {"Conv", "Gemm", "Relu"}
+    assert qa.attempt_name(6, {**SETTINGS, "op_types": list(qa.WEIGHTED)}) == "attempt-06-static-minmax-pc-weighted"
+
+
 def test_unavailable_provider_is_recorded_not_swapped(setup: dict) -> None:
     from tests.conftest import absent_provider
 
@@ -156,6 +214,9 @@ def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
         "configured settings", "remedy: calibration method minmax", "remedy: calibration method entropy",
         "remedy: calibration method percentile"]
     assert attempts[4]["why_tried"] == "remedy: per-tensor weights"
+    weighted = attempts[5]
+    assert weighted["name"].endswith("-weighted") and weighted["why_tried"].startswith(
+        "remedy: only the ops with weights quantized (Conv, ConvTranspose, MatMul, Gemm)")
     assert all(not a["accepted"] for a in attempts[:-1])
     last = attempts[-1]
     assert last["accepted"] and last["accuracy_drop"] == 0.0
@@ -295,8 +356,8 @@ def test_cpu_int8_isa_decides_the_reduce_range_remedy() -> None:
     assert not u8s8_saturates(["asimddp"], "aarch64")
     plain = [why for _, why in remedy_plan(QuantizeConfig())]
     old_cpu = remedy_plan(QuantizeConfig(), saturates=True)
-    assert [why for _, why in old_cpu][:-1] == plain
-    settings, why = old_cpu[-1]
+    assert [why for _, why in old_cpu][:-2] == plain[:-1] and old_cpu[-1][1] == plain[-1]
+    settings, why = old_cpu[-2]
     assert settings["reduce_range"] is True and why.startswith("remedy: 7-bit weights (reduce_range)")
 
 
