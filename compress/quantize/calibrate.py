@@ -161,19 +161,21 @@ def remembered_histograms(base: Path, calib: list[dict[str, np.ndarray]], method
     calibrator the first time and remembered (per model file, method, stride and batches), so a later attempt with
     the same method (other weights, nodes kept in float) reads them instead of calibrating again. The ranges do not
     depend on what an attempt excludes: ORT's calibrator collects every tensor of the op types it quantizes
-    (`op_types`, all when None) in the model it is given."""
+    (`op_types`, all when None) in the model it is given, each tensor's histogram on its own, so an attempt that
+    quantizes fewer op types reads the ranges of one that quantized them all."""
     stat = base.stat()
     key = (str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns, method, stride,
-           tuple(op_types or ()),
            tuple(next(iter(f.values())).shape[0] if f and np.ndim(next(iter(f.values()))) else 0 for f in calib),
            _fingerprint(calib))
-    if key in _histograms:
-        path.write_text(_histograms[key])
-        _histograms.move_to_end(key)
+    mine, every = (*key, tuple(op_types or ())), (*key, ())
+    known = next((k for k in (mine, every) if k in _histograms), None)
+    if known is not None:
+        path.write_text(_histograms[known])
+        _histograms.move_to_end(known)
     try:
         yield path
-        if key not in _histograms and path.is_file():
-            _histograms[key] = path.read_text()
+        if known is None and path.is_file():
+            _histograms[mine] = path.read_text()
             while len(_histograms) > 2 * KEPT:
                 _histograms.popitem(last=False)
     finally:

@@ -129,6 +129,7 @@ def test_a_histogram_method_calibrates_once_and_later_attempts_read_its_ranges(t
     from onnxruntime.quantization import calibrate as ort_calibrate
 
     from compress.quantize import attempts as qa
+    from compress.quantize import calibrate
     from compress.quantize import prepare as prep
 
     base = tmp_path / "base.onnx"
@@ -146,9 +147,18 @@ def test_a_histogram_method_calibrates_once_and_later_attempts_read_its_ranges(t
     qa.quantize_once(base, tmp_path / "b.onnx", settings, calib)
     qa.quantize_once(base, tmp_path / "c.onnx", {**settings, "nodes_to_exclude": [conv]}, calib)
     qa.quantize_once(base, tmp_path / "d.onnx", settings, qa.batched({"x": x[:8] * 3}, 4))
-    # assert: ORT calibrated for the first and for the other samples only; the remembered ranges give the model
-    # ORT's calibrator gave, bit for bit; no cache file left behind
-    assert len(made) == 2
+    weighted = {**settings, "op_types": list(qa.WEIGHTED)}
+    qa.quantize_once(base, tmp_path / "e.onnx", weighted, calib)  # fewer op types: the first attempt's ranges
+    with monkeypatch.context() as m:  # ORT's calibrator on those op types alone, nothing remembered
+        m.setattr(calibrate, "supported", lambda: False)
+        qa.quantize_once(base, tmp_path / "f.onnx", weighted, calib)
+    # assert: ORT calibrated for the first, for the other samples and (unremembered) for f only; the remembered ranges
+    # give the models ORT's calibrator gave, bit for bit; no cache file left behind
+    assert len(made) == 3
+    e, f = _initializers(tmp_path / "e.onnx"), _initializers(tmp_path / "f.onnx")
+    assert sorted(e) == sorted(f) != sorted(_initializers(tmp_path / "a.onnx"))
+    for name in e:
+        np.testing.assert_array_equal(e[name], f[name], err_msg=name)
     a, b = _initializers(tmp_path / "a.onnx"), _initializers(tmp_path / "b.onnx")
     assert sorted(a) == sorted(b)
     for name in a:
