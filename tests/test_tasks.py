@@ -227,3 +227,21 @@ def test_the_users_metric_must_return_numbers_and_its_primary(tmp_path: Path):
         UserMetric("m:boom", base_dir=tmp_path, origin="evaluate.metric")({}, None)
     first = UserMetric("m:ok", base_dir=tmp_path, origin="evaluate.metric")
     assert first({}, None) == {"f1": 0.5, "p": 1.0} and first.primary.name == "f1"
+
+
+def test_tensors_figures_are_the_same_compared_a_few_rows_at_a_time(monkeypatch):
+    # setup: float32 outputs of 10 rows with a zero row, compared whole and 3 rows at a time (7 values a row)
+    from compress.tasks import tensors
+
+    rng = np.random.default_rng(0)
+    ref = {"y": rng.standard_normal((10, 7)).astype(np.float32)}
+    ref["y"][4] = 0
+    out = {"y": ref["y"] + 0.05 * rng.standard_normal((10, 7)).astype(np.float32)}
+    out["y"][4] = 0
+    whole = tensors.Tensors().metrics(out, None, ref)
+    monkeypatch.setattr(tensors, "CHUNK_VALUES", 21)
+    # execute
+    pieces = tensors.Tensors().metrics(out, None, ref)
+    # assert: the same figures (the zero row agrees exactly: cosine 1), and the inputs untouched
+    assert pieces == pytest.approx(whole, rel=1e-12) and 0.99 < whole["cosine/y"] < 1.0
+    assert np.all(out["y"][4] == 0) and np.all(ref["y"][4] == 0)
