@@ -2,7 +2,7 @@
 ship in pip wheels (bench_real_models.py fetches them and makes their inputs).
 
     .venv/bin/python benchmarks/bench_real_peers.py [--only yolo,ocr-det,ocr-rec,ocr-cls] [--out /tmp/bench-real-peers]
-        [--nncf-venv /tmp/nncf-venv]
+        [--nncf-venv /tmp/nncf-venv] [--rescore]   # --rescore: test figures again from the models OUT holds
 
 Per model, the same fixed-shape float graph (the model's free dimensions fixed as bench_real_models.py's flags fix
 them, by compress.edge.shapes.fix_dims) and the same inputs for both tools: 32 calibration inputs (seed 1), 64 gate
@@ -15,7 +15,9 @@ to fp32) and 64 test inputs (seed 4) that neither tool sees.
   script), one calibration input per item.
 Then, in this process, on the test inputs one at a time: each int8 model's mean cosine to the fp32 outputs (every
 output), and where an output is a probability over its last axis (the OCR models' softmax), how often its argmax
-agrees with fp32's; p50 at batch 1, 1 thread, paired (compress.bench.paired: blocks interleaved, order reversed
+agrees with fp32's; what an OCR user reads off each model against fp32's reading (the detector: recall and precision
+of fp32's text boxes at IoU 0.5, a box per connected region over 0.3; the recogniser: lines decoded (greedy CTC)
+exactly as fp32 decodes them, and the character error rate against fp32's text); p50 at batch 1, 1 thread, paired (compress.bench.paired: blocks interleaved, order reversed
 every other round) of compress's int8 against NNCF's and of NNCF's against fp32. Tool time is each command's wall
 clock as a process. Writes OUT/results.json and prints one line per model.
 """
@@ -115,6 +117,78 @@ def fidelity(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict:
     return row
 
 
+def text_boxes(prob: np.ndarray, threshold: float = 0.3, min_pixels: int = 9) -> list[tuple[int, int, int, int]]:
+    """The detector's text boxes as its users' post-processing finds them, simplified: the bounding boxes (x1, y1, x2,
+    y2) of the connected regions of one probability map above `threshold`, of at least `min_pixels` pixels."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(np.asarray(prob).reshape(prob.shape[-2:]) > threshold)
+    return [(s[1].start, s[0].start, s[1].stop, s[0].stop) for i, s in enumerate(ndimage.find_objects(labels))
+            if (labels[s] == i + 1).sum() >= min_pixels]
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def box_figures(fp32: np.ndarray, int8: np.ndarray) -> dict:
+    """Recall of fp32's text boxes by the int8 model's at IoU 0.5 (each matched once) and the int8 boxes' precision."""
+    found = matched = made = 0
+    for a, b in zip(fp32, int8):
+        truth, mine = text_boxes(a), text_boxes(b)
+        used = set()
+        for box in truth:
+            best = max(((j, _iou(box, m)) for j, m in enumerate(mine) if j not in used), key=lambda t: t[1],
+                       default=(None, 0.0))
+            if best[1] >= 0.5:
+                used.add(best[0])
+                matched += 1
+        found, made = found + len(truth), made + len(mine)
+    return {"fp32_boxes": found, "recall50": round(matched / max(found, 1), 4),
+            "precision50": round(matched / max(made, 1), 4)}
+
+
+def ctc_text(probs: np.ndarray) -> list[int]:
+    """Greedy CTC decoding of one line (steps x classes): repeats collapsed, the blank (class 0) dropped."""
+    best = np.asarray(probs).argmax(-1)
+    return [int(c) for i, c in enumerate(best) if c != 0 and (i == 0 or c != best[i - 1])]
+
+
+def _edits(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def line_figures(fp32: np.ndarray, int8: np.ndarray) -> dict:
+    """The recogniser's lines as decoded text: the share of lines the int8 model reads exactly as fp32 does, and its
+    character error rate against fp32's reading."""
+    pairs = [(ctc_text(a), ctc_text(b)) for a, b in zip(fp32, int8)]
+    return {"lines_as_fp32": round(float(np.mean([a == b for a, b in pairs])), 4),
+            "cer_vs_fp32": round(sum(_edits(a, b) for a, b in pairs) / max(sum(len(a) for a, _ in pairs), 1), 4)}
+
+
+TASK_FIGURES = {"ocr-det": box_figures, "ocr-rec": line_figures}
+"""What an OCR user reads off each model, against fp32's own reading of the same test inputs."""
+
+
+def test_figures(name: str, fixed: str, models: dict[str, str], x: np.ndarray) -> dict:
+    """Per tool: fidelity to fp32 on the test inputs, and the task's own figures where TASK_FIGURES has them."""
+    fp32 = outputs(fixed, x)
+    out = {}
+    for tool, path in models.items():
+        mine = outputs(path, x)
+        out[tool] = fidelity(fp32, mine)
+        if name in TASK_FIGURES:
+            out[tool].update(TASK_FIGURES[name](fp32[0], mine[0]))
+    return out
+
+
 def paired(old: str, new: str, x: np.ndarray) -> dict:
     from compress.bench.config import BenchSettings
     from compress.bench.paired import paired_bench
@@ -138,16 +212,27 @@ def case(name: str, out: Path, cache: Path, venv: Path) -> dict:
     load = os.getloadavg()
     ours, theirs = run_compress(fixed, folder), run_nncf(fixed, folder, venv)
     x = next(iter(np.load(folder / "test.npz").values()))
-    fp32 = outputs(str(fixed), x)
+    figures = test_figures(name, str(fixed), {"nncf": theirs["path"], **({"compress": ours["path"]} if ours["path"]
+                                                                          else {})}, x)
     row = {"load_before": [round(v, 2) for v in load], "compress": ours, "nncf": theirs,
            "tool_time_ratio": round(ours["seconds"] / theirs["seconds"], 2),
-           "nncf_test": fidelity(fp32, outputs(theirs["path"], x)),
-           "nncf_over_fp32": paired(str(fixed), theirs["path"], x)}
+           "nncf_test": figures["nncf"], "nncf_over_fp32": paired(str(fixed), theirs["path"], x)}
     if ours["path"]:
-        row["compress_test"] = fidelity(fp32, outputs(ours["path"], x))
+        row["compress_test"] = figures["compress"]
         row["compress_over_nncf"] = paired(theirs["path"], ours["path"], x)
         row["compress_over_fp32"] = paired(str(fixed), ours["path"], x)
     return row
+
+
+def rescored(name: str, out: Path, row: dict) -> dict:
+    """`row` with its test figures computed again from the models a run left in OUT (neither tool runs again)."""
+    folder = out / name
+    x = next(iter(np.load(folder / "test.npz").values()))
+    models = {"nncf": row["nncf"]["path"], **({"compress": row["compress"]["path"]} if row["compress"]["path"]
+                                              else {})}
+    figures = test_figures(name, str(folder / f"{name}.fixed.onnx"), models, x)
+    return {**row, "nncf_test": figures["nncf"], **({"compress_test": figures["compress"]} if "compress" in figures
+                                                    else {})}
 
 
 def main() -> int:
@@ -156,21 +241,25 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-real-peers"))
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "compress-bench" / "wheels")
     parser.add_argument("--nncf-venv", type=Path, default=Path("/tmp/nncf-venv"))
+    parser.add_argument("--rescore", action="store_true", help="recompute the test figures from the models OUT holds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     saved = args.out / "results.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
     for name in args.only.split(","):
-        row = results[name] = case(name, args.out, args.cache, args.nncf_venv)
-        row["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if args.rescore:
+            row = results[name] = rescored(name, args.out, results[name])
+        else:
+            row = results[name] = case(name, args.out, args.cache, args.nncf_venv)
+            row["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         saved.write_text(json.dumps(results, indent=1))
         ours, theirs = row["compress"], row["nncf"]
         print(f"{name}: cosine drop on test compress {row.get('compress_test', {}).get('cosine_drop')} "
               f"({ours['compared']}, {ours['attempts']} attempts, {ours['seconds']} s) / NNCF "
               f"{row['nncf_test']['cosine_drop']} ({theirs['seconds']} s); p50 compress/NNCF "
-              f"{row.get('compress_over_nncf', {}).get('new_over_old')}, NNCF/fp32 {row['nncf_over_fp32']['new_over_old']}",
-              flush=True)
+              f"{row.get('compress_over_nncf', {}).get('new_over_old')}, NNCF/fp32 {row['nncf_over_fp32']['new_over_old']}; "
+              f"test figures compress {row.get('compress_test')}, NNCF {row['nncf_test']}", flush=True)
     return 0
 
 
