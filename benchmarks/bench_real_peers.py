@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_ptq_peers as peers  # noqa: E402
+import ocr_metric  # noqa: E402
 import bench_real_models as real  # noqa: E402
 
 CASES = ("yolo", "ocr-det", "ocr-rec", "ocr-cls")  # single-input models (NNCF's Dataset feeds one array here)
@@ -117,63 +118,7 @@ def fidelity(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict:
     return row
 
 
-def text_boxes(prob: np.ndarray, threshold: float = 0.3, min_pixels: int = 9) -> list[tuple[int, int, int, int]]:
-    """The detector's text boxes as its users' post-processing finds them, simplified: the bounding boxes (x1, y1, x2,
-    y2) of the connected regions of one probability map above `threshold`, of at least `min_pixels` pixels."""
-    from scipy import ndimage
-
-    labels, _ = ndimage.label(np.asarray(prob).reshape(prob.shape[-2:]) > threshold)
-    return [(s[1].start, s[0].start, s[1].stop, s[0].stop) for i, s in enumerate(ndimage.find_objects(labels))
-            if (labels[s] == i + 1).sum() >= min_pixels]
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def box_figures(fp32: np.ndarray, int8: np.ndarray) -> dict:
-    """Recall of fp32's text boxes by the int8 model's at IoU 0.5 (each matched once) and the int8 boxes' precision."""
-    found = matched = made = 0
-    for a, b in zip(fp32, int8):
-        truth, mine = text_boxes(a), text_boxes(b)
-        used = set()
-        for box in truth:
-            best = max(((j, _iou(box, m)) for j, m in enumerate(mine) if j not in used), key=lambda t: t[1],
-                       default=(None, 0.0))
-            if best[1] >= 0.5:
-                used.add(best[0])
-                matched += 1
-        found, made = found + len(truth), made + len(mine)
-    return {"fp32_boxes": found, "recall50": round(matched / max(found, 1), 4),
-            "precision50": round(matched / max(made, 1), 4)}
-
-
-def ctc_text(probs: np.ndarray) -> list[int]:
-    """Greedy CTC decoding of one line (steps x classes): repeats collapsed, the blank (class 0) dropped."""
-    best = np.asarray(probs).argmax(-1)
-    return [int(c) for i, c in enumerate(best) if c != 0 and (i == 0 or c != best[i - 1])]
-
-
-def _edits(a: list[int], b: list[int]) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
-def line_figures(fp32: np.ndarray, int8: np.ndarray) -> dict:
-    """The recogniser's lines as decoded text: the share of lines the int8 model reads exactly as fp32 does, and its
-    character error rate against fp32's reading."""
-    pairs = [(ctc_text(a), ctc_text(b)) for a, b in zip(fp32, int8)]
-    return {"lines_as_fp32": round(float(np.mean([a == b for a, b in pairs])), 4),
-            "cer_vs_fp32": round(sum(_edits(a, b) for a, b in pairs) / max(sum(len(a) for a, _ in pairs), 1), 4)}
-
-
-TASK_FIGURES = {"ocr-det": box_figures, "ocr-rec": line_figures}
+TASK_FIGURES = {"ocr-det": ocr_metric.box_figures, "ocr-rec": ocr_metric.line_figures}
 """What an OCR user reads off each model, against fp32's own reading of the same test inputs."""
 
 
