@@ -17,8 +17,9 @@ Then, in this process, on the test inputs one at a time: each int8 model's mean 
 output), and where an output is a probability over its last axis (the OCR models' softmax), how often its argmax
 agrees with fp32's; what an OCR user reads off each model against fp32's reading (the detector: recall and precision
 of fp32's text boxes at IoU 0.5, a box per connected region over 0.3; the recogniser: lines decoded (greedy CTC)
-exactly as fp32 decodes them, and the character error rate against fp32's text); p50 at batch 1, 1 thread, paired (compress.bench.paired: blocks interleaved, order reversed
-every other round) of compress's int8 against NNCF's and of NNCF's against fp32. Tool time is each command's wall
+exactly as fp32 decodes them, and the character error rate against fp32's text; benchmarks/ocr_metric.py); p50 at
+batch 1, 1 thread, paired (compress.bench.paired: blocks interleaved, order reversed every other round) of compress's
+int8 against NNCF's and of NNCF's against fp32. Tool time is each command's wall
 clock as a process. Writes OUT/results.json and prints one line per model.
 """
 from __future__ import annotations
@@ -81,7 +82,8 @@ def run_nncf(fixed: Path, folder: Path, venv: Path) -> dict:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "nncf", "onnxruntime", "onnx"], check=True)
     script, out = folder / "nncf_quantize.py", folder / "nncf-int8.onnx"
     script.write_text(peers.NNCF_SCRIPT)
-    np.savez(folder / "calib-x.npz", x=next(iter(np.load(folder / "calib.npz").values())))  # the key NNCF's script reads
+    # the array under the key NNCF's script reads
+    np.savez(folder / "calib-x.npz", x=next(iter(np.load(folder / "calib.npz").values())))
     code, seconds, rss = timed([str(python), str(script), str(fixed), str(out), str(folder / "calib-x.npz")],
                                folder / "nncf.log")
     if code:
@@ -203,7 +205,8 @@ def main() -> int:
         print(f"{name}: cosine drop on test compress {row.get('compress_test', {}).get('cosine_drop')} "
               f"({ours['compared']}, {ours['attempts']} attempts, {ours['seconds']} s) / NNCF "
               f"{row['nncf_test']['cosine_drop']} ({theirs['seconds']} s); p50 compress/NNCF "
-              f"{row.get('compress_over_nncf', {}).get('new_over_old')}, NNCF/fp32 {row['nncf_over_fp32']['new_over_old']}; "
+              f"{row.get('compress_over_nncf', {}).get('new_over_old')}, "
+              f"NNCF/fp32 {row['nncf_over_fp32']['new_over_old']}; "
               f"test figures compress {row.get('compress_test')}, NNCF {row['nncf_test']}", flush=True)
     return 0
 
