@@ -52,9 +52,9 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False) -> list[tuple[d
 
 
 WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-"""The weighted-ops remedy's op types: what NNCF quantizes on a CPU, less its element-wise ops. A PP-OCR detector
-quantizes 292 tensors, most of them inside HardSwish chains and Adds; this remedy leaves ~125 and halves the drop
-(`op_types_to_quantize`; on ORT CPU those chains run in float anyway)."""
+"""The weighted-ops remedy's op types (`op_types_to_quantize`). By default a PP-OCR detector quantizes 292 tensors,
+most of them inside HardSwish chains and Adds, which ORT CPU runs in float anyway (NNCF's graph of it quantizes
+125); with only these quantized its cosine drop went from 0.049 to 0.032, the recogniser's from 0.035 to 0.019."""
 
 
 GATE_CHECKED = 4
