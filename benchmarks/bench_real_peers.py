@@ -17,7 +17,8 @@ Then, in this process, on the test inputs one at a time: each int8 model's mean 
 output), and where an output is a probability over its last axis (the OCR models' softmax), how often its argmax
 agrees with fp32's; what an OCR user reads off each model against fp32's reading (the detector: recall and precision
 of fp32's text boxes at IoU 0.5, a box per connected region over 0.3; the recogniser: lines decoded (greedy CTC)
-exactly as fp32 decodes them, and the character error rate against fp32's text; benchmarks/ocr_metric.py); p50 at
+exactly as fp32 decodes them, and the character error rate against fp32's text; benchmarks/ocr_metric.py; YOLOv8n:
+recall of fp32's detections at IoU 0.5, bench_real_models.py's metric for it); p50 at
 batch 1, 1 thread, paired (compress.bench.paired: blocks interleaved, order reversed every other round) of compress's
 int8 against NNCF's and of NNCF's against fp32. Tool time is each command's wall
 clock as a process. Writes OUT/results.json and prints one line per model.
@@ -120,7 +121,20 @@ def fidelity(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict:
     return row
 
 
-TASK_FIGURES = {"ocr-det": ocr_metric.box_figures, "ocr-rec": ocr_metric.line_figures}
+def yolo_figures(fp32: np.ndarray, int8: np.ndarray) -> dict:
+    """The detector's own reading: recall at IoU 0.5 (same class) of fp32's detections (confidence over 0.25, NMS),
+    bench_real_models.py's --metric for it."""
+    metric: dict = {}
+    exec(real.METRIC, metric)  # the module bench_real_models.py writes beside its runs
+    table = np.full((len(fp32), 100, 6), -1, np.float32)
+    for i, image in enumerate(fp32):
+        found = metric["detections"](image)
+        table[i, :len(found)] = found
+    figures = metric["recall50"]({"output0": int8}, table)
+    return {"fp32_detections": int(figures["detections"]), "recall50": round(figures["recall50"], 4)}
+
+
+TASK_FIGURES = {"ocr-det": ocr_metric.box_figures, "ocr-rec": ocr_metric.line_figures, "yolo": yolo_figures}
 """What an OCR user reads off each model, against fp32's own reading of the same test inputs."""
 
 
