@@ -261,27 +261,12 @@ def qnn(args: argparse.Namespace) -> dict:
 
 
 def _scored(out: dict, data) -> tuple[list, np.ndarray]:
-    """Per class: (confidence, true positive, image) of a model's detections `out` on `data` (detect.map50's own
-    matching, image by image), and each image's ground-truth count per class: what a bootstrap over images
+    """Per class: (confidence, true positive, image) of a model's detections `out` on `data`, and each image's
+    ground-truth count per class (detect.matches, what detect.map50 is computed from): what a bootstrap over images
     re-weights."""
-    from detect import CLASSES, _decode, _iou
+    from detect import matches
 
-    found = _decode(out["boxes"], out["scores"])
-    rows: list[list] = [[] for _ in range(CLASSES)]
-    counts = np.stack([(data.classes == c).sum(1) for c in range(CLASSES)])  # (classes, images)
-    for i, (boxes, labels, conf) in enumerate(found):
-        for c in range(CLASSES):
-            truth, mine = data.boxes[i][data.classes[i] == c], labels == c
-            used = np.zeros(len(truth), bool)
-            for j in np.argsort(-conf[mine]):
-                ok = False
-                if len(truth):
-                    overlaps = _iou(boxes[mine][j][None], truth)[0]
-                    best = int(np.argmax(np.where(used, -1, overlaps)))
-                    ok = bool(overlaps[best] >= 0.5 and not used[best])
-                    used[best] |= ok
-                rows[c].append((conf[mine][j], ok, i))
-    return [np.array(r, dtype=float).reshape(-1, 3) for r in rows], counts
+    return matches(out, {"boxes": data.boxes, "classes": data.classes})
 
 
 def _weighted_map(scored: list, counts: np.ndarray, weight: np.ndarray) -> float:

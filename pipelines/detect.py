@@ -232,14 +232,15 @@ def _nms(boxes: np.ndarray, labels: np.ndarray, conf: np.ndarray, iou: float = 0
     return boxes[keep], labels[keep], conf[keep]
 
 
-def map50(outputs, targets):
-    """{"map50": mean over classes of the average precision at IoU 0.5, "recall50": detected share of objects}."""
+def matches(outputs, targets):
+    """Per class, an (M, 3) array of (confidence, true positive, image) for every detection, matched to the ground
+    truth at IoU 0.5 image by image (each object once, most confident first); and each class's object count per
+    image, (classes, images). map50 is computed from these; a bootstrap over images re-weights them."""
     found = _decode(np.asarray(outputs["boxes"]), np.asarray(outputs["scores"]))
     gt_boxes, gt_classes = np.asarray(targets["boxes"]), np.asarray(targets["classes"])
-    aps, hits_all, total = [], 0, int((gt_classes >= 0).sum())
+    scored = []
     for c in range(CLASSES):
-        scored = []  # (confidence, true positive)
-        count = int((gt_classes == c).sum())
+        rows = []  # (confidence, true positive, image)
         for i, (boxes, labels, conf) in enumerate(found):
             truth = gt_boxes[i][gt_classes[i] == c]
             mine = labels == c
@@ -252,16 +253,26 @@ def map50(outputs, targets):
                     best = int(np.argmax(np.where(used, -1, overlaps)))
                     ok = overlaps[best] >= 0.5 and not used[best]
                     used[best] |= ok
-                scored.append((conf[mine][j], ok))
+                rows.append((conf[mine][j], ok, i))
+        scored.append(np.array(rows, dtype=float).reshape(-1, 3))
+    return scored, np.stack([(gt_classes == c).sum(1) for c in range(CLASSES)])
+
+
+def map50(outputs, targets):
+    """{"map50": mean over classes of the average precision at IoU 0.5, "recall50": detected share of objects}."""
+    scored, counts = matches(outputs, targets)
+    aps, hits_all = [], 0
+    for c, rows in enumerate(scored):
+        count = int(counts[c].sum())
         if count == 0:
             continue
-        scored.sort(key=lambda s: -s[0])
-        tp = np.cumsum([s[1] for s in scored]) if scored else np.zeros(0)
+        rows = rows[np.argsort(-rows[:, 0], kind="stable")]
+        tp = np.cumsum(rows[:, 1])
         hits_all += int(tp[-1]) if len(tp) else 0
         recall = tp / count if len(tp) else np.zeros(1)
         precision = tp / np.arange(1, len(tp) + 1) if len(tp) else np.zeros(1)
         aps.append(_average_precision(recall, precision))
-    return {"map50": float(np.mean(aps)), "recall50": hits_all / max(total, 1)}
+    return {"map50": float(np.mean(aps)), "recall50": hits_all / max(int(counts.sum()), 1)}
 
 
 def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
