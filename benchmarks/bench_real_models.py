@@ -254,8 +254,12 @@ def fp32_detections(model: Path, images: np.ndarray, out: Path) -> np.ndarray:
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    found = [detections(session.run(None, {name: image[None]})[0][0]) for image in images]
-    table = np.full((len(images), max(1, max(len(d) for d in found)), 6), -1, np.float32)
+    return detection_table([detections(session.run(None, {name: image[None]})[0][0]) for image in images])
+
+
+def detection_table(found: list[np.ndarray]) -> np.ndarray:
+    """Each image's detections (K, 6) as one (N, K, 6) array, rows of -1 past the last one: recall50's targets."""
+    table = np.full((len(found), max(1, max(len(d) for d in found)), 6), -1, np.float32)
     for i, d in enumerate(found):
         table[i, :len(d)] = d
     return table
@@ -399,16 +403,15 @@ OCR_METRICS = {"ocr-det": ("ocr_metric:text_boxes50", "0.05", "box_table"),  # r
 
 
 def ocr_with_metric(name: str, model: Path, flags: list[str], folder: Path, calibration: Path, count: int) -> dict:
-    import onnxruntime as ort
+    from compress.quantize.gate import outputs_of
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ocr_metric
 
     metric, budget, table = OCR_METRICS[name]
-    x = inputs_for(name, count, seed=2)["x"]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    fp32 = np.concatenate([session.run(None, {"x": x[i:i + 8]})[0] for i in range(0, len(x), 8)])
-    np.savez(folder / "gate-metric.npz", x=x, y=getattr(ocr_metric, table)(fp32))
+    feeds = inputs_for(name, count, seed=2)
+    fp32 = next(iter(outputs_of(model, feeds).values()))
+    np.savez(folder / "gate-metric.npz", **feeds, y=getattr(ocr_metric, table)(fp32))
     return quantize(name, model, flags, folder, "qm", ["--calibration", str(calibration), "--data",
                                                        str(folder / "gate-metric.npz"), "--metric", metric,
                                                        "--max-metric-drop", budget, "--keep-attempts",

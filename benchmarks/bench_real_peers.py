@@ -93,29 +93,22 @@ def run_nncf(fixed: Path, folder: Path, venv: Path) -> dict:
     return {"version": info["nncf"], "seconds": seconds, "peak_rss_mb": rss, "path": str(out)}
 
 
-def outputs(path: str, x: np.ndarray) -> list[np.ndarray]:
-    """Every output of the model on each test input, one at a time (the graphs' batch may be fixed at 1)."""
-    import onnxruntime as ort
+def outputs(path: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of the model on the test inputs (compress's gate runs them the same way)."""
+    from compress.quantize.gate import outputs_of
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    runs = [session.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
-    return [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]
+    return outputs_of(Path(path), feeds)
 
 
-def fidelity(fp32: list[np.ndarray], int8: list[np.ndarray]) -> dict:
-    """Mean cosine to fp32 over the outputs (each sample's flattened output), and the argmax agreement of outputs
-    that are probabilities over their last axis."""
-    cosines, agreement = [], []
-    for a, b in zip(fp32, int8):
-        a2, b2 = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-        norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-        cosines.append(float(np.mean(np.sum(a2 * b2, axis=1) / np.maximum(norms, 1e-300))))
-        if a.shape[-1] > 1 and a.min() >= 0 and np.allclose(a.sum(-1), 1, atol=1e-3):
-            agreement.append(float((a.argmax(-1) == b.argmax(-1)).mean()))
-    row = {"cosine": round(float(np.mean(cosines)), 5), "cosine_drop": round(1 - float(np.mean(cosines)), 5)}
+def fidelity(fp32: dict[str, np.ndarray], int8: dict[str, np.ndarray]) -> dict:
+    """Mean cosine to fp32 over the outputs (each sample's flattened output; compress's own figure for the tensors
+    task), and the argmax agreement of outputs that are probabilities over their last axis."""
+    from compress.tasks.tensors import Tensors
+
+    cosine = Tensors().metrics(int8, None, fp32)["cosine"]
+    agreement = [float((a.argmax(-1) == int8[n].argmax(-1)).mean()) for n, a in fp32.items()
+                 if a.shape[-1] > 1 and a.min() >= 0 and np.allclose(a.sum(-1), 1, atol=1e-3)]
+    row = {"cosine": round(cosine, 5), "cosine_drop": round(1 - cosine, 5)}
     if agreement:
         row["argmax_agreement"] = round(float(np.mean(agreement)), 4)
     return row
@@ -126,10 +119,7 @@ def yolo_figures(fp32: np.ndarray, int8: np.ndarray) -> dict:
     bench_real_models.py's --metric for it."""
     metric: dict = {}
     exec(real.METRIC, metric)  # the module bench_real_models.py writes beside its runs
-    table = np.full((len(fp32), 100, 6), -1, np.float32)
-    for i, image in enumerate(fp32):
-        found = metric["detections"](image)
-        table[i, :len(found)] = found
+    table = real.detection_table([metric["detections"](image) for image in fp32])
     figures = metric["recall50"]({"output0": int8}, table)
     return {"fp32_detections": int(figures["detections"]), "recall50": round(figures["recall50"], 4)}
 
@@ -138,15 +128,15 @@ TASK_FIGURES = {"ocr-det": ocr_metric.box_figures, "ocr-rec": ocr_metric.line_fi
 """What an OCR user reads off each model, against fp32's own reading of the same test inputs."""
 
 
-def test_figures(name: str, fixed: str, models: dict[str, str], x: np.ndarray) -> dict:
+def test_figures(name: str, fixed: str, models: dict[str, str], feeds: dict[str, np.ndarray]) -> dict:
     """Per tool: fidelity to fp32 on the test inputs, and the task's own figures where TASK_FIGURES has them."""
-    fp32 = outputs(fixed, x)
+    fp32 = outputs(fixed, feeds)
     out = {}
     for tool, path in models.items():
-        mine = outputs(path, x)
+        mine = outputs(path, feeds)
         out[tool] = fidelity(fp32, mine)
         if name in TASK_FIGURES:
-            out[tool].update(TASK_FIGURES[name](fp32[0], mine[0]))
+            out[tool].update(TASK_FIGURES[name](next(iter(fp32.values())), next(iter(mine.values()))))
     return out
 
 
@@ -172,26 +162,23 @@ def case(name: str, out: Path, cache: Path, venv: Path) -> dict:
         np.savez(folder / f"{split}.npz", **real.inputs_for(name, count, seed))
     load = os.getloadavg()
     ours, theirs = run_compress(fixed, folder), run_nncf(fixed, folder, venv)
+    row = rescored(name, out, {"load_before": [round(v, 2) for v in load], "compress": ours, "nncf": theirs,
+                               "tool_time_ratio": round(ours["seconds"] / theirs["seconds"], 2)})
     x = next(iter(np.load(folder / "test.npz").values()))
-    figures = test_figures(name, str(fixed), {"nncf": theirs["path"], **({"compress": ours["path"]} if ours["path"]
-                                                                          else {})}, x)
-    row = {"load_before": [round(v, 2) for v in load], "compress": ours, "nncf": theirs,
-           "tool_time_ratio": round(ours["seconds"] / theirs["seconds"], 2),
-           "nncf_test": figures["nncf"], "nncf_over_fp32": paired(str(fixed), theirs["path"], x)}
+    row["nncf_over_fp32"] = paired(str(fixed), theirs["path"], x)
     if ours["path"]:
-        row["compress_test"] = figures["compress"]
         row["compress_over_nncf"] = paired(theirs["path"], ours["path"], x)
         row["compress_over_fp32"] = paired(str(fixed), ours["path"], x)
     return row
 
 
 def rescored(name: str, out: Path, row: dict) -> dict:
-    """`row` with its test figures computed again from the models a run left in OUT (neither tool runs again)."""
+    """`row` with its test figures computed (again) from the models OUT holds (neither tool runs here)."""
     folder = out / name
-    x = next(iter(np.load(folder / "test.npz").values()))
+    feeds = dict(np.load(folder / "test.npz"))
     models = {"nncf": row["nncf"]["path"], **({"compress": row["compress"]["path"]} if row["compress"]["path"]
                                               else {})}
-    figures = test_figures(name, str(folder / f"{name}.fixed.onnx"), models, x)
+    figures = test_figures(name, str(folder / f"{name}.fixed.onnx"), models, feeds)
     return {**row, "nncf_test": figures["nncf"], **({"compress_test": figures["compress"]} if "compress" in figures
                                                     else {})}
 
