@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import CompressError
-from compress.quantize import calibrate
+from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, QuantizeConfig
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
                                           _reader, gate_checked, memory_cap, quantizable_ops, rank_sensitive_nodes,
@@ -257,7 +257,7 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[st
     if calib and not large and method in calibrate.HISTOGRAMS and calibrate.supported():
         # ORT's histogram ranges, computed once per method and read back by the attempts after the first
         with calibrate.remembered_histograms(base, calib, method, stride, out.with_name(f".{out.name}.calib"),
-                                             settings.get("op_types")) as path:
+                                             settings.get("op_types")) as path, histograms.faster():
             _quantize_static(base, out, settings, calib, large=large, stride=stride, cache=path)
         return
     if calib and not large and method in calibrate.METHODS and calibrate.supported():
