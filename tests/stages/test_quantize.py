@@ -564,3 +564,30 @@ def test_the_qnn_functions_default_to_the_quantize_sections_outlier_ratio() -> N
     for fn in (quantize_for_qnn, prepare_qnn):
         assert inspect.signature(fn).parameters["outlier_ratio"].default == OUTLIER_RATIO
     assert QuantizeConfig().outlier_ratio == OUTLIER_RATIO
+
+
+@pytest.mark.parametrize("batch_dim", [4, "N"])
+def test_outputs_over_chunks_join_on_each_outputs_own_sample_axis(tmp_path: Path, batch_dim: object):
+    # setup: a model whose outputs carry the samples on axis 0, on axis 1 (a recurrent state's layout) and on no
+    # axis; with a fixed batch of 4 (the last chunk padded) and with a free one run 4 at a time; 10 samples
+    from onnx import TensorProto, helper
+
+    from compress.quantize.gate import outputs_of
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+         helper.make_node("ReduceSum", ["two"], ["c"], keepdims=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 3]),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, [3, batch_dim]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, [])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [3], [2.0, 2.0, 2.0])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    # execute
+    out = outputs_of(path, {"x": x}, batch=4)
+    # assert: every sample once, in order, on its own axis; the padding cut off; the per-model output as it is
+    np.testing.assert_array_equal(out["y"], x * 2)
+    np.testing.assert_array_equal(out["t"], x.T)
+    assert float(out["c"]) == 6.0
