@@ -293,3 +293,46 @@ def test_gate_resolution_clause_is_said_once_when_the_gate_is_derived():
     derived = replace(gate, score=lambda path: {"accuracy": 1.0})
     assert gate.what.count("one sample is 0.33 points") == 1
     assert derived.what == gate.what and derived.score("x") == {"accuracy": 1.0}
+
+
+def test_a_model_quantized_already_is_named_so(files: dict):
+    # setup: the MLP quantized dynamically by ONNX Runtime itself, as a user might pass it by mistake
+    from onnxruntime.quantization import quantize_dynamic
+
+    done = files["dir"] / "mlp-int8-already.onnx"
+    quantize_dynamic(files["model"], done)
+    out = files["dir"] / "again.onnx"
+    # execute
+    result = _invoke(done, "--out", out)
+    # assert: one warning line naming the integer ops it holds, in the output and the summary; the float MLP has none
+    summary = json.loads(out.with_suffix(".json").read_text())
+    said = [w for w in summary["warnings"] if "quantized already" in w]
+    assert len(said) == 1 and re.search(r"\(\d+ (MatMulInteger|DynamicQuantizeLinear), ", said[0]), said
+    assert said[0] in result.output
+    plain = _invoke(files["model"], "--out", files["dir"] / "plain.onnx")
+    assert "quantized already" not in plain.output
+
+
+def test_default_dynamic_int8_of_a_conv_net_points_to_static_when_float_ships(tmp_path: Path):
+    # setup: a conv net and the MLP; a summary whose float model shipped
+    from compress.cli.quantize import _markdown, _static_pays
+
+    from .stages.test_bias_correction import _model
+
+    conv = _model(tmp_path)
+    mlp_dir = tmp_path / "mlp"
+    mlp_dir.mkdir()
+    train_x, _, centroids = _data(64, seed=1)
+    mlp = _mlp(mlp_dir / "mlp.onnx", centroids)
+    # execute
+    said, none = _static_pays(conv), _static_pays(mlp)
+    # assert: the conv net is told to pass --calibration (its convolutions counted), the MLP is not; the summary
+    # prints the line after what it wrote
+    n = sum(node.op_type == "Conv" for node in onnx.load(str(conv)).graph.node)
+    assert said is not None and said.startswith(f"this model's {n} convolutions") and "--calibration" in said
+    assert none is None
+    summary = {"model": str(conv), "mode": "dynamic", "gate": "g", "warnings": [], "cpu_int8": "c", "attempts": [],
+               "gate_metric": {"metric": {"name": "cosine"}}, "why": "float", "out": "o.onnx", "ships": "float",
+               "next": said}
+    text = _markdown(summary)
+    assert text.rstrip().endswith(f"Next: {said}") and text.index("Wrote:") < text.index("Next:")

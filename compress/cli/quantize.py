@@ -108,7 +108,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         _check_batches(model, batches)
         calib = _inputs(model, calibration, "--calibration") if calibration is not None else None
         given = _inputs(model, inputs_npz, "--inputs") if inputs_npz is not None else None
-        mode = mode or ("static" if calib is not None else "dynamic")
+        by_default, mode = mode is None, mode or ("static" if calib is not None else "dynamic")
         if mode == "static" and calib is None:
             raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array "
                                 "per model input, or 'x' for one input); pass one or use --mode dynamic")
@@ -117,15 +117,18 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               not lower_is_better, outputs, dim_sizes,
                               budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
                               given="--inputs" if given is not None else None)
-        if warning:
-            log.warning("%s", warning)  # once now (stderr and the log), once in the summary
+        warnings = [w for w in (warning, _already_quantized(model)) if w]
+        for line in warnings:
+            log.warning("%s", line)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
                              max_memory_mb=max_memory_mb)
         result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib, dim_sizes),
                               feed=_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
-        summary = _summary(source, written, gate, result, mode, warning, inputs=_input_names(model), fixed=fix)
+        summary = _summary(source, written, gate, result, mode, warnings, inputs=_input_names(model), fixed=fix)
+        summary["next"] = _static_pays(model) if by_default and mode == "dynamic" and written["ships"] == "float" \
+            else None
     from compress.cache import write_json, write_text
 
     write_json(out_path.with_suffix(".json"), summary)
@@ -280,10 +283,10 @@ def _write(model: Path, out: Path, result: dict[str, Any], keep_dir: Path | None
 
 
 def _summary(model: Path, written: dict[str, Any], gate: Any, result: dict[str, Any], mode: str,
-             warning: str | None, *, inputs: list[str], fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+             warnings: list[str], *, inputs: list[str], fixed: tuple[str, ...] = ()) -> dict[str, Any]:
     attempts = [{k: v for k, v in a.items() if k != "path"} for a in result["attempts"]]
     return {"schema": "compress.quantize/1", "model": str(model), **written, "mode": mode, "gate": gate.what,
-            "gate_metric": gate.to_json(), "warnings": [warning] if warning else [], "inputs": inputs,
+            "gate_metric": gate.to_json(), "warnings": warnings, "inputs": inputs,
             "fixed_dims": list(fixed),
             "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"], "final": result["final"],
             "why": result["why"], "float": {k: v for k, v in result["float"].items() if k != "path"},
@@ -304,8 +307,45 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
              f"Gate: {summary['gate']}.", *[f"\n{w}" for w in summary["warnings"]], "",
              f"CPU: {summary['cpu_int8']}.", "", *attempts_table(summary["attempts"], summary["gate_metric"]),
-             "", f"Pick: {summary['why']}", "", f"Wrote: {wrote}"]
+             "", f"Pick: {summary['why']}", "", f"Wrote: {wrote}",
+             *(["", f"Next: {summary['next']}"] if summary.get("next") else [])]
     return "\n".join(lines) + "\n"
+
+
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                 "QLinearConv", "QLinearMatMul", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm", "QAttention")
+
+
+def _op_counts(model: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(model), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _already_quantized(model: Path) -> str | None:
+    """A warning line when the model given is quantized already (its integer ops named and counted)."""
+    counts = _op_counts(model)
+    found = sorted(((counts[op], op) for op in QUANTIZED_OPS if op in counts), reverse=True)
+    if not found:
+        return None
+    named = ", ".join(f"{n} {op}" for n, op in found)
+    return (f"warning: {model.name} is quantized already ({named}): those parts stay as they are and only its "
+            "float ops can be quantized; start from the float model it came from, if you have it")
+
+
+def _static_pays(model: Path) -> str | None:
+    """What to do when default (dynamic) int8 of a model with convolutions was not faster than float."""
+    counts = _op_counts(model)
+    convs = counts.get("Conv", 0) + counts.get("ConvTranspose", 0)
+    if not convs:
+        return None
+    return (f"this model's {convs} convolutions are where int8 pays, statically: pass --calibration FILE.npz (a few "
+            "dozen real inputs, one array per model input) for static int8. Without it compress quantizes "
+            "dynamically, and ONNX Runtime quantizes each convolution's input as it runs (ConvInteger), which is "
+            "slower than float on most CPUs")
 
 
 def _input_names(model: Path) -> list[str]:
