@@ -44,8 +44,13 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
         with tempfile.TemporaryDirectory(prefix="compress-prep-") as tmp, _working_folder(tmp):
             quant_pre_process(source, target, skip_symbolic_shape=plain, save_as_external_data=large,
                               all_tensors_to_one_file=True, external_data_location=f"{dst.name}.data")
-        return "; ".join(notes + ["quant_pre_process: shape inference + optimisation"
-                                  + (" (onnx's shape inference gave every tensor a shape)" if plain else "")])
+        notes.append("quant_pre_process: shape inference + optimisation"
+                     + (" (onnx's shape inference gave every tensor a shape)" if plain else ""))
+        flat = _flat_gemm_biases_in(dst) if mode == "static" else 0
+        if flat:
+            notes.append(f"{flat} Gemm bias{'es' if flat != 1 else ''} of shape (1, N) stored as (N,) (ORT's "
+                         "quantizer fails on them with per-channel weights)")
+        return "; ".join(notes)
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
         save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
@@ -117,6 +122,46 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
         notes.append(f"opset {old_opset} upgraded to {QDQ_OPSET} (onnx version converter)")
     save(newer if newer is not None else model, copy, large=large)
     return copy, notes, newer if newer is not None else model
+
+
+def _flat_gemm_biases_in(path: Path) -> int:
+    """flat_gemm_biases on the model at `path`, written back when it changed (its external weights stay where they
+    are: only shapes change)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    flat = flat_gemm_biases(model)
+    if flat:
+        onnx.save(model, str(path))
+    return flat
+
+
+def flat_gemm_biases(model: Any) -> int:
+    """Gemm biases stored as (1, N) made (N,), in place; returns how many. ORT's pre-processing fuses MatMul + Add
+    into Gemm with the Add's bias as it was, often (1, N) (jax2tf exports: Google's Magika), and ORT's quantizer
+    (1.32) indexes a Gemm's bias per output channel with per-channel weights: on (1, N) it fails ("The truth value
+    of an array with more than one element is ambiguous"), and so did every per-channel attempt. Gemm broadcasts
+    (N,) as it broadcasts (1, N)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    flat = 0
+    for node in graph.node:
+        bias = inits.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
+        if bias is None or len(bias.dims) != 2 or bias.dims[0] != 1 or readers[bias.name] != 1:
+            continue
+        width = bias.dims[1]
+        del bias.dims[:]
+        bias.dims.append(width)
+        for infos in (graph.value_info, graph.input):  # a stated (1, N) shape would now contradict the weight
+            stale = [v for v in infos if v.name == bias.name]
+            for v in stale:
+                infos.remove(v)
+        flat += 1
+    return flat
 
 
 CONSTANT_WEIGHT_ELEMENTS = 16
