@@ -365,3 +365,34 @@ def test_a_nan_guard_on_a_graph_output_stays_and_the_others_go():
     assert [(n.op_type, list(n.input)) for n in graph.node] == [
         ("Softmax", ["x"]), ("Softmax", ["inner_p"]), ("IsNaN", ["outer_p"]),
         ("Where", ["outer_nan", "zero", "outer_p"])]
+
+
+@pytest.mark.qnn
+def test_shape_arithmetic_on_the_fixed_batch_is_folded_so_htp_takes_the_whole_graph(tmp_path):
+    # setup: a free batch and a Shape -> Expand chain that sizes a tensor by it (a jax2tf export's way: Google's
+    # Magika), so fixing the batch alone leaves ONNX Runtime, and QNN, without the Expand's shape
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.edge.shapes import fix_batch, shapes_static
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Expand", ["ones"], ["e"], name="expand"),
+             helper.make_node("Mul", ["x", "e"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    nodes[1].input.append("s")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(np.full((1, 4), 0.5, np.float32), "ones")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "expand.onnx"
+    onnx.save(model, str(path))
+    assert not shapes_static(fix_batch(path, tmp_path / "only-fixed.onnx", 1))
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    # execute
+    section = prepare_qnn(path, tmp_path / "edge", calibration=x[:8], val_x=x, latency_runs=3)
+    # assert: the model compared and quantized is folded (no Shape left, every shape fixed) and HTP takes all of it
+    fixed = onnx.load(str(tmp_path / "edge" / "expand.batch1.onnx"))
+    assert "Shape" not in {n.op_type for n in fixed.graph.node}
+    assert shapes_static(tmp_path / "edge" / "expand.batch1.onnx")
+    placed = section["placement"]
+    assert placed["nodes_on_htp"] == placed["nodes_total"] > 0 and placed["refused"] == []

@@ -177,7 +177,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     mean cosine to them is reported too (the embedding task's own figure).
     """
     from compress.edge.isolated import mark
-    from compress.edge.shapes import fix_batch, fix_dims, folded
+    from compress.edge.shapes import fix_batch, fix_dims, folded, shapes_static
 
     mark("register the QNN plugin")
     status = qnn_status()
@@ -190,7 +190,10 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     fixed = fix_batch(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch)
     if seq is not None:
         fixed = fix_dims(fixed, fixed, [("seq", None, seq)])
-        fixed = folded(fixed, fixed)  # shape arithmetic on the now fixed sequence folds to constants
+    if seq is not None or not shapes_static(fixed):
+        # shape arithmetic on the now fixed dimensions folds to constants (Google's Magika, a jax2tf graph: its
+        # Shape -> Expand chains left QNN 0 of 276 nodes with the batch fixed, and all of them once folded)
+        fixed = folded(fixed, fixed)
     calib = _feeds(fixed, calibration, "calibration")
     calib = _head(calib, _rows(calib) - _rows(calib) % fixed_batch)
     mark("QNN QDQ quantization")

@@ -135,3 +135,17 @@ def folded(onnx_path: Path, out_path: Path) -> Path:
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out_path)), data_prop=True)
     onnx.save(model, str(out_path))
     return Path(out_path)
+
+
+def shapes_static(onnx_path: Path) -> bool:
+    """Whether onnx's shape inference gives every intermediate and output a fixed shape without propagating values
+    (as ONNX Runtime's own inference, which QNN reads, does not: a Shape -> Expand chain leaves its outputs unknown
+    there until it is folded)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path), load_external_data=False))
+    values = [*model.graph.value_info, *model.graph.output]
+    return all(v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in
+                                                            v.type.tensor_type.shape.dim)
+               for v in values if v.type.HasField("tensor_type"))
+
