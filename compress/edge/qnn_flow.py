@@ -197,12 +197,9 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     calib = _feeds(fixed, calibration, "calibration")
     calib = _head(calib, _rows(calib) - _rows(calib) % fixed_batch)
     mark("QNN QDQ quantization")
-    masked: list = []
+    masked, bounded, guards = [], [], []
     if qdq is None:
-        from compress.edge.mask import finite_attention_mask
-
-        masked = finite_attention_mask(fixed, out_dir / f"{stem}.mask.onnx", calib)
-        source = out_dir / f"{stem}.mask.onnx" if masked else fixed
+        source, masked, bounded, guards = _rewritten(fixed, out_dir, stem, calib)
         qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
                                batch=fixed_batch, outlier_ratio=outlier_ratio)
     else:
@@ -218,6 +215,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
         "activation_type": activation_type, "calibration_samples": _rows(calib), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq, "finite_mask": masked,
+        "bounded_tanh": bounded, "infinite_guards_dropped": guards,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
@@ -237,6 +235,21 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         section["latency"] = _latency(session, _head(x, fixed_batch), latency_runs)
     write_json(out_dir / "qnn.json", section)
     return section
+
+
+def _rewritten(fixed: Path, out_dir: Path, stem: str, calib: dict[str, Any]) -> tuple[Path, list, list, list]:
+    """The model to quantize for HTP: `fixed` with the rewrites that keep its float function and bound its 8-bit
+    ranges (a finite attention mask, saturating tanh arguments, infinite Max/Min guards), and what each did."""
+    from compress.edge.mask import finite_attention_mask
+    from compress.edge.ranges import bounded_tanh, without_infinite_guards
+
+    masked = finite_attention_mask(fixed, out_dir / f"{stem}.mask.onnx", calib)
+    source = out_dir / f"{stem}.mask.onnx" if masked else fixed
+    bounded = bounded_tanh(source, out_dir / f"{stem}.ranges.onnx")
+    source = out_dir / f"{stem}.ranges.onnx" if bounded else source
+    guards = without_infinite_guards(source, out_dir / f"{stem}.ranges.onnx")
+    source = out_dir / f"{stem}.ranges.onnx" if guards else source
+    return source, masked, bounded, guards
 
 
 def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Rewrites that keep a model's float function and bound the ranges 8-bit activations must hold, for an NPU that
+quantizes every tensor (QNN's HTP). Both come from Google's Magika (a jax2tf export), whose QNN graph read a constant
+class before them.
+
+A tanh that saturates (`bounded_tanh`): the tanh form of GELU written out, 0.5 x (1 + tanh(0.798 (x + 0.0447 x^3))),
+computes x^3 on the way to the Tanh. Where x reaches 147 the cubic term spans -2,833 to 8,430, one uint8 step is 44,
+and every argument the tanh resolves rounds to 0 or a step: on Magika's QNN graph the Tanh's output read cosine 0.19
+against fp32. The tanh is within SATURATED of +-1 once its argument passes a bound, so the chain from x to the Tanh
+can read Clip(x, -c, c) for the smallest such c found on the chain itself (its ops evaluated here, for |x| up to
+LIMIT): the float model moves by less than SATURATED, and the chain's range shrinks to what the tanh can tell apart
+(0.98-0.99 cosine there). The final x * (...) still reads x itself.
+
+An infinite guard (`without_infinite_guards`): Max(x, -inf) (jax's softmax guards its row maximum so) is x for every
+finite x, but its range reaches -inf (or float32's lowest): its uint8 output was 0 for every input, and so was the
+classifier after it. Such a Max (or Min with +inf) is dropped and its readers read x.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SATURATED = 1e-6
+"""How close to +-1 the tanh must be beyond the clip, on both sides."""
+LIMIT = 1e6
+"""The largest |x| the chain is checked to stay saturated for."""
+_OPS: dict[str, Callable[[Any, Any], Any]] = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract,
+                                               "Div": np.divide, "Pow": np.power}
+
+
+def bounded_tanh(src: Path, dst: Path) -> list[dict[str, Any]]:
+    """Write `src` to `dst` with every saturating Tanh's argument chain reading its input clipped; returns one entry
+    per Tanh ({"tanh", "input", "clip"}), [] (and no file) when none qualifies."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    done, added = [], []
+    for tanh in [n for n in graph.node if n.op_type == "Tanh"]:
+        chain = _chain(tanh.input[0], producer, consts, readers)
+        if chain is None:
+            continue
+        x, nodes = chain
+        inside = [*nodes, tanh]
+        if any(r not in inside for n in nodes for r in readers.get(n.output[0], [])) or \
+                tanh.input[0] in {o.name for o in graph.output}:
+            continue  # a value on the way is read elsewhere too: clipping would change that reader
+        clip = _bound(tanh.input[0], x, nodes, consts)
+        if clip is None:
+            continue
+        clipped, low, high = f"{x}_tanh_bounded", f"{x}_tanh_low", f"{x}_tanh_high"
+        graph.initializer.extend([numpy_helper.from_array(np.array(-clip, np.float32), low),
+                                  numpy_helper.from_array(np.array(clip, np.float32), high)])
+        added.append((nodes, helper.make_node("Clip", [x, low, high], [clipped], name=f"{tanh.name}_bound")))
+        for node in nodes:
+            node.input[:] = [clipped if i == x else i for i in node.input]
+        done.append({"tanh": tanh.name, "input": x, "clip": clip})
+    if not done:
+        return []
+    for nodes, clip_node in added:  # each Clip before the first node of its chain: the graph stays sorted
+        order = list(graph.node)
+        graph.node.insert(min(order.index(n) for n in nodes), clip_node)
+    onnx.save(model, str(dst))
+    return done
+
+
+def _chain(out: str, producer: dict[str, Any], consts: dict[str, np.ndarray],
+           readers: dict[str, list[Any]]) -> tuple[str, list[Any]] | None:
+    """(x, the nodes from x to `out`, each after those it reads) when `out` is elementwise arithmetic of one tensor
+    x and scalar constants, every value on the way read once (x itself, read by several, is where it starts);
+    else None."""
+    nodes, leaves, todo = [], set(), [out]
+    while todo:
+        name = todo.pop()
+        if name in consts:
+            if np.size(consts[name]) != 1:
+                return None
+            continue
+        node = producer.get(name)
+        if node is None or node.op_type not in _OPS or (name != out and len(readers.get(name, [])) > 1):
+            leaves.add(name)
+            continue
+        if node not in nodes:
+            nodes.append(node)
+            todo.extend(node.input)
+    if len(leaves) != 1 or not nodes:
+        return None
+    return next(iter(leaves)), nodes[::-1]
+
+
+def _bound(out: str, x: str, nodes: list[Any], consts: dict[str, np.ndarray]) -> float | None:
+    """The smallest power of two c at which tanh(chain) is within SATURATED of +-1 for every |x| in [c, LIMIT], with
+    opposite signs on the two sides (a GELU-like odd argument); None when there is none."""
+    grid = np.concatenate([np.geomspace(0.5, LIMIT, 4000), [LIMIT]])
+    values = np.tanh(_evaluate(out, x, nodes, consts, np.concatenate([grid, -grid])))
+    up, down = values[:len(grid)], values[len(grid):]
+    for c in 2.0 ** np.arange(0, 11):
+        beyond = grid >= c
+        if np.all(up[beyond] >= 1 - SATURATED) and np.all(down[beyond] <= -1 + SATURATED):
+            return float(c)
+    return None
+
+
+def _evaluate(out: str, x: str, nodes: list[Any], consts: dict[str, np.ndarray], at: np.ndarray) -> np.ndarray:
+    """The chain's value at each of `at`, in float64 (scalar constants as scalars)."""
+    values: dict[str, Any] = {k: np.reshape(v, ()).astype(np.float64) for k, v in consts.items() if np.size(v) == 1}
+    values[x] = at.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for node in nodes:
+            values[node.output[0]] = _OPS[node.op_type](values[node.input[0]], values[node.input[1]])
+    return np.nan_to_num(values[out], nan=0.0)
+
+
+HUGE = 1e30
+"""A constant at or beyond +-HUGE is an infinite guard's bound (inf, float32's largest)."""
+
+
+def without_infinite_guards(src: Path, dst: Path) -> list[str]:
+    """Write `src` without Max(x, c <= -HUGE) and Min(x, c >= HUGE) nodes (scalar c) to `dst`, their readers reading x;
+    returns the dropped nodes' names, [] (and no file) when there are none."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    dropped, keep, renamed = [], [], {}
+    for node in graph.node:
+        bound = [i for i in node.input if i in consts and np.size(consts[i]) == 1]
+        others = [i for i in node.input if i not in bound]
+        guard = (node.op_type == "Max" and bound and all(float(consts[b].ravel()[0]) <= -HUGE for b in bound)) or \
+                (node.op_type == "Min" and bound and all(float(consts[b].ravel()[0]) >= HUGE for b in bound))
+        if not guard or len(others) != 1:
+            keep.append(node)
+            continue
+        dropped.append(node.name or node.output[0])
+        if node.output[0] in outputs:  # a graph output keeps its name
+            keep.append(helper.make_node("Identity", [renamed.get(others[0], others[0])], [node.output[0]],
+                                         name=node.name))
+        else:
+            renamed[node.output[0]] = renamed.get(others[0], others[0])
+    if not dropped:
+        return []
+    for node in keep:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+    del graph.node[:]
+    graph.node.extend(keep)
+    onnx.save(model, str(dst))
+    return dropped
+
