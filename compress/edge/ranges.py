@@ -56,10 +56,11 @@ def bounded_tanh(src: Path, dst: Path) -> list[dict[str, Any]]:
         clip = _bound(tanh.input[0], x, nodes, consts)
         if clip is None:
             continue
-        clipped, low, high = f"{x}_tanh_bounded", f"{x}_tanh_low", f"{x}_tanh_high"
+        tag = f"{x}_tanh_bounded{len(done) or ''}"  # one per chain, though two chains read the same x
+        clipped, low, high = tag, f"{tag}_low", f"{tag}_high"
         graph.initializer.extend([numpy_helper.from_array(np.array(-clip, np.float32), low),
                                   numpy_helper.from_array(np.array(clip, np.float32), high)])
-        added.append((nodes, helper.make_node("Clip", [x, low, high], [clipped], name=f"{tanh.name}_bound")))
+        added.append((nodes, helper.make_node("Clip", [x, low, high], [clipped], name=f"{tag}_clip")))
         for node in nodes:
             node.input[:] = [clipped if i == x else i for i in node.input]
         done.append({"tanh": tanh.name, "input": x, "clip": clip})
