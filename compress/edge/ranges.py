@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from compress.onnx.graph import readers, reroute
+
 SATURATED = 1e-6
 """How close to +-1 the tanh must be beyond the clip, on both sides."""
 LIMIT = 1e6
@@ -39,18 +41,15 @@ def bounded_tanh(src: Path, dst: Path) -> list[dict[str, Any]]:
     graph = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    reading = readers(graph)
     done, added = [], []
     for tanh in [n for n in graph.node if n.op_type == "Tanh"]:
-        chain = _chain(tanh.input[0], producer, consts, readers)
+        chain = _chain(tanh.input[0], producer, consts, reading)
         if chain is None:
             continue
         x, nodes = chain
         inside = [*nodes, tanh]
-        if any(r not in inside for n in nodes for r in readers.get(n.output[0], [])) or \
+        if any(r not in inside for n in nodes for r in reading.get(n.output[0], [])) or \
                 tanh.input[0] in {o.name for o in graph.output}:
             continue  # a value on the way is read elsewhere too: clipping would change that reader
         clip = _bound(tanh.input[0], x, nodes, consts)
@@ -125,36 +124,34 @@ HUGE = 1e30
 
 
 def without_infinite_guards(src: Path, dst: Path) -> list[str]:
-    """Write `src` without Max(x, c <= -HUGE) and Min(x, c >= HUGE) nodes (scalar c) to `dst`, their readers reading x;
-    returns the dropped nodes' names, [] (and no file) when there are none."""
+    """Write `src` without Max(x, c <= -HUGE) and Min(x, c >= HUGE) nodes (scalar c) to `dst`, their readers reading x
+    (a guard whose output is a graph output becomes Identity(x)); returns the dropped nodes' names, [] (and no file)
+    when there are none."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(src))
     graph = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    dropped, keep, renamed = [], [], {}
-    for node in graph.node:
+    dropped, gone = [], []
+    for node in graph.node:  # in graph order: a guard after a dropped one already reads that one's x
         bound = [i for i in node.input if i in consts and np.size(consts[i]) == 1]
         others = [i for i in node.input if i not in bound]
         guard = (node.op_type == "Max" and bound and all(float(consts[b].ravel()[0]) <= -HUGE for b in bound)) or \
                 (node.op_type == "Min" and bound and all(float(consts[b].ravel()[0]) >= HUGE for b in bound))
         if not guard or len(others) != 1:
-            keep.append(node)
             continue
         dropped.append(node.name or node.output[0])
         if node.output[0] in outputs:  # a graph output keeps its name
-            keep.append(helper.make_node("Identity", [renamed.get(others[0], others[0])], [node.output[0]],
-                                         name=node.name))
+            node.op_type = "Identity"
+            node.input[:] = others
         else:
-            renamed[node.output[0]] = renamed.get(others[0], others[0])
+            reroute(graph, node.output[0], others[0])
+            gone.append(node)
     if not dropped:
         return []
-    for node in keep:
-        node.input[:] = [renamed.get(i, i) for i in node.input]
-    del graph.node[:]
-    graph.node.extend(keep)
+    for node in gone:
+        graph.node.remove(node)
     onnx.save(model, str(dst))
     return dropped
-

@@ -175,6 +175,15 @@ def set_metadata(onnx_path: Path, props: dict[str, str]) -> None:
         onnx.save(model, str(tmp))
 
 
+def readers(graph: "onnx.GraphProto") -> dict[str, list["onnx.NodeProto"]]:
+    """{tensor name: the nodes that read it, in graph order} (a node reading a tensor twice is listed twice)."""
+    found: dict[str, list["onnx.NodeProto"]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def reroute(graph: "onnx.GraphProto", old: str, new: str) -> None:
     """Every node that reads tensor `old` reads `new` instead (a graph output named `old` is left alone)."""
     for node in graph.node:

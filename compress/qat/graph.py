@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from compress.errors import CompressError
+from compress.onnx.graph import readers
 from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
 from compress.qat.ort_kernels import fused_ops, qlinear_add, qlinear_matmul, qparams, weight_qparams
 
@@ -109,10 +110,7 @@ class QDQModule(torch.nn.Module):
         self.inputs = [i.name for i in graph.input if i.name not in inits]
         self.outputs = [o.name for o in graph.output]
         producer = {o: n for n in graph.node for o in n.output}
-        consumers: dict[str, list[Any]] = {}
-        for n in graph.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
+        consumers = readers(graph)
         unknown = sorted({n.op_type for n in graph.node} - set(OPS) -
                          {"QuantizeLinear", "DequantizeLinear", "Constant", "Split"})
         if unknown:

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from compress.onnx.graph import readers
+
 log = logging.getLogger("compress")
 
 SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "Constant",
@@ -30,10 +32,7 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = readers(graph)
     outputs = {o.name for o in graph.output}
     found = []
     for n in graph.node:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from compress.errors import CompressError, first_line
+from compress.onnx.graph import readers
 from compress.quantize.attempts import is_large, save
 
 
@@ -144,14 +145,11 @@ def flat_gemm_biases(model: Any) -> int:
     (N,) as it broadcasts (1, N)."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    reading = readers(graph)
     flat = 0
     for node in graph.node:
         bias = inits.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
-        if bias is None or len(bias.dims) != 2 or bias.dims[0] != 1 or readers[bias.name] != 1:
+        if bias is None or len(bias.dims) != 2 or bias.dims[0] != 1 or len(reading[bias.name]) != 1:
             continue
         width = bias.dims[1]
         del bias.dims[:]

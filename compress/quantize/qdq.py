@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from compress.onnx.graph import readers, reroute
+
 
 def float_outputs(model: Any) -> int:
     """Take the QuantizeLinear -> DequantizeLinear pair off every graph output of a QDQ model (a ModelProto, edited
@@ -14,16 +16,13 @@ def float_outputs(model: Any) -> int:
     that layer on its dequantized int8 weights. Returns how many outputs were freed."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
+    consumers = readers(graph)
     outputs = {o.name for o in graph.output}
     freed, drop = 0, []
     for name in outputs:
         dq = producer.get(name)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers.get(q.output[0], [])) != 1:
             continue
         if not _bypass(graph, name, q.input[0], producer, outputs):
             continue
@@ -132,8 +131,6 @@ def _bypass(graph: Any, dq_out: str, source: str, producer: dict[str, Any], outp
     """Readers of a DequantizeLinear's output `dq_out` read the float tensor `source` (what its QuantizeLinear read)
     instead. A graph output keeps its name: the float tensor takes it, for its other readers too. False, and nothing
     changed, when that cannot be done (the source is a graph input, an initializer or an output itself)."""
-    from compress.onnx.graph import reroute
-
     if dq_out not in outputs:
         reroute(graph, dq_out, source)
         return True
