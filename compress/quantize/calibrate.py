@@ -61,8 +61,7 @@ _remembered: OrderedDict[tuple, tuple[list[str] | None, np.ndarray, np.ndarray]]
 def _sample_ranges(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
     """(tensors, minima, maxima): each calibrated tensor's range in each sample of `units` (samples x tensors,
     float32), remembered per model file and sample content, so the same samples in other batches hit."""
-    stat = base.stat()  # the file's identity too: a model rewritten in place with the same size and time misses
-    key = (str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns, _fingerprint(units))
+    key = (*_file_key(base), _fingerprint(units))
     if key in _remembered:
         _remembered.move_to_end(key)
         return _remembered[key]
@@ -71,6 +70,12 @@ def _sample_ranges(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list
     while len(_remembered) > KEPT:
         _remembered.popitem(last=False)
     return got
+
+
+def _file_key(base: Path) -> tuple:
+    """The model file's path and identity: a model rewritten in place with the same size and time misses too."""
+    stat = base.stat()
+    return str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns
 
 
 def _units(feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -163,8 +168,7 @@ def remembered_histograms(base: Path, calib: list[dict[str, np.ndarray]], method
     depend on what an attempt excludes: ORT's calibrator collects every tensor of the op types it quantizes
     (`op_types`, all when None) in the model it is given, each tensor's histogram on its own, so an attempt that
     quantizes fewer op types reads the ranges of one that quantized them all."""
-    stat = base.stat()
-    key = (str(base.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns, method, stride,
+    key = (*_file_key(base), method, stride,
            tuple(next(iter(f.values())).shape[0] if f and np.ndim(next(iter(f.values()))) else 0 for f in calib),
            _fingerprint(calib))
     mine, every = (*key, tuple(op_types or ())), (*key, ())
