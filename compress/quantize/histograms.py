@@ -121,7 +121,7 @@ def _collector_class() -> type:
                     self.histogram_dict[tensor] = (hist, edges.astype(np.float32), min_value, max_value)
                     continue
                 old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
-                amax = _range(absolute)[1]
+                amax = max((np.nanmax(a) for a in absolute if a.size), default=np.float32(0))  # no minimum
                 if amax > edges[-1]:
                     width = edges[1] - edges[0]
                     edges = np.hstack((edges, np.arange(edges[-1] + width, amax + width, width)))
