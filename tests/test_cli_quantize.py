@@ -315,7 +315,7 @@ def test_a_model_quantized_already_is_named_so(files: dict):
 
 def test_default_dynamic_int8_of_a_conv_net_points_to_static_when_float_ships(tmp_path: Path):
     # setup: a conv net and the MLP; a summary whose float model shipped
-    from compress.cli.quantize import _markdown, _static_pays
+    from compress.cli.quantize import _markdown, _op_counts, _static_pays
 
     from .stages.test_bias_correction import _model
 
@@ -325,7 +325,7 @@ def test_default_dynamic_int8_of_a_conv_net_points_to_static_when_float_ships(tm
     train_x, _, centroids = _data(64, seed=1)
     mlp = _mlp(mlp_dir / "mlp.onnx", centroids)
     # execute
-    said, none = _static_pays(conv), _static_pays(mlp)
+    said, none = _static_pays(_op_counts(conv)), _static_pays(_op_counts(mlp))
     # assert: the conv net is told to pass --calibration (its convolutions counted), the MLP is not; the summary
     # prints the line after what it wrote
     n = sum(node.op_type == "Conv" for node in onnx.load(str(conv)).graph.node)

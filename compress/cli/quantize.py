@@ -117,7 +117,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               not lower_is_better, outputs, dim_sizes,
                               budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
                               given="--inputs" if given is not None else None)
-        warnings = [w for w in (warning, _already_quantized(model)) if w]
+        ops = _op_counts(model)
+        warnings = [w for w in (warning, _already_quantized(model, ops)) if w]
         for line in warnings:
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
@@ -127,7 +128,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
         summary = _summary(source, written, gate, result, mode, warnings, inputs=_input_names(model), fixed=fix)
-        summary["next"] = _static_pays(model) if by_default and mode == "dynamic" and written["ships"] == "float" \
+        summary["next"] = _static_pays(ops) if by_default and mode == "dynamic" and written["ships"] == "float" \
             else None
     from compress.cache import write_json, write_text
 
@@ -325,9 +326,9 @@ def _op_counts(model: Path) -> dict[str, int]:
     return counts
 
 
-def _already_quantized(model: Path) -> str | None:
-    """A warning line when the model given is quantized already (its integer ops named and counted)."""
-    counts = _op_counts(model)
+def _already_quantized(model: Path, counts: dict[str, int]) -> str | None:
+    """A warning line when the model given (its op `counts`) is quantized already (its integer ops named and
+    counted)."""
     found = sorted(((counts[op], op) for op in QUANTIZED_OPS if op in counts), reverse=True)
     if not found:
         return None
@@ -336,9 +337,9 @@ def _already_quantized(model: Path) -> str | None:
             "float ops can be quantized; start from the float model it came from, if you have it")
 
 
-def _static_pays(model: Path) -> str | None:
-    """What to do when default (dynamic) int8 of a model with convolutions was not faster than float."""
-    counts = _op_counts(model)
+def _static_pays(counts: dict[str, int]) -> str | None:
+    """What to do when default (dynamic) int8 of a model with convolutions (its op `counts`) was not faster than
+    float."""
     convs = counts.get("Conv", 0) + counts.get("ConvTranspose", 0)
     if not convs:
         return None

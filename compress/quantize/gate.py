@@ -76,7 +76,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     growth = Watch()
     try:
         for start in range(0, n, step):
-            chunk = {k: np.asarray(v) if axis[k] is None else _rows(v, start, min(start + step, n), axis[k])
+            chunk = {k: np.asarray(v) if axis[k] is None else _samples(v, start, min(start + step, n), axis[k])
                      for k, v in feeds.items()}
             if fixed and n - start < step:
                 chunk = {k: v if axis[k] is None else _pad(v, step, axis[k]) for k, v in chunk.items()}
@@ -102,10 +102,10 @@ def _joined(parts: list[np.ndarray], rows: list[int], n: int) -> np.ndarray:
                  if all(np.ndim(p) > a and np.shape(p)[a] == r for p, r in zip(parts, rows))), None)
     if axis is None:
         return parts[0]
-    return _rows(np.concatenate(parts, axis=axis), 0, n, axis)
+    return _samples(np.concatenate(parts, axis=axis), 0, n, axis)
 
 
-def _rows(v: Any, start: int, stop: int, axis: int) -> np.ndarray:
+def _samples(v: Any, start: int, stop: int, axis: int) -> np.ndarray:
     """Samples start..stop of `v` along `axis`: a view, not a copy (np.take copied; a detector's 64 maps at 640x640
     are 105 MB a pass)."""
     return np.asarray(v)[(slice(None),) * axis + (slice(start, stop),)]
