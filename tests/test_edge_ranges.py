@@ -95,3 +95,53 @@ def test_an_infinite_max_guard_is_dropped_so_the_softmax_after_it_quantizes(tmp_
     assert "Max" not in {n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node}
     np.testing.assert_array_equal(plain, fp32)
     assert _cosine(after, fp32) > 0.99 and _cosine(before, fp32) < 0.9
+
+
+def _rsqrt(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """1 / sqrt(x^2 + eps) (node "recip" the Reciprocal) and 24 rows of x ~ N(0, 0.05), where its input spans 0.03
+    to 0.15."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["v"]), helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["s"]), helper.make_node("Reciprocal", ["s"], ["y"], name="recip")]
+    x = np.random.default_rng(2).normal(0, 0.05, (24, 16)).astype(np.float32)
+    return _save(nodes, {"eps": 1e-3}, tmp_path / "rsqrt.onnx", width=16), x
+
+
+@pytest.mark.qnn
+def test_a_reciprocal_reads_as_a_division_so_htp_computes_what_ort_cpu_computes(tmp_path: Path):
+    # setup: 1 / sqrt(x^2 + eps) with x small (Magika's written-out LayerNorm: the Reciprocal's input spans 0 to
+    # 0.13, a uint8 scale of 0.0005), quantized with QNN's settings
+    from compress.edge.qnn import htp_session, quantize_for_qnn
+    from compress.edge.ranges import reciprocals_as_division
+
+    src, x = _rsqrt(tmp_path)
+    htp = (lambda p: np.concatenate([htp_session(p, fallback=False).run(None, {"x": row[None]})[0] for row in x]))
+    # execute
+    done = reciprocals_as_division(src, tmp_path / "div.onnx")
+    fp32, divided = _run(src, x), _run(tmp_path / "div.onnx", x)
+    before = quantize_for_qnn(src, tmp_path / "before.qdq.onnx", {"x": x})
+    after = quantize_for_qnn(tmp_path / "div.onnx", tmp_path / "after.qdq.onnx", {"x": x})
+    # assert: the node named and rewritten, the float model the same to the bit; on HTP the Reciprocal read about a
+    # seventh of the right value (its input range ends under 1), the division within a few output steps (0.12) of
+    # what ORT CPU reads from the same graph (measured: 0.50 where 1 / x is steepest; 0.75 from fp32)
+    assert done == ["recip"]
+    assert [n.op_type for n in onnx.load(str(tmp_path / "div.onnx")).graph.node][-1] == "Div"
+    np.testing.assert_array_equal(divided, fp32)
+    assert np.abs(htp(after) - _run(after, x)).max() < 1.0
+    assert np.abs(htp(after) - fp32).max() < 1.5 and np.abs(htp(before) - fp32).max() > 10  # 27 measured
+    assert reciprocals_as_division(tmp_path / "div.onnx", tmp_path / "no.onnx") == []
+    assert not (tmp_path / "no.onnx").exists()
+
+
+@pytest.mark.qnn
+def test_the_qnn_target_rewrites_a_reciprocal_measures_htp_near_fp32_and_says_what_it_rewrote(tmp_path: Path):
+    # setup: the 1 / sqrt(x^2 + eps) graph above, through `compress edge --provider qnn`'s flow
+    from compress.edge.qnn_flow import prepare_qnn, qnn_table
+
+    src, x = _rsqrt(tmp_path)
+    # execute
+    section = prepare_qnn(src, tmp_path / "edge", calibration=x, val_x=x, latency_runs=2, logits=False)
+    # assert: the rewrite recorded and named in the summary, the whole graph on HTP, its outputs near fp32's
+    assert section["reciprocals_as_division"] == ["recip"] and section["bounded_tanh"] == []
+    assert section["placement"]["nodes_on_htp"] == section["placement"]["nodes_total"]
+    assert section["accuracy"]["cosine_htp_vs_fp32_cpu"] > 0.999
+    assert "1 Reciprocal(s) as Div" in qnn_table(section)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from compress.cache import write_json
 from compress.edge.qnn import (INSTALL, ActivationType, htp_session, placement, qnn_status, quantize_for_qnn,
                                run_batches, runs_without_fallback)
+from compress.edge.ranges import for_htp
 
 if TYPE_CHECKING:
     import numpy as np
@@ -197,9 +198,9 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     calib = _feeds(fixed, calibration, "calibration")
     calib = _head(calib, _rows(calib) - _rows(calib) % fixed_batch)
     mark("QNN QDQ quantization")
-    masked, bounded, guards = [], [], []
+    rewrites: dict[str, list] = {}
     if qdq is None:
-        source, masked, bounded, guards = _rewritten(fixed, out_dir, stem, calib)
+        source, rewrites = for_htp(fixed, out_dir, stem, calib)
         qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
                                batch=fixed_batch, outlier_ratio=outlier_ratio)
     else:
@@ -214,8 +215,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         "provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
         "activation_type": activation_type, "calibration_samples": _rows(calib), "placement": placed,
-        "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq, "finite_mask": masked,
-        "bounded_tanh": bounded, "infinite_guards_dropped": guards,
+        "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq,
+        "finite_mask": [], "bounded_tanh": [], "infinite_guards_dropped": [], "reciprocals_as_division": [], **rewrites,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
@@ -237,21 +238,6 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     return section
 
 
-def _rewritten(fixed: Path, out_dir: Path, stem: str, calib: dict[str, Any]) -> tuple[Path, list, list, list]:
-    """The model to quantize for HTP: `fixed` with the rewrites that keep its float function and bound its 8-bit
-    ranges (a finite attention mask, saturating tanh arguments, infinite Max/Min guards), and what each did."""
-    from compress.edge.mask import finite_attention_mask
-    from compress.edge.ranges import bounded_tanh, without_infinite_guards
-
-    masked = finite_attention_mask(fixed, out_dir / f"{stem}.mask.onnx", calib)
-    source = out_dir / f"{stem}.mask.onnx" if masked else fixed
-    bounded = bounded_tanh(source, out_dir / f"{stem}.ranges.onnx")
-    source = out_dir / f"{stem}.ranges.onnx" if bounded else source
-    guards = without_infinite_guards(source, out_dir / f"{stem}.ranges.onnx")
-    source = out_dir / f"{stem}.ranges.onnx" if guards else source
-    return source, masked, bounded, guards
-
-
 def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
     """The QNN row of a readiness section (compress.edge.readiness), from a measured prepare_qnn section."""
     if not section["installed"]:
@@ -270,6 +256,12 @@ def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+REWRITES = (("finite_mask", "attention mask(s) made finite"), ("bounded_tanh", "saturating tanh argument(s) clipped"),
+            ("infinite_guards_dropped", "infinite Max/Min guard(s) dropped"),
+            ("reciprocals_as_division", "Reciprocal(s) as Div (HTP's Reciprocal misreads inputs under 1)"))
+"""compress.edge.ranges.for_htp's entries, as the summary names them."""
+
+
 def qnn_table(section: dict[str, Any]) -> str:
     """A few lines for the terminal: placement, blockers, accuracy, EPContext, simulated latency."""
     if not section["installed"]:
@@ -279,6 +271,9 @@ def qnn_table(section: dict[str, Any]) -> str:
              f"runs with CPU fallback disabled: {'yes' if section['runs_without_fallback'] else 'no'}"]
     for b in section["blockers"]:
         lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
+    rewrites = [f"{len(section.get(key) or [])} {what}" for key, what in REWRITES if section.get(key)]
+    if rewrites:
+        lines.append(f"  float graph rewritten for HTP, its function kept: {', '.join(rewrites)}")
     a = section["accuracy"]
     if a and not a.get("outputs_look_like_logits", True):
         lines.append(f"  on {a['samples']} samples: cosine HTP vs fp32 CPU {a['cosine_htp_vs_fp32_cpu']:.4f}, "

@@ -1,6 +1,8 @@
-"""Rewrites that keep a model's float function and bound the ranges 8-bit activations must hold, for an NPU that
-quantizes every tensor (QNN's HTP). Both come from Google's Magika (a jax2tf export), whose QNN graph read a constant
-class before them.
+"""Rewrites that keep a model's float function and let an NPU that quantizes every tensor (QNN's HTP) compute what
+ORT CPU computes from the same QDQ graph: bound the ranges 8-bit activations must hold, and step around an HTP kernel
+that reads its codes wrongly. `for_htp` applies them all, with the finite attention mask (compress.edge.mask), for
+both ways to HTP: `compress edge --provider qnn` and the pipeline's QNN PTQ/QAT. The three here come from Google's
+Magika (a jax2tf export), whose QNN graph read a constant class before them.
 
 A tanh that saturates (`bounded_tanh`): the tanh form of GELU written out, 0.5 x (1 + tanh(0.798 (x + 0.0447 x^3))),
 computes x^3 on the way to the Tanh. Where x reaches 147 the cubic term spans -2,833 to 8,430, one uint8 step is 44,
@@ -13,6 +15,8 @@ LIMIT): the float model moves by less than SATURATED, and the chain's range shri
 An infinite guard (`without_infinite_guards`): Max(x, -inf) (jax's softmax guards its row maximum so) is x for every
 finite x, but its range reaches -inf (or float32's lowest): its uint8 output was 0 for every input, and so was the
 classifier after it. Such a Max (or Min with +inf) is dropped and its readers read x.
+
+Reciprocal on HTP (`reciprocals_as_division`): see there.
 """
 from __future__ import annotations
 
@@ -29,6 +33,21 @@ LIMIT = 1e6
 """The largest |x| the chain is checked to stay saturated for."""
 _OPS: dict[str, Callable[[Any, Any], Any]] = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract,
                                                "Div": np.divide, "Pow": np.power}
+
+
+def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any]) -> tuple[Path, dict[str, list]]:
+    """The model to quantize for HTP: `model` with every rewrite that applies (written to out_dir/<stem>.mask.onnx and
+    <stem>.ranges.onnx; `model` itself when none does), and what each did: {"finite_mask", "bounded_tanh",
+    "infinite_guards_dropped", "reciprocals_as_division"}."""
+    from compress.edge.mask import finite_attention_mask
+
+    done: dict[str, list] = {"finite_mask": finite_attention_mask(model, out_dir / f"{stem}.mask.onnx", calib)}
+    source = out_dir / f"{stem}.mask.onnx" if done["finite_mask"] else model
+    for key, rewrite in (("bounded_tanh", bounded_tanh), ("infinite_guards_dropped", without_infinite_guards),
+                         ("reciprocals_as_division", reciprocals_as_division)):
+        done[key] = rewrite(source, out_dir / f"{stem}.ranges.onnx")
+        source = out_dir / f"{stem}.ranges.onnx" if done[key] else source
+    return source, done
 
 
 def bounded_tanh(src: Path, dst: Path) -> list[dict[str, Any]]:
@@ -155,3 +174,28 @@ def without_infinite_guards(src: Path, dst: Path) -> list[str]:
         graph.node.remove(node)
     onnx.save(model, str(dst))
     return dropped
+
+
+def reciprocals_as_division(src: Path, dst: Path) -> list[str]:
+    """Write `src` with every Reciprocal(x) read as Div(1, x) to `dst` (the same float results); returns the rewritten
+    nodes' names, [] (and no file) when there are none.
+
+    QNN's HTP Reciprocal reads a quantized input whose range ends under about 1 wrongly: with uint8 codes of scale
+    0.0005 (Magika's 1 / sqrt(variance + eps), range 0 to 0.13) it returned 255 / code where 1 / (0.0005 code) is
+    right, as if the scale were 1/255, while ORT CPU and HTP's Div agree with the float result on every code
+    (onnxruntime-qnn 2.7.0, simulated HTP; input scales 0.004 and up read right)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    nodes = [n for n in graph.node if n.op_type == "Reciprocal"]
+    if not nodes:
+        return []
+    one = "reciprocal_one"
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+    for node in nodes:
+        node.op_type = "Div"
+        node.input[:] = [one, node.input[0]]
+    onnx.save(model, str(dst))
+    return [n.name or n.output[0] for n in nodes]

@@ -65,11 +65,12 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     """PTQ and QAT of the final model with QNN's settings into the stage folder, each gated against `float_score`
     (the float model's figure, which quantize() measured), read on ORT CPU with its W8A16 MatMuls computed as HTP
     does (EXACT_MATMULS; ORT's default re-quantizes their 16-bit inputs to 8 bits); returns {"used": "ptq" | "qat"
-    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", "finite_mask",
-    "sixteen_bit" (the tensors a uint8 graph quantizes to 16 bits: outlier channels and what QNN widens with them)}."""
+    (the one the edge stage places), "why", "ptq", "qat" (each with its "path"), "float_nodes", the float rewrites'
+    entries (compress.edge.ranges.for_htp: "finite_mask" ...), "sixteen_bit" (the tensors a uint8 graph quantizes to
+    16 bits: outlier channels and what QNN widens with them)}."""
     from compress.bench.providers import EXACT_MATMULS as HTP_ON_CPU  # W8A16 MatMuls computed as HTP does
-    from compress.edge.mask import finite_attention_mask
     from compress.edge.qnn import quantize_for_qnn
+    from compress.edge.ranges import for_htp
     from compress.qat import train_qat
     from compress.qat.pick import pick_quantized
     from compress.quantize.attempts import verdict
@@ -77,8 +78,7 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     source = ctx.run_dir / ctx.final.onnx
     out = ctx.stage_dir / "qnn"
     out.mkdir(parents=True, exist_ok=True)
-    masked = finite_attention_mask(source, out / "float.mask.onnx", dict(calibration[0]))
-    base = out / "float.mask.onnx" if masked else source
+    base, rewrites = for_htp(source, out, "float", dict(calibration[0]))
     activation = ctx.cfg.export.qnn_activation_type
     ptq_path = quantize_for_qnn(base, out / "ptq.qdq.onnx", list(calibration), activation_type=activation,
                                 outlier_ratio=ctx.cfg.quantize.outlier_ratio)
@@ -102,7 +102,7 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     chosen = chosen or min((ptq, qat), key=lambda a: a["drop"])  # the NPU needs one: the smaller drop
     return {"used": chosen["name"].removeprefix("qnn-"), "why": note["why"], "activation_type": activation,
             "float_score": float_score, "ptq": _entry(ptq), "qat": _entry(qat), "float_nodes": left,
-            "finite_mask": masked, "parity": info["parity"], "train_seconds": info["seconds"],
+            **rewrites, "parity": info["parity"], "train_seconds": info["seconds"],
             "sixteen_bit": sixteen_bit(ptq_path) if activation != "uint16" else []}
 
 
