@@ -145,3 +145,38 @@ def test_the_qnn_target_rewrites_a_reciprocal_measures_htp_near_fp32_and_says_wh
     assert section["placement"]["nodes_on_htp"] == section["placement"]["nodes_total"]
     assert section["accuracy"]["cosine_htp_vs_fp32_cpu"] > 0.999
     assert "1 Reciprocal(s) as Div" in qnn_table(section)
+
+
+@pytest.mark.qnn
+def test_weights_held_in_constant_nodes_become_initializers_so_htp_takes_the_batchnorm(tmp_path: Path):
+    # setup: Conv -> Relu -> BatchNormalization with every weight a Constant node, every node named (as Paddle's
+    # PP-OCRv4 detector is exported: ORT's QNN pre-processing then leaves the graph as it is)
+    from compress.edge.qnn import placement, quantize_for_qnn
+    from compress.edge.qnn_flow import prepare_qnn
+
+    rng = np.random.default_rng(0)
+    values = {"w": rng.normal(0, 0.3, (8, 3, 3, 3)), "b": rng.normal(0, 0.1, 8), "g": rng.uniform(0.5, 1.5, 8),
+              "beta": rng.normal(0, 0.1, 8), "mu": rng.normal(0, 0.1, 8), "var": rng.uniform(0.5, 1.5, 8)}
+    nodes = [helper.make_node("Constant", [], [k], name=f"const_{k}",
+                              value=numpy_helper.from_array(np.asarray(v, np.float32), f"{k}_value"))
+             for k, v in values.items()]
+    nodes += [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c"], ["r"], name="relu"),
+              helper.make_node("BatchNormalization", ["r", "g", "beta", "mu", "var"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "paddle.onnx"))
+    x = rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32)
+    # execute
+    before = placement(quantize_for_qnn(tmp_path / "paddle.onnx", tmp_path / "before.qdq.onnx", {"x": x}),
+                       tmp_path / "before.ctx.onnx")
+    section = prepare_qnn(tmp_path / "paddle.onnx", tmp_path / "edge", calibration=x, val_x=x, latency_runs=2,
+                          logits=False)
+    # assert: before, HTP refused the BatchNormalization (its quantized weights computed by nodes); after, the six
+    # constants are initializers, the whole graph runs on HTP, near fp32
+    assert any(r["op_type"] == "BatchNormalization" and "dynamic" in (r["reason"] or "") for r in before["refused"])
+    assert section["constants_as_initializers"] == list(values)
+    assert section["placement"]["nodes_on_htp"] == section["placement"]["nodes_total"]
+    assert section["runs_without_fallback"] is True and section["accuracy"]["cosine_htp_vs_fp32_cpu"] > 0.999

@@ -158,6 +158,14 @@ def _feeds(model: Path, given: "np.ndarray | dict[str, np.ndarray]", what: str) 
     return {n: given[n] for n in names}
 
 
+REWRITES = (("finite_mask", "attention mask(s) made finite"),
+            ("constants_as_initializers", "Constant node(s) as initializers"),
+            ("bounded_tanh", "saturating tanh argument(s) clipped"),
+            ("infinite_guards_dropped", "infinite Max/Min guard(s) dropped"),
+            ("reciprocals_as_division", "Reciprocal(s) as Div (HTP's Reciprocal misreads inputs under 1)"))
+"""compress.edge.ranges.for_htp's entries, as the summary names them."""
+
+
 def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | dict[str, np.ndarray]",
                 val_x: "np.ndarray | dict[str, np.ndarray] | None" = None, val_y: "np.ndarray | None" = None,
                 fixed_batch: int = 1, seq: int | None = None, activation_type: ActivationType = "uint8",
@@ -216,7 +224,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
         "activation_type": activation_type, "calibration_samples": _rows(calib), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq,
-        "finite_mask": [], "bounded_tanh": [], "infinite_guards_dropped": [], "reciprocals_as_division": [], **rewrites,
+        **{key: [] for key, _ in REWRITES}, **rewrites,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
@@ -254,12 +262,6 @@ def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
         "fallback_due_to_dynamic_shape": 0, "runs_without_fallback": section["runs_without_fallback"],
         "blockers": section["blockers"], "wants_fixed_shapes": True,
     }
-
-
-REWRITES = (("finite_mask", "attention mask(s) made finite"), ("bounded_tanh", "saturating tanh argument(s) clipped"),
-            ("infinite_guards_dropped", "infinite Max/Min guard(s) dropped"),
-            ("reciprocals_as_division", "Reciprocal(s) as Div (HTP's Reciprocal misreads inputs under 1)"))
-"""compress.edge.ranges.for_htp's entries, as the summary names them."""
 
 
 def qnn_table(section: dict[str, Any]) -> str:

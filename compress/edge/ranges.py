@@ -37,17 +37,35 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {"Mul": np.multiply, "Add": np.add,
 
 def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any]) -> tuple[Path, dict[str, list]]:
     """The model to quantize for HTP: `model` with every rewrite that applies (written to out_dir/<stem>.mask.onnx and
-    <stem>.ranges.onnx; `model` itself when none does), and what each did: {"finite_mask", "bounded_tanh",
-    "infinite_guards_dropped", "reciprocals_as_division"}."""
+    <stem>.ranges.onnx; `model` itself when none does), and what each did: {"finite_mask",
+    "constants_as_initializers", "bounded_tanh", "infinite_guards_dropped", "reciprocals_as_division"}."""
     from compress.edge.mask import finite_attention_mask
 
     done: dict[str, list] = {"finite_mask": finite_attention_mask(model, out_dir / f"{stem}.mask.onnx", calib)}
     source = out_dir / f"{stem}.mask.onnx" if done["finite_mask"] else model
-    for key, rewrite in (("bounded_tanh", bounded_tanh), ("infinite_guards_dropped", without_infinite_guards),
+    for key, rewrite in (("constants_as_initializers", constants_as_initializers), ("bounded_tanh", bounded_tanh),
+                         ("infinite_guards_dropped", without_infinite_guards),
                          ("reciprocals_as_division", reciprocals_as_division)):
         done[key] = rewrite(source, out_dir / f"{stem}.ranges.onnx")
         source = out_dir / f"{stem}.ranges.onnx" if done[key] else source
     return source, done
+
+
+def constants_as_initializers(src: Path, dst: Path) -> list[str]:
+    """Write `src` with every Constant node's value as an initializer to `dst`; returns the values' names, [] (and no
+    file) when there are none. HTP takes no Constant node and reads a weight a node produces as dynamic: Paddle's
+    PP-OCRv4 detector (342 Constant nodes, no initializer) failed to compose on HTP, its BatchNormalizations refused
+    ("doesn't support dynamic scale"); with its constants as initializers it composes."""
+    import onnx
+
+    from compress.quantize.prepare import constants_to_initializers
+
+    model = onnx.load(str(src))
+    before = {i.name for i in model.graph.initializer}
+    if not constants_to_initializers(model, every=True):
+        return []
+    onnx.save(model, str(dst))
+    return [i.name for i in model.graph.initializer if i.name not in before]
 
 
 def bounded_tanh(src: Path, dst: Path) -> list[dict[str, Any]]:

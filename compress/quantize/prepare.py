@@ -167,10 +167,11 @@ CONSTANT_WEIGHT_ELEMENTS = 16
 (shapes, scalars, epsilons) stay nodes."""
 
 
-def constants_to_initializers(model: Any) -> int:
-    """Turn float Constant nodes of the main graph that hold weight-sized tensors into initializers, in place;
-    return how many. Exporters such as Paddle's write weights as Constant nodes, which ORT's quantizer never reads:
-    the "int8" model then keeps them in float, larger and slower than the fp32 one."""
+def constants_to_initializers(model: Any, *, every: bool = False) -> int:
+    """Turn float Constant nodes of the main graph that hold weight-sized tensors (`every`: every Constant holding a
+    tensor) into initializers, in place; return how many. Exporters such as Paddle's write weights as Constant nodes,
+    which ORT's quantizer never reads: the "int8" model then keeps them in float, larger and slower than the fp32
+    one. QNN's HTP reads any value a node computes as dynamic and takes no Constant node at all."""
     import onnx
 
     graph = model.graph
@@ -179,8 +180,8 @@ def constants_to_initializers(model: Any) -> int:
         value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR),
                      None) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
         size = int(np.prod(value.dims)) if value is not None and len(value.dims) else 0
-        if value is None or value.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or \
-                size < CONSTANT_WEIGHT_ELEMENTS:
+        if value is None or not every and (value.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+                                           or size < CONSTANT_WEIGHT_ELEMENTS):
             keep.append(node)
             continue
         tensor = onnx.TensorProto()
