@@ -70,6 +70,10 @@ def test_blockers_group_by_op_and_name_the_usual_fix():
     assert [(b["op_type"], b["nodes"]) for b in got] == [("Conv", 2), ("Det", 1)]
     assert got[0]["fix"].startswith("fix the shapes: [export] fixed_batch = 1")
     assert got[1]["fix"] == _DEFAULT_FIX
+    # the simulator's default chip out of memory at finalize (PP-OCRv4's detector): name a phone's chip
+    finalize = "accepted, then the graph failed to compile: ... Failed to finalize QNN graph. Error: " \
+               "QNN_COMMON_ERROR_MEM_ALLOC: Memory allocation related error., Code: 1002"
+    assert "--qnn-option soc_model=60" in blockers([{"name": "d", "op_type": "Concat", "reason": finalize}])[0]["fix"]
 
 
 def test_not_installed_is_reported_with_the_install_line(monkeypatch, tmp_path):
@@ -275,6 +279,7 @@ def test_cli_edge_provider_qnn_is_exit_1_when_htp_cannot_run_the_whole_model(tmp
     assert result.exit_code == 1, result.output
     line = result.output.strip().splitlines()[-1]
     assert "provider qnn: the HTP backend cannot run the whole model with CPU fallback disabled" in line, line
+    assert "; fix: not supported by the QNN EP" in line  # the refused node's usual fix, in the same line
     assert (tmp_path / "edge" / "edge.json").is_file()
 
 

@@ -99,9 +99,10 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     qnn_section = section.get("qnn") or {}
     if qnn_section and not qnn_section.get("runs_without_fallback", True):
         # HTP took some nodes or none, and could not run the graph whole: nothing measured on the NPU, not a pass
+        fix = next((f"; fix: {b['fix']}" for b in qnn_section.get("blockers") or []), "")
         raise GateFailed(f"{model}: provider qnn: the HTP backend cannot run the whole model with CPU fallback "
-                         f"disabled ({qnn_section.get('fallback_error') or 'no reason given'}); edge.json lists the "
-                         "nodes it refused and why")
+                         f"disabled ({qnn_section.get('fallback_error') or 'no reason given'}){fix}; edge.json lists "
+                         "the nodes it refused and why")
     budget = qnn_section.get("budget")
     if budget and not budget["ok"]:
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "

@@ -23,6 +23,8 @@ SIMULATED = ("HTP simulator on this x86_64 machine (onnxruntime-qnn's libQnnHtp.
 # Usual fixes by what blocked a node: the QNN EP's reason text, then the op type.
 _FIX_BY_REASON = (
     ("shape", "fix the shapes: [export] fixed_batch = 1 (or --fixed-batch 1); QNN compiles static graphs only"),
+    ("mem_alloc", "HTP ran out of memory finalizing the graph for the simulator's default chip: name the phone's, "
+                  "e.g. --qnn-option soc_model=60 (Snapdragon 8 Gen 3), which has more"),
     ("failed to compile", "HTP accepted the nodes but could not compile the graph: try activation_type = 'uint16', "
                           "another opset, or keep the op on CPU (fallback enabled)"),
     ("fmod", "export the op differently (e.g. x - y * floor(x / y) instead of torch.fmod)"),
