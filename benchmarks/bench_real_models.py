@@ -8,11 +8,14 @@ here in the benchmark, never at run time of compress:
   ocr-rec   PP-OCRv4 text recognition, 10.8 MB (rapidocr-onnxruntime; an unnamed height, metadata_props)
   ocr-cls   PP-OCR text direction classification (rapidocr-onnxruntime; two classes)
   vad       Silero VAD (silero-vad; recurrent state with the batch on axis 1, a scalar sample-rate input)
+  magika    Google's Magika content-type model (magika; a jax2tf export: int32 byte values, 214 classes, LayerNorms
+            and the tanh GELU written out)
 
 Inputs are real where the machine has them: photos for the detector (matplotlib's portrait of Grace Hopper, whose
 face it finds, and scikit-learn's two sample photos, where it finds nothing; random crops and mirrors of each);
 text lines drawn with Pillow from compress/data/english_sentences.txt for the OCR models; a synthetic
-voiced/unvoiced signal for the VAD (no speech ships with any installed package).
+voiced/unvoiced signal for the VAD (no speech ships with any installed package); for Magika, the features it reads
+(first and last 1,024 bytes) of files of the Python installation, one to three of each file type found there.
 
 For each model it runs, as a user would, `compress bench`, `compress edge`, `compress edge --provider qnn` and
 `compress quantize` (static, with the model's calibration inputs; the gate is chosen by compress from what it is
@@ -50,6 +53,7 @@ MODELS = {
     "ocr-rec": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
     "ocr-cls": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     "vad": ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx"),
+    "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),
 }
 
 # The flags a user needs for each model: its free dimensions fixed (mobile providers and QNN want static shapes),
@@ -61,6 +65,7 @@ FLAGS = {
     "ocr-cls": ["--fix-dim", "x:2=48", "--fix-dim", "x:3=192"],
     # its chunk length cannot be fixed: ORT then infers the unused 8 kHz branch with 512 samples and refuses the graph
     "vad": ["--batch-axis", "state:1", "--batch-axis", "sr:none"],
+    "magika": ["--fix-dim", "bytes:0=1"],
 }
 
 
@@ -182,6 +187,33 @@ def voice(count: int, seed: int) -> dict[str, np.ndarray]:
             "sr": np.array(16000, np.int64)}
 
 
+MAGIKA_BEG, MAGIKA_END, MAGIKA_BLOCK, MAGIKA_PAD = 1024, 1024, 4096, 256  # its config.min.json in the wheel
+
+
+def magika_features(count: int, seed: int) -> np.ndarray:
+    """Magika's input for `count` files of this Python installation (the standard library, the environment's
+    packages: source, binaries, data, fonts, images, archives), at most 3 of each suffix, chosen by `seed`: the
+    first 1,024 bytes of the first 4 KiB with leading whitespace stripped, the last 1,024 of the last 4 KiB with
+    trailing whitespace stripped, padded with 256 (Magika's own features). Seeds 1, 2 and 3 (calibration, gate,
+    bench) read disjoint files: a file belongs to the seed its path's CRC-32 gives modulo 3."""
+    import zlib
+
+    rng = np.random.default_rng(seed)
+    by_suffix: dict[str, list[Path]] = {}
+    for root in sorted({Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib"}):
+        for path in sorted(root.rglob("*")):
+            if zlib.crc32(str(path).encode()) % 3 == seed % 3 and path.is_file() and not path.is_symlink() and \
+                    path.stat().st_size > 64:
+                by_suffix.setdefault(path.suffix.lower(), []).append(path)
+    pool = [p for files in by_suffix.values() for p in rng.permutation(np.array(files, object))[:3]]
+    rows = []
+    for path in rng.permutation(np.array(pool, object))[:count]:
+        data = path.read_bytes()
+        head, tail = data[:MAGIKA_BLOCK].lstrip()[:MAGIKA_BEG], data[-MAGIKA_BLOCK:].rstrip()[-MAGIKA_END:]
+        rows.append([*head, *[MAGIKA_PAD] * (MAGIKA_BEG - len(head)), *[MAGIKA_PAD] * (MAGIKA_END - len(tail)), *tail])
+    return np.asarray(rows, np.int32)
+
+
 def inputs_for(name: str, count: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     if name == "yolo":
@@ -193,6 +225,8 @@ def inputs_for(name: str, count: int, seed: int) -> dict[str, np.ndarray]:
     if name == "ocr-cls":
         return {"x": np.stack([text_image(s, 48, 192, rng, flip=i % 2 == 1)
                                for i, s in enumerate(sentences(count, seed))])}
+    if name == "magika":
+        return {"bytes": magika_features(count, seed)}
     return voice(count, seed)
 
 

@@ -241,12 +241,21 @@ def test_a_native_abort_in_the_provider_is_one_line_naming_signal_and_stage(tmp_
 def test_the_npu_budget_judges_the_figure_the_outputs_allow():
     from compress.edge.qnn_flow import judge
 
-    labelled = {"accuracy_drop_htp_vs_fp32": 0.311, "outputs_look_like_logits": True}
-    assert judge(labelled, 0.01) == {"metric": "accuracy", "drop": 0.311, "budget": 0.01, "ok": False}
+    labelled = {"accuracy_drop_htp_vs_fp32": 0.311, "outputs_look_like_logits": True, "accuracy_fp32_cpu": 0.9,
+                "accuracy_int8_cpu": 0.895}
+    got = judge(labelled, 0.01)
+    assert {k: got[k] for k in ("metric", "drop", "budget", "ok")} == {"metric": "accuracy", "drop": 0.311,
+                                                                      "budget": 0.01, "ok": False}
+    # ORT CPU reads the same QDQ graph within the budget: HTP is where it parts (Magika's Reciprocal)
+    assert got["int8_cpu_drop"] == pytest.approx(0.005) and "HTP computes it differently" in got["where"]
     logits = {"outputs_look_like_logits": True, "top1_agreement_htp_vs_fp32_cpu": 0.995}
     assert judge(logits, 0.01)["ok"] and judge(logits, 0.01)["metric"] == "top-1 agreement with fp32"
-    boxes = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.97, "top1_agreement_htp_vs_fp32_cpu": 0}
+    assert judge(logits, 0.01)["where"] is None
+    boxes = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.78, "top1_agreement_htp_vs_fp32_cpu": 0,
+             "cosine_int8_cpu_vs_fp32_cpu": 0.75}
     assert judge(boxes, 0.01)["metric"] == "cosine to fp32" and not judge(boxes, 0.01)["ok"]
+    # the 8-bit graph loses on ORT CPU too (PP-OCRv4's recogniser): 16-bit activations, not HTP
+    assert "--activation-type uint16" in judge(boxes, 0.01)["where"]
 
 
 @pytest.mark.qnn

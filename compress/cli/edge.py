@@ -106,7 +106,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     budget = qnn_section.get("budget")
     if budget and not budget["ok"]:
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
-                         f"on the CPU, over --max-accuracy-drop {budget['budget']:g} (edge.json has every figure)")
+                         f"on the CPU, over --max-accuracy-drop {budget['budget']:g}; {budget.get('where')} "
+                         "(edge.json has every figure)")
 
 
 def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
