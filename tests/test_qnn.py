@@ -256,6 +256,7 @@ def test_the_npu_budget_judges_the_figure_the_outputs_allow():
     assert judge(boxes, 0.01)["metric"] == "cosine to fp32" and not judge(boxes, 0.01)["ok"]
     # the 8-bit graph loses on ORT CPU too (PP-OCRv4's recogniser): 16-bit activations, not HTP
     assert "--activation-type uint16" in judge(boxes, 0.01)["where"]
+    assert "with 16-bit activations" in judge(boxes, 0.01, "uint16")["where"]  # already 16 bits: not that advice
 
 
 @pytest.mark.qnn
