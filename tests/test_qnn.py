@@ -110,6 +110,45 @@ def test_tiny_cnn_runs_entirely_on_htp_with_a_matching_context_model(tmp_path):
 
 
 @pytest.mark.qnn
+def test_convolution_weights_are_int8_per_channel_on_htp_an_old_opset_raised_to_13_for_it(tmp_path):
+    # setup: Conv -> Relu -> Flatten -> Gemm at opset 12, where DequantizeLinear has no axis
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.edge.qnn import quantize_for_qnn
+
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(0, 0.3, (4, 1, 3, 3)) * np.array([1, 10, 0.1, 3])[:, None, None, None],
+               "b": np.zeros(4), "fc": rng.normal(0, 0.1, (10, 256)), "fb": np.zeros(10)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"), helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    old = tmp_path / "cnn12.onnx"
+    onnx.save(model, str(old))
+    x, _ = _digits(24)
+    # execute
+    qdq = quantize_for_qnn(old, tmp_path / "cnn.qdq.onnx", {"x": x[:8]})
+    section = prepare_qnn(old, tmp_path / "edge", calibration=x[:8], val_x=x, latency_runs=2)
+    # assert: the Conv's weight has 4 int8 codes' scales (one per output channel), the Linear's one uint8 scale;
+    # HTP runs the graph whole
+    model = onnx.load(str(qdq))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    conv, gemm = (next(n for n in model.graph.node if n.op_type == op) for op in ("Conv", "Gemm"))
+    weight = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert consts[weight[conv.input[1]].input[1]].shape == (4,)
+    assert consts[weight[conv.input[1]].input[0]].dtype == np.int8
+    assert consts[weight[gemm.input[1]].input[1]].size == 1
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    placed = section["placement"]
+    assert placed["nodes_on_htp"] == placed["nodes_total"] and section["runs_without_fallback"] is True
+
+
+@pytest.mark.qnn
 def test_placement_names_the_node_htp_refused_and_why(tmp_path):
     model = _graph_with("Det", tmp_path / "det.onnx")
     placed = qnn.placement(model, tmp_path / "det_ctx.onnx")

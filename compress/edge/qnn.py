@@ -95,11 +95,17 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
 
 def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np.ndarray] | list[dict]", *,
                      activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
-                     batch: int = 1, outlier_ratio: float | None = 64.0) -> Path:  # quantize's OUTLIER_RATIO
+                     per_channel: bool = True, batch: int = 1,
+                     outlier_ratio: float | None = 64.0) -> Path:  # quantize's OUTLIER_RATIO
     """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
     `calibration` ({input name: rows}, in batches of `batch`: a fixed-shape model takes exactly its batch; or a list
     of such feeds, one batch each, for a model with dynamic shapes). Tensors
-    whose calibrated range is infinite (a -inf attention mask) stay float (compress.quantize.qdq)."""
+    whose calibrated range is infinite (a -inf attention mask) stay float (compress.quantize.qdq).
+
+    Convolution weights are symmetric int8 per output channel by default (`per_channel`, PER_CHANNEL_AXIS), which
+    HTP runs; other weights are `weight_type` per tensor, ORT's QNN default (which convolutions had too: PP-OCRv4's
+    recogniser read cosine 0.78 to fp32 on HTP with it). A model whose opset is under 13 (DequantizeLinear's axis)
+    is converted to 13 first; where that fails, its convolution weights stay per tensor."""
     import shutil
 
     from onnxruntime.quantization import QuantType, quantize
@@ -117,16 +123,21 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
         # ORT's QNN helpers trip on metadata_props (a TypeError inside qnn_preprocess_model): set them aside on a
         # copy and put them back on the QDQ model
         bare, props = _without_metadata(Path(onnx_path), Path(tmp) / "bare.onnx")
+        if per_channel:
+            bare, per_channel = _opset_for_axes(bare, Path(tmp) / "opset13.onnx")
         pre = Path(tmp) / "pre.onnx"
         src = pre if qnn_preprocess_model(str(bare), str(pre)) else bare
         try:
             feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch)
             wide = outlier_activations(src, feeds, outlier_ratio) if outlier_ratio and activation_type != "uint16" \
                 else []
+            overrides = {name: [{"quant_type": QuantType.QUInt16}] for name, _ in wide}
+            if per_channel:  # convolution weights only: ORT's per_channel would take Gemm and norms too
+                overrides.update({name: [{"quant_type": QuantType.QInt8, "symmetric": True, "axis": axis}]
+                                  for name, axis in conv_weights(src).items()})
             cfg = get_qnn_qdq_config(str(src), feeds_reader(feeds),
                                      activation_type=types[activation_type], weight_type=types[weight_type],
-                                     init_overrides={name: [{"quant_type": QuantType.QUInt16}] for name, _ in wide}
-                                     or None)
+                                     init_overrides=overrides or None)
             if wide:
                 log.info("quantize for QNN: 16-bit codes for %s", describe(wide))
             with _quiet_fd(2), np.errstate(divide="ignore", invalid="ignore"):  # an infinite range: kept float
@@ -144,6 +155,40 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
 
         set_metadata(out_path, props)
     return out_path
+
+
+PER_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1}
+"""The ops whose weights HTP takes per output channel, and that channel's axis. With ORT's own per_channel, its
+quantizer writes Gemm and normalisation weights per channel too, as int8, which HTP refuses ("Failed to add node",
+"Batchnorm unsupported datatype"): those keep ORT's QNN default, uint8 per tensor."""
+
+
+def conv_weights(path: Path) -> dict[str, int]:
+    """{weight initializer: its output-channel axis} for every Conv and ConvTranspose with a float weight."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return {node.input[1]: PER_CHANNEL_AXIS[node.op_type] for node in graph.node
+            if node.op_type in PER_CHANNEL_AXIS and len(node.input) > 1 and node.input[1] in floats}
+
+
+def _opset_for_axes(path: Path, copy: Path) -> tuple[Path, bool]:
+    """(`path` or a copy converted to opset 13, True) where per-channel DequantizeLinear (its axis, opset 13) can be
+    written; (`path`, False) when the model's opset is lower and onnx's converter cannot raise it."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return path, True
+    try:
+        onnx.save(version_converter.convert_version(model, 13), str(copy))
+    except Exception as exc:  # the converter has no adapter for some op: per tensor, as before
+        log.info("quantize for QNN: weights per tensor (opset %d, not convertible to 13: %s)", opset, first_line(exc))
+        return path, False
+    return copy, True
 
 
 def _finite_ranges(path: Path) -> None:
