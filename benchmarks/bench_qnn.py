@@ -8,7 +8,7 @@ line per model and writes the sections to <out>/bench_qnn.json. Targets: 100% of
 HTP vs ORT CPU int8 >= 99%, accuracy drop HTP vs fp32 <= 1 point, EPContext outputs == QDQ outputs on HTP.
 
     .venv/bin/python benchmarks/bench_qnn.py [--out runs/bench_qnn]
-        [--epochs 8] [--calibration 256] [--activation-type uint8]
+        [--epochs 8] [--calibration 256] [--activation-type uint8] [--per-tensor-weights]
 """
 from __future__ import annotations
 
@@ -18,19 +18,40 @@ import sys
 from pathlib import Path
 
 
-def _train_and_export(name: str, factory, data, epochs: int, out: Path) -> tuple[Path, float]:
+def _digits() -> dict:
+    """The built-in digits (1x8x8 in [0, 1]), 359 validation images (20%, a seeded permutation), the rest train."""
+    from importlib.resources import files
+
+    import numpy as np
+
+    with np.load(files("compress.data") / "digits.npz") as z:
+        x, y = z["x"].astype(np.float32)[:, None] / 16.0, z["y"].astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    val, train = order[:359], order[359:]
+    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val]}
+
+
+def _train_and_export(name: str, factory, data: dict, epochs: int, out: Path) -> tuple[Path, float]:
+    """A plain torch loop (Adam 1e-3, batch 64, `epochs`), then the ONNX export: the figures here are about HTP
+    against fp32 on the same model, not about training."""
     import torch
 
     from compress.onnx.export import export_onnx
-    from compress.train import TrainConfig, evaluate, fit
 
     torch.manual_seed(0)
-    model = factory(input_shape=data.input_shape, num_classes=data.num_classes)
-    fit(model, (data.x_train, data.y_train), (data.x_val, data.y_val), TrainConfig(epochs=epochs), seed=0,
-        progress=False)
+    model = factory(input_shape=(1, 8, 8), num_classes=10)
+    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x)).split(64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
     model.eval()
-    acc = evaluate(model, data.x_val, data.y_val)
-    return export_onnx(model, data.example(1), out / f"{name}.onnx"), acc
+    with torch.no_grad():
+        acc = float((model(torch.from_numpy(data["x_val"])).argmax(1).numpy() == data["y_val"]).mean())
+    return export_onnx(model, torch.zeros(1, 1, 8, 8), out / f"{name}.onnx"), acc
 
 
 def tiny_transformer(input_shape, num_classes, d: int = 32, heads: int = 4, layers: int = 2):
@@ -66,9 +87,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--calibration", type=int, default=256, help="training images used to calibrate")
     parser.add_argument("--activation-type", choices=["uint8", "uint16"], default="uint8")
+    parser.add_argument("--per-tensor-weights", action="store_true",
+                        help="convolution weights per tensor, as ORT's QNN default (compress: per channel)")
     args = parser.parse_args()
 
-    from compress.data import DataConfig, load_data
     from compress.edge.qnn import qnn_status
     from compress.edge.qnn_flow import prepare_qnn, qnn_table
     from compress.zoo import cnn_small, mobilenet
@@ -79,13 +101,14 @@ def main() -> int:
         return 2
     print(f"onnxruntime-qnn {status['version']}")
     args.out.mkdir(parents=True, exist_ok=True)
-    data = load_data(DataConfig(), seed=0, base_dir=Path("."))
-    calib = data.x_train[: args.calibration].numpy()
+    data = _digits()
+    calib = data["x_train"][: args.calibration]
     results = {}
     for name, factory in (("cnn-small", cnn_small), ("mobilenet", mobilenet), ("transformer", tiny_transformer)):
         path, torch_acc = _train_and_export(name, factory, data, args.epochs, args.out)
-        section = prepare_qnn(path, args.out / name, calibration=calib, val_x=data.x_val.numpy(),
-                              val_y=data.y_val.numpy(), activation_type=args.activation_type, latency_runs=100)
+        section = prepare_qnn(path, args.out / name, calibration=calib, val_x=data["x_val"], val_y=data["y_val"],
+                              activation_type=args.activation_type, latency_runs=100,
+                              per_channel=not args.per_tensor_weights)
         section["torch_val_accuracy"] = torch_acc
         results[name] = section
         print(f"== {name} (torch val accuracy {torch_acc:.4f})")

@@ -192,7 +192,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 provider_options: dict[str, str] | None = None, latency_runs: int = 20,
                 max_accuracy_drop: float = 0.01, qdq: Path | None = None,
                 logits: bool | None = None, reference: "np.ndarray | None" = None,
-                outlier_ratio: float | None = 64.0) -> dict[str, Any]:  # quantize's OUTLIER_RATIO
+                outlier_ratio: float | None = 64.0,  # quantize's OUTLIER_RATIO
+                per_channel: bool = True) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -203,7 +204,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     used for agreement only. `qdq`: a QDQ model made for QNN already (quantization-aware training's), used instead
     of quantizing here. `logits`: whether the output is class logits (top-1 figures) or not (cosine); None: guessed
     from the outputs. `reference`: rows the outputs should match (a teacher's embeddings for `val_x`): each model's
-    mean cosine to them is reported too (the embedding task's own figure).
+    mean cosine to them is reported too (the embedding task's own figure). `per_channel`: convolution weights int8
+    per output channel (quantize_for_qnn), else ORT's QNN default (uint8 per tensor).
     """
     from compress.edge.isolated import mark
     from compress.edge.shapes import fix_batch, fix_dims, folded, shapes_static
@@ -230,7 +232,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     if qdq is None:
         source, rewrites = for_htp(fixed, out_dir, stem, calib)
         qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
-                               batch=fixed_batch, outlier_ratio=outlier_ratio)
+                               batch=fixed_batch, outlier_ratio=outlier_ratio, per_channel=per_channel)
     else:
         qdq = fix_batch(Path(qdq), out_dir / f"{stem}.qnn.qdq.onnx", fixed_batch)
         if seq is not None:
