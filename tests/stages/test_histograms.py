@@ -115,3 +115,28 @@ def test_explicit_edges_are_counted_as_np_histogram_counts_them(monkeypatch: pyt
     ours = histograms.explicit([x[:9_000], x[9_000:]], edges)
     # assert: every bin as numpy counts it (sorted search, the last bin closed)
     np.testing.assert_array_equal(ours, np.histogram(x, bins=edges)[0])
+
+
+def test_a_range_too_narrow_for_the_bins_is_counted_around_the_value_where_orts_collector_raises():
+    # setup: |x| of about 1e9 that varies by one float32 step over the sample (so 2048 bins cannot fit between)
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from compress.quantize import histograms
+
+    a = np.full((2, 512), 1e9, np.float32)
+    a[0, 0] = np.nextafter(np.float32(1e9), np.float32(2e9))
+    constant = np.full((2, 512), -3e9, np.float32)  # numpy's widening of a one-value range by 0.5 is lost there
+    theirs = HistogramCollector("percentile", True, 2048, 128, 99.99, "same")
+    ours = histograms._collector_class()("percentile", True, 2048, 128, 99.99, "same")
+    # execute / assert: ORT's raises; ours keeps every value in 2048 bins around it, and yields a finite range
+    with pytest.raises(ValueError, match="Too many bins"):
+        theirs.collect({"t": [a]})
+    ours.collect({"t": [a], "c": [constant]})
+    assert ours.histogram_dict["c"][0].sum() == constant.size
+    hist, edges = ours.histogram_dict["t"][:2]
+    assert hist.sum() == a.size and len(hist) == 2048
+    assert edges[0] < 1e9 < edges[-1] and edges[-1] - edges[0] >= 1.0
+    ours.collect({"t": [a]})  # the next call counts against those edges
+    assert ours.histogram_dict["t"][0].sum() == 2 * a.size
+    low, high = ours.compute_collection_result()["t"][:2]
+    assert np.isfinite(float(low)) and np.isfinite(float(high)) and float(high) >= 1e9 - 1
