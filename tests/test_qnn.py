@@ -197,9 +197,11 @@ def test_cli_edge_provider_qnn_without_calibration_is_exit_2(tmp_path):
 def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
     from tests.test_pipeline import _run_with
 
-    result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\nedge_targets = ["qnn"]\n')
+    result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\nedge_targets = ["qnn"]\n'
+                                         'qnn_options = { soc_model = 60 }\n')
     assert result.exit_code == 0, result.output
     edge = report["edge"]
+    assert edge["qnn"]["provider_options"] == {"soc_model": "60"}  # the phone's chip, as the QNN EP was given it
     assert edge["readiness"]["providers"]["QNN"]["measured"] is True
     assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True
     assert edge["qnn"]["accuracy"]["samples"] == 80  # the test split of the 400 tiny digits

@@ -24,7 +24,8 @@ SIMULATED = ("HTP simulator on this x86_64 machine (onnxruntime-qnn's libQnnHtp.
 _FIX_BY_REASON = (
     ("shape", "fix the shapes: [export] fixed_batch = 1 (or --fixed-batch 1); QNN compiles static graphs only"),
     ("mem_alloc", "HTP ran out of memory finalizing the graph for the simulator's default chip: name the phone's, "
-                  "e.g. --qnn-option soc_model=60 (Snapdragon 8 Gen 3), which has more"),
+                  "e.g. --qnn-option soc_model=60 (Snapdragon 8 Gen 3), which has more ([export] qnn_options = "
+                  "{ soc_model = 60 } in a pipeline)"),
     ("failed to compile", "HTP accepted the nodes but could not compile the graph: try activation_type = 'uint16', "
                           "another opset, or keep the op on CPU (fallback enabled)"),
     ("fmod", "export the op differently (e.g. x - y * floor(x / y) instead of torch.fmod)"),
@@ -246,7 +247,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
         "activation_type": activation_type, "calibration_samples": _rows(calib), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq,
-        **{key: [] for key, _ in REWRITES}, **rewrites,
+        "provider_options": dict(provider_options or {}), **{key: [] for key, _ in REWRITES}, **rewrites,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:

@@ -37,6 +37,10 @@ class ExportConfig(Section):
                                                      "measures faster than the plain graph (with a parity check).")
     qnn_activation_type: Literal["uint8", "uint16"] = Field("uint8", description="Activation type of the QNN QDQ "
                                                             "model (uint16: more accurate, slower on the NPU).")
+    qnn_options: dict[str, str | int] = Field(default_factory=dict, description="QNN EP provider options for the "
+                                              "qnn edge target: the phone's chip, e.g. { soc_model = 60 } "
+                                              "(Snapdragon 8 Gen 3) or { htp_arch = 73 }. The simulator's default "
+                                              "chip has the least memory: a large graph may not finalize on it.")
     qnn_samples: int = Field(1000, ge=1, description="Examples of the evaluation split the QNN target's accuracy "
                              "rows run on (the HTP backend is simulated on x86 here, one example at a time, and "
                              "slow: a 3-layer MiniLM at 128 tokens takes a sizeable fraction of a second each).")

@@ -30,6 +30,7 @@ def run(ctx: StageContext) -> StageResult:
                    "val_y": val_y if ctx.evaluation.task.name == "classification" else None, "seq": seq,
                    "logits": ctx.evaluation.task.name == "classification" if ctx.evaluation.user is None else None,
                    "activation_type": ctx.cfg.export.qnn_activation_type, "reference": _reference(ctx),
+                   "provider_options": {k: str(v) for k, v in ctx.cfg.export.qnn_options.items()} or None,
                    "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None,
                    "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else OUTLIER_RATIO}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
