@@ -180,3 +180,47 @@ def test_weights_held_in_constant_nodes_become_initializers_so_htp_takes_the_bat
     assert section["constants_as_initializers"] == list(values)
     assert section["placement"]["nodes_on_htp"] == section["placement"]["nodes_total"]
     assert section["runs_without_fallback"] is True and section["accuracy"]["cosine_htp_vs_fp32_cpu"] > 0.999
+
+
+@pytest.mark.qnn
+def test_where_htp_parts_from_ort_cpu_names_the_reciprocal_htp_misreads(tmp_path: Path):
+    # setup: the 1 / sqrt(x^2 + eps) graph quantized for QNN without the rewrite: HTP misreads its Reciprocal
+    from compress.edge.parting import PARTED_ERROR, where_htp_parts
+    from compress.edge.qnn import quantize_for_qnn
+
+    src, x = _rsqrt(tmp_path)
+    before = quantize_for_qnn(src, tmp_path / "before.qdq.onnx", {"x": x})
+    after = quantize_for_qnn(reciprocals_as_division_of(src, tmp_path), tmp_path / "after.qdq.onnx", {"x": x})
+    # execute
+    parted = where_htp_parts(before, {"x": x[:1]}, tmp_path / "parts.onnx")
+    # assert: the Reciprocal named, with its input still where the CPU has it; the rewritten graph parts nowhere
+    assert parted["op_type"] == "Reciprocal" and parted["node"] == "recip"
+    assert parted["error"] > PARTED_ERROR and parted["inputs_cosine"] > 0.999
+    assert where_htp_parts(after, {"x": x[:1]}, tmp_path / "parts2.onnx") is None
+
+
+def reciprocals_as_division_of(src: Path, tmp_path: Path) -> Path:
+    from compress.edge.ranges import reciprocals_as_division
+
+    assert reciprocals_as_division(src, tmp_path / "div.onnx")
+    return tmp_path / "div.onnx"
+
+
+@pytest.mark.qnn
+def test_a_missed_npu_budget_that_ort_cpu_meets_names_where_htp_parts(tmp_path: Path, monkeypatch):
+    # setup: the QNN target on the 1 / sqrt graph with the rewrites turned off, so HTP misreads its Reciprocal
+    from compress.edge import qnn_flow
+
+    monkeypatch.setattr(qnn_flow, "for_htp", lambda model, out_dir, stem, calib: (model, {}))
+    nodes = [helper.make_node("Mul", ["x", "x"], ["v"]), helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["s"]), helper.make_node("Reciprocal", ["s"], ["r"], name="recip"),
+             helper.make_node("Mul", ["x", "r"], ["n"]), helper.make_node("Add", ["n", "beta"], ["y"])]
+    src = _save(nodes, {"eps": 1e-3, "beta": 1.0}, tmp_path / "rsqrt.onnx", width=16)  # x / sqrt(x^2 + eps) + 1
+    x = np.random.default_rng(2).normal(0, 0.05, (24, 16)).astype(np.float32)
+    # execute
+    section = qnn_flow.prepare_qnn(src, tmp_path / "edge", calibration=x, val_x=x, latency_runs=2, logits=False)
+    # assert: the budget missed on HTP, met on ORT CPU; the Reciprocal named in the section and the summary
+    assert not section["budget"]["ok"] and section["budget"]["int8_cpu_drop"] <= 0.01
+    assert section["parts_at"]["node"] == "recip"
+    assert "HTP parts from ORT CPU first at recip (Reciprocal)" in qnn_flow.qnn_table(section)
+    assert not (tmp_path / "edge" / "rsqrt.parts.onnx").exists()

@@ -209,7 +209,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     per output channel (quantize_for_qnn), else ORT's QNN default (uint8 per tensor).
     """
     from compress.edge.isolated import mark
-    from compress.edge.shapes import fix_batch, fix_dims, folded, shapes_static
+    from compress.edge.shapes import fix_batch, fix_dims, folded
 
     mark("register the QNN plugin")
     status = qnn_status()
@@ -219,13 +219,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(onnx_path).stem
-    fixed = fix_batch(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch)
-    if seq is not None:
-        fixed = fix_dims(fixed, fixed, [("seq", None, seq)])
-    if seq is not None or not shapes_static(fixed):
-        # shape arithmetic on the now fixed dimensions folds to constants (Google's Magika, a jax2tf graph: its
-        # Shape -> Expand chains left QNN 0 of 276 nodes with the batch fixed, and all of them once folded)
-        fixed = folded(fixed, fixed)
+    fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq)
     calib = _feeds(fixed, calibration, "calibration")
     calib = _head(calib, _rows(calib) - _rows(calib) % fixed_batch)
     mark("QNN QDQ quantization")
@@ -259,6 +253,10 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits,
                                         None if reference is None else reference[: _rows(x)])
         section["budget"] = judge(section["accuracy"], max_accuracy_drop, activation_type)
+        if not section["budget"]["ok"] and section["budget"]["int8_cpu_drop"] <= max_accuracy_drop + 1e-9:
+            mark("where HTP parts from ORT CPU")  # HTP, not the codes, loses: name the node where it starts
+            section["parts_at"] = _parts_at(qdq, _head(x, fixed_batch), out_dir / f"{stem}.parts.onnx",
+                                            provider_options)
         if placed["context_path"]:
             mark("the EPContext model")
             section["context"] = _context_check(Path(placed["context_path"]), session, _head(x, 8 * fixed_batch),
@@ -267,6 +265,34 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         section["latency"] = _latency(session, _head(x, fixed_batch), latency_runs)
     write_json(out_dir / "qnn.json", section)
     return section
+
+
+def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None) -> Path:
+    """The model with its batch (and `seq` dimensions) fixed, folded where shapes stay unknown."""
+    from compress.edge.shapes import fix_batch, fix_dims, folded, shapes_static
+
+    fixed = fix_batch(onnx_path, out_path, batch)
+    if seq is not None:
+        fixed = fix_dims(fixed, fixed, [("seq", None, seq)])
+    if seq is not None or not shapes_static(fixed):
+        # shape arithmetic on the now fixed dimensions folds to constants (Google's Magika, a jax2tf graph: its
+        # Shape -> Expand chains left QNN 0 of 276 nodes with the batch fixed, and all of them once folded)
+        fixed = folded(fixed, fixed)
+    return fixed
+
+
+def _parts_at(qdq: Path, feeds: "dict[str, np.ndarray]", scratch: Path,
+              provider_options: dict[str, str] | None) -> dict[str, Any] | None:
+    """compress.edge.parting.where_htp_parts, its scratch copy removed; a failure is a finding ({"error"})."""
+    from compress.edge.parting import where_htp_parts
+    from compress.errors import first_line
+
+    try:
+        return where_htp_parts(qdq, feeds, scratch, provider_options=provider_options)
+    except Exception as exc:  # a diagnosis: the measured figures stand without it
+        return {"error": first_line(exc)}
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +341,14 @@ def qnn_table(section: dict[str, Any]) -> str:
     if b:
         lines.append(f"  budget: {b['metric']} drop {b['drop']:.4f} {'<=' if b['ok'] else '>'} {b['budget']:g}"
                      + ("" if b["ok"] else f" (MISSED): {b.get('where')}"))
+    parts = section.get("parts_at")
+    if parts and parts.get("node") is not None:
+        lines.append(f"  HTP parts from ORT CPU first at {parts['node']} ({parts['op_type']}): cosine "
+                     f"{parts['cosine']:.4f}, relative error {parts['error']:.3f} (its inputs: cosine "
+                     f"{parts['inputs_cosine'] if parts['inputs_cosine'] is not None else float('nan'):.4f}); "
+                     "export that op differently or keep it off the NPU")
+    elif parts:
+        lines.append(f"  where HTP parts from ORT CPU: {parts.get('error') or 'no activation differs'}")
     c = section["context"]
     if c:
         same = c["loads"] and c["parity"]["ok"]
