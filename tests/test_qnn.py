@@ -452,3 +452,15 @@ def test_shape_arithmetic_on_the_fixed_batch_is_folded_so_htp_takes_the_whole_gr
     assert shapes_static(tmp_path / "edge" / "expand.batch1.onnx")
     placed = section["placement"]
     assert placed["nodes_on_htp"] == placed["nodes_total"] > 0 and placed["refused"] == []
+
+
+def test_a_wrong_scale_misses_the_npu_budget_though_the_cosine_is_perfect():
+    from compress.edge.qnn_flow import judge
+
+    scaled = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 1.0, "sqnr_db_htp_vs_fp32_cpu": 1.3,
+              "cosine_int8_cpu_vs_fp32_cpu": 0.9995, "sqnr_db_int8_cpu_vs_fp32_cpu": 30.0}  # HTP: a seventh of it
+    got = judge(scaled, 0.01)
+    assert not got["ok"] and got["metric"].startswith("error relative to fp32") and got["drop"] > 0.3
+    assert got["int8_cpu_drop"] == pytest.approx(0.0005) and "HTP computes it differently" in got["where"]
+    plain = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.9977, "sqnr_db_htp_vs_fp32_cpu": 23.4}
+    assert judge(plain, 0.01)["metric"] == "cosine to fp32" and judge(plain, 0.01)["ok"]  # YOLOv8n's figures
