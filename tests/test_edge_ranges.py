@@ -132,6 +132,24 @@ def test_a_reciprocal_reads_as_a_division_so_htp_computes_what_ort_cpu_computes(
     assert not (tmp_path / "no.onnx").exists()
 
 
+def test_a_reciprocal_rewrite_takes_a_free_name_and_the_input_type(tmp_path: Path):
+    # setup: a float16 Reciprocal in a graph that already has a tensor named reciprocal_one
+    from onnx import helper
+
+    from compress.edge.ranges import reciprocals_as_division
+
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+             helper.make_node("Reciprocal", ["h"], ["r"], name="recip"),
+             helper.make_node("Cast", ["r"], ["y0"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["y0", "reciprocal_one"], ["y"])]
+    src = _save(nodes, {"reciprocal_one": np.zeros(8)}, tmp_path / "half.onnx", width=8)
+    x = np.linspace(0.5, 4, 16, dtype=np.float32).reshape(2, 8)
+    # execute
+    assert reciprocals_as_division(src, tmp_path / "div.onnx") == ["recip"]
+    # assert: the model loads and computes the same
+    np.testing.assert_array_equal(_run(tmp_path / "div.onnx", x), _run(src, x))
+
+
 @pytest.mark.qnn
 def test_the_qnn_target_rewrites_a_reciprocal_measures_htp_near_fp32_and_says_what_it_rewrote(tmp_path: Path):
     # setup: the 1 / sqrt(x^2 + eps) graph above, through `compress edge --provider qnn`'s flow

@@ -148,6 +148,28 @@ def test_convolution_weights_are_int8_per_channel_on_htp_an_old_opset_raised_to_
     assert placed["nodes_on_htp"] == placed["nodes_total"] and section["runs_without_fallback"] is True
 
 
+def test_only_weights_that_convolutions_alone_read_go_per_channel_and_grouped_transposes_stay_per_tensor(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.edge.qnn import conv_weights
+
+    weights = {"w": np.ones((4, 1, 3, 3)), "shared": np.ones((4, 4, 1, 1)), "t1": np.ones((4, 2, 2, 2)),
+               "t2": np.ones((4, 1, 2, 2)), "shape": np.array([4, 4])}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "shared"], ["b"]),
+             helper.make_node("Reshape", ["shared", "shape"], ["m"]),  # the same weight read as a matrix too
+             helper.make_node("ConvTranspose", ["b", "t1"], ["c"]),
+             helper.make_node("ConvTranspose", ["c", "t2"], ["d"], group=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("d", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v, np.float32 if k != "shape" else np.int64), k)
+                               for k, v in weights.items()])
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    assert conv_weights(tmp_path / "g.onnx") == {"w": 0, "t1": 1}
+
+
 @pytest.mark.qnn
 def test_placement_names_the_node_htp_refused_and_why(tmp_path):
     model = _graph_with("Det", tmp_path / "det.onnx")
@@ -464,3 +486,8 @@ def test_a_wrong_scale_misses_the_npu_budget_though_the_cosine_is_perfect():
     assert got["int8_cpu_drop"] == pytest.approx(0.0005) and "HTP computes it differently" in got["where"]
     plain = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.9977, "sqnr_db_htp_vs_fp32_cpu": 23.4}
     assert judge(plain, 0.01)["metric"] == "cosine to fp32" and judge(plain, 0.01)["ok"]  # YOLOv8n's figures
+    # the larger of the two decides, also where the cosine names the metric
+    close = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.99, "sqnr_db_htp_vs_fp32_cpu": 15.23}
+    assert judge(close, 0.01)["drop"] == pytest.approx(0.015, abs=1e-4) and not judge(close, 0.01)["ok"]
+    zeros = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.0, "sqnr_db_htp_vs_fp32_cpu": -3090.0}
+    assert not judge(zeros, 0.01)["ok"]  # an all-zero fp32 output: no overflow

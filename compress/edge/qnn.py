@@ -164,13 +164,23 @@ quantizer writes Gemm and normalisation weights per channel too, as int8, which 
 
 
 def conv_weights(path: Path) -> dict[str, int]:
-    """{weight initializer: its output-channel axis} for every Conv and ConvTranspose with a float weight."""
+    """{weight initializer: its output-channel axis} for every Conv, and every ConvTranspose of one group (with
+    more, its axis 1 holds C_out / group channels: HTP read such a model lower, or failed to finalize it), with a
+    float weight that only such nodes of the same axis read (a weight also reshaped into a MatMul, or shared with
+    a ConvTranspose, stays per tensor)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    return {node.input[1]: PER_CHANNEL_AXIS[node.op_type] for node in graph.node
-            if node.op_type in PER_CHANNEL_AXIS and len(node.input) > 1 and node.input[1] in floats}
+    axes: dict[str, set] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in floats:
+                group = next((a.i for a in node.attribute if a.name == "group"), 1)
+                eligible = k == 1 and node.op_type in PER_CHANNEL_AXIS and \
+                    (node.op_type == "Conv" or group == 1)
+                axes.setdefault(name, set()).add(PER_CHANNEL_AXIS[node.op_type] if eligible else None)
+    return {name: next(iter(found)) for name, found in axes.items() if len(found) == 1 and None not in found}
 
 
 def _opset_for_axes(path: Path, copy: Path) -> tuple[Path, bool]:

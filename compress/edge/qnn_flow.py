@@ -99,8 +99,10 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", 
 
 
 def judge(accuracy: dict[str, Any] | None, budget: float, activation_type: str = "uint8") -> dict[str, Any] | None:
-    """The NPU's budget: accuracy drop vs fp32 with labels; else the drop of top-1 agreement (class logits) or of
-    cosine (anything else) from fp32's perfect 1."""
+    """The NPU's budget: accuracy drop vs fp32 with labels; else the drop of top-1 agreement (class logits) or, for
+    anything else, the larger of 1 - cosine and half the squared relative error (_tensor_drop). Returns {"metric",
+    "drop", "budget", "ok", "int8_cpu_drop" (the same figure for ORT CPU's reading of the same QDQ graph), "where"
+    (None when met; else whether the 8-bit graph or HTP's reading of it loses, and what to try)}."""
     if not accuracy:
         return None
     if "accuracy_drop_htp_vs_fp32" in accuracy:
@@ -132,10 +134,11 @@ def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
     """(metric, drop) for outputs that are not class logits: 1 - cosine, or half the squared error relative to fp32
     where that is larger. The two agree when the norms do (|a - b|^2 = 2 (1 - cos) |a|^2); a cosine alone does not
     see a wrong scale (HTP's Reciprocal read a seventh of the value at cosine 1.0 on a test graph)."""
-    scale = 0.5 * 10 ** (-sqnr_db / 10) if sqnr_db is not None else 0.0
-    if scale > 2 * (1.0 - cosine) + 1e-3:
-        return "error relative to fp32 (half its square; the scale is off)", scale
-    return "cosine to fp32", 1.0 - cosine
+    scale = 0.5 * 10 ** (min(-sqnr_db, 300.0) / 10) if sqnr_db is not None else 0.0  # SQNR of an all-zero fp32
+    drop = max(1.0 - cosine, scale)
+    if scale > 2 * (1.0 - cosine) + 1e-3:  # named by what sets it: the two agree within rounding when norms do
+        return "error relative to fp32 (half its square; the scale is off)", drop
+    return "cosine to fp32", drop
 
 
 def _context_check(context: Path, session: Any, x: "dict[str, np.ndarray]", batch: int, strict: bool,
@@ -302,7 +305,7 @@ def _parts_at(qdq: Path, feeds: "dict[str, np.ndarray]", scratch: Path,
     try:
         return where_htp_parts(qdq, feeds, scratch, provider_options=provider_options)
     except Exception as exc:  # a diagnosis: the measured figures stand without it
-        return {"error": first_line(exc)}
+        return {"failed": first_line(exc)}
     finally:
         scratch.unlink(missing_ok=True)
 
@@ -353,14 +356,17 @@ def qnn_table(section: dict[str, Any]) -> str:
     if b:
         lines.append(f"  budget: {b['metric']} drop {b['drop']:.4f} {'<=' if b['ok'] else '>'} {b['budget']:g}"
                      + ("" if b["ok"] else f" (MISSED): {b.get('where')}"))
-    parts = section.get("parts_at")
-    if parts and parts.get("node") is not None:
-        lines.append(f"  HTP parts from ORT CPU first at {parts['node']} ({parts['op_type']}): cosine "
+    parts = section.get("parts_at", False)
+    if parts and "failed" not in parts:
+        where = f"{parts['node']} ({parts['op_type']})" if parts["node"] is not None else parts["tensor"]
+        lines.append(f"  HTP parts from ORT CPU first at {where}: cosine "
                      f"{parts['cosine']:.4f}, relative error {parts['error']:.3f} (its inputs: cosine "
                      f"{parts['inputs_cosine'] if parts['inputs_cosine'] is not None else float('nan'):.4f}); "
                      "export that op differently or keep it off the NPU")
+    elif parts is None:
+        lines.append("  where HTP parts from ORT CPU: no quantized activation differs on the batch checked")
     elif parts:
-        lines.append(f"  where HTP parts from ORT CPU: {parts.get('error') or 'no activation differs'}")
+        lines.append(f"  where HTP parts from ORT CPU: not found ({parts['failed']})")
     c = section["context"]
     if c:
         same = c["loads"] and c["parity"]["ok"]

@@ -52,8 +52,9 @@ def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any]) -> tup
 
 
 def constants_as_initializers(src: Path, dst: Path) -> list[str]:
-    """Write `src` with every Constant node's value as an initializer to `dst`; returns the values' names, [] (and no
-    file) when there are none. HTP takes no Constant node and reads a weight a node produces as dynamic: Paddle's
+    """Write `src` with the value of every main-graph Constant node that holds a tensor (`value`; the scalar and list
+    forms and subgraphs stay as they are, ORT folds those) as an initializer to `dst`; returns the values' names, []
+    (and no file) when there are none. HTP takes no Constant node and reads a weight a node produces as dynamic: Paddle's
     PP-OCRv4 detector (342 Constant nodes, no initializer) failed to compose on HTP, its BatchNormalizations refused
     ("doesn't support dynamic scale"); with its constants as initializers it composes."""
     import onnx
@@ -210,10 +211,34 @@ def reciprocals_as_division(src: Path, dst: Path) -> list[str]:
     nodes = [n for n in graph.node if n.op_type == "Reciprocal"]
     if not nodes:
         return []
-    one = "reciprocal_one"
-    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
-    for node in nodes:
+    types = _element_types(model)
+    taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output} | \
+        {i.name for i in graph.input}
+    ones: dict[int, str] = {}
+    for node in nodes:  # a 1 of the input's own type (float16 graphs too), under a name the graph does not use
+        kind = types.get(node.input[0], onnx.TensorProto.FLOAT)
+        if kind not in ones:
+            name = next(f"reciprocal_one{k or ''}" for k in range(len(taken) + 1)
+                        if f"reciprocal_one{k or ''}" not in taken)
+            taken.add(name)
+            graph.initializer.append(numpy_helper.from_array(
+                np.array(1.0, onnx.helper.tensor_dtype_to_np_dtype(kind)), name))
+            ones[kind] = name
         node.op_type = "Div"
-        node.input[:] = [one, node.input[0]]
+        node.input[:] = [ones[kind], node.input[0]]
     onnx.save(model, str(dst))
     return [n.name or n.output[0] for n in nodes]
+
+
+def _element_types(model: Any) -> dict[str, int]:
+    """{tensor: ONNX element type} from onnx's shape inference (on a copy), the inputs and the initializers."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # inference is a help here, not a requirement: unknown types read as float32
+        inferred = model.graph
+    values = [*inferred.value_info, *inferred.input, *inferred.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in values if v.type.HasField("tensor_type")}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return {k: v for k, v in types.items() if v}

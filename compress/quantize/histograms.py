@@ -13,8 +13,8 @@ counting differs:
 - explicit edges are counted by an arithmetic guess of the bin corrected against the edges themselves until every
   value sits where np.histogram's sorted search puts it, instead of by sorting.
 Anything but float32 data goes to ORT's own code. One difference: where a tensor's range is too narrow for the
-bins at float32's precision (a near-constant large value), ORT's collector raises and this one counts it around the
-value, as numpy does a constant tensor: the attempt calibrates instead of failing.
+bins at float32's precision (a near-constant large value), ORT's collector raises and this one counts it in a range
+half the value wide on each side: the attempt calibrates instead of failing.
 """
 from __future__ import annotations
 
@@ -52,16 +52,21 @@ def _slices(arrays: list[np.ndarray]) -> list[np.ndarray]:
 
 def uniform(arrays: list[np.ndarray], bins: int, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
     """np.histogram(concatenated arrays, bins, range=(lo, hi)), counted in slices on the thread pool; a range too
-    narrow for `bins` distinct edges at the data's precision is widened on each side by 0.5 or `bins` steps of that
-    precision, whichever is more (np.histogram, and ORT's collector with it, raises "Too many bins for data range"
-    there; numpy widens a range of one value by 0.5)."""
+    narrow for `bins` distinct edges at the data's precision is widened on each side by 0.5 or half its largest
+    |value|, whichever is more, where that stays finite (np.histogram, and ORT's collector with it, raises "Too
+    many bins for data range" there; numpy widens a range of one value by 0.5, lost at 1e9 in float32)."""
     kind = np.result_type(lo, hi, *(a.dtype for a in arrays[:1]))
     if kind.kind == "f" and np.isfinite(lo) and np.isfinite(hi) and lo <= hi:
         low, high = (lo, hi) if lo < hi else (lo - kind.type(0.5), hi + kind.type(0.5))  # numpy's own widening
         edges = np.linspace(low, high, bins + 1, dtype=kind)
         if np.any(edges[:-1] >= edges[1:]):  # Magika: a (near-)constant |x| of about 1e9 over a sample
-            pad = max(kind.type(0.5), kind.type(bins) * np.spacing(kind.type(max(abs(lo), abs(hi)))))
-            lo, hi = lo - pad, hi + pad
+            # half the value on each side: bins of a width a later, wider batch extends by few (ORT's growth adds
+            # bins of the first width), where bins a few float32 steps wide would take millions
+            pad = max(kind.type(0.5), kind.type(0.5) * kind.type(max(abs(lo), abs(hi))))
+            with np.errstate(over="ignore"):
+                low, high = lo - pad, hi + pad
+            if np.isfinite(low) and np.isfinite(high):  # at float32's largest, numpy's error stands, as ORT's
+                lo, hi = low, high
     parts = list(_threads().map(lambda a: np.histogram(a, bins, range=(lo, hi)), _slices(arrays)))
     if not parts:
         return np.histogram(np.zeros(0, np.float32), bins, range=(lo, hi))

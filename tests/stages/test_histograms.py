@@ -138,5 +138,7 @@ def test_a_range_too_narrow_for_the_bins_is_counted_around_the_value_where_orts_
     assert edges[0] < 1e9 < edges[-1] and edges[-1] - edges[0] >= 1.0
     ours.collect({"t": [a]})  # the next call counts against those edges
     assert ours.histogram_dict["t"][0].sum() == 2 * a.size
+    ours.collect({"t": [a * 4]})  # a wider batch extends the bins by their first width: a few thousand, not millions
+    assert ours.histogram_dict["t"][0].sum() == 3 * a.size and len(ours.histogram_dict["t"][0]) < 20_000
     low, high = ours.compute_collection_result()["t"][:2]
     assert np.isfinite(float(low)) and np.isfinite(float(high)) and float(high) >= 1e9 - 1
