@@ -48,17 +48,16 @@ def where_htp_parts(qdq: Path, feeds: dict[str, np.ndarray], scratch: Path, *,
     names = [o.name for o in cpu.get_outputs()]
     on_cpu = dict(zip(names, cpu.run(None, feeds)))
     on_htp = dict(zip(names, htp_session(scratch, fallback=True, provider_options=provider_options).run(None, feeds)))
-    cosines = {t: _cosine(on_cpu[t], on_htp[t]) for t in tensors}
-    errors = {t: _error(on_cpu[t], on_htp[t]) for t in tensors}
+    figures = {t: _figures(on_cpu[t], on_htp[t]) for t in tensors}
     for tensor in tensors:
-        if cosines[tensor] >= PARTED and errors[tensor] <= PARTED_ERROR:
+        cosine, error = figures[tensor]
+        if cosine >= PARTED and error <= PARTED_ERROR:
             continue
         node = _computing(tensor, producer)
-        inputs = [_dequantized(i, producer) for i in (node.input if node is not None else [])]
         return {"tensor": tensor, "node": node.name if node is not None else None,
-                "op_type": node.op_type if node is not None else None, "cosine": cosines[tensor],
-                "error": errors[tensor],
-                "inputs_cosine": min((cosines[i] for i in inputs if i in cosines), default=None),
+                "op_type": node.op_type if node is not None else None, "cosine": cosine, "error": error,
+                "inputs_cosine": min((figures[i][0] for i in (node.input if node is not None else []) if i in figures),
+                                     default=None),  # the activations it read (weights are not among them)
                 "checked": len(tensors)}
     return None
 
@@ -70,17 +69,10 @@ def _computing(tensor: str, producer: dict[str, Any]) -> Any:
     return producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
 
 
-def _dequantized(name: str, producer: dict[str, Any]) -> str:
-    return name if (producer.get(name) is not None and producer[name].op_type == "DequantizeLinear") else ""
+def _figures(cpu: np.ndarray, htp: np.ndarray) -> tuple[float, float]:
+    """(cosine, error relative to the CPU's value) of one activation over the whole batch: the tensors task's own
+    cosine and SQNR (compress.tasks.tensors), on the batch as one row."""
+    from compress.tasks.tensors import Tensors
 
-
-def _error(cpu: np.ndarray, htp: np.ndarray) -> float:
-    cpu, htp = np.asarray(cpu, np.float64).ravel(), np.asarray(htp, np.float64).ravel()
-    norm = np.linalg.norm(cpu)
-    return float(np.linalg.norm(htp - cpu) / norm) if norm > 0 else float(np.linalg.norm(htp) > 0)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    norm = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / norm) if norm > 0 else float(np.array_equal(a, b))
+    got = Tensors().metrics({"t": np.reshape(htp, (1, -1))}, None, {"t": np.reshape(cpu, (1, -1))})
+    return got["cosine"], float(10 ** (min(-got["sqnr_db"], 300.0) / 20))
