@@ -72,7 +72,7 @@ def _computing(tensor: str, producer: dict[str, Any]) -> Any:
 def _figures(cpu: np.ndarray, htp: np.ndarray) -> tuple[float, float]:
     """(cosine, error relative to the CPU's value) of one activation over the whole batch: the tensors task's own
     cosine and SQNR (compress.tasks.tensors), on the batch as one row."""
-    from compress.tasks.tensors import Tensors
+    from compress.tasks.tensors import Tensors, relative_error
 
     got = Tensors().metrics({"t": np.reshape(htp, (1, -1))}, None, {"t": np.reshape(cpu, (1, -1))})
-    return got["cosine"], float(10 ** (min(-got["sqnr_db"], 300.0) / 20))
+    return got["cosine"], relative_error(got["sqnr_db"])

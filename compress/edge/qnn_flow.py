@@ -134,7 +134,9 @@ def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
     """(metric, drop) for outputs that are not class logits: 1 - cosine, or half the squared error relative to fp32
     where that is larger. The two agree when the norms do (|a - b|^2 = 2 (1 - cos) |a|^2); a cosine alone does not
     see a wrong scale (HTP's Reciprocal read a seventh of the value at cosine 1.0 on a test graph)."""
-    scale = 0.5 * 10 ** (min(-sqnr_db, 300.0) / 10) if sqnr_db is not None else 0.0  # SQNR of an all-zero fp32
+    from compress.tasks.tensors import relative_error
+
+    scale = 0.5 * relative_error(sqnr_db) ** 2 if sqnr_db is not None else 0.0
     drop = max(1.0 - cosine, scale)
     if scale > 2 * (1.0 - cosine) + 1e-3:  # named by what sets it: the two agree within rounding when norms do
         return "error relative to fp32 (half its square; the scale is off)", drop

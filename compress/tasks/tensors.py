@@ -23,6 +23,12 @@ from compress.tasks.base import LossFn, Task, rows
 SQNR_CAP_DB = 80.0
 
 
+def relative_error(sqnr_db: float) -> float:
+    """|out - ref| / |ref| (L2) from an SQNR in dB (the `sqnr_db` figures here), bounded at 1e15 (an all-zero
+    reference gives an SQNR of thousands of dB below zero)."""
+    return float(10 ** (min(-sqnr_db, 300.0) / 20))
+
+
 def normalised_mse(student, reference):
     """MSE scaled by the reference's mean square on the batch (1.0 = as far off as predicting zeros)."""
     ref = reference.float()
