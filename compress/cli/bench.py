@@ -91,6 +91,9 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
               help="Fix a dimension in the model itself (a timed copy), by name or by input and axis.")
 @click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
               help="The axis of an input that --batch sets (default 0; none: the input has no batch axis).")
+@click.option("--fix-input", "fix_inputs", multiple=True, metavar="NAME=VALUE",
+              help="Bind an input to the value you deploy with (Silero VAD's sr=16000): the model no longer takes "
+                   "it, and the If nodes it decides are inlined.")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path),
               help="Feed these arrays (.npz, one per input name) instead of generated ones.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write rows, samples and environment here.")
@@ -116,7 +119,8 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
 @click.option("--kit", "kit_dir", type=click.Path(path_type=Path), help="Also write an on-device benchmark kit here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], threads: tuple[int, ...],
-          dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], inputs_npz: Path | None, json_out: Path | None, baseline: Path | None,
+          dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], fix_inputs: tuple[str, ...],
+          inputs_npz: Path | None, json_out: Path | None, baseline: Path | None,
           against: Path | None, max_regression: float, io_binding: bool | None, provider_options: tuple[str, ...], edge: bool,
           strict: bool, warmup_runs: int | None, min_runs: int | None, min_seconds: float | None,
           repetitions: int | None, time_budget: float | None, kit_dir: Path | None, quiet: bool) -> None:
@@ -151,7 +155,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
     base_rows = load_rows(baseline) if baseline is not None else None
-    model = _fixed(check_model_file(model), fix)
+    model = _fixed(check_model_file(model), fix, fix_inputs)
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
                                    "repetitions": repetitions, "time_budget_seconds": time_budget}.items()
                  if v is not None}
@@ -305,14 +309,17 @@ def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -
     return recheck
 
 
-def _fixed(model: Path, fix: tuple[str, ...]) -> Path:
-    """MODEL, or a copy beside it with the --fix-dim dimensions fixed (what is then timed, said on the terminal)."""
-    if not fix:
+def _fixed(model: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...] = ()) -> Path:
+    """MODEL, or a copy beside it with the --fix-dim dimensions fixed and the --fix-input values bound (what is then
+    timed, said on the terminal)."""
+    if not fix and not fix_inputs:
         return model
-    from compress.edge.shapes import fix_dims, parse_fix_dims
+    from compress.edge.shapes import parse_fix_dims, specialise
+    from compress.onnx.control import parse_fixed_inputs
 
-    fixed = fix_dims(model, model.with_name(f"{model.stem}.fixed.onnx"), parse_fix_dims(fix))
-    click.echo(f"timing {fixed} (dimensions fixed: {', '.join(fix)})")
+    fixed, _ = specialise(model, model.with_name(f"{model.stem}.fixed.onnx"), parse_fix_dims(fix),
+                          parse_fixed_inputs(fix_inputs))
+    click.echo(f"timing {fixed} ({', '.join([*fix, *fix_inputs])} fixed)")
     return fixed
 
 

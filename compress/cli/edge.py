@@ -25,6 +25,9 @@ import click
                    "want static shapes: height and width too, not only the batch).")
 @click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
               help="The axis of an input that is its batch (default 0; none: no batch axis).")
+@click.option("--fix-input", "fix_inputs", multiple=True, metavar="NAME=VALUE",
+              help="Bind an input to the value you deploy with (Silero VAD's sr=16000): the model no longer takes "
+                   "it, and the If nodes it decides are inlined.")
 @click.option("--provider", "targets", type=click.Choice(["qnn"]), multiple=True,
               help="Also measure this target on its own backend: qnn = QNN EP, HTP (Snapdragon NPU) backend, "
                    "simulated here (needs onnxruntime-qnn: pip install 'compress[qnn]').")
@@ -42,7 +45,8 @@ import click
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the whole section (every node, every provider) here.")
 def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimization: str, runtime_opt: bool,
-         inputs_npz: Path | None, dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], targets: tuple[str, ...], calibration_npz: Path | None,
+         inputs_npz: Path | None, dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...],
+         fix_inputs: tuple[str, ...], targets: tuple[str, ...], calibration_npz: Path | None,
          activation_type: str, qnn_options: tuple[str, ...], max_accuracy_drop: float, json_path: Path | None) -> None:
     """Prepare MODEL for phones and boards: ORT format, operator config, parity, per-provider readiness.
 
@@ -57,12 +61,15 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
     inputs = None
     out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
-    if fix:
-        from compress.edge.shapes import fix_dims, parse_fix_dims
+    if fix or fix_inputs:
+        from compress.edge.shapes import parse_fix_dims, specialise
+        from compress.onnx.control import parse_fixed_inputs
 
-        model = fix_dims(model, Path(out) / f"{model.stem}.fixed.onnx", parse_fix_dims(fix))
+        model, _ = specialise(model, Path(out) / f"{model.stem}.fixed.onnx", parse_fix_dims(fix),
+                              parse_fixed_inputs(fix_inputs))
     # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
-    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options) if "qnn" in targets else None
+    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options, batch_axes) if "qnn" in targets \
+        else None
     if (dims or batch_axes) and inputs_npz is None:
         from compress.bench.inputs import parse_dims
         from compress.edge.ort_format import sample_inputs
@@ -110,8 +117,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
                          "(edge.json has every figure)")
 
 
-def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
-                qnn_options: tuple[str, ...]) -> dict:
+def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str, qnn_options: tuple[str, ...],
+                batch_axes: tuple[str, ...] = ()) -> dict:
     """prepare_qnn's data and options from the command line; CompressError (exit 2) for bad ones."""
     import numpy as np
 
@@ -146,5 +153,8 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
                             f"({', '.join(names)}), got {sorted(arrays)}")
     feeds = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
     y = arrays.get("y", arrays.get("labels"))
-    return {"calibration": feeds, "val_x": feeds, "val_y": y,
+    from compress.bench.inputs import parse_dims
+
+    axes = {k: v for k, v in parse_dims((), batch_axes).batch_axes.items() if k in feeds}
+    return {"calibration": feeds, "val_x": feeds, "val_y": y, "batch_axes": axes or None,
             "activation_type": activation_type, "provider_options": options or None}

@@ -64,6 +64,9 @@ SAMPLES = 64
               help="Size of a named symbolic dimension (a transformer's seq=128), for generated inputs and timing.")
 @click.option("--fix-dim", "fix", multiple=True, metavar="NAME=VALUE|INPUT:AXIS=VALUE",
               help="Fix a dimension in the model (by name, or by input and axis) before quantizing it.")
+@click.option("--fix-input", "fix_inputs", multiple=True, metavar="NAME=VALUE",
+              help="Bind an input to the value you deploy with (Silero VAD's sr=16000): the model no longer takes "
+                   "it, and the If nodes it decides are inlined, so the quantizer reaches their branches.")
 @click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
               help="The axis of an input that --batch sets (default 0; none: the input has no batch axis).")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path), default=None,
@@ -75,8 +78,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
              metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
              max_accuracy_drop: float, max_cosine_drop: float, max_metric_drop: float, pick: str,
              exclude: tuple[str, ...], max_memory_mb: float | None, keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...],
-             dims: tuple[str, ...], fix: tuple[str, ...], batch_axes: tuple[str, ...], inputs_npz: Path | None,
-             no_fallback: bool, quiet: bool) -> None:
+             dims: tuple[str, ...], fix: tuple[str, ...], fix_inputs: tuple[str, ...], batch_axes: tuple[str, ...],
+             inputs_npz: Path | None, no_fallback: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
 
     Writes OUT (the model to ship), and OUT's name with .json and .md: the gate, every attempt (settings, figures,
@@ -101,10 +104,9 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     source = model
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
-        if fix:
-            from compress.edge.shapes import fix_dims, parse_fix_dims
-
-            model = fix_dims(model, Path(work) / f"{model.stem}.onnx", parse_fix_dims(fix))
+        specialised = None
+        if fix or fix_inputs:
+            model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
         _check_batches(model, batches)
         calib = _inputs(model, calibration, "--calibration") if calibration is not None else None
         given = _inputs(model, inputs_npz, "--inputs") if inputs_npz is not None else None
@@ -128,6 +130,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
         summary = _summary(source, written, gate, result, mode, warnings, inputs=_input_names(model), fixed=fix)
+        summary.update(specialised or {})
         summary["next"] = _static_pays(ops) if by_default and mode == "dynamic" and written["ships"] == "float" \
             else None
     from compress.cache import write_json, write_text
@@ -137,6 +140,17 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     click.echo(_markdown(summary))
     if result["chosen"] is None:
         raise GateFailed(f"{source}: {result['why']} (summary: {out_path.with_suffix('.json')})")
+
+
+def _specialised(model: Path, out: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...]) -> tuple[Path, Any]:
+    """The model with --fix-input values bound and --fix-dim dimensions fixed (the If nodes they decide inlined),
+    and what the summary records of it (None without --fix-input)."""
+    from compress.edge.shapes import parse_fix_dims, specialise
+    from compress.onnx.control import parse_fixed_inputs, specialised_summary
+
+    bound = parse_fixed_inputs(fix_inputs)
+    model, counts = specialise(model, out, parse_fix_dims(fix), bound)
+    return model, specialised_summary(bound, counts) if bound or counts[0] else None
 
 
 def _inputs(model: Path, path: Path, option: str) -> dict[str, Any]:

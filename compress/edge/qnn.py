@@ -95,10 +95,11 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
 
 def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np.ndarray] | list[dict]", *,
                      activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
-                     per_channel: bool = True, batch: int = 1,
-                     outlier_ratio: float | None = 64.0) -> Path:  # quantize's OUTLIER_RATIO
+                     per_channel: bool = True, batch: int = 1, outlier_ratio: float | None = 64.0,  # quantize's
+                     axes: "dict[str, int | None] | None" = None) -> Path:
     """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
-    `calibration` ({input name: rows}, in batches of `batch`: a fixed-shape model takes exactly its batch; or a list
+    `calibration` ({input name: rows}, in batches of `batch` cut along each input's batch axis, `axes`: a
+    fixed-shape model takes exactly its batch; or a list
     of such feeds, one batch each, for a model with dynamic shapes). Tensors
     whose calibrated range is infinite (a -inf attention mask) stay float (compress.quantize.qdq).
 
@@ -128,7 +129,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
         pre = Path(tmp) / "pre.onnx"
         src = pre if qnn_preprocess_model(str(bare), str(pre)) else bare
         try:
-            feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch)
+            feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch, axes)
             wide = outlier_activations(src, feeds, outlier_ratio) if outlier_ratio and activation_type != "uint16" \
                 else []
             overrides = {name: [{"quant_type": QuantType.QUInt16}] for name, _ in wide}
@@ -339,11 +340,13 @@ def runs_without_fallback(model_path: Path, *, provider_options: dict[str, str] 
     return {"ok": True, "error": None}
 
 
-def run_batches(session: Any, feeds: "dict[str, np.ndarray]", batch: int = 1) -> "np.ndarray":
+def run_batches(session: Any, feeds: "dict[str, np.ndarray]", batch: int = 1,
+                axes: "dict[str, int | None] | None" = None) -> "np.ndarray":
     """First output of `session` over `feeds` ({input name: rows}), `batch` rows at a time (a fixed-shape model
-    takes exactly its batch)."""
+    takes exactly its batch), cut along each input's batch axis (`axes`, 0 by default: an LSTM state [layers, N,
+    hidden] is cut on 1)."""
     import numpy as np
 
-    rows = len(next(iter(feeds.values())))
-    outs = [session.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, rows, batch)]
-    return np.concatenate(outs)
+    from compress.quantize.attempts import batched
+
+    return np.concatenate([session.run(None, part)[0] for part in batched(feeds, batch, axes)])

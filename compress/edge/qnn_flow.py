@@ -55,7 +55,8 @@ def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", y: "np.ndarray | None",
-              batch: int, logits: bool | None = None, reference: "np.ndarray | None" = None) -> dict[str, Any]:
+              batch: int, logits: bool | None = None, reference: "np.ndarray | None" = None,
+              axes: dict[str, int | None] | None = None) -> dict[str, Any]:
     """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples: top-1 agreement
     and accuracy (with labels) for class logits; cosine and SQNR to fp32 for any other output."""
     import numpy as np
@@ -65,14 +66,14 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", 
     from compress.quantize.gate import looks_like_logits
     from compress.tasks.tensors import Tensors
 
-    fp32 = run_cpu(fixed, x, batch_size=batch)[0]
-    int8 = run_cpu(qdq, x, batch_size=batch, config=EXACT_MATMULS)[0]  # W8A16 MatMuls computed as HTP does
-    htp = run_batches(session, x, batch)
+    fp32 = run_cpu(fixed, x, batch_size=batch, axes=axes)[0]
+    int8 = run_cpu(qdq, x, batch_size=batch, config=EXACT_MATMULS, axes=axes)[0]  # W8A16 MatMuls as HTP computes
+    htp = run_batches(session, x, batch, axes)
     vs_int8 = compare([int8], [htp], atol=1e-3)
     vs_fp32 = compare([fp32], [htp], atol=1e-3)
     logits = looks_like_logits({"output": fp32}) if logits is None else logits
     out: dict[str, Any] = {
-        "samples": _rows(x), "outputs_look_like_logits": logits,
+        "samples": _rows(x, axes), "outputs_look_like_logits": logits,
         "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],
         "max_abs_diff_htp_vs_int8_cpu": vs_int8["max_abs_diff"],
         "top1_agreement_htp_vs_fp32_cpu": vs_fp32["top1_agreement"],
@@ -144,7 +145,7 @@ def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
 
 
 def _context_check(context: Path, session: Any, x: "dict[str, np.ndarray]", batch: int, strict: bool,
-                   provider_options: dict[str, str] | None) -> dict[str, Any]:
+                   provider_options: dict[str, str] | None, axes: dict[str, int | None]) -> dict[str, Any]:
     """Load the EPContext model on HTP and compare its outputs with the QDQ model's on HTP."""
     from compress.errors import first_line
     from compress.onnx.parity import compare
@@ -153,11 +154,11 @@ def _context_check(context: Path, session: Any, x: "dict[str, np.ndarray]", batc
         ctx = htp_session(context, fallback=not strict, provider_options=provider_options)
     except Exception as exc:
         return {"path": str(context), "bytes": context.stat().st_size, "loads": False, "error": first_line(exc)}
-    parity = compare([run_batches(session, x, batch)], [run_batches(ctx, x, batch)], atol=1e-6, rtol=0)
+    parity = compare([run_batches(session, x, batch, axes)], [run_batches(ctx, x, batch, axes)], atol=1e-6, rtol=0)
     return {"path": str(context), "bytes": context.stat().st_size, "loads": True, "error": None, "parity": parity}
 
 
-def _latency(session: Any, sample: "dict[str, np.ndarray]", runs: int) -> dict[str, Any]:
+def _latency(session: Any, sample: "dict[str, np.ndarray]", runs: int, batch: int) -> dict[str, Any]:
     import numpy as np
 
     for _ in range(3):
@@ -167,16 +168,33 @@ def _latency(session: Any, sample: "dict[str, np.ndarray]", runs: int) -> dict[s
         start = time.perf_counter()
         session.run(None, sample)
         times.append((time.perf_counter() - start) * 1e3)
-    return {"simulated": True, "p50_ms": float(np.median(times)), "runs": runs, "batch": _rows(sample),
+    return {"simulated": True, "p50_ms": float(np.median(times)), "runs": runs, "batch": batch,
             "note": SIMULATED}
 
 
-def _rows(feeds: "dict[str, np.ndarray]") -> int:
-    return int(len(next(iter(feeds.values()))))
+def _rows(feeds: "dict[str, np.ndarray]", axes: dict[str, int | None] | None = None) -> int:
+    """Samples in `feeds`: the length of the first input's batch axis (0 unless `axes` says otherwise)."""
+    import numpy as np
+
+    axes = axes or {}
+    name = next((k for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None), None)
+    return 1 if name is None else int(np.shape(feeds[name])[axes.get(name, 0)])
 
 
-def _head(feeds: "dict[str, np.ndarray]", rows: int) -> "dict[str, np.ndarray]":
-    return {k: v[:rows] for k, v in feeds.items()}
+def _head(feeds: "dict[str, np.ndarray]", rows: int,
+          axes: dict[str, int | None] | None = None) -> "dict[str, np.ndarray]":
+    """The first `rows` samples of each input, along its batch axis; an input without one (None, a scalar) whole."""
+    import numpy as np
+
+    axes = axes or {}
+    return {k: v if not np.ndim(v) or axes.get(k, 0) is None else np.take(v, range(rows), axis=axes.get(k, 0))
+            for k, v in feeds.items()}
+
+
+def _whole_batches(feeds: "dict[str, np.ndarray]", batch: int,
+                   axes: dict[str, int | None]) -> "dict[str, np.ndarray]":
+    """The samples of `feeds` that fill whole batches of `batch` (a fixed-shape model takes exactly its batch)."""
+    return _head(feeds, _rows(feeds, axes) - _rows(feeds, axes) % batch, axes)
 
 
 def _feeds(model: Path, given: "np.ndarray | dict[str, np.ndarray]", what: str) -> "dict[str, np.ndarray]":
@@ -211,7 +229,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 max_accuracy_drop: float = 0.01, qdq: Path | None = None,
                 logits: bool | None = None, reference: "np.ndarray | None" = None,
                 outlier_ratio: float | None = 64.0,  # quantize's OUTLIER_RATIO
-                per_channel: bool = True) -> dict[str, Any]:
+                per_channel: bool = True, batch_axes: dict[str, int | None] | None = None) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -223,7 +241,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     of quantizing here. `logits`: whether the output is class logits (top-1 figures) or not (cosine); None: guessed
     from the outputs. `reference`: rows the outputs should match (a teacher's embeddings for `val_x`): each model's
     mean cosine to them is reported too (the embedding task's own figure). `per_channel`: convolution weights int8
-    per output channel (quantize_for_qnn), else ORT's QNN default (uint8 per tensor).
+    per output channel (quantize_for_qnn), else ORT's QNN default (uint8 per tensor). `batch_axes`: each input's
+    sample axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: fed whole, a scalar setting).
     """
     from compress.edge.isolated import mark
     from compress.edge.shapes import fix_batch, fix_dims, folded
@@ -236,17 +255,17 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(onnx_path).stem
-    fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq)
-    calib = _feeds(fixed, calibration, "calibration")
-    calib = _head(calib, _rows(calib) - _rows(calib) % fixed_batch)
+    axes = dict(batch_axes or {})
+    fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq, axes)
+    calib = _whole_batches(_feeds(fixed, calibration, "calibration"), fixed_batch, axes)
     mark("QNN QDQ quantization")
     rewrites: dict[str, list] = {}
     if qdq is None:
         source, rewrites = for_htp(fixed, out_dir, stem, calib)
         qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
-                               batch=fixed_batch, outlier_ratio=outlier_ratio, per_channel=per_channel)
+                               batch=fixed_batch, outlier_ratio=outlier_ratio, per_channel=per_channel, axes=axes)
     else:
-        qdq = fix_batch(Path(qdq), out_dir / f"{stem}.qnn.qdq.onnx", fixed_batch)
+        qdq = fix_batch(Path(qdq), out_dir / f"{stem}.qnn.qdq.onnx", fixed_batch, axes)
         if seq is not None:
             qdq = folded(fix_dims(qdq, qdq, [("seq", None, seq)]), qdq)
     mark("placement on HTP")
@@ -256,7 +275,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     section: dict[str, Any] = {
         "provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
-        "activation_type": activation_type, "calibration_samples": _rows(calib), "placement": placed,
+        "activation_type": activation_type, "calibration_samples": _rows(calib, axes), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq,
         "provider_options": dict(provider_options or {}), **{key: [] for key, _ in REWRITES}, **rewrites,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
@@ -265,30 +284,32 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         mark("accuracy on HTP")
         session = htp_session(qdq, fallback=not strict["ok"], provider_options=provider_options)
         x, y = (_feeds(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
-        x = _head(x, _rows(x) - _rows(x) % fixed_batch)
-        y = y[: _rows(x)] if y is not None else None
+        x = _whole_batches(x, fixed_batch, axes)
+        y = y[: _rows(x, axes)] if y is not None else None
         section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits,
-                                        None if reference is None else reference[: _rows(x)])
+                                        None if reference is None else reference[: _rows(x, axes)], axes)
         section["budget"] = judge(section["accuracy"], max_accuracy_drop, activation_type)
         if not section["budget"]["ok"] and section["budget"]["int8_cpu_drop"] <= max_accuracy_drop + 1e-9:
             mark("where HTP parts from ORT CPU")  # HTP, not the codes, loses: name the node where it starts
-            section["parts_at"] = _parts_at(qdq, _head(x, fixed_batch), out_dir / f"{stem}.parts.onnx",
+            section["parts_at"] = _parts_at(qdq, _head(x, fixed_batch, axes), out_dir / f"{stem}.parts.onnx",
                                             provider_options)
         if placed["context_path"]:
             mark("the EPContext model")
-            section["context"] = _context_check(Path(placed["context_path"]), session, _head(x, 8 * fixed_batch),
-                                                fixed_batch, strict["ok"], provider_options)
+            section["context"] = _context_check(Path(placed["context_path"]), session,
+                                                _head(x, 8 * fixed_batch, axes), fixed_batch, strict["ok"],
+                                                provider_options, axes)
         mark("latency on HTP")
-        section["latency"] = _latency(session, _head(x, fixed_batch), latency_runs)
+        section["latency"] = _latency(session, _head(x, fixed_batch, axes), latency_runs, fixed_batch)
     write_json(out_dir / "qnn.json", section)
     return section
 
 
-def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None) -> Path:
-    """The model with its batch (and `seq` dimensions) fixed, folded where shapes stay unknown."""
+def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None, axes: dict[str, int | None]) -> Path:
+    """The model with its batch (on each input's batch axis) and `seq` dimensions fixed, folded where shapes stay
+    unknown."""
     from compress.edge.shapes import fix_batch, fix_dims, folded, shapes_static
 
-    fixed = fix_batch(onnx_path, out_path, batch)
+    fixed = fix_batch(onnx_path, out_path, batch, axes)
     if seq is not None:
         fixed = fix_dims(fixed, fixed, [("seq", None, seq)])
     if seq is not None or not shapes_static(fixed):

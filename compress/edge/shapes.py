@@ -8,8 +8,10 @@ from compress.errors import CompressError
 from compress.onnx.graph import graph_inputs, load_model
 
 
-def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1) -> Path:
-    """Write a copy of the model with the first (batch) dimension of every input fixed to `batch`.
+def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
+              axes: "dict[str, int | None] | None" = None) -> Path:
+    """Write a copy of the model with the batch dimension of every input fixed to `batch`: its first dimension, or
+    the axis `axes` names for it (an LSTM state [layers, N, hidden]: 1; None: the input has no batch axis).
 
     Uses `onnxruntime.tools.onnx_model_utils` (the helpers behind `make_dynamic_shape_fixed`): a symbolic batch
     dim is replaced throughout the graph, an unnamed one on the input; output shapes are re-inferred. Other
@@ -22,23 +24,25 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1) -> Path:
         raise CompressError(f"fixed_batch: expected an integer >= 1, got {batch}; use 1 for on-device inference")
     model = load_model(onnx_path)
     for value in graph_inputs(model.graph):
-        if not value.type.HasField("tensor_type"):
+        axis = (axes or {}).get(value.name, 0)
+        if not value.type.HasField("tensor_type") or axis is None:
             continue
         dims = value.type.tensor_type.shape.dim
-        if not dims:
+        if len(dims) <= axis:
             continue
-        first = dims[0]
+        first = dims[axis]
         if first.HasField("dim_value") and first.dim_value > 0:
             if first.dim_value != batch:
                 raise CompressError(
-                    f"{onnx_path}: input '{value.name}' already has a fixed batch of {first.dim_value}, "
-                    f"not {batch}; re-export with a dynamic batch or use fixed_batch = {first.dim_value}"
-                )
+                    f"{onnx_path}: input '{value.name}' already has a fixed batch of {first.dim_value}"
+                    f"{f' on axis {axis}' if axis else ''}, not {batch}; re-export with a dynamic batch, use "
+                    f"fixed_batch = {first.dim_value}{'' if axis else ', or name its batch axis (--batch-axis)'}")
             continue
         if first.HasField("dim_param") and first.dim_param:
             make_dim_param_fixed(model.graph, first.dim_param, batch)
         else:
-            shape = [batch] + [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims[1:]]
+            shape = [batch if i == axis else d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                     for i, d in enumerate(dims)]
             if any(d < 1 for d in shape):  # other unnamed dims: only the batch dim can be set on the input
                 first.Clear()
                 first.dim_value = batch
@@ -72,38 +76,61 @@ def parse_fix_dims(items: "tuple[str, ...] | list[str]") -> list[tuple[str, int 
 def fix_dims(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | None, int]]) -> Path:
     """A copy of the model with dimensions fixed (ORT's `make_dim_param_fixed` for a named one, the input's shape
     for an axis of one input), output shapes re-inferred. A name or axis the model does not have is one line."""
-    import onnx
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+    return specialise(onnx_path, out_path, fixes)[0]
 
+
+def specialise(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | None, int]],
+               bound: "dict[str, list[float]] | None" = None) -> tuple[Path, tuple[int, int]]:
+    """A copy of the model with inputs bound to values (`--fix-input`, compress.onnx.control) and dimensions fixed
+    (`--fix-dim`); when the model has control flow, the If nodes those decide are then inlined. Returns the path
+    and the counts of control-flow nodes (If, Loop, Scan at every depth) before and after."""
+    import onnx
+
+    from compress.onnx.control import bind_inputs, count_control_flow, resolve
+
+    name = Path(onnx_path).name
     model = load_model(onnx_path)
-    inputs = {v.name: v for v in graph_inputs(model.graph)}
-    params = {d.dim_param for v in inputs.values() for d in v.type.tensor_type.shape.dim if d.dim_param}
-    for name, axis, size in fixes:
-        if axis is None:
-            if name not in params:
-                raise CompressError(f"--fix-dim {name}={size}: {Path(onnx_path).name} has no dimension named "
-                                    f"{name!r} (named: {', '.join(sorted(params)) or 'none'}; unnamed ones: "
-                                    "INPUT:AXIS=VALUE)")
-            make_dim_param_fixed(model.graph, name, size)
-            continue
-        value = inputs.get(name)
-        dims = value.type.tensor_type.shape.dim if value is not None else []
-        if value is None or axis >= len(dims):
-            raise CompressError(f"--fix-dim {name}:{axis}={size}: {Path(onnx_path).name} has no input {name!r} with "
-                                f"an axis {axis} (inputs: {', '.join(inputs)})")
-        dims[axis].Clear()
-        dims[axis].dim_value = size
-    fix_output_shapes(model)
+    if bound:
+        bind_inputs(model, bound, name)
+    _fix(model, fixes, name)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
-    _check_loads(out_path, fixes, Path(onnx_path).name)
-    return out_path
+    counts = (0, 0)
+    if count_control_flow(model.graph):
+        counts = resolve(out_path, out_path.parent)
+    _check_loads(out_path, fixes, name, bound or {})
+    return out_path, counts
 
 
-def _check_loads(path: Path, fixes: list[tuple[str, int | None, int]], name: str) -> None:
+def _fix(model: "onnx.ModelProto", fixes: list[tuple[str, int | None, int]], name: str) -> None:
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    inputs = {v.name: v for v in graph_inputs(model.graph)}
+    params = {d.dim_param for v in inputs.values() for d in v.type.tensor_type.shape.dim if d.dim_param}
+    for target, axis, size in fixes:
+        if axis is None:
+            if target not in params:
+                raise CompressError(f"--fix-dim {target}={size}: {name} has no dimension named {target!r} (named: "
+                                    f"{', '.join(sorted(params)) or 'none'}; unnamed ones: INPUT:AXIS=VALUE)")
+            make_dim_param_fixed(model.graph, target, size)
+            continue
+        value = inputs.get(target)
+        dims = value.type.tensor_type.shape.dim if value is not None else []
+        if value is None or axis >= len(dims):
+            raise CompressError(f"--fix-dim {target}:{axis}={size}: {name} has no input {target!r} with an axis "
+                                f"{axis} (inputs: {', '.join(inputs)})")
+        dims[axis].Clear()
+        dims[axis].dim_value = size
+    if fixes:
+        fix_output_shapes(model)
+
+
+def _check_loads(path: Path, fixes: list[tuple[str, int | None, int]], name: str,
+                 bound: "dict[str, list[float]]") -> None:
     """ONNX Runtime infers every branch of an If with the fixed sizes; a branch the model never takes at that size
-    may then fail (Silero VAD's 8 kHz path squeezes an axis of 2 once the chunk is 512). Say which flag did it."""
+    may then fail (Silero VAD's 8 kHz path squeezes an axis of 2 once the chunk is 512, unless sr is bound and that
+    branch gone). Say which flags did it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -114,8 +141,9 @@ def _check_loads(path: Path, fixes: list[tuple[str, int | None, int]], name: str
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         from compress.errors import first_line
 
-        flags = " ".join(f"--fix-dim {n}:{a}={v}" if a is not None else f"--fix-dim {n}={v}" for n, a, v in fixes)
-        raise CompressError(f"{flags}: onnxruntime cannot load {name} with these sizes, so the graph needs one of "
+        flags = " ".join([f"--fix-input {k}={','.join(f'{x:g}' for x in v)}" for k, v in bound.items()]
+                         + [f"--fix-dim {n}:{a}={v}" if a is not None else f"--fix-dim {n}={v}" for n, a, v in fixes])
+        raise CompressError(f"{flags}: onnxruntime cannot load {name} with these values, so the graph needs one of "
                             "them free (fix fewer dimensions: the batch alone is often enough): "
                             f"{first_line(exc)}") from None
 

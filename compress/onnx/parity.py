@@ -63,8 +63,9 @@ def top1_of(logits: "np.ndarray") -> "np.ndarray":
 
 def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = False,
             batch_size: int | None = None, optimization: str | None = None,
-            config: dict[str, str] | None = None) -> list["np.ndarray"]:
-    """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along axis 0; with
+            config: dict[str, str] | None = None, axes: dict[str, int | None] | None = None) -> list["np.ndarray"]:
+    """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along each input's
+    batch axis (`axes`, 0 by default; outputs joined on axis 0); with
     `optimization` (disable, basic, extended, all), at that graph optimization level (default: all); `config`:
     session config entries (compress.bench.providers.EXACT_MATMULS)."""
     import numpy as np
@@ -84,8 +85,9 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         if batch_size is None:
             return sess.run(None, feed)
-        n = len(next(iter(feed.values())))
-        chunks = [sess.run(None, {k: v[i:i + batch_size] for k, v in feed.items()}) for i in range(0, n, batch_size)]
+        from compress.quantize.attempts import batched
+
+        chunks = [sess.run(None, part) for part in batched(feed, batch_size, axes)]
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the sample inputs in ONNX Runtime ({first_line(exc)})") from None
     return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]

@@ -368,9 +368,6 @@ def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
     return "none: no attempt quantized a node" if built else "none, every attempt failed to build"
 
 
-CONTROL_FLOW = ("If", "Loop", "Scan")
-
-
 def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | None:
     """Why no attempt quantized anything, when that is the case: the model's work sits inside control-flow subgraphs
     (ONNX Runtime's quantizers work on the main graph; Silero VAD is 5 nodes around two Ifs), or else every node
@@ -379,6 +376,8 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | No
         return None
     import onnx
 
+    from compress.onnx.control import resolve_hint
+
     graph = onnx.load(str(model), load_external_data=False).graph
 
     def count(g: Any) -> int:
@@ -386,11 +385,10 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | No
                    + sum(count(x) for a in n.attribute for x in a.graphs) for n in g.node)
 
     total, top = count(graph), len(graph.node)
-    flow = sorted({n.op_type for n in graph.node if n.op_type in CONTROL_FLOW})
+    flow = sorted({n.op_type for n in graph.node if n.op_type in ("If", "Loop", "Scan")})
     if flow and total > 2 * top:
         return (f"{total - top} of the model's {total} nodes sit inside {'/'.join(flow)} subgraphs, which ONNX "
-                "Runtime's quantizer does not enter (export the model without control flow: a fixed-size path, "
-                "or the If resolved for your input)")
+                f"Runtime's quantizer does not enter ({resolve_hint(graph)})")
     return ("the quantizer found no node it quantizes (MatMul, Conv, Gemm and the like with constant weights) in "
             f"the main graph's {top} nodes")
 

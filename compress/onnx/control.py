@@ -1,0 +1,194 @@
+"""Inputs bound to a value (`--fix-input NAME=VALUE`), and the control flow they decide resolved.
+
+Silero VAD's ONNX file is five nodes around an If on its sample-rate input: every Conv and its LSTM sit in the two
+branches, where ONNX Runtime's quantizer does not go and QNN cannot place them. Bound to the rate a deployment uses
+(sr=16000), the condition is a constant and the branch taken can be inlined; the conditions left inside it read
+shapes (squeeze an axis when it is 1), which fold once the dimensions are fixed.
+
+Two folders do it between them: onnxscript's constant folding (the Ifs whose condition is a constant, nested ones
+included, and the shape arithmetic it can infer) and ONNX Runtime's basic optimisations (shapes onnx's inference
+leaves open, such as a Pad's computed amounts). ORT's own If inlining fails on a branch whose nested Ifs read outer
+names, so ORT only runs once onnxscript has inlined those.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.errors import CompressError, first_line
+
+if TYPE_CHECKING:
+    import onnx
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def parse_fixed_inputs(items: "tuple[str, ...] | list[str]") -> dict[str, list[float]]:
+    """`--fix-input` values: NAME=VALUE, VALUE a number or numbers separated by commas (the input's own shape)."""
+    bound: dict[str, list[float]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            values = [float(v) for v in text.split(",")] if text.strip() else []
+        except ValueError:
+            values = []
+        if not sep or not name or not values:
+            raise CompressError(f"--fix-input: expected NAME=VALUE (an input bound to a number, e.g. sr=16000, or "
+                                f"to numbers separated by commas), got {item!r}")
+        bound[name] = values
+    return bound
+
+
+def bind_inputs(model: "onnx.ModelProto", bound: dict[str, list[float]], origin: str) -> None:
+    """Make each bound input an initializer holding its value (in place): the model no longer takes it. The value
+    takes the input's element type and declared shape (a scalar for a shape of []); one line when they disagree."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from compress.onnx.graph import graph_inputs
+
+    inputs = {v.name: v for v in graph_inputs(model.graph)}
+    for name, values in bound.items():
+        value = inputs.get(name)
+        if value is None:
+            raise CompressError(f"--fix-input {name}: {origin} has no input {name!r} (inputs: {', '.join(inputs)})")
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        shape = tuple(dims) if all(d > 0 for d in dims) else (len(values),) if len(dims) == 1 else None
+        if shape is None or int(np.prod(shape, dtype=np.int64)) != len(values):
+            raise CompressError(f"--fix-input {name}: input {name!r} of {origin} has shape "
+                                f"{[d if d > 0 else '?' for d in dims]}, so it takes "
+                                f"{int(np.prod(dims)) if all(d > 0 for d in dims) else 'a fixed number of'} "
+                                f"value(s); got {len(values)}")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        array = np.asarray(values, dtype=np.float64).reshape(shape)
+        if np.issubdtype(dtype, np.integer) and not np.array_equal(array, np.round(array)):
+            raise CompressError(f"--fix-input {name}: input {name!r} of {origin} is {np.dtype(dtype).name}; "
+                                f"got {','.join(map(str, values))}")
+        model.graph.input.remove(value)
+        model.graph.initializer.append(numpy_helper.from_array(array.astype(dtype), name))
+
+
+def count_control_flow(graph: "onnx.GraphProto") -> int:
+    """If, Loop and Scan nodes in the graph, those inside their bodies too."""
+    return sum((n.op_type in CONTROL_FLOW) + sum(count_control_flow(a.g) for a in n.attribute if a.HasField("g"))
+               + sum(count_control_flow(g) for a in n.attribute for g in a.graphs) for n in graph.node)
+
+
+def resolve(path: Path, work: Path) -> tuple[int, int]:
+    """Inline, in the model at `path` (rewritten in place), every If whose condition is a constant or a shape the
+    fixed dimensions decide. Returns the count of control-flow nodes (all depths) before and after."""
+    import onnx
+
+    model = onnx.load(str(path))
+    before = after = count_control_flow(model.graph)
+    if not before:
+        return before, after
+    for _ in range(4):
+        model = _fold(model, path)
+        onnx.save(model, str(path))
+        if not count_control_flow(model.graph):
+            break
+        _ort_basic(path, Path(work) / f"{path.stem}.basic.onnx")
+        model = onnx.load(str(path))
+        now = count_control_flow(model.graph)
+        if now >= after:
+            break
+        after = now
+    after = count_control_flow(model.graph)
+    return before, after
+
+
+def _fold(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
+    try:
+        import onnxscript.optimizer as folding
+    except ImportError:
+        raise CompressError(f"{path.name}: resolving its If nodes needs onnxscript (pip install onnxscript)") from None
+    folding.fold_constants(model)  # in place, a ModelProto in and out
+    folding.remove_unused_nodes(model)
+    return model
+
+
+def _ort_basic(path: Path, scratch: Path) -> None:
+    """ORT's basic optimisations (constant folding with the shapes it infers, which inlines If nodes whose condition
+    folds) written back over `path`; left as it is when ORT cannot (its inliner on nested outer-scope names)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(scratch)
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - ORT's own error types; the model stays as onnxscript left it
+        return
+    scratch.replace(path)
+
+
+def condition_inputs(graph: "onnx.GraphProto") -> tuple[list[str], bool]:
+    """The graph inputs whose values the main graph's If conditions read, and whether some condition reads a
+    shape only (then fixing dimensions decides it): what `--fix-input` and `--fix-dim` would resolve."""
+    producers = {out: node for node in graph.node for out in node.output}
+    names = {v.name for v in graph.input} - {i.name for i in graph.initializer}
+    read: list[str] = []
+    shapes = False
+    for node in graph.node:
+        if node.op_type != "If":
+            continue
+        stack, seen = [node.input[0]], set()
+        while stack:
+            name = stack.pop()
+            if name in seen or not name:
+                continue
+            seen.add(name)
+            if name in names:
+                read += [name] if name not in read else []
+            producer = producers.get(name)
+            if producer is None:
+                continue
+            if producer.op_type in ("Shape", "Size"):
+                shapes = True
+                continue
+            stack.extend(producer.input)
+    return read, shapes
+
+
+def resolve_hint(graph: "onnx.GraphProto") -> str:
+    """What resolves the If nodes: binding a setting-like input their condition reads (a scalar or a few values,
+    Silero VAD's sample rate), fixing the dimensions a shape condition reads, else a re-export."""
+    import numpy as np
+
+    from compress.onnx.graph import graph_inputs
+
+    read, shapes = condition_inputs(graph)
+    sizes = {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+             for v in graph_inputs(graph)}
+    settings = [n for n in read if all(sizes.get(n, [0])) and int(np.prod(sizes.get(n, [0]))) <= 16]
+    if settings:
+        flags = " ".join(f"--fix-input {n}=VALUE" for n in settings)
+        return (f"the If condition reads input{'s' if len(settings) > 1 else ''} {', '.join(map(repr, settings))}: "
+                f"bind {'them' if len(settings) > 1 else 'it'} to the value you deploy with, {flags}, and the "
+                "branch taken is inlined")
+    if shapes and not read:
+        return "the If condition reads shapes: fix the model's dimensions with --fix-dim and it is inlined"
+    return "export the model without control flow: a fixed-size path, or the If resolved for your input"
+
+
+def specialised_summary(bound: dict[str, list[float]], counts: tuple[int, int]) -> dict[str, Any]:
+    """What the summary records of a bound model: the inputs and values, the control flow before and after."""
+    shown = {k: [int(x) if float(x).is_integer() else x for x in v] for k, v in bound.items()}
+    return {"fixed_inputs": {k: v[0] if len(v) == 1 else v for k, v in shown.items()},
+            "control_flow": {"before": counts[0], "after": counts[1]}}
+
+
+def check_resolved(path: Path, origin: str) -> None:
+    """One line when ONNX Runtime cannot load the resolved model (say so rather than fail later in a stage)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT's own error types
+        raise CompressError(f"{origin}: onnxruntime cannot load the model with its inputs bound and control flow "
+                            f"resolved: {first_line(exc)}") from None
