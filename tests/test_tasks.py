@@ -213,6 +213,18 @@ def test_tensors_figures_are_per_output_cosine_and_sqnr():
     assert labelled["mse/b"] == pytest.approx(np.mean(np.arange(8.0) ** 2)) and "mse/a" not in labelled
 
 
+def test_an_output_of_one_value_a_sample_is_compared_over_the_batch():
+    # Silero VAD's speech probability, (N, 1): an 8-bit copy that rounds 0.001 to 0 read cosine 0 on that row
+    from compress.tasks.tensors import Tensors
+
+    ref = {"p": np.array([[0.001], [0.5], [0.98], [0.002]])}
+    rounded = {"p": np.array([[0.0], [0.502], [0.98], [0.0]])}
+    figures = Tensors().metrics(rounded, None, ref)
+    assert figures["cosine/p"] == pytest.approx(1.0, abs=1e-4) and figures["sqnr_db/p"] > 40
+    flipped = Tensors().metrics({"p": ref["p"][::-1]}, None, ref)
+    assert flipped["cosine/p"] < 0.85 and flipped["sqnr_db/p"] < 5  # wrong samples still show
+
+
 def test_the_users_metric_must_return_numbers_and_its_primary(tmp_path: Path):
     from compress.tasks.metric import UserMetric
 

@@ -129,10 +129,12 @@ scoring in copies and page faults (a quarter of a gated quantize run's scoring t
 
 def _agreement(out: Any, ref: Any) -> tuple[Any, float, float]:
     """Per-row cosine of `out` to `ref` (batch-first arrays), the summed squared difference and the summed square
-    of `ref`, in float64, a few rows at a time."""
+    of `ref`, in float64, a few rows at a time. An output of one value a sample (a regressor's, Silero VAD's speech
+    probability) is compared as one vector over the batch: the cosine of a single value is its sign, and an 8-bit
+    output that rounds a small probability to 0 read 0 there."""
     import numpy as np
 
-    if not np.ndim(out) or not np.ndim(ref):
+    if not np.ndim(out) or not np.ndim(ref) or int(np.prod(np.shape(out)[1:])) == 1:
         out, ref = np.reshape(out, (1, -1)), np.reshape(ref, (1, -1))
     step = max(1, CHUNK_VALUES // max(1, int(np.prod(np.shape(out)[1:]))))
     cos, noise, signal = [], 0.0, 0.0
