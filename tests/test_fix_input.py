@@ -101,6 +101,8 @@ def test_quantize_says_which_input_to_bind_and_quantizes_the_branch_once_it_is(t
     assert summary["attempts"][0]["quantized"]
     assert summary["fixed_inputs"] == {"sr": 16000} and summary["control_flow"] == {"before": 2, "after": 1}
     assert summary["inputs"] == ["x"]
+    assert ("Inputs bound: sr=16000: the written model takes x only; If/Loop/Scan nodes 2 -> 1"
+            in out.with_suffix(".md").read_text())
 
 
 def test_bench_times_the_bound_model(tmp_path: Path):

@@ -322,9 +322,19 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
              f"Gate: {summary['gate']}.", *[f"\n{w}" for w in summary["warnings"]], "",
              f"CPU: {summary['cpu_int8']}.", "", *attempts_table(summary["attempts"], summary["gate_metric"]),
-             "", f"Pick: {summary['why']}", "", f"Wrote: {wrote}",
+             "", f"Pick: {summary['why']}", "", f"Wrote: {wrote}", *_bound_line(summary),
              *(["", f"Next: {summary['next']}"] if summary.get("next") else [])]
     return "\n".join(lines) + "\n"
+
+
+def _bound_line(summary: dict[str, Any]) -> list[str]:
+    """What --fix-input changed about the model's interface: the written model takes its inputs without those."""
+    bound = summary.get("fixed_inputs")
+    if not bound:
+        return []
+    flow = summary.get("control_flow") or {}
+    return ["", f"Inputs bound: {', '.join(f'{k}={v}' for k, v in bound.items())}: the written model takes "
+                f"{', '.join(summary['inputs'])} only; If/Loop/Scan nodes {flow.get('before')} -> {flow.get('after')}"]
 
 
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
