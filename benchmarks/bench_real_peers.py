@@ -159,7 +159,7 @@ def case(name: str, out: Path, cache: Path, venv: Path) -> dict:
     model = real.fetch(*real.MODELS[name], cache, folder / f"{name}.onnx")
     fixed = fix_dims(model, folder / f"{name}.fixed.onnx", parse_fix_dims(fixed_dims(real.FLAGS[name])))
     for split, count, seed in (("calib", 32, 1), ("gate", 64, 2), ("test", 64, 4)):
-        np.savez(folder / f"{split}.npz", **real.inputs_for(name, count, seed))
+        np.savez(folder / f"{split}.npz", **real.inputs_for(name, count, seed, model, cache))
     load = os.getloadavg()
     ours, theirs = run_compress(fixed, folder), run_nncf(fixed, folder, venv)
     row = rescored(name, out, {"load_before": [round(v, 2) for v in load], "compress": ours, "nncf": theirs,
