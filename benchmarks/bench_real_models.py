@@ -73,11 +73,6 @@ FLAGS = {
 }
 
 
-# the phone chip the QNN target compiles for, where the simulator's default one runs out of memory finalizing the
-# graph (QNN_COMMON_ERROR_MEM_ALLOC; the summary's fix line names this option)
-QNN_FLAGS = {"ocr-det": ["--qnn-option", "soc_model=60"], "vad": ["--qnn-option", "soc_model=60"]}
-
-
 def fetch_wheel(requirement: str, cache: Path) -> Path:
     """`requirement`'s wheel, downloaded once into `cache` (no install, no dependencies)."""
     name = requirement.split("==")[0].replace("-", "_")
@@ -473,7 +468,7 @@ def main() -> int:
                                        "5", "--json", str(folder / "bench.json")], folder / "bench.log"),
             "edge": lambda: compress(["edge", str(model), *flags, "--inputs", str(one), "--out", str(folder / "edge")],
                                      folder / "edge.log"),
-            "edge-qnn": lambda: compress(["edge", str(model), *flags, *QNN_FLAGS.get(name, []), "--provider", "qnn",
+            "edge-qnn": lambda: compress(["edge", str(model), *flags, "--provider", "qnn",
                                           "--calibration", str(calibration), "--out", str(folder / "edge-qnn")],
                                          folder / "edge-qnn.log"),
             "quantize": lambda: quantize(name, model, flags, folder, "q", ["--calibration", str(calibration),

@@ -491,3 +491,26 @@ def test_a_wrong_scale_misses_the_npu_budget_though_the_cosine_is_perfect():
     assert judge(close, 0.01)["drop"] == pytest.approx(0.015, abs=1e-4) and not judge(close, 0.01)["ok"]
     zeros = {"outputs_look_like_logits": False, "cosine_htp_vs_fp32_cpu": 0.0, "sqnr_db_htp_vs_fp32_cpu": -3090.0}
     assert not judge(zeros, 0.01)["ok"]  # an all-zero fp32 output: no overflow
+
+
+def test_a_graph_the_default_chip_cannot_finalize_is_compiled_for_a_larger_one_and_said(monkeypatch, tmp_path):
+    # PP-OCRv4's detector and Silero VAD run out of memory finalizing on the simulator's default chip only
+    from compress.edge import qnn_flow
+
+    calls = []
+
+    def placement(qdq, context, provider_options=None):
+        calls.append(dict(provider_options or {}))
+        error = None if "soc_model" in (provider_options or {}) else (
+            "[ONNXRuntimeError] : 11 : EP_FAIL : Failed to finalize QNN graph. Error: QNN_COMMON_ERROR_MEM_ALLOC")
+        return {"compile_error": error, "refused": []}
+
+    monkeypatch.setattr(qnn_flow, "placement", placement)
+    placed, options, note = qnn_flow._placed(tmp_path / "m.qdq.onnx", tmp_path / "ctx.onnx", {"htp_arch": "73"})
+    assert calls == [{"htp_arch": "73"}, {"htp_arch": "73", "soc_model": "60"}]
+    assert placed["compile_error"] is None and options == {"htp_arch": "73", "soc_model": "60"}
+    assert note.startswith("the simulator's default chip ran out of memory finalizing the graph") and \
+        "--qnn-option soc_model=N" in note
+    calls.clear()  # a chip the user named is never replaced
+    placed, options, note = qnn_flow._placed(tmp_path / "m.qdq.onnx", tmp_path / "ctx.onnx", {"soc_model": "57"})
+    assert len(calls) == 1 and options == {"soc_model": "57"} and note is None

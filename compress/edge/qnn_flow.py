@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from compress.cache import write_json
 from compress.edge.qnn import (INSTALL, ActivationType, htp_session, placement, qnn_status, quantize_for_qnn,
                                run_batches, runs_without_fallback)
+from compress.edge.qnn_feeds import feeds_for, head, rows, whole_batches
 from compress.edge.ranges import for_htp
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", 
     vs_fp32 = compare([fp32], [htp], atol=1e-3)
     logits = looks_like_logits({"output": fp32}) if logits is None else logits
     out: dict[str, Any] = {
-        "samples": _rows(x, axes), "outputs_look_like_logits": logits,
+        "samples": rows(x, axes), "outputs_look_like_logits": logits,
         "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],
         "max_abs_diff_htp_vs_int8_cpu": vs_int8["max_abs_diff"],
         "top1_agreement_htp_vs_fp32_cpu": vs_fp32["top1_agreement"],
@@ -172,48 +173,6 @@ def _latency(session: Any, sample: "dict[str, np.ndarray]", runs: int, batch: in
             "note": SIMULATED}
 
 
-def _rows(feeds: "dict[str, np.ndarray]", axes: dict[str, int | None] | None = None) -> int:
-    """Samples in `feeds`: the length of the first input's batch axis (0 unless `axes` says otherwise)."""
-    import numpy as np
-
-    axes = axes or {}
-    name = next((k for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None), None)
-    return 1 if name is None else int(np.shape(feeds[name])[axes.get(name, 0)])
-
-
-def _head(feeds: "dict[str, np.ndarray]", rows: int,
-          axes: dict[str, int | None] | None = None) -> "dict[str, np.ndarray]":
-    """The first `rows` samples of each input, along its batch axis; an input without one (None, a scalar) whole."""
-    import numpy as np
-
-    axes = axes or {}
-    return {k: v if not np.ndim(v) or axes.get(k, 0) is None else np.take(v, range(rows), axis=axes.get(k, 0))
-            for k, v in feeds.items()}
-
-
-def _whole_batches(feeds: "dict[str, np.ndarray]", batch: int,
-                   axes: dict[str, int | None]) -> "dict[str, np.ndarray]":
-    """The samples of `feeds` that fill whole batches of `batch` (a fixed-shape model takes exactly its batch)."""
-    return _head(feeds, _rows(feeds, axes) - _rows(feeds, axes) % batch, axes)
-
-
-def _feeds(model: Path, given: "np.ndarray | dict[str, np.ndarray]", what: str) -> "dict[str, np.ndarray]":
-    """{input name: rows} for the model's inputs: an array is the one input's; a dict must name each input."""
-    from compress.errors import CompressError
-    from compress.onnx.graph import graph_inputs, load_model
-
-    names = [i.name for i in graph_inputs(load_model(model).graph)]
-    if not isinstance(given, dict):
-        if len(names) != 1:
-            raise CompressError(f"{model}: the QNN target got one {what} array for a model with inputs "
-                                f"{', '.join(names)}; give one array per input")
-        return {names[0]: given}
-    missing = [n for n in names if n not in given]
-    if missing:
-        raise CompressError(f"{model}: the {what} data has no rows for input(s) {', '.join(missing)}")
-    return {n: given[n] for n in names}
-
-
 REWRITES = (("finite_mask", "attention mask(s) made finite"),
             ("constants_as_initializers", "Constant node(s) as initializers"),
             ("bounded_tanh", "saturating tanh argument(s) clipped"),
@@ -245,7 +204,6 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     sample axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: fed whole, a scalar setting).
     """
     from compress.edge.isolated import mark
-    from compress.edge.shapes import fix_batch, fix_dims, folded
 
     mark("register the QNN plugin")
     status = qnn_status()
@@ -257,51 +215,77 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     stem = Path(onnx_path).stem
     axes = dict(batch_axes or {})
     fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq, axes)
-    calib = _whole_batches(_feeds(fixed, calibration, "calibration"), fixed_batch, axes)
+    calib = whole_batches(feeds_for(fixed, calibration, "calibration"), fixed_batch, axes)
     mark("QNN QDQ quantization")
-    rewrites: dict[str, list] = {}
-    if qdq is None:
-        source, rewrites = for_htp(fixed, out_dir, stem, calib)
-        qdq = quantize_for_qnn(source, out_dir / f"{stem}.qnn.qdq.onnx", calib, activation_type=activation_type,
-                               batch=fixed_batch, outlier_ratio=outlier_ratio, per_channel=per_channel, axes=axes)
-    else:
-        qdq = fix_batch(Path(qdq), out_dir / f"{stem}.qnn.qdq.onnx", fixed_batch, axes)
-        if seq is not None:
-            qdq = folded(fix_dims(qdq, qdq, [("seq", None, seq)]), qdq)
+    qdq, rewrites = _qdq(fixed, out_dir, stem, calib, qdq, fixed_batch, seq, axes,
+                         dict(activation_type=activation_type, outlier_ratio=outlier_ratio, per_channel=per_channel))
     mark("placement on HTP")
-    placed = placement(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options=provider_options)
+    placed, provider_options, chip = _placed(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options)
     mark("a session without CPU fallback")
     strict = runs_without_fallback(qdq, provider_options=provider_options)
     section: dict[str, Any] = {
         "provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
-        "activation_type": activation_type, "calibration_samples": _rows(calib, axes), "placement": placed,
+        "activation_type": activation_type, "calibration_samples": rows(calib, axes), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq,
-        "provider_options": dict(provider_options or {}), **{key: [] for key, _ in REWRITES}, **rewrites,
+        "provider_options": dict(provider_options or {}), "chip": chip, **{key: [] for key, _ in REWRITES},
+        **rewrites,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
         mark("accuracy on HTP")
         session = htp_session(qdq, fallback=not strict["ok"], provider_options=provider_options)
-        x, y = (_feeds(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
-        x = _whole_batches(x, fixed_batch, axes)
-        y = y[: _rows(x, axes)] if y is not None else None
+        x, y = (feeds_for(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
+        x = whole_batches(x, fixed_batch, axes)
+        y = y[: rows(x, axes)] if y is not None else None
         section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits,
-                                        None if reference is None else reference[: _rows(x, axes)], axes)
+                                        None if reference is None else reference[: rows(x, axes)], axes)
         section["budget"] = judge(section["accuracy"], max_accuracy_drop, activation_type)
         if not section["budget"]["ok"] and section["budget"]["int8_cpu_drop"] <= max_accuracy_drop + 1e-9:
             mark("where HTP parts from ORT CPU")  # HTP, not the codes, loses: name the node where it starts
-            section["parts_at"] = _parts_at(qdq, _head(x, fixed_batch, axes), out_dir / f"{stem}.parts.onnx",
+            section["parts_at"] = _parts_at(qdq, head(x, fixed_batch, axes), out_dir / f"{stem}.parts.onnx",
                                             provider_options)
         if placed["context_path"]:
             mark("the EPContext model")
             section["context"] = _context_check(Path(placed["context_path"]), session,
-                                                _head(x, 8 * fixed_batch, axes), fixed_batch, strict["ok"],
+                                                head(x, 8 * fixed_batch, axes), fixed_batch, strict["ok"],
                                                 provider_options, axes)
         mark("latency on HTP")
-        section["latency"] = _latency(session, _head(x, fixed_batch, axes), latency_runs, fixed_batch)
+        section["latency"] = _latency(session, head(x, fixed_batch, axes), latency_runs, fixed_batch)
     write_json(out_dir / "qnn.json", section)
     return section
+
+
+def _qdq(fixed: Path, out_dir: Path, stem: str, calib: "dict[str, np.ndarray]", given: Path | None, batch: int,
+         seq: int | None, axes: dict[str, int | None], settings: dict[str, Any]) -> tuple[Path, dict[str, list]]:
+    """The QDQ model for HTP (the float graph rewritten where HTP misreads it, then quantized with QNN's settings)
+    and the rewrites made; or `given` (quantization-aware training's QDQ model) with its batch and seq fixed."""
+    from compress.edge.shapes import fix_batch, fix_dims, folded
+
+    out = out_dir / f"{stem}.qnn.qdq.onnx"
+    if given is None:
+        source, rewrites = for_htp(fixed, out_dir, stem, calib)
+        return quantize_for_qnn(source, out, calib, batch=batch, axes=axes, **settings), rewrites
+    qdq = fix_batch(Path(given), out, batch, axes)
+    return (folded(fix_dims(qdq, qdq, [("seq", None, seq)]), qdq) if seq is not None else qdq), {}
+
+
+LARGER_CHIP = "60"
+"""The simulator's chip for a graph its default one cannot finalize: Snapdragon 8 Gen 3 (SM8650)."""
+
+
+def _placed(qdq: Path, context: Path, options: dict[str, str] | None) -> tuple[dict, dict | None, str | None]:
+    """Placement on HTP; when the simulator's default chip runs out of memory finalizing the graph and no chip was
+    named, again on a larger one (PP-OCRv4's detector and Silero VAD finalize on Snapdragon 8 Gen 3), said in the
+    summary. Returns the placement, the provider options every later session uses, and that note (or None)."""
+    placed = placement(qdq, context, provider_options=options)
+    if "MEM_ALLOC" not in (placed["compile_error"] or "") or "soc_model" in (options or {}):
+        return placed, options, None
+    options = {**(options or {}), "soc_model": LARGER_CHIP}
+    note = (f"the simulator's default chip ran out of memory finalizing the graph (QNN_COMMON_ERROR_MEM_ALLOC); "
+            f"compiled for soc_model={LARGER_CHIP} (Snapdragon 8 Gen 3) instead: name your phone's chip with "
+            "--qnn-option soc_model=N ([export] qnn_options)")
+    return placement(qdq, context, provider_options=options), options, note
 
 
 def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None, axes: dict[str, int | None]) -> Path:
@@ -358,6 +342,8 @@ def qnn_table(section: dict[str, Any]) -> str:
     p = section["placement"]
     lines = [f"QNN HTP: {p['nodes_on_htp']}/{p['nodes_total']} nodes on HTP in {p['partitions']} partition(s); "
              f"runs with CPU fallback disabled: {'yes' if section['runs_without_fallback'] else 'no'}"]
+    if section.get("chip"):
+        lines.append(f"  chip: {section['chip']}")
     for b in section["blockers"]:
         lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
     rewrites = [f"{len(section.get(key) or [])} {what}" for key, what in REWRITES if section.get(key)]

@@ -1,0 +1,52 @@
+"""The QNN target's data: {input name: samples}, each input's samples on its own batch axis (0 unless named: an
+LSTM state [layers, N, hidden] has them on 1; None: a setting fed whole), cut into the batches a fixed-shape model
+takes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def rows(feeds: "dict[str, np.ndarray]", axes: dict[str, int | None] | None = None) -> int:
+    """Samples in `feeds`: the length of the first input's batch axis (0 unless `axes` says otherwise)."""
+    import numpy as np
+
+    axes = axes or {}
+    name = next((k for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None), None)
+    return 1 if name is None else int(np.shape(feeds[name])[axes.get(name, 0)])
+
+
+def head(feeds: "dict[str, np.ndarray]", count: int,
+         axes: dict[str, int | None] | None = None) -> "dict[str, np.ndarray]":
+    """The first `count` samples of each input, along its batch axis; an input without one (None, a scalar) whole."""
+    import numpy as np
+
+    axes = axes or {}
+    return {k: v if not np.ndim(v) or axes.get(k, 0) is None else np.take(v, range(count), axis=axes.get(k, 0))
+            for k, v in feeds.items()}
+
+
+def whole_batches(feeds: "dict[str, np.ndarray]", batch: int,
+                  axes: dict[str, int | None]) -> "dict[str, np.ndarray]":
+    """The samples of `feeds` that fill whole batches of `batch` (a fixed-shape model takes exactly its batch)."""
+    return head(feeds, rows(feeds, axes) - rows(feeds, axes) % batch, axes)
+
+
+def feeds_for(model: Path, given: "np.ndarray | dict[str, np.ndarray]", what: str) -> "dict[str, np.ndarray]":
+    """{input name: rows} for the model's inputs: an array is the one input's; a dict must name each input."""
+    from compress.errors import CompressError
+    from compress.onnx.graph import graph_inputs, load_model
+
+    names = [i.name for i in graph_inputs(load_model(model).graph)]
+    if not isinstance(given, dict):
+        if len(names) != 1:
+            raise CompressError(f"{model}: the QNN target got one {what} array for a model with inputs "
+                                f"{', '.join(names)}; give one array per input")
+        return {names[0]: given}
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise CompressError(f"{model}: the {what} data has no rows for input(s) {', '.join(missing)}")
+    return {n: given[n] for n in names}
