@@ -94,6 +94,9 @@ class RunState:
     qnn_qdq: Mapping[str, str] | None = None
     """QDQ models made for the QNN target by the quantize stage (mode = 'qat'): {"ptq": path, "qat": path, "used":
     the one the gate preferred}, which the edge stage places on HTP instead of quantizing the final model."""
+    qnn_rewrites: Mapping[str, Any] | None = None
+    """The float rewrites those graphs were made with (compress.edge.ranges.for_htp's entries), for the edge stage's
+    summary, which is handed the finished graphs."""
 
     def merged(self, update: "RunState") -> "RunState":
         """This state with every field that `update` sets."""

@@ -514,3 +514,18 @@ def test_a_graph_the_default_chip_cannot_finalize_is_compiled_for_a_larger_one_a
     calls.clear()  # a chip the user named is never replaced
     placed, options, note = qnn_flow._placed(tmp_path / "m.qdq.onnx", tmp_path / "ctx.onnx", {"soc_model": "57"})
     assert len(calls) == 1 and options == {"soc_model": "57"} and note is None
+
+
+@pytest.mark.qnn
+def test_a_given_qdq_graph_keeps_the_rewrites_it_was_made_with_in_the_summary(tmp_path):
+    # the pipeline's edge stage is handed the quantize stage's QNN graph: its summary named no rewrite before
+    from compress.edge.qnn_flow import qnn_table
+
+    x, _ = _digits(16)
+    model = _tiny_cnn(tmp_path / "cnn.onnx")
+    qdq = qnn.quantize_for_qnn(model, tmp_path / "made.qdq.onnx", {"input": x[:8]})
+    made = {"reciprocals_as_division": [{"node": "recip", "one": "reciprocal_one"}]}
+    section = prepare_qnn(model, tmp_path / "edge", calibration=x[:8], val_x=x, latency_runs=2, qdq=qdq,
+                          rewrites=made)
+    assert section["reciprocals_as_division"] == made["reciprocals_as_division"]
+    assert "1 Reciprocal(s) as Div" in qnn_table(section)

@@ -188,7 +188,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 max_accuracy_drop: float = 0.01, qdq: Path | None = None,
                 logits: bool | None = None, reference: "np.ndarray | None" = None,
                 outlier_ratio: float | None = 64.0,  # quantize's OUTLIER_RATIO
-                per_channel: bool = True, batch_axes: dict[str, int | None] | None = None) -> dict[str, Any]:
+                per_channel: bool = True, batch_axes: dict[str, int | None] | None = None,
+                rewrites: dict[str, list] | None = None) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -202,6 +203,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     mean cosine to them is reported too (the embedding task's own figure). `per_channel`: convolution weights int8
     per output channel (quantize_for_qnn), else ORT's QNN default (uint8 per tensor). `batch_axes`: each input's
     sample axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: fed whole, a scalar setting).
+    `rewrites`: the float rewrites a given `qdq` was made with (the summary names them).
     """
     from compress.edge.isolated import mark
 
@@ -217,8 +219,9 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq, axes)
     calib = whole_batches(feeds_for(fixed, calibration, "calibration"), fixed_batch, axes)
     mark("QNN QDQ quantization")
-    qdq, rewrites = _qdq(fixed, out_dir, stem, calib, qdq, fixed_batch, seq, axes,
-                         dict(activation_type=activation_type, outlier_ratio=outlier_ratio, per_channel=per_channel))
+    qdq, made = _qdq(fixed, out_dir, stem, calib, qdq, fixed_batch, seq, axes,
+                     dict(activation_type=activation_type, outlier_ratio=outlier_ratio, per_channel=per_channel))
+    rewrites = {**(rewrites or {}), **made}
     mark("placement on HTP")
     placed, provider_options, chip = _placed(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options)
     mark("a session without CPU fallback")

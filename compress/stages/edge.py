@@ -32,6 +32,7 @@ def run(ctx: StageContext) -> StageResult:
                    "activation_type": ctx.cfg.export.qnn_activation_type, "reference": _reference(ctx),
                    "provider_options": {k: str(v) for k, v in ctx.cfg.export.qnn_options.items()} or None,
                    "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None,
+                   "rewrites": dict(ctx.state.qnn_rewrites or {}) if graphs else None,
                    "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else OUTLIER_RATIO}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
         if qnn is not None and graphs:  # the other of the quantize stage's two QNN graphs, for the comparison

@@ -64,7 +64,10 @@ def run(ctx: StageContext) -> StageResult:
         qnn = qnn_qat(ctx, calibration, gate, result["float"]["score"], ctx.origin("quantize"))
         graphs = {k: ctx.rel(Path(qnn[k]["path"])) for k in ("ptq", "qat")}
         artifacts += tuple(graphs.values())
-        state = state.merged(RunState(qnn_qdq={**graphs, "used": qnn["used"]}))
+        from compress.edge.qnn_flow import REWRITES
+
+        state = state.merged(RunState(qnn_qdq={**graphs, "used": qnn["used"]},
+                                      qnn_rewrites={k: qnn[k] for k, _ in REWRITES if qnn.get(k)}))
         result["qat"]["qnn"] = qnn
     _test_figures(ctx, result)
     table = side_by_side(result, ctx.data.eval_split, ctx.evaluation.primary.name)
