@@ -12,6 +12,15 @@ SETTINGS = {"mode": "static", "per_channel": True, "weight_type": "int8", "reduc
             "nodes_to_exclude": [], "calibration_method": "minmax", "quant_format": "qdq", "activation_type": "uint8"}
 
 
+def _preprocessed(tmp_path: Path) -> Path:
+    """_model pre-processed for static quantization as compress does it: the base every attempt starts from."""
+    from compress.quantize import prepare as prep
+
+    base = tmp_path / "base.onnx"
+    prep.preprocess(_model(tmp_path), base, "static")
+    return base
+
+
 def _model(tmp_path: Path) -> Path:
     """A conv net (plain, strided depthwise, pointwise; batch norm; a Linear head), weights nudged off their init."""
     import torch
@@ -41,11 +50,9 @@ def test_bias_correction_takes_out_the_mean_shift_of_every_layer(tmp_path: Path)
     import onnx
 
     from compress.quantize import attempts as qa
-    from compress.quantize import prepare as prep
     from compress.quantize.bias import correct_biases
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     x = np.random.default_rng(0).standard_normal((384, 3, 16, 16)).astype(np.float32)
     calib = qa.batched({"x": x[:128]}, 32)
     quant, fixed = tmp_path / "q.onnx", tmp_path / "qbc.onnx"
@@ -72,11 +79,9 @@ def test_bias_correction_takes_out_the_mean_shift_of_every_layer(tmp_path: Path)
 def test_the_first_static_attempt_corrects_biases_and_says_so(tmp_path: Path):
     # setup / execute: quantize_once with the default settings of [quantize] (bias_correction on)
     from compress.quantize import attempts as qa
-    from compress.quantize import prepare as prep
     from compress.quantize.config import QuantizeConfig
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     first = qa.remedy_plan(QuantizeConfig())[0][0]
     x = np.random.default_rng(1).standard_normal((64, 3, 16, 16)).astype(np.float32)
     note = qa.quantize_once(base, tmp_path / "q.onnx", first, qa.batched({"x": x}, 32))
@@ -92,12 +97,10 @@ def test_a_candidate_alone_in_float_is_scored_without_requantizing(tmp_path: Pat
     import onnx
 
     from compress.quantize import attempts as qa
-    from compress.quantize import prepare as prep
     from compress.quantize.qdq import with_node_in_float
     from compress.quantize.sensitivity import feeding_outputs, gate_checked
 
-    base, quant = tmp_path / "base.onnx", tmp_path / "q.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base, quant = _preprocessed(tmp_path), tmp_path / "q.onnx"
     x = np.random.default_rng(2).standard_normal((256, 3, 16, 16)).astype(np.float32)
     qa.quantize_once(base, quant, {**SETTINGS, "bias_correction": True}, qa.batched({"x": x[:128]}, 32))
     f = _outputs(base, x[128:])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .test_bias_correction import SETTINGS, _model
+from .test_bias_correction import SETTINGS, _preprocessed
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -24,10 +24,8 @@ def test_one_pass_gives_the_model_orts_calibrator_gives(tmp_path: Path, monkeypa
     # setup: the conv net, pre-processed; 48 calibration samples, `batch` a batch (mean_minmax takes them one by one)
     from compress.quantize import attempts as qa
     from compress.quantize import calibrate
-    from compress.quantize import prepare as prep
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     x = np.random.default_rng(4).standard_normal((48, 3, 16, 16)).astype(np.float32) * 2 + 0.3
     calib = qa.batched({"x": x}, batch)
     settings = {**SETTINGS, "calibration_method": method}
@@ -52,10 +50,8 @@ def test_both_methods_share_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # setup: mean_minmax's samples one a batch, minmax's eight a batch (as quantize_once cuts them), counted passes
     from compress.quantize import attempts as qa
     from compress.quantize import calibrate
-    from compress.quantize import prepare as prep
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     x = np.random.default_rng(5).standard_normal((16, 3, 16, 16)).astype(np.float32)
     passes = []
     measure = calibrate._measure
@@ -130,10 +126,8 @@ def test_a_histogram_method_calibrates_once_and_later_attempts_read_its_ranges(t
 
     from compress.quantize import attempts as qa
     from compress.quantize import calibrate
-    from compress.quantize import prepare as prep
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     x = np.random.default_rng(6).standard_normal((16, 3, 16, 16)).astype(np.float32)
     calib = qa.batched({"x": x}, 4)
     ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function

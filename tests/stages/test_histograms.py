@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .test_bias_correction import SETTINGS, _model
+from .test_bias_correction import SETTINGS, _preprocessed
 
 
 def _rounds(seed: int) -> list[dict[str, list[np.ndarray]]]:
@@ -67,10 +67,8 @@ def test_a_histogram_attempt_counts_with_the_collector_and_writes_orts_model(tmp
 
     from compress.quantize import attempts as qa
     from compress.quantize import calibrate, histograms
-    from compress.quantize import prepare as prep
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     x = np.random.default_rng(8).standard_normal((16, 3, 16, 16)).astype(np.float32)
     calib = qa.batched({"x": x}, 4)
     settings = {**SETTINGS, "calibration_method": method}

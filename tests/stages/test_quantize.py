@@ -150,12 +150,10 @@ def test_the_weighted_ops_remedy_leaves_the_ops_between_them_float(tmp_path: Pat
     import onnx
 
     from compress.quantize import attempts as qa
-    from compress.quantize import prepare as prep
 
-    from .test_bias_correction import SETTINGS, _model
+    from .test_bias_correction import SETTINGS, _preprocessed
 
-    base = tmp_path / "base.onnx"
-    prep.preprocess(_model(tmp_path), base, "static")
+    base = _preprocessed(tmp_path)
     calib = qa.batched({"x": np.random.default_rng(7).standard_normal((16, 3, 16, 16)).astype(np.float32)}, 4)
 
     def readers(path: Path) -> set[str]:  # the op types that read a dequantized tensor
