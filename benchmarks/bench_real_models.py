@@ -286,7 +286,10 @@ def magika_features(count: int, seed: int) -> np.ndarray:
     return np.asarray(rows, np.int32)
 
 
-def inputs_for(name: str, count: int, seed: int, model: Path, cache: Path) -> dict[str, np.ndarray]:
+def inputs_for(name: str, count: int, seed: int, model: Path | None = None,
+               cache: Path | None = None) -> dict[str, np.ndarray]:
+    """`count` inputs of model `name` (seed: 1 calibration, 2 gate, 3 bench); the VAD's are streamed through the
+    model (`model`) and spoken by the eSpeak NG library fetched into `cache`."""
     rng = np.random.default_rng(seed)
     if name == "yolo":
         return {YOLO_INPUT: photo_views(count, seed)}

@@ -229,7 +229,7 @@ def test_a_missed_npu_budget_that_ort_cpu_meets_names_where_htp_parts(tmp_path: 
     # setup: the QNN target on the 1 / sqrt graph with the rewrites turned off, so HTP misreads its Reciprocal
     from compress.edge import qnn_flow
 
-    monkeypatch.setattr(qnn_flow, "for_htp", lambda model, out_dir, stem, calib: (model, {}))
+    monkeypatch.setattr(qnn_flow, "for_htp", lambda model, out_dir, stem, calib, axes=None: (model, {}))
     nodes = [helper.make_node("Mul", ["x", "x"], ["v"]), helper.make_node("Add", ["v", "eps"], ["ve"]),
              helper.make_node("Sqrt", ["ve"], ["s"]), helper.make_node("Reciprocal", ["s"], ["r"], name="recip"),
              helper.make_node("Mul", ["x", "r"], ["n"]), helper.make_node("Add", ["n", "beta"], ["y"])]

@@ -115,13 +115,16 @@ def test_bench_times_the_bound_model(tmp_path: Path):
 
 @pytest.mark.parametrize("flag, says", [
     ("nope=1", "--fix-input nope: rated.onnx has no input 'nope' (inputs: x, sr)"),
-    ("sr=1.5", "--fix-input sr: input 'sr' of rated.onnx is int64; got 1.5"),
+    ("sr=1.5", "--fix-input sr: input 'sr' of rated.onnx is int64, which cannot hold 1.5"),
     ("sr=1,2", "--fix-input sr: input 'sr' of rated.onnx has shape [], so it takes 1 value(s); got 2"),
     ("sr", "--fix-input: expected NAME=VALUE"),
+    ("sr=1e19", "--fix-input sr: input 'sr' of rated.onnx is int64, which cannot hold 1e+19"),
+    ("sr=16000", "--fix-input sr: given twice (16000 and 8000); bind each input once"),
 ])
 def test_a_bad_fix_input_is_one_line_and_exit_2(tmp_path: Path, flag: str, says: str):
     model = rated(tmp_path / "rated.onnx")
-    result = _invoke("quantize", model, "--out", tmp_path / "q.onnx", "--mode", "dynamic", "--fix-input", flag)
+    result = _invoke("quantize", model, "--out", tmp_path / "q.onnx", "--mode", "dynamic", "--fix-input", flag,
+                     *(["--fix-input", "sr=8000"] if flag == "sr=16000" else []))
     assert result.exit_code == 2, result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {says}"), result.output
@@ -171,3 +174,76 @@ def test_a_bound_stateful_model_goes_whole_to_htp_cut_on_its_state_batch_axis(tm
     qdq = onnx.load(section["qdq_path"]).graph
     assert [i.name for i in qdq.input] == ["x", "state"] and "If" not in {n.op_type for n in qdq.node}
     assert [d.dim_value for d in qdq.input[1].type.tensor_type.shape.dim] == [2, 1, 4]
+
+
+@pytest.mark.parametrize("elem, value, says", [
+    (TensorProto.UINT8, 300.0, "is uint8, which cannot hold 300"),
+    (TensorProto.BOOL, 2.0, "is bool, which cannot hold 2; use 0 or 1"),
+    (TensorProto.FLOAT16, 70000.0, "is float16, which cannot hold 70000"),
+])
+def test_a_value_the_input_type_cannot_hold_is_refused_not_wrapped(tmp_path: Path, elem, value, says):
+    from compress.errors import CompressError
+    from compress.onnx.control import bind_inputs
+
+    graph = helper.make_graph([helper.make_node("Identity", ["k"], ["y"])], "g",
+                              [helper.make_tensor_value_info("k", elem, [])],
+                              [helper.make_tensor_value_info("y", elem, [])])
+    with pytest.raises(CompressError, match=f"^--fix-input k: input 'k' of m.onnx {says}"):
+        bind_inputs(helper.make_model(graph), {"k": [value]}, "m.onnx")
+
+
+def test_an_ir3_model_keeps_the_bound_input_as_an_input_with_its_value(tmp_path: Path):
+    # before IR 4 every initializer must be a graph input too: removing it wrote a model onnx's checker refuses
+    from compress.edge.shapes import specialise
+    from compress.onnx.graph import graph_inputs, load_model
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    fixed, _ = specialise(tmp_path / "old.onnx", tmp_path / "bound.onnx", [], {"k": [2.0]})
+    loaded = load_model(fixed)  # the project's own checked loader
+    assert [v.name for v in graph_inputs(loaded.graph)] == ["x"]
+    np.testing.assert_array_equal(_run(fixed, {"x": np.array([1.0, 3.0], np.float32)}), [2.0, 6.0])
+
+
+def test_a_float16_model_gets_no_cpu_casts_when_its_if_is_resolved(tmp_path: Path):
+    # ORT's CPU session writes float32 casts around float16 ops into the model it saves: that graph is not kept
+    from compress.edge.shapes import specialise
+
+    branch = lambda op, name: helper.make_graph(  # noqa: E731
+        [helper.make_node(op, ["x"], [name])], name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT16,
+                                                                                        ["batch", 4])])
+    four = numpy_helper.from_array(np.array(4, np.int64), "four")
+    one = numpy_helper.from_array(np.array(1, np.int64), "one")
+    graph = helper.make_graph([
+        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["w"]),
+        helper.make_node("Equal", ["w", "four"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch("Relu", "r"), else_branch=branch("Neg", "n")),
+        helper.make_node("Softmax", ["y"], ["z"], axis=-1),
+    ], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT16, ["batch", 4])], [four, one])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "h.onnx"))
+    fixed, _ = specialise(tmp_path / "h.onnx", tmp_path / "fixed.onnx", [("batch", None, 1)])
+    ops = [n.op_type for n in onnx.load(str(fixed)).graph.node]
+    assert "Cast" not in ops and "Softmax" in ops
+    x = np.array([[1, -2, 3, -4]], np.float16)
+    np.testing.assert_array_equal(_run(fixed, {"x": x}), _run(tmp_path / "h.onnx", {"x": x}))
+
+
+@pytest.mark.qnn
+def test_few_samples_and_a_fixed_batch_on_the_state_axis_reach_htp(tmp_path: Path):
+    # 4 samples (the EPContext check asked for 8 and failed), --fixed-batch 1 fixed the state's axis 0
+    model = stateful(tmp_path / "vad.onnx")
+    calibration = state_inputs(tmp_path / "calib.npz", 4, 8, 4, sr=16000, seed=1)
+    result = _invoke("edge", model, "--out", tmp_path / "edge", "--fix-input", "sr=16000", "--batch-axis", "state:1",
+                     "--fixed-batch", "1", "--provider", "qnn", "--calibration", calibration)
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "edge" / "edge.json").read_text())
+    assert section["qnn"]["context"]["loads"] is True and section["qnn"]["accuracy"]["samples"] == 4
+    bad = _invoke("edge", model, "--out", tmp_path / "bad", "--fix-input", "sr=16000", "--batch-axis", "state:5",
+                  "--fixed-batch", "1")
+    assert bad.exit_code == 2 and "--batch-axis state:5: input 'state' of vad.fixed.onnx has 3 axes" in bad.output

@@ -67,6 +67,7 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
         model, _ = specialise(model, Path(out) / f"{model.stem}.fixed.onnx", parse_fix_dims(fix),
                               parse_fixed_inputs(fix_inputs))
+    _check_batch_axes(model, batch_axes, fix_inputs)
     # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
     qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options, batch_axes) if "qnn" in targets \
         else None
@@ -83,7 +84,10 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         inputs = load_npz(inputs_npz, session)
     if qnn is not None:
         qnn["max_accuracy_drop"] = max_accuracy_drop
+    from compress.bench.inputs import parse_batch_axes
+
     section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
+                      batch_axes=parse_batch_axes(batch_axes) or None,
                       style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
     ort = section["ort"]
     parity = section["parity"]
@@ -115,6 +119,25 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
                          f"on the CPU, over --max-accuracy-drop {budget['budget']:g}; {budget.get('where')} "
                          "(edge.json has every figure)")
+
+
+def _check_batch_axes(model: Path, batch_axes: tuple[str, ...], fix_inputs: tuple[str, ...]) -> None:
+    """Each --batch-axis names an input of the model (or one --fix-input bound) and an axis it has: one line
+    otherwise, before anything is generated for it."""
+    from compress.bench.inputs import parse_batch_axes
+    from compress.errors import CompressError
+    from compress.onnx.graph import graph_inputs, load_model
+
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in graph_inputs(load_model(model, weights=False).graph)}
+    bound = {item.partition("=")[0] for item in fix_inputs}
+    for name, axis in parse_batch_axes(batch_axes).items():
+        if name not in ranks and name not in bound:
+            raise CompressError(f"--batch-axis {name}: {model.name} has no input {name!r} (inputs: "
+                                f"{', '.join(ranks)})")
+        if name in ranks and axis is not None and axis >= ranks[name]:
+            raise CompressError(f"--batch-axis {name}:{axis}: input '{name}' of {model.name} " + (
+                f"has {ranks[name]} axes; name one of 0-{ranks[name] - 1}, or none" if ranks[name]
+                else f"is a scalar; use --batch-axis {name}:none"))
 
 
 def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str, qnn_options: tuple[str, ...],

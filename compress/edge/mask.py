@@ -23,11 +23,15 @@ HUGE = 1e30
 """A constant at or below -HUGE is a mask fill (-inf, float32's lowest)."""
 
 
-def finite_attention_mask(src: Path, dst: Path, feeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Write `src` with finite mask fills to `dst` (calibrated on `feeds`, {input name: rows}); returns one entry
-    per rewritten constant ({"constant", "scores", "fill"}), [] (and no file) when the model has none."""
+def finite_attention_mask(src: Path, dst: Path, feeds: dict[str, np.ndarray],
+                          axes: dict[str, int | None] | None = None) -> list[dict[str, Any]]:
+    """Write `src` with finite mask fills to `dst` (calibrated on `feeds`, {input name: rows}, each input's rows on
+    its batch axis, `axes`); returns one entry per rewritten constant ({"constant", "scores", "fill"}), [] (and no
+    file) when the model has none."""
     import onnx
     from onnx import numpy_helper
+
+    from compress.quantize.attempts import batched
 
     model = onnx.load(str(src))
     graph = model.graph
@@ -52,7 +56,8 @@ def finite_attention_mask(src: Path, dst: Path, feeds: dict[str, np.ndarray]) ->
                 fills.setdefault(hit[0], []).append(other[0])
     if not fills and not replaces:
         return []
-    ranges = _ranges(model, sorted({s for scores in [*fills.values(), *replaces.values()] for s in scores}), feeds)
+    samples = batched(feeds, 1, axes)[:64]  # a fixed batch of 1
+    ranges = _ranges(model, sorted({s for scores in [*fills.values(), *replaces.values()] for s in scores}), samples)
     done = []
     for name, scores in [*fills.items(), *replaces.items()]:
         proto, value = consts[name]
@@ -63,7 +68,7 @@ def finite_attention_mask(src: Path, dst: Path, feeds: dict[str, np.ndarray]) ->
         value = np.where(value <= -HUGE, np.asarray(fill, value.dtype), value)
         proto.CopyFrom(numpy_helper.from_array(value.astype(consts[name][1].dtype), proto.name))
         done.append({"constant": name, "scores": scores, "fill": float(fill)})
-    _arithmetic_masks(model, feeds, {d["constant"]: d for d in done})
+    _arithmetic_masks(model, samples[0], {d["constant"]: d for d in done})
     _no_nan_guards(model.graph)
     onnx.save(model, str(dst))
     return done
@@ -85,11 +90,11 @@ def _no_nan_guards(graph: Any) -> None:
     _drop_unused(graph)
 
 
-def _arithmetic_masks(model: Any, feeds: dict[str, np.ndarray], fills: dict[str, dict[str, Any]]) -> None:
+def _arithmetic_masks(model: Any, feed: dict[str, np.ndarray], fills: dict[str, dict[str, Any]]) -> None:
     """Where the mask is the padding mask alone, rebuild it as (1 - float(attention_mask)) x fill, unsqueezed to
     the rank of the exporter's mask (batch, 1, ..., seq): Cast, Sub, Mul and Unsqueeze, which HTP runs, in place of
     the exporter's Gather/And/Where chain on booleans, which it does not. Each rewrite is kept only when it gives
-    the same values on `feeds`; the chain left unused is removed."""
+    the same values on `feed` (one sample); the chain left unused is removed."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -100,7 +105,7 @@ def _arithmetic_masks(model: Any, feeds: dict[str, np.ndarray], fills: dict[str,
         fill = next((fills[i] for i in where.input[1:] if i in fills), None)
         if fill is None or not any(n.op_type == "Add" and where.output[0] in n.input for n in graph.node):
             continue
-        (old,) = _values(model, [where.output[0]], feeds)
+        (old,) = _values(model, [where.output[0]], feed)
         if old.ndim < 2:
             continue
         out, p = f"{where.output[0]}_arithmetic", f"compress_mask{k}"
@@ -118,7 +123,7 @@ def _arithmetic_masks(model: Any, feeds: dict[str, np.ndarray], fills: dict[str,
         trial.CopyFrom(model)
         trial.graph.node.extend(nodes)
         trial.graph.initializer.extend(inits)
-        (new,) = _values(trial, [out], feeds)
+        (new,) = _values(trial, [out], feed)
         if new.ndim != old.ndim or not np.array_equal(*np.broadcast_arrays(old, new)):
             continue
         at = list(graph.node).index(where)  # before the Where, so the graph stays in topological order
@@ -132,7 +137,7 @@ def _arithmetic_masks(model: Any, feeds: dict[str, np.ndarray], fills: dict[str,
     _drop_unused(graph)
 
 
-def _values(model: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _values(model: Any, tensors: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnx
     import onnxruntime as ort
 
@@ -142,7 +147,7 @@ def _values(model: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> lis
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    return session.run(tensors, {k: v[:1] for k, v in feeds.items() if k in names})
+    return session.run(tensors, {k: v for k, v in feed.items() if k in names})
 
 
 def _drop_unused(graph: Any) -> None:
@@ -161,8 +166,8 @@ def _drop_unused(graph: Any) -> None:
         graph.initializer.remove(init)
 
 
-def _ranges(model: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """(min, max) of each of `tensors` over the first 64 rows of `feeds`, one at a time (a fixed batch of 1)."""
+def _ranges(model: Any, tensors: list[str], samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """(min, max) of each of `tensors` over `samples` (feeds of one sample each)."""
     import copy
 
     import onnx
@@ -177,8 +182,8 @@ def _ranges(model: Any, tensors: list[str], feeds: dict[str, np.ndarray]) -> dic
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
-    for i in range(min(len(next(iter(feeds.values()))), 64)):
-        out = dict(zip(names, session.run(names, {k: v[i:i + 1] for k, v in feeds.items()})))
+    for sample in samples:
+        out = dict(zip(names, session.run(names, sample)))
         for t in tensors:
             lo[t], hi[t] = min(lo[t], float(out[t].min())), max(hi[t], float(out[t].max()))
     return {t: (lo[t], hi[t]) for t in tensors}

@@ -109,20 +109,25 @@ def sample_inputs(model_path: Path, *, batch: int = 1, seed: int = 0,
 
 
 def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"], *, atol: float = 1e-5,
-               rtol: float | None = None, optimization: str = "all") -> dict:
+               rtol: float | None = None, optimization: str = "all",
+               axes: dict[str, int | None] | None = None) -> dict:
     """Run the ONNX and the ORT-format model on the same inputs (CPU EP); compare every output by the one parity
     rule (compress.onnx.parity.compare). The ONNX model runs at the level the ORT file was made with: at another
     level ORT picks other kernels (NCHWc convolutions at `all` on AVX-512), and a 640x640 text detector's outputs
-    then differed by 5e-4 although the conversion changed nothing. Batches that fit FOLD_BYTES of activations."""
+    then differed by 5e-4 although the conversion changed nothing. Batches that fit FOLD_BYTES of activations, cut
+    along each input's batch axis (`axes`: 0 unless named; None: fed whole)."""
     import numpy as np
 
+    from compress.edge.qnn_feeds import head
     from compress.onnx.parity import RTOL, compare, run_cpu
     from compress.quantize.sensitivity import rows_that_fit
 
-    rows = {np.shape(v)[0] if np.ndim(v) else None for v in inputs.values()}  # run_cpu cuts axis 0 of every input
-    chunk = (rows_that_fit(Path(onnx_path), {k: v[:1] for k, v in inputs.items()}, rows.pop())
+    axes = axes or {}
+    rows = {np.shape(v)[axes.get(k, 0)] if np.ndim(v) and axes.get(k, 0) is not None else None
+            for k, v in inputs.items()}
+    chunk = (rows_that_fit(Path(onnx_path), head(inputs, 1, axes), rows.pop())
              if len(rows) == 1 and None not in rows else None)
-    reference = run_cpu(Path(onnx_path), inputs, optimization=optimization, batch_size=chunk)
-    candidate = run_cpu(Path(ort_path), inputs, ort_format=True, batch_size=chunk)
+    reference = run_cpu(Path(onnx_path), inputs, optimization=optimization, batch_size=chunk, axes=axes)
+    candidate = run_cpu(Path(ort_path), inputs, ort_format=True, batch_size=chunk, axes=axes)
     return compare(reference, candidate, atol=atol, rtol=RTOL if rtol is None else rtol)
 

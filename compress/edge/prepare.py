@@ -59,6 +59,7 @@ def prepare(
     rtol: float | None = None,
     targets: tuple[str, ...] = (),
     qnn: dict | None = None,
+    batch_axes: dict[str, int | None] | None = None,
 ) -> dict:
     """Everything `compress edge` and `[export] ort_format = true` do, in order; returns the report section.
 
@@ -72,16 +73,19 @@ def prepare(
        of compress.edge.qnn_flow.prepare_qnn (calibration, val_x, val_y, activation_type, ...); the result
        goes under "qnn" and replaces the provider's readiness row with the measured one.
     The section is also written to `out_dir/edge.json`, also when the QNN target's native code ends its child
-    process (ProviderCrashed, exit 1, after edge.json holds what was measured before).
+    process (ProviderCrashed, exit 1, after edge.json holds what was measured before). `batch_axes`: an input's
+    batch axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: no batch axis), for the fixed batch
+    and the parity chunks.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _modern_inputs(Path(onnx_path), out_dir)
     if fixed_batch is not None:
-        model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch)
+        model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
     converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
     feed = inputs if inputs is not None else sample_inputs(model, batch=fixed_batch or 1)
-    parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol, optimization=optimization)
+    parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol, optimization=optimization,
+                        axes=batch_axes)
     section = {
         "onnx_path": str(model),
         "fixed_batch": fixed_batch,

@@ -267,7 +267,7 @@ def _qdq(fixed: Path, out_dir: Path, stem: str, calib: "dict[str, np.ndarray]", 
 
     out = out_dir / f"{stem}.qnn.qdq.onnx"
     if given is None:
-        source, rewrites = for_htp(fixed, out_dir, stem, calib)
+        source, rewrites = for_htp(fixed, out_dir, stem, calib, axes)
         return quantize_for_qnn(source, out, calib, batch=batch, axes=axes, **settings), rewrites
     qdq = fix_batch(Path(given), out, batch, axes)
     return (folded(fix_dims(qdq, qdq, [("seq", None, seq)]), qdq) if seq is not None else qdq), {}

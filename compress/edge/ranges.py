@@ -35,13 +35,14 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {"Mul": np.multiply, "Add": np.add,
                                                "Div": np.divide, "Pow": np.power}
 
 
-def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any]) -> tuple[Path, dict[str, list]]:
+def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any],
+            axes: dict[str, int | None] | None = None) -> tuple[Path, dict[str, list]]:
     """The model to quantize for HTP: `model` with every rewrite that applies (written to out_dir/<stem>.mask.onnx and
     <stem>.ranges.onnx; `model` itself when none does), and what each did: {"finite_mask",
     "constants_as_initializers", "bounded_tanh", "infinite_guards_dropped", "reciprocals_as_division"}."""
     from compress.edge.mask import finite_attention_mask
 
-    done: dict[str, list] = {"finite_mask": finite_attention_mask(model, out_dir / f"{stem}.mask.onnx", calib)}
+    done: dict[str, list] = {"finite_mask": finite_attention_mask(model, out_dir / f"{stem}.mask.onnx", calib, axes)}
     source = out_dir / f"{stem}.mask.onnx" if done["finite_mask"] else model
     for key, rewrite in (("constants_as_initializers", constants_as_initializers), ("bounded_tanh", bounded_tanh),
                          ("infinite_guards_dropped", without_infinite_guards),

@@ -28,8 +28,11 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
         if not value.type.HasField("tensor_type") or axis is None:
             continue
         dims = value.type.tensor_type.shape.dim
+        if len(dims) <= axis and value.name not in (axes or {}):
+            continue  # a scalar, or an input with no declared shape: no batch to fix
         if len(dims) <= axis:
-            continue
+            raise CompressError(f"--batch-axis {value.name}:{axis}: input '{value.name}' of {Path(onnx_path).name} "
+                                f"has {len(dims)} axes; name one of 0-{len(dims) - 1}, or none")
         first = dims[axis]
         if first.HasField("dim_value") and first.dim_value > 0:
             if first.dim_value != batch:
@@ -86,7 +89,7 @@ def specialise(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | Non
     and the counts of control-flow nodes (If, Loop, Scan at every depth) before and after."""
     import onnx
 
-    from compress.onnx.control import bind_inputs, count_control_flow, resolve
+    from compress.onnx.control import bind_inputs, resolve
 
     name = Path(onnx_path).name
     model = load_model(onnx_path)
@@ -97,7 +100,7 @@ def specialise(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | Non
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     counts = (0, 0)
-    if count_control_flow(model.graph):
+    if (bound or fixes) and any(n.op_type == "If" for n in model.graph.node):  # a Loop alone is left as it is
         counts = resolve(out_path, out_path.parent)
     _check_loads(out_path, fixes, name, bound or {})
     return out_path, counts

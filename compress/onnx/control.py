@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.errors import CompressError, first_line
+from compress.errors import CompressError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
@@ -35,16 +36,19 @@ def parse_fixed_inputs(items: "tuple[str, ...] | list[str]") -> dict[str, list[f
         if not sep or not name or not values:
             raise CompressError(f"--fix-input: expected NAME=VALUE (an input bound to a number, e.g. sr=16000, or "
                                 f"to numbers separated by commas), got {item!r}")
+        if name in bound:
+            raise CompressError(f"--fix-input {name}: given twice ({','.join(f'{v:g}' for v in bound[name])} and "
+                                f"{text}); bind each input once")
         bound[name] = values
     return bound
 
 
 def bind_inputs(model: "onnx.ModelProto", bound: dict[str, list[float]], origin: str) -> None:
     """Make each bound input an initializer holding its value (in place): the model no longer takes it. The value
-    takes the input's element type and declared shape (a scalar for a shape of []); one line when they disagree."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
+    takes the input's element type and declared shape (a scalar for a shape of [], or with none declared, one
+    value; a list for a free 1-D one); one line when they disagree or the type cannot hold the value. Before IR
+    version 4 an initializer must also be a graph input: there the input stays, holding the value as its default,
+    and compress feeds it no more (compress.onnx.graph.graph_inputs)."""
     from compress.onnx.graph import graph_inputs
 
     inputs = {v.name: v for v in graph_inputs(model.graph)}
@@ -52,21 +56,54 @@ def bind_inputs(model: "onnx.ModelProto", bound: dict[str, list[float]], origin:
         value = inputs.get(name)
         if value is None:
             raise CompressError(f"--fix-input {name}: {origin} has no input {name!r} (inputs: {', '.join(inputs)})")
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        array = _bound_value(value, values, origin)
+        if model.ir_version >= 4:
+            model.graph.input.remove(value)
+        from onnx import numpy_helper
+
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+
+
+def _bound_value(value: "onnx.ValueInfoProto", values: list[float], origin: str) -> "np.ndarray":
+    """The input's value as an array of its type and shape; CompressError naming the flag when it cannot be."""
+    import numpy as np
+    from onnx import helper
+
+    name = value.name
+    if not value.type.HasField("tensor_type"):
+        raise CompressError(f"--fix-input {name}: input {name!r} of {origin} is not a tensor "
+                            f"({value.type.WhichOneof('value')}); only numeric tensors can be bound")
+    tensor = value.type.tensor_type
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    except (KeyError, ValueError):
+        dtype = np.dtype(object)
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise CompressError(f"--fix-input {name}: input {name!r} of {origin} holds {dtype.name} values; only "
+                            "numeric and boolean inputs can be bound")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+    if not tensor.HasField("shape"):
+        shape: tuple[int, ...] | None = () if len(values) == 1 else (len(values),)
+    else:
         shape = tuple(dims) if all(d > 0 for d in dims) else (len(values),) if len(dims) == 1 else None
-        if shape is None or int(np.prod(shape, dtype=np.int64)) != len(values):
-            raise CompressError(f"--fix-input {name}: input {name!r} of {origin} has shape "
-                                f"{[d if d > 0 else '?' for d in dims]}, so it takes "
-                                f"{int(np.prod(dims)) if all(d > 0 for d in dims) else 'a fixed number of'} "
-                                f"value(s); got {len(values)}")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        array = np.asarray(values, dtype=np.float64).reshape(shape)
-        if np.issubdtype(dtype, np.integer) and not np.array_equal(array, np.round(array)):
-            raise CompressError(f"--fix-input {name}: input {name!r} of {origin} is {np.dtype(dtype).name}; "
-                                f"got {','.join(map(str, values))}")
-        model.graph.input.remove(value)
-        model.graph.initializer.append(numpy_helper.from_array(array.astype(dtype), name))
+    if shape is None or int(np.prod(shape, dtype=np.int64)) != len(values):
+        raise CompressError(f"--fix-input {name}: input {name!r} of {origin} has shape "
+                            f"{[d if d > 0 else '?' for d in dims]}, so it takes "
+                            f"{int(np.prod(dims)) if all(d > 0 for d in dims) else 'a fixed number of'} "
+                            f"value(s); got {len(values)}")
+    array = np.asarray(values, dtype=np.float64).reshape(shape)
+    shown = ",".join(f"{v:g}" for v in values)
+    if dtype == np.bool_:
+        ok = bool(np.isin(array, (0, 1)).all())
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        ok = bool(np.all(array == np.round(array)) and np.all((array >= info.min) & (array <= info.max)))
+    else:
+        ok = bool(np.all(np.isfinite(array)) and np.all(np.abs(array) <= np.finfo(dtype).max))
+    if not ok:
+        raise CompressError(f"--fix-input {name}: input {name!r} of {origin} is {dtype.name}, which cannot hold "
+                            f"{shown}" + ("; use 0 or 1" if dtype == np.bool_ else ""))
+    return array.astype(dtype)
 
 
 def count_control_flow(graph: "onnx.GraphProto") -> int:
@@ -111,9 +148,16 @@ def _fold(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
 
 def _ort_basic(path: Path, scratch: Path) -> None:
     """ORT's basic optimisations (constant folding with the shapes it infers, which inlines If nodes whose condition
-    folds) written back over `path`; left as it is when ORT cannot (its inliner on nested outer-scope names)."""
+    folds) written back over `path`, only where that resolves control flow and is a model any target can take:
+    not for a float16 model (the CPU provider's session writes its float32 casts into it), not when ORT cannot
+    (its inliner on nested outer-scope names), and not when folding grows the file past half again (a
+    ConstantOfShape materialised)."""
+    import onnx
     import onnxruntime as ort
 
+    model = onnx.load(str(path), load_external_data=False)
+    if _has_float16(model):
+        return
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(scratch)
@@ -121,8 +165,24 @@ def _ort_basic(path: Path, scratch: Path) -> None:
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - ORT's own error types; the model stays as onnxscript left it
+        scratch.unlink(missing_ok=True)
         return
-    scratch.replace(path)
+    folded = onnx.load(str(scratch), load_external_data=False)
+    if (count_control_flow(folded.graph) < count_control_flow(model.graph)
+            and scratch.stat().st_size <= 1.5 * path.stat().st_size + (1 << 20)):
+        scratch.replace(path)
+    else:
+        scratch.unlink(missing_ok=True)
+
+
+def _has_float16(model: "onnx.ModelProto") -> bool:
+    from onnx import TensorProto
+
+    types = [i.data_type for i in model.graph.initializer]
+    types += [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.value_info]]
+    return TensorProto.FLOAT16 in types or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)
+        for n in model.graph.node)
 
 
 def condition_inputs(graph: "onnx.GraphProto") -> tuple[list[str], bool]:
@@ -154,8 +214,8 @@ def condition_inputs(graph: "onnx.GraphProto") -> tuple[list[str], bool]:
 
 
 def resolve_hint(graph: "onnx.GraphProto") -> str:
-    """What resolves the If nodes: binding a setting-like input their condition reads (a scalar or a few values,
-    Silero VAD's sample rate), fixing the dimensions a shape condition reads, else a re-export."""
+    """What resolves the If nodes: binding a setting-like input their condition reads (a scalar or up to four values
+    in a row, Silero VAD's sample rate), fixing the dimensions a shape condition reads, else a re-export."""
     import numpy as np
 
     from compress.onnx.graph import graph_inputs
@@ -163,7 +223,7 @@ def resolve_hint(graph: "onnx.GraphProto") -> str:
     read, shapes = condition_inputs(graph)
     sizes = {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
              for v in graph_inputs(graph)}
-    settings = [n for n in read if all(sizes.get(n, [0])) and int(np.prod(sizes.get(n, [0]))) <= 16]
+    settings = [n for n in read if all(sizes.get(n, [0])) and len(sizes[n]) <= 1 and int(np.prod(sizes[n])) <= 4]
     if settings:
         flags = " ".join(f"--fix-input {n}=VALUE" for n in settings)
         return (f"the If condition reads input{'s' if len(settings) > 1 else ''} {', '.join(map(repr, settings))}: "
@@ -179,16 +239,3 @@ def specialised_summary(bound: dict[str, list[float]], counts: tuple[int, int]) 
     shown = {k: [int(x) if float(x).is_integer() else x for x in v] for k, v in bound.items()}
     return {"fixed_inputs": {k: v[0] if len(v) == 1 else v for k, v in shown.items()},
             "control_flow": {"before": counts[0], "after": counts[1]}}
-
-
-def check_resolved(path: Path, origin: str) -> None:
-    """One line when ONNX Runtime cannot load the resolved model (say so rather than fail later in a stage)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own error types
-        raise CompressError(f"{origin}: onnxruntime cannot load the model with its inputs bound and control flow "
-                            f"resolved: {first_line(exc)}") from None
