@@ -529,3 +529,43 @@ def test_a_given_qdq_graph_keeps_the_rewrites_it_was_made_with_in_the_summary(tm
                           rewrites=made)
     assert section["reciprocals_as_division"] == made["reciprocals_as_division"]
     assert "1 Reciprocal(s) as Div" in qnn_table(section)
+
+
+def _one_wide_channel(path: Path) -> Path:
+    """x [1, 16] times [100, 1, ..., 1], then the 15 narrow channels: at 8 bits the wide one's scale rounds them
+    away, at 16 bits they keep their values."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = np.ones((1, 16), np.float32)
+    scale[0, 0] = 100.0
+    consts = {"scale": scale, "starts": np.array([1]), "ends": np.array([16]), "axes": np.array([1])}
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["t"], name="widen"),
+         helper.make_node("Slice", ["t", "starts", "ends", "axes"], ["y"], name="narrow")], "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 15])],
+        [numpy_helper.from_array(v if k == "scale" else v.astype(np.int64), k) for k, v in consts.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.qnn
+def test_by_default_the_npu_gets_16_bit_activations_when_the_8_bit_graph_itself_misses(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _one_wide_channel(tmp_path / "wide.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+    args = ["edge", str(model), "--provider", "qnn", "--calibration", str(tmp_path / "calib.npz")]
+    auto = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    qnn_section = json.loads((tmp_path / "auto" / "edge.json").read_text())["qnn"]
+    tried = {t["activation_type"]: t for t in qnn_section["activation_tried"]}
+    assert qnn_section["activation_type"] == "uint16" and tried["uint16"]["ok"] and not tried["uint8"]["ok"]
+    assert "activations: uint8 drop" in auto.output and "(met, kept)" in auto.output
+    eight = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "eight"), "--activation-type", "uint8"])
+    assert eight.exit_code == 1 and "try 16-bit activations" in eight.output

@@ -102,13 +102,10 @@ def prepare(
         if not qnn or qnn.get("calibration") is None:
             raise CompressError("edge target qnn: no calibration data; pass --calibration DATA.npz "
                                 "(the pipeline passes its training data)")
-        from compress.edge.isolated import ProviderCrashed, run_isolated
+        from compress.edge.isolated import ProviderCrashed
 
         try:  # in a child process: a native abort inside the QNN plugin must not take compress with it
-            section["qnn"] = run_isolated("compress.edge.qnn_flow:prepare_qnn",
-                                          {"onnx_path": Path(onnx_path), "out_dir": out_dir,
-                                           "fixed_batch": fixed_batch or 1, **qnn},
-                                          out_dir=out_dir, name="qnn", provider="QNNExecutionProvider")
+            section["qnn"] = _qnn_measured(Path(onnx_path), out_dir, fixed_batch or 1, qnn)
         except ProviderCrashed as exc:
             section["qnn"] = {"provider": "QNNExecutionProvider", "installed": True, "crashed": str(exc)}
             write_json(out_dir / "edge.json", section)
@@ -122,3 +119,31 @@ def prepare(
             "optimization='disable' or report the model to onnxruntime"
         )
     return section
+
+
+def _qnn_measured(onnx_path: Path, out_dir: Path, batch: int, qnn: dict) -> dict:
+    """The QNN target's section, measured in a child process. `activation_type = "auto"`: 8-bit activations first;
+    when the NPU misses its budget because the 8-bit graph itself loses (ORT CPU's reading of it misses too), the
+    same with 16-bit activations in `out_dir/qnn-uint16`. The section kept is the first that meets the budget, else
+    the one that loses less; `activation_tried` lists both."""
+    from compress.edge.isolated import run_isolated
+
+    def measured(activation: str, folder: Path) -> dict:
+        return run_isolated("compress.edge.qnn_flow:prepare_qnn",
+                            {"onnx_path": onnx_path, "out_dir": folder, "fixed_batch": batch,
+                             **{**qnn, "activation_type": activation}},
+                            out_dir=folder, name="qnn", provider="QNNExecutionProvider")
+
+    auto = qnn.get("activation_type") == "auto"
+    first = measured("uint8" if auto else qnn.get("activation_type", "uint8"), out_dir)
+    budget = first.get("budget") or {}
+    if not auto or budget.get("ok", True) or budget.get("int8_cpu_drop", 0.0) <= budget.get("budget", 0.0) + 1e-9:
+        return first
+    second = measured("uint16", out_dir / "qnn-uint16")
+    wider = second.get("budget") or {}
+    chosen = second if wider and (wider["ok"] or wider["drop"] < budget["drop"]) else first
+    chosen["activation_tried"] = [
+        {"activation_type": s["activation_type"], "drop": (s.get("budget") or {}).get("drop"),
+         "ok": (s.get("budget") or {}).get("ok"), "qdq_path": s.get("qdq_path"),
+         "latency_ms": (s.get("latency") or {}).get("p50_ms")} for s in (first, second)]
+    return chosen

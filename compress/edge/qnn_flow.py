@@ -347,6 +347,12 @@ def qnn_table(section: dict[str, Any]) -> str:
              f"runs with CPU fallback disabled: {'yes' if section['runs_without_fallback'] else 'no'}"]
     if section.get("chip"):
         lines.append(f"  chip: {section['chip']}")
+    tried = section.get("activation_tried")
+    if tried:
+        lines.append("  activations: " + "; ".join(
+            f"{t['activation_type']} drop {t['drop']:.4f} ({'met' if t['ok'] else 'missed'}"
+            f"{', kept' if t['activation_type'] == section['activation_type'] else ''})" for t in tried)
+            + " (the 8-bit graph itself lost, so 16-bit activations were tried: slower on the NPU)")
     for b in section["blockers"]:
         lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
     rewrites = [f"{len(section.get(key) or [])} {what}" for key, what in REWRITES if section.get(key)]
