@@ -311,6 +311,8 @@ def test_the_npu_budget_judges_the_figure_the_outputs_allow():
                                                                       "budget": 0.01, "ok": False}
     # ORT CPU reads the same QDQ graph within the budget: HTP is where it parts (Magika's Reciprocal)
     assert got["int8_cpu_drop"] == pytest.approx(0.005) and "HTP computes it differently" in got["where"]
+    assert got["where"].endswith("not its 8-bit codes")
+    assert judge(labelled, 0.01, "uint16")["where"].endswith("not its 16-bit codes")  # PP-OCRv4's detector at 16
     logits = {"outputs_look_like_logits": True, "top1_agreement_htp_vs_fp32_cpu": 0.995}
     assert judge(logits, 0.01)["ok"] and judge(logits, 0.01)["metric"] == "top-1 agreement with fp32"
     assert judge(logits, 0.01)["where"] is None

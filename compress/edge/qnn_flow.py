@@ -128,7 +128,7 @@ def judge(accuracy: dict[str, Any] | None, budget: float, activation_type: str =
                  "not HTP; calibrate on data like the deployment's, or train for it ([quantize] mode = \"qat\")")
     else:
         where = (f"the same QDQ graph on ORT CPU is within the budget (drop {on_cpu:.4f}): HTP computes it "
-                 "differently (an HTP kernel), not its 8-bit codes")
+                 f"differently (an HTP kernel), not its {'16' if activation_type == 'uint16' else '8'}-bit codes")
     return {"metric": metric, "drop": drop, "budget": budget, "ok": ok, "int8_cpu_drop": on_cpu, "where": where}
 
 
