@@ -247,3 +247,16 @@ def test_few_samples_and_a_fixed_batch_on_the_state_axis_reach_htp(tmp_path: Pat
     bad = _invoke("edge", model, "--out", tmp_path / "bad", "--fix-input", "sr=16000", "--batch-axis", "state:5",
                   "--fixed-batch", "1")
     assert bad.exit_code == 2 and "--batch-axis state:5: input 'state' of vad.fixed.onnx has 3 axes" in bad.output
+
+
+def test_data_made_for_another_value_of_a_bound_input_is_a_warning(tmp_path: Path):
+    model = rated(tmp_path / "rated.onnx")
+    rng = np.random.default_rng(0)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=rng.standard_normal((16, 16)).astype(np.float32), sr=np.array(8000, np.int64))
+    out = tmp_path / "q" / "rated-int8.onnx"
+    result = _invoke("quantize", model, "--out", out, "--calibration", calibration, "--fix-input", "sr=16000",
+                     "--max-cosine-drop", "0.05", "--quiet")
+    said = ("--fix-input sr=16000: the --calibration data holds sr = 8000; the model is bound to 16000, so those "
+            "inputs were made for another setting")
+    assert said in result.output and said in json.loads(out.with_suffix(".json").read_text())["warnings"]

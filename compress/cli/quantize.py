@@ -120,7 +120,10 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
                               given="--inputs" if given is not None else None)
         ops = _op_counts(model)
-        warnings = [w for w in (warning, _already_quantized(model, ops)) if w]
+        from compress.onnx.control import bound_mismatches
+
+        warnings = [w for w in (warning, _already_quantized(model, ops)) if w] + bound_mismatches(
+            fix_inputs, {"--calibration": calibration, "--inputs": inputs_npz, "--data": data_npz})
         for line in warnings:
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,

@@ -234,6 +234,28 @@ def resolve_hint(graph: "onnx.GraphProto") -> str:
     return "export the model without control flow: a fixed-size path, or the If resolved for your input"
 
 
+def bound_mismatches(items: "tuple[str, ...]", files: dict[str, "Path | None"]) -> list[str]:
+    """A warning line for each data file ({option: .npz}) that holds an array for an input `items` (--fix-input
+    values) binds, with other values: the data was made for another setting (sr=8000 recorded, 16000 bound)."""
+    import numpy as np
+
+    from compress.bench.inputs import read_npz
+
+    bound, lines = parse_fixed_inputs(items), []
+    for option, path in files.items():
+        if path is None:
+            continue
+        arrays = read_npz(path, expects=f"{option} expects an .npz")
+        for name, values in bound.items():
+            held = arrays.get(name)
+            if held is not None and held.size and not np.all(np.isin(np.unique(held), np.asarray(values))):
+                shown = ", ".join(f"{v:g}" for v in np.unique(held)[:4])
+                value = ",".join(f"{v:g}" for v in values)
+                lines.append(f"--fix-input {name}={value}: the {option} data holds {name} = {shown}; the model is "
+                             f"bound to {value}, so those inputs were made for another setting")
+    return lines
+
+
 def specialised_summary(bound: dict[str, list[float]], counts: tuple[int, int]) -> dict[str, Any]:
     """What the summary records of a bound model: the inputs and values, the control flow before and after."""
     shown = {k: [int(x) if float(x).is_integer() else x for x in v] for k, v in bound.items()}
