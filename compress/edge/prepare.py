@@ -137,7 +137,7 @@ def _qnn_measured(onnx_path: Path, out_dir: Path, batch: int, qnn: dict) -> dict
     auto = qnn.get("activation_type") == "auto"
     first = measured("uint8" if auto else qnn.get("activation_type", "uint8"), out_dir)
     budget = first.get("budget") or {}
-    if not auto or budget.get("ok", True) or budget.get("int8_cpu_drop", 0.0) <= budget.get("budget", 0.0) + 1e-9:
+    if not auto or budget.get("lost_in") != "codes":
         return first
     second = measured("uint16", out_dir / "qnn-uint16")
     wider = second.get("budget") or {}

@@ -103,8 +103,9 @@ def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", 
 def judge(accuracy: dict[str, Any] | None, budget: float, activation_type: str = "uint8") -> dict[str, Any] | None:
     """The NPU's budget: accuracy drop vs fp32 with labels; else the drop of top-1 agreement (class logits) or, for
     anything else, the larger of 1 - cosine and half the squared relative error (_tensor_drop). Returns {"metric",
-    "drop", "budget", "ok", "int8_cpu_drop" (the same figure for ORT CPU's reading of the same QDQ graph), "where"
-    (None when met; else whether the 8-bit graph or HTP's reading of it loses, and what to try)}."""
+    "drop", "budget", "ok", "int8_cpu_drop" (the same figure for ORT CPU's reading of the same QDQ graph), "lost_in"
+    (None when met; "codes" when ORT CPU's reading misses too, the graph's own codes lose; "htp" when only HTP
+    does), "where" (that, and what to try)}."""
     if not accuracy:
         return None
     if "accuracy_drop_htp_vs_fp32" in accuracy:
@@ -118,18 +119,20 @@ def judge(accuracy: dict[str, Any] | None, budget: float, activation_type: str =
         on_cpu = _tensor_drop(accuracy.get("cosine_int8_cpu_vs_fp32_cpu", 1.0),
                               accuracy.get("sqnr_db_int8_cpu_vs_fp32_cpu"))[1]
     ok = drop <= budget + 1e-9
-    if ok:
+    lost_in = None if ok else "codes" if on_cpu > budget + 1e-9 else "htp"
+    if lost_in is None:
         where = None
-    elif on_cpu > budget + 1e-9 and activation_type != "uint16":
+    elif lost_in == "codes" and activation_type != "uint16":
         where = (f"the QDQ graph loses on ORT CPU too (drop {on_cpu:.4f}): its 8-bit codes, not HTP; try 16-bit "
                  "activations (--activation-type uint16, [export] qnn_activation_type)")
-    elif on_cpu > budget + 1e-9:
+    elif lost_in == "codes":
         where = (f"the QDQ graph loses on ORT CPU too (drop {on_cpu:.4f}), with 16-bit activations: its quantization, "
                  "not HTP; calibrate on data like the deployment's, or train for it ([quantize] mode = \"qat\")")
     else:
         where = (f"the same QDQ graph on ORT CPU is within the budget (drop {on_cpu:.4f}): HTP computes it "
                  f"differently (an HTP kernel), not its {'16' if activation_type == 'uint16' else '8'}-bit codes")
-    return {"metric": metric, "drop": drop, "budget": budget, "ok": ok, "int8_cpu_drop": on_cpu, "where": where}
+    return {"metric": metric, "drop": drop, "budget": budget, "ok": ok, "int8_cpu_drop": on_cpu, "lost_in": lost_in,
+            "where": where}
 
 
 def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
@@ -231,8 +234,8 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         "backend": "htp", "simulated": True, "onnx_path": str(fixed), "qdq_path": str(qdq),
         "activation_type": activation_type, "calibration_samples": rows(calib, axes), "placement": placed,
         "runs_without_fallback": strict["ok"], "fallback_error": strict["error"], "seq": seq,
-        "provider_options": dict(provider_options or {}), "chip": chip, **{key: [] for key, _ in REWRITES},
-        **rewrites,
+        "provider_options": dict(provider_options or {}), "chip": chip,
+        **{key: [] for key, _ in REWRITES}, **rewrites,
         "blockers": blockers(placed["refused"]), "accuracy": None, "budget": None, "context": None, "latency": None,
     }
     if placed["compile_error"] is None:
@@ -244,7 +247,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
         section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits,
                                         None if reference is None else reference[: rows(x, axes)], axes)
         section["budget"] = judge(section["accuracy"], max_accuracy_drop, activation_type)
-        if not section["budget"]["ok"] and section["budget"]["int8_cpu_drop"] <= max_accuracy_drop + 1e-9:
+        if section["budget"]["lost_in"] == "htp":
             mark("where HTP parts from ORT CPU")  # HTP, not the codes, loses: name the node where it starts
             section["parts_at"] = _parts_at(qdq, head(x, fixed_batch, axes), out_dir / f"{stem}.parts.onnx",
                                             provider_options)

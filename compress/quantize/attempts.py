@@ -376,7 +376,7 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | No
         return None
     import onnx
 
-    from compress.onnx.control import resolve_hint
+    from compress.onnx.control import CONTROL_FLOW, resolve_hint
 
     graph = onnx.load(str(model), load_external_data=False).graph
 
@@ -385,7 +385,7 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | No
                    + sum(count(x) for a in n.attribute for x in a.graphs) for n in g.node)
 
     total, top = count(graph), len(graph.node)
-    flow = sorted({n.op_type for n in graph.node if n.op_type in ("If", "Loop", "Scan")})
+    flow = sorted({n.op_type for n in graph.node if n.op_type in CONTROL_FLOW})
     if flow and total > 2 * top:
         return (f"{total - top} of the model's {total} nodes sit inside {'/'.join(flow)} subgraphs, which ONNX "
                 f"Runtime's quantizer does not enter ({resolve_hint(graph)})")
