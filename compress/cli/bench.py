@@ -314,11 +314,9 @@ def _fixed(model: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...] = ()) 
     timed, said on the terminal)."""
     if not fix and not fix_inputs:
         return model
-    from compress.edge.shapes import parse_fix_dims, specialise
-    from compress.onnx.control import parse_fixed_inputs
+    from compress.edge.shapes import specialised
 
-    fixed, _ = specialise(model, model.with_name(f"{model.stem}.fixed.onnx"), parse_fix_dims(fix),
-                          parse_fixed_inputs(fix_inputs))
+    fixed, _, _ = specialised(model, model.with_name(f"{model.stem}.fixed.onnx"), fix, fix_inputs)
     click.echo(f"timing {fixed} ({', '.join([*fix, *fix_inputs])} fixed)")
     return fixed
 

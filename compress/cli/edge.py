@@ -63,16 +63,17 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
     inputs = None
     out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
-    if fix or fix_inputs:
-        from compress.edge.shapes import parse_fix_dims, specialise
-        from compress.onnx.control import parse_fixed_inputs
+    from compress.bench.inputs import parse_batch_axes
+    from compress.edge.shapes import check_batch_axes, specialised
+    from compress.onnx.graph import load_model
 
-        model, _ = specialise(model, Path(out) / f"{model.stem}.fixed.onnx", parse_fix_dims(fix),
-                              parse_fixed_inputs(fix_inputs))
-    _check_batch_axes(model, batch_axes, fix_inputs)
+    bound: dict = {}
+    if fix or fix_inputs:
+        model, bound, _ = specialised(model, Path(out) / f"{model.stem}.fixed.onnx", fix, fix_inputs)
+    axes = parse_batch_axes(batch_axes)
+    check_batch_axes(load_model(model, weights=False).graph, axes, model.name, set(bound))
     # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
-    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options, batch_axes) if "qnn" in targets \
-        else None
+    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options, axes) if "qnn" in targets else None
     if (dims or batch_axes) and inputs_npz is None:
         from compress.bench.inputs import parse_dims
         from compress.edge.ort_format import sample_inputs
@@ -86,10 +87,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         inputs = load_npz(inputs_npz, session)
     if qnn is not None:
         qnn["max_accuracy_drop"] = max_accuracy_drop
-    from compress.bench.inputs import parse_batch_axes
-
     section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
-                      batch_axes=parse_batch_axes(batch_axes) or None,
+                      batch_axes=axes or None,
                       style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
     ort = section["ort"]
     parity = section["parity"]
@@ -123,27 +122,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
                          "(edge.json has every figure)")
 
 
-def _check_batch_axes(model: Path, batch_axes: tuple[str, ...], fix_inputs: tuple[str, ...]) -> None:
-    """Each --batch-axis names an input of the model (or one --fix-input bound) and an axis it has: one line
-    otherwise, before anything is generated for it."""
-    from compress.bench.inputs import parse_batch_axes
-    from compress.errors import CompressError
-    from compress.onnx.graph import graph_inputs, load_model
-
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in graph_inputs(load_model(model, weights=False).graph)}
-    bound = {item.partition("=")[0] for item in fix_inputs}
-    for name, axis in parse_batch_axes(batch_axes).items():
-        if name not in ranks and name not in bound:
-            raise CompressError(f"--batch-axis {name}: {model.name} has no input {name!r} (inputs: "
-                                f"{', '.join(ranks)})")
-        if name in ranks and axis is not None and axis >= ranks[name]:
-            raise CompressError(f"--batch-axis {name}:{axis}: input '{name}' of {model.name} " + (
-                f"has {ranks[name]} axes; name one of 0-{ranks[name] - 1}, or none" if ranks[name]
-                else f"is a scalar; use --batch-axis {name}:none"))
-
-
 def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str, qnn_options: tuple[str, ...],
-                batch_axes: tuple[str, ...] = ()) -> dict:
+                batch_axes: "dict[str, int | None]") -> dict:
     """prepare_qnn's data and options from the command line; CompressError (exit 2) for bad ones."""
     import numpy as np
 
@@ -178,8 +158,6 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
                             f"({', '.join(names)}), got {sorted(arrays)}")
     feeds = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
     y = arrays.get("y", arrays.get("labels"))
-    from compress.bench.inputs import parse_dims
-
-    axes = {k: v for k, v in parse_dims((), batch_axes).batch_axes.items() if k in feeds}
+    axes = {k: v for k, v in batch_axes.items() if k in feeds}  # not the inputs --fix-input bound away
     return {"calibration": feeds, "val_x": feeds, "val_y": y, "batch_axes": axes or None,
             "activation_type": activation_type, "provider_options": options or None}

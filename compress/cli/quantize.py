@@ -148,11 +148,10 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
 def _specialised(model: Path, out: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...]) -> tuple[Path, Any]:
     """The model with --fix-input values bound and --fix-dim dimensions fixed (the If nodes they decide inlined),
     and what the summary records of it (None without --fix-input)."""
-    from compress.edge.shapes import parse_fix_dims, specialise
-    from compress.onnx.control import parse_fixed_inputs, specialised_summary
+    from compress.edge.shapes import specialised
+    from compress.onnx.control import specialised_summary
 
-    bound = parse_fixed_inputs(fix_inputs)
-    model, counts = specialise(model, out, parse_fix_dims(fix), bound)
+    model, bound, counts = specialised(model, out, fix, fix_inputs)
     return model, specialised_summary(bound, counts) if bound or counts[0] else None
 
 

@@ -3,9 +3,13 @@ dimension by name or by input and axis (`--fix-dim`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compress.errors import CompressError
 from compress.onnx.graph import graph_inputs, load_model
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
@@ -23,16 +27,15 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
     if batch < 1:
         raise CompressError(f"fixed_batch: expected an integer >= 1, got {batch}; use 1 for on-device inference")
     model = load_model(onnx_path)
+    names = {v.name for v in graph_inputs(model.graph)}  # axes may name inputs bound away (--fix-input)
+    check_batch_axes(model.graph, {k: v for k, v in (axes or {}).items() if k in names}, Path(onnx_path).name)
     for value in graph_inputs(model.graph):
         axis = (axes or {}).get(value.name, 0)
         if not value.type.HasField("tensor_type") or axis is None:
             continue
         dims = value.type.tensor_type.shape.dim
-        if len(dims) <= axis and value.name not in (axes or {}):
-            continue  # a scalar, or an input with no declared shape: no batch to fix
         if len(dims) <= axis:
-            raise CompressError(f"--batch-axis {value.name}:{axis}: input '{value.name}' of {Path(onnx_path).name} "
-                                f"has {len(dims)} axes; name one of 0-{len(dims) - 1}, or none")
+            continue  # a scalar, or an input with no declared shape: no batch to fix
         first = dims[axis]
         if first.HasField("dim_value") and first.dim_value > 0:
             if first.dim_value != batch:
@@ -58,6 +61,20 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
     return out_path
 
 
+def check_batch_axes(graph: "onnx.GraphProto", axes: "dict[str, int | None]", origin: str,
+                     bound: "set[str] | frozenset[str]" = frozenset()) -> None:
+    """Each --batch-axis names an input of the graph (or one `bound` away by --fix-input) and an axis it has: one
+    line otherwise, before anything is fixed or generated for it."""
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in graph_inputs(graph)}
+    for name, axis in axes.items():
+        if name not in ranks and name not in bound:
+            raise CompressError(f"--batch-axis {name}: {origin} has no input {name!r} (inputs: {', '.join(ranks)})")
+        if name in ranks and axis is not None and axis >= ranks[name]:
+            raise CompressError(f"--batch-axis {name}:{axis}: input '{name}' of {origin} " + (
+                f"has {ranks[name]} axes; name one of 0-{ranks[name] - 1}, or none" if ranks[name]
+                else f"is a scalar; use --batch-axis {name}:none"))
+
+
 def parse_fix_dims(items: "tuple[str, ...] | list[str]") -> list[tuple[str, int | None, int]]:
     """`--fix-dim` values: NAME=VALUE (a named symbolic dimension, everywhere it occurs) or INPUT:AXIS=VALUE (one
     axis of one input, for unnamed dimensions). Returns [(name or input, axis or None, value)]."""
@@ -80,6 +97,17 @@ def fix_dims(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | None,
     """A copy of the model with dimensions fixed (ORT's `make_dim_param_fixed` for a named one, the input's shape
     for an axis of one input), output shapes re-inferred. A name or axis the model does not have is one line."""
     return specialise(onnx_path, out_path, fixes)[0]
+
+
+def specialised(model: Path, out: Path, fix: "tuple[str, ...]", fix_inputs: "tuple[str, ...]") -> tuple[
+        Path, "dict[str, list[float]]", tuple[int, int]]:
+    """specialise() from the command line's --fix-dim and --fix-input values: the copy, the bound values and the
+    control-flow counts before and after."""
+    from compress.onnx.control import parse_fixed_inputs
+
+    bound = parse_fixed_inputs(fix_inputs)
+    path, counts = specialise(model, out, parse_fix_dims(fix), bound)
+    return path, bound, counts
 
 
 def specialise(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | None, int]],
