@@ -21,13 +21,12 @@ def rows(feeds: "dict[str, np.ndarray]", axes: dict[str, int | None] | None = No
 
 def head(feeds: "dict[str, np.ndarray]", count: int,
          axes: dict[str, int | None] | None = None) -> "dict[str, np.ndarray]":
-    """The first `count` samples of each input (all it has, when fewer), along its batch axis; an input without one
-    (None, a scalar) whole."""
+    """The first `count` samples of each input (all it has, when fewer), along its batch axis, as views; an input
+    without one (None, a scalar) whole."""
     import numpy as np
 
     axes = axes or {}
-    return {k: v if not np.ndim(v) or axes.get(k, 0) is None
-            else np.take(v, range(min(count, np.shape(v)[axes.get(k, 0)])), axis=axes.get(k, 0))
+    return {k: v if not np.ndim(v) or axes.get(k, 0) is None else v[(slice(None),) * axes.get(k, 0) + (slice(count),)]
             for k, v in feeds.items()}
 
 

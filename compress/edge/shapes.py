@@ -129,7 +129,7 @@ def specialise(onnx_path: Path, out_path: Path, fixes: list[tuple[str, int | Non
     onnx.save(model, str(out_path))
     counts = (0, 0)
     if (bound or fixes) and any(n.op_type == "If" for n in model.graph.node):  # a Loop alone is left as it is
-        counts = resolve(out_path, out_path.parent)
+        counts = resolve(model, out_path, out_path.parent)
     _check_loads(out_path, fixes, name, bound or {})
     return out_path, counts
 
@@ -172,7 +172,9 @@ def _check_loads(path: Path, fixes: list[tuple[str, int | None, int]], name: str
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         from compress.errors import first_line
 
-        flags = " ".join([f"--fix-input {k}={','.join(f'{x:g}' for x in v)}" for k, v in bound.items()]
+        from compress.onnx.control import shown
+
+        flags = " ".join([f"--fix-input {k}={shown(v)}" for k, v in bound.items()]
                          + [f"--fix-dim {n}:{a}={v}" if a is not None else f"--fix-dim {n}={v}" for n, a, v in fixes])
         raise CompressError(f"{flags}: onnxruntime cannot load {name} with these values, so the graph needs one of "
                             "them free (fix fewer dimensions: the batch alone is often enough): "

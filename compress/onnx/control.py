@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 CONTROL_FLOW = ("If", "Loop", "Scan")
 
 
+def shown(values: "list[float]") -> str:
+    """A --fix-input value as the flag writes it: numbers separated by commas."""
+    return ",".join(f"{v:g}" for v in values)
+
+
 def parse_fixed_inputs(items: "tuple[str, ...] | list[str]") -> dict[str, list[float]]:
     """`--fix-input` values: NAME=VALUE, VALUE a number or numbers separated by commas (the input's own shape)."""
     bound: dict[str, list[float]] = {}
@@ -37,8 +42,8 @@ def parse_fixed_inputs(items: "tuple[str, ...] | list[str]") -> dict[str, list[f
             raise CompressError(f"--fix-input: expected NAME=VALUE (an input bound to a number, e.g. sr=16000, or "
                                 f"to numbers separated by commas), got {item!r}")
         if name in bound:
-            raise CompressError(f"--fix-input {name}: given twice ({','.join(f'{v:g}' for v in bound[name])} and "
-                                f"{text}); bind each input once")
+            raise CompressError(f"--fix-input {name}: given twice ({shown(bound[name])} and {text}); bind each "
+                                "input once")
         bound[name] = values
     return bound
 
@@ -92,7 +97,6 @@ def _bound_value(value: "onnx.ValueInfoProto", values: list[float], origin: str)
                             f"{int(np.prod(dims)) if all(d > 0 for d in dims) else 'a fixed number of'} "
                             f"value(s); got {len(values)}")
     array = np.asarray(values, dtype=np.float64).reshape(shape)
-    shown = ",".join(f"{v:g}" for v in values)
     if dtype == np.bool_:
         ok = bool(np.isin(array, (0, 1)).all())
     elif np.issubdtype(dtype, np.integer):
@@ -102,7 +106,7 @@ def _bound_value(value: "onnx.ValueInfoProto", values: list[float], origin: str)
         ok = bool(np.all(np.isfinite(array)) and np.all(np.abs(array) <= np.finfo(dtype).max))
     if not ok:
         raise CompressError(f"--fix-input {name}: input {name!r} of {origin} is {dtype.name}, which cannot hold "
-                            f"{shown}" + ("; use 0 or 1" if dtype == np.bool_ else ""))
+                            f"{shown(values)}" + ("; use 0 or 1" if dtype == np.bool_ else ""))
     return array.astype(dtype)
 
 
@@ -112,28 +116,23 @@ def count_control_flow(graph: "onnx.GraphProto") -> int:
                + sum(count_control_flow(g) for a in n.attribute for g in a.graphs) for n in graph.node)
 
 
-def resolve(path: Path, work: Path) -> tuple[int, int]:
-    """Inline, in the model at `path` (rewritten in place), every If whose condition is a constant or a shape the
+def resolve(model: "onnx.ModelProto", path: Path, work: Path) -> tuple[int, int]:
+    """Inline every If of `model` (saved at `path`, rewritten there) whose condition is a constant or a shape the
     fixed dimensions decide. Returns the count of control-flow nodes (all depths) before and after."""
     import onnx
 
-    model = onnx.load(str(path))
-    before = after = count_control_flow(model.graph)
+    before = count_control_flow(model.graph)
     if not before:
-        return before, after
+        return before, before
     for _ in range(4):
         model = _fold(model, path)
         onnx.save(model, str(path))
-        if not count_control_flow(model.graph):
+        folded = _ort_basic(model, path, Path(work) / f"{path.stem}.basic.onnx") if count_control_flow(
+            model.graph) else None
+        if folded is None:
             break
-        _ort_basic(path, Path(work) / f"{path.stem}.basic.onnx")
-        model = onnx.load(str(path))
-        now = count_control_flow(model.graph)
-        if now >= after:
-            break
-        after = now
-    after = count_control_flow(model.graph)
-    return before, after
+        model = folded  # ORT inlined what onnxscript could not: fold again
+    return before, count_control_flow(model.graph)
 
 
 def _fold(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
@@ -146,18 +145,17 @@ def _fold(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
     return model
 
 
-def _ort_basic(path: Path, scratch: Path) -> None:
+def _ort_basic(model: "onnx.ModelProto", path: Path, scratch: Path) -> "onnx.ModelProto | None":
     """ORT's basic optimisations (constant folding with the shapes it infers, which inlines If nodes whose condition
-    folds) written back over `path`, only where that resolves control flow and is a model any target can take:
-    not for a float16 model (the CPU provider's session writes its float32 casts into it), not when ORT cannot
-    (its inliner on nested outer-scope names), and not when folding grows the file past half again (a
-    ConstantOfShape materialised)."""
+    folds) of `model`, saved at `path`, written back over `path` and returned, only where that resolves control flow
+    and is a model any target can take: not for a float16 model (the CPU provider's session writes its float32
+    casts into it), not when ORT cannot (its inliner on nested outer-scope names), and not when folding grows the
+    file past half again (a ConstantOfShape materialised). None when it is not taken."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(path), load_external_data=False)
     if _has_float16(model):
-        return
+        return None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(scratch)
@@ -166,13 +164,14 @@ def _ort_basic(path: Path, scratch: Path) -> None:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - ORT's own error types; the model stays as onnxscript left it
         scratch.unlink(missing_ok=True)
-        return
-    folded = onnx.load(str(scratch), load_external_data=False)
+        return None
+    folded = onnx.load(str(scratch))
     if (count_control_flow(folded.graph) < count_control_flow(model.graph)
             and scratch.stat().st_size <= 1.5 * path.stat().st_size + (1 << 20)):
         scratch.replace(path)
-    else:
-        scratch.unlink(missing_ok=True)
+        return folded
+    scratch.unlink(missing_ok=True)
+    return None
 
 
 def _has_float16(model: "onnx.ModelProto") -> bool:
@@ -249,10 +248,9 @@ def bound_mismatches(items: "tuple[str, ...]", files: dict[str, "Path | None"]) 
         for name, values in bound.items():
             held = arrays.get(name)
             if held is not None and held.size and not np.all(np.isin(np.unique(held), np.asarray(values))):
-                shown = ", ".join(f"{v:g}" for v in np.unique(held)[:4])
-                value = ",".join(f"{v:g}" for v in values)
-                lines.append(f"--fix-input {name}={value}: the {option} data holds {name} = {shown}; the model is "
-                             f"bound to {value}, so those inputs were made for another setting")
+                held_values = ", ".join(f"{v:g}" for v in np.unique(held)[:4])
+                lines.append(f"--fix-input {name}={shown(values)}: the {option} data holds {name} = {held_values}; "
+                             f"the model is bound to {shown(values)}, so those inputs were made for another setting")
     return lines
 
 
