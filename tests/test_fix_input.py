@@ -106,11 +106,23 @@ def test_quantize_says_which_input_to_bind_and_quantizes_the_branch_once_it_is(t
 
 
 def test_bench_times_the_bound_model(tmp_path: Path):
-    model = rated(tmp_path / "rated.onnx")
-    result = _invoke("bench", model, "--fix-input", "sr=8000", "--quiet", "--min-runs", "3", "--repetitions", "1",
-                     "--warmup", "1", "--min-seconds", "0")
+    (tmp_path / "models").mkdir()
+    model = rated(tmp_path / "models" / "rated.onnx")
+    quick = ["--quiet", "--min-runs", "3", "--repetitions", "1", "--warmup", "1", "--min-seconds", "0"]
+    result = _invoke("bench", model, "--fix-input", "sr=8000", "--json", tmp_path / "b.json", *quick)
     assert result.exit_code == 0, result.output
-    assert "rated.fixed.onnx (sr=8000 fixed)" in result.output
+    assert f"timing {model} with sr=8000 fixed" in result.output
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["model"] == str(model) and doc["fixed"] == ["sr=8000"] and list(doc["inputs"]) == ["x"]
+    # --against is bound to the same value: the inputs below hold x only, which the unbound OLD could not run
+    old = rated(tmp_path / "models" / "old.onnx")
+    np.savez(tmp_path / "x.npz", x=np.ones((1, 16), np.float32))
+    paired = _invoke("bench", model, "--against", old, "--fix-input", "sr=8000", "--inputs", tmp_path / "x.npz",
+                     "--json", tmp_path / "p.json", *quick)
+    assert paired.exit_code in (0, 1), paired.output
+    said = json.loads((tmp_path / "p.json").read_text())
+    assert (said["old"], said["new"]) == (str(old), str(model)) and said["paired"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["old.onnx", "rated.onnx"]  # nothing beside
 
 
 @pytest.mark.parametrize("flag, says", [

@@ -5,6 +5,7 @@ and exit 2 (GateFailed: exit 1). Heavy imports stay inside the command bodies.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +141,9 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     budget is measured again (fresh sessions, pooled with the first look) before it is judged. Exit 1 on a
     regression.
     """
-    from compress.bench.compare import bench_document, load_rows
-    from compress.bench.environment import environment
-    from compress.bench.config import BenchSettings
-    from compress.bench.harness import bench_model
-    from compress.bench.inputs import batch_of, load_npz, parse_dims
-    from compress.bench.providers import check_model_file, open_session, resolve_provider
+    from compress.bench.compare import load_rows
+    from compress.bench.inputs import parse_dims
+    from compress.bench.providers import check_model_file, resolve_provider
 
     # everything the user typed is checked before a single run is timed
     if against is not None and baseline is not None:
@@ -155,13 +153,44 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
     base_rows = load_rows(baseline) if baseline is not None else None
-    model = _fixed(check_model_file(model), fix, fix_inputs)
+    given = check_model_file(model)
+    if against is not None:
+        check_model_file(against)
+    with tempfile.TemporaryDirectory(prefix="compress-bench-") as work:
+        model = _fixed(given, Path(work) / "new", fix, fix_inputs)
+        old = None if against is None else _fixed(against, Path(work) / "old", fix, fix_inputs, say=False)
+        # the same dimensions and values for OLD, or the two would not run the same graph
+        _bench(given, model, names, batch_sizes=list(batches), threads=threads, dim_sizes=dim_sizes,
+               options=options, base_rows=base_rows, baseline=baseline, against=against, old=old,
+               max_regression=max_regression, inputs_npz=inputs_npz, json_out=json_out, kit_dir=kit_dir, quiet=quiet,
+               fixed=[*fix, *fix_inputs], settings=_bench_settings(io_binding, options, edge, strict, warmup_runs,
+                                                                     min_runs, min_seconds, repetitions, time_budget))
+
+
+def _bench_settings(io_binding: bool | None, options: dict[str, dict[str, str]], edge: bool, strict: bool,
+                    warmup_runs: int | None, min_runs: int | None, min_seconds: float | None,
+                    repetitions: int | None, time_budget: float | None) -> Any:
+    from compress.bench.config import BenchSettings
+
     overrides = {k: v for k, v in {"warmup_runs": warmup_runs, "min_runs": min_runs, "min_seconds": min_seconds,
                                    "repetitions": repetitions, "time_budget_seconds": time_budget}.items()
                  if v is not None}
-    settings = BenchSettings(io_binding=io_binding, provider_options=options or {}, edge=edge, strict=strict,
-                             **overrides)
-    batch_sizes = list(batches)
+    return BenchSettings(io_binding=io_binding, provider_options=options or {}, edge=edge, strict=strict, **overrides)
+
+
+def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int], threads: tuple[int, ...],
+           dim_sizes: dict[str, int], options: dict[str, dict[str, str]], base_rows: Any, baseline: Path | None,
+           against: Path | None, old: Path | None, max_regression: float, inputs_npz: Path | None,
+           json_out: Path | None, kit_dir: Path | None, quiet: bool, fixed: list[str], settings: Any) -> None:
+    """The body of `compress bench`, timing `model` and `old`: MODEL and --against as given (`given`, `against`: what
+    the terminal and the JSON name) or their specialised copies."""
+    from compress.bench.compare import bench_document
+    from compress.bench.environment import environment
+    from compress.bench.harness import bench_model
+    from compress.bench.inputs import batch_of, load_npz
+    from compress.bench.providers import open_session
+
+    edge = settings.edge
     inputs_for_batch = None
     if inputs_npz is not None:
         session, _ = open_session(model, "cpu", 1, strict=True)
@@ -170,14 +199,13 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         inputs_for_batch = lambda _batch: arrays  # noqa: E731 - the npz fixes the batch
 
     if against is not None:
-        check_model_file(against)
         if kit_dir is not None:  # before the gate, which may exit 1: the kit is what checks it on the device
             kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else _generated(model, batch_sizes[0],
                                                                                                dim_sizes)
             _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads),
-                      settings, against=against, max_regression=max_regression)
-        _against(model, against, names, batch_sizes, list(threads), settings, max_regression,
-                 inputs_for_batch, dim_sizes, json_out)
+                      settings, against=old, max_regression=max_regression)
+        _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
+                 inputs_for_batch, dim_sizes, json_out, shown=(against, given))
         return
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
@@ -187,7 +215,9 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     if json_out is not None:
         from compress.bench.identity import model_inputs
 
-        doc = bench_document(model, result, environment(), _settings_dict(settings), model_inputs(model))
+        doc = bench_document(given, result, environment(), _settings_dict(settings), model_inputs(model))
+        if fixed:
+            doc["fixed"] = fixed  # timed with these dimensions and inputs fixed (--fix-dim, --fix-input)
         from compress.cache import write_json
 
         write_json(json_out, doc)  # temp file + rename: a killed run never leaves half a JSON for a later gate
@@ -197,7 +227,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
                                                                                            dim_sizes)
         _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads), settings)
     if base_rows is not None:
-        _baseline_gate(model, baseline, base_rows, result, max_regression)
+        _baseline_gate(given, baseline, base_rows, result, max_regression)
 
 
 @click.command()
@@ -255,8 +285,9 @@ def _baseline_gate(model: Path, baseline: Any, base_rows: dict[Any, dict[str, An
 
 def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int], threads: list[int],
              settings: Any, max_regression: float, inputs_for_batch: Any, dims: dict[str, int],
-             json_out: Path | None) -> None:
-    """`bench MODEL --against OLD`: one paired row per (provider, batch, threads); exit 1 on a regression."""
+             json_out: Path | None, shown: tuple[Path, Path]) -> None:
+    """`bench MODEL --against OLD`: one paired row per (provider, batch, threads); exit 1 on a regression. `shown`:
+    the (old, new) paths the user gave, named on the terminal and in the JSON for `old` and `model`."""
     from compress.bench.harness import ProviderUnavailable
     from compress.bench.paired import paired_bench, paired_table
 
@@ -272,23 +303,23 @@ def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int
                     if settings.strict:
                         raise
                     unavailable.append({"provider": exc.provider, "reason": exc.reason})
-    click.echo(paired_table(rows, max_regression, str(old), str(model)))
+    click.echo(paired_table(rows, max_regression, str(shown[0]), str(shown[1])))
     for u in unavailable:
         click.echo(f"{u['provider']:<28} unavailable: {u['reason']}")
     if json_out is not None:
         from compress.bench.environment import environment
         from compress.cache import write_json
 
-        write_json(json_out, {"schema": "compress.paired/1", "old": str(old), "new": str(model),
+        write_json(json_out, {"schema": "compress.paired/1", "old": str(shown[0]), "new": str(shown[1]),
                               "max_regression": max_regression, "environment": environment(),
                               "settings": _settings_dict(settings), "paired": rows, "unavailable": unavailable})
         click.echo(f"wrote {json_out}")
     if not rows:
-        raise CompressError(f"{model}: no provider could run, nothing to compare with {old}")
+        raise CompressError(f"{shown[1]}: no provider could run, nothing to compare with {shown[0]}")
     bad = [r for r in rows if r["regressed"]]
     if bad:
         worst = max(bad, key=lambda r: r["ratio"])
-        raise GateFailed(f"{model} vs {old}: {len(bad)} of {len(rows)} paired rows regressed beyond "
+        raise GateFailed(f"{shown[1]} vs {shown[0]}: {len(bad)} of {len(rows)} paired rows regressed beyond "
                          f"+{max_regression:.0%} (worst {worst['provider']} batch {worst['batch']} threads "
                          f"{worst['threads']}: x{worst['ratio']:.3f})")
 
@@ -309,15 +340,16 @@ def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -
     return recheck
 
 
-def _fixed(model: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...] = ()) -> Path:
-    """MODEL, or a copy beside it with the --fix-dim dimensions fixed and the --fix-input values bound (what is then
-    timed, said on the terminal)."""
+def _fixed(model: Path, work: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...] = (), say: bool = True) -> Path:
+    """MODEL, or a copy in `work` (the command's temporary folder: nothing is written beside the user's model) with
+    the --fix-dim dimensions fixed and the --fix-input values bound (what is then timed, said on the terminal)."""
     if not fix and not fix_inputs:
         return model
     from compress.edge.shapes import specialised
 
-    fixed, _, _ = specialised(model, model.with_name(f"{model.stem}.fixed.onnx"), fix, fix_inputs)
-    click.echo(f"timing {fixed} ({', '.join([*fix, *fix_inputs])} fixed)")
+    fixed, _, _ = specialised(model, work / model.name, fix, fix_inputs)
+    if say:
+        click.echo(f"timing {model} with {', '.join([*fix, *fix_inputs])} fixed")
     return fixed
 
 
