@@ -272,3 +272,15 @@ def test_data_made_for_another_value_of_a_bound_input_is_a_warning(tmp_path: Pat
     said = ("--fix-input sr=16000: the --calibration data holds sr = 8000; the model is bound to 16000, so those "
             "inputs were made for another setting")
     assert said in result.output and said in json.loads(out.with_suffix(".json").read_text())["warnings"]
+
+
+def test_edge_says_when_its_data_was_made_for_another_value(tmp_path: Path):
+    model = rated(tmp_path / "rated.onnx")
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 16), np.float32), sr=np.array([8000, 8000], np.int64))
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "edge"), "--fix-input", "sr=16000",
+                                       "--inputs", str(tmp_path / "in.npz")])
+    said = ("--fix-input sr=16000: the --inputs data holds sr = 8000; the model is bound to 16000, so those inputs "
+            "were made for another setting")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {said}" in result.output
+    assert json.loads((tmp_path / "edge" / "edge.json").read_text())["warnings"] == [said]

@@ -87,8 +87,13 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         inputs = load_npz(inputs_npz, session)
     if qnn is not None:
         qnn["max_accuracy_drop"] = max_accuracy_drop
+    from compress.onnx.control import bound_mismatches
+
+    warnings = bound_mismatches(fix_inputs, {"--calibration": calibration_npz, "--inputs": inputs_npz})
+    for line in warnings:  # now, before minutes on the NPU, and in edge.json
+        click.echo(f"warning: {line}", err=True)
     section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
-                      batch_axes=axes or None,
+                      batch_axes=axes or None, warnings=warnings,
                       style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
     ort = section["ort"]
     parity = section["parity"]

@@ -60,6 +60,7 @@ def prepare(
     targets: tuple[str, ...] = (),
     qnn: dict | None = None,
     batch_axes: dict[str, int | None] | None = None,
+    warnings: list[str] | None = None,
 ) -> dict:
     """Everything `compress edge` and `[export] ort_format = true` do, in order; returns the report section.
 
@@ -75,7 +76,8 @@ def prepare(
     The section is also written to `out_dir/edge.json`, also when the QNN target's native code ends its child
     process (ProviderCrashed, exit 1, after edge.json holds what was measured before). `batch_axes`: an input's
     batch axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: no batch axis), for the fixed batch
-    and the parity chunks.
+    and the parity chunks. `warnings`: lines the caller has said already, kept in the section (data made for another
+    value of a bound input).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,7 @@ def prepare(
         "max_abs_diff_allowed": atol,
         # the runtime style stores the basic graph and replays the rest at load time
         "readiness": readiness(model, optimization="basic" if style == "runtime" else optimization),
+        **({"warnings": warnings} if warnings else {}),
     }
     if "qnn" in targets:
         from compress.edge.qnn_flow import readiness_entry
