@@ -121,7 +121,7 @@ def test_bench_times_the_bound_model(tmp_path: Path):
                      "--json", tmp_path / "p.json", *quick)
     assert paired.exit_code in (0, 1), paired.output
     said = json.loads((tmp_path / "p.json").read_text())
-    assert (said["old"], said["new"]) == (str(old), str(model)) and said["paired"]
+    assert (said["old"], said["new"]) == (str(old), str(model)) and said["paired"] and said["fixed"] == ["sr=8000"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["old.onnx", "rated.onnx"]  # nothing beside
 
 

@@ -205,7 +205,7 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
             _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads),
                       settings, against=old, max_regression=max_regression)
         _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
-                 inputs_for_batch, dim_sizes, json_out, shown=(against, given))
+                 inputs_for_batch, dim_sizes, json_out, shown=(against, given), fixed=fixed)
         return
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
@@ -285,7 +285,7 @@ def _baseline_gate(model: Path, baseline: Any, base_rows: dict[Any, dict[str, An
 
 def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int], threads: list[int],
              settings: Any, max_regression: float, inputs_for_batch: Any, dims: dict[str, int],
-             json_out: Path | None, shown: tuple[Path, Path]) -> None:
+             json_out: Path | None, shown: tuple[Path, Path], fixed: list[str] | None = None) -> None:
     """`bench MODEL --against OLD`: one paired row per (provider, batch, threads); exit 1 on a regression. `shown`:
     the (old, new) paths the user gave, named on the terminal and in the JSON for `old` and `model`."""
     from compress.bench.harness import ProviderUnavailable
@@ -312,7 +312,8 @@ def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int
 
         write_json(json_out, {"schema": "compress.paired/1", "old": str(shown[0]), "new": str(shown[1]),
                               "max_regression": max_regression, "environment": environment(),
-                              "settings": _settings_dict(settings), "paired": rows, "unavailable": unavailable})
+                              "settings": _settings_dict(settings), "paired": rows, "unavailable": unavailable,
+                              **({"fixed": fixed} if fixed else {})})
         click.echo(f"wrote {json_out}")
     if not rows:
         raise CompressError(f"{shown[1]}: no provider could run, nothing to compare with {shown[0]}")
