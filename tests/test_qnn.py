@@ -552,22 +552,163 @@ def _one_wide_channel(path: Path) -> Path:
     return path
 
 
+def _wide_then_narrow(path: Path) -> Path:
+    """x [1, 16] times [100, 1, ..., 1] (t), then its 15 narrow channels, plus a bias, through a Relu: only t needs
+    16 bits; x, the slice, the sum and the Relu read the same at 8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = np.ones((1, 16), np.float32)
+    scale[0, 0] = 100.0
+    consts = {"scale": scale, "starts": np.array([1]), "ends": np.array([16]), "axes": np.array([1]),
+              "bias": np.full((1, 15), 0.5, np.float32)}
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["t"], name="widen"),
+         helper.make_node("Slice", ["t", "starts", "ends", "axes"], ["u"], name="narrow"),
+         helper.make_node("Add", ["u", "bias"], ["v"], name="shift"),
+         helper.make_node("Relu", ["v"], ["y"], name="relu")], "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 15])],
+        [numpy_helper.from_array(v if v.dtype == np.float32 else v.astype(np.int64), k) for k, v in consts.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _wide_chain(path: Path, links: int = 6) -> Path:
+    """x [1, 16] times [100, 1, ..., 1], then `links` more element-wise steps that keep the wide channel, then the 15
+    narrow channels: every step's activation needs 16 bits, more than half of the graph's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = np.ones((1, 16), np.float32)
+    scale[0, 0] = 100.0
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["t0"], name="widen")]
+    for i in range(links):
+        nodes.append(helper.make_node("Mul" if i % 2 else "Add", [f"t{i}", f"c{i}"], [f"t{i + 1}"], name=f"step{i}"))
+    nodes.append(helper.make_node("Slice", [f"t{links}", "starts", "ends", "axes"], ["y"], name="narrow"))
+    consts = [numpy_helper.from_array(scale, "scale")] + [
+        numpy_helper.from_array(np.full((1, 16), 1.01 if i % 2 else 0.01, np.float32), f"c{i}") for i in range(links)
+    ] + [numpy_helper.from_array(np.array([v], np.int64), k) for k, v in (("starts", 1), ("ends", 16), ("axes", 1))]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 15])], consts)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_the_activation_8_bits_damage_most_ranks_first(tmp_path):
+    from compress.edge.mixed import noisy_activations
+
+    model = _wide_then_narrow(tmp_path / "wide.onnx")
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    ranked = noisy_activations(model, [{"x": x[i:i + 1]} for i in range(8)])
+    assert ranked[0][0] == "t" and {name for name, _ in ranked} >= {"x", "t", "v", "y"}, ranked
+    assert ranked[0][1] < ranked[1][1] - 6, ranked  # a hundredfold channel: over 6 dB (a bit) below the next
+
+
+def test_the_ranking_takes_every_op_qnn_quantizes_and_leaves_out_the_outlier_tensors(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from compress.edge.mixed import noisy_activations
+
+    # Exp, Sub, Div: outside quantize_static's default op types, quantized by QNN's (a written-out norm or softmax)
+    graph = helper.make_graph([helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Sub", ["e", "x"], ["s"]),
+                               helper.make_node("Div", ["s", "e"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "e.onnx"))
+    feeds = [{"x": np.random.default_rng(0).standard_normal((1, 4, 8)).astype(np.float32)}]
+    assert {name for name, _ in noisy_activations(tmp_path / "e.onnx", feeds)} == {"x", "e", "s", "y"}
+    assert {name for name, _ in noisy_activations(tmp_path / "e.onnx", feeds, skip=["e"])} == {"x", "s", "y"}
+
+
+def test_auto_goes_on_to_16_bits_when_the_mixed_graph_misses_on_htp(tmp_path, monkeypatch):
+    import compress.edge.isolated as isolated
+    from compress.edge.prepare import _qnn_measured
+    from compress.edge.qnn_flow import _tried
+
+    eight = {"budget": {"drop": 0.05, "ok": False, "lost_in": "codes", "int8_cpu_drop": 0.05}}
+    wide = {"budget": {"drop": 0.002, "ok": True, "lost_in": None, "int8_cpu_drop": 0.001}}
+    mixed = {"mixed": {"sixteen_bit": ["t"], "tried": [{"sixteen_bit": 1, "int8_cpu_drop": 0.007}]}}
+    for budget in ({"drop": 0.012, "ok": False, "lost_in": "htp", "int8_cpu_drop": 0.007}, None):  # None: no compile
+        calls = []
+
+        def fake(function, kwargs, **_):
+            calls.append(kwargs["activation_type"])
+            given = {"uint8": eight, "mixed": {**mixed, "budget": budget}, "uint16": wide}[kwargs["activation_type"]]
+            return {"activation_type": kwargs["activation_type"], "installed": True, **given}
+
+        monkeypatch.setattr(isolated, "run_isolated", fake)
+        section = _qnn_measured(tmp_path / "m.onnx", tmp_path, 1, {"activation_type": "auto"})
+        assert calls == ["uint8", "mixed", "uint16"] and section["activation_type"] == "uint16"
+        assert [_tried(t, "uint16") for t in section["activation_tried"]][1:] == [
+            f"mixed (1 at 16 bits) {'drop 0.0120' if budget else 'not measured on HTP'} (missed)",
+            "uint16 drop 0.0020 (met, kept)"]
+    nothing = {"activation_type": "mixed", "skipped": "not compiled", "int8_cpu_drop": None, "rounds": None}
+    assert _tried(nothing, "uint16") == "mixed (up to 0 at 16 bits): nothing to widen, not compiled"
+
+
+def test_the_mixed_search_stops_at_the_first_round_within_the_headroom():
+    from compress.edge.mixed import HEADROOM, counts, search
+
+    assert counts(5) == [1, 2, 3] and counts(8) == [1, 2, 3, 4] and counts(64) == [2, 4, 8, 16, 32]
+    assert counts(1) == [1] and counts(0) == []
+    ranked = [(f"t{i}", float(i)) for i in range(64)]
+    written: list[list[str]] = []
+    drops = {2: 0.05, 4: 0.02, 8: HEADROOM * 0.01, 16: 0.0}
+
+    def quantized(names):
+        written.append(names)
+        return Path(f"{len(names)}.onnx")
+
+    qdq, record = search(ranked, quantized, lambda p: drops[int(p.stem)], 0.01)
+    assert qdq == Path("8.onnx") and record["met"] and record["sixteen_bit"] == [f"t{i}" for i in range(8)]
+    assert [r["sixteen_bit"] for r in record["tried"]] == [2, 4, 8] and len(written) == 3
+    # none within the headroom: the round that lost least, written again as the file the last round overwrote
+    qdq, record = search(ranked, quantized, lambda p: {2: 0.05, 4: 0.03}.get(int(p.stem), 0.04), 0.001)
+    assert qdq == Path("4.onnx") and not record["met"] and written[-1] == [f"t{i}" for i in range(4)]
+
+
 @pytest.mark.qnn
-def test_by_default_the_npu_gets_16_bit_activations_when_the_8_bit_graph_itself_misses(tmp_path):
+def test_by_default_the_npu_widens_only_the_activations_the_8_bit_graph_loses_on(tmp_path):
     import json
 
     from click.testing import CliRunner
 
     from compress.cli import main
 
-    model = _one_wide_channel(tmp_path / "wide.onnx")
+    model = _wide_then_narrow(tmp_path / "wide.onnx")
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
     args = ["edge", str(model), "--provider", "qnn", "--calibration", str(tmp_path / "calib.npz")]
     auto = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "auto")])
     assert auto.exit_code == 0, auto.output
     qnn_section = json.loads((tmp_path / "auto" / "edge.json").read_text())["qnn"]
     tried = {t["activation_type"]: t for t in qnn_section["activation_tried"]}
-    assert qnn_section["activation_type"] == "uint16" and tried["uint16"]["ok"] and not tried["uint8"]["ok"]
-    assert "activations: uint8 drop" in auto.output and "(met, kept)" in auto.output
+    assert qnn_section["activation_type"] == "mixed" and tried["mixed"]["ok"] and not tried["uint8"]["ok"]
+    assert "uint16" not in tried and qnn_section["mixed"]["sixteen_bit"] == ["t"]
+    assert "mixed (1 at 16 bits) drop" in auto.output and "mixed widths: 1 of" in auto.output
     eight = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "eight"), "--activation-type", "uint8"])
     assert eight.exit_code == 1 and "try 16-bit activations" in eight.output
+
+
+@pytest.mark.qnn
+def test_the_npu_gets_16_bit_activations_throughout_when_mixed_widths_miss_too(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _wide_chain(tmp_path / "wide.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+    auto = CliRunner().invoke(main, ["edge", str(model), "--provider", "qnn", "--calibration",
+                                     str(tmp_path / "calib.npz"), "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    qnn_section = json.loads((tmp_path / "auto" / "edge.json").read_text())["qnn"]
+    tried = {t["activation_type"]: t for t in qnn_section["activation_tried"]}
+    assert list(tried) == ["uint8", "mixed", "uint16"], tried
+    assert qnn_section["activation_type"] == "uint16" and tried["uint16"]["ok"] and not tried["mixed"]["ok"]
+    # the mixed graph's ORT CPU reading missed already: it was not compiled for HTP
+    assert tried["mixed"]["skipped"] and tried["mixed"]["rounds"] == [1, 2, 3, 4, 5]
+    assert not list((tmp_path / "auto" / "qnn-mixed").glob("*.qnn_ctx.onnx"))
+    assert "mixed (up to 5 at 16 bits): ORT CPU drop 0.5000 at best, not compiled" in auto.output

@@ -35,10 +35,11 @@ import click
               help="qnn: .npz with the input array (named as the model input, or the only array) for calibration "
                    "and accuracy, or one array per input for a model with several (token ids and a mask, at the "
                    "length the model is fixed to); labels under 'y' add accuracy rows.")
-@click.option("--activation-type", type=click.Choice(["auto", "uint8", "uint16"]), default="auto",
+@click.option("--activation-type", type=click.Choice(["auto", "uint8", "mixed", "uint16"]), default="auto",
               show_default=True,
-              help="qnn: activation type of the QDQ model (uint16: more accurate, slower on the NPU; auto: uint8, "
-                   "and uint16 too when the 8-bit graph itself misses the budget).")
+              help="qnn: activation type of the QDQ model (uint16: more accurate, slower on the NPU; mixed: 16 bits "
+                   "for the activations 8 bits damage most, as few as meet the budget; auto: uint8, then mixed, then "
+                   "uint16, each only when the graph before it misses the budget on its own codes).")
 @click.option("--qnn-option", "qnn_options", multiple=True, metavar="KEY=VALUE",
               help="qnn: QNN EP provider option, e.g. htp_arch=73 or soc_model=57 for the phone's chip.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,

@@ -126,27 +126,34 @@ def prepare(
 
 def _qnn_measured(onnx_path: Path, out_dir: Path, batch: int, qnn: dict) -> dict:
     """The QNN target's section, measured in a child process. `activation_type = "auto"`: 8-bit activations first;
-    when the NPU misses its budget because the 8-bit graph itself loses (ORT CPU's reading of it misses too), the
-    same with 16-bit activations in `out_dir/qnn-uint16`. The section kept is the first that meets the budget, else
-    the one that loses less; `activation_tried` lists both."""
+    when the NPU misses its budget because the 8-bit graph itself loses (ORT CPU's reading of it misses too), mixed
+    widths (16 bits for the activations 8 bits damage most, compress.edge.mixed) in `out_dir/qnn-mixed`, and when
+    those miss too, 16 bits throughout in `out_dir/qnn-uint16`. The section kept is the first that meets the budget,
+    else the one that loses least; `activation_tried` lists each one tried."""
     from compress.edge.isolated import run_isolated
 
     def measured(activation: str, folder: Path) -> dict:
         return run_isolated("compress.edge.qnn_flow:prepare_qnn",
                             {"onnx_path": onnx_path, "out_dir": folder, "fixed_batch": batch,
-                             **{**qnn, "activation_type": activation}},
+                             **{**qnn, "activation_type": activation},
+                             **({"compile_unmet": False} if auto and activation == "mixed" else {})},
                             out_dir=folder, name="qnn", provider="QNNExecutionProvider")
 
     auto = qnn.get("activation_type") == "auto"
-    first = measured("uint8" if auto else qnn.get("activation_type", "uint8"), out_dir)
-    budget = first.get("budget") or {}
-    if not auto or budget.get("lost_in") != "codes":
-        return first
-    second = measured("uint16", out_dir / "qnn-uint16")
-    wider = second.get("budget") or {}
-    chosen = second if wider and (wider["ok"] or wider["drop"] < budget["drop"]) else first
+    tried = [measured("uint8" if auto else qnn.get("activation_type", "uint8"), out_dir)]
+    if not auto or (tried[0].get("budget") or {}).get("lost_in") != "codes":
+        return tried[0]
+    tried.append(measured("mixed", out_dir / "qnn-mixed"))
+    if not (tried[-1].get("budget") or {}).get("ok"):  # missed on its codes or on HTP, or HTP could not compile it
+        tried.append(measured("uint16", out_dir / "qnn-uint16"))
+    judged = [s for s in tried if s.get("budget") and s["budget"].get("drop") is not None]
+    chosen = next((s for s in judged if s["budget"]["ok"]), None) or min(
+        judged or tried[:1], key=lambda s: (s.get("budget") or {}).get("drop", float("inf")))
     chosen["activation_tried"] = [
         {"activation_type": s["activation_type"], "drop": (s.get("budget") or {}).get("drop"),
-         "ok": (s.get("budget") or {}).get("ok"), "qdq_path": s.get("qdq_path"),
-         "latency_ms": (s.get("latency") or {}).get("p50_ms")} for s in (first, second)]
+         "ok": (s.get("budget") or {}).get("ok"), "qdq_path": s.get("qdq_path"), "skipped": s.get("skipped"),
+         "int8_cpu_drop": (s.get("budget") or {}).get("int8_cpu_drop"),
+         "sixteen_bit": len((s.get("mixed") or {}).get("sixteen_bit") or []) if s["activation_type"] == "mixed"
+         else None, "rounds": [r["sixteen_bit"] for r in (s.get("mixed") or {}).get("tried") or []] or None,
+         "latency_ms": (s.get("latency") or {}).get("p50_ms")} for s in tried]
     return chosen

@@ -28,7 +28,7 @@ EP = "QNNExecutionProvider"
 INSTALL = "pip install 'compress[qnn]' (brings onnxruntime-qnn, the QNN plugin for onnxruntime >= 1.24.2)"
 """The install line shown wherever QNN is not installed."""
 
-ActivationType = Literal["uint8", "uint16"]
+ActivationType = Literal["uint8", "uint16", "mixed"]
 
 _registered: dict[str, Any] = {}
 
@@ -96,7 +96,8 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
 def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np.ndarray] | list[dict]", *,
                      activation_type: ActivationType = "uint8", weight_type: Literal["uint8", "int8"] = "uint8",
                      per_channel: bool = True, batch: int = 1, outlier_ratio: float | None = 64.0,  # quantize's
-                     axes: "dict[str, int | None] | None" = None) -> Path:
+                     axes: "dict[str, int | None] | None" = None, sixteen_bit: "list[str] | None" = None,
+                     ranges: Path | None = None) -> Path:
     """QDQ model with ONNX Runtime's QNN settings (qnn_preprocess_model, get_qnn_qdq_config), calibrated on
     `calibration` ({input name: rows}, in batches of `batch` cut along each input's batch axis, `axes`: a
     fixed-shape model takes exactly its batch; or a list
@@ -106,11 +107,15 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
     Convolution weights are symmetric int8 per output channel by default (`per_channel`, PER_CHANNEL_AXIS), which
     HTP runs; other weights are `weight_type` per tensor, ORT's QNN default (which convolutions had too: PP-OCRv4's
     recogniser read cosine 0.78 to fp32 on HTP with it). A model whose opset is under 13 (DequantizeLinear's axis)
-    is converted to 13 first; where that fails, its convolution weights stay per tensor."""
+    is converted to 13 first; where that fails, its convolution weights stay per tensor. `sixteen_bit`: activations
+    that take 16-bit codes besides the outliers (compress.edge.mixed; names the pre-processed graph no longer has are
+    skipped). `ranges`: ORT's calibration cache for this model and data, written by the first call and read by the
+    next (the ranges do not depend on the widths)."""
     import shutil
 
-    from onnxruntime.quantization import QuantType, quantize
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     import numpy as np
 
@@ -121,18 +126,17 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
     types = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8}
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="compress-qnn-") as tmp:
-        # ORT's QNN helpers trip on metadata_props (a TypeError inside qnn_preprocess_model): set them aside on a
-        # copy and put them back on the QDQ model
-        bare, props = _without_metadata(Path(onnx_path), Path(tmp) / "bare.onnx")
-        if per_channel:
-            bare, per_channel = _opset_for_axes(bare, Path(tmp) / "opset13.onnx")
-        pre = Path(tmp) / "pre.onnx"
-        src = pre if qnn_preprocess_model(str(bare), str(pre)) else bare
+        src, per_channel, props = prepared_for_qnn(Path(onnx_path), Path(tmp), per_channel)
         try:
             feeds = list(calibration) if isinstance(calibration, list) else batched(dict(calibration), batch, axes)
             wide = outlier_activations(src, feeds, outlier_ratio) if outlier_ratio and activation_type != "uint16" \
                 else []
             overrides = {name: [{"quant_type": QuantType.QUInt16}] for name, _ in wide}
+            if sixteen_bit:
+                graph = onnx.load(str(src), load_external_data=False).graph
+                present = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+                overrides.update({name: [{"quant_type": QuantType.QUInt16}] for name in sixteen_bit
+                                  if name in present})
             if per_channel:  # convolution weights only: ORT's per_channel would take Gemm and norms too
                 overrides.update({name: [{"quant_type": QuantType.QInt8, "symmetric": True, "axis": axis}]
                                   for name, axis in conv_weights(src).items()})
@@ -142,7 +146,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
             if wide:
                 log.info("quantize for QNN: 16-bit codes for %s", describe(wide))
             with _quiet_fd(2), np.errstate(divide="ignore", invalid="ignore"):  # an infinite range: kept float
-                quantize(str(src), str(Path(tmp) / "qdq.onnx"), cfg)
+                _quantize(src, Path(tmp) / "qdq.onnx", cfg, ranges)
         except CompressError:
             raise
         except Exception as exc:
@@ -156,6 +160,38 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
 
         set_metadata(out_path, props)
     return out_path
+
+
+def prepared_for_qnn(onnx_path: Path, tmp: Path, per_channel: bool = True) -> tuple[Path, bool, dict[str, str]]:
+    """The float graph ORT's QNN quantizer reads, written in `tmp`: metadata set aside, opset 13 for per-channel
+    axes where needed, then ORT's qnn_preprocess_model (its fusions). Returns (path, whether per-channel weights
+    are possible, the metadata to put back on the QDQ model)."""
+    from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
+
+    # ORT's QNN helpers trip on metadata_props (a TypeError inside qnn_preprocess_model): set them aside on a copy
+    bare, props = _without_metadata(Path(onnx_path), tmp / "bare.onnx")
+    if per_channel:
+        bare, per_channel = _opset_for_axes(bare, tmp / "opset13.onnx")
+    pre = tmp / "pre.onnx"
+    return (pre if qnn_preprocess_model(str(bare), str(pre)) else bare), per_channel, props
+
+
+def _quantize(src: Path, out: Path, cfg: Any, ranges: Path | None) -> None:
+    """ORT's quantize() for a StaticQuantConfig, with its calibration cache at `ranges` where this ORT has one."""
+    from onnxruntime.quantization import quantize, quantize_static
+
+    from compress.quantize.calibrate import supported
+
+    if ranges is None or not supported():
+        quantize(str(src), str(out), cfg)
+        return
+    quantize_static(str(src), str(out), cfg.calibration_data_reader, calibrate_method=cfg.calibrate_method,
+                    quant_format=cfg.quant_format, activation_type=cfg.activation_type, weight_type=cfg.weight_type,
+                    op_types_to_quantize=cfg.op_types_to_quantize, nodes_to_quantize=cfg.nodes_to_quantize,
+                    nodes_to_exclude=cfg.nodes_to_exclude, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                    use_external_data_format=cfg.use_external_data_format,
+                    calibration_providers=cfg.calibration_providers, extra_options=cfg.extra_options,
+                    calibration_cache_path=str(ranges))
 
 
 PER_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from compress.cache import write_json
 from compress.edge.qnn import (INSTALL, ActivationType, htp_session, placement, qnn_status, quantize_for_qnn,
                                run_batches, runs_without_fallback)
+from compress.edge.qnn_accuracy import accuracy_on_htp, judge
 from compress.edge.qnn_feeds import feeds_for, head, rows, whole_batches
 from compress.edge.ranges import for_htp
 
@@ -53,99 +54,6 @@ def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
         g["fix"] = next((fix for key, fix in _FIX_BY_REASON if key in reason),
                         _FIX_BY_OP.get(g["op_type"], _DEFAULT_FIX))
     return sorted(groups.values(), key=lambda g: -g["nodes"])
-
-
-def _accuracy(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarray]", y: "np.ndarray | None",
-              batch: int, logits: bool | None = None, reference: "np.ndarray | None" = None,
-              axes: dict[str, int | None] | None = None) -> dict[str, Any]:
-    """fp32 and int8 (the same QDQ model) on ORT CPU and the QDQ model on HTP, on the same samples: top-1 agreement
-    and accuracy (with labels) for class logits; cosine and SQNR to fp32 for any other output."""
-    import numpy as np
-
-    from compress.bench.providers import EXACT_MATMULS
-    from compress.onnx.parity import compare, run_cpu
-    from compress.quantize.gate import looks_like_logits
-    from compress.tasks.tensors import Tensors
-
-    fp32 = run_cpu(fixed, x, batch_size=batch, axes=axes)[0]
-    int8 = run_cpu(qdq, x, batch_size=batch, config=EXACT_MATMULS, axes=axes)[0]  # W8A16 MatMuls as HTP computes
-    htp = run_batches(session, x, batch, axes)
-    vs_int8 = compare([int8], [htp], atol=1e-3)
-    vs_fp32 = compare([fp32], [htp], atol=1e-3)
-    logits = looks_like_logits({"output": fp32}) if logits is None else logits
-    out: dict[str, Any] = {
-        "samples": rows(x, axes), "outputs_look_like_logits": logits,
-        "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],
-        "max_abs_diff_htp_vs_int8_cpu": vs_int8["max_abs_diff"],
-        "top1_agreement_htp_vs_fp32_cpu": vs_fp32["top1_agreement"],
-        "max_abs_diff_htp_vs_fp32_cpu": vs_fp32["max_abs_diff"],
-    }
-    figures = Tensors().metrics({"output": htp}, None, {"output": fp32})
-    out["cosine_htp_vs_fp32_cpu"], out["sqnr_db_htp_vs_fp32_cpu"] = figures["cosine"], figures["sqnr_db"]
-    # the same QDQ graph on ORT CPU against fp32: does the 8-bit graph lose, or HTP's reading of it?
-    out["top1_agreement_int8_cpu_vs_fp32_cpu"] = compare([fp32], [int8], atol=1e-3)["top1_agreement"]
-    on_cpu = Tensors().metrics({"output": int8}, None, {"output": fp32})
-    out["cosine_int8_cpu_vs_fp32_cpu"], out["sqnr_db_int8_cpu_vs_fp32_cpu"] = on_cpu["cosine"], on_cpu["sqnr_db"]
-    if reference is not None:  # the task's own figure: mean cosine to the reference rows
-        r = np.asarray(reference, np.float64).reshape(len(reference), -1)
-        for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8), ("htp", htp)):
-            v = np.asarray(v, np.float64).reshape(len(v), -1)
-            cos = (v * r).sum(1) / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
-            out[f"cosine_to_reference_{k}"] = float(cos.mean())
-    if y is not None and logits:
-        acc = {k: float(np.mean(v.reshape(len(v), -1).argmax(-1) == np.asarray(y).reshape(-1)))
-               for k, v in (("fp32_cpu", fp32), ("int8_cpu", int8), ("htp", htp))}
-        out.update({f"accuracy_{k}": v for k, v in acc.items()})
-        out["accuracy_drop_htp_vs_fp32"] = acc["fp32_cpu"] - acc["htp"]
-    return out
-
-
-def judge(accuracy: dict[str, Any] | None, budget: float, activation_type: str = "uint8") -> dict[str, Any] | None:
-    """The NPU's budget: accuracy drop vs fp32 with labels; else the drop of top-1 agreement (class logits) or, for
-    anything else, the larger of 1 - cosine and half the squared relative error (_tensor_drop). Returns {"metric",
-    "drop", "budget", "ok", "int8_cpu_drop" (the same figure for ORT CPU's reading of the same QDQ graph), "lost_in"
-    (None when met; "codes" when ORT CPU's reading misses too, the graph's own codes lose; "htp" when only HTP
-    does), "where" (that, and what to try)}."""
-    if not accuracy:
-        return None
-    if "accuracy_drop_htp_vs_fp32" in accuracy:
-        metric, drop = "accuracy", accuracy["accuracy_drop_htp_vs_fp32"]
-        on_cpu = accuracy["accuracy_fp32_cpu"] - accuracy["accuracy_int8_cpu"]
-    elif accuracy.get("outputs_look_like_logits"):
-        metric, drop = "top-1 agreement with fp32", 1.0 - accuracy["top1_agreement_htp_vs_fp32_cpu"]
-        on_cpu = 1.0 - accuracy.get("top1_agreement_int8_cpu_vs_fp32_cpu", 1.0)
-    else:
-        metric, drop = _tensor_drop(accuracy["cosine_htp_vs_fp32_cpu"], accuracy.get("sqnr_db_htp_vs_fp32_cpu"))
-        on_cpu = _tensor_drop(accuracy.get("cosine_int8_cpu_vs_fp32_cpu", 1.0),
-                              accuracy.get("sqnr_db_int8_cpu_vs_fp32_cpu"))[1]
-    ok = drop <= budget + 1e-9
-    lost_in = None if ok else "codes" if on_cpu > budget + 1e-9 else "htp"
-    if lost_in is None:
-        where = None
-    elif lost_in == "codes" and activation_type != "uint16":
-        where = (f"the QDQ graph loses on ORT CPU too (drop {on_cpu:.4f}): its 8-bit codes, not HTP; try 16-bit "
-                 "activations (--activation-type uint16, [export] qnn_activation_type)")
-    elif lost_in == "codes":
-        where = (f"the QDQ graph loses on ORT CPU too (drop {on_cpu:.4f}), with 16-bit activations: its quantization, "
-                 "not HTP; calibrate on data like the deployment's, or train for it ([quantize] mode = \"qat\")")
-    else:
-        where = (f"the same QDQ graph on ORT CPU is within the budget (drop {on_cpu:.4f}): HTP computes it "
-                 f"differently (an HTP kernel), not its {'16' if activation_type == 'uint16' else '8'}-bit codes")
-    return {"metric": metric, "drop": drop, "budget": budget, "ok": ok, "int8_cpu_drop": on_cpu, "lost_in": lost_in,
-            "where": where}
-
-
-def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
-    """(metric, drop) for outputs that are not class logits: 1 - cosine, or half the squared error relative to fp32
-    where that is larger. The two agree when the norms do (|a - b|^2 = 2 (1 - cos) |a|^2); a cosine alone does not
-    see a wrong scale (HTP's Reciprocal read a seventh of the value at cosine 1.0 on a test graph)."""
-    from compress.tasks.tensors import relative_error
-
-    scale = 0.5 * relative_error(sqnr_db) ** 2 if sqnr_db is not None else 0.0
-    drop = max(1.0 - cosine, scale)
-    if scale > 2 * (1.0 - cosine) + 1e-3:  # named by what sets it: the two agree within rounding when norms do
-        return "error relative to fp32 (half its square; the scale is off)", drop
-    return "cosine to fp32", drop
 
 
 def _context_check(context: Path, session: Any, x: "dict[str, np.ndarray]", batch: int, strict: bool,
@@ -192,7 +100,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
                 logits: bool | None = None, reference: "np.ndarray | None" = None,
                 outlier_ratio: float | None = 64.0,  # quantize's OUTLIER_RATIO
                 per_channel: bool = True, batch_axes: dict[str, int | None] | None = None,
-                rewrites: dict[str, list] | None = None) -> dict[str, Any]:
+                rewrites: dict[str, list] | None = None, compile_unmet: bool = True) -> dict[str, Any]:
     """QNN HTP target for one model; returns the section (also written to `out_dir/qnn.json`).
 
     QNN not installed -> {"installed": False, "reason", "install"} (a fact about this machine, not the model).
@@ -206,7 +114,9 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     mean cosine to them is reported too (the embedding task's own figure). `per_channel`: convolution weights int8
     per output channel (quantize_for_qnn), else ORT's QNN default (uint8 per tensor). `batch_axes`: each input's
     sample axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: fed whole, a scalar setting).
-    `rewrites`: the float rewrites a given `qdq` was made with (the summary names them).
+    `rewrites`: the float rewrites a given `qdq` was made with (the summary names them). `activation_type = "mixed"`:
+    16 bits for the activations 8 bits damage most (compress.edge.mixed); with `compile_unmet` False, a mixed graph
+    whose ORT CPU reading already misses the budget itself is not compiled for HTP (the section says so, "skipped").
     """
     from compress.edge.isolated import mark
 
@@ -221,10 +131,15 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     axes = dict(batch_axes or {})
     fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq, axes)
     calib = whole_batches(feeds_for(fixed, calibration, "calibration"), fixed_batch, axes)
+    x, y = _validation(fixed, val_x, val_y, calib, fixed_batch, axes)
     mark("QNN QDQ quantization")
-    qdq, made = _qdq(fixed, out_dir, stem, calib, qdq, fixed_batch, seq, axes,
-                     dict(activation_type=activation_type, outlier_ratio=outlier_ratio, per_channel=per_channel))
+    settings = dict(activation_type=activation_type, outlier_ratio=outlier_ratio, per_channel=per_channel)
+    if activation_type == "mixed":  # the judge of each round: ORT CPU's reading, on the data accuracy is read on
+        settings["mixed"] = dict(x=x, y=y, logits=logits, budget=max_accuracy_drop)
+    qdq, made = _qdq(fixed, out_dir, stem, calib, qdq, fixed_batch, seq, axes, settings)
     rewrites = {**(rewrites or {}), **made}
+    if "mixed" in made and not compile_unmet and not _within(made["mixed"]["best_cpu_drop"], max_accuracy_drop):
+        return _unmet(out_dir, status, fixed, qdq, made["mixed"], max_accuracy_drop)
     mark("placement on HTP")
     placed, provider_options, chip = _placed(qdq, out_dir / f"{stem}.qnn_ctx.onnx", provider_options)
     mark("a session without CPU fallback")
@@ -241,10 +156,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     if placed["compile_error"] is None:
         mark("accuracy on HTP")
         session = htp_session(qdq, fallback=not strict["ok"], provider_options=provider_options)
-        x, y = (feeds_for(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
-        x = whole_batches(x, fixed_batch, axes)
-        y = y[: rows(x, axes)] if y is not None else None
-        section["accuracy"] = _accuracy(fixed, qdq, session, x, y, fixed_batch, logits,
+        section["accuracy"] = accuracy_on_htp(fixed, qdq, session, x, y, fixed_batch, logits,
                                         None if reference is None else reference[: rows(x, axes)], axes)
         section["budget"] = judge(section["accuracy"], max_accuracy_drop, activation_type)
         if section["budget"]["lost_in"] == "htp":
@@ -262,6 +174,37 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     return section
 
 
+def _validation(fixed: Path, val_x: Any, val_y: "np.ndarray | None", calib: "dict[str, np.ndarray]", batch: int,
+                axes: dict[str, int | None]) -> "tuple[dict[str, np.ndarray], np.ndarray | None]":
+    """The samples accuracy is read on, in whole batches, and their labels: the validation data, else the
+    calibration data unlabelled."""
+    x, y = (feeds_for(fixed, val_x, "validation"), val_y) if val_x is not None else (calib, None)
+    x = whole_batches(x, batch, axes)
+    return x, y[: rows(x, axes)] if y is not None else None
+
+
+def _within(drop: float | None, budget: float) -> bool:
+    """Whether a mixed search's best ORT CPU drop is within the budget (None: nothing was widened)."""
+    return drop is not None and drop <= budget + 1e-9
+
+
+def _unmet(out_dir: Path, status: dict[str, Any], fixed: Path, qdq: Path, mixed: dict[str, Any],
+           budget: float) -> dict[str, Any]:
+    """The section of a mixed-width graph not compiled: its search's best round missed the budget on ORT CPU, or
+    there was no activation to widen."""
+    best = mixed["best_cpu_drop"]
+    most = max((r["sixteen_bit"] for r in mixed["tried"]), default=0)
+    section = {"provider": "QNNExecutionProvider", "installed": True, "onnxruntime_qnn": status["version"],
+               "onnx_path": str(fixed), "qdq_path": str(qdq), "activation_type": "mixed", "mixed": mixed,
+               "skipped": "not compiled for HTP: " + (
+                   f"with up to {most} of {mixed['activations']} activations at 16 bits, ORT CPU's reading lost "
+                   f"{best:.4f} at best" if best is not None else "no 8-bit activation left to widen"),
+               "budget": {"metric": None, "drop": None, "budget": budget, "ok": False, "int8_cpu_drop": best,
+                          "lost_in": "codes", "where": None}}
+    write_json(out_dir / "qnn.json", section)
+    return section
+
+
 def _qdq(fixed: Path, out_dir: Path, stem: str, calib: "dict[str, np.ndarray]", given: Path | None, batch: int,
          seq: int | None, axes: dict[str, int | None], settings: dict[str, Any]) -> tuple[Path, dict[str, list]]:
     """The QDQ model for HTP (the float graph rewritten where HTP misreads it, then quantized with QNN's settings)
@@ -271,6 +214,13 @@ def _qdq(fixed: Path, out_dir: Path, stem: str, calib: "dict[str, np.ndarray]", 
     out = out_dir / f"{stem}.qnn.qdq.onnx"
     if given is None:
         source, rewrites = for_htp(fixed, out_dir, stem, calib, axes)
+        if "mixed" in settings:
+            from compress.edge.mixed import mixed_qdq
+
+            judged = settings.pop("mixed")
+            qdq, record = mixed_qdq(source, out, calib, fixed=fixed, batch=batch, axes=axes, settings=settings,
+                                    **judged)
+            return qdq, {**rewrites, "mixed": record}
         return quantize_for_qnn(source, out, calib, batch=batch, axes=axes, **settings), rewrites
     qdq = fix_batch(Path(given), out, batch, axes)
     return (folded(fix_dims(qdq, qdq, [("seq", None, seq)]), qdq) if seq is not None else qdq), {}
@@ -352,10 +302,13 @@ def qnn_table(section: dict[str, Any]) -> str:
         lines.append(f"  chip: {section['chip']}")
     tried = section.get("activation_tried")
     if tried:
-        lines.append("  activations: " + "; ".join(
-            f"{t['activation_type']} drop {t['drop']:.4f} ({'met' if t['ok'] else 'missed'}"
-            f"{', kept' if t['activation_type'] == section['activation_type'] else ''})" for t in tried)
-            + " (the 8-bit graph itself lost, so 16-bit activations were tried: slower on the NPU)")
+        lines.append("  activations: " + "; ".join(_tried(t, section["activation_type"]) for t in tried)
+                     + " (the 8-bit graph itself lost, so wider activations were tried: slower on the NPU)")
+    mixed = section.get("mixed")
+    if mixed and mixed.get("tried"):
+        lines.append(f"  mixed widths: {len(mixed['sixteen_bit'])} of {mixed['activations']} activations at 16 bits, "
+                     "those 8 bits would damage most; ORT CPU drop by round: "
+                     + ", ".join(f"{r['sixteen_bit']}: {r['int8_cpu_drop']:.4f}" for r in mixed["tried"]))
     for b in section["blockers"]:
         lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
     rewrites = [f"{len(section.get(key) or [])} {what}" for key, what in REWRITES if section.get(key)]
@@ -396,3 +349,14 @@ def qnn_table(section: dict[str, Any]) -> str:
     if section["latency"]:
         lines.append(f"  latency p50 {section['latency']['p50_ms']:.2f} ms (simulated: not the phone's speed)")
     return "\n".join(lines)
+
+
+def _tried(t: dict[str, Any], kept: str) -> str:
+    """One width tried, for qnn_table's activations line."""
+    name = f"{t['activation_type']}{f' ({n} at 16 bits)' if (n := t.get('sixteen_bit')) else ''}"
+    if t.get("skipped"):
+        cpu = t.get("int8_cpu_drop")
+        return (f"mixed (up to {max(t['rounds'] or [0])} at 16 bits): "
+                + (f"ORT CPU drop {cpu:.4f} at best" if cpu is not None else "nothing to widen") + ", not compiled")
+    drop = f"drop {t['drop']:.4f}" if t.get("drop") is not None else "not measured on HTP"
+    return f"{name} {drop} ({'met' if t['ok'] else 'missed'}{', kept' if t['activation_type'] == kept else ''})"

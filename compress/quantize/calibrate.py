@@ -107,7 +107,7 @@ def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] 
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model = load_model_with_shape_infer(base)  # what ORT's calibrator selects from (the shapes give the types)
-    names = _selected(model)
+    names = selected_tensors(model)
     if not names:
         return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "compress_calib_flat")
@@ -138,8 +138,8 @@ def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] 
     return names, values[:, 0::2].copy(), values[:, 1::2].copy()
 
 
-def _selected(model: Any) -> list[str] | None:
-    """The tensors ORT's calibrator calibrates with quantize_static's default op types (its own
+def selected_tensors(model: Any, ops: "list[str] | None" = None) -> list[str] | None:
+    """The tensors ORT's calibrator calibrates with quantize_static's default op types, or `ops` (its own
     select_tensors_to_calibrate), in a fixed order; None when one of them is float16."""
     from types import SimpleNamespace
 
@@ -147,7 +147,8 @@ def _selected(model: Any) -> list[str] | None:
     from onnxruntime.quantization.calibrate import CalibraterBase
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static hands its calibrator
+    if ops is None:
+        ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static hands its calibrator
     tensors, infos = CalibraterBase.select_tensors_to_calibrate(SimpleNamespace(op_types_to_calibrate=ops), model)
     if any(infos[t].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for t in tensors):
         return None
