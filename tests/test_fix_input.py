@@ -123,6 +123,14 @@ def test_bench_times_the_bound_model(tmp_path: Path):
     said = json.loads((tmp_path / "p.json").read_text())
     assert (said["old"], said["new"]) == (str(old), str(model)) and said["paired"] and said["fixed"] == ["sr=8000"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["old.onnx", "rated.onnx"]  # nothing beside
+    # a baseline bound to another value times another graph: said, by bench --baseline and by compare
+    other = _invoke("bench", model, "--fix-input", "sr=16000", "--json", tmp_path / "c.json", "--baseline",
+                    tmp_path / "b.json", *quick)
+    said = "timed with different dimensions or inputs fixed (sr=8000 vs sr=16000)"
+    assert other.exit_code in (0, 1) and f"warning: --baseline {tmp_path / 'b.json'}: {said}" in other.output
+    compared = _invoke("compare", tmp_path / "b.json", tmp_path / "c.json")
+    assert said in compared.output
+    assert _invoke("compare", tmp_path / "b.json", tmp_path / "c.json", "--strict").exit_code == 2
 
 
 @pytest.mark.parametrize("flag, says", [
@@ -272,6 +280,16 @@ def test_data_made_for_another_value_of_a_bound_input_is_a_warning(tmp_path: Pat
     said = ("--fix-input sr=16000: the --calibration data holds sr = 8000; the model is bound to 16000, so those "
             "inputs were made for another setting")
     assert said in result.output and said in json.loads(out.with_suffix(".json").read_text())["warnings"]
+
+
+def test_bench_says_when_its_inputs_were_made_for_another_value(tmp_path: Path):
+    model = rated(tmp_path / "rated.onnx")
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 16), np.float32), sr=np.array(8000, np.int64))
+    result = _invoke("bench", model, "--fix-input", "sr=16000", "--inputs", tmp_path / "in.npz", "--quiet",
+                     "--min-runs", "3", "--repetitions", "1", "--warmup", "1", "--min-seconds", "0")
+    assert result.exit_code == 0, result.output
+    assert ("warning: --fix-input sr=16000: the --inputs data holds sr = 8000; the model is bound to 16000"
+            in result.output)
 
 
 def test_edge_says_when_its_data_was_made_for_another_value(tmp_path: Path):

@@ -38,7 +38,17 @@ def mismatches(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     base_prov, new_prov = _providers(base), _providers(new)
     if base_prov and new_prov and base_prov != new_prov:
         out.append(f"different providers measured ({', '.join(sorted(base_prov))} vs {', '.join(sorted(new_prov))})")
-    return out
+    fixed = fixed_differ(base.get("fixed"), new.get("fixed"))
+    return out + ([fixed] if fixed else [])
+
+
+def fixed_differ(base: "list[str] | None", new: "list[str] | None") -> str | None:
+    """What differs in the dimensions and inputs two bench runs fixed (--fix-dim, --fix-input), or None: Silero VAD
+    bound to 8 kHz and to 16 kHz runs other branches, though its inputs read the same."""
+    if sorted(base or []) == sorted(new or []):
+        return None
+    return f"timed with different dimensions or inputs fixed ({', '.join(base or []) or 'none'} vs " \
+           f"{', '.join(new or []) or 'none'})"
 
 
 def cpu_notes(base: dict[str, Any], new: dict[str, Any]) -> list[str]:

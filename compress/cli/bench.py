@@ -156,6 +156,10 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     given = check_model_file(model)
     if against is not None:
         check_model_file(against)
+    from compress.onnx.control import bound_mismatches
+
+    for line in bound_mismatches(fix_inputs, {"--inputs": inputs_npz}):
+        click.echo(f"warning: {line}", err=True)
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as work:
         model = _fixed(given, Path(work) / "new", fix, fix_inputs)
         old = None if against is None else _fixed(against, Path(work) / "old", fix, fix_inputs, say=False)
@@ -207,6 +211,13 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
         _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
                  inputs_for_batch, dim_sizes, json_out, shown=(against, given), fixed=fixed)
         return
+    if base_rows is not None:
+        from compress.bench.compare import load_document
+        from compress.bench.identity import fixed_differ
+
+        differ = fixed_differ(load_document(baseline).get("fixed"), fixed)
+        if differ:
+            click.echo(f"warning: --baseline {baseline}: {differ}; its rows may time another graph", err=True)
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
                          inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet, recheck=recheck)
