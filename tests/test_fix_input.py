@@ -282,6 +282,16 @@ def test_data_made_for_another_value_of_a_bound_input_is_a_warning(tmp_path: Pat
     assert said in result.output and said in json.loads(out.with_suffix(".json").read_text())["warnings"]
 
 
+def test_an_ort_format_model_cannot_be_specialised_said_in_one_line(tmp_path: Path):
+    model = rated(tmp_path / "rated.onnx")
+    converted = tmp_path / "old.ort"
+    converted.write_bytes(b"not read")
+    result = _invoke("bench", model, "--against", converted, "--fix-input", "sr=16000", "--quiet")
+    assert result.exit_code == 2
+    assert (f"{converted}: an ORT-format model cannot take --fix-dim or --fix-input: compress rewrites ONNX "
+            "graphs only; pass the .onnx it was converted from") in result.output
+
+
 def test_bench_says_when_its_inputs_were_made_for_another_value(tmp_path: Path):
     model = rated(tmp_path / "rated.onnx")
     np.savez(tmp_path / "in.npz", x=np.ones((2, 16), np.float32), sr=np.array(8000, np.int64))

@@ -105,6 +105,9 @@ def specialised(model: Path, out: Path, fix: "tuple[str, ...]", fix_inputs: "tup
     control-flow counts before and after."""
     from compress.onnx.control import parse_fixed_inputs
 
+    if Path(model).suffix == ".ort":
+        raise CompressError(f"{model}: an ORT-format model cannot take --fix-dim or --fix-input: compress "
+                            "rewrites ONNX graphs only; pass the .onnx it was converted from")
     bound = parse_fixed_inputs(fix_inputs)
     path, counts = specialise(model, out, parse_fix_dims(fix), bound)
     return path, bound, counts
