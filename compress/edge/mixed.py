@@ -42,8 +42,9 @@ def noisy_activations(model_path: Path, feeds: list[dict[str, np.ndarray]], rows
                       skip: "list[str] | tuple[str, ...]" = ()) -> list[tuple[str, float]]:
     """(tensor, dB) for each float activation ORT's QNN quantizer quantizes in the model at `model_path` (but
     `skip`, those 16 bits are given already): the signal-to-noise ratio 8-bit codes spanning its range (with zero,
-    as ORT's asymmetric codes do) would give it, on the first `rows` batches of `feeds`; lowest first. One ORT pass; each tensor is reduced to four numbers in the graph, so
-    a 640x640 detector's activations are never held whole."""
+    as ORT's asymmetric codes do) would give it, on the first `rows` batches of `feeds`; lowest first. One ORT
+    pass; each tensor is reduced to four numbers in the graph, so a 640x640 detector's activations are never held
+    whole."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -55,7 +56,8 @@ def noisy_activations(model_path: Path, feeds: list[dict[str, np.ndarray]], rows
     model = load_model_with_shape_infer(Path(model_path))
     # every op type but ORT's exclusions, as get_qnn_qdq_config quantizes (Sub, Div, Exp of a written-out norm too)
     ops = sorted({n.op_type for n in model.graph.node} - set(OP_TYPES_TO_EXCLUDE))
-    names = [n for n in selected_tensors(model, ops) or [] if n not in set(skip)]
+    skipped = set(skip)
+    names = [n for n in selected_tensors(model, ops) or [] if n not in skipped]
     if not names:
         return []
     model.graph.initializer.append(numpy_helper.from_array(np.asarray([-1], np.int64), "compress_mixed_flat"))
