@@ -45,47 +45,22 @@ def noisy_activations(model_path: Path, feeds: list[dict[str, np.ndarray]], rows
     as ORT's asymmetric codes do) would give it, on the first `rows` batches of `feeds`; lowest first. One ORT
     pass; each tensor is reduced to four numbers in the graph, so a 640x640 detector's activations are never held
     whole."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
     from onnxruntime.quantization.execution_providers.qnn.quant_config import OP_TYPES_TO_EXCLUDE
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    from compress.quantize.calibrate import selected_tensors
+    from compress.quantize.calibrate import reduced, selected_tensors
 
     model = load_model_with_shape_infer(Path(model_path))
     # every op type but ORT's exclusions, as get_qnn_qdq_config quantizes (Sub, Div, Exp of a written-out norm too)
     ops = sorted({n.op_type for n in model.graph.node} - set(OP_TYPES_TO_EXCLUDE))
     skipped = set(skip)
     names = [n for n in selected_tensors(model, ops) or [] if n not in skipped]
-    if not names:
+    if not names or not feeds:
         return []
-    model.graph.initializer.append(numpy_helper.from_array(np.asarray([-1], np.int64), "compress_mixed_flat"))
-    outputs = []
-    for i, name in enumerate(names):
-        for op in ("ReduceMin", "ReduceMax", "ReduceSumSquare", "Size"):
-            kept, out = f"compress_mixed{i}_{op}_kept", f"compress_mixed{i}_{op}"
-            attrs = {} if op == "Size" else {"keepdims": 1}
-            model.graph.node.extend([helper.make_node(op, [name], [kept], **attrs),
-                                     helper.make_node("Reshape", [kept, "compress_mixed_flat"], [out])])
-            outputs.append((out, onnx.TensorProto.INT64 if op == "Size" else onnx.TensorProto.FLOAT))
-    del model.graph.output[:]
-    model.graph.output.extend(helper.make_tensor_value_info(o, t, None) for o, t in outputs)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    del model
-    wanted = {i.name for i in session.get_inputs()}
-    low, high = np.full(len(names), np.inf), np.full(len(names), -np.inf)
-    square, count = np.zeros(len(names)), np.zeros(len(names))
-    for feed in feeds[:rows]:
-        got = session.run([o for o, _ in outputs], {k: v for k, v in feed.items() if k in wanted})
-        for i in range(len(names)):
-            lo, hi, sq, size = (np.ravel(g) for g in got[4 * i:4 * i + 4])
-            if size.size and size[0] and lo.size:
-                low[i], high[i] = min(low[i], float(lo[0])), max(high[i], float(hi[0]))
-                square[i] += float(sq[0])
-                count[i] += float(size[0])
+    values = reduced(model, names, ("ReduceMin", "ReduceMax", "ReduceSumSquare", "Size"), feeds[:rows])
+    # over the samples; fmin/fmax skip the NaN of an empty tensor without a warning
+    low, high = np.fmin.reduce(values[:, :, 0], axis=0), np.fmax.reduce(values[:, :, 1], axis=0)
+    square, count = np.nansum(values[:, :, 2], axis=0), values[:, :, 3].sum(axis=0)
     ranked = []
     for i, name in enumerate(names):
         if not count[i] or not np.isfinite(low[i]) or not np.isfinite(high[i]):

@@ -101,27 +101,38 @@ def _fingerprint(units: list[dict[str, np.ndarray]]) -> tuple:
 
 def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
     """One ORT pass of the model with a ReduceMin and a ReduceMax on each tensor ORT would calibrate."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model = load_model_with_shape_infer(base)  # what ORT's calibrator selects from (the shapes give the types)
     names = selected_tensors(model)
     if not names:
         return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "compress_calib_flat")
+    values = reduced(model, names, ("ReduceMin", "ReduceMax"), units).astype(np.float32)  # ORT's float32, exactly
+    return names, values[:, :, 0].copy(), values[:, :, 1].copy()
+
+
+def reduced(model: Any, names: list[str], ops: tuple[str, ...], units: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Each tensor `names` of `model` (an onnx ModelProto, consumed: cleared once its session is made) reduced by
+    each of `ops` (ReduceMin, ReduceMax, ReduceSumSquare: over the whole tensor; Size: its element count) in one
+    ORT pass per unit of `units`, so no activation is held whole: [units, tensors, ops], float64 (each value as ORT
+    gave it), NaN for a reduction of an empty tensor."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "compress_reduced_flat")
     model.graph.initializer.append(flat)
     outputs = []
     for i, name in enumerate(names):
-        for op in ("ReduceMin", "ReduceMax"):
-            kept, out = f"compress_calib{i}_{op}_kept", f"compress_calib{i}_{op}"
+        for op in ops:
+            kept, out = f"compress_reduced{i}_{op}_kept", f"compress_reduced{i}_{op}"
             # keepdims=1 then a reshape, as ORT's calibrator does: ORT cannot reduce a zero-size axis away
-            model.graph.node.extend([helper.make_node(op, [name], [kept], keepdims=1),
+            model.graph.node.extend([helper.make_node(op, [name], [kept], **({} if op == "Size" else {"keepdims": 1})),
                                      helper.make_node("Reshape", [kept, flat.name], [out])])
-            outputs.append(out)
+            outputs.append(helper.make_tensor_value_info(
+                out, onnx.TensorProto.INT64 if op == "Size" else onnx.TensorProto.FLOAT, None))
     del model.graph.output[:]
-    model.graph.output.extend([helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs])
+    model.graph.output.extend(outputs)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # every optimisation but the layout ones: the NCHWc kernels round differently (a ResNet-50's ranges moved in
@@ -129,13 +140,13 @@ def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] 
     # model's, bit for bit
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    del model
+    model.Clear()
     inputs = {i.name for i in session.get_inputs()}
-    got = [session.run(outputs, {k: v for k, v in unit.items() if k in inputs}) for unit in units]
+    wanted = [o.name for o in outputs]
+    got = [session.run(wanted, {k: v for k, v in unit.items() if k in inputs}) for unit in units]
     # a zero-size tensor reduces to nothing: NaN, which ORT's nan-aware arithmetic skips as it would
-    first = [[r[j][0] if np.size(r[j]) else np.nan for j in range(len(outputs))] for r in got]
-    values = np.asarray(first, dtype=np.float32)
-    return names, values[:, 0::2].copy(), values[:, 1::2].copy()
+    first = [[r[j][0] if np.size(r[j]) else np.nan for j in range(len(wanted))] for r in got]
+    return np.asarray(first, dtype=np.float64).reshape(len(units), len(names), len(ops))
 
 
 def selected_tensors(model: Any, ops: "list[str] | None" = None) -> list[str] | None:
