@@ -141,7 +141,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     budget is measured again (fresh sessions, pooled with the first look) before it is judged. Exit 1 on a
     regression.
     """
-    from compress.bench.compare import load_rows
+    from compress.bench.compare import load_document, rows_of
+    from compress.bench.identity import fixed_differ
     from compress.bench.inputs import parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
 
@@ -152,7 +153,11 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     names = [resolve_provider(p) for p in providers]
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
-    base_rows = load_rows(baseline) if baseline is not None else None
+    base_doc = load_document(baseline) if baseline is not None else None
+    base_rows = rows_of(base_doc, baseline) if base_doc is not None else None
+    differ = fixed_differ(base_doc.get("fixed"), [*fix, *fix_inputs]) if base_doc is not None else None
+    if differ:
+        click.echo(f"warning: --baseline {baseline}: {differ}; its rows may time another graph", err=True)
     given = check_model_file(model)
     if against is not None:
         check_model_file(against)
@@ -211,13 +216,6 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
         _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
                  inputs_for_batch, dim_sizes, json_out, shown=(against, given), fixed=fixed)
         return
-    if base_rows is not None:
-        from compress.bench.compare import load_document
-        from compress.bench.identity import fixed_differ
-
-        differ = fixed_differ(load_document(baseline).get("fixed"), fixed)
-        if differ:
-            click.echo(f"warning: --baseline {baseline}: {differ}; its rows may time another graph", err=True)
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
                          inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet, recheck=recheck)

@@ -145,7 +145,7 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
         if not sep or not key:
             raise CompressError(f"--qnn-option {item!r}: expected KEY=VALUE, e.g. htp_arch=73")
         options[key.strip()] = value.strip()
-    names = [i.name for i in graph_inputs(load_model(model).graph)]
+    names = [i.name for i in graph_inputs(load_model(model, weights=False).graph)]
     name = names[0]
     try:
         with np.load(calibration_npz, allow_pickle=False) as data:
