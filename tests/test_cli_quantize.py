@@ -116,6 +116,50 @@ def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.Monke
     assert result.exit_code == 2 and result.output.strip() == line
 
 
+@pytest.mark.parametrize("arrays, option, line", [
+    ({"x": 200, "y": (150,)}, "--data", "error: bad.npz: --max-accuracy-drop gates on labels, which must be one class "
+     "index per sample (200 samples); got an array of shape (150,)"),
+    ({"x": 200, "y": (200, 4)}, "--data", "error: bad.npz: --max-accuracy-drop gates on labels, which must be one "
+     "class index per sample (200 samples); got an array of shape (200, 4) (one-hot labels: np.argmax(y, axis=1) "
+     "gives the indices)"),
+    ({"x": 0}, "--calibration", "error: bad.npz: --calibration expects at least one sample; the array for input 'x' "
+     "is empty (shape (0, 16))"),
+])
+def test_labels_that_are_not_one_index_per_sample_and_empty_inputs_are_one_line(
+        files: dict, monkeypatch: pytest.MonkeyPatch, arrays: dict, option: str, line: str):
+    # setup: before, each was a traceback of numpy's and exit 1, the code of a missed budget
+    monkeypatch.chdir(files["dir"])
+    rng = np.random.default_rng(0)
+    np.savez("bad.npz", **{k: rng.standard_normal((v, 16)).astype(np.float32) if k == "x" else
+                           rng.integers(0, 4, v) for k, v in arrays.items()})
+    given = ["--calibration", "bad.npz"] if option == "--calibration" else ["--calibration", "calib.npz", option,
+                                                                             "bad.npz"]
+    # execute
+    result = _invoke("mlp.onnx", "--out", "x.onnx", *given)
+    # assert
+    assert result.exit_code == 2 and result.output.strip() == line
+
+
+def test_output_chooses_the_logits_labels_are_gated_on_and_an_unknown_output_is_named(files: dict):
+    # setup: the MLP with its hidden layer as a first, second output
+    model = onnx.load(str(files["model"]))
+    model.graph.output.insert(0, onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, ["N", 8]))
+    two = files["dir"] / "two.onnx"
+    onnx.save(model, str(two))
+    out = files["dir"] / "two-int8.onnx"
+    # execute
+    chosen = _invoke(two, "--out", out, "--calibration", files["calib"], "--data", files["val"], "--output", "logits")
+    unknown = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"],
+                      "--output", "nosuch")
+    # assert: the labels are used on the output named (before: agreement with fp32 on both, labels dropped), and a
+    # name the model lacks is refused on the labelled path too (before: ignored, exit 0)
+    assert chosen.exit_code == 0, chosen.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate_metric"]["metric"]["name"] == "accuracy" and summary["float"]["score"] > 0.9
+    assert unknown.exit_code == 2
+    assert unknown.output.strip() == f"error: --output: {files['model']} has no output 'nosuch'; its outputs are logits"
+
+
 def _old_conv(path: Path, *, batch: int | str = "N") -> Path:
     """An IR 3, opset 9 Conv net like the model-zoo graphs: weights also listed as graph inputs."""
     from onnx import TensorProto, helper, numpy_helper
@@ -165,6 +209,21 @@ def test_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path: Path):
                                      "timed; use --batch 1, or re-export with a dynamic batch axis")
 
 
+@pytest.mark.parametrize("rows", [64, 60])
+def test_static_calibrates_a_model_fixed_at_batch_8(tmp_path: Path, rows: int):
+    # setup: the MLP's batch fixed to 8 (as edge exports are); 60 rows leave a short last batch
+    model = _old_conv(tmp_path / "fixed.onnx", batch=8)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((rows, 2, 6, 6)).astype(np.float32))
+    out = tmp_path / "q" / "fixed-int8.onnx"
+    # execute
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--batch", "8",
+                     "--max-accuracy-drop", "1", "--pick", "quantized", "--no-fallback")
+    # assert: the default attempt builds (before: it ran single rows the model refuses, and with 60 rows every
+    # attempt failed on the short batch)
+    assert result.exit_code == 0, result.output
+    attempt = json.loads(out.with_suffix(".json").read_text())["attempts"][0]
+    assert attempt["accepted"] and "mean_minmax" in attempt["name"], attempt
+
 def _umask() -> int:
     import os
 
@@ -211,6 +270,26 @@ def test_a_model_too_big_for_one_protobuf_is_quantized_with_external_data(tmp_pa
     assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_a_small_model_with_external_data_is_quantized_and_its_kept_attempts_run(tmp_path: Path, mode: str):
+    # setup: recent torch.onnx.export writes small models' weights to a .data file beside them too
+    import onnxruntime as ort
+
+    model = external_mlp(tmp_path / "small.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    out, kept = tmp_path / "q" / "small-int8.onnx", tmp_path / "kept"
+    # execute
+    result = _invoke(model, "--out", out, "--mode", mode, "--calibration", tmp_path / "calib.npz",
+                     "--max-accuracy-drop", "1", "--pick", "quantized", "--keep-attempts", kept)
+    # assert: quantized (before: a traceback for static, every attempt failing to build for dynamic), and every
+    # kept attempt loads with its weights after the working folder is gone
+    assert result.exit_code == 0, result.output
+    assert "weights read in from external data" in json.loads(out.with_suffix(".json").read_text())["preprocess"]
+    attempts = sorted(kept.glob("attempt-*.onnx"))
+    assert attempts
+    for path in [out, *attempts]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)
 def _constant_weights(path: Path) -> Path:
     """A 16 -> 32 -> 4 MatMul net whose weights are Constant nodes (as Paddle exports write them)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -280,6 +359,9 @@ def test_a_non_logits_model_with_labelled_data_runs_fp32_once(files: dict, monke
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["gate_metric"]["metric"]["name"] == "cosine" and summary["float"]["score"] == pytest.approx(1.0)
     assert runs.count("embed.onnx") == 1, runs
+    assert summary["warnings"] == ["warning: val.npz: its labels ('y') are not used: the judged outputs (embedding) "
+                                   "are not one set of class logits, so the gate compares with the fp32 model; pass "
+                                   "--metric module:function to gate on the labels"]
 
 
 def test_gate_resolution_clause_is_said_once_when_the_gate_is_derived():

@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
+from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, input_names, latency_feed,
+                                       read_inputs)
 from compress.errors import CompressError, GateFailed
 
 log = logging.getLogger("compress")
-SAMPLES = 64
-"""Seeded random inputs the agreement gate runs on when no data is given."""
 
 
 @click.command()
@@ -77,7 +77,8 @@ SAMPLES = 64
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
              metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
              max_accuracy_drop: float, max_cosine_drop: float, max_metric_drop: float, pick: str,
-             exclude: tuple[str, ...], max_memory_mb: float | None, keep_dir: Path | None, providers: tuple[str, ...], batches: tuple[int, ...],
+             exclude: tuple[str, ...], max_memory_mb: float | None, keep_dir: Path | None, providers: tuple[str, ...],
+             batches: tuple[int, ...],
              dims: tuple[str, ...], fix: tuple[str, ...], fix_inputs: tuple[str, ...], batch_axes: tuple[str, ...],
              inputs_npz: Path | None, no_fallback: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
@@ -108,17 +109,17 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         if fix or fix_inputs:
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
         _check_batches(model, batches)
-        calib = _inputs(model, calibration, "--calibration") if calibration is not None else None
-        given = _inputs(model, inputs_npz, "--inputs") if inputs_npz is not None else None
+        calib = read_inputs(model, calibration, "--calibration") if calibration is not None else None
+        given = read_inputs(model, inputs_npz, "--inputs") if inputs_npz is not None else None
         by_default, mode = mode is None, mode or ("static" if calib is not None else "dynamic")
         if mode == "static" and calib is None:
             raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array "
                                 "per model input, or 'x' for one input); pass one or use --mode dynamic")
         # --inputs, when given, are judged (inputs calibration never saw) and timed; else the calibration inputs
-        gate, warning = _gate(model, given if given is not None else calib, data_npz, metric, primary,
-                              not lower_is_better, outputs, dim_sizes,
-                              budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
-                              given="--inputs" if given is not None else None)
+        gate, warning = gate_from(model, given if given is not None else calib, data_npz, metric, primary,
+                                  not lower_is_better, outputs, dim_sizes,
+                                  budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
+                                  given="--inputs" if given is not None else None)
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches
 
@@ -128,11 +129,12 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
                              max_memory_mb=max_memory_mb)
-        result = run_quantize(model, Path(work), cfg, gate=gate, calibration=_batches(model, calib, dim_sizes),
-                              feed=_feed(model, given if given is not None else calib, dim_sizes),
+        result = run_quantize(model, Path(work), cfg, gate=gate,
+                              calibration=calibration_batches(model, calib, dim_sizes),
+                              feed=latency_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
         written = _write(model, out_path, result, keep_dir)
-        summary = _summary(source, written, gate, result, mode, warnings, inputs=_input_names(model), fixed=fix)
+        summary = _summary(source, written, gate, result, mode, warnings, inputs=input_names(model), fixed=fix)
         summary.update(specialised or {})
         summary["next"] = _static_pays(ops) if by_default and mode == "dynamic" and written["ships"] == "float" \
             else None
@@ -155,136 +157,16 @@ def _specialised(model: Path, out: Path, fix: tuple[str, ...], fix_inputs: tuple
     return model, specialised_summary(bound, counts) if bound or counts[0] else None
 
 
-def _inputs(model: Path, path: Path, option: str) -> dict[str, Any]:
-    """{input name: array} from an .npz: arrays named like the model's inputs, or 'x' (or the only array) for a
-    one-input model."""
-    from compress.bench.inputs import read_npz
-
-    arrays = read_npz(path, expects=f"{option} expects an .npz")
-    names = _input_names(model)
-    if all(n in arrays for n in names):
-        return {n: arrays[n] for n in names}
-    if len(names) == 1:
-        inputs = {k: v for k, v in arrays.items() if not k.startswith("y")}
-        if "x" in inputs or len(inputs) == 1:
-            return {names[0]: inputs.get("x", next(iter(inputs.values())) if inputs else None)}
-    raise CompressError(f"{path}: {option} expects one array per model input ({', '.join(names)}), or 'x' for a "
-                        f"model with one input; got {', '.join(sorted(arrays))}")
-
-
-def _targets(path: Path) -> Any:
-    """The targets of a --data file: 'y', or {NAME: array} for 'y_NAME' arrays; None when there are none."""
-    from compress.bench.inputs import read_npz
-
-    arrays = read_npz(path, expects="--data expects an .npz")
-    if "y" in arrays:
-        return arrays["y"]
-    several = {k[2:]: v for k, v in arrays.items() if k.startswith("y_")}
-    return several or None
-
-
-def _gate(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
-          higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
-          given: str | None = None):
-    """(the Gate, a warning line or None) from what the command was given."""
-    from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
-
-    accuracy_budget, cosine_budget, metric_budget = budgets
-    fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
-    if data_npz is not None:
-        feeds, targets = _inputs(model, data_npz, "--data"), _targets(data_npz)
-        n = _rows(feeds)
-        if metric is not None:
-            from compress.tasks.metric import UserMetric
-
-            user = UserMetric(metric, base_dir=Path.cwd(), origin="--metric", primary=primary,
-                              higher_is_better=higher)
-            return metric_gate(user, model, feeds, targets, metric_budget, source=f"{n} samples from "
-                               f"{data_npz.name}", axes=dims.batch_axes), None
-        fp32 = outputs_of(model, feeds, axes=dims.batch_axes) if targets is not None and \
-            not isinstance(targets, dict) else None
-        if fp32 is not None and looks_like_logits(fp32):  # the fp32 outputs are the gate's first score too
-            return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
-                                 axes=dims.batch_axes, known=(model, fp32)), None
-        source = f"{n} samples from {data_npz.name}"
-    elif calib is not None:
-        rows = _rows(calib)
-        feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
-    else:
-        feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
-    gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
-                          source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
-    warning = None
-    if gate.metric.name == "cosine":
-        shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
-        warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "
-                   "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
-                   "gate on your own figure")
-    return gate, warning
-
-
-def _rows(arrays: dict[str, Any]) -> int:
-    """Samples in input arrays: the first axis of the first input that has one (scalars have none)."""
-    import numpy as np
-
-    return next((int(np.shape(v)[0]) for v in arrays.values() if np.ndim(v)), 1)
-
-
-def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
-    """SAMPLES seeded random inputs that fit the model (token ids inside the vocabulary, masks of ones)."""
-    import numpy as np
-
-    from compress.edge import sample_inputs
-    from compress.onnx.graph import fixed_batch
-
-    step = fixed_batch(model) or SAMPLES
-    chunks = [sample_inputs(model, batch=step, seed=seed, dims=dims) for seed in range(max(1, SAMPLES // step))]
-    if len(chunks) == 1:
-        return chunks[0]
-    axes = getattr(dims, "batch_axes", {})
-    return {k: np.concatenate([c[k] for c in chunks], axis=axes.get(k, 0)) if np.ndim(v) else v
-            for k, v in chunks[0].items()}
-
-
-def _batches(model: Path, calib: Any, dims: Any) -> Any:
-    """Calibration inputs as feed batches along each input's batch axis: the model's fixed batch, else 32 rows."""
-    if calib is None:
-        return None
-    from compress.onnx.graph import fixed_batch
-    from compress.quantize.attempts import batched
-
-    return batched(calib, fixed_batch(model) or 32, dims.batch_axes)
-
-
-def _feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
-    """The inputs latency is timed on at a batch size: rows of the calibration inputs, else generated ones."""
-    import numpy as np
-
-    from compress.bench.inputs import rows_of
-    from compress.edge import sample_inputs
-
-    def feed(batch: int) -> dict[str, Any]:
-        if calib is not None:
-            axes = getattr(dims, "batch_axes", {})
-            return {k: v if not np.ndim(v) or axes.get(k, 0) is None else rows_of(v, batch, axes.get(k, 0))
-                    for k, v in calib.items()}
-        return sample_inputs(model, batch=batch, dims=dims)
-
-    return feed
-
-
 def _write(model: Path, out: Path, result: dict[str, Any], keep_dir: Path | None) -> dict[str, Any]:
     """OUT := the model to ship (quantized when picked, else the float model); nothing there when no attempt met
     the budget, whose best effort goes to OUT.best-effort.onnx. Returns what went where."""
-    import shutil
-
     from compress.onnx.graph import copy_model
 
     if keep_dir is not None:
         keep_dir.mkdir(parents=True, exist_ok=True)
         for a in result["attempts"]:
             if a.get("path") and Path(a["path"]).is_file():
-                shutil.copyfile(a["path"], keep_dir / Path(a["path"]).name)
+                copy_model(Path(a["path"]), keep_dir / Path(a["path"]).name)  # with its .data, if it has one
     if result["chosen"] is None:
         out.unlink(missing_ok=True)
         tried = [a for a in result["attempts"] if a.get("drop") is not None and a.get("quantized")]
@@ -373,14 +255,6 @@ def _static_pays(counts: dict[str, int]) -> str | None:
             "dozen real inputs, one array per model input) for static int8. Without it compress quantizes "
             "dynamically, and ONNX Runtime quantizes each convolution's input as it runs (ConvInteger), which is "
             "slower than float on most CPUs")
-
-
-def _input_names(model: Path) -> list[str]:
-    import onnx
-
-    from compress.onnx.graph import graph_inputs
-
-    return [i.name for i in graph_inputs(onnx.load(str(model), load_external_data=False).graph)]
 
 
 def _check_batches(model: Path, batches: tuple[int, ...]) -> None:

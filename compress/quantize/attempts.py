@@ -244,7 +244,8 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
             note = f"{note}; {kept}" if note else kept
         done = correct_biases(base, model, calib) if settings.get("bias_correction") and calib else {"layers": 0}
         if done["layers"]:
-            corrected = f"biases of {done['layers']} layers corrected on {done['samples']} samples"
+            layers = f"{done['layers']} layer{'s' if done['layers'] != 1 else ''}"
+            corrected = f"biases of {layers} corrected on {done['samples']} samples"
             note = f"{note}; {corrected}" if note else corrected
         if changed or done["layers"]:
             onnx.save(model, str(out))

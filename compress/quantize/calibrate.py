@@ -38,7 +38,10 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
     calibrate is not float32 (ORT then calibrates as it would)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
-    batches = [_units(feed) for feed in calib]
+    from compress.onnx.graph import fixed_batch
+
+    whole = bool(fixed_batch(base))  # a model fixed at its batch size runs no single samples
+    batches = [[feed] if whole else _units(feed) for feed in calib]
     names, lows, highs = _sample_ranges(base, [unit for units in batches for unit in units])
     if not names:
         return None

@@ -139,18 +139,25 @@ def _same(a: Path, b: Path | None) -> bool:
 
 def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: float, *, key: str,
                   source: str, axes: Mapping[str, int | None] | None = None, batch: int = 256,
-                  known: tuple[Path, Mapping[str, np.ndarray]] | None = None) -> Gate:
-    """Top-1 accuracy of the (one) output's argmax on labelled inputs, run `batch` samples at a time. `known`: a
-    model's outputs on these feeds, already computed (the fp32 model's, when the caller looked at them): not run
-    again."""
+                  known: tuple[Path, Mapping[str, np.ndarray]] | None = None, output: str | None = None) -> Gate:
+    """Top-1 accuracy of an output's argmax (`output`, else the first) on labelled inputs, run `batch` samples at a
+    time. `known`: a model's outputs on these feeds, already computed (the fp32 model's, when the caller looked at
+    them): not run again. Labels other than one class index per sample are a one-line CompressError."""
     from compress.onnx.parity import top1_of
 
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = np.asarray(labels)
+    rows = next((int(np.shape(v)[(axes or {}).get(k, 0)]) for k, v in feeds.items()
+                 if np.ndim(v) and (axes or {}).get(k, 0) is not None), None)
+    if labels.ndim == 0 or any(d != 1 for d in labels.shape[1:]) or (rows is not None and len(labels) != rows):
+        hint = " (one-hot labels: np.argmax(y, axis=1) gives the indices)" if labels.ndim == 2 else ""
+        raise CompressError(f"{source}: {key} gates on labels, which must be one class index per sample ({rows} "
+                            f"samples); got an array of shape {labels.shape}{hint}")
+    labels = labels.astype(np.int64).reshape(-1)
 
     def score(path: Path) -> dict[str, float]:
         got = known[1] if known is not None and _same(path, known[0]) else outputs_of(path, feeds, axes=axes,
                                                                                         batch=batch)
-        out = next(iter(got.values()))
+        out = got[output] if output else next(iter(got.values()))
         return {"accuracy": float(np.mean(top1_of(out) == labels))}
 
     return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}",

@@ -102,7 +102,7 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
-    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
+    from compress.onnx.graph import default_opset, external_bytes_of, upgraded, without_initializer_inputs
 
     model = onnx.load(str(src), load_external_data=False)
     notes: list[str] = []
@@ -114,6 +114,9 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
         changed = True
         notes.append(f"{moved} Constant node{'s' if moved != 1 else ''} holding weights moved to initializers (the "
                      "quantizer reads weights from initializers only; left as nodes they stay float)")
+    if not large and external_bytes_of(model, src.parent):  # every tool after this reads one file: ORT's
+        changed = True  # pre-processing and shutil copies keep a .data path that is not beside their output
+        notes.append("weights read in from external data (under 1 GB: one file)")
     old_opset = default_opset(model)
     if not changed and not (mode == "static" and old_opset < QDQ_OPSET):
         return src, notes, model

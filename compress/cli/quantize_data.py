@@ -1,0 +1,164 @@
+"""What `compress quantize` reads from the files it is given: model inputs from .npz files (checked), the gate
+those and the options make, calibration batches and the inputs latency is timed on."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+SAMPLES = 64
+"""Seeded random inputs the agreement gate runs on when no data is given."""
+
+
+def read_inputs(model: Path, path: Path, option: str) -> dict[str, Any]:
+    """{input name: array} from an .npz: arrays named like the model's inputs, or 'x' (or the only array) for a
+    one-input model."""
+    from compress.bench.inputs import read_npz
+
+    arrays = read_npz(path, expects=f"{option} expects an .npz")
+    names = input_names(model)
+    inputs = {k: v for k, v in arrays.items() if not k.startswith("y")}
+    if all(n in arrays for n in names):
+        got = {n: arrays[n] for n in names}
+    elif len(names) == 1 and ("x" in inputs or len(inputs) == 1):
+        got = {names[0]: inputs.get("x", next(iter(inputs.values())))}
+    else:
+        raise CompressError(f"{path}: {option} expects one array per model input ({', '.join(names)}), or 'x' for "
+                            f"a model with one input; got {', '.join(sorted(arrays))}")
+    empty = next((k for k, v in got.items() if getattr(v, "size", 1) == 0), None)
+    if empty is not None:
+        raise CompressError(f"{path}: {option} expects at least one sample; the array for input {empty!r} is empty "
+                            f"(shape {tuple(got[empty].shape)})")
+    return got
+
+
+def read_targets(path: Path) -> Any:
+    """The targets of a --data file: 'y', or {NAME: array} for 'y_NAME' arrays; None when there are none."""
+    from compress.bench.inputs import read_npz
+
+    arrays = read_npz(path, expects="--data expects an .npz")
+    if "y" in arrays:
+        return arrays["y"]
+    several = {k[2:]: v for k, v in arrays.items() if k.startswith("y_")}
+    return several or None
+
+
+def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
+          higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
+          given: str | None = None):
+    """(the Gate, a warning line or None) from what the command was given."""
+    from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
+
+    accuracy_budget, cosine_budget, metric_budget = budgets
+    fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
+    if data_npz is not None:
+        feeds, targets = read_inputs(model, data_npz, "--data"), read_targets(data_npz)
+        n = row_count(feeds)
+        if metric is not None:
+            from compress.tasks.metric import UserMetric
+
+            user = UserMetric(metric, base_dir=Path.cwd(), origin="--metric", primary=primary,
+                              higher_is_better=higher)
+            return metric_gate(user, model, feeds, targets, metric_budget, source=f"{n} samples from "
+                               f"{data_npz.name}", axes=dims.batch_axes), None
+        fp32 = outputs_of(model, feeds, axes=dims.batch_axes) if targets is not None and \
+            not isinstance(targets, dict) else None
+        judged = _judged(model, fp32, outputs) if fp32 is not None else None
+        if judged is not None and looks_like_logits(judged):  # the fp32 outputs are the gate's first score too
+            return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
+                                 axes=dims.batch_axes, known=(model, fp32), output=next(iter(judged))), None
+        source = f"{n} samples from {data_npz.name}"
+        if judged is not None:
+            unused = (f"warning: {data_npz.name}: its labels ('y') are not used: the judged outputs "
+                      f"({', '.join(judged)}) are not one set of class logits, so the gate compares with the fp32 "
+                      "model; pass --metric module:function to gate on the labels")
+    elif calib is not None:
+        rows = row_count(calib)
+        feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
+    else:
+        feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
+    gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
+                          source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
+    warning = unused if data_npz is not None and fp32 is not None else None
+    if gate.metric.name == "cosine" and warning is None:
+        shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
+        warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "
+                   "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
+                   "gate on your own figure")
+    return gate, warning
+
+
+def _judged(model: Path, fp32: dict[str, Any], outputs: tuple[str, ...]) -> dict[str, Any]:
+    """The fp32 outputs the gate judges: those --output names (each checked), else all."""
+    missing = [o for o in outputs if o not in fp32]
+    if missing:
+        raise CompressError(f"--output: {model} has no output {missing[0]!r}; its outputs are {', '.join(fp32)}")
+    return {k: fp32[k] for k in outputs} if outputs else fp32
+
+
+def row_count(arrays: dict[str, Any]) -> int:
+    """Samples in input arrays: the first axis of the first input that has one (scalars have none)."""
+    import numpy as np
+
+    return next((int(np.shape(v)[0]) for v in arrays.values() if np.ndim(v)), 1)
+
+
+def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
+    """SAMPLES seeded random inputs that fit the model (token ids inside the vocabulary, masks of ones)."""
+    import numpy as np
+
+    from compress.edge import sample_inputs
+    from compress.onnx.graph import fixed_batch
+
+    step = fixed_batch(model) or SAMPLES
+    chunks = [sample_inputs(model, batch=step, seed=seed, dims=dims) for seed in range(max(1, SAMPLES // step))]
+    if len(chunks) == 1:
+        return chunks[0]
+    axes = getattr(dims, "batch_axes", {})
+    return {k: np.concatenate([c[k] for c in chunks], axis=axes.get(k, 0)) if np.ndim(v) else v
+            for k, v in chunks[0].items()}
+
+
+def calibration_batches(model: Path, calib: Any, dims: Any) -> Any:
+    """Calibration inputs as feed batches along each input's batch axis: the model's fixed batch, else 32 rows. At a
+    fixed batch the last one is filled up with the first rows again (the model takes no other size)."""
+    if calib is None:
+        return None
+    import numpy as np
+
+    from compress.onnx.graph import fixed_batch
+    from compress.quantize.attempts import batched
+
+    fixed, axes = fixed_batch(model), dims.batch_axes
+    n = row_count(calib)
+    if fixed and n % fixed:
+        rows = np.arange(-(-n // fixed) * fixed) % n
+        calib = {k: v if not np.ndim(v) or (axes or {}).get(k, 0) is None else np.take(v, rows, axis=axes.get(k, 0))
+                 for k, v in calib.items()}
+    return batched(calib, fixed or 32, axes)
+
+
+def latency_feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
+    """The inputs latency is timed on at a batch size: rows of the calibration inputs, else generated ones."""
+    import numpy as np
+
+    from compress.bench.inputs import rows_of
+    from compress.edge import sample_inputs
+
+    def feed(batch: int) -> dict[str, Any]:
+        if calib is not None:
+            axes = getattr(dims, "batch_axes", {})
+            return {k: v if not np.ndim(v) or axes.get(k, 0) is None else rows_of(v, batch, axes.get(k, 0))
+                    for k, v in calib.items()}
+        return sample_inputs(model, batch=batch, dims=dims)
+
+    return feed
+
+
+def input_names(model: Path) -> list[str]:
+    import onnx
+
+    from compress.onnx.graph import graph_inputs
+
+    return [i.name for i in graph_inputs(onnx.load(str(model), load_external_data=False).graph)]
