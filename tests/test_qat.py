@@ -42,8 +42,10 @@ def _cnn() -> torch.nn.Module:
                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
 
 
-def _quantized(tmp_path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarray]) -> tuple[Path, str]:
-    """Export `model` (inputs named as `feeds`), pre-process and statically quantize it as the quantize stage does."""
+def _quantized(tmp_path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarray],
+               **settings: object) -> tuple[Path, str]:
+    """Export `model` (inputs named as `feeds`), pre-process and statically quantize it as the quantize stage does
+    (STATIC, with `settings` over it)."""
     from compress.quantize import prepare as prep
     from compress.quantize.attempts import quantize_once
 
@@ -54,7 +56,7 @@ def _quantized(tmp_path: Path, model: torch.nn.Module, feeds: dict[str, np.ndarr
     prep.preprocess(tmp_path / "f.onnx", tmp_path / "p.onnx", "static")
     rows = len(feeds[names[0]])
     calib = [{n: feeds[n][i:i + 8] for n in names} for i in range(0, rows, 8)]
-    note = quantize_once(tmp_path / "p.onnx", tmp_path / "q.onnx", dict(STATIC), calib)
+    note = quantize_once(tmp_path / "p.onnx", tmp_path / "q.onnx", {**STATIC, **settings}, calib)
     return tmp_path / "q.onnx", note
 
 
@@ -80,11 +82,15 @@ def _attention_feeds(rows: int = 32) -> dict[str, np.ndarray]:
     return {"x": rng.normal(size=(rows, 6, 8)).astype(np.float32), "mask": mask}
 
 
-def test_the_qdq_graph_in_torch_computes_what_onnx_runtime_computes_and_exports_unchanged(tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"reduce_range": True}, {"weight_type": "uint8"}, {"per_channel": False}],
+                         ids=["int8", "reduce_range", "uint8_weights", "per_tensor"])
+def test_the_qdq_graph_in_torch_computes_what_onnx_runtime_computes_and_exports_unchanged(tmp_path, settings):
+    # reduce_range (7-bit weights, for CPUs whose u8s8 products saturate) came back from an untrained export as
+    # full 8-bit weights, and symmetric uint8 weights with scales 256/255 larger
     from compress.qat.graph import QDQModule
 
     x = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
-    path, _ = _quantized(tmp_path, _cnn(), {"input": x})
+    path, _ = _quantized(tmp_path, _cnn(), {"input": x}, **settings)
     module = QDQModule(onnx.load(str(path)))
     with torch.no_grad():
         got = module(torch.from_numpy(x))["logits"].numpy()

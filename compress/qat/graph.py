@@ -19,7 +19,7 @@ int32 biases, learned activation scales, float parameters): the exported model i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import torch
 from compress.errors import CompressError
 from compress.onnx.graph import readers
 from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
-from compress.qat.ort_kernels import fused_ops, qlinear_add, qlinear_matmul, qparams, weight_qparams
+from compress.qat.ort_kernels import (fused_ops, qlinear_add, qlinear_matmul, qparams, weight_qparams,
+                                      weight_scale64)
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
 
@@ -51,6 +52,10 @@ class Weight:
     """The activation quantizer (its scale initializer) whose scale and zero point the weight's DequantizeLinear
     reads too: an embedding table that ORT quantizes as the Gather's activation (DQ -> Gather -> Q with one scale, so
     ORT gathers the uint8 rows as they are). Its range is then the activation's, learned, never its own min-max."""
+    ratio: Any = None
+    """The graph's scale over the one min-max gives on the dequantized weight (per channel), where they differ: a
+    symmetric uint8 weight's codes reach 128 below the zero point but ORT's range is 127.5 steps, so the scale
+    would grow by 256/255 on an untrained export. None where they agree."""
 
 
 @dataclass(frozen=True)
@@ -194,13 +199,19 @@ class QDQModule(torch.nn.Module):
                 z = inits[zero] if zero else np.zeros((), inits[src].dtype)
                 symmetric = bool(np.all(z.astype(np.int64) == _MIDDLE[z.dtype]))
                 lo, hi = _range(z.dtype, symmetric)
+                if symmetric and z.dtype == np.int8 and np.abs(inits[src].astype(np.int64)).max() <= 64:
+                    lo, hi = -64, 64  # ORT's reduce_range (a CPU whose u8s8 products saturate): 7-bit weights
                 s, rank = inits[scale], inits[src].ndim
                 axis = attrs_of(n).get("axis", 1) % rank if s.size > 1 else None
                 zb, sb = (broadcast_to_axis(v, axis, rank) for v in (z, s))
                 value = (inits[src].astype(np.float64) - zb) * sb
                 tied = scale if scale in self.acts and axis is None else None
-                self.weights[n.output[0]] = Weight(self._param(src, value), src, scale, zero, axis, z.dtype, lo, hi,
-                                                   symmetric, tied)
+                spec = Weight(self._param(src, value), src, scale, zero, axis, z.dtype, lo, hi, symmetric, tied)
+                derived = weight_scale64(torch.as_tensor(np.asarray(value)), spec).numpy()
+                ratio = np.asarray(s, np.float64).reshape(derived.shape) / np.where(derived > 0, derived, 1.0)
+                if not tied and not np.allclose(ratio, 1.0, rtol=1e-6, atol=0.0):
+                    spec = replace(spec, ratio=torch.as_tensor(np.asarray(ratio, np.float64)))
+                self.weights[n.output[0]] = spec
             else:
                 continue
             self._taken.update({scale} | ({zero} if zero else set()))

@@ -43,9 +43,9 @@ def fused_ops(graph: Any, producer: dict[str, Any], consumers: dict[str, list[An
     return found
 
 
-def weight_qparams(w: torch.Tensor, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """ORT's compute_scale_zp for a weight (per channel along spec.axis, else per tensor), as broadcastable
-    (scale, zero point) float tensors; no gradient."""
+def weight_scale64(w: torch.Tensor, spec: Any) -> torch.Tensor:
+    """ORT's compute_scale_zp scale for a weight's min-max (per channel along spec.axis, else per tensor), in float64
+    and flat, before a zero range is given scale 1; no gradient."""
     with torch.no_grad():
         w = w.detach().double()
         if spec.axis is None:
@@ -57,12 +57,23 @@ def weight_qparams(w: torch.Tensor, spec: Any) -> tuple[torch.Tensor, torch.Tens
         if spec.symmetric:
             m = torch.maximum(-lo, hi)
             lo, hi = -m, m
-        scale = (hi - lo) / (spec.qmax - spec.qmin)
+        return (hi - lo) / (spec.qmax - spec.qmin)
+
+
+def weight_qparams(w: torch.Tensor, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORT's compute_scale_zp for a weight (per channel along spec.axis, else per tensor), as broadcastable
+    (scale, zero point) float tensors; no gradient."""
+    with torch.no_grad():
+        w = w.detach().double()
+        scale = weight_scale64(w, spec)
+        if getattr(spec, "ratio", None) is not None:  # the graph's own scale on the weight it started from
+            scale = scale * spec.ratio
         tiny = scale.float() < np.finfo(np.float32).tiny
         if spec.symmetric:
             zero = torch.full_like(scale, float(round((spec.qmin + spec.qmax) / 2)))
         else:
-            zero = torch.round(spec.qmin - lo / torch.where(tiny, torch.ones_like(scale), scale))
+            lo = (w.min() if spec.axis is None else w.amin(dim=[d for d in range(w.dim()) if d != spec.axis]))
+            zero = torch.round(spec.qmin - lo.clamp(max=0) / torch.where(tiny, torch.ones_like(scale), scale))
         scale = torch.where(tiny, torch.ones_like(scale), scale).float()
         zero = torch.where(tiny, torch.zeros_like(zero), zero).float()
         if spec.axis is not None:
@@ -125,4 +136,4 @@ def qlinear_add(a: torch.Tensor, qa: tuple[torch.Tensor, torch.Tensor], b: torch
     return standard + (ort - standard).detach()
 
 
-__all__ = ["fused_ops", "qlinear_add", "qlinear_matmul", "qparams", "weight_qparams"]
+__all__ = ["fused_ops", "qlinear_add", "qlinear_matmul", "qparams", "weight_qparams", "weight_scale64"]
