@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compress.errors import CompressError
+
 from .test_bad_inputs import assert_one_line_error, invoke, save_npz, tiny_arrays
 
 
@@ -71,3 +73,18 @@ def test_bad_values_are_exit_2_at_load_naming_file_array_and_index(tiny_dir: Pat
     line = assert_one_line_error(result, tiny_dir)
     assert line == f"error: pipeline.toml: data.source: {tiny_dir / 'tiny.npz'}: {message}"
     assert not (tiny_dir / "runs/tiny/teacher").exists()
+
+
+@pytest.mark.parametrize("label, line", [
+    (-1, "where: train example 3 has the negative label -1; labels must be integers 0..K-1"),
+    (-2, "where: train example 3 has the negative label -2; labels must be integers 0..K-1"),
+])
+def test_a_python_dataset_with_a_negative_label_is_refused_while_scanning(label: int, line: str):
+    # before: -1 passed validate and then failed in torch's loss with a traceback; -2 (the value an unreadable image
+    # gets) made batches drop the row and every later row shift by one
+    from compress.data.sources import _scan
+
+    items = [(np.zeros(4, np.float32), label if i == 3 else i % 2) for i in range(6)]
+    with pytest.raises(CompressError) as err:
+        _scan(items, "train", "where", labels=True)
+    assert str(err.value) == line

@@ -103,6 +103,45 @@ def test_a_file_that_stops_decoding_after_the_scan_is_skipped_then_past_the_frac
                            f"(over data.max_bad_fraction = 0); last: {gone}: cannot decode image") and "\n" not in line
 
 
+def test_the_mean_and_std_skip_an_image_that_does_not_decode(tmp_path: Path, caplog):
+    # the run skips such a file (above), but computing the mean and std stopped at it with exit 2
+    from types import SimpleNamespace
+
+    from compress.data.images import _stats
+
+    paths = sorted(str(p) for p in make_images(tmp_path / "imgs").rglob("*.png"))
+    Path(paths[0]).write_bytes(b"\x89PNG\r\n\x1a\ntruncated after the scan")
+    mean, std, how = _stats(SimpleNamespace(mean=None, std=None), paths, (8, 8), "data.source")
+    assert how == f"computed from {len(paths) - 1} training images (seed 0)"
+    assert len(mean) == 3 and min(std) > 0.01
+    assert f"warning: data.source: skipped {paths[0]}: cannot decode image" in caplog.text
+
+
+def test_a_16_bit_grayscale_png_reads_its_own_values(tmp_path: Path):
+    # Pillow's convert("RGB") saturated every 16-bit pixel to 255: every image read white, accuracy at chance
+    from PIL import Image
+
+    from compress.data.images import decode
+
+    values = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    x = decode(str(tmp_path / "g16.png"), (8, 8)).numpy()
+    assert x.shape == (3, 8, 8)
+    assert np.allclose(x[0], values / 65535.0, atol=1e-6) and np.array_equal(x[0], x[2])
+
+
+def test_a_class_folder_only_val_has_is_refused(tmp_path: Path):
+    # its images were left out of the figures silently (val size 20 of 30, classes of train/ only)
+    make_images(tmp_path / "imgs" / "train")
+    make_images(tmp_path / "imgs" / "val", per_class=4)
+    make_images(tmp_path / "extra", per_class=4)
+    (tmp_path / "extra" / "cat").rename(tmp_path / "imgs" / "val" / "fox")
+    with pytest.raises(CompressError) as err:
+        load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    assert str(err.value) == ("data.source: val/ has class folders train/ lacks (fox); the model learns the classes of "
+                              "train/ (cat, dog, eel): add them there or remove them")
+
+
 def test_image_keys_need_an_image_source():
     with pytest.raises(ValueError, match="apply to source = 'images:DIR' only"):
         DataConfig(source="digits", augment=("flip",))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +73,25 @@ def test_steps_per_epoch_caps_each_epoch_to_a_subset_of_the_rows():
     whole = fit(model, (x[:300], y[:300]), (x[300:], y[300:]), TrainConfig(epochs=1, lr=1e-2, steps_per_epoch=50),
                 seed=0, batch_size=32, progress=False)
     assert [h["examples"] for h in whole["history"]] == [300]  # a cap above the pass changes nothing
+
+
+def test_predict_keeps_one_row_per_item_when_a_dataset_skips_one():
+    # an image that passed the scan but does not decode in the run is dropped from its batch; the rows after it moved
+    # up by one, so cached teacher outputs were read for the wrong images (then an IndexError past the end)
+    import torch
+
+    from compress.data.datasets import SKIPPED
+    from compress.train.loop import predict
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return i, torch.full((2,), float(i)), SKIPPED if i == 2 else i % 2
+
+    got = predict(torch.nn.Identity(), Items(), batch_size=4)
+    values = next(iter(got.values()))
+    assert values.shape == (6, 2)
+    assert np.isnan(values[2]).all()
+    assert values[[0, 1, 3, 4, 5], 0].tolist() == [0.0, 1.0, 3.0, 4.0, 5.0]

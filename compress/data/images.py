@@ -85,10 +85,13 @@ def decode(path: str, size: tuple[int, int]) -> Any:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                a = _wide_gray(im, size)
+            else:
+                im = im.convert("RGB")
+                if im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32) / 255.0
     except Exception as exc:
         raise CompressError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
@@ -113,6 +116,12 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     if len(classes) < 2:
         raise CompressError(f"{origin}: {top} needs one sub-folder per class (at least two), found "
                             f"{classes or 'none'}")
+    for part in ("val", "test"):  # a class only val/ or test/ has would be left out of the figures unsaid
+        extra = sorted(d.name for d in folders[part].iterdir() if d.is_dir() and not d.name.startswith(".")
+                       and d.name not in classes) if part in folders else []
+        if extra:
+            raise CompressError(f"{origin}: {part}/ has class folders train/ lacks ({', '.join(extra)}); the model "
+                                f"learns the classes of train/ ({', '.join(classes)}): add them there or remove them")
     found = {part: _scan(folders.get(part, top) if part == "train" else folders[part], classes, origin)
              for part in ("train", "val", "test") if part == "train" or part in folders}
     _check_bad_files(found, cfg.max_bad_fraction, origin)
@@ -203,6 +212,22 @@ def _image_size(cfg: Any, first: str, origin: str) -> tuple[int, int]:
         return (im.size[1], im.size[0])
 
 
+def _wide_gray(im: Any, size: tuple[int, int]) -> Any:
+    """A 16-bit (I;16, or I holding 16-bit values) or float grayscale image as (H, W, 3) float32 in [0, 1]: Pillow's
+    convert("RGB") saturates such pixels to 255, so every image read white. Integers are scaled by their bit depth
+    (values over 255 are 16-bit), floats taken as [0, 1] (or 0-255 when larger)."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im, dtype=np.float32)
+    top = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255) else (
+        255.0 if im.mode == "I" or a.max() > 1.0 else 1.0)
+    gray = Image.fromarray(np.clip(a / top, 0.0, 1.0).astype(np.float32), mode="F")
+    if gray.size != (size[1], size[0]):
+        gray = gray.resize((size[1], size[0]), Image.BILINEAR)
+    return np.repeat(np.asarray(gray, dtype=np.float32)[..., None], 3, axis=2)
+
+
 def _stats(cfg: Any, train_paths: list[str], size: tuple[int, int], origin: str) -> tuple[list, list, str]:
     """[data] mean/std when given; else per-channel mean/std of a seeded sample of training images."""
     import numpy as np
@@ -214,13 +239,21 @@ def _stats(cfg: Any, train_paths: list[str], size: tuple[int, int], origin: str)
     pick = sorted(rng.permutation(len(train_paths))[:STATS_SAMPLES].tolist())
     total = torch.zeros(3, dtype=torch.float64)
     square = torch.zeros(3, dtype=torch.float64)
-    count = 0
+    count, used = 0, 0
     for i in pick:
-        x = decode(train_paths[i], size).double()
+        try:
+            x = decode(train_paths[i], size).double()
+        except CompressError as exc:  # the run skips it too (ImageDataset._skip), within data.max_bad_fraction
+            log.warning("warning: data.source: skipped %s", exc)
+            continue
         total += x.sum((1, 2))
         square += (x * x).sum((1, 2))
         count += x.shape[1] * x.shape[2]
+        used += 1
+    if not used:
+        raise CompressError(f"{origin}: none of the {len(pick)} training images sampled for the mean and std "
+                            "decodes; give [data] mean and std, or check the files")
     mean = total / count
     std = (square / count - mean * mean).clamp_min(1e-12).sqrt().clamp_min(1e-3)
     return ([round(float(v), 6) for v in mean], [round(float(v), 6) for v in std],
-            f"computed from {len(pick)} training images (seed 0)")
+            f"computed from {used} training images (seed 0)")

@@ -131,6 +131,17 @@ def in_order(result: dict[str, Any], order: Any) -> dict[str, Any]:
     return {name: value[back] for name, value in result.items()}
 
 
+def in_place(outputs: dict[str, Any], index: Any, n: int) -> dict[str, Any]:
+    """Outputs of the items a dataset gave (`index`: each row's item), one row per item of the `n`, NaN for the items
+    it skipped (an image that no longer decodes): row i stays item i's, which cached outputs rely on."""
+    placed = {}
+    for name, value in outputs.items():
+        full = np.full((n, *value.shape[1:]), np.nan, dtype=np.float32)
+        full[index] = value
+        placed[name] = full
+    return placed
+
+
 class LengthGroupedBatches:
     """Random batches of similar lengths (shuffle, sort within chunks of 50 batches, shuffle the batch order), the
     same on every process for the same seed and epoch; process `rank` of `size` takes rows rank, rank + size, ...

@@ -126,6 +126,11 @@ def _targets_of(arrays: dict, names: list[str], suffix: str, x: Any, task: str, 
         if task != "classification" and len(arrays[n]) != len(x):  # labels: check_xy says it for classification
             raise CompressError(f"{where}: {n} has {len(arrays[n])} rows, x{suffix} {len(x)}; one target row per "
                                 "example")
+        if task != "classification" and np.asarray(arrays[n]).dtype.kind == "f":
+            from compress.data.arrays import check_bad
+
+            values = np.asarray(arrays[n])  # a NaN target makes every loss NaN (training stops, blaming the lr)
+            check_bad(values, ~np.isfinite(values), where, n, None, "values", "clean the data or drop those rows")
     if task == "classification":
         return np.asarray(arrays[names[0]])
     if names == [f"y{suffix}"]:
@@ -262,9 +267,16 @@ def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, 
                 raise CompressError(f"{where}: {name} example {i} has shape {s}, the first had {shape}")
             if labels:
                 found.append(int(y))
+                if found[-1] < 0:
+                    raise CompressError(f"{where}: {name} example {i} has the negative label {found[-1]}; labels "
+                                        "must be integers 0..K-1")
             else:
-                for v in (y.values() if isinstance(y, dict) else [y]):
-                    digest.update(np.ascontiguousarray(np.asarray(v)).tobytes())
+                for k, v in (y.items() if isinstance(y, dict) else [("y", y)]):
+                    v = np.ascontiguousarray(np.asarray(v))
+                    if v.dtype.kind == "f" and not np.isfinite(v).all():
+                        raise CompressError(f"{where}: {name} example {i} has a non-finite target ({k}); clean the "
+                                            "data or drop those rows")
+                    digest.update(v.tobytes())
     except CompressError:
         raise
     except Exception as exc:

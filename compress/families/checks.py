@@ -75,6 +75,13 @@ def _check_labels(cfg, data, task, student) -> None:
     output's shape."""
     if task.name != "tensors":
         return
+    unknown = sorted(set(cfg.distill.output_weights or {}) - set(student or {}))
+    if student is not None and unknown:
+        raise CompressError(f"{cfg.source_path}: distill.output_weights: the student has no output {unknown[0]!r}; "
+                            f"its outputs are {', '.join(student)}")
+    if cfg.teacher.train is not None and not data.has_targets:
+        raise CompressError(f"{cfg.source_path}: teacher.train: the data has no targets (npz y or y_NAME) to train a "
+                            "teacher on; give the teacher's checkpoint instead")
     if cfg.distill.control and not data.has_targets:
         raise CompressError(f"{cfg.source_path}: distill.control: the data has no targets (npz y or y_NAME) to train "
                             "a labels-only control on")

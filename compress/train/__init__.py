@@ -98,8 +98,8 @@ def train_teacher(model: Any, data: "DataBundle", settings: Any, *, task: str, s
 
     keys = SimpleNamespace(temperature=1.0, alpha=1.0, label_smoothing=settings.label_smoothing, loss=hard_loss,
                            output_weights=None, relation_weight=0.0)  # labels only: no teacher terms
-    loss = evaluation.task.make_loss(keys, teacher=False, labels=True, base_dir=base_dir, seed=seed)
-    objective = Objective(loss, names, targets=True)
+    loss = evaluation.task.make_loss(keys, teacher=False, labels=data.has_targets, base_dir=base_dir, seed=seed)
+    objective = Objective(loss, names, targets=data.has_targets)
     targets = data.targets("val")
 
     def figures(m: Any) -> dict:

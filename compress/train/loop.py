@@ -105,7 +105,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
     import torch
 
     from compress.data import forward
-    from compress.data.inputs import in_order
+    from compress.data.inputs import in_order, in_place
     from compress.dist.group import to_device
     from compress.heap import Watch
 
@@ -117,16 +117,22 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
         source = torch.utils.data.Subset(data, order) if order is not None else data
         batches = as_loader(source, batch_size=batch_size, workers=workers)
     parts: dict[str, list] = {}
+    seen: list = []
     growth = Watch()
     with torch.inference_mode():
-        for _, x, _ in batches:
+        for index, x, _ in batches:
             out = forward(model, to_device(x, device))
             names = names or output_names_of(out, "logits")
             for name, value in as_outputs(out, names).items():
                 parts.setdefault(name, []).append(value.float().cpu().numpy())
+            seen += [np.asarray(index)] if index is not None else []  # skipped items leave their rows out
             del out
             growth.check()  # freed activations go back to the system once the pass grows (compress/heap.py)
-    return in_order({name: np.concatenate(chunks) for name, chunks in parts.items()}, order)
+    outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    if isinstance(data, torch.utils.data.Dataset) and seen and sum(map(len, seen)) != len(data):
+        return in_place(outputs, np.concatenate(seen), len(data))
+    return in_order(outputs, order)
+
 
 
 def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):
