@@ -34,11 +34,45 @@ def file_sha256(path: Path) -> str:
 
 
 def source_digest(base_dir: Path, spec: str) -> str | None:
-    """sha256 of a user's `module:factory` file beside the TOML, so editing the model code re-runs its stage."""
+    """sha256 of a user's `module:factory` file beside the TOML and of the modules beside it that it imports (their
+    own imports too), so editing the model code, or a layer file it imports, re-runs its stage."""
     if spec.startswith(("builtin:", "hf:")):
         return None
-    path = Path(base_dir) / (spec.partition(":")[0].replace(".", "/") + ".py")
-    return file_sha256(path) if path.is_file() else None
+    path = _module_file(Path(base_dir), spec.partition(":")[0])
+    if path is None:
+        return None
+    files = sorted(_local_imports(path, Path(base_dir)))
+    if files == [path]:
+        return file_sha256(path)  # (the key of a one-file model, as before)
+    return digest([(str(f.relative_to(base_dir)), file_sha256(f)) for f in files])
+
+
+def _module_file(base_dir: Path, module: str) -> Path | None:
+    """The file of a module name under `base_dir` (a .py file or a package's __init__.py), or None."""
+    stem = base_dir / module.replace(".", "/")
+    return next((f for f in (stem.with_suffix(".py"), stem / "__init__.py") if f.is_file()), None)
+
+
+def _local_imports(path: Path, base_dir: Path) -> set[Path]:
+    """`path` and every module under `base_dir` it imports, followed through their imports (read, never run)."""
+    import ast
+
+    found, todo = set(), [path]
+    while todo:
+        file = todo.pop()
+        if file in found:
+            continue
+        found.add(file)
+        try:
+            tree = ast.parse(file.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            continue  # the import itself says what is wrong, with the line
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            todo += [f for f in (_module_file(base_dir, n) for n in names) if f is not None and f not in found]
+    return found
 
 
 @contextlib.contextmanager

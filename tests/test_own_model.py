@@ -237,3 +237,27 @@ def test_labels_with_gaps_are_accepted_with_a_warning(user_dir: Path, caplog: py
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "warning: pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, "
         "one per label value; renumber the labels 0..1 if the gaps are not meant"]
+
+
+def test_the_model_codes_digest_follows_the_local_modules_it_imports(tmp_path: Path):
+    # a layers.py that mymodels.py imports changed from ReLU to Tanh, and every stage stayed cached: old weights
+    # loaded into new code
+    from compress.cache import file_sha256, source_digest
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "mymodels.py").write_text("import torch\nfrom layers import ACT\nimport pkg.blocks\n")
+    (tmp_path / "layers.py").write_text("from helpers import scale\nACT = 'relu'\n")
+    (tmp_path / "helpers.py").write_text("scale = 1.0\n")
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "blocks.py").write_text("WIDTH = 8\n")
+    (tmp_path / "unrelated.py").write_text("x = 1\n")
+    before = source_digest(tmp_path, "mymodels:mlp")
+    for name, text in (("layers.py", "from helpers import scale\nACT = 'tanh'\n"), ("helpers.py", "scale = 2.0\n"),
+                       ("pkg/blocks.py", "WIDTH = 16\n")):
+        (tmp_path / name).write_text(text)
+        after = source_digest(tmp_path, "mymodels:mlp")
+        assert after != before, name
+        before = after
+    (tmp_path / "unrelated.py").write_text("x = 2\n")
+    assert source_digest(tmp_path, "mymodels:mlp") == before
+    assert source_digest(tmp_path, "helpers:scale") == file_sha256(tmp_path / "helpers.py")  # one file: as before
