@@ -55,7 +55,7 @@ def run(ctx: StageContext) -> StageResult:
         records.append(_save(ctx, control, CONTROL_NAME, "control", base))
         info["control"] = {"epochs": epochs, "pruned_accuracy": record.metrics_torch[metric.name],
                            "control_accuracy": records[-1].metrics_torch[metric.name], "params": records[-1].params}
-    info["markdown"] = _markdown(pcfg, steps, record, info.get("control"))
+    info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric)
     return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name),
                        info=info)
 
@@ -94,20 +94,26 @@ def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord
                        params=count_params(model), accuracy_torch=figures.get("accuracy"), metrics_torch=figures)
 
 
-def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None) -> list[str]:
+def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None, metric: Any) -> list[str]:
+    """The pruning section: each step's primary figure (`metric`, shown as the report's tables show it) and the
+    same-size control's verdict in the metric's own direction."""
+    from compress.report import shown
+
+    name = metric.name
     lines = ["", f"## Pruning ({pcfg.method})", "",
-             "| step | removed | params | weight bytes | accuracy before recovery | accuracy | ORT p50 ms (b"
+             f"| step | removed | params | weight bytes | {name} before recovery | {name} | ORT p50 ms (b"
              f"{pcfg.latency_batch}) |", "|---|---|---|---|---|---|---|"]
     for s in steps:
         lat = f"{s['latency_ms']:.4f}" if s.get("latency_ms") is not None else "-"
         lines.append(f"| {s['step']} | {100 * s.get('amount', 0):.0f}% | {s['params']:,} | {s['bytes']:,} | "
-                     f"{100 * s['accuracy_before_finetune']:.2f}% | {100 * s['accuracy']:.2f}% | {lat} |")
+                     f"{shown(s['accuracy_before_finetune'], name)} | {shown(s['accuracy'], name)} | {lat} |")
     if record.note:
         lines += ["", record.note]
     if control:
         p, c = control["pruned_accuracy"], control["control_accuracy"]
-        verdict = "beats" if p > c else ("matches" if p == c else "falls short of")
-        lines += ["", f"pruned+recovered {100 * p:.2f}% vs same-size from scratch {100 * c:.2f}% "
+        verdict = "beats" if metric.better(p, c) else ("matches" if p == c else "falls short of")
+        gap = f"{100 * (p - c):+.2f} points" if name == "accuracy" else f"{name} {p - c:+.4f}"
+        lines += ["", f"pruned+recovered {shown(p, name)} vs same-size from scratch {shown(c, name)} "
                   f"({control['params']:,} params, distilled for {control['epochs']} epochs, same seed): "
-                  f"pruning {verdict} training that size from scratch ({100 * (p - c):+.2f} points)."]
+                  f"pruning {verdict} training that size from scratch ({gap})."]
     return lines

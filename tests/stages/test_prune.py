@@ -326,3 +326,22 @@ def test_control_in_the_pipeline_is_exported_benchmarked_and_compared(tiny_dir):
     md = (tiny_dir / "runs/tiny/report.md").read_text()
     assert f"pruned+recovered {100 * pruned['accuracy_torch']:.2f}% vs same-size from scratch " \
         f"{100 * control['accuracy_torch']:.2f}%" in md
+
+
+def test_the_control_verdict_follows_the_metrics_direction_and_names_it():
+    # a lower-is-better error rate: pruning's 6.69% against the control's 6.96% is the better model (the report said
+    # "falls short of", and headed the columns "accuracy")
+    from types import SimpleNamespace
+
+    from compress.stages.prune import _markdown
+    from compress.tasks import Metric
+
+    step = {"step": 1, "amount": 0.5, "params": 100, "bytes": 400, "accuracy_before_finetune": 0.09,
+            "accuracy": 0.0669, "latency_ms": None}
+    control = {"pruned_accuracy": 0.0669, "control_accuracy": 0.0696, "params": 100, "epochs": 4}
+    lines = _markdown(SimpleNamespace(method="taylor", latency_batch=1), [step], SimpleNamespace(note=None), control,
+                      Metric("error_rate", higher_is_better=False))
+    assert "| step | removed | params | weight bytes | error_rate before recovery | error_rate |" in lines[3]
+    assert "| 0.0900 | 0.0669 |" in lines[5]
+    assert lines[-1] == ("pruned+recovered 0.0669 vs same-size from scratch 0.0696 (100 params, distilled for 4 "
+                         "epochs, same seed): pruning beats training that size from scratch (error_rate -0.0027).")
