@@ -270,6 +270,22 @@ def test_a_model_too_big_for_one_protobuf_is_quantized_with_external_data(tmp_pa
     assert session.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 10)
 
 
+def test_static_over_1_gb_says_which_edits_it_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # they were skipped without a word (among them the NaN guard of attention masks, and bias correction)
+    import compress.onnx.graph
+
+    monkeypatch.setattr(compress.onnx.graph, "PROTOBUF_LIMIT", 10_000)
+    model = external_mlp(tmp_path / "big.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    out = tmp_path / "q" / "big-int8.onnx"
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "calib.npz", "--max-accuracy-drop", "1",
+                     "--no-fallback")
+    assert result.exit_code == 0, result.output
+    reason = json.loads(out.with_suffix(".json").read_text())["attempts"][0]["reason"]
+    assert reason.endswith("over 1 GB: graph outputs, infinite ranges, outlier tensors and biases left as ORT's "
+                           "quantizer wrote them"), reason
+
+
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_a_small_model_with_external_data_is_quantized_and_its_kept_attempts_run(tmp_path: Path, mode: str):
     # setup: recent torch.onnx.export writes small models' weights to a .data file beside them too

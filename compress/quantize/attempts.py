@@ -244,11 +244,13 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
             note = f"{note}; {kept}" if note else kept
         done = correct_biases(base, model, calib) if settings.get("bias_correction") and calib else {"layers": 0}
         if done["layers"]:
-            layers = f"{done['layers']} layer{'s' if done['layers'] != 1 else ''}"
-            corrected = f"biases of {layers} corrected on {done['samples']} samples"
-            note = f"{note}; {corrected}" if note else corrected
+            note = f"{note}; {done['note']}" if note else done["note"]
         if changed or done["layers"]:
             onnx.save(model, str(out))
+    else:  # each edit reads the whole graph with its weights, past one protobuf's 2 GB
+        skipped = ("over 1 GB: graph outputs, infinite ranges, outlier tensors and biases left as ORT's quantizer "
+                   "wrote them")
+        note = f"{note}; {skipped}" if note else skipped
     return note
 
 

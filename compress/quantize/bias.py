@@ -31,7 +31,7 @@ MAX_SAMPLES = 128
 def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Correct the biases of `qmodel` (a static QDQ model of `base`, a ModelProto edited in place) on calibration
     batches. Returns {"layers": corrected, "skipped": quantized layers without a bias (or a float weight, or
-    implicit padding), "samples": used}."""
+    implicit padding), "samples": used, "note": what was done, for the summary}."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -80,7 +80,7 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) 
         outputs += means
         layers.append((node, bias, attrs, weight, _dequantized(w_dq, inits), len(means)))
     if not layers:
-        return {"layers": 0, "skipped": skipped, "samples": 0}
+        return {"layers": 0, "skipped": skipped, "samples": 0, "note": ""}
     fmodel.graph.node.extend(added_nodes)
     fmodel.graph.initializer.extend(added_inits)
     del fmodel.graph.output[:]
@@ -93,7 +93,9 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) 
         at += count
         shift = _shift(node.op_type, attrs, weight, wq, seen[0], seen[-1])
         _subtract(bias, shift, inits)
-    return {"layers": len(layers), "skipped": skipped, "samples": samples}
+    n = len(layers)
+    return {"layers": n, "skipped": skipped, "samples": samples,
+            "note": f"biases of {n} layer{'s' * (n != 1)} corrected on {samples} samples" if n else ""}
 
 
 def _window_means(tag: str, fnode: Any, attrs: dict[str, Any], weight: np.ndarray,

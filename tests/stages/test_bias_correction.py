@@ -64,7 +64,7 @@ def test_bias_correction_takes_out_the_mean_shift_of_every_layer(tmp_path: Path)
     onnx.save(model, str(fixed))
     # assert: the four layers (3 Conv, 1 Gemm) corrected; on held-out inputs the mean shift of the outputs is
     # several times smaller, and their error smaller too; only biases changed
-    assert done == {"layers": 4, "skipped": 0, "samples": 128}
+    assert done == {"layers": 4, "skipped": 0, "samples": 128, "note": "biases of 4 layers corrected on 128 samples"}
     f, q, qb = (_outputs(p, x[128:]) for p in (base, quant, fixed))
     shift, corrected = np.abs((q - f).mean(0)).mean(), np.abs((qb - f).mean(0)).mean()
     assert corrected < shift / 2
