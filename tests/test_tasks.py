@@ -259,32 +259,40 @@ def test_tensors_figures_are_the_same_compared_a_few_rows_at_a_time(monkeypatch)
     assert np.all(out["y"][4] == 0) and np.all(ref["y"][4] == 0)
 
 
+VALIDATED = """
+[pipeline]
+name = "t"
+[data]
+source = "npz:{data}"
+task = "tensors"
+[teacher]
+model = "models:{model}"
+kwargs = {{ hidden = 16 }}
+[teacher.train]
+epochs = 1
+[student]
+model = "models:{model}"
+kwargs = {{ hidden = 4 }}
+"""
+
+
+def _validate(folder: Path, data: str, model: str = "Regressor", extra: str = "") -> tuple[int, str, Path]:
+    """`compress validate` on a tensors-task file of `data` and `model` (teacher and student), plus `extra`."""
+    toml = folder / "p.toml"
+    toml.write_text(VALIDATED.format(data=data, model=model) + extra)
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    return result.exit_code, result.output.strip(), toml
+
+
 def test_a_teacher_to_train_on_data_without_targets_is_refused_at_validate(tmp_path: Path):
     # setup: inputs only; the teacher was trained toward -1, the "no label" fill, and the run exited 0
     folder = _folder(tmp_path)
     np.savez(folder / "noy.npz", x=np.load(folder / "reg.npz")["x"])
-    toml = folder / "p.toml"
-    toml.write_text(textwrap.dedent('''
-        [pipeline]
-        name = "t"
-        [data]
-        source = "npz:noy.npz"
-        task = "tensors"
-        [teacher]
-        model = "models:Regressor"
-        kwargs = { hidden = 16 }
-        [teacher.train]
-        epochs = 1
-        [student]
-        model = "models:Regressor"
-        kwargs = { hidden = 4 }
-    '''))
     # execute
-    result = CliRunner().invoke(main, ["validate", str(toml)])
+    code, line, toml = _validate(folder, "noy.npz")
     # assert
-    assert result.exit_code == 2
-    assert result.output.strip() == (f"error: {toml}: teacher.train: the data has no targets (npz y or y_NAME) to "
-                                     "train a teacher on; give the teacher's checkpoint instead")
+    assert code == 2 and line == (f"error: {toml}: teacher.train: the data has no targets (npz y or y_NAME) to train a "
+                                  "teacher on; give the teacher's checkpoint instead")
 
 
 def test_a_nan_target_is_named_at_validate(tmp_path: Path):
@@ -294,50 +302,14 @@ def test_a_nan_target_is_named_at_validate(tmp_path: Path):
     arrays = dict(np.load(folder / "reg.npz"))
     arrays["y"][5, 0] = np.nan
     np.savez(folder / "reg.npz", **arrays)
-    toml = folder / "p.toml"
-    toml.write_text(textwrap.dedent('''
-        [pipeline]
-        name = "t"
-        [data]
-        source = "npz:reg.npz"
-        task = "tensors"
-        [teacher]
-        model = "models:Regressor"
-        kwargs = { hidden = 16 }
-        [teacher.train]
-        epochs = 1
-        [student]
-        model = "models:Regressor"
-        kwargs = { hidden = 4 }
-    '''))
-    result = CliRunner().invoke(main, ["validate", str(toml)])
-    assert result.exit_code == 2
-    assert result.output.strip().endswith("reg.npz: y holds NaN at index 5 (first of 1 bad values); clean the data or "
-                                          "drop those rows")
+    code, line, _ = _validate(folder, "reg.npz")
+    assert code == 2 and line.endswith("reg.npz: y holds NaN at index 5 (first of 1 bad values); clean the data or "
+                                       "drop those rows")
 
 
 def test_an_output_weight_for_an_output_the_student_lacks_is_refused_at_validate(tmp_path: Path):
     # a mistyped name was never used, without a word
-    folder = _folder(tmp_path)
-    toml = folder / "p.toml"
-    toml.write_text(textwrap.dedent('''
-        [pipeline]
-        name = "t"
-        [data]
-        source = "npz:two.npz"
-        task = "tensors"
-        [teacher]
-        model = "models:two_heads"
-        kwargs = { hidden = 16 }
-        [teacher.train]
-        epochs = 1
-        [student]
-        model = "models:two_heads"
-        kwargs = { hidden = 4 }
-        [distill]
-        output_weights = { vaule = 2.0 }
-    '''))
-    result = CliRunner().invoke(main, ["validate", str(toml)])
-    assert result.exit_code == 2
-    assert result.output.strip() == (f"error: {toml}: distill.output_weights: the student has no output 'vaule'; its "
-                                     "outputs are value, sign")
+    extra = "[distill]\noutput_weights = { vaule = 2.0 }\n"
+    code, line, toml = _validate(_folder(tmp_path), "two.npz", "two_heads", extra)
+    assert code == 2 and line == (f"error: {toml}: distill.output_weights: the student has no output 'vaule'; its "
+                                  "outputs are value, sign")
