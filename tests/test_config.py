@@ -137,3 +137,14 @@ def test_freeze_embeddings_on_a_model_without_embeddings_is_refused_before_train
         check_before_training(load_config(path))
     assert str(err.value) == (f"{path}: distill.freeze_embeddings: builtin:cnn-small has no nn.Embedding layers to "
                               "freeze; remove the key, or name parameters in freeze = [...]")
+
+
+def test_a_freeze_pattern_that_matches_no_parameter_is_refused_before_training(tmp_path):
+    # a typo froze nothing and trained everything, without a word
+    from compress.config import check_before_training
+
+    path = write_toml(tmp_path, BASE + "[distill]\nfreeze = [\"0.0.*\", \"nosuch.*\"]\n")
+    with pytest.raises(CompressError) as err:
+        check_before_training(load_config(path))
+    assert str(err.value) == (f"{path}: distill.freeze: 'nosuch.*' matches no parameter of builtin:cnn-small (its "
+                              "names: 0.0.weight, 0.1.weight, 0.1.bias, 2.0.weight, ...)")

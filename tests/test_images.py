@@ -147,6 +147,13 @@ def test_image_keys_need_an_image_source():
         DataConfig(source="digits", augment=("flip",))
 
 
+@pytest.mark.parametrize("size", [0, -4, (8, 0)])
+def test_an_image_size_under_one_pixel_is_refused_by_its_key(size):
+    # it failed later, on an image file's name
+    with pytest.raises(ValueError, match=r"image_size: expected a side \(or \[height, width\]\) of at least 1 pixel"):
+        DataConfig(source="images:x", image_size=size)
+
+
 ZOO = '''
 import torch.nn as nn
 

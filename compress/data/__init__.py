@@ -93,7 +93,11 @@ class DataConfig(Section):
             raise ValueError("give both mean and std, or neither (then both are computed from the training images)")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {list(self.std)}")
-        if not self.source.startswith("images:") and (self.augment or self.image_size or self.mean):
+        sides = [self.image_size] if isinstance(self.image_size, int) else list(self.image_size or ())
+        if any(side < 1 for side in sides):
+            raise ValueError(f"image_size: expected a side (or [height, width]) of at least 1 pixel, got "
+                             f"{self.image_size}")
+        if not self.source.startswith("images:") and (self.augment or self.image_size is not None or self.mean):
             raise ValueError("image_size, mean, std and augment apply to source = 'images:DIR' only")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(f"val_fraction + test_fraction must leave at least 10% for training, got "

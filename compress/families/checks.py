@@ -47,14 +47,26 @@ def check_models(cfg, data) -> None:
         names = output_names_of(raw, task.default_output)
         outputs[role] = as_outputs(raw, names)
         train = cfg.distill if role == "student" else cfg.teacher.train
+        key = "distill" if role == "student" else "teacher.train"
         if train is not None and train.freeze_embeddings and not family.embedding_parameters(model):
-            key = "distill" if role == "student" else "teacher.train"
             raise CompressError(f"{where}: {key}.freeze_embeddings: {spec} has no nn.Embedding layers to freeze; "
                                 "remove the key, or name parameters in freeze = [...]")
+        _check_freeze(model, train, f"{where}: {key}.freeze", spec)
         task.check_outputs(outputs[role], num_classes=data.num_classes, teacher=outputs.get("teacher"),
                            origin=origin, spec=spec)
     _check_head(cfg, data, task)
     _check_labels(cfg, data, task, outputs.get("student"))
+
+
+def _check_freeze(model, train, key: str, spec: str) -> None:
+    """Each freeze pattern names at least one parameter: a typo would train everything, unsaid."""
+    import fnmatch
+
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [p for p in (train.freeze if train is not None else ()) if not fnmatch.filter(names, p)]
+    if unmatched:
+        raise CompressError(f"{key}: {unmatched[0]!r} matches no parameter of {spec} (its names: "
+                            f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
 
 
 def _check_head(cfg, data, task) -> None:
