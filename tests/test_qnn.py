@@ -712,3 +712,43 @@ def test_the_npu_gets_16_bit_activations_throughout_when_mixed_widths_miss_too(t
     assert tried["mixed"]["skipped"] and tried["mixed"]["rounds"] == [1, 2, 3, 4, 5]
     assert not list((tmp_path / "auto" / "qnn-mixed").glob("*.qnn_ctx.onnx"))
     assert "mixed (up to 5 at 16 bits): ORT CPU drop 0.5000 at best, not compiled" in auto.output
+
+
+@pytest.mark.qnn
+def test_every_output_is_judged_on_the_npu_and_auto_publishes_the_kept_width_at_the_top(tmp_path):
+    # setup: y1 = Relu(x) survives 8 bits; y2 = (x + B) - B with |B| ~ 1000 does not (its codes step by ~8). Only
+    # the first output was judged: the NPU passed with y2 at cosine 0.02. Under auto the top of the folder held the
+    # rejected 8-bit try's qnn.json, QDQ and EPContext models.
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.cli import main
+
+    big = numpy_helper.from_array((np.random.default_rng(0).standard_normal((1, 16)) * 1000).astype(np.float32), "B")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y1"]), helper.make_node("Add", ["x", "B"], ["xb"]),
+                               helper.make_node("Sub", ["xb", "B"], ["y2"])], "two",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 16]) for n in ("y1", "y2")],
+                              [big])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32))
+    args = ["edge", str(tmp_path / "two.onnx"), "--provider", "qnn", "--calibration", str(tmp_path / "calib.npz")]
+    # execute
+    eight = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "eight"), "--activation-type", "uint8"])
+    auto = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "auto")])
+    # assert
+    assert eight.exit_code == 1 and "cosine to fp32 (output y2) on the NPU dropped" in eight.output, eight.output
+    budget = json.loads((tmp_path / "eight" / "edge.json").read_text())["qnn"]["budget"]
+    assert budget["metric"] == "cosine to fp32 (output y2)" and budget["drop"] > 0.5 and budget["lost_in"] == "codes"
+    assert auto.exit_code == 0, auto.output
+    top = json.loads((tmp_path / "auto" / "qnn.json").read_text())
+    assert top["activation_type"] != "uint8" and top["budget"]["ok"]
+    assert Path(top["qdq_path"]).parent == tmp_path / "auto" and Path(top["qdq_path"]).is_file()
+    assert (tmp_path / "auto" / "two.qnn_ctx.onnx").is_file() and top["placement"]["context_path"] == str(
+        tmp_path / "auto" / "two.qnn_ctx.onnx")
+    assert json.loads((tmp_path / "auto" / "qnn-uint8" / "qnn.json").read_text())["activation_type"] == "uint8"

@@ -140,9 +140,10 @@ def _qnn_measured(onnx_path: Path, out_dir: Path, batch: int, qnn: dict) -> dict
                             out_dir=folder, name="qnn", provider="QNNExecutionProvider")
 
     auto = qnn.get("activation_type") == "auto"
-    tried = [measured("uint8" if auto else qnn.get("activation_type", "uint8"), out_dir)]
+    tried = [measured("uint8" if auto else qnn.get("activation_type", "uint8"), out_dir / "qnn-uint8" if auto
+                      else out_dir)]
     if not auto or (tried[0].get("budget") or {}).get("lost_in") != "codes":
-        return tried[0]
+        return _published(tried[0], out_dir) if auto else tried[0]
     tried.append(measured("mixed", out_dir / "qnn-mixed"))
     if not (tried[-1].get("budget") or {}).get("ok"):  # missed on its codes or on HTP, or HTP could not compile it
         tried.append(measured("uint16", out_dir / "qnn-uint16"))
@@ -156,4 +157,31 @@ def _qnn_measured(onnx_path: Path, out_dir: Path, batch: int, qnn: dict) -> dict
          "sixteen_bit": len((s.get("mixed") or {}).get("sixteen_bit") or []) if s["activation_type"] == "mixed"
          else None, "rounds": [r["sixteen_bit"] for r in (s.get("mixed") or {}).get("tried") or []] or None,
          "latency_ms": (s.get("latency") or {}).get("p50_ms")} for s in tried]
-    return chosen
+    return _published(chosen, out_dir)
+
+
+def _published(section: dict, out_dir: Path) -> dict:
+    """The kept width's files moved from its own folder to the top of `out_dir`, where the deployable EPContext
+    model is looked for (each width tried writes into qnn-<width>/; the top held the rejected 8-bit try before),
+    and its qnn.json written there; the section's paths (and its activation_tried entry's) follow."""
+    import shutil
+
+    from compress.cache import write_json
+
+    moved: dict[str, str] = {}
+    placement = section.get("placement") or {}
+    for path in (section.get("onnx_path"), section.get("qdq_path"), placement.get("context_path")):
+        if path and Path(path).is_file() and Path(path).parent.resolve() != Path(out_dir).resolve():
+            moved[path] = str(shutil.move(path, Path(out_dir) / Path(path).name))
+    section = {**section, **{k: moved.get(section[k], section[k]) for k in ("onnx_path", "qdq_path") if k in section}}
+    if placement.get("context_path"):
+        section["placement"] = {**placement, "context_path": moved.get(placement["context_path"],
+                                                                       placement["context_path"])}
+    if (section.get("context") or {}).get("path"):
+        section["context"] = {**section["context"], "path": moved.get(section["context"]["path"],
+                                                                      section["context"]["path"])}
+    if section.get("activation_tried"):
+        section["activation_tried"] = [{**t, "qdq_path": moved.get(t.get("qdq_path"), t.get("qdq_path"))}
+                                       for t in section["activation_tried"]]
+    write_json(out_dir / "qnn.json", section)
+    return section

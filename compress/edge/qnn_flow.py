@@ -37,7 +37,8 @@ _FIX_BY_OP = {
     "Einsum": "rewrite the einsum as MatMul/Transpose in the model, or export with exporter = 'dynamo'",
     "NonZero": "data-dependent output shape: no NPU runs it; move it out of the model",
     "Loop": "control flow: unroll it in the model or move it out",
-    "If": "control flow: move the branch out of the model",
+    "If": "control flow: bind the input its condition reads (compress edge --fix-input NAME=VALUE) and the "
+          "branch taken is inlined, or move the branch out of the model",
 }
 _DEFAULT_FIX = ("not supported by the QNN EP: export the op differently (another opset, exporter = 'dynamo'), "
                 "replace it in the model, or let it run on CPU with fallback enabled")
@@ -66,7 +67,8 @@ def _context_check(context: Path, session: Any, x: "dict[str, np.ndarray]", batc
         ctx = htp_session(context, fallback=not strict, provider_options=provider_options)
     except Exception as exc:
         return {"path": str(context), "bytes": context.stat().st_size, "loads": False, "error": first_line(exc)}
-    parity = compare([run_batches(session, x, batch, axes)], [run_batches(ctx, x, batch, axes)], atol=1e-6, rtol=0)
+    parity = compare(run_batches(session, x, batch, axes, every=True), run_batches(ctx, x, batch, axes, every=True),
+                     atol=1e-6, rtol=0)
     return {"path": str(context), "bytes": context.stat().st_size, "loads": True, "error": None, "parity": parity}
 
 
