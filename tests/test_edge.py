@@ -351,3 +351,71 @@ def test_the_kit_records_where_the_nodes_ran_on_the_device(tmp_path):
     expected = placement(model, "CPUExecutionProvider")  # compress's own audit of the same model
     assert {k: row["placement"][k] for k in ("nodes_total", "nodes_on_cpu")} == \
         {k: expected[k] for k in ("nodes_total", "nodes_on_cpu")} and expected["nodes_total"] > 0
+
+
+def test_a_fixed_batch_with_inputs_of_another_count_runs_the_parity_in_whole_batches(tmp_path: Path):
+    # --fixed-batch 2 with 7 rows in --inputs: the parity ran all 7 at once on a model that takes exactly 2
+    # ("did not run on the sample inputs"); now 3 whole batches, and fewer rows than one batch is named
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _conv_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "seven.npz", x=np.random.default_rng(0).standard_normal((7, 1, 4, 4)).astype(np.float32))
+    np.savez(tmp_path / "one.npz", x=np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32))
+    run = (lambda npz, out: CliRunner().invoke(main, ["edge", str(model), "--fixed-batch", "2", "--inputs",
+                                                      str(tmp_path / npz), "--out", str(tmp_path / out)]))
+    ok, few = run("seven.npz", "a"), run("one.npz", "b")
+    assert ok.exit_code == 0, ok.output
+    assert few.exit_code == 2
+    assert few.output.strip().endswith("its batch is fixed to 2, but the sample inputs hold 1 rows; give at least 2 "
+                                       "(--inputs)")
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--qnn-option", "htp_arch=73"], "error: --qnn-option: applies to the QNN target; add --provider qnn, or drop it"),
+    (["--activation-type", "uint16"], "error: --activation-type: applies to the QNN target; add --provider qnn, or "
+                                      "drop it"),
+    (["--provider", "qnn", "--calibration", "c.npz", "--qnn-option", "soc_model=abc"],
+     "error: --qnn-option 'soc_model=abc': soc_model takes a number (soc_model=60 is Snapdragon 8 Gen 3, htp_arch=75 "
+     "its HTP), got 'abc'"),
+    (["--provider", "qnn", "--calibration", "y8.npz"], "error: y8.npz: 'y' must hold one class index per sample (16 "
+                                                       "samples); got an array of shape (8,)"),
+    (["--provider", "qnn", "--calibration", "hot.npz"], "error: hot.npz: 'y' must hold one class index per sample "
+     "(16 samples); got an array of shape (16, 2) (one-hot labels: np.argmax(y, axis=1) gives the indices)"),
+    (["--provider", "qnn", "--calibration", "c.npz", "--fixed-batch", "32"], "error: c.npz: --calibration holds 16 "
+     "samples, fewer than one batch of 32 (the NPU model's fixed batch); save a few hundred real inputs"),
+])
+def test_qnn_options_and_calibration_data_are_checked_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   extra: list, line: str):
+    # before: options without --provider qnn did nothing, unsaid; soc_model=abc was recorded as the chip while the
+    # provider fell back to its default; wrong labels crashed the child (exit 1, a "provider crash" in edge.json);
+    # too few rows for the batch blamed the model
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _conv_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((16, 1, 4, 4)).astype(np.float32)
+    np.savez("c.npz", x=x)
+    np.savez("y8.npz", x=x, y=np.zeros(8, np.int64))
+    np.savez("hot.npz", x=x, y=np.zeros((16, 2), np.int64))
+    result = CliRunner().invoke(main, ["edge", "m.onnx", "--out", "o", *extra])
+    assert result.exit_code == 2 and result.output.strip() == line
+
+
+def test_qnn_calibration_data_keeps_a_float16_inputs_type(tmp_path: Path):
+    # every floating array was cast to float32, so a float16 model's right data failed in the quantizer
+    import onnx
+    from onnx import TensorProto, helper
+
+    from compress.cli.edge import _qnn_kwargs
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "h",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "h.onnx")
+    np.savez(tmp_path / "c.npz", x=np.ones((4, 4), np.float64))
+    got = _qnn_kwargs(tmp_path / "h.onnx", tmp_path / "c.npz", "auto", (), {})
+    assert got["calibration"]["x"].dtype == np.float16

@@ -312,3 +312,16 @@ def test_edge_says_when_its_data_was_made_for_another_value(tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert f"warning: {said}" in result.output
     assert json.loads((tmp_path / "edge" / "edge.json").read_text())["warnings"] == [said]
+
+
+@pytest.mark.qnn
+def test_an_unbound_if_on_the_npu_is_told_to_bind_the_input_its_condition_reads(tmp_path: Path):
+    # the advice was the first blocker's ("try activation_type = 'uint16'..."), not --fix-input
+    model = rated(tmp_path / "rated.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32),
+             sr=np.array(16000, np.int64))
+    result = _invoke("edge", model, "--out", tmp_path / "edge", "--fixed-batch", "1", "--provider", "qnn",
+                     "--calibration", tmp_path / "calib.npz")
+    assert result.exit_code == 1
+    assert ("fix: the If condition reads input 'sr': bind it to the value you deploy with, --fix-input sr=VALUE, and "
+            "the branch taken is inlined") in result.output

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -64,6 +65,7 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
     inputs = None
     out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
+    _qnn_only(targets, calibration_npz=calibration_npz, qnn_options=qnn_options, activation_type=activation_type)
     from compress.bench.inputs import parse_batch_axes
     from compress.edge.shapes import check_batch_axes, specialised
     from compress.onnx.graph import load_model
@@ -74,7 +76,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     axes = parse_batch_axes(batch_axes)
     check_batch_axes(load_model(model, weights=False).graph, axes, model.name, set(bound))
     # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
-    qnn = _qnn_kwargs(model, calibration_npz, activation_type, qnn_options, axes) if "qnn" in targets else None
+    qnn = (_qnn_kwargs(model, calibration_npz, activation_type, qnn_options, axes, fixed_batch or 1)
+           if "qnn" in targets else None)
     if (dims or batch_axes) and inputs_npz is None:
         from compress.bench.inputs import parse_dims
         from compress.edge.ort_format import sample_inputs
@@ -112,12 +115,33 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     click.echo(f"wrote {Path(out) / 'edge.json'}")
     if json_path is not None:
         write_json(json_path, section)
-    from compress.errors import GateFailed
+    _npu_gate(model, section.get("qnn") or {})
 
-    qnn_section = section.get("qnn") or {}
+
+def _qnn_only(targets: tuple[str, ...], **given: Any) -> None:
+    """Options that apply to the QNN target only: given without --provider qnn they would do nothing, unsaid."""
+    from compress.errors import CompressError
+
+    if "qnn" in targets:
+        return
+    named = {"calibration_npz": "--calibration", "qnn_options": "--qnn-option", "activation_type": "--activation-type"}
+    for key, value in given.items():
+        if value and (key != "activation_type" or value != "auto"):
+            raise CompressError(f"{named[key]}: applies to the QNN target; add --provider qnn, or drop it")
+
+
+def _npu_gate(model: Path, qnn_section: dict) -> None:
+    """Exit 1 when the NPU could not run the model whole, or missed its budget."""
+    from compress.errors import GateFailed
+    from compress.onnx.graph import load_model
+
     if qnn_section and not qnn_section.get("runs_without_fallback", True):
         # HTP took some nodes or none, and could not run the graph whole: nothing measured on the NPU, not a pass
-        fix = next((f"; fix: {b['fix']}" for b in qnn_section.get("blockers") or []), "")
+        from compress.onnx.control import CONTROL_FLOW, resolve_hint
+
+        graph = load_model(model, weights=False).graph
+        fix = (f"; fix: {resolve_hint(graph)}" if any(n.op_type in CONTROL_FLOW for n in graph.node) else
+               next((f"; fix: {b['fix']}" for b in qnn_section.get("blockers") or []), ""))
         raise GateFailed(f"{model}: provider qnn: the HTP backend cannot run the whole model with CPU fallback "
                          f"disabled ({qnn_section.get('fallback_error') or 'no reason given'}){fix}; edge.json lists "
                          "the nodes it refused and why")
@@ -129,7 +153,7 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
 
 def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str, qnn_options: tuple[str, ...],
-                batch_axes: "dict[str, int | None]") -> dict:
+                batch_axes: "dict[str, int | None]", batch: int = 1) -> dict:
     """prepare_qnn's data and options from the command line; CompressError (exit 2) for bad ones."""
     import numpy as np
 
@@ -145,7 +169,11 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
         if not sep or not key:
             raise CompressError(f"--qnn-option {item!r}: expected KEY=VALUE, e.g. htp_arch=73")
         options[key.strip()] = value.strip()
-    names = [i.name for i in graph_inputs(load_model(model, weights=False).graph)]
+        if key.strip() in ("soc_model", "htp_arch") and not value.strip().isdigit():
+            raise CompressError(f"--qnn-option {item!r}: {key.strip()} takes a number (soc_model=60 is Snapdragon 8 "
+                                f"Gen 3, htp_arch=75 its HTP), got {value.strip()!r}")
+    declared = {i.name: i.type.tensor_type.elem_type for i in graph_inputs(load_model(model, weights=False).graph)}
+    names = list(declared)
     name = names[0]
     try:
         with np.load(calibration_npz, allow_pickle=False) as data:
@@ -162,8 +190,20 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
     if feeds is None:
         raise CompressError(f"{calibration_npz}: expected an array named after each model input "
                             f"({', '.join(names)}), got {sorted(arrays)}")
-    feeds = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
+    from onnx import TensorProto
+
+    wanted = {k: np.float16 if declared.get(k) == TensorProto.FLOAT16 else np.float32 for k in feeds}
+    feeds = {k: v.astype(wanted[k]) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
     y = arrays.get("y", arrays.get("labels"))
+    samples = next((np.shape(v)[batch_axes.get(k, 0)] for k, v in feeds.items()
+                    if np.ndim(v) and batch_axes.get(k, 0) is not None), None)
+    if not samples or samples < batch:
+        raise CompressError(f"{calibration_npz}: --calibration holds {samples or 0} samples, fewer than one batch of "
+                            f"{batch} (the NPU model's fixed batch); save a few hundred real inputs")
+    if y is not None and (np.ndim(y) == 0 or any(d != 1 for d in np.shape(y)[1:]) or len(y) != samples):
+        hint = " (one-hot labels: np.argmax(y, axis=1) gives the indices)" if np.ndim(y) == 2 else ""
+        raise CompressError(f"{calibration_npz}: 'y' must hold one class index per sample ({samples} samples); got "
+                            f"an array of shape {np.shape(y)}{hint}")
     axes = {k: v for k, v in batch_axes.items() if k in feeds}  # not the inputs --fix-input bound away
     return {"calibration": feeds, "val_x": feeds, "val_y": y, "batch_axes": axes or None,
             "activation_type": activation_type, "provider_options": options or None}

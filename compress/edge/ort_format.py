@@ -118,15 +118,23 @@ def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"],
     along each input's batch axis (`axes`: 0 unless named; None: fed whole)."""
     import numpy as np
 
-    from compress.edge.qnn_feeds import head
+    from compress.edge.qnn_feeds import head, whole_batches
+    from compress.errors import CompressError
+    from compress.onnx.graph import fixed_batch
     from compress.onnx.parity import RTOL, compare, run_cpu
     from compress.quantize.sensitivity import rows_that_fit
 
     axes = axes or {}
     rows = {np.shape(v)[axes.get(k, 0)] if np.ndim(v) and axes.get(k, 0) is not None else None
             for k, v in inputs.items()}
-    chunk = (rows_that_fit(Path(onnx_path), head(inputs, 1, axes), rows.pop())
-             if len(rows) == 1 and None not in rows else None)
+    fixed = fixed_batch(Path(onnx_path)) if len(rows) == 1 and None not in rows else None
+    if fixed:  # the model takes exactly its batch: whole batches of it (the sample inputs may hold other counts)
+        if next(iter(rows)) < fixed:
+            raise CompressError(f"{onnx_path}: its batch is fixed to {fixed}, but the sample inputs hold "
+                                f"{next(iter(rows))} rows; give at least {fixed} (--inputs)")
+        inputs = whole_batches(inputs, fixed, axes)
+    chunk = fixed or (rows_that_fit(Path(onnx_path), head(inputs, 1, axes), rows.pop())
+                      if len(rows) == 1 and None not in rows else None)
     reference = run_cpu(Path(onnx_path), inputs, optimization=optimization, batch_size=chunk, axes=axes)
     candidate = run_cpu(Path(ort_path), inputs, ort_format=True, batch_size=chunk, axes=axes)
     return compare(reference, candidate, atol=atol, rtol=RTOL if rtol is None else rtol)
