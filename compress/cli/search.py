@@ -19,13 +19,14 @@ def search(file: Path, storage: str | None, trials: int | None, max_minutes: flo
     met them: the closest is written as best-effort.toml). Rerun to resume; several workers share --storage."""
     from compress.study import search as run_search
 
-    if trials is not None and trials < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--trials")
     report = run_search(file, storage=storage, trials=trials, max_minutes=max_minutes, progress=not quiet)
     s = report["search"]
     w = s["winner"]
     click.echo(f"{s['counts']['trials']} trials ({s['counts']['complete']} feasible, {s['counts']['infeasible']} "
                f"infeasible, {s['counts']['pruned']} pruned, {s['counts']['failed']} failed)")
+    if s.get("stopped_by_clock"):
+        click.echo(f"max_minutes stopped the trials at {s['counts']['trials']} of {s['budget_trials']}: the winner "
+                   "comes from those")
     click.echo(f"winner: trial {w['trial']} {w['params']}: {s['metric']} {w['metric']:.4f} (validation), p50 "
                f"{w['p50_ms']:.4f} ms, {w['bytes']:,} bytes")
     b = s.get("baseline") or {}

@@ -29,71 +29,109 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
     """
     import optuna
 
-    from compress.cache import digest
-    from compress.study.config import SearchConfig, budget_from
+    from compress.study.config import SearchConfig, budget_from, with_overrides
     from compress.study.space import check_space, params_of
-    from compress.study.loop import Loop, directions, fail_interrupted, storage_for
+    from compress.study.loop import Loop
+    from compress.study.storage import redacted, storage_for
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (search.log)
     path, raw, base_cfg = _load(source)
-    scfg: SearchConfig = base_cfg.search
-    scfg = scfg.model_copy(update={k: v for k, v in {"trials": trials, "max_minutes": max_minutes}.items()
-                                   if v is not None})
+    scfg: SearchConfig = with_overrides(base_cfg.search, path, trials=trials, max_minutes=max_minutes)
     params = params_of(scfg.space)
     check_space(raw, params, path)
     base = {k: v for k, v in raw.items() if k != "search"}
     root = base_cfg.run_dir / "search"
     # the stage store beside every run folder: keys are content hashes, so any study (or two) may share it
     store, started = base_cfg.run_dir.parent / ".stages", time.time()
-    say = _sayer(root / "search.log", progress)
     with _search_lock(root, own=storage is None):
+        rdb = storage_for(storage, root / "study.db")  # a URL that cannot be opened says so before anything trains
+        say = _sayer(root / "search.log", progress)
         baseline = _baseline(base, path, scfg, store, root, say, progress)
-        higher = baseline["higher_is_better"]
         kept = scfg.model_dump(mode="json", exclude={"trials", "max_minutes"})  # a rerun with more trials: same study
         scfg = budget_from(scfg, baseline.get("p50_ms"))  # a relative budget: the hand-written model's p50 times it
         if scfg.latency_budget is not None:
             say(f"latency budget: {scfg.latency_budget:g} x the hand-written model's p50 "
                 f"{baseline.get('p50_ms') or float('nan'):.4f} ms = {scfg.latency_budget_ms or float('nan'):.4f} ms "
                 "(the finalists are judged against it timed in their own round)")
-        study_name = f"{base_cfg.pipeline.name}-{digest([base, kept])[:10]}"
-        rdb = storage_for(storage, root / "study.db")
-        study = optuna.create_study(study_name=study_name, storage=rdb, directions=directions(scfg, higher),
-                                    load_if_exists=True)
-        # the teacher stage's status in this worker's hand-written run: summed over workers in the report
-        study.set_user_attr(f"hand-written teacher, worker {os.getpid()} at {time.time():.3f}", baseline["teacher"])
-        if storage is None and (left := fail_interrupted(study)):
-            say(f"{left} trial(s) left running by a stopped search: queued again with their values")
+        study_name = _open_study(rdb, f"{base_cfg.pipeline.name}-{_digest([base, kept])[:10]}", baseline, scfg,
+                                 own=storage is None, say=say)
         # the clock starts with the trials: the hand-written pipeline (and the teacher it may train) is not the search's
         deadline = time.time() + 60 * scfg.max_minutes if scfg.max_minutes else None
         loop = Loop(study_name=study_name, storage=rdb, scfg=scfg, params=params, base=base, source=path,
-                    root=root, store=store, higher_is_better=higher, say=say, deadline=deadline,
+                    root=root, store=store, higher_is_better=baseline["higher_is_better"], say=say, deadline=deadline,
                     finalist_seconds=scfg.finalists * baseline["full_seconds"],
                     reference={"onnx": baseline["onnx"], "p50_ms": baseline["p50_ms"]}
                     if scfg.latency_budget is not None and baseline.get("onnx") and baseline.get("p50_ms") else None)
-        say(f"study {study_name} in {storage or rdb.url}: {scfg.objective}, {scfg.trials} trials, "
+        say(f"study {study_name} in {redacted(storage or rdb.url)}: {scfg.objective}, {scfg.trials} trials, "
             f"sampler {scfg.sampler_name}, seed {scfg.seed}")
-        from compress.progress import progress as progress_bar
-
-        bar = progress_bar(total=scfg.trials, desc="search", unit="trial", enabled=progress and _tty())
-        try:
-            while True:  # a trial of a dead worker, queued again while this one waited, is run here
-                loop.run(bar)
-                _wait_for_others(study_name, rdb, say)
-                if loop.stopped_by_clock or not _waiting(study_name, rdb):
-                    break
-        finally:
-            bar.close()
+        _run_trials(loop, study_name, rdb, scfg, say, progress)
         from compress.study.report import finish
 
         section = finish(study=optuna.load_study(study_name=study_name, storage=rdb), scfg=scfg, base=base,
                          base_cfg=base_cfg, source=path, root=root, store=store, baseline=baseline, say=say,
-                         progress=progress, extra={"study": study_name, "storage": _redacted(storage or rdb.url),
+                         progress=progress, extra={"study": study_name, "storage": redacted(storage or rdb.url),
                                                    "elapsed_s": round(time.time() - started, 1),
                                                    "stopped_by_clock": loop.stopped_by_clock})
     if section["best_effort"]:
         raise GateFailed(f"{path}: search: no model met the constraints in {section['counts']['measured']} measured "
-                         f"trials; the closest is written as {section['winner']['toml']} (best effort)")
+                         f"trials{_clock_note(section)}; the closest is written as {section['winner']['toml']} "
+                         "(best effort)")
     return {"schema": SCHEMA, "search": section}
+
+
+def _digest(obj: Any) -> str:
+    from compress.cache import digest
+
+    return digest(obj)
+
+
+def _open_study(rdb: Any, prefix: str, baseline: dict[str, Any], scfg: Any, *, own: bool,
+                say: Callable[[str], None]) -> str:
+    """The study's name (created, or loaded to resume): the file's hash and, after it, the hash of the stage keys of
+    the hand-written run (its data, its models' code, the seed and compress's version): a study whose inputs changed
+    starts again, said in one line, instead of reusing trials trained on other data or code."""
+    import optuna
+
+    from compress.study.loop import directions, fail_interrupted
+
+    name = f"{prefix}-{_digest(baseline['inputs'])[:8]}"
+    earlier = [s.study_name for s in optuna.get_all_study_summaries(storage=rdb, include_best_trial=False)]
+    stale = [n for n in earlier if n.startswith(f"{prefix}-") and n != name]
+    if stale and name not in earlier:
+        say(f"warning: the data or the model code changed since study {stale[-1]}: starting study {name} (the "
+            "earlier trials are not reused)")
+    study = optuna.create_study(study_name=name, storage=rdb, directions=directions(scfg, baseline[
+        "higher_is_better"]), load_if_exists=True)
+    # the teacher stage's status in this worker's hand-written run: summed over workers in the report
+    study.set_user_attr(f"hand-written teacher, worker {os.getpid()} at {time.time():.3f}", baseline["teacher"])
+    if own and (left := fail_interrupted(study)):
+        say(f"{left} trial(s) left running by a stopped search: queued again with their values")
+    return name
+
+
+def _run_trials(loop: Any, study_name: str, rdb: Any, scfg: Any, say: Callable[[str], None], progress: bool) -> None:
+    """This worker's trials, then the queued ones other workers left, until the budget or the clock."""
+    from compress.progress import progress as progress_bar
+
+    bar = progress_bar(total=scfg.trials, desc="search", unit="trial", enabled=progress and _tty())
+    try:
+        while True:  # a trial of a dead worker, queued again while this one waited, is run here
+            loop.run(bar)
+            _wait_for_others(study_name, rdb, say)
+            if loop.stopped_by_clock or not _waiting(study_name, rdb):
+                break
+    finally:
+        bar.close()
+    if loop.stopped_by_clock:
+        say(f"max_minutes ({scfg.max_minutes}) stopped the trials before the budget of {scfg.trials}: the "
+            "finalists come from the trials that ran")
+
+
+def _clock_note(section: dict[str, Any]) -> str:
+    """What the last line adds when the clock, not the budget, ended the trials."""
+    if not section.get("stopped_by_clock"):
+        return ""
+    return f" (max_minutes stopped the trials at {section['counts']['trials']} of {section['budget_trials']})"
 
 
 def _load(source: str | Path) -> tuple[Path, dict[str, Any], Any]:
@@ -106,6 +144,9 @@ def _load(source: str | Path) -> tuple[Path, dict[str, Any], Any]:
     if cfg.search is None:
         raise CompressError(f"{path}: search: no [search] section; add one (objective, latency_budget_ms, "
                             "[search.space]) or run the file with `compress run`")
+    if cfg.search.target.seq is not None and not cfg.data.source.startswith("text:"):
+        raise CompressError(f"{path}: search.target.seq: applies to token inputs (text: sources) only, and "
+                            f"data.source is {cfg.data.source!r}; remove seq from the target")
     return path, tomllib.loads(path.read_text(encoding="utf-8")), cfg
 
 
@@ -130,7 +171,17 @@ def _baseline(base: dict, path: Path, scfg: Any, store: Path, root: Path, say: C
         except GateFailed:
             report = load_report(cfg.run_dir / "report.json")
     outcome = outcome_of(report, cfg.run_dir, scfg)
+    if outcome.p50_ms is None and outcome.onnx:  # its [benchmark] did not time the target: timed here, as a trial is
+        from compress.study.trial import time_on_target
+
+        outcome.p50_ms = time_on_target(Path(outcome.onnx), cfg, scfg)
+    if outcome.p50_ms is None and scfg.latency_budget is not None:
+        t = scfg.target
+        raise CompressError(f"{path}: search.latency_budget: a relative budget needs the hand-written model's p50 on "
+                            f"the target ({t.provider}, batch {t.batch}, threads {t.threads}), and it could not be "
+                            "timed there; give latency_budget_ms instead")
     return {**outcome.to_json(), "full_seconds": _seconds_after_teacher(cfg.run_dir, report),
+            "inputs": _stage_keys(cfg.run_dir, report),
             "higher_is_better": report["primary_metric"]["higher_is_better"],
             "metric_name": report["primary_metric"]["name"]}
 
@@ -149,6 +200,20 @@ def _seconds_after_teacher(run_dir: Path, report: dict[str, Any]) -> float:
         except (OSError, ValueError, KeyError):
             total += float(stage.get("seconds") or 0.0)
     return total
+
+
+def _stage_keys(run_dir: Path, report: dict[str, Any]) -> list[str | None]:
+    """The cache keys of the hand-written run's stages (from their manifests): each holds the data's fingerprint,
+    the seed, compress's version, the stage's settings and the digests of the model and user code it read."""
+    import json
+
+    keys = []
+    for stage in report["stages"]:
+        try:
+            keys.append(str(json.loads((run_dir / stage["name"] / "manifest.json").read_text())["key"]))
+        except (OSError, ValueError, KeyError):
+            keys.append(None)
+    return keys
 
 
 def _waiting(study_name: str, rdb: Any) -> bool:
@@ -213,10 +278,3 @@ def _tty() -> bool:
     import sys
 
     return sys.stderr.isatty()
-
-
-def _redacted(url: str) -> str:
-    """A storage URL without its password."""
-    import re
-
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(url))

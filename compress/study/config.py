@@ -12,6 +12,14 @@ from pydantic import Field, field_validator, model_validator
 from compress.section import Section
 
 OBJECTIVES = ("max-metric", "min-latency", "pareto")
+SET_BY_TRIALS = {
+    "distill.epochs": "a trial trains [search] short_epochs, a finalist the file's own epochs",
+    "distill.control": "trials never train the labels-only control",
+    "benchmark": "a trial times its final model on [search] target alone; choose where with target",
+    "export.ort_format": "trials set it (the QNN flow needs it, the others skip the conversion)",
+    "export.edge_targets": "trials set it (QNN placement when all_nodes_on = 'qnn', else none)",
+}
+"""key paths (or sections) a trial's file sets itself, whatever the space says: why searching them means nothing."""
 
 
 class Target(Section):
@@ -103,6 +111,9 @@ class SearchConfig(Section):
             if path.split(".")[0] in ("pipeline", "search", "data", "teacher"):
                 raise ValueError(f"{path}: [{path.split('.')[0]}] is the study's, not a trial's: search the "
                                  "student, distill, prune, quantize or export settings")
+            fixed = next((k for k in SET_BY_TRIALS if path == k or path.startswith(k + ".")), None)
+            if fixed is not None:
+                raise ValueError(f"{path}: not searchable: {SET_BY_TRIALS[fixed]}")
         return v
 
     @field_validator("all_nodes_on")
@@ -137,3 +148,20 @@ def budget_from(scfg: SearchConfig, hand_written_p50: float | None) -> SearchCon
     if scfg.latency_budget is None or hand_written_p50 is None:
         return scfg
     return scfg.model_copy(update={"latency_budget_ms": scfg.latency_budget * hand_written_p50})
+
+
+def with_overrides(scfg: SearchConfig, path: Any, *, trials: int | None = None,
+                   max_minutes: float | None = None) -> SearchConfig:
+    """`scfg` with the command line's --trials and --max-minutes, checked as the file's own values are (a copy with
+    model_copy(update=...) would skip the checks)."""
+    import math
+
+    from compress.errors import CompressError
+
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 10_000):
+        raise CompressError(f"{path}: --trials: expected a whole number from 1 to 10000, got {trials!r}")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
+                                    or not math.isfinite(max_minutes) or max_minutes <= 0):
+        raise CompressError(f"{path}: --max-minutes: expected a number of minutes above 0, got {max_minutes!r}")
+    updates = {k: v for k, v in {"trials": trials, "max_minutes": max_minutes}.items() if v is not None}
+    return scfg.model_copy(update=updates)

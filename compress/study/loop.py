@@ -18,9 +18,6 @@ from compress.study.trial import Outcome, latency_first, run_dir_for, run_trial,
 
 log = logging.getLogger("compress.search")
 
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120
-"""A trial whose worker sent no heartbeat for this long is failed and run again (Optuna's RetryFailedTrialCallback)."""
 CONSTRAINT_NAMES = ("latency", "bytes", "placement", "metric_floor")
 MAX_TRIES = 3
 """A trial whose process was killed this many times is failed, not queued again."""
@@ -32,29 +29,6 @@ N_CONSTRAINTS = len(CONSTRAINT_NAMES)  # p50 over budget, bytes over max_bytes, 
 
 class OverBudget(Exception):
     """A trial numbered past the study's budget (another worker took the last one): stop without running it."""
-
-
-def storage_for(url: str | None, default: Path) -> Any:
-    """Optuna's RDB storage at `url`, or a SQLite file at `default`; heartbeats so a dead worker's trial is retried."""
-    import warnings
-
-    import optuna
-    from optuna import storages
-
-    default.parent.mkdir(parents=True, exist_ok=True)
-    url = url or f"sqlite:///{default.resolve()}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
-            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
-        else:
-            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
-        try:
-            return storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                                       else None, **retry)
-        except (optuna.exceptions.StorageInternalError, ValueError, ImportError) as exc:
-            raise CompressError(f"--storage {url}: Optuna could not open it ({str(exc).splitlines()[0]})") from None
 
 
 def sampler_for(scfg: SearchConfig, settled: int) -> Any:
@@ -199,6 +173,20 @@ def fail_interrupted(study: Any) -> int:
     return len(left)
 
 
+def drop_waiting(study: Any) -> int:
+    """Trials queued (WAITING) once the budget is met are past it: failed as over_budget, so neither the report nor
+    the loop that runs queued trials waits for them. Returns how many."""
+    import optuna
+
+    dropped = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):  # not taken
+            study._storage.set_trial_user_attr(t._trial_id, "over_budget", True)
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            dropped += 1
+    return dropped
+
+
 class Loop:
     """One worker's trials: draw, run, record, until the budget, the clock or a stop."""
 
@@ -232,6 +220,7 @@ class Loop:
             # a waiting trial (queued again after a killed worker) is run by the next optimize call, not skipped
             settled = sum(counts(t) for t in trials if t.state != optuna.trial.TrialState.WAITING)
             if settled >= self.scfg.trials:
+                drop_waiting(study)  # queued again by a resume with a smaller budget: nobody would ever run them
                 return
             if self._out_of_time():
                 self.stopped_by_clock = True

@@ -12,7 +12,8 @@ _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def toml_text(doc: dict[str, Any], header: str = "") -> str:
-    """TOML for a pipeline dict: scalars and lists of scalars, nested tables, inline tables inside lists."""
+    """TOML for a pipeline dict: scalars and lists of scalars, nested tables, inline tables inside lists. TOML has no
+    null: a None anywhere is refused (CompressError naming its key), never dropped."""
     lines = [f"# {h}" for h in header.splitlines()] + ([""] if header else [])
     _table(doc, [], lines)
     return "\n".join(lines).strip() + "\n"
@@ -23,27 +24,39 @@ def _table(doc: dict[str, Any], path: list[str], lines: list[str]) -> None:
     tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
     if path and (scalars or not tables):
         lines += ["", f"[{'.'.join(_key(p) for p in path)}]"]
-    lines += [f"{_key(k)} = {_value(v)}" for k, v in scalars.items() if v is not None]
+    lines += [f"{_key(k)} = {_value(v, '.'.join([*path, k]))}" for k, v in scalars.items()]
     for k, v in tables.items():
         _table(v, [*path, k], lines)
 
 
 def _key(k: str) -> str:
-    return k if _BARE.match(k) else json.dumps(k)
+    return k if _BARE.match(k) else _string(k)
 
 
-def _value(v: Any) -> str:
+def _string(text: str) -> str:
+    """A TOML basic string: UTF-8 as it is (a character outside the BMP too, where JSON would write a surrogate
+    pair TOML refuses); quote, backslash and the control characters TOML forbids escaped."""
+    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(escapes.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in text) + '"'
+
+
+def _value(v: Any, where: str) -> str:
+    if v is None:
+        from compress.errors import CompressError
+
+        raise CompressError(f"{where}: None has no TOML form (an absent key is the default, which may differ)")
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return _string(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v if x is not None) + "]"
+        return "[" + ", ".join(_value(x, f"{where}[{i}]") for i, x in enumerate(v)) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items() if x is not None) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+        return "{ " + ", ".join(f"{_key(k)} = {_value(x, f'{where}.{k}')}" for k, x in v.items()) + " }"
+    raise TypeError(f"{where}: cannot write {type(v).__name__} as TOML")
 
 
 def relative_output(raw: dict[str, Any], toml_path: Path, base_dir: Path) -> dict[str, Any]:
@@ -114,9 +127,11 @@ def markdown(section: dict[str, Any]) -> str:
            f"{s['target']['threads']}; {s['counts']}", ""]
     if s.get("latency_budget") is not None:
         final = s.get("final_budget_ms")
-        out += [f"budget: {s['latency_budget']:g} x the hand-written model's p50: {s['latency_budget_ms']:.4f} ms "
-                "for the trials (its p50 in its own run)" + ("" if final is None else
-                                                             f", {final:.4f} ms for the finalists (their round)"), ""]
+        trials = s.get("latency_budget_ms")
+        out += [f"budget: {s['latency_budget']:g} x the hand-written model's p50: "
+                + ("not applied (the hand-written model has no p50 on the target)" if trials is None else
+                   f"{trials:.4f} ms for the trials (its p50 in its own run)")
+                + ("" if final is None else f", {final:.4f} ms for the finalists (their round)"), ""]
     if w:
         tag = " (best effort: nothing met the constraints)" if s.get("best_effort") else ""
         out += [f"**winner**{tag}: trial {w['trial']}, {s['metric']} {w['metric']:.4f} (validation), "

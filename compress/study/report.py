@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from compress.cache import write_json, write_text
+from compress.cache import atomic_path, write_json, write_text
 from compress.study.config import budget_from
 from compress.study.finish import choose, front, pick_finalists, run_finalists, time_together, trial_rows
 from compress.study.outputs import plot, relative_output, toml_text, write_markdown
@@ -20,14 +20,15 @@ def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, ro
     higher = baseline["higher_is_better"]
     with FileLock(str(root / "finish.lock")):  # one worker at a time; the second finds the finalists cached
         rows = trial_rows(study)
-        finalists, best_effort = pick_finalists(rows, scfg, higher)
+        finalists, _ = pick_finalists(rows, scfg, higher)  # with no feasible trial, the closest: it may be, in full
         section = _section(scfg, rows, baseline, extra)
         if not finalists:
             section.update(best_effort=True, winner=None, finalists=[])
             _write(root, section, rows, baseline, [], scfg)
             from compress.errors import GateFailed
 
-            raise GateFailed(f"{source}: search: no trial was measured ({section['counts']}); see "
+            clock = " (max_minutes stopped the trials)" if extra.get("stopped_by_clock") else ""
+            raise GateFailed(f"{source}: search: no trial was measured ({section['counts']}){clock}; see "
                              f"{root / 'search.log'}")
         finals = run_finalists(finalists, base=base, scfg=scfg, source=source, root=root, store=store, say=say,
                                progress=progress)
@@ -36,8 +37,7 @@ def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, ro
         # speed in this minute moves both sides alike
         final = budget_from(scfg, p50.get("hand-written"))
         section["final_budget_ms"] = final.latency_budget_ms
-        winner, effort = choose(finals, p50, final, higher)
-        best_effort = best_effort or effort
+        winner, best_effort = choose(finals, p50, final, higher)  # the finalists' own figures decide
         baseline["p50_ms"] = p50.get("hand-written", baseline.get("p50_ms"))
         section["baseline"] = _public(baseline)
         section["finalists"] = [_finalist(f) for f in finals]
@@ -143,7 +143,9 @@ def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_di
     header = (f"compress search: the {'best effort (nothing met the constraints)' if best_effort else 'winner'}, "
               f"trial {winner['trial']}: {winner['params']}\n`compress run {name}` reproduces it (cached in its "
               "output_dir; --force trains it again)")
-    write_text(toml_path, toml_text(relative_output(winner["raw"], toml_path, base_dir), header))
+    text = toml_text(relative_output(winner["raw"], toml_path, base_dir), header)
+    with atomic_path(toml_path) as tmp:
+        tmp.write_text(text, encoding="utf-8")  # TOML is UTF-8, whatever this machine's locale
     from compress.onnx.graph import copy_model
 
     copy_model(Path(o.onnx), root / "winner.onnx")  # with its external data, if it has any

@@ -242,6 +242,22 @@ def paired_ratio(reference: Path, candidate: Path, raw: dict[str, Any], source: 
         return None
 
 
+def time_on_target(onnx: Path, cfg: Any, scfg: SearchConfig) -> float | None:
+    """p50 (ms) of a model alone on the target, with the pick profile and the study's timing inputs (the trials'
+    own benchmark settings); None when the target cannot run it."""
+    from compress.bench.config import PICK_PROFILE
+    from compress.bench.harness import measure
+    from compress.config import check_before_training
+
+    t = scfg.target
+    data = check_before_training(cfg)
+    feed = data.inputs.bench_feed(data, t.batch, target_seq(data, cfg, scfg))
+    try:
+        return float(measure(onnx, t.provider, t.batch, t.threads, inputs=feed, settings=PICK_PROFILE)["p50_ms"])
+    except Exception:  # noqa: BLE001 - e.g. a provider missing here: the caller says what that means for it
+        return None
+
+
 def target_seq(data: Any, cfg: Any, scfg: SearchConfig) -> int:
     """The one sequence length token inputs are timed at in a study (the latency-first check, the trials' pairing,
     the finalists' round): the target's, else the file's first [benchmark] seq_lengths."""

@@ -1,0 +1,211 @@
+"""`compress search` at its edges: a resume with a smaller budget, a relative budget the hand-written run did not
+time, a finalist that is feasible when no short trial was, space keys a trial overrides, a study whose data
+changed, storage URLs, overrides from the command line, and best.toml's TOML."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_inputs import assert_one_line_error, invoke
+from tests.test_search import _folder
+
+SMALL = {"trials = 4": "trials = 1", "finalists = 2": "finalists = 1", "short_epochs = 2": "short_epochs = 1"}
+
+
+def test_a_resume_with_the_budget_already_met_does_not_spin(tmp_path, monkeypatch):
+    # setup: a finished 1-trial study, then a trial left RUNNING (a search killed mid-trial with a larger budget)
+    import optuna
+
+    import compress
+    from compress.study.loop import Loop
+
+    folder = _folder(tmp_path, **SMALL)
+    first = compress.search(folder / "s.toml", progress=False)["search"]
+    study = optuna.load_study(study_name=first["study"], storage=first["storage"])
+    left = study.ask()
+    left.suggest_categorical("student.kwargs.width", [4, 8, 16])
+    runs = []
+    real_run = Loop.run
+
+    def counted(self, bar=None):
+        runs.append(1)
+        if len(runs) > 5:
+            raise RuntimeError("the trial loop spins: Loop.run called again and again")
+        return real_run(self, bar)
+
+    monkeypatch.setattr(Loop, "run", counted)
+    # execute: resumed with the budget of 1 it already met
+    again = compress.search(folder / "s.toml", trials=1, progress=False)["search"]
+    # assert: it finishes; the queued retry is past the budget, so it is neither run nor reported
+    assert len(runs) <= 2
+    assert [r["state"] for r in again["trials"] if r["number"] == left.number] == ["interrupted"]
+    assert all(r["state"] != "waiting" for r in again["trials"])
+    assert again["counts"]["trials"] == 1
+    waiting = optuna.load_study(study_name=first["study"], storage=first["storage"]).get_trials(
+        states=(optuna.trial.TrialState.WAITING,))
+    assert waiting == []
+
+
+def test_a_relative_budget_is_applied_when_the_hand_written_run_did_not_time_the_target(tmp_path):
+    # setup: the target's threads = 2, which the file's own [benchmark] (threads = [1]) does not time
+    import compress
+
+    folder = _folder(tmp_path, **SMALL, **{"latency_budget_ms = 1000.0": "latency_budget = 1000.0\n"
+                                           "target = { provider = \"cpu\", batch = 1, threads = 2 }"})
+    # execute
+    section = compress.search(folder / "s.toml", progress=False)["search"]
+    # assert: the hand-written model was timed on the target, so the trials had a budget (and were paired with it)
+    assert section["latency_budget_ms"] is not None and section["latency_budget_ms"] > 0
+    timed = [r for r in section["trials"] if r["state"] == "complete"]
+    assert timed and all(r["ratio"] is not None and r["constraints"][0] < 0 for r in timed)
+    assert not section["best_effort"] and (folder / "runs/tiny/search/best.toml").is_file()
+    assert "budget: 1000 x the hand-written model's p50" in (folder / "runs/tiny/search/report.md").read_text()
+
+
+def test_the_markdown_report_takes_a_relative_budget_that_was_not_applied():
+    from compress.study.outputs import markdown
+
+    section = {"study": "s", "objective": "max-metric", "target": {"provider": "cpu", "batch": 1, "threads": 2},
+               "counts": {}, "metric": "accuracy", "winner": None, "trials": [], "latency_budget": 0.5,
+               "latency_budget_ms": None, "final_budget_ms": 0.25}
+    text = markdown(section)
+    assert "not applied" in text and "0.2500 ms for the finalists" in text
+
+
+def test_a_feasible_finalist_wins_though_no_short_trial_was_feasible(tmp_path, monkeypatch):
+    # setup: every short trial judged over its latency budget (the trials' constraints only; the finalists are
+    # judged by finish.choose with the real ones)
+    import compress
+    import compress.study.finish as finish
+    import compress.study.loop as loop
+
+    folder = _folder(tmp_path, **SMALL)
+    monkeypatch.setattr(finish, "constraints", loop.constraints)
+    monkeypatch.setattr(loop, "constraints", lambda outcome, scfg, higher: [1.0, -1.0, -1.0, -1.0])
+    # execute
+    section = compress.search(folder / "s.toml", progress=False)["search"]
+    # assert: the trial was infeasible, its full-budget finalist is not: a winner, best.toml, exit 0
+    assert [r["state"] for r in section["trials"]] == ["infeasible"]
+    assert section["finalists"][0]["feasible"] and not section["best_effort"]
+    root = folder / "runs/tiny/search"
+    assert (root / "best.toml").is_file() and not (root / "best-effort.toml").exists()
+    assert section["winner"]["toml"] == str(root / "best.toml")
+
+
+@pytest.mark.parametrize("space, why", [
+    ('"distill.epochs" = [2, 4]', "short_epochs"),
+    ('"distill.control" = [true, false]', "control"),
+    ('"benchmark.threads" = [[1], [2]]', "target"),
+    ('"export.ort_format" = [true, false]', "trials set it"),
+    ('"export.edge_targets" = [["qnn"], []]', "trials set it"),
+])
+def test_keys_a_trial_sets_itself_are_refused_at_load(tmp_path, space, why):
+    folder = _folder(tmp_path)
+    text = (folder / "s.toml").read_text()
+    (folder / "s.toml").write_text(text[: text.index("[search.space]")] + "[search.space]\n" + space + "\n")
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    key = space.split('"')[1]
+    assert_one_line_error(result, folder, "search.space", key, "not searchable", why)
+    assert not (folder / "runs").exists()
+    assert invoke(folder, "validate", "s.toml").exit_code == 2  # `compress validate` says it too
+
+
+def test_a_study_whose_data_changed_starts_again(tmp_path):
+    # setup: a finished study, then other rows in the same data file
+    import numpy as np
+
+    import compress
+
+    folder = _folder(tmp_path, **SMALL)
+    first = compress.search(folder / "s.toml", progress=False)["search"]
+    src = Path(__file__).resolve().parents[1] / "compress" / "data" / "digits.npz"
+    with np.load(src) as z:
+        np.savez(folder / "tiny.npz", x=z["x"][400:800].astype(np.float32)[:, None] / 16.0, y=z["y"][400:800])
+    # execute
+    again = compress.search(folder / "s.toml", progress=False)["search"]
+    # assert: a new study (its trial trained on the new data), said in one warning line
+    assert again["study"] != first["study"] and again["study"].rsplit("-", 1)[0] == first["study"].rsplit("-", 1)[0]
+    assert [r["number"] for r in again["trials"]] == [0]
+    log = (folder / "runs/tiny/search/search.log").read_text()
+    assert f"the data or the model code changed since study {first['study']}" in log
+    assert compress.search(folder / "s.toml", progress=False)["search"]["study"] == again["study"]  # resumes it
+
+
+@pytest.mark.parametrize("url, fragments", [
+    ("notaurl", ["--storage notaurl", "could not open it", "sqlite:///"]),
+    ("postgresql://user:secret@127.0.0.1:1/studies", ["--storage postgresql://user:***@127.0.0.1:1/studies"]),
+])
+def test_a_storage_that_cannot_be_opened_is_one_line_before_anything_trains(tmp_path, url, fragments):
+    folder = _folder(tmp_path, **SMALL)
+    result = invoke(folder, "search", "s.toml", "--storage", url, "--quiet")
+    line = assert_one_line_error(result, folder, *fragments)
+    assert "secret" not in result.output and "secret" not in line
+    assert not (folder / "runs/tiny/report.json").exists() and not (folder / "runs/tiny/teacher").exists()
+    log = folder / "runs/tiny/search/search.log"
+    assert not log.exists() or "secret" not in log.read_text()
+
+
+def test_a_storage_url_is_printed_without_its_password():
+    from compress.study.storage import redacted
+
+    assert redacted("postgresql://user:se:cr@et@host:5432/db") == "postgresql://user:***@host:5432/db"
+    assert redacted("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+
+
+def test_a_sequence_length_on_image_data_is_refused_at_load(tmp_path):
+    folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget_ms = 1000.0\ntarget = { seq = 128 }"})
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    assert_one_line_error(result, folder, "search.target.seq", "token inputs", "npz:tiny.npz")
+    assert not (folder / "runs/tiny/report.json").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--max-minutes", "-1"), ("--max-minutes", "0"), ("--max-minutes", "nan"),
+                                           ("--trials", "0"), ("--trials", "-3")])
+def test_command_line_overrides_are_checked(tmp_path, option, value):
+    folder = _folder(tmp_path)
+    result = invoke(folder, "search", "s.toml", option, value, "--quiet")
+    assert_one_line_error(result, folder, option, "expected", value)
+    assert not (folder / "runs/tiny/report.json").exists()
+
+
+def test_overrides_in_python_are_checked(tmp_path):
+    import compress
+    from compress.errors import CompressError
+
+    folder = _folder(tmp_path)
+    with pytest.raises(CompressError, match="--trials: expected a whole number"):
+        compress.search(folder / "s.toml", trials=0, progress=False)
+    with pytest.raises(CompressError, match="--max-minutes: expected"):
+        compress.search(folder / "s.toml", max_minutes=-1.0, progress=False)
+
+
+def test_the_last_lines_say_when_the_clock_stopped_the_trials(tmp_path, monkeypatch):
+    # setup: 2 trials in the budget; the clock says "no time for another" after the first
+    from compress.study.loop import Loop
+
+    folder = _folder(tmp_path, **{**SMALL, "trials = 1": "trials = 2"})
+    monkeypatch.setattr(Loop, "_out_of_time", lambda self: len(self.seconds) >= 1)
+    # execute
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    # assert
+    assert result.exit_code == 0, result.output
+    assert "max_minutes stopped the trials at 1 of 2" in result.stdout
+    assert "max_minutes" in (folder / "runs/tiny/search/search.log").read_text()
+
+
+def test_best_toml_is_valid_toml_whatever_the_characters():
+    import tomllib
+
+    from compress.errors import CompressError
+    from compress.study.outputs import toml_text
+
+    doc = {"pipeline": {"name": "t\U0001F600 \u00e9\"\\\x7f\x01\n"},
+           "student": {"kwargs": {"tags": ["\U00010348", "a"]}, "k y": [{"x": "\U0001F680"}]}}
+    text = toml_text(doc, "header \U0001F600")
+    assert tomllib.loads(text) == doc
+    with pytest.raises(CompressError, match=r"student\.kwargs\.tags\[1\]: None has no TOML form"):
+        toml_text({"student": {"kwargs": {"tags": ["a", None]}}})
+    with pytest.raises(CompressError, match=r"distill\.alpha: None"):
+        toml_text({"distill": {"alpha": None}})
