@@ -62,6 +62,8 @@ def _check_data(cfg: Any, task: Any, fail: Any) -> None:
             fail(f"data.{key}", "applies to text: sources only")
     if "seq_lengths" in cfg.benchmark.model_fields_set and not text:
         fail("benchmark.seq_lengths", "applies to token inputs (text: sources) only")
+    if cfg.search is not None and cfg.search.target.seq is not None and not text:
+        fail("search.target.seq", "applies to token inputs (text: sources) only")
     if text and not cfg.teacher.model.startswith("hf:"):
         fail("teacher.model", f"text: data is tokenized with the teacher's tokenizer, so the teacher must be an hf: "
              f"folder, got {cfg.teacher.model!r}")

@@ -157,8 +157,9 @@ def test_a_storage_url_is_printed_without_its_password():
 def test_a_sequence_length_on_image_data_is_refused_at_load(tmp_path):
     folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget_ms = 1000.0\ntarget = { seq = 128 }"})
     result = invoke(folder, "search", "s.toml", "--quiet")
-    assert_one_line_error(result, folder, "search.target.seq", "token inputs", "npz:tiny.npz")
+    assert_one_line_error(result, folder, "search.target.seq", "token inputs")
     assert not (folder / "runs/tiny/report.json").exists()
+    assert_one_line_error(invoke(folder, "validate", "s.toml"), folder, "search.target.seq", "token inputs")
 
 
 @pytest.mark.parametrize("option, value", [("--max-minutes", "-1"), ("--max-minutes", "0"), ("--max-minutes", "nan"),
