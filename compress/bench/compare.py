@@ -1,11 +1,13 @@
 """Compare two saved latency results (bench JSON or pipeline report.json) row by row, with a verdict each.
 
-Rows are matched by (model, provider, batch, threads). A bench JSON has one unnamed model; a report.json
-names its models (teacher, student, ...), so report vs report matches model by model.
+Rows are matched by (model, provider, batch, threads, seq_length). A bench JSON has one unnamed model; a
+report.json names its models (teacher, student, ...), so report vs report matches model by model, and a text
+pipeline's report has one row per sequence length (seq_length; None where the row has none).
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from compress.errors import CompressError
 BENCH_SCHEMA = "compress.bench/1"
 REPORT_SCHEMA = "compress.report/1"
 
-Key = tuple[str, str, int, int]  # (model name or "", provider, batch, threads)
+Key = tuple[str, str, int, int, int | None]  # (model name or "", provider, batch, threads, seq_length)
 
 
 def bench_document(model_path: str | Path, result: dict[str, Any], environment: dict[str, Any],
@@ -36,8 +38,20 @@ def bench_document(model_path: str | Path, result: dict[str, Any], environment: 
 
 
 def load_rows(path: str | Path) -> dict[Key, dict[str, Any]]:
-    """Latency rows of a bench JSON or a pipeline report.json, keyed by (model, provider, batch, threads)."""
+    """Latency rows of a bench JSON or a pipeline report.json, keyed by (model, provider, batch, threads, seq)."""
     return rows_of(load_document(path), path)
+
+
+def key_of(model: str, row: dict[str, Any]) -> Key:
+    """The key a row is matched by: (model, provider, batch, threads, seq_length or None)."""
+    return (model, str(row["provider"]), int(row["batch"]), int(row["threads"]), row.get("seq_length"))
+
+
+def describe(key: Key) -> str:
+    """'teacher CPUExecutionProvider batch 1 threads 2 seq 128', the parts a key has."""
+    model, provider, batch, threads, seq = key
+    return " ".join([*([model] if model else []), provider, f"batch {batch}", f"threads {threads}",
+                     *([f"seq {seq}"] if seq is not None else [])])
 
 
 def load_document(path: str | Path) -> dict[str, Any]:
@@ -57,7 +71,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
 
 
 def rows_of(doc: dict[str, Any], path: str | Path) -> dict[Key, dict[str, Any]]:
-    """The latency rows of a document from load_document, keyed by (model, provider, batch, threads)."""
+    """The latency rows of a document from load_document, keyed by key_of; CompressError naming the file and the
+    row when a row's fields have the wrong type or two rows share a key."""
     p = Path(path)
     if isinstance(doc.get("models"), list):
         groups = [(str(m.get("name", "")), m.get("latency") or []) for m in doc["models"] if isinstance(m, dict)]
@@ -65,29 +80,88 @@ def rows_of(doc: dict[str, Any], path: str | Path) -> dict[Key, dict[str, Any]]:
         groups = [("", doc["latency"])]
     rows: dict[Key, dict[str, Any]] = {}
     for model, latency in groups:
+        if not isinstance(latency, list):
+            raise CompressError(f"{p}: models[{model}].latency: expected a list of rows, got {type(latency).__name__}")
         for i, row in enumerate(latency):
-            try:
-                key = (model, str(row["provider"]), int(row["batch"]), int(row["threads"]))
-                float(row["p50_ms"])
-            except (KeyError, TypeError, ValueError):
-                where = f"models[{model}].latency[{i}]" if model else f"latency[{i}]"
-                raise CompressError(f"{p}: {where}: expected provider, batch, threads and p50_ms") from None
+            where = f"models[{model}].latency[{i}]" if model else f"latency[{i}]"
+            problem = _row_problem(row)
+            if problem:
+                raise CompressError(f"{p}: {where}: {problem}")
+            key = key_of(model, row)
+            if key in rows:
+                raise CompressError(f"{p}: {where}: a second row for {describe(key)}; expected one row per model, "
+                                    "provider, batch, threads and seq_length")
             rows[key] = row
     if not rows:
         raise CompressError(f"{p}: no latency rows to compare (was every provider unavailable?)")
     return rows
 
 
+def _row_problem(row: Any) -> str | None:
+    """What is wrong with one latency row's fields (None when nothing): the fields compare reads, typed."""
+    if not isinstance(row, dict):
+        return f"expected an object with provider, batch, threads and p50_ms, got {type(row).__name__}"
+    if not isinstance(row.get("provider"), str):
+        return "expected provider, batch, threads and p50_ms (provider: a name)"
+    for name in ("batch", "threads"):
+        if not _is_int(row.get(name)) or row[name] < 1:
+            return f"{name}: expected a whole number >= 1, got {row.get(name)!r}"
+    if row.get("seq_length") is not None and (not _is_int(row["seq_length"]) or row["seq_length"] < 1):
+        return f"seq_length: expected a whole number >= 1 or none, got {row['seq_length']!r}"
+    if not _positive(row.get("p50_ms")):
+        return f"p50_ms: expected a number > 0, got {row.get('p50_ms')!r}"
+    for name in ("score", "p50_score"):
+        if row.get(name) is not None and not _positive(row[name]):
+            return f"{name}: expected a number > 0 or none, got {row[name]!r}"
+    lists = {"samples_ms": None, "ci95_p50_ms": 2, "reference_block_p50_ms": None}
+    for name, size in lists.items():
+        value = row.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(_number(v) and v >= 0 for v in value) or \
+                (size is not None and len(value) != size):
+            count = f"{size} " if size else ""
+            return f"{name}: expected a list of {count}numbers >= 0 or none, got {_short(value)}"
+    if row.get("reference_block_p50_ms") and min(row["reference_block_p50_ms"]) <= 0:
+        return f"reference_block_p50_ms: expected numbers > 0, got {_short(row['reference_block_p50_ms'])}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max_regression: float,
-            *, alpha: float = 0.01) -> list[dict[str, Any]]:
-    """One verdict row per matched key (stats.verdict), plus 'missing'/'added' rows for unmatched keys."""
+            *, alpha: float = 0.01, names: tuple[str, str] = ("the baseline", "the new run")) -> list[dict[str, Any]]:
+    """One verdict row per matched key (stats.verdict), plus 'missing'/'added' rows for unmatched keys.
+
+    No matched key at all is a CompressError saying which keys each side has (`names`: how to call the two
+    sides): a gate that judged nothing must not pass."""
     if max_regression < 0:
         raise CompressError(f"--max-regression: expected a fraction >= 0 (0.10 = 10% slower), got {max_regression}")
     base, new = _align_models(base, new)
+    if not set(base) & set(new):
+        raise CompressError(
+            f"compare: no latency row of {names[1]} matches one of {names[0]} (rows match on model, provider, batch, "
+            f"threads and seq_length): {names[0]} has {'; '.join(map(describe, sorted(base, key=_order)))}, "
+            f"{names[1]} has {'; '.join(map(describe, sorted(new, key=_order)))}")
     out: list[dict[str, Any]] = []
-    for key in sorted(set(base) | set(new)):
-        model, provider, batch, threads = key
-        head = {"model": model, "provider": provider, "batch": batch, "threads": threads}
+    for key in sorted(set(base) | set(new), key=_order):
+        model, provider, batch, threads, seq = key
+        head = {"model": model, "provider": provider, "batch": batch, "threads": threads, "seq_length": seq}
         if key not in new or key not in base:
             side = base if key in base else new
             p50 = float(side[key]["p50_ms"])
@@ -135,7 +209,7 @@ def machine_warnings(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         m = r.get("machine_ratio")
         if m is not None and abs(m - 1.0) > MACHINE_TOLERANCE:
-            out.append(f"warning: {r['provider']} batch {r['batch']} threads {r['threads']}: the reference workload "
+            out.append(f"warning: {_label(r)}: the reference workload "
                        f"ran x{m:.2f} as fast as in the baseline (machine loaded differently); re-record the "
                        "baseline on a quiet machine if this verdict surprises you")
     return out
@@ -155,6 +229,11 @@ def _references(b: dict[str, Any], n: dict[str, Any]) -> dict[str, float]:
             return {"base_reference_ms": float(b["p50_ms"]) / float(b[key]),
                     "new_reference_ms": float(n["p50_ms"]) / float(n[key])}
     return {}
+
+
+def _order(key: Key) -> tuple:
+    """Sort keys whose seq_length may be None."""
+    return (*key[:4], key[4] is not None, key[4] or 0)
 
 
 def _align_models(base: dict[Key, Any], new: dict[Key, Any]) -> tuple[dict[Key, Any], dict[Key, Any]]:
@@ -181,15 +260,27 @@ def regressions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("regressed")]
 
 
+def missing(rows: list[dict[str, Any]]) -> list[str]:
+    """The baseline's rows that the new run did not measure (so the gate did not judge them), described."""
+    return [_label(r) for r in rows if r.get("verdict") == "missing"]
+
+
+def _label(row: dict[str, Any]) -> str:
+    return describe((row.get("model") or "", row["provider"], row["batch"], row["threads"], row.get("seq_length")))
+
+
 def table(rows: list[dict[str, Any]], max_regression: float) -> str:
     """Plain-text table: both p50s, the ratio (reference-normalized when possible), the raw ratio, p, the machine
     ratio (new / base fastest reference block), verdict."""
-    head = f"{'model':<16} {'provider':<28} {'batch':>5} {'thr':>3} {'base p50':>10} {'new p50':>10} " \
-           f"{'ratio':>7} {'raw':>7} {'p':>8} {'mach':>5}  verdict (budget +{max_regression:.0%})"
+    seq = any(r.get("seq_length") is not None for r in rows)  # a column only for text pipelines' reports
+    seq_head = f"{'seq':>5} " if seq else ""
+    head = f"{'model':<16} {'provider':<28} {'batch':>5} {'thr':>3} {seq_head}{'base p50':>10} " \
+           f"{'new p50':>10} {'ratio':>7} {'raw':>7} {'p':>8} {'mach':>5}  verdict (budget +{max_regression:.0%})"
     lines = [head, "-" * len(head)]
     for r in rows:
+        seq_cell = f"{r.get('seq_length') or '-':>5} " if seq else ""
         lines.append(
-            f"{r['model'] or '-':<16} {r['provider']:<28} {r['batch']:>5} {r['threads']:>3} "
+            f"{r['model'] or '-':<16} {r['provider']:<28} {r['batch']:>5} {r['threads']:>3} {seq_cell}"
             f"{_ms(r['base_p50_ms']):>10} {_ms(r['new_p50_ms']):>10} "
             f"{_fmt(r['ratio'], '.3f'):>7} {_fmt(r.get('raw_ratio'), '.3f'):>7} {_fmt(r['p_value'], '.1e'):>8} "
             f"{_fmt(r.get('machine_ratio'), '.2f'):>5}  {r['verdict']}"

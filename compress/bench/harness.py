@@ -38,7 +38,7 @@ from compress.bench.providers import (
 )
 from compress.bench.reference import REFERENCE_VERSION, reference_input, reference_model_bytes
 from compress.bench.timing import timed_loop as _timed_loop
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 from compress.progress import progress as progress_bar
 
 
@@ -196,12 +196,30 @@ def _prepare(
         raise ProviderUnavailable(name, reason or "unavailable")
     if inputs is not None:
         feed = check_inputs(inputs, session)
-        batch = batch_of(feed)
+        batch = batch_of(feed, getattr(dims, "batch_axes", None))
     else:
         from compress.bench.inputs import index_bounds
 
         feed = make_inputs(session, batch, dims, seed=settings.seed, bounds=index_bounds(path))
+    _first_run(path, session, feed, given=inputs is not None)
     return _Job(path, name, batch, threads, feed, settings, session=session)
+
+
+def _first_run(path: Path, session: Any, feed: dict[str, np.ndarray], given: bool) -> None:
+    """One untimed run (a warm-up too), so inputs the model rejects (ids past a table, a size it cannot take) are
+    one line naming them, not ONNX Runtime's traceback."""
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # ORT's own log line of the failure would come before ours
+    try:
+        session.run(None, feed, quiet)
+    except Exception as exc:  # ORT's own error types (InvalidArgument, Fail, ...) share no useful base
+        arrays = "; ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in feed.items())
+        hint = "check those arrays against the model" if given else \
+            "pass real inputs with --inputs FILE.npz, or other sizes with --dim NAME=N"
+        raise CompressError(f"{path}: its first run failed on the {'given' if given else 'generated'} inputs "
+                            f"({arrays}): {first_line(exc)}; {hint}") from None
 
 
 def measure(

@@ -52,13 +52,23 @@ def fixed_differ(base: "list[str] | None", new: "list[str] | None") -> str | Non
 
 
 def cpu_notes(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Differences in the machines that change int8 speed (not a reason to refuse: a reason to read with care)."""
-    b = (base.get("environment") or {}).get("int8_isa")
-    n = (new.get("environment") or {}).get("int8_isa")
-    if b is None or n is None or sorted(b) == sorted(n):
-        return []
-    return [f"the two CPUs have different int8 instruction sets ({', '.join(b) or 'none'} vs {', '.join(n) or 'none'});"
-            " int8 models' latency and even accuracy (u8s8 saturation without VNNI) can differ for that alone"]
+    """Differences in the machines that change speed (not a reason to refuse: a reason to read with care): the int8
+    instruction sets, the CPU model, the core count and the onnxruntime version, each where both documents say."""
+    b_env = base.get("environment") if isinstance(base.get("environment"), dict) else {}
+    n_env = new.get("environment") if isinstance(new.get("environment"), dict) else {}
+    out = []
+    b, n = b_env.get("int8_isa"), n_env.get("int8_isa")
+    if isinstance(b, list) and isinstance(n, list) and sorted(map(str, b)) != sorted(map(str, n)):
+        out.append(f"the two CPUs have different int8 instruction sets ({', '.join(map(str, b)) or 'none'} vs "
+                   f"{', '.join(map(str, n)) or 'none'}); int8 models' latency and even accuracy (u8s8 saturation "
+                   "without VNNI) can differ for that alone")
+    for key, what in (("cpu", "different CPU models"), ("cores", "different core counts"),
+                      ("cores_usable", "different numbers of cores this process may use"),
+                      ("onnxruntime", "different onnxruntime versions")):
+        b, n = b_env.get(key), n_env.get(key)
+        if b is not None and n is not None and b != n:
+            out.append(f"{what} ({b} vs {n}); latency can differ for that alone")
+    return out
 
 
 def _params(doc: dict[str, Any]) -> dict[str, int | None]:
@@ -68,9 +78,10 @@ def _params(doc: dict[str, Any]) -> dict[str, int | None]:
 
 def _providers(doc: dict[str, Any]) -> set[str]:
     if isinstance(doc.get("models"), list):
-        rows = [r for m in doc["models"] if isinstance(m, dict) for r in (m.get("latency") or [])]
+        rows = [r for m in doc["models"] if isinstance(m, dict) and isinstance(m.get("latency"), list)
+                for r in m["latency"]]
     else:
-        rows = doc.get("latency") or []
+        rows = doc.get("latency") if isinstance(doc.get("latency"), list) else []
     return {str(r.get("provider")) for r in rows if isinstance(r, dict)}
 
 

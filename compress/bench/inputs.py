@@ -130,10 +130,15 @@ def make_inputs(session: Any, batch: int, dims: dict[str, int] | None = None, *,
     return feed
 
 
+_SAME_VALUES = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+"""Ops whose output holds their first input's values, only shaped or typed anew: ids through them stay ids."""
+
+
 def index_bounds(model_path: str | Path) -> dict[str, int]:
     """{input name: rows of the table it indexes} for graph inputs that feed a Gather on a constant table (token
-    ids -> word embeddings: the vocabulary size), also through a Cast or a DequantizeLinear of the table. {} when
-    the file cannot be read as ONNX (the session that follows says why)."""
+    ids -> word embeddings: the vocabulary size), also through ops that keep the values (_SAME_VALUES: a Cast, a
+    Reshape, ...) or a DequantizeLinear of the table. {} when the file cannot be read as ONNX (the session that
+    follows says why)."""
     try:
         import onnx
 
@@ -152,8 +157,8 @@ def index_bounds(model_path: str | Path) -> dict[str, int]:
 
     def source(name: str) -> str | None:
         node = produced.get(name)
-        return name if name in inputs else (source(node.input[0]) if node is not None and node.op_type == "Cast"
-                                            else None)
+        return name if name in inputs else (source(node.input[0]) if node is not None and node.input
+                                            and node.op_type in _SAME_VALUES else None)
 
     bounds: dict[str, int] = {}
     for node in graph.node:
@@ -210,7 +215,26 @@ def rows_of(array: np.ndarray, batch: int, axis: int = 0) -> np.ndarray:
     return np.take(np.concatenate([head] * -(-batch // head.shape[axis]), axis=axis), range(batch), axis=axis)
 
 
-def batch_of(feed: dict[str, np.ndarray]) -> int:
-    """Batch size of a feed: the first axis of its first input (1 for scalars)."""
-    first = next(iter(feed.values()))
-    return int(first.shape[0]) if first.ndim else 1
+def batch_of(feed: dict[str, np.ndarray], batch_axes: dict[str, int | None] | None = None) -> int:
+    """Batch size of a feed: the declared batch axis (`batch_axes`, from --batch-axis; axis 0 unless said) of its
+    first input that has one (1 when none has: scalars, inputs declared without a batch axis)."""
+    axes = batch_axes or {}
+    for name, array in feed.items():
+        axis = axes.get(name, 0)
+        if axis is not None and axis < np.ndim(array):
+            return int(np.shape(array)[axis])
+    return 1
+
+
+def check_batch_dims(shapes: dict[str, dict[str, Any]] | None, dims: dict[str, int], batches: Iterable[int]) -> None:
+    """CompressError when --dim sizes an input's batch axis (axis 0, or its --batch-axis) to other than a batch timed:
+    the inputs would have the --dim size while the row says --batch, and its throughput would be off by their
+    ratio. `shapes`: {input: {"shape": [...]}} (identity.model_inputs), symbolic dims as names."""
+    axes = getattr(dims, "batch_axes", {})
+    for name, spec in (shapes or {}).items():
+        axis, shape = axes.get(name, 0), spec.get("shape") or []
+        dim = shape[axis] if axis is not None and axis < len(shape) else None
+        other = next((b for b in batches if isinstance(dim, str) and dim in dims and dims[dim] != b), None)
+        if other is not None:
+            raise CompressError(f"--dim {dim}={dims[dim]}: {dim} is the batch axis (axis {axis}) of input {name!r}, "
+                                f"which --batch sets ({other}); drop --dim {dim}, or time --batch {dims[dim]}")

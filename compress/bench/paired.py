@@ -16,6 +16,9 @@ The verdict (paired_verdict) needs significance AND effect size, as stats.verdic
   the ratio exceeds the budget without significance (too few or too noisy pairs); 'faster' is the mirror case.
   Requiring the CI's *lower bound* past 1 + budget instead would miss half of all true slowdowns just past
   the budget; requiring only significance would fail builds on a true 1% slowdown.
+- fewer than MIN_PAIRS pairs cannot give a 99% CI (the exact sign test's widest interval, [min, max], covers the
+  median less often than that): 'unsure', never significant. So the first repetition times at least MIN_PAIRS
+  pairs, past the time budget's per-repetition stop if need be, and the row's budget record says what ran.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from compress.bench import stats
-from compress.kit.paired_kit import verdict
+from compress.kit.paired_kit import MIN_PAIRS, verdict
 from compress.errors import CompressError
 
 CONFIDENCE = 0.99
@@ -75,6 +78,11 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
     except CompressError as exc:
         raise CompressError(f"{new}: does not take the inputs of {old} ({exc}); paired mode compares two versions of "
                             "one model, with the same inputs") from None
+    if settings.strict:  # as bench_model: nodes a non-CPU provider leaves to the CPU provider fail before timing
+        from compress.bench.placement import audit
+
+        for job in jobs:
+            audit(job.model_path, {job.provider: threads}, settings)
     start = time.perf_counter()
     per_run = sum(budget.probe_seconds(job._runner(job.session)) for job in jobs)
     settings, budget_info = budget.plan(settings, per_run, False, spent_seconds=time.perf_counter() - start)
@@ -82,7 +90,7 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
     blocks: list[list[float]] = [[], []]
     for rep in range(settings.repetitions):
         runs = [job._runner(job.session if rep == 0 else _reopen(job)) for job in jobs]
-        for side, (s, b) in enumerate(zip(*_alternate(runs, settings))):
+        for side, (s, b) in enumerate(zip(*_alternate(runs, settings, MIN_PAIRS if rep == 0 else 0))):
             samples[side].append(s)
             blocks[side] += b
         if settled is not None and rep + 1 < settings.repetitions and settled(
@@ -90,6 +98,10 @@ def paired_bench(old: str | Path, new: str | Path, provider: str, batch: int, th
             break
     pooled = [np.concatenate(s) / 1e6 for s in samples]
     old_p50, new_p50 = (float(np.median(p)) for p in pooled)
+    # what ran, which a plan cut to a small budget understates when the pairs a verdict needs took longer
+    budget_info = {**budget_info, "ran": {"repetitions": len(samples[0]), "pairs": len(blocks[0]),
+                                          "runs_old": int(pooled[0].size), "runs_new": int(pooled[1].size),
+                                          "seconds": round(time.perf_counter() - start, 3)}}
     row = {"provider": jobs[0].provider, "batch": jobs[0].batch, "threads": threads, "old_p50_ms": old_p50,
            "new_p50_ms": new_p50, "raw_ratio": new_p50 / old_p50,
            **paired_verdict(blocks[0], blocks[1], max_regression), "runs_old": int(pooled[0].size),
@@ -114,9 +126,11 @@ def _reopen(job: Any) -> Any:
     return session
 
 
-def _alternate(runs: list[Callable[[], Any]], settings: Any) -> tuple[list[np.ndarray], list[list[float]]]:
+def _alternate(runs: list[Callable[[], Any]], settings: Any,
+               min_pairs: int = 0) -> tuple[list[np.ndarray], list[list[float]]]:
     """One repetition: warm-up, then ABBA-ordered blocks of block_seconds (>= 1 run) until both sides have
-    min_runs and min_seconds, or max_seconds passed. Returns per side (samples in ns, block medians in ns)."""
+    min_runs and min_seconds, or max_seconds passed, and at least `min_pairs` pairs ran. Returns per side (samples
+    in ns, block medians in ns)."""
     perf = time.perf_counter_ns
     samples: list[list[int]] = [[], []]
     blocks: list[list[float]] = [[], []]
@@ -145,7 +159,7 @@ def _alternate(runs: list[Callable[[], Any]], settings: Any) -> tuple[list[np.nd
                 blocks[side].append(float(np.median(samples[side][first:])))
             pair += 1
             enough = all(len(s) >= settings.min_runs for s in samples) and min(model_ns) >= min_ns
-            if enough or perf() >= hard_stop:
+            if (enough or perf() >= hard_stop) and pair >= min_pairs:
                 break
     finally:
         if gc_was_enabled:

@@ -28,47 +28,14 @@ def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]]) -> str:
-    from compress.bench.placement import nodes_on_provider
+def _gate(rows: list[dict[str, Any]], max_regression: float, what: str, strict: bool) -> None:
+    """Exit 1 on a regressed row; a baseline row the new run lacks is a warning (with --strict: exit 2)."""
+    from compress.bench.compare import missing, regressions
 
-    head = f"{'provider':<28} {'batch':>5} {'thr':>3} {'runs':>7} {'p50 ms':>9} {'95% CI p50':>19} " \
-           f"{'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10} {'cv p50':>7} {'score':>7} {'cv scr':>7} " \
-           f"{'on provider':>11}"
-    lines = [*_budget_lines(rows), head, "-" * len(head)]
-    for r in rows:
-        ci = f"[{r['ci95_p50_ms'][0]:.4f}, {r['ci95_p50_ms'][1]:.4f}]"
-        lines.append(
-            f"{r['provider']:<28} {r['batch']:>5} {r['threads']:>3} {r['runs']:>7} {r['p50_ms']:>9.4f} {ci:>19} "
-            f"{r['p90_ms']:>9.4f} {r['p99_ms']:>9.4f} {r['mean_ms']:>9.4f} {r['throughput_per_s']:>10.1f} "
-            f"{r['cv_p50_across_repetitions']:>7.1%} {_num(r.get('score'), '.3f'):>7} "
-            f"{_num(r.get('cv_score_across_repetitions'), '.1%'):>7} {nodes_on_provider(r.get('placement')):>11}"
-        )
-    for u in unavailable:
-        lines.append(f"{u['provider']:<28} unavailable: {u['reason']}")
-    return "\n".join(lines)
-
-
-def _budget_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The time budget above the table, and which rows it cut (to how many runs)."""
-    budgets = [(r, r["budget"]) for r in rows if r.get("budget")]
-    if not budgets:
-        return ["time budget: none (--time-budget 0); every row ran the full settings"]
-    lines = [f"time budget: {budgets[0][1]['seconds']:g} s per row (--time-budget SECONDS)"]
-    for r, b in budgets:
-        if b["cut"]:
-            lines.append(f"  {r['provider']} batch {r['batch']} threads {r['threads']}: {b['probe_ms']:.1f} ms per run, "
-                         f"cut to {b['repetitions']} x {b['runs_per_repetition']} runs ({b['warmup_runs']} warm-up), "
-                         f"planned {b['planned_seconds']:.1f} s")
-    return lines
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
-    from compress.bench.compare import regressions
-
+    gone = missing(rows)
+    if gone and not strict:
+        click.echo(f"warning: {what}: {len(gone)} baseline row(s) not measured, so not judged: {'; '.join(gone)}",
+                   err=True)
     bad = regressions(rows)
     if bad:
         worst = max(bad, key=lambda r: r["ratio"])
@@ -76,6 +43,24 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
             f"{what}: {len(bad)} of {len(rows)} latency rows regressed beyond +{max_regression:.0%} "
             f"(worst {worst['provider']} batch {worst['batch']} threads {worst['threads']}: x{worst['ratio']:.3f})"
         )
+    if gone and strict:
+        raise CompressError(f"{what}: {len(gone)} baseline row(s) not measured, so not judged: {'; '.join(gone)}; "
+                            "measure the same providers, batches and threads, or drop --strict")
+
+
+def _check_comparable(base_doc: dict[str, Any], new_doc: dict[str, Any], strict: bool, warn: str, error: str) -> None:
+    """The checks `compare` and `bench --baseline` share: model identity (with --strict: exit 2) and the machines.
+    `warn` starts each warning line, `error` the --strict error."""
+    from compress.bench.identity import cpu_notes, mismatches
+
+    differ = mismatches(base_doc, new_doc)
+    if differ and strict:
+        raise CompressError(f"{error} are not comparable: {differ[0]}; compare two results of the same pipeline and "
+                            "model, or drop --strict to see the rows anyway")
+    for what in differ:
+        click.echo(f"warning: {warn}: {what}; their rows may compare unrelated models", err=True)
+    for what in cpu_notes(base_doc, new_doc):
+        click.echo(f"warning: {warn}: {what}", err=True)
 
 
 @click.command()
@@ -109,8 +94,9 @@ def _gate(rows: list[dict[str, Any]], max_regression: float, what: str) -> None:
 @click.option("--provider-option", "provider_options", multiple=True, metavar="PROVIDER:KEY=VALUE",
               help="Pass an option to a provider, e.g. cuda:device_id=0. Repeatable.")
 @click.option("--edge", is_flag=True, help="Edge profile: batch 1, 1 thread, no thread spinning.")
-@click.option("--strict", is_flag=True, help="An unavailable provider, or any node a non-CPU provider leaves to the "
-              "CPU provider, is an error (exit 2) instead of a report line.")
+@click.option("--strict", is_flag=True, help="An unavailable provider, any node a non-CPU provider leaves to the "
+              "CPU provider, a --baseline of another model or one with rows not measured is an error (exit 2) instead "
+              "of a report line.")
 @click.option("--warmup", "warmup_runs", type=click.IntRange(min=0), default=None, help="Warm-up runs per session.")
 @click.option("--min-runs", type=click.IntRange(min=1), default=None, help="Timed runs per repetition, at least.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=None, help="Timed seconds per repetition, at least.")
@@ -131,9 +117,10 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     (the geometric mean of fastest-block / fastest-block and the median of per-block ratios), so it does not
     move when the whole machine slows down; gates compare scores (the 'raw' column is the plain p50 ratio).
 
-    With --baseline OLD.json, rows matched by (provider, batch, threads) are gated. A row is REGRESSED only
-    when all three hold: it is significantly slower (one-sided Mann-Whitney U on the raw samples, p < 0.01
-    after dividing each side by its reference; disjoint 95% CIs of p50 when no samples were kept), its score
+    With --baseline OLD.json, rows matched by (provider, batch, threads) are gated (none matching: exit 2; a
+    baseline row not measured: a warning, with --strict exit 2; the checks of `compress compare` first). A row is
+    REGRESSED only when all three hold: it is significantly slower (one-sided Mann-Whitney U on the raw samples,
+    p < 0.01 after dividing each side by its reference; disjoint 95% CIs of p50 when no samples were kept), its score
     ratio (new / base) exceeds 1 + --max-regression, and its raw p50 ratio exceeds it too. When the score
     says slower but the raw p50 did not move past the budget, the row is 'unsure' and does not fail the
     build (with a warning when the reference ran more than 15% faster or slower than in the baseline).
@@ -142,7 +129,6 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     regression.
     """
     from compress.bench.compare import load_document, rows_of
-    from compress.bench.identity import fixed_differ
     from compress.bench.inputs import parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
 
@@ -154,13 +140,16 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
     base_doc = load_document(baseline) if baseline is not None else None
-    base_rows = rows_of(base_doc, baseline) if base_doc is not None else None
-    differ = fixed_differ(base_doc.get("fixed"), [*fix, *fix_inputs]) if base_doc is not None else None
-    if differ:
-        click.echo(f"warning: --baseline {baseline}: {differ}; its rows may time another graph", err=True)
+    if base_doc is not None:
+        rows_of(base_doc, baseline)  # a malformed baseline is refused before anything is timed
     given = check_model_file(model)
     if against is not None:
         check_model_file(against)
+    if inputs_npz is None and dim_sizes:
+        from compress.bench.identity import model_inputs
+        from compress.bench.inputs import check_batch_dims
+
+        check_batch_dims(model_inputs(given), dim_sizes, [1] if edge else batches)
     from compress.onnx.control import bound_mismatches
 
     for line in bound_mismatches(fix_inputs, {"--inputs": inputs_npz}):
@@ -170,7 +159,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         old = None if against is None else _fixed(against, Path(work) / "old", fix, fix_inputs, say=False)
         # the same dimensions and values for OLD, or the two would not run the same graph
         _bench(given, model, names, batch_sizes=list(batches), threads=threads, dim_sizes=dim_sizes,
-               options=options, base_rows=base_rows, baseline=baseline, against=against, old=old,
+               options=options, base_doc=base_doc, baseline=baseline, against=against, old=old,
                max_regression=max_regression, inputs_npz=inputs_npz, json_out=json_out, kit_dir=kit_dir, quiet=quiet,
                fixed=[*fix, *fix_inputs], settings=_bench_settings(io_binding, options, edge, strict, warmup_runs,
                                                                      min_runs, min_seconds, repetitions, time_budget))
@@ -188,7 +177,7 @@ def _bench_settings(io_binding: bool | None, options: dict[str, dict[str, str]],
 
 
 def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int], threads: tuple[int, ...],
-           dim_sizes: dict[str, int], options: dict[str, dict[str, str]], base_rows: Any, baseline: Path | None,
+           dim_sizes: dict[str, int], options: dict[str, dict[str, str]], base_doc: Any, baseline: Path | None,
            against: Path | None, old: Path | None, max_regression: float, inputs_npz: Path | None,
            json_out: Path | None, kit_dir: Path | None, quiet: bool, fixed: list[str], settings: Any) -> None:
     """The body of `compress bench`, timing `model` and `old`: MODEL and --against as given (`given`, `against`: what
@@ -198,28 +187,28 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
     from compress.bench.harness import bench_model
     from compress.bench.inputs import batch_of, load_npz
     from compress.bench.providers import open_session
+    from compress.bench.tables import latency_table
 
-    edge = settings.edge
     inputs_for_batch = None
     if inputs_npz is not None:
         session, _ = open_session(model, "cpu", 1, strict=True)
         arrays = load_npz(inputs_npz, session)
-        batch_sizes = [batch_of(arrays)]
+        batch_sizes = [batch_of(arrays, dim_sizes.batch_axes)]
         inputs_for_batch = lambda _batch: arrays  # noqa: E731 - the npz fixes the batch
 
     if against is not None:
         if kit_dir is not None:  # before the gate, which may exit 1: the kit is what checks it on the device
-            kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else _generated(model, batch_sizes[0],
-                                                                                               dim_sizes)
-            _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads),
+            _make_kit(model, kit_dir, batch_sizes[0], inputs_for_batch, dim_sizes, names, options, list(threads),
                       settings, against=old, max_regression=max_regression)
         _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
                  inputs_for_batch, dim_sizes, json_out, shown=(against, given), fixed=fixed)
         return
+    base_rows = None if base_doc is None else _baseline_rows(base_doc, baseline, given, model, names, fixed,
+                                                             settings.strict)
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
                          inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet, recheck=recheck)
-    click.echo(_latency_table(result["latency"], result["unavailable"]))
+    click.echo(latency_table(result["latency"], result["unavailable"]))
 
     if json_out is not None:
         from compress.bench.identity import model_inputs
@@ -232,11 +221,9 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
         write_json(json_out, doc)  # temp file + rename: a killed run never leaves half a JSON for a later gate
         click.echo(f"wrote {json_out}")
     if kit_dir is not None:
-        kit_inputs = inputs_for_batch(batch_sizes[0]) if inputs_for_batch else _generated(model, batch_sizes[0],
-                                                                                           dim_sizes)
-        _make_kit(model, kit_dir, batch_sizes[0], kit_inputs, names, options, [1] if edge else list(threads), settings)
+        _make_kit(model, kit_dir, batch_sizes[0], inputs_for_batch, dim_sizes, names, options, list(threads), settings)
     if base_rows is not None:
-        _baseline_gate(given, baseline, base_rows, result, max_regression)
+        _baseline_gate(given, baseline, base_rows, result, max_regression, settings.strict)
 
 
 @click.command()
@@ -251,36 +238,45 @@ def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
 
     The two must describe the same thing: the same pipeline, models of the same size, the same model inputs and
     the same providers. Otherwise a 'warning:' line says what differs (with --strict: exit 2) before the table.
+    Rows match on (model, provider, batch, threads, seq_length): none matching is exit 2, a baseline row the new
+    file lacks is a warning (with --strict: exit 2).
     The gate is the one `compress bench --baseline` uses (see `compress bench --help`).
     """
     from compress.bench import compare as cmp
-    from compress.bench.identity import cpu_notes, mismatches
 
     base_doc, new_doc = cmp.load_document(base), cmp.load_document(new)
-    differ = mismatches(base_doc, new_doc)
-    if differ and strict:
-        raise CompressError(f"compare: {base} and {new} are not comparable: {differ[0]}; compare two results of the "
-                            "same pipeline and model, or drop --strict to see the rows anyway")
-    for what in differ:
-        click.echo(f"warning: compare: {base} and {new}: {what}; their rows may compare unrelated models", err=True)
-    for what in cpu_notes(base_doc, new_doc):
-        click.echo(f"warning: compare: {base} and {new}: {what}", err=True)
-    verdicts = cmp.compare(cmp.rows_of(base_doc, base), cmp.rows_of(new_doc, new), max_regression)
+    _check_comparable(base_doc, new_doc, strict, f"compare: {base} and {new}", f"compare: {base} and {new}")
+    verdicts = cmp.compare(cmp.rows_of(base_doc, base), cmp.rows_of(new_doc, new), max_regression,
+                           names=(str(base), str(new)))
     click.echo(cmp.table(verdicts, max_regression))
     for line in cmp.machine_warnings(verdicts):
         click.echo(line, err=True)
-    _gate(verdicts, max_regression, f"{new} vs {base}")
+    _gate(verdicts, max_regression, f"{new} vs {base}", strict)
+
+
+def _baseline_rows(base_doc: dict[str, Any], baseline: Path, given: Path, model: Path, names: list[str],
+                   fixed: list[str], strict: bool) -> dict[Any, dict[str, Any]]:
+    """The baseline's rows, after the checks `compare` makes (same model, inputs, providers, fixed dimensions;
+    the machines), run on what is about to be timed, before a single run."""
+    from compress.bench.compare import rows_of
+    from compress.bench.environment import environment
+    from compress.bench.identity import model_inputs
+
+    planned = {"inputs": model_inputs(model), "environment": environment(), "fixed": fixed,
+               "latency": [{"provider": name} for name in names]}
+    _check_comparable(base_doc, planned, strict, f"--baseline {baseline}", f"--baseline {baseline} and {given}")
+    return rows_of(base_doc, baseline)
 
 
 def _baseline_gate(model: Path, baseline: Any, base_rows: dict[Any, dict[str, Any]], result: dict[str, Any],
-                   max_regression: float) -> None:
+                   max_regression: float, strict: bool) -> None:
     """`bench MODEL --baseline OLD.json`: the verdict table and the gate (exit 1 on a regression)."""
-    from compress.bench.compare import compare, machine_warnings, table
+    from compress.bench.compare import compare, key_of, machine_warnings, table
 
-    new_rows = {("", r["provider"], r["batch"], r["threads"]): r for r in result["latency"]}
+    new_rows = {key_of("", r): r for r in result["latency"]}
     if not new_rows:
         raise CompressError(f"{model}: no provider could run, nothing to compare with {baseline}")
-    verdicts = compare(base_rows, new_rows, max_regression)
+    verdicts = compare(base_rows, new_rows, max_regression, names=(str(baseline), f"this run of {model}"))
     rechecked = [r for r in result["latency"] if r.get("rechecked")]
     if rechecked:
         click.echo(f"re-measured {len(rechecked)} row(s) that looked more than {max_regression / 2:.0%} slower; "
@@ -289,7 +285,7 @@ def _baseline_gate(model: Path, baseline: Any, base_rows: dict[Any, dict[str, An
     click.echo(table(verdicts, max_regression))
     for line in machine_warnings(verdicts):
         click.echo(line, err=True)
-    _gate(verdicts, max_regression, f"{model} vs {baseline}")
+    _gate(verdicts, max_regression, f"{model} vs {baseline}", strict)
 
 
 def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int], threads: list[int],
@@ -302,11 +298,11 @@ def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int
 
     rows, unavailable = [], []
     for provider in providers:
-        for b in dict.fromkeys(batch_sizes):
+        for b in dict.fromkeys([1] if settings.edge else batch_sizes):  # --edge times batch 1, once
             for t in dict.fromkeys([1] if settings.edge else threads):
                 feed = inputs_for_batch(b) if inputs_for_batch is not None else None
                 try:
-                    rows.append(paired_bench(old, model, provider, 1 if settings.edge else b, t, settings,
+                    rows.append(paired_bench(old, model, provider, b, t, settings,
                                              max_regression=max_regression, inputs=feed, dims=dims))
                 except ProviderUnavailable as exc:
                     if settings.strict:
@@ -340,11 +336,13 @@ def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -
     Half, not the full budget: a first look just under the line can be the lucky one, and a second look costs
     seconds only for the rows near or past it (A/A under load: benchmarks/bench_aa_ab.py, README).
     """
-    from compress.bench.compare import compare
+    from compress.bench.compare import compare, key_of
 
     def recheck(row: dict[str, Any]) -> bool:
-        key = ("", row["provider"], row["batch"], row["threads"])
-        verdict = compare(base_rows, {key: row}, max_regression)
+        try:
+            verdict = compare(base_rows, {key_of("", row): row}, max_regression)
+        except CompressError:  # no baseline row to look at: the gate says so once every row is timed
+            return False
         return any(v["ratio"] is not None and v["ratio"] > 1.0 + max_regression / 2 for v in verdict)
 
     return recheck
@@ -363,29 +361,29 @@ def _fixed(model: Path, work: Path, fix: tuple[str, ...], fix_inputs: tuple[str,
     return fixed
 
 
-def _generated(model: Path, batch: int, dims: Any) -> Any:
-    """The inputs the kit carries when none were given: generated here as the timing's are (--dim, --batch-axis)."""
-    from compress.edge.ort_format import sample_inputs
-
-    return sample_inputs(model, batch=1 if batch < 1 else batch, dims=dims)
-
-
 def _settings_dict(settings: Any) -> dict[str, Any]:
     out = settings.model_dump(mode="json")
     out["provider_options"] = {k: dict(v) for k, v in (settings.provider_options or {}).items()}
     return out
 
 
-def _make_kit(model: Path, out_dir: Path, batch: int, inputs: Any, providers: list[str],
+def _make_kit(model: Path, out_dir: Path, batch: int, inputs_for_batch: Any, dims: Any, providers: list[str],
               provider_options: dict[str, dict[str, str]], threads: list[int], settings: Any, *,
               against: Path | None = None, max_regression: float = 0.10) -> None:
-    """The on-device kit measures what this bench measured: same providers, options, threads and timing, and
-    with --against the same paired comparison."""
+    """The on-device kit measures what this bench measured: same providers, options, threads, timing and spinning,
+    on inputs at the batch that was timed (--edge: 1; --inputs: theirs), and with --against the same paired
+    comparison."""
+    from compress.edge.ort_format import sample_inputs
     from compress.kit import make_kit
 
-    path = make_kit(model, out_dir, batch=1 if settings.edge else batch, inputs=inputs, providers=providers,
-                    provider_options=provider_options, threads=threads, warmup_runs=settings.warmup_runs,
-                    min_runs=settings.min_runs, min_seconds=settings.min_seconds, max_seconds=settings.max_seconds,
-                    repetitions=settings.repetitions, against=against, max_regression=max_regression,
-                    block_seconds=settings.block_seconds)
+    if inputs_for_batch is not None:  # --inputs: the file's arrays, at the batch they hold (bench timed those)
+        inputs = inputs_for_batch(batch)
+    else:
+        batch = 1 if settings.edge else batch  # as paired_bench and bench_model time it
+        inputs = sample_inputs(model, batch=batch, dims=dims)
+    path = make_kit(model, out_dir, batch=batch, inputs=inputs, providers=providers,
+                    provider_options=provider_options, threads=[1] if settings.edge else threads,
+                    warmup_runs=settings.warmup_runs, min_runs=settings.min_runs, min_seconds=settings.min_seconds,
+                    max_seconds=settings.max_seconds, repetitions=settings.repetitions, against=against,
+                    max_regression=max_regression, block_seconds=settings.block_seconds, no_spin=settings.edge)
     click.echo(f"wrote kit {path or out_dir}")

@@ -42,7 +42,7 @@ def make_kit(
     model_path: Path,
     out_dir: Path,
     *,
-    batch: int = 1,
+    batch: int | None = None,
     inputs: dict[str, "np.ndarray"] | None = None,
     providers: list[str] | None = None,
     provider_options: dict[str, dict[str, str]] | None = None,
@@ -57,6 +57,7 @@ def make_kit(
     against: Path | None = None,
     max_regression: float = 0.10,
     block_seconds: float = 0.05,
+    no_spin: bool = False,
 ) -> Path:
     """Write a self-contained bench kit for `model_path` (.onnx or .ort) into `out_dir`; return `out_dir`.
 
@@ -67,20 +68,24 @@ def make_kit(
     device lacks as unavailable. Timing defaults match `compress bench` (BenchSettings).
     With `against` (an older version of the model, taking the same inputs) the kit also holds it as
     `against.onnx` and `paired_kit.py`, and on the device times the two in alternating blocks and judges the
-    paired ratio against `max_regression`, as `compress bench NEW --against OLD` does here.
+    paired ratio against `max_regression`, as `compress bench NEW --against OLD` does here. `batch` is written
+    into kit.json as the rows' batch (default: axis 0 of `inputs`, else 1); `no_spin` (what
+    `compress bench --edge` timed) becomes the script's default, so the device does not spin unless told to.
     """
     import numpy as np
 
-    from compress.bench.inputs import check_inputs, make_inputs
+    from compress.bench.inputs import batch_of, check_inputs, make_inputs
     from compress.bench.providers import check_model_file, open_session
 
     model_path = check_model_file(model_path)
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise CompressError(f"batch: expected an integer >= 1, got {batch}")
     if any(t < 1 for t in threads or [1]):
         raise CompressError(f"threads: expected integers >= 1, got {threads}")
     session, _ = open_session(model_path, "cpu", threads=1, strict=True)
-    feed = check_inputs(inputs, session) if inputs is not None else make_inputs(session, batch)
+    feed = check_inputs(inputs, session) if inputs is not None else make_inputs(session, batch or 1)
+    if batch is None:  # the inputs' first axis, as the kit script read it before kit.json said
+        batch = batch_of(feed) if feed else 1
     outputs = session.run(None, feed)
 
     out_dir = Path(out_dir)
@@ -104,12 +109,12 @@ def make_kit(
     kit = _kit_json(name or model_path.stem, model_name, sha256, _params(model_path), providers, provider_options,
                     threads, atol, timing={"warmup_runs": warmup_runs, "min_runs": min_runs,
                                            "min_seconds": min_seconds, "max_seconds": max_seconds,
-                                           "repetitions": repetitions})
+                                           "repetitions": repetitions, "no_spin": bool(no_spin)})
+    kit["batch"] = batch
     write_json(out_dir / "kit.json", {**kit, **paired})
-    first = next(iter(feed.values()))
     (out_dir / "README.txt").write_text(_README.format(
         name=kit["name"], model=model_name, bytes=(out_dir / model_name).stat().st_size, sha256=sha256[:16],
-        inputs="inputs.npz", batch=int(first.shape[0]) if first.ndim else 1, expected="expected.npz",
+        inputs="inputs.npz", batch=batch, expected="expected.npz",
         ort=ort.__version__, providers=", ".join(kit["providers"]),
     ))
     return out_dir

@@ -225,7 +225,9 @@ def parse_args(argv, kit):
     p.add_argument("--min-seconds", type=float, default=kit["min_seconds"])
     p.add_argument("--max-seconds", type=float, default=kit["max_seconds"])
     p.add_argument("--repetitions", type=int, default=kit["repetitions"])
-    p.add_argument("--no-spin", action="store_true", help="no thread spinning (battery-powered boards)")
+    p.add_argument("--no-spin", action="store_true", default=kit.get("no_spin", False),
+                   help="no thread spinning (battery-powered boards; default: kit.json, set by compress bench --edge)")
+    p.add_argument("--spin", dest="no_spin", action="store_false", help="thread spinning even if kit.json says not")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a requested provider is unavailable, leaves nodes to the CPU provider, or "
                         "outputs differ past --atol")
@@ -342,7 +344,7 @@ def main(argv=None):
     options = dict((provider_name(k), v) for k, v in kit.get("provider_options", {}).items())
     for prov, opts in parse_options(args.provider_option).items():
         options.setdefault(prov, {}).update(opts)
-    batch = int(next(iter(feed.values())).shape[0]) if feed else 1
+    batch = kit.get("batch") or (int(next(iter(feed.values())).shape[0]) if feed else 1)  # kit.json: its batch axis
 
     sys.dont_write_bytecode = True  # the kit folder stays as it was copied
     sys.path.insert(0, HERE)  # the kit's other scripts: placement_kit.py, paired_kit.py

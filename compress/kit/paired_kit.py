@@ -5,6 +5,8 @@ folder. Like bench_kit.py it needs only numpy (and the sessions bench_kit opens)
 compress.bench.paired.paired_verdict calls it too, since a kit may not import compress. OLD and NEW timed in
 alternating ABBA blocks, the ratio is the median over pairs of new_block_p50 / old_block_p50, its 99% CI is the
 distribution-free CI of that median, and REGRESSED needs both the CI above 1 and the ratio past 1 + budget.
+Fewer than MIN_PAIRS pairs cannot give that CI at all: such a verdict is 'unsure', and the loops time at least
+that many pairs (taking longer than planned rather than stopping short).
 """
 from __future__ import annotations
 
@@ -18,6 +20,19 @@ Z_99 = 2.5758293035489004
 """Two-sided 99% normal quantile: compress.bench.paired.CONFIDENCE."""
 
 
+def pairs_needed(confidence):
+    """The fewest pairs whose widest interval, [min, max] of the ratios, covers the median with `confidence` by the
+    exact sign test: 1 - 2 * 0.5 ** n >= confidence (8 at 99%). Fewer pairs can never be significant."""
+    n = 1
+    while 2 * 0.5 ** n > 1 - confidence + 1e-12:
+        n += 1
+    return n
+
+
+MIN_PAIRS = pairs_needed(0.99)
+"""Pairs a 99% CI of the median ratio needs (compress.bench.paired.CONFIDENCE); below it the verdict is 'unsure'."""
+
+
 def verdict(old_blocks, new_blocks, max_regression, median_ci):
     """ratio, ci_ratio, pairs, significant, regressed, verdict: compress.bench.paired.paired_verdict's rule.
     `median_ci(values, z)` is bench_kit.py's (the order-statistics CI of the median)."""
@@ -25,7 +40,10 @@ def verdict(old_blocks, new_blocks, max_regression, median_ci):
     ratio = math.exp(float(np.median(log_ratio)))
     lo, hi = (math.exp(x) for x in median_ci(log_ratio, z=Z_99))
     slower, faster = lo > 1.0, hi < 1.0
-    if slower and ratio > 1.0 + max_regression:
+    if log_ratio.size < MIN_PAIRS:  # [min, max] of so few pairs covers the median less often than 99%
+        slower = faster = False
+        label = "unsure"
+    elif slower and ratio > 1.0 + max_regression:
         label = "REGRESSED"
     elif faster and ratio < 1.0 / (1.0 + max_regression):
         label = "faster"
@@ -37,8 +55,9 @@ def verdict(old_blocks, new_blocks, max_regression, median_ci):
             "regressed": label == "REGRESSED", "verdict": label}
 
 
-def alternate(runs, warmup_runs, block_seconds, min_runs, min_seconds, max_seconds):
-    """One repetition of ABBA blocks over runs = [old, new]: (samples in ms per side, block medians per side)."""
+def alternate(runs, warmup_runs, block_seconds, min_runs, min_seconds, max_seconds, min_pairs=0):
+    """One repetition of ABBA blocks over runs = [old, new]: (samples in ms per side, block medians per side).
+    It times at least `min_pairs` pairs, past max_seconds if need be."""
     perf = time.perf_counter
     samples, blocks, busy = [[], []], [[], []], [0.0, 0.0]
     was_enabled = gc.isenabled()
@@ -61,7 +80,8 @@ def alternate(runs, warmup_runs, block_seconds, min_runs, min_seconds, max_secon
                 busy[side] += perf() - start
                 blocks[side].append(float(np.median(samples[side][first:])))
             pair += 1
-            if (min(len(s) for s in samples) >= min_runs and min(busy) >= min_seconds) or perf() >= stop:
+            enough = min(len(s) for s in samples) >= min_runs and min(busy) >= min_seconds
+            if (enough or perf() >= stop) and pair >= min_pairs:
                 break
     finally:
         if was_enabled:
@@ -78,14 +98,14 @@ def paired_rows(kit, here, feed, providers, threads, options, args, open_session
     for prov in providers:
         for t in threads:
             samples, blocks = [[], []], [[], []]
-            for _ in range(args.repetitions):  # fresh session pairs per repetition, as compress bench does
+            for rep in range(args.repetitions):  # fresh session pairs per repetition, as compress bench does
                 sessions = [open_session(m, prov, t, options.get(prov, {}), args.no_spin) for m in models]
                 reason = next((r for s, r in sessions if s is None), None)
                 if reason is not None:
                     break
                 runs = [lambda s=s: s.run(None, feed) for s, _ in sessions]
                 got = alternate(runs, args.warmup_runs, kit.get("block_seconds", 0.05), args.min_runs,
-                                args.min_seconds, args.max_seconds)
+                                args.min_seconds, args.max_seconds, MIN_PAIRS if rep == 0 else 0)
                 for side in (0, 1):
                     samples[side] += got[0][side]
                     blocks[side] += got[1][side]

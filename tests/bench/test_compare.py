@@ -12,7 +12,7 @@ def _row(p50: float, **extra) -> dict:
 
 
 def _verdict(base: dict, new: dict) -> dict:
-    key = ("", "CPUExecutionProvider", 1, 1)
+    key = ("", "CPUExecutionProvider", 1, 1, None)
     return cmp.compare({key: base}, {key: new}, 0.10)[0]
 
 

@@ -164,3 +164,62 @@ def test_a_kit_made_against_an_old_model_catches_the_slowdown_on_the_device(tmp_
     assert done.stderr.strip().startswith("error: slower than against.onnx beyond +10% on CPUExecutionProvider x")
     paired = json.loads((tmp_path / "kit" / "device.json").read_text())["paired"]
     assert paired["rows"][0]["verdict"] == "REGRESSED" and paired["rows"][0]["batch"] == 16
+
+
+def test_too_few_pairs_are_never_significant():
+    # one pair 2x slower gave a zero-width "99%" interval and REGRESSED; 7 pairs' [min, max] covers the median
+    # with 98.4% only; 8 pairs (the exact sign test's 99%) can be significant
+    from compress.kit.paired_kit import MIN_PAIRS
+
+    assert MIN_PAIRS == 8
+    for n in (1, 2, 7):
+        v = paired_verdict([1.0] * n, [2.0] * n, 0.10)
+        assert v["verdict"] == "unsure" and not v["significant"] and not v["regressed"], n
+        assert paired_verdict([2.0] * n, [1.0] * n, 0.10)["verdict"] == "unsure"
+    assert paired_verdict([1.0] * 8, [2.0] * 8, 0.10)["verdict"] == "REGRESSED"
+
+
+def test_a_tiny_time_limit_still_times_the_pairs_a_verdict_needs_and_says_so(tmp_path: Path):
+    # setup: a per-repetition stop far shorter than one pair (budget.plan can cut max_seconds this far)
+    a = mlp(tmp_path / "a.onnx", layers=2)
+    settings = BenchSettings(warmup_runs=1, min_runs=100000, min_seconds=10.0, max_seconds=1e-6, repetitions=1,
+                             time_budget_seconds=0)
+    # execute
+    row = paired_bench(a, a, "cpu", 1, 1, settings)
+    # assert: the loop ran on to 8 pairs rather than stopping after one, and the budget record says what ran
+    assert row["pairs"] == 8 and row["verdict"] in ("ok", "faster", "unsure")
+    ran = row["budget"]["ran"]
+    assert (ran["pairs"], ran["repetitions"], ran["runs_old"], ran["runs_new"]) == (8, 1, row["runs_old"],
+                                                                                    row["runs_new"])
+
+
+def test_against_at_the_edge_times_batch_1_once(tmp_path: Path):
+    a = mlp(tmp_path / "a.onnx", layers=2)
+    out = tmp_path / "p.json"
+    result = invoke("bench", a, "--against", a, "--edge", "--batch", "1", "--batch", "8", "--max-regression", "100",
+                    "--json", out, *FAST)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["paired"]
+    assert [(r["batch"], r["threads"]) for r in rows] == [(1, 1)]
+
+
+def test_paired_bench_under_strict_audits_placement_before_timing(tmp_path: Path, monkeypatch):
+    # setup: a placement audit that finds nodes left to the CPU provider (a real one needs an NPU or a GPU)
+    from compress.bench import placement
+    from compress.errors import CompressError
+
+    audited = []
+
+    def left_to_cpu(model_path, record):
+        audited.append(Path(model_path).name)
+        return CompressError(f"{model_path}: nodes left to the CPU provider")
+
+    monkeypatch.setattr(placement, "fallback_error", left_to_cpu)
+    a = mlp(tmp_path / "a.onnx", layers=2)
+    # execute / assert: strict stops at once; without strict the row is timed
+    with pytest.raises(CompressError, match="nodes left to the CPU provider"):
+        paired_bench(a, a, "cpu", 1, 1, BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0, repetitions=1,
+                                                        strict=True))
+    assert audited == ["a.onnx"]
+    assert paired_bench(a, a, "cpu", 1, 1, BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0,
+                                                         repetitions=1))["pairs"] >= 8
