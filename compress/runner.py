@@ -16,13 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress.cache import digest, load_manifest, load_manifest_file, run_lock, save_manifest
+from compress.cache import MANIFEST, digest, load_manifest, load_manifest_file, run_lock, save_manifest
 from compress.context import StageContext
-from compress.errors import GateFailed
+from compress.errors import CompressError, GateFailed
 from compress.records import ModelRecord, RunState, StageResult
 from compress.stages import STAGES, section_inputs, stage_names
 
 log = logging.getLogger("compress")
+STAGE_MARK = ".compress-stage"
+"""Written into a stage's folder before it runs: a folder with neither it nor a manifest is the user's (never
+cleared)."""
 
 CACHE_VERSION = 5  # bump when a stage's outputs change meaning, so old caches are not trusted (4: one path for
 # every task: teacher outputs in safetensors, metrics per model; 5: keys chain earlier stages' artifact digests)
@@ -94,7 +97,9 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
     if failure is not None:
         raise failure
     if state.gate_failure:
-        raise GateFailed(f"{cfg.source_path}: {state.gate_failure} (report: {run_dir / 'report.json'})")
+        failed = GateFailed(f"{cfg.source_path}: {state.gate_failure} (report: {run_dir / 'report.json'})")
+        failed.report = report  # the CLI prints the summary table before the error line
+        raise failed
     return report
 
 
@@ -130,7 +135,14 @@ def _run_stage(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, M
     if manifest is not None:
         return StageResult.from_json(manifest["result"]), "cached"
     if stage_dir.exists():
+        ours = (stage_dir / MANIFEST).exists() or (stage_dir / STAGE_MARK).exists()
+        if not ours and any(stage_dir.iterdir()):
+            raise CompressError(f"{stage_dir}: the {name} stage writes here, and this folder was not written by "
+                                "compress (no manifest, no stage mark): it is left as it is; give [pipeline] "
+                                "output_dir a folder of its own")
         shutil.rmtree(stage_dir)  # stale or partial: never mixed with new artifacts
+    stage_dir.mkdir(parents=True)
+    (stage_dir / STAGE_MARK).touch()  # a run killed in this stage leaves a folder the next run may clear
     started = time.perf_counter()
     ctx = StageContext(cfg=cfg, run_dir=run_dir, stage=name, models=dict(models), state=state, data=data,
                        progress=progress, dist=dist)

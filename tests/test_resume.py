@@ -220,3 +220,22 @@ def test_second_concurrent_run_is_refused(tiny_dir: Path):
 
     with run_lock(tiny_dir / "runs" / "tiny"):
         pass
+
+
+def test_a_folder_compress_did_not_write_is_never_cleared(tiny_dir: Path):
+    # output_dir = "." and the user's own teacher/ folder beside the file: the teacher stage deleted it (a checkpoint
+    # kept there was gone, and the error that followed blamed the user)
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    toml = tiny_dir / "pipeline.toml"
+    toml.write_text(toml.read_text().replace('output_dir = "runs/tiny"', 'output_dir = "."'))
+    (tiny_dir / "teacher").mkdir()
+    (tiny_dir / "teacher" / "mine.safetensors").write_bytes(b"the user's")
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().endswith(f"{tiny_dir / 'teacher'}: the teacher stage writes here, and this folder "
+                                          "was not written by compress (no manifest, no stage mark): it is left as "
+                                          "it is; give [pipeline] output_dir a folder of its own")
+    assert (tiny_dir / "teacher" / "mine.safetensors").read_bytes() == b"the user's"
