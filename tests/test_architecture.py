@@ -99,3 +99,19 @@ def test_the_registry_lists_every_stage_module_and_reads_real_keys():
                 annotation = PipelineConfig.model_fields[section].annotation
                 fields = next(a for a in (annotation, *getattr(annotation, "__args__", ())) if hasattr(a, "model_fields"))
                 assert key in fields.model_fields, f"{name} reads unknown key {path!r}"
+
+
+def test_the_quantize_stage_key_follows_the_npu_keys_its_qat_reads(tmp_path):
+    # quantize (mode = "qat") trains the NPU's QDQ graph when export.edge_targets has "qnn", at
+    # export.qnn_activation_type: it stayed cached when either changed, and the report contradicted the graph
+    from compress.config import load_config
+    from compress.stages import section_inputs
+
+    from .conftest import write_toml
+    from .test_config import BASE
+
+    base = BASE + '[quantize]\nmode = "qat"\n'
+    npu = '[export]\nort_format = true\nedge_targets = ["qnn"]\n'
+    keys = [section_inputs(load_config(write_toml(tmp_path, base + extra, f"{name}.toml")), "quantize")
+            for name, extra in (("a", ""), ("b", npu), ("c", npu + 'qnn_activation_type = "uint16"\n'))]
+    assert keys[0] != keys[1] != keys[2]

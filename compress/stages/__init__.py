@@ -83,7 +83,9 @@ STAGES: dict[str, Stage] = {
     # the pick between float and quantized is timed on the benchmark's providers, batch sizes and threads
     "quantize": Stage("compress.stages.quantize", reads=("quantize", "evaluate", "benchmark.providers",
                                                           "benchmark.batch_sizes", "benchmark.threads",
-                                                          "benchmark.provider_options", "benchmark.seq_lengths"),
+                                                          "benchmark.provider_options", "benchmark.seq_lengths",
+                                                          # QAT trains the NPU's own QDQ graph at its width
+                                                          "export.edge_targets", "export.qnn_activation_type"),
                       enabled=lambda cfg: cfg.quantize is not None, files=_user_code),
     "benchmark": Stage("compress.stages.benchmark", reads=("benchmark", "evaluate"), files=_user_code),
     "edge": Stage("compress.stages.edge", reads=("export", "quantize.outlier_ratio"),
