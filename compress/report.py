@@ -131,21 +131,27 @@ def write_report(run_dir: Path, report: dict) -> None:
     _plot(run_dir / "report.png", report)
 
 
-def _headline_row(model: dict) -> dict | None:
-    """The batch-1 row at the fewest threads on the first measured provider (the edge-like number)."""
-    rows = model.get("latency") or []
-    if not rows:
-        return None
-    ones = [r for r in rows if r["batch"] == 1] or rows
-    return min(ones, key=lambda r: (r["threads"], r["provider"] != "CPUExecutionProvider"))
+def _headline_row(model: dict, batch: int = 1) -> dict | None:
+    """The row at `batch` (headline_batch) at the fewest threads on the first measured provider (the edge-like
+    number); None when the model has none at that batch."""
+    rows = [r for r in model.get("latency") or [] if r["batch"] == batch]
+    return min(rows, key=lambda r: (r["threads"], r["provider"] != "CPUExecutionProvider")) if rows else None
+
+
+def headline_batch(report: dict) -> int:
+    """The batch the table's and the plot's latency is at: 1, unless no model was timed at batch 1 (then the
+    smallest batch timed)."""
+    batches = {r["batch"] for m in report.get("models") or [] for r in m.get("latency") or []}
+    return 1 if 1 in batches or not batches else min(batches)
 
 
 def table_rows(report: dict) -> list[list[str]]:
     teacher = next((m for m in report["models"] if m["role"] == "teacher"), None)
-    t_row = _headline_row(teacher) if teacher else None
+    batch = headline_batch(report)
+    t_row = _headline_row(teacher, batch) if teacher else None
     rows = []
     for m in report["models"]:
-        row = _headline_row(m)
+        row = _headline_row(m, batch)
         speedup = (f"{t_row['p50_ms'] / row['p50_ms']:.1f}x" if row and t_row and row["p50_ms"] > 0 else "-")
         rows.append([
             m["name"] + (" *" if m["name"] == report.get("final") else ""),
@@ -162,7 +168,7 @@ def headers(report: dict) -> list[str]:
     """The table's columns; the accuracy column names the split it was measured on."""
     split = (report.get("data") or {}).get("evaluated_on", "val")
     name = (report.get("primary_metric") or {}).get("name", "accuracy")
-    return ["model", "params", "size", f"{name} (ORT, {split})", "p50 ms (b1)", "vs teacher"]
+    return ["model", "params", "size", f"{name} (ORT, {split})", f"p50 ms (b{headline_batch(report)})", "vs teacher"]
 
 
 def summary_table(report: dict) -> str:
@@ -300,7 +306,7 @@ def _plot(path: Path, report: dict) -> None:
     scale = 100 if name == "accuracy" else 1
     points: list[tuple[str, float, float, float]] = []
     for m in report["models"]:
-        row, value = _headline_row(m), figure(m, report)
+        row, value = _headline_row(m, headline_batch(report)), figure(m, report)
         if row and value is not None:
             points.append((m["name"], row["p50_ms"], scale * value, m.get("bytes") or 1))
     if not points:
@@ -323,7 +329,7 @@ def _plot(path: Path, report: dict) -> None:
     ax.margins(x=0.25)
     if scale == 100:
         ax.set_ylim(*_accuracy_limits([p[2] for p in points]))
-    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
+    ax.set_xlabel(f"p50 latency, batch {headline_batch(report)} (ms, log scale)")
     ax.set_ylabel(f"{name} in ONNX Runtime{' (%)' if scale == 100 else ''}")
     ax.set_title(f"{report['pipeline']}: {name} vs latency (marker area ~ file size)", fontsize=10)
     ax.grid(True, alpha=0.3)

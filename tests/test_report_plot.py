@@ -27,3 +27,21 @@ def test_ten_models_render(tmp_path: Path):
               for i in range(10)]
     _plot(tmp_path / "report.png", {"pipeline": "ten", "models": models})
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_latency_column_names_the_batch_it_shows():
+    # [benchmark] batch_sizes = [32]: the column said "p50 ms (b1)" over batch-32 figures
+    from compress.report import headers, table_rows
+
+    def model(name: str, role: str, p50: dict) -> dict:
+        return {"name": name, "role": role, "params": 10, "bytes": 2048, "metrics": {"accuracy": 0.9},
+                "latency": [{"provider": "CPUExecutionProvider", "batch": b, "threads": 1, "p50_ms": v}
+                            for b, v in p50.items()]}
+
+    report = {"models": [model("teacher", "teacher", {32: 2.0, 8: 1.0}),
+                         model("student", "student", {32: 0.5, 8: 0.25})], "primary_metric": {"name": "accuracy"}, "final": "student"}
+    assert headers(report)[4] == "p50 ms (b8)"
+    assert [r[4:] for r in table_rows(report)] == [["1.0000", "1.0x"], ["0.2500", "4.0x"]]
+    report["models"][0]["latency"].append({"provider": "CPUExecutionProvider", "batch": 1, "threads": 1, "p50_ms": 0.1})
+    assert headers(report)[4] == "p50 ms (b1)"  # one batch for every row: the student has none at 1
+    assert [r[4:] for r in table_rows(report)] == [["0.1000", "1.0x"], ["-", "-"]]
