@@ -70,6 +70,12 @@ class TeacherSection(ModelSection):
                                        "are tried, and a plain state_dict is taken as it is.")
     train: TrainConfig | None = Field(None, description="Training settings used when there is no checkpoint.")
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherSection":
+        if self.checkpoint and self.train is not None:  # the checkpoint is loaded and [teacher.train] never read
+            raise ValueError("give checkpoint (a trained teacher) or [teacher.train] (train one here), not both")
+        return self
+
 
 class FromTeacher(Section):
     """[student] from_teacher: a transformer student copied from its hf: teacher, keeping some encoder layers."""

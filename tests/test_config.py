@@ -36,7 +36,11 @@ def test_optional_sections_switch_stages_on(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     ('[distill]\ntemprature = 2.0\n', "distill.temprature: unknown key; did you mean 'temperature'?"),
     ('[distill]\ntemperature = 0\n', "distill.temperature: input should be greater than 0, got 0"),
-    ('[distill]\nepochs = "ten"\n', "distill.epochs: input should be a valid integer"),
+    ('[distill]\nepochs = "ten"\n', "distill.epochs: expected an integer, got the string 'ten'"),
+    ('[distill]\nepochs = "3"\n', "distill.epochs: expected an integer, got the string '3' (write it without "
+                                  "quotes)"),
+    ('[distill]\ncontrol = "no"\n', "distill.control: expected true or false, got the string 'no'"),
+    ('[benchmark]\nbatch_sizes = [true, 8]\n', "benchmark.batch_sizes: expected an integer, got true"),
     ('[quantize]\nmode = "int4"\n', "quantize.mode: expected 'static', 'dynamic', 'fp16' or 'qat', got 'int4'"),
     ('[benchmark]\nproviders = ["gpu"]\n', "benchmark.providers: unknown provider 'gpu'; did you mean 'cpu'?"),
     ('[data]\nsource = "csv:x.csv"\n', "data.source: expected 'digits', 'npz:PATH', 'images:DIR', 'text:PATH' or "
@@ -72,7 +76,9 @@ def test_toml_syntax_error_has_line(tmp_path):
 def test_paths_resolve_relative_to_the_file(tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
-    path = write_toml(sub, BASE.replace('[teacher]\n', '[teacher]\ncheckpoint = "t.safetensors"\n'))
+    text = BASE.replace('[teacher]\n', '[teacher]\ncheckpoint = "t.safetensors"\n')
+    text = text.replace("[teacher.train]\nepochs = 1\n", "")
+    path = write_toml(sub, text)
     with pytest.raises(CompressError, match=r"teacher.checkpoint: file not found: .*sub/t.safetensors"):
         load_config(path)
 
@@ -148,3 +154,13 @@ def test_a_freeze_pattern_that_matches_no_parameter_is_refused_before_training(t
         check_before_training(load_config(path))
     assert str(err.value) == (f"{path}: distill.freeze: 'nosuch.*' matches no parameter of builtin:cnn-small (its "
                               "names: 0.0.weight, 0.1.weight, 0.1.bias, 2.0.weight, ...)")
+
+
+def test_a_checkpoint_and_teacher_train_together_are_refused(tmp_path):
+    # the checkpoint was loaded and [teacher.train] silently ignored (though its keys still re-ran the teacher stage)
+    (tmp_path / "t.safetensors").write_bytes(b"")
+    path = write_toml(tmp_path, BASE.replace('[teacher]\n', '[teacher]\ncheckpoint = "t.safetensors"\n', 1))
+    with pytest.raises(CompressError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: teacher: give checkpoint (a trained teacher) or [teacher.train] (train one "
+                              "here), not both")
