@@ -139,7 +139,9 @@ def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
     assert models["student-int8"]["bytes"] < models[base]["bytes"]
     pick = report["details"]["quantize"]
     assert report["final"] == {"quantized": "student-int8", "float": base}[pick["final"]]
-    assert report["final_reason"] == pick["why"] and pick["why"].startswith(f"{pick['final']}: quantized vs float")
+    assert pick["why"].startswith(f"{pick['final']}: quantized vs float")
+    # the pick's reason, then why the control was the model quantized (it was replaced by the pick's alone)
+    assert report["final_reason"].startswith(f"{pick['why']}; control: the labels-only control beat the distilled")
     assert report["details"]["quantize"]["attempts"][0]["accepted"] is True
     # what was done before the attempts, and the activations kept in float for their outlier channels (none here)
     assert "quant_pre_process" in pick["preprocess"] and pick["outliers"] == []
@@ -159,6 +161,8 @@ def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
     assert "[quantize] mode = 'qat' fine-tunes the int8 model against the teacher" in result.output
     assert report["gate_failure"] and report["final"] == "student"  # without a test split, the student wins
     assert [s["status"] for s in report["stages"]] == ["done"] * 5  # the benchmark still ran: the report is whole
+    # the summary table comes first, with its GATE FAILED line (it was never printed on a failed gate)
+    assert "* final: student" in result.output and "GATE FAILED: quantize.max_accuracy_drop" in result.output
 
 
 def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
@@ -168,6 +172,8 @@ def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
     assert report["final"] == "student-pruned" and models["student-pruned"]["role"] == "pruned"
     assert models["student-pruned"]["params"] < 0.75 * models["control"]["params"]
     assert report["details"]["prune"]["from"] == "control"
+    # the reason is the pruned model's, with the control's after it (it said only why the control beat the student)
+    assert report["final_reason"].startswith("pruned from control; control: the labels-only control beat")
     assert models["student-pruned"]["parity"]["max_abs_diff"] <= 1e-4
     assert models["student-pruned"]["accuracy"] > 0.3
     steps = report["details"]["prune"]["steps"]

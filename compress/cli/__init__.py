@@ -67,7 +67,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
     if verbose:
         import logging
 
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        # compress's own debug lines; other libraries stay at WARNING (matplotlib's font search alone wrote 2,200)
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        logging.getLogger("compress").setLevel(logging.DEBUG)
 
 
 @main.command()
@@ -88,13 +90,19 @@ def run(file: Path, force: bool, quiet: bool, nproc: int, nnodes: int, node_rank
     from compress.dist.settings import DistSettings
     from compress.runner import run_pipeline
 
+    from compress.errors import GateFailed
+    from compress.report import summary_table
+
     dist = DistSettings(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
-    report = run_pipeline(file, force=force, progress=not quiet, dist=dist)
+    try:
+        report = run_pipeline(file, force=force, progress=not quiet, dist=dist)
+    except GateFailed as failed:  # every stage that could run was measured: the table first, then the error line
+        if getattr(failed, "report", None):
+            click.echo(summary_table(failed.report))
+        raise
     if dist.follower:
         click.echo(f"node {node_rank} of {nnodes}: training stages done; node 0 writes the report")
         return
-    from compress.report import summary_table
-
     click.echo(summary_table(report))
 
 

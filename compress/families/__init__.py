@@ -134,7 +134,9 @@ def rebuild(record: "ModelRecord", *, data: Any, base_dir: Path, run_dir: Path |
     except Exception as exc:
         raise CompressError(f"{record.origin}: {path} is not a readable safetensors file ({exc}); delete it so its "
                             "stage runs again") from exc
-    masks = {k: v for k, v in state.items() if k.endswith("_mask")}
+    from compress.prune.mechanics import mask_keys
+
+    masks = {k: state[k] for k in mask_keys(state)}
     if masks:
         from torch.nn.utils import prune as tprune
 

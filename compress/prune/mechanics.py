@@ -31,11 +31,19 @@ def weight_bytes(model: "nn.Module") -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def mask_keys(keys: Iterable[str]) -> list[str]:
+    """The torch.nn.utils.prune masks among state-dict `keys`: `<name>_mask` only where `<name>_orig` is there
+    too (a model's own buffer that merely ends in `_mask`, such as a padding mask, is not one)."""
+    keys = set(keys)
+    return sorted(k for k in keys if k.endswith("_mask") and f"{k[: -len('_mask')]}_orig" in keys)
+
+
 def _effective_weights(model: "nn.Module") -> Iterable["torch.Tensor"]:
     """Parameters as the forward pass sees them (masked weights while torch.nn.utils.prune is attached)."""
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            yield getattr(module, name[: -len("_orig")]) if name.endswith("_orig") else p
+            masked = name.endswith("_orig") and hasattr(module, f"{name[: -len('_orig')]}_mask")
+            yield getattr(module, name[: -len("_orig")]) if masked else p
 
 
 def nonzero_params(model: "nn.Module") -> int:
@@ -66,6 +74,8 @@ def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
     """
     import torch
 
+    from compress.data import forward
+
     names = {m: n for n, m in model.named_modules()}
     running: list[str] = []
     state: dict[str, str | None] = {"finished": None, "nonfinite": None}
@@ -85,7 +95,7 @@ def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
     model.eval()
     try:
         with torch.no_grad():
-            out = model(example_input)
+            out = forward(model, example_input)
     except Exception as exc:  # any failure inside user code is reported with its place
         inner = next((n for n in reversed(running) if n), None)
         place = f"layer '{inner}' ({type(model.get_submodule(inner)).__name__})" if inner \
@@ -123,6 +133,8 @@ def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
     """Name of the last Conv/Linear run in the forward pass: the classifier head, never pruned."""
     import torch
 
+    from compress.data import forward
+
     names = {m: n for n, m in model.named_modules()}
     order: list[str] = []
     handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod]))
@@ -131,7 +143,7 @@ def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input)
+            forward(model, example_input)
     finally:
         for h in handles:
             h.remove()
@@ -178,10 +190,11 @@ def make_pruner(model: "nn.Module", example_input: "torch.Tensor", *, amount: fl
     was_training = model.training
     model.eval()  # tracing runs a forward pass; in train mode it would move BatchNorm statistics
     try:
+        ignored_modules = resolve_ignored(model, ignored)
         return tp.pruner.BasePruner(
             model, example_input, importance=make_importance(importance), pruning_ratio=amount,
-            iterative_steps=steps, ignored_layers=resolve_ignored(model, ignored), round_to=round_to,
-            global_pruning=False,
+            iterative_steps=steps, ignored_layers=ignored_modules, round_to=round_to, global_pruning=False,
+            pruning_ratio_dict=layer_floors(model, amount, ignored_modules, round_to),
         )
     except CompressError:
         raise
@@ -192,15 +205,41 @@ def make_pruner(model: "nn.Module", example_input: "torch.Tensor", *, amount: fl
         model.train(was_training)
 
 
+def layer_floors(model: "nn.Module", amount: float, ignored: Sequence["nn.Module"],
+                 round_to: int | None) -> dict["nn.Module", float]:
+    """Smaller ratios for the layers `amount` would empty: each keeps `round_to` channels (else one).
+
+    Torch-Pruning skips a layer whose every channel would go, so without these an amount of 0.99 on a 64-unit
+    layer removes nothing there while the schedule reports 99%. A layer with no more than the floor keeps all.
+    """
+    from torch import nn
+
+    floor = round_to or 1
+    skip = {id(m) for top in ignored for m in top.modules()}
+    ratios = {}
+    for module in model.modules():
+        if not isinstance(module, _root_types()) or id(module) in skip:
+            continue
+        channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        groups = getattr(module, "groups", 1)
+        if 1 < groups < channels:  # a grouped conv loses channels in every group alike
+            channels //= groups
+        if channels and int(channels * (1 - amount)) < floor:
+            ratios[module] = max(0.0, (channels - floor) / channels - 1e-9)  # the margin defeats float rounding
+    return ratios
+
+
 def taylor_gradients(model: "nn.Module", batches: Sequence[tuple["torch.Tensor", "torch.Tensor"]]) -> None:
     """Accumulate cross-entropy gradients over `batches`, as the Taylor importance needs."""
     import torch.nn.functional as F
+
+    from compress.data import forward
 
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
     for x, y in batches:
-        out = model(x)
+        out = forward(model, x)
         F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y).backward()
     model.train(was_training)
 
@@ -209,9 +248,19 @@ def prune_once(model: "nn.Module", example_input: "torch.Tensor", *, amount: flo
                round_to: int | None) -> "nn.Module":
     """A pruned deep copy at `amount` in one step with L2 importance (channel counts equal any schedule's)."""
     probe = copy.deepcopy(model)
-    make_pruner(probe, example_input, amount=amount, steps=1, importance="l2", ignored=ignored,
-                round_to=round_to).step()
+    step(make_pruner(probe, example_input, amount=amount, steps=1, importance="l2", ignored=ignored,
+                     round_to=round_to))
     return probe
+
+
+def step(pruner: Any) -> None:
+    """One step of a Torch-Pruning pruner; its failures (e.g. an IndexError on a depthwise convolution with a
+    channel multiplier) become a CompressError, which the schedule turns into the layer to leave alone."""
+    try:
+        pruner.step()
+    except Exception as exc:
+        raise CompressError(f"prune: Torch-Pruning failed to remove channels: {type(exc).__name__}: "
+                            f"{first_line(exc)}") from exc
 
 
 def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignored: Sequence[str],

@@ -9,6 +9,7 @@ owns the Torch-Pruning calls.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from typing import TYPE_CHECKING, Callable, Iterable, Literal
@@ -153,11 +154,26 @@ def _search_amount(model: "nn.Module", cfg: PruneConfig, example_input, ignored:
 
 
 def _dry_run(model: "nn.Module", example_input, *, amount: float, ignored: tuple[str, ...],
-             round_to: int | None, expected_shape: tuple[int, ...]) -> None:
-    """Prune a copy at the full amount and check it, so an unprunable model fails before any training."""
-    try:
+             round_to: int | None, expected_shape: tuple[int, ...], key: str) -> None:
+    """Prune a copy at the full amount and check it, so an unprunable model (or an amount that removes nothing)
+    fails before any training; `key` is the config key that set the amount, for the message."""
+    with _naming_unprunable(model, example_input, ignored, expected_shape):
         probe = pruning.prune_once(model, example_input, amount=amount, ignored=ignored, round_to=round_to)
         pruning.checked_forward(probe, example_input, expected_shape=expected_shape)
+    if count_params(probe) == count_params(model):
+        floor = f"round_to = {round_to}" if round_to else "one"
+        raise CompressError(f"prune.{key}: removing {amount:.3g} of the channels removes nothing from this model: "
+                            f"every layer keeps at least {floor} channel(s) and none has more; lower "
+                            "prune.round_to or prune a wider student")
+
+
+@contextlib.contextmanager
+def _naming_unprunable(model: "nn.Module", example_input, ignored: tuple[str, ...],
+                       expected_shape: tuple[int, ...]):
+    """Turn a failure of pruning a copy (ours or Torch-Pruning's) into the layers to leave alone, when a
+    one-group-at-a-time diagnosis finds them."""
+    try:
+        yield
     except CompressError as exc:
         broken = pruning.find_unprunable(model, example_input, ignored=ignored, expected_shape=expected_shape)
         if not broken:
@@ -210,17 +226,23 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     if cfg.method == "magnitude":
         return _prune_magnitude(model, cfg, ignored, finetune, evaluate, latency_ms, history, progress)
 
-    amount = cfg.amount if cfg.amount is not None else _search_amount(model, cfg, example_input, ignored,
-                                                                      latency_ms)
+    with _naming_unprunable(model, example_input, ignored, expected):
+        amount = cfg.amount if cfg.amount is not None else _search_amount(model, cfg, example_input, ignored,
+                                                                          latency_ms)
     if amount == 0.0:
         return model, history
-    _dry_run(model, example_input, amount=amount, ignored=ignored, round_to=cfg.round_to, expected_shape=expected)
+    key = next(k for k in ("amount", "target_params", "target_latency_ms") if getattr(cfg, k) is not None)
+    _dry_run(model, example_input, amount=amount, ignored=ignored, round_to=cfg.round_to, expected_shape=expected,
+             key=key)
 
     pruner = pruning.make_pruner(model, example_input, amount=amount, steps=cfg.steps, importance=cfg.importance,
                                  ignored=ignored, round_to=cfg.round_to)
     for step in progress_bar(range(1, cfg.steps + 1), desc="prune", unit="step", enabled=progress):
-        done = amount * step / cfg.steps
+        done, size = amount * step / cfg.steps, count_params(model)
         _channel_step(model, pruner, batches, example_input, expected)
+        if count_params(model) == size:  # Torch-Pruning skips a layer it cannot shrink as asked, silently
+            raise CompressError(f"prune.{key}: step {step} of {cfg.steps} removed nothing (amount {done:.3g}); "
+                                "take fewer prune.steps or a larger amount")
         before, after = _recover(model, cfg, finetune, evaluate)
         history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
                                 latency_ms=latency_ms))
@@ -263,7 +285,7 @@ def _callbacks_needed(cfg: PruneConfig, taylor_batches, latency_ms) -> list:
 def _channel_step(model, pruner, batches, example_input, expected) -> None:
     if batches:
         pruning.taylor_gradients(model, batches)
-    pruner.step()
+    pruning.step(pruner)
     model.zero_grad(set_to_none=True)
     pruning.checked_forward(model, example_input, expected_shape=expected)
 

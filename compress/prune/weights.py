@@ -21,7 +21,7 @@ def save_pruned(model: "nn.Module", path: Path) -> None:
     from compress.cache import atomic_path
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    if any(k.endswith(("_orig", "_mask")) for k in state):
+    if pruning.mask_keys(state):
         raise CompressError("prune: the model still carries pruning masks; finish with prune() before saving")
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": _FORMAT})

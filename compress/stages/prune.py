@@ -25,12 +25,14 @@ def run(ctx: StageContext) -> StageResult:
     name = "student-pruned"  # DESIGN.md's fixed name, whichever model it came from (the control may have won)
     moving = base.but(name=name, pruned=True, torch=None)
 
-    def train(model: Any, epochs: int, *, desc: str, source: Any = teacher, recovery: bool = True) -> None:
+    def train(model: Any, epochs: int, *, desc: str, source: Any = teacher, recovery: bool = True,
+              minutes: float | None = None) -> dict:
         if epochs < 1:
-            return
+            return {"epochs_run": 0}
         if recovery:
             recovery_epochs.append(epochs)
-        train_student(model, data, settings, task=cfg.data.task, spec=base.spec.model,
+        run_settings = settings if minutes is None else settings.model_copy(update={"max_minutes": minutes})
+        return train_student(model, data, run_settings, task=cfg.data.task, spec=base.spec.model,
                       reference=str(ctx.run_dir / ctx.state.teacher_outputs), teacher=source, seed=cfg.pipeline.seed,
                       batch_size=cfg.data.batch_size, origin=ctx.origin("distill"), desc=desc,
                       base_dir=str(cfg.base_dir), evaluate=cfg.evaluate, progress=ctx.progress, epochs=epochs,
@@ -49,14 +51,20 @@ def run(ctx: StageContext) -> StageResult:
         record = record.but(note=MAGNITUDE_NOTE)
     records, info = [record], {"steps": steps, "from": base.name}
     if pcfg.control:
+        # The pruned model had one distillation and len(recovery_epochs) recoveries, each with its own epochs and,
+        # under max_minutes, its own clock: the control gets the sum of both.
         epochs = cfg.distill.epochs + sum(recovery_epochs)
+        minutes = settings.max_minutes * (1 + len(recovery_epochs)) if settings.max_minutes else None
+        ran: dict = {}
         control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed,
-                                train_fn=lambda m, e: train(m, e, desc="prune: control", recovery=False))
+                                train_fn=lambda m, e: ran.update(train(m, e, desc="prune: control", recovery=False,
+                                                                       minutes=minutes)))
         records.append(_save(ctx, control, CONTROL_NAME, "control", base))
-        info["control"] = {"epochs": epochs, "pruned_accuracy": record.metrics_torch[metric.name],
+        info["control"] = {"epochs": ran.get("epochs_run", epochs), "epochs_budget": epochs, "minutes_budget": minutes,
+                           "pruned_accuracy": record.metrics_torch[metric.name],
                            "control_accuracy": records[-1].metrics_torch[metric.name], "params": records[-1].params}
     info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric)
-    return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name),
+    return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name, final_reason=_reason(base.name, ctx.state.final_reason)),
                        info=info)
 
 
@@ -92,6 +100,11 @@ def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord
     figures = ctx.figures_torch(model)
     return ModelRecord(name=name, role=role, spec=base.spec, origin=base.origin, torch=ctx.rel(path), pruned=True,
                        params=count_params(model), accuracy_torch=figures.get("accuracy"), metrics_torch=figures)
+
+
+def _reason(base: str, before: str | None) -> str:
+    """Why the pruned model is the final one: pruned from the model that was, which keeps its own reason."""
+    return f"pruned from {base}" + (f"; {before}" if before else "")
 
 
 def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None, metric: Any) -> list[str]:

@@ -43,6 +43,7 @@ def run(ctx: StageContext) -> StageResult:
     name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not
     models: tuple[ModelRecord, ...] = ()
     artifacts: tuple[str, ...] = ()
+    why = _after(result["why"], ctx.state.final_reason)
     if result["chosen"] is not None:
         chosen = ctx.rel(result["chosen"])
         artifacts = (chosen,)
@@ -50,12 +51,13 @@ def run(ctx: StageContext) -> StageResult:
                               onnx=chosen, params=base.params,
                               quantization={"mode": qcfg.mode, "attempt": result.get("accepted_attempt"),
                                             "from": base.name}),)
-        state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=result["why"])
+        state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=why)
     else:
         if qcfg.mode == "static" and "nothing could be quantized" not in result["why"]:
             result["why"] += ("; [quantize] mode = 'qat' fine-tunes the int8 model against the teacher "
                               "(quantization-aware distillation, docs/qat.md)")
-        state = RunState(final=base.name, final_reason=result["why"], gate_failure=f"quantize.{key}: {result['why']}")
+        why = _after(result["why"], ctx.state.final_reason)
+        state = RunState(final=base.name, final_reason=why, gate_failure=f"quantize.{key}: {result['why']}")
     from compress.qat.pick import side_by_side
 
     if qcfg.mode == "qat" and "qnn" in ctx.cfg.export.edge_targets:  # the NPU's own QDQ graph, trained too
@@ -124,3 +126,9 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None, split: str) 
             f"Before the attempts: {result['preprocess']}.", "",
             *attempts_table(result["attempts"], result["gate"]), *qat, "", f"CPU: {result['cpu_int8']}.", "",
             f"Pick: {result['why']}"]
+
+
+def _after(why: str, before: str | None) -> str:
+    """The pick's reason, with the reason the model quantized was the final one (a control that won, a pruned
+    model) kept after it."""
+    return f"{why}; {before}" if before else why
