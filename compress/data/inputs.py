@@ -89,8 +89,9 @@ class TokenInputs(NamedInputs):
         self.max_length = max_length
 
     def as_feed(self, inputs: Any) -> dict[str, np.ndarray]:
-        mask = inputs["attention_mask"]
-        width = max(int(mask.sum(1).max()), 1) if mask.numel() else 1
+        from compress.hf.model import used_columns
+
+        width = used_columns(inputs["attention_mask"])
         return {n: np.ascontiguousarray(inputs[n][:, :width].detach().cpu().numpy().astype(np.int64))
                 for n in self.names}
 

@@ -44,14 +44,17 @@ class HFFamily(Family):
         if not kwargs and not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin",
                                                                    "model.safetensors.index.json")):
             raise CompressError(f"{origin}: {folder}/model.safetensors not found (no weights in the hf folder)")
+        inputs = getattr(data, "inputs", None)
+        if getattr(inputs, "kind", "") == "tokens":
+            _check_length(spec, kwargs, base_dir, origin, inputs.max_length)
 
     def check_cut(self, spec: str, kwargs: Mapping[str, Any], cut: Any, base_dir: Path, origin: str) -> None:
-        """A layer cut fits the teacher: distinct layer indices inside it (read from its config.json)."""
-        from compress.hf.model import choose_layers, resolve_dir
+        """A layer cut fits the teacher: distinct layer indices inside it (its config as transformers reads it, so
+        DistilBERT's n_layers counts)."""
+        from compress.hf.model import choose_layers, folder_config
 
-        folder = resolve_dir(spec, base_dir, "hf")
-        total = int(kwargs.get("num_hidden_layers")
-                    or json.loads((folder / "config.json").read_text()).get("num_hidden_layers", 0))
+        config = folder_config(spec, kwargs, base_dir, origin.rpartition(": ")[0] + ": teacher")
+        total = int(getattr(config, "num_hidden_layers", 0) or 0)
         try:
             layers = list(cut.layers) if cut.layers is not None else choose_layers(total, cut.num_layers)
         except ValueError as exc:
@@ -106,7 +109,7 @@ class HFFamily(Family):
         from compress.hf.model import num_layers
 
         layer_map = settings.layer_map or default_layer_map(num_layers(student), num_layers(teacher), kept)
-        if len(layer_map) != num_layers(student) or max(layer_map) >= num_layers(teacher):
+        if len(layer_map) != num_layers(student) or not all(0 <= i < num_layers(teacher) for i in layer_map):
             raise CompressError(f"{origin}.layer_map: needs {num_layers(student)} teacher layer indices in "
                                 f"0..{num_layers(teacher) - 1}, got {list(layer_map)}")
         return TransformerKD(tuple(layer_map), settings.hidden_weight, settings.attention_weight)
@@ -122,6 +125,17 @@ class HFFamily(Family):
         from compress.hf.optimize import optimize_if_faster
 
         return optimize_if_faster(path, model, data, reference, export_cfg, seq_length=seq_length)
+
+
+def _check_length(spec: str, kwargs: Mapping[str, Any], base_dir: Path, origin: str, max_length: int) -> None:
+    """data.max_length fits the model's position table (past it, the first batch fails deep in transformers)."""
+    from compress.hf.model import folder_config, max_positions
+
+    limit = max_positions(folder_config(spec, kwargs, base_dir, origin))
+    if limit is not None and max_length > limit:
+        where, _, role = origin.rpartition(": ")
+        raise CompressError(f"{where}: data.max_length: expected at most {limit} (the {role} {spec} has "
+                            f"position embeddings for {limit} tokens), got {max_length}")
 
 
 def _image_classifier(directory: str, base_dir: Path, origin: str) -> Any:

@@ -5,9 +5,10 @@ Offline by construction: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE are set before tr
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from compress.errors import CompressError, first_line
 
@@ -61,10 +62,27 @@ def load_tokenizer(path: Path, origin: str) -> Any:
     """The folder's tokenizer (fast when it has tokenizer.json)."""
     transformers = require_transformers(origin)
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise CompressError(f"{origin}: cannot load the tokenizer from {path} (needs tokenizer.json or vocab.txt "
                             f"with tokenizer_config.json): {first_line(exc, 200)}") from exc
+    # Padding goes on the right whatever the folder says: trimming shared padding, [CLS] pooling and the
+    # benchmark feeds all take the real tokens to come first (a decoder's left padding would cut them off).
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:  # decoders often ship without one; padded positions are masked out anyway
+        stand_in = next((t for t in (tokenizer.eos_token, tokenizer.unk_token) if t is not None), None)
+        if stand_in is None:
+            raise CompressError(f"{origin}: the tokenizer in {path} has no pad token (nor an eos or unk token to pad "
+                                "with); set \"pad_token\" in its tokenizer_config.json")
+        if str(path) not in _warned_pad:
+            _warned_pad.add(str(path))
+            logging.getLogger("compress").warning("warning: %s: the tokenizer in %s has no pad token; padding with "
+                                                  "%r (padded positions are masked)", origin, path, stand_in)
+        tokenizer.pad_token = stand_in
+    return tokenizer
+
+
+_warned_pad: set[str] = set()
 
 
 class TextModel:  # replaced by the nn.Module subclass built in _text_model_class (torch is imported lazily)
@@ -136,12 +154,22 @@ def trim_padding(input_ids, attention_mask, token_type_ids=None):
 
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or attention_mask.dim() != 2:
         return input_ids, attention_mask, token_type_ids
-    keep = int(attention_mask.sum(1).max().item()) if attention_mask.numel() else 0
-    keep = max(keep, 1)
+    keep = used_columns(attention_mask)
     if keep >= attention_mask.shape[1]:
         return input_ids, attention_mask, token_type_ids
     tt = token_type_ids[:, :keep] if token_type_ids is not None else None
     return input_ids[:, :keep], attention_mask[:, :keep], tt
+
+
+def used_columns(attention_mask) -> int:
+    """How many leading columns hold a real token in some row (at least 1): the width that drops only padding
+    every row shares, wherever a row's padding sits (a row padded on the left keeps its tokens)."""
+    import torch
+
+    if not attention_mask.numel():
+        return 1
+    used = torch.nonzero(torch.as_tensor(attention_mask).ne(0).any(0))
+    return int(used[-1].item()) + 1 if len(used) else 1
 
 
 def pool(last_hidden, attention_mask, pooling: Pooling = "mean"):
@@ -182,12 +210,7 @@ def build_text_model(spec: str, *, task: Task, num_classes: int = 0, pooling: Po
     path = resolve_dir(spec, base_dir, origin)
     kwargs = dict(kwargs or {})
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        for key, value in kwargs.items():
-            if not hasattr(config, key):
-                raise CompressError(f"{origin}.kwargs: {key!r} is not a setting of {path}/config.json "
-                                    f"({type(config).__name__})")
-            setattr(config, key, value)
+        config = folder_config(spec, kwargs, base_dir, origin)
         if attention:
             config._attn_implementation = attention
         order = folder_head_order(config.to_dict(), class_names) if task == "classification" else None
@@ -209,6 +232,37 @@ def build_text_model(spec: str, *, task: Task, num_classes: int = 0, pooling: Po
         head = torch.nn.Sequential(torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1)),
                                    torch.nn.Linear(config.hidden_size, num_classes))
     return _text_model_class()(encoder, task=task, pooling=pooling, head=head, label_order=order).eval()
+
+
+def folder_config(spec: str, kwargs: Mapping[str, Any] | None, base_dir: Path, origin: str) -> Any:
+    """The folder's config as transformers reads it (AutoConfig: DistilBERT's n_layers answers to
+    num_hidden_layers), with `kwargs` (config overrides) applied; an unknown key is an error naming it."""
+    transformers = require_transformers(origin)
+    path = resolve_dir(spec, base_dir, origin)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise CompressError(f"{origin}.model: cannot read {path}/config.json: {first_line(exc, 200)}") from exc
+    for key, value in (kwargs or {}).items():
+        if not hasattr(config, key):
+            raise CompressError(f"{origin}.kwargs: {key!r} is not a setting of {path}/config.json "
+                                f"({type(config).__name__})")
+        setattr(config, key, value)
+    return config
+
+
+#: Architectures whose position ids start after the padding index (RoBERTa's 514 positions hold 512 tokens).
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod"})
+
+
+def max_positions(config: Any) -> int | None:
+    """The most tokens a model's position table takes; None when it has none (rotary or relative positions)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(limit, int):
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
 
 
 def _no_pooler(make):

@@ -45,7 +45,7 @@ def read_text_file(path: Path, origin: str, *, text_column: str = "text", label_
     if path.suffix not in SUFFIXES:
         raise CompressError(f"{origin}: {path}: expected a {', '.join(SUFFIXES)} file, got {path.suffix or 'none'}")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark would join the first column's name
     except UnicodeDecodeError as exc:
         raise CompressError(f"{origin}: {path} is not UTF-8 text (byte {exc.start})") from exc
     rows = TextRows(texts=[], pairs=[] if pair_column else None, labels=[] if label_column else None)

@@ -141,7 +141,8 @@ lr = 1e-3
 
 def test_bad_hf_configs_are_exit_2_naming_the_key(tmp_path):
     write_texts(tmp_path / "corpus.txt", 40)
-    toml = _write(tmp_path, '[data]\nsource = "text:corpus.txt"\ntask = "embedding"\n[teacher]\nmodel = "hf:nope"\n'
+    toml = _write(tmp_path, '[data]\nsource = "text:corpus.txt"\nmax_length = 32\ntask = "embedding"\n[teacher]\n'
+                            'model = "hf:nope"\n'
                             '[student]\nfrom_teacher = { num_layers = 2 }\n')
     result = CliRunner().invoke(main, ["validate", str(toml)])
     assert result.exit_code == 2 and "hf directory not found" in result.output and "nope" in result.output
