@@ -217,8 +217,8 @@ def markdown(report: dict) -> str:
     for m in report["models"]:
         if m.get("parity"):
             p = m["parity"]
-            out.append(f"- {m['name']}: max abs diff {p['max_abs_diff']:.2e}, top-1 agreement "
-                       f"{100 * p['top1_agreement']:.2f}%")
+            top1 = "" if p.get("top1_agreement") is None else f", top-1 agreement {100 * p['top1_agreement']:.2f}%"
+            out.append(f"- {m['name']}: max abs diff {p['max_abs_diff']:.2e}{top1}")
     distill = report.get("details", {}).get("distill", {})
     primary = report.get("primary_metric") or {"name": "accuracy", "higher_is_better": True}
     measured = {m["name"]: figure(m, report) for m in report["models"]}

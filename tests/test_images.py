@@ -228,3 +228,37 @@ def test_image_pipeline_runs_teacher_on_the_fly_and_ships_class_names(tmp_path: 
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "runs/imgs" / models["student"]["path"])).metadata_props}
     assert json.loads(meta["class_names"]) == list(CLASSES)
     assert "Figures are measured on **test** (12 examples)" in (tmp_path / "runs/imgs/report.md").read_text()
+
+
+def test_an_image_that_stops_decoding_keeps_its_row_on_both_sides_and_counts_wrong(tmp_path: Path):
+    # torch's predict kept the row as NaN, ONNX Runtime's pass dropped it (parity failed on shapes), and a NaN row's
+    # argmax (0) counted as right for a label-0 image
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from compress.data.images import ImageDataset
+    from compress.data.inputs import TensorInputs
+    from compress.onnx.export import export_onnx
+    from compress.onnx.parity import compare
+    from compress.onnx.run import outputs_on
+    from compress.tasks.classification import Classification
+    from compress.train.loop import predict
+
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((np.random.default_rng(i).random((8, 8, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    whole = Path(paths[1]).read_bytes()
+    Path(paths[1]).write_bytes(whole[: len(whole) // 2])  # damage the scan does not see
+    ds = ImageDataset(paths, np.array([0, 0, 0, 1]), size=(8, 8), mean=[0.5] * 3, std=[0.25] * 3,
+                      max_bad_fraction=0.5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    torch_out = predict(model, ds, inputs=TensorInputs(), names=("logits",))
+    export_onnx(model, torch.zeros(2, 3, 8, 8), tmp_path / "m.onnx", output_names=("logits",))
+    ort_out = outputs_on(tmp_path / "m.onnx", SimpleNamespace(split=lambda s: ds, inputs=TensorInputs(), workers=0),
+                         "val", names=("logits",))
+    assert torch_out["logits"].shape == ort_out["logits"].shape == (4, 2)
+    assert np.isnan(ort_out["logits"][1]).all() and compare([torch_out["logits"]], [ort_out["logits"]], atol=1e-4)["ok"]
+    right = (torch_out["logits"].argmax(1) == np.array([0, 0, 0, 1]))[[0, 2, 3]].sum()
+    assert Classification().metrics(torch_out, np.array([0, 0, 0, 1]), None)["accuracy"] == right / 4

@@ -43,3 +43,22 @@ def test_top1_flattens_trailing_axes_of_a_classifier_head():
     logits = np.zeros((2, 1000, 1, 1), np.float32)
     logits[0, 7], logits[1, 999] = 1.0, 1.0
     assert top1_of(logits).tolist() == [7, 999]
+
+
+def test_equal_non_finite_values_agree_and_one_sided_ones_are_an_infinite_difference():
+    # before: the same NaN or -inf on both sides failed parity while it read "differs by 0" (max() took NaN as 0)
+    a = np.array([[1.0, np.nan], [0.0, -np.inf]])
+    same = compare([a], [a.copy()], atol=1e-4)
+    assert same["ok"] and same["max_abs_diff"] == 0.0 and same["max_rel_diff"] == 0.0
+    b = a.copy()
+    b[0, 1] = 1.0
+    other = compare([a], [b], atol=1e-4)
+    assert not other["ok"] and other["max_abs_diff"] == np.inf
+
+
+def test_top1_agreement_is_none_for_one_value_a_sample():
+    # a regressor's (N,) output that passed parity read "top-1 agreement 0.00%"
+    r = np.arange(4.0)
+    check = compare([r], [r + 1e-7], atol=1e-4)
+    assert check["ok"] and check["top1_agreement"] is None
+    assert compare([r[:, None]], [r[:, None]], atol=1e-4)["top1_agreement"] is None

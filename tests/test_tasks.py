@@ -313,3 +313,26 @@ def test_an_output_weight_for_an_output_the_student_lacks_is_refused_at_validate
     code, line, toml = _validate(_folder(tmp_path), "two.npz", "two_heads", extra)
     assert code == 2 and line == (f"error: {toml}: distill.output_weights: the student has no output 'vaule'; its "
                                   "outputs are value, sign")
+
+
+def test_a_nan_output_reads_the_worst_sqnr_not_the_cap():
+    # min(80, nan) is 80: an all-NaN output read as perfect in the SQNR figure (the NPU's and the gate's)
+    from compress.tasks.tensors import SQNR_CAP_DB, Tensors
+
+    ref = np.ones((8, 4))
+    out = ref.copy()
+    out[3] = np.nan
+    figures = Tensors().metrics({"out": out}, None, {"out": ref})
+    assert figures["sqnr_db"] == -SQNR_CAP_DB and figures["cosine"] == pytest.approx(7 / 8)
+
+
+def test_a_student_whose_outputs_come_in_another_order_is_refused():
+    # the export names outputs by position: {"b", "a"} against the teacher's ("a", "b") swapped them in ONNX
+    import torch
+
+    from compress.tasks.tensors import Tensors
+
+    teacher = {"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}
+    with pytest.raises(CompressError, match=r"return a dict with the same keys, in the same order"):
+        Tensors().check_outputs({"b": torch.zeros(2, 3), "a": torch.zeros(2, 3)}, num_classes=0, teacher=teacher,
+                                origin="student", spec="m:f")

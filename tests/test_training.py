@@ -95,3 +95,6 @@ def test_predict_keeps_one_row_per_item_when_a_dataset_skips_one():
     assert values.shape == (6, 2)
     assert np.isnan(values[2]).all()
     assert values[[0, 1, 3, 4, 5], 0].tolist() == [0.0, 1.0, 3.0, 4.0, 5.0]
+    # a Subset's items report their parent's indices (5 of a 3-item subset was an IndexError)
+    part = next(iter(predict(torch.nn.Identity(), torch.utils.data.Subset(Items(), [5, 2, 3]), batch_size=2).values()))
+    assert part.shape == (3, 2) and np.isnan(part[1]).all() and part[[0, 2], 0].tolist() == [5.0, 3.0]

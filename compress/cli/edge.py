@@ -103,8 +103,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     parity = section["parity"]
     click.echo(f"ORT format: {ort['ort_path']} ({ort['bytes']} bytes, optimization {ort['optimization']})")
     click.echo(f"operator config for a minimal build: {ort['config_path']}")
-    click.echo(f"parity vs ONNX: max abs diff {parity['max_abs_diff']:.3g}, top-1 agreement "
-               f"{parity['top1_agreement']:.3f}")
+    top1 = "" if parity.get("top1_agreement") is None else f", top-1 agreement {parity['top1_agreement']:.3f}"
+    click.echo(f"parity vs ONNX: max abs diff {parity['max_abs_diff']:.3g}{top1}")
     click.echo(readiness_table(section["readiness"]))
     for note in section["readiness"]["notes"]:
         click.echo(f"note: {note}")

@@ -132,15 +132,28 @@ def in_order(result: dict[str, Any], order: Any) -> dict[str, Any]:
     return {name: value[back] for name, value in result.items()}
 
 
-def in_place(outputs: dict[str, Any], index: Any, n: int) -> dict[str, Any]:
-    """Outputs of the items a dataset gave (`index`: each row's item), one row per item of the `n`, NaN for the items
-    it skipped (an image that no longer decodes): row i stays item i's, which cached outputs rely on."""
+def in_place(outputs: dict[str, Any], index: Any, expected: list[int]) -> dict[str, Any]:
+    """Outputs of the items a dataset gave (`index`: the index each row's item reported), one row per item of
+    `expected` (item_indices: what each item reports, in order), NaN for the items it skipped (an image that no
+    longer decodes): row i stays item i's, which cached outputs and the torch/ONNX parity rely on."""
+    at = {value: position for position, value in enumerate(expected)}
+    positions = [at[int(v)] for v in np.asarray(index).reshape(-1)]
     placed = {}
     for name, value in outputs.items():
-        full = np.full((n, *value.shape[1:]), np.nan, dtype=np.float32)
-        full[index] = value
+        full = np.full((len(expected), *value.shape[1:]), np.nan, dtype=np.float32)
+        full[positions] = value
         placed[name] = full
     return placed
+
+
+def item_indices(dataset: Any) -> list[int]:
+    """The index each item of `dataset` reports, in order: its position, through the indices of a Subset."""
+    import torch
+
+    if isinstance(dataset, torch.utils.data.Subset):
+        parent = item_indices(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    return list(range(len(dataset)))
 
 
 class LengthGroupedBatches:

@@ -25,8 +25,10 @@ def compare(expected: Sequence["np.ndarray"], got: Sequence["np.ndarray"], *, at
     """Compare output lists elementwise; top-1 agreement compares the argmax of each row of the first output
     (its trailing axes flattened, so a [N, 1000, 1, 1] classifier head counts like [N, 1000]).
 
-    Returns {"ok", "max_abs_diff", "max_rel_diff", "top1_agreement", "samples", "outputs", "atol", "rtol"};
-    max_rel_diff is |got - expected| / max(|expected|, atol), so values near zero do not blow it up.
+    Returns {"ok", "max_abs_diff", "max_rel_diff", "top1_agreement" (None when the first output has one value a
+    sample), "samples", "outputs", "atol", "rtol"}; max_rel_diff is |got - expected| / max(|expected|, atol), so
+    values near zero do not blow it up. Equal non-finite values agree; a non-finite value on one side only is an
+    infinite difference.
     """
     import numpy as np
 
@@ -39,15 +41,19 @@ def compare(expected: Sequence["np.ndarray"], got: Sequence["np.ndarray"], *, at
             raise CompressError(f"parity: output shape {out.shape} differs from the reference's {ref.shape}")
         if not ref.size:
             continue
-        diff = np.abs(out - ref)
-        ok = ok and bool(np.all(diff <= atol + rtol * np.abs(ref)))
-        max_abs = max(max_abs, float(diff.max()))
-        max_rel = max(max_rel, float((diff / np.maximum(np.abs(ref), atol)).max()))
+        # the same non-finite value on both sides agrees (a masked -inf logit, a skipped item's NaN row); one
+        # side's alone is an infinite difference, not a NaN that max() would read as 0
+        same = (ref == out) | (np.isnan(ref) & np.isnan(out))
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.nan_to_num(np.abs(out - ref), nan=np.inf))
+            rel = np.where(same, 0.0, np.nan_to_num(diff / np.maximum(np.abs(ref), atol), nan=np.inf))
+        ok = ok and bool(np.all(diff <= atol + rtol * np.nan_to_num(np.abs(ref), nan=0.0, posinf=0.0)))
+        max_abs, max_rel = max(max_abs, float(diff.max())), max(max_rel, float(rel.max()))
     first_ref, first_out = np.asarray(expected[0]), np.asarray(got[0])
-    if first_ref.ndim >= 2 and first_ref.size:
+    if first_ref.ndim >= 2 and first_ref.size and first_ref.reshape(len(first_ref), -1).shape[1] > 1:
         top1 = float(np.mean(top1_of(first_ref) == top1_of(first_out)))
-    else:
-        top1 = 1.0 if np.array_equal(first_ref, first_out) else 0.0
+    else:  # one value a sample (a regressor, a probability): no class to agree on
+        top1 = None
     return {"ok": ok, "max_abs_diff": max_abs, "max_rel_diff": max_rel, "top1_agreement": top1,
             "samples": int(first_ref.shape[0]) if first_ref.ndim else 1, "outputs": len(expected),
             "atol": atol, "rtol": rtol}

@@ -22,7 +22,7 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
 
     from compress.bench.providers import open_session
     from compress.data import loader
-    from compress.data.inputs import in_order
+    from compress.data.inputs import in_order, in_place, item_indices
     from compress.heap import Watch
 
     sess, _ = open_session(path, "cpu", threads=os.cpu_count() or 1, strict=True, config=config)
@@ -33,15 +33,20 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
     order = data.inputs.order(ds)
     source = torch.utils.data.Subset(ds, order) if order is not None else ds
     parts: list[list] = [[] for _ in wanted]
+    seen: list = []
     growth = Watch()
     try:
-        for _, x, _ in loader(source, batch_size=batch_size, shuffle=False, seed=0, workers=data.workers):
+        for index, x, _ in loader(source, batch_size=batch_size, shuffle=False, seed=0, workers=data.workers):
             for i, value in enumerate(sess.run(None, data.inputs.as_feed(x))):
                 parts[i].append(value)
+            seen.append(np.asarray(index))
             del x
             growth.check()  # freed buffers go back to the system once the pass grows (compress/heap.py)
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the {split} split in ONNX Runtime ({first_line(exc)})") from None
-    return in_order({name: np.concatenate(chunks) for name, chunks in zip(names or wanted, parts)}, order)
+    outputs = {name: np.concatenate(chunks) for name, chunks in zip(names or wanted, parts)}
+    if sum(map(len, seen)) != len(source):  # items the dataset skipped: NaN rows, as torch's predict keeps them
+        outputs = in_place(outputs, np.concatenate(seen), item_indices(source))
+    return in_order(outputs, order)

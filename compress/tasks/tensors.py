@@ -66,10 +66,10 @@ class Tensors(Task):
             return
         mine = {n: tuple(v.shape) for n, v in outputs.items()}
         theirs = {n: tuple(v.shape) for n, v in teacher.items()}
-        if mine != theirs:
+        if list(mine.items()) != list(theirs.items()):  # in order too: the export names outputs by position
             raise CompressError(f"{origin}.model: {spec} returns outputs {_shapes(mine)} for 2 examples, the teacher "
                                 f"{_shapes(theirs)}; the student learns each teacher output, so names and shapes "
-                                "must match (return a dict with the same keys)")
+                                "must match (return a dict with the same keys, in the same order)")
 
     def make_loss(self, settings: Any, *, teacher: bool, labels: bool, train_reference: Any = None,
                   base_dir: Any = None, seed: int = 0) -> LossFn:
@@ -101,7 +101,10 @@ class Tensors(Task):
         cosines, sqnrs = [], []
         for name, out in outputs.items():
             cos, noise, signal = _agreement(out, reference[name])
-            sqnr = SQNR_CAP_DB if noise == 0 else min(SQNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise))
+            if not (np.isfinite(noise) and np.isfinite(signal)):  # a NaN or inf output: the worst, not the cap
+                sqnr = -SQNR_CAP_DB
+            else:
+                sqnr = SQNR_CAP_DB if noise == 0 else min(SQNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise))
             figures[f"cosine/{name}"], figures[f"sqnr_db/{name}"] = float(np.mean(cos)), float(sqnr)
             cosines.append(float(np.mean(cos)))
             sqnrs.append(float(sqnr))

@@ -105,7 +105,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
     import torch
 
     from compress.data import forward
-    from compress.data.inputs import in_order, in_place
+    from compress.data.inputs import in_order, in_place, item_indices
     from compress.dist.group import to_device
     from compress.heap import Watch
 
@@ -130,7 +130,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
             growth.check()  # freed activations go back to the system once the pass grows (compress/heap.py)
     outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     if isinstance(data, torch.utils.data.Dataset) and seen and sum(map(len, seen)) != len(data):
-        return in_place(outputs, np.concatenate(seen), len(data))
+        outputs = in_place(outputs, np.concatenate(seen), item_indices(source))
     return in_order(outputs, order)
 
 
