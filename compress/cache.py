@@ -53,6 +53,18 @@ def _module_file(base_dir: Path, module: str) -> Path | None:
     return next((f for f in (stem.with_suffix(".py"), stem / "__init__.py") if f.is_file()), None)
 
 
+def _absolute(node: Any, file: Path, base_dir: Path) -> str | None:
+    """The dotted module a `from ... import` names, a relative one (`from .layers import`, `from . import blocks`)
+    resolved against `file`'s package under `base_dir`; None when it leaves `base_dir`."""
+    if not node.level:
+        return node.module
+    try:
+        parts = list(file.parents[node.level - 1].relative_to(base_dir).parts)
+    except (IndexError, ValueError):
+        return None
+    return ".".join([*parts, *([node.module] if node.module else [])])
+
+
 def _local_imports(path: Path, base_dir: Path) -> set[Path]:
     """`path` and every module under `base_dir` it imports, followed through their imports (read, never run)."""
     import ast
@@ -68,9 +80,14 @@ def _local_imports(path: Path, base_dir: Path) -> set[Path]:
         except SyntaxError:
             continue  # the import itself says what is wrong, with the line
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                     if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = _absolute(node, file, base_dir)
+                names = [] if module is None else [m for m in (module, *(f"{module}.{a.name}".lstrip(".")
+                                                                          for a in node.names)) if m]
+            else:
+                names = []
             todo += [f for f in (_module_file(base_dir, n) for n in names) if f is not None and f not in found]
     return found
 

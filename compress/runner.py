@@ -127,6 +127,12 @@ def _run_shared(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, 
         return result, status
 
 
+def _a_run_folder(run_dir: Path) -> bool:
+    """Whether `run_dir` shows an earlier compress run: its report, or a finished stage's manifest (a stage killed
+    by a version before the stage mark left a folder with neither)."""
+    return (run_dir / "report.json").exists() or any((d / MANIFEST).exists() for d in run_dir.iterdir() if d.is_dir())
+
+
 def _run_stage(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, ModelRecord], state: RunState,
                data: Any, force: bool, progress: bool, dist: Any = None) -> tuple[StageResult, str]:
     """The stage's result from its cache when the key and every artifact match, else from running it."""
@@ -135,11 +141,12 @@ def _run_stage(name: str, key: str, cfg: Any, run_dir: Path, models: dict[str, M
     if manifest is not None:
         return StageResult.from_json(manifest["result"]), "cached"
     if stage_dir.exists():
-        ours = (stage_dir / MANIFEST).exists() or (stage_dir / STAGE_MARK).exists()
+        ours = (stage_dir / MANIFEST).exists() or (stage_dir / STAGE_MARK).exists() or _a_run_folder(run_dir)
         if not ours and any(stage_dir.iterdir()):
-            raise CompressError(f"{stage_dir}: the {name} stage writes here, and this folder was not written by "
-                                "compress (no manifest, no stage mark): it is left as it is; give [pipeline] "
-                                "output_dir a folder of its own")
+            raise CompressError(f"{stage_dir}: the {name} stage writes here, and nothing shows compress wrote this "
+                                "folder (no manifest or stage mark in it, no report or finished stage beside it): it "
+                                "is left as it is; delete it if an earlier run left it, or give [pipeline] output_dir "
+                                "a folder of its own")
         shutil.rmtree(stage_dir)  # stale or partial: never mixed with new artifacts
     stage_dir.mkdir(parents=True)
     (stage_dir / STAGE_MARK).touch()  # a run killed in this stage leaves a folder the next run may clear

@@ -261,3 +261,15 @@ def test_the_model_codes_digest_follows_the_local_modules_it_imports(tmp_path: P
     (tmp_path / "unrelated.py").write_text("x = 2\n")
     assert source_digest(tmp_path, "mymodels:mlp") == before
     assert source_digest(tmp_path, "helpers:scale") == file_sha256(tmp_path / "helpers.py")  # one file: as before
+    # a package's relative imports (from .layers import, from . import blocks), as zoo.net:build reads them
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "__init__.py").write_text("")
+    (tmp_path / "zoo" / "net.py").write_text("from .layers import ACT\nfrom . import blocks\n")
+    (tmp_path / "zoo" / "layers.py").write_text("ACT = 'relu'\n")
+    (tmp_path / "zoo" / "blocks.py").write_text("from ..helpers import scale\n")
+    before = source_digest(tmp_path, "zoo.net:build")
+    for name in ("zoo/layers.py", "zoo/blocks.py", "helpers.py"):
+        (tmp_path / name).write_text((tmp_path / name).read_text() + "# edited\n")
+        after = source_digest(tmp_path, "zoo.net:build")
+        assert after != before, name
+        before = after

@@ -222,3 +222,15 @@ def test_the_checks_call_a_keyword_input_model_with_keywords():
     assert mechanics.find_head(model, x) == "head"
     mechanics.taylor_gradients(model, [(x, torch.arange(4))])
     assert model.a.weight.grad is not None
+
+
+@pytest.mark.parametrize("settings", [{"amount": 0.1, "steps": 3}, {"amount": 0.3, "steps": 3, "round_to": 8}])
+def test_a_schedule_whose_middle_step_removes_nothing_still_runs(settings):
+    # narrow layers round a step's share down to nothing while the schedule reaches its amount: that is not an error
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    _, history = prune(net, PruneConfig(finetune_epochs=0, importance="l2", **settings),
+                       example_input=torch.randn(4, 3, 8, 8), finetune=lambda m, e: None, evaluate=lambda m: 0.5,
+                       progress=False)
+    assert history[-1]["params"] < history[0]["params"] and len(history) == 4

@@ -235,7 +235,25 @@ def test_a_folder_compress_did_not_write_is_never_cleared(tiny_dir: Path):
     (tiny_dir / "teacher" / "mine.safetensors").write_bytes(b"the user's")
     result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
     assert result.exit_code == 2
-    assert result.output.strip().endswith(f"{tiny_dir / 'teacher'}: the teacher stage writes here, and this folder "
-                                          "was not written by compress (no manifest, no stage mark): it is left as "
-                                          "it is; give [pipeline] output_dir a folder of its own")
+    assert result.output.strip().endswith(f"{tiny_dir / 'teacher'}: the teacher stage writes here, and nothing shows "
+                                          "compress wrote this folder (no manifest or stage mark in it, no report or "
+                                          "finished stage beside it): it is left as it is; delete it if an earlier "
+                                          "run left it, or give [pipeline] output_dir a folder of its own")
     assert (tiny_dir / "teacher" / "mine.safetensors").read_bytes() == b"the user's"
+
+
+def test_a_stage_folder_a_killed_run_of_an_older_version_left_is_cleared(tiny_dir: Path):
+    # no stage mark (versions before it wrote none), but a finished stage beside it: an earlier run's, cleared
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    toml = tiny_dir / "pipeline.toml"
+    assert CliRunner().invoke(main, ["run", str(toml), "--quiet"]).exit_code == 0
+    run = tiny_dir / "runs" / "tiny"
+    (run / "distill" / "manifest.json").unlink()
+    (run / "distill" / ".compress-stage").unlink()
+    (run / "distill" / "student.safetensors.tmp").write_bytes(b"half written")
+    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert not (run / "distill" / "student.safetensors.tmp").exists()

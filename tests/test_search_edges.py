@@ -210,3 +210,23 @@ def test_best_toml_is_valid_toml_whatever_the_characters():
         toml_text({"student": {"kwargs": {"tags": ["a", None]}}})
     with pytest.raises(CompressError, match=r"distill\.alpha: None"):
         toml_text({"distill": {"alpha": None}})
+
+
+def test_the_study_identity_reads_the_inputs_not_the_trained_bits(tmp_path):
+    # later stages' cache keys chain the trained models' sha256: two machines sharing a study (or a GPU rerun)
+    # named it differently and each ran a whole budget
+    import json
+
+    from compress.config import load_config
+    from compress.study import _stage_keys
+
+    folder = _folder(tmp_path)
+    cfg = load_config(folder / "s.toml")
+    run = tmp_path / "run"
+    for name in ("teacher", "distill"):
+        (run / name).mkdir(parents=True)
+        (run / name / "manifest.json").write_text(json.dumps({"key": f"{name}-bits-a"}))
+    report = {"stages": [{"name": "teacher"}, {"name": "distill"}]}
+    before = _stage_keys(cfg, run, report)
+    (run / "distill" / "manifest.json").write_text(json.dumps({"key": "distill-bits-b"}))
+    assert _stage_keys(cfg, run, report) == before and before[0] == "teacher-bits-a"

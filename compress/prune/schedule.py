@@ -238,11 +238,9 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     pruner = pruning.make_pruner(model, example_input, amount=amount, steps=cfg.steps, importance=cfg.importance,
                                  ignored=ignored, round_to=cfg.round_to)
     for step in progress_bar(range(1, cfg.steps + 1), desc="prune", unit="step", enabled=progress):
-        done, size = amount * step / cfg.steps, count_params(model)
+        # a step may remove nothing on narrow layers (rounding down); the dry run checked the whole amount does
+        done = amount * step / cfg.steps
         _channel_step(model, pruner, batches, example_input, expected)
-        if count_params(model) == size:  # Torch-Pruning skips a layer it cannot shrink as asked, silently
-            raise CompressError(f"prune.{key}: step {step} of {cfg.steps} removed nothing (amount {done:.3g}); "
-                                "take fewer prune.steps or a larger amount")
         before, after = _recover(model, cfg, finetune, evaluate)
         history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
                                 latency_ms=latency_ms))

@@ -181,7 +181,7 @@ def _baseline(base: dict, path: Path, scfg: Any, store: Path, root: Path, say: C
                             f"the target ({t.provider}, batch {t.batch}, threads {t.threads}), and it could not be "
                             "timed there; give latency_budget_ms instead")
     return {**outcome.to_json(), "full_seconds": _seconds_after_teacher(cfg.run_dir, report),
-            "inputs": _stage_keys(cfg.run_dir, report),
+            "inputs": _stage_keys(cfg, cfg.run_dir, report),
             "higher_is_better": report["primary_metric"]["higher_is_better"],
             "metric_name": report["primary_metric"]["name"]}
 
@@ -202,13 +202,21 @@ def _seconds_after_teacher(run_dir: Path, report: dict[str, Any]) -> float:
     return total
 
 
-def _stage_keys(run_dir: Path, report: dict[str, Any]) -> list[str | None]:
-    """The cache keys of the hand-written run's stages (from their manifests): each holds the data's fingerprint,
-    the seed, compress's version, the stage's settings and the digests of the model and user code it read."""
+def _stage_keys(cfg: Any, run_dir: Path, report: dict[str, Any]) -> list[str | None]:
+    """What the hand-written run was made from, never what it made: the first stage's cache key (the data's
+    fingerprint, the seed, compress's version and that stage's settings and code digests; it chains no artifact)
+    and each later stage's settings and code digests. Later stages' own keys chain the bits of the models trained
+    before them, which another machine (or a GPU) does not reproduce: workers sharing a study named it differently."""
     import json
 
-    keys = []
-    for stage in report["stages"]:
+    from compress.cache import digest
+    from compress.stages import section_inputs
+
+    keys: list[str | None] = []
+    for i, stage in enumerate(report["stages"]):
+        if i:
+            keys.append(digest([stage["name"], section_inputs(cfg, stage["name"])]))
+            continue
         try:
             keys.append(str(json.loads((run_dir / stage["name"] / "manifest.json").read_text())["key"]))
         except (OSError, ValueError, KeyError):
