@@ -43,7 +43,7 @@ def _mistyped(value: Any, annotation: Any) -> str | None:
     if origin in (tuple, list) and isinstance(value, (list, tuple)):
         args = [a for a in get_args(annotation) if a is not Ellipsis]
         if len(args) == 1 or (args and all(a == args[0] for a in args)):
-            return next((w for w in (_mistyped(v, args[0]) for v in value) if w), None)
+            return next((f"entry {i}: {w}" for i, w in enumerate(_mistyped(v, args[0]) for v in value) if w), None)
         return None
     kinds = _kinds(annotation)
     if object in kinds or str in kinds:

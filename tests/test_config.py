@@ -40,7 +40,7 @@ def test_optional_sections_switch_stages_on(tmp_path):
     ('[distill]\nepochs = "3"\n', "distill.epochs: expected an integer, got the string '3' (write it without "
                                   "quotes)"),
     ('[distill]\ncontrol = "no"\n', "distill.control: expected true or false, got the string 'no'"),
-    ('[benchmark]\nbatch_sizes = [true, 8]\n', "benchmark.batch_sizes: expected an integer, got true"),
+    ('[benchmark]\nbatch_sizes = [8, true]\n', "benchmark.batch_sizes: entry 1: expected an integer, got true"),
     ('[quantize]\nmode = "int4"\n', "quantize.mode: expected 'static', 'dynamic', 'fp16' or 'qat', got 'int4'"),
     ('[benchmark]\nproviders = ["gpu"]\n', "benchmark.providers: unknown provider 'gpu'; did you mean 'cpu'?"),
     ('[data]\nsource = "csv:x.csv"\n', "data.source: expected 'digits', 'npz:PATH', 'images:DIR', 'text:PATH' or "

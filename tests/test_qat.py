@@ -320,6 +320,7 @@ def test_the_pick_keeps_a_post_training_model_that_loses_under_a_tenth_of_a_poin
     assert chosen is ptq and note["used"] == "ptq" and "QAT is not needed" in note["why"]
     chosen, note = pick_quantized(_attempt("attempt-01", 0.004, True), qat, gate)
     assert chosen is qat and note["used"] == "qat"
+    assert note["why"].startswith("QAT gains 1.00 points (post-training 0.40 points)")  # not "loses -1.00"
     chosen, note = pick_quantized(None, qat, gate)
     assert chosen is qat and "no post-training attempt met the budget" in note["why"]
     chosen, note = pick_quantized(_attempt("attempt-01", 0.004, True), _attempt("qat", 0.0045, True), gate)

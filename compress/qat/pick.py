@@ -28,8 +28,9 @@ def pick_quantized(ptq: dict[str, Any] | None, qat: dict[str, Any], gate: Any) -
                      f"(QAT: {shown(qat)})"}
     if qat["accepted"] and (ptq is None or qat["drop"] < ptq["drop"]):
         versus = f"post-training {shown(ptq)}" if ptq is not None else "no post-training attempt met the budget"
-        return qat, {**note, "used": "qat", "why": f"QAT loses {shown(qat)} ({versus}), so the QAT model is the "
-                     "quantized candidate"}
+        moved = "loses" if qat["drop"] >= 0 else "gains"  # a negative drop is a gain: never "loses -4.00"
+        return qat, {**note, "used": "qat", "why": f"QAT {moved} {shown({'drop': abs(qat['drop'])})} ({versus}), so "
+                     "the QAT model is the quantized candidate"}
     if ptq is not None:
         return ptq, {**note, "used": "ptq", "why": f"QAT ({shown(qat)}) is no better than post-training "
                      f"{ptq['name']} ({shown(ptq)}), which stays"}

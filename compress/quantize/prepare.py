@@ -211,8 +211,8 @@ def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
         found = [n.name for n in nodes if entry in (n.name, n.op_type) or n.name.startswith(f"{entry}/")]
         if not found:
             ops = sorted({n.op_type for n in nodes})
-            raise CompressError(f"quantize.exclude: {entry!r} is neither a node name nor an op type of "
-                                f"{Path(model_path).name} (its op types: {', '.join(ops)})")
+            raise CompressError(f"quantize.exclude (--exclude): {entry!r} is neither a node name nor an op type of "
+                                f"the model (its op types: {', '.join(ops)})")
         names += [n for n in found if n not in names]
     return names
 
