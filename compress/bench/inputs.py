@@ -175,14 +175,15 @@ def load_npz(path: str | Path, session: Any) -> dict[str, np.ndarray]:
     return check_inputs(arrays, session, source=str(Path(path)))
 
 
-def read_npz(path: str | Path, *, expects: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz (never unpickled); a missing file says `expects`, an unreadable one how to save it."""
+def read_npz(path: str | Path, *, expects: str, only: Any = None) -> dict[str, np.ndarray]:
+    """Every array of an .npz (never unpickled), or those whose name `only(name)` accepts (the others are not
+    read); a missing file says `expects`, an unreadable one how to save it."""
     p = Path(path)
     if not p.is_file():
         raise CompressError(f"{p}: no such file; {expects}")
     try:
         with np.load(p, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files if only is None or only(k)}
     except Exception as exc:  # zipfile/pickle/format errors all mean "not a usable npz"
         raise CompressError(f"{p}: not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
 

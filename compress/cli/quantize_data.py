@@ -37,7 +37,7 @@ def read_targets(path: Path) -> Any:
     """The targets of a --data file: 'y', or {NAME: array} for 'y_NAME' arrays; None when there are none."""
     from compress.bench.inputs import read_npz
 
-    arrays = read_npz(path, expects="--data expects an .npz")
+    arrays = read_npz(path, expects="--data expects an .npz", only=lambda k: k == "y" or k.startswith("y_"))
     if "y" in arrays:
         return arrays["y"]
     several = {k[2:]: v for k, v in arrays.items() if k.startswith("y_")}
