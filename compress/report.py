@@ -305,8 +305,9 @@ def _plot(path: Path, report: dict) -> None:
     name = (report.get("primary_metric") or {}).get("name", "accuracy")
     scale = 100 if name == "accuracy" else 1
     points: list[tuple[str, float, float, float]] = []
+    batch = headline_batch(report)
     for m in report["models"]:
-        row, value = _headline_row(m, headline_batch(report)), figure(m, report)
+        row, value = _headline_row(m, batch), figure(m, report)
         if row and value is not None:
             points.append((m["name"], row["p50_ms"], scale * value, m.get("bytes") or 1))
     if not points:
@@ -329,7 +330,7 @@ def _plot(path: Path, report: dict) -> None:
     ax.margins(x=0.25)
     if scale == 100:
         ax.set_ylim(*_accuracy_limits([p[2] for p in points]))
-    ax.set_xlabel(f"p50 latency, batch {headline_batch(report)} (ms, log scale)")
+    ax.set_xlabel(f"p50 latency, batch {batch} (ms, log scale)")
     ax.set_ylabel(f"{name} in ONNX Runtime{' (%)' if scale == 100 else ''}")
     ax.set_title(f"{report['pipeline']}: {name} vs latency (marker area ~ file size)", fontsize=10)
     ax.grid(True, alpha=0.3)

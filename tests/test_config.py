@@ -135,25 +135,20 @@ def test_a_key_the_task_or_family_cannot_use_is_refused_at_load(tmp_path, base, 
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
 
 
-def test_freeze_embeddings_on_a_model_without_embeddings_is_refused_before_training(tmp_path):
+@pytest.mark.parametrize("extra, message", [
+    ("freeze_embeddings = true\n", "distill.freeze_embeddings: builtin:cnn-small has no nn.Embedding layers to "
+                                    "freeze; remove the key, or name parameters in freeze = [...]"),
+    # a pattern typo froze nothing and trained everything, without a word
+    ('freeze = ["0.0.*", "nosuch.*"]\n', "distill.freeze: 'nosuch.*' matches no parameter of builtin:cnn-small (its "
+                                          "names: 0.0.weight, 0.1.weight, 0.1.bias, 2.0.weight, ...)"),
+])
+def test_freezing_what_the_model_lacks_is_refused_before_training(tmp_path, extra, message):
     from compress.config import check_before_training
 
-    path = write_toml(tmp_path, BASE + "[distill]\nfreeze_embeddings = true\n")
+    path = write_toml(tmp_path, BASE + "[distill]\n" + extra)
     with pytest.raises(CompressError) as err:
         check_before_training(load_config(path))
-    assert str(err.value) == (f"{path}: distill.freeze_embeddings: builtin:cnn-small has no nn.Embedding layers to "
-                              "freeze; remove the key, or name parameters in freeze = [...]")
-
-
-def test_a_freeze_pattern_that_matches_no_parameter_is_refused_before_training(tmp_path):
-    # a typo froze nothing and trained everything, without a word
-    from compress.config import check_before_training
-
-    path = write_toml(tmp_path, BASE + "[distill]\nfreeze = [\"0.0.*\", \"nosuch.*\"]\n")
-    with pytest.raises(CompressError) as err:
-        check_before_training(load_config(path))
-    assert str(err.value) == (f"{path}: distill.freeze: 'nosuch.*' matches no parameter of builtin:cnn-small (its "
-                              "names: 0.0.weight, 0.1.weight, 0.1.bias, 2.0.weight, ...)")
+    assert str(err.value) == f"{path}: {message}"
 
 
 def test_a_checkpoint_and_teacher_train_together_are_refused(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.bench import stats
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 
 BENCH_SCHEMA = "compress.bench/1"
 REPORT_SCHEMA = "compress.report/1"
@@ -121,9 +121,10 @@ def _row_problem(row: Any) -> str | None:
         if not isinstance(value, list) or not all(_number(v) and v >= 0 for v in value) or \
                 (size is not None and len(value) != size):
             count = f"{size} " if size else ""
-            return f"{name}: expected a list of {count}numbers >= 0 or none, got {_short(value)}"
-    if row.get("reference_block_p50_ms") and min(row["reference_block_p50_ms"]) <= 0:
-        return f"reference_block_p50_ms: expected numbers > 0, got {_short(row['reference_block_p50_ms'])}"
+            return f"{name}: expected a list of {count}numbers >= 0 or none, got {shorten(json.dumps(value), 40)}"
+    blocks = row.get("reference_block_p50_ms")
+    if blocks and min(blocks) <= 0:
+        return f"reference_block_p50_ms: expected numbers > 0, got {shorten(json.dumps(blocks), 40)}"
     return None
 
 
@@ -137,11 +138,6 @@ def _number(value: Any) -> bool:
 
 def _positive(value: Any) -> bool:
     return _number(value) and value > 0
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max_regression: float,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -65,7 +64,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
 
     inputs = None
     out = out_dir if out_dir is not None else model.with_name(model.stem + "_edge")
-    _qnn_only(targets, calibration_npz=calibration_npz, qnn_options=qnn_options, activation_type=activation_type)
+    _qnn_only(targets, {"--calibration": calibration_npz is not None, "--qnn-option": bool(qnn_options),
+                        "--activation-type": activation_type != "auto"})
     from compress.bench.inputs import parse_batch_axes
     from compress.edge.shapes import check_batch_axes, specialised
     from compress.onnx.graph import load_model
@@ -118,16 +118,14 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     _npu_gate(model, section.get("qnn") or {})
 
 
-def _qnn_only(targets: tuple[str, ...], **given: Any) -> None:
-    """Options that apply to the QNN target only: given without --provider qnn they would do nothing, unsaid."""
+def _qnn_only(targets: tuple[str, ...], given: dict[str, bool]) -> None:
+    """Options that apply to the QNN target only ({option: given}): given without --provider qnn they would do
+    nothing, unsaid."""
     from compress.errors import CompressError
 
-    if "qnn" in targets:
-        return
-    named = {"calibration_npz": "--calibration", "qnn_options": "--qnn-option", "activation_type": "--activation-type"}
-    for key, value in given.items():
-        if value and (key != "activation_type" or value != "auto"):
-            raise CompressError(f"{named[key]}: applies to the QNN target; add --provider qnn, or drop it")
+    option = next((o for o, was in given.items() if was), None)
+    if "qnn" not in targets and option:
+        raise CompressError(f"{option}: applies to the QNN target; add --provider qnn, or drop it")
 
 
 def _npu_gate(model: Path, qnn_section: dict) -> None:
@@ -200,10 +198,11 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
     if not samples or samples < batch:
         raise CompressError(f"{calibration_npz}: --calibration holds {samples or 0} samples, fewer than one batch of "
                             f"{batch} (the NPU model's fixed batch); save a few hundred real inputs")
-    if y is not None and (np.ndim(y) == 0 or any(d != 1 for d in np.shape(y)[1:]) or len(y) != samples):
-        hint = " (one-hot labels: np.argmax(y, axis=1) gives the indices)" if np.ndim(y) == 2 else ""
-        raise CompressError(f"{calibration_npz}: 'y' must hold one class index per sample ({samples} samples); got "
-                            f"an array of shape {np.shape(y)}{hint}")
+    from compress.quantize.gate import not_one_label_each
+
+    wrong = not_one_label_each(y, samples) if y is not None else None
+    if wrong:
+        raise CompressError(f"{calibration_npz}: 'y' must hold {wrong}")
     axes = {k: v for k, v in batch_axes.items() if k in feeds}  # not the inputs --fix-input bound away
     return {"calibration": feeds, "val_x": feeds, "val_y": y, "batch_axes": axes or None,
             "activation_type": activation_type, "provider_options": options or None}

@@ -145,14 +145,12 @@ def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: f
     them): not run again. Labels other than one class index per sample are a one-line CompressError."""
     from compress.onnx.parity import top1_of
 
-    labels = np.asarray(labels)
     rows = next((int(np.shape(v)[(axes or {}).get(k, 0)]) for k, v in feeds.items()
                  if np.ndim(v) and (axes or {}).get(k, 0) is not None), None)
-    if labels.ndim == 0 or any(d != 1 for d in labels.shape[1:]) or (rows is not None and len(labels) != rows):
-        hint = " (one-hot labels: np.argmax(y, axis=1) gives the indices)" if labels.ndim == 2 else ""
-        raise CompressError(f"{source}: {key} gates on labels, which must be one class index per sample ({rows} "
-                            f"samples); got an array of shape {labels.shape}{hint}")
-    labels = labels.astype(np.int64).reshape(-1)
+    wrong = not_one_label_each(labels, rows)
+    if wrong:
+        raise CompressError(f"{source}: {key} gates on labels, which must be {wrong}")
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
 
     def score(path: Path) -> dict[str, float]:
         got = known[1] if known is not None and _same(path, known[0]) else outputs_of(path, feeds, axes=axes,
@@ -162,6 +160,16 @@ def accuracy_gate(feeds: Mapping[str, np.ndarray], labels: np.ndarray, budget: f
 
     return Gate(score, Metric("accuracy"), budget, key, f"accuracy on {len(labels)} labelled samples from {source}",
                 samples=len(labels))
+
+
+def not_one_label_each(labels: Any, samples: int | None) -> str | None:
+    """What is wrong with `labels` as one class index per sample (`samples`, when known), as the end of a sentence
+    ('one class index per sample (200 samples); got an array of shape (150,)'); None when nothing is."""
+    shape = np.shape(labels)
+    if shape and all(d == 1 for d in shape[1:]) and (samples is None or shape[0] == samples):
+        return None
+    hint = " (one-hot labels: np.argmax(y, axis=1) gives the indices)" if len(shape) == 2 else ""
+    return f"one class index per sample ({samples} samples); got an array of shape {shape}{hint}"
 
 
 def resolution(budget: float, samples: int) -> str:
