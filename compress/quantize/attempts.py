@@ -157,8 +157,8 @@ def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | 
     arrays = [v for v in calib[0].values() if np.ndim(v)]
     if fixed_batch(model) or any(np.shape(v)[0] != rows for v in arrays):
         return calib
-    fit = rows_that_fit(model, {k: v[:1] if np.ndim(v) else v for k, v in calib[0].items()}, rows, cap)
-    fit = min(fit, most or fit)
+    one = {k: v[:1] if np.ndim(v) else v for k, v in calib[0].items()}
+    fit = min(rows_that_fit(model, one, rows, cap, every_tensor=True), most or rows)  # calibrators keep every tensor
     if fit >= rows and all(_rows(f) <= fit for f in calib):
         return calib
     # each batch cut on its own: token batches have widths of their own (a batch is as long as its longest row)
@@ -242,7 +242,7 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         if infinite:
             kept = f"{len(infinite)} tensors with an infinite calibrated range (an attention mask) kept in float"
             note = f"{note}; {kept}" if note else kept
-        done = correct_biases(base, model, calib) if settings.get("bias_correction") and calib else {"layers": 0}
+        done = correct_biases(base, model, calib) if settings.get("bias_correction") else {"layers": 0}
         if done["layers"]:
             note = f"{note}; {done['note']}" if note else done["note"]
         if changed or done["layers"]:

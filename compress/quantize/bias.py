@@ -28,10 +28,14 @@ MAX_SAMPLES = 128
 """Calibration samples the shifts are averaged over, at most: a mean per channel settles within a few dozen."""
 
 
-def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]] | None) -> dict[str, Any]:
     """Correct the biases of `qmodel` (a static QDQ model of `base`, a ModelProto edited in place) on calibration
-    batches. Returns {"layers": corrected, "skipped": quantized layers without a bias (or a float weight, or
-    implicit padding), "samples": used, "note": what was done, for the summary}."""
+    batches, as given: calibration by per-sample ranges hands them in single rows, and 4 rows a run were no faster
+    on a ResNet-50 (4.4 s for 64 samples either way) while they held 540 MB more (the window means). Returns
+    {"layers": corrected, "skipped": quantized layers without a bias (or a float weight, or implicit padding),
+    "samples": used, "note": what was done, for the summary}; nothing is done without calibration batches."""
+    if not calib:
+        return {"layers": 0, "skipped": 0, "samples": 0, "note": ""}
     import onnx
     from onnx import helper, numpy_helper
 

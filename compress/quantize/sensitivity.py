@@ -113,25 +113,45 @@ def mixed_ranges(graph: Any, acts: dict[str, list[np.ndarray]]) -> dict[str, flo
 
 
 def activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:
-    """(See _activation_bytes.) Remembered per model file and feed shapes: shape inference of a ResNet-50 takes a
-    second, and one quantization asks several times."""
+    """Bytes of every float tensor the model computes for one sample (shape-inferred graph; a symbolic dimension
+    counts as 1): what ORT's histogram calibrators and the sensitivity ranking hold per sample, since they keep every
+    intermediate tensor of every calibration batch in memory before they summarise. 0 when shapes are unknown.
+    With `feed` (a calibration batch), the graph is inferred at the feed's own shapes, so a free height and width
+    count at their real size (a recogniser's width of 320 counted as 1 before), divided by the feed's rows."""
+    return _bytes(model_path, feed)[0]
+
+
+def run_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:
+    """Bytes of activations one ORT run of the model holds per sample: the most that are alive at once, walking the
+    nodes in order (a tensor lives from its node to its last reader; graph outputs to the end), times ALIVE_MARGIN.
+    Counted as activation_bytes counts. A model whose every tensor is an output (a calibrator's) comes to the sum."""
+    return _bytes(model_path, feed)[1]
+
+
+ALIVE_MARGIN = 3
+"""What ORT's arena grows per sample over the most bytes alive at once, with room to spare: measured from batch 1 to
+8 (4 at 640 px), 2026-12-07: ResNet-50 at 224 px 12.7 MB a sample against 9.2 MB alive (1.4x; the sum of every tensor
+says 101 MB); PP-OCRv4's detector at 640 px 116 against 42 (2.8x: its arena rounds, its convolutions unfold their
+inputs; the sum says 663); its recogniser at 48x320 7.0 against 4.1 (1.7x); Magika 4.6 against 2.5 (1.8x)."""
+
+
+def _bytes(model_path: Path, feed: dict[str, np.ndarray] | None) -> tuple[int, int]:
+    """(activation_bytes, run_bytes), remembered per model file and feed shapes: shape inference of a ResNet-50
+    takes a second, and one quantization asks several times."""
     stat = Path(model_path).stat()
     shapes = tuple((k, tuple(np.shape(v))) for k, v in (feed or {}).items())
-    return _activation_bytes_cached(str(Path(model_path).resolve()), stat.st_mtime_ns, stat.st_size, shapes)
+    return _bytes_cached(str(Path(model_path).resolve()), stat.st_mtime_ns, stat.st_size, shapes)
 
 
 @functools.lru_cache(maxsize=64)
-def _activation_bytes_cached(path: str, mtime: int, size: int, shapes: tuple) -> int:
+def _bytes_cached(path: str, mtime: int, size: int, shapes: tuple) -> tuple[int, int]:
     shaped = {k: np.broadcast_to(np.float32(0), shape) for k, shape in shapes}  # shapes only, no memory
     return _activation_bytes(Path(path), shaped or None)
 
 
-def _activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:
-    """Bytes of every float tensor the model computes for one sample (shape-inferred graph; a symbolic dimension
-    counts as 1). What ORT's histogram calibrators and the sensitivity ranking hold per sample: they keep every
-    intermediate tensor of every calibration batch in memory before they summarise. 0 when shapes are unknown.
-    With `feed` (a calibration batch), the graph is inferred at the feed's own shapes, so a free height and width
-    count at their real size (a recogniser's width of 320 counted as 1 before), divided by the feed's rows."""
+def _activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> tuple[int, int]:
+    """(sum, most alive at once x ALIVE_MARGIN) of the float tensors' bytes per sample of `feed` (activation_bytes,
+    run_bytes)."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -141,14 +161,47 @@ def _activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = Non
         sized = _at_shapes(model, {k: np.shape(v) for k, v in feed.items()})
         model = sized if sized is not None else model
     graph = model.graph
-    total = 0
+    sizes: dict[str, int] = {}
     for value in [*graph.value_info, *graph.output]:
         tensor = value.type.tensor_type
         if tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or not tensor.HasField("shape"):
             continue
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
-        total += int(np.prod(dims, dtype=np.int64)) * (4 if tensor.elem_type == onnx.TensorProto.FLOAT else 2)
-    return total // max(rows, 1)
+        width = 4 if tensor.elem_type == onnx.TensorProto.FLOAT else 2
+        sizes[value.name] = int(np.prod(dims, dtype=np.int64)) * width
+    return sum(sizes.values()) // max(rows, 1), ALIVE_MARGIN * _peak_alive(graph, sizes) // max(rows, 1)
+
+
+def _peak_alive(graph: Any, sizes: dict[str, int]) -> int:
+    """The most bytes of `sizes`' tensors alive at once as the nodes run in graph order (ONNX's order is a
+    topological one): a node's outputs are made while its inputs still live; an input dies after its last reader;
+    graph outputs live to the end. A subgraph's (If, Loop) own tensors are not counted; the outer ones it reads
+    live until its node ran."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in [*node.input, *_outer_reads(node)]:
+            last[name] = i
+    ends = {o.name for o in graph.output}
+    alive, peak = 0, 0
+    for i, node in enumerate(graph.node):
+        alive += sum(sizes.get(o, 0) for o in node.output if o)
+        peak = max(peak, alive)
+        dead = {n for n in [*node.input, *_outer_reads(node)] if last.get(n) == i and n not in ends}
+        dead |= {o for o in node.output if o and o not in last and o not in ends}  # made and never read
+        alive -= sum(sizes.get(n, 0) for n in dead)
+    return peak
+
+
+def _outer_reads(node: Any) -> list[str]:
+    """Names a node's subgraphs read (every input of their nodes; their own tensors are not in `sizes`' counts of
+    the outer graph, so naming them too costs nothing)."""
+    out: list[str] = []
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in sub.node:
+                out += list(inner.input)
+                out += _outer_reads(inner)
+    return out
 
 
 def _at_shapes(model: Any, shapes: dict[str, tuple[int, ...]]) -> Any | None:
@@ -172,11 +225,13 @@ def _at_shapes(model: Any, shapes: dict[str, tuple[int, ...]]) -> Any | None:
         return None
 
 
-def rows_that_fit(model_path: Path, one: dict[str, np.ndarray], most: int, cap: int | None = None) -> int:
+def rows_that_fit(model_path: Path, one: dict[str, np.ndarray], most: int, cap: int | None = None, *,
+                  every_tensor: bool = False) -> int:
     """Samples a run may take at once, at most `most`: fewer when one sample's activations (`one`: a one-sample
     feed, counted at its real shapes) are large, so a run holds at most FOLD_BYTES (or `cap`, when lower). ORT's
-    arena keeps the whole run's activations: 32 detector images at 320 px held 1.6 GB."""
-    per_sample = activation_bytes(model_path, one)
+    arena keeps the whole run's activations: 32 detector images at 320 px held 1.6 GB. A plain run holds what is
+    alive at once (run_bytes); a calibrator's run, whose every tensor is an output (`every_tensor`), all of them."""
+    per_sample = (activation_bytes if every_tensor else run_bytes)(model_path, one)
     return max(1, min(most, int(min(cap or FOLD_BYTES, FOLD_BYTES) // per_sample))) if per_sample else most
 
 

@@ -405,6 +405,29 @@ def test_histogram_calibration_takes_only_the_samples_that_fit_in_memory(tmp_pat
     assert sensitivity.memory_cap(100) == 100 * 2**20
 
 
+def test_a_run_holds_what_is_alive_at_once_and_a_calibrator_every_tensor(tmp_path: Path):
+    # setup: a chain of 10 Relu over 1000 floats a sample; the third tensor is also a graph output
+    from onnx import TensorProto, helper
+
+    from compress.quantize import sensitivity
+
+    names = ["x", *(f"r{i}" for i in range(1, 11))]
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in zip(names, names[1:])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1000])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1000]) for n in ("r10", "r3")])
+    path = tmp_path / "chain.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(helper.make_model(graph)), str(path))
+    feed = {"x": np.zeros((4, 1000), np.float32)}
+    # execute / assert: the sum counts all 10 tensors; a run holds two at once plus r3, kept to the end, times the
+    # margin; per sample of the feed
+    assert sensitivity.activation_bytes(path, feed) == 10 * 4000
+    assert sensitivity.run_bytes(path, feed) == sensitivity.ALIVE_MARGIN * 3 * 4000
+    fit = sensitivity.FOLD_BYTES // (sensitivity.ALIVE_MARGIN * 3 * 4000)
+    assert sensitivity.rows_that_fit(path, feed, 10**6) == fit
+    assert sensitivity.rows_that_fit(path, feed, 10**6, every_tensor=True) == sensitivity.FOLD_BYTES // 40000
+    assert sensitivity.rows_that_fit(path, feed, 7) == 7
+
+
 def test_a_concat_of_mixed_ranges_ranks_first(tmp_path: Path):
     # a YOLOv8 head joins boxes in pixels and class scores in 0-1; one shared scale turns every score into 0 or 1.27,
     # while the output's SQNR, dominated by the boxes, looks fine
