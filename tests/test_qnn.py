@@ -669,6 +669,18 @@ def test_the_mixed_search_stops_at_the_first_round_within_the_headroom():
     assert qdq == Path("4.onnx") and not record["met"] and written[-1] == [f"t{i}" for i in range(4)]
 
 
+def test_the_mixed_search_reads_every_output_the_worst_deciding():
+    # a detector's second head loses alone: the first output matches, the second is a tenth of itself
+    from compress.edge.qnn_accuracy import worst_int8_drop
+
+    rng = np.random.default_rng(0)
+    logits, boxes = rng.standard_normal((32, 10)), rng.uniform(0, 320, (32, 4))
+    assert worst_int8_drop([logits], [logits], None, True) == 0.0
+    assert worst_int8_drop([logits, boxes], [logits, boxes], None, True) < 1e-6  # the SQNR cap: 80 dB
+    lost = worst_int8_drop([logits, boxes], [logits, boxes / 10], None, True)
+    assert lost > 0.3  # half the squared relative error of a 0.1 scale: 0.405
+
+
 @pytest.mark.qnn
 def test_by_default_the_npu_widens_only_the_activations_the_8_bit_graph_loses_on(tmp_path):
     import json

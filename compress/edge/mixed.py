@@ -125,14 +125,14 @@ def mixed_qdq(source: Path, out: Path, calib: dict[str, np.ndarray], *, fixed: P
 
     from compress.bench.providers import EXACT_MATMULS
     from compress.edge.qnn import prepared_for_qnn, quantize_for_qnn
-    from compress.edge.qnn_accuracy import int8_drop, int8_figures
+    from compress.edge.qnn_accuracy import worst_int8_drop
     from compress.onnx.parity import run_cpu
     from compress.quantize.attempts import batched
     from compress.quantize.gate import looks_like_logits
     from compress.quantize.outliers import outlier_activations
 
-    fp32 = run_cpu(fixed, x, batch_size=batch, axes=axes)[0]
-    logits = looks_like_logits({"output": fp32}) if logits is None else logits
+    fp32s = run_cpu(fixed, x, batch_size=batch, axes=axes)
+    logits = looks_like_logits({"output": fp32s[0]}) if logits is None else logits
     with tempfile.TemporaryDirectory(prefix="compress-mixed-") as tmp:
         ranges = Path(tmp) / "ranges.json"
 
@@ -141,8 +141,9 @@ def mixed_qdq(source: Path, out: Path, calib: dict[str, np.ndarray], *, fixed: P
                                     **{**settings, "activation_type": "uint8"})
 
         def drop_of(qdq: Path) -> float:
-            int8 = run_cpu(qdq, x, batch_size=batch, config=EXACT_MATMULS, axes=axes)[0]
-            return int8_drop(int8_figures(fp32, int8, y, logits))
+            # every output, the worst deciding, as the NPU's judge reads them (a second head can lose alone)
+            int8s = run_cpu(qdq, x, batch_size=batch, config=EXACT_MATMULS, axes=axes)
+            return worst_int8_drop(fp32s, int8s, y, logits)
 
         started = time.perf_counter()
         # ranked on the graph the quantizer reads (its fusions renamed or removed some tensors)

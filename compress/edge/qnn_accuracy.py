@@ -137,6 +137,19 @@ def int8_drop(figures: dict[str, Any]) -> float:
     return _tensor_drop(figures.get("cosine_int8_cpu_vs_fp32_cpu", 1.0), figures.get("sqnr_db_int8_cpu_vs_fp32_cpu"))[1]
 
 
+def worst_int8_drop(fp32s: "list[np.ndarray]", int8s: "list[np.ndarray]", y: "np.ndarray | None",
+                    logits: bool) -> float:
+    """judge's figure for ORT CPU's reading of a QDQ graph over every output, the worst deciding: the first by
+    int8_drop (accuracy, agreement or _tensor_drop), every other one by _tensor_drop, as judge reads them on HTP."""
+    from compress.tasks.tensors import Tensors
+
+    drop = int8_drop(int8_figures(fp32s[0], int8s[0], y, logits))
+    for fp32, int8 in zip(fp32s[1:], int8s[1:]):
+        figures = Tensors().metrics({"o": int8}, None, {"o": fp32})
+        drop = max(drop, _tensor_drop(figures["cosine"], figures["sqnr_db"])[1])
+    return drop
+
+
 def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
     """(metric, drop) for outputs that are not class logits: 1 - cosine, or half the squared error relative to fp32
     where that is larger. The two agree when the norms do (|a - b|^2 = 2 (1 - cos) |a|^2); a cosine alone does not
