@@ -213,12 +213,14 @@ def markdown(report: dict) -> str:
                        f"{r['throughput_per_s']:.0f} | {_placed(r.get('placement'))} |")
         for u in m.get("unavailable", []):
             out.append(f"| {m['name']} | {u['provider']} | unavailable: {u['reason']} | | | | | | | | |")
-    out += ["", "## Parity (torch vs ONNX Runtime, validation set)", ""]
+    out += ["", "## Parity (torch vs ONNX Runtime, validation set; a quantized model vs the float one it came from)",
+            ""]
     for m in report["models"]:
         if m.get("parity"):
             p = m["parity"]
             top1 = "" if p.get("top1_agreement") is None else f", top-1 agreement {100 * p['top1_agreement']:.2f}%"
-            out.append(f"- {m['name']}: max abs diff {p['max_abs_diff']:.2e}{top1}")
+            against = f" (vs {p['against']})" if p.get("against") else ""
+            out.append(f"- {m['name']}{against}: max abs diff {p['max_abs_diff']:.2e}{top1}")
     distill = report.get("details", {}).get("distill", {})
     primary = report.get("primary_metric") or {"name": "accuracy", "higher_is_better": True}
     measured = {m["name"]: figure(m, report) for m in report["models"]}

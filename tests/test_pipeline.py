@@ -147,6 +147,11 @@ def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
     assert "quant_pre_process" in pick["preprocess"] and pick["outliers"] == []
     markdown = (tiny_dir / "runs/tiny/report.md").read_text()
     assert "## Quantization attempts" in markdown and f"Before the attempts: {pick['preprocess']}." in markdown
+    # the int8 model's parity: against the float model it came from, on the 100 validation rows
+    parity = models["student-int8"]["parity"]
+    assert parity["against"] == base and parity["samples"] == 100 and 0 < parity["max_abs_diff"] < 5
+    assert 0.8 <= parity["top1_agreement"] <= 1.0
+    assert f"- student-int8 (vs {base}): max abs diff" in markdown
 
 
 def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):

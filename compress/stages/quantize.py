@@ -48,7 +48,7 @@ def run(ctx: StageContext) -> StageResult:
         chosen = ctx.rel(result["chosen"])
         artifacts = (chosen,)
         models = (ModelRecord(name=name, role="quantized", spec=base.spec, origin=ctx.origin("quantize"),
-                              onnx=chosen, params=base.params,
+                              onnx=chosen, params=base.params, parity=_parity(ctx, base, Path(result["chosen"])),
                               quantization={"mode": qcfg.mode, "attempt": result.get("accepted_attempt"),
                                             "from": base.name}),)
         state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=why)
@@ -85,6 +85,24 @@ def run(ctx: StageContext) -> StageResult:
     if result.get("qat") is not None:
         info["qat"] = {**result["qat"], "side_by_side": table}
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
+
+
+PARITY_ROWS = 512
+"""The first validation rows the quantized model is compared on with the float one it came from."""
+
+
+def _parity(ctx: StageContext, base: Any, path: Path) -> dict[str, Any]:
+    """The quantized model against the float ONNX model it came from, every output, on the first PARITY_ROWS
+    validation rows: how far int8 moves the outputs (export's parity is torch against ONNX; no tolerance applies
+    here, the gate judged the figures)."""
+    from compress.onnx.parity import compare
+    from compress.onnx.run import outputs_on
+
+    names, rows = ctx.output_names, range(min(PARITY_ROWS, len(ctx.data.val)))
+    reference = outputs_on(ctx.run_dir / base.onnx, ctx.data, "val", names=names, rows=rows)
+    got = outputs_on(path, ctx.data, "val", names=names, rows=rows)
+    check = compare([reference[n] for n in names], [got[n] for n in names], atol=1e-3)
+    return {"against": base.name, **{k: check[k] for k in ("max_abs_diff", "top1_agreement", "samples")}}
 
 
 def _test_figures(ctx: StageContext, result: dict[str, Any]) -> None:
