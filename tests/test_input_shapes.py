@@ -172,6 +172,9 @@ def test_a_model_whose_work_sits_in_an_if_says_nothing_could_be_quantized(tmp_pa
     summary = json.loads(out.with_suffix(".json").read_text())
     assert len(summary["attempts"]) == 1  # remedies cannot change what the quantizer reaches
     assert not out.exists()
+    # what was written says so, not "keeping the float model" with nothing at --out
+    assert "; nothing written to --out (summary:" in result.output and "keeping the float model" not in result.output
+    assert "Wrote: nothing at --out (nothing could be quantized; the float model is the one given)" in result.output
 
 
 def test_static_calibration_cuts_a_state_input_on_its_own_batch_axis(tmp_path: Path):

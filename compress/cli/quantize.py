@@ -133,6 +133,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               calibration=calibration_batches(model, calib, dim_sizes),
                               feed=latency_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
+        if result["chosen"] is None:  # the float model is the user's own file: nothing goes to --out
+            result["why"] = result["why"].replace("; keeping the float model", "; nothing written to --out")
         written = _write(model, out_path, result, keep_dir)
         summary = _summary(source, written, gate, result, mode, warnings, inputs=input_names(model), fixed=fix)
         summary.update(specialised or {})
@@ -201,8 +203,10 @@ def _markdown(summary: dict[str, Any]) -> str:
     elif summary.get("best_effort"):
         wrote = (f"nothing at --out (no attempt met the budget); the best effort, {summary['best_effort_attempt']}, "
                  f"is {summary['best_effort']}")
+    elif summary["why"].startswith("nothing could be quantized"):
+        wrote = "nothing at --out (nothing could be quantized; the float model is the one given)"
     else:
-        wrote = "nothing (no attempt met the budget)"
+        wrote = "nothing at --out (no attempt met the budget)"
     lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
              f"Gate: {summary['gate']}.", *[f"\n{w}" for w in summary["warnings"]], "",
              f"CPU: {summary['cpu_int8']}.", "", *attempts_table(summary["attempts"], summary["gate_metric"]),
