@@ -351,8 +351,9 @@ def test_exclude_keeps_an_op_type_in_float_and_an_unknown_one_is_named(tmp_path:
     assert inits["w2"] == onnx.TensorProto.FLOAT and inits["w1_quantized"] == onnx.TensorProto.INT8
     bad = _invoke(files["model"], "--out", tmp_path / "bad.onnx", "--mode", "dynamic", "--exclude", "Conv")
     assert bad.exit_code == 2 and bad.output.strip().startswith(
-        "error: quantize.exclude (--exclude): 'Conv' is neither a node name nor an op type of the model (its op "
-        "types: ")
+        f"error: {files['model']}: [quantize] exclude (--exclude): 'Conv' is neither a node name nor an op type of "
+        "this model (its op types: ")
+    assert not (tmp_path / "bad.json").exists()  # refused before any work
 
 
 def test_a_non_logits_model_with_labelled_data_runs_fp32_once(files: dict, monkeypatch: pytest.MonkeyPatch):

@@ -215,6 +215,7 @@ class _Search:
                                 "provide training data in [data] or use mode = 'dynamic'")
         if calib:
             qa.check_feeds(onnx_path, calib[0], "calibration")
+        prep.check_exclude(onnx_path, cfg.exclude)
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = gate.score(onnx_path)
         base = out_dir / "preprocessed.onnx"

@@ -198,9 +198,25 @@ def constants_to_initializers(model: Any, *, every: bool = False) -> int:
     return moved
 
 
+def check_exclude(model_path: Path, wanted: Sequence[str]) -> None:
+    """Each `--exclude` / [quantize] exclude entry is a node name or an op type of the user's model (before any work:
+    a typo costs one line, not a scored float model); one line naming the model and the entry otherwise."""
+    import onnx
+
+    if not wanted:
+        return
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    for entry in wanted:
+        if not any(entry in (n.name, n.op_type) for n in nodes):
+            ops = sorted({n.op_type for n in nodes})
+            raise CompressError(f"{model_path}: [quantize] exclude (--exclude): {entry!r} is neither a node name nor "
+                                f"an op type of this model (its op types: {', '.join(ops)})")
+
+
 def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
-    """Node names for `--exclude` / [quantize] exclude: each entry a node name (also after the pre-processing fused
-    it with its neighbours) or an op type (every node of it); an entry that matches nothing is one line naming it."""
+    """Node names for `--exclude` / [quantize] exclude (checked on the user's model by check_exclude) in the
+    pre-processed model at `model_path`: each entry a node name (also after the pre-processing fused it with its
+    neighbours) or an op type (every node of it); a node the pre-processing folded away has nothing to keep."""
     import onnx
 
     if not wanted:
@@ -209,11 +225,5 @@ def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
     names: list[str] = []
     for entry in wanted:  # ORT's pre-processing names a fused node after its first: 'fc2/MatMulAddFusion'
         found = [n.name for n in nodes if entry in (n.name, n.op_type) or n.name.startswith(f"{entry}/")]
-        if not found:
-            ops = sorted({n.op_type for n in nodes})
-            raise CompressError(f"quantize.exclude (--exclude): {entry!r} is neither a node name nor an op type of "
-                                f"the model (its op types: {', '.join(ops)})")
         names += [n for n in found if n not in names]
     return names
-
-
