@@ -31,6 +31,15 @@ CACHE_VERSION = 5  # bump when a stage's outputs change meaning, so old caches a
 # every task: teacher outputs in safetensors, metrics per model; 5: keys chain earlier stages' artifact digests)
 
 
+def _data_key(cfg: Any) -> dict[str, Any]:
+    """[data] as the stages' results depend on it: `workers` only moves reading to other processes, unless images
+    are augmented (each worker draws its own random crops and flips)."""
+    values = cfg.data.model_dump(mode="json")
+    if not values.get("augment"):
+        values.pop("workers", None)
+    return values
+
+
 def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None,
                  store: Path | None = None) -> dict:
     """Run a pipeline (a TOML path, a dict shaped like the file, or a PipelineConfig); return the report.
@@ -58,7 +67,7 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
             torch.set_num_threads(cfg.pipeline.threads)
         data = check_before_training(cfg)  # a broken student or a missing provider fails now, not after training
         key = digest({"version": [__version__, CACHE_VERSION], "seed": cfg.pipeline.seed,
-                      "data": [data.fingerprint, cfg.data.model_dump(mode="json")]})
+                      "data": [data.fingerprint, _data_key(cfg)]})
         models: dict[str, ModelRecord] = {}
         state = RunState()
         stages: list[dict] = []

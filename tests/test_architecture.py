@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "compress"
@@ -94,6 +95,7 @@ def test_the_registry_lists_every_stage_module_and_reads_real_keys():
     for name, stage in STAGES.items():
         for path in stage.reads:
             section, _, key = path.partition(".")
+            key = key.partition("[")[0]  # 'benchmark.seq_lengths[0]': the key's first value
             assert section in PipelineConfig.model_fields, f"{name} reads unknown section {section!r}"
             if key:
                 annotation = PipelineConfig.model_fields[section].annotation
@@ -115,3 +117,27 @@ def test_the_quantize_stage_key_follows_the_npu_keys_its_qat_reads(tmp_path):
     keys = [section_inputs(load_config(write_toml(tmp_path, base + extra, f"{name}.toml")), "quantize")
             for name, extra in (("a", ""), ("b", npu), ("c", npu + 'qnn_activation_type = "uint16"\n'))]
     assert keys[0] != keys[1] != keys[2]
+
+
+def test_keys_that_do_not_change_a_stage_leave_it_cached(tmp_path):
+    # export and quantize use the first sequence length only; DataLoader workers only move reading elsewhere,
+    # unless augmentations draw their random numbers in them
+    from compress.config import load_config
+    from compress.runner import _data_key
+    from compress.stages import section_inputs
+
+    from .conftest import write_toml
+    from .test_config import BASE
+
+    def cfg(extra: str, name: str):
+        return load_config(write_toml(tmp_path, BASE + '[quantize]\nmode = "dynamic"\n' + extra, f"{name}.toml"))
+
+    base = cfg("", "base")  # [benchmark] seq_lengths applies to text sources: set past the file's checks
+    one, two, other = (base.model_copy(update={"benchmark": base.benchmark.model_copy(update={"seq_lengths": s})})
+                       for s in ((64,), (64, 128), (32,)))
+    for stage in ("export", "quantize"):
+        assert section_inputs(one, stage) == section_inputs(two, stage) != section_inputs(other, stage)
+    assert section_inputs(one, "benchmark") != section_inputs(two, "benchmark")
+    assert _data_key(cfg("[data]\nworkers = 2\n", "w2")) == _data_key(cfg("[data]\nworkers = 0\n", "w0"))
+    augmented = SimpleNamespace(data=SimpleNamespace(model_dump=lambda mode: {"workers": 2, "augment": ["flip"]}))
+    assert _data_key(augmented) == {"workers": 2, "augment": ["flip"]}

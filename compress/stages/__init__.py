@@ -26,7 +26,8 @@ class Stage:
     module: str
     """Module that holds `run(ctx)`."""
     reads: tuple[str, ...]
-    """Config sections ('prune') or single keys ('export.opset') whose values decide the stage's output."""
+    """Config sections ('prune'), single keys ('export.opset') or a list key's one value ('benchmark.seq_lengths[0]')
+    whose values decide the stage's output."""
     enabled: Callable[["PipelineConfig"], bool] = _always
     """Whether this pipeline runs the stage (optional sections switch theirs on by being present)."""
     files: Callable[["PipelineConfig"], dict[str, Any]] | None = None
@@ -79,11 +80,11 @@ STAGES: dict[str, Stage] = {
                    enabled=lambda cfg: cfg.prune is not None, files=_user_code, trains=True),
     "export": Stage("compress.stages.export", reads=("export.opset", "export.exporter", "export.parity_atol",
                                                       "export.parity_rtol", "export.optimize",
-                                                      "benchmark.seq_lengths")),
+                                                      "benchmark.seq_lengths[0]")),
     # the pick between float and quantized is timed on the benchmark's providers, batch sizes and threads
     "quantize": Stage("compress.stages.quantize", reads=("quantize", "evaluate", "benchmark.providers",
                                                           "benchmark.batch_sizes", "benchmark.threads",
-                                                          "benchmark.provider_options", "benchmark.seq_lengths",
+                                                          "benchmark.provider_options", "benchmark.seq_lengths[0]",
                                                           # QAT trains the NPU's own QDQ graph at its width
                                                           "export.edge_targets", "export.qnn_activation_type"),
                       enabled=lambda cfg: cfg.quantize is not None, files=_user_code),
@@ -104,9 +105,11 @@ def section_inputs(cfg: "PipelineConfig", name: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for path in stage.reads:
         section, _, key = path.partition(".")
+        key, _, index = key.removesuffix("]").partition("[")  # 'benchmark.seq_lengths[0]': its first value only
         obj = getattr(cfg, section)
         dumped = obj.model_dump(mode="json") if obj is not None else None
-        values[path] = dumped[key] if key and dumped is not None else dumped
+        value = dumped[key] if key and dumped is not None else dumped
+        values[path] = (value[int(index)] if len(value) > int(index) else None) if index and value else value
     if stage.files is not None:
         values["files"] = stage.files(cfg)
     return values
