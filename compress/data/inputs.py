@@ -162,6 +162,11 @@ class LengthGroupedBatches:
     of each batch, so step k of N processes covers the rows of step k of one."""
 
     def __init__(self, lengths: Any, batch_size: int, *, seed: int, rank: int = 0, size: int = 1) -> None:
+        if len(lengths) < size:  # every batch would be dropped: training would run no step and say nothing
+            from compress.errors import CompressError
+
+            raise CompressError(f"data: {len(lengths)} training row{'s' * (len(lengths) != 1)} cannot give each of "
+                                f"the {size} processes one; use fewer processes (--nproc) or more training data")
         self.lengths, self.batch_size, self.seed, self.rank, self.size = lengths, batch_size, seed, rank, size
         self.epoch = 0
 

@@ -82,3 +82,19 @@ def test_load_text_splits_tokenizes_once_and_caches(tmp_path, bert_dir):
     assert first.inputs.texts and first.targets("val").tolist() == again.targets("val").tolist()
     with pytest.raises(CompressError, match="needs labels: set data.label_column"):
         load_text(DataConfig(source="text:t.tsv"), **kw)
+
+
+def test_length_grouped_batches_share_every_batch_and_refuse_fewer_rows_than_processes():
+    # step k of 2 processes covers the rows of step k of one; 1 row cannot feed 2 processes (it ran 0 steps, exit 0)
+    import pytest
+    import torch
+
+    from compress.data.inputs import LengthGroupedBatches
+    from compress.errors import CompressError
+
+    lengths = torch.tensor([5, 3, 9, 4, 7, 2, 8, 6])
+    one = list(LengthGroupedBatches(lengths, 4, seed=0))
+    two = [list(LengthGroupedBatches(lengths, 4, seed=0, rank=r, size=2)) for r in range(2)]
+    assert [sorted(a + b) for a, b in zip(*two)] == [sorted(b) for b in one]
+    with pytest.raises(CompressError, match="data: 1 training row cannot give each of the 2 processes one"):
+        LengthGroupedBatches(torch.tensor([5]), 4, seed=0, rank=0, size=2)
