@@ -260,6 +260,10 @@ def test_two_workers_share_one_study(tmp_path):
     rows = report["trials"]
     assert len(rows) == 5 and sorted(r["number"] for r in rows) == list(range(5))
     assert report["teacher_trained"] == 1
+    # one winner: each worker names the one best.toml holds (the second took the first's finalists' round)
+    winners = [next(ln for ln in out.splitlines() if ln.startswith("winner: trial ")).split()[2] for out, _ in outs]
+    assert winners == [str(report["winner"]["trial"])] * 2
+    assert f"trial {report['winner']['trial']}:" in (folder / "runs/tiny/search/best.toml").read_text()
     log = (folder / "runs/tiny/search/search.log").read_text()
     assert log.count(": complete") + log.count(": pruned") + log.count(": infeasible") + log.count(": failed") == 5
 

@@ -2,6 +2,7 @@
 (interleaved in one process), the winner picked, and the margins measured paired."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +28,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         rows.append({"number": t.number, "state": state, "params": dict(t.params),
                      "metric": a.get("metric"), "metric_test": a.get("metric_test"), "p50_ms": a.get("p50_ms"),
                      "ratio": a.get("ratio"), "alone_p50_ms": a.get("alone_p50_ms"),
-                     "bytes": a.get("bytes"), "refused": a.get("refused") or [], "reason": a.get("reason"),
+                     "bytes": a.get("bytes"), "refused": a.get("refused") or [],
+                     "reason": a.get("reason") or a.get("requeued"),
                      "seconds": a.get("seconds"), "run_dir": a.get("run_dir"), "teacher": a.get("teacher"),
                      "retry_of": a.get("retry_of"), "constraints": constraints_of(t) if a.get("constraints") else None,
                      "pruned_at_epoch": (max(t.intermediate_values) if t.intermediate_values else None)
@@ -123,11 +125,46 @@ def choose(finals: list[dict[str, Any]], p50: dict[str, float], scfg: SearchConf
     timed = [f for f in finals if f["outcome"].metric is not None and f["outcome"].p50_ms is not None]
     feasible = [f for f in timed if f["feasible"]]
     pool = feasible or timed or finals[:1]
-    if scfg.objective == "min-latency":
-        winner = min(pool, key=lambda f: f["outcome"].p50_ms)
-    else:
-        winner = max(pool, key=lambda f: (f["outcome"].metric if higher else -f["outcome"].metric,
-                                          -f["outcome"].p50_ms))
-    if not feasible:
-        winner = min(pool, key=lambda f: sum(max(c, 0.0) for c in f["constraints"]))
-    return winner, not feasible
+    if feasible:
+        return min(pool, key=lambda f: rank(f, scfg, higher)), False
+    return min(pool, key=lambda f: (sum(max(c, 0.0) for c in f["constraints"]), *rank(f, scfg, higher))), True
+
+
+def rank(finalist: dict[str, Any], scfg: SearchConfig, higher: bool) -> tuple[float, float, float, int]:
+    """A finalist's place, smaller first: the objective's figure, then the other one, then the smaller file, then
+    the earlier trial; a tie never falls to the order the finalists came in."""
+    o: Outcome = finalist["outcome"]
+    metric = math.inf if o.metric is None else (-o.metric if higher else o.metric)
+    p50 = math.inf if o.p50_ms is None else o.p50_ms
+    first, second = (p50, metric) if scfg.objective == "min-latency" else (metric, p50)
+    return first, second, math.inf if o.bytes is None else o.bytes, finalist["trial"]
+
+
+ROUND = "finalists' round"
+"""The study's user attribute recording its finalists' round: their trial numbers, p50s and winner."""
+
+
+def agreed_round(study: Any, finals: list[dict[str, Any]], measure: Callable[[], dict[str, float]],
+                 pick: Callable[[dict[str, float]], tuple[dict, bool]]) -> tuple[dict, bool, dict[str, float]]:
+    """The winner, whether it is a best effort, and the p50s it was judged by, as the study records them: the first
+    worker to finish these finalists times them (`measure`), picks (`pick`) and records that; every later one
+    (another worker on the storage, a rerun) takes the record instead of timing again, so all write the same
+    best.toml. Workers on one machine finish one at a time (finish.lock); across machines, two that finish the
+    same moment may each keep their own."""
+    numbers = [f["trial"] for f in finals]
+
+    def recorded() -> dict[str, Any] | None:
+        record = study.user_attrs.get(ROUND)
+        return record if record and record.get("finalists") == numbers else None
+
+    record = recorded()
+    if record is None:
+        p50 = measure()
+        record = recorded()  # another worker's, recorded while this one timed: theirs stands
+        if record is None:
+            winner, best_effort = pick(p50)
+            study.set_user_attr(ROUND, {"finalists": numbers, "p50": p50, "winner": winner["trial"]})
+            return winner, best_effort, p50
+    winner, best_effort = pick(record["p50"])
+    winner = next((f for f in finals if f["trial"] == record["winner"]), winner)  # trained elsewhere: same pick
+    return winner, best_effort, record["p50"]

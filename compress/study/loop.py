@@ -1,8 +1,9 @@
 """The Optuna study: storage, sampler, pruner, constraints, and the trial loop every worker runs.
 
 Determinism: each trial's sampler is seeded from the study's seed and the number of trials that count before it, so
-a study killed and resumed samples what an uninterrupted one would have (the killed trial is run again with its
-values). Several workers on one storage share the budget: a trial whose number lies past it stops at once.
+a study killed and resumed samples what an uninterrupted one would have (the killed trial, or one stopped by Ctrl-C,
+is run again with its values). Several workers on one storage share the budget: a trial whose number lies past it
+stops at once.
 """
 from __future__ import annotations
 
@@ -154,6 +155,22 @@ def fail_stale(study: Any) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def requeue(study: Any, trial: Any, why: str) -> None:
+    """Queue a trial's values again (a retry of its first attempt, in that attempt's folder) and say so on it (its
+    `requeued` note): it fails without a `reason`, so it does not count and the retry runs in its place."""
+    original = trial.user_attrs.get("retry_of", trial.number)  # every retry names the first attempt
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": original})
+    # another worker may already have taken the retry (RUNNING): the newest trial that names the same first attempt
+    number = max(t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("retry_of") == original)
+    study._storage.set_trial_user_attr(trial._trial_id, "requeued", f"{why}; queued again as trial {number}")
+
+
+def requeue_stopped(trial: Any) -> None:
+    """A trial (still running) that Ctrl-C stopped: its values queued again, its attempt not counted as a kill."""
+    trial.set_user_attr("ctrl_c", True)
+    requeue(trial.study, trial, "stopped by Ctrl-C")
+
+
 def fail_interrupted(study: Any) -> int:
     """With the study's default storage (one worker, under the search lock), a RUNNING trial was left by a killed
     search: fail it and queue its values again. Returns how many."""
@@ -162,14 +179,16 @@ def fail_interrupted(study: Any) -> int:
     trials = study.get_trials(deepcopy=False)
     left = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     for t in left:
-        original = t.user_attrs.get("retry_of", t.number)  # every retry names the first attempt
-        tries = sum(x.number == original or x.user_attrs.get("retry_of") == original for x in trials)
+        original = t.user_attrs.get("retry_of", t.number)
+        # attempts stopped by Ctrl-C say nothing about the values killing the process: not counted
+        tries = sum((x.number == original or x.user_attrs.get("retry_of") == original)
+                    and not x.user_attrs.get("ctrl_c") for x in trials)
         if tries >= MAX_TRIES:  # its values may be what kills the process (memory): counted as failed, not retried
             study._storage.set_trial_user_attr(t._trial_id, "reason", f"the process running it was killed "
                                                f"{tries} times (out of memory?)")
+        else:
+            requeue(study, t, "left running by a stopped search")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        if tries < MAX_TRIES:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": original})
     return len(left)
 
 
@@ -257,6 +276,10 @@ class Loop:
                 trial.set_constraint(name, 0.0)  # nothing measured: the sampler learns from its metric alone
             raise
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and trial.params:
+                # Optuna fails a trial stopped by Ctrl-C and never runs it again: its values are queued here, so the
+                # rerun that resumes the search (or another worker) runs them first
+                requeue_stopped(trial)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "Stopped":
                 raise
             from compress.errors import first_line

@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 from compress.cache import atomic_path, write_json, write_text
 from compress.study.config import budget_from
-from compress.study.finish import choose, front, pick_finalists, run_finalists, time_together, trial_rows
+from compress.study.finish import (agreed_round, choose, front, pick_finalists, run_finalists, time_together,
+                                   trial_rows)
 from compress.study.outputs import plot, relative_output, toml_text, write_markdown
 
 
@@ -32,12 +33,13 @@ def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, ro
                              f"{root / 'search.log'}")
         finals = run_finalists(finalists, base=base, scfg=scfg, source=source, root=root, store=store, say=say,
                                progress=progress)
-        p50 = _timed(finals, baseline, scfg, base_cfg, progress)
         # a relative budget is judged against the hand-written model timed in this same round: the machine's
-        # speed in this minute moves both sides alike
+        # speed in this minute moves both sides alike; the finalists' own figures decide
+        winner, best_effort, p50 = agreed_round(
+            study, finals, lambda: _timed(finals, baseline, scfg, base_cfg, progress),
+            lambda p50: choose(finals, p50, budget_from(scfg, p50.get("hand-written")), higher))
         final = budget_from(scfg, p50.get("hand-written"))
         section["final_budget_ms"] = final.latency_budget_ms
-        winner, best_effort = choose(finals, p50, final, higher)  # the finalists' own figures decide
         baseline["p50_ms"] = p50.get("hand-written", baseline.get("p50_ms"))
         section["baseline"] = _public(baseline)
         section["finalists"] = [_finalist(f) for f in finals]
@@ -137,8 +139,7 @@ def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_di
     """best.toml (best-effort.toml when nothing was feasible) and winner.onnx beside it."""
     name = "best-effort.toml" if best_effort else "best.toml"
     toml_path = root / name
-    for stale in ("best.toml", "best-effort.toml"):
-        (root / stale).unlink(missing_ok=True)
+    (root / ("best.toml" if best_effort else "best-effort.toml")).unlink(missing_ok=True)  # best.toml: replaced whole
     o = winner["outcome"]
     header = (f"compress search: the {'best effort (nothing met the constraints)' if best_effort else 'winner'}, "
               f"trial {winner['trial']}: {winner['params']}\n`compress run {name}` reproduces it (cached in its "
