@@ -764,3 +764,59 @@ def test_every_output_is_judged_on_the_npu_and_auto_publishes_the_kept_width_at_
     assert (tmp_path / "auto" / "two.qnn_ctx.onnx").is_file() and top["placement"]["context_path"] == str(
         tmp_path / "auto" / "two.qnn_ctx.onnx")
     assert json.loads((tmp_path / "auto" / "qnn-uint8" / "qnn.json").read_text())["activation_type"] == "uint8"
+
+
+def _fp16_cnn(path: Path) -> Path:
+    """A float16 conv net (float16 input, weights and output), as a user's fp16 export is."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float16), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float16), "b"),
+             numpy_helper.from_array((0.05 * rng.standard_normal((512, 10))).astype(np.float16), "w2"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w2"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "fp16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.qnn
+def test_a_float16_model_compiles_whole_for_htp(tmp_path):
+    # QNN's quantizer made an invalid graph of it (float16 scales below opset 19) or one HTP could not compile
+    # (0 of 14 or 20 nodes on HTP); quantized from its float32 copy it runs whole
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    model = _fp16_cnn(tmp_path / "fp16.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float16))
+    result = CliRunner().invoke(main, ["edge", str(model), "--provider", "qnn", "--calibration",
+                                       str(tmp_path / "calib.npz"), "--out", str(tmp_path / "edge"),
+                                       "--max-accuracy-drop", "0.2"])  # 16 random samples: one is 0.0625
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "edge" / "edge.json").read_text())["qnn"]
+    placed = section["placement"]
+    assert placed["compile_error"] is None and placed["share_on_htp"] == 1.0 and placed["nodes_total"] >= 14
+    assert sorted(section["float16_as_float32"]) == ["b", "w", "w2", "x", "y"]
+    assert section["context"]["parity"]["ok"] and section["budget"]["ok"]
+    assert "5 float16 input(s), output(s) and weight(s) as float32" in result.output
+    assert "matches the QDQ model: yes" in result.output
+
+
+def test_a_graph_htp_cannot_compile_is_not_a_pass():
+    from compress.cli.edge import _npu_gate
+    from compress.errors import GateFailed
+
+    section = {"runs_without_fallback": True, "budget": None, "placement": {"compile_error": "FAIL : no EP for X"}}
+    with pytest.raises(GateFailed, match=r"m.onnx: provider qnn: the HTP backend could not compile the graph "
+                                         r"\(FAIL : no EP for X\); nothing was measured on the NPU"):
+        _npu_gate(Path("m.onnx"), section)
+    _npu_gate(Path("m.onnx"), {**section, "placement": {"compile_error": None}})  # nothing to judge: no verdict

@@ -143,7 +143,10 @@ def _npu_gate(model: Path, qnn_section: dict) -> None:
         raise GateFailed(f"{model}: provider qnn: the HTP backend cannot run the whole model with CPU fallback "
                          f"disabled ({qnn_section.get('fallback_error') or 'no reason given'}){fix}; edge.json lists "
                          "the nodes it refused and why")
-    budget = qnn_section.get("budget")
+    budget, placed = qnn_section.get("budget"), (qnn_section or {}).get("placement") or {}
+    if placed.get("compile_error") and budget is None:  # a session opened, but nothing was measured on the NPU
+        raise GateFailed(f"{model}: provider qnn: the HTP backend could not compile the graph "
+                         f"({placed['compile_error']}); nothing was measured on the NPU; edge.json lists the nodes")
     if budget and not budget["ok"]:
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
                          f"on the CPU, over --max-accuracy-drop {budget['budget']:g}; {budget.get('where')} "

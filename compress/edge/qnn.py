@@ -374,17 +374,3 @@ def runs_without_fallback(model_path: Path, *, provider_options: dict[str, str] 
     except Exception as exc:
         return {"ok": False, "error": first_line(exc)}
     return {"ok": True, "error": None}
-
-
-def run_batches(session: Any, feeds: "dict[str, np.ndarray]", batch: int = 1,
-                axes: "dict[str, int | None] | None" = None, *, every: bool = False) -> Any:
-    """First output of `session` (`every`: the list of all its outputs) over `feeds` ({input name: rows}), `batch`
-    rows at a time (a fixed-shape model takes exactly its batch), cut along each input's batch axis (`axes`, 0 by
-    default: an LSTM state [layers, N, hidden] is cut on 1)."""
-    import numpy as np
-
-    from compress.quantize.attempts import batched
-
-    parts = [session.run(None, part) for part in batched(feeds, batch, axes)]
-    joined = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-    return joined if every else joined[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.edge.qnn import run_batches
+from compress.edge.qnn_feeds import run_batches
 from compress.edge.qnn_feeds import rows
 
 if TYPE_CHECKING:

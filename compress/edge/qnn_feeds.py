@@ -4,7 +4,7 @@ takes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,13 +41,31 @@ def feeds_for(model: Path, given: "np.ndarray | dict[str, np.ndarray]", what: st
     from compress.errors import CompressError
     from compress.onnx.graph import graph_inputs, load_model
 
-    names = [i.name for i in graph_inputs(load_model(model).graph)]
+    inputs = graph_inputs(load_model(model).graph)
+    names = [i.name for i in inputs]
     if not isinstance(given, dict):
         if len(names) != 1:
             raise CompressError(f"{model}: the QNN target got one {what} array for a model with inputs "
                                 f"{', '.join(names)}; give one array per input")
-        return {names[0]: given}
+        given = {names[0]: given}
     missing = [n for n in names if n not in given]
     if missing:
         raise CompressError(f"{model}: the {what} data has no rows for input(s) {', '.join(missing)}")
-    return {n: given[n] for n in names}
+    # float16 rows for a float32 input: a float16 model's float32 copy (compress.edge.ranges.float16_as_float32)
+    wide = {i.name for i in inputs if i.type.tensor_type.elem_type == 1}  # TensorProto.FLOAT
+    return {n: given[n].astype("float32") if n in wide and getattr(given[n], "dtype", None) == "float16" else given[n]
+            for n in names}
+
+
+def run_batches(session: Any, feeds: "dict[str, np.ndarray]", batch: int = 1,
+                axes: "dict[str, int | None] | None" = None, *, every: bool = False) -> Any:
+    """First output of `session` (`every`: the list of all its outputs) over `feeds` ({input name: rows}), `batch`
+    rows at a time (a fixed-shape model takes exactly its batch), cut along each input's batch axis (`axes`, 0 by
+    default: an LSTM state [layers, N, hidden] is cut on 1)."""
+    import numpy as np
+
+    from compress.quantize.attempts import batched
+
+    parts = [session.run(None, part) for part in batched(feeds, batch, axes)]
+    joined = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return joined if every else joined[0]

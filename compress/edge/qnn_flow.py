@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from compress.cache import write_json
 from compress.edge.qnn import (INSTALL, ActivationType, htp_session, placement, qnn_status, quantize_for_qnn,
-                               run_batches, runs_without_fallback)
+                               runs_without_fallback)
 from compress.edge.qnn_accuracy import accuracy_on_htp, judge
-from compress.edge.qnn_feeds import feeds_for, head, rows, whole_batches
-from compress.edge.ranges import for_htp
+from compress.edge.qnn_feeds import feeds_for, head, rows, run_batches, whole_batches
+from compress.edge.ranges import float16_as_float32, for_htp
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,7 +86,8 @@ def _latency(session: Any, sample: "dict[str, np.ndarray]", runs: int, batch: in
             "note": SIMULATED}
 
 
-REWRITES = (("finite_mask", "attention mask(s) made finite"),
+REWRITES = (("float16_as_float32", "float16 input(s), output(s) and weight(s) as float32"),
+            ("finite_mask", "attention mask(s) made finite"),
             ("constants_as_initializers", "Constant node(s) as initializers"),
             ("bounded_tanh", "saturating tanh argument(s) clipped"),
             ("infinite_guards_dropped", "infinite Max/Min guard(s) dropped"),
@@ -131,7 +132,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(onnx_path).stem
     axes = dict(batch_axes or {})
-    fixed = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq, axes)
+    fixed, halved = _fixed(Path(onnx_path), out_dir / f"{stem}.batch{fixed_batch}.onnx", fixed_batch, seq, axes)
     calib = whole_batches(feeds_for(fixed, calibration, "calibration"), fixed_batch, axes)
     x, y = _validation(fixed, val_x, val_y, calib, fixed_batch, axes)
     mark("QNN QDQ quantization")
@@ -139,7 +140,7 @@ def prepare_qnn(onnx_path: Path, out_dir: Path, *, calibration: "np.ndarray | di
     if activation_type == "mixed":  # the judge of each round: ORT CPU's reading, on the data accuracy is read on
         settings["mixed"] = dict(x=x, y=y, logits=logits, budget=max_accuracy_drop)
     qdq, made = _qdq(fixed, out_dir, stem, calib, qdq, fixed_batch, seq, axes, settings)
-    rewrites = {**(rewrites or {}), **made}
+    rewrites = {**(rewrites or {}), **made, **({"float16_as_float32": halved} if halved else {})}
     if "mixed" in made and not compile_unmet and not _within(made["mixed"]["best_cpu_drop"], max_accuracy_drop):
         return _unmet(out_dir, status, fixed, qdq, made["mixed"], max_accuracy_drop)
     mark("placement on HTP")
@@ -246,9 +247,11 @@ def _placed(qdq: Path, context: Path, options: dict[str, str] | None) -> tuple[d
     return placement(qdq, context, provider_options=options), options, note
 
 
-def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None, axes: dict[str, int | None]) -> Path:
+def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None,
+           axes: dict[str, int | None]) -> tuple[Path, list[str]]:
     """The model with its batch (on each input's batch axis) and `seq` dimensions fixed, folded where shapes stay
-    unknown."""
+    unknown, and float32 where it was float16 (QNN's quantizer reads float32 graphs; feeds_for casts the rows);
+    and the tensors made float32."""
     from compress.edge.shapes import fix_batch, fix_dims, folded, shapes_static
 
     fixed = fix_batch(onnx_path, out_path, batch, axes)
@@ -258,7 +261,7 @@ def _fixed(onnx_path: Path, out_path: Path, batch: int, seq: int | None, axes: d
         # shape arithmetic on the now fixed dimensions folds to constants (Google's Magika, a jax2tf graph: its
         # Shape -> Expand chains left QNN 0 of 276 nodes with the batch fixed, and all of them once folded)
         fixed = folded(fixed, fixed)
-    return fixed
+    return fixed, float16_as_float32(fixed, fixed)
 
 
 def _parts_at(qdq: Path, feeds: "dict[str, np.ndarray]", scratch: Path,

@@ -52,6 +52,46 @@ def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any],
     return source, done
 
 
+def float16_as_float32(src: Path, dst: Path) -> list[str]:
+    """Write `src` with every float16 tensor as float32 (initializers, Constant values, graph inputs, outputs and
+    value types, Casts to float16) to `dst`; returns the names of the inputs, outputs and weights changed, [] (and no
+    file) when none is float16. QNN's quantizer reads a float graph: a float16 model's QDQ graph kept float16 scales
+    (an invalid DequantizeLinear below opset 19) or casts HTP did not compile, 0 nodes on HTP either way."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(src))
+    half, full = TensorProto.FLOAT16, TensorProto.FLOAT
+    changed: list[str] = []
+
+    def tensor(t: Any) -> None:
+        if t.data_type == half:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+            changed.append(t.name)
+
+    def graph(g: Any) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for v in [*g.input, *g.output, *g.value_info]:
+            if v.type.tensor_type.elem_type == half:
+                v.type.tensor_type.elem_type = full
+                changed.extend([v.name] if v in g.input or v in g.output else [])
+        for node in g.node:
+            for a in node.attribute:
+                if node.op_type == "Cast" and a.name == "to" and a.i == half:
+                    a.i = full
+                if a.HasField("t"):
+                    tensor(a.t)
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    graph(sub)
+
+    graph(model.graph)
+    if not changed:
+        return []
+    onnx.save(model, str(dst))
+    return list(dict.fromkeys(changed))
+
+
 def constants_as_initializers(src: Path, dst: Path) -> list[str]:
     """Write `src` with the value of every main-graph Constant node that holds a tensor (`value`; the scalar and list
     forms and subgraphs stay as they are, ORT folds those) as an initializer to `dst`; returns the values' names, []
