@@ -27,8 +27,9 @@ STAGE_MARK = ".compress-stage"
 """Written into a stage's folder before it runs: a folder with neither it nor a manifest is the user's (never
 cleared)."""
 
-CACHE_VERSION = 5  # bump when a stage's outputs change meaning, so old caches are not trusted (4: one path for
-# every task: teacher outputs in safetensors, metrics per model; 5: keys chain earlier stages' artifact digests)
+CACHE_VERSION = 6  # bump when a stage's outputs change meaning, so old caches are not trusted (4: one path for
+# every task: teacher outputs in safetensors, metrics per model; 5: keys chain earlier stages' artifact digests;
+# 6: a magnitude prune's control as sparse as the pruned model, tied weights kept tied by channel pruning)
 
 
 def _data_key(cfg: Any) -> dict[str, Any]:

@@ -234,3 +234,54 @@ def test_a_schedule_whose_middle_step_removes_nothing_still_runs(settings):
                        example_input=torch.randn(4, 3, 8, 8), finetune=lambda m, e: None, evaluate=lambda m: 0.5,
                        progress=False)
     assert history[-1]["params"] < history[0]["params"] and len(history) == 4
+
+
+# ---------------------------------------------------------------- tied weights
+
+class TiedHead(nn.Module):
+    """An embedding tied to the output head, the hidden width carried by a residual: pruning it takes the same
+    channels from both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids).mean(1)
+        return self.head(h + self.down(torch.relu(self.up(h))))
+
+
+class TiedAcross(nn.Module):
+    """A tied head fed by a prunable layer: pruning 'fc' would shrink the head's copy only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc, self.head = nn.Embedding(10, 16), nn.Linear(16, 16), nn.Linear(16, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.fc(self.emb(ids).mean(1))))
+
+
+def test_tied_weights_are_still_one_parameter_after_channel_pruning_and_loading(tmp_path):
+    # setup
+    torch.manual_seed(0)
+    x = torch.randint(0, 10, (8, 5))
+    # execute: Torch-Pruning's surgery gave emb and head two separate (10, 8) tensors
+    pruned, history = _prune(TiedHead(), x, amount=0.5, steps=2)
+    save_pruned(pruned, tmp_path / "p.safetensors")
+    loaded = load_pruned(TiedHead(), tmp_path / "p.safetensors", example_input=x)
+    # assert
+    assert pruned.head.weight is pruned.emb.weight and pruned.emb.weight.shape == (10, 8)
+    assert history[-1]["params"] == count_params(pruned) == 10 * 8 + (8 * 16 + 16) + (16 * 8 + 8)
+    assert loaded.head.weight is loaded.emb.weight
+    torch.testing.assert_close(loaded.eval()(x), pruned.eval()(x), rtol=0, atol=0)
+
+
+def test_pruning_that_would_untie_weights_is_refused_naming_them():
+    with pytest.raises(CompressError, match=r"layer 'fc'.*'emb\.weight' and 'head\.weight' are one tied tensor.*"
+                                            r"shapes \[10, 16\] vs \[10, 8\]"):
+        _prune(TiedAcross(), torch.randint(0, 10, (8, 5)), amount=0.5)

@@ -13,6 +13,7 @@ import zlib
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from compress.errors import CompressError, first_line
+from compress.prune.ties import find_ties, retie
 
 if TYPE_CHECKING:
     import torch
@@ -255,12 +256,15 @@ def prune_once(model: "nn.Module", example_input: "torch.Tensor", *, amount: flo
 
 def step(pruner: Any) -> None:
     """One step of a Torch-Pruning pruner; its failures (e.g. an IndexError on a depthwise convolution with a
-    channel multiplier) become a CompressError, which the schedule turns into the layer to leave alone."""
+    channel multiplier) become a CompressError, which the schedule turns into the layer to leave alone.
+    Weights tied before the step are tied after it (`ties.retie`)."""
+    ties = find_ties(pruner.model)
     try:
         pruner.step()
     except Exception as exc:
         raise CompressError(f"prune: Torch-Pruning failed to remove channels: {type(exc).__name__}: "
                             f"{first_line(exc)}") from exc
+    retie(pruner.model, ties)
 
 
 def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignored: Sequence[str],
@@ -287,8 +291,10 @@ def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignore
         channels = pruner.get_out_channels(layer)
         if not channels or channels < 2:
             continue
+        ties = find_ties(probe)
         try:
             graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels // 2))).prune()
+            retie(probe, ties)
             checked_forward(probe, example_input, expected_shape=expected_shape)
         except Exception as exc:  # both Torch-Pruning failures and our checks count as "cannot prune"
             broken.append((root, str(exc).removeprefix("prune: ")))
@@ -327,11 +333,13 @@ def shrink_to(model: "nn.Module", state: dict[str, "torch.Tensor"]) -> "nn.Modul
 
     The inverse of channel pruning for loading: the unpruned architecture comes from the user's factory,
     the shapes from the saved file. Knows Conv, Linear, BatchNorm, LayerNorm, GroupNorm, PReLU, Embedding;
-    other modules get their tensors resized and must read sizes from their tensors.
+    other modules get their tensors resized and must read sizes from their tensors. A tensor that several modules
+    share (tied weights) is replaced by one new tensor that they share.
     """
     import torch
     from torch import nn
 
+    resized: dict[int, tuple["torch.Tensor", "torch.Tensor"]] = {}  # id(old) -> (old, new); old kept alive
     for prefix, module in model.named_modules():
         key = f"{prefix}." if prefix else ""
         changed = False
@@ -340,9 +348,13 @@ def shrink_to(model: "nn.Module", state: dict[str, "torch.Tensor"]) -> "nn.Modul
                 saved = state.get(key + name)
                 if tensor is None or saved is None or saved.shape == tensor.shape:
                     continue
-                empty = torch.empty(saved.shape, dtype=tensor.dtype)
-                table[name] = nn.Parameter(empty, requires_grad=tensor.requires_grad) \
-                    if isinstance(tensor, nn.Parameter) else empty
+                new = resized.get(id(tensor), (None, None))[1]
+                if new is None or new.shape != saved.shape:
+                    empty = torch.empty(saved.shape, dtype=tensor.dtype)
+                    new = nn.Parameter(empty, requires_grad=tensor.requires_grad) \
+                        if isinstance(tensor, nn.Parameter) else empty
+                    resized[id(tensor)] = (tensor, new)
+                table[name] = new
                 changed = True
         if changed:
             _fix_size_attributes(module)

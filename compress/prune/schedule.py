@@ -35,8 +35,6 @@ MAGNITUDE_NOTE = ("magnitude pruning only zeroes weights: the tensors keep their
 _LATENCY_RETRY_AMOUNT = 0.05
 #: Bisection rounds for target_params / target_latency_ms (resolution max_amount / 2**rounds).
 _SEARCH_ROUNDS = 7
-#: Model name of the same-size student trained from scratch (prune.control).
-CONTROL_NAME = "pruned-control"
 
 
 class PruneConfig(Section):
@@ -78,7 +76,8 @@ class PruneConfig(Section):
     control: bool = Field(
         False, description="Also train the pruned architecture from scratch (re-initialised, distilled from the "
         "teacher with the [distill] settings for the same total epochs and seed) as model 'pruned-control', "
-        "so the report shows whether pruning beat simply training a model of that size.")
+        "so the report shows whether pruning beat simply training a model of that size. With method = "
+        "'magnitude' the control keeps the pruned model's zeros (the same mask on new weights), so it is as sparse.")
 
     @model_validator(mode="after")
     def _one_goal(self) -> "PruneConfig":
@@ -303,29 +302,3 @@ def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, laten
                                 latency_ms=latency_ms))
     pruning.magnitude_finalize(layers)
     return model.eval(), history
-
-
-def train_control(pruned: "nn.Module", *, epochs: int, seed: int,
-                  train_fn: Callable[["nn.Module", int], object]) -> "nn.Module":
-    """The same-size control: a copy of the pruned architecture, re-initialised from `seed`, trained by
-    `train_fn(model, epochs)` (the caller's recipe, e.g. distillation from the teacher) from scratch.
-
-    Every module with a `reset_parameters()` (Conv, Linear, BatchNorm, LayerNorm, ...) gets its default
-    initialisation at the pruned sizes; BatchNorm statistics restart too. A module that owns parameters but
-    cannot reset them would keep pruned weights, so it is an error rather than a silently warm-started control.
-    """
-    import torch
-
-    model = copy.deepcopy(pruned)
-    torch.manual_seed(seed)
-    for name, module in model.named_modules():
-        if hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        elif any(True for _ in module.parameters(recurse=False)):
-            raise CompressError(f"prune.control: module '{name}' ({type(module).__name__}) has parameters but no "
-                                "reset_parameters(), so it cannot be re-initialised for the from-scratch control; "
-                                "add reset_parameters() to it or set prune.control = false")
-    train_fn(model, epochs)
-    return model.eval()

@@ -12,7 +12,8 @@ from compress.records import ModelRecord, RunState, StageResult
 def run(ctx: StageContext) -> StageResult:
     """Prune the current final model; latency per step is ONNX Runtime's at batch `latency_batch`, 1 thread."""
     from compress.families import family_of
-    from compress.prune import CONTROL_NAME, MAGNITUDE_NOTE, prune, train_control
+    from compress.prune import CONTROL_NAME, CONTROL_RECIPES, MAGNITUDE_NOTE, prune, train_control
+    from compress.prune.mechanics import nonzero_params
     from compress.train import train_student
     from compress.train.config import resolved
 
@@ -56,13 +57,17 @@ def run(ctx: StageContext) -> StageResult:
         epochs = cfg.distill.epochs + sum(recovery_epochs)
         minutes = settings.max_minutes * (1 + len(recovery_epochs)) if settings.max_minutes else None
         ran: dict = {}
-        control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed,
+        # magnitude: the control keeps the pruned model's zeros, so it is as sparse (a dense one would be bigger)
+        control = train_control(pruned, epochs=epochs, seed=cfg.pipeline.seed, sparse=pcfg.method == "magnitude",
                                 train_fn=lambda m, e: ran.update(train(m, e, desc="prune: control", recovery=False,
                                                                        minutes=minutes)))
         records.append(_save(ctx, control, CONTROL_NAME, "control", base))
         info["control"] = {"epochs": ran.get("epochs_run", epochs), "epochs_budget": epochs, "minutes_budget": minutes,
                            "pruned_accuracy": record.metrics_torch[metric.name],
-                           "control_accuracy": records[-1].metrics_torch[metric.name], "params": records[-1].params}
+                           "control_accuracy": records[-1].metrics_torch[metric.name], "params": records[-1].params,
+                           "made": CONTROL_RECIPES[pcfg.method]}
+        if pcfg.method == "magnitude":  # the pruned model's own count is its last step's nonzero_params
+            info["control"]["nonzero_params"] = nonzero_params(control)
     info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric)
     return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name, final_reason=_reason(base.name, ctx.state.final_reason)),
                        info=info)
@@ -126,7 +131,9 @@ def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict |
         p, c = control["pruned_accuracy"], control["control_accuracy"]
         verdict = "beats" if metric.better(p, c) else ("matches" if p == c else "falls short of")
         gap = f"{100 * (p - c):+.2f} points" if name == "accuracy" else f"{name} {p - c:+.4f}"
+        nonzero = f", {control['nonzero_params']:,} nonzero" if "nonzero_params" in control else ""
         lines += ["", f"pruned+recovered {shown(p, name)} vs same-size from scratch {shown(c, name)} "
-                  f"({control['params']:,} params, distilled for {control['epochs']} epochs, same seed): "
+                  f"({control['params']:,} params{nonzero}: {control['made']}, distilled for {control['epochs']} "
+                  "epochs, same seed): "
                   f"pruning {verdict} training that size from scratch ({gap})."]
     return lines

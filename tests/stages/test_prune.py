@@ -338,10 +338,12 @@ def test_the_control_verdict_follows_the_metrics_direction_and_names_it():
 
     step = {"step": 1, "amount": 0.5, "params": 100, "bytes": 400, "accuracy_before_finetune": 0.09,
             "accuracy": 0.0669, "latency_ms": None}
-    control = {"pruned_accuracy": 0.0669, "control_accuracy": 0.0696, "params": 100, "epochs": 4}
+    control = {"pruned_accuracy": 0.0669, "control_accuracy": 0.0696, "params": 100, "epochs": 4,
+               "made": "the pruned architecture re-initialised"}
     lines = _markdown(SimpleNamespace(method="taylor", latency_batch=1), [step], SimpleNamespace(note=None), control,
                       Metric("error_rate", higher_is_better=False))
     assert "| step | removed | params | weight bytes | error_rate before recovery | error_rate |" in lines[3]
     assert "| 0.0900 | 0.0669 |" in lines[5]
-    assert lines[-1] == ("pruned+recovered 0.0669 vs same-size from scratch 0.0696 (100 params, distilled for 4 "
-                         "epochs, same seed): pruning beats training that size from scratch (error_rate -0.0027).")
+    assert lines[-1] == ("pruned+recovered 0.0669 vs same-size from scratch 0.0696 (100 params: the pruned "
+                         "architecture re-initialised, distilled for 4 epochs, same seed): pruning beats training "
+                         "that size from scratch (error_rate -0.0027).")
