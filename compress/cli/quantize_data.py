@@ -52,6 +52,7 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
 
     accuracy_budget, cosine_budget, metric_budget = budgets
     fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
+    warning = None  # labels given with outputs that are not class logits: said, not used
     if data_npz is not None:
         feeds, targets = read_inputs(model, data_npz, "--data"), read_targets(data_npz)
         n = row_count(feeds)
@@ -70,9 +71,9 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
                                  axes=dims.batch_axes, known=(model, fp32), output=next(iter(judged))), None
         source = f"{n} samples from {data_npz.name}"
         if judged is not None:
-            unused = (f"warning: {data_npz.name}: its labels ('y') are not used: the judged outputs "
-                      f"({', '.join(judged)}) are not one set of class logits, so the gate compares with the fp32 "
-                      "model; pass --metric module:function to gate on the labels")
+            warning = (f"warning: {data_npz.name}: its labels ('y') are not used: the judged outputs "
+                       f"({', '.join(judged)}) are not one set of class logits, so the gate compares with the fp32 "
+                       "model; pass --metric module:function to gate on the labels")
     elif calib is not None:
         rows = row_count(calib)
         feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
@@ -80,7 +81,6 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
         feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
                           source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
-    warning = unused if data_npz is not None and fp32 is not None else None
     if gate.metric.name == "cosine" and warning is None:
         shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
         warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "

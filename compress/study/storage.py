@@ -39,7 +39,7 @@ def storage_for(url: str | None, default: Path) -> Any:
             retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
         else:
             retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
-        for attempt in range(OPEN_TRIES):
+        for attempt in range(OPEN_TRIES):  # the last attempt returns or raises
             try:
                 return storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                                            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
@@ -52,7 +52,7 @@ def storage_for(url: str | None, default: Path) -> Any:
                 why = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 expected = " (expected e.g. sqlite:///study.db or postgresql://user:pass@host/db)" if given else ""
                 raise CompressError(f"--storage {redacted(url)}: Optuna could not open it: {why}{expected}") from None
-    raise AssertionError("unreachable")
+    raise AssertionError(f"OPEN_TRIES is {OPEN_TRIES}: at least one try opens the storage or raises")
 
 
 def _racing(exc: BaseException) -> bool:
