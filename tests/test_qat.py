@@ -103,6 +103,26 @@ def test_the_qdq_graph_in_torch_computes_what_onnx_runtime_computes_and_exports_
     assert all(np.array_equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
 
 
+@pytest.mark.parametrize("pool", [torch.nn.AvgPool2d(2), torch.nn.AvgPool2d(3, 2, 1)], ids=["2x2", "3x3_padded"])
+def test_an_average_pool_computes_in_torch_what_onnx_runtimes_qlinearaveragepool_computes(tmp_path, pool):
+    # ORT fuses DequantizeLinear -> AveragePool -> QuantizeLinear into QLinearAveragePool, which rounds
+    # y / scale + zero point; over a 2x2 window the QDQ arithmetic landed one step apart in 236 of 256 samples
+    from compress.qat.graph import QDQModule
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), pool,
+                              torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    x = np.random.default_rng(0).normal(size=(256, 1, 8, 8)).astype(np.float32)
+    path, _ = _quantized(tmp_path, net, {"input": x})
+    module = QDQModule(onnx.load(str(path)))
+    got = module(torch.from_numpy(x))["logits"]
+    want = _ort(path, {"input": x})
+    assert np.abs(got.detach().numpy() - want).max() <= 1e-6 * np.abs(want).max()
+    got.sum().backward()  # the gradient is the QDQ arithmetic's, straight through
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters() if p.requires_grad)
+
+
 def test_an_attention_block_with_a_minus_inf_mask_keeps_the_mask_in_float_and_matches_in_torch(tmp_path):
     from compress.qat.graph import QDQModule
 

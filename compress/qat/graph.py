@@ -29,8 +29,8 @@ import torch
 from compress.errors import CompressError
 from compress.onnx.graph import readers
 from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
-from compress.qat.ort_kernels import (fused_ops, qlinear_add, qlinear_matmul, qparams, weight_qparams,
-                                      weight_scale64)
+from compress.qat.ort_kernels import (fused_ops, qlinear_add, qlinear_average_pool, qlinear_matmul, qparams,
+                                      weight_qparams, weight_scale64)
 
 _MIDDLE = {np.dtype(np.int8): 0, np.dtype(np.uint8): 128, np.dtype(np.int16): 0, np.dtype(np.uint16): 32768}
 
@@ -141,6 +141,7 @@ class QDQModule(torch.nn.Module):
         self._steps = [(n.op_type, list(n.input), list(n.output), attrs_of(n), n.name)
                        for n in graph.node if n.op_type != "Constant"]
         self._fused = fused_ops(graph, producer, consumers)  # computed as ORT's kernels do (ort_kernels.py)
+        self._pools = {outs[0]: attrs for op, _, outs, attrs, _ in self._steps if op == "AveragePool"}
         last = {}  # each value is dropped after its last reader: a MiniLM graph's values at once took 19 GB
         for i, (op, ins, outs, _, _) in enumerate(self._steps):
             extra = [side[0] for side in self._fused.get(ins[0], ())[1:]] if op == "QuantizeLinear" else []
@@ -279,7 +280,10 @@ class QDQModule(torch.nn.Module):
                     x.float(), scale.reshape(1), zero, act.qmin, act.qmax, 1.0)
                 kind, *sides = self._fused.get(ins[0], (None,))
                 given = [qparams(self, side) for side in sides]
-                if kind and all(given):
+                if kind == "AveragePool" and all(given):
+                    env[outs[0]] = qlinear_average_pool(env[sides[0][0]], given[0], (scale, zero),
+                                                        self._pools[ins[0]], act.qmin, act.qmax, env[outs[0]])
+                elif kind and all(given):
                     env[outs[0]] = (qlinear_add if kind == "Add" else qlinear_matmul)(
                         env[sides[0][0]], given[0], env[sides[1][0]], given[1], (scale, zero), act.qmin, act.qmax,
                         env[outs[0]])
