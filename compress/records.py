@@ -53,7 +53,8 @@ class ModelRecord:
     metrics_torch: Mapping[str, float] | None = None
     """The same in torch on the validation split, when the model was trained or loaded (what selection saw)."""
     parity: Mapping[str, Any] | None = None
-    """torch vs ONNX Runtime: compress.onnx.parity.compare's result."""
+    """An exported model: torch vs ONNX Runtime (compress.onnx.parity.compare's result). A quantized model: against
+    the float ONNX model it came from ("against"; max_abs_diff, top1_agreement, samples; no tolerance applies)."""
     latency: tuple[Mapping[str, Any], ...] = ()
     """One harness row per (provider, batch, threads)."""
     unavailable: tuple[Mapping[str, str], ...] = ()

@@ -34,9 +34,10 @@ CACHE_VERSION = 6  # bump when a stage's outputs change meaning, so old caches a
 
 def _data_key(cfg: Any) -> dict[str, Any]:
     """[data] as the stages' results depend on it: `workers` only moves reading to other processes, unless images
-    are augmented (each worker draws its own random crops and flips)."""
+    are augmented (each worker draws its own random crops and flips) or the dataset is the user's own (python:,
+    whose transforms may draw random numbers too)."""
     values = cfg.data.model_dump(mode="json")
-    if not values.get("augment"):
+    if not values.get("augment") and not str(values.get("source", "")).startswith("python:"):
         values.pop("workers", None)
     return values
 

@@ -141,3 +141,5 @@ def test_keys_that_do_not_change_a_stage_leave_it_cached(tmp_path):
     assert _data_key(cfg("[data]\nworkers = 2\n", "w2")) == _data_key(cfg("[data]\nworkers = 0\n", "w0"))
     augmented = SimpleNamespace(data=SimpleNamespace(model_dump=lambda mode: {"workers": 2, "augment": ["flip"]}))
     assert _data_key(augmented) == {"workers": 2, "augment": ["flip"]}
+    own = SimpleNamespace(data=SimpleNamespace(model_dump=lambda mode: {"workers": 2, "source": "python:m:f"}))
+    assert _data_key(own) == {"workers": 2, "source": "python:m:f"}  # its transforms may draw random numbers

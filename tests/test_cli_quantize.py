@@ -354,6 +354,11 @@ def test_exclude_keeps_an_op_type_in_float_and_an_unknown_one_is_named(tmp_path:
         f"error: {files['model']}: [quantize] exclude (--exclude): 'Conv' is neither a node name nor an op type of "
         "this model (its op types: ")
     assert not (tmp_path / "bad.json").exists()  # refused before any work
+    # with --fix-dim the model checked is a copy in a folder deleted on exit: the line names the user's model
+    fixed = _invoke(files["model"], "--out", tmp_path / "bad.onnx", "--mode", "dynamic", "--exclude", "Conv",
+                    "--fix-dim", "x:0=1")
+    assert fixed.exit_code == 2 and fixed.output.strip().startswith(
+        f"error: {files['model']}: [quantize] exclude (--exclude): 'Conv' is neither"), fixed.output
 
 
 def test_a_non_logits_model_with_labelled_data_runs_fp32_once(files: dict, monkeypatch: pytest.MonkeyPatch):

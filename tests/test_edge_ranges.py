@@ -242,3 +242,27 @@ def test_a_missed_npu_budget_that_ort_cpu_meets_names_where_htp_parts(tmp_path: 
     assert section["parts_at"]["node"] == "recip"
     assert "HTP parts from ORT CPU first at recip (Reciprocal)" in qnn_flow.qnn_table(section)
     assert not (tmp_path / "edge" / "rsqrt.parts.onnx").exists()
+
+
+def test_a_float16_graph_becomes_float32_throughout_and_runs(tmp_path: Path):
+    # a Constant's unnamed value, a Cast to float16 and an op told to make float16 (EyeLike's dtype) all change,
+    # or the graph mixes types and does not load
+    import onnxruntime as ort
+
+    from compress.edge.ranges import float16_as_float32
+
+    h = TensorProto.FLOAT16
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.full((4, 4), 2, np.float16))),
+             helper.make_node("EyeLike", ["x"], ["eye"], dtype=h),
+             helper.make_node("Add", ["x", "eye"], ["s"]),
+             helper.make_node("Mul", ["s", "c"], ["m"]),
+             helper.make_node("Cast", ["m"], ["y"], to=h)]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", h, [4, 4])],
+                              [helper.make_tensor_value_info("y", h, [4, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "h.onnx"))
+    changed = float16_as_float32(tmp_path / "h.onnx", tmp_path / "f.onnx")
+    assert sorted(changed) == ["c", "x", "y"]
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    got = ort.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.dtype == np.float32 and np.array_equal(got, (x + np.eye(4, dtype=np.float32)) * 2)
+    assert float16_as_float32(tmp_path / "f.onnx", tmp_path / "g.onnx") == [] and not (tmp_path / "g.onnx").exists()

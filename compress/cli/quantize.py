@@ -10,7 +10,10 @@ goes beside it, named as such, exit 1).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +107,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     dim_sizes = parse_dims(dims, batch_axes)
     source = model
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
+    with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work, _named(work, source):
         specialised = None
         if fix or fix_inputs:
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
@@ -147,6 +150,18 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     click.echo(_markdown(summary))
     if result["chosen"] is None:
         raise GateFailed(f"{source}: {result['why']} (summary: {out_path.with_suffix('.json')})")
+
+
+@contextlib.contextmanager
+def _named(work: str, source: Path) -> Iterator[None]:
+    """A one-line error that names a file in `work` (the --fix-dim / --fix-input copy, deleted on exit) names the
+    user's model instead."""
+    try:
+        yield
+    except CompressError as exc:
+        if work not in str(exc):
+            raise
+        raise type(exc)(re.sub(re.escape(work) + r"/[^\s:,;)]*", str(source), str(exc))) from None
 
 
 def _specialised(model: Path, out: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...]) -> tuple[Path, Any]:

@@ -54,7 +54,7 @@ def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any],
 
 def float16_as_float32(src: Path, dst: Path) -> list[str]:
     """Write `src` with every float16 tensor as float32 (initializers, Constant values, graph inputs, outputs and
-    value types, Casts to float16) to `dst`; returns the names of the inputs, outputs and weights changed, [] (and no
+    value types, Casts to float16 and ops made to output float16) to `dst`; returns the names of the inputs, outputs and weights changed, [] (and no
     file) when none is float16. QNN's quantizer reads a float graph: a float16 model's QDQ graph kept float16 scales
     (an invalid DequantizeLinear below opset 19) or casts HTP did not compile, 0 nodes on HTP either way."""
     import onnx
@@ -64,10 +64,10 @@ def float16_as_float32(src: Path, dst: Path) -> list[str]:
     half, full = TensorProto.FLOAT16, TensorProto.FLOAT
     changed: list[str] = []
 
-    def tensor(t: Any) -> None:
+    def tensor(t: Any, owner: str = "") -> None:
         if t.data_type == half:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
-            changed.append(t.name)
+            changed.append(t.name or owner)  # a Constant's value is named by the Constant's output
 
     def graph(g: Any) -> None:
         for t in g.initializer:
@@ -78,10 +78,10 @@ def float16_as_float32(src: Path, dst: Path) -> list[str]:
                 changed.extend([v.name] if v in g.input or v in g.output else [])
         for node in g.node:
             for a in node.attribute:
-                if node.op_type == "Cast" and a.name == "to" and a.i == half:
-                    a.i = full
+                if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i == half:
+                    a.i = full  # Cast's target; the type of RandomUniformLike, EyeLike and the like
                 if a.HasField("t"):
-                    tensor(a.t)
+                    tensor(a.t, node.output[0] if node.output else node.name)
                 for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                     graph(sub)
 

@@ -124,7 +124,8 @@ def activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None
 def run_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = None) -> int:
     """Bytes of activations one ORT run of the model holds per sample: the most that are alive at once, walking the
     nodes in order (a tensor lives from its node to its last reader; graph outputs to the end), times ALIVE_MARGIN.
-    Counted as activation_bytes counts. A model whose every tensor is an output (a calibrator's) comes to the sum."""
+    Counted as activation_bytes counts. A model whose every tensor is an output (a calibrator's) comes to the sum
+    times the margin: for those, rows_that_fit(every_tensor=True) takes the sum alone."""
     return _bytes(model_path, feed)[1]
 
 

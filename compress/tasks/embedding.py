@@ -95,7 +95,7 @@ def _knn(x, idx, k: int):
     """Each row of `idx`: the indices of its k nearest rows of `x` (self excluded), [rows, k]."""
     import numpy as np
 
-    return np.argpartition(-_sims(x, idx), k - 1, axis=1)[:, :k]
+    return np.argpartition(-_sims(x, idx), k - 1, axis=1)[:, :k].copy()  # not a view holding [rows, n] int64
 
 
 def _near(x, idx, k: int):
