@@ -468,3 +468,20 @@ def test_a_matmul_with_a_1_by_n_bias_quantizes_per_channel(tmp_path: Path):
     first = summary["attempts"][0]
     assert first["settings"]["per_channel"] and first["quantized"] and first["drop"] is not None, first["reason"]
     assert "1 Gemm bias of shape (1, N) stored as (N,)" in summary["preprocess"]
+
+
+def test_out_that_is_the_model_itself_is_refused_before_any_work(tmp_path: Path, files: dict):
+    # it deleted the input when no attempt met the budget, and overwrote it when int8 shipped; a model named like
+    # --out's best-effort file would be overwritten too
+    import shutil
+
+    same, effort = tmp_path / "m.onnx", tmp_path / "n.best-effort.onnx"
+    for path in (same, effort):
+        shutil.copyfile(files["model"], path)
+    for model, out in ((same, same), (effort, tmp_path / "n.onnx")):
+        result = _invoke(model, "--out", out, "--mode", "dynamic")
+        assert result.exit_code == 2 and result.output.strip() == (
+            f"error: --out: {out} would write {model}, which is MODEL itself ({model}); write the quantized model to "
+            "another path"), result.output
+        assert model.read_bytes() == Path(files["model"]).read_bytes()
+    assert not list(tmp_path.glob("*.json"))

@@ -101,6 +101,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         resolve_provider(p)
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
+    _not_the_model(model, out_path)
     if metric is not None and data_npz is None:
         raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
                             "their targets ('y' or 'y_NAME')")
@@ -150,6 +151,16 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     click.echo(_markdown(summary))
     if result["chosen"] is None:
         raise GateFailed(f"{source}: {result['why']} (summary: {out_path.with_suffix('.json')})")
+
+
+def _not_the_model(model: Path, out: Path) -> None:
+    """--out, its summaries and its best-effort file must not be MODEL: the input was deleted (no attempt met the
+    budget) or overwritten."""
+    written = [out, out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(f"{out.stem}.best-effort.onnx")]
+    hit = next((p for p in written if p.resolve() == model.resolve()), None)
+    if hit is not None:
+        raise CompressError(f"--out: {out} would write {hit}, which is MODEL itself ({model}); write the quantized "
+                            "model to another path")
 
 
 @contextlib.contextmanager
