@@ -419,3 +419,41 @@ def test_qnn_calibration_data_keeps_a_float16_inputs_type(tmp_path: Path):
     np.savez(tmp_path / "c.npz", x=np.ones((4, 4), np.float64))
     got = _qnn_kwargs(tmp_path / "h.onnx", tmp_path / "c.npz", "auto", (), {})
     assert got["calibration"]["x"].dtype == np.float16
+
+
+@pytest.mark.parametrize("shape", ["scalar_output", "no_inner_tensor"])
+def test_edge_takes_a_scalar_output_and_a_graph_whose_every_tensor_is_an_output(tmp_path: Path, shape: str):
+    # a 0-d output (a sum over the batch) could not be joined across parity's chunks; a graph whose tensors are all
+    # inputs or outputs made ORT's usability checker ask for shape inference: both were tracebacks, exit 1
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper
+
+    from compress.cli import main
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    if shape == "scalar_output":
+        nodes = [helper.make_node("Relu", ["x"], ["logits"]),
+                 helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)]
+        outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+                helper.make_tensor_value_info("total", TensorProto.FLOAT, [])]
+    else:
+        nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"])]
+        outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("a", "b")]
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)]),
+              str(model))
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).standard_normal((600, 3)).astype(np.float32))
+    result = CliRunner().invoke(main, ["edge", str(model), "--out", str(tmp_path / "e"), "--inputs",
+                                       str(tmp_path / "in.npz")])
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "e" / "edge.json").read_text())
+    assert section["parity"]["ok"] and section["parity"]["samples"] == 600
+    assert section["readiness"]["providers"]["NNAPI"]["nodes_total"] == 2
+    if shape == "scalar_output":  # in chunks: a 0-d output gives one value per chunk
+        from compress.onnx.parity import run_cpu
+
+        feed = {"x": np.load(tmp_path / "in.npz")["x"]}
+        logits, total = run_cpu(model, feed, batch_size=100)
+        assert logits.shape == (600, 3) and total.shape == (6,)
+        assert np.allclose(total, feed["x"].reshape(6, 100, 3).sum(axis=(1, 2)), rtol=1e-5)

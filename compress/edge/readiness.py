@@ -152,10 +152,15 @@ def _shape_inferred(onnx_path: Path, optimization: Optimization | None) -> "onnx
             analysed = Path(tmp) / onnx_path.name
             optimize_model(onnx_path, analysed, level=get_optimization_level(optimization))
         try:
-            return ModelProtoWithShapeInfo(analysed).model_with_shape_info
+            model = ModelProtoWithShapeInfo(analysed).model_with_shape_info
         except Exception as exc:
             raise CompressError(f"{onnx_path}: ONNX shape inference failed ({first_line(exc)}); "
                                 "re-export the model") from None
+    if not model.graph.value_info and len(model.graph.node) > 1:
+        # every tensor is an input or an output (x -> Relu, x -> Neg): ORT's checker reads an empty value_info as
+        # "shapes never inferred" and raises; the outputs' own shapes are the shapes there are
+        model.graph.value_info.extend(model.graph.output)
+    return model
 
 
 def readiness(onnx_path: Path, *, optimization: Optimization | None = "basic") -> dict:

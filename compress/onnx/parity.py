@@ -71,7 +71,7 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
             batch_size: int | None = None, optimization: str | None = None,
             config: dict[str, str] | None = None, axes: dict[str, int | None] | None = None) -> list["np.ndarray"]:
     """Outputs of the model at `path` on ORT's CPU provider; with `batch_size`, fed in chunks along each input's
-    batch axis (`axes`, 0 by default; outputs joined on axis 0); with
+    batch axis (`axes`, 0 by default; outputs joined on axis 0, a 0-d output stacked one value per chunk); with
     `optimization` (disable, basic, extended, all), at that graph optimization level (default: all); `config`:
     session config entries (compress.bench.providers.EXACT_MATMULS)."""
     import numpy as np
@@ -96,4 +96,8 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
         chunks = [sess.run(None, part) for part in batched(feed, batch_size, axes)]
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the sample inputs in ONNX Runtime ({first_line(exc)})") from None
-    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    if len(chunks) == 1:
+        return chunks[0]
+    # a 0-d output (a sum over the batch) has no axis to join on: one value per chunk, in order
+    return [np.concatenate([c[j] for c in chunks]) if np.ndim(chunks[0][j]) else np.stack([c[j] for c in chunks])
+            for j in range(len(chunks[0]))]
