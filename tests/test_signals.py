@@ -75,3 +75,26 @@ def test_a_signal_during_compress_quantize_removes_its_scratch_folder(tmp_path: 
     assert f"error: stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
     assert sorted(p.name for p in out.parent.iterdir()) == [], "scratch attempts or a half-written model left behind"
     assert not list(Path(os.getcwd()).glob("sym_shape_infer_temp.onnx"))
+
+
+@pytest.mark.parametrize("command", ["run", "quantize"])
+def test_an_interrupted_command_promises_a_resume_only_where_there_is_a_cache(tmp_path, monkeypatch, command):
+    # compress edge / quantize / bench keep nothing between runs: "resume from the stages that finished" was false
+    from click.testing import CliRunner
+
+    import compress.config
+    from compress.bench import providers
+    from compress.cli import main
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress.config, "load_config", stop)
+    monkeypatch.setattr(providers, "check_model_file", stop)
+    args = ["run", str(tmp_path / "p.toml")] if command == "run" else ["quantize", str(tmp_path / "m.onnx"), "--out",
+                                                                       str(tmp_path / "q.onnx")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    expected = ("interrupted; run the same command again to resume from the stages that finished" if command == "run"
+                else "interrupted; nothing was kept; run the same command again to start over")
+    assert result.output.strip().splitlines()[-1] == f"error: {expected}", result.output

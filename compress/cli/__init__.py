@@ -27,10 +27,21 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(ctx, f"{where}{exc.strerror or exc}; check the path, free disk space and permissions", 2)
         except KeyboardInterrupt:
-            _fail(ctx, "interrupted; run the same command again to resume from the stages that finished", 130)
+            _fail(ctx, f"interrupted; {_again(ctx)}", 130)
         except Stopped as exc:
-            _fail(ctx, f"stopped by {exc.name}; scratch files were removed and the run directory released; run the "
-                  "same command again to resume from the stages that finished", 128 + exc.signum)
+            released = " and the run directory released" if ctx.invoked_subcommand in RESUMABLE else ""
+            _fail(ctx, f"stopped by {exc.name}; scratch files were removed{released}; {_again(ctx)}",
+                  128 + exc.signum)
+
+
+RESUMABLE = ("run", "search")
+"""Commands whose finished stages (or trials) a rerun takes from their cache; the others start over."""
+
+
+def _again(ctx: click.Context) -> str:
+    if ctx.invoked_subcommand in RESUMABLE:
+        return "run the same command again to resume from the stages that finished"
+    return "nothing was kept; run the same command again to start over"
 
 
 MAX_LINE_CHARS = 500

@@ -16,15 +16,21 @@ from typing import Any
 from compress.errors import CompressError
 
 _STAGE_FILE = "{name}.stage"
-_current: dict[str, Path] = {}
+_current: dict[str, Any] = {}  # the child's stage file, and when its first stage began
 
 
 def mark(stage: str) -> None:
-    """Record that the child is starting `stage` (a no-op outside an isolated run)."""
+    """Record that the child is starting `stage`, and say so on stderr with the time it has run: a QNN target can
+    take minutes on the simulator (a no-op outside an isolated run)."""
+    import sys
+    import time
+
     path = _current.get("stage")
     if path is not None:
         with open(path, "a") as f:
             f.write(stage + "\n")
+        started = _current.setdefault("started", time.perf_counter())
+        print(f"{path.stem}: {stage} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
 
 class ProviderCrashed(CompressError):
