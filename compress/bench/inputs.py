@@ -98,10 +98,10 @@ def concrete_shape(name: str, shape: list[int | str | None], batch: int, dims: d
         elif axis == batch_axis:
             out.append(batch)
         else:
-            label = dim if isinstance(dim, str) and dim else f"axis {axis}"
-            hint = (f"--dim {dim}=N" if isinstance(dim, str) and dim else f"--fix-dim {name}:{axis}=N") + \
-                " or --inputs FILE.npz"
-            raise CompressError(f"input {name!r}: dimension {label} is symbolic; pass {hint}")
+            named = isinstance(dim, str) and dim and dim not in ("?", "*")  # ORT shows an unnamed dimension as '?'
+            label = f"dimension {dim!r} (axis {axis})" if named else f"axis {axis} (an unnamed dimension)"
+            hint = (f"--dim {dim}=N" if named else f"--fix-dim {name}:{axis}=N") + " or --inputs FILE.npz"
+            raise CompressError(f"input {name!r}: its {label} is symbolic; pass {hint}")
     return tuple(out)
 
 

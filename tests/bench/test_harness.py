@@ -151,7 +151,16 @@ def test_inputs_from_signature_with_named_dims(tmp_path: Path):
     feed = make_inputs(session, 3, parse_dims(["seq=7"]))
     assert feed["x"].shape == (3, 7) and feed["x"].dtype == np.float32
     assert feed["ids"].shape == (3, 7) and feed["ids"].dtype == np.int64
-    with pytest.raises(CompressError, match="input 'x': dimension seq is symbolic; pass --dim seq=N"):
+    with pytest.raises(CompressError, match=r"input 'x': its dimension 'seq' \(axis 1\) is symbolic; pass --dim seq=N"):
+        make_inputs(session, 3)
+    # an unnamed dimension (ORT shows it as '?'): --dim cannot name it, --fix-dim INPUT:AXIS can
+    unnamed = onnx.load(str(tmp_path / "two.onnx"))
+    for value in unnamed.graph.input:
+        value.type.tensor_type.shape.dim[1].Clear()
+    onnx.save(unnamed, str(tmp_path / "unnamed.onnx"))
+    session, _ = open_session(tmp_path / "unnamed.onnx", "cpu", 1)
+    with pytest.raises(CompressError, match=r"input 'x': its axis 1 \(an unnamed dimension\) is symbolic; pass "
+                                            r"--fix-dim x:1=N or --inputs FILE.npz"):
         make_inputs(session, 3)
 
 
