@@ -485,3 +485,16 @@ def test_out_that_is_the_model_itself_is_refused_before_any_work(tmp_path: Path,
             "another path"), result.output
         assert model.read_bytes() == Path(files["model"]).read_bytes()
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_inputs_of_the_wrong_shape_are_named_with_the_file_and_the_sizes(tmp_path: Path, files: dict):
+    # ORT's own message was cut before the sizes and named the model: "did not run on the gate's inputs ... Got
+    # invalid dimensions for input: input for the following indices"
+    x = np.load(files["calib"])["x"]
+    np.savez(tmp_path / "wide.npz", x=np.concatenate([x, x[:, :1]], axis=1))
+    np.savez(tmp_path / "flat.npz", x=x.reshape(-1))
+    for name, shape in (("wide", f"{len(x)}x{x.shape[1] + 1}"), ("flat", f"{x.size}")):
+        result = _invoke(files["model"], "--out", tmp_path / "q.onnx", "--calibration", tmp_path / f"{name}.npz")
+        assert result.exit_code == 2 and result.output.strip() == (
+            f"error: {tmp_path / name}.npz: --calibration: input 'x' has shape {shape}, the model takes "
+            f"?x{x.shape[1]} ('?': any size)"), result.output

@@ -113,8 +113,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         if fix or fix_inputs:
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
         _check_batches(model, batches)
-        calib = read_inputs(model, calibration, "--calibration") if calibration is not None else None
-        given = read_inputs(model, inputs_npz, "--inputs") if inputs_npz is not None else None
+        calib = read_inputs(model, calibration, "--calibration", dim_sizes.batch_axes) if calibration else None
+        given = read_inputs(model, inputs_npz, "--inputs", dim_sizes.batch_axes) if inputs_npz else None
         by_default, mode = mode is None, mode or ("static" if calib is not None else "dynamic")
         if mode == "static" and calib is None:
             raise CompressError("--calibration: static quantization needs calibration inputs (.npz with an array "

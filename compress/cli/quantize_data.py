@@ -11,9 +11,10 @@ SAMPLES = 64
 """Seeded random inputs the agreement gate runs on when no data is given."""
 
 
-def read_inputs(model: Path, path: Path, option: str) -> dict[str, Any]:
+def read_inputs(model: Path, path: Path, option: str, axes: dict[str, int | None] | None = None) -> dict[str, Any]:
     """{input name: array} from an .npz: arrays named like the model's inputs, or 'x' (or the only array) for a
-    one-input model."""
+    one-input model; each array's rank and fixed sizes checked against the model's input (its batch axis, `axes`:
+    0 by default, may hold any number of samples)."""
     from compress.bench.inputs import read_npz
 
     arrays = read_npz(path, expects=f"{option} expects an .npz")
@@ -30,7 +31,27 @@ def read_inputs(model: Path, path: Path, option: str) -> dict[str, Any]:
     if empty is not None:
         raise CompressError(f"{path}: {option} expects at least one sample; the array for input {empty!r} is empty "
                             f"(shape {tuple(got[empty].shape)})")
+    _check_shapes(model, got, f"{path}: {option}", axes or {})
     return got
+
+
+def _check_shapes(model: Path, got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
+    """One line naming the first array whose rank or fixed sizes are not its input's (ORT's own message was cut
+    before the sizes: 'Got invalid dimensions for input: input for the following indices')."""
+    import numpy as np
+
+    from compress.onnx.graph import graph_inputs, load_model
+
+    for value in graph_inputs(load_model(model, weights=False).graph):
+        tensor = value.type.tensor_type
+        if value.name not in got or not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        shape, batch = np.shape(got[value.name]), axes.get(value.name, 0)
+        if len(shape) != len(dims) or any(d and d != s and i != batch for i, (d, s) in enumerate(zip(dims, shape))):
+            want = "x".join("?" if d is None or i == batch else str(d) for i, d in enumerate(dims)) or "a scalar"
+            raise CompressError(f"{where}: input {value.name!r} has shape {'x'.join(map(str, shape)) or 'scalar'}, "
+                                f"the model takes {want} ('?': any size)")
 
 
 def read_targets(path: Path) -> Any:
@@ -54,7 +75,7 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
     fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
     warning = None  # labels given with outputs that are not class logits: said, not used
     if data_npz is not None:
-        feeds, targets = read_inputs(model, data_npz, "--data"), read_targets(data_npz)
+        feeds, targets = read_inputs(model, data_npz, "--data", dims.batch_axes), read_targets(data_npz)
         n = row_count(feeds)
         if metric is not None:
             from compress.tasks.metric import UserMetric
