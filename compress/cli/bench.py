@@ -129,7 +129,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     regression.
     """
     from compress.bench.compare import load_document, rows_of
-    from compress.bench.inputs import parse_dims
+    from compress.bench.inputs import check_dims_named, parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
 
     # everything the user typed is checked before a single run is timed
@@ -143,6 +143,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     if base_doc is not None:
         rows_of(base_doc, baseline)  # a malformed baseline is refused before anything is timed
     given = check_model_file(model)
+    check_dims_named(given, dim_sizes)
     if against is not None:
         check_model_file(against)
     if inputs_npz is None and dim_sizes:

@@ -79,9 +79,10 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     qnn = (_qnn_kwargs(model, calibration_npz, activation_type, qnn_options, axes, fixed_batch or 1)
            if "qnn" in targets else None)
     if (dims or batch_axes) and inputs_npz is None:
-        from compress.bench.inputs import parse_dims
+        from compress.bench.inputs import check_dims_named, parse_dims
         from compress.edge.ort_format import sample_inputs
 
+        check_dims_named(model, parse_dims(dims, batch_axes))
         inputs = sample_inputs(model, batch=fixed_batch or 1, dims=parse_dims(dims, batch_axes))
     if inputs_npz is not None:
         from compress.bench.inputs import load_npz

@@ -92,7 +92,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     """
     import tempfile
 
-    from compress.bench.inputs import parse_dims
+    from compress.bench.inputs import check_dims_named, parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.quantize import QuantizeConfig, quantize as run_quantize
 
@@ -106,6 +106,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
                             "their targets ('y' or 'y_NAME')")
     dim_sizes = parse_dims(dims, batch_axes)
+    check_dims_named(model, dim_sizes)
     source = model
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work, _named(work, source):

@@ -262,3 +262,14 @@ def test_a_batch_the_fixed_batch_dimension_cannot_take_is_refused(tmp_path):
                                      "the model with a dynamic batch axis")
     row = measure(model, "cpu", 1, 1, settings=BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0, repetitions=1))
     assert row["batch"] == 1
+
+
+def test_a_dim_that_names_no_dimension_is_refused(tmp_path: Path):
+    # `compress bench magika.onnx --dim seq=128` timed the model's own shape and said nothing
+    from compress.bench.inputs import check_dims_named
+
+    model = two_inputs(tmp_path / "two.onnx")
+    check_dims_named(model, parse_dims(["seq=7"]))
+    with pytest.raises(CompressError, match=r"--dim seqq=7: .*two.onnx has no input dimension named 'seqq' \(its "
+                                            r"symbolic dimensions: .*seq"):
+        check_dims_named(model, parse_dims(["seqq=7"]))
