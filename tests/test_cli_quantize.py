@@ -498,3 +498,27 @@ def test_inputs_of_the_wrong_shape_are_named_with_the_file_and_the_sizes(tmp_pat
         assert result.exit_code == 2 and result.output.strip() == (
             f"error: {tmp_path / name}.npz: --calibration: input 'x' has shape {shape}, the model takes "
             f"?x{x.shape[1]} ('?': any size)"), result.output
+
+
+def test_a_graph_older_than_onnx_runtime_runs_is_raised_to_opset_13_first(tmp_path: Path):
+    # an opset-6 Gemm has no kernel in ONNX Runtime: the fp32 gate could not score it ("check the export")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 3]),  # IR 3: weights are inputs too
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])]
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, broadcast=1)], "old",
+                              inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])], [w, b])
+    model = tmp_path / "old.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3), str(model))
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32))
+    bench = CliRunner().invoke(main, ["bench", str(model), "--inputs", str(tmp_path / "in.npz")])
+    assert bench.exit_code == 2 and "its opset 6 is older than ONNX Runtime runs (7 and up): upgrade it" in bench.output
+    out = tmp_path / "q.onnx"
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "in.npz", "--batch", "8")
+    assert result.exit_code == 0, result.output
+    assert "note: old.onnx: opset 6 raised to 13 (ONNX Runtime runs opset 7 and up)" in result.output
+    assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")) >= 13

@@ -173,9 +173,30 @@ def open_session(
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all user-facing here
         if name == CPU:
             raise CompressError(
-                f"{model_path}: onnxruntime could not load the model: {first_line(exc)}; check the export"
+                f"{model_path}: onnxruntime could not load the model: {first_line(exc)}; {_what_to_do(model_path)}"
             ) from None
         return unavailable(f"session creation failed: {first_line(exc)}")
     if session.get_providers()[0] != name:
         return unavailable(f"onnxruntime dropped it while creating the session (fell back to {session.get_providers()})")
     return session, None
+
+
+ORT_OLDEST_OPSET = 7
+"""The oldest default-domain opset ONNX Runtime has kernels for."""
+
+
+def _what_to_do(model_path: Any) -> str:
+    """The advice after ORT refused a model: a graph older than ORT's kernels is upgraded, not re-exported."""
+    if isinstance(model_path, (str, Path)) and Path(model_path).suffix.lower() == ".onnx":
+        import onnx
+
+        from compress.onnx.graph import default_opset
+
+        try:
+            have = default_opset(onnx.load(str(model_path), load_external_data=False))
+        except Exception:  # noqa: BLE001 - the advice is a courtesy; ORT's own reason stands
+            have = ORT_OLDEST_OPSET
+        if have < ORT_OLDEST_OPSET:
+            return (f"its opset {have} is older than ONNX Runtime runs ({ORT_OLDEST_OPSET} and up): upgrade it with "
+                    "onnx.version_converter.convert_version(model, 13) (compress quantize does so itself)")
+    return "check the export"

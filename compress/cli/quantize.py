@@ -113,6 +113,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         specialised = None
         if fix or fix_inputs:
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
+        model, raised = _runnable(model, source, Path(work) / f"{model.stem}.opset.onnx")
         _check_batches(model, batches)
         calib = read_inputs(model, calibration, "--calibration", dim_sizes.batch_axes) if calibration else None
         given = read_inputs(model, inputs_npz, "--inputs", dim_sizes.batch_axes) if inputs_npz else None
@@ -128,7 +129,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches
 
-        warnings = [w for w in (warning, _already_quantized(model, ops)) if w] + bound_mismatches(
+        warnings = [w for w in (raised, warning, _already_quantized(model, ops)) if w] + bound_mismatches(
             fix_inputs, {"--calibration": calibration, "--inputs": inputs_npz, "--data": data_npz})
         for line in warnings:
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
@@ -162,6 +163,22 @@ def _not_the_model(model: Path, out: Path) -> None:
     if hit is not None:
         raise CompressError(f"--out: {out} would write {hit}, which is MODEL itself ({model}); write the quantized "
                             "model to another path")
+
+
+def _runnable(model: Path, source: Path, copy: Path) -> tuple[Path, str | None]:
+    """`model`, or `copy` with its opset raised to 13 when it is older than ONNX Runtime runs (an opset-6 Gemm has
+    no kernel: the fp32 gate could not even score it), and the line that says so."""
+    import onnx
+
+    from compress.bench.providers import ORT_OLDEST_OPSET
+    from compress.onnx.graph import default_opset, upgraded
+
+    have = default_opset(onnx.load(str(model), load_external_data=False))
+    if have >= ORT_OLDEST_OPSET:
+        return model, None
+    onnx.save(upgraded(onnx.load(str(model)), 13, origin=str(source), why="ONNX Runtime"), str(copy))
+    return copy, (f"note: {source.name}: opset {have} raised to 13 (ONNX Runtime runs opset {ORT_OLDEST_OPSET} and "
+                  "up); the model written is at opset 13")
 
 
 @contextlib.contextmanager
