@@ -233,7 +233,8 @@ def test_config_errors(tiny_dir: Path, case: str):
 def test_output_dir_that_cannot_be_created(tiny_dir: Path):
     (tiny_dir / "runs").write_text("a file where the run directory should go")
     result = invoke(tiny_dir, "run", "pipeline.toml", "--quiet")
-    assert_one_line_error(result, tiny_dir, "runs/tiny", "Not a directory", "permissions")
+    assert_one_line_error(result, tiny_dir, "pipeline.toml: pipeline.output_dir: ", f"{tiny_dir / 'runs'} (above the "
+                          f"run directory {tiny_dir / 'runs/tiny'}) is a file", "move the file away")
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
@@ -506,8 +507,12 @@ BENCH_CASES = {
                            ["in.npz: input 'x': expected shape ['batch', 4], got [2, 5]"]),
     "inputs-wrong-dtype": (_inputs(x=np.zeros((2, 4), np.float64)), ["--inputs", "in.npz"],
                            ["in.npz: input 'x': expected dtype float32, got float64"]),
-    "inputs-wrong-name": (_inputs(pixels=np.zeros((2, 4), np.float32)), ["--inputs", "in.npz"],
-                          ["in.npz: missing input(s) x; the model expects x, got pixels"]),
+    "inputs-wrong-name": (_inputs(pixels=np.zeros((2, 4), np.float32), other=np.zeros((2, 4), np.float32)),
+                          ["--inputs", "in.npz"], ["in.npz: missing input(s) x; the model expects x, got other, pixels"]),
+    "inputs-empty": (_inputs(x=np.zeros((0, 4), np.float32)), ["--inputs", "in.npz"],
+                     ["in.npz: input 'x' is empty (shape [0, 4]); give at least one sample"]),
+    "inputs-strings": (_inputs(x=np.array(["a", None], dtype=object)), ["--inputs", "in.npz"],
+                       ["in.npz: holds object arrays (strings, lists), which compress does not unpickle"]),
     "inputs-missing": (lambda d: small_onnx(d / "m.onnx").name, ["--inputs", "nope.npz"], ["nope.npz: no such file"]),
     "unknown-provider": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", "tpu"],
                          ["provider: unknown provider 'tpu'; did you mean 'cpu'?"]),

@@ -184,7 +184,12 @@ def read_npz(path: str | Path, *, expects: str, only: Any = None) -> dict[str, n
     try:
         with np.load(p, allow_pickle=False) as data:
             return {k: data[k] for k in data.files if only is None or only(k)}
-    except Exception as exc:  # zipfile/pickle/format errors all mean "not a usable npz"
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise CompressError(f"{p}: not a readable .npz (ValueError); save it with numpy.savez") from None
+        raise CompressError(f"{p}: holds object arrays (strings, lists), which compress does not unpickle; save "
+                            "numeric arrays only (numpy.savez with arrays of numbers)") from None
+    except Exception as exc:  # zipfile/format errors all mean "not a usable npz"
         raise CompressError(f"{p}: not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
 
 
@@ -192,6 +197,9 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
     """Check user-given arrays against the session's input signature; CompressError naming the first mismatch."""
     sig = signature(session)
     names = [n for n, _, _ in sig]
+    given = {k: v for k, v in arrays.items() if not k.startswith("y")}  # a --data file's targets are not inputs
+    if len(names) == 1 and names[0] not in arrays and ("x" in given or len(given) == 1):
+        arrays = {names[0]: given.get("x", next(iter(given.values()), None))}  # as --calibration takes it
     missing = [n for n in names if n not in arrays]
     if missing:
         raise CompressError(f"{source}: missing input(s) {shorten_list(missing, 'inputs')}; the model expects "
@@ -205,6 +213,9 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
             isinstance(d, int) and d > 0 and d != s for d, s in zip(shape, arr.shape)
         ):
             raise CompressError(f"{source}: input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+        if arr.ndim and arr.shape[0] == 0:
+            raise CompressError(f"{source}: input {name!r} is empty (shape {list(arr.shape)}); give at least one "
+                                "sample")
         feed[name] = np.require(arr, requirements="C")  # ascontiguousarray makes a scalar 1-d
     return feed
 

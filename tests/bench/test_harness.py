@@ -184,9 +184,13 @@ def test_npz_inputs_are_checked(tmp_path: Path, small: Path):
     with pytest.raises(CompressError, match=r"input 'x': expected shape \['batch', 64\], got \[5, 63\]"):
         load_npz(wrong_shape, session)
     missing = tmp_path / "missing.npz"
-    np.savez(missing, z=np.ones((5, 64), np.float32))
-    with pytest.raises(CompressError, match=r"missing input\(s\) x; the model expects x, got z$"):
+    np.savez(missing, z=np.ones((5, 64), np.float32), w=np.ones((5, 64), np.float32))
+    with pytest.raises(CompressError, match=r"missing input\(s\) x; the model expects x, got w, z$"):
         load_npz(missing, session)
+    # one array (or one named 'x', beside 'y' targets) for a one-input model: taken, as --calibration takes it
+    only = tmp_path / "only.npz"
+    np.savez(only, pixels=np.ones((5, 64), np.float32), y=np.zeros(5))
+    assert load_npz(only, session)["x"].shape == (5, 64)
 
 
 def test_measure_with_given_inputs_uses_their_batch(small: Path):
