@@ -12,7 +12,6 @@ that meets the budget, int8 only when it is at least MIN_SPEEDUP faster at 99% c
 """
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from compress.quantize import prepare as prep
 from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
+from compress.quantize.timing import MIN_SPEEDUP, pick_final
 
 
 def quantize(
@@ -64,17 +64,12 @@ def quantize(
     "qat"; compress.qat.pick.pick_quantized decides which of the two is the quantized candidate.
     """
     from compress.bench.environment import int8_isa, u8s8_saturates
-    from compress.progress import progress as progress_bar
 
-    mode, cfg = cfg.mode, _post_training(cfg, qat)
-    search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
-    isa = int8_isa()
-    plan = qa.remedy_plan(cfg, saturates=u8s8_saturates(isa))
-    bar = progress_bar(total=len(plan) + 1, desc=f"quantize ({mode})", unit="attempt", enabled=progress)
-    accepted = search.run(plan, bar)
-    bar.update(1)
-    bar.close()
-    accepted, qat_note = search.trained(accepted, qat) if mode == "qat" else (accepted, None)
+    mode, cfg, isa = cfg.mode, _post_training(cfg, qat), int8_isa()
+    with prep.quiet_onnx_runtime():  # ORT's quantization tools log through the root logger, into the terminal
+        search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
+        accepted = search.run(qa.remedy_plan(cfg, saturates=u8s8_saturates(isa)), mode, progress)
+        accepted, qat_note = search.trained(accepted, qat) if mode == "qat" else (accepted, None)
 
     settings = profile.with_options(provider_options)
 
@@ -293,22 +288,30 @@ class _Search:
             record["reason"] += f"; parity: {info['parity']['what']}"
         return pick_quantized(accepted, record, self.gate)
 
-    def run(self, plan: list[tuple[dict[str, Any], str]], bar: Any) -> dict[str, Any] | None:
-        """The first attempt that meets the budget, trying remedies in order when `fallback` is on."""
+    def run(self, plan: list[tuple[dict[str, Any], str]], mode: str, progress: bool) -> dict[str, Any] | None:
+        """The first attempt that meets the budget, trying remedies in order when `fallback` is on; a progress bar
+        counts the attempts (qa.step)."""
+        from compress.progress import progress as progress_bar
+
         cfg = self.cfg
-        for settings, why in plan:
-            if settings.get("calibration_method", "") is None:  # the flip reuses the most accurate method so far
-                settings = {**settings, "calibration_method": qa.best_method(self.attempts, cfg.calibration_method,
-                                                                             self.gate)}
-            rec = self.attempt(settings, why)
-            bar.update(1)
-            if rec["accepted"] or not cfg.fallback:
-                return rec if rec["accepted"] else None
-            if rec["score"] is not None and not rec["quantized"] and not settings["nodes_to_exclude"]:
-                return None  # the quantizer found nothing it could take: other ranges or weights change nothing
-        if cfg.fallback and cfg.max_float_nodes > 0 and self.calib:
-            return qa.exclusion_remedy(self.attempts, self.attempt, self.base, self.calib, cfg, bar, self.gate)
-        return None
+        bar = progress_bar(total=len(plan), desc=f"quantize ({mode})", unit="attempt", enabled=progress)
+        try:
+            for settings, why in plan:
+                if settings.get("calibration_method", "") is None:  # the flip reuses the most accurate method so far
+                    settings = {**settings, "calibration_method": qa.best_method(
+                        self.attempts, cfg.calibration_method, self.gate)}
+                rec = self.attempt(settings, why)
+                # the quantizer found nothing it could take: other ranges or weights change nothing
+                nothing = rec["score"] is not None and not rec["quantized"] and not settings["nodes_to_exclude"]
+                done = rec["accepted"] or not cfg.fallback or nothing
+                qa.step(bar, last=done)
+                if done:
+                    return rec if rec["accepted"] else None
+            if cfg.fallback and cfg.max_float_nodes > 0 and self.calib:
+                return qa.exclusion_remedy(self.attempts, self.attempt, self.base, self.calib, cfg, bar, self.gate)
+            return None
+        finally:
+            bar.close()
 
 
 def attempts_table(attempts: list[dict[str, Any]], gate: dict[str, Any] | None = None) -> list[str]:
@@ -316,7 +319,8 @@ def attempts_table(attempts: list[dict[str, Any]], gate: dict[str, Any] | None =
     name = ((gate or {}).get("metric") or {}).get("name", "accuracy")
     share = name in qa.FRACTIONS
     unit = "points" if share else "absolute"
-    lines = [f"| attempt | why tried | {name} | drop ({unit}) | size | accepted | note |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| attempt | why tried | {name} | drop ({unit}) | size | accepted | note |",
+             "|---|---|---|---|---|---|---|"]
     for a in attempts:
         acc = "-" if a["score"] is None else (f"{100 * a['score']:.2f}%" if share else f"{a['score']:.4f}")
         drop = "-" if a.get("drop") is None else (f"{100 * a['drop']:.2f}" if share else f"{a['drop']:.4f}")
@@ -335,66 +339,3 @@ def _cpu_note(isa: list[str]) -> str:
         return (f"int8 instruction sets: {shown}; no VNNI, so u8s8 products can saturate: reduce_range is among "
                 "the remedies")
     return f"int8 instruction sets: {shown}; u8s8 without saturation, so full 8-bit weights (reduce_range off)"
-
-
-MIN_SPEEDUP = 1.03
-"""The smallest speedup that ships int8 over float: a paired 1.00-1.01x once read as "significantly faster"."""
-
-
-def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,
-               prefer_quantized: bool = False, paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Choose between the float model and an accepted quantized one; the float model unless int8/fp16 is
-    significantly faster.
-
-    With `paired` rows (compress.bench.paired: both models timed in alternating blocks, `ratio` = quantized /
-    float with its 99% CI `ci_ratio`), the speedup per (provider, batch) is 1 / ratio and the decider is their
-    geometric mean; it counts as significant when the geometric mean of the per-row CI upper bounds of the
-    ratio is below 1 / MIN_SPEEDUP (every row's evidence pooled, conservatively: a bound of a mean is tighter than
-    the mean of bounds): at least MIN_SPEEDUP faster at 99% confidence, not merely faster. Without paired rows,
-    the harness rows' p50s give the speedups and they are significant when every row's 95% CIs of p50 are
-    disjoint and the geometric mean reaches MIN_SPEEDUP (rows without CIs count as disjoint, as before).
-    Ties and insignificant speedups go to the float model: it is the simpler one (the graph as exported, no
-    accuracy drop), and a noisy 1.4x on two equal models must not decide; int8 is smaller in bytes, and
-    pick = 'quantized' is how a user says size matters more. Returns {"final", "why", "speedup", "speedups":
-    {"provider/bBATCH": speedup}, "significant", "paired"}.
-    """
-    speedups, significant = _speedups(float_rows, quant_rows, paired)
-    detail = ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
-    if not speedups:
-        final = "quantized" if prefer_quantized else "float"
-        return {"final": final, "speedup": None, "speedups": {}, "significant": False, "paired": bool(paired),
-                "why": f"{final}: no provider measured both models, so speed could not decide"
-                + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
-    gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
-    significant = significant and gmean >= MIN_SPEEDUP
-    rule = (f"significant means at least {MIN_SPEEDUP:.2f}x at 99% confidence" if paired else
-            f"significant means disjoint 95% intervals and at least {MIN_SPEEDUP:.2f}x")
-    if gmean > 1.0 and significant:
-        final, verdict = "quantized", f"it is significantly faster ({rule})"
-    elif prefer_quantized:
-        final, verdict = "quantized", "it is not significantly faster, but pick = 'quantized' keeps it (smaller file)"
-    elif gmean > 1.0:
-        final, verdict = "float", (f"the speedup is within the measurement's noise ({rule}), so the simpler float "
-                                   "model ships")
-    else:
-        final, verdict = "float", "int8/fp16 is not faster here, so the float model ships"
-    how = "paired, alternating blocks" if paired else "separate measurements"
-    return {"final": final, "speedup": gmean, "speedups": speedups, "significant": significant,
-            "paired": bool(paired),
-            "why": f"{final}: quantized vs float speedup {gmean:.2f}x (geometric mean of {detail}; {how}); {verdict}"}
-
-
-def _speedups(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]],
-              paired: list[dict[str, Any]] | None) -> tuple[dict[str, float], bool]:
-    """{"provider/bBATCH": float / quantized} and whether the speedup is significant (see pick_final)."""
-    if paired:
-        speedups = {f"{qa.short(r['provider'])}/b{r['batch']}": 1.0 / r["ratio"] for r in paired}
-        upper = math.exp(sum(math.log(r["ci_ratio"][1]) for r in paired) / len(paired))
-        return speedups, upper < 1.0 / MIN_SPEEDUP
-    f = {(r["provider"], r["batch"]): r for r in float_rows if r.get("p50_ms")}
-    q = {(r["provider"], r["batch"]): r for r in quant_rows if r.get("p50_ms")}
-    common = sorted(set(f) & set(q))
-    speedups = {f"{qa.short(p)}/b{b}": f[(p, b)]["p50_ms"] / q[(p, b)]["p50_ms"] for p, b in common}
-    disjoint = [q[k]["ci95_p50_ms"][1] < f[k]["ci95_p50_ms"][0] for k in common
-                if f[k].get("ci95_p50_ms") and q[k].get("ci95_p50_ms")]
-    return speedups, all(disjoint)

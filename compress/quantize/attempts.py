@@ -13,6 +13,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, QuantizeConfig
+from compress.quantize.prepare import is_large, quiet_onnx_runtime, save
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
                                           _reader, gate_checked, memory_cap, quantizable_ops, rank_sensitive_nodes,
                                           rows_that_fit, samples_that_fit)
@@ -98,24 +99,33 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
                            Path(best["path"]).parent)
     names = [n for n, _ in checked] + [n for n in names if n not in {c for c, _ in checked}]
     why = f" (ranked by the gate on {len(checked)} candidates" + (f"; SQNR on {note})" if note else ")")
-    counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)})
+    counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)}
+                    - {0})
     bar.total += len(counts)
     lowest = best["drop"]
     for count in counts:
-        if count == 0:
-            continue
         rec = attempt({**settings, "nodes_to_exclude": names[:count]},
                       f"remedy: {count} most sensitive node{'s' if count > 1 else ''} kept in float{why}")
-        bar.update(1)
+        # the drop is not in a few nodes when a step wins back little: doubling them again would win as little
+        stalled = (rec["drop"] is not None and count < counts[-1]
+                   and lowest - rec["drop"] < STALLED * (lowest - gate.budget))
+        step(bar, last=rec["accepted"] or stalled)
         if rec["accepted"]:
             return rec
-        if rec["drop"] is not None and lowest - rec["drop"] < STALLED * (lowest - gate.budget) and count < counts[-1]:
-            # the drop is not in a few nodes: doubling them again would cost attempts and win as little
+        if stalled:
             rec["reason"] += (f"; {count} node{'s' if count > 1 else ''} in float won back under "
                               f"{STALLED:.0%} of the excess over the budget, so no more nodes were tried")
             return None
         lowest = min(lowest, rec["drop"] if rec["drop"] is not None else lowest)
     return None
+
+
+def step(bar: Any, *, last: bool = False) -> None:
+    """One attempt done on the progress bar, whose total counts what may still run: the last attempt of a search
+    sets it to the attempts run (a search stops early when one meets the budget, or when remedies cannot help)."""
+    if last:
+        bar.total = bar.n + 1
+    bar.update(1)
 
 
 def _rows(feed: dict[str, np.ndarray]) -> int:
@@ -186,6 +196,7 @@ def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
                                 f"sample, the model takes {want}; check [data] against the exported model")
 
 
+@quiet_onnx_runtime()  # ORT's quantizer logs through the root logger, into the user's terminal
 def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[str, np.ndarray]] | None,
                   cap: int | None = None) -> str:
     """One quantization of the pre-processed model with `settings`, written to `out`; static with
@@ -297,28 +308,6 @@ def _quantize_static(base: Path, out: Path, settings: dict[str, Any], calib: lis
                     **({"calibration_cache_path": cache} if cache is not None else {}))
 
 
-def is_large(path: Path) -> bool:
-    """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
-    ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
-    from compress.onnx.graph import PROTOBUF_LIMIT, model_bytes
-
-    return model_bytes(path) > PROTOBUF_LIMIT // 2
-
-
-def save(model: Any, path: Path, *, large: bool) -> None:
-    """onnx.save, with the weights in `<name>.data` beside the model when it is large."""
-    import onnx
-
-    if large:
-        from compress.cache import usual_mode
-
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=f"{path.name}.data")
-        usual_mode(path.with_name(f"{path.name}.data"))
-    else:
-        onnx.save(model, str(path))
-
-
 def is_reduced(path: Path, mode: str) -> bool:
     """Whether the model still holds any int8/uint8 (or fp16) weights, i.e. quantization did something."""
     import onnx
@@ -372,11 +361,16 @@ def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
 
 
 def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | None:
-    """Why no attempt quantized anything, when that is the case: the model's work sits inside control-flow subgraphs
-    (ONNX Runtime's quantizers work on the main graph; Silero VAD is 5 nodes around two Ifs), or else every node
-    the quantizer could take was one it keeps in float. None when some attempt quantized, or none was built."""
-    if any(a.get("quantized") for a in attempts) or not any(a.get("score") is not None for a in attempts):
+    """Why no attempt quantized anything, when that is the case: every attempt failed (ORT's calibrator cannot load
+    the graph it augments from onnx's IR 3 single-op test graphs), the model's work sits inside control-flow
+    subgraphs (ONNX Runtime's quantizers work on the main graph; Silero VAD is 5 nodes around two Ifs), or else every
+    node the quantizer could take was one it keeps in float. None when some attempt quantized, or none ran."""
+    if not attempts or any(a.get("quantized") for a in attempts):
         return None
+    if all(a.get("score") is None for a in attempts):
+        first = attempts[0]["reason"].removeprefix("failed: ")
+        return (f"no attempt could be built (all {len(attempts)} failed; the first: {first})" if len(attempts) > 1
+                else f"no attempt could be built (it failed: {first})")
     import onnx
 
     from compress.onnx.control import CONTROL_FLOW, resolve_hint

@@ -35,7 +35,7 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
     import onnx
     import onnxruntime as ort
 
-    from compress.quantize.attempts import is_large
+    from compress.quantize.prepare import is_large
 
     model_path = Path(model_path)
     if not calibration or is_large(model_path):

@@ -1,10 +1,13 @@
 """Bringing a model up to date before quantization: old IR 3 weight inputs dropped, weights stored as Constant nodes
 moved to initializers, the opset raised for static QDQ, ORT's pre-processing (shape inference and optimisation) run
-where it cannot litter the working folder; and the nodes a user keeps in float."""
+where it cannot litter the working folder; the nodes a user keeps in float; large models written with external data;
+and ONNX Runtime's log records kept out of the terminal while its quantization tools run."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,7 +15,6 @@ import numpy as np
 
 from compress.errors import CompressError, first_line
 from compress.onnx.graph import readers
-from compress.quantize.attempts import is_large, save
 
 
 QDQ_OPSET = 13
@@ -55,6 +57,61 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
     except Exception as exc:  # symbolic shape inference gives up on some graphs; quantization still works
         save(onnx.load(str(src)), dst, large=large) if large else shutil.copyfile(src, dst)
         return "; ".join(notes + [f"quant_pre_process failed ({first_line(exc)}); quantized the model as is"])
+
+
+def is_large(path: Path) -> bool:
+    """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
+    ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
+    from compress.onnx.graph import PROTOBUF_LIMIT, model_bytes
+
+    return model_bytes(path) > PROTOBUF_LIMIT // 2
+
+
+def save(model: Any, path: Path, *, large: bool) -> None:
+    """onnx.save, with the weights in `<name>.data` beside the model when it is large."""
+    import onnx
+
+    if large:
+        from compress.cache import usual_mode
+
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data")
+        usual_mode(path.with_name(f"{path.name}.data"))
+    else:
+        onnx.save(model, str(path))
+
+
+@contextlib.contextmanager
+def quiet_onnx_runtime() -> Iterator[None]:
+    """Keep ONNX Runtime's Python log records out of the terminal for the block (a decorator too); compress's own
+    pass as before. ORT's quantizer logs through the root logger ("Please consider pre-processing before
+    quantization" twice an attempt, "Axis 1 is out-of-range for weight ..." on a PP-OCR recogniser), its other
+    modules through loggers under "onnxruntime"; what matters of it reaches the attempts table as a failure. With no
+    handler set up, ORT's `logging.warning` would also call basicConfig, and every later line of compress's would
+    read "WARNING:compress...": Python's last-resort handler stands in on the root logger for the block."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("onnxruntime")
+    package = os.path.dirname(spec.origin) + os.sep if spec and spec.origin else None
+    root, theirs = logging.getLogger(), logging.getLogger("onnxruntime")
+
+    def not_theirs(record: logging.LogRecord) -> bool:  # the root logger's records: logging.warning(...) calls
+        return package is None or not record.pathname.startswith(package)
+
+    stand_in = None if root.handlers else logging.lastResort or logging.NullHandler()
+    level = theirs.level
+    root.addFilter(not_theirs)
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    theirs.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        theirs.setLevel(level)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+        root.removeFilter(not_theirs)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """Timing inside quantize: the float model and a quantized candidate measured with the project's harness, alone or
-paired (compress.bench.paired: alternating blocks in one process), for the float-vs-quantized pick."""
+paired (compress.bench.paired: alternating blocks in one process), and the float-vs-quantized pick on those
+measurements (pick_final)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,3 +90,77 @@ def timed_together(float_path: Path, quant_path: Path, providers: list[str], bat
                     side["rows"] += alone["rows"]
                     side["unavailable"] += [u for u in alone["unavailable"] if u not in side["unavailable"]]
     return paired, timed[0], timed[1]
+
+
+MIN_SPEEDUP = 1.03
+"""The smallest speedup that ships int8 over float: a paired 1.00-1.01x once read as "significantly faster"."""
+
+
+def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,
+               prefer_quantized: bool = False, paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Choose between the float model and an accepted quantized one; the float model unless int8/fp16 is
+    significantly faster.
+
+    With `paired` rows (compress.bench.paired: both models timed in alternating blocks, `ratio` = quantized /
+    float with its 99% CI `ci_ratio`), the speedup per (provider, batch) is 1 / ratio and the decider is their
+    geometric mean; it counts as significant when the geometric mean of the per-row CI upper bounds of the
+    ratio is below 1 / MIN_SPEEDUP (every row's evidence pooled, conservatively: a bound of a mean is tighter than
+    the mean of bounds): at least MIN_SPEEDUP faster at 99% confidence, not merely faster. Without paired rows,
+    the harness rows' p50s give the speedups and they are significant when every row's 95% CIs of p50 are
+    disjoint and the geometric mean reaches MIN_SPEEDUP (rows without CIs count as disjoint, as before).
+    Ties and insignificant speedups go to the float model: it is the simpler one (the graph as exported, no
+    accuracy drop), and a noisy 1.4x on two equal models must not decide; int8 is smaller in bytes, and
+    pick = 'quantized' is how a user says size matters more. The quantized model is called slower, whichever
+    ships, when the evidence says so the other way: the geometric mean of the ratio's CI lower bounds above 1
+    (paired), or every row with CIs, disjoint the other way (separate): a 0.31x is not a tie. Returns {"final",
+    "why", "speedup", "speedups": {"provider/bBATCH": speedup}, "significant", "slower", "paired"}.
+    """
+    speedups, significant, slower = _speedups(float_rows, quant_rows, paired)
+    detail = ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
+    if not speedups:
+        final = "quantized" if prefer_quantized else "float"
+        return {"final": final, "speedup": None, "speedups": {}, "significant": False, "slower": False,
+                "paired": bool(paired), "why": f"{final}: no provider measured both models, so speed could not decide"
+                + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
+    gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
+    significant, slower = significant and gmean >= MIN_SPEEDUP, slower and gmean < 1.0
+    rule = (f"significant means at least {MIN_SPEEDUP:.2f}x at 99% confidence" if paired else
+            f"significant means disjoint 95% intervals and at least {MIN_SPEEDUP:.2f}x")
+    slow = "the 99% interval of quantized / float lies above 1" if paired else "disjoint 95% intervals"
+    if gmean > 1.0 and significant:
+        final, verdict = "quantized", f"it is significantly faster ({rule})"
+    elif prefer_quantized:
+        final, verdict = "quantized", ((f"it is slower ({slow})" if slower else "it is not significantly faster")
+                                       + ", but pick = 'quantized' keeps it (smaller file)")
+    elif gmean > 1.0:
+        final, verdict = "float", (f"the speedup is within the measurement's noise ({rule}), so the simpler float "
+                                   "model ships")
+    else:
+        final, verdict = "float", (f"int8/fp16 is {f'slower here ({slow})' if slower else 'not faster here'}, "
+                                   "so the float model ships")
+    how = "paired, alternating blocks" if paired else "separate measurements"
+    return {"final": final, "speedup": gmean, "speedups": speedups, "significant": significant, "slower": slower,
+            "paired": bool(paired),
+            "why": f"{final}: quantized vs float speedup {gmean:.2f}x (geometric mean of {detail}; {how}); {verdict}"}
+
+
+def _speedups(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]],
+              paired: list[dict[str, Any]] | None) -> tuple[dict[str, float], bool, bool]:
+    """{"provider/bBATCH": float / quantized}, whether the speedup is significant and whether the quantized model is
+    significantly slower (see pick_final)."""
+    from compress.quantize.attempts import short
+
+    if paired:
+        speedups = {f"{short(r['provider'])}/b{r['batch']}": 1.0 / r["ratio"] for r in paired}
+        upper = math.exp(sum(math.log(r["ci_ratio"][1]) for r in paired) / len(paired))
+        lower = math.exp(sum(math.log(r["ci_ratio"][0]) for r in paired) / len(paired))
+        return speedups, upper < 1.0 / MIN_SPEEDUP, lower > 1.0
+    f = {(r["provider"], r["batch"]): r for r in float_rows if r.get("p50_ms")}
+    q = {(r["provider"], r["batch"]): r for r in quant_rows if r.get("p50_ms")}
+    common = sorted(set(f) & set(q))
+    speedups = {f"{short(p)}/b{b}": f[(p, b)]["p50_ms"] / q[(p, b)]["p50_ms"] for p, b in common}
+    known = [k for k in common if f[k].get("ci95_p50_ms") and q[k].get("ci95_p50_ms")]
+    faster = all(q[k]["ci95_p50_ms"][1] < f[k]["ci95_p50_ms"][0] for k in known)
+    slower = bool(common) and len(known) == len(common) and all(
+        q[k]["ci95_p50_ms"][0] > f[k]["ci95_p50_ms"][1] for k in known)
+    return speedups, faster, slower

@@ -144,6 +144,27 @@ def test_the_exclusion_remedy_stops_when_a_node_in_float_wins_nothing_back(setup
         assert last["accuracy_drop"] == 0.0 and any(n.startswith("fc1") for n in last["settings"]["nodes_to_exclude"])
 
 
+def test_progress_ends_at_the_attempts_run_when_the_exclusion_remedy_stops(setup: dict, monkeypatch, capsys):
+    # setup: the stalled case above: the plan, then one node in float that wins nothing back
+    import re
+
+    from compress.quantize import attempts as qa
+
+    calib = setup["calib_x"].copy()
+    calib[:, -1] = 1e4
+    checked = qa.gate_checked
+    monkeypatch.setattr(qa, "gate_checked", lambda *a: list(reversed(checked(*a))))
+    # execute
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib, progress=True)
+    # assert: one line per attempt, never past its total, the last one's count its total
+    lines = [(int(n), int(t)) for n, t in re.findall(r"quantize \(static\): (\d+)/(\d+) attempt",
+                                                     capsys.readouterr().err)]
+    done = len(result["attempts"])
+    assert result["attempts"][-1]["why_tried"].startswith("remedy: 1 most sensitive node kept in float")
+    assert [n for n, _ in lines] == list(range(1, done + 1)) and lines[-1] == (done, done), lines
+    assert all(n <= total for n, total in lines), lines
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_the_weighted_ops_remedy_leaves_the_ops_between_them_float(tmp_path: Path) -> None:
     # setup: a conv net (convs, ReLUs, a global average pool, a Linear head), pre-processed
