@@ -262,6 +262,7 @@ def _section_type(annotation: Any) -> Any:
 
 def _check_files(cfg: PipelineConfig) -> None:
     path = cfg.source_path
+    _check_run_dir(cfg)
     if cfg.teacher.checkpoint is not None:
         ckpt = cfg.resolve(cfg.teacher.checkpoint)
         if not ckpt.is_file():
@@ -278,3 +279,17 @@ def _check_files(cfg: PipelineConfig) -> None:
     if cfg.teacher.checkpoint is None and cfg.teacher.train is None and not family_of(cfg.teacher.model).weights_in_spec:
         # an hf: folder holds its weights; a text classification head is checked with the data
         raise CompressError(f"{path}: teacher: give a checkpoint, or a [teacher.train] section to train one here")
+
+
+def _check_run_dir(cfg: PipelineConfig) -> None:
+    """The run directory is a folder, or can be made one: a file at its path (or at a folder above it) is refused
+    now, naming the key, instead of an OSError once the first stage writes."""
+    key = "pipeline.output_dir" if cfg.pipeline.output_dir else "pipeline.output_dir (default runs/<name>)"
+    for folder in (cfg.run_dir, *cfg.run_dir.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            where = "" if folder == cfg.run_dir else f" (above the run directory {cfg.run_dir})"
+            what = "a file" if folder.is_file() else "not a folder"
+            raise CompressError(f"{cfg.source_path}: {key}: {folder}{where} is {what}; name a folder for the run "
+                                "(it is made when missing), or move the file away")

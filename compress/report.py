@@ -179,6 +179,7 @@ def summary_table(report: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     final = report.get("final")
     lines.append(f"* final: {final}" + (f" ({report['final_reason']})" if report.get("final_reason") else ""))
+    lines += ((report.get("details") or {}).get("benchmark") or {}).get("summary_lines", [])  # what was not timed
     if report.get("gate_failure"):
         lines.append(f"GATE FAILED: {report['gate_failure']}")
     return "\n".join(lines)

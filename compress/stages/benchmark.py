@@ -31,4 +31,21 @@ def run(ctx: StageContext) -> StageResult:
                                             accuracy=test.get("accuracy"), accuracy_val=val.get("accuracy"),
                                             latency=tuple(rows[name]["latency"]),
                                             unavailable=tuple(rows[name]["unavailable"])))
-    return StageResult(models=tuple(records))
+    lines = _not_timed(rows)
+    return StageResult(models=tuple(records), info={"summary_lines": lines} if lines else {})
+
+
+def _not_timed(rows: dict[str, dict[str, list]]) -> list[str]:
+    """The summary's lines on what was not timed: each provider that timed nothing and why (naming the models when
+    not all of them), then, when no provider timed anything, that every p50 is '-' and how to make that an error."""
+    why: dict[tuple[str, str], list[str]] = {}
+    for name, got in rows.items():
+        for u in got["unavailable"]:
+            names = why.setdefault((u["provider"], u["reason"]), [])
+            names += [] if name in names else [name]
+    lines = [f"not timed on {provider}: {reason}" + ("" if len(names) == len(rows) else f" ({', '.join(names)})")
+             for (provider, reason), names in why.items()]
+    if why and not any(got["latency"] for got in rows.values()):
+        lines.append("no latency was measured (p50 '-'): no provider in [benchmark] providers could run here; set "
+                     "[benchmark] strict = true to make this an error")
+    return lines

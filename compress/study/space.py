@@ -16,6 +16,11 @@ from compress.errors import CompressError
 
 OFF = {("quantize", "mode"): "none", ("prune", "amount"): 0}
 """(section, key) -> the value that means "no such stage" in a trial."""
+BUILT_SECTIONS = ("student", "distill", "evaluate")
+"""Sections the pre-training model checks read (compress.families.checks): a key path into one is built at load."""
+CHEAP_SECONDS = 10.0
+"""Each built key path's first value is always checked; its other values (every choice, the range's other end) while
+the check has taken less than this."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,8 @@ def apply(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_space(raw: dict[str, Any], params: list[Param], path: Path) -> None:
-    """Every key path names a config key, and every choice (or both ends of a range) makes a valid pipeline file;
-    else CompressError naming the search key (exit 2)."""
+    """Every key path names a config key, every choice (or both ends of a range) makes a valid pipeline file, and
+    the models a path touches build (check_builds); else CompressError naming the search key (exit 2)."""
     from compress.config import PipelineConfig, parse_config
 
     base = {k: v for k, v in raw.items() if k != "search"}
@@ -96,6 +101,34 @@ def check_space(raw: dict[str, Any], params: list[Param], path: Path) -> None:
             except CompressError as exc:
                 detail = str(exc).removeprefix(f"{path}: ")
                 raise CompressError(f"{where}: the value {value!r} makes an invalid pipeline ({detail})") from None
+    check_builds(base, params, path)
+
+
+def check_builds(base: dict[str, Any], params: list[Param], path: Path) -> None:
+    """Each key path into the models' sections passes, with its first value (and its other values while that stays
+    cheap), the checks `compress run` makes before training: the student builds on the data and its outputs fit the
+    task (compress.families.checks). A factory keyword is a key path inside [student] kwargs that only a built model
+    can refuse: a typo would otherwise fail every trial. CompressError naming the search key (exit 2)."""
+    import time
+
+    from compress.config import check_before_training, parse_config
+    from compress.families.checks import check_models
+
+    built = [p for p in params if p.path.split(".")[0] in BUILT_SECTIONS]
+    if not built:
+        return
+    started = time.monotonic()
+    data = check_before_training(parse_config(base, path))  # the file as written: its own errors name its own keys
+    for param in built:
+        for i, value in enumerate(param.extremes()):
+            if i and time.monotonic() - started > CHEAP_SECONDS:
+                break
+            try:
+                check_models(parse_config(apply(base, {param.path: value}), path), data)
+            except CompressError as exc:
+                detail = str(exc).removeprefix(f"{path}: ")
+                raise CompressError(f"{path}: search.space.{param.path}: with the value {value!r} the pipeline fails "
+                                    f"its checks before training ({detail})") from None
 
 
 def _check_path(model: Any, parts: list[str], where: str) -> None:
