@@ -273,3 +273,28 @@ def test_the_model_codes_digest_follows_the_local_modules_it_imports(tmp_path: P
         after = source_digest(tmp_path, "zoo.net:build")
         assert after != before, name
         before = after
+
+
+def test_the_module_beside_each_config_is_the_one_imported(tmp_path):
+    # in one process (a notebook, compress.run twice) a second folder's mymodels.py was the first folder's, and an
+    # edited file the old code, while the stage cache hashed the file on disk
+    import os
+    import sys
+
+    from compress.imports import import_object
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, value in ((one, 1), (two, 2)):
+        folder.mkdir()
+        (folder / "mymodels_beside.py").write_text(f"def f():\n    return {value}\n")
+    try:
+        assert import_object("mymodels_beside:f", one, "student.model")() == 1
+        assert import_object("mymodels_beside:f", two, "student.model")() == 2
+        source = two / "mymodels_beside.py"
+        source.write_text("def f():\n    return 3\n")
+        os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+        assert import_object("mymodels_beside:f", two, "student.model")() == 3
+        assert import_object("mymodels_beside:f", two, "student.model") is import_object("mymodels_beside:f", two,
+                                                                                         "student.model")
+    finally:
+        sys.modules.pop("mymodels_beside", None)
