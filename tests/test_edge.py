@@ -206,6 +206,16 @@ def test_kit_runs_with_this_interpreter_and_reports_other_hardware_as_unavailabl
     assert [u["provider"] for u in entry["unavailable"]] == [p for p in asked if p not in measured]
     assert strict.returncode == 1 and "unavailable under --strict: NnapiExecutionProvider" in strict.stderr
     assert "compress compare local.json device.json" in (kit / "README.txt").read_text()
+    assert "Paired with the older model" not in (kit / "README.txt").read_text()
+
+
+def test_a_kit_with_an_older_model_says_how_it_is_paired(tmp_path):
+    # paired mode was in kit.json and the scripts only: README.txt did not mention against.onnx
+    model = _conv_model(tmp_path / "m.onnx")
+    kit = edge.make_kit(model, tmp_path / "kit", batch=2, against=model, max_regression=0.05)
+    text = (kit / "README.txt").read_text()
+    assert "Paired with the older model (against.onnx)" in text and "beyond +5% at the paired interval" in text
+    assert (kit / "against.onnx").is_file() and (kit / "paired_kit.py").is_file()
 
 
 @pytest.mark.slow

@@ -116,8 +116,16 @@ def make_kit(
         name=kit["name"], model=model_name, bytes=(out_dir / model_name).stat().st_size, sha256=sha256[:16],
         inputs="inputs.npz", batch=batch, expected="expected.npz",
         ort=ort.__version__, providers=", ".join(kit["providers"]),
-    ))
+    ) + (_PAIRED_README.format(against=paired["against"], percent=round(100 * paired["max_regression"]))
+         if paired else ""))
     return out_dir
+
+
+_PAIRED_README = """
+Paired with the older model ({against}): every bench_kit.py run above also times model and {against} in
+alternating blocks on the device (paired_kit.py, which bench_kit.py runs itself) and exits 1 when the model is
+slower than {against} beyond +{percent}% at the paired interval; --no-against skips it.
+"""
 
 
 def _kit_json(name: str, model_name: str, sha256: str, params: int | None, providers: list[str] | None,
