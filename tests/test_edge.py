@@ -467,3 +467,14 @@ def test_edge_takes_a_scalar_output_and_a_graph_whose_every_tensor_is_an_output(
         logits, total = run_cpu(model, feed, batch_size=100)
         assert logits.shape == (600, 3) and total.shape == (6,)
         assert np.allclose(total, feed["x"].reshape(6, 100, 3).sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_an_ort_file_far_larger_than_its_model_is_named():
+    # a 4 KB model-zoo AlexNet whose weights are made by ConstantOfShape became a 244 MB ORT file without a word
+    from compress.edge.ort_format import _grown
+
+    note = _grown(244 * 2**20, 4 * 2**10, "basic")
+    assert note.startswith("the ORT-format file is 244 MB against the model's 4 KB: constant folding at optimization "
+                           "'basic'") and note.endswith("--optimization disable keeps them computed")
+    assert _grown(244 * 2**20, 4 * 2**10, "disable") is None and _grown(2**21, 2**20, "basic") is None
+    assert _grown(2**19, 2**10, "basic") is None  # under a megabyte: no note

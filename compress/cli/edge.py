@@ -103,6 +103,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     ort = section["ort"]
     parity = section["parity"]
     click.echo(f"ORT format: {ort['ort_path']} ({ort['bytes']} bytes, optimization {ort['optimization']})")
+    if ort.get("note"):
+        click.echo(f"note: {ort['note']}")
     click.echo(f"operator config for a minimal build: {ort['config_path']}")
     top1 = "" if parity.get("top1_agreement") is None else f", top-1 agreement {parity['top1_agreement']:.3f}"
     click.echo(f"parity vs ONNX: max abs diff {parity['max_abs_diff']:.3g}{top1}")

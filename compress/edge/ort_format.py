@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from compress.errors import CompressError, first_line
-from compress.onnx.graph import load_model
+from compress.onnx.graph import load_model, model_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,15 +84,31 @@ def to_ort_format(
     config_path = out_dir / f"{src.stem}.{config_name}{suffix}.config"
     if not ort_path.is_file() or not config_path.is_file():
         raise CompressError(f"{onnx_path}: ORT conversion wrote no {ort_path.name} or {config_path.name}; see log")
+    size = ort_path.stat().st_size
     return {
         "ort_path": str(ort_path),
         "config_path": str(config_path),
         "optimization": optimization,
         "style": style,
         "target_platform": target_platform,
-        "bytes": ort_path.stat().st_size,
+        "bytes": size,
         "log": log.getvalue(),
+        "note": _grown(size, model_bytes(Path(onnx_path)), optimization),
     }
+
+
+GROWN = 10
+"""An ORT-format file this many times its ONNX model (and over a megabyte) is named in a note."""
+
+
+def _grown(ort_bytes: int, onnx_bytes: int, optimization: str) -> str | None:
+    """A note when the ORT-format file is far larger than its model: constant folding at `optimization` wrote out
+    weights the model generates (a 4 KB model-zoo AlexNet made its weights with ConstantOfShape: a 244 MB file)."""
+    if optimization == "disable" or ort_bytes < 2**20 or ort_bytes < GROWN * max(onnx_bytes, 1):
+        return None
+    return (f"the ORT-format file is {ort_bytes / 2**20:.0f} MB against the model's {onnx_bytes / 2**10:.0f} KB: "
+            f"constant folding at optimization '{optimization}' wrote out tensors the model computes from small "
+            "constants (weights made by ConstantOfShape, Expand, Tile); --optimization disable keeps them computed")
 
 
 def sample_inputs(model_path: Path, *, batch: int = 1, seed: int = 0,
