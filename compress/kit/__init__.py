@@ -102,9 +102,6 @@ def make_kit(
     shutil.copyfile(SCRIPT, out_dir / "bench_kit.py")
     shutil.copyfile(SCRIPT.with_name("placement_kit.py"), out_dir / "placement_kit.py")
     paired = _add_against(against, feed, out_dir, max_regression, block_seconds) if against is not None else {}
-
-    import onnxruntime as ort
-
     sha256 = hashlib.sha256((out_dir / model_name).read_bytes()).hexdigest()
     kit = _kit_json(name or model_path.stem, model_name, sha256, _params(model_path), providers, provider_options,
                     threads, atol, timing={"warmup_runs": warmup_runs, "min_runs": min_runs,
@@ -112,13 +109,21 @@ def make_kit(
                                            "repetitions": repetitions, "no_spin": bool(no_spin)})
     kit["batch"] = batch
     write_json(out_dir / "kit.json", {**kit, **paired})
+    _readme(out_dir, kit, model_name, sha256, batch, paired)
+    return out_dir
+
+
+def _readme(out_dir: Path, kit: dict[str, Any], model_name: str, sha256: str, batch: int,
+            paired: dict[str, Any]) -> None:
+    """README.txt: the exact commands, and how the kit pairs the model with an older one when it has one."""
+    import onnxruntime as ort
+
     (out_dir / "README.txt").write_text(_README.format(
         name=kit["name"], model=model_name, bytes=(out_dir / model_name).stat().st_size, sha256=sha256[:16],
         inputs="inputs.npz", batch=batch, expected="expected.npz",
         ort=ort.__version__, providers=", ".join(kit["providers"]),
     ) + (_PAIRED_README.format(against=paired["against"], percent=round(100 * paired["max_regression"]))
          if paired else ""))
-    return out_dir
 
 
 _PAIRED_README = """
