@@ -230,3 +230,23 @@ def test_the_study_identity_reads_the_inputs_not_the_trained_bits(tmp_path):
     before = _stage_keys(cfg, run, report)
     (run / "distill" / "manifest.json").write_text(json.dumps({"key": "distill-bits-b"}))
     assert _stage_keys(cfg, run, report) == before and before[0] == "teacher-bits-a"
+
+
+def test_the_markdown_report_shows_the_finalists_the_hand_written_model_and_the_paired_result():
+    # report.json had them; report.md showed the trials' short-budget figures only, and no reason on an untrained row
+    from compress.study.outputs import markdown
+
+    section = {"study": "s", "objective": "max-metric", "target": {"provider": "cpu", "batch": 1, "threads": 1},
+               "counts": {}, "metric": "map50", "short_epochs": 2, "winner": None,
+               "finalists": [{"trial": 7, "feasible": True, "metric": 0.0804, "metric_test": 0.0737, "p50_ms": 0.0588,
+                              "bytes": 31645}],
+               "baseline": {"metric": 0.6267, "metric_test": 0.5855, "p50_ms": 0.1356, "bytes": 285033},
+               "paired_vs_hand_written": {"ratio": 0.4349, "ci_ratio": [0.4342, 0.4361], "verdict": "faster"},
+               "trials": [{"number": 3, "state": "infeasible", "metric": None, "p50_ms": 0.104, "bytes": None,
+                           "params": {"w": 12}, "reason": None, "refused": []}]}
+    text = markdown(section)
+    assert "| trial 7 | yes | 0.0804 | 0.0737 | 0.0588 | 31,645 |" in text
+    assert "| hand-written | - | 0.6267 | 0.5855 | 0.1356 | 285,033 |" in text
+    assert "paired: 0.435x its p50 [0.434, 0.436] (faster)" in text
+    assert "map50 on validation after the short budget, 2 epochs" in text
+    assert "| 3 | infeasible (over the budget untrained: not trained) | - |" in text

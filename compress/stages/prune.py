@@ -118,7 +118,8 @@ def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict |
     from compress.report import shown
 
     name = metric.name
-    lines = ["", f"## Pruning ({pcfg.method})", "",
+    lines = ["", f"## Pruning ({pcfg.method})", "", "Figures in torch on the validation split, which the steps and the "
+             "control were judged on (the models table reads the test split in ONNX Runtime, where there is one).", "",
              f"| step | removed | params | weight bytes | {name} before recovery | {name} | ORT p50 ms (b"
              f"{pcfg.latency_batch}) |", "|---|---|---|---|---|---|---|"]
     for s in steps:

@@ -140,14 +140,42 @@ def markdown(section: dict[str, Any]) -> str:
     if s.get("hand_written_ahead"):
         out += ["The hand-written pipeline meets the same constraints and is at least as good on the objective: the "
                 "search found nothing better than the file as written.", ""]
-    out += ["| trial | state | metric | p50 ms | bytes | params |", "|---|---|---|---|---|---|"]
+    out += _finalists_lines(s)
+    out += [f"Every trial (metric: {s['metric']} on validation after the short budget, {s.get('short_epochs')} "
+            "epochs; p50: on the target):", "",
+            "| trial | state | metric | p50 ms | bytes | params |", "|---|---|---|---|---|---|"]
     for r in s["trials"]:
         metric = "-" if r["metric"] is None else f"{r['metric']:.4f}"
         p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.4f}"
-        note = r.get("reason") or (", ".join(r["refused"]) if r.get("refused") else "")
+        note = r.get("reason") or (", ".join(r["refused"]) if r.get("refused") else "") or (
+            "over the budget untrained: not trained" if r["state"] == "infeasible" and r["metric"] is None else "")
         out.append(f"| {r['number']} | {r['state']}{' (' + note + ')' if note else ''} | {metric} | {p50} | "
                    f"{r['bytes'] or '-'} | {json.dumps(r['params'])} |")
     return "\n".join(out) + "\n"
+
+
+def _finalists_lines(s: dict[str, Any]) -> list[str]:
+    """The finalists at the full budget, the hand-written model beside them, and the winner paired with it."""
+    def cell(value: Any, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+    rows = [(f"trial {f['trial']}", f) for f in s.get("finalists") or []]
+    rows += [("hand-written", s["baseline"])] if s.get("baseline") else []
+    if not rows:
+        return []
+    out = [f"Finalists, trained with the file's full budget, and the hand-written pipeline ({s['metric']}; p50 from "
+           "their round, timed together):", "", "| model | feasible | validation | test | p50 ms | bytes |",
+           "|---|---|---|---|---|---|"]
+    for name, f in rows:
+        feasible = "-" if "feasible" not in f else ("yes" if f["feasible"] else "no")
+        out.append(f"| {name} | {feasible} | {cell(f.get('metric'))} | {cell(f.get('metric_test'))} | "
+                   f"{cell(f.get('p50_ms'))} | {cell(f.get('bytes'))} |")
+    paired = s.get("paired_vs_hand_written") or {}
+    if paired.get("ratio") is not None:
+        low, high = paired.get("ci_ratio") or (None, None)
+        out += ["", f"The winner against the hand-written model, paired: {paired['ratio']:.3f}x its p50"
+                + (f" [{low:.3f}, {high:.3f}]" if low is not None else "") + f" ({paired.get('verdict', '-')})."]
+    return out + [""]
 
 
 def write_markdown(path: Path, section: dict[str, Any]) -> None:

@@ -342,8 +342,9 @@ def test_the_control_verdict_follows_the_metrics_direction_and_names_it():
                "made": "the pruned architecture re-initialised"}
     lines = _markdown(SimpleNamespace(method="taylor", latency_batch=1), [step], SimpleNamespace(note=None), control,
                       Metric("error_rate", higher_is_better=False))
-    assert "| step | removed | params | weight bytes | error_rate before recovery | error_rate |" in lines[3]
-    assert "| 0.0900 | 0.0669 |" in lines[5]
+    assert lines[3].startswith("Figures in torch on the validation split")
+    assert "| step | removed | params | weight bytes | error_rate before recovery | error_rate |" in lines[5]
+    assert "| 0.0900 | 0.0669 |" in lines[7]
     assert lines[-1] == ("pruned+recovered 0.0669 vs same-size from scratch 0.0696 (100 params: the pruned "
                          "architecture re-initialised, distilled for 4 epochs, same seed): pruning beats training "
                          "that size from scratch (error_rate -0.0027).")
