@@ -76,8 +76,9 @@ class PruneConfig(Section):
     control: bool = Field(
         False, description="Also train the pruned architecture from scratch (re-initialised, distilled from the "
         "teacher with the [distill] settings for the same total epochs and seed) as model 'pruned-control', "
-        "so the report shows whether pruning beat simply training a model of that size. With method = "
-        "'magnitude' the control keeps the pruned model's zeros (the same mask on new weights), so it is as sparse.")
+        "so the report shows whether pruning beat simply training a model of that size; when the control is better "
+        "on validation it ships instead. With method = 'magnitude' the control keeps the pruned model's zeros (the "
+        "same mask on new weights), so it is as sparse.")
 
     @model_validator(mode="after")
     def _one_goal(self) -> "PruneConfig":

@@ -69,8 +69,22 @@ def run(ctx: StageContext) -> StageResult:
         if pcfg.method == "magnitude":  # the pruned model's own count is its last step's nonzero_params
             info["control"]["nonzero_params"] = nonzero_params(control)
     info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric)
-    return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records), state=RunState(final=name, final_reason=_reason(base.name, ctx.state.final_reason)),
-                       info=info)
+    final, why = _pick(name, info.get("control"), metric, _reason(base.name, ctx.state.final_reason))
+    return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records),
+                       state=RunState(final=final, final_reason=why), info=info)
+
+
+def _pick(name: str, control: dict | None, metric: Any, why: str) -> tuple[str, str]:
+    """The pruned model, or the same-size control when it is better on validation: the same rule as distillation's
+    labels-only control (same size, same cost), so the final model is the best by the report's own figures."""
+    from compress.prune import CONTROL_NAME
+    from compress.report import shown
+
+    if not control or not metric.better(control["control_accuracy"], control["pruned_accuracy"]):
+        return name, why
+    c, p = (shown(control[k], metric.name) for k in ("control_accuracy", "pruned_accuracy"))
+    return CONTROL_NAME, (f"{CONTROL_NAME}: the same-size model trained from scratch beat the pruned one on "
+                          f"validation {metric.name} ({c} vs {p}), so it ships (same size, same cost); {why}")
 
 
 def _latency_fn(ctx: StageContext) -> Any:

@@ -316,7 +316,10 @@ def test_control_in_the_pipeline_is_exported_benchmarked_and_compared(tiny_dir):
     report = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
     models = {m["name"]: m for m in report["models"]}
     control, pruned = models["pruned-control"], models["student-pruned"]
-    assert report["final"] == "student-pruned" and control["role"] == "control"
+    info = report["details"]["prune"]["control"]
+    won = info["control_accuracy"] > info["pruned_accuracy"]  # the better on validation ships, as distill's control
+    assert report["final"] == ("pruned-control" if won else "student-pruned") and control["role"] == "control"
+    assert report["final_reason"].startswith("pruned-control: the same-size model" if won else "pruned from ")
     assert control["params"] == pruned["params"] < models[report["details"]["prune"]["from"]]["params"]
     assert control["format"] == "onnx" and control["parity"]["max_abs_diff"] <= 1e-4
     assert control["latency"] and control["accuracy"] > 0.3
@@ -348,3 +351,19 @@ def test_the_control_verdict_follows_the_metrics_direction_and_names_it():
     assert lines[-1] == ("pruned+recovered 0.0669 vs same-size from scratch 0.0696 (100 params: the pruned "
                          "architecture re-initialised, distilled for 4 epochs, same seed): pruning beats training "
                          "that size from scratch (error_rate -0.0027).")
+
+
+def test_a_same_size_control_that_beats_the_pruned_model_ships():
+    # the report said "pruning falls short of training that size from scratch" and shipped the pruned model
+    from compress.stages.prune import _pick
+    from compress.tasks import Metric
+
+    control = {"control_accuracy": 0.9749, "pruned_accuracy": 0.9721}
+    final, why = _pick("student-pruned", control, Metric("accuracy"), "pruned from control; control: ...")
+    assert final == "pruned-control" and why.startswith(
+        "pruned-control: the same-size model trained from scratch beat the pruned one on validation accuracy "
+        "(97.49% vs 97.21%), so it ships (same size, same cost); pruned from control")
+    assert _pick("student-pruned", {**control, "control_accuracy": 0.97}, Metric("accuracy"), "w") == (
+        "student-pruned", "w")
+    assert _pick("student-pruned", control, Metric("error_rate", higher_is_better=False), "w")[0] == "student-pruned"
+    assert _pick("student-pruned", None, Metric("accuracy"), "w") == ("student-pruned", "w")
