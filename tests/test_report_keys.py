@@ -48,3 +48,17 @@ def test_report_keeps_every_key_path_it_had_before_the_restructuring(tiny_dir: P
     assert result.exit_code == 0, result.output
     required = set(stored["paths"]) - set(stored["optional"])
     assert sorted(required - key_paths(report)) == []
+
+
+def test_a_fixed_name_made_from_the_control_says_so_in_the_table():
+    # 'student 0.2748 -> student-int8 0.4579' read as int8 gaining 18 points; it was quantized from the control
+    from compress.report import table_rows
+
+    report = {"primary_metric": {"name": "map50", "higher_is_better": True}, "final": "student-int8",
+              "details": {"prune": {"from": "student"}},
+              "models": [{"name": "control", "role": "control", "metrics": {"map50": 0.46}},
+                         {"name": "student-int8", "role": "quantized", "quantization": {"from": "control"},
+                          "metrics": {"map50": 0.45}},
+                         {"name": "student-pruned", "role": "pruned", "metrics": {"map50": 0.44}}]}
+    names = [row[0] for row in table_rows(report)]
+    assert names == ["control", "student-int8 (from control) *", "student-pruned"]
