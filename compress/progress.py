@@ -43,6 +43,9 @@ class LineProgress:
     def set_postfix(self, **values: Any) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.stream is None:

@@ -141,3 +141,22 @@ def test_two_machines_on_localhost_train_together_and_node_0_reports(tiny_dir: P
     assert not (other / "runs" / "tiny" / "report.json").exists()
     assert (other / "runs" / "tiny" / "distill" / "manifest.json").exists()
     assert min(_accuracies(tiny_dir / "runs" / "tiny").values()) > 0.5
+
+
+def test_each_epoch_of_rank_0_moves_the_bar_once_with_its_figures(tmp_path: Path, capsys):
+    # the parent polled twice a second and jumped 2/5 -> 5/5, timed from the first line it saw (0.0 s), without
+    # the loss and metric one process shows
+    from compress.dist.launch import _wait
+
+    log = tmp_path / "torchrun.log"
+    lines = [f"student: {i}/3 epoch, loss=0.{i}000, accuracy=0.9{i} ({i}.0 s)" for i in (1, 2, 3)]
+    log.write_text("\n".join(["noise from torchrun", *lines]) + "\n")
+
+    class Done:
+        def poll(self):
+            return 0
+
+    assert _wait(Done(), log, "student", 2, True) == 0
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("student (2 processes)")]
+    assert [line.rsplit(" (", 1)[0] for line in printed] == [
+        f"student (2 processes): {i}/3 epoch, loss=0.{i}000, accuracy=0.9{i}" for i in (1, 2, 3)]

@@ -97,20 +97,22 @@ def _wait(proc: subprocess.Popen, log_path: Path, desc: str, world_size: int, pr
     """torchrun's exit code; meanwhile rank 0's per-epoch lines in the log move a progress bar here."""
     from compress.progress import progress as progress_bar
 
-    bar, done = None, 0
-    pattern = re.compile(rf"^{re.escape(desc)}: (\d+)/(\d+) ", re.M)
+    # made now, so its clock is the job's; each of rank 0's epoch lines moves it once, with its loss and metric
+    bar = progress_bar(desc=f"{desc} ({world_size} processes)", unit="epoch") if progress else None
+    done = 0
+    pattern = re.compile(rf"^{re.escape(desc)}: \d+/(\d+) epoch(?:, (.*?))? \([\d.]+ s\)$", re.M)
     while True:
         code = proc.poll()
-        if progress:
+        if bar is not None:
             try:
                 found = pattern.findall(log_path.read_text(errors="replace"))
             except OSError:
                 found = []
-            if found and int(found[-1][0]) > done:
-                bar = bar or progress_bar(total=int(found[-1][1]), desc=f"{desc} ({world_size} processes)",
-                                          unit="epoch")
-                bar.update(int(found[-1][0]) - done)
-                done = int(found[-1][0])
+            for total, figures in found[done:]:
+                bar.total = int(total)
+                bar.set_postfix_str(figures or "")
+                bar.update(1)
+            done = max(done, len(found))
         if code is not None:
             if bar is not None and hasattr(bar, "close"):
                 bar.close()
