@@ -188,7 +188,8 @@ def summary_table(report: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     final = report.get("final")
     lines.append(f"* final: {final}" + (f" ({report['final_reason']})" if report.get("final_reason") else ""))
-    lines += ((report.get("details") or {}).get("benchmark") or {}).get("summary_lines", [])  # what was not timed
+    for stage in ("benchmark", "edge"):  # what was not timed; what the NPU took and how it read
+        lines += ((report.get("details") or {}).get(stage) or {}).get("summary_lines", [])
     if report.get("gate_failure"):
         lines.append(f"GATE FAILED: {report['gate_failure']}")
     return "\n".join(lines)

@@ -231,6 +231,9 @@ def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
     md = (tiny_dir / "runs/tiny/report.md").read_text()
     assert "### Qualcomm NPU (QNN HTP backend, simulated here; latency not used for the pick)" in md
     assert "runs with CPU fallback disabled: yes" in md and "top-1 agreement HTP vs ORT CPU int8" in md
+    # the terminal summary says what the NPU took and how it read (it said nothing of the NPU)
+    nodes = f"{edge['qnn']['placement']['nodes_on_htp']}/{edge['qnn']['placement']['nodes_total']} nodes on HTP"
+    assert f"QNN HTP: {nodes}" in result.output and "QNN HTP budget: " in result.output
 
 
 @pytest.mark.parametrize("section, message", [

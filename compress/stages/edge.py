@@ -47,7 +47,18 @@ def run(ctx: StageContext) -> StageResult:
     artifacts += [qnn_done[k] for k in ("qdq_path",) if qnn_done.get(k)]
     if (qnn_done.get("placement") or {}).get("context_path"):
         artifacts.append(qnn_done["placement"]["context_path"])
-    return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section))
+    return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section), info=_summary(qnn_done))
+
+
+def _summary(qnn: dict) -> dict:
+    """The QNN target's placement and budget lines for the terminal summary (report.md has the whole section)."""
+    from compress.edge.qnn_flow import qnn_table
+
+    if not qnn:
+        return {}
+    lines = qnn_table(qnn).splitlines()
+    return {"summary_lines": [lines[0], *(f"QNN HTP {line.strip()}" for line in lines[1:]
+                                          if line.strip().startswith("budget:"))]}
 
 
 def _both(ctx: StageContext, onnx_path: Path, batch: int | None, qnn: dict, graphs: dict, used: dict) -> dict:
