@@ -21,7 +21,7 @@ def import_object(target: str, base_dir: Path, origin: str) -> Any:
     try:
         _forget_if_stale(module_name, Path(path))
         module = importlib.import_module(module_name)
-        _remember_source(module)
+        _remember_source(module_name, Path(path))
     except Exception as exc:
         raise CompressError(f"{origin}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
                             f"looked beside the config ({path}) and on sys.path") from exc
@@ -46,28 +46,44 @@ def _local_file(module_name: str, folder: Path) -> Path | None:
 
 
 def _forget_if_stale(module_name: str, folder: Path) -> None:
-    """Drop `module_name` from sys.modules when the one imported is not the file beside this config, or that file
-    changed since: in one Python process (a notebook, compress.run twice) a second pipeline's mymodels.py was the
-    first one's, and an edited one the old code, while the cache key hashed the file on disk."""
-    local = _local_file(module_name, folder)
-    module = sys.modules.get(module_name)
-    if local is None or module is None:
-        return
-    file = getattr(module, "__file__", None)
-    stat = local.stat()
-    if file is None or Path(file).resolve() != local.resolve() or \
-            getattr(module, "__compress_source__", None) != (stat.st_mtime_ns, stat.st_size):
-        for name in [n for n in sys.modules if n == module_name or n.startswith(f"{module_name}.")]:
-            del sys.modules[name]
-        importlib.invalidate_caches()
+    """Drop a user module (and its submodules) from sys.modules when the one cached is another config folder's, or
+    its file beside this config changed since: in one Python process (a notebook, compress.run twice) a second
+    pipeline's mymodels.py was the first one's, and an edited one the old code, while the cache key hashed the file
+    on disk. Each dotted level is checked from the top (a package's path decides where its submodules come from).
+    Only modules this function stamped are dropped for another folder's: one imported elsewhere (the stdlib's
+    `random`, the user's own `import mymodels` before compress.run) stays, its classes the ones in use."""
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        module, local = sys.modules.get(name), _local_file(name, folder)
+        if module is None or local is None:
+            return
+        file, stamp = getattr(module, "__file__", None), getattr(module, "__compress_source__", None)
+        here = file is not None and Path(file).resolve() == local.resolve()
+        if here and stamp is None:  # imported by the user from this very file: keep it, and watch it from now on
+            module.__compress_source__ = _stamp(local)
+        elif (here and stamp != _stamp(local)) or (not here and stamp is not None):
+            for cached in [n for n in sys.modules if n == name or n.startswith(f"{name}.")]:
+                del sys.modules[cached]
+            importlib.invalidate_caches()
+            return
 
 
-def _remember_source(module: Any) -> None:
-    """The module file's time and size, as _forget_if_stale compares them."""
-    file = getattr(module, "__file__", None)
-    if file and Path(file).is_file() and not hasattr(module, "__compress_source__"):
-        stat = Path(file).stat()
-        module.__compress_source__ = (stat.st_mtime_ns, stat.st_size)
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _remember_source(module_name: str, folder: Path) -> None:
+    """Stamp each dotted level of `module_name` that is a file beside the config, as _forget_if_stale compares."""
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        module, local = sys.modules.get(name), _local_file(name, folder)
+        file = getattr(module, "__file__", None)
+        if local is not None and file is not None and Path(file).resolve() == local.resolve() and \
+                not hasattr(module, "__compress_source__"):
+            module.__compress_source__ = _stamp(local)
 
 
 def _suggest(module_name: str, obj: Any, missing: str) -> str:

@@ -522,3 +522,18 @@ def test_a_graph_older_than_onnx_runtime_runs_is_raised_to_opset_13_first(tmp_pa
     assert result.exit_code == 0, result.output
     assert "note: old.onnx: opset 6 raised to 13 (ONNX Runtime runs opset 7 and up)" in result.output
     assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")) >= 13
+
+
+def test_a_graph_that_declares_no_standard_opset_is_not_raised(tmp_path: Path):
+    # only com.microsoft ops: ORT runs it; read as "opset 1", it was sent to the version converter, which failed
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("BiasGelu", ["x", "b"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph([node], "ms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              [onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = tmp_path / "ms.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("com.microsoft", 1)]), str(model))
+    result = _invoke(model, "--out", tmp_path / "q.onnx", "--mode", "dynamic")
+    assert "opset" not in result.output and "nothing could be quantized" in result.output, result.output

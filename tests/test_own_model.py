@@ -298,3 +298,31 @@ def test_the_module_beside_each_config_is_the_one_imported(tmp_path):
                                                                                          "student.model")
     finally:
         sys.modules.pop("mymodels_beside", None)
+
+
+def test_a_module_the_user_imported_is_kept_and_a_package_beside_each_config_is_its_own(tmp_path):
+    # re-importing a module the user (or their data module) had imported made two copies of its classes: isinstance
+    # and pickling failed across them; a dotted name still came from the first folder's package
+    import importlib
+    import pickle
+    import sys
+
+    from compress.imports import import_object
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, value in ((one, 1), (two, 2)):
+        (folder / "pkg_beside").mkdir(parents=True)
+        (folder / "pkg_beside" / "__init__.py").write_text("")
+        (folder / "pkg_beside" / "models.py").write_text(f"def f():\n    return {value}\n")
+    (one / "mine_beside.py").write_text("class Net:\n    pass\n\ndef net():\n    return Net()\n")
+    sys.path.insert(0, str(one))
+    try:
+        mine = importlib.import_module("mine_beside")  # the user's own import, before compress
+        made = import_object("mine_beside:net", one, "student.model")()
+        assert isinstance(made, mine.Net) and pickle.loads(pickle.dumps(made)).__class__ is mine.Net
+        assert import_object("pkg_beside.models:f", one, "student.model")() == 1
+        assert import_object("pkg_beside.models:f", two, "student.model")() == 2
+    finally:
+        sys.path.remove(str(one))
+        for name in [n for n in sys.modules if n.startswith(("mine_beside", "pkg_beside"))]:
+            del sys.modules[name]

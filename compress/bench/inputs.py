@@ -252,16 +252,19 @@ def check_batch_dims(shapes: dict[str, dict[str, Any]] | None, dims: dict[str, i
                                 f"which --batch sets ({other}); drop --dim {dim}, or time --batch {dims[dim]}")
 
 
-def check_dims_named(model: Path, dims: dict[str, int]) -> None:
-    """CompressError when a --dim names no symbolic dimension of the model's inputs: it would size nothing, and
-    the run would go on as if it had (`compress bench magika.onnx --dim seq=128` timed Magika's own shape)."""
+def check_dims_named(model: Path, dims: dict[str, int], *others: Path) -> None:
+    """CompressError when a --dim names no symbolic dimension of the inputs of `model` (or of `others`, the models
+    the same --dim sizes too: --against's): it would size nothing, and the run would go on as if it had
+    (`compress bench magika.onnx --dim seq=128` timed Magika's own shape)."""
     from compress.onnx.graph import graph_inputs, load_model
 
-    if not dims or Path(model).suffix.lower() == ".ort":  # an ORT-format model: ORT itself says what it takes
+    models = [m for m in (model, *others) if Path(m).suffix.lower() != ".ort"]  # ORT says what an .ort model takes
+    if not dims or len(models) <= len(others):
         return
-    named = sorted({d.dim_param for v in graph_inputs(load_model(model, weights=False).graph)
+    named = sorted({d.dim_param for m in models for v in graph_inputs(load_model(m, weights=False).graph)
                     for d in v.type.tensor_type.shape.dim if d.HasField("dim_param") and d.dim_param})
     for name, size in dims.items():
         if name not in named:
-            have = f"its symbolic dimensions: {', '.join(named)}" if named else "it has no named symbolic dimension"
-            raise CompressError(f"--dim {name}={size}: {model} has no input dimension named {name!r} ({have})")
+            have = f"symbolic dimensions: {', '.join(named)}" if named else "no named symbolic dimension"
+            where = " or ".join(str(m) for m in models)
+            raise CompressError(f"--dim {name}={size}: {where} has no input dimension named {name!r} ({have})")

@@ -193,7 +193,9 @@ def _what_to_do(model_path: Any) -> str:
         from compress.onnx.graph import default_opset
 
         try:
-            have = default_opset(onnx.load(str(model_path), load_external_data=False))
+            graph = onnx.load(str(model_path), load_external_data=False)
+            declared = any(o.domain in ("", "ai.onnx") for o in graph.opset_import)
+            have = default_opset(graph) if declared else ORT_OLDEST_OPSET  # only other domains: not an old opset
         except Exception:  # noqa: BLE001 - the advice is a courtesy; ORT's own reason stands
             have = ORT_OLDEST_OPSET
         if have < ORT_OLDEST_OPSET:

@@ -143,9 +143,9 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     if base_doc is not None:
         rows_of(base_doc, baseline)  # a malformed baseline is refused before anything is timed
     given = check_model_file(model)
-    check_dims_named(given, dim_sizes)
     if against is not None:
         check_model_file(against)
+    check_dims_named(given, dim_sizes, *([against] if against is not None else []))
     if inputs_npz is None and dim_sizes:
         from compress.bench.identity import model_inputs
         from compress.bench.inputs import check_batch_dims
