@@ -193,13 +193,22 @@ def read_npz(path: str | Path, *, expects: str, only: Any = None) -> dict[str, n
         raise CompressError(f"{p}: not a readable .npz ({type(exc).__name__}); save it with numpy.savez") from None
 
 
+def by_input_name(names: list[str], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The arrays for a model's inputs `names`: by name, or for a one-input model 'x' or the only array (arrays
+    named y* are targets, never inputs); None when neither fits."""
+    if all(n in arrays for n in names):
+        return {n: arrays[n] for n in names}
+    given = {k: v for k, v in arrays.items() if not k.startswith("y")}
+    if len(names) == 1 and ("x" in given or len(given) == 1):
+        return {names[0]: given.get("x", next(iter(given.values())))}
+    return None
+
+
 def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "inputs") -> dict[str, np.ndarray]:
     """Check user-given arrays against the session's input signature; CompressError naming the first mismatch."""
     sig = signature(session)
     names = [n for n, _, _ in sig]
-    given = {k: v for k, v in arrays.items() if not k.startswith("y")}  # a --data file's targets are not inputs
-    if len(names) == 1 and names[0] not in arrays and ("x" in given or len(given) == 1):
-        arrays = {names[0]: given.get("x", next(iter(given.values()), None))}  # as --calibration takes it
+    arrays = by_input_name(names, arrays) or arrays  # 'x' or the only array, as --calibration takes them
     missing = [n for n in names if n not in arrays]
     if missing:
         raise CompressError(f"{source}: missing input(s) {shorten_list(missing, 'inputs')}; the model expects "

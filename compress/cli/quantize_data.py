@@ -15,34 +15,32 @@ def read_inputs(model: Path, path: Path, option: str, axes: dict[str, int | None
     """{input name: array} from an .npz: arrays named like the model's inputs, or 'x' (or the only array) for a
     one-input model; each array's rank and fixed sizes checked against the model's input (its batch axis, `axes`:
     0 by default, may hold any number of samples)."""
-    from compress.bench.inputs import read_npz
+    import onnx
+
+    from compress.bench.inputs import by_input_name, read_npz
+    from compress.onnx.graph import graph_inputs
 
     arrays = read_npz(path, expects=f"{option} expects an .npz")
-    names = input_names(model)
-    inputs = {k: v for k, v in arrays.items() if not k.startswith("y")}
-    if all(n in arrays for n in names):
-        got = {n: arrays[n] for n in names}
-    elif len(names) == 1 and ("x" in inputs or len(inputs) == 1):
-        got = {names[0]: inputs.get("x", next(iter(inputs.values())))}
-    else:
+    inputs = graph_inputs(onnx.load(str(model), load_external_data=False).graph)  # the graph parsed once
+    names = [i.name for i in inputs]
+    got = by_input_name(names, arrays)
+    if got is None:
         raise CompressError(f"{path}: {option} expects one array per model input ({', '.join(names)}), or 'x' for "
                             f"a model with one input; got {', '.join(sorted(arrays))}")
     empty = next((k for k, v in got.items() if getattr(v, "size", 1) == 0), None)
     if empty is not None:
         raise CompressError(f"{path}: {option} expects at least one sample; the array for input {empty!r} is empty "
                             f"(shape {tuple(got[empty].shape)})")
-    _check_shapes(model, got, f"{path}: {option}", axes or {})
+    _check_shapes(inputs, got, f"{path}: {option}", axes or {})
     return got
 
 
-def _check_shapes(model: Path, got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
-    """One line naming the first array whose rank or fixed sizes are not its input's (ORT's own message was cut
-    before the sizes: 'Got invalid dimensions for input: input for the following indices')."""
+def _check_shapes(inputs: list[Any], got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
+    """One line naming the first array whose rank or fixed sizes are not its input's (`inputs`: the graph's; ORT's
+    own message was cut before the sizes: 'Got invalid dimensions for input: input for the following indices')."""
     import numpy as np
 
-    from compress.onnx.graph import graph_inputs, load_model
-
-    for value in graph_inputs(load_model(model, weights=False).graph):
+    for value in inputs:
         tensor = value.type.tensor_type
         if value.name not in got or not tensor.HasField("shape"):
             continue

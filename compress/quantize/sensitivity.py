@@ -178,16 +178,14 @@ def _peak_alive(graph: Any, sizes: dict[str, int]) -> int:
     topological one): a node's outputs are made while its inputs still live; an input dies after its last reader;
     graph outputs live to the end. A subgraph's (If, Loop) own tensors are not counted; the outer ones it reads
     live until its node ran."""
-    last: dict[str, int] = {}
-    for i, node in enumerate(graph.node):
-        for name in [*node.input, *_outer_reads(node)]:
-            last[name] = i
+    reads = [[*node.input, *_outer_reads(node)] for node in graph.node]  # a subgraph walked once
+    last = {name: i for i, names in enumerate(reads) for name in names}
     ends = {o.name for o in graph.output}
     alive, peak = 0, 0
     for i, node in enumerate(graph.node):
         alive += sum(sizes.get(o, 0) for o in node.output if o)
         peak = max(peak, alive)
-        dead = {n for n in [*node.input, *_outer_reads(node)] if last.get(n) == i and n not in ends}
+        dead = {n for n in reads[i] if last.get(n) == i and n not in ends}
         dead |= {o for o in node.output if o and o not in last and o not in ends}  # made and never read
         alive -= sum(sizes.get(n, 0) for n in dead)
     return peak
