@@ -33,8 +33,8 @@ def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"time budget: {budgets[0][1]['seconds']:g} s per row (--time-budget SECONDS)"]
     for r, b in budgets:
         if b["cut"]:
-            lines.append(f"  {r['provider']} batch {r['batch']} threads {r['threads']}: {b['probe_ms']:.1f} ms per run, "
-                         f"cut to {b['repetitions']} x {b['runs_per_repetition']} runs ({b['warmup_runs']} warm-up), "
+            lines.append(f"  {r['provider']} batch {r['batch']} threads {r['threads']}: {b['probe_ms']:.1f} ms per "
+                         f"run, cut to {b['repetitions']} x {b['runs_per_repetition']} runs ({b['warmup_runs']} warm-up), "
                          f"planned {b['planned_seconds']:.1f} s")
     return lines
 

@@ -54,8 +54,8 @@ def for_htp(model: Path, out_dir: Path, stem: str, calib: dict[str, Any],
 
 def float16_as_float32(src: Path, dst: Path) -> list[str]:
     """Write `src` with every float16 tensor as float32 (initializers, Constant values, graph inputs, outputs and
-    value types, Casts to float16 and ops made to output float16) to `dst`; returns the names of the inputs, outputs and weights changed, [] (and no
-    file) when none is float16. QNN's quantizer reads a float graph: a float16 model's QDQ graph kept float16 scales
+    value types, Casts to float16 and ops made to output float16) to `dst`; returns the names of the inputs,
+    outputs and weights changed, [] (and no file) when none is float16. QNN's quantizer reads a float graph: a float16 model's QDQ graph kept float16 scales
     (an invalid DequantizeLinear below opset 19) or casts HTP did not compile, 0 nodes on HTP either way."""
     import onnx
     from onnx import TensorProto, numpy_helper
