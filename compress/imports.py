@@ -21,7 +21,7 @@ def import_object(target: str, base_dir: Path, origin: str) -> Any:
     try:
         _forget_if_stale(module_name, Path(path))
         module = importlib.import_module(module_name)
-        _remember_source(module_name, Path(path))
+        _forget_if_stale(module_name, Path(path))  # nothing is stale now: it stamps what the import brought in
     except Exception as exc:
         raise CompressError(f"{origin}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
                             f"looked beside the config ({path}) and on sys.path") from exc
@@ -51,7 +51,8 @@ def _forget_if_stale(module_name: str, folder: Path) -> None:
     pipeline's mymodels.py was the first one's, and an edited one the old code, while the cache key hashed the file
     on disk. Each dotted level is checked from the top (a package's path decides where its submodules come from).
     Only modules this function stamped are dropped for another folder's: one imported elsewhere (the stdlib's
-    `random`, the user's own `import mymodels` before compress.run) stays, its classes the ones in use."""
+    `random`, the user's own `import mymodels` before compress.run) stays, its classes the ones in use. A level
+    loaded from the file beside this config and not stamped yet is stamped (its time and size, _stamp)."""
     parts = module_name.split(".")
     for depth in range(1, len(parts) + 1):
         name = ".".join(parts[:depth])
@@ -72,18 +73,6 @@ def _forget_if_stale(module_name: str, folder: Path) -> None:
 def _stamp(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_mtime_ns, stat.st_size
-
-
-def _remember_source(module_name: str, folder: Path) -> None:
-    """Stamp each dotted level of `module_name` that is a file beside the config, as _forget_if_stale compares."""
-    parts = module_name.split(".")
-    for depth in range(1, len(parts) + 1):
-        name = ".".join(parts[:depth])
-        module, local = sys.modules.get(name), _local_file(name, folder)
-        file = getattr(module, "__file__", None)
-        if local is not None and file is not None and Path(file).resolve() == local.resolve() and \
-                not hasattr(module, "__compress_source__"):
-            module.__compress_source__ = _stamp(local)
 
 
 def _suggest(module_name: str, obj: Any, missing: str) -> str:
