@@ -185,20 +185,25 @@ ORT_OLDEST_OPSET = 7
 """The oldest default-domain opset ONNX Runtime has kernels for."""
 
 
+def too_old_opset(model_path: str | Path) -> int | None:
+    """The default-domain opset an ONNX file declares, when it is older than ONNX Runtime runs; None when it is not,
+    when the file declares none (only other domains' ops, com.microsoft or ai.onnx.ml, which ORT runs) or cannot be
+    read as ONNX here."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a finding of ORT's or the loader's own, said where the file is read
+        return None
+    declared = [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")]
+    return max(declared) if declared and max(declared) < ORT_OLDEST_OPSET else None
+
+
 def _what_to_do(model_path: Any) -> str:
     """The advice after ORT refused a model: a graph older than ORT's kernels is upgraded, not re-exported."""
-    if isinstance(model_path, (str, Path)) and Path(model_path).suffix.lower() == ".onnx":
-        import onnx
-
-        from compress.onnx.graph import default_opset
-
-        try:
-            graph = onnx.load(str(model_path), load_external_data=False)
-            declared = any(o.domain in ("", "ai.onnx") for o in graph.opset_import)
-            have = default_opset(graph) if declared else ORT_OLDEST_OPSET  # only other domains: not an old opset
-        except Exception:  # noqa: BLE001 - the advice is a courtesy; ORT's own reason stands
-            have = ORT_OLDEST_OPSET
-        if have < ORT_OLDEST_OPSET:
-            return (f"its opset {have} is older than ONNX Runtime runs ({ORT_OLDEST_OPSET} and up): upgrade it with "
-                    "onnx.version_converter.convert_version(model, 13) (compress quantize does so itself)")
+    onnx_file = isinstance(model_path, (str, Path)) and Path(model_path).suffix.lower() == ".onnx"
+    have = too_old_opset(model_path) if onnx_file else None  # bytes or an ORT-format file: no opset to read
+    if have is not None:
+        return (f"its opset {have} is older than ONNX Runtime runs ({ORT_OLDEST_OPSET} and up): upgrade it with "
+                "onnx.version_converter.convert_version(model, 13) (compress quantize does so itself)")
     return "check the export"

@@ -170,13 +170,12 @@ def _runnable(model: Path, source: Path, copy: Path) -> tuple[Path, str | None]:
     no kernel: the fp32 gate could not even score it), and the line that says so."""
     import onnx
 
-    from compress.bench.providers import ORT_OLDEST_OPSET
-    from compress.onnx.graph import default_opset, upgraded
+    from compress.bench.providers import ORT_OLDEST_OPSET, too_old_opset
+    from compress.onnx.graph import upgraded
 
-    graph = onnx.load(str(model), load_external_data=False)
-    have = default_opset(graph)
-    if have >= ORT_OLDEST_OPSET or not any(o.domain in ("", "ai.onnx") for o in graph.opset_import):
-        return model, None  # none declared: only other domains' ops (com.microsoft, ai.onnx.ml), which ORT runs
+    have = too_old_opset(model)
+    if have is None:
+        return model, None
     onnx.save(upgraded(onnx.load(str(model)), 13, origin=str(source), why="ONNX Runtime"), str(copy))
     return copy, (f"note: {source.name}: opset {have} raised to 13 (ONNX Runtime runs opset {ORT_OLDEST_OPSET} and "
                   "up); the model written is at opset 13")
