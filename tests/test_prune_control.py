@@ -77,19 +77,13 @@ def test_the_report_says_how_the_control_was_made():
 
 @pytest.mark.e2e
 def test_the_pipelines_magnitude_control_is_as_sparse_as_the_pruned_model(tiny_dir):
-    import json
-
-    from click.testing import CliRunner
     from safetensors.torch import load_file
 
-    from compress.cli import main
+    from .test_pipeline import _run_with
 
-    # setup
-    toml = tiny_dir / "pipeline.toml"
-    toml.write_text(toml.read_text() + "\n[prune]\nmethod = 'magnitude'\namount = 0.5\nsteps = 1\n"
-                    "finetune_epochs = 1\nlatency_batch = 8\ncontrol = true\n")
-    # execute
-    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    # setup / execute
+    result, report = _run_with(tiny_dir, "\n[prune]\nmethod = 'magnitude'\namount = 0.5\nsteps = 1\n"
+                                         "finetune_epochs = 1\nlatency_batch = 8\ncontrol = true\n")
     # assert: per layer, the saved control has as many zeros as the saved pruned model; the report says so
     assert result.exit_code == 0, result.output
     stage = tiny_dir / "runs/tiny/prune"
@@ -97,7 +91,7 @@ def test_the_pipelines_magnitude_control_is_as_sparse_as_the_pruned_model(tiny_d
     weights = [k for k, v in pruned.items() if k.endswith("weight") and v.dim() > 1]
     assert any(int((pruned[k] == 0).sum()) > 0 for k in weights)
     assert {k: int((control[k] == 0).sum()) for k in weights} == {k: int((pruned[k] == 0).sum()) for k in weights}
-    details = json.loads((tiny_dir / "runs/tiny/report.json").read_text())["details"]["prune"]
+    details = report["details"]["prune"]
     assert details["control"]["nonzero_params"] == details["steps"][-1]["nonzero_params"]
     assert f"{details['control']['nonzero_params']:,} nonzero: {CONTROL_RECIPES['magnitude']}" in \
         (tiny_dir / "runs/tiny/report.md").read_text()
