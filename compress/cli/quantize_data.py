@@ -38,18 +38,13 @@ def read_inputs(model: Path, path: Path, option: str, axes: dict[str, int | None
 def _check_shapes(inputs: list[Any], got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
     """One line naming the first array whose rank or fixed sizes are not its input's (`inputs`: the graph's; ORT's
     own message was cut before the sizes: 'Got invalid dimensions for input: input for the following indices')."""
-    import numpy as np
+    from compress.onnx.graph import shape_mismatch
 
-    for value in inputs:
-        tensor = value.type.tensor_type
-        if value.name not in got or not tensor.HasField("shape"):
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
-        shape, batch = np.shape(got[value.name]), axes.get(value.name, 0)
-        if len(shape) != len(dims) or any(d and d != s and i != batch for i, (d, s) in enumerate(zip(dims, shape))):
-            want = "x".join("?" if d is None or i == batch else str(d) for i, d in enumerate(dims)) or "a scalar"
-            raise CompressError(f"{where}: input {value.name!r} has shape {'x'.join(map(str, shape)) or 'scalar'}, "
-                                f"the model takes {want} ('?': any size)")
+    wrong = shape_mismatch(inputs, got, axes)
+    if wrong is not None:
+        name, shape, want = wrong
+        raise CompressError(f"{where}: input {name!r} has shape {'x'.join(map(str, shape)) or 'scalar'}, "
+                            f"the model takes {want or 'a scalar'} ('?': any size)")
 
 
 def read_targets(path: Path) -> Any:

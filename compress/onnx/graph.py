@@ -38,6 +38,25 @@ def graph_inputs(graph: "onnx.GraphProto") -> list["onnx.ValueInfoProto"]:
     return [value for value in graph.input if value.name not in initializers]
 
 
+def shape_mismatch(inputs: list["onnx.ValueInfoProto"], arrays: dict, axes: dict[str, int | None] | None = None) \
+        -> tuple[str, tuple[int, ...], str] | None:
+    """The first array in `arrays` ({input name: array}) whose rank or fixed sizes are not its graph input's, as
+    (name, the array's shape, what the input takes: 'x'-joined sizes, '?' for any); None when all fit. An input's
+    batch axis (`axes`, 0 by default) may hold any size; symbolic and 0 dims take any size; inputs without a shape,
+    or not in `arrays`, are not checked."""
+    import numpy as np
+
+    for value in inputs:
+        tensor = value.type.tensor_type
+        if value.name not in arrays or not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        shape, batch = tuple(np.shape(arrays[value.name])), (axes or {}).get(value.name, 0)
+        if len(shape) != len(dims) or any(d and d != s and i != batch for i, (d, s) in enumerate(zip(dims, shape))):
+            return value.name, shape, "x".join("?" if d is None or i == batch else str(d) for i, d in enumerate(dims))
+    return None
+
+
 def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | None, ...]]:
     """(name, element type, per-item shape with None for symbolic dims) of a model's one input.
 

@@ -180,20 +180,18 @@ def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
     naming the difference otherwise)."""
     import onnx
 
-    from compress.onnx.graph import graph_inputs
+    from compress.onnx.graph import graph_inputs, shape_mismatch
 
     inputs = graph_inputs(onnx.load(str(model), load_external_data=False).graph)
     names = [i.name for i in inputs]
     if sorted(names) != sorted(feed):
         raise CompressError(f"quantize: {what} inputs are named {', '.join(sorted(feed))}, the model's "
                             f"{', '.join(names)}; give one array per model input")
-    for value in inputs:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim][1:]
-        got = np.shape(feed[value.name])[1:]
-        if len(got) != len(dims) or any(d and d != g for d, g in zip(dims, got)):
-            want = "x".join("?" if not d else str(d) for d in dims)
-            raise CompressError(f"quantize: {what} input {value.name!r} has shape {'x'.join(map(str, got))} per "
-                                f"sample, the model takes {want}; check [data] against the exported model")
+    wrong = shape_mismatch(inputs, feed)
+    if wrong is not None:
+        name, shape, want = wrong
+        raise CompressError(f"quantize: {what} input {name!r} has shape {'x'.join(map(str, shape[1:]))} per sample, "
+                            f"the model takes {want.partition('x')[2]}; check [data] against the exported model")
 
 
 @quiet_onnx_runtime()  # ORT's quantizer logs through the root logger, into the user's terminal
