@@ -296,6 +296,12 @@ def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def budget_line(b: dict[str, Any]) -> str:
+    """The NPU budget's verdict in one line ('budget: accuracy drop 0.0033 <= 0.01')."""
+    return (f"budget: {b['metric']} drop {b['drop']:.4f} {'<=' if b['ok'] else '>'} {b['budget']:g}"
+            + ("" if b["ok"] else f" (MISSED): {b.get('where')}"))
+
+
 def qnn_table(section: dict[str, Any]) -> str:
     """A few lines for the terminal: placement, blockers, accuracy, EPContext, simulated latency."""
     if not section["installed"]:
@@ -331,10 +337,8 @@ def qnn_table(section: dict[str, Any]) -> str:
             line += (f"; accuracy fp32 CPU {a['accuracy_fp32_cpu']:.4f}, int8 CPU {a['accuracy_int8_cpu']:.4f}, "
                      f"HTP {a['accuracy_htp']:.4f}")
         lines.append(line)
-    b = section.get("budget")
-    if b:
-        lines.append(f"  budget: {b['metric']} drop {b['drop']:.4f} {'<=' if b['ok'] else '>'} {b['budget']:g}"
-                     + ("" if b["ok"] else f" (MISSED): {b.get('where')}"))
+    if section.get("budget"):
+        lines.append(f"  {budget_line(section['budget'])}")
     parts = section.get("parts_at", False)
     if parts and "failed" not in parts:
         where = f"{parts['node']} ({parts['op_type']})" if parts["node"] is not None else parts["tensor"]

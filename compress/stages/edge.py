@@ -52,13 +52,12 @@ def run(ctx: StageContext) -> StageResult:
 
 def _summary(qnn: dict) -> dict:
     """The QNN target's placement and budget lines for the terminal summary (report.md has the whole section)."""
-    from compress.edge.qnn_flow import qnn_table
+    from compress.edge.qnn_flow import budget_line, qnn_table
 
     if not qnn:
         return {}
-    lines = qnn_table(qnn).splitlines()
-    return {"summary_lines": [lines[0], *(f"QNN HTP {line.strip()}" for line in lines[1:]
-                                          if line.strip().startswith("budget:"))]}
+    first = qnn_table(qnn).splitlines()[0]
+    return {"summary_lines": [first, *([f"QNN HTP {budget_line(qnn['budget'])}"] if qnn.get("budget") else [])]}
 
 
 def _both(ctx: StageContext, onnx_path: Path, batch: int | None, qnn: dict, graphs: dict, used: dict) -> dict:
