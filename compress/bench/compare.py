@@ -151,8 +151,8 @@ def compare(base: dict[Key, dict[str, Any]], new: dict[Key, dict[str, Any]], max
     base, new = _align_models(base, new)
     if not set(base) & set(new):
         raise CompressError(
-            f"compare: no latency row of {names[1]} matches one of {names[0]} (rows match on model, provider, batch, "
-            f"threads and seq_length): {names[0]} has {'; '.join(map(describe, sorted(base, key=_order)))}, "
+            "compare: no latency row of the two matches (rows match on model, provider, batch, threads and "
+            f"seq_length): {names[0]} has {'; '.join(map(describe, sorted(base, key=_order)))}, "
             f"{names[1]} has {'; '.join(map(describe, sorted(new, key=_order)))}")
     out: list[dict[str, Any]] = []
     for key in sorted(set(base) | set(new), key=_order):
