@@ -6,8 +6,11 @@ with the step's figures, and nothing in between.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
@@ -58,3 +61,19 @@ class LineProgress:
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def quiet_fd(fd: int, into: Path | None = None) -> Iterator[None]:
+    """Send what native code writes to file descriptor `fd` (1 or 2) into `into` (or nowhere) for the duration:
+    libraries that print past Python's sys.stdout (a banner, a dump before an exception) stay off the terminal."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    target = os.open(str(into) if into else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    saved = os.dup(fd)
+    try:
+        os.dup2(target, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(target)

@@ -9,15 +9,14 @@ The flow that strings these together is compress.edge.qnn_flow.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from compress.errors import CompressError, first_line
+from compress.progress import quiet_fd
 
 log = logging.getLogger("compress")
 
@@ -89,7 +88,7 @@ def htp_session(model_path: Path, *, fallback: bool, provider_options: dict[str,
         opts.add_session_config_entry(key, str(value))
     options = {"backend_type": "htp", **{str(k): str(v) for k, v in (provider_options or {}).items()}}
     opts.add_provider_for_devices(devices, options)
-    with _quiet_fd(1):  # the HTP library prints a banner on stdout when it loads
+    with quiet_fd(1):  # the HTP library prints a banner on stdout when it loads
         return ort.InferenceSession(str(model_path), opts)
 
 
@@ -145,7 +144,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
                                      init_overrides=overrides or None)
             if wide:
                 log.info("quantize for QNN: 16-bit codes for %s", describe(wide))
-            with _quiet_fd(2), np.errstate(divide="ignore", invalid="ignore"):  # an infinite range: kept float
+            with quiet_fd(2), np.errstate(divide="ignore", invalid="ignore"):  # an infinite range: kept float
                 _quantize(src, Path(tmp) / "qdq.onnx", cfg, ranges)
         except CompressError:
             raise
@@ -265,23 +264,6 @@ def _without_metadata(path: Path, copy: Path) -> tuple[Path, dict[str, str]]:
     return copy, props
 
 
-@contextlib.contextmanager
-def _quiet_fd(fd: int, into: Path | None = None) -> Iterator[None]:
-    """Send what native code writes to file descriptor `fd` into `into` (or nowhere) for the duration."""
-    import sys
-
-    (sys.stdout if fd == 1 else sys.stderr).flush()
-    target = os.open(str(into) if into else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    saved = os.dup(fd)
-    try:
-        os.dup2(target, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(target)
-
-
 _SOURCE = ("EPContext model written by the QNN EP (refused nodes stay plain ONNX nodes) and the EP's verbose "
            "validation log (reasons)")
 _NODE_LINE = re.compile(r"^\s*Operator type: (\S+) Node name: (.*) Node index: \d+\s*$")
@@ -330,7 +312,7 @@ def placement(model_path: Path, context_path: Path, *, provider_options: dict[st
         log_path = Path(tmp) / "ort.log"
         error = None
         try:
-            with _quiet_fd(2, into=log_path):
+            with quiet_fd(2, into=log_path):
                 htp_session(model_path, fallback=True, provider_options=options, config=config, optimized=False,
                             log_level=0)
         except Exception as exc:  # HTP validated nodes it then failed to compile: a finding about the model

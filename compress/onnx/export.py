@@ -2,8 +2,10 @@
 names, atomically, checked by onnx."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from pydantic import Field, model_validator
 
@@ -75,7 +77,7 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
     if exporter == "dynamo" and inputs.kind != "tensor":
         raise CompressError(f"{path.name}: export.exporter: 'dynamo' is used here for models with one tensor input; "
                             "keyword inputs (token ids, named tensors) export with 'torchscript'")
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), _native_output():
         warnings.simplefilter("ignore")
         try:
             if exporter == "dynamo":
@@ -96,7 +98,7 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
             raise
         except Exception as exc:
             raise CompressError(f"{path.name}: torch.onnx.export ({exporter}) failed: {type(exc).__name__}: "
-                                f"{first_line(exc)}; "
+                                f"{first_line(exc).split(' [Caused by ')[0]}; "
                                 "try [export] exporter = 'dynamo' or another opset") from exc
     import onnx
 
@@ -105,3 +107,41 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
     except Exception as exc:
         raise CompressError(f"{path}: exported model fails the ONNX checker: {first_line(exc)}") from exc
     return path
+
+
+@contextlib.contextmanager
+def _native_output() -> Iterator[None]:
+    """What torch's exporter prints past Python (the TorchScript IR of the whole graph, dozens of lines, before an
+    unsupported op's exception) kept off the terminal; on an exception it goes to the debug log (-v)."""
+    import tempfile
+
+    from compress.progress import quiet_fd
+
+    with tempfile.TemporaryDirectory(prefix="compress-export-") as tmp:
+        logs = (Path(tmp) / "stdout.txt", Path(tmp) / "stderr.txt")
+        try:
+            with quiet_fd(1, into=logs[0]), quiet_fd(2, into=logs[1]):
+                yield
+        except BaseException:
+            said = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+            logging.getLogger(__name__).debug("torch.onnx.export printed: %s", said)
+            raise
+
+
+def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequence[str], origin: str) -> None:
+    """Export the model as the export stage will (the configured exporter and opset, the data's inputs, two rows),
+    before any training: an op the exporter cannot take (torch.stft's complex output, Python control flow the
+    tracer refuses) is found in a second by `compress validate`, not after the teacher and student have trained.
+    The TorchScript exporter only: the dynamo exporter takes seconds even on a tiny model, and its failures are
+    rarer (the user chose it, usually because TorchScript failed)."""
+    import tempfile
+
+    if cfg.exporter != "torchscript":
+        return
+    with tempfile.TemporaryDirectory(prefix="compress-trial-export-") as tmp:
+        try:
+            export_onnx(model, data.example(2), Path(tmp) / "trial.onnx", opset=cfg.opset, exporter=cfg.exporter,
+                        inputs=data.inputs, output_names=output_names)
+        except CompressError as exc:
+            raise CompressError(f"{origin} cannot be exported to ONNX, found before training: "
+                                f"{str(exc).partition(': ')[2]}") from exc
