@@ -23,8 +23,10 @@ def import_object(target: str, base_dir: Path, origin: str) -> Any:
         module = importlib.import_module(module_name)
         _forget_if_stale(module_name, Path(path))  # nothing is stale now: it stamps what the import brought in
     except Exception as exc:
+        hint = ("; drop the 'python:' prefix: it marks a data source, and this key takes 'module:function'"
+                if module_name == "python" and isinstance(exc, ModuleNotFoundError) else "")
         raise CompressError(f"{origin}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
-                            f"looked beside the config ({path}) and on sys.path") from exc
+                            f"looked in {path} and on sys.path{hint}") from exc
     finally:
         if added:
             sys.path.remove(path)

@@ -229,7 +229,8 @@ def markdown(report: dict) -> str:
     for m in report["models"]:
         if m.get("parity"):
             p = m["parity"]
-            top1 = "" if p.get("top1_agreement") is None else f", top-1 agreement {100 * p['top1_agreement']:.2f}%"
+            top1 = ("" if p.get("top1_agreement") is None or report.get("task", "classification") != "classification"
+                    else f", top-1 agreement {100 * p['top1_agreement']:.2f}%")  # argmax means nothing elsewhere
             against = f" (vs {p['against']})" if p.get("against") else ""
             out.append(f"- {m['name']}{against}: max abs diff {p['max_abs_diff']:.2e}{top1}")
     distill = report.get("details", {}).get("distill", {})

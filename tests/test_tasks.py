@@ -143,6 +143,10 @@ def test_a_regression_model_is_distilled_gated_and_reported_on_the_users_metric(
     assert gate["metric"]["name"] == "r2" and gate["key"] == "quantize.max_metric_drop"
     md = (folder / "runs" / "t" / "report.md").read_text()
     assert "r2 (ORT, test)" in md and "Did the teacher help?" in md
+    from compress.report import markdown
+
+    models["teacher"]["parity"]["top1_agreement"] = 1.0  # as compare() gives a regressor with two values a row
+    assert "- teacher: max abs diff" in markdown(report) and "top-1 agreement" not in markdown(report)
 
 
 @pytest.mark.e2e

@@ -65,12 +65,28 @@ def _pick(ctx: StageContext, records: list[ModelRecord]) -> tuple[str, str | Non
     if not metric.better(c, s):
         return "student", None
     t = (ctx.models["teacher"].metrics_torch or {}).get(metric.name)
-    shown = (lambda v: f"{100 * v:.2f}%") if metric.name == "accuracy" else (lambda v: f"{v:.4f}")
+    shown = _shown(metric.name, c, s)
     why = (f"control: the labels-only control beat the distilled student on validation {metric.name} "
            f"({shown(c)} vs {shown(s)}), so it ships (same architecture, same cost)")
     if t is not None and not metric.better(t, c):
         why += (f"; the teacher's own {metric.name} is {shown(t)}, no better than the control's: a teacher no better "
                 "than the control has nothing to teach: train it longer or bigger")
     elif t is not None:
-        why += f"; the teacher ({shown(t)}) is better than both: try another temperature, alpha or more epochs"
+        knobs = [k for k in ("temperature", "alpha") if k in ctx.evaluation.task.reads]
+        why += f"; the teacher ({shown(t)}) is better than both: try {_advice(knobs)}"
     return "control", why
+
+
+def _shown(name: str, *values: float):
+    """How a metric's values print in one line: accuracy as a percentage with 2 decimals, others with 4; more where
+    the values differ only further on (a control that won by 0.00001 must not read '0.8188 vs 0.8188')."""
+    scale, suffix = (100, "%") if name == "accuracy" else (1, "")
+    digits = 2 if suffix else 4
+    while digits < 8 and len({f"{scale * v:.{digits}f}" for v in values}) < len(set(values)):
+        digits += 1
+    return lambda v: f"{scale * v:.{digits}f}{suffix}"
+
+
+def _advice(knobs: list[str]) -> str:
+    """'another temperature, alpha or more epochs': what [distill] offers this task to try."""
+    return f"another {', '.join(knobs)} or more epochs" if knobs else "more epochs"
