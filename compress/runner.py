@@ -87,7 +87,7 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
             except BaseException as exc:
                 stages.append({"name": name, "status": "failed", "seconds": round(time.perf_counter() - started, 3),
                                "artifacts": [], "error": str(exc)})
-                failure = exc
+                failure = _named(exc, cfg.source_path)
                 break
             if dist is None or dist.nnodes == 1:
                 key = digest([key, stage_artifacts(run_dir / name)])
@@ -112,6 +112,16 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
         failed.report = report  # the CLI prints the summary table before the error line
         raise failed
     return report
+
+
+def _named(exc: BaseException, source: Path) -> BaseException:
+    """A stage's bad-input error with the pipeline file in front when it does not start with it ('prune: the model
+    must return a tensor' became 'p.toml: prune: ...'): every such line names the file to change."""
+    if type(exc) is not CompressError or str(exc).startswith(str(source)):
+        return exc
+    named = CompressError(f"{source}: {exc}")
+    named.__cause__ = exc.__cause__
+    return named
 
 
 def stage_artifacts(stage_dir: Path) -> dict[str, str]:

@@ -77,3 +77,16 @@ def test_an_export_failure_is_one_line_without_torchs_ir_dump(tmp_path: Path, ca
     out, errs = capfd.readouterr()
     assert "Torch IR graph" not in out + errs and "graph(" not in out + errs
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_stage_error_names_the_pipeline_file_once():
+    from compress.errors import GateFailed
+    from compress.runner import _named
+
+    source = Path("runs/p.toml")
+    assert str(_named(CompressError("prune: the model must return a tensor"), source)) == \
+        "runs/p.toml: prune: the model must return a tensor"
+    already = CompressError("runs/p.toml: quantize.mode: 'fp16' needs a GPU")
+    assert _named(already, source) is already
+    gate = GateFailed("quantize: no attempt met the budget")
+    assert _named(gate, source) is gate  # the runner's own gate line names the file; its report stays attached
