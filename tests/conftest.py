@@ -33,7 +33,7 @@ def absent_provider() -> tuple[str, str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Each pytest run gets a base temp folder of its own (unless --basetemp names one): two runs at once never
-    share, or clean up, each other's folders. It is removed when the run passes and kept when it fails."""
+    share, or clean up, each other's folders. It is removed when the run passes and kept when it fails (unless empty)."""
     import tempfile
 
     if not config.option.basetemp:
@@ -45,7 +45,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import shutil
 
     own = session.config.stash.get(_OWN_BASETEMP, None)
-    if own and exitstatus == 0:
+    if own and (exitstatus == 0 or not any(Path(own).iterdir())):  # an empty one (no test ran) is kept for nothing
         shutil.rmtree(own, ignore_errors=True)
 
 
