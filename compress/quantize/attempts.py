@@ -276,7 +276,8 @@ def _static(base: Path, out: Path, settings: dict[str, Any], calib: list[dict[st
         # the min-max family's ranges from one optimised pass, shared by the attempts (compress.quantize.calibrate)
         cache = calibrate.write_cache(base, calib, method, out.with_name(f".{out.name}.calib"))
     try:
-        _quantize_static(base, out, settings, calib, large=large, stride=stride, cache=cache)
+        with histograms.flattened() if method in calibrate.HISTOGRAMS else contextlib.nullcontext():
+            _quantize_static(base, out, settings, calib, large=large, stride=stride, cache=cache)
     finally:
         if cache is not None:
             cache.unlink(missing_ok=True)

@@ -12,9 +12,11 @@ counting differs:
   and the batches of one collect call are counted where they lie instead of being stacked and flattened first;
 - explicit edges are counted by an arithmetic guess of the bin corrected against the edges themselves until every
   value sits where np.histogram's sorted search puts it, instead of by sorting.
-Anything but float32 data goes to ORT's own code. One difference: where a tensor's range is too narrow for the
-bins at float32's precision (a near-constant large value), ORT's collector raises and this one counts it in a range
-half the value wide on each side: the attempt calibrates instead of failing.
+Anything but float32 data goes to ORT's own code. Two differences, where ORT's collector raises and this one
+calibrates: batches of different shapes (200 samples in batches of 32 end with one of 8) are counted as the values
+they hold, which ORT flattens when it can stack them and numpy cannot stack ("inhomogeneous shape"); and where a
+tensor's range is too narrow for the bins at float32's precision (a near-constant large value), it is counted in a
+range half the value wide on each side.
 """
 from __future__ import annotations
 
@@ -110,6 +112,16 @@ def _arrays(data: Any) -> list[np.ndarray] | None:
     return arrays
 
 
+def _for_ort(data: Any) -> Any:
+    """`data` as ORT's own code can take it: batches of different shapes (a last batch of fewer samples, token
+    batches of other widths) as one flat array of their values, which numpy cannot stack; ORT flattens what it
+    stacks, so the histograms are those of the same values."""
+    if not isinstance(data, list) or len({getattr(a, "shape", None) for a in data}) < 2 or \
+            not all(isinstance(a, np.ndarray) for a in data) or len({a.dtype for a in data}) > 1:
+        return data
+    return np.concatenate([a.reshape(-1) for a in data])
+
+
 def _range(arrays: list[np.ndarray]) -> tuple[Any, Any]:
     """np.nanmin and np.nanmax over the batches, as ORT's collector takes them (0 for no data)."""
     full = [a for a in arrays if a.size]
@@ -128,7 +140,7 @@ def _collector_class() -> type:
             for tensor, data in name_to_arr.items():
                 arrays = _arrays(data)
                 if arrays is None:
-                    super().collect_absolute_value({tensor: data})
+                    super().collect_absolute_value({tensor: _for_ort(data)})
                     continue
                 min_value, max_value = _range(arrays)
                 absolute = [np.absolute(a) for a in arrays]
@@ -150,8 +162,8 @@ def _collector_class() -> type:
         def collect_value(self, name_to_arr: dict[str, Any]) -> None:
             for tensor, data in name_to_arr.items():
                 arrays = _arrays(data)
-                if arrays is None or len({a.shape for a in arrays}) > 1:  # ORT stacks the batches: its errors
-                    super().collect_value({tensor: data})
+                if arrays is None:
+                    super().collect_value({tensor: _for_ort(data)})
                     continue
                 min_value, max_value = _range(arrays)
                 threshold = np.array(max(abs(min_value), abs(max_value)), dtype=np.float32)
@@ -186,13 +198,40 @@ def _outer_edges(arrays: list[np.ndarray]) -> tuple[Any, Any]:
     return min(a.min() for a in full), max(a.max() for a in full)
 
 
+def _flattening_class() -> type:
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class Flattening(HistogramCollector):
+        """ORT's HistogramCollector, counting as ORT counts, handed batches of different shapes as one flat array."""
+
+        def collect(self, name_to_arr: dict[str, Any]) -> Any:
+            return super().collect({tensor: _for_ort(data) for tensor, data in name_to_arr.items()})
+
+    return Flattening
+
+
 @contextlib.contextmanager
 def faster() -> Iterator[None]:
     """ORT's histogram calibrators count with `Collector` inside this block."""
+    with _collecting(_collector_class()):
+        yield
+
+
+@contextlib.contextmanager
+def flattened() -> Iterator[None]:
+    """ORT's histogram calibrators count as they do inside this block, on batches of any shapes: where `faster` is not
+    used (a model over 2 GB, an onnxruntime without the calibration cache), a last batch of fewer samples still
+    calibrates."""
+    with _collecting(_flattening_class()):
+        yield
+
+
+@contextlib.contextmanager
+def _collecting(collector: type) -> Iterator[None]:
     from onnxruntime.quantization import calibrate
 
     original = calibrate.HistogramCollector
-    calibrate.HistogramCollector = _collector_class()
+    calibrate.HistogramCollector = collector
     try:
         yield
     finally:

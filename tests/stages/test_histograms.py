@@ -57,6 +57,35 @@ def test_the_collector_keeps_the_histograms_orts_keeps(monkeypatch: pytest.Monke
                                       np.asarray(ort[tensor][:2], dtype=np.float64), err_msg=tensor)
 
 
+@pytest.mark.parametrize("method, symmetric", [("percentile", True), ("percentile", False), ("entropy", False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batches_of_different_shapes_are_counted_as_orts_collector_counts_their_values(
+        method: str, symmetric: bool, dtype: type):
+    # setup: 200 samples in batches of 32, the last one of 8 (numpy cannot stack them: ORT's collector raised
+    # "inhomogeneous shape"), in two collect calls, the second one wider (float32, counted by compress) or narrower
+    # (float16, counted by ORT, whose merge of a wider float16 range asks numpy for too many bins); ORT's collector
+    # given the same values flat
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from compress.quantize import histograms
+
+    rng = np.random.default_rng(5)
+    calls = [[(rng.standard_normal((rows, 4, 5)) * gain).astype(dtype) for rows in (32,) * 6 + (8,)]
+             for gain in ((1.0, 3.0) if dtype == np.float32 else (1.0, 0.5))]
+    theirs = HistogramCollector(method, symmetric, 512, 128, 99.99, "same")
+    ours = histograms._collector_class()(method, symmetric, 512, 128, 99.99, "same")
+    flattening = histograms._flattening_class()(method, symmetric, 512, 128, 99.99, "same")
+    # execute
+    for batches in calls:
+        theirs.collect({"t": np.concatenate([b.reshape(-1) for b in batches])})
+        ours.collect({"t": batches})
+        flattening.collect({"t": batches})
+    # assert: every histogram, edge, extreme and threshold the same
+    for collector in (ours, flattening):
+        for a, b in zip(collector.histogram_dict["t"], theirs.histogram_dict["t"], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_a_histogram_attempt_counts_with_the_collector_and_writes_orts_model(tmp_path: Path,
