@@ -153,9 +153,9 @@ def test_a_slowdown_is_called_slower_and_a_tie_not_significantly_faster():
     # assert
     assert slower["final"] == "quantized" and slower["slower"]
     assert slower["why"].endswith("; it is slower (the 99% interval of quantized / float lies above 1), but pick = "
-                                  "'quantized' keeps it (smaller file)")
+                                  "'quantized' keeps it")
     assert not tie["slower"] and tie["why"].endswith(
-        "; it is not significantly faster, but pick = 'quantized' keeps it (smaller file)")
+        "; it is not significantly faster, but pick = 'quantized' keeps it")
     assert shipped_float["final"] == "float" and shipped_float["why"].endswith(
         "; int8/fp16 is slower here (the 99% interval of quantized / float lies above 1), so the float model ships")
 

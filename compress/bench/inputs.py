@@ -216,8 +216,7 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
     feed = {}
     for name, dtype, shape in sig:
         arr = np.asarray(arrays[name])
-        if arr.dtype != np.dtype(dtype):
-            raise CompressError(f"{source}: input {name!r}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
+        check_dtype(arr, dtype, source=source, name=name)
         if arr.ndim != len(shape) or any(
             isinstance(d, int) and d > 0 and d != s for d, s in zip(shape, arr.shape)
         ):
@@ -227,6 +226,13 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
                                 "sample")
         feed[name] = np.require(arr, requirements="C")  # ascontiguousarray makes a scalar 1-d
     return feed
+
+
+def check_dtype(array: np.ndarray, dtype: Any, *, source: str, name: str) -> None:
+    """CompressError naming the file (`source`) and the input when `array` is not of the input's `dtype` (ORT's own
+    error names the model: "Unexpected input data type. Actual: (tensor(double))")."""
+    if array.dtype != np.dtype(dtype):
+        raise CompressError(f"{source}: input {name!r}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
 
 
 def rows_of(array: np.ndarray, batch: int, axis: int = 0) -> np.ndarray:

@@ -32,7 +32,43 @@ def read_inputs(model: Path, path: Path, option: str, axes: dict[str, int | None
         raise CompressError(f"{path}: {option} expects at least one sample; the array for input {empty!r} is empty "
                             f"(shape {tuple(got[empty].shape)})")
     _check_shapes(inputs, got, f"{path}: {option}", axes or {})
+    _check_values(inputs, arrays, got, f"{path}", option, axes or {})
     return got
+
+
+def _check_values(inputs: list[Any], arrays: dict[str, Any], got: dict[str, Any], where: str, option: str,
+                  axes: dict[str, int | None]) -> None:
+    """One line naming the file and the first array not of its input's dtype (compress bench's line; ORT's named the
+    model) or holding NaN or inf (a NaN in --calibration read as "no quantized model met the budget" after every
+    remedy), before any of them runs."""
+    import numpy as np
+    from onnx import helper
+
+    from compress.bench.inputs import check_dtype
+
+    for info in inputs:
+        elem = info.type.tensor_type.elem_type
+        want = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else None
+        if want is not None and want != np.dtype(object):  # strings go as numpy gives them
+            check_dtype(np.asarray(got[info.name]), want, source=where, name=info.name)
+    for name, array in got.items():
+        key = next((k for k, v in arrays.items() if v is array), name)  # 'x' for a one-input model
+        check_finite(array, where, f"array {key!r}", option, axes.get(name, 0))
+
+
+def check_finite(array: Any, where: str, name: str, option: str, axis: int | None = 0) -> None:
+    """The pipeline's line for NaN or inf in an array of a file (compress.data.arrays.check_bad), indexed along the
+    array's batch `axis` (None: the array is one sample)."""
+    import numpy as np
+
+    from compress.data.arrays import check_bad
+
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.inexact):
+        return
+    rows = np.moveaxis(array, axis, 0) if axis is not None and axis < array.ndim else array[None]
+    check_bad(rows, ~np.isfinite(rows), where, name, None, "values",
+              f"{option} expects finite values: clean the data or drop those rows")
 
 
 def _check_shapes(inputs: list[Any], got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
@@ -52,6 +88,8 @@ def read_targets(path: Path) -> Any:
     from compress.bench.inputs import read_npz
 
     arrays = read_npz(path, expects="--data expects an .npz", only=lambda k: k == "y" or k.startswith("y_"))
+    for key, array in arrays.items():
+        check_finite(array, f"{path}", f"array {key!r}", "--data")
     if "y" in arrays:
         return arrays["y"]
     several = {k[2:]: v for k, v in arrays.items() if k.startswith("y_")}
@@ -72,6 +110,11 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
         n = row_count(feeds)
         if metric is not None:
             from compress.tasks.metric import UserMetric
+
+            if targets is None:  # the metric would be handed None for them
+                raise CompressError(f"{data_npz}: --metric compares outputs with targets, and this file holds none "
+                                    f"(arrays: {', '.join(_names(data_npz))}); save them in it as 'y', or 'y_NAME' "
+                                    "for several")
 
             user = UserMetric(metric, base_dir=Path.cwd(), origin="--metric", primary=primary,
                               higher_is_better=higher)
@@ -101,6 +144,14 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
                    "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
                    "gate on your own figure")
     return gate, warning
+
+
+def _names(path: Path) -> list[str]:
+    """The names of an .npz's arrays (read before: a readable file)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return sorted(data.files)
 
 
 def _judged(model: Path, fp32: dict[str, Any], outputs: tuple[str, ...]) -> dict[str, Any]:

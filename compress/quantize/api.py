@@ -100,7 +100,7 @@ def quantize(
     chosen = search.out_dir / f"model-{'fp16' if cfg.mode == 'fp16' else 'int8'}.onnx"
     shutil.copyfile(accepted["path"], chosen)
     decision = pick_final(float_latency["rows"], accepted["latency"]["rows"], prefer_quantized=cfg.pick == "quantized",
-                          paired=paired)
+                          paired=paired, sizes=(result["float"]["bytes"], accepted.get("bytes")))
     why = decision["why"] if qat_note is None else f"{qat_note['why']}; {decision['why']}"
     result.update(chosen=str(chosen), final=decision["final"], why=why, pick=decision,
                   accepted_attempt=accepted["name"])

@@ -97,7 +97,8 @@ MIN_SPEEDUP = 1.03
 
 
 def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]], *,
-               prefer_quantized: bool = False, paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               prefer_quantized: bool = False, paired: list[dict[str, Any]] | None = None,
+               sizes: tuple[int | None, int | None] | None = None) -> dict[str, Any]:
     """Choose between the float model and an accepted quantized one; the float model unless int8/fp16 is
     significantly faster.
 
@@ -109,19 +110,22 @@ def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]
     the harness rows' p50s give the speedups and they are significant when every row's 95% CIs of p50 are
     disjoint and the geometric mean reaches MIN_SPEEDUP (rows without CIs count as disjoint, as before).
     Ties and insignificant speedups go to the float model: it is the simpler one (the graph as exported, no
-    accuracy drop), and a noisy 1.4x on two equal models must not decide; int8 is smaller in bytes, and
-    pick = 'quantized' is how a user says size matters more. The quantized model is called slower, whichever
-    ships, when the evidence says so the other way: the geometric mean of the ratio's CI lower bounds above 1
-    (paired), or every row with CIs, disjoint the other way (separate): a 0.31x is not a tie. Returns {"final",
-    "why", "speedup", "speedups": {"provider/bBATCH": speedup}, "significant", "slower", "paired"}.
+    accuracy drop), and a noisy 1.4x on two equal models must not decide; int8 is usually smaller in bytes, and
+    pick = 'quantized' is how a user says size matters more; where it decides, the reason compares `sizes` (float,
+    quantized bytes) when given: on a tiny model the QDQ nodes outweigh the bytes int8 saves. The quantized model is
+    called slower, whichever ships, when the evidence says so the other way: the geometric mean of the ratio's CI
+    lower bounds above 1 (paired), or every row with CIs, disjoint the other way (separate): a 0.31x is not a tie.
+    Returns {"final", "why", "speedup", "speedups": {"provider/bBATCH": speedup}, "significant", "slower", "paired"}.
     """
     speedups, significant, slower = _speedups(float_rows, quant_rows, paired)
     detail = ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
     if not speedups:
         final = "quantized" if prefer_quantized else "float"
+        size = _size(sizes)
+        said = f"; {size[0]}: {size[1]}" if size else ""
         return {"final": final, "speedup": None, "speedups": {}, "significant": False, "slower": False,
                 "paired": bool(paired), "why": f"{final}: no provider measured both models, so speed could not decide"
-                + (" (pick = 'quantized')" if prefer_quantized else "; kept the float model")}
+                + (f" (pick = 'quantized'{said})" if prefer_quantized else "; kept the float model")}
     gmean = math.exp(sum(math.log(s) for s in speedups.values()) / len(speedups))
     significant, slower = significant and gmean >= MIN_SPEEDUP, slower and gmean < 1.0
     rule = (f"significant means at least {MIN_SPEEDUP:.2f}x at 99% confidence" if paired else
@@ -130,8 +134,8 @@ def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]
     if gmean > 1.0 and significant:
         final, verdict = "quantized", f"it is significantly faster ({rule})"
     elif prefer_quantized:
-        final, verdict = "quantized", ((f"it is slower ({slow})" if slower else "it is not significantly faster")
-                                       + ", but pick = 'quantized' keeps it (smaller file)")
+        final, verdict = "quantized", _kept(f"it is slower ({slow})" if slower else "it is not significantly faster",
+                                            sizes)
     elif gmean > 1.0:
         final, verdict = "float", (f"the speedup is within the measurement's noise ({rule}), so the simpler float "
                                    "model ships")
@@ -142,6 +146,32 @@ def pick_final(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]
     return {"final": final, "speedup": gmean, "speedups": speedups, "significant": significant, "slower": slower,
             "paired": bool(paired),
             "why": f"{final}: quantized vs float speedup {gmean:.2f}x (geometric mean of {detail}; {how}); {verdict}"}
+
+
+def _kept(speed: str, sizes: tuple[int | None, int | None] | None) -> str:
+    """Why pick = 'quantized' ships a model that is not significantly faster (`speed`), true of the files' `sizes`."""
+    size = _size(sizes)
+    if size is None:
+        return f"{speed}, but pick = 'quantized' keeps it"  # sizes unknown: nothing said of them
+    said, shown = size
+    if said == "smaller file":
+        return f"{speed}, but pick = 'quantized' keeps it ({said}: {shown})"
+    return f"{speed} and {said} ({shown}), but pick = 'quantized' keeps it"
+
+
+def _size(sizes: tuple[int | None, int | None] | None) -> tuple[str, str] | None:
+    """('smaller file', 'its file is larger' or 'its file is the same size'; '2.9 KB vs 1.3 KB float') from the
+    (float, quantized) bytes, or None when either is unknown."""
+    if sizes is None or None in sizes:
+        return None
+    float_bytes, quant_bytes = sizes
+    said = ("smaller file" if quant_bytes < float_bytes else
+            f"its file is {'larger' if quant_bytes > float_bytes else 'the same size'}")
+    return said, f"{_bytes(quant_bytes)} vs {_bytes(float_bytes)} float"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.1f} MB"
 
 
 def _speedups(float_rows: list[dict[str, Any]], quant_rows: list[dict[str, Any]],
