@@ -393,11 +393,13 @@ def test_pickle_checkpoint_that_runs_code_is_refused_not_executed(tiny_dir: Path
 # --- faults while running ----------------------------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_nan_loss_names_epoch_and_batch_and_suggests_lower_lr(tiny_dir: Path):
+def test_nan_outputs_on_the_first_batch_name_the_model_not_the_learning_rate(tiny_dir: Path):
+    # before: "distill.lr: ... lower the learning rate", though no optimiser step had run (compress.train.objective)
     _model("student", "extra:nan_student")(tiny_dir)
     result = invoke(tiny_dir, "run", "pipeline.toml", "--quiet")
-    assert_one_line_error(result, tiny_dir, "pipeline.toml: distill.lr: student loss became nan at epoch 1, batch 1",
-                          "lower the learning rate")
+    assert_one_line_error(result, tiny_dir, "pipeline.toml: student.model: extra:nan_student outputs NaN/inf on the "
+                          "first training batch, before any optimiser step changed a weight (student loss nan); "
+                          "check the model's forward or its inputs")
     # the teacher finished and is cached; the failed stage left no manifest
     assert (tiny_dir / "runs/tiny/teacher/manifest.json").is_file()
     assert not (tiny_dir / "runs/tiny/distill/manifest.json").exists()

@@ -54,12 +54,14 @@ def test_distillation_with_teacher_logits_trains():
     assert h["val_accuracy"] > 0.9
 
 
-def test_nan_loss_names_epoch_and_batch():
+def test_nan_loss_before_any_step_blames_the_models_outputs_not_the_learning_rate():
+    # before: "at epoch 1, batch 1; lower the learning rate", though no step had changed a weight yet
     x, y = _blobs()
     model = torch.nn.Sequential(torch.nn.Linear(2, 3))
     with torch.no_grad():
         model[0].weight.fill_(math.inf)
-    with pytest.raises(CompressError, match=r"at epoch 1, batch 1; lower the learning rate"):
+    with pytest.raises(CompressError, match=r"^the model outputs NaN/inf on the first training batch, before any "
+                                            r"optimiser step changed a weight \(distill loss nan\); check the model"):
         fit(model, (x, y), (x, y), TrainConfig(epochs=1), seed=0, progress=False, desc="distill")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from compress.errors import CompressError
 from compress.tasks import Metric
-from compress.tasks.base import LossFn, Task, rows
+from compress.tasks.base import LossFn, Task, check_batch_first, rows
 
 SQNR_CAP_DB = 80.0
 
@@ -62,6 +62,7 @@ class Tensors(Task):
 
     def check_outputs(self, outputs: Mapping[str, Any], *, num_classes: int, teacher: Mapping[str, Any] | None,
                       origin: str, spec: str) -> None:
+        check_batch_first(outputs, origin, spec)
         if teacher is None:
             return
         mine = {n: tuple(v.shape) for n, v in outputs.items()}

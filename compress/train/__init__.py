@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError
 from compress.train.config import DistillConfig, TrainConfig
+from compress.train.objective import blame_for
 from compress.train.loop import (Objective, Teacher, as_loader, evaluate, fit, predict, predict_logits,
                                  warn_if_bf16_is_slow)
 from compress.tasks.classification import kd_loss
@@ -55,7 +56,8 @@ def train_student(model: Any, data: "DataBundle", settings: Any, *, task: str, s
     kd = family.kd_terms(settings, model, teacher.model, kept, origin) if teacher is not None and \
         teacher.model is not None else None
     frozen = _embeddings(family, model, settings, origin, spec)
-    objective = Objective(loss, names, teacher=teacher, kd_terms=kd, targets=data.has_targets)
+    blame = blame_for(origin, "student", spec, evaluation.task, settings.loss)
+    objective = Objective(loss, names, teacher=teacher, kd_terms=kd, targets=data.has_targets, blame=blame)
     targets = data.targets("val")
 
     def figures(m: Any) -> dict:
@@ -99,7 +101,8 @@ def train_teacher(model: Any, data: "DataBundle", settings: Any, *, task: str, s
     keys = SimpleNamespace(temperature=1.0, alpha=1.0, label_smoothing=settings.label_smoothing, loss=hard_loss,
                            output_weights=None, relation_weight=0.0)  # labels only: no teacher terms
     loss = evaluation.task.make_loss(keys, teacher=False, labels=data.has_targets, base_dir=base_dir, seed=seed)
-    objective = Objective(loss, names, targets=data.has_targets)
+    objective = Objective(loss, names, targets=data.has_targets,
+                          blame=blame_for(origin, "teacher", spec, evaluation.task, hard_loss))
     targets = data.targets("val")
 
     def figures(m: Any) -> dict:

@@ -13,87 +13,20 @@ import contextvars
 import copy
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from compress.errors import CompressError
 from compress.tasks import Metric
 from compress.tasks.base import as_outputs, output_names_of
 from compress.train.config import TrainConfig
+from compress.train.objective import (Objective, Position, Teacher,  # Objective, Teacher: importable from here too
+                                      classification_objective, step_loss)
 
 
 EPOCH_HOOK: contextvars.ContextVar[Callable[[str, int, float], None] | None] = contextvars.ContextVar(
     "compress_epoch_hook", default=None)
 """Called after every epoch with (desc, epoch, the primary validation figure): a search reports it to its pruner,
 which may stop the run by raising (compress.study). None outside a search."""
-
-
-class Teacher:
-    """Where distillation's teacher outputs come from: a per-index cache (`outputs`: {name: rows of the training
-    split}, possibly memory-mapped) or a model run on the same (augmented) batch as the student (`model`)."""
-
-    def __init__(self, *, outputs: Mapping[str, Any] | None = None, model: Any = None, logits: Any = None,
-                 source: str | None = None):
-        self.outputs = dict(outputs) if outputs is not None else ({"logits": logits} if logits is not None else None)
-        self.model = model
-        self.source = source
-        """The outputs file the rows come from (compress.train.outputs), so torchrun workers map the same file."""
-
-    @property
-    def mode(self) -> str:
-        return "cached" if self.model is None else "on-the-fly"
-
-    def __call__(self, index: Any, inputs: Any) -> Any:
-        """The teacher's raw outputs for a batch: a dict of cached rows, or whatever its forward returns."""
-        import numpy as np
-        import torch
-
-        from compress.data import forward
-
-        if self.model is not None:
-            with torch.inference_mode():
-                out = forward(self.model.eval(), inputs)
-            return {k: v.clone() for k, v in out.items()} if isinstance(out, Mapping) else (
-                tuple(v.clone() for v in out) if isinstance(out, (tuple, list)) else out.clone())
-        rows = index.numpy()
-        return {name: torch.from_numpy(np.asarray(table[rows], dtype=np.float32)) for name, table in
-                self.outputs.items()}
-
-
-class Objective:
-    """What a training step minimises: `loss_fn(student outputs, teacher outputs or None, targets, index)` over the
-    outputs named `names`, plus the family's intermediate-layer terms (`kd_terms`) when given."""
-
-    def __init__(self, loss_fn: Callable, names: tuple[str, ...], *, teacher: Teacher | None = None,
-                 kd_terms: Any = None, targets: bool = True) -> None:
-        self.loss_fn, self.names, self.teacher, self.kd_terms, self.targets = loss_fn, names, teacher, kd_terms, targets
-
-    def __call__(self, net: Any, index: Any, inputs: Any, target: Any, device: str) -> Any:
-        from compress.data import forward
-        from compress.dist.group import to_device
-
-        extra = None
-        if self.kd_terms is not None and self.teacher is not None:
-            raw, t_raw, extra = self.kd_terms(net, self.teacher.model, inputs)
-        else:
-            raw = forward(net, inputs)
-            t_raw = self.teacher(index, inputs) if self.teacher is not None else None
-        student = {k: v.float() for k, v in as_outputs(raw, self.names).items()}
-        teacher = None if t_raw is None else {k: to_device(v, device).float()
-                                              for k, v in as_outputs(t_raw, self.names).items()}
-        loss = self.loss_fn(student, teacher, target if self.targets else None, index)
-        return loss + extra if extra is not None else loss
-
-
-def classification_objective(teacher: Teacher | None, *, temperature: float = 4.0, alpha: float = 1.0,
-                             label_smoothing: float = 0.0) -> Objective:
-    """The classification task's loss (Hinton KD, or cross-entropy alone without a teacher) on one logits output."""
-    from types import SimpleNamespace
-
-    from compress.tasks.classification import Classification
-
-    keys = SimpleNamespace(temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
-    return Objective(Classification().make_loss(keys, teacher=teacher is not None, labels=True), ("logits",),
-                     teacher=teacher)
 
 
 def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...] | None = None,
@@ -124,6 +57,7 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
             out = forward(model, to_device(x, device))
             names = names or output_names_of(out, "logits")
             for name, value in as_outputs(out, names).items():
+                _check_batch_first(name, value, len(index) if index is not None else len(x))
                 parts.setdefault(name, []).append(value.float().cpu().numpy())
             seen += [np.asarray(index)] if index is not None else []  # skipped items leave their rows out
             del out
@@ -133,6 +67,15 @@ def predict(model: Any, data: Any, *, inputs: Any = None, names: tuple[str, ...]
         outputs = in_place(outputs, np.concatenate(seen), item_indices(source))
     return in_order(outputs, order)
 
+
+
+def _check_batch_first(name: str, value: Any, examples: int) -> None:
+    """Rows are joined on axis 0: an output with the batch elsewhere ([T, B, C]) would be mixed up or refused by
+    numpy (validate checks the same on 2 examples, compress.tasks.base.check_batch_first)."""
+    if value.dim() == 0 or value.shape[0] != examples:
+        raise CompressError(f"output {name!r} has shape {tuple(value.shape)} for a batch of {examples} examples; "
+                            "compress needs every output batch-first (examples on axis 0): move the batch axis first "
+                            "in forward (e.g. .transpose(0, 1)) and back in your loss if it needs it")
 
 
 def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):
@@ -210,9 +153,10 @@ def warn_if_bf16_is_slow(precision: str, origin: str) -> bool:
 
 def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size: int = 64,
         objective: Objective | None = None, evaluate: Callable[[Any], dict] | None = None,
-        primary: "Metric | Callable[[], Metric] | None" = None, teacher_logits: Any = None, teacher: Teacher | None = None,
-        temperature: float = 4.0, alpha: float = 1.0, desc: str = "train", progress: bool = True,
-        origin: str | None = None, workers: int = 0, inputs: Any = None, frozen: list | None = None) -> dict:
+        primary: "Metric | Callable[[], Metric] | None" = None, teacher_logits: Any = None,
+        teacher: Teacher | None = None, temperature: float = 4.0, alpha: float = 1.0, desc: str = "train",
+        progress: bool = True, origin: str | None = None, workers: int = 0, inputs: Any = None,
+        frozen: list | None = None) -> dict:
     """Train `model` in place; keep the weights of the best validation epoch. Returns the history.
 
     `train` is a Dataset of `(index, inputs, target)` items (or an (x, y) tensor pair); `objective` what a step
@@ -220,7 +164,9 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
     gives the validation figures and `primary` the one that picks the best epoch (default: accuracy on `val`; a
     callable when its name is known only once figures exist, as for a user's metric's first figure).
     `cfg` holds every setting (compress.train.config.resolved fills the family's defaults); `frozen`: parameters kept
-    fixed besides cfg.freeze. A non-finite loss stops with an error naming the epoch, batch and `origin` (the key).
+    fixed besides cfg.freeze. A failing step (the user's forward or loss raising, a loss that is not a finite scalar
+    tensor) stops with one line naming the model or the loss (objective.blame), the epoch and the batch; a loss that
+    turns non-finite after training began names `origin` (the lr key).
     """
     import torch
 
@@ -254,13 +200,9 @@ def fit(model, train: Any, val: Any, cfg: TrainConfig, *, seed: int, batch_size:
         model.train()
         total_loss, seen = 0.0, 0
         for b, (index, x, target) in enumerate(loader):
-            x, target = to_device(x, world.device), to_device(target, world.device)
-            with torch.autocast("cuda" if world.device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                                enabled=precision == "bf16"):
-                loss = objective(net, index, x, target, world.device)
-            if not torch.isfinite(loss):
-                raise CompressError(f"{origin or desc}: {desc} loss became {loss.item()} at epoch {epoch + 1}, "
-                                    f"batch {b + 1}; lower the learning rate (lr = {cfg.lr:g})")
+            batch = (index, to_device(x, world.device), to_device(target, world.device))
+            loss = step_loss(objective, net, batch, world.device, bf16=precision == "bf16", origin=origin or desc,
+                             lr=cfg.lr, position=Position(desc, epoch + 1, b + 1, stepper.steps))
             total_loss, seen = total_loss + loss.item() * len(index), seen + len(index)
             if stepper.step(loss) or b + 1 >= stepper.steps_per_epoch:
                 break
@@ -314,7 +256,7 @@ class _Stepper:
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
         total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
         self.max_seconds = cfg.max_minutes * 60 if cfg.max_minutes else None
-        self.elapsed, self.stopped = 0.0, False
+        self.elapsed, self.stopped, self.steps = 0.0, False, 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: lr_factor(step, total, warm, self.elapsed, self.max_seconds))
         self.start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -331,6 +273,7 @@ class _Stepper:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
+        self.steps += 1
         if self.max_seconds is not None:
             self.elapsed = self.world.broadcast_value(time.perf_counter() - self.start)
             self.stopped = self.elapsed > self.max_seconds
@@ -381,7 +324,13 @@ def _accuracy_on(val: Any, workers: int) -> Callable[[Any], dict]:
 def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world: Any, inputs: Any = None) -> Any:
     """The training batches of this process: length-grouped batches for token inputs, else DistributedSampler with
     the run's seed (one process too) and batch_size / world size examples per step, so step k of N processes covers
-    the examples of step k of one. A DataLoader passed in is used as it is."""
+    the examples of step k of one. A DataLoader passed in is used as it is.
+
+    A last batch of a single example is dropped: BatchNorm cannot train on one (it raised "Expected more than 1 value
+    per channel") and one example makes a noisy step anyway. Dropped, not merged into the batch before: the loader's
+    own drop_last keeps its length known (the schedule counts steps), and DistributedSampler pads every rank's share
+    to the same length, so every rank drops alike and DDP's ranks take the same steps. The sampler reshuffles each
+    epoch, so a different example sits out each time."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from compress.data import loader
@@ -396,5 +345,7 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
     if batches is not None:
         return loader(data, batch_size=1, shuffle=False, seed=seed, workers=workers, batch_sampler=batches)
     sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
-    return loader(data, batch_size=batch_size // world.size, shuffle=False, seed=seed, workers=workers,
-                  sampler=sampler)
+    per_rank = batch_size // world.size
+    lone = len(sampler) > per_rank and len(sampler) % per_rank == 1
+    return loader(data, batch_size=per_rank, shuffle=False, seed=seed, workers=workers, sampler=sampler,
+                  drop_last=lone)
