@@ -43,7 +43,10 @@ class ModelSection(Section):
 
     model: str = Field(min_length=1, description="builtin:cnn-large|cnn-small|mobilenet|mlp, module:factory, hf:DIR.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory. "
-                                   "input_shape and num_classes are filled from the data when the factory takes them. "
+                                   "input_shape and num_classes are filled from the data when the factory takes them; "
+                                   "a num_classes given here wins when it is at least the data's largest label + 1 "
+                                   "(a teacher trained with classes the data never shows; the student then needs the "
+                                   "same). "
                                    "For hf: models, settings of the folder's config.json to override (e.g. "
                                    "num_hidden_layers = 2, hidden_size = 256); the weights then start from scratch.")
     pooling: Literal["mean", "cls"] = Field("mean", description="hf: models, embedding task: the sentence embedding "

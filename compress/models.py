@@ -80,7 +80,23 @@ def load_weights(model, path: Path, origin: str, *, key: str | None = None) -> N
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
-        raise CompressError(f"{origin}: {path} does not match the model: {detail}") from exc
+        more = _more_outputs(model, state, origin)  # before the detail, which the one-line limit may cut
+        raise CompressError(f"{origin}: {path} does not match the model: {more + '; ' if more else ''}"
+                            f"{detail}") from exc
+
+
+def _more_outputs(model: Any, state: dict, origin: str) -> str:
+    """When the checkpoint's last layer has more outputs than the model's (a teacher trained with classes the data's
+    labels never show, the model built for the labels), the key that says how many there are."""
+    mine = model.state_dict()
+    last = next((k for k in reversed(list(mine)) if k.endswith("weight")), None)
+    ours, theirs = mine.get(last), state.get(last)
+    if ours is None or theirs is None or not ours.dim() or theirs.shape[1:] != ours.shape[1:] \
+            or theirs.shape[0] <= ours.shape[0]:
+        return ""
+    role = origin.rpartition(": ")[2].partition(".")[0]
+    return (f"its last layer '{last}' has {theirs.shape[0]} outputs, the model's {ours.shape[0]}: for a classifier "
+            f"with more classes than the data's labels show, set num_classes = {theirs.shape[0]} in {role}.kwargs")
 
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")

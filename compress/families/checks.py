@@ -15,9 +15,10 @@ def check_models(cfg, data) -> None:
 
     from compress.data import forward
     from compress.families import family_of
+    from compress.onnx.export import trial_export
     from compress.records import ModelSpec
     from compress.tasks import evaluation_for
-    from compress.tasks.base import as_outputs, output_names_of
+    from compress.tasks.base import as_outputs, not_tensors, output_names_of
 
     where = str(cfg.source_path)
     evaluation = evaluation_for(cfg.data.task, cfg.evaluate, base_dir=cfg.base_dir, origin=f"{where}: evaluate")
@@ -43,19 +44,62 @@ def check_models(cfg, data) -> None:
         except Exception as exc:
             shape = ", ".join(map(str, data.input_shape))
             raise CompressError(f"{origin}.model: {spec} fails on a batch of shape (2, {shape}) from the data: "
-                                f"{type(exc).__name__}: {exc}") from exc
+                                f"{type(exc).__name__}: {exc}{_rgb_hint(cfg, exc)}") from exc
+        wrong = not_tensors(raw)
+        if wrong is not None:
+            raise CompressError(f"{origin}.model: {spec} returns {wrong}")
         names = output_names_of(raw, task.default_output)
         outputs[role] = as_outputs(raw, names)
+        trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}")
         train = cfg.distill if role == "student" else cfg.teacher.train
         key = "distill" if role == "student" else "teacher.train"
         if train is not None and train.freeze_embeddings and not family.embedding_parameters(model):
             raise CompressError(f"{where}: {key}.freeze_embeddings: {spec} has no nn.Embedding layers to freeze; "
                                 "remove the key, or name parameters in freeze = [...]")
         _check_freeze(model, train, f"{where}: {key}.freeze", spec)
-        task.check_outputs(outputs[role], num_classes=data.num_classes, teacher=outputs.get("teacher"),
-                           origin=origin, spec=spec)
+        task.check_outputs(outputs[role], num_classes=_num_classes(section.kwargs, data, task, origin, spec,
+                                                                   outputs[role]),
+                           teacher=outputs.get("teacher"), origin=origin, spec=spec)
+        if role == "student" and cfg.prune is not None:
+            _check_prunable(model, cfg, data, where)
     _check_head(cfg, data, task)
     _check_labels(cfg, data, task, outputs.get("student"))
+
+
+def _rgb_hint(cfg, exc: Exception) -> str:
+    """An images: folder's examples have 3 channels whatever the files hold; a 1-channel model says so in torch's
+    words ('expected input[2, 3, 16, 16] to have 1 channels')."""
+    if not str(cfg.data.source).startswith("images:") or "channels" not in str(exc):
+        return ""
+    return ("; images: folders are read as RGB (3 channels, grayscale files too): build the model for 3 input "
+            "channels, or give the data as npz: or python: arrays with the channels it takes")
+
+
+def _check_prunable(model, cfg, data, where: str) -> None:
+    """The student's architecture prunes as [prune] says (its outputs, ignore, Torch-Pruning's trace), before the
+    distillation the prune stage would follow."""
+    from compress.prune.schedule import check_prunable
+
+    try:
+        check_prunable(model, cfg.prune, data.example(8))
+    except CompressError as exc:
+        raise CompressError(f"{where}: {exc}") from exc
+
+
+def _num_classes(kwargs, data, task, origin: str, spec: str, outputs) -> int:
+    """The classes a classifier outputs: the data's (largest label + 1), or the user's num_classes in kwargs when it
+    is at least that (a teacher trained with classes the data never shows)."""
+    given = kwargs.get("num_classes")
+    if task.name != "classification" or given is None:
+        return data.num_classes
+    if isinstance(given, bool) or not isinstance(given, int) or given < data.num_classes:
+        raise CompressError(f"{origin}.kwargs.num_classes: the data's labels run 0..{data.num_classes - 1}, so the "
+                            f"model needs at least {data.num_classes} classes, got {given!r}")
+    shape = tuple(next(iter(outputs.values())).shape)
+    if len(outputs) == 1 and shape != (2, given):
+        raise CompressError(f"{origin}.model: {spec} outputs {shape} for 2 examples; kwargs num_classes = {given}, "
+                            f"so expected (2, {given}) logits")
+    return given
 
 
 def _check_freeze(model, train, key: str, spec: str) -> None:

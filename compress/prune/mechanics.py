@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from compress.errors import CompressError, first_line
 from compress.prune.ties import find_ties, retie
+from compress.prune.tracing import (dependency_graph, leave_alone, prunable_roots, resolve_ignored, root_types, sealed,
+                                    sealed_modules, way_out)
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Layer kinds whose output channels / hidden units can be removed (the roots of Torch-Pruning's groups).
+#: Groups `find_unprunable` prunes one at a time, at most.
 _MAX_DIAGNOSED_GROUPS = 200
 
 
@@ -66,12 +68,13 @@ def zlib_bytes(model: "nn.Module") -> int:
 # ---------------------------------------------------------------- checked forward pass
 
 def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
-                    expected_shape: Sequence[int] | None = None, when: str = "after pruning") -> tuple[int, ...]:
+                    expected_shapes: Sequence[Sequence[int]] | None = None,
+                    when: str = "after pruning") -> tuple[tuple[int, ...], ...]:
     """Run `model` on `example_input` in eval mode; raise CompressError naming the layer where it breaks.
 
-    Checks: the forward pass runs, the output is finite, and (if given) its shape equals `expected_shape`.
-    Returns the output shape. Hooks track which layer was running and which one last finished, so a
-    hard-coded channel count in some forward() is reported at the place it bites.
+    Checks: the forward pass runs, every output (a tensor, a tuple or a dict of them) is finite, and (if given)
+    their shapes equal `expected_shapes`. Returns the outputs' shapes, in order. Hooks track which layer was running
+    and which one last finished, so a hard-coded channel count in some forward() is reported at the place it bites.
     """
     import torch
 
@@ -107,28 +110,33 @@ def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
         for h in handles:
             h.remove()
         model.train(was_training)
-    out_t = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(out_t, torch.Tensor):
-        raise CompressError(f"prune: the model must return a tensor (or a tuple starting with one), "
-                            f"got {type(out_t).__name__}")
-    if state["nonfinite"] is not None or not bool(torch.isfinite(out_t).all()):
+    outs = output_tensors(out)
+    if state["nonfinite"] is not None or not all(bool(torch.isfinite(t).all()) for t in outs):
         raise CompressError(f"prune: the model {when} gives non-finite values (first in layer "
                             f"'{state['nonfinite'] or 'output'}'); prune less (lower prune.amount)")
-    shape = tuple(out_t.shape)
-    if expected_shape is not None and shape != tuple(expected_shape):
-        raise CompressError(f"prune: the model {when} outputs shape {list(shape)} instead of "
-                            f"{list(expected_shape)} (last layer run: '{state['finished']}'); a forward() "
+    shapes = tuple(tuple(t.shape) for t in outs)
+    if expected_shapes is not None and shapes != tuple(tuple(s) for s in expected_shapes):
+        raise CompressError(f"prune: the model {when} outputs {_shapes(shapes)} instead of "
+                            f"{_shapes(expected_shapes)} (last layer run: '{state['finished']}'); a forward() "
                             "probably hard-codes a channel count: add the layers feeding it to prune.ignore")
-    return shape
+    return shapes
+
+
+def output_tensors(out: Any) -> list["torch.Tensor"]:
+    """Every output of a forward's result, in order: a tensor, a tuple or a dict of them (as the tasks name them)."""
+    from compress.tasks.base import as_outputs, not_tensors, output_names_of
+
+    wrong = not_tensors(out)
+    if wrong is not None:
+        raise CompressError(f"prune: the model returns {wrong}")
+    return list(as_outputs(out, output_names_of(out, "output")).values())
+
+
+def _shapes(shapes: Sequence[Sequence[int]]) -> str:
+    return f"shape {list(shapes[0])}" if len(shapes) == 1 else f"shapes {', '.join(str(list(s)) for s in shapes)}"
 
 
 # ---------------------------------------------------------------- which layers to prune
-
-def _root_types() -> tuple[type, ...]:
-    from torch import nn
-
-    return (nn.modules.conv._ConvNd, nn.Linear)
-
 
 def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
     """Name of the last Conv/Linear run in the forward pass: the classifier head, never pruned."""
@@ -139,7 +147,7 @@ def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
     names = {m: n for n, m in model.named_modules()}
     order: list[str] = []
     handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod]))
-               for m in names if isinstance(m, _root_types())]
+               for m in names if isinstance(m, root_types())]
     was_training = model.training
     model.eval()
     try:
@@ -152,19 +160,6 @@ def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
     if not order:
         raise CompressError("prune: the model has no Conv or Linear layer to prune; remove the [prune] section")
     return order[-1]
-
-
-def resolve_ignored(model: "nn.Module", names: Iterable[str]) -> list["nn.Module"]:
-    """Modules for the names in prune.ignore (plus the head); an unknown name is a CompressError."""
-    modules = dict(model.named_modules())
-    out = []
-    for name in names:
-        if name not in modules:
-            known = ", ".join(repr(n) for n in list(modules)[1:12])
-            raise CompressError(f"prune.ignore: no module named '{name}' in the model; "
-                                f"use names from model.named_modules(), e.g. {known}")
-        out.append(modules[name])
-    return out
 
 
 # ---------------------------------------------------------------- channel pruning (Torch-Pruning)
@@ -184,24 +179,29 @@ def make_pruner(model: "nn.Module", example_input: "torch.Tensor", *, amount: fl
 
     Local ranking (each coupled group loses the same fraction), so channel counts depend only on `amount`,
     which makes targets searchable on copies. Groups tied together by residual adds, BatchNorm and depthwise
-    convolutions are pruned as one by the dependency graph.
+    convolutions are pruned as one by the dependency graph. Ignored modules other than Conv/Linear, and recurrent
+    layers, are sealed while it traces (compress.prune.tracing).
     """
     import torch_pruning as tp
 
     was_training = model.training
     model.eval()  # tracing runs a forward pass; in train mode it would move BatchNorm statistics
+    ignored_modules: list = []
     try:
         ignored_modules = resolve_ignored(model, ignored)
-        return tp.pruner.BasePruner(
-            model, example_input, importance=make_importance(importance), pruning_ratio=amount,
-            iterative_steps=steps, ignored_layers=ignored_modules, round_to=round_to, global_pruning=False,
-            pruning_ratio_dict=layer_floors(model, amount, ignored_modules, round_to),
-        )
+        leave = leave_alone(model, example_input, ignored_modules)
+        with sealed(sealed_modules(model, ignored_modules)) as seal:
+            return tp.pruner.BasePruner(
+                model, example_input, importance=make_importance(importance), pruning_ratio=amount,
+                iterative_steps=steps, ignored_layers=leave, round_to=round_to, global_pruning=False,
+                pruning_ratio_dict=layer_floors(model, amount, leave, round_to),
+                output_transform=seal.output_transform, unwrapped_parameters=seal.unwrapped,
+            )
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"prune: Torch-Pruning cannot trace this model's dependency graph: "
-                            f"{type(exc).__name__}: {first_line(exc)}; use method = 'magnitude' or simplify the forward()") from exc
+                            f"{type(exc).__name__}: {first_line(exc)}; {way_out(model, ignored_modules)}") from exc
     finally:
         model.train(was_training)
 
@@ -219,7 +219,7 @@ def layer_floors(model: "nn.Module", amount: float, ignored: Sequence["nn.Module
     skip = {id(m) for top in ignored for m in top.modules()}
     ratios = {}
     for module in model.modules():
-        if not isinstance(module, _root_types()) or id(module) in skip:
+        if not isinstance(module, root_types()) or id(module) in skip:
             continue
         channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
         groups = getattr(module, "groups", 1)
@@ -241,7 +241,7 @@ def taylor_gradients(model: "nn.Module", batches: Sequence[tuple["torch.Tensor",
     model.zero_grad(set_to_none=True)
     for x, y in batches:
         out = forward(model, x)
-        F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, y).backward()
+        F.cross_entropy(output_tensors(out)[0], y).backward()
     model.train(was_training)
 
 
@@ -268,34 +268,34 @@ def step(pruner: Any) -> None:
 
 
 def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignored: Sequence[str],
-                    expected_shape: Sequence[int]) -> list[tuple[str, str]]:
+                    expected_shapes: Sequence[Sequence[int]]) -> list[tuple[str, str]]:
     """Prune each group alone (half its channels) on a copy; return (root layer, failure) for those that break.
 
-    Only run after a failure, to tell the user which layer to leave alone.
+    Only run after a failure, to tell the user which layer to leave alone; a model Torch-Pruning cannot trace at all
+    names none (the failure it had says why).
     """
-    import torch_pruning as tp
-
     probe = copy.deepcopy(model)
-    probe.eval()
-    graph = tp.DependencyGraph().build_dependency(probe, example_inputs=example_input)
-    names = {m: n for n, m in probe.named_modules()}
-    roots = [names[g[0].dep.target.module] for g in graph.get_all_groups(
-        ignored_layers=resolve_ignored(probe, ignored), root_module_types=_root_types())]
+    try:
+        roots = prunable_roots(*dependency_graph(probe, example_input, ignored), model=probe)
+    except Exception:  # the same failure as the one being diagnosed: nothing to add to it
+        return []
     broken = []
     for root in roots[:_MAX_DIAGNOSED_GROUPS]:
         probe = copy.deepcopy(model)
-        probe.eval()
-        graph = tp.DependencyGraph().build_dependency(probe, example_inputs=example_input)
-        layer = probe.get_submodule(root)
-        pruner = graph.get_pruner_of_module(layer)
-        channels = pruner.get_out_channels(layer)
+        try:
+            graph, _ = dependency_graph(probe, example_input, ignored)
+            layer = probe.get_submodule(root)
+            pruner = graph.get_pruner_of_module(layer)
+            channels = pruner.get_out_channels(layer)
+        except Exception:
+            continue
         if not channels or channels < 2:
             continue
         ties = find_ties(probe)
         try:
             graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels // 2))).prune()
             retie(probe, ties)
-            checked_forward(probe, example_input, expected_shape=expected_shape)
+            checked_forward(probe, example_input, expected_shapes=expected_shapes)
         except Exception as exc:  # both Torch-Pruning failures and our checks count as "cannot prune"
             broken.append((root, str(exc).removeprefix("prune: ")))
     return broken
@@ -306,7 +306,7 @@ def find_unprunable(model: "nn.Module", example_input: "torch.Tensor", *, ignore
 def magnitude_targets(model: "nn.Module", ignored: Sequence[str]) -> list["nn.Module"]:
     """Conv/Linear layers that magnitude pruning masks: all but the ignored ones (and their children)."""
     skip = {id(m) for top in resolve_ignored(model, ignored) for m in top.modules()}
-    return [m for m in model.modules() if isinstance(m, _root_types()) and id(m) not in skip]
+    return [m for m in model.modules() if isinstance(m, root_types()) and id(m) not in skip]
 
 
 def magnitude_step(layers: Sequence["nn.Module"], fraction_of_remaining: float) -> None:

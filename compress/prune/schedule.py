@@ -62,12 +62,16 @@ class PruneConfig(Section):
                                  "(the distill loss); 0 skips recovery. 10 x 3 steps let the pruned digits student "
                                  "match or beat a same-size student distilled from scratch for as many epochs.")
     ignore: tuple[str, ...] = Field(
-        (), description="Module names (as in model.named_modules()) to leave unpruned; the classifier head "
-        "is always left alone.")
-    importance: Literal["l1", "l2", "taylor"] = Field(
-        "taylor", description="How channels are ranked: the first-order Taylor estimate of the loss change "
-        "(|weight x gradient| on labelled training batches; the default: it keeps the channels the loss needs, "
-        "where the norm keeps the large ones), or the L1 / L2 norm of their weights (no data needed).")
+        (), description="Module names (as in model.named_modules()) to leave unpruned: a Conv or Linear layer keeps "
+        "its output channels (its inputs may shrink); any other module is left whole, with the channels it reads "
+        "and writes. The classifier head is always left alone, and so are recurrent layers (RNN, GRU, LSTM), which "
+        "Torch-Pruning has no rule for.")
+    importance: Literal["l1", "l2", "taylor"] | None = Field(
+        None, description="How channels are ranked: 'taylor', the first-order Taylor estimate of the loss change "
+        "(|weight x gradient| on labelled training batches: it keeps the channels the loss needs, where the norm "
+        "keeps the large ones; the default for the classification task), or 'l1' / 'l2', the norm of their weights "
+        "(no data needed; 'l2' is the default for the other tasks, which have no classification loss to take the "
+        "gradient of).")
     round_to: int | None = Field(
         None, gt=0, description="Keep channel counts multiples of this (e.g. 8 or 16 for SIMD-friendly "
         "widths); None keeps exact counts.")
@@ -79,6 +83,11 @@ class PruneConfig(Section):
         "so the report shows whether pruning beat simply training a model of that size; when the control is better "
         "on validation it ships instead. With method = 'magnitude' the control keeps the pruned model's zeros (the "
         "same mask on new weights), so it is as sparse.")
+
+    def ranking(self, task: str = "classification") -> Literal["l1", "l2", "taylor"]:
+        """The importance that ranks channels: the file's, else the task's default ('taylor' needs the gradient of
+        a classification loss, so the other tasks rank by 'l2')."""
+        return self.importance or ("taylor" if task == "classification" else "l2")
 
     @model_validator(mode="after")
     def _one_goal(self) -> "PruneConfig":
@@ -154,33 +163,78 @@ def _search_amount(model: "nn.Module", cfg: PruneConfig, example_input, ignored:
 
 
 def _dry_run(model: "nn.Module", example_input, *, amount: float, ignored: tuple[str, ...],
-             round_to: int | None, expected_shape: tuple[int, ...], key: str) -> None:
+             round_to: int | None, expected_shapes: tuple[tuple[int, ...], ...], key: str) -> None:
     """Prune a copy at the full amount and check it, so an unprunable model (or an amount that removes nothing)
     fails before any training; `key` is the config key that set the amount, for the message."""
-    with _naming_unprunable(model, example_input, ignored, expected_shape):
+    with _naming_unprunable(model, example_input, ignored, expected_shapes):
         probe = pruning.prune_once(model, example_input, amount=amount, ignored=ignored, round_to=round_to)
-        pruning.checked_forward(probe, example_input, expected_shape=expected_shape)
+        pruning.checked_forward(probe, example_input, expected_shapes=expected_shapes)
     if count_params(probe) == count_params(model):
+        _check_something_to_prune(model, example_input, ignored)
         floor = f"round_to = {round_to}" if round_to else "one"
         raise CompressError(f"prune.{key}: removing {amount:.3g} of the channels removes nothing from this model: "
                             f"every layer keeps at least {floor} channel(s) and none has more; lower "
                             "prune.round_to or prune a wider student")
 
 
+def _check_something_to_prune(model: "nn.Module", example_input, ignored: tuple[str, ...]) -> None:
+    """Some group is left to prune; `ignored` is prune.ignore, then the head."""
+    from compress.prune.tracing import dependency_graph, prunable_roots, recurrent_layers
+
+    probe = copy.deepcopy(model)
+    if prunable_roots(*dependency_graph(probe, example_input, ignored), model=probe):
+        return
+    *mine, head = ignored
+    recurrent = [f"'{n}' ({type(m).__name__})" for n, m in recurrent_layers(model) if n not in mine]
+    if mine:
+        left = ", ".join([repr(n) for n in mine] + recurrent)
+        raise CompressError(f"prune.ignore: no layer is left to prune: besides the head ('{head}'), every Conv or "
+                            f"Linear layer is ignored or feeds a module left as it is ({left}), which reads its "
+                            "channels as they are; ignore fewer modules, prune a student with more layers, or remove "
+                            "[prune]")
+    if recurrent:
+        raise CompressError(f"prune: no layer is left to prune: besides the head ('{head}'), every Conv or Linear "
+                            f"layer feeds a recurrent layer ({', '.join(recurrent)}), which Torch-Pruning has no rule "
+                            "for, so it and the channels it reads stay as they are; prune a student with more layers, "
+                            "or remove [prune]")
+    raise CompressError(f"prune: no layer can be pruned: every Conv or Linear layer's channels are tied to the "
+                        f"outputs of the head ('{head}'), which stay; remove [prune]")
+
+
 @contextlib.contextmanager
 def _naming_unprunable(model: "nn.Module", example_input, ignored: tuple[str, ...],
-                       expected_shape: tuple[int, ...]):
+                       expected_shapes: tuple[tuple[int, ...], ...]):
     """Turn a failure of pruning a copy (ours or Torch-Pruning's) into the layers to leave alone, when a
     one-group-at-a-time diagnosis finds them."""
     try:
         yield
     except CompressError as exc:
-        broken = pruning.find_unprunable(model, example_input, ignored=ignored, expected_shape=expected_shape)
+        broken = pruning.find_unprunable(model, example_input, ignored=ignored, expected_shapes=expected_shapes)
         if not broken:
             raise
         layers = ", ".join(f"'{name}'" for name, _ in broken)
         raise CompressError(f"prune: cannot remove channels of layer {layers} safely ({broken[0][1]}); "
                             f"add it to prune.ignore (ignore = [{layers}]) or use method = 'magnitude'") from exc
+
+
+def check_prunable(model: "nn.Module", cfg: PruneConfig, example_input: "torch.Tensor") -> None:
+    """What `prune` would refuse, found on the architecture alone before any training (`compress validate`, and
+    `compress run` before its first stage): outputs it cannot check, an unknown name in ignore, a model
+    Torch-Pruning cannot trace or a layer it cannot prune safely at the full amount (`max_amount` for a target),
+    an amount that removes nothing."""
+    model = copy.deepcopy(model)
+    expected = pruning.checked_forward(model, example_input, when="before pruning")
+    ignored = (*cfg.ignore, pruning.find_head(model, example_input))
+    pruning.resolve_ignored(model, ignored)
+    if cfg.method == "magnitude":
+        return
+    if cfg.amount is not None:
+        _dry_run(model, example_input, amount=cfg.amount, ignored=ignored, round_to=cfg.round_to,
+                 expected_shapes=expected, key="amount")
+        return
+    with _naming_unprunable(model, example_input, ignored, expected):  # a target's amount is found after training
+        probe = pruning.prune_once(model, example_input, amount=cfg.max_amount, ignored=ignored, round_to=cfg.round_to)
+        pruning.checked_forward(probe, example_input, expected_shapes=expected)
 
 
 def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor",
@@ -192,7 +246,8 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
 
     Args:
         model: the trained student (any nn.Module: CNNs, BatchNorm, depthwise residual blocks, MLPs).
-        cfg: the `[prune]` section.
+        cfg: the `[prune]` section; without an importance, channels are ranked by 'taylor' (the classification
+            default: the caller resolves another task's with `cfg.ranking(task)`).
         example_input: a real input batch (batch >= 2 is best), for graph tracing and the forward checks.
         finetune: `finetune(model, epochs)` trains in place: distillation from the teacher, the distill loss.
         evaluate: `evaluate(model) -> accuracy` on validation data.
@@ -213,6 +268,8 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     """
     from compress.progress import progress as progress_bar
 
+    if cfg.importance is None:
+        cfg = cfg.model_copy(update={"importance": cfg.ranking()})
     batches = _callbacks_needed(cfg, taylor_batches, latency_ms)
     model = copy.deepcopy(model)
     expected = pruning.checked_forward(model, example_input, when="before pruning")
@@ -232,7 +289,7 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     if amount == 0.0:
         return model, history
     key = next(k for k in ("amount", "target_params", "target_latency_ms") if getattr(cfg, k) is not None)
-    _dry_run(model, example_input, amount=amount, ignored=ignored, round_to=cfg.round_to, expected_shape=expected,
+    _dry_run(model, example_input, amount=amount, ignored=ignored, round_to=cfg.round_to, expected_shapes=expected,
              key=key)
 
     pruner = pruning.make_pruner(model, example_input, amount=amount, steps=cfg.steps, importance=cfg.importance,
@@ -285,7 +342,7 @@ def _channel_step(model, pruner, batches, example_input, expected) -> None:
         pruning.taylor_gradients(model, batches)
     pruning.step(pruner)
     model.zero_grad(set_to_none=True)
-    pruning.checked_forward(model, example_input, expected_shape=expected)
+    pruning.checked_forward(model, example_input, expected_shapes=expected)
 
 
 def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, latency_ms, history, progress):

@@ -3,7 +3,7 @@ optionally a same-size control trained from scratch."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from compress.context import StageContext
 from compress.records import ModelRecord, RunState, StageResult
@@ -17,7 +17,8 @@ def run(ctx: StageContext) -> StageResult:
     from compress.train import train_student
     from compress.train.config import resolved
 
-    cfg, data, pcfg = ctx.cfg, ctx.data, ctx.cfg.prune
+    cfg, data = ctx.cfg, ctx.data
+    pcfg = cfg.prune.model_copy(update={"importance": cfg.prune.ranking(cfg.data.task)})  # the task's default
     base = ctx.final
     settings = resolved(cfg.distill, family_of(base.spec.model), "student")
     teacher = ctx.teacher()
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> StageResult:
     record = _save(ctx, pruned, name, "pruned", base)
     if pcfg.method == "magnitude":
         record = record.but(note=MAGNITUDE_NOTE)
-    records, info = [record], {"steps": steps, "from": base.name}
+    records, info = [record], {"steps": steps, "from": base.name, "importance": pcfg.importance}
     if pcfg.control:
         # The pruned model had one distillation and len(recovery_epochs) recoveries, each with its own epochs and,
         # under max_minutes, its own clock: the control gets the sum of both.
@@ -68,7 +69,8 @@ def run(ctx: StageContext) -> StageResult:
                            "made": CONTROL_RECIPES[pcfg.method]}
         if pcfg.method == "magnitude":  # the pruned model's own count is its last step's nonzero_params
             info["control"]["nonzero_params"] = nonzero_params(control)
-    info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric)
+    info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric,
+                                 notes=_notes(pcfg, cfg.prune.importance is None, cfg.data.task, pruned))
     final, why = _pick(name, info.get("control"), metric, _reason(base.name, ctx.state.final_reason))
     return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records),
                        state=RunState(final=final, final_reason=why), info=info)
@@ -126,9 +128,32 @@ def _reason(base: str, before: str | None) -> str:
     return f"pruned from {base}" + (f"; {before}" if before else "")
 
 
-def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None, metric: Any) -> list[str]:
-    """The pruning section: each step's primary figure (`metric`, shown as the report's tables show it) and the
-    same-size control's verdict in the metric's own direction."""
+def _notes(pcfg: Any, default: bool, task: str, pruned: Any) -> list[str]:
+    """What the report says of how channels were chosen: the importance (and whether it was the task's default),
+    and the recurrent layers left as they are."""
+    from compress.prune.tracing import recurrent_layers
+
+    if pcfg.method != "channel":
+        return []
+    if not default:
+        notes = [f"Channels ranked by prune.importance = '{pcfg.importance}'."]
+    elif pcfg.importance == "taylor":
+        notes = ["Channels ranked by 'taylor' (the default for classification: |weight x gradient| of the loss on "
+                 "training batches)."]
+    else:
+        notes = [f"Channels ranked by '{pcfg.importance}', the norm of their weights: the default for the {task} task "
+                 "('taylor' needs the gradient of a classification loss)."]
+    recurrent = [f"'{name}' ({type(m).__name__})" for name, m in recurrent_layers(pruned)]
+    if recurrent:
+        notes.append(f"Left as they are: {', '.join(recurrent)}, with the channels they read (Torch-Pruning has no "
+                     "rule for recurrent layers).")
+    return notes
+
+
+def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict | None, metric: Any, *,
+              notes: Sequence[str] = ()) -> list[str]:
+    """The pruning section: how channels were chosen (`notes`), each step's primary figure (`metric`, shown as the
+    report's tables show it) and the same-size control's verdict in the metric's own direction."""
     from compress.report import shown
 
     name = metric.name
@@ -136,6 +161,8 @@ def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict |
              "control were judged on (the models table reads the test split in ONNX Runtime, where there is one).", "",
              f"| step | removed | params | weight bytes | {name} before recovery | {name} | ORT p50 ms (b"
              f"{pcfg.latency_batch}) |", "|---|---|---|---|---|---|---|"]
+    if notes:
+        lines[3:3] = [" ".join(notes), ""]
     for s in steps:
         lat = f"{s['latency_ms']:.4f}" if s.get("latency_ms") is not None else "-"
         lines.append(f"| {s['step']} | {100 * s.get('amount', 0):.0f}% | {s['params']:,} | {s['bytes']:,} | "

@@ -67,12 +67,65 @@ def as_outputs(out: Any, names: Sequence[str]) -> dict[str, Any]:
     return {names[0]: out}
 
 
+TAKES = "compress takes a tensor, or a tuple or dict of tensors, from forward"
+
+
+def not_tensors(out: Any) -> str | None:
+    """What in a forward's result is not a tensor and the way out, in words ("'aux' as a list, but compress takes
+    ...; give each of its tensors a key of its own"), or None for a tensor, or a tuple, list or dict of tensors: the
+    forms every stage takes (training, the teacher's cached outputs, ONNX export)."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return None
+    if dataclasses.is_dataclass(out) and not isinstance(out, Mapping):
+        fields = [f.name for f in dataclasses.fields(out)] or ["..."]
+        example = ", ".join(f"{n!r}: out.{n}" for n in fields[:3])
+        return (f"{type(out).__name__}, a dataclass, but {TAKES}; return its tensors as a dict ({{{example}}}) or "
+                f"the one tensor (out.{fields[0]})")
+    if not isinstance(out, (Mapping, tuple, list)):
+        return f"{_kind(out)}, but {TAKES}"
+    keyed = isinstance(out, Mapping)
+    items = [(repr(str(k)), v) for k, v in out.items()] if keyed else \
+        [(f"item {i} of the {type(out).__name__}", v) for i, v in enumerate(out)]
+    if not items:
+        return f"an empty {type(out).__name__}, but {TAKES}"
+    name, value = next(((n, v) for n, v in items if not isinstance(v, torch.Tensor)), (None, None))
+    if name is None:
+        return None
+    if value is None:
+        how = "leave it out of the dict when it has no value" if keyed else "return only the tensors"
+    elif isinstance(value, (Mapping, tuple, list)):
+        how = "give each of its tensors a key of its own" if keyed else "return one flat tuple of tensors"
+    else:
+        how = "make it a tensor (torch.as_tensor)"
+    return f"{name} as {_kind(value)}, but {TAKES}; {how}"
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
 def rows(a: Any) -> Any:
     """(N, -1) float64 view of a batch-first array."""
     import numpy as np
 
     a = np.asarray(a, dtype=np.float64)
     return a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+
+
+def check_batch_first(outputs: Mapping[str, Any], origin: str, spec: str, examples: int = 2) -> None:
+    """Every output has the batch on axis 0 (compress joins and compares rows there; there is no batch-axis key):
+    a CTC model's [T, B, C] log-probs are refused here, at validate, instead of after the teacher trained."""
+    for name, value in outputs.items():
+        shape = tuple(getattr(value, "shape", ()))
+        if not shape or shape[0] != examples:
+            raise CompressError(f"{origin}.model: {spec} returns output {name!r} of shape {shape} for {examples} "
+                                f"examples; compress needs every output batch-first (the {examples} examples on "
+                                "axis 0): move the batch axis first in forward (e.g. .transpose(0, 1)) and back in "
+                                "your loss if it needs it")
 
 
 def single(outputs: Mapping[str, Any], task: str, origin: str, spec: str) -> Any:

@@ -39,8 +39,16 @@ class Classification(Task):
                       origin: str, spec: str) -> None:
         out = single(outputs, self.name, origin, spec)
         if tuple(out.shape) != (2, num_classes):
+            more = (f"; for a model with more classes than the labels show, give its factory a num_classes "
+                    f"parameter and set num_classes = {out.shape[1]} in {origin.rpartition(': ')[2]}.kwargs"
+                    if out.dim() == 2 and out.shape[1] > num_classes else "")
             raise CompressError(f"{origin}.model: {spec} outputs {tuple(out.shape)} for 2 examples; the data has "
-                                f"{num_classes} classes, so expected (2, {num_classes}) logits")
+                                f"{num_classes} classes, so expected (2, {num_classes}) logits{more}")
+        theirs = next(iter(teacher.values())).shape[1] if teacher is not None else num_classes
+        if theirs != num_classes:
+            raise CompressError(f"{origin}.model: {spec} outputs {num_classes} classes, the teacher {theirs}; the "
+                                f"student learns the teacher's class scores one by one, so set num_classes = {theirs} "
+                                f"in {origin.rpartition(': ')[2]}.kwargs")
 
     def make_loss(self, settings: Any, *, teacher: bool, labels: bool, train_reference: Any = None,
                   base_dir: Any = None, seed: int = 0) -> LossFn:
