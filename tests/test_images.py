@@ -262,3 +262,19 @@ def test_an_image_that_stops_decoding_keeps_its_row_on_both_sides_and_counts_wro
     assert np.isnan(ort_out["logits"][1]).all() and compare([torch_out["logits"]], [ort_out["logits"]], atol=1e-4)["ok"]
     right = (torch_out["logits"].argmax(1) == np.array([0, 0, 0, 1]))[[0, 2, 3]].sum()
     assert Classification().metrics(torch_out, np.array([0, 0, 0, 1]), None)["accuracy"] == right / 4
+
+
+def test_a_one_channel_model_on_an_image_folder_is_told_the_files_are_read_as_rgb(tmp_path: Path):
+    from tests.test_bad_inputs import invoke
+
+    make_images(tmp_path / "imgs", per_class=4)
+    (tmp_path / "gray.py").write_text("import torch.nn as nn\n\n\ndef net(num_classes):\n    return nn.Sequential("
+                                      "nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    (tmp_path / "p.toml").write_text('[pipeline]\nname = "g"\n[data]\nsource = "images:imgs"\n'
+                                     '[teacher]\nmodel = "gray:net"\n[teacher.train]\nepochs = 1\n'
+                                     '[student]\nmodel = "gray:net"\n')
+    result = invoke(tmp_path, "validate", "p.toml")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().endswith("; images: folders are read as RGB (3 channels, grayscale files too): build "
+                                          "the model for 3 input channels, or give the data as npz: or python: "
+                                          "arrays with the channels it takes")

@@ -27,6 +27,21 @@ def small_mlp(input_shape, num_classes):
 
 def broken(input_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(7, num_classes))
+
+
+class Spectrum(nn.Module):  # an audio-style front end: TorchScript export has no complex STFT
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        import torch
+
+        return self.head(torch.stft(x, 8, hop_length=4, window=torch.ones(8), return_complex=True).abs().mean(-1))
+
+
+def spectrum(input_shape, num_classes):
+    return Spectrum(num_classes)
 '''
 
 PIPELINE = '''
@@ -96,6 +111,17 @@ def test_the_user_folder_validates(user_dir: Path):
     assert result.stdout == "pipeline.toml: ok (teacher, distill, export, benchmark)\n"
 
 
+def test_a_student_the_exporter_cannot_take_is_found_at_validate_not_after_training(user_dir: Path):
+    replace(user_dir, '"mymodels:small_mlp"', '"mymodels:spectrum"')
+    assert error_line(user_dir) == (
+        "error: pipeline.toml: student.model: mymodels:spectrum cannot be exported to ONNX, found before training: "
+        "torch.onnx.export (torchscript) failed: SymbolicValueError: STFT does not currently support complex types; "
+        "try [export] exporter = 'dynamo' or another opset")
+    toml = user_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + "[export]\nexporter = 'dynamo'\n")
+    assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0  # the trial is TorchScript's only
+
+
 def test_builtin_cnn_on_tabular_data_names_the_shape_and_suggests_mlp(user_dir: Path):
     replace(user_dir, '"mymodels:small_mlp"', '"builtin:cnn-small"')
     assert error_line(user_dir) == (
@@ -131,7 +157,8 @@ def test_factory_typo_suggests_the_close_name(user_dir: Path):
 def test_factory_far_from_any_name_lists_the_callables(user_dir: Path):
     replace(user_dir, "mymodels:big_mlp", "mymodels:resnet")
     assert error_line(user_dir) == ("error: pipeline.toml: teacher.model: module 'mymodels' has no attribute "
-                                    "'resnet'; its public callables are: big_mlp, broken, small_mlp")
+                                    "'resnet'; its public callables are: Spectrum, big_mlp, broken, small_mlp, "
+                                    "spectrum")
 
 
 @pytest.mark.parametrize("layout", ["state_dict", "model_state_dict", "model", "lightning", "module-prefix"])
