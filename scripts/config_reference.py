@@ -13,6 +13,11 @@ def _type_name(annotation) -> str:
             .replace("compress.train.config.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or "))
 
 
+def _paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line (its first line alone cut sentences in two)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def _default(field) -> str:
     if field.is_required():
         return "required"
@@ -35,7 +40,7 @@ def reference() -> str:
             optional = "optional section: read by `compress search` only; `compress run` ignores it"
         out.append(f"### [{name}]" + (f" ({optional})" if optional else ""))
         out.append("")
-        out.append((section.__doc__ or "").strip().splitlines()[0])
+        out.append(_paragraph(section.__doc__))
         out.append("")
         out.append("| key | type | default | meaning |")
         out.append("|---|---|---|---|")
@@ -44,7 +49,7 @@ def reference() -> str:
                 continue
             sub = _section_type(f.annotation)
             if sub is not None and sub.__name__ != "TrainConfig":
-                kind = f"table {{ {', '.join(sub.model_fields)} }} ({sub.__doc__.strip().splitlines()[0]})"
+                kind = f"table {{ {', '.join(sub.model_fields)} }} ({_paragraph(sub.__doc__)})"
             else:
                 kind = f"[{name}.{key}] table (keys as [teacher.train] / TrainConfig)" if sub else _type_name(f.annotation)
             desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
@@ -53,6 +58,8 @@ def reference() -> str:
     from compress.train import TrainConfig
 
     out.append("### [teacher.train]")
+    out.append("")
+    out.append(_paragraph(TrainConfig.__doc__))
     out.append("")
     out.append("| key | type | default | meaning |")
     out.append("|---|---|---|---|")

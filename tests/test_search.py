@@ -245,8 +245,10 @@ def test_nothing_meets_the_budget_exit_1_best_effort(tmp_path, monkeypatch):
     assert_one_line_error(result, folder, "no model met the constraints", "best-effort.toml", code=1)
     root = folder / "runs/tiny/search"
     assert (root / "best-effort.toml").is_file() and not (root / "best.toml").exists()
+    assert (root / "best-effort.onnx").is_file() and not (root / "winner.onnx").exists()  # no winner to ship
     report = json.loads((root / "report.json").read_text())["search"]
     assert report["best_effort"] and report["winner"]["trial"] is not None
+    assert report["winner"]["onnx"] == str(root / "best-effort.onnx")
     failed = [r for r in report["trials"] if r["params"]["student.kwargs.width"] == -1]
     assert failed and all(r["state"] == "failed" and r["reason"] for r in failed)  # that trial's; the study goes on
     assert len(report["trials"]) == 3

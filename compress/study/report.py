@@ -136,10 +136,12 @@ def _finalist(f: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_dir: Path) -> dict[str, Any]:
-    """best.toml (best-effort.toml when nothing was feasible) and winner.onnx beside it."""
-    name = "best-effort.toml" if best_effort else "best.toml"
+    """best.toml and winner.onnx beside it; best-effort.toml and best-effort.onnx when nothing was feasible (a CI
+    step that looks for winner.onnx must not find one then)."""
+    name, model = ("best-effort.toml", "best-effort.onnx") if best_effort else ("best.toml", "winner.onnx")
     toml_path = root / name
-    (root / ("best.toml" if best_effort else "best-effort.toml")).unlink(missing_ok=True)  # best.toml: replaced whole
+    for stale in ({"best.toml", "best-effort.toml", "winner.onnx", "best-effort.onnx"} - {name, model}):
+        (root / stale).unlink(missing_ok=True)  # the other verdict's files, from an earlier round
     o = winner["outcome"]
     header = (f"compress search: the {'best effort (nothing met the constraints)' if best_effort else 'winner'}, "
               f"trial {winner['trial']}: {winner['params']}\n`compress run {name}` reproduces it (cached in its "
@@ -149,9 +151,9 @@ def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_di
         tmp.write_text(text, encoding="utf-8")  # TOML is UTF-8, whatever this machine's locale
     from compress.onnx.graph import copy_model
 
-    copy_model(Path(o.onnx), root / "winner.onnx")  # with its external data, if it has any
+    copy_model(Path(o.onnx), root / model)  # with its external data, if it has any
     return {"trial": winner["trial"], "params": winner["params"], "toml": str(toml_path),
-            **_public(o.to_json()), "onnx": str(root / "winner.onnx")}  # the copy, not the finalist's file
+            **_public(o.to_json()), "onnx": str(root / model)}  # the copy, not the finalist's file
 
 
 def _teacher_runs(rows: list[dict], finals: list[dict], study: Any) -> int:
