@@ -325,3 +325,28 @@ def test_an_unbound_if_on_the_npu_is_told_to_bind_the_input_its_condition_reads(
     assert result.exit_code == 1
     assert ("fix: the If condition reads input 'sr': bind it to the value you deploy with, --fix-input sr=VALUE, and "
             "the branch taken is inlined") in result.output
+
+
+def test_an_if_whose_branches_hold_the_only_matmuls_is_named_though_most_nodes_are_outside(tmp_path: Path):
+    # setup: Equal, If and a Relu in the main graph; one MatMul in each branch (5 nodes, 2 inside)
+    rng = np.random.default_rng(0)
+    out = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 8])  # noqa: E731
+    branch = {}
+    for side in ("then", "else"):
+        w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), f"w_{side}")
+        branch[side] = helper.make_graph([helper.make_node("MatMul", ["x", f"w_{side}"], [f"m_{side}"])], side, [],
+                                         [out(f"m_{side}")], [w])
+    rate = numpy_helper.from_array(np.array(16000, np.int64), "rate")
+    graph = helper.make_graph([
+        helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+        helper.make_node("If", ["is16k"], ["m"], then_branch=branch["then"], else_branch=branch["else"]),
+        helper.make_node("Relu", ["m"], ["y"]),
+    ], "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+                 helper.make_tensor_value_info("sr", TensorProto.INT64, [])], [out("y")], [rate])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    # execute
+    result = _invoke("quantize", tmp_path / "m.onnx", "--out", tmp_path / "q.onnx", "--mode", "dynamic", "--quiet")
+    # assert
+    assert result.exit_code == 1, result.output
+    assert ("2 of the model's 5 nodes sit inside If subgraphs, which ONNX Runtime's quantizer does not enter (the If "
+            "condition reads input 'sr': bind it to the value you deploy with, --fix-input sr=VALUE") in result.output

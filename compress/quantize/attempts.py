@@ -376,13 +376,15 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | No
 
     graph = onnx.load(str(model), load_external_data=False).graph
 
-    def count(g: Any) -> int:
-        return sum(1 + sum(count(a.g) if a.HasField("g") else 0 for a in n.attribute)
-                   + sum(count(x) for a in n.attribute for x in a.graphs) for n in g.node)
+    def count(g: Any, ops: tuple[str, ...] | None = None) -> int:  # nodes (of `ops`), subgraphs' included
+        return sum((ops is None or n.op_type in ops) + sum(count(a.g, ops) if a.HasField("g") else 0
+                                                             for a in n.attribute)
+                   + sum(count(x, ops) for a in n.attribute for x in a.graphs) for n in g.node)
 
     total, top = count(graph), len(graph.node)
     flow = sorted({n.op_type for n in graph.node if n.op_type in CONTROL_FLOW})
-    if flow and total > 2 * top:
+    # the subgraphs hold most nodes, or a weighted op the main graph lacks (a MatMul in each branch of one If)
+    if flow and (total > 2 * top or count(graph, WEIGHTED) > sum(n.op_type in WEIGHTED for n in graph.node)):
         return (f"{total - top} of the model's {total} nodes sit inside {'/'.join(flow)} subgraphs, which ONNX "
                 f"Runtime's quantizer does not enter ({resolve_hint(graph)})")
     return ("the quantizer found no node it quantizes (MatMul, Conv, Gemm and the like with constant weights) in "
