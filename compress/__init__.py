@@ -30,7 +30,7 @@ def validate(source):
     from compress.config import as_config, check_before_training
 
     cfg = as_config(source)
-    check_before_training(cfg)
+    check_before_training(cfg, exports=True)
     return cfg
 
 

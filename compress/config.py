@@ -160,7 +160,7 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     return load_config(source)
 
 
-def check_before_training(cfg: PipelineConfig) -> Any:
+def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
     """Every check that needs no training: the data loads, teacher and student build on it and their outputs fit
     the task, the teacher's checkpoint loads, the user's metric imports, and under `[benchmark] strict` every
     provider is installed. Returns the loaded data. `compress validate` runs exactly this; `compress run` runs it
@@ -176,6 +176,10 @@ def check_before_training(cfg: PipelineConfig) -> Any:
                      origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
                      cache_dir=cfg.run_dir / "tokens")
     check_models(cfg, data)
+    if exports:  # `compress validate`; `compress run` tries them before the first stage that trains (runner)
+        from compress.families.checks import check_exports
+
+        check_exports(cfg, data)
     return data
 
 

@@ -78,8 +78,14 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
         names = stage_names(cfg)
         if dist is not None and dist.follower:
             names = names[: max((i + 1 for i, n in enumerate(names) if STAGES[n].trains), default=0)]
+        tried = dist is not None and dist.follower  # rank 0 tries the exports for every rank
         for name in names:
             key = digest([key, name, section_inputs(cfg, name)])
+            if not tried and STAGES[name].trains and (force or load_manifest(run_dir / name, key, run_dir) is None):
+                from compress.families.checks import check_exports
+
+                check_exports(cfg, data)  # an op the exporter refuses, found before this stage trains
+                tried = True
             started = time.perf_counter()
             try:
                 result, status = _run_shared(name, key, cfg, run_dir, models, state, data, force, progress, dist,
@@ -117,10 +123,13 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
 def _named(exc: BaseException, source: Path) -> BaseException:
     """A stage's bad-input error with the pipeline file in front when it does not start with it ('prune: the model
     must return a tensor' became 'p.toml: prune: ...'): every such line names the file to change."""
-    if type(exc) is not CompressError or str(exc).startswith(str(source)):
+    from compress.errors import unwrap_worker
+
+    text = unwrap_worker(str(exc))  # a DataLoader worker's error arrives wrapped: "Caught CompressError in ..."
+    if type(exc) is not CompressError or text.startswith(str(source)):
         return exc
-    named = CompressError(f"{source}: {exc}")
-    named.__cause__ = exc.__cause__
+    named = CompressError(f"{source}: {text}").with_traceback(exc.__traceback__)  # -v shows where the stage raised
+    named.__cause__, named.exit_code = exc.__cause__ or exc, exc.exit_code
     return named
 
 

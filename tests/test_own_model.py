@@ -117,6 +117,8 @@ def test_a_student_the_exporter_cannot_take_is_found_at_validate_not_after_train
         "error: pipeline.toml: student.model: mymodels:spectrum cannot be exported to ONNX, found before training: "
         "torch.onnx.export (torchscript) failed: SymbolicValueError: STFT does not currently support complex types; "
         "try [export] exporter = 'dynamo' or another opset")
+    assert error_line(user_dir, "run") == error_line(user_dir)  # run: before its first training stage
+    assert not (user_dir / "runs" / "table" / "distill").exists()
     toml = user_dir / "pipeline.toml"
     toml.write_text(toml.read_text() + "[export]\nexporter = 'dynamo'\n")
     assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0  # the trial is TorchScript's only

@@ -124,6 +124,17 @@ def test_every_rank_drops_its_lone_last_example_alike():
     assert [len(loader) for loader in loaders] == [2, 2]
 
 
+@pytest.mark.parametrize("rows", [65, 66, 129, 130])
+def test_two_processes_take_the_steps_one_takes_whether_or_not_a_lone_example_is_dropped(rows):
+    from compress.data.datasets import TensorPairs
+    from compress.train.loop import _train_loader
+
+    data = TensorPairs(torch.randn(rows, 4), torch.zeros(rows, dtype=torch.long))
+    steps = {size: len(_train_loader(data, batch_size=32, seed=0, workers=0, world=SimpleNamespace(size=size, rank=0)))
+             for size in (1, 2, 4)}
+    assert steps[1] == steps[2] == steps[4] == (rows // 32 if rows % 32 == 1 else -(-rows // 32)), steps
+
+
 def test_a_forward_that_raises_in_training_is_one_line_naming_the_model_epoch_and_batch(tmp_path: Path):
     # before: a raw traceback, exit 1 (validate runs the model in eval mode, so it passed)
     folder = _folder(tmp_path, mode="raises")
@@ -238,3 +249,17 @@ def test_predict_refuses_an_output_that_is_not_batch_first():
     with pytest.raises(CompressError, match=r"^output 'logits' has shape \(3, 4, 2\) for a batch of 4 examples; "
                                             r"compress needs every output batch-first"):
         predict(_TimeFirst(), torch.randn(5, 4), batch_size=4)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"),
+                                   MemoryError("out of memory")], ids=["peer-lost", "memory"])
+def test_a_dead_peer_or_memory_running_out_is_not_blamed_on_the_users_forward(error):
+    # a dead DDP peer surfaces in the survivor's forward; compress.dist.failure must see it as it is
+    from compress.train.objective import Objective, Position, step_loss
+
+    objective = Objective(lambda s, t, y, i: s["logits"].sum(), ("logits",))
+    batch = (torch.arange(2), torch.randn(2, 2), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(type(error)) as raised:
+        step_loss(objective, _Raises(error), batch, "cpu", bf16=False, position=Position("student", 1, 1, 0),
+                  origin="p.toml: distill", lr=0.1)
+    assert raised.value is error

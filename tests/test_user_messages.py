@@ -90,3 +90,17 @@ def test_a_stage_error_names_the_pipeline_file_once():
     assert _named(already, source) is already
     gate = GateFailed("quantize: no attempt met the budget")
     assert _named(gate, source) is gate  # the runner's own gate line names the file; its report stays attached
+
+
+def test_a_stage_error_from_a_dataloader_worker_is_unwrapped_before_it_is_named():
+    from compress.runner import _named
+
+    wrapped = CompressError("Caught CompressError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                            "call last):\n  File \"x.py\", line 1\ncompress.errors.CompressError: data.source: 1 of 4 "
+                            "images failed to decode")
+    try:
+        raise wrapped
+    except CompressError as exc:
+        named = _named(exc, Path("p.toml"))
+    assert str(named) == "p.toml: data.source: 1 of 4 images failed to decode"
+    assert named.__traceback__ is wrapped.__traceback__ and named.__cause__ is wrapped

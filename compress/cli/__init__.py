@@ -126,7 +126,7 @@ def validate(file: Path) -> None:
     from compress.stages import stage_names
 
     cfg = load_config(file)
-    check_before_training(cfg)
+    check_before_training(cfg, exports=True)
     stages = ", ".join(stage_names(cfg))
     if cfg.search is not None:  # the space too: each choice (each end of a range) makes a valid file
         import tomllib

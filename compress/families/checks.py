@@ -2,7 +2,44 @@
 before its first stage."""
 from __future__ import annotations
 
+import time
+
 from compress.errors import CompressError
+
+
+TRIAL_EXPORT_SECONDS = 0.5
+"""A model whose forward on two examples takes longer is not trial-exported before training (a 113M-parameter conv
+teacher took 11 s to trace); its export stage finds what the exporter refuses."""
+
+
+def check_exports(cfg, data) -> None:
+    """Each torch model of the file (untrained: the architecture is what export traces) exported as the export stage
+    will, so an op the exporter cannot take is found before training (compress.onnx.export.trial_export):
+    `compress validate`, and `compress run` before the first training stage it does not find cached (a cached rerun
+    pays nothing). hf: folders export through their own tested path and are not tried."""
+    import torch
+
+    from compress.data import forward
+    from compress.families import family_of
+    from compress.onnx.export import trial_export
+    from compress.records import ModelSpec
+    from compress.tasks import evaluation_for
+    from compress.tasks.base import output_names_of
+
+    default = evaluation_for(cfg.data.task, None).task.default_output
+    for role, section in (("teacher", cfg.teacher), ("student", cfg.student)):
+        spec = section.model or cfg.teacher.model
+        family = family_of(spec)
+        if family.weights_in_spec:
+            continue
+        origin = f"{cfg.source_path}: {role}"
+        torch.manual_seed(0)
+        model = family.build(ModelSpec(spec, dict(section.kwargs)), data=data, base_dir=cfg.base_dir, origin=origin)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            names = output_names_of(forward(model.eval(), data.example(2)), default)
+        if time.perf_counter() - started < TRIAL_EXPORT_SECONDS:  # the trace runs the forward several times
+            trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}")
 
 
 def check_models(cfg, data) -> None:
@@ -15,7 +52,6 @@ def check_models(cfg, data) -> None:
 
     from compress.data import forward
     from compress.families import family_of
-    from compress.onnx.export import trial_export
     from compress.records import ModelSpec
     from compress.tasks import evaluation_for
     from compress.tasks.base import as_outputs, not_tensors, output_names_of
@@ -50,7 +86,6 @@ def check_models(cfg, data) -> None:
             raise CompressError(f"{origin}.model: {spec} returns {wrong}")
         names = output_names_of(raw, task.default_output)
         outputs[role] = as_outputs(raw, names)
-        trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}")
         train = cfg.distill if role == "student" else cfg.teacher.train
         key = "distill" if role == "student" else "teacher.train"
         if train is not None and train.freeze_embeddings and not family.embedding_parameters(model):

@@ -55,12 +55,13 @@ class ExportConfig(Section):
 
 
 def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: str = "torchscript", inputs=None,
-                output_names: Sequence[str] = ("logits",)) -> Path:
+                output_names: Sequence[str] = ("logits",), params: bool = True) -> Path:
     """Export a deep copy of `model` (export may mutate a live module) to `path`, atomically, in eval mode.
 
     `inputs` (compress.data.inputs; one tensor named 'input' by default) gives the input names, the export's
     arguments and the dynamic axes (batch; and sequence for token ids); `output_names` names the outputs in the
-    order forward returns them (a dict's keys, a tuple's items), each with a dynamic batch axis."""
+    order forward returns them (a dict's keys, a tuple's items), each with a dynamic batch axis. `params=False`
+    (TorchScript only) leaves the weights out: the graph alone, as a trial of whether it exports."""
     import copy
     import io
     import warnings
@@ -92,7 +93,8 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
             else:
                 buf = io.BytesIO()
                 torch.onnx.export(model, inputs.export_args(example_input), buf, dynamo=False, opset_version=opset,
-                                  input_names=list(inputs.names), output_names=names, dynamic_axes=axes)
+                                  input_names=list(inputs.names), output_names=names, dynamic_axes=axes,
+                                  export_params=params)
                 tmp.write_bytes(buf.getvalue())
         except CompressError:
             raise
@@ -141,7 +143,7 @@ def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequenc
     with tempfile.TemporaryDirectory(prefix="compress-trial-export-") as tmp:
         try:
             export_onnx(model, data.example(2), Path(tmp) / "trial.onnx", opset=cfg.opset, exporter=cfg.exporter,
-                        inputs=data.inputs, output_names=output_names)
+                        inputs=data.inputs, output_names=output_names, params=False)  # the graph, not the weights
         except CompressError as exc:
             raise CompressError(f"{origin} cannot be exported to ONNX, found before training: "
                                 f"{str(exc).partition(': ')[2]}") from exc

@@ -328,9 +328,11 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
 
     A last batch of a single example is dropped: BatchNorm cannot train on one (it raised "Expected more than 1 value
     per channel") and one example makes a noisy step anyway. Dropped, not merged into the batch before: the loader's
-    own drop_last keeps its length known (the schedule counts steps), and DistributedSampler pads every rank's share
-    to the same length, so every rank drops alike and DDP's ranks take the same steps. The sampler reshuffles each
-    epoch, so a different example sits out each time."""
+    own drop_last keeps its length known (the schedule counts steps). Whether to drop is decided on one process's
+    count (the data's size against the whole batch), so N processes take the steps one takes; DistributedSampler
+    pads every rank's share to the same length, so every rank drops alike. Under DDP a rank's last batch can still
+    hold one example where one process's holds more (66 rows, batch 32, 2 processes: 16, 16, 1 a rank). The sampler
+    reshuffles each epoch, so a different example sits out each time."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from compress.data import loader
@@ -346,6 +348,6 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
         return loader(data, batch_size=1, shuffle=False, seed=seed, workers=workers, batch_sampler=batches)
     sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
     per_rank = batch_size // world.size
-    lone = len(sampler) > per_rank and len(sampler) % per_rank == 1
+    lone = len(data) > batch_size and len(data) % batch_size == 1  # one process's count: as many steps on N
     return loader(data, batch_size=per_rank, shuffle=False, seed=seed, workers=workers, sampler=sampler,
                   drop_last=lone)

@@ -116,6 +116,8 @@ class Objective:
                 raise StepFailed(self.blame.loss, cause) from cause  # the task's wrapper names no file
             raise
         except Exception as exc:
+            if not_the_users(exc):
+                raise
             raise StepFailed(self.blame.loss, exc) from exc
         return loss + extra if extra is not None else loss
 
@@ -178,13 +180,27 @@ def step_loss(objective: Objective, net: Any, batch: tuple, device: str, *, bf16
 
 
 def _guarded(what: str, fn: Callable, *args: Any) -> Any:
-    """fn(*args); an exception from it (not ours, not an interrupt) becomes StepFailed naming `what`."""
+    """fn(*args); an exception from it becomes StepFailed naming `what`, unless it is not the user's code's to answer
+    for: ours, an interrupt, memory running out, or the process group failing (under DDP the wrapped forward talks to
+    the other ranks: a dead peer's 'Connection closed by peer' must reach compress.dist.failure as it is)."""
     try:
         return fn(*args)
     except CompressError:
         raise
     except Exception as exc:
+        if not_the_users(exc):
+            raise
         raise StepFailed(what, exc) from exc
+
+
+def not_the_users(exc: BaseException) -> bool:
+    """Whether an exception from inside the user's forward is the machine's or the process group's, not the code's."""
+    import torch
+
+    from compress.dist.failure import PEER_LOST
+
+    machine = (torch.OutOfMemoryError, MemoryError, getattr(torch.distributed, "DistError", ()))
+    return isinstance(exc, machine) or any(m in str(exc) for m in PEER_LOST)
 
 
 def _check_scalar(loss: Any, what: str, position: Position) -> None:
