@@ -104,3 +104,11 @@ def test_a_stage_error_from_a_dataloader_worker_is_unwrapped_before_it_is_named(
         named = _named(exc, Path("p.toml"))
     assert str(named) == "p.toml: data.source: 1 of 4 images failed to decode"
     assert named.__traceback__ is wrapped.__traceback__ and named.__cause__ is wrapped
+
+
+def test_no_time_budget_line_when_no_row_was_timed():
+    # `compress bench m.onnx --provider cuda` on a machine without CUDA read "time budget: none (--time-budget 0)"
+    from compress.bench.tables import budget_lines
+
+    assert budget_lines([]) == []
+    assert budget_lines([{"provider": "CPUExecutionProvider"}])[0].startswith("time budget: none")

@@ -28,6 +28,8 @@ def latency_table(rows: list[dict[str, Any]], unavailable: list[dict[str, str]])
 def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The time budget above the table, and which rows it cut (to how many runs)."""
     budgets = [(r, r["budget"]) for r in rows if r.get("budget")]
+    if not rows:  # every provider unavailable: nothing was timed, under a budget or not
+        return []
     if not budgets:
         return ["time budget: none (--time-budget 0); every row ran the full settings"]
     lines = [f"time budget: {budgets[0][1]['seconds']:g} s per row (--time-budget SECONDS)"]

@@ -58,8 +58,10 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
         import traceback
 
         traceback.print_exc()
-    logging.getLogger("compress").debug("error (full text): %s", message)
-    click.echo(f"error: {shorten(message, MAX_LINE_CHARS)}", err=True)  # one line, whatever the message held
+    line = shorten(message, MAX_LINE_CHARS)
+    if line != message:  # -v: what the one line cut (said once, not again when it fits)
+        logging.getLogger("compress").debug("error (full text): %s", message)
+    click.echo(f"error: {line}", err=True)  # one line, whatever the message held
     ctx.exit(code)
 
 

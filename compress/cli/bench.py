@@ -387,4 +387,4 @@ def _make_kit(model: Path, out_dir: Path, batch: int, inputs_for_batch: Any, dim
                     warmup_runs=settings.warmup_runs, min_runs=settings.min_runs, min_seconds=settings.min_seconds,
                     max_seconds=settings.max_seconds, repetitions=settings.repetitions, against=against,
                     max_regression=max_regression, block_seconds=settings.block_seconds, no_spin=settings.edge)
-    click.echo(f"wrote kit {path or out_dir}")
+    click.echo(f"wrote the device kit: {path or out_dir}")
