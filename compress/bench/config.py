@@ -95,8 +95,10 @@ class BenchmarkConfig(BenchSettings):
     seq_lengths: tuple[int, ...] = Field((128,), min_length=1, description="Token inputs (text: data): sequence "
                                          "lengths timed (real validation text run together to fill each; rows carry "
                                          "seq_length).")
-    models: Literal["all", "final"] = Field("all", description="Models timed: all of the run's, or the final one "
-                                            "alone (a search's trials; a CI job that watches one model).")
+    models: Literal["all", "final"] = Field("all", description="Models the benchmark stage measures (latency, and "
+                                            "the ONNX Runtime figures on the test split): all of the run's, or the "
+                                            "final one alone (a search's trials; a CI job that watches one model), "
+                                            "the others' rows then blank in the report.")
 
     def __init__(self, **values: Any) -> None:
         Section.__init__(self, **values)  # a config section: pydantic's keyed errors (config.py words them)
