@@ -26,6 +26,11 @@ class WorkerFailed(CompressError):
     exit_code = 1
 
 
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing", "Broken pipe")
+"""How gloo/nccl tell a rank that another one died: a consequence, never the root cause when the cause is known
+(compress.dist.failure), and never the user's code's fault (compress.train.objective)."""
+
+
 def where(path: object, key: str | None = None) -> str:
     """Prefix for messages: 'pipelines/x.toml: quantize.mode'."""
     return f"{path}: {key}" if key else f"{path}"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from compress.dist.job import ERROR_PREFIX, FAILURES, LOG
-from compress.errors import CompressError, WorkerFailed, shorten
+from compress.errors import PEER_LOST, CompressError, WorkerFailed, shorten
 
 
 def failure_error(job_dir: Path, code: int, *, desc: str, world_size: int) -> CompressError:
@@ -33,8 +33,6 @@ def failure_error(job_dir: Path, code: int, *, desc: str, world_size: int) -> Co
                         f"{root['pid']}) {reason(root)}; torchrun stopped the other ranks and nothing was kept{tail}")
 
 
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing", "Broken pipe")
-"""How gloo/nccl tell a rank that another one died: a consequence, never the root cause when the cause is known."""
 
 
 def pick_root_cause(failures: list[dict]) -> dict:

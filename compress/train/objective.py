@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from compress.errors import CompressError, first_line, shorten
+from compress.errors import PEER_LOST, CompressError, first_line, shorten
 from compress.tasks.base import as_outputs
 
 
@@ -196,8 +196,6 @@ def _guarded(what: str, fn: Callable, *args: Any) -> Any:
 def not_the_users(exc: BaseException) -> bool:
     """Whether an exception from inside the user's forward is the machine's or the process group's, not the code's."""
     import torch
-
-    from compress.dist.failure import PEER_LOST
 
     machine = (torch.OutOfMemoryError, MemoryError, getattr(torch.distributed, "DistError", ()))
     return isinstance(exc, machine) or any(m in str(exc) for m in PEER_LOST)
