@@ -90,6 +90,7 @@ def study(tmp_path_factory) -> tuple[Path, dict]:
     ('"distill.temprature" = [1.0, 2.0]', ["search.space.distill.temprature", "did you mean 'temperature'"]),
     ('"quantize.mode" = ["int4"]', ["search.space.quantize.mode", "'int4'", "invalid pipeline"]),
     ('"distill.alpha" = { low = 0.5, high = 2.0 }', ["search.space.distill.alpha", "2.0"]),
+    ('"distill.alpha" = { low = 0.8, high = 0.2 }', ["search.space: distill.alpha: high (0.2) is below low (0.8)"]),
     ('"distill" = [1]', ["search.space.distill", "is a section"]),
     ('"pipeline.seed" = [1, 2]', ["search.space", "pipeline.seed", "the study's"]),
 ])

@@ -250,3 +250,18 @@ def test_the_markdown_report_shows_the_finalists_the_hand_written_model_and_the_
     assert "paired: 0.435x its p50 [0.434, 0.436] (faster)" in text
     assert "map50 on validation after the short budget, 2 epochs" in text
     assert "| 3 | infeasible (over the budget untrained: not trained) | - |" in text
+
+
+def test_a_pruning_trial_recovers_on_the_short_budget_and_a_finalist_on_the_files():
+    # a trial kept [prune]'s 3 x 10 recovery epochs: 76 of its 87 s, against short_epochs = 2
+    from compress.study.config import SearchConfig
+    from compress.study.trial import trial_raw
+
+    scfg = SearchConfig(latency_budget_ms=1.0, short_epochs=6, space={"prune.amount": [0.0, 0.5]})
+    base = {"pipeline": {"name": "p"}, "distill": {"epochs": 30}, "prune": {"amount": 0.5, "control": True}}
+    trial = trial_raw(base, {}, scfg, Path("out"), short=True)
+    assert trial["prune"] == {"amount": 0.5, "control": False, "finetune_epochs": 2}  # 6 epochs over 3 steps
+    many = trial_raw({**base, "prune": {"steps": 8}}, {}, scfg, Path("out"), short=True)
+    assert many["prune"]["finetune_epochs"] == 1
+    assert trial_raw(base, {}, scfg, Path("out"), short=False)["prune"] == base["prune"]
+    assert "prune" not in trial_raw({k: v for k, v in base.items() if k != "prune"}, {}, scfg, Path("out"), short=True)

@@ -56,8 +56,9 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     Writes <out>/<stem>.<level>.ort, the required_operators config for a minimal ORT build, and edge.json.
     Exit 1 when the ORT-format outputs differ from the ONNX ones by more than 1e-5 + 1e-5 x |output|.
     With --provider qnn: the QNN QDQ model, the EPContext model (<stem>.qnn_ctx.onnx) and qnn.json too, measured
-    in a child process (a native abort there is exit 1 with one line, edge.json kept); exit 1 when the NPU misses
-    --max-accuracy-drop.
+    in a child process (a native abort there is exit 1 with one line, edge.json kept); exit 1 when HTP cannot run
+    the whole model with CPU fallback disabled, or misses --max-accuracy-drop. (`compress run` with edge_targets =
+    ["qnn"] reports the same placement in its report and exits 0: there the NPU is one target among the report's.)
     """
     from compress.cache import write_json
     from compress.edge import prepare, readiness_table

@@ -15,6 +15,9 @@ OBJECTIVES = ("max-metric", "min-latency", "pareto")
 SET_BY_TRIALS = {
     "distill.epochs": "a trial trains [search] short_epochs, a finalist the file's own epochs",
     "distill.control": "trials never train the labels-only control",
+    "prune.finetune_epochs": "a trial recovers [search] short_epochs / prune.steps epochs a step (at least 1), a "
+                             "finalist the file's own",
+    "prune.control": "trials never train the pruned model's control",
     "benchmark": "a trial times its final model on [search] target alone; choose where with target",
     "export.ort_format": "trials set it (the QNN flow needs it, the others skip the conversion)",
     "export.edge_targets": "trials set it (QNN placement when all_nodes_on = 'qnn', else none)",
@@ -99,6 +102,25 @@ class SearchConfig(Section):
                       "study.")
     space: dict[str, list[Any] | Range] = Field(description="Config key path -> [choices] or { low, high, log, "
                                                 "step }, e.g. \"student.kwargs.width\" = [8, 16, 32].")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _ranges(cls, v: Any) -> Any:
+        """A table is a range: its own error ('high (0.2) is below low (0.8)'), not the union's 'should be a valid
+        list' that pydantic reports first."""
+        from pydantic import ValidationError
+
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for path, spec in v.items():
+            try:
+                out[path] = Range.model_validate(spec) if isinstance(spec, dict) else spec
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(map(str, first["loc"]))
+                raise ValueError(f"{path}: {where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}")
+        return out
 
     @field_validator("space")
     @classmethod
