@@ -76,6 +76,17 @@ def test_blockers_group_by_op_and_name_the_usual_fix():
     assert "--qnn-option soc_model=60" in blockers([{"name": "d", "op_type": "Concat", "reason": finalize}])[0]["fix"]
 
 
+def test_a_quantize_node_refused_with_its_ops_unit_joins_that_ops_group():
+    # the EP validates DQ -> Erf -> Q as one unit: the Q carried Erf's reason and read as a second blocker
+    erf = "Operators of type `Erf` are not supported by QNN EP.Erf node `/Erf` will not be assigned to QNN EP."
+    got = blockers([{"name": "/Erf", "op_type": "Erf", "reason": erf},
+                    {"name": "/Erf_q", "op_type": "QuantizeLinear", "reason": erf}])
+    assert [(b["op_type"], b["nodes"], b.get("with")) for b in got] == [("Erf", 1, ["QuantizeLinear"])]
+    assert "a torch.erf of the model's own has no HTP kernel" in got[0]["fix"]
+    own = blockers([{"name": "q", "op_type": "QuantizeLinear", "reason": "Operators of type `QuantizeLinear` ..."}])
+    assert [(b["op_type"], b["nodes"]) for b in own] == [("QuantizeLinear", 1)]  # refused for itself: its own group
+
+
 def test_not_installed_is_reported_with_the_install_line(monkeypatch, tmp_path):
     # setup: onnxruntime_qnn not importable, nothing registered yet
     monkeypatch.setitem(qnn._registered, "status", None)

@@ -5,6 +5,7 @@ Used by `compress edge MODEL --provider qnn` and by the pipeline's edge stage (`
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,21 +34,33 @@ _FIX_BY_REASON = (
     ("fmod", "export the op differently (e.g. x - y * floor(x / y) instead of torch.fmod)"),
 )
 _FIX_BY_OP = {
-    "Erf": "exact GELU exports Erf: use the tanh approximation (nn.GELU(approximate='tanh'))",
+    "Erf": "exact GELU exports Erf: use the tanh approximation (nn.GELU(approximate='tanh')); a torch.erf of the "
+           "model's own has no HTP kernel: replace it or keep it on CPU",
     "Einsum": "rewrite the einsum as MatMul/Transpose in the model, or export with exporter = 'dynamo'",
     "NonZero": "data-dependent output shape: no NPU runs it; move it out of the model",
     "Loop": "control flow: unroll it in the model or move it out",
     "If": "control flow: bind the input its condition reads (compress edge --fix-input NAME=VALUE) and the "
           "branch taken is inlined, or move the branch out of the model",
 }
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
 _DEFAULT_FIX = ("not supported by the QNN EP: export the op differently (another opset, exporter = 'dynamo'), "
                 "replace it in the model, or let it run on CPU with fallback enabled")
 
 
 def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Refused nodes grouped by op type: [{"op_type", "nodes", "reason", "fix"}], most nodes first."""
+    """Refused nodes grouped by op type: [{"op_type", "nodes", "reason", "fix"}, with "with": the (de)quantize
+    nodes refused only as part of that op's QDQ unit], most nodes first. The EP validates a unit (DQ -> Erf -> Q)
+    whole, so the Q node carries the Erf's reason ('Operators of type `Erf` ...'): it joins Erf's group rather than
+    reading as a QuantizeLinear that HTP refuses."""
     groups: dict[str, dict[str, Any]] = {}
+    unit_of = {node["op_type"] for node in refused}
     for node in refused:
+        named = re.search(r"type `(\w+)`", node["reason"] or "")
+        if node["op_type"] in QDQ and named and named.group(1) != node["op_type"] and named.group(1) in unit_of:
+            g = groups.setdefault(named.group(1), {"op_type": named.group(1), "nodes": 0, "reason": node["reason"]})
+            g.setdefault("with", []).append(node["op_type"])
+            continue
         g = groups.setdefault(node["op_type"], {"op_type": node["op_type"], "nodes": 0, "reason": node["reason"]})
         g["nodes"] += 1
     for g in groups.values():
@@ -321,7 +334,8 @@ def qnn_table(section: dict[str, Any]) -> str:
                      "those 8 bits would damage most; ORT CPU drop by round: "
                      + ", ".join(f"{r['sixteen_bit']}: {r['int8_cpu_drop']:.4f}" for r in mixed["tried"]))
     for b in section["blockers"]:
-        lines.append(f"  blocked: {b['op_type']} x{b['nodes']} ({b['reason']}); fix: {b['fix']}")
+        unit = f" and its {', '.join(sorted(set(b['with'])))}" if b.get("with") else ""
+        lines.append(f"  blocked: {b['op_type']} x{b['nodes']}{unit} ({b['reason']}); fix: {b['fix']}")
     rewrites = [f"{len(section.get(key) or [])} {what}" for key, what in REWRITES if section.get(key)]
     if rewrites:
         lines.append(f"  float graph rewritten for HTP, its function kept: {', '.join(rewrites)}")
