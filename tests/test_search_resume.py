@@ -31,6 +31,7 @@ def test_a_trial_stopped_by_ctrl_c_runs_again_with_its_values(tmp_path, monkeypa
     # execute: the search stops with the usual line and exit code
     result = invoke(folder, "search", "s.toml", "--quiet")
     assert_one_line_error(result, folder, "interrupted; run the same command again", code=130)
+    assert not (folder / "runs/tiny/search/trials.jsonl").exists()  # no trial finished before the stop
     # execute: resumed, with a sampler that would draw other values (only a queued retry runs the same ones)
     monkeypatch.setattr(study_loop, "run_trial", real_run_trial)
     monkeypatch.setattr(study_loop, "sampler_for", lambda scfg, settled: optuna.samplers.RandomSampler(seed=99))
@@ -124,3 +125,19 @@ def test_every_finishing_run_writes_the_same_best_toml(tmp_path, monkeypatch):
     report = json.loads((folder / "runs/tiny/search/report.json").read_text())["search"]
     assert report["winner"]["trial"] == first["winner"]["trial"]
     assert not Path(folder / "runs/tiny/search/best-effort.toml").exists()
+
+
+def test_trials_jsonl_holds_each_trial_as_it_finishes_so_a_stop_keeps_them(tmp_path, monkeypatch):
+    # before: trials.jsonl was written when the search ended; Ctrl-C before then left none
+    import compress.study.report as study_report
+
+    folder = _folder(tmp_path, **SMALL)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C once the trials are done, before the finalists
+
+    monkeypatch.setattr(study_report, "run_finalists", stopped)
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    assert result.exit_code == 130, result.output
+    rows = [json.loads(line) for line in (folder / "runs/tiny/search/trials.jsonl").read_text().splitlines()]
+    assert [(r["number"], r["state"]) for r in rows] == [(0, "complete")] and rows[0]["metric"] is not None

@@ -31,6 +31,7 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
 
     from compress.study.config import SearchConfig, budget_from, with_overrides
     from compress.study.space import check_space, params_of
+    from compress.study.finish import trial_rows, write_trials
     from compress.study.loop import Loop
     from compress.study.storage import redacted, storage_for
 
@@ -61,7 +62,8 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
                     root=root, store=store, higher_is_better=baseline["higher_is_better"], say=say, deadline=deadline,
                     finalist_seconds=scfg.finalists * baseline["full_seconds"],
                     reference={"onnx": baseline["onnx"], "p50_ms": baseline["p50_ms"]}
-                    if scfg.latency_budget is not None and baseline.get("onnx") and baseline.get("p50_ms") else None)
+                    if scfg.latency_budget is not None and baseline.get("onnx") and baseline.get("p50_ms") else None,
+                    on_trial=lambda study: write_trials(root, trial_rows(study)))
         say(f"study {study_name} in {redacted(storage or rdb.url)}: {scfg.objective}, {scfg.trials} trials, "
             f"sampler {scfg.sampler_name}, seed {scfg.seed}")
         _run_trials(loop, study_name, rdb, scfg, say, progress)

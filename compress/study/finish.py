@@ -13,6 +13,16 @@ from compress.study.loop import constraints, constraints_of, state_of
 from compress.study.trial import Outcome, outcome_of, run_trial, trial_raw
 
 
+def write_trials(root: Path, rows: list[dict[str, Any]]) -> None:
+    """trials.jsonl: one row a trial, written after each trial (a study stopped by Ctrl-C keeps what it measured)
+    and at the end."""
+    import json
+
+    from compress.cache import write_text
+
+    write_text(root / "trials.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     """Every trial that counts (and the ones a killed worker left, as 'interrupted'), in number order."""
     import optuna

@@ -211,13 +211,14 @@ class Loop:
 
     def __init__(self, *, study_name: str, storage: Any, scfg: SearchConfig, params: list[Param], base: dict,
                  source: Path, root: Path, store: Path, higher_is_better: bool, say: Callable[[str], None],
-                 deadline: float | None, finalist_seconds: float, reference: dict[str, Any] | None = None) -> None:
+                 deadline: float | None, finalist_seconds: float, reference: dict[str, Any] | None = None,
+                 on_trial: Callable[[Any], None] | None = None) -> None:
         self.study_name, self.storage, self.scfg, self.params = study_name, storage, scfg, params
         # a relative budget: each trial's model is timed paired with the hand-written one ({"onnx", "p50_ms"})
         self.reference, self.feeds = reference, {}
         self.base, self.source, self.root, self.store = base, source, root, store
         self.higher, self.say, self.deadline = higher_is_better, say, deadline
-        self.finalist_seconds = finalist_seconds
+        self.finalist_seconds, self.on_trial = finalist_seconds, on_trial  # on_trial(study): after each trial
         self.seconds: list[float] = []
         self.last: int | None = None
         self.stopped_by_clock = False
@@ -250,6 +251,8 @@ class Loop:
             if mine is None or mine.user_attrs.get("over_budget"):
                 return
             self.say(line(mine, self.scfg, settled + 1))
+            if self.on_trial is not None:
+                self.on_trial(study)
             if bar is not None:
                 bar.update(1)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from compress.cache import atomic_path, write_json, write_text
+from compress.cache import atomic_path, write_json
 from compress.study.config import budget_from
 from compress.study.finish import (agreed_round, choose, front, pick_finalists, run_finalists, time_together,
-                                   trial_rows)
+                                   trial_rows, write_trials)
 from compress.study.outputs import plot, relative_output, toml_text, write_markdown
 
 
@@ -165,9 +165,7 @@ def _teacher_runs(rows: list[dict], finals: list[dict], study: Any) -> int:
 
 
 def _write(root: Path, section: dict, rows: list[dict], baseline: dict, finals: list[dict], scfg: Any) -> None:
-    import json
-
-    write_text(root / "trials.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_trials(root, rows)
     measured = [r for r in rows if r["state"] == "complete" and r["metric"] is not None]
     section["front"] = [r["number"] for r in front(measured, section["higher_is_better"])] if measured else []
     if plot(root / "pareto.png", rows, metric=section["metric"], baseline=baseline, finals=finals,
