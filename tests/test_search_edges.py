@@ -112,6 +112,7 @@ def test_keys_a_trial_sets_itself_are_refused_at_load(tmp_path, space, why):
     assert invoke(folder, "validate", "s.toml").exit_code == 2  # `compress validate` says it too
 
 
+@pytest.mark.slow  # slow: two whole studies, 20-25 s; make test stays under its 10 minutes
 def test_a_study_whose_data_changed_starts_again(tmp_path):
     # setup: a finished study, then other rows in the same data file
     import numpy as np

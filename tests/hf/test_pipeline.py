@@ -154,6 +154,7 @@ def test_bad_hf_configs_are_exit_2_naming_the_key(tmp_path):
     assert result.exit_code == 2 and "needs labels: set data.label_column" in result.output
 
 
+@pytest.mark.slow  # slow: 20-25 s; tests/test_dist.py keeps two processes in make test
 def test_a_text_pipeline_trains_on_two_processes_as_on_one(tmp_path):
     # setup: the same transformer classification pipeline, in one process and on two (torchrun + DDP, gloo)
     write_labelled(tmp_path / "topics.tsv", 160)
