@@ -54,15 +54,16 @@ def blockers(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
     whole, so the Q node carries the Erf's reason ('Operators of type `Erf` ...'): it joins Erf's group rather than
     reading as a QuantizeLinear that HTP refuses."""
     groups: dict[str, dict[str, Any]] = {}
-    unit_of = {node["op_type"] for node in refused}
+    refused_ops = {node["op_type"] for node in refused}
     for node in refused:
         named = re.search(r"type `(\w+)`", node["reason"] or "")
-        if node["op_type"] in QDQ and named and named.group(1) != node["op_type"] and named.group(1) in unit_of:
-            g = groups.setdefault(named.group(1), {"op_type": named.group(1), "nodes": 0, "reason": node["reason"]})
+        unit = node["op_type"] in QDQ and named is not None and named.group(1) in refused_ops - {node["op_type"]}
+        op = named.group(1) if unit else node["op_type"]
+        g = groups.setdefault(op, {"op_type": op, "nodes": 0, "reason": node["reason"]})
+        if unit:
             g.setdefault("with", []).append(node["op_type"])
-            continue
-        g = groups.setdefault(node["op_type"], {"op_type": node["op_type"], "nodes": 0, "reason": node["reason"]})
-        g["nodes"] += 1
+        else:
+            g["nodes"] += 1
     for g in groups.values():
         reason = (g["reason"] or "").lower()
         g["fix"] = next((fix for key, fix in _FIX_BY_REASON if key in reason),
