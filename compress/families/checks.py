@@ -14,7 +14,8 @@ teacher took 11 s to trace); its export stage finds what the exporter refuses.""
 
 def check_exports(cfg, data) -> None:
     """Each torch model of the file (untrained: the architecture is what export traces) exported as the export stage
-    will, so an op the exporter cannot take is found before training (compress.onnx.export.trial_export):
+    will, so an op the exporter cannot take, or with [quantize] mode = 'qat' an op QAT cannot run, is found before
+    training (compress.onnx.export.trial_export):
     `compress validate`, and `compress run` before the first training stage it does not find cached (a cached rerun
     pays nothing). hf: folders export through their own tested path and are not tried."""
     import torch
@@ -39,7 +40,19 @@ def check_exports(cfg, data) -> None:
         with torch.inference_mode():
             names = output_names_of(forward(model.eval(), data.example(2)), default)
         if time.perf_counter() - started < TRIAL_EXPORT_SECONDS:  # the trace runs the forward several times
-            trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}")
+            graph = trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}")
+            if graph is not None and role == "student" and getattr(cfg.quantize, "mode", None) == "qat":
+                _check_qat_ops(graph, data, f"{cfg.source_path}: quantize.mode")
+
+
+def _check_qat_ops(graph, data, origin: str) -> None:
+    """mode = 'qat' runs the student's QDQ graph in torch (compress.qat.graph): an op it has no counterpart for is
+    named now, before distillation, not after it."""
+    from compress.qat.ops import no_counterpart, without_counterpart
+
+    missing = without_counterpart(graph.graph, data.inputs.names)
+    if missing:
+        raise CompressError(no_counterpart(origin, missing) + " (found before training)")
 
 
 def check_models(cfg, data) -> None:

@@ -130,16 +130,19 @@ def _native_output() -> Iterator[None]:
             raise
 
 
-def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequence[str], origin: str) -> None:
+def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequence[str], origin: str) -> Any:
     """Export the model as the export stage will (the configured exporter and opset, the data's inputs, two rows),
     before any training: an op the exporter cannot take (torch.stft's complex output, Python control flow the
     tracer refuses) is found in a second by `compress validate`, not after the teacher and student have trained.
     The TorchScript exporter only: the dynamo exporter takes seconds even on a tiny model, and its failures are
-    rarer (the user chose it, usually because TorchScript failed)."""
+    rarer (the user chose it, usually because TorchScript failed). Returns the graph (a ModelProto whose weights
+    are graph inputs), or None where nothing was tried."""
     import tempfile
 
+    import onnx
+
     if cfg.exporter != "torchscript":
-        return
+        return None
     with tempfile.TemporaryDirectory(prefix="compress-trial-export-") as tmp:
         try:
             export_onnx(model, data.example(2), Path(tmp) / "trial.onnx", opset=cfg.opset, exporter=cfg.exporter,
@@ -147,3 +150,4 @@ def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequenc
         except CompressError as exc:
             raise CompressError(f"{origin} cannot be exported to ONNX, found before training: "
                                 f"{str(exc).partition(': ')[2]}") from exc
+        return onnx.load(str(Path(tmp) / "trial.onnx"), load_external_data=False)

@@ -28,7 +28,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.onnx.graph import readers
-from compress.qat.ops import OPS, attrs_of, broadcast_to_axis, constant_value, split
+from compress.qat.ops import HANDLED, OPS, attrs_of, broadcast_to_axis, constant_value, no_counterpart, split
 from compress.qat.ort_kernels import (fused_ops, qlinear_add, qlinear_average_pool, qlinear_matmul, qparams,
                                       weight_qparams, weight_scale64)
 
@@ -116,13 +116,9 @@ class QDQModule(torch.nn.Module):
         self.outputs = [o.name for o in graph.output]
         producer = {o: n for n in graph.node for o in n.output}
         consumers = readers(graph)
-        unknown = sorted({n.op_type for n in graph.node} - set(OPS) -
-                         {"QuantizeLinear", "DequantizeLinear", "Constant", "Split"})
+        unknown = [(n.name, n.op_type) for n in graph.node if n.op_type not in HANDLED]
         if unknown:
-            raise CompressError(f"{origin}: quantization-aware training runs the QDQ graph in torch, which has no "
-                                f"counterpart for {', '.join(unknown)} (nodes "
-                                f"{', '.join(n.name for n in graph.node if n.op_type in unknown)[:200]}); use "
-                                "mode = 'static' for this model")
+            raise CompressError(no_counterpart(origin, unknown))
         self.weights: dict[str, Weight] = {}
         self.biases: dict[str, Bias] = {}
         self.acts: dict[str, Act] = {}

@@ -312,3 +312,27 @@ OPS: dict[str, Op] = {
 }
 """Op type -> torch function. Split (several outputs) is called with the output count; QuantizeLinear,
 DequantizeLinear and Constant are handled by the graph itself."""
+
+HANDLED = frozenset(OPS) | {"QuantizeLinear", "DequantizeLinear", "Constant", "Split"}
+"""Every op type a QDQ graph may hold for quantization-aware training."""
+
+
+def without_counterpart(graph: Any, inputs: Any) -> list[tuple[str, str]]:
+    """(name, op type) of each node of `graph` that QAT could not run in torch and that computes on the data (reads,
+    through any path, one of the graph inputs named in `inputs`): a node on weights and constants alone is folded
+    by ORT's pre-processing before the QDQ graph is made, so its op never reaches QAT."""
+    live = set(inputs)
+    found = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(i in live for i in node.input):
+            live.update(node.output)
+            if node.op_type not in HANDLED:
+                found.append((node.name or node.output[0], node.op_type))
+    return found
+
+
+def no_counterpart(origin: str, nodes: list[tuple[str, str]]) -> str:
+    """The one line for a graph with ops QAT cannot run in torch."""
+    ops = ", ".join(sorted({op for _, op in nodes}))
+    return (f"{origin}: quantization-aware training runs the QDQ graph in torch, which has no counterpart for {ops} "
+            f"(nodes {', '.join(name for name, _ in nodes)[:200]}); use mode = 'static' for this model")
