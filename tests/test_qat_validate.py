@@ -39,6 +39,20 @@ class CosineScaled(nn.Module):  # Cos on a weight alone: ORT folds it before the
 
 def cosine_scaled(input_shape, num_classes):
     return CosineScaled(num_classes)
+
+
+class Softplus64(nn.Module):  # a softplus in float64 on the data path: QNN's quantizer leaves it in float
+    def __init__(self, num_classes):
+        super().__init__()
+        self.body = nn.Linear(30, 8)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x.flatten(1)).double().exp().log1p().float())
+
+
+def softplus64(input_shape, num_classes):
+    return Softplus64(num_classes)
 '''
 
 
@@ -64,3 +78,18 @@ def test_an_op_on_weights_alone_is_not_refused(user_dir: Path):  # noqa: F811
     _qat(user_dir, "cosine_scaled")
     result = invoke(user_dir, "validate", "pipeline.toml")
     assert result.exit_code == 0, result.output
+
+
+def test_nodes_the_qnn_graph_leaves_in_float_are_named_before_training(user_dir: Path, caplog):  # noqa: F811
+    _qat(user_dir, "softplus64")
+    toml = user_dir / "pipeline.toml"
+    toml.write_text(toml.read_text() + '[export]\nort_format = true\nedge_targets = ["qnn"]\n')
+    result = invoke(user_dir, "validate", "pipeline.toml")
+    assert result.exit_code == 0, result.output
+    assert [r.getMessage() for r in caplog.records if r.name == "compress"] == [
+        "warning: pipeline.toml: export.edge_targets: the QNN QDQ graph leaves 3 node(s) in float, which HTP cannot "
+        "run as int8: /Exp (Exp), /Add (Add), /Log (Log) (found before training)"]
+    replace(user_dir, '"mymodels:softplus64"', '"mymodels:small_mlp"')  # a graph QNN quantizes whole: no line
+    caplog.clear()
+    assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
+    assert not [r for r in caplog.records if r.name == "compress"]

@@ -40,9 +40,13 @@ def check_exports(cfg, data) -> None:
         with torch.inference_mode():
             names = output_names_of(forward(model.eval(), data.example(2)), default)
         if time.perf_counter() - started < TRIAL_EXPORT_SECONDS:  # the trace runs the forward several times
-            graph = trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}")
-            if graph is not None and role == "student" and getattr(cfg.quantize, "mode", None) == "qat":
+            qat = role == "student" and getattr(cfg.quantize, "mode", None) == "qat"
+            qnn = qat and "qnn" in cfg.export.edge_targets
+            graph = trial_export(model, data, cfg.export, names, f"{origin}.model: {spec}", params=qnn)
+            if graph is not None and qat:
                 _check_qat_ops(graph, data, f"{cfg.source_path}: quantize.mode")
+            if graph is not None and qnn:
+                _check_qnn_float(graph, data, cfg, f"{cfg.source_path}: export.edge_targets")
 
 
 def _check_qat_ops(graph, data, origin: str) -> None:
@@ -53,6 +57,33 @@ def _check_qat_ops(graph, data, origin: str) -> None:
     missing = without_counterpart(graph.graph, data.inputs.names)
     if missing:
         raise CompressError(no_counterpart(origin, missing) + " (found before training)")
+
+
+def _check_qnn_float(graph, data, cfg, origin: str) -> None:
+    """mode = 'qat' with the QNN edge target trains the QNN QDQ graph: the nodes it would leave in float, which HTP
+    cannot run as int8 and no training changes, are named now (the untrained student's graph with QNN's settings,
+    calibrated on two validation rows: which nodes stay float depends on the graph, not on its weights)."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+
+    from compress.edge.qnn import quantize_for_qnn
+    from compress.edge.ranges import for_htp
+    from compress.qat.qnn import float_nodes, float_warning
+    from compress.quantize.prepare import quiet_onnx_runtime
+
+    feed = data.inputs.as_feed(data.example(2))
+    with tempfile.TemporaryDirectory(prefix="compress-trial-qnn-") as tmp, quiet_onnx_runtime():
+        source = Path(tmp) / "student.onnx"
+        onnx.save(graph, str(source))
+        base, _ = for_htp(source, Path(tmp), "float", feed)
+        left = float_nodes(quantize_for_qnn(base, Path(tmp) / "ptq.qdq.onnx", [feed],
+                                            activation_type=cfg.export.qnn_activation_type,
+                                            outlier_ratio=cfg.quantize.outlier_ratio))
+    if left:
+        logging.getLogger("compress").warning(float_warning(origin, left) + " (found before training)")
 
 
 def check_models(cfg, data) -> None:

@@ -130,13 +130,14 @@ def _native_output() -> Iterator[None]:
             raise
 
 
-def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequence[str], origin: str) -> Any:
+def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequence[str], origin: str, *,
+                 params: bool = False) -> Any:
     """Export the model as the export stage will (the configured exporter and opset, the data's inputs, two rows),
     before any training: an op the exporter cannot take (torch.stft's complex output, Python control flow the
     tracer refuses) is found in a second by `compress validate`, not after the teacher and student have trained.
     The TorchScript exporter only: the dynamo exporter takes seconds even on a tiny model, and its failures are
     rarer (the user chose it, usually because TorchScript failed). Returns the graph (a ModelProto whose weights
-    are graph inputs), or None where nothing was tried."""
+    are graph inputs; with `params`, its initializers), or None where nothing was tried."""
     import tempfile
 
     import onnx
@@ -146,7 +147,7 @@ def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequenc
     with tempfile.TemporaryDirectory(prefix="compress-trial-export-") as tmp:
         try:
             export_onnx(model, data.example(2), Path(tmp) / "trial.onnx", opset=cfg.opset, exporter=cfg.exporter,
-                        inputs=data.inputs, output_names=output_names, params=False)  # the graph, not the weights
+                        inputs=data.inputs, output_names=output_names, params=params)  # the graph, by default
         except CompressError as exc:
             raise CompressError(f"{origin} cannot be exported to ONNX, found before training: "
                                 f"{str(exc).partition(': ')[2]}") from exc

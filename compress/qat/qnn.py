@@ -47,6 +47,13 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+def float_warning(origin: str, left: list[tuple[str, str]]) -> str:
+    """The one line for the nodes a QNN QDQ graph leaves in float."""
+    names = ", ".join(f"{name} ({op})" for name, op in left[:8]) + (", ..." if len(left) > 8 else "")
+    return (f"warning: {origin}: the QNN QDQ graph leaves {len(left)} node(s) in float, which HTP cannot run as "
+            f"int8: {names}")
+
+
 def sixteen_bit(path: Path) -> list[str]:
     """Tensors the QDQ graph at `path` quantizes to 16 bits (a QuantizeLinear with a uint16 or int16 zero point): in
     a uint8 QNN graph, the activations whose outlier channels took wider codes (compress.quantize.outliers), with the
@@ -84,9 +91,7 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
                                 outlier_ratio=ctx.cfg.quantize.outlier_ratio)
     left = float_nodes(ptq_path)
     if left:
-        log.warning("warning: %s: the QNN QDQ graph leaves %d node(s) in float, which HTP cannot run as int8: %s",
-                    origin, len(left), ", ".join(f"{name} ({op})" for name, op in left[:8]) +
-                    (", ..." if len(left) > 8 else ""))
+        log.warning(float_warning(origin, left))
 
     def judged(name: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
         score = ctx.figures_onnx(path, "val", config=HTP_ON_CPU)[gate.metric.name]
