@@ -367,12 +367,23 @@ def qnn_table(section: dict[str, Any]) -> str:
         lines.append(f"  where HTP parts from ORT CPU: not found ({parts['failed']})")
     c = section["context"]
     if c:
-        same = c["loads"] and c["parity"]["ok"]
         lines.append(f"  EPContext model: {c['path']} ({c['bytes']} bytes); loads on HTP and matches the QDQ model: "
-                     f"{'yes' if same else 'no'}")
+                     f"{_context_verdict(c)}")
     if section["latency"]:
         lines.append(f"  latency p50 {section['latency']['p50_ms']:.2f} ms (simulated: not the phone's speed)")
     return "\n".join(lines)
+
+
+def _context_verdict(c: dict[str, Any]) -> str:
+    """'yes', or 'no' and why: the EPContext model did not load on HTP (the error's first line), or its outputs
+    differ from the QDQ model's on HTP (by how much, against the 1e-6 it is held to: the same compiled graph)."""
+    if not c["loads"]:
+        return f"no: it does not load ({c.get('error') or 'no error given'})"
+    parity = c["parity"]
+    if parity["ok"]:
+        return "yes"
+    return (f"no: outputs differ by up to {parity['max_abs_diff']:.3g} (held to {parity['atol']:.0e}: the same "
+            "compiled graph)")
 
 
 def _tried(t: dict[str, Any], kept: str) -> str:
