@@ -331,8 +331,10 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
     own drop_last keeps its length known (the schedule counts steps). Whether to drop is decided on one process's
     count (the data's size against the whole batch), so N processes take the steps one takes; DistributedSampler
     pads every rank's share to the same length, so every rank drops alike. Under DDP a rank's last batch can still
-    hold one example where one process's holds more (66 rows, batch 32, 2 processes: 16, 16, 1 a rank). The sampler
-    reshuffles each epoch, so a different example sits out each time."""
+    hold one example where one process's holds more (66 rows, batch 32, 2 processes: 16, 16, 1 a rank): that rank
+    then feeds its example twice (_NoLoneBatch), which leaves a mean (or summed) loss's gradient, averaged over the
+    ranks, as one process's on the same examples. The sampler reshuffles each epoch, so a different example sits
+    out each time."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from compress.data import loader
@@ -349,5 +351,31 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
     sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
     per_rank = batch_size // world.size
     lone = len(data) > batch_size and len(data) % batch_size == 1  # one process's count: as many steps on N
+    if not lone and per_rank > 1 and len(sampler) % per_rank == 1:  # this rank's last batch alone holds one
+        return loader(data, batch_size=1, shuffle=False, seed=seed, workers=workers,
+                      batch_sampler=_NoLoneBatch(sampler, per_rank))
     return loader(data, batch_size=per_rank, shuffle=False, seed=seed, workers=workers, sampler=sampler,
                   drop_last=lone)
+
+
+class _NoLoneBatch:
+    """A rank's batches of `per_rank` examples from its sampler, the last holding its single example twice."""
+
+    def __init__(self, sampler: Any, per_rank: int) -> None:
+        self.sampler, self.per_rank = sampler, per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.per_rank)
+
+    def __iter__(self) -> Any:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.per_rank:
+                yield batch
+                batch = []
+        if batch:
+            yield batch * 2 if len(batch) == 1 else batch
