@@ -5,9 +5,10 @@ carry the line and column. Unknown keys are errors (with a did-you-mean), never 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -160,6 +161,25 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     return load_config(source)
 
 
+_held: dict[str, Any] | None = None
+"""Inside `held()`: loaded data and tried exports, by what decides them."""
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Inside the block, the data a pipeline names is loaded once, and the models of each architecture are
+    trial-exported once: a search study runs every trial's pipeline in this process on the same data (a study whose
+    data changed starts again), and reloading it cost each trial two loads (the detection demo's canvases: about 1.9 s
+    each)."""
+    global _held
+    outer = _held
+    _held = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _held = outer
+
+
 def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
     """Every check that needs no training: the data loads, teacher and student build on it and their outputs fit
     the task, the teacher's checkpoint loads, the user's metric imports, and under `[benchmark] strict` every
@@ -172,15 +192,31 @@ def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
 
     check_available(cfg.benchmark.providers, strict=cfg.benchmark.strict,
                     origin=f"{cfg.source_path}: benchmark.providers")
-    data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
-                     origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
-                     cache_dir=cfg.run_dir / "tokens")
+    key = f"data {cfg.data.model_dump_json()} {cfg.pipeline.seed} {cfg.base_dir} {cfg.teacher.model}"
+    data = None if _held is None else _held.get(key)
+    if data is None:
+        data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
+                         origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
+                         cache_dir=cfg.run_dir / "tokens")
+        if _held is not None:
+            _held[key] = data
     check_models(cfg, data)
     if exports:  # `compress validate`; `compress run` tries them before the first stage that trains (runner)
-        from compress.families.checks import check_exports
-
-        check_exports(cfg, data)
+        check_exports_once(cfg, data)
     return data
+
+
+def check_exports_once(cfg: PipelineConfig, data: Any) -> None:
+    """compress.families.checks.check_exports, skipped inside `held()` for models it has tried already."""
+    from compress.families.checks import check_exports
+
+    sections = (cfg.data, cfg.teacher, cfg.student, cfg.export, cfg.quantize)
+    key = f"exports {cfg.base_dir} " + " ".join(s.model_dump_json() if s is not None else "-" for s in sections)
+    if _held is not None and key in _held:
+        return
+    check_exports(cfg, data)
+    if _held is not None:
+        _held[key] = True
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -82,9 +82,9 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
         for name in names:
             key = digest([key, name, section_inputs(cfg, name)])
             if not tried and STAGES[name].trains and (force or load_manifest(run_dir / name, key, run_dir) is None):
-                from compress.families.checks import check_exports
+                from compress.config import check_exports_once
 
-                check_exports(cfg, data)  # an op the exporter refuses, found before this stage trains
+                check_exports_once(cfg, data)  # an op the exporter refuses, found before this stage trains
                 tried = True
             started = time.perf_counter()
             try:

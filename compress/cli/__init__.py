@@ -124,19 +124,20 @@ def run(file: Path, force: bool, quiet: bool, nproc: int, nnodes: int, node_rank
 def validate(file: Path) -> None:
     """Check FILE without training: keys and types, files, data, both models on the data's shape, the
     checkpoint, and (under [benchmark] strict) that every provider is installed."""
-    from compress.config import check_before_training, load_config
+    from compress.config import check_before_training, held, load_config
     from compress.stages import stage_names
 
     cfg = load_config(file)
-    check_before_training(cfg, exports=True)
-    stages = ", ".join(stage_names(cfg))
-    if cfg.search is not None:  # the space too: each choice (each end of a range) makes a valid file
-        import tomllib
+    with held():  # the space's checks read the data loaded here
+        check_before_training(cfg, exports=True)
+        stages = ", ".join(stage_names(cfg))
+        if cfg.search is not None:  # the space too: each choice (each end of a range) makes a valid file
+            import tomllib
 
-        from compress.study.space import check_space, params_of
+            from compress.study.space import check_space, params_of
 
-        check_space(tomllib.loads(file.read_text(encoding="utf-8")), params_of(cfg.search.space), file)
-        stages += f"; search: {len(cfg.search.space)} keys, {cfg.search.trials} trials"
+            check_space(tomllib.loads(file.read_text(encoding="utf-8")), params_of(cfg.search.space), file)
+            stages += f"; search: {len(cfg.search.space)} keys, {cfg.search.trials} trials"
     click.echo(f"{file}: ok ({stages})")
 
 

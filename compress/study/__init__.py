@@ -26,7 +26,16 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
 
     Returns the search report (also runs/<name>/search/report.json). Raises CompressError for bad input (exit 2) and
     GateFailed (exit 1) when no model met the constraints, after writing the best-effort model's best-effort.toml.
+    The data is loaded once for the space's checks, the hand-written run and every trial (compress.config.held).
     """
+    from compress.config import held
+
+    with held():
+        return _search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress)
+
+
+def _search(source: str | Path, *, storage: str | None, trials: int | None, max_minutes: float | None,
+            progress: bool) -> dict[str, Any]:
     import optuna
 
     from compress.study.config import SearchConfig, budget_from, with_overrides
