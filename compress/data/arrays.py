@@ -38,10 +38,9 @@ def open_npz(path: Path, origin: str) -> dict[str, Any]:
     return arrays
 
 
-def _map_stored(path: Path, zf: Any, info: Any) -> Any:
-    import struct
-
-    import numpy as np
+def _header(zf: Any, info: Any) -> tuple[Any, bool, Any, int]:
+    """A member's (shape, fortran order, dtype, header length); Python objects (pickle) are refused, stored or
+    compressed alike."""
     from numpy.lib import format as npf
 
     with zf.open(info) as f:
@@ -50,6 +49,15 @@ def _map_stored(path: Path, zf: Any, info: Any) -> Any:
         header = f.tell()
     if dtype.hasobject:
         raise ValueError(f"{info.filename} holds Python objects, which would need pickle; store plain numbers")
+    return shape, fortran, dtype, header
+
+
+def _map_stored(path: Path, zf: Any, info: Any) -> Any:
+    import struct
+
+    import numpy as np
+
+    shape, fortran, dtype, header = _header(zf, info)
     with open(path, "rb") as raw:
         raw.seek(info.header_offset)
         local = raw.read(30)
@@ -68,6 +76,7 @@ def _map_compressed(zf: Any, info: Any) -> Any:
 
     import numpy as np
 
+    _header(zf, info)
     fd, tmp = tempfile.mkstemp(suffix=".npy")
     try:
         with os.fdopen(fd, "wb") as out, zf.open(info) as member:
@@ -102,6 +111,9 @@ def check_x(x: Any, origin: str, xname: str) -> None:
         raise CompressError(f"{origin}: {xname} must be a non-empty array of examples (N, ...), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise CompressError(f"{origin}: {xname} must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.complexfloating):  # float32 of it would drop the imaginary part with a warning
+        raise CompressError(f"{origin}: {xname} must hold real numbers, got dtype {x.dtype}; store the real and "
+                            "imaginary parts as two channels")
     if np.issubdtype(x.dtype, np.floating):
         first, count = None, 0
         for start in range(0, len(x), CHUNK_ROWS):

@@ -1,8 +1,10 @@
 """`images:DIR`: an ImageFolder-style tree read with Pillow, one file per item, decoded in DataLoader workers.
 
 DIR/<class>/*.png (split train/val/test by the seed), or DIR/train/<class>/..., with optional DIR/val/ and DIR/test/
-folders of the same classes. Scanning opens each file's header only (Pillow's verify: the file is read, no pixels
-are kept); a file that fails is reported (file, reason) and skipped, up to `[data] max_bad_fraction`.
+folders of the same classes (split folders spelt otherwise, Train/ or valid/, are refused). Hidden files and folders
+and __MACOSX/ are left out; symlinked folders are followed. Scanning checks each file with Pillow's verify (the file
+is read, no pixels are kept), and decodes a BMP or a JPEG without its end marker once, which verify cannot judge; a
+file that fails is reported (file, reason) and skipped, up to `[data] max_bad_fraction`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import torch.utils.data as tud
 from compress.errors import CompressError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+SPLIT_LIKE = {"train", "training", "val", "valid", "validation", "dev", "test", "testing"}
+"""Folder names (any case) that mean a split: read only as train/, val/ and test/, refused under any other spelling."""
 STATS_SAMPLES = 512  # training images mean/std are computed from, when [data] does not give them
 log = logging.getLogger("compress")
 
@@ -111,13 +115,14 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     # train/ (with optional val/ and test/) holds the class folders; without train/, the root holds them
     folders = {part: root / part for part in ("train", "val", "test") if (root / part).is_dir()}
     folders = folders if "train" in folders else {}
+    _check_split_names(root, "train" in folders, origin)
     top = folders.get("train", root)
-    classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not _hidden(d.name))
     if len(classes) < 2:
         raise CompressError(f"{origin}: {top} needs one sub-folder per class (at least two), found "
                             f"{classes or 'none'}")
     for part in ("val", "test"):  # a class only val/ or test/ has would be left out of the figures unsaid
-        extra = sorted(d.name for d in folders[part].iterdir() if d.is_dir() and not d.name.startswith(".")
+        extra = sorted(d.name for d in folders[part].iterdir() if d.is_dir() and not _hidden(d.name)
                        and d.name not in classes) if part in folders else []
         if extra:
             raise CompressError(f"{origin}: {part}/ has class folders train/ lacks ({', '.join(extra)}); the model "
@@ -125,6 +130,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     found = {part: _scan(folders.get(part, top) if part == "train" else folders[part], classes, origin)
              for part in ("train", "val", "test") if part == "train" or part in folders}
     _check_bad_files(found, cfg.max_bad_fraction, origin)
+    _warn_empty_classes(found["train"]["labels"], classes, top, origin)
     paths, labels = found["train"]["paths"], np.asarray(found["train"]["labels"], dtype=np.int64)
     val_f = 0.0 if "val" in found else cfg.val_fraction
     test_f = 0.0 if "test" in found else cfg.test_fraction
@@ -162,8 +168,6 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
 
 def _scan(folder: Path, classes: list[str], origin: str) -> dict:
     """Every image file under folder/<class>/ (sorted), its label, and the files whose header does not read."""
-    from PIL import Image
-
     paths: list[str] = []
     labels: list[int] = []
     bad: list[tuple[str, str]] = []
@@ -173,13 +177,12 @@ def _scan(folder: Path, classes: list[str], origin: str) -> dict:
         d = folder / name
         if not d.is_dir():
             continue
-        for f in sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()):
+        for f in _image_files(d):
             total += 1
-            st = f.stat()
-            stamp.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
             try:
-                with Image.open(f) as im:
-                    im.verify()  # reads the file and checks it (PNG: every chunk's CRC); keeps no pixels
+                st = f.stat()  # a link whose target is gone fails here: reported, like a file that does not read
+                stamp.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
+                _check_image(f)
             except Exception as exc:
                 bad.append((str(f), f"{type(exc).__name__}: {exc}".strip()))
                 continue
@@ -188,6 +191,80 @@ def _scan(folder: Path, classes: list[str], origin: str) -> dict:
     if not paths:
         raise CompressError(f"{origin}: no readable images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
     return {"paths": paths, "labels": labels, "bad": bad, "total": total, "stamp": stamp}
+
+
+def _hidden(name: str) -> bool:
+    """Names the scan leaves out: hidden files and folders (macOS's '._x.jpg' resource forks, '.ipynb_checkpoints')
+    and the '__MACOSX' folder a zip made on a Mac holds."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _image_files(d: Path) -> list[Path]:
+    """Image files under d at any depth, sorted; symlinked folders are followed (each real folder once; a link to a
+    folder above d, a loop, is not), hidden names left out."""
+    import os
+
+    files, seen, above = [], set(), {str(p) for p in Path(os.path.realpath(d)).parents}
+    for top, dirs, names in os.walk(d, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen or real in above:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [n for n in dirs if not _hidden(n)]
+        files.extend(Path(top) / n for n in names if not _hidden(n) and Path(n).suffix.lower() in EXTENSIONS)
+    return sorted(f for f in files if f.is_file() or f.is_symlink())
+
+
+def _check_image(f: Path) -> None:
+    """Raise when Pillow cannot read f. verify() reads the file and checks it (PNG: every chunk's CRC) without
+    keeping pixels, but reads no JPEG or BMP data: a BMP (no compression: cheap) and a JPEG without its end marker
+    (cut short: a copy or download that stopped) are decoded once to be sure."""
+    from PIL import Image
+
+    with Image.open(f) as im:
+        fmt = im.format
+        im.verify()
+    if fmt == "BMP" or (fmt == "JPEG" and not _ends_like_jpeg(f)):
+        with Image.open(f) as im:
+            im.load()
+
+
+def _ends_like_jpeg(f: Path) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker (FF D9), padding bytes after it allowed."""
+    with open(f, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - 64))
+        tail = fh.read().rstrip(b"\x00 \r\n\t")
+    return tail.endswith(b"\xff\xd9")
+
+
+def _check_split_names(root: Path, has_train: bool, origin: str) -> None:
+    """Split folders spelt otherwise (Train/, valid/, validation/, Test/) were read as classes, or not at all."""
+    subs = sorted(d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
+    odd = [n for n in subs if n.lower() in SPLIT_LIKE and not (has_train and n in ("val", "test"))]
+    odd = [n for n in odd if n != "train"]
+    if not has_train and not any(n.lower() in ("train", "training") for n in odd):
+        return  # classes that happen to be named valid/ (beside invalid/) or test/: no training split spelt otherwise
+    if not odd:
+        return
+    named = ", ".join(f"{n}/" for n in odd)
+    if has_train:
+        raise CompressError(f"{origin}: {root} has {named} beside train/, which is not read: the validation folder "
+                            "must be named val/ and the test folder test/; rename it")
+    raise CompressError(f"{origin}: {root} has {named} but no train/: split folders are train/ (required), val/ and "
+                        "test/, in lower case, each with one sub-folder per class; rename them (without split "
+                        "folders, every sub-folder of the root is a class)")
+
+
+def _warn_empty_classes(labels: list[int], classes: list[str], top: Path, origin: str) -> None:
+    """A class folder without a readable training image still gets a model output, which nothing trains: say so."""
+    used = set(labels)
+    empty = [name for k, name in enumerate(classes) if k not in used]
+    if empty:
+        log.warning("warning: %s: %s: class folders with no training image: %s; the models still get an output for "
+                    "each, which no example trains: add images or remove the folders", origin, top,
+                    ", ".join(f"{n}/" for n in empty))
 
 
 def _check_bad_files(found: dict, max_fraction: float, origin: str) -> None:

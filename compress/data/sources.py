@@ -65,7 +65,8 @@ def _from_arrays(arrays: dict, cfg: Any, seed: int, origin: str, *, where: str) 
             continue
         xp = arrays[f"x_{part}"]
         if xp.shape[1:] != x.shape[1:]:
-            raise CompressError(f"{origin}: x_{part} examples have shape {xp.shape[1:]}, x has {x.shape[1:]}")
+            raise CompressError(f"{where}: x_{part} examples have shape {xp.shape[1:]}, x has {x.shape[1:]}; every "
+                                "split's examples need the same shape")
         targets[part] = _targets_of(arrays, [f"{n}_{part}" for n in names], f"_{part}", xp, cfg.task, where)
     if labels_task:
         for part, y in targets.items():
@@ -149,20 +150,36 @@ def _classes(targets: dict, train_rows: Any, val_rows: Any, test_rows: Any, orig
     if len(classes) < 2:
         raise CompressError(f"{origin}: the data has a single class ({classes.tolist()}); need at least two")
     num_classes = int(all_labels.max()) + 1
+    _warn_untrained(y[train_rows], all_labels, origin)
     _warn_label_gaps(all_labels, num_classes, origin)
     return num_classes
+
+
+def _warn_untrained(train_labels: Any, all_labels: Any, origin: str) -> None:
+    """A label the validation or test split has but training never shows: no example teaches it; say so once."""
+    import numpy as np
+
+    untrained = np.setdiff1d(np.unique(all_labels), train_labels)
+    if len(untrained):
+        log.warning("warning: %s: labels %s occur in the validation or test split but never in training; no example "
+                    "teaches them, and their examples count as errors in the figures", origin,
+                    shorten(", ".join(map(str, untrained.tolist())), 60))
 
 
 def _warn_label_gaps(labels: Any, num_classes: int, origin: str) -> None:
     """Labels 0, 2, 4 make a 5-output model with two classes never seen: legal, but rarely meant; say so once."""
     import numpy as np
 
-    seen = np.unique(labels).tolist()
-    missing = sorted(set(range(num_classes)) - set(seen))
-    if missing:
-        log.warning("warning: %s: labels run 0..%d but these values never occur: %s; models get %d outputs, one per "
-                    "label value; renumber the labels 0..%d if the gaps are not meant", origin, num_classes - 1,
-                    shorten(", ".join(map(str, missing)), 60), num_classes, len(seen) - 1)
+    seen = np.unique(labels)
+    if len(seen) == num_classes:
+        return
+    # the first few missing values, found among the labels seen (never a set of every value up to the largest one)
+    ends = np.concatenate([[-1], seen])
+    gaps = [(int(a) + 1, int(b)) for a, b in zip(ends[:-1], ends[1:]) if b - a > 1][:20]
+    missing = [v for lo, hi in gaps for v in range(lo, min(hi, lo + 20))][:20]
+    log.warning("warning: %s: labels run 0..%d but these values never occur: %s; models get %d outputs, one per "
+                "label value; renumber the labels 0..%d if the gaps are not meant", origin, num_classes - 1,
+                shorten(", ".join(map(str, missing)), 60), num_classes, len(seen) - 1)
 
 
 def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) -> Any:
@@ -175,16 +192,14 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     from compress.imports import import_object
 
     fn = import_object(target, base_dir, origin)
+    _check_no_arguments(fn, target, origin)
     try:
         result = fn()
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"{origin}: {target}() raised {type(exc).__name__}: {exc}") from exc
-    parts = list(result) if isinstance(result, (tuple, list)) else [result]
-    if len(parts) not in (1, 2, 3):
-        raise CompressError(f"{origin}: {target}() must return a dataset, (train, val) or (train, val, test), "
-                            f"got {len(parts)} items")
+    parts = _datasets_of(result, target, origin)
     where = f"{origin}: {target}()"
     labels_task = cfg.task == "classification"
     scans = [_scan(ds, name, where, labels=labels_task) for ds, name in zip(parts, ("train", "validation", "test"))]
@@ -197,7 +212,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     test_f = 0.0 if len(parts) > 2 else cfg.test_fraction
     train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed)
     kind = {"classification": "labels", "tensors": "arrays"}.get(cfg.task, "none")
-    how = {"train": "train dataset"}
+    how = {"train": "the rest of the train dataset" if val_f or test_f else "train dataset"}
     splits = {"train": PythonDataset(parts[0], train_rows, kind)}
     for k, (part, frac, rows) in enumerate((("val", val_f, val_rows), ("test", test_f, test_rows)), start=1):
         if len(parts) > k:
@@ -217,6 +232,8 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
             raise CompressError(f"{origin}: the data has a single class ({np.unique(labelled).tolist()}); need at "
                                 "least two")
         num_classes = int(labelled.max()) + 1
+        if len(parts) > 1:
+            _warn_untrained(scans[0][0][train_rows], labelled, origin)
         _warn_label_gaps(labelled, num_classes, origin)
     input_shape = tuple(next(iter(shape.values()))[1:]) if isinstance(shape, dict) else shape
     bundle = DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
@@ -228,6 +245,71 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
 
         bundle.inputs = NamedInputs(list(shape), shapes={k: tuple(v) for k, v in shape.items()})
     return bundle
+
+
+def _check_no_arguments(fn: Any, target: str, origin: str) -> None:
+    """The function is called with no arguments: one that requires some is named so (not a TypeError it raised)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): calling it says what it needs
+        return
+    required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                               p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if required:
+        raise CompressError(f"{origin}: {target} requires arguments ({', '.join(required)}) but is called with none; "
+                            "give them defaults, or add a function without arguments that calls it")
+
+
+def _datasets_of(result: Any, target: str, origin: str) -> list:
+    """The 1 to 3 datasets a python: function returned, or one line on what it returned instead."""
+    from collections.abc import Mapping
+
+    parts = list(result) if isinstance(result, (tuple, list)) else [result]
+    if len(parts) not in (1, 2, 3):
+        raise CompressError(f"{origin}: {target}() must return a dataset, (train, val) or (train, val, test), "
+                            f"got {len(parts)} items")
+    if all(hasattr(part, "shape") and hasattr(part, "dtype") for part in parts):
+        arrays = f"{len(parts)} arrays" if len(parts) > 1 else "an array"
+        raise CompressError(f"{origin}: {target}() returned {arrays}, not datasets; return a dataset of (x, y) pairs, "
+                            "e.g. torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(y)), or save "
+                            "the arrays with numpy.savez and use source = 'npz:FILE'")
+    for k, part in enumerate(parts):
+        what = ("train", "validation", "test")[k]
+        if isinstance(part, Mapping):
+            raise CompressError(f"{origin}: {target}() returned a dict (keys {', '.join(map(str, part))}) as the "
+                                f"{what} dataset; return a dataset, (train, val) or (train, val, test)")
+        if not (hasattr(part, "__len__") and hasattr(part, "__getitem__")):
+            kind = "None" if part is None else type(part).__name__
+            raise CompressError(f"{origin}: {target}() returned {kind} as the {what} dataset, which "
+                                "has no len() or indexing (an IterableDataset, a generator?); return a map-style "
+                                "dataset: __len__ and __getitem__, e.g. torch.utils.data.TensorDataset")
+    return parts
+
+
+def _label(y: Any, name: str, i: int, where: str) -> int:
+    """An item's class label as an int; a fractional, non-numeric or array label is one line (int() truncated 0.5
+    to 0 silently, and said 'invalid literal' for a class name)."""
+    import numpy as np
+
+    a = np.asarray(y)
+    if a.size != 1:
+        raise CompressError(f"{where}: {name} example {i} has a label of shape {a.shape}; classification labels are "
+                            "single integers 0..K-1 (one-hot or scores: take the argmax), or set data.task = "
+                            "'tensors' for array targets")
+    value = a.reshape(()).item()
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):  # bool is an int
+        raise CompressError(f"{where}: {name} example {i} has the label {value!r}; labels must be integers 0..K-1"
+                            f"{': number the class names' if isinstance(value, str) else ''}")
+    if value < 0:
+        raise CompressError(f"{where}: {name} example {i} has the negative label {value}; labels must be integers "
+                            "0..K-1")
+    return int(value)
 
 
 def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, Any, str]:
@@ -245,7 +327,16 @@ def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, 
     try:
         n = len(ds)
         for i in range(n):
-            x, y = ds[i]
+            item = ds[i]
+            if isinstance(item, dict):
+                raise CompressError(f"{where}: {name} example {i} is a dict (keys {', '.join(map(str, item))}); items "
+                                    "must be (x, y) pairs: return (inputs, label) from __getitem__ (inputs may be a "
+                                    "dict of named arrays)")
+            x, y = item
+            if i == 0 and hasattr(x, "getbands") and hasattr(x, "mode"):  # numpy reads it (H, W, C) in 0..255
+                raise CompressError(f"{where}: {name} example 0 is a PIL image; return a float (C, H, W) tensor, "
+                                    "e.g. torch.from_numpy(numpy.asarray(image, 'float32') / 255).permute(2, 0, 1), "
+                                    "or put the files in folders and use source = 'images:DIR'")
             if i == 0:
                 steady = _same_inputs(x, ds[0][0])
             if steady:
@@ -266,10 +357,7 @@ def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, 
             elif s != shape and not isinstance(s, dict):
                 raise CompressError(f"{where}: {name} example {i} has shape {s}, the first had {shape}")
             if labels:
-                found.append(int(y))
-                if found[-1] < 0:
-                    raise CompressError(f"{where}: {name} example {i} has the negative label {found[-1]}; labels "
-                                        "must be integers 0..K-1")
+                found.append(_label(y, name, i, where))
             else:
                 for k, v in (y.items() if isinstance(y, dict) else [("y", y)]):
                     v = np.ascontiguousarray(np.asarray(v))
