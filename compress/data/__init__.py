@@ -45,7 +45,8 @@ class DataConfig(Section):
         "teacher, scored by cosine and SQNR per output, or by your [evaluate] metric).")
     text_column: str = Field("text", min_length=1, description="text: .csv/.tsv/.jsonl: the column holding the text.")
     label_column: str | None = Field(None, description="text: .csv/.tsv/.jsonl: the column holding the label "
-                                     "(any strings; numbered in sorted order). Required for classification.")
+                                     "(any strings; numbered in sorted order, by value when every label is an "
+                                     "integer). Required for classification.")
     pair_column: str | None = Field(None, description="text: .csv/.tsv/.jsonl: a second text column for "
                                     "sentence-pair tasks (tokenized as a pair with the first).")
     labels: tuple[str, ...] | None = Field(None, description="text: the allowed label values; rows with any other "

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from compress.errors import CompressError
 
@@ -38,7 +38,7 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
         log.warning("warning: %s: %s: skipped %d bad rows (%s)", origin, path, rows.bad_rows,
                     ", ".join(f"{n} {r}, first at line {rows.first_bad[r]}" for r, n in rows.bad.items()))
     folder = resolve_dir(tokenizer_spec, base_dir, origin.replace("data.source", "teacher.model"))
-    names = tuple(sorted(set(rows.labels))) if rows.labels is not None else ("embedding",)
+    names = label_order(rows.labels) if rows.labels is not None else ("embedding",)
     if cfg.task == "classification" and len(names) < 2:
         raise CompressError(f"{origin}: {path}: a single label value {list(names)} in column {cfg.label_column!r}; "
                             "classification needs at least two")
@@ -61,6 +61,7 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
     pct = {"val": cfg.val_fraction, "test": cfg.test_fraction}
     how = {s: f"{'stratified ' if cfg.task == 'classification' else ''}{pct[s]:.0%} of {path.name} (seed {seed})"
            for s in parts if s != "train"}
+    how["train"] = f"the rest of {path.name}"
     details = {"text": {"file": str(path), "rows": len(rows.texts), "bad_rows": dict(rows.bad),
                         "max_length": cfg.max_length, "tokenizer": str(folder), "task": cfg.task}}
     inputs = TokenInputs(tuple(encoded), texts=[rows.texts[j] for j in parts["val"]], tokenizer_dir=str(folder),
@@ -95,13 +96,27 @@ def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin:
     return parts
 
 
+LABEL_ORDER = "numeric when every label is an integer"
+"""How labels are numbered, in the data's key: cached stages trained under another numbering are not reused."""
+
+
+def label_order(labels: Sequence[str]) -> tuple[str, ...]:
+    """The class names in output order: sorted, by value when every label is an integer ('2' before '10', so labels
+    0..K-1 are their own output index), else as strings."""
+    distinct = set(labels)
+    try:
+        return tuple(sorted(distinct, key=int))
+    except ValueError:
+        return tuple(sorted(distinct))
+
+
 def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:
     h = hashlib.sha256(path.read_bytes())
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         f = folder / name
         if f.is_file():
             h.update(name.encode() + f.read_bytes())
-    h.update(json.dumps([cfg.model_dump(mode="json"), seed], sort_keys=True).encode())
+    h.update(json.dumps([cfg.model_dump(mode="json"), seed, LABEL_ORDER], sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -2,7 +2,10 @@
 
 - .txt: one example a line, no labels (the embedding task). Blank lines are bad rows.
 - .csv / .tsv (header row) and .jsonl (one object a line): `text_column`, optional `label_column` and
-  `pair_column` (the second text of a sentence-pair task).
+  `pair_column` (the second text of a sentence-pair task). A .csv field may be quoted (and hold commas and line
+  breaks); a .tsv is read as the format defines it, without quoting: a quote mark is text (GLUE's own readers do
+  the same), so an unbalanced one cannot swallow the rows after it.
+Lines end at "\n" (or "\r\n") only: a text may hold U+2028 or a form feed. The suffix's case does not matter.
 Bad rows (empty text, a missing column, a label outside the known set, an unparsable line) are counted and
 reported; a file where most rows are bad is an error, since it is almost certainly the wrong file or column.
 """
@@ -42,23 +45,24 @@ def read_text_file(path: Path, origin: str, *, text_column: str = "text", label_
     """Read `path`; `labels` (when given) is the closed set of allowed label strings, others are bad rows."""
     if not path.is_file():
         raise CompressError(f"{origin}: file not found: {path}")
-    if path.suffix not in SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
         raise CompressError(f"{origin}: {path}: expected a {', '.join(SUFFIXES)} file, got {path.suffix or 'none'}")
     try:
         raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark would join the first column's name
     except UnicodeDecodeError as exc:
         raise CompressError(f"{origin}: {path} is not UTF-8 text (byte {exc.start})") from exc
     rows = TextRows(texts=[], pairs=[] if pair_column else None, labels=[] if label_column else None)
-    if path.suffix == ".txt":
+    if suffix == ".txt":
         if label_column or pair_column:
             raise CompressError(f"{origin}: {path}: a .txt file holds one text a line and no columns; use .csv, "
                                 ".tsv or .jsonl for labels or sentence pairs")
-        records = ((n, {"text": line}) for n, line in enumerate(raw.splitlines(), 1))
+        records = ((n, {"text": line}) for n, line in enumerate(_lines(raw), 1))
         text_column = "text"
-    elif path.suffix == ".jsonl":
+    elif suffix == ".jsonl":
         records = _jsonl(raw)
     else:
-        records = _table(raw, "\t" if path.suffix == ".tsv" else ",", path, origin,
+        records = _table(raw, "\t" if suffix == ".tsv" else ",", path, origin,
                          [c for c in (text_column, label_column, pair_column) if c])
     allowed = set(labels) if labels is not None else None
     total = 0
@@ -102,8 +106,15 @@ def _take(rec: Any, rows: TextRows, text_column: str, label_column: str | None, 
     return None
 
 
+def _lines(raw: str) -> list[str]:
+    """The file's lines: split at "\n" alone (str.splitlines also splits at U+2028, U+0085 and form feeds, which a
+    text may hold), a trailing "\r" dropped, no empty last line for a final newline."""
+    lines = [line.removesuffix("\r") for line in raw.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _jsonl(raw: str):
-    for n, line in enumerate(raw.splitlines(), 1):
+    for n, line in enumerate(_lines(raw), 1):
         if not line.strip():
             continue
         try:
@@ -113,14 +124,20 @@ def _jsonl(raw: str):
 
 
 def _table(raw: str, delimiter: str, path: Path, origin: str, needed: list[str]):
-    reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
+    """Rows of a .csv (quoted fields may hold line breaks) or a .tsv (no quoting), each with the line it starts on."""
+    import io
+
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter, quoting=quoting)
     header = reader.fieldnames or []
     missing = [c for c in needed if c not in header]
     if missing:
         raise CompressError(f"{origin}: {path}: no column {missing[0]!r} in the header (columns: "
                             f"{', '.join(header) or 'none'}); set data.text_column / data.label_column")
-    for n, rec in enumerate(reader, 2):
-        yield n, rec
+    start = reader.line_num + 1
+    for rec in reader:
+        yield start, rec
+        start = reader.line_num + 1
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], *, max_length: int, pairs: Sequence[str] | None = None,

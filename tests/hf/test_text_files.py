@@ -1,0 +1,58 @@
+"""`text:` files as people write them (found by a new-user pass): quoted CSV fields with line breaks, a .tsv with
+quote marks, U+2028 inside a text, an upper-case suffix, integer labels, the training split's description."""
+from __future__ import annotations
+
+import json
+
+from compress.hf.data import label_order
+from compress.hf.text import read_text_file
+
+
+def test_a_quoted_csv_field_keeps_its_line_break_and_later_rows_their_line_numbers(tmp_path):
+    # before: csv read raw.splitlines(), so the break was deleted ("witha newline") and line numbers were row numbers
+    (tmp_path / "a.csv").write_text('text,label\n"a text with\na newline",pos\n,neg\nplain,neg\n')
+    rows = read_text_file(tmp_path / "a.csv", "o", label_column="label")
+    assert rows.texts == ["a text with\na newline", "plain"] and rows.labels == ["pos", "neg"]
+    assert rows.first_bad == {"empty texts": 4}  # the empty row starts on line 4 of the file
+
+
+def test_a_tsv_quote_mark_is_text_and_cannot_swallow_the_rows_after_it(tmp_path):
+    # before: CSV quoting on a .tsv: the quotes were dropped, and an unbalanced one joined 3 rows into one bad row
+    (tmp_path / "q.tsv").write_text('text\tlabel\n"Hello," she said.\tpos\nan "unbalanced quote\tneg\n'
+                                    'one\tpos\ntwo\tneg\nthree\tpos\n')
+    rows = read_text_file(tmp_path / "q.tsv", "o", label_column="label")
+    assert rows.texts == ['"Hello," she said.', 'an "unbalanced quote', "one", "two", "three"]
+    assert rows.labels == ["pos", "neg", "pos", "neg", "pos"] and not rows.bad
+
+
+def test_a_line_separator_or_form_feed_inside_a_text_does_not_split_it(tmp_path):
+    # before: str.splitlines() split at U+2028 (JSON written with ensure_ascii=False) and at a form feed
+    records = [{"text": "first\u2028still the first", "y": "a"}, {"text": "second", "y": "b"}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n",
+                                      encoding="utf-8")
+    rows = read_text_file(tmp_path / "a.jsonl", "o", label_column="y")
+    assert rows.texts == ["first\u2028still the first", "second"] and not rows.bad
+    (tmp_path / "a.txt").write_text("page one\fpage two\r\nnext\n")
+    assert read_text_file(tmp_path / "a.txt", "o").texts == ["page one\fpage two", "next"]
+
+
+def test_an_upper_case_suffix_is_read(tmp_path):
+    (tmp_path / "A.CSV").write_text("text,label\nx,1\ny,0\n")
+    assert read_text_file(tmp_path / "A.CSV", "o", label_column="label").labels == ["1", "0"]
+
+
+def test_integer_labels_are_numbered_by_value():
+    # before: string order, so output 2 was label "10" for labels 0..11
+    assert label_order([str(i) for i in range(12)][::-1]) == tuple(str(i) for i in range(12))
+    assert label_order(["pos", "neg", "10"]) == ("10", "neg", "pos")  # not all integers: string order
+
+
+def test_the_training_split_says_it_is_the_rest(tmp_path, bert_dir):
+    from compress.data import DataConfig
+    from compress.hf.data import load_text
+    from tests.hf.conftest import write_labelled
+
+    write_labelled(tmp_path / "t.tsv", 60)
+    data = load_text(DataConfig(source="text:t.tsv", label_column="label", max_length=16), seed=0,
+                     base_dir=tmp_path, origin="o", tokenizer_spec=f"hf:{bert_dir}", cache_dir=None)
+    assert data.describe()["splits"]["train"]["how"] == "the rest of t.tsv"
