@@ -124,7 +124,7 @@ def check_models(cfg, data) -> None:
         except Exception as exc:
             shape = ", ".join(map(str, data.input_shape))
             raise CompressError(f"{origin}.model: {spec} fails on a batch of shape (2, {shape}) from the data: "
-                                f"{type(exc).__name__}: {exc}{_rgb_hint(cfg, exc)}") from exc
+                                f"{type(exc).__name__}: {exc}{_rgb_hint(cfg, exc) or _layout_hint(data)}") from exc
         wrong = not_tensors(raw)
         if wrong is not None:
             raise CompressError(f"{origin}.model: {spec} returns {wrong}")
@@ -152,6 +152,16 @@ def _rgb_hint(cfg, exc: Exception) -> str:
         return ""
     return ("; images: folders are read as RGB (3 channels, grayscale files too): build the model for 3 input "
             "channels, or give the data as npz: or python: arrays with the channels it takes")
+
+
+def _layout_hint(data) -> str:
+    """Image arrays saved channels last (N, H, W, C), as numpy and Pillow give them, fail in a model's first conv in
+    torch's words ('Given input size: (32x8x1)'): when the examples look so, say how to turn them."""
+    shape = tuple(data.input_shape or ())
+    if len(shape) != 3 or shape[-1] not in (1, 3, 4) or shape[0] <= 4:
+        return ""
+    return (f"; the examples are {shape}, which looks channels last (H, W, C): torch models take (C, H, W), e.g. "
+            "x.transpose(0, 3, 1, 2) before saving")
 
 
 def _check_prunable(model, cfg, data, where: str) -> None:

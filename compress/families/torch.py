@@ -63,3 +63,6 @@ def _check_builtin_shape(spec: str, input_shape: tuple[int, ...], origin: str) -
         shape = f"({input_shape[0]},)" if len(input_shape) == 1 else f"({', '.join(map(str, input_shape))})"
         raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
                             f"{shape}; use builtin:mlp for flat features, or your own module:factory")
+    if spec[len("builtin:"):] in IMAGE_MODELS and input_shape[-1] in (1, 3, 4) and input_shape[0] > 4:
+        raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
+                            f"{tuple(input_shape)}, which looks channels last (H, W, C): store x.transpose(0, 3, 1, 2)")
