@@ -93,3 +93,35 @@ def test_nodes_the_qnn_graph_leaves_in_float_are_named_before_training(user_dir:
     caplog.clear()
     assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
     assert not [r for r in caplog.records if r.name == "compress"]
+
+
+def test_pad_runs_in_torch_as_onnx_runtime_runs_it():
+    # QAT had no torch form for Pad, so a ZeroPad2d / reflect-padded student could not use mode = 'qat'
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    from compress.qat.ops import OPS
+
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    cases = [("constant", [0, 0, 1, 2, 0, 0, 2, 1], 0.5, None), ("reflect", [0, 0, 1, 2, 0, 0, 2, 1], None, None),
+             ("edge", [0, 0, 2, 0, 0, 0, 0, 3], None, None), ("constant", [0, 0, -1, 1, 0, 0, 1, -2], 0.0, None),
+             ("constant", [1, 2, 3, 4], 0.0, [2, -1])]
+    for mode, pads, value, axes in cases:
+        ins = ["x", "pads", "value" if value is not None else "", "axes" if axes is not None else ""]
+        while ins[-1] == "":
+            ins.pop()
+        graph = helper.make_graph(
+            [helper.make_node("Pad", ins, ["y"], mode=mode)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [helper.make_tensor("pads", TensorProto.INT64, [len(pads)], pads)]
+            + ([helper.make_tensor("value", TensorProto.FLOAT, [], [value])] if value is not None else [])
+            + ([helper.make_tensor("axes", TensorProto.INT64, [len(axes)], axes)] if axes is not None else []))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+        got = OPS["Pad"]([torch.from_numpy(x), torch.tensor(pads), None if value is None else torch.tensor(value),
+                          None if axes is None else torch.tensor(axes)], {"mode": mode.encode()})
+        np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{mode} {pads} {axes}")

@@ -71,6 +71,27 @@ def _pads(x: torch.Tensor, pads: list[int], value: float = 0.0) -> tuple[torch.T
     return F.pad(x, flat, value=value), [0] * n
 
 
+def pad(i: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    """ONNX Pad (pads, constant_value and axes as inputs from opset 11; the attribute form before): constant,
+    reflect, edge and wrap modes; negative pads crop."""
+    x = i[0]
+    pads = _ints(i[1]) if len(i) > 1 and i[1] is not None else list(a.get("pads", []))
+    value = float(i[2].item()) if len(i) > 2 and i[2] is not None and i[2].numel() else float(a.get("value", 0.0))
+    axes = [_axis(v, x.dim()) for v in _ints(i[3])] if len(i) > 3 and i[3] is not None else list(range(x.dim()))
+    begin, end = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
+    flat: list[int] = []
+    for d in range(x.dim() - 1, -1, -1):  # torch: the last axis first
+        flat += [begin.get(d, 0), end.get(d, 0)]
+    mode = a.get("mode", b"constant")
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[
+        mode.decode() if isinstance(mode, bytes) else mode]
+    if mode == "constant":
+        return F.pad(x, flat, value=value)
+    while len(flat) > 2 and flat[-2:] == [0, 0]:  # torch pads the last 1-3 axes in these modes
+        flat = flat[:-2]
+    return F.pad(x, flat, mode=mode)
+
+
 def conv(i: list[Any], a: dict[str, Any]) -> torch.Tensor:
     x, w, b = i[0], i[1], i[2] if len(i) > 2 else None
     dims = w.dim() - 2
@@ -304,7 +325,7 @@ OPS: dict[str, Op] = {
         *(a.get("perm") or range(i[0].dim() - 1, -1, -1))),
     "Concat": lambda i, a: torch.cat([t for t in i if t is not None], dim=a.get("axis", 0)),
     "Gather": gather, "Slice": slice_, "Unsqueeze": unsqueeze, "Squeeze": squeeze, "Shape": shape,
-    "Cast": cast, "ConstantOfShape": constant_of_shape, "Expand": expand, "Resize": resize,
+    "Cast": cast, "ConstantOfShape": constant_of_shape, "Expand": expand, "Resize": resize, "Pad": pad,
     "Range": lambda i, a: torch.arange(i[0].item(), i[1].item(), i[2].item(), dtype=i[0].dtype),
     "Tile": lambda i, a: i[0].repeat(*_ints(i[1])),
     "Einsum": lambda i, a: torch.einsum(a["equation"].decode() if isinstance(a["equation"], bytes) else
