@@ -331,10 +331,10 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
     own drop_last keeps its length known (the schedule counts steps). Whether to drop is decided on one process's
     count (the data's size against the whole batch), so N processes take the steps one takes; DistributedSampler
     pads every rank's share to the same length, so every rank drops alike. Under DDP a rank's last batch can still
-    hold one example where one process's holds more (66 rows, batch 32, 2 processes: 16, 16, 1 a rank): that rank
-    then feeds its example twice (_NoLoneBatch), which leaves a mean (or summed) loss's gradient, averaged over the
-    ranks, as one process's on the same examples. The sampler reshuffles each epoch, so a different example sits
-    out each time."""
+    hold one example where one process's holds more (66 rows, batch 32, 2 processes: 16, 16, 1 a rank): every rank
+    then moves one example from its batch before into it (16, 15, 2: each example once, the same steps as one
+    process; _NoLoneBatch), or, at 2 examples a rank, adds its first example of the epoch. The sampler reshuffles
+    each epoch, so a different example sits out each time."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from compress.data import loader
@@ -359,7 +359,9 @@ def _train_loader(data: Any, *, batch_size: int, seed: int, workers: int, world:
 
 
 class _NoLoneBatch:
-    """A rank's batches of `per_rank` examples from its sampler, the last holding its single example twice."""
+    """A rank's batches of `per_rank` examples from its sampler, whose last would hold a single example: it takes one
+    from the batch before (16, 15, 2), or at 2 a batch the rank's first example of the epoch (BatchNorm needs two
+    different examples: one fed twice has no variance, and trained nothing before it)."""
 
     def __init__(self, sampler: Any, per_rank: int) -> None:
         self.sampler, self.per_rank = sampler, per_rank
@@ -371,11 +373,11 @@ class _NoLoneBatch:
         return -(-len(self.sampler) // self.per_rank)
 
     def __iter__(self) -> Any:
-        batch: list[int] = []
-        for index in self.sampler:
-            batch.append(index)
-            if len(batch) == self.per_rank:
-                yield batch
-                batch = []
-        if batch:
-            yield batch * 2 if len(batch) == 1 else batch
+        indices = list(self.sampler)
+        batches = [indices[k:k + self.per_rank] for k in range(0, len(indices), self.per_rank)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            if self.per_rank > 2:
+                batches[-1].insert(0, batches[-2].pop())
+            else:
+                batches[-1].append(indices[0])
+        yield from batches
