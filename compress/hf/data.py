@@ -105,7 +105,7 @@ def label_order(labels: Sequence[str]) -> tuple[str, ...]:
     0..K-1 are their own output index), else as strings."""
     distinct = set(labels)
     try:
-        return tuple(sorted(distinct, key=int))
+        return tuple(sorted(distinct, key=lambda s: (int(s), s)))  # "01" and "1": a fixed order
     except ValueError:
         return tuple(sorted(distinct))
 

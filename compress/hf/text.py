@@ -3,8 +3,10 @@
 - .txt: one example a line, no labels (the embedding task). Blank lines are bad rows.
 - .csv / .tsv (header row) and .jsonl (one object a line): `text_column`, optional `label_column` and
   `pair_column` (the second text of a sentence-pair task). A .csv field may be quoted (and hold commas and line
-  breaks); a .tsv is read as the format defines it, without quoting: a quote mark is text (GLUE's own readers do
-  the same), so an unbalanced one cannot swallow the rows after it.
+  breaks). A .tsv is read with quoting when the whole file parses strictly that way (Python's csv module and
+  pandas quote a field holding a tab, a line break or a quote mark), else without: a quote mark is then text
+  (GLUE's own readers do the same), so an unbalanced one cannot swallow the rows after it. A row with more fields
+  than the header is a bad row.
 Lines end at "\n" (or "\r\n") only: a text may hold U+2028 or a form feed. The suffix's case does not matter.
 Bad rows (empty text, a missing column, a label outside the known set, an unparsable line) are counted and
 reported; a file where most rows are bad is an error, since it is almost certainly the wrong file or column.
@@ -127,7 +129,7 @@ def _table(raw: str, delimiter: str, path: Path, origin: str, needed: list[str])
     """Rows of a .csv (quoted fields may hold line breaks) or a .tsv (no quoting), each with the line it starts on."""
     import io
 
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," or _quoted(raw, delimiter) else csv.QUOTE_NONE
     reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter, quoting=quoting)
     header = reader.fieldnames or []
     missing = [c for c in needed if c not in header]
@@ -135,9 +137,27 @@ def _table(raw: str, delimiter: str, path: Path, origin: str, needed: list[str])
         raise CompressError(f"{origin}: {path}: no column {missing[0]!r} in the header (columns: "
                             f"{', '.join(header) or 'none'}); set data.text_column / data.label_column")
     start = reader.line_num + 1
-    for rec in reader:
-        yield start, rec
-        start = reader.line_num + 1
+    try:
+        for rec in reader:
+            yield start, (None if None in rec else rec)  # more fields than the header: the columns cannot be trusted
+            start = reader.line_num + 1
+    except csv.Error as exc:  # an unbalanced quote in a .csv runs to the end of the file
+        raise CompressError(f"{origin}: {path}: line {start}: {exc}; check the quoting of that row") from exc
+
+
+def _quoted(raw: str, delimiter: str) -> bool:
+    """Whether a .tsv was written with CSV quoting: some field opens with a quote mark, and the file parses strictly
+    that way into rows of the header's width."""
+    import io
+
+    if '"' not in raw:
+        return False
+    try:
+        rows = list(csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error:
+        return False
+    width = len(rows[0]) if rows else 0
+    return all(len(r) in (0, width) for r in rows)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], *, max_length: int, pairs: Sequence[str] | None = None,

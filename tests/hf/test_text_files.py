@@ -25,6 +25,24 @@ def test_a_tsv_quote_mark_is_text_and_cannot_swallow_the_rows_after_it(tmp_path)
     assert rows.labels == ["pos", "neg", "pos", "neg", "pos"] and not rows.bad
 
 
+def test_a_tsv_written_with_csv_quoting_is_read_with_it(tmp_path):
+    # Python's csv module and pandas quote a .tsv field holding a quote mark or a tab
+    import csv
+
+    with open(tmp_path / "p.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerows([["text", "label"], ['I said "great" movie', "pos"], ["tab\tinside", "neg"], ["plain", "neg"]])
+    rows = read_text_file(tmp_path / "p.tsv", "o", label_column="label")
+    assert rows.texts == ['I said "great" movie', "tab\tinside", "plain"] and rows.labels == ["pos", "neg", "neg"]
+
+
+def test_a_row_with_more_fields_than_the_header_is_a_bad_row(tmp_path):
+    (tmp_path / "x.tsv").write_text("text\tlabel\none\tpos\ntwo\tneg\textra\nthree\tneg\n")
+    rows = read_text_file(tmp_path / "x.tsv", "o", label_column="label")
+    assert rows.texts == ["one", "three"] and rows.bad == {"unparsable rows": 1} and rows.first_bad == {
+        "unparsable rows": 3}
+
+
 def test_a_line_separator_or_form_feed_inside_a_text_does_not_split_it(tmp_path):
     # before: str.splitlines() split at U+2028 (JSON written with ensure_ascii=False) and at a form feed
     records = [{"text": "first\u2028still the first", "y": "a"}, {"text": "second", "y": "b"}]
@@ -45,6 +63,7 @@ def test_integer_labels_are_numbered_by_value():
     # before: string order, so output 2 was label "10" for labels 0..11
     assert label_order([str(i) for i in range(12)][::-1]) == tuple(str(i) for i in range(12))
     assert label_order(["pos", "neg", "10"]) == ("10", "neg", "pos")  # not all integers: string order
+    assert label_order(["1", "01", "0"]) == label_order(["01", "0", "1"]) == ("0", "01", "1")  # ties: fixed
 
 
 def test_the_training_split_says_it_is_the_rest(tmp_path, bert_dir):
