@@ -6,6 +6,7 @@ carry the line and column. Unknown keys are errors (with a did-you-mean), never 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -161,8 +162,8 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     return load_config(source)
 
 
-_held: dict[str, Any] | None = None
-"""Inside `held()`: loaded data and tried exports, by what decides them."""
+_held: "contextvars.ContextVar[dict[str, Any] | None]" = contextvars.ContextVar("compress_held", default=None)
+"""Inside `held()`: loaded data and tried exports, by what decides them (a ContextVar: threads do not share it)."""
 
 
 @contextlib.contextmanager
@@ -170,14 +171,14 @@ def held() -> Iterator[None]:
     """Inside the block, the data a pipeline names is loaded once, and the models of each architecture are
     trial-exported once: a search study runs every trial's pipeline in this process on the same data (a study whose
     data changed starts again), and reloading it cost each trial two loads (the detection demo's canvases: about 1.9 s
-    each)."""
-    global _held
-    outer = _held
-    _held = {} if outer is None else outer
+    each). Keys hold the digests of the user's code (an edited data or model module is read again); a python:
+    dataset whose item reads differently twice (random state inside it) is loaded afresh each time, so every trial
+    starts it from the same state."""
+    token = _held.set(_held.get() if _held.get() is not None else {})
     try:
         yield
     finally:
-        _held = outer
+        _held.reset(token)
 
 
 def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
@@ -192,14 +193,21 @@ def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
 
     check_available(cfg.benchmark.providers, strict=cfg.benchmark.strict,
                     origin=f"{cfg.source_path}: benchmark.providers")
-    key = f"data {cfg.data.model_dump_json()} {cfg.pipeline.seed} {cfg.base_dir} {cfg.teacher.model}"
-    data = None if _held is None else _held.get(key)
+    memo = _held.get()
+    key = None
+    if memo is not None:
+        from compress.cache import source_digest
+
+        source = cfg.data.source
+        code = source_digest(cfg.base_dir, source[len("python:"):]) if source.startswith("python:") else None
+        key = f"data {cfg.data.model_dump_json()} {cfg.pipeline.seed} {cfg.base_dir} {cfg.teacher.model} {code}"
+    data = None if key is None else memo.get(key)
     if data is None:
         data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
                          origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
                          cache_dir=cfg.run_dir / "tokens")
-        if _held is not None:
-            _held[key] = data
+        if key is not None and data.steady:
+            memo[key] = data
     check_models(cfg, data)
     if exports:  # `compress validate`; `compress run` tries them before the first stage that trains (runner)
         check_exports_once(cfg, data)
@@ -208,15 +216,20 @@ def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
 
 def check_exports_once(cfg: PipelineConfig, data: Any) -> None:
     """compress.families.checks.check_exports, skipped inside `held()` for models it has tried already."""
+    from compress.families import family_of
     from compress.families.checks import check_exports
 
-    sections = (cfg.data, cfg.teacher, cfg.student, cfg.export, cfg.quantize)
-    key = f"exports {cfg.base_dir} " + " ".join(s.model_dump_json() if s is not None else "-" for s in sections)
-    if _held is not None and key in _held:
+    memo = _held.get()
+    if memo is None:
+        check_exports(cfg, data)
         return
-    check_exports(cfg, data)
-    if _held is not None:
-        _held[key] = True
+    sections = (cfg.data, cfg.teacher, cfg.student, cfg.export, cfg.quantize)
+    specs = (cfg.teacher.model, cfg.student.model or cfg.teacher.model)
+    key = f"exports {cfg.base_dir} " + " ".join(s.model_dump_json() if s is not None else "-" for s in sections) + \
+        " ".join(str(family_of(spec).digest(spec, cfg.base_dir)) for spec in specs)
+    if key not in memo:
+        check_exports(cfg, data)
+        memo[key] = True
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -240,6 +240,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
                         input_shape=input_shape, how=how, task=cfg.task, has_targets=kind != "none",
                         fingerprint=fingerprint([target, *[v for s in scans for v in (s[0], s[2])], train_rows,
                                                  val_rows, test_rows]))
+    bundle.steady = all(s[2] for s in scans)  # '' where item 0 read differently twice
     if isinstance(shape, dict):
         from compress.data.inputs import NamedInputs
 
