@@ -184,7 +184,17 @@ def _xy(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(n, 6)), rng.integers(0, 3, n)
 
 
-def test_labels_far_larger_than_their_count_do_not_exhaust_memory():
+def test_labels_far_larger_than_any_class_count_are_refused_in_one_line(tmp_path: Path):
+    # before: the label-gap warning, then torch's "DefaultCPUAllocator: can't allocate 1125899906843648 bytes"
+    x, _ = _xy()
+    y = np.resize(np.array([0, 1, 2**40]), len(x))
+    _npz(tmp_path, x=x, y=y)
+    assert error_line(validate(tmp_path, NPZ_TOML)) == (
+        "error: p.toml: data.source: labels run up to 1099511627776, and models get one output per label value; "
+        "renumber the 3 distinct labels 0..K-1 (e.g. numpy.unique(y, return_inverse=True)[1])")
+
+
+def test_the_label_gap_warning_does_not_build_every_value_up_to_the_largest():
     # before: the label-gap warning built set(range(largest label + 1)): labels such as ids near 2**40 ran the
     # machine out of memory (killed, or MemoryError with a traceback); here under a 1 GB address-space limit
     import resource
@@ -383,3 +393,32 @@ def test_a_label_only_a_python_validation_set_has_is_said(tmp_path: Path, caplog
         load_data(DataConfig(source="python:mine:two"), seed=0, base_dir=tmp_path)
     assert caplog.messages == ["warning: data.source: labels 2 occur in the validation or test split but never in "
                                "training; no example teaches them, and their examples count as errors in the figures"]
+
+
+def test_a_function_whose_decorator_fills_its_arguments_is_called(tmp_path: Path):
+    # the arguments check read the wrapped function's signature: a decorator that supplies root (gin, hydra) was refused
+    (tmp_path / "deco.py").write_text(textwrap.dedent('''
+        import functools
+
+        import torch
+        from torch.utils.data import TensorDataset
+
+        def with_root(fn):
+            @functools.wraps(fn)
+            def call():
+                return fn(root="here")
+            return call
+
+        @with_root
+        def data(root):
+            return TensorDataset(torch.randn(20, 3), torch.arange(20) % 2)
+    '''))
+    assert len(load_data(DataConfig(source="python:deco:data"), seed=0, base_dir=tmp_path).train) > 0
+
+
+def test_train_spelt_otherwise_but_the_same_folder_is_read(tmp_path: Path):
+    # a case-insensitive file system (macOS, Windows) opens Train/ as train/: a link stands in for it here
+    make_images(tmp_path / "imgs" / "train")
+    (tmp_path / "imgs" / "Train").symlink_to(tmp_path / "imgs" / "train")
+    result = validate(tmp_path, IMAGES_TOML)
+    assert result.exit_code == 0, result.output

@@ -190,3 +190,17 @@ def fingerprint(parts: list[Any]) -> str:
         else:
             h.update(repr(a).encode())
     return h.hexdigest()
+
+
+MAX_CLASSES = 1_000_000
+"""Label values a model gets an output for, at most: past it the labels are ids, not classes numbered 0..K-1."""
+
+
+def check_label_range(labels: Any, num_classes: int, origin: str) -> None:
+    """Labels up to 2**40 (ids used as labels) made a model head of that many outputs: torch failed to allocate it."""
+    import numpy as np
+
+    if num_classes > MAX_CLASSES:
+        raise CompressError(f"{origin}: labels run up to {num_classes - 1}, and models get one output per label "
+                            f"value; renumber the {len(np.unique(labels))} distinct labels 0..K-1 (e.g. "
+                            "numpy.unique(y, return_inverse=True)[1])")

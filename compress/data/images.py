@@ -242,8 +242,9 @@ def _ends_like_jpeg(f: Path) -> bool:
 def _check_split_names(root: Path, has_train: bool, origin: str) -> None:
     """Split folders spelt otherwise (Train/, valid/, validation/, Test/) were read as classes, or not at all."""
     subs = sorted(d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
-    odd = [n for n in subs if n.lower() in SPLIT_LIKE and not (has_train and n in ("val", "test"))]
-    odd = [n for n in odd if n != "train"]
+    read = [root / n for n in ("train", "val", "test") if (root / n).is_dir()] if has_train else []
+    # Train/ on a case-insensitive file system (macOS, Windows) is the train/ the reader opens: not spelt otherwise
+    odd = [n for n in subs if n.lower() in SPLIT_LIKE and not any((root / n).samefile(r) for r in read)]
     if not has_train and not any(n.lower() in ("train", "training") for n in odd):
         return  # classes that happen to be named valid/ (beside invalid/) or test/: no training split spelt otherwise
     if not odd:

@@ -143,6 +143,8 @@ def _classes(targets: dict, train_rows: Any, val_rows: Any, test_rows: Any, orig
     """The number of classes (largest label + 1), after checking two of them are used."""
     import numpy as np
 
+    from compress.data.arrays import check_label_range
+
     y = targets[""]
     used = [y[train_rows], y[val_rows] if "val" not in targets else targets["val"]]
     all_labels = np.concatenate(used + ([targets["test"]] if "test" in targets else [y[test_rows]]))
@@ -150,6 +152,7 @@ def _classes(targets: dict, train_rows: Any, val_rows: Any, test_rows: Any, orig
     if len(classes) < 2:
         raise CompressError(f"{origin}: the data has a single class ({classes.tolist()}); need at least two")
     num_classes = int(all_labels.max()) + 1
+    check_label_range(all_labels, num_classes, origin)
     _warn_untrained(y[train_rows], all_labels, origin)
     _warn_label_gaps(all_labels, num_classes, origin)
     return num_classes
@@ -187,7 +190,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     import numpy as np
 
     from compress.data import DataBundle
-    from compress.data.arrays import fingerprint, stratified_split
+    from compress.data.arrays import check_label_range, fingerprint, stratified_split
     from compress.data.datasets import PythonDataset
     from compress.imports import import_object
 
@@ -232,6 +235,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
             raise CompressError(f"{origin}: the data has a single class ({np.unique(labelled).tolist()}); need at "
                                 "least two")
         num_classes = int(labelled.max()) + 1
+        check_label_range(labelled, num_classes, origin)
         if len(parts) > 1:
             _warn_untrained(scans[0][0][train_rows], labelled, origin)
         _warn_label_gaps(labelled, num_classes, origin)
@@ -253,7 +257,7 @@ def _check_no_arguments(fn: Any, target: str, origin: str) -> None:
     import inspect
 
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(fn, follow_wrapped=False).parameters.values()  # a decorator may fill them
     except (TypeError, ValueError):  # no signature to read (a builtin): calling it says what it needs
         return
     required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,

@@ -63,6 +63,7 @@ def _check_builtin_shape(spec: str, input_shape: tuple[int, ...], origin: str) -
         shape = f"({input_shape[0]},)" if len(input_shape) == 1 else f"({', '.join(map(str, input_shape))})"
         raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
                             f"{shape}; use builtin:mlp for flat features, or your own module:factory")
-    if spec[len("builtin:"):] in IMAGE_MODELS and input_shape[-1] in (1, 3, 4) and input_shape[0] > 4:
+    # (H, W, C) read as (C, H, W): a width of 1 or 3 pools to nothing in a builtin CNN (RGBA's 4 still runs)
+    if spec[len("builtin:"):] in IMAGE_MODELS and input_shape[-1] in (1, 3) and input_shape[0] > 4:
         raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
                             f"{tuple(input_shape)}, which looks channels last (H, W, C): store x.transpose(0, 3, 1, 2)")
