@@ -220,12 +220,24 @@ def check_inputs(arrays: dict[str, np.ndarray], session: Any, *, source: str = "
         if arr.ndim != len(shape) or any(
             isinstance(d, int) and d > 0 and d != s for d, s in zip(shape, arr.shape)
         ):
-            raise CompressError(f"{source}: input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+            raise CompressError(f"{source}: input {name!r}: expected shape {shape}, got {list(arr.shape)}"
+                                f"{_fixed_batch_hint(shape, arr.shape)}")
         if arr.ndim and arr.shape[0] == 0:
             raise CompressError(f"{source}: input {name!r} is empty (shape {list(arr.shape)}); give at least one "
                                 "sample")
         feed[name] = np.require(arr, requirements="C")  # ascontiguousarray makes a scalar 1-d
     return feed
+
+
+def _fixed_batch_hint(shape: list, got: tuple[int, ...]) -> str:
+    """The way out when only a fixed first (batch) dimension differs: the arrays are fed whole, as one batch, so a
+    file of many samples (a calibration set) fits a model that fixes its batch only once cut to that many rows."""
+    if len(got) != len(shape) or not shape or not isinstance(shape[0], int) or shape[0] < 1 or got[0] <= shape[0]:
+        return ""
+    if any(isinstance(d, int) and d > 0 and d != s for d, s in zip(shape[1:], got[1:])):
+        return ""
+    return (f"; the model fixes its batch at {shape[0]} and the arrays are fed whole, as one batch: save "
+            f"{shape[0]} of the {got[0]} rows (x[:{shape[0]}])")
 
 
 def check_dtype(array: np.ndarray, dtype: Any, *, source: str, name: str) -> None:

@@ -127,6 +127,7 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
             not isinstance(targets, dict) else None
         judged = _judged(model, fp32, outputs) if fp32 is not None else None
         if judged is not None and looks_like_logits(judged):  # the fp32 outputs are the gate's first score too
+            check_label_range(targets, judged, data_npz.name)
             return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
                                  axes=dims.batch_axes, known=(model, fp32), output=next(iter(judged))), None
         source = f"{n} samples from {data_npz.name}"
@@ -147,6 +148,24 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
                    "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
                    "gate on your own figure")
     return gate, warning
+
+
+def check_label_range(labels: Any, judged: dict[str, Any], source: str) -> None:
+    """A one-line CompressError when class indices lie outside the logits' classes (a label of -1 or 1000 for 1000
+    classes: no prediction can match it, so fp32 and int8 would both score 0% and any attempt would pass)."""
+    import numpy as np
+
+    from compress.quantize.gate import not_one_label_each
+
+    name, logits = next(iter(judged.items()))
+    if not_one_label_each(labels, None) or not np.size(labels):
+        return  # a wrong shape is the accuracy gate's own one-line error
+    classes = int(np.prod(np.shape(logits)[1:]))
+    low, high = np.min(labels), np.max(labels)
+    if low < 0 or high >= classes:
+        raise CompressError(f"{source}: --max-accuracy-drop gates on labels, which must be class indices 0 to "
+                            f"{classes - 1} (output '{name}' has {classes} classes); got labels from "
+                            f"{low:g} to {high:g}")
 
 
 def _names(path: Path) -> list[str]:

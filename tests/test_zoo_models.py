@@ -1,0 +1,70 @@
+"""Model-zoo graphs nobody here trained (the onnx wheel's resnet50, squeezenet, alexnet): IR version 3, their weights
+listed as graph inputs, a batch fixed at 1 and class logits of shape [1, K] or [1, K, 1, 1]. Tiny graphs with
+the same features stand in for them (the zoo files themselves are never loaded here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.cli import main
+
+CLASSES = 4
+
+
+def _zoo_like(path: Path) -> Path:
+    """An IR 3, opset 9 graph as the model zoo ships them: data_0 [1, 3, 8, 8] fixed at batch 1, a Conv and a Gemm
+    whose weights are initializers listed among the graph inputs too, softmax class logits [1, CLASSES]."""
+    rng = np.random.default_rng(0)
+    weights = {"conv_w": rng.standard_normal((4, 3, 3, 3)), "conv_b": rng.standard_normal(4),
+               "fc_w": rng.standard_normal((CLASSES, 4 * 6 * 6)), "fc_b": rng.standard_normal(CLASSES)}
+    inits = [numpy_helper.from_array(w.astype(np.float32), k) for k, w in weights.items()]
+    nodes = [helper.make_node("Conv", ["data_0", "conv_w", "conv_b"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], transB=1),
+             helper.make_node("Softmax", ["g"], ["prob_1"])]
+    inputs = [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 8, 8])]
+    inputs += [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims)) for i in inits]
+    graph = helper.make_graph(nodes, "zoo", inputs,
+                              [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [1, CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    onnx.save(model, str(path))
+    return path
+
+
+def _rows(n: int) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("labels, shown", [(CLASSES, "4 to 4"), (-1, "-1 to -1")])
+def test_labels_outside_the_logits_classes_are_one_line(tmp_path: Path, labels: int, shown: str):
+    # labels made for another head (1000 ImageNet classes vs 4 here) or a -1 'unknown': no prediction matches them,
+    # so fp32 and int8 both scored 0% and every attempt passed the accuracy gate with a drop of 0.00 points
+    model = _zoo_like(tmp_path / "zoo.onnx")
+    np.savez(tmp_path / "calib.npz", data_0=_rows(8))
+    np.savez(tmp_path / "gate.npz", data_0=_rows(16), y=np.full(16, labels, dtype=np.int64))
+    result = CliRunner().invoke(main, ["quantize", str(model), "--out", str(tmp_path / "q.onnx"), "--calibration",
+                                       str(tmp_path / "calib.npz"), "--data", str(tmp_path / "gate.npz"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: gate.npz: --max-accuracy-drop gates on labels, which must be class indices 0 to {CLASSES - 1} "
+        f"(output 'prob_1' has {CLASSES} classes); got labels from {shown}")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_bench_inputs_of_many_rows_for_a_batch_fixed_at_1_say_how_to_cut_them(tmp_path: Path):
+    # the calibration file quantize takes (16 rows) is refused by bench for a zoo model fixed at batch 1, as it
+    # feeds the arrays whole: the line says so and what to save instead
+    model = _zoo_like(tmp_path / "zoo.onnx")
+    np.savez(tmp_path / "calib.npz", data_0=_rows(16))
+    result = CliRunner().invoke(main, ["bench", str(model), "--inputs", str(tmp_path / "calib.npz"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: {tmp_path / 'calib.npz'}: input 'data_0': expected shape [1, 3, 8, 8], got [16, 3, 8, 8]; the "
+        "model fixes its batch at 1 and the arrays are fed whole, as one batch: save 1 of the 16 rows (x[:1])")
