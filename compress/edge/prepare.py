@@ -81,7 +81,7 @@ def prepare(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = _modern_inputs(Path(onnx_path), out_dir)
+    model = modern = _modern_inputs(Path(onnx_path), out_dir)
     if fixed_batch is not None:
         model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
     converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
@@ -108,7 +108,7 @@ def prepare(
         from compress.edge.isolated import ProviderCrashed
 
         try:  # in a child process: a native abort inside the QNN plugin must not take compress with it
-            section["qnn"] = _qnn_measured(Path(onnx_path), out_dir, fixed_batch or 1, qnn)
+            section["qnn"] = _qnn_measured(modern, out_dir, fixed_batch or 1, qnn)  # IR 3: weights not inputs
         except ProviderCrashed as exc:
             section["qnn"] = {"provider": "QNNExecutionProvider", "installed": True, "crashed": str(exc)}
             write_json(out_dir / "edge.json", section)
