@@ -128,19 +128,58 @@ repetitions = 1
 '''
 
 
-@pytest.fixture
-def tiny_dir(tmp_path: Path) -> Path:
-    """A folder with tiny.npz (400 digits), zoo.py (tiny models) and pipeline.toml; returns the folder."""
+def write_tiny(folder: Path) -> Path:
+    """tiny.npz (400 digits), zoo.py (tiny models) and pipeline.toml written in `folder`; returns the folder."""
     import numpy as np
 
     src = Path(__file__).resolve().parents[1] / "compress" / "data" / "digits.npz"
     with np.load(src) as z:
         x = z["x"][:400].astype(np.float32)[:, None] / 16.0
         y = z["y"][:400]
-    np.savez(tmp_path / "tiny.npz", x=x, y=y)
-    (tmp_path / "zoo.py").write_text(TINY_ZOO)
-    (tmp_path / "pipeline.toml").write_text(textwrap.dedent(TINY_TOML))
-    return tmp_path
+    np.savez(folder / "tiny.npz", x=x, y=y)
+    (folder / "zoo.py").write_text(TINY_ZOO)
+    (folder / "pipeline.toml").write_text(textwrap.dedent(TINY_TOML))
+    return folder
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    """A folder with tiny.npz (400 digits), zoo.py (tiny models) and pipeline.toml; returns the folder."""
+    return write_tiny(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny pipeline as written (tiny_dir's folder), run once by the CLI from nothing: (its folder, the CLI
+    result). Tests only read that folder; one that runs again, or runs more stages, takes a copy (ran_dir)."""
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    folder = write_tiny(tmp_path_factory.mktemp("tiny-run"))
+    return folder, CliRunner().invoke(main, ["run", str(folder / "pipeline.toml"), "--quiet"])
+
+
+@pytest.fixture
+def ran_dir(tiny_run, tmp_path: Path) -> Path:
+    """A copy of tiny_run's folder (pipeline.toml, tiny.npz, zoo.py, and runs/tiny with every stage done and cached),
+    the test's own to change and run again: tiny_dir after the run a test would otherwise begin with."""
+    folder, first = tiny_run
+    assert first.exit_code == 0, first.output
+    return copy_folder(folder, tmp_path)
+
+
+def copy_folder(src: Path, dst: Path, *, only: tuple[str, ...] = ()) -> Path:
+    """Copy the folder a module- or session-scoped fixture ran in into `dst` (a test's tmp_path), run folders and
+    stage cache included, so the test may change it and run again while other tests read the original unchanged.
+    With `only`, just those paths under `src` (e.g. the stage folders a test takes from the cache). Returns `dst`."""
+    import shutil
+
+    if not only:
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    for rel in only:
+        shutil.copytree(src / rel, dst / rel, dirs_exist_ok=True)
+    return dst
 
 
 def write_toml(folder: Path, text: str, name: str = "pipeline.toml") -> Path:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from compress.cli import main
 from compress.stages import stage_names
-from tests.conftest import has_cuda
+from tests.conftest import copy_folder, has_cuda
 
 pytestmark = pytest.mark.e2e
 
@@ -25,9 +25,9 @@ def _run_with(folder, section: str):
     return result, json.loads((folder / "runs/tiny/report.json").read_text())
 
 
-def test_tiny_pipeline_end_to_end_then_cached(tiny_dir):
-    # execute
-    first = _run(tiny_dir)
+def test_tiny_pipeline_end_to_end_then_cached(tiny_run, tmp_path):
+    # execute: the first run is tiny_run's (from nothing); the second runs in a copy of its folder
+    tiny_dir, first = tiny_run
     # assert: the TOML asks for cpu and cuda; CUDA is measured where onnxruntime has it, else recorded unavailable
     cuda = has_cuda()
     assert first.exit_code == 0, first.output
@@ -57,15 +57,16 @@ def test_tiny_pipeline_end_to_end_then_cached(tiny_dir):
     for name in ("report.md", "report.png"):
         assert (tiny_dir / "runs/tiny" / name).is_file()
 
-    second = _run(tiny_dir)
+    copy = copy_folder(tiny_dir, tmp_path)
+    second = _run(copy)
     assert second.exit_code == 0, second.output
-    again = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
+    again = json.loads((copy / "runs/tiny/report.json").read_text())
     assert [s["status"] for s in again["stages"]] == ["cached"] * 4
     assert {m["name"]: m["accuracy"] for m in again["models"]} == {m["name"]: m["accuracy"] for m in report["models"]}
 
 
-def test_changing_a_key_reruns_that_stage_and_later(tiny_dir):
-    assert _run(tiny_dir).exit_code == 0
+def test_changing_a_key_reruns_that_stage_and_later(ran_dir):
+    tiny_dir = ran_dir  # run once already (tiny_run)
     toml = tiny_dir / "pipeline.toml"
     toml.write_text(toml.read_text().replace("[distill]\nepochs = 10", "[distill]\nepochs = 9"))
     result = _run(tiny_dir)
@@ -74,7 +75,7 @@ def test_changing_a_key_reruns_that_stage_and_later(tiny_dir):
     assert statuses == {"teacher": "cached", "distill": "done", "export": "done", "benchmark": "done"}
 
 
-def test_a_stage_whose_artifacts_changed_under_the_same_key_reruns_every_later_stage(tiny_dir):
+def test_a_stage_whose_artifacts_changed_under_the_same_key_reruns_every_later_stage(ran_dir):
     """The export stage's student.onnx replaced by different bytes under the same key, as a stage run again after a
     code change leaves it: the benchmark must time the new model, not stay cached on the old one (the keys chain
     the earlier stages' artifact digests, not only their configs). Rebuilt bytes that are identical keep it."""
@@ -84,7 +85,7 @@ def test_a_stage_whose_artifacts_changed_under_the_same_key_reruns_every_later_s
 
     from compress.cache import file_sha256
 
-    assert _run(tiny_dir).exit_code == 0
+    tiny_dir = ran_dir  # run once already (tiny_run)
     run_dir = tiny_dir / "runs/tiny"
     shutil.rmtree(run_dir / "export")  # rebuilt from the same student: the same bytes, so the benchmark stays cached
     assert _run(tiny_dir).exit_code == 0
@@ -102,8 +103,8 @@ def test_a_stage_whose_artifacts_changed_under_the_same_key_reruns_every_later_s
     assert statuses == {"teacher": "cached", "distill": "cached", "export": "cached", "benchmark": "done"}
 
 
-def test_force_recomputes_and_same_seed_gives_same_accuracy(tiny_dir):
-    assert _run(tiny_dir).exit_code == 0
+def test_force_recomputes_and_same_seed_gives_same_accuracy(ran_dir):
+    tiny_dir = ran_dir  # run once already (tiny_run): its report, copied, is the first run's
     before = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
     assert _run(tiny_dir, "--force").exit_code == 0
     after = json.loads((tiny_dir / "runs/tiny/report.json").read_text())
@@ -111,8 +112,8 @@ def test_force_recomputes_and_same_seed_gives_same_accuracy(tiny_dir):
     assert [m["accuracy"] for m in after["models"]] == [m["accuracy"] for m in before["models"]]
 
 
-def test_tampered_artifact_is_not_trusted(tiny_dir):
-    assert _run(tiny_dir).exit_code == 0
+def test_tampered_artifact_is_not_trusted(ran_dir):
+    tiny_dir = ran_dir  # run once already (tiny_run)
     weights = tiny_dir / "runs/tiny/distill/student.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])  # truncated as if a write had been cut short
     assert _run(tiny_dir).exit_code == 0
@@ -129,7 +130,8 @@ def test_python_api_mirrors_cli(tiny_dir):
     assert stage_names(cfg) == ["teacher", "distill", "export", "benchmark"]
 
 
-def test_quantize_stage_in_pipeline_reports_attempts_and_pick(tiny_dir):
+def test_quantize_stage_in_pipeline_reports_attempts_and_pick(ran_dir):
+    tiny_dir = ran_dir  # teacher and distill from tiny_run's cache: the file's own, unchanged
     result, report = _run_with(tiny_dir, '\n[quantize]\nmode = "dynamic"\nmax_accuracy_drop = 0.05\n')
     assert result.exit_code == 0, result.output
     models = {m["name"]: m for m in report["models"]}
@@ -170,7 +172,8 @@ def test_quantize_budget_nobody_meets_writes_report_and_exits_1(tiny_dir):
     assert "* final: student" in result.output and "GATE FAILED: quantize.max_accuracy_drop" in result.output
 
 
-def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
+def test_prune_stage_in_pipeline_shrinks_and_reports_steps(ran_dir):
+    tiny_dir = ran_dir  # teacher and distill from tiny_run's cache: the file's own, unchanged
     result, report = _run_with(tiny_dir, '\n[prune]\namount = 0.5\nsteps = 2\nfinetune_epochs = 2\nlatency_batch = 8\n')
     assert result.exit_code == 0, result.output
     models = {m["name"]: m for m in report["models"]}
@@ -199,7 +202,8 @@ def test_prune_stage_in_pipeline_shrinks_and_reports_steps(tiny_dir):
                         "benchmark": "done"}
 
 
-def test_edge_stage_writes_ort_copy_and_readiness(tiny_dir):
+def test_edge_stage_writes_ort_copy_and_readiness(ran_dir):
+    tiny_dir = ran_dir  # teacher and distill from tiny_run's cache: the file's own, unchanged
     result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\n')
     assert result.exit_code == 0, result.output
     edge = report["edge"]
@@ -233,8 +237,8 @@ def test_relative_config_path_and_output_dir_with_dotdot(tiny_dir, monkeypatch):
     assert all(s["status"] == "cached" for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"])
 
 
-def test_editing_the_model_code_beside_the_toml_reruns_its_stage(tiny_dir):
-    assert _run(tiny_dir).exit_code == 0
+def test_editing_the_model_code_beside_the_toml_reruns_its_stage(ran_dir):
+    tiny_dir = ran_dir  # run once already (tiny_run)
     zoo = tiny_dir / "zoo.py"
     zoo.write_text(zoo.read_text() + "\n# a comment is enough: the file changed\n")
     assert _run(tiny_dir).exit_code == 0

@@ -271,17 +271,24 @@ repetitions = 1
 """
 
 
-@pytest.mark.e2e
-def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_kernels(tmp_path):
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory) -> tuple[Path, object]:
+    """DIGITS_QAT run once by the CLI from nothing: (its folder, the CLI result). Read only; a test that runs another
+    file takes the teacher and distill stages from it (copied), as those sections are the same."""
     from click.testing import CliRunner
 
     from compress.cli import main
 
-    toml = tmp_path / "p.toml"
-    toml.write_text(DIGITS_QAT)
-    result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])
+    folder = tmp_path_factory.mktemp("qat")
+    (folder / "p.toml").write_text(DIGITS_QAT)
+    return folder, CliRunner().invoke(main, ["run", str(folder / "p.toml"), "--quiet"])
+
+
+@pytest.mark.e2e
+def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_kernels(qat_run):
+    folder, result = qat_run
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "runs" / "q" / "report.json").read_text())
+    report = json.loads((folder / "runs" / "q" / "report.json").read_text())
     details = report["details"]["quantize"]
     table = details["qat"]["side_by_side"]
     assert table["ptq"]["score"] > 0.5 and table["qat"]["score"] > 0.5  # chance: 0.1
@@ -295,17 +302,20 @@ def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_
     assert source["model"] == ("student" if student > teacher else "teacher"), source
     trained = details["attempts"][-1]["qat"]  # the validation figure before training and at the best epoch
     assert 0.5 < trained["val_before"] <= 1.0 and 0.5 < trained["val_best_epoch"] <= 1.0
-    markdown = (tmp_path / "runs" / "q" / "report.md").read_text()
+    markdown = (folder / "runs" / "q" / "report.md").read_text()
     assert "Post-training vs quantization-aware" in markdown and "| QAT (qat) |" in markdown
 
 
 @pytest.mark.e2e
-def test_qat_distils_from_the_fp32_student_when_asked_and_keeps_the_teachers_validation_rows(tmp_path):
+def test_qat_distils_from_the_fp32_student_when_asked_and_keeps_the_teachers_validation_rows(qat_run, tmp_path):
     from click.testing import CliRunner
 
     from compress.cli import main
     from compress.train.outputs import open_outputs
+    from tests.conftest import copy_folder
 
+    # the teacher and the student as qat_run trained them (the same [teacher] and [distill]): from the cache
+    copy_folder(qat_run[0], tmp_path, only=("runs/q/teacher", "runs/q/distill"))
     toml = tmp_path / "p.toml"
     toml.write_text(DIGITS_QAT.replace('mode = "qat"', 'mode = "qat"\nqat_teacher = "student"\nqat_steps = 3'))
     result = CliRunner().invoke(main, ["run", str(toml), "--quiet"])

@@ -227,7 +227,8 @@ def test_cli_edge_provider_qnn_without_calibration_is_exit_2(tmp_path):
 
 @pytest.mark.qnn
 @pytest.mark.e2e
-def test_pipeline_edge_targets_qnn_measures_the_final_model(tiny_dir):
+def test_pipeline_edge_targets_qnn_measures_the_final_model(ran_dir):
+    tiny_dir = ran_dir  # teacher and distill from tiny_run's cache: the file's own, unchanged
     from tests.test_pipeline import _run_with
 
     result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\nedge_targets = ["qnn"]\n'

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_folder
 from tests.test_bad_inputs import assert_one_line_error, invoke
 
 STUDY = '''
@@ -76,7 +77,7 @@ def _folder(tmp_path: Path, text: str = STUDY, **replace: str) -> Path:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, dict]:
-    """One finished 4-trial study (shared by the tests that only read it)."""
+    """One finished 4-trial study (shared by the tests that only read it; one that runs again copies the folder)."""
     import compress
 
     folder = _folder(tmp_path_factory.mktemp("search"))
@@ -190,23 +191,26 @@ def test_study_runs_every_trial_once_with_one_teacher(study):
     assert s["paired_vs_hand_written"]["pairs"] >= 1
 
 
-def test_best_toml_reproduces_the_winner(study):
+def test_best_toml_reproduces_the_winner(study, tmp_path):
     import compress
     from compress.report import figure
 
     folder, report = study
     w = report["search"]["winner"]
-    again = compress.run(w["toml"], force=True, progress=False)  # trained again from scratch, same seed
+    copy = copy_folder(folder, tmp_path)  # the run writes in the finalist's folder: in a copy of the study's
+    best = copy / Path(w["toml"]).relative_to(folder)  # best.toml's paths are relative to it
+    again = compress.run(best, force=True, progress=False)  # trained again from scratch, same seed
     final = next(m for m in again["models"] if m["name"] == again["final"])
     assert figure(final, again, "_val") == pytest.approx(w["metric"], abs=1e-9)
     assert final["bytes"] == w["bytes"]
 
 
-def test_rerun_resumes_without_new_trials(study):
+def test_rerun_resumes_without_new_trials(study, tmp_path):
     import compress
 
     folder, report = study
-    again = compress.search(folder / "s.toml", progress=False)
+    copy = copy_folder(folder, tmp_path)  # the rerun writes the study's outputs again: in a copy of its folder
+    again = compress.search(copy / "s.toml", progress=False)
     assert again["search"]["counts"] == report["search"]["counts"]
     assert again["search"]["winner"]["params"] == report["search"]["winner"]["params"]
 
