@@ -92,12 +92,27 @@ def check_model_file(model_path: str | Path) -> Path:
             f"{path}: not a valid ONNX model (truncated or not protobuf: {first_line(exc)}); re-export it"
         ) from None
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
-        raise CompressError(f"{path}: ONNX graph has no nodes or no outputs; re-export the model")
+        raise CompressError(f"{path}: ONNX graph has no nodes or no outputs; {_what_else(path)}")
     _CHECKED.add(seen)
     return path
 
 
 _CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _what_else(path: Path) -> str:
+    """The way out for a file that is not a model: a tensor .pb (the model zoo's test_data_set_*/input_0.pb, an
+    output_0.pb) is named as one; anything else is told to re-export."""
+    import onnx
+
+    try:
+        tensor = onnx.load_tensor(str(path))
+    except Exception:  # noqa: BLE001 - not a tensor either
+        return "re-export the model"
+    if not tensor.dims:
+        return "re-export the model"
+    return (f"the file reads as a tensor (shape {list(tensor.dims)}), such as a model's test input or output, not a "
+            "model: pass the model's .onnx file")
 """Files check_model_file passed, by path, modification time and size: a rewritten file is checked again."""
 
 

@@ -7,6 +7,7 @@ guessing with a hand-written operator list.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +21,10 @@ from compress.onnx.graph import load_model
 if TYPE_CHECKING:
     import numpy as np
 
+log = logging.getLogger("compress")
+ORT_FORMAT_OPSET = 13
+"""The opset a graph older than ONNX Runtime's kernels (opset 7 on) is converted to, as `compress quantize` does."""
+
 
 def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
     """The model itself, or a copy in `out_dir` that an ORT-format file can be made from: initializers no longer
@@ -28,7 +33,8 @@ def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
     make). A model over 2 GB cannot be one ORT-format file (a flatbuffer) at all: refused in one line."""
     import onnx
 
-    from compress.onnx.graph import PROTOBUF_LIMIT, external_bytes_of, without_initializer_inputs
+    from compress.onnx.graph import (PROTOBUF_LIMIT, default_opset, external_bytes_of, upgraded,
+                                     without_initializer_inputs)
 
     model = load_model(onnx_path, weights=False)  # a missing or corrupt file is one line here
     outside = external_bytes_of(model, onnx_path.parent)
@@ -36,12 +42,19 @@ def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
         raise CompressError(f"{onnx_path}: {(onnx_path.stat().st_size + outside) / 2**30:.2f} GB with its external "
                             "data; an ORT-format model is one flatbuffer of at most 2 GB, so it cannot be made for "
                             "this model: quantize it first (`compress quantize`, int8 weights are 4x smaller)")
-    if not without_initializer_inputs(model) and not outside:
-        return onnx_path
+    inputs_moved = without_initializer_inputs(model)
     if outside:  # the copy holds every weight itself
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(model, str(onnx_path.parent))
+    newer = upgraded(onnx.shape_inference.infer_shapes(model), ORT_FORMAT_OPSET, origin=str(onnx_path),
+                     why="ONNX Runtime's kernels (opset 7 on)") if default_opset(model) < 7 else None  # shapes: adapters
+    if newer is not None:
+        log.warning("warning: %s: opset %d converted to %d for ONNX Runtime, which has no kernels before opset 7",
+                    onnx_path, default_opset(model), ORT_FORMAT_OPSET)
+        model = newer
+    elif not inputs_moved and not outside:
+        return onnx_path
     copy = out_dir / f"{onnx_path.stem}.inputs.onnx"
     onnx.save(model, str(copy))
     return copy
@@ -83,7 +96,10 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = modern = _modern_inputs(Path(onnx_path), out_dir)
     if fixed_batch is not None:
-        model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
+        try:
+            model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
+        except CompressError as exc:  # name the user's file, not edge's copy of it
+            raise CompressError(str(exc).replace(str(model), str(onnx_path))) from None
     converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
     feed = inputs if inputs is not None else sample_inputs(model, batch=fixed_batch or 1)
     parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol, optimization=optimization,

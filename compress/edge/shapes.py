@@ -42,7 +42,8 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
                 raise CompressError(
                     f"{onnx_path}: input '{value.name}' already has a fixed batch of {first.dim_value}"
                     f"{f' on axis {axis}' if axis else ''}, not {batch}; re-export with a dynamic batch, use "
-                    f"fixed_batch = {first.dim_value}{'' if axis else ', or name its batch axis (--batch-axis)'}")
+                    f"fixed_batch = {first.dim_value} (--fixed-batch {first.dim_value})"
+                    f"{'' if axis else ', or name its batch axis (--batch-axis)'}")
             continue
         if first.HasField("dim_param") and first.dim_param:
             make_dim_param_fixed(model.graph, first.dim_param, batch)
