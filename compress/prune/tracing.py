@@ -162,7 +162,13 @@ def leave_alone(model: "nn.Module", example_input: "torch.Tensor", ignored: Sequ
     seal_these = sealed_modules(model, ignored)
     if not seal_these:
         return list(ignored)
-    graph, seal = _build(model, example_input, seal_these)
+    return _kept(*_build(model, example_input, seal_these), ignored)
+
+
+def _kept(graph: Any, seal: Seal, ignored: Sequence["nn.Module"]) -> list:
+    """leave_alone's answer from a graph traced with its modules sealed (`seal`: the tensors they read)."""
+    if not seal.inputs:
+        return list(ignored)
     marks = {t.grad_fn for t in seal.inputs}
     reads = {node for node in graph.module2node.values() if node.grad_fn in marks}
     groups = graph.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types())
@@ -171,10 +177,10 @@ def leave_alone(model: "nn.Module", example_input: "torch.Tensor", ignored: Sequ
 
 def dependency_graph(model: "nn.Module", example_input: "torch.Tensor", ignored: Sequence[str]) -> tuple[Any, list]:
     """Torch-Pruning's dependency graph of `model` (eval mode) traced as the pruner traces it, and the modules its
-    groups must leave alone (`leave_alone`)."""
+    groups must leave alone (`leave_alone`, read from the same trace)."""
     ignored_modules = resolve_ignored(model, ignored)
-    graph, _ = _build(model, example_input, sealed_modules(model, ignored_modules))
-    return graph, leave_alone(model, example_input, ignored_modules)
+    graph, seal = _build(model, example_input, sealed_modules(model, ignored_modules))
+    return graph, _kept(graph, seal, ignored_modules)
 
 
 def prunable_roots(graph: Any, leave: Sequence["nn.Module"], *, model: "nn.Module") -> list[str]:
