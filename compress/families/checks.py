@@ -69,19 +69,14 @@ def _check_qnn_float(graph, data, cfg, origin: str) -> None:
 
     import onnx
 
-    from compress.edge.qnn import quantize_for_qnn
-    from compress.edge.ranges import for_htp
-    from compress.qat.qnn import float_nodes, float_warning
+    from compress.qat.qnn import float_warning, qnn_ptq
     from compress.quantize.prepare import quiet_onnx_runtime
 
     feed = data.inputs.as_feed(data.example(2))
     with tempfile.TemporaryDirectory(prefix="compress-trial-qnn-") as tmp, quiet_onnx_runtime():
         source = Path(tmp) / "student.onnx"
         onnx.save(graph, str(source))
-        base, _ = for_htp(source, Path(tmp), "float", feed)
-        left = float_nodes(quantize_for_qnn(base, Path(tmp) / "ptq.qdq.onnx", [feed],
-                                            activation_type=cfg.export.qnn_activation_type,
-                                            outlier_ratio=cfg.quantize.outlier_ratio))
+        _, _, left = qnn_ptq(source, Path(tmp), [feed], cfg)
     if left:
         logging.getLogger("compress").warning(float_warning(origin, left) + " (found before training)")
 

@@ -47,6 +47,20 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+def qnn_ptq(source: Path, out: Path, calibration: Sequence[dict[str, np.ndarray]],
+            cfg: Any) -> tuple[Path, dict[str, list], list[tuple[str, str]]]:
+    """`source` quantized with ONNX Runtime's QNN settings (the file's `[export] qnn_activation_type` and
+    `[quantize] outlier_ratio`) into out/ptq.qdq.onnx, after the float rewrites HTP needs (compress.edge.ranges):
+    (its path, the rewrites, the nodes it leaves in float)."""
+    from compress.edge.qnn import quantize_for_qnn
+    from compress.edge.ranges import for_htp
+
+    base, rewrites = for_htp(source, out, "float", dict(calibration[0]))
+    path = quantize_for_qnn(base, out / "ptq.qdq.onnx", list(calibration),
+                            activation_type=cfg.export.qnn_activation_type, outlier_ratio=cfg.quantize.outlier_ratio)
+    return path, rewrites, float_nodes(path)
+
+
 def float_warning(origin: str, left: list[tuple[str, str]]) -> str:
     """The one line for the nodes a QNN QDQ graph leaves in float."""
     names = ", ".join(f"{name} ({op})" for name, op in left[:8]) + (", ..." if len(left) > 8 else "")
@@ -76,8 +90,6 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     entries (compress.edge.ranges.for_htp: "finite_mask" ...), "sixteen_bit" (the tensors a uint8 graph quantizes to
     16 bits: outlier channels and what QNN widens with them)}."""
     from compress.bench.providers import EXACT_MATMULS as HTP_ON_CPU  # W8A16 MatMuls computed as HTP does
-    from compress.edge.qnn import quantize_for_qnn
-    from compress.edge.ranges import for_htp
     from compress.qat import train_qat
     from compress.qat.pick import pick_quantized
     from compress.quantize.attempts import verdict
@@ -85,11 +97,8 @@ def qnn_qat(ctx: Any, calibration: Sequence[dict[str, np.ndarray]], gate: Any, f
     source = ctx.run_dir / ctx.final.onnx
     out = ctx.stage_dir / "qnn"
     out.mkdir(parents=True, exist_ok=True)
-    base, rewrites = for_htp(source, out, "float", dict(calibration[0]))
     activation = ctx.cfg.export.qnn_activation_type
-    ptq_path = quantize_for_qnn(base, out / "ptq.qdq.onnx", list(calibration), activation_type=activation,
-                                outlier_ratio=ctx.cfg.quantize.outlier_ratio)
-    left = float_nodes(ptq_path)
+    ptq_path, rewrites, left = qnn_ptq(source, out, calibration, ctx.cfg)
     if left:
         log.warning(float_warning(origin, left))
 
