@@ -123,9 +123,14 @@ def check_batch_first(outputs: Mapping[str, Any], origin: str, spec: str, exampl
         shape = tuple(getattr(value, "shape", ()))
         if not shape or shape[0] != examples:
             raise CompressError(f"{origin}.model: {spec} returns output {name!r} of shape {shape} for {examples} "
-                                f"examples; compress needs every output batch-first (the {examples} examples on "
-                                "axis 0): move the batch axis first in forward (e.g. .transpose(0, 1)) and back in "
-                                "your loss if it needs it")
+                                f"examples; {batch_first_advice(examples)}")
+
+
+def batch_first_advice(examples: int) -> str:
+    """What to do with an output whose batch is not on axis 0 (validate's check above, and prediction's on each
+    batch, compress.train.loop)."""
+    return (f"compress needs every output batch-first (the {examples} examples on axis 0): move the batch axis first "
+            "in forward (e.g. .transpose(0, 1)) and back in your loss if it needs it")
 
 
 def single(outputs: Mapping[str, Any], task: str, origin: str, spec: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from compress.errors import CompressError
 from compress.tasks import Metric
-from compress.tasks.base import as_outputs, output_names_of
+from compress.tasks.base import as_outputs, batch_first_advice, output_names_of
 from compress.train.config import TrainConfig
 from compress.train.objective import (Objective, Position, Teacher,  # Objective, Teacher: importable from here too
                                       classification_objective, step_loss)
@@ -74,8 +74,7 @@ def _check_batch_first(name: str, value: Any, examples: int) -> None:
     numpy (validate checks the same on 2 examples, compress.tasks.base.check_batch_first)."""
     if value.dim() == 0 or value.shape[0] != examples:
         raise CompressError(f"output {name!r} has shape {tuple(value.shape)} for a batch of {examples} examples; "
-                            "compress needs every output batch-first (examples on axis 0): move the batch axis first "
-                            "in forward (e.g. .transpose(0, 1)) and back in your loss if it needs it")
+                            f"{batch_first_advice(examples)}")
 
 
 def predict_logits(model, x, *, batch_size: int = 512, workers: int = 0):
