@@ -152,8 +152,10 @@ def _rgb_hint(cfg, exc: Exception) -> str:
 def _layout_hint(data) -> str:
     """Image arrays saved channels last (N, H, W, C), as numpy and Pillow give them, fail in a model's first conv in
     torch's words ('Given input size: (32x8x1)'): when the examples look so, say how to turn them."""
+    from compress.families.torch import looks_channels_last
+
     shape = tuple(data.input_shape or ())
-    if len(shape) != 3 or shape[-1] not in (1, 3, 4) or shape[0] <= 4:
+    if not looks_channels_last(shape):
         return ""
     return (f"; the examples are {shape}, which looks channels last (H, W, C): torch models take (C, H, W), e.g. "
             "x.transpose(0, 3, 1, 2) before saving")

@@ -56,6 +56,12 @@ class TorchFamily(Family):
         return model.eval()
 
 
+def looks_channels_last(shape: tuple[int, ...]) -> bool:
+    """Image examples saved (H, W, C), as numpy and Pillow give them: 3 axes, 1, 3 or 4 channels last, and a first
+    axis too long for channels."""
+    return len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] > 4
+
+
 def _check_builtin_shape(spec: str, input_shape: tuple[int, ...], origin: str) -> None:
     from compress.zoo import IMAGE_MODELS
 
@@ -64,6 +70,6 @@ def _check_builtin_shape(spec: str, input_shape: tuple[int, ...], origin: str) -
         raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
                             f"{shape}; use builtin:mlp for flat features, or your own module:factory")
     # (H, W, C) read as (C, H, W): a width of 1 or 3 pools to nothing in a builtin CNN (RGBA's 4 still runs)
-    if spec[len("builtin:"):] in IMAGE_MODELS and input_shape[-1] in (1, 3) and input_shape[0] > 4:
+    if spec[len("builtin:"):] in IMAGE_MODELS and looks_channels_last(input_shape) and input_shape[-1] != 4:
         raise CompressError(f"{origin}.model: {spec} needs image examples shaped (C, H, W); the data's examples are "
                             f"{tuple(input_shape)}, which looks channels last (H, W, C): store x.transpose(0, 3, 1, 2)")
