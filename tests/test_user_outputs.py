@@ -92,6 +92,16 @@ def classifier(num_classes, hidden=16, wrap=False):
     return Classifier(num_classes, hidden, wrap)
 '''
 
+BENCH = '''
+[benchmark]
+providers = ["cpu"]
+batch_sizes = [1]
+warmup_runs = 1
+min_runs = 5
+min_seconds = 0.0
+repetitions = 1
+'''
+
 TENSORS = '''
 [pipeline]
 name = "t"
@@ -113,15 +123,7 @@ kwargs = { hidden = 16 }
 
 [distill]
 epochs = 2
-
-[benchmark]
-providers = ["cpu"]
-batch_sizes = [1]
-warmup_runs = 1
-min_runs = 5
-min_seconds = 0.0
-repetitions = 1
-'''
+''' + BENCH
 
 CLASSES = '''
 [pipeline]
@@ -141,15 +143,7 @@ kwargs = { hidden = 8, num_classes = 5 }
 
 [distill]
 epochs = 2
-
-[benchmark]
-providers = ["cpu"]
-batch_sizes = [1]
-warmup_runs = 1
-min_runs = 5
-min_seconds = 0.0
-repetitions = 1
-'''
+''' + BENCH
 
 
 @pytest.fixture
