@@ -77,12 +77,21 @@ def main(ctx: click.Context, verbose: bool) -> None:
     limit_heap_growth_for_run()  # free heap pages given back when a pass grows: memory flat in the data (heap.py)
     stop_on_signals()  # SIGTERM / SIGHUP unwind like Ctrl-C: scratch folders removed, the run lock released
     ctx.meta["compress.verbose"] = verbose
+    _quiet_onnxruntime(verbose)
     if verbose:
         import logging
 
         # compress's own debug lines; other libraries stay at WARNING (matplotlib's font search alone wrote 2,200)
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         logging.getLogger("compress").setLevel(logging.DEBUG)
+
+
+def _quiet_onnxruntime(verbose: bool) -> None:
+    """ORT's warnings to stderr (e.g. "Removing initializer ... not used by any node", once per session a model with
+    an unused initializer opens) only with -v; errors still show. Sessions that read ORT's log set their own level."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(2 if verbose else 3)
 
 
 @main.command()
