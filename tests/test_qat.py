@@ -369,9 +369,19 @@ def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path):
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
              helper.make_node("Relu", ["xd"], ["r"], name="quantized_in_float_out"),
-             helper.make_node("Sigmoid", ["r"], ["y"], name="float_in")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[s, z])
+             helper.make_node("Sigmoid", ["r"], ["sig"], name="float_in"),
+             # a dynamic batch's shape math: integer Mul and Div on the batch dimension, not HTP's to run
+             helper.make_node("Shape", ["sig"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], name="batch", axis=0),
+             helper.make_node("Mul", ["n", "four"], ["n4"], name="integer_mul"),
+             helper.make_node("Div", ["n4", "four"], ["n1"], name="integer_div"),
+             helper.make_node("Concat", ["n1", "minus_one"], ["target"], name="target", axis=0),
+             helper.make_node("Reshape", ["sig", "target"], ["y"], name="reshape")]
+    ints = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+            for name, value in (("zero", 0), ("four", 4), ("minus_one", -1))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              initializer=[s, z, *ints])
     onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
     assert float_nodes(tmp_path / "g.onnx") == [("quantized_in_float_out", "Relu"), ("float_in", "Sigmoid")]
 

@@ -34,10 +34,11 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     producer = {o: n for n in graph.node for o in n.output}
     consumers = readers(graph)
     outputs = {o.name for o in graph.output}
+    integer = _integer_tensors(graph)
     found = []
     for n in graph.node:
-        if n.op_type in SHAPE_OPS:
-            continue
+        if n.op_type in SHAPE_OPS or (n.output and all(o in integer for o in n.output)):
+            continue  # integer arithmetic (a dynamic batch's shape math: Mul of a Gather'd dimension) is not HTP's
         reads = [i for i in n.input if i and i not in inits and producer.get(i) is not None]
         unquantized_in = any(producer[i].op_type not in ("DequantizeLinear", *SHAPE_OPS) for i in reads)
         unquantized_out = any(o not in outputs and not any(c.op_type == "QuantizeLinear" for c in consumers.get(o, []))
@@ -45,6 +46,20 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
         if unquantized_in or unquantized_out:
             found.append((n.name, n.op_type))
     return found
+
+
+def _integer_tensors(graph) -> set[str]:
+    """Names of the tensors shape inference types as integers or booleans (none where it cannot run)."""
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph)).graph
+    except Exception:  # noqa: BLE001 - a graph inference cannot read: every node counted as before
+        return set()
+    typed = [*inferred.value_info, *inferred.output, *inferred.input]
+    return {v.name for v in typed if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+            and v.type.tensor_type.elem_type not in floats}
 
 
 def qnn_ptq(source: Path, out: Path, calibration: Sequence[dict[str, np.ndarray]],
