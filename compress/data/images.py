@@ -4,7 +4,8 @@ DIR/<class>/*.png (split train/val/test by the seed), or DIR/train/<class>/..., 
 folders of the same classes (split folders spelt otherwise, Train/ or valid/, are refused). Hidden files and folders
 and __MACOSX/ are left out; symlinked folders are followed. Scanning checks each file with Pillow's verify (the file
 is read, no pixels are kept), and decodes a BMP or a JPEG without its end marker once, which verify cannot judge; a
-file that fails is reported (file, reason) and skipped, up to `[data] max_bad_fraction`.
+file that fails is reported (file, reason) and skipped, up to `[data] max_bad_fraction`. Images are read upright
+(their EXIF Orientation applied), and a class that validation or test lacks is named in one warning line.
 """
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def decode(path: str, size: tuple[int, int]) -> Any:
 
     try:
         with Image.open(path) as im:
+            im = _upright(im)
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 a = _wide_gray(im, size)
             else:
@@ -154,6 +156,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
         splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std, max_bad_fraction=cfg.max_bad_fraction)
     if splits["val"] is None or len(splits["val"]) == 0:
         raise CompressError(f"{origin}: too few images ({len(paths)}) to hold out a validation split")
+    _warn_unseen_classes(splits, found, classes, root, "train/" if "train" in folders else "", origin)
     augment = tuple(cfg.augment)
     skipped = [b for part in found.values() for b in part["bad"]]
     details = {"image_size": list(size), "mean": mean, "std": std, "mean_std": how_stats,
@@ -163,7 +166,12 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
                       num_classes=len(classes), input_shape=(3, *size), class_names=classes, how=how,
                       train_plain=splits["train"], augment=augment, details=details,
                       fingerprint=fingerprint([str(root), classes, *[found[k]["stamp"] for k in sorted(found)],
-                                               train_rows, val_rows, test_rows, mean, std, list(size)]))
+                                               train_rows, val_rows, test_rows, mean, std, list(size), DECODING]))
+
+
+DECODING = "exif-upright"
+"""How decode reads pixels, in the data's fingerprint: stages cached before images were turned upright (their EXIF
+Orientation applied) are not reused for the rotated pixels."""
 
 
 def _scan(folder: Path, classes: list[str], origin: str) -> dict:
@@ -268,6 +276,38 @@ def _warn_empty_classes(labels: list[int], classes: list[str], top: Path, origin
                     ", ".join(f"{n}/" for n in empty))
 
 
+def _warn_unseen_classes(splits: dict, found: dict, classes: list[str], root: Path, pool: str, origin: str) -> None:
+    """A class that validation or test never shows is never measured there: one line names each such class, its
+    images and the splits without it. The split gives every class one image in each held-out split when it has one
+    to spare beside the one it keeps for training; a class with fewer (or split folders without it) is said here."""
+    import numpy as np
+
+    n = len(classes)
+    trained = np.bincount(np.asarray(found["train"]["labels"], dtype=np.int64), minlength=n)
+    total = sum(np.bincount(np.asarray(part["labels"], dtype=np.int64), minlength=n) for part in found.values())
+    missing: dict[int, list[str]] = {}
+    held = [part for part in ("val", "test") if splits.get(part) is not None]
+    for part in held:
+        seen = set(np.asarray(splits[part].labels).tolist())
+        for k in range(n):
+            if trained[k] and k not in seen:  # (a class without a training image is warned of on its own)
+                missing.setdefault(k, []).append(f"{part}/" if part in found else part)
+    if not missing:
+        return
+    items = ", ".join(f"{classes[k]}/ ({total[k]} image{'' if total[k] == 1 else 's'}: not in {' or '.join(parts)})"
+                      for k, parts in sorted(missing.items()))
+    hints = []
+    if any(p in ("val", "test") for parts in missing.values() for p in parts):
+        need = 1 + sum(part not in found for part in held)
+        hints.append(f"a class of {need} or more images in {pool} gets at least one in each split made from them"
+                     if pool else f"a class of {need} or more images gets at least one in every split")
+    folders = [f"{p}/" for p in held if any(f"{p}/" in parts for parts in missing.values())]
+    if folders:
+        hints.append(f"put some of each in {' and '.join(folders)}")
+    log.warning("warning: %s: %s: classes a split does not show: %s; accuracy on them is not measured there: add "
+                "images (%s)", origin, root, items, "; ".join(hints))
+
+
 def _check_bad_files(found: dict, max_fraction: float, origin: str) -> None:
     bad = [b for part in found.values() for b in part["bad"]]
     total = sum(part["total"] for part in found.values())
@@ -287,7 +327,28 @@ def _image_size(cfg: Any, first: str, origin: str) -> tuple[int, int]:
     from PIL import Image
 
     with Image.open(first) as im:
-        return (im.size[1], im.size[0])
+        w, h = im.size
+        # EXIF orientations 5-8 turn the image a quarter: decode reads it upright, so its sides swap
+        return (w, h) if _orientation(im) in (5, 6, 7, 8) else (h, w)
+
+
+def _orientation(im: Any) -> int:
+    """The EXIF Orientation tag (0x0112) of an opened image; 1 (as stored) when it has none."""
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # an EXIF block that does not parse: read the pixels as they are stored
+        return 1
+
+
+def _upright(im: Any) -> Any:
+    """The image as a viewer shows it: a phone's JPEG stores the sensor's pixels and an EXIF Orientation tag (6: turn
+    90 degrees clockwise), which was ignored, so a portrait photo was read on its side. Only an image with a tag
+    other than 1 is transposed (a copy); the rest are returned as they are."""
+    from PIL import ImageOps
+
+    if _orientation(im) == 1:
+        return im
+    return ImageOps.exif_transpose(im)
 
 
 def _wide_gray(im: Any, size: tuple[int, int]) -> Any:

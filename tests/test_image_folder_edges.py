@@ -1,0 +1,150 @@
+"""`images:DIR` edges a new user's folder hits: classes too small for every split, split folders without a class, and
+phone JPEGs whose EXIF Orientation tag says how they are shown."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.data import DataConfig, load_data
+from compress.data.images import decode
+
+
+def make_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """counts[name] tiny RGB PNGs in root/<name>/: the class is the dominant colour channel, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = rng.integers(0, 90, (6, 6, 3))
+            a[..., label % 3] += 150
+            Image.fromarray(a.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def per_class(ds, n: int) -> list[int]:
+    return np.bincount(np.asarray(ds.labels), minlength=n).tolist()
+
+
+def test_classes_too_small_for_every_split_are_named_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # before: one/ (a single image) went to train only and two/ missed test, without a word: their accuracy was
+    # never measured
+    make_folder(tmp_path / "imgs", {"ant": 10, "bee": 10, "one": 1, "three": 3, "two": 2})
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        data = load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    assert data.class_names == ["ant", "bee", "one", "three", "two"]
+    # stratified: every class that can spare one image beside its training one gets one in val and in test
+    assert per_class(data.train, 5) == [6, 6, 1, 1, 1]
+    assert per_class(data.val, 5) == [2, 2, 0, 1, 1]
+    assert per_class(data.test, 5) == [2, 2, 0, 1, 0]
+    assert caplog.messages == [
+        f"warning: data.source: {tmp_path / 'imgs'}: classes a split does not show: one/ (1 image: not in val or "
+        "test), two/ (2 images: not in test); accuracy on them is not measured there: add images (a class of 3 or "
+        "more images gets at least one in every split)"]
+
+
+def test_without_a_test_split_two_images_are_enough(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    make_folder(tmp_path / "imgs", {"ant": 8, "bee": 8, "one": 1, "two": 2})
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        data = load_data(DataConfig(source="images:imgs", test_fraction=0.0), seed=0, base_dir=tmp_path)
+    assert data.test is None and per_class(data.val, 4)[3] == 1
+    assert caplog.messages == [
+        f"warning: data.source: {tmp_path / 'imgs'}: classes a split does not show: one/ (1 image: not in val); "
+        "accuracy on them is not measured there: add images (a class of 2 or more images gets at least one in every "
+        "split)"]
+
+
+def test_a_folder_where_every_class_has_plenty_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    make_folder(tmp_path / "imgs", {"ant": 12, "bee": 12, "cow": 12})
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        data = load_data(DataConfig(source="images:imgs", val_fraction=0.25, test_fraction=0.25), seed=0,
+                         base_dir=tmp_path)
+    assert data.sizes() == {"train": 18, "val": 9, "test": 9} and per_class(data.val, 3) == [3, 3, 3]
+    assert caplog.messages == []
+
+
+def test_split_folders_without_a_class_in_val_or_test_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # before: val/ without cow/ (and test/ without bee/ and cow/) passed without a word
+    make_folder(tmp_path / "d" / "train", {"ant": 6, "bee": 6, "cow": 6})
+    make_folder(tmp_path / "d" / "val", {"ant": 2, "bee": 2}, seed=1)
+    make_folder(tmp_path / "d" / "test", {"ant": 2}, seed=2)
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        data = load_data(DataConfig(source="images:d"), seed=0, base_dir=tmp_path)
+    assert data.sizes() == {"train": 18, "val": 4, "test": 2}
+    assert caplog.messages == [
+        f"warning: data.source: {tmp_path / 'd'}: classes a split does not show: bee/ (8 images: not in test/), "
+        "cow/ (6 images: not in val/ or test/); accuracy on them is not measured there: add images (put some of "
+        "each in val/ and test/)"]
+
+
+def test_a_val_folder_beside_a_test_split_made_from_train(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    make_folder(tmp_path / "d" / "train", {"ant": 6, "bee": 6, "one": 1})
+    make_folder(tmp_path / "d" / "val", {"ant": 2, "bee": 2, "one": 1}, seed=1)
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        load_data(DataConfig(source="images:d"), seed=0, base_dir=tmp_path)
+    assert caplog.messages == [
+        f"warning: data.source: {tmp_path / 'd'}: classes a split does not show: one/ (2 images: not in test); "
+        "accuracy on them is not measured there: add images (a class of 2 or more images in train/ gets at least one "
+        "in each split made from them)"]
+
+
+def phone_jpeg(path: Path, orientation: int) -> np.ndarray:
+    """A 4x8 (H x W) JPEG of bold blocks (no two corners alike) with an EXIF Orientation tag; the stored pattern."""
+    from PIL import Image
+
+    a = np.zeros((4, 8, 3), dtype=np.uint8)
+    a[:2, :4] = (255, 0, 0)
+    a[:2, 4:] = (0, 255, 0)
+    a[2:, :4] = (0, 0, 255)
+    a[2:, 4:] = (255, 255, 255)
+    img = Image.fromarray(a).resize((32, 16), Image.NEAREST)  # 16 x 32 pixels: blocks of 8 x 16
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif, quality=100, subsampling=0)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def test_a_phone_jpeg_is_read_the_way_its_exif_orientation_shows_it(tmp_path: Path):
+    # before: the Orientation tag was ignored and a portrait photo (6: turn 90 degrees clockwise) was read on its side
+    from PIL import Image
+
+    stored = phone_jpeg(tmp_path / "p.jpg", 6)
+    x = decode(str(tmp_path / "p.jpg"), (32, 16)).numpy().transpose(1, 2, 0)
+    assert x.shape == (32, 16, 3)
+    upright = np.rot90(stored, k=-1)  # clockwise
+    assert np.abs(x - upright).max() < 0.1
+    with Image.open(tmp_path / "p.jpg") as im:  # exactly the stored pixels, turned
+        raw = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    assert np.array_equal(x, np.rot90(raw, k=-1))
+
+
+def test_an_image_folder_of_turned_photos_takes_their_shown_size(tmp_path: Path):
+    make_folder(tmp_path / "imgs", {"ant": 3, "bee": 3})
+    for name in ("ant", "bee"):
+        for f in (tmp_path / "imgs" / name).iterdir():
+            f.unlink()
+        for i in range(3):
+            phone_jpeg(tmp_path / "imgs" / name / f"{i}.jpg", 6)
+    data = load_data(DataConfig(source="images:imgs", mean=(0.5,) * 3, std=(0.5,) * 3), seed=0, base_dir=tmp_path)
+    assert data.input_shape == (3, 32, 16)
+    assert data.train[0][1].shape == (3, 32, 16)
+
+
+def test_an_orientation_of_1_reads_as_stored(tmp_path: Path):
+    stored = phone_jpeg(tmp_path / "p.jpg", 1)
+    x = decode(str(tmp_path / "p.jpg"), (16, 32)).numpy().transpose(1, 2, 0)
+    assert x.shape == (16, 32, 3) and np.abs(x - stored).max() < 0.1
+
+
+def test_how_pixels_are_decoded_is_part_of_the_data_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # stages cached before EXIF orientation was applied hold sideways teacher outputs: the key must move with decode
+    import compress.data.images as images
+
+    make_folder(tmp_path / "imgs", {"ant": 4, "bee": 4})
+    before = load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path).fingerprint
+    monkeypatch.setattr(images, "DECODING", "as-stored")
+    assert load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path).fingerprint != before
