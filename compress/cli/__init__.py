@@ -146,7 +146,8 @@ def validate(file: Path) -> None:
             from compress.study.space import check_space, params_of
 
             check_space(tomllib.loads(file.read_text(encoding="utf-8")), params_of(cfg.search.space), file)
-            stages += f"; search: {len(cfg.search.space)} keys, {cfg.search.trials} trials"
+            keys, trials = len(cfg.search.space), cfg.search.trials
+            stages += f"; search: {keys} key{'' if keys == 1 else 's'}, {trials} trial{'' if trials == 1 else 's'}"
     click.echo(f"{file}: ok ({stages})")
 
 
