@@ -67,6 +67,7 @@ def test_a_space_whose_models_build_validates(tmp_path):
     result = invoke(folder, "validate", "s.toml")
     assert result.exit_code == 0, result.output
     assert "s.toml: ok (" in result.stdout and "search: 2 keys" in result.stdout
+    (tmp_path / "one").mkdir()
     one = _study(tmp_path / "one", '"student.kwargs.hidden" = [4, 16]')
     result = invoke(one, "validate", "s.toml")
     assert "; search: 1 key, " in result.stdout, result.output
