@@ -150,9 +150,11 @@ def check_bad(a: Any, bad: Any, origin: str, name: str, what: str | None, unit: 
                         f"{fix}")
 
 
-def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: int) -> tuple[Any, Any, Any]:
+def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: int,
+                     origin: str | None = None) -> tuple[Any, Any, Any]:
     """Row indices (train, val, test), each sorted: every class keeps `val_fraction` of its examples in validation
-    and `test_fraction` in test (at least one each where the class can spare it, and at least one for training)."""
+    and `test_fraction` in test (at least one each where the class can spare it, and at least one for training).
+    With `origin` (labels that are classes), a class too small for a split made here is named in one warning."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -167,7 +169,36 @@ def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: in
     mask = np.zeros(len(y), dtype=np.int8)
     mask[val_idx] = 1
     mask[test_idx] = 2
-    return np.flatnonzero(mask == 0), np.flatnonzero(mask == 1), np.flatnonzero(mask == 2)
+    rows = np.flatnonzero(mask == 0), np.flatnonzero(mask == 1), np.flatnonzero(mask == 2)
+    if origin is not None:
+        warn_unheld_classes(y, {k: r for k, f, r in (("val", val_fraction, rows[1]), ("test", test_fraction, rows[2]))
+                                if f > 0}, origin)
+    return rows
+
+
+def warn_unheld_classes(y: Any, held: dict[str, Any], origin: str) -> None:
+    """One warning line naming each class the split gave no row of a held-out split it made (`held`: split name ->
+    its rows of `y`): a class too small to spare one (at least one row stays for training), whose figures are then
+    never measured there."""
+    import logging
+
+    import numpy as np
+
+    counts = dict(zip(*np.unique(np.asarray(y), return_counts=True)))
+    missing: dict[Any, list[str]] = {}
+    for part, rows in held.items():
+        seen = set(np.unique(np.asarray(y)[rows]).tolist())
+        for c in counts:
+            if c.item() not in seen:
+                missing.setdefault(c, []).append(part)
+    if not missing:
+        return
+    named = sorted(missing.items())
+    items = ", ".join(f"{c.item()} ({counts[c]} example{'' if counts[c] == 1 else 's'}: not in {' or '.join(parts)})"
+                      for c, parts in named[:10]) + (f", and {len(named) - 10} more" if len(named) > 10 else "")
+    logging.getLogger("compress").warning(
+        "warning: %s: classes a split does not show: %s; accuracy on them is not measured there: add examples (a "
+        "class of %d or more gets at least one in every split)", origin, items, 1 + len(held))
 
 
 def _take(n: int, fraction: float, most: int) -> int:

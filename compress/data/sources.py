@@ -77,7 +77,7 @@ def _from_arrays(arrays: dict, cfg: Any, seed: int, origin: str, *, where: str) 
     y = targets[""] if labels_task else np.zeros(len(x), dtype=np.int64)  # one random split without labels
     val_f = 0.0 if "val" in targets else cfg.val_fraction
     test_f = 0.0 if "test" in targets else cfg.test_fraction
-    train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed)
+    train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed, where if labels_task else None)
     how = {"train": "x/y" if not (val_f or test_f) else "the rest of x/y"}
     kind = "stratified " if labels_task else ""
 
@@ -213,7 +213,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     y = scans[0][0] if labels_task else np.zeros(len(parts[0]), dtype=np.int64)
     val_f = 0.0 if len(parts) > 1 else cfg.val_fraction
     test_f = 0.0 if len(parts) > 2 else cfg.test_fraction
-    train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed)
+    train_rows, val_rows, test_rows = stratified_split(y, val_f, test_f, seed, where if labels_task else None)
     kind = {"classification": "labels", "tensors": "arrays"}.get(cfg.task, "none")
     how = {"train": "the rest of the train dataset" if val_f or test_f else "train dataset"}
     splits = {"train": PythonDataset(parts[0], train_rows, kind)}
