@@ -356,3 +356,25 @@ def test_the_report_says_when_the_hand_written_pipeline_is_ahead_of_the_winner(t
                "counts": {}, "metric": "accuracy", "winner": winner, "trials": [], "hand_written_ahead": True}
     assert "the search found nothing better than the file as written" in markdown(section)
     assert "nothing better" not in markdown({**section, "hand_written_ahead": False})
+
+
+def test_an_architecture_drawn_again_is_not_timed_again(tmp_path, monkeypatch):
+    """TPE draws the same architecture many times (14 of 36 complete trials in one demo study): its untrained p50
+    does not depend on the training settings, so it is measured once a study."""
+    from types import SimpleNamespace
+
+    import compress.study.loop as loop
+    from compress.study.trial import architecture_key
+
+    calls = []
+    monkeypatch.setattr(loop, "latency_first", lambda raw, *args: calls.append(raw) or 5.0)
+    worker = SimpleNamespace(scfg=SimpleNamespace(latency_budget_ms=1.0, objective="max-metric"), untrained={},
+                             source=tmp_path / "s.toml", reference=None, feeds={})
+    raw = {"data": {"source": "npz:tiny.npz"}, "student": {"model": "builtin:cnn-small", "kwargs": {"width": 8}},
+           "distill": {"temperature": 2.0}, "quantize": {"mode": "static"}, "pipeline": {"output_dir": "a"}}
+    again = {**raw, "distill": {"temperature": 7.0}, "pipeline": {"output_dir": "b"}}
+    wider = {**raw, "student": {"model": "builtin:cnn-small", "kwargs": {"width": 16}}}
+    outcomes = [loop.Loop._too_slow(worker, r, tmp_path / str(i)) for i, r in enumerate((raw, again, wider))]
+    assert [o.p50_ms for o in outcomes] == [5.0, 5.0, 5.0] and all(o.early for o in outcomes)
+    assert calls == [raw, wider]  # the second draw of width 8 was not timed again
+    assert architecture_key(raw) == architecture_key(again) != architecture_key({**raw, "quantize": {"mode": "none"}})

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from compress.errors import CompressError, GateFailed
 from compress.study.config import SearchConfig
 from compress.study.space import Param
-from compress.study.trial import Outcome, latency_first, run_dir_for, run_trial, trial_raw
+from compress.study.trial import Outcome, architecture_key, latency_first, run_dir_for, run_trial, trial_raw
 
 log = logging.getLogger("compress.search")
 
@@ -216,6 +216,7 @@ class Loop:
         self.study_name, self.storage, self.scfg, self.params = study_name, storage, scfg, params
         # a relative budget: each trial's model is timed paired with the hand-written one ({"onnx", "p50_ms"})
         self.reference, self.feeds = reference, {}
+        self.untrained: dict[str, float | None] = {}  # architecture_key -> its untrained p50, measured once
         self.base, self.source, self.root, self.store = base, source, root, store
         self.higher, self.say, self.deadline = higher_is_better, say, deadline
         self.finalist_seconds, self.on_trial = finalist_seconds, on_trial  # on_trial(study): after each trial
@@ -344,7 +345,10 @@ class Loop:
         budget = self.scfg.latency_budget_ms
         if budget is None or self.scfg.objective == "min-latency":
             return None
-        p50 = latency_first(raw, self.source, self.scfg, self.reference, self.feeds)
+        key = architecture_key(raw)
+        if key not in self.untrained:  # TPE draws an architecture again and again: its latency does not change
+            self.untrained[key] = latency_first(raw, self.source, self.scfg, self.reference, self.feeds)
+        p50 = self.untrained[key]
         if p50 is None or p50 <= budget * EARLY_MARGIN:
             return None
         return Outcome(run_dir=str(run_dir), p50_ms=p50, early=True)

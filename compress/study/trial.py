@@ -89,6 +89,16 @@ def run_dir_for(root: Path, number: int) -> Path:
     return root / f"{number:04d}"
 
 
+def architecture_key(raw: dict[str, Any]) -> str:
+    """What sets a trial's untrained latency (compress.study.trial.latency_first): the data (its shapes), the
+    student, the export and the quantize mode; not the training settings, seed or run folder."""
+    import json
+
+    quantize = raw.get("quantize") or {}
+    parts = {k: raw.get(k) for k in ("data", "student", "export")}
+    return json.dumps({**parts, "quantize": quantize.get("mode")}, sort_keys=True, default=str)
+
+
 def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig, reference: dict[str, Any] | None = None,
                   feeds: dict[str, Any] | None = None) -> float | None:
     """p50 on the target of the trial's student before any training (the faster of float and, when the trial
