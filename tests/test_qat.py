@@ -359,15 +359,16 @@ def test_the_pick_keeps_a_post_training_model_that_loses_under_a_tenth_of_a_poin
     assert chosen is None and note["used"] is None
 
 
-def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path):
+@pytest.mark.parametrize("domain", ["", "com.microsoft"])  # 16-bit QNN graphs below opset 21: com.microsoft's Q/DQ
+def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path, domain: str):
     from onnx import TensorProto, helper
 
     from compress.qat.qnn import float_nodes
 
     s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
-    z = helper.make_tensor("z", TensorProto.UINT8, [], [0])
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+    z = helper.make_tensor("z", TensorProto.UINT16 if domain else TensorProto.UINT8, [], [0])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q", domain=domain),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq", domain=domain),
              helper.make_node("Relu", ["xd"], ["r"], name="quantized_in_float_out"),
              helper.make_node("Sigmoid", ["r"], ["sig"], name="float_in"),
              # a dynamic batch's shape math: integer Mul and Div on the batch dimension, not HTP's to run
@@ -382,7 +383,8 @@ def test_nodes_a_qnn_graph_leaves_in_float_are_named(tmp_path):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
                               initializer=[s, z, *ints])
-    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    opsets = [helper.make_opsetid("", 18), *([helper.make_opsetid(domain, 1)] if domain else [])]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(tmp_path / "g.onnx"))
     assert float_nodes(tmp_path / "g.onnx") == [("quantized_in_float_out", "Relu"), ("float_in", "Sigmoid")]
 
 

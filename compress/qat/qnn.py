@@ -29,12 +29,13 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     DequantizeLinear, or whose float output goes on without a QuantizeLinear: what stays in float on an NPU."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
     inits = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     consumers = readers(graph)
     outputs = {o.name for o in graph.output}
-    integer = _integer_tensors(graph)
+    integer = _integer_tensors(model)
     found = []
     for n in graph.node:
         if n.op_type in SHAPE_OPS or (n.output and all(o in integer for o in n.output)):
@@ -48,13 +49,14 @@ def float_nodes(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def _integer_tensors(graph) -> set[str]:
-    """Names of the tensors shape inference types as integers or booleans (none where it cannot run)."""
+def _integer_tensors(model) -> set[str]:
+    """Names of the tensors shape inference types as integers or booleans (none where it cannot run). The model
+    itself, with its opset imports: a 16-bit QNN graph below opset 21 quantizes with com.microsoft's Q/DQ."""
     import onnx
 
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     try:
-        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph)).graph
+        inferred = onnx.shape_inference.infer_shapes(model).graph
     except Exception:  # noqa: BLE001 - a graph inference cannot read: every node counted as before
         return set()
     typed = [*inferred.value_info, *inferred.output, *inferred.input]
