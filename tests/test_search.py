@@ -378,3 +378,7 @@ def test_an_architecture_drawn_again_is_not_timed_again(tmp_path, monkeypatch):
     assert [o.p50_ms for o in outcomes] == [5.0, 5.0, 5.0] and all(o.early for o in outcomes)
     assert calls == [raw, wider]  # the second draw of width 8 was not timed again
     assert architecture_key(raw) == architecture_key(again) != architecture_key({**raw, "quantize": {"mode": "none"}})
+    # what changes the graph latency_first times (or whether it times one): each its own key
+    for change in ({"prune": {"amount": 0.5}}, {"quantize": {"mode": "static", "quant_format": "qoperator"}},
+                   {"distill": {"temperature": 2.0, "attention_weight": 1.0}}):
+        assert architecture_key({**raw, **change}) != architecture_key(raw), change

@@ -91,12 +91,14 @@ def run_dir_for(root: Path, number: int) -> Path:
 
 def architecture_key(raw: dict[str, Any]) -> str:
     """What sets a trial's untrained latency (compress.study.trial.latency_first): the data (its shapes), the
-    student, the export and the quantize mode; not the training settings, seed or run folder."""
+    student (and the teacher a student cut from it starts from), the export, the quantize settings (they shape the
+    int8 graph), a prune step (latency_first then measures nothing) and the eager attention that attention KD
+    builds; not the training settings, seed or run folder."""
     import json
 
-    quantize = raw.get("quantize") or {}
-    parts = {k: raw.get(k) for k in ("data", "student", "export")}
-    return json.dumps({**parts, "quantize": quantize.get("mode")}, sort_keys=True, default=str)
+    parts = {k: raw.get(k) for k in ("data", "teacher", "student", "export", "quantize", "prune")}
+    eager = ((raw.get("distill") or {}).get("attention_weight") or 0) > 0  # compress.families.spec_options
+    return json.dumps({**parts, "eager": eager}, sort_keys=True, default=str)
 
 
 def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig, reference: dict[str, Any] | None = None,
