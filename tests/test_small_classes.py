@@ -73,3 +73,16 @@ def test_many_small_classes_are_counted_past_the_first_ten(tmp_path: Path, caplo
     _load(tmp_path, "npz:d.npz", caplog)
     line, = [m for m in caplog.messages if "classes a split does not show" in m]
     assert "10 (1 example: not in val or test), and 20 more; accuracy" in line
+
+
+def test_the_smallest_class_the_hint_names_is_the_splits_own(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # val_fraction 0.5: a class of 3 gives 2 to validation and none to test; 4 is the fewest that fills every split
+    from compress.data.arrays import smallest_held_class
+
+    y = _labels([10, 10, 3])
+    np.savez(tmp_path / "d.npz", x=np.zeros((len(y), 2), np.float32), y=y)
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        load_data(DataConfig(source="npz:d.npz", val_fraction=0.5), seed=0, base_dir=tmp_path)
+    line, = [m for m in caplog.messages if "classes a split does not show" in m]
+    assert "2 (3 examples: not in test)" in line and "(a class of 4 or more gets at least one in every split)" in line
+    assert [smallest_held_class(0.2, 0.2), smallest_held_class(0.2, 0.0), smallest_held_class(0.5, 0.2)] == [3, 2, 4]

@@ -151,10 +151,11 @@ def check_bad(a: Any, bad: Any, origin: str, name: str, what: str | None, unit: 
 
 
 def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: int,
-                     origin: str | None = None) -> tuple[Any, Any, Any]:
+                     origin: str | None = None, names: Any = None) -> tuple[Any, Any, Any]:
     """Row indices (train, val, test), each sorted: every class keeps `val_fraction` of its examples in validation
     and `test_fraction` in test (at least one each where the class can spare it, and at least one for training).
-    With `origin` (labels that are classes), a class too small for a split made here is named in one warning."""
+    With `origin` (labels that are classes), a class too small for a split made here is named in one warning (by
+    its name in `names`, indexed by label, when given)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -172,11 +173,21 @@ def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: in
     rows = np.flatnonzero(mask == 0), np.flatnonzero(mask == 1), np.flatnonzero(mask == 2)
     if origin is not None:
         warn_unheld_classes(y, {k: r for k, f, r in (("val", val_fraction, rows[1]), ("test", test_fraction, rows[2]))
-                                if f > 0}, origin)
+                                if f > 0}, origin, (val_fraction, test_fraction), names)
     return rows
 
 
-def warn_unheld_classes(y: Any, held: dict[str, Any], origin: str) -> None:
+def smallest_held_class(val_fraction: float, test_fraction: float) -> int:
+    """The fewest examples a class needs for stratified_split to give it a row in every split it makes."""
+    for n in range(2, 100_000):
+        n_val = _take(n, val_fraction, n - 1)
+        if (n_val or val_fraction <= 0) and (_take(n, test_fraction, n - 1 - n_val) or test_fraction <= 0):
+            return n
+    return 100_000
+
+
+def warn_unheld_classes(y: Any, held: dict[str, Any], origin: str, fractions: tuple[float, float],
+                        names: Any = None) -> None:
     """One warning line naming each class the split gave no row of a held-out split it made (`held`: split name ->
     its rows of `y`): a class too small to spare one (at least one row stays for training), whose figures are then
     never measured there."""
@@ -194,11 +205,16 @@ def warn_unheld_classes(y: Any, held: dict[str, Any], origin: str) -> None:
     if not missing:
         return
     named = sorted(missing.items())
-    items = ", ".join(f"{c.item()} ({counts[c]} example{'' if counts[c] == 1 else 's'}: not in {' or '.join(parts)})"
-                      for c, parts in named[:10]) + (f", and {len(named) - 10} more" if len(named) > 10 else "")
+
+    def item(c: Any, parts: list[str]) -> str:
+        return (f"{c.item() if names is None else names[c]} ({counts[c]} example{'' if counts[c] == 1 else 's'}: "
+                f"not in {' or '.join(parts)})")
+
+    items = ", ".join(item(c, parts) for c, parts in named[:10]) + (
+        f", and {len(named) - 10} more" if len(named) > 10 else "")
     logging.getLogger("compress").warning(
         "warning: %s: classes a split does not show: %s; accuracy on them is not measured there: add examples (a "
-        "class of %d or more gets at least one in every split)", origin, items, 1 + len(held))
+        "class of %d or more gets at least one in every split)", origin, items, smallest_held_class(*fractions))
 
 
 def _take(n: int, fraction: float, most: int) -> int:

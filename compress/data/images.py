@@ -108,7 +108,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     import numpy as np
 
     from compress.data import DataBundle
-    from compress.data.arrays import fingerprint, stratified_split
+    from compress.data.arrays import fingerprint, smallest_held_class, stratified_split
 
     root = Path(cfg.source[len("images:"):])
     root = root if root.is_absolute() else base_dir / root
@@ -156,7 +156,8 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
         splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std, max_bad_fraction=cfg.max_bad_fraction)
     if splits["val"] is None or len(splits["val"]) == 0:
         raise CompressError(f"{origin}: too few images ({len(paths)}) to hold out a validation split")
-    _warn_unseen_classes(splits, found, classes, root, "train/" if "train" in folders else "", origin)
+    _warn_unseen_classes(splits, found, classes, root, "train/" if "train" in folders else "", origin,
+                         smallest_held_class(val_f, test_f))
     augment = tuple(cfg.augment)
     skipped = [b for part in found.values() for b in part["bad"]]
     details = {"image_size": list(size), "mean": mean, "std": std, "mean_std": how_stats,
@@ -276,7 +277,8 @@ def _warn_empty_classes(labels: list[int], classes: list[str], top: Path, origin
                     ", ".join(f"{n}/" for n in empty))
 
 
-def _warn_unseen_classes(splits: dict, found: dict, classes: list[str], root: Path, pool: str, origin: str) -> None:
+def _warn_unseen_classes(splits: dict, found: dict, classes: list[str], root: Path, pool: str, origin: str,
+                         need: int) -> None:
     """A class that validation or test never shows is never measured there: one line names each such class, its
     images and the splits without it. The split gives every class one image in each held-out split when it has one
     to spare beside the one it keeps for training; a class with fewer (or split folders without it) is said here."""
@@ -298,7 +300,6 @@ def _warn_unseen_classes(splits: dict, found: dict, classes: list[str], root: Pa
                       for k, parts in sorted(missing.items()))
     hints = []
     if any(p in ("val", "test") for parts in missing.values() for p in parts):
-        need = 1 + sum(part not in found for part in held)
         hints.append(f"a class of {need} or more images in {pool} gets at least one in each split made from them"
                      if pool else f"a class of {need} or more images gets at least one in every split")
     folders = [f"{p}/" for p in held if any(f"{p}/" in parts for parts in missing.values())]

@@ -44,7 +44,8 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
                             "classification needs at least two")
     labels = (np.asarray([names.index(v) for v in rows.labels], dtype=np.int64) if cfg.task == "classification"
               else np.full(len(rows.texts), -1, dtype=np.int64))
-    parts = _split(labels, cfg.val_fraction, cfg.test_fraction, seed, origin)
+    parts = _split(labels, cfg.val_fraction, cfg.test_fraction, seed, origin,
+                   names if cfg.task == "classification" else None)
     key = _key(path, folder, cfg, seed)
     cached = _read_cache(cache_dir, key)
     if cached is None:
@@ -72,25 +73,15 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
                       details=details, task=cfg.task, inputs=inputs, has_targets=cfg.task == "classification")
 
 
-def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin: str) -> dict[str, Any]:
-    """Seeded train / val / test row indices, stratified by label for classification (every class keeps its
-    fractions; the embedding task's labels are all -1, so it is one random split)."""
-    import numpy as np
+def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin: str,
+           names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Seeded train / val / test row indices, stratified by label (compress.data.arrays.stratified_split: every
+    class keeps its fractions, and a class too small for a split is named, given `names`; the embedding task's
+    labels are all -1, so it is one random split)."""
+    from compress.data.arrays import stratified_split
 
-    rng = np.random.default_rng(seed)
-    val, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = min(max(int(round(len(idx) * val_fraction)), 1), len(idx) - 1)
-        n_test = min(int(round(len(idx) * test_fraction)), len(idx) - 1 - n_val) if test_fraction else 0
-        val.extend(idx[:n_val].tolist())
-        test.extend(idx[n_val:n_val + max(n_test, 0)].tolist())
-    split = np.zeros(len(labels), dtype=np.int8)
-    split[val] = 1
-    split[test] = 2
-    parts = {"train": np.flatnonzero(split == 0), "val": np.flatnonzero(split == 1)}
-    if test_fraction:
-        parts["test"] = np.flatnonzero(split == 2)
+    train, val, test = stratified_split(labels, val_fraction, test_fraction, seed, origin if names else None, names)
+    parts = {"train": train, "val": val, **({"test": test} if test_fraction else {})}
     if not all(len(v) for v in parts.values()):
         raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out validation and test splits")
     return parts

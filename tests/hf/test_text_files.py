@@ -75,3 +75,20 @@ def test_the_training_split_says_it_is_the_rest(tmp_path, bert_dir):
     data = load_text(DataConfig(source="text:t.tsv", label_column="label", max_length=16), seed=0,
                      base_dir=tmp_path, origin="o", tokenizer_spec=f"hf:{bert_dir}", cache_dir=None)
     assert data.describe()["splits"]["train"]["how"] == "the rest of t.tsv"
+
+
+def test_a_label_too_rare_for_the_test_split_is_named_by_its_name(tmp_path, bert_dir, caplog):
+    # before: 'rare' (2 texts) went to train and validation only, without a word
+    import logging
+
+    from compress.data import DataConfig
+    from compress.hf.data import load_text
+
+    rows = [f"text number {i} about {'cats' if i % 2 else 'dogs'}\t{'pets' if i % 2 else 'farm'}" for i in range(40)]
+    (tmp_path / "t.tsv").write_text("text\tlabel\n" + "\n".join(rows + ["a rare one\trare", "another rare\trare"]))
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        load_text(DataConfig(source="text:t.tsv", label_column="label", max_length=16), seed=0,
+                  base_dir=tmp_path, origin="o", tokenizer_spec=f"hf:{bert_dir}", cache_dir=None)
+    assert [m for m in caplog.messages if "classes a split does not show" in m] == [
+        "warning: o: classes a split does not show: rare (2 examples: not in test); accuracy on them is not measured "
+        "there: add examples (a class of 3 or more gets at least one in every split)"]
