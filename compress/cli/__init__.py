@@ -66,7 +66,7 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks, debug logs and ONNX Runtime's warnings.")
 @click.version_option(package_name="compress")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -89,9 +89,16 @@ def main(ctx: click.Context, verbose: bool) -> None:
 def _quiet_onnxruntime(verbose: bool) -> None:
     """ORT's warnings to stderr (e.g. "Removing initializer ... not used by any node", once per session a model with
     an unused initializer opens) only with -v; errors still show. Sessions that read ORT's log set their own level."""
+    import os
+
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(2 if verbose else 3)
+    level = 2 if verbose else 3
+    onnxruntime.set_default_logger_severity(level)
+    os.environ[ORT_SEVERITY_ENV] = str(level)  # compress.edge.isolated's spawned children set it too
+
+
+ORT_SEVERITY_ENV = "COMPRESS_ORT_LOG_SEVERITY"
 
 
 @main.command()

@@ -9,6 +9,7 @@ line too.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,11 @@ def _child(function: str, kwargs: dict[str, Any], stage_file: str, result_file: 
     from compress.errors import first_line
 
     _current["stage"] = Path(stage_file)
+    level = os.environ.get("COMPRESS_ORT_LOG_SEVERITY")  # the CLI's level for ORT's warnings (compress.cli)
+    if level:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(int(level))
     module, _, attr = function.partition(":")
     try:
         result = getattr(importlib.import_module(module), attr)(**kwargs)
