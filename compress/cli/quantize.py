@@ -56,7 +56,10 @@ log = logging.getLogger("compress")
 @click.option("--exclude", "exclude", multiple=True, metavar="NODE_OR_OP",
               help="Keep this node (by name) or every node of this op type in float (repeatable).")
 @click.option("--max-memory", "max_memory_mb", type=click.FloatRange(min=1), default=None, metavar="MB",
-              help="Memory cap of calibration and the sensitivity ranking [default: half of the memory available].")
+              help="Cap on the activations that calibration and the sensitivity ranking hold: their batches and "
+                   "samples are sized to fit [default: half of the memory available]. It does not bound the model's "
+                   "own copies (quantizing holds its weights about 4 times over); a cap below those is said before "
+                   "quantizing starts.")
 @click.option("--keep-attempts", "keep_dir", type=click.Path(path_type=Path), default=None,
               help="Keep every attempt's model in this folder, for your own evaluation.")
 @click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
@@ -95,6 +98,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     from compress.bench.inputs import check_dims_named, parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.quantize import QuantizeConfig, quantize as run_quantize
+    from compress.quantize.lean import release
 
     check_model_file(model)
     for p in providers:
@@ -126,6 +130,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                                   not lower_is_better, outputs, dim_sizes,
                                   budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
                                   given="--inputs" if given is not None else None)
+        release()  # the fp32 session the gate ran is gone: its pages too, before quantization loads the model
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches
 
@@ -139,6 +144,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                               calibration=calibration_batches(model, calib, dim_sizes),
                               feed=latency_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
+        warnings += result.get("warnings", [])  # said as quantization started (a --max-memory below the model's copies)
         if result["chosen"] is None:  # the float model is the user's own file: nothing goes to --out
             result["why"] = result["why"].replace("; keeping the float model", "; nothing written to --out")
         written = _write(model, out_path, result, keep_dir)
@@ -274,10 +280,10 @@ QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 
 
 def _op_counts(model: Path) -> dict[str, int]:
-    import onnx
+    from compress.quantize.lean import graph_of
 
     counts: dict[str, int] = {}
-    for node in onnx.load(str(model), load_external_data=False).graph.node:
+    for node in graph_of(model).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
@@ -307,7 +313,7 @@ def _static_pays(counts: dict[str, int]) -> str | None:
 
 def _check_batches(model: Path, batches: tuple[int, ...]) -> None:
     """A --batch the model's fixed batch dimension cannot take is refused now, not timed as 'unavailable' later."""
-    from compress.onnx.graph import fixed_batch
+    from compress.quantize.lean import fixed_batch
 
     fixed = fixed_batch(model)
     wrong = [b for b in batches if fixed is not None and b != fixed]

@@ -12,6 +12,7 @@ that meets the budget, int8 only when it is at least MIN_SPEEDUP faster at 99% c
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,15 @@ import numpy as np
 
 from compress.bench.config import PICK_PROFILE, BenchSettings
 from compress.errors import CompressError, first_line
-from compress.onnx.graph import model_bytes
 from compress.quantize import attempts as qa
 from compress.quantize import prepare as prep
 from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
+from compress.quantize.lean import model_bytes, release
 from compress.quantize.timing import MIN_SPEEDUP, pick_final
+
+log = logging.getLogger(__name__)
 
 
 def quantize(
@@ -89,7 +92,8 @@ def quantize(
     if qat_note is not None:
         _time_qat(search.attempts, qat_note, search.providers, batch_sizes, threads, feed, settings)
     result: dict[str, Any] = {
-        "mode": mode, "qat": qat_note, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa), "outliers":
+        "mode": mode, "qat": qat_note, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa),
+        "warnings": search.warnings, "outliers":
         [{"tensor": name, "ratio": ratio} for name, ratio in search.outliers],
         "gate": gate.to_json(), "attempts": search.attempts,
         "float": _named({"path": str(search.onnx_path), "figures": search.float_figures, "score": search.float_score,
@@ -134,6 +138,17 @@ def _none_met(search: "_Search") -> str:
             f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
             f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
             "keeping the float model")
+
+
+def _cap_said(path: Path, source: Path, cfg: QuantizeConfig) -> str | None:
+    """Say in one line when cfg.max_memory_mb is below what quantizing the model at `path` (the user's `source`, or
+    its pre-processed copy) holds of its weights anyway (compress.quantize.lean.cap_warning); the line, if said."""
+    from compress.quantize.lean import cap_warning
+
+    line = cap_warning(model_bytes(path), cfg.max_memory_mb, source.name)
+    if line:
+        log.warning("%s", line)
+    return line
 
 
 def _post_training(cfg: QuantizeConfig, qat: Any) -> QuantizeConfig:
@@ -187,6 +202,8 @@ class _Search:
     """(tensor, ratio): activations a few channels' range would crush at 8 bits, float in every static attempt
     (compress.quantize.outliers)."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Lines said before the attempts (a memory cap below the model's own copies: _cap_said)."""
 
     @classmethod
     def start(cls, onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, gate: Gate,
@@ -211,19 +228,25 @@ class _Search:
         if calib:
             qa.check_feeds(onnx_path, calib[0], "calibration")
         prep.check_exclude(onnx_path, cfg.exclude)
+        said = _cap_said(onnx_path, onnx_path, cfg)  # the weights in the file, before any work
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = gate.score(onnx_path)
+        release()  # the float model's session is gone: its pages go before pre-processing loads the model again
         base = out_dir / "preprocessed.onnx"
         note = prep.preprocess(onnx_path, base, cfg.mode)
+        release()
+        if not said:  # the weights the attempts read: a model-zoo graph computes its own from a 4 KB file
+            said = _cap_said(base, onnx_path, cfg)
         excluded = prep.excluded_nodes(base, cfg.exclude)
         if excluded:
             note += f"; kept in float as asked: {', '.join(excluded)}"
         from compress.quantize.outliers import for_static
         from compress.quantize.sensitivity import memory_cap
 
-        found, said = for_static(base, calib, cfg)
-        return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note + said, figures,
-                   figures[gate.metric.name], excluded, memory_cap(cfg.max_memory_mb), found)
+        found, kept = for_static(base, calib, cfg)
+        return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note + kept, figures,
+                   figures[gate.metric.name], excluded, memory_cap(cfg.max_memory_mb), found,
+                   warnings=[said] if said else [])
 
     def attempt(self, settings: dict[str, Any], why: str) -> dict[str, Any]:
         """Quantize once with `settings`; score it and judge it against the budget."""
@@ -245,6 +268,8 @@ class _Search:
                           reason=f"failed: {first_line(exc)}", quantized=False)
             self.attempts.append(_named(record, self.gate))
             return record
+        finally:
+            release()  # what the quantizer freed is not counted again under the gate's run
         return self.judged(record, path)
 
     def judged(self, record: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, QuantizeConfig
+from compress.quantize.lean import fixed_batch, graph_of, one_model_in_ort_quantizer, release
 from compress.quantize.prepare import is_large, quiet_onnx_runtime, save
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
                                           _reader, gate_checked, memory_cap, quantizable_ops, rank_sensitive_nodes,
@@ -91,9 +92,7 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     names = [n for n, _ in ranked]
     # the gate orders the likeliest few: SQNR's worst and the layers whose rounding reaches the outputs, each alone
     # in float in the best attempt (no recalibration); SQNR ranked a ResNet's fragile head fourth
-    import onnx
-
-    feeders = feeding_outputs(onnx.load(str(base), load_external_data=False).graph, ops)
+    feeders = feeding_outputs(graph_of(base).graph, ops)
     pool = list(dict.fromkeys([*names[:GATE_CHECKED], *[n for n in feeders if n in names]]))
     checked = gate_checked(base, Path(best["path"]), pool, lambda p: -gate.drop(0.0, gate.score(p)[gate.metric.name]),
                            Path(best["path"]).parent)
@@ -161,8 +160,6 @@ def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | 
     """Calibration batches small enough that one holds at most FOLD_BYTES of activations (or the cap), and at most
     `most` rows, when the model's batch is free and every input has it on axis 0: MinMax folds between batches, never
     inside one."""
-    from compress.onnx.graph import fixed_batch
-
     rows = _rows(calib[0])
     arrays = [v for v in calib[0].values() if np.ndim(v)]
     if fixed_batch(model) or any(np.shape(v)[0] != rows for v in arrays):
@@ -178,11 +175,9 @@ def smaller_batches(model: Path, calib: list[dict[str, np.ndarray]], cap: int | 
 def check_feeds(model: Path, feed: dict[str, np.ndarray], what: str) -> None:
     """The feed's names are the model's inputs and their per-sample shapes fit its fixed dimensions (one line
     naming the difference otherwise)."""
-    import onnx
-
     from compress.onnx.graph import graph_inputs, shape_mismatch
 
-    inputs = graph_inputs(onnx.load(str(model), load_external_data=False).graph)
+    inputs = graph_inputs(graph_of(model).graph)
     names = [i.name for i in inputs]
     if sorted(names) != sorted(feed):
         raise CompressError(f"quantize: {what} inputs are named {', '.join(sorted(feed))}, the model's "
@@ -215,9 +210,11 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         return ""
     if mode == "dynamic":
         # DefaultTensorType: a tensor whose type shape inference cannot tell (seen on transformer graphs) is float
-        quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
-                         weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude,
-                         use_external_data_format=large, extra_options={"DefaultTensorType": 1})
+        with one_model_in_ort_quantizer():  # the model's weights once, not three times (compress.quantize.lean)
+            quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                             weight_type=types[settings["weight_type"]], nodes_to_exclude=exclude,
+                             use_external_data_format=large, extra_options={"DefaultTensorType": 1})
+        release()
         return ""
     note, stride = "", None
     if calib:
@@ -312,7 +309,7 @@ def is_reduced(path: Path, mode: str) -> bool:
     import onnx
 
     want = {onnx.TensorProto.FLOAT16} if mode == "fp16" else {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = graph_of(path).graph
     return any(init.data_type in want for init in graph.initializer)
 
 

@@ -18,6 +18,7 @@ float) bias in the quantized model. MatMul without a bias input is left alone.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,43 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]] |
     batches, as given: calibration by per-sample ranges hands them in single rows, and 4 rows a run were no faster
     on a ResNet-50 (4.4 s for 64 samples either way) while they held 540 MB more (the window means). Returns
     {"layers": corrected, "skipped": quantized layers without a bias (or a float weight, or implicit padding),
-    "samples": used, "note": what was done, for the summary}; nothing is done without calibration batches."""
+    "samples": used, "note": what was done, for the summary}; nothing is done without calibration batches.
+
+    Memory: one copy of the float weights at a time. The augmented float model goes to a scratch file with its
+    weights beside it (the session maps them in; the proto is dropped first), and each layer's shift reads its
+    float weight back from there, one layer at a time (AlexNet's float64 weights of every layer, float and
+    dequantized, held at once with the proto and ORT's copy from serialized bytes: 2.1 GB for 244 MB of weights)."""
     if not calib:
         return {"layers": 0, "skipped": 0, "samples": 0, "note": ""}
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="compress-bias-") as tmp:
+        augmented, layers, outputs, skipped = _augmented(base, qmodel, Path(tmp))
+        if not layers:
+            return {"layers": 0, "skipped": skipped, "samples": 0, "note": ""}
+        means, samples = _mean_shifts(augmented, calib, outputs)
+        inits = {i.name: i for i in qmodel.graph.initializer}
+        at = 0
+        for node, bias, attrs, weight, w_dq, count in layers:
+            seen = means[at:at + count]
+            at += count
+            shift = _shift(node.op_type, attrs, lambda: _float_weight(weight, Path(tmp)),
+                           lambda: _dequantized(w_dq, inits), seen[0], seen[-1])
+            _subtract(bias, shift, inits)
+    n = len(layers)
+    return {"layers": n, "skipped": skipped, "samples": samples,
+            "note": f"biases of {n} layer{'s' * (n != 1)} corrected on {samples} samples" if n else ""}
+
+
+def _augmented(base: Path, qmodel: Any, folder: Path) -> tuple[Path, list[tuple], list[str], int]:
+    """(the float model at `base` with the window-mean outputs of every layer to correct, written into `folder`
+    with its weights beside it; per layer (quantized node, bias, attributes, float weight: a TensorProto whose data
+    is in the file, weight DequantizeLinear node, outputs); every output's name; layers skipped). The float model's
+    proto is dropped on return: nothing here refers to it."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
+
+    from compress.quantize.lean import release, weights_to_file
 
     fmodel = onnx.load(str(base))
     producer = {o: n for n in qmodel.graph.node for o in n.output}
@@ -77,32 +110,45 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]] |
             added_nodes += [helper.make_node("QuantizeLinear", [x, *args], [f"{tag}_xq"]),
                             helper.make_node("DequantizeLinear", [f"{tag}_xq", *args], [f"{tag}_x"])]
             inputs.append(f"{tag}_x")
-        weight = numpy_helper.to_array(float_inits[fnode.input[1]]).astype(np.float64)
-        nodes, inits_, means = _window_means(tag, fnode, attrs, weight, inputs)
+        weight = float_inits[fnode.input[1]]
+        nodes, inits_, means = _window_means(tag, fnode, attrs, tuple(weight.dims), inputs)
         added_nodes += nodes
         added_inits += inits_
         outputs += means
-        layers.append((node, bias, attrs, weight, _dequantized(w_dq, inits), len(means)))
+        layers.append((node, bias, attrs, weight.name, w_dq, len(means)))
     if not layers:
-        return {"layers": 0, "skipped": skipped, "samples": 0, "note": ""}
+        return folder / "none.onnx", [], [], skipped
     fmodel.graph.node.extend(added_nodes)
     fmodel.graph.initializer.extend(added_inits)
     del fmodel.graph.output[:]
     fmodel.graph.output.extend([helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs])
     _axes_as_the_opset_takes_them(fmodel, 18)
-    means, samples = _mean_shifts(fmodel, calib, outputs)
-    at = 0
-    for node, bias, attrs, weight, wq, count in layers:
-        seen = means[at:at + count]
-        at += count
-        shift = _shift(node.op_type, attrs, weight, wq, seen[0], seen[-1])
-        _subtract(bias, shift, inits)
-    n = len(layers)
-    return {"layers": n, "skipped": skipped, "samples": samples,
-            "note": f"biases of {n} layer{'s' * (n != 1)} corrected on {samples} samples" if n else ""}
+    path = weights_to_file(fmodel, folder / "bias.onnx")  # the proto keeps each weight's place in the file
+    wanted = {name for _, _, _, name, _, _ in layers}
+    kept = {i.name: _copied(i) for i in fmodel.graph.initializer if i.name in wanted}
+    layers = [(node, bias, attrs, kept[name], w_dq, count) for node, bias, attrs, name, w_dq, count in layers]
+    del fmodel, float_inits, float_nodes, fnode, weight
+    release()
+    return path, layers, outputs, skipped
 
 
-def _window_means(tag: str, fnode: Any, attrs: dict[str, Any], weight: np.ndarray,
+def _copied(tensor: Any) -> Any:
+    """A TensorProto of its own with `tensor`'s fields (its data, when `weights_to_file` left it in the proto)."""
+    import onnx
+
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    return copy
+
+
+def _float_weight(tensor: Any, folder: Path) -> np.ndarray:
+    """A layer's float weight in float64, read from the scratch file `weights_to_file` wrote into `folder`."""
+    from compress.quantize.lean import weight_from_file
+
+    return weight_from_file(tensor, folder).astype(np.float64)
+
+
+def _window_means(tag: str, fnode: Any, attrs: dict[str, Any], shape: tuple[int, ...],
                   inputs: list[str]) -> tuple[list[Any], list[Any], list[str]]:
     """Nodes (and their initializers) that output, for each of `inputs` (the float input, then the quantized one),
     the mean of what each weight tap of the layer reads: a layer is linear, so its mean output is its weights
@@ -129,7 +175,7 @@ def _window_means(tag: str, fnode: Any, attrs: dict[str, Any], weight: np.ndarra
     if fnode.op_type == "Gemm":
         axes = const("axes", [1 if attrs.get("transA", 0) else 0])
         return nodes, inits, [node("ReduceMean", [x, axes], f"m{i}", keepdims=0) for i, x in enumerate(inputs)]
-    kernel = weight.shape[2:]
+    kernel = shape[2:]  # the weight's
     spatial = len(kernel)
     strides = list(attrs.get("strides", [1] * spatial))
     dilations = list(attrs.get("dilations", [1] * spatial))
@@ -164,20 +210,23 @@ def _window_means(tag: str, fnode: Any, attrs: dict[str, Any], weight: np.ndarra
     return nodes, inits, outs
 
 
-def _shift(op: str, attrs: dict[str, Any], weight: np.ndarray, wq: np.ndarray, mean_float: np.ndarray,
-           mean_quant: np.ndarray) -> np.ndarray:
-    """Per output channel: the quantized layer's mean output minus the float layer's, from the window means."""
+def _shift(op: str, attrs: dict[str, Any], weight: Callable[[], np.ndarray], wq: Callable[[], np.ndarray],
+           mean_float: np.ndarray, mean_quant: np.ndarray) -> np.ndarray:
+    """Per output channel: the quantized layer's mean output minus the float layer's, from the window means. The
+    float weight and the dequantized one (float64, `weight()` and `wq()` make them) are made one after the other,
+    each dropped once applied."""
     if op == "Gemm":
         def out(w: np.ndarray, m: np.ndarray) -> np.ndarray:
             return float(attrs.get("alpha", 1.0)) * (m @ (w.T if attrs.get("transB", 0) else w))
-        return out(wq, mean_quant) - out(weight, mean_float)
-    groups = int(attrs.get("group", 1))
-    m, cg = weight.shape[0], weight.shape[1]
+    else:
+        groups = int(attrs.get("group", 1))
 
-    def out(w: np.ndarray, taps: np.ndarray) -> np.ndarray:  # taps: (input channels, last axis' taps, ..., first's)
-        taps = taps.transpose(0, *range(taps.ndim - 1, 0, -1)).reshape(groups, cg, -1)
-        return np.einsum("gmck,gck->gm", w.reshape(groups, m // groups, cg, -1), taps).reshape(m)
-    return out(wq, mean_quant) - out(weight, mean_float)
+        def out(w: np.ndarray, taps: np.ndarray) -> np.ndarray:  # taps: (input channels, last axis' taps, ...)
+            m, cg = w.shape[0], w.shape[1]
+            taps = taps.transpose(0, *range(taps.ndim - 1, 0, -1)).reshape(groups, cg, -1)
+            return np.einsum("gmck,gck->gm", w.reshape(groups, m // groups, cg, -1), taps).reshape(m)
+    floating = out(weight(), mean_float)
+    return out(wq(), mean_quant) - floating
 
 
 def _dequantized(w_dq: Any, inits: dict[str, Any]) -> np.ndarray:
@@ -193,7 +242,11 @@ def _dequantized(w_dq: Any, inits: dict[str, Any]) -> np.ndarray:
         shape = [1] * q.ndim
         shape[axis] = scale.size
         scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return (q - zp) * scale
+    if np.broadcast_shapes(q.shape, zp.shape, scale.shape) != q.shape:
+        return (q - zp) * scale
+    q -= zp  # in place: the same (q - zp) * scale, one float64 copy of the weight instead of three
+    q *= scale
+    return q
 
 
 def _activation_qdq(node: Any, producer: dict[str, Any]) -> tuple[str, str, str] | tuple:
@@ -241,13 +294,14 @@ def _subtract(bias: tuple[str, str | None], shift: np.ndarray, inits: dict[str, 
     tensor.CopyFrom(numpy_helper.from_array(new, name))
 
 
-def _mean_shifts(model: Any, calib: list[dict[str, np.ndarray]], outputs: list[str]) -> tuple[list[np.ndarray], int]:
-    """The augmented model's outputs (per-layer means), averaged over the calibration rows (up to MAX_SAMPLES)."""
+def _mean_shifts(path: Path, calib: list[dict[str, np.ndarray]], outputs: list[str]) -> tuple[list[np.ndarray], int]:
+    """The outputs of the augmented model at `path` (per-layer means), averaged over the calibration rows (up to
+    MAX_SAMPLES)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()  # every optimisation: only means leave the run, so rounding is the float model's
     opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     totals: list[np.ndarray] | None = None
     seen = 0

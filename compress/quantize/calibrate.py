@@ -38,7 +38,7 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
     calibrate is not float32 (ORT then calibrates as it would)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
-    from compress.onnx.graph import fixed_batch
+    from compress.quantize.lean import fixed_batch
 
     whole = bool(fixed_batch(base))  # a model fixed at its batch size runs no single samples
     batches = [[feed] if whole else _units(feed) for feed in calib]
@@ -110,18 +110,24 @@ def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] 
     names = selected_tensors(model)
     if not names:
         return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    values = reduced(model, names, ("ReduceMin", "ReduceMax"), units).astype(np.float32)  # ORT's float32, exactly
+    handed = [model]  # reduced() drops the last reference before its session opens: one copy of the weights
+    del model
+    values = reduced(handed.pop(), names, ("ReduceMin", "ReduceMax"), units).astype(np.float32)  # ORT's float32
     return names, values[:, :, 0].copy(), values[:, :, 1].copy()
 
 
 def reduced(model: Any, names: list[str], ops: tuple[str, ...], units: list[dict[str, np.ndarray]]) -> np.ndarray:
-    """Each tensor `names` of `model` (an onnx ModelProto, consumed: cleared once its session is made) reduced by
+    """Each tensor `names` of `model` (an onnx ModelProto, consumed: cleared once written for its session) reduced by
     each of `ops` (ReduceMin, ReduceMax, ReduceSumSquare: over the whole tensor; Size: its element count) in one
     ORT pass per unit of `units`, so no activation is held whole: [units, tensors, ops], float64 (each value as ORT
     gave it), NaN for a reduction of an empty tensor."""
+    import tempfile
+
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
+
+    from compress.quantize.lean import release, weights_to_file
 
     flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "compress_reduced_flat")
     model.graph.initializer.append(flat)
@@ -142,11 +148,18 @@ def reduced(model: Any, names: list[str], ops: tuple[str, ...], units: list[dict
     # their last float32 bits, which flipped 2 of its 300 gate images); up to here the values are the unoptimised
     # model's, bit for bit
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    model.Clear()
-    inputs = {i.name for i in session.get_inputs()}
-    wanted = [o.name for o in outputs]
-    got = [session.run(wanted, {k: v for k, v in unit.items() if k in inputs}) for unit in units]
+    with tempfile.TemporaryDirectory(prefix="compress-reduced-") as tmp:
+        # from a file whose weights ORT maps in: a session from SerializeToString() held the proto, the bytes and
+        # ORT's own copies at once
+        path = weights_to_file(model, Path(tmp) / "reduced.onnx")
+        model.Clear()
+        del model  # the caller's last reference, when it handed it over (_measure): the proto's memory goes
+        release()
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        wanted = [o.name for o in outputs]
+        got = [session.run(wanted, {k: v for k, v in unit.items() if k in inputs}) for unit in units]
+        del session
     # a zero-size tensor reduces to nothing: NaN, which ORT's nan-aware arithmetic skips as it would
     first = [[r[j][0] if np.size(r[j]) else np.nan for j in range(len(wanted))] for r in got]
     return np.asarray(first, dtype=np.float64).reshape(len(units), len(names), len(ops))

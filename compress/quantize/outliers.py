@@ -35,15 +35,16 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
     import onnx
     import onnxruntime as ort
 
+    from compress.quantize.lean import graph_of, release, weights_to_file
     from compress.quantize.prepare import is_large
 
     model_path = Path(model_path)
     if not calibration or is_large(model_path):
         return []
-    model = onnx.load(str(model_path))
-    candidates = _rank3_activations(model)
+    candidates = _rank3_activations(graph_of(model_path))  # the weights are read only when there is one to check
     if not candidates:
         return []
+    model = onnx.load(str(model_path))
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in candidates if name not in known)
@@ -52,8 +53,9 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
     options.log_severity_level = 3
     peaks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="compress-outliers-") as tmp:
-        path = Path(tmp) / "outputs.onnx"
-        onnx.save(model, str(path))
+        path = weights_to_file(model, Path(tmp) / "outputs.onnx")  # the session maps the weights in
+        del model  # its only other copy
+        release()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         wanted = [n for n in names if n in candidates]

@@ -37,8 +37,13 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
         return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    plain = _shapes_known(model)  # then ORT's symbolic inference (and the torch it imports) adds nothing
+    from compress.quantize.lean import release, without_weights
+
+    # inferred without the weights: onnx's inference copied the whole model through C++ three times, and no shape
+    # depends on a float weight
+    plain = _shapes_known(without_weights(model))  # then ORT's symbolic inference (and torch) adds nothing
     del model
+    release()
     try:
         import tempfile
 
@@ -62,9 +67,10 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
 def is_large(path: Path) -> bool:
     """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
     ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
-    from compress.onnx.graph import PROTOBUF_LIMIT, model_bytes
+    from compress.onnx.graph import PROTOBUF_LIMIT
+    from compress.quantize.lean import external_bytes
 
-    return model_bytes(path) > PROTOBUF_LIMIT // 2
+    return Path(path).stat().st_size + external_bytes(path) > PROTOBUF_LIMIT // 2  # the graph parsed once a file
 
 
 def save(model: Any, path: Path, *, large: bool) -> None:
@@ -258,11 +264,11 @@ def constants_to_initializers(model: Any, *, every: bool = False) -> int:
 def check_exclude(model_path: Path, wanted: Sequence[str]) -> None:
     """Each `--exclude` / [quantize] exclude entry is a node name or an op type of the user's model (before any work:
     a typo costs one line, not a scored float model); one line naming the model and the entry otherwise."""
-    import onnx
+    from compress.quantize.lean import graph_of
 
     if not wanted:
         return
-    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    nodes = graph_of(model_path).graph.node
     for entry in wanted:
         if not any(entry in (n.name, n.op_type) for n in nodes):
             ops = sorted({n.op_type for n in nodes})
@@ -274,11 +280,11 @@ def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
     """Node names for `--exclude` / [quantize] exclude (checked on the user's model by check_exclude) in the
     pre-processed model at `model_path`: each entry a node name (also after the pre-processing fused it with its
     neighbours) or an op type (every node of it); a node the pre-processing folded away has nothing to keep."""
-    import onnx
+    from compress.quantize.lean import graph_of
 
     if not wanted:
         return []
-    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    nodes = graph_of(model_path).graph.node
     names: list[str] = []
     for entry in wanted:  # ORT's pre-processing names a fused node after its first: 'fc2/MatMulAddFusion'
         found = [n.name for n in nodes if entry in (n.name, n.op_type) or n.name.startswith(f"{entry}/")]

@@ -50,12 +50,13 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[
     """
     import tempfile
 
-    import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_signal_to_quantization_noice_ratio,
         modify_model_output_intermediate_tensors,
     )
+
+    from compress.quantize.lean import graph_of
 
     with tempfile.TemporaryDirectory() as tmp:
         acts = []
@@ -64,7 +65,7 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[
             modify_model_output_intermediate_tensors(str(path), str(aug))
             acts.append(collect_activations(str(aug), feeds_reader(batches)))
     float_acts, quant_acts = acts
-    graph = onnx.load(str(float_path), load_external_data=False).graph
+    graph = graph_of(float_path).graph
     sqnr: dict[str, float] = {}
     for name in set(float_acts) & set(quant_acts):
         a = [np.asarray(t, dtype=np.float32) for t in float_acts[name]]
@@ -155,7 +156,9 @@ def _activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = Non
     run_bytes)."""
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
+    from compress.quantize.lean import graph_of
+
+    model = graph_of(model_path)  # shapes only: inferring them on the weights copied them through C++ 3 times
     rows = 1
     if feed:
         rows = next((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), 1)

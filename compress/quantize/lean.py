@@ -1,0 +1,262 @@
+"""Quantization's memory kept near one copy of the model's weights.
+
+Measured with /usr/bin/time on model-zoo graphs (2026-12-07): `compress quantize` peaked at 2.4 GB on ZFNet-512 (340
+MB of weights, dynamic) and 2.1 GB on AlexNet (244 MB, static), 7-9x the weights, from copies of the model alive at
+once. What this module gives the steps that made them:
+
+- `graph_of`: a model's graph without its weights, parsed once per file (`onnx.load` without external data still
+  reads every inline weight: twice the weights for a moment, and quantize read the graph of the same file four
+  times an attempt);
+- `one_model_in_ort_quantizer`: ONNX Runtime's dynamic quantizer deep-copies the model it holds, writes the copy
+  out and reads it back to infer shapes while the original is still alive: three models' weights at once. Here the
+  shapes are inferred on the graph without its weights and copied into the model it holds, which is what the round
+  trip gives (anything else the inference would change falls back to ORT's own round trip);
+- `weights_to_file`: a model written for an ORT session with its weights in a file beside it, which the proto then
+  no longer holds (a session from `SerializeToString()` bytes held the proto, the bytes and ORT's copies at once);
+- `release`: the C heap's free pages given back between steps (compress.heap), so that what one step freed is not
+  counted again under the next one's peak.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PLAIN_FLOATS = (1, 10, 11)
+"""onnx.TensorProto FLOAT, FLOAT16, DOUBLE: what numpy reads from a file as it is (`weight_from_file`)."""
+
+KEPT_TYPES = (6, 7, 8)
+"""onnx.TensorProto INT32, INT64 (what shapes, axes and indices are made of: shape inference reads a Reshape's
+shape) and STRING: `graph_of` keeps these whole and leaves out the weights of every other type (float, int8 ...)
+of 1 KB and more."""
+
+NOT_LOADED = "(weights not loaded)"
+"""The external-data location of a weight `weightless` left out: no file holds it; the graph is for reading."""
+
+
+MODEL_COPIES = 4
+"""About how many times over quantizing a model holds its weights at the peak, besides the activations that
+--max-memory ([quantize] max_memory_mb) bounds (measured with /usr/bin/time, 2026-12-07: AlexNet static 3.8x its 244
+MB, ZFNet-512 dynamic 4.4x its 340 MB, Python and ONNX Runtime included). ONNX Runtime's quantizer holds the model,
+the weights it adds (a Gemm's weight transposed) and an array of the weight it is quantizing; its pre-processing
+holds the model and its serialized bytes."""
+
+
+def cap_warning(weights: int, max_memory_mb: float | None, what: str) -> str | None:
+    """One line when the cap `max_memory_mb` is below what quantizing `what` (a model with `weights` bytes of
+    weights) holds of them anyway (MODEL_COPIES times): the cap sizes activations, not the model's copies."""
+    if not max_memory_mb or weights * MODEL_COPIES <= max_memory_mb * 2**20:
+        return None
+    held = MODEL_COPIES * weights / 2**20
+    return (f"warning: {what}: --max-memory / [quantize] max_memory_mb ({max_memory_mb:g} MB) bounds only the "
+            f"activations that calibration and the sensitivity ranking hold; quantizing also holds the model's "
+            f"{weights / 2**20:.0f} MB of weights about {MODEL_COPIES} times over (~{held:.0f} MB), which no setting "
+            "bounds")
+
+
+def release() -> None:
+    """Give the C heap's free pages back now (compress.heap: where trimming is on, as in the CLI)."""
+    from compress.heap import release as trim
+
+    trim()
+
+
+def file_key(path: Path) -> tuple:
+    """A model file's path and identity: a model rewritten in place misses a cache keyed on it."""
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns
+
+
+def graph_of(path: Path) -> Any:
+    """The model at `path` (an onnx ModelProto, a fresh copy each call) with its weights of 1 KB and more left out
+    (`without_weights`). For reading the graph and inferring shapes (onnx reads no weight for a shape); never for
+    running or saving it. The file is parsed once."""
+    import onnx
+
+    return onnx.ModelProto.FromString(_parsed(file_key(path))[0])
+
+
+def external_bytes(path: Path) -> int:
+    """compress.onnx.graph.external_bytes of the model at `path`, from the same single parse as `graph_of`."""
+    return _parsed(file_key(path))[1]
+
+
+def model_bytes(path: Path) -> int:
+    """compress.onnx.graph.model_bytes (the .onnx file and its external data), from `graph_of`'s single parse."""
+    return Path(path).stat().st_size + external_bytes(path)
+
+
+def fixed_batch(path: Path) -> int | None:
+    """compress.onnx.graph.fixed_batch (the first input's batch dimension when the graph fixes it), from `graph_of`."""
+    from compress.onnx.graph import graph_inputs
+
+    inputs = graph_inputs(graph_of(path).graph)
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(key: tuple) -> tuple[bytes, int]:
+    """(the weightless model serialized, bytes of its external data) of the file `key` names."""
+    import onnx
+
+    from compress.onnx.graph import external_bytes_of
+
+    path = Path(key[0])
+    model = onnx.load(str(path), load_external_data=False)
+    outside = external_bytes_of(model, path.parent)
+    skeleton = without_weights(model)
+    del model
+    release()
+    return skeleton.SerializeToString(), outside
+
+
+def without_weights(model: Any) -> Any:
+    """`weightless(model)` without its weights of 1 KB and more but shape-like ones (KEPT_TYPES): a graph to read
+    and infer shapes on."""
+    return weightless(model, lambda t: t.data_type not in KEPT_TYPES and _data_bytes(t) >= 1024)
+
+
+def weightless(model: Any, leave_out: Callable[[Any], bool]) -> Any:
+    """A copy of `model` in which each initializer of the main graph holding data in the file (not external already)
+    for which `leave_out(tensor)` holds keeps its name, type and shape but no data: it reads as external data in a
+    file that does not exist (NOT_LOADED). The weights left out are not copied, not even one at a time."""
+    import onnx
+
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip=("graph",))
+    _copy_fields(model.graph, out.graph, skip=("initializer",))
+    for tensor in model.graph.initializer:
+        kept = out.graph.initializer.add()
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not leave_out(tensor):
+            kept.CopyFrom(tensor)
+            continue
+        kept.name, kept.data_type, kept.doc_string = tensor.name, tensor.data_type, tensor.doc_string
+        kept.dims.extend(tensor.dims)
+        if tensor.HasField("segment"):
+            kept.segment.CopyFrom(tensor.segment)
+        kept.data_location = onnx.TensorProto.EXTERNAL
+        entry = kept.external_data.add()
+        entry.key, entry.value = "location", NOT_LOADED
+    return out
+
+
+def _copy_fields(source: Any, target: Any, skip: tuple[str, ...]) -> None:
+    """Every field set in `source` but those in `skip` onto `target` (a message of the same type)."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:  # protobuf before 5.28: the label says it
+            repeated = field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _data_bytes(tensor: Any) -> int:
+    """Bytes of a tensor's data as its type and shape say (raw_data's length), without reading the data."""
+    from onnx import helper
+
+    try:
+        width = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+    if tensor.data_type in (21, 22, 23, 25, 26):  # 4-bit and 2-bit types pack several to a byte: read the length
+        return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+    return int(np.prod(tensor.dims, dtype=np.int64)) * width
+
+
+def weights_to_file(model: Any, path: Path) -> Path:
+    """Write `model` to `path` (in a scratch folder) with each weight of 1 KB and more in a data file beside it, for an
+    ORT session to open from the path (ORT maps the data file in). The proto is left without those weights: drop it
+    once written, and the session holds the only copy."""
+    import secrets
+
+    import onnx
+
+    # a name of its own: onnx refuses a data file name that exists in the current folder, wherever it writes
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{Path(path).name}.{secrets.token_hex(6)}.data", size_threshold=1024,
+                    convert_attribute=False)
+    return Path(path)
+
+
+def weight_from_file(tensor: Any, folder: Path) -> np.ndarray:
+    """numpy_helper.to_array of an initializer that `weights_to_file` wrote (`folder`: where), a float one read
+    straight from its file into the array (the proto would hold a second copy of it on the way)."""
+    from onnx import helper, numpy_helper
+
+    entry = {e.key: e.value for e in tensor.external_data}
+    if tensor.data_location != 1 or tensor.data_type not in PLAIN_FLOATS or "offset" not in entry:
+        return numpy_helper.to_array(tensor, str(folder))
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")  # ONNX's byte order
+    values = np.fromfile(Path(folder) / entry["location"], dtype=dtype, count=int(entry["length"]) // dtype.itemsize,
+                         offset=int(entry["offset"]))
+    return values.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
+
+
+@contextlib.contextmanager
+def one_model_in_ort_quantizer() -> Iterator[None]:
+    """For the block, ONNX Runtime's dynamic quantizer infers shapes on the model it holds in place
+    (`_shapes_inferred_in_place`) instead of through a deep copy written out and read back."""
+    from onnxruntime.quantization import onnx_quantizer
+
+    own = getattr(onnx_quantizer, "save_and_reload_model_with_shape_infer", None)
+    if own is None:  # another ONNX Runtime's quantizer: its own way, whatever memory it takes
+        yield
+        return
+
+    def in_place(model: Any) -> Any:
+        return _shapes_inferred_in_place(model, own)
+
+    onnx_quantizer.save_and_reload_model_with_shape_infer = in_place
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = own
+
+
+def _shapes_inferred_in_place(model: Any, round_trip: Callable[[Any], Any]) -> Any:
+    """What ORT's save_and_reload_model_with_shape_infer(model) returns, made from `model` itself. ORT saves a deep
+    copy with each raw_data of sys.getsizeof >= 1024 (991 bytes of data) in external data, runs onnx's shape
+    inference on that file (which reads no external data) and loads it back, weights and all, marked as inferred.
+    Here the inference runs on the graph without those weights, and its value_info, inputs and outputs replace the
+    model's. A graph with subgraphs (their initializers go external too), or an inference that changed anything else,
+    takes `round_trip` (ORT's own)."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node
+           for a in n.attribute):
+        return round_trip(model)
+
+    def external(tensor: Any) -> bool:  # what ORT's round trip writes to external data and reads back
+        return tensor.HasField("raw_data") and _data_bytes(tensor) >= 1024 - 33
+
+    skeleton = weightless(model, external)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    fields = ("value_info", "input", "output")
+    found = onnx.GraphProto()
+    for name in fields:
+        getattr(found, name).extend(getattr(inferred.graph, name))
+        inferred.graph.ClearField(name)
+        skeleton.graph.ClearField(name)
+    if inferred.SerializeToString(deterministic=True) != skeleton.SerializeToString(deterministic=True):
+        return round_trip(model)
+    for name in fields:
+        model.graph.ClearField(name)
+        getattr(model.graph, name).extend(getattr(found, name))
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and external(tensor):
+            tensor.data_location = onnx.TensorProto.DEFAULT  # set, as onnx's loading sets it: the same bytes
+    add_infer_metadata(model)
+    release()  # what transposing the Gemm weights freed, before the weights are quantized
+    return model
