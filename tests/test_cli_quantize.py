@@ -580,3 +580,20 @@ def test_a_spawned_provider_child_keeps_the_clis_quiet_onnx_runtime(files: dict,
         assert run_isolated(f"{__name__}:_open_with_unused_initializer", {"path": str(files["dir"] / "unused.onnx")},
                             out_dir=files["dir"], name="probe", provider="cpu") == 1
         assert ("Removing initializer 'nobody_reads_me'" in capfd.readouterr().err) is shown
+
+
+def test_excluding_every_node_that_computes_in_int8_is_nothing_quantized_not_a_speedup(files: dict):
+    # before: --exclude MatMul missed the MatMuls the pre-processing fused with their Adds into Gemms (both were
+    # quantized), and excluding them by name left Q/DQ pairs on the activations alone, which counted as quantized:
+    # the attempt was accepted and timed against the float model
+    out = files["dir"] / "ex.onnx"
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"],
+                     "--exclude", "MatMul")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    attempt = summary["attempts"][0]
+    assert attempt["settings"]["nodes_to_exclude"] == ["fc1/MatMulAddFusion", "fc2/MatMulAddFusion"]
+    assert not attempt["accepted"] and attempt["reason"] == "nothing computes in fewer bits"
+    assert summary["why"] == ("nothing could be quantized: every node that would compute in int8 (2 Gemm) is kept "
+                              "in float by --exclude ([quantize] exclude); nothing written to --out")
+    assert not out.exists()

@@ -133,7 +133,7 @@ def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, cali
 def _none_met(search: "_Search") -> str:
     """Why the float model stays when no quantized model met the budget."""
     gate, tried = search.gate, len(search.attempts)
-    nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path)
+    nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path, search.excluded, search.base)
     return (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
             f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
             f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
@@ -237,7 +237,7 @@ class _Search:
         release()
         if not said:  # the weights the attempts read: a model-zoo graph computes its own from a 4 KB file
             said = _cap_said(base, onnx_path, cfg)
-        excluded = prep.excluded_nodes(base, cfg.exclude)
+        excluded = prep.excluded_nodes(base, cfg.exclude, onnx_path)
         if excluded:
             note += f"; kept in float as asked: {', '.join(excluded)}"
         from compress.quantize.outliers import for_static
@@ -285,7 +285,7 @@ class _Search:
         else:
             score = figures[self.gate.metric.name]
             drop, reduced = self.gate.drop(self.float_score, score), qa.is_reduced(path, settings["mode"])
-            ok, reason = qa.verdict(self.gate, drop) if reduced else (False, "no node was quantized")
+            ok, reason = qa.verdict(self.gate, drop) if reduced else (False, "nothing computes in fewer bits")
             if record.get("calibration"):
                 reason += f"; {record['calibration']}"
             record.update(figures=figures, score=score, drop=drop, bytes=model_bytes(path), latency=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,13 +305,25 @@ def _quantize_static(base: Path, out: Path, settings: dict[str, Any], calib: lis
                     **({"calibration_cache_path": cache} if cache is not None else {}))
 
 
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat", "QAttention", "QGemm")
+"""Ops that compute in integers (dynamic and QOperator graphs): a model holding one was quantized."""
+
+
 def is_reduced(path: Path, mode: str) -> bool:
-    """Whether the model still holds any int8/uint8 (or fp16) weights, i.e. quantization did something."""
+    """Whether quantization did something that computes in fewer bits: fp16 weights for fp16; for int8, an integer
+    op, or a Conv, ConvTranspose, MatMul or Gemm of a QDQ graph whose every input is dequantized (ORT runs it in
+    int8). Q/DQ pairs around the other ops alone are not: with every such op kept in float (`--exclude Conv` on a
+    CNN), ORT runs the model in float with extra conversions, slower than the float model."""
     import onnx
 
-    want = {onnx.TensorProto.FLOAT16} if mode == "fp16" else {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
     graph = graph_of(path).graph
-    return any(init.data_type in want for init in graph.initializer)
+    if mode == "fp16":
+        return any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
+    if any(n.op_type in INTEGER_OPS for n in graph.node):
+        return True
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return any(n.op_type in WEIGHTED and all(i in dequantized for i in n.input[:2] if i) for n in graph.node)
 
 
 def attempt_name(index: int, s: dict[str, Any]) -> str:
@@ -356,7 +369,8 @@ def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
     return "none: no attempt quantized a node" if built else "none, every attempt failed to build"
 
 
-def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | None:
+def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path, excluded: Sequence[str] = (),
+                        base: Path | None = None) -> str | None:
     """Why no attempt quantized anything, when that is the case: every attempt failed (ORT's calibrator cannot load
     the graph it augments from onnx's IR 3 single-op test graphs), the model's work sits inside control-flow
     subgraphs (ONNX Runtime's quantizers work on the main graph; Silero VAD is 5 nodes around two Ifs), or else every
@@ -384,6 +398,12 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path) -> str | No
     if flow and (total > 2 * top or count(graph, WEIGHTED) > sum(n.op_type in WEIGHTED for n in graph.node)):
         return (f"{total - top} of the model's {total} nodes sit inside {'/'.join(flow)} subgraphs, which ONNX "
                 f"Runtime's quantizer does not enter ({resolve_hint(graph)})")
+    nodes = graph.node if base is None else graph_of(base).graph.node  # `excluded` names the pre-processed graph's
+    weighted = [n.name for n in nodes if n.op_type in WEIGHTED]
+    kept = sorted({n.op_type for n in nodes if n.op_type in WEIGHTED and n.name in set(excluded)})
+    if weighted and kept and set(weighted) <= set(excluded):
+        return (f"every node that would compute in int8 ({len(weighted)} {'/'.join(kept)}) is kept in float by "
+                "--exclude ([quantize] exclude)")
     return ("the quantizer found no node it quantizes (MatMul, Conv, Gemm and the like with constant weights) in "
             f"the main graph's {top} nodes")
 

@@ -276,17 +276,21 @@ def check_exclude(model_path: Path, wanted: Sequence[str]) -> None:
                                 f"an op type of this model (its op types: {', '.join(ops)})")
 
 
-def excluded_nodes(model_path: Path, wanted: Sequence[str]) -> list[str]:
+def excluded_nodes(model_path: Path, wanted: Sequence[str], source: Path | None = None) -> list[str]:
     """Node names for `--exclude` / [quantize] exclude (checked on the user's model by check_exclude) in the
     pre-processed model at `model_path`: each entry a node name (also after the pre-processing fused it with its
-    neighbours) or an op type (every node of it); a node the pre-processing folded away has nothing to keep."""
+    neighbours) or an op type: every node of it in the user's model `source` (a MatMul the pre-processing fused
+    with its Add into a Gemm is still one) and in the pre-processed one; a node folded away has nothing to keep."""
     from compress.quantize.lean import graph_of
 
     if not wanted:
         return []
     nodes = graph_of(model_path).graph.node
+    given = graph_of(source).graph.node if source is not None else []
     names: list[str] = []
     for entry in wanted:  # ORT's pre-processing names a fused node after its first: 'fc2/MatMulAddFusion'
-        found = [n.name for n in nodes if entry in (n.name, n.op_type) or n.name.startswith(f"{entry}/")]
+        sources = {entry} | {n.name for n in given if n.op_type == entry and n.name}
+        found = [n.name for n in nodes if n.op_type == entry
+                 or any(n.name == s or n.name.startswith(f"{s}/") for s in sources)]
         names += [n for n in found if n not in names]
     return names
