@@ -28,6 +28,7 @@ from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
 from compress.quantize.lean import model_bytes, release
+from compress.quantize.reduced import is_reduced, nothing_to_quantize
 from compress.quantize.timing import MIN_SPEEDUP, pick_final
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def quantize_arrays(onnx_path: Path, out_dir: Path, cfg: QuantizeConfig, *, cali
 def _none_met(search: "_Search") -> str:
     """Why the float model stays when no quantized model met the budget."""
     gate, tried = search.gate, len(search.attempts)
-    nothing = qa.nothing_to_quantize(search.attempts, search.onnx_path, search.excluded, search.base)
+    nothing = nothing_to_quantize(search.attempts, search.onnx_path, search.excluded, search.base)
     return (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
             f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
             f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
@@ -284,7 +285,7 @@ class _Search:
                           reason=f"failed: {first_line(exc)}", quantized=False)
         else:
             score = figures[self.gate.metric.name]
-            drop, reduced = self.gate.drop(self.float_score, score), qa.is_reduced(path, settings["mode"])
+            drop, reduced = self.gate.drop(self.float_score, score), is_reduced(path, settings["mode"])
             ok, reason = qa.verdict(self.gate, drop) if reduced else (False, "nothing computes in fewer bits")
             if record.get("calibration"):
                 reason += f"; {record['calibration']}"
