@@ -70,7 +70,10 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[
     for name in set(float_acts) & set(quant_acts):
         a = [np.asarray(t, dtype=np.float32) for t in float_acts[name]]
         b = [np.asarray(t, dtype=np.float32) for t in quant_acts[name]]
-        sqnr[name] = min(_SQNR_CAP_DB, compute_signal_to_quantization_noice_ratio(a, b))
+        try:
+            sqnr[name] = min(_SQNR_CAP_DB, compute_signal_to_quantization_noice_ratio(a, b))
+        except ValueError:  # ORT's log10 of 0: the noise is infinite (an fp16 tensor overflowed), the worst there is
+            sqnr[name] = -_SQNR_CAP_DB
     # A tensor the quantized model fused away (Conv -> Relu keeps only the Relu output) joins its producer and
     # consumer into one group that shares the blame, instead of pinning it all on the consumer.
     pending: dict[str, tuple[float, list[str]]] = {}

@@ -633,3 +633,23 @@ def test_outputs_over_chunks_join_on_each_outputs_own_sample_axis(tmp_path: Path
     np.testing.assert_array_equal(out["y"], x * 2)
     np.testing.assert_array_equal(out["t"], x.T)
     assert float(out["c"]) == 6.0
+
+
+def test_sensitivity_ranking_takes_a_tensor_whose_noise_is_infinite(tmp_path: Path):
+    # an fp16 tensor that overflows: ORT's SQNR took log10(0) and the ranking stopped with "math domain error"
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize.sensitivity import rank_sensitive_nodes
+
+    def model(path: Path, factor: float) -> Path:
+        nodes = [helper.make_node("Mul", ["x", "k"], ["h"], name="scale"),
+                 helper.make_node("Relu", ["h"], ["y"], name="relu")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                                  [numpy_helper.from_array(np.full(4, factor, np.float32), "k")])
+        return _saved(graph, path, opset=17)
+
+    x = np.abs(np.random.default_rng(0).standard_normal((4, 4))).astype(np.float32) + 0.1
+    ranked = rank_sensitive_nodes(model(tmp_path / "f.onnx", 1.0), model(tmp_path / "q.onnx", np.inf), [{"x": x}],
+                                  None)
+    assert ranked[0][0] == "scale", ranked
