@@ -597,3 +597,29 @@ def test_excluding_every_node_that_computes_in_int8_is_nothing_quantized_not_a_s
     assert summary["why"] == ("nothing could be quantized: every node that would compute in int8 (2 Gemm) is kept "
                               "in float by --exclude ([quantize] exclude); nothing written to --out")
     assert not out.exists()
+
+
+def test_exclude_on_a_graph_without_node_names_keeps_only_what_was_named(tmp_path: Path):
+    # before: ORT's pre-processing left the names empty, excluded_nodes returned [''], and ORT kept every unnamed
+    # node in float (the MatMul too); an unnamed MatMul fused into a Gemm was not excluded at all
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "wc"),
+             numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "wm")]
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "wm"], ["logits"])]
+    graph = helper.make_graph(nodes, "unnamed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "u.onnx"))
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 1, 4, 4)).astype(np.float32))
+    for op, kept in (("Conv", "Conv_0"), ("MatMul", "MatMul_3")):
+        out = tmp_path / f"u-{op}.onnx"
+        result = _invoke(tmp_path / "u.onnx", "--out", out, "--calibration", tmp_path / "calib.npz",
+                         "--exclude", op, "--max-accuracy-drop", "1")
+        summary = json.loads(out.with_suffix(".json").read_text())
+        assert summary["attempts"][0]["settings"]["nodes_to_exclude"] == [kept], result.output
+        assert summary["attempts"][0]["quantized"], summary["attempts"][0]  # the other layer is int8
+        assert "4 unnamed nodes named" in summary["preprocess"], summary["preprocess"]

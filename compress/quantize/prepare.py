@@ -180,6 +180,11 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
     if not large and external_bytes_of(model, src.parent):  # every tool after this reads one file: ORT's
         changed = True  # pre-processing and shutil copies keep a .data path that is not beside their output
         notes.append("weights read in from external data (under 1 GB: one file)")
+    named = name_nodes(model.graph)
+    if named:
+        changed = True
+        notes.append(f"{named} unnamed node{'s' if named != 1 else ''} named (ONNX Runtime keeps nodes in float by "
+                     "name: --exclude and the exclusion remedy need one)")
     old_opset = default_opset(model)
     if not changed and not (mode == "static" and old_opset < QDQ_OPSET):
         return src, notes, model
@@ -189,6 +194,24 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
         notes.append(f"opset {old_opset} upgraded to {QDQ_OPSET} (onnx version converter)")
     save(newer if newer is not None else model, copy, large=large)
     return copy, notes, newer if newer is not None else model
+
+
+def name_nodes(graph: Any) -> int:
+    """Give each unnamed node of the main graph a name of its own (`<op type>_<index>`); how many were named. ORT's
+    quantizers keep nodes in float by name, and an empty name in their list matches every unnamed node."""
+    taken = {n.name for n in graph.node if n.name}
+    named = 0
+    for i, node in enumerate(graph.node):
+        if node.name:
+            continue
+        name, k = f"{node.op_type}_{i}", 0
+        while name in taken:
+            k += 1
+            name = f"{node.op_type}_{i}_{k}"
+        node.name = name
+        taken.add(name)
+        named += 1
+    return named
 
 
 def _flat_gemm_biases_in(path: Path) -> int:
@@ -290,7 +313,7 @@ def excluded_nodes(model_path: Path, wanted: Sequence[str], source: Path | None 
     names: list[str] = []
     for entry in wanted:  # ORT's pre-processing names a fused node after its first: 'fc2/MatMulAddFusion'
         sources = {entry} | {n.name for n in given if n.op_type == entry and n.name}
-        found = [n.name for n in nodes if n.op_type == entry
-                 or any(n.name == s or n.name.startswith(f"{s}/") for s in sources)]
+        found = [n.name for n in nodes if n.name and (n.op_type == entry
+                 or any(n.name == s or n.name.startswith(f"{s}/") for s in sources))]
         names += [n for n in found if n not in names]
     return names

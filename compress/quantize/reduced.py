@@ -8,9 +8,10 @@ from typing import Any
 from compress.quantize.attempts import WEIGHTED
 from compress.quantize.lean import graph_of
 
-INTEGER_OPS = ("MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
-               "MatMulIntegerToFloat", "QAttention", "QGemm")
-"""Ops that compute in integers (dynamic and QOperator graphs): a model holding one was quantized."""
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+               "QGemm", "DynamicQuantizeLSTM", "QEmbedLayerNormalization")
+"""Ops that compute in integers (dynamic and QOperator graphs), besides every QLinear* op: a model holding one
+was quantized."""
 
 
 def is_reduced(path: Path, mode: str) -> bool:
@@ -23,7 +24,7 @@ def is_reduced(path: Path, mode: str) -> bool:
     graph = graph_of(path).graph
     if mode == "fp16":
         return any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
-    if any(n.op_type in INTEGER_OPS for n in graph.node):
+    if any(n.op_type in INTEGER_OPS or n.op_type.startswith("QLinear") for n in graph.node):
         return True
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return any(n.op_type in WEIGHTED and all(i in dequantized for i in n.input[:2] if i) for n in graph.node)

@@ -71,9 +71,10 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[
         a = [np.asarray(t, dtype=np.float32) for t in float_acts[name]]
         b = [np.asarray(t, dtype=np.float32) for t in quant_acts[name]]
         try:
-            sqnr[name] = min(_SQNR_CAP_DB, compute_signal_to_quantization_noice_ratio(a, b))
+            db = compute_signal_to_quantization_noice_ratio(a, b)
         except ValueError:  # ORT's log10 of 0: the noise is infinite (an fp16 tensor overflowed), the worst there is
-            sqnr[name] = -_SQNR_CAP_DB
+            db = -_SQNR_CAP_DB
+        sqnr[name] = min(_SQNR_CAP_DB, db) if np.isfinite(db) or db > 0 else -_SQNR_CAP_DB  # NaN: the worst too
     # A tensor the quantized model fused away (Conv -> Relu keeps only the Relu output) joins its producer and
     # consumer into one group that shares the blame, instead of pinning it all on the consumer.
     pending: dict[str, tuple[float, list[str]]] = {}

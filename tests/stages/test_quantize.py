@@ -650,6 +650,23 @@ def test_sensitivity_ranking_takes_a_tensor_whose_noise_is_infinite(tmp_path: Pa
         return _saved(graph, path, opset=17)
 
     x = np.abs(np.random.default_rng(0).standard_normal((4, 4))).astype(np.float32) + 0.1
-    ranked = rank_sensitive_nodes(model(tmp_path / "f.onnx", 1.0), model(tmp_path / "q.onnx", np.inf), [{"x": x}],
-                                  None)
-    assert ranked[0][0] == "scale", ranked
+    for bad in (np.inf, np.nan):  # NaN: ORT's SQNR is NaN, which min(cap, NaN) read as noise-free
+        ranked = rank_sensitive_nodes(model(tmp_path / "f.onnx", 1.0), model(tmp_path / "q.onnx", bad), [{"x": x}],
+                                      None)
+        assert ranked[0][0] == "scale" and ranked[0][1] > 0, (bad, ranked)
+
+
+def test_an_int8_lstm_counts_as_quantized(tmp_path: Path):
+    # dynamic int8 of an RNN writes DynamicQuantizeLSTM: its attempts were "nothing computes in fewer bits"
+    from onnx import TensorProto, helper
+
+    from compress.quantize.reduced import is_reduced
+
+    for op, domain, want in (("DynamicQuantizeLSTM", "com.microsoft", True), ("QLinearAdd", "com.microsoft", True),
+                             ("LSTM", "", False)):
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name="n", domain=domain)], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        path = tmp_path / f"{op}.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        assert is_reduced(path, "dynamic") is want, op
