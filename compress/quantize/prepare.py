@@ -180,7 +180,7 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
     if not large and external_bytes_of(model, src.parent):  # every tool after this reads one file: ORT's
         changed = True  # pre-processing and shutil copies keep a .data path that is not beside their output
         notes.append("weights read in from external data (under 1 GB: one file)")
-    named = name_nodes(model.graph)
+    named = 0 if large else name_nodes(model.graph)  # a large model is not read in for names alone
     if named:
         changed = True
         notes.append(f"{named} unnamed node{'s' if named != 1 else ''} named (ONNX Runtime keeps nodes in float by "
