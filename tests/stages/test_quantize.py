@@ -670,3 +670,22 @@ def test_an_int8_lstm_counts_as_quantized(tmp_path: Path):
         path = tmp_path / f"{op}.onnx"
         onnx.save(helper.make_model(graph), str(path))
         assert is_reduced(path, "dynamic") is want, op
+
+
+def test_unnamed_nodes_are_named_except_in_a_model_too_large_to_read_in(tmp_path: Path):
+    # naming a large model's nodes would read every external weight into memory just to write a copy
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize.prepare import _brought_up_to_date
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    src = _saved(graph, tmp_path / "u.onnx", opset=17)
+    path, notes, model = _brought_up_to_date(src, tmp_path / "copy.onnx", "dynamic", large=False)
+    assert path == tmp_path / "copy.onnx" and [n.name for n in onnx.load(str(path)).graph.node] == ["MatMul_0"]
+    assert notes == ["1 unnamed node named (ONNX Runtime keeps nodes in float by name: --exclude and the exclusion "
+                     "remedy need one)"]
+    path, notes, _ = _brought_up_to_date(src, tmp_path / "copy2.onnx", "dynamic", large=True)
+    assert path == src and notes == [] and not (tmp_path / "copy2.onnx").exists()
