@@ -567,13 +567,13 @@ def _open_with_unused_initializer(path: str) -> int:
 
 def test_a_spawned_provider_child_keeps_the_clis_quiet_onnx_runtime(files: dict, monkeypatch, capfd):
     # compress.edge.isolated runs a provider's session in a spawned interpreter, which starts at ORT's default level
-    from compress.edge.isolated import run_isolated
+    from compress.edge.isolated import ORT_SEVERITY_ENV, run_isolated
 
     model = onnx.load(str(files["model"]))
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "nobody_reads_me"))
     onnx.save(model, str(files["dir"] / "unused.onnx"))
     for level, shown in (("3", False), ("2", True)):
-        monkeypatch.setenv("COMPRESS_ORT_LOG_SEVERITY", level)
+        monkeypatch.setenv(ORT_SEVERITY_ENV, level)
         assert run_isolated(f"{__name__}:_open_with_unused_initializer", {"path": str(files["dir"] / "unused.onnx")},
                             out_dir=files["dir"], name="probe", provider="cpu") == 1
         assert ("Removing initializer 'nobody_reads_me'" in capfd.readouterr().err) is shown

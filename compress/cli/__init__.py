@@ -93,12 +93,11 @@ def _quiet_onnxruntime(verbose: bool) -> None:
 
     import onnxruntime
 
+    from compress.edge.isolated import ORT_SEVERITY_ENV
+
     level = 2 if verbose else 3
     onnxruntime.set_default_logger_severity(level)
     os.environ[ORT_SEVERITY_ENV] = str(level)  # compress.edge.isolated's spawned children set it too
-
-
-ORT_SEVERITY_ENV = "COMPRESS_ORT_LOG_SEVERITY"
 
 
 @main.command()

@@ -40,6 +40,11 @@ class ProviderCrashed(CompressError):
     exit_code = 1
 
 
+ORT_SEVERITY_ENV = "COMPRESS_ORT_LOG_SEVERITY"
+"""The CLI's level for ONNX Runtime's warnings (compress.cli), which a spawned child sets too: a fresh interpreter
+starts at ORT's default."""
+
+
 def run_isolated(function: str, kwargs: dict[str, Any], *, out_dir: Path, name: str, provider: str) -> Any:
     """`function(**kwargs)` ('module:function') in a spawned child process; its JSON-able result. A child killed by a
     signal raises ProviderCrashed naming `provider`, the signal and the last stage marked."""
@@ -85,7 +90,7 @@ def _child(function: str, kwargs: dict[str, Any], stage_file: str, result_file: 
     from compress.errors import first_line
 
     _current["stage"] = Path(stage_file)
-    level = os.environ.get("COMPRESS_ORT_LOG_SEVERITY")  # the CLI's level for ORT's warnings (compress.cli)
+    level = os.environ.get(ORT_SEVERITY_ENV)
     if level:
         import onnxruntime
 

@@ -78,7 +78,12 @@ def fixed_batch(onnx_path: Path) -> int | None:
     """The first input's batch dimension when the graph fixes it (model-zoo and edge copies), else None."""
     import onnx
 
-    inputs = graph_inputs(onnx.load(str(onnx_path), load_external_data=False).graph)
+    return fixed_batch_of(onnx.load(str(onnx_path), load_external_data=False).graph)
+
+
+def fixed_batch_of(graph: "onnx.GraphProto") -> int | None:
+    """fixed_batch of a graph already loaded."""
+    inputs = graph_inputs(graph)
     dims = inputs[0].type.tensor_type.shape.dim if inputs else []
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 

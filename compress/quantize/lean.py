@@ -92,11 +92,9 @@ def model_bytes(path: Path) -> int:
 
 def fixed_batch(path: Path) -> int | None:
     """compress.onnx.graph.fixed_batch (the first input's batch dimension when the graph fixes it), from `graph_of`."""
-    from compress.onnx.graph import graph_inputs
+    from compress.onnx.graph import fixed_batch_of
 
-    inputs = graph_inputs(graph_of(path).graph)
-    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    return fixed_batch_of(graph_of(path).graph)
 
 
 @functools.lru_cache(maxsize=8)

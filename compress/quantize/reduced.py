@@ -42,11 +42,9 @@ def nothing_to_quantize(attempts: list[dict[str, Any]], model: Path, excluded: S
         first = attempts[0]["reason"].removeprefix("failed: ")
         return (f"no attempt could be built (all {len(attempts)} failed; the first: {first})" if len(attempts) > 1
                 else f"no attempt could be built (it failed: {first})")
-    import onnx
-
     from compress.onnx.control import CONTROL_FLOW, resolve_hint
 
-    graph = onnx.load(str(model), load_external_data=False).graph
+    graph = graph_of(model).graph
 
     def count(g: Any, ops: tuple[str, ...] | None = None) -> int:  # nodes (of `ops`), subgraphs' included
         return sum((ops is None or n.op_type in ops) + sum(count(a.g, ops) if a.HasField("g") else 0
