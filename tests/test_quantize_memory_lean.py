@@ -153,3 +153,32 @@ def test_a_memory_cap_below_the_models_copies_is_said_before_quantizing(tmp_path
     first = next(i for i, r in enumerate(caplog.records) if r.getMessage() == lines[0])
     assert order and first < order[0]  # said before the first attempt quantized anything
     assert lines[0] in summary["warnings"] and lines[0] in result.output
+
+
+def test_scratch_copies_go_beside_the_output_not_into_the_system_temp_folder(tmp_path: Path, monkeypatch):
+    """A static run with bias correction writes scratch models (ours, and ONNX Runtime's quantizer's augmented
+    copies) through tempfile; they go into the output folder's .scratch, removed afterwards, so a small or RAM-backed
+    system temp folder is never used: here the system temp folder is a file, where any scratch folder fails."""
+    import json
+    import tempfile
+
+    from compress.quantize.lean import SCRATCH
+
+    model = _gemms(tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32))
+    not_a_folder = tmp_path / "system-temp"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    out = tmp_path / "q" / "mlp-int8.onnx"
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    result = CliRunner().invoke(main, ["quantize", str(model), "--out", str(out), "--calibration",
+                                       str(tmp_path / "calib.npz"), "--quiet", "--max-accuracy-drop", "1"])
+    assert result.exit_code == 0, result.output
+    assert tempfile.tempdir == str(not_a_folder)  # restored
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["attempts"][0]["settings"]["bias_correction"] is True
+    assert all(Path(m).is_relative_to(out.parent) for m in made), made  # the CLI's own staging folder too
+    assert [m for m in made if Path(m).parent.name == SCRATCH], made
+    assert not [p for p in tmp_path.rglob(SCRATCH)]  # removed afterwards

@@ -27,7 +27,7 @@ from compress.quantize import prepare as prep
 from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
-from compress.quantize.lean import model_bytes, release
+from compress.quantize.lean import model_bytes, release, scratch_in
 from compress.quantize.reduced import is_reduced, nothing_to_quantize
 from compress.quantize.timing import MIN_SPEEDUP, pick_final
 
@@ -70,7 +70,8 @@ def quantize(
     from compress.bench.environment import int8_isa, u8s8_saturates
 
     mode, cfg, isa = cfg.mode, _post_training(cfg, qat), int8_isa()
-    with prep.quiet_onnx_runtime():  # ORT's quantization tools log through the root logger, into the terminal
+    # ORT's quantization tools log through the root logger, into the terminal; their scratch copies go beside the output
+    with prep.quiet_onnx_runtime(), scratch_in(Path(out_dir)):
         search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
         accepted = search.run(qa.remedy_plan(cfg, saturates=u8s8_saturates(isa)), mode, progress)
         accepted, qat_note = search.trained(accepted, qat) if mode == "qat" else (accepted, None)

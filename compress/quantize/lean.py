@@ -14,12 +14,17 @@ once. What this module gives the steps that made them:
 - `weights_to_file`: a model written for an ORT session with its weights in a file beside it, which the proto then
   no longer holds (a session from `SerializeToString()` bytes held the proto, the bytes and ORT's copies at once);
 - `release`: the C heap's free pages given back between steps (compress.heap), so that what one step freed is not
-  counted again under the next one's peak.
+  counted again under the next one's peak;
+- `scratch_in`: the scratch copies (ours and ONNX Runtime's quantizer's) written beside the output, not into the
+  system's temp folder, which is often a RAM disk (tmpfs: a copy there is memory that no RSS figure shows) and often
+  small (a model's copy fails there with ENOSPC).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,31 @@ def cap_warning(weights: int, max_memory_mb: float | None, what: str) -> str | N
             f"activations that calibration and the sensitivity ranking hold; quantizing also holds the model's "
             f"{weights / 2**20:.0f} MB of weights about {MODEL_COPIES} times over (~{held:.0f} MB), which no setting "
             "bounds")
+
+
+SCRATCH = ".scratch"
+"""The folder inside a quantize output folder that holds the scratch copies while quantize runs (`scratch_in`)."""
+
+
+@contextlib.contextmanager
+def scratch_in(out_dir: Path) -> Iterator[Path]:
+    """For the block, every temporary folder and file that Python's tempfile makes (compress's scratch models and
+    ONNX Runtime's quantizer's augmented copies) goes into `out_dir`/.scratch, removed afterwards; a folder left by
+    a killed run is removed first; `out_dir` too when this made it and nothing else went in. Process-wide: quantize
+    runs on one thread."""
+    made = not Path(out_dir).exists()
+    folder = Path(out_dir).resolve() / SCRATCH  # absolute: ORT's pre-processing runs in a working folder of its own
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(folder, ignore_errors=True)
+        if made and not any(Path(out_dir).iterdir()):
+            Path(out_dir).rmdir()
 
 
 def release() -> None:
