@@ -180,13 +180,18 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
     if not large and external_bytes_of(model, src.parent):  # every tool after this reads one file: ORT's
         changed = True  # pre-processing and shutil copies keep a .data path that is not beside their output
         notes.append("weights read in from external data (under 1 GB: one file)")
-    named = 0 if large else name_nodes(model.graph)  # a large model is not read in for names alone
-    if named:
-        changed = True
+    old_opset = default_opset(model)
+    written = changed or (mode == "static" and old_opset < QDQ_OPSET)
+    unnamed = sum(1 for n in model.graph.node if not n.name)
+    named = name_nodes(model.graph) if unnamed and (written or not large) else 0  # a large model is not read
+    if named:  # in and written again for names alone
         notes.append(f"{named} unnamed node{'s' if named != 1 else ''} named (ONNX Runtime keeps nodes in float by "
                      "name: --exclude and the exclusion remedy need one)")
-    old_opset = default_opset(model)
-    if not changed and not (mode == "static" and old_opset < QDQ_OPSET):
+    elif unnamed:
+        notes.append(f"{unnamed} unnamed node{'s' if unnamed != 1 else ''} left unnamed (naming alone would write "
+                     "this large model again): --exclude and the exclusion remedy cannot keep "
+                     f"{'them' if unnamed != 1 else 'it'} in float; name the model's nodes to exclude them")
+    if not (written or named):
         return src, notes, model
     load_external_data_for_model(model, str(src.parent))  # the converter and the copy need every weight
     newer = upgraded(model, QDQ_OPSET, origin=str(src), why="static QDQ") if mode == "static" else None
