@@ -382,3 +382,32 @@ def test_an_architecture_drawn_again_is_not_timed_again(tmp_path, monkeypatch):
     for change in ({"prune": {"amount": 0.5}}, {"quantize": {"mode": "static", "quant_format": "qoperator"}},
                    {"distill": {"temperature": 2.0, "attention_weight": 1.0}}):
         assert architecture_key({**raw, **change}) != architecture_key(raw), change
+
+
+def test_an_untrained_reading_just_over_the_line_is_timed_again_and_the_fastest_counts(tmp_path, monkeypatch):
+    """A reading a little over budget x EARLY_MARGIN may be noise: the next draw times the architecture again (up to
+    UNTRAINED_TRIES readings) and the fastest decides; a reading far over is final."""
+    from types import SimpleNamespace
+
+    import compress.study.loop as loop
+
+    readings = {8: iter([1.2, 1.15, 1.3, 1.0]), 16: iter([5.0, 0.5])}  # budget 1.0: the line is 1.1
+    calls = []
+
+    def timed(raw, *args):
+        width = raw["student"]["kwargs"]["width"]
+        calls.append(width)
+        return next(readings[width])
+
+    monkeypatch.setattr(loop, "latency_first", timed)
+    worker = SimpleNamespace(scfg=SimpleNamespace(latency_budget_ms=1.0, objective="max-metric"), untrained={},
+                             source=tmp_path / "s.toml", reference=None, feeds={})
+
+    def draw(width):
+        raw = {"data": {"source": "npz:tiny.npz"}, "student": {"model": "builtin:cnn-small", "kwargs": {"width": width}}}
+        return loop.Loop._too_slow(worker, raw, tmp_path / "run")
+
+    near = [draw(8) for _ in range(4)]
+    assert [o.p50_ms for o in near] == [1.2, 1.15, 1.15, 1.15] and calls == [8, 8, 8]  # three readings, then final
+    far = [draw(16) for _ in range(2)]
+    assert [o.p50_ms for o in far] == [5.0, 5.0] and calls == [8, 8, 8, 16]  # 5x over: timed once
