@@ -56,7 +56,7 @@ def _classifier(path: Path, calib: Path) -> int:
     return sum(4 * (rows * cols + rows) for rows, cols in sizes)
 
 
-@pytest.mark.parametrize("mode", ["static", pytest.param("dynamic", marks=pytest.mark.slow)])  # make test-all
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_quantizing_holds_the_weights_a_few_times_not_seven(tmp_path: Path, mode: str):
     model, calib = tmp_path / "mlp.onnx", tmp_path / "calib.npz"
     weights = _classifier(model, calib)

@@ -102,9 +102,6 @@ KILL_POINTS = {
     "report-write": (1, ["teacher", "distill", "export", "benchmark"]),
 }
 
-SLOW_POINTS = ("distill-before-manifest", "benchmark")
-"""Kill points `make test-all` (-m slow) runs: make test keeps the first, a middle and the last (under 10 minutes)."""
-
 CACHED_STAGES = ("teacher", "distill", "export")  # stages with artifacts; each case names those it must reuse
 
 
@@ -169,7 +166,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return pristine, figures(folder / "runs" / "tiny")
 
 
-@pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_POINTS else p for p in KILL_POINTS])
+@pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_killed_run_resumes_to_identical_figures(baseline: tuple[Path, dict], tmp_path: Path, point: str):
     # setup
     pristine, expected = baseline

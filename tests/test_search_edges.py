@@ -48,7 +48,6 @@ def test_a_resume_with_the_budget_already_met_does_not_spin(tmp_path, monkeypatc
     assert waiting == []
 
 
-@pytest.mark.slow  # 15 s; test_search.py's relative-budget study runs in make test
 def test_a_relative_budget_is_applied_when_the_hand_written_run_did_not_time_the_target(tmp_path):
     # setup: the target's threads = 2, which the file's own [benchmark] (threads = [1]) does not time
     import compress

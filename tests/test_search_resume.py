@@ -93,7 +93,6 @@ def test_a_tie_between_finalists_picks_the_same_winner_in_any_order(tmp_path, ob
             assert choose(order, p50, scfg, True)[0]["trial"] == winner
 
 
-@pytest.mark.slow  # 10 s; make test-all runs it
 def test_every_finishing_run_writes_the_same_best_toml(tmp_path, monkeypatch):
     # setup: the fastest of 2 finalists wins; the first round times the lower-numbered trial faster, every later
     # round (a second worker's, a rerun's) the other one
