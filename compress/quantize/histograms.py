@@ -134,7 +134,27 @@ def _collector_class() -> type:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     class Collector(HistogramCollector):
-        """ORT's HistogramCollector with the counting above; every histogram it keeps is the one ORT would."""
+        """ORT's HistogramCollector with the counting above; every histogram it keeps is the one ORT would. A
+        tensor that holds -inf or inf (a transformer's attention mask) gets no histogram, where ORT's raises
+        "supplied range ... is not finite" and fails the calibration: its range is its minimum and maximum, as
+        the min-max calibrators give it, so the quantized model keeps it in float (qdq.infinite_ranges_in_float)."""
+
+        def _infinite(self, tensor: str, min_value: Any, max_value: Any) -> bool:
+            if np.isfinite(min_value) and np.isfinite(max_value) and tensor not in self.__dict__.get("unbounded", {}):
+                return False
+            unbounded = self.__dict__.setdefault("unbounded", {})
+            old = unbounded.get(tensor, (min_value, max_value))
+            unbounded[tensor] = (min(old[0], min_value), max(old[1], max_value))
+            self.histogram_dict.pop(tensor, None)
+            return True
+
+        def compute_collection_result(self) -> dict[str, Any]:
+            unbounded = self.__dict__.get("unbounded", {})
+            result = super().compute_collection_result() if self.histogram_dict or not unbounded else {}
+            for tensor, (lo, hi) in unbounded.items():
+                result[tensor] = (np.asarray(lo, np.float32), np.asarray(hi, np.float32), np.zeros(1, np.int64),
+                                  np.asarray([lo, hi], np.float32))
+            return result
 
         def collect_absolute_value(self, name_to_arr: dict[str, Any]) -> None:
             for tensor, data in name_to_arr.items():
@@ -143,6 +163,8 @@ def _collector_class() -> type:
                     super().collect_absolute_value({tensor: _for_ort(data)})
                     continue
                 min_value, max_value = _range(arrays)
+                if self._infinite(tensor, min_value, max_value):
+                    continue
                 absolute = [np.absolute(a) for a in arrays]
                 if tensor not in self.histogram_dict:
                     lo, hi = _outer_edges(absolute)
@@ -166,6 +188,8 @@ def _collector_class() -> type:
                     super().collect_value({tensor: _for_ort(data)})
                     continue
                 min_value, max_value = _range(arrays)
+                if self._infinite(tensor, min_value, max_value):
+                    continue
                 threshold = np.array(max(abs(min_value), abs(max_value)), dtype=np.float32)
                 if tensor not in self.histogram_dict:
                     hist, edges = uniform(arrays, self.num_bins, -threshold, threshold)
