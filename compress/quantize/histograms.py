@@ -130,31 +130,37 @@ def _range(arrays: list[np.ndarray]) -> tuple[Any, Any]:
     return min(np.nanmin(a) for a in full), max(np.nanmax(a) for a in full)
 
 
+class _Unbounded:
+    """A tensor that holds -inf or inf (a transformer's attention mask) gets no histogram, where ORT's collector raises
+    "supplied range ... is not finite" and fails the calibration: its range is its minimum and maximum, as the
+    min-max calibrators give it, so the quantized model keeps it in float (qdq.infinite_ranges_in_float). Mixed into
+    a HistogramCollector (`histogram_dict`)."""
+
+    histogram_dict: dict[str, Any]
+
+    def _infinite(self, tensor: str, min_value: Any, max_value: Any) -> bool:
+        unbounded = self.__dict__.setdefault("unbounded", {})
+        if np.isfinite(min_value) and np.isfinite(max_value) and tensor not in unbounded:
+            return False
+        old = unbounded.get(tensor, (min_value, max_value))
+        unbounded[tensor] = (min(old[0], min_value), max(old[1], max_value))
+        self.histogram_dict.pop(tensor, None)
+        return True
+
+    def compute_collection_result(self) -> dict[str, Any]:
+        unbounded = self.__dict__.get("unbounded", {})
+        result = super().compute_collection_result() if self.histogram_dict or not unbounded else {}  # type: ignore
+        for tensor, (lo, hi) in unbounded.items():
+            result[tensor] = (np.asarray(lo, np.float32), np.asarray(hi, np.float32), np.zeros(1, np.int64),
+                              np.asarray([lo, hi], np.float32))
+        return result
+
+
 def _collector_class() -> type:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    class Collector(HistogramCollector):
-        """ORT's HistogramCollector with the counting above; every histogram it keeps is the one ORT would. A
-        tensor that holds -inf or inf (a transformer's attention mask) gets no histogram, where ORT's raises
-        "supplied range ... is not finite" and fails the calibration: its range is its minimum and maximum, as
-        the min-max calibrators give it, so the quantized model keeps it in float (qdq.infinite_ranges_in_float)."""
-
-        def _infinite(self, tensor: str, min_value: Any, max_value: Any) -> bool:
-            if np.isfinite(min_value) and np.isfinite(max_value) and tensor not in self.__dict__.get("unbounded", {}):
-                return False
-            unbounded = self.__dict__.setdefault("unbounded", {})
-            old = unbounded.get(tensor, (min_value, max_value))
-            unbounded[tensor] = (min(old[0], min_value), max(old[1], max_value))
-            self.histogram_dict.pop(tensor, None)
-            return True
-
-        def compute_collection_result(self) -> dict[str, Any]:
-            unbounded = self.__dict__.get("unbounded", {})
-            result = super().compute_collection_result() if self.histogram_dict or not unbounded else {}
-            for tensor, (lo, hi) in unbounded.items():
-                result[tensor] = (np.asarray(lo, np.float32), np.asarray(hi, np.float32), np.zeros(1, np.int64),
-                                  np.asarray([lo, hi], np.float32))
-            return result
+    class Collector(_Unbounded, HistogramCollector):
+        """ORT's HistogramCollector with the counting above; every histogram it keeps is the one ORT would."""
 
         def collect_absolute_value(self, name_to_arr: dict[str, Any]) -> None:
             for tensor, data in name_to_arr.items():
