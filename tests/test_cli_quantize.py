@@ -620,3 +620,34 @@ def test_exclude_on_a_graph_without_node_names_keeps_only_what_was_named(tmp_pat
         assert summary["attempts"][0]["settings"]["nodes_to_exclude"] == [kept], result.output
         assert summary["attempts"][0]["quantized"], summary["attempts"][0]  # the other layer is int8
         assert "4 unnamed nodes named" in summary["preprocess"], summary["preprocess"]
+
+
+def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_when_static_fails(
+        files: dict, monkeypatch: pytest.MonkeyPatch):
+    # setup: every static attempt fails in ORT (as static int8 lost on all-MiniLM-L6-v2: pooled cosine 0.956-0.982)
+    from compress.quantize import attempts as qa
+    from compress.quantize.config import QuantizeConfig
+    from compress.quantize.lean import graph_of
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("static refused")
+
+    monkeypatch.setattr(qa, "_static", refused)
+    out = files["dir"] / "q" / "mlp-int8.onnx"
+    # execute
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"],
+                     "--pick", "quantized")
+    # assert: the dynamic attempt came last, after every static remedy, met the budget and ships
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    last = summary["attempts"][-1]
+    assert [a["settings"]["mode"] for a in summary["attempts"]].count("dynamic") == 1
+    assert last["settings"]["mode"] == "dynamic" and last["accepted"] and last["why_tried"] == qa.DYNAMIC_WHY
+    assert all(a["reason"] == "failed: static refused" for a in summary["attempts"][:-1])
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(out)).graph.node)
+    # the plan: only for a static search on a graph whose weights are all MatMul or Gemm
+    assert qa.matmuls_only(graph_of(files["model"]).graph)
+    conv = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "c", [], [])
+    assert not qa.matmuls_only(conv) and not qa.matmuls_only(onnx.helper.make_graph([], "empty", [], []))
+    assert qa.remedy_plan(QuantizeConfig(), matmuls_only=True)[:-1] == qa.remedy_plan(QuantizeConfig())
+    assert all(s["mode"] == "dynamic" for s, _ in qa.remedy_plan(QuantizeConfig(mode="dynamic"), matmuls_only=True))

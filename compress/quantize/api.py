@@ -27,7 +27,7 @@ from compress.quantize import prepare as prep
 from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
-from compress.quantize.lean import model_bytes, release, scratch_in
+from compress.quantize.lean import graph_of, model_bytes, release, scratch_in
 from compress.quantize.reduced import is_reduced, nothing_to_quantize
 from compress.quantize.timing import MIN_SPEEDUP, pick_final
 
@@ -49,6 +49,7 @@ def quantize(
     profile: BenchSettings = PICK_PROFILE,
     provider_options: dict[str, dict[str, str]] | None = None,
     qat: Callable[[Path, Path], dict[str, Any]] | None = None,
+    dynamic_remedy: bool = True,
 ) -> dict[str, Any]:
     """Quantize `onnx_path` into `out_dir`, gate every attempt, and pick float or quantized by latency.
 
@@ -64,6 +65,9 @@ def quantize(
     blocks, without the reference workload's fields), so `profile` defaults to a lighter one than a benchmark row's;
     with no accepted attempt the float model is timed alone.
 
+    `dynamic_remedy`: a static search on a MatMul/Gemm graph tries dynamic int8 last (attempts.DYNAMIC_WHY); off
+    where the model goes on to a target that runs static int8 only (QNN's HTP; QAT never tries it).
+
     mode = 'qat': the static attempts, then `qat(ptq_path, out_path)` (compress.qat.train_qat), gated as attempt
     "qat"; compress.qat.pick.pick_quantized decides which of the two is the quantized candidate.
     """
@@ -73,7 +77,7 @@ def quantize(
     # ORT's quantization tools log through the root logger, into the terminal; their scratch copies go beside the output
     with prep.quiet_onnx_runtime(), scratch_in(Path(out_dir)):
         search = _Search.start(Path(onnx_path), Path(out_dir), cfg, gate, calibration, providers, batch_sizes)
-        accepted = search.run(qa.remedy_plan(cfg, saturates=u8s8_saturates(isa)), mode, progress)
+        accepted = search.run(search.plan(mode, dynamic_remedy, u8s8_saturates(isa)), mode, progress)
         accepted, qat_note = search.trained(accepted, qat) if mode == "qat" else (accepted, None)
 
     settings = profile.with_options(provider_options)
@@ -95,8 +99,7 @@ def quantize(
         _time_qat(search.attempts, qat_note, search.providers, batch_sizes, threads, feed, settings)
     result: dict[str, Any] = {
         "mode": mode, "qat": qat_note, "preprocess": search.preprocess_note, "cpu_int8": _cpu_note(isa),
-        "warnings": search.warnings, "outliers":
-        [{"tensor": name, "ratio": ratio} for name, ratio in search.outliers],
+        "warnings": search.warnings, "outliers": [{"tensor": n, "ratio": r} for n, r in search.outliers],
         "gate": gate.to_json(), "attempts": search.attempts,
         "float": _named({"path": str(search.onnx_path), "figures": search.float_figures, "score": search.float_score,
                          "bytes": model_bytes(search.onnx_path), "latency": float_latency}, gate)}
@@ -314,6 +317,11 @@ class _Search:
         if not info["parity"]["ok"]:
             record["reason"] += f"; parity: {info['parity']['what']}"
         return pick_quantized(accepted, record, self.gate)
+
+    def plan(self, mode: str, dynamic_remedy: bool, saturates: bool) -> list[tuple[dict[str, Any], str]]:
+        """qa.remedy_plan, with dynamic int8 last for a static search (`mode`, not QAT) on a MatMul/Gemm graph."""
+        dynamic = mode == "static" and dynamic_remedy and qa.matmuls_only(graph_of(self.base).graph)
+        return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic)
 
     def run(self, plan: list[tuple[dict[str, Any], str]], mode: str, progress: bool) -> dict[str, Any] | None:
         """The first attempt that meets the budget, trying remedies in order when `fallback` is on; a progress bar

@@ -113,8 +113,9 @@ class QuantizeConfig(Section):
     )
     fallback: bool = Field(
         True, description="When the first attempt misses the budget, try the remedies in order automatically: the "
-                          "other calibration methods, per-tensor weights, only the ops with weights quantized, then "
-                          "the most sensitive nodes in float."
+                          "other calibration methods, per-tensor weights, only the ops with weights quantized, "
+                          "dynamic int8 (a static search on a graph whose weights are all MatMul or Gemm, unless the "
+                          "edge targets include qnn), then the most sensitive nodes in float."
     )
     max_memory_mb: float | None = Field(
         None, gt=0, description="Memory cap of calibration and the sensitivity ranking, which keep activations: "

@@ -39,7 +39,8 @@ def run(ctx: StageContext) -> StageResult:
     result = quantize(ctx.run_dir / base.onnx, ctx.stage_dir, qcfg, gate=gate, calibration=calibration,
                       feed=lambda b: data.inputs.bench_feed(data, b, seq), providers=bcfg.providers,
                       batch_sizes=bcfg.batch_sizes, threads=bcfg.threads[0], progress=ctx.progress,
-                      provider_options=bcfg.provider_options, qat=qat)
+                      provider_options=bcfg.provider_options, qat=qat,
+                      dynamic_remedy="qnn" not in ctx.cfg.export.edge_targets)  # HTP runs static int8 only
     name = f"student-{'fp16' if qcfg.mode == 'fp16' else 'int8'}"  # DESIGN.md's fixed names, pruned or not
     models: tuple[ModelRecord, ...] = ()
     artifacts: tuple[str, ...] = ()
@@ -49,8 +50,8 @@ def run(ctx: StageContext) -> StageResult:
         artifacts = (chosen,)
         models = (ModelRecord(name=name, role="quantized", spec=base.spec, origin=ctx.origin("quantize"),
                               onnx=chosen, params=base.params, parity=_parity(ctx, base, Path(result["chosen"])),
-                              quantization={"mode": qcfg.mode, "attempt": result.get("accepted_attempt"),
-                                            "from": base.name}),)
+                              quantization={"mode": _mode_of(result, qcfg.mode),
+                                            "attempt": result.get("accepted_attempt"), "from": base.name}),)
         state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=why)
     else:
         if qcfg.mode == "static" and "nothing could be quantized" not in result["why"]:
@@ -85,6 +86,13 @@ def run(ctx: StageContext) -> StageResult:
     if result.get("qat") is not None:
         info["qat"] = {**result["qat"], "side_by_side": table}
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
+
+
+def _mode_of(result: dict[str, Any], configured: str) -> str:
+    """The mode of the accepted attempt (a static search may end on its dynamic remedy), else the configured one."""
+    name = result.get("accepted_attempt")
+    return next((a["settings"]["mode"] for a in result["attempts"] if a["name"] == name and a["settings"]["mode"]
+                 in ("static", "dynamic")), configured)
 
 
 PARITY_ROWS = 512

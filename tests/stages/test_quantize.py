@@ -129,8 +129,8 @@ def test_the_exclusion_remedy_stops_when_a_node_in_float_wins_nothing_back(setup
     checked = qa.gate_checked
     monkeypatch.setattr(qa, "gate_checked", lambda *a: list(reversed(checked(*a))))
     monkeypatch.setattr(qa, "STALLED", stalled)
-    # execute
-    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib)
+    # execute (the dynamic remedy off: it would meet this budget first, its ranges read at run time)
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib, dynamic_remedy=False)
     # assert: with the rule, the remedy stops after the one node that won nothing back and says why; without it, it
     # goes on to two nodes (fc1 among them: the drop is gone, with nothing left quantized in this two-layer model)
     last = result["attempts"][-1]
@@ -155,7 +155,8 @@ def test_progress_ends_at_the_attempts_run_when_the_exclusion_remedy_stops(setup
     checked = qa.gate_checked
     monkeypatch.setattr(qa, "gate_checked", lambda *a: list(reversed(checked(*a))))
     # execute
-    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib, progress=True)
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib, progress=True,
+                  dynamic_remedy=False)
     # assert: one line per attempt, never past its total, the last one's count its total
     lines = [(int(n), int(t)) for n, t in re.findall(r"quantize \(static\): (\d+)/(\d+) attempt",
                                                      capsys.readouterr().err)]
@@ -223,8 +224,8 @@ def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
     # reads the input) in float cures it
     calib = setup["calib_x"].copy()
     calib[:, -1] = 1e4
-    # execute
-    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib)
+    # execute (the dynamic remedy off: below, it meets the budget before the exclusion remedy)
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib, dynamic_remedy=False)
     # assert
     attempts = result["attempts"]
     assert attempts[0]["settings"]["calibration_method"] == "mean_minmax"
@@ -247,6 +248,15 @@ def test_budget_zero_runs_the_remedies_in_order(setup: dict) -> None:
     assert inits["w2_quantized"] == onnx.TensorProto.INT8 and inits["w1"] == onnx.TensorProto.FLOAT
     assert result["chosen"] is not None
     assert last["latency"]["rows"] and all(a["latency"] is None for a in attempts[:-1])  # only what can ship is timed
+    # with the dynamic remedy (a Gemm-only graph): tried after the weighted ops, it meets the budget, since it takes
+    # each activation's range as the model runs, where the calibration data's wild value is not
+    from compress.quantize.attempts import DYNAMIC_WHY
+
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib)
+    dynamic = result["attempts"][-1]
+    assert [a["why_tried"] for a in result["attempts"][:6]] == [a["why_tried"] for a in attempts[:6]]
+    assert len(result["attempts"]) == 7 and dynamic["why_tried"] == DYNAMIC_WHY
+    assert dynamic["accepted"] and dynamic["accuracy_drop"] <= 0.0 and dynamic["settings"]["mode"] == "dynamic"
 
 
 def test_one_outlier_sample_stretches_minmax_not_the_default_mean_of_sample_ranges(setup: dict) -> None:
