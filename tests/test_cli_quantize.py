@@ -651,3 +651,47 @@ def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_w
     assert not qa.matmuls_only(conv) and not qa.matmuls_only(onnx.helper.make_graph([], "empty", [], []))
     assert qa.remedy_plan(QuantizeConfig(), matmuls_only=True)[:-1] == qa.remedy_plan(QuantizeConfig())
     assert all(s["mode"] == "dynamic" for s, _ in qa.remedy_plan(QuantizeConfig(mode="dynamic"), matmuls_only=True))
+
+
+def test_the_cosine_gate_leaves_out_padded_tokens_of_a_model_that_takes_an_attention_mask(tmp_path: Path):
+    # setup: token states (N, T, D) from ids and an HF-style mask; a second model that differs from the first only at
+    # padded positions (where nobody reads a state), and a third that differs at a real one
+    from onnx import TensorProto, helper
+
+    from compress.quantize.gate import agreement_gate
+
+    def model(path: Path, noise_where: str) -> Path:
+        # y = x + 5 * (1 - mask) (padded positions moved) or + 5 * mask (real ones moved); "none": y = x
+        m = helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT)
+        nodes = [m, helper.make_node("Unsqueeze", ["m", "axis"], ["m3"])]
+        if noise_where == "padded":
+            nodes.append(helper.make_node("Sub", ["one", "m3"], ["w"]))
+        else:
+            nodes.append(helper.make_node("Identity", ["m3"], ["w"]))
+        scale = 5.0 if noise_where != "none" else 0.0
+        nodes += [helper.make_node("Mul", ["w", "five"], ["d"]), helper.make_node("Add", ["x", "d"], ["states"])]
+        inits = [helper.make_tensor("axis", TensorProto.INT64, [1], [2]),
+                 helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+                 helper.make_tensor("five", TensorProto.FLOAT, [], [scale])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, 4]),
+                                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                                             ["n", 6])],
+                                  [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["n", 6, 4])], inits)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    rng = np.random.default_rng(0)
+    mask = np.ones((16, 6), np.int64)
+    mask[:, 4:] = 0
+    feeds = {"x": rng.standard_normal((16, 6, 4)).astype(np.float32), "attention_mask": mask}
+    reference = model(tmp_path / "ref.onnx", "none")
+    # execute
+    gate = agreement_gate(reference, feeds, budget_top1=0.005, budget_cosine=0.01, source="16 rows")
+    padded_only = gate.score(model(tmp_path / "padded.onnx", "padded"))["cosine"]
+    real_moved = gate.score(model(tmp_path / "real.onnx", "real"))["cosine"]
+    # assert: padding moved reads as no change; a real token moved does not; the gate says what it leaves out
+    assert padded_only == pytest.approx(1.0) and real_moved < 0.5
+    assert gate.what.endswith("; padded tokens left out (attention_mask): states")
+    without = {"x": feeds["x"], "attention_mask": np.ones_like(mask)}  # no padding: every position judged
+    assert agreement_gate(reference, without, budget_top1=0.005, budget_cosine=0.01, source="16 rows").score(
+        model(tmp_path / "padded.onnx", "padded"))["cosine"] == pytest.approx(1.0)
