@@ -98,6 +98,12 @@ def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
     assert "no quantized model met the accuracy budget of 0.00 points after 1 attempt" in result.output
     effort = files["dir"] / "strict.best-effort.onnx"  # the best attempt, beside OUT and named as such
     assert effort.is_file() and summary["best_effort"] == str(effort)
+    # the line names the budget that takes the best attempt, and that budget does
+    budget = re.search(r"; --max-accuracy-drop ([0-9.]+) would take it\)", result.output)
+    assert budget, result.output
+    again = _invoke(files["model"], "--out", out, "--calibration", files["dir"] / "outlier.npz", "--data",
+                    files["val"], "--max-accuracy-drop", budget.group(1), "--no-fallback")
+    assert again.exit_code == 0, again.output
 
 
 @pytest.mark.parametrize("extra, line", [

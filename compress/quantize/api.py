@@ -141,8 +141,8 @@ def _none_met(search: "_Search") -> str:
     nothing = nothing_to_quantize(search.attempts, search.onnx_path, search.excluded, search.base)
     return (f"nothing could be quantized: {nothing}; keeping the float model" if nothing else
             f"no quantized model met the {gate.metric.name} budget of {qa.shown_drop(gate, gate.budget)} after "
-            f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}); "
-            "keeping the float model")
+            f"{tried} attempt{'s' if tried != 1 else ''} (best drop {qa.best_drop(search.attempts, gate)}"
+            f"{qa.budget_that_takes_it(search.attempts, gate)}); keeping the float model")
 
 
 def _cap_said(path: Path, source: Path, cfg: QuantizeConfig) -> str | None:

@@ -367,5 +367,20 @@ def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
     return "none: no attempt quantized a node" if built else "none, every attempt failed to build"
 
 
+def budget_that_takes_it(attempts: list[dict[str, Any]], gate: Any) -> str:
+    """'; KEY VALUE would take it': the smallest budget, at two significant digits, that the best quantized attempt
+    meets, in the key's own units (a fraction for --max-accuracy-drop), for the user deciding whether to give it;
+    '' when there is none."""
+    import math
+
+    drops = [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized") and a["drop"] > 0]
+    if not drops or not gate.key:
+        return ""
+    best = min(drops)
+    step = 10.0 ** (math.floor(math.log10(best)) - 1)
+    value = float(f"{math.ceil(best / step - 1e-9) * step:.2g}")
+    return f"; {gate.key}{' ' if gate.key.startswith('--') else ' = '}{value:g} would take it"
+
+
 def short(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider").lower()
