@@ -55,7 +55,7 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False,
                      "them left float, so their roundings do not add up"))
     if cfg.mode == "static" and matmuls_only:
         plan.append(({"mode": "dynamic", "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
-                      "reduce_range": cfg.reduce_range, "nodes_to_exclude": []}, DYNAMIC_WHY))
+                      "reduce_range": cfg.reduce_range or saturates, "nodes_to_exclude": []}, DYNAMIC_WHY))
     return plan
 
 
@@ -63,7 +63,7 @@ DYNAMIC_WHY = ("remedy: dynamic int8 (each activation quantized from its own ran
                "int8 of transformers on a CPU, where one calibrated range per tensor loses; CPU only, an NPU runs "
                "static int8")
 """Why the dynamic attempt is tried. all-MiniLM-L6-v2 (seq 64, 2026-12-07): static int8 after every remedy read a
-pooled-embedding cosine of 0.956-0.982 to fp32; dynamic per-channel 0.993, 2.35x faster than fp32."""
+pooled-embedding cosine of 0.956-0.982 to fp32; dynamic per-channel 0.993, 2.34x faster than fp32 (paired)."""
 
 
 def matmuls_only(graph: Any) -> bool:
@@ -93,8 +93,11 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
                      cfg: QuantizeConfig, bar: Any, gate: Any) -> dict[str, Any] | None:
     """Keep the most sensitive nodes in float, 1, 2, 4, ... up to max_float_nodes, on the best attempt so far. The
     order: the gate's own figure with each of a few candidates alone in float (the GATE_CHECKED worst by SQNR and
-    the layers feeding the outputs), then the rest of the SQNR ranking."""
-    tried = [a for a in attempts if a["score"] is not None and a.get("quantized")]
+    the layers feeding the outputs), then the rest of the SQNR ranking. Only attempts of the configured mode are
+    sources: the ranking and the node names it keeps in float are a QDQ graph's (ORT renames a dynamic graph's
+    nodes, and its dynamic quantizer has no Gemm)."""
+    tried = [a for a in attempts if a["score"] is not None and a.get("quantized")
+             and a["settings"]["mode"] == cfg.mode]
     if not tried:
         return None
     best = max(tried, key=lambda a: -gate.drop(0.0, a["score"]))

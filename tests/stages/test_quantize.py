@@ -166,6 +166,35 @@ def test_progress_ends_at_the_attempts_run_when_the_exclusion_remedy_stops(setup
     assert all(n <= total for n, total in lines), lines
 
 
+def test_the_exclusion_remedy_starts_from_a_static_attempt_when_the_dynamic_one_misses(setup: dict) -> None:
+    # setup: the budget-zero case below, with the gate reading the dynamic attempt 0.3 lower (as if it had missed):
+    # before, the remedy took it as its source (the best drop so far), found no Gemm in ORT's dynamic op list and
+    # tried nothing, and the run shipped no model
+    import dataclasses
+
+    from compress.quantize.attempts import DYNAMIC_WHY
+
+    calib = setup["calib_x"].copy()
+    calib[:, -1] = 1e4
+    gate = _arrays(calib, setup["val_x"], setup["val_y"], 0.0)["gate"]
+
+    def worse_dynamic(path: Path) -> dict:
+        figures = dict(gate.score(path))
+        if "dynamic" in Path(path).name:
+            figures["accuracy"] -= 0.3
+        return figures
+
+    # execute
+    result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib,
+                  gate=dataclasses.replace(gate, score=worse_dynamic))
+    # assert: the dynamic attempt ran and missed; nodes in float were tried on static attempts, and one ships
+    attempts = result["attempts"]
+    assert [a["why_tried"] for a in attempts].count(DYNAMIC_WHY) == 1
+    after = attempts[[a["why_tried"] for a in attempts].index(DYNAMIC_WHY) + 1:]
+    assert after and all(a["settings"]["mode"] == "static" and a["settings"]["nodes_to_exclude"] for a in after)
+    assert result["chosen"] is not None and attempts[-1]["accepted"]
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_the_weighted_ops_remedy_leaves_the_ops_between_them_float(tmp_path: Path) -> None:
     # setup: a conv net (convs, ReLUs, a global average pool, a Linear head), pre-processed
@@ -691,7 +720,7 @@ def test_unnamed_nodes_are_named_except_in_a_model_too_large_to_read_in(tmp_path
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])],
-                              [numpy_helper.from_array(np.ones((4, 512), np.float32), "w")])  # over 1 KB: external
+                              [numpy_helper.from_array(np.ones((4, 512), np.float32), "w")])  # 8 KB: saved outside
     src = _saved(graph, tmp_path / "u.onnx", opset=17)
     path, notes, model = _brought_up_to_date(src, tmp_path / "copy.onnx", "dynamic", large=False)
     assert path == tmp_path / "copy.onnx" and [n.name for n in onnx.load(str(path)).graph.node] == ["MatMul_0"]
