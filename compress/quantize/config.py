@@ -117,6 +117,12 @@ class QuantizeConfig(Section):
                           "dynamic int8 (a static search on a graph whose weights are all MatMul or Gemm, unless the "
                           "edge targets include qnn), then the most sensitive nodes in float."
     )
+    dynamic_remedy: bool = Field(
+        True, description="A static search (mode = 'static') on a graph whose weights are all MatMul or Gemm (a "
+                          "transformer, an MLP) tries dynamic int8 after the static remedies: the usual int8 of "
+                          "transformers on a CPU. Off: static int8 only, as a target that runs nothing else needs "
+                          "(the pipeline turns it off itself when its edge targets include qnn)."
+    )
     max_memory_mb: float | None = Field(
         None, gt=0, description="Memory cap of calibration and the sensitivity ranking, which keep activations: "
         "the histogram calibrators and the ranking take the samples that fit, MinMax folds batches into ranges "

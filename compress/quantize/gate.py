@@ -207,7 +207,9 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
                     f"top-1 agreement with the fp32 model on {source}", samples=len(labels))
-    task, real = Tensors(), real_tokens(feeds, expected)
+    from compress.quantize.lean import graph_of
+
+    task, real = Tensors(), real_tokens(feeds, expected, graph_of(reference).graph)
     judged = {k: _at(v, real.get(k)) for k, v in expected.items()}
 
     def figures(path: Path) -> dict[str, float]:
@@ -224,24 +226,47 @@ MASK_INPUT = "attention_mask"
 """The input name Hugging Face exports give the padding mask (1 for a real token, 0 for padding)."""
 
 
-def real_tokens(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{output: its (N, T) mask} for each output that starts with the (N, T) of a 2-D `attention_mask` input: a
-    padded token's state is read by nobody (pooling and heads leave it out), and it is the one that moves most under
-    int8, so the cosine gate judges the real tokens (all-MiniLM-L6-v2's token states, dynamic int8, seq 64: cosine
-    drop 0.018 over every position, 0.011 over real tokens; its pooled sentence embeddings 0.007)."""
+def real_tokens(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                graph: Any = None) -> dict[str, np.ndarray]:
+    """{output: its (N, T) mask} for each output whose axes 0 and 1 are a 2-D `attention_mask` input's: a padded
+    token's state is read by nobody (pooling and heads leave it out), and it is the one that moves most under int8,
+    so the cosine gate judges the real tokens (all-MiniLM-L6-v2's token states, dynamic int8, seq 64: cosine drop
+    0.018 over every position, 0.011 over real tokens; its pooled sentence embeddings 0.007). Axis 1 is the tokens'
+    when `graph` names it as the mask's (a symbolic dimension); where either is a number, only an output of 3 or more
+    dimensions (N, T, ...) is taken: a pooled (N, D) output whose D happens to equal T is not a token axis."""
     mask = feeds.get(MASK_INPUT)
     if mask is None or np.ndim(mask) != 2:
         return {}
     keep = np.asarray(mask) != 0
-    return {k: keep for k, v in outputs.items() if np.ndim(v) >= 2 and np.shape(v)[:2] == keep.shape}
+    seq = _axis_name(graph, MASK_INPUT)
+
+    def tokens(name: str, value: np.ndarray) -> bool:
+        if np.ndim(value) < 2 or np.shape(value)[:2] != keep.shape:
+            return False
+        named = _axis_name(graph, name)
+        return named == seq if seq and named else np.ndim(value) >= 3
+
+    return {k: keep for k, v in outputs.items() if tokens(k, v)}
+
+
+def _axis_name(graph: Any, name: str) -> str | None:
+    """The symbolic name of axis 1 of the graph input or output `name`, or None (a number, or not declared)."""
+    if graph is None:
+        return None
+    for value in (*graph.input, *graph.output):
+        if value.name == name and value.type.HasField("tensor_type"):
+            dims = value.type.tensor_type.shape.dim
+            return dims[1].dim_param or None if len(dims) > 1 else None
+    return None
 
 
 def _at(value: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     """`value` with its padded positions (where `keep` is False) zeroed: they drop out of every per-sample cosine's
-    dot product and norms alike, and of the SQNR's signal and noise."""
+    dot product and norms alike, and of the SQNR's signal and noise. A NaN or inf there stays: a non-finite output
+    fails the gate wherever it is (mean pooling multiplies it by the mask's 0 and gets NaN)."""
     if keep is None:
         return value
-    where = keep.reshape(keep.shape + (1,) * (np.ndim(value) - 2))
+    where = keep.reshape(keep.shape + (1,) * (np.ndim(value) - 2)) | ~np.isfinite(value)
     return np.where(where, value, np.zeros((), np.asarray(value).dtype))
 
 

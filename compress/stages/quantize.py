@@ -50,7 +50,7 @@ def run(ctx: StageContext) -> StageResult:
         artifacts = (chosen,)
         models = (ModelRecord(name=name, role="quantized", spec=base.spec, origin=ctx.origin("quantize"),
                               onnx=chosen, params=base.params, parity=_parity(ctx, base, Path(result["chosen"])),
-                              quantization={"mode": _mode_of(result, qcfg.mode),
+                              quantization={"mode": result.get("accepted_mode", qcfg.mode),
                                             "attempt": result.get("accepted_attempt"), "from": base.name}),)
         state = RunState(final=name if result["final"] == "quantized" else base.name, final_reason=why)
     else:
@@ -86,13 +86,6 @@ def run(ctx: StageContext) -> StageResult:
     if result.get("qat") is not None:
         info["qat"] = {**result["qat"], "side_by_side": table}
     return StageResult(artifacts=artifacts, models=models, state=state, info=info)
-
-
-def _mode_of(result: dict[str, Any], configured: str) -> str:
-    """The mode of the accepted attempt (a static search may end on its dynamic remedy), else the configured one."""
-    name = result.get("accepted_attempt")
-    return next((a["settings"]["mode"] for a in result["attempts"] if a["name"] == name and a["settings"]["mode"]
-                 in ("static", "dynamic")), configured)
 
 
 PARITY_ROWS = 512
