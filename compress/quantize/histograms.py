@@ -231,11 +231,18 @@ def _outer_edges(arrays: list[np.ndarray]) -> tuple[Any, Any]:
 def _flattening_class() -> type:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    class Flattening(HistogramCollector):
-        """ORT's HistogramCollector, counting as ORT counts, handed batches of different shapes as one flat array."""
+    class Flattening(_Unbounded, HistogramCollector):
+        """ORT's HistogramCollector, counting as ORT counts, handed batches of different shapes as one flat array;
+        a tensor holding -inf or inf is left to _Unbounded, as in `Collector`."""
 
         def collect(self, name_to_arr: dict[str, Any]) -> Any:
-            return super().collect({tensor: _for_ort(data) for tensor, data in name_to_arr.items()})
+            finite = {}
+            for tensor, data in name_to_arr.items():
+                arrays = _arrays(data)
+                if arrays is not None and self._infinite(tensor, *_range(arrays)):
+                    continue
+                finite[tensor] = _for_ort(data)
+            return super().collect(finite)
 
     return Flattening
 
