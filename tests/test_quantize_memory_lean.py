@@ -178,7 +178,8 @@ def test_scratch_copies_go_beside_the_output_not_into_the_system_temp_folder(tmp
     assert result.exit_code == 0, result.output
     assert tempfile.tempdir == str(not_a_folder)  # restored
     summary = json.loads(out.with_suffix(".json").read_text())
-    assert summary["attempts"][0]["settings"]["bias_correction"] is True
+    first = summary["attempts"][0]  # static, with bias correction, and built (not failed and passed by a remedy)
+    assert first["settings"]["bias_correction"] is True and first["accepted"], first["reason"]
     assert all(Path(m).is_relative_to(out.parent) for m in made), made  # the CLI's own staging folder too
     assert [m for m in made if Path(m).parent.name == SCRATCH], made
     assert not [p for p in tmp_path.rglob(SCRATCH)]  # removed afterwards

@@ -71,10 +71,11 @@ SCRATCH = ".scratch"
 def scratch_in(out_dir: Path) -> Iterator[Path]:
     """For the block, every temporary folder and file that Python's tempfile makes (compress's scratch models and
     ONNX Runtime's quantizer's augmented copies) goes into `out_dir`/.scratch, removed afterwards; a folder left by
-    a killed run is removed first; `out_dir` too when this made it and nothing else went in. Process-wide: quantize
-    runs on one thread."""
-    made = not Path(out_dir).exists()
-    folder = Path(out_dir).resolve() / SCRATCH  # absolute: ORT's pre-processing runs in a working folder of its own
+    a killed run is removed first (the name is compress's own); the folders this made for it too, while nothing else
+    went in. Process-wide: quantize runs on one thread."""
+    out_dir = Path(out_dir).resolve()  # absolute: ORT's pre-processing runs in a working folder of its own
+    made = next((p for p in reversed((out_dir, *out_dir.parents)) if not p.exists()), None)  # the first one made
+    folder = out_dir / SCRATCH
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     before = tempfile.tempdir
@@ -84,8 +85,12 @@ def scratch_in(out_dir: Path) -> Iterator[Path]:
     finally:
         tempfile.tempdir = before
         shutil.rmtree(folder, ignore_errors=True)
-        if made and not any(Path(out_dir).iterdir()):
-            Path(out_dir).rmdir()
+        for path in (out_dir, *out_dir.parents) if made else ():  # the folders this made, while nothing went in
+            if any(path.iterdir()):
+                break
+            path.rmdir()
+            if path == made:
+                break
 
 
 def release() -> None:
