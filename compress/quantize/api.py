@@ -320,10 +320,12 @@ class _Search:
         return pick_quantized(accepted, record, self.gate)
 
     def plan(self, mode: str, dynamic_remedy: bool, saturates: bool) -> list[tuple[dict[str, Any], str]]:
-        """qa.remedy_plan, with dynamic int8 last for a static search (`mode`, not QAT) on a MatMul/Gemm graph."""
-        dynamic = (mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy
-                   and qa.matmuls_only(graph_of(self.base).graph))
-        return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic)
+        """qa.remedy_plan, with dynamic int8 last for a static search (`mode`, not QAT) on a MatMul/Gemm graph (and
+        then with the layers that write the outlier check's activations in float)."""
+        graph = graph_of(self.base).graph
+        dynamic = mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy and qa.matmuls_only(graph)
+        layers = qa.outlier_layers(graph, [name for name, _ in self.outliers]) if dynamic else []
+        return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic, outlier_layers=layers)
 
     def run(self, plan: list[tuple[dict[str, Any], str]], mode: str, progress: bool) -> dict[str, Any] | None:
         """The first attempt that meets the budget, trying remedies in order when `fallback` is on; a progress bar

@@ -6,13 +6,14 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from compress.errors import CompressError
 from compress.quantize import calibrate, histograms
-from compress.quantize.config import METHODS, QuantizeConfig
+from compress.quantize.config import METHODS, WEIGHTED, QuantizeConfig
+from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY, matmuls_only, outlier_layers  # noqa: F401
 from compress.quantize.lean import fixed_batch, graph_of, one_model_in_ort_quantizer, release
 from compress.quantize.prepare import is_large, quiet_onnx_runtime, save
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
@@ -21,12 +22,13 @@ from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_by
 
 log = logging.getLogger(__name__)
 
-def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False,
-                matmuls_only: bool = False) -> list[tuple[dict[str, Any], str]]:
+def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False, matmuls_only: bool = False,
+                outlier_layers: Sequence[str] = ()) -> list[tuple[dict[str, Any], str]]:
     """Attempts before node exclusion, in order: configured, other calibration methods, per-channel flipped, on a
     CPU whose u8s8 kernels saturate (x86 without VNNI, `saturates`) 7-bit weights (reduce_range), the weighted ops
     alone; and last for a static plan on a graph whose weights are all MatMul or Gemm (`matmuls_only`: a
-    transformer, an MLP), dynamic int8 (see DYNAMIC_WHY)."""
+    transformer, an MLP), dynamic int8 (see DYNAMIC_WHY), then dynamic int8 with `outlier_layers` in float (the
+    layers that write the activations the outlier check found: see OUTLIER_LAYERS_WHY)."""
     first = {"mode": cfg.mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
              "reduce_range": cfg.reduce_range, "nodes_to_exclude": []}
     if cfg.mode == "static":
@@ -54,29 +56,15 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False,
                      "remedy: only the ops with weights quantized (Conv, ConvTranspose, MatMul, Gemm), the ops between "
                      "them left float, so their roundings do not add up"))
     if cfg.mode == "static" and matmuls_only:
-        plan.append(({"mode": "dynamic", "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
-                      "reduce_range": cfg.reduce_range or saturates, "nodes_to_exclude": []}, DYNAMIC_WHY))
+        dynamic = {"mode": "dynamic", "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
+                   "reduce_range": cfg.reduce_range or saturates, "nodes_to_exclude": []}
+        plan.append((dynamic, DYNAMIC_WHY))
+        if outlier_layers:
+            n = len(outlier_layers)
+            plan.append(({**dynamic, "nodes_to_exclude": list(outlier_layers)},
+                         f"remedy: dynamic int8 with the {n} layer{'s' if n != 1 else ''} that write{'s' * (n == 1)} "
+                         f"{OUTLIER_LAYERS_WHY}"))
     return plan
-
-
-DYNAMIC_WHY = ("remedy: dynamic int8 (each activation quantized from its own range as the model runs): the usual "
-               "int8 of transformers on a CPU, where one calibrated range per tensor loses; CPU only, an NPU runs "
-               "static int8")
-"""Why the dynamic attempt is tried. all-MiniLM-L6-v2 (seq 64, 2026-12-07): static int8 after every remedy read a
-pooled-embedding cosine of 0.956-0.982 to fp32; dynamic per-channel 0.993, 2.34x faster than fp32 (paired)."""
-
-
-def matmuls_only(graph: Any) -> bool:
-    """Whether every weighted op of `graph` (a GraphProto) is a MatMul or Gemm, and there is one: where ONNX
-    Runtime's dynamic int8 computes every weight in 8 bits (its dynamic Conv is slower than float on CPUs)."""
-    ops = {n.op_type for n in graph.node if n.op_type in WEIGHTED}
-    return bool(ops) and ops <= {"MatMul", "Gemm"}
-
-
-WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-"""The weighted-ops remedy's op types (`op_types_to_quantize`). By default a PP-OCR detector quantizes 292 tensors,
-most of them inside HardSwish chains and Adds, which ORT CPU runs in float anyway (NNCF's graph of it quantizes
-125); with only these quantized its cosine drop went from 0.049 to 0.032, the recogniser's from 0.035 to 0.019."""
 
 
 GATE_CHECKED = 4
