@@ -246,10 +246,10 @@ class _Search:
         excluded = prep.excluded_nodes(base, cfg.exclude, onnx_path)
         if excluded:
             note += f"; kept in float as asked: {', '.join(excluded)}"
-        from compress.quantize.outliers import for_static
+        from compress.quantize.outliers import for_search
         from compress.quantize.sensitivity import memory_cap
 
-        found, kept = for_static(base, calib, cfg)
+        found, kept = for_search(base, calib, cfg)
         return cls(onnx_path, out_dir, cfg, gate, ort_providers, calib, base, note + kept, figures,
                    figures[gate.metric.name], excluded, memory_cap(cfg.max_memory_mb), found,
                    warnings=[said] if said else [])
@@ -324,7 +324,7 @@ class _Search:
         then with the layers that write the outlier check's activations in float)."""
         graph = graph_of(self.base).graph
         dynamic = mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy and qa.matmuls_only(graph)
-        layers = qa.outlier_layers(graph, [name for name, _ in self.outliers]) if dynamic else []
+        layers = qa.outlier_layers(graph, [n for n, _ in self.outliers]) if dynamic or mode == "dynamic" else []
         return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic, outlier_layers=layers)
 
     def run(self, plan: list[tuple[dict[str, Any], str]], mode: str, progress: bool) -> dict[str, Any] | None:

@@ -28,7 +28,8 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False, matmuls_only: b
     CPU whose u8s8 kernels saturate (x86 without VNNI, `saturates`) 7-bit weights (reduce_range), the weighted ops
     alone; and last for a static plan on a graph whose weights are all MatMul or Gemm (`matmuls_only`: a
     transformer, an MLP), dynamic int8 (see DYNAMIC_WHY), then dynamic int8 with `outlier_layers` in float (the
-    layers that write the activations the outlier check found: see OUTLIER_LAYERS_WHY)."""
+    layers that write the activations the outlier check found: see OUTLIER_LAYERS_WHY); a dynamic plan takes that
+    last attempt too, where the check ran (calibration rows given)."""
     first = {"mode": cfg.mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
              "reduce_range": cfg.reduce_range, "nodes_to_exclude": []}
     if cfg.mode == "static":
@@ -55,16 +56,21 @@ def remedy_plan(cfg: QuantizeConfig, *, saturates: bool = False, matmuls_only: b
         plan.append(({**first, "calibration_method": None, "op_types": list(WEIGHTED)},
                      "remedy: only the ops with weights quantized (Conv, ConvTranspose, MatMul, Gemm), the ops between "
                      "them left float, so their roundings do not add up"))
+    if cfg.mode == "dynamic" and outlier_layers:  # the outlier check ran on calibration rows (outliers.for_search)
+        plan.append(({**first, "nodes_to_exclude": list(outlier_layers)}, _outlier_why(outlier_layers)))
     if cfg.mode == "static" and matmuls_only:
         dynamic = {"mode": "dynamic", "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
                    "reduce_range": cfg.reduce_range or saturates, "nodes_to_exclude": []}
         plan.append((dynamic, DYNAMIC_WHY))
         if outlier_layers:
-            n = len(outlier_layers)
-            plan.append(({**dynamic, "nodes_to_exclude": list(outlier_layers)},
-                         f"remedy: dynamic int8 with the {n} layer{'s' if n != 1 else ''} that write{'s' * (n == 1)} "
-                         f"{OUTLIER_LAYERS_WHY}"))
+            plan.append(({**dynamic, "nodes_to_exclude": list(outlier_layers)}, _outlier_why(outlier_layers)))
     return plan
+
+
+def _outlier_why(layers: Sequence[str]) -> str:
+    n = len(layers)
+    return (f"remedy: dynamic int8 with the {n} layer{'s' if n != 1 else ''} that write{'s' * (n == 1)} "
+            f"{OUTLIER_LAYERS_WHY}")
 
 
 GATE_CHECKED = 4

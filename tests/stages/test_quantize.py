@@ -755,3 +755,7 @@ def test_a_dynamic_attempt_with_the_layers_that_write_outlier_activations_in_flo
     assert why_kept == f"remedy: dynamic int8 with the 1 layer that writes {qa.OUTLIER_LAYERS_WHY}"
     assert qa.remedy_plan(QuantizeConfig(), matmuls_only=True)[-1][1] == qa.DYNAMIC_WHY  # no outliers: no entry
     assert qa.attempt_name(9, kept) == "attempt-09-dynamic-pc-float1"
+    # a dynamic plan (its outlier check ran on calibration rows) ends with the same attempt; not without remedies
+    plan = qa.remedy_plan(QuantizeConfig(mode="dynamic"), outlier_layers=["fc1"])
+    assert plan[-1] == ({**plan[0][0], "nodes_to_exclude": ["fc1"]}, why_kept) and len(plan) == 3
+    assert len(qa.remedy_plan(QuantizeConfig(mode="dynamic", fallback=False), outlier_layers=["fc1"])) == 1
