@@ -2,8 +2,9 @@
 
 `quantize` (api) is what both the pipeline's quantize stage and `compress quantize` call; `attempts` holds one
 attempt's pieces; `outliers` finds the activations a few channels dominate, kept float in every static attempt;
-`sensitivity` ranks nodes for the keep-in-float remedy; `timing` measures the float and quantized models and picks
-between them.
+`dynamic` holds the dynamic int8 remedies of a MatMul/Gemm graph (the last of them keeps the layers that write those
+activations float); `sensitivity` ranks nodes for the keep-in-float remedy; `timing` measures the float and
+quantized models and picks between them; `lean` keeps the model's copies and scratch files few.
 """
 from __future__ import annotations
 
