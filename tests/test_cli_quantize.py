@@ -633,6 +633,7 @@ def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_w
     # setup: every static attempt fails in ORT (as static int8 lost on all-MiniLM-L6-v2: pooled cosine 0.956-0.982)
     from compress.quantize import attempts as qa
     from compress.quantize.config import QuantizeConfig
+    from compress.quantize.dynamic import matmuls_only
     from compress.quantize.lean import graph_of
 
     def refused(*args, **kwargs):
@@ -662,9 +663,9 @@ def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_w
     tried = json.loads(strict.with_suffix(".json").read_text())["attempts"]
     assert tried and all(a["settings"]["mode"] == "static" for a in tried)
     # the plan: only for a static search on a graph whose weights are all MatMul or Gemm
-    assert qa.matmuls_only(graph_of(files["model"]).graph)
+    assert matmuls_only(graph_of(files["model"]).graph)
     conv = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "c", [], [])
-    assert not qa.matmuls_only(conv) and not qa.matmuls_only(onnx.helper.make_graph([], "empty", [], []))
+    assert not matmuls_only(conv) and not matmuls_only(onnx.helper.make_graph([], "empty", [], []))
     assert qa.remedy_plan(QuantizeConfig(), matmuls_only=True)[:-1] == qa.remedy_plan(QuantizeConfig())
     assert all(s["mode"] == "dynamic" for s, _ in qa.remedy_plan(QuantizeConfig(mode="dynamic"), matmuls_only=True))
 

@@ -323,8 +323,10 @@ class _Search:
         """qa.remedy_plan, with dynamic int8 last for a static search (`mode`, not QAT) on a MatMul/Gemm graph (and
         then with the layers that write the outlier check's activations in float)."""
         graph = graph_of(self.base).graph
-        dynamic = mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy and qa.matmuls_only(graph)
-        layers = qa.outlier_layers(graph, [n for n, _ in self.outliers]) if dynamic or mode == "dynamic" else []
+        from compress.quantize.dynamic import matmuls_only, outlier_layers
+
+        dynamic = mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy and matmuls_only(graph)
+        layers = outlier_layers(graph, [n for n, _ in self.outliers]) if dynamic or mode == "dynamic" else []
         return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic, outlier_layers=layers)
 
     def run(self, plan: list[tuple[dict[str, Any], str]], mode: str, progress: bool) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, WEIGHTED, QuantizeConfig
-from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY, matmuls_only, outlier_layers  # noqa: F401
+from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY
 from compress.quantize.lean import fixed_batch, graph_of, one_model_in_ort_quantizer, release
 from compress.quantize.prepare import is_large, quiet_onnx_runtime, save
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
@@ -356,8 +356,13 @@ def verdict(gate: Any, drop: float) -> tuple[bool, str]:
                 f"{shown_drop(gate, gate.budget)}")
 
 
+def _drops(attempts: list[dict[str, Any]]) -> list[float]:
+    """The drops of the attempts that quantized something and were scored."""
+    return [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized")]
+
+
 def best_drop(attempts: list[dict[str, Any]], gate: Any) -> str:
-    drops = [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized")]
+    drops = _drops(attempts)
     if drops:
         return shown_drop(gate, min(drops))
     built = any(a.get("score") is not None for a in attempts)
@@ -370,7 +375,7 @@ def budget_that_takes_it(attempts: list[dict[str, Any]], gate: Any) -> str:
     '' when there is none."""
     import math
 
-    drops = [a["drop"] for a in attempts if a.get("drop") is not None and a.get("quantized") and a["drop"] > 0]
+    drops = [d for d in _drops(attempts) if d > 0]
     if not drops or not gate.key:
         return ""
     best = min(drops)

@@ -68,9 +68,9 @@ def is_large(path: Path) -> bool:
     """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
     ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
     from compress.onnx.graph import PROTOBUF_LIMIT
-    from compress.quantize.lean import external_bytes
+    from compress.quantize.lean import model_bytes
 
-    return Path(path).stat().st_size + external_bytes(path) > PROTOBUF_LIMIT // 2  # the graph parsed once a file
+    return model_bytes(path) > PROTOBUF_LIMIT // 2  # the graph parsed once a file
 
 
 def save(model: Any, path: Path, *, large: bool) -> None:

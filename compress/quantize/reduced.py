@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compress.quantize.attempts import WEIGHTED
+from compress.quantize.config import WEIGHTED
 from compress.quantize.lean import graph_of
 
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",

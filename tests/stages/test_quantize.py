@@ -742,12 +742,13 @@ def test_a_dynamic_attempt_with_the_layers_that_write_outlier_activations_in_flo
     # all-MiniLM-L6-v2: plain dynamic missed by 0.0008; with the three FFN output MatMuls whose outputs a few channels
     # dominate in float, it met the budget (docs/results.md)
     from compress.quantize import attempts as qa
+    from compress.quantize.dynamic import outlier_layers
     from compress.quantize.lean import graph_of
 
     _, _, centroids = _data(64, seed=1)
     graph = graph_of(_outlier_model(tmp_path / "outlier.onnx", centroids)).graph
-    assert qa.outlier_layers(graph, ["m1", "a1"]) == ["fc1"]  # m1 is fc1's (a MatMul with a weight)
-    assert qa.outlier_layers(graph, ["a1"]) == []  # written by an Add: nothing to keep in float
+    assert outlier_layers(graph, ["m1", "a1"]) == ["fc1"]  # m1 is fc1's (a MatMul with a weight)
+    assert outlier_layers(graph, ["a1"]) == []  # written by an Add: nothing to keep in float
     plan = qa.remedy_plan(QuantizeConfig(), matmuls_only=True, outlier_layers=["fc1"])
     (plain, why_plain), (kept, why_kept) = plan[-2:]
     assert why_plain == qa.DYNAMIC_WHY and plain["nodes_to_exclude"] == []
