@@ -192,20 +192,15 @@ def row_count(arrays: dict[str, Any]) -> int:
 
 def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
     """SAMPLES seeded random inputs that fit the model (token ids inside the vocabulary, masks of ones): at a fixed
-    batch, one chunk a seed, each what compress.edge.sample_inputs gives, from one session (a session a chunk took
-    ZFNet-512 at batch 1 through 64 sessions that each folded 340 MB of generated weights: 28 s)."""
+    batch, one chunk a seed (compress.edge.ort_format.sample_batches: one session for them all)."""
     import numpy as np
 
-    from compress.bench.inputs import index_bounds, make_inputs
-    from compress.bench.providers import open_session
+    from compress.edge.ort_format import sample_batches
     from compress.quantize.lean import fixed_batch, release
 
     step = fixed_batch(model) or SAMPLES
-    session, _ = open_session(model, "cpu", threads=1, strict=True)
-    bounds = index_bounds(model)
-    chunks = [make_inputs(session, step, dims, seed=seed, bounds=bounds) for seed in range(max(1, SAMPLES // step))]
-    del session
-    release()
+    chunks = sample_batches(model, batch=step, seeds=range(max(1, SAMPLES // step)), dims=dims)
+    release()  # the session's pages
     if len(chunks) == 1:
         return chunks[0]
     axes = getattr(dims, "batch_axes", {})
