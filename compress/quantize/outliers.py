@@ -78,17 +78,16 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
 def for_search(base: Path, calibration: Sequence[dict[str, np.ndarray]] | None, cfg: Any
                ) -> tuple[list[tuple[str, float]], str]:
     """The quantize stage's check before its attempts: (outlier_activations of the pre-processed model, a clause
-    for its note) under the [quantize] settings `cfg`; nothing unless static or dynamic with calibration rows.
-    Static keeps those tensors in float in every attempt; dynamic has a remedy that keeps the layers that write them
-    in float (compress.quantize.dynamic)."""
-    if cfg.mode not in ("static", "dynamic") or not calibration or not cfg.outlier_ratio:
+    for its note) under the [quantize] settings `cfg`; nothing unless static, or dynamic with its remedies on, with
+    calibration rows. Static keeps those tensors in float in every attempt; dynamic's last remedy keeps the MatMul
+    and Gemm layers that write them in float, where there are such (compress.quantize.dynamic), and says so itself."""
+    dynamic = cfg.mode == "dynamic" and cfg.fallback  # nothing else reads them in a dynamic search
+    if not (cfg.mode == "static" or dynamic) or not calibration or not cfg.outlier_ratio:
         return [], ""
     found = outlier_activations(base, calibration, cfg.outlier_ratio)
     if not found:
         return [], ""
-    if cfg.mode == "static":
-        return found, f"; kept in float: {describe(found)}"
-    return found, f"; {describe(found)} (a remedy keeps the layers that write them in float)"
+    return found, f"; {'kept in float: ' if cfg.mode == 'static' else ''}{describe(found)}"
 
 
 def _first_rows(calibration: Sequence[dict[str, np.ndarray]], rows: int) -> list[dict[str, np.ndarray]]:
