@@ -670,6 +670,43 @@ def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_w
     assert all(s["mode"] == "dynamic" for s, _ in qa.remedy_plan(QuantizeConfig(mode="dynamic"), matmuls_only=True))
 
 
+def test_dynamic_without_calibration_finds_the_outlier_layers_on_the_gates_rows(tmp_path: Path):
+    # all-MiniLM-L6-v2 with --mode dynamic and no --calibration missed its budget by 0.0008: the outlier check had no
+    # rows, so the attempt with the FFN output MatMuls in float was never built. Dynamic int8 calibrates nothing, so
+    # its remedies read the gate's own rows (--inputs, else --data)
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = np.eye(16, dtype=np.float32)
+    w1[15, 15] = 1000.0  # fc1 writes channel 15 at 1000x the others: its output's range one channel sets
+    head = rng.standard_normal((16, 4)).astype(np.float32)
+    head[15] = 0.0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("MatMul", ["m1", "w2"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4, 4])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(head, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "rows.npz", x=rng.standard_normal((32, 4, 16)).astype(np.float32))
+    for option in ("--inputs", "--data"):
+        out = tmp_path / f"q{option}.onnx"
+        # execute: a budget no attempt meets, so every remedy runs
+        result = _invoke(tmp_path / "m.onnx", "--out", out, "--mode", "dynamic", option, tmp_path / "rows.npz",
+                         "--max-cosine-drop", "0")
+        # assert: after plain dynamic (per channel, per tensor), a remedy keeps fc1 (and nothing else) in float; the
+        # exclusion remedy follows, ranked by SQNR (a dynamic graph's nodes cannot be put back in float one by one)
+        assert result.exit_code == 1, result.output
+        tried = json.loads(out.with_suffix(".json").read_text())["attempts"]
+        assert tried[2]["settings"]["nodes_to_exclude"] == ["fc1"], (option, tried[2])
+        assert tried[2]["name"].endswith("-float1") and "outlier check" in tried[2]["why_tried"]
+        assert tried[3]["why_tried"] == "remedy: 1 most sensitive node kept in float (ranked by SQNR)"
+    # --no-fallback: no remedies, so no check
+    out = tmp_path / "plain.onnx"
+    _invoke(tmp_path / "m.onnx", "--out", out, "--mode", "dynamic", "--inputs", tmp_path / "rows.npz",
+            "--max-cosine-drop", "0", "--no-fallback")
+    assert len(json.loads(out.with_suffix(".json").read_text())["attempts"]) == 1
+
+
 def test_the_cosine_gate_leaves_out_padded_tokens_of_a_model_that_takes_an_attention_mask(tmp_path: Path):
     # setup: token states (N, T, D) from ids and an HF-style mask; a second model that differs from the first only at
     # padded positions (where nobody reads a state), and a third that differs at a real one

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, input_names, latency_feed,
-                                       read_inputs)
+                                       read_inputs, remedy_rows)
 from compress.errors import CompressError, GateFailed
 
 log = logging.getLogger("compress")
@@ -34,7 +34,8 @@ log = logging.getLogger("compress")
               help="static: int8 with calibrated ranges (QDQ); dynamic: int8 weights; fp16: half precision. "
                    "Default: static with --calibration, dynamic without.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help=".npz of real model inputs: one array per input name (or 'x' / the only array for one input).")
+              help=".npz of real model inputs: one array per input name (or 'x' / the only array for one input). "
+                   "Dynamic calibrates nothing: its remedies read these rows, else the gate's.")
 @click.option("--data", "data_npz", type=click.Path(path_type=Path), default=None,
               help=".npz of gate inputs (as --calibration) and targets ('y', or 'y_NAME' for several): accuracy "
                    "for class logits, or your --metric.")
@@ -142,8 +143,9 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
         cfg = QuantizeConfig(mode=mode, fallback=not no_fallback, pick=pick, exclude=exclude,
                              max_memory_mb=max_memory_mb, dynamic_remedy=not static_only)
+        rows = remedy_rows(model, calib, given, data_npz, dim_sizes, dynamic=mode == "dynamic" and not no_fallback)
         result = run_quantize(model, Path(work), cfg, gate=gate,
-                              calibration=calibration_batches(model, calib, dim_sizes),
+                              calibration=calibration_batches(model, rows, dim_sizes),
                               feed=latency_feed(model, given if given is not None else calib, dim_sizes),
                               providers=providers, batch_sizes=batches, progress=not quiet)
         warnings += result.get("warnings", [])  # said as quantization started (a --max-memory below the model's copies)

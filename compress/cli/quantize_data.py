@@ -208,6 +208,15 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
             for k, v in chunks[0].items()}
 
 
+def remedy_rows(model: Path, calib: Any, given: Any, data_npz: Path | None, dims: Any, *, dynamic: bool) -> Any:
+    """The input rows the search's remedies read: the calibration rows; for a dynamic search (its remedies on)
+    without them, the gate's (--inputs, else --data's inputs), since dynamic int8 calibrates nothing and its outlier
+    check (compress.quantize.outliers) needs a few real rows."""
+    if calib is not None or not dynamic or given is not None or data_npz is None:
+        return calib if calib is not None or not dynamic else given
+    return read_inputs(model, data_npz, "--data", dims.batch_axes)
+
+
 def calibration_batches(model: Path, calib: Any, dims: Any) -> Any:
     """Calibration inputs as feed batches along each input's batch axis: the model's fixed batch, else 32 rows. At a
     fixed batch the last one is filled up with the first rows again (the model takes no other size)."""

@@ -114,7 +114,9 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     checked = gate_checked(base, Path(best["path"]), pool, lambda p: -gate.drop(0.0, gate.score(p)[gate.metric.name]),
                            Path(best["path"]).parent)
     names = [n for n, _ in checked] + [n for n in names if n not in {c for c, _ in checked}]
-    why = f" (ranked by the gate on {len(checked)} candidates" + (f"; SQNR on {note})" if note else ")")
+    # a dynamic graph's candidates cannot be put back in float one at a time (with_node_in_float reads QDQ): SQNR alone
+    why = (f" (ranked by the gate on {len(checked)} candidates" + (f"; SQNR on {note})" if note else ")")) if checked \
+        else f" (ranked by SQNR{f' on {note}' if note else ''})"
     counts = sorted({min(2 ** i, cfg.max_float_nodes, len(names)) for i in range(cfg.max_float_nodes.bit_length() + 1)}
                     - {0})
     bar.total += len(counts)
