@@ -338,6 +338,39 @@ def test_the_untrained_check_is_timed_paired_with_a_relative_budgets_reference(t
     assert paired > 100.0
 
 
+def test_the_untrained_check_of_a_matmul_student_times_the_dynamic_int8_the_stage_may_ship(tmp_path, monkeypatch):
+    # a static search on a MatMul/Gemm graph ends with dynamic int8 (all-MiniLM-L6-v2 shipped it, 0.43x fp32's p50
+    # against static's 0.49x): the check timed static int8 alone, so it could rule out an architecture that fits
+    import tomllib
+
+    from compress.config import load_config
+    from compress.quantize import attempts
+    from compress.study.trial import latency_first, trial_raw
+
+    folder = _folder(tmp_path, **{'model = "builtin:cnn-small"\nkwargs = { width = 8 }':
+                                  'model = "builtin:mlp"\nkwargs = { hidden = 16 }'})
+    path = folder / "s.toml"
+    scfg = load_config(path).search
+    base = {k: v for k, v in tomllib.loads(path.read_text()).items() if k != "search"}
+    modes: list[str] = []
+    real = attempts.quantize_once
+    monkeypatch.setattr(attempts, "quantize_once", lambda *a, **k: modes.append(a[2]["mode"]) or real(*a, **k))
+
+    def timed(extra: dict, student: dict | None = None) -> list[str]:
+        modes.clear()
+        raw = trial_raw({**base, "quantize": extra, "student": student or base["student"]}, {}, scfg,
+                        folder / "trial", short=True)
+        assert latency_first(raw, path, scfg) > 0
+        return list(modes)
+
+    assert timed({"mode": "static"}) == ["static", "dynamic"]
+    assert timed({"mode": "static", "dynamic_remedy": False}) == ["static"]
+    assert timed({"mode": "static", "fallback": False}) == ["static"]
+    assert timed({"mode": "dynamic"}) == ["dynamic"]
+    cnn = {"model": "builtin:cnn-small", "kwargs": {"width": 8}}
+    assert timed({"mode": "static"}, cnn) == ["static"]  # convolutions: no dynamic remedy
+
+
 def test_the_report_says_when_the_hand_written_pipeline_is_ahead_of_the_winner(tmp_path):
     from compress.config import load_config
     from compress.study.outputs import markdown
