@@ -707,6 +707,46 @@ def test_dynamic_without_calibration_finds_the_outlier_layers_on_the_gates_rows(
     assert len(json.loads(out.with_suffix(".json").read_text())["attempts"]) == 1
 
 
+@pytest.mark.parametrize("extra", [[], ["--mode", "dynamic"], ["--mode", "fp16"]])
+def test_static_only_without_static_mode_is_exit_2(files: dict, extra: list):
+    # without --calibration the mode defaulted to dynamic, and --static-only (for a target that runs static int8 only)
+    # shipped dynamic int8
+    out = files["dir"] / "q" / "static-only.onnx"
+    result = _invoke(files["model"], "--out", out, "--static-only", *extra)
+    assert result.exit_code == 2, result.output
+    assert "--static-only: a target that runs static int8 only needs --calibration" in result.output
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_inputs_without_the_batch_on_axis_0_are_read_from_the_graph(tmp_path: Path):
+    # a scale of fixed shape [1] beside x [N, 8] was cut on axis 0 like x: the second calibration batch had no scale
+    # left (IndexError in numpy, a traceback); a state [2, N, 3] needed --batch-axis state:1
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.cli.quantize_data import inferred_batch_axes
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Mul", ["x", "k"], ["xk"]), helper.make_node("MatMul", ["xk", "w"], ["logits"]),
+             helper.make_node("Mul", ["state", "k"], ["state_out"])]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, ["N", 8]), value("k", TensorProto.FLOAT, [1]),
+                                           value("state", TensorProto.FLOAT, [2, "N", 3])],
+                              [value("logits", TensorProto.FLOAT, ["N", 5]),
+                               value("state_out", TensorProto.FLOAT, [2, "N", 3])],
+                              [numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    # execute / assert: the graph's own answer, and what --batch-axis says still wins
+    assert inferred_batch_axes(tmp_path / "m.onnx", {}) == {"k": None, "state": 1}
+    assert inferred_batch_axes(tmp_path / "m.onnx", {"state": None}) == {"k": None, "state": None}
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((64, 8)).astype(np.float32), k=np.array([2.0], np.float32),
+             state=rng.standard_normal((2, 64, 3)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    result = _invoke(tmp_path / "m.onnx", "--out", out, "--calibration", tmp_path / "calib.npz", "--pick", "quantized")
+    assert result.exit_code == 0, result.output
+    first = json.loads(out.with_suffix(".json").read_text())["attempts"][0]
+    assert first["quantized"] and first["accepted"], first
+
+
 def test_the_cosine_gate_leaves_out_padded_tokens_of_a_model_that_takes_an_attention_mask(tmp_path: Path):
     # setup: token states (N, T, D) from ids and an HF-style mask; a second model that differs from the first only at
     # padded positions (where nobody reads a state), and a third that differs at a real one

@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, input_names, latency_feed,
-                                       read_inputs, remedy_rows)
+from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, inferred_batch_axes, input_names,
+                                       latency_feed, read_inputs, remedy_rows)
 from compress.errors import CompressError, GateFailed
 
 log = logging.getLogger("compress")
@@ -75,7 +75,9 @@ log = logging.getLogger("compress")
               help="Bind an input to the value you deploy with (Silero VAD's sr=16000): the model no longer takes "
                    "it, and the If nodes it decides are inlined, so the quantizer reaches their branches.")
 @click.option("--batch-axis", "batch_axes", multiple=True, metavar="INPUT:AXIS|INPUT:none",
-              help="The axis of an input that --batch sets (default 0; none: the input has no batch axis).")
+              help="The axis of an input that --batch sets (none: the input has no batch axis). Default: 0, or "
+                   "for an input whose axis 0 is fixed while another's is not, the axis named like that one, else "
+                   "none.")
 @click.option("--inputs", "inputs_npz", type=click.Path(path_type=Path), default=None,
               help=".npz of model inputs (one array per input name) for the agreement gate and the timing "
                    "(default: the --calibration inputs; --data takes over the gate).")
@@ -106,12 +108,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     check_model_file(model)
     for p in providers:
         resolve_provider(p)
-    if out_path.suffix != ".onnx":
-        raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
-    _not_the_model(model, out_path)
-    if metric is not None and data_npz is None:
-        raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
-                            "their targets ('y' or 'y_NAME')")
+    _check_options(model, out_path, metric, data_npz, static_only, mode or ("static" if calibration else "dynamic"))
     dim_sizes = parse_dims(dims, batch_axes)
     check_dims_named(model, dim_sizes)
     source = model
@@ -122,6 +119,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
         model, raised = _runnable(model, source, Path(work) / f"{model.stem}.opset.onnx")
         _check_batches(model, batches)
+        dim_sizes.batch_axes = inferred_batch_axes(model, dim_sizes.batch_axes)
         calib = read_inputs(model, calibration, "--calibration", dim_sizes.batch_axes) if calibration else None
         given = read_inputs(model, inputs_npz, "--inputs", dim_sizes.batch_axes) if inputs_npz else None
         by_default, mode = mode is None, mode or ("static" if calib is not None else "dynamic")
@@ -163,6 +161,20 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     click.echo(_markdown(summary))
     if result["chosen"] is None:
         raise GateFailed(f"{source}: {result['why']} (summary: {out_path.with_suffix('.json')})")
+
+
+def _check_options(model: Path, out_path: Path, metric: str | None, data_npz: Path | None, static_only: bool,
+                   mode: str) -> None:
+    """CompressError for options that cannot go together, before any work."""
+    if out_path.suffix != ".onnx":
+        raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
+    _not_the_model(model, out_path)
+    if metric is not None and data_npz is None:
+        raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
+                            "their targets ('y' or 'y_NAME')")
+    if static_only and mode != "static":  # it shipped dynamic int8 (the default mode without --calibration)
+        raise CompressError(f"--static-only: a target that runs static int8 only needs --calibration (real inputs "
+                            f"to calibrate on) and static mode, got mode {mode}")
 
 
 def _not_the_model(model: Path, out: Path) -> None:

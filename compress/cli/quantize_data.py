@@ -208,6 +208,31 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
             for k, v in chunks[0].items()}
 
 
+def inferred_batch_axes(model: Path, given: dict[str, int | None]) -> dict[str, int | None]:
+    """`given` (--batch-axis) with what the graph says of the other inputs. Where some input's axis 0 is symbolic (the
+    batch), an input whose axis 0 is a fixed size has its batch on the axis named like that batch dimension (a
+    recurrent state [2, batch, 128]), or none when no axis is (a scale of shape [1]): cut on axis 0, it was split
+    between calibration batches, and the second one failed in numpy (IndexError)."""
+    from compress.onnx.graph import graph_inputs
+    from compress.quantize.lean import graph_of
+
+    shapes = {v.name: list(v.type.tensor_type.shape.dim) for v in graph_inputs(graph_of(model).graph)}
+
+    def fixed(d: Any) -> bool:
+        return d.HasField("dim_value") and d.dim_value > 0
+
+    firsts = [dims[0] for dims in shapes.values() if dims and not fixed(dims[0])]
+    if not firsts:  # a fixed batch everywhere (or no batched input): axis 0 as before
+        return dict(given)
+    names = [d.dim_param for d in firsts if d.dim_param]
+    batch = max(dict.fromkeys(names), key=names.count) if names else None
+    axes = dict(given)
+    for name, dims in shapes.items():
+        if name not in axes and dims and fixed(dims[0]):
+            axes[name] = next((i for i, d in enumerate(dims) if batch and d.dim_param == batch), None)
+    return axes
+
+
 def remedy_rows(model: Path, calib: Any, given: Any, data_npz: Path | None, dims: Any, *, dynamic: bool) -> Any:
     """The input rows the search's remedies read: the calibration rows; for a dynamic search (its remedies on)
     without them, the gate's (--inputs, else --data's inputs), since dynamic int8 calibrates nothing and its outlier
