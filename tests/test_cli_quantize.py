@@ -707,6 +707,33 @@ def test_dynamic_without_calibration_finds_the_outlier_layers_on_the_gates_rows(
     assert len(json.loads(out.with_suffix(".json").read_text())["attempts"]) == 1
 
 
+def test_a_gemm_kept_in_float_stays_float_in_dynamic_int8(tmp_path: Path):
+    # ORT's dynamic quantizer turns each Gemm into a MatMul named NAME_MatMul before it reads nodes_to_exclude: the
+    # Gemm named in --exclude was quantized all the same, while the summary said it was kept in float
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((4, 32)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="g1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="g2", transB=1)]
+    graph = helper.make_graph(nodes, "gemms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    np.savez(tmp_path / "in.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    # execute
+    result = _invoke(tmp_path / "g.onnx", "--out", out, "--mode", "dynamic", "--inputs", tmp_path / "in.npz",
+                     "--exclude", "g1", "--pick", "quantized", "--max-accuracy-drop", "1", "--no-fallback")
+    # assert: g2 alone is int8; g1's product stays a float MatMul
+    assert result.exit_code == 0, result.output
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") + ops.count("Gemm") == 1, ops
+
+
 @pytest.mark.parametrize("extra", [[], ["--mode", "dynamic"], ["--mode", "fp16"]])
 def test_static_only_without_static_mode_is_exit_2(files: dict, extra: list):
     # without --calibration the mode defaulted to dynamic, and --static-only (for a target that runs static int8 only)

@@ -13,7 +13,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, WEIGHTED, QuantizeConfig
-from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY
+from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY, with_gemm_matmuls
 from compress.quantize.lean import fixed_batch, graph_of, one_model_in_ort_quantizer, release
 from compress.quantize.prepare import is_large, quiet_onnx_runtime, save
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as
@@ -228,6 +228,7 @@ def quantize_once(base: Path, out: Path, settings: dict[str, Any], calib: list[d
         save(model, out, large=large)
         return ""
     if mode == "dynamic":
+        exclude = with_gemm_matmuls(graph_of(base).graph, exclude)
         # DefaultTensorType: a tensor whose type shape inference cannot tell (seen on transformer graphs) is float
         with one_model_in_ort_quantizer():  # the model's weights once, not three times (compress.quantize.lean)
             quantize_dynamic(base, out, per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],

@@ -33,3 +33,13 @@ def matmuls_only(graph: Any) -> bool:
     Runtime's dynamic int8 computes every weight in 8 bits (its dynamic Conv is slower than float on CPUs)."""
     ops = {n.op_type for n in graph.node if n.op_type in WEIGHTED}
     return bool(ops) and ops <= {"MatMul", "Gemm"}
+
+
+def with_gemm_matmuls(graph: Any, names: list[str] | None) -> list[str] | None:
+    """`names` with NAME_MatMul beside each Gemm's NAME: ONNX Runtime's dynamic quantizer turns a Gemm into a MatMul
+    of that name (and an Add) before it reads nodes_to_exclude, so a Gemm kept in float by its own name was quantized
+    all the same (and the summary said it was kept)."""
+    if not names:
+        return names
+    gemms = {n.name for n in graph.node if n.op_type == "Gemm" and n.name}
+    return [*names, *(f"{n}_MatMul" for n in names if n in gemms)]
