@@ -707,6 +707,30 @@ def test_dynamic_without_calibration_finds_the_outlier_layers_on_the_gates_rows(
     assert len(json.loads(out.with_suffix(".json").read_text())["attempts"]) == 1
 
 
+def test_an_attempt_onnx_runtime_cannot_load_is_recorded_and_the_next_one_runs(files: dict, monkeypatch):
+    # an already-QDQ model's static attempt had two nodes of one name: ORT refused to load it, and the whole run
+    # ended with exit 2 blaming the user's model ("check the export")
+    from compress.quantize import attempts as qa
+
+    real = qa.quantize_once
+
+    def broken_first(base, out, settings, *args, **kwargs):
+        note = real(base, out, settings, *args, **kwargs)
+        if out.name.startswith("attempt-01"):
+            out.write_bytes(b"not a model")
+        return note
+    monkeypatch.setattr(qa, "quantize_once", broken_first)
+    out = files["dir"] / "q" / "broken.onnx"
+    # execute
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["val"],
+                     "--pick", "quantized", "--max-accuracy-drop", "1")
+    # assert: the first attempt failed on its own line, the second was built, judged and shipped
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(out.with_suffix(".json").read_text())["attempts"][:2]
+    assert first["reason"].startswith("failed: onnxruntime could not load the model") and not first["accepted"]
+    assert str(files["model"]) not in first["reason"] and second["accepted"]
+
+
 def test_a_gemm_kept_in_float_stays_float_in_dynamic_int8(tmp_path: Path):
     # ORT's dynamic quantizer turns each Gemm into a MatMul named NAME_MatMul before it reads nodes_to_exclude: the
     # Gemm named in --exclude was quantized all the same, while the summary said it was kept in float

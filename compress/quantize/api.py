@@ -283,11 +283,10 @@ class _Search:
         settings = record["settings"]
         try:
             figures = self.gate.score(path)
-        except CompressError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # the attempt's failure (ORT cannot load or run what its quantizer wrote), not the
+            # user's model's: that one the gate ran first; the line names the attempt's file, which is the record's
             record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
-                          reason=f"failed: {first_line(exc)}", quantized=False)
+                          reason=f"failed: {first_line(exc).removeprefix(f'{path}: ')}", quantized=False)
         else:
             score = figures[self.gate.metric.name]
             drop, reduced = self.gate.drop(self.float_score, score), is_reduced(path, settings["mode"])
