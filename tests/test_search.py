@@ -367,8 +367,25 @@ def test_the_untrained_check_of_a_matmul_student_times_the_dynamic_int8_the_stag
     assert timed({"mode": "static", "dynamic_remedy": False}) == ["static"]
     assert timed({"mode": "static", "fallback": False}) == ["static"]
     assert timed({"mode": "dynamic"}) == ["dynamic"]
+    assert timed({"mode": "qat"}) == ["static"]  # QAT ships its static QDQ graph: it was timed float alone
     cnn = {"model": "builtin:cnn-small", "kwargs": {"width": 8}}
     assert timed({"mode": "static"}, cnn) == ["static"]  # convolutions: no dynamic remedy
+
+
+def test_pareto_finalists_spread_over_the_front_with_its_most_accurate_point_in():
+    # the even steps int(i * n / k) never reached the front's last (most accurate) point, and the Pareto winner is
+    # the most accurate finalist: a better trial on the front was left out
+    from types import SimpleNamespace
+
+    from compress.study.finish import pick_finalists
+
+    rows = [{"state": "complete", "metric": 0.8 + 0.03 * i, "p50_ms": float(i), "constraints": None, "trial": i,
+             "params": {"i": i}} for i in range(5)]
+
+    def picked(k: int) -> list[int]:
+        return [r["trial"] for r in pick_finalists(rows, SimpleNamespace(objective="pareto", finalists=k), True)[0]]
+
+    assert picked(1) == [4] and picked(2) == [0, 4] and picked(3) == [0, 2, 4] and picked(7) == [0, 1, 2, 3, 4]
 
 
 def test_the_report_says_when_the_hand_written_pipeline_is_ahead_of_the_winner(tmp_path):

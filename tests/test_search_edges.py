@@ -153,6 +153,27 @@ def test_a_storage_url_is_printed_without_its_password():
 
     assert redacted("postgresql://user:se:cr@et@host:5432/db") == "postgresql://user:***@host:5432/db"
     assert redacted("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    # SQLAlchemy takes an empty user and a '/' in the password: both were printed whole
+    assert redacted("postgresql://user:pa/ss@host/db") == "postgresql://user:***@host/db"
+    assert redacted("postgresql://:secret@host/db") == "postgresql://:***@host/db"
+    assert redacted("postgresql://host:5432/db") == "postgresql://host:5432/db"
+    assert redacted("error: --storage mysql://u:p@h/db: no") == "error: --storage mysql://u:***@h/db: no"
+
+
+def test_a_study_another_optuna_schema_made_is_one_line(tmp_path):
+    # resuming after an Optuna upgrade (or joining an older shared study): RDBStorage raises a RuntimeError that asks
+    # for `optuna storage upgrade`; it was a 40-line traceback and exit 1
+    import sqlite3
+
+    from compress.study.storage import storage_for
+
+    db = tmp_path / "old.db"
+    storage_for(None, db)  # a current study database
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'v2.6.0.a'")
+    folder = _folder(tmp_path, **SMALL)
+    result = invoke(folder, "search", "s.toml", "--storage", f"sqlite:///{db}", "--quiet")
+    assert_one_line_error(result, folder, "Optuna could not open it", "optuna storage upgrade")
 
 
 def test_a_sequence_length_on_image_data_is_refused_at_load(tmp_path):

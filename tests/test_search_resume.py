@@ -14,23 +14,34 @@ SMALL = {"trials = 4": "trials = 1", "finalists = 2": "finalists = 1", "short_ep
          "epochs = 3": "epochs = 1"}
 
 
-def test_a_trial_stopped_by_ctrl_c_runs_again_with_its_values(tmp_path, monkeypatch):
-    # setup: a 1-trial study whose trial is stopped by Ctrl-C once its values are drawn
+@pytest.mark.parametrize("signal_name", [None, "SIGTERM"])
+def test_a_trial_stopped_by_ctrl_c_runs_again_with_its_values(tmp_path, monkeypatch, signal_name):
+    # setup: a 1-trial study whose trial is stopped by Ctrl-C (or SIGTERM: a scheduler's time limit, `timeout`)
+    # once its values are drawn. A SIGTERM'd trial was left RUNNING, and the resume counted it as a kill: the third
+    # failed its values for good ("killed 3 times (out of memory?)")
+    import signal
+
     import optuna
 
     import compress
     import compress.study.loop as study_loop
+    from compress.errors import Stopped
 
     folder = _folder(tmp_path, **SMALL)
     real_run_trial = study_loop.run_trial
 
     def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise Stopped(getattr(signal, signal_name)) if signal_name else KeyboardInterrupt
 
     monkeypatch.setattr(study_loop, "run_trial", ctrl_c)
     # execute: the search stops with the usual line and exit code
     result = invoke(folder, "search", "s.toml", "--quiet")
-    assert_one_line_error(result, folder, "interrupted; run the same command again", code=130)
+    if signal_name:
+        assert_one_line_error(result, folder, "stopped by SIGTERM", code=143)
+        trials = optuna.load_study(study_name=None, storage=f"sqlite:///{folder}/runs/tiny/search/study.db").trials
+        assert [t.state.name for t in trials] == ["FAIL", "WAITING"] and trials[0].user_attrs["ctrl_c"]
+    else:
+        assert_one_line_error(result, folder, "interrupted; run the same command again", code=130)
     assert not (folder / "runs/tiny/search/trials.jsonl").exists()  # no trial finished before the stop
     # execute: resumed, with a sampler that would draw other values (only a queued retry runs the same ones)
     monkeypatch.setattr(study_loop, "run_trial", real_run_trial)
@@ -41,6 +52,7 @@ def test_a_trial_stopped_by_ctrl_c_runs_again_with_its_values(tmp_path, monkeypa
     rows = section["trials"]
     stopped, retry = rows[0], rows[-1]
     assert stopped["state"] == "interrupted" and "queued again as trial 1" in stopped["reason"]
+    assert f"stopped by {signal_name or 'Ctrl-C'}" in stopped["reason"]
     assert retry["number"] == 1 and retry["retry_of"] == 0 and retry["state"] == "complete"
     assert retry["params"] == stopped["params"] and len(stopped["params"]) == 3
     assert retry["run_dir"] == stopped["run_dir"]

@@ -69,8 +69,11 @@ def pick_finalists(rows: list[dict[str, Any]], scfg: SearchConfig, higher: bool)
     if feasible:
         if scfg.objective == "pareto":
             on_front = _unique(front(feasible, higher))
-            step = max(1, len(on_front) / k)
-            return [on_front[int(i * step)] for i in range(min(k, len(on_front)))], False
+            # spread over the front, the most accurate point (its last) always in: the winner is the most accurate
+            # finalist, and the even steps never reached that end
+            n = len(on_front)
+            picks = range(n) if n <= k else dict.fromkeys(round(n - 1 - i * (n - 1) / max(k - 1, 1)) for i in range(k))
+            return [on_front[i] for i in sorted(picks)], False
         key = (lambda r: (-r["metric"] if higher else r["metric"], r["p50_ms"])) if scfg.objective == "max-metric" \
             else (lambda r: (r["p50_ms"], -r["metric"] if higher else r["metric"]))
         return _unique(sorted(feasible, key=key))[:k], False

@@ -170,10 +170,11 @@ def requeue(study: Any, trial: Any, why: str) -> None:
     study._storage.set_trial_user_attr(trial._trial_id, "requeued", f"{why}; queued again as trial {number}")
 
 
-def requeue_stopped(trial: Any) -> None:
-    """A trial (still running) that Ctrl-C stopped: its values queued again, its attempt not counted as a kill."""
+def requeue_stopped(trial: Any, why: str = "stopped by Ctrl-C") -> None:
+    """A trial (still running) that Ctrl-C or a signal stopped: its values queued again, its attempt not counted as
+    a kill."""
     trial.set_user_attr("ctrl_c", True)
-    requeue(trial.study, trial, "stopped by Ctrl-C")
+    requeue(trial.study, trial, why)
 
 
 def fail_interrupted(study: Any) -> int:
@@ -285,11 +286,16 @@ class Loop:
                 trial.set_constraint(name, 0.0)  # nothing measured: the sampler learns from its metric alone
             raise
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) and trial.params:
+            stopped = type(exc).__name__ == "Stopped"  # SIGTERM, SIGHUP (compress.errors): Optuna leaves it RUNNING
+            if (isinstance(exc, KeyboardInterrupt) or stopped) and trial.params:
                 # Optuna fails a trial stopped by Ctrl-C and never runs it again: its values are queued here, so the
-                # rerun that resumes the search (or another worker) runs them first
-                requeue_stopped(trial)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "Stopped":
+                # rerun that resumes the search (or another worker) runs them first. A signal is not a sign of its
+                # values killing the process either (the resume would have counted it as a kill, the third one
+                # failing the values for good "out of memory?"), and the trial is failed here, as Ctrl-C's is
+                requeue_stopped(trial, f"stopped by {exc.name}" if stopped else "stopped by Ctrl-C")
+                if stopped:
+                    trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or stopped:
                 raise
             from compress.errors import first_line
 

@@ -18,7 +18,8 @@ OPEN_TRIES = 5
 
 def redacted(url: str) -> str:
     """A storage URL without its password (postgresql://user:***@host/db)."""
-    return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", str(url))  # a password ends at the last @ before the host
+    # a user may be empty, a password may hold '/' (SQLAlchemy takes both); a password ends at the token's last @
+    return re.sub(r"(://[^:/@\s]*):\S*@", r"\1:***@", str(url))
 
 
 def storage_for(url: str | None, default: Path) -> Any:
@@ -45,7 +46,7 @@ def storage_for(url: str | None, default: Path) -> Any:
                                            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
                                            else None, **retry)
             except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, ValueError,
-                    ImportError) as exc:
+                    ImportError, RuntimeError) as exc:  # RuntimeError: a study another Optuna's schema made
                 if attempt + 1 < OPEN_TRIES and _racing(exc):
                     time.sleep(0.5 * (attempt + 1))
                     continue

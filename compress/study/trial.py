@@ -150,12 +150,12 @@ def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig, referen
             return measure(model, t.provider, t.batch, t.threads, inputs=feed, settings=PICK_PROFILE)["p50_ms"]
 
         p50 = timed(path)
-        if cfg.quantize is not None and cfg.quantize.mode in ("static", "dynamic"):
+        if cfg.quantize is not None and cfg.quantize.mode in ("static", "dynamic", "qat"):
             # the quantize stage ships the faster of float and int8: time the int8 model too (same kernels whatever
             # the weights; ranges from a few real inputs)
             from compress.quantize.attempts import quantize_once
 
-            calib = [data.inputs.as_feed(data.example(8))] if cfg.quantize.mode == "static" else None
+            calib = [data.inputs.as_feed(data.example(8))] if cfg.quantize.mode != "dynamic" else None
             for i, settings in enumerate(_shippable(cfg, path)):
                 quantized = Path(tmp) / f"student.int8-{i}.onnx"
                 quantize_once(path, quantized, {**settings, "bias_correction": False}, calib)
@@ -166,14 +166,15 @@ def latency_first(raw: dict[str, Any], source: Path, scfg: SearchConfig, referen
 def _shippable(cfg: Any, path: Path) -> list[dict[str, Any]]:
     """The quantize settings whose model the stage may ship, by kernels: the configured ones, and for a static search
     on a graph whose weights are all MatMul or Gemm its dynamic int8 remedy too (all-MiniLM-L6-v2: 0.43x fp32's p50
-    against static's 0.49x), unless the remedy is off or the NPU is a target (compress.stages.quantize)."""
+    against static's 0.49x), unless the remedy is off or the NPU is a target (compress.stages.quantize). QAT ships
+    its static QDQ graph's kernels (its post-training attempt's, trained), never dynamic."""
     from compress.quantize.attempts import remedy_plan
     from compress.quantize.dynamic import matmuls_only
     from compress.quantize.lean import graph_of
 
-    q = cfg.quantize
-    dynamic = q.mode == "static" and q.fallback and q.dynamic_remedy and "qnn" not in cfg.export.edge_targets \
-        and matmuls_only(graph_of(path).graph)
+    q = cfg.quantize if cfg.quantize.mode != "qat" else cfg.quantize.model_copy(update={"mode": "static"})
+    dynamic = cfg.quantize.mode == "static" and q.fallback and q.dynamic_remedy and \
+        "qnn" not in cfg.export.edge_targets and matmuls_only(graph_of(path).graph)
     plan = remedy_plan(q, matmuls_only=dynamic)
     return [plan[0][0], *(s for s, _ in plan[-1:] if dynamic)]
 
