@@ -65,7 +65,7 @@ def test_attempts_stopped_by_ctrl_c_are_not_counted_as_kills():
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from compress.study.loop import fail_interrupted, requeue_stopped
+    from compress.study.retries import fail_interrupted, requeue_stopped
 
     study = optuna.create_study()
     dist = {"x": CategoricalDistribution([1, 2])}

@@ -103,7 +103,8 @@ def _open_study(rdb: Any, prefix: str, baseline: dict[str, Any], scfg: Any, *, o
     starts again, said in one line, instead of reusing trials trained on other data or code."""
     import optuna
 
-    from compress.study.loop import directions, fail_interrupted
+    from compress.study.loop import directions
+    from compress.study.retries import fail_interrupted
 
     name = f"{prefix}-{_digest(baseline['inputs'])[:8]}"
     earlier = [s.study_name for s in optuna.get_all_study_summaries(storage=rdb, include_best_trial=False)]
@@ -246,7 +247,7 @@ def _wait_for_others(study_name: str, rdb: Any, say: Callable[[str], None], poll
     """Other workers' running trials finish (or go stale) before the finalists are chosen."""
     import optuna
 
-    from compress.study.loop import fail_stale
+    from compress.study.retries import fail_stale
 
     said = False
     while True:
