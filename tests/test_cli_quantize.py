@@ -115,6 +115,14 @@ def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
     (["--out", "x.txt", "--mode", "dynamic"], "error: --out: expected a path ending in .onnx, got 'x.txt'"),
     (["--out", "x.onnx", "--mode", "dynamic", "--data", "missing.npz"],
      "error: missing.npz: no such file; --data expects an .npz"),
+    # each of these was taken: a typo sized nothing, --output was ignored beside --metric
+    (["--out", "x.onnx", "--calibration", "calib.npz", "--batch-axis", "nosuch:0"],
+     "error: --batch-axis nosuch:0: the model has no input 'nosuch' (inputs: x)"),
+    (["--out", "x.onnx", "--calibration", "calib.npz", "--batch-axis", "x:5"],
+     "error: --batch-axis x:5: input 'x' has 2 axes"),
+    (["--out", "x.onnx", "--calibration", "calib.npz", "--data", "val.npz", "--metric", "m:f", "--output", "nosuch"],
+     "error: --output nosuch: picks what the agreement gate judges; --metric gates on your metric, which reads every "
+     "output: drop --output"),
 ])
 def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.MonkeyPatch, extra: list, line: str):
     monkeypatch.chdir(files["dir"])
@@ -130,14 +138,23 @@ def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.Monke
      "gives the indices)"),
     ({"x": 0}, "--calibration", "error: bad.npz: --calibration expects at least one sample; the array for input 'x' "
      "is empty (shape (0, 16))"),
+    # before: strings failed in numpy with a traceback, 0.5 was cut to 0, and NaN in --inputs passed the gate
+    ({"x": 200, "y": "strings"}, "--data", "error: bad.npz: --max-accuracy-drop gates on labels, which must be class "
+     "indices (whole numbers); got text values ('cat', 'cat', 'cat', ...)"),
+    ({"x": 200, "y": "halves"}, "--data", "error: bad.npz: --max-accuracy-drop gates on labels, which must be class "
+     "indices (whole numbers); got float64 values (0.5, 0.5, 0.5, ...)"),
+    ({"x": "nan"}, "--inputs", "error: bad.npz: array 'x' holds NaN at index 0 (first of 64 bad values); --inputs "
+     "expects numbers, not NaN: clean the data or drop those rows"),
 ])
 def test_labels_that_are_not_one_index_per_sample_and_empty_inputs_are_one_line(
         files: dict, monkeypatch: pytest.MonkeyPatch, arrays: dict, option: str, line: str):
     # setup: before, each was a traceback of numpy's and exit 1, the code of a missed budget
     monkeypatch.chdir(files["dir"])
     rng = np.random.default_rng(0)
-    np.savez("bad.npz", **{k: rng.standard_normal((v, 16)).astype(np.float32) if k == "x" else
-                           rng.integers(0, 4, v) for k, v in arrays.items()})
+    special = {"strings": np.array(["cat"] * 200), "halves": np.full(200, 0.5),
+               "nan": np.full((4, 16), np.nan, np.float32)}
+    np.savez("bad.npz", **{k: special[v] if isinstance(v, str) else rng.standard_normal((v, 16)).astype(np.float32)
+                           if k == "x" else rng.integers(0, 4, v) for k, v in arrays.items()})
     given = ["--calibration", "bad.npz"] if option == "--calibration" else ["--calibration", "calib.npz", option,
                                                                              "bad.npz"]
     # execute

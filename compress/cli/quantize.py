@@ -108,7 +108,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     check_model_file(model)
     for p in providers:
         resolve_provider(p)
-    _check_options(model, out_path, metric, data_npz, static_only, mode or ("static" if calibration else "dynamic"))
+    _check_options(model, out_path, metric, data_npz, static_only, mode or ("static" if calibration else "dynamic"),
+                   outputs)
     dim_sizes = parse_dims(dims, batch_axes)
     check_dims_named(model, dim_sizes)
     source = model
@@ -164,7 +165,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
 
 
 def _check_options(model: Path, out_path: Path, metric: str | None, data_npz: Path | None, static_only: bool,
-                   mode: str) -> None:
+                   mode: str, outputs: tuple[str, ...]) -> None:
     """CompressError for options that cannot go together, before any work."""
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
@@ -172,6 +173,9 @@ def _check_options(model: Path, out_path: Path, metric: str | None, data_npz: Pa
     if metric is not None and data_npz is None:
         raise CompressError("--metric: your metric compares outputs with targets: pass --data with the inputs and "
                             "their targets ('y' or 'y_NAME')")
+    if metric is not None and outputs:  # it was ignored, a typo in it too
+        raise CompressError(f"--output {outputs[0]}: picks what the agreement gate judges; --metric gates on your "
+                            "metric, which reads every output: drop --output")
     if static_only and mode != "static":  # it shipped dynamic int8 (the default mode without --calibration)
         raise CompressError(f"--static-only: a target that runs static int8 only needs --calibration (real inputs "
                             f"to calibrate on) and static mode, got mode {mode}")

@@ -50,9 +50,7 @@ def _check_values(inputs: list[Any], arrays: dict[str, Any], got: dict[str, Any]
         want = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else None
         if want is not None and want != np.dtype(object):  # strings go as numpy gives them
             check_dtype(np.asarray(got[info.name]), want, source=where, name=info.name)
-    if option == "--inputs":  # only timed: its values decide nothing
-        return
-    for name, array in got.items():
+    for name, array in got.items():  # --inputs too: the agreement gate judges on them
         key = next((k for k, v in arrays.items() if v is array), name)  # 'x' for a one-input model
         check_finite(array, where, f"array {key!r}", option, axes.get(name, 0))
 
@@ -157,6 +155,13 @@ def check_label_range(labels: Any, judged: dict[str, Any], source: str) -> None:
     from compress.quantize.gate import not_one_label_each
 
     name, logits = next(iter(judged.items()))
+    values = np.asarray(labels)
+    whole = values.dtype.kind in "biu" or (values.dtype.kind == "f" and bool(np.all(values == np.round(values))))
+    if not whole:  # strings failed in numpy with a traceback; 0.5 was cut to 0
+        shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in values.ravel()[:3])
+        raise CompressError(f"{source}: --max-accuracy-drop gates on labels, which must be class indices (whole "
+                            f"numbers); got {'text' if values.dtype.kind in 'USO' else values.dtype.name} values "
+                            f"({shown}, ...)")
     if not_one_label_each(labels, None) or not np.size(labels):
         return  # a wrong shape is the accuracy gate's own one-line error
     classes = int(np.prod(np.shape(logits)[1:]))
@@ -217,6 +222,12 @@ def inferred_batch_axes(model: Path, given: dict[str, int | None]) -> dict[str, 
     from compress.quantize.lean import graph_of
 
     shapes = {v.name: list(v.type.tensor_type.shape.dim) for v in graph_inputs(graph_of(model).graph)}
+    for name, axis in given.items():  # a typo sized nothing, and the run went on as if it had
+        if name not in shapes:
+            raise CompressError(f"--batch-axis {name}:{axis}: the model has no input {name!r} (inputs: "
+                                f"{', '.join(shapes)})")
+        if axis is not None and axis >= len(shapes[name]):
+            raise CompressError(f"--batch-axis {name}:{axis}: input {name!r} has {len(shapes[name])} axes")
 
     def fixed(d: Any) -> bool:
         return d.HasField("dim_value") and d.dim_value > 0
