@@ -748,6 +748,32 @@ def test_an_attempt_onnx_runtime_cannot_load_is_recorded_and_the_next_one_runs(f
     assert str(files["model"]) not in first["reason"] and second["accepted"]
 
 
+def test_integer_outputs_are_gated_on_agreement_and_a_box_output_is_not_class_logits(tmp_path: Path):
+    # a model that returns class indices (ArgMax, int64) was gated by cosine over the whole vector: int8 shipped at
+    # cosine 0.993 with 2 points of labels changed; a box regressor's (N, 4) output was judged by its argmax
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.quantize.gate import agreement_gate, looks_like_logits
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    feeds = {"x": rng.standard_normal((50, 16)).astype(np.float32)}
+    # execute
+    gate = agreement_gate(tmp_path / "m.onnx", feeds, budget_top1=0.005, budget_cosine=0.01, source="50 rows")
+    # assert: the share of labels kept, counted in samples
+    assert gate.metric.name == "top1_agreement" and gate.key == "--max-accuracy-drop" and gate.samples == 50
+    assert gate.what.startswith("agreement of the integer outputs (label) with the fp32 model's on 50 rows")
+    assert gate.score(tmp_path / "m.onnx") == {"top1_agreement": 1.0}
+    boxes = np.zeros((8, 4), np.float32)
+    assert not looks_like_logits({"boxes": boxes}) and not looks_like_logits({"bbox_xyxy": boxes})
+    assert looks_like_logits({"logits": boxes}) and looks_like_logits({"output": boxes})
+
+
 def test_a_gemm_kept_in_float_stays_float_in_dynamic_int8(tmp_path: Path):
     # ORT's dynamic quantizer turns each Gemm into a MatMul named NAME_MatMul before it reads nodes_to_exclude: the
     # Gemm named in --exclude was quantized all the same, while the summary said it was kept in float
