@@ -801,6 +801,41 @@ def test_a_gemm_kept_in_float_stays_float_in_dynamic_int8(tmp_path: Path):
     assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") + ops.count("Gemm") == 1, ops
 
 
+def test_the_batch_is_found_when_the_first_input_has_none_on_axis_0(tmp_path: Path):
+    # a recurrent state [2, N, 3] listed first: "--batch: fixes its batch dimension to 2", and the gate counted 2
+    # samples of 64; a batch-1 model that squeezes its batch away was judged on its first sample alone
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.onnx.graph import batch_axes_of, fixed_batch_of
+    from compress.quantize.gate import agreement_gate
+
+    rng = np.random.default_rng(0)
+    value = helper.make_tensor_value_info
+    w = numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Mul", ["state", "state"], ["s2"])]
+    graph = helper.make_graph(nodes, "g", [value("state", TensorProto.FLOAT, [2, "N", 3]),
+                                           value("x", TensorProto.FLOAT, ["N", 8])],
+                              [value("logits", TensorProto.FLOAT, ["N", 5]), value("s2", TensorProto.FLOAT, [2, "N", 3])],
+                              [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    assert batch_axes_of(graph) == {"state": 1} and fixed_batch_of(graph) is None
+    np.savez(tmp_path / "calib.npz", state=rng.standard_normal((2, 64, 3)).astype(np.float32),
+             x=rng.standard_normal((64, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    result = _invoke(tmp_path / "m.onnx", "--out", out, "--calibration", tmp_path / "calib.npz", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["gate"].endswith("on 64 calibration inputs")
+    # a batch-1 copy squeezed: (5,) a sample, judged on all ten
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Squeeze", ["m", "zero"], ["logits"])]
+    zero = numpy_helper.from_array(np.array([0], np.int64), "zero")
+    graph = helper.make_graph(nodes, "b1", [value("x", TensorProto.FLOAT, [1, 8])],
+                              [value("logits", TensorProto.FLOAT, [5])], [w, zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "b1.onnx"))
+    gate = agreement_gate(tmp_path / "b1.onnx", {"x": rng.standard_normal((10, 8)).astype(np.float32)},
+                          budget_top1=0.005, budget_cosine=0.01, source="10 rows")
+    assert gate.metric.name == "top1_agreement" and gate.samples == 10
+
+
 @pytest.mark.parametrize("extra", [[], ["--mode", "dynamic"], ["--mode", "fp16"]])
 def test_static_only_without_static_mode_is_exit_2(files: dict, extra: list):
     # without --calibration the mode defaulted to dynamic, and --static-only (for a target that runs static int8 only)

@@ -107,7 +107,7 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
     warning = None  # labels given with outputs that are not class logits: said, not used
     if data_npz is not None:
         feeds, targets = read_inputs(model, data_npz, "--data", dims.batch_axes), read_targets(data_npz)
-        n = row_count(feeds)
+        n = row_count(feeds, dims.batch_axes)
         if metric is not None:
             from compress.tasks.metric import UserMetric
 
@@ -133,7 +133,7 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
                        f"({', '.join(judged)}) are not one set of class logits, so the gate compares with the fp32 "
                        "model; pass --metric module:function to gate on the labels")
     elif calib is not None:
-        rows = row_count(calib)
+        rows = row_count(calib, dims.batch_axes)
         feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
     else:
         feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
@@ -188,11 +188,13 @@ def _judged(model: Path, fp32: dict[str, Any], outputs: tuple[str, ...]) -> dict
     return {k: fp32[k] for k in outputs} if outputs else fp32
 
 
-def row_count(arrays: dict[str, Any]) -> int:
-    """Samples in input arrays: the first axis of the first input that has one (scalars have none)."""
+def row_count(arrays: dict[str, Any], axes: dict[str, int | None] | None = None) -> int:
+    """Samples in input arrays: the size of the batch axis (`axes`, 0 by default) of the first input that has one
+    (scalars have none)."""
     import numpy as np
 
-    return next((int(np.shape(v)[0]) for v in arrays.values() if np.ndim(v)), 1)
+    axis = {k: None if not np.ndim(v) else (axes or {}).get(k, 0) for k, v in arrays.items()}
+    return next((int(np.shape(v)[axis[k]]) for k, v in arrays.items() if axis[k] is not None), 1)
 
 
 def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
@@ -214,11 +216,10 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
 
 
 def inferred_batch_axes(model: Path, given: dict[str, int | None]) -> dict[str, int | None]:
-    """`given` (--batch-axis) with what the graph says of the other inputs. Where some input's axis 0 is symbolic (the
-    batch), an input whose axis 0 is a fixed size has its batch on the axis named like that batch dimension (a
-    recurrent state [2, batch, 128]), or none when no axis is (a scale of shape [1]): cut on axis 0, it was split
-    between calibration batches, and the second one failed in numpy (IndexError)."""
-    from compress.onnx.graph import graph_inputs
+    """`given` (--batch-axis, checked against the model's inputs) with what the graph says of the other inputs
+    (compress.onnx.graph.batch_axes_of): a scale of shape [1] beside x [N, 8] was cut on axis 0, split between
+    calibration batches, and the second one failed in numpy (IndexError)."""
+    from compress.onnx.graph import batch_axes_of, graph_inputs
     from compress.quantize.lean import graph_of
 
     shapes = {v.name: list(v.type.tensor_type.shape.dim) for v in graph_inputs(graph_of(model).graph)}
@@ -229,19 +230,7 @@ def inferred_batch_axes(model: Path, given: dict[str, int | None]) -> dict[str, 
         if axis is not None and axis >= len(shapes[name]):
             raise CompressError(f"--batch-axis {name}:{axis}: input {name!r} has {len(shapes[name])} axes")
 
-    def fixed(d: Any) -> bool:
-        return d.HasField("dim_value") and d.dim_value > 0
-
-    firsts = [dims[0] for dims in shapes.values() if dims and not fixed(dims[0])]
-    if not firsts:  # a fixed batch everywhere (or no batched input): axis 0 as before
-        return dict(given)
-    names = [d.dim_param for d in firsts if d.dim_param]
-    batch = max(dict.fromkeys(names), key=names.count) if names else None
-    axes = dict(given)
-    for name, dims in shapes.items():
-        if name not in axes and dims and fixed(dims[0]):
-            axes[name] = next((i for i, d in enumerate(dims) if batch and d.dim_param == batch), None)
-    return axes
+    return batch_axes_of(graph_of(model).graph, given)
 
 
 def remedy_rows(model: Path, calib: Any, given: Any, data_npz: Path | None, dims: Any, *, dynamic: bool) -> Any:
@@ -264,7 +253,7 @@ def calibration_batches(model: Path, calib: Any, dims: Any) -> Any:
     from compress.quantize.lean import fixed_batch
 
     fixed, axes = fixed_batch(model), dims.batch_axes
-    n = row_count(calib)
+    n = row_count(calib, axes)
     if fixed and n % fixed:
         rows = np.arange(-(-n // fixed) * fixed) % n
         calib = {k: v if not np.ndim(v) or (axes or {}).get(k, 0) is None else np.take(v, rows, axis=axes.get(k, 0))

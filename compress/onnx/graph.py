@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError, first_line, shorten_list
 
@@ -82,10 +82,36 @@ def fixed_batch(onnx_path: Path) -> int | None:
 
 
 def fixed_batch_of(graph: "onnx.GraphProto") -> int | None:
-    """fixed_batch of a graph already loaded."""
-    inputs = graph_inputs(graph)
-    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    """fixed_batch of a graph already loaded: the batch dimension of the first input that has one (batch_axes_of:
+    a recurrent state [2, N, 16] or a scale [1] listed first is not where the batch is)."""
+    axes = batch_axes_of(graph)
+    for value in graph_inputs(graph):
+        dims, axis = value.type.tensor_type.shape.dim, axes.get(value.name, 0)
+        if axis is not None and len(dims) > axis:
+            return dims[axis].dim_value if _fixed(dims[axis]) else None
+    return None
+
+
+def batch_axes_of(graph: "onnx.GraphProto", given: dict[str, int | None] | None = None) -> dict[str, int | None]:
+    """{input: its batch axis, or None} where the graph says other than axis 0, over `given` (what the user said).
+    Where some input's axis 0 is symbolic (the batch), an input whose axis 0 is a fixed size has its batch on the
+    axis named like that batch dimension (a recurrent state [2, batch, 128]), or none when no axis is (a scale of
+    shape [1]). A graph whose inputs all fix axis 0 (a batch-1 copy) keeps axis 0 everywhere."""
+    shapes = {v.name: list(v.type.tensor_type.shape.dim) for v in graph_inputs(graph)}
+    axes = dict(given or {})
+    firsts = [dims[0] for dims in shapes.values() if dims and not _fixed(dims[0])]
+    if not firsts:
+        return axes
+    names = [d.dim_param for d in firsts if d.dim_param]
+    batch = max(dict.fromkeys(names), key=names.count) if names else None
+    for name, dims in shapes.items():
+        if name not in axes and dims and _fixed(dims[0]):
+            axes[name] = next((i for i, d in enumerate(dims) if batch and d.dim_param == batch), None)
+    return axes
+
+
+def _fixed(dim: Any) -> bool:
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def without_initializer_inputs(model: "onnx.ModelProto") -> bool:

@@ -65,8 +65,9 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     axis = {k: (None if not np.ndim(v) else (axes or {}).get(k, 0)) for k, v in feeds.items()}
     first = next(((k, a) for k, a in axis.items() if a is not None), None)
     n = np.shape(feeds[first[0]])[first[1]] if first else 1
-    shape0 = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    fixed = shape0 if isinstance(shape0, int) and shape0 > 0 and first else None
+    shape = next((i.shape for i in session.get_inputs() if first and i.name == first[0]), None)
+    size = shape[first[1]] if shape and len(shape) > first[1] else None  # the batch of the input cut in chunks
+    fixed = size if isinstance(size, int) and size > 0 else None
     from compress.quantize.sensitivity import rows_that_fit  # ORT's arena keeps a whole run's activations
 
     step = fixed or rows_that_fit(path, {k: v if axis[k] is None else np.take(v, [0], axis=axis[k])
@@ -97,9 +98,12 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
 
 def _joined(parts: list[np.ndarray], rows: list[int], n: int) -> np.ndarray:
     """Chunks of one output joined on the first axis whose size is each chunk's row count, cut to `n` samples;
-    an output with no such axis (its size is not per sample) is the first chunk's."""
+    chunks of one sample each with no such axis (a batch-1 model that squeezes its batch away: (5,) a sample) are
+    stacked on a new axis 0; any other output with no such axis (its size is not per sample) is the first chunk's."""
     axis = next((a for a in range(np.ndim(parts[0]))
                  if all(np.ndim(p) > a and np.shape(p)[a] == r for p, r in zip(parts, rows))), None)
+    if axis is None and len(parts) > 1 and set(rows) == {1} and len({np.shape(p) for p in parts}) == 1:
+        return np.stack(parts)[:n]  # judged on every sample: it was the first one's alone
     if axis is None:
         return parts[0]
     return _samples(np.concatenate(parts, axis=axis), 0, n, axis)
