@@ -801,6 +801,22 @@ def test_a_gemm_kept_in_float_stays_float_in_dynamic_int8(tmp_path: Path):
     assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") + ops.count("Gemm") == 1, ops
 
 
+def test_the_gate_counts_the_random_inputs_it_made(tmp_path: Path):
+    # at a fixed batch of 3 it made 63 and said 64 (the attempt said "1 of 63 samples")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "b3",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [3, 5])],
+                              [numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "b3.onnx"))
+    out = tmp_path / "q.onnx"
+    _invoke(tmp_path / "b3.onnx", "--out", out, "--batch", "3")
+    assert "top-1 agreement with the fp32 model on 63 seeded random inputs" in json.loads(
+        out.with_suffix(".json").read_text())["gate"]
+
+
 def test_the_batch_is_found_when_the_first_input_has_none_on_axis_0(tmp_path: Path):
     # a recurrent state [2, N, 3] listed first: "--batch: fixes its batch dimension to 2", and the gate counted 2
     # samples of 64; a batch-1 model that squeezes its batch away was judged on its first sample alone

@@ -135,8 +135,9 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
     elif calib is not None:
         rows = row_count(calib, dims.batch_axes)
         feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
-    else:
-        feeds, source = _random(model, dims), f"{SAMPLES} seeded random inputs (pass --data for a real gate)"
+    else:  # as many as were made: a fixed batch of 3 makes 63, --dim N=4 (the batch's name) 4
+        feeds = _random(model, dims)
+        source = f"{row_count(feeds, dims.batch_axes)} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
                           source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
     if gate.metric.name == "cosine" and warning is None:
