@@ -801,6 +801,20 @@ def test_a_gemm_kept_in_float_stays_float_in_dynamic_int8(tmp_path: Path):
     assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") + ops.count("Gemm") == 1, ops
 
 
+def test_y_name_labels_gate_the_output_they_name(files: dict):
+    # 'y_NAME' labels (the help: targets for several outputs) were never used, without a word
+    val_x, val_y = np.load(files["val"])["x"], np.load(files["val"])["y"]
+    np.savez(files["dir"] / "named.npz", x=val_x, y_logits=val_y)
+    np.savez(files["dir"] / "other.npz", x=val_x, y_boxes=val_y)
+    out = files["dir"] / "q.onnx"
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["dir"] / "named.npz")
+    assert json.loads(out.with_suffix(".json").read_text())["gate"].startswith(
+        "accuracy on 200 labelled samples from named.npz"), result.output
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["dir"] / "other.npz")
+    assert "warning: other.npz: its labels ('y_boxes') are not used: the judged outputs (logits) are not one set of " \
+           "class logits with its own y_NAME" in result.output
+
+
 def test_the_gate_counts_the_random_inputs_it_made(tmp_path: Path):
     # at a fixed batch of 3 it made 63 and said 64 (the attempt said "1 of 63 samples")
     from onnx import TensorProto, helper, numpy_helper

@@ -120,18 +120,23 @@ def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None
                               higher_is_better=higher)
             return metric_gate(user, model, feeds, targets, metric_budget, source=f"{n} samples from "
                                f"{data_npz.name}", axes=dims.batch_axes), None
-        fp32 = outputs_of(model, feeds, axes=dims.batch_axes) if targets is not None and \
-            not isinstance(targets, dict) else None
+        fp32 = outputs_of(model, feeds, axes=dims.batch_axes) if targets is not None else None
         judged = _judged(model, fp32, outputs) if fp32 is not None else None
-        if judged is not None and looks_like_logits(judged):  # the fp32 outputs are the gate's first score too
-            check_label_range(targets, judged, data_npz.name)
-            return accuracy_gate(feeds, targets, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
+        labels = targets.get(next(iter(judged)) if len(judged) == 1 else None) if isinstance(targets, dict) else \
+            targets  # 'y_NAME': the labels of output NAME, when it is the one judged (they were never used)
+        if labels is not None and looks_like_logits(judged):  # the fp32 outputs are the gate's first score too
+            check_label_range(labels, judged, data_npz.name)
+            return accuracy_gate(feeds, labels, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
                                  axes=dims.batch_axes, known=(model, fp32), output=next(iter(judged))), None
         source = f"{n} samples from {data_npz.name}"
         if judged is not None:
-            warning = (f"warning: {data_npz.name}: its labels ('y') are not used: the judged outputs "
-                       f"({', '.join(judged)}) are not one set of class logits, so the gate compares with the fp32 "
-                       "model; pass --metric module:function to gate on the labels")
+            several = isinstance(targets, dict)
+            names = ", ".join(f"'y_{k}'" for k in targets) if several else "'y'"
+            warning = (f"warning: {data_npz.name}: its labels ({names}) are not used: the judged "
+                       f"outputs ({', '.join(judged)}) are not one set of class logits"
+                       f"{' with its own y_NAME' if several else ''}, so the gate compares with the fp32 model; pass "
+                       f"{'--output NAME for the logits y_NAME labels, or ' if several else ''}--metric "
+                       "module:function to gate on the labels")
     elif calib is not None:
         rows = row_count(calib, dims.batch_axes)
         feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
