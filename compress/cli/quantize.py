@@ -131,7 +131,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         gate, warning = gate_from(model, given if given is not None else calib, data_npz, metric, primary,
                                   not lower_is_better, outputs, dim_sizes,
                                   budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
-                                  given="--inputs" if given is not None else None)
+                                  given="--inputs" if given is not None else None,
+                                  origin=data_npz or (inputs_npz if given is not None else calibration))
         release()  # the fp32 session the gate ran is gone: its pages too, before quantization loads the model
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches

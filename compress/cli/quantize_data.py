@@ -96,10 +96,24 @@ def read_targets(path: Path) -> Any:
     return several or None
 
 
-def gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
-          higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
-          given: str | None = None):
-    """(the Gate, a warning line or None) from what the command was given."""
+def gate_from(*args: Any, origin: Path | None = None, **kwargs: Any):
+    """(the Gate, a warning line or None) from what the command was given (_gate_from). When the fp32 model does not
+    run on the gate's inputs, the line names their file (`origin`), where the fault is (ids past the vocabulary,
+    two inputs of different lengths, rows that differ in number): it named the model."""
+    try:
+        return _gate_from(*args, **kwargs)
+    except CompressError as exc:
+        model, text = args[0], str(exc)
+        if origin is None or not text.startswith(f"{model}: did not run on the gate's inputs"):
+            raise
+        raise CompressError(f"{origin}: {Path(model).name} did not run on these inputs (check them against its "
+                            f"inputs){text.removeprefix(f'{model}: did not run on the gate' + chr(39) + 's inputs')}"
+                            ) from None
+
+
+def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
+               higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
+               given: str | None = None):
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets

@@ -74,6 +74,10 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
                                          for k, v in feeds.items()}, batch)
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failed run's error is raised below, in one line: not printed by ORT first
     growth = Watch()
     try:
         for start in range(0, n, step):
@@ -81,7 +85,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
                      for k, v in feeds.items()}
             if fixed and n - start < step:
                 chunk = {k: v if axis[k] is None else _pad(v, step, axis[k]) for k, v in chunk.items()}
-            for i, value in enumerate(session.run(None, chunk)):
+            for i, value in enumerate(session.run(None, chunk, quiet)):
                 parts[i].append(value)
             del chunk
             growth.check()  # freed buffers go back to the system once the pass grows (compress/heap.py)
