@@ -545,6 +545,20 @@ def test_a_graph_older_than_onnx_runtime_runs_is_raised_to_opset_13_first(tmp_pa
     assert result.exit_code == 0, result.output
     assert "note: old.onnx: opset 6 raised to 13 (ONNX Runtime runs opset 7 and up)" in result.output
     assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")) >= 13
+    # with two outputs (not class logits) the gate's warning names the user's model, not the raised scratch copy
+    graph.node.append(helper.make_node("Relu", ["y"], ["z"]))
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 4]))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3), str(model))
+    result = _invoke(model, "--out", out, "--calibration", tmp_path / "in.npz", "--batch", "8")
+    assert "warning: old.onnx: the outputs" in result.output and "old.opset.onnx" not in result.output
+
+
+def test_a_rejected_input_leaves_no_folders_behind(files: dict):
+    np.savez(files["dir"] / "bad.npz", nothing=np.zeros(3))
+    out = files["dir"] / "new" / "sub" / "q.onnx"
+    result = _invoke(files["model"], "--out", out, "--calibration", files["dir"] / "bad.npz")
+    assert result.exit_code == 2, result.output
+    assert not (files["dir"] / "new").exists()  # made for --out, removed again: they were left empty
 
 
 def test_a_graph_that_declares_no_standard_opset_is_not_raised(tmp_path: Path):

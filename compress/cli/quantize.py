@@ -98,8 +98,6 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     drop, size, latency) and the pick. Exit 1 when no attempt meets the budget (the summary is still written, the
     best effort beside OUT as OUT.best-effort.onnx).
     """
-    import tempfile
-
     from compress.bench.inputs import check_dims_named, parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.quantize import QuantizeConfig, quantize as run_quantize
@@ -113,8 +111,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     dim_sizes = parse_dims(dims, batch_axes)
     check_dims_named(model, dim_sizes)
     source = model
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work, _named(work, source):
+    with _workspace(out_path) as work, _named(work, source):
         specialised = None
         if fix or fix_inputs:
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
@@ -133,6 +130,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                                   budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
                                   given="--inputs" if given is not None else None,
                                   origin=data_npz or (inputs_npz if given is not None else calibration))
+        warning = warning and warning.replace(f": {model.name}:", f": {source.name}:")  # not the scratch copy's
         release()  # the fp32 session the gate ran is gone: its pages too, before quantization loads the model
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches
@@ -205,7 +203,25 @@ def _runnable(model: Path, source: Path, copy: Path) -> tuple[Path, str | None]:
         return model, None
     onnx.save(upgraded(onnx.load(str(model)), 13, origin=str(source), why="ONNX Runtime"), str(copy))
     return copy, (f"note: {source.name}: opset {have} raised to 13 (ONNX Runtime runs opset {ORT_OLDEST_OPSET} and "
-                  "up); the model written is at opset 13")
+                  "up); a model written to --out is at opset 13")
+
+
+@contextlib.contextmanager
+def _workspace(out_path: Path) -> Iterator[str]:
+    """A scratch folder beside --out (made with its parents), removed on exit; the parents made here are removed
+    again when the command fails and leaves them empty (a rejected .npz left empty folders behind)."""
+    import tempfile
+
+    made = [p for p in (out_path.parent, *out_path.parent.parents) if not p.exists()]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
+            yield work
+    except BaseException:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 @contextlib.contextmanager
