@@ -226,7 +226,8 @@ class _Search:
         if cfg.mode == "fp16" and cfg.pick == "quantized" and not FP16_PROVIDERS.intersection(ort_providers):
             raise CompressError(
                 f"quantize.mode: 'fp16' with pick = 'quantized' needs a GPU provider (cuda, tensorrt, dml, coreml), "
-                f"got {list(providers)!r}; add one to benchmark.providers or use mode = 'static' or 'dynamic'")
+                f"got {list(providers)!r}; add one to benchmark.providers (--provider) or use mode = 'static' or "
+                "'dynamic' (--mode)")
         calib = list(calibration) if calibration else None
         if cfg.mode == "static" and not calib:
             raise CompressError("quantize.mode: 'static' needs calibration samples from the training data, got none; "
