@@ -107,6 +107,9 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
     ops = quantizable_ops(settings)
     ranked = rank_sensitive_nodes(base, Path(best["path"]), take_samples(calib, keep), ops)
     names = [n for n, _ in ranked]
+    if not names:  # it ended without a word
+        attempts[-1]["reason"] = f"{attempts[-1].get('reason') or ''}; no node to keep in float could be ranked"
+        return None
     # the gate orders the likeliest few: SQNR's worst and the layers whose rounding reaches the outputs, each alone
     # in float in the best attempt (no recalibration); SQNR ranked a ResNet's fragile head fourth
     feeders = feeding_outputs(graph_of(base).graph, ops)

@@ -342,8 +342,8 @@ def quantizable_ops(settings: dict[str, Any]) -> set[str] | None:
 
     if settings.get("op_types"):
         ops = set(settings["op_types"])
-    elif settings["mode"] == "dynamic":
-        ops = set(IntegerOpsRegistry)
+    elif settings["mode"] == "dynamic":  # and Gemm, which ORT's dynamic quantizer turns into a MatMul it quantizes
+        ops = set(IntegerOpsRegistry) | {"Gemm"}  # (compress.quantize.dynamic.with_gemm_matmuls keeps one in float)
     elif settings["mode"] == "static":  # quantize_static's default op list is the union of both registries
         ops = set(QDQRegistry) | set(QLinearOpsRegistry)
     else:
