@@ -94,6 +94,8 @@ def study(tmp_path_factory) -> tuple[Path, dict]:
     ('"distill.alpha" = { low = 0.8, high = 0.2 }', ["search.space: distill.alpha: high (0.2) is below low (0.8)"]),
     ('"distill" = [1]', ["search.space.distill", "is a section"]),
     ('"pipeline.seed" = [1, 2]', ["search.space", "pipeline.seed", "the study's"]),
+    ('"student.kwargs.width" = 8', ["search.space: student.kwargs.width: expected a list of choices ([8] for one) or "
+                                    "a range { low = ..., high = ... }, got 8"]),
 ])
 def test_space_is_checked_at_load(tmp_path, space, fragments):
     folder = _folder(tmp_path)

@@ -114,6 +114,9 @@ class SearchConfig(Section):
             return v
         out = {}
         for path, spec in v.items():
+            if not isinstance(spec, (dict, list)):  # pydantic's union said "list[any]: input should be a valid list"
+                raise ValueError(f"{path}: expected a list of choices ([{spec!r}] for one) or a range "
+                                 f"{{ low = ..., high = ... }}, got {spec!r}")
             try:
                 out[path] = Range.model_validate(spec) if isinstance(spec, dict) else spec
             except ValidationError as exc:
