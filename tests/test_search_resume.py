@@ -59,6 +59,23 @@ def test_a_trial_stopped_by_ctrl_c_runs_again_with_its_values(tmp_path, monkeypa
     assert section["counts"]["trials"] == 1 and section["winner"]["trial"] == 1
 
 
+def test_a_trial_whose_metric_is_nan_fails_with_its_reason(tmp_path, monkeypatch):
+    # with metric_floor set, Optuna refused the NaN constraint ("NaN is not allowed"), which became the reason
+    import compress
+    import compress.study.loop as study_loop
+    from compress.study.trial import Outcome
+
+    folder = _folder(tmp_path, **{**SMALL, "latency_budget_ms = 1000.0": "latency_budget_ms = 1000.0\n"
+                                                                          "metric_floor = 0.5"})
+    monkeypatch.setattr(study_loop, "run_trial", lambda *a, **k: (
+        Outcome(run_dir=str(folder), metric=float("nan"), p50_ms=0.1, bytes=1000), None))
+    with pytest.raises(Exception):  # nothing feasible to finish with
+        compress.search(folder / "s.toml", progress=False)
+    rows = [json.loads(line) for line in (folder / "runs/tiny/search/trials.jsonl").read_text().splitlines()]
+    assert rows[0]["state"] == "failed" and rows[0]["reason"] == ("the validation metric is NaN: training diverged "
+                                                                  "(a lower distill.lr?)")
+
+
 def test_attempts_stopped_by_ctrl_c_are_not_counted_as_kills():
     """A trial stopped by Ctrl-C twice and then killed is queued again: Ctrl-C is not a sign of its values
     killing the process (MAX_TRIES counts kills only)."""

@@ -247,6 +247,8 @@ class Loop:
                 outcome, _ = run_trial(raw, self.source, self.scfg, self.store, report=self._reporter(trial))
             except GateFailed:  # the report is written; the final model is what it says (float when int8 missed)
                 outcome = self._after_gate(run_dir)
+        if outcome.metric is not None and outcome.metric != outcome.metric:  # Optuna refused the NaN constraint
+            raise ValueError("the validation metric is NaN: training diverged (a lower distill.lr?)")
         self._paired(outcome, raw)
         self.seconds.append(time.perf_counter() - started)
         outcome.seconds = round(time.perf_counter() - started, 2)
