@@ -176,6 +176,16 @@ def test_a_study_another_optuna_schema_made_is_one_line(tmp_path):
     assert_one_line_error(result, folder, "Optuna could not open it", "optuna storage upgrade")
 
 
+def test_trials_longer_than_the_finalists_are_refused_at_load(tmp_path):
+    # short_epochs 5 over distill.epochs 3: each finalist trained less than the trial that picked it (a review's
+    # pruned study read 0.87 in the trial and 0.67 as the finalist)
+    folder = _folder(tmp_path, **{"short_epochs = 2": "short_epochs = 5"})
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    assert_one_line_error(result, folder, "search.short_epochs: 5 is more than distill.epochs (3), which the "
+                          "finalists train")
+    assert not (folder / "runs").exists()
+
+
 def test_a_sequence_length_on_image_data_is_refused_at_load(tmp_path):
     folder = _folder(tmp_path, **{"latency_budget_ms = 1000.0": "latency_budget_ms = 1000.0\ntarget = { seq = 128 }"})
     result = invoke(folder, "search", "s.toml", "--quiet")
