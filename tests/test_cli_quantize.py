@@ -117,9 +117,9 @@ def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
      "error: missing.npz: no such file; --data expects an .npz"),
     # each of these was taken: a typo sized nothing, --output was ignored beside --metric
     (["--out", "x.onnx", "--calibration", "calib.npz", "--batch-axis", "nosuch:0"],
-     "error: --batch-axis nosuch:0: the model has no input 'nosuch' (inputs: x)"),
+     "error: --batch-axis nosuch: mlp.onnx has no input 'nosuch' (inputs: x)"),
     (["--out", "x.onnx", "--calibration", "calib.npz", "--batch-axis", "x:5"],
-     "error: --batch-axis x:5: input 'x' has 2 axes"),
+     "error: --batch-axis x:5: input 'x' of mlp.onnx has 2 axes; name one of 0-1, or none"),
     (["--out", "x.onnx", "--calibration", "calib.npz", "--data", "val.npz", "--metric", "m:f", "--output", "nosuch"],
      "error: --output nosuch: picks what the agreement gate judges; --metric gates on your metric, which reads every "
      "output: drop --output"),
@@ -919,7 +919,8 @@ def test_inputs_without_the_batch_on_axis_0_are_read_from_the_graph(tmp_path: Pa
     # left (IndexError in numpy, a traceback); a state [2, N, 3] needed --batch-axis state:1
     from onnx import TensorProto, helper, numpy_helper
 
-    from compress.cli.quantize_data import inferred_batch_axes
+    from compress.onnx.graph import batch_axes_of
+    from compress.quantize.lean import graph_of
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Mul", ["x", "k"], ["xk"]), helper.make_node("MatMul", ["xk", "w"], ["logits"]),
@@ -932,8 +933,8 @@ def test_inputs_without_the_batch_on_axis_0_are_read_from_the_graph(tmp_path: Pa
                               [numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "w")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     # execute / assert: the graph's own answer, and what --batch-axis says still wins
-    assert inferred_batch_axes(tmp_path / "m.onnx", {}) == {"k": None, "state": 1}
-    assert inferred_batch_axes(tmp_path / "m.onnx", {"state": None}) == {"k": None, "state": None}
+    assert batch_axes_of(graph_of(tmp_path / "m.onnx").graph) == {"k": None, "state": 1}
+    assert batch_axes_of(graph_of(tmp_path / "m.onnx").graph, {"state": None}) == {"k": None, "state": None}
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((64, 8)).astype(np.float32), k=np.array([2.0], np.float32),
              state=rng.standard_normal((2, 64, 3)).astype(np.float32))
     out = tmp_path / "q.onnx"

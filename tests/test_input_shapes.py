@@ -70,13 +70,47 @@ def test_a_scalar_input_stays_scalar_and_a_state_batch_on_axis_1_is_said_once(tm
     feed = make_inputs(session, 4, parse_dims([], ["state:1"]))
     assert feed["sr"].shape == () and feed["x"].shape == (4, 16) and feed["state"].shape == (2, 4, 8)
     assert session.run(None, feed)[0].shape == (4, 1)
-    # without --batch-axis, axis 0 of state (2) is taken for the batch: one line naming the option that exists
-    result = _invoke("bench", model, "--batch", "4", "--time-budget", "1")
-    assert result.exit_code == 2
-    assert "input 'state': its axis 0 is fixed to 2, so batch 4 cannot run" in result.output
-    assert "--batch-axis state:N (or state:none) when that axis is not the batch" in result.output
-    timed = _invoke("bench", model, "--batch", "4", "--batch-axis", "state:1", "--time-budget", "1")
+    # without --batch-axis the graph says it: state's axis 1 is named like x's batch (it was refused: "its axis 0
+    # is fixed to 2, so batch 4 cannot run"); a --batch-axis that names no input is one line
+    for extra in ([], ["--batch-axis", "state:1"]):
+        timed = _invoke("bench", model, "--batch", "4", "--time-budget", "1", *extra)
+        assert timed.exit_code == 0 and "CPUExecutionProvider             4" in timed.output, timed.output
+    typo = _invoke("bench", model, "--batch", "4", "--batch-axis", "stat:1")
+    assert typo.exit_code == 2 and "--batch-axis stat: vad.onnx has no input 'stat' (inputs: x, state, sr)" in \
+        typo.output
+
+
+def _state_first(path: Path) -> Path:
+    """h0 [2, batch, 8] listed first (torch's GRU export names x's batch 'batch_size'), x [batch_size, 16], a scale
+    of fixed shape [1]."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "scale"], ["hs"]),
+             helper.make_node("Add", ["h0", "hs"], ["h1"])]
+    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [2, "batch", 8]),
+                                             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", 16]),
+                                             helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("h1", TensorProto.FLOAT, [2, "batch", 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_bench_and_edge_find_the_batch_of_a_state_listed_first_and_feed_a_fixed_shape_whole(tmp_path: Path):
+    # bench --inputs read the state's fixed axis 0 (2) as the batch of 8 rows (items/s 4x too low; a scale [1]
+    # first: 64x); edge --fixed-batch 1 said "its batch is fixed to 2", and with the scale fed rows to a batch-1 copy
+    from compress.onnx.graph import batch_axes_of
+
+    model = _state_first(tmp_path / "gru.onnx")
+    assert batch_axes_of(onnx.load(str(model)).graph) == {"h0": 1, "scale": None}
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "in.npz", h0=rng.standard_normal((2, 8, 8)).astype(np.float32),
+             x=rng.standard_normal((8, 16)).astype(np.float32), scale=np.array([0.5], np.float32))
+    timed = _invoke("bench", model, "--inputs", tmp_path / "in.npz", "--time-budget", "1", "--json",
+                    tmp_path / "b.json")
     assert timed.exit_code == 0, timed.output
+    assert [r["batch"] for r in json.loads((tmp_path / "b.json").read_text())["latency"]] == [8]
+    edge = _invoke("edge", model, "--out", tmp_path / "edge", "--fixed-batch", "1", "--inputs", tmp_path / "in.npz")
+    assert edge.exit_code == 0, edge.output
+    assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
 
 
 def test_compress_quantize_takes_scalar_and_state_inputs(tmp_path: Path):

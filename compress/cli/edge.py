@@ -68,14 +68,13 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     _qnn_only(targets, {"--calibration": calibration_npz is not None, "--qnn-option": bool(qnn_options),
                         "--activation-type": activation_type != "auto"})
     from compress.bench.inputs import parse_batch_axes
-    from compress.edge.shapes import check_batch_axes, specialised
-    from compress.onnx.graph import load_model
+    from compress.edge.shapes import specialised
+    from compress.onnx.graph import batch_axes_for, load_model
 
     bound: dict = {}
     if fix or fix_inputs:
         model, bound, _ = specialised(model, Path(out) / f"{model.stem}.fixed.onnx", fix, fix_inputs)
-    axes = parse_batch_axes(batch_axes)
-    check_batch_axes(load_model(model, weights=False).graph, axes, model.name, set(bound))
+    axes = batch_axes_for(load_model(model, weights=False).graph, parse_batch_axes(batch_axes), model.name, set(bound))
     # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
     qnn = (_qnn_kwargs(model, calibration_npz, activation_type, qnn_options, axes, fixed_batch or 1)
            if "qnn" in targets else None)

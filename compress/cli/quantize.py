@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, inferred_batch_axes, input_names,
-                                       latency_feed, read_inputs, remedy_rows)
+from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, input_names, latency_feed,
+                                       read_inputs, remedy_rows)
 from compress.errors import CompressError, GateFailed
 
 log = logging.getLogger("compress")
@@ -101,7 +101,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     from compress.bench.inputs import check_dims_named, parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.quantize import QuantizeConfig, quantize as run_quantize
-    from compress.quantize.lean import release
+    from compress.onnx.graph import batch_axes_for
+    from compress.quantize.lean import graph_of, release
 
     check_model_file(model)
     for p in providers:
@@ -117,7 +118,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
         model, raised = _runnable(model, source, Path(work) / f"{model.stem}.opset.onnx")
         _check_batches(model, batches)
-        dim_sizes.batch_axes = inferred_batch_axes(model, dim_sizes.batch_axes)
+        dim_sizes.batch_axes = batch_axes_for(graph_of(model).graph, dim_sizes.batch_axes, source.name,
+                                              {f.partition("=")[0] for f in fix_inputs})
         calib = read_inputs(model, calibration, "--calibration", dim_sizes.batch_axes) if calibration else None
         given = read_inputs(model, inputs_npz, "--inputs", dim_sizes.batch_axes) if inputs_npz else None
         by_default, mode = mode is None, mode or ("static" if calib is not None else "dynamic")

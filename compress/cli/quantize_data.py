@@ -235,24 +235,6 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
             for k, v in chunks[0].items()}
 
 
-def inferred_batch_axes(model: Path, given: dict[str, int | None]) -> dict[str, int | None]:
-    """`given` (--batch-axis, checked against the model's inputs) with what the graph says of the other inputs
-    (compress.onnx.graph.batch_axes_of): a scale of shape [1] beside x [N, 8] was cut on axis 0, split between
-    calibration batches, and the second one failed in numpy (IndexError)."""
-    from compress.onnx.graph import batch_axes_of, graph_inputs
-    from compress.quantize.lean import graph_of
-
-    shapes = {v.name: list(v.type.tensor_type.shape.dim) for v in graph_inputs(graph_of(model).graph)}
-    for name, axis in given.items():  # a typo sized nothing, and the run went on as if it had
-        if name not in shapes:
-            raise CompressError(f"--batch-axis {name}:{axis}: the model has no input {name!r} (inputs: "
-                                f"{', '.join(shapes)})")
-        if axis is not None and axis >= len(shapes[name]):
-            raise CompressError(f"--batch-axis {name}:{axis}: input {name!r} has {len(shapes[name])} axes")
-
-    return batch_axes_of(graph_of(model).graph, given)
-
-
 def remedy_rows(model: Path, calib: Any, given: Any, data_npz: Path | None, dims: Any, *, dynamic: bool) -> Any:
     """The input rows the search's remedies read: the calibration rows; for a dynamic search (its remedies on)
     without them, the gate's (--inputs, else --data's inputs), since dynamic int8 calibrates nothing and its outlier

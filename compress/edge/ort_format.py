@@ -147,16 +147,14 @@ def ort_parity(onnx_path: Path, ort_path: Path, inputs: dict[str, "np.ndarray"],
     from compress.quantize.sensitivity import rows_that_fit
 
     axes = axes or {}
-    rows = {np.shape(v)[axes.get(k, 0)] if np.ndim(v) and axes.get(k, 0) is not None else None
-            for k, v in inputs.items()}
-    fixed = fixed_batch(Path(onnx_path)) if len(rows) == 1 and None not in rows else None
+    rows = {np.shape(v)[axes.get(k, 0)] for k, v in inputs.items() if np.ndim(v) and axes.get(k, 0) is not None}
+    fixed = fixed_batch(Path(onnx_path), axes) if len(rows) == 1 else None  # a scalar beside them: fed whole
     if fixed:  # the model takes exactly its batch: whole batches of it (the sample inputs may hold other counts)
         if next(iter(rows)) < fixed:
             raise CompressError(f"{onnx_path}: its batch is fixed to {fixed}, but the sample inputs hold "
                                 f"{next(iter(rows))} rows; give at least {fixed} (--inputs)")
         inputs = whole_batches(inputs, fixed, axes)
-    chunk = fixed or (rows_that_fit(Path(onnx_path), head(inputs, 1, axes), rows.pop())
-                      if len(rows) == 1 and None not in rows else None)
+    chunk = fixed or (rows_that_fit(Path(onnx_path), head(inputs, 1, axes), rows.pop()) if len(rows) == 1 else None)
     reference = run_cpu(Path(onnx_path), inputs, optimization=optimization, batch_size=chunk, axes=axes)
     candidate = run_cpu(Path(ort_path), inputs, ort_format=True, batch_size=chunk, axes=axes)
     return compare(reference, candidate, atol=atol, rtol=RTOL if rtol is None else rtol)

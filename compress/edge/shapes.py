@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.errors import CompressError
-from compress.onnx.graph import graph_inputs, load_model
+from compress.onnx.graph import check_batch_axes, graph_inputs, load_model
 
 if TYPE_CHECKING:
     import onnx
@@ -60,20 +60,6 @@ def fix_batch(onnx_path: Path, out_path: Path, batch: int = 1,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return out_path
-
-
-def check_batch_axes(graph: "onnx.GraphProto", axes: "dict[str, int | None]", origin: str,
-                     bound: "set[str] | frozenset[str]" = frozenset()) -> None:
-    """Each --batch-axis names an input of the graph (or one `bound` away by --fix-input) and an axis it has: one
-    line otherwise, before anything is fixed or generated for it."""
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in graph_inputs(graph)}
-    for name, axis in axes.items():
-        if name not in ranks and name not in bound:
-            raise CompressError(f"--batch-axis {name}: {origin} has no input {name!r} (inputs: {', '.join(ranks)})")
-        if name in ranks and axis is not None and axis >= ranks[name]:
-            raise CompressError(f"--batch-axis {name}:{axis}: input '{name}' of {origin} " + (
-                f"has {ranks[name]} axes; name one of 0-{ranks[name] - 1}, or none" if ranks[name]
-                else f"is a scalar; use --batch-axis {name}:none"))
 
 
 def parse_fix_dims(items: "tuple[str, ...] | list[str]") -> list[tuple[str, int | None, int]]:

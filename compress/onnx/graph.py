@@ -74,17 +74,17 @@ def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | N
     return inputs[0].name, tensor.elem_type, dims
 
 
-def fixed_batch(onnx_path: Path) -> int | None:
-    """The first input's batch dimension when the graph fixes it (model-zoo and edge copies), else None."""
+def fixed_batch(onnx_path: Path, axes: dict[str, int | None] | None = None) -> int | None:
+    """The batch dimension when the graph fixes it (model-zoo and edge copies), else None (fixed_batch_of)."""
     import onnx
 
-    return fixed_batch_of(onnx.load(str(onnx_path), load_external_data=False).graph)
+    return fixed_batch_of(onnx.load(str(onnx_path), load_external_data=False).graph, axes)
 
 
-def fixed_batch_of(graph: "onnx.GraphProto") -> int | None:
-    """fixed_batch of a graph already loaded: the batch dimension of the first input that has one (batch_axes_of:
-    a recurrent state [2, N, 16] or a scale [1] listed first is not where the batch is)."""
-    axes = batch_axes_of(graph)
+def fixed_batch_of(graph: "onnx.GraphProto", given: dict[str, int | None] | None = None) -> int | None:
+    """fixed_batch of a graph already loaded: the batch dimension of the first input that has one (batch_axes_of,
+    over the axes `given`: a recurrent state [2, N, 16] or a scale [1] listed first is not where the batch is)."""
+    axes = batch_axes_of(graph, given)
     for value in graph_inputs(graph):
         dims, axis = value.type.tensor_type.shape.dim, axes.get(value.name, 0)
         if axis is not None and len(dims) > axis:
@@ -95,8 +95,8 @@ def fixed_batch_of(graph: "onnx.GraphProto") -> int | None:
 def batch_axes_of(graph: "onnx.GraphProto", given: dict[str, int | None] | None = None) -> dict[str, int | None]:
     """{input: its batch axis, or None} where the graph says other than axis 0, over `given` (what the user said).
     Where some input's axis 0 is symbolic (the batch), an input whose axis 0 is a fixed size has its batch on the
-    axis named like that batch dimension (a recurrent state [2, batch, 128]), or none when no axis is (a scale of
-    shape [1]). A graph whose inputs all fix axis 0 (a batch-1 copy) keeps axis 0 everywhere."""
+    axis named like that batch dimension (a recurrent state [2, batch, 128]), else on its one symbolic axis, or none
+    (a scale of shape [1]). A graph whose inputs all fix axis 0 (a batch-1 copy) keeps axis 0 everywhere."""
     shapes = {v.name: list(v.type.tensor_type.shape.dim) for v in graph_inputs(graph)}
     axes = dict(given or {})
     firsts = [dims[0] for dims in shapes.values() if dims and not _fixed(dims[0])]
@@ -106,8 +106,34 @@ def batch_axes_of(graph: "onnx.GraphProto", given: dict[str, int | None] | None 
     batch = max(dict.fromkeys(names), key=names.count) if names else None
     for name, dims in shapes.items():
         if name not in axes and dims and _fixed(dims[0]):
-            axes[name] = next((i for i, d in enumerate(dims) if batch and d.dim_param == batch), None)
+            free = [i for i, d in enumerate(dims) if not _fixed(d)]  # torch names h0's batch 'batch', x's 'batch_size'
+            axes[name] = next((i for i in free if batch and dims[i].dim_param == batch), free[0] if len(free) == 1
+                              else None)
     return axes
+
+
+def check_batch_axes(graph: "onnx.GraphProto", axes: "dict[str, int | None]", origin: str,
+                     bound: "set[str] | frozenset[str]" = frozenset()) -> None:
+    """Each --batch-axis names an input of the graph (or one `bound` away by --fix-input) and an axis it has: one
+    line otherwise, before anything is fixed or generated for it."""
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in graph_inputs(graph)}
+    for name, axis in axes.items():
+        if name not in ranks and name not in bound:
+            raise CompressError(f"--batch-axis {name}: {origin} has no input {name!r} (inputs: {', '.join(ranks)})")
+        if name in ranks and axis is not None and axis >= ranks[name]:
+            raise CompressError(f"--batch-axis {name}:{axis}: input '{name}' of {origin} " + (
+                f"has {ranks[name]} axes; name one of 0-{ranks[name] - 1}, or none" if ranks[name]
+                else f"is a scalar; use --batch-axis {name}:none"))
+
+
+def batch_axes_for(graph: "onnx.GraphProto", given: dict[str, int | None], origin: str,
+                   bound: "set[str] | frozenset[str]" = frozenset()) -> dict[str, int | None]:
+    """--batch-axis `given` checked against the graph's inputs (check_batch_axes; `bound`: inputs --fix-input took
+    away), with the axes the graph shows for the others (batch_axes_of): what every command that cuts inputs into
+    batches is told. Without it `compress bench --inputs` read a scale [1] listed first as the batch (items/s 64x
+    too low) and `compress edge --fixed-batch` a state [2, N, 16]."""
+    check_batch_axes(graph, given, origin, bound)
+    return batch_axes_of(graph, {k: v for k, v in given.items() if k not in bound})
 
 
 def _fixed(dim: Any) -> bool:
