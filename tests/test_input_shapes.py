@@ -113,6 +113,29 @@ def test_bench_and_edge_find_the_batch_of_a_state_listed_first_and_feed_a_fixed_
     assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
 
 
+def test_a_baseline_timed_at_another_dim_size_is_said_and_refused_with_strict(tmp_path: Path):
+    # seq=16 against seq=4096: REGRESSED x10.9 and exit 1, even with --strict, for the same model
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "t")
+    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["states"])], "tok",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["batch", "seq", 4])],
+                              [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tok.onnx"))
+    quick = ["--quiet", "--min-runs", "3", "--repetitions", "1", "--warmup", "1", "--min-seconds", "0"]
+    for seq in (16, 4096):
+        done = _invoke("bench", tmp_path / "tok.onnx", "--dim", f"seq={seq}", "--json", tmp_path / f"{seq}.json", *quick)
+        assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "16.json").read_text())["dims"] == {"seq": 16}
+    said = "timed at different --dim sizes (seq=16 vs seq=4096)"
+    compared = _invoke("compare", tmp_path / "16.json", tmp_path / "4096.json", "--strict")
+    assert compared.exit_code == 2 and said in compared.output
+    gated = _invoke("bench", tmp_path / "tok.onnx", "--dim", "seq=4096", "--baseline", tmp_path / "16.json",
+                    "--strict", *quick)
+    assert gated.exit_code == 2 and said in gated.output
+
+
 def test_compress_quantize_takes_scalar_and_state_inputs(tmp_path: Path):
     model = recurrent(tmp_path / "vad.onnx")
     out = tmp_path / "vad-int8.onnx"

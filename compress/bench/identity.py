@@ -38,6 +38,9 @@ def mismatches(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     base_prov, new_prov = _providers(base), _providers(new)
     if base_prov and new_prov and base_prov != new_prov:
         out.append(f"different providers measured ({', '.join(sorted(base_prov))} vs {', '.join(sorted(new_prov))})")
+    if isinstance(base.get("dims"), dict) and isinstance(new.get("dims"), dict) and base["dims"] != new["dims"]:
+        shown = [", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none" for d in (base["dims"], new["dims"])]
+        out.append(f"timed at different --dim sizes ({shown[0]} vs {shown[1]})")  # documents before 2026-12-07 say none
     fixed = fixed_differ(base.get("fixed"), new.get("fixed"))
     return out + ([fixed] if fixed else [])
 

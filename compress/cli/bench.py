@@ -212,7 +212,8 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
         _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
                  inputs_for_batch, dim_sizes, json_out, shown=(against, given), fixed=fixed)
         return
-    base_rows = None if base_doc is None else _baseline_rows(base_doc, baseline, given, model, names, fixed,
+    base_rows = None if base_doc is None else _baseline_rows(base_doc, baseline, given, model, names,
+                                                             {"fixed": fixed, "dims": dict(dim_sizes)},
                                                              settings.strict)
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
@@ -223,6 +224,7 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
         from compress.bench.identity import model_inputs
 
         doc = bench_document(given, result, environment(), _settings_dict(settings), model_inputs(model))
+        doc["dims"] = dict(dim_sizes)  # --dim sizes: another seq times another graph's worth of work
         if fixed:
             doc["fixed"] = fixed  # timed with these dimensions and inputs fixed (--fix-dim, --fix-input)
         from compress.cache import write_json
@@ -264,14 +266,14 @@ def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
 
 
 def _baseline_rows(base_doc: dict[str, Any], baseline: Path, given: Path, model: Path, names: list[str],
-                   fixed: list[str], strict: bool) -> dict[Any, dict[str, Any]]:
+                   shapes: dict[str, Any], strict: bool) -> dict[Any, dict[str, Any]]:
     """The baseline's rows, after the checks `compare` makes (same model, inputs, providers, fixed dimensions;
     the machines), run on what is about to be timed, before a single run."""
     from compress.bench.compare import rows_of
     from compress.bench.environment import environment
     from compress.bench.identity import model_inputs
 
-    planned = {"inputs": model_inputs(model), "environment": environment(), "fixed": fixed,
+    planned = {"inputs": model_inputs(model), "environment": environment(), **shapes,  # fixed dims, --dim sizes
                "latency": [{"provider": name} for name in names]}
     _check_comparable(base_doc, planned, strict, f"--baseline {baseline}", f"--baseline {baseline} and {given}")
     return rows_of(base_doc, baseline)
