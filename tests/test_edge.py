@@ -64,6 +64,19 @@ def test_to_ort_format_writes_model_and_operator_config_and_matches_onnx(tmp_pat
     assert out["log"]  # the tool's own messages are kept, not printed
 
 
+def test_the_readiness_advice_names_what_is_still_dynamic():
+    # after --fixed-batch 1, a [1, 'seq'] input was told to set --fixed-batch 1 again
+    from compress.edge.readiness import _fix_advice
+
+    batch = "set [export] fixed_batch = 1 (or `compress edge MODEL --fixed-batch 1`) to fix the batch dimension"
+    assert _fix_advice([{"name": "x", "shape": ["N", 3, 32, 32]}]) == batch
+    assert _fix_advice([{"name": "ids", "shape": [1, "seq"]}, {"name": "mask", "shape": [1, "seq"]}]) == \
+        "fix the other dynamic dimensions with `compress edge MODEL --fix-dim seq=N`"
+    assert _fix_advice([{"name": "img", "shape": ["N", 3, "?", 48]}]) == \
+        f"{batch}; fix the other dynamic dimensions with `compress edge MODEL --fix-dim img:2=N`"
+    assert _fix_advice([]) is None
+
+
 def test_readiness_lists_every_node_and_the_unsupported_op(tmp_path):
     # setup: fixed shapes, so only the operator decides
     model = _conv_model(tmp_path / "cs.onnx", batch=1, cumsum=True)

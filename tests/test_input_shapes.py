@@ -113,6 +113,17 @@ def test_bench_and_edge_find_the_batch_of_a_state_listed_first_and_feed_a_fixed_
     assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
 
 
+def test_edge_runs_a_model_whose_batch_is_fixed_above_one_at_its_own_batch(tmp_path: Path):
+    # onnx's own test graphs fix axis 0 at 7: "batch 1 cannot run; use --batch 7", an option edge does not have
+    graph = helper.make_graph([helper.make_node("Sign", ["x"], ["y"])], "sign",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [7, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, 6])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "sign.onnx"))
+    result = _invoke("edge", tmp_path / "sign.onnx", "--out", tmp_path / "edge")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
+
+
 def test_a_baseline_timed_at_another_dim_size_is_said_and_refused_with_strict(tmp_path: Path):
     # seq=16 against seq=4096: REGRESSED x10.9 and exit 1, even with --strict, for the same model
     from onnx import TensorProto, helper, numpy_helper

@@ -83,7 +83,10 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         from compress.edge.ort_format import sample_inputs
 
         check_dims_named(model, parse_dims(dims, batch_axes))
-        inputs = sample_inputs(model, batch=fixed_batch or 1, dims=parse_dims(dims, batch_axes))
+        from compress.onnx.graph import fixed_batch as batch_of_graph
+
+        inputs = sample_inputs(model, batch=fixed_batch or batch_of_graph(model, axes) or 1,
+                               dims=parse_dims(dims, batch_axes))
     if inputs_npz is not None:
         from compress.bench.inputs import load_npz
         from compress.bench.providers import open_session

@@ -16,7 +16,7 @@ from compress.edge.ort_format import Optimization, ort_parity, sample_inputs, to
 from compress.edge.readiness import readiness
 from compress.edge.shapes import fix_batch
 from compress.errors import CompressError, GateFailed
-from compress.onnx.graph import load_model
+from compress.onnx.graph import fixed_batch as batch_of_graph, load_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -101,7 +101,8 @@ def prepare(
         except CompressError as exc:  # name the user's file, not edge's copy of it
             raise CompressError(str(exc).replace(str(model), str(onnx_path))) from None
     converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
-    feed = inputs if inputs is not None else sample_inputs(model, batch=fixed_batch or 1)
+    batch = fixed_batch or batch_of_graph(model, batch_axes) or 1  # onnx's test graphs fix axis 0 at 7
+    feed = inputs if inputs is not None else sample_inputs(model, batch=batch)
     parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol, optimization=optimization,
                         axes=batch_axes)
     section = {

@@ -213,11 +213,25 @@ def readiness(onnx_path: Path, *, optimization: Optimization | None = "basic") -
         "nodes": len(model.graph.node),
         "dynamic_inputs": dynamic,
         "dynamic_values": num_dynamic_values,
-        "fix": ("set [export] fixed_batch = 1 (or `compress edge MODEL --fixed-batch 1`) to fix the batch dimension"
-                if dynamic else None),
+        "fix": _fix_advice(dynamic),
         "providers": providers,
         "notes": notes,
     }
+
+
+def _fix_advice(dynamic: list[dict]) -> str | None:
+    """What fixes the dynamic inputs: the batch (axis 0) by fixed_batch, any other axis by --fix-dim (after
+    --fixed-batch 1 the advice was --fixed-batch 1 again for a [1, 'seq'] input)."""
+    said = []
+    if any(item["shape"] and isinstance(item["shape"][0], str) for item in dynamic):
+        said.append("set [export] fixed_batch = 1 (or `compress edge MODEL --fixed-batch 1`) to fix the batch "
+                    "dimension")
+    others = [f"{d}=N" if d != "?" else f"{item['name']}:{i}=N" for item in dynamic
+              for i, d in enumerate(item["shape"]) if i and isinstance(d, str)]
+    if others:
+        said.append(f"fix the other dynamic dimensions with `compress edge MODEL --fix-dim "
+                    f"{' --fix-dim '.join(dict.fromkeys(others))}`")
+    return "; ".join(said) or None
 
 
 def readiness_table(section: dict) -> str:
