@@ -11,21 +11,8 @@ from typing import Any
 
 import click
 
+from compress.cli.bench_options import check_conflicts, parse_provider_options
 from compress.errors import CompressError, GateFailed
-
-
-def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """['cuda:device_id=0', 'cuda:arena_extend_strategy=kSameAsRequested'] -> {'CUDAExecutionProvider': {...}}."""
-    from compress.bench.providers import resolve_provider
-
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        provider, colon, rest = item.partition(":")
-        key, eq, value = rest.partition("=")
-        if not colon or not eq or not key.strip() or not provider.strip():
-            raise CompressError(f"--provider-option: expected PROVIDER:KEY=VALUE (e.g. cuda:device_id=0), got {item!r}")
-        out.setdefault(resolve_provider(provider), {})[key.strip()] = value.strip()
-    return out
 
 
 def _gate(rows: list[dict[str, Any]], max_regression: float, what: str, strict: bool) -> None:
@@ -139,6 +126,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     names = [resolve_provider(p) for p in providers]
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
+    for note in check_conflicts(names, options, batches, threads, dim_sizes, fix, inputs_npz, edge, json_out):
+        click.echo(note, err=True)
     base_doc = load_document(baseline) if baseline is not None else None
     if base_doc is not None:
         rows_of(base_doc, baseline)  # a malformed baseline is refused before anything is timed

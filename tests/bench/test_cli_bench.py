@@ -96,6 +96,8 @@ def test_edge_profile(small: Path, tmp_path: Path):
     out = tmp_path / "r.json"
     result = invoke("bench", small, "--edge", "--batch", "8", "--threads", "2", "--json", out, *FAST)
     assert result.exit_code == 0, result.output
+    assert "note: --edge times batch 1 on 1 thread (the edge profile), not the --batch and --threads given" in \
+        result.output  # they were dropped without a word
     row = json.loads(out.read_text())["latency"][0]
     assert (row["batch"], row["threads"], row["session_options"]["allow_spinning"]) == (1, 1, False)
 
@@ -165,3 +167,23 @@ def test_kit_gets_the_bench_providers_options_threads_and_timing(small: Path, tm
     assert kit["provider_options"] == {"CUDAExecutionProvider": {"device_id": "1"}}
     assert kit["threads"] == [1, 2]
     assert (kit["warmup_runs"], kit["min_runs"], kit["min_seconds"], kit["repetitions"]) == (2, 20, 0.05, 2)
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--inputs", "IN", "--batch", "8"], "error: --batch: --inputs IN sets the batch and every shape (its arrays); "
+                                         "drop --batch"),
+    (["--inputs", "IN", "--dim", "seq=32"], "error: --dim: --inputs IN sets the batch and every shape (its arrays); "
+                                            "drop --dim"),
+    (["--fix-dim", "seq=16", "--dim", "seq=32"], "error: --dim seq: --fix-dim fixes seq in the model; give it once"),
+    (["--provider-option", "cuda:device_id=0"], "error: --provider-option: CUDAExecutionProvider is not timed "
+                                                "(--provider: CPUExecutionProvider); add --provider for it or drop the "
+                                                "option"),
+    (["--json", "DIR"], "error: --json DIR: a folder; give a file path (e.g. DIR/bench.json)"),
+])
+def test_options_that_would_be_ignored_are_one_line_before_timing(small: Path, tmp_path: Path, extra, line):
+    # each was taken: --inputs timed its own batch, --fix-dim won over --dim, a --json folder failed after the timing
+    np.savez(tmp_path / "in.npz", x=np.zeros((3, 64), np.float32))
+    swap = {"IN": str(tmp_path / "in.npz"), "DIR": str(tmp_path)}
+    result = invoke("bench", small, *[swap.get(a, a) for a in extra], *FAST)
+    expected = line.replace("IN", swap["IN"]).replace("DIR", swap["DIR"])
+    assert result.exit_code == 2 and result.output.strip() == expected, result.output

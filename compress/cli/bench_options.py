@@ -1,0 +1,46 @@
+"""What `compress bench` was told, checked before a single run is timed: provider options, and options that would
+be ignored or found wrong only after the timing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+
+def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """['cuda:device_id=0', 'cuda:arena_extend_strategy=kSameAsRequested'] -> {'CUDAExecutionProvider': {...}}."""
+    from compress.bench.providers import resolve_provider
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        provider, colon, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not colon or not eq or not key.strip() or not provider.strip():
+            raise CompressError(f"--provider-option: expected PROVIDER:KEY=VALUE (e.g. cuda:device_id=0), got {item!r}")
+        out.setdefault(resolve_provider(provider), {})[key.strip()] = value.strip()
+    return out
+
+
+def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[int, ...], threads: tuple[int, ...],
+                    dims: dict[str, int], fix: tuple[str, ...], inputs_npz: Path | None, edge: bool,
+                    json_out: Path | None) -> list[str]:
+    """Options that would be ignored, or found wrong only after the timing: one line, before a run (each was taken
+    silently: --inputs timed its own batch of 3 under --batch 8 --batch 16, a --json folder failed after every row
+    was timed). Returns the notes to print: --edge sets batch 1 and 1 thread over --batch and --threads."""
+    given = [o for o, on in (("--batch", batches != (1,)), ("--dim", bool(dims))) if on]
+    if inputs_npz is not None and given:
+        raise CompressError(f"{given[0]}: --inputs {inputs_npz} sets the batch and every shape (its arrays); drop "
+                            f"{' and '.join(given)}")
+    fixed = {f.partition("=")[0] for f in fix}
+    both = sorted(fixed & set(dims))
+    if both:
+        raise CompressError(f"--dim {both[0]}: --fix-dim fixes {both[0]} in the model; give it once")
+    stray = [p for p in options if p not in names]
+    if stray:
+        raise CompressError(f"--provider-option: {stray[0]} is not timed (--provider: {', '.join(names)}); add "
+                            "--provider for it or drop the option")
+    if json_out is not None and json_out.is_dir():
+        raise CompressError(f"--json {json_out}: a folder; give a file path (e.g. {json_out / 'bench.json'})")
+    over = " and ".join(o for o, on in (("--batch", batches != (1,)), ("--threads", threads != (1,))) if on)
+    return [f"note: --edge times batch 1 on 1 thread (the edge profile), not the {over} given"] if edge and over else []
