@@ -124,6 +124,20 @@ def test_edge_runs_a_model_whose_batch_is_fixed_above_one_at_its_own_batch(tmp_p
     assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
 
 
+def test_edge_names_the_inputs_file_the_model_cannot_run(tmp_path: Path, capfd):
+    # ids past the vocabulary: ORT printed its own red line, then "did not run on the sample inputs" (the user's file)
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "t")
+    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["states"])], "tok",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 6])],
+                              [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["batch", 6, 4])], [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tok.onnx"))
+    np.savez(tmp_path / "oob.npz", ids=np.full((2, 6), 50, np.int64))
+    result = _invoke("edge", tmp_path / "tok.onnx", "--out", tmp_path / "edge", "--inputs", tmp_path / "oob.npz")
+    assert result.exit_code == 2
+    assert f"did not run on --inputs {tmp_path / 'oob.npz'} in ONNX Runtime" in result.output
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
 def test_a_baseline_timed_at_another_dim_size_is_said_and_refused_with_strict(tmp_path: Path):
     # seq=16 against seq=4096: REGRESSED x10.9 and exit 1, even with --strict, for the same model
     from onnx import TensorProto, helper, numpy_helper

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from compress.errors import CompressError
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
@@ -100,9 +102,14 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     warnings = bound_mismatches(fix_inputs, {"--calibration": calibration_npz, "--inputs": inputs_npz})
     for line in warnings:  # now, before minutes on the NPU, and in edge.json
         click.echo(f"warning: {line}", err=True)
-    section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
-                      batch_axes=axes or None, warnings=warnings,
-                      style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
+    try:
+        section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
+                          batch_axes=axes or None, warnings=warnings,
+                          style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
+    except CompressError as exc:  # the user's file is what did not run (ids past the vocabulary), not "sample inputs"
+        if inputs_npz is None or "did not run on the sample inputs" not in str(exc):
+            raise
+        raise CompressError(str(exc).replace("the sample inputs", f"--inputs {inputs_npz}")) from None
     ort = section["ort"]
     parity = section["parity"]
     click.echo(f"ORT format: {ort['ort_path']} ({ort['bytes']} bytes, optimization {ort['optimization']})")

@@ -87,13 +87,15 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
         opts.add_session_config_entry("session.load_model_format", "ORT")
     for key, value in (config or {}).items():
         opts.add_session_config_entry(key, value)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failed run is the one line below, not also ORT's own log line first
     try:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         if batch_size is None:
-            return sess.run(None, feed)
+            return sess.run(None, feed, quiet)
         from compress.quantize.attempts import batched
 
-        chunks = [sess.run(None, part) for part in batched(feed, batch_size, axes)]
+        chunks = [sess.run(None, part, quiet) for part in batched(feed, batch_size, axes)]
     except Exception as exc:
         raise CompressError(f"{path}: did not run on the sample inputs in ONNX Runtime ({first_line(exc)})") from None
     if len(chunks) == 1:
