@@ -837,13 +837,9 @@ def test_y_name_labels_gate_the_output_they_name(files: dict):
 
 def test_inputs_the_model_cannot_run_are_named_by_their_file(tmp_path: Path, capfd):
     # token ids past the vocabulary: ORT printed its own red error line, then the one line named the model
-    from onnx import TensorProto, helper, numpy_helper
+    from tests.test_input_shapes import embedding
 
-    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32), "table")
-    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["states"])], "emb",
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
-                              [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["N", 4, 3])], [table])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "emb.onnx"))
+    embedding(tmp_path / "emb.onnx", seq=4)
     np.savez(tmp_path / "ids.npz", ids=np.full((8, 4), 50, np.int64))
     result = _invoke(tmp_path / "emb.onnx", "--out", tmp_path / "q.onnx", "--calibration", tmp_path / "ids.npz")
     assert result.exit_code == 2, result.output

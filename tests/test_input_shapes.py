@@ -57,6 +57,16 @@ def image(path: Path) -> Path:
     return path
 
 
+def embedding(path: Path, seq: int | str = 6) -> Path:
+    """Token ids [batch, seq] (a vocabulary of 10) -> their rows of a 10x4 table: a transformer's first op."""
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "t")
+    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["states"])], "tok",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", seq])],
+                              [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["batch", seq, 4])], [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
 def _invoke(*args: object):
     return CliRunner().invoke(main, [*map(str, args)])
 
@@ -126,11 +136,7 @@ def test_edge_runs_a_model_whose_batch_is_fixed_above_one_at_its_own_batch(tmp_p
 
 def test_edge_names_the_inputs_file_the_model_cannot_run(tmp_path: Path, capfd):
     # ids past the vocabulary: ORT printed its own red line, then "did not run on the sample inputs" (the user's file)
-    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "t")
-    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["states"])], "tok",
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 6])],
-                              [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["batch", 6, 4])], [table])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tok.onnx"))
+    embedding(tmp_path / "tok.onnx")
     np.savez(tmp_path / "oob.npz", ids=np.full((2, 6), 50, np.int64))
     result = _invoke("edge", tmp_path / "tok.onnx", "--out", tmp_path / "edge", "--inputs", tmp_path / "oob.npz")
     assert result.exit_code == 2
@@ -140,14 +146,7 @@ def test_edge_names_the_inputs_file_the_model_cannot_run(tmp_path: Path, capfd):
 
 def test_a_baseline_timed_at_another_dim_size_is_said_and_refused_with_strict(tmp_path: Path):
     # seq=16 against seq=4096: REGRESSED x10.9 and exit 1, even with --strict, for the same model
-    from onnx import TensorProto, helper, numpy_helper
-
-    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "t")
-    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["states"])], "tok",
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
-                              [helper.make_tensor_value_info("states", TensorProto.FLOAT, ["batch", "seq", 4])],
-                              [table])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tok.onnx"))
+    embedding(tmp_path / "tok.onnx", seq="seq")
     quick = ["--quiet", "--min-runs", "3", "--repetitions", "1", "--warmup", "1", "--min-seconds", "0"]
     for seq in (16, 4096):
         done = _invoke("bench", tmp_path / "tok.onnx", "--dim", f"seq={seq}", "--json", tmp_path / f"{seq}.json", *quick)
