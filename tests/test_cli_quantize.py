@@ -120,6 +120,9 @@ def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
      "error: --batch-axis nosuch: mlp.onnx has no input 'nosuch' (inputs: x)"),
     (["--out", "x.onnx", "--calibration", "calib.npz", "--batch-axis", "x:5"],
      "error: --batch-axis x:5: input 'x' of mlp.onnx has 2 axes; name one of 0-1, or none"),
+    (["--out", "x.onnx", "--mode", "dynamic", "--dim", "N=4", "--batch", "2"],  # timed at 4, the gate cut to 4
+     "error: --dim N=4: N is the batch axis (axis 0) of input 'x', which --batch sets (2); drop --dim N, or time "
+     "--batch 4"),
     (["--out", "x.onnx", "--calibration", "calib.npz", "--data", "val.npz", "--metric", "m:f", "--output", "nosuch"],
      "error: --output nosuch: picks what the agreement gate judges; --metric gates on your metric, which reads every "
      "output: drop --output"),

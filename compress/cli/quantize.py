@@ -117,9 +117,9 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         if fix or fix_inputs:
             model, specialised = _specialised(model, Path(work) / f"{model.stem}.onnx", fix, fix_inputs)
         model, raised = _runnable(model, source, Path(work) / f"{model.stem}.opset.onnx")
-        _check_batches(model, batches)
         dim_sizes.batch_axes = batch_axes_for(graph_of(model).graph, dim_sizes.batch_axes, source.name,
                                               {f.partition("=")[0] for f in fix_inputs})
+        _check_batches(model, batches, dim_sizes)
         calib = read_inputs(model, calibration, "--calibration", dim_sizes.batch_axes) if calibration else None
         given = read_inputs(model, inputs_npz, "--inputs", dim_sizes.batch_axes) if inputs_npz else None
         by_default, mode = mode is None, mode or ("static" if calib is not None else "dynamic")
@@ -353,10 +353,15 @@ def _static_pays(counts: dict[str, int]) -> str | None:
             "slower than float on most CPUs")
 
 
-def _check_batches(model: Path, batches: tuple[int, ...]) -> None:
-    """A --batch the model's fixed batch dimension cannot take is refused now, not timed as 'unavailable' later."""
+def _check_batches(model: Path, batches: tuple[int, ...], dims: Any) -> None:
+    """A --batch the model's fixed batch dimension cannot take is refused now, not timed as 'unavailable' later; so
+    is a --dim that sizes the batch axis to another batch (it was timed at the --dim size, and the generated gate
+    shrank to it)."""
+    from compress.bench.identity import model_inputs
+    from compress.bench.inputs import check_batch_dims
     from compress.quantize.lean import fixed_batch
 
+    check_batch_dims(model_inputs(model), dims, batches)
     fixed = fixed_batch(model)
     wrong = [b for b in batches if fixed is not None and b != fixed]
     if wrong:
