@@ -142,6 +142,12 @@ def test_edge_names_the_inputs_file_the_model_cannot_run(tmp_path: Path, capfd):
     assert result.exit_code == 2
     assert f"did not run on --inputs {tmp_path / 'oob.npz'} in ONNX Runtime" in result.output
     assert "onnxruntime" not in capfd.readouterr().err
+    assert not (tmp_path / "edge").exists()  # it held an .ort and its config without an edge.json
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    again = _invoke("edge", tmp_path / "tok.onnx", "--out", tmp_path / "mine", "--inputs", tmp_path / "oob.npz")
+    assert again.exit_code == 2
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # a folder of the user's: only ours goes
 
 
 def test_a_baseline_timed_at_another_dim_size_is_said_and_refused_with_strict(tmp_path: Path):
@@ -149,7 +155,8 @@ def test_a_baseline_timed_at_another_dim_size_is_said_and_refused_with_strict(tm
     embedding(tmp_path / "tok.onnx", seq="seq")
     quick = ["--quiet", "--min-runs", "3", "--repetitions", "1", "--warmup", "1", "--min-seconds", "0"]
     for seq in (16, 4096):
-        done = _invoke("bench", tmp_path / "tok.onnx", "--dim", f"seq={seq}", "--json", tmp_path / f"{seq}.json", *quick)
+        done = _invoke("bench", tmp_path / "tok.onnx", "--dim", f"seq={seq}", "--json", tmp_path / f"{seq}.json",
+                       *quick)
         assert done.exit_code == 0, done.output
     assert json.loads((tmp_path / "16.json").read_text())["dims"] == {"seq": 16}
     said = "timed at different --dim sizes (seq=16 vs seq=4096)"

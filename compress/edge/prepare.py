@@ -7,7 +7,9 @@ guessing with a hand-written operator list.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -24,6 +26,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("compress")
 ORT_FORMAT_OPSET = 13
 """The opset a graph older than ONNX Runtime's kernels (opset 7 on) is converted to, as `compress quantize` does."""
+
+
+@contextlib.contextmanager
+def _kept_only_on_success(out_dir: Path) -> Iterator[None]:
+    """`out_dir` made; what the steps before edge.json write there (copies, the .ort and its config) removed again
+    when one fails with its one line (an exit 2 left an .ort without an edge.json), and `out_dir` too if made here."""
+    made = not out_dir.exists()
+    before = set() if made else set(out_dir.rglob("*"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except CompressError:
+        for path in sorted(set(out_dir.rglob("*")) - before, reverse=True):  # a folder after what it holds
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
 
 def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
@@ -93,18 +114,18 @@ def prepare(
     value of a bound input).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = modern = _modern_inputs(Path(onnx_path), out_dir)
-    if fixed_batch is not None:
-        try:
-            model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
-        except CompressError as exc:  # name the user's file, not edge's copy of it
-            raise CompressError(str(exc).replace(str(model), str(onnx_path))) from None
-    converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
-    batch = fixed_batch or batch_of_graph(model, batch_axes) or 1  # onnx's test graphs fix axis 0 at 7
-    feed = inputs if inputs is not None else sample_inputs(model, batch=batch)
-    parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol, optimization=optimization,
-                        axes=batch_axes)
+    with _kept_only_on_success(out_dir):
+        model = modern = _modern_inputs(Path(onnx_path), out_dir)
+        if fixed_batch is not None:
+            try:
+                model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
+            except CompressError as exc:  # name the user's file, not edge's copy of it
+                raise CompressError(str(exc).replace(str(model), str(onnx_path))) from None
+        converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
+        batch = fixed_batch or batch_of_graph(model, batch_axes) or 1  # onnx's test graphs fix axis 0 at 7
+        feed = inputs if inputs is not None else sample_inputs(model, batch=batch)
+        parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol,
+                            optimization=optimization, axes=batch_axes)
     section = {
         "onnx_path": str(model),
         "fixed_batch": fixed_batch,
