@@ -830,10 +830,12 @@ def test_y_name_labels_gate_the_output_they_name(files: dict):
     np.savez(files["dir"] / "named.npz", x=val_x, y_logits=val_y)
     np.savez(files["dir"] / "other.npz", x=val_x, y_boxes=val_y)
     out = files["dir"] / "q.onnx"
-    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["dir"] / "named.npz")
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data",
+                     files["dir"] / "named.npz")
     assert json.loads(out.with_suffix(".json").read_text())["gate"].startswith(
         "accuracy on 200 labelled samples from named.npz"), result.output
-    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data", files["dir"] / "other.npz")
+    result = _invoke(files["model"], "--out", out, "--calibration", files["calib"], "--data",
+                     files["dir"] / "other.npz")
     assert "warning: other.npz: its labels ('y_boxes') are not used: the judged outputs (logits) are not one set of " \
            "class logits with its own y_NAME" in result.output
 
@@ -881,7 +883,8 @@ def test_the_batch_is_found_when_the_first_input_has_none_on_axis_0(tmp_path: Pa
     nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Mul", ["state", "state"], ["s2"])]
     graph = helper.make_graph(nodes, "g", [value("state", TensorProto.FLOAT, [2, "N", 3]),
                                            value("x", TensorProto.FLOAT, ["N", 8])],
-                              [value("logits", TensorProto.FLOAT, ["N", 5]), value("s2", TensorProto.FLOAT, [2, "N", 3])],
+                              [value("logits", TensorProto.FLOAT, ["N", 5]),
+                               value("s2", TensorProto.FLOAT, [2, "N", 3])],
                               [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     assert batch_axes_of(graph) == {"state": 1} and fixed_batch_of(graph) is None
