@@ -208,12 +208,10 @@ def _prepare(
 def _first_run(path: Path, session: Any, feed: dict[str, np.ndarray], given: bool) -> None:
     """One untimed run (a warm-up too), so inputs the model rejects (ids past a table, a size it cannot take) are
     one line naming them, not ONNX Runtime's traceback."""
-    import onnxruntime as ort
+    from compress.bench.providers import quiet_run
 
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4  # ORT's own log line of the failure would come before ours
     try:
-        session.run(None, feed, quiet)
+        session.run(None, feed, quiet_run())
     except Exception as exc:  # ORT's own error types (InvalidArgument, Fail, ...) share no useful base
         arrays = "; ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in feed.items())
         hint = "check those arrays against the model" if given else \

@@ -134,6 +134,16 @@ W8A16 MatMuls then read lower on the CPU than HTP computes them (torch vs ORT co
 QNN graph; 0.99998 at level 0). Level 0 computes them in float."""
 
 
+def quiet_run() -> Any:
+    """onnxruntime.RunOptions under which a failed run logs nothing: the caller raises the failure as its one line,
+    and ORT's own coloured log line of it would come first."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
 def open_session(
     model_path: str | Path | bytes,
     provider: str,

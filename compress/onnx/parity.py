@@ -77,6 +77,8 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
     import numpy as np
     import onnxruntime as ort
 
+    from compress.bench.providers import quiet_run
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if optimization is not None:  # the mapping ORT's own ORT-format converter uses
@@ -87,8 +89,7 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
         opts.add_session_config_entry("session.load_model_format", "ORT")
     for key, value in (config or {}).items():
         opts.add_session_config_entry(key, value)
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4  # a failed run is the one line below, not also ORT's own log line first
+    quiet = quiet_run()  # a failed run is the one line below
     try:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         if batch_size is None:

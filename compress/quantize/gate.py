@@ -58,7 +58,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     whose batch dimension is fixed runs at that size, the last chunk zero-padded and cut."""
     import os
 
-    from compress.bench.providers import open_session
+    from compress.bench.providers import open_session, quiet_run
     from compress.heap import Watch
 
     session, _ = open_session(path, provider, threads=os.cpu_count() or 1, strict=True)
@@ -74,10 +74,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
                                          for k, v in feeds.items()}, batch)
     names = [o.name for o in session.get_outputs()]
     parts: list[list] = [[] for _ in names]
-    import onnxruntime as ort
-
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4  # a failed run's error is raised below, in one line: not printed by ORT first
+    quiet = quiet_run()  # a failed run's error is raised below, in one line
     growth = Watch()
     try:
         for start in range(0, n, step):
