@@ -361,7 +361,8 @@ def _check_batches(model: Path, batches: tuple[int, ...], dims: Any) -> None:
     from compress.bench.inputs import check_batch_dims
     from compress.quantize.lean import fixed_batch
 
-    check_batch_dims(model_inputs(model), dims, batches)
+    if dims:  # an ORT session for the shapes only when a --dim may size a batch axis (a large model loads seconds)
+        check_batch_dims(model_inputs(model), dims, batches)
     fixed = fixed_batch(model)
     wrong = [b for b in batches if fixed is not None and b != fixed]
     if wrong:
