@@ -239,8 +239,10 @@ def remedy_rows(model: Path, calib: Any, given: Any, data_npz: Path | None, dims
     """The input rows the search's remedies read: the calibration rows; for a dynamic search (its remedies on)
     without them, the gate's (--inputs, else --data's inputs), since dynamic int8 calibrates nothing and its outlier
     check (compress.quantize.outliers) needs a few real rows."""
-    if calib is not None or not dynamic or given is not None or data_npz is None:
-        return calib if calib is not None or not dynamic else given
+    if calib is not None or not dynamic:
+        return calib
+    if given is not None or data_npz is None:
+        return given
     return read_inputs(model, data_npz, "--data", dims.batch_axes)
 
 
