@@ -20,6 +20,16 @@ class GateFailed(CompressError):
     exit_code = 1
 
 
+class InputsRejected(CompressError):
+    """A model that did not run in ONNX Runtime on the inputs it was given (ids past its vocabulary, two inputs of
+    different lengths). `model` and `why` (ORT's first line) stay apart, so a caller that knows the inputs' file
+    (compress quantize's --calibration, compress edge's --inputs) names it in its own line."""
+
+    def __init__(self, model: object, inputs: str, why: str) -> None:
+        self.model, self.why = str(model), why
+        super().__init__(f"{model}: did not run on {inputs} in ONNX Runtime ({why})")
+
+
 class WorkerFailed(CompressError):
     """A training worker process died (killed, crashed, lost its peers): exit code 1; rerunning resumes."""
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compress.errors import CompressError
+from compress.errors import InputsRejected
 
 
 @click.command()
@@ -106,10 +106,10 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
                           batch_axes=axes or None, warnings=warnings,
                           style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
-    except CompressError as exc:  # the user's file is what did not run (ids past the vocabulary), not "sample inputs"
-        if inputs_npz is None or "did not run on the sample inputs" not in str(exc):
+    except InputsRejected as exc:  # the user's file is what did not run (ids past the vocabulary)
+        if inputs_npz is None:
             raise
-        raise CompressError(str(exc).replace("the sample inputs", f"--inputs {inputs_npz}")) from None
+        raise InputsRejected(exc.model, f"--inputs {inputs_npz}", exc.why) from None
     ort = section["ort"]
     parity = section["parity"]
     click.echo(f"ORT format: {ort['ort_path']} ({ort['bytes']} bytes, optimization {ort['optimization']})")

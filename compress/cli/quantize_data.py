@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, InputsRejected
 
 SAMPLES = 64
 """Seeded random inputs the agreement gate runs on when no data is given."""
@@ -102,13 +102,11 @@ def gate_from(*args: Any, origin: Path | None = None, **kwargs: Any):
     two inputs of different lengths, rows that differ in number): it named the model."""
     try:
         return _gate_from(*args, **kwargs)
-    except CompressError as exc:
-        model, text = args[0], str(exc)
-        if origin is None or not text.startswith(f"{model}: did not run on the gate's inputs"):
+    except InputsRejected as exc:
+        if origin is None or exc.model != str(args[0]):
             raise
-        raise CompressError(f"{origin}: {Path(model).name} did not run on these inputs (check them against its "
-                            f"inputs){text.removeprefix(f'{model}: did not run on the gate' + chr(39) + 's inputs')}"
-                            ) from None
+        raise CompressError(f"{origin}: {Path(exc.model).name} did not run on these inputs (check them against its "
+                            f"inputs) in ONNX Runtime ({exc.why})") from None
 
 
 def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,

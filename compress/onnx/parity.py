@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from compress.errors import CompressError, first_line
+from compress.errors import CompressError, InputsRejected, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,7 +98,7 @@ def run_cpu(path: Path, feed: dict[str, "np.ndarray"], *, ort_format: bool = Fal
 
         chunks = [sess.run(None, part, quiet) for part in batched(feed, batch_size, axes)]
     except Exception as exc:
-        raise CompressError(f"{path}: did not run on the sample inputs in ONNX Runtime ({first_line(exc)})") from None
+        raise InputsRejected(path, "the sample inputs", first_line(exc)) from None
     if len(chunks) == 1:
         return chunks[0]
     # a 0-d output (a sum over the batch) has no axis to join on: one value per chunk, in order

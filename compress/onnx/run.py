@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from compress.errors import CompressError, first_line
+from compress.errors import CompressError, InputsRejected, first_line
 
 
 def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None = None, rows: Any = None,
@@ -45,7 +45,7 @@ def outputs_on(path: Path, data: Any, split: str, *, names: Sequence[str] | None
     except CompressError:
         raise
     except Exception as exc:
-        raise CompressError(f"{path}: did not run on the {split} split in ONNX Runtime ({first_line(exc)})") from None
+        raise InputsRejected(path, f"the {split} split", first_line(exc)) from None
     outputs = {name: np.concatenate(chunks) for name, chunks in zip(names or wanted, parts)}
     if sum(map(len, seen)) != len(source):  # items the dataset skipped: NaN rows, as torch's predict keeps them
         outputs = in_place(outputs, np.concatenate(seen), item_indices(source))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from compress.errors import CompressError, first_line
+from compress.errors import CompressError, InputsRejected, first_line
 from compress.tasks import Metric
 
 
@@ -89,7 +89,7 @@ def outputs_of(path: Path, feeds: Mapping[str, np.ndarray], *, batch: int = 256,
     except CompressError:
         raise
     except Exception as exc:
-        raise CompressError(f"{path}: did not run on the gate's inputs in ONNX Runtime ({first_line(exc)})") from None
+        raise InputsRejected(path, "the gate's inputs", first_line(exc)) from None
     # several chunks (or a padded one) join on each output's own batch axis (a recurrent state has it on axis 1, a
     # detector's variable count of boxes on none) and are cut to the samples; one chunk stays as it is
     rows = [min(step, n - start) if not fixed else step for start in range(0, n, step)]
