@@ -131,8 +131,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                                   not lower_is_better, outputs, dim_sizes,
                                   budgets=(max_accuracy_drop, max_cosine_drop, max_metric_drop),
                                   given="--inputs" if given is not None else None,
-                                  origin=data_npz or (inputs_npz if given is not None else calibration))
-        warning = warning and warning.replace(f": {model.name}:", f": {source.name}:")  # not the scratch copy's
+                                  origin=data_npz or (inputs_npz if given is not None else calibration),
+                                  named=source.name)  # the user's model, not the scratch copy
         release()  # the fp32 session the gate ran is gone: its pages too, before quantization loads the model
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches

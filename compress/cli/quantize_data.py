@@ -97,9 +97,10 @@ def read_targets(path: Path) -> Any:
 
 
 def gate_from(*args: Any, origin: Path | None = None, **kwargs: Any):
-    """(the Gate, a warning line or None) from what the command was given (_gate_from). When the fp32 model does not
-    run on the gate's inputs, the line names their file (`origin`), where the fault is (ids past the vocabulary,
-    two inputs of different lengths, rows that differ in number): it named the model."""
+    """(the Gate, a warning line or None) from what the command was given (_gate_from; `named`: the model as the
+    warning names it, the user's file where MODEL is a scratch copy). When the fp32 model does not run on the gate's
+    inputs, the line names their file (`origin`), where the fault is (ids past the vocabulary, two inputs of
+    different lengths, rows that differ in number): it named the model."""
     try:
         return _gate_from(*args, **kwargs)
     except InputsRejected as exc:
@@ -111,7 +112,7 @@ def gate_from(*args: Any, origin: Path | None = None, **kwargs: Any):
 
 def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
                higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
-               given: str | None = None):
+               given: str | None = None, named: str | None = None):
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets
@@ -159,9 +160,9 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
                           source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
     if gate.metric.name == "cosine" and warning is None:
         shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
-        warning = (f"warning: {model.name}: the outputs ({shown}) do not look like class logits, so the gate is "
-                   "per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function to "
-                   "gate on your own figure")
+        warning = (f"warning: {named or model.name}: the outputs ({shown}) do not look like class logits, so the "
+                   "gate is per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function "
+                   "to gate on your own figure")
     return gate, warning
 
 
