@@ -323,9 +323,9 @@ class _Search:
         """qa.remedy_plan, with dynamic int8 last for a static search (`mode`, not QAT) on a MatMul/Gemm graph (and
         then with the layers that write the outlier check's activations in float)."""
         graph = graph_of(self.base).graph
-        from compress.quantize.dynamic import matmuls_only, outlier_layers
+        from compress.quantize.dynamic import dynamic_remedy_runs, outlier_layers
 
-        dynamic = mode == "static" and dynamic_remedy and self.cfg.dynamic_remedy and matmuls_only(graph)
+        dynamic = dynamic_remedy_runs(mode, self.cfg, graph, npu=not dynamic_remedy)
         layers = outlier_layers(graph, [n for n, _ in self.outliers]) if dynamic or mode == "dynamic" else []
         return qa.remedy_plan(self.cfg, saturates=saturates, matmuls_only=dynamic, outlier_layers=layers)
 

@@ -35,6 +35,13 @@ def matmuls_only(graph: Any) -> bool:
     return bool(ops) and ops <= {"MatMul", "Gemm"}
 
 
+def dynamic_remedy_runs(mode: str, cfg: Any, graph: Any, *, npu: bool = False) -> bool:
+    """Whether a search of `mode` under the [quantize] settings `cfg` ends with the dynamic int8 remedy: a static
+    search (not QAT) with its remedies and this one on, for no NPU target (`npu`: HTP runs static int8 only), on a
+    `graph` whose weights are all MatMul or Gemm. The quantize search and a study's untrained timing both ask."""
+    return mode == "static" and cfg.fallback and cfg.dynamic_remedy and not npu and matmuls_only(graph)
+
+
 def with_gemm_matmuls(graph: Any, names: list[str] | None) -> list[str] | None:
     """`names` with NAME_MatMul beside each Gemm's NAME: ONNX Runtime's dynamic quantizer turns a Gemm into a MatMul
     of that name (and an Add) before it reads nodes_to_exclude, so a Gemm kept in float by its own name was quantized

@@ -169,12 +169,11 @@ def _shippable(cfg: Any, path: Path) -> list[dict[str, Any]]:
     against static's 0.49x), unless the remedy is off or the NPU is a target (compress.stages.quantize). QAT ships
     its static QDQ graph's kernels (its post-training attempt's, trained), never dynamic."""
     from compress.quantize.attempts import remedy_plan
-    from compress.quantize.dynamic import matmuls_only
+    from compress.quantize.dynamic import dynamic_remedy_runs
     from compress.quantize.lean import graph_of
 
     q = cfg.quantize if cfg.quantize.mode != "qat" else cfg.quantize.model_copy(update={"mode": "static"})
-    dynamic = cfg.quantize.mode == "static" and q.fallback and q.dynamic_remedy and \
-        "qnn" not in cfg.export.edge_targets and matmuls_only(graph_of(path).graph)
+    dynamic = dynamic_remedy_runs(cfg.quantize.mode, q, graph_of(path).graph, npu="qnn" in cfg.export.edge_targets)
     plan = remedy_plan(q, matmuls_only=dynamic)
     return [plan[0][0], *(s for s, _ in plan[-1:] if dynamic)]
 
