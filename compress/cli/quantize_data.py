@@ -113,6 +113,7 @@ def gate_from(*args: Any, origin: Path | None = None, **kwargs: Any):
 def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | None, primary: str | None,
                higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
                given: str | None = None, named: str | None = None):
+    from compress.bench.inputs import batch_of
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets
@@ -120,7 +121,7 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
     warning = None  # labels given with outputs that are not class logits: said, not used
     if data_npz is not None:
         feeds, targets = read_inputs(model, data_npz, "--data", dims.batch_axes), read_targets(data_npz)
-        n = row_count(feeds, dims.batch_axes)
+        n = batch_of(feeds, dims.batch_axes)
         if metric is not None:
             from compress.tasks.metric import UserMetric
 
@@ -151,11 +152,11 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
                        f"{'--output NAME for the logits y_NAME labels, or ' if several else ''}--metric "
                        "module:function to gate on the labels")
     elif calib is not None:
-        rows = row_count(calib, dims.batch_axes)
+        rows = batch_of(calib, dims.batch_axes)
         feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
     else:  # as many as were made: a fixed batch of 3 makes 63, --dim N=4 (the batch's name) 4
         feeds = _random(model, dims)
-        source = f"{row_count(feeds, dims.batch_axes)} seeded random inputs (pass --data for a real gate)"
+        source = f"{batch_of(feeds, dims.batch_axes)} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
                           source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
     if gate.metric.name == "cosine" and warning is None:
@@ -207,15 +208,6 @@ def _judged(model: Path, fp32: dict[str, Any], outputs: tuple[str, ...]) -> dict
     return {k: fp32[k] for k in outputs} if outputs else fp32
 
 
-def row_count(arrays: dict[str, Any], axes: dict[str, int | None] | None = None) -> int:
-    """Samples in input arrays: the size of the batch axis (`axes`, 0 by default) of the first input that has one
-    (scalars have none)."""
-    import numpy as np
-
-    axis = {k: None if not np.ndim(v) else (axes or {}).get(k, 0) for k, v in arrays.items()}
-    return next((int(np.shape(v)[axis[k]]) for k, v in arrays.items() if axis[k] is not None), 1)
-
-
 def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
     """SAMPLES seeded random inputs that fit the model (token ids inside the vocabulary, masks of ones): at a fixed
     batch, one chunk a seed (compress.edge.ort_format.sample_batches: one session for them all)."""
@@ -252,11 +244,12 @@ def calibration_batches(model: Path, calib: Any, dims: Any) -> Any:
         return None
     import numpy as np
 
+    from compress.bench.inputs import batch_of
     from compress.quantize.attempts import batched
     from compress.quantize.lean import fixed_batch
 
     fixed, axes = fixed_batch(model), dims.batch_axes
-    n = row_count(calib, axes)
+    n = batch_of(calib, axes)
     if fixed and n % fixed:
         rows = np.arange(-(-n // fixed) * fixed) % n
         calib = {k: v if not np.ndim(v) or (axes or {}).get(k, 0) is None else np.take(v, rows, axis=axes.get(k, 0))
