@@ -123,6 +123,24 @@ def test_bench_and_edge_find_the_batch_of_a_state_listed_first_and_feed_a_fixed_
     assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
 
 
+def test_quantize_reads_a_batch_1_copys_batch_on_the_axis_the_user_names(tmp_path: Path):
+    # a batch-1 copy fixes every axis, so nothing in the graph says the state's batch is axis 1: the user's
+    # --batch-axis h0:1 was read by the gate but not by the --batch check ("fixes its batch dimension to 2")
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    model = onnx.load(str(_state_first(tmp_path / "gru.onnx")))
+    model = update_inputs_outputs_dims(model, {"h0": [2, 1, 8], "x": [1, 16], "scale": [1]}, {"h1": [2, 1, 8]})
+    onnx.save(model, str(tmp_path / "gru1.onnx"))
+    result = _invoke("quantize", tmp_path / "gru1.onnx", "--out", tmp_path / "q.onnx", "--batch-axis", "h0:1",
+                     "--batch-axis", "scale:none", "--max-cosine-drop", "1", "--no-fallback", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "fixes its batch dimension to 2" not in result.output
+    assert json.loads((tmp_path / "q.json").read_text())["attempts"][0]["quantized"]
+    unsaid = _invoke("quantize", tmp_path / "gru1.onnx", "--out", tmp_path / "q2.onnx")
+    assert unsaid.exit_code == 2 and "(axis 0 of input 'h0': --batch-axis h0:N or h0:none when that is not its " \
+        "batch), so batch 1 cannot be timed" in unsaid.output
+
+
 def test_edge_runs_a_model_whose_batch_is_fixed_above_one_at_its_own_batch(tmp_path: Path):
     # onnx's own test graphs fix axis 0 at 7: "batch 1 cannot run; use --batch 7", an option edge does not have
     graph = helper.make_graph([helper.make_node("Sign", ["x"], ["y"])], "sign",

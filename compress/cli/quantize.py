@@ -363,8 +363,24 @@ def _check_batches(model: Path, batches: tuple[int, ...], dims: Any) -> None:
 
     if dims:  # an ORT session for the shapes only when a --dim may size a batch axis (a large model loads seconds)
         check_batch_dims(model_inputs(model), dims, batches)
-    fixed = fixed_batch(model)
+    fixed = fixed_batch(model, dims.batch_axes)
     wrong = [b for b in batches if fixed is not None and b != fixed]
     if wrong:
-        raise CompressError(f"--batch: {model} fixes its batch dimension to {fixed}, so batch {wrong[0]} cannot be "
-                            f"timed; use --batch {fixed}, or re-export with a dynamic batch axis")
+        raise CompressError(f"--batch: {model} fixes its batch dimension to {fixed}{_read_from(model, dims)}, so "
+                            f"batch {wrong[0]} cannot be timed; use --batch {fixed}, or re-export with a dynamic "
+                            "batch axis")
+
+
+def _read_from(model: Path, dims: Any) -> str:
+    """Where a model of several inputs has the fixed batch read, and how to say it is elsewhere (a state [2, 1, 8]
+    listed first in a batch-1 copy); nothing for one input."""
+    from compress.onnx.graph import batch_axes_of, graph_inputs
+    from compress.quantize.lean import graph_of
+
+    graph = graph_of(model).graph
+    axes, inputs = batch_axes_of(graph, dims.batch_axes), graph_inputs(graph)
+    if len(inputs) < 2:
+        return ""
+    name, axis = next((v.name, axes.get(v.name, 0)) for v in inputs if axes.get(v.name, 0) is not None
+                      and len(v.type.tensor_type.shape.dim) > axes.get(v.name, 0))
+    return f" (axis {axis} of input {name!r}: --batch-axis {name}:N or {name}:none when that is not its batch)"

@@ -216,14 +216,14 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
     from compress.edge.ort_format import sample_batches
     from compress.quantize.lean import fixed_batch, release
 
-    step = fixed_batch(model) or SAMPLES
+    step = fixed_batch(model, getattr(dims, "batch_axes", None)) or SAMPLES
     chunks = sample_batches(model, batch=step, seeds=range(max(1, SAMPLES // step)), dims=dims)
     release()  # the session's pages
     if len(chunks) == 1:
         return chunks[0]
     axes = getattr(dims, "batch_axes", {})
-    return {k: np.concatenate([c[k] for c in chunks], axis=axes.get(k, 0)) if np.ndim(v) else v
-            for k, v in chunks[0].items()}
+    return {k: np.concatenate([c[k] for c in chunks], axis=axes.get(k, 0))  # an input without a batch axis whole
+            if np.ndim(v) and axes.get(k, 0) is not None else v for k, v in chunks[0].items()}
 
 
 def remedy_rows(model: Path, calib: Any, given: Any, data_npz: Path | None, dims: Any, *, dynamic: bool) -> Any:
@@ -248,7 +248,7 @@ def calibration_batches(model: Path, calib: Any, dims: Any) -> Any:
     from compress.quantize.attempts import batched
     from compress.quantize.lean import fixed_batch
 
-    fixed, axes = fixed_batch(model), dims.batch_axes
+    fixed, axes = fixed_batch(model, dims.batch_axes), dims.batch_axes
     n = batch_of(calib, axes)
     if fixed and n % fixed:
         rows = np.arange(-(-n // fixed) * fixed) % n

@@ -125,11 +125,12 @@ def model_bytes(path: Path) -> int:
     return Path(path).stat().st_size + external_bytes(path)
 
 
-def fixed_batch(path: Path) -> int | None:
-    """compress.onnx.graph.fixed_batch (the first input's batch dimension when the graph fixes it), from `graph_of`."""
+def fixed_batch(path: Path, axes: dict[str, int | None] | None = None) -> int | None:
+    """compress.onnx.graph.fixed_batch (the first input's batch dimension when the graph fixes it, on its batch axis:
+    `axes`, what the user said, over what the graph says), from `graph_of`."""
     from compress.onnx.graph import fixed_batch_of
 
-    return fixed_batch_of(graph_of(path).graph)
+    return fixed_batch_of(graph_of(path).graph, axes)
 
 
 @functools.lru_cache(maxsize=8)
