@@ -668,7 +668,7 @@ def test_a_static_search_on_a_matmul_graph_ends_with_dynamic_int8_and_ships_it_w
     from compress.quantize import attempts as qa
     from compress.quantize.config import QuantizeConfig
     from compress.quantize.dynamic import matmuls_only
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     def refused(*args, **kwargs):
         raise RuntimeError("static refused")
@@ -922,7 +922,7 @@ def test_inputs_without_the_batch_on_axis_0_are_read_from_the_graph(tmp_path: Pa
     from onnx import TensorProto, helper, numpy_helper
 
     from compress.onnx.graph import batch_axes_of
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Mul", ["x", "k"], ["xk"]), helper.make_node("MatMul", ["xk", "w"], ["logits"]),

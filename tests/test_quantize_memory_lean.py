@@ -74,21 +74,22 @@ def test_ort_dynamic_quantizer_holds_one_model_and_writes_the_same_bytes(tmp_pat
 
 
 def test_graph_of_parses_a_file_once_and_keeps_no_weights(tmp_path: Path, monkeypatch):
-    from compress.onnx.graph import fixed_batch, model_bytes
-    from compress.quantize import lean
+    from compress.onnx.graph import external_bytes, fixed_batch, model_bytes
+    from compress.onnx.skeleton import graph_of
 
     path = _gemms(tmp_path / "big.onnx", ((1024, 1024), (10, 1024)))
     loads = []
     real = onnx.load
     monkeypatch.setattr(onnx, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
-    first, second = lean.graph_of(path), lean.graph_of(path)
-    assert len(loads) == 1  # parsed once, whoever asks
+    first, second = graph_of(path), graph_of(path)
+    # parsed once, whoever asks: the size on disk and the fixed batch every command reads come from that parse
+    assert (model_bytes(path), external_bytes(path), fixed_batch(path)) == (path.stat().st_size, 0, None)
+    assert len(loads) == 1
     assert first is not second and first.SerializeToString() == second.SerializeToString()
     assert first.ByteSize() < 4096 and path.stat().st_size > 4_000_000  # 4 MB of weights left out
     weight = next(t for t in first.graph.initializer if t.name == "w0")
     assert list(weight.dims) == [1024, 1024] and weight.data_type == TensorProto.FLOAT  # its shape and type stay
     monkeypatch.setattr(onnx, "load", real)
-    assert lean.model_bytes(path) == model_bytes(path) and lean.fixed_batch(path) == fixed_batch(path)
     inferred = onnx.shape_inference.infer_shapes(first)  # shapes infer on it as on the model
     assert {v.name for v in inferred.graph.value_info} == {"h0", "r0"}
 

@@ -82,11 +82,11 @@ def check_model_file(model_path: str | Path) -> Path:
     seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if seen in _CHECKED:  # a command checks one file several times (quantize: three, 0.2 s each on a ResNet-50)
         return path
-    import onnx
+    from compress.onnx.skeleton import graph_of
 
     try:
         # load_external_data=False: only the graph is checked here, ORT reads the weights itself
-        model = onnx.load(str(path), load_external_data=False)
+        model = graph_of(path)
     except Exception as exc:  # protobuf raises DecodeError and friends, all meaning "not an ONNX file"
         raise CompressError(
             f"{path}: not a valid ONNX model (truncated or not protobuf: {first_line(exc)}); re-export it"
@@ -214,10 +214,10 @@ def too_old_opset(model_path: str | Path) -> int | None:
     """The default-domain opset an ONNX file declares, when it is older than ONNX Runtime runs; None when it is not,
     when the file declares none (only other domains' ops, com.microsoft or ai.onnx.ml, which ORT runs) or cannot be
     read as ONNX here."""
-    import onnx
+    from compress.onnx.skeleton import graph_of
 
     try:
-        graph = onnx.load(str(model_path), load_external_data=False)
+        graph = graph_of(model_path)
     except Exception:  # noqa: BLE001 - a finding of ORT's or the loader's own, said where the file is read
         return None
     declared = [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")]

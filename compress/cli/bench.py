@@ -136,11 +136,10 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         check_model_file(against)
     check_dims_named(given, dim_sizes, *([against] if against is not None else []))
     if given.suffix.lower() != ".ort":  # ORT says what an .ort model takes
-        import onnx
-
         from compress.onnx.graph import batch_axes_for
+        from compress.onnx.skeleton import graph_of
 
-        graph = onnx.load(str(given), load_external_data=False).graph  # not checked: ORT's first run says what fails
+        graph = graph_of(given).graph  # not checked: ORT's first run says what fails
         dim_sizes.batch_axes = batch_axes_for(graph, dim_sizes.batch_axes, given.name,
                                               {f.partition("=")[0] for f in fix_inputs})
     if inputs_npz is None and dim_sizes:

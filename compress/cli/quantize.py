@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from compress.cli.quantize_data import (SAMPLES, calibration_batches, gate_from, input_names, latency_feed,
+from compress.cli.quantize_data import (calibration_batches, gate_from, input_names, latency_feed,
                                        read_inputs, remedy_rows)
 from compress.errors import CompressError, GateFailed
 
@@ -102,7 +102,8 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.quantize import QuantizeConfig, quantize as run_quantize
     from compress.onnx.graph import batch_axes_for
-    from compress.quantize.lean import graph_of, release
+    from compress.onnx.skeleton import graph_of
+    from compress.quantize.lean import release
 
     check_model_file(model)
     for p in providers:
@@ -322,7 +323,7 @@ QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 
 
 def _op_counts(model: Path) -> dict[str, int]:
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     counts: dict[str, int] = {}
     for node in graph_of(model).graph.node:
@@ -359,7 +360,7 @@ def _check_batches(model: Path, batches: tuple[int, ...], dims: Any) -> None:
     shrank to it)."""
     from compress.bench.identity import model_inputs
     from compress.bench.inputs import check_batch_dims
-    from compress.quantize.lean import fixed_batch
+    from compress.onnx.graph import fixed_batch
 
     if dims:  # an ORT session for the shapes only when a --dim may size a batch axis (a large model loads seconds)
         check_batch_dims(model_inputs(model), dims, batches)
@@ -375,7 +376,7 @@ def _read_from(model: Path, dims: Any) -> str:
     """Where a model of several inputs has the fixed batch read, and how to say it is elsewhere (a state [2, 1, 8]
     listed first in a batch-1 copy); nothing for one input."""
     from compress.onnx.graph import batch_axes_of, graph_inputs
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     graph = graph_of(model).graph
     axes, inputs = batch_axes_of(graph, dims.batch_axes), graph_inputs(graph)

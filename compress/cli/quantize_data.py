@@ -17,7 +17,7 @@ def read_inputs(model: Path, path: Path, option: str, axes: dict[str, int | None
     0 by default, may hold any number of samples)."""
     from compress.bench.inputs import by_input_name, read_npz
     from compress.onnx.graph import graph_inputs
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     arrays = read_npz(path, expects=f"{option} expects an .npz")
     inputs = graph_inputs(graph_of(model).graph)  # the graph parsed once a file
@@ -214,7 +214,8 @@ def _random(model: Path, dims: dict[str, int]) -> dict[str, Any]:
     import numpy as np
 
     from compress.edge.ort_format import sample_batches
-    from compress.quantize.lean import fixed_batch, release
+    from compress.onnx.graph import fixed_batch
+    from compress.quantize.lean import release
 
     step = fixed_batch(model, getattr(dims, "batch_axes", None)) or SAMPLES
     chunks = sample_batches(model, batch=step, seeds=range(max(1, SAMPLES // step)), dims=dims)
@@ -246,7 +247,7 @@ def calibration_batches(model: Path, calib: Any, dims: Any) -> Any:
 
     from compress.bench.inputs import batch_of
     from compress.quantize.attempts import batched
-    from compress.quantize.lean import fixed_batch
+    from compress.onnx.graph import fixed_batch
 
     fixed, axes = fixed_batch(model, dims.batch_axes), dims.batch_axes
     n = batch_of(calib, axes)
@@ -281,6 +282,6 @@ def latency_feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
 
 def input_names(model: Path) -> list[str]:
     from compress.onnx.graph import graph_inputs
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     return [i.name for i in graph_inputs(graph_of(model).graph)]

@@ -54,8 +54,8 @@ def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
     make). A model over 2 GB cannot be one ORT-format file (a flatbuffer) at all: refused in one line."""
     import onnx
 
-    from compress.onnx.graph import (PROTOBUF_LIMIT, default_opset, external_bytes_of, upgraded,
-                                     without_initializer_inputs)
+    from compress.onnx.graph import PROTOBUF_LIMIT, default_opset, upgraded, without_initializer_inputs
+    from compress.onnx.skeleton import external_bytes_of
 
     model = load_model(onnx_path, weights=False)  # a missing or corrupt file is one line here
     outside = external_bytes_of(model, onnx_path.parent)

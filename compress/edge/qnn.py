@@ -112,12 +112,12 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
     next (the ranges do not depend on the widths)."""
     import shutil
 
-    import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     import numpy as np
 
+    from compress.onnx.skeleton import graph_of
     from compress.quantize.attempts import batched
     from compress.quantize.outliers import describe, outlier_activations
     from compress.quantize.sensitivity import feeds_reader
@@ -132,7 +132,7 @@ def quantize_for_qnn(onnx_path: Path, out_path: Path, calibration: "dict[str, np
                 else []
             overrides = {name: [{"quant_type": QuantType.QUInt16}] for name, _ in wide}
             if sixteen_bit:
-                graph = onnx.load(str(src), load_external_data=False).graph
+                graph = graph_of(src).graph
                 present = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
                 overrides.update({name: [{"quant_type": QuantType.QUInt16}] for name in sixteen_bit
                                   if name in present})
@@ -206,7 +206,9 @@ def conv_weights(path: Path) -> dict[str, int]:
     a ConvTranspose, stays per tensor)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    from compress.onnx.skeleton import graph_of
+
+    graph = graph_of(path).graph  # names, types and uses: no weight is read
     floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     axes: dict[str, set] = {}
     for node in graph.node:

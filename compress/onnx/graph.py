@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError, first_line, shorten_list
+from compress.onnx.skeleton import external_bytes_of
 
 if TYPE_CHECKING:
     import onnx
@@ -62,9 +63,9 @@ def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | N
 
     `what` names the caller for the error ('quantize'), which says what it needs when the model has several inputs.
     """
-    import onnx
+    from compress.onnx.skeleton import graph_of
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph = graph_of(onnx_path).graph
     inputs = graph_inputs(graph)
     if len(inputs) != 1:
         raise CompressError(f"{onnx_path}: {what} expects one input (batch first), got {len(inputs)}: "
@@ -75,10 +76,12 @@ def single_input(onnx_path: Path, *, what: str) -> tuple[str, int, tuple[int | N
 
 
 def fixed_batch(onnx_path: Path, axes: dict[str, int | None] | None = None) -> int | None:
-    """The batch dimension when the graph fixes it (model-zoo and edge copies), else None (fixed_batch_of)."""
-    import onnx
+    """The batch dimension when the graph fixes it (model-zoo and edge copies), else None (fixed_batch_of), on each
+    input's batch axis (`axes`: what the user said, over what the graph says); from the file's one weightless parse
+    (compress.onnx.skeleton)."""
+    from compress.onnx.skeleton import graph_of
 
-    return fixed_batch_of(onnx.load(str(onnx_path), load_external_data=False).graph, axes)
+    return fixed_batch_of(graph_of(onnx_path).graph, axes)
 
 
 def fixed_batch_of(graph: "onnx.GraphProto", given: dict[str, int | None] | None = None) -> int | None:
@@ -189,29 +192,10 @@ def external_bytes(onnx_path: Path) -> int:
     """Bytes of weights the model keeps outside its .onnx file (ONNX external data), 0 when it keeps none.
 
     Read from the tensors' `length` entries, or the referenced file's size where a tensor gives none; the
-    weights themselves are not loaded."""
-    import onnx
+    weights themselves are not loaded (compress.onnx.skeleton: from the file's one parse)."""
+    from compress.onnx.skeleton import outside_bytes
 
-    return external_bytes_of(onnx.load(str(onnx_path), load_external_data=False), Path(onnx_path).parent)
-
-
-def external_bytes_of(model: "onnx.ModelProto", folder: Path) -> int:
-    """external_bytes of a model already loaded (without its external data) from a file in `folder`."""
-    import onnx
-
-    total, whole_files = 0, set()
-    for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entry = {e.key: e.value for e in tensor.external_data}
-        if "length" in entry:
-            total += int(entry["length"])
-        else:
-            whole_files.add(entry.get("location", ""))
-    for location in whole_files:
-        data = Path(folder) / location
-        total += data.stat().st_size if data.is_file() else 0
-    return total
+    return outside_bytes(onnx_path)
 
 
 def model_bytes(onnx_path: Path) -> int:

@@ -91,7 +91,9 @@ def sixteen_bit(path: Path) -> list[str]:
     conversions and the outputs of the ops QNN's rules widen beside them."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    from compress.onnx.skeleton import graph_of
+
+    graph = graph_of(path).graph
     types = {i.name: i.data_type for i in graph.initializer}
     wide = (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
     return list(dict.fromkeys(n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2

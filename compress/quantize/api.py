@@ -23,12 +23,14 @@ import numpy as np
 
 from compress.bench.config import PICK_PROFILE, BenchSettings
 from compress.errors import CompressError, first_line
+from compress.onnx.graph import model_bytes
+from compress.onnx.skeleton import graph_of
 from compress.quantize import attempts as qa
 from compress.quantize import prepare as prep
 from compress.quantize import timing
 from compress.quantize.config import FP16_PROVIDERS, QuantizeConfig
 from compress.quantize.gate import Gate
-from compress.quantize.lean import graph_of, model_bytes, release, scratch_in
+from compress.quantize.lean import release, scratch_in
 from compress.quantize.reduced import is_reduced, nothing_to_quantize
 from compress.quantize.timing import MIN_SPEEDUP, pick_final
 

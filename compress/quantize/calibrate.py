@@ -38,7 +38,7 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
     calibrate is not float32 (ORT then calibrates as it would)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
-    from compress.quantize.lean import fixed_batch
+    from compress.onnx.graph import fixed_batch
 
     whole = bool(fixed_batch(base))  # a model fixed at its batch size runs no single samples
     batches = [[feed] if whole else _units(feed) for feed in calib]

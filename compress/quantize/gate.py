@@ -218,7 +218,7 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
 
         return Gate(top1, Metric("top1_agreement"), budget_top1, "--max-accuracy-drop",
                     f"top-1 agreement with the fp32 model on {source}", samples=len(labels))
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     task, real = Tensors(), real_tokens(feeds, expected, graph_of(reference).graph)
     judged = {k: _at(v, real.get(k)) for k, v in expected.items()}

@@ -4,9 +4,9 @@ Measured with /usr/bin/time on model-zoo graphs (2026-12-07): `compress quantize
 MB of weights, dynamic) and 2.1 GB on AlexNet (244 MB, static), 7-9x the weights, from copies of the model alive at
 once. What this module gives the steps that made them:
 
-- `graph_of`: a model's graph without its weights, parsed once per file (`onnx.load` without external data still
-  reads every inline weight: twice the weights for a moment, and quantize read the graph of the same file four
-  times an attempt);
+- `compress.onnx.skeleton.graph_of` (moved there for every command): a model's graph without its weights, parsed
+  once per file (`onnx.load` without external data still reads every inline weight: twice the weights for a
+  moment, and quantize read the graph of the same file four times an attempt);
 - `one_model_in_ort_quantizer`: ONNX Runtime's dynamic quantizer deep-copies the model it holds, writes the copy
   out and reads it back to infer shapes while the original is still alive: three models' weights at once. Here the
   shapes are inferred on the graph without its weights and copied into the model it holds, which is what the round
@@ -22,7 +22,6 @@ once. What this module gives the steps that made them:
 from __future__ import annotations
 
 import contextlib
-import functools
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,17 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from compress.onnx.skeleton import data_bytes, weightless
+
 PLAIN_FLOATS = (1, 10, 11)
 """onnx.TensorProto FLOAT, FLOAT16, DOUBLE: what numpy reads from a file as it is (`weight_from_file`)."""
-
-KEPT_TYPES = (6, 7, 8)
-"""onnx.TensorProto INT32, INT64 (what shapes, axes and indices are made of: shape inference reads a Reshape's
-shape) and STRING: `graph_of` keeps these whole and leaves out the weights of every other type (float, int8 ...)
-of 1 KB and more."""
-
-NOT_LOADED = "(weights not loaded)"
-"""The external-data location of a weight `weightless` left out: no file holds it; the graph is for reading."""
-
 
 MODEL_COPIES = 4
 """About how many times over quantizing a model holds its weights at the peak, besides the activations that
@@ -98,114 +90,6 @@ def release() -> None:
     from compress.heap import release as trim
 
     trim()
-
-
-def file_key(path: Path) -> tuple:
-    """A model file's path and identity: a model rewritten in place misses a cache keyed on it."""
-    stat = Path(path).stat()
-    return str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns
-
-
-def graph_of(path: Path) -> Any:
-    """The model at `path` (an onnx ModelProto, a fresh copy each call) with its weights of 1 KB and more left out
-    (`without_weights`). For reading the graph and inferring shapes (onnx reads no weight for a shape); never for
-    running or saving it. The file is parsed once."""
-    import onnx
-
-    return onnx.ModelProto.FromString(_parsed(file_key(path))[0])
-
-
-def external_bytes(path: Path) -> int:
-    """compress.onnx.graph.external_bytes of the model at `path`, from the same single parse as `graph_of`."""
-    return _parsed(file_key(path))[1]
-
-
-def model_bytes(path: Path) -> int:
-    """compress.onnx.graph.model_bytes (the .onnx file and its external data), from `graph_of`'s single parse."""
-    return Path(path).stat().st_size + external_bytes(path)
-
-
-def fixed_batch(path: Path, axes: dict[str, int | None] | None = None) -> int | None:
-    """compress.onnx.graph.fixed_batch (the first input's batch dimension when the graph fixes it, on its batch axis:
-    `axes`, what the user said, over what the graph says), from `graph_of`."""
-    from compress.onnx.graph import fixed_batch_of
-
-    return fixed_batch_of(graph_of(path).graph, axes)
-
-
-@functools.lru_cache(maxsize=8)
-def _parsed(key: tuple) -> tuple[bytes, int]:
-    """(the weightless model serialized, bytes of its external data) of the file `key` names."""
-    import onnx
-
-    from compress.onnx.graph import external_bytes_of
-
-    path = Path(key[0])
-    model = onnx.load(str(path), load_external_data=False)
-    outside = external_bytes_of(model, path.parent)
-    skeleton = without_weights(model)
-    del model
-    release()
-    return skeleton.SerializeToString(), outside
-
-
-def without_weights(model: Any) -> Any:
-    """`weightless(model)` without its weights of 1 KB and more but shape-like ones (KEPT_TYPES): a graph to read
-    and infer shapes on."""
-    return weightless(model, lambda t: t.data_type not in KEPT_TYPES and _data_bytes(t) >= 1024)
-
-
-def weightless(model: Any, leave_out: Callable[[Any], bool]) -> Any:
-    """A copy of `model` in which each initializer of the main graph holding data in the file (not external already)
-    for which `leave_out(tensor)` holds keeps its name, type and shape but no data: it reads as external data in a
-    file that does not exist (NOT_LOADED). The weights left out are not copied, not even one at a time."""
-    import onnx
-
-    out = onnx.ModelProto()
-    _copy_fields(model, out, skip=("graph",))
-    _copy_fields(model.graph, out.graph, skip=("initializer",))
-    for tensor in model.graph.initializer:
-        kept = out.graph.initializer.add()
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or not leave_out(tensor):
-            kept.CopyFrom(tensor)
-            continue
-        kept.name, kept.data_type, kept.doc_string = tensor.name, tensor.data_type, tensor.doc_string
-        kept.dims.extend(tensor.dims)
-        if tensor.HasField("segment"):
-            kept.segment.CopyFrom(tensor.segment)
-        kept.data_location = onnx.TensorProto.EXTERNAL
-        entry = kept.external_data.add()
-        entry.key, entry.value = "location", NOT_LOADED
-    return out
-
-
-def _copy_fields(source: Any, target: Any, skip: tuple[str, ...]) -> None:
-    """Every field set in `source` but those in `skip` onto `target` (a message of the same type)."""
-    for field, value in source.ListFields():
-        if field.name in skip:
-            continue
-        repeated = getattr(field, "is_repeated", None)
-        if repeated is None:  # protobuf before 5.28: the label says it
-            repeated = field.label == field.LABEL_REPEATED
-        if repeated:
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
-def _data_bytes(tensor: Any) -> int:
-    """Bytes of a tensor's data as its type and shape say (raw_data's length), without reading the data."""
-    from onnx import helper
-
-    try:
-        width = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
-    if tensor.data_type in (21, 22, 23, 25, 26):  # 4-bit and 2-bit types pack several to a byte: read the length
-        return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
-    return int(np.prod(tensor.dims, dtype=np.int64)) * width
 
 
 def weights_to_file(model: Any, path: Path) -> Path:
@@ -273,7 +157,7 @@ def _shapes_inferred_in_place(model: Any, round_trip: Callable[[Any], Any]) -> A
         return round_trip(model)
 
     def external(tensor: Any) -> bool:  # what ORT's round trip writes to external data and reads back
-        return tensor.HasField("raw_data") and _data_bytes(tensor) >= 1024 - 33
+        return tensor.HasField("raw_data") and data_bytes(tensor) >= 1024 - 33
 
     skeleton = weightless(model, external)
     inferred = onnx.shape_inference.infer_shapes(skeleton)

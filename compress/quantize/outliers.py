@@ -35,7 +35,9 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
     import onnx
     import onnxruntime as ort
 
-    from compress.quantize.lean import graph_of, release, weights_to_file
+    from compress.onnx.skeleton import graph_of
+
+    from compress.quantize.lean import release, weights_to_file
     from compress.quantize.prepare import is_large
 
     model_path = Path(model_path)

@@ -37,7 +37,8 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
         return "; ".join(notes + ["copied (fp16 needs no pre-processing)"])
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from compress.quantize.lean import release, without_weights
+    from compress.onnx.skeleton import without_weights
+    from compress.quantize.lean import release
 
     # inferred without the weights: onnx's inference copied the whole model through C++ three times, and no shape
     # depends on a float weight
@@ -68,7 +69,7 @@ def is_large(path: Path) -> bool:
     """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
     ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
     from compress.onnx.graph import PROTOBUF_LIMIT
-    from compress.quantize.lean import model_bytes
+    from compress.onnx.graph import model_bytes
 
     return model_bytes(path) > PROTOBUF_LIMIT // 2  # the graph parsed once a file
 
@@ -165,7 +166,8 @@ def _brought_up_to_date(src: Path, copy: Path, mode: str, large: bool) -> tuple[
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
-    from compress.onnx.graph import default_opset, external_bytes_of, upgraded, without_initializer_inputs
+    from compress.onnx.graph import default_opset, upgraded, without_initializer_inputs
+    from compress.onnx.skeleton import external_bytes_of
 
     model = onnx.load(str(src), load_external_data=False)
     notes: list[str] = []
@@ -292,7 +294,7 @@ def constants_to_initializers(model: Any, *, every: bool = False) -> int:
 def check_exclude(model_path: Path, wanted: Sequence[str]) -> None:
     """Each `--exclude` / [quantize] exclude entry is a node name or an op type of the user's model (before any work:
     a typo costs one line, not a scored float model); one line naming the model and the entry otherwise."""
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     if not wanted:
         return
@@ -309,7 +311,7 @@ def excluded_nodes(model_path: Path, wanted: Sequence[str], source: Path | None 
     pre-processed model at `model_path`: each entry a node name (also after the pre-processing fused it with its
     neighbours) or an op type: every node of it in the user's model `source` (a MatMul the pre-processing fused
     with its Add into a Gemm is still one) and in the pre-processed one; a node folded away has nothing to keep."""
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     if not wanted:
         return []

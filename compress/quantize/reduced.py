@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.quantize.config import WEIGHTED
-from compress.quantize.lean import graph_of
+from compress.onnx.skeleton import graph_of
 
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
                "QGemm", "DynamicQuantizeLSTM", "QEmbedLayerNormalization")

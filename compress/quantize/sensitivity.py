@@ -56,7 +56,7 @@ def rank_sensitive_nodes(float_path: Path, quant_path: Path, batches: list[dict[
         modify_model_output_intermediate_tensors,
     )
 
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     with tempfile.TemporaryDirectory() as tmp:
         acts = []
@@ -160,7 +160,7 @@ def _activation_bytes(model_path: Path, feed: dict[str, np.ndarray] | None = Non
     run_bytes)."""
     import onnx
 
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     model = graph_of(model_path)  # shapes only: inferring them on the weights copied them through C++ 3 times
     rows = 1

@@ -170,7 +170,7 @@ def _shippable(cfg: Any, path: Path) -> list[dict[str, Any]]:
     its static QDQ graph's kernels (its post-training attempt's, trained), never dynamic."""
     from compress.quantize.attempts import remedy_plan
     from compress.quantize.dynamic import dynamic_remedy_runs
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     q = cfg.quantize if cfg.quantize.mode != "qat" else cfg.quantize.model_copy(update={"mode": "static"})
     dynamic = dynamic_remedy_runs(cfg.quantize.mode, q, graph_of(path).graph, npu="qnn" in cfg.export.edge_targets)

@@ -33,7 +33,6 @@ def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _mlp(path: Path, centroids: np.ndarray) -> Path:
     """x @ [C, -C] -> relu -> @ [I; -I]: logits = x @ C.T, a nearest-centroid classifier as a MatMul MLP."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w1 = np.concatenate([centroids, -centroids]).T.astype(np.float32)  # (16, 8)
@@ -743,7 +742,7 @@ def test_a_dynamic_attempt_with_the_layers_that_write_outlier_activations_in_flo
     # dominate in float, it met the budget (docs/results.md)
     from compress.quantize import attempts as qa
     from compress.quantize.dynamic import outlier_layers
-    from compress.quantize.lean import graph_of
+    from compress.onnx.skeleton import graph_of
 
     _, _, centroids = _data(64, seed=1)
     graph = graph_of(_outlier_model(tmp_path / "outlier.onnx", centroids)).graph
