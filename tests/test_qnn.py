@@ -232,9 +232,13 @@ def test_pipeline_edge_targets_qnn_measures_the_final_model(ran_dir):
     from tests.test_pipeline import _run_with
 
     result, report = _run_with(tiny_dir, '\n[export]\nort_format = true\nfixed_batch = 1\nedge_targets = ["qnn"]\n'
-                                         'qnn_options = { soc_model = 60 }\n')
+                                         'qnn_options = { soc_model = 60 }\n'
+                                         '\n[quantize]\nmode = "static"\nmax_accuracy_drop = 0.05\n')
     assert result.exit_code == 0, result.output
     edge = report["edge"]
+    # the NPU is judged by the quantize gate's budget (it took its own 0.01 and contradicted the quantize stage)
+    assert edge["qnn"]["budget"]["metric"] == "accuracy" and edge["qnn"]["budget"]["budget"] == 0.05
+    assert "QNN HTP budget: accuracy drop " in result.output and " points <= 5.00 points" in result.output
     assert edge["qnn"]["provider_options"] == {"soc_model": "60"}  # the phone's chip, as the QNN EP was given it
     assert edge["readiness"]["providers"]["QNN"]["measured"] is True
     assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True

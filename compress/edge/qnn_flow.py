@@ -311,9 +311,14 @@ def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def budget_line(b: dict[str, Any]) -> str:
-    """The NPU budget's verdict in one line ('budget: accuracy drop 0.0033 <= 0.01')."""
-    return (f"budget: {b['metric']} drop {b['drop']:.4f} {'<=' if b['ok'] else '>'} {b['budget']:g}"
-            + ("" if b["ok"] else f" (MISSED): {b.get('where')}"))
+    """The NPU budget's verdict in one line: accuracy and top-1 agreement in points, as the quantize gate says them
+    ('budget: accuracy drop 0.33 points <= 0.50 points'), a cosine as the fraction it is ('... 0.0033 <= 0.01')."""
+    sign = "<=" if b["ok"] else ">"
+    if b["metric"] in ("accuracy", "top-1 agreement with fp32"):
+        verdict = f"{100 * b['drop']:.2f} points {sign} {100 * b['budget']:.2f} points"
+    else:
+        verdict = f"{b['drop']:.4f} {sign} {b['budget']:g}"
+    return f"budget: {b['metric']} drop {verdict}" + ("" if b["ok"] else f" (MISSED): {b.get('where')}")
 
 
 def qnn_table(section: dict[str, Any]) -> str:

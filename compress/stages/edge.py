@@ -33,7 +33,8 @@ def run(ctx: StageContext) -> StageResult:
                    "provider_options": {k: str(v) for k, v in ctx.cfg.export.qnn_options.items()} or None,
                    "qdq": ctx.run_dir / graphs[graphs["used"]] if graphs else None,
                    "rewrites": dict(ctx.state.qnn_rewrites or {}) if graphs else None,
-                   "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else OUTLIER_RATIO}
+                   "outlier_ratio": ctx.cfg.quantize.outlier_ratio if ctx.cfg.quantize else OUTLIER_RATIO,
+                   **_budget(ctx)}
         section = prepare(onnx_path, ctx.stage_dir, fixed_batch=batch, inputs=inputs, targets=targets, qnn=qnn)
         if qnn is not None and graphs:  # the other of the quantize stage's two QNN graphs, for the comparison
             section["qnn_graphs"] = _both(ctx, onnx_path, batch, qnn, graphs, section.get("qnn") or {})
@@ -48,6 +49,16 @@ def run(ctx: StageContext) -> StageResult:
     if (qnn_done.get("placement") or {}).get("context_path"):
         artifacts.append(qnn_done["placement"]["context_path"])
     return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section), info=_summary(qnn_done))
+
+
+def _budget(ctx: StageContext) -> dict:
+    """The NPU's budget where it judges what the quantize gate judges: the accuracy drop (labels) or the cosine
+    drop (embeddings) of [quantize]; else prepare_qnn's own (0.01 of cosine to the float model: a metric of the
+    user's or the tensors task's, in its own units, is not what HTP's reading is judged by)."""
+    key = ctx.evaluation.budget_key
+    if ctx.cfg.quantize is None or key not in ("max_accuracy_drop", "max_cosine_drop"):
+        return {}
+    return {"max_accuracy_drop": getattr(ctx.cfg.quantize, key)}
 
 
 def _summary(qnn: dict) -> dict:
