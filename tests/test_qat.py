@@ -294,7 +294,8 @@ def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_
     assert table["ptq"]["score"] > 0.5 and table["qat"]["score"] > 0.5  # chance: 0.1
     assert table["parity"]["kind"] == "top1_agreement" and table["parity"]["ok"]
     assert table["same_kernels"] is True and table["train_seconds"] > 0
-    assert [r["batch"] for r in table["paired_qat_over_ptq"]] == [1]
+    trained = details["attempts"][-1]["qat"]  # QAT that beat no post-training value holds them: nothing to time
+    assert [r["batch"] for r in table["paired_qat_over_ptq"]] == ([] if trained["best_epoch"] == 0 else [1])
     assert details["qat"]["used"] in ("ptq", "qat") and details["qat"]["why"] in report["final_reason"]
     assert [a["name"] for a in details["attempts"]][-1] == "qat"
     source = table["distilled_from"]  # 'auto': the student only where it reads better than its teacher
@@ -333,6 +334,24 @@ def test_qat_distils_from_the_fp32_student_when_asked_and_keeps_the_teachers_val
     trained = report["details"]["quantize"]["attempts"][-1]["qat"]  # qat_steps: 3 batches an epoch, not a pass
     assert trained["examples_per_epoch"] == [3 * 64] * 2, trained["examples_per_epoch"]
     assert "QAT trained 2 epochs against the student (as configured" in (run / "report.md").read_text()
+
+
+def test_a_qat_run_no_epoch_of_which_beat_the_post_training_values_says_it_kept_them():
+    # report.md said "QAT trained 2 epochs" beside a QAT row of identical figures, timed against itself
+    from compress.qat.pick import side_by_side, side_by_side_table
+
+    def row(name: str, qat: dict | None = None) -> dict:
+        return {"name": name, "side_by_side": True, "score": 0.19, "drop": 0.02, "bytes": 7000, "accepted": False,
+                "test": {"accuracy": 0.2}, "drop_test": 0.03, "latency": {"rows": []}, **({"qat": qat} if qat else {})}
+
+    kept = {"seconds": 3.0, "epochs": 2, "best_epoch": 0, "val_before": 0.1922, "val_best_epoch": 0.1699,
+            "parity": {"what": "top-1 agreement 100.00%"}, "same_kernels": True}
+    table = side_by_side({"attempts": [row("attempt-02"), row("qat", kept)], "qat": {"used": "ptq"}})
+    text = "\n".join(side_by_side_table(table, "accuracy"))
+    assert "No QAT epoch beat the post-training values on validation (accuracy 19.22% before, 16.99% at QAT's " \
+           "best epoch), so the QAT graph keeps them" in text
+    trained = side_by_side({"attempts": [row("attempt-02"), row("qat", {**kept, "best_epoch": 2})], "qat": {}})
+    assert "No QAT epoch" not in "\n".join(side_by_side_table(trained, "accuracy"))
 
 
 def _attempt(name: str, drop: float | None, accepted: bool) -> dict:

@@ -74,6 +74,24 @@ def test_a_student_with_an_op_qat_cannot_run_is_refused_before_training(user_dir
     assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
 
 
+def test_qat_settings_that_contradict_it_are_refused_when_the_file_loads(user_dir: Path):  # noqa: F811
+    # qoperator passed validate and failed after training, blaming the model; 5 frozen epochs of 2 froze all
+    _qat(user_dir, "small_mlp")
+    toml = user_dir / "pipeline.toml"
+    plain = toml.read_text()
+    toml.write_text(plain + 'quant_format = "qoperator"\n')
+    assert error_line(user_dir) == ("error: pipeline.toml: quantize.quant_format: mode = 'qat' trains the QDQ graph "
+                                    "(QuantizeLinear/DequantizeLinear) and writes one; got 'qoperator': use "
+                                    "quant_format = 'qdq' (the default)")
+    toml.write_text(plain + "qat_epochs = 2\nqat_freeze_epochs = 5\n")
+    assert error_line(user_dir, "run") == (
+        "error: pipeline.toml: quantize.qat_freeze_epochs: 5 frozen epochs of qat_epochs = 2 would leave the "
+        "activation ranges never learned; use at most 2 (equal: the calibrated ranges kept as they are)")
+    assert not (user_dir / "runs").exists()
+    toml.write_text(plain + "qat_epochs = 2\nqat_freeze_epochs = 2\n")
+    assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
+
+
 def test_an_op_on_weights_alone_is_not_refused(user_dir: Path):  # noqa: F811
     _qat(user_dir, "cosine_scaled")
     result = invoke(user_dir, "validate", "pipeline.toml")

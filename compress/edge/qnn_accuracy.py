@@ -161,3 +161,14 @@ def _tensor_drop(cosine: float, sqnr_db: float | None) -> tuple[str, float]:
     if scale > 2 * (1.0 - cosine) + 1e-3:  # named by what sets it: the two agree within rounding when norms do
         return "error relative to fp32 (half its square; the scale is off)", drop
     return "cosine to fp32", drop
+
+
+def budget_line(b: dict[str, Any]) -> str:
+    """The NPU budget's verdict in one line: accuracy and top-1 agreement in points, as the quantize gate says them
+    ('budget: accuracy drop 0.33 points <= 0.50 points'), a cosine as the fraction it is ('... 0.0033 <= 0.01')."""
+    sign = "<=" if b["ok"] else ">"
+    if b["metric"] in ("accuracy", "top-1 agreement with fp32"):
+        verdict = f"{100 * b['drop']:.2f} points {sign} {100 * b['budget']:.2f} points"
+    else:
+        verdict = f"{b['drop']:.4f} {sign} {b['budget']:g}"
+    return f"budget: {b['metric']} drop {verdict}" + ("" if b["ok"] else f" (MISSED): {b.get('where')}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from compress.cache import write_json
 from compress.edge.qnn import (INSTALL, ActivationType, htp_session, placement, qnn_status, quantize_for_qnn,
                                runs_without_fallback)
-from compress.edge.qnn_accuracy import accuracy_on_htp, judge
+from compress.edge.qnn_accuracy import accuracy_on_htp, budget_line, judge
 from compress.edge.qnn_feeds import feeds_for, head, rows, run_batches, whole_batches
 from compress.edge.ranges import float16_as_float32, for_htp
 
@@ -308,17 +308,6 @@ def readiness_entry(section: dict[str, Any]) -> dict[str, Any]:
         "fallback_due_to_dynamic_shape": 0, "runs_without_fallback": section["runs_without_fallback"],
         "blockers": section["blockers"], "wants_fixed_shapes": True,
     }
-
-
-def budget_line(b: dict[str, Any]) -> str:
-    """The NPU budget's verdict in one line: accuracy and top-1 agreement in points, as the quantize gate says them
-    ('budget: accuracy drop 0.33 points <= 0.50 points'), a cosine as the fraction it is ('... 0.0033 <= 0.01')."""
-    sign = "<=" if b["ok"] else ">"
-    if b["metric"] in ("accuracy", "top-1 agreement with fp32"):
-        verdict = f"{100 * b['drop']:.2f} points {sign} {100 * b['budget']:.2f} points"
-    else:
-        verdict = f"{b['drop']:.4f} {sign} {b['budget']:g}"
-    return f"budget: {b['metric']} drop {verdict}" + ("" if b["ok"] else f" (MISSED): {b.get('where')}")
 
 
 def qnn_table(section: dict[str, Any]) -> str:

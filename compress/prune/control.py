@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from compress.errors import CompressError
 from compress.prune import mechanics as pruning
@@ -81,3 +81,20 @@ def _apply_masks(model: "nn.Module", masks: dict[str, "torch.Tensor"]) -> list["
         tprune.custom_from_mask(layer, "weight", mask)
         layers.append(layer)
     return layers
+
+
+def collapse_warning(steps: list[dict], metric: Any) -> str | None:
+    """One line when pruning cost the student a point or more of its validation figure (1% of it for a figure
+    that is not a share), after recovery: what a smaller amount, more recovery or the control would tell."""
+    from compress.report import shown
+
+    before, after = steps[0]["accuracy"], steps[-1]["accuracy"]
+    if before is None or after is None or not metric.better(before, after):
+        return None
+    share = metric.name in ("accuracy", "top1_agreement")
+    if abs(before - after) < (0.01 if share else 0.01 * abs(before)):
+        return None
+    lost = f"{100 * abs(before - after):.2f} points" if share else f"{abs(before - after):.4f}"
+    return (f"warning: prune: the pruned student reads {shown(after, metric.name)} on validation against "
+            f"{shown(before, metric.name)} unpruned ({lost} lost after recovery); a smaller prune.amount, more "
+            "prune.finetune_epochs, or prune.control = true (a same-size student trained from scratch) would tell")

@@ -138,6 +138,17 @@ def _shapes(shapes: Sequence[Sequence[int]]) -> str:
 
 # ---------------------------------------------------------------- which layers to prune
 
+def channel_count(model: "nn.Module", skip: tuple[str, ...] = ()) -> int:
+    """Output channels of the Conv and Linear layers but those named in `skip` (and inside them): against the
+    unpruned model's, the share pruning really removed (a layer keeps at least one channel, and round_to rounds:
+    amount = 0.99 of 8 channels removes 7)."""
+    from torch import nn
+
+    return sum(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+               for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+               and not any(name == s or name.startswith(f"{s}.") for s in skip))
+
+
 def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
     """Name of the last Conv/Linear run in the forward pass: the classifier head, never pruned."""
     import torch

@@ -102,9 +102,12 @@ class PruneConfig(Section):
 
 
 def _measure(model: "nn.Module", cfg: PruneConfig, *, step: int, amount: float, accuracy_before: float,
-             accuracy: float, latency_ms: Callable[["nn.Module"], float] | None) -> dict:
+             accuracy: float, latency_ms: Callable[["nn.Module"], float] | None, skip: tuple[str, ...] = ()) -> dict:
+    """One step's row; `channels`: output channels of the layers pruning may narrow (`skip`: the ignored and the
+    head, whose channels stay)."""
     row = {"step": step, "amount": round(amount, 6), "params": count_params(model),
-           "bytes": pruning.weight_bytes(model), "accuracy_before_finetune": accuracy_before, "accuracy": accuracy}
+           "bytes": pruning.weight_bytes(model), "accuracy_before_finetune": accuracy_before, "accuracy": accuracy,
+           "channels": pruning.channel_count(model, skip)}
     if cfg.method == "magnitude":
         row["nonzero_params"] = pruning.nonzero_params(model)
         row["zlib_bytes"] = pruning.zlib_bytes(model)
@@ -152,8 +155,8 @@ def _search_amount(model: "nn.Module", cfg: PruneConfig, example_input, ignored:
     ok, got = meets(cfg.max_amount)
     if not ok:
         raise CompressError(f"prune.{key}: {limit:g} cannot be reached: removing max_amount = {cfg.max_amount} "
-                            f"of the channels still gives {got:g} (unpruned: {value:g}); lower the target, raise "
-                            "prune.max_amount, or start from a smaller student")
+                            f"of the channels still gives {got:g} (unpruned: {value:g}); raise the target (an upper "
+                            "limit), raise prune.max_amount, or start from a smaller student")
     lo, hi = 0.0, cfg.max_amount
     for _ in range(_SEARCH_ROUNDS):
         mid = (lo + hi) / 2
@@ -278,7 +281,7 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     model.eval()
     accuracy = float(evaluate(model))
     history = [_measure(model, cfg, step=0, amount=0.0, accuracy_before=accuracy, accuracy=accuracy,
-                        latency_ms=latency_ms)]
+                        latency_ms=latency_ms, skip=ignored)]
 
     if cfg.method == "magnitude":
         return _prune_magnitude(model, cfg, ignored, finetune, evaluate, latency_ms, history, progress)
@@ -300,7 +303,7 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
         _channel_step(model, pruner, batches, example_input, expected)
         before, after = _recover(model, cfg, finetune, evaluate)
         history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
-                                latency_ms=latency_ms))
+                                latency_ms=latency_ms, skip=ignored))
 
     if cfg.target_latency_ms is not None:
         _meet_latency(model, cfg, amount, history, example_input=example_input, ignored=ignored, batches=batches,
@@ -320,7 +323,7 @@ def _meet_latency(model, cfg: PruneConfig, amount: float, history: list[dict], *
         amount = more
         before, after = _recover(model, cfg, finetune, evaluate)
         history.append(_measure(model, cfg, step=len(history), amount=amount, accuracy_before=before,
-                                accuracy=after, latency_ms=latency_ms))
+                                accuracy=after, latency_ms=latency_ms, skip=ignored))
     if history[-1]["latency_ms"] > cfg.target_latency_ms:
         log.warning("prune: target_latency_ms = %g not met at max_amount (measured %.3f ms)",
                     cfg.target_latency_ms, history[-1]["latency_ms"])
@@ -357,6 +360,6 @@ def _prune_magnitude(model, cfg: PruneConfig, ignored, finetune, evaluate, laten
         done = goal
         before, after = _recover(model, cfg, finetune, evaluate)
         history.append(_measure(model, cfg, step=step, amount=done, accuracy_before=before, accuracy=after,
-                                latency_ms=latency_ms))
+                                latency_ms=latency_ms, skip=ignored))
     pruning.magnitude_finalize(layers)
     return model.eval(), history

@@ -58,7 +58,9 @@ def side_by_side(result: dict[str, Any], split: str = "test", metric: str = "acc
               for r in note.get("paired") or []]
     return {"ptq": ptq, "qat": qat, "train_seconds": info.get("seconds"), "parity": info.get("parity"),
             "epochs": info.get("epochs"), "used": note.get("used"), "same_kernels": info.get("same_kernels"),
-            "distilled_from": info.get("distilled_from"), "paired_qat_over_ptq": paired}
+            "distilled_from": info.get("distilled_from"), "paired_qat_over_ptq": paired,
+            "best_epoch": info.get("best_epoch"), "val_before": info.get("val_before"),
+            "val_best_epoch": info.get("val_best_epoch")}
 
 
 def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
@@ -93,4 +95,14 @@ def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
               f"{parity.get('what', '-')}; ONNX Runtime runs "
               f"{'the same' if table.get('same_kernels') else 'different'} kernels for both"
               + (f"; QAT / PTQ p50, paired: {paired}" if paired else "") + "."]
+    if table.get("best_epoch") == 0:  # the QAT graph holds the post-training values: one model, shown twice
+        lines += ["", f"No QAT epoch beat the post-training values on validation ({metric} "
+                  f"{_figure(table.get('val_before'), share)} before, {_figure(table.get('val_best_epoch'), share)} "
+                  "at QAT's best epoch), so the QAT graph keeps them: its rows are the post-training model's."]
     return lines
+
+
+def _figure(value: float | None, share: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if share else f"{value:.4f}"

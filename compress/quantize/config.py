@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.section import Section
 
@@ -147,3 +147,18 @@ class QuantizeConfig(Section):
         description="'fastest': final is the fastest model within budget, the float one included; "
         "'quantized': final is the quantized model whenever it meets the budget, even if slower (for size).",
     )
+
+    @model_validator(mode="after")
+    def _qat_settings_agree(self) -> "QuantizeConfig":
+        """mode = 'qat' contradictions, said when the file loads instead of after training: QAT trains and writes a
+        QDQ graph, and ranges frozen for more epochs than QAT runs would never learn."""
+        if self.mode != "qat":
+            return self
+        if self.quant_format != "qdq":
+            raise ValueError("quant_format: mode = 'qat' trains the QDQ graph (QuantizeLinear/DequantizeLinear) and "
+                             f"writes one; got '{self.quant_format}': use quant_format = 'qdq' (the default)")
+        if self.qat_freeze_epochs > self.qat_epochs:
+            raise ValueError(f"qat_freeze_epochs: {self.qat_freeze_epochs} frozen epochs of qat_epochs = "
+                             f"{self.qat_epochs} would leave the activation ranges never learned; use at most "
+                             f"{self.qat_epochs} (equal: the calibrated ranges kept as they are)")
+        return self

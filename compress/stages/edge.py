@@ -63,7 +63,8 @@ def _budget(ctx: StageContext) -> dict:
 
 def _summary(qnn: dict) -> dict:
     """The QNN target's placement and budget lines for the terminal summary (report.md has the whole section)."""
-    from compress.edge.qnn_flow import budget_line, qnn_table
+    from compress.edge.qnn_accuracy import budget_line
+    from compress.edge.qnn_flow import qnn_table
 
     if not qnn:
         return {}

@@ -2,17 +2,21 @@
 optionally a same-size control trained from scratch."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from compress.context import StageContext
 from compress.records import ModelRecord, RunState, StageResult
 
+log = logging.getLogger("compress")
+
 
 def run(ctx: StageContext) -> StageResult:
     """Prune the current final model; latency per step is ONNX Runtime's at batch `latency_batch`, 1 thread."""
     from compress.families import family_of
     from compress.prune import CONTROL_NAME, CONTROL_RECIPES, MAGNITUDE_NOTE, prune, train_control
+    from compress.prune.control import collapse_warning
     from compress.prune.mechanics import nonzero_params
     from compress.train import train_student
     from compress.train.config import resolved
@@ -71,6 +75,10 @@ def run(ctx: StageContext) -> StageResult:
             info["control"]["nonzero_params"] = nonzero_params(control)
     info["markdown"] = _markdown(pcfg, steps, record, info.get("control"), metric,
                                  notes=_notes(pcfg, cfg.prune.importance is None, cfg.data.task, pruned))
+    warning = collapse_warning(steps, metric)  # compress.prune.control
+    if warning:
+        log.warning(warning)
+        info["markdown"] += ["", f"**{warning[len('warning: '):]}**"]
     final, why = _pick(name, info.get("control"), metric, _reason(base.name, ctx.state.final_reason))
     return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records),
                        state=RunState(final=final, final_reason=why), info=info)
@@ -123,6 +131,16 @@ def _save(ctx: StageContext, model: Any, name: str, role: str, base: ModelRecord
                        params=count_params(model), accuracy_torch=figures.get("accuracy"), metrics_torch=figures)
 
 
+def _removed(pcfg: Any, step: dict, first: dict) -> str:
+    """The share a step removed: of the prunable layers' channels as measured, with the amount asked beside it
+    where they differ (a layer keeps one channel at least: amount = 0.99 of 8 channels removes 7, 88%)."""
+    asked = f"{100 * step.get('amount', 0):.0f}%"
+    if pcfg.method != "channel" or not step.get("channels") or not first.get("channels"):
+        return asked
+    done = f"{100 * (1 - step['channels'] / first['channels']):.0f}%"
+    return done if done == asked else f"{done} (asked {asked})"
+
+
 def _reason(base: str, before: str | None) -> str:
     """Why the pruned model is the final one: pruned from the model that was, which keeps its own reason."""
     return f"pruned from {base}" + (f"; {before}" if before else "")
@@ -165,7 +183,7 @@ def _markdown(pcfg: Any, steps: list[dict], record: ModelRecord, control: dict |
         lines[3:3] = [" ".join(notes), ""]
     for s in steps:
         lat = f"{s['latency_ms']:.4f}" if s.get("latency_ms") is not None else "-"
-        lines.append(f"| {s['step']} | {100 * s.get('amount', 0):.0f}% | {s['params']:,} | {s['bytes']:,} | "
+        lines.append(f"| {s['step']} | {_removed(pcfg, s, steps[0])} | {s['params']:,} | {s['bytes']:,} | "
                      f"{shown(s['accuracy_before_finetune'], name)} | {shown(s['accuracy'], name)} | {lat} |")
     if record.note:
         lines += ["", record.note]

@@ -153,7 +153,8 @@ def test_target_latency_uses_the_measurement_callback():
 
 def test_unreachable_target_is_a_clear_error():
     with pytest.raises(CompressError, match=r"prune.target_params: 10 cannot be reached: removing max_amount = "
-                                            r"0.9 of the channels still gives"):
+                                            r"0.9 of the channels still gives .*; raise the target \(an upper "
+                                            r"limit\)"):  # "lower the target" asked for the impossible
         _prune(zoo.mlp(), PruneConfig(target_params=10), _x("mlp"))
 
 
@@ -368,3 +369,29 @@ def test_a_same_size_control_that_beats_the_pruned_model_ships():
         "student-pruned", "w")
     assert _pick("student-pruned", control, Metric("error_rate", higher_is_better=False), "w")[0] == "student-pruned"
     assert _pick("student-pruned", None, Metric("accuracy"), "w") == ("student-pruned", "w")
+
+
+def test_the_report_says_the_share_of_channels_removed_and_warns_when_the_student_collapses():
+    # amount = 0.99 of a width-8 CNN removed 7 of 8 channels a layer, and the table said "removed 99%"; the student
+    # fell from 85% to 40% and shipped without a word
+    from types import SimpleNamespace
+
+    from compress.prune.control import collapse_warning
+    from compress.stages.prune import _markdown
+    from compress.tasks import Metric
+
+    _, history, _ = _prune(zoo.cnn_small(width=8), PruneConfig(amount=0.99, steps=1), _x("cnn"))
+    assert history[0]["channels"] > history[-1]["channels"] > 0
+    share = 1 - history[-1]["channels"] / history[0]["channels"]
+    assert 0.5 < share < 0.95  # a layer keeps one channel at least: not the 99% asked
+    accuracy = Metric("accuracy", higher_is_better=True)
+    lines = _markdown(SimpleNamespace(method="channel", latency_batch=1), history, SimpleNamespace(note=None), None,
+                      accuracy)
+    assert f"| 1 | {100 * share:.0f}% (asked 99%) |" in "\n".join(lines)
+    collapsed = [{**history[0], "accuracy": 0.8524}, {**history[-1], "accuracy": 0.4011}]
+    assert collapse_warning(collapsed, accuracy) == (
+        "warning: prune: the pruned student reads 40.11% on validation against 85.24% unpruned (45.13 points lost "
+        "after recovery); a smaller prune.amount, more prune.finetune_epochs, or prune.control = true (a same-size "
+        "student trained from scratch) would tell")
+    assert collapse_warning([collapsed[0], {**collapsed[1], "accuracy": 0.8450}], accuracy) is None  # under a point
+    assert collapse_warning([collapsed[0], {**collapsed[1], "accuracy": 0.90}], accuracy) is None  # a gain
