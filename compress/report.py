@@ -2,8 +2,7 @@
 
 Every model carries `metrics` (its figures on the test split), `metrics_val` and `metrics_torch`; the report's
 `primary_metric` names the figure that picked and gated, which the table and plot show. `accuracy` (classification)
-and `cosine` / `neighbour_overlap@10` (embedding) stay where report/1 had them.
-"""
+and `cosine` / `neighbour_overlap@10` (embedding) stay where report/1 had them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -299,10 +298,11 @@ def _edge_markdown(edge: dict | None) -> list[str]:
     if edge["readiness"].get("fix"):
         out += ["", f"Dynamic shapes: {edge['readiness']['fix']}"]
     if edge.get("qnn"):
+        from compress.edge.qnn_accuracy import graphs_markdown
         from compress.edge.qnn_flow import qnn_table
 
         out += ["", "### Qualcomm NPU (QNN HTP backend, simulated here; latency not used for the pick)", "", "```",
-                qnn_table(edge["qnn"]), "```"]
+                qnn_table(edge["qnn"]), "```", *(graphs_markdown(edge["qnn_graphs"]) if edge.get("qnn_graphs") else [])]
     return out
 
 

@@ -172,3 +172,20 @@ def budget_line(b: dict[str, Any]) -> str:
     else:
         verdict = f"{b['drop']:.4f} {sign} {b['budget']:g}"
     return f"budget: {b['metric']} drop {verdict}" + ("" if b["ok"] else f" (MISSED): {b.get('where')}")
+
+
+def graphs_markdown(graphs: dict[str, Any]) -> list[str]:
+    """report.md's rows for the post-training and the quantization-aware QNN graphs placed on HTP side by side
+    (the edge stage's qnn_graphs; the one the quantize stage picked is marked)."""
+    lines = ["", "Post-training and quantization-aware QNN graphs, each placed and read on HTP:", "",
+             "| graph | nodes on HTP | runs with CPU fallback disabled | on HTP |", "|---|---|---|---|"]
+    for name, label in (("ptq", "post-training"), ("qat", "quantization-aware")):
+        g = graphs.get(name)
+        if not g:
+            continue
+        used = " (picked)" if graphs.get("used") == name else ""
+        placed = f"{g['nodes_on_htp']}/{g['nodes_total']}" if g.get("nodes_total") else "-"
+        fallback = {True: "yes", False: "no"}.get(g.get("runs_without_fallback"), "-")
+        lines.append(f"| {label}{used}: `{g['graph']}` | {placed} | {fallback} | "
+                     f"{budget_line(g['budget']) if g.get('budget') else '-'} |")
+    return lines

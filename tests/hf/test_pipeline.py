@@ -264,3 +264,8 @@ qnn_samples = 8
         assert graphs[name]["runs_without_fallback"] is True and graphs[name]["accuracy"]["samples"] == 8
         assert graphs[name]["accuracy"]["cosine_to_reference_htp"] > 0.5
     assert report["edge"]["qnn"]["seq"] == 8  # the benchmark's first sequence length
+    md = (tmp_path / "runs" / "t" / "report.md").read_text()  # report.md showed the picked graph only
+    for name, label in (("ptq", "post-training"), ("qat", "quantization-aware")):
+        row = next(line for line in md.splitlines() if line.startswith(f"| {label}"))
+        placed = f"| {graphs[name]['nodes_on_htp']}/{graphs[name]['nodes_total']} | yes | budget: "
+        assert placed in row and ("(picked)" in row) == (graphs["used"] == name), row
