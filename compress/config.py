@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import logging
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -23,6 +24,8 @@ from compress.study.config import SearchConfig
 from compress.section import Section
 from compress.tasks.metric import EvaluateConfig
 from compress.train.config import DistillConfig, TrainConfig
+
+log = logging.getLogger("compress")
 
 MAX_CONFIG_BYTES = 1_000_000  # a pipeline file is a few hundred bytes; anything this large is a mistake
 
@@ -181,6 +184,22 @@ def held() -> Iterator[None]:
         _held.reset(token)
 
 
+def _check_edge_targets(cfg: PipelineConfig) -> None:
+    """An edge target whose plugin this machine lacks is said before training, not last: one warning line (the run
+    reports the target as not installed, exit 0), or under `[benchmark] strict` exit 2, as a missing provider is."""
+    if "qnn" not in cfg.export.edge_targets:
+        return
+    from compress.edge.qnn import qnn_status
+
+    status = qnn_status()
+    if status["installed"]:
+        return
+    line = f"{cfg.source_path}: export.edge_targets: 'qnn' needs the onnxruntime-qnn plugin, {status['reason']}"
+    if cfg.benchmark.strict:
+        raise CompressError(f"{line} (benchmark.strict = true)")
+    log.warning("warning: %s; the edge stage will report the target as not installed", line)
+
+
 def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
     """Every check that needs no training: the data loads, teacher and student build on it and their outputs fit
     the task, the teacher's checkpoint loads, the user's metric imports, and under `[benchmark] strict` every
@@ -193,6 +212,7 @@ def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
 
     check_available(cfg.benchmark.providers, strict=cfg.benchmark.strict,
                     origin=f"{cfg.source_path}: benchmark.providers")
+    _check_edge_targets(cfg)
     memo = _held.get()
     key = None
     if memo is not None:

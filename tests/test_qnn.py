@@ -268,6 +268,26 @@ def test_edge_targets_are_checked_when_the_file_loads(tiny_dir, section, message
     assert message in result.output
 
 
+def test_a_missing_qnn_plugin_is_said_before_training_and_is_exit_2_under_strict(tiny_dir, monkeypatch, caplog):
+    # it was said last, after every model had trained, and [benchmark] strict = true did not apply to it
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    monkeypatch.setattr(qnn, "qnn_status", lambda: {"installed": False, "reason": "not installed; pip install x"})
+    toml = tiny_dir / "pipeline.toml"
+    plain = toml.read_text() + '\n[export]\nort_format = true\nedge_targets = ["qnn"]\n'
+    toml.write_text(plain)
+    line = f"{toml}: export.edge_targets: 'qnn' needs the onnxruntime-qnn plugin, not installed; pip install x"
+    assert CliRunner().invoke(main, ["validate", str(toml)]).exit_code == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "compress"] == [
+        f"warning: {line}; the edge stage will report the target as not installed"]
+    toml.write_text(plain.replace('providers = ["cpu", "cuda"]', 'providers = ["cpu"]\nstrict = true'))
+    result = CliRunner().invoke(main, ["run", str(toml)])
+    assert result.exit_code == 2 and f"error: {line} (benchmark.strict = true)" in result.output
+    assert not (tiny_dir / "runs" / "tiny" / "teacher").exists()
+
+
 @pytest.mark.qnn
 def test_bench_kit_runs_the_model_on_qnn_htp_and_compare_reads_it(tmp_path):
     import json
