@@ -1016,3 +1016,13 @@ def test_padded_tokens_are_left_out_only_on_a_token_axis_and_never_hide_a_nan():
     states[0, 5, 0] = np.nan
     judged = _at(states, mask != 0)
     assert np.isnan(judged[0, 5, 0]) and judged[0, 5, 1] == 0 and judged[0, 3, 0] == 1
+
+
+def test_mode_qat_says_in_one_line_that_it_needs_a_pipeline(tmp_path: Path):
+    # click's "'qat' is not one of 'static', 'dynamic', 'fp16'", where docs/qat.md promised one line
+    result = _invoke(_old_conv(tmp_path / "m.onnx", batch=1), "--out", tmp_path / "q.onnx", "--mode", "qat")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --mode qat: quantization-aware training distils the model from its teacher, which compress quantize "
+        "does not have; use --mode static here, or [quantize] mode = 'qat' in a pipeline (compress run)")
+    assert not (tmp_path / "q.onnx").exists()

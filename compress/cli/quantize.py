@@ -30,9 +30,10 @@ log = logging.getLogger("compress")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="Where the model to ship goes (quantized, or float when int8 is not faster).")
-@click.option("--mode", type=click.Choice(["static", "dynamic", "fp16"]), default=None,
-              help="static: int8 with calibrated ranges (QDQ); dynamic: int8 weights; fp16: half precision. "
-                   "Default: static with --calibration, dynamic without.")
+@click.option("--mode", type=click.Choice(["static", "dynamic", "fp16", "qat"]), default=None,
+              help="static: int8 with calibrated ranges (QDQ); dynamic: int8 weights; fp16: half precision "
+                   "(qat trains against a teacher: pipelines only). Default: static with --calibration, dynamic "
+                   "without.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help=".npz of real model inputs: one array per input name (or 'x' / the only array for one input). "
                    "Dynamic calibrates nothing: its remedies read these rows, else the gate's.")
@@ -169,6 +170,10 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
 def _check_options(model: Path, out_path: Path, metric: str | None, data_npz: Path | None, static_only: bool,
                    mode: str, outputs: tuple[str, ...]) -> None:
     """CompressError for options that cannot go together, before any work."""
+    if mode == "qat":  # docs/qat.md: one line, not click's list of choices
+        raise CompressError("--mode qat: quantization-aware training distils the model from its teacher, which "
+                            "compress quantize does not have; use --mode static here, or [quantize] mode = 'qat' in "
+                            "a pipeline (compress run)")
     if out_path.suffix != ".onnx":
         raise CompressError(f"--out: expected a path ending in .onnx, got {str(out_path)!r}")
     _not_the_model(model, out_path)
