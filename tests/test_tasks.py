@@ -340,3 +340,19 @@ def test_a_student_whose_outputs_come_in_another_order_is_refused():
     with pytest.raises(CompressError, match=r"return a dict with the same keys, in the same order"):
         Tensors().check_outputs({"b": torch.zeros(2, 3), "a": torch.zeros(2, 3)}, num_classes=0, teacher=teacher,
                                 origin="student", spec="m:f")
+
+
+def test_a_builtin_regressor_gets_its_targets_width_for_num_classes(tmp_path: Path):
+    # the tensors task has no class labels: num_classes was filled with 0, a zero-width head, and the error blamed
+    # a [distill] loss the file did not have
+    folder = _folder(tmp_path)
+    toml = folder / "p.toml"
+    toml.write_text(VALIDATED.format(data="reg.npz", model="Regressor").replace('"models:Regressor"', '"builtin:mlp"'))
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 0, result.output
+
+    from types import SimpleNamespace
+
+    from compress.families.torch import _num_classes
+
+    assert _num_classes(SimpleNamespace(num_classes=0, task="embedding", has_targets=False)) is None

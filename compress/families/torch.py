@@ -38,8 +38,9 @@ class TorchFamily(Family):
             params = {}
         if "input_shape" in params:
             kw.setdefault("input_shape", data.input_shape)
-        if "num_classes" in params:
-            kw.setdefault("num_classes", data.num_classes)
+        classes = _num_classes(data) if "num_classes" in params and "num_classes" not in kw else None
+        if classes:
+            kw["num_classes"] = classes
         try:
             model = factory(**kw)
         except TypeError as exc:
@@ -54,6 +55,22 @@ class TorchFamily(Family):
             raise CompressError(f"{origin}.model: {model_spec} returned {type(model).__name__}, expected a "
                                 "torch.nn.Module")
         return model.eval()
+
+
+def _num_classes(data: Any) -> int | None:
+    """What a factory's `num_classes` gets from the data: the number of class labels; for the tensors task, the
+    width of its one target when each example's is a vector (a regressor's y of shape (N, 1) gives 1). None (the
+    factory's own default) otherwise: the 0 a task without class labels counts made zero-width heads."""
+    if getattr(data, "num_classes", 0):
+        return data.num_classes
+    if getattr(data, "task", None) != "tensors" or not getattr(data, "has_targets", False):
+        return None
+    try:
+        _, target = data.arrays("train", limit=1)
+    except Exception:  # noqa: BLE001 - a hint only: the model's own default stays, and the task checks shapes
+        return None
+    shape = getattr(target, "shape", ())
+    return int(shape[1]) if len(shape) == 2 and shape[1] > 0 else None
 
 
 def looks_channels_last(shape: tuple[int, ...]) -> bool:
