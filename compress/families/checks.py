@@ -235,9 +235,18 @@ def _check_labels(cfg, data, task, student) -> None:
 
     batch = data.targets("val")
     batch = {k: np.asarray(v)[:2] for k, v in batch.items()} if isinstance(batch, dict) else np.asarray(batch)[:2]
+    outputs = ", ".join(f"{n} {tuple(v.shape[1:])}" for n, v in student.items())
+    if isinstance(batch, dict):  # each y_NAME labels the output NAME: one that fits none was dropped without a word
+        fits = matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch)
+        stray = next((k for k in batch if k not in fits), None)
+        if stray is not None:
+            raise CompressError(f"{cfg.source_path}: data.source: target {stray!r} (npz y_{stray}, per example "
+                                f"{tuple(batch[stray].shape[1:])}) labels no output of the student ({outputs}); "
+                                "name each target after the output it labels, with that output's shape, or give "
+                                "[distill] loss = 'module:function' that reads it")
     if not matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch):
         shapes = ({k: tuple(v.shape[1:]) for k, v in batch.items()} if isinstance(batch, dict)
                   else tuple(batch.shape[1:]))
         raise CompressError(f"{cfg.source_path}: distill.loss: no target (per example {shapes}) has the shape of an "
-                            f"output ({', '.join(f'{n} {tuple(v.shape[1:])}' for n, v in student.items())}); give "
+                            f"output ({outputs}); give "
                             "[distill] loss = 'module:function' to compare your outputs with your targets")
