@@ -2,9 +2,12 @@
 before its first stage."""
 from __future__ import annotations
 
+import logging
 import time
 
 from compress.errors import CompressError
+
+log = logging.getLogger("compress")
 
 
 TRIAL_EXPORT_SECONDS = 0.5
@@ -63,7 +66,6 @@ def _check_qnn_float(graph, data, cfg, origin: str) -> None:
     """mode = 'qat' with the QNN edge target trains the QNN QDQ graph: the nodes it would leave in float, which HTP
     cannot run as int8 and no training changes, are named now (the untrained student's graph with QNN's settings,
     calibrated on two validation rows: which nodes stay float depends on the graph, not on its weights)."""
-    import logging
     import tempfile
     from pathlib import Path
 
@@ -78,7 +80,7 @@ def _check_qnn_float(graph, data, cfg, origin: str) -> None:
         onnx.save(graph, str(source))
         _, _, left = qnn_ptq(source, Path(tmp), [feed], cfg)
     if left:
-        logging.getLogger("compress").warning(float_warning(origin, left) + " (found before training)")
+        log.warning(float_warning(origin, left) + " (found before training)")
 
 
 def check_models(cfg, data) -> None:
@@ -238,12 +240,12 @@ def _check_labels(cfg, data, task, student) -> None:
     outputs = ", ".join(f"{n} {tuple(v.shape[1:])}" for n, v in student.items())
     if isinstance(batch, dict):  # each y_NAME labels the output NAME: one that fits none was dropped without a word
         fits = matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch)
-        stray = next((k for k in batch if k not in fits), None)
-        if stray is not None:
-            raise CompressError(f"{cfg.source_path}: data.source: target {stray!r} (npz y_{stray}, per example "
-                                f"{tuple(batch[stray].shape[1:])}) labels no output of the student ({outputs}); "
-                                "name each target after the output it labels, with that output's shape, or give "
-                                "[distill] loss = 'module:function' that reads it")
+        for stray in (k for k in batch if k not in fits and fits):  # none fits: the error below
+            log.warning(
+                "warning: %s: data.source: target %r (npz y_%s, per example %s) labels no output of the student "
+                "(%s), so the default loss does not use it; name each target after the output it labels, with that "
+                "output's shape, or give [distill] loss = 'module:function' that reads it", cfg.source_path, stray,
+                stray, tuple(batch[stray].shape[1:]), outputs)
     if not matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch):
         shapes = ({k: tuple(v.shape[1:]) for k, v in batch.items()} if isinstance(batch, dict)
                   else tuple(batch.shape[1:]))
