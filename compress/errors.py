@@ -30,6 +30,17 @@ class InputsRejected(CompressError):
         super().__init__(f"{model}: did not run on {inputs} in ONNX Runtime ({why})")
 
 
+class LossNotScalar(CompressError):
+    """The user's loss returned what training cannot step on (a number, a tensor without a gradient, unreduced),
+    where the task adds it to terms of its own whose gradient would hide it; the trainer names the loss and the
+    step (compress.train.objective.step_loss)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        super().__init__(f"the loss returned {type(value).__name__}; expected a scalar tensor computed from the "
+                         "outputs")
+
+
 class WorkerFailed(CompressError):
     """A training worker process died (killed, crashed, lost its peers): exit code 1; rerunning resumes."""
 

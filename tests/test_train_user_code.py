@@ -184,6 +184,37 @@ def test_a_users_loss_that_is_not_a_scalar_tensor_or_raises_is_one_line_naming_i
     assert _run_line(folder) == f"error: pipeline.toml: distill.loss: losses:{loss} {says}"
 
 
+@pytest.mark.parametrize("value, says", [
+    (0.5, "returned float 0.5 in training (student, epoch 1, batch 2); expected a scalar tensor computed from the "
+          "outputs (reduce it, e.g. with .mean())"),
+    (torch.tensor(0.5), "returned a tensor without a gradient in training (student, epoch 1, batch 2); compute it "
+                        "from the outputs with torch operations (not .item(), .detach() or numpy)")])
+def test_a_users_loss_added_to_the_distillation_term_is_checked_on_its_own(monkeypatch, tmp_path, value, says):
+    # at the default alpha 0.5 the distillation term's gradient hid it: the student trained on the teacher alone
+    import sys
+
+    from compress.tasks.tensors import Tensors
+
+    from compress.train.objective import Blame
+
+    class Cached:  # a teacher whose outputs are cached (no model to run)
+        model = None
+
+        def __call__(self, index, x):
+            return torch.ones(len(x), 2)
+
+    monkeypatch.setitem(sys.modules, "userloss", SimpleNamespace(const=lambda outputs, targets: value))
+    settings = SimpleNamespace(output_weights=None, loss="userloss:const", alpha=0.5)
+    loss = Tensors().make_loss(settings, teacher=True, labels=True, base_dir=tmp_path)
+    objective = Objective(loss, ("output",), teacher=Cached(),
+                          blame=Blame(loss="p.toml: distill.loss: userloss:const", user_loss=True))
+    batch = (torch.arange(2), torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(CompressError) as caught:
+        step_loss(objective, nn.Linear(3, 2), batch, "cpu", bf16=False, position=Position("student", 1, 2, 1),
+                  origin="p.toml: distill.lr", lr=0.01)
+    assert str(caught.value) == f"p.toml: distill.loss: userloss:const {says}"
+
+
 # --- F6: NaN before any optimiser step -------------------------------------------------------------------------------
 
 class _NanAfter(nn.Module):

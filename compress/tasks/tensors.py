@@ -156,18 +156,32 @@ def _agreement(out: Any, ref: Any) -> tuple[Any, float, float]:
 def _hard(student: Mapping[str, Any], target: Any, user: Any) -> Any:
     if user is not None:
         try:
-            return user(student, target)
+            value = user(student, target)
         except CompressError:
             raise
         except Exception as exc:
             raise CompressError(f"distill.loss: {getattr(user, '__name__', user)} raised {type(exc).__name__}: "
                                 f"{exc}") from exc
+        _check_user_loss(value, student)
+        return value
     shapes = {n: tuple(v.shape) for n, v in student.items()}
     matched = matched_labels(tuple(student), shapes, target)
     if not matched:
         raise CompressError("distill.loss: no label matches an output's shape; give [distill] loss = "
                             "'module:function' to compare your outputs with your targets")
     return sum(normalised_mse(student[n], _target(target, k)) for n, k in matched.items()) / len(matched)
+
+
+def _check_user_loss(value: Any, student: Mapping[str, Any]) -> None:
+    """The user's loss is a scalar tensor with a gradient when the outputs have one: added to the distillation
+    term (alpha < 1), a number or a detached tensor trained the student on the teacher alone, without a word."""
+    import torch
+
+    grad = torch.is_grad_enabled() and any(getattr(v, "requires_grad", False) for v in student.values())
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or (grad and not value.requires_grad):
+        from compress.errors import LossNotScalar
+
+        raise LossNotScalar(value)
 
 
 def _shapes(shapes: Mapping[str, tuple]) -> str:

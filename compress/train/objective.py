@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from compress.errors import PEER_LOST, CompressError, first_line, shorten
+from compress.errors import PEER_LOST, CompressError, LossNotScalar, first_line, shorten
 from compress.tasks.base import as_outputs
 
 
@@ -173,6 +173,9 @@ def step_loss(objective: Objective, net: Any, batch: tuple, device: str, *, bf16
             loss = objective(net, index, x, target, device)
     except StepFailed as failed:
         raise CompressError(failed.at(position)) from failed.cause
+    except LossNotScalar as bad:  # the user's part of a sum, checked where the task adds it
+        _check_scalar(bad.value, objective.blame.loss, position)
+        raise
     _check_scalar(loss, objective.blame.loss, position)
     if not torch.isfinite(loss):
         raise CompressError(_not_finite(objective, net, batch, float(loss.item()), position, origin, lr))
