@@ -371,3 +371,12 @@ def test_a_target_that_labels_no_output_is_named_at_validate(tmp_path: Path, cap
         "with that output's shape, or give [distill] loss = 'module:function' that reads it"]
     np.savez(folder / "typo.npz", x=two["x"], y_valu=two["y_value"])  # none fits: the default loss has no label
     assert _validate(folder, "typo.npz", "TwoHeads")[0] == 2
+
+
+def test_a_distill_loss_that_cannot_be_imported_is_named_at_validate(tmp_path: Path):
+    # validate said "ok" and the run failed after the teacher stage
+    folder = _folder(tmp_path)
+    code, line, toml = _validate(folder, "two.npz", "TwoHeads", '[distill]\nloss = "metrics:nosuchloss"\n')
+    assert code == 2 and line.startswith(f"error: {toml}: distill.loss: module 'metrics' has no attribute "
+                                         "'nosuchloss'")
+    assert _validate(folder, "two.npz", "TwoHeads", '[distill]\nloss = "metrics:loss"\n')[0] == 0

@@ -229,6 +229,10 @@ def _check_labels(cfg, data, task, student) -> None:
     if cfg.distill.control and not data.has_targets:
         raise CompressError(f"{cfg.source_path}: distill.control: the data has no targets (npz y or y_NAME) to train "
                             "a labels-only control on")
+    if cfg.distill.loss not in (None, *task.losses):  # imported now: it failed after the teacher had trained
+        from compress.imports import import_object
+
+        import_object(cfg.distill.loss, cfg.base_dir, f"{cfg.source_path}: distill.loss")
     if student is None or not data.has_targets or (cfg.distill.loss or "mse") != "mse":
         return
     from compress.tasks.tensors import matched_labels
