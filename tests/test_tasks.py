@@ -380,3 +380,15 @@ def test_a_distill_loss_that_cannot_be_imported_is_named_at_validate(tmp_path: P
     assert code == 2 and line.startswith(f"error: {toml}: distill.loss: module 'metrics' has no attribute "
                                          "'nosuchloss'")
     assert _validate(folder, "two.npz", "TwoHeads", '[distill]\nloss = "metrics:loss"\n')[0] == 0
+
+
+@pytest.mark.parametrize("metric, says", [
+    ("python:metrics:r2", "expected 'module:function', got 'python:metrics:r2'; drop the 'python:' prefix: it marks "
+                          "a data source, and this key takes 'module:function'"),
+    ("metrics.r2", "expected 'module:function' (a Python module beside the TOML and a function in it), got "
+                   "'metrics.r2'")])
+def test_a_metric_that_is_not_module_function_says_so_in_words(tmp_path: Path, metric: str, says: str):
+    # the field's regex was the message: "string should match pattern '^[A-Za-z_][\w.]*:...'"
+    folder = _folder(tmp_path)
+    code, line, toml = _validate(folder, "reg.npz", extra=f'[evaluate]\nmetric = "{metric}"\n')
+    assert code == 2 and line == f"error: {toml}: evaluate.metric: {says}"

@@ -11,10 +11,11 @@ model and heads the report.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from compress.errors import CompressError, shorten
 from compress.section import Section
@@ -68,9 +69,20 @@ class EvaluateConfig(Section):
     """[evaluate]: your own metric, used everywhere the task's primary figure would be (best epoch, gates, the final
     pick, the report's headline)."""
 
-    metric: str = Field(min_length=3, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
-                        description="'module:function' beside the TOML (found like model factories): "
+    metric: str = Field(min_length=3, description="'module:function' beside the TOML (found like model factories): "
                         "def f(outputs: dict[str, ndarray], targets) -> dict[str, float], on a whole split.")
     primary: str | None = Field(None, min_length=1, description="Which returned figure selects, gates and picks "
                                 "(default: the first one returned).")
     higher_is_better: bool = Field(True, description="The primary figure's direction.")
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _module_function(cls, value: Any) -> Any:
+        """One line a user can act on, not the pattern's regex: 'python:' marks a data source, not a metric."""
+        if isinstance(value, str) and value.startswith("python:"):
+            raise ValueError(f"expected 'module:function', got {value!r}; drop the 'python:' prefix: it marks a "
+                             "data source, and this key takes 'module:function'")
+        if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+            raise ValueError(f"expected 'module:function' (a Python module beside the TOML and a function in it), "
+                             f"got {value!r}")
+        return value
