@@ -244,3 +244,17 @@ def test_editing_the_model_code_beside_the_toml_reruns_its_stage(ran_dir):
     assert _run(tiny_dir).exit_code == 0
     statuses = {s["name"]: s["status"] for s in json.loads((tiny_dir / "runs/tiny/report.json").read_text())["stages"]}
     assert statuses["teacher"] == "done" and statuses["benchmark"] == "done"
+
+
+def test_benchmark_models_final_still_gives_every_model_its_size(ran_dir):
+    # the models not timed showed size '-' (bytes null) although their .onnx files were on disk
+    toml = ran_dir / "pipeline.toml"
+    toml.write_text(toml.read_text().replace('providers = ["cpu", "cuda"]', 'providers = ["cpu"]\nmodels = "final"'))
+    result = _run(ran_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((ran_dir / "runs/tiny/report.json").read_text())
+    for model in report["models"]:
+        if model.get("onnx"):
+            assert model["bytes"] == (ran_dir / "runs/tiny" / model["onnx"]).stat().st_size, model["name"]
+    timed = [m["name"] for m in report["models"] if m.get("latency")]
+    assert timed == [report["final"]]

@@ -31,6 +31,9 @@ def run(ctx: StageContext) -> StageResult:
                                             accuracy=test.get("accuracy"), accuracy_val=val.get("accuracy"),
                                             latency=tuple(rows[name]["latency"]),
                                             unavailable=tuple(rows[name]["unavailable"])))
+    # models = "final": the others are not timed nor scored, but their files are on disk and have a size
+    records += [rec.but(bytes=(ctx.run_dir / rec.onnx).stat().st_size) for name, rec in ctx.models.items()
+                if rec.onnx is not None and name not in paths and (ctx.run_dir / rec.onnx).is_file()]
     lines = _not_timed(rows)
     return StageResult(models=tuple(records), info={"summary_lines": lines} if lines else {})
 
