@@ -253,8 +253,9 @@ def test_benchmark_models_final_still_gives_every_model_its_size(ran_dir):
     result = _run(ran_dir)
     assert result.exit_code == 0, result.output
     report = json.loads((ran_dir / "runs/tiny/report.json").read_text())
-    for model in report["models"]:
-        if model.get("onnx"):
-            assert model["bytes"] == (ran_dir / "runs/tiny" / model["onnx"]).stat().st_size, model["name"]
+    onnx = [m for m in report["models"] if m["format"] == "onnx"]
+    assert len(onnx) == 3  # teacher, student, control
+    for model in onnx:
+        assert model["bytes"] == (ran_dir / "runs/tiny" / model["path"]).stat().st_size, model["name"]
     timed = [m["name"] for m in report["models"] if m.get("latency")]
     assert timed == [report["final"]]
