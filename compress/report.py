@@ -119,7 +119,7 @@ def data_section(data: Any, models: list[dict], info: dict) -> dict:
             if apart < MIN_ERRORS_APART:
                 warnings.append(f"{a} and {b} differ by {apart} of {n} {section['evaluated_on']} examples "
                                 f"(fewer than {MIN_ERRORS_APART}): the split is too small to tell them apart")
-    section["warnings"] = warnings
+    section["warnings"] = [*section.get("warnings", []), *warnings]  # the data's own first (compress.data)
     return section
 
 

@@ -268,6 +268,22 @@ def test_labels_with_gaps_are_accepted_with_a_warning(user_dir: Path, caplog: py
         "one per label value; renumber the labels 0..1 if the gaps are not meant"]
 
 
+def test_what_the_console_says_of_the_data_is_in_the_reports_warnings(user_dir: Path):
+    # the label-gap and never-trained warnings were printed, and report.json / report.md said nothing of them
+    from compress.config import load_config
+    from compress.data import load_data
+    from compress.report import data_section
+
+    with np.load(user_dir / "table.npz") as z:
+        x, y = z["x"], z["y"]
+    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
+    cfg = load_config(user_dir / "pipeline.toml")
+    data = load_data(cfg.data, seed=0, base_dir=user_dir, origin="pipeline.toml: data.source")
+    assert data_section(data, [], {})["warnings"] == [
+        "pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, one per "
+        "label value; renumber the labels 0..1 if the gaps are not meant"]
+
+
 def test_the_model_codes_digest_follows_the_local_modules_it_imports(tmp_path: Path):
     # a layers.py that mymodels.py imports changed from ReLU to Tanh, and every stage stayed cached: old weights
     # loaded into new code

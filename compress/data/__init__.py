@@ -8,6 +8,7 @@ the report's figures come from.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -274,7 +275,32 @@ def load_data(cfg: DataConfig, *, seed: int, base_dir: Path, origin: str = "data
     are cached."""
     from compress.data.sources import open_source
 
-    return open_source(cfg, seed=seed, base_dir=base_dir, origin=origin, tokenizer=tokenizer, cache_dir=cache_dir)
+    with _warnings_said() as said:
+        bundle = open_source(cfg, seed=seed, base_dir=base_dir, origin=origin, tokenizer=tokenizer,
+                             cache_dir=cache_dir)
+    if said:  # what the console said of the data (labels never trained on, empty class folders) goes in the report
+        bundle.details["warnings"] = [*bundle.details.get("warnings", []), *said]
+    return bundle
+
+
+@contextlib.contextmanager
+def _warnings_said() -> Iterator[list[str]]:
+    """The warning lines the 'compress' logger gives while the block runs, without the 'warning: ' prefix."""
+    import logging
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                said.append(record.getMessage().removeprefix("warning: "))
+
+    handler, logger = Keep(), logging.getLogger("compress")
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
 
 
 def loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, workers: int = 0, sampler: Any = None,
