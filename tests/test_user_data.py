@@ -320,6 +320,14 @@ def plain():
     return TensorDataset(torch.from_numpy(X), torch.from_numpy(Y))
 
 
+def bare():
+    return Items(lambda i: torch.from_numpy(np.stack([X[i], X[i]])))
+
+
+def triples():
+    return Items(lambda i: (X[i], int(Y[i]), "meta"))
+
+
 def pil_images():
     from PIL import Image
 
@@ -359,6 +367,12 @@ PYTHON_CASES = {
     # before: "mydata:needs_root() raised TypeError: needs_root() missing 1 required positional argument: 'root'"
     "needs_root": "mydata:needs_root requires arguments (root) but is called with none; give them defaults, or add a "
                   "function without arguments that calls it",
+    # before: validate ok, and the tensor's two rows were read as x and y (an unlabelled clip of two channels)
+    "bare": "mydata:bare(): train example 0 is a Tensor of shape (2, 5); items must be (x, y) pairs: return "
+            "(inputs, label) from __getitem__ ((inputs, None) where there is no label)",
+    # before: "ValueError: too many values to unpack (expected 2)"
+    "triples": "mydata:triples(): train example 0 is a tuple of 3; items must be (x, y) pairs: return (inputs, "
+               "label) from __getitem__ ((inputs, None) where there is no label)",
     # before: validate ok, the MLP trained on (H, W, C) pixels of 0..255; a CNN failed blaming teacher.model
     "pil_images": "mydata:pil_images(): train example 0 is a PIL image; return a float (C, H, W) tensor, e.g. "
                   "torch.from_numpy(numpy.asarray(image, 'float32') / 255).permute(2, 0, 1), or put the files in "

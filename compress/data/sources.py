@@ -337,6 +337,11 @@ def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, 
                 raise CompressError(f"{where}: {name} example {i} is a dict (keys {', '.join(map(str, item))}); items "
                                     "must be (x, y) pairs: return (inputs, label) from __getitem__ (inputs may be a "
                                     "dict of named arrays)")
+            if not isinstance(item, (tuple, list)) or len(item) != 2:  # a (2, 6) tensor split into x and y
+                what = (f"a {type(item).__name__} of shape {tuple(item.shape)}" if hasattr(item, "shape") else
+                        f"a {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list)) else ""))
+                raise CompressError(f"{where}: {name} example {i} is {what}; items must be (x, y) pairs: return "
+                                    "(inputs, label) from __getitem__ ((inputs, None) where there is no label)")
             x, y = item
             if i == 0 and hasattr(x, "getbands") and hasattr(x, "mode"):  # numpy reads it (H, W, C) in 0..255
                 raise CompressError(f"{where}: {name} example 0 is a PIL image; return a float (C, H, W) tensor, "
