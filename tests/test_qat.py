@@ -677,3 +677,15 @@ def test_parity_reads_dequantized_weight_matmuls_exactly(tmp_path):
     errors["run_cpu"] = float(np.abs(run_cpu(tmp_path / "w8.onnx", {"a": a}, config=EXACT_MATMULS)[0] - exact).max())
     # ORT 1.32 fuses it (default error 0.04 here); with the entry it is exact whatever the version fuses
     assert errors["exact"] < 1e-5 and errors["run_cpu"] < 1e-5, errors
+
+
+def test_the_qnn_graphs_line_says_drops_of_a_share_in_points():
+    # "(test: post-training drop 0.005571, QAT -0.01393)" beside a table in points
+    from compress.stages.quantize import _markdown
+
+    qnn = {"activation_type": "uint8", "used": "qat", "why": "QAT loses less", "float_nodes": [],
+           "ptq": {"reason": "met", "drop_test": 0.005571}, "qat": {"reason": "met", "drop_test": -0.01393}}
+    result = {"gate": {"what": "accuracy", "metric": {"name": "accuracy"}}, "preprocess": "-", "attempts": [],
+              "cpu_int8": "-", "why": "-", "qat": {"qnn": qnn}}
+    text = "\n".join(_markdown(result, None, "test"))
+    assert "(test: post-training drop 0.56 points, QAT -1.39 points)" in text
