@@ -96,8 +96,3 @@ def _check_stages(cfg: Any, task: Any, teacher: Any, student: Any, fail: Any) ->
                 what = f"your metric {cfg.evaluate.metric}" if cfg.evaluate is not None else \
                     f"{task.primary.name} (the {task.name} task)"
                 fail(f"quantize.{key}", f"this pipeline's gate is on {what}; set quantize.{budget} instead")
-        searched = cfg.search is not None and "quantize.mode" in cfg.search.space  # a trial's mode may be 'qat'
-        qat_keys = sorted(k for k in cfg.quantize.model_fields_set if k.startswith("qat_"))
-        if cfg.quantize.mode != "qat" and qat_keys and not searched:
-            fail(f"quantize.{qat_keys[0]}", f"only mode = 'qat' trains, and mode is {cfg.quantize.mode!r}; set "
-                 "mode = 'qat', or remove the key")
