@@ -26,12 +26,29 @@ def run(source, *, force: bool = False, progress: bool = True, nproc: int = 1, n
 
 
 def validate(source):
-    """Check a pipeline (path, dict or config) as `compress validate` does, without training; return the config."""
-    from compress.config import as_config, check_before_training
+    """Check a pipeline (path, dict or config) as `compress validate` does, without training, its [search] space
+    included; return the config."""
+    from compress.config import as_config, check_before_training, held
 
     cfg = as_config(source)
-    check_before_training(cfg, exports=True)
+    with held():  # the space's checks read the data loaded here
+        check_before_training(cfg, exports=True)
+        if cfg.search is not None:
+            from compress.study.space import check_search
+
+            check_search(cfg, _raw(source, cfg), cfg.source_path)
     return cfg
+
+
+def _raw(source, cfg) -> dict | None:
+    """The pipeline as a dict, as the file has it: the space's choices are applied to it."""
+    import tomllib
+    from pathlib import Path
+
+    if isinstance(source, dict):
+        return source
+    path = Path(str(cfg.source_path))
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def search(source, *, storage: str | None = None, trials: int | None = None, max_minutes: float | None = None,

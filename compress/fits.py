@@ -25,9 +25,6 @@ def check_fits(cfg: Any, path: Any) -> None:
 
     _check_data(cfg, task, fail)
     distill = cfg.distill
-    if cfg.search is not None and cfg.search.short_epochs > distill.epochs:  # a finalist scored under its own trial
-        fail("search.short_epochs", f"{cfg.search.short_epochs} is more than distill.epochs ({distill.epochs}), "
-             "which the finalists train: they would train less than the trials that picked them")
     set_keys = distill.model_fields_set
     others = {k for name in TASKS if name != task.name for k in task_named(name).reads} - set(task.reads)
     for key in sorted(set_keys & others):

@@ -284,6 +284,22 @@ def test_what_the_console_says_of_the_data_is_in_the_reports_warnings(user_dir: 
         "label value; renumber the labels 0..1 if the gaps are not meant"]
 
 
+def test_a_data_warning_still_reaches_the_console_without_verbose(user_dir: Path):
+    # keeping the data's warnings for the report silenced logging's last resort: no console line without -v (a
+    # subprocess: pytest's own log handlers would stand in for the console here)
+    import subprocess
+    import sys
+
+    with np.load(user_dir / "table.npz") as z:
+        x, y = z["x"], z["y"]
+    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
+    replace(user_dir, 'checkpoint = "teacher.pt"', '[teacher.train]\nepochs = 1')
+    done = subprocess.run([sys.executable, "-m", "compress", "validate", "pipeline.toml"], cwd=user_dir,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "warning: pipeline.toml: data.source: labels run 0..2 but these values never occur: 1" in done.stderr
+
+
 def test_the_model_codes_digest_follows_the_local_modules_it_imports(tmp_path: Path):
     # a layers.py that mymodels.py imports changed from ReLU to Tanh, and every stage stayed cached: old weights
     # loaded into new code

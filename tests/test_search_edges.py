@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from compress.errors import CompressError
 from tests.test_bad_inputs import assert_one_line_error, invoke
 from tests.test_search import _folder
 
@@ -184,6 +185,24 @@ def test_trials_longer_than_the_finalists_are_refused_at_load(tmp_path):
     assert_one_line_error(result, folder, "search.short_epochs: 5 is more than distill.epochs (3), which the "
                           "finalists train")
     assert not (folder / "runs").exists()
+
+
+def test_run_ignores_search_settings_and_validate_checks_them_from_the_python_api_too(tmp_path):
+    # compress run refused the file for [search] short_epochs (the docs: run ignores [search]); compress.validate()
+    # did not check the space that `compress validate` checks
+    import compress
+    from compress.config import load_config
+
+    folder = _folder(tmp_path, **{"short_epochs = 2": "short_epochs = 5"})
+    assert load_config(folder / "s.toml").search.short_epochs == 5  # what run loads: no refusal
+    with pytest.raises(CompressError, match=r"search.short_epochs: 5 is more than distill.epochs \(3\)"):
+        compress.validate(folder / "s.toml")
+    (tmp_path / "typo").mkdir()
+    folder = _folder(tmp_path / "typo")
+    toml = folder / "s.toml"
+    toml.write_text(toml.read_text().replace("[search.space]", '[search.space]\n"distill.temprature" = [1.0, 4.0]'))
+    with pytest.raises(CompressError, match=r"search.space.distill.temprature: distill.temprature is not a key"):
+        compress.validate(toml)
 
 
 def test_a_sequence_length_on_image_data_is_refused_at_load(tmp_path):

@@ -149,9 +149,9 @@ def validate(file: Path) -> None:
         if cfg.search is not None:  # the space too: each choice (each end of a range) makes a valid file
             import tomllib
 
-            from compress.study.space import check_space, params_of
+            from compress.study.space import check_search
 
-            check_space(tomllib.loads(file.read_text(encoding="utf-8")), params_of(cfg.search.space), file)
+            check_search(cfg, tomllib.loads(file.read_text(encoding="utf-8")), file)
             keys, trials = len(cfg.search.space), cfg.search.trials
             stages += f"; search: {keys} key{'' if keys == 1 else 's'}, {trials} trial{'' if trials == 1 else 's'}"
     click.echo(f"{file}: ok ({stages})")

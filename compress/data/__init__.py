@@ -289,13 +289,19 @@ def _warnings_said() -> Iterator[list[str]]:
     import logging
 
     said: list[str] = []
+    logger = logging.getLogger("compress")
+    # logging prints a warning through its last resort only where no logger on the way has a handler: this one
+    # would silence the console line, so it hands the record on where nothing else would print it
+    unheard = not any(lg.handlers for lg in (logger, logging.getLogger()))
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if record.levelno >= logging.WARNING:
                 said.append(record.getMessage().removeprefix("warning: "))
+            if unheard and logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+                logging.lastResort.handle(record)
 
-    handler, logger = Keep(), logging.getLogger("compress")
+    handler = Keep()
     logger.addHandler(handler)
     try:
         yield said

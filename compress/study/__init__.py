@@ -39,7 +39,7 @@ def _search(source: str | Path, *, storage: str | None, trials: int | None, max_
     import optuna
 
     from compress.study.config import SearchConfig, budget_from, with_overrides
-    from compress.study.space import check_space, params_of
+    from compress.study.space import check_search, params_of
     from compress.study.finish import trial_rows, write_trials
     from compress.study.loop import Loop
     from compress.study.storage import redacted, storage_for
@@ -48,7 +48,7 @@ def _search(source: str | Path, *, storage: str | None, trials: int | None, max_
     path, raw, base_cfg = _load(source)
     scfg: SearchConfig = with_overrides(base_cfg.search, path, trials=trials, max_minutes=max_minutes)
     params = params_of(scfg.space)
-    check_space(raw, params, path)
+    check_search(base_cfg, raw, path)
     base = {k: v for k, v in raw.items() if k != "search"}
     root = base_cfg.run_dir / "search"
     # the stage store beside every run folder: keys are content hashes, so any study (or two) may share it

@@ -84,6 +84,17 @@ def apply(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_search(cfg: Any, raw: dict[str, Any] | None, path: Path) -> None:
+    """What `compress validate` and `compress search` check of [search], which `compress run` ignores: trials no
+    longer than the finalists, and the space (check_space; not without the file's `raw` dict)."""
+    scfg, epochs = cfg.search, cfg.distill.epochs
+    if scfg.short_epochs > epochs:  # a finalist scored under its own trial
+        raise CompressError(f"{path}: search.short_epochs: {scfg.short_epochs} is more than distill.epochs ({epochs}), "
+                            "which the finalists train: they would train less than the trials that picked them")
+    if raw is not None:
+        check_space(raw, params_of(scfg.space), path)
+
+
 def check_space(raw: dict[str, Any], params: list[Param], path: Path) -> None:
     """Every key path names a config key, every choice (or both ends of a range) makes a valid pipeline file, and
     the models a path touches build (check_builds); else CompressError naming the search key (exit 2)."""
