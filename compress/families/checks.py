@@ -140,6 +140,36 @@ def check_models(cfg, data) -> None:
             _check_prunable(model, cfg, data, where)
     _check_head(cfg, data, task)
     _check_labels(cfg, data, task, outputs.get("student"))
+    if str(cfg.teacher.model).startswith("hf:") and getattr(data.inputs, "kind", "") == "tokens":
+        _check_text_configs(cfg, task)
+
+
+def _check_text_configs(cfg, task) -> None:
+    """hf: text models, from their configs (no model is built): a width the attention heads divide, an embedding
+    student as wide as its teacher (the task compares the two), and [benchmark] seq_lengths inside the position
+    table. Each failed only after training, in transformers' or torch's words."""
+    from compress.hf.model import folder_config, max_positions
+
+    where = str(cfg.source_path)
+    configs = {"teacher": folder_config(cfg.teacher.model, cfg.teacher.kwargs, cfg.base_dir, f"{where}: teacher")}
+    if cfg.student.from_teacher is None and str(cfg.student.model).startswith("hf:"):
+        configs["student"] = folder_config(cfg.student.model, cfg.student.kwargs, cfg.base_dir, f"{where}: student")
+    for role, config in configs.items():
+        width, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+        if isinstance(width, int) and isinstance(heads, int) and heads and width % heads:
+            raise CompressError(f"{where}: {role}.kwargs: hidden_size {width} is not a multiple of "
+                                f"num_attention_heads {heads}; set num_attention_heads too (one that divides {width})")
+    widths = {role: getattr(c, "hidden_size", None) for role, c in configs.items()}
+    if task.name == "embedding" and "student" in widths and widths["student"] != widths["teacher"]:
+        raise CompressError(f"{where}: student.kwargs: hidden_size {widths['student']} makes {widths['student']}-wide "
+                            f"embeddings, and the embedding task compares them with the teacher's "
+                            f"{widths['teacher']}-wide ones; keep hidden_size = {widths['teacher']} (fewer layers: "
+                            "num_hidden_layers, or [student] from_teacher)")
+    limit = min((n for n in (max_positions(c) for c in configs.values()) if n is not None), default=None)
+    longest = max(cfg.benchmark.seq_lengths) if "seq_lengths" in cfg.benchmark.model_fields_set else 0
+    if limit is not None and longest > limit:  # the file's own (a default never trips a check)
+        raise CompressError(f"{where}: benchmark.seq_lengths: expected at most {limit} (the models have position "
+                            f"embeddings for {limit} tokens), got {longest}")
 
 
 def _rgb_hint(cfg, exc: Exception) -> str:

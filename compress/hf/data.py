@@ -103,11 +103,15 @@ def label_order(labels: Sequence[str]) -> tuple[str, ...]:
 
 def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:
     h = hashlib.sha256(path.read_bytes())
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+    names = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+             "special_tokens_map.json", *sorted(p.name for p in folder.glob("*.model")))
+    for name in names:
         f = folder / name
         if f.is_file():
             h.update(name.encode() + f.read_bytes())
-    h.update(json.dumps([cfg.model_dump(mode="json"), seed, LABEL_ORDER], sort_keys=True).encode())
+    # workers change how the rows are read, not the ids: a new value re-tokenized and reran every stage
+    data = cfg.model_dump(mode="json", exclude={"workers"})
+    h.update(json.dumps([data, seed, LABEL_ORDER], sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -58,9 +58,19 @@ def resolve_dir(spec: str, base_dir: Path, origin: str) -> Path:
     return path
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+"""A folder's tokenizer files, one of which (or a SentencePiece *.model) it must have: without any, transformers
+made a tokenizer of 5 tokens that read every word as [UNK], and a run reported figures on nothing."""
+
+
 def load_tokenizer(path: Path, origin: str) -> Any:
     """The folder's tokenizer (fast when it has tokenizer.json)."""
     transformers = require_transformers(origin)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES) \
+            and not any(Path(path).glob("*.model")):  # transformers builds a 5-token stand-in: every word [UNK]
+        raise CompressError(f"{origin}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)} or a "
+                            "SentencePiece *.model); save the model's tokenizer there too "
+                            "(tokenizer.save_pretrained(folder))")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:

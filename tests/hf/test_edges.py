@@ -137,3 +137,43 @@ def test_a_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
     path.write_text("text\tlabel\nthe cat runs .\tanimal\na red bus .\tvehicle\n", encoding="utf-8-sig")
     rows = read_text_file(path, "t", text_column="text", label_column="label")
     assert rows.texts == ["the cat runs .", "a red bus ."] and rows.labels == ["animal", "vehicle"]
+
+
+def test_a_folder_without_tokenizer_files_is_refused_at_validate(tmp_path):
+    # transformers built a 5-token stand-in: every word [UNK], and the run reported figures on nothing, exit 0
+    folder = make_bert(tmp_path / "notok", layers=2)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    result = _validate(tmp_path, "notok")
+    assert result.exit_code == 2, result.output
+    assert f"p.toml: teacher.model: {folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json or a " \
+        "SentencePiece *.model); save the model's tokenizer there too" in result.output
+
+
+@pytest.mark.parametrize("student, says", [
+    ("kwargs = { hidden_size = 48 }", "student.kwargs: hidden_size 48 makes 48-wide embeddings, and the embedding "
+                                      "task compares them with the teacher's 32-wide ones; keep hidden_size = 32"),
+    ("kwargs = { hidden_size = 33 }", "student.kwargs: hidden_size 33 is not a multiple of num_attention_heads 2; set "
+                                      "num_attention_heads too (one that divides 33)")])
+def test_a_student_config_that_cannot_distil_is_refused_at_validate(tmp_path, student, says):
+    # both passed validate and failed in the first training step, in torch's or transformers' words
+    from click.testing import CliRunner
+
+    from compress.cli import main
+    from tests.hf.conftest import write_texts
+
+    make_bert(tmp_path / "bert", layers=2)
+    write_texts(tmp_path / "corpus.txt", 40)
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "t"\n[data]\nsource = "text:corpus.txt"\ntask = "embedding"\nmax_length = 16\n'
+                    f'[teacher]\nmodel = "hf:bert"\n[student]\nmodel = "hf:bert"\n{student}\n')
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2 and f"p.toml: {says}" in result.output, result.output
+
+
+def test_a_benchmark_sequence_past_the_position_table_is_refused_at_validate(tmp_path):
+    make_bert(tmp_path / "bert", layers=2)  # max_position_embeddings = 64
+    result = _validate(tmp_path, "bert", extra="[benchmark]\nseq_lengths = [16, 128]\n")
+    assert result.exit_code == 2 and "p.toml: benchmark.seq_lengths: expected at most 64 (the models have position " \
+        "embeddings for 64 tokens), got 128" in result.output, result.output
+    assert _validate(tmp_path, "bert", extra="[benchmark]\nseq_lengths = [16, 64]\n").exit_code == 0
