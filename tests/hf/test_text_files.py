@@ -92,3 +92,17 @@ def test_a_label_too_rare_for_the_test_split_is_named_by_its_name(tmp_path, bert
     assert [m for m in caplog.messages if "classes a split does not show" in m] == [
         "warning: o: classes a split does not show: rare (2 examples: not in test); accuracy on them is not measured "
         "there: add examples (a class of 3 or more gets at least one in every split)"]
+
+
+def test_the_token_cache_key_ignores_workers_and_follows_the_tokenizer_files(tmp_path):
+    # workers = 1 re-tokenized and reran every stage; a vocab.json or *.model tokenizer was not in the key
+    from compress.data import DataConfig
+    from compress.hf.data import _key
+
+    (tmp_path / "t.txt").write_text("one\ntwo\n")
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "spiece.model").write_bytes(b"a")
+    plain = _key(tmp_path / "t.txt", tmp_path / "tok", DataConfig(source="text:t.txt"), 0)
+    assert _key(tmp_path / "t.txt", tmp_path / "tok", DataConfig(source="text:t.txt", workers=2), 0) == plain
+    (tmp_path / "tok" / "spiece.model").write_bytes(b"b")
+    assert _key(tmp_path / "t.txt", tmp_path / "tok", DataConfig(source="text:t.txt"), 0) != plain
