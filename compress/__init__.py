@@ -1,12 +1,14 @@
 """compress: a trained PyTorch teacher to a small, fast, measured ONNX model, from one TOML file.
 
-The Python API mirrors the CLI: `compress.run("pipeline.toml")`, `compress.validate("pipeline.toml")`,
-`compress.search("pipeline.toml")`.
+The Python API mirrors the pipeline commands: `compress.run("pipeline.toml")`, `compress.validate("pipeline.toml")`,
+`compress.search("pipeline.toml")`. The model commands (`compress quantize`, `bench`, `edge`, `compare`) are CLI only.
 Heavy libraries (torch, onnx, onnxruntime) are imported only when work starts.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from pathlib import Path
 
 from compress.errors import CompressError, GateFailed
 
@@ -19,8 +21,13 @@ def run(source, *, force: bool = False, progress: bool = True, nproc: int = 1, n
     torchrun workers with DDP, as `compress run --nproc` does.
     """
     from compress.dist.settings import DistSettings
+    from compress.heap import limit_heap_growth_for_run
     from compress.runner import run_pipeline
 
+    for name, value in (("nproc", nproc), ("nnodes", nnodes), ("node_rank", node_rank)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CompressError(f"{name}: expected a whole number, got {type(value).__name__} {value!r:.40}")
+    limit_heap_growth_for_run()  # the memory policy `compress run` has: freed heap pages given back between passes
     dist = DistSettings(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     return run_pipeline(source, force=force, progress=progress, dist=dist)
 
@@ -58,8 +65,13 @@ def search(source, *, storage: str | None = None, trials: int | None = None, max
     Returns the search report (also runs/<name>/search/report.json); raises GateFailed when nothing met the
     constraints (the closest model is written as best-effort.toml).
     """
+    from compress.heap import limit_heap_growth_for_run
     from compress.study import search as run_search
 
+    if not isinstance(source, (str, Path)):  # run takes a dict; a study's trials are written from its file
+        raise CompressError(f"search: expected the path of a pipeline .toml file with a [search] section, got "
+                            f"{type(source).__name__}")
+    limit_heap_growth_for_run()
     return run_search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress)
 
 

@@ -260,7 +260,11 @@ def load_config(path: str | Path) -> PipelineConfig:
     """
     import tomllib
 
+    if not isinstance(path, (str, Path)):
+        raise CompressError(f"expected the path of a pipeline .toml file, got {type(path).__name__} {path!r:.60}")
     path = Path(path)
+    if path.is_dir():
+        raise CompressError(f"{path}: is a folder; give the pipeline's .toml file")
     if not path.is_file():
         raise CompressError(f"{path}: file not found")
     size = path.stat().st_size

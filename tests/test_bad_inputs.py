@@ -588,3 +588,31 @@ def test_bench_refuses_an_absurdly_large_model_before_reading_it(tmp_path):
     assert result.output.strip().splitlines() == [
         f"error: {huge}: {3 * 1024**3} bytes is over the {2 * 1024**3}-byte protobuf limit of a single ONNX file; "
         "a model this large keeps its weights as external data beside it"]
+
+
+def test_the_python_api_says_in_one_line_what_it_takes(tmp_path: Path):
+    # a folder read as "file not found"; nproc="2", a dict for search and a number for run escaped as TypeErrors
+    import compress
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match=r": is a folder; give the pipeline's .toml file$"):
+        compress.run(tmp_path)
+    with pytest.raises(CompressError, match=r"^expected the path of a pipeline .toml file, got int 3$"):
+        compress.run(3)
+    with pytest.raises(CompressError, match=r"^nproc: expected a whole number, got str '2'$"):
+        compress.run(tmp_path / "p.toml", nproc="2")
+    with pytest.raises(CompressError, match=r"^search: expected the path of a pipeline .toml file with a \[search\] "):
+        compress.search({"pipeline": {"name": "t"}})
+
+
+def test_the_python_api_keeps_the_clis_memory_policy(tmp_path: Path, monkeypatch):
+    # compress.run() left glibc's heap as it was: no trimming between passes, COMPRESS_LOW_MEMORY ignored
+    import compress
+    from compress import heap
+    from compress.errors import CompressError
+
+    applied = []
+    monkeypatch.setattr(heap, "limit_heap_growth_for_run", lambda: applied.append(True) or "trim")
+    with pytest.raises(CompressError, match="file not found"):
+        compress.run(tmp_path / "missing.toml")
+    assert applied == [True]
