@@ -1,6 +1,6 @@
 """`text:PATH` data: read texts (and labels) from .txt / .csv / .tsv / .jsonl, tokenize once, serve dict inputs.
 
-- .txt: one example a line, no labels (the embedding task). Blank lines are bad rows.
+- .txt: one example a line, no labels (the embedding task). Blank lines are skipped (paragraph spacing).
 - .csv / .tsv (header row) and .jsonl (one object a line): `text_column`, optional `label_column` and
   `pair_column` (the second text of a sentence-pair task). A .csv field may be quoted (and hold commas and line
   breaks). A .tsv is read with quoting when the whole file parses strictly that way (Python's csv module and
@@ -59,7 +59,7 @@ def read_text_file(path: Path, origin: str, *, text_column: str = "text", label_
         if label_column or pair_column:
             raise CompressError(f"{origin}: {path}: a .txt file holds one text a line and no columns; use .csv, "
                                 ".tsv or .jsonl for labels or sentence pairs")
-        records = ((n, {"text": line}) for n, line in enumerate(_lines(raw), 1))
+        records = ((n, {"text": line}) for n, line in enumerate(_lines(raw), 1) if line.strip())
         text_column = "text"
     elif suffix == ".jsonl":
         records = _jsonl(raw)
@@ -76,8 +76,9 @@ def read_text_file(path: Path, origin: str, *, text_column: str = "text", label_
             rows.first_bad.setdefault(reason, line)
     if total == 0 or rows.bad_rows > MAX_BAD_FRACTION * total:
         detail = "; ".join(f"{n} {r} (first at line {rows.first_bad[r]})" for r, n in rows.bad.items())
-        raise CompressError(f"{origin}: {path}: {rows.bad_rows} of {total} rows are bad ({detail or 'no rows'}); "
-                            f"check the file and data.text_column / data.label_column")
+        columns = "" if suffix == ".txt" else " and data.text_column / data.label_column"
+        what = f"{rows.bad_rows} of {total} rows are bad ({detail})" if total else "no texts in it"
+        raise CompressError(f"{origin}: {path}: {what}; check the file{columns}")
     return rows
 
 
@@ -97,6 +98,8 @@ def _take(rec: Any, rows: TextRows, text_column: str, label_column: str | None, 
         label = rec.get(label_column)
         if label is None or str(label).strip() == "":
             return "missing labels"
+        if isinstance(label, float) and label.is_integer():  # JSON's 2.0 is the class of 2, not another
+            label = int(label)
         label = str(label).strip()
         if allowed is not None and label not in allowed:
             return "unknown labels"

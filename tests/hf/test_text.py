@@ -16,7 +16,7 @@ def test_each_format_reads_texts_labels_and_pairs(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in
                                                 [{"text": "a cat", "y": 1}, {"text": "a bus", "y": 0}]) + "\n")
     txt = read_text_file(tmp_path / "a.txt", "o")
-    assert txt.texts == ["first line .", "second line ."] and txt.bad == {"empty texts": 1}
+    assert txt.texts == ["first line .", "second line ."] and txt.bad == {}  # a blank line is spacing, not a row
     assert read_text_file(tmp_path / "a.csv", "o", label_column="label").labels == ["animal", "vehicle"]
     tsv = read_text_file(tmp_path / "a.tsv", "o", text_column="q", pair_column="p", label_column="label")
     assert tsv.pairs == ["the dog", "the cow"] and tsv.labels == ["yes", "no"]

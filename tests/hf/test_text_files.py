@@ -106,3 +106,20 @@ def test_the_token_cache_key_ignores_workers_and_follows_the_tokenizer_files(tmp
     assert _key(tmp_path / "t.txt", tmp_path / "tok", DataConfig(source="text:t.txt", workers=2), 0) == plain
     (tmp_path / "tok" / "spiece.model").write_bytes(b"b")
     assert _key(tmp_path / "t.txt", tmp_path / "tok", DataConfig(source="text:t.txt"), 0) != plain
+
+
+def test_blank_line_spacing_in_a_txt_is_skipped_and_json_numbers_are_one_class(tmp_path):
+    # a .txt with two blank lines after each sentence was refused ("600 of 900 rows are bad ... check
+    # data.text_column", a key a .txt cannot have); JSON's 2 and 2.0 became two classes
+    import pytest
+
+    from compress.errors import CompressError
+
+    (tmp_path / "dbl.txt").write_text("".join(f"sentence {i}\n\n\n" for i in range(5)))
+    assert read_text_file(tmp_path / "dbl.txt", "o").texts == [f"sentence {i}" for i in range(5)]
+    (tmp_path / "none.txt").write_text("\n  \n")
+    with pytest.raises(CompressError, match=r"none.txt: no texts in it; check the file$"):
+        read_text_file(tmp_path / "none.txt", "o")
+    (tmp_path / "n.jsonl").write_text("".join(json.dumps({"text": f"t {i}", "y": y}) + "\n"
+                                              for i, y in enumerate([2, 2.0, 1, 1.0, 0.5])))
+    assert read_text_file(tmp_path / "n.jsonl", "o", label_column="y").labels == ["2", "2", "1", "1", "0.5"]
