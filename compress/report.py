@@ -1,8 +1,7 @@
-"""report.json (schema compress.report/1), report.md, the summary table and the figure/latency/size plot.
-
-Every model carries `metrics` (its figures on the test split), `metrics_val` and `metrics_torch`; the report's
-`primary_metric` names the figure that picked and gated, which the table and plot show. `accuracy` (classification)
-and `cosine` / `neighbour_overlap@10` (embedding) stay where report/1 had them."""
+"""report.json (schema compress.report/1), report.md, the summary table and the figure/latency/size plot. Every
+model carries `metrics` (its figures on the test split), `metrics_val` and `metrics_torch`; `primary_metric` names the
+figure that picked and gated, which the table and plot show. `accuracy` (classification) and `cosine` /
+`neighbour_overlap@10` (embedding) stay where report/1 had them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +23,7 @@ def build_report(cfg: Any, models: dict[str, ModelRecord], state: RunState, stag
 
     ordered = sorted(models.values(), key=lambda r: ORDER.index(r.name) if r.name in ORDER else len(ORDER))
     report = {
-        "schema": SCHEMA,
-        "pipeline": cfg.pipeline.name,
-        "final": state.final,
+        "schema": SCHEMA, "pipeline": cfg.pipeline.name, "final": state.final,
         "environment": environment(),
         "stages": stages,
         # the same shape `compress bench --json` records, so `compress compare` can tell two inputs apart
@@ -112,7 +109,9 @@ def data_section(data: Any, models: list[dict], info: dict) -> dict:
     final = next((m for m in models if m["name"] != "student" and m["role"] == "quantized"), None)
     if final is not None:
         pairs.append((final["name"], final.get("quantization", {}).get("from") or "student"))
-    warnings = []
+    from compress.tasks.embedding import small_split_warning
+
+    warnings = small_split_warning(getattr(data, "task", None), section["evaluated_on"], n)
     for a, b in pairs:
         if a in by_name and b in by_name:
             apart = round(abs(by_name[a]["accuracy"] - by_name[b]["accuracy"]) * n)

@@ -73,6 +73,15 @@ def neighbour_overlap(embeddings: Any, reference: Any, k: int = K, *, block: int
     return float(hits / (n * k))
 
 
+def small_split_warning(task: str | None, split: str, n: int, k: int = K) -> list[str]:
+    """The report's warning for a split too small for neighbour_overlap@k: with k + 1 examples or fewer every other
+    one is a neighbour, and it reads 1.0 whatever the model."""
+    if task != "embedding" or n > k + 1:
+        return []
+    return [f"the {split} split has {n} examples: neighbour_overlap@{k} counts every other one a neighbour and reads "
+            "1.0 whatever the model"]
+
+
 def embedding_metrics(embeddings: Any, reference: Any, k: int = K) -> dict[str, float]:
     """{"cosine", "neighbour_overlap@k"} of a model's embeddings against the teacher's."""
     return {"cosine": cosine(embeddings, reference),

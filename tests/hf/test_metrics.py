@@ -63,3 +63,18 @@ def test_the_learning_rate_follows_the_time_budget_when_it_ends_before_the_epoch
     assert lr_factor(4170, steps, warm, 1200.0, 1200) < 1e-6  # decayed when the budget ends
     assert lr_factor(0, 1000, 0, 0.0, None) == 1.0 and lr_factor(1000, 1000, 0, 5.0, None) < 1e-9  # no budget
     assert lr_factor(0, 1000, 10) == 0.1 and lr_factor(9, 1000, 10) == 1.0  # steps: (step + 1) / warm-up steps
+
+
+def test_a_split_too_small_for_neighbour_overlap_is_said_in_the_report():
+    # five sentences: overlap@10 read 1.0 for a student at cosine 0.25, without a word
+    from types import SimpleNamespace
+
+    from compress.report import data_section
+
+    describe = {"splits": {"val": {"size": 1}, "test": {"size": 5}}, "evaluated_on": "test"}
+    data = SimpleNamespace(task="embedding", describe=lambda: dict(describe))
+    assert data_section(data, [], {})["warnings"] == [
+        "the test split has 5 examples: neighbour_overlap@10 counts every other one a neighbour and reads 1.0 "
+        "whatever the model"]
+    describe["splits"]["test"]["size"] = 12
+    assert data_section(data, [], {})["warnings"] == []
