@@ -239,9 +239,10 @@ def _check_head(cfg, data, task) -> None:
     if (task.name == "classification" and family.weights_in_spec and not cfg.teacher.checkpoint
             and cfg.teacher.train is None and getattr(data.inputs, "kind", "") == "tokens"
             and not family.has_head(cfg.teacher.model, cfg.teacher.kwargs, cfg.base_dir, data.class_names)):
-        raise CompressError(f"{cfg.source_path}: teacher: {cfg.teacher.model} has no classification head for the "
-                            f"labels {data.class_names}, so one must be trained: add [teacher.train] (or a "
-                            "checkpoint of the whole wrapped model)")
+        raise CompressError(f"{cfg.source_path}: teacher: {cfg.teacher.model} has no classification head that "
+                            f"predicts the data's labels {data.class_names} (its config.json's id2label names other "
+                            "labels, or none), so one must be trained: add [teacher.train] (or a checkpoint of the "
+                            "whole wrapped model)")
 
 
 def _check_labels(cfg, data, task, student) -> None:

@@ -45,6 +45,9 @@ class TextRows:
 def read_text_file(path: Path, origin: str, *, text_column: str = "text", label_column: str | None = None,
                    pair_column: str | None = None, labels: Sequence[str] | None = None) -> TextRows:
     """Read `path`; `labels` (when given) is the closed set of allowed label strings, others are bad rows."""
+    if path.is_dir():
+        raise CompressError(f"{origin}: {path} is a folder; text: takes one {', '.join(SUFFIXES)} file "
+                            "(e.g. source = \"text:sentences.txt\")")
     if not path.is_file():
         raise CompressError(f"{origin}: file not found: {path}")
     suffix = path.suffix.lower()

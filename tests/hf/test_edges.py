@@ -177,3 +177,22 @@ def test_a_benchmark_sequence_past_the_position_table_is_refused_at_validate(tmp
     assert result.exit_code == 2 and "p.toml: benchmark.seq_lengths: expected at most 64 (the models have position " \
         "embeddings for 64 tokens), got 128" in result.output, result.output
     assert _validate(tmp_path, "bert", extra="[benchmark]\nseq_lengths = [16, 64]\n").exit_code == 0
+
+
+def test_a_classification_teacher_without_a_head_for_the_labels_is_refused_at_validate(tmp_path):
+    # said "has no classification head for the labels" of a teacher whose head predicts other labels
+    from click.testing import CliRunner
+
+    from compress.cli import main
+    from tests.hf.conftest import write_labelled
+
+    make_bert(tmp_path / "bert", layers=2)  # an encoder only: no head at all
+    write_labelled(tmp_path / "t.tsv", 40)
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "t"\n[data]\nsource = "text:t.tsv"\nlabel_column = "label"\nmax_length = 16\n'
+                    '[teacher]\nmodel = "hf:bert"\n[student]\nfrom_teacher = { num_layers = 1 }\n')
+    result = CliRunner().invoke(main, ["validate", str(toml)])
+    assert result.exit_code == 2, result.output
+    assert "p.toml: teacher: hf:bert has no classification head that predicts the data's labels [" in result.output
+    assert "(its config.json's id2label names other labels, or none), so one must be trained: add " \
+        "[teacher.train]" in result.output

@@ -123,3 +123,13 @@ def test_blank_line_spacing_in_a_txt_is_skipped_and_json_numbers_are_one_class(t
     (tmp_path / "n.jsonl").write_text("".join(json.dumps({"text": f"t {i}", "y": y}) + "\n"
                                               for i, y in enumerate([2, 2.0, 1, 1.0, 0.5])))
     assert read_text_file(tmp_path / "n.jsonl", "o", label_column="y").labels == ["2", "2", "1", "1", "0.5"]
+
+
+def test_a_folder_or_no_path_after_text_is_named_as_such(tmp_path):
+    # "text:../textdir" and "text:" said "file not found" of a folder that is there
+    import pytest
+
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match=r"^o: .* is a folder; text: takes one .txt, .csv, .tsv, .jsonl file"):
+        read_text_file(tmp_path, "o")
