@@ -60,6 +60,8 @@ def _check_data(cfg: Any, task: Any, fail: Any) -> None:
     for key in sorted(set_keys & {"text_column", "label_column", "pair_column", "labels", "max_length"}):
         if not text:
             fail(f"data.{key}", "applies to text: sources only")
+    if "labels" in set_keys and cfg.data.label_column is None:  # a .txt embedding file: it closed nothing
+        fail("data.labels", "closes the set of data.label_column's values, and the file sets no label_column")
     if "seq_lengths" in cfg.benchmark.model_fields_set and not text:
         fail("benchmark.seq_lengths", "applies to token inputs (text: sources) only")
     if cfg.search is not None and cfg.search.target.seq is not None and not text:

@@ -159,3 +159,16 @@ def test_a_checkpoint_and_teacher_train_together_are_refused(tmp_path):
         load_config(path)
     assert str(err.value) == (f"{path}: teacher: give checkpoint (a trained teacher) or [teacher.train] (train one "
                               "here), not both")
+
+
+def test_data_labels_without_a_label_column_is_refused(tmp_path):
+    # accepted without a word on a .txt embedding file, where it closed nothing
+    from pathlib import Path
+
+    from compress.config import parse_config
+
+    raw = {"pipeline": {"name": "t"}, "data": {"source": "text:s.txt", "task": "embedding", "labels": ["a", "b"]},
+           "teacher": {"model": "hf:bert"}, "student": {"from_teacher": {"num_layers": 1}}}
+    with pytest.raises(CompressError, match=r"^p.toml: data.labels: closes the set of data.label_column's values, "
+                                            r"and the file sets no label_column$"):
+        parse_config(raw, Path("p.toml"))
