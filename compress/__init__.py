@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from pathlib import Path
+import os
 
 from compress.errors import CompressError, GateFailed
 
@@ -24,11 +24,13 @@ def run(source, *, force: bool = False, progress: bool = True, nproc: int = 1, n
     from compress.heap import limit_heap_growth_for_run
     from compress.runner import run_pipeline
 
+    import numbers
+
     for name, value in (("nproc", nproc), ("nnodes", nnodes), ("node_rank", node_rank)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise CompressError(f"{name}: expected a whole number, got {type(value).__name__} {value!r:.40}")
     limit_heap_growth_for_run()  # the memory policy `compress run` has: freed heap pages given back between passes
-    dist = DistSettings(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    dist = DistSettings(nproc=int(nproc), nnodes=int(nnodes), node_rank=int(node_rank), rdzv_endpoint=rdzv_endpoint)
     return run_pipeline(source, force=force, progress=progress, dist=dist)
 
 
@@ -68,7 +70,7 @@ def search(source, *, storage: str | None = None, trials: int | None = None, max
     from compress.heap import limit_heap_growth_for_run
     from compress.study import search as run_search
 
-    if not isinstance(source, (str, Path)):  # run takes a dict; a study's trials are written from its file
+    if not isinstance(source, (str, os.PathLike)):  # run takes a dict; a study's trials are written from its file
         raise CompressError(f"search: expected the path of a pipeline .toml file with a [search] section, got "
                             f"{type(source).__name__}")
     limit_heap_growth_for_run()

@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import difflib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -198,7 +199,12 @@ def _check_edge_targets(cfg: PipelineConfig) -> None:
     line = f"{cfg.source_path}: export.edge_targets: 'qnn' needs the onnxruntime-qnn plugin, {status['reason']}"
     if cfg.benchmark.strict:
         raise CompressError(f"{line} (benchmark.strict = true)")
-    log.warning("warning: %s; the edge stage will report the target as not installed", line)
+    if line not in _said:  # once a process: a search checks every trial's pipeline
+        _said.add(line)
+        log.warning("warning: %s; the edge stage will report the target as not installed", line)
+
+
+_said: set[str] = set()
 
 
 def check_before_training(cfg: PipelineConfig, *, exports: bool = False) -> Any:
@@ -260,7 +266,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     """
     import tomllib
 
-    if not isinstance(path, (str, Path)):
+    if not isinstance(path, (str, os.PathLike)):
         raise CompressError(f"expected the path of a pipeline .toml file, got {type(path).__name__} {path!r:.60}")
     path = Path(path)
     if path.is_dir():

@@ -604,6 +604,15 @@ def test_the_python_api_says_in_one_line_what_it_takes(tmp_path: Path):
     with pytest.raises(CompressError, match=r"^search: expected the path of a pipeline .toml file with a \[search\] "):
         compress.search({"pipeline": {"name": "t"}})
 
+    class PathLike:  # os.PathLike (pytest's tmpdir is one) and numpy's integers stay accepted
+        def __fspath__(self) -> str:
+            return str(tmp_path / "missing.toml")
+
+    import numpy as np
+
+    with pytest.raises(CompressError, match=r"missing.toml: file not found$"):
+        compress.run(PathLike(), nproc=np.int64(1))
+
 
 def test_the_python_api_keeps_the_clis_memory_policy(tmp_path: Path, monkeypatch):
     # compress.run() left glibc's heap as it was: no trimming between passes, COMPRESS_LOW_MEMORY ignored

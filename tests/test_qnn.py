@@ -859,3 +859,17 @@ def test_a_graph_htp_cannot_compile_is_not_a_pass():
                                          r"\(FAIL : no EP for X\); nothing was measured on the NPU"):
         _npu_gate(Path("m.onnx"), section)
     _npu_gate(Path("m.onnx"), {**section, "placement": {"compile_error": None}})  # nothing to judge: no verdict
+
+
+def test_the_missing_plugin_warning_is_said_once_a_process(monkeypatch, caplog):
+    # a search checks every trial's pipeline: the same line came once a trial
+    from types import SimpleNamespace
+
+    from compress import config
+
+    monkeypatch.setattr(qnn, "qnn_status", lambda: {"installed": False, "reason": "not installed; pip install x"})
+    cfg = SimpleNamespace(export=SimpleNamespace(edge_targets=("qnn",)), benchmark=SimpleNamespace(strict=False),
+                          source_path="once.toml")
+    for _ in range(3):
+        config._check_edge_targets(cfg)
+    assert len([r for r in caplog.records if "needs the onnxruntime-qnn plugin" in r.getMessage()]) == 1

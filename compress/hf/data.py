@@ -109,8 +109,9 @@ def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:
         f = folder / name
         if f.is_file():
             h.update(name.encode() + f.read_bytes())
-    # workers change how the rows are read, not the ids: a new value re-tokenized and reran every stage
-    data = cfg.model_dump(mode="json", exclude={"workers"})
+    # workers change how the rows are read, not the ids: a new value re-tokenized and reran every stage (pinned to
+    # the default rather than dropped, so a file that never set it keeps the key it had)
+    data = {**cfg.model_dump(mode="json"), "workers": type(cfg).model_fields["workers"].default}
     h.update(json.dumps([data, seed, LABEL_ORDER], sort_keys=True).encode())
     return h.hexdigest()
 

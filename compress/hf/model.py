@@ -59,23 +59,24 @@ def resolve_dir(spec: str, base_dir: Path, origin: str) -> Path:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
-"""A folder's tokenizer files, one of which (or a SentencePiece *.model) it must have: without any, transformers
-made a tokenizer of 5 tokens that read every word as [UNK], and a run reported figures on nothing."""
+"""The usual tokenizer files, named when a folder has none: transformers then made a tokenizer of 5 tokens that read
+every word as [UNK], and a run reported figures on nothing."""
+MIN_TOKENS = 32
+"""Fewer tokens is no real tokenizer (a byte-level one, ByT5's, has 259 and no vocabulary file)."""
 
 
 def load_tokenizer(path: Path, origin: str) -> Any:
     """The folder's tokenizer (fast when it has tokenizer.json)."""
     transformers = require_transformers(origin)
-    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES) \
-            and not any(Path(path).glob("*.model")):  # transformers builds a 5-token stand-in: every word [UNK]
-        raise CompressError(f"{origin}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)} or a "
-                            "SentencePiece *.model); save the model's tokenizer there too "
-                            "(tokenizer.save_pretrained(folder))")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise CompressError(f"{origin}: cannot load the tokenizer from {path} (needs tokenizer.json or vocab.txt "
                             f"with tokenizer_config.json): {first_line(exc, 200)}") from exc
+    if len(tokenizer) < MIN_TOKENS:  # no tokenizer files: transformers built a 5-token stand-in, every word [UNK]
+        raise CompressError(f"{origin}: the tokenizer in {path} has {len(tokenizer)} tokens, so every word reads as "
+                            f"unknown: the folder lacks the model's tokenizer files ({', '.join(TOKENIZER_FILES)} or a "
+                            "SentencePiece *.model); save them there (tokenizer.save_pretrained(folder))")
     # Padding goes on the right whatever the folder says: trimming shared padding, [CLS] pooling and the
     # benchmark feeds all take the real tokens to come first (a decoder's left padding would cut them off).
     tokenizer.padding_side = "right"

@@ -146,8 +146,17 @@ def test_a_folder_without_tokenizer_files_is_refused_at_validate(tmp_path):
         (folder / name).unlink(missing_ok=True)
     result = _validate(tmp_path, "notok")
     assert result.exit_code == 2, result.output
-    assert f"p.toml: teacher.model: {folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json or a " \
-        "SentencePiece *.model); save the model's tokenizer there too" in result.output
+    assert f"p.toml: teacher.model: the tokenizer in {folder} has 5 tokens, so every word reads as unknown: the " \
+        "folder lacks the model's tokenizer files (tokenizer.json, vocab.txt, vocab.json or a SentencePiece " \
+        "*.model)" in result.output
+
+
+def test_a_byte_level_tokenizer_without_a_vocabulary_file_loads(tmp_path):
+    # ByT5's tokenizer saves no vocabulary file: the check must be the tokenizer's size, not the file names
+    from transformers import ByT5Tokenizer
+
+    ByT5Tokenizer().save_pretrained(str(tmp_path / "byt5"))
+    assert len(load_tokenizer(tmp_path / "byt5", "t")("hello")["input_ids"]) == 6
 
 
 @pytest.mark.parametrize("student, says", [

@@ -133,3 +133,18 @@ def test_a_folder_or_no_path_after_text_is_named_as_such(tmp_path):
 
     with pytest.raises(CompressError, match=r"^o: .* is a folder; text: takes one .txt, .csv, .tsv, .jsonl file"):
         read_text_file(tmp_path, "o")
+
+
+def test_the_token_cache_key_of_a_file_that_never_set_workers_is_the_one_it_had():
+    # dropping workers from the key re-tokenized every cached text run (and reran its stages) after the upgrade
+    import hashlib
+    from pathlib import Path
+
+    from compress.data import DataConfig
+    from compress.hf.data import LABEL_ORDER, _key
+
+    here = Path(__file__)
+    cfg = DataConfig(source="text:t.txt")
+    before = hashlib.sha256(here.read_bytes())  # the key as c06e842 computed it, for a folder with no tokenizer file
+    before.update(json.dumps([cfg.model_dump(mode="json"), 0, LABEL_ORDER], sort_keys=True).encode())
+    assert _key(here, here.parent / "no-such-folder", cfg, 0) == before.hexdigest()
