@@ -131,7 +131,7 @@ def write_report(run_dir: Path, report: dict) -> None:
 
 def _headline_row(model: dict, batch: int = 1) -> dict | None:
     """The row at `batch` (headline_batch) at the fewest threads on the first measured provider (the edge-like
-    number); None when the model has none at that batch."""
+    number; token inputs: the first sequence length); None when the model has none at that batch."""
     rows = [r for r in model.get("latency") or [] if r["batch"] == batch]
     return min(rows, key=lambda r: (r["threads"], r["provider"] != "CPUExecutionProvider")) if rows else None
 
@@ -217,7 +217,8 @@ def markdown(report: dict) -> str:
     for m in report["models"]:
         for r in m.get("latency", []):
             lo, hi = r["ci95_p50_ms"]
-            out.append(f"| {m['name']} | {r['provider']} | {r['batch']} | {r['threads']} | {r['runs']} | "
+            seq = f" (seq {r['seq_length']})" if r.get("seq_length") else ""  # token inputs: one row a length
+            out.append(f"| {m['name']} | {r['provider']} | {r['batch']}{seq} | {r['threads']} | {r['runs']} | "
                        f"{r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | {lo:.4f}-{hi:.4f} | "
                        f"{r['throughput_per_s']:.0f} | {_placed(r.get('placement'))} |")
         for u in m.get("unavailable", []):

@@ -63,3 +63,20 @@ def test_a_fixed_name_made_from_the_control_says_so_in_the_table():
                          {"name": "student-pruned", "role": "pruned", "metrics": {"map50": 0.44}}]}
     names = [row[0] for row in table_rows(report)]
     assert names == ["control", "student-int8 (from control) *", "student-pruned"]
+
+
+def test_the_latency_table_says_which_sequence_length_each_row_is(tiny_run):
+    # two rows per model at seq_lengths [16, 64], told apart by nothing in report.md
+    import copy
+    import json
+
+    from compress.report import markdown
+
+    folder, _ = tiny_run
+    report = json.loads((folder / "runs/tiny/report.json").read_text())
+    model = next(m for m in report["models"] if m.get("latency"))
+    row = next(r for r in model["latency"] if r["provider"] == "CPUExecutionProvider")
+    model["latency"] = [{**copy.deepcopy(row), "seq_length": seq} for seq in (16, 64)]
+    text = markdown(report)
+    assert f"| {model['name']} | CPUExecutionProvider | {row['batch']} (seq 16) |" in text
+    assert f"| {model['name']} | CPUExecutionProvider | {row['batch']} (seq 64) |" in text
