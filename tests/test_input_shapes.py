@@ -121,6 +121,10 @@ def test_bench_and_edge_find_the_batch_of_a_state_listed_first_and_feed_a_fixed_
     edge = _invoke("edge", model, "--out", tmp_path / "edge", "--fixed-batch", "1", "--inputs", tmp_path / "in.npz")
     assert edge.exit_code == 0, edge.output
     assert json.loads((tmp_path / "edge" / "edge.json").read_text())["parity"]["ok"]
+    # without --inputs: the generated parity inputs read h0's batch on axis 1 too ("use --batch 2", which edge lacks)
+    for extra in ((), ("--fixed-batch", "1")):
+        made = _invoke("edge", model, "--out", tmp_path / f"made{len(extra)}", *extra)
+        assert made.exit_code == 0, made.output
 
 
 def test_quantize_reads_a_batch_1_copys_batch_on_the_axis_the_user_names(tmp_path: Path):

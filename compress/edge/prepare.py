@@ -122,8 +122,10 @@ def prepare(
             except CompressError as exc:  # name the user's file, not edge's copy of it
                 raise CompressError(str(exc).replace(str(model), str(onnx_path))) from None
         converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
+        from compress.bench.inputs import Dims
+
         feed = inputs if inputs is not None else sample_inputs(  # onnx's test graphs fix axis 0 at 7: that batch
-            model, batch=fixed_batch or batch_of_graph(model, batch_axes) or 1)
+            model, batch=fixed_batch or batch_of_graph(model, batch_axes) or 1, dims=Dims(batch_axes=batch_axes))
         parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol,
                             optimization=optimization, axes=batch_axes)
     section = {
