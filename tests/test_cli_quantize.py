@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -504,10 +505,11 @@ def test_out_that_is_the_model_itself_is_refused_before_any_work(tmp_path: Path,
     same, effort = tmp_path / "m.onnx", tmp_path / "n.best-effort.onnx"
     for path in (same, effort):
         shutil.copyfile(files["model"], path)
-    for model, out in ((same, same), (effort, tmp_path / "n.onnx")):
+    os.link(same, tmp_path / "hard.onnx")  # another name for the same file: quantize overwrote the model through it
+    for model, out in ((same, same), (effort, tmp_path / "n.onnx"), (same, tmp_path / "hard.onnx")):
         result = _invoke(model, "--out", out, "--mode", "dynamic")
         assert result.exit_code == 2 and result.output.strip() == (
-            f"error: --out: {out} would write {model}, which is MODEL itself ({model}); write the quantized model to "
+            f"error: --out: {out} would write {out if out.name == 'hard.onnx' else model}, which is MODEL itself ({model}); write the quantized model to "
             "another path"), result.output
         assert model.read_bytes() == Path(files["model"]).read_bytes()
     assert not list(tmp_path.glob("*.json"))
