@@ -145,6 +145,31 @@ def test_quantize_reads_a_batch_1_copys_batch_on_the_axis_the_user_names(tmp_pat
         "batch), so batch 1 cannot be timed" in unsaid.output
 
 
+def test_quantize_times_and_counts_a_state_first_model_on_its_batch_axis(tmp_path: Path):
+    # the rows' batch was h0's axis 0 (2): the pick said "cpu/b2" and the throughput was twice the items; bias
+    # correction said "on 32 samples" of 16 rows
+    model = _state_first(tmp_path / "gru.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", h0=rng.standard_normal((2, 16, 8)).astype(np.float32),
+             x=rng.standard_normal((16, 16)).astype(np.float32), scale=np.array([0.5], np.float32))
+    result = _invoke("quantize", model, "--out", tmp_path / "q.onnx", "--calibration", tmp_path / "calib.npz",
+                     "--max-cosine-drop", "1", "--no-fallback", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "q.json").read_text())
+    assert [r["batch"] for r in summary["float"]["latency"]["rows"]] == [1]
+
+    from compress.quantize.bias import _mean_shifts  # bias correction's sample count, on the same axes
+
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [2, "batch", 8]),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, [])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    calib = dict(np.load(tmp_path / "calib.npz"))
+    _, seen = _mean_shifts(tmp_path / "m.onnx", [{k: calib[k] for k in ("h0", "x")}], ["m"], {"h0": 1})
+    assert seen == 16
+
+
 def test_edge_runs_a_model_whose_batch_is_fixed_above_one_at_its_own_batch(tmp_path: Path):
     # onnx's own test graphs fix axis 0 at 7: "batch 1 cannot run; use --batch 7", an option edge does not have
     graph = helper.make_graph([helper.make_node("Sign", ["x"], ["y"])], "sign",

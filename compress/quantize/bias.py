@@ -48,7 +48,11 @@ def correct_biases(base: Path, qmodel: Any, calib: list[dict[str, np.ndarray]] |
         augmented, layers, outputs, skipped = _augmented(base, qmodel, Path(tmp))
         if not layers:
             return {"layers": 0, "skipped": skipped, "samples": 0, "note": ""}
-        means, samples = _mean_shifts(augmented, calib, outputs)
+        from compress.onnx.graph import batch_axes_of
+        from compress.onnx.skeleton import graph_of
+
+        axes = batch_axes_of(graph_of(base).graph)  # a state [2, N, 64] listed first: its batch is axis 1
+        means, samples = _mean_shifts(augmented, calib, outputs, axes)
         inits = {i.name: i for i in qmodel.graph.initializer}
         at = 0
         for node, bias, attrs, weight, w_dq, count in layers:
@@ -294,10 +298,13 @@ def _subtract(bias: tuple[str, str | None], shift: np.ndarray, inits: dict[str, 
     tensor.CopyFrom(numpy_helper.from_array(new, name))
 
 
-def _mean_shifts(path: Path, calib: list[dict[str, np.ndarray]], outputs: list[str]) -> tuple[list[np.ndarray], int]:
+def _mean_shifts(path: Path, calib: list[dict[str, np.ndarray]], outputs: list[str],
+                 axes: dict[str, int | None] | None = None) -> tuple[list[np.ndarray], int]:
     """The outputs of the augmented model at `path` (per-layer means), averaged over the calibration rows (up to
-    MAX_SAMPLES)."""
+    MAX_SAMPLES), each batch's rows counted on its batch axes (`axes`)."""
     import onnxruntime as ort
+
+    from compress.bench.inputs import batch_of
 
     opts = ort.SessionOptions()  # every optimisation: only means leave the run, so rounding is the float model's
     opts.log_severity_level = 3
@@ -306,7 +313,7 @@ def _mean_shifts(path: Path, calib: list[dict[str, np.ndarray]], outputs: list[s
     totals: list[np.ndarray] | None = None
     seen = 0
     for feed in calib:
-        rows = next((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), 1)
+        rows = batch_of(feed, axes)
         got = session.run(outputs, {k: v for k, v in feed.items() if k in names})
         got = [np.asarray(g, dtype=np.float64) * rows for g in got]
         totals = got if totals is None else [t + g for t, g in zip(totals, got)]

@@ -24,7 +24,7 @@ def latency(path: Path, providers: list[str], batch_sizes: list[int], threads: i
     for provider in providers:
         try:
             for b in batch_sizes:
-                row = measure(path, provider, b, threads, inputs=feed(b), settings=settings)
+                row = measure(path, provider, b, threads, inputs=feed(b), dims=_axes(feed), settings=settings)
                 row.pop("samples_ms", None)  # raw samples of every attempt would swamp report.json
                 rows.append(row)
         except ProviderUnavailable as exc:
@@ -57,13 +57,21 @@ def _paired_rows(float_path: Path, quant_path: Path, providers: list[str], batch
         for b in batch_sizes:
             try:
                 row = paired_bench(float_path, quant_path, provider, b, threads, settings, inputs=feed(b),
-                                   sides=sides, settled=settled)
+                                   dims=_axes(feed), sides=sides, settled=settled)
             except Exception:  # noqa: BLE001 - unavailable or failing providers are already reported by latency()
                 break
             for key in ("old_block_p50_ms", "new_block_p50_ms"):
                 row.pop(key)  # block lists of every pick would swamp report.json
             rows.append(((provider, b), row))
     return rows
+
+
+def _axes(feed: Callable[[int], dict[str, np.ndarray]]) -> Any:
+    """The feed's batch axes for the harness (`feed.batch_axes`, set by compress quantize's latency_feed): a row's
+    batch and throughput are read on them (a state [2, N, 64] listed first was read as batch 2, twice the items)."""
+    from compress.bench.inputs import Dims
+
+    return Dims(batch_axes=getattr(feed, "batch_axes", None))
 
 
 def timed_together(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
