@@ -84,10 +84,9 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
         from compress.bench.inputs import check_dims_named, parse_dims
         from compress.edge.ort_format import sample_inputs
 
-        check_dims_named(model, parse_dims(dims, batch_axes))
         from compress.onnx.graph import fixed_batch as batch_of_graph
 
-        sizes = parse_dims(dims, batch_axes)
+        check_dims_named(model, sizes := parse_dims(dims, batch_axes))
         sizes.batch_axes = axes  # what the graph shows too (a state [2, N, 64]), not only what --batch-axis said
         inputs = sample_inputs(model, batch=fixed_batch or batch_of_graph(model, axes) or 1, dims=sizes)
     if inputs_npz is not None:

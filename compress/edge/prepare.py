@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from compress.cache import write_json
 from compress.edge.ort_format import Optimization, ort_parity, sample_inputs, to_ort_format
@@ -45,6 +45,13 @@ def _kept_only_on_success(out_dir: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise
+
+
+def _axes_only(batch_axes: dict[str, int | None] | None) -> Any:
+    """compress.bench.inputs.Dims of the batch axes alone, for generated inputs (imported here: edge stays light)."""
+    from compress.bench.inputs import Dims
+
+    return Dims(batch_axes=batch_axes)
 
 
 def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
@@ -122,10 +129,8 @@ def prepare(
             except CompressError as exc:  # name the user's file, not edge's copy of it
                 raise CompressError(str(exc).replace(str(model), str(onnx_path))) from None
         converted = to_ort_format(model, out_dir, optimization=optimization, style=style)
-        from compress.bench.inputs import Dims
-
         feed = inputs if inputs is not None else sample_inputs(  # onnx's test graphs fix axis 0 at 7: that batch
-            model, batch=fixed_batch or batch_of_graph(model, batch_axes) or 1, dims=Dims(batch_axes=batch_axes))
+            model, batch=fixed_batch or batch_of_graph(model, batch_axes) or 1, dims=_axes_only(batch_axes))
         parity = ort_parity(model, Path(converted["ort_path"]), feed, atol=atol, rtol=rtol,
                             optimization=optimization, axes=batch_axes)
     section = {
