@@ -148,3 +148,29 @@ def test_how_pixels_are_decoded_is_part_of_the_data_fingerprint(tmp_path: Path, 
     before = load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path).fingerprint
     monkeypatch.setattr(images, "DECODING", "as-stored")
     assert load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path).fingerprint != before
+
+
+def test_a_png_whose_pixel_data_does_not_decode_is_a_bad_file_not_a_black_image(tmp_path: Path):
+    # its checksums pass the scan; reading its EXIF loaded it and swallowed the error: trained on as all zeros
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from compress.errors import CompressError
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    raw = (tmp_path / "a.png").read_bytes()
+    out, i = raw[:8], 8
+    while i < len(raw):
+        (length,), kind = struct.unpack(">I", raw[i:i + 4]), raw[i + 4:i + 8]
+        data = raw[i + 8:i + 8 + length]
+        if kind == b"IDAT":  # the zlib header kept, the stream scrambled, the CRC made right again
+            data = data[:2] + bytes(255 - x for x in data[2:])
+        out += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        i += 12 + length
+    (tmp_path / "bad.png").write_bytes(out)
+    with Image.open(tmp_path / "bad.png") as im:
+        im.verify()  # what a scan checks: passes
+    with pytest.raises(CompressError, match=r"bad.png: cannot decode image \(OSError: broken data stream"):
+        decode(str(tmp_path / "bad.png"), (16, 16))

@@ -90,6 +90,7 @@ def decode(path: str, size: tuple[int, int]) -> Any:
 
     try:
         with Image.open(path) as im:
+            im.load()  # decoded here, where a broken stream raises: reading the EXIF loads it and hid the error
             im = _upright(im)
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 a = _wide_gray(im, size)
