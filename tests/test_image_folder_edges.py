@@ -174,3 +174,16 @@ def test_a_png_whose_pixel_data_does_not_decode_is_a_bad_file_not_a_black_image(
         im.verify()  # what a scan checks: passes
     with pytest.raises(CompressError, match=r"bad.png: cannot decode image \(OSError: broken data stream"):
         decode(str(tmp_path / "bad.png"), (16, 16))
+
+
+def test_a_val_split_beside_the_class_folders_without_train_is_refused(tmp_path: Path):
+    # imgs/{ant,bee}/ and imgs/val/{ant,bee}/: val/ became a third class holding images of both
+    from compress.errors import CompressError
+
+    make_folder(tmp_path / "imgs", {"ant": 6, "bee": 6})
+    make_folder(tmp_path / "imgs" / "val", {"ant": 3, "bee": 3})
+    with pytest.raises(CompressError, match=r"imgs has val/ holding class folders beside the class folders, and no "
+                                            r"train/: put the training class folders under train/"):
+        load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    make_folder(tmp_path / "ok", {"valid": 6, "invalid": 6})  # classes that happen to be named like a split
+    assert load_data(DataConfig(source="images:ok"), seed=0, base_dir=tmp_path).class_names == ["invalid", "valid"]

@@ -256,7 +256,15 @@ def _check_split_names(root: Path, has_train: bool, origin: str) -> None:
     # Train/ on a case-insensitive file system (macOS, Windows) is the train/ the reader opens: not spelt otherwise
     odd = [n for n in subs if n.lower() in SPLIT_LIKE and not any((root / n).samefile(r) for r in read)]
     if not has_train and not any(n.lower() in ("train", "training") for n in odd):
-        return  # classes that happen to be named valid/ (beside invalid/) or test/: no training split spelt otherwise
+        # classes that happen to be named valid/ (beside invalid/) or test/ stay classes, unless one holds folders
+        # named like its sibling classes: a val/ split beside the training class folders became a class of its own
+        split = next((n for n in odd if {d.name for d in (root / n).iterdir() if d.is_dir()} & (set(subs) - {n})),
+                     None)
+        if split is not None:
+            raise CompressError(f"{origin}: {root} has {split}/ holding class folders beside the class folders, and "
+                                "no train/: put the training class folders under train/ (split folders are train/, "
+                                f"val/ and test/), or move them out of {split}/")
+        return
     if not odd:
         return
     named = ", ".join(f"{n}/" for n in odd)
