@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import torch.utils.data as tud
 
+from compress.data.folders import check_split_names, hidden, warn_empty_classes, warn_unseen_classes
 from compress.errors import CompressError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-SPLIT_LIKE = {"train", "training", "val", "valid", "validation", "dev", "test", "testing"}
 """Folder names (any case) that mean a split: read only as train/, val/ and test/, refused under any other spelling."""
 STATS_SAMPLES = 512  # training images mean/std are computed from, when [data] does not give them
 log = logging.getLogger("compress")
@@ -118,14 +118,14 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     # train/ (with optional val/ and test/) holds the class folders; without train/, the root holds them
     folders = {part: root / part for part in ("train", "val", "test") if (root / part).is_dir()}
     folders = folders if "train" in folders else {}
-    _check_split_names(root, "train" in folders, origin)
+    check_split_names(root, "train" in folders, origin)
     top = folders.get("train", root)
-    classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not _hidden(d.name))
+    classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not hidden(d.name))
     if len(classes) < 2:
         raise CompressError(f"{origin}: {top} needs one sub-folder per class (at least two), found "
                             f"{classes or 'none'}")
     for part in ("val", "test"):  # a class only val/ or test/ has would be left out of the figures unsaid
-        extra = sorted(d.name for d in folders[part].iterdir() if d.is_dir() and not _hidden(d.name)
+        extra = sorted(d.name for d in folders[part].iterdir() if d.is_dir() and not hidden(d.name)
                        and d.name not in classes) if part in folders else []
         if extra:
             raise CompressError(f"{origin}: {part}/ has class folders train/ lacks ({', '.join(extra)}); the model "
@@ -133,7 +133,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     found = {part: _scan(folders.get(part, top) if part == "train" else folders[part], classes, origin)
              for part in ("train", "val", "test") if part == "train" or part in folders}
     _check_bad_files(found, cfg.max_bad_fraction, origin)
-    _warn_empty_classes(found["train"]["labels"], classes, top, origin)
+    warn_empty_classes(found["train"]["labels"], classes, top, origin)
     paths, labels = found["train"]["paths"], np.asarray(found["train"]["labels"], dtype=np.int64)
     val_f = 0.0 if "val" in found else cfg.val_fraction
     test_f = 0.0 if "test" in found else cfg.test_fraction
@@ -157,7 +157,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
         splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std, max_bad_fraction=cfg.max_bad_fraction)
     if splits["val"] is None or len(splits["val"]) == 0:
         raise CompressError(f"{origin}: too few images ({len(paths)}) to hold out a validation split")
-    _warn_unseen_classes(splits, found, classes, root, "train/" if "train" in folders else "", origin,
+    warn_unseen_classes(splits, found, classes, root, "train/" if "train" in folders else "", origin,
                          smallest_held_class(val_f, test_f))
     augment = tuple(cfg.augment)
     skipped = [b for part in found.values() for b in part["bad"]]
@@ -203,12 +203,6 @@ def _scan(folder: Path, classes: list[str], origin: str) -> dict:
     return {"paths": paths, "labels": labels, "bad": bad, "total": total, "stamp": stamp}
 
 
-def _hidden(name: str) -> bool:
-    """Names the scan leaves out: hidden files and folders (macOS's '._x.jpg' resource forks, '.ipynb_checkpoints')
-    and the '__MACOSX' folder a zip made on a Mac holds."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
 def _image_files(d: Path) -> list[Path]:
     """Image files under d at any depth, sorted; symlinked folders are followed (each real folder once; a link to a
     folder above d, a loop, is not), hidden names left out."""
@@ -221,8 +215,8 @@ def _image_files(d: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [n for n in dirs if not _hidden(n)]
-        files.extend(Path(top) / n for n in names if not _hidden(n) and Path(n).suffix.lower() in EXTENSIONS)
+        dirs[:] = [n for n in dirs if not hidden(n)]
+        files.extend(Path(top) / n for n in names if not hidden(n) and Path(n).suffix.lower() in EXTENSIONS)
     return sorted(f for f in files if f.is_file() or f.is_symlink())
 
 
@@ -247,75 +241,6 @@ def _ends_like_jpeg(f: Path) -> bool:
         fh.seek(max(0, fh.tell() - 64))
         tail = fh.read().rstrip(b"\x00 \r\n\t")
     return tail.endswith(b"\xff\xd9")
-
-
-def _check_split_names(root: Path, has_train: bool, origin: str) -> None:
-    """Split folders spelt otherwise (Train/, valid/, validation/, Test/) were read as classes, or not at all."""
-    subs = sorted(d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
-    read = [root / n for n in ("train", "val", "test") if (root / n).is_dir()] if has_train else []
-    # Train/ on a case-insensitive file system (macOS, Windows) is the train/ the reader opens: not spelt otherwise
-    odd = [n for n in subs if n.lower() in SPLIT_LIKE and not any((root / n).samefile(r) for r in read)]
-    if not has_train and not any(n.lower() in ("train", "training") for n in odd):
-        # classes that happen to be named valid/ (beside invalid/) or test/ stay classes, unless one holds folders
-        # named like its sibling classes: a val/ split beside the training class folders became a class of its own
-        split = next((n for n in odd if {d.name for d in (root / n).iterdir() if d.is_dir()} & (set(subs) - {n})),
-                     None)
-        if split is not None:
-            raise CompressError(f"{origin}: {root} has {split}/ holding class folders beside the class folders, and "
-                                "no train/: put the training class folders under train/ (split folders are train/, "
-                                f"val/ and test/), or move them out of {split}/")
-        return
-    if not odd:
-        return
-    named = ", ".join(f"{n}/" for n in odd)
-    if has_train:
-        raise CompressError(f"{origin}: {root} has {named} beside train/, which is not read: the validation folder "
-                            "must be named val/ and the test folder test/; rename it")
-    raise CompressError(f"{origin}: {root} has {named} but no train/: split folders are train/ (required), val/ and "
-                        "test/, in lower case, each with one sub-folder per class; rename them (without split "
-                        "folders, every sub-folder of the root is a class)")
-
-
-def _warn_empty_classes(labels: list[int], classes: list[str], top: Path, origin: str) -> None:
-    """A class folder without a readable training image still gets a model output, which nothing trains: say so."""
-    used = set(labels)
-    empty = [name for k, name in enumerate(classes) if k not in used]
-    if empty:
-        log.warning("warning: %s: %s: class folders with no training image: %s; the models still get an output for "
-                    "each, which no example trains: add images or remove the folders", origin, top,
-                    ", ".join(f"{n}/" for n in empty))
-
-
-def _warn_unseen_classes(splits: dict, found: dict, classes: list[str], root: Path, pool: str, origin: str,
-                         need: int) -> None:
-    """A class that validation or test never shows is never measured there: one line names each such class, its
-    images and the splits without it. The split gives every class one image in each held-out split when it has one
-    to spare beside the one it keeps for training; a class with fewer (or split folders without it) is said here."""
-    import numpy as np
-
-    n = len(classes)
-    trained = np.bincount(np.asarray(found["train"]["labels"], dtype=np.int64), minlength=n)
-    total = sum(np.bincount(np.asarray(part["labels"], dtype=np.int64), minlength=n) for part in found.values())
-    missing: dict[int, list[str]] = {}
-    held = [part for part in ("val", "test") if splits.get(part) is not None]
-    for part in held:
-        seen = set(np.asarray(splits[part].labels).tolist())
-        for k in range(n):
-            if trained[k] and k not in seen:  # (a class without a training image is warned of on its own)
-                missing.setdefault(k, []).append(f"{part}/" if part in found else part)
-    if not missing:
-        return
-    items = ", ".join(f"{classes[k]}/ ({total[k]} image{'' if total[k] == 1 else 's'}: not in {' or '.join(parts)})"
-                      for k, parts in sorted(missing.items()))
-    hints = []
-    if any(p in ("val", "test") for parts in missing.values() for p in parts):
-        hints.append(f"a class of {need} or more images in {pool} gets at least one in each split made from them"
-                     if pool else f"a class of {need} or more images gets at least one in every split")
-    folders = [f"{p}/" for p in held if any(f"{p}/" in parts for parts in missing.values())]
-    if folders:
-        hints.append(f"put some of each in {' and '.join(folders)}")
-    log.warning("warning: %s: %s: classes a split does not show: %s; accuracy on them is not measured there: add "
-                "images (%s)", origin, root, items, "; ".join(hints))
 
 
 def _check_bad_files(found: dict, max_fraction: float, origin: str) -> None:
