@@ -28,8 +28,10 @@ def test_a_control_that_wins_by_a_hair_is_shown_with_the_digits_that_tell_them_a
 
 
 def test_the_advice_names_only_the_knobs_the_tasks_loss_reads():
-    _, why = _pick_with("tensors", student=0.80, control=0.81, teacher=0.95)
-    assert why.endswith("is better than both: try another alpha or more epochs")  # no temperature: refused there
+    _, why = _pick_with("tensors", student=0.80, control=0.81, teacher=1.0)
+    assert why.endswith("(same architecture, same cost): try another alpha or more epochs")  # no temperature there
+    # the tensors task's cosine is agreement with the teacher's outputs: "the teacher (1.0000) is better than both"
+    assert "teacher" not in why
     _, why = _pick_with("classification", student=0.80, control=0.81, teacher=0.95)
     assert "(81.00% vs 80.00%)" in why and why.endswith("try another temperature, alpha or more epochs")
 

@@ -65,15 +65,17 @@ def _pick(ctx: StageContext, records: list[ModelRecord]) -> tuple[str, str | Non
     if not metric.better(c, s):
         return "student", None
     t = (ctx.models["teacher"].metrics_torch or {}).get(metric.name)
+    if ctx.evaluation.user is None and ctx.evaluation.task.name != "classification":
+        t = None  # the task's figure is agreement with the teacher's own outputs: the teacher's is 1 by definition
     shown = _shown(metric.name, c, s)
     why = (f"control: the labels-only control beat the distilled student on validation {metric.name} "
            f"({shown(c)} vs {shown(s)}), so it ships (same architecture, same cost)")
     if t is not None and not metric.better(t, c):
         why += (f"; the teacher's own {metric.name} is {shown(t)}, no better than the control's: a teacher no better "
                 "than the control has nothing to teach: train it longer or bigger")
-    elif t is not None:
+    else:
         knobs = [k for k in ("temperature", "alpha") if k in ctx.evaluation.task.reads]
-        why += f"; the teacher ({shown(t)}) is better than both: try {_advice(knobs)}"
+        why += (f"; the teacher ({shown(t)}) is better than both" if t is not None else "") + f": try {_advice(knobs)}"
     return "control", why
 
 
