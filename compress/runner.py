@@ -42,6 +42,17 @@ def _data_key(cfg: Any) -> dict[str, Any]:
     return values
 
 
+def _why_failed(exc: BaseException) -> str:
+    """A failed stage's `error` in report.json: the error's line; for an interrupt (which carries none), what
+    stopped it and that a rerun resumes."""
+    from compress.errors import Stopped
+
+    if isinstance(exc, (KeyboardInterrupt, Stopped)):
+        what = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else exc.name
+        return f"interrupted ({what}); rerun to resume: finished stages are cached"
+    return str(exc)
+
+
 def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dist: Any = None,
                  store: Path | None = None) -> dict:
     """Run a pipeline (a TOML path, a dict shaped like the file, or a PipelineConfig); return the report.
@@ -92,7 +103,7 @@ def run_pipeline(source: Any, *, force: bool = False, progress: bool = True, dis
                                              store)
             except BaseException as exc:
                 stages.append({"name": name, "status": "failed", "seconds": round(time.perf_counter() - started, 3),
-                               "artifacts": [], "error": str(exc)})
+                               "artifacts": [], "error": _why_failed(exc)})
                 failure = _named(exc, cfg.source_path)
                 break
             if dist is None or dist.nnodes == 1:

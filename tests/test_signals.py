@@ -48,6 +48,11 @@ def test_a_signal_during_a_pipeline_stage_releases_the_run(tiny_dir: Path, sig: 
                                         "directory released; run the same command again to resume from the stages "
                                         "that finished"]
     assert leftovers(tiny_dir) == []
+    import json  # the report says what stopped the stage (its error was "")
+
+    teacher = json.loads((tiny_dir / "runs" / "tiny" / "report.json").read_text())["stages"][0]
+    assert teacher["status"] == "failed" and teacher["error"] == (f"interrupted ({name}); rerun to resume: finished "
+                                                                  "stages are cached")
     from compress.cache import run_lock
 
     with run_lock(tiny_dir / "runs" / "tiny"):
