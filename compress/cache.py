@@ -191,11 +191,19 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
     The lock is an OS file lock, so a killed run releases it; the temp files such a run left are removed here.
     """
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_dir / ".lock", f"{run_dir}: another compress run is using this run directory; wait for it "
-                   "to finish or use a different [pipeline] output_dir"):
-        remove_stale_temps(run_dir)
-        yield
+    try:
+        with exclusive(run_dir / ".lock", f"{run_dir}: another compress run is using this run directory; wait for "
+                       "it to finish or use a different [pipeline] output_dir"):
+            remove_stale_temps(run_dir)
+            yield
+    finally:  # a run that stopped before writing anything (its checks failed) leaves no folder holding a lock
+        if made and [p.name for p in run_dir.iterdir()] == [".lock"]:
+            with contextlib.suppress(OSError):
+                (run_dir / ".lock").unlink()
+                for folder in made:
+                    folder.rmdir()
 
 
 @contextlib.contextmanager

@@ -625,3 +625,19 @@ def test_the_python_api_keeps_the_clis_memory_policy(tmp_path: Path, monkeypatch
     with pytest.raises(CompressError, match="file not found"):
         compress.run(tmp_path / "missing.toml")
     assert applied == [True]
+
+
+def test_a_run_that_fails_its_checks_leaves_no_run_folder_behind(tmp_path: Path):
+    # compress.run of a file whose checks fail left runs/<name>/ holding only a .lock
+    import compress
+    from compress.errors import CompressError
+
+    import numpy as np
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((40, 4), np.float32))  # no y: the data check inside the run fails
+    (tmp_path / "p.toml").write_text('[pipeline]\nname = "t"\n[data]\nsource = "npz:x.npz"\n[teacher]\n'
+                                     'model = "builtin:mlp"\n[teacher.train]\nepochs = 1\n[student]\n'
+                                     'model = "builtin:mlp"\n')
+    with pytest.raises(CompressError, match="no array 'y'"):
+        compress.run(tmp_path / "p.toml")
+    assert not (tmp_path / "runs").exists()
