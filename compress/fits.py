@@ -47,6 +47,9 @@ def check_fits(cfg: Any, path: Any) -> None:
     for role, section, family in (("teacher", cfg.teacher, teacher), ("student", cfg.student, student)):
         if "pooling" in section.model_fields_set and not family.can_cut:
             fail(f"{role}.pooling", "pooling applies to hf: text models (their pooled sentence embedding)")
+        if "pooling" in section.model_fields_set and task.name == "classification":  # it was read by nothing
+            fail(f"{role}.pooling", "applies to the embedding task (the pooled sentence embedding); a text "
+                 "classifier's head reads the first token ([CLS]): remove the key")
     if cfg.teacher.train is not None and task.labels == "none":
         fail("teacher.train", f"the {task.name} task has no labels to train a teacher on; give a checkpoint or an "
              "hf: folder with its weights")

@@ -117,6 +117,9 @@ from_teacher = { num_layers = 2 }
     (BASE, "[data]\nlabel_column = \"y\"\n", "data.label_column: applies to text: sources only"),
     (BASE.replace('"builtin:cnn-small"', '"builtin:cnn-small"\npooling = "cls"'), "",
      "student.pooling: pooling applies to hf: text models"),
+    (TEXT.replace('task = "embedding"', 'task = "classification"').replace('"hf:bert"', '"hf:bert"\npooling = "cls"'),
+     "", "teacher.pooling: applies to the embedding task (the pooled sentence embedding); a text classifier's head "
+         "reads the first token ([CLS]): remove the key"),
     (BASE.replace("[student]", "[student]\nfrom_teacher = { num_layers = 2 }"), "",
      "student: give either model = '...' or from_teacher = { ... }"),
     (BASE, "[export]\noptimize = \"transformer\"\n", "export.optimize: ONNX Runtime's transformer optimizer is "
