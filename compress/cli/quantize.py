@@ -384,13 +384,12 @@ def _check_batches(model: Path, batches: tuple[int, ...], dims: Any) -> None:
 def _read_from(model: Path, dims: Any) -> str:
     """Where a model of several inputs has the fixed batch read, and how to say it is elsewhere (a state [2, 1, 8]
     listed first in a batch-1 copy); nothing for one input."""
-    from compress.onnx.graph import batch_axes_of, graph_inputs
+    from compress.onnx.graph import batched_input, graph_inputs
     from compress.onnx.skeleton import graph_of
 
     graph = graph_of(model).graph
-    axes, inputs = batch_axes_of(graph, dims.batch_axes), graph_inputs(graph)
-    if len(inputs) < 2:
+    if len(graph_inputs(graph)) < 2:
         return ""
-    name, axis = next((v.name, axes.get(v.name, 0)) for v in inputs if axes.get(v.name, 0) is not None
-                      and len(v.type.tensor_type.shape.dim) > axes.get(v.name, 0))
+    value, axis = batched_input(graph, dims.batch_axes)  # where fixed_batch read it
+    name = value.name
     return f" (axis {axis} of input {name!r}: --batch-axis {name}:N or {name}:none when that is not its batch)"

@@ -85,13 +85,24 @@ def fixed_batch(onnx_path: Path, axes: dict[str, int | None] | None = None) -> i
 
 
 def fixed_batch_of(graph: "onnx.GraphProto", given: dict[str, int | None] | None = None) -> int | None:
-    """fixed_batch of a graph already loaded: the batch dimension of the first input that has one (batch_axes_of,
-    over the axes `given`: a recurrent state [2, N, 16] or a scale [1] listed first is not where the batch is)."""
+    """fixed_batch of a graph already loaded: the batch dimension of the first input that has one (batched_input)."""
+    found = batched_input(graph, given)
+    if found is None:
+        return None
+    dim = found[0].type.tensor_type.shape.dim[found[1]]
+    return dim.dim_value if _fixed(dim) else None
+
+
+def batched_input(graph: "onnx.GraphProto", given: dict[str, int | None] | None = None) \
+        -> "tuple[onnx.ValueInfoProto, int] | None":
+    """(the first input that has a batch axis, that axis): where a graph's batch is read (batch_axes_of, over the
+    axes `given`: a recurrent state [2, N, 16] or a scale [1] listed first is not where the batch is); None when no
+    input has one."""
     axes = batch_axes_of(graph, given)
     for value in graph_inputs(graph):
-        dims, axis = value.type.tensor_type.shape.dim, axes.get(value.name, 0)
-        if axis is not None and len(dims) > axis:
-            return dims[axis].dim_value if _fixed(dims[axis]) else None
+        axis = axes.get(value.name, 0)
+        if axis is not None and len(value.type.tensor_type.shape.dim) > axis:
+            return value, axis
     return None
 
 
