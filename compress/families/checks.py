@@ -273,15 +273,15 @@ def _check_labels(cfg, data, task, student) -> None:
     batch = data.targets("val")
     batch = {k: np.asarray(v)[:2] for k, v in batch.items()} if isinstance(batch, dict) else np.asarray(batch)[:2]
     outputs = ", ".join(f"{n} {tuple(v.shape[1:])}" for n, v in student.items())
+    fits = matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch)
     if isinstance(batch, dict):  # each y_NAME labels the output NAME: one that fits none was dropped without a word
-        fits = matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch)
         for stray in (k for k in batch if k not in fits and fits):  # none fits: the error below
             log.warning(
                 "warning: %s: data.source: target %r (npz y_%s, per example %s) labels no output of the student "
                 "(%s), so the default loss does not use it; name each target after the output it labels, with that "
                 "output's shape, or give [distill] loss = 'module:function' that reads it", cfg.source_path, stray,
                 stray, tuple(batch[stray].shape[1:]), outputs)
-    if not matched_labels(tuple(student), {n: tuple(v.shape) for n, v in student.items()}, batch):
+    if not fits:
         shapes = ({k: tuple(v.shape[1:]) for k, v in batch.items()} if isinstance(batch, dict)
                   else tuple(batch.shape[1:]))
         raise CompressError(f"{cfg.source_path}: distill.loss: no target (per example {shapes}) has the shape of an "
