@@ -97,12 +97,6 @@ def side_by_side_table(table: dict[str, Any], metric: str) -> list[str]:
               + (f"; QAT / PTQ p50, paired: {paired}" if paired else "") + "."]
     if table.get("best_epoch") == 0:  # the QAT graph holds the post-training values: one model, shown twice
         lines += ["", f"No QAT epoch beat the post-training values on validation ({metric} "
-                  f"{_figure(table.get('val_before'), share)} before, {_figure(table.get('val_best_epoch'), share)} "
+                  f"{shown(table.get('val_before'))} before, {shown(table.get('val_best_epoch'))} "
                   "at QAT's best epoch), so the QAT graph keeps them: its rows are the post-training model's."]
     return lines
-
-
-def _figure(value: float | None, share: bool) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}%" if share else f"{value:.4f}"

@@ -352,8 +352,10 @@ FRACTIONS = frozenset({"accuracy", "top1_agreement"})
 
 
 def shown_drop(gate: Any, value: float) -> str:
-    """A drop (or budget) as the summary shows it: points for shares, the figure's own units otherwise."""
-    return f"{value * 100:.2f} points" if gate.metric.name in FRACTIONS else f"{value:.4g}"
+    """A drop (or budget) as the summary shows it: points for shares, the figure's own units otherwise. `gate`: a
+    Gate, or the name of its metric (what a report keeps of it)."""
+    name = gate if isinstance(gate, str) else gate.metric.name
+    return f"{value * 100:.2f} points" if name in FRACTIONS else f"{value:.4g}"
 
 
 def verdict(gate: Any, drop: float) -> tuple[bool, str]:

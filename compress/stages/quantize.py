@@ -133,13 +133,11 @@ def _markdown(result: dict[str, Any], table: dict[str, Any] | None, split: str) 
            *side_by_side_table(table, result["gate"]["metric"]["name"])] if table else []
     qnn = (result.get("qat") or {}).get("qnn")
     if qnn:
-        from types import SimpleNamespace
-
         from compress.quantize.attempts import shown_drop
 
-        gate = SimpleNamespace(metric=SimpleNamespace(name=result["gate"]["metric"]["name"]))  # points for shares
-        on_split = (f" ({split}: post-training drop {shown_drop(gate, qnn['ptq'][f'drop_{split}'])}, QAT "
-                    f"{shown_drop(gate, qnn['qat'][f'drop_{split}'])})")
+        metric = result["gate"]["metric"]["name"]  # points for shares
+        on_split = (f" ({split}: post-training drop {shown_drop(metric, qnn['ptq'][f'drop_{split}'])}, QAT "
+                    f"{shown_drop(metric, qnn['qat'][f'drop_{split}'])})")
         qat += ["", f"QNN graph ({qnn['activation_type']} activations, for the edge stage): post-training "
                 f"{qnn['ptq']['reason']}; QAT {qnn['qat']['reason']}{on_split}; {qnn['why']}; the edge stage "
                 f"places {qnn['used']}" + (f"; {len(qnn['float_nodes'])} node(s) stay in float"
