@@ -191,8 +191,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
     The lock is an OS file lock, so a killed run releases it; the temp files such a run left are removed here.
     """
-    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
-    run_dir.mkdir(parents=True, exist_ok=True)
+    made = made_folders(run_dir)
     try:
         with exclusive(run_dir / ".lock", f"{run_dir}: another compress run is using this run directory; wait for "
                        "it to finish or use a different [pipeline] output_dir"):
@@ -202,8 +201,21 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         if made and [p.name for p in run_dir.iterdir()] == [".lock"]:
             with contextlib.suppress(OSError):
                 (run_dir / ".lock").unlink()
-                for folder in made:
-                    folder.rmdir()
+            remove_folders(made)
+
+
+def made_folders(folder: Path) -> list[Path]:
+    """Make `folder` with its parents; return the ones made here, deepest first (for `remove_folders`)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) where they are empty; one that is not stays, and so do its parents."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 @contextlib.contextmanager

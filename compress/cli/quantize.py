@@ -224,15 +224,14 @@ def _workspace(out_path: Path) -> Iterator[str]:
     again when the command fails and leaves them empty (a rejected .npz left empty folders behind)."""
     import tempfile
 
-    made = [p for p in (out_path.parent, *out_path.parent.parents) if not p.exists()]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    from compress.cache import made_folders, remove_folders
+
+    made = made_folders(out_path.parent)
     try:
         with tempfile.TemporaryDirectory(prefix=f".{out_path.stem}-", dir=out_path.parent) as work:
             yield work
     except BaseException:
-        for folder in made:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_folders(made)
         raise
 
 
