@@ -256,16 +256,24 @@ def test_validate_rejects_what_run_rejects_with_the_same_line(user_dir: Path, br
     assert not (user_dir / "runs").exists() or not any((user_dir / "runs").rglob("*.safetensors"))
 
 
-def test_labels_with_gaps_are_accepted_with_a_warning(user_dir: Path, caplog: pytest.LogCaptureFixture):
+LABEL_GAP = ("pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, one "
+             "per label value; renumber the labels 0..1 if the gaps are not meant")
+
+
+def _labels_with_a_gap(user_dir: Path) -> None:
+    """The table's labels doubled: 0 and 2, label 1 never occurs; the teacher trained here (its checkpoint has 2
+    outputs)."""
     with np.load(user_dir / "table.npz") as z:
         x, y = z["x"], z["y"]
-    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
+    np.savez(user_dir / "table.npz", x=x, y=y * 2)
     replace(user_dir, 'checkpoint = "teacher.pt"', '[teacher.train]\nepochs = 1')
+
+
+def test_labels_with_gaps_are_accepted_with_a_warning(user_dir: Path, caplog: pytest.LogCaptureFixture):
+    _labels_with_a_gap(user_dir)
     result = invoke(user_dir, "validate", "pipeline.toml")
     assert result.exit_code == 0, result.output
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
-        "warning: pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, "
-        "one per label value; renumber the labels 0..1 if the gaps are not meant"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [f"warning: {LABEL_GAP}"]
 
 
 def test_what_the_console_says_of_the_data_is_in_the_reports_warnings(user_dir: Path):
@@ -274,14 +282,10 @@ def test_what_the_console_says_of_the_data_is_in_the_reports_warnings(user_dir: 
     from compress.data import load_data
     from compress.report import data_section
 
-    with np.load(user_dir / "table.npz") as z:
-        x, y = z["x"], z["y"]
-    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
+    _labels_with_a_gap(user_dir)
     cfg = load_config(user_dir / "pipeline.toml")
     data = load_data(cfg.data, seed=0, base_dir=user_dir, origin="pipeline.toml: data.source")
-    assert data_section(data, [], {})["warnings"] == [
-        "pipeline.toml: data.source: labels run 0..2 but these values never occur: 1; models get 3 outputs, one per "
-        "label value; renumber the labels 0..1 if the gaps are not meant"]
+    assert data_section(data, [], {})["warnings"] == [LABEL_GAP]
 
 
 def test_a_data_warning_still_reaches_the_console_without_verbose(user_dir: Path):
@@ -290,14 +294,11 @@ def test_a_data_warning_still_reaches_the_console_without_verbose(user_dir: Path
     import subprocess
     import sys
 
-    with np.load(user_dir / "table.npz") as z:
-        x, y = z["x"], z["y"]
-    np.savez(user_dir / "table.npz", x=x, y=y * 2)  # labels 0 and 2: label 1 never occurs
-    replace(user_dir, 'checkpoint = "teacher.pt"', '[teacher.train]\nepochs = 1')
+    _labels_with_a_gap(user_dir)
     done = subprocess.run([sys.executable, "-m", "compress", "validate", "pipeline.toml"], cwd=user_dir,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "warning: pipeline.toml: data.source: labels run 0..2 but these values never occur: 1" in done.stderr
+    assert f"warning: {LABEL_GAP}" in done.stderr
 
 
 def test_the_model_codes_digest_follows_the_local_modules_it_imports(tmp_path: Path):
