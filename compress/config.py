@@ -54,8 +54,9 @@ class ModelSection(Section):
                                    "(a teacher trained with classes the data never shows; the student then needs the "
                                    "same). "
                                    "For hf: models, settings of the folder's config.json to override (e.g. "
-                                   "num_hidden_layers = 2, or hidden_size = 256 with num_attention_heads = 8 for a classifier; an "
-                                   "embedding student keeps its teacher's width); the weights then start from scratch.")
+                                   "num_hidden_layers = 2, or hidden_size = 256 with num_attention_heads = 8 for a "
+                                   "classifier; an embedding student keeps its teacher's width); the weights then "
+                                   "start from scratch.")
     pooling: Literal["mean", "cls"] = Field("mean", description="hf: models, embedding task: the sentence embedding "
                                             "is the mean of the token states over the attention mask "
                                             "(sentence-transformers' default) or the [CLS] token's state.")

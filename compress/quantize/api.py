@@ -175,11 +175,13 @@ def _time_qat(attempts: list[dict[str, Any]], note: dict[str, Any], providers: l
     """QAT against the PTQ graph it started from, timed paired into note["paired"]: the same graph with other
     values runs the same kernels, so the same speed (within noise)."""
     rows = [a for a in attempts if a.get("side_by_side")]
-    pair = [Path(a["path"]) for a in rows]
-    if len(pair) == 2 and (rows[-1].get("qat") or {}).get("best_epoch") == 0:
+    if len(rows) != 2:
+        return
+    if (rows[-1].get("qat") or {}).get("best_epoch") == 0:
         note["paired"] = []  # no epoch beat the post-training values, which it holds: the same model, not timed
-    elif len(pair) == 2:
-        note["paired"] = timing.paired_latency(pair[0], pair[1], providers, list(batch_sizes), threads, feed, settings)
+        return
+    ptq, qat = (Path(a["path"]) for a in rows)
+    note["paired"] = timing.paired_latency(ptq, qat, providers, list(batch_sizes), threads, feed, settings)
 
 
 def _named(record: dict[str, Any], gate: Gate) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from compress.errors import CompressError
+from compress.onnx.graph import fixed_batch
+from compress.onnx.skeleton import graph_of
 from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, WEIGHTED, QuantizeConfig
 from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY, with_gemm_matmuls
-from compress.onnx.graph import fixed_batch
-from compress.onnx.skeleton import graph_of
 from compress.quantize.lean import one_model_in_ort_quantizer, release
 from compress.quantize.prepare import is_large, quiet_onnx_runtime, save
 from compress.quantize.sensitivity import (FOLD_BYTES, RANK_BYTES, activation_bytes, feeding_outputs, feeds_reader as

@@ -36,7 +36,6 @@ def outlier_activations(model_path: Path, calibration: Sequence[dict[str, np.nda
     import onnxruntime as ort
 
     from compress.onnx.skeleton import graph_of
-
     from compress.quantize.lean import release, weights_to_file
     from compress.quantize.prepare import is_large
 

@@ -68,8 +68,7 @@ def preprocess(src: Path, dst: Path, mode: str) -> str:
 def is_large(path: Path) -> bool:
     """Whether the model at `path` (with its external data) is too big to go through one serialized protobuf:
     ORT's quantizer and pre-processor then write external data too. Half the limit leaves room for what they add."""
-    from compress.onnx.graph import PROTOBUF_LIMIT
-    from compress.onnx.graph import model_bytes
+    from compress.onnx.graph import PROTOBUF_LIMIT, model_bytes
 
     return model_bytes(path) > PROTOBUF_LIMIT // 2  # the graph parsed once a file
 

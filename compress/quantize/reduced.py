@@ -5,8 +5,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compress.quantize.config import WEIGHTED
 from compress.onnx.skeleton import graph_of
+from compress.quantize.config import WEIGHTED
 
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
                "QGemm", "DynamicQuantizeLSTM", "QEmbedLayerNormalization")

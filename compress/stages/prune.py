@@ -78,7 +78,7 @@ def run(ctx: StageContext) -> StageResult:
     warning = collapse_warning(steps, metric)  # compress.prune.control
     if warning:
         log.warning(warning)
-        info["markdown"] += ["", f"**{warning[len('warning: '):]}**"]
+        info["markdown"] += ["", f"**{warning.removeprefix('warning: ')}**"]
     final, why = _pick(name, info.get("control"), metric, _reason(base.name, ctx.state.final_reason))
     return StageResult(artifacts=tuple(r.torch for r in records), models=tuple(records),
                        state=RunState(final=final, final_reason=why), info=info)
