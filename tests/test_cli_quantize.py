@@ -1028,3 +1028,48 @@ def test_mode_qat_says_in_one_line_that_it_needs_a_pipeline(tmp_path: Path):
         "error: --mode qat: quantization-aware training distils the model from its teacher, which compress quantize "
         "does not have; use --mode static here, or [quantize] mode = 'qat' in a pipeline (compress run)")
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["quantize", "bench", "edge"])
+def test_a_symlink_to_a_model_with_external_data_reads_the_data_beside_its_target(tmp_path: Path, command: str):
+    # setup: the model and its .data in one folder, a link to the model alone in another (onnx looked for the data
+    # beside the link, ONNX Runtime refused data outside the resolved model's folder: "re-export the model")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").mkdir()
+    external_mlp(tmp_path / "real" / "m.onnx")
+    link = tmp_path / "link" / "m.onnx"
+    link.symlink_to(tmp_path / "real" / "m.onnx")
+    args = {"quantize": ["--out", tmp_path / "q.onnx", "--mode", "dynamic", "--max-accuracy-drop", "1"],
+            "bench": ["--min-runs", "3", "--repetitions", "1", "--time-budget", "2"],
+            "edge": ["--out", tmp_path / "edge"]}[command]
+    # execute
+    result = CliRunner().invoke(main, [command, str(link), *map(str, args)])
+    # assert
+    assert result.exit_code == 0, result.output
+    assert "re-export" not in result.output
+
+
+def test_a_symlink_whose_data_is_linked_beside_it_stays_as_given(tmp_path: Path):
+    # a Hugging Face cache snapshot: the model and its data both links, into a folder of blobs with other names
+    from compress.onnx.graph import model_home
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snapshot").mkdir()
+    external_mlp(tmp_path / "blobs" / "m.onnx")
+    (tmp_path / "blobs" / "m.onnx").rename(tmp_path / "blobs" / "abc123")
+    (tmp_path / "blobs" / "m.onnx.data").rename(tmp_path / "blobs" / "def456")
+    (tmp_path / "snapshot" / "m.onnx").symlink_to(tmp_path / "blobs" / "abc123")
+    (tmp_path / "snapshot" / "m.onnx.data").symlink_to(tmp_path / "blobs" / "def456")
+    model = tmp_path / "snapshot" / "m.onnx"
+    assert model_home(model) == model
+    # ONNX Runtime reads it (bench); onnx refuses data that is a link (quantize, edge): one line with the way out
+    assert CliRunner().invoke(main, ["bench", str(model), "--min-runs", "3", "--repetitions", "1",
+                                     "--time-budget", "2"]).exit_code == 0
+    for args in (["quantize", str(model), "--out", str(tmp_path / "q.onnx"), "--mode", "dynamic"],
+                 ["edge", str(model), "--out", str(tmp_path / "edge")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == (
+            f"error: {model}: its external data m.onnx.data is a symbolic link (a Hugging Face cache snapshot keeps "
+            "its files so), which onnx refuses to read; copy the model and its data into one folder (cp -L m.onnx "
+            "m.onnx.data DIR/) and pass the copy")

@@ -66,7 +66,10 @@ MAX_MODEL_BYTES = 2 * 1024**3
 
 
 def check_model_file(model_path: str | Path) -> Path:
-    """Check that `model_path` is a readable, complete ONNX (or ORT-format) model; CompressError otherwise."""
+    """Check that `model_path` is a readable, complete ONNX (or ORT-format) model; CompressError otherwise. Returns
+    the path to read it from (compress.onnx.graph.model_home: a symlink's target where its weights lie beside that)."""
+    from compress.onnx.graph import model_home
+
     path = Path(model_path)
     if not path.exists():
         raise CompressError(f"{path}: no such file; pass the path of an .onnx model")
@@ -81,7 +84,7 @@ def check_model_file(model_path: str | Path) -> Path:
     stat = path.stat()
     seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if seen in _CHECKED:  # a command checks one file several times (quantize: three, 0.2 s each on a ResNet-50)
-        return path
+        return model_home(path)
     from compress.onnx.skeleton import graph_of
 
     try:
@@ -94,7 +97,7 @@ def check_model_file(model_path: str | Path) -> Path:
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise CompressError(f"{path}: ONNX graph has no nodes or no outputs; {_what_else(path)}")
     _CHECKED.add(seen)
-    return path
+    return model_home(path)
 
 
 _CHECKED: set[tuple[str, int, int]] = set()

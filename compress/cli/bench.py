@@ -133,7 +133,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         rows_of(base_doc, baseline)  # a malformed baseline is refused before anything is timed
     given = check_model_file(model)
     if against is not None:
-        check_model_file(against)
+        against = check_model_file(against)
     check_dims_named(given, dim_sizes, *([against] if against is not None else []))
     if given.suffix.lower() != ".ort":  # ORT says what an .ort model takes
         from compress.onnx.graph import batch_axes_for

@@ -71,9 +71,9 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
                         "--activation-type": activation_type != "auto"})
     from compress.bench.inputs import parse_batch_axes
     from compress.edge.shapes import specialised
-    from compress.onnx.graph import batch_axes_for, load_model
+    from compress.onnx.graph import batch_axes_for, load_model, model_home
 
-    bound: dict = {}
+    model, bound = model_home(model, onnx_reads_weights=True), {}  # after `out` is named: it stays the user's
     if fix or fix_inputs:
         model, bound, _ = specialised(model, Path(out) / f"{model.stem}.fixed.onnx", fix, fix_inputs)
     axes = batch_axes_for(load_model(model, weights=False).graph, parse_batch_axes(batch_axes), model.name, set(bound))

@@ -33,6 +33,37 @@ def load_model(onnx_path: Path, *, weights: bool = True) -> "onnx.ModelProto":
     return model
 
 
+def model_home(onnx_path: Path, *, onnx_reads_weights: bool = False) -> Path:
+    """`onnx_path`, or the file it links to when it is a symlink whose external data lies beside its target and
+    not beside the link: onnx reads external data beside the path it is given, while ONNX Runtime refuses data
+    outside the folder of the resolved model file, so neither could read such a model through its link. A link whose
+    data is linked beside it too (a Hugging Face cache snapshot) stays as given: ONNX Runtime reads it, onnx refuses
+    data that is a symlink, so where onnx must read the weights (`onnx_reads_weights`) that is a CompressError with
+    the way out."""
+    import onnx
+
+    from compress.onnx.skeleton import graph_of
+
+    path = Path(onnx_path)
+    if not path.is_file() or path.suffix.lower() == ".ort":
+        return path
+    try:
+        model = graph_of(path)
+    except Exception:  # noqa: BLE001 - not a model: the caller's own check says so
+        return path
+    places = sorted({next((e.value for e in t.external_data if e.key == "location"), "")
+                     for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL})
+    if path.is_symlink() and places and not all((path.parent / p).is_file() for p in places):
+        target = path.resolve()
+        return target if all((target.parent / p).is_file() for p in places) else path
+    linked = next((p for p in places if (path.parent / p).is_symlink()), None)
+    if onnx_reads_weights and linked is not None:
+        raise CompressError(f"{path}: its external data {linked} is a symbolic link (a Hugging Face cache snapshot "
+                            "keeps its files so), which onnx refuses to read; copy the model and its data into one "
+                            f"folder (cp -L {path.name} {linked} DIR/) and pass the copy")
+    return path
+
+
 def graph_inputs(graph: "onnx.GraphProto") -> list["onnx.ValueInfoProto"]:
     """The inputs a caller feeds: graph inputs that are not initializers (old IR versions list weights as inputs)."""
     initializers = {init.name for init in graph.initializer}
