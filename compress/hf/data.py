@@ -45,7 +45,8 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
     labels = (np.asarray([names.index(v) for v in rows.labels], dtype=np.int64) if cfg.task == "classification"
               else np.full(len(rows.texts), -1, dtype=np.int64))
     parts = _split(labels, cfg.val_fraction, cfg.test_fraction, seed, origin,
-                   names if cfg.task == "classification" else None)
+                   names if cfg.task == "classification" else None,
+                   texts=rows.texts if rows.pairs is None else list(zip(rows.texts, rows.pairs)), path=path)
     key = _key(path, folder, cfg, seed)
     cached = _read_cache(cache_dir, key)
     if cached is None:
@@ -74,17 +75,41 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
 
 
 def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin: str,
-           names: Sequence[str] | None = None) -> dict[str, Any]:
+           names: Sequence[str] | None = None, *, texts: Sequence[Any] | None = None,
+           path: Path | None = None) -> dict[str, Any]:
     """Seeded train / val / test row indices, stratified by label (compress.data.arrays.stratified_split: every
     class keeps its fractions, and a class too small for a split is named, given `names`; the embedding task's
-    labels are all -1, so it is one random split)."""
+    labels are all -1, so it is one random split). Rows of the same text (`texts`: a row's text, or its pair) go to
+    one split together, split as one row (its first's label), with one warning: a test text that was trained on
+    would read as learned. Without repeats the rows are those of the plain split."""
+    import numpy as np
+
     from compress.data.arrays import stratified_split
 
-    train, val, test = stratified_split(labels, val_fraction, test_fraction, seed, origin if names else None, names)
+    group, firsts = _groups(texts if texts is not None else range(len(labels)))
+    labels = np.asarray(labels)
+    train, val, test = stratified_split(labels[firsts], val_fraction, test_fraction, seed, origin if names else None,
+                                        names)
+    if len(firsts) < len(labels):
+        repeated = np.bincount(group)
+        log.warning("warning: %s: %s: %d texts appear more than once (%d rows); each text's rows are kept in one "
+                    "split, so none is both trained on and scored", origin, path, int((repeated > 1).sum()),
+                    int(repeated[repeated > 1].sum()))
+        train, val, test = (np.flatnonzero(np.isin(group, part)) for part in (train, val, test))
     parts = {"train": train, "val": val, **({"test": test} if test_fraction else {})}
     if not all(len(v) for v in parts.values()):
         raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out validation and test splits")
     return parts
+
+
+def _groups(texts: Sequence[Any]) -> tuple[Any, Any]:
+    """(each row's group: rows of the same text share one, numbered in order of first appearance; each group's
+    first row)."""
+    import numpy as np
+
+    first: dict[Any, int] = {}
+    group = np.fromiter((first.setdefault(t, len(first)) for t in texts), dtype=np.int64)
+    return group, np.unique(group, return_index=True)[1]
 
 
 LABEL_ORDER = "numeric when every label is an integer"

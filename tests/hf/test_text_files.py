@@ -148,3 +148,32 @@ def test_the_token_cache_key_of_a_file_that_never_set_workers_is_the_one_it_had(
     before = hashlib.sha256(here.read_bytes())  # the key as c06e842 computed it, for a folder with no tokenizer file
     before.update(json.dumps([cfg.model_dump(mode="json"), 0, LABEL_ORDER], sort_keys=True).encode())
     assert _key(here, here.parent / "no-such-folder", cfg, 0) == before.hexdigest()
+
+
+def test_the_rows_of_a_repeated_text_land_in_one_split(tmp_path, caplog):
+    # before: each row was split alone, so 3 copies of a text went to train and test alike (scored on what it learned)
+    import logging
+
+    import numpy as np
+
+    from compress.data.arrays import stratified_split
+    from compress.hf.data import _split
+
+    texts = [f"text {i % 30}" for i in range(90)]
+    labels = np.asarray([i % 30 % 2 for i in range(90)], dtype=np.int64)
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        parts = _split(labels, 0.2, 0.2, 0, "o", ("a", "b"), texts=texts, path=tmp_path / "t.tsv")
+    seen: dict[str, set] = {}
+    for name, rows in parts.items():
+        for i in rows.tolist():
+            seen.setdefault(texts[i], set()).add(name)
+    assert all(len(s) == 1 for s in seen.values()) and len(seen) == 30
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(90))
+    assert {name: len(rows) for name, rows in parts.items()} == {"train": 54, "val": 18, "test": 18}
+    assert caplog.messages == [f"warning: o: {tmp_path / 't.tsv'}: 30 texts appear more than once (90 rows); each "
+                               "text's rows are kept in one split, so none is both trained on and scored"]
+    # without repeats, the rows of the plain split
+    unique = [f"text {i}" for i in range(90)]
+    plain = stratified_split(labels, 0.2, 0.2, 0)
+    got = _split(labels, 0.2, 0.2, 0, "o", ("a", "b"), texts=unique)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, got.values()))
