@@ -187,3 +187,24 @@ def test_a_val_split_beside_the_class_folders_without_train_is_refused(tmp_path:
         load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
     make_folder(tmp_path / "ok", {"valid": 6, "invalid": 6})  # classes that happen to be named like a split
     assert load_data(DataConfig(source="images:ok"), seed=0, base_dir=tmp_path).class_names == ["invalid", "valid"]
+
+
+def test_links_to_one_image_are_kept_in_one_split(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # before: each link was an image of its own, so a copy could be trained on and its twin scored in test
+    import os
+
+    root = make_folder(tmp_path / "imgs", {"ant": 12, "bee": 12})
+    for name in ("ant", "bee"):  # every image of a class twice more, as links (a class balanced by links)
+        for i in range(12):
+            for k in (1, 2):
+                (root / name / f"{i:03d}-link{k}.png").symlink_to(root / name / f"{i:03d}.png")
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        data = load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    where: dict[str, set[str]] = {}
+    for part in ("train", "val", "test"):
+        for p in getattr(data, part).paths:
+            where.setdefault(os.path.realpath(p), set()).add(part)
+    assert len(where) == 24 and all(len(parts) == 1 for parts in where.values())
+    assert len(data.train) + len(data.val) + len(data.test) == 72
+    assert caplog.messages == [f"warning: data.source: {root}: 24 images are reached by more than one path (72 paths: "
+                               "symbolic links to one file); each image's paths are kept in one split"]

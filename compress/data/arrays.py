@@ -177,6 +177,25 @@ def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: in
     return rows
 
 
+def grouped_split(y: Any, keys: Any, val_fraction: float, test_fraction: float, seed: int,
+                  origin: str | None = None, names: Any = None) -> tuple[tuple[Any, Any, Any], tuple[int, int]]:
+    """`stratified_split` in which the rows of one key (the same text, the same image file reached by two links) go
+    to one split together, split as one row with its first row's label: a held-out row that was trained on too would
+    read as learned. Returns ((train, val, test), (keys seen more than once, their rows)); without repeats the rows
+    are those of the plain split."""
+    import numpy as np
+
+    first: dict[Any, int] = {}
+    group = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(y))
+    firsts = np.unique(group, return_index=True)[1]
+    rows = stratified_split(np.asarray(y)[firsts], val_fraction, test_fraction, seed, origin, names)
+    if len(firsts) == len(y):
+        return rows, (0, 0)
+    repeated = np.bincount(group)
+    return (tuple(np.flatnonzero(np.isin(group, part)) for part in rows),  # type: ignore[return-value]
+            (int((repeated > 1).sum()), int(repeated[repeated > 1].sum())))
+
+
 def smallest_held_class(val_fraction: float, test_fraction: float) -> int:
     """The fewest examples a class needs for stratified_split to give it a row in every split it makes."""
     for n in range(2, 100_000):

@@ -10,6 +10,7 @@ file that fails is reported (file, reason) and skipped, up to `[data] max_bad_fr
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,7 +110,7 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     import numpy as np
 
     from compress.data import DataBundle
-    from compress.data.arrays import fingerprint, smallest_held_class, stratified_split
+    from compress.data.arrays import fingerprint, grouped_split, smallest_held_class
 
     root = Path(cfg.source[len("images:"):])
     root = root if root.is_absolute() else base_dir / root
@@ -137,7 +138,11 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     paths, labels = found["train"]["paths"], np.asarray(found["train"]["labels"], dtype=np.int64)
     val_f = 0.0 if "val" in found else cfg.val_fraction
     test_f = 0.0 if "test" in found else cfg.test_fraction
-    train_rows, val_rows, test_rows = stratified_split(labels, val_f, test_f, seed)
+    (train_rows, val_rows, test_rows), (repeats, links) = grouped_split(
+        labels, [os.path.realpath(p) for p in paths], val_f, test_f, seed)
+    if repeats:  # links to one file: a copy held out would be scored on what the model trained on
+        log.warning("warning: %s: %s: %d images are reached by more than one path (%d paths: symbolic links to one "
+                    "file); each image's paths are kept in one split", origin, root, repeats, links)
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}
     size = _image_size(cfg, paths[0], origin)
     mean, std, how_stats = _stats(cfg, [paths[r] for r in train_rows], size, origin)
@@ -206,8 +211,6 @@ def _scan(folder: Path, classes: list[str], origin: str) -> dict:
 def _image_files(d: Path) -> list[Path]:
     """Image files under d at any depth, sorted; symlinked folders are followed (each real folder once; a link to a
     folder above d, a loop, is not), hidden names left out."""
-    import os
-
     files, seen, above = [], set(), {str(p) for p in Path(os.path.realpath(d)).parents}
     for top, dirs, names in os.walk(d, followlinks=True):
         real = os.path.realpath(top)

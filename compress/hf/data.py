@@ -82,34 +82,18 @@ def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin:
     labels are all -1, so it is one random split). Rows of the same text (`texts`: a row's text, or its pair) go to
     one split together, split as one row (its first's label), with one warning: a test text that was trained on
     would read as learned. Without repeats the rows are those of the plain split."""
-    import numpy as np
+    from compress.data.arrays import grouped_split
 
-    from compress.data.arrays import stratified_split
-
-    group, firsts = _groups(texts if texts is not None else range(len(labels)))
-    labels = np.asarray(labels)
-    train, val, test = stratified_split(labels[firsts], val_fraction, test_fraction, seed, origin if names else None,
-                                        names)
-    if len(firsts) < len(labels):
-        repeated = np.bincount(group)
+    (train, val, test), (repeats, rows) = grouped_split(labels, texts if texts is not None else range(len(labels)),
+                                                        val_fraction, test_fraction, seed, origin if names else None,
+                                                        names)
+    if repeats:
         log.warning("warning: %s: %s: %d texts appear more than once (%d rows); each text's rows are kept in one "
-                    "split, so none is both trained on and scored", origin, path, int((repeated > 1).sum()),
-                    int(repeated[repeated > 1].sum()))
-        train, val, test = (np.flatnonzero(np.isin(group, part)) for part in (train, val, test))
+                    "split, so none is both trained on and scored", origin, path, repeats, rows)
     parts = {"train": train, "val": val, **({"test": test} if test_fraction else {})}
     if not all(len(v) for v in parts.values()):
         raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out validation and test splits")
     return parts
-
-
-def _groups(texts: Sequence[Any]) -> tuple[Any, Any]:
-    """(each row's group: rows of the same text share one, numbered in order of first appearance; each group's
-    first row)."""
-    import numpy as np
-
-    first: dict[Any, int] = {}
-    group = np.fromiter((first.setdefault(t, len(first)) for t in texts), dtype=np.int64)
-    return group, np.unique(group, return_index=True)[1]
 
 
 LABEL_ORDER = "numeric when every label is an integer"
