@@ -63,6 +63,17 @@ class LineProgress:
         pass
 
 
+def step(bar: Any, *, last: bool = False) -> None:
+    """One step (a quantization attempt) done on `bar`, whose total counts what may still run. The last of a search
+    (it stops early when one meets the budget or remedies cannot help) fills a terminal's bar; a log's line keeps
+    the total and says "done" (a total shrunk to the count, "1/6" then "2/2", read as a second search)."""
+    if last and isinstance(bar, LineProgress):
+        bar.set_postfix_str("done")
+    elif last:
+        bar.total = bar.n + 1
+    bar.update(1)
+
+
 @contextlib.contextmanager
 def quiet_fd(fd: int, into: Path | None = None) -> Iterator[None]:
     """Send what native code writes to file descriptor `fd` (1 or 2) into `into` (or nowhere) for the duration:

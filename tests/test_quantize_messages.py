@@ -55,10 +55,10 @@ def _invoke(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _counts(stderr: str, mode: str) -> list[tuple[int, int]]:
-    """(done, total) of each progress line."""
-    return [(int(n), int(total)) for n, total in
-            re.findall(rf"^quantize \({mode}\): (\d+)/(\d+) attempt \(", stderr, flags=re.MULTILINE)]
+def _counts(stderr: str, mode: str) -> list[tuple[int, int, bool]]:
+    """(done, total, whether the line says the search is done) of each progress line."""
+    return [(int(n), int(total), bool(last)) for n, total, last in
+            re.findall(rf"^quantize \({mode}\): (\d+)/(\d+) attempt(, done)? \(", stderr, flags=re.MULTILINE)]
 
 
 def test_a_run_where_no_attempt_could_be_built_says_nothing_could_be_quantized(tmp_path: Path):
@@ -133,12 +133,14 @@ def test_progress_counts_the_attempts_run(tmp_path: Path):
     one = _invoke("quantize", mlp, "--calibration", tmp_path / "calib.npz", "--mode", "dynamic", "--out",
                   tmp_path / "q" / "mlp.onnx", "--pick", "quantized")
     failed = _invoke("quantize", mean, "--calibration", mean_calib, "--out", tmp_path / "q" / "mean.onnx")
-    # assert: one line per attempt, the last one's count its total
+    # assert: one line per attempt; a search that stops early says so on its last line and keeps the total (it
+    # shrank to the count: "1/6 attempt" then "2/2 attempt" read as a second search)
     assert one.exit_code == 0, one.output
     assert len(json.loads((tmp_path / "q" / "mlp.json").read_text())["attempts"]) == 1
-    assert _counts(one.stderr, "dynamic") == [(1, 1)], one.stderr
+    [(n, total, last)] = _counts(one.stderr, "dynamic")
+    assert (n, last) == (1, True) and total > 1, one.stderr
     assert failed.exit_code == 1, failed.output
-    assert _counts(failed.stderr, "static") == [(n, 6) for n in range(1, 7)], failed.stderr
+    assert _counts(failed.stderr, "static") == [(n, 6, False) for n in range(1, 7)], failed.stderr
 
 
 def _paired(ratio: float, low: float, high: float) -> list[dict]:

@@ -13,6 +13,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.onnx.graph import fixed_batch
 from compress.onnx.skeleton import graph_of
+from compress.progress import step
 from compress.quantize import calibrate, histograms
 from compress.quantize.config import METHODS, WEIGHTED, QuantizeConfig
 from compress.quantize.dynamic import DYNAMIC_WHY, OUTLIER_LAYERS_WHY, with_gemm_matmuls
@@ -141,14 +142,6 @@ def exclusion_remedy(attempts: list[dict[str, Any]], attempt: Any, base: Path, c
             return None
         lowest = min(lowest, rec["drop"] if rec["drop"] is not None else lowest)
     return None
-
-
-def step(bar: Any, *, last: bool = False) -> None:
-    """One attempt done on the progress bar, whose total counts what may still run: the last attempt of a search
-    sets it to the attempts run (a search stops early when one meets the budget, or when remedies cannot help)."""
-    if last:
-        bar.total = bar.n + 1
-    bar.update(1)
 
 
 def _rows(feed: dict[str, np.ndarray]) -> int:

@@ -156,13 +156,14 @@ def test_progress_ends_at_the_attempts_run_when_the_exclusion_remedy_stops(setup
     # execute
     result = _run(setup, QuantizeConfig(mode="static", max_accuracy_drop=0.0), calib_x=calib, progress=True,
                   dynamic_remedy=False)
-    # assert: one line per attempt, never past its total, the last one's count its total
-    lines = [(int(n), int(t)) for n, t in re.findall(r"quantize \(static\): (\d+)/(\d+) attempt",
-                                                     capsys.readouterr().err)]
+    # assert: one line per attempt, never past its total, the last one saying the search is done
+    lines = [(int(n), int(t), bool(d)) for n, t, d in re.findall(r"quantize \(static\): (\d+)/(\d+) attempt(, done)?",
+                                                                 capsys.readouterr().err)]
     done = len(result["attempts"])
     assert result["attempts"][-1]["why_tried"].startswith("remedy: 1 most sensitive node kept in float")
-    assert [n for n, _ in lines] == list(range(1, done + 1)) and lines[-1] == (done, done), lines
-    assert all(n <= total for n, total in lines), lines
+    assert [n for n, _, _ in lines] == list(range(1, done + 1)), lines
+    assert [d for _, _, d in lines] == [False] * (done - 1) + [True], lines
+    assert all(n <= total for n, total, _ in lines), lines
 
 
 def test_the_exclusion_remedy_starts_from_a_static_attempt_when_the_dynamic_one_misses(setup: dict) -> None:
