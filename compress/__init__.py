@@ -74,7 +74,8 @@ def search(source, *, storage: str | None = None, trials: int | None = None, max
         raise CompressError(f"search: expected the path of a pipeline .toml file with a [search] section, got "
                             f"{type(source).__name__}")
     limit_heap_growth_for_run()
-    return run_search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress)
+    return run_search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress,
+                      flags=False)
 
 
 __all__ = ["CompressError", "GateFailed", "run", "search", "validate", "__version__"]

@@ -21,21 +21,23 @@ SCHEMA = "compress.search/1"
 
 
 def search(source: str | Path, *, storage: str | None = None, trials: int | None = None,
-           max_minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
+           max_minutes: float | None = None, progress: bool = True, flags: bool = True) -> dict[str, Any]:
     """Run (or resume, or join with `storage`) the study of a pipeline file with a [search] section.
 
     Returns the search report (also runs/<name>/search/report.json). Raises CompressError for bad input (exit 2) and
     GateFailed (exit 1) when no model met the constraints, after writing the best-effort model's best-effort.toml.
     The data is loaded once for the space's checks, the hand-written run and every trial (compress.config.held).
+    `flags`: bad `trials` or `max_minutes` are named as the command line's flags (else as keyword arguments).
     """
     from compress.config import held
 
     with held():
-        return _search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress)
+        return _search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress,
+                       flags=flags)
 
 
 def _search(source: str | Path, *, storage: str | None, trials: int | None, max_minutes: float | None,
-            progress: bool) -> dict[str, Any]:
+            progress: bool, flags: bool) -> dict[str, Any]:
     import optuna
 
     from compress.study.config import SearchConfig, budget_from, with_overrides
@@ -46,7 +48,7 @@ def _search(source: str | Path, *, storage: str | None, trials: int | None, max_
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (search.log)
     path, raw, base_cfg = _load(source)
-    scfg: SearchConfig = with_overrides(base_cfg.search, path, trials=trials, max_minutes=max_minutes)
+    scfg: SearchConfig = with_overrides(base_cfg.search, path, trials=trials, max_minutes=max_minutes, flags=flags)
     params = params_of(scfg.space)
     check_search(base_cfg, raw, path)
     base = {k: v for k, v in raw.items() if k != "search"}

@@ -175,18 +175,22 @@ def budget_from(scfg: SearchConfig, hand_written_p50: float | None) -> SearchCon
     return scfg.model_copy(update={"latency_budget_ms": scfg.latency_budget * hand_written_p50})
 
 
-def with_overrides(scfg: SearchConfig, path: Any, *, trials: int | None = None,
-                   max_minutes: float | None = None) -> SearchConfig:
-    """`scfg` with the command line's --trials and --max-minutes, checked as the file's own values are (a copy with
-    model_copy(update=...) would skip the checks)."""
+def with_overrides(scfg: SearchConfig, path: Any, *, trials: int | None = None, max_minutes: float | None = None,
+                   flags: bool = True) -> SearchConfig:
+    """`scfg` with the command line's --trials and --max-minutes (or compress.search's trials= and max_minutes=:
+    not `flags`), checked as the file's own values are (a copy with model_copy(update=...) would skip the checks)."""
     import math
 
     from compress.errors import CompressError
 
+    def named(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if flags else f"search({key}=...)"
+
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 10_000):
-        raise CompressError(f"{path}: --trials: expected a whole number from 1 to 10000, got {trials!r}")
+        raise CompressError(f"{path}: {named('trials')}: expected a whole number from 1 to 10000, got {trials!r}")
     if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
                                     or not math.isfinite(max_minutes) or max_minutes <= 0):
-        raise CompressError(f"{path}: --max-minutes: expected a number of minutes above 0, got {max_minutes!r}")
+        raise CompressError(f"{path}: {named('max_minutes')}: expected a number of minutes above 0, got "
+                            f"{max_minutes!r}")
     updates = {k: v for k, v in {"trials": trials, "max_minutes": max_minutes}.items() if v is not None}
     return scfg.model_copy(update=updates)
