@@ -160,9 +160,8 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     directory), or a PipelineConfig as it is."""
     if isinstance(source, PipelineConfig):
         return source
-    if isinstance(source, dict):
-        cfg = parse_config(source, Path("<dict>"))
-        cfg = cfg.model_copy(update={"source_path": Path.cwd() / "<dict>"})
+    if isinstance(source, dict):  # every message names it so: <dict> in the folder its relative paths resolve in
+        cfg = parse_config(source, Path.cwd() / "<dict>")
         _check_files(cfg)
         return cfg
     return load_config(source)

@@ -641,3 +641,18 @@ def test_a_run_that_fails_its_checks_leaves_no_run_folder_behind(tmp_path: Path)
     with pytest.raises(CompressError, match="no array 'y'"):
         compress.run(tmp_path / "p.toml")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_dict_configs_errors_name_it_one_way(tmp_path: Path, monkeypatch):
+    # before: a key error read "<dict>: ...", a file check "/cwd/<dict>: ...": two names for one config
+    import compress
+    from compress.errors import CompressError
+
+    monkeypatch.chdir(tmp_path)
+    base = {"pipeline": {"name": "x"}, "data": {"source": "digits"}, "teacher": {"model": "builtin:cnn-large"},
+            "student": {"model": "builtin:cnn-small"}}
+    for section, key, value, rest in (("teacher", "epochs", 3, "teacher.epochs: unknown key"),
+                                      ("data", "source", "npz:missing.npz", "data.source: file not found")):
+        with pytest.raises(CompressError) as caught:
+            compress.validate({**base, section: {**base.get(section, {}), key: value}})
+        assert str(caught.value).startswith(f"{tmp_path / '<dict>'}: {rest}"), caught.value
