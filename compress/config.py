@@ -163,6 +163,7 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     if isinstance(source, dict):  # every message names it so: <dict> in the folder its relative paths resolve in
         cfg = parse_config(source, Path.cwd() / "<dict>")
         _check_files(cfg)
+        _warn_unused_qat(cfg)
         return cfg
     return load_config(source)
 
@@ -284,7 +285,21 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise CompressError(f"{path}: TOML syntax error: {exc}") from exc
     cfg = parse_config(raw, path)
     _check_files(cfg)
+    _warn_unused_qat(cfg)
     return cfg
+
+
+def _warn_unused_qat(cfg: PipelineConfig) -> None:
+    """One warning line for qat_* keys the file sets under a mode that does not train (they were ignored without a
+    word). A warning, not a refusal: a search's trials and its best.toml carry the base file's keys under the mode a
+    trial tried, and a file whose [search.space] tries quantize.mode is not warned at all."""
+    q = cfg.quantize
+    keys = sorted(k for k in q.model_fields_set if k.startswith("qat_")) if q is not None else []
+    if not keys or q.mode == "qat" or (cfg.search is not None and "quantize.mode" in cfg.search.space):
+        return
+    log.warning("warning: %s: quantize.%s: only mode = 'qat' trains, and mode is %r, so %s ignored; set mode = "
+                "'qat', or remove %s", cfg.source_path, ", quantize.".join(keys), q.mode,
+                "it is" if len(keys) == 1 else "they are", "it" if len(keys) == 1 else "them")
 
 
 def parse_config(raw: dict, path: Path) -> PipelineConfig:

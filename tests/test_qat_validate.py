@@ -143,3 +143,23 @@ def test_pad_runs_in_torch_as_onnx_runtime_runs_it():
         got = OPS["Pad"]([torch.from_numpy(x), torch.tensor(pads), None if value is None else torch.tensor(value),
                           None if axes is None else torch.tensor(axes)], {"mode": mode.encode()})
         np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{mode} {pads} {axes}")
+
+
+def test_qat_keys_where_nothing_trains_are_warned_unless_a_search_tries_the_mode(monkeypatch, caplog):
+    # they were ignored without a word; a refusal broke a search's own 'static' trials and its best.toml
+    import logging
+    import tomllib
+
+    from compress.config import as_config
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "search.toml"
+    monkeypatch.chdir(path.parent)  # a dict's relative paths resolve in the working directory
+    raw = tomllib.loads(path.read_text())
+    raw["quantize"] = {**raw.get("quantize", {}), "mode": "static", "qat_epochs": 2, "qat_lr": 1e-4}
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        assert as_config(raw).quantize.qat_epochs == 2
+        assert not [m for m in caplog.messages if "qat" in m]
+        as_config({k: v for k, v in raw.items() if k != "search"})
+    assert [m for m in caplog.messages if "qat" in m] == [
+        f"warning: {path.parent / '<dict>'}: quantize.qat_epochs, quantize.qat_lr: only mode = 'qat' trains, and mode "
+        "is 'static', so they are ignored; set mode = 'qat', or remove them"]
