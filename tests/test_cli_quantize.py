@@ -46,6 +46,9 @@ def test_static_with_labelled_data_writes_int8_model_and_summary(files: dict):
     weights = [i for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights, "the written model holds no int8 weights"
     assert out.with_suffix(".md").read_text().startswith("# compress quantize: mlp.onnx (static)")
+    # each attempt's time (quantized and scored), in the summary and its table: where a run's time went
+    assert all(0 < a["seconds"] < 120 for a in summary["attempts"])
+    assert f"| {summary['attempts'][0]['seconds']:.1f} s | yes |" in out.with_suffix(".md").read_text()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "scratch attempts left behind"
 
 

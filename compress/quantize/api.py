@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -271,6 +272,7 @@ class _Search:
         name = qa.attempt_name(len(self.attempts) + 1, settings)
         path = self.out_dir / f"{name}.onnx"
         record: dict[str, Any] = {"name": name, "settings": settings, "path": str(path), "why_tried": why}
+        started = time.perf_counter()
         try:
             calibrated = qa.quantize_once(self.base, path, settings, self.calib, cap=self.cap)
             if calibrated:
@@ -284,7 +286,9 @@ class _Search:
             return record
         finally:
             release()  # what the quantizer freed is not counted again under the gate's run
-        return self.judged(record, path)
+        record = self.judged(record, path)
+        record["seconds"] = round(time.perf_counter() - started, 2)  # quantized and scored: where a run's time went
+        return record
 
     def judged(self, record: dict[str, Any], path: Path) -> dict[str, Any]:
         """`record` with the gate's figures of the model at `path` and its verdict; appended to the attempts."""
@@ -367,13 +371,14 @@ def attempts_table(attempts: list[dict[str, Any]], gate: dict[str, Any] | None =
     name = ((gate or {}).get("metric") or {}).get("name", "accuracy")
     share = name in qa.FRACTIONS
     unit = "points" if share else "absolute"
-    lines = [f"| attempt | why tried | {name} | drop ({unit}) | size | accepted | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| attempt | why tried | {name} | drop ({unit}) | size | time | accepted | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for a in attempts:
         acc = "-" if a["score"] is None else (f"{100 * a['score']:.2f}%" if share else f"{a['score']:.4f}")
         drop = "-" if a.get("drop") is None else (f"{100 * a['drop']:.2f}" if share else f"{a['drop']:.4f}")
         size = "-" if not a.get("bytes") else f"{a['bytes'] / 1024:.1f} KB"
-        lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | "
+        took = f"{a['seconds']:.1f} s" if a.get("seconds") is not None else "-"
+        lines.append(f"| {a['name']} | {a.get('why_tried', '')} | {acc} | {drop} | {size} | {took} | "
                      f"{'yes' if a['accepted'] else 'no'} | {a.get('reason') or ''} |")
     return lines
 
