@@ -47,6 +47,9 @@ def run(ctx: StageContext) -> StageResult:
                 seq_length=int(ctx.cfg.benchmark.seq_lengths[0]))
         artifacts.append(ctx.rel(path))
         records.append(rec.but(onnx=ctx.rel(path), parity=check))
+    if info:  # whether the optimized graph was kept, and why, in report.md too (it was in report.json alone)
+        info["markdown"] = ["", f"## Export: `optimize = \"{ecfg.optimize}\"`", "",
+                            *[f"- {name}: {r['why']}" for name, r in info.items()]]
     return StageResult(artifacts=tuple(artifacts), models=tuple(records), info=info)
 
 

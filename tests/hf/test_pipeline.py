@@ -73,8 +73,10 @@ max_cosine_drop = 0.05
     distill = report["details"]["distill"]["student"]
     assert distill["kept_layers"] == [0, 3] and distill["layer_map"] == [0, 3]
     assert report["edge"]["ort"]["bytes"] > 0
-    optimized = report["details"]["export"]
+    optimized = {k: v for k, v in report["details"]["export"].items() if k != "markdown"}
     assert set(optimized) == {"teacher", "student"} and all("kept" in o and "why" in o for o in optimized.values())
+    shown = (tmp_path / "runs" / "t" / "report.md").read_text()  # in report.md too, not in report.json alone
+    assert all(f"- {name}: {o['why']}\n" in shown for name, o in optimized.items())
     assert again.exit_code == 0 and all(s["status"] == "cached" for s in
                                         json.loads((tmp_path / "runs" / "t" / "report.json").read_text())["stages"])
 
