@@ -59,8 +59,8 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     Exit 1 when the ORT-format outputs differ from the ONNX ones by more than 1e-5 + 1e-5 x |output|.
     With --provider qnn: the QNN QDQ model, the EPContext model (<stem>.qnn_ctx.onnx) and qnn.json too, measured
     in a child process (a native abort there is exit 1 with one line, edge.json kept); exit 1 when HTP cannot run
-    the whole model with CPU fallback disabled, or misses --max-accuracy-drop. (`compress run` with edge_targets =
-    ["qnn"] reports the same placement in its report and exits 0: there the NPU is one target among the report's.)
+    the whole model without CPU fallback, misses --max-accuracy-drop, or the EPContext model differs from the QDQ
+    one on HTP. (`compress run` with edge_targets = ["qnn"] reports the same, exit 0: the NPU is one target of many.)
     """
     from compress.cache import write_json
     from compress.edge import prepare, readiness_table
@@ -164,6 +164,13 @@ def _npu_gate(model: Path, qnn_section: dict) -> None:
         raise GateFailed(f"{model}: provider qnn: {budget['metric']} on the NPU dropped {budget['drop']:.4f} vs fp32 "
                          f"on the CPU, over --max-accuracy-drop {budget['budget']:g}; {budget.get('where')} "
                          "(edge.json has every figure)")
+    context = qnn_section.get("context") if qnn_section else None
+    if context and (not context["loads"] or not context["parity"]["ok"]):  # what a phone app loads is not what passed
+        from compress.edge.qnn_flow import context_verdict
+
+        raise GateFailed(f"{model}: provider qnn: the EPContext model {context['path']} does not match the QDQ model "
+                         f"measured on HTP ({context_verdict(context).removeprefix('no: ')}); a phone app loads the "
+                         "EPContext model: rebuild it, or ship the QDQ model (edge.json has every figure)")
 
 
 def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str, qnn_options: tuple[str, ...],

@@ -362,13 +362,13 @@ def qnn_table(section: dict[str, Any]) -> str:
     c = section["context"]
     if c:
         lines.append(f"  EPContext model: {c['path']} ({c['bytes']} bytes); loads on HTP and matches the QDQ model: "
-                     f"{_context_verdict(c)}")
+                     f"{context_verdict(c)}")
     if section["latency"]:
         lines.append(f"  latency p50 {section['latency']['p50_ms']:.2f} ms (simulated: not the phone's speed)")
     return "\n".join(lines)
 
 
-def _context_verdict(c: dict[str, Any]) -> str:
+def context_verdict(c: dict[str, Any]) -> str:
     """'yes', or 'no' and why: the EPContext model did not load on HTP (the error's first line), or its outputs
     differ from the QDQ model's on HTP (by how much, against the 1e-6 it is held to: the same compiled graph)."""
     if not c["loads"]:
