@@ -277,8 +277,9 @@ def latency_feed(model: Path, calib: Any, dims: dict[str, int]) -> Any:
             made[batch] = sample_inputs(model, batch=batch, dims=dims)
         return dict(made[batch])
 
-    feed.batch_axes = dict(getattr(dims, "batch_axes", {}) or {})  # type: ignore[attr-defined]
-    return feed
+    from compress.quantize.timing import Feed
+
+    return Feed(feed, dict(getattr(dims, "batch_axes", {}) or {}))
 
 
 def input_names(model: Path) -> list[str]:

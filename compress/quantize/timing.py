@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,24 @@ def _paired_rows(float_path: Path, quant_path: Path, providers: list[str], batch
     return rows
 
 
+@dataclass(frozen=True)
+class Feed:
+    """The inputs latency is timed on at a batch size (`make(batch)`), with the axes each input is batched on
+    (compress quantize's latency_feed): a row's batch and throughput are read on them (a state [2, N, 64] listed
+    first was read as batch 2, twice the items). Any callable taking a batch size serves as a feed on axis 0."""
+
+    make: Callable[[int], dict[str, np.ndarray]]
+    batch_axes: dict[str, int | None] | None = None
+
+    def __call__(self, batch: int) -> dict[str, np.ndarray]:
+        return self.make(batch)
+
+
 def _axes(feed: Callable[[int], dict[str, np.ndarray]]) -> Any:
-    """The feed's batch axes for the harness (`feed.batch_axes`, set by compress quantize's latency_feed): a row's
-    batch and throughput are read on them (a state [2, N, 64] listed first was read as batch 2, twice the items)."""
+    """The feed's batch axes for the harness (a `Feed`'s; axis 0 for any other callable)."""
     from compress.bench.inputs import Dims
 
-    return Dims(batch_axes=getattr(feed, "batch_axes", None))
+    return Dims(batch_axes=feed.batch_axes if isinstance(feed, Feed) else None)
 
 
 def timed_together(float_path: Path, quant_path: Path, providers: list[str], batch_sizes: list[int], threads: int,
