@@ -67,7 +67,21 @@ def load_document(path: str | Path) -> dict[str, Any]:
         raise CompressError(f"{p}: expected a JSON object with 'latency' or 'models', got {type(doc).__name__}")
     if not isinstance(doc.get("models"), list) and not isinstance(doc.get("latency"), list):
         raise CompressError(f"{p}: no 'latency' rows or 'models' list; expected a bench --json output or a report.json")
+    for key, ok, want in SHAPES:  # read by the comparability checks: a wrong type was a traceback and exit 1
+        if doc.get(key) is not None and not ok(doc[key]):
+            raise CompressError(f"{p}: {key}: expected {want}, got {type(doc[key]).__name__} "
+                                f"{shorten(repr(doc[key]), 60)}; pass the file bench --json wrote")
     return doc
+
+
+SHAPES = (("inputs", lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
+           "an object of input name -> {shape, type}"),
+          ("fixed", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+           "a list of NAME=VALUE strings"),
+          ("dims", lambda v: isinstance(v, dict), "an object of dimension name -> size"),
+          ("fed", lambda v: isinstance(v, dict) and all(isinstance(s, list) for s in v.values()),
+           "an object of input name -> shape"))
+"""The top-level keys of a bench --json output besides its rows, and the form each must have."""
 
 
 def rows_of(doc: dict[str, Any], path: str | Path) -> dict[Key, dict[str, Any]]:

@@ -41,6 +41,10 @@ def mismatches(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if isinstance(base.get("dims"), dict) and isinstance(new.get("dims"), dict) and base["dims"] != new["dims"]:
         shown = [", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none" for d in (base["dims"], new["dims"])]
         out.append(f"timed at different --dim sizes ({shown[0]} vs {shown[1]})")  # documents before 2026-12-07 say none
+    if isinstance(base.get("fed"), dict) and isinstance(new.get("fed"), dict) and base["fed"] != new["fed"]:
+        shown = ["; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in sorted(d.items()))
+                 for d in (base["fed"], new["fed"])]
+        out.append(f"timed on --inputs of different shapes ({shown[0]} vs {shown[1]})")
     fixed = fixed_differ(base.get("fixed"), new.get("fixed"))
     return out + ([fixed] if fixed else [])
 

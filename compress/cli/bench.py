@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from compress.cli.bench_options import check_conflicts, parse_provider_options
+from compress.cli.bench_options import check_axis_fixes, check_conflicts, parse_provider_options
+from compress.cli.types import Number
 from compress.errors import CompressError, GateFailed
 
 
@@ -74,7 +75,7 @@ def _check_comparable(base_doc: dict[str, Any], new_doc: dict[str, Any], strict:
 @click.option("--against", type=click.Path(path_type=Path),
               help="Time OLD.onnx and MODEL interleaved in this process and judge the paired ratios; exit 1 on "
                    "regression.")
-@click.option("--max-regression", type=click.FloatRange(min=0), default=0.10, show_default=True,
+@click.option("--max-regression", type=Number(min=0), default=0.10, show_default=True,
               help="Allowed slowdown of p50 as a fraction (0.10 = 10%).")
 @click.option("--io-binding/--no-io-binding", default=None,
               help="Bind inputs/outputs on the device so copies are not timed [default: on for CUDA/TensorRT].")
@@ -86,9 +87,9 @@ def _check_comparable(base_doc: dict[str, Any], new_doc: dict[str, Any], strict:
               "of a report line.")
 @click.option("--warmup", "warmup_runs", type=click.IntRange(min=0), default=None, help="Warm-up runs per session.")
 @click.option("--min-runs", type=click.IntRange(min=1), default=None, help="Timed runs per repetition, at least.")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=None, help="Timed seconds per repetition, at least.")
+@click.option("--min-seconds", type=Number(min=0), default=None, help="Timed seconds per repetition, at least.")
 @click.option("--repetitions", type=click.IntRange(min=1), default=None, help="Independent repetitions (fresh sessions).")
-@click.option("--time-budget", "time_budget", type=click.FloatRange(min=0), default=None,
+@click.option("--time-budget", "time_budget", type=Number(min=0), default=None,
               help="Seconds per row: slower models get fewer runs and repetitions to fit [default: 12; 0 = none].")
 @click.option("--kit", "kit_dir", type=click.Path(path_type=Path), help="Also write an on-device benchmark kit here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -126,7 +127,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     names = [resolve_provider(p) for p in providers]
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
-    for note in check_conflicts(names, options, batches, threads, dim_sizes, fix, inputs_npz, edge, json_out):
+    for note in check_conflicts(names, options, batches, threads, dim_sizes, fix, inputs_npz, edge, json_out,
+                                baseline):
         click.echo(note, err=True)
     base_doc = load_document(baseline) if baseline is not None else None
     if base_doc is not None:
@@ -140,6 +142,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         from compress.onnx.skeleton import graph_of
 
         graph = graph_of(given).graph  # not checked: ORT's first run says what fails
+        check_axis_fixes(graph, fix, dim_sizes)
         dim_sizes.batch_axes = batch_axes_for(graph, dim_sizes.batch_axes, given.name,
                                               {f.partition("=")[0] for f in fix_inputs})
     if inputs_npz is None and dim_sizes:
@@ -200,27 +203,33 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
         _against(model, old, names, batch_sizes, list(threads), settings, max_regression,
                  inputs_for_batch, dim_sizes, json_out, shown=(against, given), fixed=fixed)
         return
-    base_rows = None if base_doc is None else _baseline_rows(base_doc, baseline, given, model, names,
-                                                             {"fixed": fixed, "dims": dict(dim_sizes)},
+    timed_on = {"fixed": fixed, "dims": dict(dim_sizes)}  # what else sizes the work a row times
+    if inputs_for_batch is not None:  # --inputs: the model's inputs read the same at seq 16 and 256
+        timed_on["fed"] = {k: list(getattr(v, "shape", ())) for k, v in arrays.items()}
+    base_rows = None if base_doc is None else _baseline_rows(base_doc, baseline, given, model, names, timed_on,
                                                              settings.strict)
     recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
                          inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet, recheck=recheck)
     click.echo(latency_table(result["latency"], result["unavailable"]))
+    if not result["latency"]:  # a JSON of no rows was written, exit 0, and refused by the gate it was made for
+        why = "; ".join(f"{u['provider']}: {u['reason']}" for u in result["unavailable"]) or "no row ran"
+        raise CompressError(f"{given}: nothing was timed ({why}); name a provider this machine has")
 
     if json_out is not None:
         from compress.bench.identity import model_inputs
 
         doc = bench_document(given, result, environment(), _settings_dict(settings), model_inputs(model))
-        doc["dims"] = dict(dim_sizes)  # --dim sizes: another seq times another graph's worth of work
-        if fixed:
-            doc["fixed"] = fixed  # timed with these dimensions and inputs fixed (--fix-dim, --fix-input)
+        doc.update({k: v for k, v in timed_on.items() if v or k == "dims"})  # --dim, --fix-dim, --inputs shapes
         from compress.cache import write_json
 
         write_json(json_out, doc)  # temp file + rename: a killed run never leaves half a JSON for a later gate
         click.echo(f"wrote {json_out}")
     if kit_dir is not None:
         _make_kit(model, kit_dir, batch_sizes[0], inputs_for_batch, dim_sizes, names, options, list(threads), settings)
+        if len(batch_sizes) > 1:
+            click.echo(f"note: the kit times batch {batch_sizes[0]} only (the first --batch); compare its result "
+                       "with this run without --strict, or run bench once per batch for a kit each", err=True)
     if base_rows is not None:
         _baseline_gate(given, baseline, base_rows, result, max_regression, settings.strict)
 
@@ -228,7 +237,7 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
 @click.command()
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
-@click.option("--max-regression", type=click.FloatRange(min=0), default=0.10, show_default=True,
+@click.option("--max-regression", type=Number(min=0), default=0.10, show_default=True,
               help="Allowed slowdown of p50 as a fraction (0.10 = 10%).")
 @click.option("--strict", is_flag=True, help="Results of different pipelines, models, inputs or providers are an "
               "error (exit 2) instead of a warning. Use it in CI.")
@@ -261,8 +270,11 @@ def _baseline_rows(base_doc: dict[str, Any], baseline: Path, given: Path, model:
     from compress.bench.environment import environment
     from compress.bench.identity import model_inputs
 
+    import onnxruntime as ort
+
+    here = set(ort.get_available_providers())  # one this onnxruntime lacks is not measured: no "different providers"
     planned = {"inputs": model_inputs(model), "environment": environment(), **shapes,  # fixed dims, --dim sizes
-               "latency": [{"provider": name} for name in names]}
+               "latency": [{"provider": name} for name in names if name in here]}
     _check_comparable(base_doc, planned, strict, f"--baseline {baseline}", f"--baseline {baseline} and {given}")
     return rows_of(base_doc, baseline)
 

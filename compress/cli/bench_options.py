@@ -24,7 +24,7 @@ def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 
 def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[int, ...], threads: tuple[int, ...],
                     dims: dict[str, int], fix: tuple[str, ...], inputs_npz: Path | None, edge: bool,
-                    json_out: Path | None) -> list[str]:
+                    json_out: Path | None, baseline: Path | None = None) -> list[str]:
     """Options that would be ignored, or found wrong only after the timing: one line, before a run (each was taken
     silently: --inputs timed its own batch of 3 under --batch 8 --batch 16, a --json folder failed after every row
     was timed). Returns the notes to print: --edge sets batch 1 and 1 thread over --batch and --threads."""
@@ -42,5 +42,33 @@ def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[in
                             "--provider for it or drop the option")
     if json_out is not None and json_out.is_dir():
         raise CompressError(f"--json {json_out}: a folder; give a file path (e.g. {json_out / 'bench.json'})")
+    if json_out is not None and baseline is not None and _same_file(json_out, baseline):
+        # the run was written over the baseline before it was judged: a regression replaced what it regressed from
+        raise CompressError(f"--json {json_out}: the --baseline file itself; write the new result elsewhere, and "
+                            "replace the baseline once the build passes")
     over = " and ".join(o for o, on in (("--batch", batches != (1,)), ("--threads", threads != (1,))) if on)
     return [f"note: --edge times batch 1 on 1 thread (the edge profile), not the {over} given"] if edge and over else []
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path, or links to one file)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_axis_fixes(graph: Any, fix: tuple[str, ...], dims: dict[str, int]) -> None:
+    """--fix-dim INPUT:AXIS=V on an axis whose symbolic name --dim also sizes: the fixed copy is what is timed, so the
+    --dim value was ignored while the result recorded it (the NAME=V form was refused already)."""
+    inputs = {v.name: v for v in graph.input}
+    for item in fix:
+        target, _, _ = item.partition("=")
+        name, colon, axis = target.rpartition(":")
+        if not colon or name not in inputs or not axis.strip().lstrip("-").isdigit():
+            continue
+        shape = inputs[name].type.tensor_type.shape.dim
+        at = int(axis)
+        if -len(shape) <= at < len(shape) and shape[at].dim_param in dims:
+            raise CompressError(f"--dim {shape[at].dim_param}: --fix-dim {item} fixes that axis ({name}'s "
+                                f"{shape[at].dim_param}) in the model; give it once")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from compress.cli.types import Number
 from compress.errors import InputsRejected
 
 
@@ -44,7 +45,7 @@ from compress.errors import InputsRejected
                    "uint16, each only when the graph before it misses the budget on its own codes).")
 @click.option("--qnn-option", "qnn_options", multiple=True, metavar="KEY=VALUE",
               help="qnn: QNN EP provider option, e.g. htp_arch=73 or soc_model=57 for the phone's chip.")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+@click.option("--max-accuracy-drop", type=Number(0, 1), default=0.01, show_default=True,
               help="qnn: the NPU's budget: largest drop vs fp32 on the CPU of accuracy (with labels 'y'), else of "
                    "top-1 agreement (class logits) or cosine (other outputs); exit 1 past it.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,

@@ -22,6 +22,7 @@ import click
 
 from compress.cli.quantize_data import (calibration_batches, gate_from, input_names, latency_feed,
                                        read_inputs, remedy_rows)
+from compress.cli.types import Number
 from compress.errors import CompressError, GateFailed
 
 log = logging.getLogger("compress")
@@ -48,17 +49,17 @@ log = logging.getLogger("compress")
 @click.option("--lower-is-better", is_flag=True, help="The --metric figure is better when lower (a loss, an error).")
 @click.option("--output", "outputs", multiple=True, metavar="NAME",
               help="Judge only this output in the agreement gate (repeatable; default: every output).")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+@click.option("--max-accuracy-drop", type=Number(0, 1), default=0.005, show_default=True,
               help="Budget of the accuracy or top-1 agreement gate, as a fraction.")
-@click.option("--max-cosine-drop", type=click.FloatRange(0, 2), default=0.01, show_default=True,
+@click.option("--max-cosine-drop", type=Number(0, 2), default=0.01, show_default=True,
               help="Budget of the per-output cosine gate: largest drop of the mean cosine to fp32.")
-@click.option("--max-metric-drop", type=click.FloatRange(0), default=0.01, show_default=True,
+@click.option("--max-metric-drop", type=Number(0), default=0.01, show_default=True,
               help="Budget of --metric, in the metric's own units.")
 @click.option("--pick", type=click.Choice(["fastest", "quantized"]), default="fastest", show_default=True,
               help="fastest: ship int8 only when it is significantly faster; quantized: whenever it meets the budget.")
 @click.option("--exclude", "exclude", multiple=True, metavar="NODE_OR_OP",
               help="Keep this node (by name) or every node of this op type in float (repeatable).")
-@click.option("--max-memory", "max_memory_mb", type=click.FloatRange(min=1), default=None, metavar="MB",
+@click.option("--max-memory", "max_memory_mb", type=Number(min=1), default=None, metavar="MB",
               help="Cap on the activations that calibration and the sensitivity ranking hold: their batches and "
                    "samples are sized to fit [default: half of the memory available]. It does not bound the model's "
                    "own copies (quantizing holds its weights about 4 times over); a cap below those is said before "
