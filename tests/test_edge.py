@@ -217,7 +217,15 @@ def test_kit_runs_with_this_interpreter_and_reports_other_hardware_as_unavailabl
     assert row["ci95_p50_ms"][0] <= row["p50_ms"] <= row["ci95_p50_ms"][1] and row["throughput_per_s"] > 0
     assert entry["parity"] == {"max_abs_diff": 0.0, "top1_agreement": 1.0}
     assert [u["provider"] for u in entry["unavailable"]] == [p for p in asked if p not in measured]
-    assert strict.returncode == 1 and "unavailable under --strict: NnapiExecutionProvider" in strict.stderr
+    assert strict.returncode == 2 and "unavailable under --strict: NnapiExecutionProvider" in strict.stderr
+    # bad usage is exit 2, as `compress bench` (a typo exited 0 with nothing timed; a bad option 1, a "regression")
+    typo = _run_kit(sys.executable, kit, "--provider", "xnnpak", "--json", "typo.json")
+    assert typo.returncode == 2 and typo.stderr.startswith("error: --provider: unknown provider 'xnnpak'")
+    assert not (kit / "typo.json").exists()
+    nothing = _run_kit(sys.executable, kit, "--provider", "nnapi")
+    assert nothing.returncode == 2 and "error: nothing was timed: NnapiExecutionProvider: " in nothing.stderr
+    option = _run_kit(sys.executable, kit, "--provider-option", "cpu:x")
+    assert option.returncode == 2 and "error: --provider-option: expected PROVIDER:KEY=VALUE" in option.stderr
     assert "compress compare local.json device.json" in (kit / "README.txt").read_text()
     assert "Paired with the older model" not in (kit / "README.txt").read_text()
 

@@ -30,8 +30,9 @@ On the device (Python >= 3.8):
   kit-venv/bin/python bench_kit.py --provider xnnpack --provider cpu --threads 1 --threads 4 --json device.json
   kit-venv/bin/python bench_kit.py --provider nnapi --provider-option nnapi:use_fp16=1 --strict --json device.json
 
-Providers default to {providers}. A provider this onnxruntime lacks is listed under "unavailable" (exit 1 only
-with --strict). Outputs are checked against {expected}; the max abs diff is in the JSON under "parity".
+Providers default to {providers}. A provider this onnxruntime lacks is listed under "unavailable"
+(exit 2 with --strict, or when nothing could be timed); a name onnxruntime does not know is exit 2. Outputs
+are checked against {expected}; the max abs diff is in the JSON under "parity".
 
 Back on the workstation:
   compress compare local.json device.json

@@ -13,8 +13,8 @@ It also checks that outputs on this device match the ones recorded when the kit 
 A kit made with `compress bench NEW --against OLD --kit DIR` also times NEW against OLD (against.onnx) in
 alternating blocks on this device and judges the paired ratio (paired_kit.py); --no-against skips it.
 Each row carries where the nodes ran on this device (placement_kit.py: ORT's verbose placement log).
-Exit codes: 0 done; 1 a paired regression, or under --strict a provider was unavailable, left nodes to the CPU
-provider, or outputs differ past --atol; 2 bad usage.
+Exit codes: 0 done; 1 a paired regression, or under --strict nodes left to the CPU provider or outputs past --atol;
+2 bad usage (an unknown provider name, a bad option), nothing timed, or under --strict a provider this build lacks.
 """
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ ALIASES = {
     "dml": "DmlExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
+
+
+def usage(line):
+    """One line on stderr, exit 2, as `compress bench` (SystemExit("...") exits 1: read as a regression)."""
+    print("error: %s" % line, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def provider_name(name):
@@ -186,7 +192,7 @@ def parse_options(items):
         prov, sep, kv = item.partition(":")
         key, sep2, value = kv.partition("=")
         if not sep or not sep2 or not key:
-            raise SystemExit("error: --provider-option: expected PROVIDER:KEY=VALUE, got %r" % item)
+            usage("--provider-option: expected PROVIDER:KEY=VALUE, got %r" % item)
         out.setdefault(provider_name(prov), {})[key] = value
     return out
 
@@ -229,8 +235,8 @@ def parse_args(argv, kit):
                    help="no thread spinning (battery-powered boards; default: kit.json, set by compress bench --edge)")
     p.add_argument("--spin", dest="no_spin", action="store_false", help="thread spinning even if kit.json says not")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 when a requested provider is unavailable, leaves nodes to the CPU provider, or "
-                        "outputs differ past --atol")
+                   help="exit 2 when a requested provider is unavailable; exit 1 when one leaves nodes to the CPU "
+                        "provider, or outputs differ past --atol")
     p.add_argument("--atol", type=float, default=kit["atol"], help="allowed max abs diff vs recorded outputs")
     p.add_argument("--no-against", action="store_true", help="skip the paired comparison with the kit's old model")
     args = p.parse_args(argv)
@@ -340,6 +346,8 @@ def main(argv=None):
     with np.load(os.path.join(HERE, kit["expected"]), allow_pickle=False) as data:
         expected = [data["output_%d" % i] for i in range(len(data.files))]
     providers = list(dict.fromkeys(provider_name(x) for x in (args.provider or kit["providers"])))
+    for p in (p for p in providers if p not in ort.get_all_providers()):  # a typo, not a provider this build lacks
+        usage("--provider: unknown provider %r (short names: %s)" % (p, ", ".join(sorted(ALIASES))))
     threads = list(dict.fromkeys(args.threads or kit["threads"]))
     options = dict((provider_name(k), v) for k, v in kit.get("provider_options", {}).items())
     for prov, opts in parse_options(args.provider_option).items():
@@ -349,6 +357,10 @@ def main(argv=None):
     sys.dont_write_bytecode = True  # the kit folder stays as it was copied
     sys.path.insert(0, HERE)  # the kit's other scripts: placement_kit.py, paired_kit.py
     jobs, unavailable, parity = open_jobs(model, feed, expected, providers, threads, options, args)
+    if args.strict and unavailable:
+        usage("unavailable under --strict: %s" % ", ".join(u["provider"] for u in unavailable))
+    if not jobs:  # a report of no rows, which `compress compare` refuses
+        usage("nothing was timed: %s" % "; ".join("%s: %s" % (u["provider"], u["reason"]) for u in unavailable))
     time_jobs(jobs, model, feed, options, args)
     rows = [latency_row(job, batch, options, args) for job in jobs]
     report = report_of(kit, model, rows, unavailable, parity)
@@ -380,10 +392,6 @@ def main(argv=None):
     if regressed:
         print("error: slower than %s beyond +%d%% on %s" % (kit["against"], round(100 * kit["max_regression"]),
               ", ".join("%s x%.3f" % (r["provider"], r["ratio"]) for r in regressed)), file=sys.stderr)
-        return 1
-    if args.strict and unavailable:
-        print("error: unavailable under --strict: %s" % ", ".join(u["provider"] for u in unavailable),
-              file=sys.stderr)
         return 1
     return 0
 
