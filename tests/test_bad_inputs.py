@@ -516,6 +516,8 @@ BENCH_CASES = {
     "inputs-strings": (_inputs(x=np.array(["a", None], dtype=object)), ["--inputs", "in.npz"],
                        ["in.npz: holds object arrays (strings, lists), which compress does not unpickle"]),
     "inputs-missing": (lambda d: small_onnx(d / "m.onnx").name, ["--inputs", "nope.npz"], ["nope.npz: no such file"]),
+    "inputs-not-npz": (lambda d: small_onnx(d / "m.onnx").name, ["--inputs", "m.onnx"],  # was "holds object arrays"
+                       ["m.onnx: not an .npz (numpy.savez writes a zip archive; this is not one); --inputs expects"]),
     "unknown-provider": (lambda d: small_onnx(d / "m.onnx").name, ["--provider", "tpu"],
                          ["provider: unknown provider 'tpu'; did you mean 'cpu'?"]),
     "bad-dim": (lambda d: small_onnx(d / "m.onnx").name, ["--dim", "batch=0"], ["--dim: expected NAME=POSITIVE_INT"]),

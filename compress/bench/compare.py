@@ -65,6 +65,10 @@ def load_document(path: str | Path) -> dict[str, Any]:
         raise CompressError(f"{p}: not valid JSON ({exc}); pass a bench --json output or a report.json") from None
     if not isinstance(doc, dict):
         raise CompressError(f"{p}: expected a JSON object with 'latency' or 'models', got {type(doc).__name__}")
+    if doc.get("schema") == "compress.paired/1":  # bench --against's own --json: its verdict is already in it
+        raise CompressError(f"{p}: a `bench NEW --against OLD` result: it holds paired ratios, judged when it was "
+                            "written ('regressed' per row), not latency rows; compare takes `bench --json` results "
+                            "of one model each (or rerun bench --against)")
     if not isinstance(doc.get("models"), list) and not isinstance(doc.get("latency"), list):
         raise CompressError(f"{p}: no 'latency' rows or 'models' list; expected a bench --json output or a report.json")
     for key, ok, want in SHAPES:  # read by the comparability checks: a wrong type was a traceback and exit 1

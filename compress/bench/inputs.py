@@ -51,6 +51,8 @@ def parse_dims(items: Iterable[str], batch_axes: Iterable[str] = ()) -> Dims:
                                 "input with --fix-dim INPUT:AXIS=VALUE")
         if not sep or not name or size < 1:
             raise CompressError(f"--dim: expected NAME=POSITIVE_INT (e.g. seq=128), got {item!r}")
+        if dims.get(name, size) != size:  # the last one was taken, without a word
+            raise CompressError(f"--dim {item}: {name} is given twice ({name}={dims[name]} too); give it once")
         dims[name] = size
     return dims
 
@@ -181,6 +183,9 @@ def read_npz(path: str | Path, *, expects: str, only: Any = None) -> dict[str, n
     p = Path(path)
     if not p.is_file():
         raise CompressError(f"{p}: no such file; {expects}")
+    with open(p, "rb") as f:
+        if f.read(2) != b"PK":  # a zip archive; numpy took anything else for a pickle ("holds object arrays": untrue)
+            raise CompressError(f"{p}: not an .npz (numpy.savez writes a zip archive; this is not one); {expects}")
     try:
         with np.load(p, allow_pickle=False) as data:
             return {k: data[k] for k in data.files if only is None or only(k)}

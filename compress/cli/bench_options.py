@@ -32,6 +32,11 @@ def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[in
     if inputs_npz is not None and given:
         raise CompressError(f"{given[0]}: --inputs {inputs_npz} sets the batch and every shape (its arrays); drop "
                             f"{' and '.join(given)}")
+    seen: dict[str, str] = {}
+    for item in fix:  # the first was fixed, and the second said beside it: "with N=2, N=1 fixed"
+        target = item.partition("=")[0].strip()
+        if seen.setdefault(target, item) != item:
+            raise CompressError(f"--fix-dim {item}: {target} is fixed twice ({seen[target]} too); give it once")
     fixed = {f.partition("=")[0] for f in fix}
     both = sorted(fixed & set(dims))
     if both:

@@ -149,6 +149,12 @@ def test_compare_rejects_non_results(tmp_path: Path):
     junk.write_text('{"hello": 1}')
     result = invoke("compare", junk, junk)
     assert result.exit_code == 2 and "no 'latency' rows or 'models' list" in error_line(result)
+    # bench --against's own --json: said as what it is (it read "expected a bench --json output", which it was)
+    paired = tmp_path / "paired.json"
+    paired.write_text('{"schema": "compress.paired/1", "paired": []}')
+    result = invoke("compare", paired, paired)
+    assert result.exit_code == 2 and error_line(result).startswith(
+        f"error: {paired}: a `bench NEW --against OLD` result: it holds paired ratios")
 
 
 def test_cli_module_import_stays_light():
@@ -179,6 +185,9 @@ def test_kit_gets_the_bench_providers_options_threads_and_timing(small: Path, tm
                                                 "(--provider: CPUExecutionProvider); add --provider for it or drop the "
                                                 "option"),
     (["--json", "DIR"], "error: --json DIR: a folder; give a file path (e.g. DIR/bench.json)"),
+    (["--dim", "batch=2", "--dim", "batch=3"], "error: --dim batch=3: batch is given twice (batch=2 too); give it once"),
+    (["--fix-dim", "batch=2", "--fix-dim", "batch=1"],
+     "error: --fix-dim batch=1: batch is fixed twice (batch=2 too); give it once"),
 ])
 def test_options_that_would_be_ignored_are_one_line_before_timing(small: Path, tmp_path: Path, extra, line):
     # each was taken: --inputs timed its own batch, --fix-dim won over --dim, a --json folder failed after the timing
