@@ -11,44 +11,11 @@ from typing import Any
 
 import click
 
+from compress.cli.bench_gate import (baseline_gate, baseline_rows, check_comparable, gate, looks_slower,
+                                     some_row_matches)
 from compress.cli.bench_options import check_axis_fixes, check_conflicts, parse_provider_options
 from compress.cli.types import Number
 from compress.errors import CompressError, GateFailed
-
-
-def _gate(rows: list[dict[str, Any]], max_regression: float, what: str, strict: bool) -> None:
-    """Exit 1 on a regressed row; a baseline row the new run lacks is a warning (with --strict: exit 2)."""
-    from compress.bench.compare import missing, regressions
-
-    gone = missing(rows)
-    if gone and not strict:
-        click.echo(f"warning: {what}: {len(gone)} baseline row(s) not measured, so not judged: {'; '.join(gone)}",
-                   err=True)
-    bad = regressions(rows)
-    if bad:
-        worst = max(bad, key=lambda r: r["ratio"])
-        raise GateFailed(
-            f"{what}: {len(bad)} of {len(rows)} latency rows regressed beyond +{max_regression:.0%} "
-            f"(worst {worst['provider']} batch {worst['batch']} threads {worst['threads']}: x{worst['ratio']:.3f})"
-        )
-    if gone and strict:
-        raise CompressError(f"{what}: {len(gone)} baseline row(s) not measured, so not judged: {'; '.join(gone)}; "
-                            "measure the same providers, batches and threads, or drop --strict")
-
-
-def _check_comparable(base_doc: dict[str, Any], new_doc: dict[str, Any], strict: bool, warn: str, error: str) -> None:
-    """The checks `compare` and `bench --baseline` share: model identity (with --strict: exit 2) and the machines.
-    `warn` starts each warning line, `error` the --strict error."""
-    from compress.bench.identity import cpu_notes, mismatches
-
-    differ = mismatches(base_doc, new_doc)
-    if differ and strict:
-        raise CompressError(f"{error} are not comparable: {differ[0]}; compare two results of the same pipeline and "
-                            "model, or drop --strict to see the rows anyway")
-    for what in differ:
-        click.echo(f"warning: {warn}: {what}; their rows may compare unrelated models", err=True)
-    for what in cpu_notes(base_doc, new_doc):
-        click.echo(f"warning: {warn}: {what}", err=True)
 
 
 @click.command()
@@ -206,9 +173,12 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
     timed_on = {"fixed": fixed, "dims": dict(dim_sizes)}  # what else sizes the work a row times
     if inputs_for_batch is not None:  # --inputs: the model's inputs read the same at seq 16 and 256
         timed_on["fed"] = {k: list(getattr(v, "shape", ())) for k, v in arrays.items()}
-    base_rows = None if base_doc is None else _baseline_rows(base_doc, baseline, given, model, names, timed_on,
+    base_rows = None if base_doc is None else baseline_rows(base_doc, baseline, given, model, names, timed_on,
                                                              settings.strict)
-    recheck = _looks_slower(base_rows, max_regression) if base_rows is not None else None
+    if base_rows is not None:
+        some_row_matches(base_rows, baseline, names, [1] if settings.edge else batch_sizes,
+                          [1] if settings.edge else list(threads))
+    recheck = looks_slower(base_rows, max_regression) if base_rows is not None else None
     result = bench_model(model, names, batch_sizes, list(threads), settings=settings,
                          inputs_for_batch=inputs_for_batch, dims=dim_sizes, progress=not quiet, recheck=recheck)
     click.echo(latency_table(result["latency"], result["unavailable"]))
@@ -231,7 +201,7 @@ def _bench(given: Path, model: Path, names: list[str], *, batch_sizes: list[int]
             click.echo(f"note: the kit times batch {batch_sizes[0]} only (the first --batch); compare its result "
                        "with this run without --strict, or run bench once per batch for a kit each", err=True)
     if base_rows is not None:
-        _baseline_gate(given, baseline, base_rows, result, max_regression, settings.strict)
+        baseline_gate(given, baseline, base_rows, result, max_regression, settings.strict)
 
 
 @click.command()
@@ -253,50 +223,13 @@ def compare(base: Path, new: Path, max_regression: float, strict: bool) -> None:
     from compress.bench import compare as cmp
 
     base_doc, new_doc = cmp.load_document(base), cmp.load_document(new)
-    _check_comparable(base_doc, new_doc, strict, f"compare: {base} and {new}", f"compare: {base} and {new}")
+    check_comparable(base_doc, new_doc, strict, f"compare: {base} and {new}", f"compare: {base} and {new}")
     verdicts = cmp.compare(cmp.rows_of(base_doc, base), cmp.rows_of(new_doc, new), max_regression,
                            names=(str(base), str(new)))
     click.echo(cmp.table(verdicts, max_regression))
     for line in cmp.machine_warnings(verdicts):
         click.echo(line, err=True)
-    _gate(verdicts, max_regression, f"{new} vs {base}", strict)
-
-
-def _baseline_rows(base_doc: dict[str, Any], baseline: Path, given: Path, model: Path, names: list[str],
-                   shapes: dict[str, Any], strict: bool) -> dict[Any, dict[str, Any]]:
-    """The baseline's rows, after the checks `compare` makes (same model, inputs, providers, fixed dimensions;
-    the machines), run on what is about to be timed, before a single run."""
-    from compress.bench.compare import rows_of
-    from compress.bench.environment import environment
-    from compress.bench.identity import model_inputs
-
-    import onnxruntime as ort
-
-    here = set(ort.get_available_providers())  # one this onnxruntime lacks is not measured: no "different providers"
-    planned = {"inputs": model_inputs(model), "environment": environment(), **shapes,  # fixed dims, --dim sizes
-               "latency": [{"provider": name} for name in names if name in here]}
-    _check_comparable(base_doc, planned, strict, f"--baseline {baseline}", f"--baseline {baseline} and {given}")
-    return rows_of(base_doc, baseline)
-
-
-def _baseline_gate(model: Path, baseline: Any, base_rows: dict[Any, dict[str, Any]], result: dict[str, Any],
-                   max_regression: float, strict: bool) -> None:
-    """`bench MODEL --baseline OLD.json`: the verdict table and the gate (exit 1 on a regression)."""
-    from compress.bench.compare import compare, key_of, machine_warnings, table
-
-    new_rows = {key_of("", r): r for r in result["latency"]}
-    if not new_rows:
-        raise CompressError(f"{model}: no provider could run, nothing to compare with {baseline}")
-    verdicts = compare(base_rows, new_rows, max_regression, names=(str(baseline), f"this run of {model}"))
-    rechecked = [r for r in result["latency"] if r.get("rechecked")]
-    if rechecked:
-        click.echo(f"re-measured {len(rechecked)} row(s) that looked more than {max_regression / 2:.0%} slower; "
-                   "verdicts use both looks")
-    click.echo("")
-    click.echo(table(verdicts, max_regression))
-    for line in machine_warnings(verdicts):
-        click.echo(line, err=True)
-    _gate(verdicts, max_regression, f"{model} vs {baseline}", strict)
+    gate(verdicts, max_regression, f"{new} vs {base}", strict)
 
 
 def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int], threads: list[int],
@@ -339,24 +272,6 @@ def _against(model: Path, old: Path, providers: list[str], batch_sizes: list[int
         raise GateFailed(f"{shown[1]} vs {shown[0]}: {len(bad)} of {len(rows)} paired rows regressed beyond "
                          f"+{max_regression:.0%} (worst {worst['provider']} batch {worst['batch']} threads "
                          f"{worst['threads']}: x{worst['ratio']:.3f})")
-
-
-def _looks_slower(base_rows: dict[Any, dict[str, Any]], max_regression: float) -> Any:
-    """recheck(row) for bench_model: True when the row's ratio to its baseline exceeds half the budget.
-
-    Half, not the full budget: a first look just under the line can be the lucky one, and a second look costs
-    seconds only for the rows near or past it (A/A under load: benchmarks/bench_aa_ab.py, README).
-    """
-    from compress.bench.compare import compare, key_of
-
-    def recheck(row: dict[str, Any]) -> bool:
-        try:
-            verdict = compare(base_rows, {key_of("", row): row}, max_regression)
-        except CompressError:  # no baseline row to look at: the gate says so once every row is timed
-            return False
-        return any(v["ratio"] is not None and v["ratio"] > 1.0 + max_regression / 2 for v in verdict)
-
-    return recheck
 
 
 def _fixed(model: Path, work: Path, fix: tuple[str, ...], fix_inputs: tuple[str, ...] = (), say: bool = True) -> Path:

@@ -126,3 +126,15 @@ def test_a_kit_of_one_batch_says_so_when_several_were_timed(base, tmp_path: Path
     assert result.exit_code == 0, result.output
     assert ("note: the kit times batch 1 only (the first --batch); compare its result with this run without "
             "--strict, or run bench once per batch for a kit each") in result.output
+
+
+def test_a_baseline_with_no_row_this_run_times_is_refused_before_timing(base, monkeypatch):
+    # before: every row was timed first, then "no latency row ... matches", exit 2
+    from compress.bench import harness
+
+    model, baseline = base
+    monkeypatch.setattr(harness, "bench_model", lambda *a, **k: pytest.fail("timed before the check"))
+    result = invoke("bench", model, "--threads", "2", "--baseline", baseline, *FAST)
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: --baseline {baseline}: none of its rows (CPUExecutionProvider batch 1 threads 1) is among the rows "
+        "this run times (rows match on provider, batch and threads); time the same ones")
