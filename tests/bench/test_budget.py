@@ -25,6 +25,14 @@ def test_a_1_ms_model_keeps_the_full_settings():
     assert settings == BenchSettings() and not info["cut"] and info["seconds"] == 12.0
 
 
+def test_a_fast_model_cut_to_a_budget_still_times_for_the_budget():
+    # before: min_seconds went to 0, so a 7 us model cut under 4 s timed 3 x 100 runs (cv 12%); under 5 s, 369,457
+    settings, info = budget.plan(BenchSettings(time_budget_seconds=4), 7e-6, reference=True)
+    assert info["cut"] and settings.min_runs == 100
+    spent = budget.estimate_seconds(settings, 7e-6, True)
+    assert 0.5 * 4 * budget.USABLE_FRACTION <= spent <= 4 * budget.USABLE_FRACTION, spent  # was 0.002 s
+
+
 def test_no_budget_never_cuts():
     settings, info = budget.plan(BenchSettings(time_budget_seconds=0), 0.5, reference=True)
     assert settings.repetitions == 5 and not info["cut"]
@@ -43,7 +51,8 @@ def test_a_row_is_cut_to_a_small_budget(tmp_path: Path):
     # assert: planned from the probe, so the counts are what the plan says, whatever the load
     b = row["budget"]
     assert b["cut"] and b["seconds"] == 1.0 and row["repetitions"] == b["repetitions"] <= 3
-    assert row["runs"] <= b["repetitions"] * b["runs_per_repetition"] < 5 * 100
+    assert b["repetitions"] * b["runs_per_repetition"] <= row["runs"]  # at least the runs planned, in the time
+    assert sum(row["samples_ms"]) / 1e3 <= 1.0  # that fits (a fast row times for its share of the budget)
     assert row["warmup_runs"] == b["warmup_runs"] <= 20
 
 
