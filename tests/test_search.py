@@ -96,6 +96,12 @@ def study(tmp_path_factory) -> tuple[Path, dict]:
     ('"pipeline.seed" = [1, 2]', ["search.space", "pipeline.seed", "the study's"]),
     ('"student.kwargs.width" = 8', ["search.space: student.kwargs.width: expected a list of choices ([8] for one) or "
                                     "a range { low = ..., high = ... }, got 8"]),
+    # a key under a kwargs value: a TypeError traceback, exit 1
+    ('"student.kwargs.width.x" = [1]', ["search.space.student.kwargs.width.x", "student.kwargs.width is a value (int "
+                                        "8), not a table a key can go under"]),
+    # a float range on a whole-number key: its ends and middle read as whole numbers, every trial failed
+    ('"distill.patience" = { low = 1.0, high = 3.0 }', ["search.space.distill.patience", "valid integer",
+                                                        "write low and high as whole numbers (1, not 1.0)"]),
 ])
 def test_space_is_checked_at_load(tmp_path, space, fragments):
     folder = _folder(tmp_path)
@@ -113,6 +119,19 @@ def test_space_is_checked_at_load(tmp_path, space, fragments):
     result = invoke(folder, "search", "s.toml", "--quiet")
     assert_one_line_error(result, folder, "s.toml", *fragments)
     assert not (folder / "runs").exists()  # nothing trained before the check
+
+
+def test_a_target_this_machine_cannot_run_is_refused_at_load(tmp_path):
+    # before: validate said ok; search trained the hand-written pipeline, then every trial failed on it (exit 1)
+    from tests.conftest import absent_provider
+
+    absent, name = absent_provider()
+    folder = _folder(tmp_path, **{"pruner = \"none\"": f"pruner = \"none\"\ntarget = {{ provider = \"{absent}\" }}"})
+    for command in ("validate", "search"):
+        result = invoke(folder, command, "s.toml")
+        assert_one_line_error(result, folder, "s.toml", f"search.target.provider: {name} is not available",
+                              "the study measures every trial there")
+    assert not (folder / "runs").exists()
 
 
 def test_objective_needs_its_budget(tmp_path):

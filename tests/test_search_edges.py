@@ -235,6 +235,9 @@ def test_overrides_in_python_are_checked(tmp_path):
         compress.search(folder / "s.toml", max_minutes=-1.0, progress=False)
     assert str(minutes.value) == (f"{folder / 's.toml'}: search(max_minutes=...): expected a number of minutes above "
                                   "0, got -1.0")
+    with pytest.raises(CompressError) as storage:
+        compress.search(folder / "s.toml", storage="notaurl", progress=False)
+    assert str(storage.value).startswith("search(storage=...) notaurl: Optuna could not open it")
 
 
 def test_the_last_lines_say_when_the_clock_stopped_the_trials(tmp_path, monkeypatch):
@@ -249,6 +252,50 @@ def test_the_last_lines_say_when_the_clock_stopped_the_trials(tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     assert "max_minutes stopped the trials at 1 of 2" in result.stdout
     assert "max_minutes" in (folder / "runs/tiny/search/search.log").read_text()
+
+
+def test_a_study_that_measured_no_trial_leaves_no_earlier_winner_beside_its_report(tmp_path, monkeypatch):
+    # before: an earlier study's best.toml and winner.onnx stayed beside a report.json whose winner is null
+    from compress.study.loop import Loop
+
+    folder = _folder(tmp_path, **SMALL)
+    root = folder / "runs/tiny/search"
+    root.mkdir(parents=True)
+    for name in ("best.toml", "winner.onnx"):
+        (root / name).write_text("from an earlier study")
+    monkeypatch.setattr(Loop, "_out_of_time", lambda self: True)
+    result = invoke(folder, "search", "s.toml", "--quiet")
+    assert result.exit_code == 1 and "no trial was measured" in result.output, result.output
+    assert json.loads((root / "report.json").read_text())["search"]["winner"] is None
+    assert not (root / "best.toml").exists() and not (root / "winner.onnx").exists()
+
+
+def test_list_choices_are_searched_without_optunas_warnings(tmp_path, recwarn):
+    # before: four UserWarning lines a trial ("should be a tuple of None, bool, int, float and str for persistent
+    # storage"), also under --quiet, for hidden = [[16, 16], [32]] as builtin:mlp takes it
+    import compress
+
+    folder = _folder(tmp_path, **{**SMALL, '[student]\nmodel = "builtin:cnn-small"\nkwargs = { width = 8 }':
+                                  '[student]\nmodel = "builtin:mlp"\nkwargs = { hidden = [8] }',
+                                  '"student.kwargs.width" = [4, 8, 16]': '"student.kwargs.hidden" = [[8], [8, 8]]'})
+    section = compress.search(folder / "s.toml", progress=False)["search"]
+    assert section["winner"]["params"]["student.kwargs.hidden"] in ([8], [8, 8])
+    assert not [w for w in recwarn if "categorical distribution" in str(w.message)]
+
+
+def test_two_studies_in_one_run_folder_keep_their_own_trial_folders(tmp_path):
+    # before: both wrote trials/0000, so the first study's records pointed at the second's models
+    import compress
+
+    folder = _folder(tmp_path, **SMALL)
+    first = compress.search(folder / "s.toml", progress=False)["search"]
+    text = (folder / "s.toml").read_text()
+    (folder / "s.toml").write_text(text.replace("pruner = \"none\"", "pruner = \"none\"\nseed = 7"))  # a new study
+    second = compress.search(folder / "s.toml", progress=False)["search"]
+    assert first["study"] != second["study"]
+    dirs = [Path(s["trials"][0]["run_dir"]) for s in (first, second)]
+    assert dirs[0] != dirs[1] and all(d.parent.name == s["study"] for d, s in zip(dirs, (first, second)))
+    assert (dirs[0] / "report.json").is_file()  # the first study's trial is still its own
 
 
 def test_best_toml_is_valid_toml_whatever_the_characters():

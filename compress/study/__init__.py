@@ -29,9 +29,14 @@ def search(source: str | Path, *, storage: str | None = None, trials: int | None
     The data is loaded once for the space's checks, the hand-written run and every trial (compress.config.held).
     `flags`: bad `trials` or `max_minutes` are named as the command line's flags (else as keyword arguments).
     """
+    import warnings
+
     from compress.config import held
 
-    with held():
+    with held(), warnings.catch_warnings():
+        # a list choice ([16, 16] hidden layers, as builtin:mlp takes) is stored and resumed as JSON, which is what
+        # Optuna warns of for "persistent storage", four lines a trial, also under --quiet
+        warnings.filterwarnings("ignore", message="Choices for a categorical distribution", category=UserWarning)
         return _search(source, storage=storage, trials=trials, max_minutes=max_minutes, progress=progress,
                        flags=flags)
 
@@ -56,7 +61,7 @@ def _search(source: str | Path, *, storage: str | None, trials: int | None, max_
     # the stage store beside every run folder: keys are content hashes, so any study (or two) may share it
     store, started = base_cfg.run_dir.parent / ".stages", time.time()
     with _search_lock(root, own=storage is None):
-        rdb = storage_for(storage, root / "study.db")  # a URL that cannot be opened says so before anything trains
+        rdb = storage_for(storage, root / "study.db", flags=flags)  # a bad URL is said before anything trains
         say = _sayer(root / "search.log", progress)
         baseline = _baseline(base, path, scfg, store, root, say, progress)
         kept = scfg.model_dump(mode="json", exclude={"trials", "max_minutes"})  # a rerun with more trials: same study

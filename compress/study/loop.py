@@ -238,7 +238,8 @@ class Loop:
 
     def _trial(self, trial: Any, started: float) -> Any:
         values = {p.path: p.suggest(trial) for p in self.params}
-        run_dir = run_dir_for(self.root / "trials", trial.user_attrs.get("retry_of", trial.number))
+        # per study: two studies in one run folder numbered their trials alike, and the later overwrote the earlier's
+        run_dir = run_dir_for(self.root / "trials" / self.study_name, trial.user_attrs.get("retry_of", trial.number))
         trial.set_user_attr("run_dir", str(run_dir))
         raw = trial_raw(self.base, values, self.scfg, run_dir, short=True)
         outcome = self._too_slow(raw, run_dir)

@@ -25,6 +25,8 @@ def finish(*, study: Any, scfg: Any, base: dict, base_cfg: Any, source: Path, ro
         section = _section(scfg, rows, baseline, extra)
         if not finalists:
             section.update(best_effort=True, winner=None, finalists=[])
+            for stale in WINNER_FILES:  # an earlier study's winner beside a report that says "winner": null
+                (root / stale).unlink(missing_ok=True)
             _write(root, section, rows, baseline, [], scfg)
             from compress.errors import GateFailed
 
@@ -135,12 +137,16 @@ def _finalist(f: dict[str, Any]) -> dict[str, Any]:
             "constraints": f["constraints"], **_public(f["outcome"].to_json())}
 
 
+WINNER_FILES = ("best.toml", "best-effort.toml", "winner.onnx", "best-effort.onnx")
+"""What a study writes of its verdict: a CI step reads them, so none outlives the study that wrote it."""
+
+
 def _write_winner(root: Path, winner: dict[str, Any], best_effort: bool, base_dir: Path) -> dict[str, Any]:
     """best.toml and winner.onnx beside it; best-effort.toml and best-effort.onnx when nothing was feasible (a CI
     step that looks for winner.onnx must not find one then)."""
     name, model = ("best-effort.toml", "best-effort.onnx") if best_effort else ("best.toml", "winner.onnx")
     toml_path = root / name
-    for stale in ({"best.toml", "best-effort.toml", "winner.onnx", "best-effort.onnx"} - {name, model}):
+    for stale in set(WINNER_FILES) - {name, model}:
         (root / stale).unlink(missing_ok=True)  # the other verdict's files, from an earlier round
     o = winner["outcome"]
     header = (f"compress search: the {'best effort (nothing met the constraints)' if best_effort else 'winner'}, "

@@ -53,7 +53,11 @@ class Param:
         if self.choices is not None:
             return list(self.choices)
         middle = (self.low + self.high) / 2 if not self.log else (self.low * self.high) ** 0.5
-        return [self.low, self.high, middle if not self.integer else int(middle)]
+        if self.integer:
+            return [self.low, self.high, int(middle)]
+        # a float range samples fractions: one is tried too (1.0 to 3.0 on a whole-number key passed as 1, 2 and 3,
+        # then every trial failed)
+        return [self.low, self.high, middle, *([] if self.step else [self.low + (self.high - self.low) / 3])]
 
 
 def params_of(space: dict[str, Any]) -> list[Param]:
@@ -76,8 +80,11 @@ def apply(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
             off.add(parts[0])
             continue
         node = out
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # kwargs = { hidden = [16] } under "student.kwargs.hidden.x": a TypeError
+                raise CompressError(f"{'.'.join(parts[:i + 1])} is a value ({type(node).__name__} "
+                                    f"{node!r:.40}), not a table a key can go under")
         node[parts[-1]] = value
     for section in off:
         out.pop(section, None)
@@ -91,8 +98,31 @@ def check_search(cfg: Any, raw: dict[str, Any] | None, path: Path) -> None:
     if scfg.short_epochs > epochs:  # a finalist scored under its own trial
         raise CompressError(f"{path}: search.short_epochs: {scfg.short_epochs} is more than distill.epochs ({epochs}), "
                             "which the finalists train: they would train less than the trials that picked them")
+    for key, name in (("target.provider", scfg.target.provider), ("all_nodes_on", scfg.all_nodes_on)):
+        missing = _not_installed(name) if name else None
+        if missing:  # every trial failed on it, after the hand-written pipeline had trained
+            raise CompressError(f"{path}: search.{key}: {missing}; the study measures every trial there: install "
+                                "it, or search for a provider this machine has")
     if raw is not None:
         check_space(raw, params_of(scfg.space), path)
+
+
+def _not_installed(provider: str) -> str | None:
+    """Why `provider` cannot run here, or None when it can (the QNN plugin registers itself when found)."""
+    import onnxruntime as ort
+
+    from compress.bench.providers import resolve_provider
+
+    name = resolve_provider(provider)
+    if name == "QNNExecutionProvider":
+        from compress.edge.qnn import qnn_status
+
+        status = qnn_status()
+        return None if status["installed"] else f"{name}: {status['reason']}"
+    if name in ort.get_available_providers():
+        return None
+    return f"{name} is not available in onnxruntime {ort.__version__} (available: " \
+           f"{', '.join(ort.get_available_providers())})"
 
 
 def check_space(raw: dict[str, Any], params: list[Param], path: Path) -> None:
@@ -111,7 +141,10 @@ def check_space(raw: dict[str, Any], params: list[Param], path: Path) -> None:
                 parse_config(apply(base, {param.path: value}), path)
             except CompressError as exc:
                 detail = str(exc).removeprefix(f"{path}: ")
-                raise CompressError(f"{where}: the value {value!r} makes an invalid pipeline ({detail})") from None
+                whole = ("; write low and high as whole numbers (1, not 1.0) for a whole-number range"
+                         if "valid integer" in detail and param.choices is None and not param.integer else "")
+                raise CompressError(f"{where}: the value {value!r} makes an invalid pipeline ({detail}){whole}") \
+                    from None
     check_builds(base, params, path)
 
 

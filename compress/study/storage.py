@@ -22,7 +22,7 @@ def redacted(url: str) -> str:
     return re.sub(r"(://[^:/@\s]*):\S*@", r"\1:***@", str(url))
 
 
-def storage_for(url: str | None, default: Path) -> Any:
+def storage_for(url: str | None, default: Path, *, flags: bool = True) -> Any:
     """Optuna's RDB storage at `url`, or a SQLite file at `default`; heartbeats so a dead worker's trial is retried.
     A URL that does not parse, names a missing driver, or cannot be reached: CompressError (its password hidden)."""
     import warnings
@@ -52,7 +52,8 @@ def storage_for(url: str | None, default: Path) -> Any:
                     continue
                 why = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 expected = " (expected e.g. sqlite:///study.db or postgresql://user:pass@host/db)" if given else ""
-                raise CompressError(f"--storage {redacted(url)}: Optuna could not open it: {why}{expected}") from None
+                named = "--storage" if flags else "search(storage=...)"  # as the user gave it
+                raise CompressError(f"{named} {redacted(url)}: Optuna could not open it: {why}{expected}") from None
     raise AssertionError(f"OPEN_TRIES is {OPEN_TRIES}: at least one try opens the storage or raises")
 
 
