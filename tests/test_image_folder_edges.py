@@ -207,4 +207,19 @@ def test_links_to_one_image_are_kept_in_one_split(tmp_path: Path, caplog: pytest
     assert len(where) == 24 and all(len(parts) == 1 for parts in where.values())
     assert len(data.train) + len(data.val) + len(data.test) == 72
     assert caplog.messages == [f"warning: data.source: {root}: 24 images are reached by more than one path (72 paths: "
-                               "symbolic links to one file); each image's paths are kept in one split"]
+                               "symbolic links to one file); each image's paths are kept in one split, and the split "
+                               "counts 24 distinct images"]
+
+
+def test_training_links_into_val_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # the user's own split folders stay as they are, but a link in train/ to a val/ image was trained on and scored
+    root = tmp_path / "imgs"
+    make_folder(root / "train", {"ant": 8, "bee": 8})
+    make_folder(root / "val", {"ant": 3, "bee": 3}, seed=1)
+    for i in range(2):
+        (root / "train" / "ant" / f"link{i}.png").symlink_to(root / "val" / "ant" / f"{i:03d}.png")
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    assert [m for m in caplog.messages if "same files" in m] == [
+        f"warning: data.source: {root}: 2 training images are the same files as val/ or test/ images (links): those "
+        "are scored on what the model trained on; remove the links from train/"]

@@ -298,6 +298,7 @@ def test_a_qat_pipeline_shows_ptq_and_qat_side_by_side_with_parity_and_the_same_
     assert [r["batch"] for r in table["paired_qat_over_ptq"]] == ([] if trained["best_epoch"] == 0 else [1])
     assert details["qat"]["used"] in ("ptq", "qat") and details["qat"]["why"] in report["final_reason"]
     assert [a["name"] for a in details["attempts"]][-1] == "qat"
+    assert details["attempts"][-1]["seconds"] >= table["train_seconds"]  # QAT's row is timed too: trained and scored
     source = table["distilled_from"]  # 'auto': the student only where it reads better than its teacher
     student, teacher = (float(v) for v in re.findall(r"(?:student|teacher) (\d\.\d+)", source["why"]))
     assert source["model"] == ("student" if student > teacher else "teacher"), source

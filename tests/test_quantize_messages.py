@@ -72,6 +72,7 @@ def test_a_run_where_no_attempt_could_be_built_says_nothing_could_be_quantized(t
     summary = json.loads(out.with_suffix(".json").read_text())
     attempts = summary["attempts"]
     assert len(attempts) == 6 and all(a["reason"].startswith("failed: ") for a in attempts)
+    assert all(a["seconds"] >= 0 for a in attempts)  # a failed attempt's time is counted too
     first = attempts[0]["reason"].removeprefix("failed: ")
     assert summary["why"] == (f"nothing could be quantized: no attempt could be built (all 6 failed; the first: "
                               f"{first}); nothing written to --out")

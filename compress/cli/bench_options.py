@@ -64,16 +64,18 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_axis_fixes(graph: Any, fix: tuple[str, ...], dims: dict[str, int]) -> None:
-    """--fix-dim INPUT:AXIS=V on an axis whose symbolic name --dim also sizes: the fixed copy is what is timed, so the
-    --dim value was ignored while the result recorded it (the NAME=V form was refused already)."""
+    """--fix-dim INPUT:AXIS=V on an axis whose symbolic name --dim sizes to another value: the fixed copy is what is
+    timed, so that --dim value was ignored while the result recorded it (the NAME=V form was refused already). The
+    same value is consistent, and needed where another input shares the name (x [N, seq, 64] and m [N, seq])."""
     inputs = {v.name: v for v in graph.input}
     for item in fix:
-        target, _, _ = item.partition("=")
+        target, _, value = item.partition("=")
         name, colon, axis = target.rpartition(":")
         if not colon or name not in inputs or not axis.strip().lstrip("-").isdigit():
             continue
         shape = inputs[name].type.tensor_type.shape.dim
         at = int(axis)
-        if -len(shape) <= at < len(shape) and shape[at].dim_param in dims:
-            raise CompressError(f"--dim {shape[at].dim_param}: --fix-dim {item} fixes that axis ({name}'s "
-                                f"{shape[at].dim_param}) in the model; give it once")
+        if -len(shape) <= at < len(shape) and shape[at].dim_param in dims and \
+                str(dims[shape[at].dim_param]) != value.strip():
+            raise CompressError(f"--dim {shape[at].dim_param}={dims[shape[at].dim_param]}: --fix-dim {item} fixes that "
+                                f"axis ({name}'s {shape[at].dim_param}) to {value.strip()} in the model; give one size")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from compress.errors import CompressError
 
@@ -178,22 +178,24 @@ def stratified_split(y: Any, val_fraction: float, test_fraction: float, seed: in
 
 
 def grouped_split(y: Any, keys: Any, val_fraction: float, test_fraction: float, seed: int,
-                  origin: str | None = None, names: Any = None) -> tuple[tuple[Any, Any, Any], tuple[int, int]]:
+                  origin: str | None = None, names: Any = None,
+                  said: Callable[[int, int, int], None] | None = None) -> tuple[Any, Any, Any]:
     """`stratified_split` in which the rows of one key (the same text, the same image file reached by two links) go
     to one split together, split as one row with its first row's label: a held-out row that was trained on too would
-    read as learned. Returns ((train, val, test), (keys seen more than once, their rows)); without repeats the rows
-    are those of the plain split."""
+    read as learned. With repeats, `said(keys seen more than once, their rows, distinct keys)` is called before the
+    split (whose warnings then count distinct keys); without, the rows are those of the plain split."""
     import numpy as np
 
     first: dict[Any, int] = {}
     group = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(y))
     firsts = np.unique(group, return_index=True)[1]
-    rows = stratified_split(np.asarray(y)[firsts], val_fraction, test_fraction, seed, origin, names)
     if len(firsts) == len(y):
-        return rows, (0, 0)
+        return stratified_split(y, val_fraction, test_fraction, seed, origin, names)
     repeated = np.bincount(group)
-    return (tuple(np.flatnonzero(np.isin(group, part)) for part in rows),  # type: ignore[return-value]
-            (int((repeated > 1).sum()), int(repeated[repeated > 1].sum())))
+    if said is not None:
+        said(int((repeated > 1).sum()), int(repeated[repeated > 1].sum()), len(firsts))
+    rows = stratified_split(np.asarray(y)[firsts], val_fraction, test_fraction, seed, origin, names)
+    return tuple(np.flatnonzero(np.isin(group, part)) for part in rows)  # type: ignore[return-value]
 
 
 def smallest_held_class(val_fraction: float, test_fraction: float) -> int:

@@ -138,11 +138,14 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     paths, labels = found["train"]["paths"], np.asarray(found["train"]["labels"], dtype=np.int64)
     val_f = 0.0 if "val" in found else cfg.val_fraction
     test_f = 0.0 if "test" in found else cfg.test_fraction
-    (train_rows, val_rows, test_rows), (repeats, links) = grouped_split(
-        labels, [os.path.realpath(p) for p in paths], val_f, test_f, seed)
-    if repeats:  # links to one file: a copy held out would be scored on what the model trained on
+    def said(repeats: int, links: int, distinct: int) -> None:  # a copy held out would be scored on what it trained on
         log.warning("warning: %s: %s: %d images are reached by more than one path (%d paths: symbolic links to one "
-                    "file); each image's paths are kept in one split", origin, root, repeats, links)
+                    "file); each image's paths are kept in one split, and the split counts %d distinct images",
+                    origin, root, repeats, links, distinct)
+
+    train_rows, val_rows, test_rows = grouped_split(labels, [os.path.realpath(p) for p in paths], val_f, test_f, seed,
+                                                    said=said)
+    _warn_linked_across(found, origin, root)
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}
     size = _image_size(cfg, paths[0], origin)
     mean, std, how_stats = _stats(cfg, [paths[r] for r in train_rows], size, origin)
@@ -174,6 +177,16 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
                       train_plain=splits["train"], augment=augment, details=details,
                       fingerprint=fingerprint([str(root), classes, *[found[k]["stamp"] for k in sorted(found)],
                                                train_rows, val_rows, test_rows, mean, std, list(size), DECODING]))
+
+
+def _warn_linked_across(found: dict, origin: str, root: Path) -> None:
+    """One warning for training images that are links to (or the files of) val/ or test/ images: the user's own
+    split folders are kept as they are, but those images are scored on what the model trained on."""
+    held = {os.path.realpath(p) for part in ("val", "test") if part in found for p in found[part]["paths"]}
+    shared = sum(os.path.realpath(p) in held for p in found["train"]["paths"]) if held else 0
+    if shared:
+        log.warning("warning: %s: %s: %d training images are the same files as val/ or test/ images (links): those "
+                    "are scored on what the model trained on; remove the links from train/", origin, root, shared)
 
 
 DECODING = "exif-upright"

@@ -44,10 +44,10 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
                             "classification needs at least two")
     labels = (np.asarray([names.index(v) for v in rows.labels], dtype=np.int64) if cfg.task == "classification"
               else np.full(len(rows.texts), -1, dtype=np.int64))
-    parts = _split(labels, cfg.val_fraction, cfg.test_fraction, seed, origin,
-                   names if cfg.task == "classification" else None,
-                   texts=rows.texts if rows.pairs is None else list(zip(rows.texts, rows.pairs)), path=path)
-    key = _key(path, folder, cfg, seed)
+    parts, grouped = _split(labels, cfg.val_fraction, cfg.test_fraction, seed, origin,
+                            names if cfg.task == "classification" else None,
+                            texts=rows.texts if rows.pairs is None else list(zip(rows.texts, rows.pairs)), path=path)
+    key = _key(path, folder, cfg, seed, grouped=grouped)
     cached = _read_cache(cache_dir, key)
     if cached is None:
         tok = load_tokenizer(folder, origin.replace("data.source", "teacher.model"))
@@ -76,24 +76,31 @@ def load_text(cfg: Any, *, seed: int, base_dir: Path, origin: str, tokenizer_spe
 
 def _split(labels, val_fraction: float, test_fraction: float, seed: int, origin: str,
            names: Sequence[str] | None = None, *, texts: Sequence[Any] | None = None,
-           path: Path | None = None) -> dict[str, Any]:
-    """Seeded train / val / test row indices, stratified by label (compress.data.arrays.stratified_split: every
-    class keeps its fractions, and a class too small for a split is named, given `names`; the embedding task's
-    labels are all -1, so it is one random split). Rows of the same text (`texts`: a row's text, or its pair) go to
-    one split together, split as one row (its first's label), with one warning: a test text that was trained on
-    would read as learned. Without repeats the rows are those of the plain split."""
+           path: Path | None = None) -> tuple[dict[str, Any], bool]:
+    """(seeded train / val / test row indices, whether repeated texts were grouped), stratified by label
+    (compress.data.arrays.stratified_split: every class keeps its fractions, and a class too small for a split is
+    named, given `names`; the embedding task's labels are all -1, so it is one random split). Rows of the same text
+    (`texts`: a row's text, or its pair) go to one split together, split as one row (its first's label), with one
+    warning before the split's own: a test text that was trained on would read as learned. Without repeats the rows
+    are those of the plain split."""
     from compress.data.arrays import grouped_split
 
-    (train, val, test), (repeats, rows) = grouped_split(labels, texts if texts is not None else range(len(labels)),
-                                                        val_fraction, test_fraction, seed, origin if names else None,
-                                                        names)
-    if repeats:
+    seen: list[int] = []
+
+    def said(repeats: int, rows: int, distinct: int) -> None:
+        seen.append(distinct)
         log.warning("warning: %s: %s: %d texts appear more than once (%d rows); each text's rows are kept in one "
-                    "split, so none is both trained on and scored", origin, path, repeats, rows)
+                    "split, so none is both trained on and scored, and the split counts %d distinct texts",
+                    origin, path, repeats, rows, distinct)
+
+    train, val, test = grouped_split(labels, texts if texts is not None else range(len(labels)), val_fraction,
+                                     test_fraction, seed, origin if names else None, names, said=said)
     parts = {"train": train, "val": val, **({"test": test} if test_fraction else {})}
     if not all(len(v) for v in parts.values()):
-        raise CompressError(f"{origin}: too few texts ({len(labels)}) to hold out validation and test splits")
-    return parts
+        distinct = f", {seen[0]} distinct" if seen else ""
+        raise CompressError(f"{origin}: too few texts ({len(labels)}{distinct}) to hold out validation and test "
+                            "splits")
+    return parts, bool(seen)
 
 
 LABEL_ORDER = "numeric when every label is an integer"
@@ -110,7 +117,7 @@ def label_order(labels: Sequence[str]) -> tuple[str, ...]:
         return tuple(sorted(distinct))
 
 
-def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:
+def _key(path: Path, folder: Path, cfg: Any, seed: int, *, grouped: bool = False) -> str:
     h = hashlib.sha256(path.read_bytes())
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
              "special_tokens_map.json", *sorted(p.name for p in folder.glob("*.model")))
@@ -121,7 +128,10 @@ def _key(path: Path, folder: Path, cfg: Any, seed: int) -> str:
     # workers change how the rows are read, not the ids: a new value re-tokenized and reran every stage (pinned to
     # the default rather than dropped, so a file that never set it keeps the key it had)
     data = {**cfg.model_dump(mode="json"), "workers": type(cfg).model_fields["workers"].default}
-    h.update(json.dumps([data, seed, LABEL_ORDER], sort_keys=True).encode())
+    # a file with repeated texts splits them as groups since 2026-12-08: its stages trained on the row-by-row split
+    # are not reused (a file without repeats splits as before, and keeps its key)
+    h.update(json.dumps([data, seed, LABEL_ORDER, *(["repeats in one split"] if grouped else [])],
+                        sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -281,7 +281,8 @@ class _Search:
             raise
         except Exception as exc:  # ORT rejects some op/type combinations; that attempt fails, the next may not
             record.update(figures=None, score=None, drop=None, bytes=None, latency=None, accepted=False,
-                          reason=f"failed: {first_line(exc)}", quantized=False)
+                          reason=f"failed: {first_line(exc)}", quantized=False,
+                          seconds=round(time.perf_counter() - started, 2))
             self.attempts.append(_named(record, self.gate))
             return record
         finally:
@@ -320,11 +321,13 @@ class _Search:
         source = accepted or min(done, key=lambda a: a["drop"], default=None)
         if source is None:
             return None, {"why": "QAT skipped: post-training quantization wrote no quantized model to start from"}
+        started = time.perf_counter()
         info = qat(Path(source["path"]), self.out_dir / "qat.onnx")
         record = {"name": "qat", "settings": {**source["settings"], "mode": "qat", "from": source["name"]},
                   "path": info["path"], "qat": {k: v for k, v in info.items() if k != "path"},
                   "why_tried": f"quantization-aware distillation from {source['name']}"}
         record = self.judged(record, Path(info["path"]))
+        record["seconds"] = round(time.perf_counter() - started, 2)  # trained and scored: the costliest attempt
         source["side_by_side"] = record["side_by_side"] = True
         if not info["parity"]["ok"]:
             record["reason"] += f"; parity: {info['parity']['what']}"

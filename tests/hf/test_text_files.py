@@ -162,7 +162,7 @@ def test_the_rows_of_a_repeated_text_land_in_one_split(tmp_path, caplog):
     texts = [f"text {i % 30}" for i in range(90)]
     labels = np.asarray([i % 30 % 2 for i in range(90)], dtype=np.int64)
     with caplog.at_level(logging.WARNING, logger="compress"):
-        parts = _split(labels, 0.2, 0.2, 0, "o", ("a", "b"), texts=texts, path=tmp_path / "t.tsv")
+        parts, grouped = _split(labels, 0.2, 0.2, 0, "o", ("a", "b"), texts=texts, path=tmp_path / "t.tsv")
     seen: dict[str, set] = {}
     for name, rows in parts.items():
         for i in rows.tolist():
@@ -170,10 +170,32 @@ def test_the_rows_of_a_repeated_text_land_in_one_split(tmp_path, caplog):
     assert all(len(s) == 1 for s in seen.values()) and len(seen) == 30
     assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(90))
     assert {name: len(rows) for name, rows in parts.items()} == {"train": 54, "val": 18, "test": 18}
-    assert caplog.messages == [f"warning: o: {tmp_path / 't.tsv'}: 30 texts appear more than once (90 rows); each "
-                               "text's rows are kept in one split, so none is both trained on and scored"]
+    assert grouped and caplog.messages == [
+        f"warning: o: {tmp_path / 't.tsv'}: 30 texts appear more than once (90 rows); each text's rows are kept in one "
+        "split, so none is both trained on and scored, and the split counts 30 distinct texts"]
     # without repeats, the rows of the plain split
     unique = [f"text {i}" for i in range(90)]
     plain = stratified_split(labels, 0.2, 0.2, 0)
-    got = _split(labels, 0.2, 0.2, 0, "o", ("a", "b"), texts=unique)
-    assert all(np.array_equal(a, b) for a, b in zip(plain, got.values()))
+    got, grouped = _split(labels, 0.2, 0.2, 0, "o", ("a", "b"), texts=unique)
+    assert not grouped and all(np.array_equal(a, b) for a, b in zip(plain, got.values()))
+    # too few distinct texts: the line says so (it counted the 40 rows of 2 texts), after the repeats warning
+    import pytest
+
+    from compress.errors import CompressError
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="compress"), pytest.raises(CompressError) as few:
+        _split(np.asarray([0, 1] * 20), 0.2, 0.2, 0, "o", ("a", "b"), texts=["x", "y"] * 20)
+    assert str(few.value) == "o: too few texts (40, 2 distinct) to hold out validation and test splits"
+    assert caplog.messages[0].startswith("warning: o: None: 2 texts appear more than once (40 rows)")
+
+
+def test_the_token_key_changes_for_a_file_whose_split_grouped_repeats(tmp_path):
+    # the rows of a file with repeats split otherwise since they are grouped: stages trained on the old split were
+    # reused (the key was the same); a file without repeats keeps its key
+    from compress.data import DataConfig
+    from compress.hf.data import _key
+
+    (tmp_path / "t.txt").write_text("a\nb\n")
+    cfg = DataConfig(source="text:t.txt")
+    assert _key(tmp_path / "t.txt", tmp_path, cfg, 0, grouped=True) != _key(tmp_path / "t.txt", tmp_path, cfg, 0)
