@@ -220,6 +220,41 @@ def test_training_links_into_val_are_said(tmp_path: Path, caplog: pytest.LogCapt
         (root / "train" / "ant" / f"link{i}.png").symlink_to(root / "val" / "ant" / f"{i:03d}.png")
     with caplog.at_level(logging.WARNING, logger="compress"):
         load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
-    assert [m for m in caplog.messages if "same files" in m] == [
-        f"warning: data.source: {root}: 2 training images are the same files as val/ or test/ images (links): those "
-        "are scored on what the model trained on; remove the links from train/"]
+    (root / "val" / "bee" / "from-train.png").symlink_to(root / "train" / "bee" / "000.png")  # the other way too
+    make_folder(root / "test", {"ant": 2, "bee": 2}, seed=2)
+    (root / "test" / "ant" / "from-val.png").symlink_to(root / "val" / "ant" / "002.png")  # and val with test
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    assert [m for m in caplog.messages if "two split folders" in m][-1] == (
+        f"warning: data.source: {root}: image files in two split folders (links): 3 in train/ and val/, 1 in val/ and "
+        "test/; they are scored on what trained or chose the model: keep each image in one split folder (copy it, or "
+        "remove one of its paths)")
+
+
+def test_a_class_whose_files_all_link_to_another_class_is_said_untrained(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture):
+    # its one file went with the ant image it links to; before, only "bee/ (1 image: not in test)" was said
+    root = make_folder(tmp_path / "imgs", {"ant": 12, "cat": 12})
+    (root / "bee").mkdir()
+    (root / "bee" / "odd.png").symlink_to(root / "ant" / "000.png")
+    with caplog.at_level(logging.WARNING, logger="compress"):  # seed 2: the ant image (and bee's link) held out
+        data = load_data(DataConfig(source="images:imgs"), seed=2, base_dir=tmp_path)
+    assert per_class(data.train, 3)[1] == 0
+    assert [m for m in caplog.messages if "without a training image" in m] == [
+        f"warning: data.source: {root}: classes without a training image (their files are links to images a held-out "
+        "split took): bee/ (1 image); the model cannot learn them: give them images of their own"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="compress"):  # seed 0: bee's link trained
+        data = load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)
+    assert per_class(data.train, 3)[1] == 1 and not [m for m in caplog.messages if "without a training" in m]
+
+
+def test_too_few_distinct_images_are_counted_as_such(tmp_path: Path):
+    from compress.errors import CompressError
+
+    root = make_folder(tmp_path / "imgs", {"ant": 1, "bee": 1})
+    for name in ("ant", "bee"):
+        for i in range(5):
+            (root / name / f"l{i}.png").symlink_to(root / name / "000.png")
+    with pytest.raises(CompressError, match=r"too few images \(12, 2 distinct\) to hold out a validation split"):
+        load_data(DataConfig(source="images:imgs"), seed=0, base_dir=tmp_path)

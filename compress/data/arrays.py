@@ -194,8 +194,13 @@ def grouped_split(y: Any, keys: Any, val_fraction: float, test_fraction: float, 
     repeated = np.bincount(group)
     if said is not None:
         said(int((repeated > 1).sum()), int(repeated[repeated > 1].sum()), len(firsts))
-    rows = stratified_split(np.asarray(y)[firsts], val_fraction, test_fraction, seed, origin, names)
-    return tuple(np.flatnonzero(np.isin(group, part)) for part in rows)  # type: ignore[return-value]
+    rows = stratified_split(np.asarray(y)[firsts], val_fraction, test_fraction, seed, None, names)
+    rows = tuple(np.flatnonzero(np.isin(group, part)) for part in rows)
+    if origin is not None:  # on the rows' own labels: a label only on repeats of another's text has no group of its own
+        parts = {k: r for k, f, r in (("train", 1.0, rows[0]), ("val", val_fraction, rows[1]),
+                                      ("test", test_fraction, rows[2])) if f > 0}
+        warn_unheld_classes(y, parts, origin, (val_fraction, test_fraction), names)
+    return rows  # type: ignore[return-value]
 
 
 def smallest_held_class(val_fraction: float, test_fraction: float) -> int:

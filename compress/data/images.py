@@ -138,13 +138,17 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
     paths, labels = found["train"]["paths"], np.asarray(found["train"]["labels"], dtype=np.int64)
     val_f = 0.0 if "val" in found else cfg.val_fraction
     test_f = 0.0 if "test" in found else cfg.test_fraction
-    def said(repeats: int, links: int, distinct: int) -> None:  # a copy held out would be scored on what it trained on
+    distinct: list[int] = []
+
+    def said(repeats: int, links: int, count: int) -> None:  # a copy held out would be scored on what it trained on
+        distinct.append(count)
         log.warning("warning: %s: %s: %d images are reached by more than one path (%d paths: symbolic links to one "
                     "file); each image's paths are kept in one split, and the split counts %d distinct images",
-                    origin, root, repeats, links, distinct)
+                    origin, root, repeats, links, count)
 
     train_rows, val_rows, test_rows = grouped_split(labels, [os.path.realpath(p) for p in paths], val_f, test_f, seed,
                                                     said=said)
+    _warn_untrained(labels, train_rows, classes, origin, root)
     _warn_linked_across(found, origin, root)
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}
     size = _image_size(cfg, paths[0], origin)
@@ -164,7 +168,8 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
             continue
         splits[part] = ImageDataset(p, y, size=size, mean=mean, std=std, max_bad_fraction=cfg.max_bad_fraction)
     if splits["val"] is None or len(splits["val"]) == 0:
-        raise CompressError(f"{origin}: too few images ({len(paths)}) to hold out a validation split")
+        raise CompressError(f"{origin}: too few images ({len(paths)}{f', {distinct[0]} distinct' if distinct else ''})"
+                            " to hold out a validation split")
     warn_unseen_classes(splits, found, classes, root, "train/" if "train" in folders else "", origin,
                          smallest_held_class(val_f, test_f))
     augment = tuple(cfg.augment)
@@ -179,14 +184,33 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
                                                train_rows, val_rows, test_rows, mean, std, list(size), DECODING]))
 
 
+def _warn_untrained(labels: Any, train_rows: Any, classes: list[str], origin: str, root: Path) -> None:
+    """One warning for classes the split leaves without a training image: every file of theirs is a link to another
+    class's image, which went to a held-out split with that one (the model cannot learn them)."""
+    import numpy as np
+
+    counts = np.bincount(labels, minlength=len(classes))
+    trained = np.bincount(labels[train_rows], minlength=len(classes))
+    lacking = [f"{classes[k]}/ ({counts[k]} image{'' if counts[k] == 1 else 's'})" for k in range(len(classes))
+               if counts[k] and not trained[k]]
+    if lacking:
+        log.warning("warning: %s: %s: classes without a training image (their files are links to images a held-out "
+                    "split took): %s; the model cannot learn them: give them images of their own", origin, root,
+                    ", ".join(lacking))
+
+
 def _warn_linked_across(found: dict, origin: str, root: Path) -> None:
-    """One warning for training images that are links to (or the files of) val/ or test/ images: the user's own
-    split folders are kept as they are, but those images are scored on what the model trained on."""
-    held = {os.path.realpath(p) for part in ("val", "test") if part in found for p in found[part]["paths"]}
-    shared = sum(os.path.realpath(p) in held for p in found["train"]["paths"]) if held else 0
+    """One warning for the same image file in two of the user's own split folders (a link in one to the other's):
+    the folders are kept as they are, but such an image is scored on what chose or trained the model."""
+    real = {part: {os.path.realpath(p) for p in found[part]["paths"]} for part in ("train", "val", "test")
+            if part in found}
+    pairs = [(a, b, len(real[a] & real[b])) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+             if a in real and b in real]
+    shared = [f"{n} in {a}/ and {b}/" for a, b, n in pairs if n]
     if shared:
-        log.warning("warning: %s: %s: %d training images are the same files as val/ or test/ images (links): those "
-                    "are scored on what the model trained on; remove the links from train/", origin, root, shared)
+        log.warning("warning: %s: %s: image files in two split folders (links): %s; they are scored on what trained "
+                    "or chose the model: keep each image in one split folder (copy it, or remove one of its paths)",
+                    origin, root, ", ".join(shared))
 
 
 DECODING = "exif-upright"

@@ -199,3 +199,23 @@ def test_the_token_key_changes_for_a_file_whose_split_grouped_repeats(tmp_path):
     (tmp_path / "t.txt").write_text("a\nb\n")
     cfg = DataConfig(source="text:t.txt")
     assert _key(tmp_path / "t.txt", tmp_path, cfg, 0, grouped=True) != _key(tmp_path / "t.txt", tmp_path, cfg, 0)
+
+
+def test_a_label_only_on_repeats_of_another_labels_text_is_named(caplog):
+    # its rows split with the text's first label: "zzz" had no training row, and no line said so
+    import logging
+
+    import numpy as np
+
+    from compress.hf.data import _split
+
+    from compress.data.arrays import stratified_split
+
+    held = int(stratified_split(np.asarray([i % 2 for i in range(40)]), 0.2, 0.2, 0)[2][0])  # a text test takes
+    texts = [f"text {i}" for i in range(40)] + [f"text {held}"]
+    labels = np.asarray([i % 2 for i in range(40)] + [2])
+    with caplog.at_level(logging.WARNING, logger="compress"):
+        parts, _ = _split(labels, 0.2, 0.2, 0, "o", ("a", "b", "zzz"), texts=texts)
+    assert 40 in parts["test"].tolist()  # the zzz row went with its text to test: zzz has no training row
+    said = [m for m in caplog.messages if "classes a split does not show" in m]
+    assert said and "zzz (1 example: not in train" in said[0], caplog.messages
