@@ -204,6 +204,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             remove_folders(made)
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path, a symlink to it, or a hard link (another name, one file)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 def made_folders(folder: Path) -> list[Path]:
     """Make `folder` with its parents; return the ones made here, deepest first (for `remove_folders`)."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]

@@ -28,6 +28,8 @@ def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[in
     """Options that would be ignored, or found wrong only after the timing: one line, before a run (each was taken
     silently: --inputs timed its own batch of 3 under --batch 8 --batch 16, a --json folder failed after every row
     was timed). Returns the notes to print: --edge sets batch 1 and 1 thread over --batch and --threads."""
+    from compress.cache import same_file
+
     given = [o for o, on in (("--batch", batches != (1,)), ("--dim", bool(dims))) if on]
     if inputs_npz is not None and given:
         raise CompressError(f"{given[0]}: --inputs {inputs_npz} sets the batch and every shape (its arrays); drop "
@@ -47,20 +49,12 @@ def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[in
                             "--provider for it or drop the option")
     if json_out is not None and json_out.is_dir():
         raise CompressError(f"--json {json_out}: a folder; give a file path (e.g. {json_out / 'bench.json'})")
-    if json_out is not None and baseline is not None and _same_file(json_out, baseline):
+    if json_out is not None and baseline is not None and same_file(json_out, baseline):
         # the run was written over the baseline before it was judged: a regression replaced what it regressed from
         raise CompressError(f"--json {json_out}: the --baseline file itself; write the new result elsewhere, and "
                             "replace the baseline once the build passes")
     over = " and ".join(o for o, on in (("--batch", batches != (1,)), ("--threads", threads != (1,))) if on)
     return [f"note: --edge times batch 1 on 1 thread (the edge profile), not the {over} given"] if edge and over else []
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (the same path, or links to one file)."""
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
 
 
 def check_axis_fixes(graph: Any, fix: tuple[str, ...], dims: dict[str, int]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,11 +192,10 @@ def _check_options(model: Path, out_path: Path, metric: str | None, data_npz: Pa
 def _not_the_model(model: Path, out: Path) -> None:
     """--out, its summaries and its best-effort file must not be MODEL: the input was deleted (no attempt met the
     budget) or overwritten."""
-    written = [out, out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(f"{out.stem}.best-effort.onnx")]
-    def same(p: Path) -> bool:  # a hard link to MODEL too: another name, the same file
-        return p.resolve() == model.resolve() or (p.exists() and model.exists() and os.path.samefile(p, model))
+    from compress.cache import same_file
 
-    hit = next((p for p in written if same(p)), None)
+    written = [out, out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(f"{out.stem}.best-effort.onnx")]
+    hit = next((p for p in written if same_file(p, model)), None)  # a hard link to MODEL too: the same file
     if hit is not None:
         raise CompressError(f"--out: {out} would write {hit}, which is MODEL itself ({model}); write the quantized "
                             "model to another path")
