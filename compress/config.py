@@ -161,10 +161,7 @@ def as_config(source: "str | Path | dict | PipelineConfig") -> PipelineConfig:
     if isinstance(source, PipelineConfig):
         return source
     if isinstance(source, dict):  # every message names it so: <dict> in the folder its relative paths resolve in
-        cfg = parse_config(source, Path.cwd() / "<dict>")
-        _check_files(cfg)
-        _warn_unused_qat(cfg)
-        return cfg
+        return _loaded(source, Path.cwd() / "<dict>")
     return load_config(source)
 
 
@@ -283,6 +280,12 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise CompressError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise CompressError(f"{path}: TOML syntax error: {exc}") from exc
+    return _loaded(raw, path)
+
+
+def _loaded(raw: dict, path: Path) -> PipelineConfig:
+    """A pipeline file's dict (or one shaped like it) as a config, checked as a file is when it loads: its keys, the
+    files it names, and QAT keys nothing reads."""
     cfg = parse_config(raw, path)
     _check_files(cfg)
     _warn_unused_qat(cfg)
