@@ -65,9 +65,10 @@ MAX_MODEL_BYTES = 2 * 1024**3
 """protobuf cannot hold a single message over 2 GiB; refusing bigger files up front avoids reading them into memory."""
 
 
-def check_model_file(model_path: str | Path) -> Path:
+def check_model_file(model_path: str | Path, *, onnx_reads_weights: bool = False) -> Path:
     """Check that `model_path` is a readable, complete ONNX (or ORT-format) model; CompressError otherwise. Returns
-    the path to read it from (compress.onnx.graph.model_home: a symlink's target where its weights lie beside that)."""
+    the path to read it from (compress.onnx.graph.model_home: a symlink's target where its weights lie beside that;
+    `onnx_reads_weights`: weights onnx cannot read there are an error)."""
     from compress.onnx.graph import model_home
 
     path = Path(model_path)
@@ -84,7 +85,7 @@ def check_model_file(model_path: str | Path) -> Path:
     stat = path.stat()
     seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if seen in _CHECKED:  # a command checks one file several times (quantize: three, 0.2 s each on a ResNet-50)
-        return model_home(path)
+        return model_home(path, onnx_reads_weights=onnx_reads_weights)
     from compress.onnx.skeleton import graph_of
 
     try:
@@ -97,7 +98,7 @@ def check_model_file(model_path: str | Path) -> Path:
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise CompressError(f"{path}: ONNX graph has no nodes or no outputs; {_what_else(path)}")
     _CHECKED.add(seen)
-    return model_home(path)
+    return model_home(path, onnx_reads_weights=onnx_reads_weights)
 
 
 _CHECKED: set[tuple[str, int, int]] = set()

@@ -103,11 +103,11 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     from compress.bench.inputs import check_dims_named, parse_dims
     from compress.bench.providers import check_model_file, resolve_provider
     from compress.quantize import QuantizeConfig, quantize as run_quantize
-    from compress.onnx.graph import batch_axes_for, model_home
+    from compress.onnx.graph import batch_axes_for
     from compress.onnx.skeleton import graph_of
     from compress.quantize.lean import release
 
-    model = model_home(check_model_file(model), onnx_reads_weights=True)
+    model = check_model_file(model, onnx_reads_weights=True)
     for p in providers:
         resolve_provider(p)
     _check_options(model, out_path, metric, data_npz, static_only, mode or ("static" if calibration else "dynamic"),
