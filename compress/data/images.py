@@ -146,10 +146,10 @@ def open_images(cfg: Any, *, seed: int, base_dir: Path, origin: str) -> Any:
                     "file); each image's paths are kept in one split, and the split counts %d distinct images",
                     origin, root, repeats, links, count)
 
-    train_rows, val_rows, test_rows = grouped_split(labels, [os.path.realpath(p) for p in paths], val_f, test_f, seed,
-                                                    said=said)
+    real = [os.path.realpath(p) for p in paths]  # once: a 50,000-image folder's links resolved for both below
+    train_rows, val_rows, test_rows = grouped_split(labels, real, val_f, test_f, seed, said=said)
     _warn_untrained(labels, train_rows, classes, origin, root)
-    _warn_linked_across(found, origin, root)
+    _warn_linked_across(found, real, origin, root)
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}
     size = _image_size(cfg, paths[0], origin)
     mean, std, how_stats = _stats(cfg, [paths[r] for r in train_rows], size, origin)
@@ -199,11 +199,12 @@ def _warn_untrained(labels: Any, train_rows: Any, classes: list[str], origin: st
                     ", ".join(lacking))
 
 
-def _warn_linked_across(found: dict, origin: str, root: Path) -> None:
+def _warn_linked_across(found: dict, train_real: list[str], origin: str, root: Path) -> None:
     """One warning for the same image file in two of the user's own split folders (a link in one to the other's):
-    the folders are kept as they are, but such an image is scored on what chose or trained the model."""
-    real = {part: {os.path.realpath(p) for p in found[part]["paths"]} for part in ("train", "val", "test")
-            if part in found}
+    the folders are kept as they are, but such an image is scored on what chose or trained the model.
+    `train_real`: the training paths resolved."""
+    real = {part: set(train_real) if part == "train" else {os.path.realpath(p) for p in found[part]["paths"]}
+            for part in ("train", "val", "test") if part in found}
     pairs = [(a, b, len(real[a] & real[b])) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
              if a in real and b in real]
     shared = [f"{n} in {a}/ and {b}/" for a, b, n in pairs if n]
