@@ -1040,16 +1040,23 @@ def test_a_symlink_to_a_model_with_external_data_reads_the_data_beside_its_targe
     (tmp_path / "real").mkdir()
     (tmp_path / "link").mkdir()
     external_mlp(tmp_path / "real" / "m.onnx")
-    link = tmp_path / "link" / "m.onnx"
+    link = tmp_path / "link" / "student.onnx"  # named otherwise than its target: what is written keeps this name
     link.symlink_to(tmp_path / "real" / "m.onnx")
     args = {"quantize": ["--out", tmp_path / "q.onnx", "--mode", "dynamic", "--max-accuracy-drop", "1"],
-            "bench": ["--min-runs", "3", "--repetitions", "1", "--time-budget", "2"],
+            "bench": ["--min-runs", "3", "--repetitions", "1", "--time-budget", "2", "--json", tmp_path / "b.json"],
             "edge": ["--out", tmp_path / "edge"]}[command]
     # execute
     result = CliRunner().invoke(main, [command, str(link), *map(str, args)])
     # assert
     assert result.exit_code == 0, result.output
     assert "re-export" not in result.output
+    if command == "edge":  # were m.inputs.basic.ort and the rest, named after the link's target
+        assert sorted(p.name for p in (tmp_path / "edge").glob("*.ort")) == ["student.inputs.basic.ort"]
+    else:
+        summary = json.loads((tmp_path / ("q.json" if command == "quantize" else "b.json")).read_text())
+        assert summary["model"] == str(link)
+    if command == "quantize":
+        assert "# compress quantize: student.onnx (dynamic)" in result.output
 
 
 def test_a_symlink_whose_data_is_linked_beside_it_stays_as_given(tmp_path: Path):

@@ -100,6 +100,7 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     base_doc = load_document(baseline) if baseline is not None else None
     if base_doc is not None:
         rows_of(base_doc, baseline)  # a malformed baseline is refused before anything is timed
+    shown, against_shown = Path(model), against  # what the terminal and the JSON name: a link stays the link
     given = check_model_file(model)
     if against is not None:
         against = check_model_file(against)
@@ -125,8 +126,8 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
         model = _fixed(given, Path(work) / "new", fix, fix_inputs)
         old = None if against is None else _fixed(against, Path(work) / "old", fix, fix_inputs, say=False)
         # the same dimensions and values for OLD, or the two would not run the same graph
-        _bench(given, model, names, batch_sizes=list(batches), threads=threads, dim_sizes=dim_sizes,
-               options=options, base_doc=base_doc, baseline=baseline, against=against, old=old,
+        _bench(shown, model, names, batch_sizes=list(batches), threads=threads, dim_sizes=dim_sizes,
+               options=options, base_doc=base_doc, baseline=baseline, against=against_shown, old=old,
                max_regression=max_regression, inputs_npz=inputs_npz, json_out=json_out, kit_dir=kit_dir, quiet=quiet,
                fixed=[*fix, *fix_inputs], settings=_bench_settings(io_binding, options, edge, strict, warmup_runs,
                                                                      min_runs, min_seconds, repetitions, time_budget))

@@ -74,9 +74,9 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     from compress.edge.shapes import specialised
     from compress.onnx.graph import batch_axes_for, load_model, model_home
 
-    model, bound = model_home(model, onnx_reads_weights=True), {}  # after `out` is named: it stays the user's
+    name, model, bound = model.stem, model_home(model, onnx_reads_weights=True), {}  # named as given, read at home
     if fix or fix_inputs:
-        model, bound, _ = specialised(model, Path(out) / f"{model.stem}.fixed.onnx", fix, fix_inputs)
+        model, bound, _ = specialised(model, Path(out) / f"{name}.fixed.onnx", fix, fix_inputs)
     axes = batch_axes_for(load_model(model, weights=False).graph, parse_batch_axes(batch_axes), model.name, set(bound))
     # the QNN target's own limits first: a model it cannot take should not first be asked for parity inputs
     qnn = (_qnn_kwargs(model, calibration_npz, activation_type, qnn_options, axes, fixed_batch or 1)
@@ -106,7 +106,7 @@ def edge(model: Path, out_dir: Path | None, fixed_batch: int | None, optimizatio
     try:
         section = prepare(model, out, fixed_batch=fixed_batch, inputs=inputs, optimization=optimization,
                           batch_axes=axes or None, warnings=warnings,
-                          style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn)
+                          style="runtime" if runtime_opt else "fixed", targets=targets, qnn=qnn, name=name)
     except InputsRejected as exc:  # the user's file is what did not run (ids past the vocabulary)
         if inputs_npz is None:
             raise

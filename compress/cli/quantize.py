@@ -107,6 +107,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
     from compress.onnx.skeleton import graph_of
     from compress.quantize.lean import release
 
+    source = Path(model)  # the user's model, as named in the summary and errors (a link stays the link)
     model = check_model_file(model, onnx_reads_weights=True)
     for p in providers:
         resolve_provider(p)
@@ -114,7 +115,6 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
                    outputs)
     dim_sizes = parse_dims(dims, batch_axes)
     check_dims_named(model, dim_sizes)
-    source = model
     with _workspace(out_path) as work, _named(work, source):
         specialised = None
         if fix or fix_inputs:

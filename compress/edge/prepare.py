@@ -54,7 +54,7 @@ def _axes_only(batch_axes: dict[str, int | None] | None) -> Any:
     return Dims(batch_axes=batch_axes)
 
 
-def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
+def _modern_inputs(onnx_path: Path, out_dir: Path, stem: str) -> Path:
     """The model itself, or a copy in `out_dir` that an ORT-format file can be made from: initializers no longer
     listed as inputs (old IR 3 model-zoo graphs: otherwise the ORT-format copy asks for every weight as an input)
     and external data taken inside (the converter and its shape inference look for the data beside the copy they
@@ -83,7 +83,7 @@ def _modern_inputs(onnx_path: Path, out_dir: Path) -> Path:
         model = newer
     elif not inputs_moved and not outside:
         return onnx_path
-    copy = out_dir / f"{onnx_path.stem}.inputs.onnx"
+    copy = out_dir / f"{stem}.inputs.onnx"
     onnx.save(model, str(copy))
     return copy
 
@@ -102,6 +102,7 @@ def prepare(
     qnn: dict | None = None,
     batch_axes: dict[str, int | None] | None = None,
     warnings: list[str] | None = None,
+    name: str | None = None,
 ) -> dict:
     """Everything `compress edge` and `[export] ort_format = true` do, in order; returns the report section.
 
@@ -116,13 +117,13 @@ def prepare(
        goes under "qnn" and replaces the provider's readiness row with the measured one.
     The section is also written to `out_dir/edge.json`, also when the QNN target's native code ends its child
     process (ProviderCrashed, exit 1, after edge.json holds what was measured before). `batch_axes`: an input's
-    batch axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: no batch axis), for the fixed batch
-    and the parity chunks. `warnings`: lines the caller has said already, kept in the section (data made for another
-    value of a bound input).
+    batch axis where it is not 0 (an LSTM state [layers, N, hidden]: 1; None: no batch axis), for the fixed batch and
+    the parity chunks. `warnings`: lines said already, kept in the section (data made for another value of a bound
+    input). `name`: the stem of copies it writes (a link's name, not its target's; default the model's own).
     """
     out_dir = Path(out_dir)
     with _kept_only_on_success(out_dir):
-        model = modern = _modern_inputs(Path(onnx_path), out_dir)
+        model = modern = _modern_inputs(Path(onnx_path), out_dir, name or Path(onnx_path).stem)
         if fixed_batch is not None:
             try:
                 model = fix_batch(model, out_dir / f"{model.stem}.batch{fixed_batch}.onnx", fixed_batch, batch_axes)
