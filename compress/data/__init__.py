@@ -34,7 +34,9 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction held out as the test split when the source "
                                  "has none of its own (stratified, from the pipeline seed); no choice sees it, and "
                                  "every figure in the report is measured on it. 0: no test split (the report then "
-                                 "shows validation figures and says so).")
+                                 "shows validation figures and says so). Repeats stay in one split, for both "
+                                 "fractions: the same text (for text pairs, the same pair of texts) or links to one "
+                                 "image file, said in one warning line.")
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size for training and evaluation.")
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that read (and decode, augment) "
                          "examples beside training; 0 reads them in the training process.")
