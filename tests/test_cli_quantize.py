@@ -99,6 +99,7 @@ def test_missed_budget_exits_1_and_still_writes_the_summary(files: dict):
     assert result.exit_code == 1, result.output
     summary = json.loads(out.with_suffix(".json").read_text())
     assert not out.exists() and summary["out"] is None
+    assert summary["final"] is None and summary["ships"] is None  # "final" said "float", with nothing written
     assert "no quantized model met the accuracy budget of 0.00 points after 1 attempt" in result.output
     effort = files["dir"] / "strict.best-effort.onnx"  # the best attempt, beside OUT and named as such
     assert effort.is_file() and summary["best_effort"] == str(effort)

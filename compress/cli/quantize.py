@@ -286,7 +286,8 @@ def _summary(model: Path, written: dict[str, Any], gate: Any, result: dict[str, 
     return {"schema": "compress.quantize/1", "model": str(model), **written, "mode": mode, "gate": gate.what,
             "gate_metric": gate.to_json(), "warnings": warnings, "inputs": inputs,
             "fixed_dims": list(fixed),
-            "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"], "final": result["final"],
+            "preprocess": result["preprocess"], "cpu_int8": result["cpu_int8"],
+            "final": result["final"] if written["out"] else None,  # what went to OUT: nothing, when nothing met it
             "why": result["why"], "float": {k: v for k, v in result["float"].items() if k != "path"},
             "attempts": attempts, "pick": result.get("pick"), "accepted_mode": result.get("accepted_mode")}
 
