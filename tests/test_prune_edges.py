@@ -10,6 +10,7 @@ import pytest
 from compress.errors import CompressError
 from compress.models import count_params
 from compress.prune import PruneConfig, load_pruned, prune, save_pruned
+from compress.prune.heads import find_heads
 
 
 def _prune(model, x, **cfg):
@@ -219,7 +220,7 @@ def test_the_checks_call_a_keyword_input_model_with_keywords():
 
     model, x = KeywordModel(), {"ids": torch.randn(4, 16), "scale": torch.ones(4, 1)}
     assert mechanics.checked_forward(model, x) == ((4, 4),)  # one shape per output
-    assert mechanics.find_head(model, x) == "head"
+    assert find_heads(model, x) == ("head",)
     mechanics.taylor_gradients(model, [(x, torch.arange(4))])
     assert model.a.weight.grad is not None
 
@@ -285,3 +286,41 @@ def test_pruning_that_would_untie_weights_is_refused_naming_them():
     with pytest.raises(CompressError, match=r"layer 'fc'.*'emb\.weight' and 'head\.weight' are one tied tensor.*"
                                             r"shapes \[10, 16\] vs \[10, 8\]"):
         _prune(TiedAcross(), torch.randint(0, 10, (8, 5)), amount=0.5)
+
+
+# ---------------------------------------------------------------- models with several outputs
+
+class TwoHeads(nn.Module):
+    """A regressor with two heads (a dict, a tuple or a list of outputs): each head's width is an output's."""
+
+    def __init__(self, returns: str = "dict"):
+        super().__init__()
+        self.returns = returns
+        self.body = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.value, self.score = nn.Linear(16, 2), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        out = {"value": self.value(h), "score": torch.sigmoid(self.score(h))}
+        return out if self.returns == "dict" else tuple(out.values())
+
+
+@pytest.mark.parametrize("returns", ["dict", "tuple"])
+def test_every_head_of_a_model_with_several_outputs_is_left_alone(returns: str):
+    # before: only the last Conv/Linear run ('score') was kept, so pruning narrowed 'value' and was refused: "outputs shapes [8, 1], [8, 1] instead of [8, 2], [8, 1] (last layer run: '')"
+    from compress.prune import mechanics
+
+    torch.manual_seed(0)
+    model, x = TwoHeads(returns), torch.randn(8, 10)
+    assert find_heads(model, x) == ("value", "score")
+    pruned, history = _prune(model, x, amount=0.5)
+    assert mechanics.checked_forward(pruned, x) == ((8, 2), (8, 1))
+    assert pruned.body[0].out_features == 8 and history[-1]["params"] < history[0]["params"]
+
+
+def test_a_shape_change_names_the_last_layer_that_ran():
+    from compress.prune import mechanics
+
+    model = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(CompressError, match=r"\(last layer run: '2'\)"):
+        mechanics.checked_forward(model, torch.randn(2, 10), expected_shapes=((2, 4),))

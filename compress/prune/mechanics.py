@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from compress.errors import CompressError, first_line
 from compress.prune.ties import find_ties, retie
+from compress.prune.heads import output_tensors
 from compress.prune.tracing import (dependency_graph, leave_alone, prunable_roots, resolve_ignored, root_types, sealed,
                                     sealed_modules, way_out)
 
@@ -89,7 +90,8 @@ def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
 
     def leave(module, _inputs, output):
         running.pop()
-        state["finished"] = names[module]
+        if names[module]:  # the model itself finishes last: the layer before it is the one to name
+            state["finished"] = names[module]
         if state["nonfinite"] is None and isinstance(output, torch.Tensor) and output.is_floating_point() \
                 and not bool(torch.isfinite(output).all()):
             state["nonfinite"] = names[module] or type(model).__name__
@@ -122,16 +124,6 @@ def checked_forward(model: "nn.Module", example_input: "torch.Tensor", *,
     return shapes
 
 
-def output_tensors(out: Any) -> list["torch.Tensor"]:
-    """Every output of a forward's result, in order: a tensor, a tuple or a dict of them (as the tasks name them)."""
-    from compress.tasks.base import as_outputs, not_tensors, output_names_of
-
-    wrong = not_tensors(out)
-    if wrong is not None:
-        raise CompressError(f"prune: the model returns {wrong}")
-    return list(as_outputs(out, output_names_of(out, "output")).values())
-
-
 def _shapes(shapes: Sequence[Sequence[int]]) -> str:
     return f"shape {list(shapes[0])}" if len(shapes) == 1 else f"shapes {', '.join(str(list(s)) for s in shapes)}"
 
@@ -147,30 +139,6 @@ def channel_count(model: "nn.Module", skip: tuple[str, ...] = ()) -> int:
     return sum(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
                for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
                and not any(name == s or name.startswith(f"{s}.") for s in skip))
-
-
-def find_head(model: "nn.Module", example_input: "torch.Tensor") -> str:
-    """Name of the last Conv/Linear run in the forward pass: the classifier head, never pruned."""
-    import torch
-
-    from compress.data import forward
-
-    names = {m: n for n, m in model.named_modules()}
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod]))
-               for m in names if isinstance(m, root_types())]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            forward(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if not order:
-        raise CompressError("prune: the model has no Conv or Linear layer to prune; remove the [prune] section")
-    return order[-1]
 
 
 # ---------------------------------------------------------------- channel pruning (Torch-Pruning)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal
 from pydantic import Field, model_validator
 
 from compress.prune import mechanics as pruning
+from compress.prune.heads import find_heads, heads_named
 from compress.errors import CompressError
 from compress.models import count_params
 from compress.section import Section
@@ -64,7 +65,8 @@ class PruneConfig(Section):
     ignore: tuple[str, ...] = Field(
         (), description="Module names (as in model.named_modules()) to leave unpruned: a Conv or Linear layer keeps "
         "its output channels (its inputs may shrink); any other module is left whole, with the channels it reads "
-        "and writes. The classifier head is always left alone, and so are recurrent layers (RNN, GRU, LSTM), which "
+        "and writes. The output layers are always left alone (the classifier head; each head of a model with several "
+        "outputs), and so are recurrent layers (RNN, GRU, LSTM), which "
         "Torch-Pruning has no rule for.")
     importance: Literal["l1", "l2", "taylor"] | None = Field(
         None, description="How channels are ranked: 'taylor', the first-order Taylor estimate of the loss change "
@@ -104,7 +106,7 @@ class PruneConfig(Section):
 def _measure(model: "nn.Module", cfg: PruneConfig, *, step: int, amount: float, accuracy_before: float,
              accuracy: float, latency_ms: Callable[["nn.Module"], float] | None, skip: tuple[str, ...] = ()) -> dict:
     """One step's row; `channels`: output channels of the layers pruning may narrow (`skip`: the ignored and the
-    head, whose channels stay)."""
+    heads, whose channels stay)."""
     row = {"step": step, "amount": round(amount, 6), "params": count_params(model),
            "bytes": pruning.weight_bytes(model), "accuracy_before_finetune": accuracy_before, "accuracy": accuracy,
            "channels": pruning.channel_count(model, skip)}
@@ -181,27 +183,28 @@ def _dry_run(model: "nn.Module", example_input, *, amount: float, ignored: tuple
 
 
 def _check_something_to_prune(model: "nn.Module", example_input, ignored: tuple[str, ...]) -> None:
-    """Some group is left to prune; `ignored` is prune.ignore, then the head."""
+    """Some group is left to prune; `ignored` is prune.ignore, then the heads."""
     from compress.prune.tracing import dependency_graph, prunable_roots, recurrent_layers
 
     probe = copy.deepcopy(model)
     if prunable_roots(*dependency_graph(probe, example_input, ignored), model=probe):
         return
-    *mine, head = ignored
+    heads = find_heads(model, example_input)
+    mine, head = [n for n in ignored if n not in heads], heads_named(heads)
     recurrent = [f"'{n}' ({type(m).__name__})" for n, m in recurrent_layers(model) if n not in mine]
     if mine:
         left = ", ".join([repr(n) for n in mine] + recurrent)
-        raise CompressError(f"prune.ignore: no layer is left to prune: besides the head ('{head}'), every Conv or "
+        raise CompressError(f"prune.ignore: no layer is left to prune: besides {head}, every Conv or "
                             f"Linear layer is ignored or feeds a module left as it is ({left}), which reads its "
                             "channels as they are; ignore fewer modules, prune a student with more layers, or remove "
                             "[prune]")
     if recurrent:
-        raise CompressError(f"prune: no layer is left to prune: besides the head ('{head}'), every Conv or Linear "
+        raise CompressError(f"prune: no layer is left to prune: besides {head}, every Conv or Linear "
                             f"layer feeds a recurrent layer ({', '.join(recurrent)}), which Torch-Pruning has no rule "
                             "for, so it and the channels it reads stay as they are; prune a student with more layers, "
                             "or remove [prune]")
     raise CompressError(f"prune: no layer can be pruned: every Conv or Linear layer's channels are tied to the "
-                        f"outputs of the head ('{head}'), which stay; remove [prune]")
+                        f"outputs of {head}, which stay; remove [prune]")
 
 
 @contextlib.contextmanager
@@ -227,7 +230,7 @@ def check_prunable(model: "nn.Module", cfg: PruneConfig, example_input: "torch.T
     an amount that removes nothing."""
     model = copy.deepcopy(model)
     expected = pruning.checked_forward(model, example_input, when="before pruning")
-    ignored = (*cfg.ignore, pruning.find_head(model, example_input))
+    ignored = (*cfg.ignore, *find_heads(model, example_input))
     pruning.resolve_ignored(model, ignored)
     if cfg.method == "magnitude":
         return
@@ -276,7 +279,7 @@ def prune(model: "nn.Module", cfg: PruneConfig, *, example_input: "torch.Tensor"
     batches = _callbacks_needed(cfg, taylor_batches, latency_ms)
     model = copy.deepcopy(model)
     expected = pruning.checked_forward(model, example_input, when="before pruning")
-    ignored = (*cfg.ignore, pruning.find_head(model, example_input))
+    ignored = (*cfg.ignore, *find_heads(model, example_input))
     pruning.resolve_ignored(model, ignored)  # unknown names fail now, before any work
     model.eval()
     accuracy = float(evaluate(model))

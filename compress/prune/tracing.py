@@ -2,7 +2,7 @@
 no rule for.
 
 An ignored Conv or Linear keeps its output channels while its inputs may shrink with the layer feeding it (the
-classifier head is one). Any other ignored module (a block of the user's own), and every recurrent layer (RNN, GRU,
+output heads are). Any other ignored module (a block of the user's own), and every recurrent layer (RNN, GRU,
 LSTM: Torch-Pruning cannot follow their gates), is sealed while the dependency graph is traced: it runs without
 autograd and hands back fresh tensors, so the trace neither enters it nor passes through it, and what it reads is
 traced as an extra output of the model; the layers whose output channels it reads keep them. So a sealed module's
@@ -29,7 +29,7 @@ def root_types() -> tuple[type, ...]:
 
 
 def resolve_ignored(model: "nn.Module", names: Iterable[str]) -> list["nn.Module"]:
-    """Modules for the names in prune.ignore (plus the head); an unknown name is a CompressError."""
+    """Modules for the names in prune.ignore (plus the heads); an unknown name is a CompressError."""
     modules = dict(model.named_modules())
     out = []
     for name in names:
