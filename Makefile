@@ -8,6 +8,9 @@ PIP    := $(BIN)/pip install -q -c constraints.txt
 # (dev extra) needs the default build itself, so it goes too. --force-reinstall: uninstalling onnxruntime removes
 # the module files both wheels share.
 ORT    ?= onnxruntime
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: the index torch alone is installed from, where pip's own would
+# give the CUDA build (PyPI on Linux x86_64); empty: pip's own configuration (a machine whose pip finds the CPU wheel)
+TORCH_INDEX ?=
 define use_ort
 	$(if $(filter-out onnxruntime,$(ORT)),$(BIN)/pip uninstall -q -y onnxruntime onnxruntime-qnn && \
 	$(PIP) --force-reinstall --no-deps $(ORT) && \
@@ -22,7 +25,7 @@ $(BIN)/python:
 # torch is pinned first (constraints.txt): a bare `torch` requirement on a CPU machine pulls CUDA wheels.
 install: $(BIN)/python
 	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(PIP) -e '.[plot]'
 	$(use_ort)
 

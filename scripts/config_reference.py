@@ -38,6 +38,8 @@ def reference() -> str:
             type(None) in typing.get_args(field.annotation) else ""
         if name == "search":
             optional = "optional section: read by `compress search` only; `compress run` ignores it"
+        elif name == "evaluate":  # no stage of its own: every stage that scores a model reads it
+            optional = "optional section: the metric every stage scores models by"
         out.append(f"### [{name}]" + (f" ({optional})" if optional else ""))
         out.append("")
         out.append(_paragraph(section.__doc__))

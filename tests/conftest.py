@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not has_cuda():
         missing["cuda"] = f"CUDAExecutionProvider not available here ({', '.join(available_providers())})"
     if importlib.util.find_spec("onnxruntime_qnn") is None:
-        missing["qnn"] = "onnxruntime-qnn is not installed (pip install 'compress[qnn]')"
+        missing["qnn"] = "onnxruntime-qnn is not installed (pip install onnxruntime-qnn)"
     if "OpenVINOExecutionProvider" not in available_providers():
         missing["openvino"] = ("OpenVINOExecutionProvider not available here (a venv with onnxruntime-openvino in "
                                "place of onnxruntime: make install ORT=onnxruntime-openvino)")

@@ -24,6 +24,17 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage:" in result.output
 
 
+def test_bench_help_gives_the_timing_defaults_it_runs_with():
+    # the options default to None (BenchSettings fills them in), so click showed no default at all
+    from compress.bench.config import BenchSettings
+
+    text = " ".join(CliRunner().invoke(main, ["bench", "--help"]).output.split())
+    defaults = BenchSettings()
+    for option, figure in (("--warmup", defaults.warmup_runs), ("--min-runs", defaults.min_runs),
+                           ("--min-seconds", defaults.min_seconds), ("--repetitions", defaults.repetitions)):
+        assert f"default {figure})" in text.split(option, 1)[1].split("--", 1)[0], option
+
+
 def test_validate_ok_names_the_stages(tmp_path):
     from tests.conftest import write_toml
     from tests.test_config import BASE

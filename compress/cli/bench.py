@@ -52,10 +52,14 @@ from compress.errors import CompressError, GateFailed
 @click.option("--strict", is_flag=True, help="An unavailable provider, any node a non-CPU provider leaves to the "
               "CPU provider, a --baseline of another model or one with rows not measured is an error (exit 2) instead "
               "of a report line.")
-@click.option("--warmup", "warmup_runs", type=click.IntRange(min=0), default=None, help="Warm-up runs per session.")
-@click.option("--min-runs", type=click.IntRange(min=1), default=None, help="Timed runs per repetition, at least.")
-@click.option("--min-seconds", type=Number(min=0), default=None, help="Timed seconds per repetition, at least.")
-@click.option("--repetitions", type=click.IntRange(min=1), default=None, help="Independent repetitions (fresh sessions).")
+@click.option("--warmup", "warmup_runs", type=click.IntRange(min=0), default=None,
+              help="Warm-up runs per session (default 20).")
+@click.option("--min-runs", type=click.IntRange(min=1), default=None,
+              help="Timed runs per repetition, at least (default 100).")
+@click.option("--min-seconds", type=Number(min=0), default=None,
+              help="Timed seconds per repetition, at least (default 0.6).")
+@click.option("--repetitions", type=click.IntRange(min=1), default=None,
+              help="Independent repetitions (fresh sessions; default 5).")
 @click.option("--time-budget", "time_budget", type=Number(min=0), default=None,
               help="Seconds per row: slower models get fewer runs and repetitions to fit [default: 12; 0 = none].")
 @click.option("--kit", "kit_dir", type=click.Path(path_type=Path), help="Also write an on-device benchmark kit here.")

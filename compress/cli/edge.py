@@ -33,7 +33,7 @@ from compress.errors import InputsRejected
                    "it, and the If nodes it decides are inlined.")
 @click.option("--provider", "targets", type=click.Choice(["qnn"]), multiple=True,
               help="Also measure this target on its own backend: qnn = QNN EP, HTP (Snapdragon NPU) backend, "
-                   "simulated here (needs onnxruntime-qnn: pip install 'compress[qnn]').")
+                   "simulated here (needs onnxruntime-qnn: pip install onnxruntime-qnn).")
 @click.option("--calibration", "calibration_npz", type=click.Path(path_type=Path), default=None,
               help="qnn: .npz with the input array (named as the model input, or the only array) for calibration "
                    "and accuracy, or one array per input for a model with several (token ids and a mask, at the "

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 EP = "QNNExecutionProvider"
-INSTALL = "pip install 'compress[qnn]' (brings onnxruntime-qnn, the QNN plugin for onnxruntime >= 1.24.2)"
+INSTALL = "pip install onnxruntime-qnn (the qnn extra: the QNN plugin for onnxruntime >= 1.24.2)"
 """The install line shown wherever QNN is not installed."""
 
 ActivationType = Literal["uint8", "uint16", "mixed"]

@@ -54,7 +54,7 @@ _UNCHECKED_PROVIDERS = {
         "available": False,
         "reason": "onnxruntime.tools ships no QNN operator rules; measure it instead: `compress edge MODEL "
                   "--provider qnn --calibration DATA.npz` or [export] edge_targets = [\"qnn\"] runs the model on "
-                  "the QNN EP's HTP backend (needs onnxruntime-qnn: pip install 'compress[qnn]').",
+                  "the QNN EP's HTP backend (needs onnxruntime-qnn: pip install onnxruntime-qnn).",
         "wants_fixed_shapes": True,
     },
 }

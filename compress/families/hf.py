@@ -39,7 +39,7 @@ class HFFamily(Family):
 
         if importlib.util.find_spec("transformers") is None:
             raise CompressError(f"{origin}.model: hf: models need the 'transformers' package: pip install "
-                                "'compress[hf]'")
+                                "transformers tokenizers (the hf extra)")
         folder = resolve_dir(spec, base_dir, f"{origin}.model")
         if not kwargs and not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin",
                                                                    "model.safetensors.index.json")):

@@ -7,5 +7,5 @@
 - `losses`: hidden-state and attention KD through a layer map.
 - `optimize`: ONNX Runtime's transformer optimizer, kept only where it measures faster.
 
-`transformers` is the optional extra `compress[hf]`; everything here imports it inside functions. Never a hub.
+`transformers` is the optional extra `hf` (`pip install -e '.[hf]'`); everything here imports it inside functions. Never a hub.
 """

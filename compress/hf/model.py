@@ -26,7 +26,7 @@ def require_transformers(origin: str) -> Any:
     try:
         import transformers
     except ImportError:
-        raise CompressError(f"{origin}: hf: models need the 'transformers' package: pip install 'compress[hf]'") \
+        raise CompressError(f"{origin}: hf: models need the 'transformers' package: pip install transformers tokenizers (the hf extra)") \
             from None
     transformers.logging.set_verbosity_error()
     return transformers

@@ -30,8 +30,8 @@ class ExportConfig(Section):
                                     "providers such as NNAPI and CoreML want static shapes).")
     edge_targets: tuple[Literal["qnn"], ...] = Field((), description="Edge targets measured on their own backend "
                                                      "in the edge stage: 'qnn' = QNN EP, HTP (Snapdragon NPU) "
-                                                     "backend, simulated by onnxruntime-qnn (pip install "
-                                                     "'compress[qnn]'): placement, accuracy, EPContext model. "
+                                                     "backend, simulated by onnxruntime-qnn (the qnn "
+                                                     "extra): placement, accuracy, EPContext model. "
                                                      "Needs ort_format = true.")
     optimize: Literal["none", "transformer"] = Field("none", description="Text models: 'transformer' runs ONNX "
                                                      "Runtime's transformer optimizer (fused attention, LayerNorm, "
