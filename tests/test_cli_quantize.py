@@ -139,8 +139,8 @@ def test_bad_input_is_one_line_and_exit_2(files: dict, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("arrays, option, line", [
-    ({"x": 200, "y": (150,)}, "--data", "error: bad.npz: --max-accuracy-drop gates on labels, which must be one class "
-     "index per sample (200 samples); got an array of shape (150,)"),
+    ({"x": 200, "y": (150,)}, "--data", "error: bad.npz: y has 150 rows and the inputs 200; --data needs a target for "
+     "every input row"),
     ({"x": 200, "y": (200, 4)}, "--data", "error: bad.npz: --max-accuracy-drop gates on labels, which must be one "
      "class index per sample (200 samples); got an array of shape (200, 4) (one-hot labels: np.argmax(y, axis=1) "
      "gives the indices)"),
@@ -1084,3 +1084,42 @@ def test_a_symlink_whose_data_is_linked_beside_it_stays_as_given(tmp_path: Path)
             f"error: {model}: its external data m.onnx.data is a symbolic link (a Hugging Face cache snapshot keeps "
             "its files so), which onnx refuses to read; copy the model and its data into one folder (cp -L m.onnx "
             "m.onnx.data DIR/) and pass the copy")
+
+
+def test_a_model_that_says_it_is_a_regressor_is_not_gated_as_a_classifier(files: dict):
+    # a tensors-task model exported by `compress run`, its (N, K) output named 'output': it was judged by the argmax
+    # of its values, and float targets shaped like the output were "labels, which must be class indices": exit 2
+    from compress.onnx.graph import TASK_KEY, set_metadata
+
+    val = np.load(files["val"])
+    model = files["dir"] / "regressor.onnx"
+    model.write_bytes(files["model"].read_bytes())
+    out = files["dir"] / "r-int8.onnx"
+    # execute: the model says its task; then a model that does not, with fractional targets shaped like its output
+    set_metadata(model, {TASK_KEY: "tensors"})
+    said = _invoke(model, "--out", out, "--mode", "dynamic", "--calibration", files["calib"])
+    first = json.loads(out.with_suffix(".json").read_text())
+    np.savez(files["dir"] / "targets.npz", x=val["x"], y=(val["x"][:, :4] * 0.5).astype(np.float32))
+    targets = _invoke(files["model"], "--out", out, "--mode", "dynamic", "--data", files["dir"] / "targets.npz")
+    # assert
+    assert said.exit_code == 0, said.output
+    assert first["gate_metric"]["metric"]["name"] == "cosine"
+    assert "the outputs (logits (256, 4)) are the tensors task's (its metadata says so)" in first["warnings"][0]
+    assert targets.exit_code == 0, targets.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["gate_metric"]["metric"]["name"] == "cosine"
+    assert summary["warnings"] == ["warning: targets.npz: its targets ('y') hold values (fractional, or shaped like "
+                                   "the output), not class indices, so the gate compares with the fp32 model; pass "
+                                   "--metric module:function to gate on the targets"]
+
+
+def test_data_with_fewer_targets_than_inputs_is_one_line_naming_both(files: dict):
+    # with --metric the metric was handed (100, K) outputs and 90 targets and "raised ValueError" in numpy
+    val = np.load(files["val"])
+    np.savez(files["dir"] / "short.npz", x=val["x"][:100], y=val["y"][:90])
+    out = files["dir"] / "s.onnx"
+    result = _invoke(files["model"], "--out", out, "--mode", "dynamic", "--data", files["dir"] / "short.npz")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: {files['dir'] / 'short.npz'}: y has 90 rows and the inputs 100; "
+                                     "--data needs a target for every input row")
+    assert not out.exists()

@@ -226,7 +226,7 @@ def test_image_pipeline_runs_teacher_on_the_fly_and_ships_class_names(tmp_path: 
     assert models["teacher"]["accuracy"] > 0.6 and models["student"]["accuracy_val"] is not None
     assert not (tmp_path / "runs/imgs/teacher/logits.npy").exists()
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "runs/imgs" / models["student"]["path"])).metadata_props}
-    assert json.loads(meta["class_names"]) == list(CLASSES)
+    assert json.loads(meta["class_names"]) == list(CLASSES) and meta["compress.task"] == "classification"
     assert "Figures are measured on **test** (12 examples)" in (tmp_path / "runs/imgs/report.md").read_text()
 
 

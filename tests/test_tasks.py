@@ -138,6 +138,10 @@ def test_a_regression_model_is_distilled_gated_and_reported_on_the_users_metric(
         assert models[name]["metrics"]["r2"] > 0.8, (name, models[name]["metrics"])
         assert {"mae", "cosine", "cosine/output", "sqnr_db/output", "mse/output"} <= set(models[name]["metrics"])
     assert models["teacher"]["metrics"]["sqnr_db/output"] == 80.0  # itself: the cap
+    import onnx  # the exported model says what its outputs are, for `compress quantize` and `edge` on the file
+
+    meta = {p.key: p.value for p in onnx.load(str(folder / "runs/t" / models["student"]["path"])).metadata_props}
+    assert meta["compress.task"] == "tensors"
     assert report["details"]["teacher"]["history"][0]["val"]["r2"] is not None  # the teacher was picked by r2
     gate = report["details"]["quantize"]["gate"]
     assert gate["metric"]["name"] == "r2" and gate["key"] == "quantize.max_metric_drop"

@@ -96,6 +96,17 @@ def read_targets(path: Path) -> Any:
     return several or None
 
 
+def _same_rows(targets: Any, rows: int, path: Path) -> None:
+    """A target per input row, or one line naming the arrays (a metric was handed both and failed in numpy)."""
+    import numpy as np
+
+    named = targets.items() if isinstance(targets, dict) else [("", targets)] if targets is not None else []
+    for name, array in named:
+        if np.ndim(array) and len(array) != rows:
+            raise CompressError(f"{path}: {'y_' + name if name else 'y'} has {len(array)} rows and the inputs "
+                                f"{rows}; --data needs a target for every input row")
+
+
 def gate_from(*args: Any, origin: Path | None = None, **kwargs: Any):
     """(the Gate, a warning line or None) from what the command was given (_gate_from; `named`: the model as the
     warning names it, the user's file where MODEL is a scratch copy). When the fp32 model does not run on the gate's
@@ -114,14 +125,17 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
                higher: bool, outputs: tuple[str, ...], dims: dict[str, int], *, budgets: tuple[float, float, float],
                given: str | None = None, named: str | None = None):
     from compress.bench.inputs import batch_of
+    from compress.onnx.graph import declared_task
     from compress.quantize.gate import accuracy_gate, agreement_gate, looks_like_logits, metric_gate, outputs_of
 
     accuracy_budget, cosine_budget, metric_budget = budgets
     fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
     warning = None  # labels given with outputs that are not class logits: said, not used
+    values = False  # targets that are values (a regressor's), not class indices
     if data_npz is not None:
         feeds, targets = read_inputs(model, data_npz, "--data", dims.batch_axes), read_targets(data_npz)
         n = batch_of(feeds, dims.batch_axes)
+        _same_rows(targets, n, data_npz)
         if metric is not None:
             from compress.tasks.metric import UserMetric
 
@@ -138,19 +152,22 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
         judged = _judged(model, fp32, outputs) if fp32 is not None else None
         labels = targets.get(next(iter(judged)) if len(judged) == 1 else None) if isinstance(targets, dict) else \
             targets  # 'y_NAME': the labels of output NAME, when it is the one judged (they were never used)
-        if labels is not None and looks_like_logits(judged):  # the fp32 outputs are the gate's first score too
-            check_label_range(labels, judged, data_npz.name)
+        values = labels is not None and _values_not_classes(labels, judged)  # a regressor's targets
+        if labels is not None and not values and looks_like_logits(judged, declared_task(model)):
+            check_label_range(labels, judged, data_npz.name)  # the fp32 outputs are the gate's first score too
             return accuracy_gate(feeds, labels, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
                                  axes=dims.batch_axes, known=(model, fp32), output=next(iter(judged))), None
         source = f"{n} samples from {data_npz.name}"
         if judged is not None:
             several = isinstance(targets, dict)
             names = ", ".join(f"'y_{k}'" for k in targets) if several else "'y'"
-            warning = (f"warning: {data_npz.name}: its labels ({names}) are not used: the judged "
-                       f"outputs ({', '.join(judged)}) are not one set of class logits"
-                       f"{' with its own y_NAME' if several else ''}, so the gate compares with the fp32 model; pass "
-                       f"{'--output NAME for the logits y_NAME labels, or ' if several else ''}--metric "
-                       "module:function to gate on the labels")
+            why = ("hold values (fractional, or shaped like the output), not class indices" if values else
+                   f"are not used: the judged outputs ({', '.join(judged)}) are not one set of class logits"
+                   f"{' with its own y_NAME' if several else ''}")
+            noun = "targets" if values else "labels"
+            warning = (f"warning: {data_npz.name}: its {noun} ({names}) {why}, so the gate compares with the fp32 "
+                       f"model; pass {'--output NAME for the logits y_NAME labels, or ' if several else ''}--metric "
+                       f"module:function to gate on the {noun}")
     elif calib is not None:
         rows = batch_of(calib, dims.batch_axes)
         feeds, source = calib, (f"{rows} inputs from {given}" if given else f"{rows} calibration inputs")
@@ -158,13 +175,30 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
         feeds = _random(model, dims)
         source = f"{batch_of(feeds, dims.batch_axes)} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
-                          source=source, axes=dims.batch_axes, expected=fp32)  # (the fp32 pass is not run twice)
+                          source=source, axes=dims.batch_axes, expected=fp32,  # (the fp32 pass is not run twice)
+                          task="tensors" if values else None)
     if gate.metric.name == "cosine" and warning is None:
         shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
-        warning = (f"warning: {named or model.name}: the outputs ({shown}) do not look like class logits, so the "
+        task = declared_task(model)
+        said = f"are the {task} task's (its metadata says so)" if task else "do not look like class logits"
+        warning = (f"warning: {named or model.name}: the outputs ({shown}) {said}, so the "
                    "gate is per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function "
                    "to gate on your own figure")
     return gate, warning
+
+
+def _values_not_classes(labels: Any, judged: dict[str, Any]) -> bool:
+    """Targets a regressor is trained on, not class indices: fractional numbers shaped like the one judged output
+    (trailing 1s aside). Whole numbers in that shape are one-hot labels, said so by the accuracy gate."""
+    import numpy as np
+
+    values = np.asarray(labels)
+    if values.dtype.kind != "f" or len(judged) != 1:
+        return False
+    out = np.shape(next(iter(judged.values())))
+    inner = [d for d in values.shape[1:] if d != 1], [d for d in out[1:] if d != 1]
+    finite = values[np.isfinite(values)]
+    return values.shape[:1] == out[:1] and inner[0] == inner[1] and not bool(np.all(finite == np.round(finite)))
 
 
 def check_label_range(labels: Any, judged: dict[str, Any], source: str) -> None:

@@ -128,11 +128,12 @@ def mixed_qdq(source: Path, out: Path, calib: dict[str, np.ndarray], *, fixed: P
     from compress.edge.qnn_accuracy import worst_int8_drop
     from compress.onnx.parity import run_cpu
     from compress.quantize.attempts import batched
+    from compress.onnx.graph import declared_task
     from compress.quantize.gate import looks_like_logits
     from compress.quantize.outliers import outlier_activations
 
     fp32s = run_cpu(fixed, x, batch_size=batch, axes=axes)
-    logits = looks_like_logits({"output": fp32s[0]}) if logits is None else logits
+    logits = looks_like_logits({"output": fp32s[0]}, declared_task(fixed)) if logits is None else logits
     with tempfile.TemporaryDirectory(prefix="compress-mixed-") as tmp:
         ranges = Path(tmp) / "ranges.json"
 

@@ -21,6 +21,7 @@ def accuracy_on_htp(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarr
 
     from compress.bench.providers import EXACT_MATMULS
     from compress.onnx.parity import compare, run_cpu
+    from compress.onnx.graph import declared_task
     from compress.quantize.gate import looks_like_logits
     from compress.tasks.tensors import Tensors
 
@@ -30,7 +31,7 @@ def accuracy_on_htp(fixed: Path, qdq: Path, session: Any, x: "dict[str, np.ndarr
     fp32, int8, htp = fp32s[0], int8s[0], htps[0]
     vs_int8 = compare([int8], [htp], atol=1e-3)
     vs_fp32 = compare([fp32], [htp], atol=1e-3)
-    logits = looks_like_logits({"output": fp32}) if logits is None else logits
+    logits = looks_like_logits({"output": fp32}, declared_task(fixed)) if logits is None else logits
     out: dict[str, Any] = {
         "samples": rows(x, axes), "outputs_look_like_logits": logits,
         "top1_agreement_htp_vs_int8_cpu": vs_int8["top1_agreement"],

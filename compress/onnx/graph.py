@@ -277,6 +277,21 @@ def set_metadata(onnx_path: Path, props: dict[str, str]) -> None:
         onnx.save(model, str(tmp))
 
 
+TASK_KEY = "compress.task"
+"""The metadata key an exported model says its task in (the export stage writes it): what its outputs mean."""
+
+
+def declared_task(path: Path | str) -> str | None:
+    """The task a model says it is (TASK_KEY in its metadata: a model compress exported), else None."""
+    from compress.onnx.skeleton import graph_of
+
+    try:
+        props = graph_of(Path(path)).metadata_props
+    except Exception:  # noqa: BLE001 - an .ort file or an unreadable one: the caller's own checks say so
+        return None
+    return next((p.value for p in props if p.key == TASK_KEY), None)
+
+
 def readers(graph: "onnx.GraphProto") -> dict[str, list["onnx.NodeProto"]]:
     """{tensor name: the nodes that read it, in graph order} (a node reading a tensor twice is listed twice)."""
     found: dict[str, list["onnx.NodeProto"]] = {}

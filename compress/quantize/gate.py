@@ -130,10 +130,11 @@ VALUE_WORDS = ("box", "coord", "landmark", "keypoint", "kpt", "offset", "delta",
 regressor's (N, 4) output was judged by it: 2 argmax flips of 64, at cosine 0.9999 to fp32)."""
 
 
-def looks_like_logits(outputs: Mapping[str, np.ndarray]) -> bool:
+def looks_like_logits(outputs: Mapping[str, np.ndarray], task: str | None = None) -> bool:
     """One output of shape (N, K) (trailing 1s allowed, as in [N, 1000, 1, 1]) with K >= 2, not named like an
-    embedding (FEATURE_WORDS): class logits."""
-    if len(outputs) != 1:
+    embedding (FEATURE_WORDS): class logits. `task`: what the model says it is (declared_task); a model of the
+    embedding or tensors task holds no logits, whatever their shape."""
+    if len(outputs) != 1 or task in ("embedding", "tensors"):
         return False
     name, value = next(iter(outputs.items()))
     shape = np.shape(value)
@@ -192,10 +193,11 @@ def resolution(budget: float, samples: int) -> str:
 
 def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_top1: float, budget_cosine: float,
                    outputs: Sequence[str] = (), source: str, axes: Mapping[str, int | None] | None = None,
-                   expected: Mapping[str, np.ndarray] | None = None) -> Gate:
+                   expected: Mapping[str, np.ndarray] | None = None, task: str | None = None) -> Gate:
     """Agreement with the fp32 model at `reference` on `feeds`: top-1 agreement when the judged outputs are class
     logits, else per-output cosine and SQNR (the mean cosine decides). `outputs` chooses which are judged (all).
-    `expected`: the reference's outputs on `feeds` when the caller has them (not run again)."""
+    `expected`: the reference's outputs on `feeds` when the caller has them (not run again). `task`: what the
+    outputs are known to be (the targets given say so), else what the model says (declared_task)."""
     from compress.tasks.tensors import Tensors
 
     expected = dict(expected) if expected is not None else outputs_of(reference, feeds, axes=axes)
@@ -207,7 +209,9 @@ def agreement_gate(reference: Path, feeds: Mapping[str, np.ndarray], *, budget_t
     expected = {k: expected[k] for k in chosen}
     if all(np.asarray(v).dtype.kind in "biu" for v in expected.values()):  # class indices, labels: cosine took them
         return _agreement_gate(reference, feeds, expected, budget_top1, source, axes)  # as one vector (2 points lost
-    if looks_like_logits(expected):  # at cosine 0.993)
+    from compress.onnx.graph import declared_task
+
+    if looks_like_logits(expected, task or declared_task(reference)):  # at cosine 0.993)
         from compress.onnx.parity import top1_of
 
         labels = top1_of(next(iter(expected.values())))

@@ -15,7 +15,7 @@ def run(ctx: StageContext) -> StageResult:
 
     from compress.families import family_of
     from compress.onnx.export import export_onnx
-    from compress.onnx.graph import set_metadata
+    from compress.onnx.graph import TASK_KEY, set_metadata
     from compress.onnx.parity import compare
     from compress.onnx.run import outputs_on
     from compress.train import predict
@@ -31,8 +31,9 @@ def run(ctx: StageContext) -> StageResult:
         reference = predict(model, _subset(data.val, rows), inputs=data.inputs, names=names, workers=data.workers)
         path = export_onnx(model, data.example(2), ctx.stage_dir / f"{name}.onnx", opset=ecfg.opset,
                            exporter=ecfg.exporter, inputs=data.inputs, output_names=names)
-        if data.class_names:  # an app reads the labels from the model itself
-            set_metadata(path, {"class_names": json.dumps(data.class_names)})
+        # what the outputs mean, for `compress quantize` and `edge` on this file; an app reads the labels from it
+        set_metadata(path, {TASK_KEY: ctx.evaluation.task.name,
+                            **({"class_names": json.dumps(data.class_names)} if data.class_names else {})})
         got = outputs_on(path, data, "val", names=names, rows=rows)
         check = compare([reference[n] for n in names], [got[n] for n in names], atol=ecfg.parity_atol,
                         rtol=ecfg.parity_rtol)
