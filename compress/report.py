@@ -45,11 +45,11 @@ def _primary(cfg: Any, info: dict) -> dict:
     """{"name", "higher_is_better"} of the figure that picked and gated: what training recorded, else the task's."""
     from compress.tasks import evaluation_for
 
-    trained = ((info.get("distill") or {}).get("student") or {}).get("primary")
-    if trained:
+    if trained := ((info.get("distill") or {}).get("student") or {}).get("primary"):
         return dict(trained)
+    first = cfg.evaluate and (cfg.evaluate.primary or f"first figure of {cfg.evaluate.metric}")  # none returned yet
     return evaluation_for(cfg.data.task, None).primary.to_json() if cfg.evaluate is None else \
-        {"name": cfg.evaluate.primary, "higher_is_better": cfg.evaluate.higher_is_better}
+        {"name": first, "higher_is_better": cfg.evaluate.higher_is_better}
 
 
 def figure(model: dict, report: dict, split: str = "") -> float | None:
@@ -206,8 +206,8 @@ def markdown(report: dict) -> str:
     out = [f"# compress report: {report['pipeline']}", ""]
     out += ["| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
-    out += ["", f"Final model: **{report.get('final')}**" + (f": {report['final_reason']}"
-                                                            if report.get("final_reason") else "")]
+    out += ["", (f"Final model: **{report['final']}**" if report.get("final") else "Final model: none (the run "
+            "stopped before one was picked)") + (f": {report['final_reason']}" if report.get("final_reason") else "")]
     if report.get("gate_failure"):
         out += ["", f"**Gate failed:** {report['gate_failure']}"]
     out += _data_markdown(report)

@@ -48,6 +48,10 @@ def _fractional_label(x: np.ndarray, y: np.ndarray) -> dict:
     return {"x": x, "y": yf}
 
 
+def _values_to_regress(x: np.ndarray, y: np.ndarray) -> dict:
+    return {"x": x, "y": np.stack([y, y], axis=1).astype(np.float32) * 0.5}
+
+
 # case -> (how to break tiny.npz, what the error says after "<toml>: data.source: <npz path>: ")
 CASES = {
     "nan-in-x": (_nan_x, "x holds NaN at index 17 (first of 3 bad values); clean the data or drop those rows"),
@@ -57,7 +61,10 @@ CASES = {
     "nan-in-x_val": (_nan_x_val, "x_val holds NaN at index 42 (first of 1 bad values); "
                                  "clean the data or drop those rows"),
     "fractional-label": (_fractional_label, "y holds non-integer label 2.5 at index 11 (first of 1 bad labels); "
-                                            "store class labels as integers 0..K-1"),
+                                            "store class labels as integers 0..K-1; values to regress (any shape) "
+                                            "take [data] task = 'tensors'"),
+    "values-to-regress": (_values_to_regress, "y must be a 1-D label array as long as x (400), got shape (400, 2); "
+                                              "values to regress (any shape) take [data] task = 'tensors'"),
 }
 
 

@@ -91,12 +91,13 @@ def check_xy(x: Any, y: Any, origin: str, xname: str, yname: str) -> None:
     import numpy as np
 
     check_x(x, origin, xname)
+    values = "; values to regress (any shape) take [data] task = 'tensors'"  # the classification task's checks
     if y.ndim != 1 or len(y) != len(x):
         raise CompressError(f"{origin}: {yname} must be a 1-D label array as long as {xname} "
-                            f"({len(x)}), got shape {y.shape}")
+                            f"({len(x)}), got shape {y.shape}" + (values if len(y) == len(x) else ""))
     if np.issubdtype(y.dtype, np.floating):
         check_bad(y, ~np.isfinite(y) | (y != np.round(y)), origin, yname, "non-integer label", "labels",
-                  "store class labels as integers 0..K-1")
+                  "store class labels as integers 0..K-1" + values)
     if not np.issubdtype(y.dtype, np.integer):
         raise CompressError(f"{origin}: {yname} must hold integer class labels, got dtype {y.dtype}; "
                             "store class labels as integers 0..K-1")

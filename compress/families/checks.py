@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from compress.errors import CompressError
 
@@ -127,6 +128,7 @@ def check_models(cfg, data) -> None:
             raise CompressError(f"{origin}.model: {spec} returns {wrong}")
         names = output_names_of(raw, task.default_output)
         outputs[role] = as_outputs(raw, names)
+        built = model  # the last built (the student, else the teacher): the metric's check runs on it
         train = cfg.distill if role == "student" else cfg.teacher.train
         key = "distill" if role == "student" else "teacher.train"
         if train is not None and train.freeze_embeddings and not family.embedding_parameters(model):
@@ -140,8 +142,34 @@ def check_models(cfg, data) -> None:
             _check_prunable(model, cfg, data, where)
     _check_head(cfg, data, task)
     _check_labels(cfg, data, task, outputs.get("student"))
+    if evaluation.user is not None and outputs:
+        _check_metric(evaluation.user, built, data, task.default_output)
     if str(cfg.teacher.model).startswith("hf:") and getattr(data.inputs, "kind", "") == "tokens":
         _check_text_configs(cfg, task)
+
+
+METRIC_ROWS = 32
+"""Validation rows the user's metric is called on once before training."""
+
+
+def _check_metric(metric, model, data, default_output: str) -> None:
+    """The user's metric called once on an untrained model's outputs for the first validation rows: a figure of the
+    wrong form is the error the run would give after the teacher's whole pass (compress.tasks.metric.UserMetric
+    .check); an exception inside it is a warning."""
+    import torch
+
+    from compress.data import forward
+    from compress.tasks.base import as_outputs, output_names_of
+
+    rows = min(METRIC_ROWS, len(data.val))
+    inputs, targets = data.arrays("val", limit=rows)
+    with torch.inference_mode():
+        raw = forward(model.eval(), data.example(rows))
+    outputs = {k: (v.float() if v.is_floating_point() else v).cpu().numpy()
+               for k, v in as_outputs(raw, output_names_of(raw, default_output)).items()}
+    line = metric.check(outputs, targets)
+    if line is not None:
+        log.warning("%s", line)
 
 
 def _check_text_configs(cfg, task) -> None:
@@ -282,8 +310,23 @@ def _check_labels(cfg, data, task, student) -> None:
                 "output's shape, or give [distill] loss = 'module:function' that reads it", cfg.source_path, stray,
                 stray, tuple(batch[stray].shape[1:]), outputs)
     if not fits:
-        shapes = ({k: tuple(v.shape[1:]) for k, v in batch.items()} if isinstance(batch, dict)
-                  else tuple(batch.shape[1:]))
-        raise CompressError(f"{cfg.source_path}: distill.loss: no target (per example {shapes}) has the shape of an "
-                            f"output ({outputs}); give "
-                            "[distill] loss = 'module:function' to compare your outputs with your targets")
+        raise CompressError(f"{cfg.source_path}: distill.loss: {_unfit(batch, student, outputs)}; give [distill] "
+                            "loss = 'module:function' to compare your outputs with your targets")
+
+
+def _unfit(batch: Any, student: dict, outputs: str) -> str:
+    """Why no target fits an output, as the middle of a sentence: a y_NAME that names no output (a typo), a target
+    one axis short of its output ((N,) for (N, 1)), else the shapes."""
+    import numpy as np
+
+    if isinstance(batch, dict):
+        stray = [k for k in batch if k not in student]
+        if stray:
+            return (f"target {stray[0]!r} (npz y_{stray[0]}) names no output of the student ({outputs}); name each "
+                    "y_NAME after the output it labels")
+        shapes = {k: tuple(v.shape[1:]) for k, v in batch.items()}
+        return f"no target (per example {shapes}) has the shape of its output ({outputs})"
+    shape, only = tuple(np.shape(batch)[1:]), [tuple(v.shape[1:]) for v in student.values()]
+    short = len(only) == 1 and only[0] == (*shape, 1)
+    return (f"no target (per example {shape}) has the shape of an output ({outputs})"
+            + (f"; y of shape (N, {', '.join(map(str, only[0]))}) fits it (y.reshape(len(y), -1))" if short else ""))

@@ -83,7 +83,9 @@ class Evaluation:
     def __call__(self, outputs: Mapping[str, Any], targets: Any, reference: Mapping[str, Any] | None) -> dict:
         figures = self.task.metrics(outputs, targets, reference if reference is not None else outputs)
         if self.user is not None:
-            figures.update(self.user(outputs, targets))
+            mine = self.user(outputs, targets)
+            self.user.say_replaced(sorted(set(mine) & set(figures)), self.task.name)
+            figures.update(mine)
         return figures
 
 

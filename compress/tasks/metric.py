@@ -10,6 +10,7 @@ model and heads the report.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic import Field, field_validator
 from compress.errors import CompressError, shorten
 from compress.section import Section
 from compress.tasks import Metric
+
+log = logging.getLogger("compress")
 
 
 class UserMetric:
@@ -38,13 +41,45 @@ class UserMetric:
         return Metric(self.primary_name or "(first figure of " + self.target + ")", self.higher_is_better)
 
     def __call__(self, outputs: Mapping[str, Any], targets: Any) -> dict[str, float]:
+        figures = self._figures(self._called(outputs, targets))
+        if math.isnan(figures[self.primary_name]):
+            raise CompressError(f"{self.origin}: {self.target} returned NaN for {self.primary_name!r}")
+        return figures
+
+    def _called(self, outputs: Mapping[str, Any], targets: Any) -> Any:
         try:
-            got = self.fn(dict(outputs), targets)
+            return self.fn(dict(outputs), targets)
         except CompressError:
             raise
         except Exception as exc:
-            raise CompressError(f"{self.origin}: {self.target} raised {type(exc).__name__}: {shorten(str(exc), 200)}"
-                                ) from exc
+            raise MetricRaised(f"{self.origin}: {self.target} raised {type(exc).__name__}: {shorten(str(exc), 200)}"
+                               ) from exc
+
+    def check(self, outputs: Mapping[str, Any], targets: Any) -> str | None:
+        """One call before training (`compress validate`), on an untrained model's outputs for a few validation rows:
+        what the figures' form breaks (None, a non-number, no primary) is the CompressError the run would raise
+        after the teacher's pass; an exception inside the metric, which such rows may cause and real ones not, is
+        a warning line (returned)."""
+        primary = self.primary_name
+        try:
+            self._figures(self._called(outputs, targets))
+        except MetricRaised as exc:
+            return f"warning: {exc} (called once before training, on {rows_of(outputs)} validation rows of an " \
+                   "untrained model)"
+        finally:
+            self.primary_name = primary
+        return None
+
+    def say_replaced(self, names: list[str], task: str) -> None:
+        """A warning line, once, for figures of the metric's named like the task's own, which they replace."""
+        if names and (self.target, tuple(names)) not in _REPLACED:
+            _REPLACED.add((self.target, tuple(names)))
+            log.warning("warning: %s: %s returns %s, named like the %s task's own figure%s, which %s replace%s in "
+                        "the report; rename them to keep both", self.origin, self.target,
+                        ", ".join(repr(n) for n in names), task, "s" if len(names) > 1 else "",
+                        "they" if len(names) > 1 else "it", "" if len(names) > 1 else "s")
+
+    def _figures(self, got: Any) -> dict[str, float]:
         if not isinstance(got, Mapping) or not got:
             raise CompressError(f"{self.origin}: {self.target} returned {type(got).__name__}; expected a dict of "
                                 "figures, e.g. {'map50': 0.71}")
@@ -60,9 +95,19 @@ class UserMetric:
         elif self.primary_name not in figures:
             raise CompressError(f"{self.origin.rsplit('.', 1)[0]}.primary: {self.primary_name!r} is not among the "
                                 f"figures {self.target} returned ({', '.join(figures)})")
-        if math.isnan(figures[self.primary_name]):
-            raise CompressError(f"{self.origin}: {self.target} returned NaN for {self.primary_name!r}")
         return figures
+
+
+class MetricRaised(CompressError):
+    """The user's metric raised (its message names the metric and the exception)."""
+
+
+_REPLACED: set[tuple[str, tuple[str, ...]]] = set()
+"""(metric, names) a replaced-figures warning was said for: once a process."""
+
+
+def rows_of(outputs: Mapping[str, Any]) -> int:
+    return len(next(iter(outputs.values()))) if outputs else 0
 
 
 class EvaluateConfig(Section):
