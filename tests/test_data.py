@@ -89,7 +89,7 @@ def test_bad_values_are_exit_2_at_load_naming_file_array_and_index(tiny_dir: Pat
 def test_a_python_dataset_with_a_negative_label_is_refused_while_scanning(label: int, line: str):
     # before: -1 passed validate and then failed in torch's loss with a traceback; -2 (the value an unreadable image
     # gets) made batches drop the row and every later row shift by one
-    from compress.data.sources import _scan
+    from compress.data.scan import scan as _scan
 
     items = [(np.zeros(4, np.float32), label if i == 3 else i % 2) for i in range(6)]
     with pytest.raises(CompressError) as err:

@@ -253,6 +253,23 @@ def test_bench_inputs_npz_keeps_a_scalar_input_scalar(tmp_path: Path):
     assert "CPUExecutionProvider" in result.output
 
 
+def test_bench_inputs_with_a_state_saved_rows_first_and_an_explicit_batch(tmp_path: Path):
+    # the state's batch is on axis 1: "the model fixes its batch at 2 ... save 2 of the 4 rows" was wrong advice;
+    # --batch 1 beside --inputs was dropped without a word (a batch other than 1 was refused)
+    model = recurrent(tmp_path / "vad.onnx")
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, x=np.ones((4, 16), np.float32), state=np.zeros((4, 2, 8), np.float32), sr=np.array(16000))
+    rows_first = _invoke("bench", model, "--inputs", feeds, "--batch-axis", "state:1", "--batch-axis", "sr:none")
+    np.savez(feeds, x=np.ones((4, 16), np.float32), state=np.zeros((2, 4, 8), np.float32), sr=np.array(16000))
+    batch = _invoke("bench", model, "--inputs", feeds, "--batch", "1", "--batch-axis", "state:1", "--batch-axis",
+                    "sr:none")
+    assert rows_first.exit_code == 2 and rows_first.output.strip().endswith(
+        "input 'state': expected shape [2, 'batch', 8], got [4, 2, 8]; axis 0 is fixed at 2 and the batch ('batch') "
+        "is axis 1: put the rows there (numpy.moveaxis(a, 0, 1) for rows saved first)"), rows_first.output
+    assert batch.exit_code == 2 and batch.output.strip() == (
+        f"error: --batch: --inputs {feeds} sets the batch and every shape (its arrays); drop --batch"), batch.output
+
+
 def squeezer(path: Path) -> Path:
     """x [batch, d] -> Squeeze(axis 1): loads while d is free, and ONNX Runtime refuses it once d is fixed to 2
     (Silero VAD's unused 8 kHz branch does the same when its chunk length is fixed)."""

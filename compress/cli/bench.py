@@ -98,8 +98,9 @@ def bench(model: Path, providers: tuple[str, ...], batches: tuple[int, ...], thr
     names = [resolve_provider(p) for p in providers]
     dim_sizes = parse_dims(dims, batch_axes)
     options = parse_provider_options(provider_options)
+    said = click.get_current_context().get_parameter_source("batches") is not click.core.ParameterSource.DEFAULT
     for note in check_conflicts(names, options, batches, threads, dim_sizes, fix, inputs_npz, edge, json_out,
-                                baseline):
+                                baseline, batch_given=said):
         click.echo(note, err=True)
     base_doc = load_document(baseline) if baseline is not None else None
     if base_doc is not None:

@@ -24,13 +24,14 @@ def parse_provider_options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 
 def check_conflicts(names: list[str], options: dict[str, Any], batches: tuple[int, ...], threads: tuple[int, ...],
                     dims: dict[str, int], fix: tuple[str, ...], inputs_npz: Path | None, edge: bool,
-                    json_out: Path | None, baseline: Path | None = None) -> list[str]:
+                    json_out: Path | None, baseline: Path | None = None, *, batch_given: bool = False) -> list[str]:
     """Options that would be ignored, or found wrong only after the timing: one line, before a run (each was taken
     silently: --inputs timed its own batch of 3 under --batch 8 --batch 16, a --json folder failed after every row
-    was timed). Returns the notes to print: --edge sets batch 1 and 1 thread over --batch and --threads."""
+    was timed). Returns the notes to print: --edge sets batch 1 and 1 thread over --batch and --threads.
+    `batch_given`: --batch was on the command line (--batch 1, the default's value, is refused beside --inputs too)."""
     from compress.cache import same_file
 
-    given = [o for o, on in (("--batch", batches != (1,)), ("--dim", bool(dims))) if on]
+    given = [o for o, on in (("--batch", batch_given or batches != (1,)), ("--dim", bool(dims))) if on]
     if inputs_npz is not None and given:
         raise CompressError(f"{given[0]}: --inputs {inputs_npz} sets the batch and every shape (its arrays); drop "
                             f"{' and '.join(given)}")

@@ -54,8 +54,11 @@ def _from_arrays(arrays: dict, cfg: Any, seed: int, origin: str, *, where: str) 
     labels_task = cfg.task == "classification"
     names = _target_names(arrays, cfg.task, where)
     if "x" not in arrays or (labels_task and "y" not in arrays):
+        named = "x" not in arrays and any(k.startswith("x_") and k not in ("x_val", "x_test") for k in arrays)
         raise CompressError(f"{where} has no array {'x' if 'x' not in arrays else 'y'!r} (found {sorted(arrays)}); "
-                            "expected x and y, optionally x_val and y_val, x_test and y_test")
+                            "expected x and y, optionally x_val and y_val, x_test and y_test" + (
+                                "; an npz holds one input: several named inputs come from a python: dataset whose "
+                                "items are ({'image': ..., 'meta': ...}, y)" if named else ""))
     x = arrays["x"]
     targets = {"": _targets_of(arrays, names, "", x, cfg.task, where)}
     for part in ("val", "test"):
@@ -205,9 +208,11 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     parts = _datasets_of(result, target, origin)
     where = f"{origin}: {target}()"
     labels_task = cfg.task == "classification"
-    scans = [_scan(ds, name, where, labels=labels_task) for ds, name in zip(parts, ("train", "validation", "test"))]
+    from compress.data.scan import scan
+
+    scans = [scan(ds, name, where, labels=labels_task) for ds, name in zip(parts, ("train", "validation", "test"))]
     shape = scans[0][1]
-    for (_, s, _), name in zip(scans[1:], ("validation", "test")):
+    for (_, s, *_), name in zip(scans[1:], ("validation", "test")):
         if s != shape:
             raise CompressError(f"{where}: {name} examples have shape {s}, train has {shape}")
     y = scans[0][0] if labels_task else np.zeros(len(parts[0]), dtype=np.int64)
@@ -239,7 +244,7 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
         if len(parts) > 1:
             _warn_untrained(scans[0][0][train_rows], labelled, origin)
         _warn_label_gaps(labelled, num_classes, origin)
-    input_shape = tuple(next(iter(shape.values()))[1:]) if isinstance(shape, dict) else shape
+    input_shape = tuple(next(iter(shape.values()))) if isinstance(shape, dict) else shape  # the first input's
     bundle = DataBundle(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
                         input_shape=input_shape, how=how, task=cfg.task, has_targets=kind != "none",
                         fingerprint=fingerprint([target, *[v for s in scans for v in (s[0], s[2])], train_rows,
@@ -248,7 +253,9 @@ def _from_python(target: str, cfg: Any, seed: int, base_dir: Path, origin: str) 
     if isinstance(shape, dict):
         from compress.data.inputs import NamedInputs
 
-        bundle.inputs = NamedInputs(list(shape), shapes={k: tuple(v) for k, v in shape.items()})
+        bundle.inputs = NamedInputs(list(shape), shapes={k: tuple(v) for k, v in shape.items()}, dtypes=scans[0][3])
+        bundle.id_peaks = {k: max((s[4][k] for s in scans if k in s[4]), key=lambda p: p[0])
+                           for k in {k for s in scans for k in s[4]}}
     return bundle
 
 
@@ -291,106 +298,3 @@ def _datasets_of(result: Any, target: str, origin: str) -> list:
                                 "has no len() or indexing (an IterableDataset, a generator?); return a map-style "
                                 "dataset: __len__ and __getitem__, e.g. torch.utils.data.TensorDataset")
     return parts
-
-
-def _label(y: Any, name: str, i: int, where: str) -> int:
-    """An item's class label as an int; a fractional, non-numeric or array label is one line (int() truncated 0.5
-    to 0 silently, and said 'invalid literal' for a class name)."""
-    import numpy as np
-
-    a = np.asarray(y)
-    if a.size != 1:
-        raise CompressError(f"{where}: {name} example {i} has a label of shape {a.shape}; classification labels are "
-                            "single integers 0..K-1 (one-hot or scores: take the argmax), or set data.task = "
-                            "'tensors' for array targets")
-    value = a.reshape(()).item()
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int):  # bool is an int
-        raise CompressError(f"{where}: {name} example {i} has the label {value!r}; labels must be integers 0..K-1"
-                            f"{': number the class names' if isinstance(value, str) else ''}")
-    if value < 0:
-        raise CompressError(f"{where}: {name} example {i} has the negative label {value}; labels must be integers "
-                            "0..K-1")
-    return int(value)
-
-
-def _scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, Any, str]:
-    """Labels of every item (a digest of the targets when they are not labels), the (common) shape of its inputs,
-    and a digest of the inputs (the stage cache's key: an input changed under the same labels is other data; '' for
-    a dataset whose item 0 reads differently twice, e.g. random augmentation in __getitem__, which has no fixed
-    inputs to key on, so its labels alone key it as before); checks values item by item."""
-    import hashlib
-
-    import numpy as np
-
-    from compress.data.arrays import check_bad
-
-    found, shape, digest, inputs, steady = [], None, hashlib.sha256(), hashlib.sha256(), True
-    try:
-        n = len(ds)
-        for i in range(n):
-            item = ds[i]
-            if isinstance(item, dict):
-                raise CompressError(f"{where}: {name} example {i} is a dict (keys {', '.join(map(str, item))}); items "
-                                    "must be (x, y) pairs: return (inputs, label) from __getitem__ (inputs may be a "
-                                    "dict of named arrays)")
-            if not isinstance(item, (tuple, list)) or len(item) != 2:  # a (2, 6) tensor split into x and y
-                what = (f"a {type(item).__name__} of shape {tuple(item.shape)}" if hasattr(item, "shape") else
-                        f"a {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list)) else ""))
-                raise CompressError(f"{where}: {name} example {i} is {what}; items must be (x, y) pairs: return "
-                                    "(inputs, label) from __getitem__ ((inputs, None) where there is no label)")
-            x, y = item
-            if i == 0 and hasattr(x, "getbands") and hasattr(x, "mode"):  # numpy reads it (H, W, C) in 0..255
-                raise CompressError(f"{where}: {name} example 0 is a PIL image; return a float (C, H, W) tensor, "
-                                    "e.g. torch.from_numpy(numpy.asarray(image, 'float32') / 255).permute(2, 0, 1), "
-                                    "or put the files in folders and use source = 'images:DIR'")
-            if i == 0:
-                steady = _same_inputs(x, ds[0][0])
-            if steady:
-                for k, v in (sorted(x.items()) if isinstance(x, dict) else [("", x)]):
-                    v = np.ascontiguousarray(np.asarray(v))
-                    inputs.update(f"{k}|{v.dtype}|{v.shape}|".encode())
-                    inputs.update(v.tobytes())
-            if isinstance(x, dict):
-                s: Any = {k: tuple(np.shape(v)) for k, v in x.items()}
-            else:
-                a = np.asarray(x, dtype=np.float32)
-                s = tuple(a.shape)
-                if not np.isfinite(a).all():
-                    check_bad(a[None], ~np.isfinite(a[None]), where, f"the {name} dataset's x", None, "values",
-                              "clean the data or drop those rows", offset=i)
-            if shape is None:
-                shape = s
-            elif s != shape and not isinstance(s, dict):
-                raise CompressError(f"{where}: {name} example {i} has shape {s}, the first had {shape}")
-            if labels:
-                found.append(_label(y, name, i, where))
-            else:
-                for k, v in (y.items() if isinstance(y, dict) else [("y", y)]):
-                    v = np.ascontiguousarray(np.asarray(v))
-                    if v.dtype.kind == "f" and not np.isfinite(v).all():
-                        raise CompressError(f"{where}: {name} example {i} has a non-finite target ({k}); clean the "
-                                            "data or drop those rows")
-                    digest.update(v.tobytes())
-    except CompressError:
-        raise
-    except Exception as exc:
-        raise CompressError(f"{where.rsplit(': ', 1)[0]}: could not read the {name} dataset from "
-                            f"{where.rsplit(': ', 1)[-1]} as (x, y) pairs: {type(exc).__name__}: {exc}") from exc
-    if shape is None:
-        raise CompressError(f"{where}: the {name} dataset is empty")
-    return (np.asarray(found, dtype=np.int64) if labels else digest.hexdigest()), shape, \
-        inputs.hexdigest() if steady else ""
-
-
-def _same_inputs(a: Any, b: Any) -> bool:
-    """Whether two reads of one item gave the same inputs (array or {name: array})."""
-    import numpy as np
-
-    if isinstance(a, dict) or isinstance(b, dict):
-        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
-            np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
-    return np.array_equal(np.asarray(a), np.asarray(b))

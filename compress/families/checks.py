@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 
 log = logging.getLogger("compress")
 
@@ -115,14 +115,18 @@ def check_models(cfg, data) -> None:
         if role == "teacher" and cfg.teacher.checkpoint:
             family.load_checkpoint(model, cfg.resolve(cfg.teacher.checkpoint), f"{where}: teacher.checkpoint",
                                    key=cfg.teacher.checkpoint_key)
+        _check_ids(model, data, origin, spec)
         example = data.example(2)
         try:
             with torch.inference_mode():
                 raw = forward(model.eval(), example)
         except Exception as exc:
-            shape = ", ".join(map(str, data.input_shape))
-            raise CompressError(f"{origin}.model: {spec} fails on a batch of shape (2, {shape}) from the data: "
-                                f"{type(exc).__name__}: {exc}{_rgb_hint(cfg, exc) or _layout_hint(data)}") from exc
+            shapes = getattr(data.inputs, "shapes", None)  # named inputs: each one's, where input_shape is the first's
+            batch = (f"a batch of inputs {', '.join(f'{k} {(2, *v)}' for k, v in shapes.items())}" if shapes else
+                     f"a batch of shape (2, {', '.join(map(str, data.input_shape))})")
+            hint = _rgb_hint(cfg, exc) or _ids_hint(data, exc) or _layout_hint(data)
+            raise CompressError(f"{origin}.model: {spec} fails on {batch} from the data: {type(exc).__name__}: "
+                                f"{shorten(str(exc), 200)}{hint}") from exc  # torch's words cut, the hint kept
         wrong = not_tensors(raw)
         if wrong is not None:
             raise CompressError(f"{origin}.model: {spec} returns {wrong}")
@@ -146,6 +150,20 @@ def check_models(cfg, data) -> None:
         _check_metric(evaluation.user, built, data, task.default_output)
     if str(cfg.teacher.model).startswith("hf:") and getattr(data.inputs, "kind", "") == "tokens":
         _check_text_configs(cfg, task)
+
+
+def _check_ids(model, data, origin: str, spec: str) -> None:
+    """An integer input holding an id past every nn.Embedding of the model: one line now, where training stopped on
+    torch's IndexError after the teacher stage."""
+    from torch import nn
+
+    rows = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    peaks = getattr(data, "id_peaks", None) or {}
+    for name, (value, example) in sorted(peaks.items()):
+        if rows and value >= max(rows):
+            raise CompressError(f"{origin}.model: input {name!r} holds the id {value} (example {example} of the data), "
+                                f"and the largest nn.Embedding of {spec} has {max(rows)} rows; ids must be below the "
+                                "vocabulary size (raise it in the model, or map the ids into it)")
 
 
 METRIC_ROWS = 32
@@ -207,6 +225,15 @@ def _rgb_hint(cfg, exc: Exception) -> str:
         return ""
     return ("; images: folders are read as RGB (3 channels, grayscale files too): build the model for 3 input "
             "channels, or give the data as npz: or python: arrays with the channels it takes")
+
+
+def _ids_hint(data, exc: Exception) -> str:
+    """One tensor input is read as float32 (npz x, a python: dataset's x): an nn.Embedding then refuses it. Integer
+    inputs keep their type as named inputs."""
+    if getattr(data.inputs, "kind", "tensor") != "tensor" or "indices" not in str(exc) or "Float" not in str(exc):
+        return ""
+    return ("; one x is read as float32, and nn.Embedding takes integer ids: a python: dataset's named input keeps "
+            "them so (items ({'ids': LongTensor}, y))")
 
 
 def _layout_hint(data) -> str:

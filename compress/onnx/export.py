@@ -100,8 +100,7 @@ def export_onnx(model, example_input, path: Path, *, opset: int = 18, exporter: 
             raise
         except Exception as exc:
             raise CompressError(f"{path.name}: torch.onnx.export ({exporter}) failed: {type(exc).__name__}: "
-                                f"{first_line(exc).split(' [Caused by ')[0]}; "
-                                "try [export] exporter = 'dynamo' or another opset") from exc
+                                f"{first_line(exc).split(' [Caused by ')[0]}; {_export_advice(model, inputs)}") from exc
     import onnx
 
     try:
@@ -130,6 +129,20 @@ def _native_output() -> Iterator[None]:
             raise
 
 
+def _export_advice(model: Any, inputs: Any) -> str:
+    """What to try after a failed export: a forward(**kwargs) with named inputs cannot be traced (the inputs need
+    names of their own); the dynamo exporter takes one tensor input only here."""
+    import inspect
+
+    if inputs.kind != "tensor":
+        params = inspect.signature(model.forward).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return (f"name each input as a parameter of forward (forward(self, {', '.join(inputs.names)})): "
+                    "forward(**kwargs) cannot be traced with named inputs")
+        return "try another opset ('dynamo' takes models with one tensor input only)"
+    return "try [export] exporter = 'dynamo' or another opset"
+
+
 def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequence[str], origin: str, *,
                  params: bool = False) -> Any:
     """Export the model as the export stage will (the configured exporter and opset, the data's inputs, two rows),
@@ -142,6 +155,10 @@ def trial_export(model: Any, data: Any, cfg: ExportConfig, output_names: Sequenc
 
     import onnx
 
+    if cfg.exporter == "dynamo" and getattr(data.inputs, "kind", "tensor") != "tensor":  # what export would refuse
+        raise CompressError(f"{origin} cannot be exported with export.exporter = 'dynamo', found before training: "
+                            "'dynamo' is used here for models with one tensor input; keyword inputs (token ids, "
+                            "named tensors) export with 'torchscript'")
     if cfg.exporter != "torchscript":
         return None
     with tempfile.TemporaryDirectory(prefix="compress-trial-export-") as tmp:
