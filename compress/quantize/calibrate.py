@@ -42,7 +42,7 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
 
     whole = bool(fixed_batch(base))  # a model fixed at its batch size runs no single samples
     batches = [[feed] if whole else _units(feed) for feed in calib]
-    names, lows, highs = _sample_ranges(base, [unit for units in batches for unit in units])
+    names, lows, highs, sizes = _sample_ranges(base, [unit for units in batches for unit in units])
     if not names:
         return None
     # per calibration batch, as ORT's calibrator sees them: a batch's minimum is its samples' smallest, exactly
@@ -50,20 +50,40 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
     lows, highs = np.minimum.reduceat(lows, starts, axis=0), np.maximum.reduceat(highs, starts, axis=0)
     # ORT's own arithmetic (MinMaxCalibrater.compute_data), tensor by tensor on (batches, 1) float32 arrays: a range
     # one float32 step off moves a scale by one step, and that alone flipped 2 of a ResNet-50's 300 gate images
-    lo, hi = (np.nanmean, np.nanmean) if method == "mean_minmax" else (np.nanmin, np.nanmax)
-    data = {n: (lo(lows[:, i:i + 1].copy(), axis=0), hi(highs[:, i:i + 1].copy(), axis=0)) for i, n in enumerate(names)}
+    extremes = (np.nanmin, np.nanmax) if method == "minmax" else (_high_rank(lower=True), _high_rank(lower=False))
+    data = {n: tuple(f(a[:, i:i + 1].copy(), axis=0) for f, a in zip(
+                (np.nanmean, np.nanmean) if method == "mean_minmax" and sizes[i] >= FEW_VALUES else extremes,
+                (lows, highs))) for i, n in enumerate(names)}
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
     return path
 
 
+FEW_VALUES = 10_000
+"""'mean_minmax' ranges a tensor with fewer values a sample than this by the 95th percentile of its per-sample
+maxima (and the 5th of the minima), not their mean. The mean of per-sample maxima of n values sits near their
+(1 - 1/n) quantile: inside the 99.99th percentile below 10,000 values, so it clips each sample's typical top values,
+not outliers (a 10-16-16-1 MLP regressor: cosine 0.922 at the first attempt, 0.991 now). The percentile still leaves
+out the top 5% of samples, one wild calibration sample among 20 or more among them, where the extremes ('minmax')
+would take it."""
+
+
+def _high_rank(*, lower: bool) -> Any:
+    """The 5th (lower) or 95th percentile of per-sample extremes, an element of them (numpy's 'lower' / 'higher'
+    method: a float32 range as measured, no interpolated value)."""
+    def rank(a: np.ndarray, axis: int) -> np.ndarray:
+        return np.nanpercentile(a, 5 if lower else 95, axis=axis, method="lower" if lower else "higher").astype(a.dtype)
+    return rank
+
 KEPT = 2
 """Models (and calibration sets) whose sample ranges stay remembered: the attempts of one quantize run share one."""
-_remembered: OrderedDict[tuple, tuple[list[str] | None, np.ndarray, np.ndarray]] = OrderedDict()
+_remembered: OrderedDict[tuple, tuple[list[str] | None, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
 
-def _sample_ranges(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
-    """(tensors, minima, maxima): each calibrated tensor's range in each sample of `units` (samples x tensors,
-    float32), remembered per model file and sample content, so the same samples in other batches hit."""
+def _sample_ranges(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray,
+                                                                           np.ndarray]:
+    """(tensors, minima, maxima, values): each calibrated tensor's range in each sample of `units` (samples x
+    tensors, float32) and its fewest values in a sample, remembered per model file and sample content, so the same
+    samples in other batches hit."""
     key = (*_file_key(base), _fingerprint(units))
     if key in _remembered:
         _remembered.move_to_end(key)
@@ -102,18 +122,20 @@ def _fingerprint(units: list[dict[str, np.ndarray]]) -> tuple:
     return tuple(out)
 
 
-def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
-    """One ORT pass of the model with a ReduceMin and a ReduceMax on each tensor ORT would calibrate."""
+def _measure(base: Path, units: list[dict[str, np.ndarray]]) -> tuple[list[str] | None, np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """One ORT pass of the model with a ReduceMin, a ReduceMax and a Size on each tensor ORT would calibrate."""
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model = load_model_with_shape_infer(base)  # what ORT's calibrator selects from (the shapes give the types)
     names = selected_tensors(model)
     if not names:
-        return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+        return names, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0)
     handed = [model]  # reduced() drops the last reference before its session opens: one copy of the weights
     del model
-    values = reduced(handed.pop(), names, ("ReduceMin", "ReduceMax"), units).astype(np.float32)  # ORT's float32
-    return names, values[:, :, 0].copy(), values[:, :, 1].copy()
+    values = reduced(handed.pop(), names, ("ReduceMin", "ReduceMax", "Size"), units)
+    ranges = values[:, :, :2].astype(np.float32)  # ORT's float32
+    return names, ranges[:, :, 0].copy(), ranges[:, :, 1].copy(), np.min(values[:, :, 2], axis=0)
 
 
 def reduced(model: Any, names: list[str], ops: tuple[str, ...], units: list[dict[str, np.ndarray]]) -> np.ndarray:
