@@ -79,7 +79,7 @@ def load_weights(model, path: Path, origin: str, *, key: str | None = None) -> N
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
+        detail = shorten(str(exc), 300)
         more = _more_outputs(model, state, origin)  # before the detail, which the one-line limit may cut
         raise CompressError(f"{origin}: {path} does not match the model: {more + '; ' if more else ''}"
                             f"{detail}") from exc
@@ -92,9 +92,13 @@ def _more_outputs(model: Any, state: dict, origin: str) -> str:
     last = next((k for k in reversed(list(mine)) if k.endswith("weight")), None)
     ours, theirs = mine.get(last), state.get(last)
     if ours is None or theirs is None or not ours.dim() or theirs.shape[1:] != ours.shape[1:] \
-            or theirs.shape[0] <= ours.shape[0]:
+            or theirs.shape[0] == ours.shape[0]:
         return ""
     role = origin.rpartition(": ")[2].partition(".")[0]
+    if theirs.shape[0] < ours.shape[0]:  # the model was sized from the data (num_classes), wider than the checkpoint
+        return (f"its last layer '{last}' has {theirs.shape[0]} outputs, the model's {ours.shape[0]} (num_classes, "
+                f"from the data's labels or target width unless {role}.kwargs sets it): the data holds more classes "
+                f"or a wider target than the checkpoint was trained for; check the data, or retrain the {role}")
     return (f"its last layer '{last}' has {theirs.shape[0]} outputs, the model's {ours.shape[0]}: for a classifier "
             f"with more classes than the data's labels show, set num_classes = {theirs.shape[0]} in {role}.kwargs")
 

@@ -420,3 +420,22 @@ def test_a_teacher_with_more_classes_than_the_labels_distils_and_exports(folder:
     report = json.loads((folder / "runs/c/report.json").read_text())
     models = {m["name"]: m for m in report["models"]}
     assert {"teacher", "student"} <= set(models) and all("accuracy" in m["metrics"] for m in models.values())
+
+
+def test_a_checkpoint_narrower_than_the_data_says_the_data_is_wider(tmp_path: Path):
+    # y of width 3 and a 2-output teacher checkpoint: torch's size-mismatch text alone, cut mid-word at 300 characters
+    import torch
+    from safetensors.torch import save_file
+
+    from compress.errors import CompressError
+    from compress.models import load_weights
+
+    save_file(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)).state_dict(), str(tmp_path / "t.safetensors"))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    with pytest.raises(CompressError) as err:
+        load_weights(model, tmp_path / "t.safetensors", "p.toml: teacher.checkpoint")
+    assert str(err.value).startswith(
+        f"p.toml: teacher.checkpoint: {tmp_path / 't.safetensors'} does not match the model: its last layer '1.weight' has 2 "
+        "outputs, the model's 3 (num_classes, from the data's labels or target width unless teacher.kwargs sets it): "
+        "the data holds more classes or a wider target than the checkpoint was trained for; check the data, or "
+        "retrain the teacher; Error(s) in loading state_dict")
