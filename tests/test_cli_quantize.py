@@ -1105,6 +1105,15 @@ def test_a_model_that_says_it_is_a_regressor_is_not_gated_as_a_classifier(files:
     assert said.exit_code == 0, said.output
     assert first["gate_metric"]["metric"]["name"] == "cosine"
     assert "the outputs (logits (256, 4)) are the tensors task's (its metadata says so)" in first["warnings"][0]
+    # a classifier's own word never explains a cosine gate (an output named like pooled features gets one)
+    pooled = onnx.load(str(model))
+    pooled.graph.node[-1].output[0] = pooled.graph.output[0].name = "pooled"
+    onnx.save(pooled, str(model))
+    set_metadata(model, {TASK_KEY: "classification"})
+    out3 = files["dir"] / "r3.onnx"
+    assert _invoke(model, "--out", out3, "--mode", "dynamic", "--calibration", files["calib"]).exit_code == 0
+    said = json.loads(out3.with_suffix(".json").read_text())["warnings"]
+    assert len(said) == 1 and "the outputs (pooled (256, 4)) do not look like class logits" in said[0], said
     assert targets.exit_code == 0, targets.output
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["gate_metric"]["metric"]["name"] == "cosine"

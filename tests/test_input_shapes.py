@@ -343,3 +343,16 @@ def test_static_calibration_cuts_a_state_input_on_its_own_batch_axis(tmp_path: P
     from compress.quantize.attempts import batched
     parts = batched(dict(np.load(calib)), 32, {"state": 1, "sr": None})
     assert [p["state"].shape for p in parts] == [(2, 32, 8), (2, 8, 8)] and parts[1]["sr"].shape == ()
+
+
+def test_a_fixed_batch_image_model_with_free_height_is_told_to_cut_rows(tmp_path: Path):
+    # [1, 3, 'H', 'W']: 'H' is no batch axis; the advice said "the batch ('H') is axis 2: numpy.moveaxis(a, 0, 2)"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "img",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "H", "W"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "img.onnx"))
+    np.savez(tmp_path / "imgs.npz", x=np.ones((8, 3, 32, 32), np.float32))
+    result = _invoke("bench", tmp_path / "img.onnx", "--inputs", tmp_path / "imgs.npz")
+    assert result.exit_code == 2 and result.output.strip().endswith(
+        "the model fixes its batch at 1 and the arrays are fed whole, as one batch: save 1 of the 8 rows (x[:1])"), \
+        result.output

@@ -49,6 +49,23 @@ class Keywords(nn.Module):
         return self.head((self.emb(inputs["ids"]) * inputs["mask"][..., None]).mean(1))
 
 
+class ImgCat(nn.Module):
+    """uint8 pixels (not ids: they reach no embedding) and a category id that does."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.cat = nn.Embedding(10, 4)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, image, cat):
+        return self.head(torch.cat([self.conv(image.float() / 255), self.cat(cat)], 1))
+
+
+def imgcat(num_classes):
+    return ImgCat(num_classes)
+
+
 def imgmeta(num_classes, width=8):
     return ImgMeta(num_classes, width)
 
@@ -85,6 +102,9 @@ class Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         y = int(self.y[i])
+        if BREAK == "pixels":
+            return {{"image": torch.from_numpy((self.image[i] * 40 + 128).clip(0, 255).astype(np.uint8)),
+                     "cat": torch.tensor(i % 10)}}, y
         if BREAK in ("ids", "oov"):
             return {{"ids": torch.from_numpy(self.ids[i])}}, y
         if BREAK == "tensor-ids":
@@ -150,9 +170,12 @@ def test_an_id_past_the_vocabulary_is_named_at_validate(tmp_path: Path):
     # validate said ok; run stopped in the teacher stage on torch's "IndexError: index out of range in self"
     toml = _folder(tmp_path, "oov", "bag")
     code, line = _validate(toml)
-    assert code == 2 and line == (f"error: {toml}: teacher.model: input 'ids' holds the id 80 (example 5 of the "
-                                  "data), and the largest nn.Embedding of mymodels:bag has 50 rows; ids must be below "
-                                  "the vocabulary size (raise it in the model, or map the ids into it)")
+    assert code == 2 and line == (f"error: {toml}: teacher.model: input 'ids' holds the id 80 (train example 5 of "
+                                  "the data), and the nn.Embedding of mymodels:bag it feeds has 50 rows; ids must be "
+                                  "below the vocabulary size (raise it in the model, or map the ids into it)")
+    # uint8 pixels up to 255 reach no embedding: not ids (every image model with an embedding was refused)
+    code, line = _validate(_folder(tmp_path, "pixels", "imgcat"))
+    assert code == 0 and line.endswith("ok (teacher, distill, export, benchmark)"), line
 
 
 def test_ids_given_as_one_tensor_say_how_to_keep_them_integers(tmp_path: Path):
@@ -198,3 +221,19 @@ def test_an_npz_of_named_inputs_says_where_several_inputs_come_from(tmp_path: Pa
     code, line = _validate(toml)
     assert code == 2 and line.endswith("; an npz holds one input: several named inputs come from a python: dataset "
                                        "whose items are ({'image': ..., 'meta': ...}, y)"), line
+
+
+def test_a_dataset_that_mixes_named_and_plain_inputs_says_so():
+    # it said "train example 1 has shape (3,), the first had {'a': (3,)}", which reads as a shape fault
+    from compress.data.scan import scan
+    from compress.errors import CompressError
+
+    import torch
+
+    for items, says in (([({"a": torch.zeros(3)}, 0), (torch.zeros(3), 1)], "x is one tensor, the first example's a "
+                                                                                "dict of named inputs"),
+                        ([(torch.zeros(3), 0), ({"a": torch.zeros(3)}, 1)], "x is a dict of named inputs, the first "
+                                                                            "example's one tensor")):
+        with pytest.raises(CompressError) as err:
+            scan(items, "train", "where")
+        assert str(err.value) == f"where: train example 1: {says}; every example's x needs the same form"

@@ -316,6 +316,10 @@ def test_every_head_of_a_model_with_several_outputs_is_left_alone(returns: str):
     pruned, history = _prune(model, x, amount=0.5)
     assert mechanics.checked_forward(pruned, x) == ((8, 2), (8, 1))
     assert pruned.body[0].out_features == 8 and history[-1]["params"] < history[0]["params"]
+    frozen = TwoHeads(returns)  # a frozen head is found too: only the last one ran was, so 'value' was pruned
+    for p in [*frozen.body.parameters(), *frozen.value.parameters()]:
+        p.requires_grad_(False)
+    assert find_heads(frozen, x) == ("value", "score") and frozen.body[0].weight.requires_grad is False
 
 
 def test_a_shape_change_names_the_last_layer_that_ran():

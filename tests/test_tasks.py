@@ -388,7 +388,7 @@ def test_a_target_one_axis_short_of_its_output_says_the_shape_that_fits(tmp_path
     code, line, toml = _validate(folder, "flat.npz", "Regressor")
     assert code == 2 and line == (
         f"error: {toml}: distill.loss: no target (per example ()) has the shape of an output (output (1,)); y of "
-        "shape (N, 1) fits it (y.reshape(len(y), -1)); give [distill] loss = 'module:function' to compare your "
+        "shape (N, 1) fits it (y[..., None]); give [distill] loss = 'module:function' to compare your "
         "outputs with your targets")
 
 

@@ -239,8 +239,9 @@ def _fixed_batch_hint(shape: list, got: tuple[int, ...]) -> str:
     file of many samples (a calibration set) fits a model that fixes its batch only once cut to that many rows."""
     if len(got) != len(shape) or not shape or not isinstance(shape[0], int) or shape[0] < 1 or got[0] <= shape[0]:
         return ""
-    named = next((i for i, d in enumerate(shape) if isinstance(d, str) and d), None)
-    if named is not None:  # a state [layers, batch, hidden]: axis 0 is not the batch at all
+    named = next((i for i, d in enumerate(shape) if isinstance(d, str) and
+                  ("batch" in d.lower() or d.lower() in ("n", "b", "bs"))), None)
+    if named is not None:  # a state [layers, batch, hidden]: axis 0 is not the batch at all ('H', 'seq' are not)
         return (f"; axis 0 is fixed at {shape[0]} and the batch ({shape[named]!r}) is axis {named}: put the rows "
                 f"there (numpy.moveaxis(a, 0, {named}) for rows saved first)")
     if any(isinstance(d, int) and d > 0 and d != s for d, s in zip(shape[1:], got[1:])):

@@ -180,7 +180,8 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
     if gate.metric.name == "cosine" and warning is None:
         shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
         task = declared_task(model)
-        said = f"are the {task} task's (its metadata says so)" if task else "do not look like class logits"
+        said = f"are the {task} task's (its metadata says so)" if task in ("tensors", "embedding") else \
+            "do not look like class logits"
         warning = (f"warning: {named or model.name}: the outputs ({shown}) {said}, so the "
                    "gate is per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function "
                    "to gate on your own figure")

@@ -154,8 +154,9 @@ class DataBundle:
     """compress.data.inputs: what the models eat (one tensor, named tensors, token ids): export names, feeds."""
     has_targets: bool = True
     """Whether items carry targets (labels, or arrays for the tensors task); without, targets are -1."""
-    id_peaks: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Integer named inputs' largest values and where ({name: (value, example)}): ids past an nn.Embedding's rows."""
+    id_peaks: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Integer named inputs' largest values and where ({name: (value, 'validation example 5')}): ids past the rows of
+    the nn.Embedding they feed."""
     steady: bool = True
     """Whether an item reads the same twice (False: a python: dataset with random state inside, which a search must
     load afresh for each trial to start it from the same state; compress.config.held)."""

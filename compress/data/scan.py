@@ -12,7 +12,7 @@ def scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, A
     and a digest of the inputs (the stage cache's key: an input changed under the same labels is other data; '' for
     a dataset whose item 0 reads differently twice, e.g. random augmentation in __getitem__, which has no fixed
     inputs to key on, so its labels alone key it as before), named inputs' types ({name: 'float' | 'int64' | ...},
-    from item 0) and integer ones' largest values ({name: (value, example)}); checks values item by item."""
+    from item 0) and integer ones' largest values ({name: (value, 'train example 5')}); checks values item by item."""
     import hashlib
 
     import numpy as np
@@ -51,7 +51,7 @@ def scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, A
                     inputs.update(v.tobytes())
             if isinstance(x, dict):
                 s: Any = {k: tuple(np.shape(v)) for k, v in x.items()}
-                _named(x, i, f"the {name} dataset's input", where, kinds, peaks)
+                _named(x, i, name, where, kinds, peaks)
             else:
                 a = np.asarray(x, dtype=np.float32)
                 s = tuple(a.shape)
@@ -61,12 +61,7 @@ def scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, A
             if shape is None:
                 shape = s
             elif s != shape:
-                if isinstance(s, dict) and isinstance(shape, dict) and s.keys() == shape.keys():
-                    k = next(k for k in s if s[k] != shape[k])
-                    raise CompressError(f"{where}: {name} example {i}: input {k!r} has shape {s[k]}, the first "
-                                        f"example's {shape[k]}; every example needs one shape per input (pad or cut "
-                                        "them to one length)")
-                raise CompressError(f"{where}: {name} example {i} has shape {s}, the first had {shape}")
+                _shape_changed(s, shape, name, i, where)
             if labels:
                 found.append(_label(y, name, i, where))
             else:
@@ -87,7 +82,21 @@ def scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, A
         inputs.hexdigest() if steady else "", kinds, peaks
 
 
-def _named(x: dict, i: int, what: str, where: str, kinds: dict[str, str], peaks: dict[str, tuple[int, int]]) -> None:
+def _shape_changed(s: Any, shape: Any, name: str, i: int, where: str) -> None:
+    """Example `i`'s inputs differ in form or shape from the first example's: one line saying how."""
+    if isinstance(s, dict) != isinstance(shape, dict):
+        forms = ("a dict of named inputs", "one tensor")
+        now, first = forms[not isinstance(s, dict)], forms[not isinstance(shape, dict)]
+        raise CompressError(f"{where}: {name} example {i}: x is {now}, the first example's {first}; every example's "
+                            "x needs the same form")
+    if isinstance(s, dict) and s.keys() == shape.keys():
+        k = next(k for k in s if s[k] != shape[k])
+        raise CompressError(f"{where}: {name} example {i}: input {k!r} has shape {s[k]}, the first example's "
+                            f"{shape[k]}; every example needs one shape per input (pad or cut them to one length)")
+    raise CompressError(f"{where}: {name} example {i} has shape {s}, the first had {shape}")
+
+
+def _named(x: dict, i: int, name: str, where: str, kinds: dict[str, str], peaks: dict[str, tuple[int, str]]) -> None:
     """Example `i`'s named inputs: their types (from the first), integer ones' largest values (an id past an
     nn.Embedding's rows is said at load), and NaN or infinity named here, not as a loss that became nan."""
     import numpy as np
@@ -99,9 +108,9 @@ def _named(x: dict, i: int, what: str, where: str, kinds: dict[str, str], peaks:
         if i == 0:
             kinds[k] = "float" if a.dtype.kind == "f" else a.dtype.name
         if a.dtype.kind in "iu" and a.size and (k not in peaks or a.max() > peaks[k][0]):
-            peaks[k] = (int(a.max()), i)
+            peaks[k] = (int(a.max()), f"{name} example {i}")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            check_bad(a[None], ~np.isfinite(a[None]), where, f"{what} {k!r}", None, "values",
+            check_bad(a[None], ~np.isfinite(a[None]), where, f"the {name} dataset's input {k!r}", None, "values",
                       "clean the data or drop those rows", offset=i)
 
 

@@ -153,17 +153,45 @@ def check_models(cfg, data) -> None:
 
 
 def _check_ids(model, data, origin: str, spec: str) -> None:
-    """An integer input holding an id past every nn.Embedding of the model: one line now, where training stopped on
-    torch's IndexError after the teacher stage."""
+    """An integer named input holding an id past the rows of an nn.Embedding it feeds (seen on one forward pass: the
+    embedding reads that input's own tensor, or a view of it): one line now, where training stopped on torch's
+    IndexError after the teacher stage. Inputs that reach no embedding (pixels, counts) are not ids."""
+    import torch
     from torch import nn
 
-    rows = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    from compress.data import forward
+
     peaks = getattr(data, "id_peaks", None) or {}
-    for name, (value, example) in sorted(peaks.items()):
-        if rows and value >= max(rows):
-            raise CompressError(f"{origin}.model: input {name!r} holds the id {value} (example {example} of the data), "
-                                f"and the largest nn.Embedding of {spec} has {max(rows)} rows; ids must be below the "
-                                "vocabulary size (raise it in the model, or map the ids into it)")
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if not peaks or not embeddings:
+        return
+    example = data.example(2)
+    if not isinstance(example, dict):
+        return
+    storage = {k: v.untyped_storage().data_ptr() for k, v in example.items() if k in peaks}
+    rows: dict[str, int] = {}  # input -> the fewest rows of an embedding it feeds
+
+    def seen(module: Any, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            fed = args[0].untyped_storage().data_ptr()
+            for name in (k for k, ptr in storage.items() if ptr == fed):
+                rows[name] = min(rows.get(name, module.num_embeddings), module.num_embeddings)
+
+    handles = [m.register_forward_pre_hook(seen) for m in embeddings]
+    try:
+        with torch.inference_mode():
+            forward(model.eval(), example)
+    except Exception:  # noqa: BLE001 - the forward check right after says what fails, in its words
+        return
+    finally:
+        for h in handles:
+            h.remove()
+    for name, limit in sorted(rows.items()):
+        value, where = peaks[name]
+        if value >= limit:
+            raise CompressError(f"{origin}.model: input {name!r} holds the id {value} ({where} of the data), and the "
+                                f"nn.Embedding of {spec} it feeds has {limit} rows; ids must be below the vocabulary "
+                                "size (raise it in the model, or map the ids into it)")
 
 
 METRIC_ROWS = 32
@@ -356,4 +384,4 @@ def _unfit(batch: Any, student: dict, outputs: str) -> str:
     shape, only = tuple(np.shape(batch)[1:]), [tuple(v.shape[1:]) for v in student.values()]
     short = len(only) == 1 and only[0] == (*shape, 1)
     return (f"no target (per example {shape}) has the shape of an output ({outputs})"
-            + (f"; y of shape (N, {', '.join(map(str, only[0]))}) fits it (y.reshape(len(y), -1))" if short else ""))
+            + (f"; y of shape (N, {', '.join(map(str, only[0]))}) fits it (y[..., None])" if short else ""))

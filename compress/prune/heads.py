@@ -25,8 +25,8 @@ def output_tensors(out: Any) -> list["torch.Tensor"]:
 def find_heads(model: "nn.Module", example_input: "torch.Tensor") -> tuple[str, ...]:
     """Names of the Conv/Linear layers whose outputs reach a model output with no other Conv/Linear between, in the
     order they run: the classifier head, or every head of a model with several outputs (a detector's boxes and
-    scores). Never pruned: their channels are the outputs. Found on the autograd graph of one forward pass; a model
-    without gradients falls back to the last Conv/Linear run."""
+    scores). Never pruned: their channels are the outputs. Found on the autograd graph of one forward pass (frozen
+    parameters included); a graph autograd cannot follow falls back to the last Conv/Linear run."""
     import torch
 
     from compress.data import forward
@@ -42,11 +42,16 @@ def find_heads(model: "nn.Module", example_input: "torch.Tensor") -> tuple[str, 
 
     handles = [m.register_forward_hook(seen) for m in names if isinstance(m, root_types())]
     was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # the graph is traced through them too
     model.eval()
     try:
+        for p in frozen:
+            p.requires_grad_(True)
         with torch.enable_grad():
             outputs = output_tensors(forward(model, example_input))
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         for h in handles:
             h.remove()
         model.train(was_training)

@@ -93,8 +93,9 @@ class QuantizeConfig(Section):
         "mean_minmax", description="How static quantization turns calibration activations into ranges; tried "
         "first. 'mean_minmax': the mean of each sample's minimum and maximum (NNCF's default for activations: one "
         "outlier sample cannot stretch a range), and for a tensor of under 10,000 values a sample, whose per-sample "
-        "extremes are its typical values, their 5th and 95th percentiles; 'minmax': the extremes over all samples; "
-        "'entropy', 'percentile': histograms (slower)."
+        "extremes are its typical values, their extremes with the most extreme 5% of samples left out (all of them "
+        "under 20 samples; ORT's own calibrator, used where onnxruntime has no calibration cache, takes the mean); "
+        "'minmax': the extremes over all samples; 'entropy', 'percentile': histograms (slower)."
     )
     bias_correction: bool = Field(
         True, description="Static: after quantizing, take each Conv and Gemm layer's mean output shift (measured on "

@@ -193,3 +193,16 @@ def test_a_histogram_method_calibrates_once_and_later_attempts_read_its_ranges(t
     d = _initializers(tmp_path / "d.onnx")
     assert any(not np.array_equal(a[k], d[k]) for k in a if k.endswith("_scale") and k in d)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_high_rank_leaves_out_one_wild_sample_from_20_samples_on():
+    # numpy's 95th percentile ('higher') of 20 values is their maximum: one wild sample among 20 set the range
+    from compress.quantize.calibrate import _high_rank
+
+    for n, kept in ((19, 100.0), (20, 18.0), (64, 60.0)):
+        highs = np.arange(n, dtype=np.float32)[:, None]
+        highs[-1] = 100.0  # the wild one
+        assert float(_high_rank(lower=False)(highs, axis=0)[0]) == kept, n
+    lows = -np.arange(20, dtype=np.float32)[:, None]
+    assert float(_high_rank(lower=True)(lows, axis=0)[0]) == -18.0
+    assert np.isnan(_high_rank(lower=False)(np.full((4, 1), np.nan, np.float32), axis=0)[0])  # an empty tensor's
