@@ -160,3 +160,22 @@ def test_each_epoch_of_rank_0_moves_the_bar_once_with_its_figures(tmp_path: Path
     printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("student (2 processes)")]
     assert [line.rsplit(" (", 1)[0] for line in printed] == [
         f"student (2 processes): {i}/3 epoch, loss=0.{i}000, accuracy=0.9{i}" for i in (1, 2, 3)]
+
+
+def test_only_local_rank_0_writes_warnings_into_the_log(caplog):
+    # each rank wrote the data's warnings (repeated texts, label gaps) into torchrun.log: twice under --nproc 2
+    from compress.dist.worker import said_once_a_machine
+
+    logger = logging.getLogger("compress")
+    before = logger.level
+    try:
+        for rank, shown in ((0, True), (1, False)):
+            logger.setLevel(before)
+            said_once_a_machine(rank)
+            with caplog.at_level(logging.NOTSET):
+                caplog.clear()
+                logger.warning("warning: x.toml: data.source: 3 texts repeat")
+                logger.error("error: kept on every rank")
+            assert [r.levelname for r in caplog.records] == (["WARNING"] if shown else []) + ["ERROR"], rank
+    finally:
+        logger.setLevel(before)

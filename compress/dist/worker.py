@@ -53,6 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)
 
 
+def said_once_a_machine(local_rank: int) -> None:
+    """Every rank loads the same data and model and would write the same warnings into torchrun.log: local rank 0 of
+    each machine says them; the others say errors only."""
+    import logging
+
+    if local_rank:
+        logging.getLogger("compress").setLevel(logging.ERROR)
+
+
 def _run(job_dir: Path, local_rank: int) -> None:
     import importlib
 
@@ -67,6 +76,7 @@ def _run(job_dir: Path, local_rank: int) -> None:
     from compress.families import rebuild
     from compress.records import ModelRecord
 
+    said_once_a_machine(local_rank)
     job = json.loads((job_dir / JOB).read_text())
     cfg = parse_config(job["config"], Path(job["source_path"]))
     if cfg.pipeline.threads:
