@@ -8,9 +8,12 @@ atomically; on node 0 that is global rank 0, the only writer into the run direct
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +56,19 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)
 
 
-def said_once_a_machine(local_rank: int) -> None:
-    """Every rank loads the same data and model and would write the same warnings into torchrun.log: local rank 0 of
-    each machine says them; the others say errors only."""
-    import logging
-
+@contextlib.contextmanager
+def said_once_a_machine(local_rank: int) -> Iterator[None]:
+    """Every rank loads the same data and model and would write the same warnings into torchrun.log: while they
+    load, local rank 0 of each machine says them and the others say errors only. (Training's own warnings, a file
+    one rank's shard fails to decode, stay every rank's.)"""
+    logger = logging.getLogger("compress")
+    level = logger.level
     if local_rank:
-        logging.getLogger("compress").setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _run(job_dir: Path, local_rank: int) -> None:
@@ -76,14 +85,14 @@ def _run(job_dir: Path, local_rank: int) -> None:
     from compress.families import rebuild
     from compress.records import ModelRecord
 
-    said_once_a_machine(local_rank)
     job = json.loads((job_dir / JOB).read_text())
-    cfg = parse_config(job["config"], Path(job["source_path"]))
-    if cfg.pipeline.threads:
-        torch.set_num_threads(cfg.pipeline.threads)
-    data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
-                     origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
-                     cache_dir=cfg.run_dir / "tokens")
+    with said_once_a_machine(local_rank):
+        cfg = parse_config(job["config"], Path(job["source_path"]))
+        if cfg.pipeline.threads:
+            torch.set_num_threads(cfg.pipeline.threads)
+        data = load_data(cfg.data, seed=cfg.pipeline.seed, base_dir=cfg.base_dir,
+                         origin=f"{cfg.source_path}: data.source", tokenizer=cfg.teacher.model,
+                         cache_dir=cfg.run_dir / "tokens")
     if data.fingerprint != job["fingerprint"]:
         raise CompressError(f"{cfg.source_path}: data.source: a worker loaded different data than the run (data "
                             "changed during the run, or another machine has other files); every machine needs the "
