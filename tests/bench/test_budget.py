@@ -51,7 +51,9 @@ def test_a_row_is_cut_to_a_small_budget(tmp_path: Path):
     # assert: planned from the probe, so the counts are what the plan says, whatever the load
     b = row["budget"]
     assert b["cut"] and b["seconds"] == 1.0 and row["repetitions"] == b["repetitions"] <= 3
-    assert b["repetitions"] * b["runs_per_repetition"] <= row["runs"]  # at least the runs planned, in the time
+    # the plan's own counts; how many of them ran depends on the load (each repetition stops at its share of the
+    # budget, max_seconds): "at least the runs planned" failed once in CI beside a heavy job (116 of 165)
+    assert b["runs_per_repetition"] >= budget.MIN_RUNS_PER_REPETITION and row["runs"] >= b["repetitions"]
     assert sum(row["samples_ms"]) / 1e3 <= 1.0  # that fits (a fast row times for its share of the budget)
     assert row["warmup_runs"] == b["warmup_runs"] <= 20
 
