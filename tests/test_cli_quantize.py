@@ -1132,3 +1132,40 @@ def test_data_with_fewer_targets_than_inputs_is_one_line_naming_both(files: dict
     assert result.output.strip() == (f"error: {files['dir'] / 'short.npz'}: y has 90 rows and the inputs 100; "
                                      "--data needs a target for every input row")
     assert not out.exists()
+
+
+def test_a_qdq_model_is_refused_by_quantize_and_the_qnn_edge_target(files: dict):
+    # a QAT or PTQ graph passed by mistake: every attempt failed ("two nodes with same node name"), exit 1, and
+    # edge --provider qnn blamed each op ("not supported by the QNN EP"); --calibration's NaN or a wrong shape there
+    # read as "drop 50000000" or named a copy in --out
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{"x": r[None]} for r in np.load(files["calib"])["x"][:16]])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    qdq = files["dir"] / "qdq.onnx"
+    quantize_static(str(files["model"]), str(qdq), Reader(), activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    quantized = _invoke(qdq, "--out", files["dir"] / "again.onnx", "--calibration", files["calib"])
+    edge = CliRunner().invoke(main, ["edge", str(qdq), "--provider", "qnn", "--calibration", str(files["calib"]),
+                                     "--out", str(files["dir"] / "e")])
+    assert quantized.exit_code == 2 and quantized.output.strip().startswith(
+        f"error: {qdq}: quantized already, as a QDQ graph ("), quantized.output
+    assert edge.exit_code == 2 and edge.output.strip().splitlines()[-1] == (
+        f"error: {qdq}: quantized already (DequantizeLinear, QuantizeLinear); --provider qnn quantizes the float model "
+        "for HTP itself: pass the float model it came from (a pipeline's export/student.onnx)"), edge.output
+    calib = np.load(files["calib"])["x"].copy()
+    calib[3, 2] = np.nan
+    np.savez(files["dir"] / "nan.npz", x=calib)
+    np.savez(files["dir"] / "narrow.npz", x=calib[:, :12])
+    for npz, says in (("nan.npz", "array 'x' holds NaN at index 3"),
+                      ("narrow.npz", "--calibration: input 'x' has shape")):
+        bad = CliRunner().invoke(main, ["edge", str(files["model"]), "--provider", "qnn", "--calibration",
+                                        str(files["dir"] / npz), "--out", str(files["dir"] / "e2")])
+        assert bad.exit_code == 2 and bad.output.strip().splitlines()[-1].startswith(
+            f"error: {files['dir'] / npz}"), bad.output
+        assert says in bad.output, bad.output

@@ -90,6 +90,12 @@ def test_qat_settings_that_contradict_it_are_refused_when_the_file_loads(user_di
     assert not (user_dir / "runs").exists()
     toml.write_text(plain + "qat_epochs = 2\nqat_freeze_epochs = 2\n")
     assert invoke(user_dir, "validate", "pipeline.toml").exit_code == 0
+    # int8 activations with uint8 weights: validate said ok, then every attempt failed after training (any mode)
+    toml.write_text(plain.replace('mode = "qat"', 'mode = "static"') + 'activation_type = "int8"\n'
+                    'weight_type = "uint8"\n')
+    assert error_line(user_dir) == ("error: pipeline.toml: quantize.weight_type: ONNX Runtime does not quantize int8 "
+                                    "activations with uint8 weights; use weight_type = 'int8' (the default) with "
+                                    "activation_type = 'int8', or activation_type = 'uint8'")
 
 
 def test_an_op_on_weights_alone_is_not_refused(user_dir: Path):  # noqa: F811

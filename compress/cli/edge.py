@@ -212,6 +212,7 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
     if feeds is None:
         raise CompressError(f"{calibration_npz}: expected an array named after each model input "
                             f"({', '.join(names)}), got {sorted(arrays)}")
+    _checked_for_qnn(model, feeds, calibration_npz, batch_axes)
     from onnx import TensorProto
 
     wanted = {k: np.float16 if declared.get(k) == TensorProto.FLOAT16 else np.float32 for k in feeds}
@@ -230,3 +231,24 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
     axes = {k: v for k, v in batch_axes.items() if k in feeds}  # not the inputs --fix-input bound away
     return {"calibration": feeds, "val_x": feeds, "val_y": y, "batch_axes": axes or None,
             "activation_type": activation_type, "provider_options": options or None}
+
+
+def _checked_for_qnn(model: Path, feeds: dict, calibration_npz: Path, batch_axes: "dict[str, int | None]") -> None:
+    """Before the NPU's minutes: a model quantized already (QNN's QDQ tools quantize it again and fail on duplicate
+    node names, read as the model's fault), calibration arrays of another shape (ORT's error named a copy in --out,
+    cut) or holding NaN (read as "drop 50000000" at every activation width) are one line, exit 2."""
+    from compress.cli.quantize import QUANTIZED_OPS
+    from compress.cli.quantize_data import check_shapes, check_finite
+    from compress.errors import CompressError
+    from compress.onnx.graph import graph_inputs, load_model
+
+    graph = load_model(model, weights=False).graph
+    found = sorted({n.op_type for n in graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise CompressError(f"{model}: quantized already ({', '.join(found)}); --provider qnn quantizes the float "
+                            "model for HTP itself: pass the float model it came from (a pipeline's "
+                            "export/student.onnx)")
+    check_shapes(graph_inputs(graph), feeds, f"{calibration_npz}: --calibration", batch_axes)
+    for name, array in feeds.items():
+        check_finite(array, str(calibration_npz), f"array {name!r}", "--calibration", batch_axes.get(name, 0))
+

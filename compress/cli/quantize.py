@@ -140,7 +140,7 @@ def quantize(model: Path, out_path: Path, mode: str | None, calibration: Path | 
         ops = _op_counts(model)
         from compress.onnx.control import bound_mismatches
 
-        warnings = [w for w in (raised, warning, _already_quantized(model, ops)) if w] + bound_mismatches(
+        warnings = [w for w in (raised, warning, _already_quantized(source, ops)) if w] + bound_mismatches(
             fix_inputs, {"--calibration": calibration, "--inputs": inputs_npz, "--data": data_npz})
         for line in warnings:
             log.warning("%s", line)  # once now (stderr and the log), once in the summary
@@ -341,11 +341,15 @@ def _op_counts(model: Path) -> dict[str, int]:
 
 def _already_quantized(model: Path, counts: dict[str, int]) -> str | None:
     """A warning line when the model given (its op `counts`) is quantized already (its integer ops named and
-    counted)."""
+    counted); a QDQ graph is a CompressError: ORT's quantizer adds its own pairs beside them and every attempt failed
+    on two nodes of one name, read as a failed quantization."""
     found = sorted(((counts[op], op) for op in QUANTIZED_OPS if op in counts), reverse=True)
     if not found:
         return None
     named = ", ".join(f"{n} {op}" for n, op in found)
+    if counts.get("QuantizeLinear") and counts.get("DequantizeLinear"):
+        raise CompressError(f"{model}: quantized already, as a QDQ graph ({named}); compress quantize starts from "
+                            "the float model: pass the one it came from (a pipeline's export/student.onnx)")
     return (f"warning: {model.name} is quantized already ({named}): those parts stay as they are and only its "
             "float ops can be quantized; start from the float model it came from, if you have it")
 

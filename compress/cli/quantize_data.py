@@ -30,7 +30,7 @@ def read_inputs(model: Path, path: Path, option: str, axes: dict[str, int | None
     if empty is not None:
         raise CompressError(f"{path}: {option} expects at least one sample; the array for input {empty!r} is empty "
                             f"(shape {tuple(got[empty].shape)})")
-    _check_shapes(inputs, got, f"{path}: {option}", axes or {})
+    check_shapes(inputs, got, f"{path}: {option}", axes or {})
     _check_values(inputs, arrays, got, f"{path}", option, axes or {})
     return got
 
@@ -71,7 +71,7 @@ def check_finite(array: Any, where: str, name: str, option: str, axis: int | Non
               f"{option} expects numbers, not NaN: clean the data or drop those rows")
 
 
-def _check_shapes(inputs: list[Any], got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
+def check_shapes(inputs: list[Any], got: dict[str, Any], where: str, axes: dict[str, int | None]) -> None:
     """One line naming the first array whose rank or fixed sizes are not its input's (`inputs`: the graph's; ORT's
     own message was cut before the sizes: 'Got invalid dimensions for input: input for the following indices')."""
     from compress.onnx.graph import shape_mismatch

@@ -153,7 +153,13 @@ class QuantizeConfig(Section):
     @model_validator(mode="after")
     def _qat_settings_agree(self) -> "QuantizeConfig":
         """mode = 'qat' contradictions, said when the file loads instead of after training: QAT trains and writes a
-        QDQ graph, and ranges frozen for more epochs than QAT runs would never learn."""
+        QDQ graph, and ranges frozen for more epochs than QAT runs would never learn. ONNX Runtime's one type pair it
+        cannot quantize to (int8 activations with uint8 weights) is said here for every mode: every attempt failed on
+        it after training."""
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise ValueError("weight_type: ONNX Runtime does not quantize int8 activations with uint8 weights; use "
+                             "weight_type = 'int8' (the default) with activation_type = 'int8', or activation_type = "
+                             "'uint8'")
         if self.mode != "qat":
             return self
         if self.quant_format != "qdq":
