@@ -62,3 +62,15 @@ def test_top1_agreement_is_none_for_one_value_a_sample():
     check = compare([r], [r + 1e-7], atol=1e-4)
     assert check["ok"] and check["top1_agreement"] is None
     assert compare([r[:, None]], [r[:, None]], atol=1e-4)["top1_agreement"] is None
+
+
+def test_a_tie_between_two_classes_is_no_disagreement():
+    # int8 logits tie exactly: the QDQ model's argmax took the first of two equal classes, torch's the other, and
+    # QAT's parity read 0.9938 "misses >= 0.995" on one such row
+    from compress.onnx.parity import top1_agreement
+
+    torch_out = np.array([[0.1, 0.5, 0.4], [0.2, 0.1, 0.7], [0.3, 0.3, 0.1]], np.float32)
+    ort_out = np.array([[0.1, 0.5, 0.5], [0.2, 0.1, 0.7], [0.3, 0.2, 0.1]], np.float32)  # rows 0 and 2 tie on a side
+    wrong = np.array([[0.9, 0.5, 0.4], [0.2, 0.1, 0.7], [0.3, 0.3, 0.1]], np.float32)
+    assert top1_agreement(torch_out, ort_out) == 1.0
+    assert top1_agreement(torch_out, wrong) == 2 / 3  # a real disagreement still counts
