@@ -74,3 +74,11 @@ def test_a_tie_between_two_classes_is_no_disagreement():
     wrong = np.array([[0.9, 0.5, 0.4], [0.2, 0.1, 0.7], [0.3, 0.3, 0.1]], np.float32)
     assert top1_agreement(torch_out, ort_out) == 1.0
     assert top1_agreement(torch_out, wrong) == 2 / 3  # a real disagreement still counts
+
+
+def test_a_row_collapsed_to_one_value_is_no_agreement():
+    # an 8-bit graph whose Relu outputs all read 0: every class "holds the top value", which is no prediction
+    from compress.onnx.parity import top1_agreement
+
+    fp32 = np.array([[0.2, 0.0, 0.9, 0.1, 0.3, 0.0]], np.float32)
+    assert top1_agreement(fp32, np.zeros_like(fp32)) == 0.0

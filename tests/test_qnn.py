@@ -238,7 +238,7 @@ def test_pipeline_edge_targets_qnn_measures_the_final_model(ran_dir):
     edge = report["edge"]
     # the NPU is judged by the quantize gate's budget (it took its own 0.01 and contradicted the quantize stage)
     assert edge["qnn"]["budget"]["metric"] == "accuracy" and edge["qnn"]["budget"]["budget"] == 0.05
-    assert "QNN HTP budget: accuracy drop " in result.output and " points <= 5.00 points" in result.output
+    assert "QNN HTP (test) budget: accuracy drop " in result.output and " points <= 5.00 points" in result.output
     assert edge["qnn"]["provider_options"] == {"soc_model": "60"}  # the phone's chip, as the QNN EP was given it
     assert edge["readiness"]["providers"]["QNN"]["measured"] is True
     assert edge["qnn"]["placement"]["share_on_htp"] == 1.0 and edge["qnn"]["runs_without_fallback"] is True
@@ -249,7 +249,7 @@ def test_pipeline_edge_targets_qnn_measures_the_final_model(ran_dir):
     assert "runs with CPU fallback disabled: yes" in md and "top-1 agreement HTP vs ORT CPU int8" in md
     # the terminal summary says what the NPU took and how it read (it said nothing of the NPU)
     nodes = f"{edge['qnn']['placement']['nodes_on_htp']}/{edge['qnn']['placement']['nodes_total']} nodes on HTP"
-    assert f"QNN HTP: {nodes}" in result.output and "QNN HTP budget: " in result.output
+    assert f"QNN HTP: {nodes}" in result.output and "QNN HTP (test) budget: " in result.output
 
 
 @pytest.mark.parametrize("section, message", [
@@ -873,3 +873,17 @@ def test_the_missing_plugin_warning_is_said_once_a_process(monkeypatch, caplog):
     for _ in range(3):
         config._check_edge_targets(cfg)
     assert len([r for r in caplog.records if "needs the onnxruntime-qnn plugin" in r.getMessage()]) == 1
+
+
+def test_the_terminal_says_when_the_quantize_stages_qnn_graphs_missed_their_budget(monkeypatch):
+    # "QNN HTP budget: accuracy drop 0.00 points <= 0.50 points" (HTP on test) was all the terminal said, where
+    # report.md said neither the post-training nor the QAT QNN graph met the budget on validation
+    from compress.edge import qnn_flow
+    from compress.stages.edge import _summary
+
+    monkeypatch.setattr(qnn_flow, "qnn_table", lambda section: "QNN HTP: 26/26 nodes on HTP\n  ...")
+    qnn = {"budget": {"metric": "accuracy", "drop": 0.0, "budget": 0.005, "ok": True}}
+    missed = _summary(qnn, "test", None)["summary_lines"]
+    assert missed[1].startswith("QNN HTP (test) budget: ") and missed[2] == (
+        "QNN graph: neither post-training quantization nor QAT met the budget on validation (report.md, quantize)")
+    assert len(_summary(qnn, "test", "qat")["summary_lines"]) == 2

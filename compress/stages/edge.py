@@ -48,7 +48,8 @@ def run(ctx: StageContext) -> StageResult:
     artifacts += [qnn_done[k] for k in ("qdq_path",) if qnn_done.get(k)]
     if (qnn_done.get("placement") or {}).get("context_path"):
         artifacts.append(qnn_done["placement"]["context_path"])
-    return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section), info=_summary(qnn_done))
+    return StageResult(artifacts=tuple(artifacts), state=RunState(edge=section),
+                       info=_summary(qnn_done, ctx.data.eval_split, (ctx.state.qnn_qdq or {"used": True})["used"]))
 
 
 def _budget(ctx: StageContext) -> dict:
@@ -61,15 +62,22 @@ def _budget(ctx: StageContext) -> dict:
     return {"max_accuracy_drop": getattr(ctx.cfg.quantize, key)}
 
 
-def _summary(qnn: dict) -> dict:
-    """The QNN target's placement and budget lines for the terminal summary (report.md has the whole section)."""
+def _summary(qnn: dict, split: str, used: Any) -> dict:
+    """The QNN target's placement and budget lines for the terminal summary (report.md has the whole section):
+    HTP's reading on `split`, and a word when the quantize stage's QNN graphs (`used`: the one picked, None when
+    neither post-training nor QAT met the budget on validation) missed it, which the HTP line alone hid."""
     from compress.edge.qnn_accuracy import budget_line
     from compress.edge.qnn_flow import qnn_table
 
     if not qnn:
         return {}
-    first = qnn_table(qnn).splitlines()[0]
-    return {"summary_lines": [first, *([f"QNN HTP {budget_line(qnn['budget'])}"] if qnn.get("budget") else [])]}
+    lines = [qnn_table(qnn).splitlines()[0]]
+    if qnn.get("budget"):
+        lines.append(f"QNN HTP ({split}) {budget_line(qnn['budget'])}")
+    if used is None:
+        lines.append("QNN graph: neither post-training quantization nor QAT met the budget on validation "
+                     "(report.md, quantize)")
+    return {"summary_lines": lines}
 
 
 def _both(ctx: StageContext, onnx_path: Path, batch: int | None, qnn: dict, graphs: dict, used: dict) -> dict:
