@@ -60,11 +60,11 @@ def compare(expected: Sequence["np.ndarray"], got: Sequence["np.ndarray"], *, at
 
 
 def top1_agreement(expected: "np.ndarray", got: "np.ndarray") -> float:
-    """The share of rows whose predicted class agrees, a tie counting as agreement (for two runs of one graph, QAT's
-    torch and ORT: compare() and the NPU's gates judge int8 against float, where a tie is a lost distinction): a row agrees when either side's
-    class holds the other side's top value, tied among a few classes (int8 logits tie exactly often; argmax then
-    picks the first of the tied classes, and one such row read as a miss of QAT's parity). A row whose values
-    collapsed to one (most classes tied) is no agreement."""
+    """The share of rows whose predicted class agrees, a tie counting as agreement, for two runs of one graph (QAT's
+    torch and ORT; compare() and the NPU's gates judge int8 against float, where a tie is a lost distinction): a row
+    agrees when either side's class holds the other side's top value, tied among a few classes (int8 logits tie
+    exactly often; argmax then picks the first of the tied classes, and one such row read as a miss of QAT's
+    parity). A row whose values collapsed to one (most classes tied) is no agreement."""
     import numpy as np
 
     a = np.asarray(expected).reshape(len(expected), -1)
