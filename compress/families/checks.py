@@ -2,8 +2,10 @@
 before its first stage."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from compress.errors import CompressError, shorten
@@ -115,10 +117,9 @@ def check_models(cfg, data) -> None:
         if role == "teacher" and cfg.teacher.checkpoint:
             family.load_checkpoint(model, cfg.resolve(cfg.teacher.checkpoint), f"{where}: teacher.checkpoint",
                                    key=cfg.teacher.checkpoint_key)
-        _check_ids(model, data, origin, spec)
         example = data.example(2)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _embeddings_fed(model, example, data) as fed:
                 raw = forward(model.eval(), example)
         except Exception as exc:
             shapes = getattr(data.inputs, "shapes", None)  # named inputs: each one's, where input_shape is the first's
@@ -127,6 +128,7 @@ def check_models(cfg, data) -> None:
             hint = _rgb_hint(cfg, exc) or _ids_hint(data, exc) or _layout_hint(data)
             raise CompressError(f"{origin}.model: {spec} fails on {batch} from the data: {type(exc).__name__}: "
                                 f"{shorten(str(exc), 200)}{hint}") from exc  # torch's words cut, the hint kept
+        _check_ids(fed, data, origin, spec)
         wrong = not_tensors(raw)
         if wrong is not None:
             raise CompressError(f"{origin}.model: {spec} returns {wrong}")
@@ -152,24 +154,21 @@ def check_models(cfg, data) -> None:
         _check_text_configs(cfg, task)
 
 
-def _check_ids(model, data, origin: str, spec: str) -> None:
-    """An integer named input holding an id past the rows of an nn.Embedding it feeds (seen on one forward pass: the
-    embedding reads that input's own tensor, or a view of it): one line now, where training stopped on torch's
-    IndexError after the teacher stage. Inputs that reach no embedding (pixels, counts) are not ids."""
+@contextlib.contextmanager
+def _embeddings_fed(model, example, data) -> Iterator[dict[str, int]]:
+    """While the model runs on `example`: which integer named inputs (those the data holds ids in) each nn.Embedding
+    reads, as that input's own tensor or a view of it ({input: the fewest rows of an embedding it feeds}). Inputs
+    that reach no embedding (pixels, counts) are not ids."""
     import torch
     from torch import nn
 
-    from compress.data import forward
-
     peaks = getattr(data, "id_peaks", None) or {}
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    if not peaks or not embeddings:
-        return
-    example = data.example(2)
-    if not isinstance(example, dict):
+    rows: dict[str, int] = {}
+    if not peaks or not embeddings or not isinstance(example, dict):
+        yield rows
         return
     storage = {k: v.untyped_storage().data_ptr() for k, v in example.items() if k in peaks}
-    rows: dict[str, int] = {}  # input -> the fewest rows of an embedding it feeds
 
     def seen(module: Any, args: tuple) -> None:
         if args and isinstance(args[0], torch.Tensor):
@@ -179,15 +178,17 @@ def _check_ids(model, data, origin: str, spec: str) -> None:
 
     handles = [m.register_forward_pre_hook(seen) for m in embeddings]
     try:
-        with torch.inference_mode():
-            forward(model.eval(), example)
-    except Exception:  # noqa: BLE001 - the forward check right after says what fails, in its words
-        return
+        yield rows
     finally:
         for h in handles:
             h.remove()
-    for name, limit in sorted(rows.items()):
-        value, where = peaks[name]
+
+
+def _check_ids(fed: dict[str, int], data, origin: str, spec: str) -> None:
+    """An integer named input holding an id past the rows of an nn.Embedding it feeds (`fed`, _embeddings_fed): one
+    line now, where training stopped on torch's IndexError after the teacher stage."""
+    for name, limit in sorted(fed.items()):
+        value, where = data.id_peaks[name]
         if value >= limit:
             raise CompressError(f"{origin}.model: input {name!r} holds the id {value} ({where} of the data), and the "
                                 f"nn.Embedding of {spec} it feeds has {limit} rows; ids must be below the vocabulary "
