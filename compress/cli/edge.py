@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from compress.cli.types import Number
 from compress.errors import InputsRejected
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @click.command()
@@ -194,7 +198,8 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
         if key.strip() in ("soc_model", "htp_arch") and not value.strip().isdigit():
             raise CompressError(f"--qnn-option {item!r}: {key.strip()} takes a number (soc_model=60 is Snapdragon 8 "
                                 f"Gen 3, htp_arch=75 its HTP), got {value.strip()!r}")
-    declared = {i.name: i.type.tensor_type.elem_type for i in graph_inputs(load_model(model, weights=False).graph)}
+    graph = load_model(model, weights=False).graph
+    declared = {i.name: i.type.tensor_type.elem_type for i in graph_inputs(graph)}
     names = list(declared)
     name = names[0]
     try:
@@ -212,7 +217,7 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
     if feeds is None:
         raise CompressError(f"{calibration_npz}: expected an array named after each model input "
                             f"({', '.join(names)}), got {sorted(arrays)}")
-    _checked_for_qnn(model, feeds, calibration_npz, batch_axes)
+    _checked_for_qnn(model, graph, feeds, calibration_npz, batch_axes)
     from onnx import TensorProto
 
     wanted = {k: np.float16 if declared.get(k) == TensorProto.FLOAT16 else np.float32 for k in feeds}
@@ -233,16 +238,16 @@ def _qnn_kwargs(model: Path, calibration_npz: Path | None, activation_type: str,
             "activation_type": activation_type, "provider_options": options or None}
 
 
-def _checked_for_qnn(model: Path, feeds: dict, calibration_npz: Path, batch_axes: "dict[str, int | None]") -> None:
+def _checked_for_qnn(model: Path, graph: "onnx.GraphProto", feeds: dict, calibration_npz: Path,
+                     batch_axes: "dict[str, int | None]") -> None:
     """Before the NPU's minutes: a model quantized already (QNN's QDQ tools quantize it again and fail on duplicate
     node names, read as the model's fault), calibration arrays of another shape (ORT's error named a copy in --out,
     cut) or holding NaN (read as "drop 50000000" at every activation width) are one line, exit 2."""
     from compress.cli.quantize import QUANTIZED_OPS
     from compress.cli.quantize_data import check_shapes, check_finite
     from compress.errors import CompressError
-    from compress.onnx.graph import graph_inputs, load_model
+    from compress.onnx.graph import graph_inputs
 
-    graph = load_model(model, weights=False).graph
     found = sorted({n.op_type for n in graph.node if n.op_type in QUANTIZED_OPS})
     if found:
         raise CompressError(f"{model}: quantized already ({', '.join(found)}); --provider qnn quantizes the float "
