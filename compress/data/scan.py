@@ -17,8 +17,6 @@ def scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, A
 
     import numpy as np
 
-    from compress.data.arrays import check_bad
-
     found, shape, digest, inputs, steady, kinds, peaks = [], None, hashlib.sha256(), hashlib.sha256(), True, {}, {}
     try:
         n = len(ds)
@@ -55,9 +53,7 @@ def scan(ds: Any, name: str, where: str, *, labels: bool = True) -> tuple[Any, A
             else:
                 a = np.asarray(x, dtype=np.float32)
                 s = tuple(a.shape)
-                if not np.isfinite(a).all():
-                    check_bad(a[None], ~np.isfinite(a[None]), where, f"the {name} dataset's x", None, "values",
-                              "clean the data or drop those rows", offset=i)
+                _finite(a, f"the {name} dataset's x", where, i)
             if shape is None:
                 shape = s
             elif s != shape:
@@ -101,17 +97,25 @@ def _named(x: dict, i: int, name: str, where: str, kinds: dict[str, str], peaks:
     nn.Embedding's rows is said at load), and NaN or infinity named here, not as a loss that became nan."""
     import numpy as np
 
-    from compress.data.arrays import check_bad
-
     for k, v in x.items():
         a = np.asarray(v)
         if i == 0:
             kinds[k] = "float" if a.dtype.kind == "f" else a.dtype.name
         if a.dtype.kind in "iu" and a.size and (k not in peaks or a.max() > peaks[k][0]):
             peaks[k] = (int(a.max()), f"{name} example {i}")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            check_bad(a[None], ~np.isfinite(a[None]), where, f"the {name} dataset's input {k!r}", None, "values",
-                      "clean the data or drop those rows", offset=i)
+        if a.dtype.kind == "f":
+            _finite(a, f"the {name} dataset's input {k!r}", where, i)
+
+
+def _finite(a: Any, what: str, where: str, i: int) -> None:
+    """Example `i`'s input `a` (float) holds no NaN or infinity, or one line naming it and the first bad value."""
+    import numpy as np
+
+    from compress.data.arrays import check_bad
+
+    if not np.isfinite(a).all():
+        check_bad(a[None], ~np.isfinite(a[None]), where, what, None, "values", "clean the data or drop those rows",
+                  offset=i)
 
 
 def _same_inputs(a: Any, b: Any) -> bool:
