@@ -51,20 +51,21 @@ def write_cache(base: Path, calib: list[dict[str, np.ndarray]], method: str, pat
     # ORT's own arithmetic (MinMaxCalibrater.compute_data), tensor by tensor on (batches, 1) float32 arrays: a range
     # one float32 step off moves a scale by one step, and that alone flipped 2 of a ResNet-50's 300 gate images
     extremes = (np.nanmin, np.nanmax) if method == "minmax" else (_high_rank(lower=True), _high_rank(lower=False))
-    data = {n: tuple(f(a[:, i:i + 1].copy(), axis=0) for f, a in zip(
-                (np.nanmean, np.nanmean) if method == "mean_minmax" and sizes[i] >= FEW_VALUES else extremes,
-                (lows, highs))) for i, n in enumerate(names)}
+    data = {}
+    for i, n in enumerate(names):
+        lo, hi = (np.nanmean, np.nanmean) if method == "mean_minmax" and sizes[i] >= FEW_VALUES else extremes
+        data[n] = (lo(lows[:, i:i + 1].copy(), axis=0), hi(highs[:, i:i + 1].copy(), axis=0))
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
     return path
 
 
 FEW_VALUES = 10_000
 """'mean_minmax' ranges a tensor with fewer values a sample than this by a high rank of its per-sample maxima (and a
-low one of the minima: the most extreme 5% of samples left out, _high_rank), not their mean. The mean of per-sample maxima of n values sits near their
-(1 - 1/n) quantile: inside the 99.99th percentile below 10,000 values, so it clips each sample's typical top values,
-not outliers (a 10-16-16-1 MLP regressor: cosine 0.922 at the first attempt, 0.991 now). The rank still leaves
-out the top 5% of samples, one wild calibration sample among 20 or more among them, where the extremes ('minmax')
-would take it. Where ORT calibrates itself (an onnxruntime without calibration caches, a tensor that is not float32:
+low one of the minima: the most extreme 5% of samples left out, _high_rank), not their mean. The mean of per-sample
+maxima of n values sits near their (1 - 1/n) quantile: inside the 99.99th percentile below 10,000 values, so it clips
+each sample's typical top values, not outliers (a 10-16-16-1 MLP regressor: cosine 0.922 at the first attempt,
+0.991 now). The rank still leaves out the top 5% of samples, one wild calibration sample among 20 or more among
+them, where the extremes ('minmax') would take it. Where ORT calibrates itself (an onnxruntime without calibration caches, a tensor that is not float32:
 write_cache returns None) 'mean_minmax' is its plain mean."""
 
 
