@@ -65,8 +65,8 @@ low one of the minima: the most extreme 5% of samples left out, _high_rank), not
 maxima of n values sits near their (1 - 1/n) quantile: inside the 99.99th percentile below 10,000 values, so it clips
 each sample's typical top values, not outliers (a 10-16-16-1 MLP regressor: cosine 0.922 at the first attempt,
 0.991 now). The rank still leaves out the top 5% of samples, one wild calibration sample among 20 or more among
-them, where the extremes ('minmax') would take it. Where ORT calibrates itself (an onnxruntime without calibration caches, a tensor that is not float32:
-write_cache returns None) 'mean_minmax' is its plain mean."""
+them, where the extremes ('minmax') would take it. Where ORT calibrates itself (an onnxruntime without calibration
+caches, a tensor that is not float32: write_cache returns None) 'mean_minmax' is its plain mean."""
 
 
 def _high_rank(*, lower: bool) -> Any:
