@@ -132,6 +132,7 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
     fp32 = None  # the fp32 model's outputs on the gate's inputs, once looked at
     warning = None  # labels given with outputs that are not class logits: said, not used
     values = False  # targets that are values (a regressor's), not class indices
+    declared = declared_task(model)  # what the model says its outputs are (a model compress exported)
     if data_npz is not None:
         feeds, targets = read_inputs(model, data_npz, "--data", dims.batch_axes), read_targets(data_npz)
         n = batch_of(feeds, dims.batch_axes)
@@ -153,7 +154,7 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
         labels = targets.get(next(iter(judged)) if len(judged) == 1 else None) if isinstance(targets, dict) else \
             targets  # 'y_NAME': the labels of output NAME, when it is the one judged (they were never used)
         values = labels is not None and _values_not_classes(labels, judged)  # a regressor's targets
-        if labels is not None and not values and looks_like_logits(judged, declared_task(model)):
+        if labels is not None and not values and looks_like_logits(judged, declared):
             check_label_range(labels, judged, data_npz.name)  # the fp32 outputs are the gate's first score too
             return accuracy_gate(feeds, labels, accuracy_budget, key="--max-accuracy-drop", source=data_npz.name,
                                  axes=dims.batch_axes, known=(model, fp32), output=next(iter(judged))), None
@@ -176,11 +177,10 @@ def _gate_from(model: Path, calib: Any, data_npz: Path | None, metric: str | Non
         source = f"{batch_of(feeds, dims.batch_axes)} seeded random inputs (pass --data for a real gate)"
     gate = agreement_gate(model, feeds, budget_top1=accuracy_budget, budget_cosine=cosine_budget, outputs=outputs,
                           source=source, axes=dims.batch_axes, expected=fp32,  # (the fp32 pass is not run twice)
-                          task="tensors" if values else None)
+                          task="tensors" if values else declared)
     if gate.metric.name == "cosine" and warning is None:
         shown = ", ".join(f"{k} {s}" for k, s in (gate.shapes or {}).items())  # the gate ran fp32 once already
-        task = declared_task(model)
-        said = f"are the {task} task's (its metadata says so)" if task in ("tensors", "embedding") else \
+        said = f"are the {declared} task's (its metadata says so)" if declared in ("tensors", "embedding") else \
             "do not look like class logits"
         warning = (f"warning: {named or model.name}: the outputs ({shown}) {said}, so the "
                    "gate is per-output cosine and SQNR to the fp32 model; pass --data with --metric module:function "
